@@ -1,0 +1,119 @@
+"""The card's crypto coprocessor: P-256 keys made on the card, ECDSA, and X.509 checks.
+
+Private keys exist only as 32-byte scalars inside the card image; no command returns them.
+Certificates are checked against a public key the issuer personalised onto the card; the role a
+certificate grants (purse card, PSAM, issuer) is an extended-key-usage OID under the project's
+UUID arc, so a PSAM certificate cannot pass for a card certificate or the other way round.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .sw import SW, CardError
+
+ARC = "2.25.204673179289492764569138234192898414436"
+ROLE_PURSE_CARD = x509.ObjectIdentifier(ARC + ".1.1")
+ROLE_PSAM = x509.ObjectIdentifier(ARC + ".1.2")
+ROLE_ISSUER = x509.ObjectIdentifier(ARC + ".1.3")
+_CURVE = ec.SECP256R1()
+
+
+def random_bytes(n: int) -> bytes:
+    return os.urandom(n)
+
+
+def generate_key() -> tuple[bytes, bytes]:
+    """Return (private scalar, uncompressed public point)."""
+    key = ec.generate_private_key(_CURVE)
+    scalar = key.private_numbers().private_value.to_bytes(32, "big")
+    return scalar, public_point(key.public_key())
+
+
+def public_point(pub: ec.EllipticCurvePublicKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    return pub.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+
+
+def _private(scalar: bytes) -> ec.EllipticCurvePrivateKey:
+    return ec.derive_private_key(int.from_bytes(scalar, "big"), _CURVE)
+
+
+def _public(point: bytes) -> ec.EllipticCurvePublicKey:
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(_CURVE, point)
+    except ValueError:
+        raise CardError(SW.WRONG_DATA, "not a P-256 point") from None
+
+
+def check_point(point: bytes) -> None:
+    if len(point) != 65 or point[0] != 4:
+        raise CardError(SW.WRONG_DATA, "expected an uncompressed P-256 point")
+    _public(point)
+
+
+_KEY_CACHE: dict[bytes, ec.EllipticCurvePrivateKey] = {}
+
+
+def sign(scalar: bytes, message: bytes) -> bytes:
+    """ECDSA P-256 over SHA-256(message), DER encoded."""
+    key = _KEY_CACHE.get(scalar)
+    if key is None:
+        key = _private(scalar)
+        if len(_KEY_CACHE) > 64:
+            _KEY_CACHE.clear()
+        _KEY_CACHE[scalar] = key
+    return key.sign(message, ec.ECDSA(hashes.SHA256()))
+
+
+def sign_digest(scalar: bytes, digest: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+    return _private(scalar).sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+
+
+def verify(point: bytes, message: bytes, signature: bytes) -> bool:
+    try:
+        _public(point).verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        return True
+    except (InvalidSignature, ValueError):
+        return False
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def check_certificate(der: bytes, issuer_point: bytes, role: x509.ObjectIdentifier) -> tuple[bytes, str]:
+    """Verify a certificate against the issuer's key and role; return (subject point, serialNumber).
+
+    Raises CardError(NOT_AUTHENTIC) when anything does not hold: the card treats a bad certificate
+    exactly like a bad signature.
+    """
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        _public(issuer_point).verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        if role not in eku:
+            raise CardError(SW.NOT_AUTHENTIC, "certificate is for another role")
+        subject_key = cert.public_key()
+        if not isinstance(subject_key, ec.EllipticCurvePublicKey):
+            raise CardError(SW.NOT_AUTHENTIC, "certificate key is not EC")
+        serials = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+        serial = str(serials[0].value) if serials else ""
+        return public_point(subject_key), serial
+    except CardError:
+        raise
+    except (InvalidSignature, ValueError, x509.ExtensionNotFound, TypeError):
+        raise CardError(SW.NOT_AUTHENTIC, "certificate does not verify") from None
+
+
+__all__ = [
+    "ROLE_PURSE_CARD", "ROLE_PSAM", "ROLE_ISSUER", "ExtendedKeyUsageOID", "generate_key", "sign",
+    "verify", "check_certificate", "random_bytes", "sha256", "check_point",
+]

@@ -1,0 +1,1 @@
+"""SEMPER's layers (supporting services, transfer, exchange, commerce) and the ``semper`` command."""

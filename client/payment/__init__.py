@@ -1,0 +1,1 @@
+"""Payment: the payment manager and its modules (the card purse first)."""

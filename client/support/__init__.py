@@ -1,0 +1,1 @@
+"""Supporting services: crypto, certificates, the local purse scheme, paths, preferences."""

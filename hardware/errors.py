@@ -1,0 +1,79 @@
+"""The exception hierarchy for everything below the SEMPER layers.
+
+Each class says what happened in words a person can act on; the raw status word is kept as an
+attribute for logs, never as the message's substance.
+"""
+from __future__ import annotations
+
+
+class HardwareError(Exception):
+    """Base of every error raised by the hardware abstraction."""
+
+
+class ReaderError(HardwareError):
+    """No reader, no card, the card was removed, or the PC/SC service is not running."""
+
+
+class CardRemovedError(ReaderError):
+    """The card went away during the operation; nothing after the last answer is certain."""
+
+
+class TransportError(HardwareError):
+    """The bytes could not be exchanged with the card (protocol or framing problem)."""
+
+
+class CardError(HardwareError):
+    """The card refused a command; ``sw`` is the status word it answered with."""
+
+    def __init__(self, message: str, sw: int = 0) -> None:
+        super().__init__(message)
+        self.sw = sw
+
+
+class WrongPinError(CardError):
+    def __init__(self, tries_left: int, sw: int = 0) -> None:
+        msg = (f"wrong PIN: {tries_left} {'try' if tries_left == 1 else 'tries'} left" if tries_left
+               else "wrong PIN: the PIN is now blocked; unblock it with the PUK")
+        super().__init__(msg, sw)
+        self.tries_left = tries_left
+
+
+class PinBlockedError(CardError):
+    def __init__(self, sw: int = 0, what: str = "PIN") -> None:
+        super().__init__(f"the {what} is blocked" + ("; unblock it with the PUK" if what == "PIN" else ""), sw)
+
+
+class PinRequiredError(CardError):
+    """The command needs a verified PIN first."""
+
+
+class InsufficientFundsError(CardError):
+    pass
+
+
+class MaxBalanceError(CardError):
+    pass
+
+
+class NotAuthenticError(CardError):
+    """A signature or certificate the card checked did not verify."""
+
+
+class ReplayError(CardError):
+    """The message was stale or already used (sequence, counter or nonce mismatch)."""
+
+
+class NotFoundError(CardError):
+    """Applet, object or record not on the card."""
+
+
+class ConditionsError(CardError):
+    """The card is not in a state that allows the command (e.g. not personalised)."""
+
+
+class InvalidInputError(CardError):
+    """The card rejected the command's data or parameters as malformed."""
+
+
+class TokenError(HardwareError):
+    """A PKCS#11 token or module problem (module missing, token not found, ...)."""

@@ -1,0 +1,92 @@
+"""Client for the PSAM applet (the seller's purse-acceptance module)."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from . import tlv
+from .errors import NotFoundError
+from .iso7816 import AID, Apdu
+from .purse_records import DEBIT_REQUEST, BatchHeader, DebitRecord, Signed
+from .transport import ApduSession, Connection
+
+CLA = 0x80
+
+
+@dataclass(frozen=True)
+class PsamInfo:
+    psam_id: bytes
+    currency: int
+    sequence: int
+    batch_number: int
+    batch_count: int
+    batch_total: int
+    pending: int
+    lifetime_total: int
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    card_certificate: bytes
+    proof: Signed
+
+
+class PsamSession:
+    def __init__(self, connection: Connection, *, select: bool = True) -> None:
+        self.apdu = ApduSession(connection)
+        if select:
+            self.select()
+
+    def select(self) -> bytes:
+        return self.apdu.send(Apdu(0x00, 0xA4, 0x04, 0x00, AID.PSAM.value, 0), "select the PSAM")
+
+    def info(self) -> PsamInfo:
+        f = tlv.decode(self.apdu.send(Apdu(CLA, 0x50, 0, 0, b"", 0), "read the PSAM"))
+        num = lambda t: int.from_bytes(f[t], "big")  # noqa: E731
+        return PsamInfo(f[0xD1], num(0xD2), num(0xD3), num(0xD4), num(0xD5), num(0xD6), num(0xD7), num(0xD8))
+
+    def certificate(self) -> bytes:
+        return self.apdu.send(Apdu(CLA, 0x52, 0x01, 0x00, b"", 0), "read the PSAM certificate")
+
+    def begin_debit(self, card_number: bytes, next_debit_counter: int, amount: int, currency: int
+                    ) -> tuple[DebitRecord, Signed]:
+        data = struct.pack(">8sIIH", card_number, next_debit_counter, amount, currency)
+        signed = Signed.split(self.apdu.send(Apdu(CLA, 0x30, 0, 0, data, 0), "start a debit"), DebitRecord.SIZE)
+        return DebitRecord.decode(signed.record, DEBIT_REQUEST), signed
+
+    def complete_debit(self, card_certificate: bytes, proof: Signed) -> tuple[int, int, int]:
+        """Returns (batch number, entry index, batch total)."""
+        data = tlv.encode(0x01, card_certificate) + tlv.encode(0x02, proof.record) + tlv.encode(0x03, proof.signature)
+        raw = self.apdu.send(Apdu(CLA, 0x32, 0, 0, data, 0), "complete the debit")
+        return struct.unpack(">IIQ", raw)
+
+    def close_batch(self) -> tuple[BatchHeader, Signed]:
+        signed = Signed.split(self.apdu.send(Apdu(CLA, 0x34, 0, 0, b"", 0), "close the batch"), BatchHeader.SIZE)
+        return BatchHeader.decode(signed.record), signed
+
+    def batch_entries(self, batch_number: int) -> list[BatchEntry]:
+        out = []
+        for index in range(0, 65536):
+            try:
+                raw = self.apdu.send(Apdu(CLA, 0x36, index >> 8, index & 0xFF, batch_number.to_bytes(4, "big"), 0),
+                                     "read a batch entry")
+            except NotFoundError:
+                break
+            f = tlv.decode(raw)
+            out.append(BatchEntry(f[0x01], Signed(f[0x02], f[0x03])))
+        return out
+
+    def batch_header(self, batch_number: int) -> tuple[BatchHeader, Signed]:
+        raw = self.apdu.send(Apdu(CLA, 0x38, 0, 0, batch_number.to_bytes(4, "big"), 0), "read a batch header")
+        signed = Signed.split(raw, BatchHeader.SIZE)
+        return BatchHeader.decode(signed.record), signed
+
+    # personalisation
+    def generate_key(self) -> bytes:
+        return self.apdu.send(Apdu(CLA, 0xE2, 0, 0, b"", 0), "generate the PSAM key")
+
+    def put_perso(self, item: int, value: bytes) -> None:
+        self.apdu.send(Apdu(CLA, 0xE0, item, 0, value), "personalise the PSAM")
+
+    def end_personalisation(self) -> None:
+        self.apdu.send(Apdu(CLA, 0xEE, 0, 0), "close personalisation")

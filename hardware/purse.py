@@ -1,0 +1,134 @@
+"""Client for the purse applet: one session object per selected applet, typed in and out."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from . import tlv
+from .iso7816 import AID, Apdu
+from .purse_records import (DEBIT_PROOF, LOAD_COMMAND_SIZE, LOAD_SIZE, DebitRecord, LoadConfirmation, LoadRequest,
+                            Signed)
+from .transport import ApduSession, Connection
+
+CLA = 0x80
+P2_PIN = 0x81
+
+
+@dataclass(frozen=True)
+class PurseInfo:
+    card_number: bytes
+    currency: int
+    balance: int
+    max_balance: int
+    load_counter: int
+    debit_counter: int
+    pin_tries: int
+    puk_tries: int
+    load_pending: bool
+
+    @property
+    def card_id(self) -> str:
+        return self.card_number.hex().upper()
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    kind: str                  # "load" or "debit"
+    balance_after: int
+    signed: Signed
+
+    @property
+    def counter(self) -> int:
+        return struct.unpack_from(">I", self.signed.record, 12 if self.kind == "load" else 24)[0]
+
+    @property
+    def amount(self) -> int:
+        return struct.unpack_from(">I", self.signed.record, 16 if self.kind == "load" else 28)[0]
+
+
+class PurseSession:
+    def __init__(self, connection: Connection, *, select: bool = True) -> None:
+        self.apdu = ApduSession(connection)
+        if select:
+            self.select()
+
+    def select(self) -> bytes:
+        return self.apdu.send(Apdu(0x00, 0xA4, 0x04, 0x00, AID.PURSE.value, 0), "select the purse")
+
+    # ---- reading -------------------------------------------------------------------------
+    def info(self) -> PurseInfo:
+        f = tlv.decode(self.apdu.send(Apdu(CLA, 0x50, 0, 0, b"", 0), "read the purse"))
+        tries = f.get(0xC7, b"\0\0")
+        return PurseInfo(
+            card_number=f[0xC1], currency=int.from_bytes(f[0xC2], "big"), balance=int.from_bytes(f[0xC3], "big"),
+            max_balance=int.from_bytes(f[0xC4], "big"), load_counter=int.from_bytes(f[0xC5], "big"),
+            debit_counter=int.from_bytes(f[0xC6], "big"), pin_tries=tries[0], puk_tries=tries[1],
+            load_pending=f.get(0xC8, b"\0") != b"\0")
+
+    def certificate(self) -> bytes:
+        return self.apdu.send(Apdu(CLA, 0x52, 0x01, 0x00, b"", 0), "read the card certificate")
+
+    def log(self) -> list[LogEntry]:
+        """The on-card log, newest first (at most 15 entries)."""
+        from .errors import NotFoundError
+        out = []
+        for n in range(1, 16):
+            try:
+                raw = self.apdu.send(Apdu(CLA, 0x56, n, 0, b"", 0), "read the purse log")
+            except NotFoundError:
+                break
+            kind = "load" if raw[0] == ord("L") else "debit"
+            size = LOAD_SIZE if kind == "load" else DebitRecord.SIZE
+            out.append(LogEntry(kind, int.from_bytes(raw[1:5], "big"), Signed.split(raw[5:], size)))
+        return out
+
+    # ---- PIN --------------------------------------------------------------------------------
+    def verify_pin(self, pin: bytes) -> None:
+        self.apdu.send(Apdu(0x00, 0x20, 0x00, P2_PIN, bytes(pin)), "verify the PIN")
+
+    def pin_verified(self) -> bool:
+        """Ask the card without spending a try (VERIFY with no data)."""
+        from .errors import CardError
+        try:
+            self.apdu.send(Apdu(0x00, 0x20, 0x00, P2_PIN), "PIN status")
+            return True
+        except CardError:
+            return False
+
+    def change_pin(self, old: bytes, new: bytes) -> None:
+        self.apdu.send(Apdu(0x00, 0x24, 0x00, P2_PIN, bytes([len(old)]) + old + new), "change the PIN")
+
+    def unblock_pin(self, puk: bytes, new: bytes) -> None:
+        self.apdu.send(Apdu(0x00, 0x2C, 0x00, P2_PIN, bytes([len(puk)]) + puk + new), "unblock the PIN")
+
+    # ---- load ---------------------------------------------------------------------------------
+    def initialize_load(self, amount: int, currency: int) -> tuple[LoadRequest, Signed]:
+        raw = self.apdu.send(Apdu(CLA, 0x40, 0, 0, struct.pack(">IH", amount, currency), 0), "start a load")
+        signed = Signed.split(raw, LOAD_SIZE)
+        return LoadRequest.decode(signed.record), signed
+
+    def load(self, command: Signed) -> tuple[LoadConfirmation, Signed]:
+        raw = self.apdu.send(Apdu(CLA, 0x42, 0, 0, command.blob, 0), "load the purse")
+        signed = Signed.split(raw, LOAD_SIZE)
+        return LoadConfirmation.decode(signed.record), signed
+
+    # ---- purchase -----------------------------------------------------------------------------
+    def debit(self, psam_certificate: bytes, request: Signed) -> tuple[DebitRecord, Signed]:
+        data = tlv.encode(0x01, psam_certificate) + tlv.encode(0x02, request.record) + tlv.encode(0x03, request.signature)
+        raw = self.apdu.send(Apdu(CLA, 0x54, 0, 0, data, 0), "pay from the purse")
+        signed = Signed.split(raw, DebitRecord.SIZE)
+        return DebitRecord.decode(signed.record, DEBIT_PROOF), signed
+
+    # ---- personalisation (issuer side, before the card is issued) ----------------------------
+    def generate_key(self) -> bytes:
+        return self.apdu.send(Apdu(CLA, 0xE2, 0, 0, b"", 0), "generate the purse key")
+
+    def put_perso(self, item: int, value: bytes) -> None:
+        self.apdu.send(Apdu(CLA, 0xE0, item, 0, value), "personalise the purse")
+
+    def end_personalisation(self) -> None:
+        self.apdu.send(Apdu(CLA, 0xEE, 0, 0), "close personalisation")
+
+
+PERSO_PARAMS, PERSO_PIN, PERSO_PUK, PERSO_ROOT, PERSO_ISSUER, PERSO_CERT = 1, 2, 3, 4, 5, 6
+__all__ = ["PurseSession", "PurseInfo", "LogEntry", "LOAD_COMMAND_SIZE"]
