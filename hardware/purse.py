@@ -86,6 +86,27 @@ class PurseSession:
     def verify_pin(self, pin: bytes) -> None:
         self.apdu.send(Apdu(0x00, 0x20, 0x00, P2_PIN, bytes(pin)), "verify the PIN")
 
+    def has_pin_pad(self) -> bool:
+        """True when the reader can take the PIN on its own keypad (PC/SC part 10)."""
+        from .readers import has_pin_pad
+        conn = self.apdu.connection
+        return hasattr(conn, "control") and has_pin_pad(conn)
+
+    def verify_pin_on_pad(self) -> None:
+        """Let the reader's keypad collect the PIN and send it to the card; the host never sees it."""
+        from .iso7816 import error_for
+        from .readers import FEATURE_VERIFY_PIN_DIRECT, reader_features, verify_pin_structure
+        conn = self.apdu.connection
+        code = reader_features(conn).get(FEATURE_VERIFY_PIN_DIRECT)
+        if code is None:
+            from .errors import ReaderError
+            raise ReaderError("this reader has no PIN pad")
+        template = bytes([0x00, 0x20, 0x00, P2_PIN, 0x08]) + b"\xff" * 8
+        answer = conn.control(code, verify_pin_structure(template))  # type: ignore[attr-defined]
+        sw = (answer[-2] << 8) | answer[-1] if len(answer) >= 2 else 0x6F00
+        if sw != 0x9000:
+            raise error_for(sw, "verify the PIN on the PIN pad")
+
     def pin_verified(self) -> bool:
         """Ask the card without spending a try (VERIFY with no data)."""
         from .errors import CardError

@@ -1,0 +1,67 @@
+"""``semper bench apdu``: round trip of a short APDU in process and through pcscd, and a purchase.
+
+The short APDU is READ PURSE (80 50 00 00 00, about 40 bytes back): it touches the applet but
+writes nothing, so the figure is transport plus dispatch, not storage.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from .common import card_pair, machine, stats_us
+
+READ_PURSE = bytes.fromhex("8050000000")
+TARGET_MEDIAN_US = 300.0
+
+
+def _time_transmit(transmit, count: int) -> list[float]:  # type: ignore[no-untyped-def]
+    out = []
+    for _ in range(count):
+        t = time.perf_counter()
+        r = transmit(READ_PURSE)
+        out.append(time.perf_counter() - t)
+        if r[-2:] != b"\x90\x00":
+            raise RuntimeError(f"unexpected answer {r.hex()}")
+    return out
+
+
+def bench_apdu(count: int = 2000, purchases: int = 50, progress: bool = True) -> dict[str, object]:
+    from client.payment import card_purse
+    from hardware.pcscd import VirtualCards
+    from hardware.psam import PsamSession
+    from hardware.purse import PurseSession
+    from hardware.simulator import open_card
+    from hardware.transport import PcscConnection
+    if count < 10:
+        raise ValueError("--count must be at least 10")
+
+    def say(msg: str) -> None:
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    result: dict[str, object] = {"machine": machine(), "apdu": "READ PURSE 80 50 00 00 00",
+                                 "target_pcscd_median_us": TARGET_MEDIAN_US}
+    with card_pair(sync=True) as pair:
+        say(f"in process: {count} APDUs")
+        with open_card(pair.buyer) as conn:
+            PurseSession(conn)
+            inproc = stats_us(_time_transmit(conn.transmit, count))
+        result["in_process"] = inproc
+        say(f"through pcscd: {count} APDUs")
+        with VirtualCards([pair.buyer, pair.psam]) as vc:
+            with PcscConnection(vc.readers[0]) as c1, PcscConnection(vc.readers[1]) as c2:
+                purse, psam = PurseSession(c1), PsamSession(c2)
+                _time_transmit(c1.transmit, min(100, count))                     # warm-up
+                via = stats_us(_time_transmit(c1.transmit, count))
+                result["pcscd"] = via
+                say(f"through pcscd: {purchases} purchases")
+                card_purse.load(purse, pair.scheme, 10_000_00, b"1234")           # type: ignore[arg-type]
+                times = []
+                for _ in range(purchases):
+                    t = time.perf_counter()
+                    card_purse.purchase(purse, psam, 1)
+                    times.append(time.perf_counter() - t)
+                result["purchase_pcscd"] = stats_us(times)
+    result["pcscd_over_in_process"] = round(via["median_us"] / max(inproc["median_us"], 0.1), 1)
+    result["meets_target"] = via["median_us"] < TARGET_MEDIAN_US
+    return result

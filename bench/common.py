@@ -1,0 +1,50 @@
+"""Shared pieces of the benches: timing statistics, machine facts, a throwaway card pair."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+
+def stats_us(samples_s: list[float]) -> dict[str, float]:
+    xs = sorted(samples_s)
+    n = len(xs)
+    return {
+        "n": n,
+        "median_us": round(statistics.median(xs) * 1e6, 1),
+        "p95_us": round(xs[min(n - 1, int(n * 0.95))] * 1e6, 1),
+        "mean_us": round(statistics.fmean(xs) * 1e6, 1),
+        "min_us": round(xs[0] * 1e6, 1),
+    }
+
+
+def machine() -> dict[str, object]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine()}
+
+
+@dataclass
+class CardPair:
+    folder: Path
+    buyer: Path
+    psam: Path
+    scheme: object
+
+
+@contextmanager
+def card_pair(sync: bool = False, pin: bytes = b"1234") -> Iterator[CardPair]:
+    """A scheme, a buyer card and a PSAM in a temporary folder (never the user's own keys)."""
+    from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
+    from client.support.scheme import Scheme
+    with tempfile.TemporaryDirectory(prefix="semper-bench-") as d:
+        folder = Path(d)
+        scheme = Scheme.load_or_create(folder / "scheme")
+        buyer, psam = folder / "buyer.card", folder / "psam.card"
+        personalise_purse_card(buyer, scheme, CardProfile(pin, b"12345678", max_balance=2**31 - 1), sync=sync)
+        personalise_psam(psam, scheme, sync=sync)
+        yield CardPair(folder, buyer, psam, scheme)

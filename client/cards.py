@@ -1,0 +1,42 @@
+"""Opening the buyer's card and the seller's PSAM, wherever they are: a PC/SC reader or an image.
+
+``--reader NAME`` talks through pcscd; ``--image PATH`` opens a simulated card in this process;
+with neither, the readers are searched for a card carrying the applet.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from hardware.iso7816 import AID
+from hardware.psam import PsamSession
+from hardware.purse import PurseSession
+from hardware.readers import find_card
+from hardware.simulator import open_card
+from hardware.transport import Connection, PcscConnection
+
+
+@contextmanager
+def connection(aid: AID, reader: str | None = None, image: Path | None = None,
+               exclude: tuple[str, ...] = ()) -> Iterator[Connection]:
+    if image is not None:
+        conn: Connection = open_card(image)
+    else:
+        conn = PcscConnection(reader or find_card(aid, exclude))
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def purse(reader: str | None = None, image: Path | None = None) -> Iterator[PurseSession]:
+    with connection(AID.PURSE, reader, image) as conn:
+        yield PurseSession(conn)
+
+
+@contextmanager
+def psam(reader: str | None = None, image: Path | None = None) -> Iterator[PsamSession]:
+    with connection(AID.PSAM, reader, image) as conn:
+        yield PsamSession(conn)
