@@ -1,0 +1,186 @@
+"""The card through the real PC/SC stack: pcscd + vpcd, pyscard, OpenSC's opensc-tool, scriptor.
+
+Every test here starts from the module's own pcscd (its own reader.conf, free ports) and stops it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from client.payment import card_purse
+from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
+from client.support.scheme import Scheme
+from hardware import errors, readers
+from hardware.iso7816 import AID, Apdu
+from hardware.pcscd import VirtualCards
+from hardware.psam import PsamSession
+from hardware.purse import PurseSession
+from hardware.simulator import open_card
+from hardware.transport import ApduSession, PcscConnection
+
+pytestmark = pytest.mark.pcsc
+PIN = b"4711"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pcsc")
+    scheme = Scheme.load_or_create(folder / "scheme")
+    buyer, psam = folder / "buyer.card", folder / "psam.card"
+    personalise_purse_card(buyer, scheme, CardProfile(PIN, b"87654321"), sync=False)
+    personalise_psam(psam, scheme, sync=False)
+    with VirtualCards([buyer, psam], sync=False) as vc:
+        yield {"folder": folder, "scheme": scheme, "vc": vc, "buyer": vc.readers[0], "psam": vc.readers[1]}
+
+
+@pytest.fixture
+def sessions(world):
+    with PcscConnection(world["buyer"]) as c1, PcscConnection(world["psam"]) as c2:
+        yield PurseSession(c1), PsamSession(c2)
+
+
+def test_readers_show_both_simulated_cards(world):
+    infos = {i.name: i for i in readers.list_readers()}
+    for name in (world["buyer"], world["psam"]):
+        assert infos[name].card_present
+        assert b"SEMPER-SIM" in infos[name].atr
+    assert readers.find_card(AID.PURSE) == world["buyer"]
+    assert readers.find_card(AID.PSAM) == world["psam"]
+
+
+def test_load_and_purchase_conserve_money_through_pcscd(world, sessions):
+    purse, psam = sessions
+    before, psam_before = purse.info(), psam.info()
+    card_purse.load(purse, world["scheme"], 3000, PIN)
+    for amount in (100, 250, 1):
+        card_purse.purchase(purse, psam, amount)
+    after, psam_after = purse.info(), psam.info()
+    assert after.balance == before.balance + 3000 - 351
+    assert after.load_counter == before.load_counter + 1
+    assert after.debit_counter == before.debit_counter + 3
+    assert psam_after.lifetime_total - psam_before.lifetime_total == 351
+    log = purse.log()
+    assert [e.kind for e in log[:4]] == ["debit", "debit", "debit", "load"]
+    assert log[0].balance_after == after.balance
+
+
+def test_wrong_pin_counts_down_and_right_pin_restores(sessions):
+    purse, _ = sessions
+    with pytest.raises(errors.WrongPinError) as e:
+        purse.verify_pin(b"0000")
+    assert e.value.tries_left == 2
+    assert purse.info().pin_tries == 2
+    purse.verify_pin(PIN)
+    assert purse.info().pin_tries == 3
+
+
+def test_response_chaining_and_command_chaining_through_pcscd(world, sessions):
+    purse, psam = sessions
+    cert = purse.certificate()                     # > 256 bytes? then 61xx + GET RESPONSE did the work
+    with open_card_copy(world) as local:
+        assert cert == PurseSession(local).certificate()
+    # force response chaining with a small Le on a raw connection
+    conn = purse.apdu.connection
+    conn.transmit(bytes.fromhex("00A4040008") + AID.PURSE.value)
+    first = conn.transmit(bytes.fromhex("8052010010"))
+    assert first[-2] == 0x61 and first[:-2] == cert[:16]
+    rest = conn.transmit(bytes([0x00, 0xC0, 0x00, 0x00, first[-1]]))
+    assert rest[:-2] == cert[16:16 + (first[-1] or 256)]
+    # command chaining: a DEBIT carries the PSAM certificate (several hundred bytes) in 255-byte parts
+    card_purse.load(purse, world["scheme"], 500, PIN)
+    chained = ApduSession(conn, chunk=100)
+    purse.apdu = chained
+    purse.select()
+    paid = card_purse.purchase(purse, psam, 5)
+    assert paid.proof.amount == 5
+
+
+def test_extended_length_through_pcscd(sessions):
+    purse, _ = sessions
+    conn = purse.apdu.connection
+    conn.transmit(bytes.fromhex("00A4040008") + AID.PURSE.value)
+    cert_len = len(purse.certificate())
+    r = conn.transmit(bytes.fromhex("8052010000") + b"\x00\x00")       # case 2 extended, Le = 65536
+    assert r[-2:] == b"\x90\x00" and len(r) - 2 == cert_len
+
+
+def open_card_copy(world):
+    """The buyer card's image copied and opened in process (the served one is locked)."""
+    src = world["folder"] / "buyer.card"
+    dst = world["folder"] / "buyer-copy.card"
+    shutil.copyfile(src, dst)
+    return open_card(dst, sync=False)
+
+
+@pytest.mark.skipif(shutil.which("opensc-tool") is None, reason="opensc not installed")
+def test_opensc_tool_as_outside_client(world):
+    out = subprocess.run(["opensc-tool", "-r", world["buyer"], "-s", "00 A4 04 00 08 F0 53 45 4D 50 45 52 01 00",
+                          "-s", "80 50 00 00 00", "-s", "00 A4 04 00 05 A0 00 00 00 99 00"],
+                         capture_output=True, text=True, timeout=60)
+    text = out.stdout + out.stderr
+    assert "semper e-purse" in text
+    assert text.count("SW1=0x90, SW2=0x00") == 2
+    assert "SW1=0x6A, SW2=0x82" in text                                 # unknown AID
+
+
+@pytest.mark.skipif(shutil.which("scriptor") is None, reason="pcsc-tools not installed")
+def test_scriptor_sends_malformed_apdus_and_gets_status_words(world, sessions):
+    purse, _ = sessions
+    before = purse.info()
+    script = "00 A4 04 00 08 F0 53 45 4D 50 45 52 01\n80 50\n80 54 00 00 05 01 02\nFF 00 00 00\n80 40 00 00\n"
+    out = subprocess.run(["scriptor", "-r", world["buyer"]], input=script, capture_output=True, text=True, timeout=60)
+    text = out.stdout
+    assert ": 67 00" in text or "67 00" in text                          # 2-byte and Lc-mismatch commands
+    assert "6E 00" in text                                             # class FF
+    after = purse.info()
+    assert (after.balance, after.load_counter, after.debit_counter) == (before.balance, before.load_counter,
+                                                                      before.debit_counter)
+
+
+def test_no_pin_pad_on_vpcd_and_feature_parsing(world):
+    with PcscConnection(world["buyer"]) as conn:
+        assert readers.has_pin_pad(conn) is False
+        assert PurseSession(conn).has_pin_pad() is False
+    feats = readers.parse_features(bytes.fromhex("06 04 42 33 00 06 0A 04 42 33 00 0A".replace(" ", "")))
+    assert feats[readers.FEATURE_VERIFY_PIN_DIRECT] == 0x42330006
+    with pytest.raises(errors.TransportError):
+        readers.parse_features(b"\x06\x03\x00\x00\x00")
+
+
+def test_cli_through_pcscd(world):
+    env = dict(os.environ, SEMPER_HOME=str(world["folder"] / "home"))
+    # the cards were issued by the module's scheme: point the CLI's local issuer at it
+    (world["folder"] / "home").mkdir(exist_ok=True)
+    if not (world["folder"] / "home" / "scheme").exists():
+        shutil.copytree(world["folder"] / "scheme", world["folder"] / "home" / "scheme")
+    semper = [sys.executable, "-m", "client.cli"]
+    info = subprocess.run(semper + ["card", "info", "--json", "--reader", world["buyer"]], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert info.returncode == 0, info.stderr
+    balance = json.loads(info.stdout)["balance"]
+    load = subprocess.run(semper + ["card", "load", "10.00", "--pin-stdin"], input=PIN.decode() + "\n", env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert load.returncode == 0, load.stderr
+    pay = subprocess.run(semper + ["card", "pay", "2.50"], env=env, capture_output=True, text=True, timeout=60)
+    assert pay.returncode == 0, pay.stderr
+    after = json.loads(subprocess.run(semper + ["card", "info", "--json"], env=env, capture_output=True, text=True,
+                                      timeout=60).stdout)["balance"]
+    assert float(after.split()[0]) == pytest.approx(float(balance.split()[0]) + 7.50)
+    bad = subprocess.run(semper + ["card", "pay", "-3"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "positive" in bad.stderr
+    wrong = subprocess.run(semper + ["card", "load", "1.00", "--pin-stdin"], input="0000\n", env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 1 and "wrong PIN" in wrong.stderr and "Traceback" not in wrong.stderr
+    ok = subprocess.run(semper + ["card", "load", "1.00", "--pin-stdin"], input=PIN.decode() + "\n", env=env,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0
+    listing = subprocess.run(semper + ["readers"], env=env, capture_output=True, text=True, timeout=60)
+    assert "applets: purse" in listing.stdout and "applets: psam" in listing.stdout

@@ -1,0 +1,86 @@
+"""Cards and pcscd coming and going: insertion/removal events, a pcscd restart, SIGTERM, tears."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from bench.common import card_pair
+from bench.tearing import run_tear_test
+from hardware import readers
+from hardware.pcscd import Pcscd, free_port_pair, reader_names
+from hardware.purse import PurseSession
+from hardware.transport import PcscConnection
+
+pytestmark = pytest.mark.pcsc
+
+
+def _serve(image, port):
+    return subprocess.Popen([sys.executable, "-m", "card_applet_sim", str(image), "--port", str(port), "--no-sync"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_events_and_card_survive_a_pcscd_restart():
+    reader = reader_names()[0]
+    port = free_port_pair()
+    with card_pair() as pair:
+        daemon = Pcscd(port=port).start()
+        server = _serve(pair.buyer, port)
+        events: list[readers.ReaderEvent] = []
+        watcher = threading.Thread(target=lambda: events.extend(readers.monitor(12.0, poll_ms=100)))
+        try:
+            assert readers.wait_for_card(reader, 10)
+            watcher.start()
+            time.sleep(1.0)
+            server.terminate()                                   # card pulled
+            assert server.wait(5) == 0                           # SIGTERM: clean exit
+            assert readers.wait_for_card(reader, 10, present=False)
+            server = _serve(pair.buyer, port)                    # card back
+            assert readers.wait_for_card(reader, 10)
+            daemon.stop()                                        # pcscd goes away ...
+            time.sleep(0.5)
+            daemon = Pcscd(port=port).start()                    # ... and comes back on the same ports
+            assert readers.wait_for_card(reader, 15), "the card server did not reconnect to the new pcscd"
+            with PcscConnection(reader) as conn:                 # and the card still works
+                assert PurseSession(conn).info().balance == 0
+            watcher.join(20)
+        finally:
+            server.terminate()
+            server.wait(5)
+            daemon.stop()
+    kinds = [(e.kind, e.reader) for e in events]
+    assert ("card-removed", reader) in kinds
+    assert kinds.count(("card-inserted", reader)) >= 2, kinds
+    assert ("service-lost", "") in kinds
+    lost = kinds.index(("service-lost", ""))
+    assert ("card-inserted", reader) in kinds[lost:], "monitor did not pick the card up again after the restart"
+
+
+def test_card_serve_rejects_a_missing_or_locked_image(tmp_path):
+    missing = subprocess.run([sys.executable, "-m", "card_applet_sim", str(tmp_path / "nope.card")],
+                             capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 2 and "semper card new" in missing.stderr
+    with card_pair() as pair:
+        first = _serve(pair.buyer, free_port_pair())
+        try:
+            time.sleep(1.0)
+            second = subprocess.run([sys.executable, "-m", "card_applet_sim", str(pair.buyer)],
+                                    capture_output=True, text=True, timeout=30)
+            assert second.returncode == 2 and "in use" in second.stderr
+        finally:
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(5) == 0
+
+
+def test_tearing_loses_nothing():
+    """SIGKILL the served card at random moments during loads and purchases (small run; the
+    command 'semper card tear-test --runs N' does the long one)."""
+    report = run_tear_test(runs=80, seed=7, progress=False)
+    assert report["violations"] == 0, report["violation_details"]
+    assert report["kills"] == 80
+    assert report["loads_committed"] + report["debits_committed"] >= 200      # hundreds of operations
+    assert report["in_flight_committed"] + report["in_flight_rolled_back"] > 0  # kills did land mid-operation
