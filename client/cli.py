@@ -106,11 +106,16 @@ def cmd_card_new(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError("--card-number must be 16 hex digits") from None
         profile = CardProfile(pin, puk, number, currency, parse_amount(args.max_balance))
-        cn = personalise_purse_card(args.image, scheme, profile, sync=not args.no_sync)
+        issued = personalise_purse_card(args.image, scheme, profile, sync=not args.no_sync)
     except PersonalisationError as e:
         raise UsageError(str(e)) from None
-    print(f"card {cn.hex().upper()} issued into {args.image} (purse, max balance "
-          f"{format_amount(profile.max_balance, profile.currency)})")
+    admin = semper_home() / "cards" / f"{issued.card_id}.piv-admin-key"
+    admin.parent.mkdir(parents=True, exist_ok=True)
+    admin.touch(mode=0o600)
+    admin.write_text(issued.piv_admin_key.hex() + "\n")
+    print(f"card {issued.card_id} issued into {args.image}: purse (max balance "
+          f"{format_amount(profile.max_balance, profile.currency)}) and PIV keys 9A, 9C; "
+          f"PIV management key in {admin}")
     return 0
 
 

@@ -35,7 +35,7 @@ def run_demo(keep: bool = False) -> int:
         _step(1, f"issuing a buyer card and a seller PSAM in {folder}")
         scheme = Scheme.load_or_create(folder / "scheme")
         buyer, psam_image = folder / "buyer.card", folder / "psam.card"
-        number = personalise_purse_card(buyer, scheme, CardProfile(DEMO_PIN, b"12345678"))
+        number = personalise_purse_card(buyer, scheme, CardProfile(DEMO_PIN, b"12345678")).card_number
         psam_id = personalise_psam(psam_image, scheme)
         print(f"    card {number.hex().upper()} (PIN {DEMO_PIN.decode()}), PSAM {psam_id.hex().upper()}")
 

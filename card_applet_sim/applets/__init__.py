@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from ..applet import Applet
+from .piv import PivApplet
 from .psam import PsamApplet
 from .purse import PurseApplet
 
 REGISTRY: dict[str, type[Applet]] = {
     PurseApplet.NAME: PurseApplet,
     PsamApplet.NAME: PsamApplet,
+    PivApplet.NAME: PivApplet,
 }

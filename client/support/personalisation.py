@@ -14,6 +14,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from hardware import tlv
+from hardware.piv import CHUID, PivSession, Slot
 from hardware.psam import PsamSession
 from hardware.purse import (PERSO_CERT, PERSO_ISSUER, PERSO_PARAMS, PERSO_PIN, PERSO_PUK, PERSO_ROOT,
                             PurseSession)
@@ -53,11 +55,22 @@ def new_card_number() -> bytes:
     return bytes.fromhex("6799") + secrets.token_bytes(6)
 
 
-def personalise_purse_card(image: Path, scheme: Scheme, profile: CardProfile, *, sync: bool = True) -> bytes:
-    """Create and issue a buyer card image; returns the card number."""
+@dataclass(frozen=True)
+class IssuedCard:
+    card_number: bytes
+    piv_admin_key: bytes          # the PIV card management key (9B), kept by the issuer / holder
+
+    @property
+    def card_id(self) -> str:
+        return self.card_number.hex().upper()
+
+
+def personalise_purse_card(image: Path, scheme: Scheme, profile: CardProfile, *, sync: bool = True) -> IssuedCard:
+    """Create and issue a buyer card image: the e-purse and the PIV signature applet."""
     profile.check()
     card_number = profile.card_number or new_card_number()
-    card = _create(image, ["purse"], sync)
+    admin_key = secrets.token_bytes(16)
+    card = _create(image, ["purse", "piv"], sync)
     try:
         purse = PurseSession(card)
         point = purse.generate_key()
@@ -70,12 +83,28 @@ def personalise_purse_card(image: Path, scheme: Scheme, profile: CardProfile, *,
         purse.put_perso(PERSO_ISSUER, scheme.issuer_point)
         purse.put_perso(PERSO_CERT, cert.public_bytes(Encoding.DER))
         purse.end_personalisation()
+        _personalise_piv(PivSession(card), scheme, card_number, admin_key)
     except BaseException:
         card.close()
         image.unlink(missing_ok=True)
         raise
     card.close()
-    return card_number
+    return IssuedCard(card_number, admin_key)
+
+
+def _personalise_piv(piv: PivSession, scheme: Scheme, card_number: bytes, admin_key: bytes) -> None:
+    """Keys 9A (authentication) and 9C (signature) made on the card, certified by the local root."""
+    holder = f"semper card holder {card_number.hex().upper()}"
+    for slot, non_repudiation in ((Slot.AUTHENTICATION, False), (Slot.SIGNATURE, True)):
+        point = piv.generate(slot)
+        cert = scheme.certify(point, holder, card_number.hex().upper(), None, non_repudiation=non_repudiation)
+        piv.put_certificate(slot, cert.public_bytes(Encoding.DER))
+    guid = (card_number * 2)[:16]
+    fascn = bytes(17) + card_number
+    piv.put_object(CHUID, tlv.encode(0x30, fascn) + tlv.encode(0x34, guid) + tlv.encode(0x35, b"20351231") +
+                   tlv.encode(0x3E, b"") + tlv.encode(0xFE, b""))
+    piv.put_perso(0x07, admin_key)
+    piv.end_personalisation()
 
 
 def personalise_psam(image: Path, scheme: Scheme, *, psam_id: bytes | None = None, currency: int = EUR,
