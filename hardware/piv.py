@@ -90,6 +90,10 @@ class PivSession:
     def pin_status(self) -> PinStatus:
         return self._status(PIN_REF)
 
+    def logout(self) -> None:
+        """Forget the PIN verification (VERIFY with P1 = FF)."""
+        self.apdu.send(Apdu(0x00, 0x20, 0xFF, PIN_REF), "reset the PIN status")
+
     def change_pin(self, old: bytes, new: bytes) -> None:
         self.apdu.send(Apdu(0x00, 0x24, 0x00, PIN_REF, _padded(old) + _padded(new)), "change the PIN")
 
