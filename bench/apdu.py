@@ -1,4 +1,4 @@
-"""``semper bench apdu``: round trip of a short APDU in process and through pcscd, and a purchase.
+"""``semper bench apdu``: a short APDU in process and through pcscd, a purchase, PIV signatures.
 
 The short APDU is READ PURSE (80 50 00 00 00, about 40 bytes back): it touches the applet but
 writes nothing, so the figure is transport plus dispatch, not storage.
@@ -62,6 +62,45 @@ def bench_apdu(count: int = 2000, purchases: int = 50, progress: bool = True) ->
                     card_purse.purchase(purse, psam, 1)
                     times.append(time.perf_counter() - t)
                 result["purchase_pcscd"] = stats_us(times)
+                say(f"through pcscd: {purchases} PIV signatures")
+                result.update(_piv_signatures(c1, purchases))
+    raw = _raw_signatures(max(purchases, 200))
+    result["raw_cryptography_sign"] = raw
+    result["piv_sign_over_raw"] = round(result["piv_sign_9a_pcscd"]["median_us"] / raw["median_us"], 1)  # type: ignore[index]
     result["pcscd_over_in_process"] = round(via["median_us"] / max(inproc["median_us"], 0.1), 1)
     result["meets_target"] = via["median_us"] < TARGET_MEDIAN_US
     return result
+
+
+def _piv_signatures(connection, count: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """9A (PIN once): one GENERAL AUTHENTICATE; 9C (PIN always): VERIFY + GENERAL AUTHENTICATE."""
+    import hashlib
+    from hardware.piv import PivSession, Slot
+    piv = PivSession(connection)
+    digest = hashlib.sha256(b"semper bench").digest()
+    piv.verify_pin(b"1234")
+    t9a, t9c = [], []
+    for _ in range(count):
+        t = time.perf_counter()
+        piv.sign_digest(Slot.AUTHENTICATION, digest)
+        t9a.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        piv.verify_pin(b"1234")
+        piv.sign_digest(Slot.SIGNATURE, digest)
+        t9c.append(time.perf_counter() - t)
+    return {"piv_sign_9a_pcscd": stats_us(t9a), "piv_verify_and_sign_9c_pcscd": stats_us(t9c)}
+
+
+def _raw_signatures(count: int) -> dict[str, float]:
+    import hashlib
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = hashlib.sha256(b"semper bench").digest()
+    out = []
+    for _ in range(count):
+        t = time.perf_counter()
+        key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        out.append(time.perf_counter() - t)
+    return stats_us(out)

@@ -61,20 +61,25 @@ def check_point(point: bytes) -> None:
 _KEY_CACHE: dict[bytes, ec.EllipticCurvePrivateKey] = {}
 
 
-def sign(scalar: bytes, message: bytes) -> bytes:
-    """ECDSA P-256 over SHA-256(message), DER encoded."""
+def _cached_private(scalar: bytes) -> ec.EllipticCurvePrivateKey:
+    """Deriving a key object from its scalar costs more than signing; keep a few (RAM only)."""
     key = _KEY_CACHE.get(scalar)
     if key is None:
         key = _private(scalar)
         if len(_KEY_CACHE) > 64:
             _KEY_CACHE.clear()
         _KEY_CACHE[scalar] = key
-    return key.sign(message, ec.ECDSA(hashes.SHA256()))
+    return key
+
+
+def sign(scalar: bytes, message: bytes) -> bytes:
+    """ECDSA P-256 over SHA-256(message), DER encoded."""
+    return _cached_private(scalar).sign(message, ec.ECDSA(hashes.SHA256()))
 
 
 def sign_digest(scalar: bytes, digest: bytes) -> bytes:
     from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-    return _private(scalar).sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+    return _cached_private(scalar).sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
 
 
 def verify(point: bytes, message: bytes, signature: bytes) -> bool:

@@ -84,3 +84,15 @@ def test_tearing_loses_nothing():
     assert report["kills"] == 80
     assert report["loads_committed"] + report["debits_committed"] >= 200      # hundreds of operations
     assert report["in_flight_committed"] + report["in_flight_rolled_back"] > 0  # kills did land mid-operation
+
+
+def test_bench_apdu_reports_every_figure():
+    """Timings are not asserted (they belong to 'semper bench'); the report must be complete and sane."""
+    from bench.apdu import bench_apdu
+    report = bench_apdu(count=30, purchases=3, progress=False)
+    for key in ("in_process", "pcscd", "purchase_pcscd", "piv_sign_9a_pcscd", "piv_verify_and_sign_9c_pcscd",
+                "raw_cryptography_sign"):
+        figures = report[key]
+        assert figures["n"] >= 3 and 0 < figures["min_us"] <= figures["median_us"] <= figures["p95_us"]
+    assert report["pcscd"]["median_us"] > report["in_process"]["median_us"]     # pcscd adds a real hop
+    assert isinstance(report["meets_target"], bool) and report["piv_sign_over_raw"] > 0
