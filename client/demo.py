@@ -45,7 +45,7 @@ def run_demo(keep: bool = False) -> int:
                 print(f"    {info.name}: {'card ATR ' + info.atr.hex().upper() if info.card_present else 'empty'}")
             if shutil.which("opensc-tool"):
                 _step(3, "an outside client (OpenSC's opensc-tool) sends APDUs to the card")
-                out = subprocess.run(["opensc-tool", "-r", vc.readers[0], "-s", "00 A4 04 00 08 F0 53 45 4D 50 45 52 01 00",
+                out = subprocess.run(["opensc-tool", "-c", "default", "-r", vc.readers[0], "-s", "00 A4 04 00 08 F0 53 45 4D 50 45 52 01 00",
                                       "-s", "80 50 00 00 00"], capture_output=True, text=True, timeout=30)
                 for line in (out.stdout + out.stderr).strip().splitlines():
                     print(f"    {line}")

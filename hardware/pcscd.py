@@ -5,6 +5,7 @@ our own reader.conf directory (``-c``) so the vpcd ports are ours, and stop it b
 """
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -18,6 +19,47 @@ from . import errors
 
 VPCD_DRIVER = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
 SOCKET = Path("/run/pcscd/pcscd.comm")
+LOCK = Path(tempfile.gettempdir()) / "semper-pcscd.lock"
+LOCK_WAIT = 600.0
+
+
+class _MachineLock:
+    """One pcscd per machine: semper processes that start one take turns instead of colliding."""
+
+    def __init__(self) -> None:
+        self.fd = -1
+
+    def acquire(self, timeout: float = LOCK_WAIT) -> None:
+        import fcntl
+        self.fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self.fd)
+                    self.fd = -1
+                    raise errors.ReaderError(f"another semper process kept pcscd for {timeout:.0f} s; giving up") from None
+                time.sleep(0.1)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    @staticmethod
+    def held_elsewhere() -> bool:
+        import fcntl
+        fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
 
 
 def reader_names(count: int = 1) -> list[str]:
@@ -64,12 +106,25 @@ class Pcscd:
     process: subprocess.Popen | None = None  # type: ignore[type-arg]
     log_path: Path | None = None
     _tmp: str | None = field(default=None, repr=False)
+    _lock: _MachineLock = field(default_factory=_MachineLock, repr=False)
 
     def start(self, timeout: float = 10.0) -> "Pcscd":
+        self._lock.acquire()
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> "Pcscd":
         if shutil.which("pcscd") is None and not Path("/usr/sbin/pcscd").exists():
             raise errors.ReaderError("pcscd is not installed; run 'make demo' or 'make test' to install it")
         if not Path(VPCD_DRIVER).exists():
             raise errors.ReaderError("the vpcd reader driver is missing; install the Debian package vsmartcard-vpcd")
+        for _ in range(50):                 # the previous holder's pcscd may still be going down
+            if not service_running():
+                break
+            time.sleep(0.1)
         if service_running():
             raise errors.ReaderError(
                 "another pcscd is already running (socket /run/pcscd/pcscd.comm answers); stop it first "
@@ -118,6 +173,7 @@ class Pcscd:
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+        self._lock.release()
 
     def __enter__(self) -> "Pcscd":
         return self.start()
@@ -156,9 +212,12 @@ class VirtualCards:
     def __enter__(self) -> "VirtualCards":
         import sys
         from .readers import wait_for_card
-        if not service_running():
-            self.port = free_port_pair()
-            self.pcscd = Pcscd(port=self.port).start()
+        if not service_running() or _MachineLock.held_elsewhere():
+            # no pcscd, or one that another semper process started: start (or wait for) our own
+            self.pcscd = Pcscd(port=free_port_pair())
+            self.pcscd.start()
+            self.port = self.pcscd.port
+        # else: a pcscd this machine runs by itself, with the default vpcd configuration
         cmd = [sys.executable, "-m", "card_applet_sim", *map(str, self.images), "--port", str(self.port)]
         if not self.sync:
             cmd.append("--no-sync")
