@@ -14,8 +14,7 @@ from __future__ import annotations
 import struct
 
 from ..apdu import Command
-from ..applet import (CLA_ISO, CLA_PROPRIETARY, INS_END_PERSO, INS_GENERATE_KEY, INS_PUT_PERSO, STATE_ACTIVE,
-                      Applet, KeyPairPersonalisation)
+from ..applet import (CLA_ISO, CLA_PROPRIETARY, INS_END_PERSO, INS_GENERATE_KEY, INS_PUT_PERSO, Applet, KeyPairPersonalisation)
 from .. import crypto, tlv
 from ..pin import Pin
 from ..sw import SW, CardError
