@@ -7,11 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +16,7 @@ from client.payment import card_purse
 from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
 from client.support.scheme import Scheme
 from hardware import errors, readers
-from hardware.iso7816 import AID, Apdu
+from hardware.iso7816 import AID
 from hardware.pcscd import VirtualCards
 from hardware.psam import PsamSession
 from hardware.purse import PurseSession

@@ -47,9 +47,9 @@ def cmd_readers(args: argparse.Namespace) -> int:
 
 # ---- card -----------------------------------------------------------------------------------------
 def cmd_card_new(args: argparse.Namespace) -> int:
-    from .support.paths import semper_home
-    from .support.personalisation import CardProfile, PersonalisationError, personalise_psam, personalise_purse_card
-    from .support.scheme import Scheme
+    from ..support.paths import semper_home
+    from ..support.personalisation import CardProfile, PersonalisationError, personalise_psam, personalise_purse_card
+    from ..support.scheme import Scheme
     scheme = Scheme.load_or_create(semper_home() / "scheme")
     try:
         currency = parse_currency(args.currency)
@@ -94,7 +94,7 @@ def _purse_dict(info) -> dict:  # type: ignore[no-untyped-def]
 
 
 def cmd_card_info(args: argparse.Namespace) -> int:
-    from . import cards
+    from .. import cards
     from hardware.iso7816 import AID
     with cards.connection(AID.PURSE if not args.psam else AID.PSAM, args.reader, args.image) as conn:
         if args.psam:
@@ -115,10 +115,10 @@ def cmd_card_info(args: argparse.Namespace) -> int:
 
 
 def cmd_card_load(args: argparse.Namespace) -> int:
-    from . import cards
-    from .payment import card_purse
-    from .support.paths import semper_home
-    from .support.scheme import Scheme
+    from .. import cards
+    from ..payment import card_purse
+    from ..support.paths import semper_home
+    from ..support.scheme import Scheme
     amount = parse_amount(args.amount)
     issuer = Scheme.load_or_create(semper_home() / "scheme")
     with cards.purse(args.reader, args.image) as purse:
@@ -136,8 +136,8 @@ def cmd_card_load(args: argparse.Namespace) -> int:
 
 
 def cmd_card_pay(args: argparse.Namespace) -> int:
-    from . import cards
-    from .payment import card_purse
+    from .. import cards
+    from ..payment import card_purse
     from hardware.iso7816 import AID
     amount = parse_amount(args.amount)
     with cards.connection(AID.PURSE, args.reader, args.image) as buyer_conn:
@@ -155,7 +155,7 @@ def cmd_card_pay(args: argparse.Namespace) -> int:
 
 
 def cmd_card_log(args: argparse.Namespace) -> int:
-    from . import cards
+    from .. import cards
     with cards.purse(args.reader, args.image) as purse:
         currency = purse.info().currency
         entries = purse.log()
@@ -168,7 +168,7 @@ def cmd_card_log(args: argparse.Namespace) -> int:
 
 
 def cmd_card_pin(args: argparse.Namespace) -> int:
-    from . import cards
+    from .. import cards
     with cards.purse(args.reader, args.image) as purse:
         if args.action == "change":
             old = read_secret("current PIN", args.pin_stdin)
@@ -184,7 +184,7 @@ def cmd_card_pin(args: argparse.Namespace) -> int:
 
 
 def cmd_card_batch(args: argparse.Namespace) -> int:
-    from . import cards
+    from .. import cards
     with cards.psam(args.psam_reader, args.psam_image) as psam:
         header, _signed = psam.close_batch()
     print(f"batch {header.batch_number} closed: {header.count} debits, {format_amount(header.total, header.currency)}")
