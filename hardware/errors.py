@@ -31,9 +31,15 @@ class CardError(HardwareError):
 
 
 class WrongPinError(CardError):
-    def __init__(self, tries_left: int, sw: int = 0) -> None:
-        msg = (f"wrong PIN: {tries_left} {'try' if tries_left == 1 else 'tries'} left" if tries_left
-               else "wrong PIN: the PIN is now blocked; unblock it with the PUK")
+    """``tries_left`` is None when the device does not say (PKCS#11 reports no counter)."""
+
+    def __init__(self, tries_left: int | None, sw: int = 0) -> None:
+        if tries_left is None:
+            msg = "wrong PIN"
+        elif tries_left:
+            msg = f"wrong PIN: {tries_left} {'try' if tries_left == 1 else 'tries'} left"
+        else:
+            msg = "wrong PIN: the PIN is now blocked; unblock it with the PUK"
         super().__init__(msg, sw)
         self.tries_left = tries_left
 

@@ -1,0 +1,206 @@
+"""``semper token ...`` (PKCS#11 tokens) and ``semper bench sign``.
+
+SoftHSM2 tokens live in a folder with its own ``softhsm2.conf``: ``--dir FOLDER``, else the file
+``SOFTHSM2_CONF`` names, else ``$SEMPER_HOME/tokens``. ``--module`` takes any PKCS#11 library;
+with OpenSC's the simulated (or a real) card shows up as a token too.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from hardware import errors as hw_errors
+
+from . import UsageError, print_json, read_secret
+
+
+def _is_softhsm_path(module: str | None) -> bool:
+    from hsm.module import DEFAULT_MODULE
+    return module is None or "softhsm" in os.path.basename(os.path.realpath(module)).lower() or module == DEFAULT_MODULE
+
+
+def _store(args: argparse.Namespace, create: bool):  # type: ignore[no-untyped-def]
+    """The SoftHSM2 folder the arguments and environment name (None when it does not exist yet)."""
+    from hsm.softhsm import CONF_NAME, SoftHsmStore
+    from ..support.paths import semper_home
+    if args.dir is not None:
+        folder = Path(args.dir)
+    elif os.environ.get("SOFTHSM2_CONF"):
+        return SoftHsmStore.from_conf(Path(os.environ["SOFTHSM2_CONF"]))
+    else:
+        folder = semper_home() / "tokens"
+    if not create and not (folder / CONF_NAME).exists():
+        return None
+    return SoftHsmStore.in_folder(folder)
+
+
+def _module(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The module to use, with SoftHSM2 pointed at the right folder; None when that folder is empty."""
+    from hsm.module import load
+    if not _is_softhsm_path(args.module):
+        return load(args.module)
+    store = _store(args, create=False)
+    if store is None:
+        return None
+    return store.module(args.module)
+
+
+def _key_id(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        return bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        raise UsageError(f"--key-id must be hex digits (e.g. 02), not {text!r}") from None
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from hsm.softhsm import check_label, check_pin, provision
+    try:
+        check_label(args.label)
+        user_pin = read_secret("new user PIN", args.pin_stdin, confirm=True)
+        check_pin(user_pin, "user PIN")
+        so_pin = read_secret("new SO PIN (security officer)", args.pin_stdin, confirm=True)
+        check_pin(so_pin, "SO PIN")
+    except hw_errors.InvalidInputError as e:
+        raise UsageError(str(e)) from None
+    if not _is_softhsm_path(args.module):
+        raise UsageError("'semper token init' creates SoftHSM2 tokens; --module must be a SoftHSM2 library")
+    store = _store(args, create=True)
+    made = provision(store, args.label, user_pin, so_pin, module=args.module)
+    print(f"label: {made.label}")
+    print(f"serial: {made.serial}")
+    print(f"key id: {made.key_id.hex()}")
+    print(f"public point: {made.public_point.hex()}")
+    print(f"SOFTHSM2_CONF={made.store.conf}")
+    print(f"(other programs see the token with: SOFTHSM2_CONF={made.store.conf} pkcs11-tool --module {made.module} -O)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    module = _module(args)
+    if module is None:
+        print(f"no tokens yet in {Path(args.dir) if args.dir else 'the semper token folder'}; "
+              f"make one with 'semper token init --label LABEL'")
+        return 0
+    tokens = [t for t in module.tokens() if t.initialized or t.label]
+    if module.is_softhsm:
+        print(f"SOFTHSM2_CONF={module.softhsm_conf}")
+    if not tokens:
+        print(f"no tokens in {module.path}")
+    for t in tokens:
+        state = "PIN blocked" if t.pin_locked else ("PIN: last try" if t.pin_final_try else "ready")
+        print(f"{t.label!r}  serial {t.serial}  {t.manufacturer} {t.model}  {state}  ({t.slot_description})")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from pkcs11 import Attribute, ObjectClass
+    from hsm import errors as hsm_errors
+    from hsm.signer import ec_point
+    module = _module(args)
+    if module is None:
+        raise hw_errors.TokenError(f"no token labelled {args.label!r}: the token folder does not exist yet; "
+                                   f"create it with 'semper token init --label {args.label!r}'")
+    info = module.token_info(args.label)
+    token = module.token(args.label)
+    out: dict[str, object] = {
+        "label": info.label, "serial": info.serial, "manufacturer": info.manufacturer, "model": info.model,
+        "slot": info.slot_description, "module": module.path, "login_required": info.login_required,
+        "pin_blocked": info.pin_locked, "pin_final_try": info.pin_final_try,
+        "write_protected": info.write_protected, "objects": []}
+    if module.is_softhsm:
+        out["softhsm2_conf"] = module.softhsm_conf
+    objects: list[dict[str, object]] = []
+    with hsm_errors.translated(token=args.label, action="list the objects"), token.open() as session:
+        for cls, kind in ((ObjectClass.PUBLIC_KEY, "public key"), (ObjectClass.PRIVATE_KEY, "private key"),
+                          (ObjectClass.CERTIFICATE, "certificate")):
+            for obj in session.get_objects({Attribute.CLASS: cls}):
+                entry: dict[str, object] = {"kind": kind, "id": bytes(obj[Attribute.ID]).hex(),
+                                            "label": obj[Attribute.LABEL]}
+                if cls == ObjectClass.PUBLIC_KEY:
+                    try:
+                        entry["point"] = ec_point(obj[Attribute.EC_POINT]).hex()
+                    except Exception:          # an RSA key, or a module that hides the point
+                        pass
+                if cls == ObjectClass.CERTIFICATE:
+                    from cryptography import x509
+                    cert = x509.load_der_x509_certificate(bytes(obj[Attribute.VALUE]))
+                    entry["subject"] = cert.subject.rfc4514_string()
+                    entry["issuer"] = cert.issuer.rfc4514_string()
+                objects.append(entry)
+    out["objects"] = objects
+    if module.is_softhsm and not any(o["kind"] == "private key" for o in objects):
+        out["note"] = "private keys show only after login (pkcs11-tool -O --login)"
+    print_json(out)
+    return 0
+
+
+def cmd_import_cert(args: argparse.Namespace) -> int:
+    from hsm.signer import Pkcs11Signer
+    try:
+        der = Path(args.cert).read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {args.cert}: {e.strerror}") from None
+    if der.startswith(b"-----BEGIN"):
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+        der = x509.load_pem_x509_certificate(der).public_bytes(Encoding.DER)
+    module = _module(args)
+    if module is None:
+        raise hw_errors.TokenError(f"no token labelled {args.label!r}: the token folder does not exist yet")
+    with Pkcs11Signer(module, args.label, _key_id(args.key_id)) as signer:
+        signer.verify_pin(read_secret(f"PIN of token {args.label}", args.pin_stdin))
+        try:
+            signer.store_certificate(der)
+        except ValueError as e:
+            raise UsageError(f"{args.cert} is not an X.509 certificate ({e})") from None
+        print(f"certificate stored on token {args.label!r} with key id {signer.key_id.hex()}")
+    return 0
+
+
+def cmd_bench_sign(args: argparse.Namespace) -> int:
+    from bench.sign import bench_sign
+    if args.count < 10:
+        raise UsageError("--count must be at least 10")
+    print_json(bench_sign(count=args.count, card=not args.no_card))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+    token = sub.add_parser("token", help="PKCS#11 tokens: SoftHSM2 by default, any module with --module")
+    tsub = token.add_subparsers(dest="token_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--module", help="PKCS#11 library (default: SoftHSM2, /usr/lib/softhsm/libsofthsm2.so)")
+        p.add_argument("--dir", type=Path, help="SoftHSM2 token folder (default: SOFTHSM2_CONF, else "
+                                                "$SEMPER_HOME/tokens)")
+
+    p = tsub.add_parser("init", help="create a SoftHSM2 token with an EC P-256 key pair made on it")
+    p.add_argument("--label", required=True)
+    common(p)
+    p.add_argument("--pin-stdin", action="store_true", help="read the user PIN, then the SO PIN, one per line")
+    p.set_defaults(fn=cmd_init)
+
+    p = tsub.add_parser("list", help="the tokens a module shows")
+    common(p)
+    p.set_defaults(fn=cmd_list)
+
+    p = tsub.add_parser("info", help="one token: flags, keys and certificates (JSON)")
+    p.add_argument("--label", required=True)
+    common(p)
+    p.set_defaults(fn=cmd_info)
+
+    p = tsub.add_parser("import-cert", help="store the certificate of the token's key on the token")
+    p.add_argument("--label", required=True)
+    p.add_argument("--cert", required=True, help="X.509 certificate file (DER or PEM)")
+    p.add_argument("--key-id", help="CKA_ID in hex when the token holds several keys")
+    common(p)
+    p.add_argument("--pin-stdin", action="store_true")
+    p.set_defaults(fn=cmd_import_cert)
+
+    p = groups["bench"].add_parser("sign", help="ECDSA P-256 signatures: raw, SoftHSM2, simulated card via pcscd")
+    p.add_argument("--count", type=int, default=1000, help="signatures per measurement (default 1000)")
+    p.add_argument("--no-card", action="store_true", help="skip the card measurements (no pcscd)")
+    p.set_defaults(fn=cmd_bench_sign)

@@ -1,0 +1,6 @@
+"""PKCS#11 tokens: the same signer protocol as the PIV card, over any PKCS#11 module.
+
+``module`` loads a library and finds tokens by label, ``signer`` is ``Pkcs11Signer``, ``softhsm``
+provisions SoftHSM2 tokens in a folder of their own, ``errors`` maps CKR codes to the hardware
+exceptions.
+"""
