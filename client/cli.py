@@ -20,7 +20,7 @@ from .commands import UsageError
 from .support.money import AmountError
 
 # groups that several modules add subcommands to
-SHARED_GROUPS = {"bench": "measurements, as JSON"}
+SHARED_GROUPS = {"bench": "measurements, as JSON", "serve": "run a party's network service (HTTPS)"}
 
 
 def build_parser() -> argparse.ArgumentParser:

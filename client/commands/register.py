@@ -1,0 +1,104 @@
+"""``semper register``: certify the card's (or token's) signature key at the semper CA.
+
+``--ca`` and ``--ca-root`` default to the preferences ``servers.ca`` and ``trust.ca_root``; the
+device to ``signer.*``. See ``client/support/registration.py`` for the order of the steps and why
+a failure leaves nothing half-done.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from hardware import errors as hw_errors
+from hardware.signer import Signer
+
+from . import UsageError, card_args, read_secret
+
+Device = tuple[Signer, Callable[[bytes], None], Callable[[], bytes]]
+
+
+@contextmanager
+def _card(reader: str | None, image: Path | None) -> Iterator[Device]:
+    from hardware.iso7816 import AID
+    from hardware.piv import PivSession, PivSigner, Slot
+    from hardware.readers import find_card
+    from hardware.simulator import open_card
+    from hardware.transport import PcscConnection
+    if image is not None:
+        if not image.exists():
+            raise UsageError(f"no card image at {image}")
+        conn = open_card(image)
+        where = f"the card image {image}"
+    else:
+        name = reader or find_card(AID.PIV)
+        conn = PcscConnection(name)
+        where = f"the card in {name!r}"
+    try:
+        try:
+            session = PivSession(conn)
+        except hw_errors.NotFoundError:
+            raise hw_errors.NotFoundError(f"{where} has no PIV applet, so it holds no signature key to certify") from None
+        signer = PivSigner(session, Slot.SIGNATURE, label=where)
+        yield signer, lambda der: session.put_certificate(Slot.SIGNATURE, der), signer.certificate
+    finally:
+        conn.close()
+
+
+@contextmanager
+def _token(label: str, module: str | None) -> Iterator[Device]:
+    from hsm.signer import Pkcs11Signer
+    from ..support.paths import semper_home
+    conf = os.environ.get("SOFTHSM2_CONF")
+    default = semper_home() / "tokens" / "softhsm2.conf"
+    if conf is None and default.exists() and (module is None or "softhsm" in module):
+        conf = str(default)
+    with Pkcs11Signer.open(label, module, softhsm_conf=conf) as signer:
+        yield signer, signer.store_certificate, signer.certificate
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from ..support import prefs
+    from ..support.channels import JsonClient
+    from ..support.registration import register
+    p = prefs.load()
+    ca_url = args.ca or p.get("servers.ca")
+    root = args.ca_root or (Path(p.get("trust.ca_root") or "") if p.get("trust.ca_root") else None)
+    if not ca_url:
+        raise UsageError("which CA? pass --ca URL or set it: semper prefs set servers.ca https://HOST:PORT")
+    if root is None:
+        raise UsageError("which CA root to pin? pass --ca-root ROOT.pem or: semper prefs set trust.ca_root PATH")
+    try:
+        root_pem = Path(root).read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read the CA root {root}: {e.strerror}") from None
+    client = JsonClient(ca_url, root_pem, timeout=args.timeout, name="the CA")
+    token = args.token or (p.get("signer.token") if p.get("signer.kind") == "token" and not (args.reader or args.image)
+                           else None)
+    device = _token(token, args.module) if token else _card(args.reader or p.get("signer.reader"), args.image)
+    with device as (signer, write, read_back):
+        from ..support.registration import device_point
+        device_point(signer)                        # no key: say so before asking for the PIN
+        pin = read_secret(f"PIN of {signer.label}", args.pin_stdin)
+        done = register(signer, pin=pin, client=client, root_pem=root_pem, registration_key=args.registration_key,
+                        name=args.name, email=args.email, write=write, read_back=read_back)
+    again = " (the CA had issued it before; written again)" if done.repeated else ""
+    print(f"certificate {done.serial} for {args.name!r} written to {signer.label}{again}; copy in {done.saved_to}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("register", help="get the card's or token's key certified by the semper CA")
+    p.add_argument("--ca", help="the CA's URL, https://HOST:PORT (default: prefs servers.ca)")
+    p.add_argument("--ca-root", type=Path, help="the CA root certificate to pin, PEM (default: prefs trust.ca_root)")
+    p.add_argument("--registration-key", required=True, help="the one-time key the CA operator gave you")
+    p.add_argument("--name", required=True, help="your name exactly as registered at the CA")
+    p.add_argument("--email", help="your e-mail address as registered")
+    card_args(p)
+    p.add_argument("--token", help="certify the key of this PKCS#11 token instead of a card")
+    p.add_argument("--module", help="PKCS#11 module for --token (default SoftHSM2)")
+    p.add_argument("--pin-stdin", action="store_true", help="read the PIN from standard input")
+    p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the CA (default 15)")
+    p.set_defaults(fn=cmd_register)

@@ -1,0 +1,109 @@
+"""The CA's HTTPS endpoints (aiohttp): registration, CA certificate, CRL, status, operator admin.
+
+Public: ``GET /ca``, ``GET /crl`` (DER, application/pkix-crl), ``GET /crl.pem``,
+``GET /certificates/{serial}``, ``POST /register``. Operator: ``POST /admin/persons``,
+``POST /admin/revoke``, ``GET /admin/list`` with ``Authorization: Bearer <admin secret>`` (the
+secret printed by ``semper ca init``; the CA keeps only its hash). docs/services.md has the bodies.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+
+from aiohttp import web
+
+from .ca import CaRefusal, CertificationAuthority
+from .http import ApiError, blocking, make_app, read_json
+from .pki import pem
+
+MAX_CSR = 8 * 1024
+
+
+def _b64(value: str, field: str, limit: int) -> bytes:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "bad_base64", f"the field {field!r} is not base64") from None
+    if not raw or len(raw) > limit:
+        raise ApiError(400, "bad_length", f"the field {field!r} must hold 1 to {limit} bytes")
+    return raw
+
+
+async def _call(fn, *args):  # type: ignore[no-untyped-def]
+    """Run a CA operation off the loop; its refusals become JSON errors with their own status."""
+    try:
+        return await blocking(fn, *args)
+    except CaRefusal as e:
+        raise ApiError(e.status, e.code, str(e)) from None
+
+
+def build_app(ca: CertificationAuthority) -> web.Application:
+    routes = web.RouteTableDef()
+
+    async def admin(request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, secret = header.partition(" ")
+        if scheme != "Bearer" or not secret:
+            raise ApiError(401, "unauthorised", "operator endpoints need 'Authorization: Bearer <admin secret>'")
+        if not await _call(ca.check_admin, secret.strip()):
+            raise ApiError(403, "forbidden", "the admin secret is wrong")
+
+    @routes.get("/ca")
+    async def get_ca(request: web.Request) -> web.Response:
+        der = await _call(ca.certificate)
+        return web.json_response({"certificate": pem(der)})
+
+    @routes.get("/crl")
+    async def get_crl(request: web.Request) -> web.Response:
+        der = await _call(ca.crl)
+        return web.Response(body=der, content_type="application/pkix-crl")
+
+    @routes.get("/crl.pem")
+    async def get_crl_pem(request: web.Request) -> web.Response:
+        der = await _call(ca.crl)
+        return web.Response(text=pem(der, "X509 CRL"), content_type="application/x-pem-file")
+
+    @routes.get("/certificates/{serial}")
+    async def get_status(request: web.Request) -> web.Response:
+        serial = request.match_info["serial"]
+        if len(serial) > 64:
+            raise ApiError(400, "bad_serial", "a serial number has at most 40 hex digits")
+        return web.json_response(await _call(ca.status, serial))
+
+    @routes.post("/register")
+    async def post_register(request: web.Request) -> web.Response:
+        body = await read_json(request, {"registration_id": str, "csr": str, "mac": str})
+        reg_id = body["registration_id"]
+        if len(reg_id) != 32 or any(c not in "0123456789abcdef" for c in reg_id):
+            raise ApiError(400, "bad_registration_id", "registration_id is 32 lower-case hex digits")
+        csr = _b64(body["csr"], "csr", MAX_CSR)
+        mac = _b64(body["mac"], "mac", 32)
+        issued = await _call(ca.register, reg_id, csr, mac)
+        return web.json_response({"serial": issued.serial, "certificate": pem(issued.certificate),
+                                  "ca_certificate": pem(await _call(ca.certificate)), "repeated": issued.repeated})
+
+    @routes.post("/admin/persons")
+    async def post_person(request: web.Request) -> web.Response:
+        await admin(request)
+        body = await read_json(request, {"name": str}, {"email": str, "role": str, "hosts": list})
+        hosts = body.get("hosts", [])
+        if not all(isinstance(h, str) and 0 < len(h) <= 253 for h in hosts) or len(hosts) > 16:
+            raise ApiError(400, "wrong_type", "hosts is a list of up to 16 host names or IP addresses")
+        reg_id, key = await _call(lambda: ca.add_person(body["name"], email=body.get("email"),
+                                                        role=body.get("role", "person"), hosts=tuple(hosts)))
+        return web.json_response({"registration_id": reg_id, "registration_key": key}, status=201)
+
+    @routes.post("/admin/revoke")
+    async def post_revoke(request: web.Request) -> web.Response:
+        await admin(request)
+        body = await read_json(request, {"serial": str}, {"reason": str})
+        cert = await _call(ca.revoke, body["serial"], body.get("reason", "unspecified"))
+        return web.json_response({"serial": cert.serial, "revoked_at": cert.revoked_at,
+                                  "reason": cert.revocation_reason})
+
+    @routes.get("/admin/list")
+    async def get_list(request: web.Request) -> web.Response:
+        await admin(request)
+        return web.json_response(await _call(ca.listing))
+
+    return make_app(list(routes))

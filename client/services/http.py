@@ -1,0 +1,193 @@
+"""JSON over HTTPS for the parties' services (aiohttp), and a runner that starts and stops one.
+
+Why one module: every service (CA now; bank, third party, shop later) must answer the same way, so
+a client can rely on it: JSON bodies; every refusal as ``{"error": code, "message": text}`` with a
+4xx status; bad input (malformed JSON, wrong or missing fields, oversized bodies, unknown paths)
+never reaches a handler as an exception that would turn into a 5xx. A 500 is left only for real
+bugs, and even then the body is JSON and says nothing internal.
+
+Handlers that block (database, token signatures) run in a thread pool through :func:`blocking`,
+so one slow signature does not stall the other connections.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
+
+from aiohttp import web
+
+log = logging.getLogger("semper.services")
+
+MAX_BODY = 64 * 1024          # bytes; a certification request is about 1 KiB
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """A refusal the client should see: HTTP status, a stable code, a sentence a person can act on."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorised", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 411: "length_required", 413: "body_too_large",
+               415: "unsupported_media_type"}
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every way a request can fail into a JSON body with the right status."""
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return error_response(e.status, e.code, e.message)
+    except web.HTTPRequestEntityTooLarge as e:
+        return error_response(413, "body_too_large", f"the request body is larger than {e.max_size} bytes")
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        code = _HTTP_CODES.get(e.status, "http_error")
+        text = {404: f"no such endpoint: {request.method} {request.path}",
+                405: f"{request.method} is not allowed on {request.path}"}.get(e.status, e.reason)
+        return error_response(e.status, code, text)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "the service failed on this request; its log has the details")
+
+
+async def read_json(request: web.Request, fields: dict[str, type], optional: dict[str, type] | None = None
+                    ) -> dict[str, Any]:
+    """The request body as a JSON object with exactly these fields and types, or a 4xx ApiError."""
+    optional = optional or {}
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+    raw = await request.read()          # aiohttp enforces client_max_size here (413)
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "malformed_json", "the body must be a JSON object")
+    unknown = sorted(set(body) - set(fields) - set(optional))
+    if unknown:
+        raise ApiError(400, "unknown_field", f"unknown field(s): {', '.join(unknown)}")
+    for name, kind in {**fields, **optional}.items():
+        if name not in body:
+            if name in fields:
+                raise ApiError(400, "missing_field", f"the field {name!r} is missing")
+            continue
+        value = body[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ApiError(400, "wrong_type", f"the field {name!r} must be a {kind.__name__}")
+    return body
+
+
+_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="semper-svc")
+
+
+async def blocking(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call (database, token) off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(_pool, fn, *args)
+
+
+def make_app(routes: list[web.RouteDef], *, max_body: int = MAX_BODY) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=max_body)
+    app.add_routes(routes)
+    return app
+
+
+@dataclass
+class ServiceRunner:
+    """An aiohttp app on a loopback port in its own thread: started and stopped with bounded waits.
+
+    ``port=0`` asks the kernel for a free port; :attr:`url` says which one it got. Used by tests
+    and by ``semper serve`` (which then waits for a signal).
+    """
+
+    app: web.Application
+    host: str = "127.0.0.1"
+    port: int = 0
+    ssl_context: ssl.SSLContext | None = None
+
+    def __post_init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.ssl_context else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> "ServiceRunner":
+        self._thread = threading.Thread(target=self._run, name="semper-service", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"the service did not start listening within {timeout:.0f} s")
+        if self._error is not None:
+            raise OSError(f"cannot listen on {self.host}:{self.port}: {self._error}") from self._error
+        return self
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._listen())
+        except BaseException as e:          # report bind errors to start()
+            self._error = e
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    async def _listen(self) -> None:
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context, shutdown_timeout=1.0)
+        await site.start()
+        server = site._server  # noqa: SLF001 - aiohttp exposes the bound port nowhere else
+        if server is not None and getattr(server, "sockets", None):
+            self.port = server.sockets[0].getsockname()[1]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or not thread.is_alive():
+            return
+        if self._runner is not None:
+            fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop)
+            try:
+                fut.result(timeout)
+            except Exception:
+                log.exception("service shutdown")
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+
+    def __enter__(self) -> "ServiceRunner":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
