@@ -327,3 +327,13 @@ def test_cli_default_folder_and_softhsm2_conf(tmp_path: Path) -> None:
 def test_cli_missing_module() -> None:
     r = semper("token", "list", "--module", "/nonexistent/libfoo.so")
     assert r.returncode == 1 and "no PKCS#11 module at /nonexistent/libfoo.so" in r.stderr
+
+
+def test_cli_bench_sign_without_card() -> None:
+    import json
+    r = semper("bench", "sign", "--count", "10", "--no-card")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["raw_cryptography"]["n"] == 10 and result["softhsm_pkcs11"]["verified"] is True
+    assert set(result["ratios_to_raw"]) == {"softhsm_pkcs11"}
+    assert semper("bench", "sign", "--count", "3").returncode == 2
