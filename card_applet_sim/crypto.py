@@ -11,7 +11,7 @@ import hashlib
 import os
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -114,7 +114,7 @@ def check_certificate(der: bytes, issuer_point: bytes, role: x509.ObjectIdentifi
         return public_point(subject_key), serial
     except CardError:
         raise
-    except (InvalidSignature, ValueError, x509.ExtensionNotFound, TypeError):
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, x509.ExtensionNotFound, TypeError):
         raise CardError(SW.NOT_AUTHENTIC, "certificate does not verify") from None
 
 

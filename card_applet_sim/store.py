@@ -9,6 +9,7 @@ The journal is compacted into a fresh snapshot file that replaces the old one at
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -64,6 +65,26 @@ def _decode_changes(payload: bytes) -> dict[str, bytes | None]:
     return changes
 
 
+def _intact_record_after(raw: bytes, start: int) -> int | None:
+    """Offset of a complete record with a good digest beginning after ``start``, or None.
+
+    A torn record is always the last thing in the file. When a record that looks torn (it runs
+    past the end, or fails its digest at the very end) is followed by an intact record, its header
+    was damaged instead: that is corruption, and treating it as a tear would silently drop every
+    commit after it.
+    """
+    n = len(raw)
+    for j in range(start + 1, n - _REC_HDR.size - _DIGEST_LEN + 1):
+        if raw[j] not in (0x52, 0x53):                  # b"R", b"S"
+            continue
+        _kind, plen = _REC_HDR.unpack_from(raw, j)
+        body = j + _REC_HDR.size
+        end = body + plen + _DIGEST_LEN
+        if end <= n and _digest(raw[j:body], raw[body:end - _DIGEST_LEN]) == raw[end - _DIGEST_LEN:end]:
+            return j
+    return None
+
+
 def _record(kind: bytes, changes: dict[str, bytes | None]) -> bytes:
     payload = _encode_changes(changes)
     header = _REC_HDR.pack(kind, len(payload))
@@ -106,18 +127,28 @@ class Store:
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, sync: bool = True) -> "Store":
         p = Path(path)
-        stale = p.with_name(p.name + ".new")
-        if stale.exists():          # a compaction that died before its rename: the old file rules
-            stale.unlink()
         try:
             fd = os.open(p, os.O_RDWR)
         except FileNotFoundError:
             raise CardImageError(f"no card image at {p}; create one with 'semper card new --image {p}'") from None
+        in_use = f"card image {p} is in use by another process (is 'semper card serve' running?)"
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise CardImageError(f"card image {p} is in use by another process (is 'semper card serve' running?)") from None
+            raise CardImageError(in_use) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(p))
+        except FileNotFoundError:
+            same = False
+        if not same:                # the holder compacted (renamed a new file over p) before we locked
+            os.close(fd)
+            raise CardImageError(in_use)
+        # Only the lock holder may judge a .new file: while another process holds the image, its
+        # .new is a compaction in progress, not a leftover.
+        stale = p.with_name(p.name + ".new")
+        if stale.exists():          # a compaction that died before its rename: the old file rules
+            stale.unlink()
         store = cls(p, sync)
         store._fd = fd
         try:
@@ -146,12 +177,10 @@ class Store:
             if kind not in (b"R", b"S") or plen > _MAX_RECORD:
                 raise CardImageError(f"{self.path} is corrupt at byte {i} (unknown record); restore it from a backup")
             end = hdr_end + plen + _DIGEST_LEN
-            if end > len(raw):
-                break                                   # torn inside the body
             payload = raw[hdr_end:hdr_end + plen]
-            if _digest(raw[i:hdr_end], payload) != raw[hdr_end + plen:end]:
-                if end == len(raw):
-                    break                               # the last write never completed
+            if end > len(raw) or _digest(raw[i:hdr_end], payload) != raw[hdr_end + plen:end]:
+                if end >= len(raw) and _intact_record_after(raw, i) is None:
+                    break                               # the last write never completed (torn)
                 raise CardImageError(
                     f"{self.path} is corrupt at byte {i} (checksum mismatch before the last record); "
                     "restore it from a backup")
@@ -254,7 +283,10 @@ class Store:
             else:
                 self._data[k] = v
         if self._size > 4 * self.live_size() + 64 * 1024:
-            self.compact()
+            try:
+                self.compact()
+            except OSError:
+                pass        # the commit is already on disk; the journal is compacted at a later commit
 
     def checkpoint(self) -> None:
         """Commit what is pending and keep a transaction open (for try counters written first)."""
@@ -281,7 +313,8 @@ class Store:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.write(fd, body)
+            if os.write(fd, body) != len(body):     # disk full: never rename a cut snapshot over the image
+                raise OSError(errno.ENOSPC, f"could not write {tmp}")
             if self.sync:
                 os.fsync(fd)
             os.replace(tmp, self.path)

@@ -1,0 +1,138 @@
+"""Shared fixtures for the in-process card tests: no pcscd, no network, everything under tmp_path.
+
+Personalising a card runs the whole issuer station over APDUs, so it is done once per session
+(``pristine``) and each test gets its own copy of the two images. Images are opened with
+``sync=False``: durability against power loss is what the store tests check with explicit
+truncation, not with fsync.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
+from client.support.scheme import Scheme
+from hardware.psam import PsamSession
+from hardware.purse import PurseSession
+from hardware.simulator import SimulatedCard, open_card
+
+PIN = b"1234"
+PUK = b"12345678"
+MAX_BALANCE = 20000
+EUR = 978
+
+
+@pytest.fixture(scope="session")
+def scheme(tmp_path_factory: pytest.TempPathFactory) -> Scheme:
+    return Scheme.load_or_create(tmp_path_factory.mktemp("scheme"))
+
+
+@pytest.fixture(scope="session")
+def other_scheme(tmp_path_factory: pytest.TempPathFactory) -> Scheme:
+    """A second, unrelated scheme root: what it certifies must not be accepted by our cards."""
+    return Scheme.load_or_create(tmp_path_factory.mktemp("other-scheme"))
+
+
+@pytest.fixture(scope="session")
+def pristine(tmp_path_factory: pytest.TempPathFactory, scheme: Scheme) -> dict[str, Path]:
+    """A personalised buyer card and PSAM, never opened by a test (copy them with ``fresh_images``)."""
+    d = tmp_path_factory.mktemp("pristine")
+    personalise_purse_card(d / "buyer.card", scheme, CardProfile(PIN, PUK, max_balance=MAX_BALANCE), sync=False)
+    personalise_psam(d / "psam.card", scheme, sync=False)
+    return {"buyer": d / "buyer.card", "psam": d / "psam.card"}
+
+
+@pytest.fixture(scope="session")
+def fresh_images(pristine: dict[str, Path]) -> Callable[[Path], tuple[Path, Path]]:
+    """``fresh_images(folder)`` copies the pristine pair into ``folder``: (buyer image, PSAM image).
+
+    Session-scoped so hypothesis tests (which must not use function-scoped fixtures per example)
+    can make a fresh pair for every example.
+    """
+    def make(folder: Path) -> tuple[Path, Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        buyer, psam = folder / "buyer.card", folder / "psam.card"
+        shutil.copyfile(pristine["buyer"], buyer)
+        shutil.copyfile(pristine["psam"], psam)
+        return buyer, psam
+    return make
+
+
+@pytest.fixture
+def images(tmp_path: Path, fresh_images: Callable[[Path], tuple[Path, Path]]) -> tuple[Path, Path]:
+    return fresh_images(tmp_path / "cards")
+
+
+@pytest.fixture
+def buyer_image(images: tuple[Path, Path]) -> Path:
+    return images[0]
+
+
+@pytest.fixture
+def psam_image(images: tuple[Path, Path]) -> Path:
+    return images[1]
+
+
+@pytest.fixture
+def open_image() -> Iterator[Callable[[Path], SimulatedCard]]:
+    """``open_image(path)`` opens a card image in process; everything opened is closed afterwards."""
+    opened: list[SimulatedCard] = []
+
+    def _open(path: Path) -> SimulatedCard:
+        card = open_card(path, sync=False)
+        opened.append(card)
+        return card
+    yield _open
+    for card in opened:
+        card.close()
+
+
+@pytest.fixture
+def buyer_card(buyer_image: Path, open_image: Callable[[Path], SimulatedCard]) -> SimulatedCard:
+    return open_image(buyer_image)
+
+
+@pytest.fixture
+def psam_card(psam_image: Path, open_image: Callable[[Path], SimulatedCard]) -> SimulatedCard:
+    return open_image(psam_image)
+
+
+@pytest.fixture
+def card_os(buyer_card: SimulatedCard):  # type: ignore[no-untyped-def]
+    """The buyer card's CardOS object (raw ``transmit``, ``store``, power)."""
+    return buyer_card.card
+
+
+@pytest.fixture
+def psam_os(psam_card: SimulatedCard):  # type: ignore[no-untyped-def]
+    return psam_card.card
+
+
+@pytest.fixture
+def purse(buyer_card: SimulatedCard) -> PurseSession:
+    return PurseSession(buyer_card)
+
+
+@pytest.fixture
+def psam(psam_card: SimulatedCard) -> PsamSession:
+    return PsamSession(psam_card)
+
+
+_ECDSA_SHA256 = bytes.fromhex("06082A8648CE3D040302")         # DER of OID 1.2.840.10045.4.3.2
+
+
+@pytest.fixture(scope="session")
+def damaged_certificate() -> Callable[[bytes, str], bytes]:
+    """``damaged_certificate(der, how)``: a certificate made unusable in one of a few ways."""
+    def damage(cert: bytes, how: str) -> bytes:
+        assert cert.count(_ECDSA_SHA256) == 2                 # in tbsCertificate and the outer signatureAlgorithm
+        return {
+            "unknown signature algorithm": cert.replace(_ECDSA_SHA256, _ECDSA_SHA256[:-1] + b"\x7f"),
+            "truncated": cert[:-10],
+            "not DER": b"\x30\x03abc",
+            "one byte flipped": cert[:100] + bytes([cert[100] ^ 1]) + cert[101:],
+        }[how]
+    return damage
