@@ -82,6 +82,14 @@ class PsamApplet(Applet, KeyPairPersonalisation):
     def _batch_key(self, batch_no: int, part: str) -> str:
         return self.k(f"batch/{batch_no}/{part}")
 
+    def _pending_seqs(self) -> list[int]:
+        """Sequence numbers of outstanding requests, oldest first (an index, so no key scan)."""
+        raw = self.store.get(self.k("pending_seqs")) or b""
+        return [int.from_bytes(raw[i:i + 4], "big") for i in range(0, len(raw), 4)]
+
+    def _set_pending_seqs(self, seqs: list[int]) -> None:
+        self.store.put(self.k("pending_seqs"), b"".join(q.to_bytes(4, "big") for q in seqs))
+
     def _sign(self, record: bytes) -> bytes:
         return record + crypto.sign(self.store.get(self.k(self.KEY_PRIVATE)) or b"", record)
 
@@ -99,7 +107,7 @@ class PsamApplet(Applet, KeyPairPersonalisation):
             tlv.encode(0xD4, batch_no.to_bytes(4, "big")),
             tlv.encode(0xD5, s.get_int(self._batch_key(batch_no, "count")).to_bytes(4, "big")),
             tlv.encode(0xD6, s.get_int(self._batch_key(batch_no, "total")).to_bytes(8, "big")),
-            tlv.encode(0xD7, len(list(s.keys(self.k("pending/")))).to_bytes(2, "big")),
+            tlv.encode(0xD7, len(self._pending_seqs()).to_bytes(2, "big")),
             tlv.encode(0xD8, s.get_int(self.k("total")).to_bytes(8, "big")),
         ])
 
@@ -120,9 +128,10 @@ class PsamApplet(Applet, KeyPairPersonalisation):
         self.store.put_int(self.k("seq"), seq)
         request = DebitRecord(DEBIT_REQUEST, psam_id, seq, card_number, debit_counter, amount, currency,
                               crypto.random_bytes(16))
-        pending = sorted(int(k.rsplit("/", 1)[1]) for k in self.store.keys(self.k("pending/")))
+        pending = self._pending_seqs()
         for old in pending[:max(0, len(pending) - MAX_PENDING + 1)]:
             self.store.delete(self.k(f"pending/{old:010d}"))
+        self._set_pending_seqs(pending[max(0, len(pending) - MAX_PENDING + 1):] + [seq])
         self.store.put(self.k(f"pending/{seq:010d}"), request.encode())
         return self._sign(request.encode())
 
@@ -161,6 +170,7 @@ class PsamApplet(Applet, KeyPairPersonalisation):
         digest = self.store.get(self._batch_key(batch_no, "digest")) or bytes(32)
         total = self.store.get_int(self._batch_key(batch_no, "total")) + proof.amount
         self.store.delete(self.k(f"pending/{proof.psam_sequence:010d}"))
+        self._set_pending_seqs([q for q in self._pending_seqs() if q != proof.psam_sequence])
         self.store.put(self._batch_key(batch_no, f"e/{count:06d}"), entry)
         self.store.put(self._batch_key(batch_no, "digest"), crypto.sha256(digest + crypto.sha256(entry)))
         self.store.put_int(self._batch_key(batch_no, "count"), count + 1)
