@@ -55,8 +55,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except ApiError as e:
         return error_response(e.status, e.code, e.message)
-    except web.HTTPRequestEntityTooLarge as e:
-        return error_response(413, "body_too_large", f"the request body is larger than {e.max_size} bytes")
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app._client_max_size  # noqa: SLF001 - the limit make_app set
+        return error_response(413, "body_too_large", f"the request body is larger than {limit} bytes")
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -165,9 +166,9 @@ class ServiceRunner:
             loop.close()
 
     async def _listen(self) -> None:
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
         server = site._server  # noqa: SLF001 - aiohttp exposes the bound port nowhere else
         if server is not None and getattr(server, "sockets", None):
