@@ -10,8 +10,8 @@ calls made directly through the module's function list (``hsm.raw``) return the 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import pkcs11.exceptions as p11x
 

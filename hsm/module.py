@@ -4,7 +4,8 @@ Slot ids are not stable (SoftHSM2 gives a token a new slot id when it is initial
 slots by reader), so a token is always found by its label. A module lists the tokens it saw at
 C_Initialize: a token another process created, or a card inserted into a reader pcscd did not have
 then, shows up only after the library is re-initialised, so a miss re-initialises once and looks
-again.
+again (for SoftHSM2 only when its token folder holds a token the module has not listed, because
+re-initialising ends every login in the process).
 
 SoftHSM2 reads ``SOFTHSM2_CONF`` at C_Initialize. A module loaded with ``softhsm_conf`` is
 initialised with that variable set to it (and the process environment restored afterwards); asking
@@ -15,10 +16,11 @@ need the PIN again.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pkcs11
 import pkcs11.exceptions as p11x
@@ -145,12 +147,29 @@ class Module:
     def token(self, label: str) -> pkcs11.Token:
         """The token labelled ``label``; re-initialises once when it is not there (see module doc)."""
         found = self._find(label)
-        if found is None:
+        if found is None and self._reinit_could_help():
             self.reinitialize()
             found = self._find(label)
         if found is None:
             raise self._not_found(label)
         return found
+
+    def _reinit_could_help(self) -> bool:
+        """False when a re-initialisation cannot show anything new, so it need not end the logins.
+
+        SoftHSM2's file store keeps one folder per token: as many folders as initialised tokens
+        listed means no other process made one since. Any other module (a card may have come) or
+        a configuration that cannot be read: re-initialise.
+        """
+        if not self.is_softhsm:
+            return True
+        conf = self.softhsm_conf or os.environ.get("SOFTHSM2_CONF") or "/etc/softhsm/softhsm2.conf"
+        try:
+            m = re.search(r"^\s*directories\.tokendir\s*=\s*(.+?)\s*$", Path(conf).read_text(), re.MULTILINE)
+            folders = sum(1 for p in Path(m.group(1)).iterdir() if p.is_dir()) if m else -1
+        except OSError:
+            return True
+        return folders != sum(1 for t in self.tokens() if t.initialized)
 
     def token_info(self, label: str) -> TokenInfo:
         token = self.token(label)

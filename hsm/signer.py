@@ -21,7 +21,14 @@ from asn1crypto.core import OctetString
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from pkcs11 import Attribute, CertificateType, KeyType, Mechanism, ObjectClass, TokenFlag
+from pkcs11 import (
+    Attribute,
+    CertificateType,
+    KeyType,
+    Mechanism,
+    ObjectClass,
+    TokenFlag,
+)
 from pkcs11.util.ec import encode_ecdsa_signature
 
 from hardware import errors as hw
@@ -55,12 +62,13 @@ class Pkcs11Signer:
         self._key: pkcs11.PrivateKey | None = None
         self._always_auth = False
         self._pending_pin: bytes | None = None
+        self._reset = False                            # the module was re-initialised under this signer
         self._live()
         self.key_id = key_id if key_id is not None else self._only_key_id()
 
     @classmethod
     def open(cls, label: str, module: str | os.PathLike[str] | None = None, key_id: bytes | None = None,
-             softhsm_conf: str | os.PathLike[str] | None = None) -> "Pkcs11Signer":
+             softhsm_conf: str | os.PathLike[str] | None = None) -> Pkcs11Signer:
         """Load the module (default SoftHSM2) and open the token labelled ``label``."""
         return cls(load(module, softhsm_conf=softhsm_conf), label, key_id)
 
@@ -68,6 +76,7 @@ class Pkcs11Signer:
     def _live(self) -> pkcs11.Session:
         """The session, reopened when the module was re-initialised since (logins are then gone)."""
         if self._session is None or self._generation != self.module.generation:
+            self._reset = self._session is not None
             token = self.module.token(self.label)
             with errors.translated(token=self.label, action="open a session"):
                 self._session = token.open()
@@ -85,7 +94,7 @@ class Pkcs11Signer:
                 pass                                   # the token went away already: nothing to close
         self._session = None
 
-    def __enter__(self) -> "Pkcs11Signer":
+    def __enter__(self) -> Pkcs11Signer:
         return self
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
@@ -124,7 +133,9 @@ class Pkcs11Signer:
             key = self._object(ObjectClass.PRIVATE_KEY)
             if key is None:
                 if not self._logged_in(session):
-                    raise hw.PinRequiredError(f"token {self.label!r} shows its private key only after the PIN; "
+                    why = (" (the PKCS#11 module was re-initialised in this process, e.g. to find a new token, "
+                           "which ended the login)" if self._reset else "")
+                    raise hw.PinRequiredError(f"token {self.label!r} shows its private key only after the PIN{why}; "
                                               f"verify the PIN first")
                 raise hw.NotFoundError(f"token {self.label!r} has no private key with id {self.key_id.hex()}")
             try:
@@ -166,6 +177,7 @@ class Pkcs11Signer:
         if self._logged_in(session):
             self.module.raw.logout(session.handle)
             self._key = None                           # SoftHSM2 drops private-object handles at logout
+        self._reset = False
         rv = self.module.raw.login(session.handle, CKU_USER, bytes(pin))
         if rv == errors.CKR_PIN_INCORRECT:
             raise self._wrong_pin()

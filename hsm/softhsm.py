@@ -51,7 +51,7 @@ class SoftHsmStore:
     token_dir: Path
 
     @classmethod
-    def in_folder(cls, folder: Path) -> "SoftHsmStore":
+    def in_folder(cls, folder: Path) -> SoftHsmStore:
         """``folder/softhsm2.conf`` (written when missing, tokens in ``folder/tokens``)."""
         folder = Path(folder).absolute()
         conf = folder / CONF_NAME
@@ -63,7 +63,7 @@ class SoftHsmStore:
         return cls(conf, token_dir)
 
     @classmethod
-    def from_conf(cls, conf: Path) -> "SoftHsmStore":
+    def from_conf(cls, conf: Path) -> SoftHsmStore:
         """An existing configuration (e.g. the one SOFTHSM2_CONF names); its token folder must exist."""
         conf = Path(conf).absolute()
         try:
@@ -164,7 +164,7 @@ def delete_token(store: SoftHsmStore, serial: str, *, module: Module | None = No
     tool = shutil.which("softhsm2-util")
     if tool is None:
         raise hw.TokenError("softhsm2-util is missing; install the Debian package softhsm2")
-    r = subprocess.run([tool, "--delete-token", "--serial", serial], env=store.env(), capture_output=True,
+    r = subprocess.run([tool, "--delete-token", "--serial", serial], env=store.env(), check=False, capture_output=True,
                        text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     if module is not None:
         module.reinitialize()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -60,7 +61,7 @@ class TestCardThroughOpenSC:
             message = b"order 18: 2 tyres, 40.00 EUR"
             sig = sign_message(signer, message)
             cert.public_key().verify(sig, message, ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg,arg-type]
-            with pytest.raises(Exception):
+            with pytest.raises(InvalidSignature):
                 cert.public_key().verify(sig, b"order 18: 2 tyres, 4.00 EUR", ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg,arg-type]
 
     def test_9c_needs_the_pin_for_every_signature(self, cards) -> None:  # type: ignore[no-untyped-def]
@@ -108,7 +109,7 @@ class TestCardThroughOpenSC:
     def test_cli_lists_the_card_as_a_token(self, cards) -> None:  # type: ignore[no-untyped-def]
         _, _, card_id = cards
         r = subprocess.run([sys.executable, "-m", "client.cli", "token", "list", "--module", OPENSC_MODULE],
-                           capture_output=True, text=True, timeout=60, cwd=REPO)
+                           check=False, capture_output=True, text=True, timeout=60, cwd=REPO)
         assert r.returncode == 0, r.stderr
         assert f"serial {card_id.lower()}" in r.stdout and "semper card holder" in r.stdout
 

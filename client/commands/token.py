@@ -23,6 +23,7 @@ def _is_softhsm_path(module: str | None) -> bool:
 def _store(args: argparse.Namespace, create: bool):  # type: ignore[no-untyped-def]
     """The SoftHSM2 folder the arguments and environment name (None when it does not exist yet)."""
     from hsm.softhsm import CONF_NAME, SoftHsmStore
+
     from ..support.paths import semper_home
     if args.dir is not None:
         folder = Path(args.dir)
@@ -96,7 +97,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    import pkcs11.exceptions as p11x
     from pkcs11 import Attribute, ObjectClass
+
     from hsm import errors as hsm_errors
     from hsm.signer import ec_point
     module = _module(args)
@@ -122,8 +125,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                 if cls == ObjectClass.PUBLIC_KEY:
                     try:
                         entry["point"] = ec_point(obj[Attribute.EC_POINT]).hex()
-                    except Exception:          # an RSA key, or a module that hides the point
-                        pass
+                    except (p11x.PKCS11Error, ValueError):   # an RSA key, or a module that hides the point
+                        entry["point"] = None
                 if cls == ObjectClass.CERTIFICATE:
                     from cryptography import x509
                     cert = x509.load_der_x509_certificate(bytes(obj[Attribute.VALUE]))
@@ -131,7 +134,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                     entry["issuer"] = cert.issuer.rfc4514_string()
                 objects.append(entry)
     out["objects"] = objects
-    if module.is_softhsm and not any(o["kind"] == "private key" for o in objects):
+    if info.login_required and not any(o["kind"] == "private key" for o in objects):
         out["note"] = "private keys show only after login (pkcs11-tool -O --login)"
     print_json(out)
     return 0
