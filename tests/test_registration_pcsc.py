@@ -1,0 +1,81 @@
+"""``semper register`` with the simulated card behind pcscd (vpcd), the CA on loopback HTTPS.
+
+The certificate the CA issues must end up in PIV slot 9C as OpenSC reads it (pkcs11-tool) and must
+verify against the CA root with openssl; a refused registration must leave the card unchanged.
+"""
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from client.cli import main
+from client.support.personalisation import CardProfile, personalise_purse_card
+from client.support.scheme import Scheme
+from hardware.pcscd import VirtualCards
+from hardware.piv import PivSession, Slot
+from hardware.transport import PcscConnection
+from test_ca_support import RunningCa, openssl
+from test_ca_support import running_ca, tokens  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.pcsc, pytest.mark.skipif(shutil.which("pkcs11-tool") is None, reason="opensc missing")]
+OPENSC = "/usr/lib/x86_64-linux-gnu/pkcs11/opensc-pkcs11.so"
+PIN = "246810"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    folder = tmp_path_factory.mktemp("regpcsc")
+    image = folder / "card"
+    personalise_purse_card(image, Scheme.load_or_create(folder / "scheme"), CardProfile(PIN.encode(), b"13579135"),
+                           sync=False)
+    with VirtualCards([image], sync=False) as vc:
+        yield vc.readers[0]
+
+
+def cert_9c(reader: str) -> bytes:
+    with PcscConnection(reader) as conn:
+        return PivSession(conn).certificate(Slot.SIGNATURE)
+
+
+def register(rc: RunningCa, key: str, reader: str, name: str, monkeypatch: pytest.MonkeyPatch, capsys
+             ) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(PIN + "\n"))
+    code = main(["register", "--ca", rc.url, "--ca-root", str(rc.root_path), "--registration-key", key,
+                 "--name", name, "--email", "alice@example.org", "--reader", reader, "--pin-stdin"])
+    return code, capsys.readouterr().err
+
+
+def test_register_the_card_through_pcscd(served: str, running_ca: RunningCa, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SEMPER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SEMPER_CONFIG", str(tmp_path / "config"))
+    before = cert_9c(served)
+    key = running_ca.add_person()
+    code, err = register(running_ca, key, served, "Mallory", monkeypatch, capsys)        # data mismatch first
+    assert code == 1 and "name" in err
+    assert cert_9c(served) == before and running_ca.registration(key)["used_at"] is None
+
+    code, err = register(running_ca, key, served, "Alice Example", monkeypatch, capsys)
+    assert code == 0, err
+    der = cert_9c(served)
+    assert der != before
+    cert = x509.load_der_x509_certificate(der)
+    assert format(cert.serial_number, "X") == running_ca.registration(key)["serial"]
+    # OpenSC sees the new certificate in the Digital Signature slot (id 02), and openssl verifies it
+    out = tmp_path / "9c.der"
+    r = subprocess.run(["pkcs11-tool", "--module", OPENSC, "--read-object", "--type", "cert", "--id", "02",
+                        "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert out.read_bytes() == der
+    pem = tmp_path / "9c.pem"
+    assert openssl("x509", "-inform", "DER", "-in", str(out), "-out", str(pem)).returncode == 0
+    r = openssl("verify", "-CAfile", str(running_ca.root_path), str(pem))
+    assert r.returncode == 0 and ": OK" in r.stdout, r.stdout + r.stderr
+    r = openssl("x509", "-in", str(pem), "-noout", "-ext", "keyUsage")
+    assert "critical" in r.stdout and "Digital Signature, Non Repudiation" in r.stdout, r.stdout
