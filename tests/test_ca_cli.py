@@ -1,0 +1,153 @@
+"""The operator's commands (``semper ca ...``) and ``semper serve ca`` as a real process."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from client.cli import main
+from client.support.channels import JsonClient
+from client.support.personalisation import CardProfile, personalise_purse_card
+from client.support.scheme import Scheme
+from test_ca_support import openssl
+
+CA_PIN = "operator-pin-1"
+CARD_PIN = "112233"
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("SEMPER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SEMPER_CONFIG", str(tmp_path / "config"))
+    monkeypatch.delenv("SOFTHSM2_CONF", raising=False)
+    return {**os.environ}
+
+
+def run(args: list[str], stdin: str, monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+class Served:
+    """``semper serve ca`` in a child process; the URL comes from its first line, within a bound."""
+
+    def __init__(self, env: dict[str, str], timeout: float = 20.0) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "client.cli", "serve", "ca", "--port", "0", "--pin-stdin"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env)
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(CA_PIN + "\n")
+        self.proc.stdin.close()
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(timeout)
+        if not line or "listening on" not in line[0]:
+            self.stop()
+            raise AssertionError(f"serve ca did not start: {line} {self.proc.stderr.read() if self.proc.stderr else ''}")
+        self.url = line[0].split("listening on ")[1].strip()
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        rest = self.proc.stdout.read() if self.proc.stdout else ""
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f:
+                f.close()
+        return rest
+
+
+def test_operator_cycle_with_a_served_ca(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    code, out, err = run(["ca", "init", "--create-token", "--name", "Test Root", "--pin-stdin"], CA_PIN + "\n",
+                         monkeypatch, capsys)
+    assert code == 0, err
+    root = home / "ca" / "ca.pem"
+    assert root.exists() and "SO PIN" in out
+    assert oct((home / "ca" / "admin-secret").stat().st_mode & 0o777) == "0o600"
+    # pkcs11-tool sees the CA's key in its token
+    listing = subprocess.run(["pkcs11-tool", "--module", "/usr/lib/softhsm/libsofthsm2.so", "-L"],
+                             capture_output=True, text=True, timeout=60,
+                             env={**env, "SOFTHSM2_CONF": str(home / "ca" / "softhsm" / "softhsm2.conf")})
+    assert "semper-ca" in listing.stdout
+    code, _out, err = run(["ca", "init", "--pin-stdin"], CA_PIN + "\n", monkeypatch, capsys)
+    assert code == 2 and "already initialised" in err
+
+    code, out, err = run(["ca", "add-person", "--name", "Alice Example", "--email", "alice@example.org", "--json"], "",
+                         monkeypatch, capsys)
+    assert code == 0, err
+    key = json.loads(out)["registration_key"]
+    code, _out, err = run(["ca", "add-person", "--name", "X", "--role", "server"], "", monkeypatch, capsys)
+    assert code == 1 and "--host" in err
+
+    card = tmp_path / "card"
+    personalise_purse_card(card, Scheme.load_or_create(tmp_path / "scheme"), CardProfile(CARD_PIN.encode(), b"11223344"),
+                           sync=False)
+    served = Served(env)
+    try:
+        code, out, err = run(["register", "--ca", served.url, "--ca-root", str(root), "--registration-key", key,
+                              "--name", "Alice Example", "--email", "alice@example.org", "--image", str(card),
+                              "--pin-stdin"], CARD_PIN + "\n", monkeypatch, capsys)
+        assert code == 0, err
+        serial = out.split()[1]
+        code, out, err = run(["ca", "revoke", serial.lower(), "--reason", "key_compromise"], "", monkeypatch, capsys)
+        assert code == 0 and "revoked" in out, err
+        code, _out, err = run(["ca", "revoke", serial], "", monkeypatch, capsys)
+        assert code == 1 and "already revoked" in err
+        # the running service signs a fresh CRL that lists it, without a restart
+        crl = x509.load_der_x509_crl(JsonClient(served.url, root.read_text()).get_bytes("/crl"))
+        assert crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+    finally:
+        assert "stopped" in served.stop()
+
+    out_file = tmp_path / "ca.crl"
+    code, out, err = run(["ca", "crl", "--out", str(out_file), "--pin-stdin"], CA_PIN + "\n", monkeypatch, capsys)
+    assert code == 0, err
+    r = openssl("crl", "-in", str(out_file), "-CAfile", str(root), "-noout", "-text")
+    assert r.returncode == 0 and "verify OK" in r.stderr and "Key Compromise" in r.stdout
+    code, _out, err = run(["ca", "crl", "--pin-stdin"], "wrong-pin\n", monkeypatch, capsys)
+    assert code == 1 and "wrong PIN" in err
+
+    tls = tmp_path / "shop-tls"
+    code, out, err = run(["ca", "tls-cert", "--host", "127.0.0.1", "--host", "shop.example", "--out", str(tls),
+                          "--pin-stdin"], CA_PIN + "\n", monkeypatch, capsys)
+    assert code == 0, err
+    r = openssl("verify", "-CAfile", str(root), "-purpose", "sslserver", str(tls / "cert.pem"))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    code, out, _err = run(["ca", "list"], "", monkeypatch, capsys)
+    listing = json.loads(out)
+    assert listing["registrations"][0]["serial"] == serial
+    assert any(c["serial"] == serial and c["reason"] == "key_compromise" for c in listing["certificates"])
+
+
+def test_commands_without_a_ca_say_so(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, _out, err = run(["ca", "add-person", "--name", "A", "--email", "a@example.org"], "", monkeypatch, capsys)
+    assert code == 2 and "semper ca init" in err
+    code, _out, err = run(["ca", "list", "--db", "mysql://x"], "", monkeypatch, capsys)
+    assert code == 1 and "DSN" in err
+
+
+@pytest.mark.skipif(shutil.which("pkcs11-tool") is None, reason="opensc missing")
+def test_serve_refuses_a_wrong_pin(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert run(["ca", "init", "--create-token", "--pin-stdin"], CA_PIN + "\n", monkeypatch, capsys)[0] == 0
+    r = subprocess.run([sys.executable, "-m", "client.cli", "serve", "ca", "--port", "0", "--pin-stdin"],
+                       input="not-the-pin\n", capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 1 and "wrong PIN" in r.stderr and r.stdout == ""
