@@ -8,18 +8,22 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from test_ca_support import (  # noqa: F401  (fixtures)
+    CA_PIN,
+    USER_PIN,
+    RunningCa,
+    SoftwareSigner,
+    Tokens,
+    openssl,
+    request_body,
+    running_ca,
+    start_ca,
+    tokens,
+)
 
 from client.services import pki
 from client.services.ca import CaRefusal
 from client.support.channels import ServiceError
-from test_ca_support import (CA_PIN, USER_PIN, RunningCa, SoftwareSigner, Tokens, openssl, request_body, start_ca)
-from test_ca_support import running_ca, tokens  # noqa: F401  (fixtures)
-
-
-def _pem_file(folder: Path, name: str, der: bytes, label: str = "CERTIFICATE") -> Path:
-    path = folder / name
-    path.write_text(pki.pem(der, label))
-    return path
 
 
 def _register(rc: RunningCa, signer, key: str, **kw) -> dict:  # type: ignore[no-untyped-def]
@@ -297,7 +301,7 @@ def test_operator_bookkeeping_needs_no_token(running_ca: RunningCa) -> None:
 
 def test_a_token_with_another_key_cannot_sign_for_this_ca(running_ca: RunningCa, tokens: Tokens) -> None:
     running_ca.ca.signer = tokens.signer("ca-other", CA_PIN)
-    running_ca.ca._signer_point = None  # noqa: SLF001 - as if the service had been started with this token
+    running_ca.ca._signer_point = None       # as if the service had been started with this token
     with pytest.raises(CaRefusal) as e:
         running_ca.ca.crl(force=True)
     assert e.value.code == "wrong_token"

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from test_ca_support import openssl
 
 from client.cli import main
 from client.support.channels import JsonClient
 from client.support.personalisation import CardProfile, personalise_purse_card
 from client.support.scheme import Scheme
-from test_ca_support import openssl
 
 CA_PIN = "operator-pin-1"
 CARD_PIN = "112233"

@@ -9,12 +9,26 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_ca_support import (  # noqa: F401  (fixtures)
+    RunningCa,
+    SoftwareSigner,
+    Tokens,
+    raw_request,
+    request_body,
+    running_ca,
+    start_ca,
+    tokens,
+)
 
 from client.services.http import MAX_BODY
-from client.support.channels import (ChannelError, JsonClient, ServiceError, TlsError, UnreachableError,
-                                     client_context)
-from test_ca_support import RunningCa, SoftwareSigner, Tokens, raw_request, request_body, start_ca
-from test_ca_support import running_ca, tokens  # noqa: F401  (fixtures)
+from client.support.channels import (
+    ChannelError,
+    JsonClient,
+    ServiceError,
+    TlsError,
+    UnreachableError,
+    client_context,
+)
 
 JSON = {"Content-Type": "application/json"}
 

@@ -15,19 +15,22 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from test_ca_support import USER_PIN, RunningCa, Tokens, openssl, running_ca, tokens  # noqa: F401  (fixtures)
 
 from client.cli import main
 from client.services import pki, regkeys
 from client.support.channels import JsonClient
-from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
+from client.support.personalisation import (
+    CardProfile,
+    personalise_psam,
+    personalise_purse_card,
+)
 from client.support.registration import RegistrationError, register
 from client.support.scheme import Scheme
 from hardware import errors as hw
 from hardware.piv import PivSession, PivSigner, Slot
 from hardware.signer import sign_message
 from hardware.simulator import create_card, open_card
-from test_ca_support import USER_PIN, RunningCa, Tokens, openssl
-from test_ca_support import running_ca, tokens  # noqa: F401  (fixtures)
 
 PIN = "135790"
 NAME, EMAIL = "Alice Example", "alice@example.org"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from test_ca_support import RunningCa, openssl, running_ca, tokens  # noqa: F401  (fixtures)
 
 from client.cli import main
 from client.support.personalisation import CardProfile, personalise_purse_card
@@ -20,8 +21,6 @@ from client.support.scheme import Scheme
 from hardware.pcscd import VirtualCards
 from hardware.piv import PivSession, Slot
 from hardware.transport import PcscConnection
-from test_ca_support import RunningCa, openssl
-from test_ca_support import running_ca, tokens  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.pcsc, pytest.mark.skipif(shutil.which("pkcs11-tool") is None, reason="opensc missing")]
 OPENSC = "/usr/lib/x86_64-linux-gnu/pkcs11/opensc-pkcs11.so"

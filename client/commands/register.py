@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from hardware import errors as hw_errors
 from hardware.signer import Signer
@@ -50,6 +50,7 @@ def _card(reader: str | None, image: Path | None) -> Iterator[Device]:
 @contextmanager
 def _token(label: str, module: str | None) -> Iterator[Device]:
     from hsm.signer import Pkcs11Signer
+
     from ..support.paths import semper_home
     conf = os.environ.get("SOFTHSM2_CONF")
     default = semper_home() / "tokens" / "softhsm2.conf"

@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -49,7 +50,7 @@ class CaHome:
     _db: Database | None = field(default=None, repr=False)
 
     @classmethod
-    def default(cls, folder: Path | None = None, dsn: str | None = None) -> "CaHome":
+    def default(cls, folder: Path | None = None, dsn: str | None = None) -> CaHome:
         return cls(Path(folder) if folder else semper_home() / "ca", dsn)
 
     @property
@@ -111,6 +112,6 @@ def _still_good(chain: Path, ca_der: bytes, hosts: tuple[str, ...]) -> bool:
         leaf.verify_directly_issued_by(root)
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         names = {str(v) for v in san.get_values_for_type(x509.IPAddress)} | set(san.get_values_for_type(x509.DNSName))
-    except Exception:
+    except (OSError, ValueError, TypeError, IndexError, InvalidSignature, x509.ExtensionNotFound):
         return False
     return set(hosts) <= names and leaf.not_valid_after_utc - pki.now() > TLS_RENEW_BEFORE

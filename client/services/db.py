@@ -21,10 +21,11 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 BUSY_TIMEOUT_S = 10.0
 
@@ -49,7 +50,7 @@ class Dsn:
     target: str         # file path, or the libpq connection string
 
     @staticmethod
-    def parse(dsn: str | Path) -> "Dsn":
+    def parse(dsn: str | Path) -> Dsn:
         text = str(dsn)
         if text.startswith(("postgresql://", "postgres://")):
             return Dsn("postgresql", text)

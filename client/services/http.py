@@ -16,9 +16,10 @@ import json
 import logging
 import ssl
 import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -56,7 +57,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except ApiError as e:
         return error_response(e.status, e.code, e.message)
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app._client_max_size  # noqa: SLF001 - the limit make_app set
+        limit = request.app._client_max_size
         return error_response(413, "body_too_large", f"the request body is larger than {limit} bytes")
     except web.HTTPException as e:
         if e.status < 400:
@@ -139,7 +140,7 @@ class ServiceRunner:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> "ServiceRunner":
+    def start(self, timeout: float = 10.0) -> ServiceRunner:
         self._thread = threading.Thread(target=self._run, name="semper-service", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -170,7 +171,7 @@ class ServiceRunner:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
-        server = site._server  # noqa: SLF001 - aiohttp exposes the bound port nowhere else
+        server = site._server
         if server is not None and getattr(server, "sockets", None):
             self.port = server.sockets[0].getsockname()[1]
 
@@ -187,7 +188,7 @@ class ServiceRunner:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout)
 
-    def __enter__(self) -> "ServiceRunner":
+    def __enter__(self) -> ServiceRunner:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -13,11 +13,14 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Iterable
+from datetime import UTC, datetime, timedelta
 
-from asn1crypto import crl as asn1_crl, csr as asn1_csr, keys, x509 as asn1_x509
+from asn1crypto import crl as asn1_crl
+from asn1crypto import csr as asn1_csr
+from asn1crypto import keys
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -74,7 +77,7 @@ ROLES: dict[str, RoleProfile] = {r.name: r for r in (
 
 # ---- small helpers ----------------------------------------------------------------------------
 def now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def _time(dt: datetime) -> asn1_x509.Time:

@@ -132,7 +132,7 @@ class JsonClient:
             raise TlsError(f"the TLS handshake with {where} failed: {e.reason or e}") from None
         except (ConnectionRefusedError, socket.gaierror) as e:
             raise UnreachableError(f"{where} is unreachable ({e.strerror or e}); is the service running?") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise UnreachableError(f"{where} did not answer within {self.timeout:.0f} s") from None
         except (ConnectionError, http.client.HTTPException, OSError) as e:
             raise UnreachableError(f"the connection to {where} failed: {e}") from None

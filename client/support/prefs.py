@@ -13,9 +13,10 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import tomlkit
@@ -45,7 +46,7 @@ def prefs_path() -> Path:
 def _https_url(text: str) -> str:
     parts = urlsplit(text)
     try:
-        parts.port
+        _ = parts.port
     except ValueError:
         raise ValueError("the port must be a number from 1 to 65535") from None
     if parts.scheme != "https" or not parts.hostname:

@@ -17,11 +17,12 @@ same certificate to the holder of the same key (``repeated``), and the copy on d
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -69,7 +70,7 @@ def check_issued(der: bytes, root_der: bytes, point: bytes, name: str, email: st
         cert = x509.load_der_x509_certificate(der)
         root = x509.load_der_x509_certificate(root_der)
         cert.verify_directly_issued_by(root)
-    except Exception as e:
+    except (InvalidSignature, ValueError, TypeError) as e:
         raise RegistrationError(f"the CA's answer is not a certificate from the pinned root ({e}); nothing was "
                                 f"written") from None
     if pki.point_of(cert) != point:
