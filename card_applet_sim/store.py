@@ -104,6 +104,7 @@ class Store:
     path: Path
     sync: bool = True
     _data: dict[str, bytes] = field(default_factory=dict)
+    _live: int = 0                 # live_size(), kept up to date so a commit does not rescan the image
     _pending: dict[str, bytes | None] | None = None
     _fd: int = -1
     _size: int = 0
@@ -205,6 +206,7 @@ class Store:
             os.ftruncate(self._fd, good_end)
         self.report.records = records
         self._data = data
+        self._live = sum(self._entry_size(k, v) for k, v in data.items())
         self._size = good_end
         os.lseek(self._fd, good_end, os.SEEK_SET)
 
@@ -278,11 +280,15 @@ class Store:
         rec = _record(b"R", changes)
         self._append(rec)
         for k, v in changes.items():
+            old = self._data.get(k)
+            if old is not None:
+                self._live -= self._entry_size(k, old)
             if v is None:
                 self._data.pop(k, None)
             else:
                 self._data[k] = v
-        if self._size > 4 * self.live_size() + 64 * 1024:
+                self._live += self._entry_size(k, v)
+        if self._size > 4 * self._live + 64 * 1024:
             try:
                 self.compact()
             except OSError:
@@ -303,8 +309,13 @@ class Store:
             os.fsync(self._fd)
         self._size += written
 
+    @staticmethod
+    def _entry_size(key: str, value: bytes) -> int:
+        return len(key) + len(value) + 6
+
     def live_size(self) -> int:
-        return sum(len(k) + len(v) + 6 for k, v in self._data.items())
+        """Bytes the committed state would take as one snapshot (keys, values, framing)."""
+        return self._live
 
     def compact(self) -> None:
         """Rewrite the image as one snapshot; the rename makes the switch atomic."""

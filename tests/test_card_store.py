@@ -471,3 +471,19 @@ def test_every_truncation_of_a_debit_commit_on_the_card(tmp_path: Path, fresh_im
         finally:
             c.close()
     psam_card.close()
+
+
+def test_live_size_tracks_the_committed_state(tmp_path):
+    """The running total that decides compaction equals a fresh count after puts, overwrites, deletes."""
+    from card_applet_sim.store import Store
+    s = Store.create(tmp_path / "img", {"a": b"1"}, sync=False)
+    for i in range(300):
+        s.begin()
+        s.put(f"k{i % 17}", bytes(i % 50))
+        if i % 5 == 0:
+            s.delete(f"k{(i + 3) % 17}")
+        s.commit()
+    fresh = sum(len(k) + len(v) + 6 for k, v in s.snapshot().items())
+    assert s.live_size() == fresh
+    s.close()
+    assert Store.open(tmp_path / "img", sync=False).live_size() == fresh
