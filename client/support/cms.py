@@ -1,0 +1,465 @@
+"""Signed statements: CMS SignedData (RFC 5652) with the statement embedded, signed on a card or token.
+
+Why CMS and not a home-made format: an outsider (a judge, the third party, an auditor) must be able to
+check a statement with stock tools; ``openssl cms -verify`` does. Everything here is built and parsed
+with asn1crypto; no DER is assembled by hand.
+
+A statement is a JSON object with a ``"type"`` (offer, order, receipt, debit-proof, decision,
+checkpoint, ...), serialised canonically (UTF-8, sorted keys, no spaces) so that one statement has
+exactly one byte form. The SignedData carries it as eContent of type ``id-ct-semperStatement``
+(:data:`STATEMENT_OID`), with the signed attributes content-type, signing-time, message-digest and
+signing-certificate-v2 (RFC 5035) and the signer's certificate. The signature is made by a
+:class:`hardware.signer.Signer` over SHA-256 of the DER SET OF signed attributes.
+
+This module makes and parses statements and checks their *integrity* (digest, signature against the
+embedded certificate); whether the signer is *trusted* is :mod:`client.support.trust`'s decision.
+The error hierarchy for evidence lives here because this is the lowest evidence module.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asn1crypto.tsp  # noqa: F401  (registers signing-certificate-v2 and TSTInfo with asn1crypto.cms)
+from asn1crypto import cms, core
+from asn1crypto import x509 as a_x509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from hardware.signer import Signer
+
+ARC = "2.25.204673179289492764569138234192898414436"
+#: eContentType of a semper statement (canonical JSON). openssl verifies SignedData of any content type.
+STATEMENT_OID = ARC + ".2.1"
+cms.ContentType._map.setdefault(STATEMENT_OID, "semper_statement")
+
+#: The statement types the layers use today; others may be added (any lower-case word is accepted).
+KNOWN_TYPES = ("offer", "order", "receipt", "debit-proof", "payment", "delivery", "decision", "complaint",
+               "checkpoint", "registration")
+_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+_MAX_JSON_INT = 2**53 - 1          # beyond this JSON readers disagree; money is in minor units anyway
+REQUIRED_SIGNED_ATTRS = ("content_type", "signing_time", "message_digest", "signing_certificate_v2")
+
+
+# ---- errors -------------------------------------------------------------------------------------
+class EvidenceError(Exception):
+    """Base of every evidence failure; the message says what is wrong and what to do."""
+
+    user_facing = True          # client.cli prints the message as one line
+
+
+class MalformedStatement(EvidenceError):
+    """The bytes are not a well-formed semper statement (or a statement cannot be encoded)."""
+
+
+class BadSignature(EvidenceError):
+    """The content or the signed attributes do not match the signature: altered or forged."""
+
+
+class UntrustedSigner(EvidenceError):
+    """The signer's certificate does not chain to a trusted root, or was not valid at signing time."""
+
+
+class RevokedSigner(EvidenceError):
+    """The signer's certificate (or one above it) is on its CA's revocation list."""
+
+
+class WrongKeyUsage(EvidenceError):
+    """The certificate exists for another purpose than the one it was used for."""
+
+
+class BadTimestamp(EvidenceError):
+    """A time-stamp token or response is malformed, refused, or does not cover what it claims to."""
+
+
+class SigningError(EvidenceError):
+    """The device produced no usable signature (e.g. its certificate does not match its key)."""
+
+
+# ---- canonical JSON -----------------------------------------------------------------------------
+def _check_json_value(value: Any, where: str) -> None:
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, int):
+        if abs(value) > _MAX_JSON_INT:
+            raise MalformedStatement(f"{where}: integer {value} is too large for JSON readers; send it as a string")
+        return
+    if isinstance(value, float):
+        raise MalformedStatement(f"{where}: floating-point numbers have no canonical form; use integers "
+                                 "(minor units) or strings")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise MalformedStatement(f"{where}: object keys must be strings, not {type(k).__name__}")
+            _check_json_value(v, f"{where}.{k}")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_json_value(v, f"{where}[{i}]")
+        return
+    raise MalformedStatement(f"{where}: {type(value).__name__} cannot go into a statement (JSON values only; "
+                             "encode bytes as hex)")
+
+
+def canonical_json(statement: Mapping[str, Any]) -> bytes:
+    """The one byte form of a statement: UTF-8, keys sorted, no insignificant space."""
+    if not isinstance(statement, Mapping):
+        raise MalformedStatement("a statement is a JSON object (a dict)")
+    kind = statement.get("type")
+    if not isinstance(kind, str) or not _TYPE_RE.match(kind):
+        raise MalformedStatement(f"a statement needs a 'type' of lower-case letters, digits and '-' "
+                                 f"(e.g. {', '.join(KNOWN_TYPES[:4])}); got {kind!r}")
+    _check_json_value(statement, "statement")
+    return json.dumps(statement, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise MalformedStatement(f"the statement repeats the key {k!r}")
+        out[k] = v
+    return out
+
+
+def _reject_float(text: str) -> Any:
+    raise MalformedStatement(f"the statement contains the non-integer number {text}")
+
+
+def decode_statement_content(content: bytes) -> dict[str, Any]:
+    """Parse statement JSON and insist it is canonical, so that its bytes are its only form."""
+    try:
+        body = json.loads(content.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_float=_reject_float,
+                          parse_constant=_reject_float)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MalformedStatement(f"the statement content is not UTF-8 JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise MalformedStatement("the statement content is not a JSON object")
+    if canonical_json(body) != content:
+        raise MalformedStatement("the statement JSON is not in canonical form (sorted keys, no spaces, UTF-8)")
+    return body
+
+
+# ---- building SignedData ------------------------------------------------------------------------
+def _cms_time(when: dt.datetime) -> cms.Time:
+    """UTCTime for 1950-2049 and GeneralizedTime otherwise, as RFC 5652 11.3 requires."""
+    when = when.astimezone(dt.timezone.utc).replace(microsecond=0)
+    return cms.Time(name="utc_time" if 1950 <= when.year < 2050 else "generalized_time", value=when)
+
+
+def _sha256_alg() -> cms.DigestAlgorithm:
+    return cms.DigestAlgorithm({"algorithm": "sha256", "parameters": None})      # RFC 5754: parameters absent
+
+
+def _asn1_cert(der: bytes) -> a_x509.Certificate:
+    try:
+        cert = a_x509.Certificate.load(der, strict=True)
+        cert.native  # noqa: B018  (parse it all now so a bad certificate fails here)
+        return cert
+    except (ValueError, TypeError) as e:
+        raise MalformedStatement(f"a certificate is not valid DER X.509 ({e})") from None
+
+
+def _cert_der(cert: bytes | x509.Certificate) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+    return cert if isinstance(cert, bytes) else cert.public_bytes(Encoding.DER)
+
+
+def signing_certificate_v2(cert: a_x509.Certificate) -> asn1crypto.tsp.SigningCertificateV2:
+    """RFC 5035 ESSCertIDv2 (SHA-256, the default, so the algorithm is omitted) with issuer and serial."""
+    return asn1crypto.tsp.SigningCertificateV2({"certs": [{
+        "cert_hash": hashlib.sha256(cert.dump()).digest(),
+        "issuer_serial": {"issuer": [a_x509.GeneralName(name="directory_name", value=cert.issuer)],
+                          "serial_number": cert.serial_number},
+    }]})
+
+
+def build_signed_data(signer: Signer, content_type: str, content: bytes, *,
+                      extra_certs: Iterable[bytes | x509.Certificate] = (), include_certs: bool = True,
+                      signing_time: dt.datetime | None = None, pin: bytes | None = None,
+                      signer_cert: bytes | None = None) -> bytes:
+    """A ContentInfo(SignedData) over embedded ``content``, signed by ``signer``; shared with the TSA.
+
+    ``pin``, when given, is presented right before the signature: PIV key 9C demands that for every
+    signature. ``signer_cert`` overrides the device's own certificate (a TSA whose certificate lives
+    outside the token). The signature is checked against the certificate before anything is returned,
+    so a device holding another key's certificate cannot produce unverifiable evidence.
+    """
+    cert_der = signer_cert if signer_cert is not None else signer.certificate()
+    cert = _asn1_cert(cert_der)
+    when = signing_time or dt.datetime.now(dt.timezone.utc)
+    attrs = cms.CMSAttributes([
+        cms.CMSAttribute({"type": "content_type", "values": [content_type]}),
+        cms.CMSAttribute({"type": "signing_time", "values": [_cms_time(when)]}),
+        cms.CMSAttribute({"type": "message_digest", "values": [hashlib.sha256(content).digest()]}),
+        cms.CMSAttribute({"type": "signing_certificate_v2", "values": [signing_certificate_v2(cert)]}),
+    ])
+    to_sign = attrs.dump()                 # DER SET OF, sorted by asn1crypto: exactly what the verifier hashes
+    if pin is not None:
+        signer.verify_pin(pin)
+    signature = signer.sign_digest(hashlib.sha256(to_sign).digest())
+    public = x509.load_der_x509_certificate(cert_der).public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise SigningError("the signer's certificate does not hold an EC key; semper signs with ECDSA P-256")
+    try:
+        public.verify(signature, to_sign, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise SigningError(f"{getattr(signer, 'label', 'the signer')} signed with a key that does not match its "
+                           f"certificate ({cert.subject.human_friendly}); re-register the device") from None
+    signer_info = cms.SignerInfo({
+        "version": "v1",
+        "sid": cms.SignerIdentifier(name="issuer_and_serial_number", value={
+            "issuer": cert.issuer, "serial_number": cert.serial_number}),
+        "digest_algorithm": _sha256_alg(),
+        "signed_attrs": attrs,
+        "signature_algorithm": {"algorithm": "sha256_ecdsa"},
+        "signature": signature,
+    })
+    certs: list[a_x509.Certificate] = []
+    seen: set[bytes] = set()
+    for der in ([cert_der] if include_certs else []) + [_cert_der(c) for c in extra_certs]:
+        if der not in seen:
+            seen.add(der)
+            certs.append(_asn1_cert(der))
+    econtent_type = cms.ContentType(content_type)
+    spec = cms.EncapsulatedContentInfo._oid_specs.get(econtent_type.native)
+    econtent: Any = spec.load(content) if spec is not None else content     # e.g. TSTInfo: asn1crypto wants it parsed
+    signed = {
+        # RFC 5652 5.1: version 3 when eContentType is not id-data, otherwise 1 (v1 SignerInfos only)
+        "version": "v1" if econtent_type.native == "data" else "v3",
+        "digest_algorithms": [_sha256_alg()],
+        "encap_content_info": {"content_type": econtent_type, "content": econtent},
+        "signer_infos": [signer_info],
+    }
+    if certs:
+        signed["certificates"] = [cms.CertificateChoices(name="certificate", value=c) for c in certs]
+    return cms.ContentInfo({"content_type": "signed_data", "content": cms.SignedData(signed)}).dump()
+
+
+def sign_statement(signer: Signer, statement: Mapping[str, Any], extra_certs: Iterable[bytes | x509.Certificate] = (),
+                   *, pin: bytes | None = None, signing_time: dt.datetime | None = None) -> bytes:
+    """Sign ``statement`` on the card or token; returns the CMS DER, which ``openssl cms -verify`` accepts.
+
+    ``extra_certs`` are added so that a verifier offline has the chain (e.g. an intermediate CA).
+    Pass ``pin`` when the key needs the PIN right before each signature (PIV 9C); otherwise the
+    caller has already logged in.
+    """
+    return build_signed_data(signer, STATEMENT_OID, canonical_json(statement), extra_certs=extra_certs,
+                             signing_time=signing_time, pin=pin)
+
+
+# ---- parsing ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SignedParts:
+    """What a verifier needs from one-signer SignedData, parsed but not judged."""
+
+    der: bytes
+    content_type: str              # dotted OID of the eContent
+    content: bytes
+    signer_cert: x509.Certificate
+    certificates: tuple[x509.Certificate, ...]
+    signed_attrs: bytes            # the DER SET OF that was signed
+    signature: bytes               # the SignerInfo's signature value
+    message_digest: bytes
+    signing_time: dt.datetime | None
+    signing_cert_hash: bytes | None          # from signing-certificate-v2 (SHA-256) or v1 (SHA-1)
+    signing_cert_hash_alg: str
+    timestamp_tokens: tuple[bytes, ...]     # id-aa-timeStampToken unsigned attributes (ContentInfo DER)
+    signer_info: cms.SignerInfo
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A parsed statement. Nothing here is trusted until :func:`client.support.trust.verify_statement`."""
+
+    parts: SignedParts
+    body: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.body["type"])
+
+    @property
+    def der(self) -> bytes:
+        return self.parts.der
+
+    @property
+    def content(self) -> bytes:
+        return self.parts.content
+
+    @property
+    def signing_time(self) -> dt.datetime:
+        assert self.parts.signing_time is not None         # parse_statement requires it
+        return self.parts.signing_time
+
+    @property
+    def signer_cert(self) -> x509.Certificate:
+        return self.parts.signer_cert
+
+    @property
+    def certificates(self) -> tuple[x509.Certificate, ...]:
+        return self.parts.certificates
+
+    @property
+    def signature(self) -> bytes:
+        return self.parts.signature
+
+    @property
+    def timestamp_tokens(self) -> tuple[bytes, ...]:
+        return self.parts.timestamp_tokens
+
+
+def _single_attr(attrs: cms.CMSAttributes | None, name: str, what: str) -> Any:
+    if attrs is None:
+        return None
+    found = [a for a in attrs if a["type"].native == name]
+    if not found:
+        return None
+    if len(found) > 1 or len(found[0]["values"]) != 1:
+        raise MalformedStatement(f"the {what} attribute {name.replace('_', '-')} must occur once with one value")
+    return found[0]["values"][0]
+
+
+def _find_signer_cert(sid: cms.SignerIdentifier, certs: Sequence[a_x509.Certificate]) -> a_x509.Certificate:
+    for cert in certs:
+        if sid.name == "issuer_and_serial_number":
+            if (cert.issuer == sid.chosen["issuer"] and cert.serial_number == sid.chosen["serial_number"].native):
+                return cert
+        elif cert.key_identifier == sid.chosen.native:
+            return cert
+    raise MalformedStatement("the signer's certificate is not included in the SignedData; ask the signer to "
+                             "send it with the certificate")
+
+
+def parse_signed_data(der: bytes, expected_content_type: str | None = None, what: str = "statement") -> SignedParts:
+    """Parse a one-signer SignedData with embedded content, SHA-256 and ECDSA; no trust decision."""
+    try:
+        info = cms.ContentInfo.load(der, strict=True)
+        if info["content_type"].native != "signed_data":
+            raise MalformedStatement(f"the {what} is a CMS {info['content_type'].native}, not SignedData")
+        sd: cms.SignedData = info["content"]
+        encap = sd["encap_content_info"]
+        ctype = encap["content_type"].dotted
+        if expected_content_type is not None and ctype != cms.ContentType(expected_content_type).dotted:
+            raise MalformedStatement(f"the {what} carries content of type {encap['content_type'].native}, "
+                                     f"expected {cms.ContentType(expected_content_type).native}")
+        if encap["content"].native is None:
+            raise MalformedStatement(f"the {what} has detached content; semper embeds the content it signs")
+        content = bytes(encap["content"])         # the octets, whatever asn1crypto parsed them into
+        asn_certs = [c.chosen for c in (sd["certificates"] or []) if c.name == "certificate"]
+        signer_infos = list(sd["signer_infos"])
+        if len(signer_infos) != 1:
+            raise MalformedStatement(f"the {what} has {len(signer_infos)} signers; semper evidence has exactly one")
+        si: cms.SignerInfo = signer_infos[0]
+        if si["digest_algorithm"]["algorithm"].native != "sha256":
+            raise MalformedStatement(f"the {what} uses digest {si['digest_algorithm']['algorithm'].native}; "
+                                     "semper accepts SHA-256")
+        if si["signature_algorithm"]["algorithm"].native not in ("sha256_ecdsa", "ecdsa"):
+            raise MalformedStatement(f"the {what} is signed with {si['signature_algorithm']['algorithm'].native}; "
+                                     "semper accepts ECDSA with SHA-256")
+        attrs = si["signed_attrs"]
+        if not isinstance(attrs, cms.CMSAttributes) or len(attrs) == 0:
+            raise MalformedStatement(f"the {what} has no signed attributes")
+        signed_attrs = attrs.untag().dump()           # the received bytes, re-tagged as SET OF (RFC 5652 5.4)
+        ct_attr = _single_attr(attrs, "content_type", "signed")
+        if ct_attr is None or ct_attr.dotted != ctype:
+            raise MalformedStatement(f"the {what}'s signed content-type attribute does not match its content")
+        md = _single_attr(attrs, "message_digest", "signed")
+        if md is None:
+            raise MalformedStatement(f"the {what} has no message-digest attribute")
+        st = _single_attr(attrs, "signing_time", "signed")
+        scv2 = _single_attr(attrs, "signing_certificate_v2", "signed")
+        scv1 = _single_attr(attrs, "signing_certificate", "signed")       # older TSAs (openssl ts default)
+        cert_hash, cert_hash_alg = None, "sha256"
+        if scv2 is not None:
+            first = scv2["certs"][0]
+            if first["hash_algorithm"]["algorithm"].native != "sha256":
+                raise MalformedStatement(f"the {what}'s signing-certificate-v2 attribute uses a hash other than SHA-256")
+            cert_hash = first["cert_hash"].native
+        elif scv1 is not None:
+            cert_hash, cert_hash_alg = scv1["certs"][0]["cert_hash"].native, "sha1"
+        tokens = []
+        for attr in si["unsigned_attrs"] or []:
+            if attr["type"].native == "signature_time_stamp_token":
+                tokens.extend(v.dump() for v in attr["values"])
+        signer_asn = _find_signer_cert(si["sid"], asn_certs)
+        certificates = tuple(x509.load_der_x509_certificate(c.dump()) for c in asn_certs)
+        parts = SignedParts(
+            der=der, content_type=ctype, content=content,
+            signer_cert=x509.load_der_x509_certificate(signer_asn.dump()), certificates=certificates,
+            signed_attrs=signed_attrs, signature=si["signature"].native, message_digest=md.native,
+            signing_time=st.native if st is not None else None, signing_cert_hash=cert_hash,
+            signing_cert_hash_alg=cert_hash_alg,
+            timestamp_tokens=tuple(tokens), signer_info=si)
+        return parts
+    except EvidenceError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise MalformedStatement(f"the {what} is not valid CMS DER ({type(e).__name__}: {e})") from None
+
+
+def parse_statement(der: bytes) -> Statement:
+    """Parse a semper statement: structure, required signed attributes, canonical JSON; no trust decision."""
+    parts = parse_signed_data(der, STATEMENT_OID)
+    missing = [n.replace("_", "-") for n, v in (("signing_time", parts.signing_time),
+                                                 ("signing_certificate_v2", parts.signing_cert_hash)) if v is None]
+    if parts.signing_cert_hash_alg != "sha256":
+        missing.append("signing-certificate-v2 (v1 with SHA-1 is not enough for statements)")
+    if missing:
+        raise MalformedStatement(f"the statement lacks the signed attribute(s) {', '.join(missing)}")
+    return Statement(parts, decode_statement_content(parts.content))
+
+
+def check_integrity(parts: SignedParts, what: str = "statement") -> None:
+    """Content digest, signature over the signed attributes, and the ESS certificate reference.
+
+    These say the bytes are exactly what the holder of the embedded certificate's key signed; they
+    say nothing about whether that holder is anyone to be trusted.
+    """
+    if hashlib.sha256(parts.content).digest() != parts.message_digest:
+        raise BadSignature(f"the {what}'s content was altered after signing (its SHA-256 no longer matches "
+                           "the signed message-digest)")
+    public = parts.signer_cert.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise MalformedStatement(f"the {what}'s signer certificate does not hold an EC key")
+    try:
+        public.verify(parts.signature, parts.signed_attrs, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise BadSignature(f"the {what}'s signature does not verify with the key of "
+                           f"{parts.signer_cert.subject.rfc4514_string()}: forged or damaged") from None
+    if parts.signing_cert_hash is not None:
+        from cryptography.hazmat.primitives.serialization import Encoding
+        der = parts.signer_cert.public_bytes(Encoding.DER)
+        if hashlib.new(parts.signing_cert_hash_alg, der).digest() != parts.signing_cert_hash:
+            raise BadSignature(f"the {what}'s signing-certificate-v2 attribute names another certificate than "
+                               "the one it was verified with (certificate substitution)")
+
+
+def add_unsigned_attribute(der: bytes, attr_type: str, value: Any) -> bytes:
+    """Return the SignedData with one more unsigned attribute on its (single) SignerInfo.
+
+    Unsigned attributes are outside the signature, which is why a time-stamp token can be added
+    after signing without touching the signed bytes. Only the SignerInfo is re-encoded; everything
+    else (content, certificates, signed attributes) keeps its received bytes.
+    """
+    try:
+        info = cms.ContentInfo.load(der, strict=True)
+        si = info["content"]["signer_infos"][0]
+        existing = list(si["unsigned_attrs"]) if isinstance(si["unsigned_attrs"], cms.CMSAttributes) else []
+        existing.append(cms.CMSAttribute({"type": attr_type, "values": [value]}))
+        si["unsigned_attrs"] = cms.CMSAttributes(existing)
+        out = info.dump()
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise MalformedStatement(f"cannot add an attribute: the statement is not valid CMS ({e})") from None
+    before, after = parse_signed_data(der), parse_signed_data(out)
+    if (before.content, before.signed_attrs, before.signature) != (after.content, after.signed_attrs, after.signature):
+        raise MalformedStatement("adding the attribute would change the signed bytes; the statement is not DER")
+    return out

@@ -1,0 +1,329 @@
+"""The verifier's side of the trust model: which signers' statements count as evidence.
+
+The semper CA root certifies the parties' card and token keys (and may certify intermediate CAs);
+a statement is evidence when its signer's certificate chains to a root the verifier chose, was valid
+when the statement was signed, is not on its CA's revocation list, and was issued for
+non-repudiation. Chain building uses ``cryptography.x509.verification`` (RFC 5280 path validation
+with the Web PKI profile for CA certificates); what that profile does not decide (key usage for
+evidence, CRLs, time-stamping certificates) is checked here, each with its own error.
+
+Which time counts: the time proven by a trusted RFC 3161 time-stamp on the signature if there is
+one, else the signing time the signer claims. A revoked certificate is refused unless a trusted
+time-stamp proves the signature existed before the revocation: a claimed signing time can be
+back-dated by whoever holds a stolen key, a time-stamp cannot.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
+
+from .cms import (BadSignature, BadTimestamp, EvidenceError, MalformedStatement, RevokedSigner, Statement,
+                  UntrustedSigner, WrongKeyUsage, check_integrity, parse_statement)
+
+if TYPE_CHECKING:
+    from .tsa import TimeStampInfo
+
+__all__ = ["TrustStore", "Usage", "Revocation", "VerifiedStatement", "verify_statement", "EvidenceError",
+           "MalformedStatement", "BadSignature", "UntrustedSigner", "RevokedSigner", "WrongKeyUsage",
+           "BadTimestamp", "describe"]
+
+#: a signer's clock may run ahead of the TSA's by this much before its claimed time is called false
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+_KNOWN_CRITICAL = {ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE,
+                   ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.CERTIFICATE_POLICIES,
+                   ExtensionOID.NAME_CONSTRAINTS, ExtensionOID.POLICY_CONSTRAINTS}
+
+
+class Usage(enum.Enum):
+    """What a certificate is being relied on for; each has its own key-usage rule."""
+
+    STATEMENT = "signed statement (non-repudiation)"
+    SIGNATURE = "signature without non-repudiation"
+    TIMESTAMPING = "time-stamping"
+
+
+def describe(cert: x509.Certificate) -> str:
+    """How a person recognises a certificate: its subject and serial number."""
+    return f"'{cert.subject.rfc4514_string()}' (serial {cert.serial_number:X})"
+
+
+def _utc(when: dt.datetime) -> dt.datetime:
+    return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+
+
+def _load_certs(data: bytes, source: str) -> list[x509.Certificate]:
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificates(data)
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError as e:
+        raise EvidenceError(f"{source} holds no readable X.509 certificate ({e}); pass the CA root as PEM or DER")
+
+
+def _load_crl(data: bytes, source: str) -> x509.CertificateRevocationList:
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError as e:
+        raise EvidenceError(f"{source} is not a readable CRL ({e}); fetch the CA's CRL again")
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """The revocation status found for one chain: ``checked`` is False when no CRL covered a certificate."""
+
+    checked: bool
+    crl_dates: tuple[dt.datetime, ...] = ()           # thisUpdate of each CRL consulted
+    revoked_later: tuple[str, ...] = ()               # revoked, but after the proven signing time
+    unchecked: tuple[str, ...] = ()                   # certificates no CRL covered
+
+
+class TrustStore:
+    """The roots a verifier trusts and the CRLs it has; nothing in a statement can add a root.
+
+    ``require_crl``: refuse a chain when some certificate's issuer has no CRL here, rather than
+    reporting the revocation status as unchecked.
+    """
+
+    def __init__(self, roots: Iterable[x509.Certificate | bytes],
+                 crls: Iterable[x509.CertificateRevocationList | bytes] = (), *,
+                 intermediates: Iterable[x509.Certificate | bytes] = (), require_crl: bool = False) -> None:
+        self.roots = tuple(self._cert(c) for c in roots)
+        if not self.roots:
+            raise EvidenceError("a trust store needs at least one CA root certificate")
+        for root in self.roots:
+            try:
+                root.verify_directly_issued_by(root)
+            except (ValueError, TypeError, InvalidSignature) as e:
+                raise EvidenceError(f"{describe(root)} is not a self-signed root certificate ({e})") from None
+        self.intermediates = tuple(self._cert(c) for c in intermediates)
+        self.crls = tuple(c if isinstance(c, x509.CertificateRevocationList) else _load_crl(c, "a CRL") for c in crls)
+        self.require_crl = require_crl
+
+    @staticmethod
+    def _cert(c: x509.Certificate | bytes) -> x509.Certificate:
+        return c if isinstance(c, x509.Certificate) else _load_certs(c, "a certificate")[0]
+
+    @classmethod
+    def from_files(cls, ca: Sequence[Path] | Path, crls: Sequence[Path] = (), *, require_crl: bool = False
+                   ) -> "TrustStore":
+        """Roots from PEM (several per file allowed) or DER files; CRLs likewise."""
+        ca_files = [ca] if isinstance(ca, Path) else list(ca)
+        roots: list[x509.Certificate] = []
+        for path in ca_files:
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                raise EvidenceError(f"cannot read the CA file {path}: {e.strerror}") from None
+            roots.extend(_load_certs(data, str(path)))
+        loaded = []
+        for path in crls:
+            try:
+                loaded.append(_load_crl(path.read_bytes(), str(path)))
+            except OSError as e:
+                raise EvidenceError(f"cannot read the CRL file {path}: {e.strerror}") from None
+        return cls(roots, loaded, require_crl=require_crl)
+
+    def with_crls(self, crls: Iterable[x509.CertificateRevocationList | bytes]) -> "TrustStore":
+        """The same roots with more CRLs (e.g. those shipped in an evidence bundle: CRLs are signed by
+        their CA, so where they come from does not matter; roots always come from the verifier)."""
+        return TrustStore(self.roots, list(self.crls) + list(crls), intermediates=self.intermediates,
+                          require_crl=self.require_crl)
+
+    # ---- chain ----------------------------------------------------------------------------------
+    def chain(self, cert: x509.Certificate, untrusted: Sequence[x509.Certificate], at: dt.datetime
+              ) -> list[x509.Certificate]:
+        """Path from ``cert`` to one of the roots, valid at ``at``; UntrustedSigner otherwise."""
+        at = _utc(at)
+        if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
+            raise UntrustedSigner(f"the certificate {describe(cert)} was not valid at {at:%Y-%m-%d %H:%M:%S} UTC "
+                                  f"(valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+                                  f"{cert.not_valid_after_utc:%Y-%m-%d})")
+        for ext in cert.extensions:
+            if ext.critical and ext.oid not in _KNOWN_CRITICAL:
+                raise UntrustedSigner(f"the certificate {describe(cert)} has a critical extension semper does not "
+                                      f"understand ({ext.oid.dotted_string}); it cannot be relied on")
+        builder = (verification.PolicyBuilder().store(verification.Store(list(self.roots))).time(at)
+                   .extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+                                       ee_policy=verification.ExtensionPolicy.permit_all()))
+        pool = [c for c in list(untrusted) + list(self.intermediates) if c != cert]
+        try:
+            return list(builder.build_client_verifier().verify(cert, pool).chain)
+        except verification.VerificationError as e:
+            raise UntrustedSigner(f"the certificate {describe(cert)} (issued by "
+                                  f"'{cert.issuer.rfc4514_string()}') does not chain to a trusted root at "
+                                  f"{at:%Y-%m-%d %H:%M:%S} UTC: {e}. Pass the right CA root, or do not rely on "
+                                  "this signer") from None
+
+    # ---- key usage ------------------------------------------------------------------------------
+    @staticmethod
+    def check_usage(cert: x509.Certificate, usage: Usage) -> None:
+        """Refuse a certificate used outside the purpose its CA issued it for."""
+        try:
+            ku: x509.KeyUsage | None = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            ku = None
+        try:
+            eku_ext = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+            eku: list[x509.ObjectIdentifier] | None = list(eku_ext.value)
+            eku_critical = eku_ext.critical
+        except x509.ExtensionNotFound:
+            eku, eku_critical = None, False
+        who = describe(cert)
+        if usage is Usage.TIMESTAMPING:
+            if eku != [ExtendedKeyUsageOID.TIME_STAMPING] or not eku_critical:
+                raise WrongKeyUsage(f"{who} is not a time-stamping certificate: RFC 3161 requires a critical "
+                                    "extended key usage of exactly id-kp-timeStamping")
+            if ku is not None and not (ku.digital_signature or ku.content_commitment):
+                raise WrongKeyUsage(f"{who} may not sign: its key usage lacks digitalSignature")
+            return
+        if ku is None:
+            raise WrongKeyUsage(f"{who} has no key usage extension; evidence needs a certificate that says "
+                                "digitalSignature and nonRepudiation")
+        missing = [name for name, ok in (("digitalSignature", ku.digital_signature),
+                                         ("nonRepudiation", ku.content_commitment or usage is Usage.SIGNATURE))
+                   if not ok]
+        if missing:
+            raise WrongKeyUsage(f"{who} is not issued for {' and '.join(missing)}, so it cannot sign evidence; "
+                                "sign statements with the signature key (PIV slot 9C or the token's signing key)")
+        if eku is not None and (ExtendedKeyUsageOID.TIME_STAMPING in eku or ExtendedKeyUsageOID.OCSP_SIGNING in eku):
+            raise WrongKeyUsage(f"{who} is a time-stamping/OCSP certificate; such keys sign only time-stamps "
+                                "or OCSP answers, never statements")
+
+    # ---- revocation -----------------------------------------------------------------------------
+    def _crls_for(self, cert: x509.Certificate, issuer: x509.Certificate) -> list[x509.CertificateRevocationList]:
+        """Every CRL here from ``cert``'s issuer, each checked against the issuer's key."""
+        found = []
+        for crl in self.crls:
+            if crl.issuer != cert.issuer:
+                continue
+            if not crl.is_signature_valid(issuer.public_key()):    # type: ignore[arg-type]
+                raise UntrustedSigner(f"the CRL claiming to come from '{crl.issuer.rfc4514_string()}' "
+                                      f"(issued {crl.last_update_utc:%Y-%m-%d %H:%M}) has an invalid signature; "
+                                      "fetch the CA's CRL again")
+            found.append(crl)
+        return found
+
+    def check_revocation(self, chain: Sequence[x509.Certificate], proven_time: dt.datetime | None = None
+                         ) -> Revocation:
+        """Look every certificate below the root up in its issuer's CRLs.
+
+        A listing in any of them counts (revocation is final; an older CRL without the entry does not
+        undo a newer one with it). ``proven_time`` is a trusted time-stamp's time: a certificate
+        revoked after it does not make an earlier signature worthless. Without one, any revocation
+        refuses the signer.
+        """
+        dates: list[dt.datetime] = []
+        later: list[str] = []
+        unchecked: list[str] = []
+        for cert, issuer in zip(chain, chain[1:]):
+            crls = self._crls_for(cert, issuer)
+            if not crls:
+                if self.require_crl:
+                    raise UntrustedSigner(f"no CRL from '{cert.issuer.rfc4514_string()}' to check {describe(cert)}; "
+                                          "fetch the CA's current CRL")
+                unchecked.append(describe(cert))
+                continue
+            dates.extend(crl.last_update_utc for crl in crls)
+            for crl in crls:
+                entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+                if entry is None:
+                    continue
+                when = entry.revocation_date_utc
+                reason = ""
+                try:
+                    reason = f", reason {entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.value}"
+                except x509.ExtensionNotFound:
+                    pass
+                if proven_time is not None and _utc(proven_time) < when:
+                    later.append(f"{describe(cert)} revoked {when:%Y-%m-%d %H:%M:%S} UTC, after the time-stamp")
+                    continue
+                raise RevokedSigner(f"the certificate {describe(cert)} was revoked on {when:%Y-%m-%d %H:%M:%S} UTC"
+                                    f"{reason} (CRL of '{crl.issuer.rfc4514_string()}' issued "
+                                    f"{crl.last_update_utc:%Y-%m-%d %H:%M} UTC); what it signed is not accepted as "
+                                    "evidence" + ("" if proven_time is None else
+                                                  " (its time-stamp is not earlier than the revocation)"))
+        return Revocation(checked=not unchecked, crl_dates=tuple(dates), revoked_later=tuple(dict.fromkeys(later)),
+                          unchecked=tuple(unchecked))
+
+    def check_certificate(self, cert: x509.Certificate, untrusted: Sequence[x509.Certificate], at: dt.datetime,
+                          usage: Usage, proven_time: dt.datetime | None = None
+                          ) -> tuple[list[x509.Certificate], Revocation]:
+        """Chain, key usage and revocation for one certificate: everything trust means here."""
+        chain = self.chain(cert, untrusted, at)
+        self.check_usage(cert, usage)
+        return chain, self.check_revocation(chain, proven_time)
+
+
+@dataclass(frozen=True)
+class VerifiedStatement:
+    """A statement that passed every check, with what the checks relied on."""
+
+    statement: Statement
+    signer: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    checked_at: dt.datetime                      # the time the chain was validated for
+    revocation: Revocation
+    timestamp: "TimeStampInfo | None" = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.statement.body
+
+    @property
+    def type(self) -> str:
+        return self.statement.type
+
+    @property
+    def signing_time(self) -> dt.datetime:
+        return self.statement.signing_time
+
+    @property
+    def signer_name(self) -> str:
+        return self.signer.subject.rfc4514_string()
+
+    @property
+    def signer_der(self) -> bytes:
+        return self.signer.public_bytes(Encoding.DER)
+
+
+def verify_statement(der: bytes, trust: TrustStore, at: dt.datetime | None = None,
+                     require_non_repudiation: bool = True) -> VerifiedStatement:
+    """Everything a verifier must check before a statement counts as evidence.
+
+    Order matters for the messages: a damaged or forged statement is reported as such before any
+    question about its signer. ``at`` overrides the time the certificates are checked for (default:
+    the trusted time-stamp's time, else the claimed signing time).
+    """
+    from .tsa import verify_statement_timestamps      # tsa builds on this module's TrustStore
+
+    statement = parse_statement(der)
+    check_integrity(statement.parts)
+    stamp = verify_statement_timestamps(statement, trust)
+    notes: list[str] = []
+    if stamp is not None and _utc(statement.signing_time) > stamp.gen_time + CLOCK_SKEW:
+        raise BadTimestamp(f"the statement claims to be signed at {statement.signing_time:%Y-%m-%d %H:%M:%S} UTC, "
+                           f"after its time-stamp ({stamp.gen_time:%Y-%m-%d %H:%M:%S} UTC): its signing time is false")
+    when = _utc(at) if at is not None else (stamp.gen_time if stamp is not None else _utc(statement.signing_time))
+    usage = Usage.STATEMENT if require_non_repudiation else Usage.SIGNATURE
+    chain, revocation = trust.check_certificate(statement.signer_cert, statement.certificates, when, usage,
+                                                proven_time=stamp.gen_time if stamp is not None else None)
+    if not revocation.checked:
+        notes.append("revocation not checked for " + "; ".join(revocation.unchecked) + " (no CRL from its issuer)")
+    notes.extend(revocation.revoked_later)
+    if stamp is not None and not stamp.revocation_checked:
+        notes.append(f"revocation not checked for the time-stamping authority '{stamp.tsa_name}' (no CRL)")
+    return VerifiedStatement(statement, statement.signer_cert, tuple(chain), when, revocation, stamp, tuple(notes))

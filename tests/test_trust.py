@@ -1,0 +1,169 @@
+"""The verifier: chain to the CA root, validity at signing time, key usage, CRL, tampering."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from asn1crypto import cms as a_cms
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from client.support import cms
+from client.support.trust import (BadSignature, EvidenceError, MalformedStatement, RevokedSigner, TrustStore,
+                                  UntrustedSigner, WrongKeyUsage, verify_statement)
+from hardware.piv import PivSession, PivSigner, Slot
+from test_cms import ORDER, PIN, Pki, card, card_b, open_piv, openssl_cms_verify, pki, signer  # noqa: F401
+
+NOW = dt.datetime.now(dt.timezone.utc)
+
+
+def _serial(signer: PivSigner) -> int:
+    return x509.load_der_x509_certificate(signer.certificate()).serial_number
+
+
+def test_card_statement_verifies_with_crl(signer: PivSigner, pki: Pki) -> None:
+    der = cms.sign_statement(signer, ORDER, pin=PIN)
+    v = verify_statement(der, TrustStore([pki.root], [pki.crl()]))
+    assert v.body == ORDER and v.type == "order"
+    assert [c.subject for c in v.chain] == [v.signer.subject, pki.root.subject]
+    assert v.revocation.checked and v.notes == ()
+    assert v.timestamp is None and abs((v.checked_at - v.signing_time).total_seconds()) < 1
+
+
+def test_without_crl_the_result_says_revocation_was_not_checked(signer: PivSigner, pki: Pki) -> None:
+    der = cms.sign_statement(signer, ORDER, pin=PIN)
+    v = verify_statement(der, TrustStore([pki.root]))
+    assert not v.revocation.checked
+    assert "revocation not checked" in v.notes[0]
+    with pytest.raises(UntrustedSigner, match="no CRL from"):
+        verify_statement(der, TrustStore([pki.root], require_crl=True))
+
+
+def test_revoked_signer_is_refused_naming_serial_and_date(signer: PivSigner, pki: Pki, tmp_path: Path) -> None:
+    der = cms.sign_statement(signer, ORDER, pin=PIN)
+    serial = _serial(signer)
+    when = (NOW - dt.timedelta(days=1)).replace(microsecond=0)
+    crl = pki.crl([(serial, when)], reason=x509.ReasonFlags.key_compromise)
+    with pytest.raises(RevokedSigner) as e:
+        verify_statement(der, TrustStore([pki.root], [crl]))
+    msg = str(e.value)
+    assert f"serial {serial:X}" in msg and when.strftime("%Y-%m-%d %H:%M:%S") in msg and "keyCompromise" in msg
+    # a listing in any CRL from the CA counts: another CRL without the entry does not undo it
+    older = pki.crl()
+    with pytest.raises(RevokedSigner):
+        verify_statement(der, TrustStore([pki.root], [older, crl]))
+    # openssl agrees when asked to check the CRL (openssl cms reads CRLs from the CA file)
+    with_crl = tmp_path / "root+crl.pem"
+    with_crl.write_bytes(pki.root_pem.read_bytes() + crl.public_bytes(Encoding.PEM))
+    r = openssl_cms_verify(der, with_crl, tmp_path, "-crl_check")
+    assert r.returncode != 0 and b"certificate revoked" in r.stderr
+    with_crl.write_bytes(pki.root_pem.read_bytes() + older.public_bytes(Encoding.PEM))
+    assert openssl_cms_verify(der, with_crl, tmp_path, "-crl_check").returncode == 0
+
+
+def test_other_certificates_on_the_crl_do_not_matter(signer: PivSigner, pki: Pki) -> None:
+    der = cms.sign_statement(signer, ORDER, pin=PIN)
+    v = verify_statement(der, TrustStore([pki.root], [pki.crl([(_serial(signer) + 1, NOW)])]))
+    assert v.revocation.checked
+
+
+def test_crl_with_a_bad_signature_is_not_believed(signer: PivSigner, pki: Pki) -> None:
+    der = cms.sign_statement(signer, ORDER, pin=PIN)
+    forged = pki.crl(key=ec.generate_private_key(ec.SECP256R1()))        # right issuer name, wrong key
+    with pytest.raises(UntrustedSigner, match="invalid signature"):
+        verify_statement(der, TrustStore([pki.root], [forged]))
+
+
+def test_authentication_key_lacks_non_repudiation(card: PivSession, pki: Pki) -> None:
+    card.verify_pin(PIN)
+    der = cms.sign_statement(PivSigner(card, Slot.AUTHENTICATION), ORDER)
+    with pytest.raises(WrongKeyUsage, match="nonRepudiation"):
+        verify_statement(der, TrustStore([pki.root]))
+    v = verify_statement(der, TrustStore([pki.root]), require_non_repudiation=False)
+    assert v.type == "order"
+
+
+def test_time_stamping_certificate_may_not_sign_statements(card: PivSession, pki: Pki) -> None:
+    card.verify_pin(PIN)
+    auth = PivSigner(card, Slot.AUTHENTICATION)
+    tsa_cert = pki.issue(auth.public_point(), "tsa", non_repudiation=True,
+                         eku=[x509.oid.ExtendedKeyUsageOID.TIME_STAMPING], eku_critical=True)
+    der = cms.build_signed_data(auth, cms.STATEMENT_OID, cms.canonical_json(ORDER),
+                                signer_cert=tsa_cert.public_bytes(Encoding.DER))
+    with pytest.raises(WrongKeyUsage, match="time-stamping"):
+        verify_statement(der, TrustStore([pki.root]))
+
+
+def test_signer_from_another_ca_is_untrusted(pki: Pki, tmp_path: Path) -> None:
+    for session in open_piv(pki.foreign, tmp_path):
+        der = cms.sign_statement(PivSigner(session), ORDER, pin=PIN)
+    with pytest.raises(UntrustedSigner, match="does not chain to a trusted root"):
+        verify_statement(der, TrustStore([pki.root]))
+
+
+def test_certificate_not_valid_at_signing_time(card: PivSession, pki: Pki) -> None:
+    card.verify_pin(PIN)
+    auth = PivSigner(card, Slot.AUTHENTICATION)
+    start = NOW + dt.timedelta(days=1)
+    cert = pki.issue(auth.public_point(), "not yet valid", not_before=start, days=2)
+    der = cms.build_signed_data(auth, cms.STATEMENT_OID, cms.canonical_json(ORDER),
+                                signer_cert=cert.public_bytes(Encoding.DER))
+    with pytest.raises(UntrustedSigner, match="was not valid at"):
+        verify_statement(der, TrustStore([pki.root]))
+    # claimed to be signed while the certificate is valid, and checked for that time: accepted;
+    # checked for another time (``at``): refused
+    card.verify_pin(PIN)
+    claimed = start + dt.timedelta(hours=1)
+    der = cms.build_signed_data(auth, cms.STATEMENT_OID, cms.canonical_json(ORDER), signing_time=claimed,
+                                signer_cert=cert.public_bytes(Encoding.DER))
+    assert verify_statement(der, TrustStore([pki.root])).checked_at == claimed.replace(microsecond=0)
+    with pytest.raises(UntrustedSigner, match="was not valid at"):
+        verify_statement(der, TrustStore([pki.root]), at=NOW)
+    with pytest.raises(UntrustedSigner, match="was not valid at"):
+        verify_statement(der, TrustStore([pki.root]), at=start + dt.timedelta(days=3))
+
+
+def _replace(der: bytes, old: bytes, new: bytes) -> bytes:
+    assert der.count(old) == 1 and len(old) == len(new)
+    return der.replace(old, new)
+
+
+def test_tampered_content_byte_is_refused(signer: PivSigner, pki: Pki, tmp_path: Path) -> None:
+    der = cms.sign_statement(signer, ORDER, pin=PIN)
+    bad = _replace(der, b'"amount":1999', b'"amount":9999')               # still canonical JSON
+    with pytest.raises(BadSignature, match="content was altered"):
+        verify_statement(bad, TrustStore([pki.root]))
+    r = openssl_cms_verify(bad, pki.root_pem, tmp_path)
+    assert r.returncode != 0 and b"content verify error" in r.stderr
+
+
+def test_tampered_signed_attribute_or_signature_is_refused(signer: PivSigner, pki: Pki) -> None:
+    der = cms.sign_statement(signer, ORDER, pin=PIN)
+    si = a_cms.ContentInfo.load(der)["content"]["signer_infos"][0]
+    sig = si["signature"].native
+    bad_sig = _replace(der, sig[-8:], bytes(b ^ 0x01 for b in sig[-8:]))
+    with pytest.raises((BadSignature, MalformedStatement)):
+        verify_statement(bad_sig, TrustStore([pki.root]))
+    when = [a for a in si["signed_attrs"] if a["type"].native == "signing_time"][0]["values"][0].chosen.contents
+    later = bytes(when[:-3]) + bytes([when[-3] ^ 0x01]) + bytes(when[-2:])   # one second digit changed
+    with pytest.raises(BadSignature, match="signature does not verify"):
+        verify_statement(_replace(der, bytes(when), later), TrustStore([pki.root]))
+
+
+def test_trust_store_input_errors(tmp_path: Path, pki: Pki, signer: PivSigner) -> None:
+    with pytest.raises(EvidenceError, match="cannot read the CA file"):
+        TrustStore.from_files(tmp_path / "missing.pem")
+    junk = tmp_path / "junk.pem"
+    junk.write_bytes(b"not a certificate")
+    with pytest.raises(EvidenceError, match="no readable X.509 certificate"):
+        TrustStore.from_files(junk)
+    with pytest.raises(EvidenceError, match="not a self-signed root"):
+        TrustStore([signer.certificate()])
+    with pytest.raises(EvidenceError, match="at least one"):
+        TrustStore([])
+    crl = tmp_path / "crl.der"
+    crl.write_bytes(pki.crl().public_bytes(Encoding.DER))
+    store = TrustStore.from_files(pki.root_pem, [crl])
+    assert store.roots == (pki.root,) and len(store.crls) == 1
