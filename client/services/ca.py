@@ -88,7 +88,7 @@ class CertificationAuthority:
     # ---- set-up ---------------------------------------------------------------------------------
     @property
     def initialised(self) -> bool:
-        with self.db.transaction() as tx:
+        with self.db.transaction(write=False) as tx:
             return store.get_meta(tx, "ca_cert") is not None
 
     def initialise(self, common_name: str, *, token_label: str, module: str | None = None,
@@ -113,7 +113,7 @@ class CertificationAuthority:
         return admin
 
     def _meta(self, name: str) -> str:
-        with self.db.transaction() as tx:
+        with self.db.transaction(write=False) as tx:
             value = store.get_meta(tx, name)
         if value is None:
             raise CaRefusal("not_initialised", "the CA is not initialised; run 'semper ca init' first", 503)
@@ -178,7 +178,7 @@ class CertificationAuthority:
     # ---- the client's side: certification ----------------------------------------------------------
     def register(self, reg_id: str, csr_der: bytes, mac: bytes) -> Issued:
         """Check a registration request and issue (or re-deliver) its certificate; CaRefusal if not."""
-        with self.db.transaction() as tx:
+        with self.db.transaction(write=False) as tx:
             reg = store.find_registration(tx, reg_id)
         if reg is None:
             raise CaRefusal("registration_key_invalid", "the registration key is not valid at this CA "
@@ -205,7 +205,7 @@ class CertificationAuthority:
         return self._redeliver(reg, point)
 
     def _redeliver(self, reg: store.Registration, point: bytes) -> Issued:
-        with self.db.transaction() as tx:
+        with self.db.transaction(write=False) as tx:
             cert = store.find_certificate(tx, reg.serial or "")
         if point and cert is not None and cert.revoked_at is None and cert.key_sha256 == _key_hash(point):
             return Issued(cert.serial, cert.der, repeated=True)
@@ -224,7 +224,7 @@ class CertificationAuthority:
         identity = self._identity()
         now = pki.now()
         days = int(self._meta("cert_days"))
-        with self.db.transaction() as tx:
+        with self.db.transaction(write=False) as tx:
             if store.valid_certificates_for_key(tx, _key_hash(point), store.iso(now)) and reg_id is not None:
                 raise CaRefusal("key_already_certified", "this public key already has a valid certificate from "
                                                          "this CA; revoke it first", 409)
@@ -242,7 +242,7 @@ class CertificationAuthority:
                 burnt = False
                 store.insert_certificate(tx, record)
         if burnt:        # another request for this registration won the race; ours is discarded unseen
-            with self.db.transaction() as tx:
+            with self.db.transaction(write=False) as tx:
                 reg = store.find_registration(tx, reg_id or "")
             assert reg is not None
             return self._redeliver(reg, point)
@@ -271,7 +271,7 @@ class CertificationAuthority:
 
     def status(self, serial: str) -> dict[str, Any]:
         serial = parse_serial(serial)
-        with self.db.transaction() as tx:
+        with self.db.transaction(write=False) as tx:
             cert = store.find_certificate(tx, serial)
         if cert is None:
             raise CaRefusal("unknown_serial", f"this CA issued no certificate with serial {serial}", 404)
@@ -283,7 +283,7 @@ class CertificationAuthority:
         """The current CRL: the stored one while fresh, else a new one signed on the token."""
         import base64
         now = pki.now()
-        with self.db.transaction() as tx:
+        with self.db.transaction(write=False) as tx:
             stored, dirty = store.get_meta(tx, "crl_der"), store.get_meta(tx, "crl_dirty") == "1"
             refresh_at = store.get_meta(tx, "crl_refresh_at")
         if stored and not dirty and not force and refresh_at and store.parse_iso(refresh_at) > now:
@@ -303,7 +303,7 @@ class CertificationAuthority:
 
     # ---- listing ---------------------------------------------------------------------------------
     def listing(self) -> dict[str, list[dict[str, Any]]]:
-        with self.db.transaction() as tx:
+        with self.db.transaction(write=False) as tx:
             regs, certs = store.list_registrations(tx), store.list_certificates(tx)
         return {
             "registrations": [{"reg_id": r.reg_id, "name": r.common_name, "email": r.email, "role": r.role,

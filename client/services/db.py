@@ -55,7 +55,8 @@ class Dsn:
         if text.startswith(("postgresql://", "postgres://")):
             return Dsn("postgresql", text)
         if text.startswith("sqlite:///"):
-            return Dsn("sqlite", text[len("sqlite://"):])
+            path = text[len("sqlite://"):]        # sqlite:///abs and SQLAlchemy's sqlite:////abs alike
+            return Dsn("sqlite", path[1:] if path.startswith("//") else path)
         if text.startswith("sqlite://"):
             raise DatabaseError(f"bad DSN {text!r}: write sqlite:///ABSOLUTE/PATH (three slashes) or a plain file path")
         if "://" in text:
@@ -131,10 +132,17 @@ class Database:
         return conn
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """Run the block as one transaction: committed on success, rolled back on any exception."""
+    def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
+        """Run the block as one transaction: committed on success, rolled back on any exception.
+
+        ``write=False`` for blocks that only read: they then do not queue behind writers (SQLite WAL
+        readers see the last commit; PostgreSQL runs them READ ONLY).
+        """
         conn = self._connect()
-        begin = "BEGIN IMMEDIATE" if self.dsn.backend == "sqlite" else "BEGIN ISOLATION LEVEL SERIALIZABLE"
+        if self.dsn.backend == "sqlite":
+            begin = "BEGIN IMMEDIATE" if write else "BEGIN"
+        else:
+            begin = "BEGIN ISOLATION LEVEL SERIALIZABLE" + ("" if write else " READ ONLY")
         try:
             conn.execute(begin)
         except sqlite3.OperationalError as e:
