@@ -90,8 +90,8 @@ class Ledger:
                 - sum(a for c, a in self.debits.items() if c <= debit_ctr))
 
 
-def run_tear_test(runs: int = 200, seed: int = 1, progress: bool = True, max_delay_ms: float = 40.0
-                  ) -> dict[str, object]:
+def run_tear_test(runs: int = 200, seed: int = 1, progress: bool = True, max_delay_ms: float = 40.0,
+                  write_chunk: int = 4) -> dict[str, object]:
     from client.payment.card_purse import recover_debit
     from hardware import errors
     from hardware.psam import PsamSession
@@ -116,7 +116,8 @@ def run_tear_test(runs: int = 200, seed: int = 1, progress: bool = True, max_del
         psam_total_start = psam.info().lifetime_total
 
         def start_card() -> tuple[subprocess.Popen, VpcdServerConnection]:  # type: ignore[type-arg]
-            proc = subprocess.Popen([sys.executable, "-m", "card_applet_sim", str(pair.buyer), "--port", str(port)],
+            proc = subprocess.Popen([sys.executable, "-m", "card_applet_sim", str(pair.buyer), "--port", str(port),
+                                     "--write-chunk", str(write_chunk)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
             try:
                 sock, _ = server.accept()
@@ -211,7 +212,7 @@ def run_tear_test(runs: int = 200, seed: int = 1, progress: bool = True, max_del
         server.close()
 
     counts["loads_committed"], counts["debits_committed"] = info.load_counter, info.debit_counter
-    return {"runs": runs, "seed": seed, **counts, "final_balance": info.balance,
+    return {"runs": runs, "seed": seed, "write_chunk": write_chunk, **counts, "final_balance": info.balance,
             "final_load_counter": info.load_counter, "final_debit_counter": info.debit_counter,
             "seconds": round(time.monotonic() - started, 1), "violations": len(violations),
             "violation_details": violations[:20]}

@@ -70,8 +70,10 @@ class CardOS:
         return cls._from_store(store)
 
     @classmethod
-    def open(cls, path: str | _os.PathLike[str], *, sync: bool = True) -> "CardOS":
-        return cls._from_store(Store.open(Path(path), sync=sync))
+    def open(cls, path: str | _os.PathLike[str], *, sync: bool = True, write_chunk: int = 0) -> "CardOS":
+        store = Store.open(Path(path), sync=sync)
+        store.write_chunk = write_chunk
+        return cls._from_store(store)
 
     @classmethod
     def _from_store(cls, store: Store) -> "CardOS":

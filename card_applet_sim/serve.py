@@ -19,12 +19,13 @@ from .vpcd import DEFAULT_HOST, DEFAULT_PORT, VpcdLink, serve
 
 
 def run(images: list[Path], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, sync: bool = True,
+        write_chunk: int = 0,
         stop: threading.Event | None = None, ready: "callable | None" = None) -> int:  # type: ignore[valid-type]
     stop = stop or threading.Event()
     cards: list[CardOS] = []
     try:
         for image in images:
-            card = CardOS.open(image, sync=sync)
+            card = CardOS.open(image, sync=sync, write_chunk=write_chunk)
             cards.append(card)
             if card.store.report.torn_bytes:
                 print(f"{image}: dropped an interrupted (torn) write of {card.store.report.torn_bytes} bytes; "
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default=DEFAULT_HOST)
     ap.add_argument("--port", type=int, default=DEFAULT_PORT)
     ap.add_argument("--no-sync", action="store_true", help="skip fsync after each commit (faster, not power-safe)")
+    ap.add_argument("--write-chunk", type=int, default=0, metavar="BYTES",
+                    help="write each commit in pieces of BYTES (widens the tear window; for tear tests)")
     args = ap.parse_args(argv)
+    if args.write_chunk < 0:
+        ap.error("--write-chunk must be 0 or more")
     logging.basicConfig(level=logging.WARNING)
-    return run(args.images, args.host, args.port, sync=not args.no_sync)
+    return run(args.images, args.host, args.port, sync=not args.no_sync, write_chunk=args.write_chunk)

@@ -105,6 +105,7 @@ class Store:
     sync: bool = True
     _data: dict[str, bytes] = field(default_factory=dict)
     _live: int = 0                 # live_size(), kept up to date so a commit does not rescan the image
+    write_chunk: int = 0           # >0: write records in pieces of this size, like EEPROM pages (tear tests)
     _pending: dict[str, bytes | None] | None = None
     _fd: int = -1
     _size: int = 0
@@ -300,7 +301,14 @@ class Store:
         self.begin()
 
     def _append(self, rec: bytes) -> None:
-        written = os.write(self._fd, rec)
+        if self.write_chunk > 0:
+            # Several system calls per record widen the window in which a kill tears the record,
+            # the way a card writes EEPROM page by page; recovery must cope with any prefix.
+            written = 0
+            for i in range(0, len(rec), self.write_chunk):
+                written += os.write(self._fd, rec[i:i + self.write_chunk])
+        else:
+            written = os.write(self._fd, rec)
         if written != len(rec):      # a short write on a full disk: treat like a tear
             os.ftruncate(self._fd, self._size)
             os.lseek(self._fd, self._size, os.SEEK_SET)

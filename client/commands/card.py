@@ -193,7 +193,9 @@ def cmd_card_batch(args: argparse.Namespace) -> int:
 
 def cmd_tear_test(args: argparse.Namespace) -> int:
     from bench.tearing import run_tear_test
-    report = run_tear_test(runs=args.runs, seed=args.seed, progress=not args.quiet)
+    if args.runs < 1 or args.write_chunk < 0:
+        raise UsageError("--runs must be at least 1 and --write-chunk 0 or more")
+    report = run_tear_test(runs=args.runs, seed=args.seed, progress=not args.quiet, write_chunk=args.write_chunk)
     print_json(report)
     return 0 if report["violations"] == 0 else 1
 
@@ -263,5 +265,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--runs", type=int, default=200, help="number of kills (default 200)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--write-chunk", type=int, default=4, metavar="BYTES",
+                   help="the card writes each commit in pieces of BYTES, so kills can land inside a write "
+                        "(0: one write per commit)")
     p.set_defaults(fn=cmd_tear_test)
 
