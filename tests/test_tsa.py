@@ -187,6 +187,6 @@ def test_false_signing_time_and_tampered_token_are_caught(signer: PivSigner, aut
     # a token over another statement's signature, attached to this one
     other = tsa.timestamp_statement(cms.sign_statement(signer, {"type": "offer"}, pin=PIN), authority.respond, trust)
     moved = cms.add_unsigned_attribute(cms.sign_statement(signer, ORDER, pin=PIN), "signature_time_stamp_token",
-                                       a_cms.ContentInfo.load(cms.parse_statement(other).timestamp_tokens[0]))
+                                       cms.parse_statement(other).timestamp_tokens[0])
     with pytest.raises(BadTimestamp, match="covers other data"):
         verify_statement(moved, trust)

@@ -368,7 +368,10 @@ def parse_signed_data(der: bytes, expected_content_type: str | None = None, what
         attrs = si["signed_attrs"]
         if not isinstance(attrs, cms.CMSAttributes) or len(attrs) == 0:
             raise MalformedStatement(f"the {what} has no signed attributes")
-        signed_attrs = attrs.untag().dump()           # the received bytes, re-tagged as SET OF (RFC 5652 5.4)
+        # the received bytes, re-tagged as SET OF (RFC 5652 5.4), from a parse nothing else has touched:
+        # asn1crypto re-encodes structures it has filled with defaults, which could alter what was signed
+        pristine = cms.ContentInfo.load(der)["content"]["signer_infos"][0]["signed_attrs"]
+        signed_attrs = pristine.untag().dump()
         ct_attr = _single_attr(attrs, "content_type", "signed")
         if ct_attr is None or ct_attr.dotted != ctype:
             raise MalformedStatement(f"the {what}'s signed content-type attribute does not match its content")
@@ -443,22 +446,38 @@ def check_integrity(parts: SignedParts, what: str = "statement") -> None:
                                "the one it was verified with (certificate substitution)")
 
 
-def add_unsigned_attribute(der: bytes, attr_type: str, value: Any) -> bytes:
-    """Return the SignedData with one more unsigned attribute on its (single) SignerInfo.
+class _OpaqueValues(core.SetOf):
+    _child_spec = core.Any
+
+
+class _OpaqueAttribute(core.Sequence):
+    """An Attribute whose values stay the bytes they were given (never parsed, never re-encoded)."""
+
+    _fields = [("type", cms.CMSAttributeType), ("values", _OpaqueValues)]
+
+
+def add_unsigned_attribute(der: bytes, attr_type: str, value_der: bytes) -> bytes:
+    """Return the SignedData with one more unsigned attribute (one DER value) on its SignerInfo.
 
     Unsigned attributes are outside the signature, which is why a time-stamp token can be added
-    after signing without touching the signed bytes. Only the SignerInfo is re-encoded; everything
-    else (content, certificates, signed attributes) keeps its received bytes.
+    after signing without touching the signed bytes. Every piece that goes into the new tree is
+    loaded from bytes and never inspected, so asn1crypto copies it verbatim: it re-encodes any
+    structure it has parsed and filled with defaults, which is slow (exponential in depth) and would
+    risk changing bytes that others signed.
     """
     try:
         info = cms.ContentInfo.load(der, strict=True)
-        si = info["content"]["signer_infos"][0]
-        existing = list(si["unsigned_attrs"]) if isinstance(si["unsigned_attrs"], cms.CMSAttributes) else []
-        existing.append(cms.CMSAttribute({"type": attr_type, "values": [value]}))
-        si["unsigned_attrs"] = cms.CMSAttributes(existing)
+        sd = info["content"]
+        si = cms.SignerInfo.load(sd["signer_infos"][0].dump())
+        old = si["unsigned_attrs"]
+        existing = [cms.CMSAttribute.load(a.dump()) for a in old] if isinstance(old, cms.CMSAttributes) else []
+        value = core.Any.load(value_der, strict=True)
+        added = cms.CMSAttribute.load(_OpaqueAttribute({"type": attr_type, "values": [value]}).dump())
+        si["unsigned_attrs"] = cms.CMSAttributes.load(cms.CMSAttributes(existing + [added]).dump())
+        sd["signer_infos"] = cms.SignerInfos([cms.SignerInfo.load(si.dump())])
         out = info.dump()
     except (ValueError, TypeError, KeyError, IndexError) as e:
-        raise MalformedStatement(f"cannot add an attribute: the statement is not valid CMS ({e})") from None
+        raise MalformedStatement(f"cannot add an attribute: the statement or the value is not valid DER ({e})") from None
     before, after = parse_signed_data(der), parse_signed_data(out)
     if (before.content, before.signed_attrs, before.signature) != (after.content, after.signed_attrs, after.signature):
         raise MalformedStatement("adding the attribute would change the signed bytes; the statement is not DER")

@@ -236,7 +236,7 @@ def timestamp_statement(statement_der: bytes, tsa: Callable[[bytes], bytes], tru
     statement = parse_statement(statement_der)
     request = make_request(statement.signature)
     info = check_response(tsa(request.der), request, trust)
-    return add_unsigned_attribute(statement_der, "signature_time_stamp_token", cms.ContentInfo.load(info.token))
+    return add_unsigned_attribute(statement_der, "signature_time_stamp_token", info.token)
 
 
 def verify_statement_timestamps(statement: Statement, trust: "TrustStore") -> TimeStampInfo | None:
