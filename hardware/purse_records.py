@@ -48,7 +48,9 @@ class Signed:
 
 
 @dataclass(frozen=True)
-class LoadRequest:
+class _LoadRecord:
+    """LRQ1 and LCF1 share their fields; only the tag and the meaning of ``balance`` differ."""
+
     card_number: bytes
     load_counter: int
     amount: int
@@ -56,9 +58,18 @@ class LoadRequest:
     nonce: bytes
     balance: int
 
+    TAG = b""
+
     @classmethod
-    def decode(cls, data: bytes) -> "LoadRequest":
-        return cls(*_check(_LOAD, LOAD_REQUEST, data))
+    def decode(cls, data: bytes):  # type: ignore[no-untyped-def]
+        return cls(*_check(_LOAD, cls.TAG, data))
+
+
+@dataclass(frozen=True)
+class LoadRequest(_LoadRecord):
+    """The card's signed request (balance = before the load)."""
+
+    TAG = LOAD_REQUEST
 
     def command(self) -> bytes:
         """The LCM1 record an issuer signs to approve exactly this request."""
@@ -66,17 +77,10 @@ class LoadRequest:
 
 
 @dataclass(frozen=True)
-class LoadConfirmation:
-    card_number: bytes
-    load_counter: int
-    amount: int
-    currency: int
-    nonce: bytes
-    balance: int
+class LoadConfirmation(_LoadRecord):
+    """The card's signed confirmation (balance = after the load)."""
 
-    @classmethod
-    def decode(cls, data: bytes) -> "LoadConfirmation":
-        return cls(*_check(_LOAD, LOAD_CONFIRMATION, data))
+    TAG = LOAD_CONFIRMATION
 
 
 @dataclass(frozen=True)
