@@ -409,3 +409,22 @@ def test_cli_checkpoint_with_the_card_in_a_subprocess(tmp_path: Path, pki: Pki) 
     assert r.returncode == 1 and "wrong PIN: 2 tries left" in r.stderr
     with Archive.open(path) as archive:
         assert [c.index for c in archive.checkpoints()] == [1]
+
+
+def test_archive_owned_by_a_token(tmp_path: Path, pki: Pki, signer: PivSigner) -> None:
+    """A seller's archive: checkpoints signed by its SoftHSM2 token, the buyer's card statements inside."""
+    from test_cms import hsm_token
+    token = hsm_token(tmp_path, pki, label="seller")
+    try:
+        with Archive.open(tmp_path / "seller.sqlite3", create=True, checkpoint_every=2,
+                          sign=statement_signer(token)) as archive:
+            archive.append_statement("deal-9", cms.sign_statement(signer, {"type": "order", "deal": "deal-9"}, pin=PIN))
+            archive.append_statement("deal-9", cms.sign_statement(token, {"type": "receipt", "deal": "deal-9"}))
+            bundle = archive.export("deal-9", tmp_path / "deal-9.zip", crls=[pki.crl()])
+            report = archive.verify(TrustStore([pki.root]))
+    finally:
+        token.close()
+    assert report.ok and report.checkpoint_signers == ["CN=semper seller token"]
+    result = verify_bundle(bundle, TrustStore([pki.root]))
+    assert result.ok and result.checkpoint_signer == "CN=semper seller token"
+    assert [e.statement.signer_name for e in result.entries if e.statement][1] == "CN=semper seller token"

@@ -133,18 +133,19 @@ def openssl_cms_verify(der: bytes, root_pem: Path, folder: Path, *extra: str | P
     return openssl("cms", "-verify", "-inform", "DER", "-in", path, "-CAfile", root_pem, *extra)
 
 
-def hsm_token(tmp_path: Path, pki: Pki):  # type: ignore[no-untyped-def]
-    """A SoftHSM2 token with a key certified by the CA under test, or skip when hsm/ is not there yet."""
+def hsm_token(tmp_path: Path, pki: Pki, label: str = "evidence", common_name: str | None = "semper seller token"):  # type: ignore[no-untyped-def]
+    """A logged-in SoftHSM2 token (own folder) with a key on it, certified by the CA under test when
+    ``common_name`` is given; skip when hsm/ or SoftHSM2 is not there."""
     signer_mod = pytest.importorskip("hsm.signer")
     softhsm = pytest.importorskip("hsm.softhsm")
     if shutil.which("softhsm2-util") is None:
         pytest.skip("SoftHSM2 is not installed")
-    store = softhsm.SoftHsmStore.in_folder(tmp_path / "softhsm")
-    token = softhsm.provision(store, "evidence", b"4321", b"87654321")
-    signer = signer_mod.Pkcs11Signer.open("evidence", softhsm_conf=store.conf)
+    store = softhsm.SoftHsmStore.in_folder(tmp_path / f"softhsm-{label}")
+    token = softhsm.provision(store, label, b"4321", b"87654321")
+    signer = signer_mod.Pkcs11Signer.open(label, softhsm_conf=store.conf)
     signer.verify_pin(b"4321")
-    cert = pki.issue(token.public_point, "semper seller token")
-    signer.store_certificate(cert.public_bytes(Encoding.DER))
+    if common_name is not None:
+        signer.store_certificate(pki.issue(token.public_point, common_name).public_bytes(Encoding.DER))
     return signer
 
 

@@ -167,3 +167,39 @@ def test_trust_store_input_errors(tmp_path: Path, pki: Pki, signer: PivSigner) -
     crl.write_bytes(pki.crl().public_bytes(Encoding.DER))
     store = TrustStore.from_files(pki.root_pem, [crl])
     assert store.roots == (pki.root,) and len(store.crls) == 1
+
+
+def test_certificates_from_the_project_ca_with_its_key_in_a_token(card: PivSession, pki: Pki, tmp_path: Path) -> None:
+    """The real issuing code (client/services/pki.py, CA key in SoftHSM2) certifies the card's 9C key;
+    the certificate is written onto the card, as registration does, and statements verify under it."""
+    ca_pki = pytest.importorskip("client.services.pki")
+    from test_cms import hsm_token
+    ca_signer = hsm_token(tmp_path, pki, label="semper-ca", common_name=None)
+    try:
+        root_der = ca_pki.build_ca_certificate(ca_signer, "semper CA under test")
+        ca = ca_pki.CaIdentity(ca_signer, root_der)
+        card.verify_pin(PIN)
+        key = PivSigner(card)
+        serial = ca_pki.new_serial()
+        person = ca_pki.build_certificate(ca, ca_pki.Subject("Alice Buyer", "person", "alice@example.org"),
+                                          key.public_point(), serial=serial, days=30, crl_url="http://127.0.0.1:1/crl")
+        card.put_certificate(Slot.SIGNATURE, person)
+        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        empty = ca_pki.build_crl(ca, [], number=1, this_update=now, next_update=now + dt.timedelta(days=7))
+        revoked = ca_pki.build_crl(ca, [ca_pki.Revoked(serial, now - dt.timedelta(minutes=1), "key_compromise")],
+                                   number=2, this_update=now, next_update=now + dt.timedelta(days=7))
+    finally:
+        ca_signer.close()
+    root = x509.load_der_x509_certificate(root_der)
+    der = cms.sign_statement(key, ORDER, pin=PIN)
+    v = verify_statement(der, TrustStore([root], [empty]))
+    assert v.signer.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value == "Alice Buyer"
+    assert v.revocation.checked
+    root_pem = tmp_path / "ca.pem"
+    root_pem.write_bytes(root.public_bytes(Encoding.PEM))
+    r = openssl_cms_verify(der, root_pem, tmp_path)
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(RevokedSigner, match=f"serial {serial:X}.*keyCompromise"):
+        verify_statement(der, TrustStore([root], [empty, revoked]))
+    with pytest.raises(UntrustedSigner):
+        verify_statement(der, TrustStore([pki.root]))                       # the scheme root does not vouch for it

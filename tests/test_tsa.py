@@ -190,3 +190,22 @@ def test_false_signing_time_and_tampered_token_are_caught(signer: PivSigner, aut
                                        cms.parse_statement(other).timestamp_tokens[0])
     with pytest.raises(BadTimestamp, match="covers other data"):
         verify_statement(moved, trust)
+
+
+def test_tsa_key_in_a_softhsm_token(signer: PivSigner, pki: Pki, tmp_path: Path) -> None:
+    """The third party's TSA as deployed: its key in a PKCS#11 token, the card's statement stamped."""
+    from test_cms import hsm_token
+    token = hsm_token(tmp_path, pki, label="tsa", common_name=None)
+    try:
+        authority = tsa.TimeStampAuthority(token, pki.tsa_cert(token.public_point()))
+        stamped = tsa.timestamp_statement(cms.sign_statement(signer, ORDER, pin=PIN), authority.respond,
+                                          TrustStore([pki.root]))
+        req = tsa.make_request(b"data")
+        (tmp_path / "resp.der").write_bytes(authority.respond(req.der))
+    finally:
+        token.close()
+    v = verify_statement(stamped, TrustStore([pki.root], [pki.crl()]))
+    assert v.timestamp is not None and v.timestamp.tsa_name == "CN=semper third party TSA" and v.notes == ()
+    (tmp_path / "data").write_bytes(b"data")
+    r = openssl("ts", "-verify", "-in", tmp_path / "resp.der", "-data", tmp_path / "data", "-CAfile", pki.root_pem)
+    assert r.returncode == 0 and b"Verification: OK" in r.stdout, r.stderr
