@@ -1,4 +1,5 @@
 """The evidence archive: hash chain, checkpoints signed on the card, tampering of each kind, bundles, CLI."""
+# ruff: noqa: F811  (pytest fixtures shared from test_cms are imported, then requested by name)
 from __future__ import annotations
 
 import datetime as dt
@@ -12,15 +13,24 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding
+from test_cms import PIN, Pki, card, card_b, openssl_cms_verify, pki, signer  # noqa: F401
 
 from client.cli import main as semper
 from client.support import cms
-from client.support.archive import (GENESIS, Archive, ArchiveError, BadBundle, NoArchive, UnknownDeal, entry_hash,
-                                    schema_sql, statement_signer, verify_bundle)
+from client.support.archive import (
+    GENESIS,
+    Archive,
+    ArchiveError,
+    BadBundle,
+    NoArchive,
+    UnknownDeal,
+    entry_hash,
+    schema_sql,
+    statement_signer,
+    verify_bundle,
+)
 from client.support.trust import TrustStore
 from hardware.piv import PivSession, PivSigner
-from test_cms import PIN, Pki, card, card_b, openssl_cms_verify, pki, signer  # noqa: F401
 
 DEALS = ["deal-A", "deal-B", "deal-A", "deal-C", "deal-A", "deal-B"]       # entries 1..6
 
@@ -80,7 +90,7 @@ def test_clean_archive_verifies_and_follows_the_documented_formula(db: Path, pki
                                          .subject.rfc4514_string()]
     prev = GENESIS
     for e in entries:                       # recompute with nothing but hashlib, from docs/evidence.md
-        lp = lambda b: len(b).to_bytes(8, "big") + b                                    # noqa: E731
+        lp = lambda b: len(b).to_bytes(8, "big") + b
         deal = hashlib.sha256(b"semper-archive/deal\x00" + e.deal_id.encode()).digest()
         body = hashlib.sha256(b"semper-archive/body\x00" + lp(e.kind.encode()) + lp(e.created_at.encode())
                               + lp(e.content)).digest()
@@ -337,7 +347,7 @@ def test_tampered_bundle_is_refused(bundle: Path, pki: Pki, tmp_path: Path, chan
 def test_bundle_with_revoked_signer_or_wrong_root(db: Path, pki: Pki, tmp_path: Path, signer: PivSigner) -> None:
     from cryptography import x509
     serial = x509.load_der_x509_certificate(signer.certificate()).serial_number
-    crl = pki.crl([(serial, dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1))])
+    crl = pki.crl([(serial, dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))])
     with Archive.open(db) as archive:
         path = archive.export("deal-A", tmp_path / "revoked.zip", crls=[crl])
     report = verify_bundle(path, TrustStore([pki.root]))
@@ -397,7 +407,7 @@ def test_cli_checkpoint_with_the_card_in_a_subprocess(tmp_path: Path, pki: Pki) 
     path = tmp_path / "e.sqlite3"
     with Archive.open(path, create=True) as archive:
         archive.append("deal-1", "note", b"hello")
-    run = lambda *a, stdin=None: subprocess.run([sys.executable, "-m", "client.cli", *a], input=stdin,  # noqa: E731
+    run = lambda *a, stdin=None: subprocess.run([sys.executable, "-m", "client.cli", *a], input=stdin, check=False,
                                                 capture_output=True, text=True, timeout=60)
     r = run("archive", "checkpoint", "--db", str(path), "--image", str(image), "--pin-stdin", stdin="123456\n")
     assert r.returncode == 0 and "checkpoint at entry 1" in r.stdout, r.stderr

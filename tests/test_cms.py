@@ -27,7 +27,7 @@ from client.support import cms
 from client.support.personalisation import CardProfile, personalise_purse_card
 from client.support.scheme import Scheme
 from hardware import errors as hw
-from hardware.piv import PivSession, PivSigner, Slot
+from hardware.piv import PivSession, PivSigner
 from hardware.simulator import open_card
 
 PIN, PUK = b"123456", b"12345678"
@@ -53,7 +53,7 @@ class Pki:
     def crl(self, revoked: list[tuple[int, dt.datetime]] = (), *,  # type: ignore[assignment]
             key: ec.EllipticCurvePrivateKey | None = None, reason: x509.ReasonFlags | None = None
             ) -> x509.CertificateRevocationList:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         b = (x509.CertificateRevocationListBuilder().issuer_name(self.root.subject)
              .last_update(now - dt.timedelta(minutes=1)).next_update(now + dt.timedelta(days=7)))
         for serial, when in revoked:
@@ -67,7 +67,7 @@ class Pki:
               eku: list[x509.ObjectIdentifier] | None = None, eku_critical: bool = False,
               not_before: dt.datetime | None = None, days: int = 30) -> x509.Certificate:
         """A certificate from the CA under test for a key that lives on a card or token."""
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
         start = not_before or now - dt.timedelta(hours=1)
         b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -124,7 +124,8 @@ def signer(card: PivSession) -> PivSigner:
 
 
 def openssl(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["openssl", *map(str, args)], input=stdin, capture_output=True, timeout=OPENSSL_TIMEOUT)
+    return subprocess.run(["openssl", *map(str, args)], input=stdin, capture_output=True, timeout=OPENSSL_TIMEOUT,
+                          check=False)
 
 
 def openssl_cms_verify(der: bytes, root_pem: Path, folder: Path, *extra: str | Path) -> subprocess.CompletedProcess[bytes]:
@@ -154,12 +155,12 @@ ORDER = {"type": "order", "deal": "d-1", "amount": 1999, "currency": "EUR", "ite
 
 
 def test_card_statement_round_trip(signer: PivSigner) -> None:
-    before = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
     der = cms.sign_statement(signer, ORDER, pin=PIN)
     st = cms.parse_statement(der)
     assert st.body == ORDER and st.type == "order"
     assert st.content == '{"amount":1999,"currency":"EUR","deal":"d-1","item":"Fahrrad grün","type":"order"}'.encode()
-    assert before <= st.signing_time <= dt.datetime.now(dt.timezone.utc)
+    assert before <= st.signing_time <= dt.datetime.now(dt.UTC)
     assert st.signer_cert.public_bytes(Encoding.DER) == signer.certificate()
     cms.check_integrity(st.parts)
 

@@ -1,4 +1,5 @@
 """The verifier: chain to the CA root, validity at signing time, key usage, CRL, tampering."""
+# ruff: noqa: F811  (pytest fixtures shared from test_cms are imported, then requested by name)
 from __future__ import annotations
 
 import datetime as dt
@@ -9,14 +10,32 @@ from asn1crypto import cms as a_cms
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
+from test_cms import (  # noqa: F401
+    ORDER,
+    PIN,
+    Pki,
+    card,
+    card_b,
+    open_piv,
+    openssl_cms_verify,
+    pki,
+    signer,
+)
 
 from client.support import cms
-from client.support.trust import (BadSignature, EvidenceError, MalformedStatement, RevokedSigner, TrustStore,
-                                  UntrustedSigner, WrongKeyUsage, verify_statement)
+from client.support.trust import (
+    BadSignature,
+    EvidenceError,
+    MalformedStatement,
+    RevokedSigner,
+    TrustStore,
+    UntrustedSigner,
+    WrongKeyUsage,
+    verify_statement,
+)
 from hardware.piv import PivSession, PivSigner, Slot
-from test_cms import ORDER, PIN, Pki, card, card_b, open_piv, openssl_cms_verify, pki, signer  # noqa: F401
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 
 
 def _serial(signer: PivSigner) -> int:
@@ -146,7 +165,7 @@ def test_tampered_signed_attribute_or_signature_is_refused(signer: PivSigner, pk
     bad_sig = _replace(der, sig[-8:], bytes(b ^ 0x01 for b in sig[-8:]))
     with pytest.raises((BadSignature, MalformedStatement)):
         verify_statement(bad_sig, TrustStore([pki.root]))
-    when = [a for a in si["signed_attrs"] if a["type"].native == "signing_time"][0]["values"][0].chosen.contents
+    when = next(a for a in si["signed_attrs"] if a["type"].native == "signing_time")["values"][0].chosen.contents
     later = bytes(when[:-3]) + bytes([when[-3] ^ 0x01]) + bytes(when[-2:])   # one second digit changed
     with pytest.raises(BadSignature, match="signature does not verify"):
         verify_statement(_replace(der, bytes(when), later), TrustStore([pki.root]))
@@ -184,7 +203,7 @@ def test_certificates_from_the_project_ca_with_its_key_in_a_token(card: PivSessi
         person = ca_pki.build_certificate(ca, ca_pki.Subject("Alice Buyer", "person", "alice@example.org"),
                                           key.public_point(), serial=serial, days=30, crl_url="http://127.0.0.1:1/crl")
         card.put_certificate(Slot.SIGNATURE, person)
-        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         empty = ca_pki.build_crl(ca, [], number=1, this_update=now, next_update=now + dt.timedelta(days=7))
         revoked = ca_pki.build_crl(ca, [ca_pki.Revoked(serial, now - dt.timedelta(minutes=1), "key_compromise")],
                                    number=2, this_update=now, next_update=now + dt.timedelta(days=7))

@@ -1,4 +1,5 @@
 """RFC 3161 time-stamps: the third party's TSA signing on a card key, checked by semper and by openssl ts."""
+# ruff: noqa: F811  (pytest fixtures shared from test_cms are imported, then requested by name)
 from __future__ import annotations
 
 import datetime as dt
@@ -9,12 +10,28 @@ import pytest
 from asn1crypto import cms as a_cms
 from asn1crypto import tsp
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from test_cms import (  # noqa: F401
+    ORDER,
+    PIN,
+    Pki,
+    card,
+    card_b,
+    open_piv,
+    openssl,
+    openssl_cms_verify,
+    pki,
+    signer,
+)
 
 from client.support import cms, tsa
-from client.support.trust import (BadTimestamp, RevokedSigner, TrustStore, WrongKeyUsage, verify_statement)
+from client.support.trust import (
+    BadTimestamp,
+    RevokedSigner,
+    TrustStore,
+    WrongKeyUsage,
+    verify_statement,
+)
 from hardware.piv import PivSession, PivSigner, Slot
-from test_cms import ORDER, PIN, Pki, card, card_b, open_piv, openssl, openssl_cms_verify, pki, signer  # noqa: F401
 
 
 @pytest.fixture
@@ -46,7 +63,7 @@ def test_response_verified_by_semper_and_openssl_ts(authority: tsa.TimeStampAuth
     resp = authority.respond(req.der)
     info = tsa.check_response(resp, req, trust)
     assert info.tsa_name == "CN=semper third party TSA" and info.policy == tsa.TSA_POLICY_OID
-    assert abs((info.gen_time - dt.datetime.now(dt.timezone.utc)).total_seconds()) < 5
+    assert abs((info.gen_time - dt.datetime.now(dt.UTC)).total_seconds()) < 5
     assert info.nonce == req.nonce and info.revocation_checked
     (tmp_path / "resp.der").write_bytes(resp)
     (tmp_path / "data").write_bytes(data)
@@ -153,7 +170,7 @@ def test_time_stamp_keeps_evidence_signed_before_revocation(signer: PivSigner, a
     der = cms.sign_statement(signer, ORDER, pin=PIN)
     stamped = tsa.timestamp_statement(der, authority.respond, TrustStore([pki.root]))
     serial = x509.load_der_x509_certificate(signer.certificate()).serial_number
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     revoked_later = TrustStore([pki.root], [pki.crl([(serial, now + dt.timedelta(seconds=30))])])
     v = verify_statement(stamped, revoked_later)
     assert any("after the time-stamp" in n for n in v.notes)
@@ -166,14 +183,14 @@ def test_time_stamp_keeps_evidence_signed_before_revocation(signer: PivSigner, a
 
 def test_revoked_tsa_is_refused(signer: PivSigner, authority: tsa.TimeStampAuthority, pki: Pki) -> None:
     der = tsa.timestamp_statement(cms.sign_statement(signer, ORDER, pin=PIN), authority.respond, TrustStore([pki.root]))
-    crl = pki.crl([(authority.cert.serial_number, dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1))])
+    crl = pki.crl([(authority.cert.serial_number, dt.datetime.now(dt.UTC) - dt.timedelta(days=1))])
     with pytest.raises(RevokedSigner, match="semper third party TSA"):
         verify_statement(der, TrustStore([pki.root], [crl]))
 
 
 def test_false_signing_time_and_tampered_token_are_caught(signer: PivSigner, authority: tsa.TimeStampAuthority,
                                                           trust: TrustStore) -> None:
-    future = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     der = cms.sign_statement(signer, ORDER, pin=PIN, signing_time=future)
     stamped = tsa.timestamp_statement(der, authority.respond, trust)
     with pytest.raises(BadTimestamp, match="signing time is false"):

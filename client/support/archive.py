@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import sqlite3
 import time
@@ -32,7 +33,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -121,7 +122,7 @@ def entry_hash(index: int, prev_hash: bytes, deal_id: str, kind: str, created_at
 
 
 def _rfc3339(when: dt.datetime) -> str:
-    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def statement_signer(signer: Signer, pin: bytes | None = None) -> StatementSigner:
@@ -214,7 +215,7 @@ class Archive:
 
     @classmethod
     def open(cls, path: Path, *, create: bool = False, checkpoint_every: int | None = None,
-             sign: StatementSigner | None = None) -> "Archive":
+             sign: StatementSigner | None = None) -> Archive:
         """Open the archive at ``path``; with ``create``, make it if missing.
 
         ``checkpoint_every`` N: after every N-th entry a checkpoint is signed with ``sign`` (when
@@ -239,7 +240,7 @@ class Archive:
                     if stmt.strip():
                         db.execute(stmt)
                 meta = {"format": FORMAT, "archive_id": str(uuid.uuid4()),
-                        "created_at": _rfc3339(dt.datetime.now(dt.timezone.utc))}
+                        "created_at": _rfc3339(dt.datetime.now(dt.UTC))}
                 if checkpoint_every is not None:
                     meta["checkpoint_every"] = str(checkpoint_every)
                 db.executemany("INSERT INTO archive_meta (name, value) VALUES (?, ?)", sorted(meta.items()))
@@ -267,7 +268,7 @@ class Archive:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> "Archive":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -286,7 +287,7 @@ class Archive:
                 raise ArchiveError(f"the {name} must be 1-200 printable characters, got {value!r}")
         if not isinstance(content, (bytes, bytearray)):
             raise ArchiveError("entry content must be bytes")
-        created = _rfc3339(when or dt.datetime.now(dt.timezone.utc))
+        created = _rfc3339(when or dt.datetime.now(dt.UTC))
         for attempt in range(_BUSY_RETRIES):
             try:
                 self._db.execute("BEGIN")
@@ -343,7 +344,7 @@ class Archive:
         check_integrity(statement.parts)
         if statement.body != body:
             raise ArchiveError("the signer returned a statement other than the checkpoint it was asked to sign")
-        created = _rfc3339(dt.datetime.now(dt.timezone.utc))
+        created = _rfc3339(dt.datetime.now(dt.UTC))
         owner = self.owner()
         if owner is not None and _public_der(owner) != _public_der(statement.signer_cert):
             raise ArchiveError(f"this archive's checkpoints are signed by '{owner.subject.rfc4514_string()}'; "
@@ -529,7 +530,7 @@ class Archive:
             files[crl_names[-1]] = crl.public_bytes(Encoding.PEM)
         manifest = {
             "format": BUNDLE_FORMAT, "archive": self.archive_id, "deal": deal_id,
-            "exported_at": _rfc3339(dt.datetime.now(dt.timezone.utc)),
+            "exported_at": _rfc3339(dt.datetime.now(dt.UTC)),
             "checkpoint": {"index": cover.index, "head": cover.head.hex(), "file": "checkpoint.der"},
             "entries": manifest_entries,
             # entry i (from 1) -> [deal_digest, body_digest]; entry hashes follow from the formula
@@ -613,7 +614,7 @@ def _chain_problems(entries: list[Entry], problems: list[Problem]) -> dict[int, 
                                 + ("; the entries after it were renumbered to hide the gap" if renumbered else "")))
     kept = [e for e in entries if e.index not in inserted]
     origins = [origin_of[e.index] or e.index for e in kept]
-    if any(x >= y for x, y in zip(origins, origins[1:])):
+    if any(x >= y for x, y in itertools.pairwise(origins)):
         for e, o in zip(kept, origins):
             if o != e.index:
                 problems.append(Problem(e.index, "reordered", f"entry {e.index} is out of order: it was entry {o}"))

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import asn1crypto.tsp  # noqa: F401  (registers signing-certificate-v2 and TSTInfo with asn1crypto.cms)
+import asn1crypto.tsp
 from asn1crypto import cms, core
 from asn1crypto import x509 as a_x509
 from cryptography import x509
@@ -151,7 +151,7 @@ def decode_statement_content(content: bytes) -> dict[str, Any]:
 # ---- building SignedData ------------------------------------------------------------------------
 def _cms_time(when: dt.datetime) -> cms.Time:
     """UTCTime for 1950-2049 and GeneralizedTime otherwise, as RFC 5652 11.3 requires."""
-    when = when.astimezone(dt.timezone.utc).replace(microsecond=0)
+    when = when.astimezone(dt.UTC).replace(microsecond=0)
     return cms.Time(name="utc_time" if 1950 <= when.year < 2050 else "generalized_time", value=when)
 
 
@@ -195,7 +195,7 @@ def build_signed_data(signer: Signer, content_type: str, content: bytes, *,
     """
     cert_der = signer_cert if signer_cert is not None else signer.certificate()
     cert = _asn1_cert(cert_der)
-    when = signing_time or dt.datetime.now(dt.timezone.utc)
+    when = signing_time or dt.datetime.now(dt.UTC)
     attrs = cms.CMSAttributes([
         cms.CMSAttribute({"type": "content_type", "values": [content_type]}),
         cms.CMSAttribute({"type": "signing_time", "values": [_cms_time(when)]}),
@@ -453,7 +453,7 @@ class _OpaqueValues(core.SetOf):
 class _OpaqueAttribute(core.Sequence):
     """An Attribute whose values stay the bytes they were given (never parsed, never re-encoded)."""
 
-    _fields = [("type", cms.CMSAttributeType), ("values", _OpaqueValues)]
+    _fields = [("type", cms.CMSAttributeType), ("values", _OpaqueValues)]  # noqa: RUF012 (asn1crypto style)
 
 
 def add_unsigned_attribute(der: bytes, attr_type: str, value_der: bytes) -> bytes:

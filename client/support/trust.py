@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +28,37 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
-from .cms import (BadSignature, BadTimestamp, EvidenceError, MalformedStatement, RevokedSigner, Statement,
-                  UntrustedSigner, WrongKeyUsage, check_integrity, parse_statement)
+from .cms import (
+    BadSignature,
+    BadTimestamp,
+    EvidenceError,
+    MalformedStatement,
+    RevokedSigner,
+    Statement,
+    UntrustedSigner,
+    WrongKeyUsage,
+    check_integrity,
+    parse_statement,
+)
 
 if TYPE_CHECKING:
     from .tsa import TimeStampInfo
 
-__all__ = ["TrustStore", "Usage", "Revocation", "VerifiedStatement", "verify_statement", "EvidenceError",
-           "MalformedStatement", "BadSignature", "UntrustedSigner", "RevokedSigner", "WrongKeyUsage",
-           "BadTimestamp", "describe"]
+__all__ = [
+    "BadSignature",
+    "BadTimestamp",
+    "EvidenceError",
+    "MalformedStatement",
+    "Revocation",
+    "RevokedSigner",
+    "TrustStore",
+    "UntrustedSigner",
+    "Usage",
+    "VerifiedStatement",
+    "WrongKeyUsage",
+    "describe",
+    "verify_statement",
+]
 
 #: a signer's clock may run ahead of the TSA's by this much before its claimed time is called false
 CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -59,7 +82,7 @@ def describe(cert: x509.Certificate) -> str:
 
 
 def _utc(when: dt.datetime) -> dt.datetime:
-    return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
 
 
 def _load_certs(data: bytes, source: str) -> list[x509.Certificate]:
@@ -118,7 +141,7 @@ class TrustStore:
 
     @classmethod
     def from_files(cls, ca: Sequence[Path] | Path, crls: Sequence[Path] = (), *, require_crl: bool = False
-                   ) -> "TrustStore":
+                   ) -> TrustStore:
         """Roots from PEM (several per file allowed) or DER files; CRLs likewise."""
         ca_files = [ca] if isinstance(ca, Path) else list(ca)
         roots: list[x509.Certificate] = []
@@ -136,7 +159,7 @@ class TrustStore:
                 raise EvidenceError(f"cannot read the CRL file {path}: {e.strerror}") from None
         return cls(roots, loaded, require_crl=require_crl)
 
-    def with_crls(self, crls: Iterable[x509.CertificateRevocationList | bytes]) -> "TrustStore":
+    def with_crls(self, crls: Iterable[x509.CertificateRevocationList | bytes]) -> TrustStore:
         """The same roots with more CRLs (e.g. those shipped in an evidence bundle: CRLs are signed by
         their CA, so where they come from does not matter; roots always come from the verifier)."""
         return TrustStore(self.roots, list(self.crls) + list(crls), intermediates=self.intermediates,
@@ -228,7 +251,7 @@ class TrustStore:
         dates: list[dt.datetime] = []
         later: list[str] = []
         unchecked: list[str] = []
-        for cert, issuer in zip(chain, chain[1:]):
+        for cert, issuer in itertools.pairwise(chain):
             crls = self._crls_for(cert, issuer)
             if not crls:
                 if self.require_crl:
@@ -276,7 +299,7 @@ class VerifiedStatement:
     chain: tuple[x509.Certificate, ...]
     checked_at: dt.datetime                      # the time the chain was validated for
     revocation: Revocation
-    timestamp: "TimeStampInfo | None" = None
+    timestamp: TimeStampInfo | None = None
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -308,7 +331,9 @@ def verify_statement(der: bytes, trust: TrustStore, at: dt.datetime | None = Non
     question about its signer. ``at`` overrides the time the certificates are checked for (default:
     the trusted time-stamp's time, else the claimed signing time).
     """
-    from .tsa import verify_statement_timestamps      # tsa builds on this module's TrustStore
+    from .tsa import (
+        verify_statement_timestamps,  # tsa builds on this module's TrustStore
+    )
 
     statement = parse_statement(der)
     check_integrity(statement.parts)

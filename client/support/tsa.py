@@ -28,8 +28,18 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hardware.errors import HardwareError
 from hardware.signer import Signer
 
-from .cms import (ARC, BadTimestamp, EvidenceError, SigningError, Statement, add_unsigned_attribute,
-                  build_signed_data, check_integrity, parse_signed_data, parse_statement)
+from .cms import (
+    ARC,
+    BadTimestamp,
+    EvidenceError,
+    SigningError,
+    Statement,
+    add_unsigned_attribute,
+    build_signed_data,
+    check_integrity,
+    parse_signed_data,
+    parse_statement,
+)
 
 if TYPE_CHECKING:
     from .trust import TrustStore
@@ -45,7 +55,7 @@ class TimeStampResponse(core.Sequence):
     asn1crypto's own class makes the token mandatory, so a refusal could not be encoded with it.
     """
 
-    _fields = [
+    _fields = [  # noqa: RUF012 (asn1crypto declares fields as a class list)
         ("status", tsp.PKIStatusInfo),
         ("time_stamp_token", cms.ContentInfo, {"optional": True}),
     ]
@@ -104,7 +114,7 @@ class TimeStampAuthority:
         self.policy = policy
         self.chain = [c if isinstance(c, bytes) else c.public_bytes(Encoding.DER) for c in chain]
         self.pin = pin
-        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
 
     @staticmethod
     def _refuse(fail: str, text: str) -> bytes:
@@ -130,7 +140,7 @@ class TimeStampAuthority:
             return self._refuse("unaccepted_policy", f"this TSA issues only under policy {self.policy}")
         if req["extensions"].native:
             return self._refuse("unaccepted_extensions", "this TSA accepts no request extensions")
-        gen_time = self.clock().astimezone(dt.timezone.utc).replace(microsecond=0)
+        gen_time = self.clock().astimezone(dt.UTC).replace(microsecond=0)
         info = {
             "version": "v1",
             "policy": self.policy,
@@ -174,7 +184,7 @@ def make_request(data: bytes | None = None, *, digest: bytes | None = None, algo
     return TimeStampRequest(tsp.TimeStampReq(req).dump(), algorithm, value, n)
 
 
-def verify_token(token: bytes, trust: "TrustStore", *, data: bytes | None = None, digest: bytes | None = None,
+def verify_token(token: bytes, trust: TrustStore, *, data: bytes | None = None, digest: bytes | None = None,
                  nonce: int | None = None) -> TimeStampInfo:
     """Check a time-stamp token: signature, TSA certificate (chain, critical timeStamping, CRL), imprint."""
     from .trust import Usage
@@ -210,7 +220,7 @@ def verify_token(token: bytes, trust: "TrustStore", *, data: bytes | None = None
                          revocation_checked=revocation.checked)
 
 
-def check_response(response: bytes, request: TimeStampRequest, trust: "TrustStore") -> TimeStampInfo:
+def check_response(response: bytes, request: TimeStampRequest, trust: TrustStore) -> TimeStampInfo:
     """Accept a TimeStampResp only if granted and its token verifies for exactly this request."""
     try:
         resp = TimeStampResponse.load(response, strict=True)
@@ -227,7 +237,7 @@ def check_response(response: bytes, request: TimeStampRequest, trust: "TrustStor
     return verify_token(resp["time_stamp_token"].dump(), trust, digest=request.digest, nonce=request.nonce)
 
 
-def timestamp_statement(statement_der: bytes, tsa: Callable[[bytes], bytes], trust: "TrustStore") -> bytes:
+def timestamp_statement(statement_der: bytes, tsa: Callable[[bytes], bytes], trust: TrustStore) -> bytes:
     """Time-stamp a statement's signature and return the statement carrying the token.
 
     ``tsa`` is the transport: :meth:`TimeStampAuthority.respond` in process, or an HTTP client.
@@ -239,7 +249,7 @@ def timestamp_statement(statement_der: bytes, tsa: Callable[[bytes], bytes], tru
     return add_unsigned_attribute(statement_der, "signature_time_stamp_token", info.token)
 
 
-def verify_statement_timestamps(statement: Statement, trust: "TrustStore") -> TimeStampInfo | None:
+def verify_statement_timestamps(statement: Statement, trust: TrustStore) -> TimeStampInfo | None:
     """Every token on a statement must verify over its signature; the earliest one is what counts."""
     infos = [verify_token(t, trust, data=statement.signature) for t in statement.timestamp_tokens]
     return min(infos, key=lambda i: i.gen_time) if infos else None
