@@ -438,3 +438,56 @@ def test_archive_owned_by_a_token(tmp_path: Path, pki: Pki, signer: PivSigner) -
     result = verify_bundle(bundle, TrustStore([pki.root]))
     assert result.ok and result.checkpoint_signer == "CN=semper seller token"
     assert [e.statement.signer_name for e in result.entries if e.statement][1] == "CN=semper seller token"
+
+
+# ---- every single tampering, anywhere --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def base_db(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Twelve entries of three deals, checkpointed at 12, for the property test to copy and damage."""
+    from test_cms import open_piv
+    folder = tmp_path_factory.mktemp("base-archive")
+    path = folder / "base.sqlite3"
+    for session in open_piv(pki.card_a, folder):
+        with Archive.open(path, create=True, sign=statement_signer(PivSigner(session), PIN)) as archive:
+            for i in range(1, 13):
+                archive.append(f"deal-{i % 3}", "note", f"entry {i}".encode())
+            archive.checkpoint()
+    return path
+
+
+def _tamper(path: Path, op: str, k: int) -> list[tuple[int, str]]:
+    """Apply one tampering at entry k; return what verify() must report."""
+    r = row(path, k)
+    if op == "edit":
+        sql(path, ("UPDATE archive_entry SET content = ? WHERE entry_index = ?", (b"changed", k)))
+        return [(k, "edited")]
+    if op == "rehash":
+        h = entry_hash(k, bytes.fromhex(r[1]), r[2], r[3], r[4], b"changed")
+        sql(path, ("UPDATE archive_entry SET content = ?, entry_hash = ? WHERE entry_index = ?", (b"changed", h.hex(), k)))
+        return [(k, "replaced")] if k < 12 else [(12, "rewritten")]
+    if op == "delete":
+        sql(path, ("DELETE FROM archive_entry WHERE entry_index = ?", (k,)))
+        return [(k, "deleted")]
+    if op == "swap":
+        k = min(k, 11)
+        sql(path, ("UPDATE archive_entry SET entry_index = -1 WHERE entry_index = ?", (k,)),
+            ("UPDATE archive_entry SET entry_index = ? WHERE entry_index = ?", (k, k + 1)),
+            ("UPDATE archive_entry SET entry_index = ? WHERE entry_index = -1", (k + 1,)))
+        return [(k, "reordered"), (k + 1, "reordered")]
+    assert op == "insert"
+    prev = bytes.fromhex(r[1])
+    forged = entry_hash(k, prev, "deal-x", "note", r[4], b"forged")
+    sql(path, *[("UPDATE archive_entry SET entry_index = ? WHERE entry_index = ?", (i + 1, i)) for i in range(12, k - 1, -1)],
+        ("INSERT INTO archive_entry VALUES (?, ?, ?, ?, ?, ?, ?)", (k, prev.hex(), "deal-x", "note", r[4], b"forged",
+                                                                    forged.hex())))
+    return [(k, "inserted")]
+
+
+@pytest.mark.parametrize("op", ["edit", "rehash", "delete", "swap", "insert"])
+@pytest.mark.parametrize("k", [1, 2, 6, 11, 12])
+def test_each_tampering_is_named_at_its_index(base_db: Path, tmp_path: Path, op: str, k: int) -> None:
+    import shutil
+    path = tmp_path / "copy.sqlite3"
+    shutil.copyfile(base_db, path)
+    expected = _tamper(path, op, k)
+    assert problems(path) == expected

@@ -222,3 +222,20 @@ def test_certificates_from_the_project_ca_with_its_key_in_a_token(card: PivSessi
         verify_statement(der, TrustStore([root], [empty, revoked]))
     with pytest.raises(UntrustedSigner):
         verify_statement(der, TrustStore([pki.root]))                       # the scheme root does not vouch for it
+
+
+def test_statement_made_by_openssl_verifies_in_semper(pki: Pki, tmp_path: Path) -> None:
+    """Interoperability the other way: openssl (CAdES, ESS signing-certificate-v2) signs, semper verifies."""
+    from cryptography.hazmat.primitives import serialization
+    from test_cms import openssl
+    assert openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", tmp_path / "k.pem").returncode == 0
+    key = serialization.load_pem_private_key((tmp_path / "k.pem").read_bytes(), None)
+    point = key.public_key().public_bytes(Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    (tmp_path / "c.pem").write_bytes(pki.issue(point, "openssl signer").public_bytes(Encoding.PEM))
+    (tmp_path / "st.json").write_bytes(cms.canonical_json({"type": "offer", "deal": "d-7", "price": 12}))
+    r = openssl("cms", "-sign", "-binary", "-nodetach", "-cades", "-md", "sha256", "-econtent_type", cms.STATEMENT_OID,
+                "-in", tmp_path / "st.json", "-signer", tmp_path / "c.pem", "-inkey", tmp_path / "k.pem",
+                "-outform", "DER", "-out", tmp_path / "st.der")
+    assert r.returncode == 0, r.stderr
+    v = verify_statement((tmp_path / "st.der").read_bytes(), TrustStore([pki.root], [pki.crl()]))
+    assert v.body == {"type": "offer", "deal": "d-7", "price": 12} and v.signer_name == "CN=openssl signer"
