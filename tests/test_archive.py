@@ -491,3 +491,22 @@ def test_each_tampering_is_named_at_its_index(base_db: Path, tmp_path: Path, op:
     shutil.copyfile(base_db, path)
     expected = _tamper(path, op, k)
     assert problems(path) == expected
+
+
+def test_cli_checkpoint_with_a_token(tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from test_cms import hsm_token
+    hsm_token(tmp_path, pki, label="owner").close()
+    path = tmp_path / "t.sqlite3"
+    with Archive.open(path, create=True) as archive:
+        archive.append("deal-1", "note", b"hello")
+    args = ["archive", "checkpoint", "--db", str(path), "--token", "owner", "--dir", str(tmp_path / "softhsm-owner"),
+            "--pin-stdin"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("9999\n"))
+    assert semper(args) == 1 and "wrong PIN" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", io.StringIO("4321\n"))
+    assert semper(args) == 0 and "checkpoint at entry 1" in capsys.readouterr().out
+    with Archive.open(path) as archive:
+        assert archive.verify(TrustStore([pki.root])).checkpoint_signers == ["CN=semper seller token"]

@@ -86,15 +86,28 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    from hardware.iso7816 import AID
-    from hardware.piv import PivSession, PivSigner
-
-    from ..cards import connection
+    """Sign a checkpoint with the owner's card (PIV 9C, PIN before the signature) or token."""
     from ..support.archive import statement_signer
-    pin = read_secret("PIN", args.pin_stdin)
-    with connection(AID.PIV, args.reader, args.image) as conn:
-        signer = PivSigner(PivSession(conn))
-        with _open(args.db, statement_signer(signer, pin)) as archive:
+    if args.token is not None:
+        from hardware import errors as hw_errors
+        from hsm.signer import Pkcs11Signer
+
+        from .token import _module  # the same token lookup as 'semper token ...'
+        module = _module(args)
+        if module is None:
+            raise hw_errors.TokenError(f"no token labelled {args.token!r}: the token folder does not exist yet")
+        with Pkcs11Signer(module, args.token) as token:
+            token.verify_pin(read_secret(f"PIN of token {args.token}", args.pin_stdin))
+            with _open(args.db, statement_signer(token)) as archive:
+                cp = archive.checkpoint()
+    else:
+        from hardware.iso7816 import AID
+        from hardware.piv import PivSession, PivSigner
+
+        from ..cards import connection
+        pin = read_secret("PIN", args.pin_stdin)
+        with connection(AID.PIV, args.reader, args.image) as conn, \
+                _open(args.db, statement_signer(PivSigner(PivSession(conn)), pin)) as archive:
             cp = archive.checkpoint()
     print(f"checkpoint at entry {cp.index}, head {cp.head.hex()}")
     return 0
@@ -166,9 +179,14 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_list)
 
-    p = archive.add_parser("checkpoint", help="sign a checkpoint over the chain head with the card (PIV key 9C)")
+    p = archive.add_parser("checkpoint", help="sign a checkpoint over the chain head with the card (PIV key 9C) "
+                           "or a token")
     db_arg(p)
     card_args(p)
+    p.add_argument("--token", metavar="LABEL", help="sign with this PKCS#11 token instead of the card")
+    p.add_argument("--module", help="PKCS#11 library for --token (default: SoftHSM2)")
+    p.add_argument("--dir", type=Path, help="SoftHSM2 token folder for --token (default: SOFTHSM2_CONF, else "
+                   "the semper folder's tokens/)")
     p.add_argument("--pin-stdin", action="store_true", help="read the PIN from standard input")
     p.set_defaults(fn=cmd_checkpoint)
 
