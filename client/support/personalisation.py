@@ -65,8 +65,13 @@ class IssuedCard:
         return self.card_number.hex().upper()
 
 
-def personalise_purse_card(image: Path, scheme: Scheme, profile: CardProfile, *, sync: bool = True) -> IssuedCard:
-    """Create and issue a buyer card image: the e-purse and the PIV signature applet."""
+def personalise_purse_card(image: Path, scheme: Scheme, profile: CardProfile, *, sync: bool = True,
+                           issuer_point: bytes | None = None) -> IssuedCard:
+    """Create and issue a buyer card image: the e-purse and the PIV signature applet.
+
+    ``issuer_point`` names the key whose load commands the purse accepts: the bank's issuer key in
+    its token (``semper serve bank``); by default the scheme's local issuer key.
+    """
     profile.check()
     card_number = profile.card_number or new_card_number()
     admin_key = secrets.token_bytes(16)
@@ -80,7 +85,7 @@ def personalise_purse_card(image: Path, scheme: Scheme, profile: CardProfile, *,
         purse.put_perso(PERSO_PIN, profile.pin)
         purse.put_perso(PERSO_PUK, profile.puk)
         purse.put_perso(PERSO_ROOT, scheme.root_point)
-        purse.put_perso(PERSO_ISSUER, scheme.issuer_point)
+        purse.put_perso(PERSO_ISSUER, issuer_point or scheme.issuer_point)
         purse.put_perso(PERSO_CERT, cert.public_bytes(Encoding.DER))
         purse.end_personalisation()
         _personalise_piv(PivSession(card), scheme, card_number, admin_key)

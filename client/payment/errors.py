@@ -1,0 +1,50 @@
+"""The payment layer's errors: one small hierarchy, each message saying what to do next.
+
+Why a hierarchy of its own: the layers above (exchange, commerce, the CLI) must tell "try another
+module" from "the bank said no" from "the outcome is unknown, retry with the same key" without
+parsing text. Card status words and HTTP codes never appear in these messages; the lower layers'
+exceptions are translated where a module catches them.
+"""
+from __future__ import annotations
+
+
+class PaymentError(Exception):
+    """Base of every payment failure; the message is one line a person can act on."""
+
+    user_facing = True
+
+
+class NegotiationError(PaymentError):
+    """Payer and payee share no module, instrument and currency that fit the terms."""
+
+
+class ModuleNotFound(PaymentError):
+    """A module named in an offer or a record is not installed here."""
+
+
+class InstrumentError(PaymentError):
+    """The chosen instrument cannot pay (no card, wrong currency, not enough funds, blocked PIN)."""
+
+
+class InsufficientFunds(InstrumentError):
+    """The instrument or account holds less than the amount."""
+
+
+class PaymentRefused(PaymentError):
+    """The other party or the bank refused; ``code`` is the stable reason (e.g. double_spend)."""
+
+    def __init__(self, message: str, code: str = "refused") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class OutcomeUnknown(PaymentError):
+    """The request may or may not have taken effect (connection lost); retrying is safe."""
+
+
+class NotRevocable(PaymentError):
+    """The module's payments cannot be refunded (cash-like: the payee pays back with a new payment)."""
+
+
+class ProtocolError(PaymentError):
+    """A message from the other side is malformed, forged, or out of order."""

@@ -1,0 +1,53 @@
+"""Message formats that payer, payee and bank must agree on byte for byte.
+
+Kept apart from the modules so that the bank (``client/services/bank_*.py``) and the modules use
+the same definitions: a change on one side alone fails the tests.
+
+* Account payment (SET / iKP): the payer's *payment instruction* PI (account data, for the bank
+  only, sealed to the bank's key) and *order information* OI (bound to the order hash, for the
+  seller) are linked by one **dual signature** over ``SHA-256(H(PI) || H(OI))``: the seller checks
+  it with H(PI) and OI, the bank with PI and H(OI); neither learns what the other sees.
+* Cheque (Mandate): a statement signed by the drawer naming bank, drawer account, cheque number,
+  payee account, amount, currency and the order hash.
+* Coin (eCash): ``canonical({"coin": serial, "key": key_id})``, signed blindly by the mint key of
+  one denomination.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from .wire import canonical
+
+
+def h(obj: dict[str, Any]) -> bytes:
+    return hashlib.sha256(canonical(obj)).digest()
+
+
+def payment_instruction(account: str, payee: str, amount: int, currency: int, payment_id: str, nonce: str
+                        ) -> dict[str, Any]:
+    return {"type": "set-pi", "account": account, "payee": payee, "amount": amount, "currency": currency,
+            "payment_id": payment_id, "nonce": nonce}
+
+
+def order_information(order_hash: str, amount: int, currency: int, payment_id: str, payee: str) -> dict[str, Any]:
+    return {"type": "set-oi", "order_hash": order_hash, "amount": amount, "currency": currency,
+            "payment_id": payment_id, "payee": payee}
+
+
+def dual_digest(pi_hash: bytes, oi_hash: bytes) -> bytes:
+    return hashlib.sha256(pi_hash + oi_hash).digest()
+
+
+CHEQUE_FIELDS = {"type": str, "bank": str, "drawer": str, "number": str, "payee": str, "amount": int,
+                 "currency": int, "order_hash": str}
+
+
+def cheque(bank: str, drawer: str, number: str, payee: str, amount: int, currency: int, order_hash: str
+           ) -> dict[str, Any]:
+    return {"type": "cheque", "bank": bank, "drawer": drawer, "number": number, "payee": payee, "amount": amount,
+            "currency": currency, "order_hash": order_hash}
+
+
+def coin_message(key_id: str, serial: str) -> bytes:
+    return canonical({"coin": serial, "key": key_id})

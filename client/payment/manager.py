@@ -1,0 +1,257 @@
+"""The payment manager: one generic payment service over every installed module (paper 3.6).
+
+Payer side: ``instruments``, ``choose`` (negotiation), ``pay`` (a session that produces the
+messages for the payee). Payee side: ``offer``, ``expect`` (the terms it set), ``desk`` (answers
+the payer's messages), ``refund``. Both: ``status``. Messages travel as envelopes
+``{"module", "payment_id", "body"}`` over any carrier: in process, the payee link (``link.py``),
+or the transfer layer, which treats a payment as one item (``item.py``).
+
+The payee never takes terms from the payer: it answers only payments it ``expect``-ed, with the
+terms it set, so a payer cannot change the amount by editing a message.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import ModuleNotFound, NegotiationError, PaymentError, ProtocolError
+from .model import Acceptance, Choice, ExchangeProperties, Instrument, Record, Status, Terms
+from .module import Flow, PartyContext, PaymentModule, Step
+from .negotiation import Requirements, check_choice, negotiate
+from .registry import discover
+from .store import RecordStore
+
+MAX_ROUNDS = 16          # no payment system here needs more than 4; bounds a confused peer
+
+
+class PaymentManager:
+    """One party's payment service. ``modules`` overrides discovery (name -> class) for tests."""
+
+    def __init__(self, context: PartyContext, *, preferences: Sequence[str] = (), store: RecordStore | None = None,
+                 modules: Mapping[str, type] | None = None, only: Iterable[str] | None = None) -> None:
+        self.ctx = context
+        self.preferences = list(preferences)
+        self.store = store or RecordStore()
+        self.problems: dict[str, str] = {}
+        self.modules: dict[str, PaymentModule] = {}
+        classes: dict[str, type] = dict(modules) if modules is not None else {}
+        if modules is None:
+            for found in discover():
+                if found.cls is None:
+                    self.problems[found.name] = found.problem
+                else:
+                    classes[found.name] = found.cls
+        wanted = set(only) if only is not None else None
+        for name, cls in classes.items():
+            if wanted is not None and name not in wanted:
+                continue
+            try:
+                self.modules[name] = cls(context)
+            except Exception as e:       # a module that cannot start here offers nothing; say why
+                self.problems[name] = f"{type(e).__name__}: {e}"
+        self._expected: dict[str, Terms] = {}
+        self._sessions: dict[str, PayeeSession] = {}
+        self._lock = threading.Lock()
+
+    # ---- what is here ------------------------------------------------------------------------
+    def module(self, name: str) -> PaymentModule:
+        try:
+            return self.modules[name]
+        except KeyError:
+            why = self.problems.get(name)
+            raise ModuleNotFound(f"the payment module {name!r} is not available here"
+                                 + (f" ({why})" if why else f"; installed: {', '.join(sorted(self.modules)) or 'none'}")
+                                 ) from None
+
+    def properties(self) -> dict[str, ExchangeProperties]:
+        return {n: m.properties for n, m in self.modules.items()}
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"name": n, "model": m.model.value, "properties": m.properties.as_dict(), "class":
+                 f"{type(m).__module__}:{type(m).__qualname__}"} for n, m in sorted(self.modules.items())]
+
+    # ---- payer side --------------------------------------------------------------------------
+    def instruments(self) -> list[Instrument]:
+        out: list[Instrument] = []
+        for name, m in sorted(self.modules.items()):
+            try:
+                out.extend(m.instruments())
+            except PaymentError as e:
+                self.problems[name] = str(e)
+        return out
+
+    def choose(self, terms: Terms, offer: Sequence[Acceptance], require: Requirements = Requirements()) -> Choice:
+        return negotiate(terms, offer, self.instruments(), self.properties(), self.preferences, require)
+
+    def pay(self, terms: Terms, choice: Choice) -> PayerSession:
+        module = self.module(choice.module)
+        flow = module.payer_flow(terms, choice.instrument, choice.params)
+        record = Record(terms.payment_id, choice.module, "payer", terms, Status.PENDING, choice.instrument.ref)
+        self.store.put(record)
+        return PayerSession(self, record, flow)
+
+    # ---- payee side --------------------------------------------------------------------------
+    def offer(self) -> list[Acceptance]:
+        out = []
+        for name, m in sorted(self.modules.items()):
+            acc = m.acceptance()
+            if acc is not None:
+                out.append(acc)
+        rank = {m: i for i, m in enumerate(self.preferences)}
+        return sorted(out, key=lambda a: (rank.get(a.module, len(rank)) + a.preference, a.module))
+
+    def expect(self, terms: Terms) -> None:
+        """Register terms this payee set, so that payments for them are answered."""
+        with self._lock:
+            if terms.payment_id in self._expected and self._expected[terms.payment_id] != terms:
+                raise PaymentError(f"payment {terms.payment_id} is already expected with other terms")
+            self._expected[terms.payment_id] = terms
+
+    def handle(self, envelope: dict[str, Any]) -> dict[str, Any] | None:
+        """Answer one envelope from a payer (the payee link and the transfer layer call this)."""
+        if not isinstance(envelope, dict):
+            raise ProtocolError("a payment message is a JSON object")
+        pid, name, body = envelope.get("payment_id"), envelope.get("module"), envelope.get("body")
+        if not isinstance(pid, str) or not isinstance(name, str) or not isinstance(body, dict):
+            raise ProtocolError("a payment message has payment_id, module and body")
+        with self._lock:
+            terms = self._expected.get(pid)
+            if terms is None:
+                raise ProtocolError(f"no payment {pid} is expected here")
+            session = self._sessions.get(pid)
+            if session is None:
+                check_choice(terms, self.offer(), name)
+                module = self.module(name)
+                record = Record(pid, name, "payee", terms, Status.PENDING)
+                self.store.put(record)
+                session = self._sessions[pid] = PayeeSession(self, record, module.payee_flow(terms))
+            elif session.record.module != name:
+                raise ProtocolError(f"payment {pid} is being made with {session.record.module}, not {name}")
+        reply = session.step(body)
+        return None if reply is None else {"payment_id": pid, "module": name, "body": reply}
+
+    # ---- both --------------------------------------------------------------------------------
+    def record(self, payment_id: str, role: str | None = None) -> Record:
+        rec = self.store.get(payment_id, role)
+        if rec is None:
+            raise PaymentError(f"no payment {payment_id} is recorded here")
+        return rec
+
+    def status(self, payment_id: str, role: str | None = None) -> Record:
+        rec = self.record(payment_id, role)
+        new = self.module(rec.module).status(rec)
+        if new != rec.status:
+            rec.status = new
+            self.store.put(rec)
+        return rec
+
+    def refund(self, payment_id: str, amount: int | None = None) -> Record:
+        rec = self.record(payment_id, "payee")
+        if rec.status in (Status.PENDING, Status.FAILED, Status.BOUNCED):
+            raise PaymentError(f"payment {payment_id} is {rec.status.value}; only a completed payment can be refunded")
+        left = rec.terms.amount - rec.refunded
+        amount = left if amount is None else amount
+        if not 0 < amount <= left:
+            raise PaymentError(f"a refund must be 1 to {left} minor units (paid {rec.terms.amount}, "
+                               f"refunded {rec.refunded})")
+        rec = self.module(rec.module).refund(rec, amount)
+        self.store.put(rec)
+        return rec
+
+
+class _Session:
+    def __init__(self, manager: PaymentManager, record: Record, flow: Flow) -> None:
+        self.manager = manager
+        self.record = record
+        self.flow = flow
+        self.done = False
+        self.rounds = 0
+
+    def _apply(self, step: Step) -> None:
+        if step.status is not None:
+            self.record.status = step.status
+        if step.evidence:
+            self.record.evidence.update(step.evidence)
+        self.done = step.done
+        self.manager.store.put(self.record)
+
+    def step(self, incoming: dict[str, Any] | None) -> dict[str, Any] | None:
+        if self.done:
+            raise ProtocolError(f"payment {self.record.payment_id} is finished; no more messages")
+        self.rounds += 1
+        if self.rounds > MAX_ROUNDS:
+            raise ProtocolError(f"payment {self.record.payment_id} took more than {MAX_ROUNDS} rounds; stopped")
+        try:
+            step = self.flow.step(incoming)
+        except PaymentError:
+            self.record.status = Status.FAILED if self.record.status is Status.PENDING else self.record.status
+            self.manager.store.put(self.record)
+            raise
+        self._apply(step)
+        return step.message
+
+
+class PayerSession(_Session):
+    """The payer's side of one payment: ``start()``, then ``step(reply)`` until ``done``."""
+
+    def start(self) -> dict[str, Any]:
+        body = self.step(None)
+        if body is None:
+            raise ProtocolError("the payer's flow produced no first message")
+        return self.envelope(body)
+
+    def envelope(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"payment_id": self.record.payment_id, "module": self.record.module, "body": body}
+
+
+class PayeeSession(_Session):
+    pass
+
+
+class PayeeLink(Protocol):
+    """How the payer's messages reach the payee: ``send(envelope) -> reply envelope or None``."""
+
+    def send(self, envelope: dict[str, Any]) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class LocalPayee:
+    """The payee's manager in this process (tests, the demo)."""
+
+    manager: PaymentManager
+
+    def send(self, envelope: dict[str, Any]) -> dict[str, Any] | None:
+        return self.manager.handle(envelope)
+
+
+def run_payment(session: PayerSession, link: PayeeLink) -> Record:
+    """Drive a payer session to the end over ``link``; the payer's record is returned."""
+    out: dict[str, Any] | None = session.start()
+    while out is not None:
+        reply = link.send(out)
+        if reply is None:
+            break
+        if reply.get("payment_id") != session.record.payment_id or not isinstance(reply.get("body"), dict):
+            raise ProtocolError("the payee answered for another payment, or without a body")
+        body = session.step(reply["body"])
+        out = None if body is None else session.envelope(body)
+    if not session.done:
+        raise ProtocolError(f"the payee stopped answering payment {session.record.payment_id} before it finished")
+    return session.record
+
+
+def pay(payer: PaymentManager, terms: Terms, offer: Sequence[Acceptance], link: PayeeLink,
+        require: Requirements = Requirements()) -> Record:
+    """Negotiate and pay in one call (the common case)."""
+    try:
+        choice = payer.choose(terms, offer, require)
+    except NegotiationError:
+        raise
+    return run_payment(payer.pay(terms, choice), link)
+
+
+__all__ = ["PaymentManager", "PayerSession", "PayeeSession", "LocalPayee", "PayeeLink", "run_payment", "pay",
+           "Path"]

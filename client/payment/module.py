@@ -1,0 +1,134 @@
+"""The internal interface between the payment manager and its modules (paper 3.6, figure 5).
+
+A module implements one payment system for one party: its payer side (instruments, a payer flow)
+and its payee side (what it accepts, a payee flow, refund where the system allows, status).
+
+Why flows and not calls: payment systems need different numbers of rounds between payer and payee
+(a purse purchase needs four messages because the seller's PSAM must challenge the card; a cheque
+needs one). A *flow* is a small state machine that takes the other side's last message and
+returns the next one, without doing I/O itself, so the same module runs in process, over the
+payee link (``link.py``) or inside the transfer layer's packages. Messages are JSON objects.
+
+A module reaches cards only through ``hardware`` sessions and banks only through
+``bank_client``; it gets both from the :class:`PartyContext` its manager gives it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from .errors import NotRevocable, PaymentError
+from .model import Acceptance, ExchangeProperties, Instrument, Model, Record, Status, Terms
+
+if TYPE_CHECKING:
+    from hardware.psam import PsamSession
+    from hardware.purse import PurseSession
+    from hardware.signer import Signer
+
+    from .bank_client import BankClient
+    from .wallet import Wallet
+
+
+@dataclass
+class PartyContext:
+    """What one party's modules may use. A module that misses what it needs offers nothing.
+
+    ``pin`` is how a module asks for the PIN right before the card needs it (the TINGUIN supplies
+    it; tests pass a function); it is called with a sentence saying what the PIN is for.
+    """
+
+    bank: BankClient | None = None
+    signer: Signer | None = None
+    pin: Callable[[str], bytes] | None = None
+    purse: PurseSession | None = None
+    psam: PsamSession | None = None
+    account: str | None = None
+    wallet: Wallet | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One move of a flow: the message for the other side (None: nothing more to send)."""
+
+    message: dict[str, Any] | None
+    done: bool = False
+    status: Status | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Flow(Protocol):
+    """One side of one payment. ``step(None)`` starts the payer's side."""
+
+    def step(self, incoming: dict[str, Any] | None) -> Step: ...
+
+
+@runtime_checkable
+class PaymentModule(Protocol):
+    """What the manager needs from a payment system (constructed as ``Module(context)``)."""
+
+    name: ClassVar[str]
+    model: ClassVar[Model]
+    properties: ClassVar[ExchangeProperties]
+
+    def instruments(self) -> list[Instrument]:
+        """The payer's instruments of this module (empty when the party has none)."""
+        ...
+
+    def acceptance(self) -> Acceptance | None:
+        """What the payee accepts with this module (None when the party cannot receive with it)."""
+        ...
+
+    def payer_flow(self, terms: Terms, instrument: Instrument, params: dict[str, Any]) -> Flow: ...
+
+    def payee_flow(self, terms: Terms) -> Flow: ...
+
+    def refund(self, record: Record, amount: int) -> Record:
+        """Give ``amount`` of a received payment back (payee side); NotRevocable when impossible."""
+        ...
+
+    def status(self, record: Record) -> Status:
+        """The payment's state, asking the bank when the module can."""
+        ...
+
+
+class BaseModule:
+    """Defaults a module may keep: no refund, status as recorded."""
+
+    name: ClassVar[str] = ""
+    model: ClassVar[Model] = Model.ACCOUNT_BASED
+    properties: ClassVar[ExchangeProperties] = ExchangeProperties(externally_verifiable=False, revocable=False)
+
+    def __init__(self, context: PartyContext) -> None:
+        self.ctx = context
+
+    def instruments(self) -> list[Instrument]:
+        return []
+
+    def acceptance(self) -> Acceptance | None:
+        return None
+
+    def refund(self, record: Record, amount: int) -> Record:
+        raise NotRevocable(f"{self.name} payments cannot be refunded; pay the amount back with a new payment")
+
+    def status(self, record: Record) -> Status:
+        return record.status
+
+    def _pin(self, why: str) -> bytes:
+        if self.ctx.pin is None:
+            raise PaymentError(f"the PIN is needed to {why}, but nothing can ask for it here")
+        return self.ctx.pin(why)
+
+
+def require(message: dict[str, Any] | None, kind: str, *fields: str) -> dict[str, Any]:
+    """The other side's message of the expected kind with these fields, or a ProtocolError."""
+    from .errors import ProtocolError
+    if not isinstance(message, dict) or message.get("kind") != kind:
+        got = message.get("kind") if isinstance(message, dict) else type(message).__name__
+        raise ProtocolError(f"expected a {kind!r} message, got {got!r}")
+    missing = [f for f in fields if f not in message]
+    if missing:
+        raise ProtocolError(f"the {kind!r} message lacks {', '.join(missing)}")
+    return message

@@ -1,0 +1,130 @@
+"""RSA keys in a PKCS#11 token: the mint's blind-signing keys, the bank's and wallet's decryption keys.
+
+Why a token: the brief keeps the bank's and the parties' keys in PKCS#11 tokens. SoftHSM2 2.6 does
+raw RSA (CKM_RSA_X_509, what a blind signature needs) and RSA-OAEP with SHA-1 only (its OAEP
+refuses SHA-256 parameters), so OAEP here is SHA-1/MGF1-SHA-1, which is still sound for OAEP.
+Keys are generated on the token, sensitive and not extractable; the public half is read back.
+"""
+from __future__ import annotations
+
+import threading
+
+import pkcs11
+import pkcs11.exceptions as p11x
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
+
+from hsm.module import Module
+
+from .errors import PaymentError
+
+OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+
+
+class TokenKeyError(PaymentError):
+    """A token key is missing or the token refused the operation."""
+
+
+class RsaTokenKeys:
+    """RSA keys on one token, by CKA_ID; one logged-in session, one operation at a time."""
+
+    def __init__(self, module: Module, label: str, pin: bytes) -> None:
+        self.module = module
+        self.label = label
+        try:
+            try:
+                self._session = module.token(label).open(rw=True, user_pin=pin.decode())
+            except p11x.UserAlreadyLoggedIn:          # the login is the application's, shared by sessions
+                self._session = module.token(label).open(rw=True)
+        except p11x.PKCS11Error as e:
+            raise TokenKeyError(f"cannot log in to token {label!r}: {type(e).__name__}") from None
+        self._lock = threading.Lock()
+        self._priv: dict[bytes, pkcs11.PrivateKey] = {}
+
+    def close(self) -> None:
+        try:
+            self._session.close()
+        except p11x.PKCS11Error:
+            pass
+
+    def generate(self, key_id: bytes, label: str, bits: int = 2048) -> rsa.RSAPublicKey:
+        with self._lock:
+            try:
+                pub, priv = self._session.generate_keypair(
+                    KeyType.RSA, bits, store=True, label=label, id=key_id,
+                    public_template={Attribute.TOKEN: True, Attribute.VERIFY: True, Attribute.ENCRYPT: True},
+                    private_template={Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
+                                      Attribute.EXTRACTABLE: False, Attribute.SIGN: True, Attribute.DECRYPT: True})
+            except p11x.PKCS11Error as e:
+                raise TokenKeyError(f"token {self.label!r} could not make an RSA key: {type(e).__name__}") from None
+            self._priv[key_id] = priv
+            return _public(pub)
+
+    def public(self, key_id: bytes) -> rsa.RSAPublicKey | None:
+        with self._lock:
+            found = list(self._session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                                                    Attribute.KEY_TYPE: KeyType.RSA, Attribute.ID: key_id}))
+        return _public(found[0]) if found else None
+
+    def _private(self, key_id: bytes) -> pkcs11.PrivateKey:
+        key = self._priv.get(key_id)
+        if key is None:
+            found = list(self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                                                    Attribute.KEY_TYPE: KeyType.RSA, Attribute.ID: key_id}))
+            if not found:
+                raise TokenKeyError(f"token {self.label!r} has no RSA key {key_id.hex()}")
+            key = self._priv[key_id] = found[0]
+        return key
+
+    def raw_sign(self, key_id: bytes, value: bytes) -> bytes:
+        """x^d mod n on the token (the blind signature); ``value`` is the modulus length."""
+        with self._lock:
+            try:
+                return bytes(self._private(key_id).sign(value, mechanism=Mechanism.RSA_X_509))
+            except p11x.PKCS11Error as e:
+                raise TokenKeyError(f"token {self.label!r} refused the RSA operation: {type(e).__name__}") from None
+
+    def decrypt(self, key_id: bytes, ciphertext: bytes) -> bytes:
+        with self._lock:
+            try:
+                return bytes(self._private(key_id).decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP,
+                                                            mechanism_param=(Mechanism.SHA_1, MGF.SHA1, None)))
+            except p11x.PKCS11Error:
+                raise TokenKeyError("the ciphertext does not decrypt with the token's key") from None
+
+
+def _public(obj: pkcs11.PublicKey) -> rsa.RSAPublicKey:
+    n = int.from_bytes(bytes(obj[Attribute.MODULUS]), "big")
+    e = int.from_bytes(bytes(obj[Attribute.PUBLIC_EXPONENT]), "big")
+    return rsa.RSAPublicNumbers(e, n).public_key()
+
+
+def seal(pub: rsa.RSAPublicKey, plaintext: bytes, aad: bytes = b"") -> dict[str, str]:
+    """Hybrid encryption to an RSA key: a fresh AES-256-GCM key, wrapped with RSA-OAEP."""
+    import os
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from .wire import b64
+    key, nonce = os.urandom(32), os.urandom(12)
+    return {"wrapped": b64(pub.encrypt(key, OAEP)), "nonce": b64(nonce),
+            "ciphertext": b64(AESGCM(key).encrypt(nonce, plaintext, aad))}
+
+
+def open_sealed(unwrap: "callable", sealed: object, aad: bytes = b"") -> bytes:  # type: ignore[valid-type]
+    """Reverse of :func:`seal`; ``unwrap(wrapped) -> AES key`` is the token's RSA-OAEP decryption."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from .errors import ProtocolError
+    from .wire import unb64
+    if not isinstance(sealed, dict) or set(sealed) != {"wrapped", "nonce", "ciphertext"}:
+        raise ProtocolError("a sealed value has wrapped, nonce and ciphertext")
+    key = unwrap(unb64(sealed["wrapped"], "wrapped key", 1024))
+    if len(key) != 32:
+        raise ProtocolError("the wrapped key is not an AES-256 key")
+    try:
+        return AESGCM(key).decrypt(unb64(sealed["nonce"], "nonce", 12), unb64(sealed["ciphertext"], "ciphertext"), aad)
+    except (InvalidTag, ValueError):
+        raise ProtocolError("the sealed value was altered or is for another key") from None

@@ -1,0 +1,62 @@
+"""Where a party's payment manager keeps its payment records (SQLite via the services' db layer).
+
+Why persistent: status, refunds and disputes come after the payment, often in another process;
+the record holds the module's proofs (signed by cards, the bank, the payer).
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from ..services.db import Database
+from .model import Record
+
+SCHEMA = ["CREATE TABLE IF NOT EXISTS payment_records (payment_id TEXT NOT NULL, role TEXT NOT NULL, "
+          "body TEXT NOT NULL, PRIMARY KEY (payment_id, role))"]
+
+
+class RecordStore:
+    """Records by (payment id, role); a store without a path keeps them in memory only."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._db = Database(f"sqlite:///{Path(path).absolute()}") if path else None
+        self._mem: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        if self._db is not None:
+            self._db.migrate(SCHEMA)
+
+    def put(self, record: Record) -> None:
+        body = record.as_json()
+        if self._db is None:
+            with self._lock:
+                self._mem[(record.payment_id, record.role)] = body
+            return
+        with self._db.transaction() as tx:
+            tx.execute("DELETE FROM payment_records WHERE payment_id = ? AND role = ?", (record.payment_id, record.role))
+            tx.execute("INSERT INTO payment_records (payment_id, role, body) VALUES (?, ?, ?)",
+                       (record.payment_id, record.role, body))
+
+    def get(self, payment_id: str, role: str | None = None) -> Record | None:
+        roles = [role] if role else ["payee", "payer"]
+        for r in roles:
+            if self._db is None:
+                with self._lock:
+                    body = self._mem.get((payment_id, r))
+            else:
+                with self._db.transaction() as tx:
+                    row = tx.one("SELECT body FROM payment_records WHERE payment_id = ? AND role = ?", (payment_id, r))
+                body = row[0] if row else None
+            if body is not None:
+                return Record.from_json(body)
+        return None
+
+    def all(self) -> list[Record]:
+        if self._db is None:
+            with self._lock:
+                return [Record.from_json(b) for b in self._mem.values()]
+        with self._db.transaction() as tx:
+            return [Record.from_json(r[0]) for r in tx.all("SELECT body FROM payment_records ORDER BY payment_id")]
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()

@@ -1,0 +1,195 @@
+"""Signed JSON: how payment messages and bank requests carry their sender's signature.
+
+Why not CMS here: bank requests, debit-proof batches and dual signatures are checked thousands of
+times a second at the acquirer; a canonical JSON body with a DER ECDSA signature over its SHA-256
+and the signer's X.509 certificate is checked with one verification and no ASN.1 parsing beyond
+the certificate (cached). It is still externally verifiable: anyone with the issuing root checks
+it. The canonical form (UTF-8, sorted keys, no spaces, integers only) gives a body one byte form.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from hardware.signer import Signer
+
+from .errors import ProtocolError
+
+MAX_JSON_INT = 2**53 - 1
+
+
+def canonical(obj: Any) -> bytes:
+    """The one byte form of a JSON value; floats are refused (money is in integers)."""
+    _check(obj, "body")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _check(v: Any, where: str) -> None:
+    if isinstance(v, float):
+        raise ProtocolError(f"{where}: floating-point numbers are not allowed (use integers in minor units)")
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_JSON_INT:
+        raise ProtocolError(f"{where}: the integer {v} is too large")
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if not isinstance(k, str):
+                raise ProtocolError(f"{where}: keys must be strings")
+            _check(x, f"{where}.{k}")
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            _check(x, f"{where}[{i}]")
+
+
+def digest(obj: Any) -> bytes:
+    return hashlib.sha256(canonical(obj)).digest()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: Any, what: str, limit: int = 1 << 20) -> bytes:
+    if not isinstance(text, str):
+        raise ProtocolError(f"{what} must be base64 text")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(f"{what} is not valid base64") from None
+    if len(raw) > limit:
+        raise ProtocolError(f"{what} is longer than {limit} bytes")
+    return raw
+
+
+def point_of(cert: x509.Certificate) -> bytes:
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ProtocolError("the certificate does not hold a P-256 key")
+    return key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+
+
+def key_hash(point: bytes) -> str:
+    """How accounts name their owner: SHA-256 of the owner's public point, hex."""
+    return hashlib.sha256(point).hexdigest()
+
+
+@dataclass(frozen=True)
+class SignedJson:
+    body: dict[str, Any]
+    certificate: bytes          # DER
+    signature: bytes            # DER ECDSA over SHA-256(canonical(body))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"body": self.body, "certificate": b64(self.certificate), "signature": b64(self.signature)}
+
+    @staticmethod
+    def from_json(d: Any, what: str = "the signed message") -> SignedJson:
+        if not isinstance(d, dict) or set(d) != {"body", "certificate", "signature"}:
+            raise ProtocolError(f"{what} must be an object with exactly body, certificate and signature")
+        if not isinstance(d["body"], dict):
+            raise ProtocolError(f"{what}: body must be a JSON object")
+        return SignedJson(d["body"], unb64(d["certificate"], f"{what}: certificate", 8192),
+                          unb64(d["signature"], f"{what}: signature", 80))
+
+    @property
+    def digest(self) -> bytes:
+        return digest(self.body)
+
+
+def sign(signer: Signer, body: dict[str, Any], pin: bytes | None = None) -> SignedJson:
+    """Sign ``body`` on the card or token (``pin`` first when the key wants it for each signature)."""
+    cert = signer.certificate()
+    if pin is not None:
+        signer.verify_pin(pin)
+    d = digest(body)
+    return SignedJson(body, cert, signer.sign_digest(d))
+
+
+def sign_digest_with(signer: Signer, d: bytes, pin: bytes | None = None) -> bytes:
+    if pin is not None:
+        signer.verify_pin(pin)
+    return signer.sign_digest(d)
+
+
+class CertCache:
+    """Certificates checked against trusted roots, remembered by their DER hash (RAM only).
+
+    Checking a chain costs several times a signature verification; a bank sees the same cards and
+    customers again and again, so the result (the public key object) is kept. Expiry is rechecked
+    on every use; a certificate whose issuer is not a root here is refused.
+    """
+
+    def __init__(self, roots: Iterable[x509.Certificate | bytes], limit: int = 100_000) -> None:
+        self.roots = [r if isinstance(r, x509.Certificate) else x509.load_der_x509_certificate(r) for r in roots]
+        self._cache: dict[bytes, tuple[x509.Certificate, ec.EllipticCurvePublicKey]] = {}
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def check(self, der: bytes, *, role: x509.ObjectIdentifier | None = None, at: dt.datetime | None = None
+              ) -> tuple[x509.Certificate, ec.EllipticCurvePublicKey]:
+        h = hashlib.sha256(der).digest()
+        hit = self._cache.get(h)
+        if hit is None:
+            hit = self._verify(der)
+            with self._lock:
+                if len(self._cache) >= self._limit:
+                    self._cache.clear()
+                self._cache[h] = hit
+        cert, key = hit
+        now = at or dt.datetime.now(dt.timezone.utc)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise ProtocolError(f"the certificate of '{cert.subject.rfc4514_string()}' is not valid now")
+        if role is not None:
+            try:
+                eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            except x509.ExtensionNotFound:
+                eku = []                                   # type: ignore[assignment]
+            if role not in eku:
+                raise ProtocolError(f"the certificate of '{cert.subject.rfc4514_string()}' is not for this role")
+        return cert, key
+
+    def _verify(self, der: bytes) -> tuple[x509.Certificate, ec.EllipticCurvePublicKey]:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            raise ProtocolError("the certificate is not DER X.509") from None
+        key = cert.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+            raise ProtocolError("the certificate does not hold a P-256 key")
+        for root in self.roots:
+            if root.subject != cert.issuer:
+                continue
+            try:
+                cert.verify_directly_issued_by(root)
+                return cert, key
+            except (InvalidSignature, ValueError, TypeError):
+                continue
+        raise ProtocolError(f"the certificate of '{cert.subject.rfc4514_string()}' is not issued by a root this "
+                            f"party trusts")
+
+
+def verify(signed: SignedJson, certs: CertCache, *, role: x509.ObjectIdentifier | None = None
+           ) -> x509.Certificate:
+    """The signer's certificate when the signature holds and the certificate is trusted; else ProtocolError."""
+    cert, key = certs.check(signed.certificate, role=role)
+    verify_digest(key, signed.digest, signed.signature)
+    return cert
+
+
+def verify_digest(key: ec.EllipticCurvePublicKey, d: bytes, signature: bytes, what: str = "signature") -> None:
+    try:
+        key.verify(signature, d, ec.ECDSA(Prehashed(hashes.SHA256())))
+    except (InvalidSignature, ValueError):
+        raise ProtocolError(f"the {what} does not verify") from None

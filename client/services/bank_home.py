@@ -1,0 +1,184 @@
+"""The bank's folder and how to open it: database, token, keys, published certificates, TLS.
+
+Layout of ``$SEMPER_HOME/bank`` (or ``--bank-dir``)::
+
+    bank.json        settings: bank id, token label, SoftHSM2 configuration, PI key id, trusted roots
+    bank.db          the ledger and evidence (unless --db names another DSN, e.g. postgresql://...)
+    bank.pem         the bank's certificate (issuer role, from the purse scheme root)
+    roots/*.pem      roots whose certificates the bank accepts on signed requests
+    softhsm/         the bank's SoftHSM2 token (when 'semper bank init' made it)
+    tls/             the service's TLS root (tls-root.pem, for clients to pin) and server key
+
+Keys, all on the token: the EC issuer key (signs load commands and every answer), an RSA key that
+opens payment instructions, one RSA blind-signing key per currency and denomination.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from ..payment.rsa_token import RsaTokenKeys
+from ..support.paths import semper_home
+from ..support.scheme import ROLE_ISSUER, Scheme
+from . import bank_store as store
+from .bank import Bank, BankKeys
+from .bank_store import BankRefusal
+from .ca_home import write_private
+from .db import Database
+
+DENOMINATIONS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+PI_KEY_ID = b"semper-pi"
+
+
+@dataclass
+class BankHome:
+    folder: Path
+    dsn: str | None = None
+    _db: Database | None = field(default=None, repr=False)
+
+    @classmethod
+    def default(cls, folder: Path | None = None, dsn: str | None = None) -> BankHome:
+        return cls(Path(folder) if folder else semper_home() / "bank", dsn)
+
+    config_file = property(lambda self: self.folder / "bank.json")
+    cert_file = property(lambda self: self.folder / "bank.pem")
+    tls_dir = property(lambda self: self.folder / "tls")
+    tls_root = property(lambda self: self.folder / "tls" / "tls-root.pem")
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self._db = Database(self.dsn or f"sqlite:///{(self.folder / 'bank.db').absolute()}")
+        return self._db
+
+    def config(self) -> dict[str, object]:
+        try:
+            return dict(json.loads(self.config_file.read_text()))
+        except FileNotFoundError:
+            raise BankRefusal("not_initialised", f"no bank in {self.folder}; run 'semper bank init' first", 503) from None
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def init(self, scheme: Scheme, pin: bytes, *, token_label: str, softhsm_conf: Path, create_token: bool = False,
+             currencies: tuple[int, ...] = (978,), denominations: tuple[int, ...] = DENOMINATIONS,
+             extra_roots: tuple[x509.Certificate, ...] = (), hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+             bank_id: str | None = None) -> str:
+        """Make the bank's keys on its token, certify the issuer key, write settings; returns the bank id."""
+        from hsm.signer import Pkcs11Signer
+        from hsm.softhsm import SoftHsmStore, provision
+        if self.config_file.exists():
+            raise BankRefusal("already_initialised", f"{self.folder} already holds a bank", 409)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        hsm_store = SoftHsmStore.from_conf(softhsm_conf) if softhsm_conf.exists() else SoftHsmStore.in_folder(softhsm_conf.parent)
+        if create_token:
+            provision(hsm_store, token_label, pin, secrets.token_hex(8).encode())
+        signer = Pkcs11Signer.open(token_label, softhsm_conf=hsm_store.conf)
+        signer.verify_pin(pin)
+        cert = scheme.certify(signer.public_point(), "semper bank (issuer, acquirer, mint)", "BANK", ROLE_ISSUER)
+        der = cert.public_bytes(Encoding.DER)
+        signer.store_certificate(der)
+        rsa_keys = RsaTokenKeys(signer.module, token_label, pin)
+        rsa_keys.generate(PI_KEY_ID, "semper bank payment-instruction key")
+        bank_id = bank_id or "BANK-" + secrets.token_hex(4).upper()
+        with self.db.transaction() as tx:
+            tx_migrate = [tx.execute(sql) for sql in store.SCHEMA]
+            del tx_migrate
+            store.set_meta(tx, "bank_id", bank_id)
+        for currency in currencies:
+            with self.db.transaction() as tx:
+                store.ensure_system_accounts(tx, currency)
+            for d in denominations:
+                kid = secrets.token_bytes(8)
+                pub = rsa_keys.generate(kid, f"semper mint {currency} {d}")
+                pem = pub.public_bytes(Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+                with self.db.transaction() as tx:
+                    tx.execute("INSERT INTO mint_keys (key_id, currency, denomination, public_pem) VALUES (?, ?, ?, ?)",
+                               (kid.hex(), currency, d, pem))
+        rsa_keys.close()
+        self.cert_file.write_bytes(cert.public_bytes(Encoding.PEM))
+        roots = self.folder / "roots"
+        roots.mkdir(exist_ok=True)
+        (roots / "scheme-root.pem").write_bytes(scheme.root_cert.public_bytes(Encoding.PEM))
+        for i, r in enumerate(extra_roots):
+            (roots / f"root-{i}.pem").write_bytes(r.public_bytes(Encoding.PEM))
+        self.config_file.write_text(json.dumps({
+            "bank_id": bank_id, "token_label": token_label, "softhsm_conf": str(hsm_store.conf),
+            "currencies": list(currencies)}, indent=2))
+        make_tls_identity(self.tls_dir, hosts)
+        return bank_id
+
+    # ---- opening -----------------------------------------------------------------------------
+    def roots(self) -> list[x509.Certificate]:
+        out: list[x509.Certificate] = []
+        for p in sorted((self.folder / "roots").glob("*.pem")):
+            out.extend(x509.load_pem_x509_certificates(p.read_bytes()))
+        return out
+
+    def open(self, pin: bytes) -> Bank:
+        from hsm.signer import Pkcs11Signer
+        cfg = self.config()
+        label, conf = str(cfg["token_label"]), str(cfg["softhsm_conf"])
+        signer = Pkcs11Signer.open(label, softhsm_conf=conf)
+        signer.verify_pin(pin)
+        rsa_keys = RsaTokenKeys(signer.module, label, pin)
+        pi = rsa_keys.public(PI_KEY_ID)
+        if pi is None:
+            raise BankRefusal("no_key", f"token {label!r} lacks the payment-instruction key; was it initialised by "
+                                        "'semper bank init'?", 503)
+        keys = BankKeys(signer, signer.certificate(), rsa_keys, PI_KEY_ID, pi)
+        roots = self.roots()
+        scheme_root = x509.load_pem_x509_certificate((self.folder / "roots" / "scheme-root.pem").read_bytes())
+        return Bank(self.db, keys, roots, bank_id=str(cfg["bank_id"]), scheme_root=scheme_root)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+
+def make_tls_identity(folder: Path, hosts: tuple[str, ...]) -> tuple[Path, Path]:
+    """A TLS root of the bank's own and a server certificate for ``hosts`` (clients pin the root).
+
+    With a semper CA at hand, ``client.services.ca_home.issue_tls_identity`` can issue the server
+    certificate instead; the bank then publishes the CA root for pinning.
+    """
+    import ipaddress
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "semper bank TLS root")])
+    root = (x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name).public_key(root_key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False)
+            .sign(root_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+            .issuer_name(root_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=825))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
+            .sign(root_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    write_private(folder / "key.pem", key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+    (folder / "cert.pem").write_bytes(leaf.public_bytes(pem) + root.public_bytes(pem))
+    (folder / "tls-root.pem").write_bytes(root.public_bytes(pem))
+    return folder / "cert.pem", folder / "key.pem"

@@ -1,0 +1,41 @@
+"""The bank's HTTPS endpoints: ``GET /info`` and ``POST /<operation>`` for every operation.
+
+Every POST body is a signed request (``{"body", "certificate", "signature"}``); every answer to it
+is the bank's signed answer, every refusal ``{"error", "message"}`` with a 4xx status and no change
+in the ledger (the operation's transaction was rolled back). Operations and their parameters:
+docs/payments.md.
+"""
+from __future__ import annotations
+
+from aiohttp import web
+
+from .bank import Bank
+from .bank_store import BankRefusal
+from .db import DatabaseError
+from .http import ApiError, blocking, make_app, read_json
+
+MAX_BANK_BODY = 16 * 1024 * 1024        # a full PSAM batch of 5000 proofs is about 2 MB
+
+
+def build_app(bank: Bank) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.get("/info")
+    async def info(request: web.Request) -> web.Response:
+        return web.json_response(bank.info())
+
+    @routes.post("/{op:[a-z]+/[a-z_]+}")
+    async def operation(request: web.Request) -> web.Response:
+        op = request.match_info["op"]
+        if op not in bank.ops:
+            raise ApiError(404, "unknown_operation", f"there is no operation {op!r}")
+        envelope = await read_json(request, {"body": dict, "certificate": str, "signature": str})
+        try:
+            answer = await blocking(bank.handle, op, envelope)
+        except BankRefusal as e:
+            raise ApiError(e.status, e.code, str(e)) from None
+        except DatabaseError as e:
+            raise ApiError(503, "busy", f"the bank's database is busy; retry with the same idempotency key ({e})") from None
+        return web.json_response(answer)
+
+    return make_app(list(routes), max_body=MAX_BANK_BODY)

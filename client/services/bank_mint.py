@@ -1,0 +1,130 @@
+"""The mint: e-cash coins blind-signed on withdrawal, deposited on line, each spent once.
+
+Withdrawal debits the holder's account and credits e-cash outstanding by the coins' value; the
+mint signs each blinded coin with the RSA key of its denomination, in the token (raw RSA), and
+checks its own result before answering. It never sees the coins themselves, so at deposit it
+cannot tell who withdrew them. Deposit checks every coin's signature with the denomination's key
+and records its serial; a serial seen before is a double spend and the whole deposit is refused.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..payment import blind, formats
+from ..payment.errors import ProtocolError
+from ..payment.wire import b64, unb64
+from . import bank_store as store
+from .bank_store import BankRefusal, Op
+from .db import Transaction
+
+if TYPE_CHECKING:
+    from .bank import Bank, MintKey, Params, Sender
+
+MAX_COINS = 64
+MAX_DEPOSIT = 256
+
+
+def _key(bank: Bank, key_id: Any) -> MintKey:
+    k = bank.mint_keys.get(key_id) if isinstance(key_id, str) else None
+    if k is None:
+        raise BankRefusal("unknown_key", f"the mint has no key {key_id!r}", 404)
+    return k
+
+
+@dataclass(frozen=True)
+class WithdrawCheck:
+    account: str
+    coins: list[tuple[MintKey, bytes]]
+
+
+def check_withdraw(bank: Bank, sender: Sender, p: Params) -> WithdrawCheck:
+    account = p.text("account", 40)
+    coins = []
+    for c in p.items("coins", MAX_COINS):
+        if not isinstance(c, dict) or set(c) != {"key_id", "blinded"}:
+            raise BankRefusal("malformed", "each coin is {key_id, blinded}")
+        k = _key(bank, c["key_id"])
+        try:
+            x = unb64(c["blinded"], "blinded coin", 1024)
+        except ProtocolError as e:
+            raise BankRefusal("malformed", str(e)) from None
+        if len(x) != (k.public.key_size + 7) // 8 or int.from_bytes(x, "big") >= k.public.public_numbers().n:
+            raise BankRefusal("malformed", "a blinded coin is not a number below the mint key's modulus")
+        coins.append((k, x))
+    if len({k.currency for k, _ in coins}) != 1:
+        raise BankRefusal("currency_mismatch", "all coins of one withdrawal must be in one currency", 422)
+    return WithdrawCheck(account, coins)
+
+
+def apply_withdraw(bank: Bank, tx: Transaction, sender: Sender, c: WithdrawCheck) -> dict[str, Any]:
+    acc = bank.owned_account(tx, c.account, sender)
+    currency = c.coins[0][0].currency
+    if acc.currency != currency:
+        raise BankRefusal("currency_mismatch", f"account {acc.id} holds currency {acc.currency}, the coins are "
+                                               f"{currency}", 422)
+    total = sum(k.denomination for k, _ in c.coins)
+    if total > 2**31 - 1:
+        raise BankRefusal("amount_too_large", "the withdrawal is above the limit")
+    wid = "W" + secrets.token_hex(8).upper()
+    entry = store.post(tx, "ecash-withdraw", wid, [(acc.id, -total), (store.system_account("ecash", currency), total)])
+    sigs = []
+    for k, x in c.coins:
+        s = bank.keys.rsa.raw_sign(bytes.fromhex(k.key_id), x)
+        blind.blind_sign_check(k.public, x, s)
+        sigs.append(b64(s))
+    tx.execute("INSERT INTO withdrawals (id, account, currency, total, coins, entry, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+               (wid, acc.id, currency, total, len(c.coins), entry, store.now_iso()))
+    return {"withdrawal": wid, "total": total, "currency": currency, "signatures": sigs}
+
+
+@dataclass(frozen=True)
+class DepositCheck:
+    account: str
+    coins: list[tuple[MintKey, str, bytes]]
+
+
+def check_deposit(bank: Bank, sender: Sender, p: Params) -> DepositCheck:
+    account = p.text("account", 40)
+    coins = []
+    for c in p.items("coins", MAX_DEPOSIT):
+        if not isinstance(c, dict) or set(c) != {"key_id", "serial", "signature"}:
+            raise BankRefusal("malformed", "each coin is {key_id, serial, signature}")
+        k = _key(bank, c["key_id"])
+        serial = c["serial"]
+        if not isinstance(serial, str) or len(serial) != 64 or any(ch not in "0123456789abcdef" for ch in serial):
+            raise BankRefusal("malformed", "a coin serial is 64 lower-case hex digits")
+        try:
+            sig = unb64(c["signature"], "coin signature", 1024)
+            blind.verify(k.public, formats.coin_message(k.key_id, serial), sig)
+        except ProtocolError as e:
+            raise BankRefusal("bad_coin", f"coin {serial[:12]}...: {e}", 401) from None
+        coins.append((k, serial, sig))
+    if len({s for _, s, _ in coins}) != len(coins):
+        raise BankRefusal("double_spend", "the deposit holds the same coin twice", 409)
+    if len({k.currency for k, _, _ in coins}) != 1:
+        raise BankRefusal("currency_mismatch", "all coins of one deposit must be in one currency", 422)
+    return DepositCheck(account, coins)
+
+
+def apply_deposit(bank: Bank, tx: Transaction, sender: Sender, c: DepositCheck) -> dict[str, Any]:
+    acc = bank.owned_account(tx, c.account, sender)
+    currency = c.coins[0][0].currency
+    if acc.currency != currency:
+        raise BankRefusal("currency_mismatch", f"account {acc.id} holds currency {acc.currency}", 422)
+    for _, serial, _ in c.coins:
+        if tx.one("SELECT at FROM spent_coins WHERE serial = ?", (serial,)):
+            raise BankRefusal("double_spend", f"coin {serial[:12]}... was deposited before: double spending is "
+                                              "refused", 409)
+    total = sum(k.denomination for k, _, _ in c.coins)
+    entry = store.post(tx, "ecash-deposit", f"deposit/{len(c.coins)}",
+                       [(store.system_account("ecash", currency), -total), (acc.id, total)])
+    for k, serial, sig in c.coins:
+        tx.execute("INSERT INTO spent_coins (serial, key_id, denomination, currency, signature, account, entry, at) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (serial, k.key_id, k.denomination, currency, sig.hex(), acc.id,
+                                                      entry, store.now_iso()))
+    return {"total": total, "currency": currency, "coins": len(c.coins), "state": "deposited"}
+
+
+OPS = [Op("mint/withdraw", check_withdraw, apply_withdraw), Op("mint/deposit", check_deposit, apply_deposit)]

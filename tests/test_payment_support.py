@@ -1,0 +1,115 @@
+"""Helpers for the payment and bank tests (no tests here): a bank over HTTPS with its keys in a
+SoftHSM2 token, parties with token or card keys, and purse cards personalised for that bank.
+
+SoftHSM2 tokens are provisioned once per session, all in one folder, before any is opened:
+provisioning re-initialises the PKCS#11 module, which would end the bank's login.
+"""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from client.payment.bank_client import BankClient
+from client.services.bank import Bank
+from client.services.bank_home import BankHome
+from client.services.bank_http import build_app
+from client.services.http import ServiceRunner
+from client.support.channels import server_context
+from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
+from client.support.scheme import Scheme
+
+BANK_PIN = b"bank-pin-2468"
+PARTY_PIN = b"party-pin-1357"
+SO_PIN = b"so-pin-87654321"
+CARD_PIN = b"1234"
+EUR = 978
+PARTY_TOKENS = ("seller", "buyer", "buyer2", "seller2")
+DENOMS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+@dataclass
+class World:
+    folder: Path
+    scheme: Scheme
+    hsm: Any                      # SoftHsmStore
+    home: BankHome
+    bank: Bank
+    runner: ServiceRunner
+    signers: dict[str, Any] = field(default_factory=dict)
+    accounts: dict[str, str] = field(default_factory=dict)
+    pristine: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.runner.url
+
+    def client(self, signer: Any = None, **kw: Any) -> BankClient:
+        return BankClient(self.url, self.home.tls_root, signer, **kw)
+
+    def party(self, name: str) -> tuple[Any, str]:
+        return self.signers[name], self.accounts[name]
+
+    def cards(self, folder: Path) -> tuple[Path, Path]:
+        """A fresh copy of the buyer card and the seller's PSAM (both linked at the bank)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        b, p = folder / "buyer.card", folder / "psam.card"
+        shutil.copyfile(self.pristine["buyer"], b)
+        shutil.copyfile(self.pristine["psam"], p)
+        return b, p
+
+    def ledger(self) -> list[tuple[Any, ...]]:
+        """Everything that moved money, to compare before and after a refused request."""
+        with self.bank.db.transaction() as tx:
+            return tx.all("SELECT id, balance FROM accounts ORDER BY id") + tx.all(
+                "SELECT COUNT(*) FROM entries") + tx.all("SELECT COUNT(*) FROM postings")
+
+
+def make_world(folder: Path, scheme: Scheme, *, denominations: tuple[int, ...] = DENOMS) -> World:
+    from hsm.signer import Pkcs11Signer
+    from hsm.softhsm import SoftHsmStore, provision
+    hsm = SoftHsmStore.in_folder(folder / "softhsm")
+    provision(hsm, "bank", BANK_PIN, SO_PIN)
+    for label in PARTY_TOKENS:
+        provision(hsm, label, PARTY_PIN, SO_PIN)
+    home = BankHome(folder / "bank")
+    home.init(scheme, BANK_PIN, token_label="bank", softhsm_conf=hsm.conf, denominations=denominations,
+              bank_id="BANK-TEST")
+    bank = home.open(BANK_PIN)
+    chain, key = home.tls_dir / "cert.pem", home.tls_dir / "key.pem"
+    runner = ServiceRunner(build_app(bank), "127.0.0.1", 0, server_context(chain, key)).start()
+    world = World(folder, scheme, hsm, home, bank, runner)
+    for label in PARTY_TOKENS:
+        s = Pkcs11Signer.open(label, softhsm_conf=hsm.conf)
+        s.verify_pin(PARTY_PIN)
+        cert = scheme.certify(s.public_point(), f"semper {label}", label.upper(), None)
+        s.store_certificate(cert.public_bytes(Encoding.DER))
+        world.signers[label] = s
+        world.accounts[label] = bank.open_account(label, EUR, cert)
+    issuer_point = bank.keys.signer.public_point()
+    cards = folder / "pristine"
+    cards.mkdir()
+    personalise_purse_card(cards / "buyer.card", scheme, CardProfile(CARD_PIN, b"12345678", max_balance=200_000),
+                           sync=False, issuer_point=issuer_point)
+    personalise_psam(cards / "psam.card", scheme, sync=False)
+    world.pristine = {"buyer": cards / "buyer.card", "psam": cards / "psam.card"}
+    from hardware.psam import PsamSession
+    from hardware.purse import PurseSession
+    from hardware.simulator import open_card
+    with open_card(cards / "buyer.card", sync=False) as c:
+        bank.link_card(PurseSession(c).certificate(), world.accounts["buyer"])
+    with open_card(cards / "psam.card", sync=False) as c:
+        bank.link_psam(PsamSession(c).certificate(), world.accounts["seller"])
+    return world
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory, scheme: Scheme) -> Iterator[World]:
+    w = make_world(tmp_path_factory.mktemp("bankworld"), scheme)
+    yield w
+    w.runner.stop()
