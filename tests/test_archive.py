@@ -510,3 +510,16 @@ def test_cli_checkpoint_with_a_token(tmp_path: Path, pki: Pki, monkeypatch: pyte
     assert semper(args) == 0 and "checkpoint at entry 1" in capsys.readouterr().out
     with Archive.open(path) as archive:
         assert archive.verify(TrustStore([pki.root])).checkpoint_signers == ["CN=semper seller token"]
+
+
+def test_failed_automatic_checkpoint_does_not_lose_or_repeat_the_entry(tmp_path: Path, signer: PivSigner,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    with Archive.open(tmp_path / "f.sqlite3", create=True, checkpoint_every=1,
+                      sign=statement_signer(signer, b"000000")) as archive:            # wrong PIN
+        entry = archive.append("d", "note", b"kept")
+        assert entry.index == 1 and archive.checkpoints() == [] and archive.checkpoint_due()
+        assert "automatic checkpoint failed: wrong PIN" in caplog.text
+        archive.sign = statement_signer(signer, PIN)
+        archive.append("d", "note", b"next")
+        assert [c.index for c in archive.checkpoints()] == [2]
+        assert archive.verify().ok

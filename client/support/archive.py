@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import itertools
 import json
+import logging
 import sqlite3
 import time
 import uuid
@@ -38,6 +39,7 @@ from typing import Any, Self
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from hardware.errors import HardwareError
 from hardware.signer import Signer
 
 from .cms import EvidenceError, check_integrity, parse_statement, sign_statement
@@ -51,6 +53,7 @@ MOVE_WINDOW = 256                      # how far from its place verify() looks f
 _BUSY_RETRIES = 6
 
 StatementSigner = Callable[[Mapping[str, Any]], bytes]
+_log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS archive_meta (
@@ -310,7 +313,12 @@ class Archive:
             raise ArchiveError(f"{self.path} stayed busy (another process keeps writing); try again")
         entry = Entry(index, prev, deal_id, kind, created, bytes(content), digest)
         if self.sign is not None and self.checkpoint_due():
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except (EvidenceError, HardwareError) as e:
+                # the entry is stored: raising now would invite a second append of the same evidence.
+                # The checkpoint stays due (checkpoint_due()) and is tried again after the next entry.
+                _log.warning("entry %d archived, but the automatic checkpoint failed: %s", index, e)
         return entry
 
     def append_statement(self, deal_id: str, statement_der: bytes, *, when: dt.datetime | None = None) -> Entry:
