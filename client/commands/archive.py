@@ -89,25 +89,15 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     """Sign a checkpoint with the owner's card (PIV 9C, PIN before the signature) or token."""
     from ..support.archive import statement_signer
     if args.token is not None:
-        from hardware import errors as hw_errors
-        from hsm.signer import Pkcs11Signer
-
-        from .token import _module  # the same token lookup as 'semper token ...'
-        module = _module(args)
-        if module is None:
-            raise hw_errors.TokenError(f"no token labelled {args.token!r}: the token folder does not exist yet")
-        with Pkcs11Signer(module, args.token) as token:
+        from ..signers import token_signer
+        with token_signer(args.token, args.module, Path(args.dir) if args.dir is not None else None) as token:
             token.verify_pin(read_secret(f"PIN of token {args.token}", args.pin_stdin))
             with _open(args.db, statement_signer(token)) as archive:
                 cp = archive.checkpoint()
     else:
-        from hardware.iso7816 import AID
-        from hardware.piv import PivSession, PivSigner
-
-        from ..cards import connection
+        from ..signers import card_signer
         pin = read_secret("PIN", args.pin_stdin)
-        with connection(AID.PIV, args.reader, args.image) as conn, \
-                _open(args.db, statement_signer(PivSigner(PivSession(conn)), pin)) as archive:
+        with card_signer(args.reader, args.image) as card, _open(args.db, statement_signer(card.signer, pin)) as archive:
             cp = archive.checkpoint()
     print(f"checkpoint at entry {cp.index}, head {cp.head.hex()}")
     return 0

@@ -7,12 +7,10 @@ a failure leaves nothing half-done.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hardware import errors as hw_errors
 from hardware.signer import Signer
 
 from . import UsageError, card_args, read_secret
@@ -22,41 +20,15 @@ Device = tuple[Signer, Callable[[bytes], None], Callable[[], bytes]]
 
 @contextmanager
 def _card(reader: str | None, image: Path | None) -> Iterator[Device]:
-    from hardware.iso7816 import AID
-    from hardware.piv import PivSession, PivSigner, Slot
-    from hardware.readers import find_card
-    from hardware.simulator import open_card
-    from hardware.transport import PcscConnection
-    if image is not None:
-        if not image.exists():
-            raise UsageError(f"no card image at {image}")
-        conn = open_card(image)
-        where = f"the card image {image}"
-    else:
-        name = reader or find_card(AID.PIV)
-        conn = PcscConnection(name)
-        where = f"the card in {name!r}"
-    try:
-        try:
-            session = PivSession(conn)
-        except hw_errors.NotFoundError:
-            raise hw_errors.NotFoundError(f"{where} has no PIV applet, so it holds no signature key to certify") from None
-        signer = PivSigner(session, Slot.SIGNATURE, label=where)
-        yield signer, lambda der: session.put_certificate(Slot.SIGNATURE, der), signer.certificate
-    finally:
-        conn.close()
+    from ..signers import card_signer
+    with card_signer(reader, image) as card:
+        yield card.signer, card.store_certificate, card.signer.certificate
 
 
 @contextmanager
 def _token(label: str, module: str | None) -> Iterator[Device]:
-    from hsm.signer import Pkcs11Signer
-
-    from ..support.paths import semper_home
-    conf = os.environ.get("SOFTHSM2_CONF")
-    default = semper_home() / "tokens" / "softhsm2.conf"
-    if conf is None and default.exists() and (module is None or "softhsm" in module):
-        conf = str(default)
-    with Pkcs11Signer.open(label, module, softhsm_conf=conf) as signer:
+    from ..signers import token_signer
+    with token_signer(label, module) as signer:
         yield signer, signer.store_certificate, signer.certificate
 
 

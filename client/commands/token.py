@@ -7,7 +7,6 @@ with OpenSC's the simulated (or a real) card shows up as a token too.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from hardware import errors as hw_errors
@@ -15,36 +14,10 @@ from hardware import errors as hw_errors
 from . import UsageError, print_json, read_secret
 
 
-def _is_softhsm_path(module: str | None) -> bool:
-    from hsm.module import DEFAULT_MODULE
-    return module is None or "softhsm" in os.path.basename(os.path.realpath(module)).lower() or module == DEFAULT_MODULE
-
-
-def _store(args: argparse.Namespace, create: bool):  # type: ignore[no-untyped-def]
-    """The SoftHSM2 folder the arguments and environment name (None when it does not exist yet)."""
-    from hsm.softhsm import CONF_NAME, SoftHsmStore
-
-    from ..support.paths import semper_home
-    if args.dir is not None:
-        folder = Path(args.dir)
-    elif os.environ.get("SOFTHSM2_CONF"):
-        return SoftHsmStore.from_conf(Path(os.environ["SOFTHSM2_CONF"]))
-    else:
-        folder = semper_home() / "tokens"
-    if not create and not (folder / CONF_NAME).exists():
-        return None
-    return SoftHsmStore.in_folder(folder)
-
-
 def _module(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The module to use, with SoftHSM2 pointed at the right folder; None when that folder is empty."""
-    from hsm.module import load
-    if not _is_softhsm_path(args.module):
-        return load(args.module)
-    store = _store(args, create=False)
-    if store is None:
-        return None
-    return store.module(args.module)
+    from ..signers import token_module
+    return token_module(args.module, Path(args.dir) if args.dir is not None else None)
 
 
 def _key_id(text: str | None) -> bytes | None:
@@ -66,9 +39,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         check_pin(so_pin, "SO PIN")
     except hw_errors.InvalidInputError as e:
         raise UsageError(str(e)) from None
-    if not _is_softhsm_path(args.module):
+    from ..signers import is_softhsm, softhsm_store
+    if not is_softhsm(args.module):
         raise UsageError("'semper token init' creates SoftHSM2 tokens; --module must be a SoftHSM2 library")
-    store = _store(args, create=True)
+    store = softhsm_store(Path(args.dir) if args.dir is not None else None, create=True)
     made = provision(store, args.label, user_pin, so_pin, module=args.module)
     print(f"label: {made.label}")
     print(f"serial: {made.serial}")
