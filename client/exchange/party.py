@@ -1,0 +1,299 @@
+"""A party of the exchange layer: its exchange service, its exchange manager, its evidence, recovery.
+
+A :class:`Party` is a server (its mailbox on HTTPS) and a client (it sends to its peers' mailboxes
+and to the third party). It *originates* an exchange when its application asks
+(:meth:`Party.originate`), and *responds* when a peer's negotiation matches one of its
+:class:`ResponsePlan` s. Negotiation (the first round trip) settles the protocol from the items'
+properties (``negotiation.choose_protocol``), the nonces and, for payments, the payer's data the
+payee needs for its request; then ``genver``, ``revrev`` or ``plain`` runs.
+
+Everything that commits anyone goes into the party's evidence archive under the exchange id, with
+progress markers, so that after a crash :meth:`Party.recover` finishes every open exchange by
+going to the third party — the party never needs the peer again to end fairly.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..support.archive import Archive
+from ..support.channels import client_context, server_context
+from ..support.trust import TrustStore
+from ..transfer.attributes import SecurityAttributes, check_attributes
+from ..transfer.errors import TransferError
+from ..transfer.items import Content, Expectation, content_from_json, expectation_from_json
+from ..transfer.managers import Managers, OfferTree, check_satisfies, offer_description, offer_hints
+from ..transfer.statements import same_key
+from . import genver, plain, revrev
+from .errors import BadMessage, ExchangeError, NoFairProtocol, PartyStopped, PeerUnreachable, TtpUnavailable
+from .identity import Identity, TtpInfo
+from .messages import Proposal, cert_b64, check_party_cert, load_cert
+from .negotiation import choose_protocol
+from .outcome import Outcome
+from .run import Faults, Run
+from .steps import Setup, refuse
+from .wire import JsonPoster, Mailbox, Server
+
+log = logging.getLogger("semper.exchange")
+PROTOCOL_MODULES = {"gen-ver": genver, "rev-rev": revrev, "plain": plain}
+
+
+@dataclass
+class ResponsePlan:
+    """What a responder will exchange: it expects ``expect`` of the originator and gives ``offer``."""
+
+    expect: Expectation
+    offer: OfferTree
+    fair: bool | None = None          # None: as the originator asks; True: refuse plain transfers
+    once: bool = True
+
+
+class Party:
+    def __init__(self, name: str, identity: Identity, trust: TrustStore, managers: Managers, archive: Path, *,
+                 tls: tuple[Path, Path], root_pem: str, ttp: TtpInfo | None = None, step_timeout: float = 10.0,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
+        self.name = name
+        self.identity = identity
+        self.trust = trust
+        self.managers = managers
+        self.ttp = ttp
+        self.step_timeout = step_timeout
+        self.archive = Archive.open(archive, create=True, sign=identity.sign)
+        self.mailbox = Mailbox(self._on_new)
+        self.server = Server(self.mailbox.app(), server_context(*tls), host, port)
+        self.poster = JsonPoster(client_context(root_pem))
+        self.plans: list[ResponsePlan] = []
+        self.faults = Faults()
+        self.outcomes: dict[str, Outcome] = {}
+        self.counters = {"messages": 0, "ttp_requests": 0}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._changed: asyncio.Event | None = None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    async def start(self) -> Party:
+        self._changed = asyncio.Event()
+        await self.server.start()
+        return self
+
+    async def stop(self) -> None:
+        """Stop serving and abandon every run in flight (a crash, as far as peers can tell)."""
+        await self.server.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        await self.poster.close()
+
+    def close(self) -> None:
+        self.archive.close()
+
+    # ---- outcomes ----------------------------------------------------------------------------------
+    def _finish(self, outcome: Outcome) -> Outcome:
+        self.outcomes[outcome.session] = outcome
+        if self._changed is not None:
+            self._changed.set()
+        return outcome
+
+    async def wait_outcome(self, session: str, timeout: float = 30.0) -> Outcome:
+        """The outcome of a run this party responded to (bounded wait)."""
+        async def wait() -> Outcome:
+            while session not in self.outcomes:
+                assert self._changed is not None
+                self._changed.clear()
+                await self._changed.wait()
+            return self.outcomes[session]
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def _guarded(self, run: Run, body: Any) -> Outcome:
+        try:
+            outcome = await body
+        except PartyStopped as e:
+            outcome = run.outcome("stopped", str(e))
+        except (ExchangeError, TransferError) as e:
+            outcome = run.outcome("failed", f"{type(e).__name__}: {e}")
+        except Exception as e:                         # a bug: keep the party alive, say what happened
+            log.exception("%s: run %s failed", self.name, run.session)
+            outcome = run.outcome("failed", f"unexpected {type(e).__name__}: {e}")
+        return self._finish(outcome)
+
+    # ---- originating ------------------------------------------------------------------------------
+    async def originate(self, peer_url: str, offer: OfferTree, want: Expectation, *, fair: bool = True,
+                        attributes: SecurityAttributes = SecurityAttributes()) -> Outcome:
+        """Exchange ``offer`` for an item described by ``want`` with the party at ``peer_url``."""
+        session = secrets.token_hex(16)
+        run = Run(self, session, "originator", peer_url)
+        return await self._guarded(run, self._originate(run, offer, want, fair, attributes))
+
+    async def _originate(self, run: Run, offer: OfferTree, want: Expectation, fair: bool,
+                         attributes: SecurityAttributes) -> Outcome:
+        desc_o = offer_description(offer)
+        self.managers.check_expectation(desc_o)
+        self.managers.check_expectation(want)
+        check_attributes(attributes, desc_o)
+        check_attributes(attributes, want)
+        protocol = choose_protocol(self.managers.properties(desc_o), self.managers.properties(want), fair)
+        ttp = self.ttp if protocol != "plain" else None
+        if protocol != "plain" and ttp is None:
+            raise NoFairProtocol(f"a {protocol} exchange needs a third party; configure one")
+        nonce_o = secrets.token_hex(16)
+        await run.send("negotiate", {
+            "originator": cert_b64(self.identity.certificate), "ttp": cert_b64(ttp.certificate) if ttp else None,
+            "offer": desc_o.to_json(), "want": want.to_json(), "fair": fair, "nonce": nonce_o, "reply_to": self.url,
+            "attributes": attributes.as_dict()})
+        got = await run.expect(("negotiated", "refuse"))
+        if got is None:
+            return run.outcome("no-exchange", "the peer did not answer the negotiation; nothing was given")
+        kind, body = got
+        if kind == "refuse":
+            return run.outcome("no-exchange", f"the peer refused: {body.get('reason', '')}")
+        try:
+            responder = load_cert(body.get("responder"), "responder")
+            await run.blocking(check_party_cert, responder, self.trust, "responder")
+            nonce_r = body.get("nonce")
+            if body.get("protocol") != protocol:
+                raise BadMessage(f"the peer chose {body.get('protocol')!r}, but these items call for {protocol}")
+            if not isinstance(nonce_r, str) or not 16 <= len(nonce_r) <= 64:
+                raise BadMessage("the peer's nonce is missing or malformed")
+            hints = body.get("hints") or {}
+            if not isinstance(hints, Mapping):
+                raise BadMessage("the peer's hints must be a JSON object")
+            desc_r = await run.blocking(self.managers.complete, want, hints)
+        except (BadMessage, TransferError) as e:
+            await refuse(run, f"the negotiation was refused: {e}")
+            return run.outcome("no-exchange", f"the peer's negotiation answer is not acceptable ({e}); nothing was "
+                                              "given")
+        setup = Setup(protocol, offer, desc_o, desc_r, (nonce_o, nonce_r), attributes,
+                      (self.identity.certificate, responder, ttp.certificate if ttp else None))
+        setup.bind()
+        return await PROTOCOL_MODULES[protocol].originator(run, setup)
+
+    # ---- responding -------------------------------------------------------------------------------
+    async def _on_new(self, session: str, kind: str, body: dict[str, Any]) -> None:
+        peer = body.get("reply_to")
+        parts = urlsplit(peer) if isinstance(peer, str) else None
+        if parts is None or parts.scheme != "https" or not parts.hostname:
+            return                                             # nobody to answer: drop it
+        run = Run(self, session, "responder", str(peer))
+        task = asyncio.get_running_loop().create_task(self._guarded(run, self._respond(run, body)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _plan_for(self, desc_o: Expectation, want: Expectation) -> ResponsePlan:
+        reasons = []
+        for plan in self.plans:
+            try:
+                check_satisfies(desc_o, plan.expect)
+                check_satisfies(offer_description(plan.offer), want)
+                return plan
+            except TransferError as e:
+                reasons.append(str(e))
+        raise BadMessage("nothing to exchange for that: " + ("; ".join(reasons) or "this party offers nothing now"))
+
+    async def _respond(self, run: Run, body: dict[str, Any]) -> Outcome:
+        try:
+            originator = load_cert(body.get("originator"), "originator")
+            await run.blocking(check_party_cert, originator, self.trust, "originator")
+            ttp_cert = load_cert(body["ttp"], "third party") if body.get("ttp") is not None else None
+            desc_o = expectation_from_json(body.get("offer"), "offer")
+            want = expectation_from_json(body.get("want"), "want")
+            self.managers.check_expectation(desc_o)
+            nonce_o, fair = body.get("nonce"), body.get("fair")
+            if not isinstance(nonce_o, str) or not 16 <= len(nonce_o) <= 64 or not isinstance(fair, bool):
+                raise BadMessage("the negotiation lacks a nonce or the fairness flag")
+            attributes = SecurityAttributes.from_dict(body.get("attributes") or {})
+            plan = self._plan_for(desc_o, want)
+            if plan.fair is True and not fair:
+                raise BadMessage("this party exchanges these items only fairly")
+            mine = offer_description(plan.offer)
+            check_attributes(attributes, mine)
+            protocol = choose_protocol(self.managers.properties(desc_o), self.managers.properties(mine), fair)
+            ttp = self.ttp.certificate if (protocol != "plain" and self.ttp is not None) else None
+            if protocol != "plain" and (ttp is None or ttp_cert is None or not same_key(ttp, ttp_cert)):
+                raise BadMessage("the originator names a third party this party does not use")
+            hints = await run.blocking(offer_hints, plan.offer)
+        except (BadMessage, TransferError, NoFairProtocol) as e:
+            await refuse(run, str(e))
+            return run.outcome("no-exchange", f"the negotiation was refused: {e}")
+        if plan.once and plan in self.plans:
+            self.plans.remove(plan)
+        nonce_r = secrets.token_hex(16)
+        setup = Setup(protocol, plan.offer, desc_o, None, (nonce_o, nonce_r), attributes,
+                      (originator, self.identity.certificate, ttp))
+        try:
+            await run.send("negotiated", {"responder": cert_b64(self.identity.certificate), "nonce": nonce_r,
+                                          "protocol": protocol, "hints": hints})
+        except PeerUnreachable as e:
+            return run.outcome("no-exchange", f"the originator went away during negotiation ({e})")
+        return await PROTOCOL_MODULES[protocol].responder(run, setup)
+
+    # ---- after a crash ------------------------------------------------------------------------------
+    async def recover(self) -> list[Outcome]:
+        """Finish every exchange the archive shows open, by going to the third party where needed."""
+        out = []
+        for xid, _count in self.archive.deals():
+            entries = self.archive.entries(xid)
+            states = [json.loads(e.content) for e in entries if e.kind == "state"]
+            if not states or states[-1].get("step") == "done":
+                continue
+            last = states[-1]
+            run = Run(self, str(last["session"]), str(last["role"]), str(last["peer"]))
+            out.append(await self._guarded(run, self._resume(run, last, entries)))
+        return out
+
+    async def _resume(self, run: Run, last: Mapping[str, Any], entries: list[Any]) -> Outcome:
+        proposal_der = next((e.content for e in entries if e.kind == "statement:xchg-proposal"), None)
+        if proposal_der is None:
+            return run.outcome("failed", "nothing to resume: no proposal was archived")
+        proposal = await run.blocking(Proposal.verify, proposal_der, self.trust)
+        run.binding, run.proposal = proposal.binding, proposal
+        attachments = next((json.loads(e.content)["attachments"] for e in entries if e.kind == "attachments"), {})
+        sent = next((content_from_json(json.loads(e.content)["item"]) for e in entries if e.kind == "item:sent"), None)
+        received = next((content_from_json(json.loads(e.content)["item"]) for e in entries
+                         if e.kind == "item:received"), None)
+        why = "resumed after a restart"
+        if proposal.protocol == "gen-ver":
+            if run.role == "responder":
+                if sent is None:
+                    run.state("done", outcome="no-exchange")
+                    return run.outcome("no-exchange", f"{why}: this party had not paid or given anything")
+                return await genver.resolve(run, sent, attachments, why)
+            if received is not None:                    # O holds R's item: finish its side
+                await run.blocking(self.managers.accept, received, proposal.desc_r)
+                run.state("done", outcome="completed")
+                return run.outcome("completed", f"{why}: the responder's item had arrived; the responder can "
+                                                "resolve with the third party if this party's item did not reach it",
+                                   received=received)
+            return await genver.originator_status(run, why)
+        if proposal.protocol == "rev-rev":
+            if sent is not None and received is not None:
+                run.state("done", outcome="completed")
+                return run.outcome("completed", f"{why}: both items had been exchanged", received=received, gave=True)
+            return await revrev.abort(run, why, gave=sent is not None)
+        run.state("done", outcome="failed")
+        return run.outcome("failed", f"{why}: plain transfers have no third party to finish with")
+
+    # ---- evidence ---------------------------------------------------------------------------------
+    def export(self, xid: str, path: Path) -> Path:
+        """An evidence bundle of one exchange for the judge (checkpoint signed by this party)."""
+        return self.archive.export(xid, path)
+
+    def evidence(self, xid: str) -> list[tuple[str, bytes]]:
+        return [(e.kind, e.content) for e in self.archive.entries(xid)]
+
+
+def received_item(outcome: Outcome) -> Content | None:
+    return outcome.received
+
+
+__all__ = ["Party", "ResponsePlan", "Faults", "Identity", "TtpInfo", "Outcome", "TtpUnavailable", "base64"]

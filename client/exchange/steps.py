@@ -1,0 +1,111 @@
+"""Steps the protocols share: making and checking the proposal, and the responder's acceptance."""
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from ..transfer.attributes import SecurityAttributes
+from ..transfer.binding import Binding
+from ..transfer.errors import TransferError
+from ..transfer.items import Expectation
+from ..transfer.managers import OfferTree, offer_accept
+from ..transfer.statements import same_key
+from .errors import BadMessage
+from .messages import Proposal, accept_body, exchange_id
+from .outcome import Outcome
+from .run import Run
+
+
+@dataclass
+class Setup:
+    """What negotiation fixed for one run."""
+
+    protocol: str
+    offer: OfferTree                 # this party's item (or package)
+    desc_o: Expectation              # the originator's item, as the originator describes it
+    desc_r: Expectation | None       # the responder's item, completed by the originator (None until proposed)
+    nonces: tuple[str, str]
+    attributes: SecurityAttributes
+    parties: tuple[x509.Certificate, x509.Certificate, x509.Certificate | None]   # originator, responder, T
+    binding: Binding | None = None
+
+    def bind(self) -> Binding:
+        """The binding (and so the exchange id) once both descriptions are known."""
+        assert self.desc_r is not None
+        o, r, t = self.parties
+        xid = exchange_id(self.protocol, o, r, t, self.desc_o, self.desc_r, *self.nonces)
+        self.binding = Binding(xid, self.protocol, o, r, t)
+        return self.binding
+
+
+async def send_proposal(run: Run, setup: Setup, commitments: Mapping[str, Any],
+                        attachments: Mapping[str, Any]) -> Proposal:
+    """Originator: sign the proposal, keep it (and what goes beside it) as evidence, send it."""
+    assert setup.binding is not None and setup.desc_r is not None
+    body = Proposal.body_for(setup.binding, setup.desc_o, setup.desc_r, setup.nonces, commitments)
+    der = await run.blocking(run.party.identity.sign, body)
+    proposal = Proposal(der, body, setup.binding, setup.desc_o, setup.desc_r, commitments)
+    run.binding, run.proposal = setup.binding, proposal
+    run.record_statement(der)
+    if attachments:
+        run.record("attachments", {"attachments": dict(attachments)})
+    run.state("proposed")
+    await run.send("propose", {"proposal": base64.b64encode(der).decode(), "attachments": dict(attachments)})
+    return proposal
+
+
+async def receive_proposal(run: Run, setup: Setup, protocol: str) -> tuple[Proposal, dict[str, Any]] | Outcome:
+    """Responder: wait for the proposal and check it against what was negotiated; refuse otherwise."""
+    got = await run.expect(("propose",))
+    if got is None:
+        return run.outcome("no-exchange", "the originator sent no proposal (it stopped or is slow); "
+                                          "nothing was given")
+    _kind, body = got
+    party = run.party
+    try:
+        der = base64.b64decode(str(body.get("proposal", "")), validate=True)
+        proposal = await run.blocking(Proposal.verify, der, party.trust)
+        b = proposal.binding
+        if not same_key(b.responder, party.identity.certificate):
+            raise BadMessage("the proposal names another responder")
+        if proposal.protocol != protocol or tuple(proposal.body["nonces"]) != setup.nonces:
+            raise BadMessage("the proposal is not for the negotiated protocol and nonces (replayed or altered)")
+        if proposal.desc_o.to_json() != setup.desc_o.to_json():
+            raise BadMessage("the proposal describes another originator item than the one negotiated")
+        if protocol != "plain" and (party.ttp is None or b.ttp is None or not same_key(b.ttp, party.ttp.certificate)):
+            raise BadMessage("the proposal names a third party this party does not use")
+        await run.blocking(offer_accept, setup.offer, proposal.desc_r)
+        attachments = body.get("attachments") or {}
+        if not isinstance(attachments, dict):
+            raise BadMessage("the attachments must be a JSON object")
+        if protocol == "gen-ver":
+            await run.blocking(party.managers.check_commitments, proposal.commitments, attachments, proposal.desc_o, b)
+    except (BadMessage, TransferError, ValueError) as e:
+        reason = f"the proposal was refused: {e}"
+        await refuse(run, reason)
+        return run.outcome("no-exchange", reason + "; nothing was given")
+    setup.binding, setup.desc_r = proposal.binding, proposal.desc_r
+    run.binding, run.proposal = proposal.binding, proposal
+    run.record_statement(proposal.der)
+    if attachments:
+        run.record("attachments", {"attachments": attachments})
+    run.state("proposed")
+    return proposal, attachments
+
+
+async def sign_accept(run: Run, proposal: Proposal) -> bytes:
+    der = await run.blocking(run.party.identity.sign, accept_body(proposal))
+    run.record_statement(der)
+    return der
+
+
+async def refuse(run: Run, reason: str) -> None:
+    from .errors import PeerUnreachable
+    try:
+        await run.send("refuse", {"reason": reason[:2000]})
+    except PeerUnreachable:
+        pass

@@ -1,0 +1,146 @@
+"""How parties reach each other: JSON messages over HTTPS on their exchange services.
+
+Every party runs an exchange service (aiohttp, TLS with a certificate from the semper CA) whose one
+endpoint, ``POST /exchange``, takes a protocol message ``{"session", "kind", "body"}`` and answers
+``202`` once it is queued — a transport acknowledgement, never a protocol answer, so a party can
+stop after any message and its peer notices only by waiting (bounded) or by a refused connection.
+Clients pin the CA root (``client/support/channels.py``'s contexts). Every wait is bounded.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..services.http import ApiError, make_app, read_json
+from .errors import PeerUnreachable, TtpUnavailable
+
+MAX_MESSAGE = 16 * 1024 * 1024
+SEND_TIMEOUT = 10.0
+KINDS = ("negotiate", "negotiated", "propose", "accept", "item", "refuse", "transfer")
+
+Handler = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class Mailbox:
+    """The receiving end: one queue per session; ``on_new`` starts a responder for a new session."""
+
+    on_new: Handler
+    queues: dict[str, asyncio.Queue[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
+    received: int = 0
+
+    def queue(self, session: str) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
+        return self.queues.setdefault(session, asyncio.Queue())
+
+    async def deliver(self, session: str, kind: str, body: dict[str, Any]) -> None:
+        self.received += 1
+        if session not in self.queues and kind == "negotiate":
+            self.queue(session)
+            await self.on_new(session, kind, body)
+            return
+        await self.queue(session).put((kind, body))
+
+    def app(self) -> web.Application:
+        routes = web.RouteTableDef()
+
+        @routes.post("/exchange")
+        async def post(request: web.Request) -> web.Response:
+            msg = await read_json(request, {"session": str, "kind": str, "body": dict})
+            if msg["kind"] not in KINDS:
+                raise ApiError(400, "unknown_kind", f"unknown message kind {msg['kind']!r}; kinds: {', '.join(KINDS)}")
+            if not 16 <= len(msg["session"]) <= 64:
+                raise ApiError(400, "bad_session", "a session id has 16 to 64 characters")
+            await self.deliver(msg["session"], msg["kind"], msg["body"])
+            return web.json_response({"queued": True}, status=202)
+
+        return make_app(list(routes), max_body=MAX_MESSAGE)
+
+
+class Server:
+    """An aiohttp app listening on loopback inside the running event loop (bounded start and stop)."""
+
+    def __init__(self, app: web.Application, ssl_context: ssl.SSLContext, host: str = "127.0.0.1", port: int = 0):
+        self.app, self.ssl_context, self.host, self.port = app, ssl_context, host, port
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    async def start(self) -> Server:
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
+        await asyncio.wait_for(self._runner.setup(), 10)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
+        await asyncio.wait_for(site.start(), 10)
+        server = site._server
+        if server is not None and getattr(server, "sockets", None):
+            self.port = server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await asyncio.wait_for(runner.cleanup(), 10)
+
+
+class JsonPoster:
+    """HTTPS JSON requests with the CA root pinned; one session reused, every request bounded."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, timeout: float = SEND_TIMEOUT) -> None:
+        self.ssl_context = ssl_context
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self.ssl_context, limit=32),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                json_serialize=lambda o: json.dumps(o, separators=(",", ":")))
+        return self._session
+
+    async def post(self, url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        async with self._http().post(url, json=body) as resp:
+            data = await resp.read()
+            try:
+                obj = json.loads(data) if data else {}
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                obj = {"error": "not_json", "message": data[:200].decode("utf-8", "replace")}
+            return resp.status, obj if isinstance(obj, dict) else {"error": "not_json", "message": "not an object"}
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def send_message(poster: JsonPoster, peer_url: str, session: str, kind: str, body: dict[str, Any]) -> None:
+    """Hand one message to the peer's exchange service; PeerUnreachable if it does not take it."""
+    try:
+        status, answer = await poster.post(peer_url.rstrip("/") + "/exchange",
+                                           {"session": session, "kind": kind, "body": body})
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ssl.SSLError) as e:
+        raise PeerUnreachable(f"the peer at {peer_url} did not take the {kind} message ({type(e).__name__}: {e})"
+                              ) from None
+    if status != 202:
+        raise PeerUnreachable(f"the peer at {peer_url} refused the {kind} message: {answer.get('message', status)}")
+
+
+async def ttp_call(poster: JsonPoster, ttp_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One request to the third party; TtpUnavailable when it cannot be made or is refused outright."""
+    try:
+        status, answer = await poster.post(ttp_url.rstrip("/") + path, body)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ssl.SSLError) as e:
+        raise TtpUnavailable(f"the third party at {ttp_url} could not be reached ({type(e).__name__}: {e}); "
+                             "try again later: its decisions are kept") from None
+    if status != 200:
+        raise TtpUnavailable(f"the third party at {ttp_url} refused the request outright: "
+                             f"{answer.get('message', status)} ({answer.get('error', 'http_error')})")
+    return answer
