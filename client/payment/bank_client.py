@@ -94,6 +94,10 @@ class BankClient:
 
     def call(self, op: str, params: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
         """POST /<op>; returns the bank's verified answer body. Retries dropped connections."""
+        return self.call_signed(op, params, idempotency_key).body
+
+    def call_signed(self, op: str, params: dict[str, Any], idempotency_key: str | None = None) -> SignedJson:
+        """As :meth:`call`, but the bank's signed answer itself (evidence to pass on)."""
         key = idempotency_key or self.new_key()
         last: Exception | None = None
         for attempt in range(self.retries):
@@ -110,7 +114,7 @@ class BankClient:
             body = self.verify_bank(signed)
             if body.get("request") != digest(env["body"]).hex() and body.get("idempotency_key") != key:
                 raise ProtocolError("the bank's answer is for another request")
-            return body
+            return signed
         raise OutcomeUnknown(f"the bank did not answer {op} after {self.retries} tries ({last}); it is safe to "
                              f"retry with idempotency key {key}")
 

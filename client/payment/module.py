@@ -45,6 +45,8 @@ class PartyContext:
     psam: PsamSession | None = None
     account: str | None = None
     wallet: Wallet | None = None
+    currency: int = 978
+    select_signer: Callable[[], None] | None = None     # e.g. SELECT PIV when it shares the card with the purse
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,6 +117,26 @@ class BaseModule:
 
     def status(self, record: Record) -> Status:
         return record.status
+
+    def _signer(self) -> Signer:
+        if self.ctx.signer is None:
+            raise PaymentError(f"{self.name} needs a card or token key to sign, and this party has none")
+        if self.ctx.select_signer is not None:
+            self.ctx.select_signer()
+        return self.ctx.signer
+
+    def _sign_digest(self, digest: bytes, why: str) -> tuple[bytes, bytes]:
+        """(signature, certificate DER): the PIN goes to the device right before, when one is asked for."""
+        from hardware import errors as hw
+        signer = self._signer()
+        try:
+            cert = signer.certificate()
+            if self.ctx.pin is not None:
+                signer.verify_pin(self._pin(why))
+            return signer.sign_digest(digest), cert
+        except hw.HardwareError as e:
+            from .errors import InstrumentError
+            raise InstrumentError(f"the card or token could not sign to {why}: {e}") from None
 
     def _pin(self, why: str) -> bytes:
         if self.ctx.pin is None:

@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from hardware import tlv
 from hardware.errors import TransportError
-from hardware.purse_records import DEBIT_PROOF, BatchHeader, DebitRecord, LoadConfirmation, LoadRequest
+from hardware.purse_records import DEBIT_PROOF, LOAD_COMMAND_SIZE, BatchHeader, DebitRecord, LoadConfirmation, LoadRequest
 
 from ..payment.wire import b64
 from ..support.scheme import ROLE_PSAM
@@ -100,7 +100,7 @@ def apply_load(bank: Bank, tx: Transaction, sender: Sender, c: LoadCheck) -> dic
         if same[1] == "reversed":
             raise BankRefusal("load_reversed", "this load request was superseded by a newer one", 409)
         cmd = bytes.fromhex(same[0])
-        return {"command": b64(cmd[:46]), "signature": b64(cmd[46:]), "card": card, "counter": r.load_counter}
+        return {"command": b64(cmd[:LOAD_COMMAND_SIZE]), "signature": b64(cmd[LOAD_COMMAND_SIZE:]), "card": card, "counter": r.load_counter}
     newer = tx.one("SELECT counter FROM loads WHERE card = ? AND counter > ? AND state != 'reversed'",
                    (card, r.load_counter))
     if newer is not None:

@@ -1,0 +1,120 @@
+"""Payment mandate / cheque module (Mandate): a cheque signed on the payer's card or token.
+
+    payer: cheque = {bank, drawer account, cheque number, payee account, amount, currency, order
+           hash}, signed (PIV 9C with the PIN, or the token key)
+    payee: checks the cheque against its terms and the signature, deposits it at the bank, and
+           answers with the bank's signed result: paid, or bounced (the account held too little)
+
+The cheque is evidence anyone can check with the signer's root; the bank pays each cheque number
+of an account once. A bounced cheque can be deposited again later and is then paid once.
+"""
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .. import formats
+from ..errors import PaymentRefused, ProtocolError
+from ..model import Acceptance, ExchangeProperties, Instrument, Model, Record, Status, Terms
+from ..module import BaseModule, Step, require
+from ..wire import SignedJson, digest, verify_digest
+
+
+class MandateModule(BaseModule):
+    name = "cheque"
+    model = Model.ACCOUNT_BASED
+    properties = ExchangeProperties(externally_verifiable=True, revocable=False, online=True)
+
+    def instruments(self) -> list[Instrument]:
+        if self.ctx.signer is None or self.ctx.account is None or self.ctx.bank is None:
+            return []
+        return [Instrument(self.name, self.ctx.account, self.ctx.currency, f"cheques on {self.ctx.account}")]
+
+    def acceptance(self) -> Acceptance | None:
+        if self.ctx.bank is None or self.ctx.account is None or self.ctx.signer is None:
+            return None
+        return Acceptance(self.name, (self.ctx.currency,), 2)
+
+    def payer_flow(self, terms: Terms, instrument: Instrument, params: dict[str, Any]) -> PayerFlow:
+        return PayerFlow(self, terms, instrument.ref)
+
+    def payee_flow(self, terms: Terms) -> PayeeFlow:
+        return PayeeFlow(self, terms)
+
+    def write_cheque(self, terms: Terms, account: str) -> SignedJson:
+        bank = self.ctx.bank
+        assert bank is not None
+        body = formats.cheque(str(bank.info()["bank_id"]), account, secrets.token_hex(8), terms.payee, terms.amount,
+                              terms.currency, terms.order_hash)
+        sig, cert = self._sign_digest(digest(body), f"sign a cheque for {terms.amount}")
+        return SignedJson(body, cert, sig)
+
+    def deposit(self, cheque: SignedJson) -> SignedJson:
+        """Present a cheque (again, e.g. after a bounce); the bank's signed answer."""
+        assert self.ctx.bank is not None and self.ctx.account is not None
+        return self.ctx.bank.call_signed("cheque/deposit", {"account": self.ctx.account, "cheque": cheque.to_json()},
+                                         idempotency_key=f"cheque-{cheque.body['drawer']}-{cheque.body['number']}-"
+                                                         f"{secrets.token_hex(4)}")
+
+    def status(self, record: Record) -> Status:
+        if "cheque" not in record.evidence or self.ctx.bank is None:
+            return record.status
+        body = record.evidence["cheque"]["body"]
+        res = self.ctx.bank.call("cheque/status", {"drawer": body["drawer"], "number": body["number"]})["result"]
+        return {"paid": Status.PAID, "bounced": Status.BOUNCED}.get(res["state"], record.status)
+
+
+class PayerFlow:
+    def __init__(self, module: MandateModule, terms: Terms, account: str) -> None:
+        self.m, self.terms, self.account = module, terms, account
+        self.state = "start"
+
+    def step(self, incoming: dict[str, Any] | None) -> Step:
+        if self.state == "start":
+            cheque = self.m.write_cheque(self.terms, self.account)
+            self.state = "sent"
+            return Step({"kind": "cheque", "cheque": cheque.to_json()}, evidence={"cheque": cheque.to_json()})
+        if self.state == "sent":
+            msg = require(incoming, "deposited", "answer")
+            bank = self.m.ctx.bank
+            assert bank is not None
+            result = bank.verify_bank(SignedJson.from_json(msg["answer"], "the bank's answer"))["result"]
+            self.state = "done"
+            status = Status.PAID if result.get("state") == "paid" else Status.BOUNCED
+            return Step(None, done=True, status=status, evidence={"bank_answer": msg["answer"]})
+        raise ProtocolError("the cheque payment is finished")
+
+
+class PayeeFlow:
+    def __init__(self, module: MandateModule, terms: Terms) -> None:
+        self.m, self.terms = module, terms
+        self.done = False
+
+    def step(self, incoming: dict[str, Any] | None) -> Step:
+        if self.done:
+            raise ProtocolError("the cheque payment is finished")
+        msg = require(incoming, "cheque", "cheque")
+        cheque = SignedJson.from_json(msg["cheque"], "the cheque")
+        b, t = cheque.body, self.terms
+        if (b.get("payee"), b.get("amount"), b.get("currency"), b.get("order_hash")) != (t.payee, t.amount, t.currency,
+                                                                                          t.order_hash):
+            raise ProtocolError("the cheque is not made out for this order's payee, amount and currency")
+        try:
+            key = x509.load_der_x509_certificate(cheque.certificate).public_key()
+        except ValueError:
+            raise ProtocolError("the cheque's certificate is not X.509") from None
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ProtocolError("the cheque's certificate holds no EC key")
+        verify_digest(key, cheque.digest, cheque.signature, "drawer's signature on the cheque")
+        answer = self.m.deposit(cheque)
+        result = answer.body["result"]
+        self.done = True
+        status = Status.PAID if result["state"] == "paid" else Status.BOUNCED
+        step = Step({"kind": "deposited", "answer": answer.to_json()}, done=True, status=status,
+                    evidence={"cheque": cheque.to_json(), "bank_answer": answer.to_json()})
+        if status is Status.BOUNCED and self.m.ctx.extras.get("refuse_bounced", False):
+            raise PaymentRefused("the cheque bounced: the drawer's account holds too little", "bounced")
+        return step

@@ -1,0 +1,283 @@
+"""Card purse module (Chipper / GeldKarte): cash-like, offline at the seller, checked by the acquirer.
+
+Purchase (four messages, no bank, no PIN; the amount is confirmed in the TINGUIN above this layer):
+
+    payer: hello (card number, next debit counter, card certificate)
+    payee: challenge = the PSAM's signed DRQ1 for exactly these terms
+    payer: proof = the card's signed DPF1 (the card checked the PSAM's certificate and signature)
+    payee: receipt (PSAM batch and index: the PSAM checked the card's certificate and signature)
+
+Load (``load``): online with the issuer and the card PIN; clearing (``clear``): the seller sends
+the PSAM's closed batch to the acquirer. Both are safe to repeat after any fault: a load whose
+answer was lost is settled by the card's counters (see ``client/services/bank_purse.py``), a
+debit whose answer was lost is read back from the card's log, a batch cleared before is refused
+by the acquirer and taken as done.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from hardware import errors as hw
+from hardware.purse_records import DEBIT_PROOF, DEBIT_REQUEST, DebitRecord, Signed
+
+from ..errors import InstrumentError, InsufficientFunds, PaymentError, PaymentRefused, ProtocolError
+from ..model import Acceptance, ExchangeProperties, Instrument, Model, Status, Terms
+from ..module import BaseModule, Step, require
+from ..wire import b64, unb64
+
+
+def _card_error(e: hw.HardwareError, what: str) -> PaymentError:
+    """Card failures as payment errors, in words (never a status word)."""
+    if isinstance(e, hw.InsufficientFundsError):
+        return InsufficientFunds(f"the purse holds too little to {what}")
+    if isinstance(e, hw.MaxBalanceError):
+        return InstrumentError(f"the purse would exceed its maximum balance; {what} a smaller amount")
+    if isinstance(e, (hw.WrongPinError, hw.PinBlockedError)):
+        return InstrumentError(str(e))
+    if isinstance(e, (hw.ReaderError, hw.TransportError)):
+        return InstrumentError(f"the card went away while trying to {what}; insert it and try again")
+    return InstrumentError(f"the card refused to {what} ({type(e).__name__.replace('Error', '').lower()})")
+
+
+class PurseModule(BaseModule):
+    name = "card-purse"
+    model = Model.CASH_LIKE
+    properties = ExchangeProperties(externally_verifiable=True, revocable=False, online=False)
+
+    # ---- instruments -------------------------------------------------------------------------
+    def instruments(self) -> list[Instrument]:
+        purse = self.ctx.purse
+        if purse is None:
+            return []
+        try:
+            purse.select()
+            info = purse.info()
+        except hw.HardwareError:
+            return []
+        return [Instrument(self.name, info.card_id, info.currency, f"purse card {info.card_id}", info.balance)]
+
+    def acceptance(self) -> Acceptance | None:
+        if self.ctx.psam is None:
+            return None
+        try:
+            self.ctx.psam.select()
+            return Acceptance(self.name, (self.ctx.psam.info().currency,))
+        except hw.HardwareError:
+            return None
+
+    def payer_flow(self, terms: Terms, instrument: Instrument, params: dict[str, Any]) -> PayerFlow:
+        if self.ctx.purse is None:
+            raise InstrumentError("no purse card is present")
+        return PayerFlow(self, terms)
+
+    def payee_flow(self, terms: Terms) -> PayeeFlow:
+        if self.ctx.psam is None:
+            raise InstrumentError("no PSAM is present to accept purse payments")
+        return PayeeFlow(self, terms)
+
+    # ---- load (payer, online, PIN) -----------------------------------------------------------
+    def load(self, amount: int) -> dict[str, Any]:
+        """Load ``amount`` from the holder's account; returns the card's confirmation fields."""
+        purse, bank = self.ctx.purse, self.ctx.bank
+        if purse is None or bank is None or self.ctx.account is None:
+            raise InstrumentError("loading needs the card, the bank and the holder's account")
+        pin = self._pin("load the purse")
+        try:
+            purse.select()
+            purse.verify_pin(pin)
+            info = purse.info()
+            request, signed = purse.initialize_load(amount, info.currency)
+            cert = purse.certificate()
+        except hw.HardwareError as e:
+            raise _card_error(e, "load") from None
+        answer = bank.call("issuer/load", {"account": self.ctx.account, "request": b64(signed.record),
+                                           "signature": b64(signed.signature), "card_certificate": b64(cert)})
+        result = answer["result"]
+        command = Signed(unb64(result["command"], "load command", 256), unb64(result["signature"], "signature", 80))
+        if command.record != request.command():
+            raise ProtocolError("the issuer approved another load than the card asked for")
+        try:
+            purse.select()
+            conf, signed_conf = purse.load(command)
+        except hw.HardwareError as e:
+            if isinstance(e, (hw.ReaderError, hw.TransportError)):
+                raise InstrumentError("the card went away during the load; run the load again: the issuer sees "
+                                      "from the card's counters whether it applied") from None
+            raise _card_error(e, "load") from None
+        self._confirm(signed_conf, cert)
+        return {"amount": conf.amount, "balance": conf.balance, "counter": conf.load_counter}
+
+    def _confirm(self, signed_conf: Signed, cert: bytes) -> None:
+        assert self.ctx.bank is not None
+        try:
+            self.ctx.bank.call("issuer/confirm", {"confirmation": b64(signed_conf.record),
+                                                  "signature": b64(signed_conf.signature), "card_certificate": b64(cert)})
+        except PaymentError:
+            pass          # not needed for correctness: the next load request proves the counter moved
+
+    # ---- clearing (payee, online) ------------------------------------------------------------
+    def clear(self) -> dict[str, Any] | None:
+        """Send the PSAM's last closed batch (again, if unsure) and the open one to the acquirer."""
+        psam, bank = self.ctx.psam, self.ctx.bank
+        if psam is None or bank is None:
+            raise InstrumentError("clearing needs the PSAM and the bank")
+        try:
+            psam.select()
+            info = psam.info()
+        except hw.HardwareError as e:
+            raise _card_error(e, "read the PSAM") from None
+        if info.batch_number > 1:
+            self._send_batch(info.batch_number - 1, resend=True)
+        if info.batch_count == 0:
+            return None
+        try:
+            header, _ = psam.close_batch()
+        except hw.HardwareError as e:
+            raise _card_error(e, "close the batch") from None
+        return self._send_batch(header.batch_number, resend=False)
+
+    def _send_batch(self, number: int, resend: bool) -> dict[str, Any] | None:
+        psam, bank = self.ctx.psam, self.ctx.bank
+        assert psam is not None and bank is not None
+        try:
+            psam.select()
+            header, signed = psam.batch_header(number)
+            entries = psam.batch_entries(number)
+        except hw.NotFoundError:
+            return None
+        except hw.HardwareError as e:
+            raise _card_error(e, "read the batch") from None
+        certs: list[bytes] = []
+        index: dict[bytes, int] = {}
+        rows = []
+        for e in entries:
+            if e.card_certificate not in index:
+                index[e.card_certificate] = len(certs)
+                certs.append(e.card_certificate)
+            rows.append([index[e.card_certificate], b64(e.proof.record), b64(e.proof.signature)])
+        params = {"psam_certificate": b64(psam.certificate()), "header": b64(signed.record),
+                  "header_signature": b64(signed.signature), "certificates": [b64(c) for c in certs], "entries": rows}
+        try:
+            return dict(bank.call("acquirer/clear", params, idempotency_key=f"batch-{header.psam_id.hex()}-{number}")["result"])
+        except PaymentRefused as e:
+            if resend and e.code == "batch_seen":
+                return None
+            raise
+
+
+class PayerFlow:
+    def __init__(self, module: PurseModule, terms: Terms) -> None:
+        self.m = module
+        self.terms = terms
+        self.state = "start"
+        self.request: DebitRecord | None = None
+
+    def step(self, incoming: dict[str, Any] | None) -> Step:
+        purse = self.m.ctx.purse
+        assert purse is not None
+        if self.state == "start":
+            try:
+                purse.select()
+                info = purse.info()
+                cert = purse.certificate()
+            except hw.HardwareError as e:
+                raise _card_error(e, "pay") from None
+            if info.currency != self.terms.currency:
+                raise InstrumentError(f"the purse holds currency {info.currency}, the payment is in {self.terms.currency}")
+            if info.balance < self.terms.amount:
+                raise InsufficientFunds(f"the purse holds {info.balance}, the payment needs {self.terms.amount}")
+            self.state = "hello"
+            return Step({"kind": "hello", "card": info.card_id, "counter": info.debit_counter + 1,
+                         "currency": info.currency, "card_certificate": b64(cert)})
+        if self.state == "hello":
+            msg = require(incoming, "challenge", "request", "signature", "psam_certificate")
+            req = Signed(unb64(msg["request"], "request", 128), unb64(msg["signature"], "signature", 80))
+            try:
+                r = DebitRecord.decode(req.record, DEBIT_REQUEST)
+            except hw.TransportError:
+                raise ProtocolError("the seller's debit request is not a DRQ1 record") from None
+            if (r.amount, r.currency) != (self.terms.amount, self.terms.currency):
+                raise ProtocolError(f"the seller asks the card for {r.amount} (currency {r.currency}), the terms say "
+                                    f"{self.terms.amount}; refused")
+            self.request = r
+            try:
+                purse.select()
+                _, proof = purse.debit(unb64(msg["psam_certificate"], "PSAM certificate", 4096), req)
+            except (hw.ReaderError, hw.TransportError):
+                found = recover_debit(purse, r)
+                if found is None:
+                    raise InstrumentError("the card went away before it paid; nothing was paid") from None
+                proof = found
+            except hw.HardwareError as e:
+                raise _card_error(e, "pay") from None
+            self.state = "proof"
+            ev = {"proof": b64(proof.record), "proof_signature": b64(proof.signature)}
+            return Step({"kind": "proof", "proof": ev["proof"], "signature": ev["proof_signature"]},
+                        status=Status.PAID, evidence=ev)
+        if self.state == "proof":
+            msg = require(incoming, "receipt", "batch", "index")
+            self.state = "done"
+            return Step(None, done=True, status=Status.PAID, evidence={"batch": msg["batch"], "index": msg["index"]})
+        raise ProtocolError("the purse payment is finished")
+
+
+def recover_debit(purse: Any, request: DebitRecord) -> Signed | None:
+    """The card's proof for ``request`` from its log (the debit happened, its answer was lost)."""
+    try:
+        purse.select()
+        for entry in purse.log():
+            if entry.kind != "debit":
+                continue
+            p = DebitRecord.decode(entry.signed.record, DEBIT_PROOF)
+            if (p.psam_id, p.psam_sequence, p.challenge) == (request.psam_id, request.psam_sequence, request.challenge):
+                return entry.signed  # type: ignore[no-any-return]
+    except hw.HardwareError:
+        return None
+    return None
+
+
+class PayeeFlow:
+    def __init__(self, module: PurseModule, terms: Terms) -> None:
+        self.m = module
+        self.terms = terms
+        self.state = "start"
+        self.card_cert = b""
+
+    def step(self, incoming: dict[str, Any] | None) -> Step:
+        psam = self.m.ctx.psam
+        assert psam is not None
+        if self.state == "start":
+            msg = require(incoming, "hello", "card", "counter", "currency", "card_certificate")
+            if msg["currency"] != self.terms.currency:
+                raise ProtocolError("the card's currency is not the payment's")
+            try:
+                card = bytes.fromhex(str(msg["card"]))
+                counter = int(msg["counter"])
+            except (ValueError, TypeError):
+                raise ProtocolError("the card number or counter is malformed") from None
+            if len(card) != 8 or not 0 < counter < 2**32:
+                raise ProtocolError("the card number or counter is out of range")
+            self.card_cert = unb64(msg["card_certificate"], "card certificate", 4096)
+            try:
+                psam.select()
+                _, req = psam.begin_debit(card, counter, self.terms.amount, self.terms.currency)
+                psam_cert = psam.certificate()
+            except hw.HardwareError as e:
+                raise _card_error(e, "start the debit at the PSAM") from None
+            self.state = "challenge"
+            return Step({"kind": "challenge", "request": b64(req.record), "signature": b64(req.signature),
+                         "psam_certificate": b64(psam_cert)})
+        if self.state == "challenge":
+            msg = require(incoming, "proof", "proof", "signature")
+            proof = Signed(unb64(msg["proof"], "proof", 128), unb64(msg["signature"], "signature", 80))
+            try:
+                psam.select()
+                batch, index, _ = psam.complete_debit(self.card_cert, proof)
+            except hw.HardwareError as e:
+                raise PaymentRefused(f"the PSAM did not accept the card's proof ({_card_error(e, 'complete')})",
+                                     "bad_proof") from None
+            self.state = "done"
+            return Step({"kind": "receipt", "batch": batch, "index": index}, done=True, status=Status.PAID,
+                        evidence={"proof": msg["proof"], "proof_signature": msg["signature"], "batch": batch,
+                                  "index": index, "card_certificate": b64(self.card_cert)})
+        raise ProtocolError("the purse payment is finished")

@@ -1,0 +1,162 @@
+"""Account payment module (SET / iKP): a dual-signed payment instruction, authorise, capture, refund.
+
+    payer: instruction = order information OI (terms + order hash, in clear for the seller),
+           payment instruction PI sealed to the bank's key, H(PI), and the dual signature over
+           SHA-256(H(PI) || H(OI)) made on the card (PIV 9C, PIN) or token
+    payee: checks OI against its terms and the dual signature with the payer's certificate, asks
+           the bank to authorise (and, by default, to capture); answers with the bank's signed
+           result
+
+The seller never sees the payer's account; the bank never sees the order, only H(OI). Payments
+are revocable: the payee refunds through the bank (``refund``), which credits the payer's account.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from .. import formats
+from ..errors import InstrumentError, ProtocolError
+from ..model import Acceptance, ExchangeProperties, Instrument, Model, Record, Status, Terms
+from ..module import BaseModule, Step, require
+from ..rsa_token import seal
+from ..wire import SignedJson, b64, unb64, verify_digest
+
+
+class SetPayModule(BaseModule):
+    name = "setpay"
+    model = Model.ACCOUNT_BASED
+    properties = ExchangeProperties(externally_verifiable=True, revocable=True, online=True)
+
+    def instruments(self) -> list[Instrument]:
+        if self.ctx.signer is None or self.ctx.account is None or self.ctx.bank is None:
+            return []
+        return [Instrument(self.name, self.ctx.account, self.ctx.currency, f"account {self.ctx.account}")]
+
+    def acceptance(self) -> Acceptance | None:
+        if self.ctx.bank is None or self.ctx.account is None or self.ctx.signer is None:
+            return None
+        return Acceptance(self.name, (self.ctx.currency,), 1)
+
+    def payer_flow(self, terms: Terms, instrument: Instrument, params: dict[str, Any]) -> PayerFlow:
+        return PayerFlow(self, terms, instrument.ref)
+
+    def payee_flow(self, terms: Terms) -> PayeeFlow:
+        return PayeeFlow(self, terms)
+
+    # ---- payee's later actions ---------------------------------------------------------------
+    def _bank_call(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        if self.ctx.bank is None:
+            raise InstrumentError("this needs the bank")
+        return dict(self.ctx.bank.call(op, params)["result"])
+
+    def capture(self, record: Record, amount: int | None = None) -> Record:
+        res = self._bank_call("set/capture", {"authorisation": record.evidence["authorisation"],
+                                              "amount": amount or record.terms.amount})
+        record.status = Status.CAPTURED
+        record.evidence["bank_state"] = res
+        return record
+
+    def release(self, record: Record) -> Record:
+        res = self._bank_call("set/release", {"authorisation": record.evidence["authorisation"]})
+        record.status = Status.RELEASED
+        record.evidence["bank_state"] = res
+        return record
+
+    def refund(self, record: Record, amount: int) -> Record:
+        res = self._bank_call("set/refund", {"authorisation": record.evidence["authorisation"], "amount": amount})
+        record.refunded = int(res["refunded"])
+        record.status = Status.REFUNDED if record.refunded == res["captured"] else Status.PARTLY_REFUNDED
+        record.evidence["bank_state"] = res
+        return record
+
+    def status(self, record: Record) -> Status:
+        if record.role != "payee" or "authorisation" not in record.evidence:
+            return record.status
+        res = self._bank_call("set/status", {"authorisation": record.evidence["authorisation"]})
+        return {"authorised": Status.AUTHORISED, "captured": Status.CAPTURED, "released": Status.RELEASED,
+                "refunded": Status.REFUNDED}.get(res["state"], record.status) if not (
+            res["refunded"] and res["refunded"] < res["captured"]) else Status.PARTLY_REFUNDED
+
+
+class PayerFlow:
+    def __init__(self, module: SetPayModule, terms: Terms, account: str) -> None:
+        self.m, self.terms, self.account = module, terms, account
+        self.state = "start"
+
+    def step(self, incoming: dict[str, Any] | None) -> Step:
+        t = self.terms
+        if self.state == "start":
+            bank = self.m.ctx.bank
+            assert bank is not None
+            pi_key = load_pem_public_key(str(bank.info()["pi_key"]).encode())
+            if not isinstance(pi_key, rsa.RSAPublicKey):
+                raise ProtocolError("the bank's payment-instruction key is not RSA")
+            pi = formats.payment_instruction(self.account, t.payee, t.amount, t.currency, t.payment_id,
+                                             secrets.token_hex(16))
+            oi = formats.order_information(t.order_hash, t.amount, t.currency, t.payment_id, t.payee)
+            pi_hash, oi_hash = formats.h(pi), formats.h(oi)
+            ds, cert = self.m._sign_digest(formats.dual_digest(pi_hash, oi_hash), "sign the payment instruction")
+            sealed = seal(pi_key, json.dumps(pi, sort_keys=True).encode(), oi_hash.hex().encode())
+            self.state = "sent"
+            return Step({"kind": "instruction", "oi": oi, "pi_hash": pi_hash.hex(), "sealed_pi": sealed,
+                         "dual_signature": b64(ds), "payer_certificate": b64(cert)},
+                        evidence={"oi": oi, "dual_signature": b64(ds)})
+        if self.state == "sent":
+            msg = require(incoming, "authorised", "answer")
+            bank = self.m.ctx.bank
+            assert bank is not None
+            result = bank.verify_bank(SignedJson.from_json(msg["answer"], "the bank's authorisation"))["result"]
+            if (result.get("payment_id"), result.get("amount")) != (t.payment_id, t.amount):
+                raise ProtocolError("the bank's authorisation is for another payment")
+            self.state = "done"
+            status = Status.CAPTURED if result.get("state") == "captured" else Status.AUTHORISED
+            return Step(None, done=True, status=status, evidence={"bank_answer": msg["answer"]})
+        raise ProtocolError("the account payment is finished")
+
+
+class PayeeFlow:
+    def __init__(self, module: SetPayModule, terms: Terms) -> None:
+        self.m, self.terms = module, terms
+        self.done = False
+
+    def step(self, incoming: dict[str, Any] | None) -> Step:
+        if self.done:
+            raise ProtocolError("the account payment is finished")
+        t = self.terms
+        msg = require(incoming, "instruction", "oi", "pi_hash", "sealed_pi", "dual_signature", "payer_certificate")
+        oi = msg["oi"]
+        if oi != formats.order_information(t.order_hash, t.amount, t.currency, t.payment_id, t.payee):
+            raise ProtocolError("the order information does not match this order's terms")
+        try:
+            pi_hash = bytes.fromhex(str(msg["pi_hash"]))
+            cert = x509.load_der_x509_certificate(unb64(msg["payer_certificate"], "payer certificate", 4096))
+        except ValueError:
+            raise ProtocolError("the payer's instruction is malformed") from None
+        key = cert.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey) or len(pi_hash) != 32:
+            raise ProtocolError("the payer's certificate or instruction hash is unusable")
+        ds = unb64(msg["dual_signature"], "dual signature", 80)
+        oi_hash = formats.h(oi)
+        verify_digest(key, formats.dual_digest(pi_hash, oi_hash), ds, "payer's dual signature")
+        bank = self.m.ctx.bank
+        assert bank is not None
+        answer = bank.call_signed("set/authorise", {
+            "account": t.payee, "payment_id": t.payment_id, "amount": t.amount, "currency": t.currency,
+            "oi_hash": oi_hash.hex(), "sealed_pi": msg["sealed_pi"], "dual_signature": msg["dual_signature"],
+            "payer_certificate": msg["payer_certificate"]})
+        result = answer.body["result"]
+        evidence = {"authorisation": result["authorisation"], "oi": oi, "dual_signature": msg["dual_signature"],
+                    "pi_hash": msg["pi_hash"], "payer_certificate": msg["payer_certificate"]}
+        status = Status.AUTHORISED
+        if self.m.ctx.extras.get("capture", True):
+            answer = bank.call_signed("set/capture", {"authorisation": result["authorisation"], "amount": t.amount})
+            status = Status.CAPTURED
+        self.done = True
+        evidence["bank_answer"] = answer.to_json()
+        return Step({"kind": "authorised", "answer": answer.to_json()}, done=True, status=status, evidence=evidence)
