@@ -130,4 +130,4 @@ class BankClient:
 def _refusal(e: ServiceError) -> Exception:
     if e.code == "insufficient_funds":
         return InsufficientFunds(f"the bank refused: {e.message}")
-    return PaymentRefused(f"the bank refused: {e.message}", e.code)
+    return PaymentRefused(f"the bank refused: {e.message}", e.code, e.status)

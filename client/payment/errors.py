@@ -33,9 +33,10 @@ class InsufficientFunds(InstrumentError):
 class PaymentRefused(PaymentError):
     """The other party or the bank refused; ``code`` is the stable reason (e.g. double_spend)."""
 
-    def __init__(self, message: str, code: str = "refused") -> None:
+    def __init__(self, message: str, code: str = "refused", status: int = 0) -> None:
         super().__init__(message)
         self.code = code
+        self.status = status              # the bank's HTTP status when the bank refused; 0 otherwise
 
 
 class OutcomeUnknown(PaymentError):
