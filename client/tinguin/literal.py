@@ -131,4 +131,4 @@ def literal_text(text: str, limit: int = DEFAULT_LIMIT, *, style: str = "",
     return out
 
 
-__all__ = ["literal", "literal_text", "tokens", "DEFAULT_LIMIT"]
+__all__ = ["DEFAULT_LIMIT", "literal", "literal_text", "tokens"]

@@ -1,0 +1,457 @@
+"""The TINGUIN's screens, each inside the same trusted frame (phrase header, status line).
+
+Own-card screens (card and readers, purse and log, archive) read through the app's sources in
+worker threads. Deal screens (offer, confirmation, PIN, progress, result) are pushed by the
+:class:`~client.tinguin.api.TrustedUI` implementations and *dismiss* with the user's answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Button, Static
+
+from client.support.money import format_amount
+from hardware import errors as hw_errors
+
+from . import confirmation
+from .model import (
+    ArchiveView,
+    Confirmation,
+    ConfirmationRequest,
+    DealOutcome,
+    PaymentOption,
+    PinOutcome,
+    PinStatus,
+    ProgressStep,
+    PurseView,
+    ReaderView,
+    VerifiedOffer,
+)
+from .widgets import (
+    Body,
+    Facts,
+    PartyFacts,
+    PaymentList,
+    PinField,
+    SafeTable,
+    Section,
+    StatusLine,
+    StepList,
+    TrustHeader,
+    VerificationFacts,
+    archive_facts,
+    archive_rows,
+    chrome,
+    log_rows,
+    outcome_facts,
+    purse_rows,
+    reader_rows,
+)
+
+if TYPE_CHECKING:
+    from .app import TinguinApp
+
+ResultT = TypeVar("ResultT")
+
+
+class TrustedScreen(Screen[ResultT]):
+    """Every TINGUIN screen: header with the phrase on top, the body, the status line at the bottom."""
+
+    TITLE_TEXT = "TINGUIN"
+    KEYS = ""
+
+    @property
+    def tinguin(self) -> TinguinApp:
+        return cast("TinguinApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield TrustHeader(self.tinguin.phrase, self.tinguin.scripted)
+        with Body():
+            yield from self.body()
+        yield StatusLine(self.status_text())
+
+    def body(self) -> ComposeResult:
+        yield from ()
+
+    def status_text(self) -> str:
+        mode = "SCRIPTED USER" if self.tinguin.scripted else "interactive"
+        return " · ".join(x for x in (self.TITLE_TEXT, mode, self.KEYS) if x)
+
+
+# ---- own card ------------------------------------------------------------------------------------
+class OwnCardScreen(TrustedScreen[None]):
+    """A screen about the user's own card or archive, reloaded whenever it is shown."""
+
+    BINDINGS = [Binding("c", "app.show('card')", "card"), Binding("p", "app.show('purse')", "purse"),
+                Binding("a", "app.show('archive')", "archive"), Binding("v", "app.check_pin", "check PIN"),
+                Binding("r", "reload", "reload"), Binding("q", "app.quit", "quit")]
+    KEYS = "c card  p purse  a archive  v check PIN  r reload  q quit"
+
+    def on_screen_resume(self) -> None:
+        self.action_reload()
+
+    def action_reload(self) -> None:
+        self.run_worker(self._load, thread=True, exclusive=True, group="load", exit_on_error=False)
+
+    def _load(self) -> None:
+        try:
+            data: Any = self.fetch()
+            error = ""
+        except Exception as e:             # shown to the user, never a crash of the trusted window
+            data, error = None, (str(e) or type(e).__name__)
+        self.app.call_from_thread(self.show, data, error)
+
+    def fetch(self) -> Any:
+        raise NotImplementedError
+
+    def show(self, data: Any, error: str) -> None:
+        raise NotImplementedError
+
+
+class CardScreen(OwnCardScreen):
+    TITLE_TEXT = "card and readers"
+
+    def body(self) -> ComposeResult:
+        yield Section("Readers")
+        yield SafeTable(["reader", "state", "applets", "PIN pad"], id="readers")
+        yield Section("Your card")
+        yield Facts([("status", "reading the card…")], id="card-facts")
+
+    def fetch(self) -> tuple[list[ReaderView], PurseView | None, str]:
+        source = self.tinguin.card
+        if source is None:
+            return [], None, "no card source: start with --reader or --image"
+        try:
+            readers = source.readers()
+        except hw_errors.HardwareError as e:
+            readers = [ReaderView("(PC/SC)", False, problem=str(e))]
+        try:
+            return readers, source.purse(), ""
+        except hw_errors.HardwareError as e:
+            return readers, None, str(e)
+
+    def show(self, data: Any, error: str) -> None:
+        readers, purse, problem = data if data is not None else ([], None, error)
+        self.query_one("#readers", SafeTable).fill(reader_rows(readers))
+        facts = purse_rows(purse) if purse is not None else [("status", problem or "no purse card found")]
+        self.query_one("#card-facts", Facts).update(Facts.build(facts))
+
+
+class PurseScreen(OwnCardScreen):
+    TITLE_TEXT = "purse balance and log"
+
+    def body(self) -> ComposeResult:
+        yield Section("Balance")
+        yield Facts([("status", "reading the card…")], id="purse-facts")
+        yield Section("On-card log (newest first; the card signs every record)")
+        yield SafeTable(["kind", "counter", "amount", "balance after"], id="purse-log")
+
+    def fetch(self) -> PurseView:
+        if self.tinguin.card is None:
+            raise hw_errors.ReaderError("no card source: start with --reader or --image")
+        return self.tinguin.card.purse()
+
+    def show(self, data: Any, error: str) -> None:
+        if data is None:
+            self.query_one("#purse-facts", Facts).update(Facts.build([("status", error)]))
+            return
+        p = cast(PurseView, data)
+        self.query_one("#purse-facts", Facts).update(Facts.build(purse_rows(p)[:3]))
+        self.query_one("#purse-log", SafeTable).fill(log_rows(p))
+
+
+class ArchiveScreen(OwnCardScreen):
+    TITLE_TEXT = "evidence archive"
+
+    def body(self) -> ComposeResult:
+        yield Section("Archive")
+        yield Facts([("status", "reading the archive…")], id="archive-facts")
+        yield Section("Deals (ids as recorded, shown literally)")
+        yield SafeTable(["deal", "entries"], id="archive-deals")
+
+    def fetch(self) -> ArchiveView:
+        from .sources import archive_view
+        if self.tinguin.archive is None:
+            raise FileNotFoundError("no archive given")
+        return archive_view(self.tinguin.archive)
+
+    def show(self, data: Any, error: str) -> None:
+        if data is None:
+            self.query_one("#archive-facts", Facts).update(Facts.build([("status", error)]))
+            return
+        a = cast(ArchiveView, data)
+        self.query_one("#archive-facts", Facts).update(Facts.build(archive_facts(a)))
+        self.query_one("#archive-deals", SafeTable).fill(archive_rows(a))
+
+
+# ---- deal screens -------------------------------------------------------------------------------
+class OfferScreen(TrustedScreen[PaymentOption | None]):
+    """The verified offer; the user picks a payment option (digit keys) and continues, or declines."""
+
+    TITLE_TEXT = "verified offer"
+    KEYS = "1-9 choose payment  enter continue  escape decline"
+    BINDINGS = [Binding("enter", "enter", "continue", priority=True), Binding("escape", "decline", "decline")] + [
+        Binding(str(n), f"choose({n - 1})", show=False) for n in range(1, 10)]
+
+    def __init__(self, offer: VerifiedOffer) -> None:
+        super().__init__()
+        self.offer = offer
+
+    def body(self) -> ComposeResult:
+        o = self.offer
+        yield Section("Seller, as named by its verified certificate")
+        yield PartyFacts(o.seller, id="seller")
+        yield Section("What this computer checked")
+        yield VerificationFacts(o.verification, id="verification")
+        yield Section("Items: the seller's words, shown literally")
+        yield SafeTable(["#", "description", "qty", "unit price", "line total"], id="items")
+        yield Facts([("offer", o.offer_id), ("total (recomputed)", format_amount(o.total, o.currency))]
+                    + ([("valid until", f"{o.valid_until:%Y-%m-%d %H:%M} UTC")] if o.valid_until else []),
+                    id="offer-total")
+        yield Section("Pay with (press its number)")
+        yield PaymentList(o.payment_options, id="payment")
+        with Horizontal(classes="buttons"):
+            yield Button(chrome("Continue"), id="continue", variant="primary")
+            yield Button(chrome("Decline"), id="decline", variant="error")
+
+    def on_mount(self) -> None:
+        self.query_one("#items", SafeTable).fill(
+            [(str(n), i.description, str(i.quantity), format_amount(i.unit_price, self.offer.currency),
+              format_amount(i.total, self.offer.currency)) for n, i in enumerate(self.offer.items, 1)], limit=60)
+        self.query_one("#continue", Button).focus()
+
+    def action_choose(self, index: int) -> None:
+        self.query_one(PaymentList).choose(index)
+
+    def action_enter(self) -> None:
+        """Enter presses the focused button (Decline stays Decline); otherwise it continues."""
+        focused = self.focused
+        if isinstance(focused, Button) and focused.id == "decline":
+            self.action_decline()
+        else:
+            self.action_continue()
+
+    def action_continue(self) -> None:
+        choice = self.query_one(PaymentList).selected
+        if choice is not None:
+            self.dismiss(choice)
+
+    def action_decline(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#continue")
+    def _continue(self) -> None:
+        self.action_continue()
+
+    @on(Button.Pressed, "#decline")
+    def _decline(self) -> None:
+        self.action_decline()
+
+
+class ConfirmScreen(TrustedScreen[Confirmation]):
+    """The exact text to be signed; accepting returns it with its digest (what-you-see-is-what-you-sign)."""
+
+    TITLE_TEXT = "confirm"
+    KEYS = "y sign and pay  n / escape decline"
+    BINDINGS = [Binding("y", "accept", "accept"), Binding("n,escape", "decline", "decline")]
+
+    def __init__(self, request: ConfirmationRequest) -> None:
+        super().__init__()
+        self.request = request
+        self.text = confirmation.render(request)
+
+    def body(self) -> ComposeResult:
+        yield Section("Read what you are about to sign. Only what this computer verified is shown.")
+        yield Static(Text(self.text, overflow="fold", end=""), markup=False,
+                     id="confirmation-text")
+        with Horizontal(classes="buttons"):
+            yield Button(chrome("Sign and pay (y)"), id="accept", variant="success")
+            yield Button(chrome("Decline (n)"), id="decline", variant="error")
+
+    def on_mount(self) -> None:
+        self.query_one("#decline", Button).focus()           # a stray Enter declines
+
+    def _answer(self, accepted: bool) -> None:
+        self.dismiss(Confirmation(accepted, self.text, confirmation.digest(self.text), self.tinguin.scripted))
+
+    def action_accept(self) -> None:
+        self._answer(True)
+
+    def action_decline(self) -> None:
+        self._answer(False)
+
+    @on(Button.Pressed, "#accept")
+    def _accept_button(self) -> None:
+        self._answer(True)
+
+    @on(Button.Pressed, "#decline")
+    def _decline_button(self) -> None:
+        self._answer(False)
+
+
+PAD_TEXT = "Enter the PIN on the reader's PIN pad now. This computer never sees it."
+TYPE_TEXT = "Type your card PIN and press Enter. It goes to the card and nowhere else."
+
+
+class PinScreen(TrustedScreen[PinOutcome]):
+    """PIN entry: masked, handed straight to ``deliver`` (the card session); or the reader's PIN pad."""
+
+    TITLE_TEXT = "PIN"
+    KEYS = "enter send to the card  escape cancel"
+    BINDINGS = [Binding("escape", "cancel", "cancel")]
+    MIN_LENGTH = 4
+
+    def __init__(self, purpose: str, deliver: Callable[[bytes], None], pad: Callable[[], None] | None = None,
+                 max_length: int = 8) -> None:
+        super().__init__()
+        self.purpose = purpose
+        self._deliver = deliver
+        self._pad = pad
+        self._max_length = max_length
+        self.busy = False
+
+    def body(self) -> ComposeResult:
+        yield Section("Your PIN is asked for")
+        yield Facts([("for", self.purpose)], id="pin-purpose")
+        if self._pad is not None:
+            yield Static(chrome(PAD_TEXT, "bold"), markup=False, id="pin-instructions")
+        else:
+            yield Static(chrome(TYPE_TEXT), markup=False, id="pin-instructions")
+            yield PinField(self._max_length, id="pin")
+        yield Static(chrome(""), markup=False, id="pin-message")
+
+    def on_mount(self) -> None:
+        if self._pad is not None:
+            self.busy = True
+            self.run_worker(self._pad_flow(), exit_on_error=False)
+        else:
+            self.query_one(PinField).focus()
+
+    def _say(self, text: str, style: str = "") -> None:
+        self.query_one("#pin-message", Static).update(chrome(text, style))
+
+    async def _pad_flow(self) -> None:
+        assert self._pad is not None
+        outcome, _ = await self._outcome(self._pad)
+        self.dismiss(outcome)
+
+    async def _outcome(self, call: Callable[[], None]) -> tuple[PinOutcome, bool]:
+        """Run one card call off the UI loop; the outcome, and whether the user may simply try again."""
+        try:
+            await asyncio.to_thread(call)
+        except hw_errors.WrongPinError as e:
+            if e.tries_left == 0:
+                return PinOutcome(PinStatus.BLOCKED, str(e)), False
+            return PinOutcome(PinStatus.FAILED, str(e)), True
+        except hw_errors.PinBlockedError as e:
+            return PinOutcome(PinStatus.BLOCKED, str(e)), False
+        except hw_errors.HardwareError as e:
+            return PinOutcome(PinStatus.FAILED, str(e)), False
+        return PinOutcome(PinStatus.VERIFIED), False
+
+    @on(PinField.Submitted)
+    async def _submitted(self, event: PinField.Submitted) -> None:
+        event.stop()
+        field = self.query_one(PinField)
+        pin = field.take()
+        if self.busy:
+            return
+        if len(pin) < self.MIN_LENGTH:
+            self._say(f"a PIN has at least {self.MIN_LENGTH} digits; nothing was sent to the card", "#ff5d5d")
+            return
+        self.busy = True
+        field.disabled = True
+        self._say("checking with the card…")
+        outcome, again = await self._outcome(functools.partial(self._deliver, pin))
+        del pin
+        self.busy = False
+        field.disabled = False
+        if again:
+            self._say(outcome.message + "; try again or press escape", "bold #ff5d5d")
+            field.focus()
+            return
+        self.dismiss(outcome)
+
+    def action_cancel(self) -> None:
+        if self._pad is None or not self.busy:
+            if self._pad is None:
+                self.query_one(PinField).take()
+            self.dismiss(PinOutcome(PinStatus.CANCELLED, "cancelled by the user"))
+
+
+class ProgressScreen(TrustedScreen[None]):
+    """The deal, step by step, as the commerce layer reports it."""
+
+    TITLE_TEXT = "deal progress"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._early: list[ProgressStep] = []
+
+    def body(self) -> ComposeResult:
+        yield Section("Deal progress")
+        yield StepList(id="steps")
+
+    def on_mount(self) -> None:
+        for step in self._early:
+            self.query_one(StepList).put(step)
+        self._early.clear()
+
+    def put(self, step: ProgressStep) -> None:
+        if self.is_mounted:
+            self.query_one(StepList).put(step)
+        else:
+            self._early.append(step)
+
+    @property
+    def steps(self) -> dict[str, ProgressStep]:
+        return dict(self.query_one(StepList).steps) if self.is_mounted else {s.key: s for s in self._early}
+
+
+class ResultScreen(TrustedScreen[None]):
+    """How the deal ended and the evidence it left."""
+
+    TITLE_TEXT = "result"
+    KEYS = "enter / escape done"
+    BINDINGS = [Binding("enter,escape", "done", "done", priority=True)]
+
+    def __init__(self, outcome: DealOutcome) -> None:
+        super().__init__()
+        self.outcome = outcome
+
+    def body(self) -> ComposeResult:
+        yield Section("Result")
+        yield Facts(outcome_facts(self.outcome), id="outcome")
+        yield Section("Evidence in your archive")
+        yield SafeTable(["kind", "description", "archive entry", "SHA-256"], id="evidence")
+
+    def on_mount(self) -> None:
+        self.query_one("#evidence", SafeTable).fill(
+            [(e.kind, e.description, "-" if e.archive_index is None else str(e.archive_index), e.digest[:24] + "…")
+             for e in self.outcome.evidence])
+
+    def action_done(self) -> None:
+        self.dismiss(None)
+
+
+__all__ = [
+    "ArchiveScreen",
+    "CardScreen",
+    "ConfirmScreen",
+    "OfferScreen",
+    "PinScreen",
+    "ProgressScreen",
+    "PurseScreen",
+    "ResultScreen",
+    "StatusLine",
+    "TrustedScreen",
+]
