@@ -1,0 +1,27 @@
+"""``semper payment modules``: the payment modules installed here, their models and properties."""
+from __future__ import annotations
+
+import argparse
+
+from . import print_json
+
+
+def cmd_modules(args: argparse.Namespace) -> int:
+    from ..payment.registry import discover
+    out = []
+    for f in discover():
+        row: dict[str, object] = {"name": f.name, "target": f.target}
+        if f.cls is not None:
+            row.update(model=f.cls.model.value, properties=f.cls.properties.as_dict())
+        else:
+            row["problem"] = f.problem
+        out.append(row)
+    print_json(out)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("payment", help="the payment manager")
+    psub = p.add_subparsers(dest="payment_command", required=True)
+    m = psub.add_parser("modules", help="list the installed payment modules (entry points)")
+    m.set_defaults(fn=cmd_modules)
