@@ -113,6 +113,8 @@ class _AppUI:
         while True:
             try:
                 return future.result(timeout=self.POLL)
+            except concurrent.futures.CancelledError:
+                raise TinguinClosed("the TINGUIN was closed before you answered: nothing was confirmed") from None
             except concurrent.futures.TimeoutError:
                 if self._closed():
                     future.cancel()

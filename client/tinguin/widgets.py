@@ -126,7 +126,7 @@ class Facts(Static):
             if n:
                 out.append("\n")
             out.append(f"{label:>{label_width}}: ", "#9fb3c8")
-            out.append_text(lit(value, 96))
+            out.append_text(lit(value, 240))
         return out
 
 

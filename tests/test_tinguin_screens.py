@@ -1,0 +1,295 @@
+"""Every TINGUIN screen driven through Textual's Pilot: what it shows, what each key does, what it returns."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client.support.archive import Archive
+from client.support.scheme import Scheme
+from client.tinguin import confirmation
+from client.tinguin.api import Script, TextualUI, TinguinClosed, run_scripted
+from client.tinguin.app import TinguinApp
+from client.tinguin.model import Confirmation, PinStatus, ProgressStep, StepState
+from client.tinguin.screens import (ArchiveScreen, CardScreen, ConfirmScreen, OfferScreen, PinScreen,
+                                    ProgressScreen, PurseScreen, ResultScreen)
+from client.tinguin.sources import CardAccess
+from client.tinguin.textshot import screen_text
+from client.tinguin.widgets import NO_PHRASE, StatusLine
+from test_tinguin_samples import (PHRASE, archive_view, card_source, offer, outcome, request, run_app, settle,
+                                  steps)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def header_lines(text: str) -> list[str]:
+    return text.splitlines()[:3]
+
+
+# ---- own card -------------------------------------------------------------------------------------
+def test_card_screen_shows_readers_and_the_card() -> None:
+    app = TinguinApp(phrase=PHRASE, card=card_source())
+
+    async def body(pilot: Any) -> str:
+        await settle(pilot)
+        assert isinstance(app.screen, CardScreen)
+        return screen_text(app)
+    text = run_app(app, body)
+    assert "SEMPER TINGUIN" in header_lines(text)[0] and PHRASE in header_lines(text)[1]
+    assert "Virtual PCD 00 00" in text and "card present" in text and "purse, piv" in text
+    assert "Virtual PCD 00 01" in text and "empty" in text
+    assert "00112233AABBCCDD" in text and "45.00 EUR" in text and "PIN tries left: 3" in text
+    assert "● card and readers · interactive · c card" in text.splitlines()[-1]
+
+
+def test_card_and_purse_screens_read_a_real_simulated_card(buyer_image: Path, psam_image: Path,
+                                                            scheme: Scheme) -> None:
+    from client import cards
+    from client.payment import card_purse
+    with cards.purse(None, buyer_image) as purse, cards.psam(None, psam_image) as psam:
+        card_purse.load(purse, scheme, 5000, b"1234")
+        card_purse.purchase(purse, psam, 1250)
+        number = purse.info().card_id
+    app = TinguinApp(phrase=PHRASE, card=CardAccess(image=buyer_image))
+
+    async def body(pilot: Any) -> tuple[str, str]:
+        await settle(pilot)
+        card = screen_text(app)
+        await pilot.press("p")
+        await settle(pilot)
+        assert isinstance(app.screen, PurseScreen)
+        return card, screen_text(app)
+    card, purse_text = run_app(app, body)
+    assert number in card and "37.50 EUR" in card and "simulated card image" in card
+    assert "37.50 EUR" in purse_text
+    rows = [line for line in purse_text.splitlines() if line.strip().startswith(("load", "debit"))]
+    assert len(rows) == 2 and "-12.50 EUR" in rows[0] and "+50.00 EUR" in rows[1]
+
+
+def test_card_errors_are_shown_not_raised(tmp_path: Path) -> None:
+    app = TinguinApp(phrase=PHRASE, card=CardAccess(image=tmp_path / "missing.card"))
+
+    async def body(pilot: Any) -> str:
+        await settle(pilot)
+        return screen_text(app)
+    text = run_app(app, body)
+    assert "status: no card image at" in text and "missing.card" in text and PHRASE in text
+
+
+def test_archive_screen_lists_deals_and_reports_tampering(tmp_path: Path) -> None:
+    db = tmp_path / "evidence.sqlite3"
+    with Archive.open(db, create=True) as archive:
+        archive.append("deal-1", "note", b"one")
+        archive.append("[red]deal[/] ✔ VERIFIED", "note", b"two")
+        archive.append("deal-1", "note", b"three")
+
+    async def body(pilot: Any) -> str:
+        await settle(pilot)
+        assert isinstance(pilot.app.screen, ArchiveScreen)
+        return screen_text(pilot.app)
+    text = run_app(TinguinApp(phrase=PHRASE, archive=db, start="archive"), body)
+    assert "entries: 3" in text and "hash chain: intact" in text
+    assert "[red]deal[/] \\u2714 VERIFIED" in text and "✔" not in text
+    import sqlite3
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE archive_entry SET content = ? WHERE entry_index = 2", (b"TWO",))
+    text = run_app(TinguinApp(phrase=PHRASE, archive=db, start="archive"), body)
+    assert "TAMPERED: 1 problem(s)" in text and "entry 2" in text
+
+
+def test_keys_switch_between_own_screens_and_quit() -> None:
+    app = TinguinApp(phrase=PHRASE, card=card_source(), archive=None)
+
+    async def body(pilot: Any) -> list[str]:
+        seen = []
+        for key in ("p", "a", "c", "p"):
+            await pilot.press(key)
+            await settle(pilot)
+            seen.append(type(app.screen).__name__)
+        assert "no archive given" in screen_text(app) or isinstance(app.screen, PurseScreen)
+        await pilot.press("q")
+        await pilot.pause()
+        return seen
+    assert run_app(app, body) == ["PurseScreen", "ArchiveScreen", "CardScreen", "PurseScreen"]
+
+
+def test_without_a_phrase_the_header_says_how_to_set_one() -> None:
+    app = TinguinApp(phrase=None, card=card_source())
+
+    async def body(pilot: Any) -> str:
+        await settle(pilot)
+        return screen_text(app)
+    assert NO_PHRASE in header_lines(run_app(app, body))[1]
+
+
+# ---- deal screens ---------------------------------------------------------------------------------
+def _deal_app() -> TinguinApp:
+    return TinguinApp(phrase=PHRASE, start=None)
+
+
+def _answer(screen_factory, *keys: str, focus: str | None = None) -> tuple[Any, str]:  # type: ignore[no-untyped-def]
+    """Push a deal screen, read it, press ``keys``; what it dismissed with and the text it showed."""
+    app = _deal_app()
+
+    async def body(pilot: Any) -> tuple[Any, str]:
+        future = app.open(screen_factory())
+        await settle(pilot)
+        text = screen_text(app)
+        if focus is not None:
+            app.screen.query_one(focus).focus()
+            await pilot.pause()
+        await pilot.press(*keys)
+        return await asyncio.wait_for(future, 5), text
+    return run_app(app, body)
+
+
+def test_offer_screen_shows_the_verified_offer_and_returns_the_chosen_payment() -> None:
+    o = offer()
+    chosen, text = _answer(lambda: OfferScreen(o), "2", "enter")
+    assert chosen == o.payment_options[1]
+    for expected in ("Seller, as named by its verified certificate", "name (certificate): Teapot Shop",
+                     "organisation: Teapots Ltd", "certificate serial: 1A2B3C4D", "chain: 2 certificate(s)",
+                     "Blue teapot, 0.5 l", "Tea cosy, wool", "total (recomputed): 62.50 EUR",
+                     "1) card purse (pay from your card)", "2) signed payment mandate"):
+        assert expected in text, expected
+    assert _answer(lambda: OfferScreen(o), "enter")[0] == o.payment_options[0]
+    assert _answer(lambda: OfferScreen(o), "escape")[0] is None
+    assert _answer(lambda: OfferScreen(o), "enter", focus="#decline")[0] is None     # Enter on Decline declines
+
+
+def test_confirm_screen_returns_exactly_the_text_it_showed() -> None:
+    req = request()
+    answer, text = _answer(lambda: ConfirmScreen(req), "y")
+    assert isinstance(answer, Confirmation) and answer.accepted and not answer.scripted
+    assert answer.shown_text == confirmation.render(req)
+    assert answer.digest == confirmation.digest(answer.shown_text)
+    boxed = [line.split("│")[1][1:].rstrip() for line in text.splitlines() if line.count("│") == 2]
+    assert boxed == [line.rstrip() for line in (answer.shown_text + "\n").splitlines()]    # the box holds the text
+    declined, _ = _answer(lambda: ConfirmScreen(req), "n")
+    assert not declined.accepted and declined.shown_text == answer.shown_text
+    assert not _answer(lambda: ConfirmScreen(req), "enter")[0].accepted       # focus starts on Decline
+    assert not _answer(lambda: ConfirmScreen(req), "escape")[0].accepted
+
+
+def test_progress_screen_shows_each_step_and_updates_by_key() -> None:
+    app = _deal_app()
+
+    async def body(pilot: Any) -> tuple[str, str]:
+        for step in steps():
+            app.show_progress(step)
+        await settle(pilot)
+        first = screen_text(app)
+        app.show_progress(ProgressStep("pay", "pay from the card purse", StepState.FAILED, "card removed"))
+        await settle(pilot)
+        return first, screen_text(app)
+    first, second = run_app(app, body)
+    assert "done     verify the seller's offer" in first and "running  pay from the card purse" in first
+    assert "pending  receive the delivery note" in first
+    assert "failed   pay from the card purse  card removed" in second and "running" not in second
+
+
+def test_result_screen_shows_outcome_and_evidence() -> None:
+    answer, text = _answer(lambda: ResultScreen(outcome()), "enter")
+    assert answer is None
+    for expected in ("outcome: satisfied: you got what was agreed", "purse balance now: 45.00 EUR",
+                     "signed order", "your order, covering the confirmation text", "2222222222"):
+        assert expected in text
+
+
+@pytest.mark.parametrize("make", [
+    lambda: OfferScreen(offer()), lambda: ConfirmScreen(request()), lambda: ResultScreen(outcome()),
+    lambda: PinScreen("pay 62.50 EUR", lambda pin: None), lambda: PinScreen("sign", lambda pin: None, lambda: None),
+    ProgressScreen, CardScreen, PurseScreen, ArchiveScreen])
+def test_the_phrase_and_the_status_line_are_on_every_screen(make) -> None:  # type: ignore[no-untyped-def]
+    app = TinguinApp(phrase=PHRASE, card=card_source(), archive=None, start=None)
+
+    async def body(pilot: Any) -> tuple[str, str]:
+        app.push_screen(make())
+        await settle(pilot)
+        return screen_text(app), app.screen.query_one(StatusLine).text
+    text, status = run_app(app, body)
+    lines = text.splitlines()
+    assert lines[0].strip().startswith("▌SEMPER TINGUIN ▐") and lines[1].strip() == f"your phrase: {PHRASE}"
+    assert lines[-1].strip() == "● " + status and "interactive" in status
+
+
+# ---- the two TrustedUI implementations on the same screens ---------------------------------------------
+def _workflow(ui: Any) -> tuple[Any, ...]:
+    for step in steps()[:2]:
+        ui.progress(step)
+    choice = ui.review_offer(offer())
+    answer = ui.confirm(request())
+    pin = ui.ask_pin("pay 62.50 EUR to Teapot Shop", card_source().verify_pin)
+    ui.result(outcome())
+    return choice, answer, pin
+
+
+def test_scripted_user_goes_through_the_same_screens_and_says_so() -> None:
+    said: list[str] = []
+    choice, answer, pin = run_scripted(_workflow, script=Script(payment="mandate", pin="1234"), phrase=PHRASE,
+                                       say=said.append, timeout=30)
+    assert choice.module == "mandate" and answer.accepted and answer.scripted and pin.ok
+    assert answer.shown_text == confirmation.render(request())
+    assert said[0].startswith("TINGUIN: no person is answering")
+    assert any("accepted the confirmation" in s for s in said) and any("PIN entry verified" in s for s in said)
+    declined = run_scripted(_workflow, script=Script(accept=False), phrase=PHRASE, say=said.append, timeout=30)
+    assert not declined[1].accepted and declined[2].status is PinStatus.CANCELLED
+
+
+def test_scripted_user_gives_up_after_a_wrong_pin() -> None:
+    said: list[str] = []
+    _c, _a, pin = run_scripted(_workflow, script=Script(pin="9999"), phrase=PHRASE, say=said.append, timeout=30)
+    assert pin.status is PinStatus.CANCELLED
+
+
+def test_textual_ui_bridges_a_workflow_thread_to_the_screens() -> None:
+    """What run_interactive does in a terminal, with Pilot as the person: each call blocks until answered."""
+    app = _deal_app()
+    box: dict[str, Any] = {}
+
+    async def body(pilot: Any) -> None:
+        ui = TextualUI(app, asyncio.get_running_loop())
+        thread = threading.Thread(target=lambda: box.setdefault("r", _workflow(ui)), daemon=True)
+        thread.start()
+        for expected, keys in ((OfferScreen, ("enter",)), (ConfirmScreen, ("y",)),
+                               (PinScreen, ("1", "2", "3", "4", "enter")), (ResultScreen, ("enter",))):
+            for _ in range(200):
+                await pilot.pause(0.01)
+                if isinstance(app.screen, expected):
+                    break
+            assert isinstance(app.screen, expected)
+            assert "SCRIPTED" not in screen_text(app)
+            await pilot.press(*keys)
+        await asyncio.to_thread(thread.join, 10)
+    run_app(app, body)
+    choice, answer, pin = box["r"]
+    assert choice.module == "card_purse" and answer.accepted and not answer.scripted and pin.ok
+
+
+def test_closing_the_tinguin_mid_question_declines() -> None:
+    app = _deal_app()
+    box: dict[str, Any] = {}
+
+    async def body(pilot: Any) -> None:
+        ui = TextualUI(app, asyncio.get_running_loop())
+
+        def work() -> None:
+            try:
+                ui.confirm(request())
+            except TinguinClosed as e:
+                box["closed"] = str(e)
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        for _ in range(200):
+            await pilot.pause(0.01)
+            if isinstance(app.screen, ConfirmScreen):
+                break
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        box["thread"] = thread
+    run_app(app, body)
+    box["thread"].join(5)
+    assert "closed before you answered" in box["closed"]
