@@ -105,7 +105,7 @@ async def responder(run: Run, setup: Setup) -> Outcome:
     got = await receive_proposal(run, setup, "gen-ver")
     if isinstance(got, Outcome):
         return got
-    proposal, attachments = got
+    proposal, attachments, _body = got
     accept = await sign_accept(run, proposal)
     item = await run.blocking(offer_make, setup.offer, proposal.desc_r, proposal.binding)
     run.record_item("sent", item)

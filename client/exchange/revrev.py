@@ -74,7 +74,7 @@ async def responder(run: Run, setup: Setup) -> Outcome:
     got = await receive_proposal(run, setup, "rev-rev")
     if isinstance(got, Outcome):
         return got
-    proposal, _attachments = got
+    proposal, _attachments, _body = got
     accept = await sign_accept(run, proposal)
     item = await run.blocking(offer_make, setup.offer, proposal.desc_r, proposal.binding)
     run.record_item("sent", item)

@@ -43,8 +43,9 @@ class Setup:
 
 
 async def send_proposal(run: Run, setup: Setup, commitments: Mapping[str, Any],
-                        attachments: Mapping[str, Any]) -> Proposal:
-    """Originator: sign the proposal, keep it (and what goes beside it) as evidence, send it."""
+                        attachments: Mapping[str, Any], item: Mapping[str, Any] | None = None) -> Proposal:
+    """Originator: sign the proposal, keep it (and what goes beside it) as evidence, send it (with the
+    originator's item when the protocol sends it first: plain)."""
     assert setup.binding is not None and setup.desc_r is not None
     body = Proposal.body_for(setup.binding, setup.desc_o, setup.desc_r, setup.nonces, commitments)
     der = await run.blocking(run.party.identity.sign, body)
@@ -54,11 +55,15 @@ async def send_proposal(run: Run, setup: Setup, commitments: Mapping[str, Any],
     if attachments:
         run.record("attachments", {"attachments": dict(attachments)})
     run.state("proposed")
-    await run.send("propose", {"proposal": base64.b64encode(der).decode(), "attachments": dict(attachments)})
+    body = {"proposal": base64.b64encode(der).decode(), "attachments": dict(attachments)}
+    if item is not None:
+        body["item"] = dict(item)
+    await run.send("propose", body)
     return proposal
 
 
-async def receive_proposal(run: Run, setup: Setup, protocol: str) -> tuple[Proposal, dict[str, Any]] | Outcome:
+async def receive_proposal(run: Run, setup: Setup, protocol: str
+                           ) -> tuple[Proposal, dict[str, Any], dict[str, Any]] | Outcome:
     """Responder: wait for the proposal and check it against what was negotiated; refuse otherwise."""
     got = await run.expect(("propose",))
     if got is None:
@@ -94,7 +99,7 @@ async def receive_proposal(run: Run, setup: Setup, protocol: str) -> tuple[Propo
     if attachments:
         run.record("attachments", {"attachments": attachments})
     run.state("proposed")
-    return proposal, attachments
+    return proposal, attachments, body
 
 
 async def sign_accept(run: Run, proposal: Proposal) -> bytes:

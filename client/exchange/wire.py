@@ -23,7 +23,7 @@ from .errors import PeerUnreachable, TtpUnavailable
 
 MAX_MESSAGE = 16 * 1024 * 1024
 SEND_TIMEOUT = 10.0
-KINDS = ("negotiate", "negotiated", "propose", "accept", "item", "refuse", "transfer")
+KINDS = ("negotiate", "negotiated", "propose", "accept", "item", "refuse")
 
 Handler = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 

@@ -1,0 +1,116 @@
+"""``semper ttp init`` and ``semper serve ttp``: the third party of fair exchange.
+
+``init`` makes the third party's keys on its token (creating a SoftHSM2 token if asked), has the
+local semper CA certify them (the operator opens the CA with its own PIN, as for ``semper ca
+tls-cert``), and writes the third party's folder (``client/services/ttp_home.py``).
+``serve ttp`` runs it over HTTPS until SIGINT/SIGTERM and prints one line with its URL when it
+listens. Its decisions live in its database, so a restart loses nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from pathlib import Path
+
+from . import UsageError, read_secret
+
+
+def _read_pin(path: Path | None, from_stdin: bool, what: str) -> bytes:
+    if path is not None:
+        try:
+            return path.read_text().strip().encode()
+        except OSError as e:
+            raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    return read_secret(what, from_stdin)
+
+
+def _home(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from ..services.ttp_home import TtpHome
+    return TtpHome.default(args.dir, getattr(args, "db", None))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from cryptography import x509
+
+    from hsm.softhsm import SoftHsmStore, provision
+
+    from ..services.ca_home import CaHome
+    from ..support.paths import semper_home
+    home = _home(args)
+    if home.config_file.exists():
+        raise UsageError(f"{home.folder} already holds a third party")
+    ca_home = CaHome.default(args.ca_dir)
+    ca = ca_home.open()
+    if not ca.initialised:
+        raise UsageError(f"no CA in {ca_home.folder}; the third party's keys are certified by the semper CA")
+    ca.signer = ca_home.open_signer(ca, _read_pin(args.ca_pin_file, False, "CA token PIN"))
+    pin = _read_pin(args.pin_file, args.pin_stdin, "third party token PIN")
+    if args.create_token:
+        store = SoftHsmStore.in_folder(home.folder / "softhsm")
+    elif args.token_dir:
+        store = SoftHsmStore.in_folder(args.token_dir)
+    elif os.environ.get("SOFTHSM2_CONF"):
+        store = SoftHsmStore.from_conf(Path(os.environ["SOFTHSM2_CONF"]))
+    else:
+        store = SoftHsmStore.in_folder(semper_home() / "tokens")
+    if args.create_token:
+        so_pin = secrets.token_hex(16).encode()
+        provision(store, args.token, pin, so_pin)
+        print(f"created SoftHSM2 token {args.token!r} in {store.token_dir}; its SO PIN (shown once): {so_pin.decode()}")
+    purse_root = None
+    if args.purse_root:
+        try:
+            purse_root = x509.load_pem_x509_certificate(args.purse_root.read_bytes())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--purse-root {args.purse_root}: not a readable PEM certificate ({e})") from None
+    hosts = tuple(dict.fromkeys([args.host, "127.0.0.1", "localhost", *(args.tls_host or [])]))
+    from ..services.ttp_home import TtpHome
+    TtpHome.create(home.folder, ca=ca, token_label=args.token, pin=pin, softhsm_conf=str(store.conf), name=args.name,
+                   email=args.email, hosts=hosts, purse_root=purse_root, dsn=args.db)
+    print(f"third party {args.name!r} set up in {home.folder}; its keys stay in token {args.token!r}")
+    print(f"give parties {home.cert_pem} and {home.escrow_file} (its escrow-key statement)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..services.http import ServiceRunner
+    from ..support.channels import server_context
+    from .serve import run_until_signalled
+    home = _home(args)
+    opened = home.open(_read_pin(args.pin_file, args.pin_stdin, "third party token PIN"))
+    try:
+        runner = ServiceRunner(opened.app(), args.host, args.port, server_context(*opened.tls))
+        return run_until_signalled(runner, "semper third party")
+    finally:
+        opened.close()
+
+
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+    ttp = sub.add_parser("ttp", help="the third party of fair exchange: set-up").add_subparsers(
+        dest="ttp_command", required=True)
+    p = ttp.add_parser("init", help="make the third party's keys on its token and have the CA certify them")
+    p.add_argument("--dir", type=Path, help="the third party's folder (default: $SEMPER_HOME/ttp)")
+    p.add_argument("--db", help="database DSN (default: sqlite in the folder)")
+    p.add_argument("--ca-dir", type=Path, help="the CA's folder (default: $SEMPER_HOME/ca)")
+    p.add_argument("--ca-pin-file", type=Path, help="the CA token's PIN (otherwise asked)")
+    p.add_argument("--token", default="semper-ttp", help="label of the third party's token (default semper-ttp)")
+    p.add_argument("--create-token", action="store_true", help="create the SoftHSM2 token in the folder first")
+    p.add_argument("--token-dir", type=Path, help="SoftHSM2 folder holding the token")
+    p.add_argument("--pin-file", type=Path, help="the third party token's PIN")
+    p.add_argument("--pin-stdin", action="store_true", help="read the third party token's PIN from standard input")
+    p.add_argument("--name", default="semper third party", help="the name in its certificates")
+    p.add_argument("--email", default="ttp@semper.example", help="its e-mail address (certificate)")
+    p.add_argument("--purse-root", type=Path, help="the card purse scheme root (PEM), to verify debit proofs")
+    p.add_argument("--host", default="127.0.0.1", help="its service's address (TLS certificate)")
+    p.add_argument("--tls-host", action="append", help="another name for the TLS certificate (repeat)")
+    p.set_defaults(fn=cmd_init)
+
+    p = groups["serve"].add_parser("ttp", help="the third party (resolve, abort, complaint, status, time-stamps)")
+    p.add_argument("--dir", type=Path, help="the third party's folder (default: $SEMPER_HOME/ttp)")
+    p.add_argument("--db", help="database DSN (default: sqlite in the folder; postgresql://... works too)")
+    p.add_argument("--pin-file", type=Path, help="read the token PIN from this file (for services)")
+    p.add_argument("--pin-stdin", action="store_true", help="read the token PIN from standard input")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8444, help="port (default 8444; 0 = any free port)")
+    p.set_defaults(fn=cmd_serve)
