@@ -169,8 +169,8 @@ DEALS = {"gen-ver": lambda w, c: purchase(w, c), "rev-rev": lambda w, c: swap(w)
 
 def exchange_with_fault(world: World, tmp_path: Path, fresh_images: Any, protocol: str, *, dishonest: str,
                         stop_before: str | None = None, tamper: dict[str, Any] | None = None,
-                        spoil: Callable[..., Any] | None = None, offer_hook: Callable[..., Any] | None = None
-                        ) -> dict[str, Any]:
+                        spoil: Callable[..., Any] | None = None, offer_hook: Callable[..., Any] | None = None,
+                        buyer_faults: dict[str, Any] | None = None) -> dict[str, Any]:
     c = cards(world, tmp_path / "cards", fresh_images)
     t = start_ttp(world, tmp_path / "ttp.db")
     balance_before = c.balance()
@@ -191,6 +191,9 @@ def exchange_with_fault(world: World, tmp_path: Path, fresh_images: Any, protoco
             bad.faults.tamper = dict(tamper or {})
             if spoil is not None:
                 bad.faults.tamper.update(spoil(c))
+            if buyer_faults:
+                for k, v in buyer_faults.items():
+                    setattr(buyer.faults, k, v)
             o = await seller.originate(buyer.url, deal.offer, deal.want, fair=deal.fair)
             # the responder has a run only if the negotiation reached its service
             r = await buyer.wait_outcome(o.session, 10) if o.session in buyer.mailbox.queues else None

@@ -150,7 +150,7 @@ def start_ttp(world: World, db_path: Path) -> RunningTtp:
     return RunningTtp(ttp, runner, runner.url)
 
 
-def ttp_process(world: World, db_path: Path, crash_at: str | None = None, timeout: float = 30.0
+def ttp_process(world: World, db_path: Path, crash_at: str | None = None, timeout: float = 30.0, port: int = 0
                 ) -> tuple[subprocess.Popen[str], str]:
     """``semper serve ttp`` as a real process (for kill-and-restart tests); returns (process, url)."""
     pin_file = world.folder / "ttp-proc.pin"
@@ -162,7 +162,7 @@ def ttp_process(world: World, db_path: Path, crash_at: str | None = None, timeou
     else:
         env.pop("SEMPER_TTP_CRASH_AT", None)
     proc = subprocess.Popen([sys.executable, "-m", "client.cli", "serve", "ttp", "--dir", str(world.ttp_proc_home.folder),
-                             "--db", f"sqlite:///{db_path}", "--pin-file", str(pin_file), "--port", "0"],
+                             "--db", f"sqlite:///{db_path}", "--pin-file", str(pin_file), "--port", str(port)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
@@ -203,23 +203,25 @@ def cards(world: World, folder: Path, fresh_images: Callable[[Path], tuple[Path,
     return c
 
 
+def _escrows(world: World) -> dict[str, str]:
+    return {**world.escrow_ids(), **world.escrow_ids(world.ttp_proc_home)}
+
+
 def seller_managers(world: World, c: Cards | None) -> Managers:
     payees = {"card-purse": CardPursePayee(world.purse_root, c.psam)} if c is not None else {}
-    return Managers(StatementManager(world.trust), CredentialManager(world.trust),
-                    InformationManager(world.escrow_ids()),
+    return Managers(StatementManager(world.trust), CredentialManager(world.trust), InformationManager(_escrows(world)),
                     PaymentManager({"card-purse": CardPurseVerifier(world.purse_root)}, payees))
 
 
 def buyer_managers(world: World) -> Managers:
-    return Managers(StatementManager(world.trust), CredentialManager(world.trust),
-                    InformationManager(world.escrow_ids()),
+    return Managers(StatementManager(world.trust), CredentialManager(world.trust), InformationManager(_escrows(world)),
                     PaymentManager({"card-purse": CardPurseVerifier(world.purse_root)}))
 
 
 def make_party(world: World, name: str, folder: Path, managers: Managers, ttp_url: str, *,
-               step_timeout: float = 5.0, identity: str | None = None) -> Party:
+               step_timeout: float = 5.0, identity: str | None = None, ttp_home: TtpHome | None = None) -> Party:
     return Party(name, world.identities[identity or name], world.trust, managers, folder / f"{name}.archive",
-                 tls=world.tls, root_pem=world.root_pem, ttp=world.ttp_info(ttp_url), step_timeout=step_timeout)
+                 tls=world.tls, root_pem=world.root_pem, ttp=world.ttp_info(ttp_url, ttp_home), step_timeout=step_timeout)
 
 
 REPORT = b"consultancy report: " + bytes(range(256)) * 8
