@@ -82,6 +82,11 @@ def sign_digest(scalar: bytes, digest: bytes) -> bytes:
     return _cached_private(scalar).sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
 
 
+def ecdh(scalar: bytes, peer_point: bytes) -> bytes:
+    """ECDH on P-256: the x coordinate of scalar * peer point (what PIV key agreement returns)."""
+    return _cached_private(scalar).exchange(ec.ECDH(), _public(peer_point))
+
+
 def verify(point: bytes, message: bytes, signature: bytes) -> bool:
     try:
         _public(point).verify(signature, message, ec.ECDSA(hashes.SHA256()))

@@ -130,6 +130,12 @@ class PivSession:
         ans = tlv.decode(self.apdu.send(Apdu(0x00, 0x87, ALG_ECC_P256, slot.value, data, 0), "sign on the card"))
         return tlv.decode(ans[0x7C])[0x82]
 
+    def key_agreement(self, peer_point: bytes, slot: Slot = Slot.KEY_MANAGEMENT) -> bytes:
+        """ECDH on the card with key 9D: the shared secret (x coordinate); the private key stays on the card."""
+        data = tlv.encode(0x7C, tlv.encode(0x82, b"") + tlv.encode(0x85, peer_point))
+        ans = tlv.decode(self.apdu.send(Apdu(0x00, 0x87, ALG_ECC_P256, slot.value, data, 0), "key agreement on the card"))
+        return tlv.decode(ans[0x7C])[0x82]
+
     # ---- personalisation -------------------------------------------------------------------
     def put_perso(self, item: int, value: bytes) -> None:
         self.apdu.send(Apdu(0x80, 0xE0, item, 0, value), "personalise PIV")

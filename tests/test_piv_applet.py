@@ -74,7 +74,7 @@ def test_get_data_objects(card):
         ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
         assert ku.digital_signature and ku.content_commitment == (slot is Slot.SIGNATURE)
     with pytest.raises(errors.NotFoundError):
-        piv.get_object(bytes.fromhex("5FC10B"))                          # no 9D certificate
+        piv.get_object(bytes.fromhex("5FC101"))                          # no 9E certificate
     with pytest.raises(errors.NotFoundError):
         piv.get_object(bytes.fromhex("5FC107"))                          # no CCC
 
@@ -194,7 +194,7 @@ def test_signer_protocol_over_piv(card):
 @pytest.mark.parametrize("apdu,sw", [
     ("00871191 04 7C028200", 0x6A86),           # slot 91 does not exist
     ("00871C9C 04 7C028200", 0x6A86),           # RSA algorithm 07? (1C) not supported
-    ("0087119D 26 7C24820081200000000000000000000000000000000000000000000000000000000000000000", 0x6A88),  # no key in 9D
+    ("0087119E 26 7C24820081200000000000000000000000000000000000000000000000000000000000000000", 0x6A88),  # no key in 9E
     ("0087119A 04 7C028200", 0x6A80),           # no hash
     ("0087119A 04 7D028200", 0x6A80),           # not a 7C template
     ("0087119A 05 7C028200", 0x6700),           # Lc mismatch
@@ -293,3 +293,22 @@ def test_fuzz_piv_never_crashes_and_refusals_change_nothing(card, ins, p1, p2, d
         assert changed <= {"card/pin/tries", "card/puk/tries"}, (apdu.hex(), hex(sw), changed)
         if changed:
             assert 0x63C0 <= sw <= 0x63CF or sw == 0x6983
+
+
+# ---- key agreement (9D) ------------------------------------------------------------------------------
+def test_ecdh_with_key_9d_matches_the_host_side(card):
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    piv = PivSession(card)
+    cert = x509.load_der_x509_certificate(piv.certificate(Slot.KEY_MANAGEMENT))
+    assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_agreement
+    peer = ec.generate_private_key(ec.SECP256R1())
+    peer_point = peer.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    with pytest.raises(errors.PinRequiredError):
+        piv.key_agreement(peer_point)
+    piv.verify_pin(PIN)
+    shared = piv.key_agreement(peer_point)
+    assert shared == peer.exchange(ec.ECDH(), cert.public_key())
+    with pytest.raises(errors.ConditionsError):
+        piv.key_agreement(peer_point, Slot.SIGNATURE)                       # only 9D agrees keys
+    with pytest.raises(errors.InvalidInputError):
+        piv.key_agreement(b"\x04" + bytes(64))                              # not a point on the curve

@@ -39,6 +39,7 @@ ALG_ECC_P256 = 0x11
 ALG_ECC_P384 = 0x14
 
 SLOTS = (0x9A, 0x9C, 0x9D, 0x9E)
+KEY_AGREEMENT_SLOTS = {0x9D}
 PIN_ONCE = {0x9A, 0x9D}
 PIN_ALWAYS = {0x9C}
 
@@ -260,8 +261,10 @@ class PivApplet(Applet):
         scalar = self.store.get(self.k(f"key/{cmd.p2:02x}"))
         if scalar is None:
             raise CardError(SW.REFERENCE_NOT_FOUND, "no key in this slot")
-        if 0x82 not in template or template[0x82] != b"" or 0x81 not in template:
-            raise CardError(SW.WRONG_DATA, "expected 7C { 82 00 81 hash }")
+        if 0x82 not in template or template[0x82] != b"" or (0x81 in template) == (0x85 in template):
+            raise CardError(SW.WRONG_DATA, "expected 7C { 82 00, 81 hash } or 7C { 82 00, 85 point }")
+        if 0x85 in template:
+            return self._key_agreement(cmd.p2, scalar, template[0x85])
         digest = template[0x81]
         if not 1 <= len(digest) <= 64:
             raise CardError(SW.WRONG_DATA, "hash of 1 to 64 bytes")
@@ -275,6 +278,15 @@ class PivApplet(Applet):
         digest = digest[:32].rjust(32, b"\x00")
         signature = crypto.sign_digest(scalar, digest)
         return tlv.encode(0x7C, tlv.encode(0x82, signature))
+
+    def _key_agreement(self, slot: int, scalar: bytes, peer_point: bytes) -> bytes:
+        """ECDH with the key management key (9D): answers the shared x coordinate, PIN once."""
+        if slot not in KEY_AGREEMENT_SLOTS:
+            raise CardError(SW.CONDITIONS_NOT_SATISFIED, "key agreement only with key 9D")
+        crypto.check_point(peer_point)
+        if not self.pin.validated:
+            raise CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "PIN needed")
+        return tlv.encode(0x7C, tlv.encode(0x82, crypto.ecdh(scalar, peer_point)))
 
     def _admin_auth(self, cmd: Command, template: dict[int, bytes]) -> bytes:
         if cmd.p1 != ALG_AES128:

@@ -98,11 +98,13 @@ def personalise_purse_card(image: Path, scheme: Scheme, profile: CardProfile, *,
 
 
 def _personalise_piv(piv: PivSession, scheme: Scheme, card_number: bytes, admin_key: bytes) -> None:
-    """Keys 9A (authentication) and 9C (signature) made on the card, certified by the local root."""
+    """Keys 9A (authentication), 9C (signature) and 9D (key agreement) made on the card, certified."""
     holder = f"semper card holder {card_number.hex().upper()}"
-    for slot, non_repudiation in ((Slot.AUTHENTICATION, False), (Slot.SIGNATURE, True)):
+    for slot, non_repudiation, agreement in ((Slot.AUTHENTICATION, False, False), (Slot.SIGNATURE, True, False),
+                                             (Slot.KEY_MANAGEMENT, False, True)):
         point = piv.generate(slot)
-        cert = scheme.certify(point, holder, card_number.hex().upper(), None, non_repudiation=non_repudiation)
+        cert = scheme.certify(point, holder, card_number.hex().upper(), None, non_repudiation=non_repudiation,
+                              key_agreement=agreement)
         piv.put_certificate(slot, cert.public_bytes(Encoding.DER))
     guid = (card_number * 2)[:16]
     fascn = bytes(17) + card_number

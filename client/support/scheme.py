@@ -83,11 +83,12 @@ class Scheme:
 
     # ---- issuing ---------------------------------------------------------------------------
     def certify(self, public: ec.EllipticCurvePublicKey | bytes, common: str, serial: str,
-                role: x509.ObjectIdentifier | None, *, non_repudiation: bool = True) -> x509.Certificate:
+                role: x509.ObjectIdentifier | None, *, non_repudiation: bool = True,
+                key_agreement: bool = False) -> x509.Certificate:
         if isinstance(public, bytes):
             public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public)
         return _build(_name(common, serial), public, self.root_cert.subject, self.root_key, role=role,
-                      non_repudiation=non_repudiation)
+                      non_repudiation=non_repudiation, key_agreement=key_agreement)
 
     def sign_load(self, command_record: bytes) -> bytes:
         return self.issuer_key.sign(command_record, ec.ECDSA(hashes.SHA256()))
@@ -107,8 +108,8 @@ class SchemeError(Exception):
 
 
 def _build(subject: x509.Name, public: ec.EllipticCurvePublicKey, issuer: x509.Name, signer: ec.EllipticCurvePrivateKey,
-           *, ca: bool = False, role: x509.ObjectIdentifier | None = None, non_repudiation: bool = True
-           ) -> x509.Certificate:
+           *, ca: bool = False, role: x509.ObjectIdentifier | None = None, non_repudiation: bool = True,
+           key_agreement: bool = False) -> x509.Certificate:
     now = dt.datetime.now(dt.timezone.utc)
     b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public)
          .serial_number(x509.random_serial_number())
@@ -118,6 +119,8 @@ def _build(subject: x509.Name, public: ec.EllipticCurvePublicKey, issuer: x509.N
          .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False))
     if ca:
         b = b.add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+    elif key_agreement:
+        b = b.add_extension(x509.KeyUsage(False, False, False, False, True, False, False, False, False), critical=True)
     else:
         b = b.add_extension(x509.KeyUsage(True, non_repudiation, False, False, False, False, False, False, False),
                             critical=True)
