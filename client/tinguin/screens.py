@@ -432,12 +432,12 @@ class ResultScreen(TrustedScreen[None]):
         yield Section("Result")
         yield Facts(outcome_facts(self.outcome), id="outcome")
         yield Section("Evidence in your archive")
-        yield SafeTable(["kind", "description", "archive entry", "SHA-256"], id="evidence")
+        yield SafeTable(["kind", "description", "entry", "SHA-256"], id="evidence")
 
     def on_mount(self) -> None:
         self.query_one("#evidence", SafeTable).fill(
-            [(e.kind, e.description, "-" if e.archive_index is None else str(e.archive_index), e.digest[:24] + "…")
-             for e in self.outcome.evidence])
+            [(e.kind, e.description, "-" if e.archive_index is None else str(e.archive_index), e.digest[:16] + "…")
+             for e in self.outcome.evidence], limit=40)
 
     def action_done(self) -> None:
         self.dismiss(None)
