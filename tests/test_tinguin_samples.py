@@ -74,7 +74,7 @@ def archive_view() -> ArchiveView:
 def outcome() -> DealOutcome:
     return DealOutcome("deal-7f3a", OutcomeStatus.SATISFIED, "paid 62.50 EUR, delivery note received",
                        (EvidenceItem("signed offer", "the seller's offer", "11" * 32, 1),
-                        EvidenceItem("signed order", "your order, covering the confirmation text", "22" * 32, 2),
+                        EvidenceItem("signed order", "your order (covers the shown text)", "22" * 32, 2),
                         EvidenceItem("payment proof", "card purse debit #3", "33" * 32, 3)), 4500, 978)
 
 

@@ -195,7 +195,7 @@ def test_result_screen_shows_outcome_and_evidence() -> None:
     answer, text = _answer(lambda: ResultScreen(outcome()), "enter")
     assert answer is None
     for expected in ("outcome: satisfied: you got what was agreed", "purse balance now: 45.00 EUR",
-                     "signed order", "your order, covering the confirmation text", "2222222222"):
+                     "signed order", "your order (covers the shown text)", "2222222222"):
         assert expected in text
 
 
