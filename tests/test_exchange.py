@@ -207,3 +207,23 @@ def test_package_offers_keep_their_shape() -> None:
         from client.exchange.negotiation import choose_protocol
         from client.transfer.properties import Properties
         choose_protocol(Properties(verifiable=True), Properties(verifiable=True), True)
+
+
+def test_semper_bench_exchange_reports_json(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_exchange_support import REPO
+    r = subprocess.run([sys.executable, "-m", "client.cli", "bench", "exchange", "--runs", "2", "--resolved-runs", "1"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "SEMPER_HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for protocol, messages in (("gen-ver", 5), ("rev-rev", 5), ("plain", 4)):
+        ff = out["protocols"][protocol]["fault_free"]
+        assert ff["messages"] == messages and ff["ttp_requests"] == 0 and ff["latency"]["median_ms"] > 0
+    for protocol in ("gen-ver", "rev-rev"):
+        assert out["protocols"][protocol]["resolved"]["ttp_requests"] == 1
+    assert out["protocols"]["plain"]["resolved"] is None

@@ -300,7 +300,8 @@ class OfferBase:
         return {}
 
     def accept_description(self, d: Description) -> None:
-        check_satisfies(d, self.description)
+        """The agreed description must ask for nothing this offer does not give."""
+        check_satisfies(self.description, d)
 
     def make(self, d: Description, b: Binding | None) -> Item:
         from .errors import UnsupportedAttribute

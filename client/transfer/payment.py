@@ -130,7 +130,8 @@ class PaymentOffer(OfferBase):
         return self.payer.payer_hint()
 
     def accept_description(self, d: Description) -> None:
-        super().accept_description(d)
+        from .managers import check_satisfies
+        check_satisfies(self.description, Description(d.type, {k: v for k, v in d.terms.items() if k != "request"}))
         request = d.terms.get("request")
         if not isinstance(request, Mapping):
             raise ItemMismatch("the payee sent no payment request")
