@@ -55,12 +55,25 @@ async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience:
     from client.support.channels import server_context
     from client.support.trust import TrustStore
     from client.transfer.binding import cert_id
-    from client.transfer.information import InformationManager, InformationOffer, describe
+    from client.transfer.information import (
+        InformationManager,
+        InformationOffer,
+        describe,
+    )
     from client.transfer.items import Description, PackageDescription
     from client.transfer.managers import Managers, PackageOffer
     from client.transfer.payment import PaymentManager, PaymentOffer
-    from client.transfer.purse_payment import CardPursePayee, CardPursePayer, CardPurseVerifier
-    from client.transfer.statements import CredentialManager, CredentialOffer, StatementManager, StatementOffer
+    from client.transfer.purse_payment import (
+        CardPursePayee,
+        CardPursePayer,
+        CardPurseVerifier,
+    )
+    from client.transfer.statements import (
+        CredentialManager,
+        CredentialOffer,
+        StatementManager,
+        StatementOffer,
+    )
     from hardware.psam import PsamSession
     from hardware.purse import PurseSession
     from hardware.simulator import open_card

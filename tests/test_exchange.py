@@ -10,8 +10,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_exchange_support import (EUR, PRICE, REPORT, Cards, World, buyer_managers, cards, make_party,  # noqa: F401
-                                   plain_sale, purchase, run, seller_managers, start_ttp, swap, world)
+from test_exchange_support import (  # noqa: F401
+    EUR,
+    PRICE,
+    REPORT,
+    Cards,
+    World,
+    buyer_managers,
+    cards,
+    make_party,
+    plain_sale,
+    purchase,
+    run,
+    seller_managers,
+    start_ttp,
+    swap,
+    world,
+)
 
 from client.exchange.errors import NoFairProtocol
 from client.exchange.party import ResponsePlan
@@ -35,7 +50,7 @@ class Pair:
                                  step_timeout=step_timeout)
         self.buyer = make_party(world, "buyer", folder, buyer_managers(world), self.t.url, step_timeout=step_timeout)
 
-    async def __aenter__(self) -> Pair:
+    async def __aenter__(self) -> Pair:  # noqa: PYI034
         await self.seller.start()
         await self.buyer.start()
         return self
@@ -144,7 +159,7 @@ def test_a_crashed_buyer_finishes_after_restart_through_the_third_party(world: W
         async with Pair(world, tmp_path, fresh_images, step_timeout=0.4) as p:
             p.seller.faults.stop_before = "item"
             p.buyer.faults.stop_before = "ttp"                 # crashes instead of going to T
-            o, r = await p.exchange(purchase(world, p.c))
+            _o, r = await p.exchange(purchase(world, p.c))
             assert r.status == "stopped" and p.c.balance() == 5000 - PRICE
             await p.buyer.stop()
             p.buyer.close()
@@ -190,7 +205,7 @@ def test_a_statement_alone_is_generatable_by_replacement(world: World, tmp_path:
             deal.offer = StatementOffer(seller.sign, body)
             deal.plan.expect = Description("statement", {"statement_type": "receipt", "fields": {"amount": PRICE}})
             p.seller.faults.stop_before = "item"
-            o, r = await p.exchange(deal)
+            _o, r = await p.exchange(deal)
             assert r.status == "resolved"
             replacement = parse_statement(base64.b64decode(r.received.data["der"]))
             assert replacement.body["type"] == "replacement" and replacement.body["statement"]["goods"] == "advice"
@@ -217,7 +232,7 @@ def test_semper_bench_exchange_reports_json(tmp_path: Path) -> None:
 
     from test_exchange_support import REPO
     r = subprocess.run([sys.executable, "-m", "client.cli", "bench", "exchange", "--runs", "2", "--resolved-runs", "1"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120,
+                       cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
                        env={**os.environ, "SEMPER_HOME": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

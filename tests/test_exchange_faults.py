@@ -11,19 +11,31 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from test_exchange_support import (PRICE, World, buyer_managers, cards, make_party, plain_sale, purchase, run,  # noqa: F401
-                                   seller_managers, start_ttp, swap, world)
+from test_exchange_support import (  # noqa: F401
+    PRICE,
+    World,
+    buyer_managers,
+    cards,
+    make_party,
+    plain_sale,
+    purchase,
+    run,
+    seller_managers,
+    start_ttp,
+    swap,
+    world,
+)
 
 from client.exchange.judge import judge
 from client.exchange.messages import Proposal, exchange_id
 from client.exchange.party import Party
 from client.transfer.escrow import seal
 from client.transfer.information import InformationOffer
-from client.transfer.items import Expectation, expectation_from_json
 
 STEP = 0.4          # the honest party's patience per step (fairness does not depend on it)
 SENDER = {"negotiate": "originator", "negotiated": "responder", "propose": "originator", "accept": "responder",

@@ -15,8 +15,20 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_exchange_support import (PRICE, REPORT, World, buyer_managers, cards, make_party, purchase, run,  # noqa: F401
-                                   seller_managers, start_ttp, swap, world)
+from test_exchange_support import (  # noqa: F401
+    PRICE,
+    REPORT,
+    World,
+    buyer_managers,
+    cards,
+    make_party,
+    purchase,
+    run,
+    seller_managers,
+    start_ttp,
+    swap,
+    world,
+)
 
 from client.services import ttp_store
 

@@ -37,8 +37,17 @@ from client.transfer.information import InformationManager, InformationOffer, de
 from client.transfer.items import Description, PackageDescription
 from client.transfer.managers import Managers, PackageOffer
 from client.transfer.payment import PaymentManager, PaymentOffer
-from client.transfer.purse_payment import CardPursePayee, CardPursePayer, CardPurseVerifier
-from client.transfer.statements import CredentialManager, CredentialOffer, StatementManager, StatementOffer
+from client.transfer.purse_payment import (
+    CardPursePayee,
+    CardPursePayer,
+    CardPurseVerifier,
+)
+from client.transfer.statements import (
+    CredentialManager,
+    CredentialOffer,
+    StatementManager,
+    StatementOffer,
+)
 from hardware.psam import PsamSession
 from hardware.purse import PurseSession
 from hardware.simulator import open_card

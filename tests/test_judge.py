@@ -22,7 +22,7 @@ def semper_judge(world: World, bundle: Path, tmp_path: Path, ca: str | None = No
     from cryptography.hazmat.primitives.serialization import Encoding
     purse.write_bytes(world.purse_root.public_bytes(Encoding.PEM))
     r = subprocess.run([sys.executable, "-m", "client.cli", "judge", str(bundle), "--ca", str(ca_file),
-                        "--purse-root", str(purse)], cwd=REPO, capture_output=True, text=True, timeout=60,
+                        "--purse-root", str(purse)], cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
                        env={**os.environ, "SEMPER_HOME": str(tmp_path / "home")})
     return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {}), r.stderr
 
@@ -119,7 +119,7 @@ def _foreign_root_pem() -> str:
     from cryptography.x509.oid import NameOID
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "another CA")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
             .not_valid_after(now + dt.timedelta(days=1))

@@ -11,15 +11,31 @@ import pytest
 from test_exchange_support import PRICE, REPORT, World, cards, world  # noqa: F401
 
 from client.transfer.binding import Binding
-from client.transfer.errors import CommitmentFalse, ItemMismatch, MalformedItem, UnsupportedAttribute
+from client.transfer.errors import (
+    CommitmentFalse,
+    ItemMismatch,
+    MalformedItem,
+    UnsupportedAttribute,
+)
 from client.transfer.escrow import open_seal, seal
 from client.transfer.information import InformationManager, InformationOffer, describe
-from client.transfer.items import (Description, Item, Package, PackageDescription, content_from_json,
-                                   expectation_from_json, pair_leaves)
+from client.transfer.items import (
+    Description,
+    Item,
+    Package,
+    PackageDescription,
+    content_from_json,
+    expectation_from_json,
+    pair_leaves,
+)
 from client.transfer.managers import check_satisfies
 from client.transfer.payment import PaymentManager, PaymentOffer
 from client.transfer.properties import Properties
-from client.transfer.purse_payment import CardPursePayee, CardPursePayer, CardPurseVerifier
+from client.transfer.purse_payment import (
+    CardPursePayee,
+    CardPursePayer,
+    CardPurseVerifier,
+)
 from client.transfer.statements import StatementManager, StatementOffer
 
 
@@ -74,7 +90,6 @@ def test_an_escrow_opens_only_for_its_exchange_and_ciphertext(world: World) -> N
 def test_information_commitment_release_and_generation(world: World) -> None:
     b = binding(world)
     offer = InformationOffer(REPORT)
-    from client.exchange.identity import TtpInfo
     info = world.ttp_info("https://127.0.0.1:1")
     manager = InformationManager(world.escrow_ids())
     d = offer.description

@@ -76,7 +76,7 @@ def verify(der: bytes, trust: TrustStore, what: str) -> VerifiedStatement:
 def check_party_cert(cert: x509.Certificate, trust: TrustStore, what: str) -> None:
     """A certificate named in an exchange must be one the CA issued for signing evidence."""
     try:
-        trust.check_certificate(cert, [], dt.datetime.now(dt.timezone.utc), Usage.STATEMENT)
+        trust.check_certificate(cert, [], dt.datetime.now(dt.UTC), Usage.STATEMENT)
     except EvidenceError as e:
         raise BadMessage(f"the {what}'s certificate is not acceptable: {e}") from None
 

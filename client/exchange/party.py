@@ -14,7 +14,6 @@ going to the third party — the party never needs the peer again to end fairly.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import secrets
@@ -29,11 +28,27 @@ from ..support.channels import client_context, server_context
 from ..support.trust import TrustStore
 from ..transfer.attributes import SecurityAttributes, check_attributes
 from ..transfer.errors import TransferError
-from ..transfer.items import Content, Expectation, content_from_json, expectation_from_json
-from ..transfer.managers import Managers, OfferTree, check_satisfies, offer_description, offer_hints
+from ..transfer.items import (
+    Expectation,
+    content_from_json,
+    expectation_from_json,
+)
+from ..transfer.managers import (
+    Managers,
+    OfferTree,
+    check_satisfies,
+    offer_description,
+    offer_hints,
+)
 from ..transfer.statements import same_key
 from . import genver, plain, revrev
-from .errors import BadMessage, ExchangeError, NoFairProtocol, PartyStopped, PeerUnreachable, TtpUnavailable
+from .errors import (
+    BadMessage,
+    ExchangeError,
+    NoFairProtocol,
+    PartyStopped,
+    PeerUnreachable,
+)
 from .identity import Identity, TtpInfo
 from .messages import Proposal, cert_b64, check_party_cert, load_cert
 from .negotiation import choose_protocol
@@ -130,8 +145,9 @@ class Party:
 
     # ---- originating ------------------------------------------------------------------------------
     async def originate(self, peer_url: str, offer: OfferTree, want: Expectation, *, fair: bool = True,
-                        attributes: SecurityAttributes = SecurityAttributes()) -> Outcome:
+                        attributes: SecurityAttributes | None = None) -> Outcome:
         """Exchange ``offer`` for an item described by ``want`` with the party at ``peer_url``."""
+        attributes = attributes or SecurityAttributes()
         session = secrets.token_hex(16)
         run = Run(self, session, "originator", peer_url)
         return await self._guarded(run, self._originate(run, offer, want, fair, attributes))
@@ -292,9 +308,3 @@ class Party:
     def evidence(self, xid: str) -> list[tuple[str, bytes]]:
         return [(e.kind, e.content) for e in self.archive.entries(xid)]
 
-
-def received_item(outcome: Outcome) -> Content | None:
-    return outcome.received
-
-
-__all__ = ["Party", "ResponsePlan", "Faults", "Identity", "TtpInfo", "Outcome", "TtpUnavailable", "base64"]

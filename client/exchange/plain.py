@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import base64
 
-from ..transfer.attributes import check_nr_statement, origin_statement, receipt_statement
+from ..transfer.attributes import (
+    check_nr_statement,
+    origin_statement,
+    receipt_statement,
+)
 from ..transfer.errors import TransferError
 from ..transfer.items import b64d, content_from_json
 from ..transfer.managers import offer_make

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..transfer.binding import Binding
+from ..transfer.errors import TransferError
 from ..transfer.items import Content, b64d
 from .errors import BadMessage, PartyStopped, TtpUnavailable
 from .messages import Decision, Proposal, check_decision, request_body
@@ -89,7 +90,7 @@ class Run:
                 return None
             try:
                 kind, body = await asyncio.wait_for(self.inbox.get(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
             if kind in kinds:
                 return kind, body
@@ -131,7 +132,7 @@ class Run:
                                 {"request": base64.b64encode(request).decode()})
         try:
             der = b64d(answer.get("answer"), "answer")
-        except Exception as e:
+        except TransferError as e:
             raise TtpUnavailable(f"the third party's answer is unreadable: {e}") from None
         try:
             decision = await self.blocking(check_decision, der, self.party.trust, self.binding, None)

@@ -126,7 +126,7 @@ async def send_message(poster: JsonPoster, peer_url: str, session: str, kind: st
     try:
         status, answer = await poster.post(peer_url.rstrip("/") + "/exchange",
                                            {"session": session, "kind": kind, "body": body})
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ssl.SSLError) as e:
+    except (TimeoutError, aiohttp.ClientError, OSError, ssl.SSLError) as e:
         raise PeerUnreachable(f"the peer at {peer_url} did not take the {kind} message ({type(e).__name__}: {e})"
                               ) from None
     if status != 202:
@@ -137,7 +137,7 @@ async def ttp_call(poster: JsonPoster, ttp_url: str, path: str, body: dict[str, 
     """One request to the third party; TtpUnavailable when it cannot be made or is refused outright."""
     try:
         status, answer = await poster.post(ttp_url.rstrip("/") + path, body)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ssl.SSLError) as e:
+    except (TimeoutError, aiohttp.ClientError, OSError, ssl.SSLError) as e:
         raise TtpUnavailable(f"the third party at {ttp_url} could not be reached ({type(e).__name__}: {e}); "
                              "try again later: its decisions are kept") from None
     if status != 200:

@@ -40,7 +40,7 @@ from cryptography import x509
 from hardware.signer import Signer
 
 from ..exchange.errors import BadMessage
-from ..exchange.messages import Proposal, REQUEST_KINDS
+from ..exchange.messages import REQUEST_KINDS, Proposal
 from ..support.cms import EvidenceError, sign_statement
 from ..support.trust import TrustStore, verify_statement
 from ..transfer.binding import cert_id

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from .db import Database
 from .ttp import ThirdParty, TtpError, escrow_statement
 
 CONFIG = "config.json"
+log = logging.getLogger("semper.ttp")
 
 
 def escrow_key_id(point: bytes) -> str:
@@ -58,11 +60,12 @@ class OpenTtp:
         return build_app(self.ttp, escrow_statement=self.escrow_statement, tsa=self.tsa)
 
     def close(self) -> None:
+        """Close everything, each step on its own: one failing close must not keep the others open."""
         for c in self.closers:
             try:
                 c()
             except Exception:
-                pass
+                log.warning("closing the third party: %s failed", getattr(c, "__qualname__", c), exc_info=True)
 
 
 @dataclass

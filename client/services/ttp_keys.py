@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+import pkcs11.exceptions as p11x
 from pkcs11 import KDF, Attribute, KeyType, MechanismFlag, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
@@ -20,7 +21,6 @@ from hardware import errors as hw
 def _open(token: object, pin: bytes, rw: bool = False) -> object:
     """A session logged in as the user; PKCS#11 logins belong to the application, so when another
     session of this process is logged in already, a new session is logged in too."""
-    import pkcs11.exceptions as p11x
     try:
         return token.open(rw=rw, user_pin=pin.decode("utf-8"))  # type: ignore[attr-defined]
     except p11x.UserAlreadyLoggedIn:
@@ -32,21 +32,21 @@ def generate_key(module: object, label: str, pin: bytes, key_label: str, *, deri
     from hsm import errors
     from hsm.signer import ec_point, key_id_for
     token = module.token(label)  # type: ignore[attr-defined]
-    with errors.translated(token=label, action=f"generate the {key_label}"):
-        with _open(token, pin, rw=True) as session:  # type: ignore[attr-defined]
-            params = session.create_domain_parameters(
-                KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
-            pub, priv = params.generate_keypair(
-                store=True, label=key_label,
-                capabilities=MechanismFlag.DERIVE if derive else MechanismFlag.SIGN | MechanismFlag.VERIFY,
-                public_template={Attribute.TOKEN: True, Attribute.PRIVATE: False},
-                private_template={Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
-                                  Attribute.EXTRACTABLE: False, Attribute.DERIVE: derive, Attribute.SIGN: not derive,
-                                  Attribute.DECRYPT: False})
-            point = ec_point(pub[Attribute.EC_POINT])
-            key_id = key_id_for(point)
-            pub[Attribute.ID] = key_id
-            priv[Attribute.ID] = key_id
+    with errors.translated(token=label, action=f"generate the {key_label}"), \
+            _open(token, pin, rw=True) as session:  # type: ignore[attr-defined]
+        params = session.create_domain_parameters(
+            KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
+        pub, priv = params.generate_keypair(
+            store=True, label=key_label,
+            capabilities=MechanismFlag.DERIVE if derive else MechanismFlag.SIGN | MechanismFlag.VERIFY,
+            public_template={Attribute.TOKEN: True, Attribute.PRIVATE: False},
+            private_template={Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
+                              Attribute.EXTRACTABLE: False, Attribute.DERIVE: derive, Attribute.SIGN: not derive,
+                              Attribute.DECRYPT: False})
+        point = ec_point(pub[Attribute.EC_POINT])
+        key_id = key_id_for(point)
+        pub[Attribute.ID] = key_id
+        priv[Attribute.ID] = key_id
     return key_id, point
 
 
@@ -91,6 +91,6 @@ class TokenEscrowKey:
             if self._session is not None and self._generation == self.module.generation:  # type: ignore[attr-defined]
                 try:
                     self._session.close()
-                except Exception:
-                    pass
+                except p11x.PKCS11Error:
+                    pass                       # the token went away already: nothing to close
             self._session = None

@@ -99,8 +99,8 @@ class PackageDescription:
         return {"type": "package", "label": self.label, "members": [m.to_json() for m in self.members]}
 
 
-Content = Union[Item, Package]
-Expectation = Union[Description, PackageDescription]
+Content = Union[Item, Package]                   # noqa: UP007  (a runtime alias: the X | Y form needs 3.10 types)
+Expectation = Union[Description, PackageDescription]    # noqa: UP007
 NOTHING = Package((), "nothing")                  # the other side of a plain transfer
 NOTHING_EXPECTED = PackageDescription((), "nothing")
 

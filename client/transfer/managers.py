@@ -19,8 +19,18 @@ from cryptography import x509
 
 from .binding import Binding
 from .errors import ItemMismatch, MalformedItem, UnknownItemType
-from .items import (Content, Description, Expectation, Item, Package, PackageDescription, leaves, map_expectation,
-                    pair_leaves, rebuild)
+from .items import (
+    Content,
+    Description,
+    Expectation,
+    Item,
+    Package,
+    PackageDescription,
+    leaves,
+    map_expectation,
+    pair_leaves,
+    rebuild,
+)
 from .properties import Properties
 
 JsonDict = dict[str, Any]
@@ -120,7 +130,7 @@ class PackageOffer:
     label: str = ""
 
 
-OfferTree = Union[Offer, PackageOffer]
+OfferTree = Union[Offer, PackageOffer]          # noqa: UP007  (a runtime alias)
 
 
 def offer_description(tree: OfferTree) -> Expectation:
@@ -348,6 +358,25 @@ class ManagerBase:
         raise NotGeneratable(f"{self.item_type} items are not generatable")
 
 
-__all__ = ["ItemManager", "Offer", "OfferBase", "ManagerBase", "PackageOffer", "OfferTree", "Managers", "TtpPowers",
-           "EscrowTarget", "offer_description", "offer_leaves", "offer_hints", "offer_accept", "offer_make",
-           "offer_commit", "offer_release", "check_satisfies", "satisfies", "Package", "Item"]
+__all__ = [
+    "EscrowTarget",
+    "Item",
+    "ItemManager",
+    "ManagerBase",
+    "Managers",
+    "Offer",
+    "OfferBase",
+    "OfferTree",
+    "Package",
+    "PackageOffer",
+    "TtpPowers",
+    "check_satisfies",
+    "offer_accept",
+    "offer_commit",
+    "offer_description",
+    "offer_hints",
+    "offer_leaves",
+    "offer_make",
+    "offer_release",
+    "satisfies",
+]
