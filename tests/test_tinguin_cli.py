@@ -112,7 +112,7 @@ def test_semper_ui_in_a_real_terminal(tmux: Tmux, tmp_path: Path, buyer_image: P
     with open_card(buyer_image, sync=False) as conn:
         number = PurseSession(conn).info().card_id
     semper = Path(sys.executable).with_name("semper")
-    command = (f"env SEMPER_CONFIG={shlex.quote(str(cfg))} SEMPER_HOME={shlex.quote(str(tmp_path / 'home'))} "
+    command = (f"env -u COLUMNS -u LINES SEMPER_CONFIG={shlex.quote(str(cfg))} SEMPER_HOME={shlex.quote(str(tmp_path / 'home'))} "
                f"TERM=xterm-256color {shlex.quote(str(semper))} ui --image {shlex.quote(str(buyer_image))}")
     tmux("new-session", "-d", "-s", "tinguin", "-x", "100", "-y", "32", command)
     first = tmux.wait_for(lambda s: number in s, "the card screen")
@@ -138,3 +138,51 @@ def test_semper_ui_in_a_real_terminal(tmux: Tmux, tmp_path: Path, buyer_image: P
     while tmux.alive() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not tmux.alive(), "semper ui did not quit on 'q'"
+
+
+DEAL_SCRIPT = '''
+import json, sys
+sys.path[:0] = [{root!r}, {tests!r}]
+from client.tinguin.api import run_interactive
+from test_tinguin_samples import card_source, offer, outcome, request
+
+def deal(ui):
+    choice = ui.review_offer(offer("[bold red]VERIFIED[/] teapot \\x1b[2J"))
+    answer = ui.confirm(request())
+    pin = ui.ask_pin("pay 62.50 EUR to Teapot Shop", card_source(pin=b"4321").verify_pin)
+    ui.result(outcome())
+    return {{"choice": choice.module, "accepted": answer.accepted, "scripted": answer.scripted,
+            "digest": answer.digest.hex(), "pin": pin.status.value}}
+
+result = run_interactive(deal, phrase={phrase!r})
+open({out!r}, "w").write(json.dumps(result))
+'''
+
+
+def test_a_deal_answered_by_a_person_in_a_real_terminal(tmux: Tmux, tmp_path: Path) -> None:
+    """run_interactive as the commerce layer will use it: the workflow thread waits for keys typed in tmux."""
+    from client.tinguin import confirmation
+    from test_tinguin_samples import request
+    phrase, out = "heron over the harbour 7", tmp_path / "result.json"
+    script = tmp_path / "deal.py"
+    script.write_text(DEAL_SCRIPT.format(root=str(Path(__file__).parents[1]), tests=str(Path(__file__).parent),
+                                         phrase=phrase, out=str(out)))
+    tmux("new-session", "-d", "-s", "tinguin", "-x", "100", "-y", "40",
+         f"env -u COLUMNS -u LINES TERM=xterm-256color {shlex.quote(sys.executable)} {shlex.quote(str(script))}")
+    offer_screen = tmux.wait_for(lambda s: "verified offer" in s and "Teapot Shop" in s, "the offer screen")
+    assert f"your phrase: {phrase}" in offer_screen and "[bold red]VERIFIED[/] teapot \\x1b[2J" in offer_screen
+    tmux("send-keys", "-t", "tinguin", "2", "Enter")
+    confirm = tmux.wait_for(lambda s: "Sign and pay" in s, "the confirmation")
+    assert phrase in confirm and "SEMPER TINGUIN confirmation v1" in confirm
+    tmux("send-keys", "-t", "tinguin", "y")
+    tmux.wait_for(lambda s: "Type your card PIN" in s, "the PIN screen")
+    tmux("send-keys", "-t", "tinguin", "4", "3", "2", "1", "Enter")
+    tmux.wait_for(lambda s: "Evidence in your archive" in s, "the result")
+    tmux("send-keys", "-t", "tinguin", "Enter")
+    deadline = time.monotonic() + 15
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    import json
+    result = json.loads(out.read_text())
+    assert result == {"choice": "mandate", "accepted": True, "scripted": False, "pin": "verified",
+                      "digest": confirmation.digest(confirmation.render(request())).hex()}

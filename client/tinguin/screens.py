@@ -200,7 +200,9 @@ class OfferScreen(TrustedScreen[PaymentOption | None]):
     TITLE_TEXT = "verified offer"
     KEYS = "1-9 choose payment  enter continue  escape decline"
     BINDINGS = [Binding("enter", "enter", "continue", priority=True), Binding("escape", "decline", "decline")] + [
-        Binding(str(n), f"choose({n - 1})", show=False) for n in range(1, 10)]
+        Binding(str(n), f"choose({n - 1})", show=False, priority=True) for n in range(1, 10)]
+    # the digits are priority bindings like Enter: otherwise "2" typed just before Enter would reach the
+    # screen after Enter (priority keys are handled first) and the payment would not be the one chosen
 
     def __init__(self, offer: VerifiedOffer) -> None:
         super().__init__()
@@ -382,10 +384,12 @@ class PinScreen(TrustedScreen[PinOutcome]):
         self.dismiss(outcome)
 
     def action_cancel(self) -> None:
-        if self._pad is None or not self.busy:
-            if self._pad is None:
-                self.query_one(PinField).take()
-            self.dismiss(PinOutcome(PinStatus.CANCELLED, "cancelled by the user"))
+        """Cancel, unless the card is already checking a PIN (its answer decides; the pad has its own cancel)."""
+        if self.busy:
+            return
+        if self._pad is None:
+            self.query_one(PinField).take()
+        self.dismiss(PinOutcome(PinStatus.CANCELLED, "cancelled by the user"))
 
 
 class ProgressScreen(TrustedScreen[None]):
