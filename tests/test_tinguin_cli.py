@@ -174,6 +174,7 @@ def test_a_deal_answered_by_a_person_in_a_real_terminal(tmux: Tmux, tmp_path: Pa
     tmux("send-keys", "-t", "tinguin", "2", "Enter")
     confirm = tmux.wait_for(lambda s: "Sign and pay" in s, "the confirmation")
     assert phrase in confirm and "SEMPER TINGUIN confirmation v1" in confirm
+    time.sleep(0.8)                                       # a person reads before 'y' counts (min_read)
     tmux("send-keys", "-t", "tinguin", "y")
     tmux.wait_for(lambda s: "Type your card PIN" in s, "the PIN screen")
     tmux("send-keys", "-t", "tinguin", "4", "3", "2", "1", "Enter")

@@ -123,7 +123,7 @@ def test_offer_screen_shows_payloads_literally(name: str, clean: dict[str, list[
 def test_confirmation_text_and_screen_keep_payloads_inert(name: str, clean: dict[str, list[str]]) -> None:
     payload = PAYLOADS[name]
     _, req = poisoned(payload)
-    app = TinguinApp(phrase=PHRASE, start=None)
+    app = TinguinApp(phrase=PHRASE, start=None, min_read=0)
 
     async def body(pilot: Any) -> tuple[Any, str, str]:
         future = app.open(ConfirmScreen(req))

@@ -127,7 +127,7 @@ def test_without_a_phrase_the_header_says_how_to_set_one() -> None:
 
 # ---- deal screens ---------------------------------------------------------------------------------
 def _deal_app() -> TinguinApp:
-    return TinguinApp(phrase=PHRASE, start=None)
+    return TinguinApp(phrase=PHRASE, start=None, min_read=0)
 
 
 def _answer(screen_factory, *keys: str, focus: str | None = None) -> tuple[Any, str]:  # type: ignore[no-untyped-def]
@@ -172,6 +172,23 @@ def test_confirm_screen_returns_exactly_the_text_it_showed() -> None:
     assert not declined.accepted and declined.shown_text == answer.shown_text
     assert not _answer(lambda: ConfirmScreen(req), "enter")[0].accepted       # focus starts on Decline
     assert not _answer(lambda: ConfirmScreen(req), "escape")[0].accepted
+
+
+def test_a_yes_typed_before_the_text_could_be_read_does_not_count() -> None:
+    app = TinguinApp(phrase=PHRASE, start=None, min_read=0.5)
+
+    async def body(pilot: Any) -> tuple[Any, str]:
+        future = app.open(ConfirmScreen(request()))
+        await pilot.pause()
+        await pilot.press("y")                                # at once: ignored, and the screen says why
+        await pilot.pause()
+        assert not future.done()
+        text = screen_text(app)
+        await asyncio.sleep(0.5)
+        await pilot.press("y")
+        return await asyncio.wait_for(future, 5), text
+    answer, text = run_app(app, body)
+    assert answer.accepted and "Take a moment to read what you sign, then press y again." in text
 
 
 def test_progress_screen_shows_each_step_and_updates_by_key() -> None:

@@ -210,6 +210,7 @@ class ScriptedUI(_AppUI):
     async def _confirm(self, request: ConfirmationRequest) -> Confirmation:
         future = self.app.open(ConfirmScreen(request))
         await self._look()
+        await asyncio.sleep(self.app.min_read)               # it "reads" like a person must
         await self.pilot.press("y" if self.script.accept else "n")
         answer = await future
         self.say(f"scripted user: {'accepted' if answer.accepted else 'declined'} the confirmation "

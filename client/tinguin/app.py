@@ -40,8 +40,9 @@ class TinguinApp(App[Any]):
     BINDINGS = [Binding("ctrl+q", "quit", "quit", priority=True)]
 
     def __init__(self, *, phrase: str | None, card: CardSource | None = None, archive: Path | None = None,
-                 scripted: bool = False, start: str | None = "card") -> None:
+                 scripted: bool = False, start: str | None = "card", min_read: float = 0.6) -> None:
         super().__init__()
+        self.min_read = min_read          # seconds a confirmation is on screen before 'y' counts (no typed-ahead yes)
         self.phrase = phrase
         self.card = card
         self.archive = archive

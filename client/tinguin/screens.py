@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -278,11 +279,18 @@ class ConfirmScreen(TrustedScreen[Confirmation]):
         with Horizontal(classes="buttons"):
             yield Button(chrome("Sign and pay (y)"), id="accept", variant="success")
             yield Button(chrome("Decline (n)"), id="decline", variant="error")
+        yield Static(chrome(""), markup=False, id="confirm-message")
 
     def on_mount(self) -> None:
         self.query_one("#decline", Button).focus()           # a stray Enter declines
+        self.shown_at = time.monotonic()
 
     def _answer(self, accepted: bool) -> None:
+        if accepted and time.monotonic() - self.shown_at < self.tinguin.min_read:
+            # a 'y' that arrives as the text appears was typed before anyone could read it
+            self.query_one("#confirm-message", Static).update(
+                chrome("Take a moment to read what you sign, then press y again.", "bold #ffb703"))
+            return
         self.dismiss(Confirmation(accepted, self.text, confirmation.digest(self.text), self.tinguin.scripted))
 
     def action_accept(self) -> None:
