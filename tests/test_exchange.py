@@ -64,7 +64,7 @@ class Pair:
     async def exchange(self, deal: Any, **kw: Any) -> tuple[Any, Any]:
         self.buyer.plans.append(deal.plan)
         o = await self.seller.originate(self.buyer.url, deal.offer, deal.want, fair=deal.fair, **kw)
-        r = await self.buyer.wait_outcome(o.session, 10) if o.session in self.buyer.mailbox.queues else None
+        r = await self.buyer.wait_outcome(o.session, 10) if self.buyer.knows(o.session) else None
         return o, r
 
 

@@ -208,7 +208,7 @@ def exchange_with_fault(world: World, tmp_path: Path, fresh_images: Any, protoco
                     setattr(buyer.faults, k, v)
             o = await seller.originate(buyer.url, deal.offer, deal.want, fair=deal.fair)
             # the responder has a run only if the negotiation reached its service
-            r = await buyer.wait_outcome(o.session, 10) if o.session in buyer.mailbox.queues else None
+            r = await buyer.wait_outcome(o.session, 10) if buyer.knows(o.session) else None
             result.update(originator=o, responder=r, seller=seller, buyer=buyer)
             honest = r if dishonest == "originator" else o
             result["honest"] = honest

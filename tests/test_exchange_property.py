@@ -83,7 +83,7 @@ def test_random_interleavings_and_crashes_end_fairly(world: World, tmp_path_fact
         deal = purchase(world, c) if s["protocol"] == "gen-ver" else swap(world)
         buyer.plans.append(deal.plan)
         o = await seller.originate(buyer.url, deal.offer, deal.want)
-        r = await buyer.wait_outcome(o.session, 15) if o.session in buyer.mailbox.queues else None
+        r = await buyer.wait_outcome(o.session, 15) if buyer.knows(o.session) else None
         outcomes["seller"].append(o)
         outcomes["buyer"].append(r)
         # crashed parties come back from their archives only; everyone then finishes via recovery

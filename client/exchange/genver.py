@@ -32,7 +32,10 @@ async def originator(run: Run, setup: Setup) -> Outcome:
     assert setup.binding is not None and setup.desc_r is not None
     escrow = party.ttp.escrow if party.ttp is not None else None
     commitments, attachments = await run.blocking(offer_commit, setup.offer, setup.desc_o, setup.binding, escrow)
-    proposal = await send_proposal(run, setup, commitments, attachments)
+    try:
+        proposal = await send_proposal(run, setup, commitments, attachments)
+    except PeerUnreachable as e:          # maybe delivered, maybe not: R may still pay and resolve
+        return await originator_status(run, f"the responder did not take the proposal ({e})")
     got = await run.expect(("accept", "refuse"))
     if got is None:
         return await originator_status(run, "the responder's acceptance and item did not arrive")

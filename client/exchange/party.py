@@ -91,6 +91,7 @@ class Party:
         self.outcomes: dict[str, Outcome] = {}
         self.counters = {"messages": 0, "ttp_requests": 0}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._seen: set[str] = set()
         self._changed: asyncio.Event | None = None
 
     @property
@@ -141,7 +142,14 @@ class Party:
         except Exception as e:                         # a bug: keep the party alive, say what happened
             log.exception("%s: run %s failed", self.name, run.session)
             outcome = run.outcome("failed", f"unexpected {type(e).__name__}: {e}")
+        finally:
+            self.mailbox.close(run.session)
+            self._seen.add(run.session)
         return self._finish(outcome)
+
+    def knows(self, session: str) -> bool:
+        """Whether this party ever ran (or runs) the exchange under ``session``."""
+        return session in self._seen or session in self.mailbox.queues
 
     # ---- originating ------------------------------------------------------------------------------
     async def originate(self, peer_url: str, offer: OfferTree, want: Expectation, *, fair: bool = True,
@@ -164,10 +172,13 @@ class Party:
         if protocol != "plain" and ttp is None:
             raise NoFairProtocol(f"a {protocol} exchange needs a third party; configure one")
         nonce_o = secrets.token_hex(16)
-        await run.send("negotiate", {
-            "originator": cert_b64(self.identity.certificate), "ttp": cert_b64(ttp.certificate) if ttp else None,
-            "offer": desc_o.to_json(), "want": want.to_json(), "fair": fair, "nonce": nonce_o, "reply_to": self.url,
-            "attributes": attributes.as_dict()})
+        try:
+            await run.send("negotiate", {
+                "originator": cert_b64(self.identity.certificate), "ttp": cert_b64(ttp.certificate) if ttp else None,
+                "offer": desc_o.to_json(), "want": want.to_json(), "fair": fair, "nonce": nonce_o,
+                "reply_to": self.url, "attributes": attributes.as_dict()})
+        except PeerUnreachable as e:
+            return run.outcome("no-exchange", f"the peer did not take the negotiation ({e}); nothing was given")
         got = await run.expect(("negotiated", "refuse"))
         if got is None:
             return run.outcome("no-exchange", "the peer did not answer the negotiation; nothing was given")

@@ -40,7 +40,12 @@ async def originator(run: Run, setup: Setup) -> Outcome:
     if setup.attributes.non_repudiation_of_origin:
         der = await run.blocking(origin_statement, party.identity.sign, b.xid, mine, setup.desc_o, b.responder)
         attachments["origin"] = {"statement": base64.b64encode(der).decode()}
-    proposal = await send_proposal(run, setup, {}, attachments, mine.to_json())
+    try:
+        proposal = await send_proposal(run, setup, {}, attachments, mine.to_json())
+    except PeerUnreachable as e:
+        run.state("done", outcome="failed")
+        return run.outcome("failed", f"the responder did not take the transfer ({e}); it may or may not have "
+                                     "arrived (plain transfers: no fairness was agreed)", gave=True)
     run.record_item("sent", mine)
     got = await run.expect(("accept", "refuse"))
     if got is None or got[0] == "refuse":

@@ -37,7 +37,10 @@ async def abort(run: Run, why: str, gave: bool) -> Outcome:
 
 async def originator(run: Run, setup: Setup) -> Outcome:
     party = run.party
-    proposal = await send_proposal(run, setup, {}, {})
+    try:
+        proposal = await send_proposal(run, setup, {}, {})
+    except PeerUnreachable as e:
+        return await abort(run, f"the responder did not take the proposal ({e})", gave=False)
     got = await run.expect(("accept", "refuse"))
     if got is None:
         return await abort(run, "the responder's acceptance and item did not arrive", gave=False)

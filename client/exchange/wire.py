@@ -22,6 +22,8 @@ from ..services.http import ApiError, make_app, read_json
 from .errors import PeerUnreachable, TtpUnavailable
 
 MAX_MESSAGE = 16 * 1024 * 1024
+MAX_QUEUED = 64                 # messages waiting in one run: a protocol needs a handful
+MAX_RUNS = 1024                 # runs open at once: more is a flood, not commerce
 SEND_TIMEOUT = 10.0
 KINDS = ("negotiate", "negotiated", "propose", "accept", "item", "refuse")
 
@@ -30,22 +32,37 @@ Handler = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 @dataclass
 class Mailbox:
-    """The receiving end: one queue per session; ``on_new`` starts a responder for a new session."""
+    """The receiving end: one bounded queue per open run; ``on_new`` starts a responder for a new session.
+
+    A message for a session this party has no run for is refused (404), so a peer cannot make it
+    keep queues for nothing; a run's queue goes when the run ends (:meth:`close`).
+    """
 
     on_new: Handler
     queues: dict[str, asyncio.Queue[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
     received: int = 0
 
     def queue(self, session: str) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
-        return self.queues.setdefault(session, asyncio.Queue())
+        return self.queues.setdefault(session, asyncio.Queue(MAX_QUEUED))
+
+    def close(self, session: str) -> None:
+        self.queues.pop(session, None)
 
     async def deliver(self, session: str, kind: str, body: dict[str, Any]) -> None:
         self.received += 1
-        if session not in self.queues and kind == "negotiate":
+        if session not in self.queues:
+            if kind != "negotiate":
+                raise ApiError(404, "unknown_session", "this party has no exchange under that session (finished, "
+                                                       "never started, or the party restarted)")
+            if len(self.queues) >= MAX_RUNS:
+                raise ApiError(503, "busy", "too many exchanges are open here; try again later")
             self.queue(session)
             await self.on_new(session, kind, body)
             return
-        await self.queue(session).put((kind, body))
+        try:
+            self.queue(session).put_nowait((kind, body))
+        except asyncio.QueueFull:
+            raise ApiError(429, "queue_full", "too many messages for one exchange") from None
 
     def app(self) -> web.Application:
         routes = web.RouteTableDef()

@@ -53,7 +53,8 @@ from .db import Database
 
 log = logging.getLogger("semper.ttp")
 MAX_REQUEST = 16 * 1024 * 1024
-CRASH_ENV = "SEMPER_TTP_CRASH_AT"          # fault injection for tests: before-commit / after-commit
+CRASH_ENV = "SEMPER_TTP_CRASH_AT"
+LOCK_STRIPES = 64          # fault injection for tests: before-commit / after-commit
 
 
 class TtpError(Exception):
@@ -90,8 +91,7 @@ class ThirdParty:
         self.crash_at = crash_at if crash_at is not None else os.environ.get(CRASH_ENV)
         self.counters = Counters()
         self._sign_lock = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_lock = threading.Lock()
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         db.migrate(store.SCHEMA)
 
     # ---- TtpPowers for the managers ------------------------------------------------------------
@@ -109,8 +109,9 @@ class ThirdParty:
         return cert_id(self.certificate)
 
     def _lock(self, xid: str) -> threading.Lock:
-        with self._locks_lock:
-            return self._locks.setdefault(xid, threading.Lock())
+        """One of a fixed set of locks, by the exchange id: requests for one exchange queue behind each
+        other, memory stays bounded; the table's primary key decides once even across processes."""
+        return self._locks[int(xid[:8], 16) % LOCK_STRIPES]
 
     def _crash(self, point: str) -> None:
         if self.crash_at == point:
