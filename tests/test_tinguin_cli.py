@@ -161,8 +161,9 @@ open({out!r}, "w").write(json.dumps(result))
 
 def test_a_deal_answered_by_a_person_in_a_real_terminal(tmux: Tmux, tmp_path: Path) -> None:
     """run_interactive as the commerce layer will use it: the workflow thread waits for keys typed in tmux."""
-    from client.tinguin import confirmation
     from test_tinguin_samples import request
+
+    from client.tinguin import confirmation
     phrase, out = "heron over the harbour 7", tmp_path / "result.json"
     script = tmp_path / "deal.py"
     script.write_text(DEAL_SCRIPT.format(root=str(Path(__file__).parents[1]), tests=str(Path(__file__).parent),

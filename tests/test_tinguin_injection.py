@@ -18,6 +18,16 @@ from typing import Any
 import pytest
 from rich.console import Console
 from rich.text import Text
+from test_tinguin_samples import (
+    CHECKED,
+    PHRASE,
+    SELLER,
+    offer,
+    outcome,
+    request,
+    run_app,
+    settle,
+)
 
 from client.tinguin.app import TinguinApp
 from client.tinguin.literal import literal
@@ -25,7 +35,6 @@ from client.tinguin.model import EvidenceItem, ProgressStep, StepState
 from client.tinguin.screens import ConfirmScreen, OfferScreen, ResultScreen
 from client.tinguin.textshot import screen_text
 from client.tinguin.widgets import SafeTable, StatusLine
-from test_tinguin_samples import CHECKED, PHRASE, SELLER, offer, outcome, request, run_app, settle
 
 pytestmark = pytest.mark.timeout(60)
 

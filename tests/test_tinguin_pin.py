@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_tinguin_samples import PHRASE, card_source, run_app, settle
 
 from client.tinguin.app import TinguinApp
 from client.tinguin.model import PinOutcome, PinStatus
@@ -16,7 +17,6 @@ from client.tinguin.widgets import PinField
 from hardware import errors as hw
 from hardware.purse import PurseSession
 from hardware.simulator import open_card
-from test_tinguin_samples import PHRASE, card_source, run_app, settle
 
 pytestmark = pytest.mark.timeout(60)
 SECRET = "918273"

@@ -23,14 +23,29 @@ from client.support.cms import sign_statement
 from client.support.trust import TrustStore, verify_statement
 from client.tinguin import confirmation
 from client.tinguin.app import TinguinApp
-from client.tinguin.model import (ArchiveView, ConfirmationRequest, DealOutcome, EvidenceItem, LineItem, LogLine,
-                                  OfferError, OutcomeStatus, Party, PaymentOption, ProgressStep, PurseView,
-                                  ReaderView, StepState, Verification, VerifiedOffer)
+from client.tinguin.model import (
+    ArchiveView,
+    ConfirmationRequest,
+    DealOutcome,
+    EvidenceItem,
+    LineItem,
+    LogLine,
+    OfferError,
+    OutcomeStatus,
+    Party,
+    PaymentOption,
+    ProgressStep,
+    PurseView,
+    ReaderView,
+    StepState,
+    Verification,
+    VerifiedOffer,
+)
 from client.tinguin.sources import StaticCardSource
 from hardware.signer import PinStatus
 
 PHRASE = "purple otter sings at noon"
-WHEN = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.timezone.utc)
+WHEN = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 SIZE = (100, 42)
 
 SELLER = Party(name="Teapot Shop", organisation="Teapots Ltd", country="DE",
@@ -134,7 +149,7 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
 
 @pytest.fixture(scope="module")
 def signed_offer() -> tuple[bytes, TrustStore, x509.Certificate]:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     root_key = ec.generate_private_key(ec.SECP256R1())
     root = (x509.CertificateBuilder().subject_name(_name("test root")).issuer_name(_name("test root"))
             .public_key(root_key.public_key()).serial_number(1).not_valid_before(now - dt.timedelta(days=1))

@@ -7,6 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_tinguin_samples import (
+    PHRASE,
+    card_source,
+    offer,
+    outcome,
+    request,
+    run_app,
+    settle,
+    steps,
+)
 
 from client.support.archive import Archive
 from client.support.scheme import Scheme
@@ -14,13 +24,19 @@ from client.tinguin import confirmation
 from client.tinguin.api import Script, TextualUI, TinguinClosed, run_scripted
 from client.tinguin.app import TinguinApp
 from client.tinguin.model import Confirmation, PinStatus, ProgressStep, StepState
-from client.tinguin.screens import (ArchiveScreen, CardScreen, ConfirmScreen, OfferScreen, PinScreen,
-                                    ProgressScreen, PurseScreen, ResultScreen)
+from client.tinguin.screens import (
+    ArchiveScreen,
+    CardScreen,
+    ConfirmScreen,
+    OfferScreen,
+    PinScreen,
+    ProgressScreen,
+    PurseScreen,
+    ResultScreen,
+)
 from client.tinguin.sources import CardAccess
 from client.tinguin.textshot import screen_text
 from client.tinguin.widgets import NO_PHRASE, StatusLine
-from test_tinguin_samples import (PHRASE, archive_view, card_source, offer, outcome, request, run_app, settle,
-                                  steps)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,14 +19,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_tinguin_samples import (
+    PHRASE,
+    archive_view,
+    card_source,
+    offer,
+    outcome,
+    request,
+    run_app,
+    steps,
+)
 from textual.screen import Screen
 
 from client.tinguin.app import TinguinApp
-from client.tinguin.screens import (ArchiveScreen, CardScreen, ConfirmScreen, OfferScreen, PinScreen,
-                                    ProgressScreen, PurseScreen, ResultScreen)
+from client.tinguin.screens import (
+    ArchiveScreen,
+    CardScreen,
+    ConfirmScreen,
+    OfferScreen,
+    PinScreen,
+    ProgressScreen,
+    PurseScreen,
+    ResultScreen,
+)
 from client.tinguin.textshot import screen_text
-from test_tinguin_samples import (PHRASE, archive_view, card_source, offer, outcome, request, run_app, settle,
-                                  steps)
 
 pytestmark = pytest.mark.timeout(60)
 SNAPSHOTS = Path(__file__).parent / "snapshots"
