@@ -326,3 +326,20 @@ def test_closing_the_tinguin_mid_question_declines() -> None:
     run_app(app, body)
     box["thread"].join(5)
     assert "closed before you answered" in box["closed"]
+
+
+def test_card_screen_follows_the_card_when_asked_to_refresh() -> None:
+    source = card_source()
+    app = TinguinApp(phrase=PHRASE, card=source, refresh=0.1)
+
+    async def body(pilot: Any) -> tuple[str, str]:
+        await settle(pilot)
+        before = screen_text(app)
+        source.purse_data = None                               # the card was pulled
+        for _ in range(100):
+            await pilot.pause(0.02)
+            if "no card in the reader" in screen_text(app):
+                break
+        return before, screen_text(app)
+    before, after = run_app(app, body)
+    assert "00112233AABBCCDD" in before and "status: no card in the reader" in after

@@ -26,7 +26,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if args.db is not None and not args.db.exists():
         raise UsageError(f"no evidence archive at {args.db}")
     app = TinguinApp(phrase=load_phrase(), card=CardAccess(args.reader, args.image),
-                     archive=archive if archive.exists() else None, start=args.screen)
+                     archive=archive if archive.exists() else None, start=args.screen, refresh=args.refresh)
     app.run()
     return 0
 
@@ -37,4 +37,6 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     card_args(p)
     p.add_argument("--db", type=Path, help="the evidence archive (default: evidence.sqlite3 in the semper folder)")
     p.add_argument("--screen", choices=["card", "purse", "archive"], default="card", help="the first screen")
+    p.add_argument("--refresh", type=float, default=2.0, metavar="SECONDS",
+                   help="re-read readers and card this often on the card screen (0: only with 'r'; default 2)")
     p.set_defaults(fn=cmd_ui)

@@ -40,8 +40,10 @@ class TinguinApp(App[Any]):
     BINDINGS = [Binding("ctrl+q", "quit", "quit", priority=True)]
 
     def __init__(self, *, phrase: str | None, card: CardSource | None = None, archive: Path | None = None,
-                 scripted: bool = False, start: str | None = "card", min_read: float = 0.6) -> None:
+                 scripted: bool = False, start: str | None = "card", min_read: float = 0.6,
+                 refresh: float = 0.0) -> None:
         super().__init__()
+        self.refresh_seconds = refresh    # the card screen re-reads readers and card this often (0: on demand)
         self.min_read = min_read          # seconds a confirmation is on screen before 'y' counts (no typed-ahead yes)
         self.phrase = phrase
         self.card = card

@@ -121,6 +121,15 @@ class OwnCardScreen(TrustedScreen[None]):
 class CardScreen(OwnCardScreen):
     TITLE_TEXT = "card and readers"
 
+    def on_mount(self) -> None:
+        """Readers come and go and cards are pulled: with ``refresh`` set, the screen follows them."""
+        if self.tinguin.refresh_seconds > 0:
+            self.set_interval(self.tinguin.refresh_seconds, self._tick)
+
+    def _tick(self) -> None:
+        if self.is_current:
+            self.action_reload()
+
     def body(self) -> ComposeResult:
         yield Section("Readers")
         yield SafeTable(["reader", "state", "applets", "PIN pad"], id="readers")
