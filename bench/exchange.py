@@ -144,7 +144,7 @@ async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience:
         offer, want, plan, fair = deal(protocol)
         buyer.plans.append(plan)
         seller.faults.stop_before = "item" if resolved else None
-        buyer.step_timeout = patience if resolved else 10.0
+        buyer.waits = {"item": patience} if resolved else {}
         ttp_before = opened.ttp.stats()["total_requests"]
         sig_before, ttp_decisions = signatures(), opened.ttp.counters.decisions + opened.ttp.counters.refusals
         t0 = time.perf_counter()

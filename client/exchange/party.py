@@ -81,6 +81,7 @@ class Party:
         self.managers = managers
         self.ttp = ttp
         self.step_timeout = step_timeout
+        self.waits: dict[str, float] = {}      # per awaited message kind, overriding step_timeout
         Path(archive).parent.mkdir(parents=True, exist_ok=True)
         self.archive = Archive.open(archive, create=True, sign=identity.sign)
         self.mailbox = Mailbox(self._on_new)

@@ -83,7 +83,9 @@ class Run:
     async def expect(self, kinds: tuple[str, ...], timeout: float | None = None) -> tuple[str, dict[str, Any]] | None:
         """The next message of one of ``kinds`` (others are dropped as out of protocol), or None after
         the step timeout: the peer is slow, stopped or gone — the protocol decides what that means."""
-        deadline = asyncio.get_running_loop().time() + (timeout if timeout is not None else self.party.step_timeout)
+        if timeout is None:
+            timeout = self.party.waits.get(kinds[0], self.party.step_timeout)
+        deadline = asyncio.get_running_loop().time() + timeout
         while True:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
