@@ -242,3 +242,51 @@ def test_semper_bench_exchange_reports_json(tmp_path: Path) -> None:
     for protocol in ("gen-ver", "rev-rev"):
         assert out["protocols"][protocol]["resolved"]["ttp_requests"] == 1
     assert out["protocols"]["plain"]["resolved"] is None
+
+
+def test_the_buyer_signs_on_its_card(world: World, tmp_path: Path, fresh_images: Any) -> None:
+    """The buyer's acceptance and its request to T are signed by the card's PIV key 9C (PIN before
+    every signature), certified by the semper CA; the exchange layer sees only a Signer."""
+    from client.exchange.identity import Identity
+    from client.exchange.party import Party
+    from client.services import pki
+    from hardware.piv import PivSession, PivSigner, Slot
+    from hardware.simulator import open_card
+    card_image, _psam = fresh_images(tmp_path / "piv")
+    conn = open_card(card_image, sync=False)
+    try:
+        piv = PivSession(conn)
+        signer = PivSigner(piv, Slot.SIGNATURE, label="the buyer's card")
+        issued = world.ca.issue_direct(pki.Subject("Carla Cardholder", "person", "carla@example.org"),
+                                       signer.public_point())
+        piv.verify_pin(b"1234")
+        piv.put_certificate(Slot.SIGNATURE, issued.certificate)
+        identity = Identity(signer, pin=b"1234")
+
+        async def go() -> None:
+            async with Pair(world, tmp_path, fresh_images, step_timeout=0.4) as p:
+                card_buyer = Party("card buyer", identity, world.trust, buyer_managers(world),
+                                   tmp_path / "card-buyer.archive", tls=world.tls, root_pem=world.root_pem,
+                                   ttp=world.ttp_info(p.t.url), step_timeout=0.4)
+                await card_buyer.start()
+                try:
+                    deal = purchase(world, p.c)
+                    card_buyer.plans.append(deal.plan)
+                    o = await p.seller.originate(card_buyer.url, deal.offer, deal.want)
+                    r = await card_buyer.wait_outcome(o.session, 10)
+                    assert (o.status, r.status) == ("completed", "completed"), (o.as_dict(), r.as_dict())
+                    accept = next(c for k, c in card_buyer.evidence(r.xid) if k == "statement:xchg-accept")
+                    assert "CN=Carla Cardholder" in parse_statement(accept).signer_cert.subject.rfc4514_string()
+                    # and once more with the seller failing: the card signs the request to T
+                    deal = purchase(world, p.c)
+                    card_buyer.plans.append(deal.plan)
+                    p.seller.faults.stop_before = "item"
+                    o = await p.seller.originate(card_buyer.url, deal.offer, deal.want)
+                    r = await card_buyer.wait_outcome(o.session, 10)
+                    assert r.status == "resolved" and identity.signatures == 3
+                finally:
+                    await card_buyer.stop()
+                    card_buyer.close()
+        run(go())
+    finally:
+        conn.close()

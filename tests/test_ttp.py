@@ -241,3 +241,62 @@ def test_ttp_killed_mid_resolution_decides_the_same_way_after_restart(world: Wor
                     p.wait(10)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+def test_semper_ttp_init_and_serve_as_an_operator_would(tmp_path: Path) -> None:
+    """The commands end to end, each in its own process: a CA with a new token, the third party's
+    token created beside it and certified, the service started, its escrow key checked."""
+    import os
+    import sys
+    import time
+
+    from test_exchange_support import REPO
+    from client.exchange.identity import TtpInfo
+    from client.support.trust import TrustStore
+    env = {k: v for k, v in os.environ.items() if k not in ("SOFTHSM2_CONF", SEMPER_CRASH)}
+    env["SEMPER_HOME"] = str(tmp_path / "home")
+    (tmp_path / "ca.pin").write_text("ca-pin-9876")
+    (tmp_path / "ttp.pin").write_text("ttp-pin-5432")
+
+    def semper(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "client.cli", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+    r = semper("ca", "init", "--ca-dir", str(tmp_path / "ca"), "--create-token", "--pin-file", str(tmp_path / "ca.pin"))
+    assert r.returncode == 0, r.stderr
+    args = ("ttp", "init", "--dir", str(tmp_path / "ttp"), "--ca-dir", str(tmp_path / "ca"), "--ca-pin-file",
+            str(tmp_path / "ca.pin"), "--pin-file", str(tmp_path / "ttp.pin"))
+    r = semper(*args, "--create-token")
+    assert r.returncode == 0, r.stderr
+    assert "escrow-key statement" in r.stdout
+    r = semper(*args)                                   # a second init refuses, one line
+    assert r.returncode == 2 and "already holds a third party" in r.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "client.cli", "serve", "ttp", "--dir", str(tmp_path / "ttp"),
+                             "--pin-file", str(tmp_path / "ttp.pin"), "--port", "0"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        deadline, url = time.monotonic() + 30, None
+        while time.monotonic() < deadline and url is None:
+            line = proc.stdout.readline()
+            if "listening on" in line:
+                url = line.strip().rsplit(" ", 1)[-1]
+            elif not line:
+                break
+        assert url, proc.stderr.read() if proc.stderr else ""
+        root = (tmp_path / "ca" / "ca.pem").read_text()
+        client = JsonClient(url, root, name="the third party", timeout=15)
+        from cryptography import x509
+        cert = x509.load_pem_x509_certificate(client.get("/certificate")["certificate"].encode())
+        escrow = base64.b64decode(client.get("/escrow-key")["statement"])
+        info = TtpInfo.load(url, cert, escrow, TrustStore.from_files(tmp_path / "ca" / "ca.pem"))
+        assert info.escrow is not None and len(info.escrow.point) == 65
+        assert client.get("/stats")["total_requests"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+SEMPER_CRASH = "SEMPER_TTP_CRASH_AT"

@@ -9,7 +9,6 @@ listens. Its decisions live in its database, so a restart loses nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 from pathlib import Path
 
@@ -31,12 +30,15 @@ def _home(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    """Why this order: one process can use one SoftHSM2 token folder at a time (switching re-initialises
+    the module and ends every login), so the third party's token lives in the CA's token folder (or
+    the one given), is created first, and only then are the CA's and the third party's keys opened."""
     from cryptography import x509
 
     from hsm.softhsm import SoftHsmStore, provision
 
     from ..services.ca_home import CaHome
-    from ..support.paths import semper_home
+    from ..services.ttp_home import TtpHome
     home = _home(args)
     if home.config_file.exists():
         raise UsageError(f"{home.folder} already holds a third party")
@@ -44,19 +46,21 @@ def cmd_init(args: argparse.Namespace) -> int:
     ca = ca_home.open()
     if not ca.initialised:
         raise UsageError(f"no CA in {ca_home.folder}; the third party's keys are certified by the semper CA")
-    ca.signer = ca_home.open_signer(ca, _read_pin(args.ca_pin_file, False, "CA token PIN"))
+    _label, module, ca_conf = ca.token_settings()
+    if args.token_dir:
+        store = SoftHsmStore.in_folder(args.token_dir)
+    elif ca_conf:
+        store = SoftHsmStore.from_conf(Path(ca_conf))
+    else:
+        raise UsageError("the CA's token is not a SoftHSM2 token; give the third party's token folder (--token-dir)")
+    if ca_conf and Path(ca_conf).absolute() != store.conf:
+        raise UsageError(f"the third party's token must be in the CA's token folder ({Path(ca_conf).parent}) while "
+                         "the CA certifies it: one process uses one SoftHSM2 folder at a time")
+    ca_pin = _read_pin(args.ca_pin_file, False, "CA token PIN")
     pin = _read_pin(args.pin_file, args.pin_stdin, "third party token PIN")
     if args.create_token:
-        store = SoftHsmStore.in_folder(home.folder / "softhsm")
-    elif args.token_dir:
-        store = SoftHsmStore.in_folder(args.token_dir)
-    elif os.environ.get("SOFTHSM2_CONF"):
-        store = SoftHsmStore.from_conf(Path(os.environ["SOFTHSM2_CONF"]))
-    else:
-        store = SoftHsmStore.in_folder(semper_home() / "tokens")
-    if args.create_token:
         so_pin = secrets.token_hex(16).encode()
-        provision(store, args.token, pin, so_pin)
+        provision(store, args.token, pin, so_pin, module=module)
         print(f"created SoftHSM2 token {args.token!r} in {store.token_dir}; its SO PIN (shown once): {so_pin.decode()}")
     purse_root = None
     if args.purse_root:
@@ -64,10 +68,10 @@ def cmd_init(args: argparse.Namespace) -> int:
             purse_root = x509.load_pem_x509_certificate(args.purse_root.read_bytes())
         except (OSError, ValueError) as e:
             raise UsageError(f"--purse-root {args.purse_root}: not a readable PEM certificate ({e})") from None
+    ca.signer = ca_home.open_signer(ca, ca_pin)
     hosts = tuple(dict.fromkeys([args.host, "127.0.0.1", "localhost", *(args.tls_host or [])]))
-    from ..services.ttp_home import TtpHome
-    TtpHome.create(home.folder, ca=ca, token_label=args.token, pin=pin, softhsm_conf=str(store.conf), name=args.name,
-                   email=args.email, hosts=hosts, purse_root=purse_root, dsn=args.db)
+    TtpHome.create(home.folder, ca=ca, token_label=args.token, pin=pin, softhsm_conf=str(store.conf), module=module,
+                   name=args.name, email=args.email, hosts=hosts, purse_root=purse_root, dsn=args.db)
     print(f"third party {args.name!r} set up in {home.folder}; its keys stay in token {args.token!r}")
     print(f"give parties {home.cert_pem} and {home.escrow_file} (its escrow-key statement)")
     return 0
@@ -95,8 +99,9 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--ca-dir", type=Path, help="the CA's folder (default: $SEMPER_HOME/ca)")
     p.add_argument("--ca-pin-file", type=Path, help="the CA token's PIN (otherwise asked)")
     p.add_argument("--token", default="semper-ttp", help="label of the third party's token (default semper-ttp)")
-    p.add_argument("--create-token", action="store_true", help="create the SoftHSM2 token in the folder first")
-    p.add_argument("--token-dir", type=Path, help="SoftHSM2 folder holding the token")
+    p.add_argument("--create-token", action="store_true", help="create the SoftHSM2 token first (in the CA's token "
+                                                                "folder unless --token-dir)")
+    p.add_argument("--token-dir", type=Path, help="SoftHSM2 folder holding the token (default: the CA's)")
     p.add_argument("--pin-file", type=Path, help="the third party token's PIN")
     p.add_argument("--pin-stdin", action="store_true", help="read the third party token's PIN from standard input")
     p.add_argument("--name", default="semper third party", help="the name in its certificates")
