@@ -251,6 +251,7 @@ def test_semper_ttp_init_and_serve_as_an_operator_would(tmp_path: Path) -> None:
     import time
 
     from test_exchange_support import REPO
+
     from client.exchange.identity import TtpInfo
     from client.support.trust import TrustStore
     env = {k: v for k, v in os.environ.items() if k not in ("SOFTHSM2_CONF", SEMPER_CRASH)}
