@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,7 @@ class Ruling:
                 "third_party": self.third_party, "ruling": self.ruling, "fair": self.fair}
 
 
-def judge_managers(trust: TrustStore, purse_roots: list[x509.Certificate]) -> Managers:
+def judge_managers(trust: TrustStore, purse_roots: Sequence[x509.Certificate]) -> Managers:
     verifiers = {"card-purse": CardPurseVerifier(purse_roots[0])} if purse_roots else {}
     return Managers(StatementManager(trust), CredentialManager(trust), InformationManager(), PaymentManager(verifiers))
 
@@ -81,7 +81,8 @@ def _entries(path: Path) -> list[tuple[str, bytes]]:
         raise BadBundle(f"{path} is not a readable evidence bundle ({e})") from None
 
 
-def judge(path: Path, trust: TrustStore, purse_roots: list[x509.Certificate] = ()) -> Ruling:  # type: ignore[assignment]
+def judge(path: Path, trust: TrustStore, purse_roots: Sequence[x509.Certificate] = ()) -> Ruling:
+    """Rule on the exchange whose evidence bundle is at ``path``; see the module docstring."""
     report = verify_bundle(Path(path), trust)
     ruling = Ruling(report.ok, [p.message for p in report.problems])
     entries = _entries(Path(path))

@@ -90,6 +90,7 @@ class ThirdParty:
         self.chain = chain
         self.crash_at = crash_at if crash_at is not None else os.environ.get(CRASH_ENV)
         self.counters = Counters()
+        self._count_lock = threading.Lock()
         self._sign_lock = threading.Lock()
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         db.migrate(store.SCHEMA)
@@ -113,6 +114,13 @@ class ThirdParty:
         other, memory stays bounded; the table's primary key decides once even across processes."""
         return self._locks[int(xid[:8], 16) % LOCK_STRIPES]
 
+    def _count(self, name: str, kind: str | None = None) -> None:
+        with self._count_lock:
+            if kind is not None:
+                self.counters.requests[kind] += 1
+            else:
+                setattr(self.counters, name, getattr(self.counters, name) + 1)
+
     def _crash(self, point: str) -> None:
         if self.crash_at == point:
             log.error("fault injection: crashing at %s", point)
@@ -124,19 +132,19 @@ class ThirdParty:
         for bad input."""
         if kind not in REQUEST_KINDS:
             raise TtpError(f"unknown request kind {kind!r}")
-        self.counters.requests[kind] += 1
+        self._count("requests", kind)
         digest = hashlib.sha256(request).hexdigest()
         with self.db.transaction() as tx:
             kept = store.get_answer(tx, digest)
         if kept is not None:
-            self.counters.replays += 1
+            self._count("replays")
             return kept
         base: dict[str, Any] = {"type": "decision", "xid": None, "final": False,
                                 "request": {"kind": kind, "sha256": digest}, "ttp": self.ttp_id}
         try:
             return self._decide(kind, request, digest, base)
         except _Refusal as r:
-            self.counters.refusals += 1
+            self._count("refusals")
             answer = self.sign({**base, "outcome": "refused", "reason": r.reason})
             if r.keep:
                 with self.db.transaction() as tx:
@@ -177,7 +185,7 @@ class ThirdParty:
             with self.db.transaction() as tx:
                 record = store.get_record(tx, b.xid)
             if record is not None:
-                self.counters.replays += 1
+                self._count("replays")
                 return record.decision
             outcome, extra = self._evaluate(kind, role, proposal, body)
             if outcome == "undecided":
@@ -192,7 +200,7 @@ class ThirdParty:
                     earlier = store.get_record(tx, b.xid)
                     assert earlier is not None
                     return earlier.decision
-            self.counters.decisions += 1
+            self._count("decisions")
             self._crash("after-commit")
             return decision
 
@@ -246,7 +254,9 @@ class ThirdParty:
     def stats(self) -> dict[str, Any]:
         with self.db.transaction() as tx:
             stored = store.counts(tx)
-        return {"requests": dict(self.counters.requests), "total_requests": sum(self.counters.requests.values()),
+        with self._count_lock:
+            requests = dict(self.counters.requests)
+        return {"requests": requests, "total_requests": sum(requests.values()),
                 "decisions": self.counters.decisions, "refusals": self.counters.refusals,
                 "replays": self.counters.replays, "stored": stored}
 
