@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_payment_support import CARD_PIN, EUR, PARTY_PIN, World, make_world
+from test_payment_support import EUR, PARTY_PIN, World, card_pin, make_world
 
 from bench.tearing import VpcdServerConnection
 from client.payment.bank_client import BankClient
@@ -183,7 +183,7 @@ def test_money_is_conserved_under_dropped_connections_and_card_kills(fault_world
     psam = PsamSession(psam_conn)
     wallet = Wallet(tmp_path / "wallet.json", TokenWalletKey(RsaTokenKeys(w.signers["buyer"].module, "buyer",
                                                                            PARTY_PIN)))
-    buyer_ctx = ctx("buyer", purse=purse, wallet=wallet, pin=lambda why: CARD_PIN)
+    buyer_ctx = ctx("buyer", purse=purse, wallet=wallet, enter_pin=card_pin)
     buyer = PaymentManager(buyer_ctx, only=["card-purse", "ecash"])
     shop = PaymentManager(ctx("seller", psam=psam), only=["card-purse", "setpay"])
     shop2 = PaymentManager(ctx("seller2"), only=["cheque", "ecash"])

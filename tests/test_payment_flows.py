@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_payment_support import CARD_PIN, EUR, PARTY_PIN, World, world  # noqa: F401  (fixture)
+from test_payment_support import CARD_PIN, EUR, PARTY_PIN, World, card_pin, world  # noqa: F401  (fixture)
 
 from client.payment.errors import NegotiationError, PaymentRefused, ProtocolError
 from client.payment.manager import LocalPayee, PaymentManager, pay, run_payment
@@ -46,7 +46,7 @@ def test_purse_load_pay_clear(world: World, tmp_path: Path) -> None:
     world.bank.cash_in(buyer_acc, 50_000)
     with open_card(buyer_img, sync=False) as bc, open_card(psam_img, sync=False) as pc:
         purse, psam = PurseSession(bc), PsamSession(pc)
-        payer = PaymentManager(_ctx(world, "buyer", purse=purse, pin=lambda why: CARD_PIN), only=["card-purse"])
+        payer = PaymentManager(_ctx(world, "buyer", purse=purse, enter_pin=card_pin), only=["card-purse"])
         payee = PaymentManager(_ctx(world, "seller", psam=psam), only=["card-purse"])
         before = _money(world)
         module = payer.module("card-purse")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_payment_support import CARD_PIN, EUR, World, world  # noqa: F401  (fixture)
+from test_payment_support import CARD_PIN, EUR, World, card_pin, world  # noqa: F401  (fixture)
 
 from client.payment.manager import LocalPayee, PaymentManager, pay
 from client.payment.model import Status, Terms
@@ -45,9 +45,9 @@ def test_purse_cheque_and_account_payment_through_pcscd(world: World, tmp_path: 
             PcscConnection(vc.readers[0]) as card_conn, PcscConnection(vc.readers[1]) as psam_conn:
         purse, psam, piv = PurseSession(card_conn), PsamSession(psam_conn), PivSession(card_conn)
         signer = PivSigner(piv)
-        bank = world.client(signer, pin=lambda: CARD_PIN, before_sign=piv.select)
+        bank = world.client(signer, enter_pin=card_pin, before_sign=piv.select)
         ctx = PartyContext(bank=bank, signer=signer, account=account, currency=EUR, purse=purse,
-                           pin=lambda why: CARD_PIN, select_signer=piv.select)
+                           enter_pin=card_pin, select_signer=piv.select)
         payer = PaymentManager(ctx, only=["card-purse", "cheque", "setpay"], preferences=["card-purse"])
         shop = PaymentManager(PartyContext(bank=world.client(seller_signer), signer=seller_signer, account=seller_acc,
                                            currency=EUR, psam=psam), only=["card-purse", "cheque", "setpay"])

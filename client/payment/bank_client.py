@@ -32,24 +32,29 @@ BACKOFF_S = 0.2
 
 
 class BankClient:
-    """Requests to one bank, signed by ``signer`` (``pin()`` is asked before each signature if given)."""
+    """Requests to one bank, signed by ``signer``.
+
+    ``enter_pin(purpose, signer)`` (a :data:`client.payment.module.PinEntry`, e.g. the TINGUIN's) gets
+    the PIN verified on the signer right before each signature, for keys that want it every time
+    (PIV 9C); the PIN itself never reaches this client.
+    """
 
     def __init__(self, url: str, tls_root: str | bytes | Path, signer: Signer | None = None, *,
-                 pin: Callable[[], bytes] | None = None, timeout: float = 15.0, retries: int = RETRIES,
-                 before_sign: Callable[[], None] | None = None) -> None:
+                 enter_pin: Callable[[str, Any], None] | None = None, timeout: float = 15.0,
+                 retries: int = RETRIES, before_sign: Callable[[], None] | None = None) -> None:
         self.http = JsonClient(url, tls_root, timeout=timeout, name="the bank")
         self.signer = signer
-        self.pin = pin
+        self.enter_pin = enter_pin
         self.retries = retries
         self.before_sign = before_sign
         self._info: dict[str, Any] | None = None
         self._bank_key: ec.EllipticCurvePublicKey | None = None
 
-    def with_signer(self, signer: Signer, pin: Callable[[], bytes] | None = None,
+    def with_signer(self, signer: Signer, enter_pin: Callable[[str, Any], None] | None = None,
                     before_sign: Callable[[], None] | None = None) -> BankClient:
         other = BankClient.__new__(BankClient)
         other.__dict__.update(self.__dict__)
-        other.signer, other.pin, other.before_sign = signer, pin, before_sign
+        other.signer, other.enter_pin, other.before_sign = signer, enter_pin, before_sign
         return other
 
     # ---- the bank's public data ----------------------------------------------------------------
@@ -90,7 +95,9 @@ class BankClient:
                 "idempotency_key": idempotency_key, "bank": self.info().get("bank_id", "")}
         if self.before_sign is not None:
             self.before_sign()
-        return sign(self.signer, body, self.pin() if self.pin else None).to_json()
+        if self.enter_pin is not None:
+            self.enter_pin(f"sign your request to the bank ({op})", self.signer)
+        return sign(self.signer, body, None).to_json()
 
     def call(self, op: str, params: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
         """POST /<op>; returns the bank's verified answer body. Retries dropped connections."""

@@ -30,17 +30,26 @@ if TYPE_CHECKING:
     from .wallet import Wallet
 
 
+PinEntry = Callable[[str, Any], None]
+"""``enter_pin(purpose, session)``: have the PIN verified on ``session`` (a card session or signer
+with ``verify_pin``) for ``purpose`` — a sentence saying what it is for. The TINGUIN's
+implementation (``client.commerce.pin.tinguin_pin``) asks the user and hands the digits straight to
+``session.verify_pin`` (or lets the reader's PIN pad take them): no module, manager or client ever
+holds the PIN. It raises :class:`~client.payment.errors.InstrumentError` when the user cancels or
+the PIN is blocked."""
+
+
 @dataclass
 class PartyContext:
     """What one party's modules may use. A module that misses what it needs offers nothing.
 
-    ``pin`` is how a module asks for the PIN right before the card needs it (the TINGUIN supplies
-    it; tests pass a function); it is called with a sentence saying what the PIN is for.
+    ``enter_pin`` is how a module gets the PIN verified on the card right before the card needs it
+    (see :data:`PinEntry`); the PIN itself never passes through the payment layer.
     """
 
     bank: BankClient | None = None
     signer: Signer | None = None
-    pin: Callable[[str], bytes] | None = None
+    enter_pin: PinEntry | None = None
     purse: PurseSession | None = None
     psam: PsamSession | None = None
     account: str | None = None
@@ -131,17 +140,18 @@ class BaseModule:
         signer = self._signer()
         try:
             cert = signer.certificate()
-            if self.ctx.pin is not None:
-                signer.verify_pin(self._pin(why))
+            if self.ctx.enter_pin is not None:       # a token logged in before needs none
+                self.ctx.enter_pin(why, signer)
             return signer.sign_digest(digest), cert
         except hw.HardwareError as e:
             from .errors import InstrumentError
             raise InstrumentError(f"the card or token could not sign to {why}: {e}") from None
 
-    def _pin(self, why: str) -> bytes:
-        if self.ctx.pin is None:
+    def _enter_pin(self, why: str, session: Any) -> None:
+        """The PIN verified on ``session`` through the party's PIN entry (it never comes back here)."""
+        if self.ctx.enter_pin is None:
             raise PaymentError(f"the PIN is needed to {why}, but nothing can ask for it here")
-        return self.ctx.pin(why)
+        self.ctx.enter_pin(why, session)
 
 
 def require(message: dict[str, Any] | None, kind: str, *fields: str) -> dict[str, Any]:

@@ -81,10 +81,9 @@ class PurseModule(BaseModule):
         purse, bank = self.ctx.purse, self.ctx.bank
         if purse is None or bank is None or self.ctx.account is None:
             raise InstrumentError("loading needs the card, the bank and the holder's account")
-        pin = self._pin("load the purse")
         try:
             purse.select()
-            purse.verify_pin(pin)
+            self._enter_pin("load the purse", purse)
             info = purse.info()
             request, signed = purse.initialize_load(amount, info.currency)
             cert = purse.certificate()

@@ -1,0 +1,369 @@
+"""Payment items: the transfer layer's payment-module interface, implemented by the payment manager.
+
+Why an adapter: the exchange layer treats a payment as one *item* — the payee completes the
+description with a *request*, the payer answers with a *proof*, anyone checks the proof against
+the request (``client/transfer/payment.py``). The payment manager's modules speak in *flows* of
+two to four messages. This module maps one onto the other, so that every payment in an exchange
+goes through the payer's and the payee's :class:`~client.payment.manager.PaymentManager` — the same
+negotiation, records, PIN path and bank client as a payment outside an exchange:
+
+* **handshake modules** (the card purse): the payer speaks first (``hello``: card number, next
+  debit counter, certificate); that message is the payer's *hint*, the payee's answer (the PSAM's
+  signed DRQ1) is the *request*, the payer's next message (the card's DPF1) is the *proof*, and
+  the payee's last step (into the PSAM's batch) is the *deposit*;
+* **one-shot modules** (cheque, SET-like account payment, e-cash): the request carries the payee's
+  terms; the payer's first message *is* the payment (cheque, dual-signed instruction, coins). These
+  modules need the bank on line to be final, so the payee's ``verify`` already deposits (a bounced
+  cheque, a refused authorisation or a double-spent coin makes the item fail its check, before the
+  payee gives anything in return).
+
+Anyone else (the third party, a judge) checks proofs with :func:`item_verifiers`, from public data
+only: the purse scheme root, the CA roots, the mint's public keys.
+
+Request and proof formats (JSON, inside the exchange's description and item):
+
+=============  ======================================================  ===============================
+module         request                                                 proof
+=============  ======================================================  ===============================
+card-purse     ``terms`` + ``certificate``/``record``/``signature``     ``certificate``/``record``/
+               (the PSAM's DRQ1, as ``transfer.purse_payment`` reads)    ``signature`` (the card's DPF1)
+cheque         ``terms``                                               ``kind``: cheque, ``cheque``
+setpay         ``terms``                                               ``kind``: instruction, OI, ...
+ecash          ``terms``                                               ``kind``: coins, ``coins``
+=============  ======================================================  ===============================
+"""
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from ..transfer.errors import ItemMismatch, MalformedItem, PaymentFailed
+from ..transfer.properties import Properties
+from ..transfer.purse_payment import CardPurseVerifier
+from . import blind, formats
+from .errors import PaymentError
+from .manager import PayerSession, PaymentManager
+from .model import Acceptance, ExchangeProperties, Terms
+from .negotiation import Requirements
+from .wire import CertCache, SignedJson, unb64, verify_digest
+
+JsonDict = dict[str, Any]
+HANDSHAKE = frozenset({"card-purse"})
+MintKeys = Mapping[str, tuple[int, int, rsa.RSAPublicKey]]      # key id -> (currency, denomination, key)
+NO_REQUIREMENTS = Requirements()
+
+
+def transfer_properties(p: ExchangeProperties) -> Properties:
+    """The exchange-enabling properties of a module's payments, as the transfer layer names them."""
+    return Properties(verifiable=p.externally_verifiable, generatable=p.generatable, revocable=p.revocable)
+
+
+def _terms(request: Mapping[str, Any]) -> Terms:
+    raw = request.get("terms") if isinstance(request, Mapping) else None
+    if not isinstance(raw, Mapping):
+        raise MalformedItem("the payment request carries no terms")
+    try:
+        return Terms.from_dict(dict(raw))
+    except PaymentError as e:
+        raise MalformedItem(f"the payment request's terms are malformed: {e}") from None
+
+
+def _same_terms(terms: Terms, amount: int, currency: int) -> None:
+    if (terms.amount, terms.currency) != (amount, currency):
+        raise ItemMismatch(f"the payment request is for {terms.amount} (currency {terms.currency}), the exchange "
+                           f"agreed {amount} (currency {currency})")
+
+
+# ---- external verification (the third party, a judge, anyone) ---------------------------------------
+class ItemVerifier:
+    """Checks one module's proofs from public data only; the payee's own check is :class:`ItemPayee`."""
+
+    def __init__(self, name: str, properties: ExchangeProperties, check: Callable[[Mapping[str, Any], Terms], None]
+                 ) -> None:
+        self.name = name
+        self._properties = properties
+        self._check = check
+
+    def properties(self) -> Properties:
+        return transfer_properties(self._properties)
+
+    def verify(self, proof: Mapping[str, Any], request: Mapping[str, Any], amount: int, currency: int) -> None:
+        terms = _terms(request)
+        _same_terms(terms, amount, currency)
+        if not isinstance(proof, Mapping):
+            raise MalformedItem("the payment proof must be a JSON object")
+        try:
+            self._check(proof, terms)
+        except PaymentError as e:                 # the modules' words for a bad proof
+            raise ItemMismatch(f"the {self.name} payment does not verify: {e}") from None
+
+
+class PurseItemVerifier(ItemVerifier):
+    """Card purse: the card-signed DPF1 answers exactly the PSAM-signed DRQ1 in the request (scheme root)."""
+
+    def __init__(self, root: x509.Certificate) -> None:
+        super().__init__("card-purse", ExchangeProperties(externally_verifiable=True, revocable=False, online=False),
+                         lambda proof, terms: None)
+        self.inner = CardPurseVerifier(root)
+
+    def verify(self, proof: Mapping[str, Any], request: Mapping[str, Any], amount: int, currency: int) -> None:
+        _same_terms(_terms(request), amount, currency)
+        self.inner.verify(proof, request, amount, currency)
+
+
+def purse_verifier(root: x509.Certificate) -> PurseItemVerifier:
+    return PurseItemVerifier(root)
+
+
+def _signer_key(certs: CertCache, der: bytes) -> ec.EllipticCurvePublicKey:
+    return certs.check(der)[1]
+
+
+def cheque_verifier(roots: list[x509.Certificate]) -> ItemVerifier:
+    """A cheque signed by a certified drawer, made out to the request's payee, amount and order."""
+    certs = CertCache(roots)
+
+    def check(proof: Mapping[str, Any], t: Terms) -> None:
+        cheque = SignedJson.from_json(proof.get("cheque"), "the cheque")
+        b = cheque.body
+        if (b.get("payee"), b.get("amount"), b.get("currency"), b.get("order_hash")) != (t.payee, t.amount,
+                                                                                          t.currency, t.order_hash):
+            raise ItemMismatch("the cheque is not made out for the requested payee, amount, currency and order")
+        verify_digest(_signer_key(certs, cheque.certificate), cheque.digest, cheque.signature, "drawer's signature")
+    return ItemVerifier("cheque", ExchangeProperties(externally_verifiable=True, revocable=False), check)
+
+
+def setpay_verifier(roots: list[x509.Certificate]) -> ItemVerifier:
+    """A dual-signed instruction whose order information is the request's terms (payer certified)."""
+    certs = CertCache(roots)
+
+    def check(proof: Mapping[str, Any], t: Terms) -> None:
+        oi = proof.get("oi")
+        if oi != formats.order_information(t.order_hash, t.amount, t.currency, t.payment_id, t.payee):
+            raise ItemMismatch("the order information does not match the requested terms")
+        try:
+            pi_hash = bytes.fromhex(str(proof.get("pi_hash")))
+        except ValueError:
+            raise MalformedItem("the instruction's PI hash is not hex") from None
+        key = _signer_key(certs, unb64(proof.get("payer_certificate"), "payer certificate", 4096))
+        verify_digest(key, formats.dual_digest(pi_hash, formats.h(oi)),
+                      unb64(proof.get("dual_signature"), "dual signature", 80), "payer's dual signature")
+    return ItemVerifier("setpay", ExchangeProperties(externally_verifiable=True, revocable=True), check)
+
+
+def ecash_verifier(mint_keys: MintKeys) -> ItemVerifier:
+    """Coins signed by the mint, in the request's currency, adding up to its amount (spent-ness is the bank's)."""
+    def check(proof: Mapping[str, Any], t: Terms) -> None:
+        coins = proof.get("coins")
+        if not isinstance(coins, list) or not coins or len(coins) > 64:
+            raise MalformedItem("the e-cash payment needs 1 to 64 coins")
+        total = 0
+        for c in coins:
+            try:
+                cur, denom, pub = mint_keys[str(c["key_id"])]
+                serial, sig = str(c["serial"]), unb64(c["signature"], "coin signature", 1024)
+            except (KeyError, TypeError):
+                raise ItemMismatch("a coin names no key of this mint") from None
+            if cur != t.currency:
+                raise ItemMismatch("a coin is in another currency")
+            blind.verify(pub, formats.coin_message(str(c["key_id"]), serial), sig)
+            total += denom
+        if total != t.amount:
+            raise ItemMismatch(f"the coins add up to {total}, the request is for {t.amount}")
+    return ItemVerifier("ecash", ExchangeProperties(externally_verifiable=True, revocable=False, anonymous=True),
+                        check)
+
+
+def item_verifiers(*, purse_root: x509.Certificate | None = None, roots: list[x509.Certificate] | None = None,
+                   mint_keys: MintKeys | None = None) -> dict[str, ItemVerifier]:
+    """Verifiers for the modules whose public data is given (what a third party or judge configures)."""
+    out: dict[str, ItemVerifier] = {}
+    if purse_root is not None:
+        out["card-purse"] = purse_verifier(purse_root)
+    if roots:
+        out["cheque"] = cheque_verifier(roots)
+        out["setpay"] = setpay_verifier(roots)
+    if mint_keys:
+        out["ecash"] = ecash_verifier(mint_keys)
+    return out
+
+
+# ---- the payer --------------------------------------------------------------------------------------
+class ItemPayer:
+    """The payer's side of a payment item (``transfer.payment.PayerModule``) through its payment manager.
+
+    ``expect_payee`` and ``order_hash``, when given, are checked in the payee's request: the payer
+    pays only the payee and order it agreed to (e.g. from the seller's signed offer).
+    """
+
+    def __init__(self, manager: PaymentManager, module: str, verifier: ItemVerifier, *,
+                 expect_payee: str | None = None, order_hash: str | None = None,
+                 require: Requirements = NO_REQUIREMENTS) -> None:
+        self.manager = manager
+        self.name = module
+        self.module = manager.module(module)
+        self.verifier = verifier
+        self.expect_payee, self.order_hash, self.require = expect_payee, order_hash, require
+        self._lock = threading.Lock()
+        self.records: dict[str, Any] = {}          # payment id -> the payer's Record
+
+    def properties(self) -> Properties:
+        return transfer_properties(self.module.properties)
+
+    def verify(self, proof: Mapping[str, Any], request: Mapping[str, Any], amount: int, currency: int) -> None:
+        self.verifier.verify(proof, request, amount, currency)
+
+    def payer_hint(self) -> JsonDict:
+        if self.name not in HANDSHAKE:
+            return {}
+        instrument = self._instrument(None)
+        placeholder = Terms("hint", 1, instrument.currency, "-", "0" * 64)
+        try:                      # the flow's first move only reads the card (number, counter, certificate)
+            step = self.module.payer_flow(placeholder, instrument, {}).step(None)
+        except PaymentError as e:
+            raise PaymentFailed(f"the {self.name} instrument cannot pay now: {e}") from None
+        return dict(step.message or {})
+
+    def _instrument(self, terms: Terms | None) -> Any:
+        mine = [i for i in self.manager.instruments() if i.module == self.name
+                and (terms is None or i.currency == terms.currency)]
+        if not mine:
+            raise PaymentFailed(f"no {self.name} instrument here can pay this (card absent, other currency?)")
+        return mine[0]
+
+    def check_request(self, request: Mapping[str, Any], amount: int, currency: int) -> None:
+        terms = _terms(request)
+        _same_terms(terms, amount, currency)
+        if self.expect_payee is not None and terms.payee != self.expect_payee:
+            raise ItemMismatch(f"the payment request names payee {terms.payee!r}, not the agreed {self.expect_payee!r}")
+        if self.order_hash is not None and terms.order_hash != self.order_hash:
+            raise ItemMismatch("the payment request is for another order than the one agreed")
+        if isinstance(self.verifier, PurseItemVerifier):       # the PSAM's signed request, checked before paying
+            drq = self.verifier.inner.decode_request(request)
+            if (drq.amount, drq.currency) != (amount, currency):
+                raise ItemMismatch(f"the PSAM asks the card for {drq.amount} (currency {drq.currency}), the exchange "
+                                   f"agreed {amount}")
+
+    def pay(self, request: Mapping[str, Any], amount: int, currency: int) -> JsonDict:
+        self.check_request(request, amount, currency)
+        terms = _terms(request)
+        with self._lock:
+            try:
+                choice = self.manager.choose(terms, [Acceptance(self.name, (currency,))], self.require)
+                session: PayerSession = self.manager.pay(terms, choice)
+                hello = session.start()["body"]
+                if self.name in HANDSHAKE:
+                    body = session.step({"kind": "challenge", "request": request["record"],
+                                         "signature": request["signature"], "psam_certificate": request["certificate"]})
+                    if body is None:
+                        raise PaymentFailed("the card produced no debit proof")
+                    proof = {"certificate": hello["card_certificate"], "record": body["proof"],
+                             "signature": body["signature"]}
+                else:
+                    proof = dict(hello)
+            except PaymentError as e:
+                raise PaymentFailed(f"the {self.name} payment failed: {e}") from None
+            self.records[terms.payment_id] = session.record
+        return proof
+
+
+# ---- the payee --------------------------------------------------------------------------------------
+class ItemPayee:
+    """The payee's side of a payment item (``transfer.payment.PayeeModule``) through its payment manager.
+
+    ``order_hash`` ties the payment to an order (a commerce deal passes its order's digest);
+    without it the terms name the hash of the payment id, which ties it to nothing more.
+    """
+
+    def __init__(self, manager: PaymentManager, module: str, verifier: ItemVerifier, *, account: str,
+                 payee_name: str = "", order_hash: str | None = None) -> None:
+        self.manager = manager
+        self.name = module
+        self.module = manager.module(module)
+        self.verifier = verifier
+        self.account, self.payee_name, self.order_hash = account, payee_name, order_hash
+        self._lock = threading.Lock()
+        self._done: dict[str, JsonDict] = {}       # payment id -> the payee's last answer (deposited)
+
+    def properties(self) -> Properties:
+        return transfer_properties(self.module.properties)
+
+    def request(self, hint: Mapping[str, Any], amount: int, currency: int) -> JsonDict:
+        try:
+            terms = Terms.new(amount, currency, self.account, self.order_hash or secrets.token_bytes(16),
+                              self.payee_name)
+            self.manager.expect(terms)
+        except PaymentError as e:
+            raise MalformedItem(f"no {self.name} payment request for these terms: {e}") from None
+        request: JsonDict = {"terms": terms.as_dict()}
+        if self.name in HANDSHAKE:
+            reply = self._handle(terms, dict(hint))
+            if reply is None or reply.get("kind") != "challenge":
+                raise PaymentFailed(f"the {self.name} payee did not answer the payer's hello with a request")
+            request.update({"certificate": reply["psam_certificate"], "record": reply["request"],
+                            "signature": reply["signature"]})
+        return request
+
+    def _handle(self, terms: Terms, body: JsonDict) -> JsonDict | None:
+        try:
+            out = self.manager.handle({"payment_id": terms.payment_id, "module": self.name, "body": body})
+        except PaymentError as e:
+            raise ItemMismatch(f"the {self.name} payment was refused: {e}") from None
+        return None if out is None else dict(out["body"])
+
+    def verify(self, proof: Mapping[str, Any], request: Mapping[str, Any], amount: int, currency: int) -> None:
+        """External check, and for online modules the bank's acceptance (so the payment is final)."""
+        self.verifier.verify(proof, request, amount, currency)
+        if self.name not in HANDSHAKE:
+            self._deposit_once(proof, request)
+
+    def deposit(self, proof: Mapping[str, Any], request: Mapping[str, Any]) -> bool:
+        return self._deposit_once(proof, request)
+
+    def _deposit_once(self, proof: Mapping[str, Any], request: Mapping[str, Any]) -> bool:
+        terms = _terms(request)
+        with self._lock:
+            if terms.payment_id in self._done:
+                return False
+            self.manager.expect(terms)                 # a restarted payee: the terms come back from the request
+            if self.name in HANDSHAKE:
+                answer = self._purse_deposit(terms, proof)
+            else:
+                answer = self._handle(terms, dict(proof))
+            self._done[terms.payment_id] = answer or {}
+        return True
+
+    def _purse_deposit(self, terms: Terms, proof: Mapping[str, Any]) -> JsonDict | None:
+        body = {"kind": "proof", "proof": proof.get("record"), "signature": proof.get("signature")}
+        try:
+            return self._handle(terms, body)
+        except ItemMismatch:
+            # no flow waiting for this proof (the payee restarted, or T handed the proof over):
+            # the PSAM still holds the request; complete it there directly
+            psam = self.manager.ctx.psam
+            if psam is None:
+                raise
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            from hardware import errors as hw
+            from hardware.purse_records import Signed
+            cert = x509.load_der_x509_certificate(unb64(proof.get("certificate"), "card certificate", 4096))
+            try:
+                psam.select()
+                batch, index, _ = psam.complete_debit(cert.public_bytes(Encoding.DER),
+                                                      Signed(unb64(proof.get("record"), "proof", 128),
+                                                             unb64(proof.get("signature"), "signature", 80)))
+            except hw.ReplayError:
+                return None                             # taken into the batch before
+            except hw.HardwareError as e:
+                raise ItemMismatch(f"the PSAM did not take the debit proof: {e}") from None
+            return {"kind": "receipt", "batch": batch, "index": index}
+
+
+__all__ = ["HANDSHAKE", "ItemPayee", "ItemPayer", "ItemVerifier", "PurseItemVerifier", "cheque_verifier", "ecash_verifier",
+           "item_verifiers", "purse_verifier", "setpay_verifier", "transfer_properties"]
