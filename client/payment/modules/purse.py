@@ -146,16 +146,7 @@ class PurseModule(BaseModule):
             return None
         except hw.HardwareError as e:
             raise _card_error(e, "read the batch") from None
-        certs: list[bytes] = []
-        index: dict[bytes, int] = {}
-        rows = []
-        for e in entries:
-            if e.card_certificate not in index:
-                index[e.card_certificate] = len(certs)
-                certs.append(e.card_certificate)
-            rows.append([index[e.card_certificate], b64(e.proof.record), b64(e.proof.signature)])
-        params = {"psam_certificate": b64(psam.certificate()), "header": b64(signed.record),
-                  "header_signature": b64(signed.signature), "certificates": [b64(c) for c in certs], "entries": rows}
+        params = clearing_request(psam.certificate(), signed, entries)
         try:
             return dict(bank.call("acquirer/clear", params, idempotency_key=f"batch-{header.psam_id.hex()}-{number}")["result"])
         except PaymentRefused as e:
@@ -218,6 +209,21 @@ class PayerFlow:
             self.state = "done"
             return Step(None, done=True, status=Status.PAID, evidence={"batch": msg["batch"], "index": msg["index"]})
         raise ProtocolError("the purse payment is finished")
+
+
+def clearing_request(psam_certificate: bytes, signed_header: Signed, entries: Any) -> dict[str, Any]:
+    """The acquirer's ``clear`` parameters for a closed batch: each card certificate sent once."""
+    certs: list[bytes] = []
+    index: dict[bytes, int] = {}
+    rows = []
+    for e in entries:
+        if e.card_certificate not in index:
+            index[e.card_certificate] = len(certs)
+            certs.append(e.card_certificate)
+        rows.append([index[e.card_certificate], b64(e.proof.record), b64(e.proof.signature)])
+    return {"psam_certificate": b64(psam_certificate), "header": b64(signed_header.record),
+            "header_signature": b64(signed_header.signature), "certificates": [b64(c) for c in certs],
+            "entries": rows}
 
 
 def recover_debit(purse: Any, request: DebitRecord) -> Signed | None:
