@@ -19,11 +19,11 @@ from typing import Any
 from ..transfer.errors import TransferError
 from ..transfer.items import Content, content_from_json
 from ..transfer.managers import offer_commit, offer_make, offer_release
-from .errors import BadMessage, PeerUnreachable, TtpUnavailable
-from .messages import Proposal, check_accept
+from .errors import PeerUnreachable, TtpUnavailable
+from .messages import Proposal
 from .outcome import Outcome
 from .run import Run
-from .steps import Setup, receive_proposal, send_proposal, sign_accept
+from .steps import Setup, receive_proposal, send_proposal, sign_accept, take_acceptance
 
 
 # ---- originator --------------------------------------------------------------------------------
@@ -36,26 +36,12 @@ async def originator(run: Run, setup: Setup) -> Outcome:
         proposal = await send_proposal(run, setup, commitments, attachments)
     except PeerUnreachable as e:          # maybe delivered, maybe not: R may still pay and resolve
         return await originator_status(run, f"the responder did not take the proposal ({e})")
-    got = await run.expect(("accept", "refuse"))
-    if got is None:
-        return await originator_status(run, "the responder's acceptance and item did not arrive")
-    kind, body = got
-    if kind == "refuse":
-        run.record("peer-refused", {"reason": str(body.get("reason", ""))[:2000]})
-        run.state("done", outcome="no-exchange")
-        return run.outcome("no-exchange", f"the responder refused: {body.get('reason', '')}")
-    try:
-        accept = base64.b64decode(str(body.get("accept", "")), validate=True)
-        await run.blocking(check_accept, accept, proposal, party.trust)
-        run.record_statement(accept)
-        item = content_from_json(body.get("item"), "the responder's item")
-        run.record_item("offered", item)
-        kept = await run.blocking(party.managers.check, item, proposal.desc_r, proposal.binding,
-                                  proposal.binding.responder)
-    except (BadMessage, TransferError, ValueError) as e:
-        run.record("peer-fault", {"reason": str(e)})
-        return await originator_status(run, f"the responder's acceptance or item is not valid ({e})")
-    run.record_item("received", kept)
+    got = await take_acceptance(run, proposal)
+    if got.outcome is not None:
+        return got.outcome
+    if got.problem is not None:
+        return await originator_status(run, got.problem)
+    kept = got.kept
     await run.blocking(party.managers.accept, kept, proposal.desc_r)
     release = await run.blocking(offer_release, setup.offer, setup.desc_o, proposal.binding)
     run.record_item("sent", release)

@@ -16,11 +16,10 @@ import base64
 from ..transfer.errors import TransferError
 from ..transfer.items import content_from_json
 from ..transfer.managers import offer_make
-from .errors import BadMessage, PeerUnreachable, TtpUnavailable
-from .messages import check_accept
+from .errors import PeerUnreachable, TtpUnavailable
 from .outcome import Outcome
 from .run import Run
-from .steps import Setup, receive_proposal, send_proposal, sign_accept
+from .steps import Setup, receive_proposal, send_proposal, sign_accept, take_acceptance
 
 
 async def abort(run: Run, why: str, gave: bool) -> Outcome:
@@ -36,31 +35,16 @@ async def abort(run: Run, why: str, gave: bool) -> Outcome:
 
 
 async def originator(run: Run, setup: Setup) -> Outcome:
-    party = run.party
     try:
         proposal = await send_proposal(run, setup, {}, {})
     except PeerUnreachable as e:
         return await abort(run, f"the responder did not take the proposal ({e})", gave=False)
-    got = await run.expect(("accept", "refuse"))
-    if got is None:
-        return await abort(run, "the responder's acceptance and item did not arrive", gave=False)
-    kind, body = got
-    if kind == "refuse":
-        run.record("peer-refused", {"reason": str(body.get("reason", ""))[:2000]})
-        run.state("done", outcome="no-exchange")
-        return run.outcome("no-exchange", f"the responder refused: {body.get('reason', '')}")
-    try:
-        accept = base64.b64decode(str(body.get("accept", "")), validate=True)
-        await run.blocking(check_accept, accept, proposal, party.trust)
-        run.record_statement(accept)
-        item = content_from_json(body.get("item"), "the responder's item")
-        run.record_item("offered", item)
-        kept = await run.blocking(party.managers.check, item, proposal.desc_r, proposal.binding,
-                                  proposal.binding.responder)
-    except (BadMessage, TransferError, ValueError) as e:
-        run.record("peer-fault", {"reason": str(e)})
-        return await abort(run, f"the responder's acceptance or item is not valid ({e})", gave=False)
-    run.record_item("received", kept)
+    got = await take_acceptance(run, proposal)
+    if got.outcome is not None:
+        return got.outcome
+    if got.problem is not None:
+        return await abort(run, got.problem, gave=False)
+    kept = got.kept
     mine = await run.blocking(offer_make, setup.offer, setup.desc_o, proposal.binding)
     run.record_item("sent", mine)
     run.state("done", outcome="completed")

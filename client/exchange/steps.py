@@ -114,3 +114,40 @@ async def refuse(run: Run, reason: str) -> None:
         await run.send("refuse", {"reason": reason[:2000]})
     except PeerUnreachable:
         pass
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What the originator got back after its proposal: one of the three fields is set."""
+
+    kept: Any = None                   # the responder's item, checked against its description
+    outcome: Outcome | None = None     # the responder refused: the exchange ended here
+    problem: str | None = None         # nothing came, or it was not valid: the protocol goes to T
+
+
+async def take_acceptance(run: Run, proposal: Proposal) -> Accepted:
+    """Wait for the responder's signed acceptance and item (gen-ver and rev-rev share this step)."""
+    from ..transfer.items import content_from_json
+    from .messages import check_accept
+    party = run.party
+    got = await run.expect(("accept", "refuse"))
+    if got is None:
+        return Accepted(problem="the responder's acceptance and item did not arrive")
+    kind, body = got
+    if kind == "refuse":
+        run.record("peer-refused", {"reason": str(body.get("reason", ""))[:2000]})
+        run.state("done", outcome="no-exchange")
+        return Accepted(outcome=run.outcome("no-exchange", f"the responder refused: {body.get('reason', '')}"))
+    try:
+        accept = base64.b64decode(str(body.get("accept", "")), validate=True)
+        await run.blocking(check_accept, accept, proposal, party.trust)
+        run.record_statement(accept)
+        item = content_from_json(body.get("item"), "the responder's item")
+        run.record_item("offered", item)
+        kept = await run.blocking(party.managers.check, item, proposal.desc_r, proposal.binding,
+                                  proposal.binding.responder)
+    except (BadMessage, TransferError, ValueError) as e:
+        run.record("peer-fault", {"reason": str(e)})
+        return Accepted(problem=f"the responder's acceptance or item is not valid ({e})")
+    run.record_item("received", kept)
+    return Accepted(kept=kept)
