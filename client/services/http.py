@@ -68,6 +68,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(e.status, code, text)
     except asyncio.CancelledError:
         raise
+    except ConnectionResetError:        # the client hung up before its body was complete: nobody to answer
+        log.info("%s %s: the client closed the connection before sending the whole body", request.method, request.path)
+        return error_response(400, "truncated", "the connection closed before the whole request body arrived")
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return error_response(500, "internal", "the service failed on this request; its log has the details")
@@ -81,9 +84,17 @@ async def read_json(request: web.Request, fields: dict[str, type], optional: dic
         raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
     raw = await request.read()          # aiohttp enforces client_max_size here (413)
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        body = json.loads(raw, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {e}") from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed_json", "the body is not UTF-8 text") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "the body nests arrays or objects too deeply") from None
+    except ValueError as e:             # NaN / Infinity, or an integer of more than 4300 digits
+        raise ApiError(400, "malformed_json", f"the body is not JSON this service accepts: {e}") from None
+    if (b"\\ud" in raw or b"\\uD" in raw) and _has_lone_surrogate(body):
+        raise ApiError(400, "malformed_json", "the body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text")
     if not isinstance(body, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object")
     unknown = sorted(set(body) - set(fields) - set(optional))
@@ -98,6 +109,20 @@ async def read_json(request: web.Request, fields: dict[str, type], optional: dic
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ApiError(400, "wrong_type", f"the field {name!r} must be a {kind.__name__}")
     return body
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259), though Python's parser takes them."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a parsed body holds text no UTF-8 encoder (database, hash, signature) can take."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="semper-svc")
