@@ -86,10 +86,14 @@ def check_issued(der: bytes, root_der: bytes, point: bytes, name: str, email: st
     return cert
 
 
-def register(signer: Signer, *, pin: bytes, client: JsonClient, root_pem: str, registration_key: str,
+def register(signer: Signer, *, pin: bytes | None, client: JsonClient, root_pem: str, registration_key: str,
              name: str, email: str | None, write: Callable[[bytes], None],
              read_back: Callable[[], bytes] | None = None, save_dir: Path | None = None) -> Registered:
-    """Run the registration protocol for ``signer``'s key; ``write`` stores the certificate on the device."""
+    """Run the registration protocol for ``signer``'s key; ``write`` stores the certificate on the device.
+
+    ``pin`` None: the signer gets the PIN verified itself right before it signs (the TINGUIN's
+    ``GatedSigner``), so the PIN never passes through here.
+    """
     try:
         key = regkeys.parse_key(registration_key)
     except regkeys.RegistrationKeyError as e:
@@ -103,7 +107,8 @@ def register(signer: Signer, *, pin: bytes, client: JsonClient, root_pem: str, r
     if _root_der(str(served)) != root_der:
         raise RegistrationError(f"the CA at {client.base_url} has another root than the pinned one; "
                                 f"check --ca and --ca-root. Nothing was sent")
-    signer.verify_pin(pin)
+    if pin is not None:
+        signer.verify_pin(pin)
     try:
         csr = pki.build_csr(signer, point, name, email)
     except pki.PkiError:

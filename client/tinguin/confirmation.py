@@ -67,6 +67,9 @@ def render(request: ConfirmationRequest) -> str:
              *offer_lines(offer),
              (f"Pay {format_amount(offer.total, offer.currency)} with: {literal(request.payment.label, 60)} "
               f"({literal(request.payment.module, 40)})")]
+    if request.details:
+        lines.append("Order details (signed with the order):")
+        lines += [f"  {literal(label, 30)}: {_quoted(value)}" for label, value in request.details]
     if request.signer is not None:
         lines += ["Signed by you as:", *party_lines(request.signer)]
     else:

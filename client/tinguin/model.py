@@ -188,6 +188,7 @@ class ConfirmationRequest:
     action: Action = Action.ORDER_AND_PAY
     signer: Party | None = None             # the user's own certificate that will sign (None: anonymous deal)
     attributes: tuple[str, ...] = ()        # the deal's security attributes, e.g. ("non-repudiation",)
+    details: tuple[tuple[str, str], ...] = ()   # the order form as (label, value), e.g. where to deliver
 
     def __post_init__(self) -> None:
         if self.payment not in self.offer.payment_options:

@@ -1,0 +1,433 @@
+"""The buyer's building blocks: offer, confirmation, order, payment, confirmation, delivery, exchange.
+
+Each block does one step of a workflow and ends with the buyer's *local decision* (paper 2.2),
+written to the archive under the deal: ``satisfied`` (go on), ``refused`` (stop before giving
+anything more: :class:`~.errors.OfferRefused`, :class:`~.errors.DealAborted`), ``declined`` (the
+user said no: :class:`~.errors.DealDeclined`) or ``dispute`` (the buyer gave something and the
+seller did not deliver what it owes: :class:`~.errors.Dispute`, with the evidence archived).
+
+Every block honours the deal's attributes: an anonymous deal signs nothing and shows no
+certificate, pays only with an anonymous module and cannot use the fair exchange (which names both
+parties); with non-repudiation the order is signed on the card, behind a PIN entry in the TINGUIN.
+Nothing the seller sends is believed before it is verified here.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..exchange.outcome import Outcome
+from ..exchange.party import ResponsePlan
+from ..payment.errors import PaymentError
+from ..payment.item import ItemPayer
+from ..payment.manager import run_payment
+from ..payment.model import Acceptance, Record, Status, Terms
+from ..support.cms import EvidenceError, sign_statement
+from ..support.money import format_amount
+from ..support.trust import VerifiedStatement, verify_statement
+from ..tinguin.confirmation import digest as confirmation_digest
+from ..tinguin.model import (
+    Action,
+    ConfirmationRequest,
+    LineItem,
+    OfferError,
+    Party,
+    PaymentOption,
+    ProgressStep,
+    StepState,
+    VerifiedOffer,
+)
+from ..transfer.items import Description, Item, Package
+from ..transfer.payment import PaymentOffer
+from ..transfer.statements import StatementOffer, same_key
+from . import documents as docs
+from .buyer import Buyer
+from .deal import Deal, DealAttributes
+from .errors import CommerceError, DealAborted, DealDeclined, Dispute, FormError, OfferRefused, SellerRefused
+from .shop import information_expectation
+from .shop_client import ShopPayeeLink, b64, unb64
+
+POLL = 0.02
+
+
+def step(b: Buyer, key: str, title: str, state: StepState, detail: str = "") -> None:
+    b.ui.progress(ProgressStep(key, title, state, detail))
+
+
+# ---- offer ------------------------------------------------------------------------------------------
+def get_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], attributes: DealAttributes
+              ) -> tuple[Deal, docs.ParsedOffer, VerifiedStatement]:
+    """Ask the shop for a signed offer for exactly these items, and check it before anything else."""
+    nonce = secrets.token_hex(16)
+    answer = b.shop.post("/deals", {"workflow": workflow, "nonce": nonce, "anonymous": attributes.anonymous,
+                                    "items": [{"sku": s, "quantity": q} for s, q in items]})
+    der = unb64(answer.get("offer"), "offer", 256 * 1024)
+    try:
+        vs = verify_statement(der, b.trust)
+    except EvidenceError as e:
+        raise OfferRefused(f"the seller's offer does not verify ({e}); nothing was ordered") from None
+    claimed = answer.get("deal")
+    try:
+        offer = docs.parse_offer(vs, deal_id=claimed if isinstance(claimed, str) else None, nonce=nonce)
+    except OfferRefused as e:
+        body_deal = vs.body.get("deal")
+        if isinstance(body_deal, str) and len(body_deal) == 32:
+            try:
+                deal = Deal(body_deal, workflow, attributes, b.archive)
+                deal.keep_statement(der)
+                deal.decide("offer", "refused", str(e))
+            except CommerceError:
+                pass
+        raise
+    if offer.workflow != workflow or offer.attributes != attributes:
+        raise OfferRefused(f"the offer is for a {offer.workflow} deal with attributes {offer.attributes.labels()}, "
+                           f"not what was asked ({workflow}, {attributes.labels()})")
+    asked = [(s, q) for s, q in items]
+    if [(x.sku, x.quantity) for x in offer.lines] != asked:
+        raise OfferRefused("the offer lists other items or quantities than were asked for")
+    deal = Deal(offer.deal_id, workflow, attributes, b.archive)
+    deal.keep_statement(der)
+    deal.decide("offer", "satisfied", f"signed by {vs.signer.subject.rfc4514_string()}, total {offer.total}")
+    return deal, offer, vs
+
+
+def payment_options(b: Buyer, offer: docs.ParsedOffer, attributes: DealAttributes) -> list[PaymentOption]:
+    """The offer's modules this client has an instrument for, within the deal's requirements."""
+    if offer.total == 0:
+        return [PaymentOption("none", b.labels["none"])]
+    reqs = attributes.payment_requirements()
+    have = {i.module for i in b.payments.instruments() if i.currency == offer.currency}
+    out = []
+    for m in offer.payment:
+        if m not in b.payments.modules or m not in have:
+            continue
+        if reqs.unmet(b.payments.modules[m].properties):
+            continue
+        out.append(PaymentOption(m, b.labels.get(m, m)))
+    return out
+
+
+def verified_offer(b: Buyer, offer: docs.ParsedOffer, vs: VerifiedStatement, options: list[PaymentOption]
+                   ) -> VerifiedOffer:
+    try:
+        return VerifiedOffer.from_statement(
+            vs, offer_id=offer.deal_id, items=[LineItem(x.description, x.quantity, x.unit_price) for x in offer.lines],
+            currency=offer.currency, stated_total=offer.total, payment_options=options, valid_until=offer.valid_until)
+    except OfferError as e:
+        raise OfferRefused(str(e)) from None
+
+
+# ---- the TINGUIN: review and confirm -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Confirmed:
+    payment: PaymentOption
+    digest: str
+    scripted: bool
+    action: Action
+    details: tuple[tuple[str, str], ...]
+    form: dict[str, str]
+
+
+def offer_details(offer: docs.ParsedOffer) -> list[tuple[str, str]]:
+    out = []
+    for x in offer.lines:
+        if x.sha256:
+            out.append((f"{x.sku} SHA-256", x.sha256))
+        if x.contract:
+            out.append(("contract text SHA-256", docs.sha256_hex(x.contract.encode())))
+            out.append(("contract text", x.contract))
+    return out
+
+
+def review_and_confirm(b: Buyer, deal: Deal, offer: docs.ParsedOffer, vs: VerifiedStatement,
+                       form_values: Mapping[str, Any], action: Action, prefer: str | None = None) -> Confirmed:
+    """The verified offer and then the exact confirmation text in the TINGUIN; the user decides."""
+    try:
+        form = offer.form.validate(form_values)
+    except FormError as e:
+        deal.decide("order-form", "refused", str(e))
+        raise
+    options = payment_options(b, offer, deal.attributes)
+    if not options:
+        deal.decide("offer", "refused", "no payment module here fits the offer and the deal")
+        raise DealAborted(f"none of the offer's payment modules ({', '.join(offer.payment) or 'none'}) can pay here "
+                          f"{'anonymously ' if deal.attributes.anonymous else ''}(install one, load the purse or "
+                          "withdraw e-cash)")
+    if prefer is not None and any(o.module == prefer for o in options):
+        options.sort(key=lambda o: o.module != prefer)     # the application may only suggest: the user chooses
+    vo = verified_offer(b, offer, vs, options)
+    choice = b.ui.review_offer(vo)
+    if choice is None:
+        deal.decide("offer", "declined", "the user declined the offer in the TINGUIN")
+        raise DealDeclined("you declined the offer; nothing was signed or paid")
+    details = tuple(offer.form.lines(form)) + tuple(offer_details(offer))
+    me = None if deal.attributes.anonymous else b.me()
+    answer = b.ui.confirm(ConfirmationRequest(vo, choice, deal.deal_id, action, signer=me,
+                                              attributes=deal.attributes.labels(), details=details))
+    if not answer.accepted:
+        deal.decide("confirmation", "declined", "the user declined the confirmation in the TINGUIN")
+        raise DealDeclined("you declined the confirmation; nothing was signed or paid")
+    if confirmation_digest(answer.shown_text) != answer.digest:
+        raise CommerceError("the TINGUIN's confirmation digest does not match its text")
+    deal.keep("confirmation-text", answer.shown_text.encode("utf-8"))
+    deal.decide("confirmation", "satisfied", f"{'a scripted user' if answer.scripted else 'the user'} confirmed "
+                                             f"(SHA-256 {answer.digest.hex()})")
+    return Confirmed(choice, answer.digest.hex(), answer.scripted, action, details, form)
+
+
+# ---- order ------------------------------------------------------------------------------------------
+def make_order(b: Buyer, deal: Deal, offer: docs.ParsedOffer, c: Confirmed) -> bytes:
+    """The order: signed on the card (PIN in the TINGUIN) unless the deal is anonymous."""
+    body = docs.order_body(offer, payment=c.payment.module, payment_label=c.payment.label, confirmation_sha256=c.digest,
+                           scripted=c.scripted, action=c.action.name, details=c.details, form=c.form,
+                           attributes=deal.attributes)
+    if deal.attributes.anonymous:
+        data = docs.canonical(body)
+        deal.keep("order:unsigned", data)
+        return data
+    if b.signer is None:
+        raise DealAborted("this deal needs your signature, but no card key is available")
+    seller = Party.from_certificate(offer.seller).name
+    amount = format_amount(offer.total, offer.currency)
+    with b.signer.purpose_for(f"sign the order {deal.deal_id[:8]} for {amount} to {seller}"):
+        try:
+            der = sign_statement(b.signer, body)
+        except Exception as e:
+            deal.decide("order", "declined", f"not signed: {e}")
+            raise DealDeclined(f"the order was not signed ({e}); nothing was paid") from None
+    deal.keep_statement(der)
+    return der
+
+
+def send_order(b: Buyer, deal: Deal, order: bytes, mailbox: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"deal": deal.deal_id, "order": b64(order)}
+    if mailbox is not None:
+        body["mailbox"] = mailbox
+    try:
+        answer = b.shop.post("/deals/order", body)
+    except SellerRefused as e:
+        deal.decide("order", "refused", str(e))
+        raise DealAborted(f"{e}; nothing was paid") from None
+    deal.decide("order", "satisfied", f"the shop accepted the order; next: {answer.get('next')}")
+    return answer
+
+
+# ---- payment ----------------------------------------------------------------------------------------
+def pay(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, c: Confirmed, answer: Mapping[str, Any]
+        ) -> Record:
+    """Pay exactly what the signed offer says, to the account it names, for this order; nothing else."""
+    try:
+        terms = Terms.from_dict(dict(answer.get("terms") or {}))
+        accept = [Acceptance.from_dict(a) for a in answer.get("accept") or []]
+    except (PaymentError, KeyError, TypeError, ValueError) as e:
+        deal.decide("payment", "refused", f"malformed payment request: {e}")
+        raise DealAborted(f"the shop's payment request is malformed ({e}); nothing was paid") from None
+    problems = []
+    if (terms.amount, terms.currency) != (offer.total, offer.currency):
+        problems.append(f"it asks {terms.amount} (currency {terms.currency}) but its signed offer says {offer.total}")
+    if terms.payee != offer.seller_account:
+        problems.append(f"it names account {terms.payee!r}, its signed offer {offer.seller_account!r}")
+    if terms.order_hash != order_digest:
+        problems.append("the payment is not for this order")
+    if problems:
+        why = "; ".join(problems)
+        deal.keep("payment-request", json.dumps(dict(answer), sort_keys=True).encode())
+        deal.decide("payment", "refused", why)
+        raise DealAborted(f"the seller changed the terms after its offer: {why}. Nothing was paid; its signed offer "
+                          "and this request are in your archive")
+    try:
+        choice = b.payments.choose(terms, [a for a in accept if a.module == c.payment.module],
+                                   deal.attributes.payment_requirements())
+        session = b.payments.pay(terms, choice)
+    except PaymentError as e:
+        deal.decide("payment", "refused", str(e))
+        raise DealAborted(f"cannot pay with {c.payment.module}: {e}; nothing was paid") from None
+    try:
+        with b.card_lock:
+            record = run_payment(session, ShopPayeeLink(b.shop, deal.deal_id))
+    except (PaymentError, SellerRefused, CommerceError) as e:
+        record = session.record
+        deal.keep("payment", record.as_json().encode())
+        if record.status in (Status.PAID, Status.CAPTURED, Status.AUTHORISED):
+            deal.decide("payment", "dispute", f"paid, but the shop did not complete the payment: {e}")
+            raise Dispute(f"you paid ({record.module}, {record.terms.amount}) but the shop did not acknowledge it: "
+                          f"{e}", deal.deal_id) from None
+        deal.decide("payment", "refused", str(e))
+        raise DealAborted(f"the payment did not go through ({e}); nothing was paid") from None
+    deal.keep("payment", record.as_json().encode())
+    if record.status not in (Status.PAID, Status.CAPTURED, Status.AUTHORISED):
+        deal.decide("payment", "refused", f"the payment ended {record.status.value}")
+        raise DealAborted(f"the payment ended {record.status.value}; see your archive")
+    deal.decide("payment", "satisfied", f"{record.module}: {record.status.value}")
+    return record
+
+
+# ---- the seller's confirmation and delivery ---------------------------------------------------------------
+def _seller_statement(b: Buyer, deal: Deal, offer: docs.ParsedOffer, der: bytes, kind: str) -> VerifiedStatement:
+    try:
+        vs = verify_statement(der, b.trust)
+    except EvidenceError as e:
+        deal.decide(kind, "dispute", f"the seller's {kind} does not verify: {e}")
+        raise Dispute(f"the seller's {kind} does not verify ({e})", deal.deal_id) from None
+    if not same_key(vs.signer, offer.seller):
+        deal.decide(kind, "dispute", f"the {kind} is signed by another key than the offer")
+        raise Dispute(f"the {kind} is not signed by the seller who made the offer", deal.deal_id)
+    return vs
+
+
+def fetch_confirmation(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, record: Record
+                       ) -> bytes:
+    try:
+        der = unb64(b.shop.post("/deals/confirm", {"deal": deal.deal_id}).get("confirmation"), "confirmation")
+    except (SellerRefused, CommerceError) as e:
+        deal.decide("confirmation", "dispute", f"paid, no confirmation: {e}")
+        raise Dispute(f"you paid but the seller sent no order confirmation ({e})", deal.deal_id) from None
+    vs = _seller_statement(b, deal, offer, der, "order-confirmation")
+    deal.keep_statement(der)
+    body = vs.body
+    pay_ = body.get("payment") if isinstance(body.get("payment"), dict) else {}
+    if (body.get("type"), body.get("deal"), body.get("order_sha256")) != ("order-confirmation", deal.deal_id,
+                                                                          order_digest) \
+            or pay_.get("payment_id") != record.payment_id or pay_.get("amount") != record.terms.amount:
+        deal.decide("confirmation", "dispute", "the confirmation is for another order or payment")
+        raise Dispute("the seller's confirmation does not confirm this order and payment", deal.deal_id)
+    deal.decide("confirmation", "satisfied", "the seller confirmed the order and the payment")
+    return der
+
+
+def await_delivery(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, patience: float | None = None
+                   ) -> tuple[bytes, bytes | None, VerifiedStatement]:
+    """Wait (bounded) for the delivery note; check that it delivers exactly what was ordered."""
+    deadline = time.monotonic() + (patience if patience is not None else b.patience)
+    while True:
+        try:
+            answer = b.shop.post("/deals/delivery", {"deal": deal.deal_id})
+        except (SellerRefused, CommerceError) as e:
+            answer = {"shipped": False, "error": str(e)}
+        if answer.get("shipped"):
+            break
+        if time.monotonic() > deadline:
+            deal.decide("delivery", "dispute", f"nothing delivered within the patience ({answer.get('error', '')})")
+            raise Dispute("you paid and the seller confirmed, but it delivered nothing in time; your archive holds its "
+                          "signed offer and confirmation and your payment proof", deal.deal_id)
+        time.sleep(POLL)
+    der = unb64(answer.get("delivery"), "delivery note")
+    content = unb64(answer["content"], "content") if answer.get("content") else None
+    kind = "registration" if deal.workflow == "registration" else "delivery"
+    vs = _seller_statement(b, deal, offer, der, kind)
+    deal.keep_statement(der)
+    body = vs.body
+    if (body.get("type"), body.get("deal"), body.get("order_sha256")) != (kind, deal.deal_id, order_digest):
+        deal.decide("delivery", "dispute", f"the {kind} statement is for another deal or order")
+        raise Dispute(f"the seller's {kind} is not for this order", deal.deal_id)
+    if kind == "delivery" and body.get("items") != docs.expected_delivery(offer):
+        deal.decide("delivery", "dispute", f"wrong goods: delivered {body.get('items')}")
+        raise Dispute(f"wrong goods: the seller's signed delivery note lists {body.get('items')}, you ordered "
+                      f"{docs.expected_delivery(offer)}", deal.deal_id)
+    info = [x for x in offer.lines if x.sha256]
+    if info:
+        if content is not None:
+            deal.keep("delivered-content", content)
+        if content is None or docs.sha256_hex(content) != info[0].sha256:
+            deal.decide("delivery", "dispute", "the information delivered is not the information offered")
+            raise Dispute("the information delivered does not have the digest the seller offered and signed",
+                          deal.deal_id)
+    deal.decide("delivery", "satisfied", f"{kind} checked")
+    return der, content, vs
+
+
+# ---- fair exchange (information, contract) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Exchanged:
+    outcome: Outcome
+    received: Item | Package | None
+
+
+def _exchange(b: Buyer, deal: Deal, plan: ResponsePlan, order: bytes, what: str) -> Exchanged:
+    if deal.attributes.anonymous:
+        raise DealAborted("an anonymous deal cannot use the fair exchange: it names both parties' certificates")
+    if b.exchange is None:
+        raise DealAborted(f"{what} is exchanged fairly, and this client runs no exchange party (configure the third "
+                          "party and a mailbox)")
+    known = b.exchange.expect(plan)
+    try:
+        send_order(b, deal, order, mailbox=b.exchange.url)
+        outcome = b.exchange.wait(known, b.patience + 5.0)
+    finally:
+        b.exchange.withdraw(plan)
+    if outcome is None:
+        deal.decide("exchange", "refused", "the seller did not start the exchange in time")
+        raise DealAborted("the seller did not start the fair exchange in time; nothing was given")
+    deal.keep("exchange", json.dumps({"xid": outcome.xid, "status": outcome.status, "reason": outcome.reason,
+                                      "protocol": outcome.protocol}, sort_keys=True).encode())
+    if outcome.decision is not None:
+        deal.keep_statement(outcome.decision)
+    if outcome.status in ("completed", "resolved"):
+        via = "directly" if outcome.status == "completed" else "from the third party (the seller stopped)"
+        deal.decide("exchange", "satisfied", f"{what} received {via}")
+        return Exchanged(outcome, outcome.received)
+    if outcome.status == "no-exchange":
+        deal.decide("exchange", "refused", outcome.reason)
+        raise DealAborted(f"the seller's exchange did not match its signed offer: {outcome.reason}")
+    deal.decide("exchange", "dispute", f"{outcome.status}: {outcome.reason}")
+    raise Dispute(f"the exchange ended {outcome.status}: {outcome.reason}. The third party's signed answer and the "
+                  "seller's signed proposal are in your archive", deal.deal_id)
+
+
+def exchange_information(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order: bytes, c: Confirmed
+                         ) -> tuple[bytes, bytes]:
+    """Pay through the fair exchange; returns (the information, the seller's receipt or T's replacement)."""
+    line = offer.lines[0]
+    order_digest = docs.sha256_hex(order)
+    verifier = b.verifiers.get(c.payment.module)
+    if verifier is None:
+        raise DealAborted(f"{c.payment.module} payments cannot be checked by a third party here; choose a module "
+                          "the fair exchange supports")
+    payer = ItemPayer(b.payments, c.payment.module, verifier, expect_payee=offer.seller_account,
+                      order_hash=order_digest, require=deal.attributes.payment_requirements())
+    mine = PaymentOffer(payer, offer.total, offer.currency)
+    mine.description = mine.description.with_terms(order_hash=order_digest)
+    expect = information_expectation(line, deal.deal_id, order_digest, offer.total, offer.currency)
+    plan = ResponsePlan(expect, mine, fair=deal.attributes.fair)
+    if b.signer is None:
+        raise DealAborted("the fair exchange needs your card key")
+    amount = format_amount(offer.total, offer.currency)
+    with b.signer.purpose_for(f"accept the fair exchange: {amount} for the information of deal {deal.deal_id[:8]}"):
+        got = _exchange(b, deal, plan, order, "the information")
+    for rec in payer.records.values():
+        deal.keep("payment", rec.as_json().encode())
+    assert isinstance(got.received, Package)
+    info, receipt = got.received.members
+    assert isinstance(info, Item) and isinstance(receipt, Item)
+    data = base64.b64decode(str(info.data["plaintext"]))
+    deal.keep("delivered-content", data)
+    receipt_der = base64.b64decode(str(receipt.data["der"]))
+    deal.keep_statement(receipt_der)
+    return data, receipt_der
+
+
+def exchange_contract(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order: bytes, c: Confirmed) -> bytes:
+    """Sign the contract in a fair exchange for the seller's signature; returns the seller's (or T's) statement."""
+    line = offer.lines[0]
+    digest = docs.sha256_hex((line.contract or "").encode())
+    identity = b.identity()
+    mine = StatementOffer(identity.sign, docs.contract_body(deal.deal_id, digest, "buyer", c.digest))
+    expect = Description("statement", {"statement_type": "contract-signature",
+                                       "fields": {"deal": deal.deal_id, "contract_sha256": digest, "role": "seller"}})
+    assert b.signer is not None
+    with b.signer.purpose_for(f"sign the contract {digest[:12]}… (and your part of its fair exchange)"):
+        got = _exchange(b, deal, ResponsePlan(expect, mine, fair=True), order, "the seller's signature")
+    assert isinstance(got.received, Item)
+    der = base64.b64decode(str(got.received.data["der"]))
+    deal.keep_statement(der)
+    return der
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,284 @@
+"""The commerce statements: what each block signs, and the checks the other side makes on it.
+
+Why pure functions: both parties (and a judge, later) must build and check the same documents the
+same way, from the signed bytes alone. Every document names the deal; every document after the
+offer names the digest of the one before it (order -> offer, confirmation and delivery note ->
+order), so a bundle of them is a chain a verifier can follow without trusting either party.
+
+=====================  ==========  =============================================================
+type                   signed by   body (besides ``type`` and ``deal``)
+=====================  ==========  =============================================================
+offer                  seller      buyer's ``nonce`` (anti-replay), ``workflow``, ``items``, ``total``,
+                                   ``currency``, accepted ``payment`` modules, ``seller_account``,
+                                   ``psam``, ``valid_until``, ``attributes``, ``form`` spec
+order                  buyer card  ``offer_sha256``, ``items``, ``total``, ``payment``, ``form`` values,
+                       (none when  ``confirmation``: SHA-256 of the exact TINGUIN text and what it
+                       anonymous)  needs to be re-rendered
+order-confirmation     seller      ``order_sha256``, ``payment`` (module, id, amount, status)
+delivery               seller      ``order_sha256``, ``items`` shipped (with ``sha256`` for information),
+                                   ``ship_to``, ``tracking``
+registration           seller      ``order_sha256``, ``member`` (form values), ``member_id``, ``valid_until``
+receipt                seller      (in the information exchange) ``order_sha256``, ``sku``, ``sha256``, amount
+contract-signature     each side   (in the contract exchange) ``contract_sha256``, ``role``, and for the
+                                   buyer ``confirmation_sha256``
+=====================  ==========  =============================================================
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from ..services.pki import ROLES
+from ..support.trust import VerifiedStatement
+from .catalogue import CatalogueItem
+from .deal import WORKFLOWS, DealAttributes, check_deal_id
+from .errors import CommerceError, FormError, OfferRefused
+from .forms import FormSpec
+
+MAX_LINES = 20
+MAX_VALIDITY = dt.timedelta(days=1)
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def rfc3339(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: Any, what: str) -> dt.datetime:
+    try:
+        return dt.datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise OfferRefused(f"the offer's {what} is not a time (YYYY-MM-DDTHH:MM:SSZ)") from None
+
+
+def has_role(cert: x509.Certificate, role: str) -> bool:
+    oid = ROLES[role].role_oid
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return any(o.dotted_string == oid for o in eku)
+
+
+# ---- offer -----------------------------------------------------------------------------------------
+def offer_body(*, deal_id: str, nonce: str, workflow: str, lines: Sequence[tuple[CatalogueItem, int]],
+               payment: Sequence[str], seller_account: str, psam: str | None, attributes: DealAttributes,
+               form: FormSpec, valid_until: dt.datetime) -> dict[str, Any]:
+    items = []
+    for item, qty in lines:
+        d: dict[str, Any] = {"sku": item.sku, "description": item.description, "kind": item.kind, "quantity": qty,
+                             "unit_price": item.unit_price}
+        if item.content is not None:
+            d.update(sha256=item.sha256, length=len(item.content), name=item.name or item.sku)
+        if item.contract is not None:
+            d.update(contract=item.contract, contract_sha256=item.sha256)
+        items.append(d)
+    currency = {i.currency for i, _ in lines}
+    if len(currency) != 1:
+        raise CommerceError("one offer is in one currency")
+    return {"type": "offer", "deal": deal_id, "nonce": nonce, "workflow": workflow, "items": items,
+            "currency": currency.pop(), "total": sum(i.unit_price * q for i, q in lines), "payment": list(payment),
+            "seller_account": seller_account, "psam": psam, "attributes": attributes.as_dict(),
+            "form": form.to_json(), "valid_until": rfc3339(valid_until)}
+
+
+@dataclass(frozen=True)
+class OfferLine:
+    sku: str
+    description: str
+    kind: str
+    quantity: int
+    unit_price: int
+    sha256: str | None = None
+    length: int | None = None
+    name: str | None = None
+    contract: str | None = None
+
+
+@dataclass(frozen=True)
+class ParsedOffer:
+    """A verified offer statement, parsed and checked against the buyer's request."""
+
+    der: bytes
+    digest: str
+    deal_id: str
+    workflow: str
+    lines: tuple[OfferLine, ...]
+    currency: int
+    total: int
+    payment: tuple[str, ...]
+    seller_account: str
+    psam: str | None
+    attributes: DealAttributes
+    form: FormSpec
+    valid_until: dt.datetime
+    seller: x509.Certificate
+    signed_at: dt.datetime
+
+
+def _int(v: Any, what: str, lo: int, hi: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise OfferRefused(f"the offer's {what} must be a whole number from {lo} to {hi}, not {v!r}")
+    return v
+
+
+def parse_offer(vs: VerifiedStatement, *, deal_id: str | None, nonce: str, now: dt.datetime | None = None
+                ) -> ParsedOffer:
+    """Everything the buyer checks on a seller's offer before showing it; OfferRefused says what failed.
+
+    ``nonce`` is the buyer's fresh value from its request: an offer signed for another request (a
+    replayed offer, even a genuine one) does not carry it.
+    """
+    b = vs.body
+    now = now or dt.datetime.now(dt.UTC)
+    if b.get("type") != "offer":
+        raise OfferRefused(f"the seller sent a {b.get('type')!r} statement, not an offer")
+    if not has_role(vs.signer, "seller"):
+        raise OfferRefused("the offer is signed by a certificate that is not a seller's")
+    if b.get("nonce") != nonce:
+        raise OfferRefused("the offer does not answer this request (another request's nonce): a replayed offer; "
+                           "nothing was ordered")
+    try:
+        got_deal = check_deal_id(b.get("deal"))
+    except CommerceError:
+        raise OfferRefused("the offer names no valid deal") from None
+    if deal_id is not None and got_deal != deal_id:
+        raise OfferRefused("the offer is for another deal than the seller announced")
+    if b.get("workflow") not in WORKFLOWS:
+        raise OfferRefused(f"the offer's workflow {b.get('workflow')!r} is unknown")
+    valid_until = parse_time(b.get("valid_until"), "validity")
+    signed = vs.signing_time.astimezone(dt.UTC)
+    if valid_until < now:
+        raise OfferRefused(f"the offer expired at {rfc3339(valid_until)}; ask for a new one")
+    if valid_until - signed > MAX_VALIDITY + CLOCK_SKEW or signed > now + CLOCK_SKEW:
+        raise OfferRefused("the offer's signing time or validity is implausible; ask for a new one")
+    raw = b.get("items")
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_LINES:
+        raise OfferRefused(f"the offer must list 1 to {MAX_LINES} items")
+    lines = []
+    for n, i in enumerate(raw, 1):
+        if not isinstance(i, Mapping):
+            raise OfferRefused(f"item {n} of the offer is not a JSON object")
+        line = OfferLine(str(i.get("sku")), str(i.get("description", "")), str(i.get("kind")),
+                         _int(i.get("quantity"), f"item {n} quantity", 1, 1_000_000),
+                         _int(i.get("unit_price"), f"item {n} price", 0, 2**31 - 1),
+                         i.get("sha256"), i.get("length"), i.get("name"), i.get("contract"))
+        if line.kind == "information" and (not isinstance(line.sha256, str) or len(line.sha256) != 64
+                                           or not isinstance(line.length, int)):
+            raise OfferRefused(f"item {n} is information but the offer gives no digest and length for it")
+        if line.kind == "contract" and (not isinstance(line.contract, str)
+                                        or sha256_hex(line.contract.encode()) != i.get("contract_sha256")):
+            raise OfferRefused(f"item {n} is a contract whose text does not match its digest")
+        lines.append(line)
+    currency = _int(b.get("currency"), "currency", 1, 999)
+    total = _int(b.get("total"), "total", 0, 2**31 - 1)
+    computed = sum(x.quantity * x.unit_price for x in lines)
+    if computed != total:
+        raise OfferRefused(f"the offer states a total of {total} but its items add up to {computed}: inconsistent; "
+                           "do not buy")
+    payment = b.get("payment")
+    if not isinstance(payment, list) or not all(isinstance(p, str) for p in payment):
+        raise OfferRefused("the offer's payment modules are not a list of names")
+    try:
+        attributes = DealAttributes.from_dict(b.get("attributes") or {})
+        form = FormSpec.from_json(b.get("form") or {"name": "none", "fields": []})
+    except (CommerceError, FormError) as e:
+        raise OfferRefused(f"the offer's attributes or form are malformed: {e}") from None
+    account = b.get("seller_account")
+    if not isinstance(account, str) or not account:
+        raise OfferRefused("the offer names no account to pay")
+    psam = b.get("psam")
+    if psam is not None and not isinstance(psam, str):
+        raise OfferRefused("the offer's PSAM id is malformed")
+    return ParsedOffer(vs.statement.der, sha256_hex(vs.statement.der), got_deal, str(b["workflow"]), tuple(lines),
+                       currency, total, tuple(payment), account, psam, attributes, form, valid_until, vs.signer, signed)
+
+
+# ---- order -----------------------------------------------------------------------------------------
+def order_body(offer: ParsedOffer, *, payment: str, payment_label: str, confirmation_sha256: str, scripted: bool,
+               action: str, details: Sequence[tuple[str, str]], form: Mapping[str, str],
+               attributes: DealAttributes) -> dict[str, Any]:
+    """The order; its ``confirmation`` part is what a verifier needs to re-render the TINGUIN's text."""
+    return {"type": "order", "deal": offer.deal_id, "offer_sha256": offer.digest,
+            "items": [{"sku": x.sku, "quantity": x.quantity} for x in offer.lines], "total": offer.total,
+            "currency": offer.currency, "payment": payment, "form": dict(form), "attributes": attributes.as_dict(),
+            "confirmation": {"sha256": confirmation_sha256, "scripted": scripted, "payment_label": payment_label,
+                             "action": action, "details": [list(d) for d in details]}}
+
+
+def check_order(body: Mapping[str, Any], offer_body_: Mapping[str, Any], offer_digest: str) -> dict[str, str]:
+    """The seller's checks of an order against the offer it signed; returns the validated form values."""
+    if body.get("type") != "order" or body.get("deal") != offer_body_.get("deal"):
+        raise CommerceError("this is not an order for this deal")
+    if body.get("offer_sha256") != offer_digest:
+        raise CommerceError("the order is for another offer than the one this shop signed for the deal")
+    want = [{"sku": i["sku"], "quantity": i["quantity"]} for i in offer_body_["items"]]
+    if body.get("items") != want or body.get("total") != offer_body_["total"] \
+            or body.get("currency") != offer_body_["currency"]:
+        raise CommerceError("the order's items, total or currency differ from the offer")
+    if body.get("payment") not in offer_body_["payment"] and offer_body_["total"] > 0:
+        raise CommerceError(f"the order pays with {body.get('payment')!r}, which the offer does not accept")
+    if body.get("attributes") != offer_body_["attributes"]:
+        raise CommerceError("the order's deal attributes differ from the offer's")
+    conf = body.get("confirmation")
+    if not isinstance(conf, Mapping) or not isinstance(conf.get("sha256"), str) or len(conf["sha256"]) != 64:
+        raise CommerceError("the order does not carry the digest of the confirmation the buyer saw")
+    return FormSpec.from_json(offer_body_["form"]).validate(body.get("form") or {})
+
+
+# ---- the seller's later documents -------------------------------------------------------------------
+def confirmation_body(deal_id: str, order_sha256: str, payment: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "order-confirmation", "deal": deal_id, "order_sha256": order_sha256, "payment": dict(payment)}
+
+
+def delivery_body(deal_id: str, order_sha256: str, items: Sequence[Mapping[str, Any]], ship_to: Mapping[str, str],
+                  tracking: str) -> dict[str, Any]:
+    return {"type": "delivery", "deal": deal_id, "order_sha256": order_sha256, "items": [dict(i) for i in items],
+            "ship_to": dict(ship_to), "tracking": tracking}
+
+
+def registration_body(deal_id: str, order_sha256: str, service: str, member: Mapping[str, str], member_id: str,
+                      valid_until: dt.datetime) -> dict[str, Any]:
+    return {"type": "registration", "deal": deal_id, "order_sha256": order_sha256, "service": service,
+            "member": dict(member), "member_id": member_id, "valid_until": rfc3339(valid_until)}
+
+
+def receipt_body(deal_id: str, order_sha256: str, line: OfferLine | Mapping[str, Any], amount: int, currency: int
+                 ) -> dict[str, Any]:
+    sku = line.sku if isinstance(line, OfferLine) else line["sku"]
+    digest = line.sha256 if isinstance(line, OfferLine) else line["sha256"]
+    return {"type": "receipt", "deal": deal_id, "order_sha256": order_sha256, "sku": sku, "sha256": digest,
+            "amount": amount, "currency": currency}
+
+
+def contract_body(deal_id: str, contract_sha256: str, role: str, confirmation_sha256: str | None = None
+                  ) -> dict[str, Any]:
+    body = {"type": "contract-signature", "deal": deal_id, "contract_sha256": contract_sha256, "role": role}
+    if confirmation_sha256 is not None:
+        body["confirmation_sha256"] = confirmation_sha256
+    return body
+
+
+def expected_delivery(offer: ParsedOffer) -> list[dict[str, Any]]:
+    """What a correct delivery note lists for this offer (information lines with their digests)."""
+    out = []
+    for x in offer.lines:
+        d: dict[str, Any] = {"sku": x.sku, "quantity": x.quantity}
+        if x.sha256 is not None:
+            d["sha256"] = x.sha256
+        out.append(d)
+    return out

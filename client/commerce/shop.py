@@ -1,0 +1,349 @@
+"""The seller's side of every workflow: offers signed with its token, orders checked, payments taken
+through its payment manager (the PSAM in its second reader for the card purse), delivery, its archive.
+
+Why one class without HTTP: the same seller logic runs behind ``semper serve shop`` (``shop_http``),
+in tests and in the benchmark; the HTTP layer only parses requests and maps errors to statuses.
+
+The seller decides locally after each step, like the buyer: an order is accepted only if it is for
+the offer this shop signed (digest), with the same items, total and attributes and a valid form; a
+delivery is made only after the payment completed; information and contracts are exchanged fairly
+through its exchange party (it originates: its item is generatable by the third party, the buyer's
+payment or signature is externally verifiable).
+
+:class:`Cheat` makes this shop misbehave on purpose at one step, so tests can show that the buyer's
+client catches each kind of cheating — the same shop code, not a mock.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import secrets
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..exchange.identity import Identity
+from ..payment.errors import PaymentError
+from ..payment.manager import PaymentManager
+from ..payment.model import Status, Terms
+from ..support.cms import EvidenceError
+from ..support.trust import TrustStore, verify_statement
+from ..transfer.information import InformationOffer, describe
+from ..transfer.items import Description, PackageDescription
+from ..transfer.managers import OfferTree, PackageOffer
+from ..transfer.statements import StatementOffer
+from . import documents as docs
+from .archive import SharedArchive
+from .catalogue import Catalogue, CatalogueItem
+from .deal import Deal, check_deal_id, deal_attributes, new_deal_id
+from .errors import CommerceError, FormError
+from .forms import form_for
+
+FAIR_MODULES = ("card-purse",)      # payments the third party can check on its own (see docs/commerce.md)
+MAX_OPEN_DEALS = 10_000
+
+
+@dataclass
+class Cheat:
+    """Test hook: how this shop misbehaves (the buyer's client must catch each)."""
+
+    wrong_goods: bool = False        # the delivery (or the exchanged information) is not what was offered
+    no_delivery: bool = False        # paid, but never delivers
+    price_change: int = 0            # asks this much more in the payment than it offered
+    replay_offer: bool = False       # answers a new request with an offer it signed for an earlier one
+
+
+@dataclass
+class ShopDeal:
+    deal: Deal
+    offer: dict[str, Any]
+    offer_der: bytes
+    offer_digest: str
+    lines: list[tuple[CatalogueItem, int]]
+    order: dict[str, Any] | None = None
+    order_bytes: bytes | None = None
+    order_digest: str | None = None
+    form: dict[str, str] = field(default_factory=dict)
+    terms: Terms | None = None
+    paid: bool = False
+    payment: dict[str, Any] = field(default_factory=dict)
+    confirmation: bytes | None = None
+    delivery: bytes | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Shop:
+    def __init__(self, *, name: str, identity: Identity, trust: TrustStore, catalogue: Catalogue,
+                 payments: PaymentManager, account: str, archive: SharedArchive, psam_id: str | None = None,
+                 offer_validity: dt.timedelta = dt.timedelta(minutes=30), fair_modules: Sequence[str] = FAIR_MODULES,
+                 cheat: Cheat | None = None) -> None:
+        self.name = name
+        self.identity = identity
+        self.trust = trust
+        self.catalogue = catalogue
+        self.payments = payments
+        self.account = account
+        self.archive = archive
+        self.psam_id = psam_id
+        self.offer_validity = offer_validity
+        self.fair_modules = tuple(fair_modules)
+        self.cheat = cheat or Cheat()
+        self.deals: dict[str, ShopDeal] = {}
+        self.payment_lock = threading.Lock()          # one card session (the PSAM): one payment step at a time
+        self.counters = {"offers": 0, "orders": 0, "payments": 0, "deliveries": 0, "signatures": 0}
+        self._first_offer: tuple[str, bytes] | None = None
+
+    # ---- catalogue and offers -------------------------------------------------------------------------
+    def modules(self) -> list[str]:
+        return [a.module for a in self.payments.offer()]
+
+    def view(self) -> dict[str, Any]:
+        return {"seller": self.name, "items": [i.public() for i in self.catalogue.items.values()],
+                "payment": self.modules(), "fair_payment": [m for m in self.modules() if m in self.fair_modules]}
+
+    def _sign(self, body: Mapping[str, Any]) -> bytes:
+        self.counters["signatures"] += 1
+        return self.identity.sign(body)
+
+    def new_deal(self, workflow: str, items: Sequence[tuple[str, int]], nonce: str, anonymous: bool
+                 ) -> tuple[str, bytes]:
+        """A fresh deal and the signed offer for exactly these items, answering the buyer's ``nonce``."""
+        if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64:
+            raise CommerceError("the request needs a fresh nonce of 16 to 64 characters")
+        if len(self.deals) >= MAX_OPEN_DEALS:
+            raise CommerceError("the shop has too many open deals; try again later")
+        if not items or len(items) > docs.MAX_LINES:
+            raise CommerceError(f"ask for 1 to {docs.MAX_LINES} items")
+        lines = []
+        for sku, qty in items:
+            item = self.catalogue.get(sku)
+            if not isinstance(qty, int) or not 1 <= qty <= item.max_quantity:
+                raise CommerceError(f"quantity of {sku} must be 1 to {item.max_quantity}")
+            lines.append((item, qty))
+        kinds = {i.kind for i, _ in lines}
+        expected = {"mail-order": {"physical", "information"}, "information": {"information"},
+                    "registration": {"registration"}, "contract": {"contract"}}[workflow] \
+            if workflow in ("mail-order", "information", "registration", "contract") else set()
+        if not kinds <= expected:
+            raise CommerceError(f"a {workflow} deal cannot sell {', '.join(sorted(kinds - expected))} goods")
+        if workflow in ("information", "contract") and len(lines) != 1:
+            raise CommerceError(f"a {workflow} deal is for exactly one item")
+        attributes = deal_attributes(workflow, anonymous)
+        if anonymous and workflow in ("information", "contract", "registration"):
+            raise CommerceError(f"a {workflow} deal cannot be anonymous here: it names both parties (buy "
+                                "information anonymously by mail order)")
+        modules = self.modules()
+        if workflow == "information":
+            modules = [m for m in modules if m in self.fair_modules]
+        if anonymous:
+            modules = [m for m in modules if self.payments.module(m).properties.anonymous]
+        forms = {form_for(i.kind, anonymous).name: form_for(i.kind, anonymous) for i, _ in lines}
+        form = next((f for n, f in forms.items() if n != "none"), form_for("none", anonymous))
+        deal_id = new_deal_id()
+        if self.cheat.replay_offer and self._first_offer is not None:
+            return self._first_offer
+        body = docs.offer_body(deal_id=deal_id, nonce=nonce, workflow=workflow, lines=lines, payment=modules,
+                               seller_account=self.account, psam=self.psam_id, attributes=attributes, form=form,
+                               valid_until=dt.datetime.now(dt.UTC) + self.offer_validity)
+        der = self._sign(body)
+        deal = Deal(deal_id, workflow, attributes, self.archive)
+        deal.keep_statement(der)
+        self.deals[deal_id] = ShopDeal(deal, body, der, docs.sha256_hex(der), lines)
+        self.counters["offers"] += 1
+        if self._first_offer is None:
+            self._first_offer = (deal_id, der)
+        return deal_id, der
+
+    def _deal(self, deal_id: Any) -> ShopDeal:
+        try:
+            return self.deals[check_deal_id(deal_id)]
+        except KeyError:
+            raise CommerceError("no such deal here (it expired, or this shop never offered it)") from None
+
+    # ---- orders -------------------------------------------------------------------------------------
+    def order(self, deal_id: str, order_bytes: bytes) -> dict[str, Any]:
+        """Check the order against this shop's offer; answer with what comes next (payment terms or exchange)."""
+        sd = self._deal(deal_id)
+        with sd.lock:
+            if sd.order is not None:
+                if order_bytes == sd.order_bytes:
+                    return self._next_step(sd)
+                raise CommerceError("this deal already has another order")
+            if sd.deal.attributes.anonymous:
+                try:
+                    body = json.loads(order_bytes)
+                except ValueError:
+                    raise CommerceError("an anonymous order is the canonical JSON of the order") from None
+                if not isinstance(body, dict) or docs.canonical(body) != order_bytes:
+                    raise CommerceError("an anonymous order must be canonical JSON (sorted keys, no spaces)")
+            elif sd.deal.workflow == "contract":
+                body = json.loads(order_bytes) if order_bytes.startswith(b"{") else {}
+                if docs.canonical(body) != order_bytes:
+                    raise CommerceError("a contract request is canonical JSON; the signature comes in the exchange")
+            else:
+                try:
+                    vs = verify_statement(order_bytes, self.trust)
+                except EvidenceError as e:
+                    raise CommerceError(f"the order's signature does not verify: {e}") from None
+                if not docs.has_role(vs.signer, "person"):
+                    raise CommerceError("the order is not signed with a person's certificate")
+                body = vs.body
+            try:
+                sd.form = docs.check_order(body, sd.offer, sd.offer_digest)
+            except FormError as e:
+                raise CommerceError(str(e)) from None
+            sd.order, sd.order_bytes, sd.order_digest = body, order_bytes, docs.sha256_hex(order_bytes)
+            if body.get("deal") != deal_id:
+                raise CommerceError("the order is for another deal")
+            if sd.deal.attributes.anonymous or sd.deal.workflow == "contract":
+                sd.deal.keep("order:unsigned", order_bytes)
+            else:
+                sd.deal.keep_statement(order_bytes)
+            sd.deal.decide("order", "satisfied", "the order is for the offer this shop signed")
+            self.counters["orders"] += 1
+            return self._next_step(sd)
+
+    def _next_step(self, sd: ShopDeal) -> dict[str, Any]:
+        assert sd.order is not None and sd.order_digest is not None
+        total = int(sd.offer["total"])
+        if sd.deal.workflow in ("information", "contract"):
+            return {"next": "exchange"}
+        if total == 0:
+            sd.paid = True
+            return {"next": "delivery"}
+        if sd.terms is None:
+            amount = total + self.cheat.price_change
+            sd.terms = Terms(secrets.token_hex(16), amount, int(sd.offer["currency"]), self.account, sd.order_digest,
+                             self.name)
+            self.payments.expect(sd.terms)
+        accept = [a.as_dict() for a in self.payments.offer() if a.module == sd.order["payment"]]
+        return {"next": "payment", "terms": sd.terms.as_dict(), "accept": accept}
+
+    # ---- payment ------------------------------------------------------------------------------------
+    def pay(self, deal_id: str, envelope: dict[str, Any]) -> dict[str, Any] | None:
+        sd = self._deal(deal_id)
+        if sd.terms is None:
+            raise CommerceError("this deal has no payment to make (order first)")
+        if not isinstance(envelope, dict) or envelope.get("payment_id") != sd.terms.payment_id:
+            raise CommerceError("the payment message is for another payment than this deal's")
+        with self.payment_lock:
+            try:
+                reply = self.payments.handle(envelope)
+            except PaymentError as e:
+                sd.deal.decide("payment", "refused", str(e))
+                raise CommerceError(f"the payment was refused: {e}") from None
+            record = self.payments.record(sd.terms.payment_id, "payee")
+        if record.status in (Status.PAID, Status.CAPTURED, Status.AUTHORISED) and not sd.paid:
+            with sd.lock:
+                if not sd.paid:
+                    sd.paid = True
+                    sd.payment = {"module": record.module, "payment_id": record.payment_id,
+                                  "amount": record.terms.amount, "currency": record.terms.currency,
+                                  "status": record.status.value}
+                    sd.deal.keep("payment", record.as_json().encode())
+                    sd.deal.decide("payment", "satisfied", f"{record.module}: {record.status.value}")
+                    self.counters["payments"] += 1
+        return reply
+
+    # ---- confirmation and delivery ------------------------------------------------------------------
+    def confirm(self, deal_id: str) -> bytes:
+        sd = self._deal(deal_id)
+        with sd.lock:
+            if not sd.paid or sd.order_digest is None:
+                raise CommerceError("the order is not paid yet: nothing to confirm")
+            if sd.confirmation is None:
+                sd.confirmation = self._sign(docs.confirmation_body(sd.deal.deal_id, sd.order_digest, sd.payment))
+                sd.deal.keep_statement(sd.confirmation)
+            return sd.confirmation
+
+    def deliver(self, deal_id: str) -> tuple[bytes | None, bytes | None]:
+        """(signed delivery note or registration, information content or None); (None, None): not shipped."""
+        sd = self._deal(deal_id)
+        with sd.lock:
+            if not sd.paid or sd.order_digest is None:
+                raise CommerceError("the order is not paid yet: nothing is delivered")
+            if self.cheat.no_delivery:
+                return None, None
+            content = None
+            info = [i for i, _ in sd.lines if i.kind == "information"]
+            if info:
+                content = info[0].content
+                if self.cheat.wrong_goods and content is not None:
+                    content = content[::-1]
+            if sd.delivery is None:
+                if sd.deal.workflow == "registration":
+                    member_id = "M-" + secrets.token_hex(4).upper()
+                    body = docs.registration_body(sd.deal.deal_id, sd.order_digest, sd.lines[0][0].sku, sd.form,
+                                                  member_id, dt.datetime.now(dt.UTC) + dt.timedelta(days=365))
+                else:
+                    items = [{"sku": i.sku, "quantity": q, **({"sha256": i.sha256} if i.content else {})}
+                             for i, q in sd.lines]
+                    if self.cheat.wrong_goods:
+                        items = [{**x, "sku": "tea-sampler" if x["sku"] != "tea-sampler" else "teapot"} for x in items]
+                    body = docs.delivery_body(sd.deal.deal_id, sd.order_digest, items, sd.form,
+                                              "TRK-" + secrets.token_hex(5).upper())
+                sd.delivery = self._sign(body)
+                sd.deal.keep_statement(sd.delivery)
+                sd.deal.decide("delivery", "satisfied", "delivered")
+                self.counters["deliveries"] += 1
+            return sd.delivery, content
+
+    # ---- fair exchanges (information, contract) ---------------------------------------------------------
+    def exchange_plan(self, deal_id: str) -> tuple[OfferTree, Description, ShopDeal]:
+        """What this shop gives and wants in the deal's fair exchange (it originates)."""
+        sd = self._deal(deal_id)
+        if sd.order is None or sd.order_digest is None:
+            raise CommerceError("order first")
+        item, _qty = sd.lines[0]
+        if sd.deal.workflow == "information":
+            assert item.content is not None
+            content = item.content if not self.cheat.wrong_goods else item.content + b" (abridged)"
+            receipt = docs.receipt_body(sd.deal.deal_id, sd.order_digest, item.public(), int(sd.offer["total"]),
+                                        int(sd.offer["currency"]))
+            offer = PackageOffer((InformationOffer(content, item.name or item.sku),
+                                  StatementOffer(self._sign, receipt)), "information with receipt")
+            want = Description("payment", {"module": sd.order["payment"], "amount": int(sd.offer["total"]),
+                                           "currency": int(sd.offer["currency"]), "order_hash": sd.order_digest})
+            return offer, want, sd
+        if sd.deal.workflow == "contract":
+            digest = item.sha256 or ""
+            mine = StatementOffer(self._sign, docs.contract_body(sd.deal.deal_id, digest, "seller"))
+            conf = str(sd.order.get("confirmation", {}).get("sha256", ""))
+            want = Description("statement", {"statement_type": "contract-signature",
+                                             "fields": {"deal": sd.deal.deal_id, "contract_sha256": digest,
+                                                        "role": "buyer", "confirmation_sha256": conf}})
+            return mine, want, sd
+        raise CommerceError(f"a {sd.deal.workflow} deal has no fair exchange")
+
+    def exchanged(self, sd: ShopDeal, status: str, reason: str, xid: str | None) -> None:
+        """The seller's local decision after its exchange ended."""
+        sd.deal.keep("exchange", json.dumps({"xid": xid, "status": status, "reason": reason}).encode())
+        ok = status in ("completed", "resolved")
+        sd.paid = sd.paid or (ok and sd.deal.workflow == "information")
+        sd.deal.decide("exchange", "satisfied" if ok else "dispute" if status in ("pending", "refused") else "refused",
+                       f"{status}: {reason}")
+
+
+def information_description(item: CatalogueItem | docs.OfferLine) -> Description:
+    if isinstance(item, CatalogueItem):
+        assert item.content is not None
+        return describe(item.content, item.name or item.sku)
+    terms: dict[str, Any] = {"sha256": item.sha256, "length": item.length}
+    if item.name:
+        terms["name"] = item.name
+    return Description("information", terms)
+
+
+def information_expectation(line: docs.OfferLine, deal_id: str, order_digest: str, amount: int, currency: int
+                            ) -> PackageDescription:
+    """What the buyer expects in the information exchange: exactly the offered data and a receipt for it."""
+    receipt = docs.receipt_body(deal_id, order_digest, line, amount, currency)
+    fields = {k: v for k, v in receipt.items() if k != "type"}
+    return PackageDescription((information_description(line),
+                               Description("statement", {"statement_type": "receipt", "fields": fields})))
+
+
+def order_digest(order_bytes: bytes) -> str:
+    return hashlib.sha256(order_bytes).hexdigest()

@@ -1,0 +1,170 @@
+"""The shop's folder and how to open it: token, certificates, catalogue, bank, PSAM, third party, archive.
+
+Layout of ``$SEMPER_HOME/shop`` (or ``--dir``)::
+
+    shop.json          name, token label and SoftHSM2 configuration, bank account, bank URL, PSAM
+                       (reader name or card image), third party URL, payment modules, exchange port
+    catalogue.json     the catalogue (information goods in files beside it)
+    ca.pem             the CA root the shop trusts (buyers' certificates, the third party)
+    purse-root.pem     the card purse scheme root (debit proofs)
+    bank-tls-root.pem  the bank service's TLS root
+    ttp.pem, escrow.der  the third party's certificate and signed escrow-key statement
+    tls/               the shop's HTTPS key and CA-issued chain (also its exchange mailbox's)
+    evidence.sqlite3   the shop's evidence archive (deals and exchanges)
+    admin-secret       bearer secret for POST /admin/clear (0600)
+
+The seller's signing key stays in its PKCS#11 token; the PSAM is a card in the shop's second reader.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from ..support.paths import semper_home
+from .catalogue import Catalogue
+from .errors import CommerceError
+
+CONFIG = "shop.json"
+
+
+@dataclass
+class OpenShop:
+    """A shop ready to serve: the logic, its exchange party, and what to close."""
+
+    shop: Any                      # client.commerce.shop.Shop
+    party: Any                     # () -> client.exchange.party.Party, or None (no fair exchanges)
+    tls: tuple[Path, Path]
+    admin_secret: str
+    closers: list[Any] = field(default_factory=list)
+
+    def app(self) -> Any:
+        from .shop_http import build_app
+        return build_app(self.shop, self.party, self.admin_secret)
+
+    def close(self) -> None:
+        for c in reversed(self.closers):
+            try:
+                c()
+            except Exception:          # closing is best effort; the process is ending
+                pass
+
+
+@dataclass
+class ShopHome:
+    folder: Path
+
+    @classmethod
+    def default(cls, folder: Path | None = None) -> ShopHome:
+        return cls(Path(folder) if folder else semper_home() / "shop")
+
+    config_file = property(lambda self: self.folder / CONFIG)
+    tls_dir = property(lambda self: self.folder / "tls")
+
+    def config(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.config_file.read_text()))
+        except FileNotFoundError:
+            raise CommerceError(f"no shop in {self.folder}; set one up first (docs/commerce.md, 'The shop's "
+                                "folder')") from None
+        except ValueError as e:
+            raise CommerceError(f"{self.config_file} is not valid JSON: {e}") from None
+
+    @classmethod
+    def create(cls, folder: Path, *, name: str, token_label: str, softhsm_conf: str, account: str, bank_url: str,
+               bank_tls_root: Path, ca_root: x509.Certificate, purse_root: x509.Certificate, catalogue: Catalogue,
+               tls: tuple[Path, Path], psam_reader: str | None = None, psam_image: Path | None = None,
+               ttp_url: str | None = None, ttp_cert: x509.Certificate | None = None, escrow: bytes | None = None,
+               modules: tuple[str, ...] = ("card-purse", "setpay", "cheque", "ecash"), exchange_port: int = 0,
+               currency: int = 978) -> ShopHome:
+        """Write a shop folder (the seller's token and certificate must exist already)."""
+        home = cls(Path(folder))
+        home.folder.mkdir(parents=True, exist_ok=True)
+        (home.folder / "ca.pem").write_bytes(ca_root.public_bytes(Encoding.PEM))
+        (home.folder / "purse-root.pem").write_bytes(purse_root.public_bytes(Encoding.PEM))
+        (home.folder / "bank-tls-root.pem").write_bytes(Path(bank_tls_root).read_bytes())
+        if ttp_cert is not None and escrow is not None:
+            (home.folder / "ttp.pem").write_bytes(ttp_cert.public_bytes(Encoding.PEM))
+            (home.folder / "escrow.der").write_bytes(escrow)
+        home.tls_dir.mkdir(exist_ok=True)
+        for src, dst in zip(tls, ("cert.pem", "key.pem"), strict=True):
+            (home.tls_dir / dst).write_bytes(Path(src).read_bytes())
+            (home.tls_dir / dst).chmod(0o600)
+        catalogue.dump(home.folder / "catalogue.json")
+        secret = home.folder / "admin-secret"
+        secret.write_text(secrets.token_urlsafe(24))
+        secret.chmod(0o600)
+        config = {"name": name, "token_label": token_label, "softhsm_conf": softhsm_conf, "account": account,
+                  "bank_url": bank_url, "psam_reader": psam_reader,
+                  "psam_image": str(psam_image) if psam_image else None, "ttp_url": ttp_url,
+                  "modules": list(modules), "exchange_port": exchange_port, "currency": currency}
+        home.config_file.write_text(json.dumps(config, indent=1, sort_keys=True))
+        return home
+
+    def open(self, pin: bytes, *, with_exchange: bool = True) -> OpenShop:
+        """Log in to the token, open the PSAM, the bank client, the archive and the exchange party."""
+        from hsm.signer import Pkcs11Signer
+
+        from ..exchange.identity import Identity, TtpInfo
+        from ..exchange.party import Party
+        from ..payment.bank_client import BankClient
+        from ..payment.item import ItemPayee, ItemPayments, item_verifiers
+        from ..payment.manager import PaymentManager
+        from ..payment.module import PartyContext
+        from ..support.trust import TrustStore
+        from ..transfer.binding import cert_id
+        from ..transfer.information import InformationManager
+        from ..transfer.managers import Managers
+        from ..transfer.statements import CredentialManager, StatementManager
+        from .archive import SharedArchive
+        from .shop import Shop
+        cfg = self.config()
+        f = self.folder
+        closers: list[Any] = []
+        signer = Pkcs11Signer.open(cfg["token_label"], softhsm_conf=cfg.get("softhsm_conf"))
+        signer.verify_pin(pin)
+        closers.append(signer.close)
+        identity = Identity(signer)
+        trust = TrustStore.from_files(f / "ca.pem")
+        purse_root = x509.load_pem_x509_certificate((f / "purse-root.pem").read_bytes())
+        psam = None
+        if cfg.get("psam_reader") or cfg.get("psam_image"):
+            from hardware.psam import PsamSession
+            from hardware.simulator import open_card
+            from hardware.transport import PcscConnection
+            conn: Any = PcscConnection(cfg["psam_reader"]) if cfg.get("psam_reader") else \
+                open_card(Path(cfg["psam_image"]), sync=False)
+            closers.append(conn.close)
+            psam = PsamSession(conn)
+        bank = BankClient(cfg["bank_url"], f / "bank-tls-root.pem", signer)
+        ctx = PartyContext(bank=bank, signer=signer, account=cfg["account"], currency=int(cfg.get("currency", 978)),
+                           psam=psam)
+        payments = PaymentManager(ctx, only=cfg.get("modules"))
+        archive = SharedArchive(f / "evidence.sqlite3", sign=identity.sign)
+        closers.append(archive.close)
+        psam_id = psam.info().psam_id.hex().upper() if psam is not None else None
+        shop = Shop(name=cfg["name"], identity=identity, trust=trust, catalogue=Catalogue.load(f / "catalogue.json"),
+                    payments=payments, account=cfg["account"], archive=archive, psam_id=psam_id)
+        party = None
+        tls = (self.tls_dir / "cert.pem", self.tls_dir / "key.pem")
+        if with_exchange and cfg.get("ttp_url") and (f / "ttp.pem").exists():
+            ttp_cert = x509.load_pem_x509_certificate((f / "ttp.pem").read_bytes())
+            info = TtpInfo.load(cfg["ttp_url"], ttp_cert, (f / "escrow.der").read_bytes(), trust)
+            escrows = {cert_id(info.certificate): info.escrow.key_id} if info.escrow else {}
+            verifiers = item_verifiers(purse_root=purse_root, roots=list(trust.roots))
+            payees = {m: ItemPayee(payments, m, verifiers[m], account=cfg["account"], payee_name=cfg["name"],
+                                   device_lock=shop.payment_lock)
+                      for m in shop.fair_modules if m in payments.modules and m in verifiers}
+            managers = Managers(StatementManager(trust), CredentialManager(trust), InformationManager(escrows),
+                                ItemPayments(verifiers, payees))
+            root_pem, port = (f / "ca.pem").read_text(), int(cfg.get("exchange_port", 0))
+
+            def party() -> Party:              # made in the service's thread: its archive connection lives there
+                return Party("shop", identity, trust, managers, f / "evidence.sqlite3", tls=tls, root_pem=root_pem,
+                             ttp=info, port=port)
+        return OpenShop(shop, party, tls, (f / "admin-secret").read_text().strip(), closers)

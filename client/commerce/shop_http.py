@@ -1,0 +1,166 @@
+"""``semper serve shop`` over HTTPS: the shop's JSON endpoints, and its exchange party beside them.
+
+Endpoints (all JSON; refusals ``{"error", "message"}`` with a 4xx status, as every semper service):
+
+==========================  =================================================  ==================================
+endpoint                    body                                               answer
+==========================  =================================================  ==================================
+``GET /catalogue``                                                             seller, items, payment modules
+``POST /deals``             workflow, items [{sku, quantity}], nonce,          deal, offer (b64 signed offer)
+                            anonymous
+``POST /deals/order``       deal, order (b64: signed order, or canonical JSON  next: payment (terms, accept) |
+                            when anonymous), mailbox (exchanges)               exchange | delivery
+``POST /deals/pay``         deal, envelope (payment manager message)           envelope (the payee's answer)
+``POST /deals/confirm``     deal                                               confirmation (b64 signed)
+``POST /deals/delivery``    deal                                               delivery (b64 signed) and content
+                                                                               (b64), or shipped: false
+``POST /admin/clear``       (Authorization: Bearer <admin secret>)            the acquirer's clearing answer
+``GET /stats``                                                                 counters
+==========================  =================================================  ==================================
+
+Information and contract deals are fair exchanges: after the order, the shop's exchange party
+originates an exchange to the buyer's ``mailbox``; the buyer's client waits for its outcome there.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from ..exchange.party import Party
+from ..payment.errors import PaymentError
+from ..payment.modules.purse import PurseModule
+from ..services.http import ApiError, blocking, make_app, read_json
+from .errors import CommerceError
+from .shop import Shop
+
+log = logging.getLogger("semper.shop")
+
+
+def _b64(text: str, what: str, limit: int = 256 * 1024) -> bytes:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "bad_base64", f"{what} is not base64") from None
+    if len(raw) > limit:
+        raise ApiError(413, "body_too_large", f"{what} is larger than {limit} bytes")
+    return raw
+
+
+def _e(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+async def _call(fn: Any, *args: Any) -> Any:
+    try:
+        return await blocking(fn, *args)
+    except CommerceError as e:
+        raise ApiError(409 if "already" in str(e) else 422 if "refused" in str(e) else 400, "refused", str(e)) from None
+    except PaymentError as e:
+        raise ApiError(422, "payment_refused", str(e)) from None
+
+
+def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_secret: str | None = None
+              ) -> web.Application:
+    """``make_party`` is called when the service starts, in its thread (the party's archive lives there)."""
+    routes = web.RouteTableDef()
+    tasks: set[asyncio.Task[Any]] = set()
+    box: dict[str, Party] = {}
+
+    @routes.get("/catalogue")
+    async def catalogue(request: web.Request) -> web.Response:
+        return web.json_response(shop.view())
+
+    @routes.post("/deals")
+    async def deals(request: web.Request) -> web.Response:
+        body = await read_json(request, {"workflow": str, "items": list, "nonce": str}, {"anonymous": bool})
+        items = []
+        for i in body["items"]:
+            if not isinstance(i, dict) or not isinstance(i.get("sku"), str) or not isinstance(i.get("quantity"), int):
+                raise ApiError(400, "wrong_type", "items are [{sku: text, quantity: number}]")
+            items.append((i["sku"], i["quantity"]))
+        deal_id, der = await _call(shop.new_deal, body["workflow"], items, body["nonce"], body.get("anonymous", False))
+        return web.json_response({"deal": deal_id, "offer": _e(der)})
+
+    @routes.post("/deals/order")
+    async def order(request: web.Request) -> web.Response:
+        body = await read_json(request, {"deal": str, "order": str}, {"mailbox": str})
+        answer = await _call(shop.order, body["deal"], _b64(body["order"], "order"))
+        if answer["next"] == "exchange":
+            mailbox = body.get("mailbox", "")
+            parts = urlsplit(mailbox)
+            party = box.get("party")
+            if party is None:
+                raise ApiError(503, "no_exchange", "this shop runs no exchange party; it sells by mail order only")
+            if parts.scheme != "https" or not parts.hostname:
+                raise ApiError(400, "missing_field", "a fair exchange needs your client's https mailbox URL")
+            offer, want, sd = await _call(shop.exchange_plan, body["deal"])
+            if shop.cheat.no_delivery:
+                party.faults.stop_before = "item"
+
+            async def run() -> None:
+                outcome = await party.originate(mailbox, offer, want, fair=True)
+                await blocking(shop.exchanged, sd, outcome.status, outcome.reason, outcome.xid)
+            task = asyncio.get_running_loop().create_task(run())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        return web.json_response(answer)
+
+    @routes.post("/deals/pay")
+    async def pay(request: web.Request) -> web.Response:
+        body = await read_json(request, {"deal": str, "envelope": dict})
+        reply = await _call(shop.pay, body["deal"], body["envelope"])
+        return web.json_response({"envelope": reply})
+
+    @routes.post("/deals/confirm")
+    async def confirm(request: web.Request) -> web.Response:
+        body = await read_json(request, {"deal": str})
+        return web.json_response({"confirmation": _e(await _call(shop.confirm, body["deal"]))})
+
+    @routes.post("/deals/delivery")
+    async def delivery(request: web.Request) -> web.Response:
+        body = await read_json(request, {"deal": str})
+        note, content = await _call(shop.deliver, body["deal"])
+        return web.json_response({"shipped": note is not None, "delivery": _e(note), "content": _e(content)})
+
+    @routes.post("/admin/clear")
+    async def clear(request: web.Request) -> web.Response:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if admin_secret is None or not hmac.compare_digest(given.encode(), admin_secret.encode()):
+            raise ApiError(403, "forbidden", "clearing needs the shop's admin secret")
+        module = shop.payments.module("card-purse")
+        if not isinstance(module, PurseModule):
+            raise ApiError(404, "not_found", "this shop takes no card purse payments")
+
+        def run() -> Any:
+            with shop.payment_lock:
+                return module.clear()
+        return web.json_response({"cleared": await _call(run)})
+
+    @routes.get("/stats")
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({**shop.counters, "deals": len(shop.deals)})
+
+    app = make_app(list(routes))
+
+    async def start(app: web.Application) -> None:
+        if make_party is not None:
+            box["party"] = await make_party().start()
+
+    async def stop(app: web.Application) -> None:
+        for t in list(tasks):
+            t.cancel()
+        party = box.pop("party", None)
+        if party is not None:
+            await party.stop()
+            party.close()
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    return app

@@ -1,0 +1,316 @@
+"""A whole marketplace made from nothing in one folder: the demo's, the benchmark's and the tests' world.
+
+What it makes (all throwaway, all real): a purse scheme root; SoftHSM2 tokens for the CA, the
+seller, the bank, the third party and the buyer's e-cash wallet (provisioned first: provisioning
+re-initialises the PKCS#11 module, which would end earlier logins); a semper CA that certifies the
+seller, the third party and the services' TLS keys; the bank (issuer, acquirer, accounts, mint)
+with the seller's and the buyer's accounts, the buyer's card and the seller's PSAM linked; the third
+party; the buyer's card (purse + PIV) and the seller's PSAM as card images; the shop's folder.
+
+Services run either in this process (:meth:`World.start_in_process`, tests and benchmark: one
+SoftHSM2 module for all) or as the real ``semper serve ...`` processes (:meth:`World.start_processes`,
+the demo), each announcing its URL; :meth:`World.stop` ends whatever was started.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+TOKEN_PIN = b"demo-token-2468"
+SO_PIN = b"demo-so-13579135"
+CARD_PIN = b"1234"
+CARD_PUK = b"12345678"
+EUR = 978
+TOKENS = ("ca", "seller", "bank", "ttp", "wallet")
+DENOMINATIONS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+SHOP_NAME = "Teapot Shop"
+BUYER_NAME = "Bob Buyer"
+BUYER_EMAIL = "bob@buyer.example"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Services:
+    ca: str = ""
+    bank: str = ""
+    ttp: str = ""
+    shop: str = ""
+    runners: list[Any] = field(default_factory=list)        # in-process ServiceRunners
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+    closers: list[Any] = field(default_factory=list)
+    opened_shop: Any = None                                  # the in-process shop (tests, benchmark)
+
+
+@dataclass
+class World:
+    folder: Path
+    scheme: Any                       # client.support.scheme.Scheme
+    store: Any                        # hsm.softhsm.SoftHsmStore
+    ca: Any                           # client.services.ca.CertificationAuthority (operator's handle)
+    root_pem: str
+    buyer_card: Path
+    psam_card: Path
+    accounts: dict[str, str]
+    services: Services = field(default_factory=Services)
+    bank: Any = None                  # client.services.bank.Bank (operator's handle: balances)
+
+    # ---- paths ----------------------------------------------------------------------------------
+    ca_dir = property(lambda self: self.folder / "ca")
+    bank_dir = property(lambda self: self.folder / "bank")
+    ttp_dir = property(lambda self: self.folder / "ttp")
+    shop_dir = property(lambda self: self.folder / "shop")
+    buyer_dir = property(lambda self: self.folder / "buyer")
+    pin_file = property(lambda self: self.folder / "token.pin")
+
+    @property
+    def ca_root(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.root_pem.encode())
+
+    @property
+    def bank_tls_root(self) -> Path:
+        return self.bank_dir / "tls" / "tls-root.pem"
+
+    # ---- making it ----------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, folder: Path, *, card_sync: bool = False, say: Any = None) -> World:
+        from hsm.signer import Pkcs11Signer
+        from hsm.softhsm import SoftHsmStore, provision
+
+        from .services import pki
+        from .services.bank_home import BankHome
+        from .services.ca import CertificationAuthority
+        from .services.ca_home import CaHome
+        from .services.ttp_home import TtpHome
+        from .support.personalisation import CardProfile, personalise_psam, personalise_purse_card
+        from .support.scheme import Scheme
+        tell = say or (lambda _line: None)
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "home").mkdir(exist_ok=True)
+        pin_file = folder / "token.pin"
+        pin_file.write_bytes(TOKEN_PIN)
+        pin_file.chmod(0o600)
+        tell("purse scheme root and SoftHSM2 tokens (CA, seller, bank, third party, wallet)")
+        scheme = Scheme.load_or_create(folder / "scheme")
+        store = SoftHsmStore.in_folder(folder / "softhsm")
+        for label in TOKENS:
+            provision(store, label, TOKEN_PIN, SO_PIN)
+        conf = str(store.conf)
+        tell("the CA: self-signed root in its token")
+        ca_signer = Pkcs11Signer.open("ca", softhsm_conf=conf)
+        ca_signer.verify_pin(TOKEN_PIN)
+        ca_home = CaHome(folder / "ca")
+        ca_home.folder.mkdir(parents=True, exist_ok=True)
+        ca = CertificationAuthority(ca_home.db, ca_signer)
+        secret = ca.initialise("semper demo CA", token_label="ca", softhsm_conf=conf)
+        ca_home.admin_secret_file.write_text(secret)
+        ca_home.publish_root(ca)
+        root_pem = pki.pem(ca.certificate())
+        root = x509.load_pem_x509_certificate(root_pem.encode())
+        tell("the seller's key (token) certified by the CA")
+        seller = Pkcs11Signer.open("seller", softhsm_conf=conf)
+        seller.verify_pin(TOKEN_PIN)
+        seller_cert = ca.issue_direct(pki.Subject(SHOP_NAME, "seller", "sales@teapot.example"),
+                                      seller.public_point()).certificate
+        seller.store_certificate(seller_cert)
+        tell("the bank: issuer key, payment-instruction key and mint keys in its token")
+        bank_home = BankHome(folder / "bank")
+        bank_home.init(scheme, TOKEN_PIN, token_label="bank", softhsm_conf=Path(conf), denominations=DENOMINATIONS,
+                       extra_roots=(root,), bank_id="BANK-DEMO")
+        bank = bank_home.open(TOKEN_PIN)
+        issuer_point = bank.keys.signer.public_point()
+        tell("the third party: signing, escrow and time-stamping keys in its token")
+        TtpHome.create(folder / "ttp", ca=ca, token_label="ttp", pin=TOKEN_PIN, softhsm_conf=conf,
+                       purse_root=scheme.root_cert)
+        tell("the buyer's card (purse + PIV) and the seller's PSAM")
+        cards = folder / "cards"
+        cards.mkdir(exist_ok=True)
+        buyer_card, psam_card = cards / "buyer.card", cards / "psam.card"
+        personalise_purse_card(buyer_card, scheme, CardProfile(CARD_PIN, CARD_PUK, max_balance=50_000),
+                               sync=card_sync, issuer_point=issuer_point)
+        personalise_psam(psam_card, scheme, sync=card_sync)
+        from hardware.piv import PivSession
+        from hardware.psam import PsamSession
+        from hardware.purse import PurseSession
+        from hardware.simulator import open_card
+        with open_card(buyer_card, sync=card_sync) as c:
+            piv_cert = PivSession(c).certificate(0x9C)       # type: ignore[arg-type]
+            purse_cert = PurseSession(c).certificate()
+        with open_card(psam_card, sync=card_sync) as c:
+            psam_cert = PsamSession(c).certificate()
+        tell("accounts: the seller's and the buyer's (100.00 EUR); card and PSAM linked")
+        accounts = {"seller": bank.open_account(SHOP_NAME, EUR, seller_cert),
+                    "buyer": bank.open_account(BUYER_NAME, EUR, piv_cert)}
+        bank.link_card(purse_cert, accounts["buyer"])
+        bank.link_psam(psam_cert, accounts["seller"])
+        bank.cash_in(accounts["buyer"], 10_000)
+        world = cls(folder, scheme, store, ca, root_pem, buyer_card, psam_card, accounts, bank=bank)
+        world.services.closers += [seller.close]
+        return world
+
+    # ---- services -------------------------------------------------------------------------------------
+    def _shop_home(self, psam_reader: str | None, ttp_url: str, bank_url: str) -> Any:
+        from .commerce.catalogue import demo_catalogue
+        from .commerce.shop_home import ShopHome
+        from .services.ca_home import issue_tls_identity
+        from .services.ttp_home import TtpHome
+        tls = issue_tls_identity(self.ca, ("127.0.0.1", "localhost"), self.folder / "shop-tls", name=SHOP_NAME)
+        ttp = TtpHome(self.ttp_dir)
+        return ShopHome.create(self.shop_dir, name=SHOP_NAME, token_label="seller", softhsm_conf=str(self.store.conf),
+                               account=self.accounts["seller"], bank_url=bank_url, bank_tls_root=self.bank_tls_root,
+                               ca_root=self.ca_root, purse_root=self.scheme.root_cert, catalogue=demo_catalogue(),
+                               tls=tls, psam_reader=psam_reader, psam_image=None if psam_reader else self.psam_card,
+                               ttp_url=ttp_url, ttp_cert=ttp.certificate(), escrow=ttp.escrow_file.read_bytes())
+
+    def start_in_process(self, *, psam_reader: str | None = None) -> Services:
+        """CA, bank, third party and shop in this process, each on its own loopback port."""
+        from .services.bank_home import BankHome
+        from .services.ca_home import issue_tls_identity
+        from .services.ca_http import build_app as ca_app
+        from .services.http import ServiceRunner
+        from .services.ttp_home import TtpHome
+        from .support.channels import server_context
+        s = self.services
+        ca_tls = issue_tls_identity(self.ca, ("127.0.0.1", "localhost"), self.ca_dir / "tls", name="semper demo CA")
+        s.runners.append(ServiceRunner(ca_app(self.ca), "127.0.0.1", 0, server_context(*ca_tls)).start())
+        s.ca = s.runners[-1].url
+        bank_home = BankHome(self.bank_dir)
+        from .services.bank_http import build_app as bank_app
+        s.runners.append(ServiceRunner(bank_app(self.bank), "127.0.0.1", 0,
+                                       server_context(bank_home.tls_dir / "cert.pem",
+                                                      bank_home.tls_dir / "key.pem")).start())
+        s.bank = s.runners[-1].url
+        opened = TtpHome(self.ttp_dir).open(TOKEN_PIN)
+        s.closers.append(opened.close)
+        s.runners.append(ServiceRunner(opened.app(), "127.0.0.1", 0, server_context(*opened.tls)).start())
+        s.ttp = s.runners[-1].url
+        home = self._shop_home(psam_reader, s.ttp, s.bank)
+        shop = home.open(TOKEN_PIN)
+        s.opened_shop = shop
+        s.closers.append(shop.close)
+        s.runners.append(ServiceRunner(shop.app(), "127.0.0.1", 0, server_context(*shop.tls)).start())
+        s.shop = s.runners[-1].url
+        return s
+
+    def start_processes(self, *, psam_reader: str | None, timeout: float = 60.0) -> Services:
+        """The real ``semper serve ca|bank|ttp|shop`` processes, started in parallel where they can be."""
+        s = self.services
+        env = {**os.environ, "SEMPER_HOME": str(self.folder / "home")}
+        env.pop("SOFTHSM2_CONF", None)
+        base = [sys.executable, "-m", "client.cli", "serve"]
+        pin = ["--pin-file", str(self.pin_file)]
+        commands = {"ca": base + ["ca", "--ca-dir", str(self.ca_dir), "--port", "0"] + pin,
+                    "bank": base + ["bank", "--bank-dir", str(self.bank_dir), "--port", "0"] + pin,
+                    "ttp": base + ["ttp", "--dir", str(self.ttp_dir), "--port", "0"] + pin}
+        procs = {name: _spawn(cmd, env) for name, cmd in commands.items()}
+        s.processes += list(procs.values())
+        for name, proc in procs.items():
+            setattr(s, name, _announced(proc, name, timeout))
+        self._shop_home(psam_reader, s.ttp, s.bank)
+        shop = _spawn(base + ["shop", "--dir", str(self.shop_dir), "--port", "0"] + pin, env)
+        s.processes.append(shop)
+        s.shop = _announced(shop, "shop", timeout)
+        return s
+
+    def stop(self) -> None:
+        s = self.services
+        for proc in reversed(s.processes):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in reversed(s.processes):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        s.processes.clear()
+        for r in reversed(s.runners):
+            r.stop()
+        s.runners.clear()
+        for c in reversed(s.closers):
+            try:
+                c()
+            except Exception:           # best effort at the end
+                pass
+        s.closers.clear()
+
+    # ---- the operator's and the buyer's conveniences ---------------------------------------------------
+    def balances(self, purse: Any = None) -> dict[str, int]:
+        out = {"buyer account": self.bank.balance(self.accounts["buyer"]),
+               "seller account": self.bank.balance(self.accounts["seller"])}
+        if purse is not None:
+            purse.select()
+            out["buyer purse"] = purse.info().balance
+        return out
+
+    def registration_key(self) -> str:
+        """The operator registers the buyer at the CA (out of band); the key goes to the buyer."""
+        _reg_id, key = self.ca.add_person(BUYER_NAME, email=BUYER_EMAIL)
+        return str(key)
+
+    def buyer_tls(self) -> tuple[Path, Path]:
+        from .services.ca_home import issue_tls_identity
+        return issue_tls_identity(self.ca, ("127.0.0.1", "localhost"), self.buyer_dir / "tls", name="buyer client")
+
+    def ttp_files(self) -> tuple[x509.Certificate, bytes]:
+        from .services.ttp_home import TtpHome
+        t = TtpHome(self.ttp_dir)
+        return t.certificate(), t.escrow_file.read_bytes()
+
+    def wallet_keys(self) -> Any:
+        from client.payment.rsa_token import RsaTokenKeys
+        from hsm.module import load
+        return RsaTokenKeys(load(softhsm_conf=str(self.store.conf)), "wallet", TOKEN_PIN)
+
+
+def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+
+
+def _announced(proc: subprocess.Popen[str], name: str, timeout: float) -> str:
+    """The URL a ``semper serve`` process prints when it listens (bounded wait)."""
+    assert proc.stdout is not None
+    box: dict[str, str] = {}
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "listening on" in line:
+                box["url"] = line.strip().rsplit(" ", 1)[-1]
+                return
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(timeout)
+    if "url" not in box:
+        proc.kill()
+        err = proc.stderr.read() if proc.stderr is not None else ""
+        raise RuntimeError(f"semper serve {name} did not start within {timeout:.0f} s: {err.strip()[-800:]}")
+    threading.Thread(target=_drain, args=(proc,), daemon=True).start()
+    return box["url"]
+
+
+def _drain(proc: subprocess.Popen[str]) -> None:
+    """Keep reading a service's output so that it never blocks on a full pipe."""
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            threading.Thread(target=lambda s=stream: [None for _ in s], daemon=True).start()
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+__all__ = ["CARD_PIN", "EUR", "Services", "TOKEN_PIN", "World"]
