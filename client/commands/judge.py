@@ -19,13 +19,17 @@ def cmd_judge(args: argparse.Namespace) -> int:
             roots.extend(x509.load_pem_x509_certificates(path.read_bytes()))
         except (OSError, ValueError) as e:
             raise UsageError(f"--purse-root {path}: not a readable PEM certificate ({e})") from None
+    from ..commerce.judge import is_deal_bundle, judge_deal
+    if is_deal_bundle(args.bundle):                 # a commerce deal (offer, order, payment, delivery)
+        print_json(judge_deal(args.bundle, trust, roots[0] if roots else None).as_dict())
+        return 0
     ruling = judge(args.bundle, trust, roots)
     print_json(ruling.as_dict())
     return 0
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("judge", help="rule on an exchange from an exported evidence bundle (offline)")
+    p = sub.add_parser("judge", help="rule on an exchange or a deal from an exported evidence bundle (offline)")
     p.add_argument("bundle", type=Path, help="the bundle (semper archive export)")
     p.add_argument("--ca", type=Path, action="append", required=True, help="CA root the judge trusts (repeat)")
     p.add_argument("--crl", type=Path, action="append", help="a CRL to consult (repeat)")

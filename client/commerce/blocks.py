@@ -253,19 +253,32 @@ def pay(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, c: Con
             record = run_payment(session, ShopPayeeLink(b.shop, deal.deal_id))
     except (PaymentError, SellerRefused, CommerceError) as e:
         record = session.record
-        deal.keep("payment", record.as_json().encode())
+        deal.keep("payment", payment_evidence(b, record))
         if record.status in (Status.PAID, Status.CAPTURED, Status.AUTHORISED):
             deal.decide("payment", "dispute", f"paid, but the shop did not complete the payment: {e}")
             raise Dispute(f"you paid ({record.module}, {record.terms.amount}) but the shop did not acknowledge it: "
                           f"{e}", deal.deal_id) from None
         deal.decide("payment", "refused", str(e))
         raise DealAborted(f"the payment did not go through ({e}); nothing was paid") from None
-    deal.keep("payment", record.as_json().encode())
+    deal.keep("payment", payment_evidence(b, record))
     if record.status not in (Status.PAID, Status.CAPTURED, Status.AUTHORISED):
         deal.decide("payment", "refused", f"the payment ended {record.status.value}")
         raise DealAborted(f"the payment ended {record.status.value}; see your archive")
     deal.decide("payment", "satisfied", f"{record.module}: {record.status.value}")
     return record
+
+
+def payment_evidence(b: Buyer, record: Record) -> bytes:
+    """The payer's record, plus what a judge needs to check it offline (the card's certificate)."""
+    out: dict[str, Any] = {"record": json.loads(record.as_json())}
+    if record.module == "card-purse" and b.purse is not None:
+        try:
+            with b.card_lock:
+                b.purse.select()
+                out["card_certificate"] = b64(b.purse.certificate())
+        except Exception:         # the proof stays; the judge then says it could not check the card
+            pass
+    return json.dumps(out, sort_keys=True).encode()
 
 
 # ---- the seller's confirmation and delivery ---------------------------------------------------------------
@@ -381,8 +394,9 @@ def _exchange(b: Buyer, deal: Deal, plan: ResponsePlan, order: bytes, what: str)
 
 
 def exchange_information(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order: bytes, c: Confirmed
-                         ) -> tuple[bytes, bytes]:
-    """Pay through the fair exchange; returns (the information, the seller's receipt or T's replacement)."""
+                         ) -> tuple[bytes, bytes, str]:
+    """Pay through the fair exchange; returns (the information, the seller's receipt or T's replacement,
+    the exchange's status: completed, or resolved by the third party)."""
     line = offer.lines[0]
     order_digest = docs.sha256_hex(order)
     verifier = b.verifiers.get(c.payment.module)
@@ -401,7 +415,7 @@ def exchange_information(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order: b
     with b.signer.purpose_for(f"accept the fair exchange: {amount} for the information of deal {deal.deal_id[:8]}"):
         got = _exchange(b, deal, plan, order, "the information")
     for rec in payer.records.values():
-        deal.keep("payment", rec.as_json().encode())
+        deal.keep("payment", payment_evidence(b, rec))
     assert isinstance(got.received, Package)
     info, receipt = got.received.members
     assert isinstance(info, Item) and isinstance(receipt, Item)
@@ -409,7 +423,7 @@ def exchange_information(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order: b
     deal.keep("delivered-content", data)
     receipt_der = base64.b64decode(str(receipt.data["der"]))
     deal.keep_statement(receipt_der)
-    return data, receipt_der
+    return data, receipt_der, got.outcome.status
 
 
 def exchange_contract(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order: bytes, c: Confirmed) -> bytes:

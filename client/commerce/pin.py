@@ -32,6 +32,9 @@ class PinNotEntered(hw.PinRequiredError):
 def tinguin_pin(ui: TrustedUI) -> PinEntry:
     """A PIN entry for the payment layer: the TINGUIN asks, the card session verifies."""
     def enter(purpose: str, session: Any) -> None:
+        if isinstance(session, GatedSigner):      # it asks right before it signs: one PIN entry, this purpose
+            session.announce(purpose)
+            return
         deliver, pad = pin_route(session)
         outcome = ui.ask_pin(purpose, deliver, pad=pad)
         if not outcome.ok:
@@ -58,7 +61,12 @@ class GatedSigner:
         self.label = getattr(signer, "label", "card")
         self.default_purpose = default_purpose
         self._purpose: str | None = None      # what the next signatures are for (set by the deal in progress)
+        self._next: str | None = None         # what the very next signature is for (announced by a module)
         self.signatures = 0
+
+    def announce(self, purpose: str) -> None:
+        """What the very next signature is for (a payment module or the bank client says it)."""
+        self._next = purpose
 
     @contextlib.contextmanager
     def purpose_for(self, text: str) -> Iterator[None]:
@@ -91,8 +99,8 @@ class GatedSigner:
         self.signer.verify_pin(pin)
 
     def sign_digest(self, digest: bytes) -> bytes:
-        purpose = self._purpose or self.default_purpose
         with self.lock:
+            purpose, self._next = self._next or self._purpose or self.default_purpose, None
             if self.select is not None:
                 self.select()
             deliver, pad = pin_route(self.signer)

@@ -83,7 +83,8 @@ def open_buyer(cfg: BuyerConfig, ui: TrustedUI, card: Any = None) -> BuyerSessio
         signer = GatedSigner(PivSigner(piv, label="your card"), ui, select=piv.select, lock=lock)
     archive = SharedArchive(cfg.archive, sign=Identity(signer).sign if signer is not None else None)
     session.closers.append(archive.close)
-    bank = BankClient(cfg.bank_url, cfg.bank_tls_root, signer) if cfg.bank_url and cfg.bank_tls_root else None
+    bank = BankClient(cfg.bank_url, cfg.bank_tls_root, signer, enter_pin=tinguin_pin(ui)) \
+        if cfg.bank_url and cfg.bank_tls_root else None
     ctx = PartyContext(bank=bank, signer=signer, enter_pin=tinguin_pin(ui), purse=purse, account=cfg.account,
                        wallet=cfg.wallet, currency=cfg.currency)
     payments = PaymentManager(ctx, only=cfg.modules)

@@ -102,8 +102,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
             if parts.scheme != "https" or not parts.hostname:
                 raise ApiError(400, "missing_field", "a fair exchange needs your client's https mailbox URL")
             offer, want, sd = await _call(shop.exchange_plan, body["deal"])
-            if shop.cheat.no_delivery:
-                party.faults.stop_before = "item"
+            party.faults.stop_before = "item" if shop.cheat.no_delivery else None     # the cheating seller stops
 
             async def run() -> None:
                 outcome = await party.originate(mailbox, offer, want, fair=True)

@@ -203,10 +203,12 @@ def buy_information(b: Buyer, sku: str, *, prefer: str | None = None, attributes
         r.next("order")
         order = blocks.make_order(b, deal, offer, c)
         r.next("exchange")
-        data, receipt = blocks.exchange_information(b, deal, offer, order, c)
+        data, receipt, status = blocks.exchange_information(b, deal, offer, order, c)
+        how = "in one fair exchange" if status == "completed" else \
+            "through the third party (the seller stopped; the exchange stayed fair)"
         return DealResult(deal.deal_id, "information", OutcomeStatus.SATISFIED,
                           f"paid {_amount(offer)} with {c.payment.label} and received the information "
-                          f"({len(data)} bytes, SHA-256 as offered) with a signed receipt, in one fair exchange",
+                          f"({len(data)} bytes, SHA-256 as offered) with a signed receipt, {how}",
                           content=data, documents={"offer": offer.der, "order": order, "receipt": receipt})
     return _Run(b, "information").run(body)
 

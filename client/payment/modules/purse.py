@@ -111,8 +111,9 @@ class PurseModule(BaseModule):
         try:
             self.ctx.bank.call("issuer/confirm", {"confirmation": b64(signed_conf.record),
                                                   "signature": b64(signed_conf.signature), "card_certificate": b64(cert)})
-        except PaymentError:
+        except (PaymentError, hw.HardwareError):
             pass          # not needed for correctness: the next load request proves the counter moved
+            #               (the holder may also decline to sign it: no PIN entered, no harm)
 
     # ---- clearing (payee, online) ------------------------------------------------------------
     def clear(self) -> dict[str, Any] | None:

@@ -1,0 +1,299 @@
+"""The commerce layer end to end: every workflow with every payment module, and a seller who cheats.
+
+One world for the whole module (it takes a few seconds to make): a CA, the bank, the third party
+and the shop on loopback HTTPS in this process; the buyer's card and the shop's PSAM are simulated
+cards behind pcscd (vpcd), reached through PC/SC like real ones. The buyer's client is the real
+one (``open_buyer``); the user is a fixed policy (``bench.policy_ui``) that goes through the same
+TrustedUI calls as the TINGUIN — one test runs a deal through the TINGUIN's own screens with its
+scripted user. Every test checks money (bank audit, the card, the PSAM) and the evidence (bundles
+verify; the judge rules).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.policy_ui import PolicyUI
+from client.commerce import workflows
+from client.commerce.deal import deal_attributes
+from client.commerce.judge import judge_deal
+from client.commerce.setup import BuyerConfig, BuyerSession, open_buyer, register_card
+from client.commerce.shop import Cheat
+from client.demo_world import CARD_PIN, World
+from client.exchange.judge import judge as judge_exchange
+from client.payment.wallet import TokenWalletKey, Wallet
+from client.services.bank_audit import audit
+from client.support.archive import verify_bundle
+from client.support.trust import TrustStore
+from client.tinguin.model import OutcomeStatus
+from hardware.pcscd import VirtualCards
+from hardware.transport import PcscConnection
+
+pytestmark = pytest.mark.pcsc
+ADDRESS = {"name": "Bob Buyer", "street": "1 Main Street", "postcode": "12345", "city": "Teatown", "country": "de"}
+
+
+@dataclass
+class Market:
+    world: World
+    session: BuyerSession
+    ui: PolicyUI
+    wallet: Wallet
+    folder: Path
+
+    @property
+    def buyer(self) -> Any:
+        return self.session.buyer
+
+    @property
+    def shop(self) -> Any:
+        return self.world.services.opened_shop.shop
+
+    def money(self) -> dict[str, int]:
+        """Every place value can be: bank accounts, the card, the PSAM's takings, the wallet."""
+        shop = self.shop
+        with shop.payment_lock:
+            shop.payments.ctx.psam.select()
+            psam = shop.payments.ctx.psam.info().lifetime_total
+        return {**self.world.balances(self.buyer.purse), "psam": psam, "wallet": self.wallet.balance(978)}
+
+    def clean(self) -> None:
+        assert audit(self.world.bank.db, self.world.bank.scheme_root).violations == []
+
+    def bundle(self, deal_id: str) -> Path:
+        return self.buyer.archive.export(deal_id, self.folder / f"{deal_id}.zip")
+
+    def rule(self, deal_id: str) -> dict[str, Any]:
+        return judge_deal(self.bundle(deal_id), TrustStore([self.world.ca_root]), self.world.scheme.root_cert).as_dict()
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
+    folder = tmp_path_factory.mktemp("market")
+    world = World.create(folder)
+    with VirtualCards([world.buyer_card, world.psam_card], sync=False) as vc, PcscConnection(vc.readers[0]) as card:
+        services = world.start_in_process(psam_reader=vc.readers[1])
+        try:
+            ui = PolicyUI(pin=CARD_PIN)
+            world.buyer_dir.mkdir(exist_ok=True)
+            wallet = Wallet(world.buyer_dir / "wallet.json", TokenWalletKey(world.wallet_keys()))
+            ttp_cert, escrow = world.ttp_files()
+            cfg = BuyerConfig(shop_url=services.shop, ca_root_pem=world.root_pem,
+                              archive=world.buyer_dir / "evidence.sqlite3", purse_root=world.scheme.root_cert,
+                              bank_url=services.bank, bank_tls_root=world.bank_tls_root, account=world.accounts["buyer"],
+                              ttp_url=services.ttp, ttp_cert=ttp_cert, escrow=escrow, tls=world.buyer_tls(),
+                              wallet=wallet, patience=1.0)
+            session = open_buyer(cfg, ui, card)
+            register_card(session, ca_url=services.ca, ca_root_pem=world.root_pem,
+                          registration_key=world.registration_key(), name="Bob Buyer", email="bob@buyer.example",
+                          save_dir=world.buyer_dir)
+            world.bank.cash_in(world.accounts["buyer"], 40_000)
+            session.buyer.payments.module("card-purse").load(20_000)           # type: ignore[attr-defined]
+            yield Market(world, session, ui, wallet, folder)
+            session.close()
+        finally:
+            world.stop()
+
+
+def _pay_with(m: Market, module: str | None) -> None:
+    m.ui.payment, m.ui.accept, m.ui.accept_offer = module, True, True
+    m.shop.cheat = Cheat()
+
+
+def test_mail_order_with_every_payment_module(market: Market) -> None:
+    m = market
+    ecash = m.buyer.payments.module("ecash")
+    ecash.withdraw(1_780)                                                       # type: ignore[attr-defined]
+    before = m.money()
+    paid = {}
+    for module in ("card-purse", "cheque", "setpay", "ecash"):
+        _pay_with(m, module)
+        pins = len(m.ui.pins)
+        r = workflows.mail_order(m.buyer, [("tea-sampler", 2)], form=ADDRESS)
+        assert r.status is OutcomeStatus.SATISFIED, r.summary
+        assert r.payment is not None and r.payment.module == module
+        paid[module] = r.payment.terms.amount
+        # one PIN entry for the order (and one for a cheque or a SET instruction), each through the TrustedUI
+        asked = m.ui.pins[pins:]
+        assert asked[0].startswith("sign the order") and len(asked) == (1 if module in ("card-purse", "ecash") else 2)
+        ruling = m.rule(r.deal_id)                                              # type: ignore[arg-type]
+        assert ruling["bundle"]["ok"], ruling
+        assert ruling["ruling"].endswith("both fulfilled"), ruling
+        assert "re-renders identically" in ruling["facts"]["what_you_see_is_what_you_sign"]
+        assert ruling["facts"]["order"]["covers_offer"]
+        text = m.ui.confirmations[-1]
+        assert "Teatown" in text and "Signed by you as:" in text and "Bob Buyer" in text
+    after = m.money()
+    assert all(v == 1_780 for v in paid.values())
+    assert after["buyer purse"] == before["buyer purse"] - 1_780
+    assert after["psam"] == before["psam"] + 1_780                              # offline: in the PSAM's batch
+    assert after["buyer account"] == before["buyer account"] - 2 * 1_780        # cheque and SET
+    assert after["wallet"] == before["wallet"] - 1_780
+    assert after["seller account"] == before["seller account"] + 3 * 1_780      # cheque, SET, e-cash deposited
+    # the shop clears its PSAM batch at the acquirer: the purse payment reaches its account too
+    cleared = m.shop.payments.module("card-purse").clear()
+    assert cleared is not None and cleared["total"] >= 1_780
+    assert m.money()["seller account"] == after["seller account"] + cleared["total"]
+    m.clean()
+
+
+def test_anonymous_deal_signs_nothing_and_pays_only_anonymously(market: Market) -> None:
+    m = market
+    m.buyer.payments.module("ecash").withdraw(1_250)                            # type: ignore[attr-defined]
+    _pay_with(m, None)
+    pins, before = len(m.ui.pins), m.money()
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form={"pickup": "Kiosk C"},
+                             attributes=deal_attributes("mail-order", anonymous=True))
+    assert r.status is OutcomeStatus.SATISFIED, r.summary
+    offer = m.ui.offers[-1]
+    assert [o.module for o in offer.payment_options] == ["ecash"]              # only anonymous payment offered
+    assert len(m.ui.pins) == pins                                               # no card signature, no PIN
+    text = m.ui.confirmations[-1]
+    assert "no identity certificate is used (anonymous deal)" in text and "Bob Buyer" not in text
+    kinds = [e.kind for e in m.buyer.archive.entries(r.deal_id)]
+    assert "order:unsigned" in kinds and "statement:order" not in kinds
+    assert m.money()["wallet"] == before["wallet"] - 1_250
+    # a form asking for a name and address is refused locally in an anonymous deal
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS,
+                             attributes=deal_attributes("mail-order", anonymous=True))
+    assert r.status is OutcomeStatus.FAILED and "pickup" in r.summary
+    # a fair exchange names both parties: an anonymous information deal is refused before anything is given
+    r = workflows.buy_information(m.buyer, "market-report", attributes=deal_attributes("information", anonymous=True))
+    assert r.status is OutcomeStatus.FAILED and "anonymous" in r.summary
+    m.clean()
+
+
+def _xid(m: Market, deal_id: str) -> str:
+    rows = [json.loads(e.content) for e in m.buyer.archive.entries(deal_id) if e.kind == "exchange"]
+    return str(rows[-1]["xid"])
+
+
+def test_information_is_fairly_exchanged_for_the_payment(market: Market) -> None:
+    m = market
+    _pay_with(m, "card-purse")
+    before = m.money()
+    r = workflows.buy_information(m.buyer, "market-report")
+    assert r.status is OutcomeStatus.SATISFIED and "one fair exchange" in r.summary, r.summary
+    item = m.shop.catalogue.get("market-report")
+    assert r.content == item.content
+    assert m.ui.pins[-2].startswith("sign the order") and m.ui.pins[-1].startswith("accept the fair exchange")
+    after = m.money()
+    assert after["buyer purse"] == before["buyer purse"] - item.unit_price
+    assert after["psam"] == before["psam"] + item.unit_price
+    # the exchange's own evidence, judged by the exchange layer's arbiter
+    path = m.buyer.archive.export(_xid(m, r.deal_id), m.folder / "x.zip")        # type: ignore[arg-type]
+    ruling = judge_exchange(path, TrustStore([m.world.ca_root]), [m.world.scheme.root_cert])
+    assert ruling.fair and ruling.bundle_ok, ruling.as_dict()
+    # the deal bundle: offer, signed order, the receipt for it
+    deal = m.rule(r.deal_id)                                                     # type: ignore[arg-type]
+    assert deal["bundle"]["ok"] and "both fulfilled" in deal["ruling"], deal
+
+
+def test_registration_and_contract_signing(market: Market) -> None:
+    m = market
+    _pay_with(m, "setpay")
+    r = workflows.register(m.buyer, "tea-club", {"name": "Bob Buyer", "email": "bob@buyer.example"})
+    assert r.status is OutcomeStatus.SATISFIED, r.summary
+    from client.support.cms import parse_statement
+    reg = parse_statement(r.documents["delivery"]).body
+    assert reg["type"] == "registration" and reg["member"] == {"name": "Bob Buyer", "email": "bob@buyer.example"}
+    assert "E-mail" in m.ui.confirmations[-1]                                    # the form was shown and signed
+    assert m.rule(r.deal_id)["ruling"].endswith("both fulfilled")                # type: ignore[arg-type]
+    _pay_with(m, None)
+    r = workflows.sign_contract(m.buyer, "supply-contract")
+    assert r.status is OutcomeStatus.SATISFIED, r.summary
+    seller_sig = parse_statement(r.documents["seller-signature"]).body
+    contract = m.shop.catalogue.get("supply-contract")
+    assert seller_sig["role"] == "seller" and seller_sig["contract_sha256"] == contract.sha256
+    assert "contract text" in m.ui.confirmations[-1]
+    # the shop holds the buyer's signature over the same contract and the confirmation digest
+    sd = m.shop.deals[r.deal_id]
+    assert any("satisfied" == d.verdict for d in sd.deal.decisions if d.step == "exchange")
+    path = m.buyer.archive.export(_xid(m, r.deal_id), m.folder / "c.zip")        # type: ignore[arg-type]
+    assert judge_exchange(path, TrustStore([m.world.ca_root]), []).fair
+    m.clean()
+
+
+def test_a_cheating_seller_is_caught_at_every_step(market: Market) -> None:
+    m = market
+    _pay_with(m, "card-purse")
+    # replayed offer: a genuine signed offer, made for an earlier request
+    m.shop.cheat = Cheat()
+    workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)                 # the shop's first offer exists
+    m.shop.cheat = Cheat(replay_offer=True)
+    pins, before = len(m.ui.pins), m.money()
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.FAILED and "replayed offer" in r.summary
+    assert len(m.ui.pins) == pins and m.money() == before                       # nothing signed, nothing paid
+    # changed price after the offer: refused before any money moves
+    m.shop.cheat = Cheat(price_change=250)
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.FAILED and "changed the terms" in r.summary
+    assert m.money() == before
+    assert "nothing was paid" in m.rule(r.deal_id)["ruling"]                     # type: ignore[arg-type]
+    # wrong goods: the buyer paid; the seller's own signed delivery note convicts it
+    m.shop.cheat = Cheat(wrong_goods=True)
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.DISPUTE and "wrong goods" in r.summary
+    ruling = m.rule(r.deal_id)                                                   # type: ignore[arg-type]
+    assert ruling["bundle"]["ok"] and ruling["seller_owes"] and "other goods" in ruling["ruling"], ruling
+    # no delivery after payment and confirmation
+    m.shop.cheat = Cheat(no_delivery=True)
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.DISPUTE and "delivered nothing" in r.summary
+    ruling = m.rule(r.deal_id)                                                   # type: ignore[arg-type]
+    assert "delivered nothing" in ruling["ruling"] and ruling["seller_owes"], ruling
+    after = m.money()
+    assert after["buyer purse"] == before["buyer purse"] - 2 * 1_250            # the two paid deals, no more
+    assert after["psam"] == before["psam"] + 2 * 1_250
+    # information: other data than offered is refused at negotiation (nothing paid); a seller that stops
+    # after being paid is overruled by the third party, which delivers for it
+    m.shop.cheat = Cheat(wrong_goods=True)
+    r = workflows.buy_information(m.buyer, "market-report")
+    assert r.status is OutcomeStatus.FAILED and "did not match its signed offer" in r.summary
+    assert m.money() == after
+    m.shop.cheat = Cheat(no_delivery=True)
+    r = workflows.buy_information(m.buyer, "market-report")
+    assert r.status is OutcomeStatus.SATISFIED and "third party" in r.summary, r.summary
+    assert r.content == m.shop.catalogue.get("market-report").content
+    path = m.buyer.archive.export(_xid(m, r.deal_id), m.folder / "r.zip")       # type: ignore[arg-type]
+    ruling = judge_exchange(path, TrustStore([m.world.ca_root]), [m.world.scheme.root_cert])
+    assert ruling.fair and any(d["outcome"] == "resolved" for d in ruling.as_dict()["third_party"])
+    final = m.money()
+    assert final["buyer purse"] == after["buyer purse"] - 400 and final["psam"] == after["psam"] + 400
+    m.shop.cheat = Cheat()
+    m.clean()
+
+
+def test_a_deal_through_the_tinguin_screens(market: Market) -> None:
+    """The same workflow, answered on the TINGUIN's own screens by its scripted user (Textual Pilot)."""
+    from client.tinguin.api import Script, run_scripted
+    m = market
+    world, services = m.world, m.world.services
+    said: list[str] = []
+
+    def deal(ui: Any) -> Any:
+        cfg = BuyerConfig(shop_url=services.shop, ca_root_pem=world.root_pem,
+                          archive=world.buyer_dir / "evidence.sqlite3", purse_root=world.scheme.root_cert,
+                          bank_url=services.bank, bank_tls_root=world.bank_tls_root, account=world.accounts["buyer"])
+        s = open_buyer(cfg, ui, m.buyer.signer.signer.session.apdu.connection)
+        try:
+            return workflows.mail_order(s.buyer, [("teapot", 1)], form=ADDRESS, prefer="card-purse")
+        finally:
+            s.close()
+    m.shop.cheat = Cheat()
+    before = m.money()
+    r = run_scripted(deal, script=Script(payment="card-purse", pin=CARD_PIN.decode()), phrase="my tea phrase",
+                     say=said.append, timeout=60)
+    assert r.status is OutcomeStatus.SATISFIED, r.summary
+    assert any("accepted the confirmation" in s for s in said) and any("PIN entry verified" in s for s in said)
+    assert m.money()["buyer purse"] == before["buyer purse"] - 1_250
+    bundle = verify_bundle(m.bundle(r.deal_id), TrustStore([world.ca_root]))    # type: ignore[arg-type]
+    assert bundle.ok
+    order = next(e.statement.body for e in bundle.entries if e.statement and e.statement.type == "order")
+    assert order["confirmation"]["scripted"] is True                            # the evidence says no person confirmed
