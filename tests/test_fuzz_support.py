@@ -31,7 +31,7 @@ TIMEOUT = 10.0
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "PROPFIND", "MKCOL")
 CONTENT_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=xyz",
                  "application/xml", "application/octet-stream", "", "json", "application/jsonx",
-                 "application/timestamp-query", "application/json; charset=utf-16")
+                 "application/timestamp-query", "text/json")
 
 
 @dataclass(frozen=True)
@@ -263,7 +263,8 @@ def garbage_bodies(draw: st.DrawFn) -> bytes:
     return dumps(draw(json_values()))
 
 
-def mutations(valid: dict[str, Any], optional: tuple[str, ...] = ()) -> st.SearchStrategy[dict[str, Any]]:
+def mutations(valid: dict[str, Any], optional: tuple[str, ...] = (),
+              kinds: tuple[str, ...] = ("drop", "retype", "extra", "oversize")) -> st.SearchStrategy[dict[str, Any]]:
     """A valid JSON object made invalid: a required field dropped, given another type, or blown up, or a
     field added that the endpoint does not know. ``optional`` fields are left alone (dropping one is valid)."""
     keys = sorted(k for k in valid if k not in optional)
@@ -275,7 +276,7 @@ def mutations(valid: dict[str, Any], optional: tuple[str, ...] = ()) -> st.Searc
     @st.composite
     def mutate(draw: st.DrawFn) -> dict[str, Any]:
         out = dict(valid)
-        how = draw(st.sampled_from(("drop", "retype", "extra", "oversize")))
+        how = draw(st.sampled_from(kinds))
         key = draw(st.sampled_from(keys)) if keys else "x"
         if how == "drop" and keys:
             out.pop(key)

@@ -35,7 +35,11 @@ MAX_JSON_INT = 2**53 - 1
 def canonical(obj: Any) -> bytes:
     """The one byte form of a JSON value; floats are refused (money is in integers)."""
     _check(obj, "body")
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise ProtocolError("body: text with a lone UTF-16 surrogate has no UTF-8 form") from None
 
 
 def _check(v: Any, where: str) -> None:

@@ -195,7 +195,7 @@ class Bank:
             raise BankRefusal("wrong_bank", "the request is addressed to another bank")
         if not 16 <= len(body["nonce"]) <= 64 or not 8 <= len(body["idempotency_key"]) <= 64:
             raise BankRefusal("malformed", "nonce and idempotency key must have 16-64 and 8-64 characters")
-        if abs(time.time() - body["time"]) > MAX_SKEW_S:
+        if abs(int(time.time()) - body["time"]) > MAX_SKEW_S:          # integers: a 400-digit time is stale, not a 500
             raise BankRefusal("stale", f"the request's time is more than {MAX_SKEW_S} s from the bank's clock; "
                                        "check the clock and sign it again", 400)
         try:

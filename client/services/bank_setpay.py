@@ -22,7 +22,7 @@ from cryptography import x509
 
 from ..payment import formats
 from ..payment.errors import ProtocolError
-from ..payment.rsa_token import open_sealed
+from ..payment.rsa_token import TokenKeyError, open_sealed
 from ..payment.wire import SignedJson, key_hash, point_of, verify, verify_digest
 from . import bank_store as store
 from .bank_store import BankRefusal, Op
@@ -62,7 +62,7 @@ def check_authorise(bank: Bank, sender: Sender, p: Params) -> AuthCheck:
     try:
         plain = open_sealed(lambda w: bank.keys.rsa.decrypt(bank.keys.pi_key_id, w), sealed, oi_hash.encode())
         pi = json.loads(plain)
-    except (ProtocolError, ValueError, UnicodeDecodeError) as e:
+    except (ProtocolError, TokenKeyError, ValueError, UnicodeDecodeError) as e:   # TokenKeyError: not for our key
         raise BankRefusal("bad_instruction", f"the payment instruction cannot be opened: {e}") from None
     if not isinstance(pi, dict) or pi.get("type") != "set-pi":
         raise BankRefusal("bad_instruction", "the sealed data is not a payment instruction")
