@@ -1,81 +1,220 @@
-"""``semper demo``: the simulated card working through the real PC/SC stack.
+"""``semper demo``: a whole marketplace on this machine, and a buyer who buys twice with a card.
 
-It issues a buyer card and a seller PSAM from a throwaway purse scheme, puts both into pcscd's
-virtual readers, and then does what a user would: look at the card, load the purse (with the PIN),
-pay a seller, and let the seller close its batch. Later issues grow this into the full purchase.
+What it does, in order (everything real, everything throwaway in a temporary folder):
+
+1. makes the world: purse scheme, SoftHSM2 tokens, the CA, the bank, the third party, the shop's
+   folder, the buyer's card and the seller's PSAM (``client/demo_world.py``);
+2. starts pcscd if needed and serves both cards to its virtual readers (vpcd);
+3. starts ``semper serve ca``, ``bank``, ``ttp`` and ``shop`` on loopback (the shop opens its PSAM in
+   the second reader through pcscd);
+4. opens the TINGUIN — interactive in a terminal; otherwise a scripted user answers the same
+   screens and says so — and, as the buyer: registers the card's key at the CA, loads the purse
+   from the bank account, buys a teapot by mail order paid from the card purse, and buys a market
+   report whose payment is fairly exchanged for it; every PIN is typed into the TINGUIN and goes
+   to the card;
+5. verifies the evidence (the archive's hash chain and signed checkpoint, both deals' bundles, the
+   deal judge and the exchange judge), lets the seller clear its PSAM batch, and shows the balances
+   before and after;
+6. stops everything it started, also on Ctrl-C.
 """
 from __future__ import annotations
 
 import shutil
-import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from hardware.pcscd import VirtualCards
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.readers import list_readers
-from hardware.transport import PcscConnection
-
-from .payment import card_purse
 from .support.money import format_amount
-from .support.personalisation import CardProfile, personalise_psam, personalise_purse_card
-from .support.scheme import Scheme
 
-DEMO_PIN = b"1234"
+ADDRESS = {"name": "Bob Buyer", "street": "1 Teapot Lane", "postcode": "10115", "city": "Berlin", "country": "DE"}
 
 
-def _step(n: int, text: str) -> None:
-    print(f"\n[{n}] {text}", flush=True)
+class Narrator:
+    """The demo's own lines: printed at once when a script answers, after the TINGUIN closes otherwise."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.lines: list[str] = []
+        self.start = time.monotonic()
+
+    def __call__(self, line: str) -> None:
+        stamped = f"[{time.monotonic() - self.start:5.1f}s] {line}"
+        if self.live:
+            print(stamped, flush=True)
+        else:
+            self.lines.append(stamped)
+
+    def flush(self) -> None:
+        for line in self.lines:
+            print(line)
+        self.lines.clear()
+        self.live = True
 
 
-def run_demo(keep: bool = False) -> int:
+def run_demo(keep: bool = False, interactive: bool | None = None) -> int:
+    from hardware.pcscd import VirtualCards
+
+    from .demo_world import CARD_PIN, World
+    from .tinguin.api import Script, run_deal
+    if interactive is None:
+        interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    say = Narrator(live=True)
     folder = Path(tempfile.mkdtemp(prefix="semper-demo-"))
+    world: World | None = None
     try:
-        _step(1, f"issuing a buyer card and a seller PSAM in {folder}")
-        scheme = Scheme.load_or_create(folder / "scheme")
-        buyer, psam_image = folder / "buyer.card", folder / "psam.card"
-        number = personalise_purse_card(buyer, scheme, CardProfile(DEMO_PIN, b"12345678")).card_number
-        psam_id = personalise_psam(psam_image, scheme)
-        print(f"    card {number.hex().upper()} (PIN {DEMO_PIN.decode()}), PSAM {psam_id.hex().upper()}")
-
-        _step(2, "starting pcscd (if needed) and serving both cards to its virtual readers")
-        with VirtualCards([buyer, psam_image]) as vc:
-            for info in list_readers():
-                print(f"    {info.name}: {'card ATR ' + info.atr.hex().upper() if info.card_present else 'empty'}")
-            if shutil.which("opensc-tool"):
-                _step(3, "an outside client (OpenSC's opensc-tool) sends APDUs to the card")
-                out = subprocess.run(["opensc-tool", "-c", "default", "-r", vc.readers[0], "-s", "00 A4 04 00 08 F0 53 45 4D 50 45 52 01 00",
-                                      "-s", "80 50 00 00 00"], capture_output=True, text=True, timeout=30)
-                for line in (out.stdout + out.stderr).strip().splitlines():
-                    print(f"    {line}")
-            with PcscConnection(vc.readers[0]) as c1, PcscConnection(vc.readers[1]) as c2:
-                purse, psam = PurseSession(c1), PsamSession(c2)
-                info = purse.info()
-                _step(4, "the card, read through pcscd")
-                print(f"    card {info.card_id}: balance {format_amount(info.balance, info.currency)}, "
-                      f"max {format_amount(info.max_balance, info.currency)}, PIN tries {info.pin_tries}")
-                _step(5, "loading 50.00 from the issuer (PIN verified on the card)")
-                loaded = card_purse.load(purse, scheme, 5000, DEMO_PIN).confirmation
-                print(f"    load #{loaded.load_counter}: balance {format_amount(loaded.balance, loaded.currency)}")
-                _step(6, "paying 12.50 to the seller's PSAM (no PIN; the card checks the PSAM's certificate)")
-                paid = card_purse.purchase(purse, psam, 1250)
-                info = purse.info()
-                print(f"    debit #{paid.proof.debit_counter} proof signed by the card, in batch "
-                      f"{paid.batch_number}; balance {format_amount(info.balance, info.currency)}")
-                _step(7, "the card's own log")
-                for e in purse.log():
-                    print(f"    {e.kind:5} #{e.counter} {format_amount(e.amount, info.currency):>10}   balance after "
-                          f"{format_amount(e.balance_after, info.currency)}")
-                _step(8, "the seller closes its batch for clearing")
-                header, _ = psam.close_batch()
-                entries = psam.batch_entries(header.batch_number)
-                print(f"    batch {header.batch_number}: {header.count} debit(s), "
-                      f"{format_amount(header.total, header.currency)}, {len(entries)} signed proof(s)")
-        print("\ndemo finished: the card's balance, counters and log are on the card image, signed by the card.")
-        return 0
+        say(f"semper demo in {folder}")
+        if interactive:
+            say(f"you will answer in the TINGUIN; the demo card's PIN is {CARD_PIN.decode()} (you will be asked for "
+                "it before each signature the card makes)")
+        else:
+            say("standard input is not a terminal: a SCRIPTED USER will answer the TINGUIN's screens (it says so on "
+                "every screen, and the signed orders record that no person confirmed)")
+        world = World.create(folder, card_sync=True, say=lambda line: say(f"  set-up: {line}"))
+        say("starting pcscd (if needed) and serving the buyer's card and the seller's PSAM to its virtual readers")
+        with VirtualCards([world.buyer_card, world.psam_card], sync=True) as vc:
+            say(f"  readers: {vc.readers[0]!r} (buyer's card), {vc.readers[1]!r} (seller's PSAM)")
+            say("starting the CA, the bank, the third party and the shop (semper serve ...) on loopback")
+            services = world.start_processes(psam_reader=vc.readers[1])
+            for name in ("ca", "bank", "ttp", "shop"):
+                say(f"  {name:5} {getattr(services, name)}")
+            narrate = Narrator(live=not interactive)
+            narrate.start = say.start
+            result = run_deal(lambda ui: _buyer(ui, world, vc.readers[0], narrate), interactive=interactive,
+                              script=Script(payment="card-purse", pin=CARD_PIN.decode()),
+                              say=lambda line: say(f"  {line}"))
+            narrate.flush()
+            say("the seller clears its PSAM batch at the acquirer")
+            cleared = _clear(world)
+            say(f"  cleared: {cleared}")
+            before = _balances(say, "balances before", world, result["purse_before"], result["before"])
+            after = _balances(say, "balances after ", world, result["purse_after"])
+            conserved = before == after
+            say(f"money conserved: {format_amount(before, 978)} before and {format_amount(after, 978)} after, "
+                f"{'equal' if conserved else 'NOT EQUAL'}")
+            ok = result["ok"] and conserved
+        say("demo finished: " + ("both deals satisfied, the evidence verifies, money is conserved" if ok
+                                 else "something did not check; see above"))
+        return 0 if ok else 1
+    except KeyboardInterrupt:
+        print("\nsemper demo: interrupted; stopping everything it started", file=sys.stderr)
+        return 130
     finally:
+        if world is not None:
+            world.stop()
         if keep:
             print(f"(kept {folder})")
         else:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _balances(say: Callable[[str], None], title: str, world: Any, purse: int, bank: dict[str, int] | None = None
+              ) -> int:
+    """Say the balances; returns their sum (the buyer's and the seller's money together)."""
+    b = bank or {"buyer account": world.bank.balance(world.accounts["buyer"]),
+                 "seller account": world.bank.balance(world.accounts["seller"])}
+    say(f"{title}: buyer's account {format_amount(b['buyer account'], 978)}, buyer's purse "
+        f"{format_amount(purse, 978)}, seller's account {format_amount(b['seller account'], 978)}")
+    return b["buyer account"] + purse + b["seller account"]
+
+
+def _clear(world: Any) -> Any:
+    import http.client
+    import json
+    import ssl
+    from urllib.parse import urlsplit
+
+    from .support.channels import client_context
+    url = urlsplit(world.services.shop)
+    secret = (world.shop_dir / "admin-secret").read_text().strip()
+    ctx: ssl.SSLContext = client_context(world.root_pem)
+    conn = http.client.HTTPSConnection(url.hostname, url.port, context=ctx, timeout=30)
+    try:
+        conn.request("POST", "/admin/clear", body=b"{}", headers={"Content-Type": "application/json",
+                                                                 "Authorization": f"Bearer {secret}"})
+        answer = json.loads(conn.getresponse().read() or b"{}")
+    finally:
+        conn.close()
+    c = answer.get("cleared") or {}
+    return f"{c.get('count', 0)} debit(s), {format_amount(int(c.get('total', 0)), 978)}" if c else answer
+
+
+def _buyer(ui: Any, world: Any, reader: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """Everything the buyer does, in the TINGUIN's worker thread."""
+    from hardware.transport import PcscConnection
+
+    from .commerce.judge import judge_deal
+    from .commerce.setup import BuyerConfig, open_buyer, register_card
+    from .commerce.workflows import buy_information, mail_order
+    from .exchange.judge import judge as judge_exchange
+    from .support.archive import verify_bundle
+    from .support.trust import TrustStore
+    from .tinguin.model import ProgressStep, StepState
+    s = world.services
+    ttp_cert, escrow = world.ttp_files()
+    world.buyer_dir.mkdir(exist_ok=True)
+    cfg = BuyerConfig(shop_url=s.shop, ca_root_pem=world.root_pem, archive=world.buyer_dir / "evidence.sqlite3",
+                      purse_root=world.scheme.root_cert, bank_url=s.bank, bank_tls_root=world.bank_tls_root,
+                      account=world.accounts["buyer"], ttp_url=s.ttp, ttp_cert=ttp_cert, escrow=escrow,
+                      tls=world.buyer_tls(), patience=10.0)
+    out: dict[str, Any] = {"ok": False}
+    with PcscConnection(reader) as card:
+        session = open_buyer(cfg, ui, card)
+        try:
+            b = session.buyer
+
+            def step(key: str, title: str, state: StepState, detail: str = "") -> None:
+                ui.progress(ProgressStep(key, title, state, detail))
+            out["before"] = {"buyer account": world.bank.balance(world.accounts["buyer"]),
+                             "seller account": world.bank.balance(world.accounts["seller"])}
+            out["purse_before"] = b.balance()[0]                      # type: ignore[index]
+            step("register", "register your card's key at the CA", StepState.RUNNING)
+            say("buyer: registers the card's key at the CA (the operator handed over a registration key)")
+            serial = register_card(session, ca_url=s.ca, ca_root_pem=world.root_pem,
+                                   registration_key=world.registration_key(), name="Bob Buyer",
+                                   email="bob@buyer.example", save_dir=world.buyer_dir)
+            say(f"  certificate {serial} on the card (PIV 9C)")
+            step("register", "register your card's key at the CA", StepState.DONE, f"certificate {serial[:16]}…")
+            step("load", "load 50.00 EUR into the purse from your account", StepState.RUNNING)
+            loaded = b.payments.module("card-purse").load(5_000)     # type: ignore[attr-defined]
+            say(f"buyer: loaded the purse: balance {format_amount(loaded['balance'], 978)}")
+            step("load", "load 50.00 EUR into the purse from your account", StepState.DONE)
+            say("buyer: mail order of a teapot, paid from the card purse")
+            teapot = mail_order(b, [("teapot", 1)], form=ADDRESS, prefer="card-purse")
+            say(f"  {teapot.status.value}: {teapot.summary}")
+            say("buyer: on-line purchase of the market report, the payment fairly exchanged for it")
+            report = buy_information(b, "market-report", prefer="card-purse")
+            say(f"  {report.status.value}: {report.summary}")
+            out["purse_after"] = b.balance()[0]                       # type: ignore[index]
+            ok = teapot.ok and report.ok
+            step("evidence", "check the evidence of both deals", StepState.RUNNING)
+            say("buyer: checks its evidence (a checkpoint signed on the card seals the archive)")
+            trust = TrustStore([world.ca_root])
+            report_chain = b.archive.verify(trust)
+            say(f"  archive: {'hash chain intact' if report_chain.ok else report_chain.problems}")
+            ok = ok and report_chain.ok
+            for r in (teapot, report):
+                if r.deal_id is None:
+                    continue
+                path = b.archive.export(r.deal_id, world.folder / f"deal-{r.deal_id[:8]}.zip")
+                bundle = verify_bundle(path, trust)
+                ruling = judge_deal(path, trust, world.scheme.root_cert)
+                say(f"  deal {r.deal_id[:8]}: bundle {'verifies' if bundle.ok else bundle.problems}; judge: "
+                    f"{ruling.ruling}")
+                say(f"    what you saw is what you signed: {ruling.facts.get('what_you_see_is_what_you_sign')}")
+                ok = ok and bundle.ok and ruling.ruling.endswith("both fulfilled")
+                xids = [e for e in b.archive.entries(r.deal_id) if e.kind == "exchange"]
+                if xids:
+                    import json
+                    xid = json.loads(xids[-1].content)["xid"]
+                    xr = judge_exchange(b.archive.export(xid, world.folder / "exchange.zip"), trust,
+                                        [world.scheme.root_cert])
+                    say(f"    the exchange {xid[:12]}…: {xr.ruling} (fair: {xr.fair})")
+                    ok = ok and xr.fair
+            step("evidence", "check the evidence of both deals", StepState.DONE if ok else StepState.FAILED)
+            out["ok"] = ok
+            return out
+        finally:
+            session.close()

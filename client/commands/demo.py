@@ -11,6 +11,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("demo", help="the simulated card through pcscd: info, a load and a purchase")
+    p = sub.add_parser("demo", help="a whole marketplace on loopback: register, load, buy by mail order and by "
+                                    "fair exchange, check the evidence")
     p.add_argument("--keep", action="store_true", help="keep the demo folder")
     p.set_defaults(fn=cmd_demo)

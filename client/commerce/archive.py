@@ -17,6 +17,7 @@ from ..support.archive import Archive, StatementSigner
 class SharedArchive:
     def __init__(self, path: Path, *, sign: StatementSigner | None = None) -> None:
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.sign = sign
         self._local = threading.local()
         self._all: list[Archive] = []

@@ -1,0 +1,72 @@
+"""The commands: ``semper buy`` against a running shop (scripted TINGUIN user, card image), and
+``semper demo`` from start to end (pcscd, the services as processes, the TINGUIN's scripted user)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.policy_ui import PolicyUI
+from client.commerce.setup import BuyerConfig, open_buyer, register_card
+from client.demo_world import CARD_PIN, World
+from hardware.simulator import open_card
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _semper(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "client.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_semper_buy_asks_and_the_tinguin_decides(tmp_path: Path) -> None:
+    world = World.create(tmp_path / "w")
+    s = world.start_in_process()
+    try:
+        world.buyer_dir.mkdir()
+        with open_card(world.buyer_card, sync=False) as card:          # set-up: register and load the card
+            cfg = BuyerConfig(shop_url=s.shop, ca_root_pem=world.root_pem, archive=world.buyer_dir / "ev.sqlite3",
+                              bank_url=s.bank, bank_tls_root=world.bank_tls_root, account=world.accounts["buyer"])
+            session = open_buyer(cfg, PolicyUI(pin=CARD_PIN), card)
+            register_card(session, ca_url=s.ca, ca_root_pem=world.root_pem, registration_key=world.registration_key(),
+                          name="Bob Buyer", email="bob@buyer.example", save_dir=world.buyer_dir)
+            session.buyer.payments.module("card-purse").load(2_000)   # type: ignore[attr-defined]
+            session.close()
+        (tmp_path / "ca.pem").write_text(world.root_pem)
+        (tmp_path / "pin").write_bytes(CARD_PIN)
+        env = {**os.environ, "SEMPER_HOME": str(tmp_path / "home"), "SEMPER_CONFIG": str(tmp_path / "prefs.toml")}
+        base = ["buy", s.shop, "--image", str(world.buyer_card), "--ca-root", str(tmp_path / "ca.pem")]
+        no_terminal = _semper(*base, "teapot", env=env)
+        assert no_terminal.returncode == 2 and "--script" in no_terminal.stderr
+        form = ["--form", "name=Bob Buyer", "--form", "street=1 Main St", "--form", "postcode=12345", "--form",
+                "city=Teatown", "--form", "country=DE"]
+        r = _semper(*base, "teapot", *form, "--pay", "card-purse", "--script", str(tmp_path / "pin"), env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out = json.loads(r.stdout)
+        assert out["status"] == "satisfied" and "delivered" in out["summary"]
+        assert "SCRIPTED" in r.stderr or "scripted user" in r.stderr
+        assert {e["kind"] for e in out["evidence"]} >= {"statement:offer", "statement:order", "payment",
+                                                        "statement:delivery"}
+        # a form the seller's signed spec does not allow is refused before anything is signed
+        bad = _semper(*base, "teapot", "--form", "name=Bob", "--script", str(tmp_path / "pin"), env=env)
+        assert bad.returncode == 1 and "street" in json.loads(bad.stdout)["summary"]
+    finally:
+        world.stop()
+
+
+@pytest.mark.pcsc
+def test_semper_demo_runs_scripted_and_stops_everything(tmp_path: Path) -> None:
+    env = {**os.environ, "SEMPER_HOME": str(tmp_path / "home"), "SEMPER_CONFIG": str(tmp_path / "prefs.toml")}
+    r = _semper("demo", env=env, timeout=110)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    out = r.stdout
+    assert "SCRIPTED USER" in out
+    for line in ("certificate", "loaded the purse: balance 50.00 EUR", "paid 12.50 EUR with card purse",
+                 "fairly exchanged", "hash chain intact", "re-renders identically", "(fair: True)",
+                 "cleared: 2 debit(s), 16.50 EUR", "money conserved", "demo finished: both deals satisfied"):
+        assert line in out, line
+    assert "buyer's purse 33.50 EUR, seller's account 16.50 EUR" in out
