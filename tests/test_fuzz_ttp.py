@@ -239,7 +239,9 @@ def test_time_stamp_requests_that_are_not_der(world: World, ttp: RunningTtp, dat
     a = raw.send("POST", "/timestamp", body, {"Content-Type": "application/timestamp-query"})
     assert_sane(a)
     if a.status == 200:
-        from client.support.tsa import TimeStampResponse      # asn1crypto's own makes the token mandatory
+        from client.support.tsa import (
+            TimeStampResponse,  # asn1crypto's own makes the token mandatory
+        )
         resp = TimeStampResponse.load(a.body)
         assert resp["status"]["status"].native in ("granted", "granted_with_mods", "rejection")
 

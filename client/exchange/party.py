@@ -210,9 +210,14 @@ class Party:
     # ---- responding -------------------------------------------------------------------------------
     async def _on_new(self, session: str, kind: str, body: dict[str, Any]) -> None:
         peer = body.get("reply_to")
-        parts = urlsplit(peer) if isinstance(peer, str) else None
-        if parts is None or parts.scheme != "https" or not parts.hostname:
-            return                                             # nobody to answer: drop it
+        try:
+            parts = urlsplit(peer) if isinstance(peer, str) else None
+            host = parts.hostname if parts is not None else None
+        except ValueError:                                     # e.g. "https://[": not a URL at all
+            parts, host = None, None
+        if parts is None or parts.scheme != "https" or not host:
+            self.mailbox.close(session)                        # nobody to answer: drop it, and keep nothing
+            return
         run = Run(self, session, "responder", str(peer))
         task = asyncio.get_running_loop().create_task(self._guarded(run, self._respond(run, body)))
         self._tasks.add(task)
