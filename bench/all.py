@@ -102,6 +102,17 @@ def _load(function: str) -> Callable[..., dict[str, Any]]:
     return fn
 
 
+def _in_checkout(function: str) -> bool:
+    """Whether the bench's module is a file of this checkout. An editable install can resolve a module
+    missing here from another checkout; its figures would then not belong to the commit reported."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec(function.partition(":")[0])
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and spec.origin is not None and Path(spec.origin).resolve().is_relative_to(REPO)
+
+
 def _in_process_apdu(count: int) -> dict[str, Any]:
     """The part of ``bench apdu`` that needs no pcscd: READ PURSE in process, raw signatures."""
     from hardware.purse import PurseSession
@@ -166,6 +177,9 @@ def bench_all(*, quick: bool = False, no_pcscd: bool = False, only: tuple[str, .
             continue
         args = dict(s.quick if quick else s.full)
         doc["commands"][s.name] = s.command          # the bench's own command, at full size
+        if s.optional and not _in_checkout(s.function):
+            doc["skipped"][s.name] = f"not available in this checkout ({s.function.partition(':')[0]} is not in {REPO})"
+            continue
         if s.pcscd == "yes" and no_pcscd:
             if s.name == "apdu":
                 say("apdu: in-process figures only (--no-pcscd)")
