@@ -1,8 +1,10 @@
-"""The e-cash wallet: coins stored encrypted under a key that only the holder's token can use.
+"""The e-cash wallet: coins stored encrypted under a key that only the holder's token or card can use.
 
 Why: coins are bearer value; a copied wallet file must be worthless. The file is sealed (AES-256-
-GCM under a fresh key each save, that key wrapped with RSA-OAEP to the holder's wallet key on the
-token, CKA_EXTRACTABLE false), so opening it needs the token and its PIN. Every change is written
+GCM under a fresh key each save, that key wrapped to a key the holder's device never gives out:
+RSA-OAEP to a token key with CKA_EXTRACTABLE false (:class:`TokenWalletKey`), or ECDH with the
+card's PIV key 9D (:class:`client.payment.card_wallet.CardWalletKey`)), so opening it needs the
+device and its PIN. Every change is written
 atomically (temporary file, fsync, rename) *before* the operation that depends on it: blinding
 factors before a withdrawal is sent, coins moved to "in flight" before they are handed to a payee.
 So a crash at any point loses no value: a pending withdrawal is finished with the same idempotency
@@ -26,11 +28,16 @@ AAD = b"semper wallet v1"
 
 
 class WalletKey(Protocol):
-    """A key the wallet's data key is wrapped to; ``unwrap`` happens on the device."""
+    """Seals the wallet's contents to a device key; ``open`` needs the device (the private half).
 
-    def public(self) -> rsa.RSAPublicKey: ...
+    Why seal/open and not wrap/unwrap: the two devices wrap differently (RSA-OAEP of the data key
+    vs. an ephemeral ECDH per save), so each key owns its sealed format; the wallet only stores it.
+    ``seal`` needs no PIN (public key only), so saving never asks; ``open`` may.
+    """
 
-    def unwrap(self, wrapped: bytes) -> bytes: ...
+    def seal(self, plaintext: bytes, aad: bytes) -> dict[str, str]: ...
+
+    def open(self, sealed: object, aad: bytes) -> bytes: ...
 
 
 class TokenWalletKey:
@@ -47,6 +54,12 @@ class TokenWalletKey:
 
     def unwrap(self, wrapped: bytes) -> bytes:
         return self.keys.decrypt(self.key_id, wrapped)
+
+    def seal(self, plaintext: bytes, aad: bytes) -> dict[str, str]:
+        return seal(self._public, plaintext, aad)
+
+    def open(self, sealed: object, aad: bytes) -> bytes:
+        return open_sealed(self.unwrap, sealed, aad)
 
 
 @dataclass(frozen=True)
@@ -74,7 +87,7 @@ class Wallet:
 
     def _load(self) -> None:
         sealed = json.loads(self.path.read_text())
-        data = json.loads(open_sealed(self.key.unwrap, sealed, AAD))
+        data = json.loads(self.key.open(sealed, AAD))
         self.coins = [Coin(**c) for c in data["coins"]]
         self.in_flight = {k: [Coin(**c) for c in v] for k, v in data["in_flight"].items()}
         self.pending = dict(data["pending"])
@@ -82,7 +95,7 @@ class Wallet:
     def save(self) -> None:
         data = {"coins": [asdict(c) for c in self.coins],
                 "in_flight": {k: [asdict(c) for c in v] for k, v in self.in_flight.items()}, "pending": self.pending}
-        sealed = seal(self.key.public(), json.dumps(data).encode(), AAD)
+        sealed = self.key.seal(json.dumps(data).encode(), AAD)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

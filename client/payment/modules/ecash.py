@@ -10,11 +10,14 @@ account and sign; it unblinds and keeps the coins. Pay:
 
 The bank saw the blinded values at withdrawal and only the coins at deposit: it cannot link them.
 ``reclaim`` deposits in-flight coins back to the payer's own account when a payee vanished.
+The wallet is sealed to the holder's token (``TokenWalletKey``) or card (``use_card_wallet``: PIV
+key 9D, the PIN through the party's own PIN entry).
 """
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -23,8 +26,11 @@ from .. import blind, formats
 from ..errors import InstrumentError, PaymentRefused, ProtocolError
 from ..model import Acceptance, ExchangeProperties, Instrument, Model, Status, Terms
 from ..module import BaseModule, Step, require
-from ..wallet import Coin, coin_from
+from ..wallet import Coin, Wallet, coin_from
 from ..wire import SignedJson, b64, unb64
+
+if TYPE_CHECKING:
+    from hardware.piv import PivSession
 
 
 class EcashModule(BaseModule):
@@ -68,6 +74,16 @@ class EcashModule(BaseModule):
 
     def payee_flow(self, terms: Terms) -> PayeeFlow:
         return PayeeFlow(self, terms)
+
+    def use_card_wallet(self, path: Path, piv: PivSession, name: str = "wallet") -> Wallet:
+        """Open (or start) the party's wallet at ``path`` sealed to its card's PIV key 9D, and use it.
+
+        Why here: the module is what spends the wallet, and it has the party's context, whose
+        ``enter_pin`` (the TINGUIN for users) is the only way the card's PIN is asked for.
+        """
+        from ..card_wallet import open_card_wallet
+        self.ctx.wallet = open_card_wallet(path, piv, self.ctx, name)
+        return self.ctx.wallet
 
     # ---- withdrawal --------------------------------------------------------------------------
     def withdraw(self, amount: int, currency: int | None = None) -> int:
