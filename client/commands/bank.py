@@ -32,6 +32,19 @@ def _pin(args: argparse.Namespace) -> bytes:
     return read_secret("bank token PIN", args.pin_stdin)
 
 
+def tls_args(p: argparse.ArgumentParser, when: str) -> None:
+    p.add_argument("--tls-cert", type=Path, help="TLS chain from 'semper ca tls-cert' (cert.pem: server certificate, "
+                                                 f"then the CA root clients pin); {when}")
+    p.add_argument("--tls-key", type=Path, help="its private key (key.pem)")
+
+
+def _tls(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    """The CA-issued (chain, key) pair, or None: both are given or neither."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    return (args.tls_cert, args.tls_key) if args.tls_cert is not None else None
+
+
 def _home(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from ..services.bank_home import BankHome
     return BankHome.default(args.bank_dir, args.db)
@@ -45,6 +58,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     from ..support.paths import semper_home
     from ..support.scheme import Scheme
     h = _home(args)
+    tls = _tls(args)
     scheme = Scheme.load_or_create(args.scheme_dir or semper_home() / "scheme")
     pin = _pin(args)
     currencies = tuple(parse_currency(c) for c in (args.currency or ["EUR"]))
@@ -52,8 +66,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     kw = {"denominations": denoms} if denoms else {}
     conf = args.softhsm_conf or (h.folder / "softhsm" / "softhsm2.conf")
     bank_id = h.init(scheme, pin, token_label=args.token, softhsm_conf=Path(conf), create_token=args.softhsm_conf is None,
-                     currencies=currencies, **kw)
-    print(f"bank {bank_id} initialised in {h.folder}; clients pin {h.tls_root}; issuer certificate {h.cert_file}")
+                     currencies=currencies, tls=tls, **kw)
+    origin = "the CA root of --tls-cert" if tls else "the bank's own TLS root"
+    print(f"bank {bank_id} initialised in {h.folder}; clients pin {h.tls_root} ({origin}); "
+          f"issuer certificate {h.cert_file}")
     return 0
 
 
@@ -99,12 +115,16 @@ def cmd_balance(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_bank(args: argparse.Namespace) -> int:
+    from ..services.bank_home import install_tls_identity
     from ..services.bank_http import build_app
     from ..services.http import ServiceRunner
     from ..support.channels import server_context
     from .serve import run_until_signalled
     h = _home(args)
+    tls = _tls(args)
     bank = h.open(_pin(args))
+    if tls is not None:                     # a renewed CA-issued certificate: kept in the bank folder
+        install_tls_identity(h.tls_dir, *tls)
     runner = ServiceRunner(build_app(bank), args.host, args.port,
                            server_context(h.tls_dir / "cert.pem", h.tls_dir / "key.pem"))
     return run_until_signalled(runner, f"semper bank {bank.bank_id}")
@@ -127,6 +147,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--softhsm-conf", type=Path, help="use this SoftHSM2 configuration and an existing token")
     p.add_argument("--currency", action="append", help="currency the bank keeps (repeat; default EUR)")
     p.add_argument("--denominations", help="coin values in minor units, comma-separated")
+    tls_args(p, "without it the bank makes a TLS root of its own")
     p.set_defaults(fn=cmd_init)
     p = bsub.add_parser("open-account", help="open an account for the holder of a certificate")
     location_args(p)
@@ -162,6 +183,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     pin_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8444, help="port (default 8444; 0 = any free port)")
+    tls_args(p, "replaces the bank folder's TLS certificate (e.g. a renewed one) before serving")
     p.set_defaults(fn=cmd_serve_bank)
 
     p = groups["bench"].add_parser("clearing", help="debit proofs cleared per second at the acquirer")

@@ -7,7 +7,9 @@ Layout of ``$SEMPER_HOME/bank`` (or ``--bank-dir``)::
     bank.pem         the bank's certificate (issuer role, from the purse scheme root)
     roots/*.pem      roots whose certificates the bank accepts on signed requests
     softhsm/         the bank's SoftHSM2 token (when 'semper bank init' made it)
-    tls/             the service's TLS root (tls-root.pem, for clients to pin) and server key
+    tls/             the service's TLS chain (cert.pem), key (key.pem) and the root clients pin
+                     (tls-root.pem): the project CA's root when the certificate came from
+                     'semper ca tls-cert' (--tls-cert/--tls-key), else a TLS root of the bank's own
 
 Keys, all on the token: the EC issuer key (signs load commands and every answer), an RSA key that
 opens payment instructions, one RSA blind-signing key per currency and denomination.
@@ -15,12 +17,14 @@ opens payment instructions, one RSA blind-signing key per currency and denominat
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -70,8 +74,15 @@ class BankHome:
     def init(self, scheme: Scheme, pin: bytes, *, token_label: str, softhsm_conf: Path, create_token: bool = False,
              currencies: tuple[int, ...] = (978,), denominations: tuple[int, ...] = DENOMINATIONS,
              extra_roots: tuple[x509.Certificate, ...] = (), hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
-             bank_id: str | None = None) -> str:
-        """Make the bank's keys on its token, certify the issuer key, write settings; returns the bank id."""
+             bank_id: str | None = None, tls: tuple[Path, Path] | None = None) -> str:
+        """Make the bank's keys on its token, certify the issuer key, write settings; returns the bank id.
+
+        ``tls`` is a (chain PEM, key PEM) pair issued by the project CA (``semper ca tls-cert``); it
+        is checked *before* anything is made, so a bad pair leaves no half-made bank. Without it the
+        bank makes a TLS root of its own for ``hosts`` (the fallback: clients then pin that root).
+        """
+        if tls is not None:
+            check_tls_identity(*tls)
         from hsm.signer import Pkcs11Signer
         from hsm.softhsm import SoftHsmStore, provision
         if self.config_file.exists():
@@ -112,7 +123,10 @@ class BankHome:
         self.config_file.write_text(json.dumps({
             "bank_id": bank_id, "token_label": token_label, "softhsm_conf": str(hsm_store.conf),
             "currencies": list(currencies)}, indent=2))
-        make_tls_identity(self.tls_dir, hosts)
+        if tls is not None:
+            install_tls_identity(self.tls_dir, *tls)
+        else:
+            make_tls_identity(self.tls_dir, hosts)
         return bank_id
 
     # ---- opening -----------------------------------------------------------------------------
@@ -143,15 +157,72 @@ class BankHome:
             self._db.close()
 
 
+def check_tls_identity(chain_file: Path, key_file: Path) -> x509.Certificate:
+    """Check a CA-issued TLS chain and key; returns the root at the end of the chain (what clients pin).
+
+    Why so strict: the chain's last certificate becomes ``tls/tls-root.pem``, the file handed to
+    shops and buyers to pin; a chain that does not end in a self-signed root, a leaf the key does
+    not match, or an expired or CA leaf would be found out only when every client fails to connect.
+    """
+    try:
+        certs = x509.load_pem_x509_certificates(Path(chain_file).read_bytes())
+    except OSError as e:
+        raise BankRefusal("bad_tls", f"cannot read the TLS certificate {chain_file}: {e.strerror}", 400) from None
+    except ValueError:
+        raise BankRefusal("bad_tls", f"{chain_file} holds no PEM certificate", 400) from None
+    leaf, root = certs[0], certs[-1]
+    try:
+        for cert, issuer in itertools.pairwise(certs):
+            cert.verify_directly_issued_by(issuer)
+        if len(certs) < 2 or root.issuer != root.subject:
+            raise ValueError
+        root.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature):
+        raise BankRefusal("bad_tls", f"{chain_file} must be the server certificate followed by the CA that issued it, "
+                                     "ending with the self-signed CA root clients pin (as 'semper ca tls-cert' "
+                                     "writes it)", 400) from None
+    now = dt.datetime.now(dt.UTC)
+    try:
+        is_ca = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if is_ca or not leaf.not_valid_before_utc <= now < leaf.not_valid_after_utc:
+        raise BankRefusal("bad_tls", f"the server certificate in {chain_file} is a CA certificate or not valid now", 400)
+    try:
+        key = serialization.load_pem_private_key(Path(key_file).read_bytes(), None)
+    except OSError as e:
+        raise BankRefusal("bad_tls", f"cannot read the TLS key {key_file}: {e.strerror}", 400) from None
+    except (ValueError, TypeError):
+        raise BankRefusal("bad_tls", f"{key_file} is not an unencrypted PEM private key", 400) from None
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(Encoding.DER, spki) != leaf.public_key().public_bytes(Encoding.DER, spki):
+        raise BankRefusal("bad_tls", f"the key {key_file} does not belong to the certificate in {chain_file}", 400)
+    return root
+
+
+def install_tls_identity(folder: Path, chain_file: Path, key_file: Path) -> Path:
+    """Copy a checked CA-issued chain and key into ``folder``; its root becomes ``tls-root.pem``.
+
+    Returns the root file clients pin (the project CA root). Used by ``semper bank init`` and, to
+    take a renewed certificate, by ``semper serve bank``.
+    """
+    root = check_tls_identity(chain_file, key_file)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_private(folder / "key.pem", Path(key_file).read_bytes())
+    (folder / "cert.pem").write_bytes(Path(chain_file).read_bytes())
+    (folder / "tls-root.pem").write_bytes(root.public_bytes(Encoding.PEM))
+    return folder / "tls-root.pem"
+
+
 def make_tls_identity(folder: Path, hosts: tuple[str, ...]) -> tuple[Path, Path]:
     """A TLS root of the bank's own and a server certificate for ``hosts`` (clients pin the root).
 
-    With a semper CA at hand, ``client.services.ca_home.issue_tls_identity`` can issue the server
-    certificate instead; the bank then publishes the CA root for pinning.
+    The fallback when no CA-issued certificate is given (:func:`install_tls_identity`): a bank
+    can start without a semper CA, at the price of one more root for its clients to pin.
     """
     import ipaddress
     folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     root_key = ec.generate_private_key(ec.SECP256R1())
     root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "semper bank TLS root")])
     root = (x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name).public_key(root_key.public_key())
