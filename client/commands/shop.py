@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import read_secret
+from . import print_json, read_secret
 
 
 def cmd_serve_shop(args: argparse.Namespace) -> int:
@@ -23,6 +23,12 @@ def cmd_serve_shop(args: argparse.Namespace) -> int:
         opened.close()
 
 
+def cmd_bench_purchase(args: argparse.Namespace) -> int:
+    from bench.purchase import bench_purchase
+    print_json(bench_purchase(runs=args.runs, floor_runs=args.floor_runs))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
     p = groups["serve"].add_parser("shop", help="the seller's shop: signed offers, orders, payments, delivery")
     p.add_argument("--dir", type=Path, help="the shop's folder (default: $SEMPER_HOME/shop; see docs/commerce.md)")
@@ -31,3 +37,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8446, help="port (default 8446; 0 = any free port)")
     p.set_defaults(fn=cmd_serve_shop)
+    p = groups["bench"].add_parser("purchase", help="a card-purse purchase end to end: latency, counts, floor")
+    p.add_argument("--runs", type=int, default=30, help="purchases to time (after two warm-up ones)")
+    p.add_argument("--floor-runs", type=int, default=30, help="repetitions of each floor component")
+    p.set_defaults(fn=cmd_bench_purchase)

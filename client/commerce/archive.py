@@ -1,12 +1,20 @@
-"""One evidence archive file used from many threads (a shop answers in a thread pool).
+"""One evidence archive file used from many threads (a shop answers in a thread pool), with group commit.
 
 Why: :class:`client.support.archive.Archive` holds one SQLite connection, which Python allows only
 in the thread that opened it. The archive's own design already lets many connections append to one
 file (they race on the primary key and retry), so each thread gets its own :class:`Archive` on the
 same file; all of them are closed together.
+
+Durability by group commit: every append is a committed transaction (so the hash chain is never
+half-written), but the file runs in SQLite's WAL mode without a disk flush per commit; :meth:`sync`
+flushes the log to disk. The commerce layer calls it where a party is about to *give* something —
+the buyer before it pays and at the end of each deal, the seller before it delivers — so everything
+archived before that point survives a power cut. Each flush costs one fsync (~3 ms on this machine's
+disk) instead of one or more per entry (13 entries per purchase; see docs/performance.md).
 """
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,6 +36,9 @@ class SharedArchive:
         a = getattr(self._local, "archive", None)
         if a is None:
             a = Archive.open(self.path, create=True, sign=self.sign)
+            db = a._db                      # the archive's own connection: only the journal settings change
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
             self._local.archive = a
             with self._lock:
                 self._all.append(a)
@@ -36,6 +47,18 @@ class SharedArchive:
     def __getattr__(self, name: str) -> Any:
         """Every Archive method, on this thread's connection (append, append_statement, entries, export...)."""
         return getattr(self._mine(), name)
+
+    def sync(self) -> None:
+        """Make every entry appended so far durable (one flush of SQLite's write-ahead log)."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:
+            return                              # nothing written since the last checkpoint
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         with self._lock:

@@ -248,6 +248,7 @@ def pay(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, c: Con
     except PaymentError as e:
         deal.decide("payment", "refused", str(e))
         raise DealAborted(f"cannot pay with {c.payment.module}: {e}; nothing was paid") from None
+    deal.sync()                                   # the offer, the confirmed text and the order on disk first
     try:
         with b.card_lock:
             record = run_payment(session, ShopPayeeLink(b.shop, deal.deal_id))
@@ -369,6 +370,7 @@ def _exchange(b: Buyer, deal: Deal, plan: ResponsePlan, order: bytes, what: str)
         raise DealAborted(f"{what} is exchanged fairly, and this client runs no exchange party (configure the third "
                           "party and a mailbox)")
     known = b.exchange.expect(plan)
+    deal.sync()
     try:
         send_order(b, deal, order, mailbox=b.exchange.url)
         outcome = b.exchange.wait(known, b.patience + 5.0)

@@ -94,10 +94,17 @@ class Shop:
         self.payment_lock = threading.Lock()          # one card session (the PSAM): one payment step at a time
         self.counters = {"offers": 0, "orders": 0, "payments": 0, "deliveries": 0, "signatures": 0}
         self._first_offer: tuple[str, bytes] | None = None
+        self._acceptances: list[Any] | None = None
 
     # ---- catalogue and offers -------------------------------------------------------------------------
+    def acceptances(self) -> list[Any]:
+        """What this shop accepts (asked once: the PSAM's currency does not change while it runs)."""
+        if self._acceptances is None:
+            self._acceptances = self.payments.offer()
+        return self._acceptances
+
     def modules(self) -> list[str]:
-        return [a.module for a in self.payments.offer()]
+        return [a.module for a in self.acceptances()]
 
     def view(self) -> dict[str, Any]:
         return {"seller": self.name, "items": [i.public() for i in self.catalogue.items.values()],
@@ -218,7 +225,7 @@ class Shop:
             sd.terms = Terms(secrets.token_hex(16), amount, int(sd.offer["currency"]), self.account, sd.order_digest,
                              self.name)
             self.payments.expect(sd.terms)
-        accept = [a.as_dict() for a in self.payments.offer() if a.module == sd.order["payment"]]
+        accept = [a.as_dict() for a in self.acceptances() if a.module == sd.order["payment"]]
         return {"next": "payment", "terms": sd.terms.as_dict(), "accept": accept}
 
     # ---- payment ------------------------------------------------------------------------------------
@@ -266,6 +273,7 @@ class Shop:
                 raise CommerceError("the order is not paid yet: nothing is delivered")
             if self.cheat.no_delivery:
                 return None, None
+            sd.deal.sync()                        # the buyer's order and payment on disk before shipping
             content = None
             info = [i for i, _ in sd.lines if i.kind == "information"]
             if info:
@@ -287,6 +295,7 @@ class Shop:
                 sd.delivery = self._sign(body)
                 sd.deal.keep_statement(sd.delivery)
                 sd.deal.decide("delivery", "satisfied", "delivered")
+                sd.deal.close()
                 self.counters["deliveries"] += 1
             return sd.delivery, content
 
@@ -324,6 +333,7 @@ class Shop:
         sd.paid = sd.paid or (ok and sd.deal.workflow == "information")
         sd.deal.decide("exchange", "satisfied" if ok else "dispute" if status in ("pending", "refused") else "refused",
                        f"{status}: {reason}")
+        sd.deal.close()
 
 
 def information_description(item: CatalogueItem | docs.OfferLine) -> Description:

@@ -90,6 +90,8 @@ class _Run:
                 return
 
     def finish(self, result: DealResult) -> DealResult:
+        if self.deal is not None:
+            self.deal.close()
         key, title = self.steps[self.current]
         state = StepState.DONE if result.ok else StepState.FAILED
         blocks.step(self.b, key, title, state, "" if result.ok else result.summary[:200])
@@ -126,7 +128,7 @@ def evidence_of(b: Buyer, deal_id: str | None) -> tuple[EvidenceItem, ...]:
         return ()
     out = []
     for e in b.archive.entries(deal_id):
-        if e.kind == "decision":
+        if e.kind in ("decision", "decisions"):
             continue
         what = e.kind.removeprefix("statement:")
         out.append(EvidenceItem(e.kind, _describe(what), hashlib.sha256(e.content).hexdigest(), e.index))
