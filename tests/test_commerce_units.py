@@ -1,0 +1,175 @@
+"""The commerce layer's pieces on their own: forms, deal attributes, the offer and order checks, the PIN
+gate, the archive shared by threads. No services, no cards: certificates from a throwaway root."""
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from test_tinguin_samples import SoftSigner
+
+from bench.policy_ui import PolicyUI
+from client.commerce import documents as docs
+from client.commerce.archive import SharedArchive
+from client.commerce.catalogue import demo_catalogue
+from client.commerce.deal import DealAttributes, deal_attributes, new_deal_id
+from client.commerce.errors import CommerceError, FormError, OfferRefused
+from client.commerce.forms import DELIVERY, PICKUP, form_for
+from client.commerce.pin import GatedSigner, PinNotEntered, tinguin_pin
+from client.services.pki import ROLES
+from client.support.cms import sign_statement
+from client.support.trust import TrustStore, verify_statement
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def _cert(root_key: Any, root: x509.Certificate, role: str, cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    oid = x509.ObjectIdentifier(str(ROLES[role].role_oid))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(root.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - dt.timedelta(hours=1)).not_valid_after(NOW + dt.timedelta(days=10))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, True, False, False, False, False, False, False, False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION, oid]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
+            .sign(root_key, hashes.SHA256()))
+    return key, cert
+
+
+@pytest.fixture(scope="module")
+def pki() -> dict[str, Any]:
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "unit root")])
+    root = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(root_key.public_key())
+            .serial_number(1).not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False)
+            .sign(root_key, hashes.SHA256()))
+    seller = SoftSigner(*_cert(root_key, root, "seller", "Teapot Shop"))
+    person = SoftSigner(*_cert(root_key, root, "person", "Mallory"))
+    return {"trust": TrustStore([root]), "seller": seller, "person": person}
+
+
+def _offer(signer: SoftSigner, nonce: str = "n" * 32, valid: dt.timedelta = dt.timedelta(minutes=30),
+           **changes: Any) -> bytes:
+    cat = demo_catalogue()
+    body = docs.offer_body(deal_id=new_deal_id(), nonce=nonce, workflow="mail-order",
+                           lines=[(cat.get("teapot"), 2), (cat.get("market-report"), 1)], payment=["card-purse"],
+                           seller_account="A1", psam="5053AA", attributes=deal_attributes("mail-order"),
+                           form=DELIVERY, valid_until=NOW + valid)
+    body.update(changes)
+    return sign_statement(signer, body)
+
+
+def test_forms_validate_what_is_signed() -> None:
+    ok = DELIVERY.validate({"name": " Bob   Buyer ", "street": "1 Main St", "postcode": "12345", "city": "Town",
+                            "country": "de"})
+    assert ok["name"] == "Bob Buyer" and ok["country"] == "DE"
+    for values, field in (({"name": "Bob"}, "street"),
+                          ({**ok, "colour": "red"}, "colour"),
+                          ({**ok, "name": "Bob\u202eevil"}, "name"),            # a bidi override would hide text
+                          ({**ok, "postcode": "12/45"}, "postcode"),
+                          ({**ok, "country": "Germany"}, "country")):
+        with pytest.raises(FormError) as e:
+            DELIVERY.validate(values)
+        assert e.value.field == field
+    assert PICKUP.validate({"pickup": "Kiosk C"}) == {"pickup": "Kiosk C"}
+    with pytest.raises(FormError):
+        PICKUP.validate({"pickup": "my home"})
+    assert form_for("physical", anonymous=True) is PICKUP and form_for("physical", anonymous=False) is DELIVERY
+    assert DELIVERY.lines(ok)[0] == ("Deliver to", "Bob Buyer")
+
+
+def test_deal_attributes_are_consistent() -> None:
+    with pytest.raises(CommerceError, match="anonymous"):
+        DealAttributes(anonymous=True, non_repudiation=True)
+    anon = deal_attributes("mail-order", anonymous=True)
+    assert anon.payment_requirements().anonymous and not anon.non_repudiation and "anonymous" in anon.labels()
+    assert deal_attributes("information").fair and not deal_attributes("mail-order").fair
+    assert DealAttributes.from_dict(anon.as_dict()) == anon
+    with pytest.raises(CommerceError):
+        DealAttributes.from_dict({"anonymous": "yes"})
+
+
+def test_offer_checks(pki: dict[str, Any]) -> None:
+    trust, seller, person = pki["trust"], pki["seller"], pki["person"]
+    vs = verify_statement(_offer(seller), trust)
+    offer = docs.parse_offer(vs, deal_id=None, nonce="n" * 32)
+    assert offer.total == 2 * 1250 + 400 and offer.lines[1].sha256 and offer.psam == "5053AA"
+    cases = [(_offer(seller, nonce="m" * 32), "replayed"),
+             (_offer(seller, valid=dt.timedelta(seconds=-1)), "expired"),
+             (_offer(seller, valid=dt.timedelta(days=3)), "implausible"),
+             (_offer(seller, total=1), "inconsistent"),
+             (_offer(person), "not a seller"),
+             (_offer(seller, items=[{"sku": "x", "kind": "information", "quantity": 1, "unit_price": 5}], total=5),
+              "digest")]
+    for der, why in cases:
+        with pytest.raises(OfferRefused, match=why):
+            docs.parse_offer(verify_statement(der, trust), deal_id=None, nonce="n" * 32)
+
+
+def test_the_seller_checks_the_order_against_its_own_offer(pki: dict[str, Any]) -> None:
+    der = _offer(pki["seller"])
+    vs = verify_statement(der, pki["trust"])
+    offer = docs.parse_offer(vs, deal_id=None, nonce="n" * 32)
+    form = {"name": "Bob", "street": "1 Main St", "postcode": "12345", "city": "Town", "country": "DE"}
+    order = docs.order_body(offer, payment="card-purse", payment_label="card", confirmation_sha256="ab" * 32,
+                            scripted=False, action="ORDER_AND_PAY", details=(), form=form,
+                            attributes=offer.attributes)
+    assert docs.check_order(order, vs.body, offer.digest) == form
+    for change, why in (({"total": 1}, "differ"), ({"offer_sha256": "00" * 32}, "another offer"),
+                        ({"payment": "ecash"}, "does not accept"), ({"confirmation": {}}, "confirmation"),
+                        ({"attributes": deal_attributes("mail-order", anonymous=True).as_dict()}, "attributes")):
+        with pytest.raises(CommerceError, match=why):
+            docs.check_order({**order, **change}, vs.body, offer.digest)
+    with pytest.raises(FormError):
+        docs.check_order({**order, "form": {"name": "Bob"}}, vs.body, offer.digest)
+
+
+def test_every_card_signature_waits_for_a_pin_entry(pki: dict[str, Any]) -> None:
+    inner = pki["person"]
+    signed: list[bytes] = []
+
+    class Counting(SoftSigner):
+        def sign_digest(self, digest: bytes) -> bytes:
+            signed.append(digest)
+            return super().sign_digest(digest)
+    card = Counting(inner.key, inner.cert)
+    no_pin = PolicyUI(pin=None)
+    with pytest.raises(PinNotEntered):
+        GatedSigner(card, no_pin).sign_digest(b"\0" * 32)
+    assert signed == [] and no_pin.pins == ["sign with your card's key"]
+    ui = PolicyUI(pin=b"1234")
+    gated = GatedSigner(card, ui)
+    with gated.purpose_for("sign the order for 25.00 EUR"):
+        gated.sign_digest(b"\1" * 32)
+        tinguin_pin(ui)("sign a cheque for 25.00", gated)      # a module's PIN entry: announced, not asked twice
+        gated.sign_digest(b"\2" * 32)
+        gated.sign_digest(b"\3" * 32)
+    assert ui.pins == ["sign the order for 25.00 EUR", "sign a cheque for 25.00", "sign the order for 25.00 EUR"]
+    assert len(signed) == 3 and gated.signatures == 3
+
+
+def test_one_archive_file_from_many_threads(tmp_path: Path) -> None:
+    archive = SharedArchive(tmp_path / "ev.sqlite3")
+
+    def write(n: int) -> None:
+        for i in range(20):
+            archive.append("d" * 32, "note", f"{n}-{i}".encode())
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    archive.sync()
+    assert len(archive.entries("d" * 32)) == 80
+    assert archive.verify().ok
+    archive.close()
