@@ -85,7 +85,8 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
             ttp_cert, escrow = world.ttp_files()
             cfg = BuyerConfig(shop_url=services.shop, ca_root_pem=world.root_pem,
                               archive=world.buyer_dir / "evidence.sqlite3", purse_root=world.scheme.root_cert,
-                              bank_url=services.bank, bank_tls_root=world.bank_tls_root, account=world.accounts["buyer"],
+                              bank_url=services.bank, bank_tls_root=world.bank_tls_root,
+                              account=world.accounts["buyer"],
                               ttp_url=services.ttp, ttp_cert=ttp_cert, escrow=escrow, tls=world.buyer_tls(),
                               wallet=wallet, patience=1.0)
             session = open_buyer(cfg, ui, card)

@@ -29,7 +29,8 @@ from client.support.trust import TrustStore, verify_statement
 NOW = dt.datetime.now(dt.UTC)
 
 
-def _cert(root_key: Any, root: x509.Certificate, role: str, cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def _cert(root_key: Any, root: x509.Certificate, role: str, cn: str
+          ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     oid = x509.ObjectIdentifier(str(ROLES[role].role_oid))
     cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
