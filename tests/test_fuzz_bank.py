@@ -300,14 +300,12 @@ def test_hostile_request_bodies_properly_signed(bank: BankCopy, field: str, valu
 
 def test_sealed_instructions_that_do_not_open_are_refused(bank: BankCopy) -> None:
     """set/authorise with a payment instruction the bank's token cannot decrypt (random, empty, too long)."""
-    w = bank.world
     params = templates(bank)["set/authorise"]
     n = next(iter(bank.bank.mint_keys.values())).public.key_size // 8
     for wrapped in (os.urandom(n), b"\x00" * n, os.urandom(7), os.urandom(n + 1), b"\xff" * n):
         p = {**params, "sealed_pi": {**params["sealed_pi"], "wrapped": b64(wrapped)}}
         err = refused_unchanged(bank, "/set/authorise", dumps(envelope(bank, "seller", "set/authorise", p)))
         assert err["error"] == "bad_instruction", err
-    assert w
 
 
 @FUZZ
@@ -540,6 +538,7 @@ class BankMachine(RuleBasedStateMachine):
 
     # ---- what an attacker does ---------------------------------------------------------------------------
     def _refused(self, path: str, env: Any, ctype: str = "application/json") -> dict[str, Any]:
+        """POST ``env``; it must be refused with a JSON error and leave the whole database as it was."""
         return refused_unchanged(self.b, path, dumps(env), ctype)
 
     @precondition(lambda self: self.b.accepted)
@@ -547,7 +546,7 @@ class BankMachine(RuleBasedStateMachine):
     @counted
     def replay(self, data: st.DataObject) -> None:
         path, env, _ = data.draw(st.sampled_from(self.b.accepted))
-        assert self._refused(path, env, )["error"] in ("replayed", "stale")
+        assert self._refused(path, env)["error"] in ("replayed", "stale")
 
     @precondition(lambda self: self.b.accepted)
     @rule(data=st.data())
@@ -570,7 +569,9 @@ class BankMachine(RuleBasedStateMachine):
             body["time"] += data.draw(st.sampled_from((-1, 1, 299, -10_000)))
         elif how == "signature":
             sig = bytearray(unb64(forged["signature"], "signature"))
-            sig[data.draw(st.integers(0, len(sig) - 1))] ^= 1 << data.draw(st.integers(0, 7))
+            # an index in a fixed range: the signature's length varies (DER), and hypothesis must draw the same
+            # way when it replays a run
+            sig[data.draw(st.integers(0, 63)) % len(sig)] ^= 1 << data.draw(st.integers(0, 7))
             forged["signature"] = b64(bytes(sig))
         else:
             other = data.draw(st.sampled_from(PARTIES))
