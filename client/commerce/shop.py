@@ -273,7 +273,6 @@ class Shop:
                 raise CommerceError("the order is not paid yet: nothing is delivered")
             if self.cheat.no_delivery:
                 return None, None
-            sd.deal.sync()                        # the buyer's order and payment on disk before shipping
             content = None
             info = [i for i, _ in sd.lines if i.kind == "information"]
             if info:
@@ -295,7 +294,7 @@ class Shop:
                 sd.delivery = self._sign(body)
                 sd.deal.keep_statement(sd.delivery)
                 sd.deal.decide("delivery", "satisfied", "delivered")
-                sd.deal.close()
+                sd.deal.close()                   # order, payment and note on disk before the note goes out
                 self.counters["deliveries"] += 1
             return sd.delivery, content
 

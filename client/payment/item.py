@@ -42,7 +42,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ..transfer.errors import ItemMismatch, MalformedItem, PaymentFailed
+from ..transfer.errors import ItemMismatch, MalformedItem, PaymentFailed, UnknownItemType
+from ..transfer.items import Description
+from ..transfer.payment import PaymentManager as TransferPayments
 from ..transfer.properties import Properties
 from ..transfer.purse_payment import CardPurseVerifier
 from . import blind, formats
@@ -281,21 +283,22 @@ class ItemPayee:
     """
 
     def __init__(self, manager: PaymentManager, module: str, verifier: ItemVerifier, *, account: str,
-                 payee_name: str = "", order_hash: str | None = None) -> None:
+                 payee_name: str = "", order_hash: str | None = None, device_lock: Any = None) -> None:
         self.manager = manager
         self.name = module
         self.module = manager.module(module)
         self.verifier = verifier
         self.account, self.payee_name, self.order_hash = account, payee_name, order_hash
         self._lock = threading.Lock()
+        self.device_lock = device_lock or threading.Lock()   # shared with other users of the same PSAM
         self._done: dict[str, JsonDict] = {}       # payment id -> the payee's last answer (deposited)
 
     def properties(self) -> Properties:
         return transfer_properties(self.module.properties)
 
-    def request(self, hint: Mapping[str, Any], amount: int, currency: int) -> JsonDict:
+    def request(self, hint: Mapping[str, Any], amount: int, currency: int, order_hash: str | None = None) -> JsonDict:
         try:
-            terms = Terms.new(amount, currency, self.account, self.order_hash or secrets.token_bytes(16),
+            terms = Terms.new(amount, currency, self.account, order_hash or self.order_hash or secrets.token_bytes(16),
                               self.payee_name)
             self.manager.expect(terms)
         except PaymentError as e:
@@ -311,7 +314,8 @@ class ItemPayee:
 
     def _handle(self, terms: Terms, body: JsonDict) -> JsonDict | None:
         try:
-            out = self.manager.handle({"payment_id": terms.payment_id, "module": self.name, "body": body})
+            with self.device_lock:
+                out = self.manager.handle({"payment_id": terms.payment_id, "module": self.name, "body": body})
         except PaymentError as e:
             raise ItemMismatch(f"the {self.name} payment was refused: {e}") from None
         return None if out is None else dict(out["body"])
@@ -354,10 +358,11 @@ class ItemPayee:
             from hardware.purse_records import Signed
             cert = x509.load_der_x509_certificate(unb64(proof.get("certificate"), "card certificate", 4096))
             try:
-                psam.select()
-                batch, index, _ = psam.complete_debit(cert.public_bytes(Encoding.DER),
-                                                      Signed(unb64(proof.get("record"), "proof", 128),
-                                                             unb64(proof.get("signature"), "signature", 80)))
+                with self.device_lock:
+                    psam.select()
+                    batch, index, _ = psam.complete_debit(cert.public_bytes(Encoding.DER),
+                                                          Signed(unb64(proof.get("record"), "proof", 128),
+                                                                 unb64(proof.get("signature"), "signature", 80)))
             except hw.ReplayError:
                 return None                             # taken into the batch before
             except hw.HardwareError as e:
@@ -365,5 +370,26 @@ class ItemPayee:
             return {"kind": "receipt", "batch": batch, "index": index}
 
 
-__all__ = ["HANDSHAKE", "ItemPayee", "ItemPayer", "ItemVerifier", "PurseItemVerifier", "cheque_verifier", "ecash_verifier",
-           "item_verifiers", "purse_verifier", "setpay_verifier", "transfer_properties"]
+class ItemPayments(TransferPayments):
+    """The transfer layer's payment manager whose payees bind each request to the description's order.
+
+    A description may carry ``order_hash`` (hex SHA-256 of the order the payment is for); it is part
+    of the exchange id, and the payee's terms name it, so the payment cannot be claimed for another order.
+    """
+
+    def complete(self, d: Description, hint: Mapping[str, Any]) -> Description:
+        name = str(d.terms["module"])
+        payee = self.payees.get(name)
+        if not isinstance(payee, ItemPayee):
+            if payee is None:
+                raise UnknownItemType(f"this party cannot receive {name!r} payments (no payee module)")
+            return super().complete(d, hint)
+        order = d.terms.get("order_hash")
+        if order is not None and (not isinstance(order, str) or len(order) != 64):
+            raise MalformedItem("a payment description's order_hash is 64 hex digits")
+        return d.with_terms(request=payee.request(hint, int(d.terms["amount"]), int(d.terms["currency"]), order))
+
+
+__all__ = ["HANDSHAKE", "ItemPayee", "ItemPayer", "ItemPayments", "ItemVerifier", "PurseItemVerifier",
+           "cheque_verifier", "ecash_verifier", "item_verifiers", "purse_verifier", "setpay_verifier",
+           "transfer_properties"]
