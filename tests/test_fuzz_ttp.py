@@ -246,6 +246,34 @@ def test_time_stamp_requests_that_are_not_der(world: World, ttp: RunningTtp, dat
         assert resp["status"]["status"].native in ("granted", "granted_with_mods", "rejection")
 
 
+# Found by the fuzzer above: asn1crypto parses this into an object without ``.native`` (AttributeError, a 500)
+ASN1CRYPTO_ATTRIBUTE_ERROR = (b"0<\x02\x01\x00010\r\x06\x00\x01\x01\x00\x01\x04\x00\x00\x00\x00\x01\x00\x04 "
+                              + bytes(32) + b"\x07\x01\x00\x01\x01\x00")
+
+
+def test_time_stamp_requests_found_by_the_fuzzer(world: World, ttp: RunningTtp) -> None:  # noqa: F811
+    from client.support.tsa import TimeStampResponse
+    for der in (ASN1CRYPTO_ATTRIBUTE_ERROR, b"\x30\x82\x1f\x00" + b"\x30\x80" * 3000):
+        a = raw_for(world, ttp).send("POST", "/timestamp", der, {"Content-Type": "application/timestamp-query"})
+        assert a.status == 200, (a.status, a.body[:200])
+        status = TimeStampResponse.load(a.body)["status"]
+        assert status["status"].native == "rejection" and status["fail_info"].native == {"bad_data_format"}
+
+
+def test_a_request_whose_certificate_holds_a_damaged_key(world: World, ttp: RunningTtp, ev: Evidence) -> None:  # noqa: F811
+    """Found by the fuzzer: a bit flipped in the signer's public point made ``public_key()`` raise (a 500)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    req = ev.requests[0]
+    point = world.identities["buyer"].certificate.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    assert req.der.count(point) == 1
+    at = req.der.index(point) + 20
+    damaged_key = req.der[:at] + bytes([req.der[at] ^ 0x01]) + req.der[at + 1:]
+    before = db_snapshot(ttp.ttp.db)
+    body = answer_of(world, post_request(raw_for(world, ttp), req.kind, damaged_key))
+    assert body["outcome"] == "refused" and "public key" in body["reason"], body
+    assert db_snapshot(ttp.ttp.db) == before
+
+
 def test_truncated_oversized_lying_and_non_http_requests(world: World, ttp: RunningTtp, ev: Evidence) -> None:  # noqa: F811
     raw = raw_for(world, ttp)
     before = db_snapshot(ttp.ttp.db)

@@ -461,7 +461,10 @@ def check_integrity(parts: SignedParts, what: str = "statement") -> None:
     if hashlib.sha256(parts.content).digest() != parts.message_digest:
         raise BadSignature(f"the {what}'s content was altered after signing (its SHA-256 no longer matches "
                            "the signed message-digest)")
-    public = parts.signer_cert.public_key()
+    try:
+        public = parts.signer_cert.public_key()
+    except ValueError:              # the key's bytes are damaged (cryptography parses them only now): not a 500
+        raise MalformedStatement(f"the {what}'s signer certificate holds no valid public key") from None
     if not isinstance(public, ec.EllipticCurvePublicKey):
         raise MalformedStatement(f"the {what}'s signer certificate does not hold an EC key")
     try:

@@ -126,8 +126,8 @@ class TimeStampAuthority:
         try:
             req = tsp.TimeStampReq.load(request_der, strict=True)
             req.native  # noqa: B018  (parse completely: garbage must be refused, not half-read)
-        except (ValueError, TypeError) as e:
-            return self._refuse("bad_data_format", f"not a DER TimeStampReq ({e})")
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as e:  # asn1crypto on
+            return self._refuse("bad_data_format", f"not a DER TimeStampReq ({e})")                   # garbage (cms.py)
         if req["version"].native != "v1":
             return self._refuse("bad_request", "only TimeStampReq version 1 is supported")
         alg = req["message_imprint"]["hash_algorithm"]["algorithm"].native
