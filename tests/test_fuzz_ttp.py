@@ -274,6 +274,32 @@ def test_a_request_whose_certificate_holds_a_damaged_key(world: World, ttp: Runn
     assert db_snapshot(ttp.ttp.db) == before
 
 
+def _in_signer_certificate(world: World, der: bytes, old: bytes, new: bytes) -> bytes:  # noqa: F811
+    """``der`` with ``old`` replaced by ``new`` inside the buyer's certificate it carries."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+    cert = world.identities["buyer"].certificate.public_bytes(Encoding.DER)
+    assert der.count(cert) == 1 and cert.count(old) == 1
+    return der.replace(cert, cert.replace(old, new))
+
+
+def test_requests_whose_certificate_is_damaged_where_parsing_is_lazy(world: World, ttp: RunningTtp,  # noqa: F811
+                                                                    ev: Evidence) -> None:
+    """Found by 50,000 damaged statements run straight into verify_statement: an unknown key type
+    (UnsupportedAlgorithm), an X.509 version 4 (InvalidVersion), and a damaged subject name met while
+    wording a bad-signature refusal (ValueError) were each a 500 at the third party."""
+    req = next(r for r in ev.requests if r.name.startswith("gv status buyer"))
+    unknown_key = _in_signer_certificate(world, req.der, bytes.fromhex("2a8648ce3d0201"), bytes.fromhex("2a8e48ce3d0201"))
+    version_4 = _in_signer_certificate(world, req.der, bytes.fromhex("a003020102"), bytes.fromhex("a003020103"))
+    email = bytes.fromhex("2a864886f70d0109011613")            # OID emailAddress, IA5String of 19 characters
+    bad_name = _in_signer_certificate(world, req.der, email + b"x-buyer@example.org", email + b"x-buyer@exa\xedple.org")
+    bad_name = bad_name[:-5] + bytes([bad_name[-5] ^ 1]) + bad_name[-4:]          # and the signature damaged too
+    before = db_snapshot(ttp.ttp.db)
+    for damaged_der in (unknown_key, version_4, bad_name):
+        body = answer_of(world, post_request(raw_for(world, ttp), req.kind, damaged_der))
+        assert body["outcome"] == "refused" and "not a valid signed statement" in body["reason"], body
+    assert db_snapshot(ttp.ttp.db) == before
+
+
 def test_truncated_oversized_lying_and_non_http_requests(world: World, ttp: RunningTtp, ev: Evidence) -> None:  # noqa: F811
     raw = raw_for(world, ttp)
     before = db_snapshot(ttp.ttp.db)

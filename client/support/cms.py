@@ -31,7 +31,7 @@ from asn1crypto import cms, core
 from asn1crypto import x509 as a_x509
 from asn1crypto.parser import emit as asn1_emit
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -436,7 +436,7 @@ def parse_signed_data(der: bytes, expected_content_type: str | None = None, what
         return parts
     except EvidenceError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, x509.InvalidVersion) as e:
         raise MalformedStatement(f"the {what} is not valid CMS DER ({type(e).__name__}: {e})") from None
 
 
@@ -463,15 +463,18 @@ def check_integrity(parts: SignedParts, what: str = "statement") -> None:
                            "the signed message-digest)")
     try:
         public = parts.signer_cert.public_key()
-    except ValueError:              # the key's bytes are damaged (cryptography parses them only now): not a 500
+    except (ValueError, UnsupportedAlgorithm):   # damaged key bytes (cryptography parses them only now): not a 500
         raise MalformedStatement(f"the {what}'s signer certificate holds no valid public key") from None
     if not isinstance(public, ec.EllipticCurvePublicKey):
         raise MalformedStatement(f"the {what}'s signer certificate does not hold an EC key")
     try:
         public.verify(parts.signature, parts.signed_attrs, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
-        raise BadSignature(f"the {what}'s signature does not verify with the key of "
-                           f"{parts.signer_cert.subject.rfc4514_string()}: forged or damaged") from None
+        try:
+            who = parts.signer_cert.subject.rfc4514_string()
+        except ValueError:                           # a damaged name is parsed only now
+            who = "a certificate with an unreadable name"
+        raise BadSignature(f"the {what}'s signature does not verify with the key of {who}: forged or damaged") from None
     if parts.signing_cert_hash is not None:
         from cryptography.hazmat.primitives.serialization import Encoding
         der = parts.signer_cert.public_bytes(Encoding.DER)
