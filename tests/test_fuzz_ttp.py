@@ -226,6 +226,20 @@ def test_damaged_requests_get_a_signed_refusal_and_are_not_kept(world: World, tt
     assert db_snapshot(ttp.ttp.db) == before
 
 
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_statement_parser_refuses_every_damage_as_evidence_error(world: World, ev: Evidence,  # noqa: F811
+                                                                 data: st.DataObject) -> None:
+    """In process, no HTTP: a damaged statement is valid or an EvidenceError, nothing else (what the
+    third party and every verifier rely on to answer with a refusal instead of a crash)."""
+    from client.support.cms import EvidenceError
+    der = data.draw(damaged(data.draw(st.sampled_from(ev.requests)).der))
+    try:
+        verify_statement(der, world.trust)
+    except EvidenceError:
+        pass
+
+
 @FUZZ
 @given(data=st.data())
 def test_time_stamp_requests_that_are_not_der(world: World, ttp: RunningTtp, data: st.DataObject) -> None:  # noqa: F811
