@@ -70,3 +70,51 @@ def test_semper_demo_runs_scripted_and_stops_everything(tmp_path: Path) -> None:
                  "cleared: 2 debit(s), 16.50 EUR", "money conserved", "demo finished: both deals satisfied"):
         assert line in out, line
     assert "buyer's purse 33.50 EUR, seller's account 16.50 EUR" in out
+
+
+@pytest.mark.pcsc
+def test_semper_demo_in_a_real_terminal(tmp_path: Path) -> None:
+    """A person's keys in a real terminal (tmux): the demo opens the TINGUIN interactively."""
+    import shutil
+    import time
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (make test installs it)")
+    sock, done = tmp_path / "tmux.sock", tmp_path / "exit-status"
+    env_prefix = f"SEMPER_HOME={tmp_path / 'home'} SEMPER_CONFIG={tmp_path / 'prefs.toml'}"
+    command = f"cd {REPO} && {env_prefix} {sys.executable} -m client.cli demo; echo $? > {done}; sleep 30"
+
+    def tmux(*args: str) -> str:
+        return subprocess.run(["tmux", "-S", str(sock), *args], capture_output=True, text=True, timeout=10).stdout
+    tmux("new-session", "-d", "-s", "demo", "-x", "110", "-y", "45", command)
+    answered: list[str] = []
+    try:
+        deadline = time.monotonic() + 100
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+            pane = tmux("capture-pane", "-p", "-t", "demo")
+            status = [x for x in pane.splitlines() if "●" in x]
+            line = status[-1] if status else ""
+            if "● PIN" in line:
+                tmux("send-keys", "-t", "demo", "1", "2", "3", "4", "Enter")
+                answered.append("pin")
+            elif "● confirm" in line:
+                time.sleep(0.8)                      # a 'y' before the text could be read does not count
+                tmux("send-keys", "-t", "demo", "y")
+                answered.append("confirm")
+            elif "● verified offer" in line or "● result" in line:
+                tmux("send-keys", "-t", "demo", "Enter")
+                answered.append(line.split("●")[1].split("·")[0].strip())
+            else:
+                continue
+            settle = time.monotonic() + 5            # the answered screen goes away before we look again
+            while time.monotonic() < settle and not done.exists():
+                time.sleep(0.2)
+                if tmux("capture-pane", "-p", "-t", "demo") != pane:
+                    break
+        screen = tmux("capture-pane", "-p", "-S", "-300", "-t", "demo")
+    finally:
+        tmux("kill-server")
+    assert done.exists() and done.read_text().strip() == "0", screen[-3000:]
+    assert "SCRIPTED" not in screen and "you will answer in the TINGUIN" in screen
+    assert answered.count("confirm") == 2 and answered.count("pin") >= 7, answered
+    assert "money conserved: 100.00 EUR before and 100.00 EUR after, equal" in screen
