@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from bench.policy_ui import PolicyUI
 from client.commerce.setup import BuyerConfig, open_buyer, register_card
@@ -51,6 +52,22 @@ def test_semper_buy_asks_and_the_tinguin_decides(tmp_path: Path) -> None:
         assert "SCRIPTED" in r.stderr or "scripted user" in r.stderr
         assert {e["kind"] for e in out["evidence"]} >= {"statement:offer", "statement:order", "payment",
                                                         "statement:delivery"}
+        # the buyer seals its archive with a checkpoint signed on the card, exports the deal, and the judge rules
+        archive = tmp_path / "home" / "evidence.sqlite3"
+        cp = subprocess.run([sys.executable, "-m", "client.cli", "archive", "checkpoint", "--db", str(archive),
+                             "--image", str(world.buyer_card), "--pin-stdin"], cwd=REPO, env=env, input="1234\n",
+                            capture_output=True, text=True, timeout=60)
+        assert cp.returncode == 0, cp.stderr
+        bundle = tmp_path / "deal.zip"
+        assert _semper("archive", "export", out["deal"], "--db", str(archive), "--out", str(bundle),
+                       env=env).returncode == 0
+        (tmp_path / "scheme.pem").write_bytes(world.scheme.root_cert.public_bytes(Encoding.PEM))
+        judged = _semper("judge", str(bundle), "--ca", str(tmp_path / "ca.pem"), "--purse-root",
+                         str(tmp_path / "scheme.pem"), env=env)
+        assert judged.returncode == 0, judged.stderr
+        ruling = json.loads(judged.stdout)
+        assert ruling["ruling"].endswith("both fulfilled") and ruling["bundle"]["ok"], ruling
+        assert "scheme root checked" in ruling["facts"]["payment"]["proof"]
         # a form the seller's signed spec does not allow is refused before anything is signed
         bad = _semper(*base, "teapot", "--form", "name=Bob", "--script", str(tmp_path / "pin"), env=env)
         assert bad.returncode == 1 and "street" in json.loads(bad.stdout)["summary"]

@@ -180,6 +180,13 @@ def test_information_is_fairly_exchanged_for_the_payment(market: Market) -> None
     before = m.money()
     r = workflows.buy_information(m.buyer, "market-report")
     assert r.status is OutcomeStatus.SATISFIED and "one fair exchange" in r.summary, r.summary
+    # only payments the third party can check on its own are offered for a fair exchange
+    assert [o.module for o in m.ui.offers[-1].payment_options] == ["card-purse"]
+    for module in ("cheque", "setpay", "ecash"):
+        _pay_with(m, module)
+        refused = workflows.buy_information(m.buyer, "market-report")
+        assert refused.status is OutcomeStatus.CANCELLED                        # the policy finds no such option
+    _pay_with(m, "card-purse")
     item = m.shop.catalogue.get("market-report")
     assert r.content == item.content
     assert m.ui.pins[-2].startswith("sign the order") and m.ui.pins[-1].startswith("accept the fair exchange")
@@ -197,9 +204,11 @@ def test_information_is_fairly_exchanged_for_the_payment(market: Market) -> None
 
 def test_registration_and_contract_signing(market: Market) -> None:
     m = market
-    _pay_with(m, "setpay")
-    r = workflows.register(m.buyer, "tea-club", {"name": "Bob Buyer", "email": "bob@buyer.example"})
-    assert r.status is OutcomeStatus.SATISFIED, r.summary
+    m.buyer.payments.module("ecash").withdraw(1_500)                            # type: ignore[attr-defined]
+    for module in ("card-purse", "cheque", "ecash", "setpay"):                 # the fee, with every module
+        _pay_with(m, module)
+        r = workflows.register(m.buyer, "tea-club", {"name": "Bob Buyer", "email": "bob@buyer.example"})
+        assert r.status is OutcomeStatus.SATISFIED and r.payment and r.payment.module == module, r.summary
     from client.support.cms import parse_statement
     reg = parse_statement(r.documents["delivery"]).body
     assert reg["type"] == "registration" and reg["member"] == {"name": "Bob Buyer", "email": "bob@buyer.example"}
