@@ -249,9 +249,11 @@ def pay(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, c: Con
         deal.decide("payment", "refused", str(e))
         raise DealAborted(f"cannot pay with {c.payment.module}: {e}; nothing was paid") from None
     deal.sync()                                   # the offer, the confirmed text and the order on disk first
+    link = ShopPayeeLink(b.shop, deal.deal_id)
+    b.pending_confirmation = None
     try:
         with b.card_lock:
-            record = run_payment(session, ShopPayeeLink(b.shop, deal.deal_id))
+            record = run_payment(session, link)
     except (PaymentError, SellerRefused, CommerceError) as e:
         record = session.record
         deal.keep("payment", payment_evidence(b, record))
@@ -266,6 +268,7 @@ def pay(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, c: Con
         deal.decide("payment", "refused", f"the payment ended {record.status.value}")
         raise DealAborted(f"the payment ended {record.status.value}; see your archive")
     deal.decide("payment", "satisfied", f"{record.module}: {record.status.value}")
+    b.pending_confirmation = link.confirmation
     return record
 
 
@@ -298,7 +301,8 @@ def _seller_statement(b: Buyer, deal: Deal, offer: docs.ParsedOffer, der: bytes,
 def fetch_confirmation(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, record: Record
                        ) -> bytes:
     try:
-        der = unb64(b.shop.post("/deals/confirm", {"deal": deal.deal_id}).get("confirmation"), "confirmation")
+        sent, b.pending_confirmation = b.pending_confirmation, None       # came with the payment's last answer
+        der = unb64(sent or b.shop.post("/deals/confirm", {"deal": deal.deal_id}).get("confirmation"), "confirmation")
     except (SellerRefused, CommerceError) as e:
         deal.decide("confirmation", "dispute", f"paid, no confirmation: {e}")
         raise Dispute(f"you paid but the seller sent no order confirmation ({e})", deal.deal_id) from None

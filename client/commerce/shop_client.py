@@ -110,7 +110,11 @@ class ShopPayeeLink:
 
     def __init__(self, client: ShopClient, deal_id: str) -> None:
         self.client, self.deal_id = client, deal_id
+        self.confirmation: str | None = None          # the seller's signed confirmation, sent with the last answer
 
     def send(self, envelope: dict[str, Any]) -> dict[str, Any] | None:
-        reply = self.client.post("/deals/pay", {"deal": self.deal_id, "envelope": envelope}).get("envelope")
+        answer = self.client.post("/deals/pay", {"deal": self.deal_id, "envelope": envelope})
+        if isinstance(answer.get("confirmation"), str):
+            self.confirmation = answer["confirmation"]
+        reply = answer.get("envelope")
         return reply if isinstance(reply, dict) else None

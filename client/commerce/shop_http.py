@@ -10,7 +10,8 @@ endpoint                    body                                               a
                             anonymous
 ``POST /deals/order``       deal, order (b64: signed order, or canonical JSON  next: payment (terms, accept) |
                             when anonymous), mailbox (exchanges)               exchange | delivery
-``POST /deals/pay``         deal, envelope (payment manager message)           envelope (the payee's answer)
+``POST /deals/pay``         deal, envelope (payment manager message)           envelope (the payee's answer); with
+                                                                               the last one, the confirmation
 ``POST /deals/confirm``     deal                                               confirmation (b64 signed)
 ``POST /deals/delivery``    deal                                               delivery (b64 signed) and content
                                                                                (b64), or shipped: false
@@ -116,7 +117,11 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     async def pay(request: web.Request) -> web.Response:
         body = await read_json(request, {"deal": str, "envelope": dict})
         reply = await _call(shop.pay, body["deal"], body["envelope"])
-        return web.json_response({"envelope": reply})
+        answer: dict[str, Any] = {"envelope": reply}
+        sd = shop.deals.get(body["deal"])
+        if sd is not None and sd.paid:          # the payment is complete: the signed confirmation comes with it
+            answer["confirmation"] = _e(await _call(shop.confirm, body["deal"]))
+        return web.json_response(answer)
 
     @routes.post("/deals/confirm")
     async def confirm(request: web.Request) -> web.Response:
