@@ -163,6 +163,21 @@ def test_anonymous_deal_signs_nothing_and_pays_only_anonymously(market: Market) 
     r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS,
                              attributes=deal_attributes("mail-order", anonymous=True))
     assert r.status is OutcomeStatus.FAILED and "pickup" in r.summary
+    # information bought anonymously by mail order: delivered with the signed note, checked against the offer
+    for _ in range(2):
+        m.buyer.payments.module("ecash").withdraw(400)                          # type: ignore[attr-defined]
+    report = m.shop.catalogue.get("market-report")
+    r = workflows.mail_order(m.buyer, [("market-report", 1)], form={},
+                             attributes=deal_attributes("mail-order", anonymous=True))
+    assert r.status is OutcomeStatus.SATISFIED and r.content == report.content, r.summary
+    m.shop.cheat = Cheat(wrong_goods=True)                                     # other bytes than offered
+    r = workflows.mail_order(m.buyer, [("market-report", 1)], form={},
+                             attributes=deal_attributes("mail-order", anonymous=True))
+    m.shop.cheat = Cheat()
+    assert r.status is OutcomeStatus.DISPUTE, r.summary
+    ruling = m.rule(r.deal_id)                                                  # type: ignore[arg-type]
+    assert any("digest" in owed for owed in ruling["seller_owes"]), ruling
+    assert ruling["facts"]["order"]["signed_by"].startswith("nobody")         # anonymous: an unsigned order
     # a fair exchange names both parties: an anonymous information deal is refused before anything is given
     r = workflows.buy_information(m.buyer, "market-report", attributes=deal_attributes("information", anonymous=True))
     assert r.status is OutcomeStatus.FAILED and "anonymous" in r.summary
