@@ -254,11 +254,11 @@ def envelope(b: BankCopy, who: str, op: str, params: Any, overrides: dict[str, A
     return {"body": full, "certificate": b64(s.certificate()), "signature": b64(s.sign_digest(d))}
 
 
-def refused_unchanged(b: BankCopy, path: str, data: bytes, ctype: str = "application/json",
-                      *statuses: int) -> dict[str, Any]:
+def refused_unchanged(b: BankCopy, path: str, data: bytes, ctype: str = "application/json") -> dict[str, Any]:
+    """POST ``data``: a 4xx with a JSON error, and the bank's whole database exactly as before."""
     before = db_snapshot(b.bank.db)
     a = b.raw.send("POST", path, data, {"Content-Type": ctype})
-    err = assert_refusal(a, *statuses)
+    err = assert_refusal(a)
     assert db_snapshot(b.bank.db) == before, f"the bank's database changed on a refused {path}: {err}"
     return err
 
