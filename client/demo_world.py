@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,14 +302,6 @@ def _drain(proc: subprocess.Popen[str]) -> None:
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             threading.Thread(target=lambda s=stream: [None for _ in s], daemon=True).start()
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
-        time.sleep(0.05)
 
 
 __all__ = ["CARD_PIN", "EUR", "Services", "TOKEN_PIN", "World"]
