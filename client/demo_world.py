@@ -200,7 +200,11 @@ class World:
         return s
 
     def start_processes(self, *, psam_reader: str | None, timeout: float = 60.0) -> Services:
-        """The real ``semper serve ca|bank|ttp|shop`` processes, started in parallel where they can be."""
+        """The real ``semper serve ca|bank|ttp|shop`` processes, one after the other.
+
+        Not in parallel: their tokens share one SoftHSM2 folder, and a process that lists the tokens
+        while another one logs in can get CKR_GENERAL_ERROR (seen here once in a few runs).
+        """
         s = self.services
         env = {**os.environ, "SEMPER_HOME": str(self.folder / "home")}
         env.pop("SOFTHSM2_CONF", None)
@@ -209,9 +213,9 @@ class World:
         commands = {"ca": base + ["ca", "--ca-dir", str(self.ca_dir), "--port", "0"] + pin,
                     "bank": base + ["bank", "--bank-dir", str(self.bank_dir), "--port", "0"] + pin,
                     "ttp": base + ["ttp", "--dir", str(self.ttp_dir), "--port", "0"] + pin}
-        procs = {name: _spawn(cmd, env) for name, cmd in commands.items()}
-        s.processes += list(procs.values())
-        for name, proc in procs.items():
+        for name, cmd in commands.items():
+            proc = _spawn(cmd, env)
+            s.processes.append(proc)
             setattr(s, name, _announced(proc, name, timeout))
         self._shop_home(psam_reader, s.ttp, s.bank)
         shop = _spawn(base + ["shop", "--dir", str(self.shop_dir), "--port", "0"] + pin, env)
