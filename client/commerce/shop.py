@@ -120,6 +120,8 @@ class Shop:
         if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64:
             raise CommerceError("the request needs a fresh nonce of 16 to 64 characters")
         if len(self.deals) >= MAX_OPEN_DEALS:
+            self._evict()
+        if len(self.deals) >= MAX_OPEN_DEALS:
             raise CommerceError("the shop has too many open deals; try again later")
         if not items or len(items) > docs.MAX_LINES:
             raise CommerceError(f"ask for 1 to {docs.MAX_LINES} items")
@@ -163,6 +165,15 @@ class Shop:
             self._first_offer = (deal_id, der)
         return deal_id, der
 
+    def _evict(self) -> None:
+        """Forget finished deals and offers nobody ordered in time (their evidence stays in the archive)."""
+        now = dt.datetime.now(dt.UTC)
+        for deal_id, sd in list(self.deals.items()):
+            unordered = sd.order is None and docs.parse_time(sd.offer["valid_until"], "validity") < now
+            finished = sd.delivery is not None or any(d.step == "exchange" for d in sd.deal.decisions)
+            if unordered or finished:
+                del self.deals[deal_id]
+
     def _deal(self, deal_id: Any) -> ShopDeal:
         try:
             return self.deals[check_deal_id(deal_id)]
@@ -186,8 +197,11 @@ class Shop:
                 if not isinstance(body, dict) or docs.canonical(body) != order_bytes:
                     raise CommerceError("an anonymous order must be canonical JSON (sorted keys, no spaces)")
             elif sd.deal.workflow == "contract":
-                body = json.loads(order_bytes) if order_bytes.startswith(b"{") else {}
-                if docs.canonical(body) != order_bytes:
+                try:
+                    body = json.loads(order_bytes)
+                except ValueError:
+                    body = None
+                if not isinstance(body, dict) or docs.canonical(body) != order_bytes:
                     raise CommerceError("a contract request is canonical JSON; the signature comes in the exchange")
             else:
                 try:
