@@ -8,14 +8,14 @@ client that pins only the CA root reaches the bank. Bad pairs are refused before
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from served import Served
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -40,36 +40,9 @@ def env(tmp_path: Path) -> dict[str, str]:
     return e
 
 
-class ServedBank:
-    """``semper serve bank`` in a child process; its URL from the first line, within a bound."""
-
+class ServedBank(Served):
     def __init__(self, env: dict[str, str], *extra: str, timeout: float = 30.0) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "client.cli", "serve", "bank", "--port", "0", "--pin-stdin",
-                                      *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env, cwd=REPO)
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(BANK_PIN + "\n")
-        self.proc.stdin.close()
-        line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-        reader.start()
-        reader.join(timeout)
-        if not line or "listening on" not in line[0]:
-            self.stop()
-            raise AssertionError(f"serve bank did not start: {line} {self.proc.stderr.read() if self.proc.stderr else ''}")
-        self.url = line[0].split("listening on ")[1].strip()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f:
-                f.close()
+        super().__init__("bank", BANK_PIN, env, *extra, timeout=timeout)
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+
+from served import Served
 from cryptography import x509
 from test_ca_support import openssl
 
@@ -39,38 +39,9 @@ def run(args: list[str], stdin: str, monkeypatch: pytest.MonkeyPatch, capsys) ->
     return code, out, err
 
 
-class Served:
-    """``semper serve ca`` in a child process; the URL comes from its first line, within a bound."""
-
+class Served(Served):
     def __init__(self, env: dict[str, str], timeout: float = 20.0) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "client.cli", "serve", "ca", "--port", "0", "--pin-stdin"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=env)
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(CA_PIN + "\n")
-        self.proc.stdin.close()
-        line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-        reader.start()
-        reader.join(timeout)
-        if not line or "listening on" not in line[0]:
-            self.stop()
-            raise AssertionError(f"serve ca did not start: {line} {self.proc.stderr.read() if self.proc.stderr else ''}")
-        self.url = line[0].split("listening on ")[1].strip()
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        rest = self.proc.stdout.read() if self.proc.stdout else ""
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f:
-                f.close()
-        return rest
+        super().__init__("ca", CA_PIN, env, timeout=timeout)
 
 
 def test_operator_cycle_with_a_served_ca(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -13,17 +13,16 @@ against R's item, which T then keeps for it); it asks for the *status* when R's 
 """
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from ..transfer.errors import TransferError
 from ..transfer.items import Content, content_from_json
-from ..transfer.managers import offer_commit, offer_make, offer_release
+from ..transfer.managers import offer_commit, offer_release
 from .errors import PeerUnreachable, TtpUnavailable
 from .messages import Proposal
 from .outcome import Outcome
 from .run import Run
-from .steps import Setup, receive_proposal, send_proposal, sign_accept, take_acceptance
+from .steps import Setup, receive_proposal, send_acceptance, send_proposal, take_acceptance
 
 
 # ---- originator --------------------------------------------------------------------------------
@@ -95,14 +94,9 @@ async def responder(run: Run, setup: Setup) -> Outcome:
     if isinstance(got, Outcome):
         return got
     proposal, attachments, _body = got
-    accept = await sign_accept(run, proposal)
-    item = await run.blocking(offer_make, setup.offer, proposal.desc_r, proposal.binding)
-    run.record_item("sent", item)
-    run.state("released")
-    try:
-        await run.send("accept", {"accept": base64.b64encode(accept).decode(), "item": item.to_json()})
-    except PeerUnreachable as e:
-        return await resolve(run, item, attachments, f"the originator did not take the acceptance ({e})")
+    item, problem = await send_acceptance(run, setup, proposal)
+    if problem is not None:
+        return await resolve(run, item, attachments, problem)
     got_item = await run.expect(("item",))
     if got_item is None:
         return await resolve(run, item, attachments, "the originator's item did not arrive")

@@ -11,7 +11,6 @@ once, and both transfers of the exchange are void — whoever complained, the st
 """
 from __future__ import annotations
 
-import base64
 
 from ..transfer.errors import TransferError
 from ..transfer.items import content_from_json
@@ -19,7 +18,7 @@ from ..transfer.managers import offer_make
 from .errors import PeerUnreachable, TtpUnavailable
 from .outcome import Outcome
 from .run import Run
-from .steps import Setup, receive_proposal, send_proposal, sign_accept, take_acceptance
+from .steps import Setup, receive_proposal, send_acceptance, send_proposal, take_acceptance
 
 
 async def abort(run: Run, why: str, gave: bool) -> Outcome:
@@ -62,14 +61,9 @@ async def responder(run: Run, setup: Setup) -> Outcome:
     if isinstance(got, Outcome):
         return got
     proposal, _attachments, _body = got
-    accept = await sign_accept(run, proposal)
-    item = await run.blocking(offer_make, setup.offer, proposal.desc_r, proposal.binding)
-    run.record_item("sent", item)
-    run.state("released")
-    try:
-        await run.send("accept", {"accept": base64.b64encode(accept).decode(), "item": item.to_json()})
-    except PeerUnreachable as e:
-        return await abort(run, f"the originator did not take the acceptance ({e})", gave=True)
+    item, problem = await send_acceptance(run, setup, proposal)
+    if problem is not None:
+        return await abort(run, problem, gave=True)
     got_item = await run.expect(("item",))
     if got_item is None:
         return await abort(run, "the originator's item did not arrive", gave=True)

@@ -151,3 +151,21 @@ async def take_acceptance(run: Run, proposal: Proposal) -> Accepted:
         return Accepted(problem=f"the responder's acceptance or item is not valid ({e})")
     run.record_item("received", kept)
     return Accepted(kept=kept)
+
+
+async def send_acceptance(run: Run, setup: Setup, proposal: Proposal) -> tuple[Any, str | None]:
+    """The responder's move (gen-ver and rev-rev): sign the acceptance, make its item, send both.
+
+    Returns the item sent and, when the originator could not be reached, why (the protocol then
+    goes to T: the item may have arrived)."""
+    from ..transfer.managers import offer_make
+    from .errors import PeerUnreachable
+    accept = await sign_accept(run, proposal)
+    item = await run.blocking(offer_make, setup.offer, proposal.desc_r, proposal.binding)
+    run.record_item("sent", item)
+    run.state("released")
+    try:
+        await run.send("accept", {"accept": base64.b64encode(accept).decode(), "item": item.to_json()})
+    except PeerUnreachable as e:
+        return item, f"the originator did not take the acceptance ({e})"
+    return item, None
