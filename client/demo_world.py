@@ -156,7 +156,7 @@ class World:
         return world
 
     # ---- services -------------------------------------------------------------------------------------
-    def _shop_home(self, psam_reader: str | None, ttp_url: str, bank_url: str) -> Any:
+    def _shop_home(self, psam_reader: str | None, ttp_url: str, bank_url: str, catalogue: Any = None) -> Any:
         from .commerce.catalogue import demo_catalogue
         from .commerce.shop_home import ShopHome
         from .services.ca_home import issue_tls_identity
@@ -165,12 +165,14 @@ class World:
         ttp = TtpHome(self.ttp_dir)
         return ShopHome.create(self.shop_dir, name=SHOP_NAME, token_label="seller", softhsm_conf=str(self.store.conf),
                                account=self.accounts["seller"], bank_url=bank_url, bank_tls_root=self.bank_tls_root,
-                               ca_root=self.ca_root, purse_root=self.scheme.root_cert, catalogue=demo_catalogue(),
+                               ca_root=self.ca_root, purse_root=self.scheme.root_cert,
+                               catalogue=catalogue or demo_catalogue(),
                                tls=tls, psam_reader=psam_reader, psam_image=None if psam_reader else self.psam_card,
                                ttp_url=ttp_url, ttp_cert=ttp.certificate(), escrow=ttp.escrow_file.read_bytes())
 
-    def start_in_process(self, *, psam_reader: str | None = None) -> Services:
-        """CA, bank, third party and shop in this process, each on its own loopback port."""
+    def start_in_process(self, *, psam_reader: str | None = None, shop: bool = True) -> Services:
+        """CA, bank, third party and (unless ``shop`` is false) the shop in this process, each on its own
+        loopback port."""
         from .services.bank_home import BankHome
         from .services.ca_home import issue_tls_identity
         from .services.ca_http import build_app as ca_app
@@ -191,13 +193,29 @@ class World:
         s.closers.append(opened.close)
         s.runners.append(ServiceRunner(opened.app(), "127.0.0.1", 0, server_context(*opened.tls)).start())
         s.ttp = s.runners[-1].url
+        if not shop:
+            return s
         home = self._shop_home(psam_reader, s.ttp, s.bank)
-        shop = home.open(TOKEN_PIN)
-        s.opened_shop = shop
-        s.closers.append(shop.close)
-        s.runners.append(ServiceRunner(shop.app(), "127.0.0.1", 0, server_context(*shop.tls)).start())
+        opened = home.open(TOKEN_PIN)
+        s.opened_shop = opened
+        s.closers.append(opened.close)
+        s.runners.append(ServiceRunner(opened.app(), "127.0.0.1", 0, server_context(*opened.tls)).start())
         s.shop = s.runners[-1].url
         return s
+
+    def start_shop_process(self, *, psam_reader: str, catalogue: Any = None, args: tuple[str, ...] = (),
+                           timeout: float = 60.0) -> subprocess.Popen[str]:
+        """The real ``semper serve shop`` process (its PSAM in ``psam_reader``), beside services already
+        started; returns the process (its URL is in ``services.shop``)."""
+        s = self.services
+        env = {**os.environ, "SEMPER_HOME": str(self.folder / "home")}
+        env.pop("SOFTHSM2_CONF", None)
+        self._shop_home(psam_reader, s.ttp, s.bank, catalogue)
+        proc = _spawn([sys.executable, "-m", "client.cli", "serve", "shop", "--dir", str(self.shop_dir), "--port", "0",
+                       "--pin-file", str(self.pin_file), *args], env)
+        s.processes.append(proc)
+        s.shop = _announced(proc, "shop", timeout)
+        return proc
 
     def start_processes(self, *, psam_reader: str | None, timeout: float = 60.0) -> Services:
         """The real ``semper serve ca|bank|ttp|shop`` processes, one after the other.

@@ -1,0 +1,341 @@
+"""``semper bench throughput``: purchases per second at one seller, N buyers buying at once.
+
+The seller runs as in production: the real ``semper serve shop`` process, its signing key in its
+SoftHSM2 token, its PSAM a simulated card behind pcscd (served with durable writes, as a card's
+EEPROM), its evidence archive on disk. The buyers are real clients (the same ``mail_order``
+workflow as ``semper buy``: offer verified with its chain, the exact confirmation text rendered and
+hashed, the order signed on the buyer's card, the purse debit between card and PSAM, the seller's
+confirmation and delivery note verified, everything archived on both sides); each buyer has its
+own card (simulated in process: a buyer's card is not the seller's cost), account and archive. They
+run as threads in a few worker processes, so that the buyers' CPU is spread the way the machine
+allows.
+
+Timeline of one run: every buyer buys once (connections and caches warm), then everybody buys
+for ``warmup`` seconds, then the timed window (purchases that *finish* in it count; the seller's,
+pcscd's and the PSAM's CPU seconds are read from /proc at its edges), then, if asked, a profiled
+window: the seller (``--profile`` signals) and the workers run yappi over every thread, and the
+report says where each side's CPU goes, by area. Nothing from the profiled window is in the
+timed figures.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import queue
+import signal
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .common import machine
+
+ITEM_SKU = "tea-bag"
+ITEM_PRICE = 5                       # cents: a card holds thousands of purchases, so nobody reloads mid-run
+LOAD = 40_000                        # loaded on each buyer's purse before the run
+TARGET = 300.0                       # purchases per second (docs/performance.md, issue 8)
+ADDRESS = {"name": "Bob Buyer", "street": "1 Main St", "postcode": "12345", "city": "Teatown", "country": "DE"}
+
+
+@dataclass(frozen=True)
+class BuyerSpec:
+    name: str
+    card: str                        # the card image (opened in process by the worker)
+    archive: str
+    account: str
+
+
+def bench_catalogue() -> Any:
+    from client.commerce.catalogue import Catalogue, CatalogueItem, demo_catalogue
+    items = list(demo_catalogue().items.values())
+    return Catalogue.of([*items, CatalogueItem(ITEM_SKU, "One tea bag (the benchmark's item)", "physical", ITEM_PRICE,
+                                               max_quantity=1000)])
+
+
+# ---- the crowd -------------------------------------------------------------------------------------
+def make_buyers(world: Any, count: int, say: Callable[[str], None]) -> list[BuyerSpec]:
+    """``count`` buyers, each with a personalised card whose signature key the CA certified, an
+    account, the card linked to it and its purse loaded through the bank (the real load protocol)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from client.commerce.setup import BuyerConfig, open_buyer
+    from client.demo_world import CARD_PIN, CARD_PUK, EUR
+    from client.services import pki
+    from client.support.personalisation import CardProfile, personalise_purse_card
+    from hardware.piv import PivSession, Slot
+    from hardware.purse import PurseSession
+    from hardware.simulator import open_card
+
+    from .policy_ui import PolicyUI
+    issuer = world.bank.keys.signer.public_point()
+    specs = []
+    folder = world.folder / "crowd"
+    folder.mkdir(exist_ok=True)
+    for i in range(count):
+        name = f"Buyer {i:03d}"
+        image = folder / f"buyer-{i:03d}.card"
+        personalise_purse_card(image, world.scheme, CardProfile(CARD_PIN, CARD_PUK, max_balance=LOAD), sync=False,
+                               issuer_point=issuer)
+        with open_card(image, sync=False) as card:
+            piv = PivSession(card)
+            key = x509.load_der_x509_certificate(piv.certificate(Slot.SIGNATURE)).public_key()
+            point = key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+            der = world.ca.issue_direct(pki.Subject(name, "person", f"buyer{i:03d}@buyers.example"), point).certificate
+            piv.verify_pin(CARD_PIN)
+            piv.put_certificate(Slot.SIGNATURE, der)
+            cert = x509.load_der_x509_certificate(der)
+            purse_cert = PurseSession(card).certificate()
+            account = world.bank.open_account(name, EUR, cert)
+            world.bank.link_card(purse_cert, account)
+            world.bank.cash_in(account, LOAD)
+            archive = folder / f"buyer-{i:03d}.sqlite3"
+            cfg = BuyerConfig(shop_url=world.services.shop or "https://127.0.0.1:1", ca_root_pem=world.root_pem,
+                              archive=archive, bank_url=world.services.bank, bank_tls_root=world.bank_tls_root,
+                              account=account)
+            session = open_buyer(cfg, PolicyUI(pin=CARD_PIN, payment="card-purse"), card)
+            try:
+                session.buyer.payments.module("card-purse").load(LOAD)        # type: ignore[attr-defined]
+            finally:
+                session.close()
+        specs.append(BuyerSpec(name, str(image), str(archive), account))
+        if (i + 1) % 8 == 0 or i + 1 == count:
+            say(f"buyers ready: {i + 1}/{count}")
+    return specs
+
+
+# ---- a worker process: some buyers, one thread each ------------------------------------------------
+def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], plan: dict[str, float], profile: bool,
+            out: Any) -> None:
+    from client.commerce.setup import BuyerConfig, open_buyer
+    from client.commerce.workflows import mail_order
+    from client.demo_world import CARD_PIN
+    from client.tinguin.model import OutcomeStatus
+    from hardware.simulator import open_card
+
+    from .policy_ui import PolicyUI
+    from .profiling import CpuProfile
+    samples: list[tuple[float, float, bool, str]] = []
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def buyer(spec: BuyerSpec, ready: threading.Barrier) -> None:
+        try:
+            card = open_card(Path(spec.card), sync=False)
+            ui = PolicyUI(pin=CARD_PIN, payment="card-purse")
+            session = open_buyer(BuyerConfig(shop_url=shop_url, ca_root_pem=root_pem, archive=Path(spec.archive)),
+                                 ui, card)
+        except Exception as e:           # reported to the parent, which fails the run with it
+            errors.append(f"{spec.name}: {type(e).__name__}: {e}")
+            ready.abort()
+            return
+        b = session.buyer
+        try:
+            first = mail_order(b, [(ITEM_SKU, 1)], form=ADDRESS)          # connections and caches warm
+            if first.status is not OutcomeStatus.SATISFIED:
+                errors.append(f"{spec.name}: the first purchase did not complete: {first.summary}")
+                ready.abort()
+                return
+            ready.wait(60)
+            while time.time() < plan["warmup_at"]:
+                time.sleep(0.005)
+            while time.time() < plan["stop_at"]:
+                t0, p0 = time.time(), time.perf_counter()
+                try:
+                    r = mail_order(b, [(ITEM_SKU, 1)], form=ADDRESS)
+                    ok, why = r.status is OutcomeStatus.SATISFIED, r.summary
+                except Exception as e:   # a failed purchase is a finding, not a crash of the benchmark
+                    ok, why = False, f"{type(e).__name__}: {e}"
+                with lock:
+                    samples.append((t0, time.perf_counter() - p0, ok, "" if ok else why[:300]))
+                for bucket in (ui.offers, ui.confirmations, ui.pins, ui.steps, ui.outcomes):
+                    bucket.clear()
+        except threading.BrokenBarrierError:
+            pass
+        finally:
+            session.close()
+            card.close()
+
+    ready = threading.Barrier(len(specs) + 1)
+    threads = [threading.Thread(target=buyer, args=(s, ready), daemon=True) for s in specs]
+    for t in threads:
+        t.start()
+    try:
+        ready.wait(120)
+    except threading.BrokenBarrierError:
+        out.put({"error": "; ".join(errors) or "a buyer did not get ready"})
+        return
+    out.put({"ready": True})
+    cpu: dict[str, float] = {}
+    prof = CpuProfile() if profile else None
+
+    def at(when: float) -> None:
+        time.sleep(max(0.0, when - time.time()))
+    at(plan["window_at"])
+    cpu["start"] = time.process_time()
+    at(plan["window_end"])
+    cpu["end"] = time.process_time()
+    summary = None
+    if prof is not None:
+        at(plan["profile_at"])
+        prof.start()
+        at(plan["profile_end"])
+        summary = prof.stop()
+    for t in threads:
+        t.join(plan["stop_at"] - time.time() + 60)
+    out.put({"samples": samples, "cpu_s": cpu["end"] - cpu["start"], "profile": summary, "errors": errors})
+
+
+# ---- the parent: set up, time, read CPU, report --------------------------------------------------------
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pcscd_pid() -> int | None:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().strip() == "pcscd":
+                    return int(d.name)
+            except OSError:
+                continue
+    return None
+
+
+def _percentiles(xs: list[float]) -> dict[str, float]:
+    s = sorted(xs)
+
+    def q(p: float) -> float:
+        return round(s[min(len(s) - 1, max(0, math.ceil(p * len(s)) - 1))] * 1000, 2)
+    return {"n": len(s), "p50_ms": q(0.50), "p90_ms": q(0.90), "p95_ms": q(0.95), "p99_ms": q(0.99),
+            "max_ms": round(s[-1] * 1000, 2), "mean_ms": round(statistics.fmean(s) * 1000, 2)}
+
+
+def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2, warmup: float = 2.0,
+                     profile_seconds: float = 4.0, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    from client.demo_world import World
+    from hardware.pcscd import VirtualCards
+    tell = say or (lambda _line: None)
+    if buyers < 1 or processes < 1 or seconds <= 0:
+        raise ValueError("buyers, processes and seconds must be positive")
+    processes = min(processes, buyers)
+    with tempfile.TemporaryDirectory(prefix="semper-bench-tp-") as d:
+        folder = Path(d)
+        tell("making the market (CA, bank, third party, seller token, PSAM)")
+        world = World.create(folder)
+        try:
+            with VirtualCards([world.psam_card], sync=True) as vc:
+                s = world.start_in_process(shop=False)
+                profile_file = folder / "seller-profile.json"
+                tell("starting 'semper serve shop' with its PSAM in " + vc.readers[0])
+                shop_proc = world.start_shop_process(psam_reader=vc.readers[0], catalogue=bench_catalogue(),
+                                                     args=("--profile", str(profile_file)))
+                tell(f"personalising {buyers} buyer cards, certifying their keys, loading their purses")
+                specs = make_buyers(world, buyers, tell)
+                return _run(world, s.shop, shop_proc.pid, vc, specs, seconds, processes, warmup, profile_seconds,
+                            profile_file, tell)
+        finally:
+            world.stop()
+
+
+def _run(world: Any, shop_url: str, shop_pid: int, vc: Any, specs: list[BuyerSpec], seconds: float, processes: int,
+         warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None]) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    groups = [specs[i::processes] for i in range(processes)]
+    plan: dict[str, float] = {}
+    workers = [ctx.Process(target=_worker, args=(shop_url, world.root_pem, g, plan, profile_seconds > 0, out),
+                           daemon=True) for g in groups]
+    # the plan is fixed before the workers start; its times are set relative to when all are ready
+    lead = 15.0 + 0.25 * len(specs)
+    base = time.time() + lead
+    plan.update(warmup_at=base, window_at=base + warmup, window_end=base + warmup + seconds)
+    plan.update(profile_at=plan["window_end"], profile_end=plan["window_end"] + profile_seconds,
+                stop_at=plan["window_end"] + profile_seconds)
+    tell(f"{len(specs)} buyers in {processes} processes; timed window {seconds:.0f} s after {warmup:.0f} s warm-up"
+         + (f", then {profile_seconds:.0f} s profiled" if profile_seconds > 0 else ""))
+    for w in workers:
+        w.start()
+    results: list[dict[str, Any]] = []
+    try:
+        ready = 0
+        while ready < processes:
+            msg = out.get(timeout=max(1.0, base - time.time()))
+            if "error" in msg:
+                raise RuntimeError(f"a buyer process could not start: {msg['error']}")
+            ready += 1
+        if time.time() > base:
+            raise RuntimeError(f"the buyers took longer than {lead:.0f} s to get ready; use fewer buyers")
+        pcscd = _pcscd_pid()
+        pids = {"seller (semper serve shop)": shop_pid, "PSAM (simulated card process)": vc.server.pid,
+                **({"pcscd": pcscd} if pcscd else {})}
+        time.sleep(max(0.0, plan["window_at"] - time.time()))
+        before = {k: _cpu_seconds(p) for k, p in pids.items()}
+        tell(f"timing for {seconds:.0f} s")
+        time.sleep(max(0.0, plan["window_end"] - time.time()))
+        after = {k: _cpu_seconds(p) for k, p in pids.items()}
+        if profile_seconds > 0:
+            os.kill(shop_pid, signal.SIGUSR1)
+            tell(f"profiling for {profile_seconds:.0f} s")
+            time.sleep(max(0.0, plan["profile_end"] - time.time()))
+            os.kill(shop_pid, signal.SIGUSR2)
+        while len(results) < processes:
+            results.append(out.get(timeout=max(5.0, plan["stop_at"] - time.time() + 90)))
+    except queue.Empty:
+        raise RuntimeError("a buyer process stopped answering; the run is void") from None
+    finally:
+        for w in workers:
+            w.join(10)
+            if w.is_alive():
+                w.kill()
+    return _report(specs, seconds, processes, warmup, plan, results, before, after, profile_file, profile_seconds)
+
+
+def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: float, plan: dict[str, float],
+            results: list[dict[str, Any]], before: dict[str, float], after: dict[str, float], profile_file: Path,
+            profile_seconds: float) -> dict[str, Any]:
+    inside = [(t, dt, ok, why) for r in results for t, dt, ok, why in r["samples"]
+              if plan["window_at"] <= t + dt <= plan["window_end"]]
+    done = [dt for _, dt, ok, _ in inside if ok]
+    failed = [why for _, _, ok, why in inside if not ok]
+    rate = len(done) / seconds
+    cpu = {k: round(after[k] - before[k], 3) for k in before}
+    cpu["buyers (worker processes)"] = round(sum(r["cpu_s"] for r in results), 3)
+    per = {k: round(v / len(done) * 1000, 3) if done else None for k, v in cpu.items()}
+    seller_ms = per.get("seller (semper serve shop)")
+    report: dict[str, Any] = {
+        "bench": "throughput",
+        "what": "mail-order purchases paid from the card purse at one seller ('semper serve shop': token in "
+                "SoftHSM2, PSAM behind pcscd with durable writes, evidence archived), N buyers at once, each a full "
+                "client with its own in-process card and archive; CA, bank and third party on loopback HTTPS",
+        "buyers": len(specs), "buyer_processes": processes, "window_s": seconds, "warmup_s": warmup,
+        "purchases": len(done), "failed": len(failed), "failures": sorted(set(failed))[:5],
+        "purchases_per_s": round(rate, 1),
+        "latency": _percentiles(done) if done else None,
+        "cpu_s_in_window": cpu, "cpu_ms_per_purchase": per,
+        "seller_capacity_per_core": round(1000 / seller_ms, 1) if seller_ms else None,
+        "target_per_s": TARGET, "met": rate >= TARGET and not failed,
+        "machine": machine(),
+    }
+    if profile_seconds > 0:
+        seller = None
+        try:
+            deadline = time.time() + 15
+            while not profile_file.exists() and time.time() < deadline:
+                time.sleep(0.1)
+            import json
+            seller = json.loads(profile_file.read_text())
+        except (OSError, ValueError):
+            seller = {"error": "the seller wrote no profile"}
+        report["profile"] = {"note": f"a separate {profile_seconds:.0f} s window under yappi (CPU clock, every thread): "
+                                     "profiling slows everything, so only the shares count",
+                             "seller": seller,
+                             "buyers": [r["profile"] for r in results if r.get("profile")][:1]}
+    return report
