@@ -20,6 +20,7 @@ import pkcs11.exceptions as p11x
 from asn1crypto.core import OctetString
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pkcs11 import (
     Attribute,
@@ -29,7 +30,6 @@ from pkcs11 import (
     ObjectClass,
     TokenFlag,
 )
-from pkcs11.util.ec import encode_ecdsa_signature
 
 from hardware import errors as hw
 from hardware.signer import PinStatus
@@ -63,6 +63,7 @@ class Pkcs11Signer:
         self._always_auth = False
         self._pending_pin: bytes | None = None
         self._reset = False                            # the module was re-initialised under this signer
+        self._cert: bytes | None = None                # read once per session: every statement embeds it
         self._live()
         self.key_id = key_id if key_id is not None else self._only_key_id()
 
@@ -81,7 +82,7 @@ class Pkcs11Signer:
             with errors.translated(token=self.label, action="open a session"):
                 self._session = token.open()
             self._generation = self.module.generation
-            self._key, self._pending_pin = None, None
+            self._key, self._pending_pin, self._cert = None, None, None
         return self._session
 
     def close(self) -> None:
@@ -147,12 +148,16 @@ class Pkcs11Signer:
 
     # ---- the signer protocol -----------------------------------------------------------------
     def certificate(self) -> bytes:
+        self._live()
+        if self._cert is not None:
+            return self._cert
         cert = self._object(ObjectClass.CERTIFICATE)
         if cert is None:
             raise hw.NotFoundError(f"token {self.label!r} holds no certificate for key {self.key_id.hex()}; have the "
                                    f"key certified and store the certificate ('semper token import-cert')")
         with errors.translated(token=self.label, action="read the certificate"):
-            return bytes(cert[Attribute.VALUE])
+            self._cert = bytes(cert[Attribute.VALUE])
+        return self._cert
 
     def public_point(self) -> bytes:
         pub = self._object(ObjectClass.PUBLIC_KEY)
@@ -216,7 +221,9 @@ class Pkcs11Signer:
             raise self._wrong_pin() from None
         except p11x.PKCS11Error as e:
             raise errors.from_exception(e, token=self.label, action="sign") from e
-        return encode_ecdsa_signature(rs)
+        if len(rs) != 64:
+            raise hw.TokenError(f"token {self.label!r} answered a P-256 signature of {len(rs)} bytes, not 64")
+        return encode_dss_signature(int.from_bytes(rs[:32], "big"), int.from_bytes(rs[32:], "big"))
 
     # ---- beyond the protocol -----------------------------------------------------------------
     def store_certificate(self, der: bytes, object_label: str = "semper certificate") -> None:
@@ -231,6 +238,7 @@ class Pkcs11Signer:
                 key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint) != self.public_point():
             raise hw.InvalidInputError(f"this certificate is not for key {self.key_id.hex()} on token {self.label!r}")
         token = self.module.token(self.label)
+        self._cert = None
         with errors.translated(token=self.label, action="store the certificate"):
             with token.open(rw=True) as rw:
                 for old in list(rw.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: self.key_id})):

@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from hardware.signer import Signer
 
+from . import cms_profile
+
 ARC = "2.25.204673179289492764569138234192898414436"
 #: eContentType of a semper statement (canonical JSON). openssl verifies SignedData of any content type.
 STATEMENT_OID = ARC + ".2.1"
@@ -176,12 +178,6 @@ def _checked_cert(der: bytes) -> None:
     _asn1_cert(der)
 
 
-@functools.lru_cache(maxsize=256)
-def _checked_cert(der: bytes) -> None:
-    """A certificate to embed parses as DER X.509 (checked once per certificate)."""
-    _asn1_cert(der)
-
-
 @functools.lru_cache(maxsize=64)
 def _signer_parts(cert_der: bytes) -> tuple[a_x509.Certificate, bytes, bytes, int]:
     """(parsed certificate, DER of its signing-certificate-v2 attribute, DER of its issuer, serial), per certificate.
@@ -194,6 +190,19 @@ def _signer_parts(cert_der: bytes) -> tuple[a_x509.Certificate, bytes, bytes, in
     cert = _asn1_cert(cert_der)
     attr = cms.CMSAttribute({"type": "signing_certificate_v2", "values": [signing_certificate_v2(cert)]}).dump()
     return cert, attr, cert.issuer.dump(), cert.serial_number
+
+
+@functools.lru_cache(maxsize=1024)
+def load_certificate(der: bytes) -> x509.Certificate:
+    """A DER certificate as a cryptography object, parsed once: the same few certificates (a seller's,
+    its CA's) come with every statement, and cryptography's certificates are immutable."""
+    return x509.load_der_x509_certificate(der)
+
+
+@functools.lru_cache(maxsize=256)
+def _ec_public_key(cert_der: bytes) -> ec.EllipticCurvePublicKey | None:
+    public = load_certificate(cert_der).public_key()
+    return public if isinstance(public, ec.EllipticCurvePublicKey) else None
 
 
 def _cert_der(cert: bytes | x509.Certificate) -> bytes:
@@ -221,27 +230,38 @@ def build_signed_data(signer: Signer, content_type: str, content: bytes, *,
     outside the token). The signature is checked against the certificate before anything is returned,
     so a device holding another key's certificate cannot produce unverifiable evidence.
     """
-    cert_der = signer_cert if signer_cert is not None else signer.certificate()
-    cert, scv2_attr, issuer_der, serial = _signer_parts(bytes(cert_der))
+    cert_der = bytes(signer_cert if signer_cert is not None else signer.certificate())
+    cert, scv2_attr, issuer_der, serial = _signer_parts(cert_der)
     when = signing_time or dt.datetime.now(dt.UTC)
-    attrs = cms.CMSAttributes([
-        cms.CMSAttribute({"type": "content_type", "values": [content_type]}),
-        cms.CMSAttribute({"type": "signing_time", "values": [_cms_time(when)]}),
-        cms.CMSAttribute({"type": "message_digest", "values": [hashlib.sha256(content).digest()]}),
-        cms.CMSAttribute.load(scv2_attr),
-    ])
-    to_sign = attrs.dump()                 # DER SET OF, sorted by asn1crypto: exactly what the verifier hashes
+    profile = content_type == STATEMENT_OID          # semper's own statements: written directly (cms_profile)
+    if profile:
+        to_sign = cms_profile.signed_attributes(content, when, scv2_attr)
+    else:
+        attrs = cms.CMSAttributes([
+            cms.CMSAttribute({"type": "content_type", "values": [content_type]}),
+            cms.CMSAttribute({"type": "signing_time", "values": [_cms_time(when)]}),
+            cms.CMSAttribute({"type": "message_digest", "values": [hashlib.sha256(content).digest()]}),
+            cms.CMSAttribute.load(scv2_attr),
+        ])
+        to_sign = attrs.dump()             # DER SET OF, sorted by asn1crypto: exactly what the verifier hashes
     if pin is not None:
         signer.verify_pin(pin)
     signature = signer.sign_digest(hashlib.sha256(to_sign).digest())
-    public = x509.load_der_x509_certificate(cert_der).public_key()
-    if not isinstance(public, ec.EllipticCurvePublicKey):
+    public = _ec_public_key(cert_der)
+    if public is None:
         raise SigningError("the signer's certificate does not hold an EC key; semper signs with ECDSA P-256")
     try:
         public.verify(signature, to_sign, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise SigningError(f"{getattr(signer, 'label', 'the signer')} signed with a key that does not match its "
                            f"certificate ({cert.subject.human_friendly}); re-register the device") from None
+    cert_ders: list[bytes] = []
+    for der in ([cert_der] if include_certs else []) + [_cert_der(c) for c in extra_certs]:
+        if bytes(der) not in cert_ders:
+            _checked_cert(bytes(der))
+            cert_ders.append(bytes(der))
+    if profile:
+        return cms_profile.assemble(content, to_sign, signature, issuer_der, serial, cert_ders)
     signer_info = cms.SignerInfo({
         "version": "v1",
         "sid": cms.SignerIdentifier(name="issuer_and_serial_number", value={
@@ -251,11 +271,6 @@ def build_signed_data(signer: Signer, content_type: str, content: bytes, *,
         "signature_algorithm": {"algorithm": "sha256_ecdsa"},
         "signature": signature,
     }).dump()
-    cert_ders: list[bytes] = []
-    for der in ([cert_der] if include_certs else []) + [_cert_der(c) for c in extra_certs]:
-        if bytes(der) not in cert_ders:
-            _checked_cert(bytes(der))
-            cert_ders.append(bytes(der))
     econtent_type = cms.ContentType(content_type)
     spec = cms.EncapsulatedContentInfo._oid_specs.get(econtent_type.native)
     econtent: Any = spec.load(content) if spec is not None else content     # e.g. TSTInfo: asn1crypto wants it parsed
@@ -304,7 +319,11 @@ class SignedParts:
     signing_cert_hash: bytes | None          # from signing-certificate-v2 (SHA-256) or v1 (SHA-1)
     signing_cert_hash_alg: str
     timestamp_tokens: tuple[bytes, ...]     # id-aa-timeStampToken unsigned attributes (ContentInfo DER)
-    signer_info: cms.SignerInfo
+
+    @property
+    def signer_info(self) -> cms.SignerInfo:
+        """The SignerInfo as asn1crypto parses it (for callers that need a field the parts do not carry)."""
+        return cms.ContentInfo.load(self.der)["content"]["signer_infos"][0]
 
 
 @dataclass(frozen=True)
@@ -372,6 +391,19 @@ def _find_signer_cert(sid: cms.SignerIdentifier, certs: Sequence[a_x509.Certific
 
 def parse_signed_data(der: bytes, expected_content_type: str | None = None, what: str = "statement") -> SignedParts:
     """Parse a one-signer SignedData with embedded content, SHA-256 and ECDSA; no trust decision."""
+    if expected_content_type in (None, STATEMENT_OID):
+        fast = cms_profile.read_statement(der)
+        if fast is not None:
+            try:
+                return SignedParts(
+                    der=bytes(der), content_type=STATEMENT_OID, content=fast.content,
+                    signer_cert=load_certificate(fast.signer),
+                    certificates=tuple(load_certificate(c) for c in fast.certificates),
+                    signed_attrs=fast.signed_attrs, signature=fast.signature, message_digest=fast.message_digest,
+                    signing_time=fast.signing_time, signing_cert_hash=fast.signing_cert_hash,
+                    signing_cert_hash_alg="sha256", timestamp_tokens=())
+            except ValueError:
+                pass                    # a damaged certificate: the general parser below names the problem
     try:
         info = cms.ContentInfo.load(der, strict=True)
         if info["content_type"].native != "signed_data":
@@ -425,14 +457,14 @@ def parse_signed_data(der: bytes, expected_content_type: str | None = None, what
             if attr["type"].native == "signature_time_stamp_token":
                 tokens.extend(v.dump() for v in attr["values"])
         signer_asn = _find_signer_cert(si["sid"], asn_certs)
-        certificates = tuple(x509.load_der_x509_certificate(c.dump()) for c in asn_certs)
+        certificates = tuple(load_certificate(c.dump()) for c in asn_certs)
         parts = SignedParts(
             der=der, content_type=ctype, content=content,
-            signer_cert=x509.load_der_x509_certificate(signer_asn.dump()), certificates=certificates,
+            signer_cert=load_certificate(signer_asn.dump()), certificates=certificates,
             signed_attrs=signed_attrs, signature=si["signature"].native, message_digest=md.native,
             signing_time=st.native if st is not None else None, signing_cert_hash=cert_hash,
             signing_cert_hash_alg=cert_hash_alg,
-            timestamp_tokens=tuple(tokens), signer_info=si)
+            timestamp_tokens=tuple(tokens))
         return parts
     except EvidenceError:
         raise

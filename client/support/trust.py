@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import itertools
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ __all__ = [
 
 #: a signer's clock may run ahead of the TSA's by this much before its claimed time is called false
 CLOCK_SKEW = dt.timedelta(minutes=5)
+CHAIN_CACHE = 256                   # paths remembered per trust store (a party sees few signers)
 
 _KNOWN_CRITICAL = {ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE,
                    ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.CERTIFICATE_POLICIES,
@@ -74,6 +76,19 @@ class Usage(enum.Enum):
     STATEMENT = "signed statement (non-repudiation)"
     SIGNATURE = "signature without non-repudiation"
     TIMESTAMPING = "time-stamping"
+
+
+class _Described:
+    """A certificate's description, made only when a message needs it (most checks pass)."""
+
+    def __init__(self, cert: x509.Certificate) -> None:
+        self.cert = cert
+
+    def __str__(self) -> str:
+        return describe(self.cert)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 def describe(cert: x509.Certificate) -> str:
@@ -134,6 +149,8 @@ class TrustStore:
         self.intermediates = tuple(self._cert(c) for c in intermediates)
         self.crls = tuple(c if isinstance(c, x509.CertificateRevocationList) else _load_crl(c, "a CRL") for c in crls)
         self.require_crl = require_crl
+        self._chains: dict[tuple[x509.Certificate, tuple[x509.Certificate, ...]], list[x509.Certificate]] = {}
+        self._chains_lock = threading.Lock()
 
     @staticmethod
     def _cert(c: x509.Certificate | bytes) -> x509.Certificate:
@@ -170,6 +187,20 @@ class TrustStore:
               ) -> list[x509.Certificate]:
         """Path from ``cert`` to one of the roots, valid at ``at``; UntrustedSigner otherwise."""
         at = _utc(at)
+        key = (cert, tuple(untrusted))
+        known = self._chains.get(key)
+        # A path found once stays a path: only the validity windows depend on the time asked about
+        if known is not None and all(c.not_valid_before_utc <= at <= c.not_valid_after_utc for c in known):
+            return list(known)
+        chain = self._build_chain(cert, untrusted, at)
+        with self._chains_lock:
+            if len(self._chains) >= CHAIN_CACHE:
+                self._chains.pop(next(iter(self._chains)))
+            self._chains[key] = chain
+        return list(chain)
+
+    def _build_chain(self, cert: x509.Certificate, untrusted: Sequence[x509.Certificate], at: dt.datetime
+                     ) -> list[x509.Certificate]:
         if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
             raise UntrustedSigner(f"the certificate {describe(cert)} was not valid at {at:%Y-%m-%d %H:%M:%S} UTC "
                                   f"(valid {cert.not_valid_before_utc:%Y-%m-%d} to "
@@ -204,7 +235,7 @@ class TrustStore:
             eku_critical = eku_ext.critical
         except x509.ExtensionNotFound:
             eku, eku_critical = None, False
-        who = describe(cert)
+        who = _Described(cert)
         if usage is Usage.TIMESTAMPING:
             if eku != [ExtendedKeyUsageOID.TIME_STAMPING] or not eku_critical:
                 raise WrongKeyUsage(f"{who} is not a time-stamping certificate: RFC 3161 requires a critical "

@@ -1,0 +1,224 @@
+"""semper's statement profile of CMS SignedData as fixed DER: built and read without a general parser.
+
+Why: every purchase signs and checks a dozen statements, and asn1crypto spent more than a
+millisecond on each (object trees, re-encoding, name comparisons) — more than the token's
+signature and most of the seller's CPU (``semper bench throughput``, docs/performance.md). A
+statement has exactly one shape (:mod:`client.support.cms`: one signer, issuer-and-serial, SHA-256,
+ECDSA, four signed attributes, the certificates), so it is written and read here directly.
+
+Both directions are checked against the general code: the bytes built here are identical to what
+asn1crypto builds for the same statement, and :func:`read_statement` either returns exactly what
+the general parser returns or ``None`` — for anything outside the profile (time-stamped statements,
+other attributes, other algorithms encodings, BER, a signer named by key identifier or by an
+equivalent but differently encoded name), and then the general parser decides and explains
+(tests/test_cms_profile.py compares the two on valid and damaged statements).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+
+from . import der
+
+OID_SIGNED_DATA = bytes.fromhex("06092a864886f70d010702")
+OID_STATEMENT = bytes.fromhex("06166982b3facfb5faa092a1b394b5f6abfa92a7ae640201")   # cms.STATEMENT_OID
+ATTR_CONTENT_TYPE = bytes.fromhex("06092a864886f70d010903")
+ATTR_SIGNING_TIME = bytes.fromhex("06092a864886f70d010905")
+ATTR_MESSAGE_DIGEST = bytes.fromhex("06092a864886f70d010904")
+ATTR_SIGNING_CERT_V2 = bytes.fromhex("060b2a864886f70d010910022f")
+SHA256 = bytes.fromhex("300b0609608648016503040201")          # AlgorithmIdentifier as asn1crypto writes it
+ECDSA_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")
+DIGEST_ALGORITHMS = der.tlv(0x31, SHA256)
+VERSION_3, VERSION_1 = bytes.fromhex("020103"), bytes.fromhex("020101")
+
+
+def _time(when: dt.datetime) -> bytes:
+    """UTCTime for 1950-2049, GeneralizedTime otherwise (RFC 5652 11.3), whole seconds, Z."""
+    when = when.astimezone(dt.UTC)
+    if 1950 <= when.year < 2050:
+        return der.tlv(0x17, when.strftime("%y%m%d%H%M%SZ").encode())
+    return der.tlv(0x18, f"{when.year:04d}{when:%m%d%H%M%S}Z".encode())
+
+
+def signed_attributes(content: bytes, when: dt.datetime, scv2_attribute: bytes) -> bytes:
+    """The DER SET OF signed attributes (what the signature covers), in DER order."""
+    attrs = [der.tlv(0x30, ATTR_CONTENT_TYPE + der.tlv(0x31, OID_STATEMENT)),
+             der.tlv(0x30, ATTR_SIGNING_TIME + der.tlv(0x31, _time(when))),
+             der.tlv(0x30, ATTR_MESSAGE_DIGEST + der.tlv(0x31, der.tlv(0x04, hashlib.sha256(content).digest()))),
+             scv2_attribute]
+    return der.tlv(0x31, b"".join(sorted(attrs)))
+
+
+def assemble(content: bytes, signed_attrs: bytes, signature: bytes, issuer: bytes, serial: int,
+             certificates: list[bytes]) -> bytes:
+    """ContentInfo(SignedData) around a statement whose signed attributes were signed."""
+    signer_info = der.tlv(0x30, VERSION_1 + der.tlv(0x30, issuer + der.integer(serial)) + SHA256
+                          + b"\xa0" + signed_attrs[1:] + ECDSA_SHA256 + der.tlv(0x04, signature))
+    body = VERSION_3 + DIGEST_ALGORITHMS + der.tlv(0x30, OID_STATEMENT + der.tlv(0xA0, der.tlv(0x04, content)))
+    if certificates:
+        body += der.tlv(0xA0, b"".join(sorted(certificates)))
+    body += der.tlv(0x31, signer_info)
+    return der.tlv(0x30, OID_SIGNED_DATA + der.tlv(0xA0, der.tlv(0x30, body)))
+
+
+@dataclass(frozen=True)
+class ProfileParts:
+    content: bytes
+    certificates: tuple[bytes, ...]      # DER, in the order they appear
+    signer: bytes                        # DER of the certificate the signer identifier names
+    signed_attrs: bytes                  # re-tagged as SET OF: what was signed
+    signature: bytes
+    message_digest: bytes
+    signing_time: dt.datetime
+    signing_cert_hash: bytes
+
+
+def _parse_time(buf: bytes, pos: int, end: int) -> tuple[dt.datetime, int]:
+    tag, start, stop = der.read(buf, pos, end)
+    text = buf[start:stop]
+    if tag == 0x17 and len(text) == 13 and text[-1:] == b"Z" and text[:12].isdigit():
+        year = int(text[:2])
+        year += 2000 if year < 50 else 1900
+        rest = text[2:12]
+    elif tag == 0x18 and len(text) == 15 and text[-1:] == b"Z" and text[:14].isdigit():
+        year, rest = int(text[:4]), text[4:14]
+    else:
+        raise der.DerError("time outside the profile")
+    month, day, hour, minute, second = (int(rest[i:i + 2]) for i in range(0, 10, 2))
+    try:
+        return dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC), stop
+    except ValueError:
+        raise der.DerError("impossible date") from None
+
+
+def _attributes(buf: bytes, start: int, stop: int) -> tuple[bytes, dt.datetime, bytes]:
+    """(message digest, signing time, signing-certificate-v2 hash): exactly the four attributes, once each."""
+    seen: dict[bytes, tuple[int, int]] = {}
+    pos = start
+    while pos < stop:
+        a0, a1 = der.expect(buf, pos, 0x30, stop)
+        t0, t1 = der.expect(buf, a0, 0x06, a1)
+        oid = buf[a0:t1]
+        if oid in seen or oid not in (ATTR_CONTENT_TYPE, ATTR_SIGNING_TIME, ATTR_MESSAGE_DIGEST, ATTR_SIGNING_CERT_V2):
+            raise der.DerError("attribute outside the profile")
+        v0, v1 = der.expect(buf, t1, 0x31, a1)
+        if v1 != a1:
+            raise der.DerError("trailing bytes in an attribute")
+        seen[oid] = (v0, v1)
+        pos = a1
+    if len(seen) != 4:
+        raise der.DerError("attribute missing")
+    v0, v1 = seen[ATTR_CONTENT_TYPE]
+    if buf[v0:v1] != OID_STATEMENT:
+        raise der.DerError("content-type attribute")
+    v0, v1 = seen[ATTR_MESSAGE_DIGEST]
+    d0, d1 = der.expect(buf, v0, 0x04, v1)
+    if d1 != v1:
+        raise der.DerError("message digest")
+    digest = buf[d0:d1]
+    v0, v1 = seen[ATTR_SIGNING_TIME]
+    when, end = _parse_time(buf, v0, v1)
+    if end != v1:
+        raise der.DerError("signing time")
+    v0, v1 = seen[ATTR_SIGNING_CERT_V2]
+    s0, s1 = der.expect(buf, v0, 0x30, v1)            # SigningCertificateV2
+    c0, c1 = der.expect(buf, s0, 0x30, s1)            # certs SEQUENCE OF
+    e0, e1 = der.expect(buf, c0, 0x30, c1)            # the first ESSCertIDv2
+    h0, h1 = der.expect(buf, e0, 0x04, e1)            # certHash (hashAlgorithm absent: SHA-256)
+    if s1 != v1:
+        raise der.DerError("signing-certificate-v2")
+    return digest, when, buf[h0:h1]
+
+
+def read_statement(buf: bytes) -> ProfileParts | None:
+    """The parts of a statement in the profile, or None (then the general parser decides)."""
+    try:
+        return _read(bytes(buf))
+    except (der.DerError, IndexError, ValueError):
+        return None
+
+
+def _read(buf: bytes) -> ProfileParts:
+    o0, o1 = der.expect(buf, 0, 0x30)
+    if o1 != len(buf) or buf[o0:o0 + len(OID_SIGNED_DATA)] != OID_SIGNED_DATA:
+        raise der.DerError("not SignedData")
+    x0, x1 = der.expect(buf, o0 + len(OID_SIGNED_DATA), 0xA0, o1)
+    s0, s1 = der.expect(buf, x0, 0x30, x1)
+    if x1 != o1 or s1 != x1:
+        raise der.DerError("trailing bytes")
+    pos = s0
+    for fixed in (VERSION_3, DIGEST_ALGORITHMS):
+        if buf[pos:pos + len(fixed)] != fixed:
+            raise der.DerError("version or digest algorithms outside the profile")
+        pos += len(fixed)
+    e0, e1 = der.expect(buf, pos, 0x30, s1)           # encapContentInfo
+    if buf[e0:e0 + len(OID_STATEMENT)] != OID_STATEMENT:
+        raise der.DerError("not a statement")
+    w0, w1 = der.expect(buf, e0 + len(OID_STATEMENT), 0xA0, e1)
+    c0, c1 = der.expect(buf, w0, 0x04, w1)
+    if c1 != w1 or w1 != e1:
+        raise der.DerError("eContent")
+    content = buf[c0:c1]
+    pos = e1
+    certs: list[bytes] = []
+    tag, k0, k1 = der.read(buf, pos, s1)
+    if tag == 0xA0:
+        p = k0
+        while p < k1:
+            tag, _, q = der.read(buf, p, k1)
+            if tag != 0x30:
+                raise der.DerError("certificate choice outside the profile")
+            certs.append(buf[p:q])
+            p = q
+        pos = k1
+    i0, i1 = der.expect(buf, pos, 0x31, s1)           # signerInfos
+    if i1 != s1:
+        raise der.DerError("crls or trailing fields")
+    si0, si1 = der.expect(buf, i0, 0x30, i1)
+    if si1 != i1:
+        raise der.DerError("more than one signer")
+    pos = si0
+    if buf[pos:pos + len(VERSION_1)] != VERSION_1:
+        raise der.DerError("SignerInfo version")
+    pos += len(VERSION_1)
+    n0, n1 = der.expect(buf, pos, 0x30, si1)          # issuerAndSerialNumber
+    _, iss1 = der.expect(buf, n0, 0x30, n1)
+    issuer = buf[n0:iss1]
+    r0, r1 = der.expect(buf, iss1, 0x02, n1)
+    if r1 != n1:
+        raise der.DerError("issuer and serial")
+    serial = der.read_integer(buf, r0, r1)
+    pos = n1
+    if buf[pos:pos + len(SHA256)] != SHA256:
+        raise der.DerError("digest algorithm")
+    pos += len(SHA256)
+    a0, a1 = der.expect(buf, pos, 0xA0, si1)          # signedAttrs [0] IMPLICIT
+    digest, when, cert_hash = _attributes(buf, a0, a1)
+    signed_attrs = b"\x31" + buf[pos + 1:a1]
+    pos = a1
+    if buf[pos:pos + len(ECDSA_SHA256)] != ECDSA_SHA256:
+        raise der.DerError("signature algorithm")
+    pos += len(ECDSA_SHA256)
+    g0, g1 = der.expect(buf, pos, 0x04, si1)
+    if g1 != si1:
+        raise der.DerError("unsigned attributes or trailing fields")
+    signer = next((c for c in certs if _issuer_serial(c) == (issuer, serial)), None)
+    if signer is None:
+        raise der.DerError("signer not found by exact issuer and serial")
+    return ProfileParts(content, tuple(certs), signer, signed_attrs, buf[g0:g1], digest, when, cert_hash)
+
+
+def _issuer_serial(cert: bytes) -> tuple[bytes, int]:
+    """(issuer Name DER, serial) of a DER certificate, read from its TBSCertificate."""
+    c0, c1 = der.expect(cert, 0, 0x30)
+    t0, t1 = der.expect(cert, c0, 0x30, c1)
+    pos = t0
+    tag, _, stop = der.read(cert, pos, t1)
+    if tag == 0xA0:                                   # [0] version
+        pos = stop
+    r0, r1 = der.expect(cert, pos, 0x02, t1)
+    serial = der.read_integer(cert, r0, r1)
+    _, alg1 = der.expect(cert, r1, 0x30, t1)          # signature algorithm
+    _, iss1 = der.expect(cert, alg1, 0x30, t1)
+    return cert[alg1:iss1], serial
