@@ -42,7 +42,7 @@ def area_of(module: str, name: str) -> str:
     return "other"
 
 
-def summarise(stats: Any, top: int = 15) -> dict[str, Any]:
+def summarise(stats: Any, top: int = 25) -> dict[str, Any]:
     """Own CPU time (yappi's tsub) by area and the functions that cost most."""
     by_area: dict[str, float] = {}
     rows = []
@@ -52,13 +52,13 @@ def summarise(stats: Any, top: int = 15) -> dict[str, Any]:
         total += own
         area = area_of(s.module or "", s.full_name or s.name)
         by_area[area] = by_area.get(area, 0.0) + own
-        rows.append((own, s.ncall, float(s.ttot), s.full_name))
+        rows.append((own, s.ncall, float(s.ttot), s.full_name, area))
     rows.sort(reverse=True)
     share = {a: {"cpu_s": round(v, 3), "share": round(v / total, 3) if total else 0.0}
              for a, v in sorted(by_area.items(), key=lambda kv: -kv[1])}
     return {"cpu_s": round(total, 3), "by_area": share,
-            "top_functions": [{"function": _short(n), "calls": c, "own_cpu_s": round(o, 4), "total_cpu_s": round(t, 4)}
-                              for o, c, t, n in rows[:top]]}
+            "top_functions": [{"function": _short(n), "area": a, "calls": c, "own_cpu_s": round(o, 4),
+                               "total_cpu_s": round(t, 4)} for o, c, t, n, a in rows[:top]]}
 
 
 def _short(full_name: str) -> str:
@@ -83,7 +83,7 @@ class CpuProfile:
             self._yappi.set_clock_type("cpu")
             self._yappi.start(builtins=False, profile_threads=True)
 
-    def stop(self, top: int = 15) -> dict[str, Any]:
+    def stop(self, top: int = 25) -> dict[str, Any]:
         with self._lock:
             self._yappi.stop()
             out = summarise(self._yappi.get_func_stats(), top)

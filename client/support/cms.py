@@ -89,6 +89,26 @@ class SigningError(EvidenceError):
 
 # ---- canonical JSON -----------------------------------------------------------------------------
 def _check_json_value(value: Any, where: str) -> None:
+    if not _plain_json(value):
+        _check_json_slowly(value, where)          # finds the offending value and names its path
+
+
+def _plain_json(value: Any) -> bool:
+    """JSON of exact built-in types within the limits (runs per value: exact type checks, no ABCs)."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return -_MAX_JSON_INT <= value <= _MAX_JSON_INT
+    if kind is dict:
+        return all(type(k) is str and (type(v) is str or _plain_json(v)) for k, v in value.items())
+    if kind is list:
+        return all(type(v) is str or _plain_json(v) for v in value)
+    return False
+
+
+def _check_json_slowly(value: Any, where: str) -> None:
+    """The same rules for everything else (subclasses, tuples, mappings), with the path in the message."""
     if value is None or isinstance(value, (bool, str)):
         return
     if isinstance(value, int):
@@ -102,11 +122,11 @@ def _check_json_value(value: Any, where: str) -> None:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise MalformedStatement(f"{where}: object keys must be strings, not {type(k).__name__}")
-            _check_json_value(v, f"{where}.{k}")
+            _check_json_slowly(v, f"{where}.{k}")
         return
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            _check_json_value(v, f"{where}[{i}]")
+            _check_json_slowly(v, f"{where}[{i}]")
         return
     raise MalformedStatement(f"{where}: {type(value).__name__} cannot go into a statement (JSON values only; "
                              "encode bytes as hex)")

@@ -86,10 +86,18 @@ def _marker(rest: int) -> str:
     return f"…[{rest} more]"
 
 
+def _plain(text: str, limit: int) -> bool:
+    """Printable ASCII without a backslash that fits: every character shows as itself in one cell,
+    exactly what :func:`tokens` would say character by character (checked at C speed; most fields)."""
+    return len(text) <= limit and text.isascii() and text.isprintable() and "\\" not in text
+
+
 def _cut(text: str, limit: int) -> tuple[list[tuple[str, bool]], int]:
     """The tokens that fit in ``limit`` cells, and how many characters of ``text`` were left out."""
     if limit < 12:
         raise ValueError("a literal field needs at least 12 cells (room for the cut marker)")
+    if _plain(text, limit):
+        return [(text, False)], 0
     pieces = list(tokens(text))
     widths = [cell_len(p) for p, _ in pieces]
     if sum(widths) <= limit:
