@@ -12,6 +12,7 @@ writes its summary to FILE on SIGUSR2, so the window is exactly the benchmark's.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from pathlib import Path
@@ -83,7 +84,7 @@ class CpuProfile:
             self._yappi.set_clock_type("cpu")
             self._yappi.start(builtins=False, profile_threads=True)
 
-    def stop(self, top: int = 25) -> dict[str, Any]:
+    def stop(self, top: int = int(os.environ.get("SEMPER_PROFILE_TOP", "25"))) -> dict[str, Any]:
         with self._lock:
             self._yappi.stop()
             out = summarise(self._yappi.get_func_stats(), top)

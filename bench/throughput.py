@@ -239,14 +239,37 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
                                                      args=("--profile", str(profile_file)))
                 tell(f"personalising {buyers} buyer cards, certifying their keys, loading their purses")
                 specs = make_buyers(world, buyers, tell)
-                return _run(world, s.shop, shop_proc.pid, vc, specs, seconds, processes, warmup, profile_seconds,
-                            profile_file, tell)
+                report, results = _run(world, s.shop, shop_proc.pid, vc, specs, seconds, processes, warmup,
+                                       profile_seconds, profile_file, tell)
+                world.stop()                     # the shop lets go of its PSAM: read it for the money check
+                report["money"] = _money(specs, results, vc.readers[0])
+                report["met"] = report["met"] and report["money"]["conserved"]
+                return report
         finally:
             world.stop()
 
 
+def _money(specs: list[BuyerSpec], results: list[dict[str, Any]], psam_reader: str) -> dict[str, Any]:
+    """Every completed purchase moved exactly its price from a card to the PSAM, and nothing else moved."""
+    from hardware.psam import PsamSession
+    from hardware.purse import PurseSession
+    from hardware.simulator import open_card
+    from hardware.transport import PcscConnection
+    completed = sum(1 for r in results for _, _, ok, _ in r["samples"] if ok) + len(specs)   # + each first purchase
+    spent = 0
+    for spec in specs:
+        with open_card(Path(spec.card), sync=False) as card:
+            spent += LOAD - PurseSession(card).info().balance
+    with PcscConnection(psam_reader) as conn:
+        received = PsamSession(conn).info().lifetime_total
+    expected = completed * ITEM_PRICE
+    return {"completed_purchases": completed, "expected_cents": expected, "cards_spent_cents": spent,
+            "psam_received_cents": received, "conserved": spent == received == expected}
+
+
 def _run(world: Any, shop_url: str, shop_pid: int, vc: Any, specs: list[BuyerSpec], seconds: float, processes: int,
-         warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None]) -> dict[str, Any]:
+         warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None]
+         ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     groups = [specs[i::processes] for i in range(processes)]
@@ -295,7 +318,8 @@ def _run(world: Any, shop_url: str, shop_pid: int, vc: Any, specs: list[BuyerSpe
             w.join(10)
             if w.is_alive():
                 w.kill()
-    return _report(specs, seconds, processes, warmup, plan, results, before, after, profile_file, profile_seconds)
+    return _report(specs, seconds, processes, warmup, plan, results, before, after, profile_file,
+                   profile_seconds), results
 
 
 def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: float, plan: dict[str, float],

@@ -30,6 +30,7 @@ class SharedArchive:
         self._local = threading.local()
         self._all: list[Archive] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self.archive_id = self._mine().archive_id
 
     def _mine(self) -> Archive:
@@ -43,6 +44,19 @@ class SharedArchive:
             with self._lock:
                 self._all.append(a)
         return a
+
+    def append(self, *args: Any, **kwargs: Any) -> Any:
+        """One writer at a time in this process: appends extend one chain, so they cannot overlap anyway,
+        and queueing here costs microseconds where SQLite's lock retries cost milliseconds."""
+        with self._write_lock:
+            return self._mine().append(*args, **kwargs)
+
+    def append_statement(self, deal_id: str, statement_der: bytes, **kwargs: Any) -> Any:
+        from ..support.archive import STATEMENT_KIND
+        from ..support.cms import check_integrity, parse_statement
+        statement = parse_statement(statement_der)          # checked outside the lock
+        check_integrity(statement.parts)
+        return self.append(deal_id, STATEMENT_KIND + statement.type, statement_der, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         """Every Archive method, on this thread's connection (append, append_statement, entries, export...)."""

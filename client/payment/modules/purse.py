@@ -265,7 +265,7 @@ class PayeeFlow:
                 raise ProtocolError("the card number or counter is out of range")
             self.card_cert = unb64(msg["card_certificate"], "card certificate", 4096)
             try:
-                psam.select()
+                psam.ensure_selected()
                 _, req = psam.begin_debit(card, counter, self.terms.amount, self.terms.currency)
                 psam_cert = psam.certificate()
             except hw.HardwareError as e:
@@ -277,7 +277,7 @@ class PayeeFlow:
             msg = require(incoming, "proof", "proof", "signature")
             proof = Signed(unb64(msg["proof"], "proof", 128), unb64(msg["signature"], "signature", 80))
             try:
-                psam.select()
+                psam.ensure_selected()
                 batch, index, _ = psam.complete_debit(self.card_cert, proof)
             except hw.HardwareError as e:
                 raise PaymentRefused(f"the PSAM did not accept the card's proof ({_card_error(e, 'complete')})",
