@@ -12,7 +12,7 @@ bench's own function in this process (the same code its command runs) with full 
 * ``skipped`` / ``errors``: what did not run and why (a failing bench does not hide the others;
   the command then exits with status 1).
 
-Benches that need pcscd (``apdu``, the card part of ``sign``, ``purchase``) are skipped with
+Benches that need pcscd (``apdu``, the card part of ``sign``, ``purchase``, ``throughput``) are skipped with
 ``no_pcscd=True``; ``apdu`` then still measures its in-process figures. A bench added later joins by
 one entry in :data:`SECTIONS`.
 """
@@ -63,6 +63,10 @@ SECTIONS: tuple[Section, ...] = (
     Section("purchase", "bench.purchase:bench_purchase", {"runs": 30, "floor_runs": 30},
             {"runs": 3, "floor_runs": 3}, pcscd="yes", optional=True,
             command="semper bench purchase --runs 30 --floor-runs 30"),
+    Section("throughput", "bench.throughput:bench_throughput",
+            {"buyers": 16, "seconds": 10.0, "processes": 2, "warmup": 2.0, "profile_seconds": 4.0},
+            {"buyers": 2, "seconds": 1.5, "processes": 1, "warmup": 0.5, "profile_seconds": 1.0}, pcscd="yes",
+            command="semper bench throughput --buyers 16 --seconds 10 --processes 2"),
 )
 
 
@@ -152,6 +156,10 @@ def summary(sections: dict[str, Any]) -> dict[str, Any]:
         "clearing_raw_verify_per_s": get("clearing.raw_verify_per_s"),
         "purchase_end_to_end_median_ms": get("purchase.latency.median_ms"),
         "purchase_ratio_to_floor": get("purchase.ratio_to_floor"),
+        "throughput_purchases_per_s": get("throughput.purchases_per_s"),
+        "throughput_latency_p50_ms": get("throughput.latency.p50_ms"),
+        "throughput_latency_p99_ms": get("throughput.latency.p99_ms"),
+        "throughput_seller_cpu_ms_per_purchase": get("throughput.cpu_ms_per_purchase.seller (semper serve shop)"),
     }
 
 

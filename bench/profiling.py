@@ -22,7 +22,7 @@ from typing import Any
 AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("token signing (PKCS#11, SoftHSM2)", ("/pkcs11/", "/hsm/", "pkcs11.")),
     ("card and PSAM APDUs (PC/SC or in process)", ("/smartcard/", "/hardware/", "/card_applet_sim/", "SCard")),
-    ("CMS encoding and parsing", ("/asn1crypto/", "/support/cms.py")),
+    ("CMS encoding and parsing", ("/asn1crypto/", "/support/cms.py", "/support/cms_profile.py", "/support/der.py")),
     ("signature and certificate checks", ("/support/trust.py", "/support/tsa.py", "verify", "ClientVerifier")),
     ("evidence archive (SQLite)", ("/support/archive.py", "/commerce/archive.py", "sqlite3", "Connection.execute",
                                    "fsync")),

@@ -110,8 +110,8 @@ def make_buyers(world: Any, count: int, say: Callable[[str], None]) -> list[Buye
 
 
 # ---- a worker process: some buyers, one thread each ------------------------------------------------
-def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], plan: dict[str, float], profile: bool,
-            out: Any) -> None:
+def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], offsets: dict[str, float], profile: bool,
+            out: Any, go: Any, base: Any) -> None:
     from client.commerce.setup import BuyerConfig, open_buyer
     from client.commerce.workflows import mail_order
     from client.demo_world import CARD_PIN
@@ -142,6 +142,8 @@ def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], plan: dict[str
                 ready.abort()
                 return
             ready.wait(60)
+            if not planned.wait(120):
+                return
             while time.time() < plan["warmup_at"]:
                 time.sleep(0.005)
             while time.time() < plan["stop_at"]:
@@ -161,6 +163,8 @@ def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], plan: dict[str
             session.close()
             card.close()
 
+    plan: dict[str, float] = {}
+    planned = threading.Event()
     ready = threading.Barrier(len(specs) + 1)
     threads = [threading.Thread(target=buyer, args=(s, ready), daemon=True) for s in specs]
     for t in threads:
@@ -171,6 +175,10 @@ def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], plan: dict[str
         out.put({"error": "; ".join(errors) or "a buyer did not get ready"})
         return
     out.put({"ready": True})
+    if not go.wait(120):
+        return
+    plan.update({k: base.value + v for k, v in offsets.items()})
+    planned.set()
     cpu: dict[str, float] = {}
     prof = CpuProfile() if profile else None
 
@@ -273,46 +281,45 @@ def _run(world: Any, shop_url: str, shop_pid: int, vc: Any, specs: list[BuyerSpe
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     groups = [specs[i::processes] for i in range(processes)]
-    plan: dict[str, float] = {}
-    workers = [ctx.Process(target=_worker, args=(shop_url, world.root_pem, g, plan, profile_seconds > 0, out),
-                           daemon=True) for g in groups]
-    # the plan is fixed before the workers start; its times are set relative to when all are ready
-    lead = 15.0 + 0.25 * len(specs)
-    base = time.time() + lead
-    plan.update(warmup_at=base, window_at=base + warmup, window_end=base + warmup + seconds)
-    plan.update(profile_at=plan["window_end"], profile_end=plan["window_end"] + profile_seconds,
-                stop_at=plan["window_end"] + profile_seconds)
-    tell(f"{len(specs)} buyers in {processes} processes; timed window {seconds:.0f} s after {warmup:.0f} s warm-up"
-         + (f", then {profile_seconds:.0f} s profiled" if profile_seconds > 0 else ""))
+    # the timeline, relative to the moment every buyer is ready (then the parent says go)
+    offsets = {"warmup_at": 0.5, "window_at": 0.5 + warmup, "window_end": 0.5 + warmup + seconds}
+    offsets.update(profile_at=offsets["window_end"], profile_end=offsets["window_end"] + profile_seconds,
+                   stop_at=offsets["window_end"] + profile_seconds)
+    go, base = ctx.Event(), ctx.Value("d", 0.0)
+    workers = [ctx.Process(target=_worker, args=(shop_url, world.root_pem, g, offsets, profile_seconds > 0, out, go,
+                                                 base), daemon=True) for g in groups]
+    tell(f"{len(specs)} buyers in {processes} processes; timed window {seconds:g} s after {warmup:g} s warm-up"
+         + (f", then {profile_seconds:g} s profiled" if profile_seconds > 0 else ""))
     for w in workers:
         w.start()
     results: list[dict[str, Any]] = []
     try:
         ready = 0
         while ready < processes:
-            msg = out.get(timeout=max(1.0, base - time.time()))
+            msg = out.get(timeout=60 + 2.0 * len(specs))
             if "error" in msg:
                 raise RuntimeError(f"a buyer process could not start: {msg['error']}")
             ready += 1
-        if time.time() > base:
-            raise RuntimeError(f"the buyers took longer than {lead:.0f} s to get ready; use fewer buyers")
+        base.value = time.time()
+        plan = {k: base.value + v for k, v in offsets.items()}
+        go.set()
         pcscd = _pcscd_pid()
         pids = {"seller (semper serve shop)": shop_pid, "PSAM (simulated card process)": vc.server.pid,
                 **({"pcscd": pcscd} if pcscd else {})}
         time.sleep(max(0.0, plan["window_at"] - time.time()))
         before = {k: _cpu_seconds(p) for k, p in pids.items()}
-        tell(f"timing for {seconds:.0f} s")
+        tell(f"timing for {seconds:g} s")
         time.sleep(max(0.0, plan["window_end"] - time.time()))
         after = {k: _cpu_seconds(p) for k, p in pids.items()}
         if profile_seconds > 0:
             os.kill(shop_pid, signal.SIGUSR1)
-            tell(f"profiling for {profile_seconds:.0f} s")
+            tell(f"profiling for {profile_seconds:g} s")
             time.sleep(max(0.0, plan["profile_end"] - time.time()))
             os.kill(shop_pid, signal.SIGUSR2)
         while len(results) < processes:
             results.append(out.get(timeout=max(5.0, plan["stop_at"] - time.time() + 90)))
     except queue.Empty:
-        raise RuntimeError("a buyer process stopped answering; the run is void") from None
+        raise RuntimeError("the buyers did not get ready or stopped answering; the run is void") from None
     finally:
         for w in workers:
             w.join(10)

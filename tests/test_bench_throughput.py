@@ -1,0 +1,55 @@
+"""``semper bench throughput`` at CI size: real purchases, counted honestly, money conserved.
+
+No timing is asserted (speed is the command's output, docs/performance.md). What is asserted: the
+purchases it counts happened — every completed purchase moved exactly the item's price from a
+buyer's card to the seller's PSAM, and the cards, the PSAM and the count agree — no purchase
+failed, the figures it reports are consistent with each other, the seller's CPU was read from
+/proc, and the profile attributes the seller's CPU to the areas a purchase must touch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.throughput import ITEM_PRICE, bench_throughput
+
+pytestmark = pytest.mark.pcsc
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_throughput_counts_real_purchases_and_conserves_money() -> None:
+    r = bench_throughput(buyers=3, seconds=1.5, processes=2, warmup=0.5, profile_seconds=1.0)
+    assert r["failed"] == 0, r["failures"]
+    assert r["purchases"] > 0 and r["purchases_per_s"] == round(r["purchases"] / r["window_s"], 1)
+    money = r["money"]
+    assert money["conserved"] is True, money
+    assert money["completed_purchases"] >= r["purchases"] + r["buyers"]          # plus warm-up and profiled ones
+    assert money["psam_received_cents"] == money["completed_purchases"] * ITEM_PRICE
+    lat = r["latency"]
+    assert lat["n"] == r["purchases"]
+    assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p95_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    cpu = r["cpu_ms_per_purchase"]
+    assert cpu["seller (semper serve shop)"] > 0 and cpu["buyers (worker processes)"] > 0
+    assert cpu["PSAM (simulated card process)"] > 0
+    assert r["seller_capacity_per_core"] == pytest.approx(1000 / cpu["seller (semper serve shop)"], rel=0.01)
+    assert r["met"] is (r["purchases_per_s"] >= r["target_per_s"])
+    seller = r["profile"]["seller"]
+    assert seller["cpu_s"] > 0
+    for area in ("token signing (PKCS#11, SoftHSM2)", "card and PSAM APDUs (PC/SC or in process)",
+                 "CMS encoding and parsing", "HTTP and TLS", "evidence archive (SQLite)"):
+        assert seller["by_area"][area]["cpu_s"] > 0, area
+    assert abs(sum(a["share"] for a in seller["by_area"].values()) - 1.0) < 0.01
+    assert r["profile"]["buyers"] and r["profile"]["buyers"][0]["cpu_s"] > 0
+
+
+def test_throughput_refuses_nonsense_sizes() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "client.cli", "bench", "throughput", "--buyers", "0", "--quiet"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "must be positive" in out.stderr
+    assert not out.stdout.strip() or "purchases" not in json.loads(out.stdout)

@@ -1,0 +1,185 @@
+"""The statement profile's own DER codec against the general one (asn1crypto).
+
+cms_profile writes and reads statements without a general ASN.1 library, for speed. These tests
+hold it to two promises: what it writes is byte for byte what asn1crypto writes for the same
+statement, and parsing with it gives exactly what the general parser gives — the same parts, or
+the same refusal with the same message (the profile reader declines what it does not cover and
+the general parser decides). A fast path that accepted something the general parser refuses, or
+read it differently, would let a statement mean two things; the mutation test looks for that.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+
+import asn1crypto.tsp
+import pytest
+from asn1crypto import cms as acms
+from asn1crypto import x509 as ax509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from client.support import cms, cms_profile, der
+from hardware.signer import PinStatus
+from test_cms import Pki, pki  # noqa: F401  (the shared fixture)
+
+
+class SoftSigner:
+    """A signer whose key is in memory: for this codec test only (real keys live on cards and tokens)."""
+
+    def __init__(self, pki: Pki, name: str) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        point = self.key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        self.cert = pki.issue(point, name).public_bytes(Encoding.DER)
+        self.label = name
+
+    def certificate(self) -> bytes:
+        return self.cert
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+        return self.key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+
+    def verify_pin(self, pin: bytes) -> None:
+        pass
+
+    def pin_status(self) -> PinStatus:
+        return PinStatus(True, None)
+
+
+@pytest.fixture(scope="module")
+def soft(pki: Pki) -> SoftSigner:  # noqa: F811
+    return SoftSigner(pki, "profile test signer")
+
+
+def general_build(content: bytes, when: dt.datetime, cert_der: bytes, signature: bytes, certs: list[bytes]) -> bytes:
+    """The statement as asn1crypto builds it from its classes, with a given signature."""
+    cert = ax509.Certificate.load(cert_der)
+    scv2 = asn1crypto.tsp.SigningCertificateV2({"certs": [{
+        "cert_hash": hashlib.sha256(cert_der).digest(),
+        "issuer_serial": {"issuer": [ax509.GeneralName(name="directory_name", value=cert.issuer)],
+                          "serial_number": cert.serial_number}}]})
+    t = when.astimezone(dt.UTC).replace(microsecond=0)
+    attrs = acms.CMSAttributes([
+        acms.CMSAttribute({"type": "content_type", "values": [cms.STATEMENT_OID]}),
+        acms.CMSAttribute({"type": "signing_time", "values": [acms.Time(
+            name="utc_time" if 1950 <= t.year < 2050 else "generalized_time", value=t)]}),
+        acms.CMSAttribute({"type": "message_digest", "values": [hashlib.sha256(content).digest()]}),
+        acms.CMSAttribute({"type": "signing_certificate_v2", "values": [scv2]}),
+    ])
+    sd = acms.SignedData({
+        "version": "v3",
+        "digest_algorithms": [{"algorithm": "sha256", "parameters": None}],
+        "encap_content_info": {"content_type": cms.STATEMENT_OID, "content": content},
+        "certificates": [ax509.Certificate.load(c) for c in sorted(certs)],
+        "signer_infos": [{
+            "version": "v1",
+            "sid": acms.SignerIdentifier(name="issuer_and_serial_number", value={
+                "issuer": cert.issuer, "serial_number": cert.serial_number}),
+            "digest_algorithm": {"algorithm": "sha256", "parameters": None},
+            "signed_attrs": attrs,
+            "signature_algorithm": {"algorithm": "sha256_ecdsa"},
+            "signature": signature,
+        }],
+    })
+    return acms.ContentInfo({"content_type": "signed_data", "content": sd}).dump()
+
+
+def general_parse(data: bytes, monkeypatch: pytest.MonkeyPatch) -> cms.SignedParts:
+    with monkeypatch.context() as m:
+        m.setattr(cms_profile, "read_statement", lambda _d: None)
+        return cms.parse_signed_data(data)
+
+
+FIELDS = ("content_type", "content", "signer_cert", "certificates", "signed_attrs", "signature", "message_digest",
+          "signing_time", "signing_cert_hash", "signing_cert_hash_alg", "timestamp_tokens")
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**53 + 1, 2**53 - 1) | st.text(max_size=40),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                       max_size=4), max_leaves=12)
+bodies = st.fixed_dictionaries({"type": st.sampled_from(cms.KNOWN_TYPES)},
+                               optional={"note": st.text(max_size=70_000), "data": json_values})
+times = st.datetimes(min_value=dt.datetime(1950, 1, 1), max_value=dt.datetime(2200, 12, 31),
+                     timezones=st.just(dt.UTC))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=bodies, when=times, extra=st.booleans())
+def test_profile_writes_what_asn1crypto_writes(soft: SoftSigner, pki: Pki, body: dict, when: dt.datetime,  # noqa: F811
+                                               extra: bool) -> None:
+    extra_certs = [pki.root.public_bytes(Encoding.DER)] if extra else []
+    built = cms.sign_statement(soft, body, extra_certs, signing_time=when)
+    parts = cms.parse_signed_data(built)
+    certs = [soft.cert, *extra_certs]
+    assert built == general_build(cms.canonical_json(body), when, soft.cert, parts.signature, certs)
+    cms.check_integrity(parts)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=bodies, when=times, cut=st.integers(0, 10_000), at=st.integers(0, 10_000), value=st.integers(0, 255),
+       how=st.sampled_from(["flip", "set", "cut", "grow", "none"]))
+def test_profile_reads_what_the_general_parser_reads_or_declines(
+        soft: SoftSigner, body: dict, when: dt.datetime, cut: int, at: int, value: int, how: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    data = bytearray(cms.sign_statement(soft, body, signing_time=when))
+    i = at % len(data)
+    if how == "flip":
+        data[i] ^= 1 << (value % 8)
+    elif how == "set":
+        data[i] = value
+    elif how == "cut":
+        del data[cut % len(data):]
+    elif how == "grow":
+        data[i:i] = bytes([value])
+    data = bytes(data)
+    try:
+        general = general_parse(data, monkeypatch)
+    except cms.EvidenceError as e:
+        with pytest.raises(cms.EvidenceError) as mine:        # refused with the general parser's own message
+            cms.parse_signed_data(data)
+        assert str(mine.value) == str(e)
+        return
+    mine_parts = cms.parse_signed_data(data)
+    for name in FIELDS:
+        assert getattr(mine_parts, name) == getattr(general, name), name
+    if how == "none":
+        assert cms_profile.read_statement(data) is not None, "the profile declined a statement semper itself wrote"
+
+
+def test_the_profile_declines_what_it_does_not_cover(soft: SoftSigner, monkeypatch: pytest.MonkeyPatch) -> None:
+    statement = cms.sign_statement(soft, {"type": "order", "n": 1})
+    assert cms_profile.read_statement(statement) is not None
+    other = cms.build_signed_data(soft, "data", b"plain bytes")            # another content type
+    assert cms_profile.read_statement(other) is None
+    cms.check_integrity(cms.parse_signed_data(other))                     # the general parser takes it
+    padded = statement[:1] + b"\x82" + len(statement[4:]).to_bytes(2, "big") + statement[4:]
+    if statement[1] == 0x82:                                              # non-minimal length form: not DER
+        longer = statement[:1] + b"\x83\x00" + statement[2:]
+        assert cms_profile.read_statement(longer) is None
+    assert cms_profile.read_statement(padded + b"\x00") is None           # trailing byte
+
+
+def test_der_primitives_are_strict() -> None:
+    assert der.tlv(0x04, b"x" * 200)[:3] == b"\x04\x81\xc8"
+    assert der.integer(0) == b"\x02\x01\x00" and der.integer(128) == b"\x02\x02\x00\x80"
+    assert der.integer(-1) == b"\x02\x01\xff"
+    with pytest.raises(der.DerError):
+        der.read(b"\x04\x81\x05hello", 0)                                 # long form for a short length
+    with pytest.raises(der.DerError):
+        der.read(b"\x04\x80hello\x00\x00", 0)                             # indefinite length
+    with pytest.raises(der.DerError):
+        der.read(b"\x04\x06hello", 0)                                     # truncated
+    with pytest.raises(der.DerError):
+        der.read_integer(b"\x00\x01", 0, 2)                               # non-minimal integer
+    assert der.read(b"\x04\x05hello", 0) == (0x04, 2, 7)
+
+
+def test_openssl_accepts_a_profile_statement(soft: SoftSigner, pki: Pki, tmp_path: Path) -> None:  # noqa: F811
+    from test_cms import openssl_cms_verify
+    der_ = cms.sign_statement(soft, {"type": "offer", "total": 1250, "note": "ü" * 300})
+    r = openssl_cms_verify(der_, pki.root_pem, tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
