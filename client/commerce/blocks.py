@@ -92,7 +92,7 @@ def get_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], attribu
     if [(x.sku, x.quantity) for x in offer.lines] != asked:
         raise OfferRefused("the offer lists other items or quantities than were asked for")
     deal = Deal(offer.deal_id, workflow, attributes, b.archive)
-    deal.keep_statement(der)
+    deal.keep_statement(der, vs.type)
     deal.decide("offer", "satisfied", f"signed by {vs.signer.subject.rfc4514_string()}, total {offer.total}")
     return deal, offer, vs
 
@@ -201,7 +201,7 @@ def make_order(b: Buyer, deal: Deal, offer: docs.ParsedOffer, c: Confirmed) -> b
         except Exception as e:
             deal.decide("order", "declined", f"not signed: {e}")
             raise DealDeclined(f"the order was not signed ({e}); nothing was paid") from None
-    deal.keep_statement(der)
+    deal.keep_statement(der, body["type"])
     return der
 
 
@@ -307,7 +307,7 @@ def fetch_confirmation(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_dige
         deal.decide("confirmation", "dispute", f"paid, no confirmation: {e}")
         raise Dispute(f"you paid but the seller sent no order confirmation ({e})", deal.deal_id) from None
     vs = _seller_statement(b, deal, offer, der, "order-confirmation")
-    deal.keep_statement(der)
+    deal.keep_statement(der, vs.type)
     body = vs.body
     pay_ = body.get("payment") if isinstance(body.get("payment"), dict) else {}
     if (body.get("type"), body.get("deal"), body.get("order_sha256")) != ("order-confirmation", deal.deal_id,
@@ -339,7 +339,7 @@ def await_delivery(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: 
     content = unb64(answer["content"], "content") if answer.get("content") else None
     kind = "registration" if deal.workflow == "registration" else "delivery"
     vs = _seller_statement(b, deal, offer, der, kind)
-    deal.keep_statement(der)
+    deal.keep_statement(der, vs.type)
     body = vs.body
     if (body.get("type"), body.get("deal"), body.get("order_sha256")) != (kind, deal.deal_id, order_digest):
         deal.decide("delivery", "dispute", f"the {kind} statement is for another deal or order")

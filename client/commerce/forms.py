@@ -9,6 +9,9 @@ and the seller validates them again against its own spec. A value that would not
 """
 from __future__ import annotations
 
+import functools
+import json
+
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -127,6 +130,20 @@ class FormSpec:
     def from_json(d: Any) -> FormSpec:
         if not isinstance(d, Mapping) or not isinstance(d.get("fields", []), list):
             raise FormError("form", "a form spec is {name, fields: [...]}")
+        try:
+            key = json.dumps(d, sort_keys=True)
+        except (TypeError, ValueError):
+            return FormSpec._parse(d)
+        return FormSpec._parsed(key)
+
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def _parsed(text: str) -> FormSpec:
+        """A shop uses a handful of forms; each spec is checked once (FormSpec is immutable)."""
+        return FormSpec._parse(json.loads(text))
+
+    @staticmethod
+    def _parse(d: Mapping[str, Any]) -> FormSpec:
         return FormSpec(str(d.get("name", "form"))[:40], tuple(Field.from_json(f) for f in d.get("fields", [])))
 
 

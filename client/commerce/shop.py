@@ -158,7 +158,7 @@ class Shop:
                                valid_until=dt.datetime.now(dt.UTC) + self.offer_validity)
         der = self._sign(body)
         deal = Deal(deal_id, workflow, attributes, self.archive)
-        deal.keep_statement(der)
+        deal.keep_statement(der, body["type"])
         self.deals[deal_id] = ShopDeal(deal, body, der, docs.sha256_hex(der), lines)
         self.counters["offers"] += 1
         if self._first_offer is None:
@@ -221,7 +221,7 @@ class Shop:
             if sd.deal.attributes.anonymous or sd.deal.workflow == "contract":
                 sd.deal.keep("order:unsigned", order_bytes)
             else:
-                sd.deal.keep_statement(order_bytes)
+                sd.deal.keep_statement(order_bytes, vs.type)
             sd.deal.decide("order", "satisfied", "the order is for the offer this shop signed")
             self.counters["orders"] += 1
             return self._next_step(sd)
@@ -275,8 +275,9 @@ class Shop:
             if not sd.paid or sd.order_digest is None:
                 raise CommerceError("the order is not paid yet: nothing to confirm")
             if sd.confirmation is None:
-                sd.confirmation = self._sign(docs.confirmation_body(sd.deal.deal_id, sd.order_digest, sd.payment))
-                sd.deal.keep_statement(sd.confirmation)
+                body = docs.confirmation_body(sd.deal.deal_id, sd.order_digest, sd.payment)
+                sd.confirmation = self._sign(body)
+                sd.deal.keep_statement(sd.confirmation, body["type"])
             return sd.confirmation
 
     def deliver(self, deal_id: str) -> tuple[bytes | None, bytes | None]:
@@ -306,7 +307,7 @@ class Shop:
                     body = docs.delivery_body(sd.deal.deal_id, sd.order_digest, items, sd.form,
                                               "TRK-" + secrets.token_hex(5).upper())
                 sd.delivery = self._sign(body)
-                sd.deal.keep_statement(sd.delivery)
+                sd.deal.keep_statement(sd.delivery, body["type"])
                 sd.deal.decide("delivery", "satisfied", "delivered")
                 sd.deal.close()                   # order, payment and note on disk before the note goes out
                 self.counters["deliveries"] += 1

@@ -19,6 +19,9 @@ from typing import Any
 MAX_AMOUNT = 2**31 - 1          # minor units; what a purse card can hold, and what the bank accepts
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 class Model(enum.Enum):
     CASH_LIKE = "cash-like"
     ACCOUNT_BASED = "account-based"
@@ -82,7 +85,7 @@ class Terms:
             raise PaymentError(f"the amount must be 1 to {MAX_AMOUNT} minor units, not {self.amount!r}")
         if not isinstance(self.currency, int) or not 0 < self.currency < 1000:
             raise PaymentError(f"the currency must be an ISO 4217 number (978 = EUR), not {self.currency!r}")
-        if len(self.order_hash) != 64 or any(c not in "0123456789abcdef" for c in self.order_hash):
+        if len(self.order_hash) != 64 or not _HEX.issuperset(self.order_hash):
             raise PaymentError("the order hash must be 64 lower-case hex digits (SHA-256)")
         if not self.payment_id or len(self.payment_id) > 64:
             raise PaymentError("the payment id must have 1 to 64 characters")
@@ -93,7 +96,8 @@ class Terms:
         return Terms(secrets.token_hex(16), amount, currency, payee, order_hash, payee_name)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"payment_id": self.payment_id, "amount": self.amount, "currency": self.currency,
+                "payee": self.payee, "order_hash": self.order_hash, "payee_name": self.payee_name}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Terms:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import ssl
 import threading
 from collections.abc import Awaitable, Callable
@@ -139,6 +140,23 @@ def make_app(routes: list[web.RouteDef], *, max_body: int = MAX_BODY) -> web.App
     return app
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where it is installed (the default), else asyncio's.
+
+    Why: a service's CPU per request was mostly the event loop and asyncio's TLS layer, which are
+    Python; uvloop does both in C (libuv and its own TLS protocol), with the same asyncio API
+    (docs/performance.md). ``SEMPER_EVENT_LOOP=asyncio`` chooses the standard loop.
+    """
+    if os.environ.get("SEMPER_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 @dataclass
 class ServiceRunner:
     """An aiohttp app on a loopback port in its own thread: started and stopped with bounded waits.
@@ -175,7 +193,7 @@ class ServiceRunner:
         return self
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
         try:

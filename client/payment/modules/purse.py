@@ -43,6 +43,7 @@ class PurseModule(BaseModule):
     name = "card-purse"
     model = Model.CASH_LIKE
     properties = ExchangeProperties(externally_verifiable=True, revocable=False, online=False)
+    _psam_currency: int | None = None
 
     # ---- instruments -------------------------------------------------------------------------
     def instruments(self) -> list[Instrument]:
@@ -59,11 +60,13 @@ class PurseModule(BaseModule):
     def acceptance(self) -> Acceptance | None:
         if self.ctx.psam is None:
             return None
-        try:
-            self.ctx.psam.select()
-            return Acceptance(self.name, (self.ctx.psam.info().currency,))
-        except hw.HardwareError:
-            return None
+        if self._psam_currency is None:            # written at personalisation: asked once, not per payment
+            try:
+                self.ctx.psam.ensure_selected()
+                self._psam_currency = self.ctx.psam.info().currency
+            except hw.HardwareError:
+                return None
+        return Acceptance(self.name, (self._psam_currency,))
 
     def payer_flow(self, terms: Terms, instrument: Instrument, params: dict[str, Any]) -> PayerFlow:
         if self.ctx.purse is None:
