@@ -49,6 +49,7 @@ class LogEntry:
 class PurseSession:
     def __init__(self, connection: Connection, *, select: bool = True) -> None:
         self.apdu = ApduSession(connection)
+        self._cert: bytes | None = None
         if select:
             self.select()
 
@@ -66,7 +67,11 @@ class PurseSession:
             load_pending=f.get(0xC8, b"\0") != b"\0")
 
     def certificate(self) -> bytes:
-        return self.apdu.send(Apdu(CLA, 0x52, 0x01, 0x00, b"", 0), "read the card certificate")
+        """The purse's certificate, read once per session: it is written at personalisation and never
+        after, and every payment sends it (three APDUs with GET RESPONSE)."""
+        if self._cert is None:
+            self._cert = self.apdu.send(Apdu(CLA, 0x52, 0x01, 0x00, b"", 0), "read the card certificate")
+        return self._cert
 
     def log(self) -> list[LogEntry]:
         """The on-card log, newest first (at most 15 entries)."""
@@ -145,6 +150,7 @@ class PurseSession:
         return self.apdu.send(Apdu(CLA, 0xE2, 0, 0, b"", 0), "generate the purse key")
 
     def put_perso(self, item: int, value: bytes) -> None:
+        self._cert = None
         self.apdu.send(Apdu(CLA, 0xE0, item, 0, value), "personalise the purse")
 
     def end_personalisation(self) -> None:
