@@ -7,6 +7,8 @@ UUID arc, so a PSAM certificate cannot pass for a card certificate or the other 
 """
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import os
 
@@ -99,11 +101,14 @@ def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+@functools.lru_cache(maxsize=256)
 def check_certificate(der: bytes, issuer_point: bytes, role: x509.ObjectIdentifier) -> tuple[bytes, str]:
     """Verify a certificate against the issuer's key and role; return (subject point, serialNumber).
 
     Raises CardError(NOT_AUTHENTIC) when anything does not hold: the card treats a bad certificate
-    exactly like a bad signature.
+    exactly like a bad signature. The answer depends on the three inputs alone, so the simulator
+    remembers good answers (a card could keep the hash of a checked certificate in RAM the same
+    way); a bad certificate is checked, and refused, every time.
     """
     try:
         cert = x509.load_der_x509_certificate(der)

@@ -46,6 +46,7 @@ class PivStatus:
 class PivSession:
     def __init__(self, connection: Connection, *, select: bool = True) -> None:
         self.apdu = ApduSession(connection)
+        self._certs: dict[Slot, bytes] = {}        # read once per session; semper writes them through it
         if select:
             self.select()
 
@@ -58,17 +59,25 @@ class PivSession:
         return self.apdu.send(Apdu(0x00, 0xCB, 0x3F, 0xFF, data, 0), "read a PIV object")
 
     def put_object(self, object_id: bytes, content: bytes) -> None:
+        self._certs.clear()
         data = bytes([0x5C, len(object_id)]) + object_id + tlv.encode(0x53, content)
         self.apdu.send(Apdu(0x00, 0xDB, 0x3F, 0xFF, data), "write a PIV object")
 
     def certificate(self, slot: Slot) -> bytes:
+        """The slot's certificate. Read from the card once per session (every statement embeds it and
+        reading it costs several APDUs); writing or generating through this session forgets it."""
+        cached = self._certs.get(slot)
+        if cached is not None:
+            return cached
         obj = tlv.decode(self.get_object(OBJECT_IDS[slot]))
         inner = tlv.decode(obj.get(0x53, b""))
         if 0x70 not in inner:
             raise errors.NotFoundError(f"no certificate in PIV slot {slot.value:02X}")
+        self._certs[slot] = inner[0x70]
         return inner[0x70]
 
     def put_certificate(self, slot: Slot, der: bytes) -> None:
+        self._certs.pop(slot, None)
         self.put_object(OBJECT_IDS[slot], tlv.encode(0x70, der) + tlv.encode(0x71, b"\x00") + tlv.encode(0xFE, b""))
 
     # ---- PIN -------------------------------------------------------------------------------
@@ -120,6 +129,7 @@ class PivSession:
             raise errors.NotAuthenticError("the card rejected the PIV management key", e.sw) from None
 
     def generate(self, slot: Slot) -> bytes:
+        self._certs.pop(slot, None)
         data = tlv.encode(0xAC, tlv.encode(0x80, bytes([ALG_ECC_P256])))
         ans = tlv.decode(self.apdu.send(Apdu(0x00, 0x47, 0x00, slot.value, data, 0), "generate a key pair"))
         point = tlv.decode(ans[0x7F49])[0x86]
