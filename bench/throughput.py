@@ -340,7 +340,10 @@ def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: floa
     cpu = {k: round(after[k] - before[k], 3) for k in before}
     cpu["buyers (worker processes)"] = round(sum(r["cpu_s"] for r in results), 3)
     per = {k: round(v / len(done) * 1000, 3) if done else None for k, v in cpu.items()}
+    total_ms = round(sum(v for v in per.values() if v is not None), 3) if done else None
+    per["all processes"] = total_ms
     seller_ms = per.get("seller (semper serve shop)")
+    cores = os.cpu_count() or 1
     report: dict[str, Any] = {
         "bench": "throughput",
         "what": "mail-order purchases paid from the card purse at one seller ('semper serve shop': token in "
@@ -352,6 +355,9 @@ def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: floa
         "latency": _percentiles(done) if done else None,
         "cpu_s_in_window": cpu, "cpu_ms_per_purchase": per,
         "seller_capacity_per_core": round(1000 / seller_ms, 1) if seller_ms else None,
+        # every process of the purchase shares this machine's cores: at this much CPU per purchase the
+        # machine cannot do more than this many purchases per second, however many buyers there are
+        "cpu_ceiling_per_s": round(cores * 1000 / total_ms, 1) if total_ms else None,
         "target_per_s": TARGET, "met": rate >= TARGET and not failed,
         "machine": machine(),
     }

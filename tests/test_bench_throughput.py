@@ -37,6 +37,10 @@ def test_throughput_counts_real_purchases_and_conserves_money() -> None:
     assert cpu["seller (semper serve shop)"] > 0 and cpu["buyers (worker processes)"] > 0
     assert cpu["PSAM (simulated card process)"] > 0
     assert r["seller_capacity_per_core"] == pytest.approx(1000 / cpu["seller (semper serve shop)"], rel=0.01)
+    parts = [v for k, v in cpu.items() if k != "all processes"]
+    assert cpu["all processes"] == pytest.approx(sum(parts), abs=0.01)
+    # the CPU the purchases used cannot exceed what the machine has: the rate stays under the ceiling
+    assert r["purchases_per_s"] <= r["cpu_ceiling_per_s"] * 1.15
     assert r["met"] is (r["purchases_per_s"] >= r["target_per_s"])
     seller = r["profile"]["seller"]
     assert seller["cpu_s"] > 0
