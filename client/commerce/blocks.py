@@ -250,7 +250,7 @@ def pay(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, c: Con
         raise DealAborted(f"cannot pay with {c.payment.module}: {e}; nothing was paid") from None
     deal.sync()                                   # the offer, the confirmed text and the order on disk first
     link = ShopPayeeLink(b.shop, deal.deal_id)
-    b.pending_confirmation = None
+    b.pending_confirmation = b.pending_delivery = None
     try:
         with b.card_lock:
             record = run_payment(session, link)
@@ -268,7 +268,7 @@ def pay(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, c: Con
         deal.decide("payment", "refused", f"the payment ended {record.status.value}")
         raise DealAborted(f"the payment ended {record.status.value}; see your archive")
     deal.decide("payment", "satisfied", f"{record.module}: {record.status.value}")
-    b.pending_confirmation = link.confirmation
+    b.pending_confirmation, b.pending_delivery = link.confirmation, link.delivery
     return record
 
 
@@ -323,11 +323,15 @@ def await_delivery(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: 
                    ) -> tuple[bytes, bytes | None, VerifiedStatement]:
     """Wait (bounded) for the delivery note; check that it delivers exactly what was ordered."""
     deadline = time.monotonic() + (patience if patience is not None else b.patience)
+    sent, b.pending_delivery = b.pending_delivery, None               # came with the payment's last answer
     while True:
-        try:
-            answer = b.shop.post("/deals/delivery", {"deal": deal.deal_id})
-        except (SellerRefused, CommerceError) as e:
-            answer = {"shipped": False, "error": str(e)}
+        if sent is not None:
+            answer, sent = sent, None
+        else:
+            try:
+                answer = b.shop.post("/deals/delivery", {"deal": deal.deal_id})
+            except (SellerRefused, CommerceError) as e:
+                answer = {"shipped": False, "error": str(e)}
         if answer.get("shipped"):
             break
         if time.monotonic() > deadline:

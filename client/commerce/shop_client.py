@@ -111,10 +111,13 @@ class ShopPayeeLink:
     def __init__(self, client: ShopClient, deal_id: str) -> None:
         self.client, self.deal_id = client, deal_id
         self.confirmation: str | None = None          # the seller's signed confirmation, sent with the last answer
+        self.delivery: dict[str, Any] | None = None    # and its delivery answer, when it delivers at once
 
     def send(self, envelope: dict[str, Any]) -> dict[str, Any] | None:
         answer = self.client.post("/deals/pay", {"deal": self.deal_id, "envelope": envelope})
         if isinstance(answer.get("confirmation"), str):
             self.confirmation = answer["confirmation"]
+        if answer.get("shipped") is True:
+            self.delivery = {k: answer.get(k) for k in ("shipped", "delivery", "content")}
         reply = answer.get("envelope")
         return reply if isinstance(reply, dict) else None

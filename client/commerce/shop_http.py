@@ -11,7 +11,8 @@ endpoint                    body                                               a
 ``POST /deals/order``       deal, order (b64: signed order, or canonical JSON  next: payment (terms, accept) |
                             when anonymous), mailbox (exchanges)               exchange | delivery
 ``POST /deals/pay``         deal, envelope (payment manager message)           envelope (the payee's answer); with
-                                                                               the last one, the confirmation
+                                                                               the last one, the confirmation and
+                                                                               (mail order) the delivery as below
 ``POST /deals/confirm``     deal                                               confirmation (b64 signed)
 ``POST /deals/delivery``    deal                                               delivery (b64 signed) and content
                                                                                (b64), or shipped: false
@@ -121,6 +122,11 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
         sd = shop.deals.get(body["deal"])
         if sd is not None and sd.paid:          # the payment is complete: the signed confirmation comes with it
             answer["confirmation"] = _e(await _call(shop.confirm, body["deal"]))
+            if sd.deal.workflow in ("mail-order", "registration"):
+                # and the delivery note, which the buyer would ask for next anyway (one round trip less)
+                note, content = await _call(shop.deliver, body["deal"])
+                if note is not None:
+                    answer.update(shipped=True, delivery=_e(note), content=_e(content))
         return web.json_response(answer)
 
     @routes.post("/deals/confirm")
