@@ -101,9 +101,15 @@ def _plain_json(value: Any) -> bool:
     if kind is int:
         return -_MAX_JSON_INT <= value <= _MAX_JSON_INT
     if kind is dict:
-        return all(type(k) is str and (type(v) is str or _plain_json(v)) for k, v in value.items())
+        for k, v in value.items():
+            if type(k) is not str or (type(v) is not str and not _plain_json(v)):
+                return False
+        return True
     if kind is list:
-        return all(type(v) is str or _plain_json(v) for v in value)
+        for v in value:
+            if type(v) is not str and not _plain_json(v):
+                return False
+        return True
     return False
 
 
