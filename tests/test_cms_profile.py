@@ -95,6 +95,20 @@ def general_parse(data: bytes, monkeypatch: pytest.MonkeyPatch) -> cms.SignedPar
         return cms.parse_signed_data(data)
 
 
+def assert_parsed_as_general(data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """parse_signed_data (profile first) gives what the general parser gives: the parts, or its refusal."""
+    try:
+        general = general_parse(data, monkeypatch)
+    except cms.EvidenceError as e:
+        with pytest.raises(cms.EvidenceError) as mine:        # refused with the general parser's own message
+            cms.parse_signed_data(data)
+        assert str(mine.value) == str(e)
+        return
+    mine_parts = cms.parse_signed_data(data)
+    for name in FIELDS:
+        assert getattr(mine_parts, name) == getattr(general, name), name
+
+
 FIELDS = ("content_type", "content", "signer_cert", "certificates", "signed_attrs", "signature", "message_digest",
           "signing_time", "signing_cert_hash", "signing_cert_hash_alg", "timestamp_tokens")
 
@@ -136,18 +150,28 @@ def test_profile_reads_what_the_general_parser_reads_or_declines(
     elif how == "grow":
         data[i:i] = bytes([value])
     data = bytes(data)
-    try:
-        general = general_parse(data, monkeypatch)
-    except cms.EvidenceError as e:
-        with pytest.raises(cms.EvidenceError) as mine:        # refused with the general parser's own message
-            cms.parse_signed_data(data)
-        assert str(mine.value) == str(e)
-        return
-    mine_parts = cms.parse_signed_data(data)
-    for name in FIELDS:
-        assert getattr(mine_parts, name) == getattr(general, name), name
+    assert_parsed_as_general(data, monkeypatch)
     if how == "none":
         assert cms_profile.read_statement(data) is not None, "the profile declined a statement semper itself wrote"
+
+
+@pytest.mark.parametrize("old,new", [
+    ("a003020102", "a003020103"),                  # an X.509 version 4 (cryptography: InvalidVersion, not ValueError)
+    ("2a8648ce3d0201", "2a8e48ce3d0201"),          # an unknown key algorithm (parsed lazily)
+    ("2a8648ce3d030107", "2a8648ce3d030108"),      # an unknown curve
+])
+def test_damaged_embedded_certificates_are_refused_as_the_general_parser_refuses(
+        soft: SoftSigner, monkeypatch: pytest.MonkeyPatch, old: str, new: str) -> None:
+    """Found by the third party's fuzz test: a damaged certificate inside an otherwise well-formed
+    statement must take the general parser's path to a MalformedStatement, never an exception."""
+    data = cms.sign_statement(soft, {"type": "complaint", "n": 7})
+    damaged = data.replace(bytes.fromhex(old), bytes.fromhex(new), 1)
+    assert damaged != data
+    assert_parsed_as_general(damaged, monkeypatch)
+    try:
+        cms.check_integrity(cms.parse_signed_data(damaged))
+    except cms.EvidenceError:
+        pass                                       # refused as evidence: what a party answers with a 4xx
 
 
 def test_the_profile_declines_what_it_does_not_cover(soft: SoftSigner, monkeypatch: pytest.MonkeyPatch) -> None:

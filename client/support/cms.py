@@ -428,7 +428,7 @@ def parse_signed_data(der: bytes, expected_content_type: str | None = None, what
                     signed_attrs=fast.signed_attrs, signature=fast.signature, message_digest=fast.message_digest,
                     signing_time=fast.signing_time, signing_cert_hash=fast.signing_cert_hash,
                     signing_cert_hash_alg="sha256", timestamp_tokens=())
-            except ValueError:
+            except (ValueError, x509.InvalidVersion):
                 pass                    # a damaged certificate: the general parser below names the problem
     try:
         info = cms.ContentInfo.load(der, strict=True)
