@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import itertools
 import threading
 from collections.abc import Iterable, Sequence
@@ -91,8 +92,10 @@ class _Described:
         return format(str(self), spec)
 
 
+@functools.lru_cache(maxsize=512)
 def describe(cert: x509.Certificate) -> str:
-    """How a person recognises a certificate: its subject and serial number."""
+    """How a person recognises a certificate: its subject and serial number (worded once per
+    certificate: the same few signers are described in every verification's notes)."""
     return f"'{cert.subject.rfc4514_string()}' (serial {cert.serial_number:X})"
 
 

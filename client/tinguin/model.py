@@ -12,6 +12,7 @@ what the screen shows.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import enum
 import hashlib
 from collections.abc import Iterable, Sequence
@@ -58,6 +59,11 @@ class Party:
 
     @classmethod
     def from_certificate(cls, cert: x509.Certificate) -> Party:
+        """The party a certificate names (made once per certificate: Party is immutable)."""
+        return _party_of(cls, cert)
+
+    @classmethod
+    def _from_certificate(cls, cert: x509.Certificate) -> Party:
         subject = cert.subject.rfc4514_string()
         return cls(name=_name_attr(cert.subject, NameOID.COMMON_NAME) or subject,
                    organisation=_name_attr(cert.subject, NameOID.ORGANIZATION_NAME),
@@ -311,3 +317,8 @@ class ArchiveView:
     last_checkpoint: int | None
     chain_ok: bool | None = None
     problems: tuple[str, ...] = field(default=())
+
+
+@functools.lru_cache(maxsize=256)
+def _party_of(cls: type[Party], cert: x509.Certificate) -> Party:
+    return cls._from_certificate(cert)
