@@ -12,8 +12,8 @@ what the screen shows.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import enum
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
