@@ -1,0 +1,126 @@
+"""The seeded fault plan: which workflow a run drives, how it pays, and what is injected where.
+
+Why the run seed carries everything: ``semper chaos --seed S`` derives one seed per run from S and
+the run's index, and :func:`make_plan` reads nothing but that seed (and the workflows allowed), so
+``semper chaos --replay RUN_SEED`` rebuilds exactly the same plan. The run seed's low byte is the
+run's index modulo 240, which rotates the workflow and the primary fault kind: any 20 consecutive
+runs cover every workflow with every kind of fault (and a fault-free control).
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+WORKFLOWS = ("mail-order", "information", "registration", "contract")
+KINDS = ("none", "card-tear", "drop", "crash", "cheat")
+CHEATS = ("wrong_goods", "no_delivery", "price_change", "replay_offer")
+ROTATION = 240                         # divisible by 1..6, 8, 10, 12, 15, 16, 20: every rotation is even
+
+# APDUs a fault-free deal sends to the buyer's card, and data chunks each way through a party's
+# proxy (TLS records, handshakes included), measured on a fault-free run; faults are drawn within.
+APDUS = {("mail-order", "card-purse"): 30, ("mail-order", "cheque"): 26, ("mail-order", "setpay"): 50,
+         ("registration", "card-purse"): 30, ("registration", "cheque"): 26, ("registration", "setpay"): 50,
+         ("information", "card-purse"): 44, ("contract", "none"): 12}
+CHUNKS = {"shop": {"mail-order": 8, "registration": 7, "information": 2, "contract": 2},
+          "bank": {"card-purse": 6, "cheque": 7, "setpay": 8},          # card-purse: the shop's clearing
+          "ttp": {"information": 6, "contract": 6}}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injection. ``kind``: card-tear | drop | crash | cheat; ``where``: card, shop, bank, ttp or the
+    cheat's name; ``mode``: before/during (card), up/down (links); ``at``: APDU or chunk number."""
+
+    kind: str
+    where: str
+    mode: str = ""
+    at: int = 0
+    delay_ms: float = 0.0
+
+    def describe(self) -> str:
+        if self.kind == "card-tear":
+            extra = f" +{self.delay_ms:.1f}ms" if self.mode == "during" else ""
+            return f"card torn at APDU {self.at} ({self.mode}{extra})"
+        if self.kind in ("drop", "crash"):
+            what = "connection to" if self.kind == "drop" else "SIGKILL+restart of"
+            when = "before forwarding" if self.mode == "up" else "after the answer, before delivering"
+            side = "client chunk" if self.mode == "up" else "answer chunk"
+            return f"{self.kind}: {what} {self.where} at {side} {self.at} ({when})"
+        if self.kind == "cheat":
+            return f"cheating shop: {self.where}"
+        return self.kind
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    run_seed: int
+    workflow: str
+    payment: str
+    faults: tuple[Fault, ...] = field(default_factory=tuple)
+
+    @property
+    def kinds(self) -> list[str]:
+        return [f.kind for f in self.faults] or ["none"]
+
+    @property
+    def cheat(self) -> str | None:
+        return next((f.where for f in self.faults if f.kind == "cheat"), None)
+
+    def describe(self) -> str:
+        return "; ".join(f.describe() for f in self.faults) or "no fault (control)"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run_seed": self.run_seed, "workflow": self.workflow, "payment": self.payment,
+                "faults": [asdict(f) for f in self.faults]}
+
+
+def run_seed(seed: int, index: int) -> int:
+    """The seed of run ``index`` of ``semper chaos --seed seed``."""
+    h = int.from_bytes(hashlib.sha256(f"semper-chaos:{seed}:{index}".encode()).digest()[:4], "big")
+    return (h << 8) | (index % ROTATION)
+
+
+def make_plan(seed: int, workflows: Sequence[str] = WORKFLOWS) -> RunPlan:
+    """The whole plan of one run, from its seed alone (and the workflows allowed)."""
+    if not workflows or any(w not in WORKFLOWS for w in workflows):
+        raise ValueError(f"workflows must be among {', '.join(WORKFLOWS)}")
+    rot = seed & 0xFF
+    workflow = workflows[rot % len(workflows)]
+    primary = KINDS[(rot // len(workflows)) % len(KINDS)]
+    rng = random.Random(seed)
+    if workflow == "contract":
+        payment = "none"
+    elif workflow == "information":
+        payment = "card-purse"
+    else:
+        payment = rng.choice(("card-purse", "card-purse", "card-purse", "cheque", "setpay"))
+    faults: list[Fault] = []
+    if primary != "none":
+        faults.append(_fault(rng, primary, workflow, payment))
+        if rng.random() < 0.3:                       # now and then a second fault of another kind
+            second = rng.choice([k for k in ("card-tear", "drop", "crash") if k != primary])
+            faults.append(_fault(rng, second, workflow, payment))
+    if any(f.where == "ttp" for f in faults) and not any(f.where == "shop" or f.kind == "cheat" for f in faults):
+        # the third party is only asked when the seller stops: make it stop, so the fault can matter
+        faults.append(Fault("crash", "shop", "down", rng.randint(1, CHUNKS["shop"][workflow])))
+    return RunPlan(seed, workflow, payment, tuple(faults))
+
+
+def _fault(rng: random.Random, kind: str, workflow: str, payment: str) -> Fault:
+    if kind == "card-tear":
+        mode = rng.choice(("before", "during"))
+        return Fault(kind, "card", mode, rng.randint(1, APDUS[(workflow, payment)]),
+                     round(rng.uniform(0.0, 3.0), 2) if mode == "during" else 0.0)
+    if kind in ("drop", "crash"):
+        if workflow in ("information", "contract"):
+            party = rng.choice(("shop", "shop", "ttp"))
+        else:
+            party = rng.choice(("shop", "bank", "bank") if payment != "card-purse" else ("shop", "shop", "bank"))
+        limit = CHUNKS[party][payment if party == "bank" else workflow]
+        return Fault(kind, party, rng.choice(("up", "down")), rng.randint(1, limit))
+    if kind == "cheat":
+        return Fault(kind, rng.choice(CHEATS))
+    raise ValueError(f"unknown fault kind {kind!r}")
