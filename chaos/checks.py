@@ -78,11 +78,18 @@ def check_archive(who: str, report: dict[str, Any]) -> list[str]:
 
 
 # ---- money -------------------------------------------------------------------------------------------------
+def stranded(m: Money) -> int:
+    """Card debits the bank has not seen cleared: value on its way from the card to a PSAM's batch."""
+    return m.purse_float - m.purse
+
+
 def check_money(before: Money, after: Money, proven_paid: int) -> list[str]:
+    """Value conserved within the run (figures after the shop cleared its batch, so nothing is on its way)."""
     out = []
-    if after.purse_float != after.purse:
+    left = stranded(after) - stranded(before)
+    if left:
         out.append(f"money: the card holds {after.purse} but the bank's purse float is {after.purse_float} after "
-                   f"clearing: {after.purse_float - after.purse} of card debits reached no bank")
+                   f"clearing: this run left {left} of card debits that reached no bank")
     if after.issued != before.issued:
         out.append(f"money: issued moved from {before.issued} to {after.issued} without any cash-in")
     gained = after.seller_account - before.seller_account
@@ -93,6 +100,27 @@ def check_money(before: Money, after: Money, proven_paid: int) -> list[str]:
     if gained != proven_paid:
         out.append(f"money: the seller gained {gained}, the buyer's evidence proves {proven_paid} paid")
     return out
+
+
+SHOP_RESTART_LIMIT = ("known limit (shop restart forgets open deals): the shop was killed between the card's debit "
+                      "and the proof reaching its PSAM; restarted, it no longer knows the deal. The buyer holds the "
+                      "card-signed debit proof and the judge rules that the seller owes the goods or the money; the "
+                      "value ({amount}) stays counted in the bank's purse float but no PSAM can clear it")
+
+
+def shop_restart_limit(before: Money, after: Money, proven_paid: int, deals: list[DealFinding],
+                       shop_crashed: bool) -> str | None:
+    """The one money discrepancy explained by a known limit, and only when every figure says exactly that:
+    the shop crashed in the run, the value stranded equals what the buyer lost beyond the seller's gain
+    and what its evidence proves beyond that gain, and the buyer wins a dispute for at least that much."""
+    left = stranded(after) - stranded(before)
+    gained = after.seller_account - before.seller_account
+    lost = before.buyer_total - after.buyer_total
+    won = sum(d.paid for d in deals if d.outcome == "buyer-wins")
+    if (shop_crashed and left > 0 and lost - gained == left and proven_paid - gained == left and won >= left
+            and after.issued == before.issued):
+        return SHOP_RESTART_LIMIT.format(amount=left)
+    return None
 
 
 # ---- deals ---------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ class RunReport:
     results: list[str] = field(default_factory=list)          # each attempt's outcome status
     deals: list[checks.DealFinding] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    known_limits: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -51,6 +52,8 @@ class RunReport:
             inj += f" [armed, not reached: {'; '.join(self.not_reached)}]"
         outcomes = ",".join(d.outcome for d in self.deals) or "no deal"
         found = "all checks passed" if self.ok else f"VIOLATIONS: {' | '.join(self.violations)}"
+        if self.known_limits:
+            found += f"; KNOWN LIMIT: {' | '.join(self.known_limits)}"
         return (f"run {self.index} seed {self.plan.run_seed} {self.plan.workflow}/{self.plan.payment}: "
                 f"injected {inj}; result {'→'.join(self.results)}; deals {outcomes}; {found} "
                 f"({self.seconds:.1f} s)")
@@ -58,7 +61,7 @@ class RunReport:
     def as_dict(self) -> dict[str, Any]:
         return {"index": self.index, "plan": self.plan.as_dict(), "injected": self.injected,
                 "not_reached": self.not_reached, "results": self.results, "deals": [d.as_dict() for d in self.deals],
-                "violations": self.violations, "seconds": round(self.seconds, 2)}
+                "violations": self.violations, "known_limits": self.known_limits, "seconds": round(self.seconds, 2)}
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Summary:
     workflows: Counter[str] = field(default_factory=Counter)
     violations: int = 0
     failing: list[dict[str, Any]] = field(default_factory=list)
+    known_limits: list[dict[str, Any]] = field(default_factory=list)
     final_audit: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -78,6 +82,7 @@ class Summary:
         return {"seed": self.seed, "runs": self.runs, "workflows": dict(self.workflows),
                 "faults_planned": dict(self.planned), "faults_injected": dict(self.injected),
                 "deal_outcomes": dict(self.outcomes), "violations": self.violations, "failing_runs": self.failing,
+                "known_limits": self.known_limits,
                 "final_audit": self.final_audit, "seconds": round(self.seconds, 1)}
 
 
@@ -119,6 +124,9 @@ def run_chaos(runs: int, seed: int | None, *, workflows: Sequence[str] = WORKFLO
                     summary.violations += len(report.violations)
                     summary.failing.append({"run": i, "run_seed": rs, "violations": report.violations,
                                             "replay": replay_command(rs, workflows)})
+                if report.known_limits:
+                    summary.known_limits.append({"run": i, "run_seed": rs, "limits": report.known_limits,
+                                                 "replay": replay_command(rs, workflows)})
                 if on_run is not None:
                     on_run(report)
             summary.final_audit = final_audit(market)
@@ -146,6 +154,7 @@ def run_one(market: Any, plan: RunPlan, index: int, bundles: Path) -> RunReport:
         settle(market, report)
         before = checks.snapshot(market)
         b = market.buyer
+        b.shop.close()                     # a fresh connection: chunk counts do not depend on earlier runs
         start = max((e.index for e in b.archive.entries()), default=0)
         arm(market, plan)
         drive(market, plan, report)
@@ -252,8 +261,12 @@ def verify(market: Any, plan: RunPlan, report: RunReport, before: checks.Money, 
     report.violations += checks.check_archive("the buyer", b.archive.verify(trust).as_dict())
     with Archive.open(w.shop_dir / "evidence.sqlite3") as shop_archive:
         report.violations += checks.check_archive("the shop", shop_archive.verify(trust).as_dict())
-        new = [e for e in b.archive.entries() if e.index > start]
-        deal_ids = list(dict.fromkeys(e.deal_id for e in new if e.kind == "statement:offer"))
+        first: dict[str, int] = {}
+        for e in b.archive.entries():
+            first.setdefault(e.deal_id, e.index)
+        # deals this run began (a replayed offer adds entries to an old deal: that deal is not this run's)
+        deal_ids = [d for d, i in first.items() if i > start and any(
+            e.kind == "statement:offer" for e in b.archive.entries(d))]
         bundles.mkdir(parents=True, exist_ok=True)
         totals: dict[str, int] = {}
         for d in deal_ids:
@@ -264,7 +277,14 @@ def verify(market: Any, plan: RunPlan, report: RunReport, before: checks.Money, 
                 report.violations.append(f"deal {d[:8]}: {finding.why}")
         kinds = {d: [e.kind for e in shop_archive.entries(d)] for d in deal_ids}
         report.violations += checks.check_shop_deliveries(kinds, totals)
-    report.violations += checks.check_money(before, after, sum(d.paid for d in report.deals))
+    proven = sum(d.paid for d in report.deals)
+    shop_crashed = any(f.kind == "crash" and f.where == "shop" for f in plan.faults) and any(
+        i.startswith("crash shop") for i in report.injected)
+    limit = checks.shop_restart_limit(before, after, proven, report.deals, shop_crashed)
+    if limit is not None:
+        report.known_limits.append(limit)            # reported on the run's line and in the summary
+    else:
+        report.violations += checks.check_money(before, after, proven)
 
 
 def final_audit(market: Any) -> dict[str, Any]:
