@@ -3,8 +3,9 @@
 Why the run seed carries everything: ``semper chaos --seed S`` derives one seed per run from S and
 the run's index, and :func:`make_plan` reads nothing but that seed (and the workflows allowed), so
 ``semper chaos --replay RUN_SEED`` rebuilds exactly the same plan. The run seed's low byte is the
-run's index modulo 240, which rotates the workflow and the primary fault kind: any 20 consecutive
-runs cover every workflow with every kind of fault (and a fault-free control).
+run's index modulo 240, which rotates the workflow and the primary fault kind: any 5 consecutive
+runs meet every kind of fault (and a fault-free control), any 4 every workflow, and any 20 every
+workflow with every kind.
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def make_plan(seed: int, workflows: Sequence[str] = WORKFLOWS) -> RunPlan:
         raise ValueError(f"workflows must be among {', '.join(WORKFLOWS)}")
     rot = seed & 0xFF
     workflow = workflows[rot % len(workflows)]
-    primary = KINDS[(rot // len(workflows)) % len(KINDS)]
+    primary = KINDS[rot % len(KINDS)]      # 5 is prime to 1..4: 20 runs meet every (workflow, kind) pair
     rng = random.Random(seed)
     if workflow == "contract":
         payment = "none"
