@@ -137,14 +137,18 @@ class Market:
         card: TearableCard | None = None
         try:
             tell("starting semper serve ca, bank, ttp (one after the other: they share one SoftHSM2 folder)")
+            tls = {name: (folder / "cert.pem", folder / "key.pem") for name, folder in
+                   (("bank", world.bank_dir / "tls"), ("ttp", world.ttp_dir / "tls"), ("shop", world.shop_dir / "tls"))}
+            roots = {"bank": world.bank_tls_root.read_text(), "ttp": world.root_pem, "shop": world.root_pem}
             for name in ("ca", "bank", "ttp"):
                 port = services[name].start()
                 if name != "ca":
-                    proxies[name] = FaultProxy(name, port, services[name])
+                    proxies[name] = FaultProxy(name, port, services[name], tls=tls[name], upstream_root=roots[name])
             world._shop_home(None, proxies["ttp"].url, proxies["bank"].url)
             services["shop"] = ServiceProcess("semper serve shop", serve + ["shop", "--dir", str(world.shop_dir)] + pin,
                                               env)
-            proxies["shop"] = FaultProxy("shop", services["shop"].start(), services["shop"])
+            proxies["shop"] = FaultProxy("shop", services["shop"].start(), services["shop"], tls=tls["shop"],
+                                         upstream_root=roots["shop"])
             tell("the buyer's card (a process that can be torn) and the buyer's client")
             card = TearableCard(world.buyer_card).start()
             ui = PolicyUI(pin=CARD_PIN, payment="card-purse")

@@ -20,20 +20,23 @@ KINDS = ("none", "card-tear", "drop", "crash", "cheat")
 CHEATS = ("wrong_goods", "no_delivery", "price_change", "replay_offer")
 ROTATION = 240                         # divisible by 1..6, 8, 10, 12, 15, 16, 20: every rotation is even
 
-# APDUs a fault-free deal sends to the buyer's card, and data chunks each way through a party's
-# proxy (TLS records, handshakes included), measured on a fault-free run; faults are drawn within.
+# APDUs a fault-free deal sends to the buyer's card, and HTTP requests each party's proxy sees in a
+# fault-free run (the bank's for a card-purse deal are the shop's clearing); faults are drawn within.
 APDUS = {("mail-order", "card-purse"): 30, ("mail-order", "cheque"): 26, ("mail-order", "setpay"): 50,
          ("registration", "card-purse"): 30, ("registration", "cheque"): 26, ("registration", "setpay"): 50,
-         ("information", "card-purse"): 44, ("contract", "none"): 12}
-CHUNKS = {"shop": {"mail-order": 8, "registration": 7, "information": 2, "contract": 2},
-          "bank": {"card-purse": 6, "cheque": 7, "setpay": 8},          # card-purse: the shop's clearing
-          "ttp": {"information": 6, "contract": 6}}
+         ("information", "card-purse"): 44, ("contract", "none"): 20}
+# The shop's include the operator's clearing request at the end of the run.
+REQUESTS = {"shop": {("mail-order", "card-purse"): 6, ("registration", "card-purse"): 6, ("mail-order", "cheque"): 5,
+                     ("mail-order", "setpay"): 5, ("registration", "cheque"): 5, ("registration", "setpay"): 5,
+                     ("information", "card-purse"): 3, ("contract", "none"): 3},
+            "bank": {"card-purse": 2, "cheque": 2, "setpay": 3},
+            "ttp": {"information": 3, "contract": 3}}         # asked only when the seller stops
 
 
 @dataclass(frozen=True)
 class Fault:
     """One injection. ``kind``: card-tear | drop | crash | cheat; ``where``: card, shop, bank, ttp or the
-    cheat's name; ``mode``: before/during (card), up/down (links); ``at``: APDU or chunk number."""
+    cheat's name; ``mode``: before/during (card), up/down (links); ``at``: APDU or request number."""
 
     kind: str
     where: str
@@ -47,9 +50,8 @@ class Fault:
             return f"card torn at APDU {self.at} ({self.mode}{extra})"
         if self.kind in ("drop", "crash"):
             what = "connection to" if self.kind == "drop" else "SIGKILL+restart of"
-            when = "before forwarding" if self.mode == "up" else "after the answer, before delivering"
-            side = "client chunk" if self.mode == "up" else "answer chunk"
-            return f"{self.kind}: {what} {self.where} at {side} {self.at} ({when})"
+            when = "before forwarding it" if self.mode == "up" else "after its answer, before delivering it"
+            return f"{self.kind}: {what} {self.where} at request {self.at} ({when})"
         if self.kind == "cheat":
             return f"cheating shop: {self.where}"
         return self.kind
@@ -106,7 +108,7 @@ def make_plan(seed: int, workflows: Sequence[str] = WORKFLOWS) -> RunPlan:
             faults.append(_fault(rng, second, workflow, payment))
     if any(f.where == "ttp" for f in faults) and not any(f.where == "shop" or f.kind == "cheat" for f in faults):
         # the third party is only asked when the seller stops: make it stop, so the fault can matter
-        faults.append(Fault("crash", "shop", "down", rng.randint(1, CHUNKS["shop"][workflow])))
+        faults.append(Fault("crash", "shop", "down", 2))     # after it accepted the order: mid-exchange
     return RunPlan(seed, workflow, payment, tuple(faults))
 
 
@@ -120,7 +122,8 @@ def _fault(rng: random.Random, kind: str, workflow: str, payment: str) -> Fault:
             party = rng.choice(("shop", "shop", "ttp"))
         else:
             party = rng.choice(("shop", "bank", "bank") if payment != "card-purse" else ("shop", "shop", "bank"))
-        limit = CHUNKS[party][payment if party == "bank" else workflow]
+        key = {"shop": (workflow, payment), "bank": payment, "ttp": workflow}[party]
+        limit = REQUESTS[party][key]                                        # type: ignore[index]
         return Fault(kind, party, rng.choice(("up", "down")), rng.randint(1, limit))
     if kind == "cheat":
         return Fault(kind, rng.choice(CHEATS))

@@ -154,7 +154,7 @@ def run_one(market: Any, plan: RunPlan, index: int, bundles: Path) -> RunReport:
         settle(market, report)
         before = checks.snapshot(market)
         b = market.buyer
-        b.shop.close()                     # a fresh connection: chunk counts do not depend on earlier runs
+        b.shop.close()                     # a fresh connection, as a new session would open
         start = max((e.index for e in b.archive.entries()), default=0)
         arm(market, plan)
         drive(market, plan, report)
@@ -195,8 +195,7 @@ def disarm(market: Any, plan: RunPlan, report: RunReport) -> None:
     market.card.set_arm(None)
     for name, p in market.proxies.items():
         if p.fault is not None:
-            report.not_reached.append(f"{p.fault.action} {name} at {p.fault.direction} chunk {p.fault.chunk} "
-                                      f"({p.counts[p.fault.direction]} chunks)")
+            report.not_reached.append(f"{p.fault.action} {name} at request {p.fault.at} ({p.requests} requests)")
         p.arm(None)
 
 
