@@ -17,7 +17,8 @@ from typing import Any
 
 WORKFLOWS = ("mail-order", "information", "registration", "contract")
 KINDS = ("none", "card-tear", "drop", "crash", "cheat")
-CHEATS = ("wrong_goods", "no_delivery", "price_change", "replay_offer")
+CHEATS = ("wrong_goods", "no_delivery", "price_change", "replay_offer")          # the shop's (Cheat hook)
+BUYER_CHEATS = ("buyer:replayed_order", "buyer:unpaid_delivery", "buyer:hidden_delivery")
 ROTATION = 240                         # divisible by 1..6, 8, 10, 12, 15, 16, 20: every rotation is even
 
 # APDUs a fault-free deal sends to the buyer's card, and HTTP requests each party's proxy sees in a
@@ -53,7 +54,8 @@ class Fault:
             when = "before forwarding it" if self.mode == "up" else "after its answer, before delivering it"
             return f"{self.kind}: {what} {self.where} at request {self.at} ({when})"
         if self.kind == "cheat":
-            return f"cheating shop: {self.where}"
+            return f"cheating buyer: {self.where[6:]}" if self.where.startswith("buyer:") else \
+                f"cheating shop: {self.where}"
         return self.kind
 
 
@@ -70,7 +72,14 @@ class RunPlan:
 
     @property
     def cheat(self) -> str | None:
-        return next((f.where for f in self.faults if f.kind == "cheat"), None)
+        """The shop's cheat, if it cheats in this run."""
+        return next((f.where for f in self.faults if f.kind == "cheat" and f.where in CHEATS), None)
+
+    @property
+    def buyer_cheat(self) -> str | None:
+        """The buyer's cheat (without the ``buyer:`` prefix), if it cheats in this run."""
+        return next((f.where.removeprefix("buyer:") for f in self.faults if f.kind == "cheat"
+                     and f.where in BUYER_CHEATS), None)
 
     def describe(self) -> str:
         return "; ".join(f.describe() for f in self.faults) or "no fault (control)"
@@ -126,5 +135,6 @@ def _fault(rng: random.Random, kind: str, workflow: str, payment: str) -> Fault:
         limit = REQUESTS[party][key]                                        # type: ignore[index]
         return Fault(kind, party, rng.choice(("up", "down")), rng.randint(1, limit))
     if kind == "cheat":
-        return Fault(kind, rng.choice(CHEATS))
+        buyer = [c for c in BUYER_CHEATS if c != "buyer:hidden_delivery" or workflow in ("mail-order", "registration")]
+        return Fault(kind, rng.choice(CHEATS + tuple(buyer)))
     raise ValueError(f"unknown fault kind {kind!r}")

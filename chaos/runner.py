@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import checks
+from . import buyer_cheats, checks
 from .card import TearArm
 from .plan import WORKFLOWS, RunPlan, make_plan, run_seed
 from .proxy import LinkFault
@@ -158,9 +158,14 @@ def run_one(market: Any, plan: RunPlan, index: int, bundles: Path) -> RunReport:
         start = max((e.index for e in b.archive.entries()), default=0)
         arm(market, plan)
         drive(market, plan, report)
+        if plan.buyer_cheat:                            # the buyer cheats once, after its honest attempt
+            ran = [d for d, i in _first_entries(b).items() if i > start]
+            what, won = buyer_cheats.attempt(market, plan.buyer_cheat, ran, bundles / "cheat")
+            report.injected.append(f"cheat buyer {plan.buyer_cheat}: {what}")
+            report.violations += [f"cheating buyer: {w}" for w in won]
         clear(market)                                   # clearing at the bank, faults still armed
         if plan.cheat:
-            report.injected.append(f"cheat {plan.cheat} (the shop cheats in every deal of the run)")
+            report.injected.append(f"cheat shop {plan.cheat} (in every deal of the run)")
         report.injected += market.card.torn
         for p in market.proxies.values():
             report.injected += p.fired
@@ -260,9 +265,7 @@ def verify(market: Any, plan: RunPlan, report: RunReport, before: checks.Money, 
     report.violations += checks.check_archive("the buyer", b.archive.verify(trust).as_dict())
     with Archive.open(w.shop_dir / "evidence.sqlite3") as shop_archive:
         report.violations += checks.check_archive("the shop", shop_archive.verify(trust).as_dict())
-        first: dict[str, int] = {}
-        for e in b.archive.entries():
-            first.setdefault(e.deal_id, e.index)
+        first = _first_entries(b)
         # deals this run began (a replayed offer adds entries to an old deal: that deal is not this run's)
         deal_ids = [d for d, i in first.items() if i > start and any(
             e.kind == "statement:offer" for e in b.archive.entries(d))]
@@ -284,6 +287,14 @@ def verify(market: Any, plan: RunPlan, report: RunReport, before: checks.Money, 
         report.known_limits.append(limit)            # reported on the run's line and in the summary
     else:
         report.violations += checks.check_money(before, after, proven)
+
+
+def _first_entries(b: Any) -> dict[str, int]:
+    """Each deal's (or exchange's) first archive entry."""
+    first: dict[str, int] = {}
+    for e in b.archive.entries():
+        first.setdefault(e.deal_id, e.index)
+    return first
 
 
 def final_audit(market: Any) -> dict[str, Any]:
