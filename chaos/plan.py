@@ -114,10 +114,17 @@ def make_plan(seed: int, workflows: Sequence[str] = WORKFLOWS) -> RunPlan:
         faults.append(_fault(rng, primary, workflow, payment))
         if rng.random() < 0.3:                       # now and then a second fault of another kind
             second = rng.choice([k for k in ("card-tear", "drop", "crash") if k != primary])
-            faults.append(_fault(rng, second, workflow, payment))
-    if any(f.where == "ttp" for f in faults) and not any(f.where == "shop" or f.kind == "cheat" for f in faults):
-        # the third party is only asked when the seller stops: make it stop, so the fault can matter
-        faults.append(Fault("crash", "shop", "down", 2))     # after it accepted the order: mid-exchange
+            extra = _fault(rng, second, workflow, payment)
+            if extra.kind in ("drop", "crash") and extra.where == faults[0].where:
+                extra = _fault(rng, "card-tear", workflow, payment)      # one link fault per party and run
+            faults.append(extra)
+    if any(f.where == "ttp" for f in faults) and not any(f.where == "no_delivery" for f in faults):
+        # the third party is asked only when the seller stops in the middle of the exchange: make it stop
+        # there (the buyer has given its payment or signature), so the fault can matter
+        stop = Fault("cheat", "no_delivery")
+        faults = [stop if f.kind == "cheat" else f for f in faults]
+        if stop not in faults:
+            faults.append(stop)
     return RunPlan(seed, workflow, payment, tuple(faults))
 
 

@@ -171,6 +171,7 @@ def run_one(market: Any, plan: RunPlan, index: int, bundles: Path) -> RunReport:
             report.injected += p.fired
         disarm(market, plan, report)
         settle(market, report)
+        resume_exchanges(market, report)
         after = checks.snapshot(market)
         verify(market, plan, report, before, after, start, bundles)
     except Exception as e:                              # a crash of the runner or the client: a finding too
@@ -222,6 +223,15 @@ def drive(market: Any, plan: RunPlan, report: RunReport) -> None:
         report.results.append(r.status.value if r.ok else f"{r.status.value} ({r.summary[:120]})")
         if r.status not in (OutcomeStatus.FAILED, OutcomeStatus.CANCELLED):    # the policy user never cancels
             return
+
+
+def resume_exchanges(market: Any, report: RunReport) -> None:
+    """An exchange that ended pending (the third party was unreachable) is finished as a user would:
+    with every party back, the buyer's client asks the third party again."""
+    if not any("pending" in r for r in report.results):
+        return
+    outcomes = market.buyer.exchange.recover()
+    report.results.append("asked the third party again: " + (", ".join(o.status for o in outcomes) or "nothing open"))
 
 
 def clear(market: Any) -> dict[str, Any] | None:

@@ -294,3 +294,31 @@ def test_a_link_cut_during_the_tls_handshake_is_a_dropped_connection_not_a_faile
     server.close()
     assert "did not answer" in str(e.value) and "TLS check" not in str(e.value)
     assert len(accepted) == 2                    # retried once, like any dropped connection
+
+
+def test_the_buyer_client_can_ask_the_third_party_again() -> None:
+    """An exchange that ended ``pending`` (third party unreachable) could not be finished from the
+    commerce client; ``ExchangeClient.recover`` runs the party's own recovery (found by chaos)."""
+    from client.commerce.exchange_client import ExchangeClient
+
+    class Party:
+        asked = 0
+
+        async def start(self) -> Party:
+            return self
+
+        async def recover(self) -> list[str]:
+            Party.asked += 1
+            return ["resolved"]
+
+        async def stop(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    client = ExchangeClient(Party)                                                # type: ignore[arg-type]
+    try:
+        assert client.recover(timeout=10) == ["resolved"] and Party.asked == 1
+    finally:
+        client.close()
