@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from chaos import checks
-from chaos.plan import CHEATS, KINDS, WORKFLOWS, make_plan, run_seed
+from chaos.plan import BUYER_CHEATS, CHEATS, KINDS, WORKFLOWS, make_plan, run_seed
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = int(os.environ.get("SEMPER_CHAOS_RUNS", "10"))
@@ -89,7 +89,7 @@ def test_plans_come_from_the_seed_alone_and_rotate() -> None:
         for f in p.faults:
             assert f.kind in KINDS and f.describe()
             if f.kind == "cheat":
-                assert f.where in CHEATS
+                assert f.where in CHEATS + BUYER_CHEATS
             if f.kind in ("drop", "crash"):
                 assert f.where in ("shop", "bank", "ttp") and f.mode in ("up", "down") and f.at >= 1
     with pytest.raises(ValueError):
