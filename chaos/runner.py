@@ -171,7 +171,7 @@ def run_one(market: Any, plan: RunPlan, index: int, bundles: Path) -> RunReport:
             report.injected += p.fired
         disarm(market, plan, report)
         settle(market, report)
-        resume_exchanges(market, report)
+        resume_exchanges(market, plan, report)
         after = checks.snapshot(market)
         verify(market, plan, report, before, after, start, bundles)
     except Exception as e:                              # a crash of the runner or the client: a finding too
@@ -225,10 +225,11 @@ def drive(market: Any, plan: RunPlan, report: RunReport) -> None:
             return
 
 
-def resume_exchanges(market: Any, report: RunReport) -> None:
-    """An exchange that ended pending (the third party was unreachable) is finished as a user would:
-    with every party back, the buyer's client asks the third party again."""
-    if not any("pending" in r for r in report.results):
+def resume_exchanges(market: Any, plan: RunPlan, report: RunReport) -> None:
+    """An exchange that ended in a dispute — pending because the third party was unreachable, or
+    failed because the card went away while the buyer's party was signing its request to the third
+    party — is finished as a user would: card back in, every party back, the client asks again."""
+    if plan.workflow not in ("information", "contract") or not any(r.startswith("dispute") for r in report.results):
         return
     outcomes = market.buyer.exchange.recover()
     report.results.append("asked the third party again: " + (", ".join(o.status for o in outcomes) or "nothing open"))
