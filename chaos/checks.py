@@ -138,7 +138,8 @@ def buyer_verdict(deal: str, workflow: str, ruling: dict[str, Any], exchange: di
         return DealFinding(deal, workflow, ok, outcome, paid, why)
     text = str(ruling.get("ruling", ""))
     if not ruling.get("bundle", {}).get("ok"):
-        return f(False, "violation", 0, f"the buyer's bundle does not verify: {ruling.get('bundle', {}).get('problems')}")
+        problems = ruling.get("bundle", {}).get("problems")
+        return f(False, "violation", 0, f"the buyer's bundle does not verify: {problems}")
     paid = total if not text.startswith(NOT_PAID) and "payment" in ruling.get("facts", {}) else 0
     if workflow in ("information", "contract"):
         if exchange is None:

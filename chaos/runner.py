@@ -39,6 +39,7 @@ class RunReport:
     violations: list[str] = field(default_factory=list)
     known_limits: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    collected: bool = False
 
     @property
     def ok(self) -> bool:
@@ -159,16 +160,10 @@ def run_one(market: Any, plan: RunPlan, index: int, bundles: Path) -> RunReport:
         arm(market, plan)
         drive(market, plan, report)
         if plan.buyer_cheat:                            # the buyer cheats once, after its honest attempt
-            ran = [d for d, i in _first_entries(b).items() if i > start]
-            what, won = buyer_cheats.attempt(market, plan.buyer_cheat, ran, bundles / "cheat")
-            report.injected.append(f"cheat buyer {plan.buyer_cheat}: {what}")
-            report.violations += [f"cheating buyer: {w}" for w in won]
+            cheat_buyer(market, plan.buyer_cheat, [d for d, i in _first_entries(b).items() if i > start],
+                        bundles / "cheat", report)
         clear(market)                                   # clearing at the bank, faults still armed
-        if plan.cheat:
-            report.injected.append(f"cheat shop {plan.cheat} (in every deal of the run)")
-        report.injected += market.card.torn
-        for p in market.proxies.values():
-            report.injected += p.fired
+        collect(market, plan, report)
         disarm(market, plan, report)
         settle(market, report)
         resume_exchanges(market, plan, report)
@@ -180,11 +175,35 @@ def run_one(market: Any, plan: RunPlan, index: int, bundles: Path) -> RunReport:
         report.violations.append(f"the run raised {type(e).__name__}: {e} (at {Path(where.filename).name}:"
                                  f"{where.lineno} {where.name})")
         try:
+            collect(market, plan, report)
             disarm(market, plan, report)
         except Exception:                               # the next run's set-up reports what stays broken
             pass
     report.seconds = time.monotonic() - t0
     return report
+
+
+def cheat_buyer(market: Any, kind: str, deals: list[str], bundles: Path, report: RunReport) -> None:
+    from client.commerce.errors import CommerceError
+    from hardware.errors import HardwareError
+    try:
+        what, won = buyer_cheats.attempt(market, kind, deals, bundles)
+    except (CommerceError, HardwareError) as e:        # a fault of the run stopped the cheat itself
+        what, won = f"could not be tried ({e})", []
+    report.injected.append(f"cheat buyer {kind}: {what}")
+    report.violations += [f"cheating buyer: {w}" for w in won]
+
+
+def collect(market: Any, plan: RunPlan, report: RunReport) -> None:
+    """What actually fired (once per run)."""
+    if report.collected:
+        return
+    report.collected = True
+    if plan.cheat:
+        report.injected.append(f"cheat shop {plan.cheat} (in every deal of the run)")
+    report.injected += market.card.torn
+    for p in market.proxies.values():
+        report.injected += p.fired
 
 
 def arm(market: Any, plan: RunPlan) -> None:
@@ -242,8 +261,8 @@ def clear(market: Any) -> dict[str, Any] | None:
     conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=client_context(market.world.root_pem),
                                        timeout=CLEAR_TIMEOUT)
     try:
-        conn.request("POST", "/admin/clear", body=b"{}", headers={"Content-Type": "application/json",
-                                                                  "Authorization": f"Bearer {market.shop_admin_secret()}"})
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {market.shop_admin_secret()}"}
+        conn.request("POST", "/admin/clear", body=b"{}", headers=headers)
         resp = conn.getresponse()
         body = json.loads(resp.read() or b"{}")
         return body if resp.status == 200 else None
