@@ -322,3 +322,43 @@ def test_the_buyer_client_can_ask_the_third_party_again() -> None:
         assert client.recover(timeout=10) == ["resolved"] and Party.asked == 1
     finally:
         client.close()
+
+
+# ---- the runner's checks catch a broken world -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from chaos.market import Market
+    m = Market.create(tmp_path_factory.mktemp("chaos-market"))
+    yield m
+    m.close()
+
+
+@pytest.mark.timeout(180)
+def test_the_runner_reports_money_from_nowhere_and_a_doctored_archive(market: Any, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from chaos import runner
+    from chaos.plan import RunPlan
+    plan = RunPlan(0, "mail-order", "card-purse")
+    clean = runner.run_one(market, plan, 0, tmp_path / "0")
+    assert clean.ok and [d.outcome for d in clean.deals] == ["satisfied"], clean.line()
+
+    honest_drive = runner.drive
+
+    def drive_and_print_money(m: Any, p: Any, report: Any) -> None:
+        honest_drive(m, p, report)
+        m.world.bank.cash_in(m.world.accounts["seller"], 700)        # the seller gains what nobody paid
+    monkeypatch.setattr(runner, "drive", drive_and_print_money)
+    r = runner.run_one(market, plan, 1, tmp_path / "1")
+    assert any("seller gained" in v and "proves" in v for v in r.violations), r.line()
+    assert any("created 700" in v for v in r.violations), r.line()
+    monkeypatch.setattr(runner, "drive", honest_drive)
+
+    # an entry of the shop's archive altered behind its back: the next run's archive check says so
+    db = sqlite3.connect(market.world.shop_dir / "evidence.sqlite3")
+    table = next(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                 if "content" in [c[1] for c in db.execute(f"PRAGMA table_info({r[0]})")])
+    db.execute(f"UPDATE {table} SET content = ? WHERE rowid = 3", (b"doctored",))
+    db.commit()
+    db.close()
+    r = runner.run_one(market, plan, 2, tmp_path / "2")
+    assert any(v.startswith("the shop's archive") for v in r.violations), r.line()
