@@ -333,6 +333,20 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Any:
     m.close()
 
 
+@pytest.mark.timeout(120)
+def test_a_retried_exchange_order_starts_one_exchange(market: Any, tmp_path: Path) -> None:
+    """The answer to an information order lost, the buyer's client sends the order again: the shop
+    used to start a second exchange, the buyer's client took that one's refusal for the deal's
+    outcome ("nothing given") while the first exchange had paid — the seller gained twice what the
+    buyer's deal evidence proved (``semper chaos --seed 7 --workflow information --workflow contract``)."""
+    from chaos import runner
+    from chaos.plan import Fault, RunPlan
+    for workflow, payment in (("information", "card-purse"), ("contract", "none")):
+        r = runner.run_one(market, RunPlan(0, workflow, payment, (Fault("drop", "shop", "down", 2),)), 0, tmp_path)
+        assert r.injected and "POST /deals/order" in r.injected[0], r.line()
+        assert r.ok and r.results[0] == "satisfied", r.line()
+
+
 @pytest.mark.timeout(180)
 def test_the_runner_reports_money_from_nowhere_and_a_doctored_archive(market: Any, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
