@@ -395,7 +395,9 @@ def _exchange(b: Buyer, deal: Deal, plan: ResponsePlan, order: bytes, what: str)
         return Exchanged(outcome, outcome.received)
     if outcome.status == "no-exchange":
         deal.decide("exchange", "refused", outcome.reason)
-        raise DealAborted(f"the seller's exchange did not match its signed offer: {outcome.reason}")
+        # not always the seller's doing: the buyer's own party refuses too when its card went away
+        raise DealAborted(f"the fair exchange did not take place, nothing was given: the seller's exchange did not "
+                          f"match its signed offer, or this client could not take part ({outcome.reason})")
     deal.decide("exchange", "dispute", f"{outcome.status}: {outcome.reason}")
     raise Dispute(f"the exchange ended {outcome.status}: {outcome.reason}. The third party's signed answer and the "
                   "seller's signed proposal are in your archive", deal.deal_id)
