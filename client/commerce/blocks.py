@@ -280,8 +280,10 @@ def payment_evidence(b: Buyer, record: Record) -> bytes:
             with b.card_lock:
                 b.purse.select()
                 out["card_certificate"] = b64(b.purse.certificate())
-        except Exception:         # the proof stays; the judge then says it could not check the card
-            pass
+        except Exception:         # the card went away: the certificate the payment read before the debit
+            kept = record.evidence.get("card_certificate")
+            if isinstance(kept, str):
+                out["card_certificate"] = kept
     return json.dumps(out, sort_keys=True).encode()
 
 
@@ -397,7 +399,9 @@ def _exchange(b: Buyer, deal: Deal, plan: ResponsePlan, order: bytes, what: str)
         return Exchanged(outcome, outcome.received)
     if outcome.status == "no-exchange":
         deal.decide("exchange", "refused", outcome.reason)
-        raise DealAborted(f"the seller's exchange did not match its signed offer: {outcome.reason}")
+        # not always the seller's doing: the buyer's own party refuses too when its card went away
+        raise DealAborted(f"the fair exchange did not take place, nothing was given: the seller's exchange did not "
+                          f"match its signed offer, or this client could not take part ({outcome.reason})")
     deal.decide("exchange", "dispute", f"{outcome.status}: {outcome.reason}")
     raise Dispute(f"the exchange ended {outcome.status}: {outcome.reason}. The third party's signed answer and the "
                   "seller's signed proposal are in your archive", deal.deal_id)

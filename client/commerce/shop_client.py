@@ -58,6 +58,12 @@ class ShopClient:
                     raw = resp.read(MAX_ANSWER + 1)
                     status = resp.status
                     break
+                except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as e:
+                    # the link was cut (mid-handshake or mid-answer): a dropped connection, not a failed check
+                    conn.close()
+                    self._conn = None
+                    if attempt == 2:
+                        raise ServiceUnavailable(f"the shop at {self.url} did not answer ({e})") from None
                 except ssl.SSLError as e:
                     self._conn = None
                     raise ServiceUnavailable(f"the shop at {self.url} failed the TLS check ({e}); it is not the shop "

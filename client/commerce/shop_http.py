@@ -41,7 +41,7 @@ from ..payment.errors import PaymentError
 from ..payment.modules.purse import PurseModule
 from ..services.http import ApiError, blocking, make_app, read_json
 from .errors import CommerceError
-from .shop import Shop
+from .shop import MAX_OPEN_DEALS, Shop
 
 log = logging.getLogger("semper.shop")
 
@@ -75,6 +75,10 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     routes = web.RouteTableDef()
     tasks: set[asyncio.Task[Any]] = set()
     box: dict[str, Party] = {}
+    # deals whose fair exchange was started: the same order again (its answer was lost, the client
+    # sent it once more) must not start a second exchange, whose refusal the buyer would take for the
+    # deal's outcome while the first one runs on (found by semper chaos)
+    started: set[str] = set()
 
     @routes.get("/catalogue")
     async def catalogue(request: web.Request) -> web.Response:
@@ -103,7 +107,16 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
                 raise ApiError(503, "no_exchange", "this shop runs no exchange party; it sells by mail order only")
             if parts.scheme != "https" or not parts.hostname:
                 raise ApiError(400, "missing_field", "a fair exchange needs your client's https mailbox URL")
-            offer, want, sd = await _call(shop.exchange_plan, body["deal"])
+            if body["deal"] in started:
+                return web.json_response(answer)
+            if len(started) >= 2 * MAX_OPEN_DEALS:                  # forget deals the shop itself forgot
+                started.intersection_update(shop.deals)
+            started.add(body["deal"])                               # before any await: one exchange per deal
+            try:
+                offer, want, sd = await _call(shop.exchange_plan, body["deal"])
+            except BaseException:
+                started.discard(body["deal"])
+                raise
             party.faults.stop_before = "item" if shop.cheat.no_delivery else None     # the cheating seller stops
 
             async def run() -> None:

@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hardware import errors as hw
+
 from ..payment.model import Record
 from ..support.money import format_amount
 from ..tinguin.model import Action, DealOutcome, EvidenceItem, OutcomeStatus, StepState
@@ -116,6 +118,10 @@ class _Run:
                                 f"dispute: {e} (semper archive export {e.deal_id} ...; semper judge BUNDLE)")
         except CommerceError as e:
             result = DealResult(self.deal_id, self.workflow, OutcomeStatus.FAILED, str(e))
+        except hw.HardwareError as e:        # the card went away outside a payment (which maps its own errors)
+            result = DealResult(self.deal_id, self.workflow, OutcomeStatus.FAILED,
+                                f"your card did not answer ({e}); insert it and try again (your archive shows what "
+                                "was done)")
         return self.finish(result)
 
     @property

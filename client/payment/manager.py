@@ -11,6 +11,7 @@ terms it set, so a payer cannot change the amount by editing a message.
 """
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -208,7 +209,22 @@ class PayerSession(_Session):
 
 
 class PayeeSession(_Session):
-    pass
+    """The payee's side. A payer whose answer was lost on the way sends the same message again: it
+    gets the same answer and the flow does not run twice, so a retry neither pays twice nor makes a
+    payment that went through look refused (found by ``semper chaos``: a dropped answer to a SET
+    capture made the buyer's client report "nothing was paid" while the money had moved)."""
+
+    def __init__(self, manager: PaymentManager, record: Record, flow: Flow) -> None:
+        super().__init__(manager, record, flow)
+        self._last: tuple[str, dict[str, Any] | None] | None = None
+
+    def step(self, incoming: dict[str, Any] | None) -> dict[str, Any] | None:
+        key = json.dumps(incoming, sort_keys=True, separators=(",", ":"))
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        reply = super().step(incoming)
+        self._last = (key, reply)
+        return reply
 
 
 class PayeeLink(Protocol):

@@ -165,6 +165,7 @@ class PayerFlow:
         self.terms = terms
         self.state = "start"
         self.request: DebitRecord | None = None
+        self.card_cert = b""
 
     def step(self, incoming: dict[str, Any] | None) -> Step:
         purse = self.m.ctx.purse
@@ -181,6 +182,7 @@ class PayerFlow:
             if info.balance < self.terms.amount:
                 raise InsufficientFunds(f"the purse holds {info.balance}, the payment needs {self.terms.amount}")
             self.state = "hello"
+            self.card_cert = cert
             return Step({"kind": "hello", "card": info.card_id, "counter": info.debit_counter + 1,
                          "currency": info.currency, "card_certificate": b64(cert)})
         if self.state == "hello":
@@ -205,7 +207,9 @@ class PayerFlow:
             except hw.HardwareError as e:
                 raise _card_error(e, "pay") from None
             self.state = "proof"
-            ev = {"proof": b64(proof.record), "proof_signature": b64(proof.signature)}
+            # the card's certificate too: a judge checks the proof with it, and the card may be gone by then
+            ev = {"proof": b64(proof.record), "proof_signature": b64(proof.signature),
+                  "card_certificate": b64(self.card_cert)}
             return Step({"kind": "proof", "proof": ev["proof"], "signature": ev["proof_signature"]},
                         status=Status.PAID, evidence=ev)
         if self.state == "proof":
