@@ -115,7 +115,7 @@ def test_semper_ui_in_a_real_terminal(tmux: Tmux, tmp_path: Path, buyer_image: P
     command = (f"env -u COLUMNS -u LINES SEMPER_CONFIG={shlex.quote(str(cfg))} SEMPER_HOME={shlex.quote(str(tmp_path / 'home'))} "
                f"TERM=xterm-256color {shlex.quote(str(semper))} ui --image {shlex.quote(str(buyer_image))}")
     tmux("new-session", "-d", "-s", "tinguin", "-x", "100", "-y", "32", command)
-    first = tmux.wait_for(lambda s: number in s, "the card screen")
+    first = tmux.wait_for(lambda s: number in s and "balance:" in s, "the card screen with its balance")
     lines = first.splitlines()
     assert "SEMPER TINGUIN" in lines[0] and f"your phrase: {phrase}" in lines[1]
     assert "card and readers · interactive" in first and "balance: 0.00 EUR" in first
