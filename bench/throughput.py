@@ -336,6 +336,7 @@ def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: floa
               if plan["window_at"] <= t + dt <= plan["window_end"]]
     done = [dt for _, dt, ok, _ in inside if ok]
     failed = [why for _, _, ok, why in inside if not ok]
+    failed_anywhere = [why for r in results for _, _, ok, why in r["samples"] if not ok]
     rate = len(done) / seconds
     cpu = {k: round(after[k] - before[k], 3) for k in before}
     cpu["buyers (worker processes)"] = round(sum(r["cpu_s"] for r in results), 3)
@@ -350,7 +351,8 @@ def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: floa
                 "SoftHSM2, PSAM behind pcscd with durable writes, evidence archived), N buyers at once, each a full "
                 "client with its own in-process card and archive; CA, bank and third party on loopback HTTPS",
         "buyers": len(specs), "buyer_processes": processes, "window_s": seconds, "warmup_s": warmup,
-        "purchases": len(done), "failed": len(failed), "failures": sorted(set(failed))[:5],
+        "purchases": len(done), "failed": len(failed), "failed_whole_run": len(failed_anywhere),
+        "failures": sorted(set(failed_anywhere))[:5],
         "purchases_per_s": round(rate, 1),
         "latency": _percentiles(done) if done else None,
         "cpu_s_in_window": cpu, "cpu_ms_per_purchase": per,

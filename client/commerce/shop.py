@@ -249,6 +249,10 @@ class Shop:
             raise CommerceError("this deal has no payment to make (order first)")
         if not isinstance(envelope, dict) or envelope.get("payment_id") != sd.terms.payment_id:
             raise CommerceError("the payment message is for another payment than this deal's")
+        try:
+            self.payments.admit(envelope, timeout=0)  # room at the device first, outside its lock (the
+        except PaymentError as e:                     # HTTP handler waits for it without holding a thread)
+            raise CommerceError(f"the payment was refused: {e}") from None
         with self.payment_lock:
             try:
                 reply = self.payments.handle(envelope)

@@ -44,6 +44,7 @@ from .errors import CommerceError
 from .shop import MAX_OPEN_DEALS, Shop
 
 log = logging.getLogger("semper.shop")
+ADMIT_WAIT = 10.0           # seconds a payment may wait for room at the PSAM before the shop says busy
 
 
 def _b64(text: str, what: str, limit: int = 256 * 1024) -> bytes:
@@ -130,6 +131,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     @routes.post("/deals/pay")
     async def pay(request: web.Request) -> web.Response:
         body = await read_json(request, {"deal": str, "envelope": dict})
+        await _admitted(body["envelope"])
         reply = await _call(shop.pay, body["deal"], body["envelope"])
         answer: dict[str, Any] = {"envelope": reply}
         sd = shop.deals.get(body["deal"])
@@ -141,6 +143,20 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
                 if note is not None:
                     answer.update(shipped=True, delivery=_e(note), content=_e(content))
         return web.json_response(answer)
+
+    async def _admitted(envelope: Any) -> None:
+        """Wait, on the event loop and bounded, for room at the payment device (the PSAM keeps only so
+        many debits open). Waiting in a worker thread instead would let waiting payments take every
+        thread and starve the very proofs that free the room."""
+        deadline = asyncio.get_running_loop().time() + ADMIT_WAIT
+        while True:
+            try:
+                shop.payments.admit(envelope, timeout=0)
+                return
+            except PaymentError as e:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise ApiError(503, "busy", str(e)) from None
+            await asyncio.sleep(0.005)
 
     @routes.post("/deals/confirm")
     async def confirm(request: web.Request) -> web.Response:

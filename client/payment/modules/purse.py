@@ -15,6 +15,8 @@ by the acquirer and taken as done.
 """
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from hardware import errors as hw
@@ -22,7 +24,7 @@ from hardware.purse_records import DEBIT_PROOF, DEBIT_REQUEST, DebitRecord, Sign
 
 from ..errors import InstrumentError, InsufficientFunds, PaymentError, PaymentRefused, ProtocolError
 from ..model import Acceptance, ExchangeProperties, Instrument, Model, Status, Terms
-from ..module import BaseModule, Step, require
+from ..module import BaseModule, PartyContext, Step, require
 from ..wire import b64, unb64
 
 
@@ -39,11 +41,70 @@ def _card_error(e: hw.HardwareError, what: str) -> PaymentError:
     return InstrumentError(f"the card refused to {what} ({type(e).__name__.replace('Error', '').lower()})")
 
 
+PSAM_PENDING = 16          # debits a PSAM keeps open at once (docs/card.md: a 17th evicts the oldest)
+STALE_AFTER = 60.0         # seconds after which a payment that never sent its proof gives up its room
+
+
+class TerminalBusy(PaymentError):
+    """Every debit the PSAM can keep open is in flight; nothing was paid; try again shortly."""
+
+
+class _Slots:
+    """Room at the PSAM, one per purse payment between its hello and its proof.
+
+    Why: the PSAM keeps at most :data:`PSAM_PENDING` debit requests open and evicts the oldest to
+    start another. A card that then sends its proof for an evicted request has *paid* (its debit is
+    committed) and the PSAM refuses the proof as unknown: the buyer's money would be stuck. So the
+    payee never starts more debits than the PSAM can hold; a further hello waits (bounded) for a
+    payment to finish, or is refused before the card is asked for anything. A payment whose buyer
+    vanished after the challenge gives its room up after :data:`STALE_AFTER` seconds.
+    """
+
+    def __init__(self, size: int = PSAM_PENDING) -> None:
+        self.size = size
+        self._held: dict[str, float] = {}
+        self._cond = threading.Condition()
+
+    def acquire(self, payment_id: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while payment_id not in self._held:
+                now = time.monotonic()
+                for pid, since in list(self._held.items()):
+                    if now - since > STALE_AFTER:
+                        del self._held[pid]
+                if len(self._held) < self.size:
+                    self._held[payment_id] = now
+                    return
+                left = deadline - now
+                if left <= 0:
+                    raise TerminalBusy(f"the seller's terminal has {self.size} card payments in flight; nothing was "
+                                       "paid; try again in a moment")
+                self._cond.wait(min(left, 1.0))
+
+    def release(self, payment_id: str) -> None:
+        with self._cond:
+            if self._held.pop(payment_id, None) is not None:
+                self._cond.notify()
+
+    def held(self) -> int:
+        with self._cond:
+            return len(self._held)
+
+
 class PurseModule(BaseModule):
     name = "card-purse"
     model = Model.CASH_LIKE
     properties = ExchangeProperties(externally_verifiable=True, revocable=False, online=False)
     _psam_currency: int | None = None
+
+    def __init__(self, context: PartyContext) -> None:
+        super().__init__(context)
+        self.slots = _Slots()
+
+    def admit(self, payment_id: str, body: dict[str, Any], timeout: float) -> None:
+        if body.get("kind") == "hello" and self.ctx.psam is not None:
+            self.slots.acquire(payment_id, timeout)
 
     # ---- instruments -------------------------------------------------------------------------
     def instruments(self) -> list[Instrument]:
@@ -256,24 +317,37 @@ class PayeeFlow:
         self.state = "start"
         self.card_cert = b""
 
+    def _begin(self, psam: Any, incoming: dict[str, Any] | None) -> Signed:
+        msg = require(incoming, "hello", "card", "counter", "currency", "card_certificate")
+        if msg["currency"] != self.terms.currency:
+            raise ProtocolError("the card's currency is not the payment's")
+        try:
+            card = bytes.fromhex(str(msg["card"]))
+            counter = int(msg["counter"])
+        except (ValueError, TypeError):
+            raise ProtocolError("the card number or counter is malformed") from None
+        if len(card) != 8 or not 0 < counter < 2**32:
+            raise ProtocolError("the card number or counter is out of range")
+        self.card_cert = unb64(msg["card_certificate"], "card certificate", 4096)
+        try:
+            psam.ensure_selected()
+            _, req = psam.begin_debit(card, counter, self.terms.amount, self.terms.currency)
+        except hw.HardwareError as e:
+            raise _card_error(e, "start the debit at the PSAM") from None
+        return req  # type: ignore[no-any-return]
+
     def step(self, incoming: dict[str, Any] | None) -> Step:
         psam = self.m.ctx.psam
         assert psam is not None
         if self.state == "start":
-            msg = require(incoming, "hello", "card", "counter", "currency", "card_certificate")
-            if msg["currency"] != self.terms.currency:
-                raise ProtocolError("the card's currency is not the payment's")
             try:
-                card = bytes.fromhex(str(msg["card"]))
-                counter = int(msg["counter"])
-            except (ValueError, TypeError):
-                raise ProtocolError("the card number or counter is malformed") from None
-            if len(card) != 8 or not 0 < counter < 2**32:
-                raise ProtocolError("the card number or counter is out of range")
-            self.card_cert = unb64(msg["card_certificate"], "card certificate", 4096)
+                req = self._begin(psam, incoming)
+            except BaseException:
+                self.m.slots.release(self.terms.payment_id)       # nothing was opened at the PSAM
+                raise
+            # from here the PSAM holds the request open: the room is given back when the proof is
+            # taken, or after STALE_AFTER (a refused proof leaves the request open at the PSAM too)
             try:
-                psam.ensure_selected()
-                _, req = psam.begin_debit(card, counter, self.terms.amount, self.terms.currency)
                 psam_cert = psam.certificate()
             except hw.HardwareError as e:
                 raise _card_error(e, "start the debit at the PSAM") from None
@@ -290,6 +364,7 @@ class PayeeFlow:
                 raise PaymentRefused(f"the PSAM did not accept the card's proof ({_card_error(e, 'complete')})",
                                      "bad_proof") from None
             self.state = "done"
+            self.m.slots.release(self.terms.payment_id)
             return Step({"kind": "receipt", "batch": batch, "index": index}, done=True, status=Status.PAID,
                         evidence={"proof": msg["proof"], "proof_signature": msg["signature"], "batch": batch,
                                   "index": index, "card_certificate": b64(self.card_cert)})

@@ -1,0 +1,135 @@
+"""A seller's PSAM keeps 16 debits open; the payee never starts more, so no paid card is refused.
+
+Found by ``semper bench throughput`` with 32 buyers: the PSAM evicts its oldest open request to
+start a 17th, the card that answered the evicted request has already debited itself, and the PSAM
+then refuses its proof as unknown: the buyer paid, the seller cannot collect. The payee now keeps
+room for each payment from its hello to its proof (``PurseModule.admit``); a further hello waits,
+bounded, or is refused before the card is asked for anything.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client.payment import card_purse
+from client.payment.model import Terms
+from client.payment.module import PartyContext
+from client.payment.modules.purse import PSAM_PENDING, PayeeFlow, PayerFlow, PurseModule, TerminalBusy
+from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
+from client.support.scheme import Scheme
+from hardware import errors as hw
+from hardware.psam import PsamSession
+from hardware.purse import PurseSession
+from hardware.simulator import open_card
+
+PIN = b"1234"
+EUR = 978
+CARDS = PSAM_PENDING + 4
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Scheme, Path, list[Path]]:
+    folder = tmp_path_factory.mktemp("room")
+    scheme = Scheme.load_or_create(folder / "scheme")
+    psam = folder / "psam.card"
+    personalise_psam(psam, scheme, sync=False)
+    cards = []
+    for i in range(CARDS):
+        image = folder / f"card-{i}.card"
+        personalise_purse_card(image, scheme, CardProfile(PIN, b"12345678", max_balance=10_000), sync=False)
+        with open_card(image, sync=False) as conn:
+            card_purse.load(PurseSession(conn), scheme, 100, PIN)
+        cards.append(image)
+    return scheme, psam, cards
+
+
+@pytest.fixture
+def market(images: tuple[Scheme, Path, list[Path]], tmp_path: Path) -> Iterator[tuple[PurseModule, list[PurseModule]]]:
+    import shutil
+    _scheme, psam_image, card_images = images
+    conns = [open_card(Path(shutil.copy(psam_image, tmp_path / "psam.card")), sync=False)]
+    payee = PurseModule(PartyContext(psam=PsamSession(conns[0]), currency=EUR))
+    payers = []
+    for i, image in enumerate(card_images):
+        conns.append(open_card(Path(shutil.copy(image, tmp_path / f"card-{i}.card")), sync=False))
+        payers.append(PurseModule(PartyContext(purse=PurseSession(conns[-1]), currency=EUR)))
+    yield payee, payers
+    for c in conns:
+        c.close()
+
+
+def _terms(i: int) -> Terms:
+    return Terms.new(5, EUR, "ACC-SELLER", f"order {i}".encode())
+
+
+def _balances(payers: list[PurseModule]) -> int:
+    total = 0
+    for p in payers:
+        p.ctx.purse.select()
+        total += p.ctx.purse.info().balance
+    return total
+
+
+def test_the_psam_itself_evicts_its_oldest_open_debit(market: tuple[PurseModule, list[PurseModule]]) -> None:
+    """The hazard, shown on the devices alone: a 17th begin_debit evicts the first request, and the
+    card that debited against it is then refused."""
+    payee, payers = market
+    psam = payee.ctx.psam
+    opened = []
+    for p in payers[:PSAM_PENDING + 1]:
+        info = p.ctx.purse.info()
+        opened.append((p, psam.begin_debit(info.card_number, info.debit_counter + 1, 5, EUR)[1]))
+    first, request = opened[0]
+    _, proof = first.ctx.purse.debit(psam.certificate(), request)        # the card has paid
+    with pytest.raises(hw.HardwareError):
+        psam.complete_debit(first.ctx.purse.certificate(), proof)        # and the PSAM no longer knows why
+
+
+def test_the_payee_keeps_room_for_every_open_payment(market: tuple[PurseModule, list[PurseModule]]) -> None:
+    payee, payers = market
+    before = _balances(payers)
+    flows: list[tuple[PayerFlow, PayeeFlow, dict]] = []
+    refused = 0
+    for i, p in enumerate(payers):
+        terms = _terms(i)
+        payer, flow = PayerFlow(p, terms), payee.payee_flow(terms)
+        hello = payer.step(None).message
+        try:
+            payee.admit(terms.payment_id, hello, timeout=0.05)
+        except TerminalBusy:
+            refused += 1                                               # refused before the card was asked
+            continue
+        challenge = flow.step(hello).message
+        flows.append((payer, flow, challenge))
+    assert len(flows) == PSAM_PENDING and refused == CARDS - PSAM_PENDING
+    assert payee.slots.held() == PSAM_PENDING
+    assert _balances(payers) == before                                 # the refused cards paid nothing
+    paid = 0
+    for payer, flow, challenge in flows:                               # every card pays; every proof is taken
+        proof = payer.step(challenge).message
+        receipt = flow.step(proof)
+        assert receipt.done and receipt.message["kind"] == "receipt"
+        paid += 5
+    assert payee.slots.held() == 0
+    psam = payee.ctx.psam
+    psam.ensure_selected()
+    assert psam.info().batch_total == paid == before - _balances(payers)
+    # with room again, a hello that was refused goes through
+    terms = _terms(99)
+    payer, flow = PayerFlow(payers[-1], terms), payee.payee_flow(terms)
+    hello = payer.step(None).message
+    payee.admit(terms.payment_id, hello, timeout=0.05)
+    assert flow.step(payer.step(flow.step(hello).message).message).done
+
+
+def test_a_malformed_hello_gives_its_room_back(market: tuple[PurseModule, list[PurseModule]]) -> None:
+    payee, _payers = market
+    terms = _terms(1)
+    flow = payee.payee_flow(terms)
+    payee.admit(terms.payment_id, {"kind": "hello"}, timeout=0.05)
+    assert payee.slots.held() == 1
+    with pytest.raises(Exception):
+        flow.step({"kind": "hello", "card": "zz", "counter": 1, "currency": EUR, "card_certificate": ""})
+    assert payee.slots.held() == 0
