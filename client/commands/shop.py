@@ -3,12 +3,9 @@ fair exchanges), its signing key in its token and its PSAM in its own reader (``
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from . import print_json, read_secret
-
-SWITCH_INTERVAL = 0.0005
 
 
 def cmd_serve_shop(args: argparse.Namespace) -> int:
@@ -19,10 +16,6 @@ def cmd_serve_shop(args: argparse.Namespace) -> int:
     home = ShopHome.default(args.dir)
     pin = args.pin_file.read_bytes().strip() if args.pin_file else read_secret("shop token PIN", args.pin_stdin)
     opened = home.open(pin)
-    # The PSAM thread gives up the GIL at every APDU and then waits for it while holding the
-    # payment lock; with the default 5 ms switch interval, busy handler threads made each purchase
-    # wait tens of milliseconds for the PSAM (docs/performance.md). 0.5 ms keeps that wait short.
-    sys.setswitchinterval(SWITCH_INTERVAL)
     if args.profile:
         from bench.profiling import serve_profile_on_signals
         serve_profile_on_signals(args.profile)
