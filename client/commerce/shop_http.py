@@ -131,7 +131,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     @routes.post("/deals/pay")
     async def pay(request: web.Request) -> web.Response:
         body = await read_json(request, {"deal": str, "envelope": dict})
-        await _admitted(body["envelope"])
+        await _admitted(body["deal"], body["envelope"])
         reply = await _call(shop.pay, body["deal"], body["envelope"])
         answer: dict[str, Any] = {"envelope": reply}
         sd = shop.deals.get(body["deal"])
@@ -144,10 +144,15 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
                     answer.update(shipped=True, delivery=_e(note), content=_e(content))
         return web.json_response(answer)
 
-    async def _admitted(envelope: Any) -> None:
+    async def _admitted(deal_id: str, envelope: Any) -> None:
         """Wait, on the event loop and bounded, for room at the payment device (the PSAM keeps only so
         many debits open). Waiting in a worker thread instead would let waiting payments take every
-        thread and starve the very proofs that free the room."""
+        thread and starve the very proofs that free the room. Only the payment this shop asked for in
+        an ordered deal gets room: anything else goes on to Shop.pay, which refuses it."""
+        sd = shop.deals.get(deal_id)
+        if sd is None or sd.terms is None or not isinstance(envelope, dict) \
+                or envelope.get("payment_id") != sd.terms.payment_id:
+            return
         deadline = asyncio.get_running_loop().time() + ADMIT_WAIT
         while True:
             try:
