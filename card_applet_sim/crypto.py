@@ -8,7 +8,6 @@ UUID arc, so a PSAM certificate cannot pass for a card certificate or the other 
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import os
 

@@ -77,7 +77,6 @@ class PivSession:
         return inner[0x70]
 
     def put_certificate(self, slot: Slot, der: bytes) -> None:
-        self._certs.pop(slot, None)
         self.put_object(OBJECT_IDS[slot], tlv.encode(0x70, der) + tlv.encode(0x71, b"\x00") + tlv.encode(0xFE, b""))
 
     # ---- PIN -------------------------------------------------------------------------------

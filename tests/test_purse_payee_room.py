@@ -97,7 +97,7 @@ def test_the_payee_keeps_room_for_every_open_payment(market: tuple[PurseModule, 
         payer, flow = PayerFlow(p, terms), payee.payee_flow(terms)
         hello = payer.step(None).message
         try:
-            payee.admit(terms.payment_id, hello, timeout=0.05)
+            payee.admit(terms.payment_id, hello)
         except TerminalBusy:
             refused += 1                                               # refused before the card was asked
             continue
@@ -120,7 +120,7 @@ def test_the_payee_keeps_room_for_every_open_payment(market: tuple[PurseModule, 
     terms = _terms(99)
     payer, flow = PayerFlow(payers[-1], terms), payee.payee_flow(terms)
     hello = payer.step(None).message
-    payee.admit(terms.payment_id, hello, timeout=0.05)
+    payee.admit(terms.payment_id, hello)
     assert flow.step(payer.step(flow.step(hello).message).message).done
 
 
@@ -128,7 +128,7 @@ def test_a_malformed_hello_gives_its_room_back(market: tuple[PurseModule, list[P
     payee, _payers = market
     terms = _terms(1)
     flow = payee.payee_flow(terms)
-    payee.admit(terms.payment_id, {"kind": "hello"}, timeout=0.05)
+    payee.admit(terms.payment_id, {"kind": "hello"})
     assert payee.slots.held() == 1
     with pytest.raises(Exception):
         flow.step({"kind": "hello", "card": "zz", "counter": 1, "currency": EUR, "card_certificate": ""})

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..support.archive import Archive, StatementSigner
+from ..support.archive import Archive, StatementSigner, statement_kind
 
 
 class SharedArchive:
@@ -51,12 +51,10 @@ class SharedArchive:
         with self._write_lock:
             return self._mine().append(*args, **kwargs)
 
-    def append_statement(self, deal_id: str, statement_der: bytes, **kwargs: Any) -> Any:
-        from ..support.archive import STATEMENT_KIND
-        from ..support.cms import check_integrity, parse_statement
-        statement = parse_statement(statement_der)          # checked outside the lock
-        check_integrity(statement.parts)
-        return self.append(deal_id, STATEMENT_KIND + statement.type, statement_der, **kwargs)
+    def append_statement(self, deal_id: str, statement_der: bytes, *, statement_type: str | None = None,
+                         **kwargs: Any) -> Any:
+        kind = statement_kind(statement_der, statement_type)          # parsed and checked outside the lock
+        return self.append(deal_id, kind, statement_der, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         """Every Archive method, on this thread's connection (append, append_statement, entries, export...)."""

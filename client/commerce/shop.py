@@ -250,7 +250,7 @@ class Shop:
         if not isinstance(envelope, dict) or envelope.get("payment_id") != sd.terms.payment_id:
             raise CommerceError("the payment message is for another payment than this deal's")
         try:
-            self.payments.admit(envelope, timeout=0)  # room at the device first, outside its lock (the
+            self.payments.admit(envelope)             # room at the device first, outside its lock (the
         except PaymentError as e:                     # HTTP handler waits for it without holding a thread)
             raise CommerceError(f"the payment was refused: {e}") from None
         with self.payment_lock:

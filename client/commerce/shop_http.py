@@ -156,7 +156,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
         deadline = asyncio.get_running_loop().time() + ADMIT_WAIT
         while True:
             try:
-                shop.payments.admit(envelope, timeout=0)
+                shop.payments.admit(envelope)
                 return
             except PaymentError as e:
                 if asyncio.get_running_loop().time() >= deadline:

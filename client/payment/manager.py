@@ -111,17 +111,17 @@ class PaymentManager:
                 raise PaymentError(f"payment {terms.payment_id} is already expected with other terms")
             self._expected[terms.payment_id] = terms
 
-    def admit(self, envelope: Any, timeout: float = 10.0) -> None:
-        """Room for this payer's message at the module's device (see ``BaseModule.admit``); call it
-        before taking the device lock that :meth:`handle` runs under. Malformed envelopes pass: handle()
-        refuses them with the precise message."""
+    def admit(self, envelope: Any) -> None:
+        """Room for this payer's message at the module's device, or a PaymentError now (see
+        ``BaseModule.admit``); call it before taking the device lock that :meth:`handle` runs under.
+        Malformed envelopes pass: handle() refuses them with the precise message."""
         if not isinstance(envelope, dict):
             return
         pid, name, body = envelope.get("payment_id"), envelope.get("module"), envelope.get("body")
         if isinstance(pid, str) and isinstance(name, str) and isinstance(body, dict) and name in self.modules:
             admit = getattr(self.modules[name], "admit", None)        # modules from elsewhere may not have it
             if admit is not None:
-                admit(pid, body, timeout)
+                admit(pid, body)
 
     def handle(self, envelope: dict[str, Any]) -> dict[str, Any] | None:
         """Answer one envelope from a payer (the payee link and the transfer layer call this)."""

@@ -121,10 +121,10 @@ class BaseModule:
     def acceptance(self) -> Acceptance | None:
         return None
 
-    def admit(self, payment_id: str, body: dict[str, Any], timeout: float) -> None:
+    def admit(self, payment_id: str, body: dict[str, Any]) -> None:
         """Called by the payee *before* it takes its device lock for a payer's message: a module whose
-        device can hold only so many payments in flight waits here (bounded) for room, or refuses
-        before anything is paid. Default: no limit."""
+        device can hold only so many payments in flight raises here (a PaymentError) when there is no
+        room, before anything is paid; the caller may wait and ask again. Default: no limit."""
 
     def refund(self, record: Record, amount: int) -> Record:
         raise NotRevocable(f"{self.name} payments cannot be refunded; pay the amount back with a new payment")

@@ -128,6 +128,17 @@ def _rfc3339(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def statement_kind(statement_der: bytes, statement_type: str | None = None) -> str:
+    """The entry kind of a statement: ``statement:<type>``. Without ``statement_type`` the statement is
+    parsed and its signature checked first; a caller that has just verified it (``verify_statement``)
+    or signed it itself names the type instead, and saves doing that twice (half a millisecond)."""
+    if statement_type is None:
+        statement = parse_statement(statement_der)
+        check_integrity(statement.parts)
+        statement_type = statement.type
+    return STATEMENT_KIND + statement_type
+
+
 def statement_signer(signer: Signer, pin: bytes | None = None) -> StatementSigner:
     """Checkpoints signed on ``signer``; ``pin`` for keys that need it before every signature (PIV 9C)."""
     return lambda statement: sign_statement(signer, statement, pin=pin)
@@ -321,11 +332,10 @@ class Archive:
                 _log.warning("entry %d archived, but the automatic checkpoint failed: %s", index, e)
         return entry
 
-    def append_statement(self, deal_id: str, statement_der: bytes, *, when: dt.datetime | None = None) -> Entry:
+    def append_statement(self, deal_id: str, statement_der: bytes, *, statement_type: str | None = None,
+                         when: dt.datetime | None = None) -> Entry:
         """Archive a signed statement; its kind is ``statement:<type>`` so the export can verify it."""
-        statement = parse_statement(statement_der)
-        check_integrity(statement.parts)
-        return self.append(deal_id, STATEMENT_KIND + statement.type, statement_der, when=when)
+        return self.append(deal_id, statement_kind(statement_der, statement_type), statement_der, when=when)
 
     def checkpoint_due(self) -> bool:
         if self.checkpoint_every is None:

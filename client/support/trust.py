@@ -79,19 +79,6 @@ class Usage(enum.Enum):
     TIMESTAMPING = "time-stamping"
 
 
-class _Described:
-    """A certificate's description, made only when a message needs it (most checks pass)."""
-
-    def __init__(self, cert: x509.Certificate) -> None:
-        self.cert = cert
-
-    def __str__(self) -> str:
-        return describe(self.cert)
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-
 @functools.lru_cache(maxsize=512)
 def describe(cert: x509.Certificate) -> str:
     """How a person recognises a certificate: its subject and serial number (worded once per
@@ -238,7 +225,7 @@ class TrustStore:
             eku_critical = eku_ext.critical
         except x509.ExtensionNotFound:
             eku, eku_critical = None, False
-        who = _Described(cert)
+        who = describe(cert)
         if usage is Usage.TIMESTAMPING:
             if eku != [ExtendedKeyUsageOID.TIME_STAMPING] or not eku_critical:
                 raise WrongKeyUsage(f"{who} is not a time-stamping certificate: RFC 3161 requires a critical "

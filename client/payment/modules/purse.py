@@ -55,40 +55,36 @@ class _Slots:
     Why: the PSAM keeps at most :data:`PSAM_PENDING` debit requests open and evicts the oldest to
     start another. A card that then sends its proof for an evicted request has *paid* (its debit is
     committed) and the PSAM refuses the proof as unknown: the buyer's money would be stuck. So the
-    payee never starts more debits than the PSAM can hold; a further hello waits (bounded) for a
-    payment to finish, or is refused before the card is asked for anything. A payment whose buyer
-    vanished after the challenge gives its room up after :data:`STALE_AFTER` seconds.
+    payee never starts more debits than the PSAM can hold: a further hello is refused, before the
+    card is asked for anything, until a payment finishes (the shop's HTTP handler waits and asks
+    again). A payment whose buyer vanished after the challenge gives its room up after
+    :data:`STALE_AFTER` seconds.
     """
 
     def __init__(self, size: int = PSAM_PENDING) -> None:
         self.size = size
         self._held: dict[str, float] = {}
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
 
-    def acquire(self, payment_id: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while payment_id not in self._held:
-                now = time.monotonic()
-                for pid, since in list(self._held.items()):
-                    if now - since > STALE_AFTER:
-                        del self._held[pid]
-                if len(self._held) < self.size:
-                    self._held[payment_id] = now
-                    return
-                left = deadline - now
-                if left <= 0:
-                    raise TerminalBusy(f"the seller's terminal has {self.size} card payments in flight; nothing was "
-                                       "paid; try again in a moment")
-                self._cond.wait(min(left, 1.0))
+    def acquire(self, payment_id: str) -> None:
+        with self._lock:
+            if payment_id in self._held:
+                return
+            now = time.monotonic()
+            for pid, since in list(self._held.items()):
+                if now - since > STALE_AFTER:
+                    del self._held[pid]
+            if len(self._held) >= self.size:
+                raise TerminalBusy(f"the seller's terminal has {self.size} card payments in flight; nothing was "
+                                   "paid; try again in a moment")
+            self._held[payment_id] = now
 
     def release(self, payment_id: str) -> None:
-        with self._cond:
-            if self._held.pop(payment_id, None) is not None:
-                self._cond.notify()
+        with self._lock:
+            self._held.pop(payment_id, None)
 
     def held(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._held)
 
 
@@ -102,9 +98,9 @@ class PurseModule(BaseModule):
         super().__init__(context)
         self.slots = _Slots()
 
-    def admit(self, payment_id: str, body: dict[str, Any], timeout: float) -> None:
+    def admit(self, payment_id: str, body: dict[str, Any]) -> None:
         if body.get("kind") == "hello" and self.ctx.psam is not None:
-            self.slots.acquire(payment_id, timeout)
+            self.slots.acquire(payment_id)
 
     # ---- instruments -------------------------------------------------------------------------
     def instruments(self) -> list[Instrument]:
