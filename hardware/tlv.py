@@ -12,6 +12,8 @@ def encode(tag: int, value: bytes) -> bytes:
 
 
 def decode(data: bytes) -> dict[int, bytes]:
+    """A flat list of TLVs as a tag -> value map. A tag twice at one level is refused: which of the two
+    values a caller would read is exactly what an attacker on the line would choose."""
     out: dict[int, bytes] = {}
     i = 0
     try:
@@ -31,6 +33,8 @@ def decode(data: bytes) -> dict[int, bytes]:
                 i += nb
             if i + ln > len(data):
                 raise IndexError
+            if tag in out:
+                raise TransportError(f"the card's answer holds tag {tag:02X} twice")
             out[tag] = data[i:i + ln]
             i += ln
     except IndexError:

@@ -63,3 +63,12 @@ def test_a_conditional_update_has_exactly_one_winner_across_threads(tmp_path: Pa
     with db.transaction(write=False) as tx:
         assert tx.one("SELECT spent_by FROM coins") == (wins[0],)
     db.close()
+
+
+def test_postgresql_placeholders_only_outside_literals_and_comments():
+    """A '?' in a string literal or a comment is text; '%' must reach psycopg doubled (issue 13)."""
+    from client.services.db import pyformat
+    sql = "SELECT a FROM t WHERE b = ? AND c = 'why?' AND d LIKE '50%' AND \"q?\" = ? -- who?\n AND e = ? /* ? */"
+    assert pyformat(sql) == ("SELECT a FROM t WHERE b = %s AND c = 'why?' AND d LIKE '50%%' AND \"q?\" = %s "
+                             "-- who?\n AND e = %s /* ? */")
+    assert pyformat("SELECT 'it''s ?' , ?") == "SELECT 'it''s ?' , %s"

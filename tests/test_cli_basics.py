@@ -30,10 +30,27 @@ def test_bad_amounts(text):
 
 
 def test_currencies():
-    assert parse_currency("eur") == 978 and parse_currency("840") == 840
+    assert parse_currency("eur") == 978 and parse_currency("840") == 840 and parse_currency("jpy") == 392
     with pytest.raises(AmountError):
         parse_currency("XYZ")
     assert format_amount(1250, 978) == "12.50 EUR"
+
+
+@pytest.mark.parametrize("minor,currency,text", [(-5, 978, "-0.05 EUR"), (-105, 978, "-1.05 EUR"), (-5, None, "-0.05"),
+                                                  (0, 978, "0.00 EUR"), (500, 392, "500 JPY"), (-1, 392, "-1 JPY"),
+                                                  (1234, 414, "1.234 KWD"), (7, 414, "0.007 KWD")])
+def test_negative_amounts_and_minor_units_format(minor, currency, text):
+    assert format_amount(minor, currency) == text
+
+
+def test_amounts_follow_the_currencys_minor_unit():
+    assert parse_amount("500", 392) == 500                    # yen have no decimals
+    assert parse_amount("1.234", 414) == 1234                 # dinar have three
+    assert parse_amount("12.5", 978) == 1250
+    with pytest.raises(AmountError, match="no decimals"):
+        parse_amount("1.5", 392)
+    with pytest.raises(AmountError, match="at most 3 decimals"):
+        parse_amount("1.2345", 414)
 
 
 def _semper(*args: str, **kw):
@@ -42,7 +59,7 @@ def _semper(*args: str, **kw):
 
 def test_bad_input_gives_one_line_and_status_2(tmp_path):
     r = _semper("card", "load", "1.234", "--image", str(tmp_path / "none.card"), "--pin-stdin", input="1234\n")
-    assert r.returncode == 2 and "two decimals" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "at most 2 decimals" in r.stderr and "Traceback" not in r.stderr
     r = _semper("card", "new", "--image", str(tmp_path / "c.card"), "--pin", "12", "--puk", "12345678",
                 env={"SEMPER_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 2 and "4 to 8 digits" in r.stderr

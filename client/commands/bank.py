@@ -92,9 +92,10 @@ def cmd_open_account(args: argparse.Namespace) -> int:
 
 def cmd_cash(args: argparse.Namespace) -> int:
     bank = _open(args)
-    amount = parse_amount(args.amount)
+    currency = bank.currency(args.account)
+    amount = parse_amount(args.amount, currency)
     (bank.cash_in if args.bank_command == "cash-in" else bank.cash_out)(args.account, amount)
-    print(f"{args.account}: {format_amount(bank.balance(args.account))}")
+    print(f"{args.account}: {format_amount(bank.balance(args.account), currency)}")
     return 0
 
 

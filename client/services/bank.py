@@ -298,6 +298,13 @@ class Bank:
             tx.execute("INSERT INTO psams (psam, account, currency) VALUES (?, ?, ?)", (psam, account_id, acc.currency))
         return psam
 
+    def currency(self, account_id: str) -> int:
+        with self.db.transaction(write=False) as tx:
+            acc = store.get_account(tx, account_id)
+        if acc is None:
+            raise BankRefusal("unknown_account", f"there is no account {account_id}", 404)
+        return acc.currency
+
     def balance(self, account_id: str) -> int:
         with self.db.transaction() as tx:
             acc = store.get_account(tx, account_id)

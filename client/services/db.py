@@ -18,7 +18,7 @@ types differently; nothing here is large.
 """
 from __future__ import annotations
 
-import re
+import functools
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import sqlparse
 
 BUSY_TIMEOUT_S = 10.0
 
@@ -64,6 +66,17 @@ class Dsn:
         return Dsn("sqlite", text)
 
 
+@functools.lru_cache(maxsize=1024)
+def pyformat(sql: str) -> str:
+    """Standard SQL with ``?`` placeholders -> psycopg's ``%s`` form. The statement is tokenised
+    (sqlparse's lexer), so a ``?`` inside a string literal, a quoted identifier or a comment stays
+    text; every other ``%`` is doubled, since psycopg reads ``%`` anywhere as a placeholder's start."""
+    out = []
+    for ttype, value in sqlparse.lexer.tokenize(sql):
+        out.append("%s" if ttype in sqlparse.tokens.Name.Placeholder and value == "?" else value.replace("%", "%%"))
+    return "".join(out)
+
+
 class Transaction:
     """One open transaction; ``execute`` takes standard SQL with ``?`` placeholders."""
 
@@ -73,7 +86,7 @@ class Transaction:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         if self._backend == "postgresql":
-            sql = re.sub(r"\?", "%s", sql)
+            sql = pyformat(sql)
         cur = self._conn.cursor()
         try:
             cur.execute(sql, tuple(params))

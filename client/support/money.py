@@ -1,41 +1,81 @@
-"""Amounts as people type them ("12.50") and as cards store them (minor units, ISO 4217 numeric)."""
+"""Amounts as people type them ("12.50") and as cards store them (minor units, ISO 4217 numeric).
+
+How many decimals a currency has is ISO 4217's "minor unit" (EUR 2, JPY 0, KWD 3), taken from the
+``iso4217`` package (ISO's own table), never assumed: 1 JPY is one minor unit, 1 KWD a thousand.
+"""
 from __future__ import annotations
 
+import functools
 from decimal import Decimal, InvalidOperation
 
-CURRENCIES = {"EUR": 978, "USD": 840, "CHF": 756, "GBP": 826, "DKK": 208, "NOK": 578}
-_BY_CODE = {v: k for k, v in CURRENCIES.items()}
+import iso4217
+
+DEFAULT_CURRENCY = 978          # EUR: what an amount means when no currency is named
 
 
 class AmountError(ValueError):
-    pass
+    user_facing = True
 
 
-def parse_amount(text: str) -> int:
-    """'12.50' -> 1250. Two decimals at most, positive, below 2^31 minor units."""
+@functools.cache
+def _by_number() -> dict[int, iso4217.Currency]:
+    out: dict[int, iso4217.Currency] = {}
+    for c in iso4217.Currency:
+        if c.number is not None:
+            out.setdefault(c.number, c)
+    return out
+
+
+def exponent(currency: int) -> int:
+    """Decimals of a currency given by its ISO 4217 number (2 for a number ISO does not list or that
+    has no minor unit defined, such as XAU: the card stores such amounts in hundredths)."""
+    c = _by_number().get(currency)
+    return c.exponent if c is not None and c.exponent is not None else 2
+
+
+def currency_code(currency: int) -> str:
+    c = _by_number().get(currency)
+    return c.code if c is not None else f"{currency:03d}"
+
+
+def parse_amount(text: str, currency: int = DEFAULT_CURRENCY) -> int:
+    """'12.50' EUR -> 1250, '500' JPY -> 500. As many decimals as the currency has at most, positive,
+    below 2^31 minor units."""
+    places = exponent(currency)
     try:
         d = Decimal(text.strip())
     except InvalidOperation:
-        raise AmountError(f"{text!r} is not an amount; write it like 12.50") from None
+        example = "12" + ("." + "5" * places if places else "")
+        raise AmountError(f"{text!r} is not an amount; write it like {example}") from None
     if not d.is_finite() or d <= 0:
         raise AmountError(f"{text!r}: the amount must be positive")
-    if d != d.quantize(Decimal("0.01")):
-        raise AmountError(f"{text!r}: at most two decimals")
-    minor = int(d * 100)
+    minor = d.scaleb(places)
+    if minor != minor.to_integral_value():
+        raise AmountError(f"{text!r}: {currency_code(currency)} has " +
+                          (f"at most {places} decimals" if places else "no decimals"))
     if minor >= 2**31:
         raise AmountError(f"{text!r} is too large")
-    return minor
+    return int(minor)
 
 
 def parse_currency(text: str) -> int:
     code = text.strip().upper()
-    if code in CURRENCIES:
-        return CURRENCIES[code]
     if code.isdigit() and 0 < int(code) < 1000:
         return int(code)
-    raise AmountError(f"unknown currency {text!r}; use one of {', '.join(CURRENCIES)} or an ISO 4217 number")
+    try:
+        c = iso4217.Currency(code)
+    except ValueError:
+        c = None
+    if c is None or c.number is None:
+        raise AmountError(f"unknown currency {text!r}; use an ISO 4217 code such as EUR, USD, JPY or its number")
+    return c.number
 
 
 def format_amount(minor: int, currency: int | None = None) -> str:
-    s = f"{minor // 100}.{minor % 100:02d}"
-    return f"{s} {_BY_CODE.get(currency, str(currency))}" if currency is not None else s
+    """1250 -> '12.50', with the currency's code when given; negative amounts keep their sign on the
+    whole amount (-5 -> '-0.05', not Python's floor division's '-1.95')."""
+    places = exponent(currency) if currency is not None else exponent(DEFAULT_CURRENCY)
+    sign = "-" if minor < 0 else ""
+    whole, frac = divmod(abs(minor), 10 ** places)
+    s = f"{sign}{whole}" + (f".{frac:0{places}d}" if places else "")
+    return f"{s} {currency_code(currency)}" if currency is not None else s
