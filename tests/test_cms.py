@@ -243,7 +243,7 @@ def test_canonical_json_is_sorted_compact_utf8() -> None:
     ({"type": ""}, "needs a 'type'"),
     ({"type": "offer", "price": 1.5}, "floating-point"),
     ({"type": "offer", "n": 2**60}, "too large"),
-    ({"type": "offer", "blob": b"\x00"}, "cannot go into a statement"),
+    ({"type": "offer", "blob": b"\x00"}, "cannot go into signed JSON"),
     ({"type": "offer", 3: "x"}, "keys must be strings"),
     (["offer"], "JSON object"),
 ])

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 from cryptography import x509
 
 from ..services.pki import ROLES
+from ..support.canonical import canonical as _canonical
 from ..support.trust import VerifiedStatement
 from .catalogue import CatalogueItem
 from .deal import WORKFLOWS, DealAttributes, check_deal_id
@@ -51,7 +51,7 @@ def sha256_hex(data: bytes) -> str:
 
 
 def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _canonical(obj, "document", CommerceError)
 
 
 def rfc3339(when: dt.datetime) -> str:

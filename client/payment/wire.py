@@ -12,7 +12,6 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
-import json
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,34 +26,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from hardware.signer import Signer
 
+from ..support.canonical import canonical as _canonical
 from .errors import ProtocolError
 
-MAX_JSON_INT = 2**53 - 1
 
 
 def canonical(obj: Any) -> bytes:
-    """The one byte form of a JSON value; floats are refused (money is in integers)."""
-    _check(obj, "body")
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        raise ProtocolError("body: text with a lone UTF-16 surrogate has no UTF-8 form") from None
-
-
-def _check(v: Any, where: str) -> None:
-    if isinstance(v, float):
-        raise ProtocolError(f"{where}: floating-point numbers are not allowed (use integers in minor units)")
-    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_JSON_INT:
-        raise ProtocolError(f"{where}: the integer {v} is too large")
-    if isinstance(v, dict):
-        for k, x in v.items():
-            if not isinstance(k, str):
-                raise ProtocolError(f"{where}: keys must be strings")
-            _check(x, f"{where}.{k}")
-    elif isinstance(v, list):
-        for i, x in enumerate(v):
-            _check(x, f"{where}[{i}]")
+    """The one byte form of a JSON value (support.canonical); floats are refused (money is in integers)."""
+    return _canonical(obj, "body", ProtocolError)
 
 
 def digest(obj: Any) -> bytes:

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hardware.signer import Signer
 
 from . import cms_profile
+from .canonical import canonical
 
 ARC = "2.25.204673179289492764569138234192898414436"
 #: eContentType of a semper statement (canonical JSON). openssl verifies SignedData of any content type.
@@ -50,7 +51,6 @@ cms.ContentType._map.setdefault(STATEMENT_OID, "semper_statement")
 KNOWN_TYPES = ("offer", "order", "receipt", "debit-proof", "payment", "delivery", "decision", "complaint",
                "checkpoint", "registration")
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
-_MAX_JSON_INT = 2**53 - 1          # beyond this JSON readers disagree; money is in minor units anyway
 REQUIRED_SIGNED_ATTRS = ("content_type", "signing_time", "message_digest", "signing_certificate_v2")
 
 
@@ -90,56 +90,6 @@ class SigningError(EvidenceError):
 
 
 # ---- canonical JSON -----------------------------------------------------------------------------
-def _check_json_value(value: Any, where: str) -> None:
-    if not _plain_json(value):
-        _check_json_slowly(value, where)          # finds the offending value and names its path
-
-
-def _plain_json(value: Any) -> bool:
-    """JSON of exact built-in types within the limits (runs per value: exact type checks, no ABCs)."""
-    kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return True
-    if kind is int:
-        return -_MAX_JSON_INT <= value <= _MAX_JSON_INT
-    if kind is dict:
-        for k, v in value.items():
-            if type(k) is not str or (type(v) is not str and not _plain_json(v)):
-                return False
-        return True
-    if kind is list:
-        for v in value:
-            if type(v) is not str and not _plain_json(v):
-                return False
-        return True
-    return False
-
-
-def _check_json_slowly(value: Any, where: str) -> None:
-    """The same rules for everything else (subclasses, tuples, mappings), with the path in the message."""
-    if value is None or isinstance(value, (bool, str)):
-        return
-    if isinstance(value, int):
-        if abs(value) > _MAX_JSON_INT:
-            raise MalformedStatement(f"{where}: integer {value} is too large for JSON readers; send it as a string")
-        return
-    if isinstance(value, float):
-        raise MalformedStatement(f"{where}: floating-point numbers have no canonical form; use integers "
-                                 "(minor units) or strings")
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise MalformedStatement(f"{where}: object keys must be strings, not {type(k).__name__}")
-            _check_json_slowly(v, f"{where}.{k}")
-        return
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_json_slowly(v, f"{where}[{i}]")
-        return
-    raise MalformedStatement(f"{where}: {type(value).__name__} cannot go into a statement (JSON values only; "
-                             "encode bytes as hex)")
-
-
 def canonical_json(statement: Mapping[str, Any]) -> bytes:
     """The one byte form of a statement: UTF-8, keys sorted, no insignificant space."""
     if not isinstance(statement, Mapping):
@@ -148,9 +98,7 @@ def canonical_json(statement: Mapping[str, Any]) -> bytes:
     if not isinstance(kind, str) or not _TYPE_RE.match(kind):
         raise MalformedStatement(f"a statement needs a 'type' of lower-case letters, digits and '-' "
                                  f"(e.g. {', '.join(KNOWN_TYPES[:4])}); got {kind!r}")
-    _check_json_value(statement, "statement")
-    return json.dumps(statement, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return canonical(statement, "statement", MalformedStatement)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

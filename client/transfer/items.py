@@ -14,11 +14,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from ..support.canonical import canonical as _canonical
 from .errors import MalformedItem
 
 MAX_DEPTH = 8
@@ -44,8 +44,8 @@ def b64d(value: Any, what: str, limit: int = 16 * 1024 * 1024) -> bytes:
 
 
 def canonical(obj: Any) -> bytes:
-    """The one byte form of a JSON value (what is hashed and signed)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """The one byte form of a JSON value (what is hashed and signed; support.canonical)."""
+    return _canonical(obj, "item", MalformedItem)
 
 
 def sha256_hex(data: bytes) -> str:
