@@ -9,7 +9,6 @@ armed; disarm, wait for every party to be back, clear again; then run every chec
 """
 from __future__ import annotations
 
-import http.client
 import json
 import tempfile
 import time
@@ -256,20 +255,14 @@ def resume_exchanges(market: Any, plan: RunPlan, report: RunReport) -> None:
 
 def clear(market: Any) -> dict[str, Any] | None:
     """Ask the shop (through its proxy, as its operator would) to clear its PSAM batch at the bank."""
-    from client.support.channels import client_context
+    from client.support.channels import ChannelError, JsonClient
     proxy = market.proxies["shop"]
-    conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=client_context(market.world.root_pem),
-                                       timeout=CLEAR_TIMEOUT)
     try:
-        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {market.shop_admin_secret()}"}
-        conn.request("POST", "/admin/clear", body=b"{}", headers=headers)
-        resp = conn.getresponse()
-        body = json.loads(resp.read() or b"{}")
-        return body if resp.status == 200 else None
-    except (OSError, http.client.HTTPException, ValueError):
+        with JsonClient(f"https://127.0.0.1:{proxy.port}", market.world.root_pem, timeout=CLEAR_TIMEOUT,
+                        name="the shop") as shop:
+            return shop.post("/admin/clear", {}, {"Authorization": f"Bearer {market.shop_admin_secret()}"})
+    except ChannelError:
         return None
-    finally:
-        conn.close()
 
 
 def settle(market: Any, report: RunReport) -> None:

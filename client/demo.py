@@ -121,22 +121,13 @@ def _balances(say: Callable[[str], None], title: str, world: Any, purse: int, ba
 
 
 def _clear(world: Any) -> Any:
-    import http.client
-    import json
-    import ssl
-    from urllib.parse import urlsplit
-
-    from .support.channels import client_context
-    url = urlsplit(world.services.shop)
+    from .support.channels import ChannelError, JsonClient
     secret = (world.shop_dir / "admin-secret").read_text().strip()
-    ctx: ssl.SSLContext = client_context(world.root_pem)
-    conn = http.client.HTTPSConnection(url.hostname, url.port, context=ctx, timeout=30)
     try:
-        conn.request("POST", "/admin/clear", body=b"{}", headers={"Content-Type": "application/json",
-                                                                 "Authorization": f"Bearer {secret}"})
-        answer = json.loads(conn.getresponse().read() or b"{}")
-    finally:
-        conn.close()
+        with JsonClient(world.services.shop, world.root_pem, timeout=30, name="the shop") as shop:
+            answer = shop.post("/admin/clear", {}, {"Authorization": f"Bearer {secret}"})
+    except ChannelError as e:
+        return str(e)
     c = answer.get("cleared") or {}
     return f"{c.get('count', 0)} debit(s), {format_amount(int(c.get('total', 0)), 978)}" if c else answer
 

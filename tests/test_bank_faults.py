@@ -318,3 +318,26 @@ def _pending_request(psam: PsamSession, entry: Any) -> DebitRecord:
     p = DebitRecord.decode(entry.signed.record, b"DPF1")
     return DebitRecord(DEBIT_REQUEST, p.psam_id, p.psam_sequence, p.card_number, p.debit_counter, p.amount,
                        p.currency, p.challenge)
+
+
+def test_a_bank_the_pinned_root_does_not_vouch_for_is_refused_at_once(fault_world: World, tmp_path: Path) -> None:
+    """A certificate mismatch is not a lost connection: no retry, no 'outcome unknown' (issue 13, item 7).
+    Before: the client retried it three times, then said the outcome was unknown."""
+    from aiohttp import web
+
+    from client.payment.errors import UntrustedService
+    from client.services.bank_home import make_tls_identity
+    from client.services.http import ServiceRunner
+    from client.support.channels import JsonClient, server_context
+    w = fault_world
+    bank = BankClient(w.runner.url, w.home.tls_root, w.signers["buyer"], timeout=5, retries=3)
+    bank.info()                                                       # the real bank, pinned, answered once
+    chain, key = make_tls_identity(tmp_path / "impostor", ("127.0.0.1",))
+    with ServiceRunner(web.Application(), ssl_context=server_context(chain, key)) as impostor:
+        bank.http = JsonClient(impostor.url, w.home.tls_root, timeout=5, name="the bank")
+        tries: list[str] = []
+        request = bank.http.request
+        bank.http.request = lambda *a, **k: (tries.append(a[1]), request(*a, **k))[1]   # type: ignore[method-assign]
+        with pytest.raises(UntrustedService, match="does not vouch"):
+            bank.call("accounts/balance", {"account": w.accounts["buyer"]})
+        assert len(tries) == 1

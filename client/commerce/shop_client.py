@@ -1,22 +1,17 @@
-"""The buyer's client for a shop: JSON over one kept-alive HTTPS connection, pinned to the CA root.
+"""The buyer's client for a shop: JSON over kept-alive HTTPS connections, pinned to the CA root.
 
-Why not ``channels.JsonClient``: a purchase is six to eight requests in a row; a new TLS handshake
-for each would cost more than the purchase's cryptography. This client keeps one connection, opens
-a new one when the shop closed it, and bounds every request by a timeout. Errors become
-:class:`~client.commerce.errors.SellerRefused` (the shop said no, in its words) or
-:class:`~client.commerce.errors.ServiceUnavailable` (nothing answered).
+A purchase is six to eight requests in a row, so the connection is kept (``channels.JsonClient``).
+Errors become :class:`~client.commerce.errors.SellerRefused` (the shop said no, in its words) or
+:class:`~client.commerce.errors.ServiceUnavailable` (nothing answered, or not the shop the CA
+vouches for). The shop answers a retransmitted request as it answered the first, so a request whose
+kept-alive connection the shop had closed is sent once more.
 """
 from __future__ import annotations
 
 import base64
-import http.client
-import json
-import ssl
-import threading
 from typing import Any
-from urllib.parse import urlsplit
 
-from ..support.channels import client_context
+from ..support.channels import AnswerLost, ChannelError, JsonClient, ServiceError, TlsError, UnreachableError
 from .errors import SellerRefused, ServiceUnavailable
 
 MAX_ANSWER = 8 * 1024 * 1024
@@ -24,69 +19,36 @@ MAX_ANSWER = 8 * 1024 * 1024
 
 class ShopClient:
     def __init__(self, url: str, root_pem: str, *, timeout: float = 15.0) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ServiceUnavailable(f"{url!r} is not an https:// URL; shops speak only HTTPS")
-        self.url = url.rstrip("/")
-        self.host, self.port = parts.hostname, parts.port or 443
-        self.context = client_context(root_pem)
-        self.timeout = timeout
-        self._conn: http.client.HTTPSConnection | None = None
-        self._lock = threading.Lock()
-        self.requests = 0
+        try:
+            self.http = JsonClient(url, root_pem, timeout=timeout, name="the shop")
+        except ChannelError as e:
+            raise ServiceUnavailable(str(e).replace("semper services", "shops")) from None
+        self.url = self.http.base_url
 
-    def _connection(self) -> http.client.HTTPSConnection:
-        if self._conn is None:
-            self._conn = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=self.timeout)
-        return self._conn
+    @property
+    def requests(self) -> int:
+        return self.http.requests
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self.http.close()
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        with self._lock:
-            for attempt in (1, 2):                 # a kept-alive connection the shop closed: open a new one once
-                conn = self._connection()
-                try:
-                    conn.request(method, path, body=data, headers=headers)
-                    resp = conn.getresponse()
-                    raw = resp.read(MAX_ANSWER + 1)
-                    status = resp.status
-                    break
-                except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as e:
-                    # the link was cut (mid-handshake or mid-answer): a dropped connection, not a failed check
-                    conn.close()
-                    self._conn = None
-                    if attempt == 2:
-                        raise ServiceUnavailable(f"the shop at {self.url} did not answer ({e})") from None
-                except ssl.SSLError as e:
-                    self._conn = None
-                    raise ServiceUnavailable(f"the shop at {self.url} failed the TLS check ({e}); it is not the shop "
-                                             "the CA vouches for") from None
-                except (ConnectionError, http.client.HTTPException, OSError) as e:
-                    conn.close()
-                    self._conn = None
-                    if attempt == 2 or method != "GET" and not isinstance(e, (http.client.RemoteDisconnected,
-                                                                              BrokenPipeError,
-                                                                              ConnectionResetError)):
-                        raise ServiceUnavailable(f"the shop at {self.url} did not answer ({e})") from None
-            self.requests += 1
-        if len(raw) > MAX_ANSWER:
-            raise ServiceUnavailable("the shop's answer is too large; not reading it")
-        try:
-            obj = json.loads(raw) if raw else {}
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict):
-            raise ServiceUnavailable(f"the shop answered HTTP {status} without a JSON object")
-        if status >= 400:
-            raise SellerRefused(f"the shop refused: {obj.get('message') or obj.get('error') or status}")
-        return obj
+        for attempt in (1, 2):
+            try:
+                return self.http.post(path, body) if method == "POST" and body is not None else self.http.get(path)
+            except ServiceError as e:
+                raise SellerRefused(f"the shop refused: {e.message or e.code or e.status}") from None
+            except TlsError as e:
+                raise ServiceUnavailable(f"{e}; it is not the shop the CA vouches for") from None
+            except AnswerLost as e:
+                if attempt == 2 or not (e.closed or method == "GET"):
+                    raise ServiceUnavailable(f"the shop at {self.url} did not answer ({e})") from None
+            except UnreachableError as e:
+                if attempt == 2:
+                    raise ServiceUnavailable(str(e)) from None
+            except ChannelError as e:
+                raise ServiceUnavailable(str(e)) from None
+        raise AssertionError("unreachable")
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", path, body)

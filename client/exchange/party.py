@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..support.archive import Archive
-from ..support.channels import client_context, server_context
+from ..support.channels import AsyncJsonClient, server_context
 from ..support.trust import TrustStore
 from ..transfer.attributes import SecurityAttributes, check_attributes
 from ..transfer.errors import TransferError
@@ -55,7 +55,7 @@ from .negotiation import choose_protocol
 from .outcome import Outcome
 from .run import Faults, Run
 from .steps import Setup, refuse
-from .wire import JsonPoster, Mailbox, Server
+from .wire import SEND_TIMEOUT, Mailbox, Server
 
 log = logging.getLogger("semper.exchange")
 PROTOCOL_MODULES = {"gen-ver": genver, "rev-rev": revrev, "plain": plain}
@@ -86,7 +86,7 @@ class Party:
         self.archive = Archive.open(archive, create=True, sign=identity.sign)
         self.mailbox = Mailbox(self._on_new)
         self.server = Server(self.mailbox.app(), server_context(*tls), host, port)
-        self.poster = JsonPoster(client_context(root_pem))
+        self.poster = AsyncJsonClient(None, root_pem, timeout=SEND_TIMEOUT)
         self.plans: list[ResponsePlan] = []
         self.faults = Faults()
         self.outcomes: dict[str, Outcome] = {}

@@ -9,16 +9,15 @@ Clients pin the CA root (``client/support/channels.py``'s contexts). Every wait 
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from ..services.http import ApiError, make_app, read_json
+from ..support.channels import AsyncJsonClient, ChannelError, TlsError
 from .errors import PeerUnreachable, TtpUnavailable
 
 MAX_MESSAGE = 16 * 1024 * 1024
@@ -107,55 +106,29 @@ class Server:
             await asyncio.wait_for(runner.cleanup(), 10)
 
 
-class JsonPoster:
-    """HTTPS JSON requests with the CA root pinned; one session reused, every request bounded."""
-
-    def __init__(self, ssl_context: ssl.SSLContext, timeout: float = SEND_TIMEOUT) -> None:
-        self.ssl_context = ssl_context
-        self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.ssl_context, limit=32),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                json_serialize=lambda o: json.dumps(o, separators=(",", ":")))
-        return self._session
-
-    async def post(self, url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        async with self._http().post(url, json=body) as resp:
-            data = await resp.read()
-            try:
-                obj = json.loads(data) if data else {}
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                obj = {"error": "not_json", "message": data[:200].decode("utf-8", "replace")}
-            return resp.status, obj if isinstance(obj, dict) else {"error": "not_json", "message": "not an object"}
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-async def send_message(poster: JsonPoster, peer_url: str, session: str, kind: str, body: dict[str, Any]) -> None:
+async def send_message(poster: AsyncJsonClient, peer_url: str, session: str, kind: str, body: dict[str, Any]) -> None:
     """Hand one message to the peer's exchange service; PeerUnreachable if it does not take it."""
     try:
-        status, answer = await poster.post(peer_url.rstrip("/") + "/exchange",
-                                           {"session": session, "kind": kind, "body": body})
-    except (TimeoutError, aiohttp.ClientError, OSError, ssl.SSLError) as e:
-        raise PeerUnreachable(f"the peer at {peer_url} did not take the {kind} message ({type(e).__name__}: {e})"
-                              ) from None
+        status, answer = await poster.post_raw(peer_url.rstrip("/") + "/exchange",
+                                               {"session": session, "kind": kind, "body": body})
+    except TlsError as e:
+        raise PeerUnreachable(f"the peer at {peer_url} is not who the CA root vouches for; the {kind} message was "
+                              f"not sent ({e})") from None
+    except ChannelError as e:
+        raise PeerUnreachable(f"the peer at {peer_url} did not take the {kind} message ({e})") from None
     if status != 202:
         raise PeerUnreachable(f"the peer at {peer_url} refused the {kind} message: {answer.get('message', status)}")
 
 
-async def ttp_call(poster: JsonPoster, ttp_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+async def ttp_call(poster: AsyncJsonClient, ttp_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     """One request to the third party; TtpUnavailable when it cannot be made or is refused outright."""
     try:
-        status, answer = await poster.post(ttp_url.rstrip("/") + path, body)
-    except (TimeoutError, aiohttp.ClientError, OSError, ssl.SSLError) as e:
-        raise TtpUnavailable(f"the third party at {ttp_url} could not be reached ({type(e).__name__}: {e}); "
+        status, answer = await poster.post_raw(ttp_url.rstrip("/") + path, body)
+    except TlsError as e:
+        raise TtpUnavailable(f"the third party at {ttp_url} is not the one the CA root vouches for ({e}); check its "
+                             "URL and your CA root") from None
+    except ChannelError as e:
+        raise TtpUnavailable(f"the third party at {ttp_url} could not be reached ({e}); "
                              "try again later: its decisions are kept") from None
     if status != 200:
         raise TtpUnavailable(f"the third party at {ttp_url} refused the request outright: "

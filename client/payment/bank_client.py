@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from hardware.signer import Signer
 
-from ..support.channels import ChannelError, JsonClient, ServiceError, UnreachableError
-from .errors import InsufficientFunds, OutcomeUnknown, PaymentRefused, ProtocolError
+from ..support.channels import AnswerLost, ChannelError, JsonClient, ServiceError, TlsError, UnreachableError
+from .errors import InsufficientFunds, OutcomeUnknown, PaymentRefused, ProtocolError, UntrustedService
 from .wire import SignedJson, digest, sign, unb64, verify_digest
 
 RETRIES = 3
@@ -62,6 +62,8 @@ class BankClient:
         if self._info is None:
             try:
                 info = self.http.get("/info")
+            except TlsError as e:
+                raise UntrustedService(str(e)) from None
             except ChannelError as e:
                 raise OutcomeUnknown(f"cannot reach the bank: {e}") from None
             cert = x509.load_der_x509_certificate(unb64(info.get("certificate"), "bank certificate"))
@@ -113,10 +115,14 @@ class BankClient:
                 answer = self.http.post("/" + op, env)
             except ServiceError as e:
                 raise _refusal(e) from None
-            except (UnreachableError, ChannelError) as e:
+            except TlsError as e:                  # not the bank the root vouches for: never retried
+                raise UntrustedService(str(e)) from None
+            except (UnreachableError, AnswerLost) as e:   # the same idempotency key makes a retry safe
                 last = e
                 time.sleep(BACKOFF_S * (attempt + 1))
                 continue
+            except ChannelError as e:
+                raise ProtocolError(f"the bank's answer to {op} is unusable: {e}") from None
             signed = SignedJson.from_json(answer, "the bank's answer")
             body = self.verify_bank(signed)
             if body.get("request") != digest(env["body"]).hex() and body.get("idempotency_key") != key:
@@ -130,6 +136,8 @@ class BankClient:
             return self.http.get(path)
         except ServiceError as e:
             raise _refusal(e) from None
+        except TlsError as e:
+            raise UntrustedService(str(e)) from None
         except ChannelError as e:
             raise OutcomeUnknown(str(e)) from None
 

@@ -43,6 +43,11 @@ class OutcomeUnknown(PaymentError):
     """The request may or may not have taken effect (connection lost); retrying is safe."""
 
 
+class UntrustedService(PaymentError):
+    """The bank's TLS certificate is not vouched for by the pinned CA root: nothing was sent to it, and
+    asking again will not help (check the bank URL and --bank-tls-root)."""
+
+
 class NotRevocable(PaymentError):
     """The module's payments cannot be refunded (cash-like: the payee pays back with a new payment)."""
 

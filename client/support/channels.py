@@ -4,22 +4,31 @@ Why pinning: a semper client trusts exactly one root, the semper CA's, and nothi
 system store; a certificate for ``127.0.0.1`` from any other CA is refused. Servers present a
 certificate that CA issued (role ``server``, SAN with their IP addresses and host names).
 
-The client is synchronous (stdlib ``http.client``) because the CLI is: one request, one answer,
-bounded by a timeout. Every failure arrives as a :class:`ChannelError` subclass with a message a
-person can act on: unreachable, TLS refused, or the service's own JSON refusal.
+One HTTP client for every party (httpx): :class:`JsonClient` for the synchronous callers (the CLI,
+the buyer's client, the bank client) and :class:`AsyncJsonClient` for the event-loop ones (the
+exchange parties). Both keep connections alive in a pool (a purchase is six to eight requests in a
+row; a TLS handshake for each would cost more than its cryptography) and bound every request.
+Every failure arrives as a :class:`ChannelError` subclass that says what a caller may do next:
+
+* :class:`UnreachableError`: no connection was made, so nothing was sent: safe to send again;
+* :class:`AnswerLost`: the request may have arrived, its answer did not: send again only what is
+  idempotent (an idempotency key, a GET);
+* :class:`TlsError`: the peer is not who the pinned root vouches for: never retried;
+* :class:`ServiceError`: the service answered with its own JSON refusal.
 """
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 import ssl
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-MAX_RESPONSE = 4 * 1024 * 1024
+import httpx
+
+MAX_RESPONSE = 8 * 1024 * 1024
 DEFAULT_TIMEOUT = 15.0
+POOL = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30.0)
 
 
 class ChannelError(Exception):
@@ -30,6 +39,16 @@ class ChannelError(Exception):
 
 class UnreachableError(ChannelError):
     """Nothing answered (refused, timed out, name unknown): nothing was sent, nothing changed there."""
+
+
+class AnswerLost(ChannelError):
+    """The connection broke or timed out after the request went out: it may have been carried out.
+    ``closed``: the server closed the connection without answering (a kept-alive connection it had
+    already given up: services that answer retransmissions alike may be asked once more)."""
+
+    def __init__(self, message: str, closed: bool = False) -> None:
+        super().__init__(message)
+        self.closed = closed
 
 
 class TlsError(ChannelError):
@@ -82,71 +101,167 @@ def server_context(cert_chain: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
-class JsonClient:
-    """Requests to one service: HTTPS to ``base_url``, root pinned, JSON in and out, bounded time."""
+def _https_url(base_url: str, what: str = "semper services") -> str:
+    parts = urlsplit(base_url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ChannelError(f"{base_url!r} is not an https:// URL; {what} speak only HTTPS")
+    try:
+        parts.port
+    except ValueError:
+        raise ChannelError(f"{base_url!r} has a bad port number") from None
+    return base_url.rstrip("/")
 
-    def __init__(self, base_url: str, root: str | bytes | Path, *, timeout: float = DEFAULT_TIMEOUT,
-                 name: str = "the service") -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ChannelError(f"{base_url!r} is not an https:// URL; semper services speak only HTTPS")
-        self.host = parts.hostname
-        try:
-            self.port = parts.port or 443
-        except ValueError:
-            raise ChannelError(f"{base_url!r} has a bad port number") from None
-        self.prefix = parts.path.rstrip("/")
+
+def _failure(e: Exception, where: str, timeout: float) -> ChannelError:
+    """What an httpx failure means for the caller (see the module docstring)."""
+    cause: BaseException | None = e
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return TlsError(f"{where} presented a certificate the pinned semper CA root does not vouch for "
+                        f"({cause.verify_message}); check --ca-root or the server's certificate")
+    if isinstance(cause, ssl.SSLError) and not isinstance(cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError)) \
+            and isinstance(e, httpx.ConnectError):
+        return TlsError(f"the TLS handshake with {where} failed: {cause.reason or cause}")
+    if isinstance(e, httpx.ConnectTimeout):
+        return UnreachableError(f"{where} did not answer within {timeout:.0f} s")
+    if isinstance(e, (httpx.ConnectError, httpx.UnsupportedProtocol)):
+        return UnreachableError(f"{where} is unreachable ({_reason(e)}); is the service running?")
+    if isinstance(e, httpx.TimeoutException):
+        return AnswerLost(f"{where} did not answer within {timeout:.0f} s; the request may have been carried out")
+    return AnswerLost(f"the connection to {where} broke ({_reason(e)}); the request may have been carried out",
+                      closed=isinstance(e, httpx.RemoteProtocolError))
+
+
+def _reason(e: BaseException) -> str:
+    inner = e.__cause__ or e.__context__
+    text = str(e) or (str(inner) if inner is not None else "") or type(e).__name__
+    return getattr(inner, "strerror", None) or text
+
+
+def _decode(status: int, body: bytes, name: str, where: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(body) if body else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        obj = None
+    if not isinstance(obj, dict):
+        raise ChannelError(f"{where} answered HTTP {status} with a body that is not a JSON object")
+    if status >= 400:
+        raise ServiceError(status, str(obj.get("error", "http_error")), str(obj.get("message", "")), name)
+    return obj
+
+
+def _encode(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class _Base:
+    def __init__(self, base_url: str | None, root: str | bytes | Path, timeout: float, name: str) -> None:
+        self.base_url = _https_url(base_url) if base_url is not None else ""
         self.context = client_context(root)
         self.timeout = timeout
         self.name = name
-        self.base_url = base_url.rstrip("/")
+        self.requests = 0
+
+    def where(self, url: str) -> str:
+        if self.base_url:
+            return f"{self.name} at {self.base_url}"
+        p = urlsplit(url)
+        return f"{self.name} at {p.scheme}://{p.netloc}"
+
+    def url(self, path: str) -> str:
+        if self.base_url:
+            return self.base_url + path
+        return _https_url(path, "peers")
+
+
+class JsonClient(_Base):
+    """Requests to one service (``base_url``, or full URLs with ``base_url=None``): HTTPS, root pinned,
+    JSON in and out, connections kept alive, every request bounded by ``timeout``. Thread-safe."""
+
+    def __init__(self, base_url: str | None, root: str | bytes | Path, *, timeout: float = DEFAULT_TIMEOUT,
+                 name: str = "the service") -> None:
+        super().__init__(base_url, root, timeout, name)
+        self._http = httpx.Client(verify=self.context, timeout=timeout, limits=POOL, trust_env=False)
 
     def get(self, path: str) -> dict[str, Any]:
-        return self._json(*self.request("GET", path))
+        status, _ctype, body = self.request("GET", path)
+        return _decode(status, body, self.name, self.where(self.url(path)))
 
     def get_bytes(self, path: str) -> bytes:
         status, _ctype, body = self.request("GET", path)
         if status >= 400:
-            self._json(status, "application/json", body)
+            _decode(status, body, self.name, self.where(self.url(path)))
         return body
 
     def post(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
-        data = json.dumps(body).encode()
-        return self._json(*self.request("POST", path, data, {"Content-Type": "application/json", **(headers or {})}))
+        status, _ctype, raw = self.request("POST", path, _encode(body),
+                                           {"Content-Type": "application/json", **(headers or {})})
+        return _decode(status, raw, self.name, self.where(self.url(path)))
 
     def request(self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None
                 ) -> tuple[int, str, bytes]:
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=self.timeout)
-        where = f"{self.name} at {self.base_url}"
+        url = self.url(path)
         try:
-            conn.request(method, self.prefix + path, body=data, headers=headers or {})
-            resp = conn.getresponse()
-            body = resp.read(MAX_RESPONSE + 1)
-            if len(body) > MAX_RESPONSE:
-                raise ChannelError(f"{where} sent an answer larger than {MAX_RESPONSE} bytes; not reading it")
-            return resp.status, resp.getheader("Content-Type", ""), body
-        except ssl.SSLCertVerificationError as e:
-            raise TlsError(f"{where} presented a certificate the pinned semper CA root does not vouch for "
-                           f"({e.verify_message}); check --ca-root or the server's certificate") from None
-        except ssl.SSLError as e:
-            raise TlsError(f"the TLS handshake with {where} failed: {e.reason or e}") from None
-        except (ConnectionRefusedError, socket.gaierror) as e:
-            raise UnreachableError(f"{where} is unreachable ({e.strerror or e}); is the service running?") from None
-        except TimeoutError:
-            raise UnreachableError(f"{where} did not answer within {self.timeout:.0f} s") from None
-        except (ConnectionError, http.client.HTTPException, OSError) as e:
-            raise UnreachableError(f"the connection to {where} failed: {e}") from None
-        finally:
-            conn.close()
+            with self._http.stream(method, url, content=data, headers=headers or {}) as resp:
+                body = b""
+                for chunk in resp.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_RESPONSE:
+                        raise ChannelError(f"{self.where(url)} sent an answer larger than {MAX_RESPONSE} bytes; "
+                                           "not reading it")
+                self.requests += 1
+                return resp.status_code, resp.headers.get("Content-Type", ""), body
+        except httpx.HTTPError as e:
+            raise _failure(e, self.where(url), self.timeout) from None
 
-    def _json(self, status: int, ctype: str, body: bytes) -> dict[str, Any]:
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> JsonClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncJsonClient(_Base):
+    """The same for code on an event loop (the exchange parties); one pool per client."""
+
+    def __init__(self, base_url: str | None, root: str | bytes | Path, *, timeout: float = DEFAULT_TIMEOUT,
+                 name: str = "the peer") -> None:
+        super().__init__(base_url, root, timeout, name)
+        self._http: httpx.AsyncClient | None = None
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None or self._http.is_closed:
+            self._http = httpx.AsyncClient(verify=self.context, timeout=self.timeout, limits=POOL, trust_env=False)
+        return self._http
+
+    async def post_raw(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """POST JSON; the status and the answer's JSON object (a refusal is returned, not raised)."""
+        url = self.url(path)
         try:
-            obj = json.loads(body) if body else {}
+            resp = await self._client().post(url, content=_encode(body), headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as e:
+            raise _failure(e, self.where(url), self.timeout) from None
+        self.requests += 1
+        data = resp.content[:MAX_RESPONSE + 1]
+        try:
+            obj = json.loads(data) if data else {}
         except (UnicodeDecodeError, json.JSONDecodeError):
             obj = None
         if not isinstance(obj, dict):
-            raise ChannelError(f"{self.name} at {self.base_url} answered HTTP {status} with a body that is not "
-                               f"a JSON object")
+            return resp.status_code, {"error": "not_json", "message": data[:200].decode("utf-8", "replace")}
+        return resp.status_code, obj
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        status, obj = await self.post_raw(path, body)
         if status >= 400:
             raise ServiceError(status, str(obj.get("error", "http_error")), str(obj.get("message", "")), self.name)
         return obj
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
