@@ -287,7 +287,7 @@ class World:
         return t.certificate(), t.escrow_file.read_bytes()
 
     def wallet_keys(self) -> Any:
-        from client.payment.rsa_token import RsaTokenKeys
+        from hsm.rsa import RsaTokenKeys
         from hsm.module import load
         return RsaTokenKeys(load(softhsm_conf=str(self.store.conf)), "wallet", TOKEN_PIN)
 

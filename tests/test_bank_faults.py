@@ -30,7 +30,7 @@ from client.payment.model import Terms
 from client.payment.module import PartyContext
 from client.payment.modules.ecash import EcashModule
 from client.payment.modules.purse import PurseModule, recover_debit
-from client.payment.rsa_token import RsaTokenKeys
+from hsm.rsa import RsaTokenKeys
 from client.payment.wallet import TokenWalletKey, Wallet
 from client.services.bank_audit import audit
 from hardware import errors as hw

@@ -16,7 +16,7 @@ from client.payment.modules.mandate import MandateModule
 from client.payment.modules.purse import PurseModule
 from client.payment.modules.setpay import SetPayModule
 from client.payment.negotiation import Requirements
-from client.payment.rsa_token import RsaTokenKeys
+from hsm.rsa import RsaTokenKeys
 from client.payment.wallet import TokenWalletKey, Wallet
 from client.services.bank_audit import audit
 from hardware.psam import PsamSession

@@ -18,7 +18,7 @@ from client.payment.manager import PaymentManager
 from client.payment.module import PartyContext
 from client.payment.modules.ecash import EcashModule
 from client.payment.modules.purse import PurseModule
-from client.payment.rsa_token import RsaTokenKeys
+from hsm.rsa import RsaTokenKeys
 from client.payment.wallet import TokenWalletKey, Wallet
 from client.services.bank_audit import audit
 from client.transfer.errors import ItemMismatch, TransferError

@@ -71,17 +71,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    import pkcs11.exceptions as p11x
-    from pkcs11 import Attribute, ObjectClass
-
-    from hsm import errors as hsm_errors
-    from hsm.signer import ec_point
+    from hsm import inventory
     module = _module(args)
     if module is None:
         raise hw_errors.TokenError(f"no token labelled {args.label!r}: the token folder does not exist yet; "
                                    f"create it with 'semper token init --label {args.label!r}'")
     info = module.token_info(args.label)
-    token = module.token(args.label)
     out: dict[str, object] = {
         "label": info.label, "serial": info.serial, "manufacturer": info.manufacturer, "model": info.model,
         "slot": info.slot_description, "module": module.path, "login_required": info.login_required,
@@ -89,24 +84,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "write_protected": info.write_protected, "objects": []}
     if module.is_softhsm:
         out["softhsm2_conf"] = module.softhsm_conf
-    objects: list[dict[str, object]] = []
-    with hsm_errors.translated(token=args.label, action="list the objects"), token.open() as session:
-        for cls, kind in ((ObjectClass.PUBLIC_KEY, "public key"), (ObjectClass.PRIVATE_KEY, "private key"),
-                          (ObjectClass.CERTIFICATE, "certificate")):
-            for obj in session.get_objects({Attribute.CLASS: cls}):
-                entry: dict[str, object] = {"kind": kind, "id": bytes(obj[Attribute.ID]).hex(),
-                                            "label": obj[Attribute.LABEL]}
-                if cls == ObjectClass.PUBLIC_KEY:
-                    try:
-                        entry["point"] = ec_point(obj[Attribute.EC_POINT]).hex()
-                    except (p11x.PKCS11Error, ValueError):   # an RSA key, or a module that hides the point
-                        entry["point"] = None
-                if cls == ObjectClass.CERTIFICATE:
-                    from cryptography import x509
-                    cert = x509.load_der_x509_certificate(bytes(obj[Attribute.VALUE]))
-                    entry["subject"] = cert.subject.rfc4514_string()
-                    entry["issuer"] = cert.issuer.rfc4514_string()
-                objects.append(entry)
+    objects = inventory.objects(module, args.label)
     out["objects"] = objects
     if info.login_required and not any(o["kind"] == "private key" for o in objects):
         out["note"] = "private keys show only after login (pkcs11-tool -O --login)"

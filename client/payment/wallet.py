@@ -20,8 +20,10 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from hsm.rsa import RsaTokenKeys
+
 from .errors import InstrumentError, ProtocolError
-from .rsa_token import RsaTokenKeys, open_sealed, seal
+from .sealed import open_sealed, seal
 
 WALLET_KEY_ID = b"semper-wallet"
 AAD = b"semper wallet v1"

@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from ..payment.rsa_token import RsaTokenKeys
+from hsm.rsa import RsaTokenKeys
+
 from ..support.paths import semper_home
 from ..support.scheme import ROLE_ISSUER, Scheme
 from . import bank_store as store

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
+from hsm.rsa import TokenKeyError
+
 from ..payment import formats
 from ..payment.errors import ProtocolError
-from ..payment.rsa_token import TokenKeyError, open_sealed
+from ..payment.sealed import open_sealed
 from ..payment.wire import SignedJson, key_hash, point_of, verify, verify_digest
 from . import bank_store as store
 from .bank_store import BankRefusal, Op

@@ -110,10 +110,10 @@ class TtpHome:
         ``ca`` is an open :class:`~client.services.ca.CertificationAuthority` with its signer; the
         token must hold exactly its one signing key so far.
         """
+        from hsm.ecdh import generate_key
         from hsm.signer import Pkcs11Signer
 
         from .ca_home import issue_tls_identity
-        from .ttp_keys import generate_key
         home = cls(Path(folder), dsn)
         if home.config_file.exists():
             raise TtpError(f"{folder} already holds a third party; use another folder")
@@ -157,10 +157,10 @@ class TtpHome:
 
     def open(self, pin: bytes, *, crash_at: str | None = None) -> OpenTtp:
         """T's token keys logged in, its database open; ``crash_at`` is test fault injection only."""
+        from hsm.ecdh import TokenEcdhKey
         from hsm.signer import Pkcs11Signer
 
         from ..support.tsa import TimeStampAuthority
-        from .ttp_keys import TokenEscrowKey
         cfg = self.config()
         label, module, conf = cfg["token_label"], cfg.get("module"), cfg.get("softhsm_conf")
         signer = Pkcs11Signer.open(label, module, key_id=bytes.fromhex(cfg["sign_key_id"]), softhsm_conf=conf)
@@ -168,7 +168,7 @@ class TtpHome:
         certificate = x509.load_der_x509_certificate(signer.certificate())
         tsa_signer = Pkcs11Signer(signer.module, label, bytes.fromhex(cfg["tsa_key_id"]))
         tsa = TimeStampAuthority(tsa_signer, tsa_signer.certificate(), chain=[self._ca_der()])
-        escrow = TokenEscrowKey(signer.module, label, bytes.fromhex(cfg["escrow_key_id"]),
+        escrow = TokenEcdhKey(signer.module, label, bytes.fromhex(cfg["escrow_key_id"]),
                                 bytes.fromhex(cfg["escrow_point"]))
         escrow.login(pin)
         trust = self.trust()

@@ -24,7 +24,7 @@ from .. import formats
 from ..errors import InstrumentError, ProtocolError
 from ..model import Acceptance, ExchangeProperties, Instrument, Model, Record, Status, Terms
 from ..module import BaseModule, Step, require
-from ..rsa_token import seal
+from ..sealed import seal
 from ..wire import SignedJson, b64, unb64, verify_digest
 
 

@@ -15,15 +15,18 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
 
-from hsm.module import Module
+from hardware import errors as hw
 
-from .errors import PaymentError
+from . import errors
+from .module import Module
+from .session import open_user_session
 
+#: the OAEP parameters the token supports (see the module docstring); encrypt to its keys with these
 OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
 
 
-class TokenKeyError(PaymentError):
-    """A token key is missing or the token refused the operation."""
+class TokenKeyError(hw.TokenError):
+    """A token key is missing, or the token refused the operation (e.g. a ciphertext for another key)."""
 
 
 class RsaTokenKeys:
@@ -32,13 +35,8 @@ class RsaTokenKeys:
     def __init__(self, module: Module, label: str, pin: bytes) -> None:
         self.module = module
         self.label = label
-        try:
-            try:
-                self._session = module.token(label).open(rw=True, user_pin=pin.decode())
-            except p11x.UserAlreadyLoggedIn:          # the login is the application's, shared by sessions
-                self._session = module.token(label).open(rw=True)
-        except p11x.PKCS11Error as e:
-            raise TokenKeyError(f"cannot log in to token {label!r}: {type(e).__name__}") from None
+        with errors.translated(token=label, action="log in for its RSA keys"):
+            self._session = open_user_session(module.token(label), pin, rw=True)
         self._lock = threading.Lock()
         self._priv: dict[bytes, pkcs11.PrivateKey] = {}
 
@@ -46,23 +44,20 @@ class RsaTokenKeys:
         try:
             self._session.close()
         except p11x.PKCS11Error:
-            pass
+            pass                               # the token went away already: nothing to close
 
     def generate(self, key_id: bytes, label: str, bits: int = 2048) -> rsa.RSAPublicKey:
-        with self._lock:
-            try:
-                pub, priv = self._session.generate_keypair(
-                    KeyType.RSA, bits, store=True, label=label, id=key_id,
-                    public_template={Attribute.TOKEN: True, Attribute.VERIFY: True, Attribute.ENCRYPT: True},
-                    private_template={Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
-                                      Attribute.EXTRACTABLE: False, Attribute.SIGN: True, Attribute.DECRYPT: True})
-            except p11x.PKCS11Error as e:
-                raise TokenKeyError(f"token {self.label!r} could not make an RSA key: {type(e).__name__}") from None
+        with self._lock, errors.translated(token=self.label, action="make an RSA key"):
+            pub, priv = self._session.generate_keypair(
+                KeyType.RSA, bits, store=True, label=label, id=key_id,
+                public_template={Attribute.TOKEN: True, Attribute.VERIFY: True, Attribute.ENCRYPT: True},
+                private_template={Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
+                                  Attribute.EXTRACTABLE: False, Attribute.SIGN: True, Attribute.DECRYPT: True})
             self._priv[key_id] = priv
             return _public(pub)
 
     def public(self, key_id: bytes) -> rsa.RSAPublicKey | None:
-        with self._lock:
+        with self._lock, errors.translated(token=self.label, action="read an RSA public key"):
             found = list(self._session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY,
                                                     Attribute.KEY_TYPE: KeyType.RSA, Attribute.ID: key_id}))
         return _public(found[0]) if found else None
@@ -79,11 +74,8 @@ class RsaTokenKeys:
 
     def raw_sign(self, key_id: bytes, value: bytes) -> bytes:
         """x^d mod n on the token (the blind signature); ``value`` is the modulus length."""
-        with self._lock:
-            try:
-                return bytes(self._private(key_id).sign(value, mechanism=Mechanism.RSA_X_509))
-            except p11x.PKCS11Error as e:
-                raise TokenKeyError(f"token {self.label!r} refused the RSA operation: {type(e).__name__}") from None
+        with self._lock, errors.translated(token=self.label, action="sign with its RSA key"):
+            return bytes(self._private(key_id).sign(value, mechanism=Mechanism.RSA_X_509))
 
     def decrypt(self, key_id: bytes, ciphertext: bytes) -> bytes:
         with self._lock:
@@ -98,33 +90,3 @@ def _public(obj: pkcs11.PublicKey) -> rsa.RSAPublicKey:
     n = int.from_bytes(bytes(obj[Attribute.MODULUS]), "big")
     e = int.from_bytes(bytes(obj[Attribute.PUBLIC_EXPONENT]), "big")
     return rsa.RSAPublicNumbers(e, n).public_key()
-
-
-def seal(pub: rsa.RSAPublicKey, plaintext: bytes, aad: bytes = b"") -> dict[str, str]:
-    """Hybrid encryption to an RSA key: a fresh AES-256-GCM key, wrapped with RSA-OAEP."""
-    import os
-
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    from .wire import b64
-    key, nonce = os.urandom(32), os.urandom(12)
-    return {"wrapped": b64(pub.encrypt(key, OAEP)), "nonce": b64(nonce),
-            "ciphertext": b64(AESGCM(key).encrypt(nonce, plaintext, aad))}
-
-
-def open_sealed(unwrap: "callable", sealed: object, aad: bytes = b"") -> bytes:  # type: ignore[valid-type]
-    """Reverse of :func:`seal`; ``unwrap(wrapped) -> AES key`` is the token's RSA-OAEP decryption."""
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    from .errors import ProtocolError
-    from .wire import unb64
-    if not isinstance(sealed, dict) or set(sealed) != {"wrapped", "nonce", "ciphertext"}:
-        raise ProtocolError("a sealed value has wrapped, nonce and ciphertext")
-    key = unwrap(unb64(sealed["wrapped"], "wrapped key", 1024))
-    if len(key) != 32:
-        raise ProtocolError("the wrapped key is not an AES-256 key")
-    try:
-        return AESGCM(key).decrypt(unb64(sealed["nonce"], "nonce", 12), unb64(sealed["ciphertext"], "ciphertext"), aad)
-    except (InvalidTag, ValueError):
-        raise ProtocolError("the sealed value was altered or is for another key") from None
