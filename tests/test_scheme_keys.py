@@ -193,3 +193,16 @@ def test_reading_the_scheme_folder_gives_no_key_that_issues_cards(tmp_path: Path
     assert keys == [], f"the scheme folder holds private keys in plain form: {[n for n, _ in keys]}"
     logins = token_logins(folder, files)
     assert logins == [], f"a token in the scheme folder opens with a PIN found in the same folder: {logins}"
+
+
+def test_the_attackers_tools_find_a_pin_left_in_the_folder(tmp_path: Path) -> None:
+    """The check above can fail: a PIN written next to the token is found, and the CLI refuses to read one there."""
+    env = issuer_env(tmp_path)
+    assert semper(env, "card", "new", "--image", str(tmp_path / "psam.card"), "--psam").returncode == 0
+    folder = tmp_path / "home" / "scheme"
+    (folder / "notes.txt").write_text(f"pin: {SCHEME_PIN}\n")
+    assert token_logins(folder, everything_in(folder)) == [f"semper-scheme {SCHEME_PIN}"]
+    inside = semper({**env, "SEMPER_SCHEME_PIN_FILE": str(folder / "notes.txt")},
+                    "card", "new", "--image", str(tmp_path / "psam2.card"), "--psam")
+    assert inside.returncode == 2 and "inside the scheme folder" in inside.stderr
+    assert not (tmp_path / "psam2.card").exists()
