@@ -6,12 +6,18 @@ private key in any file (PEM or DER), or a login to a token in the folder with a
 the folder as its PIN. With such a root he issues himself a purse card (his own key, his own load
 key), loads it and pays the issuer's real PSAM with it: if the PSAM takes that payment, the
 folder gave away the scheme.
+
+Then the scheme on its token: an old folder with PEM keys is refused with what to do, the PIN is
+needed and checked, the scheme's token does not end other tokens' logins in the same process, a
+copied folder uses its own token, a dead token process is reported, an existing token can hold
+the keys.
 """
 from __future__ import annotations
 
 import datetime as dt
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -20,13 +26,18 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import NameOID
 
 from client.payment import card_purse
 from client.support.personalisation import CardProfile, personalise_purse_card
+from client.support.scheme import Scheme
+from hardware import errors
 from hardware.psam import PsamSession
 from hardware.purse import PurseSession
 from hardware.simulator import open_card
+from hsm.signer import Pkcs11Signer
+from hsm.softhsm import SoftHsmStore, provision
 
 SCHEME_PIN = "scheme-pin-5190"
 PIN, PUK = b"4321", b"87654321"
@@ -77,7 +88,7 @@ def private_keys_in(files: dict[Path, bytes]) -> list[tuple[str, ec.EllipticCurv
 
 
 def pin_candidates(files: dict[Path, bytes]) -> list[str]:
-    """Every word and line of the folder's text that could be a PIN (SoftHSM2: 4 to 255 characters)."""
+    """Every word and line of the folder's text that could be a user or SO PIN (SoftHSM2: 4 to 255 characters)."""
     words: set[str] = set()
     for data in files.values():
         text = data.decode("utf-8", "ignore")
@@ -97,6 +108,14 @@ conf, candidates = sys.argv[1], sys.stdin.read().splitlines()
 for t in load(softhsm_conf=conf).tokens():
     if not t.initialized:
         continue
+    token = load(softhsm_conf=conf).token(t.label)
+    for pin in candidates:                      # the SO PIN also unlocks SoftHSM2's key files
+        try:
+            with token.open(rw=True, so_pin=pin):
+                print(t.label, "SO", pin)
+        except Exception:
+            continue
+    load(softhsm_conf=conf).reinitialize()      # failed SO logins leave sessions open
     s = Pkcs11Signer(load(softhsm_conf=conf), t.label, b"")
     for pin in candidates:
         try:
@@ -196,13 +215,100 @@ def test_reading_the_scheme_folder_gives_no_key_that_issues_cards(tmp_path: Path
 
 
 def test_the_attackers_tools_find_a_pin_left_in_the_folder(tmp_path: Path) -> None:
-    """The check above can fail: a PIN written next to the token is found, and the CLI refuses to read one there."""
+    """The check above can fail: PINs written next to the token are found, and the CLI refuses to read one there."""
     env = issuer_env(tmp_path)
-    assert semper(env, "card", "new", "--image", str(tmp_path / "psam.card"), "--psam").returncode == 0
+    made = semper(env, "card", "new", "--image", str(tmp_path / "psam.card"), "--psam")
+    assert made.returncode == 0
+    so_pin = made.stdout.split("keep it offline): ")[1].split()[0]
     folder = tmp_path / "home" / "scheme"
-    (folder / "notes.txt").write_text(f"pin: {SCHEME_PIN}\n")
-    assert token_logins(folder, everything_in(folder)) == [f"semper-scheme {SCHEME_PIN}"]
+    (folder / "notes.txt").write_text(f"pin: {SCHEME_PIN}\nso pin: {so_pin}\n")
+    assert token_logins(folder, everything_in(folder)) == [f"semper-scheme SO {so_pin}",
+                                                          f"semper-scheme {SCHEME_PIN}"]
     inside = semper({**env, "SEMPER_SCHEME_PIN_FILE": str(folder / "notes.txt")},
                     "card", "new", "--image", str(tmp_path / "psam2.card"), "--psam")
     assert inside.returncode == 2 and "inside the scheme folder" in inside.stderr
     assert not (tmp_path / "psam2.card").exists()
+
+
+# ---- the scheme on its token ---------------------------------------------------------------------
+def test_a_folder_with_the_old_pem_keys_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    env = issuer_env(tmp_path)
+    old = tmp_path / "home" / "scheme"
+    old.mkdir(parents=True)
+    for name in ("root-key.pem", "root-cert.pem", "issuer-key.pem", "issuer-cert.pem"):
+        (old / name).write_text(f"old {name}\n")
+    r = semper(env, "card", "new", "--image", str(tmp_path / "psam.card"), "--psam")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "root-key.pem, issuer-key.pem" in r.stderr and f"mv {old} {old}.old" in r.stderr
+    assert "issue the old scheme's cards and PSAMs again" in r.stderr
+    assert sorted(p.name for p in old.iterdir()) == ["issuer-cert.pem", "issuer-key.pem", "root-cert.pem",
+                                                     "root-key.pem"]        # nothing made, nothing removed
+    assert not (tmp_path / "psam.card").exists()
+
+
+def test_the_scheme_is_made_once_and_opens_only_with_its_pin(tmp_path: Path) -> None:
+    env = issuer_env(tmp_path)
+    first = semper(env, "card", "new", "--image", str(tmp_path / "a.card"), "--psam")
+    assert first.returncode == 0 and "SO PIN (shown once" in first.stdout
+    again = semper(env, "card", "new", "--image", str(tmp_path / "b.card"), "--psam")
+    assert again.returncode == 0 and "SO PIN" not in again.stdout
+    wrong = tmp_path / "wrong.pin"
+    wrong.write_text("not-the-pin\n")
+    r = semper({**env, "SEMPER_SCHEME_PIN_FILE": str(wrong)}, "card", "new", "--image", str(tmp_path / "c.card"),
+               "--psam")
+    assert r.returncode == 1 and "wrong PIN" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "c.card").exists()
+    with open_card(tmp_path / "a.card", sync=False) as a, open_card(tmp_path / "b.card", sync=False) as b:
+        root = x509.load_pem_x509_certificate((tmp_path / "home" / "scheme" / "root-cert.pem").read_bytes())
+        for psam in (PsamSession(a), PsamSession(b)):
+            x509.load_der_x509_certificate(psam.certificate()).verify_directly_issued_by(root)
+
+
+def test_the_schemes_token_leaves_other_logins_in_the_process_alone(tmp_path: Path, scheme) -> None:  # type: ignore[no-untyped-def]
+    """The scheme's token is in a SoftHSM2 folder of its own: using it must not end a bank's login here."""
+    store = SoftHsmStore.in_folder(tmp_path / "bank-tokens")
+    provision(store, "bank", b"bank-pin-1", b"bank-so-pin-1")
+    with Pkcs11Signer.open("bank", softhsm_conf=store.conf) as bank:
+        bank.verify_pin(b"bank-pin-1")
+        cert = scheme.certify(bank.public_point(), "a bank", "BANK", None)
+        scheme.sign_load(b"a load command")
+        signature = bank.sign_digest(b"\x01" * 32)                 # still logged in
+    cert.verify_directly_issued_by(scheme.root_cert)
+    public = cert.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    public.verify(signature, b"\x01" * 32, ec.ECDSA(Prehashed(hashes.SHA256())))
+
+
+def test_a_copied_scheme_folder_uses_its_own_token_and_a_dead_agent_is_reported(tmp_path: Path) -> None:
+    pin = SCHEME_PIN.encode()
+    with Scheme.load_or_create(tmp_path / "scheme", pin) as original:
+        root = original.root_cert
+    shutil.copytree(tmp_path / "scheme", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "scheme")                                # the copy must not need the original
+    copy = Scheme.open(tmp_path / "copy", pin)
+    assert copy.root_cert == root
+    point = ec.generate_private_key(ec.SECP256R1()).public_key()
+    copy.certify(point, "x", "X", None).verify_directly_issued_by(root)
+    os.kill(copy.root_signer.agent.pid, 9)                           # the agent this test started
+    try:
+        copy.certify(point, "x", "X", None)
+    except errors.TokenError as e:
+        assert "ended unexpectedly" in str(e)
+    else:
+        raise AssertionError("a certificate was made without the token process")
+    finally:
+        copy.close()
+
+
+def test_the_scheme_can_use_an_existing_token(tmp_path: Path) -> None:
+    store = SoftHsmStore.in_folder(tmp_path / "hsm")
+    provision(store, "operator", b"operator-pin", b"operator-so-pin")
+    with Scheme.create(tmp_path / "scheme", b"operator-pin", token_label="operator",
+                       softhsm_conf=store.conf) as made:
+        assert made.so_pin is None and not (tmp_path / "scheme" / "softhsm").exists()
+    with Scheme.open(tmp_path / "scheme", b"operator-pin") as opened:
+        assert opened.root_cert == made.root_cert
+        command = b"LCM1 any load command"
+        issuer = opened.issuer_cert.public_key()
+        assert isinstance(issuer, ec.EllipticCurvePublicKey)
+        issuer.verify(opened.sign_load(command), command, ec.ECDSA(hashes.SHA256()))
