@@ -248,6 +248,12 @@ def test_a_folder_with_the_old_pem_keys_is_refused_with_what_to_do(tmp_path: Pat
 
 def test_the_scheme_is_made_once_and_opens_only_with_its_pin(tmp_path: Path) -> None:
     env = issuer_env(tmp_path)
+    short = tmp_path / "short.pin"
+    short.write_text("12345678\n")                    # a card PIN: guessed offline from a copy of the folder
+    weak = semper({**env, "SEMPER_SCHEME_PIN_FILE": str(short)}, "card", "new", "--image", str(tmp_path / "a.card"),
+                  "--psam")
+    assert weak.returncode == 2 and "at least 12 characters" in weak.stderr
+    assert not (tmp_path / "home" / "scheme").exists() and not (tmp_path / "a.card").exists()
     first = semper(env, "card", "new", "--image", str(tmp_path / "a.card"), "--psam")
     assert first.returncode == 0 and "SO PIN (shown once" in first.stdout
     again = semper(env, "card", "new", "--image", str(tmp_path / "b.card"), "--psam")

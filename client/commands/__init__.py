@@ -65,7 +65,7 @@ def open_scheme(args: argparse.Namespace, folder: Path | None = None):  # type: 
     import os
 
     from ..support.paths import semper_home
-    from ..support.scheme import Scheme
+    from ..support.scheme import OLD_KEY_FILES, PIN_MIN, Scheme, weak_pin_message
     folder = Path(folder) if folder else semper_home() / "scheme"
     new = not Scheme.exists(folder)
     source = getattr(args, "scheme_pin_file", None) or (Path(os.environ[SCHEME_PIN_ENV])
@@ -83,6 +83,8 @@ def open_scheme(args: argparse.Namespace, folder: Path | None = None):  # type: 
     else:
         raise UsageError(f"no terminal to ask for the purse scheme token's PIN; pass --scheme-pin-file FILE or set "
                          f"{SCHEME_PIN_ENV}")
+    if new and len(pin) < PIN_MIN and not any((folder / n).exists() for n in OLD_KEY_FILES):
+        raise UsageError(weak_pin_message())
     scheme = Scheme.load_or_create(folder, pin)
     if scheme.so_pin:
         print(f"made a new purse scheme in {folder}: root and issuer keys on its own SoftHSM2 token; "

@@ -15,7 +15,9 @@ Layout of ``$SEMPER_HOME/scheme`` (or the folder given)::
                       encrypted by SoftHSM2 under the token PIN, which is never written here
 
 The PIN comes from whoever uses the scheme (a prompt, a file elsewhere, the caller's own secret
-store); the folder alone gives no usable key. The token is worked by an agent process of its own
+store); the folder alone gives no usable key. SoftHSM2 protects the key files with a key derived
+from the PIN (and one from the random SO PIN, shown once), so a copy of the folder can be attacked by
+guessing PINs offline: a new token's PIN has at least ``PIN_MIN`` characters. The token is worked by an agent process of its own
 (``hsm.agent``), so the scheme's login and the bank's or shop's tokens in the same process do not
 end each other's sessions.
 
@@ -56,6 +58,10 @@ TOKEN_LABEL = "semper-scheme"
 ROOT_KEY_LABEL, ISSUER_KEY_LABEL = "semper scheme root", "semper scheme issuer"
 OLD_KEY_FILES = ("root-key.pem", "issuer-key.pem")
 ROOT_DAYS, CERT_DAYS = 3650, 1825
+# SoftHSM2 derives the key that unlocks its key files from the PIN with about 1,500 rounds of salted
+# SHA-256: whoever copies the folder can guess PINs offline, fast. A new scheme token's PIN must
+# therefore be a passphrase, not a card-style PIN.
+PIN_MIN = 12
 
 
 class SchemeError(Exception):
@@ -149,8 +155,10 @@ class Scheme:
             raise SchemeError(f"{folder} holds part of a purse scheme ({', '.join(leftovers)}) but no {SCHEME_FILE}; "
                               f"a creation did not finish: move the folder away and try again")
         check_pin(bytes(pin), "scheme token PIN")
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         own = module is None and softhsm_conf is None
+        if own and len(pin) < PIN_MIN:
+            raise SchemeError(weak_pin_message())
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         agent = TokenAgent()
         so_pin = secrets.token_hex(16).encode() if own else None
         try:
@@ -246,6 +254,12 @@ class Scheme:
             raise InvalidSignature("the card's certificate holds no EC key")
         key.verify(signature, record, ec.ECDSA(hashes.SHA256()))
         return cert
+
+
+def weak_pin_message() -> str:
+    return (f"a new purse scheme token needs a PIN of at least {PIN_MIN} characters (a passphrase): the token's "
+            f"files in the scheme folder are protected by that PIN alone, and a copy of them can be attacked "
+            f"offline with as many guesses as the attacker can compute")
 
 
 def _refuse_old(folder: Path) -> None:
