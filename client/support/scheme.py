@@ -175,20 +175,14 @@ class Scheme:
                 agent.call("open", module, conf, token_label, bytes(pin))
                 root_id, root_point = agent.call("generate", bytes(pin), ROOT_KEY_LABEL)
                 issuer_id, issuer_point = agent.call("generate", bytes(pin), ISSUER_KEY_LABEL)
-            root = AgentKey(agent, root_id, root_point, ROOT_KEY_LABEL)
-            name = _name("semper purse scheme root")
-            root_der = pki.sign_certificate(root, root_point, pki.tbs_certificate(name, name, root_point, days=ROOT_DAYS,
-                                            extensions=[
-                pki.extension("basic_constraints", {"ca": True, "path_len_constraint": 0}, True),
-                pki.extension("key_usage", {"key_cert_sign", "crl_sign"}, True),
-                pki.extension("key_identifier", pki.key_id(root_point)),
-            ]))
+            root_der = _root_certificate(AgentKey(agent, root_id, root_point, ROOT_KEY_LABEL))
             root_cert = x509.load_der_x509_certificate(root_der)
-            scheme = cls(folder, root_cert, root_cert, root, AgentKey(agent, issuer_id, issuer_point, ISSUER_KEY_LABEL),
-                         so_pin=so_pin)
+            root = AgentKey(agent, root_id, root_point, ROOT_KEY_LABEL, root_der)
+            issuer = AgentKey(agent, issuer_id, issuer_point, ISSUER_KEY_LABEL)
+            scheme = cls(folder, root_cert, root_cert, root, issuer, so_pin=so_pin)
             scheme.issuer_cert = scheme.certify(issuer_point, "semper purse issuer", "ISSUER", ROLE_ISSUER)
-            root._certificate = root_der
-            scheme.issuer_signer._certificate = scheme.issuer_cert.public_bytes(Encoding.DER)
+            scheme.issuer_signer = AgentKey(agent, issuer_id, issuer_point, ISSUER_KEY_LABEL,
+                                            scheme.issuer_cert.public_bytes(Encoding.DER))
             (folder / ROOT_CERT).write_bytes(root_cert.public_bytes(Encoding.PEM))
             (folder / ISSUER_CERT).write_bytes(scheme.issuer_cert.public_bytes(Encoding.PEM))
             settings = {"version": 1, "token_label": token_label, "module": module,
@@ -254,6 +248,17 @@ class Scheme:
             raise InvalidSignature("the card's certificate holds no EC key")
         key.verify(signature, record, ec.ECDSA(hashes.SHA256()))
         return cert
+
+
+def _root_certificate(root: AgentKey) -> bytes:
+    """The root's self-signed certificate: CA (path length 0), keyCertSign + cRLSign, signed on the token."""
+    point, name = root.public_point(), _name("semper purse scheme root")
+    tbs = pki.tbs_certificate(name, name, point, days=ROOT_DAYS, extensions=[
+        pki.extension("basic_constraints", {"ca": True, "path_len_constraint": 0}, True),
+        pki.extension("key_usage", {"key_cert_sign", "crl_sign"}, True),
+        pki.extension("key_identifier", pki.key_id(point)),
+    ])
+    return pki.sign_certificate(root, point, tbs)
 
 
 def weak_pin_message() -> str:
