@@ -10,13 +10,14 @@ signature, the duplicate checks and the ledger transaction. Compared with the sa
 """
 from __future__ import annotations
 
+import contextlib
 import secrets
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from .common import machine
+from .common import SCHEME_PIN, machine
 
 PIN, BANK_PIN, SO = b"1234", b"bench-bank-pin", b"bench-so-pin"
 
@@ -39,9 +40,9 @@ def bench_clearing(count: int = 2000, cards: int = 4) -> dict[str, Any]:
     from hsm.softhsm import SoftHsmStore, provision
     if not 1 <= count <= 5000:
         raise ValueError("--count is 1 to 5000 (one PSAM batch)")
-    with tempfile.TemporaryDirectory(prefix="semper-bench-clearing-") as d:
+    with tempfile.TemporaryDirectory(prefix="semper-bench-clearing-") as d, contextlib.ExitStack() as stack:
         folder = Path(d)
-        scheme = Scheme.load_or_create(folder / "scheme")
+        scheme = stack.enter_context(Scheme.load_or_create(folder / "scheme", SCHEME_PIN))
         hsm = SoftHsmStore.in_folder(folder / "softhsm")
         provision(hsm, "bank", BANK_PIN, SO)
         provision(hsm, "holder", BANK_PIN, SO)

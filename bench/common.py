@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+# the throwaway schemes of the benchmarks live in temporary folders; their token PIN is this, never in them
+SCHEME_PIN = b"bench-scheme-pin"
+
 
 def stats_us(samples_s: list[float]) -> dict[str, float]:
     xs = sorted(samples_s)
@@ -43,8 +46,8 @@ def card_pair(sync: bool = False, pin: bytes = b"1234") -> Iterator[CardPair]:
     from client.support.scheme import Scheme
     with tempfile.TemporaryDirectory(prefix="semper-bench-") as d:
         folder = Path(d)
-        scheme = Scheme.load_or_create(folder / "scheme")
-        buyer, psam = folder / "buyer.card", folder / "psam.card"
-        personalise_purse_card(buyer, scheme, CardProfile(pin, b"12345678", max_balance=2**31 - 1), sync=sync)
-        personalise_psam(psam, scheme, sync=sync)
-        yield CardPair(folder, buyer, psam, scheme)
+        with Scheme.load_or_create(folder / "scheme", SCHEME_PIN) as scheme:
+            buyer, psam = folder / "buyer.card", folder / "psam.card"
+            personalise_purse_card(buyer, scheme, CardProfile(pin, b"12345678", max_balance=2**31 - 1), sync=sync)
+            personalise_psam(psam, scheme, sync=sync)
+            yield CardPair(folder, buyer, psam, scheme)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .common import machine, stats_us
+from .common import SCHEME_PIN, machine, stats_us
 
 PIN = b"246810"
 SO_PIN = b"13572468"
@@ -84,9 +84,9 @@ def _card(folder: Path, count: int, say: Callable[[str], None]) -> dict[str, obj
     from hsm.module import OPENSC_MODULE, load
     from hsm.signer import Pkcs11Signer
 
-    scheme = Scheme.load_or_create(folder / "scheme")
     image = folder / "card"
-    issued = personalise_purse_card(image, scheme, CardProfile(PIN, b"12345678"), sync=False)
+    with Scheme.load_or_create(folder / "scheme", SCHEME_PIN) as scheme:
+        issued = personalise_purse_card(image, scheme, CardProfile(PIN, b"12345678"), sync=False)
     label = f"semper card holder {issued.card_id}"
     out: dict[str, object] = {}
     say("waiting for pcscd (one per machine) and the simulated card")

@@ -98,7 +98,7 @@ class World:
         pin_file.write_bytes(TOKEN_PIN)
         pin_file.chmod(0o600)
         tell("purse scheme root and SoftHSM2 tokens (CA, seller, bank, third party, wallet)")
-        scheme = Scheme.load_or_create(folder / "scheme")
+        scheme = Scheme.load_or_create(folder / "scheme", TOKEN_PIN)     # the PIN file is beside, not in, it
         store = SoftHsmStore.in_folder(folder / "softhsm")
         for label in TOKENS:
             provision(store, label, TOKEN_PIN, SO_PIN)

@@ -2,5 +2,5 @@
 
 ``module`` loads a library and finds tokens by label, ``signer`` is ``Pkcs11Signer``, ``softhsm``
 provisions SoftHSM2 tokens in a folder of their own, ``errors`` maps CKR codes to the hardware
-exceptions.
+exceptions, ``agent`` holds a token open in a process of its own (the purse scheme's).
 """

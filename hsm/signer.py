@@ -51,6 +51,16 @@ def ec_point(value: bytes) -> bytes:
     return bytes(OctetString.load(bytes(value)).native)
 
 
+def ec_keys(module: Module, label: str) -> list[tuple[str, bytes, bytes]]:
+    """(key label, CKA_ID, public point) of every EC public key on the token: what it can sign with."""
+    token = module.token(label)
+    with errors.translated(token=label, action="list the keys"):
+        with token.open() as session:
+            return [(str(o[Attribute.LABEL]), bytes(o[Attribute.ID]), ec_point(o[Attribute.EC_POINT]))
+                    for o in session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                                                  Attribute.KEY_TYPE: KeyType.EC})]
+
+
 class Pkcs11Signer:
     """One EC P-256 key on one token, found by token label and (when the token holds several) CKA_ID."""
 

@@ -63,6 +63,23 @@ class SoftHsmStore:
         return cls(conf, token_dir)
 
     @classmethod
+    def own_folder(cls, folder: Path) -> SoftHsmStore:
+        """The store semper keeps wholly inside ``folder`` (made when missing), wherever it was made.
+
+        A copied or moved folder still holds a configuration naming the old token folder; it is
+        pointed at this folder's own ``tokens/`` again, so a copy never reads or changes the tokens
+        of the original.
+        """
+        folder = Path(folder).absolute()
+        conf, token_dir = folder / CONF_NAME, folder / "tokens"
+        if not conf.exists():
+            return cls.in_folder(folder)
+        m = re.search(r"^\s*directories\.tokendir\s*=\s*(.+?)\s*$", conf.read_text(), re.MULTILINE)
+        if token_dir.is_dir() and (m is None or Path(m.group(1)) != token_dir):
+            conf.write_text(_CONF_TEMPLATE.format(conf=conf, module=DEFAULT_MODULE, tokendir=token_dir))
+        return cls.from_conf(conf)
+
+    @classmethod
     def from_conf(cls, conf: Path) -> SoftHsmStore:
         """An existing configuration (e.g. the one SOFTHSM2_CONF names); its token folder must exist."""
         conf = Path(conf).absolute()
@@ -136,20 +153,7 @@ def provision(store: SoftHsmStore, label: str, user_pin: bytes, so_pin: bytes, *
         with errors.translated(token=label, action="set the user PIN"):
             with token.open(rw=True, so_pin=so_pin.decode("utf-8")) as so:
                 so.init_pin(user_pin.decode("utf-8"))
-        with errors.translated(token=label, action="generate the key pair"):
-            with token.open(rw=True, user_pin=user_pin.decode("utf-8")) as session:
-                params = session.create_domain_parameters(
-                    KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
-                pub, priv = params.generate_keypair(
-                    store=True, label=key_label, capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
-                    public_template={Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.VERIFY: True},
-                    private_template={Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
-                                      Attribute.EXTRACTABLE: False, Attribute.SIGN: True,
-                                      Attribute.DERIVE: False, Attribute.DECRYPT: False})
-                point = ec_point(pub[Attribute.EC_POINT])
-                key_id = key_id_for(point)
-                pub[Attribute.ID] = key_id
-                priv[Attribute.ID] = key_id
+        key_id, point = generate_key(mod, label, user_pin, key_label)
     except BaseException as first:
         try:
             delete_token(store, serial, module=mod)
@@ -157,6 +161,30 @@ def provision(store: SoftHsmStore, label: str, user_pin: bytes, so_pin: bytes, *
             first.add_note(f"the half-made token {serial} could not be deleted: {cleanup}")
         raise
     return ProvisionedToken(label, serial, key_id, point, store, mod.path)
+
+
+def generate_key(module: Module, label: str, user_pin: bytes, key_label: str = KEY_LABEL) -> tuple[bytes, bytes]:
+    """One more EC P-256 key pair made on the token ``label``; returns (CKA_ID, public point).
+
+    The private key is sensitive and not extractable: the token signs with it and never gives it
+    out. Works on any module that makes EC keys, not only SoftHSM2.
+    """
+    token = module.token(label)
+    with errors.translated(token=label, action="generate the key pair"):
+        with token.open(rw=True, user_pin=user_pin.decode("utf-8")) as session:
+            params = session.create_domain_parameters(
+                KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
+            pub, priv = params.generate_keypair(
+                store=True, label=key_label, capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
+                public_template={Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.VERIFY: True},
+                private_template={Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
+                                  Attribute.EXTRACTABLE: False, Attribute.SIGN: True,
+                                  Attribute.DERIVE: False, Attribute.DECRYPT: False})
+            point = ec_point(pub[Attribute.EC_POINT])
+            key_id = key_id_for(point)
+            pub[Attribute.ID] = key_id
+            priv[Attribute.ID] = key_id
+    return key_id, point
 
 
 def delete_token(store: SoftHsmStore, serial: str, *, module: Module | None = None, timeout: float = 30.0) -> None:

@@ -25,15 +25,21 @@ MAX_BALANCE = 20000
 EUR = 978
 
 
-@pytest.fixture(scope="session")
-def scheme(tmp_path_factory: pytest.TempPathFactory) -> Scheme:
-    return Scheme.load_or_create(tmp_path_factory.mktemp("scheme"))
+SCHEME_PIN = b"scheme-pin-2580"      # the scheme tokens' PIN in tests (never written into a scheme folder)
 
 
 @pytest.fixture(scope="session")
-def other_scheme(tmp_path_factory: pytest.TempPathFactory) -> Scheme:
+def scheme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scheme]:
+    """The purse scheme of the session: one SoftHSM2 token, made once, its agent process kept open."""
+    with Scheme.load_or_create(tmp_path_factory.mktemp("scheme") / "scheme", SCHEME_PIN) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def other_scheme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scheme]:
     """A second, unrelated scheme root: what it certifies must not be accepted by our cards."""
-    return Scheme.load_or_create(tmp_path_factory.mktemp("other-scheme"))
+    with Scheme.load_or_create(tmp_path_factory.mktemp("other-scheme") / "scheme", SCHEME_PIN) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ from client.support.archive import (
     statement_signer,
     verify_bundle,
 )
+from client.support.scheme import Scheme
 from client.support.trust import TrustStore
 from hardware.piv import PivSession, PivSigner
 
@@ -203,9 +204,8 @@ def test_forged_checkpoints_are_found(db: Path, card_b: PivSession, pki: Pki) ->
     assert "the checkpoint row was altered" in report.problems[0].message
 
 
-def test_checkpoint_signer_from_an_untrusted_ca_is_reported(db: Path, pki: Pki) -> None:
-    from client.support.scheme import Scheme
-    other_root = Scheme.load_or_create(db.parent / "other").root_cert
+def test_checkpoint_signer_from_an_untrusted_ca_is_reported(db: Path, pki: Pki, other_scheme: Scheme) -> None:
+    other_root = other_scheme.root_cert
     with Archive.open(db) as archive:
         report = archive.verify(TrustStore([other_root]))
     assert [(p.index, p.kind) for p in report.problems] == [(6, "checkpoint")]
@@ -344,7 +344,8 @@ def test_tampered_bundle_is_refused(bundle: Path, pki: Pki, tmp_path: Path, chan
     assert [(p.index, p.kind) for p in report.problems] == expected
 
 
-def test_bundle_with_revoked_signer_or_wrong_root(db: Path, pki: Pki, tmp_path: Path, signer: PivSigner) -> None:
+def test_bundle_with_revoked_signer_or_wrong_root(db: Path, pki: Pki, tmp_path: Path, signer: PivSigner,
+                                                 other_scheme: Scheme) -> None:
     from cryptography import x509
     serial = x509.load_der_x509_certificate(signer.certificate()).serial_number
     crl = pki.crl([(serial, dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))])
@@ -353,8 +354,7 @@ def test_bundle_with_revoked_signer_or_wrong_root(db: Path, pki: Pki, tmp_path: 
     report = verify_bundle(path, TrustStore([pki.root]))
     assert {p.kind for p in report.problems} == {"checkpoint", "statement"}
     assert all("revoked" in p.message for p in report.problems)
-    from client.support.scheme import Scheme
-    report = verify_bundle(path, TrustStore([Scheme.load_or_create(tmp_path / "other").root_cert]))
+    report = verify_bundle(path, TrustStore([other_scheme.root_cert]))
     assert all("does not chain" in p.message for p in report.problems) and len(report.problems) == 4
     with pytest.raises(BadBundle, match="not an evidence bundle"):
         verify_bundle(db, TrustStore([pki.root]))

@@ -37,6 +37,9 @@ def semper(env: dict[str, str], *args: str, stdin: str = "", timeout: float = 18
 def env(tmp_path: Path) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     e.update(SEMPER_HOME=str(tmp_path / "home"), SEMPER_CONFIG=str(tmp_path / "config"))
+    pin = tmp_path / "scheme.pin"                       # 'bank init' makes the purse scheme in SEMPER_HOME on first use
+    pin.write_text("scheme-pin-2580\n")
+    e["SEMPER_SCHEME_PIN_FILE"] = str(pin)
     return e
 
 

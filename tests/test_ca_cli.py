@@ -20,6 +20,8 @@ from client.support.channels import JsonClient
 from client.support.personalisation import CardProfile, personalise_purse_card
 from client.support.scheme import Scheme
 
+from conftest import SCHEME_PIN
+
 CA_PIN = "operator-pin-1"
 CARD_PIN = "112233"
 
@@ -69,8 +71,8 @@ def test_operator_cycle_with_a_served_ca(env: dict[str, str], tmp_path: Path, mo
     assert code == 1 and "--host" in err
 
     card = tmp_path / "card"
-    personalise_purse_card(card, Scheme.load_or_create(tmp_path / "scheme"), CardProfile(CARD_PIN.encode(), b"11223344"),
-                           sync=False)
+    with Scheme.load_or_create(tmp_path / "scheme", SCHEME_PIN) as scheme:
+        personalise_purse_card(card, scheme, CardProfile(CARD_PIN.encode(), b"11223344"), sync=False)
     served = Served(env)
     try:
         code, out, err = run(["register", "--ca", served.url, "--ca-root", str(root), "--registration-key", key,

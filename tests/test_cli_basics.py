@@ -74,6 +74,11 @@ def test_missing_image_is_a_clear_error(tmp_path):
 def test_card_new_info_load_pay_in_process(tmp_path):
     env = {"SEMPER_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
     buyer, psam = str(tmp_path / "b.card"), str(tmp_path / "p.card")
+    no_pin = _semper("card", "new", "--image", psam, "--psam", input="", env=env)
+    assert no_pin.returncode == 2 and "--scheme-pin-file" in no_pin.stderr and "Traceback" not in no_pin.stderr
+    assert not (tmp_path / "home" / "scheme").exists()               # nothing made without the scheme's PIN
+    (tmp_path / "scheme.pin").write_text("scheme-pin-2580\n")
+    env["SEMPER_SCHEME_PIN_FILE"] = str(tmp_path / "scheme.pin")
     assert _semper("card", "new", "--image", buyer, "--pin", "1234", "--puk", "12345678", env=env).returncode == 0
     assert _semper("card", "new", "--image", psam, "--psam", env=env).returncode == 0
     again = _semper("card", "new", "--image", buyer, "--pin", "1234", "--puk", "12345678", env=env)

@@ -1,6 +1,7 @@
 """Signed statements (CMS SignedData) made on the PIV card (and a SoftHSM2 token when hsm/ is there).
 
-The CA under test is the purse scheme's root (made with cryptography, in memory and PEM files); the
+The CA under test is the purse scheme's root (its key on the scheme's SoftHSM2 token: odd
+certificates and CRLs are built with cryptography, then signed again by the root on the token); the
 signers are real: the simulated card's PIV applet in process, and PKCS#11 over SoftHSM2. Every
 statement is also checked by ``openssl cms -verify``. The fixtures here are shared with
 test_trust, test_tsa and test_archive.
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from asn1crypto import cms as a_cms
+from asn1crypto import crl as a_crl
+from asn1crypto import x509 as a_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -28,7 +31,10 @@ from client.support.personalisation import CardProfile, personalise_purse_card
 from client.support.scheme import Scheme
 from hardware import errors as hw
 from hardware.piv import PivSession, PivSigner
+from hardware.signer import sign_message
 from hardware.simulator import open_card
+
+from conftest import SCHEME_PIN
 
 PIN, PUK = b"123456", b"12345678"
 OPENSSL_TIMEOUT = 30
@@ -61,7 +67,13 @@ class Pki:
             if reason is not None:
                 rb = rb.add_extension(x509.CRLReason(reason), critical=False)
             b = b.add_revoked_certificate(rb.build())
-        return b.sign(key or self.scheme.root_key, hashes.SHA256())
+        if key is not None:
+            return b.sign(key, hashes.SHA256())
+        draft = b.sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+        signature = sign_message(self.scheme.root_signer, draft.tbs_certlist_bytes)
+        return x509.load_der_x509_crl(a_crl.CertificateList({
+            "tbs_cert_list": a_crl.TbsCertList.load(draft.tbs_certlist_bytes),
+            "signature_algorithm": {"algorithm": "sha256_ecdsa"}, "signature": signature}).dump())
 
     def issue(self, point: bytes, common_name: str, *, digital_signature: bool = True, non_repudiation: bool = True,
               eku: list[x509.ObjectIdentifier] | None = None, eku_critical: bool = False,
@@ -76,11 +88,15 @@ class Pki:
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
              .add_extension(x509.KeyUsage(digital_signature, non_repudiation, False, False, False, False, False,
                                           False, False), critical=True)
-             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.scheme.root_key.public_key()),
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.root.public_key()),  # type: ignore[arg-type]
                             critical=False))
         if eku is not None:
             b = b.add_extension(x509.ExtendedKeyUsage(eku), critical=eku_critical)
-        return b.sign(self.scheme.root_key, hashes.SHA256())
+        draft = b.sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())     # the builder needs a software key
+        tbs = draft.tbs_certificate_bytes
+        return x509.load_der_x509_certificate(a_x509.Certificate({
+            "tbs_certificate": a_x509.TbsCertificate.load(tbs), "signature_algorithm": {"algorithm": "sha256_ecdsa"},
+            "signature_value": sign_message(self.scheme.root_signer, tbs)}).dump())
 
     def tsa_cert(self, point: bytes, **kw: object) -> x509.Certificate:
         return self.issue(point, "semper third party TSA", non_repudiation=False,
@@ -90,13 +106,13 @@ class Pki:
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     folder = tmp_path_factory.mktemp("evidence-pki")
-    scheme = Scheme.load_or_create(folder / "scheme")
+    scheme = Scheme.load_or_create(folder / "scheme", SCHEME_PIN)
     root_pem = folder / "root.pem"
     root_pem.write_bytes(scheme.root_cert.public_bytes(Encoding.PEM))
     for name in ("a.card", "b.card"):
         personalise_purse_card(folder / name, scheme, CardProfile(PIN, PUK), sync=False)
-    foreign = Scheme.load_or_create(folder / "foreign-scheme")
-    personalise_purse_card(folder / "foreign.card", foreign, CardProfile(PIN, PUK), sync=False)
+    with Scheme.load_or_create(folder / "foreign-scheme", SCHEME_PIN) as foreign:
+        personalise_purse_card(folder / "foreign.card", foreign, CardProfile(PIN, PUK), sync=False)
     return Pki(folder, scheme, root_pem, folder / "a.card", folder / "b.card", folder / "foreign.card")
 
 

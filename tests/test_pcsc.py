@@ -23,6 +23,8 @@ from hardware.purse import PurseSession
 from hardware.simulator import open_card
 from hardware.transport import ApduSession, PcscConnection
 
+from conftest import SCHEME_PIN
+
 pytestmark = pytest.mark.pcsc
 PIN = b"4711"
 
@@ -30,11 +32,11 @@ PIN = b"4711"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pcsc")
-    scheme = Scheme.load_or_create(folder / "scheme")
+    scheme = Scheme.load_or_create(folder / "scheme", SCHEME_PIN)
     buyer, psam = folder / "buyer.card", folder / "psam.card"
     personalise_purse_card(buyer, scheme, CardProfile(PIN, b"87654321"), sync=False)
     personalise_psam(psam, scheme, sync=False)
-    with VirtualCards([buyer, psam], sync=False) as vc:
+    with scheme, VirtualCards([buyer, psam], sync=False) as vc:
         yield {"folder": folder, "scheme": scheme, "vc": vc, "buyer": vc.readers[0], "psam": vc.readers[1]}
 
 
@@ -153,7 +155,9 @@ def test_no_pin_pad_on_vpcd_and_feature_parsing(world):
 
 
 def test_cli_through_pcscd(world):
-    env = dict(os.environ, SEMPER_HOME=str(world["folder"] / "home"))
+    (world["folder"] / "scheme.pin").write_bytes(SCHEME_PIN)
+    env = dict(os.environ, SEMPER_HOME=str(world["folder"] / "home"),
+               SEMPER_SCHEME_PIN_FILE=str(world["folder"] / "scheme.pin"))
     # the cards were issued by the module's scheme: point the CLI's local issuer at it
     (world["folder"] / "home").mkdir(exist_ok=True)
     if not (world["folder"] / "home" / "scheme").exists():

@@ -19,6 +19,8 @@ from hardware.piv import CHUID, PivSession, PivSigner, Slot
 from hardware.signer import sign_message
 from hardware.simulator import open_card
 
+from conftest import SCHEME_PIN
+
 PIN, PUK = b"123456", b"12345678"
 SELECT = bytes.fromhex("00A4040009A00000030800001000")
 
@@ -26,9 +28,9 @@ SELECT = bytes.fromhex("00A4040009A00000030800001000")
 @pytest.fixture(scope="module")
 def issued(tmp_path_factory):
     folder = tmp_path_factory.mktemp("piv")
-    scheme = Scheme.load_or_create(folder / "scheme")
     image = folder / "card"
-    card = personalise_purse_card(image, scheme, CardProfile(PIN, PUK), sync=False)
+    with Scheme.load_or_create(folder / "scheme", SCHEME_PIN) as scheme:
+        card = personalise_purse_card(image, scheme, CardProfile(PIN, PUK), sync=False)
     return folder, image, card
 
 

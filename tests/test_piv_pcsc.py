@@ -17,6 +17,8 @@ from hardware.piv import PivSession, PivSigner, Slot
 from hardware.signer import sign_message
 from hardware.transport import PcscConnection
 
+from conftest import SCHEME_PIN
+
 pytestmark = [pytest.mark.pcsc, pytest.mark.skipif(shutil.which("pkcs11-tool") is None, reason="opensc missing")]
 OPENSC = "/usr/lib/x86_64-linux-gnu/pkcs11/opensc-pkcs11.so"
 PIN = "246810"
@@ -25,9 +27,9 @@ PIN = "246810"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pivpcsc")
-    scheme = Scheme.load_or_create(folder / "scheme")
     image = folder / "card"
-    personalise_purse_card(image, scheme, CardProfile(PIN.encode(), b"13579135"), sync=False)
+    with Scheme.load_or_create(folder / "scheme", SCHEME_PIN) as scheme:
+        personalise_purse_card(image, scheme, CardProfile(PIN.encode(), b"13579135"), sync=False)
     with VirtualCards([image], sync=False) as vc:
         yield folder, vc.readers[0]
 

@@ -74,7 +74,7 @@ def test_begin_debit_signs_a_fresh_request(psam: PsamSession, scheme) -> None:  
     assert (r1.psam_sequence, r2.psam_sequence, info.sequence, info.pending) == (1, 2, 2, 2)
     assert r1.challenge != r2.challenge
     cert = x509.load_der_x509_certificate(psam.certificate())
-    scheme.root_key.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
+    scheme.root_cert.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
     cert.public_key().verify(s1.signature, s1.record, ec.ECDSA(hashes.SHA256()))
 
 

@@ -21,6 +21,7 @@ from hardware.iso7816 import Apdu
 from hardware.psam import PsamSession
 from hardware.purse import PurseSession
 from hardware.purse_records import DEBIT_REQUEST, DebitRecord, LoadConfirmation, Signed
+from hardware.signer import sign_message
 from hardware.simulator import create_card, open_card
 
 from conftest import EUR, MAX_BALANCE, PIN, PUK
@@ -51,7 +52,7 @@ def test_info_of_a_fresh_card(purse: PurseSession, scheme) -> None:  # type: ign
     assert (info.load_counter, info.debit_counter) == (0, 0)
     assert (info.pin_tries, info.puk_tries, info.load_pending) == (3, 3, False)
     cert = x509.load_der_x509_certificate(purse.certificate())
-    scheme.root_key.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
+    scheme.root_cert.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
     assert cert.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)[0].value == info.card_id
     assert ROLE_PURSE_CARD in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert purse.log() == []
@@ -222,8 +223,8 @@ def test_load_above_the_maximum_balance(purse: PurseSession, scheme) -> None:  #
 
 def test_load_signed_by_another_key_is_not_authentic(purse: PurseSession, scheme, other_scheme) -> None:  # type: ignore[no-untyped-def]
     good = load_command(purse, scheme, 700)
-    for forged in (resign(good.record, other_scheme.issuer_key),      # another issuer
-                   resign(good.record, scheme.root_key),              # the root is not the issuer
+    for forged in (Signed(good.record, other_scheme.sign_load(good.record)),                # another issuer
+                   Signed(good.record, sign_message(scheme.root_signer, good.record)),    # the root is not the issuer
                    Signed(good.record, good.signature[:-1] + bytes([good.signature[-1] ^ 1]))):
         with pytest.raises(errors.NotAuthenticError):
             purse.load(forged)

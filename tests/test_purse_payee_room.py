@@ -24,6 +24,8 @@ from hardware.psam import PsamSession
 from hardware.purse import PurseSession
 from hardware.simulator import open_card
 
+from conftest import SCHEME_PIN
+
 PIN = b"1234"
 EUR = 978
 CARDS = PSAM_PENDING + 4
@@ -32,7 +34,7 @@ CARDS = PSAM_PENDING + 4
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Scheme, Path, list[Path]]:
     folder = tmp_path_factory.mktemp("room")
-    scheme = Scheme.load_or_create(folder / "scheme")
+    scheme = Scheme.load_or_create(folder / "scheme", SCHEME_PIN)
     psam = folder / "psam.card"
     personalise_psam(psam, scheme, sync=False)
     cards = []

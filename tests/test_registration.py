@@ -32,6 +32,8 @@ from hardware.piv import PivSession, PivSigner, Slot
 from hardware.signer import sign_message
 from hardware.simulator import create_card, open_card
 
+from conftest import SCHEME_PIN
+
 PIN = "135790"
 NAME, EMAIL = "Alice Example", "alice@example.org"
 
@@ -39,10 +41,10 @@ NAME, EMAIL = "Alice Example", "alice@example.org"
 @pytest.fixture(scope="module")
 def pristine_cards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("regcards")
-    scheme = Scheme.load_or_create(d / "scheme")
-    for name in ("a", "b"):
-        personalise_purse_card(d / f"{name}.card", scheme, CardProfile(PIN.encode(), b"24682468"), sync=False)
-    personalise_psam(d / "psam.card", scheme, sync=False)
+    with Scheme.load_or_create(d / "scheme", SCHEME_PIN) as scheme:
+        for name in ("a", "b"):
+            personalise_purse_card(d / f"{name}.card", scheme, CardProfile(PIN.encode(), b"24682468"), sync=False)
+        personalise_psam(d / "psam.card", scheme, sync=False)
     create_card(d / "blank.card", ["piv"], sync=False).close()      # PIV applet, no key generated
     return {n: d / f"{n}.card" for n in ("a", "b", "psam", "blank")}
 

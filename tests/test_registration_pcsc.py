@@ -22,6 +22,8 @@ from hardware.pcscd import VirtualCards
 from hardware.piv import PivSession, Slot
 from hardware.transport import PcscConnection
 
+from conftest import SCHEME_PIN
+
 pytestmark = [pytest.mark.pcsc, pytest.mark.skipif(shutil.which("pkcs11-tool") is None, reason="opensc missing")]
 OPENSC = "/usr/lib/x86_64-linux-gnu/pkcs11/opensc-pkcs11.so"
 PIN = "246810"
@@ -31,8 +33,8 @@ PIN = "246810"
 def served(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("regpcsc")
     image = folder / "card"
-    personalise_purse_card(image, Scheme.load_or_create(folder / "scheme"), CardProfile(PIN.encode(), b"13579135"),
-                           sync=False)
+    with Scheme.load_or_create(folder / "scheme", SCHEME_PIN) as scheme:
+        personalise_purse_card(image, scheme, CardProfile(PIN.encode(), b"13579135"), sync=False)
     with VirtualCards([image], sync=False) as vc:
         yield vc.readers[0]
 

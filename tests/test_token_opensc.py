@@ -27,6 +27,8 @@ from hardware.signer import sign_message
 from hsm.module import OPENSC_MODULE, load
 from hsm.signer import Pkcs11Signer
 
+from conftest import SCHEME_PIN
+
 pytestmark = [pytest.mark.pcsc, pytest.mark.skipif(not Path(OPENSC_MODULE).exists(), reason="opensc missing")]
 PIN, PUK = b"246810", b"13579135"
 REPO = Path(__file__).resolve().parents[1]
@@ -36,9 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 def cards(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Two issued cards served through pcscd for the tests of one class, then pcscd stops."""
     folder = tmp_path_factory.mktemp("opensc")
-    scheme = Scheme.load_or_create(folder / "scheme")
-    signing = personalise_purse_card(folder / "signing", scheme, CardProfile(PIN, PUK), sync=False)
-    locking = personalise_purse_card(folder / "locking", scheme, CardProfile(PIN, PUK), sync=False)
+    with Scheme.load_or_create(folder / "scheme", SCHEME_PIN) as scheme:
+        signing = personalise_purse_card(folder / "signing", scheme, CardProfile(PIN, PUK), sync=False)
+        locking = personalise_purse_card(folder / "locking", scheme, CardProfile(PIN, PUK), sync=False)
     with VirtualCards([folder / "signing", folder / "locking"], sync=False):
         yield (f"semper card holder {signing.card_id}", f"semper card holder {locking.card_id}", signing.card_id)
 

@@ -147,7 +147,7 @@ def test_statements_check_signer_body_exchange_and_replacement(world: World) -> 
 
 
 def test_card_purse_payments_verify_against_the_scheme_root(world: World, tmp_path: Path,
-                                                             fresh_images: Any) -> None:
+                                                             fresh_images: Any, other_scheme: Any) -> None:
     c = cards(world, tmp_path / "cards", fresh_images)
     payee = CardPursePayee(world.purse_root, c.psam)
     payer = CardPursePayer(world.purse_root, c.purse)
@@ -174,10 +174,8 @@ def test_card_purse_payments_verify_against_the_scheme_root(world: World, tmp_pa
     with pytest.raises(ItemMismatch, match="another request"):
         manager.check(item, d2, None, None)
     # a verifier with another scheme root accepts nothing
-    from client.support.scheme import Scheme
-    other = Scheme.load_or_create(tmp_path / "other-scheme")
     with pytest.raises(ItemMismatch, match="not issued by the purse scheme root"):
-        CardPurseVerifier(other.root_cert).verify(item.data["proof"], d.terms["request"], PRICE, 978)
+        CardPurseVerifier(other_scheme.root_cert).verify(item.data["proof"], d.terms["request"], PRICE, 978)
     for closer in c.closers:
         closer()
 

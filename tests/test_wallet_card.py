@@ -30,6 +30,8 @@ from hardware import errors as hw
 from hardware.piv import PivSession
 from hardware.simulator import open_card
 
+from conftest import SCHEME_PIN
+
 PIN, PUK = b"2468", b"12345678"
 EUR = 978
 COINS = [Coin("k1", "serial-aaaa", "c2lnLTE=", 100, EUR), Coin("k2", "serial-bbbb", "c2lnLTI=", 5, EUR)]
@@ -38,11 +40,11 @@ COINS = [Coin("k1", "serial-aaaa", "c2lnLTE=", 100, EUR), Coin("k2", "serial-bbb
 @pytest.fixture(scope="module")
 def cards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("walletcards")
-    scheme = Scheme.load_or_create(folder / "scheme")
     out = {}
-    for name in ("alice", "mallory"):
-        personalise_purse_card(folder / f"{name}.card", scheme, CardProfile(PIN, PUK), sync=False)
-        out[name] = folder / f"{name}.card"
+    with Scheme.load_or_create(folder / "scheme", SCHEME_PIN) as scheme:
+        for name in ("alice", "mallory"):
+            personalise_purse_card(folder / f"{name}.card", scheme, CardProfile(PIN, PUK), sync=False)
+            out[name] = folder / f"{name}.card"
     return out
 
 

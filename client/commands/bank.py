@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from ..support.money import format_amount, parse_amount, parse_currency
-from . import UsageError, print_json, read_secret
+from . import UsageError, open_scheme, print_json, read_secret, scheme_args
 
 
 def location_args(p: argparse.ArgumentParser) -> None:
@@ -55,18 +55,17 @@ def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from ..support.paths import semper_home
-    from ..support.scheme import Scheme
     h = _home(args)
     tls = _tls(args)
-    scheme = Scheme.load_or_create(args.scheme_dir or semper_home() / "scheme")
     pin = _pin(args)
+    scheme = open_scheme(args, args.scheme_dir)
     currencies = tuple(parse_currency(c) for c in (args.currency or ["EUR"]))
     denoms = tuple(int(d) for d in args.denominations.split(",")) if args.denominations else None
     kw = {"denominations": denoms} if denoms else {}
     conf = args.softhsm_conf or (h.folder / "softhsm" / "softhsm2.conf")
-    bank_id = h.init(scheme, pin, token_label=args.token, softhsm_conf=Path(conf), create_token=args.softhsm_conf is None,
-                     currencies=currencies, tls=tls, **kw)
+    with scheme:
+        bank_id = h.init(scheme, pin, token_label=args.token, softhsm_conf=Path(conf),
+                         create_token=args.softhsm_conf is None, currencies=currencies, tls=tls, **kw)
     origin = "the CA root of --tls-cert" if tls else "the bank's own TLS root"
     print(f"bank {bank_id} initialised in {h.folder}; clients pin {h.tls_root} ({origin}); "
           f"issuer certificate {h.cert_file}")
@@ -143,7 +142,9 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p = bsub.add_parser("init", help="make the bank's keys on its token and its folder")
     location_args(p)
     pin_args(p)
-    p.add_argument("--scheme-dir", type=Path, help="the purse scheme's folder (root that certifies the issuer)")
+    p.add_argument("--scheme-dir", type=Path, help="the purse scheme's folder (root that certifies the issuer; "
+                                                   "default $SEMPER_HOME/scheme)")
+    scheme_args(p)
     p.add_argument("--token", default="semper-bank", help="token label (default semper-bank)")
     p.add_argument("--softhsm-conf", type=Path, help="use this SoftHSM2 configuration and an existing token")
     p.add_argument("--currency", action="append", help="currency the bank keeps (repeat; default EUR)")

@@ -7,7 +7,7 @@ from pathlib import Path
 from hardware import errors as hw_errors
 
 from ..support.money import format_amount, parse_amount, parse_currency
-from . import UsageError, card_args, print_json, read_secret
+from . import UsageError, card_args, open_scheme, print_json, read_secret, scheme_args
 
 
 # ---- readers --------------------------------------------------------------------------------------
@@ -49,15 +49,14 @@ def cmd_readers(args: argparse.Namespace) -> int:
 def cmd_card_new(args: argparse.Namespace) -> int:
     from ..support.paths import semper_home
     from ..support.personalisation import CardProfile, PersonalisationError, personalise_psam, personalise_purse_card
-    from ..support.scheme import Scheme
-    scheme = Scheme.load_or_create(semper_home() / "scheme")
     try:
         currency = parse_currency(args.currency)
         if args.psam:
             psam_id = bytes.fromhex(args.psam_id) if args.psam_id else None
             if psam_id is not None and len(psam_id) != 8:
                 raise UsageError("--psam-id must be 16 hex digits")
-            pid = personalise_psam(args.image, scheme, psam_id=psam_id, currency=currency, sync=not args.no_sync)
+            with open_scheme(args) as scheme:
+                pid = personalise_psam(args.image, scheme, psam_id=psam_id, currency=currency, sync=not args.no_sync)
             print(f"PSAM {pid.hex().upper()} issued into {args.image}")
             return 0
         pin = args.pin.encode() if args.pin else read_secret("new PIN", args.pin_stdin, confirm=True)
@@ -67,7 +66,9 @@ def cmd_card_new(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError("--card-number must be 16 hex digits") from None
         profile = CardProfile(pin, puk, number, currency, parse_amount(args.max_balance))
-        issued = personalise_purse_card(args.image, scheme, profile, sync=not args.no_sync)
+        profile.check()                                  # bad input is refused before the scheme's token is opened
+        with open_scheme(args) as scheme:
+            issued = personalise_purse_card(args.image, scheme, profile, sync=not args.no_sync)
     except PersonalisationError as e:
         raise UsageError(str(e)) from None
     admin = semper_home() / "cards" / f"{issued.card_id}.piv-admin-key"
@@ -117,11 +118,8 @@ def cmd_card_info(args: argparse.Namespace) -> int:
 def cmd_card_load(args: argparse.Namespace) -> int:
     from .. import cards
     from ..payment import card_purse
-    from ..support.paths import semper_home
-    from ..support.scheme import Scheme
     amount = parse_amount(args.amount)
-    issuer = Scheme.load_or_create(semper_home() / "scheme")
-    with cards.purse(args.reader, args.image) as purse:
+    with open_scheme(args) as issuer, cards.purse(args.reader, args.image) as purse:
         if purse.has_pin_pad():
             print("enter the PIN on the reader's PIN pad", flush=True)
             purse.verify_pin_on_pad()
@@ -219,6 +217,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--currency", default="EUR")
     p.add_argument("--max-balance", default="200.00")
     p.add_argument("--no-sync", action="store_true", help="no fsync per commit (faster, not power-safe)")
+    scheme_args(p)
     p.set_defaults(fn=cmd_card_new)
 
     p = card.add_parser("serve", help="put card images into pcscd's virtual readers (vpcd)")
@@ -238,7 +237,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p = card.add_parser("load", help="load the purse from the issuer (needs the PIN)")
     p.add_argument("amount")
     card_args(p)
-    p.add_argument("--pin-stdin", action="store_true")
+    p.add_argument("--pin-stdin", action="store_true", help="read the card PIN from standard input")
+    scheme_args(p)
     p.set_defaults(fn=cmd_card_load)
 
     p = card.add_parser("pay", help="pay from the purse through a PSAM")

@@ -139,7 +139,8 @@ def _general_name(host: str) -> asn1_x509.GeneralName:
         return asn1_x509.GeneralName(name="dns_name", value=host)
 
 
-def _ext(extn_id: str, value: object, critical: bool = False) -> dict[str, object]:
+def extension(extn_id: str, value: object, critical: bool = False) -> dict[str, object]:
+    """One X.509 extension in asn1crypto's terms (``extn_id`` as asn1crypto names it)."""
     return {"extn_id": extn_id, "critical": critical, "extn_value": value}
 
 
@@ -165,19 +166,33 @@ def build_ca_certificate(signer: Signer, common_name: str, *, days: int = 3650,
     """The self-signed root: CA:true, keyCertSign + cRLSign, signed by the token's own key."""
     point = signer.public_point()
     name = subject_name(common_name)
+    tbs = tbs_certificate(name, name, point, days=days, serial=serial, extensions=[
+        extension("basic_constraints", {"ca": True, "path_len_constraint": 0}, True),
+        extension("key_usage", {"key_cert_sign", "crl_sign"}, True),
+        extension("key_identifier", key_id(point)),
+    ])
+    return sign_certificate(signer, point, tbs)
+
+
+def tbs_certificate(issuer: asn1_x509.Name, subject: asn1_x509.Name, point: bytes, *, days: int,
+                    extensions: list[dict[str, object]], serial: int | None = None) -> asn1_x509.TbsCertificate:
+    """What every semper certificate shares: v3, ECDSA-SHA256, a P-256 key, valid from five minutes ago.
+
+    The CA's role profiles and the purse scheme's profiles differ only in names and extensions.
+    """
     start = now() - timedelta(minutes=5)
-    tbs = asn1_x509.TbsCertificate({
+    return asn1_x509.TbsCertificate({
         "version": "v3", "serial_number": serial or new_serial(), "signature": {"algorithm": "sha256_ecdsa"},
-        "issuer": name, "subject": name,
+        "issuer": issuer, "subject": subject,
         "validity": {"not_before": _time(start), "not_after": _time(start + timedelta(days=days))},
         "subject_public_key_info": spki(point),
-        "extensions": [
-            _ext("basic_constraints", {"ca": True, "path_len_constraint": 0}, True),
-            _ext("key_usage", {"key_cert_sign", "crl_sign"}, True),
-            _ext("key_identifier", key_id(point)),
-        ],
+        "extensions": extensions,
     })
-    return _assemble(tbs, _sign(signer, point, tbs.dump()))
+
+
+def sign_certificate(signer: Signer, signer_point: bytes, tbs: asn1_x509.TbsCertificate) -> bytes:
+    """The DER certificate: ``tbs`` hashed here, signed on the device, the signature checked before use."""
+    return _assemble(tbs, _sign(signer, signer_point, tbs.dump()))
 
 
 def _assemble(tbs: asn1_x509.TbsCertificate, signature: bytes) -> bytes:
@@ -203,32 +218,26 @@ def build_certificate(ca: CaIdentity, subject: Subject, point: bytes, *, serial:
         raise PkiError(f"unknown role {subject.role!r}; roles: {', '.join(ROLES)}")
     if profile.needs_hosts and not subject.hosts:
         raise PkiError(f"a {subject.role} certificate needs at least one host name or IP address")
-    start = now() - timedelta(minutes=5)
     ca_cert = ca.cert
     ca_point = ca.point
     sans = [asn1_x509.GeneralName(name="rfc822_name", value=subject.email)] if subject.email else []
     sans += [_general_name(h) for h in subject.hosts]
     extensions: list[dict[str, object]] = [
-        _ext("basic_constraints", {"ca": False}, True),
-        _ext("key_usage", set(profile.key_usage), True),
-        _ext("extended_key_usage", list(profile.ext_key_usage), profile.eku_critical),
-        _ext("key_identifier", key_id(point)),
-        _ext("authority_key_identifier", {"key_identifier": key_id(ca_point)}),
+        extension("basic_constraints", {"ca": False}, True),
+        extension("key_usage", set(profile.key_usage), True),
+        extension("extended_key_usage", list(profile.ext_key_usage), profile.eku_critical),
+        extension("key_identifier", key_id(point)),
+        extension("authority_key_identifier", {"key_identifier": key_id(ca_point)}),
     ]
     if sans:
-        extensions.append(_ext("subject_alt_name", sans))
+        extensions.append(extension("subject_alt_name", sans))
     if crl_url:
-        extensions.append(_ext("crl_distribution_points", [
+        extensions.append(extension("crl_distribution_points", [
             {"distribution_point": {"full_name": [asn1_x509.GeneralName(name="uniform_resource_identifier",
                                                                          value=crl_url)]}}]))
-    tbs = asn1_x509.TbsCertificate({
-        "version": "v3", "serial_number": serial, "signature": {"algorithm": "sha256_ecdsa"},
-        "issuer": ca_cert.subject, "subject": subject_name(subject.common_name, subject.email),
-        "validity": {"not_before": _time(start), "not_after": _time(start + timedelta(days=days))},
-        "subject_public_key_info": spki(point),
-        "extensions": extensions,
-    })
-    return _assemble(tbs, _sign(ca.signer, ca_point, tbs.dump()))
+    tbs = tbs_certificate(ca_cert.subject, subject_name(subject.common_name, subject.email), point, days=days,
+                          serial=serial, extensions=extensions)
+    return sign_certificate(ca.signer, ca_point, tbs)
 
 
 # ---- certification requests (PKCS#10) ------------------------------------------------------------
@@ -294,13 +303,13 @@ def build_crl(ca: CaIdentity, revoked: Iterable[Revoked], *, number: int, this_u
     for r in revoked:
         entry: dict[str, object] = {"user_certificate": r.serial, "revocation_date": _time(r.when)}
         if r.reason != "unspecified":
-            entry["crl_entry_extensions"] = [_ext("crl_reason", r.reason)]
+            entry["crl_entry_extensions"] = [extension("crl_reason", r.reason)]
         entries.append(entry)
     tbs_fields: dict[str, object] = {
         "version": "v2", "signature": {"algorithm": "sha256_ecdsa"}, "issuer": ca.cert.subject,
         "this_update": _time(this_update), "next_update": _time(next_update),
-        "crl_extensions": [_ext("crl_number", number),
-                           _ext("authority_key_identifier", {"key_identifier": key_id(ca.point)})],
+        "crl_extensions": [extension("crl_number", number),
+                           extension("authority_key_identifier", {"key_identifier": key_id(ca.point)})],
     }
     if entries:
         tbs_fields["revoked_certificates"] = entries
