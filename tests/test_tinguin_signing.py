@@ -1,0 +1,103 @@
+"""What the user signs is what the user could read (issue 12, items 7 and 8), through the Pilot.
+
+* A contract is signed whole (its digest is in the order), so the confirmation must show all of it:
+  its last clause is on the screen after scrolling, and 'y' does not sign before the end was shown.
+* Text the TINGUIN did not write (the seller's form labels, SKUs in labels, ids) is marked as not the
+  TINGUIN's, so a label written to look like one of the TINGUIN's own lines cannot pass for one.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import pytest
+from test_tinguin_samples import PHRASE, request, run_app, settle
+
+from client.tinguin import confirmation
+from client.tinguin.app import TinguinApp
+from client.tinguin.screens import ConfirmScreen
+from client.tinguin.textshot import screen_text
+
+pytestmark = pytest.mark.timeout(60)
+
+LAST_CLAUSE = "Clause 40. The buyer waives every right to a refund and pays 999.00 EUR a month."
+CONTRACT = "\n".join([f"Clause {n}. The parties agree that item {n} of this agreement applies in full, "
+                      "without exception, to every delivery made under it." for n in range(1, 40)] + [LAST_CLAUSE])
+FAKE_PAY = 'Pay 1.00 EUR with: "card purse (pay from your card)"'
+
+
+def contract_request() -> Any:
+    return dataclasses.replace(request(), details=(("contract text SHA-256", "ab" * 32), ("contract text", CONTRACT)))
+
+
+def boxed(text: str) -> list[str]:
+    """The lines inside the confirmation's frame on the screen."""
+    return [line.split("│")[1] for line in text.splitlines() if line.count("│") == 2]
+
+
+def test_a_long_contract_is_shown_to_its_last_clause_and_signed_only_after_it_was_shown() -> None:
+    app = TinguinApp(phrase=PHRASE, start=None, min_read=0)
+
+    async def body(pilot: Any) -> tuple[Any, str, str, bool]:
+        future = app.open(ConfirmScreen(contract_request()))
+        await settle(pilot)
+        first = screen_text(app)
+        await pilot.press("y")                                  # before the end was on the screen
+        await settle(pilot)
+        early = future.done()
+        seen = ""
+        for _ in range(60):                                     # the person reads on with Page Down
+            await pilot.press("pagedown")
+            await settle(pilot)
+            seen += screen_text(app)
+            if "Clause 40." in screen_text(app):
+                break
+        await pilot.press("y")
+        return await asyncio.wait_for(future, 5), first, seen, early
+    answer, first, seen, early = run_app(app, body)
+    assert "Clause 40." not in first                            # too long for one screen: it needs scrolling
+    assert not early, "'y' signed a contract whose end had never been on the screen"
+    assert "The buyer waives every right" in seen and "999.00 EUR a month." in seen
+    assert answer.accepted and answer.digest == confirmation.digest(answer.shown_text)
+    shown = answer.shown_text
+    for n in range(1, 41):
+        assert f"Clause {n}. " in shown, f"clause {n} was signed but not shown"
+    assert "999.00 EUR a month." in shown and "…[" not in shown          # nothing cut
+
+
+def test_confirm_before_the_end_says_why_and_does_nothing() -> None:
+    app = TinguinApp(phrase=PHRASE, start=None, min_read=0)
+
+    async def body(pilot: Any) -> tuple[bool, str]:
+        future = app.open(ConfirmScreen(contract_request()))
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        done, text = future.done(), screen_text(app)
+        await pilot.press("n")
+        await asyncio.wait_for(future, 5)
+        return done, text
+    done, text = run_app(app, body)
+    assert not done and "read to the end" in text.lower()
+
+
+def test_a_seller_label_that_imitates_a_tinguin_line_is_shown_as_the_sellers() -> None:
+    req = dataclasses.replace(request(), details=((FAKE_PAY, "yes"), ("TEA-1 SHA-256", "cd" * 32)))
+    app = TinguinApp(phrase=PHRASE, start=None, min_read=0)
+
+    async def body(pilot: Any) -> tuple[Any, str]:
+        future = app.open(ConfirmScreen(req))
+        await settle(pilot)
+        text = screen_text(app)
+        await pilot.press("end")
+        await settle(pilot)
+        await pilot.press("y")
+        return await asyncio.wait_for(future, 5), text
+    answer, text = run_app(app, body)
+    own = [line.strip() for line in boxed(text) if line.strip().startswith("Pay ")]
+    assert own == ["Pay 62.50 EUR with: card purse (pay from your card) (card_purse)"], \
+        f"a seller's label reads as the TINGUIN's own line: {own}"
+    assert f"\u275d{FAKE_PAY}\u275e" in text and "\u275dTEA-1 SHA-256\u275e" in text     # marked as not the TINGUIN's
+    signed = [line.strip() for line in answer.shown_text.splitlines() if line.strip().startswith("Pay ")]
+    assert signed == ["Pay 62.50 EUR with: card purse (pay from your card) (card_purse)"]
