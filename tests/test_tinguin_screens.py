@@ -166,8 +166,8 @@ def test_offer_screen_shows_the_verified_offer_and_returns_the_chosen_payment() 
     o = offer()
     chosen, text = _answer(lambda: OfferScreen(o), "2", "enter")
     assert chosen == o.payment_options[1]
-    for expected in ("Seller, as named by its verified certificate", "name (certificate): Teapot Shop",
-                     "organisation: Teapots Ltd", "certificate serial: 1A2B3C4D", "chain: 2 certificate(s)",
+    for expected in ("Seller, as named by its verified certificate", "name (certificate): \u275dTeapot Shop\u275e",
+                     "organisation: \u275dTeapots Ltd\u275e", "offer: \u275doffer-2026-0042\u275e", "certificate serial: 1A2B3C4D", "chain: 2 certificate(s)",
                      "Blue teapot, 0.5 l", "Tea cosy, wool", "total (recomputed): 62.50 EUR",
                      "1) card purse (pay from your card)", "2) signed payment mandate"):
         assert expected in text, expected

@@ -12,11 +12,23 @@ import dataclasses
 from typing import Any
 
 import pytest
-from test_tinguin_samples import PHRASE, request, run_app, settle
+from rich.cells import cell_len
+from test_tinguin_samples import (
+    CHECKED,
+    PHRASE,
+    SELLER,
+    marked_pieces,
+    offer,
+    request,
+    run_app,
+    settle,
+    shown_as,
+)
 
 from client.tinguin import confirmation
 from client.tinguin.app import TinguinApp
-from client.tinguin.screens import ConfirmScreen
+from client.tinguin.model import OfferError
+from client.tinguin.screens import ConfirmScreen, OfferScreen
 from client.tinguin.textshot import screen_text
 
 pytestmark = pytest.mark.timeout(60)
@@ -64,6 +76,7 @@ def test_a_long_contract_is_shown_to_its_last_clause_and_signed_only_after_it_wa
     for n in range(1, 41):
         assert f"Clause {n}. " in shown, f"clause {n} was signed but not shown"
     assert "999.00 EUR a month." in shown and "…[" not in shown          # nothing cut
+    assert CONTRACT in marked_pieces(shown)                                # the whole contract, exactly, marked
 
 
 def test_confirm_before_the_end_says_why_and_does_nothing() -> None:
@@ -101,3 +114,59 @@ def test_a_seller_label_that_imitates_a_tinguin_line_is_shown_as_the_sellers() -
     assert f"\u275d{FAKE_PAY}\u275e" in text and "\u275dTEA-1 SHA-256\u275e" in text     # marked as not the TINGUIN's
     signed = [line.strip() for line in answer.shown_text.splitlines() if line.strip().startswith("Pay ")]
     assert signed == ["Pay 62.50 EUR with: card purse (pay from your card) (card_purse)"]
+
+
+def test_every_marked_line_fits_the_layout_width_and_the_styled_text_is_the_signed_text() -> None:
+    long_word = "x" * 150
+    req = dataclasses.replace(request(offer("Tea " * 60, long_word + " \u202e tail", offer_id="id-" + "9" * 90)),
+                              details=(("contract text", CONTRACT),))
+    text = confirmation.render(req)
+    assert confirmation.styled(req).plain == text
+    marks = (confirmation.OPEN, confirmation.CLOSE, confirmation.WRAPPED, confirmation.BROKEN)
+    marked_lines = [line for line in text.splitlines()[1 + len(confirmation.LEGEND):] if any(m in line for m in marks)]
+    assert len(marked_lines) > 40 and all(cell_len(line) < confirmation.WIDTH for line in marked_lines)
+    pieces = marked_pieces(text)
+    assert shown_as("Tea " * 60) in pieces and shown_as(long_word + " \u202e tail") in pieces
+    assert "id-" + "9" * 90 in pieces
+
+
+def test_a_text_too_long_to_show_whole_is_refused_not_cut() -> None:
+    huge = dataclasses.replace(request(), details=(("contract text", "word " * 50_000),))
+    with pytest.raises(OfferError, match="not signed"):
+        confirmation.render(huge)
+
+
+def test_a_window_too_narrow_for_the_layout_does_not_sign() -> None:
+    app = TinguinApp(phrase=PHRASE, start=None, min_read=0)
+
+    async def body(pilot: Any) -> tuple[bool, str]:
+        future = app.open(ConfirmScreen(request()))
+        await settle(pilot)
+        await pilot.press("end")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        done, text = future.done(), screen_text(app)
+        await pilot.press("n")
+        await asyncio.wait_for(future, 5)
+        return done, text
+    done, text = run_app(app, body, size=(60, 40))
+    assert not done and "too narrow" in text
+
+
+def test_a_look_alike_name_certified_before_the_rule_is_marked() -> None:
+    fake = dataclasses.replace(SELLER, name="Teapot Sh\u043ep")
+    o = dataclasses.replace(offer(), verification=dataclasses.replace(CHECKED, signer=fake))
+    text = confirmation.render(request(o))
+    assert "\u26a0 U+043E CYRILLIC SMALL LETTER O" in text and "not Latin like the rest of the name" in text
+    spans = [(a, b) for a, b, kind in confirmation._page(request(o)).spans if kind == "suspect"]
+    assert [text[a:b] for a, b in spans] == ["\u043e"]                   # highlighted where it stands
+    app = TinguinApp(phrase=PHRASE, start=None)
+
+    async def body(pilot: Any) -> str:
+        app.push_screen(OfferScreen(o))
+        await settle(pilot)
+        return screen_text(app)
+    shown = run_app(app, body)
+    assert "look-alike check: \u26a0 U+043E CYRILLIC SMALL LETTER O: not Latin like the rest of the name" in shown
+    assert "\u26a0" not in confirmation.render(request())                # an ordinary name has no mark
