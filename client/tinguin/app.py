@@ -29,7 +29,7 @@ Screen { background: #0b132b; color: #e0e6ed; }
 #pin { width: 30; margin: 1 0; }
 #pin-message { margin: 1 0 0 0; }
 #confirmation-text { margin: 1 0 0 0; padding: 0 1; border: round #fca311; }
-#confirm-message { height: auto; padding: 0 2; background: #14213d; }
+#confirm-message { height: 2; padding: 0 2; background: #14213d; }
 """
 
 

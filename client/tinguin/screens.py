@@ -322,7 +322,8 @@ class ConfirmScreen(TrustedScreen[Confirmation]):
     def _lines_below(self) -> int:
         """Rows of the confirmation text still below the visible part of the body (0: its end was shown)."""
         body, text = self.query_one(Body), self.query_one("#confirmation-text", Static)
-        return max(0, text.virtual_region.bottom - (round(body.scroll_y) + body.scrollable_content_region.height))
+        last = text.virtual_region.bottom - text.styles.gutter.bottom - 1     # the row after "End of the text to sign."
+        return max(0, last - (round(body.scroll_y) + body.scrollable_content_region.height))
 
     def _too_narrow(self) -> int:
         """Columns missing for the text's longest marked line to show unbroken (0: the window is wide enough)."""
@@ -335,8 +336,8 @@ class ConfirmScreen(TrustedScreen[Confirmation]):
         if not self.end_seen and self._lines_below() == 0 and self.size.height > 0:
             self.end_seen = True
         if self._too_narrow():
-            self._say(f"This window is {self._too_narrow()} column(s) too narrow to show the text as it is laid "
-                      "out; widen it to sign.", "bold #ffb703")
+            self._say(f"Widen this window by {self._too_narrow()} column(s) to sign: the text's marked lines "
+                      "would break.", "bold #ffb703")
         elif self.end_seen:
             self._say(f"The end of the text has been on the screen: y to {self.request.action.value}, n to decline.")
         else:
@@ -353,8 +354,8 @@ class ConfirmScreen(TrustedScreen[Confirmation]):
         if accepted:
             self._check_end()
             if self._too_narrow():
-                self._say(f"Not signed: this window is {self._too_narrow()} column(s) too narrow to show the text "
-                          "as it is laid out (its marked lines would break unmarked); widen it.", "bold #ffb703")
+                self._say(f"Not signed: widen this window by {self._too_narrow()} column(s); the text's marked "
+                          "lines would break.", "bold #ffb703")
                 return
             if not self.end_seen:
                 self._say(f"Not signed: read to the end of the text first (↓, Page Down, End); "
