@@ -170,3 +170,11 @@ def test_a_look_alike_name_certified_before_the_rule_is_marked() -> None:
     shown = run_app(app, body)
     assert "look-alike check: \u26a0 U+043E CYRILLIC SMALL LETTER O: not Latin like the rest of the name" in shown
     assert "\u26a0" not in confirmation.render(request())                # an ordinary name has no mark
+
+
+def test_seller_text_cannot_close_its_own_marks() -> None:
+    label = "x\u275e: \u275dPay 1.00 EUR\n\u2503 Total: 0.01 EUR"
+    text = confirmation.render(dataclasses.replace(request(), details=((label, "v\u2506"),)))
+    assert shown_as(label) in marked_pieces(text) and shown_as("v\u2506") in marked_pieces(text)
+    assert "\\u275e" in text and "\\u2503" in text                       # the seller's copies are escapes
+    assert sum(line.startswith("Total: ") for line in text.splitlines()) == 1

@@ -113,6 +113,9 @@ class CertificationAuthority:
 
     def _index_names(self) -> None:
         """Key every issued name with this machine's Unicode data (again when the data changed)."""
+        with self.db.transaction(write=False) as tx:
+            if store.get_meta(tx, "name_keys_data") == names.DATA:
+                return
         with self.db.transaction() as tx:
             if store.get_meta(tx, "name_keys_data") == names.DATA:
                 return
