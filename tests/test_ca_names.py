@@ -89,3 +89,16 @@ def test_the_same_name_again_and_ordinary_names_are_still_certified(running_ca: 
                         ("\u5c71\u7530\u592a\u90ce \u3084\u307e\u3060", "y@example.jp"), ("Shop 24", "s@example.org")):
         _certify(running_ca, name, email)
     assert len(_names(running_ca)) == 7
+
+
+def test_a_database_from_before_the_rule_gets_its_names_keyed(running_ca: RunningCa) -> None:
+    from client.services import ca_store
+    from client.services.ca import CaRefusal, CertificationAuthority
+    _certify(running_ca, "Shop", "shop@example.org")
+    with running_ca.ca.db.transaction() as tx:                    # as an older CA left its database
+        ca_store.clear_name_keys(tx)
+        tx.execute("DELETE FROM ca_meta WHERE name = ?", ("name_keys_data",))
+    reopened = CertificationAuthority(running_ca.ca.db, running_ca.ca.signer)
+    with pytest.raises(CaRefusal) as e:
+        reopened.add_person("SH0P", email="x@example.org", role="seller")
+    assert e.value.code == "name_confusable"
