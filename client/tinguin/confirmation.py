@@ -160,8 +160,9 @@ def _party(page: _Page, party: Party, indent: str = "  ") -> None:
         for s in names.suspects(value):
             page.line(f"{WARN} {s.code}", indent=indent + "  ", kind="warn")
             page.line(f"({s.reason})", indent=indent + "    ", kind="warn")
-    page.line(f"certificate {literal(party.serial, _WHOLE)} issued by ", Theirs(party.issuer), indent=indent)
-    page.line(f"certificate SHA-256 {party.fingerprint[:32]}…", indent=indent)
+    page.line(f"certificate {literal(party.serial, _WHOLE)}", indent=indent)
+    page.line("issued by ", Theirs(party.issuer), indent=indent + "  ")
+    page.line(f"SHA-256 {party.fingerprint[:32]}…", indent=indent + "  ")
 
 
 def _offer(page: _Page, offer: VerifiedOffer) -> None:
@@ -170,7 +171,8 @@ def _offer(page: _Page, offer: VerifiedOffer) -> None:
     page.line("Seller, as named by its certificate (checked on this computer):")
     _party(page, v.signer)
     page.line("Offer ", Theirs(offer.offer_id))
-    page.line(f"signed {_when(v.signing_time)} ({literal(v.time_source, _WHOLE)})", indent="  ")
+    page.line(f"signed {_when(v.signing_time)}", indent="  ")
+    page.line(f"({literal(v.time_source, _WHOLE)})", indent="    ")
     page.line("signature and certificate chain to ", Theirs(v.root), indent="  ")
     page.line("verified; revocation " + ("checked" if v.revocation_checked else "NOT checked (no CRL)"), indent="    ")
     page.line("offer statement SHA-256", indent="  ")
