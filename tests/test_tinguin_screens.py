@@ -146,7 +146,8 @@ def _deal_app() -> TinguinApp:
     return TinguinApp(phrase=PHRASE, start=None, min_read=0)
 
 
-def _answer(screen_factory, *keys: str, focus: str | None = None) -> tuple[Any, str]:  # type: ignore[no-untyped-def]
+def _answer(screen_factory, *keys: str, focus: str | None = None,  # type: ignore[no-untyped-def]
+            size: tuple[int, int] = (100, 42)) -> tuple[Any, str]:
     """Push a deal screen, read it, press ``keys``; what it dismissed with and the text it showed."""
     app = _deal_app()
 
@@ -159,7 +160,7 @@ def _answer(screen_factory, *keys: str, focus: str | None = None) -> tuple[Any, 
             await pilot.pause()
         await pilot.press(*keys)
         return await asyncio.wait_for(future, 5), text
-    return run_app(app, body)
+    return run_app(app, body, size=size)
 
 
 def test_offer_screen_shows_the_verified_offer_and_returns_the_chosen_payment() -> None:
@@ -178,13 +179,13 @@ def test_offer_screen_shows_the_verified_offer_and_returns_the_chosen_payment() 
 
 def test_confirm_screen_returns_exactly_the_text_it_showed() -> None:
     req = request()
-    answer, text = _answer(lambda: ConfirmScreen(req), "y")
+    answer, text = _answer(lambda: ConfirmScreen(req), "y", size=(100, 60))     # all of it on one screen
     assert isinstance(answer, Confirmation) and answer.accepted and not answer.scripted
     assert answer.shown_text == confirmation.render(req)
     assert answer.digest == confirmation.digest(answer.shown_text)
     boxed = [line.split("│")[1][1:].rstrip() for line in text.splitlines() if line.count("│") == 2]
     assert boxed == [line.rstrip() for line in (answer.shown_text + "\n").splitlines()]    # the box holds the text
-    declined, _ = _answer(lambda: ConfirmScreen(req), "n")
+    declined, _ = _answer(lambda: ConfirmScreen(req), "n")                       # declining needs no reading
     assert not declined.accepted and declined.shown_text == answer.shown_text
     assert not _answer(lambda: ConfirmScreen(req), "enter")[0].accepted       # focus starts on Decline
     assert not _answer(lambda: ConfirmScreen(req), "escape")[0].accepted
