@@ -5,7 +5,8 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-DEB_PACKAGES := pcscd vsmartcard-vpcd softhsm2 opensc pcsc-tools swig libpcsclite-dev tmux
+DEB_PACKAGES := pcscd vsmartcard-vpcd softhsm2 opensc pcsc-tools swig libpcsclite-dev tmux \
+                libicu-dev pkg-config g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

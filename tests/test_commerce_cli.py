@@ -116,6 +116,8 @@ def test_semper_demo_in_a_real_terminal(tmp_path: Path) -> None:
                 answered.append("pin")
             elif "● confirm" in line:
                 time.sleep(0.8)                      # a 'y' before the text could be read does not count
+                tmux("send-keys", "-t", "demo", "End")   # ... nor one before its end was on the screen
+                time.sleep(0.3)
                 tmux("send-keys", "-t", "demo", "y")
                 answered.append("confirm")
             elif "● verified offer" in line or "● result" in line:

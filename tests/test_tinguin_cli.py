@@ -148,7 +148,7 @@ from test_tinguin_samples import card_source, offer, outcome, request
 
 def deal(ui):
     choice = ui.review_offer(offer("[bold red]VERIFIED[/] teapot \\x1b[2J"))
-    answer = ui.confirm(request())
+    answer = ui.confirm(request(offer(*[f"teapot model {{n}}" for n in range(1, 9)])))    # longer than the window
     pin = ui.ask_pin("pay 62.50 EUR to Teapot Shop", card_source(pin=b"4321").verify_pin)
     ui.result(outcome())
     return {{"choice": choice.module, "accepted": answer.accepted, "scripted": answer.scripted,
@@ -161,7 +161,7 @@ open({out!r}, "w").write(json.dumps(result))
 
 def test_a_deal_answered_by_a_person_in_a_real_terminal(tmux: Tmux, tmp_path: Path) -> None:
     """run_interactive as the commerce layer will use it: the workflow thread waits for keys typed in tmux."""
-    from test_tinguin_samples import request
+    from test_tinguin_samples import offer, request
 
     from client.tinguin import confirmation
     phrase, out = "heron over the harbour 7", tmp_path / "result.json"
@@ -173,9 +173,14 @@ def test_a_deal_answered_by_a_person_in_a_real_terminal(tmux: Tmux, tmp_path: Pa
     offer_screen = tmux.wait_for(lambda s: "verified offer" in s and "Teapot Shop" in s, "the offer screen")
     assert f"your phrase: {phrase}" in offer_screen and "[bold red]VERIFIED[/] teapot \\x1b[2J" in offer_screen
     tmux("send-keys", "-t", "tinguin", "2", "Enter")
-    confirm = tmux.wait_for(lambda s: "Sign and pay" in s, "the confirmation")
-    assert phrase in confirm and "SEMPER TINGUIN confirmation v1" in confirm
+    confirm = tmux.wait_for(lambda s: "Read to the end of the text" in s, "the confirmation")
+    assert phrase in confirm and confirmation.FORMAT_LINE in confirm and "End of the text to sign." not in confirm
     time.sleep(0.8)                                       # a person reads before 'y' counts (min_read)
+    tmux("send-keys", "-t", "tinguin", "y")               # ... but not before the end was on the screen
+    tmux.wait_for(lambda s: "Not signed: read to the end of the text first" in s, "the refusal to sign unread text")
+    tmux("send-keys", "-t", "tinguin", "NPage")           # Page Down in a real terminal
+    end = tmux.wait_for(lambda s: "The end of the text has been on the screen" in s, "the end of the text")
+    assert "End of the text to sign." in end and "Sign and pay" in end
     tmux("send-keys", "-t", "tinguin", "y")
     tmux.wait_for(lambda s: "Type your card PIN" in s, "the PIN screen")
     tmux("send-keys", "-t", "tinguin", "4", "3", "2", "1", "Enter")
@@ -187,4 +192,5 @@ def test_a_deal_answered_by_a_person_in_a_real_terminal(tmux: Tmux, tmp_path: Pa
     import json
     result = json.loads(out.read_text())
     assert result == {"choice": "mandate", "accepted": True, "scripted": False, "pin": "verified",
-                      "digest": confirmation.digest(confirmation.render(request())).hex()}
+                      "digest": confirmation.digest(confirmation.render(
+                          request(offer(*[f"teapot model {n}" for n in range(1, 9)])))).hex()}

@@ -22,14 +22,17 @@ from test_tinguin_samples import (
     CHECKED,
     PHRASE,
     SELLER,
+    marked_pieces,
     offer,
     outcome,
     request,
     run_app,
     settle,
+    shown_as,
 )
 
 from client.tinguin.app import TinguinApp
+from client.tinguin.confirmation import CLOSE, FORMAT_LINE, OPEN, STYLES
 from client.tinguin.literal import literal
 from client.tinguin.model import EvidenceItem, ProgressStep, StepState
 from client.tinguin.screens import ConfirmScreen, OfferScreen, ResultScreen
@@ -122,10 +125,9 @@ def test_offer_screen_shows_payloads_literally(name: str, clean: dict[str, list[
     assert sum(1 for line in lines if line.lstrip().startswith("●")) == 1
     assert sum(1 for line in lines if "SEMPER TINGUIN" in line and "▌" in line) == 1
     assert_clean_stream(stream)
-    assert isinstance(cell, Text) and cell.plain == literal(payload, 60)
-    assert {str(s.style) for s in cell.spans} <= {"reverse", "italic"}  # no style came from the payload
-    expected = literal(payload, 60)
-    assert expected[:40] in text                                         # the payload, escapes visible
+    assert isinstance(cell, Text) and cell.plain == OPEN + literal(payload, 10**9) + CLOSE     # whole, marked
+    assert {str(s.style) for s in cell.spans} <= set(STYLES.values())   # no style came from the payload
+    assert literal(payload, 10**9)[:24] in text                          # the payload, escapes visible
 
 
 @pytest.mark.parametrize("name", list(PAYLOADS))
@@ -138,6 +140,9 @@ def test_confirmation_text_and_screen_keep_payloads_inert(name: str, clean: dict
         future = app.open(ConfirmScreen(req))
         await settle(pilot)
         text, stream = screen_text(app), terminal_stream(app)
+        await pilot.press("end")                              # a long payload is read to its end first
+        await settle(pilot)
+        assert_clean_stream(terminal_stream(app))
         await pilot.press("y")
         return await asyncio.wait_for(future, 5), text, stream
     answer, text, stream = run_app(app, body)
@@ -145,10 +150,12 @@ def test_confirmation_text_and_screen_keep_payloads_inert(name: str, clean: dict
     assert lines[:3] + lines[-1:] == clean["confirm"]
     assert_clean_stream(stream)
     signed = answer.shown_text.splitlines()
-    assert signed[0] == "SEMPER TINGUIN confirmation v1" and sum(line.startswith("Total: ") for line in signed) == 1
+    assert signed[0] == FORMAT_LINE and sum(line.startswith("Total: ") for line in signed) == 1
     assert "Total: 62.50 EUR" in signed and not any(line.startswith("●") for line in signed)
     assert not any(c in answer.shown_text for c in "\x1b\x07\r\u202e\x9b")
-    assert f"Deal \u201c{literal(payload, 48)}\u201d" in signed
+    pieces = marked_pieces(answer.shown_text)
+    assert pieces[0] == shown_as(payload) and shown_as(payload) in pieces     # the deal id, whole and marked
+    assert not any(line.lstrip().startswith("SEMPER TINGUIN") for line in signed[1:])
 
 
 @pytest.mark.parametrize("name", ["markup", "ansi", "newlines", "look-alike status", "bidi"])

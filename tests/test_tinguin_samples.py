@@ -23,6 +23,7 @@ from client.support.cms import sign_statement
 from client.support.trust import TrustStore, verify_statement
 from client.tinguin import confirmation
 from client.tinguin.app import TinguinApp
+from client.tinguin.confirmation import BROKEN, CLOSE, OPEN, WRAPPED
 from client.tinguin.model import (
     ArchiveView,
     ConfirmationRequest,
@@ -115,6 +116,44 @@ async def settle(pilot: Any) -> None:
     await pilot.pause()
 
 
+def marked_pieces(text: str) -> list[str]:
+    """The words a confirmation text marks as not the TINGUIN's, joined back from their lines.
+
+    Inverts the layout: a line break inside marks must be followed by indentation and ``┆ `` (the
+    words go on) or ``┃ `` (their own line break); anything else fails here.
+    """
+    pieces: list[str] = []
+    cur: str | None = None
+    head = "\n".join((confirmation.FORMAT_LINE, *confirmation.LEGEND)) + "\n"
+    i = len(head) if text.startswith(head) else 0         # the legend names the marks; it marks nothing
+    while i < len(text):
+        ch = text[i]
+        if cur is None:
+            cur = "" if ch == OPEN else None
+            i += 1
+        elif ch == CLOSE:
+            pieces.append(cur)
+            cur, i = None, i + 1
+        elif ch == "\n":
+            j = i + 1
+            while text[j] == " ":
+                j += 1
+            assert text[j] in (WRAPPED, BROKEN) and text[j + 1] == " ", f"unmarked continuation: {text[i:j + 9]!r}"
+            cur += "\n" if text[j] == BROKEN else ""
+            i = j + 2
+        else:
+            cur += ch
+            i += 1
+    assert cur is None, "marked words that never end"
+    return pieces
+
+
+def shown_as(text: str) -> str:
+    """How the confirmation shows ``text`` between its marks: escapes visible, its line breaks kept."""
+    from client.tinguin.literal import literal
+    return "\n".join(literal(row, 10**9) for row in text.split("\n"))
+
+
 # ---- a real signed offer ----------------------------------------------------------------------------
 class SoftSigner:
     """A software key behind the Signer protocol (the token and card signers are tested elsewhere)."""
@@ -184,7 +223,7 @@ def test_offer_from_a_verified_statement_names_the_certificate_not_the_body(sign
     assert o.verification.chain_length == 2 and not o.verification.revocation_checked
     assert o.verification.time_source == "the signer's own clock, no time-stamp"
     text = confirmation.render(ConfirmationRequest(o, OPTIONS[0], "d-1"))
-    assert "Real Teapots (Real Teapots GmbH)" in text and "Amazing Official Bank" not in text
+    assert f"{OPEN}Real Teapots{CLOSE} ({OPEN}Real Teapots GmbH{CLOSE})" in text and "Amazing Official Bank" not in text
     assert "revocation NOT checked" in text
 
 
@@ -214,8 +253,9 @@ def test_confirmation_text_is_deterministic_and_its_digest_is_sha256() -> None:
     assert a == b and a.startswith(confirmation.FORMAT_LINE + "\n")
     assert confirmation.digest(a) == hashlib.sha256(a.encode()).digest()
     assert confirmation.render(request(deal_id="deal-other")) != a
-    for line in ("Teapot Shop (Teapots Ltd, DE)", "Total: 62.50 EUR", "Pay 62.50 EUR with: card purse",
-                 "Signed by you as:", "  Alice Buyer", "Deal attributes: non-repudiation",
+    for line in ("\u275dTeapot Shop\u275e (\u275dTeapots Ltd\u275e, \u275dDE\u275e)", "Total: 62.50 EUR",
+                 "Pay 62.50 EUR with: card purse", "Signed by you as:", "  \u275dAlice Buyer\u275e",
+                 "Deal attributes: non-repudiation", "End of the text to sign.",
                  "time-stamp by CN=semper TSA", "revocation checked"):
         assert line in a
 
@@ -224,4 +264,5 @@ def test_confirmation_text_keeps_seller_text_on_its_own_line() -> None:
     evil = "teapot\n  2 x 0.01 EUR = 0.01 EUR\nTotal: 0.01 EUR\x1b[8m"
     text = confirmation.render(request(offer(evil)))
     assert text.count("\nTotal: ") == 1 and "\nTotal: 12.50 EUR\n" in text
-    assert "\x1b" not in text and "teapot\\n  2 x 0.01 EUR" in text
+    assert "\x1b" not in text and shown_as(evil) in marked_pieces(text)
+    assert sum(line.startswith("Total: ") for line in text.splitlines()) == 1

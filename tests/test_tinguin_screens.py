@@ -146,7 +146,8 @@ def _deal_app() -> TinguinApp:
     return TinguinApp(phrase=PHRASE, start=None, min_read=0)
 
 
-def _answer(screen_factory, *keys: str, focus: str | None = None) -> tuple[Any, str]:  # type: ignore[no-untyped-def]
+def _answer(screen_factory, *keys: str, focus: str | None = None,  # type: ignore[no-untyped-def]
+            size: tuple[int, int] = (100, 42)) -> tuple[Any, str]:
     """Push a deal screen, read it, press ``keys``; what it dismissed with and the text it showed."""
     app = _deal_app()
 
@@ -159,15 +160,15 @@ def _answer(screen_factory, *keys: str, focus: str | None = None) -> tuple[Any, 
             await pilot.pause()
         await pilot.press(*keys)
         return await asyncio.wait_for(future, 5), text
-    return run_app(app, body)
+    return run_app(app, body, size=size)
 
 
 def test_offer_screen_shows_the_verified_offer_and_returns_the_chosen_payment() -> None:
     o = offer()
     chosen, text = _answer(lambda: OfferScreen(o), "2", "enter")
     assert chosen == o.payment_options[1]
-    for expected in ("Seller, as named by its verified certificate", "name (certificate): Teapot Shop",
-                     "organisation: Teapots Ltd", "certificate serial: 1A2B3C4D", "chain: 2 certificate(s)",
+    for expected in ("Seller, as named by its verified certificate", "name (certificate): \u275dTeapot Shop\u275e",
+                     "organisation: \u275dTeapots Ltd\u275e", "offer: \u275doffer-2026-0042\u275e", "certificate serial: 1A2B3C4D", "chain: 2 certificate(s)",
                      "Blue teapot, 0.5 l", "Tea cosy, wool", "total (recomputed): 62.50 EUR",
                      "1) card purse (pay from your card)", "2) signed payment mandate"):
         assert expected in text, expected
@@ -178,13 +179,13 @@ def test_offer_screen_shows_the_verified_offer_and_returns_the_chosen_payment() 
 
 def test_confirm_screen_returns_exactly_the_text_it_showed() -> None:
     req = request()
-    answer, text = _answer(lambda: ConfirmScreen(req), "y")
+    answer, text = _answer(lambda: ConfirmScreen(req), "y", size=(100, 60))     # all of it on one screen
     assert isinstance(answer, Confirmation) and answer.accepted and not answer.scripted
     assert answer.shown_text == confirmation.render(req)
     assert answer.digest == confirmation.digest(answer.shown_text)
     boxed = [line.split("│")[1][1:].rstrip() for line in text.splitlines() if line.count("│") == 2]
     assert boxed == [line.rstrip() for line in (answer.shown_text + "\n").splitlines()]    # the box holds the text
-    declined, _ = _answer(lambda: ConfirmScreen(req), "n")
+    declined, _ = _answer(lambda: ConfirmScreen(req), "n")                       # declining needs no reading
     assert not declined.accepted and declined.shown_text == answer.shown_text
     assert not _answer(lambda: ConfirmScreen(req), "enter")[0].accepted       # focus starts on Decline
     assert not _answer(lambda: ConfirmScreen(req), "escape")[0].accepted

@@ -32,6 +32,7 @@ from ..support.cms import EvidenceError, sign_statement
 from ..support.money import format_amount
 from ..support.trust import VerifiedStatement, verify_statement
 from ..tinguin.confirmation import digest as confirmation_digest
+from ..tinguin.confirmation import render as confirmation_text
 from ..tinguin.model import (
     Action,
     ConfirmationRequest,
@@ -168,8 +169,14 @@ def review_and_confirm(b: Buyer, deal: Deal, offer: docs.ParsedOffer, vs: Verifi
         raise DealDeclined("you declined the offer; nothing was signed or paid")
     details = tuple(offer.form.lines(form)) + tuple(offer_details(offer))
     me = None if deal.attributes.anonymous else b.me()
-    answer = b.ui.confirm(ConfirmationRequest(vo, choice, deal.deal_id, action, signer=me,
-                                              attributes=deal.attributes.labels(), details=details))
+    request = ConfirmationRequest(vo, choice, deal.deal_id, action, signer=me, attributes=deal.attributes.labels(),
+                                  details=details)
+    try:
+        confirmation_text(request)          # the TINGUIN shows all of it or nothing: too long is refused here
+    except OfferError as e:
+        deal.decide("confirmation", "refused", str(e))
+        raise OfferRefused(str(e)) from None
+    answer = b.ui.confirm(request)
     if not answer.accepted:
         deal.decide("confirmation", "declined", "the user declined the confirmation in the TINGUIN")
         raise DealDeclined("you declined the confirmation; nothing was signed or paid")

@@ -12,6 +12,13 @@ issues, and burns the key in the same transaction that records the certificate. 
 lost answer (same registration, same public key) gets the same certificate back: no second
 certificate is ever made for one registration, and a person is never left with a burnt key and
 no certificate.
+
+Names: the common name is what the TINGUIN shows as "the seller, as named by its certificate", so
+the CA certifies only names no one could take for another (:mod:`client.support.names`, Unicode
+TR39 through ICU): visible identifier characters, one script, and no TR39 look-alike (skeleton,
+case-folded) of a different name this CA already issued. The operator hears it when recording the
+registration; the CA checks again when it issues, inside the transaction that records the
+certificate, so two look-alike registrations cannot both be certified.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from typing import Any
 
 from cryptography import x509
 
+from client.support import names
 from hardware.signer import Signer
 
 from . import ca_store as store
@@ -58,6 +66,23 @@ def _norm(text: str) -> str:
     return unicodedata.normalize("NFC", " ".join(text.split()))
 
 
+def check_name(common_name: str) -> None:
+    """CaRefusal ``bad_name`` naming the characters, unless ``common_name`` may be certified."""
+    found = names.problems(common_name)
+    if found:
+        raise CaRefusal("bad_name", f"the name {common_name!r} cannot be certified: " + "; ".join(found)
+                        + " (a name must not be mistakable for another one)")
+
+
+def _clash(tx: Any, common_name: str) -> None:
+    """CaRefusal ``name_confusable`` when a different name this CA issued looks the same (TR39)."""
+    others = store.confusable_names(tx, names.key(common_name), common_name)
+    if others:
+        raise CaRefusal("name_confusable", f"the name {common_name!r} looks like {others[0]!r}, which this CA "
+                                           "already certified for another subject; choose a name that "
+                                           "cannot be taken for it", 409)
+
+
 def _key_hash(point: bytes) -> str:
     return hashlib.sha256(point).hexdigest()
 
@@ -84,6 +109,20 @@ class CertificationAuthority:
         self._sign_lock = threading.Lock()      # a token session signs one digest at a time
         self._signer_point: bytes | None = None
         db.migrate(store.SCHEMA)
+        self._index_names()
+
+    def _index_names(self) -> None:
+        """Key every issued name with this machine's Unicode data (again when the data changed)."""
+        with self.db.transaction(write=False) as tx:
+            if store.get_meta(tx, "name_keys_data") == names.DATA:
+                return
+        with self.db.transaction() as tx:
+            if store.get_meta(tx, "name_keys_data") == names.DATA:
+                return
+            store.clear_name_keys(tx)
+            for cert in store.list_certificates(tx):
+                store.insert_name_key(tx, cert.serial, names.key(cert.common_name), cert.common_name)
+            store.set_meta(tx, "name_keys_data", names.DATA)
 
     # ---- set-up ---------------------------------------------------------------------------------
     @property
@@ -96,6 +135,7 @@ class CertificationAuthority:
                    crl_url: str | None = None) -> str:
         """Self-sign the CA certificate through the token; returns the admin secret (shown once)."""
         signer = self._need_signer()
+        check_name(_norm(common_name))
         if self.initialised:
             raise CaRefusal("already_initialised", "this CA is already initialised; its database keeps the root")
         with self._sign_lock:
@@ -159,6 +199,9 @@ class CertificationAuthority:
             raise CaRefusal("bad_role", f"unknown role {role!r}; roles: {', '.join(pki.ROLES)}")
         if not common_name or len(common_name) > 64:
             raise CaRefusal("bad_name", "the name must have 1 to 64 characters")
+        check_name(common_name)
+        with self.db.transaction(write=False) as tx:
+            _clash(tx, common_name)
         if email is not None:
             email = email.strip()
             local, at, domain = email.partition("@")
@@ -222,10 +265,12 @@ class CertificationAuthority:
                                              "for this key", 403)
 
     def _issue(self, subject: pki.Subject, point: bytes, *, reg_id: str | None) -> Issued:
+        check_name(subject.common_name)           # registrations recorded before the rule are checked too
         identity = self._identity()
         now = pki.now()
         days = int(self._meta("cert_days"))
         with self.db.transaction(write=False) as tx:
+            _clash(tx, subject.common_name)
             if store.valid_certificates_for_key(tx, _key_hash(point), store.iso(now)) and reg_id is not None:
                 raise CaRefusal("key_already_certified", "this public key already has a valid certificate from "
                                                          "this CA; revoke it first", 409)
@@ -241,7 +286,9 @@ class CertificationAuthority:
                 burnt = True
             else:
                 burnt = False
+                _clash(tx, subject.common_name)      # again, serialised with every other issuance
                 store.insert_certificate(tx, record)
+                store.insert_name_key(tx, record.serial, names.key(subject.common_name), subject.common_name)
         if burnt:        # another request for this registration won the race; ours is discarded unseen
             with self.db.transaction(write=False) as tx:
                 reg = store.find_registration(tx, reg_id or "")

@@ -37,6 +37,13 @@ SCHEMA = (
         revoked_at VARCHAR(32),
         revocation_reason VARCHAR(32))""",
     "CREATE INDEX IF NOT EXISTS certificates_by_key ON certificates (key_sha256)",
+    # one row per issued certificate: the TR39 key of its name (client.support.names.key), so a
+    # look-alike of any name this CA issued is found with one indexed lookup
+    """CREATE TABLE IF NOT EXISTS name_keys (
+        serial VARCHAR(64) PRIMARY KEY,
+        name_key TEXT NOT NULL,
+        common_name TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS name_keys_by_key ON name_keys (name_key)",
 )
 
 
@@ -173,3 +180,18 @@ def revoke_certificate(tx: Transaction, serial: str, when: str, reason: str) -> 
 def revoked_certificates(tx: Transaction) -> list[IssuedCert]:
     return [_cert(r) for r in tx.all(
         f"SELECT {_CERT_COLS} FROM certificates WHERE revoked_at IS NOT NULL ORDER BY revoked_at, serial")]
+
+
+# ---- names ------------------------------------------------------------------------------------
+def insert_name_key(tx: Transaction, serial: str, name_key: str, common_name: str) -> None:
+    tx.execute("INSERT INTO name_keys (serial, name_key, common_name) VALUES (?, ?, ?)", (serial, name_key, common_name))
+
+
+def confusable_names(tx: Transaction, name_key: str, common_name: str) -> list[str]:
+    """Names this CA issued that share ``name_key`` but are not ``common_name`` itself."""
+    return [str(r[0]) for r in tx.all("SELECT DISTINCT common_name FROM name_keys WHERE name_key = ? "
+                                      "AND common_name <> ? ORDER BY common_name", (name_key, common_name))]
+
+
+def clear_name_keys(tx: Transaction) -> None:
+    tx.execute("DELETE FROM name_keys")

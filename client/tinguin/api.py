@@ -211,6 +211,8 @@ class ScriptedUI(_AppUI):
         future = self.app.open(ConfirmScreen(request))
         await self._look()
         await asyncio.sleep(self.app.min_read)               # it "reads" like a person must
+        await self.pilot.press("end")                         # ... to the end of the text, as a person must
+        await self.pilot.pause()
         await self.pilot.press("y" if self.script.accept else "n")
         answer = await future
         self.say(f"scripted user: {'accepted' if answer.accepted else 'declined'} the confirmation "

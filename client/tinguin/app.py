@@ -29,6 +29,7 @@ Screen { background: #0b132b; color: #e0e6ed; }
 #pin { width: 30; margin: 1 0; }
 #pin-message { margin: 1 0 0 0; }
 #confirmation-text { margin: 1 0 0 0; padding: 0 1; border: round #fca311; }
+#confirm-message { height: 2; padding: 0 2; background: #14213d; }
 """
 
 
@@ -43,6 +44,7 @@ class TinguinApp(App[Any]):
                  scripted: bool = False, start: str | None = "card", min_read: float = 0.6,
                  refresh: float = 0.0) -> None:
         super().__init__()
+        self.animation_level = "none"     # scrolling lands at once: what is on the screen is what was scrolled to
         self.refresh_seconds = refresh    # the card screen re-reads readers and card this often (0: on demand)
         self.min_read = min_read          # seconds a confirmation is on screen before 'y' counts (no typed-ahead yes)
         self.phrase = phrase

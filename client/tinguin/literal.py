@@ -16,7 +16,9 @@ What it guarantees, whatever the input:
   runs of combining marks are shown as ``\\u202e`` escapes;
 * **no TINGUIN chrome**: the glyphs the TINGUIN draws its frame and status marks with (box drawing,
   blocks, geometric shapes, check marks, the lock) are escaped too, so no seller line can look like
-  part of the real frame or status area;
+  part of the real frame or status area; among them the marks the confirmation puts around words
+  the TINGUIN did not write (``❝`` ``❞``, ``┆`` ``┃``, ``⚠``), so those words can never close their
+  own marks and go on as the TINGUIN's;
 * **bounded**: at most ``limit`` terminal cells, cut with an explicit ``…[N more]`` marker;
 * **unambiguous**: a backslash is shown as ``\\\\``, so an escape in the output always means the
   character was there, and a seller cannot pass off ``\\x1b`` typed as text for something else.

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -53,6 +52,7 @@ from .widgets import (
     archive_rows,
     chrome,
     log_rows,
+    marked,
     outcome_facts,
     purse_rows,
     reader_rows,
@@ -78,9 +78,14 @@ class TrustedScreen(Screen[ResultT]):
         yield TrustHeader(self.tinguin.phrase, self.tinguin.scripted)
         with Body():
             yield from self.body()
+        yield from self.below()
         yield StatusLine(self.status_text())
 
     def body(self) -> ComposeResult:
+        yield from ()
+
+    def below(self) -> ComposeResult:
+        """Widgets between the scrolling body and the status line: always on the screen."""
         yield from ()
 
     def status_text(self) -> str:
@@ -224,9 +229,9 @@ class OfferScreen(TrustedScreen[PaymentOption | None]):
         yield PartyFacts(o.seller, id="seller")
         yield Section("What this computer checked")
         yield VerificationFacts(o.verification, id="verification")
-        yield Section("Items: the seller's words, shown literally")
-        yield SafeTable(["#", "description", "qty", "unit price", "line total"], id="items")
-        yield Facts([("offer", o.offer_id), ("total (recomputed)", format_amount(o.total, o.currency))]
+        yield Section("Items: the seller's words, shown whole between \u275d \u275e")
+        yield SafeTable(["#", "description", "qty", "unit price", "line total"], id="items", whole={1: 42})
+        yield Facts([("offer", marked(o.offer_id)), ("total (recomputed)", format_amount(o.total, o.currency))]
                     + ([("valid until", f"{o.valid_until:%Y-%m-%d %H:%M} UTC")] if o.valid_until else []),
                     id="offer-total")
         yield Section("Pay with (press its number)")
@@ -238,7 +243,7 @@ class OfferScreen(TrustedScreen[PaymentOption | None]):
     def on_mount(self) -> None:
         self.query_one("#items", SafeTable).fill(
             [(str(n), i.description, str(i.quantity), format_amount(i.unit_price, self.offer.currency),
-              format_amount(i.total, self.offer.currency)) for n, i in enumerate(self.offer.items, 1)], limit=60)
+              format_amount(i.total, self.offer.currency)) for n, i in enumerate(self.offer.items, 1)])
         self.query_one("#continue", Button).focus()
 
     def action_choose(self, index: int) -> None:
@@ -270,36 +275,95 @@ class OfferScreen(TrustedScreen[PaymentOption | None]):
 
 
 class ConfirmScreen(TrustedScreen[Confirmation]):
-    """The exact text to be signed; accepting returns it with its digest (what-you-see-is-what-you-sign)."""
+    """The exact text to be signed; accepting returns it with its digest (what-you-see-is-what-you-sign).
+
+    The text is shown whole (``confirmation.render`` cuts nothing) in the scrolling body, and 'y'
+    counts only once the end of the text has been on the screen: a person who signs has had every
+    line of it in front of them (arrows, Page Down, End or the mouse scroll; the line under the body
+    says how far there is to go). 'y' typed before the text could be read (``min_read``) is ignored too.
+    """
 
     TITLE_TEXT = "confirm"
-    KEYS = "y sign and pay  n / escape decline"
-    BINDINGS = [Binding("y", "accept", "accept"), Binding("n,escape", "decline", "decline")]
+    KEYS = "↓ PgDn End read on  y sign and pay  n / escape decline"
+    BINDINGS = [Binding("y", "accept", "accept"), Binding("n,escape", "decline", "decline"),
+                Binding("space", "page_down", show=False)]
 
     def __init__(self, request: ConfirmationRequest) -> None:
         super().__init__()
         self.request = request
         self.text = confirmation.render(request)
+        self.end_seen = False
 
     def body(self) -> ComposeResult:
-        yield Section("Read what you are about to sign. Only what this computer verified is shown.")
-        yield Static(Text(self.text, overflow="fold", end=""), markup=False,
-                     id="confirmation-text")
+        yield Section("Read what you sign: all of it. Only what this computer verified is shown.")
+        shown = confirmation.styled(self.request)
+        assert shown.plain == self.text                          # the screen holds exactly the signed text
+        yield Static(shown, markup=False, id="confirmation-text")
         with Horizontal(classes="buttons"):
             yield Button(chrome("Sign and pay (y)"), id="accept", variant="success")
             yield Button(chrome("Decline (n)"), id="decline", variant="error")
+
+    def below(self) -> ComposeResult:
         yield Static(chrome(""), markup=False, id="confirm-message")
 
     def on_mount(self) -> None:
-        self.query_one("#decline", Button).focus()           # a stray Enter declines
+        self.query_one("#decline", Button).focus(scroll_visible=False)   # a stray Enter declines; the text starts at its top
         self.shown_at = time.monotonic()
+        self.watch(self.query_one(Body), "scroll_y", self._scrolled, init=False)
+        self.call_after_refresh(self._check_end)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._check_end)
+
+    def _scrolled(self, _old: float, _new: float) -> None:
+        self._check_end()
+
+    def _lines_below(self) -> int:
+        """Rows of the confirmation text still below the visible part of the body (0: its end was shown)."""
+        body, text = self.query_one(Body), self.query_one("#confirmation-text", Static)
+        last = text.virtual_region.bottom - text.styles.gutter.bottom - 1     # the row after "End of the text to sign."
+        return max(0, last - (round(body.scroll_y) + body.scrollable_content_region.height))
+
+    def _too_narrow(self) -> int:
+        """Columns missing for the text's longest marked line to show unbroken (0: the window is wide enough)."""
+        room = self.query_one("#confirmation-text", Static).content_region.width
+        return max(0, confirmation.WIDTH - 1 - room) if room else 0
+
+    def _check_end(self) -> None:
+        if not self.is_mounted:
+            return
+        if not self.end_seen and self._lines_below() == 0 and self.size.height > 0:
+            self.end_seen = True
+        if self._too_narrow():
+            self._say(f"Widen this window by {self._too_narrow()} column(s) to sign: the text's marked lines "
+                      "would break.", "bold #ffb703")
+        elif self.end_seen:
+            self._say(f"The end of the text has been on the screen: y to {self.request.action.value}, n to decline.")
+        else:
+            self._say("Read to the end of the text (↓, Page Down, End): y signs only after its last line "
+                      "has been on the screen.")
+
+    def _say(self, text: str, style: str = "bold") -> None:
+        self.query_one("#confirm-message", Static).update(chrome(text, style))
+
+    def action_page_down(self) -> None:
+        self.query_one(Body).scroll_page_down()
 
     def _answer(self, accepted: bool) -> None:
-        if accepted and time.monotonic() - self.shown_at < self.tinguin.min_read:
-            # a 'y' that arrives as the text appears was typed before anyone could read it
-            self.query_one("#confirm-message", Static).update(
-                chrome("Take a moment to read what you sign, then press y again.", "bold #ffb703"))
-            return
+        if accepted:
+            self._check_end()
+            if self._too_narrow():
+                self._say(f"Not signed: widen this window by {self._too_narrow()} column(s); the text's marked "
+                          "lines would break.", "bold #ffb703")
+                return
+            if not self.end_seen:
+                self._say(f"Not signed: read to the end of the text first (↓, Page Down, End); "
+                          f"{self._lines_below()} more line(s) below.", "bold #ffb703")
+                return
+            if time.monotonic() - self.shown_at < self.tinguin.min_read:
+                # a 'y' that arrives as the text appears was typed before anyone could read it
+                self._say("Take a moment to read what you sign, then press y again.", "bold #ffb703")
+                return
         self.dismiss(Confirmation(accepted, self.text, confirmation.digest(self.text), self.tinguin.scripted))
 
     def action_accept(self) -> None:

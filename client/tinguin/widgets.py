@@ -22,7 +22,10 @@ from textual.widgets import DataTable, Input, Static
 
 from client.support.money import format_amount
 
-from .literal import DEFAULT_LIMIT, literal_text
+from client.support import names
+
+from .confirmation import CLOSE, OPEN, STYLES, WARN
+from .literal import DEFAULT_LIMIT, literal_text, tokens
 from .model import (
     ArchiveView,
     DealOutcome,
@@ -49,6 +52,36 @@ def lit(text: str, limit: int = DEFAULT_LIMIT, style: str = "") -> Text:
 def chrome(text: str, style: str = "") -> Text:
     """The TINGUIN's own words: plain Text too, so even they are never parsed as markup."""
     return Text(text, style=style, end="")
+
+
+def marked(text: str, suspects: Iterable[int] = ()) -> Text:
+    """Words the TINGUIN did not write: whole, between ❝ ❞, escapes visible, ``suspects`` highlighted.
+
+    The same marks as in the confirmation text (``confirmation.OPEN``/``CLOSE``), which no other text
+    can contain (``literal.tokens`` escapes them), so marked words never pass for the TINGUIN's.
+    """
+    flagged = set(suspects)
+    out = Text(end="")
+    out.append(OPEN, STYLES["mark"])
+    run, kind = "", "theirs"
+    for i, (piece, escaped) in enumerate(tokens(text)):
+        now = "escape" if escaped else "suspect" if i in flagged else "theirs"
+        if now != kind and run:
+            out.append(run, STYLES[kind])
+            run = ""
+        run, kind = run + piece, now
+    if run:
+        out.append(run, STYLES[kind])
+    out.append(CLOSE, STYLES["mark"])
+    return out
+
+
+def name_rows(label: str, name: str) -> list[tuple[str, str | Text]]:
+    """A certified name, its suspicious characters highlighted and listed (names certified before the CA's rule)."""
+    found = names.suspects(name)
+    rows: list[tuple[str, str | Text]] = [(label, marked(name, (s.index for s in found)))]
+    rows += [("look-alike check", chrome(f"{WARN} {s.code}: {s.reason}", STYLES["warn"])) for s in found]
+    return rows
 
 
 class Literal(Static):
@@ -116,17 +149,18 @@ class Facts(Static):
 
     DEFAULT_CSS = "Facts { height: auto; }"
 
-    def __init__(self, rows: Iterable[tuple[str, str]], id: str | None = None, label_width: int = 20) -> None:
+    def __init__(self, rows: Iterable[tuple[str, str | Text]], id: str | None = None, label_width: int = 20) -> None:
         super().__init__(self.build(rows, label_width), markup=False, id=id)
 
     @staticmethod
-    def build(rows: Iterable[tuple[str, str]], label_width: int = 20) -> Text:
+    def build(rows: Iterable[tuple[str, str | Text]], label_width: int = 20) -> Text:
+        """``str`` values are shown literally; a ``Text`` value is one this module made safe (``marked``, ``chrome``)."""
         out = Text(end="")
         for n, (label, value) in enumerate(rows):
             if n:
                 out.append("\n")
             out.append(f"{label:>{label_width}}: ", "#9fb3c8")
-            out.append_text(lit(value, 240))
+            out.append_text(value if isinstance(value, Text) else lit(value, 240))
         return out
 
 
@@ -138,11 +172,11 @@ class PartyFacts(Facts):
     """A certified party: every field from the verified certificate."""
 
     def __init__(self, party: Party, id: str | None = None) -> None:
-        rows = [("name (certificate)", party.name)]
+        rows = name_rows("name (certificate)", party.name)
         if party.organisation:
-            rows.append(("organisation", party.organisation))
+            rows += name_rows("organisation", party.organisation)
         if party.country:
-            rows.append(("country", party.country))
+            rows.append(("country", marked(party.country)))
         rows += [("certificate serial", party.serial), ("issued by", party.issuer),
                  ("SHA-256", party.fingerprint), ("valid until", f"{party.valid_until:%Y-%m-%d} UTC")]
         super().__init__(rows, id=id)
@@ -167,21 +201,25 @@ class SafeTable(DataTable[Text]):
     Not focusable: the keys of a TINGUIN screen must do the same thing wherever the focus was left.
     """
 
-    DEFAULT_CSS = "SafeTable { height: auto; max-height: 16; }"
+    DEFAULT_CSS = "SafeTable { height: auto; max-height: 16; } SafeTable.whole { max-height: 100000; }"
     can_focus = False
 
-    def __init__(self, columns: Iterable[str], id: str | None = None) -> None:
-        super().__init__(id=id, zebra_stripes=True, cursor_type="row", show_cursor=False)
+    def __init__(self, columns: Iterable[str], id: str | None = None, whole: dict[int, int] | None = None) -> None:
+        """``whole``: column index -> width; those cells show the whole text, marked and wrapped in the column."""
+        super().__init__(id=id, zebra_stripes=True, cursor_type="row", show_cursor=False,
+                         classes="whole" if whole else None)
         self._columns = list(columns)
+        self._whole = dict(whole or {})
 
     def on_mount(self) -> None:
-        for c in self._columns:
-            self.add_column(chrome(c, "bold"))
+        for n, c in enumerate(self._columns):
+            self.add_column(chrome(c, "bold"), width=self._whole.get(n))
 
     def fill(self, rows: Iterable[Iterable[str]], limit: int = 60) -> None:
         self.clear()
         for row in rows:
-            self.add_row(*(lit(cell, limit) for cell in row))
+            self.add_row(*(marked(cell) if n in self._whole else lit(cell, limit) for n, cell in enumerate(row)),
+                         height=None if self._whole else 1)
 
 
 class PaymentList(Static):
