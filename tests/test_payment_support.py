@@ -75,10 +75,12 @@ class World:
                 "SELECT COUNT(*) FROM entries") + tx.all("SELECT COUNT(*) FROM postings")
 
 
-def make_world(folder: Path, scheme: Scheme, *, denominations: tuple[int, ...] = DENOMS) -> World:
+def make_world(folder: Path, scheme: Scheme, *, denominations: tuple[int, ...] = DENOMS, hsm: Any = None) -> World:
+    """``hsm``: a SoftHsmStore to provision the tokens in (one PKCS#11 module serves one token folder at a
+    time, so a test that needs this world beside another puts both worlds' tokens in one store)."""
     from hsm.signer import Pkcs11Signer
     from hsm.softhsm import SoftHsmStore, provision
-    hsm = SoftHsmStore.in_folder(folder / "softhsm")
+    hsm = hsm or SoftHsmStore.in_folder(folder / "softhsm")
     provision(hsm, "bank", BANK_PIN, SO_PIN)
     for label in PARTY_TOKENS:
         provision(hsm, label, PARTY_PIN, SO_PIN)
