@@ -327,7 +327,7 @@ def test_item10_the_third_partys_proof_stays_clearable_after_the_psam_evicted_it
             t.stop()
         assert outcomes["seller"].status == "pending", outcomes["seller"].as_dict()
         assert [o.status for o in outcomes["buyer_later"]] == ["resolved"]
-        assert [o.status for o in outcomes["seller_later"]] == ["resolved"]
+        assert [o.status for o in outcomes["seller_later"]] == ["resolved"], [o.as_dict() for o in outcomes["seller_later"]]
         seller_module = seller_pm.module("card-purse")
         assert isinstance(seller_module, PurseModule)
         seller_module.clear()

@@ -8,10 +8,13 @@ Purchase (four messages, no bank, no PIN; the amount is confirmed in the TINGUIN
     payee: receipt (PSAM batch and index: the PSAM checked the card's certificate and signature)
 
 Load (``load``): online with the issuer and the card PIN; clearing (``clear``): the seller sends
-the PSAM's closed batch to the acquirer. Both are safe to repeat after any fault: a load whose
-answer was lost is settled by the card's counters (see ``client/services/bank_purse.py``), a
-debit whose answer was lost is read back from the card's log, a batch cleared before is refused
-by the acquirer and taken as done.
+the PSAM's closed batch to the acquirer, which settles it proof by proof (the good ones paid, the
+others held as evidence with their reason). Both are safe to repeat after any fault: a load whose
+answer was lost is settled by the card's counters and request sequence numbers (see
+``client/services/bank_purse.py``), a debit whose answer was lost is read back from the card's log,
+a batch settled before is refused by the acquirer and taken as done. ``clear_proof`` clears one
+proof on its own with the PSAM-signed request it answers, for a proof the PSAM no longer takes
+(its request was evicted), e.g. the one the third party kept for the seller.
 """
 from __future__ import annotations
 
@@ -213,7 +216,45 @@ class PurseModule(BaseModule):
         except PaymentRefused as e:
             if resend and e.code == "batch_seen":
                 return None
+            if resend:          # refused as a whole (the batch is not what the PSAM signed, or the PSAM is
+                #                 not this seller's): closing another batch would delete it from the PSAM
+                raise PaymentRefused(f"the acquirer refused PSAM batch {number} as a whole ({e}); it stays on the "
+                                     "PSAM and the open batch stays open until it is cleared", e.code, e.status) from None
             raise
+
+    def clear_proof(self, psam_certificate: bytes, request: Signed, card_certificate: bytes, proof: Signed
+                    ) -> dict[str, Any] | None:
+        """Clear one card-signed DPF1 on its own, with the PSAM-signed DRQ1 it answers; None when the
+        acquirer has cleared that debit before (in a batch or alone: it pays each card counter once)."""
+        bank = self.ctx.bank
+        if bank is None:
+            raise InstrumentError("clearing a proof needs the bank")
+        params = {"psam_certificate": b64(psam_certificate), "request": b64(request.record),
+                  "request_signature": b64(request.signature), "card_certificate": b64(card_certificate),
+                  "proof": b64(proof.record), "proof_signature": b64(proof.signature)}
+        d = DebitRecord.decode(proof.record, DEBIT_PROOF)
+        try:
+            return dict(bank.call("acquirer/clear_proof", params,
+                                  idempotency_key=f"proof-{d.card_number.hex()}-{d.debit_counter}")["result"])
+        except PaymentRefused as e:
+            if e.code == "proof_seen":
+                return None
+            raise
+
+    def settle_stale_proof(self, psam_certificate: bytes, request: Signed, card_certificate: bytes, proof: Signed
+                           ) -> dict[str, Any] | None:
+        """For a proof the PSAM refused as stale: None when it sits in the PSAM's batch already (taken
+        before); otherwise its request was evicted, and the proof is cleared alone at the acquirer."""
+        psam = self.ctx.psam
+        if psam is not None:
+            try:
+                psam.ensure_selected()
+                found = psam.find_proof(proof.record)
+            except hw.HardwareError as e:
+                raise _card_error(e, "read the PSAM's batch") from None
+            if found is not None:
+                return None
+        return self.clear_proof(psam_certificate, request, card_certificate, proof)
 
 
 class PayerFlow:
