@@ -342,3 +342,99 @@ def test_item10_the_third_partys_proof_stays_clearable_after_the_psam_evicted_it
 def _payment_offer(payer: ItemPayer) -> Any:
     from client.transfer.payment import PaymentOffer
     return PaymentOffer(payer, PRICE, EUR)
+
+
+# ---- the same rules, the honest paths ----------------------------------------------------------------
+def test_a_replaced_load_request_is_reversed_on_the_cards_word_only(bank: World, tmp_path: Path) -> None:
+    """A load whose answer never reached the card: the card's next request for the same counter (a higher
+    sequence number) proves it never applied, so it is reversed and the account paid only what the card
+    holds. The audit checks that every reversal names such a request."""
+    b = bank
+    signer, account = b.party("buyer")
+    image, card = new_card(b, tmp_path, account=account)
+    client = b.client(signer)
+    before = b.bank.balance(account)
+    with open_card(image, sync=False) as c:
+        purse = PurseSession(c)
+        purse.verify_pin(CARD_PIN)
+        cert = purse.certificate()
+        _lost, lost = purse.initialize_load(700, EUR)
+        client.call("issuer/load", load_params(account, lost, cert))     # approved; the answer is lost
+        assert b.bank.balance(account) == before - 700
+        purse_module(b, "buyer", purse=purse).load(300)                  # a new request for the same counter
+        info = purse.info()
+    assert (info.balance, info.load_counter, info.load_sequence) == (300, 1, 2)
+    assert before - b.bank.balance(account) == 300 and b.bank.shadow(card) == 300
+    clean(b)
+    with b.bank.db.transaction() as tx:                                  # a reversal whose proof is gone
+        tx.execute("UPDATE load_requests SET replaced_by = NULL WHERE card = ?", (card,))
+    causes = [v.cause for v in audit(b.bank.db, b.bank.scheme_root).violations]
+    with b.bank.db.transaction() as tx:
+        tx.execute("UPDATE load_requests SET replaced_by = (SELECT nonce FROM load_requests WHERE card = ? AND "
+                   "sequence = 2) WHERE card = ? AND sequence = 1", (card, card))
+    assert causes == ["reversal_unproven"]
+    clean(b)
+
+
+def test_a_debit_is_paid_once_whether_cleared_alone_or_in_a_batch(bank: World, tmp_path: Path) -> None:
+    b = bank
+    _, buyer_acc = b.party("buyer")
+    _, seller_acc = b.party("seller")
+    card, card_id = new_card(b, tmp_path, account=buyer_acc)
+    psam_image = new_psam(b, tmp_path, seller_acc)
+    seller_before = b.bank.balance(seller_acc)
+    with open_card(card, sync=False) as c, open_card(psam_image, sync=False) as p:
+        purse, psam = PurseSession(c), PsamSession(p)
+        purse_module(b, "buyer", purse=purse).load(1_000)
+        seller = purse_module(b, "seller", psam=psam)
+        info = purse.info()
+        _drq, request = psam.begin_debit(info.card_number, info.debit_counter + 1, 300, EUR)
+        _dpf, proof = purse.debit(psam.certificate(), request)
+        alone = seller.clear_proof(psam.certificate(), request, purse.certificate(), proof)
+        assert alone is not None and alone["total"] == 300
+        again = {"psam_certificate": b64(psam.certificate()), "request": b64(request.record),
+                 "request_signature": b64(request.signature), "card_certificate": b64(purse.certificate()),
+                 "proof": b64(proof.record), "proof_signature": b64(proof.signature)}
+        with pytest.raises(PaymentRefused) as seen:                 # presented again (a new request, not a retry)
+            b.client(b.signers["seller"]).call("acquirer/clear_proof", again)
+        assert seen.value.code == "proof_seen"
+        psam.complete_debit(purse.certificate(), proof)             # the same debit reaches the batch too
+        card_purse.purchase(purse, psam, 200)
+        cleared = seller.clear()
+        left = purse.info().balance
+    assert cleared is not None and cleared["total"] == 200
+    assert [(h["counter"], h["code"]) for h in cleared["held"]] == [(1, "proof_seen")]
+    assert b.bank.balance(seller_acc) - seller_before == 500
+    assert b.bank.shadow(card_id) == left == 500
+    clean(b)
+
+
+def test_a_late_proof_for_an_evicted_request_is_cleared_alone(bank: World, tmp_path: Path) -> None:
+    """A purchase outside an exchange: the buyer's proof arrives after sixteen newer debits evicted its
+    request at the PSAM (a buyer slower than the payee's patience). The card has paid; the payee clears
+    the proof alone instead of refusing it."""
+    from client.payment.model import Terms
+    from client.payment.modules.purse import PayerFlow
+    b = bank
+    _, buyer_acc = b.party("buyer")
+    _, seller_acc = b.party("seller")
+    card, card_id = new_card(b, tmp_path, account=buyer_acc)
+    psam_image = new_psam(b, tmp_path, seller_acc)
+    seller_before = b.bank.balance(seller_acc)
+    with open_card(card, sync=False) as c, open_card(psam_image, sync=False) as p:
+        purse, psam = PurseSession(c), PsamSession(p)
+        buyer = purse_module(b, "buyer", purse=purse)
+        buyer.load(1_000)
+        seller = purse_module(b, "seller", psam=psam)
+        terms = Terms.new(250, EUR, seller_acc, b"late order")
+        payer, flow = PayerFlow(buyer, terms), seller.payee_flow(terms)
+        challenge = flow.step(payer.step(None).message).message
+        for _ in range(16):
+            psam.begin_debit(os.urandom(8), 1, 100, EUR)
+        receipt = flow.step(payer.step(challenge).message)
+        left = purse.info().balance
+    assert receipt.done and receipt.status is not None and receipt.status.value == "paid"
+    assert receipt.message is not None and receipt.message["batch"] == 0
+    assert left == 750 and b.bank.balance(seller_acc) - seller_before == 250
+    assert b.bank.shadow(card_id) == 750
+    clean(b)

@@ -353,6 +353,7 @@ class PayeeFlow:
         self.terms = terms
         self.state = "start"
         self.card_cert = b""
+        self.request: Signed | None = None
 
     def _begin(self, psam: Any, incoming: dict[str, Any] | None) -> Signed:
         msg = require(incoming, "hello", "card", "counter", "currency", "card_certificate")
@@ -371,6 +372,7 @@ class PayeeFlow:
             _, req = psam.begin_debit(card, counter, self.terms.amount, self.terms.currency)
         except hw.HardwareError as e:
             raise _card_error(e, "start the debit at the PSAM") from None
+        self.request = req
         return req  # type: ignore[no-any-return]
 
     def step(self, incoming: dict[str, Any] | None) -> Step:
@@ -397,6 +399,8 @@ class PayeeFlow:
             try:
                 psam.ensure_selected()
                 batch, index, _ = psam.complete_debit(self.card_cert, proof)
+            except hw.ReplayError as e:
+                batch, index = self._evicted(psam, proof, e)
             except hw.HardwareError as e:
                 raise PaymentRefused(f"the PSAM did not accept the card's proof ({_card_error(e, 'complete')})",
                                      "bad_proof") from None
@@ -406,3 +410,28 @@ class PayeeFlow:
                         evidence={"proof": msg["proof"], "proof_signature": msg["signature"], "batch": batch,
                                   "index": index, "card_certificate": b64(self.card_cert)})
         raise ProtocolError("the purse payment is finished")
+
+    def _evicted(self, psam: Any, proof: Signed, e: hw.HardwareError) -> tuple[int, int]:
+        """The PSAM holds no open request for this proof. If it answers this payment's request, the card
+        has paid: its request was evicted while the proof came late (a buyer slower than STALE_AFTER), so
+        the proof is cleared alone at the acquirer with the request (batch 0: cleared alone) instead of
+        being refused. Anything else is refused as before."""
+        req = self.request
+        try:
+            answers = req is not None and DebitRecord.decode(proof.record, DEBIT_PROOF).encode()[4:] == req.record[4:]
+        except hw.TransportError:
+            answers = False
+        if not answers or self.m.ctx.bank is None:
+            raise PaymentRefused(f"the PSAM did not accept the card's proof ({_card_error(e, 'complete')})",
+                                 "bad_proof") from None
+        assert req is not None
+        found = psam.find_proof(proof.record)
+        if found is not None:
+            return found
+        try:
+            self.m.clear_proof(psam.certificate(), req, self.card_cert, proof)
+        except PaymentError as err:
+            raise PaymentRefused(f"the PSAM no longer holds this payment's request and the acquirer did not clear "
+                                 f"the card's proof alone ({err})", "bad_proof") from None
+        return 0, 0
+
