@@ -87,8 +87,9 @@ from hardware.psam import PsamSession
 from hardware.purse import PurseSession
 from hardware.simulator import open_card
 
-OPS = ("accounts/balance", "issuer/load", "issuer/confirm", "acquirer/clear", "acquirer/clear_proof", "set/authorise", "set/capture",
-       "set/release", "set/refund", "set/status", "cheque/deposit", "cheque/status", "mint/withdraw", "mint/deposit")
+OPS = ("accounts/balance", "issuer/load", "issuer/confirm", "acquirer/clear", "acquirer/clear_proof", "set/authorise",
+       "set/capture", "set/release", "set/refund", "set/status", "cheque/deposit", "cheque/status", "mint/withdraw",
+       "mint/deposit")
 BUYERS, SELLERS = ("buyer", "buyer2"), ("seller", "seller2")
 PARTIES = BUYERS + SELLERS
 CARD_MAX = 200_000

@@ -180,10 +180,17 @@ def test_item1_one_bad_proof_does_not_block_the_good_ones_in_its_batch(bank: Wor
     with open_card(good, sync=False) as g, open_card(rogue, sync=False) as r, open_card(psam_image, sync=False) as p:
         gp, rp, psam = PurseSession(g), PurseSession(r), PsamSession(p)
         card_purse.purchase(gp, psam, 1_000)
-        card_purse.purchase(rp, psam, 700)                              # value the bank never loaded
+        info = rp.info()                                                # value the bank never loaded
+        _drq, rogue_request = psam.begin_debit(info.card_number, info.debit_counter + 1, 700, EUR)
+        _dpf, rogue_proof = rp.debit(psam.certificate(), rogue_request)
+        psam.complete_debit(rp.certificate(), rogue_proof)
         card_purse.purchase(gp, psam, 500)
-        cleared = purse_module(b, "seller", psam=psam).clear()
+        seller = purse_module(b, "seller", psam=psam)
+        cleared = seller.clear()
         good_left = gp.info().balance
+        with pytest.raises(PaymentRefused) as held:                     # a held proof is not payable later, alone
+            seller.clear_proof(psam.certificate(), rogue_request, rp.certificate(), rogue_proof)
+    assert held.value.code == "proof_held"
     assert cleared is not None
     assert cleared["total"] == 1_500, cleared
     assert [(h["card"], h["amount"], h["code"]) for h in cleared["held"]] == [(rogue_id, 700, "exceeds_shadow")]
@@ -327,7 +334,8 @@ def test_item10_the_third_partys_proof_stays_clearable_after_the_psam_evicted_it
             t.stop()
         assert outcomes["seller"].status == "pending", outcomes["seller"].as_dict()
         assert [o.status for o in outcomes["buyer_later"]] == ["resolved"]
-        assert [o.status for o in outcomes["seller_later"]] == ["resolved"], [o.as_dict() for o in outcomes["seller_later"]]
+        later = outcomes["seller_later"]
+        assert [o.status for o in later] == ["resolved"], [o.as_dict() for o in later]
         seller_module = seller_pm.module("card-purse")
         assert isinstance(seller_module, PurseModule)
         seller_module.clear()

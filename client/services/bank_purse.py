@@ -373,10 +373,15 @@ class _Shadows:
         self.left: dict[str, int] = {}
         self.rows: dict[str, Any] = {}
 
-    def fault(self, card: str, counter: int, amount: int, point: bytes) -> tuple[str, str] | None:
+    def fault(self, card: str, counter: int, amount: int, point: bytes, blob: bytes) -> tuple[str, str] | None:
         where = _cleared_where(self.tx, card, counter)
         if where is not None:
             return "proof_seen", f"the debit proof of card {card} #{counter} was cleared before ({where})"
+        held = self.tx.one("SELECT psam, batch, code FROM held_proofs WHERE card = ? AND counter = ? AND proof = ?",
+                           (card, counter, blob.hex()))
+        if held is not None:                   # this very proof was settled: evidence, not payable later
+            return "proof_held", (f"the debit proof of card {card} #{counter} was held in batch {held[1]} of PSAM "
+                                  f"{held[0]} ({held[2]}); it is evidence for a dispute, not payable now")
         if card not in self.rows:
             self.rows[card] = self.tx.one("SELECT shadow, currency FROM cards WHERE card = ?", (card,))
         row = self.rows[card]
@@ -415,7 +420,7 @@ def apply_clear(bank: Bank, tx: Transaction, sender: Sender, c: ClearCheck) -> d
             e.fault = ("proof_seen", f"the batch holds the debit proof of card {e.card} #{e.counter} twice")
         if e.fault is None:
             seen.add((e.card, e.counter))
-            e.fault = shadows.fault(e.card, e.counter, e.amount, e.point)
+            e.fault = shadows.fault(e.card, e.counter, e.amount, e.point, e.blob)
         if e.fault is None:
             paid.append(e)
     held = [e for e in c.entries if e.fault is not None]
@@ -444,6 +449,10 @@ def apply_clear(bank: Bank, tx: Transaction, sender: Sender, c: ClearCheck) -> d
 
 
 # ---- acquirer: one proof on its own -------------------------------------------------------------
+_SINGLE_STATUS = {"proof_seen": 409, "proof_held": 409, "exceeds_shadow": 409, "unknown_card": 422,
+                  "certificate_not_linked": 401}
+
+
 @dataclass(frozen=True)
 class SingleCheck:
     psam: str
@@ -482,11 +491,10 @@ def apply_clear_proof(bank: Bank, tx: Transaction, sender: Sender, c: SingleChec
         raise BankRefusal("currency_mismatch", "the proof's currency is not the seller account's", 422)
     e = c.entry
     shadows = _Shadows(bank, tx, acc.currency)
-    fault = shadows.fault(e.card, e.counter, e.amount, e.point)
+    fault = shadows.fault(e.card, e.counter, e.amount, e.point, e.blob)
     if fault is not None:
         code, reason = fault
-        raise BankRefusal(code, reason, {"proof_seen": 409, "exceeds_shadow": 409, "unknown_card": 422,
-                                         "certificate_not_linked": 401}.get(code, 422))
+        raise BankRefusal(code, reason, _SINGLE_STATUS.get(code, 422))
     entry = store.post(tx, "purse-clearing", f"{c.psam}/proof/{e.card}/{e.counter}",
                        [(store.system_account("float", acc.currency), -e.amount), (acc.id, e.amount)])
     tx.execute("INSERT INTO proofs (card, counter, psam, batch, amount, proof) VALUES (?, ?, ?, 0, ?, ?)",

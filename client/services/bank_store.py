@@ -63,6 +63,7 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS held_proofs (psam TEXT NOT NULL, batch BIGINT NOT NULL, idx BIGINT NOT NULL, "
     "card TEXT NOT NULL, counter BIGINT NOT NULL, amount BIGINT NOT NULL, code TEXT NOT NULL, reason TEXT NOT NULL, "
     "certificate TEXT NOT NULL, proof TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (psam, batch, idx))",
+    "CREATE INDEX IF NOT EXISTS held_proofs_card ON held_proofs (card, counter)",
     "CREATE TABLE IF NOT EXISTS single_clearings (card TEXT NOT NULL, counter BIGINT NOT NULL, psam TEXT NOT NULL, "
     "request TEXT NOT NULL, psam_certificate TEXT NOT NULL, certificate TEXT NOT NULL, entry TEXT NOT NULL, "
     "at TEXT NOT NULL, PRIMARY KEY (card, counter))",

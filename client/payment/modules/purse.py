@@ -219,7 +219,8 @@ class PurseModule(BaseModule):
             if resend:          # refused as a whole (the batch is not what the PSAM signed, or the PSAM is
                 #                 not this seller's): closing another batch would delete it from the PSAM
                 raise PaymentRefused(f"the acquirer refused PSAM batch {number} as a whole ({e}); it stays on the "
-                                     "PSAM and the open batch stays open until it is cleared", e.code, e.status) from None
+                                     "PSAM and the open batch stays open until it is cleared", e.code,
+                                     e.status) from None
             raise
 
     def clear_proof(self, psam_certificate: bytes, request: Signed, card_certificate: bytes, proof: Signed
