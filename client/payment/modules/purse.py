@@ -57,8 +57,9 @@ class _Slots:
 
     Why: the PSAM keeps at most :data:`PSAM_PENDING` debit requests open and evicts the oldest to
     start another. A card that then sends its proof for an evicted request has *paid* (its debit is
-    committed) and the PSAM refuses the proof as unknown: the buyer's money would be stuck. So the
-    payee never starts more debits than the PSAM can hold: a further hello is refused, before the
+    committed) and the PSAM refuses the proof as unknown; the payee can still clear that proof alone
+    at the acquirer (:meth:`PayeeFlow._evicted`), but only with the bank on line. So the payee never
+    starts more debits than the PSAM can hold: a further hello is refused, before the
     card is asked for anything, until a payment finishes (the shop's HTTP handler waits and asks
     again). A payment whose buyer vanished after the challenge gives its room up after
     :data:`STALE_AFTER` seconds.
