@@ -99,6 +99,19 @@ class PsamSession:
             out.append(BatchEntry(f[0x01], Signed(f[0x02], f[0x03])))
         return out
 
+    def find_proof(self, proof_record: bytes) -> tuple[int, int] | None:
+        """(batch number, index) of the entry holding this DPF1 in the open or the last closed batch (the
+        only two the PSAM keeps), newest batch first; None when neither holds it. Reads every entry: for
+        the rare proof the PSAM refused as stale (taken before, or its request evicted)."""
+        info = self.info()
+        for number in (info.batch_number, info.batch_number - 1):
+            if number < 1:
+                continue
+            for index, entry in enumerate(self.batch_entries(number)):
+                if entry.proof.record == proof_record:
+                    return number, index
+        return None
+
     def batch_header(self, batch_number: int) -> tuple[BatchHeader, Signed]:
         raw = self._send(Apdu(CLA, 0x38, 0, 0, batch_number.to_bytes(4, "big"), 0), "read a batch header")
         signed = Signed.split(raw, BatchHeader.SIZE)

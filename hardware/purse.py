@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from . import tlv
 from .iso7816 import AID, Apdu
-from .purse_records import (DEBIT_PROOF, LOAD_COMMAND_SIZE, LOAD_SIZE, DebitRecord, LoadConfirmation, LoadRequest,
-                            Signed)
+from .purse_records import (DEBIT_PROOF, LOAD_COMMAND_SIZE, LOAD_REQUEST_SIZE, LOAD_SIZE, DebitRecord,
+                            LoadConfirmation, LoadRequest, Signed)
 from .transport import ApduSession, Connection
 
 CLA = 0x80
@@ -25,6 +25,7 @@ class PurseInfo:
     pin_tries: int
     puk_tries: int
     load_pending: bool
+    load_sequence: int = 0          # load requests the card has signed (C9)
 
     @property
     def card_id(self) -> str:
@@ -64,7 +65,7 @@ class PurseSession:
             card_number=f[0xC1], currency=int.from_bytes(f[0xC2], "big"), balance=int.from_bytes(f[0xC3], "big"),
             max_balance=int.from_bytes(f[0xC4], "big"), load_counter=int.from_bytes(f[0xC5], "big"),
             debit_counter=int.from_bytes(f[0xC6], "big"), pin_tries=tries[0], puk_tries=tries[1],
-            load_pending=f.get(0xC8, b"\0") != b"\0")
+            load_pending=f.get(0xC8, b"\0") != b"\0", load_sequence=int.from_bytes(f.get(0xC9, b""), "big"))
 
     def certificate(self) -> bytes:
         """The purse's certificate, read once per session: it is written at personalisation and never
@@ -130,7 +131,7 @@ class PurseSession:
     # ---- load ---------------------------------------------------------------------------------
     def initialize_load(self, amount: int, currency: int) -> tuple[LoadRequest, Signed]:
         raw = self.apdu.send(Apdu(CLA, 0x40, 0, 0, struct.pack(">IH", amount, currency), 0), "start a load")
-        signed = Signed.split(raw, LOAD_SIZE)
+        signed = Signed.split(raw, LOAD_REQUEST_SIZE)
         return LoadRequest.decode(signed.record), signed
 
     def load(self, command: Signed) -> tuple[LoadConfirmation, Signed]:

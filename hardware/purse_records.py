@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .errors import TransportError
 
-LOAD_REQUEST = b"LRQ1"
+LOAD_REQUEST = b"LRQ2"
 LOAD_COMMAND = b"LCM1"
 LOAD_CONFIRMATION = b"LCF1"
 DEBIT_REQUEST = b"DRQ1"
@@ -18,6 +18,7 @@ DEBIT_PROOF = b"DPF1"
 BATCH_HEADER = b"BAT1"
 
 _LOAD = struct.Struct(">4s8sIIH16sI")
+_LOAD_REQ = struct.Struct(">4s8sIIH16sII")
 _LOAD_CMD = struct.Struct(">4s8sIIH16s")
 _DEBIT = struct.Struct(">4s8sI8sIIH16s")
 _BATCH = struct.Struct(">4s8sIIQH32s")
@@ -49,7 +50,7 @@ class Signed:
 
 @dataclass(frozen=True)
 class _LoadRecord:
-    """LRQ1 and LCF1 share their fields; only the tag and the meaning of ``balance`` differ."""
+    """LRQ2 and LCF1 share these fields; the tag and the meaning of ``balance`` differ."""
 
     card_number: bytes
     load_counter: int
@@ -67,9 +68,17 @@ class _LoadRecord:
 
 @dataclass(frozen=True)
 class LoadRequest(_LoadRecord):
-    """The card's signed request (balance = before the load)."""
+    """The card's signed request (balance = before the load). ``sequence`` numbers every load request
+    the card signed: of two requests for one load counter, the higher one replaced the other on the
+    card, so only it can still apply."""
+
+    sequence: int = 0
 
     TAG = LOAD_REQUEST
+
+    @classmethod
+    def decode(cls, data: bytes) -> "LoadRequest":
+        return cls(*_check(_LOAD_REQ, LOAD_REQUEST, data))
 
     def command(self) -> bytes:
         """The LCM1 record an issuer signs to approve exactly this request."""
@@ -123,5 +132,7 @@ class BatchHeader:
         return cls(*_check(_BATCH, BATCH_HEADER, data))
 
 
-LOAD_SIZE = _LOAD.size
+LOAD_SIZE = _LOAD.size                    # an LCF1 confirmation (also what the card's log holds)
+LOAD_REQUEST_SIZE = _LOAD_REQ.size        # an LRQ2 request
+LEGACY_LOAD_REQUEST = b"LRQ1"             # the request before the sequence number: LOAD_SIZE bytes
 LOAD_COMMAND_SIZE = _LOAD_CMD.size

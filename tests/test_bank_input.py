@@ -22,8 +22,9 @@ from client.payment.errors import PaymentRefused
 from client.payment.wire import SignedJson, b64, digest
 from client.support.channels import ServiceError
 
-OPS = ["accounts/balance", "issuer/load", "issuer/confirm", "acquirer/clear", "set/authorise", "set/capture",
-       "set/release", "set/refund", "set/status", "cheque/deposit", "cheque/status", "mint/withdraw", "mint/deposit"]
+OPS = ["accounts/balance", "issuer/load", "issuer/confirm", "acquirer/clear", "acquirer/clear_proof", "set/authorise",
+       "set/capture", "set/release", "set/refund", "set/status", "cheque/deposit", "cheque/status", "mint/withdraw",
+       "mint/deposit"]
 
 
 def _raw(w: World, path: str, data: bytes, ctype: str = "application/json") -> tuple[int, dict[str, Any]]:

@@ -91,12 +91,15 @@ class World:
         return {cert_id(info.certificate): info.escrow.key_id}
 
 
-def make_world(folder: Path, scheme: Scheme) -> World:
+def make_world(folder: Path, scheme: Scheme, store: Any = None) -> World:
+    """``store``: a SoftHsmStore whose tokens ``LABELS`` were provisioned already (with ``PIN``), e.g. beside
+    another world's in one folder; None makes and provisions one here."""
     from hsm.signer import Pkcs11Signer
     from hsm.softhsm import SoftHsmStore, provision
-    store = SoftHsmStore.in_folder(folder / "softhsm")
-    for label in LABELS:
-        provision(store, label, PIN, SO_PIN)
+    if store is None:
+        store = SoftHsmStore.in_folder(folder / "softhsm")
+        for label in LABELS:
+            provision(store, label, PIN, SO_PIN)
     conf = str(store.conf)
     ca_signer = Pkcs11Signer.open("x-ca", softhsm_conf=conf)
     ca_signer.verify_pin(PIN)

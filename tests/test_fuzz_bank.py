@@ -87,8 +87,9 @@ from hardware.psam import PsamSession
 from hardware.purse import PurseSession
 from hardware.simulator import open_card
 
-OPS = ("accounts/balance", "issuer/load", "issuer/confirm", "acquirer/clear", "set/authorise", "set/capture",
-       "set/release", "set/refund", "set/status", "cheque/deposit", "cheque/status", "mint/withdraw", "mint/deposit")
+OPS = ("accounts/balance", "issuer/load", "issuer/confirm", "acquirer/clear", "acquirer/clear_proof", "set/authorise",
+       "set/capture", "set/release", "set/refund", "set/status", "cheque/deposit", "cheque/status", "mint/withdraw",
+       "mint/deposit")
 BUYERS, SELLERS = ("buyer", "buyer2"), ("seller", "seller2")
 PARTIES = BUYERS + SELLERS
 CARD_MAX = 200_000
@@ -224,6 +225,9 @@ def templates(b: BankCopy) -> dict[str, dict[str, Any]]:
         "acquirer/clear": {"psam_certificate": b64(psam_cert), "header": b64(os.urandom(60)),
                            "header_signature": b64(os.urandom(70)), "certificates": [b64(card_cert)],
                            "entries": [[0, b64(os.urandom(60)), b64(os.urandom(70))]]},
+        "acquirer/clear_proof": {"psam_certificate": b64(psam_cert), "request": b64(os.urandom(72)),
+                                 "request_signature": b64(os.urandom(70)), "card_certificate": b64(card_cert),
+                                 "proof": b64(os.urandom(72)), "proof_signature": b64(os.urandom(70))},
         "set/authorise": {"account": w.accounts["seller"], "payment_id": "p-" + secrets.token_hex(4), "amount": 10,
                           "currency": EUR, "oi_hash": "0" * 64, "sealed_pi": sealed, "dual_signature": b64(os.urandom(70)),
                           "payer_certificate": b64(w.signers["buyer"].certificate())},

@@ -6,7 +6,6 @@ provisioning re-initialises the PKCS#11 module, which would end the bank's login
 """
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +47,6 @@ class World:
     runner: ServiceRunner
     signers: dict[str, Any] = field(default_factory=dict)
     accounts: dict[str, str] = field(default_factory=dict)
-    pristine: dict[str, Path] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -61,11 +59,23 @@ class World:
         return self.signers[name], self.accounts[name]
 
     def cards(self, folder: Path) -> tuple[Path, Path]:
-        """A fresh copy of the buyer card and the seller's PSAM (both linked at the bank)."""
+        """A new buyer card (linked to the buyer's account) and a new seller PSAM (linked to the seller's).
+
+        New ones, not copies of one card: the bank remembers every card's counters, load request
+        sequence numbers and cleared proofs, and a copy of a card it has seen is a clone that replays
+        old counters, which the issuer and the acquirer rightly refuse."""
         folder.mkdir(parents=True, exist_ok=True)
+        from hardware.psam import PsamSession
+        from hardware.purse import PurseSession
+        from hardware.simulator import open_card
         b, p = folder / "buyer.card", folder / "psam.card"
-        shutil.copyfile(self.pristine["buyer"], b)
-        shutil.copyfile(self.pristine["psam"], p)
+        personalise_purse_card(b, self.scheme, CardProfile(CARD_PIN, b"12345678", max_balance=200_000), sync=False,
+                               issuer_point=self.bank.keys.signer.public_point())
+        personalise_psam(p, self.scheme, sync=False)
+        with open_card(b, sync=False) as c:
+            self.bank.link_card(PurseSession(c).certificate(), self.accounts["buyer"])
+        with open_card(p, sync=False) as c:
+            self.bank.link_psam(PsamSession(c).certificate(), self.accounts["seller"])
         return b, p
 
     def ledger(self) -> list[tuple[Any, ...]]:
@@ -75,10 +85,12 @@ class World:
                 "SELECT COUNT(*) FROM entries") + tx.all("SELECT COUNT(*) FROM postings")
 
 
-def make_world(folder: Path, scheme: Scheme, *, denominations: tuple[int, ...] = DENOMS) -> World:
+def make_world(folder: Path, scheme: Scheme, *, denominations: tuple[int, ...] = DENOMS, hsm: Any = None) -> World:
+    """``hsm``: a SoftHsmStore to provision the tokens in (one PKCS#11 module serves one token folder at a
+    time, so a test that needs this world beside another puts both worlds' tokens in one store)."""
     from hsm.signer import Pkcs11Signer
     from hsm.softhsm import SoftHsmStore, provision
-    hsm = SoftHsmStore.in_folder(folder / "softhsm")
+    hsm = hsm or SoftHsmStore.in_folder(folder / "softhsm")
     provision(hsm, "bank", BANK_PIN, SO_PIN)
     for label in PARTY_TOKENS:
         provision(hsm, label, PARTY_PIN, SO_PIN)
@@ -96,20 +108,6 @@ def make_world(folder: Path, scheme: Scheme, *, denominations: tuple[int, ...] =
         s.store_certificate(cert.public_bytes(Encoding.DER))
         world.signers[label] = s
         world.accounts[label] = bank.open_account(label, EUR, cert)
-    issuer_point = bank.keys.signer.public_point()
-    cards = folder / "pristine"
-    cards.mkdir()
-    personalise_purse_card(cards / "buyer.card", scheme, CardProfile(CARD_PIN, b"12345678", max_balance=200_000),
-                           sync=False, issuer_point=issuer_point)
-    personalise_psam(cards / "psam.card", scheme, sync=False)
-    world.pristine = {"buyer": cards / "buyer.card", "psam": cards / "psam.card"}
-    from hardware.psam import PsamSession
-    from hardware.purse import PurseSession
-    from hardware.simulator import open_card
-    with open_card(cards / "buyer.card", sync=False) as c:
-        bank.link_card(PurseSession(c).certificate(), world.accounts["buyer"])
-    with open_card(cards / "psam.card", sync=False) as c:
-        bank.link_psam(PsamSession(c).certificate(), world.accounts["seller"])
     return world
 
 

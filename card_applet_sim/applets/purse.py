@@ -1,8 +1,11 @@
 """The e-purse applet, GeldKarte-style: balance on the card, loads online, purchases offline.
 
-Load (PIN needed): INITIALIZE LOAD makes the card sign a load request with a fresh nonce and its
-next load counter; the pending request is kept persistently, so an issuer-signed LOAD that arrives
-after a tear still applies. LOAD accepts only the issuer's signature over exactly that request, once.
+Load (PIN needed): INITIALIZE LOAD makes the card sign a load request with a fresh nonce, its next
+load counter and the next number of its load request sequence; the pending request is kept
+persistently, so an issuer-signed LOAD that arrives after a tear still applies. A new INITIALIZE
+LOAD replaces the pending request, and the sequence number tells the issuer which of two requests
+for one counter replaced the other. LOAD accepts only the issuer's signature over exactly the
+pending request, once.
 
 Purchase (no PIN): DEBIT accepts a request signed by a PSAM whose certificate chains to the scheme
 root held on the card, for this card, in this currency and for the card's *next* debit counter, so a
@@ -71,6 +74,7 @@ class PurseApplet(Applet, KeyPairPersonalisation):
         super().install(store)
         store.put_int("purse/balance", 0)
         store.put_int("purse/load_ctr", 0)
+        store.put_int("purse/load_seq", 0)
         store.put_int("purse/debit_ctr", 0)
         store.put_int("purse/log_count", 0)
 
@@ -170,6 +174,7 @@ class PurseApplet(Applet, KeyPairPersonalisation):
             tlv.encode(0xC6, s.get_int(self.k("debit_ctr")).to_bytes(4, "big")),
             tlv.encode(0xC7, bytes([self.pin.tries_left, self.puk.tries_left])),
             tlv.encode(0xC8, bytes([1 if self.store.get(self.k("pending_load")) else 0])),
+            tlv.encode(0xC9, s.get_int(self.k("load_seq")).to_bytes(4, "big")),
         ])
 
     def _get_certificate(self, cmd: Command) -> bytes:
@@ -206,8 +211,10 @@ class PurseApplet(Applet, KeyPairPersonalisation):
         balance = self.store.get_int(self.k("balance"))
         if balance + amount > max_balance:
             raise CardError(SW.MAX_BALANCE_EXCEEDED)
+        sequence = self.store.get_int(self.k("load_seq")) + 1
         request = LoadRecord(LOAD_REQUEST, card_number, self.store.get_int(self.k("load_ctr")) + 1, amount, currency,
-                             crypto.random_bytes(16), balance)
+                             crypto.random_bytes(16), balance, sequence)
+        self.store.put_int(self.k("load_seq"), sequence)          # one transaction with the pending request
         self.store.put(self.k("pending_load"), request.encode())
         return self._sign(request.encode())
 
@@ -216,8 +223,8 @@ class PurseApplet(Applet, KeyPairPersonalisation):
         record, signature = split_signed(cmd.data, LoadRecord.command_size())
         command = LoadRecord.decode(LOAD_COMMAND, record)
         pending = self.store.get(self.k("pending_load"))
-        if pending is None:
-            raise CardError(SW.STALE_OR_REPLAYED, "no load is pending")
+        if pending is None or len(pending) != LoadRecord.request_size():     # (an LRQ1 left by an older applet
+            raise CardError(SW.STALE_OR_REPLAYED, "no load is pending")     # is no longer a request it can apply)
         if not command.same_load(LoadRecord.decode(LOAD_REQUEST, pending)):
             raise CardError(SW.STALE_OR_REPLAYED, "load command does not match the pending request")
         if not crypto.verify(self.store.get(self.k("issuer_point")) or b"", record, signature):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..sw import SW, CardError
 
-LOAD_REQUEST = b"LRQ1"
+LOAD_REQUEST = b"LRQ2"
 LOAD_COMMAND = b"LCM1"
 LOAD_CONFIRMATION = b"LCF1"
 DEBIT_REQUEST = b"DRQ1"
@@ -27,7 +27,13 @@ def _unpack(fmt: struct.Struct, tag: bytes, data: bytes) -> tuple:  # type: igno
 
 @dataclass(frozen=True)
 class LoadRecord:
-    """LRQ1 (card -> issuer), LCM1 (issuer -> card), LCF1 (card -> issuer)."""
+    """LRQ2 (card -> issuer), LCM1 (issuer -> card), LCF1 (card -> issuer).
+
+    ``sequence`` (LRQ2 only) numbers every load request the card ever signed. A card keeps one
+    pending request and INITIALIZE LOAD replaces it, so of two requests for the same load counter
+    only the one with the higher sequence can still apply: that is what lets the issuer order them
+    and reverse a load only on the card's own word that it replaced it (issue 12, item 1).
+    """
 
     tag: bytes
     card_number: bytes
@@ -35,14 +41,19 @@ class LoadRecord:
     amount: int
     currency: int
     nonce: bytes
-    balance: int = 0          # LRQ1: balance before; LCF1: balance after; absent in LCM1
+    balance: int = 0          # LRQ2: balance before; LCF1: balance after; absent in LCM1
+    sequence: int = 0         # LRQ2: the card's load request sequence number
 
+    _REQUEST = struct.Struct(">4s8sIIH16sII")
     _WITH_BALANCE = struct.Struct(">4s8sIIH16sI")
     _WITHOUT = struct.Struct(">4s8sIIH16s")
 
     def encode(self) -> bytes:
         if self.tag == LOAD_COMMAND:
             return self._WITHOUT.pack(self.tag, self.card_number, self.load_counter, self.amount, self.currency, self.nonce)
+        if self.tag == LOAD_REQUEST:
+            return self._REQUEST.pack(self.tag, self.card_number, self.load_counter, self.amount, self.currency,
+                                      self.nonce, self.balance, self.sequence)
         return self._WITH_BALANCE.pack(self.tag, self.card_number, self.load_counter, self.amount, self.currency,
                                        self.nonce, self.balance)
 
@@ -50,11 +61,17 @@ class LoadRecord:
     def decode(cls, tag: bytes, data: bytes) -> "LoadRecord":
         if tag == LOAD_COMMAND:
             return cls(tag, *_unpack(cls._WITHOUT, tag, data))
+        if tag == LOAD_REQUEST:
+            return cls(tag, *_unpack(cls._REQUEST, tag, data))
         return cls(tag, *_unpack(cls._WITH_BALANCE, tag, data))
 
     @classmethod
     def command_size(cls) -> int:
         return cls._WITHOUT.size
+
+    @classmethod
+    def request_size(cls) -> int:
+        return cls._REQUEST.size
 
     def same_load(self, other: "LoadRecord") -> bool:
         return (self.card_number, self.load_counter, self.amount, self.currency, self.nonce) == (

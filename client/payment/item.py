@@ -336,19 +336,19 @@ class ItemPayee:
                 return False
             self.manager.expect(terms)                 # a restarted payee: the terms come back from the request
             if self.name in HANDSHAKE:
-                answer = self._purse_deposit(terms, proof)
+                answer = self._purse_deposit(terms, proof, request)
             else:
                 answer = self._handle(terms, dict(proof))
             self._done[terms.payment_id] = answer or {}
         return True
 
-    def _purse_deposit(self, terms: Terms, proof: Mapping[str, Any]) -> JsonDict | None:
+    def _purse_deposit(self, terms: Terms, proof: Mapping[str, Any], request: Mapping[str, Any]) -> JsonDict | None:
         body = {"kind": "proof", "proof": proof.get("record"), "signature": proof.get("signature")}
         try:
             return self._handle(terms, body)
         except ItemMismatch:
             # no flow waiting for this proof (the payee restarted, or T handed the proof over):
-            # the PSAM still holds the request; complete it there directly
+            # the PSAM may still hold the request; complete it there directly
             psam = self.manager.ctx.psam
             if psam is None:
                 raise
@@ -357,17 +357,37 @@ class ItemPayee:
             from hardware import errors as hw
             from hardware.purse_records import Signed
             cert = x509.load_der_x509_certificate(unb64(proof.get("certificate"), "card certificate", 4096))
+            signed = Signed(unb64(proof.get("record"), "proof", 128), unb64(proof.get("signature"), "signature", 80))
             try:
                 with self.device_lock:
                     psam.select()
-                    batch, index, _ = psam.complete_debit(cert.public_bytes(Encoding.DER),
-                                                          Signed(unb64(proof.get("record"), "proof", 128),
-                                                                 unb64(proof.get("signature"), "signature", 80)))
+                    batch, index, _ = psam.complete_debit(cert.public_bytes(Encoding.DER), signed)
             except hw.ReplayError:
-                return None                             # taken into the batch before
+                return self._stale(request, cert.public_bytes(Encoding.DER), signed)
             except hw.HardwareError as e:
                 raise ItemMismatch(f"the PSAM did not take the debit proof: {e}") from None
             return {"kind": "receipt", "batch": batch, "index": index}
+
+    def _stale(self, request: Mapping[str, Any], card_cert: bytes, proof: Any) -> JsonDict | None:
+        """The PSAM holds no open request for this proof: taken into its batch before, or the request was
+        evicted (16 open at most) while the buyer waited, e.g. before resolving with the third party. The
+        card has paid either way, so an evicted one is cleared alone at the acquirer with the PSAM-signed
+        request from the description (issue 12, item 10); the acquirer pays each card counter once."""
+        from hardware.purse_records import Signed
+
+        from .modules.purse import PurseModule
+        module = self.module
+        if not isinstance(module, PurseModule):
+            raise ItemMismatch("the PSAM no longer holds this payment's request")
+        drq = Signed(unb64(request.get("record"), "request", 128), unb64(request.get("signature"), "signature", 80))
+        psam_cert = unb64(request.get("certificate"), "PSAM certificate", 4096)
+        try:
+            with self.device_lock:
+                cleared = module.settle_stale_proof(psam_cert, drq, card_cert, proof)
+        except PaymentError as e:
+            raise PaymentFailed(f"the PSAM no longer holds this payment's request and the acquirer did not clear "
+                                f"the proof alone ({e}); try again (the proof is kept)") from None
+        return None if cleared is None else {"kind": "cleared", **cleared}
 
 
 class ItemPayments(TransferPayments):

@@ -145,6 +145,7 @@ class Bank:
         self.scheme_root = scheme_root
         self.certs = CertCache(list(roots))
         self.scheme_certs = CertCache([scheme_root])
+        self.linked_points: dict[str, bytes] = {}     # card -> public point of its linked certificate
         db.migrate(store.SCHEMA)
         self.ops: dict[str, Op] = {}
         for mod in (bank_purse, bank_setpay, bank_mint):

@@ -9,7 +9,10 @@ What is checked, and what a violation means:
   (cash in minus cash out, which is minus the ``external`` balance);
 * the purse float equals the sum of the cards' shadow balances recomputed from the evidence
   (loads not reversed, minus cleared debit proofs); every shadow balance is >= 0 and equals the
-  issuer's cached one; every load request and debit proof carries a valid card signature;
+  issuer's cached one; every load request and debit proof carries a valid signature of the card's
+  *linked* certificate; every reversed load names the newer request of the same card and load
+  counter that proved it never applied; every cleared batch's paid and held proofs add up to the
+  total its PSAM signed, and its ledger entry pays exactly the paid ones;
 * e-cash outstanding equals coins withdrawn minus coins deposited, and every deposited coin's
   signature verifies with its mint key; no serial appears twice;
 * holds equal what is authorised and neither captured nor released;
@@ -30,7 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from hardware.purse_records import LOAD_SIZE, DebitRecord
+from hardware.purse_records import LEGACY_LOAD_REQUEST, LOAD_REQUEST_SIZE, LOAD_SIZE, DebitRecord
 
 from ..payment import blind, formats
 from ..payment.errors import ProtocolError
@@ -125,16 +128,23 @@ def _purse(tx: Any, r: AuditReport, by_cur: dict[int, dict[str, int]], signature
         cur_of[card] = int(cur)
     shadow: dict[str, int] = defaultdict(int)
     keys: dict[bytes, Any] = {}
-    loads = tx.all("SELECT card, counter, amount, state, request, reversal FROM loads")
+    loads = tx.all("SELECT card, counter, nonce, amount, state, request, reversal FROM loads")
     r.counts["loads"] = len(loads)
-    for card, counter, amount, state, request, reversal in loads:
+    sequence = {(card, counter, nonce): int(q) for card, counter, nonce, q in
+                tx.all("SELECT card, counter, nonce, sequence FROM load_requests")}
+    replaced_by = {(card, counter, nonce): by for card, counter, nonce, by in
+                   tx.all("SELECT card, counter, nonce, replaced_by FROM load_requests")}
+    for card, counter, nonce, amount, state, request, reversal in loads:
         if state != "reversed":
             shadow[card] += int(amount)
-        elif not reversal:
-            r.add("reversal_missing", f"load {card}#{counter} is marked reversed without a reversal entry")
+        else:
+            if not reversal:
+                r.add("reversal_missing", f"load {card}#{counter} is marked reversed without a reversal entry")
+            _reversal_proven(r, card, counter, nonce, sequence, replaced_by)
         if signatures:
             blob = bytes.fromhex(request)
-            if card not in certs or not _verify(certs[card], blob[:LOAD_SIZE], blob[LOAD_SIZE:], keys):
+            size = LOAD_SIZE if blob[:4] == LEGACY_LOAD_REQUEST else LOAD_REQUEST_SIZE
+            if card not in certs or not _verify(certs[card], blob[:size], blob[size:], keys):
                 r.add("bad_evidence", f"the load request {card}#{counter} has no valid card signature")
     proofs = tx.all("SELECT card, counter, amount, proof FROM proofs")
     r.counts["debit_proofs"] = len(proofs)
@@ -144,6 +154,7 @@ def _purse(tx: Any, r: AuditReport, by_cur: dict[int, dict[str, int]], signature
             blob = bytes.fromhex(proof)
             if card not in certs or not _verify(certs[card], blob[:DebitRecord.SIZE], blob[DebitRecord.SIZE:], keys):
                 r.add("bad_evidence", f"the debit proof {card}#{counter} has no valid card signature")
+    _batches(tx, r)
     per_cur: dict[int, int] = defaultdict(int)
     for card in set(shadow) | set(cached):
         s = shadow.get(card, 0)
@@ -157,6 +168,46 @@ def _purse(tx: Any, r: AuditReport, by_cur: dict[int, dict[str, int]], signature
         if t["float"] != per_cur.get(cur, 0):
             r.add("float_mismatch", f"currency {cur}: the purse float is {t['float']}, the shadow balances add up "
                                     f"to {per_cur.get(cur, 0)}")
+
+
+def _reversal_proven(r: AuditReport, card: str, counter: int, nonce: str, sequence: dict[tuple[str, int, str], int],
+                     replaced_by: dict[tuple[str, int, str], str | None]) -> None:
+    """A reversed load must name the card's newer request for the same load counter (a higher sequence
+    number): the card's own word that it replaced the reversed request. Loads from before sequence
+    numbers (LRQ1, no row in load_requests) are not judged."""
+    key = (card, counter, nonce)
+    if key not in sequence:
+        return
+    by = replaced_by.get(key)
+    if by is None or sequence.get((card, counter, by), -1) <= sequence[key]:
+        r.add("reversal_unproven", f"load {card}#{counter} was reversed without a newer request of the card for "
+                                   "the same load counter")
+
+
+def _batches(tx: Any, r: AuditReport) -> None:
+    """Each cleared batch: paid + held proofs = what its PSAM signed; the ledger paid the paid ones."""
+    paid = {(psam, int(b)): int(t) for psam, b, t in
+            tx.all("SELECT psam, batch, SUM(amount) FROM proofs WHERE batch > 0 GROUP BY psam, batch")}
+    held = {(psam, int(b)): int(t) for psam, b, t in
+            tx.all("SELECT psam, batch, SUM(amount) FROM held_proofs GROUP BY psam, batch")}
+    posted = {entry: int(t) for entry, t in tx.all("SELECT p.entry, SUM(p.amount) FROM postings p JOIN accounts a ON "
+                                                   "a.id = p.account WHERE a.kind = 'customer' GROUP BY p.entry")}
+    batches = tx.all("SELECT psam, number, total, entry FROM batches")
+    r.counts["batches"] = len(batches)
+    for psam, number, total, entry in batches:
+        key = (psam, int(number))
+        p, h = paid.get(key, 0), held.get(key, 0)
+        if p + h != int(total):
+            r.add("batch_mismatch", f"batch {number} of PSAM {psam}: paid {p} + held {h}, but its PSAM signed {total}")
+        if posted.get(entry, 0) != p:
+            r.add("batch_mismatch", f"batch {number} of PSAM {psam}: the ledger paid {posted.get(entry, 0)} for "
+                                    f"proofs worth {p}")
+    singles = tx.all("SELECT p.card, p.counter, p.amount, s.entry FROM proofs p LEFT JOIN single_clearings s ON "
+                     "s.card = p.card AND s.counter = p.counter WHERE p.batch = 0")
+    for card, counter, amount, entry in singles:
+        if entry is None or posted.get(entry, 0) != int(amount):
+            r.add("bad_evidence", f"the debit proof {card}#{counter} was cleared alone without its request or "
+                                  "ledger entry")
 
 
 def _ecash(tx: Any, r: AuditReport, by_cur: dict[int, dict[str, int]], signatures: bool) -> None:

@@ -39,13 +39,18 @@ SCHEMA = [
     "PRIMARY KEY (sender, nonce))",
     "CREATE TABLE IF NOT EXISTS idempotency (sender TEXT NOT NULL, ikey TEXT NOT NULL, op TEXT NOT NULL, "
     "digest TEXT NOT NULL, response TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (sender, ikey))",
-    # issuer: cards, their funding account, loads (LRQ1 evidence), shadow balance cache
+    # issuer: cards (the certificate linked), their funding account, loads (LRQ2 evidence), shadow cache
     "CREATE TABLE IF NOT EXISTS cards (card TEXT PRIMARY KEY, account TEXT NOT NULL REFERENCES accounts(id), "
     "currency INTEGER NOT NULL, certificate TEXT NOT NULL, shadow BIGINT NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS loads (card TEXT NOT NULL, counter BIGINT NOT NULL, nonce TEXT NOT NULL, "
     "amount BIGINT NOT NULL, currency INTEGER NOT NULL, state TEXT NOT NULL, request TEXT NOT NULL, "
     "command TEXT NOT NULL, confirmation TEXT, entry TEXT NOT NULL, reversal TEXT, at TEXT NOT NULL, "
     "PRIMARY KEY (card, counter, nonce))",
+    # issuer: every load request's sequence number (the card's order of its requests), and the newer
+    # request that proved a reversed load never applied
+    "CREATE TABLE IF NOT EXISTS load_requests (card TEXT NOT NULL, counter BIGINT NOT NULL, nonce TEXT NOT NULL, "
+    "sequence BIGINT NOT NULL, replaced_by TEXT, PRIMARY KEY (card, counter, nonce))",
+    "CREATE INDEX IF NOT EXISTS load_requests_sequence ON load_requests (card, sequence)",
     # acquirer: PSAMs, cleared batches and every debit proof ever cleared
     "CREATE TABLE IF NOT EXISTS psams (psam TEXT PRIMARY KEY, account TEXT NOT NULL REFERENCES accounts(id), "
     "currency INTEGER NOT NULL)",
@@ -53,6 +58,15 @@ SCHEMA = [
     "total BIGINT NOT NULL, header TEXT NOT NULL, entry TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (psam, number))",
     "CREATE TABLE IF NOT EXISTS proofs (card TEXT NOT NULL, counter BIGINT NOT NULL, psam TEXT NOT NULL, "
     "batch BIGINT NOT NULL, amount BIGINT NOT NULL, proof TEXT NOT NULL, PRIMARY KEY (card, counter))",
+    # proofs of a settled batch that were not paid, with the reason (evidence for the dispute); batch
+    # 0 in proofs = cleared on its own, with the PSAM-signed request it answers kept here
+    "CREATE TABLE IF NOT EXISTS held_proofs (psam TEXT NOT NULL, batch BIGINT NOT NULL, idx BIGINT NOT NULL, "
+    "card TEXT NOT NULL, counter BIGINT NOT NULL, amount BIGINT NOT NULL, code TEXT NOT NULL, reason TEXT NOT NULL, "
+    "certificate TEXT NOT NULL, proof TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (psam, batch, idx))",
+    "CREATE INDEX IF NOT EXISTS held_proofs_card ON held_proofs (card, counter)",
+    "CREATE TABLE IF NOT EXISTS single_clearings (card TEXT NOT NULL, counter BIGINT NOT NULL, psam TEXT NOT NULL, "
+    "request TEXT NOT NULL, psam_certificate TEXT NOT NULL, certificate TEXT NOT NULL, entry TEXT NOT NULL, "
+    "at TEXT NOT NULL, PRIMARY KEY (card, counter))",
     # account payments (SET / iKP)
     "CREATE TABLE IF NOT EXISTS authorisations (id TEXT PRIMARY KEY, payer TEXT NOT NULL, payee TEXT NOT NULL, "
     "amount BIGINT NOT NULL, currency INTEGER NOT NULL, captured BIGINT NOT NULL DEFAULT 0, "

@@ -14,7 +14,7 @@ Until the payment manager of issue 6 provides modules, this adapter wraps the ca
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -157,12 +157,23 @@ class CardPursePayer(CardPurseVerifier):
         return {"certificate": b64e(card_cert), "record": b64e(signed.record), "signature": b64e(signed.signature)}
 
 
-class CardPursePayee(CardPurseVerifier):
-    """The seller's side: the PSAM signs requests and takes proofs into its batch."""
+Acquirer = Callable[[bytes, Signed, bytes, Signed], bool]
+"""(PSAM certificate, DRQ1, card certificate, DPF1) -> cleared now (False: cleared before)."""
 
-    def __init__(self, root: x509.Certificate, psam: PsamSession) -> None:
+
+class CardPursePayee(CardPurseVerifier):
+    """The seller's side: the PSAM signs requests and takes proofs into its batch.
+
+    ``acquirer`` clears a proof alone with the request it answers (``PurseModule.clear_proof``
+    behind the bank's ``acquirer/clear_proof``), for a proof whose request the PSAM evicted while the
+    buyer waited (16 are kept open); without one such a proof is refused here, never dropped as if
+    deposited, and it stays in the party's evidence to be cleared that way.
+    """
+
+    def __init__(self, root: x509.Certificate, psam: PsamSession, acquirer: Acquirer | None = None) -> None:
         super().__init__(root)
         self.psam = psam
+        self.acquirer = acquirer
         self._lock = threading.Lock()
 
     def request(self, hint: Mapping[str, Any], amount: int, currency: int) -> dict[str, Any]:
@@ -184,9 +195,18 @@ class CardPursePayee(CardPurseVerifier):
     def deposit(self, proof: Mapping[str, Any], request: Mapping[str, Any]) -> bool:
         cert, record, signature = _signed(proof, "debit proof")
         from cryptography.hazmat.primitives.serialization import Encoding
+        card_cert = cert.public_bytes(Encoding.DER)
         with self._lock:
             try:
-                self.psam.complete_debit(cert.public_bytes(Encoding.DER), Signed(record, signature))
-            except hw.ReplayError:
-                return False                           # no outstanding request: taken into the batch before
-        return True
+                self.psam.complete_debit(card_cert, Signed(record, signature))
+                return True
+            except hw.ReplayError:                     # no outstanding request: taken before, or evicted
+                if self.psam.find_proof(record) is not None:
+                    return False
+        psam_cert, req_record, req_signature = _signed(request, "payment request")
+        if self.acquirer is None:
+            raise PaymentFailed("the PSAM no longer holds the request this proof answers (evicted while the buyer "
+                                "waited) and its batch does not hold the proof: clear it alone at the acquirer with "
+                                "its request (acquirer/clear_proof)")
+        return self.acquirer(psam_cert.public_bytes(Encoding.DER), Signed(req_record, req_signature), card_cert,
+                             Signed(record, signature))

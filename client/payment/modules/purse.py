@@ -8,10 +8,13 @@ Purchase (four messages, no bank, no PIN; the amount is confirmed in the TINGUIN
     payee: receipt (PSAM batch and index: the PSAM checked the card's certificate and signature)
 
 Load (``load``): online with the issuer and the card PIN; clearing (``clear``): the seller sends
-the PSAM's closed batch to the acquirer. Both are safe to repeat after any fault: a load whose
-answer was lost is settled by the card's counters (see ``client/services/bank_purse.py``), a
-debit whose answer was lost is read back from the card's log, a batch cleared before is refused
-by the acquirer and taken as done.
+the PSAM's closed batch to the acquirer, which settles it proof by proof (the good ones paid, the
+others held as evidence with their reason). Both are safe to repeat after any fault: a load whose
+answer was lost is settled by the card's counters and request sequence numbers (see
+``client/services/bank_purse.py``), a debit whose answer was lost is read back from the card's log,
+a batch settled before is refused by the acquirer and taken as done. ``clear_proof`` clears one
+proof on its own with the PSAM-signed request it answers, for a proof the PSAM no longer takes
+(its request was evicted), e.g. the one the third party kept for the seller.
 """
 from __future__ import annotations
 
@@ -54,8 +57,9 @@ class _Slots:
 
     Why: the PSAM keeps at most :data:`PSAM_PENDING` debit requests open and evicts the oldest to
     start another. A card that then sends its proof for an evicted request has *paid* (its debit is
-    committed) and the PSAM refuses the proof as unknown: the buyer's money would be stuck. So the
-    payee never starts more debits than the PSAM can hold: a further hello is refused, before the
+    committed) and the PSAM refuses the proof as unknown; the payee can still clear that proof alone
+    at the acquirer (:meth:`PayeeFlow._evicted`), but only with the bank on line. So the payee never
+    starts more debits than the PSAM can hold: a further hello is refused, before the
     card is asked for anything, until a payment finishes (the shop's HTTP handler waits and asks
     again). A payment whose buyer vanished after the challenge gives its room up after
     :data:`STALE_AFTER` seconds.
@@ -213,7 +217,46 @@ class PurseModule(BaseModule):
         except PaymentRefused as e:
             if resend and e.code == "batch_seen":
                 return None
+            if resend:          # refused as a whole (the batch is not what the PSAM signed, or the PSAM is
+                #                 not this seller's): closing another batch would delete it from the PSAM
+                raise PaymentRefused(f"the acquirer refused PSAM batch {number} as a whole ({e}); it stays on the "
+                                     "PSAM and the open batch stays open until it is cleared", e.code,
+                                     e.status) from None
             raise
+
+    def clear_proof(self, psam_certificate: bytes, request: Signed, card_certificate: bytes, proof: Signed
+                    ) -> dict[str, Any] | None:
+        """Clear one card-signed DPF1 on its own, with the PSAM-signed DRQ1 it answers; None when the
+        acquirer has cleared that debit before (in a batch or alone: it pays each card counter once)."""
+        bank = self.ctx.bank
+        if bank is None:
+            raise InstrumentError("clearing a proof needs the bank")
+        params = {"psam_certificate": b64(psam_certificate), "request": b64(request.record),
+                  "request_signature": b64(request.signature), "card_certificate": b64(card_certificate),
+                  "proof": b64(proof.record), "proof_signature": b64(proof.signature)}
+        d = DebitRecord.decode(proof.record, DEBIT_PROOF)
+        try:
+            return dict(bank.call("acquirer/clear_proof", params,
+                                  idempotency_key=f"proof-{d.card_number.hex()}-{d.debit_counter}")["result"])
+        except PaymentRefused as e:
+            if e.code == "proof_seen":
+                return None
+            raise
+
+    def settle_stale_proof(self, psam_certificate: bytes, request: Signed, card_certificate: bytes, proof: Signed
+                           ) -> dict[str, Any] | None:
+        """For a proof the PSAM refused as stale: None when it sits in the PSAM's batch already (taken
+        before); otherwise its request was evicted, and the proof is cleared alone at the acquirer."""
+        psam = self.ctx.psam
+        if psam is not None:
+            try:
+                psam.ensure_selected()
+                found = psam.find_proof(proof.record)
+            except hw.HardwareError as e:
+                raise _card_error(e, "read the PSAM's batch") from None
+            if found is not None:
+                return None
+        return self.clear_proof(psam_certificate, request, card_certificate, proof)
 
 
 class PayerFlow:
@@ -312,6 +355,7 @@ class PayeeFlow:
         self.terms = terms
         self.state = "start"
         self.card_cert = b""
+        self.request: Signed | None = None
 
     def _begin(self, psam: Any, incoming: dict[str, Any] | None) -> Signed:
         msg = require(incoming, "hello", "card", "counter", "currency", "card_certificate")
@@ -330,6 +374,7 @@ class PayeeFlow:
             _, req = psam.begin_debit(card, counter, self.terms.amount, self.terms.currency)
         except hw.HardwareError as e:
             raise _card_error(e, "start the debit at the PSAM") from None
+        self.request = req
         return req  # type: ignore[no-any-return]
 
     def step(self, incoming: dict[str, Any] | None) -> Step:
@@ -356,6 +401,8 @@ class PayeeFlow:
             try:
                 psam.ensure_selected()
                 batch, index, _ = psam.complete_debit(self.card_cert, proof)
+            except hw.ReplayError as e:
+                batch, index = self._evicted(psam, proof, e)
             except hw.HardwareError as e:
                 raise PaymentRefused(f"the PSAM did not accept the card's proof ({_card_error(e, 'complete')})",
                                      "bad_proof") from None
@@ -365,3 +412,28 @@ class PayeeFlow:
                         evidence={"proof": msg["proof"], "proof_signature": msg["signature"], "batch": batch,
                                   "index": index, "card_certificate": b64(self.card_cert)})
         raise ProtocolError("the purse payment is finished")
+
+    def _evicted(self, psam: Any, proof: Signed, e: hw.HardwareError) -> tuple[int, int]:
+        """The PSAM holds no open request for this proof. If it answers this payment's request, the card
+        has paid: its request was evicted while the proof came late (a buyer slower than STALE_AFTER), so
+        the proof is cleared alone at the acquirer with the request (batch 0: cleared alone) instead of
+        being refused. Anything else is refused as before."""
+        req = self.request
+        try:
+            answers = req is not None and DebitRecord.decode(proof.record, DEBIT_PROOF).encode()[4:] == req.record[4:]
+        except hw.TransportError:
+            answers = False
+        if not answers or self.m.ctx.bank is None:
+            raise PaymentRefused(f"the PSAM did not accept the card's proof ({_card_error(e, 'complete')})",
+                                 "bad_proof") from None
+        assert req is not None
+        found = psam.find_proof(proof.record)
+        if found is not None:
+            return found
+        try:
+            self.m.clear_proof(psam.certificate(), req, self.card_cert, proof)
+        except PaymentError as err:
+            raise PaymentRefused(f"the PSAM no longer holds this payment's request and the acquirer did not clear "
+                                 f"the card's proof alone ({err})", "bad_proof") from None
+        return 0, 0
+
