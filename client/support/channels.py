@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -123,6 +124,8 @@ def _failure(e: Exception, where: str, timeout: float) -> ChannelError:
     if isinstance(cause, ssl.SSLError) and not isinstance(cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError)) \
             and isinstance(e, httpx.ConnectError):
         return TlsError(f"the TLS handshake with {where} failed: {cause.reason or cause}")
+    if isinstance(cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError)) and isinstance(e, httpx.ConnectError):
+        return UnreachableError(f"{where} did not answer: the connection was cut during the TLS handshake")
     if isinstance(e, httpx.ConnectTimeout):
         return UnreachableError(f"{where} did not answer within {timeout:.0f} s")
     if isinstance(e, (httpx.ConnectError, httpx.UnsupportedProtocol)):
@@ -182,7 +185,15 @@ class JsonClient(_Base):
     def __init__(self, base_url: str | None, root: str | bytes | Path, *, timeout: float = DEFAULT_TIMEOUT,
                  name: str = "the service") -> None:
         super().__init__(base_url, root, timeout, name)
-        self._http = httpx.Client(verify=self.context, timeout=timeout, limits=POOL, trust_env=False)
+        self._http: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    def _client(self) -> httpx.Client:
+        """The pool, made again after :meth:`close` (closing drops the connections, not the client)."""
+        with self._lock:
+            if self._http is None or self._http.is_closed:
+                self._http = httpx.Client(verify=self.context, timeout=self.timeout, limits=POOL, trust_env=False)
+            return self._http
 
     def get(self, path: str) -> dict[str, Any]:
         status, _ctype, body = self.request("GET", path)
@@ -203,7 +214,7 @@ class JsonClient(_Base):
                 ) -> tuple[int, str, bytes]:
         url = self.url(path)
         try:
-            with self._http.stream(method, url, content=data, headers=headers or {}) as resp:
+            with self._client().stream(method, url, content=data, headers=headers or {}) as resp:
                 body = b""
                 for chunk in resp.iter_bytes():
                     body += chunk
@@ -216,7 +227,10 @@ class JsonClient(_Base):
             raise _failure(e, self.where(url), self.timeout) from None
 
     def close(self) -> None:
-        self._http.close()
+        with self._lock:
+            if self._http is not None:
+                self._http.close()
+                self._http = None
 
     def __enter__(self) -> JsonClient:
         return self
