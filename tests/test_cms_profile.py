@@ -207,3 +207,17 @@ def test_openssl_accepts_a_profile_statement(soft: SoftSigner, pki: Pki, tmp_pat
     der_ = cms.sign_statement(soft, {"type": "offer", "total": 1250, "note": "ü" * 300})
     r = openssl_cms_verify(der_, pki.root_pem, tmp_path)
     assert r.returncode == 0, r.stderr.decode()
+
+
+def test_every_bit_flip_in_the_signing_certificate_attribute_reads_as_the_general_parser_reads_it(
+        soft: SoftSigner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The profile read only the first certHash of signing-certificate-v2 and accepted statements whose
+    attribute asn1crypto refuses (an indefinite length, a shortened hash with trailing bytes); found by the
+    hypothesis test above. Now it compares the whole value with the one semper writes."""
+    data = cms.sign_statement(soft, {"type": "offer"}, signing_time=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+    start = data.index(cms_profile.ATTR_SIGNING_CERT_V2)
+    for i in range(start, start + 160):
+        for bit in range(8):
+            flipped = bytearray(data)
+            flipped[i] ^= 1 << bit
+            assert_parsed_as_general(bytes(flipped), monkeypatch)

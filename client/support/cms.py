@@ -392,7 +392,9 @@ def parse_signed_data(der: bytes, expected_content_type: str | None = None, what
                                      f"expected {cms.ContentType(expected_content_type).native}")
         if encap["content"].native is None:
             raise MalformedStatement(f"the {what} has detached content; semper embeds the content it signs")
-        content = bytes(encap["content"])         # the octets, whatever asn1crypto parsed them into
+        if not isinstance(encap["content"], (core.OctetString, core.ParsableOctetString)):
+            raise MalformedStatement(f"the {what}'s content is not an OCTET STRING")   # asn1crypto gave Any
+        content = bytes(encap["content"])
         asn_certs = [c.chosen for c in (sd["certificates"] or []) if c.name == "certificate"]
         signer_infos = list(sd["signer_infos"])
         if len(signer_infos) != 1:

@@ -93,7 +93,7 @@ def _parse_time(buf: bytes, pos: int, end: int) -> tuple[dt.datetime, int]:
 
 
 def _attributes(buf: bytes, start: int, stop: int) -> tuple[bytes, dt.datetime, bytes]:
-    """(message digest, signing time, signing-certificate-v2 hash): exactly the four attributes, once each."""
+    """(message digest, signing time, signing-certificate-v2 value): exactly the four attributes, once each."""
     seen: dict[bytes, tuple[int, int]] = {}
     pos = start
     while pos < stop:
@@ -122,13 +122,7 @@ def _attributes(buf: bytes, start: int, stop: int) -> tuple[bytes, dt.datetime, 
     if end != v1:
         raise der.DerError("signing time")
     v0, v1 = seen[ATTR_SIGNING_CERT_V2]
-    s0, s1 = der.expect(buf, v0, 0x30, v1)            # SigningCertificateV2
-    c0, c1 = der.expect(buf, s0, 0x30, s1)            # certs SEQUENCE OF
-    e0, e1 = der.expect(buf, c0, 0x30, c1)            # the first ESSCertIDv2
-    h0, h1 = der.expect(buf, e0, 0x04, e1)            # certHash (hashAlgorithm absent: SHA-256)
-    if s1 != v1:
-        raise der.DerError("signing-certificate-v2")
-    return digest, when, buf[h0:h1]
+    return digest, when, buf[v0:v1]
 
 
 def read_statement(buf: bytes) -> ProfileParts | None:
@@ -194,7 +188,7 @@ def _read(buf: bytes) -> ProfileParts:
         raise der.DerError("digest algorithm")
     pos += len(SHA256)
     a0, a1 = der.expect(buf, pos, 0xA0, si1)          # signedAttrs [0] IMPLICIT
-    digest, when, cert_hash = _attributes(buf, a0, a1)
+    digest, when, scv2 = _attributes(buf, a0, a1)
     signed_attrs = b"\x31" + buf[pos + 1:a1]
     pos = a1
     if buf[pos:pos + len(ECDSA_SHA256)] != ECDSA_SHA256:
@@ -206,7 +200,18 @@ def _read(buf: bytes) -> ProfileParts:
     signer = next((c for c in certs if _issuer_serial(c) == (issuer, serial)), None)
     if signer is None:
         raise der.DerError("signer not found by exact issuer and serial")
+    cert_hash = hashlib.sha256(signer).digest()
+    if scv2 != signing_certificate_v2(signer, cert_hash, issuer, serial):
+        raise der.DerError("signing-certificate-v2 other than the one semper writes")   # the general parser decides
     return ProfileParts(content, tuple(certs), signer, signed_attrs, buf[g0:g1], digest, when, cert_hash)
+
+
+def signing_certificate_v2(cert: bytes, cert_hash: bytes, issuer: bytes, serial: int) -> bytes:
+    """The SigningCertificateV2 semper writes for ``cert`` (RFC 5035: one ESSCertIDv2, SHA-256 left as the
+    default, issuerSerial with the issuer as a directoryName). The reader compares the whole value, so a
+    statement whose attribute differs in any byte goes to the general parser, which names what is wrong."""
+    issuer_serial = der.tlv(0x30, der.tlv(0x30, der.tlv(0xA4, issuer)) + der.integer(serial))
+    return der.tlv(0x30, der.tlv(0x30, der.tlv(0x30, der.tlv(0x04, cert_hash) + issuer_serial)))
 
 
 def _issuer_serial(cert: bytes) -> tuple[bytes, int]:
