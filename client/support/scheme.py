@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .secret_files import write_secret
+
 ARC = "2.25.204673179289492764569138234192898414436"
 ROLE_PURSE_CARD = x509.ObjectIdentifier(ARC + ".1.1")
 ROLE_PSAM = x509.ObjectIdentifier(ARC + ".1.2")
@@ -74,9 +76,8 @@ class Scheme:
         scheme.issuer_cert = scheme.certify(issuer_key.public_key(), "semper purse issuer", "ISSUER", ROLE_ISSUER)
         pem = serialization.Encoding.PEM
         for key_name, key in (("root-key", root_key), ("issuer-key", issuer_key)):
-            p = files[key_name]
-            p.touch(mode=0o600)
-            p.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+            write_secret(files[key_name], key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                            serialization.NoEncryption()))
         files["root-cert"].write_bytes(root_cert.public_bytes(pem))
         files["issuer-cert"].write_bytes(scheme.issuer_cert.public_bytes(pem))
         return scheme
