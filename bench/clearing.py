@@ -39,7 +39,8 @@ def bench_clearing(count: int = 2000, cards: int = 4) -> dict[str, Any]:
     from hsm.softhsm import SoftHsmStore, provision
     if not 1 <= count <= 5000:
         raise ValueError("--count is 1 to 5000 (one PSAM batch)")
-    with tempfile.TemporaryDirectory(prefix="semper-bench-clearing-") as d:
+    from hardware.simulator import card_keys_in
+    with tempfile.TemporaryDirectory(prefix="semper-bench-clearing-") as d, card_keys_in(Path(d)):
         folder = Path(d)
         scheme = Scheme.load_or_create(folder / "scheme")
         hsm = SoftHsmStore.in_folder(folder / "softhsm")

@@ -9,8 +9,10 @@ else ``$SEMPER_HOME/card-keys``), the same one ``semper card serve`` uses.
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from . import errors
 from .transport import InProcessConnection
@@ -36,6 +38,26 @@ def card_key_folder() -> Path:
     """Where the sealing keys of simulated cards are kept by default (for messages and child processes)."""
     from card_applet_sim.keys import default_key_folder
     return default_key_folder()
+
+
+@contextmanager
+def card_keys_in(folder: Path) -> Iterator[Path]:
+    """Keep the sealing keys of the cards made inside the block in ``folder``.
+
+    For throwaway worlds (benches, the demo, chaos runs): their cards' keys stay with them instead of
+    piling up in the user's key folder. Sets ``SEMPER_CARD_KEYS`` for this process and the card and
+    service processes it starts, and restores it afterwards.
+    """
+    folder = Path(folder) / "card-keys"
+    before = os.environ.get("SEMPER_CARD_KEYS")
+    os.environ["SEMPER_CARD_KEYS"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if before is None:
+            os.environ.pop("SEMPER_CARD_KEYS", None)
+        else:
+            os.environ["SEMPER_CARD_KEYS"] = before
 
 
 def create_card(image: Path, applets: list[str], *, sync: bool = True, keys: KeySource | None = None) -> SimulatedCard:

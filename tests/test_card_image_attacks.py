@@ -263,3 +263,38 @@ def test_rename_of_the_image_is_followed_by_an_fsync_of_its_folder(tmp_path: Pat
     fresh = tmp_path / "new" / "psam.card"
     personalise_psam(fresh, scheme, sync=True)
     assert synced_after_rename(fresh), f"creation: no fsync of the folder after the rename: {events}"
+
+
+def test_card_new_takes_an_argv_pin_only_when_told_and_warns(tmp_path: Path) -> None:
+    env = {**os.environ, "SEMPER_HOME": str(tmp_path / "home"), "SEMPER_INSECURE_ARGV_PIN": "1"}
+    image = tmp_path / "argv.card"
+    r = _semper("card", "new", "--image", str(image), "--pin", "1234", "--puk", "12345678", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "warning" in r.stderr and "process list" in r.stderr
+
+
+# ---- the PIN verifier: slow to guess, quick to repeat -----------------------------------------------------
+def test_pin_verifier_is_scrypt_and_only_the_first_verify_of_a_session_pays_for_it(
+        buyer_card, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from card_applet_sim import crypto, pin
+    state = buyer_card.card.store.snapshot()
+    salt, verifier = state["card/pin/salt"], state["card/pin/verifier"]
+    assert verifier[:4] == bytes([1, 14, 8, 1])                      # format 1, scrypt N = 2^14, r = 8, p = 1
+    assert verifier[4:] == crypto.pin_verifier(PIN, salt, 14, 8, 1)
+    calls: list[bytes] = []
+    real = pin.pin_verifier
+
+    def counting(value: bytes, *a: object) -> bytes:
+        calls.append(value)
+        return real(value, *a)                                     # type: ignore[arg-type]
+
+    monkeypatch.setattr(pin, "pin_verifier", counting)
+    purse = PurseSession(buyer_card)
+    purse.verify_pin(PIN)
+    purse.verify_pin(PIN)
+    assert calls == [PIN], "a repeated VERIFY with the matching PIN should be answered from RAM"
+    with pytest.raises(hw_errors.WrongPinError) as e:
+        purse.verify_pin(b"9999")
+    assert e.value.tries_left == 2 and calls == [PIN, b"9999"]      # a wrong guess always costs a scrypt and a try
+    purse.verify_pin(PIN)
+    assert purse.info().pin_tries == 3
