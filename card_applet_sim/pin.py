@@ -2,7 +2,8 @@
 
 The counter is decremented and made persistent *before* the comparison, and restored only after a
 match: pulling the card during a guess therefore costs the guess, so tearing cannot be used to try
-PINs for free (the classic attack on naive implementations).
+PINs for free (the classic attack on naive implementations). The verifier of the candidate is
+derived before the decrement (it reveals nothing until the comparison, which comes after it).
 
 The card keeps a salted scrypt verifier of the value, not the value or a fast hash of it: the image
 is sealed under a key outside it, and should both leak, each guess at the PIN still costs a scrypt
@@ -87,9 +88,13 @@ class Pin:
             self.validated = False
             raise CardError(SW.AUTH_METHOD_BLOCKED, f"{self.name} blocked")
         self.validated = False
+        # The slow part (scrypt) runs first: it changes nothing and its result stays in RAM until the
+        # try is paid, so the window in which a pulled card has spent a try it never had judged is
+        # a commit long, not a scrypt long.
+        matched = self._matches(value)
         self.store.put_int(self._k("tries"), tries - 1)
         self.store.checkpoint()                       # the guess is paid for before it is judged
-        if not self._matches(value):
+        if not matched:
             raise wrong_pin(tries - 1)
         self.store.put_int(self._k("tries"), self.max_tries)
         self.validated = True

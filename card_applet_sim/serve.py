@@ -31,6 +31,8 @@ def run(images: list[Path], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
             if card.store.report.torn_bytes:
                 print(f"{image}: dropped an interrupted (torn) write of {card.store.report.torn_bytes} bytes; "
                       "the card holds the state before it", file=sys.stderr, flush=True)
+            if card.store.report.mode_tightened:
+                print(f"{image}: was readable by others; made it private (0600)", file=sys.stderr, flush=True)
     except CardImageError as e:
         for c in cards:
             c.close()
