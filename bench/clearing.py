@@ -40,7 +40,9 @@ def bench_clearing(count: int = 2000, cards: int = 4) -> dict[str, Any]:
     from hsm.softhsm import SoftHsmStore, provision
     if not 1 <= count <= 5000:
         raise ValueError("--count is 1 to 5000 (one PSAM batch)")
-    with tempfile.TemporaryDirectory(prefix="semper-bench-clearing-") as d, contextlib.ExitStack() as stack:
+    from hardware.simulator import card_keys_in
+    with tempfile.TemporaryDirectory(prefix="semper-bench-clearing-") as d, contextlib.ExitStack() as stack, \
+            card_keys_in(Path(d)):
         folder = Path(d)
         scheme = stack.enter_context(Scheme.load_or_create(folder / "scheme", SCHEME_PIN))
         hsm = SoftHsmStore.in_folder(folder / "softhsm")

@@ -92,7 +92,9 @@ def bench_purchase(runs: int = 30, floor_runs: int = 30) -> dict[str, Any]:
     from client.commerce.workflows import mail_order
     from client.tinguin.model import OutcomeStatus
     from hardware import transport
-    with tempfile.TemporaryDirectory(prefix="semper-bench-p-") as d, _market(Path(d)) as (world, session, vc):
+    from hardware.simulator import card_keys_in
+    with tempfile.TemporaryDirectory(prefix="semper-bench-p-") as d, card_keys_in(Path(d)), \
+            _market(Path(d)) as (world, session, vc):
         b = session.buyer
         the_shop = world.services.opened_shop.shop
         purse = b.payments.module("card-purse")

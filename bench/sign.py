@@ -126,7 +126,8 @@ def bench_sign(count: int = 1000, card: bool = True, progress: bool = True) -> d
                                  "digest computed on the host, DER"}
     say(f"raw cryptography: {count} signatures")
     result["raw_cryptography"] = raw = _raw(count)
-    with tempfile.TemporaryDirectory(prefix="semper-bench-sign-") as d:
+    from hardware.simulator import card_keys_in
+    with tempfile.TemporaryDirectory(prefix="semper-bench-sign-") as d, card_keys_in(Path(d)):
         say(f"SoftHSM2 through PKCS#11: {count} signatures")
         result["softhsm_pkcs11"] = _softhsm(Path(d), count)
         if card:

@@ -234,7 +234,8 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
     if buyers < 1 or processes < 1 or seconds <= 0:
         raise ValueError("buyers, processes and seconds must be positive")
     processes = min(processes, buyers)
-    with tempfile.TemporaryDirectory(prefix="semper-bench-tp-") as d:
+    from hardware.simulator import card_keys_in
+    with tempfile.TemporaryDirectory(prefix="semper-bench-tp-") as d, card_keys_in(Path(d)):
         folder = Path(d)
         tell("making the market (CA, bank, third party, seller token, PSAM)")
         world = World.create(folder)

@@ -100,6 +100,20 @@ def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+# scrypt at the scrypt paper's interactive cost (N = 2^14, r = 8: 16 MiB and some 25 ms here), so a
+# guess at a PIN verifier costs that much memory and time, not one hash.
+PIN_KDF_LOG2_N = 14
+PIN_KDF_R = 8
+PIN_KDF_P = 1
+
+
+def pin_verifier(value: bytes, salt: bytes, log2_n: int = PIN_KDF_LOG2_N, r: int = PIN_KDF_R,
+                 p: int = PIN_KDF_P) -> bytes:
+    """The 32-byte scrypt verifier of a PIN or PUK (RFC 7914)."""
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+    return Scrypt(salt=salt, length=32, n=1 << log2_n, r=r, p=p).derive(value)
+
+
 @functools.lru_cache(maxsize=256)
 def check_certificate(der: bytes, issuer_point: bytes, role: x509.ObjectIdentifier) -> tuple[bytes, str]:
     """Verify a certificate against the issuer's key and role; return (subject point, serialNumber).
@@ -129,5 +143,5 @@ def check_certificate(der: bytes, issuer_point: bytes, role: x509.ObjectIdentifi
 
 __all__ = [
     "ROLE_PURSE_CARD", "ROLE_PSAM", "ROLE_ISSUER", "ExtendedKeyUsageOID", "generate_key", "sign",
-    "verify", "check_certificate", "random_bytes", "sha256", "check_point",
+    "verify", "check_certificate", "random_bytes", "sha256", "check_point", "pin_verifier",
 ]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import apdu
 from .applet import Applet
+from .keys import KeyFolder, KeySource
 from .store import Store
 from .sw import SW, CardError, sw_bytes
 
@@ -57,12 +58,15 @@ class CardOS:
 
     # construction ------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | _os.PathLike[str], applet_names: list[str], *, sync: bool = True) -> "CardOS":
+    def create(cls, path: str | _os.PathLike[str], applet_names: list[str], *, sync: bool = True,
+               keys: KeySource | None = None) -> "CardOS":
+        """A new card image; its sealing key goes to ``keys`` (default: the key folder, keys.py)."""
         from .applets import REGISTRY
         unknown = [n for n in applet_names if n not in REGISTRY]
         if unknown:
             raise ValueError(f"unknown applet(s): {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
-        store = Store.create(path, {OS_APPLETS_KEY: ",".join(applet_names).encode()}, sync=sync)
+        store = Store.create(path, {OS_APPLETS_KEY: ",".join(applet_names).encode()}, sync=sync,
+                             keys=keys or KeyFolder.default())
         store.begin()
         for name in applet_names:
             REGISTRY[name].install(store)
@@ -70,8 +74,9 @@ class CardOS:
         return cls._from_store(store)
 
     @classmethod
-    def open(cls, path: str | _os.PathLike[str], *, sync: bool = True, write_chunk: int = 0) -> "CardOS":
-        store = Store.open(Path(path), sync=sync)
+    def open(cls, path: str | _os.PathLike[str], *, sync: bool = True, write_chunk: int = 0,
+             keys: KeySource | None = None) -> "CardOS":
+        store = Store.open(Path(path), sync=sync, keys=keys or KeyFolder.default())
         store.write_chunk = write_chunk
         return cls._from_store(store)
 

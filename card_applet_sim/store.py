@@ -1,36 +1,77 @@
-"""The card's persistent memory: one image file per card, with Java Card-style transactions.
+"""The card's persistent memory: one sealed image file per card, with Java Card-style transactions.
 
 Why a journal: a card image is a key/value map, and a commit appends one record holding every key
-the transaction changed, written with a single ``write`` call and closed by a keyed digest. When the
-process dies mid-write (a *tear*), the last record is incomplete or fails its digest, is recognised
-as torn and dropped on the next open: the card comes back with the state before that transaction,
-never a mix. A damaged record anywhere else is corruption and is reported, never repaired silently.
-The journal is compacted into a fresh snapshot file that replaces the old one atomically (rename).
+the transaction changed, written with a single ``write`` call. When the process dies mid-write (a
+*tear*), the last record is incomplete, is recognised as torn and dropped on the next open: the card
+comes back with the state before that transaction, never a mix. The journal is compacted into a
+fresh snapshot file that replaces the old one atomically (rename, then an fsync of the folder so
+that the rename itself survives power loss).
+
+Why sealed: the image is the simulated card's secure element. Every record is encrypted and
+authenticated (AES-256-GCM) under a per-card key that is not in the file (``keys.py``), and each
+record's authentication covers the tag of the record before it, so a record cannot be edited,
+added, dropped from the middle, reordered or spliced in from another copy of the card. Anything
+that does not authenticate is a damaged card: it is reported, never repaired or skipped silently.
+The file is created 0600 and written only through descriptors opened with that mode.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-MAGIC = b"SEMPER-CARD-IMAGE\x00v1\x00"
-_REC_HDR = struct.Struct(">cI")        # kind, payload length
-_DIGEST_LEN = 16
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .keys import ID_LEN, KEY_LEN, KeySource, KeyUnavailable
+
+MAGIC = b"SEMPER-CARD-IMAGE\x00v2\x00"
+MAGIC_V1 = b"SEMPER-CARD-IMAGE\x00v1\x00"   # unsealed images of earlier versions: refused
+HEADER_LEN = len(MAGIC) + ID_LEN                # magic, then the image id that names the sealing key
+_REC_HDR = struct.Struct(">cI")        # kind, body length (nonce + ciphertext)
+_NONCE_LEN = 12
+_TAG_LEN = 16
 _DELETE = 0xFFFFFFFF
 _MAX_RECORD = 16 * 1024 * 1024
+_KINDS = (b"R", b"S")
 
 
 class CardImageError(Exception):
     """The card image cannot be used; the message says which file and what to do."""
 
 
-def _digest(header: bytes, payload: bytes) -> bytes:
-    return hashlib.blake2b(header + payload, digest_size=_DIGEST_LEN, person=b"semper-card").digest()
+class _Sealer:
+    """Seals and opens records: AES-256-GCM, fresh random nonce, the previous tag bound in.
+
+    A record is ``kind(1) ‖ length(4) ‖ nonce(12) ‖ ciphertext ‖ tag(16)`` with length = 12 +
+    len(ciphertext). The associated data is the 16 bytes just before the record (the previous
+    record's tag, or the image id for the first record of a file) and the record's own header, so
+    each record authenticates its place in the chain.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_LEN:
+            raise ValueError("a card sealing key is 32 bytes")
+        self._aead = AESGCM(key)
+
+    def seal(self, prev: bytes, kind: bytes, payload: bytes) -> bytes:
+        header = _REC_HDR.pack(kind, _NONCE_LEN + len(payload))
+        nonce = os.urandom(_NONCE_LEN)
+        return header + nonce + self._aead.encrypt(nonce, payload, prev + header)
+
+    def open(self, raw: bytes, start: int, end: int) -> bytes | None:
+        """The payload of the record at raw[start:end], or None when it does not authenticate."""
+        body = start + _REC_HDR.size
+        nonce = raw[body:body + _NONCE_LEN]
+        try:
+            return self._aead.decrypt(nonce, raw[body + _NONCE_LEN:end], raw[start - _TAG_LEN:body])
+        except InvalidTag:
+            return None
 
 
 def _encode_changes(changes: dict[str, bytes | None]) -> bytes:
@@ -65,36 +106,43 @@ def _decode_changes(payload: bytes) -> dict[str, bytes | None]:
     return changes
 
 
-def _intact_record_after(raw: bytes, start: int) -> int | None:
-    """Offset of a complete record with a good digest beginning after ``start``, or None.
+def _intact_record_after(raw: bytes, start: int, sealer: _Sealer) -> int | None:
+    """Offset of a complete record that authenticates, beginning after ``start``, or None.
 
     A torn record is always the last thing in the file. When a record that looks torn (it runs
-    past the end, or fails its digest at the very end) is followed by an intact record, its header
-    was damaged instead: that is corruption, and treating it as a tear would silently drop every
-    commit after it.
+    past the end) is followed by an intact record, its header was damaged instead: that is damage,
+    and treating it as a tear would silently drop every commit after it.
     """
     n = len(raw)
-    for j in range(start + 1, n - _REC_HDR.size - _DIGEST_LEN + 1):
+    for j in range(start + 1, n - _REC_HDR.size - _NONCE_LEN - _TAG_LEN + 1):
         if raw[j] not in (0x52, 0x53):                  # b"R", b"S"
             continue
-        _kind, plen = _REC_HDR.unpack_from(raw, j)
-        body = j + _REC_HDR.size
-        end = body + plen + _DIGEST_LEN
-        if end <= n and _digest(raw[j:body], raw[body:end - _DIGEST_LEN]) == raw[end - _DIGEST_LEN:end]:
+        _kind, blen = _REC_HDR.unpack_from(raw, j)
+        end = j + _REC_HDR.size + blen + _TAG_LEN
+        if _NONCE_LEN <= blen <= _MAX_RECORD and end <= n and sealer.open(raw, j, end) is not None:
             return j
     return None
 
 
-def _record(kind: bytes, changes: dict[str, bytes | None]) -> bytes:
-    payload = _encode_changes(changes)
-    header = _REC_HDR.pack(kind, len(payload))
-    return header + payload + _digest(header, payload)
+def _fsync_folder(path: Path) -> None:
+    """Make a rename in ``path``'s folder durable: without this, power loss can bring the old file back."""
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _new_private_file(path: Path) -> int:
+    """Create ``path`` 0600 from its first byte (umask cannot widen it; an existing file is an error)."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
 @dataclass
 class LoadReport:
     records: int = 0
     torn_bytes: int = 0          # bytes of an interrupted last commit that were dropped
+    mode_tightened: bool = False  # the file was readable by others (a copy made with cp): now 0600
 
 
 @dataclass
@@ -109,28 +157,50 @@ class Store:
     _pending: dict[str, bytes | None] | None = None
     _fd: int = -1
     _size: int = 0
+    _image_id: bytes = b""
+    _sealer: _Sealer | None = field(default=None, repr=False)
+    _last_tag: bytes = b""         # the 16 bytes the next record chains to
     report: LoadReport = field(default_factory=LoadReport)
 
     # ----- opening and creating -------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike[str], initial: dict[str, bytes], *, sync: bool = True) -> "Store":
+    def create(cls, path: str | os.PathLike[str], initial: dict[str, bytes], *, keys: KeySource,
+               sync: bool = True) -> "Store":
+        """Make a new image with a fresh id and sealing key (kept by ``keys``), then open it.
+
+        Creation is always durable (file and folder synced), whatever ``sync`` says for commits.
+        """
         p = Path(path)
         if p.exists():
             raise CardImageError(f"{p} already exists; choose another path or delete it first")
         p.parent.mkdir(parents=True, exist_ok=True)
+        image_id = os.urandom(ID_LEN)
+        try:
+            sealer = _Sealer(keys.new_key(image_id))
+        except (KeyUnavailable, OSError) as e:
+            raise CardImageError(f"cannot make a sealing key for {p}: {e}") from None
         tmp = p.with_name(p.name + ".new")
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + _record(b"S", dict(initial)))
-            f.flush()
-            os.fsync(f.fileno())
+        tmp.unlink(missing_ok=True)            # p does not exist, so nobody holds it: a leftover
+        body = MAGIC + image_id + sealer.seal(image_id, b"S", _encode_changes(dict(initial)))
+        fd = _new_private_file(tmp)
+        try:
+            if os.write(fd, body) != len(body):
+                raise CardImageError(f"could not write {tmp} (disk full?); no card was made")
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
         os.replace(tmp, p)
-        return cls.open(p, sync=sync)
+        _fsync_folder(p)
+        return cls.open(p, keys=keys, sync=sync)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, sync: bool = True) -> "Store":
+    def open(cls, path: str | os.PathLike[str], *, keys: KeySource, sync: bool = True) -> "Store":
         p = Path(path)
         try:
-            fd = os.open(p, os.O_RDWR)
+            fd = os.open(p, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             raise CardImageError(f"no card image at {p}; create one with 'semper card new --image {p}'") from None
         in_use = f"card image {p} is in use by another process (is 'semper card serve' running?)"
@@ -154,44 +224,62 @@ class Store:
         store = cls(p, sync)
         store._fd = fd
         try:
-            store._load()
+            store._load(keys)
         except BaseException:
             os.close(fd)
             store._fd = -1
             raise
         return store
 
-    def _load(self) -> None:
+    def _damaged(self, at: int, why: str) -> CardImageError:
+        return CardImageError(f"{self.path} is a damaged card: corrupt at byte {at} ({why}); the card refuses to "
+                              "start and the file was not changed; restore it from a backup")
+
+    def _load(self, keys: KeySource) -> None:
         raw = b""
         with os.fdopen(os.dup(self._fd), "rb") as f:
             raw = f.read()
-        if not raw.startswith(MAGIC):
+        if raw.startswith(MAGIC_V1):
+            raise CardImageError(f"{self.path} was made by an earlier semper that did not seal card images; "
+                                 "it cannot be trusted as it is: issue a new card with 'semper card new'")
+        if not raw.startswith(MAGIC) or len(raw) < HEADER_LEN:
             raise CardImageError(f"{self.path} is not a semper card image (bad header); it was not changed")
+        self._image_id = raw[len(MAGIC):HEADER_LEN]
+        try:
+            sealer = _Sealer(keys.key(self._image_id))
+        except KeyUnavailable as e:
+            raise CardImageError(f"{self.path}: {e}") from None
         data: dict[str, bytes] = {}
-        i = len(MAGIC)
+        i = HEADER_LEN
         good_end = i
         records = 0
-        while i < len(raw):
+        n = len(raw)
+        while i < n:
             hdr_end = i + _REC_HDR.size
-            if hdr_end > len(raw):
+            if hdr_end > n:
                 break                                   # torn inside the header
-            kind, plen = _REC_HDR.unpack_from(raw, i)
-            if kind not in (b"R", b"S") or plen > _MAX_RECORD:
-                raise CardImageError(f"{self.path} is corrupt at byte {i} (unknown record); restore it from a backup")
-            end = hdr_end + plen + _DIGEST_LEN
-            payload = raw[hdr_end:hdr_end + plen]
-            if end > len(raw) or _digest(raw[i:hdr_end], payload) != raw[hdr_end + plen:end]:
-                if end >= len(raw) and _intact_record_after(raw, i) is None:
+            kind, blen = _REC_HDR.unpack_from(raw, i)
+            if kind not in _KINDS or not _NONCE_LEN <= blen <= _MAX_RECORD:
+                raise self._damaged(i, "unknown record")
+            end = hdr_end + blen + _TAG_LEN
+            if end > n:
+                if _intact_record_after(raw, i, sealer) is None:
                     break                               # the last write never completed (torn)
-                raise CardImageError(
-                    f"{self.path} is corrupt at byte {i} (checksum mismatch before the last record); "
-                    "restore it from a backup")
+                raise self._damaged(i, "a record's length is wrong, and intact records follow it")
+            payload = sealer.open(raw, i, end)
+            if payload is None:
+                if end == n and raw[end - _TAG_LEN:end] == bytes(_TAG_LEN):
+                    break                               # its last block never reached the disk (power loss)
+                raise self._damaged(i, "a record does not authenticate under the card's key: the file was "
+                                       "edited or added to, or this is not the key it was made with")
             try:
                 changes = _decode_changes(payload)
             except (ValueError, UnicodeDecodeError, struct.error):
-                raise CardImageError(f"{self.path} is corrupt at byte {i} (bad record body)") from None
+                raise self._damaged(i, "bad record body") from None
             if kind == b"S":
                 data = {}
+            elif records == 0:
+                raise self._damaged(i, "the image does not begin with a snapshot")
             for k, v in changes.items():
                 if v is None:
                     data.pop(k, None)
@@ -201,15 +289,26 @@ class Store:
             i = good_end = end
         if records == 0:
             raise CardImageError(f"{self.path} holds no complete snapshot; restore it from a backup")
-        if good_end < len(raw):
+        if good_end < n:
             # The tail is a commit that never finished: drop it so the next append starts clean.
-            self.report.torn_bytes = len(raw) - good_end
+            self.report.torn_bytes = n - good_end
             os.ftruncate(self._fd, good_end)
+        st = os.fstat(self._fd)
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            os.fchmod(self._fd, 0o600)      # e.g. a copy made with cp: the image is nobody else's business
+            self.report.mode_tightened = True
         self.report.records = records
         self._data = data
+        self._sealer = sealer
+        self._last_tag = raw[good_end - _TAG_LEN:good_end]
         self._live = sum(self._entry_size(k, v) for k, v in data.items())
         self._size = good_end
         os.lseek(self._fd, good_end, os.SEEK_SET)
+
+    @property
+    def image_id(self) -> bytes:
+        """The random id in the image's header that names its sealing key."""
+        return self._image_id
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -278,7 +377,7 @@ class Store:
         changes = {k: v for k, v in changes.items() if self._data.get(k) != v}
         if not changes:
             return
-        rec = _record(b"R", changes)
+        rec = self._sealer.seal(self._last_tag, b"R", _encode_changes(changes))
         self._append(rec)
         for k, v in changes.items():
             old = self._data.get(k)
@@ -316,6 +415,7 @@ class Store:
         if self.sync:
             os.fsync(self._fd)
         self._size += written
+        self._last_tag = rec[-_TAG_LEN:]
 
     @staticmethod
     def _entry_size(key: str, value: bytes) -> int:
@@ -326,10 +426,12 @@ class Store:
         return self._live
 
     def compact(self) -> None:
-        """Rewrite the image as one snapshot; the rename makes the switch atomic."""
+        """Rewrite the image as one snapshot; the rename makes the switch atomic, the folder fsync durable."""
+        assert self._sealer is not None
         tmp = self.path.with_name(self.path.name + ".new")
-        body = MAGIC + _record(b"S", dict(self._data))
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        body = MAGIC + self._image_id + self._sealer.seal(self._image_id, b"S", _encode_changes(dict(self._data)))
+        tmp.unlink(missing_ok=True)          # we hold the image's lock: a .new here is a leftover
+        fd = _new_private_file(tmp)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if os.write(fd, body) != len(body):     # disk full: never rename a cut snapshot over the image
@@ -339,11 +441,15 @@ class Store:
             os.replace(tmp, self.path)
         except BaseException:
             os.close(fd)
+            tmp.unlink(missing_ok=True)
             raise
         os.close(self._fd)
         self._fd = fd
         self._size = len(body)
+        self._last_tag = body[-_TAG_LEN:]
         os.lseek(fd, self._size, os.SEEK_SET)
+        if self.sync:
+            _fsync_folder(self.path)
 
     def snapshot(self) -> dict[str, bytes]:
         """A copy of the committed state (tests and the tearing checker read it)."""

@@ -124,8 +124,7 @@ class Market:
         folder = Path(folder)
         tell("making the world: CA, bank, third party, shop, buyer card, tokens")
         world = World.create(folder)
-        env = {**os.environ, "SEMPER_HOME": str(folder / "home")}
-        env.pop("SOFTHSM2_CONF", None)
+        env = world.child_env()
         pin = ["--pin-file", str(world.pin_file)]
         serve = ["-m", "client.cli", "serve"]
         services = {"ca": ServiceProcess("semper serve ca", serve + ["ca", "--ca-dir", str(world.ca_dir)] + pin, env),

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hardware.simulator import card_keys_in
+
 from . import buyer_cheats, checks
 from .card import TearArm
 from .plan import WORKFLOWS, RunPlan, make_plan, run_seed
@@ -110,32 +112,33 @@ def run_chaos(runs: int, seed: int | None, *, workflows: Sequence[str] = WORKFLO
         if folder.exists() and any(folder.iterdir()):
             raise ValueError(f"--keep {folder}: the folder must be new or empty")
     try:
-        market = Market.create(folder / "world", patience=patience, say=say)
-        try:
-            for i, rs in enumerate(seeds):
-                plan = make_plan(rs, workflows)
-                report = run_one(market, plan, i, folder / "bundles" / str(i))
-                summary.runs += 1
-                summary.workflows[plan.workflow] += 1
-                summary.planned.update(plan.kinds)
-                summary.injected.update(s.split(":")[0].split(" ")[0] for s in report.injected)
-                summary.outcomes.update(d.outcome for d in report.deals)
-                if not report.ok:
-                    summary.violations += len(report.violations)
-                    summary.failing.append({"run": i, "run_seed": rs, "violations": report.violations,
-                                            "replay": replay_command(rs, workflows)})
-                if report.known_limits:
-                    summary.known_limits.append({"run": i, "run_seed": rs, "limits": report.known_limits,
-                                                 "replay": replay_command(rs, workflows)})
-                if on_run is not None:
-                    on_run(report)
-            summary.final_audit = final_audit(market)
-            if summary.final_audit.get("exit") != 0:
-                summary.violations += 1
-                summary.failing.append({"run": None, "violations": ["semper audit (with signatures) failed at the "
-                                                                    "end"], "replay": None})
-        finally:
-            market.close()
+        with card_keys_in(folder):                 # the market's card keys stay in its folder
+            market = Market.create(folder / "world", patience=patience, say=say)
+            try:
+                for i, rs in enumerate(seeds):
+                    plan = make_plan(rs, workflows)
+                    report = run_one(market, plan, i, folder / "bundles" / str(i))
+                    summary.runs += 1
+                    summary.workflows[plan.workflow] += 1
+                    summary.planned.update(plan.kinds)
+                    summary.injected.update(s.split(":")[0].split(" ")[0] for s in report.injected)
+                    summary.outcomes.update(d.outcome for d in report.deals)
+                    if not report.ok:
+                        summary.violations += len(report.violations)
+                        summary.failing.append({"run": i, "run_seed": rs, "violations": report.violations,
+                                                "replay": replay_command(rs, workflows)})
+                    if report.known_limits:
+                        summary.known_limits.append({"run": i, "run_seed": rs, "limits": report.known_limits,
+                                                     "replay": replay_command(rs, workflows)})
+                    if on_run is not None:
+                        on_run(report)
+                summary.final_audit = final_audit(market)
+                if summary.final_audit.get("exit") != 0:
+                    summary.violations += 1
+                    summary.failing.append({"run": None, "violations": ["semper audit (with signatures) failed at the "
+                                                                        "end"], "replay": None})
+            finally:
+                market.close()
     finally:
         summary.seconds = time.monotonic() - started
         if tmp is not None:

@@ -55,6 +55,13 @@ class Narrator:
 
 
 def run_demo(keep: bool = False, interactive: bool | None = None) -> int:
+    from hardware.simulator import card_keys_in
+    folder = Path(tempfile.mkdtemp(prefix="semper-demo-"))
+    with card_keys_in(folder):            # the demo cards' sealing keys stay in the demo folder
+        return _run_demo(folder, keep, interactive)
+
+
+def _run_demo(folder: Path, keep: bool, interactive: bool | None) -> int:
     from hardware.pcscd import VirtualCards
 
     from .demo_world import CARD_PIN, World
@@ -62,7 +69,6 @@ def run_demo(keep: bool = False, interactive: bool | None = None) -> int:
     if interactive is None:
         interactive = sys.stdin.isatty() and sys.stdout.isatty()
     say = Narrator(live=True)
-    folder = Path(tempfile.mkdtemp(prefix="semper-demo-"))
     world: World | None = None
     try:
         say(f"semper demo in {folder}")
@@ -105,7 +111,7 @@ def run_demo(keep: bool = False, interactive: bool | None = None) -> int:
         if world is not None:
             world.stop()
         if keep:
-            print(f"(kept {folder})")
+            print(f"(kept {folder}; its cards open with SEMPER_CARD_KEYS={folder / 'card-keys'})")
         else:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -23,6 +23,8 @@ from typing import Any
 
 from cryptography import x509
 
+from .support.secret_files import write_secret
+
 TOKEN_PIN = b"demo-token-2468"
 SO_PIN = b"demo-so-13579135"
 CARD_PIN = b"1234"
@@ -95,8 +97,7 @@ class World:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "home").mkdir(exist_ok=True)
         pin_file = folder / "token.pin"
-        pin_file.write_bytes(TOKEN_PIN)
-        pin_file.chmod(0o600)
+        write_secret(pin_file, TOKEN_PIN)
         tell("purse scheme root and SoftHSM2 tokens (CA, seller, bank, third party, wallet)")
         scheme = Scheme.load_or_create(folder / "scheme", TOKEN_PIN)     # the PIN file is beside, not in, it
         store = SoftHsmStore.in_folder(folder / "softhsm")
@@ -110,7 +111,7 @@ class World:
         ca_home.folder.mkdir(parents=True, exist_ok=True)
         ca = CertificationAuthority(ca_home.db, ca_signer)
         secret = ca.initialise("semper demo CA", token_label="ca", softhsm_conf=conf)
-        ca_home.admin_secret_file.write_text(secret)
+        write_secret(ca_home.admin_secret_file, secret)
         ca_home.publish_root(ca)
         root_pem = pki.pem(ca.certificate())
         root = x509.load_pem_x509_certificate(root_pem.encode())
@@ -156,6 +157,14 @@ class World:
         return world
 
     # ---- services -------------------------------------------------------------------------------------
+    def child_env(self) -> dict[str, str]:
+        """The environment of the service processes: the world's home, and the card key folder this
+        process made the cards with (a child under another SEMPER_HOME would look elsewhere)."""
+        from hardware.simulator import card_key_folder
+        env = {**os.environ, "SEMPER_HOME": str(self.folder / "home"), "SEMPER_CARD_KEYS": str(card_key_folder())}
+        env.pop("SOFTHSM2_CONF", None)
+        return env
+
     def _shop_home(self, psam_reader: str | None, ttp_url: str, bank_url: str, catalogue: Any = None) -> Any:
         from .commerce.catalogue import demo_catalogue
         from .commerce.shop_home import ShopHome
@@ -208,8 +217,7 @@ class World:
         """The real ``semper serve shop`` process (its PSAM in ``psam_reader``), beside services already
         started; returns the process (its URL is in ``services.shop``)."""
         s = self.services
-        env = {**os.environ, "SEMPER_HOME": str(self.folder / "home")}
-        env.pop("SOFTHSM2_CONF", None)
+        env = self.child_env()
         self._shop_home(psam_reader, s.ttp, s.bank, catalogue)
         proc = _spawn([sys.executable, "-m", "client.cli", "serve", "shop", "--dir", str(self.shop_dir), "--port", "0",
                        "--pin-file", str(self.pin_file), *args], env)
@@ -224,8 +232,7 @@ class World:
         while another one logs in can get CKR_GENERAL_ERROR (seen here once in a few runs).
         """
         s = self.services
-        env = {**os.environ, "SEMPER_HOME": str(self.folder / "home")}
-        env.pop("SOFTHSM2_CONF", None)
+        env = self.child_env()
         base = [sys.executable, "-m", "client.cli", "serve"]
         pin = ["--pin-file", str(self.pin_file)]
         commands = {"ca": base + ["ca", "--ca-dir", str(self.ca_dir), "--port", "0"] + pin,

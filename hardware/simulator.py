@@ -2,13 +2,23 @@
 
 Upper layers get a plain :class:`~hardware.transport.Connection`, the same as for a card behind
 pcscd, so nothing above this module knows (or can know) that the card is simulated.
+
+A card image is sealed under a per-card key kept outside it (``card_applet_sim/keys.py``); the key
+source is passed in here, by default the key folder the environment names (``$SEMPER_CARD_KEYS``,
+else ``$SEMPER_HOME/card-keys``), the same one ``semper card serve`` uses.
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 from . import errors
 from .transport import InProcessConnection
+
+if TYPE_CHECKING:
+    from card_applet_sim.keys import KeySource
 
 
 class SimulatedCard(InProcessConnection):
@@ -24,19 +34,45 @@ class SimulatedCard(InProcessConnection):
         self.close()
 
 
-def create_card(image: Path, applets: list[str], *, sync: bool = True) -> SimulatedCard:
+def card_key_folder() -> Path:
+    """Where the sealing keys of simulated cards are kept by default (for messages and child processes)."""
+    from card_applet_sim.keys import default_key_folder
+    return default_key_folder()
+
+
+@contextmanager
+def card_keys_in(folder: Path) -> Iterator[Path]:
+    """Keep the sealing keys of the cards made inside the block in ``folder``.
+
+    For throwaway worlds (benches, the demo, chaos runs): their cards' keys stay with them instead of
+    piling up in the user's key folder. Sets ``SEMPER_CARD_KEYS`` for this process and the card and
+    service processes it starts, and restores it afterwards.
+    """
+    folder = Path(folder) / "card-keys"
+    before = os.environ.get("SEMPER_CARD_KEYS")
+    os.environ["SEMPER_CARD_KEYS"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if before is None:
+            os.environ.pop("SEMPER_CARD_KEYS", None)
+        else:
+            os.environ["SEMPER_CARD_KEYS"] = before
+
+
+def create_card(image: Path, applets: list[str], *, sync: bool = True, keys: KeySource | None = None) -> SimulatedCard:
     from card_applet_sim.os import CardOS
     from card_applet_sim.store import CardImageError
     try:
-        return SimulatedCard(CardOS.create(image, applets, sync=sync), f"simulated:{image}")
+        return SimulatedCard(CardOS.create(image, applets, sync=sync, keys=keys), f"simulated:{image}")
     except CardImageError as e:
         raise errors.ReaderError(str(e)) from None
 
 
-def open_card(image: Path, *, sync: bool = True) -> SimulatedCard:
+def open_card(image: Path, *, sync: bool = True, keys: KeySource | None = None) -> SimulatedCard:
     from card_applet_sim.os import CardOS
     from card_applet_sim.store import CardImageError
     try:
-        return SimulatedCard(CardOS.open(image, sync=sync), f"simulated:{image}")
+        return SimulatedCard(CardOS.open(image, sync=sync, keys=keys), f"simulated:{image}")
     except CardImageError as e:
         raise errors.ReaderError(str(e)) from None

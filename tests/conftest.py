@@ -4,9 +4,14 @@ Personalising a card runs the whole issuer station over APDUs, so it is done onc
 (``pristine``) and each test gets its own copy of the two images. Images are opened with
 ``sync=False``: durability against power loss is what the store tests check with explicit
 truncation, not with fsync.
+
+Card images are sealed under per-card keys kept outside them (``card_applet_sim/keys.py``). The
+whole session, child processes included, shares one key folder (``SEMPER_CARD_KEYS``), so copies of
+the pristine images open anywhere, whatever ``SEMPER_HOME`` a test gives a child process.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator
@@ -23,9 +28,20 @@ PIN = b"1234"
 PUK = b"12345678"
 MAX_BALANCE = 20000
 EUR = 978
-
-
 SCHEME_PIN = b"scheme-pin-2580"      # the scheme tokens' PIN in tests (never written into a scheme folder)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def card_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One folder of card sealing keys for the session and every process it starts."""
+    folder = tmp_path_factory.mktemp("card-keys")
+    before = os.environ.get("SEMPER_CARD_KEYS")
+    os.environ["SEMPER_CARD_KEYS"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("SEMPER_CARD_KEYS", None)
+    else:
+        os.environ["SEMPER_CARD_KEYS"] = before
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,7 @@ def _semper(*args: str, **kw):
 def test_bad_input_gives_one_line_and_status_2(tmp_path):
     r = _semper("card", "load", "1.234", "--image", str(tmp_path / "none.card"), "--pin-stdin", input="1234\n")
     assert r.returncode == 2 and "at most 2 decimals" in r.stderr and "Traceback" not in r.stderr
-    r = _semper("card", "new", "--image", str(tmp_path / "c.card"), "--pin", "12", "--puk", "12345678",
+    r = _semper("card", "new", "--image", str(tmp_path / "c.card"), "--pin-stdin", input="12\n12345678\n",
                 env={"SEMPER_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 2 and "4 to 8 digits" in r.stderr
     assert not (tmp_path / "c.card").exists()                       # nothing half-made
@@ -79,9 +79,9 @@ def test_card_new_info_load_pay_in_process(tmp_path):
     assert not (tmp_path / "home" / "scheme").exists()               # nothing made without the scheme's PIN
     (tmp_path / "scheme.pin").write_text("scheme-pin-2580\n")
     env["SEMPER_SCHEME_PIN_FILE"] = str(tmp_path / "scheme.pin")
-    assert _semper("card", "new", "--image", buyer, "--pin", "1234", "--puk", "12345678", env=env).returncode == 0
+    assert _semper("card", "new", "--image", buyer, "--pin-stdin", input="1234\n12345678\n", env=env).returncode == 0
     assert _semper("card", "new", "--image", psam, "--psam", env=env).returncode == 0
-    again = _semper("card", "new", "--image", buyer, "--pin", "1234", "--puk", "12345678", env=env)
+    again = _semper("card", "new", "--image", buyer, "--pin-stdin", input="1234\n12345678\n", env=env)
     assert again.returncode == 2 and "already exists" in again.stderr
     r = _semper("card", "load", "20.00", "--image", buyer, "--pin-stdin", input="1234\n", env=env)
     assert r.returncode == 0, r.stderr

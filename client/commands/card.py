@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from hardware import errors as hw_errors
@@ -46,9 +48,34 @@ def cmd_readers(args: argparse.Namespace) -> int:
 
 
 # ---- card -----------------------------------------------------------------------------------------
+ARGV_PIN_ENV = "SEMPER_INSECURE_ARGV_PIN"
+
+
+def _check_argv_secrets(args: argparse.Namespace) -> None:
+    """Refuse a PIN or PUK given as an argument: every user of the machine sees argv (``ps``).
+
+    Refused rather than warned about: a warning comes after the exposure and scrolls past in a
+    script, while --pin-stdin does the same job safely. Tests and demos that want the old way say
+    so with ``SEMPER_INSECURE_ARGV_PIN=1``, and are still warned.
+    """
+    given = [name for name in ("pin", "puk") if getattr(args, name, None)]
+    if not given:
+        return
+    flags = " and ".join(f"--{n}" for n in given)
+    if os.environ.get(ARGV_PIN_ENV) != "1":
+        raise UsageError(f"{flags} on the command line would be visible to every user in the process list; "
+                         f"pass --pin-stdin (or let semper ask), or set {ARGV_PIN_ENV}=1 for a test or demo")
+    print(f"warning: {flags} taken from the command line ({ARGV_PIN_ENV}=1): visible in the process list",
+          file=sys.stderr)
+
+
 def cmd_card_new(args: argparse.Namespace) -> int:
+    from hardware.simulator import card_key_folder
+
     from ..support.paths import semper_home
     from ..support.personalisation import CardProfile, PersonalisationError, personalise_psam, personalise_purse_card
+    from ..support.secret_files import write_secret
+    _check_argv_secrets(args)
     try:
         currency = parse_currency(args.currency)
         if args.psam:
@@ -57,7 +84,7 @@ def cmd_card_new(args: argparse.Namespace) -> int:
                 raise UsageError("--psam-id must be 16 hex digits")
             with open_scheme(args) as scheme:
                 pid = personalise_psam(args.image, scheme, psam_id=psam_id, currency=currency, sync=not args.no_sync)
-            print(f"PSAM {pid.hex().upper()} issued into {args.image}")
+            print(f"PSAM {pid.hex().upper()} issued into {args.image}; its sealing key is in {card_key_folder()}")
             return 0
         pin = args.pin.encode() if args.pin else read_secret("new PIN", args.pin_stdin, confirm=True)
         puk = args.puk.encode() if args.puk else read_secret("new PUK (8 digits)", args.pin_stdin, confirm=True)
@@ -72,12 +99,11 @@ def cmd_card_new(args: argparse.Namespace) -> int:
     except PersonalisationError as e:
         raise UsageError(str(e)) from None
     admin = semper_home() / "cards" / f"{issued.card_id}.piv-admin-key"
-    admin.parent.mkdir(parents=True, exist_ok=True)
-    admin.touch(mode=0o600)
-    admin.write_text(issued.piv_admin_key.hex() + "\n")
+    write_secret(admin, issued.piv_admin_key.hex() + "\n")
     print(f"card {issued.card_id} issued into {args.image}: purse (max balance "
           f"{format_amount(profile.max_balance, profile.currency)}) and PIV keys 9A, 9C; "
-          f"PIV management key in {admin}")
+          f"PIV management key in {admin}; the image's sealing key is in {card_key_folder()} "
+          "(the card cannot be opened without it)")
     return 0
 
 
@@ -210,8 +236,9 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--image", type=Path, required=True)
     p.add_argument("--psam", action="store_true", help="make a seller's PSAM instead of a buyer card")
     p.add_argument("--psam-id", help="PSAM id, 16 hex digits (default: random)")
-    p.add_argument("--pin", help="initial PIN, 4-8 digits (default: ask)")
-    p.add_argument("--puk", help="PUK, 8 digits (default: ask)")
+    p.add_argument("--pin", help=f"initial PIN, 4-8 digits (default: ask); refused unless {ARGV_PIN_ENV}=1, "
+                                 "since argv is visible in the process list")
+    p.add_argument("--puk", help=f"PUK, 8 digits (default: ask); refused unless {ARGV_PIN_ENV}=1")
     p.add_argument("--pin-stdin", action="store_true", help="read PIN and PUK from standard input")
     p.add_argument("--card-number", help="16 hex digits (default: random)")
     p.add_argument("--currency", default="EUR")

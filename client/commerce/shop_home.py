@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..support.paths import semper_home
+from ..support.secret_files import write_secret
 from .catalogue import Catalogue
 from .errors import CommerceError
 
@@ -91,14 +92,11 @@ class ShopHome:
         if ttp_cert is not None and escrow is not None:
             (home.folder / "ttp.pem").write_bytes(ttp_cert.public_bytes(Encoding.PEM))
             (home.folder / "escrow.der").write_bytes(escrow)
-        home.tls_dir.mkdir(exist_ok=True)
+        home.tls_dir.mkdir(mode=0o700, exist_ok=True)
         for src, dst in zip(tls, ("cert.pem", "key.pem"), strict=True):
-            (home.tls_dir / dst).write_bytes(Path(src).read_bytes())
-            (home.tls_dir / dst).chmod(0o600)
+            write_secret(home.tls_dir / dst, Path(src).read_bytes())      # 0600 from the first byte
         catalogue.dump(home.folder / "catalogue.json")
-        secret = home.folder / "admin-secret"
-        secret.write_text(secrets.token_urlsafe(24))
-        secret.chmod(0o600)
+        write_secret(home.folder / "admin-secret", secrets.token_urlsafe(24))
         config = {"name": name, "token_label": token_label, "softhsm_conf": softhsm_conf, "account": account,
                   "bank_url": bank_url, "psam_reader": psam_reader,
                   "psam_image": str(psam_image) if psam_image else None, "ttp_url": ttp_url,

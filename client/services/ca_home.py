@@ -13,7 +13,6 @@ and ``semper ca crl`` open the same key without being told again.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hardware.signer import Signer
 
 from ..support.paths import semper_home
+from ..support.secret_files import write_secret
 from . import pki
 from .ca import CertificationAuthority
 from .db import Database
@@ -34,13 +34,8 @@ TLS_RENEW_BEFORE = timedelta(days=30)
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file readable by its owner only, atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    """Write a secret file readable by its owner only, atomically (client/support/secret_files.py)."""
+    write_secret(path, data)
 
 
 @dataclass
