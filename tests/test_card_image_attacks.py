@@ -30,6 +30,13 @@ from conftest import PIN, PUK
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _scheme_pin_file(tmp_path: Path) -> str:
+    """The scheme token's PIN, in a file outside the scheme folder (as an operator keeps it)."""
+    pin = tmp_path / "scheme.pin"
+    pin.write_text("scheme-pin-2580\n")
+    return str(pin)
+
+
 def _semper(*args: str, env: dict[str, str] | None = None, input: str | None = None,
             umask: int | None = None) -> subprocess.CompletedProcess[str]:
     def pre() -> None:
@@ -153,7 +160,7 @@ def test_card_image_is_0600_at_every_step(tmp_path: Path, scheme, monkeypatch: p
 
 
 def test_card_new_makes_its_files_0600_under_umask_022(tmp_path: Path) -> None:
-    env = {**os.environ, "SEMPER_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "SEMPER_HOME": str(tmp_path / "home"), "SEMPER_SCHEME_PIN_FILE": _scheme_pin_file(tmp_path)}
     image = tmp_path / "cli.card"
     r = _semper("card", "new", "--image", str(image), "--pin-stdin", env=env, input="1234\n12345678\n", umask=0o022)
     assert r.returncode == 0, r.stderr
@@ -266,7 +273,8 @@ def test_rename_of_the_image_is_followed_by_an_fsync_of_its_folder(tmp_path: Pat
 
 
 def test_card_new_takes_an_argv_pin_only_when_told_and_warns(tmp_path: Path) -> None:
-    env = {**os.environ, "SEMPER_HOME": str(tmp_path / "home"), "SEMPER_INSECURE_ARGV_PIN": "1"}
+    env = {**os.environ, "SEMPER_HOME": str(tmp_path / "home"), "SEMPER_INSECURE_ARGV_PIN": "1",
+           "SEMPER_SCHEME_PIN_FILE": _scheme_pin_file(tmp_path)}
     image = tmp_path / "argv.card"
     r = _semper("card", "new", "--image", str(image), "--pin", "1234", "--puk", "12345678", env=env)
     assert r.returncode == 0, r.stderr
