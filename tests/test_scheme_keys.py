@@ -56,7 +56,7 @@ def issuer_env(tmp_path: Path) -> dict[str, str]:
     pin_file.write_text(SCHEME_PIN + "\n")
     pin_file.chmod(0o600)
     return {"SEMPER_HOME": str(tmp_path / "home"), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "SEMPER_SCHEME_PIN_FILE": str(pin_file)}
+            "SEMPER_SCHEME_PIN_FILE": str(pin_file), "SEMPER_CARD_KEYS": os.environ["SEMPER_CARD_KEYS"]}
 
 
 # ---- the attacker ---------------------------------------------------------------------------------
