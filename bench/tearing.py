@@ -137,66 +137,75 @@ def run_tear_test(runs: int = 200, seed: int = 1, progress: bool = True, max_del
             if run >= runs and (counts["operations"] >= min_operations or run >= 3 * runs):
                 break
             proc, conn = start_card()
-            purse = PurseSession(conn)
-            info = purse.info()
-            # ---- check the state the last kill left ----
-            problems = _check(purse, info, ledger, scheme)
-            violations += [f"run {run}: {p}" for p in problems]
-            if ledger.in_flight is not None:
-                kind, ctr, amount, request = ledger.in_flight
-                committed = (info.load_counter if kind == "load" else info.debit_counter) == ctr
-                counts["in_flight_committed" if committed else "in_flight_rolled_back"] += 1
-                if kind == "debit" and committed:
-                    found = recover_debit(purse, request)
-                    if found is None:
-                        violations.append(f"run {run}: committed debit #{ctr} has no proof in the card log")
-                    else:
-                        psam.complete_debit(purse.certificate(), found[1])
-                ledger.in_flight = None
-            ledger.load_ctr, ledger.debit_ctr = info.load_counter, info.debit_counter
-            if run == 0:
-                ledger.initial = info.balance
-            # The card derives a PIN's scrypt verifier (about 25 ms) before it writes anything, and
-            # remembers the PIN that matched for the rest of its process: verifying once here keeps
-            # the kills below for the moments when the card writes, not for that computation.
-            purse.verify_pin(PIN)
-            # ---- operate until killed ----
-            timer = threading.Timer(rng.uniform(0, max_delay_ms) / 1000, proc.kill)
-            timer.start()
             try:
-                while True:
-                    counts["operations"] += 1
-                    balance = purse.info().balance
-                    if balance < 2_000 or rng.random() < 0.3:
-                        amount = rng.randint(1, 5_000)
-                        purse.verify_pin(PIN)
-                        request, _ = purse.initialize_load(amount, info.currency)
-                        ledger.loads[request.load_counter] = amount
-                        command = request.command()
-                        ledger.in_flight = ("load", request.load_counter, amount, request)
-                        purse.load(Signed(command, scheme.sign_load(command)))
-                        ledger.load_ctr = request.load_counter
-                    else:
-                        amount = rng.randint(1, min(balance, 3_000))
-                        nxt = purse.info().debit_counter + 1
-                        request, signed = psam.begin_debit(info.card_number, nxt, amount, info.currency)
-                        ledger.debits[nxt] = amount
-                        ledger.in_flight = ("debit", nxt, amount, request)
-                        _proof, signed_proof = purse.debit(psam.certificate(), signed)
-                        ledger.debit_ctr = nxt
-                        psam.complete_debit(purse.certificate(), signed_proof)
+                purse = PurseSession(conn)
+                info = purse.info()
+                # ---- check the state the last kill left ----
+                problems = _check(purse, info, ledger, scheme)
+                violations += [f"run {run}: {p}" for p in problems]
+                if ledger.in_flight is not None:
+                    kind, ctr, amount, request = ledger.in_flight
+                    committed = (info.load_counter if kind == "load" else info.debit_counter) == ctr
+                    counts["in_flight_committed" if committed else "in_flight_rolled_back"] += 1
+                    if kind == "debit" and committed:
+                        found = recover_debit(purse, request)
+                        if found is None:
+                            violations.append(f"run {run}: committed debit #{ctr} has no proof in the card log")
+                        else:
+                            psam.complete_debit(purse.certificate(), found[1])
                     ledger.in_flight = None
-            except errors.HardwareError:
-                pass
-            finally:
-                timer.cancel()
-                proc.wait(10)
+                ledger.load_ctr, ledger.debit_ctr = info.load_counter, info.debit_counter
+                if run == 0:
+                    ledger.initial = info.balance
+                # The card derives a PIN's scrypt verifier (about 25 ms) before it writes anything, and
+                # remembers the PIN that matched for the rest of its process: verifying once here keeps
+                # the kills below for the moments when the card writes, not for that computation.
+                purse.verify_pin(PIN)
+                # ---- operate until killed ----
+                timer = threading.Timer(rng.uniform(0, max_delay_ms) / 1000, proc.kill)
+                timer.start()
+                try:
+                    while True:
+                        counts["operations"] += 1
+                        balance = purse.info().balance
+                        if balance < 2_000 or rng.random() < 0.3:
+                            amount = rng.randint(1, 5_000)
+                            purse.verify_pin(PIN)
+                            request, _ = purse.initialize_load(amount, info.currency)
+                            ledger.loads[request.load_counter] = amount
+                            command = request.command()
+                            ledger.in_flight = ("load", request.load_counter, amount, request)
+                            purse.load(Signed(command, scheme.sign_load(command)))
+                            ledger.load_ctr = request.load_counter
+                        else:
+                            amount = rng.randint(1, min(balance, 3_000))
+                            nxt = purse.info().debit_counter + 1
+                            request, signed = psam.begin_debit(info.card_number, nxt, amount, info.currency)
+                            ledger.debits[nxt] = amount
+                            ledger.in_flight = ("debit", nxt, amount, request)
+                            _proof, signed_proof = purse.debit(psam.certificate(), signed)
+                            ledger.debit_ctr = nxt
+                            psam.complete_debit(purse.certificate(), signed_proof)
+                        ledger.in_flight = None
+                except errors.HardwareError:
+                    pass
+                finally:
+                    timer.cancel()
+                    if proc.poll() is None:          # ended by something other than the kill: no card left behind
+                        proc.kill()
+                    proc.wait(10)
+                    conn.close()
+                    if proc.stderr:
+                        # the card reports on its start when it dropped a write that a kill interrupted
+                        if b"torn" in proc.stderr.read():
+                            counts["torn_images_recovered"] += 1
+                        proc.stderr.close()
+            except BaseException:                    # an error of the test itself: no card process left behind
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
                 conn.close()
-                if proc.stderr:
-                    # the card reports on its start when it dropped a write that a kill interrupted
-                    if b"torn" in proc.stderr.read():
-                        counts["torn_images_recovered"] += 1
-                    proc.stderr.close()
+                raise
             counts["kills"] += 1
             if progress and (run + 1) % max(1, runs // 10) == 0:
                 print(f"tear-test: {run + 1}/{runs} kills, {len(violations)} violations", file=sys.stderr, flush=True)
