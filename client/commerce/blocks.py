@@ -51,7 +51,7 @@ from . import documents as docs
 from .buyer import Buyer
 from .deal import Deal, DealAttributes
 from .errors import CommerceError, DealAborted, DealDeclined, Dispute, FormError, OfferRefused, SellerRefused
-from .shop import information_expectation
+from .expectations import information_expectation
 from .shop_client import ShopPayeeLink, b64, unb64
 
 POLL = 0.02

@@ -30,8 +30,8 @@ from ..payment.manager import PaymentManager
 from ..payment.model import Status, Terms
 from ..support.cms import EvidenceError
 from ..support.trust import TrustStore, verify_statement
-from ..transfer.information import InformationOffer, describe
-from ..transfer.items import Description, PackageDescription
+from ..transfer.information import InformationOffer
+from ..transfer.items import Description
 from ..transfer.managers import OfferTree, PackageOffer
 from ..transfer.statements import StatementOffer
 from . import documents as docs
@@ -352,25 +352,6 @@ class Shop:
         sd.deal.decide("exchange", "satisfied" if ok else "dispute" if status in ("pending", "refused") else "refused",
                        f"{status}: {reason}")
         sd.deal.close()
-
-
-def information_description(item: CatalogueItem | docs.OfferLine) -> Description:
-    if isinstance(item, CatalogueItem):
-        assert item.content is not None
-        return describe(item.content, item.name or item.sku)
-    terms: dict[str, Any] = {"sha256": item.sha256, "length": item.length}
-    if item.name:
-        terms["name"] = item.name
-    return Description("information", terms)
-
-
-def information_expectation(line: docs.OfferLine, deal_id: str, order_digest: str, amount: int, currency: int
-                            ) -> PackageDescription:
-    """What the buyer expects in the information exchange: exactly the offered data and a receipt for it."""
-    receipt = docs.receipt_body(deal_id, order_digest, line, amount, currency)
-    fields = {k: v for k, v in receipt.items() if k != "type"}
-    return PackageDescription((information_description(line),
-                               Description("statement", {"statement_type": "receipt", "fields": fields})))
 
 
 def order_digest(order_bytes: bytes) -> str:
