@@ -29,7 +29,7 @@ def bench_clearing(count: int = 2000, cards: int = 4) -> dict[str, Any]:
 
     from client.payment.modules.purse import clearing_request
     from client.payment.wire import b64, sign
-    from client.services.bank_home import BankHome
+    from client.servers.bank_home import BankHome
     from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
     from client.support.scheme import Scheme
     from hardware.psam import PsamSession
@@ -116,7 +116,7 @@ def bench_clearing(count: int = 2000, cards: int = 4) -> dict[str, Any]:
             assert isinstance(key, ec.EllipticCurvePublicKey)
             key.verify(e.proof.signature, e.proof.record, ec.ECDSA(hashes.SHA256()))
         raw_s = time.perf_counter() - t0
-        from client.services.bank_audit import audit
+        from client.servers.bank_audit import audit
         report = audit(bank.db, bank.scheme_root)
         psam_conn.close()
         bank.keys.rsa.close()

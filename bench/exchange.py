@@ -46,12 +46,12 @@ async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience:
     from client.exchange.identity import Identity, TtpInfo
     from client.exchange.party import Party, ResponsePlan
     from client.payment.card_purse import load
-    from client.services import pki
-    from client.services.ca import CertificationAuthority
-    from client.services.ca_home import issue_tls_identity
-    from client.services.db import Database
-    from client.services.http import ServiceRunner
-    from client.services.ttp_home import TtpHome
+    from client.support import pki
+    from client.servers.ca import CertificationAuthority
+    from client.servers.ca_home import issue_tls_identity
+    from client.support.db import Database
+    from client.support.http_service import ServiceRunner
+    from client.servers.ttp_home import TtpHome
     from client.support.channels import server_context
     from client.support.trust import TrustStore
     from client.transfer.binding import cert_id

@@ -88,7 +88,8 @@ def _market(folder: Path) -> Iterator[Any]:
 
 
 def bench_purchase(runs: int = 30, floor_runs: int = 30) -> dict[str, Any]:
-    from client.commerce import blocks, shop
+    from client.commerce import blocks
+    from client.servers import shop
     from client.commerce.workflows import mail_order
     from client.tinguin.model import OutcomeStatus
     from hardware import transport

@@ -66,7 +66,7 @@ def make_buyers(world: Any, count: int, say: Callable[[str], None]) -> list[Buye
 
     from client.commerce.setup import BuyerConfig, open_buyer
     from client.demo_world import CARD_PIN, CARD_PUK, EUR
-    from client.services import pki
+    from client.support import pki
     from client.support.personalisation import CardProfile, personalise_purse_card
     from hardware.piv import PivSession, Slot
     from hardware.purse import PurseSession

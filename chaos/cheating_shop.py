@@ -14,9 +14,9 @@ CHEATS = ("wrong_goods", "no_delivery", "price_change", "replay_offer")
 
 def main(argv: list[str] | None = None) -> int:
     from client.commands.serve import run_until_signalled
-    from client.commerce.shop import Cheat
-    from client.commerce.shop_home import ShopHome
-    from client.services.http import ServiceRunner
+    from client.servers.shop import Cheat
+    from client.servers.shop_home import ShopHome
+    from client.support.http_service import ServiceRunner
     from client.support.channels import server_context
     ap = argparse.ArgumentParser(prog="python -m chaos.cheating_shop")
     ap.add_argument("--dir", type=Path, required=True)

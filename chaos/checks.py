@@ -179,7 +179,7 @@ def check_shop_deliveries(kinds_by_deal: dict[str, list[str]], totals: dict[str,
 
 # ---- gathering (needs the market) -----------------------------------------------------------------------
 def snapshot(market: Any) -> Money:
-    from client.services.bank_audit import audit
+    from client.servers.bank_audit import audit
     w = market.world
     report = audit(w.bank.db, w.scheme.root_cert, signatures=False)
     totals = report.totals.get(978, {})

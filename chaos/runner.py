@@ -282,7 +282,7 @@ def settle(market: Any, report: RunReport) -> None:
 
 def verify(market: Any, plan: RunPlan, report: RunReport, before: checks.Money, after: checks.Money, start: int,
            bundles: Path) -> None:
-    from client.services.bank_audit import audit
+    from client.servers.bank_audit import audit
     from client.support.archive import Archive
     from client.support.trust import TrustStore
     w, b = market.world, market.buyer

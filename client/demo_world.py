@@ -55,13 +55,13 @@ class World:
     folder: Path
     scheme: Any                       # client.support.scheme.Scheme
     store: Any                        # hsm.softhsm.SoftHsmStore
-    ca: Any                           # client.services.ca.CertificationAuthority (operator's handle)
+    ca: Any                           # client.servers.ca.CertificationAuthority (operator's handle)
     root_pem: str
     buyer_card: Path
     psam_card: Path
     accounts: dict[str, str]
     services: Services = field(default_factory=Services)
-    bank: Any = None                  # client.services.bank.Bank (operator's handle: balances)
+    bank: Any = None                  # client.servers.bank.Bank (operator's handle: balances)
 
     # ---- paths ----------------------------------------------------------------------------------
     ca_dir = property(lambda self: self.folder / "ca")
@@ -85,11 +85,11 @@ class World:
         from hsm.signer import Pkcs11Signer
         from hsm.softhsm import SoftHsmStore, provision
 
-        from .services import pki
-        from .services.bank_home import BankHome
-        from .services.ca import CertificationAuthority
-        from .services.ca_home import CaHome
-        from .services.ttp_home import TtpHome
+        from .support import pki
+        from .servers.bank_home import BankHome
+        from .servers.ca import CertificationAuthority
+        from .servers.ca_home import CaHome
+        from .servers.ttp_home import TtpHome
         from .support.personalisation import CardProfile, personalise_psam, personalise_purse_card
         from .support.scheme import Scheme
         tell = say or (lambda _line: None)
@@ -167,9 +167,9 @@ class World:
 
     def _shop_home(self, psam_reader: str | None, ttp_url: str, bank_url: str, catalogue: Any = None) -> Any:
         from .commerce.catalogue import demo_catalogue
-        from .commerce.shop_home import ShopHome
-        from .services.ca_home import issue_tls_identity
-        from .services.ttp_home import TtpHome
+        from .servers.shop_home import ShopHome
+        from .servers.ca_home import issue_tls_identity
+        from .servers.ttp_home import TtpHome
         tls = issue_tls_identity(self.ca, ("127.0.0.1", "localhost"), self.folder / "shop-tls", name=SHOP_NAME)
         ttp = TtpHome(self.ttp_dir)
         return ShopHome.create(self.shop_dir, name=SHOP_NAME, token_label="seller", softhsm_conf=str(self.store.conf),
@@ -182,18 +182,18 @@ class World:
     def start_in_process(self, *, psam_reader: str | None = None, shop: bool = True) -> Services:
         """CA, bank, third party and (unless ``shop`` is false) the shop in this process, each on its own
         loopback port."""
-        from .services.bank_home import BankHome
-        from .services.ca_home import issue_tls_identity
-        from .services.ca_http import build_app as ca_app
-        from .services.http import ServiceRunner
-        from .services.ttp_home import TtpHome
+        from .servers.bank_home import BankHome
+        from .servers.ca_home import issue_tls_identity
+        from .servers.ca_http import build_app as ca_app
+        from .support.http_service import ServiceRunner
+        from .servers.ttp_home import TtpHome
         from .support.channels import server_context
         s = self.services
         ca_tls = issue_tls_identity(self.ca, ("127.0.0.1", "localhost"), self.ca_dir / "tls", name="semper demo CA")
         s.runners.append(ServiceRunner(ca_app(self.ca), "127.0.0.1", 0, server_context(*ca_tls)).start())
         s.ca = s.runners[-1].url
         bank_home = BankHome(self.bank_dir)
-        from .services.bank_http import build_app as bank_app
+        from .servers.bank_http import build_app as bank_app
         s.runners.append(ServiceRunner(bank_app(self.bank), "127.0.0.1", 0,
                                        server_context(bank_home.tls_dir / "cert.pem",
                                                       bank_home.tls_dir / "key.pem")).start())
@@ -285,11 +285,11 @@ class World:
         return str(key)
 
     def buyer_tls(self) -> tuple[Path, Path]:
-        from .services.ca_home import issue_tls_identity
+        from .servers.ca_home import issue_tls_identity
         return issue_tls_identity(self.ca, ("127.0.0.1", "localhost"), self.buyer_dir / "tls", name="buyer client")
 
     def ttp_files(self) -> tuple[x509.Certificate, bytes]:
-        from .services.ttp_home import TtpHome
+        from .servers.ttp_home import TtpHome
         t = TtpHome(self.ttp_dir)
         return t.certificate(), t.escrow_file.read_bytes()
 

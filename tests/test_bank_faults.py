@@ -32,7 +32,7 @@ from client.payment.modules.ecash import EcashModule
 from client.payment.modules.purse import PurseModule, recover_debit
 from hsm.rsa import RsaTokenKeys
 from client.payment.wallet import TokenWalletKey, Wallet
-from client.services.bank_audit import audit
+from client.servers.bank_audit import audit
 from hardware import errors as hw
 from hardware.psam import PsamSession
 from hardware.purse import PurseSession
@@ -326,8 +326,8 @@ def test_a_bank_the_pinned_root_does_not_vouch_for_is_refused_at_once(fault_worl
     from aiohttp import web
 
     from client.payment.errors import UntrustedService
-    from client.services.bank_home import make_tls_identity
-    from client.services.http import ServiceRunner
+    from client.servers.bank_home import make_tls_identity
+    from client.support.http_service import ServiceRunner
     from client.support.channels import JsonClient, server_context
     w = fault_world
     bank = BankClient(w.runner.url, w.home.tls_root, w.signers["buyer"], timeout=5, retries=3)

@@ -19,8 +19,8 @@ from served import Served
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from client.services.bank_home import check_tls_identity, make_tls_identity
-from client.services.bank_store import BankRefusal
+from client.servers.bank_home import check_tls_identity, make_tls_identity
+from client.servers.bank_store import BankRefusal
 from client.support.channels import ChannelError, JsonClient
 
 REPO = Path(__file__).resolve().parents[1]

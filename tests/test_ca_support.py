@@ -22,11 +22,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from client.services import pki, regkeys
-from client.services.ca import CertificationAuthority
-from client.services.ca_home import CaHome, issue_tls_identity
-from client.services.ca_http import build_app
-from client.services.http import ServiceRunner
+from client.support import pki, regkeys
+from client.servers.ca import CertificationAuthority
+from client.servers.ca_home import CaHome, issue_tls_identity
+from client.servers.ca_http import build_app
+from client.support.http_service import ServiceRunner
 from client.support.channels import JsonClient, server_context
 from hardware.signer import PinStatus
 

@@ -190,7 +190,7 @@ def test_shop_tls_key_and_admin_secret_are_never_on_disk_with_a_wider_mode(
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from client.commerce.catalogue import demo_catalogue
-    from client.commerce.shop_home import ShopHome
+    from client.servers.shop_home import ShopHome
     src = tmp_path / "src"
     src.mkdir()
     root = _pem_cert("root")

@@ -23,11 +23,11 @@ from client.commerce import workflows
 from client.commerce.deal import deal_attributes
 from client.commerce.judge import judge_deal
 from client.commerce.setup import BuyerConfig, BuyerSession, open_buyer, register_card
-from client.commerce.shop import Cheat
+from client.servers.shop import Cheat
 from client.demo_world import CARD_PIN, World
 from client.exchange.judge import judge as judge_exchange
 from client.payment.wallet import TokenWalletKey, Wallet
-from client.services.bank_audit import audit
+from client.servers.bank_audit import audit
 from client.support.archive import verify_bundle
 from client.support.trust import TrustStore
 from client.tinguin.model import OutcomeStatus

@@ -22,7 +22,7 @@ from client.commerce.deal import DealAttributes, deal_attributes, new_deal_id
 from client.commerce.errors import CommerceError, FormError, OfferRefused
 from client.commerce.forms import DELIVERY, PICKUP, form_for
 from client.commerce.pin import GatedSigner, PinNotEntered, tinguin_pin
-from client.services.pki import ROLES
+from client.support.pki import ROLES
 from client.support.cms import sign_statement
 from client.support.trust import TrustStore, verify_statement
 

@@ -249,7 +249,7 @@ def test_the_buyer_signs_on_its_card(world: World, tmp_path: Path, fresh_images:
     every signature), certified by the semper CA; the exchange layer sees only a Signer."""
     from client.exchange.identity import Identity
     from client.exchange.party import Party
-    from client.services import pki
+    from client.support import pki
     from hardware.piv import PivSession, PivSigner, Slot
     from hardware.simulator import open_card
     card_image, _psam = fresh_images(tmp_path / "piv")

@@ -23,13 +23,13 @@ from cryptography import x509
 
 from client.exchange.identity import Identity, TtpInfo
 from client.exchange.party import Party, ResponsePlan
-from client.services import pki
-from client.services.ca import CertificationAuthority
-from client.services.ca_home import issue_tls_identity
-from client.services.db import Database
-from client.services.http import ServiceRunner
-from client.services.ttp import ThirdParty
-from client.services.ttp_home import TtpHome
+from client.support import pki
+from client.servers.ca import CertificationAuthority
+from client.servers.ca_home import issue_tls_identity
+from client.support.db import Database
+from client.support.http_service import ServiceRunner
+from client.servers.ttp import ThirdParty
+from client.servers.ttp_home import TtpHome
 from client.support.channels import JsonClient, server_context
 from client.support.scheme import Scheme
 from client.support.trust import TrustStore
@@ -73,7 +73,7 @@ class World:
     identities: dict[str, Identity]
     ttp_home: TtpHome
     ttp_proc_home: TtpHome
-    opened: Any                                   # client.services.ttp_home.OpenTtp (in-process T's keys)
+    opened: Any                                   # client.servers.ttp_home.OpenTtp (in-process T's keys)
     tls: tuple[Path, Path]
 
     @property
@@ -156,7 +156,7 @@ def start_ttp(world: World, db_path: Path) -> RunningTtp:
     o = world.opened
     ttp = ThirdParty(Database(f"sqlite:///{db_path}"), o.ttp.signer, o.ttp.certificate, o.ttp.trust,
                      o.ttp.managers, o.ttp.escrow)
-    from client.services.ttp_http import build_app
+    from client.servers.ttp_http import build_app
     runner = ServiceRunner(build_app(ttp, escrow_statement=o.escrow_statement, tsa=o.tsa), "127.0.0.1", 0,
                            server_context(*o.tls)).start()
     return RunningTtp(ttp, runner, runner.url)

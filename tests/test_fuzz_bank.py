@@ -1,6 +1,6 @@
 """Fuzzing the bank's HTTPS endpoints, and a state machine that mixes real payments with attacks.
 
-The bank is the real one (``client/services/bank*.py``, keys in the session's SoftHSM2 token, HTTPS
+The bank is the real one (``client/servers/bank*.py``, keys in the session's SoftHSM2 token, HTTPS
 on loopback), opened over a *copy* of the session bank's database so every run starts from the same
 ledger: the parties, accounts and mint keys of ``test_payment_support.make_world``, plus a purse
 card and a PSAM personalised for this module.
@@ -72,11 +72,11 @@ from client.payment.model import Status, Terms
 from client.payment.module import PartyContext
 from client.payment.modules.purse import PurseModule
 from client.payment.wire import SignedJson, b64, digest, unb64
-from client.services.bank import Bank
-from client.services.bank_audit import audit
-from client.services.bank_http import build_app
-from client.services.db import Database
-from client.services.http import ServiceRunner
+from client.servers.bank import Bank
+from client.servers.bank_audit import audit
+from client.servers.bank_http import build_app
+from client.support.db import Database
+from client.support.http_service import ServiceRunner
 from client.support.channels import server_context
 from client.support.personalisation import (
     CardProfile,

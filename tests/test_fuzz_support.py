@@ -5,7 +5,7 @@ send what a well-behaved party sends. The fuzzers must send what an attacker sen
 any path, any content type, bodies that are not JSON or are cut short, headers that lie about the
 length, bytes that are not HTTP at all. Every call is bounded by a socket timeout.
 
-What every service promises (``client/services/http.py``): a refusal is a 4xx with a JSON object
+What every service promises (``client/support/http_service.py``): a refusal is a 4xx with a JSON object
 ``{"error", "message"}``; a 5xx appears only for a real bug. :func:`assert_refusal` and
 :func:`assert_sane` check exactly that, and :func:`db_snapshot` captures a service's whole database
 so a test can show that a refused request changed nothing.
@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 
 from hypothesis import strategies as st
 
-from client.services.db import Database
+from client.support.db import Database
 from client.support.channels import client_context
 
 TIMEOUT = 10.0

@@ -1,6 +1,6 @@
 """Fuzzing the third party's HTTPS endpoints, and a state machine in which decisions must never change.
 
-The third party is the real one (``client/services/ttp*.py``, its key in the exchange tests' SoftHSM2
+The third party is the real one (``client/servers/ttp*.py``, its key in the exchange tests' SoftHSM2
 token, HTTPS on loopback, a fresh database per run), started with ``test_exchange_support.start_ttp``.
 Its evidence comes from real exchanges left open (``test_ttp.open_exchange``): a gen-ver purchase the
 buyer paid for while the seller stopped before its item, and a rev-rev swap stopped the same way.

@@ -18,7 +18,7 @@ from client.payment.modules.setpay import SetPayModule
 from client.payment.negotiation import Requirements
 from hsm.rsa import RsaTokenKeys
 from client.payment.wallet import TokenWalletKey, Wallet
-from client.services.bank_audit import audit
+from client.servers.bank_audit import audit
 from hardware.psam import PsamSession
 from hardware.purse import PurseSession
 from hardware.simulator import open_card

@@ -20,7 +20,7 @@ from client.payment.modules.ecash import EcashModule
 from client.payment.modules.purse import PurseModule
 from hsm.rsa import RsaTokenKeys
 from client.payment.wallet import TokenWalletKey, Wallet
-from client.services.bank_audit import audit
+from client.servers.bank_audit import audit
 from client.transfer.errors import ItemMismatch, TransferError
 from client.transfer.items import Description, Item
 from client.transfer.payment import PaymentManager as ItemManager

@@ -16,7 +16,7 @@ from client.payment.manager import LocalPayee, PaymentManager, pay
 from client.payment.model import Status, Terms
 from client.payment.module import PartyContext
 from client.payment.modules.purse import PurseModule
-from client.services.bank_audit import audit
+from client.servers.bank_audit import audit
 from client.support.personalisation import CardProfile, personalise_purse_card
 from hardware.pcscd import VirtualCards
 from hardware.piv import PivSession, PivSigner

@@ -15,10 +15,10 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from client.payment.bank_client import BankClient
-from client.services.bank import Bank
-from client.services.bank_home import BankHome
-from client.services.bank_http import build_app
-from client.services.http import ServiceRunner
+from client.servers.bank import Bank
+from client.servers.bank_home import BankHome
+from client.servers.bank_http import build_app
+from client.support.http_service import ServiceRunner
 from client.support.channels import server_context
 from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
 from client.support.scheme import Scheme

@@ -37,7 +37,7 @@ from client.payment.manager import PaymentManager
 from client.payment.module import PartyContext
 from client.payment.modules.purse import PurseModule
 from client.payment.wire import b64, unb64
-from client.services.bank_audit import audit
+from client.servers.bank_audit import audit
 from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
 from client.transfer.information import InformationManager, InformationOffer, describe
 from client.transfer.items import Description, PackageDescription

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from test_ca_support import USER_PIN, RunningCa, Tokens, openssl, running_ca, tokens  # noqa: F401  (fixtures)
 
 from client.cli import main
-from client.services import pki, regkeys
+from client.support import pki, regkeys
 from client.support.channels import JsonClient
 from client.support.personalisation import (
     CardProfile,

@@ -189,9 +189,9 @@ def test_trust_store_input_errors(tmp_path: Path, pki: Pki, signer: PivSigner) -
 
 
 def test_certificates_from_the_project_ca_with_its_key_in_a_token(card: PivSession, pki: Pki, tmp_path: Path) -> None:
-    """The real issuing code (client/services/pki.py, CA key in SoftHSM2) certifies the card's 9C key;
+    """The real issuing code (client/support/pki.py, CA key in SoftHSM2) certifies the card's 9C key;
     the certificate is written onto the card, as registration does, and statements verify under it."""
-    ca_pki = pytest.importorskip("client.services.pki")
+    ca_pki = pytest.importorskip("client.support.pki")
     from test_cms import hsm_token
     ca_signer = hsm_token(tmp_path, pki, label="semper-ca", common_name=None)
     try:

@@ -158,7 +158,7 @@ def test_every_answer_is_a_cms_statement_by_the_token_key(world: World, tmp_path
                            capture_output=True, timeout=30, check=False)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["type"] == "decision"
-        from client.services import pki
+        from client.support import pki
         assert pki.point_of(parse_statement(der).signer_cert) == world.opened.ttp.signer.public_point()
         # garbage gets a signed refusal too, never a 5xx
         raw = ask(world, t.url, "resolve", b"\x30\x03\x02\x01\x00")
@@ -222,8 +222,8 @@ def test_ttp_killed_mid_resolution_decides_the_same_way_after_restart(world: Wor
             else:                                    # nothing was stored: decided now, the same way
                 assert stats["decisions"] == 1
             assert stats["stored"].get("resolved") == 1
-            from client.services import ttp_store
-            from client.services.db import Database
+            from client.servers import ttp_store
+            from client.support.db import Database
             dbh = Database(f"sqlite:///{db}")
             with dbh.transaction() as tx:
                 rec = ttp_store.get_record(tx, r.xid or "")

@@ -10,8 +10,8 @@ from . import print_json
 def cmd_audit(args: argparse.Namespace) -> int:
     from cryptography import x509
 
-    from ..services.bank_audit import audit
-    from ..services.bank_home import BankHome
+    from ..servers.bank_audit import audit
+    from ..servers.bank_home import BankHome
     h = BankHome.default(args.bank_dir, args.db)
     h.config()
     root = x509.load_pem_x509_certificate((h.folder / "roots" / "scheme-root.pem").read_bytes())

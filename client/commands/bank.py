@@ -46,7 +46,7 @@ def _tls(args: argparse.Namespace) -> tuple[Path, Path] | None:
 
 
 def _home(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from ..services.bank_home import BankHome
+    from ..servers.bank_home import BankHome
     return BankHome.default(args.bank_dir, args.db)
 
 
@@ -115,9 +115,9 @@ def cmd_balance(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_bank(args: argparse.Namespace) -> int:
-    from ..services.bank_home import install_tls_identity
-    from ..services.bank_http import build_app
-    from ..services.http import ServiceRunner
+    from ..servers.bank_home import install_tls_identity
+    from ..servers.bank_http import build_app
+    from ..support.http_service import ServiceRunner
     from ..support.channels import server_context
     from .serve import run_until_signalled
     h = _home(args)

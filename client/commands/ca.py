@@ -34,7 +34,7 @@ def read_ca_pin(args: argparse.Namespace) -> bytes:
 
 
 def home(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from ..services.ca_home import CaHome
+    from ..servers.ca_home import CaHome
     return CaHome.default(args.ca_dir, args.db)
 
 
@@ -81,7 +81,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     ca.signer = signer
     admin = ca.initialise(args.name, token_label=args.token, module=args.module, softhsm_conf=conf,
                           days=args.days, cert_days=args.cert_days, crl_url=args.crl_url)
-    from ..services.ca_home import write_private
+    from ..servers.ca_home import write_private
     write_private(h.admin_secret_file, (admin + "\n").encode())
     root = h.publish_root(ca)
     print(f"CA {args.name!r} initialised in {h.folder}; its key stays in token {args.token!r}")
@@ -109,7 +109,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_crl(args: argparse.Namespace) -> int:
-    from ..services.pki import pem
+    from ..support.pki import pem
     _h, ca = open_ca(args, signing=True)
     der = ca.crl(force=True)
     if args.out:
@@ -121,7 +121,7 @@ def cmd_crl(args: argparse.Namespace) -> int:
 
 
 def cmd_tls_cert(args: argparse.Namespace) -> int:
-    from ..services.ca_home import issue_tls_identity
+    from ..servers.ca_home import issue_tls_identity
     _h, ca = open_ca(args, signing=True)
     chain, key = issue_tls_identity(ca, tuple(args.host), args.out, name=args.name)
     print(f"TLS chain {chain}, key {key} (hosts: {', '.join(args.host)})")
@@ -135,7 +135,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
-    from ..services.pki import REASONS, ROLES
+    from ..support.pki import REASONS, ROLES
     ca = sub.add_parser("ca", help="the certification authority: init, registrations, revocation").add_subparsers(
         dest="ca_command", required=True)
 

@@ -9,8 +9,8 @@ from . import print_json, read_secret
 
 
 def cmd_serve_shop(args: argparse.Namespace) -> int:
-    from ..commerce.shop_home import ShopHome
-    from ..services.http import ServiceRunner
+    from ..servers.shop_home import ShopHome
+    from ..support.http_service import ServiceRunner
     from ..support.channels import server_context
     from .serve import run_until_signalled
     home = ShopHome.default(args.dir)

@@ -2,7 +2,7 @@
 
 ``init`` makes the third party's keys on its token (creating a SoftHSM2 token if asked), has the
 local semper CA certify them (the operator opens the CA with its own PIN, as for ``semper ca
-tls-cert``), and writes the third party's folder (``client/services/ttp_home.py``).
+tls-cert``), and writes the third party's folder (``client/servers/ttp_home.py``).
 ``serve ttp`` runs it over HTTPS until SIGINT/SIGTERM and prints one line with its URL when it
 listens. Its decisions live in its database, so a restart loses nothing.
 """
@@ -25,7 +25,7 @@ def _read_pin(path: Path | None, from_stdin: bool, what: str) -> bytes:
 
 
 def _home(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from ..services.ttp_home import TtpHome
+    from ..servers.ttp_home import TtpHome
     return TtpHome.default(args.dir, getattr(args, "db", None))
 
 
@@ -37,8 +37,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     from hsm.softhsm import SoftHsmStore, provision
 
-    from ..services.ca_home import CaHome
-    from ..services.ttp_home import TtpHome
+    from ..servers.ca_home import CaHome
+    from ..servers.ttp_home import TtpHome
     home = _home(args)
     if home.config_file.exists():
         raise UsageError(f"{home.folder} already holds a third party")
@@ -78,7 +78,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..services.http import ServiceRunner
+    from ..support.http_service import ServiceRunner
     from ..support.channels import server_context
     from .serve import run_until_signalled
     home = _home(args)

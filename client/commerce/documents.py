@@ -33,7 +33,7 @@ from typing import Any
 
 from cryptography import x509
 
-from ..services.pki import ROLES
+from ..support.pki import ROLES
 from ..support.canonical import canonical as _canonical
 from ..support.trust import VerifiedStatement
 from .catalogue import CatalogueItem

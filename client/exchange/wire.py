@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..services.http import ApiError, make_app, read_json
+from ..support.http_service import ApiError, make_app, read_json
 from ..support.channels import AsyncJsonClient, ChannelError, TlsError
 from .errors import PeerUnreachable, TtpUnavailable
 

@@ -1,6 +1,6 @@
 """Message formats that payer, payee and bank must agree on byte for byte.
 
-Kept apart from the modules so that the bank (``client/services/bank_*.py``) and the modules use
+Kept apart from the modules so that the bank (``client/servers/bank_*.py``) and the modules use
 the same definitions: a change on one side alone fails the tests.
 
 * Account payment (SET / iKP): the payer's *payment instruction* PI (account data, for the bank

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from ..services.db import Database
+from ..support.db import Database
 from .model import Record
 
 SCHEMA = ["CREATE TABLE IF NOT EXISTS payment_records (payment_id TEXT NOT NULL, role TEXT NOT NULL, "

@@ -29,7 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hardware import errors as hw
 from hardware.signer import Signer
 
-from ..services import pki, regkeys
+from . import pki, regkeys
 from .channels import ChannelError, JsonClient
 from .paths import semper_home
 

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hardware.signer import sign_message
 from hsm.agent import AgentKey, TokenAgent
 
-from ..services import pki
+from . import pki
 
 
 ARC = "2.25.204673179289492764569138234192898414436"

@@ -11,7 +11,7 @@ Load (``load``): online with the issuer and the card PIN; clearing (``clear``): 
 the PSAM's closed batch to the acquirer, which settles it proof by proof (the good ones paid, the
 others held as evidence with their reason). Both are safe to repeat after any fault: a load whose
 answer was lost is settled by the card's counters and request sequence numbers (see
-``client/services/bank_purse.py``), a debit whose answer was lost is read back from the card's log,
+``client/servers/bank_purse.py``), a debit whose answer was lost is read back from the card's log,
 a batch settled before is refused by the acquirer and taken as done. ``clear_proof`` clears one
 proof on its own with the PSAM-signed request it answers, for a proof the PSAM no longer takes
 (its request was evicted), e.g. the one the third party kept for the seller.

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .db import IntegrityError, Transaction
+from ..support.db import IntegrityError, Transaction
 
 SYSTEM_KINDS = ("external", "float", "ecash", "holds")
 

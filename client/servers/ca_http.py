@@ -13,8 +13,8 @@ import binascii
 from aiohttp import web
 
 from .ca import CaRefusal, CertificationAuthority
-from .http import ApiError, blocking, make_app, read_json
-from .pki import pem
+from ..support.http_service import ApiError, blocking, make_app, read_json
+from ..support.pki import pem
 
 MAX_CSR = 8 * 1024
 

@@ -17,7 +17,7 @@ from ..payment.errors import ProtocolError
 from ..payment.wire import b64, unb64
 from . import bank_store as store
 from .bank_store import BankRefusal, Op
-from .db import Transaction
+from ..support.db import Transaction
 
 if TYPE_CHECKING:
     from .bank import Bank, MintKey, Params, Sender

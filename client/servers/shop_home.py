@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..support.paths import semper_home
 from ..support.secret_files import write_secret
-from .catalogue import Catalogue
-from .errors import CommerceError
+from ..commerce.catalogue import Catalogue
+from ..commerce.errors import CommerceError
 
 CONFIG = "shop.json"
 
@@ -38,7 +38,7 @@ CONFIG = "shop.json"
 class OpenShop:
     """A shop ready to serve: the logic, its exchange party, and what to close."""
 
-    shop: Any                      # client.commerce.shop.Shop
+    shop: Any                      # client.servers.shop.Shop
     party: Any                     # () -> client.exchange.party.Party, or None (no fair exchanges)
     tls: tuple[Path, Path]
     admin_secret: str
@@ -119,7 +119,7 @@ class ShopHome:
         from ..transfer.information import InformationManager
         from ..transfer.managers import Managers
         from ..transfer.statements import CredentialManager, StatementManager
-        from .archive import SharedArchive
+        from ..commerce.archive import SharedArchive
         from .shop import Shop
         cfg = self.config()
         f = self.folder

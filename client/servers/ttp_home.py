@@ -12,7 +12,7 @@ Layout of ``$SEMPER_HOME/ttp`` (or ``--dir``)::
 
 The token holds three P-256 keys made on it: the signing key (decisions; role ``ttp``), the
 escrow key (ECDH only) and the time-stamping key (role ``tsa``). Certification goes through the
-semper CA (``client/services/ca.py``), which the operator opens with its own token.
+semper CA (``client/servers/ca.py``), which the operator opens with its own token.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from ..transfer.managers import Managers
 from ..transfer.payment import PaymentManager
 from ..transfer.purse_payment import CardPurseVerifier
 from ..transfer.statements import CredentialManager, StatementManager
-from . import pki
-from .db import Database
+from ..support import pki
+from ..support.db import Database
 from .ttp import ThirdParty, TtpError, escrow_statement
 
 CONFIG = "config.json"
@@ -107,7 +107,7 @@ class TtpHome:
                dsn: str | None = None) -> TtpHome:
         """Make T's extra keys on its (already provisioned) token, have the CA certify them, write the folder.
 
-        ``ca`` is an open :class:`~client.services.ca.CertificationAuthority` with its signer; the
+        ``ca`` is an open :class:`~client.servers.ca.CertificationAuthority` with its signer; the
         token must hold exactly its one signing key so far.
         """
         from hsm.ecdh import generate_key

@@ -12,7 +12,7 @@ import base64
 import datetime as dt
 from dataclasses import dataclass
 
-from .db import IntegrityError, Transaction
+from ..support.db import IntegrityError, Transaction
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS ttp_exchange (

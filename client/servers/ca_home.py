@@ -26,9 +26,9 @@ from hardware.signer import Signer
 
 from ..support.paths import semper_home
 from ..support.secret_files import write_secret
-from . import pki
+from ..support import pki
 from .ca import CertificationAuthority
-from .db import Database
+from ..support.db import Database
 
 TLS_RENEW_BEFORE = timedelta(days=30)
 

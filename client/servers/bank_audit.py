@@ -38,7 +38,7 @@ from hardware.purse_records import LEGACY_LOAD_REQUEST, LOAD_REQUEST_SIZE, LOAD_
 from ..payment import blind, formats
 from ..payment.errors import ProtocolError
 from ..payment.wire import SignedJson, unb64
-from .db import Database
+from ..support.db import Database
 
 
 @dataclass(frozen=True)

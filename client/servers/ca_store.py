@@ -9,7 +9,7 @@ import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .db import Transaction
+from ..support.db import Transaction
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS ca_meta (

@@ -39,8 +39,8 @@ from aiohttp import web
 from ..exchange.party import Party
 from ..payment.errors import PaymentError
 from ..payment.modules.purse import PurseModule
-from ..services.http import ApiError, blocking, make_app, read_json
-from .errors import CommerceError
+from ..support.http_service import ApiError, blocking, make_app, read_json
+from ..commerce.errors import CommerceError
 from .shop import MAX_OPEN_DEALS, Shop
 
 log = logging.getLogger("semper.shop")

@@ -36,7 +36,7 @@ from ..payment.wire import CertCache, SignedJson, b64, digest, key_hash, point_o
 from ..support.scheme import ROLE_PSAM, ROLE_PURSE_CARD
 from . import bank_store as store
 from .bank_store import BankRefusal, Op
-from .db import Database, Transaction
+from ..support.db import Database, Transaction
 
 MAX_SKEW_S = 300
 MAX_AMOUNT = 2**31 - 1

@@ -38,7 +38,7 @@ from . import bank_store as store
 from .bank import Bank, BankKeys
 from .bank_store import BankRefusal
 from .ca_home import write_private
-from .db import Database
+from ..support.db import Database
 
 DENOMINATIONS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 PI_KEY_ID = b"semper-pi"

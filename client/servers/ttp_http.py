@@ -16,8 +16,8 @@ import binascii
 from aiohttp import web
 
 from ..support.tsa import TimeStampAuthority
-from .http import ApiError, blocking, make_app, read_json
-from .pki import pem
+from ..support.http_service import ApiError, blocking, make_app, read_json
+from ..support.pki import pem
 from .ttp import MAX_REQUEST, ThirdParty
 
 MAX_TSQ = 8 * 1024

@@ -28,7 +28,7 @@ from ..payment.sealed import open_sealed
 from ..payment.wire import SignedJson, key_hash, point_of, verify, verify_digest
 from . import bank_store as store
 from .bank_store import BankRefusal, Op
-from .db import Transaction
+from ..support.db import Transaction
 
 if TYPE_CHECKING:
     from .bank import Bank, Params, Sender

@@ -49,7 +49,7 @@ from ..transfer.items import b64d, content_from_json
 from ..transfer.managers import Managers
 from ..transfer.statements import same_key
 from . import ttp_store as store
-from .db import Database
+from ..support.db import Database
 
 log = logging.getLogger("semper.ttp")
 MAX_REQUEST = 16 * 1024 * 1024

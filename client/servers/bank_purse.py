@@ -63,7 +63,7 @@ from ..payment.wire import b64, unb64
 from ..support.scheme import ROLE_PSAM
 from . import bank_store as store
 from .bank_store import BankRefusal, Op
-from .db import Transaction
+from ..support.db import Transaction
 
 if TYPE_CHECKING:
     from .bank import Bank, Params, Sender

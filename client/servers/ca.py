@@ -37,8 +37,8 @@ from client.support import names
 from hardware.signer import Signer
 
 from . import ca_store as store
-from . import pki, regkeys
-from .db import Database
+from ..support import pki, regkeys
+from ..support.db import Database
 
 DEFAULT_DAYS = 730
 CRL_DAYS = 7
