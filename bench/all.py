@@ -51,19 +51,19 @@ class Section:
 
 
 SECTIONS: tuple[Section, ...] = (
-    Section("apdu", "bench.apdu:bench_apdu", {"count": 2000, "purchases": 50, "progress": True},
+    Section("apdu", "semper.bench.apdu:bench_apdu", {"count": 2000, "purchases": 50, "progress": True},
             {"count": 50, "purchases": 5, "progress": True}, pcscd="yes", command="semper bench apdu --count 2000"),
-    Section("sign", "bench.sign:bench_sign", {"count": 1000, "card": True, "progress": True},
+    Section("sign", "semper.bench.sign:bench_sign", {"count": 1000, "card": True, "progress": True},
             {"count": 20, "card": True, "progress": True}, pcscd="part", no_pcscd_args={"card": False},
             command="semper bench sign --count 1000"),
-    Section("exchange", "bench.exchange:bench_exchange", {"runs": 20, "resolved_runs": 5, "patience": 0.05},
+    Section("exchange", "semper.bench.exchange:bench_exchange", {"runs": 20, "resolved_runs": 5, "patience": 0.05},
             {"runs": 2, "resolved_runs": 1, "patience": 0.05}, command="semper bench exchange --runs 20 --resolved-runs 5"),
-    Section("clearing", "bench.clearing:bench_clearing", {"count": 2000, "cards": 4}, {"count": 50, "cards": 2},
+    Section("clearing", "semper.bench.clearing:bench_clearing", {"count": 2000, "cards": 4}, {"count": 50, "cards": 2},
             command="semper bench clearing --count 2000 --cards 4"),
-    Section("purchase", "bench.purchase:bench_purchase", {"runs": 30, "floor_runs": 30},
+    Section("purchase", "semper.bench.purchase:bench_purchase", {"runs": 30, "floor_runs": 30},
             {"runs": 3, "floor_runs": 3}, pcscd="yes", optional=True,
             command="semper bench purchase --runs 30 --floor-runs 30"),
-    Section("throughput", "bench.throughput:bench_throughput",
+    Section("throughput", "semper.bench.throughput:bench_throughput",
             {"buyers": 16, "seconds": 10.0, "processes": 2, "warmup": 2.0, "profile_seconds": 4.0},
             {"buyers": 2, "seconds": 1.5, "processes": 1, "warmup": 0.5, "profile_seconds": 1.0}, pcscd="yes",
             command="semper bench throughput --buyers 16 --seconds 10 --processes 2"),
@@ -119,8 +119,8 @@ def _in_checkout(function: str) -> bool:
 
 def _in_process_apdu(count: int) -> dict[str, Any]:
     """The part of ``bench apdu`` that needs no pcscd: READ PURSE in process, raw signatures."""
-    from hardware.purse import PurseSession
-    from hardware.simulator import open_card
+    from semper.hardware.purse import PurseSession
+    from semper.hardware.simulator import open_card
 
     from .apdu import READ_PURSE, _raw_signatures, _time_transmit
     with card_pair(sync=True) as pair, open_card(pair.buyer) as conn:

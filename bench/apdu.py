@@ -26,12 +26,12 @@ def _time_transmit(transmit, count: int) -> list[float]:  # type: ignore[no-unty
 
 
 def bench_apdu(count: int = 2000, purchases: int = 50, progress: bool = True) -> dict[str, object]:
-    from client.payment import card_purse
-    from hardware.pcscd import VirtualCards
-    from hardware.psam import PsamSession
-    from hardware.purse import PurseSession
-    from hardware.simulator import open_card
-    from hardware.transport import PcscConnection
+    from semper.client.payment import card_purse
+    from semper.hardware.pcscd import VirtualCards
+    from semper.hardware.psam import PsamSession
+    from semper.hardware.purse import PurseSession
+    from semper.hardware.simulator import open_card
+    from semper.hardware.transport import PcscConnection
     if count < 10:
         raise ValueError("--count must be at least 10")
 
@@ -75,7 +75,7 @@ def bench_apdu(count: int = 2000, purchases: int = 50, progress: bool = True) ->
 def _piv_signatures(connection, count: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """9A (PIN once): one GENERAL AUTHENTICATE; 9C (PIN always): VERIFY + GENERAL AUTHENTICATE."""
     import hashlib
-    from hardware.piv import PivSession, Slot
+    from semper.hardware.piv import PivSession, Slot
     piv = PivSession(connection)
     digest = hashlib.sha256(b"semper bench").digest()
     piv.verify_pin(b"1234")

@@ -27,20 +27,20 @@ def bench_clearing(count: int = 2000, cards: int = 4) -> dict[str, Any]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from client.payment.modules.purse import clearing_request
-    from client.payment.wire import b64, sign
-    from client.servers.bank_home import BankHome
-    from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
-    from client.support.scheme import Scheme
-    from hardware.psam import PsamSession
-    from hardware.purse import PurseSession
-    from hardware.purse_records import Signed
-    from hardware.simulator import open_card
-    from hsm.signer import Pkcs11Signer
-    from hsm.softhsm import SoftHsmStore, provision
+    from semper.client.payment.modules.purse import clearing_request
+    from semper.client.payment.wire import b64, sign
+    from semper.client.servers.bank_home import BankHome
+    from semper.client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
+    from semper.client.support.scheme import Scheme
+    from semper.hardware.psam import PsamSession
+    from semper.hardware.purse import PurseSession
+    from semper.hardware.purse_records import Signed
+    from semper.hardware.simulator import open_card
+    from semper.hsm.signer import Pkcs11Signer
+    from semper.hsm.softhsm import SoftHsmStore, provision
     if not 1 <= count <= 5000:
         raise ValueError("--count is 1 to 5000 (one PSAM batch)")
-    from hardware.simulator import card_keys_in
+    from semper.hardware.simulator import card_keys_in
     with tempfile.TemporaryDirectory(prefix="semper-bench-clearing-") as d, contextlib.ExitStack() as stack, \
             card_keys_in(Path(d)):
         folder = Path(d)
@@ -83,7 +83,7 @@ def bench_clearing(count: int = 2000, cards: int = 4) -> dict[str, Any]:
                 req, signed = purse.initialize_load(per_card * 10, info.currency)
                 res = call("issuer/load", {"account": account, "request": b64(signed.record),
                                            "signature": b64(signed.signature), "card_certificate": b64(card_cert)})
-                from client.payment.wire import unb64
+                from semper.client.payment.wire import unb64
                 purse.load(Signed(unb64(res["command"], "c"), unb64(res["signature"], "s")))
                 for _ in range(min(per_card, count - made)):
                     info = purse.info()
@@ -116,7 +116,7 @@ def bench_clearing(count: int = 2000, cards: int = 4) -> dict[str, Any]:
             assert isinstance(key, ec.EllipticCurvePublicKey)
             key.verify(e.proof.signature, e.proof.record, ec.ECDSA(hashes.SHA256()))
         raw_s = time.perf_counter() - t0
-        from client.servers.bank_audit import audit
+        from semper.client.servers.bank_audit import audit
         report = audit(bank.db, bank.scheme_root)
         psam_conn.close()
         bank.keys.rsa.close()

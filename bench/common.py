@@ -42,9 +42,9 @@ class CardPair:
 @contextmanager
 def card_pair(sync: bool = False, pin: bytes = b"1234") -> Iterator[CardPair]:
     """A scheme, a buyer card and a PSAM in a temporary folder (never the user's own keys)."""
-    from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
-    from client.support.scheme import Scheme
-    from hardware.simulator import card_keys_in
+    from semper.client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
+    from semper.client.support.scheme import Scheme
+    from semper.hardware.simulator import card_keys_in
     with tempfile.TemporaryDirectory(prefix="semper-bench-") as d, card_keys_in(Path(d)):
         folder = Path(d)
         with Scheme.load_or_create(folder / "scheme", SCHEME_PIN) as scheme:

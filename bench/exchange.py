@@ -43,42 +43,42 @@ def bench_exchange(runs: int = 20, resolved_runs: int = 5, patience: float = 0.0
 
 
 async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience: float) -> dict[str, Any]:
-    from client.exchange.identity import Identity, TtpInfo
-    from client.exchange.party import Party, ResponsePlan
-    from client.payment.card_purse import load
-    from client.support import pki
-    from client.servers.ca import CertificationAuthority
-    from client.servers.ca_home import issue_tls_identity
-    from client.support.db import Database
-    from client.support.http_service import ServiceRunner
-    from client.servers.ttp_home import TtpHome
-    from client.support.channels import server_context
-    from client.support.trust import TrustStore
-    from client.transfer.binding import cert_id
-    from client.transfer.information import (
+    from semper.client.exchange.identity import Identity, TtpInfo
+    from semper.client.exchange.party import Party, ResponsePlan
+    from semper.client.payment.card_purse import load
+    from semper.client.support import pki
+    from semper.client.servers.ca import CertificationAuthority
+    from semper.client.servers.ca_home import issue_tls_identity
+    from semper.client.support.db import Database
+    from semper.client.support.http_service import ServiceRunner
+    from semper.client.servers.ttp_home import TtpHome
+    from semper.client.support.channels import server_context
+    from semper.client.support.trust import TrustStore
+    from semper.client.transfer.binding import cert_id
+    from semper.client.transfer.information import (
         InformationManager,
         InformationOffer,
         describe,
     )
-    from client.transfer.items import Description, PackageDescription
-    from client.transfer.managers import Managers, PackageOffer
-    from client.transfer.payment import PaymentManager, PaymentOffer
-    from client.transfer.purse_payment import (
+    from semper.client.transfer.items import Description, PackageDescription
+    from semper.client.transfer.managers import Managers, PackageOffer
+    from semper.client.transfer.payment import PaymentManager, PaymentOffer
+    from semper.client.transfer.purse_payment import (
         CardPursePayee,
         CardPursePayer,
         CardPurseVerifier,
     )
-    from client.transfer.statements import (
+    from semper.client.transfer.statements import (
         CredentialManager,
         CredentialOffer,
         StatementManager,
         StatementOffer,
     )
-    from hardware.psam import PsamSession
-    from hardware.purse import PurseSession
-    from hardware.simulator import open_card
-    from hsm.signer import Pkcs11Signer
-    from hsm.softhsm import SoftHsmStore, provision
+    from semper.hardware.psam import PsamSession
+    from semper.hardware.purse import PurseSession
+    from semper.hardware.simulator import open_card
+    from semper.hsm.signer import Pkcs11Signer
+    from semper.hsm.softhsm import SoftHsmStore, provision
 
     store = SoftHsmStore.in_folder(folder / "softhsm")
     for label in ("b-ca", "b-seller", "b-buyer", "b-ttp"):

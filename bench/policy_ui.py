@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from client.tinguin.confirmation import digest, render
-from client.tinguin.model import (
+from semper.client.tinguin.confirmation import digest, render
+from semper.client.tinguin.model import (
     Confirmation,
     ConfirmationRequest,
     DealOutcome,
@@ -24,7 +24,7 @@ from client.tinguin.model import (
     ProgressStep,
     VerifiedOffer,
 )
-from hardware import errors as hw
+from semper.hardware import errors as hw
 
 
 @dataclass

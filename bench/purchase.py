@@ -64,10 +64,10 @@ class Counter:
 
 @contextmanager
 def _market(folder: Path) -> Iterator[Any]:
-    from client.commerce.setup import BuyerConfig, open_buyer, register_card
-    from client.demo_world import CARD_PIN, World
-    from hardware.pcscd import VirtualCards
-    from hardware.transport import PcscConnection
+    from semper.client.commerce.setup import BuyerConfig, open_buyer, register_card
+    from semper.client.demo_world import CARD_PIN, World
+    from semper.hardware.pcscd import VirtualCards
+    from semper.hardware.transport import PcscConnection
 
     from .policy_ui import PolicyUI
     world = World.create(folder)
@@ -88,12 +88,12 @@ def _market(folder: Path) -> Iterator[Any]:
 
 
 def bench_purchase(runs: int = 30, floor_runs: int = 30) -> dict[str, Any]:
-    from client.commerce import blocks
-    from client.servers import shop
-    from client.commerce.workflows import mail_order
-    from client.tinguin.model import OutcomeStatus
-    from hardware import transport
-    from hardware.simulator import card_keys_in
+    from semper.client.commerce import blocks
+    from semper.client.servers import shop
+    from semper.client.commerce.workflows import mail_order
+    from semper.client.tinguin.model import OutcomeStatus
+    from semper.hardware import transport
+    from semper.hardware.simulator import card_keys_in
     with tempfile.TemporaryDirectory(prefix="semper-bench-p-") as d, card_keys_in(Path(d)), \
             _market(Path(d)) as (world, session, vc):
         b = session.buyer
@@ -147,11 +147,11 @@ def _floor(world: Any, session: Any, vc: Any, runs: int) -> dict[str, Any]:
     """The purchase's cryptography alone, on the same devices: what it cannot do without."""
     import hashlib
 
-    from client.payment import card_purse
-    from client.support.cms import sign_statement
-    from client.support.trust import TrustStore, verify_statement
-    from hardware.psam import PsamSession
-    from hardware.purse import PurseSession
+    from semper.client.payment import card_purse
+    from semper.client.support.cms import sign_statement
+    from semper.client.support.trust import TrustStore, verify_statement
+    from semper.hardware.psam import PsamSession
+    from semper.hardware.purse import PurseSession
     b = session.buyer
     the_shop = world.services.opened_shop.shop
     seller = the_shop.identity.signer

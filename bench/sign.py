@@ -65,8 +65,8 @@ def _raw(count: int) -> dict[str, object]:
 
 
 def _softhsm(folder: Path, count: int) -> dict[str, object]:
-    from hsm.signer import Pkcs11Signer
-    from hsm.softhsm import SoftHsmStore, provision
+    from semper.hsm.signer import Pkcs11Signer
+    from semper.hsm.softhsm import SoftHsmStore, provision
     store = SoftHsmStore.in_folder(folder / "softhsm")
     made = provision(store, "semper bench", PIN, SO_PIN)
     with Pkcs11Signer.open("semper bench", softhsm_conf=store.conf) as signer:
@@ -76,13 +76,13 @@ def _softhsm(folder: Path, count: int) -> dict[str, object]:
 
 
 def _card(folder: Path, count: int, say: Callable[[str], None]) -> dict[str, object]:
-    from client.support.personalisation import CardProfile, personalise_purse_card
-    from client.support.scheme import Scheme
-    from hardware.pcscd import VirtualCards
-    from hardware.piv import PivSession, PivSigner, Slot
-    from hardware.transport import PcscConnection
-    from hsm.module import OPENSC_MODULE, load
-    from hsm.signer import Pkcs11Signer
+    from semper.client.support.personalisation import CardProfile, personalise_purse_card
+    from semper.client.support.scheme import Scheme
+    from semper.hardware.pcscd import VirtualCards
+    from semper.hardware.piv import PivSession, PivSigner, Slot
+    from semper.hardware.transport import PcscConnection
+    from semper.hsm.module import OPENSC_MODULE, load
+    from semper.hsm.signer import Pkcs11Signer
 
     image = folder / "card"
     with Scheme.load_or_create(folder / "scheme", SCHEME_PIN) as scheme:
@@ -126,7 +126,7 @@ def bench_sign(count: int = 1000, card: bool = True, progress: bool = True) -> d
                                  "digest computed on the host, DER"}
     say(f"raw cryptography: {count} signatures")
     result["raw_cryptography"] = raw = _raw(count)
-    from hardware.simulator import card_keys_in
+    from semper.hardware.simulator import card_keys_in
     with tempfile.TemporaryDirectory(prefix="semper-bench-sign-") as d, card_keys_in(Path(d)):
         say(f"SoftHSM2 through PKCS#11: {count} signatures")
         result["softhsm_pkcs11"] = _softhsm(Path(d), count)

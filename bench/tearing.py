@@ -47,7 +47,7 @@ class VpcdServerConnection:
             head = self._read(2)
             return self._read(int.from_bytes(head, "big"))
         except (OSError, _Killed):
-            from hardware.errors import CardRemovedError
+            from semper.hardware.errors import CardRemovedError
             raise CardRemovedError("the card process went away") from None
 
     def _read(self, n: int) -> bytes:
@@ -94,12 +94,12 @@ def run_tear_test(runs: int = 200, seed: int = 1, progress: bool = True, max_del
                   write_chunk: int = 4, min_operations: int = 0) -> dict[str, object]:
     """Kill the card ``runs`` times; on a slow machine fewer operations fit between kills, so with
     ``min_operations`` it goes on (up to three times ``runs``) until that many were attempted."""
-    from client.payment.card_purse import recover_debit
-    from hardware import errors
-    from hardware.psam import PsamSession
-    from hardware.purse import PurseSession
-    from hardware.purse_records import Signed
-    from hardware.simulator import open_card
+    from semper.client.payment.card_purse import recover_debit
+    from semper.hardware import errors
+    from semper.hardware.psam import PsamSession
+    from semper.hardware.purse import PurseSession
+    from semper.hardware.purse_records import Signed
+    from semper.hardware.simulator import open_card
     if runs < 1:
         raise ValueError("--runs must be at least 1")
     rng = random.Random(seed)
@@ -118,7 +118,7 @@ def run_tear_test(runs: int = 200, seed: int = 1, progress: bool = True, max_del
         psam_total_start = psam.info().lifetime_total
 
         def start_card() -> tuple[subprocess.Popen, VpcdServerConnection]:  # type: ignore[type-arg]
-            proc = subprocess.Popen([sys.executable, "-m", "card_applet_sim", str(pair.buyer), "--port", str(port),
+            proc = subprocess.Popen([sys.executable, "-m", "semper.card_applet_sim", str(pair.buyer), "--port", str(port),
                                      "--write-chunk", str(write_chunk)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
             try:
@@ -238,7 +238,7 @@ def run_tear_test(runs: int = 200, seed: int = 1, progress: bool = True, max_del
 
 
 def _check(purse, info, ledger: Ledger, scheme) -> list[str]:  # type: ignore[no-untyped-def]
-    from hardware.purse_records import DebitRecord
+    from semper.hardware.purse_records import DebitRecord
     problems = []
     if info.load_counter < ledger.load_ctr or info.debit_counter < ledger.debit_ctr:
         problems.append(f"counter went back: load {ledger.load_ctr}->{info.load_counter}, "

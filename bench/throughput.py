@@ -51,7 +51,7 @@ class BuyerSpec:
 
 
 def bench_catalogue() -> Any:
-    from client.commerce.catalogue import Catalogue, CatalogueItem, demo_catalogue
+    from semper.client.commerce.catalogue import Catalogue, CatalogueItem, demo_catalogue
     items = list(demo_catalogue().items.values())
     return Catalogue.of([*items, CatalogueItem(ITEM_SKU, "One tea bag (the benchmark's item)", "physical", ITEM_PRICE,
                                                max_quantity=1000)])
@@ -64,13 +64,13 @@ def make_buyers(world: Any, count: int, say: Callable[[str], None]) -> list[Buye
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    from client.commerce.setup import BuyerConfig, open_buyer
-    from client.demo_world import CARD_PIN, CARD_PUK, EUR
-    from client.support import pki
-    from client.support.personalisation import CardProfile, personalise_purse_card
-    from hardware.piv import PivSession, Slot
-    from hardware.purse import PurseSession
-    from hardware.simulator import open_card
+    from semper.client.commerce.setup import BuyerConfig, open_buyer
+    from semper.client.demo_world import CARD_PIN, CARD_PUK, EUR
+    from semper.client.support import pki
+    from semper.client.support.personalisation import CardProfile, personalise_purse_card
+    from semper.hardware.piv import PivSession, Slot
+    from semper.hardware.purse import PurseSession
+    from semper.hardware.simulator import open_card
 
     from .policy_ui import PolicyUI
     issuer = world.bank.keys.signer.public_point()
@@ -112,11 +112,11 @@ def make_buyers(world: Any, count: int, say: Callable[[str], None]) -> list[Buye
 # ---- a worker process: some buyers, one thread each ------------------------------------------------
 def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], offsets: dict[str, float], profile: bool,
             out: Any, go: Any, base: Any) -> None:
-    from client.commerce.setup import BuyerConfig, open_buyer
-    from client.commerce.workflows import mail_order
-    from client.demo_world import CARD_PIN
-    from client.tinguin.model import OutcomeStatus
-    from hardware.simulator import open_card
+    from semper.client.commerce.setup import BuyerConfig, open_buyer
+    from semper.client.commerce.workflows import mail_order
+    from semper.client.demo_world import CARD_PIN
+    from semper.client.tinguin.model import OutcomeStatus
+    from semper.hardware.simulator import open_card
 
     from .policy_ui import PolicyUI
     from .profiling import CpuProfile
@@ -228,13 +228,13 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 
 def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2, warmup: float = 2.0,
                      profile_seconds: float = 4.0, say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    from client.demo_world import World
-    from hardware.pcscd import VirtualCards
+    from semper.client.demo_world import World
+    from semper.hardware.pcscd import VirtualCards
     tell = say or (lambda _line: None)
     if buyers < 1 or processes < 1 or seconds <= 0:
         raise ValueError("buyers, processes and seconds must be positive")
     processes = min(processes, buyers)
-    from hardware.simulator import card_keys_in
+    from semper.hardware.simulator import card_keys_in
     with tempfile.TemporaryDirectory(prefix="semper-bench-tp-") as d, card_keys_in(Path(d)):
         folder = Path(d)
         tell("making the market (CA, bank, third party, seller token, PSAM)")
@@ -260,10 +260,10 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
 
 def _money(specs: list[BuyerSpec], results: list[dict[str, Any]], psam_reader: str) -> dict[str, Any]:
     """Every completed purchase moved exactly its price from a card to the PSAM, and nothing else moved."""
-    from hardware.psam import PsamSession
-    from hardware.purse import PurseSession
-    from hardware.simulator import open_card
-    from hardware.transport import PcscConnection
+    from semper.hardware.psam import PsamSession
+    from semper.hardware.purse import PurseSession
+    from semper.hardware.simulator import open_card
+    from semper.hardware.transport import PcscConnection
     completed = sum(1 for r in results for _, _, ok, _ in r["samples"] if ok) + len(specs)   # + each first purchase
     spent = 0
     for spec in specs:

@@ -35,7 +35,7 @@ def attempt(market: Any, kind: str, deals: list[str], bundles: Path) -> tuple[st
 
 
 def _refused(call: Any) -> tuple[bool, Any]:
-    from client.commerce.errors import SellerRefused
+    from semper.client.commerce.errors import SellerRefused
     try:
         return False, call()
     except SellerRefused as e:
@@ -43,7 +43,7 @@ def _refused(call: Any) -> tuple[bool, Any]:
 
 
 def _replayed_order(market: Any) -> tuple[str, list[str]]:
-    from client.commerce.shop_client import b64
+    from semper.client.commerce.shop_client import b64
     b = market.buyer
     old = [e for e in b.archive.entries() if e.kind == "statement:order"]
     if not old:
@@ -62,9 +62,9 @@ def _replayed_order(market: Any) -> tuple[str, list[str]]:
 
 
 def _unpaid_delivery(market: Any) -> tuple[str, list[str]]:
-    from client.commerce import blocks
-    from client.commerce.deal import deal_attributes
-    from client.tinguin.model import Action
+    from semper.client.commerce import blocks
+    from semper.client.commerce.deal import deal_attributes
+    from semper.client.tinguin.model import Action
     b = market.buyer
     saved = market.ui.payment
     market.ui.payment = "card-purse"
@@ -87,8 +87,8 @@ def _unpaid_delivery(market: Any) -> tuple[str, list[str]]:
 
 
 def _hidden_delivery(market: Any, deals: list[str], bundles: Path) -> tuple[str, list[str]]:
-    from client.commerce.judge import judge_deal
-    from client.support.trust import TrustStore
+    from semper.client.commerce.judge import judge_deal
+    from semper.client.support.trust import TrustStore
     b, w = market.buyer, market.world
     fulfilled = [d for d in deals if any(e.kind in ("statement:delivery", "statement:registration")
                                          for e in b.archive.entries(d))]

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.tearing import VpcdServerConnection
-from hardware import errors as hw
+from semper.bench.tearing import VpcdServerConnection
+from semper.hardware import errors as hw
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 15.0
@@ -60,7 +60,7 @@ class TearableCard:
         with self.lock:
             port = self.server.getsockname()[1]
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "card_applet_sim", str(self.image), "--port", str(port), "--no-sync",
+                [sys.executable, "-m", "semper.card_applet_sim", str(self.image), "--port", str(port), "--no-sync",
                  "--write-chunk", str(self.write_chunk)], cwd=REPO, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
             try:

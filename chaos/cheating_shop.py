@@ -1,4 +1,4 @@
-"""``python -m chaos.cheating_shop``: ``semper serve shop`` with the shop's :class:`Cheat` hook set.
+"""``python -m semper.chaos.cheating_shop``: ``semper serve shop`` with the shop's :class:`Cheat` hook set.
 
 Why a separate entry point: cheating is a test hook of the shop (the same shop code misbehaving on
 purpose at one step), and no user-facing command should be able to turn it on. Everything else is
@@ -13,12 +13,12 @@ CHEATS = ("wrong_goods", "no_delivery", "price_change", "replay_offer")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from client.commands.serve import run_until_signalled
-    from client.servers.shop import Cheat
-    from client.servers.shop_home import ShopHome
-    from client.support.http_service import ServiceRunner
-    from client.support.channels import server_context
-    ap = argparse.ArgumentParser(prog="python -m chaos.cheating_shop")
+    from semper.client.commands.serve import run_until_signalled
+    from semper.client.servers.shop import Cheat
+    from semper.client.servers.shop_home import ShopHome
+    from semper.client.support.http_service import ServiceRunner
+    from semper.client.support.channels import server_context
+    ap = argparse.ArgumentParser(prog="python -m semper.chaos.cheating_shop")
     ap.add_argument("--dir", type=Path, required=True)
     ap.add_argument("--pin-file", type=Path, required=True)
     ap.add_argument("--port", type=int, default=0)

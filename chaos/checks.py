@@ -179,7 +179,7 @@ def check_shop_deliveries(kinds_by_deal: dict[str, list[str]], totals: dict[str,
 
 # ---- gathering (needs the market) -----------------------------------------------------------------------
 def snapshot(market: Any) -> Money:
-    from client.servers.bank_audit import audit
+    from semper.client.servers.bank_audit import audit
     w = market.world
     report = audit(w.bank.db, w.scheme.root_cert, signatures=False)
     totals = report.totals.get(978, {})
@@ -188,16 +188,16 @@ def snapshot(market: Any) -> Money:
 
 
 def judge_buyer_deal(market: Any, deal: str, out_dir: Path) -> DealFinding:
-    from client.commerce.judge import judge_deal
-    from client.exchange.judge import judge as judge_exchange
-    from client.support.trust import TrustStore
+    from semper.client.commerce.judge import judge_deal
+    from semper.client.exchange.judge import judge as judge_exchange
+    from semper.client.support.trust import TrustStore
     b, w = market.buyer, market.world
     trust = TrustStore([w.ca_root])
     entries = b.archive.entries(deal)
     offer = next((e for e in entries if e.kind == "statement:offer"), None)
     workflow, total = "?", 0
     if offer is not None:
-        from client.support.trust import verify_statement
+        from semper.client.support.trust import verify_statement
         body = verify_statement(offer.content, trust).body
         workflow, total = str(body.get("workflow")), int(body.get("total", 0))
     bundle = b.archive.export(deal, out_dir / f"{deal}.zip")

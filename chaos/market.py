@@ -1,7 +1,7 @@
 """The chaos market: one demo world whose services run as real processes behind fault proxies.
 
 What it starts (all loopback, all in one temporary folder): ``semper serve ca|bank|ttp|shop``
-processes (the shop as ``python -m chaos.cheating_shop`` while a cheat is set), a
+processes (the shop as ``python -m semper.chaos.cheating_shop`` while a cheat is set), a
 :class:`~chaos.proxy.FaultProxy` in front of the bank, the third party and the shop (every party is
 configured with the proxies' addresses, so a party restarted on a new port stays reachable), the
 buyer's card as a :class:`~chaos.card.TearableCard` process, and the buyer's real client
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.demo_world import CARD_PIN, World
+from semper.client.demo_world import CARD_PIN, World
 
 from .card import TearableCard
 from .proxy import FaultProxy
@@ -118,15 +118,15 @@ class Market:
 
     @classmethod
     def create(cls, folder: Path, *, patience: float = 2.0, say: Any = None) -> Market:
-        from bench.policy_ui import PolicyUI
-        from client.commerce.setup import BuyerConfig, open_buyer, register_card
+        from semper.bench.policy_ui import PolicyUI
+        from semper.client.commerce.setup import BuyerConfig, open_buyer, register_card
         tell = say or (lambda _line: None)
         folder = Path(folder)
         tell("making the world: CA, bank, third party, shop, buyer card, tokens")
         world = World.create(folder)
         env = world.child_env()
         pin = ["--pin-file", str(world.pin_file)]
-        serve = ["-m", "client.cli", "serve"]
+        serve = ["-m", "semper.client.cli", "serve"]
         services = {"ca": ServiceProcess("semper serve ca", serve + ["ca", "--ca-dir", str(world.ca_dir)] + pin, env),
                     "bank": ServiceProcess("semper serve bank", serve + ["bank", "--bank-dir", str(world.bank_dir)]
                                            + pin, env),
@@ -202,10 +202,10 @@ class Market:
         w = self.world
         pin = ["--pin-file", str(w.pin_file)]
         if cheat is None:
-            shop.argv = ["-m", "client.cli", "serve", "shop", "--dir", str(w.shop_dir)] + pin
+            shop.argv = ["-m", "semper.client.cli", "serve", "shop", "--dir", str(w.shop_dir)] + pin
             shop.name = "semper serve shop"
         else:
-            shop.argv = ["-m", "chaos.cheating_shop", "--dir", str(w.shop_dir), "--cheat", cheat] + pin
+            shop.argv = ["-m", "semper.chaos.cheating_shop", "--dir", str(w.shop_dir), "--cheat", cheat] + pin
             shop.name = f"cheating shop ({cheat})"
         self.proxies["shop"].retarget(shop.start())
         self.cheat = cheat

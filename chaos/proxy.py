@@ -96,7 +96,7 @@ def _read_message(f: BinaryIO, *, response: bool) -> tuple[bytes, bytes]:
 class FaultProxy:
     def __init__(self, name: str, target_port: int, party: Restartable | None, *, tls: tuple[Path, Path],
                  upstream_root: str) -> None:
-        from client.support.channels import client_context, server_context
+        from semper.client.support.channels import client_context, server_context
         self.name = name
         self.target = target_port
         self.party = party

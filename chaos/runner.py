@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hardware.simulator import card_keys_in
+from semper.hardware.simulator import card_keys_in
 
 from . import buyer_cheats, checks
 from .card import TearArm
@@ -186,8 +186,8 @@ def run_one(market: Any, plan: RunPlan, index: int, bundles: Path) -> RunReport:
 
 
 def cheat_buyer(market: Any, kind: str, deals: list[str], bundles: Path, report: RunReport) -> None:
-    from client.commerce.errors import CommerceError
-    from hardware.errors import HardwareError
+    from semper.client.commerce.errors import CommerceError
+    from semper.hardware.errors import HardwareError
     try:
         what, won = buyer_cheats.attempt(market, kind, deals, bundles)
     except (CommerceError, HardwareError) as e:        # a fault of the run stopped the cheat itself
@@ -228,8 +228,8 @@ def disarm(market: Any, plan: RunPlan, report: RunReport) -> None:
 
 def drive(market: Any, plan: RunPlan, report: RunReport) -> None:
     """The workflow through the buyer's real client; one more try if it failed with nothing given."""
-    from client.commerce import workflows as wf
-    from client.tinguin.model import OutcomeStatus
+    from semper.client.commerce import workflows as wf
+    from semper.client.tinguin.model import OutcomeStatus
     b = market.buyer
     market.ui.payment = None if plan.payment == "none" else plan.payment
     for _attempt in (1, 2):
@@ -258,7 +258,7 @@ def resume_exchanges(market: Any, plan: RunPlan, report: RunReport) -> None:
 
 def clear(market: Any) -> dict[str, Any] | None:
     """Ask the shop (through its proxy, as its operator would) to clear its PSAM batch at the bank."""
-    from client.support.channels import ChannelError, JsonClient
+    from semper.client.support.channels import ChannelError, JsonClient
     proxy = market.proxies["shop"]
     try:
         with JsonClient(f"https://127.0.0.1:{proxy.port}", market.world.root_pem, timeout=CLEAR_TIMEOUT,
@@ -282,9 +282,9 @@ def settle(market: Any, report: RunReport) -> None:
 
 def verify(market: Any, plan: RunPlan, report: RunReport, before: checks.Money, after: checks.Money, start: int,
            bundles: Path) -> None:
-    from client.servers.bank_audit import audit
-    from client.support.archive import Archive
-    from client.support.trust import TrustStore
+    from semper.client.servers.bank_audit import audit
+    from semper.client.support.archive import Archive
+    from semper.client.support.trust import TrustStore
     w, b = market.world, market.buyer
     trust = TrustStore([w.ca_root])
     report.violations += checks.check_audit(audit(w.bank.db, w.scheme.root_cert, signatures=False).as_dict())
@@ -328,7 +328,7 @@ def final_audit(market: Any) -> dict[str, Any]:
     import subprocess
     import sys
     w = market.world
-    proc = subprocess.run([sys.executable, "-m", "client.cli", "audit", "--bank-dir", str(w.bank_dir)],
+    proc = subprocess.run([sys.executable, "-m", "semper.client.cli", "audit", "--bank-dir", str(w.bank_dir)],
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
                           env={**market.services["bank"].env})
     try:

@@ -9,12 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from hardware.iso7816 import AID
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.readers import find_card
-from hardware.simulator import open_card
-from hardware.transport import Connection, PcscConnection
+from semper.hardware.iso7816 import AID
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.readers import find_card
+from semper.hardware.simulator import open_card
+from semper.hardware.transport import Connection, PcscConnection
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import pkgutil
 import sys
 from typing import Callable
 
-from hardware import errors as hw_errors
+from semper.hardware import errors as hw_errors
 
 from . import commands
 from .commands import UsageError

@@ -55,14 +55,14 @@ class Narrator:
 
 
 def run_demo(keep: bool = False, interactive: bool | None = None) -> int:
-    from hardware.simulator import card_keys_in
+    from semper.hardware.simulator import card_keys_in
     folder = Path(tempfile.mkdtemp(prefix="semper-demo-"))
     with card_keys_in(folder):            # the demo cards' sealing keys stay in the demo folder
         return _run_demo(folder, keep, interactive)
 
 
 def _run_demo(folder: Path, keep: bool, interactive: bool | None) -> int:
-    from hardware.pcscd import VirtualCards
+    from semper.hardware.pcscd import VirtualCards
 
     from .demo_world import CARD_PIN, World
     from .tinguin.api import Script, run_deal
@@ -140,7 +140,7 @@ def _clear(world: Any) -> Any:
 
 def _buyer(ui: Any, world: Any, reader: str, say: Callable[[str], None]) -> dict[str, Any]:
     """Everything the buyer does, in the TINGUIN's worker thread."""
-    from hardware.transport import PcscConnection
+    from semper.hardware.transport import PcscConnection
 
     from .commerce.judge import judge_deal
     from .commerce.setup import BuyerConfig, open_buyer, register_card

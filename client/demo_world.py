@@ -82,8 +82,8 @@ class World:
     # ---- making it ----------------------------------------------------------------------------------
     @classmethod
     def create(cls, folder: Path, *, card_sync: bool = False, say: Any = None) -> World:
-        from hsm.signer import Pkcs11Signer
-        from hsm.softhsm import SoftHsmStore, provision
+        from semper.hsm.signer import Pkcs11Signer
+        from semper.hsm.softhsm import SoftHsmStore, provision
 
         from .support import pki
         from .servers.bank_home import BankHome
@@ -137,10 +137,10 @@ class World:
         personalise_purse_card(buyer_card, scheme, CardProfile(CARD_PIN, CARD_PUK, max_balance=50_000),
                                sync=card_sync, issuer_point=issuer_point)
         personalise_psam(psam_card, scheme, sync=card_sync)
-        from hardware.piv import PivSession
-        from hardware.psam import PsamSession
-        from hardware.purse import PurseSession
-        from hardware.simulator import open_card
+        from semper.hardware.piv import PivSession
+        from semper.hardware.psam import PsamSession
+        from semper.hardware.purse import PurseSession
+        from semper.hardware.simulator import open_card
         with open_card(buyer_card, sync=card_sync) as c:
             piv_cert = PivSession(c).certificate(0x9C)       # type: ignore[arg-type]
             purse_cert = PurseSession(c).certificate()
@@ -160,7 +160,7 @@ class World:
     def child_env(self) -> dict[str, str]:
         """The environment of the service processes: the world's home, and the card key folder this
         process made the cards with (a child under another SEMPER_HOME would look elsewhere)."""
-        from hardware.simulator import card_key_folder
+        from semper.hardware.simulator import card_key_folder
         env = {**os.environ, "SEMPER_HOME": str(self.folder / "home"), "SEMPER_CARD_KEYS": str(card_key_folder())}
         env.pop("SOFTHSM2_CONF", None)
         return env
@@ -219,7 +219,7 @@ class World:
         s = self.services
         env = self.child_env()
         self._shop_home(psam_reader, s.ttp, s.bank, catalogue)
-        proc = _spawn([sys.executable, "-m", "client.cli", "serve", "shop", "--dir", str(self.shop_dir), "--port", "0",
+        proc = _spawn([sys.executable, "-m", "semper.client.cli", "serve", "shop", "--dir", str(self.shop_dir), "--port", "0",
                        "--pin-file", str(self.pin_file), *args], env)
         s.processes.append(proc)
         s.shop = _announced(proc, "shop", timeout)
@@ -233,7 +233,7 @@ class World:
         """
         s = self.services
         env = self.child_env()
-        base = [sys.executable, "-m", "client.cli", "serve"]
+        base = [sys.executable, "-m", "semper.client.cli", "serve"]
         pin = ["--pin-file", str(self.pin_file)]
         commands = {"ca": base + ["ca", "--ca-dir", str(self.ca_dir), "--port", "0"] + pin,
                     "bank": base + ["bank", "--bank-dir", str(self.bank_dir), "--port", "0"] + pin,
@@ -294,8 +294,8 @@ class World:
         return t.certificate(), t.escrow_file.read_bytes()
 
     def wallet_keys(self) -> Any:
-        from hsm.rsa import RsaTokenKeys
-        from hsm.module import load
+        from semper.hsm.rsa import RsaTokenKeys
+        from semper.hsm.module import load
         return RsaTokenKeys(load(softhsm_conf=str(self.store.conf)), "wallet", TOKEN_PIN)
 
 

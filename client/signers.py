@@ -13,22 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hardware import errors as hw_errors
-from hardware.iso7816 import AID
-from hardware.piv import PivSession, PivSigner, Slot
+from semper.hardware import errors as hw_errors
+from semper.hardware.iso7816 import AID
+from semper.hardware.piv import PivSession, PivSigner, Slot
 
 from .cards import connection
 from .support.paths import semper_home
 
 
 def is_softhsm(module: str | None) -> bool:
-    from hsm.module import DEFAULT_MODULE
+    from semper.hsm.module import DEFAULT_MODULE
     return module is None or module == DEFAULT_MODULE or "softhsm" in os.path.basename(os.path.realpath(module)).lower()
 
 
 def softhsm_store(folder: Path | None, create: bool) -> Any:
     """The SoftHSM2 folder in use (None when it does not exist and ``create`` is false)."""
-    from hsm.softhsm import CONF_NAME, SoftHsmStore
+    from semper.hsm.softhsm import CONF_NAME, SoftHsmStore
     if folder is None:
         if os.environ.get("SOFTHSM2_CONF"):
             return SoftHsmStore.from_conf(Path(os.environ["SOFTHSM2_CONF"]))
@@ -40,7 +40,7 @@ def softhsm_store(folder: Path | None, create: bool) -> Any:
 
 def token_module(module: str | None, folder: Path | None = None) -> Any:
     """The loaded PKCS#11 module, SoftHSM2 pointed at its folder; None when that folder is empty."""
-    from hsm.module import load
+    from semper.hsm.module import load
     if not is_softhsm(module):
         return load(module)
     store = softhsm_store(folder, create=False)
@@ -49,7 +49,7 @@ def token_module(module: str | None, folder: Path | None = None) -> Any:
 
 @contextmanager
 def token_signer(label: str, module: str | None = None, folder: Path | None = None) -> Iterator[Any]:
-    from hsm.signer import Pkcs11Signer
+    from semper.hsm.signer import Pkcs11Signer
     loaded = token_module(module, folder)
     if loaded is None:
         raise hw_errors.TokenError(f"no token labelled {label!r}: the token folder does not exist yet "

@@ -218,7 +218,7 @@ class VirtualCards:
             self.pcscd.start()
             self.port = self.pcscd.port
         # else: a pcscd this machine runs by itself, with the default vpcd configuration
-        cmd = [sys.executable, "-m", "card_applet_sim", *map(str, self.images), "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "semper.card_applet_sim", *map(str, self.images), "--port", str(self.port)]
         if not self.sync:
             cmd.append("--no-sync")
         self.server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)

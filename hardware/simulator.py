@@ -18,7 +18,7 @@ from . import errors
 from .transport import InProcessConnection
 
 if TYPE_CHECKING:
-    from card_applet_sim.keys import KeySource
+    from semper.card_applet_sim.keys import KeySource
 
 
 class SimulatedCard(InProcessConnection):
@@ -36,7 +36,7 @@ class SimulatedCard(InProcessConnection):
 
 def card_key_folder() -> Path:
     """Where the sealing keys of simulated cards are kept by default (for messages and child processes)."""
-    from card_applet_sim.keys import default_key_folder
+    from semper.card_applet_sim.keys import default_key_folder
     return default_key_folder()
 
 
@@ -61,8 +61,8 @@ def card_keys_in(folder: Path) -> Iterator[Path]:
 
 
 def create_card(image: Path, applets: list[str], *, sync: bool = True, keys: KeySource | None = None) -> SimulatedCard:
-    from card_applet_sim.os import CardOS
-    from card_applet_sim.store import CardImageError
+    from semper.card_applet_sim.os import CardOS
+    from semper.card_applet_sim.store import CardImageError
     try:
         return SimulatedCard(CardOS.create(image, applets, sync=sync, keys=keys), f"simulated:{image}")
     except CardImageError as e:
@@ -70,8 +70,8 @@ def create_card(image: Path, applets: list[str], *, sync: bool = True, keys: Key
 
 
 def open_card(image: Path, *, sync: bool = True, keys: KeySource | None = None) -> SimulatedCard:
-    from card_applet_sim.os import CardOS
-    from card_applet_sim.store import CardImageError
+    from semper.card_applet_sim.os import CardOS
+    from semper.card_applet_sim.store import CardImageError
     try:
         return SimulatedCard(CardOS.open(image, sync=sync, keys=keys), f"simulated:{image}")
     except CardImageError as e:

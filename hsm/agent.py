@@ -1,4 +1,4 @@
-"""A PKCS#11 token held open in a process of its own (``python -m hsm.agent``), used like a signer.
+"""A PKCS#11 token held open in a process of its own (``python -m semper.hsm.agent``), used like a signer.
 
 Why a process: a PKCS#11 library is loaded once per process, and SoftHSM2 serves the one token
 folder ``SOFTHSM2_CONF`` named at C_Initialize; opening a token in another folder re-initialises
@@ -27,8 +27,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from hardware import errors as hw
-from hardware.signer import PinStatus
+from semper.hardware import errors as hw
+from semper.hardware.signer import PinStatus
 
 TIMEOUT = 120.0                  # a busy shared machine can take seconds to make a SoftHSM2 token
 
@@ -45,10 +45,8 @@ class TokenAgent:
         self._lock = threading.Lock()
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)          # where this package was imported from
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         try:
-            self._proc = subprocess.Popen([sys.executable, "-m", "hsm.agent", str(theirs.fileno())],
+            self._proc = subprocess.Popen([sys.executable, "-m", "semper.hsm.agent", str(theirs.fileno())],
                                           pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
         except OSError as e:
             ours.close()

@@ -16,7 +16,7 @@ import pkcs11.exceptions as p11x
 from pkcs11 import KDF, Attribute, KeyType, MechanismFlag, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from hardware import errors as hw
+from semper.hardware import errors as hw
 
 from . import errors
 from .module import Module

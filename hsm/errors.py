@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pkcs11.exceptions as p11x
 
-from hardware import errors as hw
+from semper.hardware import errors as hw
 
 # the CKR codes that get their own message; the rest fall back to a generic TokenError
 CKR = {

@@ -26,7 +26,7 @@ import pkcs11
 import pkcs11.exceptions as p11x
 from pkcs11 import TokenFlag
 
-from hardware import errors as hw
+from semper.hardware import errors as hw
 
 from . import errors
 from .raw import RawModule

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
 
-from hardware import errors as hw
+from semper.hardware import errors as hw
 
 from . import errors
 from .module import Module

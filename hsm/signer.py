@@ -31,8 +31,8 @@ from pkcs11 import (
     TokenFlag,
 )
 
-from hardware import errors as hw
-from hardware.signer import PinStatus
+from semper.hardware import errors as hw
+from semper.hardware.signer import PinStatus
 
 from . import errors
 from .module import Module, load

@@ -22,7 +22,7 @@ from pathlib import Path
 from pkcs11 import Attribute, KeyType, MechanismFlag
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from hardware import errors as hw
+from semper.hardware import errors as hw
 
 from . import errors
 from .module import DEFAULT_MODULE, Module, load

@@ -18,11 +18,11 @@ from typing import Callable, Iterator
 
 import pytest
 
-from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
-from client.support.scheme import Scheme
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.simulator import SimulatedCard, open_card
+from semper.client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
+from semper.client.support.scheme import Scheme
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.simulator import SimulatedCard, open_card
 
 PIN = b"1234"
 PUK = b"12345678"

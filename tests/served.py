@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 class Served:
     def __init__(self, role: str, pin: str, env: dict[str, str], *extra: str, timeout: float = 30.0) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "client.cli", "serve", role, "--port", "0", "--pin-stdin",
+        self.proc = subprocess.Popen([sys.executable, "-m", "semper.client.cli", "serve", role, "--port", "0", "--pin-stdin",
                                       *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env, cwd=REPO)
         assert self.proc.stdin and self.proc.stdout

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from test_cms import PIN, Pki, card, card_b, openssl_cms_verify, pki, signer  # noqa: F401
 
-from client.cli import main as semper
-from client.support import cms
-from client.support.archive import (
+from semper.client.cli import main as semper
+from semper.client.support import cms
+from semper.client.support.archive import (
     GENESIS,
     Archive,
     ArchiveError,
@@ -29,9 +29,9 @@ from client.support.archive import (
     statement_signer,
     verify_bundle,
 )
-from client.support.scheme import Scheme
-from client.support.trust import TrustStore
-from hardware.piv import PivSession, PivSigner
+from semper.client.support.scheme import Scheme
+from semper.client.support.trust import TrustStore
+from semper.hardware.piv import PivSession, PivSigner
 
 DEALS = ["deal-A", "deal-B", "deal-A", "deal-C", "deal-A", "deal-B"]       # entries 1..6
 
@@ -407,7 +407,7 @@ def test_cli_checkpoint_with_the_card_in_a_subprocess(tmp_path: Path, pki: Pki) 
     path = tmp_path / "e.sqlite3"
     with Archive.open(path, create=True) as archive:
         archive.append("deal-1", "note", b"hello")
-    run = lambda *a, stdin=None: subprocess.run([sys.executable, "-m", "client.cli", *a], input=stdin, check=False,
+    run = lambda *a, stdin=None: subprocess.run([sys.executable, "-m", "semper.client.cli", *a], input=stdin, check=False,
                                                 capture_output=True, text=True, timeout=60)
     r = run("archive", "checkpoint", "--db", str(path), "--image", str(image), "--pin-stdin", stdin="123456\n")
     assert r.returncode == 0 and "checkpoint at entry 1" in r.stdout, r.stderr

@@ -22,22 +22,22 @@ from typing import Any
 import pytest
 from test_payment_support import EUR, PARTY_PIN, World, card_pin, make_world
 
-from bench.tearing import VpcdServerConnection
-from client.payment.bank_client import BankClient
-from client.payment.errors import PaymentError
-from client.payment.manager import LocalPayee, PaymentManager, pay
-from client.payment.model import Terms
-from client.payment.module import PartyContext
-from client.payment.modules.ecash import EcashModule
-from client.payment.modules.purse import PurseModule, recover_debit
-from hsm.rsa import RsaTokenKeys
-from client.payment.wallet import TokenWalletKey, Wallet
-from client.servers.bank_audit import audit
-from hardware import errors as hw
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.purse_records import DEBIT_REQUEST, DebitRecord
-from hardware.simulator import open_card
+from semper.bench.tearing import VpcdServerConnection
+from semper.client.payment.bank_client import BankClient
+from semper.client.payment.errors import PaymentError
+from semper.client.payment.manager import LocalPayee, PaymentManager, pay
+from semper.client.payment.model import Terms
+from semper.client.payment.module import PartyContext
+from semper.client.payment.modules.ecash import EcashModule
+from semper.client.payment.modules.purse import PurseModule, recover_debit
+from semper.hsm.rsa import RsaTokenKeys
+from semper.client.payment.wallet import TokenWalletKey, Wallet
+from semper.client.servers.bank_audit import audit
+from semper.hardware import errors as hw
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.purse_records import DEBIT_REQUEST, DebitRecord
+from semper.hardware.simulator import open_card
 
 REPO = Path(__file__).resolve().parents[1]
 OPS = int(os.environ.get("SEMPER_FAULT_OPS", "200"))
@@ -128,7 +128,7 @@ class KillableCard:
         self.kills = 0
 
     def start(self) -> PurseSession:
-        self.proc = subprocess.Popen([sys.executable, "-m", "card_applet_sim", str(self.image), "--port",
+        self.proc = subprocess.Popen([sys.executable, "-m", "semper.card_applet_sim", str(self.image), "--port",
                                       str(self.server.getsockname()[1]), "--no-sync"], cwd=REPO,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         sock, _ = self.server.accept()
@@ -300,7 +300,7 @@ def test_money_is_conserved_under_dropped_connections_and_card_kills(fault_world
     assert w.bank.shadow(card_id) == info.balance + unapplied, (w.bank.shadow(card_id), info.balance, unapplied)
     report = audit(w.bank.db, w.bank.scheme_root)
     assert report.violations == [], report.violations
-    r = subprocess.run([sys.executable, "-m", "client.cli", "audit", "--bank-dir", str(w.home.folder)],
+    r = subprocess.run([sys.executable, "-m", "semper.client.cli", "audit", "--bank-dir", str(w.home.folder)],
                        capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout)["clean"] is True
@@ -325,10 +325,10 @@ def test_a_bank_the_pinned_root_does_not_vouch_for_is_refused_at_once(fault_worl
     Before: the client retried it three times, then said the outcome was unknown."""
     from aiohttp import web
 
-    from client.payment.errors import UntrustedService
-    from client.servers.bank_home import make_tls_identity
-    from client.support.http_service import ServiceRunner
-    from client.support.channels import JsonClient, server_context
+    from semper.client.payment.errors import UntrustedService
+    from semper.client.servers.bank_home import make_tls_identity
+    from semper.client.support.http_service import ServiceRunner
+    from semper.client.support.channels import JsonClient, server_context
     w = fault_world
     bank = BankClient(w.runner.url, w.home.tls_root, w.signers["buyer"], timeout=5, retries=3)
     bank.info()                                                       # the real bank, pinned, answered once

@@ -17,10 +17,10 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from test_payment_support import EUR, World, world  # noqa: F401  (fixture)
 
-from client.payment import formats
-from client.payment.errors import PaymentRefused
-from client.payment.wire import SignedJson, b64, digest
-from client.support.channels import ServiceError
+from semper.client.payment import formats
+from semper.client.payment.errors import PaymentRefused
+from semper.client.payment.wire import SignedJson, b64, digest
+from semper.client.support.channels import ServiceError
 
 OPS = ["accounts/balance", "issuer/load", "issuer/confirm", "acquirer/clear", "acquirer/clear_proof", "set/authorise",
        "set/capture", "set/release", "set/refund", "set/status", "cheque/deposit", "cheque/status", "mint/withdraw",
@@ -130,14 +130,14 @@ def _spendable_coin(w: World) -> dict[str, str]:
     """A real coin, withdrawn by the buyer through the blind-signature protocol."""
     import secrets
 
-    from client.payment import blind
+    from semper.client.payment import blind
     w.bank.cash_in(w.accounts["buyer"], 1)
     key = next(k for k in w.bank.mint_keys.values() if k.denomination == 1)
     serial = secrets.token_hex(32)
     b = blind.blind(key.public, formats.coin_message(key.key_id, serial))
     res = w.client(w.signers["buyer"]).call("mint/withdraw", {"account": w.accounts["buyer"], "coins": [
         {"key_id": key.key_id, "blinded": b64(b.blinded)}]})
-    from client.payment.wire import unb64
+    from semper.client.payment.wire import unb64
     sig = blind.finalize(key.public, b, unb64(res["result"]["signatures"][0], "sig", 1024))
     return {"key_id": key.key_id, "serial": serial, "signature": b64(sig)}
 

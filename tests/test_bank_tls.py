@@ -19,9 +19,9 @@ from served import Served
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from client.servers.bank_home import check_tls_identity, make_tls_identity
-from client.servers.bank_store import BankRefusal
-from client.support.channels import ChannelError, JsonClient
+from semper.client.servers.bank_home import check_tls_identity, make_tls_identity
+from semper.client.servers.bank_store import BankRefusal
+from semper.client.support.channels import ChannelError, JsonClient
 
 REPO = Path(__file__).resolve().parents[1]
 CA_PIN = "ca-operator-pin-1"
@@ -29,7 +29,7 @@ BANK_PIN = "bank-operator-pin-2"
 
 
 def semper(env: dict[str, str], *args: str, stdin: str = "", timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "client.cli", *args], input=stdin, capture_output=True, text=True, check=False,
+    return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], input=stdin, capture_output=True, text=True, check=False,
                           env=env, cwd=REPO, timeout=timeout)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.throughput import ITEM_PRICE, bench_throughput
+from semper.bench.throughput import ITEM_PRICE, bench_throughput
 
 pytestmark = pytest.mark.pcsc
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_throughput_counts_real_purchases_and_conserves_money() -> None:
 
 def test_throughput_refuses_nonsense_sizes() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-m", "client.cli", "bench", "throughput", "--buyers", "0", "--quiet"],
+    out = subprocess.run([sys.executable, "-m", "semper.client.cli", "bench", "throughput", "--buyers", "0", "--quiet"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "must be positive" in out.stderr
     assert not out.stdout.strip() or "purchases" not in json.loads(out.stdout)

@@ -21,9 +21,9 @@ from test_ca_support import (  # noqa: F401  (fixtures)
     tokens,
 )
 
-from client.support import pki
-from client.servers.ca import CaRefusal
-from client.support.channels import ServiceError
+from semper.client.support import pki
+from semper.client.servers.ca import CaRefusal
+from semper.client.support.channels import ServiceError
 
 
 def _register(rc: RunningCa, signer, key: str, **kw) -> dict:  # type: ignore[no-untyped-def]
@@ -110,7 +110,7 @@ def test_wrong_registration_key_is_refused_and_burns_nothing(running_ca: Running
     with pytest.raises(ServiceError) as e:
         running_ca.client().post("/register", body)
     assert (e.value.status, e.value.code) == (403, "registration_key_invalid")
-    from client.support.regkeys import new_key
+    from semper.client.support.regkeys import new_key
     with pytest.raises(ServiceError) as e:
         _register(running_ca, signer, new_key())               # a key this CA never handed out
     assert (e.value.status, e.value.code) == (403, "registration_key_invalid")
@@ -254,10 +254,10 @@ def test_restart_loses_nothing(tmp_path: Path, tokens: Tokens) -> None:
     rc.runner.stop()
     rc.home.close()
 
-    from client.servers.ca_home import CaHome, issue_tls_identity
-    from client.servers.ca_http import build_app
-    from client.support.http_service import ServiceRunner
-    from client.support.channels import JsonClient, server_context
+    from semper.client.servers.ca_home import CaHome, issue_tls_identity
+    from semper.client.servers.ca_http import build_app
+    from semper.client.support.http_service import ServiceRunner
+    from semper.client.support.channels import JsonClient, server_context
     home = CaHome(tmp_path / "ca")
     ca = home.open()
     ca.signer = home.open_signer(ca, CA_PIN)                   # token settings come from the database
@@ -277,7 +277,7 @@ def test_restart_loses_nothing(tmp_path: Path, tokens: Tokens) -> None:
 
 
 def test_operator_bookkeeping_needs_no_token(running_ca: RunningCa) -> None:
-    from client.servers.ca import CertificationAuthority
+    from semper.client.servers.ca import CertificationAuthority
     offline = CertificationAuthority(running_ca.home.db)      # no signer: add and revoke still work
     key = offline.add_person("Dave Offline", email="dave@example.org")[1]
     answer = _register(running_ca, SoftwareSigner(), key, name="Dave Offline", email="dave@example.org")

@@ -15,10 +15,10 @@ from served import Served
 from cryptography import x509
 from test_ca_support import openssl
 
-from client.cli import main
-from client.support.channels import JsonClient
-from client.support.personalisation import CardProfile, personalise_purse_card
-from client.support.scheme import Scheme
+from semper.client.cli import main
+from semper.client.support.channels import JsonClient
+from semper.client.support.personalisation import CardProfile, personalise_purse_card
+from semper.client.support.scheme import Scheme
 
 from conftest import SCHEME_PIN
 
@@ -121,6 +121,6 @@ def test_commands_without_a_ca_say_so(env: dict[str, str], monkeypatch: pytest.M
 @pytest.mark.skipif(shutil.which("pkcs11-tool") is None, reason="opensc missing")
 def test_serve_refuses_a_wrong_pin(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
     assert run(["ca", "init", "--create-token", "--pin-stdin"], CA_PIN + "\n", monkeypatch, capsys)[0] == 0
-    r = subprocess.run([sys.executable, "-m", "client.cli", "serve", "ca", "--port", "0", "--pin-stdin"],
+    r = subprocess.run([sys.executable, "-m", "semper.client.cli", "serve", "ca", "--port", "0", "--pin-stdin"],
                        input="not-the-pin\n", capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 1 and "wrong PIN" in r.stderr and r.stdout == ""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from client.support.db import Database, DatabaseError, Dsn, IntegrityError
+from semper.client.support.db import Database, DatabaseError, Dsn, IntegrityError
 
 SCHEMA = ("CREATE TABLE IF NOT EXISTS coins (id VARCHAR(32) PRIMARY KEY, spent_by VARCHAR(32))",)
 
@@ -67,7 +67,7 @@ def test_a_conditional_update_has_exactly_one_winner_across_threads(tmp_path: Pa
 
 def test_postgresql_placeholders_only_outside_literals_and_comments():
     """A '?' in a string literal or a comment is text; '%' must reach psycopg doubled (issue 13)."""
-    from client.support.db import pyformat
+    from semper.client.support.db import pyformat
     sql = "SELECT a FROM t WHERE b = ? AND c = 'why?' AND d LIKE '50%' AND \"q?\" = ? -- who?\n AND e = ? /* ? */"
     assert pyformat(sql) == ("SELECT a FROM t WHERE b = %s AND c = 'why?' AND d LIKE '50%%' AND \"q?\" = %s "
                              "-- who?\n AND e = %s /* ? */")

@@ -17,7 +17,7 @@ from test_ca_support import (  # noqa: F401  (fixtures)
     tokens,
 )
 
-from client.support.channels import ServiceError
+from semper.client.support.channels import ServiceError
 
 SELLER = "Teapot Shop"
 
@@ -92,8 +92,8 @@ def test_the_same_name_again_and_ordinary_names_are_still_certified(running_ca: 
 
 
 def test_a_database_from_before_the_rule_gets_its_names_keyed(running_ca: RunningCa) -> None:
-    from client.servers import ca_store
-    from client.servers.ca import CaRefusal, CertificationAuthority
+    from semper.client.servers import ca_store
+    from semper.client.servers.ca import CaRefusal, CertificationAuthority
     _certify(running_ca, "Shop", "shop@example.org")
     with running_ca.ca.db.transaction() as tx:                    # as an older CA left its database
         ca_store.clear_name_keys(tx)

@@ -22,13 +22,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from client.support import pki, regkeys
-from client.servers.ca import CertificationAuthority
-from client.servers.ca_home import CaHome, issue_tls_identity
-from client.servers.ca_http import build_app
-from client.support.http_service import ServiceRunner
-from client.support.channels import JsonClient, server_context
-from hardware.signer import PinStatus
+from semper.client.support import pki, regkeys
+from semper.client.servers.ca import CertificationAuthority
+from semper.client.servers.ca_home import CaHome, issue_tls_identity
+from semper.client.servers.ca_http import build_app
+from semper.client.support.http_service import ServiceRunner
+from semper.client.support.channels import JsonClient, server_context
+from semper.hardware.signer import PinStatus
 
 CA_PIN = b"ca-pin-4321"
 USER_PIN = b"user-pin-1111"
@@ -41,7 +41,7 @@ class Tokens:
     store: Any              # hsm.softhsm.SoftHsmStore
 
     def signer(self, label: str, pin: bytes | None = None):  # type: ignore[no-untyped-def]
-        from hsm.signer import Pkcs11Signer
+        from semper.hsm.signer import Pkcs11Signer
         s = Pkcs11Signer.open(label, softhsm_conf=self.store.conf)
         if pin is not None:
             s.verify_pin(pin)
@@ -50,7 +50,7 @@ class Tokens:
 
 @pytest.fixture(scope="session")
 def tokens(tmp_path_factory: pytest.TempPathFactory) -> Tokens:
-    from hsm.softhsm import SoftHsmStore, provision
+    from semper.hsm.softhsm import SoftHsmStore, provision
     store = SoftHsmStore.in_folder(tmp_path_factory.mktemp("softhsm"))
     for label in TOKENS:
         provision(store, label, CA_PIN if label.startswith("ca") else USER_PIN, SO_PIN)
@@ -65,7 +65,7 @@ class SoftwareSigner:
         self.label = label
 
     def certificate(self) -> bytes:
-        from hardware.errors import NotFoundError
+        from semper.hardware.errors import NotFoundError
         raise NotFoundError("no certificate")
 
     def public_point(self) -> bytes:

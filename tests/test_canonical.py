@@ -7,14 +7,14 @@ import math
 import pytest
 from hypothesis import given, strategies as st
 
-from client.commerce import documents
-from client.commerce.errors import CommerceError
-from client.payment import wire
-from client.payment.errors import ProtocolError
-from client.support import cms
-from client.support.canonical import NotCanonical, canonical
-from client.transfer import items
-from client.transfer.errors import MalformedItem
+from semper.client.commerce import documents
+from semper.client.commerce.errors import CommerceError
+from semper.client.payment import wire
+from semper.client.payment.errors import ProtocolError
+from semper.client.support import cms
+from semper.client.support.canonical import NotCanonical, canonical
+from semper.client.transfer import items
+from semper.client.transfer.errors import MalformedItem
 
 ENCODERS = [(documents.canonical, CommerceError), (wire.canonical, ProtocolError), (items.canonical, MalformedItem),
             (lambda v: cms.canonical_json({"type": "offer", "v": v}), cms.MalformedStatement),

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from card_applet_sim import apdu
-from card_applet_sim.sw import CardError
-from hardware.iso7816 import Apdu
+from semper.card_applet_sim import apdu
+from semper.card_applet_sim.sw import CardError
+from semper.hardware.iso7816 import Apdu
 
 H = bytes.fromhex
 

@@ -14,16 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from card_applet_sim.os import CardOS
-from card_applet_sim.sw import SW
-from client.payment import card_purse
-from hardware import errors, tlv
-from hardware.iso7816 import AID, Apdu
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.purse_records import Signed
-from hardware.simulator import open_card
-from hardware.transport import InProcessConnection
+from semper.card_applet_sim.os import CardOS
+from semper.card_applet_sim.sw import SW
+from semper.client.payment import card_purse
+from semper.hardware import errors, tlv
+from semper.hardware.iso7816 import AID, Apdu
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.purse_records import Signed
+from semper.hardware.simulator import open_card
+from semper.hardware.transport import InProcessConnection
 
 from conftest import EUR, MAX_BALANCE, PIN, PUK
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from client.payment import card_purse
-from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
-from hardware import errors as hw_errors
-from hardware.purse import PurseSession
-from hardware.simulator import open_card
+from semper.client.payment import card_purse
+from semper.client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
+from semper.hardware import errors as hw_errors
+from semper.hardware.purse import PurseSession
+from semper.hardware.simulator import open_card
 
 from conftest import PIN, PUK
 
@@ -42,7 +42,7 @@ def _semper(*args: str, env: dict[str, str] | None = None, input: str | None = N
     def pre() -> None:
         if umask is not None:
             os.umask(umask)
-    return subprocess.run([sys.executable, "-m", "client.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120, env=env if env is not None else dict(os.environ), input=input,
                           preexec_fn=pre)
 
@@ -189,8 +189,8 @@ def test_shop_tls_key_and_admin_secret_are_never_on_disk_with_a_wider_mode(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from client.commerce.catalogue import demo_catalogue
-    from client.servers.shop_home import ShopHome
+    from semper.client.commerce.catalogue import demo_catalogue
+    from semper.client.servers.shop_home import ShopHome
     src = tmp_path / "src"
     src.mkdir()
     root = _pem_cert("root")
@@ -284,7 +284,7 @@ def test_card_new_takes_an_argv_pin_only_when_told_and_warns(tmp_path: Path) -> 
 # ---- the PIN verifier: slow to guess, quick to repeat -----------------------------------------------------
 def test_pin_verifier_is_scrypt_and_only_the_first_verify_of_a_session_pays_for_it(
         buyer_card, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    from card_applet_sim import crypto, pin
+    from semper.card_applet_sim import crypto, pin
     state = buyer_card.card.store.snapshot()
     salt, verifier = state["card/pin/salt"], state["card/pin/verifier"]
     assert verifier[:4] == bytes([1, 14, 8, 1])                      # format 1, scrypt N = 2^14, r = 8, p = 1

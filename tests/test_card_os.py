@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from card_applet_sim import tlv
-from card_applet_sim.os import ATR
-from card_applet_sim.sw import CardError
-from hardware import errors
-from hardware.iso7816 import Apdu
-from hardware.purse import PurseSession
-from hardware.transport import InProcessConnection
+from semper.card_applet_sim import tlv
+from semper.card_applet_sim.os import ATR
+from semper.card_applet_sim.sw import CardError
+from semper.hardware import errors
+from semper.hardware.iso7816 import Apdu
+from semper.hardware.purse import PurseSession
+from semper.hardware.transport import InProcessConnection
 
 from conftest import PIN
 
@@ -233,7 +233,7 @@ def test_get_response_parameter_errors(selected, raw: str, sw: int) -> None:  # 
 @pytest.fixture
 def debit_data(psam, purse, scheme):  # type: ignore[no-untyped-def]
     """The DEBIT payload (PSAM certificate, request, signature) for a card loaded with 1000."""
-    from client.payment import card_purse
+    from semper.client.payment import card_purse
     card_purse.load(purse, scheme, 1000, PIN)
     info = purse.info()
     _req, signed = psam.begin_debit(info.card_number, info.debit_counter + 1, 125, info.currency)

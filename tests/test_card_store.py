@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from card_applet_sim import store as store_mod
-from card_applet_sim.os import CardOS
-from card_applet_sim.keys import KeyFolder
-from card_applet_sim.store import HEADER_LEN, MAGIC, CardImageError, Store
-from client.payment import card_purse
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.transport import InProcessConnection
+from semper.card_applet_sim import store as store_mod
+from semper.card_applet_sim.os import CardOS
+from semper.card_applet_sim.keys import KeyFolder
+from semper.card_applet_sim.store import HEADER_LEN, MAGIC, CardImageError, Store
+from semper.client.payment import card_purse
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.transport import InProcessConnection
 
 from conftest import PIN
 
@@ -251,8 +251,8 @@ def test_second_open_in_process_is_refused(image: Path) -> None:
 
 
 def test_second_open_from_another_process_is_refused(image: Path) -> None:
-    code = ("import sys\nfrom card_applet_sim.store import Store, CardImageError\n"
-            "from card_applet_sim.keys import KeyFolder\n"
+    code = ("import sys\nfrom semper.card_applet_sim.store import Store, CardImageError\n"
+            "from semper.card_applet_sim.keys import KeyFolder\n"
             "try:\n    Store.open(sys.argv[1], keys=KeyFolder.default())\nexcept CardImageError as e:\n    print(e)\n    sys.exit(3)\n")
     with Store.create(image, INITIAL, sync=False, keys=_keys()):
         r = subprocess.run([sys.executable, "-c", code, str(image)], cwd=REPO, capture_output=True, text=True,
@@ -489,7 +489,7 @@ def test_a_copy_readable_by_others_is_made_private_on_open(image: Path, tmp_path
 
 
 def test_an_unsealed_image_of_format_v1_is_refused(image: Path) -> None:
-    from card_applet_sim.store import MAGIC_V1
+    from semper.card_applet_sim.store import MAGIC_V1
     image.write_bytes(MAGIC_V1 + b"S\x00\x00\x00\x00" + bytes(16))
     with pytest.raises(CardImageError, match="did not seal card images.*semper card new"):
         Store.open(image, sync=False, keys=_keys())
@@ -577,7 +577,7 @@ def test_every_truncation_of_a_debit_commit_on_the_card(tmp_path: Path, fresh_im
 
 def test_live_size_tracks_the_committed_state(tmp_path):
     """The running total that decides compaction equals a fresh count after puts, overwrites, deletes."""
-    from card_applet_sim.store import Store
+    from semper.card_applet_sim.store import Store
     s = Store.create(tmp_path / "img", {"a": b"1"}, sync=False, keys=_keys())
     for i in range(300):
         s.begin()

@@ -20,8 +20,8 @@ from test_ca_support import (  # noqa: F401  (fixtures)
     tokens,
 )
 
-from client.support.http_service import MAX_BODY
-from client.support.channels import (
+from semper.client.support.http_service import MAX_BODY
+from semper.client.support.channels import (
     ChannelError,
     JsonClient,
     ServiceError,
@@ -48,10 +48,10 @@ def test_client_trusts_only_the_pinned_root(running_ca: RunningCa, tmp_path: Pat
 
 
 def test_host_name_is_checked(running_ca: RunningCa, tmp_path: Path) -> None:
-    from client.servers.ca_home import issue_tls_identity
-    from client.servers.ca_http import build_app
-    from client.support.http_service import ServiceRunner
-    from client.support.channels import server_context
+    from semper.client.servers.ca_home import issue_tls_identity
+    from semper.client.servers.ca_http import build_app
+    from semper.client.support.http_service import ServiceRunner
+    from semper.client.support.channels import server_context
     url = running_ca.url.replace("127.0.0.1", "localhost")      # in the certificate: fine
     assert JsonClient(url, running_ca.root_pem).get("/ca")
     chain, key = issue_tls_identity(running_ca.ca, ("127.0.0.1",), tmp_path / "ip-only")

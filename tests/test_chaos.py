@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from chaos import checks
-from chaos.plan import BUYER_CHEATS, CHEATS, KINDS, WORKFLOWS, make_plan, run_seed
+from semper.chaos import checks
+from semper.chaos.plan import BUYER_CHEATS, CHEATS, KINDS, WORKFLOWS, make_plan, run_seed
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = int(os.environ.get("SEMPER_CHAOS_RUNS", "10"))
@@ -29,7 +29,7 @@ SEED = int(os.environ.get("SEMPER_CHAOS_SEED", "29"))
 
 
 def _chaos(*args: str, timeout: float = 420) -> tuple[int, list[dict[str, Any]], dict[str, Any], str]:
-    proc = subprocess.run([sys.executable, "-m", "client.cli", "chaos", "--json", *args], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "semper.client.cli", "chaos", "--json", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     lines = proc.stdout.splitlines()
     runs = [json.loads(line) for line in lines if line.startswith('{"deals"')]
@@ -158,7 +158,7 @@ def test_shop_delivery_check_finds_goods_given_without_payment() -> None:
 
 
 def test_archive_and_audit_checks_report_tampering(tmp_path: Path) -> None:
-    from client.support.archive import Archive
+    from semper.client.support.archive import Archive
     path = tmp_path / "ev.sqlite3"
     with Archive.open(path, create=True) as a:
         for i in range(3):
@@ -181,9 +181,9 @@ def test_archive_and_audit_checks_report_tampering(tmp_path: Path) -> None:
 def test_a_retransmitted_payment_message_gets_the_same_answer() -> None:
     """A lost answer used to make the payee refuse the payer's retry: the buyer was told 'nothing was
     paid' while the money had moved (``semper chaos``, SET payment, answer dropped)."""
-    from client.payment.manager import PayeeSession
-    from client.payment.model import Record, Status, Terms
-    from client.payment.module import Step
+    from semper.client.payment.manager import PayeeSession
+    from semper.client.payment.model import Record, Status, Terms
+    from semper.client.payment.module import Step
 
     class Flow:
         calls = 0
@@ -207,9 +207,9 @@ def test_a_retransmitted_payment_message_gets_the_same_answer() -> None:
 
 
 def test_payment_evidence_keeps_the_card_certificate_when_the_card_is_gone() -> None:
-    from client.commerce.blocks import payment_evidence
-    from client.payment.model import Record, Status, Terms
-    from hardware import errors as hw
+    from semper.client.commerce.blocks import payment_evidence
+    from semper.client.payment.model import Record, Status, Terms
+    from semper.hardware import errors as hw
 
     class GonePurse:
         def select(self) -> None:
@@ -226,9 +226,9 @@ def test_payment_evidence_keeps_the_card_certificate_when_the_card_is_gone() -> 
 
 
 def test_a_card_that_goes_away_outside_a_payment_ends_the_deal_as_failed() -> None:
-    from client.commerce import workflows
-    from client.tinguin.model import OutcomeStatus
-    from hardware import errors as hw
+    from semper.client.commerce import workflows
+    from semper.client.tinguin.model import OutcomeStatus
+    from semper.hardware import errors as hw
 
     class UI:
         def progress(self, step: Any) -> None:
@@ -270,8 +270,8 @@ def _self_signed_pem() -> str:
 def test_a_link_cut_during_the_tls_handshake_is_a_dropped_connection_not_a_failed_check() -> None:
     """A connection cut mid-handshake used to be reported as "failed the TLS check ... not the shop the
     CA vouches for": a false alarm about identity for what is a dropped link."""
-    from client.commerce.errors import ServiceUnavailable
-    from client.commerce.shop_client import ShopClient
+    from semper.client.commerce.errors import ServiceUnavailable
+    from semper.client.commerce.shop_client import ShopClient
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(10)
     accepted = []
@@ -299,7 +299,7 @@ def test_a_link_cut_during_the_tls_handshake_is_a_dropped_connection_not_a_faile
 def test_the_buyer_client_can_ask_the_third_party_again() -> None:
     """An exchange that ended ``pending`` (third party unreachable) could not be finished from the
     commerce client; ``ExchangeClient.recover`` runs the party's own recovery (found by chaos)."""
-    from client.commerce.exchange_client import ExchangeClient
+    from semper.client.commerce.exchange_client import ExchangeClient
 
     class Party:
         asked = 0
@@ -327,7 +327,7 @@ def test_the_buyer_client_can_ask_the_third_party_again() -> None:
 # ---- the runner's checks catch a broken world -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from chaos.market import Market
+    from semper.chaos.market import Market
     m = Market.create(tmp_path_factory.mktemp("chaos-market"))
     yield m
     m.close()
@@ -339,8 +339,8 @@ def test_a_retried_exchange_order_starts_one_exchange(market: Any, tmp_path: Pat
     used to start a second exchange, the buyer's client took that one's refusal for the deal's
     outcome ("nothing given") while the first exchange had paid — the seller gained twice what the
     buyer's deal evidence proved (``semper chaos --seed 7 --workflow information --workflow contract``)."""
-    from chaos import runner
-    from chaos.plan import Fault, RunPlan
+    from semper.chaos import runner
+    from semper.chaos.plan import Fault, RunPlan
     for workflow, payment in (("information", "card-purse"), ("contract", "none")):
         r = runner.run_one(market, RunPlan(0, workflow, payment, (Fault("drop", "shop", "down", 2),)), 0, tmp_path)
         assert r.injected and "POST /deals/order" in r.injected[0], r.line()
@@ -350,8 +350,8 @@ def test_a_retried_exchange_order_starts_one_exchange(market: Any, tmp_path: Pat
 @pytest.mark.timeout(180)
 def test_the_runner_reports_money_from_nowhere_and_a_doctored_archive(market: Any, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from chaos import runner
-    from chaos.plan import RunPlan
+    from semper.chaos import runner
+    from semper.chaos.plan import RunPlan
     plan = RunPlan(0, "mail-order", "card-purse")
     clean = runner.run_one(market, plan, 0, tmp_path / "0")
     assert clean.ok and [d.outcome for d in clean.deals] == ["satisfied"], clean.line()

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from client.cli import build_parser
-from client.support.money import AmountError, format_amount, parse_amount, parse_currency
+from semper.client.cli import build_parser
+from semper.client.support.money import AmountError, format_amount, parse_amount, parse_currency
 
 
 def test_every_command_group_registers():
@@ -54,7 +54,7 @@ def test_amounts_follow_the_currencys_minor_unit():
 
 
 def _semper(*args: str, **kw):
-    return subprocess.run([sys.executable, "-m", "client.cli", *args], capture_output=True, text=True, timeout=60, **kw)
+    return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], capture_output=True, text=True, timeout=60, **kw)
 
 
 def test_bad_input_gives_one_line_and_status_2(tmp_path):

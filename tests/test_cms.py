@@ -26,13 +26,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from client.support import cms
-from client.support.personalisation import CardProfile, personalise_purse_card
-from client.support.scheme import Scheme
-from hardware import errors as hw
-from hardware.piv import PivSession, PivSigner
-from hardware.signer import sign_message
-from hardware.simulator import open_card
+from semper.client.support import cms
+from semper.client.support.personalisation import CardProfile, personalise_purse_card
+from semper.client.support.scheme import Scheme
+from semper.hardware import errors as hw
+from semper.hardware.piv import PivSession, PivSigner
+from semper.hardware.signer import sign_message
+from semper.hardware.simulator import open_card
 
 from conftest import SCHEME_PIN
 
@@ -153,8 +153,8 @@ def openssl_cms_verify(der: bytes, root_pem: Path, folder: Path, *extra: str | P
 def hsm_token(tmp_path: Path, pki: Pki, label: str = "evidence", common_name: str | None = "semper seller token"):  # type: ignore[no-untyped-def]
     """A logged-in SoftHSM2 token (own folder) with a key on it, certified by the CA under test when
     ``common_name`` is given; skip when hsm/ or SoftHSM2 is not there."""
-    signer_mod = pytest.importorskip("hsm.signer")
-    softhsm = pytest.importorskip("hsm.softhsm")
+    signer_mod = pytest.importorskip("semper.hsm.signer")
+    softhsm = pytest.importorskip("semper.hsm.softhsm")
     if shutil.which("softhsm2-util") is None:
         pytest.skip("SoftHSM2 is not installed")
     store = softhsm.SoftHsmStore.in_folder(tmp_path / f"softhsm-{label}")
@@ -306,7 +306,7 @@ def test_detached_or_unsigned_attribute_free_statements_are_refused(signer: PivS
 
 # ---- the same on a PKCS#11 token ---------------------------------------------------------------------
 def test_token_statement_verified_by_semper_and_openssl(tmp_path: Path, pki: Pki) -> None:
-    from client.support.trust import TrustStore, verify_statement
+    from semper.client.support.trust import TrustStore, verify_statement
     signer = hsm_token(tmp_path, pki)
     try:
         der = cms.sign_statement(signer, {"type": "offer", "deal": "d-2", "price": 500})

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from client.support import cms
-from client.support.trust import TrustStore, verify_statement
-from hardware.pcscd import VirtualCards
-from hardware.piv import PivSession, PivSigner
-from hardware.transport import PcscConnection
+from semper.client.support import cms
+from semper.client.support.trust import TrustStore, verify_statement
+from semper.hardware.pcscd import VirtualCards
+from semper.hardware.piv import PivSession, PivSigner
+from semper.hardware.transport import PcscConnection
 
 from test_cms import PIN, Pki, openssl_cms_verify, pki  # noqa: F401  (shared session fixture)
 

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.support import cms, cms_profile, der
-from hardware.signer import PinStatus
+from semper.client.support import cms, cms_profile, der
+from semper.hardware.signer import PinStatus
 from test_cms import Pki, pki  # noqa: F401  (the shared fixture)
 
 

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from bench.policy_ui import PolicyUI
-from client.commerce.setup import BuyerConfig, open_buyer, register_card
-from client.demo_world import CARD_PIN, World
-from hardware.simulator import open_card
+from semper.bench.policy_ui import PolicyUI
+from semper.client.commerce.setup import BuyerConfig, open_buyer, register_card
+from semper.client.demo_world import CARD_PIN, World
+from semper.hardware.simulator import open_card
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _semper(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "client.cli", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -54,7 +54,7 @@ def test_semper_buy_asks_and_the_tinguin_decides(tmp_path: Path) -> None:
                                                         "statement:delivery"}
         # the buyer seals its archive with a checkpoint signed on the card, exports the deal, and the judge rules
         archive = tmp_path / "home" / "evidence.sqlite3"
-        cp = subprocess.run([sys.executable, "-m", "client.cli", "archive", "checkpoint", "--db", str(archive),
+        cp = subprocess.run([sys.executable, "-m", "semper.client.cli", "archive", "checkpoint", "--db", str(archive),
                              "--image", str(world.buyer_card), "--pin-stdin"], cwd=REPO, env=env, input="1234\n",
                             capture_output=True, text=True, timeout=60)
         assert cp.returncode == 0, cp.stderr
@@ -98,7 +98,7 @@ def test_semper_demo_in_a_real_terminal(tmp_path: Path) -> None:
         pytest.skip("tmux is not installed (make test installs it)")
     sock, done = tmp_path / "tmux.sock", tmp_path / "exit-status"
     env_prefix = f"SEMPER_HOME={tmp_path / 'home'} SEMPER_CONFIG={tmp_path / 'prefs.toml'}"
-    command = f"cd {REPO} && {env_prefix} {sys.executable} -m client.cli demo; echo $? > {done}; sleep 30"
+    command = f"cd {REPO} && {env_prefix} {sys.executable} -m semper.client.cli demo; echo $? > {done}; sleep 30"
 
     def tmux(*args: str) -> str:
         return subprocess.run(["tmux", "-S", str(sock), *args], capture_output=True, text=True, timeout=10).stdout

@@ -18,21 +18,21 @@ from typing import Any
 
 import pytest
 
-from bench.policy_ui import PolicyUI
-from client.commerce import workflows
-from client.commerce.deal import deal_attributes
-from client.commerce.judge import judge_deal
-from client.commerce.setup import BuyerConfig, BuyerSession, open_buyer, register_card
-from client.servers.shop import Cheat
-from client.demo_world import CARD_PIN, World
-from client.exchange.judge import judge as judge_exchange
-from client.payment.wallet import TokenWalletKey, Wallet
-from client.servers.bank_audit import audit
-from client.support.archive import verify_bundle
-from client.support.trust import TrustStore
-from client.tinguin.model import OutcomeStatus
-from hardware.pcscd import VirtualCards
-from hardware.transport import PcscConnection
+from semper.bench.policy_ui import PolicyUI
+from semper.client.commerce import workflows
+from semper.client.commerce.deal import deal_attributes
+from semper.client.commerce.judge import judge_deal
+from semper.client.commerce.setup import BuyerConfig, BuyerSession, open_buyer, register_card
+from semper.client.servers.shop import Cheat
+from semper.client.demo_world import CARD_PIN, World
+from semper.client.exchange.judge import judge as judge_exchange
+from semper.client.payment.wallet import TokenWalletKey, Wallet
+from semper.client.servers.bank_audit import audit
+from semper.client.support.archive import verify_bundle
+from semper.client.support.trust import TrustStore
+from semper.client.tinguin.model import OutcomeStatus
+from semper.hardware.pcscd import VirtualCards
+from semper.hardware.transport import PcscConnection
 
 pytestmark = pytest.mark.pcsc
 ADDRESS = {"name": "Bob Buyer", "street": "1 Main Street", "postcode": "12345", "city": "Teatown", "country": "de"}
@@ -224,7 +224,7 @@ def test_registration_and_contract_signing(market: Market) -> None:
         _pay_with(m, module)
         r = workflows.register(m.buyer, "tea-club", {"name": "Bob Buyer", "email": "bob@buyer.example"})
         assert r.status is OutcomeStatus.SATISFIED and r.payment and r.payment.module == module, r.summary
-    from client.support.cms import parse_statement
+    from semper.client.support.cms import parse_statement
     reg = parse_statement(r.documents["delivery"]).body
     assert reg["type"] == "registration" and reg["member"] == {"name": "Bob Buyer", "email": "bob@buyer.example"}
     assert "E-mail" in m.ui.confirmations[-1]                                    # the form was shown and signed
@@ -297,7 +297,7 @@ def test_a_cheating_seller_is_caught_at_every_step(market: Market) -> None:
 
 def test_a_deal_through_the_tinguin_screens(market: Market) -> None:
     """The same workflow, answered on the TINGUIN's own screens by its scripted user (Textual Pilot)."""
-    from client.tinguin.api import Script, run_scripted
+    from semper.client.tinguin.api import Script, run_scripted
     m = market
     world, services = m.world, m.world.services
     said: list[str] = []

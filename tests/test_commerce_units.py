@@ -14,17 +14,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from test_tinguin_samples import SoftSigner
 
-from bench.policy_ui import PolicyUI
-from client.commerce import documents as docs
-from client.commerce.archive import SharedArchive
-from client.commerce.catalogue import demo_catalogue
-from client.commerce.deal import DealAttributes, deal_attributes, new_deal_id
-from client.commerce.errors import CommerceError, FormError, OfferRefused
-from client.commerce.forms import DELIVERY, PICKUP, form_for
-from client.commerce.pin import GatedSigner, PinNotEntered, tinguin_pin
-from client.support.pki import ROLES
-from client.support.cms import sign_statement
-from client.support.trust import TrustStore, verify_statement
+from semper.bench.policy_ui import PolicyUI
+from semper.client.commerce import documents as docs
+from semper.client.commerce.archive import SharedArchive
+from semper.client.commerce.catalogue import demo_catalogue
+from semper.client.commerce.deal import DealAttributes, deal_attributes, new_deal_id
+from semper.client.commerce.errors import CommerceError, FormError, OfferRefused
+from semper.client.commerce.forms import DELIVERY, PICKUP, form_for
+from semper.client.commerce.pin import GatedSigner, PinNotEntered, tinguin_pin
+from semper.client.support.pki import ROLES
+from semper.client.support.cms import sign_statement
+from semper.client.support.trust import TrustStore, verify_statement
 
 NOW = dt.datetime.now(dt.UTC)
 

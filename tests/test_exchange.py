@@ -28,15 +28,15 @@ from test_exchange_support import (  # noqa: F401
     world,
 )
 
-from client.exchange.errors import NoFairProtocol
-from client.exchange.party import ResponsePlan
-from client.support.cms import parse_statement
-from client.transfer.attributes import SecurityAttributes
-from client.transfer.errors import UnsupportedAttribute
-from client.transfer.information import InformationOffer, describe
-from client.transfer.items import Description, Item, Package
-from client.transfer.managers import PackageOffer
-from client.transfer.statements import StatementOffer
+from semper.client.exchange.errors import NoFairProtocol
+from semper.client.exchange.party import ResponsePlan
+from semper.client.support.cms import parse_statement
+from semper.client.transfer.attributes import SecurityAttributes
+from semper.client.transfer.errors import UnsupportedAttribute
+from semper.client.transfer.information import InformationOffer, describe
+from semper.client.transfer.items import Description, Item, Package
+from semper.client.transfer.managers import PackageOffer
+from semper.client.transfer.statements import StatementOffer
 
 
 class Pair:
@@ -108,15 +108,15 @@ def test_negotiation_refuses_what_no_protocol_makes_fair(world: World, tmp_path:
     async def go() -> None:
         async with Pair(world, tmp_path, fresh_images) as p:
             seller = world.identities["seller"]
-            from client.transfer.statements import CredentialOffer
+            from semper.client.transfer.statements import CredentialOffer
             # a non-revocable credential for a payment: neither generatable-for-verifiable nor revocable
             offer = CredentialOffer(seller.sign, {"member": "gold"})
             want = Description("payment", {"module": "card-purse", "amount": PRICE, "currency": EUR})
             o = await p.seller.originate(p.buyer.url, offer, want)
             assert o.status == "failed" and "no fair protocol" in o.reason and o.messages_sent == 0
             # the payer originating with the generatable item on the other side: told to swap roles
-            from client.transfer.payment import PaymentOffer
-            from client.transfer.purse_payment import CardPursePayer
+            from semper.client.transfer.payment import PaymentOffer
+            from semper.client.transfer.purse_payment import CardPursePayer
             pay = PaymentOffer(CardPursePayer(world.purse_root, p.c.purse), PRICE, EUR)
             o = await p.buyer.originate(p.seller.url, pay, describe(REPORT))
             assert o.status == "failed" and "let that party originate" in o.reason and o.messages_sent == 0
@@ -142,7 +142,7 @@ def test_security_attributes_non_repudiation_of_origin_and_receipt(world: World,
             assert "statement:origin" in buyer_kinds          # the seller's signed origin, kept by the buyer
             # anonymity cannot go with signatures or with a payment that names the card
             with pytest.raises(UnsupportedAttribute):
-                from client.transfer.attributes import check_attributes
+                from semper.client.transfer.attributes import check_attributes
                 check_attributes(SecurityAttributes(anonymity=True), purchase(world, p.c).plan.expect)
             o = await p.seller.originate(p.buyer.url, InformationOffer(REPORT), describe(REPORT), fair=False,
                                          attributes=SecurityAttributes(anonymity=True,
@@ -215,12 +215,12 @@ def test_a_statement_alone_is_generatable_by_replacement(world: World, tmp_path:
 
 def test_package_offers_keep_their_shape() -> None:
     offer = PackageOffer((InformationOffer(b"a"), PackageOffer((InformationOffer(b"b"), InformationOffer(b"c")))))
-    from client.transfer.managers import offer_description
+    from semper.client.transfer.managers import offer_description
     d = offer_description(offer)
     assert [m.to_json()["type"] for m in d.members] == ["information", "package"]
     with pytest.raises(NoFairProtocol):
-        from client.exchange.negotiation import choose_protocol
-        from client.transfer.properties import Properties
+        from semper.client.exchange.negotiation import choose_protocol
+        from semper.client.transfer.properties import Properties
         choose_protocol(Properties(verifiable=True), Properties(verifiable=True), True)
 
 
@@ -231,7 +231,7 @@ def test_semper_bench_exchange_reports_json(tmp_path: Path) -> None:
     import sys
 
     from test_exchange_support import REPO
-    r = subprocess.run([sys.executable, "-m", "client.cli", "bench", "exchange", "--runs", "2", "--resolved-runs", "1"],
+    r = subprocess.run([sys.executable, "-m", "semper.client.cli", "bench", "exchange", "--runs", "2", "--resolved-runs", "1"],
                        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
                        env={**os.environ, "SEMPER_HOME": str(tmp_path)})
     assert r.returncode == 0, r.stderr
@@ -247,11 +247,11 @@ def test_semper_bench_exchange_reports_json(tmp_path: Path) -> None:
 def test_the_buyer_signs_on_its_card(world: World, tmp_path: Path, fresh_images: Any) -> None:
     """The buyer's acceptance and its request to T are signed by the card's PIV key 9C (PIN before
     every signature), certified by the semper CA; the exchange layer sees only a Signer."""
-    from client.exchange.identity import Identity
-    from client.exchange.party import Party
-    from client.support import pki
-    from hardware.piv import PivSession, PivSigner, Slot
-    from hardware.simulator import open_card
+    from semper.client.exchange.identity import Identity
+    from semper.client.exchange.party import Party
+    from semper.client.support import pki
+    from semper.hardware.piv import PivSession, PivSigner, Slot
+    from semper.hardware.simulator import open_card
     card_image, _psam = fresh_images(tmp_path / "piv")
     conn = open_card(card_image, sync=False)
     try:

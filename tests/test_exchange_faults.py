@@ -31,11 +31,11 @@ from test_exchange_support import (  # noqa: F401
     world,
 )
 
-from client.exchange.judge import judge
-from client.exchange.messages import Proposal, exchange_id
-from client.exchange.party import Party
-from client.transfer.escrow import seal
-from client.transfer.information import InformationOffer
+from semper.client.exchange.judge import judge
+from semper.client.exchange.messages import Proposal, exchange_id
+from semper.client.exchange.party import Party
+from semper.client.transfer.escrow import seal
+from semper.client.transfer.information import InformationOffer
 
 STEP = 0.4          # the honest party's patience per step (fairness does not depend on it)
 SENDER = {"negotiate": "originator", "negotiated": "responder", "propose": "originator", "accept": "responder",
@@ -84,7 +84,7 @@ def resign_proposal(world: World) -> Callable[[dict[str, Any]], dict[str, Any]]:
 
 def other_payment(world: World, c: Any) -> dict[str, Any]:
     """A genuine card-signed debit proof — for another request (an earlier purchase at the same PSAM)."""
-    from client.payment.card_purse import purchase as direct_purchase
+    from semper.client.payment.card_purse import purchase as direct_purchase
     r = direct_purchase(c.purse, c.psam, PRICE)
     return {"type": "payment", "module": "card-purse", "proof": {
         "certificate": base64.b64encode(c.purse.certificate()).decode(),
@@ -141,12 +141,12 @@ def spoil_item(world: World, protocol: str, kind: str, fault: str, c: Any) -> Ca
 
 
 def _statement_body(der_b64: str) -> bytes:
-    from client.support.cms import parse_statement
+    from semper.client.support.cms import parse_statement
     return parse_statement(base64.b64decode(der_b64)).content
 
 
 def _ttp_id(world: World) -> str:
-    from client.transfer.binding import cert_id
+    from semper.client.transfer.binding import cert_id
     return cert_id(world.ttp_home.certificate())
 
 
@@ -318,7 +318,7 @@ def test_a_false_commitment_gives_the_responder_a_signed_finding(world: World, t
             return c, a
 
     def lie(deal: Any) -> Any:
-        from client.transfer.managers import PackageOffer
+        from semper.client.transfer.managers import PackageOffer
         info, receipt = deal.offer.members
         deal.offer = PackageOffer((LyingInformationOffer(info.data, "report.bin"), receipt), deal.offer.label)
         return deal

@@ -30,7 +30,7 @@ from test_exchange_support import (  # noqa: F401
     world,
 )
 
-from client.servers import ttp_store
+from semper.client.servers import ttp_store
 
 SELLER_CRASH = [None, "negotiate", "propose", "item", "ttp"]
 BUYER_CRASH = [None, "negotiated", "accept", "ttp"]

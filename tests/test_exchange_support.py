@@ -21,36 +21,36 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from client.exchange.identity import Identity, TtpInfo
-from client.exchange.party import Party, ResponsePlan
-from client.support import pki
-from client.servers.ca import CertificationAuthority
-from client.servers.ca_home import issue_tls_identity
-from client.support.db import Database
-from client.support.http_service import ServiceRunner
-from client.servers.ttp import ThirdParty
-from client.servers.ttp_home import TtpHome
-from client.support.channels import JsonClient, server_context
-from client.support.scheme import Scheme
-from client.support.trust import TrustStore
-from client.transfer.information import InformationManager, InformationOffer, describe
-from client.transfer.items import Description, PackageDescription
-from client.transfer.managers import Managers, PackageOffer
-from client.transfer.payment import PaymentManager, PaymentOffer
-from client.transfer.purse_payment import (
+from semper.client.exchange.identity import Identity, TtpInfo
+from semper.client.exchange.party import Party, ResponsePlan
+from semper.client.support import pki
+from semper.client.servers.ca import CertificationAuthority
+from semper.client.servers.ca_home import issue_tls_identity
+from semper.client.support.db import Database
+from semper.client.support.http_service import ServiceRunner
+from semper.client.servers.ttp import ThirdParty
+from semper.client.servers.ttp_home import TtpHome
+from semper.client.support.channels import JsonClient, server_context
+from semper.client.support.scheme import Scheme
+from semper.client.support.trust import TrustStore
+from semper.client.transfer.information import InformationManager, InformationOffer, describe
+from semper.client.transfer.items import Description, PackageDescription
+from semper.client.transfer.managers import Managers, PackageOffer
+from semper.client.transfer.payment import PaymentManager, PaymentOffer
+from semper.client.transfer.purse_payment import (
     CardPursePayee,
     CardPursePayer,
     CardPurseVerifier,
 )
-from client.transfer.statements import (
+from semper.client.transfer.statements import (
     CredentialManager,
     CredentialOffer,
     StatementManager,
     StatementOffer,
 )
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.simulator import open_card
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.simulator import open_card
 
 PIN = b"party-pin-2468"
 SO_PIN = b"so-pin-13579135"
@@ -85,7 +85,7 @@ class World:
         return TtpInfo.load(url, home.certificate(), home.escrow_file.read_bytes(), self.trust)
 
     def escrow_ids(self, home: TtpHome | None = None) -> dict[str, str]:
-        from client.transfer.binding import cert_id
+        from semper.client.transfer.binding import cert_id
         info = self.ttp_info("https://127.0.0.1:1", home)
         assert info.escrow is not None
         return {cert_id(info.certificate): info.escrow.key_id}
@@ -94,8 +94,8 @@ class World:
 def make_world(folder: Path, scheme: Scheme, store: Any = None) -> World:
     """``store``: a SoftHsmStore whose tokens ``LABELS`` were provisioned already (with ``PIN``), e.g. beside
     another world's in one folder; None makes and provisions one here."""
-    from hsm.signer import Pkcs11Signer
-    from hsm.softhsm import SoftHsmStore, provision
+    from semper.hsm.signer import Pkcs11Signer
+    from semper.hsm.softhsm import SoftHsmStore, provision
     if store is None:
         store = SoftHsmStore.in_folder(folder / "softhsm")
         for label in LABELS:
@@ -156,7 +156,7 @@ def start_ttp(world: World, db_path: Path) -> RunningTtp:
     o = world.opened
     ttp = ThirdParty(Database(f"sqlite:///{db_path}"), o.ttp.signer, o.ttp.certificate, o.ttp.trust,
                      o.ttp.managers, o.ttp.escrow)
-    from client.servers.ttp_http import build_app
+    from semper.client.servers.ttp_http import build_app
     runner = ServiceRunner(build_app(ttp, escrow_statement=o.escrow_statement, tsa=o.tsa), "127.0.0.1", 0,
                            server_context(*o.tls)).start()
     return RunningTtp(ttp, runner, runner.url)
@@ -173,7 +173,7 @@ def ttp_process(world: World, db_path: Path, crash_at: str | None = None, timeou
         env["SEMPER_TTP_CRASH_AT"] = crash_at
     else:
         env.pop("SEMPER_TTP_CRASH_AT", None)
-    proc = subprocess.Popen([sys.executable, "-m", "client.cli", "serve", "ttp", "--dir", str(world.ttp_proc_home.folder),
+    proc = subprocess.Popen([sys.executable, "-m", "semper.client.cli", "serve", "ttp", "--dir", str(world.ttp_proc_home.folder),
                              "--db", f"sqlite:///{db_path}", "--pin-file", str(pin_file), "--port", str(port)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
@@ -207,7 +207,7 @@ class Cards:
 
 
 def cards(world: World, folder: Path, fresh_images: Callable[[Path], tuple[Path, Path]], load: int = 5000) -> Cards:
-    from client.payment.card_purse import load as load_purse
+    from semper.client.payment.card_purse import load as load_purse
     buyer, psam = fresh_images(folder)
     b, p = open_card(buyer, sync=False), open_card(psam, sync=False)
     c = Cards(PurseSession(b), PsamSession(p), [b.close, p.close])

@@ -64,28 +64,28 @@ from test_fuzz_support import (
 )
 from test_payment_support import CARD_PIN, EUR, World, card_pin, world  # noqa: F401  (fixture)
 
-from client.payment import blind, formats
-from client.payment.bank_client import BankClient
-from client.payment.errors import PaymentError, ProtocolError
-from client.payment.manager import LocalPayee, PaymentManager, pay
-from client.payment.model import Status, Terms
-from client.payment.module import PartyContext
-from client.payment.modules.purse import PurseModule
-from client.payment.wire import SignedJson, b64, digest, unb64
-from client.servers.bank import Bank
-from client.servers.bank_audit import audit
-from client.servers.bank_http import build_app
-from client.support.db import Database
-from client.support.http_service import ServiceRunner
-from client.support.channels import server_context
-from client.support.personalisation import (
+from semper.client.payment import blind, formats
+from semper.client.payment.bank_client import BankClient
+from semper.client.payment.errors import PaymentError, ProtocolError
+from semper.client.payment.manager import LocalPayee, PaymentManager, pay
+from semper.client.payment.model import Status, Terms
+from semper.client.payment.module import PartyContext
+from semper.client.payment.modules.purse import PurseModule
+from semper.client.payment.wire import SignedJson, b64, digest, unb64
+from semper.client.servers.bank import Bank
+from semper.client.servers.bank_audit import audit
+from semper.client.servers.bank_http import build_app
+from semper.client.support.db import Database
+from semper.client.support.http_service import ServiceRunner
+from semper.client.support.channels import server_context
+from semper.client.support.personalisation import (
     CardProfile,
     personalise_psam,
     personalise_purse_card,
 )
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.simulator import open_card
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.simulator import open_card
 
 OPS = ("accounts/balance", "issuer/load", "issuer/confirm", "acquirer/clear", "acquirer/clear_proof", "set/authorise",
        "set/capture", "set/release", "set/refund", "set/status", "cheque/deposit", "cheque/status", "mint/withdraw",
@@ -521,8 +521,8 @@ class BankMachine(RuleBasedStateMachine):
     @rule(amount=st.integers(1, 800))
     @counted
     def purse_purchase(self, amount: int) -> None:
-        from client.payment.card_purse import purchase
-        from hardware.errors import HardwareError
+        from semper.client.payment.card_purse import purchase
+        from semper.hardware.errors import HardwareError
         try:
             purchase(self.purse, self.psam, amount)
         except HardwareError:
@@ -654,9 +654,12 @@ class BankMachine(RuleBasedStateMachine):
 def test_bank_state_machine(world: World, template: Template, tmp_path: Path) -> None:  # noqa: F811
     BankMachine.world, BankMachine.template, BankMachine.root = world, template, tmp_path
     RAN.clear()
-    run_state_machine_as_test(BankMachine, settings=settings(
-        max_examples=int(os.environ.get("SEMPER_FUZZ_EXAMPLES", "15")), stateful_step_count=40, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
-    print("bank state machine, steps per rule:", dict(RAN))
     rules = {name for name, v in vars(BankMachine).items() if getattr(v, "counted", False)}
-    assert rules <= set(RAN), f"rules that never ran: {sorted(rules - set(RAN))}"
+    for _round in range(3):       # rules behind a precondition (a refund needs a capture) may miss a round
+        run_state_machine_as_test(BankMachine, settings=settings(
+            max_examples=int(os.environ.get("SEMPER_FUZZ_EXAMPLES", "15")), stateful_step_count=40, deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+        if rules <= set(RAN):
+            break
+    print("bank state machine, steps per rule:", dict(RAN))
+    assert rules <= set(RAN), f"rules that never ran in three rounds: {sorted(rules - set(RAN))}"

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _semper(*args: str, home: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "client.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, check=False, env={**os.environ, "SEMPER_HOME": str(home)})
 
 
@@ -32,7 +32,7 @@ def _stats(x: Any) -> None:
 
 
 def test_bench_all_quick_reports_every_figure(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+    out = tmp_path / "semper.bench.json"
     r = _semper("bench", "all", "--quick", "--no-pcscd", "--output", str(out), home=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads(r.stdout)

@@ -44,8 +44,8 @@ from test_fuzz_support import (
     protocol_level_refusals,
 )
 
-from client.exchange import wire
-from client.exchange.party import Party
+from semper.client.exchange import wire
+from semper.client.exchange.party import Party
 
 T = TypeVar("T")
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

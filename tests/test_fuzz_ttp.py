@@ -58,10 +58,10 @@ from test_fuzz_support import (
 )
 from test_ttp import evidence, open_exchange
 
-from client.exchange.messages import Proposal, request_body
-from client.support.archive import Archive
-from client.support.trust import verify_statement
-from client.transfer.statements import same_key
+from semper.client.exchange.messages import Proposal, request_body
+from semper.client.support.archive import Archive
+from semper.client.support.trust import verify_statement
+from semper.client.transfer.statements import same_key
 
 KINDS = ("resolve", "abort", "complaint", "status")
 KNOWN = tuple(f"/{k}" for k in KINDS) + ("/escrow-key", "/certificate", "/timestamp", "/stats")
@@ -232,7 +232,7 @@ def test_statement_parser_refuses_every_damage_as_evidence_error(world: World, e
                                                                  data: st.DataObject) -> None:
     """In process, no HTTP: a damaged statement is valid or an EvidenceError, nothing else (what the
     third party and every verifier rely on to answer with a refusal instead of a crash)."""
-    from client.support.cms import EvidenceError
+    from semper.client.support.cms import EvidenceError
     der = data.draw(damaged(data.draw(st.sampled_from(ev.requests)).der))
     try:
         verify_statement(der, world.trust)
@@ -253,7 +253,7 @@ def test_time_stamp_requests_that_are_not_der(world: World, ttp: RunningTtp, dat
     a = raw.send("POST", "/timestamp", body, {"Content-Type": "application/timestamp-query"})
     assert_sane(a)
     if a.status == 200:
-        from client.support.tsa import (
+        from semper.client.support.tsa import (
             TimeStampResponse,  # asn1crypto's own makes the token mandatory
         )
         resp = TimeStampResponse.load(a.body)
@@ -266,7 +266,7 @@ ASN1CRYPTO_ATTRIBUTE_ERROR = (b"0<\x02\x01\x00010\r\x06\x00\x01\x01\x00\x01\x04\
 
 
 def test_time_stamp_requests_found_by_the_fuzzer(world: World, ttp: RunningTtp) -> None:  # noqa: F811
-    from client.support.tsa import TimeStampResponse
+    from semper.client.support.tsa import TimeStampResponse
     for der in (ASN1CRYPTO_ATTRIBUTE_ERROR, b"\x30\x82\x1f\x00" + b"\x30\x80" * 3000):
         a = raw_for(world, ttp).send("POST", "/timestamp", der, {"Content-Type": "application/timestamp-query"})
         assert a.status == 200, (a.status, a.body[:200])

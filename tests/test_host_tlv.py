@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from hardware import tlv
-from hardware.errors import TransportError
+from semper.hardware import tlv
+from semper.hardware.errors import TransportError
 
 
 def test_round_trip_of_short_long_and_two_byte_tags():

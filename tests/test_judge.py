@@ -12,7 +12,7 @@ from typing import Any
 from test_exchange_faults import exchange_with_fault, fault_for
 from test_exchange_support import REPO, World, world  # noqa: F401
 
-from client.exchange.judge import judge
+from semper.client.exchange.judge import judge
 
 
 def semper_judge(world: World, bundle: Path, tmp_path: Path, ca: str | None = None) -> tuple[int, dict[str, Any], str]:
@@ -21,7 +21,7 @@ def semper_judge(world: World, bundle: Path, tmp_path: Path, ca: str | None = No
     purse = tmp_path / "purse-root.pem"
     from cryptography.hazmat.primitives.serialization import Encoding
     purse.write_bytes(world.purse_root.public_bytes(Encoding.PEM))
-    r = subprocess.run([sys.executable, "-m", "client.cli", "judge", str(bundle), "--ca", str(ca_file),
+    r = subprocess.run([sys.executable, "-m", "semper.client.cli", "judge", str(bundle), "--ca", str(ca_file),
                         "--purse-root", str(purse)], cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
                        env={**os.environ, "SEMPER_HOME": str(tmp_path / "home")})
     return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {}), r.stderr
@@ -38,7 +38,7 @@ def test_the_judge_rules_on_a_resolved_and_on_a_false_commitment_case(world: Wor
     assert ruling["responder"]["fulfilled"] and ruling["fair"]
     assert [d["outcome"] for d in ruling["third_party"]] == ["resolved"]
     # the seller's own bundle (it stopped before its item) shows the buyer's valid payment too
-    from client.support.archive import Archive
+    from semper.client.support.archive import Archive
     with Archive.open(resolved["seller"].archive.path, sign=world.identities["seller"].sign) as a:
         own = a.export(resolved["originator"].xid, tmp_path / "seller.zip")
     code, ruling, err = semper_judge(world, own, tmp_path)
@@ -53,9 +53,9 @@ def test_the_judge_rules_on_a_resolved_and_on_a_false_commitment_case(world: Wor
 
 def _lie(deal: Any) -> Any:
     """The seller's offer with an escrowed key that does not open its report."""
-    from client.transfer.escrow import seal
-    from client.transfer.information import InformationOffer
-    from client.transfer.managers import PackageOffer
+    from semper.client.transfer.escrow import seal
+    from semper.client.transfer.information import InformationOffer
+    from semper.client.transfer.managers import PackageOffer
 
     class Lying(InformationOffer):
         def commit(self, d: Any, b: Any, escrow: Any) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -7,21 +7,21 @@ from pathlib import Path
 import pytest
 from test_payment_support import CARD_PIN, EUR, PARTY_PIN, World, card_pin, world  # noqa: F401  (fixture)
 
-from client.payment.errors import NegotiationError, PaymentRefused, ProtocolError
-from client.payment.manager import LocalPayee, PaymentManager, pay, run_payment
-from client.payment.model import Status, Terms
-from client.payment.module import PartyContext
-from client.payment.modules.ecash import EcashModule
-from client.payment.modules.mandate import MandateModule
-from client.payment.modules.purse import PurseModule
-from client.payment.modules.setpay import SetPayModule
-from client.payment.negotiation import Requirements
-from hsm.rsa import RsaTokenKeys
-from client.payment.wallet import TokenWalletKey, Wallet
-from client.servers.bank_audit import audit
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.simulator import open_card
+from semper.client.payment.errors import NegotiationError, PaymentRefused, ProtocolError
+from semper.client.payment.manager import LocalPayee, PaymentManager, pay, run_payment
+from semper.client.payment.model import Status, Terms
+from semper.client.payment.module import PartyContext
+from semper.client.payment.modules.ecash import EcashModule
+from semper.client.payment.modules.mandate import MandateModule
+from semper.client.payment.modules.purse import PurseModule
+from semper.client.payment.modules.setpay import SetPayModule
+from semper.client.payment.negotiation import Requirements
+from semper.hsm.rsa import RsaTokenKeys
+from semper.client.payment.wallet import TokenWalletKey, Wallet
+from semper.client.servers.bank_audit import audit
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.simulator import open_card
 
 
 def _ctx(w: World, who: str, **kw) -> PartyContext:  # type: ignore[no-untyped-def]
@@ -127,7 +127,7 @@ def test_cheque_paid_once_and_bounced_when_uncovered(world: World) -> None:
     assert m[buyer_acc] == before[buyer_acc] - 700 and m[seller_acc] == before[seller_acc] + 700
     module = payee.module("cheque")
     assert isinstance(module, MandateModule)
-    from client.payment.wire import SignedJson
+    from semper.client.payment.wire import SignedJson
     cheque = SignedJson.from_json(payee.record(terms.payment_id, "payee").evidence["cheque"])
     with pytest.raises(PaymentRefused) as e:
         module.deposit(cheque)

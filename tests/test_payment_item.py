@@ -13,21 +13,21 @@ from typing import Any
 import pytest
 from test_payment_support import EUR, PARTY_PIN, World, card_pin, world  # noqa: F401  (fixture)
 
-from client.payment.item import ItemPayee, ItemPayer, item_verifiers
-from client.payment.manager import PaymentManager
-from client.payment.module import PartyContext
-from client.payment.modules.ecash import EcashModule
-from client.payment.modules.purse import PurseModule
-from hsm.rsa import RsaTokenKeys
-from client.payment.wallet import TokenWalletKey, Wallet
-from client.servers.bank_audit import audit
-from client.transfer.errors import ItemMismatch, TransferError
-from client.transfer.items import Description, Item
-from client.transfer.payment import PaymentManager as ItemManager
-from client.transfer.payment import PaymentOffer
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.simulator import open_card
+from semper.client.payment.item import ItemPayee, ItemPayer, item_verifiers
+from semper.client.payment.manager import PaymentManager
+from semper.client.payment.module import PartyContext
+from semper.client.payment.modules.ecash import EcashModule
+from semper.client.payment.modules.purse import PurseModule
+from semper.hsm.rsa import RsaTokenKeys
+from semper.client.payment.wallet import TokenWalletKey, Wallet
+from semper.client.servers.bank_audit import audit
+from semper.client.transfer.errors import ItemMismatch, TransferError
+from semper.client.transfer.items import Description, Item
+from semper.client.transfer.payment import PaymentManager as ItemManager
+from semper.client.transfer.payment import PaymentOffer
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.simulator import open_card
 
 
 def _ctx(w: World, who: str, **kw: Any) -> PartyContext:

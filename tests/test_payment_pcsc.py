@@ -12,18 +12,18 @@ from pathlib import Path
 import pytest
 from test_payment_support import CARD_PIN, EUR, World, card_pin, world  # noqa: F401  (fixture)
 
-from client.payment.manager import LocalPayee, PaymentManager, pay
-from client.payment.model import Status, Terms
-from client.payment.module import PartyContext
-from client.payment.modules.purse import PurseModule
-from client.servers.bank_audit import audit
-from client.support.personalisation import CardProfile, personalise_purse_card
-from hardware.pcscd import VirtualCards
-from hardware.piv import PivSession, PivSigner
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.simulator import open_card
-from hardware.transport import PcscConnection
+from semper.client.payment.manager import LocalPayee, PaymentManager, pay
+from semper.client.payment.model import Status, Terms
+from semper.client.payment.module import PartyContext
+from semper.client.payment.modules.purse import PurseModule
+from semper.client.servers.bank_audit import audit
+from semper.client.support.personalisation import CardProfile, personalise_purse_card
+from semper.hardware.pcscd import VirtualCards
+from semper.hardware.piv import PivSession, PivSigner
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.simulator import open_card
+from semper.hardware.transport import PcscConnection
 
 pytestmark = pytest.mark.pcsc
 

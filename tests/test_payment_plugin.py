@@ -34,8 +34,8 @@ packages = ["semper_voucher"]
 MODULE = '''
 """A legacy voucher system (its own interface) and the adapter that makes it a semper module."""
 import hashlib, hmac
-from client.payment.adapter import OneShotAdapter
-from client.payment.model import ExchangeProperties, Model
+from semper.client.payment.adapter import OneShotAdapter
+from semper.client.payment.model import ExchangeProperties, Model
 
 SECRET = b"voucher-issuer-secret"
 USED = set()
@@ -76,10 +76,10 @@ class VoucherModule(OneShotAdapter):
 
 SCRIPT = textwrap.dedent("""
     import json
-    from client.payment.manager import LocalPayee, PaymentManager, pay
-    from client.payment.module import PartyContext
-    from client.payment.model import Terms
-    from client.payment.registry import discover
+    from semper.client.payment.manager import LocalPayee, PaymentManager, pay
+    from semper.client.payment.module import PartyContext
+    from semper.client.payment.model import Terms
+    from semper.client.payment.registry import discover
     found = {f.name: f.problem for f in discover()}
     payer, payee = PaymentManager(PartyContext()), PaymentManager(PartyContext())
     terms = Terms.new(450, 978, "shop", b"order 1")
@@ -123,7 +123,7 @@ def test_external_module_is_found_and_pays(installed: Path) -> None:
 
 
 def test_cli_lists_the_external_module(installed: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "client.cli", "payment", "modules"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "semper.client.cli", "payment", "modules"], capture_output=True, text=True,
                        timeout=120, cwd=REPO, env=_env(installed), stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
     rows = {row["name"]: row for row in json.loads(r.stdout)}
@@ -132,5 +132,5 @@ def test_cli_lists_the_external_module(installed: Path) -> None:
 
 
 def test_without_the_package_it_is_not_there() -> None:
-    from client.payment.registry import discover
+    from semper.client.payment.registry import discover
     assert "voucher" not in {f.name for f in discover()}

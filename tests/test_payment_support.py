@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from client.payment.bank_client import BankClient
-from client.servers.bank import Bank
-from client.servers.bank_home import BankHome
-from client.servers.bank_http import build_app
-from client.support.http_service import ServiceRunner
-from client.support.channels import server_context
-from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
-from client.support.scheme import Scheme
+from semper.client.payment.bank_client import BankClient
+from semper.client.servers.bank import Bank
+from semper.client.servers.bank_home import BankHome
+from semper.client.servers.bank_http import build_app
+from semper.client.support.http_service import ServiceRunner
+from semper.client.support.channels import server_context
+from semper.client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
+from semper.client.support.scheme import Scheme
 
 BANK_PIN = b"bank-pin-2468"
 PARTY_PIN = b"party-pin-1357"
@@ -65,9 +65,9 @@ class World:
         sequence numbers and cleared proofs, and a copy of a card it has seen is a clone that replays
         old counters, which the issuer and the acquirer rightly refuse."""
         folder.mkdir(parents=True, exist_ok=True)
-        from hardware.psam import PsamSession
-        from hardware.purse import PurseSession
-        from hardware.simulator import open_card
+        from semper.hardware.psam import PsamSession
+        from semper.hardware.purse import PurseSession
+        from semper.hardware.simulator import open_card
         b, p = folder / "buyer.card", folder / "psam.card"
         personalise_purse_card(b, self.scheme, CardProfile(CARD_PIN, b"12345678", max_balance=200_000), sync=False,
                                issuer_point=self.bank.keys.signer.public_point())
@@ -88,8 +88,8 @@ class World:
 def make_world(folder: Path, scheme: Scheme, *, denominations: tuple[int, ...] = DENOMS, hsm: Any = None) -> World:
     """``hsm``: a SoftHsmStore to provision the tokens in (one PKCS#11 module serves one token folder at a
     time, so a test that needs this world beside another puts both worlds' tokens in one store)."""
-    from hsm.signer import Pkcs11Signer
-    from hsm.softhsm import SoftHsmStore, provision
+    from semper.hsm.signer import Pkcs11Signer
+    from semper.hsm.softhsm import SoftHsmStore, provision
     hsm = hsm or SoftHsmStore.in_folder(folder / "softhsm")
     provision(hsm, "bank", BANK_PIN, SO_PIN)
     for label in PARTY_TOKENS:

@@ -12,16 +12,16 @@ import sys
 
 import pytest
 
-from client.payment import card_purse
-from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
-from client.support.scheme import Scheme
-from hardware import errors, readers
-from hardware.iso7816 import AID
-from hardware.pcscd import VirtualCards
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.simulator import open_card
-from hardware.transport import ApduSession, PcscConnection
+from semper.client.payment import card_purse
+from semper.client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
+from semper.client.support.scheme import Scheme
+from semper.hardware import errors, readers
+from semper.hardware.iso7816 import AID
+from semper.hardware.pcscd import VirtualCards
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.simulator import open_card
+from semper.hardware.transport import ApduSession, PcscConnection
 
 from conftest import SCHEME_PIN
 
@@ -162,7 +162,7 @@ def test_cli_through_pcscd(world):
     (world["folder"] / "home").mkdir(exist_ok=True)
     if not (world["folder"] / "home" / "scheme").exists():
         shutil.copytree(world["folder"] / "scheme", world["folder"] / "home" / "scheme")
-    semper = [sys.executable, "-m", "client.cli"]
+    semper = [sys.executable, "-m", "semper.client.cli"]
     info = subprocess.run(semper + ["card", "info", "--json", "--reader", world["buyer"]], env=env,
                           capture_output=True, text=True, timeout=60)
     assert info.returncode == 0, info.stderr

@@ -9,18 +9,18 @@ import time
 
 import pytest
 
-from bench.common import card_pair
-from bench.tearing import run_tear_test
-from hardware import readers
-from hardware.pcscd import Pcscd, free_port_pair, reader_names
-from hardware.purse import PurseSession
-from hardware.transport import PcscConnection
+from semper.bench.common import card_pair
+from semper.bench.tearing import run_tear_test
+from semper.hardware import readers
+from semper.hardware.pcscd import Pcscd, free_port_pair, reader_names
+from semper.hardware.purse import PurseSession
+from semper.hardware.transport import PcscConnection
 
 pytestmark = pytest.mark.pcsc
 
 
 def _serve(image, port):
-    return subprocess.Popen([sys.executable, "-m", "card_applet_sim", str(image), "--port", str(port), "--no-sync"],
+    return subprocess.Popen([sys.executable, "-m", "semper.card_applet_sim", str(image), "--port", str(port), "--no-sync"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -61,14 +61,14 @@ def test_events_and_card_survive_a_pcscd_restart():
 
 
 def test_card_serve_rejects_a_missing_or_locked_image(tmp_path):
-    missing = subprocess.run([sys.executable, "-m", "card_applet_sim", str(tmp_path / "nope.card")],
+    missing = subprocess.run([sys.executable, "-m", "semper.card_applet_sim", str(tmp_path / "nope.card")],
                              capture_output=True, text=True, timeout=30)
     assert missing.returncode == 2 and "semper card new" in missing.stderr
     with card_pair() as pair:
         first = _serve(pair.buyer, free_port_pair())
         try:
             time.sleep(1.0)
-            second = subprocess.run([sys.executable, "-m", "card_applet_sim", str(pair.buyer)],
+            second = subprocess.run([sys.executable, "-m", "semper.card_applet_sim", str(pair.buyer)],
                                     capture_output=True, text=True, timeout=30)
             assert second.returncode == 2 and "in use" in second.stderr
         finally:
@@ -89,7 +89,7 @@ def test_tearing_loses_nothing():
 
 def test_bench_apdu_reports_every_figure():
     """Timings are not asserted (they belong to 'semper bench'); the report must be complete and sane."""
-    from bench.apdu import bench_apdu
+    from semper.bench.apdu import bench_apdu
     report = bench_apdu(count=30, purchases=3, progress=False)
     for key in ("in_process", "pcscd", "purchase_pcscd", "piv_sign_9a_pcscd", "piv_verify_and_sign_9c_pcscd",
                 "raw_cryptography_sign"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from hardware import readers
+from semper.hardware import readers
 
 
 def test_feature_list_with_and_without_verify_pin_direct():

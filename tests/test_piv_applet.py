@@ -11,13 +11,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.support.personalisation import CardProfile, personalise_purse_card
-from client.support.scheme import Scheme
-from hardware import errors, tlv
-from hardware.iso7816 import AID
-from hardware.piv import CHUID, PivSession, PivSigner, Slot
-from hardware.signer import sign_message
-from hardware.simulator import open_card
+from semper.client.support.personalisation import CardProfile, personalise_purse_card
+from semper.client.support.scheme import Scheme
+from semper.hardware import errors, tlv
+from semper.hardware.iso7816 import AID
+from semper.hardware.piv import CHUID, PivSession, PivSigner, Slot
+from semper.hardware.signer import sign_message
+from semper.hardware.simulator import open_card
 
 from conftest import SCHEME_PIN
 
@@ -279,7 +279,7 @@ def test_private_keys_never_leave_the_card(card):
        p1=st.integers(0, 255), p2=st.integers(0, 255), data=st.binary(max_size=300),
        le=st.one_of(st.none(), st.integers(0, 255)))
 def test_fuzz_piv_never_crashes_and_refusals_change_nothing(card, ins, p1, p2, data, le):
-    from hardware.iso7816 import Apdu
+    from semper.hardware.iso7816 import Apdu
     raw(card, SELECT)
     store = card.card.store
     before = store.snapshot()

@@ -10,12 +10,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.support.personalisation import CardProfile, personalise_purse_card
-from client.support.scheme import Scheme
-from hardware.pcscd import VirtualCards
-from hardware.piv import PivSession, PivSigner, Slot
-from hardware.signer import sign_message
-from hardware.transport import PcscConnection
+from semper.client.support.personalisation import CardProfile, personalise_purse_card
+from semper.client.support.scheme import Scheme
+from semper.hardware.pcscd import VirtualCards
+from semper.hardware.piv import PivSession, PivSigner, Slot
+from semper.hardware.signer import sign_message
+from semper.hardware.transport import PcscConnection
 
 from conftest import SCHEME_PIN
 

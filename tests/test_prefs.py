@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from client.cli import main
-from client.support import prefs
-from client.support.prefs import PrefsError
+from semper.client.cli import main
+from semper.client.support import prefs
+from semper.client.support.prefs import PrefsError
 
 
 @pytest.fixture(autouse=True)

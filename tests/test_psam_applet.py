@@ -11,15 +11,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from card_applet_sim import crypto
-from card_applet_sim.applets import psam as psam_applet
-from client.payment import card_purse
-from client.support.personalisation import CardProfile, personalise_purse_card
-from hardware import errors, tlv
-from hardware.iso7816 import Apdu
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.purse_records import BatchHeader, DebitRecord, Signed
+from semper.card_applet_sim import crypto
+from semper.card_applet_sim.applets import psam as psam_applet
+from semper.client.payment import card_purse
+from semper.client.support.personalisation import CardProfile, personalise_purse_card
+from semper.hardware import errors, tlv
+from semper.hardware.iso7816 import Apdu
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.purse_records import BatchHeader, DebitRecord, Signed
 
 from conftest import EUR, PIN, PUK
 

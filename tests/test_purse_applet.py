@@ -12,17 +12,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from card_applet_sim import crypto
-from client.payment import card_purse
-from client.support.personalisation import personalise_psam
-from client.support.scheme import ROLE_PURSE_CARD
-from hardware import errors
-from hardware.iso7816 import Apdu
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.purse_records import DEBIT_REQUEST, DebitRecord, LoadConfirmation, Signed
-from hardware.signer import sign_message
-from hardware.simulator import create_card, open_card
+from semper.card_applet_sim import crypto
+from semper.client.payment import card_purse
+from semper.client.support.personalisation import personalise_psam
+from semper.client.support.scheme import ROLE_PURSE_CARD
+from semper.hardware import errors
+from semper.hardware.iso7816 import Apdu
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.purse_records import DEBIT_REQUEST, DebitRecord, LoadConfirmation, Signed
+from semper.hardware.signer import sign_message
+from semper.hardware.simulator import create_card, open_card
 
 from conftest import EUR, MAX_BALANCE, PIN, PUK
 

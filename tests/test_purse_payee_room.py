@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from client.payment import card_purse
-from client.payment.model import Terms
-from client.payment.module import PartyContext
-from client.payment.modules.purse import PSAM_PENDING, PayeeFlow, PayerFlow, PurseModule, TerminalBusy
-from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
-from client.support.scheme import Scheme
-from hardware import errors as hw
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.simulator import open_card
+from semper.client.payment import card_purse
+from semper.client.payment.model import Terms
+from semper.client.payment.module import PartyContext
+from semper.client.payment.modules.purse import PSAM_PENDING, PayeeFlow, PayerFlow, PurseModule, TerminalBusy
+from semper.client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
+from semper.client.support.scheme import Scheme
+from semper.hardware import errors as hw
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.simulator import open_card
 
 from conftest import SCHEME_PIN
 

@@ -28,32 +28,32 @@ from test_exchange_support import World as XWorld
 from test_exchange_support import make_world as make_xworld
 from test_payment_support import CARD_PIN, EUR, World, card_pin, make_world
 
-from client.exchange.party import ResponsePlan
-from client.exchange.run import Faults
-from client.payment import card_purse
-from client.payment.errors import PaymentRefused
-from client.payment.item import ItemPayee, ItemPayer, ItemPayments, item_verifiers
-from client.payment.manager import PaymentManager
-from client.payment.module import PartyContext
-from client.payment.modules.purse import PurseModule
-from client.payment.wire import b64, unb64
-from client.servers.bank_audit import audit
-from client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
-from client.transfer.information import InformationManager, InformationOffer, describe
-from client.transfer.items import Description, PackageDescription
-from client.transfer.managers import Managers, PackageOffer
-from client.transfer.statements import CredentialManager, StatementManager, StatementOffer
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.purse_records import Signed
-from hardware.simulator import open_card
+from semper.client.exchange.party import ResponsePlan
+from semper.client.exchange.run import Faults
+from semper.client.payment import card_purse
+from semper.client.payment.errors import PaymentRefused
+from semper.client.payment.item import ItemPayee, ItemPayer, ItemPayments, item_verifiers
+from semper.client.payment.manager import PaymentManager
+from semper.client.payment.module import PartyContext
+from semper.client.payment.modules.purse import PurseModule
+from semper.client.payment.wire import b64, unb64
+from semper.client.servers.bank_audit import audit
+from semper.client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
+from semper.client.transfer.information import InformationManager, InformationOffer, describe
+from semper.client.transfer.items import Description, PackageDescription
+from semper.client.transfer.managers import Managers, PackageOffer
+from semper.client.transfer.statements import CredentialManager, StatementManager, StatementOffer
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.purse_records import Signed
+from semper.hardware.simulator import open_card
 
 
 @pytest.fixture(scope="module")
 def worlds(tmp_path_factory: pytest.TempPathFactory, scheme: Any) -> Iterator[tuple[World, XWorld]]:
     """The bank's world and the exchange world (CA, identities, third party) with their tokens in one
     SoftHSM2 folder: the PKCS#11 module serves one token folder at a time."""
-    from hsm.softhsm import SoftHsmStore, provision
+    from semper.hsm.softhsm import SoftHsmStore, provision
     store = SoftHsmStore.in_folder(tmp_path_factory.mktemp("holes-tokens"))
     for label in XLABELS:
         provision(store, label, XPIN, SO_PIN)
@@ -348,7 +348,7 @@ def test_item10_the_third_partys_proof_stays_clearable_after_the_psam_evicted_it
 
 
 def _payment_offer(payer: ItemPayer) -> Any:
-    from client.transfer.payment import PaymentOffer
+    from semper.client.transfer.payment import PaymentOffer
     return PaymentOffer(payer, PRICE, EUR)
 
 
@@ -421,8 +421,8 @@ def test_a_late_proof_for_an_evicted_request_is_cleared_alone(bank: World, tmp_p
     """A purchase outside an exchange: the buyer's proof arrives after sixteen newer debits evicted its
     request at the PSAM (a buyer slower than the payee's patience). The card has paid; the payee clears
     the proof alone instead of refusing it."""
-    from client.payment.model import Terms
-    from client.payment.modules.purse import PayerFlow
+    from semper.client.payment.model import Terms
+    from semper.client.payment.modules.purse import PayerFlow
     b = bank
     _, buyer_acc = b.party("buyer")
     _, seller_acc = b.party("seller")

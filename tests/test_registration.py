@@ -17,20 +17,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from test_ca_support import USER_PIN, RunningCa, Tokens, openssl, running_ca, tokens  # noqa: F401  (fixtures)
 
-from client.cli import main
-from client.support import pki, regkeys
-from client.support.channels import JsonClient
-from client.support.personalisation import (
+from semper.client.cli import main
+from semper.client.support import pki, regkeys
+from semper.client.support.channels import JsonClient
+from semper.client.support.personalisation import (
     CardProfile,
     personalise_psam,
     personalise_purse_card,
 )
-from client.support.registration import RegistrationError, register
-from client.support.scheme import Scheme
-from hardware import errors as hw
-from hardware.piv import PivSession, PivSigner, Slot
-from hardware.signer import sign_message
-from hardware.simulator import create_card, open_card
+from semper.client.support.registration import RegistrationError, register
+from semper.client.support.scheme import Scheme
+from semper.hardware import errors as hw
+from semper.hardware.piv import PivSession, PivSigner, Slot
+from semper.hardware.signer import sign_message
+from semper.hardware.simulator import create_card, open_card
 
 from conftest import SCHEME_PIN
 

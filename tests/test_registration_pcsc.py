@@ -15,12 +15,12 @@ import pytest
 from cryptography import x509
 from test_ca_support import RunningCa, openssl, running_ca, tokens  # noqa: F401  (fixtures)
 
-from client.cli import main
-from client.support.personalisation import CardProfile, personalise_purse_card
-from client.support.scheme import Scheme
-from hardware.pcscd import VirtualCards
-from hardware.piv import PivSession, Slot
-from hardware.transport import PcscConnection
+from semper.client.cli import main
+from semper.client.support.personalisation import CardProfile, personalise_purse_card
+from semper.client.support.scheme import Scheme
+from semper.hardware.pcscd import VirtualCards
+from semper.hardware.piv import PivSession, Slot
+from semper.hardware.transport import PcscConnection
 
 from conftest import SCHEME_PIN
 

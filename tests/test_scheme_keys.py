@@ -29,22 +29,22 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import NameOID
 
-from client.payment import card_purse
-from client.support.personalisation import CardProfile, personalise_purse_card
-from client.support.scheme import Scheme
-from hardware import errors
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.simulator import open_card
-from hsm.signer import Pkcs11Signer
-from hsm.softhsm import SoftHsmStore, provision
+from semper.client.payment import card_purse
+from semper.client.support.personalisation import CardProfile, personalise_purse_card
+from semper.client.support.scheme import Scheme
+from semper.hardware import errors
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.simulator import open_card
+from semper.hsm.signer import Pkcs11Signer
+from semper.hsm.softhsm import SoftHsmStore, provision
 
 SCHEME_PIN = "scheme-pin-5190"
 PIN, PUK = b"4321", b"87654321"
 
 
 def semper(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "client.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], env=env, capture_output=True, text=True,
                           timeout=120, stdin=subprocess.DEVNULL)
 
 
@@ -101,9 +101,9 @@ def pin_candidates(files: dict[Path, bytes]) -> list[str]:
 
 _LOGIN = """
 import sys
-from hardware import errors
-from hsm.module import load
-from hsm.signer import Pkcs11Signer
+from semper.hardware import errors
+from semper.hsm.module import load
+from semper.hsm.signer import Pkcs11Signer
 conf, candidates = sys.argv[1], sys.stdin.read().splitlines()
 for t in load(softhsm_conf=conf).tokens():
     if not t.initialized:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from client.cli import main
-from client.support import prefs
-from hardware.purse import PurseSession
-from hardware.simulator import open_card
+from semper.client.cli import main
+from semper.client.support import prefs
+from semper.hardware.purse import PurseSession
+from semper.hardware.simulator import open_card
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -143,7 +143,7 @@ def test_semper_ui_in_a_real_terminal(tmux: Tmux, tmp_path: Path, buyer_image: P
 DEAL_SCRIPT = '''
 import json, sys
 sys.path[:0] = [{root!r}, {tests!r}]
-from client.tinguin.api import run_interactive
+from semper.client.tinguin.api import run_interactive
 from test_tinguin_samples import card_source, offer, outcome, request
 
 def deal(ui):
@@ -163,7 +163,7 @@ def test_a_deal_answered_by_a_person_in_a_real_terminal(tmux: Tmux, tmp_path: Pa
     """run_interactive as the commerce layer will use it: the workflow thread waits for keys typed in tmux."""
     from test_tinguin_samples import offer, request
 
-    from client.tinguin import confirmation
+    from semper.client.tinguin import confirmation
     phrase, out = "heron over the harbour 7", tmp_path / "result.json"
     script = tmp_path / "deal.py"
     script.write_text(DEAL_SCRIPT.format(root=str(Path(__file__).parents[1]), tests=str(Path(__file__).parent),

@@ -31,13 +31,13 @@ from test_tinguin_samples import (
     shown_as,
 )
 
-from client.tinguin.app import TinguinApp
-from client.tinguin.confirmation import CLOSE, FORMAT_LINE, OPEN, STYLES
-from client.tinguin.literal import literal
-from client.tinguin.model import EvidenceItem, ProgressStep, StepState
-from client.tinguin.screens import ConfirmScreen, OfferScreen, ResultScreen
-from client.tinguin.textshot import screen_text
-from client.tinguin.widgets import SafeTable, StatusLine
+from semper.client.tinguin.app import TinguinApp
+from semper.client.tinguin.confirmation import CLOSE, FORMAT_LINE, OPEN, STYLES
+from semper.client.tinguin.literal import literal
+from semper.client.tinguin.model import EvidenceItem, ProgressStep, StepState
+from semper.client.tinguin.screens import ConfirmScreen, OfferScreen, ResultScreen
+from semper.client.tinguin.textshot import screen_text
+from semper.client.tinguin.widgets import SafeTable, StatusLine
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from rich.cells import cell_len
 from rich.console import Console
 
-from client.tinguin.literal import literal, literal_text
+from semper.client.tinguin.literal import literal, literal_text
 
 
 def test_plain_text_is_unchanged():

@@ -8,15 +8,15 @@ from typing import Any
 import pytest
 from test_tinguin_samples import PHRASE, card_source, run_app, settle
 
-from client.tinguin.app import TinguinApp
-from client.tinguin.model import PinOutcome, PinStatus
-from client.tinguin.screens import PAD_TEXT, PinScreen
-from client.tinguin.sources import CardAccess
-from client.tinguin.textshot import screen_text
-from client.tinguin.widgets import PinField
-from hardware import errors as hw
-from hardware.purse import PurseSession
-from hardware.simulator import open_card
+from semper.client.tinguin.app import TinguinApp
+from semper.client.tinguin.model import PinOutcome, PinStatus
+from semper.client.tinguin.screens import PAD_TEXT, PinScreen
+from semper.client.tinguin.sources import CardAccess
+from semper.client.tinguin.textshot import screen_text
+from semper.client.tinguin.widgets import PinField
+from semper.hardware import errors as hw
+from semper.hardware.purse import PurseSession
+from semper.hardware.simulator import open_card
 
 pytestmark = pytest.mark.timeout(60)
 SECRET = "918273"

@@ -19,12 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
-from client.support.cms import sign_statement
-from client.support.trust import TrustStore, verify_statement
-from client.tinguin import confirmation
-from client.tinguin.app import TinguinApp
-from client.tinguin.confirmation import BROKEN, CLOSE, OPEN, WRAPPED
-from client.tinguin.model import (
+from semper.client.support.cms import sign_statement
+from semper.client.support.trust import TrustStore, verify_statement
+from semper.client.tinguin import confirmation
+from semper.client.tinguin.app import TinguinApp
+from semper.client.tinguin.confirmation import BROKEN, CLOSE, OPEN, WRAPPED
+from semper.client.tinguin.model import (
     ArchiveView,
     ConfirmationRequest,
     DealOutcome,
@@ -42,8 +42,8 @@ from client.tinguin.model import (
     Verification,
     VerifiedOffer,
 )
-from client.tinguin.sources import StaticCardSource
-from hardware.signer import PinStatus
+from semper.client.tinguin.sources import StaticCardSource
+from semper.hardware.signer import PinStatus
 
 PHRASE = "purple otter sings at noon"
 WHEN = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
@@ -150,7 +150,7 @@ def marked_pieces(text: str) -> list[str]:
 
 def shown_as(text: str) -> str:
     """How the confirmation shows ``text`` between its marks: escapes visible, its line breaks kept."""
-    from client.tinguin.literal import literal
+    from semper.client.tinguin.literal import literal
     return "\n".join(literal(row, 10**9) for row in text.split("\n"))
 
 

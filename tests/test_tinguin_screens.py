@@ -18,13 +18,13 @@ from test_tinguin_samples import (
     steps,
 )
 
-from client.support.archive import Archive
-from client.support.scheme import Scheme
-from client.tinguin import confirmation
-from client.tinguin.api import Script, TextualUI, TinguinClosed, run_scripted
-from client.tinguin.app import TinguinApp
-from client.tinguin.model import Confirmation, PinStatus, ProgressStep, StepState
-from client.tinguin.screens import (
+from semper.client.support.archive import Archive
+from semper.client.support.scheme import Scheme
+from semper.client.tinguin import confirmation
+from semper.client.tinguin.api import Script, TextualUI, TinguinClosed, run_scripted
+from semper.client.tinguin.app import TinguinApp
+from semper.client.tinguin.model import Confirmation, PinStatus, ProgressStep, StepState
+from semper.client.tinguin.screens import (
     ArchiveScreen,
     CardScreen,
     ConfirmScreen,
@@ -34,9 +34,9 @@ from client.tinguin.screens import (
     PurseScreen,
     ResultScreen,
 )
-from client.tinguin.sources import CardAccess
-from client.tinguin.textshot import screen_text
-from client.tinguin.widgets import NO_PHRASE, StatusLine
+from semper.client.tinguin.sources import CardAccess
+from semper.client.tinguin.textshot import screen_text
+from semper.client.tinguin.widgets import NO_PHRASE, StatusLine
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,8 +63,8 @@ def test_card_screen_shows_readers_and_the_card() -> None:
 
 def test_card_and_purse_screens_read_a_real_simulated_card(buyer_image: Path, psam_image: Path,
                                                             scheme: Scheme) -> None:
-    from client import cards
-    from client.payment import card_purse
+    from semper.client import cards
+    from semper.client.payment import card_purse
     with cards.purse(None, buyer_image) as purse, cards.psam(None, psam_image) as psam:
         card_purse.load(purse, scheme, 5000, b"1234")
         card_purse.purchase(purse, psam, 1250)

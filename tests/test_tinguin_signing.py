@@ -25,11 +25,11 @@ from test_tinguin_samples import (
     shown_as,
 )
 
-from client.tinguin import confirmation
-from client.tinguin.app import TinguinApp
-from client.tinguin.model import OfferError
-from client.tinguin.screens import ConfirmScreen, OfferScreen
-from client.tinguin.textshot import screen_text
+from semper.client.tinguin import confirmation
+from semper.client.tinguin.app import TinguinApp
+from semper.client.tinguin.model import OfferError
+from semper.client.tinguin.screens import ConfirmScreen, OfferScreen
+from semper.client.tinguin.textshot import screen_text
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -31,8 +31,8 @@ from test_tinguin_samples import (
 )
 from textual.screen import Screen
 
-from client.tinguin.app import TinguinApp
-from client.tinguin.screens import (
+from semper.client.tinguin.app import TinguinApp
+from semper.client.tinguin.screens import (
     ArchiveScreen,
     CardScreen,
     ConfirmScreen,
@@ -42,7 +42,7 @@ from client.tinguin.screens import (
     PurseScreen,
     ResultScreen,
 )
-from client.tinguin.textshot import screen_text
+from semper.client.tinguin.textshot import screen_text
 
 pytestmark = pytest.mark.timeout(60)
 SNAPSHOTS = Path(__file__).parent / "snapshots"

@@ -28,12 +28,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 from pkcs11 import Attribute, ObjectClass
 
-from hardware import errors as hw
-from hardware.signer import Signer, sign_message
-from hsm import errors as hsm_errors
-from hsm.module import DEFAULT_MODULE, load
-from hsm.signer import Pkcs11Signer
-from hsm.softhsm import SoftHsmStore, provision
+from semper.hardware import errors as hw
+from semper.hardware.signer import Signer, sign_message
+from semper.hsm import errors as hsm_errors
+from semper.hsm.module import DEFAULT_MODULE, load
+from semper.hsm.signer import Pkcs11Signer
+from semper.hsm.softhsm import SoftHsmStore, provision
 
 pytestmark = pytest.mark.skipif(not Path(DEFAULT_MODULE).exists(), reason="softhsm2 missing")
 PIN, SO_PIN = b"123456", b"87654321"
@@ -79,7 +79,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def semper(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "client.cli", *args], input=stdin, check=False, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], input=stdin, check=False, capture_output=True, text=True,
                           timeout=60, cwd=REPO, env=env or clean_env())
 
 

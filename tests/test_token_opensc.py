@@ -19,13 +19,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from client.support.personalisation import CardProfile, personalise_purse_card
-from client.support.scheme import Scheme
-from hardware import errors as hw
-from hardware.pcscd import VirtualCards
-from hardware.signer import sign_message
-from hsm.module import OPENSC_MODULE, load
-from hsm.signer import Pkcs11Signer
+from semper.client.support.personalisation import CardProfile, personalise_purse_card
+from semper.client.support.scheme import Scheme
+from semper.hardware import errors as hw
+from semper.hardware.pcscd import VirtualCards
+from semper.hardware.signer import sign_message
+from semper.hsm.module import OPENSC_MODULE, load
+from semper.hsm.signer import Pkcs11Signer
 
 from conftest import SCHEME_PIN
 
@@ -110,7 +110,7 @@ class TestCardThroughOpenSC:
 
     def test_cli_lists_the_card_as_a_token(self, cards) -> None:  # type: ignore[no-untyped-def]
         _, _, card_id = cards
-        r = subprocess.run([sys.executable, "-m", "client.cli", "token", "list", "--module", OPENSC_MODULE],
+        r = subprocess.run([sys.executable, "-m", "semper.client.cli", "token", "list", "--module", OPENSC_MODULE],
                            check=False, capture_output=True, text=True, timeout=60, cwd=REPO)
         assert r.returncode == 0, r.stderr
         assert f"serial {card_id.lower()}" in r.stdout and "semper card holder" in r.stdout
@@ -118,7 +118,7 @@ class TestCardThroughOpenSC:
 
 @pytest.mark.skipif(shutil.which("pcscd") is None, reason="pcscd missing")
 def test_bench_sign_smoke() -> None:
-    from bench.sign import bench_sign
+    from semper.bench.sign import bench_sign
     result = bench_sign(count=5, progress=False)
     kinds = ("raw_cryptography", "softhsm_pkcs11", "card_piv_9a_pcscd", "card_opensc_9a_pcscd",
              "card_opensc_9c_pin_each_pcscd")

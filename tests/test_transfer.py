@@ -10,16 +10,16 @@ from typing import Any
 import pytest
 from test_exchange_support import PRICE, REPORT, World, cards, world  # noqa: F401
 
-from client.transfer.binding import Binding
-from client.transfer.errors import (
+from semper.client.transfer.binding import Binding
+from semper.client.transfer.errors import (
     CommitmentFalse,
     ItemMismatch,
     MalformedItem,
     UnsupportedAttribute,
 )
-from client.transfer.escrow import open_seal, seal
-from client.transfer.information import InformationManager, InformationOffer, describe
-from client.transfer.items import (
+from semper.client.transfer.escrow import open_seal, seal
+from semper.client.transfer.information import InformationManager, InformationOffer, describe
+from semper.client.transfer.items import (
     Description,
     Item,
     Package,
@@ -28,15 +28,15 @@ from client.transfer.items import (
     expectation_from_json,
     pair_leaves,
 )
-from client.transfer.managers import check_satisfies
-from client.transfer.payment import PaymentManager, PaymentOffer
-from client.transfer.properties import Properties
-from client.transfer.purse_payment import (
+from semper.client.transfer.managers import check_satisfies
+from semper.client.transfer.payment import PaymentManager, PaymentOffer
+from semper.client.transfer.properties import Properties
+from semper.client.transfer.purse_payment import (
     CardPursePayee,
     CardPursePayer,
     CardPurseVerifier,
 )
-from client.transfer.statements import StatementManager, StatementOffer
+from semper.client.transfer.statements import StatementManager, StatementOffer
 
 
 def binding(world: World, xid: str = "ab" * 32) -> Binding:
@@ -181,7 +181,7 @@ def test_card_purse_payments_verify_against_the_scheme_root(world: World, tmp_pa
 
 
 def test_attribute_combinations_that_cannot_be_provided_are_refused() -> None:
-    from client.transfer.attributes import SecurityAttributes, check_attributes
+    from semper.client.transfer.attributes import SecurityAttributes, check_attributes
     check_attributes(SecurityAttributes(anonymity=True), describe(b"x"))
     for attrs, expectation in ((SecurityAttributes(anonymity=True), Description("statement", {"statement_type": "r"})),
                                (SecurityAttributes(anonymity=True),

@@ -22,8 +22,8 @@ from test_cms import (  # noqa: F401
     signer,
 )
 
-from client.support import cms
-from client.support.trust import (
+from semper.client.support import cms
+from semper.client.support.trust import (
     BadSignature,
     EvidenceError,
     MalformedStatement,
@@ -33,7 +33,7 @@ from client.support.trust import (
     WrongKeyUsage,
     verify_statement,
 )
-from hardware.piv import PivSession, PivSigner, Slot
+from semper.hardware.piv import PivSession, PivSigner, Slot
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -191,7 +191,7 @@ def test_trust_store_input_errors(tmp_path: Path, pki: Pki, signer: PivSigner) -
 def test_certificates_from_the_project_ca_with_its_key_in_a_token(card: PivSession, pki: Pki, tmp_path: Path) -> None:
     """The real issuing code (client/support/pki.py, CA key in SoftHSM2) certifies the card's 9C key;
     the certificate is written onto the card, as registration does, and statements verify under it."""
-    ca_pki = pytest.importorskip("client.support.pki")
+    ca_pki = pytest.importorskip("semper.client.support.pki")
     from test_cms import hsm_token
     ca_signer = hsm_token(tmp_path, pki, label="semper-ca", common_name=None)
     try:

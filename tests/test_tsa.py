@@ -23,15 +23,15 @@ from test_cms import (  # noqa: F401
     signer,
 )
 
-from client.support import cms, tsa
-from client.support.trust import (
+from semper.client.support import cms, tsa
+from semper.client.support.trust import (
     BadTimestamp,
     RevokedSigner,
     TrustStore,
     WrongKeyUsage,
     verify_statement,
 )
-from hardware.piv import PivSession, PivSigner, Slot
+from semper.hardware.piv import PivSession, PivSigner, Slot
 
 
 @pytest.fixture

@@ -27,9 +27,9 @@ from test_exchange_support import (  # noqa: F401
     world,
 )
 
-from client.exchange.messages import Proposal, check_decision, request_body
-from client.support.channels import JsonClient
-from client.support.cms import parse_statement
+from semper.client.exchange.messages import Proposal, check_decision, request_body
+from semper.client.support.channels import JsonClient
+from semper.client.support.cms import parse_statement
 
 
 # ---- a gen-ver exchange left open: the seller stopped before its item, the buyer did not go to T ----------
@@ -42,7 +42,7 @@ def open_exchange(world: World, tmp_path: Path, fresh_images: Any) -> dict[str, 
 def evidence(res: dict[str, Any]) -> dict[str, Any]:
     buyer = res["buyer"]
     entries = {}
-    from client.support.archive import Archive
+    from semper.client.support.archive import Archive
     with Archive.open(buyer.archive.path) as a:
         for e in a.entries(res["responder"].xid):
             entries.setdefault(e.kind, e.content)
@@ -158,7 +158,7 @@ def test_every_answer_is_a_cms_statement_by_the_token_key(world: World, tmp_path
                            capture_output=True, timeout=30, check=False)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["type"] == "decision"
-        from client.support import pki
+        from semper.client.support import pki
         assert pki.point_of(parse_statement(der).signer_cert) == world.opened.ttp.signer.public_point()
         # garbage gets a signed refusal too, never a 5xx
         raw = ask(world, t.url, "resolve", b"\x30\x03\x02\x01\x00")
@@ -169,7 +169,7 @@ def test_every_answer_is_a_cms_statement_by_the_token_key(world: World, tmp_path
 
 
 def test_timestamps_from_the_mounted_tsa(world: World, tmp_path: Path, fresh_images: Any) -> None:
-    from client.support.tsa import timestamp_statement, verify_statement_timestamps
+    from semper.client.support.tsa import timestamp_statement, verify_statement_timestamps
     t = start_ttp(world, tmp_path / "ttp.db")
     try:
         client = JsonClient(t.url, world.root_pem, name="the TSA", timeout=15)
@@ -222,8 +222,8 @@ def test_ttp_killed_mid_resolution_decides_the_same_way_after_restart(world: Wor
             else:                                    # nothing was stored: decided now, the same way
                 assert stats["decisions"] == 1
             assert stats["stored"].get("resolved") == 1
-            from client.servers import ttp_store
-            from client.support.db import Database
+            from semper.client.servers import ttp_store
+            from semper.client.support.db import Database
             dbh = Database(f"sqlite:///{db}")
             with dbh.transaction() as tx:
                 rec = ttp_store.get_record(tx, r.xid or "")
@@ -252,15 +252,15 @@ def test_semper_ttp_init_and_serve_as_an_operator_would(tmp_path: Path) -> None:
 
     from test_exchange_support import REPO
 
-    from client.exchange.identity import TtpInfo
-    from client.support.trust import TrustStore
+    from semper.client.exchange.identity import TtpInfo
+    from semper.client.support.trust import TrustStore
     env = {k: v for k, v in os.environ.items() if k not in ("SOFTHSM2_CONF", SEMPER_CRASH)}
     env["SEMPER_HOME"] = str(tmp_path / "home")
     (tmp_path / "ca.pin").write_text("ca-pin-9876")
     (tmp_path / "ttp.pin").write_text("ttp-pin-5432")
 
     def semper(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "client.cli", *args], cwd=REPO, env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], cwd=REPO, env=env, capture_output=True,
                               text=True, timeout=120, check=False)
     r = semper("ca", "init", "--ca-dir", str(tmp_path / "ca"), "--create-token", "--pin-file", str(tmp_path / "ca.pin"))
     assert r.returncode == 0, r.stderr
@@ -271,7 +271,7 @@ def test_semper_ttp_init_and_serve_as_an_operator_would(tmp_path: Path) -> None:
     assert "escrow-key statement" in r.stdout
     r = semper(*args)                                   # a second init refuses, one line
     assert r.returncode == 2 and "already holds a third party" in r.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "client.cli", "serve", "ttp", "--dir", str(tmp_path / "ttp"),
+    proc = subprocess.Popen([sys.executable, "-m", "semper.client.cli", "serve", "ttp", "--dir", str(tmp_path / "ttp"),
                              "--pin-file", str(tmp_path / "ttp.pin"), "--port", "0"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

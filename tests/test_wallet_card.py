@@ -14,21 +14,21 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.payment.card_wallet import (
+from semper.client.payment.card_wallet import (
     SCHEME,
     CardWalletKey,
     WrongCardError,
     open_card_wallet,
 )
-from client.payment.errors import PaymentError, ProtocolError
-from client.payment.module import PartyContext
-from client.payment.modules.ecash import EcashModule
-from client.payment.wallet import Coin, Wallet
-from client.support.personalisation import CardProfile, personalise_purse_card
-from client.support.scheme import Scheme
-from hardware import errors as hw
-from hardware.piv import PivSession
-from hardware.simulator import open_card
+from semper.client.payment.errors import PaymentError, ProtocolError
+from semper.client.payment.module import PartyContext
+from semper.client.payment.modules.ecash import EcashModule
+from semper.client.payment.wallet import Coin, Wallet
+from semper.client.support.personalisation import CardProfile, personalise_purse_card
+from semper.client.support.scheme import Scheme
+from semper.hardware import errors as hw
+from semper.hardware.piv import PivSession
+from semper.hardware.simulator import open_card
 
 from conftest import SCHEME_PIN
 
@@ -202,9 +202,9 @@ def test_the_ecash_module_opens_the_card_wallet_with_the_party_pin_entry(card: C
 
 def test_the_pin_goes_through_the_tinguin(card: Callable[[str], PivSession], tmp_path: Path) -> None:
     """The party's PIN entry for users is ``tinguin_pin``: the scripted user types the PIN on the PIN screen."""
-    from client.commerce.pin import tinguin_pin
-    from client.payment.errors import InstrumentError
-    from client.tinguin.api import Script, run_scripted
+    from semper.client.commerce.pin import tinguin_pin
+    from semper.client.payment.errors import InstrumentError
+    from semper.client.tinguin.api import Script, run_scripted
     path = tmp_path / "wallet.json"
     _filled(path, CardWalletKey(card("alice"), Pins()))
     said: list[str] = []
@@ -220,8 +220,8 @@ def test_the_pin_goes_through_the_tinguin(card: Callable[[str], PivSession], tmp
 
 @pytest.mark.pcsc
 def test_through_pcscd(cards: dict[str, Path], tmp_path: Path) -> None:
-    from hardware.pcscd import VirtualCards
-    from hardware.transport import PcscConnection
+    from semper.hardware.pcscd import VirtualCards
+    from semper.hardware.transport import PcscConnection
     images = []
     for name in ("alice", "mallory"):
         shutil.copyfile(cards[name], tmp_path / f"{name}.card")

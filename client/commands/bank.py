@@ -131,7 +131,7 @@ def cmd_serve_bank(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_clearing(args: argparse.Namespace) -> int:
-    from bench.clearing import bench_clearing
+    from semper.bench.clearing import bench_clearing
     print_json(bench_clearing(count=args.count, cards=args.cards))
     return 0
 

@@ -7,7 +7,7 @@ from . import print_json
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bench.apdu import bench_apdu
+    from semper.bench.apdu import bench_apdu
     print_json(bench_apdu(count=args.count))
     return 0
 

@@ -14,7 +14,7 @@ from . import UsageError, print_json
 
 
 def cmd_bench_all(args: argparse.Namespace) -> int:
-    from bench.all import SECTIONS, bench_all
+    from semper.bench.all import SECTIONS, bench_all
     names = {s.name for s in SECTIONS}
     bad = sorted(set(args.only or ()) - names)
     if bad:

@@ -8,7 +8,7 @@ from . import print_json
 
 
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
-    from bench.throughput import bench_throughput
+    from semper.bench.throughput import bench_throughput
     say = None if args.quiet else (lambda line: print(f"[throughput] {line}", file=sys.stderr, flush=True))
     try:
         report = bench_throughput(buyers=args.buyers, seconds=args.seconds, processes=args.processes,

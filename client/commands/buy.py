@@ -75,10 +75,10 @@ def cmd_buy(args: argparse.Namespace) -> int:
 
     def card() -> object:
         """The card the TINGUIN's worker thread uses: a reader through pcscd, or an image in process."""
-        from hardware.iso7816 import AID
-        from hardware.readers import find_card
-        from hardware.simulator import open_card
-        from hardware.transport import PcscConnection
+        from semper.hardware.iso7816 import AID
+        from semper.hardware.readers import find_card
+        from semper.hardware.simulator import open_card
+        from semper.hardware.transport import PcscConnection
         if args.image is not None:
             return open_card(args.image)
         return PcscConnection(args.reader or p.get("signer.reader") or find_card(AID.PURSE, ()))

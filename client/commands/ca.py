@@ -50,7 +50,7 @@ def open_ca(args: argparse.Namespace, *, signing: bool):  # type: ignore[no-unty
 
 
 def _softhsm_store(args: argparse.Namespace, h):  # type: ignore[no-untyped-def]
-    from hsm.softhsm import SoftHsmStore
+    from semper.hsm.softhsm import SoftHsmStore
     if args.create_token:
         return SoftHsmStore.in_folder(h.softhsm_dir)
     if args.token_dir:
@@ -62,8 +62,8 @@ def _softhsm_store(args: argparse.Namespace, h):  # type: ignore[no-untyped-def]
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from hsm.signer import Pkcs11Signer
-    from hsm.softhsm import provision
+    from semper.hsm.signer import Pkcs11Signer
+    from semper.hsm.softhsm import provision
     h = home(args)
     ca = h.open()
     if ca.initialised:

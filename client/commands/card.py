@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from hardware import errors as hw_errors
+from semper.hardware import errors as hw_errors
 
 from ..support.money import format_amount, parse_amount, parse_currency
 from . import UsageError, card_args, open_scheme, print_json, read_secret, scheme_args
@@ -14,10 +14,10 @@ from . import UsageError, card_args, open_scheme, print_json, read_secret, schem
 
 # ---- readers --------------------------------------------------------------------------------------
 def cmd_readers(args: argparse.Namespace) -> int:
-    from hardware import readers
-    from hardware.iso7816 import AID
-    from hardware.transport import ApduSession, PcscConnection
-    from hardware.iso7816 import Apdu
+    from semper.hardware import readers
+    from semper.hardware.iso7816 import AID
+    from semper.hardware.transport import ApduSession, PcscConnection
+    from semper.hardware.iso7816 import Apdu
     if args.watch:
         for ev in readers.monitor(args.watch):
             print(f"{ev.kind:15} {ev.reader} {ev.atr.hex().upper()}".rstrip(), flush=True)
@@ -70,7 +70,7 @@ def _check_argv_secrets(args: argparse.Namespace) -> None:
 
 
 def cmd_card_new(args: argparse.Namespace) -> int:
-    from hardware.simulator import card_key_folder
+    from semper.hardware.simulator import card_key_folder
 
     from ..support.paths import semper_home
     from ..support.personalisation import CardProfile, PersonalisationError, personalise_psam, personalise_purse_card
@@ -108,7 +108,7 @@ def cmd_card_new(args: argparse.Namespace) -> int:
 
 
 def cmd_card_serve(args: argparse.Namespace) -> int:
-    from card_applet_sim.serve import run
+    from semper.card_applet_sim.serve import run
     images = [args.image] + ([args.psam_image] if args.psam_image else [])
     return run(images, args.host, args.port, sync=not args.no_sync)
 
@@ -122,16 +122,16 @@ def _purse_dict(info) -> dict:  # type: ignore[no-untyped-def]
 
 def cmd_card_info(args: argparse.Namespace) -> int:
     from .. import cards
-    from hardware.iso7816 import AID
+    from semper.hardware.iso7816 import AID
     with cards.connection(AID.PURSE if not args.psam else AID.PSAM, args.reader, args.image) as conn:
         if args.psam:
-            from hardware.psam import PsamSession
+            from semper.hardware.psam import PsamSession
             p = PsamSession(conn).info()
             out = {"psam_id": p.psam_id.hex().upper(), "sequence": p.sequence, "batch": p.batch_number,
                    "batch_count": p.batch_count, "batch_total": format_amount(p.batch_total, p.currency),
                    "pending_requests": p.pending, "lifetime_total": format_amount(p.lifetime_total, p.currency)}
         else:
-            from hardware.purse import PurseSession
+            from semper.hardware.purse import PurseSession
             out = {"reader": conn.reader, "atr": conn.atr.hex().upper(), **_purse_dict(PurseSession(conn).info())}
     if args.json:
         print_json(out)
@@ -162,12 +162,12 @@ def cmd_card_load(args: argparse.Namespace) -> int:
 def cmd_card_pay(args: argparse.Namespace) -> int:
     from .. import cards
     from ..payment import card_purse
-    from hardware.iso7816 import AID
+    from semper.hardware.iso7816 import AID
     amount = parse_amount(args.amount)
     with cards.connection(AID.PURSE, args.reader, args.image) as buyer_conn:
         with cards.connection(AID.PSAM, args.psam_reader, args.psam_image, exclude=(buyer_conn.reader,)) as psam_conn:
-            from hardware.psam import PsamSession
-            from hardware.purse import PurseSession
+            from semper.hardware.psam import PsamSession
+            from semper.hardware.purse import PurseSession
             purse, psam = PurseSession(buyer_conn), PsamSession(psam_conn)
             result = card_purse.purchase(purse, psam, amount)
             balance = purse.info()
@@ -216,7 +216,7 @@ def cmd_card_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_tear_test(args: argparse.Namespace) -> int:
-    from bench.tearing import run_tear_test
+    from semper.bench.tearing import run_tear_test
     if args.runs < 1 or args.write_chunk < 0:
         raise UsageError("--runs must be at least 1 and --write-chunk 0 or more")
     report = run_tear_test(runs=args.runs, seed=args.seed, progress=not args.quiet, write_chunk=args.write_chunk)

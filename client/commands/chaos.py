@@ -21,8 +21,8 @@ from . import UsageError, print_json
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from chaos.plan import WORKFLOWS
-    from chaos.runner import RunReport, run_chaos
+    from semper.chaos.plan import WORKFLOWS
+    from semper.chaos.runner import RunReport, run_chaos
     if args.replay is None and args.runs < 1:
         raise UsageError("--runs must be at least 1")
     if args.patience <= 0 or args.patience > 60:
@@ -58,7 +58,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
-    from chaos.plan import WORKFLOWS
+    from semper.chaos.plan import WORKFLOWS
     p = sub.add_parser("chaos", help="randomised workflow runs with torn cards, dropped links, crashes, cheating")
     p.add_argument("--runs", type=int, default=20, help="how many runs (default 20)")
     p.add_argument("--seed", type=int, default=1, help="the seed every run's own seed is derived from (default 1)")

@@ -7,7 +7,7 @@ from . import UsageError, print_json
 
 
 def cmd_bench_exchange(args: argparse.Namespace) -> int:
-    from bench.exchange import bench_exchange
+    from semper.bench.exchange import bench_exchange
     if args.runs < 1 or args.resolved_runs < 1:
         raise UsageError("--runs and --resolved-runs must be at least 1")
     print_json(bench_exchange(runs=args.runs, resolved_runs=args.resolved_runs, patience=args.patience))

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hardware.signer import Signer
+from semper.hardware.signer import Signer
 
 from . import UsageError, card_args, read_secret
 

@@ -17,7 +17,7 @@ def cmd_serve_shop(args: argparse.Namespace) -> int:
     pin = args.pin_file.read_bytes().strip() if args.pin_file else read_secret("shop token PIN", args.pin_stdin)
     opened = home.open(pin)
     if args.profile:
-        from bench.profiling import serve_profile_on_signals
+        from semper.bench.profiling import serve_profile_on_signals
         serve_profile_on_signals(args.profile)
     try:
         runner = ServiceRunner(opened.app(), args.host, args.port, server_context(*opened.tls))
@@ -27,7 +27,7 @@ def cmd_serve_shop(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_purchase(args: argparse.Namespace) -> int:
-    from bench.purchase import bench_purchase
+    from semper.bench.purchase import bench_purchase
     print_json(bench_purchase(runs=args.runs, floor_runs=args.floor_runs))
     return 0
 

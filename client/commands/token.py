@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hardware import errors as hw_errors
+from semper.hardware import errors as hw_errors
 
 from . import UsageError, print_json, read_secret
 
@@ -30,7 +30,7 @@ def _key_id(text: str | None) -> bytes | None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from hsm.softhsm import check_label, check_pin, provision
+    from semper.hsm.softhsm import check_label, check_pin, provision
     try:
         check_label(args.label)
         user_pin = read_secret("new user PIN", args.pin_stdin, confirm=True)
@@ -71,7 +71,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from hsm import inventory
+    from semper.hsm import inventory
     module = _module(args)
     if module is None:
         raise hw_errors.TokenError(f"no token labelled {args.label!r}: the token folder does not exist yet; "
@@ -93,7 +93,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_import_cert(args: argparse.Namespace) -> int:
-    from hsm.signer import Pkcs11Signer
+    from semper.hsm.signer import Pkcs11Signer
     try:
         der = Path(args.cert).read_bytes()
     except OSError as e:
@@ -116,7 +116,7 @@ def cmd_import_cert(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_sign(args: argparse.Namespace) -> int:
-    from bench.sign import bench_sign
+    from semper.bench.sign import bench_sign
     if args.count < 10:
         raise UsageError("--count must be at least 10")
     print_json(bench_sign(count=args.count, card=not args.no_card))

@@ -35,7 +35,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     the one given), is created first, and only then are the CA's and the third party's keys opened."""
     from cryptography import x509
 
-    from hsm.softhsm import SoftHsmStore, provision
+    from semper.hsm.softhsm import SoftHsmStore, provision
 
     from ..servers.ca_home import CaHome
     from ..servers.ttp_home import TtpHome

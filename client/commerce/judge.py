@@ -241,7 +241,7 @@ def _payment(blobs: Mapping[str, list[bytes]], offer: Mapping[str, Any], order_d
 
 def _purse_proof(evidence: Mapping[str, Any], card_cert_b64: Any, offer: Mapping[str, Any],
                  purse_root: x509.Certificate | None) -> tuple[bool, str]:
-    from hardware.purse_records import DEBIT_PROOF, DebitRecord
+    from semper.hardware.purse_records import DEBIT_PROOF, DebitRecord
     try:
         record = base64.b64decode(evidence["proof"])
         signature = base64.b64decode(evidence["proof_signature"])

@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from hardware import errors as hw
-from hardware.signer import PinStatus, Signer
+from semper.hardware import errors as hw
+from semper.hardware.signer import PinStatus, Signer
 
 from ..payment.errors import InstrumentError
 from ..payment.module import PinEntry

@@ -58,8 +58,8 @@ class BuyerSession:
 
 def open_buyer(cfg: BuyerConfig, ui: TrustedUI, card: Any = None) -> BuyerSession:
     """The buyer's client over ``card`` (a connection to the buyer's card: purse and PIV), or card-less."""
-    from hardware.piv import PivSession, PivSigner
-    from hardware.purse import PurseSession
+    from semper.hardware.piv import PivSession, PivSigner
+    from semper.hardware.purse import PurseSession
 
     from ..exchange.identity import Identity, TtpInfo
     from ..exchange.party import Party
@@ -112,7 +112,7 @@ def open_buyer(cfg: BuyerConfig, ui: TrustedUI, card: Any = None) -> BuyerSessio
 def register_card(session: BuyerSession, *, ca_url: str, ca_root_pem: str, registration_key: str, name: str,
                   email: str, save_dir: Path | None = None) -> str:
     """Have the CA certify the card's signature key (PIN through the TINGUIN); returns the serial."""
-    from hardware.piv import Slot
+    from semper.hardware.piv import Slot
 
     from ..support.channels import JsonClient
     from ..support.registration import register

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hardware import errors as hw
+from semper.hardware import errors as hw
 
 from ..payment.model import Record
 from ..support.money import format_amount

@@ -21,7 +21,7 @@ from .errors import BadMessage
 from .messages import verify
 
 if TYPE_CHECKING:
-    from hardware.signer import Signer
+    from semper.hardware.signer import Signer
 
 
 class Identity:

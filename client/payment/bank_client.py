@@ -21,7 +21,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hardware.signer import Signer
+from semper.hardware.signer import Signer
 
 from ..support.channels import AnswerLost, ChannelError, JsonClient, ServiceError, TlsError, UnreachableError
 from .errors import InsufficientFunds, OutcomeUnknown, PaymentRefused, ProtocolError, UntrustedService

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hardware import errors
-from hardware.psam import PsamSession
-from hardware.purse import PurseSession
-from hardware.purse_records import DebitRecord, LoadConfirmation, Signed
+from semper.hardware import errors
+from semper.hardware.psam import PsamSession
+from semper.hardware.purse import PurseSession
+from semper.hardware.purse_records import DebitRecord, LoadConfirmation, Signed
 
 from ..support.scheme import Scheme
 

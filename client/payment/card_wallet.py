@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.keywrap import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from hardware import errors as hw
-from hardware.piv import PivSession, Slot
+from semper.hardware import errors as hw
+from semper.hardware.piv import PivSession, Slot
 
 from .errors import InstrumentError, PaymentError, ProtocolError
 from .module import PinEntry

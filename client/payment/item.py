@@ -354,8 +354,8 @@ class ItemPayee:
                 raise
             from cryptography.hazmat.primitives.serialization import Encoding
 
-            from hardware import errors as hw
-            from hardware.purse_records import Signed
+            from semper.hardware import errors as hw
+            from semper.hardware.purse_records import Signed
             cert = x509.load_der_x509_certificate(unb64(proof.get("certificate"), "card certificate", 4096))
             signed = Signed(unb64(proof.get("record"), "proof", 128), unb64(proof.get("signature"), "signature", 80))
             try:
@@ -373,7 +373,7 @@ class ItemPayee:
         evicted (16 open at most) while the buyer waited, e.g. before resolving with the third party. The
         card has paid either way, so an evicted one is cleared alone at the acquirer with the PSAM-signed
         request from the description (issue 12, item 10); the acquirer pays each card counter once."""
-        from hardware.purse_records import Signed
+        from semper.hardware.purse_records import Signed
 
         from .modules.purse import PurseModule
         module = self.module

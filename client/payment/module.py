@@ -22,9 +22,9 @@ from .errors import NotRevocable, PaymentError
 from .model import Acceptance, ExchangeProperties, Instrument, Model, Record, Status, Terms
 
 if TYPE_CHECKING:
-    from hardware.psam import PsamSession
-    from hardware.purse import PurseSession
-    from hardware.signer import Signer
+    from semper.hardware.psam import PsamSession
+    from semper.hardware.purse import PurseSession
+    from semper.hardware.signer import Signer
 
     from .bank_client import BankClient
     from .wallet import Wallet
@@ -141,7 +141,7 @@ class BaseModule:
 
     def _sign_digest(self, digest: bytes, why: str) -> tuple[bytes, bytes]:
         """(signature, certificate DER): the PIN goes to the device right before, when one is asked for."""
-        from hardware import errors as hw
+        from semper.hardware import errors as hw
         signer = self._signer()
         try:
             cert = signer.certificate()

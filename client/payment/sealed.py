@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from hsm.rsa import OAEP
+from semper.hsm.rsa import OAEP
 
 
 def seal(pub: rsa.RSAPublicKey, plaintext: bytes, aad: bytes = b"") -> dict[str, str]:

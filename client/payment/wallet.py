@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from hsm.rsa import RsaTokenKeys
+from semper.hsm.rsa import RsaTokenKeys
 
 from .errors import InstrumentError, ProtocolError
 from .sealed import open_sealed, seal

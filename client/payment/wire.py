@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from hardware.signer import Signer
+from semper.hardware.signer import Signer
 
 from ..support.canonical import canonical as _canonical
 from .errors import ProtocolError

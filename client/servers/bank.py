@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from hardware.signer import Signer
+from semper.hardware.signer import Signer
 
 from ..payment.errors import ProtocolError
 from ..payment.wire import CertCache, SignedJson, b64, digest, key_hash, point_of, sign, unb64, verify

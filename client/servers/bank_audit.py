@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from hardware.purse_records import LEGACY_LOAD_REQUEST, LOAD_REQUEST_SIZE, LOAD_SIZE, DebitRecord
+from semper.hardware.purse_records import LEGACY_LOAD_REQUEST, LOAD_REQUEST_SIZE, LOAD_SIZE, DebitRecord
 
 from ..payment import blind, formats
 from ..payment.errors import ProtocolError

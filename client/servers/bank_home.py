@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from hsm.rsa import RsaTokenKeys
+from semper.hsm.rsa import RsaTokenKeys
 
 from ..support.paths import semper_home
 from ..support.scheme import ROLE_ISSUER, Scheme
@@ -84,8 +84,8 @@ class BankHome:
         """
         if tls is not None:
             check_tls_identity(*tls)
-        from hsm.signer import Pkcs11Signer
-        from hsm.softhsm import SoftHsmStore, provision
+        from semper.hsm.signer import Pkcs11Signer
+        from semper.hsm.softhsm import SoftHsmStore, provision
         if self.config_file.exists():
             raise BankRefusal("already_initialised", f"{self.folder} already holds a bank", 409)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ class BankHome:
         return out
 
     def open(self, pin: bytes) -> Bank:
-        from hsm.signer import Pkcs11Signer
+        from semper.hsm.signer import Pkcs11Signer
         cfg = self.config()
         label, conf = str(cfg["token_label"]), str(cfg["softhsm_conf"])
         signer = Pkcs11Signer.open(label, softhsm_conf=conf)

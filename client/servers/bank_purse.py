@@ -54,9 +54,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
-from hardware import tlv
-from hardware.errors import TransportError
-from hardware.purse_records import (DEBIT_PROOF, DEBIT_REQUEST, LOAD_COMMAND_SIZE, BatchHeader, DebitRecord,
+from semper.hardware import tlv
+from semper.hardware.errors import TransportError
+from semper.hardware.purse_records import (DEBIT_PROOF, DEBIT_REQUEST, LOAD_COMMAND_SIZE, BatchHeader, DebitRecord,
                                     LoadConfirmation, LoadRequest)
 
 from ..payment.wire import b64, unb64

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from hsm.rsa import TokenKeyError
+from semper.hsm.rsa import TokenKeyError
 
 from ..payment import formats
 from ..payment.errors import ProtocolError

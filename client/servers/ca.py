@@ -33,8 +33,8 @@ from typing import Any
 
 from cryptography import x509
 
-from client.support import names
-from hardware.signer import Signer
+from semper.client.support import names
+from semper.hardware.signer import Signer
 
 from . import ca_store as store
 from ..support import pki, regkeys

@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hardware.signer import Signer
+from semper.hardware.signer import Signer
 
 from ..support.paths import semper_home
 from ..support.secret_files import write_secret
@@ -64,7 +64,7 @@ class CaHome:
 
     def open_signer(self, ca: CertificationAuthority, pin: bytes) -> Signer:
         """The CA's token signer as recorded at init, logged in with ``pin``."""
-        from hsm.signer import Pkcs11Signer
+        from semper.hsm.signer import Pkcs11Signer
         label, module, conf = ca.token_settings()
         signer = Pkcs11Signer.open(label, module, softhsm_conf=conf)
         signer.verify_pin(pin)

@@ -106,7 +106,7 @@ class ShopHome:
 
     def open(self, pin: bytes, *, with_exchange: bool = True) -> OpenShop:
         """Log in to the token, open the PSAM, the bank client, the archive and the exchange party."""
-        from hsm.signer import Pkcs11Signer
+        from semper.hsm.signer import Pkcs11Signer
 
         from ..exchange.identity import Identity, TtpInfo
         from ..exchange.party import Party
@@ -132,9 +132,9 @@ class ShopHome:
         purse_root = x509.load_pem_x509_certificate((f / "purse-root.pem").read_bytes())
         psam = None
         if cfg.get("psam_reader") or cfg.get("psam_image"):
-            from hardware.psam import PsamSession
-            from hardware.simulator import open_card
-            from hardware.transport import PcscConnection
+            from semper.hardware.psam import PsamSession
+            from semper.hardware.simulator import open_card
+            from semper.hardware.transport import PcscConnection
             conn: Any = PcscConnection(cfg["psam_reader"]) if cfg.get("psam_reader") else \
                 open_card(Path(cfg["psam_image"]), sync=False)
             closers.append(conn.close)

@@ -37,7 +37,7 @@ from typing import Any
 
 from cryptography import x509
 
-from hardware.signer import Signer
+from semper.hardware.signer import Signer
 
 from ..exchange.errors import BadMessage
 from ..exchange.messages import REQUEST_KINDS, Proposal

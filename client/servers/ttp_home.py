@@ -110,8 +110,8 @@ class TtpHome:
         ``ca`` is an open :class:`~client.servers.ca.CertificationAuthority` with its signer; the
         token must hold exactly its one signing key so far.
         """
-        from hsm.ecdh import generate_key
-        from hsm.signer import Pkcs11Signer
+        from semper.hsm.ecdh import generate_key
+        from semper.hsm.signer import Pkcs11Signer
 
         from .ca_home import issue_tls_identity
         home = cls(Path(folder), dsn)
@@ -157,8 +157,8 @@ class TtpHome:
 
     def open(self, pin: bytes, *, crash_at: str | None = None) -> OpenTtp:
         """T's token keys logged in, its database open; ``crash_at`` is test fault injection only."""
-        from hsm.ecdh import TokenEcdhKey
-        from hsm.signer import Pkcs11Signer
+        from semper.hsm.ecdh import TokenEcdhKey
+        from semper.hsm.signer import Pkcs11Signer
 
         from ..support.tsa import TimeStampAuthority
         cfg = self.config()

@@ -39,8 +39,8 @@ from typing import Any, Self
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from hardware.errors import HardwareError
-from hardware.signer import Signer
+from semper.hardware.errors import HardwareError
+from semper.hardware.signer import Signer
 
 from .cms import EvidenceError, check_integrity, parse_statement, sign_statement
 from .trust import TrustStore, VerifiedStatement, verify_statement

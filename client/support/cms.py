@@ -37,7 +37,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hardware.signer import Signer
+from semper.hardware.signer import Signer
 
 from . import cms_profile
 from .canonical import canonical

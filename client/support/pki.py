@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from hardware.signer import Signer
+from semper.hardware.signer import Signer
 
 # A UUID-based OID arc (ITU-T X.667, 2.25.<uuid>): ours without a registration.
 SEMPER_ARC = "2.25.22968398718274257184176849936958858258"

@@ -26,8 +26,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hardware import errors as hw
-from hardware.signer import Signer
+from semper.hardware import errors as hw
+from semper.hardware.signer import Signer
 
 from . import pki, regkeys
 from .channels import ChannelError, JsonClient

@@ -41,8 +41,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from hardware.signer import sign_message
-from hsm.agent import AgentKey, TokenAgent
+from semper.hardware.signer import sign_message
+from semper.hsm.agent import AgentKey, TokenAgent
 
 from . import pki
 
@@ -147,7 +147,7 @@ class Scheme:
         (``so_pin`` on the result: show it once, keep it offline). With ``module`` or
         ``softhsm_conf`` the two keys are made on the existing token ``token_label`` instead.
         """
-        from hsm.softhsm import SoftHsmStore, check_pin
+        from semper.hsm.softhsm import SoftHsmStore, check_pin
         _refuse_old(folder)
         if (folder / SCHEME_FILE).exists():
             raise SchemeError(f"{folder} already holds a purse scheme")
@@ -284,7 +284,7 @@ def _conf_path(folder: Path, conf: str | None) -> str | None:
     if conf is None:
         return None
     if not Path(conf).is_absolute():
-        from hsm.softhsm import SoftHsmStore
+        from semper.hsm.softhsm import SoftHsmStore
         if not (folder / conf).exists():
             raise SchemeError(f"the purse scheme's token is missing from {folder} ({conf}); restore the folder from a "
                               f"backup (without it nothing can be certified under this root)")

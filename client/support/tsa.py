@@ -25,8 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from hardware.errors import HardwareError
-from hardware.signer import Signer
+from semper.hardware.errors import HardwareError
+from semper.hardware.signer import Signer
 
 from .cms import (
     ARC,

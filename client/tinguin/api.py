@@ -250,7 +250,7 @@ class ScriptedUI(_AppUI):
 # ---- running a deal --------------------------------------------------------------------------------
 def load_phrase() -> str | None:
     """The user's personal phrase from the preferences (PrefsError, naming the key, when they are broken)."""
-    from client.support import prefs
+    from semper.client.support import prefs
     return prefs.load().get("trust.phrase")
 
 

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from rich.cells import cell_len
 from rich.text import Text
 
-from client.support import names
-from client.support.money import format_amount
+from semper.client.support import names
+from semper.client.support.money import format_amount
 
 from .literal import literal, tokens
 from .model import ConfirmationRequest, OfferError, Party, VerifiedOffer

@@ -19,8 +19,8 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Button, Static
 
-from client.support.money import format_amount
-from hardware import errors as hw_errors
+from semper.client.support.money import format_amount
+from semper.hardware import errors as hw_errors
 
 from . import confirmation
 from .model import (

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from hardware import errors as hw_errors
-from hardware.purse import PurseSession
+from semper.hardware import errors as hw_errors
+from semper.hardware.purse import PurseSession
 
 from .model import ArchiveView, LogLine, PurseView, ReaderView
 
@@ -52,15 +52,15 @@ class CardAccess:
         self.image = image
 
     def _purse(self):  # type: ignore[no-untyped-def]
-        from client import cards
+        from semper.client import cards
         return cards.purse(self.reader, self.image)
 
     def readers(self) -> list[ReaderView]:
         if self.image is not None:
             return [ReaderView(f"simulated card image {self.image}", self.image.exists(), ("purse", "piv"))]
-        from hardware import readers
-        from hardware.iso7816 import AID, Apdu
-        from hardware.transport import ApduSession, PcscConnection
+        from semper.hardware import readers
+        from semper.hardware.iso7816 import AID, Apdu
+        from semper.hardware.transport import ApduSession, PcscConnection
         out = []
         for info in readers.list_readers():
             if not info.card_present:
@@ -139,7 +139,7 @@ class StaticCardSource:
 
 def archive_view(path: Path) -> ArchiveView:
     """The archive's deals and the state of its hash chain (``Archive.verify`` without a trust store)."""
-    from client.support.archive import Archive
+    from semper.client.support.archive import Archive
     with Archive.open(path) as archive:
         report = archive.verify()
         cp = archive.last_checkpoint()

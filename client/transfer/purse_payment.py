@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from hardware import errors as hw
-from hardware.purse_records import DEBIT_PROOF, DEBIT_REQUEST, DebitRecord, Signed
+from semper.hardware import errors as hw
+from semper.hardware.purse_records import DEBIT_PROOF, DEBIT_REQUEST, DebitRecord, Signed
 
 from ..support.scheme import ROLE_PSAM, ROLE_PURSE_CARD
 from .errors import ItemMismatch, MalformedItem, PaymentFailed
@@ -32,8 +32,8 @@ from .items import b64d, b64e
 from .properties import Properties
 
 if TYPE_CHECKING:
-    from hardware.psam import PsamSession
-    from hardware.purse import PurseSession
+    from semper.hardware.psam import PsamSession
+    from semper.hardware.purse import PurseSession
 
 NAME = "card-purse"
 

@@ -30,7 +30,7 @@ from ..wallet import Coin, Wallet, coin_from
 from ..wire import SignedJson, b64, unb64
 
 if TYPE_CHECKING:
-    from hardware.piv import PivSession
+    from semper.hardware.piv import PivSession
 
 
 class EcashModule(BaseModule):

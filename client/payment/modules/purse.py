@@ -22,8 +22,8 @@ import threading
 import time
 from typing import Any
 
-from hardware import errors as hw
-from hardware.purse_records import DEBIT_PROOF, DEBIT_REQUEST, DebitRecord, Signed
+from semper.hardware import errors as hw
+from semper.hardware.purse_records import DEBIT_PROOF, DEBIT_REQUEST, DebitRecord, Signed
 
 from ..errors import InstrumentError, InsufficientFunds, PaymentError, PaymentRefused, ProtocolError
 from ..model import Acceptance, ExchangeProperties, Instrument, Model, Status, Terms
