@@ -6,7 +6,7 @@ seller's profile covers TLS, aiohttp, the handlers in the pool and the devices t
 profile costs time itself (about 2x), so a benchmark reports it from a separate, profiled run and
 never mixes its figures with the timed ones.
 
-A process being profiled from outside (``semper serve shop --profile FILE``) starts on SIGUSR1 and
+A process being profiled from outside (``python -m semper.bench.profiled_shop --profile FILE``) starts on SIGUSR1 and
 writes its summary to FILE on SIGUSR2, so the window is exactly the benchmark's.
 """
 from __future__ import annotations
@@ -70,11 +70,21 @@ def _short(full_name: str) -> str:
     return full_name
 
 
+class ProfilerMissing(Exception):
+    """yappi, the profiler, is an extra (``semper[bench]``)."""
+
+    user_facing = True
+
+
 class CpuProfile:
     """Profile every thread's CPU between :meth:`start` and :meth:`stop`."""
 
     def __init__(self) -> None:
-        import yappi
+        try:
+            import yappi
+        except ImportError:
+            raise ProfilerMissing("the profiled window needs yappi: pip install 'semper[bench]', or pass "
+                                  "--no-profile") from None
         self._yappi = yappi
         self._lock = threading.Lock()
 

@@ -245,7 +245,8 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
                 profile_file = folder / "seller-profile.json"
                 tell("starting 'semper serve shop' with its PSAM in " + vc.readers[0])
                 shop_proc = world.start_shop_process(psam_reader=vc.readers[0], catalogue=bench_catalogue(),
-                                                     args=("--profile", str(profile_file)))
+                                                     launcher=("-m", "semper.bench.profiled_shop", "--profile",
+                                                               str(profile_file)))
                 tell(f"personalising {buyers} buyer cards, certifying their keys, loading their purses")
                 specs = make_buyers(world, buyers, tell)
                 report, results = _run(world, s.shop, shop_proc.pid, vc, specs, seconds, processes, warmup,

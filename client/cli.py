@@ -11,6 +11,7 @@ import importlib
 import os
 import pkgutil
 import sys
+from importlib.metadata import entry_points
 from typing import Callable
 
 from semper.hardware import errors as hw_errors
@@ -20,7 +21,10 @@ from .commands import UsageError
 from .support.money import AmountError
 
 # groups that several modules add subcommands to
-SHARED_GROUPS = {"bench": "measurements, as JSON", "serve": "run a party's network service (HTTPS)"}
+SHARED_GROUPS = {"bench": "measurements, as JSON", "serve": "run a party's network service (HTTPS)",
+                 "card": "the simulated card: create, serve, inspect, use"}
+#: command groups from other packages (the benches, chaos): ``register(sub, groups)`` functions
+COMMANDS_GROUP = "semper.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(sub, groups)
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        ep.load()(sub, groups)
     return ap
 
 

@@ -212,15 +212,17 @@ class World:
         s.shop = s.runners[-1].url
         return s
 
-    def start_shop_process(self, *, psam_reader: str, catalogue: Any = None, args: tuple[str, ...] = (),
+    def start_shop_process(self, *, psam_reader: str, catalogue: Any = None,
+                           launcher: tuple[str, ...] = ("-m", "semper.client.cli", "serve", "shop"),
                            timeout: float = 60.0) -> subprocess.Popen[str]:
         """The real ``semper serve shop`` process (its PSAM in ``psam_reader``), beside services already
-        started; returns the process (its URL is in ``services.shop``)."""
+        started; returns the process (its URL is in ``services.shop``). ``launcher``: what runs it (a
+        bench passes its profiling wrapper)."""
         s = self.services
         env = self.child_env()
         self._shop_home(psam_reader, s.ttp, s.bank, catalogue)
-        proc = _spawn([sys.executable, "-m", "semper.client.cli", "serve", "shop", "--dir", str(self.shop_dir), "--port", "0",
-                       "--pin-file", str(self.pin_file), *args], env)
+        proc = _spawn([sys.executable, *launcher, "--dir", str(self.shop_dir), "--port", "0",
+                       "--pin-file", str(self.pin_file)], env)
         s.processes.append(proc)
         s.shop = _announced(proc, "shop", timeout)
         return proc

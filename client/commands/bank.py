@@ -130,12 +130,6 @@ def cmd_serve_bank(args: argparse.Namespace) -> int:
     return run_until_signalled(runner, f"semper bank {bank.bank_id}")
 
 
-def cmd_bench_clearing(args: argparse.Namespace) -> int:
-    from semper.bench.clearing import bench_clearing
-    print_json(bench_clearing(count=args.count, cards=args.cards))
-    return 0
-
-
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
     bank = sub.add_parser("bank", help="the bank operator: keys, accounts, cash, cards and PSAMs")
     bsub = bank.add_subparsers(dest="bank_command", required=True)
@@ -187,8 +181,3 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--port", type=int, default=8444, help="port (default 8444; 0 = any free port)")
     tls_args(p, "replaces the bank folder's TLS certificate (e.g. a renewed one) before serving")
     p.set_defaults(fn=cmd_serve_bank)
-
-    p = groups["bench"].add_parser("clearing", help="debit proofs cleared per second at the acquirer")
-    p.add_argument("--count", type=int, default=2000, help="proofs in the batch (1 to 5000)")
-    p.add_argument("--cards", type=int, default=4, help="cards that made them")
-    p.set_defaults(fn=cmd_bench_clearing)

@@ -215,14 +215,6 @@ def cmd_card_batch(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tear_test(args: argparse.Namespace) -> int:
-    from semper.bench.tearing import run_tear_test
-    if args.runs < 1 or args.write_chunk < 0:
-        raise UsageError("--runs must be at least 1 and --write-chunk 0 or more")
-    report = run_tear_test(runs=args.runs, seed=args.seed, progress=not args.quiet, write_chunk=args.write_chunk)
-    print_json(report)
-    return 0 if report["violations"] == 0 else 1
-
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
@@ -230,8 +222,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--watch", type=float, metavar="SECONDS", help="print insertion/removal events for a while")
     p.set_defaults(fn=cmd_readers)
 
-    card = sub.add_parser("card", help="the simulated card: create, serve, inspect, use").add_subparsers(
-        dest="card_command", required=True)
+    card = groups["card"]
     p = card.add_parser("new", help="personalise a new card image (keys made on the card)")
     p.add_argument("--image", type=Path, required=True)
     p.add_argument("--psam", action="store_true", help="make a seller's PSAM instead of a buyer card")
@@ -287,13 +278,4 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--psam-reader")
     p.add_argument("--psam-image", type=Path)
     p.set_defaults(fn=cmd_card_batch)
-
-    p = card.add_parser("tear-test", help="kill a served card at random moments; check nothing is lost")
-    p.add_argument("--runs", type=int, default=200, help="number of kills (default 200)")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--write-chunk", type=int, default=4, metavar="BYTES",
-                   help="the card writes each commit in pieces of BYTES, so kills can land inside a write "
-                        "(0: one write per commit)")
-    p.set_defaults(fn=cmd_tear_test)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import print_json, read_secret
+from . import read_secret
 
 
 def cmd_serve_shop(args: argparse.Namespace) -> int:
@@ -16,20 +16,11 @@ def cmd_serve_shop(args: argparse.Namespace) -> int:
     home = ShopHome.default(args.dir)
     pin = args.pin_file.read_bytes().strip() if args.pin_file else read_secret("shop token PIN", args.pin_stdin)
     opened = home.open(pin)
-    if args.profile:
-        from semper.bench.profiling import serve_profile_on_signals
-        serve_profile_on_signals(args.profile)
     try:
         runner = ServiceRunner(opened.app(), args.host, args.port, server_context(*opened.tls))
         return run_until_signalled(runner, f"semper shop {opened.shop.name!r}")
     finally:
         opened.close()
-
-
-def cmd_bench_purchase(args: argparse.Namespace) -> int:
-    from semper.bench.purchase import bench_purchase
-    print_json(bench_purchase(runs=args.runs, floor_runs=args.floor_runs))
-    return 0
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
@@ -39,10 +30,4 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--pin-stdin", action="store_true", help="read the seller token's PIN from standard input")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8446, help="port (default 8446; 0 = any free port)")
-    p.add_argument("--profile", type=Path, help="profile the CPU from SIGUSR1 to SIGUSR2 and write the summary "
-                                                "(JSON) to this file (semper bench throughput uses it)")
     p.set_defaults(fn=cmd_serve_shop)
-    p = groups["bench"].add_parser("purchase", help="a card-purse purchase end to end: latency, counts, floor")
-    p.add_argument("--runs", type=int, default=30, help="purchases to time (after two warm-up ones)")
-    p.add_argument("--floor-runs", type=int, default=30, help="repetitions of each floor component")
-    p.set_defaults(fn=cmd_bench_purchase)

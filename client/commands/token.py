@@ -115,14 +115,6 @@ def cmd_import_cert(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_sign(args: argparse.Namespace) -> int:
-    from semper.bench.sign import bench_sign
-    if args.count < 10:
-        raise UsageError("--count must be at least 10")
-    print_json(bench_sign(count=args.count, card=not args.no_card))
-    return 0
-
-
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
     token = sub.add_parser("token", help="PKCS#11 tokens: SoftHSM2 by default, any module with --module")
     tsub = token.add_subparsers(dest="token_command", required=True)
@@ -154,8 +146,3 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     common(p)
     p.add_argument("--pin-stdin", action="store_true")
     p.set_defaults(fn=cmd_import_cert)
-
-    p = groups["bench"].add_parser("sign", help="ECDSA P-256 signatures: raw, SoftHSM2, simulated card via pcscd")
-    p.add_argument("--count", type=int, default=1000, help="signatures per measurement (default 1000)")
-    p.add_argument("--no-card", action="store_true", help="skip the card measurements (no pcscd)")
-    p.set_defaults(fn=cmd_bench_sign)

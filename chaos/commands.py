@@ -1,5 +1,7 @@
 """``semper chaos --runs N --seed S``: randomised commerce runs under faults, each one checked.
 
+Attached to the ``semper`` command through the ``semper.commands`` entry point (pyproject.toml).
+
 Every run drives one workflow (mail order, information, registration, contract signing) through
 the buyer's real client against real ``semper serve`` processes while the plan tears the buyer's
 card, drops a connection, kills and restarts a party, or makes the shop cheat (or injects nothing:
@@ -17,12 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import UsageError, print_json
+from semper.client.commands import UsageError, print_json
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from semper.chaos.plan import WORKFLOWS
-    from semper.chaos.runner import RunReport, run_chaos
+    from .plan import WORKFLOWS
+    from .runner import RunReport, run_chaos
     if args.replay is None and args.runs < 1:
         raise UsageError("--runs must be at least 1")
     if args.patience <= 0 or args.patience > 60:
@@ -58,7 +60,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
-    from semper.chaos.plan import WORKFLOWS
+    from .plan import WORKFLOWS
     p = sub.add_parser("chaos", help="randomised workflow runs with torn cards, dropped links, crashes, cheating")
     p.add_argument("--runs", type=int, default=20, help="how many runs (default 20)")
     p.add_argument("--seed", type=int, default=1, help="the seed every run's own seed is derived from (default 1)")
