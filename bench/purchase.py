@@ -149,7 +149,8 @@ def _floor(world: Any, session: Any, vc: Any, runs: int) -> dict[str, Any]:
 
     from semper.client.payment import card_purse
     from semper.client.support.cms import sign_statement
-    from semper.client.support.trust import TrustStore, verify_statement
+    from semper.client.support.trust import TrustStore
+    from semper.client.support.verify import verify_statement
     from semper.hardware.psam import PsamSession
     from semper.hardware.purse import PurseSession
     b = session.buyer

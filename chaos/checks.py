@@ -197,7 +197,7 @@ def judge_buyer_deal(market: Any, deal: str, out_dir: Path) -> DealFinding:
     offer = next((e for e in entries if e.kind == "statement:offer"), None)
     workflow, total = "?", 0
     if offer is not None:
-        from semper.client.support.trust import verify_statement
+        from semper.client.support.verify import verify_statement
         body = verify_statement(offer.content, trust).body
         workflow, total = str(body.get("workflow")), int(body.get("total", 0))
     bundle = b.archive.export(deal, out_dir / f"{deal}.zip")

@@ -12,7 +12,6 @@ compare each run's end with its start.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading

@@ -306,7 +306,8 @@ def test_detached_or_unsigned_attribute_free_statements_are_refused(signer: PivS
 
 # ---- the same on a PKCS#11 token ---------------------------------------------------------------------
 def test_token_statement_verified_by_semper_and_openssl(tmp_path: Path, pki: Pki) -> None:
-    from semper.client.support.trust import TrustStore, verify_statement
+    from semper.client.support.trust import TrustStore
+    from semper.client.support.verify import verify_statement
     signer = hsm_token(tmp_path, pki)
     try:
         der = cms.sign_statement(signer, {"type": "offer", "deal": "d-2", "price": 500})

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from semper.client.support import cms
-from semper.client.support.trust import TrustStore, verify_statement
+from semper.client.support.trust import TrustStore
+from semper.client.support.verify import verify_statement
 from semper.hardware.pcscd import VirtualCards
 from semper.hardware.piv import PivSession, PivSigner
 from semper.hardware.transport import PcscConnection

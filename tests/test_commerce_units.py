@@ -24,7 +24,8 @@ from semper.client.commerce.forms import DELIVERY, PICKUP, form_for
 from semper.client.commerce.pin import GatedSigner, PinNotEntered, tinguin_pin
 from semper.client.support.pki import ROLES
 from semper.client.support.cms import sign_statement
-from semper.client.support.trust import TrustStore, verify_statement
+from semper.client.support.trust import TrustStore
+from semper.client.support.verify import verify_statement
 
 NOW = dt.datetime.now(dt.UTC)
 

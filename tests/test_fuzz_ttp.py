@@ -60,7 +60,7 @@ from test_ttp import evidence, open_exchange
 
 from semper.client.exchange.messages import Proposal, request_body
 from semper.client.support.archive import Archive
-from semper.client.support.trust import verify_statement
+from semper.client.support.verify import verify_statement
 from semper.client.transfer.statements import same_key
 
 KINDS = ("resolve", "abort", "complaint", "status")

@@ -14,7 +14,6 @@ from semper.client.payment.module import PartyContext
 from semper.client.payment.modules.ecash import EcashModule
 from semper.client.payment.modules.mandate import MandateModule
 from semper.client.payment.modules.purse import PurseModule
-from semper.client.payment.modules.setpay import SetPayModule
 from semper.client.payment.negotiation import Requirements
 from semper.hsm.rsa import RsaTokenKeys
 from semper.client.payment.wallet import TokenWalletKey, Wallet

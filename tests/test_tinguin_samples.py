@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from semper.client.support.cms import sign_statement
-from semper.client.support.trust import TrustStore, verify_statement
+from semper.client.support.trust import TrustStore
+from semper.client.support.verify import verify_statement
 from semper.client.tinguin import confirmation
 from semper.client.tinguin.app import TinguinApp
 from semper.client.tinguin.confirmation import BROKEN, CLOSE, OPEN, WRAPPED

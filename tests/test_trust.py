@@ -23,16 +23,8 @@ from test_cms import (  # noqa: F401
 )
 
 from semper.client.support import cms
-from semper.client.support.trust import (
-    BadSignature,
-    EvidenceError,
-    MalformedStatement,
-    RevokedSigner,
-    TrustStore,
-    UntrustedSigner,
-    WrongKeyUsage,
-    verify_statement,
-)
+from semper.client.support.trust import BadSignature, EvidenceError, MalformedStatement, RevokedSigner, TrustStore, UntrustedSigner, WrongKeyUsage
+from semper.client.support.verify import verify_statement
 from semper.hardware.piv import PivSession, PivSigner, Slot
 
 NOW = dt.datetime.now(dt.UTC)

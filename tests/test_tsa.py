@@ -24,13 +24,8 @@ from test_cms import (  # noqa: F401
 )
 
 from semper.client.support import cms, tsa
-from semper.client.support.trust import (
-    BadTimestamp,
-    RevokedSigner,
-    TrustStore,
-    WrongKeyUsage,
-    verify_statement,
-)
+from semper.client.support.trust import BadTimestamp, RevokedSigner, TrustStore, WrongKeyUsage
+from semper.client.support.verify import verify_statement
 from semper.hardware.piv import PivSession, PivSigner, Slot
 
 

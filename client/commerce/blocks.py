@@ -30,7 +30,7 @@ from ..payment.manager import run_payment
 from ..payment.model import Acceptance, Record, Status, Terms
 from ..support.cms import EvidenceError, sign_statement
 from ..support.money import format_amount
-from ..support.trust import VerifiedStatement, verify_statement
+from ..support.verify import VerifiedStatement, verify_statement
 from ..tinguin.confirmation import digest as confirmation_digest
 from ..tinguin.confirmation import render as confirmation_text
 from ..tinguin.model import (

@@ -35,7 +35,7 @@ from cryptography import x509
 
 from ..support.pki import ROLES
 from ..support.canonical import canonical as _canonical
-from ..support.trust import VerifiedStatement
+from ..support.verify import VerifiedStatement
 from .catalogue import CatalogueItem
 from .deal import WORKFLOWS, DealAttributes, check_deal_id
 from .errors import CommerceError, FormError, OfferRefused

@@ -37,7 +37,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ..support.archive import verify_bundle
 from ..support.cms import EvidenceError
 from ..support.money import format_amount
-from ..support.trust import TrustStore, VerifiedStatement, verify_statement
+from ..support.trust import TrustStore
+from ..support.verify import VerifiedStatement, verify_statement
 from ..tinguin.confirmation import digest as text_digest
 from ..tinguin.confirmation import render
 from ..tinguin.model import Action, ConfirmationRequest, LineItem, OfferError, Party, PaymentOption, VerifiedOffer

@@ -32,7 +32,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..support.cms import EvidenceError
-from ..support.trust import TrustStore, Usage, VerifiedStatement, verify_statement
+from ..support.trust import TrustStore, Usage
+from ..support.verify import VerifiedStatement, verify_statement
 from ..transfer.binding import Binding, cert_id
 from ..transfer.errors import TransferError
 from ..transfer.items import Expectation, b64d, b64e, canonical, expectation_from_json

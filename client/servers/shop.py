@@ -29,7 +29,8 @@ from ..payment.errors import PaymentError
 from ..payment.manager import PaymentManager
 from ..payment.model import Status, Terms
 from ..support.cms import EvidenceError
-from ..support.trust import TrustStore, verify_statement
+from ..support.trust import TrustStore
+from ..support.verify import verify_statement
 from ..transfer.information import InformationOffer
 from ..transfer.items import Description
 from ..transfer.managers import OfferTree, PackageOffer

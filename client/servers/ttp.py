@@ -42,7 +42,8 @@ from semper.hardware.signer import Signer
 from ..exchange.errors import BadMessage
 from ..exchange.messages import REQUEST_KINDS, Proposal
 from ..support.cms import EvidenceError, sign_statement
-from ..support.trust import TrustStore, verify_statement
+from ..support.trust import TrustStore
+from ..support.verify import verify_statement
 from ..transfer.binding import cert_id
 from ..transfer.errors import CommitmentFalse, TransferError
 from ..transfer.items import b64d, content_from_json

@@ -43,7 +43,8 @@ from semper.hardware.errors import HardwareError
 from semper.hardware.signer import Signer
 
 from .cms import EvidenceError, check_integrity, parse_statement, sign_statement
-from .trust import TrustStore, VerifiedStatement, verify_statement
+from .trust import TrustStore
+from .verify import VerifiedStatement, verify_statement
 
 FORMAT = "semper-evidence-archive/1"
 BUNDLE_FORMAT = "semper-evidence-bundle/1"

@@ -20,13 +20,11 @@ import functools
 import itertools
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
@@ -36,15 +34,9 @@ from .cms import (
     EvidenceError,
     MalformedStatement,
     RevokedSigner,
-    Statement,
     UntrustedSigner,
     WrongKeyUsage,
-    check_integrity,
-    parse_statement,
 )
-
-if TYPE_CHECKING:
-    from .tsa import TimeStampInfo
 
 __all__ = [
     "BadSignature",
@@ -56,10 +48,8 @@ __all__ = [
     "TrustStore",
     "UntrustedSigner",
     "Usage",
-    "VerifiedStatement",
     "WrongKeyUsage",
     "describe",
-    "verify_statement",
 ]
 
 #: a signer's clock may run ahead of the TSA's by this much before its claimed time is called false
@@ -86,7 +76,7 @@ def describe(cert: x509.Certificate) -> str:
     return f"'{cert.subject.rfc4514_string()}' (serial {cert.serial_number:X})"
 
 
-def _utc(when: dt.datetime) -> dt.datetime:
+def as_utc(when: dt.datetime) -> dt.datetime:
     return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
 
 
@@ -176,7 +166,7 @@ class TrustStore:
     def chain(self, cert: x509.Certificate, untrusted: Sequence[x509.Certificate], at: dt.datetime
               ) -> list[x509.Certificate]:
         """Path from ``cert`` to one of the roots, valid at ``at``; UntrustedSigner otherwise."""
-        at = _utc(at)
+        at = as_utc(at)
         key = (cert, tuple(untrusted))
         known = self._chains.get(key)
         # A path found once stays a path: only the validity windows depend on the time asked about
@@ -291,7 +281,7 @@ class TrustStore:
                     reason = f", reason {entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.value}"
                 except x509.ExtensionNotFound:
                     pass
-                if proven_time is not None and _utc(proven_time) < when:
+                if proven_time is not None and as_utc(proven_time) < when:
                     later.append(f"{describe(cert)} revoked {when:%Y-%m-%d %H:%M:%S} UTC, after the time-stamp")
                     continue
                 raise RevokedSigner(f"the certificate {describe(cert)} was revoked on {when:%Y-%m-%d %H:%M:%S} UTC"
@@ -309,67 +299,3 @@ class TrustStore:
         chain = self.chain(cert, untrusted, at)
         self.check_usage(cert, usage)
         return chain, self.check_revocation(chain, proven_time)
-
-
-@dataclass(frozen=True)
-class VerifiedStatement:
-    """A statement that passed every check, with what the checks relied on."""
-
-    statement: Statement
-    signer: x509.Certificate
-    chain: tuple[x509.Certificate, ...]
-    checked_at: dt.datetime                      # the time the chain was validated for
-    revocation: Revocation
-    timestamp: TimeStampInfo | None = None
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def body(self) -> dict[str, Any]:
-        return self.statement.body
-
-    @property
-    def type(self) -> str:
-        return self.statement.type
-
-    @property
-    def signing_time(self) -> dt.datetime:
-        return self.statement.signing_time
-
-    @property
-    def signer_name(self) -> str:
-        return self.signer.subject.rfc4514_string()
-
-    @property
-    def signer_der(self) -> bytes:
-        return self.signer.public_bytes(Encoding.DER)
-
-
-def verify_statement(der: bytes, trust: TrustStore, at: dt.datetime | None = None,
-                     require_non_repudiation: bool = True) -> VerifiedStatement:
-    """Everything a verifier must check before a statement counts as evidence.
-
-    Order matters for the messages: a damaged or forged statement is reported as such before any
-    question about its signer. ``at`` overrides the time the certificates are checked for (default:
-    the trusted time-stamp's time, else the claimed signing time).
-    """
-    from .tsa import (
-        verify_statement_timestamps,  # tsa builds on this module's TrustStore
-    )
-
-    statement = parse_statement(der)
-    check_integrity(statement.parts)
-    stamp = verify_statement_timestamps(statement, trust)
-    notes: list[str] = []
-    if stamp is not None and _utc(statement.signing_time) > stamp.gen_time + CLOCK_SKEW:
-        raise BadTimestamp(f"the statement claims to be signed at {statement.signing_time:%Y-%m-%d %H:%M:%S} UTC, "
-                           f"after its time-stamp ({stamp.gen_time:%Y-%m-%d %H:%M:%S} UTC): its signing time is false")
-    when = _utc(at) if at is not None else (stamp.gen_time if stamp is not None else _utc(statement.signing_time))
-    usage = Usage.STATEMENT if require_non_repudiation else Usage.SIGNATURE
-    chain, revocation = trust.check_certificate(statement.signer_cert, statement.certificates, when, usage,
-                                                proven_time=stamp.gen_time if stamp is not None else None)
-    if not revocation.checked:
-        notes.append("revocation not checked for " + "; ".join(revocation.unchecked) + " (no CRL from its issuer)")
-    notes.extend(revocation.revoked_later)
-    if stamp is not None and not stamp.revocation_checked:
-        notes.append(f"revocation not checked for the time-stamping authority '{stamp.tsa_name}' (no CRL)")
-    return VerifiedStatement(statement, statement.signer_cert, tuple(chain), when, revocation, stamp, tuple(notes))

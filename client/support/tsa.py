@@ -17,7 +17,6 @@ import hashlib
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from asn1crypto import cms, core, tsp
 from asn1crypto import x509 as a_x509
@@ -40,9 +39,7 @@ from .cms import (
     parse_signed_data,
     parse_statement,
 )
-
-if TYPE_CHECKING:
-    from .trust import TrustStore
+from .trust import TrustStore, Usage
 
 #: the semper TSA policy: time from the third party's host clock (NTP-disciplined), accuracy 1 s
 TSA_POLICY_OID = ARC + ".3.1"
@@ -101,7 +98,6 @@ class TimeStampAuthority:
     def __init__(self, signer: Signer, cert: bytes | x509.Certificate, *, policy: str = TSA_POLICY_OID,
                  chain: Iterable[bytes | x509.Certificate] = (), pin: bytes | None = None,
                  clock: Callable[[], dt.datetime] | None = None) -> None:
-        from .trust import TrustStore, Usage
         self.signer = signer
         self.cert = cert if isinstance(cert, x509.Certificate) else x509.load_der_x509_certificate(cert)
         self.cert_der = self.cert.public_bytes(Encoding.DER)
@@ -187,7 +183,6 @@ def make_request(data: bytes | None = None, *, digest: bytes | None = None, algo
 def verify_token(token: bytes, trust: TrustStore, *, data: bytes | None = None, digest: bytes | None = None,
                  nonce: int | None = None) -> TimeStampInfo:
     """Check a time-stamp token: signature, TSA certificate (chain, critical timeStamping, CRL), imprint."""
-    from .trust import Usage
     parts = parse_signed_data(token, "tst_info", what="time-stamp token")
     if parts.signing_cert_hash is None:
         raise BadTimestamp("the time-stamp token lacks the ESS signing-certificate attribute RFC 3161 requires")

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 if TYPE_CHECKING:
-    from semper.client.support.trust import VerifiedStatement
+    from semper.client.support.verify import VerifiedStatement
 
 MAX_AMOUNT = 2**31 - 1          # minor units, as the purse and the bank count
 
@@ -166,7 +166,7 @@ class VerifiedOffer:
         commerce layer's); the seller and every verification fact come from ``vs`` itself, so a
         seller cannot name itself in the body. ``stated_total`` is checked against the items.
         """
-        from semper.client.support.trust import VerifiedStatement
+        from semper.client.support.verify import VerifiedStatement
         if not isinstance(vs, VerifiedStatement):
             raise OfferError("an offer is shown as verified only when built from a VerifiedStatement "
                              "(run client.support.trust.verify_statement on the signed offer first)")

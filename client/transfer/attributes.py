@@ -24,7 +24,8 @@ from typing import Any
 from cryptography import x509
 
 from ..support.cms import EvidenceError
-from ..support.trust import TrustStore, verify_statement
+from ..support.trust import TrustStore
+from ..support.verify import verify_statement
 from .binding import cert_id
 from .errors import ItemMismatch, UnsupportedAttribute
 from .items import Content, Expectation, digest, leaves

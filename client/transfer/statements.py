@@ -25,7 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..support.cms import EvidenceError, canonical_json
-from ..support.trust import TrustStore, VerifiedStatement, verify_statement
+from ..support.trust import TrustStore
+from ..support.verify import VerifiedStatement, verify_statement
 from .binding import Binding, cert_id
 from .errors import ItemMismatch, MalformedItem
 from .items import Description, Item, b64d, b64e
