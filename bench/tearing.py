@@ -94,7 +94,6 @@ def run_tear_test(runs: int = 200, seed: int = 1, progress: bool = True, max_del
                   write_chunk: int = 4, min_operations: int = 0) -> dict[str, object]:
     """Kill the card ``runs`` times; on a slow machine fewer operations fit between kills, so with
     ``min_operations`` it goes on (up to three times ``runs``) until that many were attempted."""
-    from semper.client.payment.card_purse import recover_debit
     from semper.hardware import errors
     from semper.hardware.psam import PsamSession
     from semper.hardware.purse import PurseSession
@@ -148,7 +147,7 @@ def run_tear_test(runs: int = 200, seed: int = 1, progress: bool = True, max_del
                     committed = (info.load_counter if kind == "load" else info.debit_counter) == ctr
                     counts["in_flight_committed" if committed else "in_flight_rolled_back"] += 1
                     if kind == "debit" and committed:
-                        found = recover_debit(purse, request)
+                        found = purse.find_debit_proof(request)
                         if found is None:
                             violations.append(f"run {run}: committed debit #{ctr} has no proof in the card log")
                         else:
@@ -218,7 +217,7 @@ def run_tear_test(runs: int = 200, seed: int = 1, progress: bool = True, max_del
         if ledger.in_flight is not None:
             kind, ctr, _amount, request = ledger.in_flight
             if kind == "debit" and info.debit_counter == ctr:
-                found = recover_debit(purse, request)
+                found = purse.find_debit_proof(request)
                 if found is not None:
                     psam.complete_debit(purse.certificate(), found[1])
         card_debits = sum(a for c, a in ledger.debits.items() if c <= info.debit_counter)

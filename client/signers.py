@@ -17,7 +17,7 @@ from semper.hardware import errors as hw_errors
 from semper.hardware.iso7816 import AID
 from semper.hardware.piv import PivSession, PivSigner, Slot
 
-from .cards import connection
+from semper.hardware.cards import connection
 from .support.paths import semper_home
 
 

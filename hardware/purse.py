@@ -129,6 +129,17 @@ class PurseSession:
         self.apdu.send(Apdu(0x00, 0x2C, 0x00, P2_PIN, bytes([len(puk)]) + puk + new), "unblock the PIN")
 
     # ---- load ---------------------------------------------------------------------------------
+    def find_debit_proof(self, request: DebitRecord) -> tuple[DebitRecord, Signed] | None:
+        """The card's proof for ``request`` from its log: after a lost answer, whether the debit happened."""
+        for entry in self.log():
+            if entry.kind != "debit":
+                continue
+            proof = DebitRecord.decode(entry.signed.record, DEBIT_PROOF)
+            if (proof.psam_id, proof.psam_sequence, proof.challenge) == (request.psam_id, request.psam_sequence,
+                                                                         request.challenge):
+                return proof, entry.signed
+        return None
+
     def initialize_load(self, amount: int, currency: int) -> tuple[LoadRequest, Signed]:
         raw = self.apdu.send(Apdu(CLA, 0x40, 0, 0, struct.pack(">IH", amount, currency), 0), "start a load")
         signed = Signed.split(raw, LOAD_REQUEST_SIZE)

@@ -307,7 +307,7 @@ def test_purse_and_psam_state_machine(fresh_images, scheme) -> None:  # type: ig
             _p, proof = self.purse.debit(self.psam.certificate(), signed_request)
             self.tear()
             if lose_proof:                              # the answer never reached the host
-                recovered = card_purse.recover_debit(self.purse, request)
+                recovered = self.purse.find_debit_proof(request)
                 assert recovered is not None
                 assert recovered[1] == proof
             self.psam.complete_debit(self.purse.certificate(), proof)

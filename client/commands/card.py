@@ -121,7 +121,7 @@ def _purse_dict(info) -> dict:  # type: ignore[no-untyped-def]
 
 
 def cmd_card_info(args: argparse.Namespace) -> int:
-    from .. import cards
+    from semper.hardware import cards
     from semper.hardware.iso7816 import AID
     with cards.connection(AID.PURSE if not args.psam else AID.PSAM, args.reader, args.image) as conn:
         if args.psam:
@@ -142,7 +142,7 @@ def cmd_card_info(args: argparse.Namespace) -> int:
 
 
 def cmd_card_load(args: argparse.Namespace) -> int:
-    from .. import cards
+    from semper.hardware import cards
     from ..payment import card_purse
     amount = parse_amount(args.amount)
     with open_scheme(args) as issuer, cards.purse(args.reader, args.image) as purse:
@@ -160,7 +160,7 @@ def cmd_card_load(args: argparse.Namespace) -> int:
 
 
 def cmd_card_pay(args: argparse.Namespace) -> int:
-    from .. import cards
+    from semper.hardware import cards
     from ..payment import card_purse
     from semper.hardware.iso7816 import AID
     amount = parse_amount(args.amount)
@@ -179,7 +179,7 @@ def cmd_card_pay(args: argparse.Namespace) -> int:
 
 
 def cmd_card_log(args: argparse.Namespace) -> int:
-    from .. import cards
+    from semper.hardware import cards
     with cards.purse(args.reader, args.image) as purse:
         currency = purse.info().currency
         entries = purse.log()
@@ -192,7 +192,7 @@ def cmd_card_log(args: argparse.Namespace) -> int:
 
 
 def cmd_card_pin(args: argparse.Namespace) -> int:
-    from .. import cards
+    from semper.hardware import cards
     with cards.purse(args.reader, args.image) as purse:
         if args.action == "change":
             old = read_secret("current PIN", args.pin_stdin)
@@ -208,7 +208,7 @@ def cmd_card_pin(args: argparse.Namespace) -> int:
 
 
 def cmd_card_batch(args: argparse.Namespace) -> int:
-    from .. import cards
+    from semper.hardware import cards
     with cards.psam(args.psam_reader, args.psam_image) as psam:
         header, _signed = psam.close_batch()
     print(f"batch {header.batch_number} closed: {header.count} debits, {format_amount(header.total, header.currency)}")

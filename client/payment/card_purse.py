@@ -60,7 +60,7 @@ def purchase(purse: PurseSession, psam: PsamSession, amount: int) -> PurchaseRes
     try:
         proof, signed_proof = purse.debit(psam_cert, signed_request)
     except errors.TransportError:
-        recovered = recover_debit(purse, request)
+        recovered = purse.find_debit_proof(request)
         if recovered is None:
             raise
         proof, signed_proof = recovered
@@ -68,13 +68,3 @@ def purchase(purse: PurseSession, psam: PsamSession, amount: int) -> PurchaseRes
     return PurchaseResult(proof, signed_proof, batch_number, index)
 
 
-def recover_debit(purse: PurseSession, request: DebitRecord) -> tuple[DebitRecord, Signed] | None:
-    """Find the card's proof for ``request`` in its log (the answer was lost, the debit was not)."""
-    for entry in purse.log():
-        if entry.kind != "debit":
-            continue
-        proof = DebitRecord.decode(entry.signed.record, b"DPF1")
-        if (proof.psam_id, proof.psam_sequence, proof.challenge) == (request.psam_id, request.psam_sequence,
-                                                                     request.challenge):
-            return proof, entry.signed
-    return None

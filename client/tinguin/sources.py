@@ -52,7 +52,7 @@ class CardAccess:
         self.image = image
 
     def _purse(self):  # type: ignore[no-untyped-def]
-        from semper.client import cards
+        from semper.hardware import cards
         return cards.purse(self.reader, self.image)
 
     def readers(self) -> list[ReaderView]:

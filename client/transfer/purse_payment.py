@@ -135,7 +135,6 @@ class CardPursePayer(CardPurseVerifier):
                                f"not the agreed {amount} (currency {currency})")
 
     def pay(self, request: Mapping[str, Any], amount: int, currency: int) -> dict[str, Any]:
-        from ..payment.card_purse import recover_debit
         self.check_request(request, amount, currency)
         cert, record, signature = _signed(request, "payment request")
         drq = DebitRecord.decode(record, DEBIT_REQUEST)
@@ -144,7 +143,7 @@ class CardPursePayer(CardPurseVerifier):
             try:
                 _proof, signed = self.purse.debit(cert.public_bytes(Encoding.DER), Signed(record, signature))
             except hw.TransportError:
-                found = recover_debit(self.purse, drq)          # the answer was lost, maybe not the debit
+                found = self.purse.find_debit_proof(drq)          # the answer was lost, maybe not the debit
                 if found is None:
                     raise PaymentFailed("the card did not answer the debit and its log shows no such debit; "
                                         "nothing was paid") from None

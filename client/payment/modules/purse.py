@@ -338,15 +338,10 @@ def recover_debit(purse: Any, request: DebitRecord) -> Signed | None:
     """The card's proof for ``request`` from its log (the debit happened, its answer was lost)."""
     try:
         purse.select()
-        for entry in purse.log():
-            if entry.kind != "debit":
-                continue
-            p = DebitRecord.decode(entry.signed.record, DEBIT_PROOF)
-            if (p.psam_id, p.psam_sequence, p.challenge) == (request.psam_id, request.psam_sequence, request.challenge):
-                return entry.signed  # type: ignore[no-any-return]
+        found = purse.find_debit_proof(request)
     except hw.HardwareError:
         return None
-    return None
+    return found[1] if found is not None else None
 
 
 class PayeeFlow:

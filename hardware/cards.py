@@ -9,12 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from semper.hardware.iso7816 import AID
-from semper.hardware.psam import PsamSession
-from semper.hardware.purse import PurseSession
-from semper.hardware.readers import find_card
-from semper.hardware.simulator import open_card
-from semper.hardware.transport import Connection, PcscConnection
+from .iso7816 import AID
+from .psam import PsamSession
+from .purse import PurseSession
+from .readers import find_card
+from .simulator import open_card
+from .transport import Connection, PcscConnection
 
 
 @contextmanager
