@@ -210,7 +210,7 @@ def bench_all(*, quick: bool = False, no_pcscd: bool = False, only: tuple[str, .
         t = time.perf_counter()
         try:
             result = dict(fn(**args))
-        except Exception as e:  # noqa: BLE001 -- one failing bench must not hide the others' figures
+        except Exception as e:
             doc["errors"][s.name] = f"{type(e).__name__}: {e}"
             say(f"{s.name} failed: {type(e).__name__}: {e}")
             if os.environ.get("SEMPER_DEBUG"):

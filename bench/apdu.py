@@ -75,6 +75,7 @@ def bench_apdu(count: int = 2000, purchases: int = 50, progress: bool = True) ->
 def _piv_signatures(connection, count: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """9A (PIN once): one GENERAL AUTHENTICATE; 9C (PIN always): VERIFY + GENERAL AUTHENTICATE."""
     import hashlib
+
     from semper.hardware.piv import PivSession, Slot
     piv = PivSession(connection)
     digest = hashlib.sha256(b"semper bench").digest()
@@ -93,6 +94,7 @@ def _piv_signatures(connection, count: int) -> dict[str, object]:  # type: ignor
 
 def _raw_signatures(count: int) -> dict[str, float]:
     import hashlib
+
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import Prehashed

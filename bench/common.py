@@ -5,10 +5,10 @@ import os
 import platform
 import statistics
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 # the throwaway schemes of the benchmarks live in temporary folders; their token PIN is this, never in them
 SCHEME_PIN = b"bench-scheme-pin"

@@ -46,13 +46,13 @@ async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience:
     from semper.client.exchange.identity import Identity, TtpInfo
     from semper.client.exchange.party import Party, ResponsePlan
     from semper.client.payment.card_purse import load
-    from semper.client.support import pki
     from semper.client.servers.ca import CertificationAuthority
     from semper.client.servers.ca_home import issue_tls_identity
+    from semper.client.servers.ttp_home import TtpHome
+    from semper.client.support import pki
+    from semper.client.support.channels import server_context
     from semper.client.support.db import Database
     from semper.client.support.http_service import ServiceRunner
-    from semper.client.servers.ttp_home import TtpHome
-    from semper.client.support.channels import server_context
     from semper.client.support.trust import TrustStore
     from semper.client.transfer.binding import cert_id
     from semper.client.transfer.information import (

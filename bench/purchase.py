@@ -89,8 +89,8 @@ def _market(folder: Path) -> Iterator[Any]:
 
 def bench_purchase(runs: int = 30, floor_runs: int = 30) -> dict[str, Any]:
     from semper.client.commerce import blocks
-    from semper.client.servers import shop
     from semper.client.commerce.workflows import mail_order
+    from semper.client.servers import shop
     from semper.client.tinguin.model import OutcomeStatus
     from semper.hardware import transport
     from semper.hardware.simulator import card_keys_in

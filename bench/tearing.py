@@ -122,7 +122,7 @@ def run_tear_test(runs: int = 200, seed: int = 1, progress: bool = True, max_del
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
             try:
                 sock, _ = server.accept()
-            except socket.timeout:
+            except TimeoutError:
                 proc.kill()
                 err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
                 raise RuntimeError(f"the card process did not connect: {err[-400:]}") from None

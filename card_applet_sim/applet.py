@@ -7,11 +7,11 @@ back on any error, so an applet cannot half-apply a command.
 """
 from __future__ import annotations
 
+from . import tlv
 from .apdu import Command
 from .crypto import check_point, generate_key
 from .store import Store
 from .sw import SW, CardError
-from . import tlv
 
 STATE_PERSONALISATION = 1
 STATE_ACTIVE = 2

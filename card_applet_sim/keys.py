@@ -62,7 +62,7 @@ class KeyFolder:
     folder: Path
 
     @classmethod
-    def default(cls) -> "KeyFolder":
+    def default(cls) -> KeyFolder:
         return cls(default_key_folder())
 
     def path(self, image_id: bytes) -> Path:

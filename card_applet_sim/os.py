@@ -59,7 +59,7 @@ class CardOS:
     # construction ------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | _os.PathLike[str], applet_names: list[str], *, sync: bool = True,
-               keys: KeySource | None = None) -> "CardOS":
+               keys: KeySource | None = None) -> CardOS:
         """A new card image; its sealing key goes to ``keys`` (default: the key folder, keys.py)."""
         from .applets import REGISTRY
         unknown = [n for n in applet_names if n not in REGISTRY]
@@ -75,13 +75,13 @@ class CardOS:
 
     @classmethod
     def open(cls, path: str | _os.PathLike[str], *, sync: bool = True, write_chunk: int = 0,
-             keys: KeySource | None = None) -> "CardOS":
+             keys: KeySource | None = None) -> CardOS:
         store = Store.open(Path(path), sync=sync, keys=keys or KeyFolder.default())
         store.write_chunk = write_chunk
         return cls._from_store(store)
 
     @classmethod
-    def _from_store(cls, store: Store) -> "CardOS":
+    def _from_store(cls, store: Store) -> CardOS:
         from .applets import REGISTRY
         names = (store.get(OS_APPLETS_KEY) or b"").decode().split(",")
         applets = [REGISTRY[n](store) for n in names if n in REGISTRY]

@@ -21,7 +21,7 @@ from .vpcd import DEFAULT_HOST, DEFAULT_PORT, VpcdLink, serve
 
 def run(images: list[Path], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, sync: bool = True,
         write_chunk: int = 0, keys: KeySource | None = None,
-        stop: threading.Event | None = None, ready: "callable | None" = None) -> int:  # type: ignore[valid-type]
+        stop: threading.Event | None = None, ready: callable | None = None) -> int:  # type: ignore[valid-type]
     stop = stop or threading.Event()
     cards: list[CardOS] = []
     try:

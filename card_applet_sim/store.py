@@ -21,9 +21,9 @@ import fcntl
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -165,7 +165,7 @@ class Store:
     # ----- opening and creating -------------------------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike[str], initial: dict[str, bytes], *, keys: KeySource,
-               sync: bool = True) -> "Store":
+               sync: bool = True) -> Store:
         """Make a new image with a fresh id and sealing key (kept by ``keys``), then open it.
 
         Creation is always durable (file and folder synced), whatever ``sync`` says for commits.
@@ -197,7 +197,7 @@ class Store:
         return cls.open(p, keys=keys, sync=sync)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, keys: KeySource, sync: bool = True) -> "Store":
+    def open(cls, path: str | os.PathLike[str], *, keys: KeySource, sync: bool = True) -> Store:
         p = Path(path)
         try:
             fd = os.open(p, os.O_RDWR | os.O_CLOEXEC)
@@ -315,7 +315,7 @@ class Store:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:

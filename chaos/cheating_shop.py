@@ -16,8 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     from semper.client.commands.serve import run_until_signalled
     from semper.client.servers.shop import Cheat
     from semper.client.servers.shop_home import ShopHome
-    from semper.client.support.http_service import ServiceRunner
     from semper.client.support.channels import server_context
+    from semper.client.support.http_service import ServiceRunner
     ap = argparse.ArgumentParser(prog="python -m semper.chaos.cheating_shop")
     ap.add_argument("--dir", type=Path, required=True)
     ap.add_argument("--pin-file", type=Path, required=True)

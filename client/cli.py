@@ -11,8 +11,8 @@ import importlib
 import os
 import pkgutil
 import sys
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Callable
 
 from semper.hardware import errors as hw_errors
 

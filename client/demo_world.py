@@ -85,11 +85,11 @@ class World:
         from semper.hsm.signer import Pkcs11Signer
         from semper.hsm.softhsm import SoftHsmStore, provision
 
-        from .support import pki
         from .servers.bank_home import BankHome
         from .servers.ca import CertificationAuthority
         from .servers.ca_home import CaHome
         from .servers.ttp_home import TtpHome
+        from .support import pki
         from .support.personalisation import CardProfile, personalise_psam, personalise_purse_card
         from .support.scheme import Scheme
         tell = say or (lambda _line: None)
@@ -167,8 +167,8 @@ class World:
 
     def _shop_home(self, psam_reader: str | None, ttp_url: str, bank_url: str, catalogue: Any = None) -> Any:
         from .commerce.catalogue import demo_catalogue
-        from .servers.shop_home import ShopHome
         from .servers.ca_home import issue_tls_identity
+        from .servers.shop_home import ShopHome
         from .servers.ttp_home import TtpHome
         tls = issue_tls_identity(self.ca, ("127.0.0.1", "localhost"), self.folder / "shop-tls", name=SHOP_NAME)
         ttp = TtpHome(self.ttp_dir)
@@ -185,9 +185,9 @@ class World:
         from .servers.bank_home import BankHome
         from .servers.ca_home import issue_tls_identity
         from .servers.ca_http import build_app as ca_app
-        from .support.http_service import ServiceRunner
         from .servers.ttp_home import TtpHome
         from .support.channels import server_context
+        from .support.http_service import ServiceRunner
         s = self.services
         ca_tls = issue_tls_identity(self.ca, ("127.0.0.1", "localhost"), self.ca_dir / "tls", name="semper demo CA")
         s.runners.append(ServiceRunner(ca_app(self.ca), "127.0.0.1", 0, server_context(*ca_tls)).start())
@@ -296,8 +296,8 @@ class World:
         return t.certificate(), t.escrow_file.read_bytes()
 
     def wallet_keys(self) -> Any:
-        from semper.hsm.rsa import RsaTokenKeys
         from semper.hsm.module import load
+        from semper.hsm.rsa import RsaTokenKeys
         return RsaTokenKeys(load(softhsm_conf=str(self.store.conf)), "wallet", TOKEN_PIN)
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from semper.hardware import errors as hw_errors
+from semper.hardware.cards import connection
 from semper.hardware.iso7816 import AID
 from semper.hardware.piv import PivSession, PivSigner, Slot
 
-from semper.hardware.cards import connection
 from .support.paths import semper_home
 
 

@@ -5,9 +5,9 @@ with neither, the readers are searched for a card carrying the applet.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .iso7816 import AID
 from .psam import PsamSession

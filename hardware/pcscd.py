@@ -108,7 +108,7 @@ class Pcscd:
     _tmp: str | None = field(default=None, repr=False)
     _lock: _MachineLock = field(default_factory=_MachineLock, repr=False)
 
-    def start(self, timeout: float = 10.0) -> "Pcscd":
+    def start(self, timeout: float = 10.0) -> Pcscd:
         self._lock.acquire()
         try:
             return self._start(timeout)
@@ -116,7 +116,7 @@ class Pcscd:
             self.stop()
             raise
 
-    def _start(self, timeout: float) -> "Pcscd":
+    def _start(self, timeout: float) -> Pcscd:
         if shutil.which("pcscd") is None and not Path("/usr/sbin/pcscd").exists():
             raise errors.ReaderError("pcscd is not installed; run 'make demo' or 'make test' to install it")
         if not Path(VPCD_DRIVER).exists():
@@ -175,7 +175,7 @@ class Pcscd:
             self._tmp = None
         self._lock.release()
 
-    def __enter__(self) -> "Pcscd":
+    def __enter__(self) -> Pcscd:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -209,8 +209,9 @@ class VirtualCards:
         self.readers: list[str] = reader_names()[:len(images)]
         self.port = 35963
 
-    def __enter__(self) -> "VirtualCards":
+    def __enter__(self) -> VirtualCards:
         import sys
+
         from .readers import wait_for_card
         if not service_running() or _MachineLock.held_elsewhere():
             # no pcscd, or one that another semper process started: start (or wait for) our own

@@ -62,7 +62,7 @@ class PsamSession:
 
     def info(self) -> PsamInfo:
         f = tlv.decode(self._send(Apdu(CLA, 0x50, 0, 0, b"", 0), "read the PSAM"))
-        num = lambda t: int.from_bytes(f[t], "big")  # noqa: E731
+        num = lambda t: int.from_bytes(f[t], "big")
         return PsamInfo(f[0xD1], num(0xD2), num(0xD3), num(0xD4), num(0xD5), num(0xD6), num(0xD7), num(0xD8))
 
     def certificate(self) -> bytes:

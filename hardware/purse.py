@@ -6,8 +6,16 @@ from dataclasses import dataclass
 
 from . import tlv
 from .iso7816 import AID, Apdu
-from .purse_records import (DEBIT_PROOF, LOAD_COMMAND_SIZE, LOAD_REQUEST_SIZE, LOAD_SIZE, DebitRecord,
-                            LoadConfirmation, LoadRequest, Signed)
+from .purse_records import (
+    DEBIT_PROOF,
+    LOAD_COMMAND_SIZE,
+    LOAD_REQUEST_SIZE,
+    LOAD_SIZE,
+    DebitRecord,
+    LoadConfirmation,
+    LoadRequest,
+    Signed,
+)
 from .transport import ApduSession, Connection
 
 CLA = 0x80

@@ -42,7 +42,7 @@ class Signed:
         return self.record + self.signature
 
     @classmethod
-    def split(cls, data: bytes, size: int) -> "Signed":
+    def split(cls, data: bytes, size: int) -> Signed:
         if len(data) <= size or data[size] != 0x30:
             raise TransportError("expected a record followed by a DER signature")
         return cls(data[:size], data[size:])
@@ -77,7 +77,7 @@ class LoadRequest(_LoadRecord):
     TAG = LOAD_REQUEST
 
     @classmethod
-    def decode(cls, data: bytes) -> "LoadRequest":
+    def decode(cls, data: bytes) -> LoadRequest:
         return cls(*_check(_LOAD_REQ, LOAD_REQUEST, data))
 
     def command(self) -> bytes:
@@ -108,7 +108,7 @@ class DebitRecord:
     SIZE = _DEBIT.size
 
     @classmethod
-    def decode(cls, data: bytes, tag: bytes) -> "DebitRecord":
+    def decode(cls, data: bytes, tag: bytes) -> DebitRecord:
         return cls(tag, *_check(_DEBIT, tag, data))
 
     def encode(self) -> bytes:
@@ -128,7 +128,7 @@ class BatchHeader:
     SIZE = _BATCH.size
 
     @classmethod
-    def decode(cls, data: bytes) -> "BatchHeader":
+    def decode(cls, data: bytes) -> BatchHeader:
         return cls(*_check(_BATCH, BATCH_HEADER, data))
 
 

@@ -6,8 +6,8 @@ and carries on, reporting the readers as they come back.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from . import errors
 from .iso7816 import AID, Apdu

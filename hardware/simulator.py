@@ -10,9 +10,10 @@ else ``$SEMPER_HOME/card-keys``), the same one ``semper card serve`` uses.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from . import errors
 from .transport import InProcessConnection
@@ -27,7 +28,7 @@ class SimulatedCard(InProcessConnection):
     def close(self) -> None:
         self.card.close()  # type: ignore[attr-defined]
 
-    def __enter__(self) -> "SimulatedCard":
+    def __enter__(self) -> SimulatedCard:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -109,7 +109,7 @@ class PcscConnection:
             self._scard.SCardReleaseContext(self._ctx)
             self._ctx = None
 
-    def __enter__(self) -> "PcscConnection":
+    def __enter__(self) -> PcscConnection:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,5 +1,5 @@
 """The evidence archive: hash chain, checkpoints signed on the card, tampering of each kind, bundles, CLI."""
-# ruff: noqa: F811  (pytest fixtures shared from test_cms are imported, then requested by name)
+
 from __future__ import annotations
 
 import datetime as dt
@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_cms import PIN, Pki, card, card_b, openssl_cms_verify, pki, signer  # noqa: F401
+from test_cms import PIN, Pki, card, card_b, openssl_cms_verify, pki, signer
 
 from semper.client.cli import main as semper
 from semper.client.support import cms
@@ -246,7 +246,7 @@ def test_concurrent_appenders_keep_one_chain(tmp_path: Path) -> None:
             with Archive.open(path) as archive:
                 for i in range(40):
                     archive.append(name, "note", f"{name} {i}".encode())
-        except BaseException as e:           # noqa: BLE001 (reported below)
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=writer, args=(f"w{i}",)) for i in range(3)]

@@ -30,7 +30,6 @@ from semper.client.payment.model import Terms
 from semper.client.payment.module import PartyContext
 from semper.client.payment.modules.ecash import EcashModule
 from semper.client.payment.modules.purse import PurseModule, recover_debit
-from semper.hsm.rsa import RsaTokenKeys
 from semper.client.payment.wallet import TokenWalletKey, Wallet
 from semper.client.servers.bank_audit import audit
 from semper.hardware import errors as hw
@@ -38,6 +37,7 @@ from semper.hardware.psam import PsamSession
 from semper.hardware.purse import PurseSession
 from semper.hardware.purse_records import DEBIT_REQUEST, DebitRecord
 from semper.hardware.simulator import open_card
+from semper.hsm.rsa import RsaTokenKeys
 
 REPO = Path(__file__).resolve().parents[1]
 OPS = int(os.environ.get("SEMPER_FAULT_OPS", "200"))
@@ -65,7 +65,7 @@ class DroppingProxy:
         while not self.stop.is_set():
             try:
                 client, _ = self.server.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             mode = "before" if self.rng.random() < self.drop_before else (
                 "after" if self.rng.random() < self.drop_after else "")
@@ -327,8 +327,8 @@ def test_a_bank_the_pinned_root_does_not_vouch_for_is_refused_at_once(fault_worl
 
     from semper.client.payment.errors import UntrustedService
     from semper.client.servers.bank_home import make_tls_identity
-    from semper.client.support.http_service import ServiceRunner
     from semper.client.support.channels import JsonClient, server_context
+    from semper.client.support.http_service import ServiceRunner
     w = fault_world
     bank = BankClient(w.runner.url, w.home.tls_root, w.signers["buyer"], timeout=5, retries=3)
     bank.info()                                                       # the real bank, pinned, answered once

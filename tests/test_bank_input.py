@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from test_payment_support import EUR, World, world  # noqa: F401  (fixture)
+from test_payment_support import EUR, World, world
 
 from semper.client.payment import formats
 from semper.client.payment.errors import PaymentRefused

@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from served import Served
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from served import Served
 
 from semper.client.servers.bank_home import check_tls_identity, make_tls_identity
 from semper.client.servers.bank_store import BankRefusal

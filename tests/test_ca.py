@@ -8,7 +8,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from test_ca_support import (  # noqa: F401  (fixtures)
+from test_ca_support import (
     CA_PIN,
     USER_PIN,
     RunningCa,
@@ -21,8 +21,8 @@ from test_ca_support import (  # noqa: F401  (fixtures)
     tokens,
 )
 
-from semper.client.support import pki
 from semper.client.servers.ca import CaRefusal
+from semper.client.support import pki
 from semper.client.support.channels import ServiceError
 
 
@@ -256,8 +256,8 @@ def test_restart_loses_nothing(tmp_path: Path, tokens: Tokens) -> None:
 
     from semper.client.servers.ca_home import CaHome, issue_tls_identity
     from semper.client.servers.ca_http import build_app
-    from semper.client.support.http_service import ServiceRunner
     from semper.client.support.channels import JsonClient, server_context
+    from semper.client.support.http_service import ServiceRunner
     home = CaHome(tmp_path / "ca")
     ca = home.open()
     ca.signer = home.open_signer(ca, CA_PIN)                   # token settings come from the database

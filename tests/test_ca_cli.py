@@ -10,17 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from served import Served
+from conftest import SCHEME_PIN
 from cryptography import x509
+from served import Served
 from test_ca_support import openssl
 
 from semper.client.cli import main
 from semper.client.support.channels import JsonClient
 from semper.client.support.personalisation import CardProfile, personalise_purse_card
 from semper.client.support.scheme import Scheme
-
-from conftest import SCHEME_PIN
 
 CA_PIN = "operator-pin-1"
 CARD_PIN = "112233"

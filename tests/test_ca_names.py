@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_ca_support import (  # noqa: F401  (fixtures)
+from test_ca_support import (
     RunningCa,
     SoftwareSigner,
     request_body,

@@ -22,12 +22,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from semper.client.support import pki, regkeys
 from semper.client.servers.ca import CertificationAuthority
 from semper.client.servers.ca_home import CaHome, issue_tls_identity
 from semper.client.servers.ca_http import build_app
-from semper.client.support.http_service import ServiceRunner
+from semper.client.support import pki, regkeys
 from semper.client.support.channels import JsonClient, server_context
+from semper.client.support.http_service import ServiceRunner
 from semper.hardware.signer import PinStatus
 
 CA_PIN = b"ca-pin-4321"

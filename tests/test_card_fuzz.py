@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import EUR, MAX_BALANCE, PIN, PUK
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
@@ -24,8 +25,6 @@ from semper.hardware.purse import PurseSession
 from semper.hardware.purse_records import Signed
 from semper.hardware.simulator import open_card
 from semper.hardware.transport import InProcessConnection
-
-from conftest import EUR, MAX_BALANCE, PIN, PUK
 
 KNOWN_SW = {int(s) for s in SW}
 PIN_INS = {0x20, 0x24, 0x2C}                        # a refused guess may cost a try

@@ -18,14 +18,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PIN, PUK
 
 from semper.client.payment import card_purse
 from semper.client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
 from semper.hardware import errors as hw_errors
 from semper.hardware.purse import PurseSession
 from semper.hardware.simulator import open_card
-
-from conftest import PIN, PUK
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -179,7 +178,7 @@ def _pem_cert(cn: str):  # type: ignore[no-untyped-def]
     from cryptography.x509.oid import NameOID
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
             .sign(key, hashes.SHA256()))

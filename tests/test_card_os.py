@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import PIN
 
 from semper.card_applet_sim import tlv
 from semper.card_applet_sim.os import ATR
@@ -10,8 +11,6 @@ from semper.hardware import errors
 from semper.hardware.iso7816 import Apdu
 from semper.hardware.purse import PurseSession
 from semper.hardware.transport import InProcessConnection
-
-from conftest import PIN
 
 H = bytes.fromhex
 PURSE_AID = H("F053454D50455201")

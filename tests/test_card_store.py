@@ -9,17 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PIN
 
 from semper.card_applet_sim import store as store_mod
-from semper.card_applet_sim.os import CardOS
 from semper.card_applet_sim.keys import KeyFolder
+from semper.card_applet_sim.os import CardOS
 from semper.card_applet_sim.store import HEADER_LEN, MAGIC, CardImageError, Store
 from semper.client.payment import card_purse
 from semper.hardware.psam import PsamSession
 from semper.hardware.purse import PurseSession
 from semper.hardware.transport import InProcessConnection
-
-from conftest import PIN
 
 REPO = Path(__file__).resolve().parents[1]
 INITIAL = {"a": b"alpha", "b": b"beta", "gone": b"to be deleted", "n": (7).to_bytes(8, "big", signed=True)}

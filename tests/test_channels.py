@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_ca_support import (  # noqa: F401  (fixtures)
+from test_ca_support import (
     RunningCa,
     SoftwareSigner,
     Tokens,
@@ -20,7 +20,6 @@ from test_ca_support import (  # noqa: F401  (fixtures)
     tokens,
 )
 
-from semper.client.support.http_service import MAX_BODY
 from semper.client.support.channels import (
     ChannelError,
     JsonClient,
@@ -29,6 +28,7 @@ from semper.client.support.channels import (
     UnreachableError,
     client_context,
 )
+from semper.client.support.http_service import MAX_BODY
 
 JSON = {"Content-Type": "application/json"}
 
@@ -50,8 +50,8 @@ def test_client_trusts_only_the_pinned_root(running_ca: RunningCa, tmp_path: Pat
 def test_host_name_is_checked(running_ca: RunningCa, tmp_path: Path) -> None:
     from semper.client.servers.ca_home import issue_tls_identity
     from semper.client.servers.ca_http import build_app
-    from semper.client.support.http_service import ServiceRunner
     from semper.client.support.channels import server_context
+    from semper.client.support.http_service import ServiceRunner
     url = running_ca.url.replace("127.0.0.1", "localhost")      # in the certificate: fine
     assert JsonClient(url, running_ca.root_pem).get("/ca")
     chain, key = issue_tls_identity(running_ca.ca, ("127.0.0.1",), tmp_path / "ip-only")

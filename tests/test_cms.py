@@ -20,6 +20,7 @@ import pytest
 from asn1crypto import cms as a_cms
 from asn1crypto import crl as a_crl
 from asn1crypto import x509 as a_x509
+from conftest import SCHEME_PIN
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -33,8 +34,6 @@ from semper.hardware import errors as hw
 from semper.hardware.piv import PivSession, PivSigner
 from semper.hardware.signer import sign_message
 from semper.hardware.simulator import open_card
-
-from conftest import SCHEME_PIN
 
 PIN, PUK = b"123456", b"12345678"
 OPENSSL_TIMEOUT = 30

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_cms import PIN, Pki, openssl_cms_verify, pki
 
 from semper.client.support import cms
 from semper.client.support.trust import TrustStore
@@ -13,12 +14,10 @@ from semper.hardware.pcscd import VirtualCards
 from semper.hardware.piv import PivSession, PivSigner
 from semper.hardware.transport import PcscConnection
 
-from test_cms import PIN, Pki, openssl_cms_verify, pki  # noqa: F401  (shared session fixture)
-
 pytestmark = pytest.mark.pcsc
 
 
-def test_statement_signed_on_the_card_through_pcscd(pki: Pki, tmp_path: Path) -> None:  # noqa: F811
+def test_statement_signed_on_the_card_through_pcscd(pki: Pki, tmp_path: Path) -> None:
     image = tmp_path / "card"
     shutil.copyfile(pki.card_a, image)
     statement = {"type": "order", "deal": "d-77", "items": [{"sku": "book-1", "qty": 1}], "total": "12.50 EUR"}

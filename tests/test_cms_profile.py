@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_cms import Pki, pki
 
 from semper.client.support import cms, cms_profile, der
 from semper.hardware.signer import PinStatus
-from test_cms import Pki, pki  # noqa: F401  (the shared fixture)
 
 
 class SoftSigner:
@@ -52,7 +52,7 @@ class SoftSigner:
 
 
 @pytest.fixture(scope="module")
-def soft(pki: Pki) -> SoftSigner:  # noqa: F811
+def soft(pki: Pki) -> SoftSigner:
     return SoftSigner(pki, "profile test signer")
 
 
@@ -123,7 +123,7 @@ times = st.datetimes(min_value=dt.datetime(1950, 1, 1), max_value=dt.datetime(22
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=bodies, when=times, extra=st.booleans())
-def test_profile_writes_what_asn1crypto_writes(soft: SoftSigner, pki: Pki, body: dict, when: dt.datetime,  # noqa: F811
+def test_profile_writes_what_asn1crypto_writes(soft: SoftSigner, pki: Pki, body: dict, when: dt.datetime,
                                                extra: bool) -> None:
     extra_certs = [pki.root.public_bytes(Encoding.DER)] if extra else []
     built = cms.sign_statement(soft, body, extra_certs, signing_time=when)
@@ -202,7 +202,7 @@ def test_der_primitives_are_strict() -> None:
     assert der.read(b"\x04\x05hello", 0) == (0x04, 2, 7)
 
 
-def test_openssl_accepts_a_profile_statement(soft: SoftSigner, pki: Pki, tmp_path: Path) -> None:  # noqa: F811
+def test_openssl_accepts_a_profile_statement(soft: SoftSigner, pki: Pki, tmp_path: Path) -> None:
     from test_cms import openssl_cms_verify
     der_ = cms.sign_statement(soft, {"type": "offer", "total": 1250, "note": "ü" * 300})
     r = openssl_cms_verify(der_, pki.root_pem, tmp_path)

@@ -23,11 +23,11 @@ from semper.client.commerce import workflows
 from semper.client.commerce.deal import deal_attributes
 from semper.client.commerce.judge import judge_deal
 from semper.client.commerce.setup import BuyerConfig, BuyerSession, open_buyer, register_card
-from semper.client.servers.shop import Cheat
 from semper.client.demo_world import CARD_PIN, World
 from semper.client.exchange.judge import judge as judge_exchange
 from semper.client.payment.wallet import TokenWalletKey, Wallet
 from semper.client.servers.bank_audit import audit
+from semper.client.servers.shop import Cheat
 from semper.client.support.archive import verify_bundle
 from semper.client.support.trust import TrustStore
 from semper.client.tinguin.model import OutcomeStatus

@@ -22,8 +22,8 @@ from semper.client.commerce.deal import DealAttributes, deal_attributes, new_dea
 from semper.client.commerce.errors import CommerceError, FormError, OfferRefused
 from semper.client.commerce.forms import DELIVERY, PICKUP, form_for
 from semper.client.commerce.pin import GatedSigner, PinNotEntered, tinguin_pin
-from semper.client.support.pki import ROLES
 from semper.client.support.cms import sign_statement
+from semper.client.support.pki import ROLES
 from semper.client.support.trust import TrustStore
 from semper.client.support.verify import verify_statement
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_exchange_support import (  # noqa: F401
+from test_exchange_support import (
     EUR,
     PRICE,
     REPORT,
@@ -50,7 +50,7 @@ class Pair:
                                  step_timeout=step_timeout)
         self.buyer = make_party(world, "buyer", folder, buyer_managers(world), self.t.url, step_timeout=step_timeout)
 
-    async def __aenter__(self) -> Pair:  # noqa: PYI034
+    async def __aenter__(self) -> Pair:
         await self.seller.start()
         await self.buyer.start()
         return self

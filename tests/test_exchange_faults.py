@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_exchange_support import (  # noqa: F401
+from test_exchange_support import (
     PRICE,
     World,
     buyer_managers,

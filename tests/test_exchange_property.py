@@ -15,7 +15,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_exchange_support import (  # noqa: F401
+from test_exchange_support import (
     PRICE,
     REPORT,
     World,

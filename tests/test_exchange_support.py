@@ -23,14 +23,14 @@ from cryptography import x509
 
 from semper.client.exchange.identity import Identity, TtpInfo
 from semper.client.exchange.party import Party, ResponsePlan
-from semper.client.support import pki
 from semper.client.servers.ca import CertificationAuthority
 from semper.client.servers.ca_home import issue_tls_identity
-from semper.client.support.db import Database
-from semper.client.support.http_service import ServiceRunner
 from semper.client.servers.ttp import ThirdParty
 from semper.client.servers.ttp_home import TtpHome
+from semper.client.support import pki
 from semper.client.support.channels import JsonClient, server_context
+from semper.client.support.db import Database
+from semper.client.support.http_service import ServiceRunner
 from semper.client.support.scheme import Scheme
 from semper.client.support.trust import TrustStore
 from semper.client.transfer.information import InformationManager, InformationOffer, describe

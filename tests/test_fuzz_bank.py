@@ -62,7 +62,7 @@ from test_fuzz_support import (
     paths,
     protocol_level_refusals,
 )
-from test_payment_support import CARD_PIN, EUR, World, card_pin, world  # noqa: F401  (fixture)
+from test_payment_support import CARD_PIN, EUR, World, card_pin, world
 
 from semper.client.payment import blind, formats
 from semper.client.payment.bank_client import BankClient
@@ -75,9 +75,9 @@ from semper.client.payment.wire import SignedJson, b64, digest, unb64
 from semper.client.servers.bank import Bank
 from semper.client.servers.bank_audit import audit
 from semper.client.servers.bank_http import build_app
+from semper.client.support.channels import server_context
 from semper.client.support.db import Database
 from semper.client.support.http_service import ServiceRunner
-from semper.client.support.channels import server_context
 from semper.client.support.personalisation import (
     CardProfile,
     personalise_psam,
@@ -176,7 +176,7 @@ def open_copy(w: World, template: Template, folder: Path) -> BankCopy:
 
 
 @pytest.fixture(scope="module")
-def template(world: World, tmp_path_factory: pytest.TempPathFactory) -> Template:  # noqa: F811
+def template(world: World, tmp_path_factory: pytest.TempPathFactory) -> Template:
     folder = tmp_path_factory.mktemp("fuzz-bank-template")
     _copy_db(Path(world.bank.db.dsn.target), folder / "bank.db")
     bank = _open_bank(world, folder / "bank.db")
@@ -195,7 +195,7 @@ def template(world: World, tmp_path_factory: pytest.TempPathFactory) -> Template
 
 
 @pytest.fixture(scope="module")
-def bank(world: World, template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BankCopy]:  # noqa: F811
+def bank(world: World, template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BankCopy]:
     b = open_copy(world, template, tmp_path_factory.mktemp("fuzz-bank"))
     yield b
     b.stop()
@@ -651,7 +651,7 @@ class BankMachine(RuleBasedStateMachine):
         assert report.violations == [], report.violations
 
 
-def test_bank_state_machine(world: World, template: Template, tmp_path: Path) -> None:  # noqa: F811
+def test_bank_state_machine(world: World, template: Template, tmp_path: Path) -> None:
     BankMachine.world, BankMachine.template, BankMachine.root = world, template, tmp_path
     RAN.clear()
     rules = {name for name, v in vars(BankMachine).items() if getattr(v, "counted", False)}

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_ca_support import (  # noqa: F401
+from test_ca_support import (
     RunningCa,
     SoftwareSigner,
     Tokens,
@@ -59,7 +59,7 @@ class InternalErrors(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory, tokens: Tokens) -> Iterator[RunningCa]:  # noqa: F811
+def ca(tmp_path_factory: pytest.TempPathFactory, tokens: Tokens) -> Iterator[RunningCa]:
     rc = start_ca(tmp_path_factory.mktemp("fuzz-ca"), tokens)
     rc.ca.crl()                      # a fresh CRL is stored: a GET /crl that follows changes nothing
     yield rc

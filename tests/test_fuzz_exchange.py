@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_exchange_support import (  # noqa: F401  (fixture)
+from test_exchange_support import (
     RunningTtp,
     World,
     buyer_managers,
@@ -77,14 +77,14 @@ def loop() -> Iterator[LoopThread]:
 
 
 @pytest.fixture(scope="module")
-def ttp(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTtp]:  # noqa: F811
+def ttp(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTtp]:
     t = start_ttp(world, tmp_path_factory.mktemp("fuzz-x-ttp") / "ttp.db")
     yield t
     t.stop()
 
 
 @pytest.fixture(scope="module")
-def party(world: World, ttp: RunningTtp, loop: LoopThread, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+def party(world: World, ttp: RunningTtp, loop: LoopThread, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Party]:
     folder = tmp_path_factory.mktemp("fuzz-party")
 
@@ -126,7 +126,7 @@ def settled(loop: LoopThread, p: Party, before: dict[str, Any]) -> dict[str, Any
     return state(loop, p)
 
 
-def raw_for(world: World, p: Party) -> RawHttps:  # noqa: F811
+def raw_for(world: World, p: Party) -> RawHttps:
     return RawHttps(p.url, world.root_pem)
 
 
@@ -138,7 +138,7 @@ def session() -> st.SearchStrategy[str]:
 @FUZZ
 @given(method=st.sampled_from(METHODS), path=paths(("/exchange",)),
        ctype=st.sampled_from(CONTENT_TYPES + ("application/json",)), body=st.one_of(st.none(), garbage_bodies()))
-def test_random_requests_leave_nothing(world: World, party: Party, loop: LoopThread, method: str, path: str,  # noqa: F811
+def test_random_requests_leave_nothing(world: World, party: Party, loop: LoopThread, method: str, path: str,
                                        ctype: str, body: bytes | None) -> None:
     before = state(loop, party)
     a = raw_for(world, party).send(method, path, body, {"Content-Type": ctype} if ctype else {})
@@ -147,7 +147,7 @@ def test_random_requests_leave_nothing(world: World, party: Party, loop: LoopThr
     assert settled(loop, party, before) == before
 
 
-def test_hostile_json_and_bad_envelopes(world: World, party: Party, loop: LoopThread) -> None:  # noqa: F811
+def test_hostile_json_and_bad_envelopes(world: World, party: Party, loop: LoopThread) -> None:
     raw = raw_for(world, party)
     before = state(loop, party)
     valid = {"session": "a" * 32, "kind": "negotiate", "body": {}}
@@ -166,7 +166,7 @@ def test_hostile_json_and_bad_envelopes(world: World, party: Party, loop: LoopTh
 @given(sid=session(), reply_to=st.one_of(st.none(), json_values(3), st.sampled_from(
     ("http://127.0.0.1:1", "https://", "ftp://x", "https:///path", "", "javascript:alert(1)", "https://[",
      "https://[::1", "https://[zz]/"))))
-def test_negotiations_nobody_can_be_answered_leave_nothing(world: World, party: Party, loop: LoopThread,  # noqa: F811
+def test_negotiations_nobody_can_be_answered_leave_nothing(world: World, party: Party, loop: LoopThread,
                                                           sid: str, reply_to: Any) -> None:
     """A negotiation without an https reply_to is dropped: not one queue may stay behind."""
     before = state(loop, party)
@@ -178,7 +178,7 @@ def test_negotiations_nobody_can_be_answered_leave_nothing(world: World, party: 
 
 @FUZZ
 @given(sid=session(), data=st.data())
-def test_garbage_negotiations_are_refused_and_end(world: World, party: Party, loop: LoopThread,  # noqa: F811
+def test_garbage_negotiations_are_refused_and_end(world: World, party: Party, loop: LoopThread,
                                                  sid: str, data: st.DataObject) -> None:
     """Garbage in every field of a negotiation that names a reply_to: refused, the run ends, no evidence."""
     fields = ("originator", "ttp", "offer", "want", "fair", "nonce", "attributes")
@@ -198,7 +198,7 @@ def test_garbage_negotiations_are_refused_and_end(world: World, party: Party, lo
     assert_refusal(again, 404)                                   # the run is over: later messages are refused
 
 
-def test_a_flood_of_dropped_negotiations_does_not_lock_the_party_out(world: World, party: Party, loop: LoopThread,  # noqa: F811
+def test_a_flood_of_dropped_negotiations_does_not_lock_the_party_out(world: World, party: Party, loop: LoopThread,
                                                                     ttp: RunningTtp, tmp_path: Path,
                                                                     fresh_images: Any,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,8 +24,8 @@ from urllib.parse import quote, urlsplit
 
 from hypothesis import strategies as st
 
-from semper.client.support.db import Database
 from semper.client.support.channels import client_context
+from semper.client.support.db import Database
 
 TIMEOUT = 10.0
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "PROPFIND", "MKCOL")

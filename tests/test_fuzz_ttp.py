@@ -42,7 +42,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from test_exchange_faults import exchange_with_fault, other_payment
-from test_exchange_support import RunningTtp, World, start_ttp, world  # noqa: F401  (fixture)
+from test_exchange_support import RunningTtp, World, start_ttp, world
 from test_fuzz_support import (
     CONTENT_TYPES,
     METHODS,
@@ -124,7 +124,7 @@ def _requests(w: World, ev_gv: dict[str, Any], rr_der: bytes, wrong: dict[str, A
 
 
 @pytest.fixture(scope="module")
-def ev(world: World, tmp_path_factory: pytest.TempPathFactory, fresh_images: Any) -> Evidence:  # noqa: F811
+def ev(world: World, tmp_path_factory: pytest.TempPathFactory, fresh_images: Any) -> Evidence:
     folder = tmp_path_factory.mktemp("fuzz-ttp-evidence")
     res = open_exchange(world, folder / "gv", fresh_images)
     ev_gv = evidence(res)
@@ -136,7 +136,7 @@ def ev(world: World, tmp_path_factory: pytest.TempPathFactory, fresh_images: Any
 
 
 @pytest.fixture(scope="module")
-def ttp(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTtp]:  # noqa: F811
+def ttp(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTtp]:
     t = start_ttp(world, tmp_path_factory.mktemp("fuzz-ttp") / "ttp.db")
     yield t
     t.stop()
@@ -185,7 +185,7 @@ def damaged(draw: st.DrawFn, der: bytes) -> bytes:
 @FUZZ
 @given(method=st.sampled_from(METHODS), path=paths(KNOWN), ctype=st.sampled_from(CONTENT_TYPES + ("application/json",)),
        body=st.one_of(st.none(), garbage_bodies()))
-def test_random_requests_change_nothing(world: World, ttp: RunningTtp, method: str, path: str, ctype: str,  # noqa: F811
+def test_random_requests_change_nothing(world: World, ttp: RunningTtp, method: str, path: str, ctype: str,
                                         body: bytes | None) -> None:
     raw = raw_for(world, ttp)
     before = db_snapshot(ttp.ttp.db)
@@ -194,7 +194,7 @@ def test_random_requests_change_nothing(world: World, ttp: RunningTtp, method: s
     assert db_snapshot(ttp.ttp.db) == before
 
 
-def test_hostile_json_and_bad_base64(world: World, ttp: RunningTtp, ev: Evidence) -> None:  # noqa: F811
+def test_hostile_json_and_bad_base64(world: World, ttp: RunningTtp, ev: Evidence) -> None:
     raw = raw_for(world, ttp)
     before = db_snapshot(ttp.ttp.db)
     valid = {"request": base64.b64encode(ev.requests[0].der).decode()}
@@ -208,7 +208,7 @@ def test_hostile_json_and_bad_base64(world: World, ttp: RunningTtp, ev: Evidence
 
 @FUZZ
 @given(data=st.data())
-def test_damaged_requests_get_a_signed_refusal_and_are_not_kept(world: World, ttp: RunningTtp, ev: Evidence,  # noqa: F811
+def test_damaged_requests_get_a_signed_refusal_and_are_not_kept(world: World, ttp: RunningTtp, ev: Evidence,
                                                                data: st.DataObject) -> None:
     req = data.draw(st.sampled_from(ev.requests))
     der = data.draw(damaged(req.der))
@@ -228,7 +228,7 @@ def test_damaged_requests_get_a_signed_refusal_and_are_not_kept(world: World, tt
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_statement_parser_refuses_every_damage_as_evidence_error(world: World, ev: Evidence,  # noqa: F811
+def test_statement_parser_refuses_every_damage_as_evidence_error(world: World, ev: Evidence,
                                                                  data: st.DataObject) -> None:
     """In process, no HTTP: a damaged statement is valid or an EvidenceError, nothing else (what the
     third party and every verifier rely on to answer with a refusal instead of a crash)."""
@@ -242,7 +242,7 @@ def test_statement_parser_refuses_every_damage_as_evidence_error(world: World, e
 
 @FUZZ
 @given(data=st.data())
-def test_time_stamp_requests_that_are_not_der(world: World, ttp: RunningTtp, data: st.DataObject) -> None:  # noqa: F811
+def test_time_stamp_requests_that_are_not_der(world: World, ttp: RunningTtp, data: st.DataObject) -> None:
     """Garbage and damaged TimeStampReqs: a TimeStampResp refusal (or a 4xx), never a 500."""
     from asn1crypto import tsp
     good = tsp.TimeStampReq({"version": "v1", "message_imprint": {"hash_algorithm": {"algorithm": "sha256"},
@@ -265,7 +265,7 @@ ASN1CRYPTO_ATTRIBUTE_ERROR = (b"0<\x02\x01\x00010\r\x06\x00\x01\x01\x00\x01\x04\
                               + bytes(32) + b"\x07\x01\x00\x01\x01\x00")
 
 
-def test_time_stamp_requests_found_by_the_fuzzer(world: World, ttp: RunningTtp) -> None:  # noqa: F811
+def test_time_stamp_requests_found_by_the_fuzzer(world: World, ttp: RunningTtp) -> None:
     from semper.client.support.tsa import TimeStampResponse
     for der in (ASN1CRYPTO_ATTRIBUTE_ERROR, b"\x30\x82\x1f\x00" + b"\x30\x80" * 3000):
         a = raw_for(world, ttp).send("POST", "/timestamp", der, {"Content-Type": "application/timestamp-query"})
@@ -274,7 +274,7 @@ def test_time_stamp_requests_found_by_the_fuzzer(world: World, ttp: RunningTtp) 
         assert status["status"].native == "rejection" and status["fail_info"].native == {"bad_data_format"}
 
 
-def test_a_request_whose_certificate_holds_a_damaged_key(world: World, ttp: RunningTtp, ev: Evidence) -> None:  # noqa: F811
+def test_a_request_whose_certificate_holds_a_damaged_key(world: World, ttp: RunningTtp, ev: Evidence) -> None:
     """Found by the fuzzer: a bit flipped in the signer's public point made ``public_key()`` raise (a 500)."""
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     req = ev.requests[0]
@@ -288,7 +288,7 @@ def test_a_request_whose_certificate_holds_a_damaged_key(world: World, ttp: Runn
     assert db_snapshot(ttp.ttp.db) == before
 
 
-def _in_signer_certificate(world: World, der: bytes, old: bytes, new: bytes) -> bytes:  # noqa: F811
+def _in_signer_certificate(world: World, der: bytes, old: bytes, new: bytes) -> bytes:
     """``der`` with ``old`` replaced by ``new`` inside the buyer's certificate it carries."""
     from cryptography.hazmat.primitives.serialization import Encoding
     cert = world.identities["buyer"].certificate.public_bytes(Encoding.DER)
@@ -296,7 +296,7 @@ def _in_signer_certificate(world: World, der: bytes, old: bytes, new: bytes) -> 
     return der.replace(cert, cert.replace(old, new))
 
 
-def test_requests_whose_certificate_is_damaged_where_parsing_is_lazy(world: World, ttp: RunningTtp,  # noqa: F811
+def test_requests_whose_certificate_is_damaged_where_parsing_is_lazy(world: World, ttp: RunningTtp,
                                                                     ev: Evidence) -> None:
     """Found by 50,000 damaged statements run straight into verify_statement: an unknown key type
     (UnsupportedAlgorithm), an X.509 version 4 (InvalidVersion), and a damaged subject name met while
@@ -314,7 +314,7 @@ def test_requests_whose_certificate_is_damaged_where_parsing_is_lazy(world: Worl
     assert db_snapshot(ttp.ttp.db) == before
 
 
-def test_truncated_oversized_lying_and_non_http_requests(world: World, ttp: RunningTtp, ev: Evidence) -> None:  # noqa: F811
+def test_truncated_oversized_lying_and_non_http_requests(world: World, ttp: RunningTtp, ev: Evidence) -> None:
     raw = raw_for(world, ttp)
     before = db_snapshot(ttp.ttp.db)
     whole = dumps({"request": base64.b64encode(ev.requests[0].der).decode()})
@@ -436,7 +436,7 @@ class TtpMachine(RuleBasedStateMachine):
         der = data.draw(damaged(r.der))
         try:
             verify_statement(der, self.world.trust)
-        except Exception:  # noqa: BLE001 -- whatever the verifier refuses, T must refuse too: check that it does
+        except Exception:
             before = db_snapshot(self.t.ttp.db)
             a = post_request(self.raw, r.kind, der)
             if a.status != 200:
@@ -481,7 +481,7 @@ class TtpMachine(RuleBasedStateMachine):
         assert kept == set(self.kept)
 
 
-def test_ttp_state_machine(world: World, ev: Evidence, tmp_path: Path) -> None:  # noqa: F811
+def test_ttp_state_machine(world: World, ev: Evidence, tmp_path: Path) -> None:
     TtpMachine.world, TtpMachine.ev, TtpMachine.root = world, ev, tmp_path
     RAN.clear()
     run_state_machine_as_test(TtpMachine, settings=settings(

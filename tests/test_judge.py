@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from test_exchange_faults import exchange_with_fault, fault_for
-from test_exchange_support import REPO, World, world  # noqa: F401
+from test_exchange_support import REPO, World, world
 
 from semper.client.exchange.judge import judge
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_payment_support import CARD_PIN, EUR, PARTY_PIN, World, card_pin, world  # noqa: F401  (fixture)
+from test_payment_support import CARD_PIN, EUR, PARTY_PIN, World, card_pin, world
 
 from semper.client.payment.errors import NegotiationError, PaymentRefused, ProtocolError
 from semper.client.payment.manager import LocalPayee, PaymentManager, pay, run_payment
@@ -15,12 +15,12 @@ from semper.client.payment.modules.ecash import EcashModule
 from semper.client.payment.modules.mandate import MandateModule
 from semper.client.payment.modules.purse import PurseModule
 from semper.client.payment.negotiation import Requirements
-from semper.hsm.rsa import RsaTokenKeys
 from semper.client.payment.wallet import TokenWalletKey, Wallet
 from semper.client.servers.bank_audit import audit
 from semper.hardware.psam import PsamSession
 from semper.hardware.purse import PurseSession
 from semper.hardware.simulator import open_card
+from semper.hsm.rsa import RsaTokenKeys
 
 
 def _ctx(w: World, who: str, **kw) -> PartyContext:  # type: ignore[no-untyped-def]

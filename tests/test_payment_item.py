@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_payment_support import EUR, PARTY_PIN, World, card_pin, world  # noqa: F401  (fixture)
+from test_payment_support import EUR, PARTY_PIN, World, card_pin, world
 
 from semper.client.payment.item import ItemPayee, ItemPayer, item_verifiers
 from semper.client.payment.manager import PaymentManager
 from semper.client.payment.module import PartyContext
 from semper.client.payment.modules.ecash import EcashModule
 from semper.client.payment.modules.purse import PurseModule
-from semper.hsm.rsa import RsaTokenKeys
 from semper.client.payment.wallet import TokenWalletKey, Wallet
 from semper.client.servers.bank_audit import audit
 from semper.client.transfer.errors import ItemMismatch, TransferError
@@ -28,6 +27,7 @@ from semper.client.transfer.payment import PaymentOffer
 from semper.hardware.psam import PsamSession
 from semper.hardware.purse import PurseSession
 from semper.hardware.simulator import open_card
+from semper.hsm.rsa import RsaTokenKeys
 
 
 def _ctx(w: World, who: str, **kw: Any) -> PartyContext:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_payment_support import CARD_PIN, EUR, World, card_pin, world  # noqa: F401  (fixture)
+from test_payment_support import CARD_PIN, EUR, World, card_pin, world
 
 from semper.client.payment.manager import LocalPayee, PaymentManager, pay
 from semper.client.payment.model import Status, Terms

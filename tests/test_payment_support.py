@@ -18,8 +18,8 @@ from semper.client.payment.bank_client import BankClient
 from semper.client.servers.bank import Bank
 from semper.client.servers.bank_home import BankHome
 from semper.client.servers.bank_http import build_app
-from semper.client.support.http_service import ServiceRunner
 from semper.client.support.channels import server_context
+from semper.client.support.http_service import ServiceRunner
 from semper.client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
 from semper.client.support.scheme import Scheme
 

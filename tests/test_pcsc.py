@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import SCHEME_PIN
 
 from semper.client.payment import card_purse
 from semper.client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
@@ -22,8 +23,6 @@ from semper.hardware.psam import PsamSession
 from semper.hardware.purse import PurseSession
 from semper.hardware.simulator import open_card
 from semper.hardware.transport import ApduSession, PcscConnection
-
-from conftest import SCHEME_PIN
 
 pytestmark = pytest.mark.pcsc
 PIN = b"4711"

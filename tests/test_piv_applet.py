@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from conftest import SCHEME_PIN
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -18,8 +19,6 @@ from semper.hardware.iso7816 import AID
 from semper.hardware.piv import CHUID, PivSession, PivSigner, Slot
 from semper.hardware.signer import sign_message
 from semper.hardware.simulator import open_card
-
-from conftest import SCHEME_PIN
 
 PIN, PUK = b"123456", b"12345678"
 SELECT = bytes.fromhex("00A4040009A00000030800001000")

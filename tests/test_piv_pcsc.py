@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import SCHEME_PIN
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -16,8 +17,6 @@ from semper.hardware.pcscd import VirtualCards
 from semper.hardware.piv import PivSession, PivSigner, Slot
 from semper.hardware.signer import sign_message
 from semper.hardware.transport import PcscConnection
-
-from conftest import SCHEME_PIN
 
 pytestmark = [pytest.mark.pcsc, pytest.mark.skipif(shutil.which("pkcs11-tool") is None, reason="opensc missing")]
 OPENSC = "/usr/lib/x86_64-linux-gnu/pkcs11/opensc-pkcs11.so"

@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from conftest import EUR, PIN, PUK
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -20,8 +21,6 @@ from semper.hardware.iso7816 import Apdu
 from semper.hardware.psam import PsamSession
 from semper.hardware.purse import PurseSession
 from semper.hardware.purse_records import BatchHeader, DebitRecord, Signed
-
-from conftest import EUR, PIN, PUK
 
 _DEBIT = ">4s8sI8sIIH16s"
 

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import EUR, MAX_BALANCE, PIN, PUK
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,8 +24,6 @@ from semper.hardware.purse import PurseSession
 from semper.hardware.purse_records import DEBIT_REQUEST, DebitRecord, LoadConfirmation, Signed
 from semper.hardware.signer import sign_message
 from semper.hardware.simulator import create_card, open_card
-
-from conftest import EUR, MAX_BALANCE, PIN, PUK
 
 
 def load_command(purse: PurseSession, scheme, amount: int, *, verify: bool = True) -> Signed:  # type: ignore[no-untyped-def]

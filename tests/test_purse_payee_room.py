@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import SCHEME_PIN
 
 from semper.client.payment import card_purse
 from semper.client.payment.model import Terms
@@ -23,8 +24,6 @@ from semper.hardware import errors as hw
 from semper.hardware.psam import PsamSession
 from semper.hardware.purse import PurseSession
 from semper.hardware.simulator import open_card
-
-from conftest import SCHEME_PIN
 
 PIN = b"1234"
 EUR = 978

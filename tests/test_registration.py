@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SCHEME_PIN
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from test_ca_support import USER_PIN, RunningCa, Tokens, openssl, running_ca, tokens  # noqa: F401  (fixtures)
+from test_ca_support import USER_PIN, RunningCa, Tokens, openssl, running_ca, tokens
 
 from semper.client.cli import main
 from semper.client.support import pki, regkeys
@@ -31,8 +32,6 @@ from semper.hardware import errors as hw
 from semper.hardware.piv import PivSession, PivSigner, Slot
 from semper.hardware.signer import sign_message
 from semper.hardware.simulator import create_card, open_card
-
-from conftest import SCHEME_PIN
 
 PIN = "135790"
 NAME, EMAIL = "Alice Example", "alice@example.org"

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SCHEME_PIN
 from cryptography import x509
-from test_ca_support import RunningCa, openssl, running_ca, tokens  # noqa: F401  (fixtures)
+from test_ca_support import RunningCa, openssl, running_ca, tokens
 
 from semper.client.cli import main
 from semper.client.support.personalisation import CardProfile, personalise_purse_card
@@ -21,8 +22,6 @@ from semper.client.support.scheme import Scheme
 from semper.hardware.pcscd import VirtualCards
 from semper.hardware.piv import PivSession, Slot
 from semper.hardware.transport import PcscConnection
-
-from conftest import SCHEME_PIN
 
 pytestmark = [pytest.mark.pcsc, pytest.mark.skipif(shutil.which("pkcs11-tool") is None, reason="opensc missing")]
 OPENSC = "/usr/lib/x86_64-linux-gnu/pkcs11/opensc-pkcs11.so"

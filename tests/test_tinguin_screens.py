@@ -63,8 +63,8 @@ def test_card_screen_shows_readers_and_the_card() -> None:
 
 def test_card_and_purse_screens_read_a_real_simulated_card(buyer_image: Path, psam_image: Path,
                                                             scheme: Scheme) -> None:
-    from semper.hardware import cards
     from semper.client.payment import card_purse
+    from semper.hardware import cards
     with cards.purse(None, buyer_image) as purse, cards.psam(None, psam_image) as psam:
         card_purse.load(purse, scheme, 5000, b"1234")
         card_purse.purchase(purse, psam, 1250)

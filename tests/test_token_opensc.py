@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SCHEME_PIN
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -26,8 +27,6 @@ from semper.hardware.pcscd import VirtualCards
 from semper.hardware.signer import sign_message
 from semper.hsm.module import OPENSC_MODULE, load
 from semper.hsm.signer import Pkcs11Signer
-
-from conftest import SCHEME_PIN
 
 pytestmark = [pytest.mark.pcsc, pytest.mark.skipif(not Path(OPENSC_MODULE).exists(), reason="opensc missing")]
 PIN, PUK = b"246810", b"13579135"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_exchange_support import PRICE, REPORT, World, cards, world  # noqa: F401
+from test_exchange_support import PRICE, REPORT, World, cards, world
 
 from semper.client.transfer.binding import Binding
 from semper.client.transfer.errors import (

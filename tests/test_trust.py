@@ -1,5 +1,5 @@
 """The verifier: chain to the CA root, validity at signing time, key usage, CRL, tampering."""
-# ruff: noqa: F811  (pytest fixtures shared from test_cms are imported, then requested by name)
+
 from __future__ import annotations
 
 import datetime as dt
@@ -10,7 +10,7 @@ from asn1crypto import cms as a_cms
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
-from test_cms import (  # noqa: F401
+from test_cms import (
     ORDER,
     PIN,
     Pki,
@@ -23,7 +23,15 @@ from test_cms import (  # noqa: F401
 )
 
 from semper.client.support import cms
-from semper.client.support.trust import BadSignature, EvidenceError, MalformedStatement, RevokedSigner, TrustStore, UntrustedSigner, WrongKeyUsage
+from semper.client.support.trust import (
+    BadSignature,
+    EvidenceError,
+    MalformedStatement,
+    RevokedSigner,
+    TrustStore,
+    UntrustedSigner,
+    WrongKeyUsage,
+)
 from semper.client.support.verify import verify_statement
 from semper.hardware.piv import PivSession, PivSigner, Slot
 

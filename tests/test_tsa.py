@@ -1,5 +1,5 @@
 """RFC 3161 time-stamps: the third party's TSA signing on a card key, checked by semper and by openssl ts."""
-# ruff: noqa: F811  (pytest fixtures shared from test_cms are imported, then requested by name)
+
 from __future__ import annotations
 
 import datetime as dt
@@ -10,7 +10,7 @@ import pytest
 from asn1crypto import cms as a_cms
 from asn1crypto import tsp
 from cryptography import x509
-from test_cms import (  # noqa: F401
+from test_cms import (
     ORDER,
     PIN,
     Pki,

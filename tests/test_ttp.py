@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from test_exchange_faults import exchange_with_fault, other_payment
-from test_exchange_support import (  # noqa: F401
+from test_exchange_support import (
     PIN,
     World,
     buyer_managers,

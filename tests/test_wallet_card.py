@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SCHEME_PIN
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from semper.client.payment.card_wallet import (
@@ -29,8 +30,6 @@ from semper.client.support.scheme import Scheme
 from semper.hardware import errors as hw
 from semper.hardware.piv import PivSession
 from semper.hardware.simulator import open_card
-
-from conftest import SCHEME_PIN
 
 PIN, PUK = b"2468", b"12345678"
 EUR = 978

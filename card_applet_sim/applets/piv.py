@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from .. import crypto, tlv
 from ..apdu import Command
 from ..applet import CLA_PROPRIETARY, INS_END_PERSO, INS_PUT_PERSO, STATE_ACTIVE, STATE_PERSONALISATION, Applet
-from .. import crypto, tlv
 from ..pin import Pin
 from ..sw import SW, CardError
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import struct
 
+from .. import crypto, tlv
 from ..apdu import Command
 from ..applet import CLA_PROPRIETARY, INS_END_PERSO, INS_GENERATE_KEY, INS_PUT_PERSO, Applet, KeyPairPersonalisation
-from .. import crypto, tlv
 from ..sw import SW, CardError
 from .purse_records import DEBIT_PROOF, DEBIT_REQUEST, BatchHeader, DebitRecord
 

@@ -16,13 +16,28 @@ from __future__ import annotations
 
 import struct
 
-from ..apdu import Command
-from ..applet import (CLA_ISO, CLA_PROPRIETARY, INS_END_PERSO, INS_GENERATE_KEY, INS_PUT_PERSO, Applet, KeyPairPersonalisation)
 from .. import crypto, tlv
+from ..apdu import Command
+from ..applet import (
+    CLA_ISO,
+    CLA_PROPRIETARY,
+    INS_END_PERSO,
+    INS_GENERATE_KEY,
+    INS_PUT_PERSO,
+    Applet,
+    KeyPairPersonalisation,
+)
 from ..pin import Pin
 from ..sw import SW, CardError
-from .purse_records import (DEBIT_REQUEST, LOAD_COMMAND, LOAD_CONFIRMATION, LOAD_REQUEST, DebitRecord, LoadRecord,
-                            split_signed)
+from .purse_records import (
+    DEBIT_REQUEST,
+    LOAD_COMMAND,
+    LOAD_CONFIRMATION,
+    LOAD_REQUEST,
+    DebitRecord,
+    LoadRecord,
+    split_signed,
+)
 
 AID = bytes.fromhex("F053454D50455201")      # F0 'SEMPER' 01
 LOG_SIZE = 15

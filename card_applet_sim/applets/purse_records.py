@@ -58,7 +58,7 @@ class LoadRecord:
                                        self.nonce, self.balance)
 
     @classmethod
-    def decode(cls, tag: bytes, data: bytes) -> "LoadRecord":
+    def decode(cls, tag: bytes, data: bytes) -> LoadRecord:
         if tag == LOAD_COMMAND:
             return cls(tag, *_unpack(cls._WITHOUT, tag, data))
         if tag == LOAD_REQUEST:
@@ -73,7 +73,7 @@ class LoadRecord:
     def request_size(cls) -> int:
         return cls._REQUEST.size
 
-    def same_load(self, other: "LoadRecord") -> bool:
+    def same_load(self, other: LoadRecord) -> bool:
         return (self.card_number, self.load_counter, self.amount, self.currency, self.nonce) == (
             other.card_number, other.load_counter, other.amount, other.currency, other.nonce)
 
@@ -99,10 +99,10 @@ class DebitRecord:
                               self.amount, self.currency, self.challenge)
 
     @classmethod
-    def decode(cls, tag: bytes, data: bytes) -> "DebitRecord":
+    def decode(cls, tag: bytes, data: bytes) -> DebitRecord:
         return cls(tag, *_unpack(cls._FMT, tag, data))
 
-    def as_proof(self) -> "DebitRecord":
+    def as_proof(self) -> DebitRecord:
         return DebitRecord(DEBIT_PROOF, self.psam_id, self.psam_sequence, self.card_number, self.debit_counter,
                            self.amount, self.currency, self.challenge)
 

@@ -117,8 +117,8 @@ def cmd_balance(args: argparse.Namespace) -> int:
 def cmd_serve_bank(args: argparse.Namespace) -> int:
     from ..servers.bank_home import install_tls_identity
     from ..servers.bank_http import build_app
-    from ..support.http_service import ServiceRunner
     from ..support.channels import server_context
+    from ..support.http_service import ServiceRunner
     from .serve import run_until_signalled
     h = _home(args)
     tls = _tls(args)

@@ -15,9 +15,8 @@ from . import UsageError, card_args, open_scheme, print_json, read_secret, schem
 # ---- readers --------------------------------------------------------------------------------------
 def cmd_readers(args: argparse.Namespace) -> int:
     from semper.hardware import readers
-    from semper.hardware.iso7816 import AID
+    from semper.hardware.iso7816 import AID, Apdu
     from semper.hardware.transport import ApduSession, PcscConnection
-    from semper.hardware.iso7816 import Apdu
     if args.watch:
         for ev in readers.monitor(args.watch):
             print(f"{ev.kind:15} {ev.reader} {ev.atr.hex().upper()}".rstrip(), flush=True)
@@ -143,6 +142,7 @@ def cmd_card_info(args: argparse.Namespace) -> int:
 
 def cmd_card_load(args: argparse.Namespace) -> int:
     from semper.hardware import cards
+
     from ..payment import card_purse
     amount = parse_amount(args.amount)
     with open_scheme(args) as issuer, cards.purse(args.reader, args.image) as purse:
@@ -161,8 +161,9 @@ def cmd_card_load(args: argparse.Namespace) -> int:
 
 def cmd_card_pay(args: argparse.Namespace) -> int:
     from semper.hardware import cards
-    from ..payment import card_purse
     from semper.hardware.iso7816 import AID
+
+    from ..payment import card_purse
     amount = parse_amount(args.amount)
     with cards.connection(AID.PURSE, args.reader, args.image) as buyer_conn:
         with cards.connection(AID.PSAM, args.psam_reader, args.psam_image, exclude=(buyer_conn.reader,)) as psam_conn:

@@ -32,8 +32,8 @@ def run_until_signalled(runner, what: str) -> int:  # type: ignore[no-untyped-de
 def cmd_serve_ca(args: argparse.Namespace) -> int:
     from ..servers.ca_home import issue_tls_identity
     from ..servers.ca_http import build_app
-    from ..support.http_service import ServiceRunner
     from ..support.channels import server_context
+    from ..support.http_service import ServiceRunner
     h, ca = open_ca(args, signing=True)
     hosts = tuple(dict.fromkeys([args.host, "127.0.0.1", "localhost", *(args.tls_host or [])]))
     chain, key = issue_tls_identity(ca, hosts, h.tls_dir, name=f"{hosts[0]} (semper CA service)")

@@ -10,8 +10,8 @@ from . import read_secret
 
 def cmd_serve_shop(args: argparse.Namespace) -> int:
     from ..servers.shop_home import ShopHome
-    from ..support.http_service import ServiceRunner
     from ..support.channels import server_context
+    from ..support.http_service import ServiceRunner
     from .serve import run_until_signalled
     home = ShopHome.default(args.dir)
     pin = args.pin_file.read_bytes().strip() if args.pin_file else read_secret("shop token PIN", args.pin_stdin)

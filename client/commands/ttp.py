@@ -78,8 +78,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..support.http_service import ServiceRunner
     from ..support.channels import server_context
+    from ..support.http_service import ServiceRunner
     from .serve import run_until_signalled
     home = _home(args)
     opened = home.open(_read_pin(args.pin_file, args.pin_stdin, "third party token PIN"))

@@ -33,8 +33,8 @@ from typing import Any
 
 from cryptography import x509
 
-from ..support.pki import ROLES
 from ..support.canonical import canonical as _canonical
+from ..support.pki import ROLES
 from ..support.verify import VerifiedStatement
 from .catalogue import CatalogueItem
 from .deal import WORKFLOWS, DealAttributes, check_deal_id

@@ -11,7 +11,6 @@ once, and both transfers of the exchange are void — whoever complained, the st
 """
 from __future__ import annotations
 
-
 from ..transfer.errors import TransferError
 from ..transfer.items import content_from_json
 from ..transfer.managers import offer_make

@@ -16,8 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..support.http_service import ApiError, make_app, read_json
 from ..support.channels import AsyncJsonClient, ChannelError, TlsError
+from ..support.http_service import ApiError, make_app, read_json
 from .errors import PeerUnreachable, TtpUnavailable
 
 MAX_MESSAGE = 16 * 1024 * 1024

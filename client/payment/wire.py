@@ -30,7 +30,6 @@ from ..support.canonical import canonical as _canonical
 from .errors import ProtocolError
 
 
-
 def canonical(obj: Any) -> bytes:
     """The one byte form of a JSON value (support.canonical); floats are refused (money is in integers)."""
     return _canonical(obj, "body", ProtocolError)
@@ -131,7 +130,7 @@ class CertCache:
                     self._cache.clear()
                 self._cache[h] = hit
         cert, key = hit
-        now = at or dt.datetime.now(dt.timezone.utc)
+        now = at or dt.datetime.now(dt.UTC)
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             raise ProtocolError(f"the certificate of '{cert.subject.rfc4514_string()}' is not valid now")
         if role is not None:

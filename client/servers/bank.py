@@ -33,10 +33,10 @@ from semper.hardware.signer import Signer
 
 from ..payment.errors import ProtocolError
 from ..payment.wire import CertCache, SignedJson, b64, digest, key_hash, point_of, sign, unb64, verify
+from ..support.db import Database, Transaction
 from ..support.scheme import ROLE_PSAM, ROLE_PURSE_CARD
 from . import bank_store as store
 from .bank_store import BankRefusal, Op
-from ..support.db import Database, Transaction
 
 MAX_SKEW_S = 300
 MAX_AMOUNT = 2**31 - 1

@@ -32,13 +32,13 @@ from cryptography.x509.oid import NameOID
 
 from semper.hsm.rsa import RsaTokenKeys
 
+from ..support.db import Database
 from ..support.paths import semper_home
 from ..support.scheme import ROLE_ISSUER, Scheme
 from . import bank_store as store
 from .bank import Bank, BankKeys
 from .bank_store import BankRefusal
 from .ca_home import write_private
-from ..support.db import Database
 
 DENOMINATIONS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 PI_KEY_ID = b"semper-pi"

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .bank import Bank
-from .bank_store import BankRefusal
 from ..support.db import DatabaseError
 from ..support.http_service import ApiError, blocking, make_app, read_json
+from .bank import Bank
+from .bank_store import BankRefusal
 
 MAX_BANK_BODY = 16 * 1024 * 1024        # a full PSAM batch of 5000 proofs is about 2 MB
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 from ..payment import blind, formats
 from ..payment.errors import ProtocolError
 from ..payment.wire import b64, unb64
+from ..support.db import Transaction
 from . import bank_store as store
 from .bank_store import BankRefusal, Op
-from ..support.db import Transaction
 
 if TYPE_CHECKING:
     from .bank import Bank, MintKey, Params, Sender

@@ -56,14 +56,21 @@ from cryptography.x509.oid import NameOID
 
 from semper.hardware import tlv
 from semper.hardware.errors import TransportError
-from semper.hardware.purse_records import (DEBIT_PROOF, DEBIT_REQUEST, LOAD_COMMAND_SIZE, BatchHeader, DebitRecord,
-                                    LoadConfirmation, LoadRequest)
+from semper.hardware.purse_records import (
+    DEBIT_PROOF,
+    DEBIT_REQUEST,
+    LOAD_COMMAND_SIZE,
+    BatchHeader,
+    DebitRecord,
+    LoadConfirmation,
+    LoadRequest,
+)
 
 from ..payment.wire import b64, unb64
+from ..support.db import Transaction
 from ..support.scheme import ROLE_PSAM
 from . import bank_store as store
 from .bank_store import BankRefusal, Op
-from ..support.db import Transaction
 
 if TYPE_CHECKING:
     from .bank import Bank, Params, Sender

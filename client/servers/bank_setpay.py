@@ -26,9 +26,9 @@ from ..payment import formats
 from ..payment.errors import ProtocolError
 from ..payment.sealed import open_sealed
 from ..payment.wire import SignedJson, key_hash, point_of, verify, verify_digest
+from ..support.db import Transaction
 from . import bank_store as store
 from .bank_store import BankRefusal, Op
-from ..support.db import Transaction
 
 if TYPE_CHECKING:
     from .bank import Bank, Params, Sender

@@ -36,9 +36,9 @@ from cryptography import x509
 from semper.client.support import names
 from semper.hardware.signer import Signer
 
-from . import ca_store as store
 from ..support import pki, regkeys
 from ..support.db import Database
+from . import ca_store as store
 
 DEFAULT_DAYS = 730
 CRL_DAYS = 7

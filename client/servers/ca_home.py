@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from semper.hardware.signer import Signer
 
+from ..support import pki
+from ..support.db import Database
 from ..support.paths import semper_home
 from ..support.secret_files import write_secret
-from ..support import pki
 from .ca import CertificationAuthority
-from ..support.db import Database
 
 TLS_RENEW_BEFORE = timedelta(days=30)
 

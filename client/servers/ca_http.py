@@ -12,9 +12,9 @@ import binascii
 
 from aiohttp import web
 
-from .ca import CaRefusal, CertificationAuthority
 from ..support.http_service import ApiError, blocking, make_app, read_json
 from ..support.pki import pem
+from .ca import CaRefusal, CertificationAuthority
 
 MAX_CSR = 8 * 1024
 

@@ -24,6 +24,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..commerce import documents as docs
+from ..commerce.archive import SharedArchive
+from ..commerce.catalogue import Catalogue, CatalogueItem
+from ..commerce.deal import Deal, check_deal_id, deal_attributes, new_deal_id
+from ..commerce.errors import CommerceError, FormError
+from ..commerce.forms import form_for
 from ..exchange.identity import Identity
 from ..payment.errors import PaymentError
 from ..payment.manager import PaymentManager
@@ -35,12 +41,6 @@ from ..transfer.information import InformationOffer
 from ..transfer.items import Description
 from ..transfer.managers import OfferTree, PackageOffer
 from ..transfer.statements import StatementOffer
-from ..commerce import documents as docs
-from ..commerce.archive import SharedArchive
-from ..commerce.catalogue import Catalogue, CatalogueItem
-from ..commerce.deal import Deal, check_deal_id, deal_attributes, new_deal_id
-from ..commerce.errors import CommerceError, FormError
-from ..commerce.forms import form_for
 
 FAIR_MODULES = ("card-purse",)      # payments the third party can check on its own (see docs/commerce.md)
 MAX_OPEN_DEALS = 10_000

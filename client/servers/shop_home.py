@@ -26,10 +26,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ..support.paths import semper_home
-from ..support.secret_files import write_secret
 from ..commerce.catalogue import Catalogue
 from ..commerce.errors import CommerceError
+from ..support.paths import semper_home
+from ..support.secret_files import write_secret
 
 CONFIG = "shop.json"
 
@@ -108,6 +108,7 @@ class ShopHome:
         """Log in to the token, open the PSAM, the bank client, the archive and the exchange party."""
         from semper.hsm.signer import Pkcs11Signer
 
+        from ..commerce.archive import SharedArchive
         from ..exchange.identity import Identity, TtpInfo
         from ..exchange.party import Party
         from ..payment.bank_client import BankClient
@@ -119,7 +120,6 @@ class ShopHome:
         from ..transfer.information import InformationManager
         from ..transfer.managers import Managers
         from ..transfer.statements import CredentialManager, StatementManager
-        from ..commerce.archive import SharedArchive
         from .shop import Shop
         cfg = self.config()
         f = self.folder

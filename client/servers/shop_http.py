@@ -36,11 +36,11 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from ..commerce.errors import CommerceError
 from ..exchange.party import Party
 from ..payment.errors import PaymentError
 from ..payment.modules.purse import PurseModule
 from ..support.http_service import ApiError, blocking, make_app, read_json
-from ..commerce.errors import CommerceError
 from .shop import MAX_OPEN_DEALS, Shop
 
 log = logging.getLogger("semper.shop")

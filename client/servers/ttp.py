@@ -42,6 +42,7 @@ from semper.hardware.signer import Signer
 from ..exchange.errors import BadMessage
 from ..exchange.messages import REQUEST_KINDS, Proposal
 from ..support.cms import EvidenceError, sign_statement
+from ..support.db import Database
 from ..support.trust import TrustStore
 from ..support.verify import verify_statement
 from ..transfer.binding import cert_id
@@ -50,7 +51,6 @@ from ..transfer.items import b64d, content_from_json
 from ..transfer.managers import Managers
 from ..transfer.statements import same_key
 from . import ttp_store as store
-from ..support.db import Database
 
 log = logging.getLogger("semper.ttp")
 MAX_REQUEST = 16 * 1024 * 1024

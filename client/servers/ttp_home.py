@@ -26,6 +26,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from ..support import pki
+from ..support.db import Database
 from ..support.paths import semper_home
 from ..support.trust import TrustStore
 from ..transfer.information import InformationManager
@@ -33,8 +35,6 @@ from ..transfer.managers import Managers
 from ..transfer.payment import PaymentManager
 from ..transfer.purse_payment import CardPurseVerifier
 from ..transfer.statements import CredentialManager, StatementManager
-from ..support import pki
-from ..support.db import Database
 from .ttp import ThirdParty, TtpError, escrow_statement
 
 CONFIG = "config.json"

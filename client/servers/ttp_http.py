@@ -15,9 +15,9 @@ import binascii
 
 from aiohttp import web
 
-from ..support.tsa import TimeStampAuthority
 from ..support.http_service import ApiError, blocking, make_app, read_json
 from ..support.pki import pem
+from ..support.tsa import TimeStampAuthority
 from .ttp import MAX_REQUEST, ThirdParty
 
 MAX_TSQ = 8 * 1024

@@ -500,7 +500,7 @@ class _OpaqueValues(core.SetOf):
 class _OpaqueAttribute(core.Sequence):
     """An Attribute whose values stay the bytes they were given (never parsed, never re-encoded)."""
 
-    _fields = [("type", cms.CMSAttributeType), ("values", _OpaqueValues)]  # noqa: RUF012 (asn1crypto style)
+    _fields = [("type", cms.CMSAttributeType), ("values", _OpaqueValues)]
 
 
 def add_unsigned_attribute(der: bytes, attr_type: str, value_der: bytes) -> bytes:

@@ -17,8 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from semper.hardware import tlv
 from semper.hardware.piv import CHUID, PivSession, Slot
 from semper.hardware.psam import PsamSession
-from semper.hardware.purse import (PERSO_CERT, PERSO_ISSUER, PERSO_PARAMS, PERSO_PIN, PERSO_PUK, PERSO_ROOT,
-                            PurseSession)
+from semper.hardware.purse import PERSO_CERT, PERSO_ISSUER, PERSO_PARAMS, PERSO_PIN, PERSO_PUK, PERSO_ROOT, PurseSession
 from semper.hardware.simulator import SimulatedCard, create_card
 
 from .scheme import ROLE_PSAM, ROLE_PURSE_CARD, Scheme

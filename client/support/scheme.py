@@ -46,7 +46,6 @@ from semper.hsm.agent import AgentKey, TokenAgent
 
 from . import pki
 
-
 ARC = "2.25.204673179289492764569138234192898414436"
 ROLE_PURSE_CARD = x509.ObjectIdentifier(ARC + ".1.1")
 ROLE_PSAM = x509.ObjectIdentifier(ARC + ".1.2")

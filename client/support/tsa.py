@@ -52,7 +52,7 @@ class TimeStampResponse(core.Sequence):
     asn1crypto's own class makes the token mandatory, so a refusal could not be encoded with it.
     """
 
-    _fields = [  # noqa: RUF012 (asn1crypto declares fields as a class list)
+    _fields = [
         ("status", tsp.PKIStatusInfo),
         ("time_stamp_token", cms.ContentInfo, {"optional": True}),
     ]

@@ -20,9 +20,8 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Input, Static
 
-from semper.client.support.money import format_amount
-
 from semper.client.support import names
+from semper.client.support.money import format_amount
 
 from .confirmation import CLOSE, OPEN, STYLES, WARN
 from .literal import DEFAULT_LIMIT, literal_text, tokens
