@@ -162,8 +162,8 @@ def start_ttp(world: World, db_path: Path) -> RunningTtp:
     return RunningTtp(ttp, runner, runner.url)
 
 
-def ttp_process(world: World, db_path: Path, crash_at: str | None = None, timeout: float = 30.0, port: int = 0
-                ) -> tuple[subprocess.Popen[str], str]:
+def ttp_process(world: World, db_path: Path, crash_at: str | None = None, timeout: float = 30.0, port: int = 0,
+                extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
     """``semper serve ttp`` as a real process (for kill-and-restart tests); returns (process, url)."""
     pin_file = world.folder / "ttp-proc.pin"
     pin_file.write_bytes(PIN)
@@ -173,6 +173,7 @@ def ttp_process(world: World, db_path: Path, crash_at: str | None = None, timeou
         env["SEMPER_TTP_CRASH_AT"] = crash_at
     else:
         env.pop("SEMPER_TTP_CRASH_AT", None)
+    env.update(extra_env or {})
     proc = subprocess.Popen([sys.executable, "-m", "semper.client.cli", "serve", "ttp", "--dir", str(world.ttp_proc_home.folder),
                              "--db", f"sqlite:///{db_path}", "--pin-file", str(pin_file), "--port", str(port)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
