@@ -202,7 +202,7 @@ def test_ttp_killed_mid_resolution_decides_the_same_way_after_restart(world: Wor
             await buyer.start()
             deal = purchase(world, c)
             buyer.plans.append(deal.plan)
-            seller.faults.stop_before = "item"
+            seller.outbox.stop_before = "item"
             o = await seller.originate(buyer.url, deal.offer, deal.want)
             r = await buyer.wait_outcome(o.session, 15)
             # T died in the middle of the resolution: the buyer has paid and is pending, not lost
@@ -245,8 +245,8 @@ def test_ttp_killed_mid_resolution_decides_the_same_way_after_restart(world: Wor
 
 def test_serve_ttp_does_not_crash_on_an_environment_switch(world: World, tmp_path: Path, fresh_images: Any) -> None:
     """Issue 13, item 8: ``semper serve ttp`` used to exit between signing and storing a decision when
-    SEMPER_TTP_CRASH_AT was set in its environment (a test hook in the product). The switch is set
-    here for both points; T must decide the buyer's resolution and keep serving."""
+    SEMPER_TTP_CRASH_AT was set in its environment (a test hook in the product). With the switch set,
+    T must decide the buyer's resolution and keep serving."""
     db = tmp_path / "ttp-proc.db"
     proc, url = ttp_process(world, db, extra_env={"SEMPER_TTP_CRASH_AT": "before-commit"})
     c = cards(world, tmp_path / "cards", fresh_images)
@@ -261,7 +261,7 @@ def test_serve_ttp_does_not_crash_on_an_environment_switch(world: World, tmp_pat
             try:
                 deal = purchase(world, c)
                 buyer.plans.append(deal.plan)
-                seller.faults.stop_before = "item"            # the seller stops: the buyer resolves at T
+                seller.outbox.stop_before = "item"            # the seller stops: the buyer resolves at T
                 o = await seller.originate(buyer.url, deal.offer, deal.want)
                 r = await buyer.wait_outcome(o.session, 15)
                 assert r.status == "resolved", r.as_dict()
@@ -294,7 +294,7 @@ def test_semper_ttp_init_and_serve_as_an_operator_would(tmp_path: Path) -> None:
 
     from semper.client.exchange.identity import TtpInfo
     from semper.client.support.trust import TrustStore
-    env = {k: v for k, v in os.environ.items() if k not in ("SOFTHSM2_CONF", SEMPER_CRASH)}
+    env = {k: v for k, v in os.environ.items() if k not in ("SOFTHSM2_CONF",)}
     env["SEMPER_HOME"] = str(tmp_path / "home")
     (tmp_path / "ca.pin").write_text("ca-pin-9876")
     (tmp_path / "ttp.pin").write_text("ttp-pin-5432")
@@ -339,5 +339,3 @@ def test_semper_ttp_init_and_serve_as_an_operator_would(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
 
-
-SEMPER_CRASH = "SEMPER_TTP_CRASH_AT"
