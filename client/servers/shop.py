@@ -12,8 +12,9 @@ payment or signature is externally verifiable).
 
 What a shop charges, delivers and lists on its delivery note are methods of their own
 (:meth:`Shop.payment_amount`, :meth:`Shop.content_of`, :meth:`Shop.delivery_lines`), so a shop
-with other rules (a surcharge, watermarked copies, partial shipments) is a subclass, opened with
-``ShopHome.open(shop_class=...)``; ``chaos/cheating_shop.py`` is one such subclass.
+with other rules is a subclass, opened with ``ShopHome.open(shop_class=...)``, and the rest of the
+seller stays one code path. ``chaos/cheating_shop.py`` is such a subclass: its rules are the
+cheats the buyer's client must catch.
 """
 from __future__ import annotations
 
@@ -303,7 +304,7 @@ class Shop:
 
     def content_of(self, item: CatalogueItem) -> bytes | None:
         """The bytes this shop delivers for an information item: the catalogue's, whose digest its
-        signed offer names (a shop could watermark each copy here)."""
+        signed offer names (the buyer checks what it gets against that digest)."""
         return item.content
 
     def delivery_lines(self, sd: ShopDeal) -> list[dict[str, Any]]:
