@@ -43,8 +43,10 @@ def bench_exchange(runs: int = 20, resolved_runs: int = 5, patience: float = 0.0
 
 
 async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience: float) -> dict[str, Any]:
+    from semper.client.exchange.errors import PartyStopped
     from semper.client.exchange.identity import Identity, TtpInfo
     from semper.client.exchange.party import Party, ResponsePlan
+    from semper.client.exchange.run import Outbox
     from semper.client.payment.card_purse import load
     from semper.client.servers.ca import CertificationAuthority
     from semper.client.servers.ca_home import issue_tls_identity
@@ -109,10 +111,23 @@ async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience:
     load(purse, cp.scheme, 10_000_000, b"1234")
     root = cp.scheme.root_cert
     verifiers = {"card-purse": CardPurseVerifier(root)}
+
+    class StopBefore(Outbox):
+        """The seller's outbox: sends everything, or stops before one message kind (the item, so the buyer
+        resolves at the third party). chaos/party_faults.py has the general one; the benches do not import it."""
+
+        stop_before: str | None = None
+
+        async def release(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+            if kind == self.stop_before:
+                raise PartyStopped(f"the seller stops before sending {kind}")
+            return body
+
+    seller_stops = StopBefore()                  # stops before its item when a resolution is measured
     seller = Party("seller", ids["b-seller"], trust, Managers(
         StatementManager(trust), CredentialManager(trust), InformationManager(escrows),
         PaymentManager(verifiers, {"card-purse": CardPursePayee(root, psam)})), folder / "seller.archive",
-        tls=tls, root_pem=root_pem, ttp=info, step_timeout=10.0)
+        tls=tls, root_pem=root_pem, ttp=info, step_timeout=10.0, outbox=seller_stops)
     buyer = Party("buyer", ids["b-buyer"], trust, Managers(
         StatementManager(trust), CredentialManager(trust), InformationManager(escrows), PaymentManager(verifiers)),
         folder / "buyer.archive", tls=tls, root_pem=root_pem, ttp=info, step_timeout=10.0)
@@ -143,7 +158,7 @@ async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience:
     async def one(protocol: str, resolved: bool) -> dict[str, Any]:
         offer, want, plan, fair = deal(protocol)
         buyer.plans.append(plan)
-        seller.faults.stop_before = "item" if resolved else None
+        seller_stops.stop_before = "item" if resolved else None
         buyer.waits = {"item": patience} if resolved else {}
         ttp_before = opened.ttp.stats()["total_requests"]
         sig_before, ttp_decisions = signatures(), opened.ttp.counters.decisions + opened.ttp.counters.refusals

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from semper.bench.policy_ui import PolicyUI
+from semper.chaos import cheating_shop
+from semper.chaos.cheating_shop import Cheat
 from semper.client.commerce import workflows
 from semper.client.commerce.deal import deal_attributes
 from semper.client.commerce.judge import judge_deal
@@ -27,7 +29,6 @@ from semper.client.demo_world import CARD_PIN, World
 from semper.client.exchange.judge import judge as judge_exchange
 from semper.client.payment.wallet import TokenWalletKey, Wallet
 from semper.client.servers.bank_audit import audit
-from semper.client.servers.shop import Cheat
 from semper.client.support.archive import verify_bundle
 from semper.client.support.trust import TrustStore
 from semper.client.tinguin.model import OutcomeStatus
@@ -77,7 +78,8 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
     folder = tmp_path_factory.mktemp("market")
     world = World.create(folder)
     with VirtualCards([world.buyer_card, world.psam_card], sync=False) as vc, PcscConnection(vc.readers[0]) as card:
-        services = world.start_in_process(psam_reader=vc.readers[1])
+        services = world.start_in_process(shop=False)
+        cheating_shop.start_in_process(world, psam_reader=vc.readers[1])      # honest until a test sets its cheat
         try:
             ui = PolicyUI(pin=CARD_PIN)
             world.buyer_dir.mkdir(exist_ok=True)

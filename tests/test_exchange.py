@@ -157,8 +157,8 @@ def test_a_crashed_buyer_finishes_after_restart_through_the_third_party(world: W
     the buyer resolves with the third party and gets the report."""
     async def go() -> None:
         async with Pair(world, tmp_path, fresh_images, step_timeout=0.4) as p:
-            p.seller.faults.stop_before = "item"
-            p.buyer.faults.stop_before = "ttp"                 # crashes instead of going to T
+            p.seller.outbox.stop_before = "item"
+            p.buyer.outbox.stop_before = "ttp"                 # crashes instead of going to T
             _o, r = await p.exchange(purchase(world, p.c))
             assert r.status == "stopped" and p.c.balance() == 5000 - PRICE
             await p.buyer.stop()
@@ -183,7 +183,7 @@ def test_a_late_resolution_reaches_the_originator_through_status(world: World, t
     seller's next recovery finds the decision and the payment T kept for it, and deposits it."""
     async def go() -> None:
         async with Pair(world, tmp_path, fresh_images, step_timeout=0.4) as p:
-            p.buyer.faults.delays["accept"] = 0.8              # slower than the seller's patience
+            p.buyer.outbox.delays["accept"] = 0.8              # slower than the seller's patience
             o, r = await p.exchange(purchase(world, p.c))
             assert o.status == "pending" and not o.gave and o.decision is not None
             # the buyer's late payment arrived after the seller stopped waiting: the buyer resolves
@@ -204,7 +204,7 @@ def test_a_statement_alone_is_generatable_by_replacement(world: World, tmp_path:
             deal = purchase(world, p.c)
             deal.offer = StatementOffer(seller.sign, body)
             deal.plan.expect = Description("statement", {"statement_type": "receipt", "fields": {"amount": PRICE}})
-            p.seller.faults.stop_before = "item"
+            p.seller.outbox.stop_before = "item"
             _o, r = await p.exchange(deal)
             assert r.status == "resolved"
             replacement = parse_statement(base64.b64decode(r.received.data["der"]))
@@ -280,7 +280,7 @@ def test_the_buyer_signs_on_its_card(world: World, tmp_path: Path, fresh_images:
                     # and once more with the seller failing: the card signs the request to T
                     deal = purchase(world, p.c)
                     card_buyer.plans.append(deal.plan)
-                    p.seller.faults.stop_before = "item"
+                    p.seller.outbox.stop_before = "item"
                     o = await p.seller.originate(card_buyer.url, deal.offer, deal.want)
                     r = await card_buyer.wait_outcome(o.session, 10)
                     assert r.status == "resolved" and identity.signatures == 3

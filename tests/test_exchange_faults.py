@@ -199,13 +199,13 @@ def exchange_with_fault(world: World, tmp_path: Path, fresh_images: Any, protoco
                 deal = offer_hook(deal)
             buyer.plans.append(deal.plan)
             bad: Party = seller if dishonest == "originator" else buyer
-            bad.faults.stop_before = stop_before
-            bad.faults.tamper = dict(tamper or {})
+            bad.outbox.stop_before = stop_before
+            bad.outbox.tamper = dict(tamper or {})
             if spoil is not None:
-                bad.faults.tamper.update(spoil(c))
+                bad.outbox.tamper.update(spoil(c))
             if buyer_faults:
                 for k, v in buyer_faults.items():
-                    setattr(buyer.faults, k, v)
+                    setattr(buyer.outbox, k, v)
             o = await seller.originate(buyer.url, deal.offer, deal.want, fair=deal.fair)
             # the responder has a run only if the negotiation reached its service
             r = await buyer.wait_outcome(o.session, 10) if buyer.knows(o.session) else None

@@ -78,8 +78,8 @@ def test_random_interleavings_and_crashes_end_fairly(world: World, tmp_path_fact
         for p in parties.values():
             await p.start()
         seller, buyer = parties["seller"], parties["buyer"]
-        seller.faults.stop_before, buyer.faults.stop_before = s["seller_crash"], s["buyer_crash"]
-        seller.faults.delays, buyer.faults.delays = dict(s["seller_delays"]), dict(s["buyer_delays"])
+        seller.outbox.stop_before, buyer.outbox.stop_before = s["seller_crash"], s["buyer_crash"]
+        seller.outbox.delays, buyer.outbox.delays = dict(s["seller_delays"]), dict(s["buyer_delays"])
         deal = purchase(world, c) if s["protocol"] == "gen-ver" else swap(world)
         buyer.plans.append(deal.plan)
         o = await seller.originate(buyer.url, deal.offer, deal.want)

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from semper.chaos.party_faults import Faults
 from semper.client.exchange.identity import Identity, TtpInfo
 from semper.client.exchange.party import Party, ResponsePlan
 from semper.client.servers.ca import CertificationAuthority
@@ -162,18 +163,19 @@ def start_ttp(world: World, db_path: Path) -> RunningTtp:
     return RunningTtp(ttp, runner, runner.url)
 
 
-def ttp_process(world: World, db_path: Path, crash_at: str | None = None, timeout: float = 30.0, port: int = 0
-                ) -> tuple[subprocess.Popen[str], str]:
-    """``semper serve ttp`` as a real process (for kill-and-restart tests); returns (process, url)."""
+def ttp_process(world: World, db_path: Path, crash_at: str | None = None, timeout: float = 30.0, port: int = 0,
+                extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """``semper serve ttp`` as a real process (for kill-and-restart tests); returns (process, url). With
+    ``crash_at`` (before-commit | after-commit) it is ``python -m semper.chaos.crashing_ttp`` instead: the
+    same service, which ends itself (status 70) at that point of its first final decision."""
     pin_file = world.folder / "ttp-proc.pin"
     pin_file.write_bytes(PIN)
     env = {k: v for k, v in os.environ.items() if k not in ("SOFTHSM2_CONF",)}
     env["SEMPER_HOME"] = str(world.folder / "home")
-    if crash_at:
-        env["SEMPER_TTP_CRASH_AT"] = crash_at
-    else:
-        env.pop("SEMPER_TTP_CRASH_AT", None)
-    proc = subprocess.Popen([sys.executable, "-m", "semper.client.cli", "serve", "ttp", "--dir", str(world.ttp_proc_home.folder),
+    env.update(extra_env or {})
+    program = ["-m", "semper.chaos.crashing_ttp", "--crash-at", crash_at] if crash_at else \
+        ["-m", "semper.client.cli", "serve", "ttp"]
+    proc = subprocess.Popen([sys.executable, *program, "--dir", str(world.ttp_proc_home.folder),
                              "--db", f"sqlite:///{db_path}", "--pin-file", str(pin_file), "--port", str(port)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
@@ -232,8 +234,10 @@ def buyer_managers(world: World) -> Managers:
 
 def make_party(world: World, name: str, folder: Path, managers: Managers, ttp_url: str, *,
                step_timeout: float = 5.0, identity: str | None = None, ttp_home: TtpHome | None = None) -> Party:
+    """A party whose outbox is a :class:`Faults` (honest until a test sets one: ``party.outbox.stop_before``)."""
     return Party(name, world.identities[identity or name], world.trust, managers, folder / f"{name}.archive",
-                 tls=world.tls, root_pem=world.root_pem, ttp=world.ttp_info(ttp_url, ttp_home), step_timeout=step_timeout)
+                 tls=world.tls, root_pem=world.root_pem, ttp=world.ttp_info(ttp_url, ttp_home),
+                 step_timeout=step_timeout, outbox=Faults())
 
 
 REPORT = b"consultancy report: " + bytes(range(256)) * 8

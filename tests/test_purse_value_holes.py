@@ -28,8 +28,8 @@ from test_exchange_support import World as XWorld
 from test_exchange_support import make_world as make_xworld
 from test_payment_support import CARD_PIN, EUR, World, card_pin, make_world
 
+from semper.chaos.party_faults import Faults
 from semper.client.exchange.party import ResponsePlan
-from semper.client.exchange.run import Faults
 from semper.client.payment import card_purse
 from semper.client.payment.errors import PaymentRefused
 from semper.client.payment.item import ItemPayee, ItemPayer, ItemPayments, item_verifiers
@@ -314,13 +314,13 @@ def test_item10_the_third_partys_proof_stays_clearable_after_the_psam_evicted_it
             await buyer.start()
             try:
                 buyer.plans.append(plan)
-                buyer.faults.stop_before = "accept"            # the card pays; the buyer sends nothing (yet)
+                buyer.outbox.stop_before = "accept"            # the card pays; the buyer sends nothing (yet)
                 o = await seller.originate(buyer.url, offer, want, fair=True)
                 outcomes["seller"] = o
                 outcomes["buyer"] = await buyer.wait_outcome(o.session, 10)
                 for _ in range(16):                            # sixteen newer debits open at the PSAM
                     psam.begin_debit(os.urandom(8), 1, 100, EUR)
-                buyer.faults = Faults()
+                buyer.outbox = Faults()
                 outcomes["buyer_later"] = await buyer.recover()
                 outcomes["seller_later"] = await seller.recover()
             finally:

@@ -202,7 +202,7 @@ def test_ttp_killed_mid_resolution_decides_the_same_way_after_restart(world: Wor
             await buyer.start()
             deal = purchase(world, c)
             buyer.plans.append(deal.plan)
-            seller.faults.stop_before = "item"
+            seller.outbox.stop_before = "item"
             o = await seller.originate(buyer.url, deal.offer, deal.want)
             r = await buyer.wait_outcome(o.session, 15)
             # T died in the middle of the resolution: the buyer has paid and is pending, not lost
@@ -243,6 +243,46 @@ def test_ttp_killed_mid_resolution_decides_the_same_way_after_restart(world: Wor
                     p.kill()
 
 
+def test_serve_ttp_does_not_crash_on_an_environment_switch(world: World, tmp_path: Path, fresh_images: Any) -> None:
+    """Issue 13, item 8: ``semper serve ttp`` used to exit between signing and storing a decision when
+    SEMPER_TTP_CRASH_AT was set in its environment (a test hook in the product). With the switch set,
+    T must decide the buyer's resolution and keep serving."""
+    db = tmp_path / "ttp-proc.db"
+    proc, url = ttp_process(world, db, extra_env={"SEMPER_TTP_CRASH_AT": "before-commit"})
+    c = cards(world, tmp_path / "cards", fresh_images)
+    try:
+        async def go() -> None:
+            seller = make_party(world, "seller", tmp_path, seller_managers(world, c), url, step_timeout=0.4,
+                                ttp_home=world.ttp_proc_home)
+            buyer = make_party(world, "buyer", tmp_path, buyer_managers(world), url, step_timeout=0.4,
+                               ttp_home=world.ttp_proc_home)
+            await seller.start()
+            await buyer.start()
+            try:
+                deal = purchase(world, c)
+                buyer.plans.append(deal.plan)
+                seller.outbox.stop_before = "item"            # the seller stops: the buyer resolves at T
+                o = await seller.originate(buyer.url, deal.offer, deal.want)
+                r = await buyer.wait_outcome(o.session, 15)
+                assert r.status == "resolved", r.as_dict()
+            finally:
+                for p in (seller, buyer):
+                    await p.stop()
+                    p.close()
+        run(go(), 90)
+        assert proc.poll() is None, f"semper serve ttp exited with {proc.returncode}"
+        stats = ttp_stats(world, url)
+        assert stats["decisions"] == 1 and stats["stored"].get("resolved") == 1
+    finally:
+        for close in c.closers:
+            close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def test_semper_ttp_init_and_serve_as_an_operator_would(tmp_path: Path) -> None:
     """The commands end to end, each in its own process: a CA with a new token, the third party's
     token created beside it and certified, the service started, its escrow key checked."""
@@ -254,7 +294,7 @@ def test_semper_ttp_init_and_serve_as_an_operator_would(tmp_path: Path) -> None:
 
     from semper.client.exchange.identity import TtpInfo
     from semper.client.support.trust import TrustStore
-    env = {k: v for k, v in os.environ.items() if k not in ("SOFTHSM2_CONF", SEMPER_CRASH)}
+    env = {k: v for k, v in os.environ.items() if k not in ("SOFTHSM2_CONF",)}
     env["SEMPER_HOME"] = str(tmp_path / "home")
     (tmp_path / "ca.pin").write_text("ca-pin-9876")
     (tmp_path / "ttp.pin").write_text("ttp-pin-5432")
@@ -299,5 +339,3 @@ def test_semper_ttp_init_and_serve_as_an_operator_would(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
 
-
-SEMPER_CRASH = "SEMPER_TTP_CRASH_AT"

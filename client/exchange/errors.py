@@ -30,4 +30,4 @@ class TtpUnavailable(ExchangeError):
 
 
 class PartyStopped(ExchangeError):
-    """A party stopped on purpose (fault injection in tests, or shutdown) in the middle of a run."""
+    """A party stopped on purpose in the middle of a run (shutdown, or its outbox held the rest back)."""

@@ -15,7 +15,7 @@
 * ``no-exchange`` — the exchange never started (refused in negotiation or at the proposal): nothing
   was given;
 * ``failed`` — a plain transfer where the peer did not deliver (no fairness was agreed);
-* ``stopped`` — this party stopped on purpose (fault injection).
+* ``stopped`` — this party stopped on purpose (its :class:`~.run.Outbox` ended the run).
 """
 from __future__ import annotations
 

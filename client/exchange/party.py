@@ -53,7 +53,7 @@ from .identity import Identity, TtpInfo
 from .messages import Proposal, cert_b64, check_party_cert, load_cert
 from .negotiation import choose_protocol
 from .outcome import Outcome
-from .run import Faults, Run
+from .run import Outbox, Run
 from .steps import Setup, refuse
 from .wire import SEND_TIMEOUT, Mailbox, Server
 
@@ -74,7 +74,7 @@ class ResponsePlan:
 class Party:
     def __init__(self, name: str, identity: Identity, trust: TrustStore, managers: Managers, archive: Path, *,
                  tls: tuple[Path, Path], root_pem: str, ttp: TtpInfo | None = None, step_timeout: float = 10.0,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, outbox: Outbox | None = None) -> None:
         self.name = name
         self.identity = identity
         self.trust = trust
@@ -88,7 +88,7 @@ class Party:
         self.server = Server(self.mailbox.app(), server_context(*tls), host, port)
         self.poster = AsyncJsonClient(None, root_pem, timeout=SEND_TIMEOUT)
         self.plans: list[ResponsePlan] = []
-        self.faults = Faults()
+        self.outbox = outbox if outbox is not None else Outbox()     # all it sends passes here last
         self.outcomes: dict[str, Outcome] = {}
         self.counters = {"messages": 0, "ttp_requests": 0}
         self._tasks: set[asyncio.Task[Any]] = set()

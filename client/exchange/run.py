@@ -1,8 +1,8 @@
-"""One run of a protocol for one party: sending with faults applied, bounded waits, evidence, T calls.
+"""One run of a protocol for one party: sending through the party's outbox, bounded waits, evidence, T calls.
 
 Every protocol module (``genver``, ``revrev``, ``plain``) speaks through a :class:`Run`, so the
-rules hold everywhere: a message goes out only through :meth:`Run.send` (where test faults apply
-and messages are counted), every wait is bounded by the party's step timeout, everything that
+rules hold everywhere: a message goes out only through :meth:`Run.send` (past the party's
+:class:`Outbox`, and counted), every wait is bounded by the party's step timeout, everything that
 commits anyone is archived under the exchange id before the next step, and the third party is
 called only through :meth:`Run.ttp`, which checks the signed answer before anything relies on it.
 """
@@ -12,13 +12,12 @@ import asyncio
 import base64
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..transfer.binding import Binding
 from ..transfer.errors import TransferError
 from ..transfer.items import Content, b64d
-from .errors import BadMessage, PartyStopped, TtpUnavailable
+from .errors import BadMessage, TtpUnavailable
 from .messages import Decision, Proposal, check_decision, request_body
 from .outcome import Outcome
 from .wire import send_message, ttp_call
@@ -27,20 +26,22 @@ if TYPE_CHECKING:
     from .party import Party
 
 T = TypeVar("T")
-Tamper = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-@dataclass
-class Faults:
-    """Test faults for a party: stop before sending a message kind (``"ttp"``: before going to the
-    third party; ``"*"``: at the first chance), or alter a message body before it is sent."""
+class Outbox:
+    """The last step of everything a party sends: each protocol message (by its kind) and each request
+    to the third party (kind ``"ttp"``, the unsigned request body) passes :meth:`release` just before
+    it leaves, and what it returns is what is sent (and signed, for the third party).
 
-    stop_before: str | None = None
-    tamper: dict[str, Tamper] = field(default_factory=dict)
-    delays: dict[str, float] = field(default_factory=dict)     # seconds to wait before sending a kind
+    Why a seam here: the protocols stay one code path, while a party program with its own conduct
+    (a throttled sender, an operator's pause switch, the misbehaving parties of ``chaos/``) replaces
+    this object (``Party(outbox=...)`` or ``party.outbox``) instead of the protocols. Raising
+    :class:`~.errors.PartyStopped` ends the run as ``stopped``. This one, every party's default,
+    sends everything as it is.
+    """
 
-    def stops_at(self, kind: str) -> bool:
-        return self.stop_before in (kind, "*")
+    async def release(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        return body
 
 
 class Run:
@@ -69,13 +70,7 @@ class Run:
     # ---- messages --------------------------------------------------------------------------------
     async def send(self, kind: str, body: dict[str, Any]) -> None:
         """Send one message; a PeerUnreachable is left to the protocol (it then waits or goes to T)."""
-        faults = self.party.faults
-        if faults.stops_at(kind):
-            raise PartyStopped(f"{self.party.name} stops before sending {kind}")
-        if kind in faults.delays:
-            await asyncio.sleep(faults.delays[kind])
-        if kind in faults.tamper:
-            body = faults.tamper[kind](json.loads(json.dumps(body)))
+        body = await self.party.outbox.release(kind, body)
         self.messages_sent += 1
         self.party.counters["messages"] += 1
         await send_message(self.party.poster, self.peer_url, self.session, kind, body)
@@ -119,14 +114,12 @@ class Run:
     async def ttp(self, kind: str, **extra: Any) -> Decision:
         """Ask the third party; the signed answer is checked and archived. TtpUnavailable when it
         cannot be asked (the party stays pending and asks again later)."""
-        if self.party.faults.stops_at("ttp"):
-            raise PartyStopped(f"{self.party.name} stops before going to the third party")
         assert self.binding is not None and self.proposal is not None
+        body = await self.party.outbox.release("ttp", request_body(kind, self.proposal, self.binding.xid, **extra))
         info = self.party.ttp
         if info is None or self.binding.ttp is None:
             raise TtpUnavailable("this exchange has no third party")
-        request = await self.blocking(self.party.identity.sign,
-                                      request_body(kind, self.proposal, self.binding.xid, **extra))
+        request = await self.blocking(self.party.identity.sign, body)
         self.record_statement(request)
         self.ttp_requests += 1
         self.party.counters["ttp_requests"] += 1

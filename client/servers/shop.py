@@ -10,8 +10,11 @@ delivery is made only after the payment completed; information and contracts are
 through its exchange party (it originates: its item is generatable by the third party, the buyer's
 payment or signature is externally verifiable).
 
-:class:`Cheat` makes this shop misbehave on purpose at one step, so tests can show that the buyer's
-client catches each kind of cheating — the same shop code, not a mock.
+What a shop charges, delivers and lists on its delivery note are methods of their own
+(:meth:`Shop.payment_amount`, :meth:`Shop.content_of`, :meth:`Shop.delivery_lines`), so a shop
+with other rules is a subclass, opened with ``ShopHome.open(shop_class=...)``, and the rest of the
+seller stays one code path. ``chaos/cheating_shop.py`` is such a subclass: its rules are the
+cheats the buyer's client must catch.
 """
 from __future__ import annotations
 
@@ -47,16 +50,6 @@ MAX_OPEN_DEALS = 10_000
 
 
 @dataclass
-class Cheat:
-    """Test hook: how this shop misbehaves (the buyer's client must catch each)."""
-
-    wrong_goods: bool = False        # the delivery (or the exchanged information) is not what was offered
-    no_delivery: bool = False        # paid, but never delivers
-    price_change: int = 0            # asks this much more in the payment than it offered
-    replay_offer: bool = False       # answers a new request with an offer it signed for an earlier one
-
-
-@dataclass
 class ShopDeal:
     deal: Deal
     offer: dict[str, Any]
@@ -78,8 +71,8 @@ class ShopDeal:
 class Shop:
     def __init__(self, *, name: str, identity: Identity, trust: TrustStore, catalogue: Catalogue,
                  payments: PaymentManager, account: str, archive: SharedArchive, psam_id: str | None = None,
-                 offer_validity: dt.timedelta = dt.timedelta(minutes=30), fair_modules: Sequence[str] = FAIR_MODULES,
-                 cheat: Cheat | None = None) -> None:
+                 offer_validity: dt.timedelta = dt.timedelta(minutes=30), fair_modules: Sequence[str] = FAIR_MODULES
+                 ) -> None:
         self.name = name
         self.identity = identity
         self.trust = trust
@@ -90,11 +83,9 @@ class Shop:
         self.psam_id = psam_id
         self.offer_validity = offer_validity
         self.fair_modules = tuple(fair_modules)
-        self.cheat = cheat or Cheat()
         self.deals: dict[str, ShopDeal] = {}
         self.payment_lock = threading.Lock()          # one card session (the PSAM): one payment step at a time
         self.counters = {"offers": 0, "orders": 0, "payments": 0, "deliveries": 0, "signatures": 0}
-        self._first_offer: tuple[str, bytes] | None = None
         self._acceptances: list[Any] | None = None
 
     # ---- catalogue and offers -------------------------------------------------------------------------
@@ -152,8 +143,6 @@ class Shop:
         forms = {form_for(i.kind, anonymous).name: form_for(i.kind, anonymous) for i, _ in lines}
         form = next((f for n, f in forms.items() if n != "none"), form_for("none", anonymous))
         deal_id = new_deal_id()
-        if self.cheat.replay_offer and self._first_offer is not None:
-            return self._first_offer
         body = docs.offer_body(deal_id=deal_id, nonce=nonce, workflow=workflow, lines=lines, payment=modules,
                                seller_account=self.account, psam=self.psam_id, attributes=attributes, form=form,
                                valid_until=dt.datetime.now(dt.UTC) + self.offer_validity)
@@ -162,8 +151,6 @@ class Shop:
         deal.keep_statement(der, body["type"])
         self.deals[deal_id] = ShopDeal(deal, body, der, docs.sha256_hex(der), lines)
         self.counters["offers"] += 1
-        if self._first_offer is None:
-            self._first_offer = (deal_id, der)
         return deal_id, der
 
     def _evict(self) -> None:
@@ -236,12 +223,17 @@ class Shop:
             sd.paid = True
             return {"next": "delivery"}
         if sd.terms is None:
-            amount = total + self.cheat.price_change
+            amount = self.payment_amount(sd)
             sd.terms = Terms(secrets.token_hex(16), amount, int(sd.offer["currency"]), self.account, sd.order_digest,
                              self.name)
             self.payments.expect(sd.terms)
         accept = [a.as_dict() for a in self.acceptances() if a.module == sd.order["payment"]]
         return {"next": "payment", "terms": sd.terms.as_dict(), "accept": accept}
+
+    def payment_amount(self, sd: ShopDeal) -> int:
+        """What this shop asks the buyer to pay for an ordered deal: the total of the offer it signed
+        (the buyer's client refuses terms for any other amount)."""
+        return int(sd.offer["total"])
 
     # ---- payment ------------------------------------------------------------------------------------
     def pay(self, deal_id: str, envelope: dict[str, Any]) -> dict[str, Any] | None:
@@ -291,25 +283,17 @@ class Shop:
         with sd.lock:
             if not sd.paid or sd.order_digest is None:
                 raise CommerceError("the order is not paid yet: nothing is delivered")
-            if self.cheat.no_delivery:
-                return None, None
             content = None
             info = [i for i, _ in sd.lines if i.kind == "information"]
             if info:
-                content = info[0].content
-                if self.cheat.wrong_goods and content is not None:
-                    content = content[::-1]
+                content = self.content_of(info[0])
             if sd.delivery is None:
                 if sd.deal.workflow == "registration":
                     member_id = "M-" + secrets.token_hex(4).upper()
                     body = docs.registration_body(sd.deal.deal_id, sd.order_digest, sd.lines[0][0].sku, sd.form,
                                                   member_id, dt.datetime.now(dt.UTC) + dt.timedelta(days=365))
                 else:
-                    items = [{"sku": i.sku, "quantity": q, **({"sha256": i.sha256} if i.content else {})}
-                             for i, q in sd.lines]
-                    if self.cheat.wrong_goods:
-                        items = [{**x, "sku": "tea-sampler" if x["sku"] != "tea-sampler" else "teapot"} for x in items]
-                    body = docs.delivery_body(sd.deal.deal_id, sd.order_digest, items, sd.form,
+                    body = docs.delivery_body(sd.deal.deal_id, sd.order_digest, self.delivery_lines(sd), sd.form,
                                               "TRK-" + secrets.token_hex(5).upper())
                 sd.delivery = self._sign(body)
                 sd.deal.keep_statement(sd.delivery, body["type"])
@@ -317,6 +301,16 @@ class Shop:
                 sd.deal.close()                   # order, payment and note on disk before the note goes out
                 self.counters["deliveries"] += 1
             return sd.delivery, content
+
+    def content_of(self, item: CatalogueItem) -> bytes | None:
+        """The bytes this shop delivers for an information item: the catalogue's, whose digest its
+        signed offer names (the buyer checks what it gets against that digest)."""
+        return item.content
+
+    def delivery_lines(self, sd: ShopDeal) -> list[dict[str, Any]]:
+        """What the signed delivery note lists as shipped: every ordered line, with the digest of
+        information goods."""
+        return [{"sku": i.sku, "quantity": q, **({"sha256": i.sha256} if i.content else {})} for i, q in sd.lines]
 
     # ---- fair exchanges (information, contract) ---------------------------------------------------------
     def exchange_plan(self, deal_id: str) -> tuple[OfferTree, Description, ShopDeal]:
@@ -326,8 +320,8 @@ class Shop:
             raise CommerceError("order first")
         item, _qty = sd.lines[0]
         if sd.deal.workflow == "information":
-            assert item.content is not None
-            content = item.content if not self.cheat.wrong_goods else item.content + b" (abridged)"
+            content = self.content_of(item)
+            assert content is not None
             receipt = docs.receipt_body(sd.deal.deal_id, sd.order_digest, item.public(), int(sd.offer["total"]),
                                         int(sd.offer["currency"]))
             offer = PackageOffer((InformationOffer(content, item.name or item.sku),

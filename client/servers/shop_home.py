@@ -21,7 +21,7 @@ import json
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -30,6 +30,9 @@ from ..commerce.catalogue import Catalogue
 from ..commerce.errors import CommerceError
 from ..support.paths import semper_home
 from ..support.secret_files import write_secret
+
+if TYPE_CHECKING:
+    from .shop import Shop
 
 CONFIG = "shop.json"
 
@@ -104,8 +107,9 @@ class ShopHome:
         home.config_file.write_text(json.dumps(config, indent=1, sort_keys=True))
         return home
 
-    def open(self, pin: bytes, *, with_exchange: bool = True) -> OpenShop:
-        """Log in to the token, open the PSAM, the bank client, the archive and the exchange party."""
+    def open(self, pin: bytes, *, with_exchange: bool = True, shop_class: type[Shop] | None = None) -> OpenShop:
+        """Log in to the token, open the PSAM, the bank client, the archive and the exchange party.
+        ``shop_class``: a subclass of :class:`~.shop.Shop` with rules of its own (default: Shop)."""
         from semper.hsm.signer import Pkcs11Signer
 
         from ..commerce.archive import SharedArchive
@@ -146,8 +150,9 @@ class ShopHome:
         archive = SharedArchive(f / "evidence.sqlite3", sign=identity.sign)
         closers.append(archive.close)
         psam_id = psam.info().psam_id.hex().upper() if psam is not None else None
-        shop = Shop(name=cfg["name"], identity=identity, trust=trust, catalogue=Catalogue.load(f / "catalogue.json"),
-                    payments=payments, account=cfg["account"], archive=archive, psam_id=psam_id)
+        shop = (shop_class or Shop)(name=cfg["name"], identity=identity, trust=trust,
+                                    catalogue=Catalogue.load(f / "catalogue.json"), payments=payments,
+                                    account=cfg["account"], archive=archive, psam_id=psam_id)
         party = None
         tls = (self.tls_dir / "cert.pem", self.tls_dir / "key.pem")
         if with_exchange and cfg.get("ttp_url") and (f / "ttp.pem").exists():

@@ -118,7 +118,6 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
             except BaseException:
                 started.discard(body["deal"])
                 raise
-            party.faults.stop_before = "item" if shop.cheat.no_delivery else None     # the cheating seller stops
 
             async def run() -> None:
                 outcome = await party.originate(mailbox, offer, want, fair=True)

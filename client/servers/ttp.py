@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,8 +53,12 @@ from . import ttp_store as store
 
 log = logging.getLogger("semper.ttp")
 MAX_REQUEST = 16 * 1024 * 1024
-CRASH_ENV = "SEMPER_TTP_CRASH_AT"
-LOCK_STRIPES = 64          # fault injection for tests: before-commit / after-commit
+LOCK_STRIPES = 64
+STEPS = ("signed", "stored")    # a final decision's two durable steps, as ThirdParty.on_step reports them
+
+
+def _log_step(step: str, xid: str) -> None:
+    log.debug("decision for exchange %s %s", xid, step)
 
 
 class TtpError(Exception):
@@ -81,7 +84,7 @@ class ThirdParty:
 
     def __init__(self, db: Database, signer: Signer, certificate: x509.Certificate, trust: TrustStore,
                  managers: Managers, escrow: Any | None, *, chain: tuple[x509.Certificate, ...] = (),
-                 crash_at: str | None = None) -> None:
+                 on_step: Callable[[str, str], None] | None = None) -> None:
         self.db = db
         self.signer = signer
         self.certificate = certificate
@@ -89,7 +92,9 @@ class ThirdParty:
         self.managers = managers
         self.escrow = escrow
         self.chain = chain
-        self.crash_at = crash_at if crash_at is not None else os.environ.get(CRASH_ENV)
+        # called with (step, exchange id) as a final decision is "signed" (not yet stored) and then
+        # "stored" (not yet answered): where tracing, metrics or an operator's audit hook attach
+        self.on_step: Callable[[str, str], None] = on_step if on_step is not None else _log_step
         self.counters = Counters()
         self._count_lock = threading.Lock()
         self._sign_lock = threading.Lock()
@@ -121,11 +126,6 @@ class ThirdParty:
                 self.counters.requests[kind] += 1
             else:
                 setattr(self.counters, name, getattr(self.counters, name) + 1)
-
-    def _crash(self, point: str) -> None:
-        if self.crash_at == point:
-            log.error("fault injection: crashing at %s", point)
-            os._exit(70)
 
     # ---- the one entry point --------------------------------------------------------------------
     def handle(self, kind: str, request: bytes) -> bytes:
@@ -193,7 +193,7 @@ class ThirdParty:
                 return self.sign({**base, "outcome": "undecided", "reason": "no decision has been made for this "
                                   "exchange; the third party acts only when a party asks it to"})
             decision = self.sign({**base, "final": True, "outcome": outcome, **extra})
-            self._crash("before-commit")
+            self.on_step("signed", b.xid)
             rec = store.Record(b.xid, b.protocol, cert_id(b.originator), cert_id(b.responder), outcome, decision,
                                digest, store.now_iso())
             with self.db.transaction() as tx:
@@ -202,7 +202,7 @@ class ThirdParty:
                     assert earlier is not None
                     return earlier.decision
             self._count("decisions")
-            self._crash("after-commit")
+            self.on_step("stored", b.xid)
             return decision
 
     def _evaluate(self, kind: str, role: str, proposal: Proposal, body: Mapping[str, Any]

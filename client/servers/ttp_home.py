@@ -155,8 +155,8 @@ class TtpHome:
         return Managers(StatementManager(trust), CredentialManager(trust), InformationManager(),
                         PaymentManager(verifiers))
 
-    def open(self, pin: bytes, *, crash_at: str | None = None) -> OpenTtp:
-        """T's token keys logged in, its database open; ``crash_at`` is test fault injection only."""
+    def open(self, pin: bytes) -> OpenTtp:
+        """T's token keys logged in, its database open."""
         from semper.hsm.ecdh import TokenEcdhKey
         from semper.hsm.signer import Pkcs11Signer
 
@@ -173,7 +173,7 @@ class TtpHome:
         escrow.login(pin)
         trust = self.trust()
         db = self.database()
-        ttp = ThirdParty(db, signer, certificate, trust, self.managers(trust), escrow, crash_at=crash_at)
+        ttp = ThirdParty(db, signer, certificate, trust, self.managers(trust), escrow)
         return OpenTtp(ttp, tsa, self.escrow_file.read_bytes(), (self.tls_dir / "cert.pem", self.tls_dir / "key.pem"),
                        [escrow.close, signer.close, db.close])
 
