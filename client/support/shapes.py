@@ -97,9 +97,9 @@ def refusal(error: msgspec.ValidationError, shape: type[Shape] | None = None, wh
     field = at
     if kind in ("missing", "unknown") and found is not None:
         field = f"{at}.{found['name']}" if at else found["name"]
-    named = f"the field {field!r}" if field else what
+    named = f"the field {field!r} of {what}" if field else what
     if kind == "missing":
-        sentence = f"{named} is missing from {what}"
+        sentence = f"the field {field!r} is missing from {what}"
     elif kind == "unknown":
         sentence = f"{what} has a field it does not know: {field!r}"
     elif kind == "type" and found is not None:
