@@ -42,6 +42,14 @@ def dual_digest(pi_hash: bytes, oi_hash: bytes) -> bytes:
     return hashlib.sha256(pi_hash + oi_hash).digest()
 
 
+class WireCoin(Shape):
+    """A coin as it travels (payer -> payee -> mint): the mint key, its serial, the mint's signature."""
+
+    key_id: str
+    serial: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]         # 64 lower-case hex digits
+    signature: Annotated[bytes, Meta(max_length=1024)]
+
+
 class Cheque(Shape):
     """A cheque's signed body (Mandate): the drawer's account orders its bank to pay the payee."""
 

@@ -42,18 +42,12 @@ class Withdraw(Shape):
     coins: Annotated[list[BlindCoin], Meta(min_length=1, max_length=MAX_COINS)]
 
 
-class Coin(Shape):
-    key_id: str
-    serial: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]         # 64 lower-case hex digits
-    signature: Annotated[bytes, Meta(max_length=1024)]
-
-
 class Deposit(Shape):
     """``mint/deposit``: coins to credit to the account, each spent once."""
 
     codes = {"coins": "malformed"}
     account: AccountId
-    coins: Annotated[list[Coin], Meta(min_length=1, max_length=MAX_DEPOSIT)]
+    coins: Annotated[list[formats.WireCoin], Meta(min_length=1, max_length=MAX_DEPOSIT)]
 
 
 def _key(bank: Bank, key_id: str) -> MintKey:
