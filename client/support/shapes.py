@@ -168,14 +168,14 @@ def decode(raw: bytes, shape: type[S], what: str = "the body", defaults: Mapping
         return msgspec.json.decode(raw, type=shape, strict=True)
     except msgspec.ValidationError as e:
         error = refusal(e, shape, what, defaults)
+        try:
+            data = msgspec.json.decode(raw)               # only on this path: a refusal costs a second read
+        except msgspec.DecodeError as bad:                # not JSON further on: that comes first
+            code = (defaults or {}).get("json") or DEFAULT_CODES["json"]
+            raise ShapeError(code, "", f"{what} is not JSON this service reads: {bad}", "json") from None
+        except RecursionError:
+            data = None
         if error.kind not in ("missing", "unknown") or error.field != _top(error.field):
-            try:
-                data = msgspec.json.decode(raw)
-            except msgspec.DecodeError as bad:            # not JSON further on: that comes first
-                code = (defaults or {}).get("json") or DEFAULT_CODES["json"]
-                raise ShapeError(code, "", f"{what} is not JSON this service reads: {bad}", "json") from None
-            except RecursionError:
-                data = None
             _structure_first(data, shape, what, defaults)
         raise error from None
     except msgspec.DecodeError as e:
