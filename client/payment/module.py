@@ -14,6 +14,7 @@ A module reaches cards only through ``hardware`` sessions and banks only through
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, get_args, runtime_checkable
@@ -170,11 +171,17 @@ class Message(Shape):
 M = TypeVar("M", bound=Message)
 
 
+@functools.cache
+def _kind(shape: type[Message]) -> str:
+    """The kind a message shape declares (its ``Literal``); cached: msgspec's introspection is slow."""
+    return str(get_args(next(f.type for f in msgspec.structs.fields(shape) if f.name == "kind"))[0])
+
+
 def receive(message: Any, shape: type[M]) -> M:
     """The other side's message as ``shape``, or a ProtocolError naming the kind expected or the field."""
     from .errors import ProtocolError
     from .wire import read
-    kind = get_args(next(f.type for f in msgspec.structs.fields(shape) if f.name == "kind"))[0]
+    kind = _kind(shape)
     if not isinstance(message, dict) or message.get("kind") != kind:
         got = message.get("kind") if isinstance(message, dict) else type(message).__name__
         raise ProtocolError(f"expected a {kind!r} message, got {got!r}")

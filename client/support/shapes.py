@@ -24,6 +24,7 @@ the signed byte form; shapes are for reading and checking only.
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
@@ -148,7 +149,7 @@ def _structure_first(data: Any, shape: type[Shape], what: str, defaults: Mapping
     their order in the message (msgspec reports the first problem it meets)."""
     if not isinstance(data, dict):
         return
-    fields = msgspec.structs.fields(shape)
+    fields = _fields(shape)
     names = {f.encode_name for f in fields}
     unknown = sorted(k for k in data if k not in names)
     if unknown:
@@ -159,6 +160,11 @@ def _structure_first(data: Any, shape: type[Shape], what: str, defaults: Mapping
         if f.required and f.encode_name not in data:
             code = (defaults or {}).get("missing") or DEFAULT_CODES["missing"]
             raise ShapeError(code, f.encode_name, f"the field {f.encode_name!r} is missing from {what}", "missing")
+
+
+@functools.cache
+def _fields(shape: type[Shape]) -> tuple[msgspec.structs.FieldInfo, ...]:
+    return msgspec.structs.fields(shape)          # slow (it resolves the annotations): once per shape
 
 
 def decode(raw: bytes, shape: type[S], what: str = "the body", defaults: Mapping[str, str] | None = None) -> S:
@@ -199,7 +205,3 @@ def convert(value: Any, shape: type[S], what: str = "the message", defaults: Map
         code = (defaults or {}).get("json") or DEFAULT_CODES["json"]
         raise ShapeError(code, "", f"{what} nests lists or objects too deeply", "json") from None
 
-
-def to_dict(obj: Shape) -> dict[str, Any]:
-    """A shape's fields as a plain dict (bytes stay bytes), for code that passes dicts on."""
-    return {f: getattr(obj, f) for f in obj.__struct_fields__}
