@@ -281,6 +281,6 @@ def test_exchange_statement_bodies() -> None:
     with pytest.raises(BadMessage):                                      # no proposal: refused later, not here
         xmsg.read({**request, "extra": 1}, xmsg.TtpRequest, "the request")
     assert xmsg.read(request, xmsg.TtpRequest, "the request").attachments == {"k": 1}
-    for bad in ({**request, "kind": "pay"}, {**request, "attachments": []}, {**request, "type": "decision"}):
+    for bad in ({**request, "kind": "pay"}, {**request, "xid": 5}, {**request, "type": "decision"}):
         with pytest.raises(BadMessage):
             xmsg.read(bad, xmsg.TtpRequest, "the request")

@@ -28,7 +28,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
-import msgspec
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from msgspec import Meta
@@ -205,8 +204,11 @@ class TtpRequest(Shape):
     kind: RequestKind
     xid: str
     proposal: Annotated[bytes, Meta(min_length=1)] | None         # the proposal statement (DER)
-    item: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET        # resolve: the responder's item
-    attachments: dict[str, Any] = {}                               # resolve: what generation needs
+    # resolve: the responder's item and what generation needs. Read only when the third party
+    # evaluates a resolution (transfer.items, and a refusal it keeps): an exchange already decided
+    # answers with its decision whatever these hold.
+    item: Any = None
+    attachments: Any = None
 
 
 def request_body(kind: str, proposal: Proposal | None, xid: str, **extra: Any) -> dict[str, Any]:

@@ -35,7 +35,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 from cryptography import x509
 
 from semper.hardware.signer import Signer
@@ -238,13 +237,16 @@ class ThirdParty:
             raise _Refusal("only the responder of a gen-ver exchange can ask for a resolution", True)
         b = proposal.binding
         try:
-            item = content_from_json(None if req.item is msgspec.UNSET else req.item, "item")
+            item = content_from_json(req.item, "item")
             kept = self.managers.check(item, proposal.desc_r, b, b.responder)
         except TransferError as e:
             raise _Refusal(f"false complaint: the responder's item does not verify against the agreed description "
                            f"({e}); the exchange stays as it was", True) from None
+        attachments = req.attachments or {}
+        if not isinstance(attachments, Mapping):
+            raise _Refusal("the attachments must be a JSON object", True)
         try:
-            replacement = self.managers.generate(proposal.commitments, req.attachments, proposal.desc_o, b, self)
+            replacement = self.managers.generate(proposal.commitments, attachments, proposal.desc_o, b, self)
         except CommitmentFalse as e:
             return "originator-fault", {"reason": f"the responder's item verified, but the originator's signed "
                                                   f"commitment is false: {e}", "responder_item": kept.to_json()}
