@@ -26,12 +26,14 @@ import datetime as dt
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from msgspec import Meta
 
 from ..support.cms import EvidenceError
+from ..support.shapes import Shape, ShapeError, convert
 from ..support.trust import TrustStore, Usage
 from ..support.verify import VerifiedStatement, verify_statement
 from ..transfer.binding import Binding, cert_id
@@ -41,7 +43,34 @@ from ..transfer.statements import same_key
 from .errors import BadMessage
 
 VERSION = "semper-exchange/1"
-PROTOCOLS = ("gen-ver", "rev-rev", "plain")
+Protocol = Literal["gen-ver", "rev-rev", "plain"]
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+Nonce = Annotated[str, Meta(min_length=16, max_length=64)]
+CertificateB64 = Annotated[bytes, Meta(min_length=1, max_length=8192)]       # DER, base64 in the statement
+
+
+class ProposalBody(Shape):
+    """The signed body of an ``xchg-proposal`` (:meth:`Proposal.body_for` writes it)."""
+
+    type: Literal["xchg-proposal"]
+    version: Literal["semper-exchange/1"]
+    xid: str
+    protocol: Protocol
+    originator: CertificateB64
+    responder: CertificateB64
+    ttp: CertificateB64 | None
+    originator_item: dict[str, Any]             # descriptions: transfer.items reads them (depth, members)
+    responder_item: dict[str, Any]
+    nonces: tuple[Nonce, Nonce]
+    commitments: dict[str, Any] = {}
+
+
+def read(body: Any, shape: type[Any], what: str) -> Any:
+    """A statement's body as its shape, or BadMessage naming the field."""
+    try:
+        return convert(body, shape, what)
+    except ShapeError as e:
+        raise BadMessage(str(e)) from None
 FINAL_OUTCOMES = ("resolved", "revoked", "originator-fault")
 OUTCOMES = FINAL_OUTCOMES + ("refused", "undecided")
 
@@ -64,6 +93,13 @@ def load_cert(value: Any, what: str) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(b64d(value, what, 8192))
     except (TransferError, ValueError) as e:
+        raise BadMessage(f"the {what} is not a DER certificate ({e})") from None
+
+
+def _der_cert(der: bytes, what: str) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as e:
         raise BadMessage(f"the {what} is not a DER certificate ({e})") from None
 
 
@@ -119,24 +155,16 @@ class Proposal:
         """Signature by the originator it names, all three certificates acceptable, xid recomputed."""
         vs = verify(der, trust, "proposal")
         body = vs.body
+        if body.get("type") != "xchg-proposal" or body.get("version") != VERSION:
+            raise BadMessage("this is not a semper exchange proposal (type/version)")
+        p: ProposalBody = read(body, ProposalBody, "the proposal")
+        protocol, nonces, commitments = p.protocol, p.nonces, p.commitments
         try:
-            if body.get("type") != "xchg-proposal" or body.get("version") != VERSION:
-                raise BadMessage("this is not a semper exchange proposal (type/version)")
-            protocol = body.get("protocol")
-            if protocol not in PROTOCOLS:
-                raise BadMessage(f"unknown protocol {protocol!r}")
-            originator = load_cert(body.get("originator"), "originator")
-            responder = load_cert(body.get("responder"), "responder")
-            ttp = load_cert(body["ttp"], "third party") if body.get("ttp") is not None else None
-            desc_o = expectation_from_json(body.get("originator_item"), "originator_item")
-            desc_r = expectation_from_json(body.get("responder_item"), "responder_item")
-            nonces = body.get("nonces")
-            if not (isinstance(nonces, list) and len(nonces) == 2 and all(isinstance(n, str) and 16 <= len(n) <= 64
-                                                                          for n in nonces)):
-                raise BadMessage("the proposal needs two nonces")
-            commitments = body.get("commitments", {})
-            if not isinstance(commitments, Mapping):
-                raise BadMessage("the proposal's commitments must be a JSON object")
+            originator = _der_cert(p.originator, "originator")
+            responder = _der_cert(p.responder, "responder")
+            ttp = _der_cert(p.ttp, "third party") if p.ttp is not None else None
+            desc_o = expectation_from_json(p.originator_item, "originator_item")
+            desc_r = expectation_from_json(p.responder_item, "responder_item")
         except TransferError as e:
             raise BadMessage(f"the proposal is malformed: {e}") from None
         if not same_key(vs.signer, originator):
@@ -146,7 +174,7 @@ class Proposal:
         for cert, what in ((responder, "responder"),) + (((ttp, "third party"),) if ttp is not None else ()):
             check_party_cert(cert, trust, what)
         xid = exchange_id(protocol, originator, responder, ttp, desc_o, desc_r, nonces[0], nonces[1])
-        if body.get("xid") != xid:
+        if p.xid != xid:
             raise BadMessage("the proposal's exchange id does not match its contents (altered or mixed up)")
         return cls(der, body, Binding(xid, protocol, originator, responder, ttp), desc_o, desc_r, commitments)
 
@@ -165,7 +193,22 @@ def check_accept(der: bytes, proposal: Proposal, trust: TrustStore) -> VerifiedS
 
 
 # ---- the third party's side ------------------------------------------------------------------
-REQUEST_KINDS = ("resolve", "abort", "complaint", "status")
+RequestKind = Literal["resolve", "abort", "complaint", "status"]
+REQUEST_KINDS: tuple[str, ...] = get_args(RequestKind)
+
+
+class TtpRequest(Shape):
+    """The signed body of a ``ttp-request`` (:func:`request_body` writes it; the third party reads it)."""
+
+    type: Literal["ttp-request"]
+    kind: RequestKind
+    xid: str
+    proposal: Annotated[bytes, Meta(min_length=1)] | None         # the proposal statement (DER)
+    # resolve: the responder's item and what generation needs. Read only when the third party
+    # evaluates a resolution (transfer.items, and a refusal it keeps): an exchange already decided
+    # answers with its decision whatever these hold.
+    item: Any = None
+    attachments: Any = None
 
 
 def request_body(kind: str, proposal: Proposal | None, xid: str, **extra: Any) -> dict[str, Any]:

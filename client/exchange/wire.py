@@ -12,21 +12,33 @@ import asyncio
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 from aiohttp import web
+from msgspec import Meta
 
 from ..support.channels import AsyncJsonClient, ChannelError, TlsError
 from ..support.http_service import ApiError, make_app, read_json
+from ..support.shapes import Shape
 from .errors import PeerUnreachable, TtpUnavailable
 
 MAX_MESSAGE = 16 * 1024 * 1024
 MAX_QUEUED = 64                 # messages waiting in one run: a protocol needs a handful
 MAX_RUNS = 1024                 # runs open at once: more is a flood, not commerce
 SEND_TIMEOUT = 10.0
-KINDS = ("negotiate", "negotiated", "propose", "accept", "item", "refuse")
+Kind = Literal["negotiate", "negotiated", "propose", "accept", "item", "refuse"]
+KINDS: tuple[str, ...] = get_args(Kind)
 
 Handler = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+
+
+class Message(Shape):
+    """``POST /exchange``: one protocol message of one run (the body is the protocol's to read)."""
+
+    codes = {"kind": "unknown_kind", "session": "bad_session"}
+    session: Annotated[str, Meta(min_length=16, max_length=64)]
+    kind: Kind
+    body: dict[str, Any]
 
 
 @dataclass
@@ -68,12 +80,8 @@ class Mailbox:
 
         @routes.post("/exchange")
         async def post(request: web.Request) -> web.Response:
-            msg = await read_json(request, {"session": str, "kind": str, "body": dict})
-            if msg["kind"] not in KINDS:
-                raise ApiError(400, "unknown_kind", f"unknown message kind {msg['kind']!r}; kinds: {', '.join(KINDS)}")
-            if not 16 <= len(msg["session"]) <= 64:
-                raise ApiError(400, "bad_session", "a session id has 16 to 64 characters")
-            await self.deliver(msg["session"], msg["kind"], msg["body"])
+            msg = await read_json(request, Message)
+            await self.deliver(msg.session, msg.kind, msg.body)
             return web.json_response({"queued": True}, status=202)
 
         return make_app(list(routes), max_body=MAX_MESSAGE)

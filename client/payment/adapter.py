@@ -9,11 +9,11 @@ implementing three small methods. The system's own errors should be raised as
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from .errors import PaymentRefused, ProtocolError
 from .model import Acceptance, Instrument, Status, Terms
-from .module import BaseModule, Step, require
+from .module import BaseModule, Message, Step, receive
 
 
 class OneShotAdapter(BaseModule):
@@ -53,6 +53,20 @@ class OneShotAdapter(BaseModule):
         return _Payee(self, terms)
 
 
+class Token(Message):
+    """Payer -> payee: the other system's payment token."""
+
+    kind: Literal["token"]
+    token: dict[str, Any]
+
+
+class Redeemed(Message):
+    """Payee -> payer: whether the payee's system took the token."""
+
+    kind: Literal["redeemed"]
+    ok: bool
+
+
 class _Payer:
     def __init__(self, m: OneShotAdapter, terms: Terms, ref: str) -> None:
         self.m, self.terms, self.ref, self.sent = m, terms, ref, False
@@ -62,8 +76,8 @@ class _Payer:
             self.sent = True
             token = self.m.system_pay(self.ref, self.terms)
             return Step({"kind": "token", "token": token}, status=Status.PENDING, evidence={"token": token})
-        msg = require(incoming, "redeemed", "ok")
-        if msg["ok"] is not True:
+        msg = receive(incoming, Redeemed)
+        if msg.ok is not True:
             raise PaymentRefused(f"the payee's {self.m.name} system rejected the token", "rejected")
         return Step(None, done=True, status=Status.PAID)
 
@@ -75,10 +89,8 @@ class _Payee:
     def step(self, incoming: dict[str, Any] | None) -> Step:
         if self.done:
             raise ProtocolError(f"the {self.m.name} payment is finished")
-        msg = require(incoming, "token", "token")
-        if not isinstance(msg["token"], dict):
-            raise ProtocolError("the token must be a JSON object")
-        ok = self.m.system_redeem(msg["token"], self.terms)
+        msg = receive(incoming, Token)
+        ok = self.m.system_redeem(msg.token, self.terms)
         self.done = True
         return Step({"kind": "redeemed", "ok": ok}, done=True, status=Status.PAID if ok else Status.FAILED,
-                    evidence={"token": msg["token"]})
+                    evidence={"token": msg.token})

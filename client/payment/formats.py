@@ -15,8 +15,11 @@ the same definitions: a change on one side alone fails the tests.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from msgspec import Meta
+
+from ..support.shapes import Shape
 from .wire import canonical
 
 
@@ -39,8 +42,26 @@ def dual_digest(pi_hash: bytes, oi_hash: bytes) -> bytes:
     return hashlib.sha256(pi_hash + oi_hash).digest()
 
 
-CHEQUE_FIELDS = {"type": str, "bank": str, "drawer": str, "number": str, "payee": str, "amount": int,
-                 "currency": int, "order_hash": str}
+class WireCoin(Shape):
+    """A coin as it travels (payer -> payee -> mint): the mint key, its serial, the mint's signature."""
+
+    key_id: str
+    serial: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]         # 64 lower-case hex digits
+    signature: Annotated[bytes, Meta(max_length=1024)]
+
+
+class Cheque(Shape):
+    """A cheque's signed body (Mandate): the drawer's account orders its bank to pay the payee."""
+
+    codes = {"amount<": "bad_amount", "amount>": "amount_too_large"}
+    type: Literal["cheque"]
+    bank: str
+    drawer: str
+    number: Annotated[str, Meta(min_length=8, max_length=32)]
+    payee: str
+    amount: Annotated[int, Meta(ge=1, le=2**31 - 1)]
+    currency: int
+    order_hash: str
 
 
 def cheque(bank: str, drawer: str, number: str, payee: str, amount: int, currency: int, order_hash: str

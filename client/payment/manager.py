@@ -18,14 +18,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..support.shapes import Shape
 from .errors import ModuleNotFound, NegotiationError, PaymentError, ProtocolError
 from .model import Acceptance, Choice, ExchangeProperties, Instrument, Record, Status, Terms
 from .module import Flow, PartyContext, PaymentModule, Step
 from .negotiation import Requirements, check_choice, negotiate
 from .registry import discover
 from .store import RecordStore
+from .wire import read
 
 MAX_ROUNDS = 16          # no payment system here needs more than 4; bounds a confused peer
+
+
+class Envelope(Shape):
+    """How every payment message travels: which payment, which module, and the module's own message
+    (which the module reads with its own shapes, ``module.receive``)."""
+
+    payment_id: str
+    module: str
+    body: dict[str, Any]
 
 
 class PaymentManager:
@@ -125,11 +136,8 @@ class PaymentManager:
 
     def handle(self, envelope: dict[str, Any]) -> dict[str, Any] | None:
         """Answer one envelope from a payer (the payee link and the transfer layer call this)."""
-        if not isinstance(envelope, dict):
-            raise ProtocolError("a payment message is a JSON object")
-        pid, name, body = envelope.get("payment_id"), envelope.get("module"), envelope.get("body")
-        if not isinstance(pid, str) or not isinstance(name, str) or not isinstance(body, dict):
-            raise ProtocolError("a payment message has payment_id, module and body")
+        env = read(envelope, Envelope, "the payment message")
+        pid, name, body = env.payment_id, env.module, env.body
         with self._lock:
             terms = self._expected.get(pid)
             if terms is None:

@@ -14,10 +14,14 @@ A module reaches cards only through ``hardware`` sessions and banks only through
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, get_args, runtime_checkable
 
+import msgspec
+
+from ..support.shapes import Shape
 from .errors import NotRevocable, PaymentError
 from .model import Acceptance, ExchangeProperties, Instrument, Model, Record, Status, Terms
 
@@ -159,13 +163,26 @@ class BaseModule:
         self.ctx.enter_pin(why, session)
 
 
-def require(message: dict[str, Any] | None, kind: str, *fields: str) -> dict[str, Any]:
-    """The other side's message of the expected kind with these fields, or a ProtocolError."""
+class Message(Shape):
+    """A flow's message, declared once by its module as a subclass: ``kind: Literal["hello"]`` first,
+    then its fields with their types and limits (``support/shapes.py``); unknown fields are refused."""
+
+
+M = TypeVar("M", bound=Message)
+
+
+@functools.cache
+def _kind(shape: type[Message]) -> str:
+    """The kind a message shape declares (its ``Literal``); cached: msgspec's introspection is slow."""
+    return str(get_args(next(f.type for f in msgspec.structs.fields(shape) if f.name == "kind"))[0])
+
+
+def receive(message: Any, shape: type[M]) -> M:
+    """The other side's message as ``shape``, or a ProtocolError naming the kind expected or the field."""
     from .errors import ProtocolError
+    from .wire import read
+    kind = _kind(shape)
     if not isinstance(message, dict) or message.get("kind") != kind:
         got = message.get("kind") if isinstance(message, dict) else type(message).__name__
         raise ProtocolError(f"expected a {kind!r} message, got {got!r}")
-    missing = [f for f in fields if f not in message]
-    if missing:
-        raise ProtocolError(f"the {kind!r} message lacks {', '.join(missing)}")
-    return message
+    return read(message, shape, f"the {kind!r} message")

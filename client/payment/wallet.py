@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from semper.hsm.rsa import RsaTokenKeys
 
-from .errors import InstrumentError, ProtocolError
+from .errors import InstrumentError
 from .sealed import open_sealed, seal
 
 WALLET_KEY_ID = b"semper-wallet"
@@ -141,8 +141,3 @@ class Wallet:
         self.coins.extend(c for c in coins if c.serial not in known)
         self.save()
 
-
-def coin_from(d: Any, currency: int, denomination: int) -> Coin:
-    if not isinstance(d, dict):
-        raise ProtocolError("a coin is a JSON object")
-    return Coin(str(d["key_id"]), str(d["serial"]), str(d["signature"]), denomination, currency)

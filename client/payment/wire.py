@@ -14,8 +14,7 @@ import datetime as dt
 import hashlib
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -23,16 +22,28 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from msgspec import Meta
 
 from semper.hardware.signer import Signer
 
 from ..support.canonical import canonical as _canonical
+from ..support.shapes import Shape, ShapeError, convert
 from .errors import ProtocolError
+
+S = TypeVar("S", bound=Shape)
 
 
 def canonical(obj: Any) -> bytes:
     """The one byte form of a JSON value (support.canonical); floats are refused (money is in integers)."""
     return _canonical(obj, "body", ProtocolError)
+
+
+def read(message: Any, shape: type[S], what: str) -> S:
+    """A message of the payment layer as its shape, or a ProtocolError naming the field (support/shapes.py)."""
+    try:
+        return convert(message, shape, what)
+    except ShapeError as e:
+        raise ProtocolError(str(e)) from None
 
 
 def digest(obj: Any) -> bytes:
@@ -67,23 +78,20 @@ def key_hash(point: bytes) -> str:
     return hashlib.sha256(point).hexdigest()
 
 
-@dataclass(frozen=True)
-class SignedJson:
+class SignedJson(Shape):
+    """A signed JSON message, and its shape on the wire (certificate and signature as base64):
+    ``read_json(request, SignedJson)`` reads one from an HTTP body, :meth:`from_json` from a value."""
+
     body: dict[str, Any]
-    certificate: bytes          # DER
-    signature: bytes            # DER ECDSA over SHA-256(canonical(body))
+    certificate: Annotated[bytes, Meta(max_length=8192)]        # DER
+    signature: Annotated[bytes, Meta(max_length=80)]            # DER ECDSA over SHA-256(canonical(body))
 
     def to_json(self) -> dict[str, Any]:
         return {"body": self.body, "certificate": b64(self.certificate), "signature": b64(self.signature)}
 
     @staticmethod
     def from_json(d: Any, what: str = "the signed message") -> SignedJson:
-        if not isinstance(d, dict) or set(d) != {"body", "certificate", "signature"}:
-            raise ProtocolError(f"{what} must be an object with exactly body, certificate and signature")
-        if not isinstance(d["body"], dict):
-            raise ProtocolError(f"{what}: body must be a JSON object")
-        return SignedJson(d["body"], unb64(d["certificate"], f"{what}: certificate", 8192),
-                          unb64(d["signature"], f"{what}: signature", 80))
+        return read(d, SignedJson, what)
 
     @property
     def digest(self) -> bytes:

@@ -23,23 +23,24 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from msgspec import Meta
 
 from semper.hardware.signer import Signer
 
 from ..payment.errors import ProtocolError
-from ..payment.wire import CertCache, SignedJson, b64, digest, key_hash, point_of, sign, unb64, verify
+from ..payment.wire import CertCache, SignedJson, b64, digest, key_hash, point_of, sign, verify
 from ..support.db import Database, Transaction
 from ..support.scheme import ROLE_PSAM, ROLE_PURSE_CARD
+from ..support.shapes import Shape, ShapeError, convert
 from . import bank_store as store
-from .bank_store import BankRefusal, Op
+from .bank_store import MAX_AMOUNT, AccountId, BankRefusal, Op, read_params
 
 MAX_SKEW_S = 300
-MAX_AMOUNT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -49,59 +50,19 @@ class Sender:
     der: bytes
 
 
-class Params:
-    """A request's parameters, read with types and limits; every violation is a 400 naming the field."""
+class Request(Shape):
+    """The signed body of every request: what it is for, to whom, when, and how it is retried. Any
+    deviation is ``malformed`` (a 400), whatever the field."""
 
-    def __init__(self, raw: Any) -> None:
-        if not isinstance(raw, dict):
-            raise BankRefusal("malformed", "params must be a JSON object")
-        self.raw = raw
+    op: str
+    params: dict[str, Any]                  # the operation's own shape reads these (Op.params)
+    nonce: Annotated[str, Meta(min_length=16, max_length=64)]
+    time: int                               # any integer: one far from the bank's clock is stale, not a 500
+    idempotency_key: Annotated[str, Meta(min_length=8, max_length=64)]
+    bank: str
 
-    def _get(self, name: str, kind: type | tuple[type, ...]) -> Any:
-        if name not in self.raw:
-            raise BankRefusal("missing_field", f"the parameter {name!r} is missing")
-        v = self.raw[name]
-        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
-            raise BankRefusal("wrong_type", f"the parameter {name!r} has the wrong type")
-        return v
 
-    def text(self, name: str, limit: int = 128) -> str:
-        v = self._get(name, str)
-        if not 0 < len(v) <= limit:
-            raise BankRefusal("bad_value", f"the parameter {name!r} must have 1 to {limit} characters")
-        return v
-
-    def blob(self, name: str, limit: int = 8192) -> bytes:
-        try:
-            v = unb64(self._get(name, str), name, limit)
-        except ProtocolError as e:
-            raise BankRefusal("bad_value", str(e)) from None
-        if not v:
-            raise BankRefusal("bad_value", f"the parameter {name!r} is empty")
-        return v
-
-    def amount(self, name: str = "amount") -> int:
-        v = self._get(name, int)
-        if v <= 0:
-            raise BankRefusal("bad_amount", f"the {name} must be positive, not {v}")
-        if v > MAX_AMOUNT:
-            raise BankRefusal("amount_too_large", f"the {name} {v} is above the limit of {MAX_AMOUNT} minor units")
-        return int(v)
-
-    def currency(self, name: str = "currency") -> int:
-        v = self._get(name, int)
-        if not 0 < v < 1000:
-            raise BankRefusal("bad_currency", f"{v} is not an ISO 4217 currency number")
-        return int(v)
-
-    def items(self, name: str, limit: int) -> list[Any]:
-        v = self._get(name, list)
-        if not 0 < len(v) <= limit:
-            raise BankRefusal("bad_value", f"the list {name!r} must have 1 to {limit} elements")
-        return v
-
-    def obj(self, name: str) -> dict[str, Any]:
-        return dict(self._get(name, dict))
+_MALFORMED = dict.fromkeys(("missing", "unknown", "type", "base64", "length", "range", "value", "json"), "malformed")
 
 
 @dataclass
@@ -151,7 +112,7 @@ class Bank:
         for mod in (bank_purse, bank_setpay, bank_mint):
             for op in mod.OPS:
                 self.ops[op.name] = op
-        self.ops["accounts/balance"] = Op("accounts/balance", _check_balance, _apply_balance)
+        self.ops["accounts/balance"] = Op("accounts/balance", Balance, _check_balance, _apply_balance)
         self.mint_keys: dict[str, MintKey] = {}
         self.reload_mint_keys()
 
@@ -180,23 +141,18 @@ class Bank:
         if op is None:
             raise BankRefusal("unknown_operation", f"there is no operation {op_name!r}", 404)
         try:
-            signed = SignedJson.from_json(envelope, "the request")
+            signed = envelope if isinstance(envelope, SignedJson) else SignedJson.from_json(envelope, "the request")
         except ProtocolError as e:
             raise BankRefusal("malformed", str(e)) from None
-        body = signed.body
-        for name, kind in (("op", str), ("params", dict), ("nonce", str), ("time", int), ("idempotency_key", str),
-                           ("bank", str)):
-            if not isinstance(body.get(name), kind) or isinstance(body.get(name), bool):
-                raise BankRefusal("malformed", f"the request body needs {name!r} ({kind.__name__})")
-        if set(body) != {"op", "params", "nonce", "time", "idempotency_key", "bank"}:
-            raise BankRefusal("malformed", "the request body has unknown fields")
-        if body["op"] != op_name:
-            raise BankRefusal("malformed", f"the request is for {body['op']!r} but was sent to {op_name!r}")
-        if body["bank"] != self.bank_id:
+        try:
+            request = convert(signed.body, Request, "the request body", _MALFORMED)
+        except ShapeError as e:
+            raise BankRefusal("malformed", str(e)) from None
+        if request.op != op_name:
+            raise BankRefusal("malformed", f"the request is for {request.op!r} but was sent to {op_name!r}")
+        if request.bank != self.bank_id:
             raise BankRefusal("wrong_bank", "the request is addressed to another bank")
-        if not 16 <= len(body["nonce"]) <= 64 or not 8 <= len(body["idempotency_key"]) <= 64:
-            raise BankRefusal("malformed", "nonce and idempotency key must have 16-64 and 8-64 characters")
-        if abs(int(time.time()) - body["time"]) > MAX_SKEW_S:          # integers: a 400-digit time is stale, not a 500
+        if abs(int(time.time()) - request.time) > MAX_SKEW_S:          # integers: a 400-digit time is stale, not a 500
             raise BankRefusal("stale", f"the request's time is more than {MAX_SKEW_S} s from the bank's clock; "
                                        "check the clock and sign it again", 400)
         try:
@@ -204,12 +160,12 @@ class Bank:
         except ProtocolError as e:
             raise BankRefusal("bad_signature", f"the request's signature is not acceptable: {e}", 401) from None
         sender = Sender(key_hash(point_of(cert)), cert, signed.certificate)
-        checked = op.check(self, sender, Params(body["params"]))
-        request_digest = digest({"op": op_name, "params": body["params"]}).hex()
+        checked = op.check(self, sender, read_params(op, request.params))
+        request_digest = digest({"op": op_name, "params": signed.body["params"]}).hex()
         with self.db.transaction() as tx:
-            store.remember_nonce(tx, sender.key, body["nonce"])
+            store.remember_nonce(tx, sender.key, request.nonce)
             row = tx.one("SELECT op, digest, response FROM idempotency WHERE sender = ? AND ikey = ?",
-                         (sender.key, body["idempotency_key"]))
+                         (sender.key, request.idempotency_key))
             if row is not None:
                 if (row[0], row[1]) != (op_name, request_digest):
                     raise BankRefusal("idempotency_conflict", "this idempotency key was used for another request; "
@@ -217,10 +173,10 @@ class Bank:
                 return dict(json.loads(row[2]))
             result = op.apply(self, tx, sender, checked)
             answer = self.keys.sign_json({"op": op_name, "result": result, "request": request_digest,
-                                          "idempotency_key": body["idempotency_key"], "time": int(time.time()),
+                                          "idempotency_key": request.idempotency_key, "time": int(time.time()),
                                           "bank": self.bank_id}).to_json()
             tx.execute("INSERT INTO idempotency (sender, ikey, op, digest, response, at) VALUES (?, ?, ?, ?, ?, ?)",
-                       (sender.key, body["idempotency_key"], op_name, request_digest, json.dumps(answer),
+                       (sender.key, request.idempotency_key, op_name, request_digest, json.dumps(answer),
                         store.now_iso()))
         return answer
 
@@ -321,8 +277,12 @@ class Bank:
         return int(row[0])
 
 
-def _check_balance(bank: Bank, sender: Sender, p: Params) -> str:
-    return p.text("account", 40)
+class Balance(Shape):
+    account: AccountId
+
+
+def _check_balance(bank: Bank, sender: Sender, p: Balance) -> str:
+    return p.account
 
 
 def _apply_balance(bank: Bank, tx: Transaction, sender: Sender, account_id: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..payment.wire import SignedJson
 from ..support.db import DatabaseError
 from ..support.http_service import ApiError, blocking, make_app, read_json
 from .bank import Bank
@@ -29,7 +30,7 @@ def build_app(bank: Bank) -> web.Application:
         op = request.match_info["op"]
         if op not in bank.ops:
             raise ApiError(404, "unknown_operation", f"there is no operation {op!r}")
-        envelope = await read_json(request, {"body": dict, "certificate": str, "signature": str})
+        envelope = await read_json(request, SignedJson)
         try:
             answer = await blocking(bank.handle, op, envelope)
         except BankRefusal as e:

@@ -10,24 +10,48 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from msgspec import Meta
 
 from ..payment import blind, formats
 from ..payment.errors import ProtocolError
-from ..payment.wire import b64, unb64
+from ..payment.wire import b64
 from ..support.db import Transaction
+from ..support.shapes import Shape
 from . import bank_store as store
-from .bank_store import BankRefusal, Op
+from .bank_store import AccountId, BankRefusal, Op
 
 if TYPE_CHECKING:
-    from .bank import Bank, MintKey, Params, Sender
+    from .bank import Bank, MintKey, Sender
 
 MAX_COINS = 64
 MAX_DEPOSIT = 256
 
 
-def _key(bank: Bank, key_id: Any) -> MintKey:
-    k = bank.mint_keys.get(key_id) if isinstance(key_id, str) else None
+class BlindCoin(Shape):
+    key_id: str
+    blinded: Annotated[bytes, Meta(max_length=1024)]
+
+
+class Withdraw(Shape):
+    """``mint/withdraw``: blinded coins for the mint to sign, paid from the account."""
+
+    codes = {"coins": "malformed"}
+    account: AccountId
+    coins: Annotated[list[BlindCoin], Meta(min_length=1, max_length=MAX_COINS)]
+
+
+class Deposit(Shape):
+    """``mint/deposit``: coins to credit to the account, each spent once."""
+
+    codes = {"coins": "malformed"}
+    account: AccountId
+    coins: Annotated[list[formats.WireCoin], Meta(min_length=1, max_length=MAX_DEPOSIT)]
+
+
+def _key(bank: Bank, key_id: str) -> MintKey:
+    k = bank.mint_keys.get(key_id)
     if k is None:
         raise BankRefusal("unknown_key", f"the mint has no key {key_id!r}", 404)
     return k
@@ -39,23 +63,17 @@ class WithdrawCheck:
     coins: list[tuple[MintKey, bytes]]
 
 
-def check_withdraw(bank: Bank, sender: Sender, p: Params) -> WithdrawCheck:
-    account = p.text("account", 40)
+def check_withdraw(bank: Bank, sender: Sender, p: Withdraw) -> WithdrawCheck:
     coins = []
-    for c in p.items("coins", MAX_COINS):
-        if not isinstance(c, dict) or set(c) != {"key_id", "blinded"}:
-            raise BankRefusal("malformed", "each coin is {key_id, blinded}")
-        k = _key(bank, c["key_id"])
-        try:
-            x = unb64(c["blinded"], "blinded coin", 1024)
-        except ProtocolError as e:
-            raise BankRefusal("malformed", str(e)) from None
+    for c in p.coins:
+        k = _key(bank, c.key_id)
+        x = c.blinded
         if len(x) != (k.public.key_size + 7) // 8 or int.from_bytes(x, "big") >= k.public.public_numbers().n:
             raise BankRefusal("malformed", "a blinded coin is not a number below the mint key's modulus")
         coins.append((k, x))
     if len({k.currency for k, _ in coins}) != 1:
         raise BankRefusal("currency_mismatch", "all coins of one withdrawal must be in one currency", 422)
-    return WithdrawCheck(account, coins)
+    return WithdrawCheck(p.account, coins)
 
 
 def apply_withdraw(bank: Bank, tx: Transaction, sender: Sender, c: WithdrawCheck) -> dict[str, Any]:
@@ -85,18 +103,12 @@ class DepositCheck:
     coins: list[tuple[MintKey, str, bytes]]
 
 
-def check_deposit(bank: Bank, sender: Sender, p: Params) -> DepositCheck:
-    account = p.text("account", 40)
+def check_deposit(bank: Bank, sender: Sender, p: Deposit) -> DepositCheck:
     coins = []
-    for c in p.items("coins", MAX_DEPOSIT):
-        if not isinstance(c, dict) or set(c) != {"key_id", "serial", "signature"}:
-            raise BankRefusal("malformed", "each coin is {key_id, serial, signature}")
-        k = _key(bank, c["key_id"])
-        serial = c["serial"]
-        if not isinstance(serial, str) or len(serial) != 64 or any(ch not in "0123456789abcdef" for ch in serial):
-            raise BankRefusal("malformed", "a coin serial is 64 lower-case hex digits")
+    for c in p.coins:
+        k = _key(bank, c.key_id)
+        serial, sig = c.serial, c.signature
         try:
-            sig = unb64(c["signature"], "coin signature", 1024)
             blind.verify(k.public, formats.coin_message(k.key_id, serial), sig)
         except ProtocolError as e:
             raise BankRefusal("bad_coin", f"coin {serial[:12]}...: {e}", 401) from None
@@ -105,7 +117,7 @@ def check_deposit(bank: Bank, sender: Sender, p: Params) -> DepositCheck:
         raise BankRefusal("double_spend", "the deposit holds the same coin twice", 409)
     if len({k.currency for k, _, _ in coins}) != 1:
         raise BankRefusal("currency_mismatch", "all coins of one deposit must be in one currency", 422)
-    return DepositCheck(account, coins)
+    return DepositCheck(p.account, coins)
 
 
 def apply_deposit(bank: Bank, tx: Transaction, sender: Sender, c: DepositCheck) -> dict[str, Any]:
@@ -127,4 +139,5 @@ def apply_deposit(bank: Bank, tx: Transaction, sender: Sender, c: DepositCheck) 
     return {"total": total, "currency": currency, "coins": len(c.coins), "state": "deposited"}
 
 
-OPS = [Op("mint/withdraw", check_withdraw, apply_withdraw), Op("mint/deposit", check_deposit, apply_deposit)]
+OPS = [Op("mint/withdraw", Withdraw, check_withdraw, apply_withdraw),
+       Op("mint/deposit", Deposit, check_deposit, apply_deposit)]

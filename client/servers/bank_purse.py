@@ -45,7 +45,7 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -53,6 +53,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
+from msgspec import Meta
 
 from semper.hardware import tlv
 from semper.hardware.errors import TransportError
@@ -69,11 +70,12 @@ from semper.hardware.purse_records import (
 from ..payment.wire import b64, unb64
 from ..support.db import Transaction
 from ..support.scheme import ROLE_PSAM
+from ..support.shapes import Shape
 from . import bank_store as store
-from .bank_store import BankRefusal, Op
+from .bank_store import AccountId, BankRefusal, Certificate, Op, Record, Signature
 
 if TYPE_CHECKING:
-    from .bank import Bank, Params, Sender
+    from .bank import Bank, Sender
 
 MAX_BATCH = 5000
 _ECDSA = ec.ECDSA(hashes.SHA256())
@@ -138,8 +140,17 @@ class LoadCheck:
     point: bytes
 
 
-def check_load(bank: Bank, sender: Sender, p: Params) -> LoadCheck:
-    account, record, sig, cert = p.text("account", 40), p.blob("request", 256), p.blob("signature", 80), p.blob("card_certificate")
+class Load(Shape):
+    """``issuer/load``: the card's signed LRQ2 and the account that pays for it."""
+
+    account: AccountId
+    request: Annotated[bytes, Meta(min_length=1, max_length=256)]
+    signature: Signature
+    card_certificate: Certificate
+
+
+def check_load(bank: Bank, sender: Sender, p: Load) -> LoadCheck:
+    account, record, sig, cert = p.account, p.request, p.signature, p.card_certificate
     try:
         req = LoadRequest.decode(record)
     except TransportError:
@@ -222,8 +233,16 @@ class ConfirmCheck:
     point: bytes
 
 
-def check_confirm(bank: Bank, sender: Sender, p: Params) -> ConfirmCheck:
-    record, sig, cert = p.blob("confirmation", 256), p.blob("signature", 80), p.blob("card_certificate")
+class Confirm(Shape):
+    """``issuer/confirm``: the card's signed LCF1."""
+
+    confirmation: Annotated[bytes, Meta(min_length=1, max_length=256)]
+    signature: Signature
+    card_certificate: Certificate
+
+
+def check_confirm(bank: Bank, sender: Sender, p: Confirm) -> ConfirmCheck:
+    record, sig, cert = p.confirmation, p.signature, p.card_certificate
     try:
         conf = LoadConfirmation.decode(record)
     except TransportError:
@@ -293,8 +312,21 @@ def _psam_signed(bank: Bank, cert_der: bytes, record: bytes, signature: bytes, w
     return cert
 
 
-def check_clear(bank: Bank, sender: Sender, p: Params) -> ClearCheck:
-    psam_cert, header_rec, header_sig = p.blob("psam_certificate"), p.blob("header", 128), p.blob("header_signature", 80)
+class Clear(Shape):
+    """``acquirer/clear``: a closed PSAM batch: the signed BAT1 header, each card certificate once, and the
+    entries ``[certificate index, DPF1 proof, card signature]`` (none for an empty batch)."""
+
+    codes = {"certificates": "malformed", "entries": "malformed"}
+    psam_certificate: Certificate
+    header: Record
+    header_signature: Signature
+    certificates: Annotated[list[Annotated[bytes, Meta(max_length=4096)]], Meta(max_length=MAX_BATCH)] = []
+    entries: Annotated[list[tuple[int, Annotated[bytes, Meta(max_length=128)], Annotated[bytes, Meta(max_length=80)]]],
+                       Meta(max_length=MAX_BATCH)] = []
+
+
+def check_clear(bank: Bank, sender: Sender, p: Clear) -> ClearCheck:
+    psam_cert, header_rec, header_sig = p.psam_certificate, p.header, p.header_signature
     cert = _psam_signed(bank, psam_cert, header_rec, header_sig, "batch header")
     try:
         header = BatchHeader.decode(header_rec)
@@ -303,16 +335,14 @@ def check_clear(bank: Bank, sender: Sender, p: Params) -> ClearCheck:
     psam = header.psam_id.hex().upper()
     if _serial(cert) != psam:
         raise BankRefusal("bad_certificate", "the PSAM certificate is for another PSAM", 401)
-    certs = [_unb64(c, "certificate", 4096) for c in p.items("certificates", MAX_BATCH)] if header.count else []
-    raw_entries = p.items("entries", MAX_BATCH) if header.count else []
-    if len(raw_entries) != header.count:
-        raise BankRefusal("batch_mismatch", f"the header counts {header.count} entries, {len(raw_entries)} were sent")
+    certs = p.certificates
+    if len(p.entries) != header.count:
+        raise BankRefusal("batch_mismatch", f"the header counts {header.count} entries, {len(p.entries)} were sent")
     entries: list[Entry] = []
-    for i, e in enumerate(raw_entries):
-        if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], int) and not isinstance(e[0], bool)
-                and 0 <= e[0] < len(certs)):
-            raise BankRefusal("malformed", "each entry is [certificate index, proof, signature]")
-        entries.append(Entry(i, certs[e[0]], _unb64(e[1], "proof", 128), _unb64(e[2], "signature", 80)))
+    for i, (index, proof, signature) in enumerate(p.entries):
+        if not 0 <= index < len(certs):
+            raise BankRefusal("malformed", f"entry {i} names certificate {index}; {len(certs)} were sent")
+        entries.append(Entry(i, certs[index], proof, signature))
     tlvs = [tlv.encode(0x01, e.cert) + tlv.encode(0x02, e.record) + tlv.encode(0x03, e.signature) for e in entries]
     if batch_digest(tlvs) != header.entries_digest:
         raise BankRefusal("batch_mismatch", "the entries do not hash to the digest the PSAM signed")
@@ -328,14 +358,6 @@ def check_clear(bank: Bank, sender: Sender, p: Params) -> ClearCheck:
     if sum(e.amount for e in entries) != header.total:
         raise BankRefusal("batch_mismatch", "the proofs do not add up to the batch total")
     return ClearCheck(psam, header, header_rec + header_sig, entries)
-
-
-def _unb64(v: Any, what: str, limit: int) -> bytes:
-    from ..payment.errors import ProtocolError
-    try:
-        return unb64(v, what, limit)
-    except ProtocolError as e:
-        raise BankRefusal("malformed", str(e)) from None
 
 
 def _verify_chunk(chunk: list[Entry], header: BatchHeader, keys: dict[bytes, Any]) -> None:
@@ -469,9 +491,20 @@ class SingleCheck:
     entry: Entry
 
 
-def check_clear_proof(bank: Bank, sender: Sender, p: Params) -> SingleCheck:
-    psam_cert, req, req_sig = p.blob("psam_certificate"), p.blob("request", 128), p.blob("request_signature", 80)
-    card_cert, record, sig = p.blob("card_certificate"), p.blob("proof", 128), p.blob("proof_signature", 80)
+class ClearProof(Shape):
+    """``acquirer/clear_proof``: one card's DPF1 proof with the PSAM-signed DRQ1 it answers."""
+
+    psam_certificate: Certificate
+    request: Record
+    request_signature: Signature
+    card_certificate: Certificate
+    proof: Record
+    proof_signature: Signature
+
+
+def check_clear_proof(bank: Bank, sender: Sender, p: ClearProof) -> SingleCheck:
+    psam_cert, req, req_sig = p.psam_certificate, p.request, p.request_signature
+    card_cert, record, sig = p.card_certificate, p.proof, p.proof_signature
     cert = _psam_signed(bank, psam_cert, req, req_sig, "debit request")
     try:
         drq = DebitRecord.decode(req, DEBIT_REQUEST)
@@ -513,5 +546,6 @@ def apply_clear_proof(bank: Bank, tx: Transaction, sender: Sender, c: SingleChec
     return {"psam": c.psam, "card": e.card, "counter": e.counter, "total": e.amount, "account": acc.id}
 
 
-OPS = [Op("issuer/load", check_load, apply_load), Op("issuer/confirm", check_confirm, apply_confirm),
-       Op("acquirer/clear", check_clear, apply_clear), Op("acquirer/clear_proof", check_clear_proof, apply_clear_proof)]
+OPS = [Op("issuer/load", Load, check_load, apply_load), Op("issuer/confirm", Confirm, check_confirm, apply_confirm),
+       Op("acquirer/clear", Clear, check_clear, apply_clear),
+       Op("acquirer/clear_proof", ClearProof, check_clear_proof, apply_clear_proof)]

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from cryptography import x509
+from msgspec import Meta
 
 from semper.hsm.rsa import TokenKeyError
 
@@ -27,18 +28,56 @@ from ..payment.errors import ProtocolError
 from ..payment.sealed import open_sealed
 from ..payment.wire import SignedJson, key_hash, point_of, verify, verify_digest
 from ..support.db import Transaction
+from ..support.shapes import Shape, ShapeError, convert
 from . import bank_store as store
-from .bank_store import BankRefusal, Op
+from .bank_store import AMOUNT_CODES, AccountId, Amount, BankRefusal, Certificate, Currency, Op, Signature
 
 if TYPE_CHECKING:
-    from .bank import Bank, Params, Sender
+    from .bank import Bank, Sender
+
+AuthorisationId = Annotated[str, Meta(min_length=1, max_length=40)]
 
 
-def _hex(p: Params, name: str, length: int) -> str:
-    v = p.text(name, length)
-    if len(v) != length or any(c not in "0123456789abcdef" for c in v):
-        raise BankRefusal("bad_value", f"{name} must be {length} lower-case hex digits")
-    return v
+class Authorise(Shape):
+    """``set/authorise``: the seller asks for the payer's sealed instruction to be honoured."""
+
+    codes = AMOUNT_CODES
+    account: AccountId
+    payment_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    amount: Amount
+    currency: Currency
+    oi_hash: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+    sealed_pi: dict[str, Any]                   # opened with the bank's token key (payment/sealed.py)
+    dual_signature: Signature
+    payer_certificate: Certificate
+
+
+class Capture(Shape):
+    """``set/capture`` and ``set/refund``."""
+
+    codes = AMOUNT_CODES
+    authorisation: AuthorisationId
+    amount: Amount
+
+
+class AuthorisationRef(Shape):
+    """``set/release`` and ``set/status``."""
+
+    authorisation: AuthorisationId
+
+
+class DepositCheque(Shape):
+    """``cheque/deposit``: the payee's account and the cheque the drawer signed."""
+
+    account: AccountId
+    cheque: SignedJson
+
+
+class ChequeRef(Shape):
+    """``cheque/status``."""
+
+    drawer: AccountId
+    number: Annotated[str, Meta(min_length=1, max_length=32)]
 
 
 @dataclass(frozen=True)
@@ -53,10 +92,9 @@ class AuthCheck:
     evidence: dict[str, Any]
 
 
-def check_authorise(bank: Bank, sender: Sender, p: Params) -> AuthCheck:
-    account, payment_id = p.text("account", 40), p.text("payment_id", 64)
-    amount, currency, oi_hash = p.amount(), p.currency(), _hex(p, "oi_hash", 64)
-    ds, payer_der, sealed = p.blob("dual_signature", 80), p.blob("payer_certificate"), p.obj("sealed_pi")
+def check_authorise(bank: Bank, sender: Sender, p: Authorise) -> AuthCheck:
+    account, payment_id, amount, currency, oi_hash = p.account, p.payment_id, p.amount, p.currency, p.oi_hash
+    ds, payer_der, sealed = p.dual_signature, p.payer_certificate, p.sealed_pi
     try:
         payer, key = bank.certs.check(payer_der)
     except ProtocolError as e:
@@ -120,8 +158,8 @@ def _state(row: tuple[Any, ...]) -> dict[str, Any]:
             "released": released, "refunded": refunded, "state": state}
 
 
-def check_capture(bank: Bank, sender: Sender, p: Params) -> tuple[str, int]:
-    return p.text("authorisation", 40), p.amount()
+def check_capture(bank: Bank, sender: Sender, p: Capture) -> tuple[str, int]:
+    return p.authorisation, p.amount
 
 
 def apply_capture(bank: Bank, tx: Transaction, sender: Sender, c: tuple[str, int]) -> dict[str, Any]:
@@ -134,8 +172,8 @@ def apply_capture(bank: Bank, tx: Transaction, sender: Sender, c: tuple[str, int
     return _state(_auth(tx, bank, sender, row[0]))
 
 
-def check_release(bank: Bank, sender: Sender, p: Params) -> str:
-    return p.text("authorisation", 40)
+def check_release(bank: Bank, sender: Sender, p: AuthorisationRef) -> str:
+    return p.authorisation
 
 
 def apply_release(bank: Bank, tx: Transaction, sender: Sender, auth_id: str) -> dict[str, Any]:
@@ -171,31 +209,27 @@ class ChequeCheck:
     blob: str
 
 
-def parse_cheque(bank: Bank, raw: Any) -> tuple[dict[str, Any], str, SignedJson]:
+_CHEQUE_CODES = dict.fromkeys(("missing", "unknown", "type", "base64", "length", "range", "value", "json"),
+                              "malformed")
+
+
+def parse_cheque(bank: Bank, signed: SignedJson) -> tuple[dict[str, Any], str, SignedJson]:
     try:
-        signed = SignedJson.from_json(raw, "the cheque")
         cert = verify(signed, bank.certs)
     except ProtocolError as e:
         raise BankRefusal("bad_signature", f"the cheque's signature is not acceptable: {e}", 401) from None
-    body = signed.body
-    for name, kind in formats.CHEQUE_FIELDS.items():
-        if not isinstance(body.get(name), kind) or isinstance(body.get(name), bool):
-            raise BankRefusal("malformed", f"the cheque needs {name!r}")
-    if set(body) != set(formats.CHEQUE_FIELDS) or body["type"] != "cheque":
-        raise BankRefusal("malformed", "the cheque has unknown fields or is not a cheque")
-    if body["bank"] != bank.bank_id:
+    try:
+        cheque = convert(signed.body, formats.Cheque, "the cheque", _CHEQUE_CODES)
+    except ShapeError as e:
+        raise BankRefusal(e.code, str(e)) from None
+    if cheque.bank != bank.bank_id:
         raise BankRefusal("wrong_bank", "the cheque is drawn on another bank", 422)
-    if not 0 < body["amount"] <= 2**31 - 1:
-        raise BankRefusal("bad_amount" if body["amount"] <= 0 else "amount_too_large", "the cheque's amount is out of range")
-    if not 8 <= len(body["number"]) <= 32:
-        raise BankRefusal("malformed", "the cheque number has 8 to 32 characters")
-    return body, key_hash(point_of(cert)), signed
+    return signed.body, key_hash(point_of(cert)), signed
 
 
-def check_deposit_cheque(bank: Bank, sender: Sender, p: Params) -> ChequeCheck:
-    account = p.text("account", 40)
-    body, drawer_key, signed = parse_cheque(bank, p.obj("cheque"))
-    return ChequeCheck(account, body, drawer_key, json.dumps(signed.to_json(), sort_keys=True))
+def check_deposit_cheque(bank: Bank, sender: Sender, p: DepositCheque) -> ChequeCheck:
+    body, drawer_key, signed = parse_cheque(bank, p.cheque)
+    return ChequeCheck(p.account, body, drawer_key, json.dumps(signed.to_json(), sort_keys=True))
 
 
 def apply_deposit_cheque(bank: Bank, tx: Transaction, sender: Sender, c: ChequeCheck) -> dict[str, Any]:
@@ -223,8 +257,8 @@ def apply_deposit_cheque(bank: Bank, tx: Transaction, sender: Sender, c: ChequeC
     return {"state": "paid", "number": ch["number"], "amount": ch["amount"], "drawer": drawer.id}
 
 
-def check_cheque_status(bank: Bank, sender: Sender, p: Params) -> tuple[str, str]:
-    return p.text("drawer", 40), p.text("number", 32)
+def check_cheque_status(bank: Bank, sender: Sender, p: ChequeRef) -> tuple[str, str]:
+    return p.drawer, p.number
 
 
 def apply_cheque_status(bank: Bank, tx: Transaction, sender: Sender, c: tuple[str, str]) -> dict[str, Any]:
@@ -238,8 +272,10 @@ def apply_cheque_status(bank: Bank, tx: Transaction, sender: Sender, c: tuple[st
     return {"state": "bounced" if bounced and bounced[0] else "unknown", "number": c[1]}
 
 
-OPS = [Op("set/authorise", check_authorise, apply_authorise), Op("set/capture", check_capture, apply_capture),
-       Op("set/release", check_release, apply_release), Op("set/refund", check_capture, apply_refund),
-       Op("set/status", check_release, apply_auth_status),
-       Op("cheque/deposit", check_deposit_cheque, apply_deposit_cheque),
-       Op("cheque/status", check_cheque_status, apply_cheque_status)]
+OPS = [Op("set/authorise", Authorise, check_authorise, apply_authorise),
+       Op("set/capture", Capture, check_capture, apply_capture),
+       Op("set/release", AuthorisationRef, check_release, apply_release),
+       Op("set/refund", Capture, check_capture, apply_refund),
+       Op("set/status", AuthorisationRef, check_release, apply_auth_status),
+       Op("cheque/deposit", DepositCheque, check_deposit_cheque, apply_deposit_cheque),
+       Op("cheque/status", ChequeRef, check_cheque_status, apply_cheque_status)]

@@ -20,9 +20,13 @@ import datetime as dt
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from msgspec import Meta
+
+from ..payment.model import MAX_AMOUNT
 from ..support.db import IntegrityError, Transaction
+from ..support.shapes import Shape, ShapeError, convert
 
 SYSTEM_KINDS = ("external", "float", "ecash", "holds")
 
@@ -102,12 +106,36 @@ class BankRefusal(Exception):
 
 @dataclass(frozen=True)
 class Op:
-    """One bank operation: ``check(bank, sender, params)`` without the database's write lock, then
-    ``apply(bank, tx, sender, checked)`` inside one transaction; returns the answer's result."""
+    """One bank operation: its parameters' shape, ``check(bank, sender, params)`` (the parameters read
+    as that shape) without the database's write lock, then ``apply(bank, tx, sender, checked)`` inside
+    one transaction; returns the answer's result."""
 
     name: str
+    params: type[Shape]
     check: Callable[..., Any]
     apply: Callable[..., dict[str, Any]]
+
+
+# ---- what the operations' parameters are made of (each operation declares its shape beside it) ----------
+AccountId = Annotated[str, Meta(min_length=1, max_length=40)]
+Amount = Annotated[int, Meta(ge=1, le=MAX_AMOUNT)]          # minor units; codes: bad_amount, amount_too_large
+Currency = Annotated[int, Meta(gt=0, lt=1000)]              # ISO 4217 number; code: bad_currency
+Certificate = Annotated[bytes, Meta(min_length=1, max_length=8192)]       # DER, base64 on the wire
+Signature = Annotated[bytes, Meta(min_length=1, max_length=80)]           # DER ECDSA P-256
+Record = Annotated[bytes, Meta(min_length=1, max_length=128)]             # a card's or PSAM's record
+AMOUNT_CODES = {"amount<": "bad_amount", "amount>": "amount_too_large", "currency": "bad_currency"}
+# a parameter that is there and typed but out of its limits is a bad value (missing, unknown and
+# mistyped parameters keep their own codes)
+PARAM_CODES = {"length": "bad_value", "base64": "bad_value", "range": "bad_value", "value": "bad_value",
+               "json": "malformed"}
+
+
+def read_params(op: Op, raw: Any) -> Any:
+    """A request's parameters as the operation's shape; a 400 naming the parameter otherwise."""
+    try:
+        return convert(raw, op.params, "the parameters", PARAM_CODES)
+    except ShapeError as e:
+        raise BankRefusal(e.code, str(e)) from None
 
 
 def now_iso() -> str:

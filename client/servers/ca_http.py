@@ -7,26 +7,43 @@ secret printed by ``semper ca init``; the CA keeps only its hash). docs/services
 """
 from __future__ import annotations
 
-import base64
-import binascii
+from typing import Annotated
 
+import msgspec
 from aiohttp import web
+from msgspec import Meta
 
 from ..support.http_service import ApiError, blocking, make_app, read_json
 from ..support.pki import pem
+from ..support.shapes import Shape
 from .ca import CaRefusal, CertificationAuthority
 
 MAX_CSR = 8 * 1024
 
 
-def _b64(value: str, field: str, limit: int) -> bytes:
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, "bad_base64", f"the field {field!r} is not base64") from None
-    if not raw or len(raw) > limit:
-        raise ApiError(400, "bad_length", f"the field {field!r} must hold 1 to {limit} bytes")
-    return raw
+class Registration(Shape):
+    """``POST /register``: the registration id, the CSR (DER) and its MAC under the registration key."""
+
+    codes = {"registration_id": "bad_registration_id"}
+    registration_id: Annotated[str, Meta(pattern="^[0-9a-f]{32}$")]
+    csr: Annotated[bytes, Meta(min_length=1, max_length=MAX_CSR)]
+    mac: Annotated[bytes, Meta(min_length=1, max_length=32)]
+
+
+class NewPerson(Shape):
+    """``POST /admin/persons``: who may register, with the host names a server certificate may name."""
+
+    name: str
+    email: str | msgspec.UnsetType = msgspec.UNSET
+    role: str = "person"
+    hosts: Annotated[list[Annotated[str, Meta(min_length=1, max_length=253)]], Meta(max_length=16)] = []
+
+
+class Revocation(Shape):
+    """``POST /admin/revoke``."""
+
+    serial: str
+    reason: str = "unspecified"
 
 
 async def _call(fn, *args):  # type: ignore[no-untyped-def]
@@ -72,32 +89,25 @@ def build_app(ca: CertificationAuthority) -> web.Application:
 
     @routes.post("/register")
     async def post_register(request: web.Request) -> web.Response:
-        body = await read_json(request, {"registration_id": str, "csr": str, "mac": str})
-        reg_id = body["registration_id"]
-        if len(reg_id) != 32 or any(c not in "0123456789abcdef" for c in reg_id):
-            raise ApiError(400, "bad_registration_id", "registration_id is 32 lower-case hex digits")
-        csr = _b64(body["csr"], "csr", MAX_CSR)
-        mac = _b64(body["mac"], "mac", 32)
-        issued = await _call(ca.register, reg_id, csr, mac)
+        body = await read_json(request, Registration)
+        issued = await _call(ca.register, body.registration_id, body.csr, body.mac)
         return web.json_response({"serial": issued.serial, "certificate": pem(issued.certificate),
                                   "ca_certificate": pem(await _call(ca.certificate)), "repeated": issued.repeated})
 
     @routes.post("/admin/persons")
     async def post_person(request: web.Request) -> web.Response:
         await admin(request)
-        body = await read_json(request, {"name": str}, {"email": str, "role": str, "hosts": list})
-        hosts = body.get("hosts", [])
-        if not all(isinstance(h, str) and 0 < len(h) <= 253 for h in hosts) or len(hosts) > 16:
-            raise ApiError(400, "wrong_type", "hosts is a list of up to 16 host names or IP addresses")
-        reg_id, key = await _call(lambda: ca.add_person(body["name"], email=body.get("email"),
-                                                        role=body.get("role", "person"), hosts=tuple(hosts)))
+        body = await read_json(request, NewPerson)
+        email = None if body.email is msgspec.UNSET else body.email
+        reg_id, key = await _call(lambda: ca.add_person(body.name, email=email, role=body.role,
+                                                        hosts=tuple(body.hosts)))
         return web.json_response({"registration_id": reg_id, "registration_key": key}, status=201)
 
     @routes.post("/admin/revoke")
     async def post_revoke(request: web.Request) -> web.Response:
         await admin(request)
-        body = await read_json(request, {"serial": str}, {"reason": str})
-        cert = await _call(ca.revoke, body["serial"], body.get("reason", "unspecified"))
+        body = await read_json(request, Revocation)
+        cert = await _call(ca.revoke, body.serial, body.reason)
         return web.json_response({"serial": cert.serial, "revoked_at": cert.revoked_at,
                                   "reason": cert.revocation_reason})
 

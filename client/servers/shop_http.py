@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hmac
 import logging
 from collections.abc import Callable
@@ -41,20 +40,39 @@ from ..exchange.party import Party
 from ..payment.errors import PaymentError
 from ..payment.modules.purse import PurseModule
 from ..support.http_service import ApiError, blocking, make_app, read_json
+from ..support.shapes import Shape
 from .shop import MAX_OPEN_DEALS, Shop
 
 log = logging.getLogger("semper.shop")
 ADMIT_WAIT = 10.0           # seconds a payment may wait for room at the PSAM before the shop says busy
 
 
-def _b64(text: str, what: str, limit: int = 256 * 1024) -> bytes:
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, "bad_base64", f"{what} is not base64") from None
-    if len(raw) > limit:
-        raise ApiError(413, "body_too_large", f"{what} is larger than {limit} bytes")
-    return raw
+# ---- the bodies (support/shapes.py); what the values mean is the Shop's to judge -----------------------
+class Line(Shape):
+    sku: str
+    quantity: int
+
+
+class NewDeal(Shape):
+    workflow: str
+    items: list[Line]
+    nonce: str
+    anonymous: bool = False
+
+
+class Order(Shape):
+    deal: str
+    order: bytes                        # the signed order (DER), or canonical JSON when anonymous
+    mailbox: str = ""                   # the buyer's exchange service (fair exchanges)
+
+
+class Payment(Shape):
+    deal: str
+    envelope: dict[str, Any]            # the payment manager's message: its modules read the body
+
+
+class DealRef(Shape):
+    deal: str
 
 
 def _e(data: bytes | None) -> str | None:
@@ -87,36 +105,33 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
 
     @routes.post("/deals")
     async def deals(request: web.Request) -> web.Response:
-        body = await read_json(request, {"workflow": str, "items": list, "nonce": str}, {"anonymous": bool})
-        items = []
-        for i in body["items"]:
-            if not isinstance(i, dict) or not isinstance(i.get("sku"), str) or not isinstance(i.get("quantity"), int):
-                raise ApiError(400, "wrong_type", "items are [{sku: text, quantity: number}]")
-            items.append((i["sku"], i["quantity"]))
-        deal_id, der = await _call(shop.new_deal, body["workflow"], items, body["nonce"], body.get("anonymous", False))
+        body = await read_json(request, NewDeal)
+        items = [(i.sku, i.quantity) for i in body.items]
+        deal_id, der = await _call(shop.new_deal, body.workflow, items, body.nonce, body.anonymous)
         return web.json_response({"deal": deal_id, "offer": _e(der)})
 
     @routes.post("/deals/order")
     async def order(request: web.Request) -> web.Response:
-        body = await read_json(request, {"deal": str, "order": str}, {"mailbox": str})
-        answer = await _call(shop.order, body["deal"], _b64(body["order"], "order"))
+        body = await read_json(request, Order)
+        deal = body.deal
+        answer = await _call(shop.order, deal, body.order)
         if answer["next"] == "exchange":
-            mailbox = body.get("mailbox", "")
+            mailbox = body.mailbox
             parts = urlsplit(mailbox)
             party = box.get("party")
             if party is None:
                 raise ApiError(503, "no_exchange", "this shop runs no exchange party; it sells by mail order only")
             if parts.scheme != "https" or not parts.hostname:
                 raise ApiError(400, "missing_field", "a fair exchange needs your client's https mailbox URL")
-            if body["deal"] in started:
+            if deal in started:
                 return web.json_response(answer)
             if len(started) >= 2 * MAX_OPEN_DEALS:                  # forget deals the shop itself forgot
                 started.intersection_update(shop.deals)
-            started.add(body["deal"])                               # before any await: one exchange per deal
+            started.add(deal)                                       # before any await: one exchange per deal
             try:
-                offer, want, sd = await _call(shop.exchange_plan, body["deal"])
+                offer, want, sd = await _call(shop.exchange_plan, deal)
             except BaseException:
-                started.discard(body["deal"])
+                started.discard(deal)
                 raise
 
             async def run() -> None:
@@ -129,16 +144,17 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
 
     @routes.post("/deals/pay")
     async def pay(request: web.Request) -> web.Response:
-        body = await read_json(request, {"deal": str, "envelope": dict})
-        await _admitted(body["deal"], body["envelope"])
-        reply = await _call(shop.pay, body["deal"], body["envelope"])
+        body = await read_json(request, Payment)
+        deal = body.deal
+        await _admitted(deal, body.envelope)
+        reply = await _call(shop.pay, deal, body.envelope)
         answer: dict[str, Any] = {"envelope": reply}
-        sd = shop.deals.get(body["deal"])
+        sd = shop.deals.get(deal)
         if sd is not None and sd.paid:          # the payment is complete: the signed confirmation comes with it
-            answer["confirmation"] = _e(await _call(shop.confirm, body["deal"]))
+            answer["confirmation"] = _e(await _call(shop.confirm, deal))
             if sd.deal.workflow in ("mail-order", "registration"):
                 # and the delivery note, which the buyer would ask for next anyway (one round trip less)
-                note, content = await _call(shop.deliver, body["deal"])
+                note, content = await _call(shop.deliver, deal)
                 if note is not None:
                     answer.update(shipped=True, delivery=_e(note), content=_e(content))
         return web.json_response(answer)
@@ -164,13 +180,13 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
 
     @routes.post("/deals/confirm")
     async def confirm(request: web.Request) -> web.Response:
-        body = await read_json(request, {"deal": str})
-        return web.json_response({"confirmation": _e(await _call(shop.confirm, body["deal"]))})
+        body = await read_json(request, DealRef)
+        return web.json_response({"confirmation": _e(await _call(shop.confirm, body.deal))})
 
     @routes.post("/deals/delivery")
     async def delivery(request: web.Request) -> web.Response:
-        body = await read_json(request, {"deal": str})
-        note, content = await _call(shop.deliver, body["deal"])
+        body = await read_json(request, DealRef)
+        note, content = await _call(shop.deliver, body.deal)
         return web.json_response({"shipped": note is not None, "delivery": _e(note), "content": _e(content)})
 
     @routes.post("/admin/clear")

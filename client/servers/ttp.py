@@ -39,14 +39,14 @@ from cryptography import x509
 from semper.hardware.signer import Signer
 
 from ..exchange.errors import BadMessage
-from ..exchange.messages import REQUEST_KINDS, Proposal
+from ..exchange.messages import REQUEST_KINDS, Proposal, TtpRequest, read
 from ..support.cms import EvidenceError, sign_statement
 from ..support.db import Database
 from ..support.trust import TrustStore
 from ..support.verify import verify_statement
 from ..transfer.binding import cert_id
 from ..transfer.errors import CommitmentFalse, TransferError
-from ..transfer.items import b64d, content_from_json
+from ..transfer.items import content_from_json
 from ..transfer.managers import Managers
 from ..transfer.statements import same_key
 from . import ttp_store as store
@@ -165,13 +165,19 @@ class ThirdParty:
                            f"{body.get('kind')!r})", False)
         base["xid"] = body.get("xid") if isinstance(body.get("xid"), str) else None
         try:
-            proposal = Proposal.verify(b64d(body.get("proposal"), "proposal", MAX_REQUEST), self.trust)
+            req: TtpRequest = read(body, TtpRequest, "the request")
+        except BadMessage as e:
+            raise _Refusal(str(e), False) from None
+        try:
+            if req.proposal is None:
+                raise BadMessage("the request names no proposal")
+            proposal = Proposal.verify(req.proposal, self.trust)
         except (BadMessage, TransferError) as e:
             raise _Refusal(f"the request does not carry a valid proposal: {e}", False) from None
         b = proposal.binding
         if b.ttp is None or not same_key(b.ttp, self.certificate):
             raise _Refusal("the exchange names another third party; ask that one", False)
-        if body.get("xid") != b.xid:
+        if req.xid != b.xid:
             raise _Refusal("the request's exchange id is not the proposal's", False)
         if same_key(vs.signer, b.originator):
             role = "originator"
@@ -188,7 +194,7 @@ class ThirdParty:
             if record is not None:
                 self._count("replays")
                 return record.decision
-            outcome, extra = self._evaluate(kind, role, proposal, body)
+            outcome, extra = self._evaluate(kind, role, proposal, req)
             if outcome == "undecided":
                 return self.sign({**base, "outcome": "undecided", "reason": "no decision has been made for this "
                                   "exchange; the third party acts only when a party asks it to"})
@@ -205,8 +211,7 @@ class ThirdParty:
             self.on_step("stored", b.xid)
             return decision
 
-    def _evaluate(self, kind: str, role: str, proposal: Proposal, body: Mapping[str, Any]
-                  ) -> tuple[str, dict[str, Any]]:
+    def _evaluate(self, kind: str, role: str, proposal: Proposal, req: TtpRequest) -> tuple[str, dict[str, Any]]:
         """(outcome, fields) for an undecided exchange, or _Refusal."""
         protocol = proposal.protocol
         if kind == "status":
@@ -232,12 +237,12 @@ class ThirdParty:
             raise _Refusal("only the responder of a gen-ver exchange can ask for a resolution", True)
         b = proposal.binding
         try:
-            item = content_from_json(body.get("item"), "item")
+            item = content_from_json(req.item, "item")
             kept = self.managers.check(item, proposal.desc_r, b, b.responder)
         except TransferError as e:
             raise _Refusal(f"false complaint: the responder's item does not verify against the agreed description "
                            f"({e}); the exchange stays as it was", True) from None
-        attachments = body.get("attachments") or {}
+        attachments = req.attachments or {}
         if not isinstance(attachments, Mapping):
             raise _Refusal("the attachments must be a JSON object", True)
         try:

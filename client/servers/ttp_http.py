@@ -11,16 +11,25 @@ see that an optimistic run did not involve T at all).
 from __future__ import annotations
 
 import base64
-import binascii
+from typing import Annotated
 
 from aiohttp import web
+from msgspec import Meta
 
 from ..support.http_service import ApiError, blocking, make_app, read_json
 from ..support.pki import pem
+from ..support.shapes import Shape
 from ..support.tsa import TimeStampAuthority
 from .ttp import MAX_REQUEST, ThirdParty
 
 MAX_TSQ = 8 * 1024
+
+
+class TtpCall(Shape):
+    """``POST /resolve`` (``/abort``, ``/complaint``, ``/status``): a signed ``ttp-request``, DER as base64.
+    Its size is the third party's to judge (a signed refusal: evidence), not this shape's."""
+
+    request: Annotated[bytes, Meta(min_length=1)]
 
 
 def build_app(ttp: ThirdParty, *, escrow_statement: bytes | None = None, tsa: TimeStampAuthority | None = None
@@ -30,14 +39,8 @@ def build_app(ttp: ThirdParty, *, escrow_statement: bytes | None = None, tsa: Ti
 
     def handler(kind: str):  # type: ignore[no-untyped-def]
         async def handle(request: web.Request) -> web.Response:
-            body = await read_json(request, {"request": str})
-            try:
-                der = base64.b64decode(body["request"], validate=True)
-            except (binascii.Error, ValueError):
-                raise ApiError(400, "bad_base64", "the field 'request' is not base64") from None
-            if not der:
-                raise ApiError(400, "bad_length", "the request is empty")
-            answer = await blocking(ttp.handle, kind, der)
+            body = await read_json(request, TtpCall)
+            answer = await blocking(ttp.handle, kind, body.request)
             return web.json_response({"answer": base64.b64encode(answer).decode()})
         return handle
 

@@ -12,22 +12,24 @@ so one slow signature does not stall the other connections.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
 
+from . import shapes
+
 log = logging.getLogger("semper.services")
 
 MAX_BODY = 64 * 1024          # bytes; a certification request is about 1 KiB
 T = TypeVar("T")
+S = TypeVar("S", bound=shapes.Shape)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -77,53 +79,22 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal", "the service failed on this request; its log has the details")
 
 
-async def read_json(request: web.Request, fields: dict[str, type], optional: dict[str, type] | None = None
-                    ) -> dict[str, Any]:
-    """The request body as a JSON object with exactly these fields and types, or a 4xx ApiError."""
-    optional = optional or {}
+async def read_json(request: web.Request, shape: type[S], defaults: Mapping[str, str] | None = None) -> S:
+    """The request body as ``shape`` (``support/shapes.py``: its fields, exact types and limits), or a 4xx.
+
+    415 for another content type, 413 past the app's body limit (aiohttp), 400 for everything else
+    with the code :func:`~semper.client.support.shapes.decode` gives (``malformed_json``,
+    ``missing_field``, ``unknown_field``, ``wrong_type``, ``bad_base64``, ``bad_length``,
+    ``bad_value``, or the shape's own) and a sentence naming the field. Not JSON includes what
+    Python's own reader would take: NaN, Infinity, a lone UTF-16 surrogate (once a 500 further on).
+    """
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
     raw = await request.read()          # aiohttp enforces client_max_size here (413)
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
-    except json.JSONDecodeError as e:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {e}") from None
-    except UnicodeDecodeError:
-        raise ApiError(400, "malformed_json", "the body is not UTF-8 text") from None
-    except RecursionError:
-        raise ApiError(400, "malformed_json", "the body nests arrays or objects too deeply") from None
-    except ValueError as e:             # NaN / Infinity, or an integer of more than 4300 digits
-        raise ApiError(400, "malformed_json", f"the body is not JSON this service accepts: {e}") from None
-    if (b"\\ud" in raw or b"\\uD" in raw) and _has_lone_surrogate(body):
-        raise ApiError(400, "malformed_json", "the body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text")
-    if not isinstance(body, dict):
-        raise ApiError(400, "malformed_json", "the body must be a JSON object")
-    unknown = sorted(set(body) - set(fields) - set(optional))
-    if unknown:
-        raise ApiError(400, "unknown_field", f"unknown field(s): {', '.join(unknown)}")
-    for name, kind in {**fields, **optional}.items():
-        if name not in body:
-            if name in fields:
-                raise ApiError(400, "missing_field", f"the field {name!r} is missing")
-            continue
-        value = body[name]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ApiError(400, "wrong_type", f"the field {name!r} must be a {kind.__name__}")
-    return body
-
-
-def _no_constant(name: str) -> Any:
-    """NaN and Infinity are not JSON (RFC 8259), though Python's parser takes them."""
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _has_lone_surrogate(value: Any) -> bool:
-    """Whether a parsed body holds text no UTF-8 encoder (database, hash, signature) can take."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+        return shapes.decode(raw, shape, "the body", defaults)
+    except shapes.ShapeError as e:
+        raise ApiError(400, e.code, e.message) from None
 
 
 _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="semper-svc")

@@ -16,9 +16,12 @@ import binascii
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Annotated, Any, Literal, Union
+
+from msgspec import Meta
 
 from ..support.canonical import canonical as _canonical
+from ..support.shapes import Shape, ShapeError, convert
 from .errors import MalformedItem
 
 MAX_DEPTH = 8
@@ -115,25 +118,31 @@ def _check_type(value: Any, where: str) -> str:
     return str(value)
 
 
-def _members(obj: Mapping[str, Any], where: str, depth: int) -> list[Any]:
+class PackageShape(Shape):
+    """A package (or a package description) as it travels: its members (items, descriptions or packages,
+    each read by the functions below) and a label. An item's own fields are its manager's to read."""
+
+    type: Literal["package"]
+    members: Annotated[list[Any], Meta(max_length=MAX_MEMBERS)]
+    label: Annotated[str, Meta(max_length=200)] = ""
+
+
+def _package(obj: Mapping[str, Any], where: str, depth: int) -> PackageShape:
     if depth > MAX_DEPTH:
         raise MalformedItem(f"{where}: packages nest deeper than {MAX_DEPTH} levels")
-    members = obj.get("members")
-    if not isinstance(members, list) or len(members) > MAX_MEMBERS:
-        raise MalformedItem(f"{where}: a package needs a list of at most {MAX_MEMBERS} members")
-    label = obj.get("label", "")
-    if not isinstance(label, str) or len(label) > 200:
-        raise MalformedItem(f"{where}: a package label is text of at most 200 characters")
-    return members
+    try:
+        return convert(obj, PackageShape, where)
+    except ShapeError as e:
+        raise MalformedItem(str(e)) from None
 
 
 def content_from_json(obj: Any, where: str = "item", depth: int = 0) -> Content:
     if not isinstance(obj, Mapping):
         raise MalformedItem(f"{where} must be a JSON object")
     if obj.get("type") == "package":
-        members = _members(obj, where, depth)
-        return Package(tuple(content_from_json(m, f"{where}.members[{i}]", depth + 1) for i, m in enumerate(members)),
-                       str(obj.get("label", "")))
+        p = _package(obj, where, depth)
+        return Package(tuple(content_from_json(m, f"{where}.members[{i}]", depth + 1) for i, m in enumerate(p.members)),
+                       p.label)
     kind = _check_type(obj.get("type"), where)
     return Item(kind, {k: v for k, v in obj.items() if k != "type"})
 
@@ -142,9 +151,9 @@ def expectation_from_json(obj: Any, where: str = "description", depth: int = 0) 
     if not isinstance(obj, Mapping):
         raise MalformedItem(f"{where} must be a JSON object")
     if obj.get("type") == "package":
-        members = _members(obj, where, depth)
+        p = _package(obj, where, depth)
         return PackageDescription(tuple(expectation_from_json(m, f"{where}.members[{i}]", depth + 1)
-                                        for i, m in enumerate(members)), str(obj.get("label", "")))
+                                        for i, m in enumerate(p.members)), p.label)
     kind = _check_type(obj.get("type"), where)
     return Description(kind, {k: v for k, v in obj.items() if k != "type"})
 

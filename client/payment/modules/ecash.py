@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from msgspec import Meta
 
 from .. import blind, formats
 from ..errors import InstrumentError, PaymentRefused, ProtocolError
 from ..model import Acceptance, ExchangeProperties, Instrument, Model, Status, Terms
-from ..module import BaseModule, Step, require
-from ..wallet import Coin, Wallet, coin_from
+from ..module import BaseModule, Message, Step, receive
+from ..wallet import Coin, Wallet
 from ..wire import SignedJson, b64, unb64
 
 if TYPE_CHECKING:
@@ -173,16 +174,31 @@ class PayerFlow:
             self.state = "sent"
             return Step({"kind": "coins", "currency": self.terms.currency, "coins": [c.wire() for c in coins]})
         if self.state == "sent":
-            msg = require(incoming, "deposited", "answer")
+            msg = receive(incoming, Deposited)
             bank = self.m.ctx.bank
             assert bank is not None
-            result = bank.verify_bank(SignedJson.from_json(msg["answer"], "the bank's deposit"))["result"]
+            result = bank.verify_bank(SignedJson.from_json(msg.answer, "the bank's deposit"))["result"]
             if result.get("total") != self.terms.amount:
                 raise ProtocolError("the bank's deposit is for another amount")
             w.settle(self.terms.payment_id)
             self.state = "done"
-            return Step(None, done=True, status=Status.PAID, evidence={"bank_answer": msg["answer"]})
+            return Step(None, done=True, status=Status.PAID, evidence={"bank_answer": msg.answer})
         raise ProtocolError("the e-cash payment is finished")
+
+
+class Coins(Message):
+    """Payer -> payee: the coins that pay, all in the payment's currency."""
+
+    kind: Literal["coins"]
+    currency: int
+    coins: Annotated[list[formats.WireCoin], Meta(min_length=1, max_length=256)]
+
+
+class Deposited(Message):
+    """Payee -> payer: the mint's signed answer to the deposit of those coins."""
+
+    kind: Literal["deposited"]
+    answer: dict[str, Any]                      # a SignedJson, checked with the bank's key
 
 
 class PayeeFlow:
@@ -193,22 +209,20 @@ class PayeeFlow:
     def step(self, incoming: dict[str, Any] | None) -> Step:
         if self.done:
             raise ProtocolError("the e-cash payment is finished")
-        msg = require(incoming, "coins", "coins", "currency")
-        if msg["currency"] != self.terms.currency or not isinstance(msg["coins"], list) or not msg["coins"]:
-            raise ProtocolError("the coins are in another currency, or there are none")
+        msg = receive(incoming, Coins)
+        if msg.currency != self.terms.currency:
+            raise ProtocolError("the coins are in another currency")
         keys = self.m.mint_keys()
         total = 0
         wire = []
-        for raw in msg["coins"]:
-            try:
-                kid = str(raw["key_id"])
-                cur, denom, pub = keys[kid]
-                coin = coin_from(raw, cur, denom)
-            except (KeyError, TypeError):
-                raise ProtocolError("a coin names no mint key of this bank") from None
+        for c in msg.coins:
+            if c.key_id not in keys:
+                raise ProtocolError("a coin names no mint key of this bank")
+            cur, denom, pub = keys[c.key_id]
+            coin = Coin(c.key_id, c.serial, b64(c.signature), denom, cur)
             if cur != self.terms.currency:
                 raise ProtocolError("a coin is in another currency")
-            blind.verify(pub, formats.coin_message(kid, coin.serial), unb64(coin.signature, "coin signature", 1024))
+            blind.verify(pub, formats.coin_message(c.key_id, c.serial), c.signature)
             total += denom
             wire.append(coin.wire())
         if total != self.terms.amount:

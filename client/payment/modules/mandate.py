@@ -11,7 +11,7 @@ of an account once. A bounced cheque can be deposited again later and is then pa
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .. import formats
 from ..errors import PaymentRefused, ProtocolError
 from ..model import Acceptance, ExchangeProperties, Instrument, Model, Record, Status, Terms
-from ..module import BaseModule, Step, require
+from ..module import BaseModule, Message, Step, receive
 from ..wire import SignedJson, digest, verify_digest
 
 
@@ -67,6 +67,20 @@ class MandateModule(BaseModule):
         return {"paid": Status.PAID, "bounced": Status.BOUNCED}.get(res["state"], record.status)
 
 
+class ChequeMessage(Message):
+    """Payer -> payee: the cheque the drawer signed (its body: ``formats.Cheque``, read by the bank)."""
+
+    kind: Literal["cheque"]
+    cheque: SignedJson
+
+
+class Deposited(Message):
+    """Payee -> payer: the bank's signed answer to the deposit (paid or bounced)."""
+
+    kind: Literal["deposited"]
+    answer: dict[str, Any]                      # a SignedJson, checked with the bank's key
+
+
 class PayerFlow:
     def __init__(self, module: MandateModule, terms: Terms, account: str) -> None:
         self.m, self.terms, self.account = module, terms, account
@@ -78,13 +92,13 @@ class PayerFlow:
             self.state = "sent"
             return Step({"kind": "cheque", "cheque": cheque.to_json()}, evidence={"cheque": cheque.to_json()})
         if self.state == "sent":
-            msg = require(incoming, "deposited", "answer")
+            msg = receive(incoming, Deposited)
             bank = self.m.ctx.bank
             assert bank is not None
-            result = bank.verify_bank(SignedJson.from_json(msg["answer"], "the bank's answer"))["result"]
+            result = bank.verify_bank(SignedJson.from_json(msg.answer, "the bank's answer"))["result"]
             self.state = "done"
             status = Status.PAID if result.get("state") == "paid" else Status.BOUNCED
-            return Step(None, done=True, status=status, evidence={"bank_answer": msg["answer"]})
+            return Step(None, done=True, status=status, evidence={"bank_answer": msg.answer})
         raise ProtocolError("the cheque payment is finished")
 
 
@@ -96,8 +110,7 @@ class PayeeFlow:
     def step(self, incoming: dict[str, Any] | None) -> Step:
         if self.done:
             raise ProtocolError("the cheque payment is finished")
-        msg = require(incoming, "cheque", "cheque")
-        cheque = SignedJson.from_json(msg["cheque"], "the cheque")
+        cheque = receive(incoming, ChequeMessage).cheque
         b, t = cheque.body, self.terms
         if (b.get("payee"), b.get("amount"), b.get("currency"), b.get("order_hash")) != (t.payee, t.amount, t.currency,
                                                                                           t.order_hash):

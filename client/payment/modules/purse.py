@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta
 
 from semper.hardware import errors as hw
 from semper.hardware.purse_records import DEBIT_PROOF, DEBIT_REQUEST, DebitRecord, Signed
 
 from ..errors import InstrumentError, InsufficientFunds, PaymentError, PaymentRefused, ProtocolError
 from ..model import Acceptance, ExchangeProperties, Instrument, Model, Status, Terms
-from ..module import BaseModule, PartyContext, Step, require
+from ..module import BaseModule, Message, PartyContext, Step, receive
 from ..wire import b64, unb64
 
 
@@ -259,6 +261,42 @@ class PurseModule(BaseModule):
         return self.clear_proof(psam_certificate, request, card_certificate, proof)
 
 
+# ---- the four messages of a purse payment (payer: hello, proof; payee: challenge, receipt) --------------
+class Hello(Message):
+    """Payer -> payee: which card pays, its next debit counter, its currency and certificate."""
+
+    kind: Literal["hello"]
+    card: Annotated[str, Meta(pattern="^[0-9A-Fa-f]{16}$")]         # the 8-byte card number, hex
+    counter: Annotated[int, Meta(gt=0, lt=2**32)]
+    currency: int
+    card_certificate: Annotated[bytes, Meta(max_length=4096)]
+
+
+class Challenge(Message):
+    """Payee -> payer: the PSAM's signed debit request (DRQ1) for the card, and the PSAM's certificate."""
+
+    kind: Literal["challenge"]
+    request: Annotated[bytes, Meta(max_length=128)]
+    signature: Annotated[bytes, Meta(max_length=80)]
+    psam_certificate: Annotated[bytes, Meta(max_length=4096)]
+
+
+class Proof(Message):
+    """Payer -> payee: the card's signed debit proof (DPF1)."""
+
+    kind: Literal["proof"]
+    proof: Annotated[bytes, Meta(max_length=128)]
+    signature: Annotated[bytes, Meta(max_length=80)]
+
+
+class Receipt(Message):
+    """Payee -> payer: where the PSAM filed the proof (batch, index; batch 0: cleared alone)."""
+
+    kind: Literal["receipt"]
+    batch: int
+    index: int
+
+
 class PayerFlow:
     def __init__(self, module: PurseModule, terms: Terms) -> None:
         self.m = module
@@ -286,8 +324,8 @@ class PayerFlow:
             return Step({"kind": "hello", "card": info.card_id, "counter": info.debit_counter + 1,
                          "currency": info.currency, "card_certificate": b64(cert)})
         if self.state == "hello":
-            msg = require(incoming, "challenge", "request", "signature", "psam_certificate")
-            req = Signed(unb64(msg["request"], "request", 128), unb64(msg["signature"], "signature", 80))
+            msg = receive(incoming, Challenge)
+            req = Signed(msg.request, msg.signature)
             try:
                 r = DebitRecord.decode(req.record, DEBIT_REQUEST)
             except hw.TransportError:
@@ -298,7 +336,7 @@ class PayerFlow:
             self.request = r
             try:
                 purse.select()
-                _, proof = purse.debit(unb64(msg["psam_certificate"], "PSAM certificate", 4096), req)
+                _, proof = purse.debit(msg.psam_certificate, req)
             except (hw.ReaderError, hw.TransportError):
                 found = recover_debit(purse, r)
                 if found is None:
@@ -313,9 +351,9 @@ class PayerFlow:
             return Step({"kind": "proof", "proof": ev["proof"], "signature": ev["proof_signature"]},
                         status=Status.PAID, evidence=ev)
         if self.state == "proof":
-            msg = require(incoming, "receipt", "batch", "index")
+            msg = receive(incoming, Receipt)
             self.state = "done"
-            return Step(None, done=True, status=Status.PAID, evidence={"batch": msg["batch"], "index": msg["index"]})
+            return Step(None, done=True, status=Status.PAID, evidence={"batch": msg.batch, "index": msg.index})
         raise ProtocolError("the purse payment is finished")
 
 
@@ -353,17 +391,11 @@ class PayeeFlow:
         self.request: Signed | None = None
 
     def _begin(self, psam: Any, incoming: dict[str, Any] | None) -> Signed:
-        msg = require(incoming, "hello", "card", "counter", "currency", "card_certificate")
-        if msg["currency"] != self.terms.currency:
+        msg = receive(incoming, Hello)
+        if msg.currency != self.terms.currency:
             raise ProtocolError("the card's currency is not the payment's")
-        try:
-            card = bytes.fromhex(str(msg["card"]))
-            counter = int(msg["counter"])
-        except (ValueError, TypeError):
-            raise ProtocolError("the card number or counter is malformed") from None
-        if len(card) != 8 or not 0 < counter < 2**32:
-            raise ProtocolError("the card number or counter is out of range")
-        self.card_cert = unb64(msg["card_certificate"], "card certificate", 4096)
+        card, counter = bytes.fromhex(msg.card), msg.counter
+        self.card_cert = msg.card_certificate
         try:
             psam.ensure_selected()
             _, req = psam.begin_debit(card, counter, self.terms.amount, self.terms.currency)
@@ -391,8 +423,8 @@ class PayeeFlow:
             return Step({"kind": "challenge", "request": b64(req.record), "signature": b64(req.signature),
                          "psam_certificate": b64(psam_cert)})
         if self.state == "challenge":
-            msg = require(incoming, "proof", "proof", "signature")
-            proof = Signed(unb64(msg["proof"], "proof", 128), unb64(msg["signature"], "signature", 80))
+            msg = receive(incoming, Proof)
+            proof = Signed(msg.proof, msg.signature)
             try:
                 psam.ensure_selected()
                 batch, index, _ = psam.complete_debit(self.card_cert, proof)
@@ -404,7 +436,7 @@ class PayeeFlow:
             self.state = "done"
             self.m.slots.release(self.terms.payment_id)
             return Step({"kind": "receipt", "batch": batch, "index": index}, done=True, status=Status.PAID,
-                        evidence={"proof": msg["proof"], "proof_signature": msg["signature"], "batch": batch,
+                        evidence={"proof": b64(msg.proof), "proof_signature": b64(msg.signature), "batch": batch,
                                   "index": index, "card_certificate": b64(self.card_cert)})
         raise ProtocolError("the purse payment is finished")
 

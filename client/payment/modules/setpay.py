@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from msgspec import Meta
 
 from .. import formats
 from ..errors import InstrumentError, ProtocolError
 from ..model import Acceptance, ExchangeProperties, Instrument, Model, Record, Status, Terms
-from ..module import BaseModule, Step, require
+from ..module import BaseModule, Message, Step, receive
 from ..sealed import seal
 from ..wire import SignedJson, b64, unb64, verify_digest
 
@@ -84,6 +85,25 @@ class SetPayModule(BaseModule):
             res["refunded"] and res["refunded"] < res["captured"]) else Status.PARTLY_REFUNDED
 
 
+class Instruction(Message):
+    """Payer -> payee: the order information, the sealed payment instruction (for the bank only) and
+    its hash, the dual signature over both and the payer's certificate."""
+
+    kind: Literal["instruction"]
+    oi: dict[str, Any]
+    pi_hash: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+    sealed_pi: dict[str, Any]                   # passed on to the bank, which opens it
+    dual_signature: Annotated[str, Meta(max_length=128)]          # base64, passed on to the bank as is
+    payer_certificate: Annotated[str, Meta(max_length=8192)]      # base64 DER, passed on as is
+
+
+class Authorised(Message):
+    """Payee -> payer: the bank's signed authorisation (or capture)."""
+
+    kind: Literal["authorised"]
+    answer: dict[str, Any]                      # a SignedJson, checked with the bank's key
+
+
 class PayerFlow:
     def __init__(self, module: SetPayModule, terms: Terms, account: str) -> None:
         self.m, self.terms, self.account = module, terms, account
@@ -108,15 +128,15 @@ class PayerFlow:
                          "dual_signature": b64(ds), "payer_certificate": b64(cert)},
                         evidence={"oi": oi, "dual_signature": b64(ds)})
         if self.state == "sent":
-            msg = require(incoming, "authorised", "answer")
+            msg = receive(incoming, Authorised)
             bank = self.m.ctx.bank
             assert bank is not None
-            result = bank.verify_bank(SignedJson.from_json(msg["answer"], "the bank's authorisation"))["result"]
+            result = bank.verify_bank(SignedJson.from_json(msg.answer, "the bank's authorisation"))["result"]
             if (result.get("payment_id"), result.get("amount")) != (t.payment_id, t.amount):
                 raise ProtocolError("the bank's authorisation is for another payment")
             self.state = "done"
             status = Status.CAPTURED if result.get("state") == "captured" else Status.AUTHORISED
-            return Step(None, done=True, status=status, evidence={"bank_answer": msg["answer"]})
+            return Step(None, done=True, status=status, evidence={"bank_answer": msg.answer})
         raise ProtocolError("the account payment is finished")
 
 
@@ -129,30 +149,30 @@ class PayeeFlow:
         if self.done:
             raise ProtocolError("the account payment is finished")
         t = self.terms
-        msg = require(incoming, "instruction", "oi", "pi_hash", "sealed_pi", "dual_signature", "payer_certificate")
-        oi = msg["oi"]
+        msg = receive(incoming, Instruction)
+        oi = msg.oi
         if oi != formats.order_information(t.order_hash, t.amount, t.currency, t.payment_id, t.payee):
             raise ProtocolError("the order information does not match this order's terms")
+        pi_hash = bytes.fromhex(msg.pi_hash)
         try:
-            pi_hash = bytes.fromhex(str(msg["pi_hash"]))
-            cert = x509.load_der_x509_certificate(unb64(msg["payer_certificate"], "payer certificate", 4096))
+            cert = x509.load_der_x509_certificate(unb64(msg.payer_certificate, "payer certificate", 4096))
         except ValueError:
-            raise ProtocolError("the payer's instruction is malformed") from None
+            raise ProtocolError("the payer's certificate is not X.509") from None
         key = cert.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey) or len(pi_hash) != 32:
-            raise ProtocolError("the payer's certificate or instruction hash is unusable")
-        ds = unb64(msg["dual_signature"], "dual signature", 80)
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ProtocolError("the payer's certificate holds no EC key")
+        ds = unb64(msg.dual_signature, "dual signature", 80)
         oi_hash = formats.h(oi)
         verify_digest(key, formats.dual_digest(pi_hash, oi_hash), ds, "payer's dual signature")
         bank = self.m.ctx.bank
         assert bank is not None
         answer = bank.call_signed("set/authorise", {
             "account": t.payee, "payment_id": t.payment_id, "amount": t.amount, "currency": t.currency,
-            "oi_hash": oi_hash.hex(), "sealed_pi": msg["sealed_pi"], "dual_signature": msg["dual_signature"],
-            "payer_certificate": msg["payer_certificate"]})
+            "oi_hash": oi_hash.hex(), "sealed_pi": msg.sealed_pi, "dual_signature": msg.dual_signature,
+            "payer_certificate": msg.payer_certificate})
         result = answer.body["result"]
-        evidence = {"authorisation": result["authorisation"], "oi": oi, "dual_signature": msg["dual_signature"],
-                    "pi_hash": msg["pi_hash"], "payer_certificate": msg["payer_certificate"]}
+        evidence = {"authorisation": result["authorisation"], "oi": oi, "dual_signature": msg.dual_signature,
+                    "pi_hash": msg.pi_hash, "payer_certificate": msg.payer_certificate}
         status = Status.AUTHORISED
         if self.m.ctx.extras.get("capture", True):
             answer = bank.call_signed("set/capture", {"authorisation": result["authorisation"], "amount": t.amount})
