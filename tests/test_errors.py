@@ -182,8 +182,8 @@ def _serve(routes: list[web.RouteDef]):  # type: ignore[no-untyped-def]
 
 
 def test_a_handlers_semper_error_becomes_its_classs_refusal() -> None:
-    from semper.client.commerce.errors import DealConflict, NoSuchDeal, OfferRefused, ServiceUnavailable
     from semper.client.commands import UsageError
+    from semper.client.commerce.errors import DealConflict, NoSuchDeal, OfferRefused, ServiceUnavailable
     from semper.client.servers.ca import CaRefusal
     from semper.client.support.http_service import ApiError
     raising = {
