@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from semper.hardware.errors import SemperError
+
 from ..support.db import IntegrityError, Transaction
 
 SYSTEM_KINDS = ("external", "float", "ecash", "holds")
@@ -89,15 +91,13 @@ SCHEMA = [
 ]
 
 
-class BankRefusal(Exception):
+class BankRefusal(SemperError):
     """The bank refuses a request: HTTP status, a stable code, a sentence for people. Nothing changed."""
-
-    user_facing = True
 
     def __init__(self, code: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
-        self.status = status
+        self.http_status = status
 
 
 @dataclass(frozen=True)

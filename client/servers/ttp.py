@@ -37,6 +37,7 @@ from typing import Any
 
 from cryptography import x509
 
+from semper.hardware.errors import SemperError
 from semper.hardware.signer import Signer
 
 from ..exchange.errors import BadMessage
@@ -58,11 +59,20 @@ CRASH_ENV = "SEMPER_TTP_CRASH_AT"
 LOCK_STRIPES = 64          # fault injection for tests: before-commit / after-commit
 
 
-class TtpError(Exception):
-    user_facing = True
+class TtpError(SemperError):
+    """A request the third party's service cannot take at all (it answers every other one with a signed
+    decision, refusals included)."""
+
+    http_status = 400
+    code = "bad_request"
 
 
-class _Refusal(Exception):
+class _Refusal(SemperError):
+    """Inside :meth:`ThirdParty.handle` only: the signed refusal to answer with (``keep``: store it)."""
+
+    http_status = 422
+    code = "refused"
+
     def __init__(self, reason: str, keep: bool) -> None:
         super().__init__(reason)
         self.reason, self.keep = reason, keep

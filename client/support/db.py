@@ -29,13 +29,17 @@ from typing import Any, Protocol
 
 import sqlparse
 
+from semper.hardware.errors import SemperError
+
 BUSY_TIMEOUT_S = 10.0
 
 
-class DatabaseError(Exception):
-    """The database could not be opened or a statement failed; the message says which."""
+class DatabaseError(SemperError):
+    """The database could not be opened or a statement failed; the message says which. A service
+    answers 503: its storage is unavailable for now, the request may be retried."""
 
-    user_facing = True
+    http_status = 503
+    code = "busy"
 
 
 class Cursor(Protocol):
@@ -108,6 +112,9 @@ class Transaction:
 
 class IntegrityError(DatabaseError):
     """A uniqueness or foreign-key constraint refused the statement (e.g. a duplicate row)."""
+
+    http_status = 409
+    code = "conflict"
 
 
 class Database:
