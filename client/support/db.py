@@ -35,11 +35,9 @@ BUSY_TIMEOUT_S = 10.0
 
 
 class DatabaseError(SemperError):
-    """The database could not be opened or a statement failed; the message says which. A service
-    answers 503: its storage is unavailable for now, the request may be retried."""
-
-    http_status = 503
-    code = "busy"
+    """The database could not be opened or a statement failed; the message says which. In a service,
+    its own fault (500: the message names its files, so only its log gets it; the bank answers 503
+    with its retry advice)."""
 
 
 class Cursor(Protocol):
@@ -112,9 +110,6 @@ class Transaction:
 
 class IntegrityError(DatabaseError):
     """A uniqueness or foreign-key constraint refused the statement (e.g. a duplicate row)."""
-
-    http_status = 409
-    code = "conflict"
 
 
 class Database:
