@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from semper.hardware.errors import SemperError
+
 # (area, substrings of a function's module path or name); the first match wins
 AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("token signing (PKCS#11, SoftHSM2)", ("/pkcs11/", "/hsm/", "pkcs11.")),
@@ -70,10 +72,8 @@ def _short(full_name: str) -> str:
     return full_name
 
 
-class ProfilerMissing(Exception):
+class ProfilerMissing(SemperError):
     """yappi, the profiler, is an extra (``semper[bench]``)."""
-
-    user_facing = True
 
 
 class CpuProfile:

@@ -22,13 +22,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from semper.hardware.errors import SemperError
+
 from .common import card_pair
 
 PIN = b"1234"
 
 
-class _Killed(Exception):
-    pass
+class _Killed(SemperError):
+    """The simulated card process was killed at this point (the tearing bench's own signal)."""
 
 
 class VpcdServerConnection:

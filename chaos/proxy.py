@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from semper.hardware.errors import SemperError
+
 CONNECT_WAIT = 30.0
 IO_TIMEOUT = 30.0
 MAX_HEAD = 64 * 1024
@@ -46,7 +48,7 @@ class LinkFault:
     at: int              # the request (1-based, counted since arming) it fires at
 
 
-class _Cut(Exception):
+class _Cut(SemperError):
     """End this client connection now (a fault fired, or a side went away)."""
 
 

@@ -1,8 +1,10 @@
 """The ``semper`` command: parses arguments, calls one layer, prints the outcome.
 
 Command groups live in ``client/commands/``, one module each, found at start-up. Errors from below
-arrive as the project's exceptions and are printed as one line a person can act on, with exit
-status 2 (bad input) or 1 (the operation failed); never a traceback.
+arrive as the project's exceptions, all ``SemperError``: one line a person can act on, and the exit
+status the error's class names (2 bad input, 1 the operation failed); never a traceback. Anything
+else is a bug in semper: said so, with its traceback under ``SEMPER_DEBUG=1``. The exit statuses
+are listed in docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -14,11 +16,9 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
-from semper.hardware import errors as hw_errors
+from semper.hardware.errors import SemperError
 
 from . import commands
-from .commands import UsageError
-from .support.money import AmountError
 
 # groups that several modules add subcommands to
 SHARED_GROUPS = {"bench": "measurements, as JSON", "serve": "run a party's network service (HTTPS)",
@@ -47,21 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
         return fn(args)
-    except (UsageError, AmountError) as e:
+    except SemperError as e:
         print(f"semper: {e}", file=sys.stderr)
-        return 2
-    except hw_errors.HardwareError as e:
-        print(f"semper: {e}", file=sys.stderr)
-        return 1
+        return e.exit_status
     except KeyboardInterrupt:
         print("semper: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # the last line of defence: one readable line, details on request
+    except Exception as e:  # a bug: one readable line, the traceback on request
         if os.environ.get("SEMPER_DEBUG"):
             raise
-        if getattr(e, "user_facing", False) or type(e).__name__ in ("SchemeError", "PurseFlowError"):
-            print(f"semper: {e}", file=sys.stderr)
-            return 1
         print(f"semper: unexpected error: {type(e).__name__}: {e} (set SEMPER_DEBUG=1 for details)", file=sys.stderr)
         return 1
 

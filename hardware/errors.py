@@ -1,13 +1,41 @@
-"""The exception hierarchy for everything below the SEMPER layers.
+"""The project's one exception base, and the hierarchy for everything below the SEMPER layers.
 
 Each class says what happened in words a person can act on; the raw status word is kept as an
 attribute for logs, never as the message's substance.
+
+``SemperError`` lives here because ``hardware`` is the bottom of the host side: every other part
+imports it, and it imports none of them (``card_applet_sim`` stays independent and has its own).
 """
 from __future__ import annotations
 
 
-class HardwareError(Exception):
-    """Base of every error raised by the hardware abstraction."""
+class SemperError(Exception):
+    """Base of every exception the project raises on purpose; its class says what the failure means.
+
+    Why one base with these attributes: the command line and the services decide by class, never by
+    the class's name or by words in the message (docs/architecture.md, "Rules").
+
+    * ``exit_status``: what ``semper`` exits with: 1 the operation failed, 2 bad input (the user's
+      arguments, amounts, preferences, order form); the table of every exit status is in
+      docs/architecture.md.
+    * ``http_status``, ``code``: what a service answers when a handler raises it, as the JSON refusal
+      ``{"error": code, "message": str(e)}`` (support/http_service.py). 500 is the service's own
+      fault: its log gets the details, the client only ``internal``.
+
+    Subclasses set them as class attributes. A refusal whose status and code are chosen where it is
+    raised (``ApiError``, the bank's and the CA's refusals, a bank's refusal seen by a client) sets
+    them on the instance.
+    """
+
+    exit_status: int = 1
+    http_status: int = 500
+    code: str = "internal"
+
+
+class HardwareError(SemperError):
+    """Base of every error raised by the hardware abstraction.
+
+    In a service a card or token failure is the service's own fault (500, details in its log)."""
 
 
 class ReaderError(HardwareError):

@@ -98,13 +98,13 @@ def test_cli(config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pyte
     assert main(["prefs", "show"]) == 0
     out = capsys.readouterr().out
     assert "servers.ca = 'https://127.0.0.1:8443'" in out and "# servers.bank: not set" in out
-    assert main(["prefs", "set", "signer.kind", "pen"]) == 1
+    assert main(["prefs", "set", "signer.kind", "pen"]) == 2            # the user's input: a PrefsError exits 2
     err = capsys.readouterr().err
     assert err.startswith("semper: ") and "signer.kind" in err and err.count("\n") == 1
-    assert main(["prefs", "set", "nonsense", "1"]) == 1
+    assert main(["prefs", "set", "nonsense", "1"]) == 2
     assert "nonsense" in capsys.readouterr().err
     # a command that reads the preferences refuses a broken file, naming the key
     config.write_text('[servers]\nca = "ftp://x"\n')
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    assert main(["register", "--registration-key", "x", "--name", "n"]) == 1
+    assert main(["register", "--registration-key", "x", "--name", "n"]) == 2    # the user's file: bad input
     assert "servers.ca" in capsys.readouterr().err

@@ -11,9 +11,15 @@ import json
 import sys
 from pathlib import Path
 
+from semper.hardware.errors import SemperError
 
-class UsageError(Exception):
+
+class UsageError(SemperError):
     """Bad input on the command line (exit status 2)."""
+
+    exit_status = 2
+    http_status = 400
+    code = "bad_request"
 
 
 # ---- helpers ------------------------------------------------------------------------------------

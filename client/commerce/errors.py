@@ -4,14 +4,22 @@ Why these classes: a workflow ends in one of a few ways the user (and the CLI's 
 tell apart — the user said no, the seller's data failed a check before anything was given, the
 seller misbehaved after the buyer gave something (a dispute, with evidence), or a service was not
 reachable. Lower layers' exceptions are translated where a block catches them.
+
+The shop raises the same hierarchy; each class carries the status its service answers with (a
+request the shop cannot take 400, a deal it does not know 404, a request that does not fit the
+deal's state 409, a payment it does not accept 422, no room for now 503).
 """
 from __future__ import annotations
 
+from semper.hardware.errors import SemperError
 
-class CommerceError(Exception):
-    """Base of every commerce failure; one line a person can act on."""
 
-    user_facing = True
+class CommerceError(SemperError):
+    """Base of every commerce failure; one line a person can act on. At the shop: the request is
+    not one it can take (400)."""
+
+    http_status = 400
+    code = "refused"
 
 
 class DealDeclined(CommerceError):
@@ -21,9 +29,15 @@ class DealDeclined(CommerceError):
 class OfferRefused(CommerceError):
     """The seller's offer failed a check (signature, replay, inconsistency): nothing was given."""
 
+    http_status = 422
+    code = "offer_refused"
+
 
 class FormError(CommerceError):
-    """An order form field is missing or malformed; ``field`` names it."""
+    """An order form field is missing or malformed; ``field`` names it. The user's input: exit 2."""
+
+    exit_status = 2
+    code = "bad_form"
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"order form, field {field!r}: {message}")
@@ -32,6 +46,9 @@ class FormError(CommerceError):
 
 class SellerRefused(CommerceError):
     """The seller refused a request (its words are in the message); nothing more was given."""
+
+    http_status = 422
+    code = "seller_refused"
 
 
 class DealAborted(CommerceError):
@@ -48,4 +65,30 @@ class Dispute(CommerceError):
 
 
 class ServiceUnavailable(CommerceError):
-    """A service (the shop, the bank, the third party) did not answer; what that left is in the message."""
+    """A service (the shop, the bank, the third party) did not answer, or (at the shop) has no room for
+    the request now; what that left is in the message."""
+
+    http_status = 503
+    code = "unavailable"
+
+
+class NoSuchDeal(CommerceError):
+    """The shop does not know the deal (it expired, or it never offered it)."""
+
+    http_status = 404
+    code = "unknown_deal"
+
+
+class DealConflict(CommerceError):
+    """The request does not fit the deal's state: another order for an ordered deal, a confirmation or
+    delivery before the payment, a payment before the order. Nothing changed."""
+
+    http_status = 409
+    code = "conflict"
+
+
+class PaymentNotAccepted(CommerceError):
+    """The shop's payment manager refused the buyer's payment message; nothing was taken."""
+
+    http_status = 422
+    code = "payment_refused"

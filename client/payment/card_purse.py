@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from semper.hardware import errors
+from semper.hardware.errors import SemperError
 from semper.hardware.psam import PsamSession
 from semper.hardware.purse import PurseSession
 from semper.hardware.purse_records import DebitRecord, LoadConfirmation, Signed
@@ -17,8 +18,11 @@ from semper.hardware.purse_records import DebitRecord, LoadConfirmation, Signed
 from ..support.scheme import Scheme
 
 
-class PurseFlowError(Exception):
-    pass
+class PurseFlowError(SemperError):
+    """A load or purchase between card, PSAM and issuer did not complete; the message says where."""
+
+    http_status = 422
+    code = "purse_flow_failed"
 
 
 @dataclass(frozen=True)

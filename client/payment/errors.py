@@ -7,11 +7,15 @@ exceptions are translated where a module catches them.
 """
 from __future__ import annotations
 
+from semper.hardware.errors import SemperError
 
-class PaymentError(Exception):
-    """Base of every payment failure; the message is one line a person can act on."""
 
-    user_facing = True
+class PaymentError(SemperError):
+    """Base of every payment failure; the message is one line a person can act on. A payee's service
+    answers it as a refused payment (422): the message was understood, the payment is not accepted."""
+
+    http_status = 422
+    code = "payment_refused"
 
 
 class NegotiationError(PaymentError):
@@ -31,7 +35,8 @@ class InsufficientFunds(InstrumentError):
 
 
 class PaymentRefused(PaymentError):
-    """The other party or the bank refused; ``code`` is the stable reason (e.g. double_spend)."""
+    """The other party or the bank refused; ``code`` is the stable reason (e.g. double_spend), which a
+    payee's service passes on as its own refusal's code."""
 
     def __init__(self, message: str, code: str = "refused", status: int = 0) -> None:
         super().__init__(message)
@@ -42,10 +47,16 @@ class PaymentRefused(PaymentError):
 class OutcomeUnknown(PaymentError):
     """The request may or may not have taken effect (connection lost); retrying is safe."""
 
+    http_status = 503
+    code = "outcome_unknown"
+
 
 class UntrustedService(PaymentError):
     """The bank's TLS certificate is not vouched for by the pinned CA root: nothing was sent to it, and
     asking again will not help (check the bank URL and --bank-tls-root)."""
+
+    http_status = 502
+    code = "untrusted_service"
 
 
 class NotRevocable(PaymentError):
@@ -54,3 +65,6 @@ class NotRevocable(PaymentError):
 
 class ProtocolError(PaymentError):
     """A message from the other side is malformed, forged, or out of order."""
+
+    http_status = 400
+    code = "bad_payment_message"

@@ -13,7 +13,6 @@ from ..payment.wire import SignedJson
 from ..support.db import DatabaseError
 from ..support.http_service import ApiError, blocking, make_app, read_json
 from .bank import Bank
-from .bank_store import BankRefusal
 
 MAX_BANK_BODY = 16 * 1024 * 1024        # a full PSAM batch of 5000 proofs is about 2 MB
 
@@ -31,11 +30,9 @@ def build_app(bank: Bank) -> web.Application:
         if op not in bank.ops:
             raise ApiError(404, "unknown_operation", f"there is no operation {op!r}")
         envelope = await read_json(request, SignedJson)
-        try:
+        try:                            # a BankRefusal leaves as it is: its own status and code
             answer = await blocking(bank.handle, op, envelope)
-        except BankRefusal as e:
-            raise ApiError(e.status, e.code, str(e)) from None
-        except DatabaseError as e:
+        except DatabaseError as e:      # the client's next step, not only what failed
             raise ApiError(503, "busy", f"the bank's database is busy; retry with the same idempotency key ({e})") from None
         return web.json_response(answer)
 

@@ -24,6 +24,8 @@ from typing import Annotated, Any
 
 from msgspec import Meta
 
+from semper.hardware.errors import SemperError
+
 from ..payment.model import MAX_AMOUNT
 from ..support.db import IntegrityError, Transaction
 from ..support.shapes import Shape, ShapeError, convert
@@ -93,15 +95,13 @@ SCHEMA = [
 ]
 
 
-class BankRefusal(Exception):
+class BankRefusal(SemperError):
     """The bank refuses a request: HTTP status, a stable code, a sentence for people. Nothing changed."""
-
-    user_facing = True
 
     def __init__(self, code: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
-        self.status = status
+        self.http_status = status
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from typing import Any
 from cryptography import x509
 
 from semper.client.support import names
+from semper.hardware.errors import SemperError
 from semper.hardware.signer import Signer
 
 from ..support import pki, regkeys
@@ -44,15 +45,13 @@ DEFAULT_DAYS = 730
 CRL_DAYS = 7
 
 
-class CaRefusal(Exception):
+class CaRefusal(SemperError):
     """The CA refuses a request: a stable code, an HTTP status for the service, a sentence for people."""
-
-    user_facing = True
 
     def __init__(self, code: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
-        self.status = status
+        self.http_status = status
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from msgspec import Meta
 from ..support.http_service import ApiError, blocking, make_app, read_json
 from ..support.pki import pem
 from ..support.shapes import Shape
-from .ca import CaRefusal, CertificationAuthority
+from .ca import CertificationAuthority
 
 MAX_CSR = 8 * 1024
 
@@ -47,11 +47,9 @@ class Revocation(Shape):
 
 
 async def _call(fn, *args):  # type: ignore[no-untyped-def]
-    """Run a CA operation off the loop; its refusals become JSON errors with their own status."""
-    try:
-        return await blocking(fn, *args)
-    except CaRefusal as e:
-        raise ApiError(e.status, e.code, str(e)) from None
+    """Run a CA operation off the loop; a CaRefusal leaves as it is and becomes the JSON refusal with its
+    own status and code (support/http_service.py)."""
+    return await blocking(fn, *args)
 
 
 def build_app(ca: CertificationAuthority) -> web.Application:

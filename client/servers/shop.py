@@ -31,7 +31,7 @@ from ..commerce import documents as docs
 from ..commerce.archive import SharedArchive
 from ..commerce.catalogue import Catalogue, CatalogueItem
 from ..commerce.deal import Deal, check_deal_id, deal_attributes, new_deal_id
-from ..commerce.errors import CommerceError, FormError
+from ..commerce.errors import CommerceError, DealConflict, FormError, NoSuchDeal, PaymentNotAccepted, ServiceUnavailable
 from ..commerce.forms import form_for
 from ..exchange.identity import Identity
 from ..payment.errors import PaymentError
@@ -114,7 +114,7 @@ class Shop:
         if len(self.deals) >= MAX_OPEN_DEALS:
             self._evict()
         if len(self.deals) >= MAX_OPEN_DEALS:
-            raise CommerceError("the shop has too many open deals; try again later")
+            raise ServiceUnavailable("the shop has too many open deals; try again later")
         if not items or len(items) > docs.MAX_LINES:
             raise CommerceError(f"ask for 1 to {docs.MAX_LINES} items")
         lines = []
@@ -166,7 +166,7 @@ class Shop:
         try:
             return self.deals[check_deal_id(deal_id)]
         except KeyError:
-            raise CommerceError("no such deal here (it expired, or this shop never offered it)") from None
+            raise NoSuchDeal("no such deal here (it expired, or this shop never offered it)") from None
 
     # ---- orders -------------------------------------------------------------------------------------
     def order(self, deal_id: str, order_bytes: bytes) -> dict[str, Any]:
@@ -176,7 +176,7 @@ class Shop:
             if sd.order is not None:
                 if order_bytes == sd.order_bytes:
                     return self._next_step(sd)
-                raise CommerceError("this deal already has another order")
+                raise DealConflict("this deal already has another order")
             if sd.deal.attributes.anonymous:
                 try:
                     body = json.loads(order_bytes)
@@ -239,19 +239,19 @@ class Shop:
     def pay(self, deal_id: str, envelope: dict[str, Any]) -> dict[str, Any] | None:
         sd = self._deal(deal_id)
         if sd.terms is None:
-            raise CommerceError("this deal has no payment to make (order first)")
+            raise DealConflict("this deal has no payment to make (order first)")
         if not isinstance(envelope, dict) or envelope.get("payment_id") != sd.terms.payment_id:
             raise CommerceError("the payment message is for another payment than this deal's")
         try:
             self.payments.admit(envelope)             # room at the device first, outside its lock (the
         except PaymentError as e:                     # HTTP handler waits for it without holding a thread)
-            raise CommerceError(f"the payment was refused: {e}") from None
+            raise PaymentNotAccepted(f"the payment was refused: {e}") from None
         with self.payment_lock:
             try:
                 reply = self.payments.handle(envelope)
             except PaymentError as e:
                 sd.deal.decide("payment", "refused", str(e))
-                raise CommerceError(f"the payment was refused: {e}") from None
+                raise PaymentNotAccepted(f"the payment was refused: {e}") from None
             record = self.payments.record(sd.terms.payment_id, "payee")
         if record.status in (Status.PAID, Status.CAPTURED, Status.AUTHORISED) and not sd.paid:
             with sd.lock:
@@ -270,7 +270,7 @@ class Shop:
         sd = self._deal(deal_id)
         with sd.lock:
             if not sd.paid or sd.order_digest is None:
-                raise CommerceError("the order is not paid yet: nothing to confirm")
+                raise DealConflict("the order is not paid yet: nothing to confirm")
             if sd.confirmation is None:
                 body = docs.confirmation_body(sd.deal.deal_id, sd.order_digest, sd.payment)
                 sd.confirmation = self._sign(body)
@@ -282,7 +282,7 @@ class Shop:
         sd = self._deal(deal_id)
         with sd.lock:
             if not sd.paid or sd.order_digest is None:
-                raise CommerceError("the order is not paid yet: nothing is delivered")
+                raise DealConflict("the order is not paid yet: nothing is delivered")
             content = None
             info = [i for i, _ in sd.lines if i.kind == "information"]
             if info:
@@ -317,7 +317,7 @@ class Shop:
         """What this shop gives and wants in the deal's fair exchange (it originates)."""
         sd = self._deal(deal_id)
         if sd.order is None or sd.order_digest is None:
-            raise CommerceError("order first")
+            raise DealConflict("order first")
         item, _qty = sd.lines[0]
         if sd.deal.workflow == "information":
             content = self.content_of(item)

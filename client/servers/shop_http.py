@@ -1,6 +1,8 @@
 """``semper serve shop`` over HTTPS: the shop's JSON endpoints, and its exchange party beside them.
 
-Endpoints (all JSON; refusals ``{"error", "message"}`` with a 4xx status, as every semper service):
+Endpoints (all JSON; refusals ``{"error", "message"}`` with a 4xx status, as every semper service; the
+status is the raised error's class's: 400 a request the shop cannot take, 404 an unknown deal, 409 a
+request that does not fit the deal's state, 422 a refused payment, 503 no room now):
 
 ==========================  =================================================  ==================================
 endpoint                    body                                               answer
@@ -35,7 +37,6 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ..commerce.errors import CommerceError
 from ..exchange.party import Party
 from ..payment.errors import PaymentError
 from ..payment.modules.purse import PurseModule
@@ -80,12 +81,9 @@ def _e(data: bytes | None) -> str | None:
 
 
 async def _call(fn: Any, *args: Any) -> Any:
-    try:
-        return await blocking(fn, *args)
-    except CommerceError as e:
-        raise ApiError(409 if "already" in str(e) else 422 if "refused" in str(e) else 400, "refused", str(e)) from None
-    except PaymentError as e:
-        raise ApiError(422, "payment_refused", str(e)) from None
+    """Run the shop's blocking step off the event loop; its CommerceError or PaymentError leaves as it is and
+    becomes the refusal its class names (support/http_service.py)."""
+    return await blocking(fn, *args)
 
 
 def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_secret: str | None = None

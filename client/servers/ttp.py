@@ -36,6 +36,7 @@ from typing import Any
 
 from cryptography import x509
 
+from semper.hardware.errors import SemperError
 from semper.hardware.signer import Signer
 
 from ..exchange.errors import BadMessage
@@ -61,11 +62,20 @@ def _log_step(step: str, xid: str) -> None:
     log.debug("decision for exchange %s %s", xid, step)
 
 
-class TtpError(Exception):
-    user_facing = True
+class TtpError(SemperError):
+    """A request the third party's service cannot take at all (it answers every other one with a signed
+    decision, refusals included)."""
+
+    http_status = 400
+    code = "bad_request"
 
 
-class _Refusal(Exception):
+class _Refusal(SemperError):
+    """Inside :meth:`ThirdParty.handle` only: the signed refusal to answer with (``keep``: store it)."""
+
+    http_status = 422
+    code = "refused"
+
     def __init__(self, reason: str, keep: bool) -> None:
         super().__init__(reason)
         self.reason, self.keep = reason, keep

@@ -88,19 +88,29 @@ def schema_sql(dialect: str = "sqlite") -> str:
 
 # ---- errors -------------------------------------------------------------------------------------
 class ArchiveError(EvidenceError):
-    """The archive cannot do what was asked (missing file, busy, no signer, ...)."""
+    """The archive cannot do what was asked (missing file, busy, no signer, ...); in a service, its own
+    fault (500)."""
+
+    http_status = 500
+    code = "internal"
 
 
 class NoArchive(ArchiveError):
-    pass
+    """There is no archive where one was named."""
 
 
 class UnknownDeal(ArchiveError):
-    pass
+    """The archive holds nothing under this deal or exchange id."""
+
+    http_status = 404
+    code = "unknown_deal"
 
 
 class BadBundle(EvidenceError):
     """The file is not a readable evidence bundle."""
+
+    http_status = 400
+    code = "bad_bundle"
 
 
 # ---- the chain formula --------------------------------------------------------------------------

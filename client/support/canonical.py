@@ -11,13 +11,16 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from semper.hardware.errors import SemperError
+
 MAX_JSON_INT = 2**53 - 1          # beyond this JSON readers disagree
 
 
-class NotCanonical(ValueError):
+class NotCanonical(SemperError, ValueError):
     """The value has no canonical JSON form; the message names the offending part's path."""
 
-    user_facing = True
+    http_status = 400
+    code = "not_canonical"
 
 
 def canonical(value: Any, where: str = "value", error: type[Exception] = NotCanonical) -> bytes:

@@ -27,15 +27,19 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from semper.hardware.errors import SemperError
+
 MAX_RESPONSE = 8 * 1024 * 1024
 DEFAULT_TIMEOUT = 15.0
 POOL = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30.0)
 
 
-class ChannelError(Exception):
-    """The exchange with a service did not happen or was refused."""
+class ChannelError(SemperError):
+    """The exchange with a service did not happen or was refused. A service that met it calling
+    another one answers 502 (the other one failed it)."""
 
-    user_facing = True
+    http_status = 502
+    code = "upstream_failed"
 
 
 class UnreachableError(ChannelError):

@@ -37,6 +37,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from semper.hardware.errors import SemperError
 from semper.hardware.signer import Signer
 
 from . import cms_profile
@@ -55,14 +56,19 @@ REQUIRED_SIGNED_ATTRS = ("content_type", "signing_time", "message_digest", "sign
 
 
 # ---- errors -------------------------------------------------------------------------------------
-class EvidenceError(Exception):
-    """Base of every evidence failure; the message says what is wrong and what to do."""
+class EvidenceError(SemperError):
+    """Base of every evidence failure; the message says what is wrong and what to do. A service
+    answers a statement that does not verify with 422 (well-formed, not acceptable)."""
 
-    user_facing = True          # client.cli prints the message as one line
+    http_status = 422
+    code = "bad_evidence"
 
 
 class MalformedStatement(EvidenceError):
     """The bytes are not a well-formed semper statement (or a statement cannot be encoded)."""
+
+    http_status = 400
+    code = "malformed_statement"
 
 
 class BadSignature(EvidenceError):
@@ -87,6 +93,9 @@ class BadTimestamp(EvidenceError):
 
 class SigningError(EvidenceError):
     """The device produced no usable signature (e.g. its certificate does not match its key)."""
+
+    http_status = 500            # in a service: its own token failed
+    code = "internal"
 
 
 # ---- canonical JSON -----------------------------------------------------------------------------

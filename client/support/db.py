@@ -29,13 +29,15 @@ from typing import Any, Protocol
 
 import sqlparse
 
+from semper.hardware.errors import SemperError
+
 BUSY_TIMEOUT_S = 10.0
 
 
-class DatabaseError(Exception):
-    """The database could not be opened or a statement failed; the message says which."""
-
-    user_facing = True
+class DatabaseError(SemperError):
+    """The database could not be opened or a statement failed; the message says which. In a service,
+    its own fault (500: the message names its files, so only its log gets it; the bank answers 503
+    with its retry advice)."""
 
 
 class Cursor(Protocol):

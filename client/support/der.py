@@ -9,9 +9,14 @@ parser, which gives the detailed message.
 """
 from __future__ import annotations
 
+from semper.hardware.errors import SemperError
 
-class DerError(ValueError):
+
+class DerError(SemperError, ValueError):
     """Not the strict DER this reader takes (the general parser may still make sense of it)."""
+
+    http_status = 400
+    code = "bad_der"
 
 
 def length(n: int) -> bytes:

@@ -1,10 +1,13 @@
 """JSON over HTTPS for the parties' services (aiohttp), and a runner that starts and stops one.
 
-Why one module: every service (CA now; bank, third party, shop later) must answer the same way, so
-a client can rely on it: JSON bodies; every refusal as ``{"error": code, "message": text}`` with a
-4xx status; bad input (malformed JSON, wrong or missing fields, oversized bodies, unknown paths)
-never reaches a handler as an exception that would turn into a 5xx. A 500 is left only for real
-bugs, and even then the body is JSON and says nothing internal.
+Why one module: every service (CA, bank, third party, shop, exchange mailbox) must answer the same
+way, so a client can rely on it: JSON bodies; every refusal as ``{"error": code, "message": text}``
+with a 4xx status; bad input (malformed JSON, wrong or missing fields, oversized bodies, unknown
+paths) never reaches a handler as an exception that would turn into a 5xx. A handler refuses by
+raising a :class:`SemperError`: this module's middleware is the one place that turns it into the
+refusal, with the status and code its class (or, for refusals chosen where they are raised, the
+instance) names. A 500 is left for the service's own faults and real bugs, and even then the body
+is JSON and says nothing internal.
 
 Handlers that block (database, token signatures) run in a thread pool through :func:`blocking`,
 so one slow signature does not stall the other connections.
@@ -23,6 +26,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from semper.hardware.errors import SemperError
+
 from . import shapes
 
 log = logging.getLogger("semper.services")
@@ -33,18 +38,34 @@ S = TypeVar("S", bound=shapes.Shape)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
-    """A refusal the client should see: HTTP status, a stable code, a sentence a person can act on."""
+class ApiError(SemperError):
+    """A refusal the handler words itself: HTTP status, a stable code, a sentence a person can act on
+    (for what the service's own input checks find; the layers' errors carry their statuses by class)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.http_status = status
         self.code = code
         self.message = message
+
+    @property
+    def status(self) -> int:
+        return self.http_status
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status)
+
+
+def refusal(request: web.Request, e: SemperError) -> web.Response:
+    """The JSON answer for a SemperError a handler raised: its status and code, its one-line message.
+
+    A 500 is the service's own fault (its card, token or database failed, or a bug): the log gets the
+    details, the client only ``internal``."""
+    if e.http_status == 500:
+        log.error("%s %s failed: %s: %s", request.method, request.path, type(e).__name__, e, exc_info=e)
+        return error_response(500, "internal", "the service failed on this request; its log has the details")
+    return error_response(e.http_status, e.code, str(e))
 
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorised", 403: "forbidden", 404: "not_found",
@@ -57,8 +78,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     """Turn every way a request can fail into a JSON body with the right status."""
     try:
         return await handler(request)
-    except ApiError as e:
-        return error_response(e.status, e.code, e.message)
+    except SemperError as e:
+        return refusal(request, e)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app._client_max_size
         return error_response(413, "body_too_large", f"the request body is larger than {limit} bytes")

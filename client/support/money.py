@@ -10,11 +10,17 @@ from decimal import Decimal, InvalidOperation
 
 import iso4217
 
+from semper.hardware.errors import SemperError
+
 DEFAULT_CURRENCY = 978          # EUR: what an amount means when no currency is named
 
 
-class AmountError(ValueError):
-    user_facing = True
+class AmountError(SemperError, ValueError):
+    """An amount or currency that is not one (too many decimals, unknown code, ...): the user's input, exit 2."""
+
+    exit_status = 2
+    http_status = 400
+    code = "bad_amount"
 
 
 @functools.cache

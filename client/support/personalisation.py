@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from semper.hardware import tlv
+from semper.hardware.errors import SemperError
 from semper.hardware.piv import CHUID, PivSession, Slot
 from semper.hardware.psam import PsamSession
 from semper.hardware.purse import PERSO_CERT, PERSO_ISSUER, PERSO_PARAMS, PERSO_PIN, PERSO_PUK, PERSO_ROOT, PurseSession
@@ -25,8 +26,8 @@ from .scheme import ROLE_PSAM, ROLE_PURSE_CARD, Scheme
 EUR = 978
 
 
-class PersonalisationError(Exception):
-    pass
+class PersonalisationError(SemperError):
+    """A card could not be personalised (keys, certificates, PINs written); the message says which step."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from semper.hardware.errors import SemperError
 from semper.hardware.signer import Signer
 
 # A UUID-based OID arc (ITU-T X.667, 2.25.<uuid>): ours without a registration.
@@ -35,10 +36,11 @@ SEMPER_ARC = "2.25.22968398718274257184176849936958858258"
 ROLE_ARC = SEMPER_ARC + ".1"
 
 
-class PkiError(Exception):
+class PkiError(SemperError):
     """A request or object does not have the form or signature it must have."""
 
-    user_facing = True
+    http_status = 400
+    code = "pki_invalid"
 
 
 @dataclass(frozen=True)

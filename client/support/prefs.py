@@ -22,11 +22,16 @@ from urllib.parse import urlsplit
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
+from semper.hardware.errors import SemperError
 
-class PrefsError(Exception):
-    """A preferences file or value is wrong; ``key`` names the key when one is to blame."""
 
-    user_facing = True
+class PrefsError(SemperError):
+    """A preferences file or value is wrong; ``key`` names the key when one is to blame. The user's
+    input: exit status 2."""
+
+    exit_status = 2
+    http_status = 400
+    code = "bad_preference"
 
     def __init__(self, message: str, key: str | None = None) -> None:
         super().__init__(message)

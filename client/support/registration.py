@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from semper.hardware import errors as hw
+from semper.hardware.errors import SemperError
 from semper.hardware.signer import Signer
 
 from . import pki, regkeys
@@ -34,10 +35,11 @@ from .channels import ChannelError, JsonClient
 from .paths import semper_home
 
 
-class RegistrationError(Exception):
+class RegistrationError(SemperError):
     """Registration stopped; the message says why and what to do. Nothing was left half-done."""
 
-    user_facing = True
+    http_status = 422
+    code = "registration_failed"
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,18 @@ import hashlib
 import hmac
 import secrets
 
+from semper.hardware.errors import SemperError
+
 KEY_BYTES = 20
 MAC_LABEL = b"semper registration v1\x00"
 
 
-class RegistrationKeyError(ValueError):
-    """The text given is not a registration key (wrong length or letters)."""
+class RegistrationKeyError(SemperError, ValueError):
+    """The text given is not a registration key (wrong length or letters): the user's input, exit 2."""
 
-    user_facing = True
+    exit_status = 2
+    http_status = 400
+    code = "bad_registration_key"
 
 
 def new_key() -> str:

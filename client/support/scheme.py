@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from semper.hardware.errors import SemperError
 from semper.hardware.signer import sign_message
 from semper.hsm.agent import AgentKey, TokenAgent
 
@@ -64,8 +65,8 @@ ROOT_DAYS, CERT_DAYS = 3650, 1825
 PIN_MIN = 12
 
 
-class SchemeError(Exception):
-    pass
+class SchemeError(SemperError):
+    """The purse scheme cannot do what was asked (its folder, token or keys); the message says what to do."""
 
 
 def _name(common: str, serial: str | None = None) -> asn1_x509.Name:

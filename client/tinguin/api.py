@@ -31,6 +31,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from textual.pilot import Pilot
 
+from semper.hardware.errors import SemperError
+
 from .app import TinguinApp
 from .model import (
     Confirmation,
@@ -49,10 +51,11 @@ from .textshot import screen_text
 T = TypeVar("T")
 
 
-class TinguinClosed(Exception):
+class TinguinClosed(SemperError):
     """The TINGUIN window went away before the user answered: treat it as 'declined'."""
 
-    user_facing = True
+    http_status = 503
+    code = "unavailable"
 
 
 @runtime_checkable

@@ -23,16 +23,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from semper.hardware.errors import SemperError
+
 if TYPE_CHECKING:
     from semper.client.support.verify import VerifiedStatement
 
 MAX_AMOUNT = 2**31 - 1          # minor units, as the purse and the bank count
 
 
-class OfferError(ValueError):
+class OfferError(SemperError, ValueError):
     """An offer cannot be shown as verified (inconsistent, or not built from a verified statement)."""
 
-    user_facing = True
+    http_status = 422
+    code = "offer_refused"
 
 
 def _utc(when: dt.datetime) -> dt.datetime:

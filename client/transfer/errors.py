@@ -1,15 +1,21 @@
 """The transfer layer's errors: one base class, a few precise kinds, messages a person can act on."""
 from __future__ import annotations
 
+from semper.hardware.errors import SemperError
 
-class TransferError(Exception):
-    """Base of every transfer-layer failure."""
 
-    user_facing = True
+class TransferError(SemperError):
+    """Base of every transfer-layer failure (an item that does not do what it should: 422)."""
+
+    http_status = 422
+    code = "bad_item"
 
 
 class MalformedItem(TransferError):
     """An item, package or description does not have the form of its type (bad JSON, wrong fields)."""
+
+    http_status = 400
+    code = "malformed_item"
 
 
 class UnknownItemType(TransferError):

@@ -53,6 +53,9 @@ STALE_AFTER = 60.0         # seconds after which a payment that never sent its p
 class TerminalBusy(PaymentError):
     """Every debit the PSAM can keep open is in flight; nothing was paid; try again shortly."""
 
+    http_status = 503
+    code = "busy"
+
 
 class _Slots:
     """Room at the PSAM, one per purse payment between its hello and its proof.
