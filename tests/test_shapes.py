@@ -212,7 +212,7 @@ def test_bank_parameters_refuse_extra_missing_and_mistyped(data: Any) -> None:
     body, code, field = data.draw(broken(template, shape))
     with pytest.raises(BankRefusal) as e:
         read_params(op, body)
-    assert (e.value.status, e.value.code) == (400, code) and field in str(e.value), (body, e.value)
+    assert (e.value.http_status, e.value.code) == (400, code) and field in str(e.value), (body, e.value)
 
 
 @pytest.mark.parametrize("amount, code", [(0, "bad_amount"), (-1, "bad_amount"), (2**31, "amount_too_large"),

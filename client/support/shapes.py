@@ -31,6 +31,8 @@ from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
+from semper.hardware.errors import SemperError
+
 S = TypeVar("S", bound="Shape")
 
 
@@ -40,10 +42,11 @@ class Shape(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     codes: ClassVar[Mapping[str, str]] = {}
 
 
-class ShapeError(ValueError):
+class ShapeError(SemperError, ValueError):
     """A message that is not of its shape: ``code`` (stable), ``field`` (JSON path), a sentence."""
 
-    user_facing = True
+    exit_status = 2
+    http_status = 400
 
     def __init__(self, code: str, field: str, message: str, kind: str = "") -> None:
         super().__init__(message)
