@@ -140,7 +140,8 @@ def _clear(world: Any) -> Any:
 
 def _buyer(ui: Any, world: Any, reader: str, say: Callable[[str], None]) -> dict[str, Any]:
     """Everything the buyer does, in the TINGUIN's worker thread."""
-    from semper.hardware.transport import PcscConnection
+    from semper.hardware import cards
+    from semper.hardware.iso7816 import AID
 
     from .commerce.judge import judge_deal
     from .commerce.setup import BuyerConfig, open_buyer, register_card
@@ -157,7 +158,7 @@ def _buyer(ui: Any, world: Any, reader: str, say: Callable[[str], None]) -> dict
                       account=world.accounts["buyer"], ttp_url=s.ttp, ttp_cert=ttp_cert, escrow=escrow,
                       tls=world.buyer_tls(), patience=10.0)
     out: dict[str, Any] = {"ok": False}
-    with PcscConnection(reader) as card:
+    with cards.connection(AID.PURSE, reader) as card:
         session = open_buyer(cfg, ui, card)
         try:
             b = session.buyer
