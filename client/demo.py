@@ -147,6 +147,7 @@ def _buyer(ui: Any, world: Any, reader: str, say: Callable[[str], None]) -> dict
     from .commerce.setup import BuyerConfig, open_buyer, register_card
     from .commerce.workflows import buy_information, mail_order
     from .exchange.judge import judge as judge_exchange
+    from .payment.item import item_verifiers
     from .support.archive import verify_bundle
     from .support.trust import TrustStore
     from .tinguin.model import ProgressStep, StepState
@@ -208,7 +209,7 @@ def _buyer(ui: Any, world: Any, reader: str, say: Callable[[str], None]) -> dict
                     import json
                     xid = json.loads(xids[-1].content)["xid"]
                     xr = judge_exchange(b.archive.export(xid, world.folder / "exchange.zip"), trust,
-                                        [world.scheme.root_cert])
+                                        item_verifiers(purse_root=world.scheme.root_cert))
                     say(f"    the exchange {xid[:12]}…: {xr.ruling} (fair: {xr.fair})")
                     ok = ok and xr.fair
             step("evidence", "check the evidence of both deals", StepState.DONE if ok else StepState.FAILED)
