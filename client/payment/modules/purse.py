@@ -38,6 +38,7 @@ from cryptography.x509.oid import NameOID
 from semper.hardware import errors as hw
 from semper.hardware.purse_records import DEBIT_PROOF, DEBIT_REQUEST, DebitRecord, LoadConfirmation, Signed
 
+from ...support.money import format_amount
 from ...support.scheme import ROLE_PSAM, ROLE_PURSE_CARD
 from ..errors import InstrumentError, InsufficientFunds, PaymentError, PaymentRefused, ProtocolError
 from ..model import MAX_AMOUNT, Acceptance, ExchangeProperties, Instrument, Model, Status, Terms
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 def _card_error(e: hw.HardwareError, what: str) -> PaymentError:
     """Card failures as payment errors, in words (never a status word)."""
     if isinstance(e, hw.InsufficientFundsError):
-        return InsufficientFunds(f"the purse holds too little to {what}")
+        return InsufficientFunds(f"the purse balance is too low to {what}")
     if isinstance(e, hw.MaxBalanceError):
         return InstrumentError(f"the purse would exceed its maximum balance; {what} a smaller amount")
     if isinstance(e, (hw.WrongPinError, hw.PinBlockedError)):
@@ -359,7 +360,8 @@ class PayerFlow:
             if info.currency != self.terms.currency:
                 raise InstrumentError(f"the purse holds currency {info.currency}, the payment is in {self.terms.currency}")
             if info.balance < self.terms.amount:
-                raise InsufficientFunds(f"the purse holds {info.balance}, the payment needs {self.terms.amount}")
+                held, needed = format_amount(info.balance, info.currency), format_amount(self.terms.amount, info.currency)
+                raise InsufficientFunds(f"the purse balance is too low: it holds {held}, the payment needs {needed}")
             self.state = "hello"
             self.card_cert = cert
             return Step({"kind": "hello", "card": info.card_id, "counter": info.debit_counter + 1,
