@@ -360,7 +360,8 @@ class PayerFlow:
             if info.currency != self.terms.currency:
                 raise InstrumentError(f"the purse holds currency {info.currency}, the payment is in {self.terms.currency}")
             if info.balance < self.terms.amount:
-                held, needed = format_amount(info.balance, info.currency), format_amount(self.terms.amount, info.currency)
+                held = format_amount(info.balance, info.currency)
+                needed = format_amount(self.terms.amount, info.currency)
                 raise InsufficientFunds(f"the purse balance is too low: it holds {held}, the payment needs {needed}")
             self.state = "hello"
             self.card_cert = cert
