@@ -3,9 +3,11 @@
 Everything is real and throwaway, in a temporary folder: SoftHSM2 tokens for the CA, the seller,
 the buyer and the third party; a semper CA that certifies them; the third party on HTTPS with its
 escrow key in its token; a personalised buyer card and seller PSAM in process; both parties on
-HTTPS. For each protocol it runs fault-free exchanges and *resolved* ones (the seller stops before
-its last message, the buyer goes to the third party after ``patience`` seconds; fault-free runs
-wait up to 10 s per step, which they never need) and reports:
+HTTPS. The card payments go the way a shop's and a buyer's do: each party's payment manager with the
+card-purse module, wrapped as the exchange layer's payment items (``ItemPayer``, ``ItemPayee``), and
+checked with the verifiers the third party uses. For each protocol it runs fault-free exchanges and
+*resolved* ones (the seller stops before its last message, the buyer goes to the third party after
+``patience`` seconds; fault-free runs wait up to 10 s per step, which they never need) and reports:
 
 * ``messages`` (party to party), ``ttp_requests``, ``https_requests`` (their sum: each is one
   HTTPS request on a kept-alive connection), ``round_trips`` (party-to-party flights / 2, rounded
@@ -48,6 +50,9 @@ async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience:
     from semper.client.exchange.party import Party, ResponsePlan
     from semper.client.exchange.run import Outbox
     from semper.client.payment.card_purse import load
+    from semper.client.payment.item import ItemPayee, ItemPayer, ItemPayments, item_verifiers
+    from semper.client.payment.manager import PaymentManager as Payments
+    from semper.client.payment.module import PartyContext
     from semper.client.servers.ca import CertificationAuthority
     from semper.client.servers.ca_home import issue_tls_identity
     from semper.client.servers.ttp_home import TtpHome
@@ -64,21 +69,17 @@ async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience:
     )
     from semper.client.transfer.items import Description, PackageDescription
     from semper.client.transfer.managers import Managers, PackageOffer
-    from semper.client.transfer.payment import PaymentManager, PaymentOffer
-    from semper.client.transfer.purse_payment import (
-        CardPursePayee,
-        CardPursePayer,
-        CardPurseVerifier,
-    )
+    from semper.client.transfer.payment import PaymentOffer
     from semper.client.transfer.statements import (
         CredentialManager,
         CredentialOffer,
         StatementManager,
         StatementOffer,
     )
+    from semper.hardware import cards
+    from semper.hardware.iso7816 import AID
     from semper.hardware.psam import PsamSession
     from semper.hardware.purse import PurseSession
-    from semper.hardware.simulator import open_card
     from semper.hsm.signer import Pkcs11Signer
     from semper.hsm.softhsm import SoftHsmStore, provision
 
@@ -106,12 +107,10 @@ async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience:
     info = TtpInfo.load(runner.url, home.certificate(), home.escrow_file.read_bytes(), trust)
     assert info.escrow is not None
     escrows = {cert_id(info.certificate): info.escrow.key_id}
-    buyer_card, psam_card = open_card(cp.buyer, sync=False), open_card(cp.psam, sync=False)
+    buyer_card = cards.open_connection(AID.PURSE, image=cp.buyer, sync=False)
+    psam_card = cards.open_connection(AID.PSAM, image=cp.psam, sync=False)
     purse, psam = PurseSession(buyer_card), PsamSession(psam_card)
     load(purse, cp.scheme, 10_000_000, b"1234")
-    root = cp.scheme.root_cert
-    verifiers = {"card-purse": CardPurseVerifier(root)}
-
     class StopBefore(Outbox):
         """The seller's outbox: sends everything, or stops before one message kind (the item, so the buyer
         resolves at the third party). chaos/party_faults.py has the general one; the benches do not import it."""
@@ -124,12 +123,17 @@ async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience:
             return body
 
     seller_stops = StopBefore()                  # stops before its item when a resolution is measured
+    verifiers = item_verifiers(purse_root=cp.scheme.root_cert)
+    buyer_payments = Payments(PartyContext(purse=purse), only=["card-purse"])
+    seller_payments = Payments(PartyContext(psam=psam), only=["card-purse"])
+    payee = ItemPayee(seller_payments, "card-purse", verifiers["card-purse"], account="bench-seller",
+                      payee_name="b-seller")
     seller = Party("seller", ids["b-seller"], trust, Managers(
         StatementManager(trust), CredentialManager(trust), InformationManager(escrows),
-        PaymentManager(verifiers, {"card-purse": CardPursePayee(root, psam)})), folder / "seller.archive",
+        ItemPayments(verifiers, {"card-purse": payee})), folder / "seller.archive",
         tls=tls, root_pem=root_pem, ttp=info, step_timeout=10.0, outbox=seller_stops)
     buyer = Party("buyer", ids["b-buyer"], trust, Managers(
-        StatementManager(trust), CredentialManager(trust), InformationManager(escrows), PaymentManager(verifiers)),
+        StatementManager(trust), CredentialManager(trust), InformationManager(escrows), ItemPayments(verifiers)),
         folder / "buyer.archive", tls=tls, root_pem=root_pem, ttp=info, step_timeout=10.0)
     await seller.start()
     await buyer.start()
@@ -138,7 +142,7 @@ async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience:
 
     def deal(protocol: str) -> tuple[Any, Any, ResponsePlan, bool]:
         pay = Description("payment", {"module": "card-purse", "amount": price, "currency": 978})
-        payer = PaymentOffer(CardPursePayer(root, purse), price, 978)
+        payer = PaymentOffer(ItemPayer(buyer_payments, "card-purse", verifiers["card-purse"]), price, 978)
         if protocol == "gen-ver":
             receipt = {"type": "receipt", "amount": price}
             offer = PackageOffer((InformationOffer(report), StatementOffer(ids["b-seller"].sign, receipt)))

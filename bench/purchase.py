@@ -147,7 +147,6 @@ def _floor(world: Any, session: Any, vc: Any, runs: int) -> dict[str, Any]:
     """The purchase's cryptography alone, on the same devices: what it cannot do without."""
     import hashlib
 
-    from semper.client.payment import card_purse
     from semper.client.support.cms import sign_statement
     from semper.client.support.trust import TrustStore
     from semper.client.support.verify import verify_statement
@@ -183,8 +182,13 @@ def _floor(world: Any, session: Any, vc: Any, runs: int) -> dict[str, Any]:
     purse, psam = PurseSession(b.purse.apdu.connection), PsamSession(psam_conn)
 
     def debit() -> None:
+        # the device work alone (the PSAM's request, the card's debit, the PSAM taking the proof), not the
+        # module's flow around it: this is the floor the purchase's payment is measured against
         with the_shop.payment_lock, gated.lock:
-            card_purse.purchase(purse, psam, 1)
+            info = purse.info()
+            _drq, request = psam.begin_debit(info.card_number, info.debit_counter + 1, 1, info.currency)
+            _dpf, proof = purse.debit(psam.certificate(), request)
+            psam.complete_debit(purse.certificate(), proof)
     purse_debit = time_it(debit)
     parts = {"seller token signature (x3)": 3 * seller_sign, "card order signature, PIN + 9C (x1)": card,
              "statement verification with chain (x4)": 4 * verify,

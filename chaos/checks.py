@@ -190,6 +190,7 @@ def snapshot(market: Any) -> Money:
 def judge_buyer_deal(market: Any, deal: str, out_dir: Path) -> DealFinding:
     from semper.client.commerce.judge import judge_deal
     from semper.client.exchange.judge import judge as judge_exchange
+    from semper.client.payment.item import item_verifiers
     from semper.client.support.trust import TrustStore
     b, w = market.buyer, market.world
     trust = TrustStore([w.ca_root])
@@ -206,5 +207,5 @@ def judge_buyer_deal(market: Any, deal: str, out_dir: Path) -> DealFinding:
     xids = [json.loads(e.content).get("xid") for e in entries if e.kind == "exchange"]
     if xids and xids[-1]:
         xb = b.archive.export(str(xids[-1]), out_dir / f"{xids[-1]}.zip")
-        exchange = judge_exchange(xb, trust, [w.scheme.root_cert]).as_dict()
+        exchange = judge_exchange(xb, trust, item_verifiers(purse_root=w.scheme.root_cert)).as_dict()
     return buyer_verdict(deal, workflow, ruling, exchange, total)

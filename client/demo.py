@@ -140,12 +140,14 @@ def _clear(world: Any) -> Any:
 
 def _buyer(ui: Any, world: Any, reader: str, say: Callable[[str], None]) -> dict[str, Any]:
     """Everything the buyer does, in the TINGUIN's worker thread."""
-    from semper.hardware.transport import PcscConnection
+    from semper.hardware import cards
+    from semper.hardware.iso7816 import AID
 
     from .commerce.judge import judge_deal
     from .commerce.setup import BuyerConfig, open_buyer, register_card
     from .commerce.workflows import buy_information, mail_order
     from .exchange.judge import judge as judge_exchange
+    from .payment.item import item_verifiers
     from .support.archive import verify_bundle
     from .support.trust import TrustStore
     from .tinguin.model import ProgressStep, StepState
@@ -157,7 +159,7 @@ def _buyer(ui: Any, world: Any, reader: str, say: Callable[[str], None]) -> dict
                       account=world.accounts["buyer"], ttp_url=s.ttp, ttp_cert=ttp_cert, escrow=escrow,
                       tls=world.buyer_tls(), patience=10.0)
     out: dict[str, Any] = {"ok": False}
-    with PcscConnection(reader) as card:
+    with cards.connection(AID.PURSE, reader) as card:
         session = open_buyer(cfg, ui, card)
         try:
             b = session.buyer
@@ -207,7 +209,7 @@ def _buyer(ui: Any, world: Any, reader: str, say: Callable[[str], None]) -> dict
                     import json
                     xid = json.loads(xids[-1].content)["xid"]
                     xr = judge_exchange(b.archive.export(xid, world.folder / "exchange.zip"), trust,
-                                        [world.scheme.root_cert])
+                                        item_verifiers(purse_root=world.scheme.root_cert))
                     say(f"    the exchange {xid[:12]}…: {xr.ruling} (fair: {xr.fair})")
                     ok = ok and xr.fair
             step("evidence", "check the evidence of both deals", StepState.DONE if ok else StepState.FAILED)

@@ -72,8 +72,6 @@ class CardSigner:
 def card_signer(reader: str | None = None, image: Path | None = None, slot: Slot = Slot.SIGNATURE
                 ) -> Iterator[CardSigner]:
     """The card's PIV key (9C by default: PIN right before each signature)."""
-    if image is not None and not image.exists():
-        raise hw_errors.ReaderError(f"no card image at {image}; create one with 'semper card new --image {image}'")
     with connection(AID.PIV, reader, image) as conn:
         where = f"the card image {image}" if image is not None else f"the card in {conn.reader!r}"
         try:

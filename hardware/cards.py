@@ -1,7 +1,10 @@
 """Opening the buyer's card and the seller's PSAM, wherever they are: a PC/SC reader or an image.
 
 ``--reader NAME`` talks through pcscd; ``--image PATH`` opens a simulated card in this process;
-with neither, the readers are searched for a card carrying the applet.
+with neither, the readers are searched for a card carrying the applet. This is the one place that
+makes that choice: the commands, the TINGUIN, the signers, the shop's PSAM and the demo all open
+their cards through :func:`open_connection` (or the context managers on top of it), so a card is
+found, refused and reported the same way everywhere.
 """
 from __future__ import annotations
 
@@ -17,13 +20,22 @@ from .simulator import open_card
 from .transport import Connection, PcscConnection
 
 
+def open_connection(aid: AID, reader: str | None = None, image: Path | None = None,
+                    exclude: tuple[str, ...] = (), *, sync: bool = True) -> Connection:
+    """A connection to the card that carries ``aid``: the image when one is named, else the reader when
+    one is named, else the first reader (not in ``exclude``) whose card answers a SELECT for ``aid``.
+    The caller closes it. ``sync=False`` opens an image without an fsync per commit (faster, not
+    power-safe); it means nothing for a card in a reader."""
+    if image is not None:
+        return open_card(Path(image), sync=sync)
+    return PcscConnection(reader or find_card(aid, exclude))
+
+
 @contextmanager
 def connection(aid: AID, reader: str | None = None, image: Path | None = None,
-               exclude: tuple[str, ...] = ()) -> Iterator[Connection]:
-    if image is not None:
-        conn: Connection = open_card(image)
-    else:
-        conn = PcscConnection(reader or find_card(aid, exclude))
+               exclude: tuple[str, ...] = (), *, sync: bool = True) -> Iterator[Connection]:
+    """:func:`open_connection` for the length of a ``with`` block."""
+    conn = open_connection(aid, reader, image, exclude, sync=sync)
     try:
         yield conn
     finally:

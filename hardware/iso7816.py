@@ -32,6 +32,46 @@ class SW(IntEnum):
     NOT_AUTHENTIC = 0x9F13
 
 
+CLA_ISO = 0x00                 # interindustry commands (ISO 7816-4, PIV)
+CLA_PROPRIETARY = 0x80         # semper's own commands (purse, PSAM, personalisation of every applet)
+
+
+class INS(IntEnum):
+    """The instruction bytes the host sends, named once for every applet session (the card side names its
+    own in ``card_applet_sim``; the two are tested against each other through the APDUs)."""
+
+    # ISO 7816-4 and NIST SP 800-73-4 (PIV), CLA 00
+    VERIFY = 0x20
+    CHANGE_REFERENCE_DATA = 0x24
+    RESET_RETRY_COUNTER = 0x2C
+    GENERATE_ASYMMETRIC_KEY_PAIR = 0x47
+    GENERAL_AUTHENTICATE = 0x87
+    SELECT = 0xA4
+    GET_RESPONSE = 0xC0
+    GET_DATA = 0xCB
+    PUT_DATA = 0xDB
+    # PSAM, CLA 80
+    BEGIN_DEBIT = 0x30
+    COMPLETE_DEBIT = 0x32
+    CLOSE_BATCH = 0x34
+    READ_BATCH_ENTRY = 0x36
+    READ_BATCH_HEADER = 0x38
+    # purse, CLA 80 (READ_INFO and GET_CERTIFICATE: the PSAM's too)
+    INITIALIZE_LOAD = 0x40
+    LOAD = 0x42
+    READ_INFO = 0x50
+    GET_CERTIFICATE = 0x52
+    DEBIT = 0x54
+    READ_LOG = 0x56
+    # personalisation of every applet, CLA 80
+    PUT_PERSO = 0xE0
+    GENERATE_KEY = 0xE2
+    END_PERSO = 0xEE
+
+
+P1_SELECT_BY_AID = 0x04
+
+
 class AID(bytes, Enum):
     """Application identifiers of the applets semper's cards carry."""
 

@@ -10,7 +10,7 @@ from enum import IntEnum
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from . import errors, tlv
-from .iso7816 import AID, Apdu
+from .iso7816 import AID, CLA_ISO, CLA_PROPRIETARY, INS, Apdu
 from .signer import PinStatus
 from .transport import ApduSession, Connection
 
@@ -51,17 +51,17 @@ class PivSession:
             self.select()
 
     def select(self) -> bytes:
-        return self.apdu.send(Apdu(0x00, 0xA4, 0x04, 0x00, AID.PIV.value, 0), "select PIV")
+        return self.apdu.select(AID.PIV, "select PIV")
 
     # ---- data objects ----------------------------------------------------------------------
     def get_object(self, object_id: bytes) -> bytes:
         data = bytes([0x5C, len(object_id)]) + object_id
-        return self.apdu.send(Apdu(0x00, 0xCB, 0x3F, 0xFF, data, 0), "read a PIV object")
+        return self.apdu.send(Apdu(CLA_ISO, INS.GET_DATA, 0x3F, 0xFF, data, 0), "read a PIV object")
 
     def put_object(self, object_id: bytes, content: bytes) -> None:
         self._certs.clear()
         data = bytes([0x5C, len(object_id)]) + object_id + tlv.encode(0x53, content)
-        self.apdu.send(Apdu(0x00, 0xDB, 0x3F, 0xFF, data), "write a PIV object")
+        self.apdu.send(Apdu(CLA_ISO, INS.PUT_DATA, 0x3F, 0xFF, data), "write a PIV object")
 
     def certificate(self, slot: Slot) -> bytes:
         """The slot's certificate. Read from the card once per session (every statement embeds it and
@@ -81,14 +81,14 @@ class PivSession:
 
     # ---- PIN -------------------------------------------------------------------------------
     def verify_pin(self, pin: bytes) -> None:
-        self.apdu.send(Apdu(0x00, 0x20, 0x00, PIN_REF, _padded(pin)), "verify the PIN")
+        self.apdu.send(Apdu(CLA_ISO, INS.VERIFY, 0x00, PIN_REF, _padded(pin)), "verify the PIN")
 
     def verify_puk(self, puk: bytes) -> None:
-        self.apdu.send(Apdu(0x00, 0x20, 0x00, PUK_REF, _padded(puk)), "verify the PUK")
+        self.apdu.send(Apdu(CLA_ISO, INS.VERIFY, 0x00, PUK_REF, _padded(puk)), "verify the PUK")
 
     def _status(self, ref: int) -> PinStatus:
         try:
-            self.apdu.send(Apdu(0x00, 0x20, 0x00, ref), "PIN status")
+            self.apdu.send(Apdu(CLA_ISO, INS.VERIFY, 0x00, ref), "PIN status")
             return PinStatus(True, None)
         except errors.WrongPinError as e:
             return PinStatus(False, e.tries_left, e.tries_left == 0)
@@ -100,57 +100,64 @@ class PivSession:
 
     def logout(self) -> None:
         """Forget the PIN verification (VERIFY with P1 = FF)."""
-        self.apdu.send(Apdu(0x00, 0x20, 0xFF, PIN_REF), "reset the PIN status")
+        self.apdu.send(Apdu(CLA_ISO, INS.VERIFY, 0xFF, PIN_REF), "reset the PIN status")
 
     def change_pin(self, old: bytes, new: bytes) -> None:
-        self.apdu.send(Apdu(0x00, 0x24, 0x00, PIN_REF, _padded(old) + _padded(new)), "change the PIN")
+        self.apdu.send(Apdu(CLA_ISO, INS.CHANGE_REFERENCE_DATA, 0x00, PIN_REF, _padded(old) + _padded(new)),
+                       "change the PIN")
 
     def change_puk(self, old: bytes, new: bytes) -> None:
-        self.apdu.send(Apdu(0x00, 0x24, 0x00, PUK_REF, _padded(old) + _padded(new)), "change the PUK")
+        self.apdu.send(Apdu(CLA_ISO, INS.CHANGE_REFERENCE_DATA, 0x00, PUK_REF, _padded(old) + _padded(new)),
+                       "change the PUK")
 
     def unblock_pin(self, puk: bytes, new_pin: bytes) -> None:
-        self.apdu.send(Apdu(0x00, 0x2C, 0x00, PIN_REF, _padded(puk) + _padded(new_pin)), "unblock the PIN")
+        self.apdu.send(Apdu(CLA_ISO, INS.RESET_RETRY_COUNTER, 0x00, PIN_REF, _padded(puk) + _padded(new_pin)),
+                       "unblock the PIN")
 
     # ---- keys ------------------------------------------------------------------------------
     def authenticate_admin(self, key: bytes) -> None:
         """Card management key 9B (AES-128): answer the card's challenge."""
         if len(key) != 16:
             raise errors.InvalidInputError("the management key is 16 bytes (AES-128)")
-        ans = tlv.decode(self.apdu.send(Apdu(0x00, 0x87, ALG_AES128, 0x9B, tlv.encode(0x7C, tlv.encode(0x81, b"")), 0),
+        ask = tlv.encode(0x7C, tlv.encode(0x81, b""))
+        ans = tlv.decode(self.apdu.send(Apdu(CLA_ISO, INS.GENERAL_AUTHENTICATE, ALG_AES128, 0x9B, ask, 0),
                                         "management key challenge"))
         challenge = tlv.decode(ans[0x7C])[0x81]
         enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
         response = enc.update(challenge) + enc.finalize()
         try:
-            self.apdu.send(Apdu(0x00, 0x87, ALG_AES128, 0x9B, tlv.encode(0x7C, tlv.encode(0x82, response))),
-                           "management key response")
+            self.apdu.send(Apdu(CLA_ISO, INS.GENERAL_AUTHENTICATE, ALG_AES128, 0x9B,
+                                tlv.encode(0x7C, tlv.encode(0x82, response))), "management key response")
         except errors.PinRequiredError as e:
             raise errors.NotAuthenticError("the card rejected the PIV management key", e.sw) from None
 
     def generate(self, slot: Slot) -> bytes:
         self._certs.pop(slot, None)
         data = tlv.encode(0xAC, tlv.encode(0x80, bytes([ALG_ECC_P256])))
-        ans = tlv.decode(self.apdu.send(Apdu(0x00, 0x47, 0x00, slot.value, data, 0), "generate a key pair"))
+        ans = tlv.decode(self.apdu.send(Apdu(CLA_ISO, INS.GENERATE_ASYMMETRIC_KEY_PAIR, 0x00, slot.value, data, 0),
+                                        "generate a key pair"))
         point = tlv.decode(ans[0x7F49])[0x86]
         return point
 
     def sign_digest(self, slot: Slot, digest: bytes) -> bytes:
         data = tlv.encode(0x7C, tlv.encode(0x82, b"") + tlv.encode(0x81, digest))
-        ans = tlv.decode(self.apdu.send(Apdu(0x00, 0x87, ALG_ECC_P256, slot.value, data, 0), "sign on the card"))
+        ans = tlv.decode(self.apdu.send(Apdu(CLA_ISO, INS.GENERAL_AUTHENTICATE, ALG_ECC_P256, slot.value, data, 0),
+                                        "sign on the card"))
         return tlv.decode(ans[0x7C])[0x82]
 
     def key_agreement(self, peer_point: bytes, slot: Slot = Slot.KEY_MANAGEMENT) -> bytes:
         """ECDH on the card with key 9D: the shared secret (x coordinate); the private key stays on the card."""
         data = tlv.encode(0x7C, tlv.encode(0x82, b"") + tlv.encode(0x85, peer_point))
-        ans = tlv.decode(self.apdu.send(Apdu(0x00, 0x87, ALG_ECC_P256, slot.value, data, 0), "key agreement on the card"))
+        ans = tlv.decode(self.apdu.send(Apdu(CLA_ISO, INS.GENERAL_AUTHENTICATE, ALG_ECC_P256, slot.value, data, 0),
+                                        "key agreement on the card"))
         return tlv.decode(ans[0x7C])[0x82]
 
     # ---- personalisation -------------------------------------------------------------------
     def put_perso(self, item: int, value: bytes) -> None:
-        self.apdu.send(Apdu(0x80, 0xE0, item, 0, value), "personalise PIV")
+        self.apdu.send(Apdu(CLA_PROPRIETARY, INS.PUT_PERSO, item, 0, value), "personalise PIV")
 
     def end_personalisation(self) -> None:
-        self.apdu.send(Apdu(0x80, 0xEE, 0, 0), "close PIV personalisation")
+        self.apdu.send(Apdu(CLA_PROPRIETARY, INS.END_PERSO, 0, 0), "close PIV personalisation")
 
 
 class PivSigner:

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from . import tlv
 from .errors import NotFoundError
-from .iso7816 import AID, Apdu
+from .iso7816 import AID, CLA_PROPRIETARY, INS, Apdu
 from .purse_records import DEBIT_REQUEST, BatchHeader, DebitRecord, Signed
 from .transport import ApduSession, Connection
 
-CLA = 0x80
+CLA = CLA_PROPRIETARY
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class PsamSession:
 
     def select(self) -> bytes:
         self._selected = False
-        answer = self._send(Apdu(0x00, 0xA4, 0x04, 0x00, AID.PSAM.value, 0), "select the PSAM")
+        answer = self.apdu.select(AID.PSAM, "select the PSAM")
         self._selected = True
         return answer
 
@@ -61,38 +61,38 @@ class PsamSession:
             self.select()
 
     def info(self) -> PsamInfo:
-        f = tlv.decode(self._send(Apdu(CLA, 0x50, 0, 0, b"", 0), "read the PSAM"))
+        f = tlv.decode(self._send(Apdu(CLA, INS.READ_INFO, 0, 0, b"", 0), "read the PSAM"))
         num = lambda t: int.from_bytes(f[t], "big")
         return PsamInfo(f[0xD1], num(0xD2), num(0xD3), num(0xD4), num(0xD5), num(0xD6), num(0xD7), num(0xD8))
 
     def certificate(self) -> bytes:
         """The PSAM's certificate, read once per session (it is written at personalisation, never after)."""
         if self._cert is None:
-            self._cert = self._send(Apdu(CLA, 0x52, 0x01, 0x00, b"", 0), "read the PSAM certificate")
+            self._cert = self._send(Apdu(CLA, INS.GET_CERTIFICATE, 0x01, 0x00, b"", 0), "read the PSAM certificate")
         return self._cert
 
     def begin_debit(self, card_number: bytes, next_debit_counter: int, amount: int, currency: int
                     ) -> tuple[DebitRecord, Signed]:
         data = struct.pack(">8sIIH", card_number, next_debit_counter, amount, currency)
-        signed = Signed.split(self._send(Apdu(CLA, 0x30, 0, 0, data, 0), "start a debit"), DebitRecord.SIZE)
+        signed = Signed.split(self._send(Apdu(CLA, INS.BEGIN_DEBIT, 0, 0, data, 0), "start a debit"), DebitRecord.SIZE)
         return DebitRecord.decode(signed.record, DEBIT_REQUEST), signed
 
     def complete_debit(self, card_certificate: bytes, proof: Signed) -> tuple[int, int, int]:
         """Returns (batch number, entry index, batch total)."""
         data = tlv.encode(0x01, card_certificate) + tlv.encode(0x02, proof.record) + tlv.encode(0x03, proof.signature)
-        raw = self._send(Apdu(CLA, 0x32, 0, 0, data, 0), "complete the debit")
+        raw = self._send(Apdu(CLA, INS.COMPLETE_DEBIT, 0, 0, data, 0), "complete the debit")
         return struct.unpack(">IIQ", raw)
 
     def close_batch(self) -> tuple[BatchHeader, Signed]:
-        signed = Signed.split(self._send(Apdu(CLA, 0x34, 0, 0, b"", 0), "close the batch"), BatchHeader.SIZE)
+        signed = Signed.split(self._send(Apdu(CLA, INS.CLOSE_BATCH, 0, 0, b"", 0), "close the batch"), BatchHeader.SIZE)
         return BatchHeader.decode(signed.record), signed
 
     def batch_entries(self, batch_number: int) -> list[BatchEntry]:
         out = []
         for index in range(0, 65536):
             try:
-                raw = self._send(Apdu(CLA, 0x36, index >> 8, index & 0xFF, batch_number.to_bytes(4, "big"), 0),
-                                     "read a batch entry")
+                raw = self._send(Apdu(CLA, INS.READ_BATCH_ENTRY, index >> 8, index & 0xFF,
+                                      batch_number.to_bytes(4, "big"), 0), "read a batch entry")
             except NotFoundError:
                 break
             f = tlv.decode(raw)
@@ -113,17 +113,18 @@ class PsamSession:
         return None
 
     def batch_header(self, batch_number: int) -> tuple[BatchHeader, Signed]:
-        raw = self._send(Apdu(CLA, 0x38, 0, 0, batch_number.to_bytes(4, "big"), 0), "read a batch header")
+        raw = self._send(Apdu(CLA, INS.READ_BATCH_HEADER, 0, 0, batch_number.to_bytes(4, "big"), 0),
+                         "read a batch header")
         signed = Signed.split(raw, BatchHeader.SIZE)
         return BatchHeader.decode(signed.record), signed
 
     # personalisation
     def generate_key(self) -> bytes:
-        return self._send(Apdu(CLA, 0xE2, 0, 0, b"", 0), "generate the PSAM key")
+        return self._send(Apdu(CLA, INS.GENERATE_KEY, 0, 0, b"", 0), "generate the PSAM key")
 
     def put_perso(self, item: int, value: bytes) -> None:
         self._cert = None
-        self._send(Apdu(CLA, 0xE0, item, 0, value), "personalise the PSAM")
+        self._send(Apdu(CLA, INS.PUT_PERSO, item, 0, value), "personalise the PSAM")
 
     def end_personalisation(self) -> None:
-        self._send(Apdu(CLA, 0xEE, 0, 0), "close personalisation")
+        self._send(Apdu(CLA, INS.END_PERSO, 0, 0), "close personalisation")

@@ -5,7 +5,7 @@ import struct
 from dataclasses import dataclass
 
 from . import tlv
-from .iso7816 import AID, Apdu
+from .iso7816 import AID, CLA_ISO, CLA_PROPRIETARY, INS, Apdu
 from .purse_records import (
     DEBIT_PROOF,
     LOAD_COMMAND_SIZE,
@@ -18,7 +18,7 @@ from .purse_records import (
 )
 from .transport import ApduSession, Connection
 
-CLA = 0x80
+CLA = CLA_PROPRIETARY
 P2_PIN = 0x81
 
 
@@ -63,11 +63,11 @@ class PurseSession:
             self.select()
 
     def select(self) -> bytes:
-        return self.apdu.send(Apdu(0x00, 0xA4, 0x04, 0x00, AID.PURSE.value, 0), "select the purse")
+        return self.apdu.select(AID.PURSE, "select the purse")
 
     # ---- reading -------------------------------------------------------------------------
     def info(self) -> PurseInfo:
-        f = tlv.decode(self.apdu.send(Apdu(CLA, 0x50, 0, 0, b"", 0), "read the purse"))
+        f = tlv.decode(self.apdu.send(Apdu(CLA, INS.READ_INFO, 0, 0, b"", 0), "read the purse"))
         tries = f.get(0xC7, b"\0\0")
         return PurseInfo(
             card_number=f[0xC1], currency=int.from_bytes(f[0xC2], "big"), balance=int.from_bytes(f[0xC3], "big"),
@@ -79,7 +79,7 @@ class PurseSession:
         """The purse's certificate, read once per session: it is written at personalisation and never
         after, and every payment sends it (three APDUs with GET RESPONSE)."""
         if self._cert is None:
-            self._cert = self.apdu.send(Apdu(CLA, 0x52, 0x01, 0x00, b"", 0), "read the card certificate")
+            self._cert = self.apdu.send(Apdu(CLA, INS.GET_CERTIFICATE, 0x01, 0x00, b"", 0), "read the card certificate")
         return self._cert
 
     def log(self) -> list[LogEntry]:
@@ -88,7 +88,7 @@ class PurseSession:
         out = []
         for n in range(1, 16):
             try:
-                raw = self.apdu.send(Apdu(CLA, 0x56, n, 0, b"", 0), "read the purse log")
+                raw = self.apdu.send(Apdu(CLA, INS.READ_LOG, n, 0, b"", 0), "read the purse log")
             except NotFoundError:
                 break
             kind = "load" if raw[0] == ord("L") else "debit"
@@ -98,7 +98,7 @@ class PurseSession:
 
     # ---- PIN --------------------------------------------------------------------------------
     def verify_pin(self, pin: bytes) -> None:
-        self.apdu.send(Apdu(0x00, 0x20, 0x00, P2_PIN, bytes(pin)), "verify the PIN")
+        self.apdu.send(Apdu(CLA_ISO, INS.VERIFY, 0x00, P2_PIN, bytes(pin)), "verify the PIN")
 
     def has_pin_pad(self) -> bool:
         """True when the reader can take the PIN on its own keypad (PC/SC part 10)."""
@@ -115,7 +115,7 @@ class PurseSession:
         if code is None:
             from .errors import ReaderError
             raise ReaderError("this reader has no PIN pad")
-        template = bytes([0x00, 0x20, 0x00, P2_PIN, 0x08]) + b"\xff" * 8
+        template = bytes([CLA_ISO, INS.VERIFY, 0x00, P2_PIN, 0x08]) + b"\xff" * 8
         answer = conn.control(code, verify_pin_structure(template))  # type: ignore[attr-defined]
         sw = (answer[-2] << 8) | answer[-1] if len(answer) >= 2 else 0x6F00
         if sw != 0x9000:
@@ -125,16 +125,18 @@ class PurseSession:
         """Ask the card without spending a try (VERIFY with no data)."""
         from .errors import CardError
         try:
-            self.apdu.send(Apdu(0x00, 0x20, 0x00, P2_PIN), "PIN status")
+            self.apdu.send(Apdu(CLA_ISO, INS.VERIFY, 0x00, P2_PIN), "PIN status")
             return True
         except CardError:
             return False
 
     def change_pin(self, old: bytes, new: bytes) -> None:
-        self.apdu.send(Apdu(0x00, 0x24, 0x00, P2_PIN, bytes([len(old)]) + old + new), "change the PIN")
+        self.apdu.send(Apdu(CLA_ISO, INS.CHANGE_REFERENCE_DATA, 0x00, P2_PIN, bytes([len(old)]) + old + new),
+                       "change the PIN")
 
     def unblock_pin(self, puk: bytes, new: bytes) -> None:
-        self.apdu.send(Apdu(0x00, 0x2C, 0x00, P2_PIN, bytes([len(puk)]) + puk + new), "unblock the PIN")
+        self.apdu.send(Apdu(CLA_ISO, INS.RESET_RETRY_COUNTER, 0x00, P2_PIN, bytes([len(puk)]) + puk + new),
+                       "unblock the PIN")
 
     # ---- load ---------------------------------------------------------------------------------
     def find_debit_proof(self, request: DebitRecord) -> tuple[DebitRecord, Signed] | None:
@@ -149,32 +151,33 @@ class PurseSession:
         return None
 
     def initialize_load(self, amount: int, currency: int) -> tuple[LoadRequest, Signed]:
-        raw = self.apdu.send(Apdu(CLA, 0x40, 0, 0, struct.pack(">IH", amount, currency), 0), "start a load")
+        raw = self.apdu.send(Apdu(CLA, INS.INITIALIZE_LOAD, 0, 0, struct.pack(">IH", amount, currency), 0),
+                             "start a load")
         signed = Signed.split(raw, LOAD_REQUEST_SIZE)
         return LoadRequest.decode(signed.record), signed
 
     def load(self, command: Signed) -> tuple[LoadConfirmation, Signed]:
-        raw = self.apdu.send(Apdu(CLA, 0x42, 0, 0, command.blob, 0), "load the purse")
+        raw = self.apdu.send(Apdu(CLA, INS.LOAD, 0, 0, command.blob, 0), "load the purse")
         signed = Signed.split(raw, LOAD_SIZE)
         return LoadConfirmation.decode(signed.record), signed
 
     # ---- purchase -----------------------------------------------------------------------------
     def debit(self, psam_certificate: bytes, request: Signed) -> tuple[DebitRecord, Signed]:
         data = tlv.encode(0x01, psam_certificate) + tlv.encode(0x02, request.record) + tlv.encode(0x03, request.signature)
-        raw = self.apdu.send(Apdu(CLA, 0x54, 0, 0, data, 0), "pay from the purse")
+        raw = self.apdu.send(Apdu(CLA, INS.DEBIT, 0, 0, data, 0), "pay from the purse")
         signed = Signed.split(raw, DebitRecord.SIZE)
         return DebitRecord.decode(signed.record, DEBIT_PROOF), signed
 
     # ---- personalisation (issuer side, before the card is issued) ----------------------------
     def generate_key(self) -> bytes:
-        return self.apdu.send(Apdu(CLA, 0xE2, 0, 0, b"", 0), "generate the purse key")
+        return self.apdu.send(Apdu(CLA, INS.GENERATE_KEY, 0, 0, b"", 0), "generate the purse key")
 
     def put_perso(self, item: int, value: bytes) -> None:
         self._cert = None
-        self.apdu.send(Apdu(CLA, 0xE0, item, 0, value), "personalise the purse")
+        self.apdu.send(Apdu(CLA, INS.PUT_PERSO, item, 0, value), "personalise the purse")
 
     def end_personalisation(self) -> None:
-        self.apdu.send(Apdu(CLA, 0xEE, 0, 0), "close personalisation")
+        self.apdu.send(Apdu(CLA, INS.END_PERSO, 0, 0), "close personalisation")
 
 
 PERSO_PARAMS, PERSO_PIN, PERSO_PUK, PERSO_ROOT, PERSO_ISSUER, PERSO_CERT = 1, 2, 3, 4, 5, 6

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from . import errors
-from .iso7816 import AID, Apdu
+from .iso7816 import AID
 
 # PC/SC part 10: features a reader may offer through SCardControl(CM_IOCTL_GET_FEATURE_REQUEST)
 FEATURE_VERIFY_PIN_DIRECT = 0x06
@@ -104,17 +104,61 @@ def wait_for_card(reader: str, timeout: float = 10.0, present: bool = True) -> b
     return False
 
 
+@dataclass(frozen=True)
+class ReaderSurvey:
+    """One reader as ``semper readers`` and the TINGUIN's reader screen show it."""
+
+    name: str
+    card_present: bool
+    atr: bytes = b""
+    applets: tuple[AID, ...] = ()          # semper's applets the card answered a SELECT for
+    pin_pad: bool = False
+    problem: str = ""                      # why the card could not be read ("" when it could)
+
+
+def probe(reader: str, aids: tuple[AID, ...] = tuple(AID), *, pin_pad: bool = False) -> tuple[tuple[AID, ...], bool]:
+    """Which of ``aids`` the card in ``reader`` carries (one SELECT each, nothing else sent), and, when
+    asked, whether the reader has a PIN pad. The one AID probe: ``find_card``, ``survey`` and through
+    them every command and screen that looks for a card use it. HardwareError when the card cannot be
+    reached at all."""
+    from .transport import ApduSession, PcscConnection
+    found = []
+    with PcscConnection(reader) as conn:
+        session = ApduSession(conn)
+        for aid in aids:
+            try:
+                session.select(aid)
+                found.append(aid)
+            except errors.CardError:
+                pass
+        pad = has_pin_pad(conn) if pin_pad else False
+    return tuple(found), pad
+
+
+def survey() -> list[ReaderSurvey]:
+    """Every reader, and for each card present: its ATR, semper's applets on it, the reader's PIN pad."""
+    out = []
+    for info in list_readers():
+        if not info.card_present:
+            out.append(ReaderSurvey(info.name, False))
+            continue
+        try:
+            applets, pad = probe(info.name, pin_pad=True)
+            out.append(ReaderSurvey(info.name, True, info.atr, applets, pad))
+        except errors.HardwareError as e:
+            out.append(ReaderSurvey(info.name, True, info.atr, problem=str(e)))
+    return out
+
+
 def find_card(aid: AID, exclude: tuple[str, ...] = ()) -> str:
     """The first reader whose card has the applet ``aid``; ReaderError when none has."""
-    from .transport import ApduSession, PcscConnection
     seen = []
     for info in list_readers():
         if not info.card_present or info.name in exclude:
             continue
         seen.append(info.name)
         try:
-            with PcscConnection(info.name) as conn:
-                ApduSession(conn).send(Apdu(0x00, 0xA4, 0x04, 0x00, aid.value, 0))
+            if aid in probe(info.name, (aid,))[0]:
                 return info.name
         except errors.HardwareError:
             continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from . import errors
-from .iso7816 import Apdu, error_for
+from .iso7816 import AID, CLA_ISO, INS, P1_SELECT_BY_AID, Apdu, error_for
 
 MAX_GET_RESPONSE = 256            # bounds the loop: 256 * 256 bytes is more than any answer here
 
@@ -124,6 +124,13 @@ class ApduSession:
         self.extended = extended
         self.chunk = chunk
 
+    def select(self, aid: AID, context: str = "") -> bytes:
+        """SELECT the applet ``aid`` by name (the card's answer: its FCI, or nothing); NotFoundError when the
+        card does not carry it. The one SELECT the host sends: every applet session and the reader probe
+        use it."""
+        return self.send(Apdu(CLA_ISO, INS.SELECT, P1_SELECT_BY_AID, 0x00, aid.value, 0),
+                         context or f"select the {aid.name.lower()} applet")
+
     def send(self, apdu: Apdu, context: str = "") -> bytes:
         data = apdu.data
         if not self.extended and len(data) > self.chunk:
@@ -145,7 +152,7 @@ class ApduSession:
             rounds += 1
             if rounds > MAX_GET_RESPONSE:
                 raise errors.TransportError("card keeps announcing more response data; giving up")
-            body, sw = self._exchange(Apdu(0x00, 0xC0, 0, 0, b"", (sw & 0xFF) or 256).encode())
+            body, sw = self._exchange(Apdu(CLA_ISO, INS.GET_RESPONSE, 0, 0, b"", (sw & 0xFF) or 256).encode())
             out += body
         if sw != 0x9000:
             raise error_for(sw, context)

@@ -18,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from semper.card_applet_sim.os import CardOS
 from semper.card_applet_sim.sw import SW
 from semper.client.payment import card_purse
+from semper.client.payment.errors import InstrumentError, InsufficientFunds
 from semper.hardware import errors, tlv
 from semper.hardware.iso7816 import AID, Apdu
 from semper.hardware.psam import PsamSession
@@ -256,10 +257,10 @@ def test_purse_and_psam_state_machine(fresh_images, scheme) -> None:  # type: ig
         @rule(amount=st.integers(1, 6000))
         def load(self, amount: int) -> None:
             if not self.verified:
-                with pytest.raises(errors.PinRequiredError):
+                with pytest.raises(InstrumentError, match="PIN verified"):        # the card refuses (6982)
                     card_purse.load(self.purse, scheme, amount)
             elif self.balance + amount > MAX_BALANCE:
-                with pytest.raises(errors.MaxBalanceError):
+                with pytest.raises(InstrumentError, match="exceed its maximum balance"):     # (9F11)
                     card_purse.load(self.purse, scheme, amount)
             else:
                 result = card_purse.load(self.purse, scheme, amount)
@@ -286,7 +287,7 @@ def test_purse_and_psam_state_machine(fresh_images, scheme) -> None:  # type: ig
         @rule(amount=st.integers(1, 3000))
         def purchase(self, amount: int) -> None:
             if amount > self.balance:
-                with pytest.raises(errors.InsufficientFundsError):
+                with pytest.raises(InsufficientFunds):
                     card_purse.purchase(self.purse, self.psam, amount)
                 return
             result = card_purse.purchase(self.purse, self.psam, amount)

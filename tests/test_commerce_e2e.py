@@ -27,6 +27,7 @@ from semper.client.commerce.judge import judge_deal
 from semper.client.commerce.setup import BuyerConfig, BuyerSession, open_buyer, register_card
 from semper.client.demo_world import CARD_PIN, World
 from semper.client.exchange.judge import judge as judge_exchange
+from semper.client.payment.item import item_verifiers
 from semper.client.payment.wallet import TokenWalletKey, Wallet
 from semper.client.servers.bank_audit import audit
 from semper.client.support.archive import verify_bundle
@@ -212,7 +213,7 @@ def test_information_is_fairly_exchanged_for_the_payment(market: Market) -> None
     assert after["psam"] == before["psam"] + item.unit_price
     # the exchange's own evidence, judged by the exchange layer's arbiter
     path = m.buyer.archive.export(_xid(m, r.deal_id), m.folder / "x.zip")        # type: ignore[arg-type]
-    ruling = judge_exchange(path, TrustStore([m.world.ca_root]), [m.world.scheme.root_cert])
+    ruling = judge_exchange(path, TrustStore([m.world.ca_root]), item_verifiers(purse_root=m.world.scheme.root_cert))
     assert ruling.fair and ruling.bundle_ok, ruling.as_dict()
     # the deal bundle: offer, signed order, the receipt for it
     deal = m.rule(r.deal_id)                                                     # type: ignore[arg-type]
@@ -242,7 +243,7 @@ def test_registration_and_contract_signing(market: Market) -> None:
     sd = m.shop.deals[r.deal_id]
     assert any("satisfied" == d.verdict for d in sd.deal.decisions if d.step == "exchange")
     path = m.buyer.archive.export(_xid(m, r.deal_id), m.folder / "c.zip")        # type: ignore[arg-type]
-    assert judge_exchange(path, TrustStore([m.world.ca_root]), []).fair
+    assert judge_exchange(path, TrustStore([m.world.ca_root]), {}).fair
     m.clean()
 
 
@@ -289,7 +290,7 @@ def test_a_cheating_seller_is_caught_at_every_step(market: Market) -> None:
     assert r.status is OutcomeStatus.SATISFIED and "third party" in r.summary, r.summary
     assert r.content == m.shop.catalogue.get("market-report").content
     path = m.buyer.archive.export(_xid(m, r.deal_id), m.folder / "r.zip")       # type: ignore[arg-type]
-    ruling = judge_exchange(path, TrustStore([m.world.ca_root]), [m.world.scheme.root_cert])
+    ruling = judge_exchange(path, TrustStore([m.world.ca_root]), item_verifiers(purse_root=m.world.scheme.root_cert))
     assert ruling.fair and any(d["outcome"] == "resolved" for d in ruling.as_dict()["third_party"])
     final = m.money()
     assert final["buyer purse"] == after["buyer purse"] - 400 and final["psam"] == after["psam"] + 400

@@ -21,6 +21,7 @@ from test_exchange_support import (
     make_party,
     plain_sale,
     purchase,
+    purse_payer,
     run,
     seller_managers,
     start_ttp,
@@ -116,8 +117,7 @@ def test_negotiation_refuses_what_no_protocol_makes_fair(world: World, tmp_path:
             assert o.status == "failed" and "no fair protocol" in o.reason and o.messages_sent == 0
             # the payer originating with the generatable item on the other side: told to swap roles
             from semper.client.transfer.payment import PaymentOffer
-            from semper.client.transfer.purse_payment import CardPursePayer
-            pay = PaymentOffer(CardPursePayer(world.purse_root, p.c.purse), PRICE, EUR)
+            pay = PaymentOffer(purse_payer(world, p.c), PRICE, EUR)
             o = await p.buyer.originate(p.seller.url, pay, describe(REPORT))
             assert o.status == "failed" and "let that party originate" in o.reason and o.messages_sent == 0
             # a responder without a matching plan refuses in negotiation; nothing is given
@@ -143,7 +143,8 @@ def test_security_attributes_non_repudiation_of_origin_and_receipt(world: World,
             # anonymity cannot go with signatures or with a payment that names the card
             with pytest.raises(UnsupportedAttribute):
                 from semper.client.transfer.attributes import check_attributes
-                check_attributes(SecurityAttributes(anonymity=True), purchase(world, p.c).plan.expect)
+                check_attributes(SecurityAttributes(anonymity=True), purchase(world, p.c).plan.expect,
+                                 p.seller.managers.properties)
             o = await p.seller.originate(p.buyer.url, InformationOffer(REPORT), describe(REPORT), fair=False,
                                          attributes=SecurityAttributes(anonymity=True,
                                                                        non_repudiation_of_origin=True))

@@ -34,6 +34,7 @@ from test_exchange_support import (
 from semper.client.exchange.judge import judge
 from semper.client.exchange.messages import Proposal, exchange_id
 from semper.client.exchange.party import Party
+from semper.client.payment.item import item_verifiers
 from semper.client.transfer.escrow import seal
 from semper.client.transfer.information import InformationOffer
 
@@ -257,7 +258,7 @@ def assert_fair_end(res: dict[str, Any], protocol: str) -> None:
 def judged(world: World, res: dict[str, Any]) -> Any:
     if res["bundle"] is None:
         return None
-    ruling = judge(res["bundle"], world.trust, [world.purse_root])
+    ruling = judge(res["bundle"], world.trust, item_verifiers(purse_root=world.purse_root))
     assert ruling.bundle_ok, ruling.bundle_problems
     return ruling
 

@@ -24,6 +24,9 @@ from cryptography import x509
 from semper.chaos.party_faults import Faults
 from semper.client.exchange.identity import Identity, TtpInfo
 from semper.client.exchange.party import Party, ResponsePlan
+from semper.client.payment.item import ItemPayee, ItemPayer, ItemPayments, item_verifiers
+from semper.client.payment.manager import PaymentManager as Payments
+from semper.client.payment.module import PartyContext
 from semper.client.servers.ca import CertificationAuthority
 from semper.client.servers.ca_home import issue_tls_identity
 from semper.client.servers.ttp import ThirdParty
@@ -37,12 +40,7 @@ from semper.client.support.trust import TrustStore
 from semper.client.transfer.information import InformationManager, InformationOffer, describe
 from semper.client.transfer.items import Description, PackageDescription
 from semper.client.transfer.managers import Managers, PackageOffer
-from semper.client.transfer.payment import PaymentManager, PaymentOffer
-from semper.client.transfer.purse_payment import (
-    CardPursePayee,
-    CardPursePayer,
-    CardPurseVerifier,
-)
+from semper.client.transfer.payment import PaymentOffer
 from semper.client.transfer.statements import (
     CredentialManager,
     CredentialOffer,
@@ -221,15 +219,28 @@ def _escrows(world: World) -> dict[str, str]:
     return {**world.escrow_ids(), **world.escrow_ids(world.ttp_proc_home)}
 
 
+def purse_payer(world: World, c: Cards) -> ItemPayer:
+    """The buyer's card payments as production makes them: its payment manager's card-purse module, as an item."""
+    payments = Payments(PartyContext(purse=c.purse, currency=EUR), only=["card-purse"])
+    return ItemPayer(payments, "card-purse", item_verifiers(purse_root=world.purse_root)["card-purse"])
+
+
+def purse_payee(world: World, c: Cards) -> ItemPayee:
+    """The seller's side: a payment manager of its own each time (a restarted seller keeps nothing in memory)."""
+    payments = Payments(PartyContext(psam=c.psam, currency=EUR), only=["card-purse"])
+    return ItemPayee(payments, "card-purse", item_verifiers(purse_root=world.purse_root)["card-purse"],
+                     account="seller", payee_name="seller")
+
+
 def seller_managers(world: World, c: Cards | None) -> Managers:
-    payees = {"card-purse": CardPursePayee(world.purse_root, c.psam)} if c is not None else {}
+    payees = {"card-purse": purse_payee(world, c)} if c is not None else {}
     return Managers(StatementManager(world.trust), CredentialManager(world.trust), InformationManager(_escrows(world)),
-                    PaymentManager({"card-purse": CardPurseVerifier(world.purse_root)}, payees))
+                    ItemPayments(item_verifiers(purse_root=world.purse_root), payees))
 
 
 def buyer_managers(world: World) -> Managers:
     return Managers(StatementManager(world.trust), CredentialManager(world.trust), InformationManager(_escrows(world)),
-                    PaymentManager({"card-purse": CardPurseVerifier(world.purse_root)}))
+                    ItemPayments(item_verifiers(purse_root=world.purse_root)))
 
 
 def make_party(world: World, name: str, folder: Path, managers: Managers, ttp_url: str, *,
@@ -264,8 +275,7 @@ def purchase(world: World, c: Cards, *, seed: bytes = b"s" * 32, price: int = PR
     expect = PackageDescription((describe(REPORT, "report.bin"),
                                  Description("statement", {"statement_type": "receipt",
                                                            "fields": {"amount": price, "currency": EUR}})))
-    payer = CardPursePayer(world.purse_root, c.purse)
-    return Deal("gen-ver", offer, want, ResponsePlan(expect, PaymentOffer(payer, price, EUR)))
+    return Deal("gen-ver", offer, want, ResponsePlan(expect, PaymentOffer(purse_payer(world, c), price, EUR)))
 
 
 def swap(world: World) -> Deal:
@@ -283,9 +293,8 @@ def plain_sale(world: World, c: Cards) -> Deal:
     """plain: the report for a card payment, no fairness asked for."""
     offer = InformationOffer(REPORT, "report.bin")
     want = Description("payment", {"module": "card-purse", "amount": PRICE, "currency": EUR})
-    payer = CardPursePayer(world.purse_root, c.purse)
-    return Deal("plain", offer, want, ResponsePlan(describe(REPORT, "report.bin"), PaymentOffer(payer, PRICE, EUR)),
-                fair=False)
+    return Deal("plain", offer, want, ResponsePlan(describe(REPORT, "report.bin"),
+                                                   PaymentOffer(purse_payer(world, c), PRICE, EUR)), fair=False)
 
 
 def run(coro: Any, timeout: float = 60.0) -> Any:

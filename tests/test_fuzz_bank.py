@@ -66,7 +66,7 @@ from test_payment_support import CARD_PIN, EUR, World, card_pin, world
 
 from semper.client.payment import blind, formats
 from semper.client.payment.bank_client import BankClient
-from semper.client.payment.errors import PaymentError, ProtocolError
+from semper.client.payment.errors import InsufficientFunds, PaymentError, ProtocolError
 from semper.client.payment.manager import LocalPayee, PaymentManager, pay
 from semper.client.payment.model import Status, Terms
 from semper.client.payment.module import PartyContext
@@ -522,10 +522,9 @@ class BankMachine(RuleBasedStateMachine):
     @counted
     def purse_purchase(self, amount: int) -> None:
         from semper.client.payment.card_purse import purchase
-        from semper.hardware.errors import HardwareError
         try:
             purchase(self.purse, self.psam, amount)
-        except HardwareError:
+        except InsufficientFunds:
             assert self.card_balance < amount, "a purchase the card covers was refused"
             return
         assert self.card_balance >= amount

@@ -13,6 +13,7 @@ from test_exchange_faults import exchange_with_fault, fault_for
 from test_exchange_support import REPO, World, world
 
 from semper.client.exchange.judge import judge
+from semper.client.payment.item import item_verifiers
 
 
 def semper_judge(world: World, bundle: Path, tmp_path: Path, ca: str | None = None) -> tuple[int, dict[str, Any], str]:
@@ -94,7 +95,7 @@ def test_tampered_or_foreign_evidence_counts_for_nothing(world: World, tmp_path:
             if info.filename in decision_files:
                 data = data[:-40] + bytes(40)
             dst.writestr(info, data)
-    ruling = judge(edited, world.trust, [world.purse_root])
+    ruling = judge(edited, world.trust, item_verifiers(purse_root=world.purse_root))
     assert not ruling.bundle_ok and any("altered" in p for p in ruling.bundle_problems)
     # without a valid decision, the buyer's case rests on its payment: the seller's item is not shown
     assert ruling.responder.fulfilled and not ruling.originator.fulfilled and not ruling.fair

@@ -54,6 +54,18 @@ def test_readers_show_both_simulated_cards(world):
     assert readers.find_card(AID.PSAM) == world["psam"]
 
 
+def test_the_reader_survey_names_the_applets_each_card_answers_for(world):
+    """The one AID probe (SELECT per applet) behind ``semper readers``, the TINGUIN's reader screen and
+    ``find_card``: the buyer's card carries purse and PIV, the PSAM card only the PSAM."""
+    found = {r.name: r for r in readers.survey()}
+    buyer, psam = found[world["buyer"]], found[world["psam"]]
+    assert buyer.card_present and not buyer.problem and set(buyer.applets) == {AID.PURSE, AID.PIV}
+    assert psam.applets == (AID.PSAM,) and not psam.pin_pad
+    assert readers.probe(world["psam"], (AID.PURSE,)) == ((), False)
+    with pytest.raises(errors.ReaderError, match="no reader holds a purse card"):
+        readers.find_card(AID.PURSE, exclude=(world["buyer"],))
+
+
 def test_load_and_purchase_conserve_money_through_pcscd(world, sessions):
     purse, psam = sessions
     before, psam_before = purse.info(), psam.info()

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from semper.card_applet_sim import crypto
 from semper.client.payment import card_purse
+from semper.client.payment.errors import InstrumentError, InsufficientFunds
 from semper.client.support.personalisation import personalise_psam
 from semper.client.support.scheme import ROLE_PURSE_CARD
 from semper.hardware import errors
@@ -210,10 +211,10 @@ def test_initialize_load_checks_amount_and_currency(purse: PurseSession, amount:
 
 
 def test_load_above_the_maximum_balance(purse: PurseSession, scheme) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(errors.MaxBalanceError):
+    with pytest.raises(InstrumentError, match="exceed its maximum balance"):    # the card refuses (9F11)
         card_purse.load(purse, scheme, MAX_BALANCE + 1, PIN)
     card_purse.load(purse, scheme, MAX_BALANCE - 10)
-    with pytest.raises(errors.MaxBalanceError):
+    with pytest.raises(InstrumentError, match="exceed its maximum balance"):
         card_purse.load(purse, scheme, 11)
     card_purse.load(purse, scheme, 10)                   # exactly the maximum is fine
     info = purse.info()
@@ -502,14 +503,14 @@ def test_money_is_conserved(fresh_images, scheme, ops: list[tuple[str, int]]) ->
                 balance = loads - debits
                 if kind == "load":
                     if balance + amount > MAX_BALANCE:
-                        with pytest.raises(errors.MaxBalanceError):
+                        with pytest.raises(InstrumentError, match="exceed its maximum balance"):
                             card_purse.load(purse, scheme, amount)
                     else:
                         card_purse.load(purse, scheme, amount)
                         loads += amount
                 else:
                     if amount > balance:
-                        with pytest.raises(errors.InsufficientFundsError):
+                        with pytest.raises(InsufficientFunds):
                             card_purse.purchase(purse, psam, amount)
                     else:
                         card_purse.purchase(purse, psam, amount)

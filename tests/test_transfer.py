@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_exchange_support import PRICE, REPORT, World, cards, world
+from test_exchange_support import PRICE, REPORT, World, cards, purse_payee, purse_payer, world
 
+from semper.client.payment.item import PurseItemVerifier, ecash_verifier, item_verifiers
 from semper.client.transfer.binding import Binding
 from semper.client.transfer.errors import (
     CommitmentFalse,
@@ -28,14 +29,9 @@ from semper.client.transfer.items import (
     expectation_from_json,
     pair_leaves,
 )
-from semper.client.transfer.managers import check_satisfies
+from semper.client.transfer.managers import Managers, check_satisfies
 from semper.client.transfer.payment import PaymentManager, PaymentOffer
 from semper.client.transfer.properties import Properties
-from semper.client.transfer.purse_payment import (
-    CardPursePayee,
-    CardPursePayer,
-    CardPurseVerifier,
-)
 from semper.client.transfer.statements import StatementManager, StatementOffer
 
 
@@ -67,7 +63,7 @@ def test_package_properties_are_the_weakest_members() -> None:
     ver = Properties(verifiable=True)
     assert Properties.weakest([gen, gen]) == gen
     assert Properties.weakest([gen, ver]) == ver
-    assert Properties.weakest([]) == Properties(True, True, True)
+    assert Properties.weakest([]) == Properties(True, True, True, True)
     check_satisfies(Description("statement", {"statement_type": "r", "fields": {"a": 1, "b": 2}}),
                     Description("statement", {"statement_type": "r", "fields": {"a": 1}}))
     with pytest.raises(ItemMismatch):
@@ -149,8 +145,8 @@ def test_statements_check_signer_body_exchange_and_replacement(world: World) -> 
 def test_card_purse_payments_verify_against_the_scheme_root(world: World, tmp_path: Path,
                                                              fresh_images: Any, other_scheme: Any) -> None:
     c = cards(world, tmp_path / "cards", fresh_images)
-    payee = CardPursePayee(world.purse_root, c.psam)
-    payer = CardPursePayer(world.purse_root, c.purse)
+    payee = purse_payee(world, c)
+    payer = purse_payer(world, c)
     manager = PaymentManager(payees={"card-purse": payee})
     offer = PaymentOffer(payer, PRICE, 978)
     d = manager.complete(offer.description, offer.hint())
@@ -162,32 +158,76 @@ def test_card_purse_payments_verify_against_the_scheme_root(world: World, tmp_pa
     manager.accept(kept, d)                                         # a second deposit changes nothing
     assert c.psam_total() == PRICE and c.balance() == 5000 - PRICE
     # another amount, another card's request, a forged proof, a proof for another request
-    with pytest.raises(ItemMismatch, match="not the agreed"):
+    with pytest.raises(ItemMismatch, match="the exchange agreed 501"):
         PaymentOffer(payer, PRICE + 1, 978).accept_description(d.with_terms(amount=PRICE + 1))
     forged = dict(item.data["proof"])
     sig = bytearray(base64.b64decode(forged["signature"]))
     sig[8] ^= 1
     forged["signature"] = base64.b64encode(bytes(sig)).decode()
     with pytest.raises(ItemMismatch, match="forged or altered"):
-        CardPurseVerifier(world.purse_root).verify(forged, d.terms["request"], PRICE, 978)
+        PurseItemVerifier(world.purse_root).verify(forged, d.terms["request"], PRICE, 978)
     d2 = manager.complete(offer.description, offer.hint())
     with pytest.raises(ItemMismatch, match="another request"):
         manager.check(item, d2, None, None)
     # a verifier with another scheme root accepts nothing
     with pytest.raises(ItemMismatch, match="not issued by the purse scheme root"):
-        CardPurseVerifier(other_scheme.root_cert).verify(item.data["proof"], d.terms["request"], PRICE, 978)
+        PurseItemVerifier(other_scheme.root_cert).verify(item.data["proof"], d.terms["request"], PRICE, 978)
     for closer in c.closers:
         closer()
 
 
-def test_attribute_combinations_that_cannot_be_provided_are_refused() -> None:
+def _public_managers(world: World) -> Managers:
+    """What a party knows of item types: statements, credentials, information, and the payment layer's verifiers."""
+    from semper.client.payment.item import ItemPayments
+    from semper.client.transfer.statements import CredentialManager
+    verifiers = {**item_verifiers(purse_root=world.purse_root), "ecash": ecash_verifier({})}
+    return Managers(StatementManager(world.trust), CredentialManager(world.trust), InformationManager(),
+                    ItemPayments(verifiers))
+
+
+def test_attribute_combinations_that_cannot_be_provided_are_refused(world: World) -> None:
     from semper.client.transfer.attributes import SecurityAttributes, check_attributes
-    check_attributes(SecurityAttributes(anonymity=True), describe(b"x"))
+    properties = _public_managers(world).properties
+    check_attributes(SecurityAttributes(anonymity=True), describe(b"x"), properties)
     for attrs, expectation in ((SecurityAttributes(anonymity=True), Description("statement", {"statement_type": "r"})),
                                (SecurityAttributes(anonymity=True),
                                 Description("payment", {"module": "card-purse", "amount": 1, "currency": 978})),
+                               (SecurityAttributes(anonymity=True, non_repudiation_of_origin=True), describe(b"x")),
                                (SecurityAttributes(confidentiality=False), describe(b"x"))):
         with pytest.raises(UnsupportedAttribute):
-            check_attributes(attrs, expectation)
+            check_attributes(attrs, expectation, properties)
     with pytest.raises(UnsupportedAttribute):
         SecurityAttributes.from_dict({"secrecy": True})
+
+
+def test_anonymity_is_what_the_payment_module_declares(world: World) -> None:
+    """One source of truth: ``ExchangeProperties.anonymous`` on the module class, read by the transfer layer
+    through the payment layer's item verifiers. e-cash declares its payments anonymous, so an anonymous
+    transfer may carry them (the transfer layer's own list said no module was); the card purse names the
+    card and is refused; a module attached later is judged by its own declaration, with nothing to edit here."""
+    from semper.client.payment.item import ItemPayments, ItemVerifier
+    from semper.client.payment.model import ExchangeProperties, Model
+    from semper.client.payment.modules.ecash import EcashModule
+    from semper.client.payment.modules.purse import PurseModule
+    from semper.client.transfer.attributes import SecurityAttributes, check_attributes
+    managers = _public_managers(world)
+    anonymous = SecurityAttributes(anonymity=True)
+
+    def pay(module: str) -> Description:
+        return Description("payment", {"module": module, "amount": 100, "currency": 978})
+    assert EcashModule.properties.anonymous and not PurseModule.properties.anonymous
+    assert managers.properties(pay("ecash")).anonymous
+    check_attributes(anonymous, pay("ecash"), managers.properties)
+    check_attributes(anonymous, PackageDescription((describe(b"report"), pay("ecash"))), managers.properties)
+    with pytest.raises(UnsupportedAttribute, match="card-purse payment names the payer"):
+        check_attributes(anonymous, pay("card-purse"), managers.properties)
+    with pytest.raises(UnsupportedAttribute, match="names its signer"):
+        check_attributes(anonymous, PackageDescription((pay("ecash"), Description("statement", {
+            "statement_type": "receipt"}))), managers.properties)
+
+    class Tokens:                                   # a plug-in payment system that says it is anonymous
+        name = "tokens"
+        model = Model.CASH_LIKE
+        properties = ExchangeProperties(externally_verifiable=True, revocable=False, anonymous=True)
+    plugged = Managers(InformationManager(), ItemPayments({"tokens": ItemVerifier(Tokens, lambda proof, terms: None)}))
+    check_attributes(anonymous, pay("tokens"), plugged.properties)

@@ -75,13 +75,9 @@ def cmd_buy(args: argparse.Namespace) -> int:
 
     def card() -> object:
         """The card the TINGUIN's worker thread uses: a reader through pcscd, or an image in process."""
+        from semper.hardware.cards import open_connection
         from semper.hardware.iso7816 import AID
-        from semper.hardware.readers import find_card
-        from semper.hardware.simulator import open_card
-        from semper.hardware.transport import PcscConnection
-        if args.image is not None:
-            return open_card(args.image)
-        return PcscConnection(args.reader or p.get("signer.reader") or find_card(AID.PURSE, ()))
+        return open_connection(AID.PURSE, args.reader or p.get("signer.reader"), args.image)
     purchase = Purchase(args.workflow, _items(args.items), _form(args.form), args.pay, args.anonymous)
     result = buy(cfg, card, purchase, interactive=interactive, script=script,
                  say=lambda line: print(line, file=sys.stderr, flush=True))

@@ -6,8 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-from semper.hardware import errors as hw_errors
-
 from ..support.money import format_amount, parse_amount, parse_currency
 from . import UsageError, card_args, open_scheme, print_json, read_secret, scheme_args
 
@@ -15,34 +13,24 @@ from . import UsageError, card_args, open_scheme, print_json, read_secret, schem
 # ---- readers --------------------------------------------------------------------------------------
 def cmd_readers(args: argparse.Namespace) -> int:
     from semper.hardware import readers
-    from semper.hardware.iso7816 import AID, Apdu
-    from semper.hardware.transport import ApduSession, PcscConnection
     if args.watch:
         for ev in readers.monitor(args.watch):
             print(f"{ev.kind:15} {ev.reader} {ev.atr.hex().upper()}".rstrip(), flush=True)
         return 0
-    infos = readers.list_readers()
-    if not infos:
+    surveyed = readers.survey()
+    if not surveyed:
         print("no readers (is a reader plugged in, or 'semper card serve' running with pcscd?)")
         return 0
-    for info in infos:
+    for r in surveyed:
         what = "empty"
-        if info.card_present:
-            apps = []
-            try:
-                with PcscConnection(info.name) as conn:
-                    session = ApduSession(conn)
-                    for aid in AID:
-                        try:
-                            session.send(Apdu(0x00, 0xA4, 0x04, 0x00, aid.value, 0))
-                            apps.append(aid.name.lower())
-                        except hw_errors.CardError:
-                            pass
-                    pad = " pin-pad" if readers.has_pin_pad(conn) else ""
-            except hw_errors.HardwareError as e:
-                apps, pad = [f"unreadable: {e}"], ""
-            what = f"card ATR {info.atr.hex().upper()} applets: {', '.join(apps) or 'none known'}{pad}"
-        print(f"{info.name}: {what}")
+        if r.card_present:
+            if r.problem:
+                apps, pad = f"unreadable: {r.problem}", ""
+            else:
+                apps = ", ".join(a.name.lower() for a in r.applets) or "none known"
+                pad = " pin-pad" if r.pin_pad else ""
+            what = f"card ATR {r.atr.hex().upper()} applets: {apps}{pad}"
+        print(f"{r.name}: {what}")
     return 0
 
 

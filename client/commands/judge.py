@@ -23,7 +23,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
     if is_deal_bundle(args.bundle):                 # a commerce deal (offer, order, payment, delivery)
         print_json(judge_deal(args.bundle, trust, roots[0] if roots else None).as_dict())
         return 0
-    ruling = judge(args.bundle, trust, roots)
+    from ..payment.item import item_verifiers
+    ruling = judge(args.bundle, trust, item_verifiers(purse_root=roots[0] if roots else None))
     print_json(ruling.as_dict())
     return 0
 

@@ -1,6 +1,8 @@
 """The offline arbiter: read one party's evidence bundle of an exchange and rule who fulfilled what.
 
-The judge trusts only its own CA roots (and the purse scheme root for card payments). It checks
+The judge trusts only its own CA roots and the payment verifiers it is given (the payment layer's
+``item_verifiers``, e.g. the card purse's under the scheme root: the caller builds them, because the
+exchange layer knows no payment system). It checks
 the bundle's hash chain and signed checkpoint (``client/support/archive.py``), but its ruling rests
 on evidence that proves itself: the originator's signed proposal (with its commitments), the
 responder's signed acceptance, items checked by their managers against the descriptions the
@@ -15,12 +17,10 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from cryptography import x509
 
 from ..support.archive import BadBundle, verify_bundle
 from ..support.trust import TrustStore
@@ -28,8 +28,7 @@ from ..transfer.errors import TransferError
 from ..transfer.information import InformationManager
 from ..transfer.items import Content, content_from_json
 from ..transfer.managers import Managers
-from ..transfer.payment import PaymentManager
-from ..transfer.purse_payment import CardPurseVerifier
+from ..transfer.payment import PaymentManager, PaymentVerifier
 from ..transfer.statements import CredentialManager, StatementManager
 from .errors import BadMessage
 from .messages import Decision, Proposal, check_accept, check_decision
@@ -67,9 +66,9 @@ class Ruling:
                 "third_party": self.third_party, "ruling": self.ruling, "fair": self.fair}
 
 
-def judge_managers(trust: TrustStore, purse_roots: Sequence[x509.Certificate]) -> Managers:
-    verifiers = {"card-purse": CardPurseVerifier(purse_roots[0])} if purse_roots else {}
-    return Managers(StatementManager(trust), CredentialManager(trust), InformationManager(), PaymentManager(verifiers))
+def judge_managers(trust: TrustStore, payments: Mapping[str, PaymentVerifier] | None = None) -> Managers:
+    return Managers(StatementManager(trust), CredentialManager(trust), InformationManager(),
+                    PaymentManager(dict(payments or {})))
 
 
 def _entries(path: Path) -> list[tuple[str, bytes]]:
@@ -81,12 +80,13 @@ def _entries(path: Path) -> list[tuple[str, bytes]]:
         raise BadBundle(f"{path} is not a readable evidence bundle ({e})") from None
 
 
-def judge(path: Path, trust: TrustStore, purse_roots: Sequence[x509.Certificate] = ()) -> Ruling:
-    """Rule on the exchange whose evidence bundle is at ``path``; see the module docstring."""
+def judge(path: Path, trust: TrustStore, payments: Mapping[str, PaymentVerifier] | None = None) -> Ruling:
+    """Rule on the exchange whose evidence bundle is at ``path``; see the module docstring. ``payments``:
+    module name -> verifier of its proofs (without one, a payment item counts for nothing)."""
     report = verify_bundle(Path(path), trust)
     ruling = Ruling(report.ok, [p.message for p in report.problems])
     entries = _entries(Path(path))
-    managers = judge_managers(trust, list(purse_roots))
+    managers = judge_managers(trust, payments)
     proposal = None
     for kind, content in entries:
         if kind == "statement:xchg-proposal":

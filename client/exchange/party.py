@@ -166,8 +166,8 @@ class Party:
         desc_o = offer_description(offer)
         self.managers.check_expectation(desc_o)
         self.managers.check_expectation(want)
-        check_attributes(attributes, desc_o)
-        check_attributes(attributes, want)
+        check_attributes(attributes, desc_o, self.managers.properties)
+        check_attributes(attributes, want, self.managers.properties)
         protocol = choose_protocol(self.managers.properties(desc_o), self.managers.properties(want), fair)
         ttp = self.ttp if protocol != "plain" else None
         if protocol != "plain" and ttp is None:
@@ -250,7 +250,7 @@ class Party:
             if plan.fair is True and not fair:
                 raise BadMessage("this party exchanges these items only fairly")
             mine = offer_description(plan.offer)
-            check_attributes(attributes, mine)
+            check_attributes(attributes, mine, self.managers.properties)
             protocol = choose_protocol(self.managers.properties(desc_o), self.managers.properties(mine), fair)
             ttp = self.ttp.certificate if (protocol != "plain" and self.ttp is not None) else None
             if protocol != "plain" and (ttp is None or ttp_cert is None or not same_key(ttp, ttp_cert)):

@@ -18,7 +18,8 @@ negotiation, records, PIN path and bank client as a payment outside an exchange:
   payee gives anything in return).
 
 Anyone else (the third party, a judge) checks proofs with :func:`item_verifiers`, from public data
-only: the purse scheme root, the CA roots, the mint's public keys.
+only: the purse scheme root, the CA roots, the mint's public keys. A verifier's exchange-enabling
+properties (anonymity included) are those its module class declares: one declaration, read here.
 
 Request and proof formats (JSON, inside the exchange's description and item):
 
@@ -26,7 +27,7 @@ Request and proof formats (JSON, inside the exchange's description and item):
 module         request                                                 proof
 =============  ======================================================  ===============================
 card-purse     ``terms`` + ``certificate``/``record``/``signature``     ``certificate``/``record``/
-               (the PSAM's DRQ1, as ``transfer.purse_payment`` reads)    ``signature`` (the card's DPF1)
+               (the PSAM's DRQ1, as ``modules.purse.PurseProofs`` reads) ``signature`` (the card's DPF1)
 cheque         ``terms``                                               ``kind``: cheque, ``cheque``
 setpay         ``terms``                                               ``kind``: instruction, OI, ...
 ecash          ``terms``                                               ``kind``: coins, ``coins``
@@ -46,11 +47,14 @@ from ..transfer.errors import ItemMismatch, MalformedItem, PaymentFailed, Unknow
 from ..transfer.items import Description
 from ..transfer.payment import PaymentManager as TransferPayments
 from ..transfer.properties import Properties
-from ..transfer.purse_payment import CardPurseVerifier
 from . import blind, formats
-from .errors import PaymentError
+from .errors import PaymentError, PaymentRefused
 from .manager import PayerSession, PaymentManager
 from .model import Acceptance, ExchangeProperties, Terms
+from .modules.ecash import EcashModule
+from .modules.mandate import MandateModule
+from .modules.purse import PurseModule, PurseProofs
+from .modules.setpay import SetPayModule
 from .negotiation import Requirements
 from .wire import CertCache, SignedJson, unb64, verify_digest
 
@@ -62,7 +66,8 @@ NO_REQUIREMENTS = Requirements()
 
 def transfer_properties(p: ExchangeProperties) -> Properties:
     """The exchange-enabling properties of a module's payments, as the transfer layer names them."""
-    return Properties(verifiable=p.externally_verifiable, generatable=p.generatable, revocable=p.revocable)
+    return Properties(verifiable=p.externally_verifiable, generatable=p.generatable, revocable=p.revocable,
+                      anonymous=p.anonymous)
 
 
 def _terms(request: Mapping[str, Any]) -> Terms:
@@ -83,12 +88,12 @@ def _same_terms(terms: Terms, amount: int, currency: int) -> None:
 
 # ---- external verification (the third party, a judge, anyone) ---------------------------------------
 class ItemVerifier:
-    """Checks one module's proofs from public data only; the payee's own check is :class:`ItemPayee`."""
+    """Checks one module's proofs from public data only; the payee's own check is :class:`ItemPayee`.
+    Its name and properties are the module class's own."""
 
-    def __init__(self, name: str, properties: ExchangeProperties, check: Callable[[Mapping[str, Any], Terms], None]
-                 ) -> None:
-        self.name = name
-        self._properties = properties
+    def __init__(self, module: type, check: Callable[[Mapping[str, Any], Terms], None]) -> None:
+        self.name: str = module.name                                       # type: ignore[attr-defined]
+        self._properties: ExchangeProperties = module.properties           # type: ignore[attr-defined]
         self._check = check
 
     def properties(self) -> Properties:
@@ -109,13 +114,25 @@ class PurseItemVerifier(ItemVerifier):
     """Card purse: the card-signed DPF1 answers exactly the PSAM-signed DRQ1 in the request (scheme root)."""
 
     def __init__(self, root: x509.Certificate) -> None:
-        super().__init__("card-purse", ExchangeProperties(externally_verifiable=True, revocable=False, online=False),
-                         lambda proof, terms: None)
-        self.inner = CardPurseVerifier(root)
+        super().__init__(PurseModule, lambda proof, terms: None)
+        self.proofs = PurseProofs(root)
 
     def verify(self, proof: Mapping[str, Any], request: Mapping[str, Any], amount: int, currency: int) -> None:
         _same_terms(_terms(request), amount, currency)
-        self.inner.verify(proof, request, amount, currency)
+        try:
+            self.proofs.check_proof(proof, request, amount, currency)
+        except PaymentError as e:
+            raise ItemMismatch(f"the {self.name} payment does not verify: {e}") from None
+
+    def check_request(self, request: Mapping[str, Any], amount: int, currency: int) -> None:
+        """The PSAM's signed request, checked before the card is asked to pay it."""
+        try:
+            drq = self.proofs.check_request(request)
+        except PaymentError as e:
+            raise ItemMismatch(f"the {self.name} payment request does not verify: {e}") from None
+        if (drq.amount, drq.currency) != (amount, currency):
+            raise ItemMismatch(f"the PSAM asks the card for {drq.amount} (currency {drq.currency}), the exchange "
+                               f"agreed {amount}")
 
 
 def purse_verifier(root: x509.Certificate) -> PurseItemVerifier:
@@ -137,7 +154,7 @@ def cheque_verifier(roots: list[x509.Certificate]) -> ItemVerifier:
                                                                                           t.currency, t.order_hash):
             raise ItemMismatch("the cheque is not made out for the requested payee, amount, currency and order")
         verify_digest(_signer_key(certs, cheque.certificate), cheque.digest, cheque.signature, "drawer's signature")
-    return ItemVerifier("cheque", ExchangeProperties(externally_verifiable=True, revocable=False), check)
+    return ItemVerifier(MandateModule, check)
 
 
 def setpay_verifier(roots: list[x509.Certificate]) -> ItemVerifier:
@@ -155,7 +172,7 @@ def setpay_verifier(roots: list[x509.Certificate]) -> ItemVerifier:
         key = _signer_key(certs, unb64(proof.get("payer_certificate"), "payer certificate", 4096))
         verify_digest(key, formats.dual_digest(pi_hash, formats.h(oi)),
                       unb64(proof.get("dual_signature"), "dual signature", 80), "payer's dual signature")
-    return ItemVerifier("setpay", ExchangeProperties(externally_verifiable=True, revocable=True), check)
+    return ItemVerifier(SetPayModule, check)
 
 
 def ecash_verifier(mint_keys: MintKeys) -> ItemVerifier:
@@ -177,8 +194,7 @@ def ecash_verifier(mint_keys: MintKeys) -> ItemVerifier:
             total += denom
         if total != t.amount:
             raise ItemMismatch(f"the coins add up to {total}, the request is for {t.amount}")
-    return ItemVerifier("ecash", ExchangeProperties(externally_verifiable=True, revocable=False, anonymous=True),
-                        check)
+    return ItemVerifier(EcashModule, check)
 
 
 def item_verifiers(*, purse_root: x509.Certificate | None = None, roots: list[x509.Certificate] | None = None,
@@ -246,10 +262,7 @@ class ItemPayer:
         if self.order_hash is not None and terms.order_hash != self.order_hash:
             raise ItemMismatch("the payment request is for another order than the one agreed")
         if isinstance(self.verifier, PurseItemVerifier):       # the PSAM's signed request, checked before paying
-            drq = self.verifier.inner.decode_request(request)
-            if (drq.amount, drq.currency) != (amount, currency):
-                raise ItemMismatch(f"the PSAM asks the card for {drq.amount} (currency {drq.currency}), the exchange "
-                                   f"agreed {amount}")
+            self.verifier.check_request(request, amount, currency)
 
     def pay(self, request: Mapping[str, Any], amount: int, currency: int) -> JsonDict:
         self.check_request(request, amount, currency)
@@ -347,47 +360,30 @@ class ItemPayee:
         try:
             return self._handle(terms, body)
         except ItemMismatch:
-            # no flow waiting for this proof (the payee restarted, or T handed the proof over):
-            # the PSAM may still hold the request; complete it there directly
-            psam = self.manager.ctx.psam
-            if psam is None:
+            # no flow waiting for this proof (the payee restarted, or T handed the proof over): the module
+            # takes it at the PSAM directly, or clears it alone when the PSAM evicted its request (issue 12,
+            # item 10: the card has paid either way; the acquirer pays each card counter once)
+            module = self.module
+            if not isinstance(module, PurseModule) or self.manager.ctx.psam is None:
                 raise
-            from cryptography.hazmat.primitives.serialization import Encoding
+        from cryptography.hazmat.primitives.serialization import Encoding
 
-            from semper.hardware import errors as hw
-            from semper.hardware.purse_records import Signed
-            cert = x509.load_der_x509_certificate(unb64(proof.get("certificate"), "card certificate", 4096))
-            signed = Signed(unb64(proof.get("record"), "proof", 128), unb64(proof.get("signature"), "signature", 80))
-            try:
-                with self.device_lock:
-                    psam.select()
-                    batch, index, _ = psam.complete_debit(cert.public_bytes(Encoding.DER), signed)
-            except hw.ReplayError:
-                return self._stale(request, cert.public_bytes(Encoding.DER), signed)
-            except hw.HardwareError as e:
-                raise ItemMismatch(f"the PSAM did not take the debit proof: {e}") from None
-            return {"kind": "receipt", "batch": batch, "index": index}
-
-    def _stale(self, request: Mapping[str, Any], card_cert: bytes, proof: Any) -> JsonDict | None:
-        """The PSAM holds no open request for this proof: taken into its batch before, or the request was
-        evicted (16 open at most) while the buyer waited, e.g. before resolving with the third party. The
-        card has paid either way, so an evicted one is cleared alone at the acquirer with the PSAM-signed
-        request from the description (issue 12, item 10); the acquirer pays each card counter once."""
         from semper.hardware.purse_records import Signed
-
-        from .modules.purse import PurseModule
-        module = self.module
-        if not isinstance(module, PurseModule):
-            raise ItemMismatch("the PSAM no longer holds this payment's request")
-        drq = Signed(unb64(request.get("record"), "request", 128), unb64(request.get("signature"), "signature", 80))
-        psam_cert = unb64(request.get("certificate"), "PSAM certificate", 4096)
         try:
+            card_cert = x509.load_der_x509_certificate(unb64(proof.get("certificate"), "card certificate", 4096))
+            signed = Signed(unb64(proof.get("record"), "proof", 128), unb64(proof.get("signature"), "signature", 80))
+            drq = Signed(unb64(request.get("record"), "request", 128), unb64(request.get("signature"), "signature", 80))
+            psam_cert = unb64(request.get("certificate"), "PSAM certificate", 4096)
             with self.device_lock:
-                cleared = module.settle_stale_proof(psam_cert, drq, card_cert, proof)
+                return module.take_proof(psam_cert, drq, card_cert.public_bytes(Encoding.DER), signed)
+        except PaymentRefused as e:
+            if e.code != "bad_proof":
+                raise PaymentFailed(str(e)) from None
+            raise ItemMismatch(str(e)) from None
         except PaymentError as e:
-            raise PaymentFailed(f"the PSAM no longer holds this payment's request and the acquirer did not clear "
-                                f"the proof alone ({e}); try again (the proof is kept)") from None
-        return None if cleared is None else {"kind": "cleared", **cleared}
+            raise PaymentFailed(str(e)) from None
+        except ValueError:
+            raise ItemMismatch("the card's certificate in the proof is not X.509") from None
 
 
 class ItemPayments(TransferPayments):

@@ -136,11 +136,11 @@ class ShopHome:
         purse_root = x509.load_pem_x509_certificate((f / "purse-root.pem").read_bytes())
         psam = None
         if cfg.get("psam_reader") or cfg.get("psam_image"):
+            from semper.hardware.cards import open_connection
+            from semper.hardware.iso7816 import AID
             from semper.hardware.psam import PsamSession
-            from semper.hardware.simulator import open_card
-            from semper.hardware.transport import PcscConnection
-            conn: Any = PcscConnection(cfg["psam_reader"]) if cfg.get("psam_reader") else \
-                open_card(Path(cfg["psam_image"]), sync=False)
+            image = None if cfg.get("psam_reader") else Path(cfg["psam_image"])
+            conn: Any = open_connection(AID.PSAM, cfg.get("psam_reader"), image, sync=False)
             closers.append(conn.close)
             psam = PsamSession(conn)
         bank = BankClient(cfg["bank_url"], f / "bank-tls-root.pem", signer)

@@ -26,6 +26,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from ..payment.item import item_verifiers
 from ..support import pki
 from ..support.db import Database
 from ..support.paths import semper_home
@@ -33,7 +34,6 @@ from ..support.trust import TrustStore
 from ..transfer.information import InformationManager
 from ..transfer.managers import Managers
 from ..transfer.payment import PaymentManager
-from ..transfer.purse_payment import CardPurseVerifier
 from ..transfer.statements import CredentialManager, StatementManager
 from .ttp import ThirdParty, TtpError, escrow_statement
 
@@ -149,11 +149,10 @@ class TtpHome:
         return TrustStore.from_files(self.ca_pem)
 
     def managers(self, trust: TrustStore) -> Managers:
-        verifiers = {}
-        if self.purse_root_pem.exists():
-            verifiers["card-purse"] = CardPurseVerifier(x509.load_pem_x509_certificate(self.purse_root_pem.read_bytes()))
+        root = x509.load_pem_x509_certificate(self.purse_root_pem.read_bytes()) if self.purse_root_pem.exists() \
+            else None
         return Managers(StatementManager(trust), CredentialManager(trust), InformationManager(),
-                        PaymentManager(verifiers))
+                        PaymentManager(item_verifiers(purse_root=root)))
 
     def open(self, pin: bytes) -> OpenTtp:
         """T's token keys logged in, its database open."""

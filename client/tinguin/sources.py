@@ -59,29 +59,8 @@ class CardAccess:
         if self.image is not None:
             return [ReaderView(f"simulated card image {self.image}", self.image.exists(), ("purse", "piv"))]
         from semper.hardware import readers
-        from semper.hardware.iso7816 import AID, Apdu
-        from semper.hardware.transport import ApduSession, PcscConnection
-        out = []
-        for info in readers.list_readers():
-            if not info.card_present:
-                out.append(ReaderView(info.name, False))
-                continue
-            apps: list[str] = []
-            pad, problem = False, ""
-            try:
-                with PcscConnection(info.name) as conn:
-                    session = ApduSession(conn)
-                    for aid in AID:
-                        try:
-                            session.send(Apdu(0x00, 0xA4, 0x04, 0x00, aid.value, 0))
-                            apps.append(aid.name.lower())
-                        except hw_errors.CardError:
-                            pass
-                    pad = readers.has_pin_pad(conn)
-            except hw_errors.HardwareError as e:
-                problem = str(e)
-            out.append(ReaderView(info.name, True, tuple(apps), pad, info.atr.hex().upper(), problem))
-        return out
+        return [ReaderView(r.name, r.card_present, tuple(a.name.lower() for a in r.applets), r.pin_pad,
+                           r.atr.hex().upper(), r.problem) for r in readers.survey()]
 
     def purse(self) -> PurseView:
         with self._purse() as session:

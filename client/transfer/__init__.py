@@ -3,12 +3,12 @@
 Each item type has one manager (``statement``, ``information``, ``credential``, ``payment``) that
 checks received items against what the receiver expects (a :class:`~.items.Description`) and
 declares the item's *exchange-enabling properties* (external verifiability, generatability,
-revocability). The exchange layer builds fair exchanges from those properties alone, so it never
-needs to know what an item is.
+revocability) and whether it names its sender (anonymity). The exchange layer builds fair exchanges
+from those properties alone, so it never needs to know what an item is.
 
 Module map: ``items`` (items, packages, descriptions and their JSON forms), ``properties``,
 ``attributes`` (security attributes per transfer), ``binding`` (what ties an item to one exchange),
 ``managers`` (the manager protocol, offers, the registry, package walking), one module per item
-type, ``escrow`` (keys escrowed to the third party), ``payment`` (the payment-module interface the
-payment manager of issue 6 implements) and ``purse_payment`` (the card purse as the first module).
+type, ``escrow`` (keys escrowed to the third party) and ``payment`` (the payment-module interface the
+payment manager implements in ``client/payment/item.py``; no payment system is known here).
 """

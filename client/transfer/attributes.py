@@ -6,9 +6,13 @@
   the key.
 * **integrity**: every received item is checked against a description holding digests or signed
   terms (:class:`~.managers.Managers.check`); TLS protects the bytes in transit.
-* **anonymity**: the sender sends no identity certificate and signs nothing. Refused for items
-  that are signatures (statements, credentials) and payments whose module names the payer (the
-  card purse sends the card number and certificate), and together with non-repudiation.
+* **anonymity**: the sender sends no identity certificate and signs nothing. Refused together with
+  non-repudiation, and for every item whose manager says it is not anonymous
+  (:attr:`~.properties.Properties.anonymous`): statements and credentials (signatures), and payments
+  whose module names the payer (the card purse sends the card number and certificate). For payments
+  the answer is the payment module's own declaration (``ExchangeProperties.anonymous`` on its class,
+  e-cash: yes), which reaches this layer through the payment manager's item verifiers; this layer
+  keeps no list of its own.
 * **non-repudiation of origin**: the sender signs an *origin* statement naming the transfer, the
   item's digest and the description's digest.
 * **non-repudiation of receipt**: the receiver signs a *receipt* statement naming the same.
@@ -28,10 +32,9 @@ from ..support.trust import TrustStore
 from ..support.verify import verify_statement
 from .binding import cert_id
 from .errors import ItemMismatch, UnsupportedAttribute
-from .items import Content, Expectation, digest, leaves
+from .items import Content, Description, Expectation, digest, leaves
+from .properties import Properties
 from .statements import same_key
-
-ANONYMOUS_PAYMENT_MODULES: frozenset[str] = frozenset()     # none yet: e-cash (issue 6) will be
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,10 @@ class SecurityAttributes:
         return SecurityAttributes(**{k: bool(v) for k, v in obj.items()})
 
 
-def check_attributes(attrs: SecurityAttributes, expectation: Expectation) -> None:
-    """UnsupportedAttribute when these items cannot be transferred with these attributes."""
+def check_attributes(attrs: SecurityAttributes, expectation: Expectation,
+                     properties: Callable[[Description], Properties]) -> None:
+    """UnsupportedAttribute when these items cannot be transferred with these attributes. ``properties``
+    gives an item's properties from its manager (``Managers.properties``)."""
     if not attrs.confidentiality or not attrs.integrity:
         raise UnsupportedAttribute("semper always transfers over TLS with checked descriptions; confidentiality "
                                    "and integrity cannot be switched off")
@@ -65,12 +70,15 @@ def check_attributes(attrs: SecurityAttributes, expectation: Expectation) -> Non
         if attrs.non_repudiation_of_origin or attrs.non_repudiation_of_receipt:
             raise UnsupportedAttribute("anonymity and non-repudiation exclude each other: a signature names its signer")
         for where, d in leaves(expectation):
+            if properties(d).anonymous:
+                continue
+            if d.type == "payment":
+                raise UnsupportedAttribute(f"{where}: the {d.terms.get('module')} payment names the payer; choose an "
+                                           "anonymous payment module")
             if d.type in ("statement", "credential"):
                 raise UnsupportedAttribute(f"{where}: a {d.type} is a signature and names its signer; it cannot be "
                                            "sent anonymously")
-            if d.type == "payment" and d.terms.get("module") not in ANONYMOUS_PAYMENT_MODULES:
-                raise UnsupportedAttribute(f"{where}: the {d.terms.get('module')} payment names the payer; choose an "
-                                           "anonymous payment module")
+            raise UnsupportedAttribute(f"{where}: a {d.type} item names its sender; it cannot be sent anonymously")
 
 
 def origin_statement(sign: Callable[[Mapping[str, Any]], bytes], transfer_id: str, content: Content,

@@ -62,7 +62,7 @@ class InformationManager(ManagerBase):
             raise MalformedItem(f"an information description needs 'length': 0 to {MAX_INFO} bytes")
 
     def properties(self, d: Description) -> Properties:
-        return Properties(verifiable=True, generatable=True, revocable=False)
+        return Properties(verifiable=True, generatable=True, revocable=False, anonymous=True)   # names no sender
 
     def _plain(self, data: bytes, d: Description, where: str) -> Item:
         if len(data) != d.terms["length"] or hashlib.sha256(data).hexdigest() != d.terms["sha256"]:

@@ -1,7 +1,8 @@
-"""Payment items, through the interface the payment manager (issue 6) will implement.
+"""Payment items, through the interface the payment manager implements (``client/payment/item.py``).
 
 The transfer layer does not know how any payment system works; it knows a *payment module* by its
-name, its exchange-enabling properties and four operations split over the two sides:
+name, its properties (exchange-enabling ones, and anonymity: the module's own declaration) and four
+operations split over the two sides:
 
 * payee: ``request(hint, amount, currency)`` — a payment request bound to this payment (e.g. a
   PSAM-signed debit request), which goes into the exchange's description and so into its id;

@@ -61,7 +61,8 @@ class _SignedItemManager(ManagerBase):
         raise NotImplementedError
 
     def properties(self, d: Description) -> Properties:
-        return Properties(verifiable=True, generatable=self.generatable, revocable=d.terms.get("revocable") is True)
+        return Properties(verifiable=True, generatable=self.generatable, revocable=d.terms.get("revocable") is True,
+                          anonymous=False)                    # a signature names its signer
 
     def _check_body(self, body: Mapping[str, Any], d: Description, b: Binding | None) -> None:
         kind, fields = self._expected(d)

@@ -15,32 +15,51 @@ answer was lost is settled by the card's counters and request sequence numbers (
 a batch settled before is refused by the acquirer and taken as done. ``clear_proof`` clears one
 proof on its own with the PSAM-signed request it answers, for a proof the PSAM no longer takes
 (its request was evicted), e.g. the one the third party kept for the seller.
+
+This is the card purse's one implementation on the client side. The exchange layer's payment items
+(``payment/item.py``) drive these flows through the payment manager and check proofs with
+:class:`PurseProofs` (what the third party and the judges run too); ``semper card load/pay``
+(``payment/card_purse.py``) drives the same flows with the scheme's local issuer key in place of
+the bank. The bank's side is ``servers/bank_purse.py``.
 """
 from __future__ import annotations
 
 import threading
 import time
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from msgspec import Meta
 
 from semper.hardware import errors as hw
-from semper.hardware.purse_records import DEBIT_PROOF, DEBIT_REQUEST, DebitRecord, Signed
+from semper.hardware.purse_records import DEBIT_PROOF, DEBIT_REQUEST, DebitRecord, LoadConfirmation, Signed
 
+from ...support.money import format_amount
+from ...support.scheme import ROLE_PSAM, ROLE_PURSE_CARD
 from ..errors import InstrumentError, InsufficientFunds, PaymentError, PaymentRefused, ProtocolError
-from ..model import Acceptance, ExchangeProperties, Instrument, Model, Status, Terms
+from ..model import MAX_AMOUNT, Acceptance, ExchangeProperties, Instrument, Model, Status, Terms
 from ..module import BaseModule, Message, PartyContext, Step, receive
 from ..wire import b64, unb64
+
+if TYPE_CHECKING:
+    from ..bank_client import BankClient
 
 
 def _card_error(e: hw.HardwareError, what: str) -> PaymentError:
     """Card failures as payment errors, in words (never a status word)."""
     if isinstance(e, hw.InsufficientFundsError):
-        return InsufficientFunds(f"the purse holds too little to {what}")
+        return InsufficientFunds(f"the purse balance is too low to {what}")
     if isinstance(e, hw.MaxBalanceError):
         return InstrumentError(f"the purse would exceed its maximum balance; {what} a smaller amount")
     if isinstance(e, (hw.WrongPinError, hw.PinBlockedError)):
         return InstrumentError(str(e))
+    if isinstance(e, hw.PinRequiredError):
+        return InstrumentError(f"the card wants its PIN verified before it will {what}")
     if isinstance(e, (hw.ReaderError, hw.TransportError)):
         return InstrumentError(f"the card went away while trying to {what}; insert it and try again")
     return InstrumentError(f"the card refused to {what} ({type(e).__name__.replace('Error', '').lower()})")
@@ -97,6 +116,42 @@ class _Slots:
             return len(self._held)
 
 
+class Issuer(Protocol):
+    """Who approves a load: the bank's issuer on line (:class:`BankIssuer`), or the scheme's local issuer
+    key for ``semper card load`` (``payment/card_purse.py``)."""
+
+    def approve(self, request: Signed, card_certificate: bytes) -> Signed:
+        """The issuer-signed load command (LCM1) for exactly the card's signed request (LRQ2)."""
+        ...
+
+    def confirmed(self, confirmation: Signed, card_certificate: bytes) -> None:
+        """The card's signed confirmation (LCF1), for the issuer's records; failures are not the payer's."""
+        ...
+
+
+class BankIssuer:
+    """The bank's issuer: debits the holder's account into the float and signs the command."""
+
+    def __init__(self, bank: BankClient, account: str) -> None:
+        self.bank, self.account = bank, account
+
+    def approve(self, request: Signed, card_certificate: bytes) -> Signed:
+        answer = self.bank.call("issuer/load", {"account": self.account, "request": b64(request.record),
+                                                "signature": b64(request.signature),
+                                                "card_certificate": b64(card_certificate)})
+        result = answer["result"]
+        return Signed(unb64(result["command"], "load command", 256), unb64(result["signature"], "signature", 80))
+
+    def confirmed(self, confirmation: Signed, card_certificate: bytes) -> None:
+        try:
+            self.bank.call("issuer/confirm", {"confirmation": b64(confirmation.record),
+                                              "signature": b64(confirmation.signature),
+                                              "card_certificate": b64(card_certificate)})
+        except (PaymentError, hw.HardwareError):
+            pass          # not needed for correctness: the next load request proves the counter moved
+            #               (the holder may also decline to sign it: no PIN entered, no harm)
+
+
 class PurseModule(BaseModule):
     name = "card-purse"
     model = Model.CASH_LIKE
@@ -147,9 +202,20 @@ class PurseModule(BaseModule):
     # ---- load (payer, online, PIN) -----------------------------------------------------------
     def load(self, amount: int) -> dict[str, Any]:
         """Load ``amount`` from the holder's account; returns the card's confirmation fields."""
-        purse, bank = self.ctx.purse, self.ctx.bank
-        if purse is None or bank is None or self.ctx.account is None:
+        if self.ctx.bank is None or self.ctx.account is None:
             raise InstrumentError("loading needs the card, the bank and the holder's account")
+        conf, _signed = self.load_from(BankIssuer(self.ctx.bank, self.ctx.account), amount)
+        return {"amount": conf.amount, "balance": conf.balance, "counter": conf.load_counter}
+
+    def load_from(self, issuer: Issuer, amount: int) -> tuple[LoadConfirmation, Signed]:
+        """The card's side of a load, whoever the issuer is: the PIN through the party's PIN entry, the
+        card's signed request (LRQ2), the issuer's signed command for exactly that request (LCM1), the
+        card's signed confirmation (LCF1), which the issuer is told of."""
+        purse = self.ctx.purse
+        if purse is None:
+            raise InstrumentError("loading needs the card")
+        if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= MAX_AMOUNT:
+            raise PaymentError(f"the amount to load must be 1 to {MAX_AMOUNT} minor units")
         try:
             purse.select()
             self._enter_pin("load the purse", purse)
@@ -158,10 +224,7 @@ class PurseModule(BaseModule):
             cert = purse.certificate()
         except hw.HardwareError as e:
             raise _card_error(e, "load") from None
-        answer = bank.call("issuer/load", {"account": self.ctx.account, "request": b64(signed.record),
-                                           "signature": b64(signed.signature), "card_certificate": b64(cert)})
-        result = answer["result"]
-        command = Signed(unb64(result["command"], "load command", 256), unb64(result["signature"], "signature", 80))
+        command = issuer.approve(signed, cert)
         if command.record != request.command():
             raise ProtocolError("the issuer approved another load than the card asked for")
         try:
@@ -172,17 +235,8 @@ class PurseModule(BaseModule):
                 raise InstrumentError("the card went away during the load; run the load again: the issuer sees "
                                       "from the card's counters whether it applied") from None
             raise _card_error(e, "load") from None
-        self._confirm(signed_conf, cert)
-        return {"amount": conf.amount, "balance": conf.balance, "counter": conf.load_counter}
-
-    def _confirm(self, signed_conf: Signed, cert: bytes) -> None:
-        assert self.ctx.bank is not None
-        try:
-            self.ctx.bank.call("issuer/confirm", {"confirmation": b64(signed_conf.record),
-                                                  "signature": b64(signed_conf.signature), "card_certificate": b64(cert)})
-        except (PaymentError, hw.HardwareError):
-            pass          # not needed for correctness: the next load request proves the counter moved
-            #               (the holder may also decline to sign it: no PIN entered, no harm)
+        issuer.confirmed(signed_conf, cert)
+        return conf, signed_conf
 
     # ---- clearing (payee, online) ------------------------------------------------------------
     def clear(self) -> dict[str, Any] | None:
@@ -263,6 +317,31 @@ class PurseModule(BaseModule):
                 return None
         return self.clear_proof(psam_certificate, request, card_certificate, proof)
 
+    def take_proof(self, psam_certificate: bytes, request: Signed, card_certificate: bytes, proof: Signed
+                   ) -> dict[str, Any] | None:
+        """A card's proof that no payee flow waits for (the payee restarted, or the third party handed it
+        over): into the PSAM's batch while the PSAM holds the request it answers; otherwise settled as a
+        stale proof (:meth:`settle_stale_proof`). Returns the receipt, the acquirer's answer for a proof
+        cleared alone, or None when the PSAM's batch holds it already. A proof the PSAM refuses is a
+        PaymentRefused with code ``bad_proof``; any other failure leaves the proof to be taken again."""
+        psam = self.ctx.psam
+        if psam is None:
+            raise InstrumentError("no PSAM is present to take the card's proof")
+        try:
+            psam.select()
+            batch, index, _ = psam.complete_debit(card_certificate, proof)
+        except hw.ReplayError:
+            try:
+                cleared = self.settle_stale_proof(psam_certificate, request, card_certificate, proof)
+            except PaymentError as e:
+                raise PaymentError(f"the PSAM no longer holds this payment's request and the acquirer did not "
+                                   f"clear the proof alone ({e}); try again (the proof is kept)") from None
+            return None if cleared is None else {"kind": "cleared", **cleared}
+        except hw.HardwareError as e:
+            raise PaymentRefused(f"the PSAM did not take the debit proof ({_card_error(e, 'complete')})",
+                                 "bad_proof") from None
+        return {"kind": "receipt", "batch": batch, "index": index}
+
 
 # ---- the four messages of a purse payment (payer: hello, proof; payee: challenge, receipt) --------------
 class Hello(Message):
@@ -321,7 +400,9 @@ class PayerFlow:
             if info.currency != self.terms.currency:
                 raise InstrumentError(f"the purse holds currency {info.currency}, the payment is in {self.terms.currency}")
             if info.balance < self.terms.amount:
-                raise InsufficientFunds(f"the purse holds {info.balance}, the payment needs {self.terms.amount}")
+                held = format_amount(info.balance, info.currency)
+                needed = format_amount(self.terms.amount, info.currency)
+                raise InsufficientFunds(f"the purse balance is too low: it holds {held}, the payment needs {needed}")
             self.state = "hello"
             self.card_cert = cert
             return Step({"kind": "hello", "card": info.card_id, "counter": info.debit_counter + 1,
@@ -467,3 +548,83 @@ class PayeeFlow:
                                  f"the card's proof alone ({err})", "bad_proof") from None
         return 0, 0
 
+
+
+# ---- checking from public data (the third party, a judge, the payer before its card pays) ---------------
+class PurseProofs:
+    """The purse's signed records checked against the scheme root certificate, and nothing else.
+
+    A PSAM-signed debit request (DRQ1) and the card-signed debit proof (DPF1) that answers it, each as
+    ``{"certificate", "record", "signature"}`` (base64): the certificate is issued by the root for the
+    role (PSAM, purse card) and names the PSAM or card the record names, the signature is that key's,
+    and the proof's fields equal the request's. Because the request sits in an exchange's description,
+    and the description in its id, a proof made for one exchange does not pass in another. Errors are
+    ProtocolErrors saying what does not hold.
+    """
+
+    def __init__(self, root: x509.Certificate) -> None:
+        self.root = root
+
+    def check_request(self, request: Mapping[str, Any]) -> DebitRecord:
+        """The DRQ1 in ``request``, signed by the certified PSAM it names."""
+        cert, record, signature = _signed(request, "payment request")
+        psam_serial = self._check_signed(cert, record, signature, ROLE_PSAM, "PSAM")
+        try:
+            drq = DebitRecord.decode(record, DEBIT_REQUEST)
+        except hw.TransportError:
+            raise ProtocolError("the payment request is not a DRQ1 debit request") from None
+        if psam_serial != drq.psam_id.hex().upper():
+            raise ProtocolError("the debit request is signed by another PSAM than the one it names")
+        return drq
+
+    def check_proof(self, proof: Mapping[str, Any], request: Mapping[str, Any], amount: int, currency: int
+                    ) -> DebitRecord:
+        """The DPF1 in ``proof``, signed by the certified card it names, answering exactly ``request`` for
+        ``amount`` in ``currency``."""
+        drq = self.check_request(request)
+        cert, record, signature = _signed(proof, "debit proof")
+        card_serial = self._check_signed(cert, record, signature, ROLE_PURSE_CARD, "purse card")
+        try:
+            dpf = DebitRecord.decode(record, DEBIT_PROOF)
+        except hw.TransportError:
+            raise ProtocolError("the payment proof is not a DPF1 debit proof") from None
+        if card_serial != dpf.card_number.hex().upper():
+            raise ProtocolError("the debit proof is signed by another card than the one it names")
+        if dpf.encode()[4:] != drq.encode()[4:]:
+            raise ProtocolError("the debit proof answers another request than the one agreed in this exchange")
+        if (dpf.amount, dpf.currency) != (amount, currency):
+            raise ProtocolError(f"the debit proof is for {dpf.amount} (currency {dpf.currency}), "
+                                f"the exchange is for {amount} (currency {currency})")
+        return dpf
+
+    def _check_signed(self, cert: x509.Certificate, record: bytes, signature: bytes, role: x509.ObjectIdentifier,
+                      what: str) -> str:
+        try:
+            cert.verify_directly_issued_by(self.root)
+        except (ValueError, TypeError, InvalidSignature):
+            raise ProtocolError(f"the {what} certificate is not issued by the purse scheme root") from None
+        try:
+            eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            eku = None
+        if eku is None or role not in eku:
+            raise ProtocolError(f"the {what} certificate is not issued for that role")
+        key = cert.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ProtocolError(f"the {what} certificate holds no EC key")
+        try:
+            key.verify(signature, record, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            raise ProtocolError(f"the {what} signature does not verify: forged or altered") from None
+        serial = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+        return str(serial[0].value) if serial else ""
+
+
+def _signed(obj: Any, what: str) -> tuple[x509.Certificate, bytes, bytes]:
+    if not isinstance(obj, Mapping):
+        raise ProtocolError(f"the {what} must be a JSON object")
+    try:
+        cert = x509.load_der_x509_certificate(unb64(obj.get("certificate"), f"{what}.certificate", 4096))
+    except ValueError:
+        raise ProtocolError(f"the {what}'s certificate is not X.509") from None
+    return cert, unb64(obj.get("record"), f"{what}.record", 256), unb64(obj.get("signature"), f"{what}.signature", 128)
