@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from semper.client.support.db import Database, DatabaseError, Dsn, IntegrityError
+from semper.client.support.migrations import Schema
 
-SCHEMA = ("CREATE TABLE IF NOT EXISTS coins (id VARCHAR(32) PRIMARY KEY, spent_by VARCHAR(32))",)
+SCHEMA = Schema.baseline("coins", ["CREATE TABLE IF NOT EXISTS coins (id VARCHAR(32) PRIMARY KEY, spent_by VARCHAR(32))"])
 
 
 def test_dsn_parsing() -> None:

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..support.db import IntegrityError, Transaction
+from ..support.migrations import Schema
 
 SYSTEM_KINDS = ("external", "float", "ecash", "holds")
 
-SCHEMA = [
+_VERSION_1 = [
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, kind TEXT NOT NULL, currency INTEGER NOT NULL, "
     "owner TEXT, name TEXT NOT NULL, balance BIGINT NOT NULL DEFAULT 0, created_at TEXT NOT NULL)",
@@ -87,6 +88,9 @@ SCHEMA = [
     "denomination BIGINT NOT NULL, currency INTEGER NOT NULL, signature TEXT NOT NULL, account TEXT NOT NULL, "
     "entry TEXT NOT NULL, at TEXT NOT NULL)",
 ]
+
+# The bank's schema history (client/support/migrations.py): add a Migration(2, ...) to change it.
+SCHEMA = Schema.baseline("bank", _VERSION_1)
 
 
 class BankRefusal(Exception):
