@@ -163,6 +163,11 @@ class PostgresCluster:
             conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         return self.url(name)
 
+    def drop_database(self, name: str) -> None:
+        import psycopg
+        with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
 
 def _gone(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
@@ -199,15 +204,13 @@ class Storage:
             folder.mkdir(parents=True)
         return f"sqlite:///{Path(folder).absolute() / name}.db"
 
-    def copy(self, url: str, name: str = "copy") -> str:
+    def copy(self, url: str, name: str = "copy", folder: Path | None = None) -> str:
         """A new database holding what ``url``'s holds now (nobody may be connected to it meanwhile on
-        PostgreSQL: a database is copied as a template)."""
+        PostgreSQL: a database is copied as a template). ``folder``: where a SQLite copy goes."""
         if self.cluster is not None:
-            source = url.split("?", 1)[0].rsplit("/", 1)[1]
-            target = self.cluster.new_database(name, template=source)
-            return target
+            return self.cluster.new_database(name, template=_database_name(url))
         import sqlite3
-        target = self.url(name)
+        target = self.url(name, folder)
         src, dst = sqlite3.connect(_sqlite_path(url)), sqlite3.connect(_sqlite_path(target))
         try:
             src.backup(dst)               # a consistent copy of a database in WAL mode (not a file copy)
@@ -215,6 +218,19 @@ class Storage:
             src.close()
             dst.close()
         return target
+
+
+    def drop(self, url: str) -> None:
+        """Remove a database made by :meth:`url` or :meth:`copy` (its connections closed first)."""
+        if self.cluster is not None:
+            self.cluster.drop_database(_database_name(url))
+        else:
+            for suffix in ("", "-wal", "-shm"):
+                Path(_sqlite_path(url) + suffix).unlink(missing_ok=True)
+
+
+def _database_name(url: str) -> str:
+    return url.split("?", 1)[0].rsplit("/", 1)[1]
 
 
 def _sqlite_path(url: str) -> str:

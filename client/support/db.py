@@ -11,13 +11,13 @@ NOTHING``) and this module hides the rest:
 * the URL picks the back end: ``sqlite:///abs/path.db`` or a bare file path (the default: nothing to
   install or run), or ``postgresql://...`` (any libpq URL; psycopg 3, imported only then);
 * placeholders are written ``?`` and rewritten to ``%s`` for PostgreSQL (:func:`pyformat`);
-* connections: SQLite one per thread (WAL); PostgreSQL a ``psycopg_pool`` pool per process (a
+* connections: SQLite a writer and a reader per thread (WAL); PostgreSQL a ``psycopg_pool`` pool per process (a
   process forked from the one that opened the database makes its own, it never shares sockets);
 * :meth:`Database.transaction` runs one explicit transaction. Writers: SQLite ``BEGIN IMMEDIATE``
   (the write lock up front, so writers queue for at most the busy timeout instead of failing on a
   lock upgrade); PostgreSQL ``SERIALIZABLE``, so the services' check-then-write code is correct as
   written, at the price that a transaction may be refused with a serialization failure.
-  Readers: SQLite ``BEGIN`` on a query-only connection state, PostgreSQL ``REPEATABLE READ READ
+  Readers: SQLite ``BEGIN`` on a query-only connection of their own, PostgreSQL ``REPEATABLE READ READ
   ONLY``: one consistent snapshot, never refused, never blocking a writer. A read transaction
   that tries to write fails on both back ends alike;
 * :meth:`Database.run` is the one place where serialization failures are retried: it runs a
@@ -228,8 +228,10 @@ class Database:
                     self._reset()
 
     # ---- connections ------------------------------------------------------------------------------
-    def _sqlite(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
+    def _sqlite(self, write: bool) -> sqlite3.Connection:
+        """This thread's writer or reader connection (the reader is query-only for good)."""
+        name = "writer" if write else "reader"
+        conn = getattr(self._local, name, None)
         if conn is not None:
             return conn  # type: ignore[no-any-return]
         try:
@@ -237,9 +239,11 @@ class Database:
                                    check_same_thread=False)
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA journal_mode = WAL")
+            if not write:
+                conn.execute("PRAGMA query_only = 1")
         except sqlite3.Error as e:
             raise DatabaseError(f"cannot open the database {self.dsn.target}: {e}") from None
-        self._local.conn = conn
+        setattr(self._local, name, conn)
         with self._lock:
             self._all.append(conn)
         return conn
@@ -299,29 +303,21 @@ class Database:
 
     @contextmanager
     def _sqlite_transaction(self, write: bool) -> Iterator[Transaction]:
-        conn = self._sqlite()
+        conn = self._sqlite(write)
         try:
-            if not write:
-                conn.execute("PRAGMA query_only = 1")
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.Error as e:
-            if not write:
-                conn.execute("PRAGMA query_only = 0")
             raise BusyError(f"the database {self.dsn.target} is busy or unwritable: {e}") from None
         try:
             yield Transaction(conn, "sqlite")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        else:
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as e:
-                conn.execute("ROLLBACK")
-                raise _translate(e, "sqlite") from None
-        finally:
-            if not write:
-                conn.execute("PRAGMA query_only = 0")
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            conn.execute("ROLLBACK")
+            raise _translate(e, "sqlite") from None
 
     @contextmanager
     def _postgres_transaction(self, conn: Any, write: bool, exclusive: bool) -> Iterator[Transaction]:
