@@ -199,6 +199,38 @@ def test_a_transaction_that_keeps_conflicting_ends_busy(db: Database, monkeypatc
     assert len(runs) == 3
 
 
+@storages()
+def test_a_forked_worker_opens_connections_of_its_own(db: Database) -> None:
+    """A service process that forks workers after opening its database (issue 14's workers): the
+    child writes through the same object on connections of its own, and the parent's still work."""
+    import os
+    import time
+    db.migrate(COINS)
+    db.run(lambda tx: tx.execute("INSERT INTO coins (id) VALUES ('parent-1')"))        # the parent's pool is open
+    with db.transaction(write=False) as tx:              # the parent is using its connection while the child runs
+        pid = os.fork()
+        if pid == 0:                                                                       # the worker
+            code = 1
+            try:
+                db.run(lambda t: t.execute("INSERT INTO coins (id) VALUES ('child')"))
+                code = 0
+            finally:
+                os._exit(code)
+        assert tx.one("SELECT COUNT(*) FROM coins") == (1,)
+        deadline = time.monotonic() + 30
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            assert time.monotonic() < deadline, "the forked worker hung"
+            time.sleep(0.05)
+        assert tx.one("SELECT COUNT(*) FROM coins") == (1,)                               # still its snapshot
+    assert os.waitstatus_to_exitcode(status) == 0
+    db.run(lambda tx: tx.execute("INSERT INTO coins (id) VALUES ('parent-2')"))        # the parent's connections live
+    with db.transaction(write=False) as tx:
+        assert tx.all("SELECT id FROM coins ORDER BY id") == [("child",), ("parent-1",), ("parent-2",)]
+
+
 # ---- migrations ---------------------------------------------------------------------------------------
 def _schema(*extra: Migration) -> Schema:
     return Schema("shelf", (

@@ -215,7 +215,10 @@ class Database:
         return self.dsn.backend
 
     def _reset(self) -> None:
-        """Forget every connection (a new process: the parent's belong to the parent)."""
+        """Forget every connection (a new process: the parent's belong to the parent). The parent's
+        pool object is kept, unused: collecting it here would run its finaliser in the child."""
+        if getattr(self, "_pool", None) is not None:
+            self._inherited = [*getattr(self, "_inherited", []), self._pool]
         self._pid = os.getpid()
         self._local = threading.local()
         self._all: list[Any] = []
