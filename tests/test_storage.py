@@ -123,6 +123,16 @@ def test_sums_of_integers_are_integers(db: Database) -> None:
 
 
 @storages()
+def test_binary_columns_hold_bytes_on_both_back_ends(db: Database) -> None:
+    db.migrate(Schema.baseline("blobs", ["CREATE TABLE IF NOT EXISTS blobs (k TEXT PRIMARY KEY, v {blob} NOT NULL)"]))
+    data = bytes(range(256)) + b"\x00?%s"
+    db.run(lambda tx: tx.execute("INSERT INTO blobs (k, v) VALUES (?, ?)", ("a", data)))
+    with db.transaction(write=False) as tx:
+        (value,) = tx.one("SELECT v FROM blobs WHERE k = ?", ("a",)) or (None,)
+    assert bytes(value) == data and isinstance(value, bytes)
+
+
+@storages()
 def test_a_conditional_update_has_exactly_one_winner_across_threads(db: Database) -> None:
     db.migrate(COINS)
     db.run(lambda tx: tx.execute("INSERT INTO coins (id) VALUES (?)", ("coin",)))

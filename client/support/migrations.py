@@ -8,8 +8,10 @@ are a few statements per store, run on the same connections and transactions as 
 Each store (``bank``, ``ca``, ``ttp``, ``payments``, and the shop next) declares a :class:`Schema`:
 its name and an ordered tuple of :class:`Migration` s numbered 1, 2, 3 ... A migration is standard
 SQL statements, or a function of the open transaction for changes SQL alone cannot say (a data
-rewrite). The table ``schema_versions`` records which versions of which store a database holds, so
-several stores may share one database (their tables have distinct names).
+rewrite). One type differs between the back ends: a statement says ``{blob}`` for a binary column
+(SQLite ``BLOB``, PostgreSQL ``BYTEA``; ``bytes`` go in and come out alike). The table
+``schema_versions`` records which versions of which store a database holds, so several stores may
+share one database (their tables have distinct names).
 
 :func:`migrate` runs at open (the services call ``db.migrate(SCHEMA)`` when they start): in one
 exclusive transaction (SQLite ``BEGIN IMMEDIATE``; PostgreSQL an advisory lock, so worker processes
@@ -31,6 +33,8 @@ from dataclasses import dataclass, field
 from .db import Database, DatabaseError, Transaction
 
 VERSIONS_TABLE = "schema_versions"
+# The one column type the two back ends name differently: write {blob} in a migration's statement.
+BLOB = {"sqlite": "BLOB", "postgresql": "BYTEA"}
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class Migration:
 
     def run(self, tx: Transaction) -> None:
         for sql in self.statements:
-            tx.execute(sql)
+            tx.execute(sql.replace("{blob}", BLOB[tx.backend]))
         if self.apply is not None:
             self.apply(tx)
 
