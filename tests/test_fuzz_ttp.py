@@ -492,11 +492,14 @@ def test_ttp_state_machine(world: World, storage: Storage, ev: Evidence, tmp_pat
     examples = int(os.environ.get("SEMPER_FUZZ_EXAMPLES", "15"))
     if storage.is_postgres:
         examples = max(1, examples // 3)
-    run_state_machine_as_test(TtpMachine, settings=settings(
-        max_examples=examples, stateful_step_count=30, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow]))
-    print("third-party state machine, steps per rule:", dict(RAN))
     rules = {name for name, v in vars(TtpMachine).items() if getattr(v, "counted", False)}
-    assert rules <= set(RAN), f"rules that never ran: {sorted(rules - set(RAN))}"
+    for _round in range(3):       # with few examples a rule or an outcome may miss a round
+        run_state_machine_as_test(TtpMachine, settings=settings(
+            max_examples=examples, stateful_step_count=30, deadline=None,
+            suppress_health_check=[HealthCheck.too_slow]))
+        if rules <= set(RAN) and RAN["decision: resolved"] and RAN["decision: revoked"]:
+            break
+    print("third-party state machine, steps per rule:", dict(RAN))
+    assert rules <= set(RAN), f"rules that never ran in three rounds: {sorted(rules - set(RAN))}"
     assert RAN["decision: resolved"] and RAN["decision: revoked"], "no run got as far as a decision"
 

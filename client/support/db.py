@@ -314,12 +314,12 @@ class Database:
         try:
             yield Transaction(conn, "sqlite")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _quietly_rollback(conn)
             raise
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as e:
-            conn.execute("ROLLBACK")
+            _quietly_rollback(conn)
             raise _translate(e, "sqlite") from None
 
     @contextmanager
@@ -397,7 +397,8 @@ class Database:
 
 
 def _quietly_rollback(conn: Any) -> None:
-    """Roll back; a connection that broke meanwhile is left for the pool to discard."""
+    """Roll back, keeping the error that got us here: a transaction SQLite already ended, or a
+    PostgreSQL connection that broke meanwhile (the pool discards it), has nothing to roll back."""
     try:
         conn.execute("ROLLBACK")
     except Exception:
