@@ -82,6 +82,7 @@ class PostgresCluster:
     bin: Path
     account: pwd.struct_passwd | None
     pid: int | None = None
+    owner: int = field(default_factory=os.getpid)     # the process that started it (a forked child must not stop it)
     _names: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -142,6 +143,8 @@ class PostgresCluster:
 
     def stop(self) -> None:
         """Stop the server by its pid (fast shutdown, then immediate, then kill), remove the folder."""
+        if os.getpid() != self.owner:
+            return
         pid, self.pid = self.pid, None
         if pid is not None:
             for sig, wait_s in ((signal.SIGINT, STOP_TIMEOUT_S), (signal.SIGQUIT, 10), (signal.SIGKILL, 10)):
