@@ -302,7 +302,7 @@ def test_a_database_newer_than_the_program_is_refused(db: Database) -> None:
 def test_workers_starting_together_migrate_once(storage: Storage, tmp_path: Path) -> None:
     """Several processes of one service start at once (issue 14's workers): each runs migrate at open."""
     url = storage.url("shared", tmp_path)
-    dbs = [Database(url) for _ in range(4)]
+    dbs = [Database(url) for _ in range(8)]
     start = threading.Barrier(len(dbs))
     errors: list[BaseException] = []
 

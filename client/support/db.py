@@ -241,7 +241,7 @@ class Database:
             conn = sqlite3.connect(self.dsn.target, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)
             conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _wal(conn)
             if not write:
                 conn.execute("PRAGMA query_only = 1")
         except sqlite3.Error as e:
@@ -394,6 +394,22 @@ class Database:
 
     def __repr__(self) -> str:
         return f"Database({self.dsn.backend}: {self.dsn.display})"
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (it stays so). Switching needs a lock SQLite does not wait for, so
+    processes opening a new file together would fail at once: retried until the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _quietly_rollback(conn: Any) -> None:
