@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from postgres import PostgresCluster, Storage, missing_reason
 
 from semper.client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
 from semper.client.support.scheme import Scheme
@@ -42,6 +43,28 @@ def card_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("SEMPER_CARD_KEYS", None)
     else:
         os.environ["SEMPER_CARD_KEYS"] = before
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """The session's own PostgreSQL (tests/postgres.py), started on first use, stopped by pid at the end."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = PostgresCluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def storage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Storage:
+    """Where the services a test builds keep their data: SQLite unless the test runs under
+    ``postgres.storages()``, which runs it once per back end."""
+    backend = getattr(request, "param", "sqlite")
+    root = tmp_path_factory.mktemp(f"storage-{backend}")
+    if backend == "postgresql":
+        return Storage(backend, root, request.getfixturevalue("postgres_cluster"))
+    return Storage(backend, root)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
+from postgres import storages
 from test_payment_support import EUR, World, world
 
 from semper.client.payment import formats
@@ -25,6 +26,8 @@ from semper.client.support.channels import ServiceError
 OPS = ["accounts/balance", "issuer/load", "issuer/confirm", "acquirer/clear", "acquirer/clear_proof", "set/authorise",
        "set/capture", "set/release", "set/refund", "set/status", "cheque/deposit", "cheque/status", "mint/withdraw",
        "mint/deposit"]
+
+pytestmark = storages()          # the bank's core cases on SQLite and on PostgreSQL
 
 
 def _raw(w: World, path: str, data: bytes, ctype: str = "application/json") -> tuple[int, dict[str, Any]]:

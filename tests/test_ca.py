@@ -8,6 +8,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from postgres import Storage, storages
 from test_ca_support import (
     CA_PIN,
     USER_PIN,
@@ -25,6 +26,7 @@ from semper.client.servers.ca import CaRefusal
 from semper.client.support import pki
 from semper.client.support.channels import ServiceError
 
+pytestmark = storages()          # the CA's core cases on SQLite and on PostgreSQL
 
 def _register(rc: RunningCa, signer, key: str, **kw) -> dict:  # type: ignore[no-untyped-def]
     return rc.client().post("/register", request_body(signer, key, **kw))
@@ -243,8 +245,8 @@ def test_revocation_shows_in_the_crl(running_ca: RunningCa, tmp_path: Path) -> N
     assert e.value.code == "registration_key_used"
 
 
-def test_restart_loses_nothing(tmp_path: Path, tokens: Tokens) -> None:
-    rc = start_ca(tmp_path / "ca", tokens)
+def test_restart_loses_nothing(tmp_path: Path, tokens: Tokens, storage: Storage) -> None:
+    rc = start_ca(tmp_path / "ca", tokens, db_url=storage.url("ca") if storage.is_postgres else None)
     issued_key = rc.add_person()
     open_key = rc.add_person("Carol Open", "carol@example.org")
     signer = SoftwareSigner()
@@ -258,7 +260,7 @@ def test_restart_loses_nothing(tmp_path: Path, tokens: Tokens) -> None:
     from semper.client.servers.ca_http import build_app
     from semper.client.support.channels import JsonClient, server_context
     from semper.client.support.http_service import ServiceRunner
-    home = CaHome(tmp_path / "ca")
+    home = CaHome(tmp_path / "ca", rc.home.dsn)
     ca = home.open()
     ca.signer = home.open_signer(ca, CA_PIN)                   # token settings come from the database
     chain, keyfile = issue_tls_identity(ca, ("127.0.0.1",), home.tls_dir)

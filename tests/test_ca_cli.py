@@ -112,8 +112,10 @@ def test_operator_cycle_with_a_served_ca(env: dict[str, str], tmp_path: Path, mo
 def test_commands_without_a_ca_say_so(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
     code, _out, err = run(["ca", "add-person", "--name", "A", "--email", "a@example.org"], "", monkeypatch, capsys)
     assert code == 2 and "semper ca init" in err
-    code, _out, err = run(["ca", "list", "--db", "mysql://x"], "", monkeypatch, capsys)
-    assert code == 1 and "DSN" in err
+    with pytest.raises(SystemExit) as e:                      # a malformed storage URL is bad input: exit 2
+        run(["ca", "list", "--db", "mysql://x"], "", monkeypatch, capsys)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "storage URL" in err and "postgresql://" in err and len(err.strip().splitlines()) == 2
 
 
 @pytest.mark.skipif(shutil.which("pkcs11-tool") is None, reason="opensc missing")

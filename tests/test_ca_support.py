@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from postgres import Storage
 
 from semper.client.servers.ca import CertificationAuthority
 from semper.client.servers.ca_home import CaHome, issue_tls_identity
@@ -110,9 +111,11 @@ class RunningCa:
         return [c for c in self.ca.listing()["certificates"] if c["role"] != "server"]
 
 
-def start_ca(folder: Path, tokens: Tokens, label: str = "ca-main", name: str = "semper test CA") -> RunningCa:
+def start_ca(folder: Path, tokens: Tokens, label: str = "ca-main", name: str = "semper test CA",
+             db_url: str | None = None) -> RunningCa:
+    """A CA serving on loopback; ``db_url`` its storage (default: SQLite in ``folder``)."""
     signer = tokens.signer(label, CA_PIN)
-    home = CaHome(folder)
+    home = CaHome(folder, db_url)
     ca = home.open(signer)
     admin = ca.initialise(name, token_label=label, softhsm_conf=str(tokens.store.conf))
     root_path = home.publish_root(ca)
@@ -122,8 +125,9 @@ def start_ca(folder: Path, tokens: Tokens, label: str = "ca-main", name: str = "
 
 
 @pytest.fixture
-def running_ca(tmp_path: Path, tokens: Tokens) -> Iterator[RunningCa]:
-    rc = start_ca(tmp_path / "ca", tokens)
+def running_ca(tmp_path: Path, tokens: Tokens, storage: Storage) -> Iterator[RunningCa]:
+    """A fresh CA per test; on PostgreSQL too where the module runs under ``postgres.storages()``."""
+    rc = start_ca(tmp_path / "ca", tokens, db_url=storage.url("ca") if storage.is_postgres else None)
     yield rc
     rc.runner.stop()
     rc.home.close()

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from postgres import Storage
 
 from semper.chaos.party_faults import Faults
 from semper.client.exchange.identity import Identity, TtpInfo
@@ -90,9 +91,10 @@ class World:
         return {cert_id(info.certificate): info.escrow.key_id}
 
 
-def make_world(folder: Path, scheme: Scheme, store: Any = None) -> World:
+def make_world(folder: Path, scheme: Scheme, store: Any = None, db_url: str | None = None) -> World:
     """``store``: a SoftHsmStore whose tokens ``LABELS`` were provisioned already (with ``PIN``), e.g. beside
-    another world's in one folder; None makes and provisions one here."""
+    another world's in one folder; None makes and provisions one here. ``db_url``: the CA's storage
+    (default: SQLite in ``folder``)."""
     from semper.hsm.signer import Pkcs11Signer
     from semper.hsm.softhsm import SoftHsmStore, provision
     if store is None:
@@ -102,7 +104,7 @@ def make_world(folder: Path, scheme: Scheme, store: Any = None) -> World:
     conf = str(store.conf)
     ca_signer = Pkcs11Signer.open("x-ca", softhsm_conf=conf)
     ca_signer.verify_pin(PIN)
-    ca = CertificationAuthority(Database(f"sqlite:///{folder / 'ca.db'}"), ca_signer)
+    ca = CertificationAuthority(Database(db_url or f"sqlite:///{folder / 'ca.db'}"), ca_signer)
     ca.initialise("semper exchange test CA", token_label="x-ca", softhsm_conf=conf)
     root_pem = pki.pem(ca.certificate())
     trust = TrustStore([ca.certificate()])
@@ -124,10 +126,14 @@ def make_world(folder: Path, scheme: Scheme, store: Any = None) -> World:
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory, scheme: Scheme) -> Iterator[World]:
-    w = make_world(tmp_path_factory.mktemp("xworld"), scheme)
+def world(tmp_path_factory: pytest.TempPathFactory, scheme: Scheme, storage: Storage) -> Iterator[World]:
+    """The session's exchange world, its CA on SQLite; once more on PostgreSQL for modules under
+    ``postgres.storages()`` (their third parties take their databases from ``storage`` too)."""
+    w = make_world(tmp_path_factory.mktemp(f"xworld-{storage.backend}"), scheme,
+                   db_url=storage.url("xca") if storage.is_postgres else None)
     yield w
     w.opened.close()
+    w.ca.db.close()
 
 
 # ---- the third party ---------------------------------------------------------------------------------
@@ -150,10 +156,15 @@ class RunningTtp:
         self.ttp.db.close()
 
 
-def start_ttp(world: World, db_path: Path) -> RunningTtp:
-    """A third party in this process (its own thread and loop) with a fresh database."""
+def db_url(db: Path | str) -> str:
+    """A storage URL: a path is a SQLite file, a string a URL already (``Storage.url``)."""
+    return db if isinstance(db, str) else f"sqlite:///{db}"
+
+
+def start_ttp(world: World, db: Path | str) -> RunningTtp:
+    """A third party in this process (its own thread and loop) with a fresh database (a SQLite path or a URL)."""
     o = world.opened
-    ttp = ThirdParty(Database(f"sqlite:///{db_path}"), o.ttp.signer, o.ttp.certificate, o.ttp.trust,
+    ttp = ThirdParty(Database(db_url(db)), o.ttp.signer, o.ttp.certificate, o.ttp.trust,
                      o.ttp.managers, o.ttp.escrow)
     from semper.client.servers.ttp_http import build_app
     runner = ServiceRunner(build_app(ttp, escrow_statement=o.escrow_statement, tsa=o.tsa), "127.0.0.1", 0,
@@ -161,7 +172,7 @@ def start_ttp(world: World, db_path: Path) -> RunningTtp:
     return RunningTtp(ttp, runner, runner.url)
 
 
-def ttp_process(world: World, db_path: Path, crash_at: str | None = None, timeout: float = 30.0, port: int = 0,
+def ttp_process(world: World, db: Path | str, crash_at: str | None = None, timeout: float = 30.0, port: int = 0,
                 extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
     """``semper serve ttp`` as a real process (for kill-and-restart tests); returns (process, url). With
     ``crash_at`` (before-commit | after-commit) it is ``python -m semper.chaos.crashing_ttp`` instead: the
@@ -174,7 +185,7 @@ def ttp_process(world: World, db_path: Path, crash_at: str | None = None, timeou
     program = ["-m", "semper.chaos.crashing_ttp", "--crash-at", crash_at] if crash_at else \
         ["-m", "semper.client.cli", "serve", "ttp"]
     proc = subprocess.Popen([sys.executable, *program, "--dir", str(world.ttp_proc_home.folder),
-                             "--db", f"sqlite:///{db_path}", "--pin-file", str(pin_file), "--port", str(port)],
+                             "--db", db_url(db), "--pin-file", str(pin_file), "--port", str(port)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None

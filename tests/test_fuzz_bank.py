@@ -47,6 +47,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from postgres import Storage, storages
 from test_fuzz_support import (
     CONTENT_TYPES,
     METHODS,
@@ -93,6 +94,7 @@ OPS = ("accounts/balance", "issuer/load", "issuer/confirm", "acquirer/clear", "a
 BUYERS, SELLERS = ("buyer", "buyer2"), ("seller", "seller2")
 PARTIES = BUYERS + SELLERS
 CARD_MAX = 200_000
+pytestmark = storages()          # money and refusal invariants on SQLite and on PostgreSQL
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                        HealthCheck.too_slow])
 
@@ -100,7 +102,7 @@ FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthChe
 # ---- a bank of our own over a copy of the session bank's ledger -------------------------------------------
 @dataclass
 class Template:
-    db: Path
+    db: str                       # the template ledger's storage URL (copied for every bank of the module)
     buyer_card: Path
     psam: Path
     card_cert: bytes
@@ -112,6 +114,7 @@ class BankCopy:
     """A running bank on a private copy of the template: its service, a raw client, the card pair."""
 
     world: World
+    storage: Storage
     folder: Path
     bank: Bank
     runner: ServiceRunner
@@ -150,36 +153,34 @@ class BankCopy:
     def stop(self) -> None:
         self.runner.stop()
         self.bank.db.close()
+        self.storage.drop(_url(self.bank.db))
 
 
-def _copy_db(src: Path, dst: Path) -> None:
-    """A consistent copy of a SQLite database in WAL mode (the backup API, not a file copy)."""
-    with contextlib.closing(sqlite3.connect(src)) as a, contextlib.closing(sqlite3.connect(dst)) as b:
-        a.backup(b)
+def _open_bank(w: World, url: str) -> Bank:
+    return Bank(Database(url), w.bank.keys, w.home.roots(), bank_id=w.bank.bank_id, scheme_root=w.bank.scheme_root)
 
 
-def _open_bank(w: World, db_path: Path) -> Bank:
-    return Bank(Database(f"sqlite:///{db_path}"), w.bank.keys, w.home.roots(), bank_id=w.bank.bank_id,
-                scheme_root=w.bank.scheme_root)
-
-
-def open_copy(w: World, template: Template, folder: Path) -> BankCopy:
+def open_copy(w: World, storage: Storage, template: Template, folder: Path) -> BankCopy:
     folder.mkdir(parents=True, exist_ok=True)
-    _copy_db(template.db, folder / "bank.db")
+    url = storage.copy(template.db, "fuzzbank", folder)
     buyer, psam = folder / "buyer.card", folder / "psam.card"
     shutil.copyfile(template.buyer_card, buyer)
     shutil.copyfile(template.psam, psam)
-    bank = _open_bank(w, folder / "bank.db")
+    bank = _open_bank(w, url)
     tls = w.home.tls_dir
     runner = ServiceRunner(build_app(bank), "127.0.0.1", 0, server_context(tls / "cert.pem", tls / "key.pem")).start()
-    return BankCopy(w, folder, bank, runner, RawHttps(runner.url, w.home.tls_root), buyer, psam, template)
+    return BankCopy(w, storage, folder, bank, runner, RawHttps(runner.url, w.home.tls_root), buyer, psam, template)
+
+
+def _url(db: Database) -> str:
+    return db.dsn.target if db.backend == "postgresql" else f"sqlite:///{db.dsn.target}"
 
 
 @pytest.fixture(scope="module")
-def template(world: World, tmp_path_factory: pytest.TempPathFactory) -> Template:
+def template(world: World, storage: Storage, tmp_path_factory: pytest.TempPathFactory) -> Template:
     folder = tmp_path_factory.mktemp("fuzz-bank-template")
-    _copy_db(Path(world.bank.db.dsn.target), folder / "bank.db")
-    bank = _open_bank(world, folder / "bank.db")
+    world.bank.db.close()                    # PostgreSQL copies a database nobody is connected to (reopens on use)
+    bank = _open_bank(world, storage.copy(_url(world.bank.db), "fuzzbank_template", folder))
     issuer = bank.keys.signer.public_point()
     personalise_purse_card(folder / "buyer.card", world.scheme, CardProfile(CARD_PIN, b"12345678", max_balance=CARD_MAX),
                            sync=False, issuer_point=issuer)
@@ -191,12 +192,13 @@ def template(world: World, tmp_path_factory: pytest.TempPathFactory) -> Template
     bank.link_card(card_cert, world.accounts["buyer"])
     bank.link_psam(psam_cert, world.accounts["seller"])
     bank.db.close()
-    return Template(folder / "bank.db", folder / "buyer.card", folder / "psam.card", card_cert, psam_cert)
+    return Template(_url(bank.db), folder / "buyer.card", folder / "psam.card", card_cert, psam_cert)
 
 
 @pytest.fixture(scope="module")
-def bank(world: World, template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BankCopy]:
-    b = open_copy(world, template, tmp_path_factory.mktemp("fuzz-bank"))
+def bank(world: World, storage: Storage, template: Template, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[BankCopy]:
+    b = open_copy(world, storage, template, tmp_path_factory.mktemp("fuzz-bank"))
     yield b
     b.stop()
 
@@ -323,7 +325,7 @@ def test_signed_requests_with_broken_parameters(bank: BankCopy, data: st.DataObj
     refused_unchanged(bank, "/" + op, dumps(envelope(bank, who, op, params)))
 
 
-_TEMPLATES: dict[Path, dict[str, dict[str, Any]]] = {}
+_TEMPLATES: dict[str, dict[str, dict[str, Any]]] = {}
 
 
 def templates_cache(b: BankCopy) -> dict[str, dict[str, Any]]:
@@ -378,12 +380,13 @@ class BankMachine(RuleBasedStateMachine):
     """Customers doing real business, an attacker replaying, tampering and re-signing what it saw."""
 
     world: World
+    storage: Storage
     template: Template
     root: Path
 
     def __init__(self) -> None:
         super().__init__()
-        self.b = open_copy(self.world, self.template, Path(tempfile.mkdtemp(dir=self.root)))
+        self.b = open_copy(self.world, self.storage, self.template, Path(tempfile.mkdtemp(dir=self.root)))
         w = self.world
         self.acc = {p: w.accounts[p] for p in PARTIES}
         start = self.b.balances()
@@ -650,13 +653,18 @@ class BankMachine(RuleBasedStateMachine):
         assert report.violations == [], report.violations
 
 
-def test_bank_state_machine(world: World, template: Template, tmp_path: Path) -> None:
-    BankMachine.world, BankMachine.template, BankMachine.root = world, template, tmp_path
+def test_bank_state_machine(world: World, storage: Storage, template: Template, tmp_path: Path) -> None:
+    """Money and refusals under a mix of business and attacks; on PostgreSQL with fewer examples (each
+    starts from a copy of the template database, and the SQLite run covers the rules' variety)."""
+    BankMachine.world, BankMachine.storage, BankMachine.template, BankMachine.root = world, storage, template, tmp_path
     RAN.clear()
     rules = {name for name, v in vars(BankMachine).items() if getattr(v, "counted", False)}
+    examples = int(os.environ.get("SEMPER_FUZZ_EXAMPLES", "15"))
+    if storage.is_postgres:
+        examples = max(1, examples // 3)
     for _round in range(3):       # rules behind a precondition (a refund needs a capture) may miss a round
         run_state_machine_as_test(BankMachine, settings=settings(
-            max_examples=int(os.environ.get("SEMPER_FUZZ_EXAMPLES", "15")), stateful_step_count=40, deadline=None,
+            max_examples=examples, stateful_step_count=40, deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
         if rules <= set(RAN):
             break

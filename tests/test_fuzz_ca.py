@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from postgres import Storage, storages
 from test_ca_support import (
     RunningCa,
     SoftwareSigner,
@@ -43,6 +44,7 @@ from test_fuzz_support import (
 
 KNOWN = ("/ca", "/crl", "/crl.pem", "/certificates/1", "/certificates/zz", "/register", "/admin/persons",
          "/admin/revoke", "/admin/list")
+pytestmark = storages()          # refusals burn nothing and change nothing, on SQLite and on PostgreSQL
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                        HealthCheck.too_slow])
 
@@ -59,8 +61,9 @@ class InternalErrors(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory, tokens: Tokens) -> Iterator[RunningCa]:
-    rc = start_ca(tmp_path_factory.mktemp("fuzz-ca"), tokens)
+def ca(tmp_path_factory: pytest.TempPathFactory, tokens: Tokens, storage: Storage) -> Iterator[RunningCa]:
+    url = storage.url("fuzzca") if storage.is_postgres else None
+    rc = start_ca(tmp_path_factory.mktemp("fuzz-ca"), tokens, db_url=url)
     rc.ca.crl()                      # a fresh CRL is stored: a GET /crl that follows changes nothing
     yield rc
     rc.runner.stop()

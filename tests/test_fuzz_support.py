@@ -179,9 +179,13 @@ def protocol_level_refusals(raw: RawHttps, path: str) -> None:
 
 
 def db_snapshot(db: Database) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table (SQLite): the whole state a refused request must leave as it was."""
+    """Every row of every table (SQLite or PostgreSQL): the whole state a refused request must leave as it was."""
     with db.transaction(write=False) as tx:
-        tables = [r[0] for r in tx.all("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        if db.backend == "sqlite":
+            tables = [r[0] for r in tx.all("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        else:
+            tables = [r[0] for r in tx.all("SELECT table_name FROM information_schema.tables WHERE table_schema = "
+                                           "current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name")]
         return {t: sorted(tx.all(f'SELECT * FROM "{t}"'), key=repr) for t in tables}
 
 

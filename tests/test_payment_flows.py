@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from postgres import storages
 from test_payment_support import CARD_PIN, EUR, PARTY_PIN, World, card_pin, world
 
 from semper.client.payment.errors import NegotiationError, PaymentRefused, ProtocolError
@@ -21,6 +22,8 @@ from semper.hardware.psam import PsamSession
 from semper.hardware.purse import PurseSession
 from semper.hardware.simulator import open_card
 from semper.hsm.rsa import RsaTokenKeys
+
+pytestmark = storages()          # the bank's core cases on SQLite and on PostgreSQL
 
 
 def _ctx(w: World, who: str, **kw) -> PartyContext:  # type: ignore[no-untyped-def]

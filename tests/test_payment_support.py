@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
+from postgres import Storage
 
 from semper.client.payment.bank_client import BankClient
 from semper.client.servers.bank import Bank
@@ -85,16 +86,18 @@ class World:
                 "SELECT COUNT(*) FROM entries") + tx.all("SELECT COUNT(*) FROM postings")
 
 
-def make_world(folder: Path, scheme: Scheme, *, denominations: tuple[int, ...] = DENOMS, hsm: Any = None) -> World:
+def make_world(folder: Path, scheme: Scheme, *, denominations: tuple[int, ...] = DENOMS, hsm: Any = None,
+               db_url: str | None = None) -> World:
     """``hsm``: a SoftHsmStore to provision the tokens in (one PKCS#11 module serves one token folder at a
-    time, so a test that needs this world beside another puts both worlds' tokens in one store)."""
+    time, so a test that needs this world beside another puts both worlds' tokens in one store).
+    ``db_url``: the bank's storage URL (default: SQLite in the bank's folder)."""
     from semper.hsm.signer import Pkcs11Signer
     from semper.hsm.softhsm import SoftHsmStore, provision
     hsm = hsm or SoftHsmStore.in_folder(folder / "softhsm")
     provision(hsm, "bank", BANK_PIN, SO_PIN)
     for label in PARTY_TOKENS:
         provision(hsm, label, PARTY_PIN, SO_PIN)
-    home = BankHome(folder / "bank")
+    home = BankHome(folder / "bank", db_url)
     home.init(scheme, BANK_PIN, token_label="bank", softhsm_conf=hsm.conf, denominations=denominations,
               bank_id="BANK-TEST")
     bank = home.open(BANK_PIN)
@@ -112,7 +115,10 @@ def make_world(folder: Path, scheme: Scheme, *, denominations: tuple[int, ...] =
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory, scheme: Scheme) -> Iterator[World]:
-    w = make_world(tmp_path_factory.mktemp("bankworld"), scheme)
+def world(tmp_path_factory: pytest.TempPathFactory, scheme: Scheme, storage: Storage) -> Iterator[World]:
+    """The session's bank, on SQLite; once more on PostgreSQL for modules under ``postgres.storages()``."""
+    w = make_world(tmp_path_factory.mktemp(f"bankworld-{storage.backend}"), scheme,
+                   db_url=storage.url("bank") if storage.is_postgres else None)
     yield w
     w.runner.stop()
+    w.home.close()

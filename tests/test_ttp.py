@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres import Storage, storages
 from test_exchange_faults import exchange_with_fault, other_payment
 from test_exchange_support import (
     PIN,
@@ -30,6 +31,8 @@ from test_exchange_support import (
 from semper.client.exchange.messages import Proposal, check_decision, request_body
 from semper.client.support.channels import JsonClient
 from semper.client.support.cms import parse_statement
+
+pytestmark = storages()          # the third party's core cases on SQLite and on PostgreSQL
 
 
 # ---- a gen-ver exchange left open: the seller stopped before its item, the buyer did not go to T ----------
@@ -67,12 +70,12 @@ def decision(world: World, der: bytes, ev: dict[str, Any]) -> Any:
     return check_decision(der, world.trust, proposal.binding, None)
 
 
-def test_false_complaints_are_refused_signed_and_change_nothing(world: World, tmp_path: Path,
+def test_false_complaints_are_refused_signed_and_change_nothing(world: World, storage: Storage, tmp_path: Path,
                                                                 fresh_images: Any) -> None:
     res = open_exchange(world, tmp_path / "x", fresh_images)
     assert res["responder"].status == "stopped" and res["paid"] == 500
     ev = evidence(res)
-    t = start_ttp(world, tmp_path / "ttp2.db")
+    t = start_ttp(world, storage.url("ttp2", tmp_path))
     try:
         wrong = other_payment(world, res["cards"])
         false = signed_request(world, "buyer", "resolve", ev, item=wrong, attachments=ev["attachments"])
@@ -105,10 +108,11 @@ def test_false_complaints_are_refused_signed_and_change_nothing(world: World, tm
         t.stop()
 
 
-def test_a_replayed_request_gets_the_same_answer(world: World, tmp_path: Path, fresh_images: Any) -> None:
+def test_a_replayed_request_gets_the_same_answer(world: World, storage: Storage, tmp_path: Path,
+                                                fresh_images: Any) -> None:
     res = open_exchange(world, tmp_path / "x", fresh_images)
     ev = evidence(res)
-    t = start_ttp(world, tmp_path / "ttp2.db")
+    t = start_ttp(world, storage.url("ttp2", tmp_path))
     try:
         false = signed_request(world, "buyer", "complaint", ev, item=other_payment(world, res["cards"]),
                                attachments=ev["attachments"])
@@ -128,11 +132,11 @@ def test_a_replayed_request_gets_the_same_answer(world: World, tmp_path: Path, f
         t.stop()
 
 
-def test_concurrent_requests_decide_once(world: World, tmp_path: Path, fresh_images: Any) -> None:
+def test_concurrent_requests_decide_once(world: World, storage: Storage, tmp_path: Path, fresh_images: Any) -> None:
     from concurrent.futures import ThreadPoolExecutor
     res = open_exchange(world, tmp_path / "x", fresh_images)
     ev = evidence(res)
-    t = start_ttp(world, tmp_path / "ttp2.db")
+    t = start_ttp(world, storage.url("ttp2", tmp_path))
     try:
         reqs = [signed_request(world, "buyer", "resolve", ev, item=ev["item"], attachments=ev["attachments"])
                 for _ in range(6)]
@@ -144,11 +148,12 @@ def test_concurrent_requests_decide_once(world: World, tmp_path: Path, fresh_ima
         t.stop()
 
 
-def test_every_answer_is_a_cms_statement_by_the_token_key(world: World, tmp_path: Path, fresh_images: Any) -> None:
+def test_every_answer_is_a_cms_statement_by_the_token_key(world: World, storage: Storage, tmp_path: Path,
+                                                          fresh_images: Any) -> None:
     """openssl verifies a decision against the CA root, and its signer is the key on T's token."""
     res = open_exchange(world, tmp_path / "x", fresh_images)
     ev = evidence(res)
-    t = start_ttp(world, tmp_path / "ttp2.db")
+    t = start_ttp(world, storage.url("ttp2", tmp_path))
     try:
         der = ask(world, t.url, "status", signed_request(world, "buyer", "status", ev))
         (tmp_path / "d.der").write_bytes(der)
@@ -168,9 +173,9 @@ def test_every_answer_is_a_cms_statement_by_the_token_key(world: World, tmp_path
         t.stop()
 
 
-def test_timestamps_from_the_mounted_tsa(world: World, tmp_path: Path, fresh_images: Any) -> None:
+def test_timestamps_from_the_mounted_tsa(world: World, storage: Storage, tmp_path: Path, fresh_images: Any) -> None:
     from semper.client.support.tsa import timestamp_statement, verify_statement_timestamps
-    t = start_ttp(world, tmp_path / "ttp.db")
+    t = start_ttp(world, storage.url("ttp", tmp_path))
     try:
         client = JsonClient(t.url, world.root_pem, name="the TSA", timeout=15)
         statement = world.identities["buyer"].sign({"type": "order", "goods": "report"})
@@ -185,9 +190,9 @@ def test_timestamps_from_the_mounted_tsa(world: World, tmp_path: Path, fresh_ima
 
 # ---- the third party as a real process, killed in the middle of a resolution ---------------------------------
 @pytest.mark.parametrize("crash_at", ["after-commit", "before-commit"])
-def test_ttp_killed_mid_resolution_decides_the_same_way_after_restart(world: World, tmp_path: Path,
+def test_ttp_killed_mid_resolution_decides_the_same_way_after_restart(world: World, storage: Storage, tmp_path: Path,
                                                                       fresh_images: Any, crash_at: str) -> None:
-    db = tmp_path / "ttp-proc.db"
+    db = storage.url("ttp-proc", tmp_path)
     proc, url = ttp_process(world, db, crash_at=crash_at)
     port = int(url.rsplit(":", 1)[1])
     procs = [proc]
@@ -224,8 +229,8 @@ def test_ttp_killed_mid_resolution_decides_the_same_way_after_restart(world: Wor
             assert stats["stored"].get("resolved") == 1
             from semper.client.servers import ttp_store
             from semper.client.support.db import Database
-            dbh = Database(f"sqlite:///{db}")
-            with dbh.transaction() as tx:
+            dbh = Database(db)
+            with dbh.transaction(write=False) as tx:
                 rec = ttp_store.get_record(tx, r.xid or "")
             dbh.close()
             assert rec is not None and rec.outcome == "resolved" and rec.decision == again[0].decision
@@ -283,9 +288,10 @@ def test_serve_ttp_does_not_crash_on_an_environment_switch(world: World, tmp_pat
             proc.kill()
 
 
-def test_semper_ttp_init_and_serve_as_an_operator_would(tmp_path: Path) -> None:
+def test_semper_ttp_init_and_serve_as_an_operator_would(tmp_path: Path, storage: Storage) -> None:
     """The commands end to end, each in its own process: a CA with a new token, the third party's
-    token created beside it and certified, the service started, its escrow key checked."""
+    token created beside it and certified, the service started, its escrow key checked. On
+    PostgreSQL the CA and the third party each get a database by ``--db`` (and ``--ca-db``)."""
     import os
     import sys
     import time
@@ -302,17 +308,21 @@ def test_semper_ttp_init_and_serve_as_an_operator_would(tmp_path: Path) -> None:
     def semper(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], cwd=REPO, env=env, capture_output=True,
                               text=True, timeout=120, check=False)
-    r = semper("ca", "init", "--ca-dir", str(tmp_path / "ca"), "--create-token", "--pin-file", str(tmp_path / "ca.pin"))
+    ca_db = ("--db", storage.url("ca")) if storage.is_postgres else ()
+    ttp_db = ("--db", storage.url("ttp")) if storage.is_postgres else ()
+    r = semper("ca", "init", "--ca-dir", str(tmp_path / "ca"), "--create-token", "--pin-file", str(tmp_path / "ca.pin"),
+               *ca_db)
     assert r.returncode == 0, r.stderr
     args = ("ttp", "init", "--dir", str(tmp_path / "ttp"), "--ca-dir", str(tmp_path / "ca"), "--ca-pin-file",
-            str(tmp_path / "ca.pin"), "--pin-file", str(tmp_path / "ttp.pin"))
+            str(tmp_path / "ca.pin"), "--pin-file", str(tmp_path / "ttp.pin"), *ttp_db,
+            *(("--ca-db", ca_db[1]) if ca_db else ()))
     r = semper(*args, "--create-token")
     assert r.returncode == 0, r.stderr
     assert "escrow-key statement" in r.stdout
     r = semper(*args)                                   # a second init refuses, one line
     assert r.returncode == 2 and "already holds a third party" in r.stderr
     proc = subprocess.Popen([sys.executable, "-m", "semper.client.cli", "serve", "ttp", "--dir", str(tmp_path / "ttp"),
-                             "--pin-file", str(tmp_path / "ttp.pin"), "--port", "0"], cwd=REPO, env=env,
+                             "--pin-file", str(tmp_path / "ttp.pin"), "--port", "0", *ttp_db], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

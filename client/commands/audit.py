@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from . import print_json
+from .storage_args import add_db_arg
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -23,6 +24,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("audit", help="check the bank's ledger: balances, conservation, evidence")
     p.add_argument("--bank-dir", type=Path, help="the bank's folder (default: $SEMPER_HOME/bank)")
-    p.add_argument("--db", help="database DSN (default: sqlite in the bank folder)")
+    add_db_arg(p, "the bank folder")
     p.add_argument("--no-signatures", action="store_true", help="skip re-verifying every signature (faster)")
     p.set_defaults(fn=cmd_audit)

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from ..support.money import format_amount, parse_amount, parse_currency
 from . import UsageError, open_scheme, print_json, read_secret, scheme_args
+from .storage_args import add_db_arg
 
 
 def location_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bank-dir", type=Path, help="the bank's folder (default: $SEMPER_HOME/bank)")
-    p.add_argument("--db", help="database DSN (default: sqlite in the bank folder; postgresql://... works too)")
+    add_db_arg(p, "the bank folder")
 
 
 def pin_args(p: argparse.ArgumentParser) -> None:

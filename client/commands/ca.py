@@ -12,11 +12,12 @@ import secrets
 from pathlib import Path
 
 from . import UsageError, print_json, read_secret
+from .storage_args import add_db_arg
 
 
 def ca_location_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-dir", type=Path, help="the CA's folder (default: $SEMPER_HOME/ca)")
-    p.add_argument("--db", help="database DSN (default: sqlite in the CA folder; postgresql://... works too)")
+    add_db_arg(p, "the CA folder")
 
 
 def pin_args(p: argparse.ArgumentParser) -> None:
@@ -43,7 +44,7 @@ def open_ca(args: argparse.Namespace, *, signing: bool):  # type: ignore[no-unty
     h = home(args)
     ca = h.open()
     if not ca.initialised:
-        raise UsageError(f"no CA in {h.folder} (database {h.db.dsn.target}); run 'semper ca init' first")
+        raise UsageError(f"no CA in {h.folder} (database {h.db.dsn.display}); run 'semper ca init' first")
     if signing:
         ca.signer = h.open_signer(ca, read_ca_pin(args))
     return h, ca

@@ -13,6 +13,7 @@ import secrets
 from pathlib import Path
 
 from . import UsageError, read_secret
+from .storage_args import add_db_arg
 
 
 def _read_pin(path: Path | None, from_stdin: bool, what: str) -> bytes:
@@ -42,10 +43,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     home = _home(args)
     if home.config_file.exists():
         raise UsageError(f"{home.folder} already holds a third party")
-    ca_home = CaHome.default(args.ca_dir)
+    ca_home = CaHome.default(args.ca_dir, args.ca_db)
     ca = ca_home.open()
     if not ca.initialised:
-        raise UsageError(f"no CA in {ca_home.folder}; the third party's keys are certified by the semper CA")
+        raise UsageError(f"no CA in {ca_home.folder} (database {ca_home.db.dsn.display}); the third party's keys "
+                         "are certified by the semper CA (--ca-dir, --ca-db)")
     _label, module, ca_conf = ca.token_settings()
     if args.token_dir:
         store = SoftHsmStore.in_folder(args.token_dir)
@@ -95,8 +97,9 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
         dest="ttp_command", required=True)
     p = ttp.add_parser("init", help="make the third party's keys on its token and have the CA certify them")
     p.add_argument("--dir", type=Path, help="the third party's folder (default: $SEMPER_HOME/ttp)")
-    p.add_argument("--db", help="database DSN (default: sqlite in the folder)")
+    add_db_arg(p, "the third party's folder")
     p.add_argument("--ca-dir", type=Path, help="the CA's folder (default: $SEMPER_HOME/ca)")
+    add_db_arg(p, "the CA folder", "--ca-db", "the CA's ")
     p.add_argument("--ca-pin-file", type=Path, help="the CA token's PIN (otherwise asked)")
     p.add_argument("--token", default="semper-ttp", help="label of the third party's token (default semper-ttp)")
     p.add_argument("--create-token", action="store_true", help="create the SoftHSM2 token first (in the CA's token "
@@ -113,7 +116,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
 
     p = groups["serve"].add_parser("ttp", help="the third party (resolve, abort, complaint, status, time-stamps)")
     p.add_argument("--dir", type=Path, help="the third party's folder (default: $SEMPER_HOME/ttp)")
-    p.add_argument("--db", help="database DSN (default: sqlite in the folder; postgresql://... works too)")
+    add_db_arg(p, "the third party's folder")
     p.add_argument("--pin-file", type=Path, help="read the token PIN from this file (for services)")
     p.add_argument("--pin-stdin", action="store_true", help="read the token PIN from standard input")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

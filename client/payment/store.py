@@ -8,11 +8,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from ..support.db import Database
+from ..support.db import Database, Transaction
+from ..support.migrations import Schema
 from .model import Record
 
-SCHEMA = ["CREATE TABLE IF NOT EXISTS payment_records (payment_id TEXT NOT NULL, role TEXT NOT NULL, "
-          "body TEXT NOT NULL, PRIMARY KEY (payment_id, role))"]
+SCHEMA = Schema.baseline("payments", ["CREATE TABLE IF NOT EXISTS payment_records (payment_id TEXT NOT NULL, "
+                                      "role TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (payment_id, role))"])
 
 
 class RecordStore:
@@ -31,10 +32,14 @@ class RecordStore:
             with self._lock:
                 self._mem[(record.payment_id, record.role)] = body
             return
-        with self._db.transaction() as tx:
-            tx.execute("DELETE FROM payment_records WHERE payment_id = ? AND role = ?", (record.payment_id, record.role))
+
+        def replace(tx: Transaction) -> None:
+            tx.execute("DELETE FROM payment_records WHERE payment_id = ? AND role = ?",
+                       (record.payment_id, record.role))
             tx.execute("INSERT INTO payment_records (payment_id, role, body) VALUES (?, ?, ?)",
                        (record.payment_id, record.role, body))
+
+        self._db.run(replace)
 
     def get(self, payment_id: str, role: str | None = None) -> Record | None:
         roles = [role] if role else ["payee", "payer"]
@@ -43,7 +48,7 @@ class RecordStore:
                 with self._lock:
                     body = self._mem.get((payment_id, r))
             else:
-                with self._db.transaction() as tx:
+                with self._db.transaction(write=False) as tx:
                     row = tx.one("SELECT body FROM payment_records WHERE payment_id = ? AND role = ?", (payment_id, r))
                 body = row[0] if row else None
             if body is not None:
@@ -54,7 +59,7 @@ class RecordStore:
         if self._db is None:
             with self._lock:
                 return [Record.from_json(b) for b in self._mem.values()]
-        with self._db.transaction() as tx:
+        with self._db.transaction(write=False) as tx:
             return [Record.from_json(r[0]) for r in tx.all("SELECT body FROM payment_records ORDER BY payment_id")]
 
     def close(self) -> None:

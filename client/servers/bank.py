@@ -119,7 +119,7 @@ class Bank:
     # ---- public data -------------------------------------------------------------------------
     def reload_mint_keys(self) -> None:
         from cryptography.hazmat.primitives.serialization import load_pem_public_key
-        with self.db.transaction() as tx:
+        with self.db.transaction(write=False) as tx:
             for key_id, cur, denom, pem in tx.all("SELECT key_id, currency, denomination, public_pem FROM mint_keys"):
                 pub = load_pem_public_key(pem.encode())
                 assert isinstance(pub, rsa.RSAPublicKey)
@@ -162,7 +162,8 @@ class Bank:
         sender = Sender(key_hash(point_of(cert)), cert, signed.certificate)
         checked = op.check(self, sender, read_params(op, request.params))
         request_digest = digest({"op": op_name, "params": signed.body["params"]}).hex()
-        with self.db.transaction() as tx:
+
+        def apply(tx: Transaction) -> dict[str, Any]:
             store.remember_nonce(tx, sender.key, request.nonce)
             row = tx.one("SELECT op, digest, response FROM idempotency WHERE sender = ? AND ikey = ?",
                          (sender.key, request.idempotency_key))
@@ -178,7 +179,9 @@ class Bank:
             tx.execute("INSERT INTO idempotency (sender, ikey, op, digest, response, at) VALUES (?, ?, ?, ?, ?, ?)",
                        (sender.key, request.idempotency_key, op_name, request_digest, json.dumps(answer),
                         store.now_iso()))
-        return answer
+            return answer
+
+        return self.db.run(apply)       # a serialization conflict runs it again: op.apply touches only tx
 
     # ---- helpers for the operations ----------------------------------------------------------
     def owned_account(self, tx: Transaction, account_id: str, sender: Sender) -> store.Account:
@@ -208,25 +211,30 @@ class Bank:
             self.certs.check(cert.public_bytes(Encoding.DER))
         except ProtocolError as e:
             raise BankRefusal("bad_certificate", f"the owner's certificate is not acceptable: {e}") from None
-        with self.db.transaction() as tx:
-            return store.open_account(tx, name, currency, key_hash(point_of(cert)))
+        return self.db.run(lambda tx: store.open_account(tx, name, currency, key_hash(point_of(cert))))
 
     def cash_in(self, account_id: str, amount: int, memo: str = "cash in") -> str:
         """Money enters the bank from outside (the only way the total issued grows)."""
         if not 0 < amount <= MAX_AMOUNT:
             raise BankRefusal("bad_amount", f"the amount must be 1 to {MAX_AMOUNT}")
-        with self.db.transaction() as tx:
+
+        def cash(tx: Transaction) -> str:
             acc = self.customer_account(tx, account_id)
             return store.post(tx, "cash-in", account_id, [(store.system_account("external", acc.currency), -amount),
                                                          (account_id, amount)], memo)
 
+        return self.db.run(cash)
+
     def cash_out(self, account_id: str, amount: int, memo: str = "cash out") -> str:
         if not 0 < amount <= MAX_AMOUNT:
             raise BankRefusal("bad_amount", f"the amount must be 1 to {MAX_AMOUNT}")
-        with self.db.transaction() as tx:
+
+        def cash(tx: Transaction) -> str:
             acc = self.customer_account(tx, account_id)
-            return store.post(tx, "cash-out", account_id, [(account_id, -amount),
-                                                          (store.system_account("external", acc.currency), amount)], memo)
+            external = store.system_account("external", acc.currency)
+            return store.post(tx, "cash-out", account_id, [(account_id, -amount), (external, amount)], memo)
+
+        return self.db.run(cash)
 
     def link_card(self, card_cert: bytes, account_id: str) -> str:
         """The issuer records a purse card and the account its loads are paid from."""
@@ -236,23 +244,29 @@ class Bank:
         if not serial:
             raise BankRefusal("bad_certificate", "the card certificate names no card number")
         card = str(serial[0].value).upper()
-        with self.db.transaction() as tx:
+
+        def link(tx: Transaction) -> None:
             acc = self.customer_account(tx, account_id)
             if tx.one("SELECT card FROM cards WHERE card = ?", (card,)):
                 raise BankRefusal("card_known", f"card {card} is already linked", 409)
             tx.execute("INSERT INTO cards (card, account, currency, certificate, shadow) VALUES (?, ?, ?, ?, 0)",
                        (card, account_id, acc.currency, b64(card_cert)))
+
+        self.db.run(link)
         return card
 
     def link_psam(self, psam_cert: bytes, account_id: str) -> str:
         cert, _ = self.check_card_cert(psam_cert, ROLE_PSAM)
         from cryptography.x509.oid import NameOID
         psam = str(cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)[0].value).upper()
-        with self.db.transaction() as tx:
+
+        def link(tx: Transaction) -> None:
             acc = self.customer_account(tx, account_id)
             if tx.one("SELECT psam FROM psams WHERE psam = ?", (psam,)):
                 raise BankRefusal("psam_known", f"PSAM {psam} is already linked", 409)
             tx.execute("INSERT INTO psams (psam, account, currency) VALUES (?, ?, ?)", (psam, account_id, acc.currency))
+
+        self.db.run(link)
         return psam
 
     def currency(self, account_id: str) -> int:
@@ -263,14 +277,14 @@ class Bank:
         return acc.currency
 
     def balance(self, account_id: str) -> int:
-        with self.db.transaction() as tx:
+        with self.db.transaction(write=False) as tx:
             acc = store.get_account(tx, account_id)
         if acc is None:
             raise BankRefusal("unknown_account", f"there is no account {account_id}", 404)
         return acc.balance
 
     def shadow(self, card: str) -> int:
-        with self.db.transaction() as tx:
+        with self.db.transaction(write=False) as tx:
             row = tx.one("SELECT shadow FROM cards WHERE card = ?", (card.upper(),))
         if row is None:
             raise BankRefusal("unknown_card", f"card {card} is not known to this issuer", 404)

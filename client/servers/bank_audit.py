@@ -80,7 +80,7 @@ def _verify(cert_der: bytes, record: bytes, sig: bytes, cache: dict[bytes, Any])
 
 def audit(db: Database, scheme_root: x509.Certificate | None = None, *, signatures: bool = True) -> AuditReport:
     r = AuditReport()
-    with db.transaction() as tx:             # one consistent snapshot (and no writer meanwhile)
+    with db.transaction(write=False) as tx:  # one consistent snapshot of the whole ledger
         accounts = {row[0]: row for row in tx.all("SELECT id, kind, currency, balance FROM accounts")}
         sums: dict[str, int] = defaultdict(int)
         for entry, total, n in tx.all("SELECT entry, SUM(amount), COUNT(*) FROM postings GROUP BY entry"):

@@ -100,20 +100,17 @@ class BankHome:
         rsa_keys = RsaTokenKeys(signer.module, token_label, pin)
         rsa_keys.generate(PI_KEY_ID, "semper bank payment-instruction key")
         bank_id = bank_id or "BANK-" + secrets.token_hex(4).upper()
-        with self.db.transaction() as tx:
-            tx_migrate = [tx.execute(sql) for sql in store.SCHEMA]
-            del tx_migrate
-            store.set_meta(tx, "bank_id", bank_id)
+        self.db.migrate(store.SCHEMA)
+        self.db.run(lambda tx: store.set_meta(tx, "bank_id", bank_id))
         for currency in currencies:
-            with self.db.transaction() as tx:
-                store.ensure_system_accounts(tx, currency)
+            self.db.run(lambda tx, currency=currency: store.ensure_system_accounts(tx, currency))
             for d in denominations:
                 kid = secrets.token_bytes(8)
                 pub = rsa_keys.generate(kid, f"semper mint {currency} {d}")
                 pem = pub.public_bytes(Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-                with self.db.transaction() as tx:
-                    tx.execute("INSERT INTO mint_keys (key_id, currency, denomination, public_pem) VALUES (?, ?, ?, ?)",
-                               (kid.hex(), currency, d, pem))
+                row = (kid.hex(), currency, d, pem)
+                self.db.run(lambda tx, row=row: tx.execute(
+                    "INSERT INTO mint_keys (key_id, currency, denomination, public_pem) VALUES (?, ?, ?, ?)", row))
         rsa_keys.close()
         self.cert_file.write_bytes(cert.public_bytes(Encoding.PEM))
         roots = self.folder / "roots"

@@ -29,10 +29,11 @@ from semper.hardware.errors import SemperError
 from ..payment.model import MAX_AMOUNT
 from ..support.db import IntegrityError, Transaction
 from ..support.shapes import Shape, ShapeError, convert
+from ..support.migrations import Schema
 
 SYSTEM_KINDS = ("external", "float", "ecash", "holds")
 
-SCHEMA = [
+_VERSION_1 = [
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, kind TEXT NOT NULL, currency INTEGER NOT NULL, "
     "owner TEXT, name TEXT NOT NULL, balance BIGINT NOT NULL DEFAULT 0, created_at TEXT NOT NULL)",
@@ -93,6 +94,9 @@ SCHEMA = [
     "denomination BIGINT NOT NULL, currency INTEGER NOT NULL, signature TEXT NOT NULL, account TEXT NOT NULL, "
     "entry TEXT NOT NULL, at TEXT NOT NULL)",
 ]
+
+# The bank's schema history (client/support/migrations.py): add a Migration(2, ...) to change it.
+SCHEMA = Schema.baseline("bank", _VERSION_1)
 
 
 class BankRefusal(SemperError):

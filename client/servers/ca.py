@@ -38,7 +38,7 @@ from semper.hardware.errors import SemperError
 from semper.hardware.signer import Signer
 
 from ..support import pki, regkeys
-from ..support.db import Database
+from ..support.db import Database, Transaction
 from . import ca_store as store
 
 DEFAULT_DAYS = 730
@@ -115,13 +115,16 @@ class CertificationAuthority:
         with self.db.transaction(write=False) as tx:
             if store.get_meta(tx, "name_keys_data") == names.DATA:
                 return
-        with self.db.transaction() as tx:
+
+        def reindex(tx: Transaction) -> None:
             if store.get_meta(tx, "name_keys_data") == names.DATA:
                 return
             store.clear_name_keys(tx)
             for cert in store.list_certificates(tx):
                 store.insert_name_key(tx, cert.serial, names.key(cert.common_name), cert.common_name)
             store.set_meta(tx, "name_keys_data", names.DATA)
+
+        self.db.run(reindex)
 
     # ---- set-up ---------------------------------------------------------------------------------
     @property
@@ -140,15 +143,18 @@ class CertificationAuthority:
         with self._sign_lock:
             der = pki.build_ca_certificate(signer, common_name, days=days)
         admin = secrets.token_urlsafe(24)
-        with self.db.transaction() as tx:
+
+        def record(tx: Transaction) -> None:
             if store.get_meta(tx, "ca_cert") is not None:
                 raise CaRefusal("already_initialised", "this CA was initialised meanwhile")
             for name, value in (("ca_cert", store.b64(der)), ("token_label", token_label),
-                                ("module", module or ""),
-                                ("softhsm_conf", softhsm_conf or ""), ("cert_days", str(cert_days)), ("crl_url", crl_url or ""),
+                                ("module", module or ""), ("softhsm_conf", softhsm_conf or ""),
+                                ("cert_days", str(cert_days)), ("crl_url", crl_url or ""),
                                 ("admin_secret_sha256", hashlib.sha256(admin.encode()).hexdigest()),
                                 ("crl_number", "0"), ("crl_dirty", "1")):
                 store.set_meta(tx, name, value)
+
+        self.db.run(record)
         return admin
 
     def _meta(self, name: str) -> str:
@@ -214,8 +220,7 @@ class CertificationAuthority:
         raw = regkeys.parse_key(key)
         reg = store.Registration(regkeys.registration_id(raw), common_name, email, role, tuple(hosts),
                                  regkeys.mac_key(raw), store.iso(pki.now()), None, None)
-        with self.db.transaction() as tx:
-            store.insert_registration(tx, reg)
+        self.db.run(lambda tx: store.insert_registration(tx, reg))
         return reg.reg_id, key
 
     # ---- the client's side: certification ----------------------------------------------------------
@@ -280,15 +285,17 @@ class CertificationAuthority:
         not_after = x509.load_der_x509_certificate(der).not_valid_after_utc
         record = store.IssuedCert(serial_hex(serial), reg_id, subject.common_name, subject.role, _key_hash(point),
                                   store.iso(not_after), der, store.iso(now), None, None)
-        with self.db.transaction() as tx:
+
+        def record_issue(tx: Transaction) -> bool:
+            """True when the certificate is recorded; False when another request burnt the registration."""
             if reg_id is not None and not store.burn_registration(tx, reg_id, record.serial, record.issued_at):
-                burnt = True
-            else:
-                burnt = False
-                _clash(tx, subject.common_name)      # again, serialised with every other issuance
-                store.insert_certificate(tx, record)
-                store.insert_name_key(tx, record.serial, names.key(subject.common_name), subject.common_name)
-        if burnt:        # another request for this registration won the race; ours is discarded unseen
+                return False
+            _clash(tx, subject.common_name)      # again, serialised with every other issuance
+            store.insert_certificate(tx, record)
+            store.insert_name_key(tx, record.serial, names.key(subject.common_name), subject.common_name)
+            return True
+
+        if not self.db.run(record_issue):    # another request for this registration won the race; ours is discarded
             with self.db.transaction(write=False) as tx:
                 reg = store.find_registration(tx, reg_id or "")
             assert reg is not None
@@ -304,7 +311,8 @@ class CertificationAuthority:
         serial = parse_serial(serial)
         if reason not in pki.REASONS:
             raise CaRefusal("bad_reason", f"unknown reason {reason!r}; reasons: {', '.join(pki.REASONS)}")
-        with self.db.transaction() as tx:
+
+        def record_revocation(tx: Transaction) -> store.IssuedCert | None:
             cert = store.find_certificate(tx, serial)
             if cert is None:
                 raise CaRefusal("unknown_serial", f"this CA issued no certificate with serial {serial}", 404)
@@ -312,7 +320,9 @@ class CertificationAuthority:
                 raise CaRefusal("already_revoked", f"certificate {serial} was already revoked "
                                                    f"({cert.revocation_reason}, {cert.revoked_at})", 409)
             store.set_meta(tx, "crl_dirty", "1")
-            found = store.find_certificate(tx, serial)
+            return store.find_certificate(tx, serial)
+
+        found = self.db.run(record_revocation)
         assert found is not None
         return found
 
@@ -336,7 +346,8 @@ class CertificationAuthority:
         if stored and not dirty and not force and refresh_at and store.parse_iso(refresh_at) > now:
             return base64.b64decode(stored)
         identity = self._identity()
-        with self._sign_lock, self.db.transaction() as tx:
+
+        def sign_crl(tx: Transaction) -> bytes:
             number = int(store.get_meta(tx, "crl_number") or "0") + 1
             revoked = [pki.Revoked(c.serial_int, store.parse_iso(c.revoked_at or ""), c.revocation_reason or "unspecified")
                        for c in store.revoked_certificates(tx)]
@@ -346,7 +357,10 @@ class CertificationAuthority:
             store.set_meta(tx, "crl_der", store.b64(der))
             store.set_meta(tx, "crl_dirty", "0")
             store.set_meta(tx, "crl_refresh_at", store.iso(now + timedelta(days=CRL_DAYS / 2)))
-        return der
+            return der
+
+        with self._sign_lock:
+            return self.db.run(sign_crl)
 
     # ---- listing ---------------------------------------------------------------------------------
     def listing(self) -> dict[str, list[dict[str, Any]]]:

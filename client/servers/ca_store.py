@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ..support.db import Transaction
+from ..support.migrations import Schema
 
-SCHEMA = (
+_VERSION_1 = (
     """CREATE TABLE IF NOT EXISTS ca_meta (
         name VARCHAR(64) PRIMARY KEY,
         value TEXT NOT NULL)""",
@@ -45,6 +46,7 @@ SCHEMA = (
         common_name TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS name_keys_by_key ON name_keys (name_key)",
 )
+SCHEMA = Schema.baseline("ca", _VERSION_1)
 
 
 def iso(dt: datetime) -> str:

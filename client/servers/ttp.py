@@ -42,7 +42,7 @@ from semper.hardware.signer import Signer
 from ..exchange.errors import BadMessage
 from ..exchange.messages import REQUEST_KINDS, Proposal, TtpRequest, read
 from ..support.cms import EvidenceError, sign_statement
-from ..support.db import Database
+from ..support.db import Database, Transaction
 from ..support.trust import TrustStore
 from ..support.verify import verify_statement
 from ..transfer.binding import cert_id
@@ -145,7 +145,7 @@ class ThirdParty:
             raise TtpError(f"unknown request kind {kind!r}")
         self._count("requests", kind)
         digest = hashlib.sha256(request).hexdigest()
-        with self.db.transaction() as tx:
+        with self.db.transaction(write=False) as tx:
             kept = store.get_answer(tx, digest)
         if kept is not None:
             self._count("replays")
@@ -158,8 +158,8 @@ class ThirdParty:
             self._count("refusals")
             answer = self.sign({**base, "outcome": "refused", "reason": r.reason})
             if r.keep:
-                with self.db.transaction() as tx:
-                    answer = store.insert_answer(tx, digest, base.get("xid"), "refused", answer)
+                refusal = answer
+                answer = self.db.run(lambda tx: store.insert_answer(tx, digest, base.get("xid"), "refused", refusal))
             return answer
 
     def _decide(self, kind: str, request: bytes, digest: str, base: dict[str, Any]) -> bytes:
@@ -199,7 +199,7 @@ class ThirdParty:
                      "proposal_sha256": proposal.sha256})
         base["request"]["by"] = role
         with self._lock(b.xid):
-            with self.db.transaction() as tx:
+            with self.db.transaction(write=False) as tx:
                 record = store.get_record(tx, b.xid)
             if record is not None:
                 self._count("replays")
@@ -212,11 +212,17 @@ class ThirdParty:
             self.on_step("signed", b.xid)
             rec = store.Record(b.xid, b.protocol, cert_id(b.originator), cert_id(b.responder), outcome, decision,
                                digest, store.now_iso())
-            with self.db.transaction() as tx:
-                if not store.insert_record(tx, rec, request, proposal.der):
-                    earlier = store.get_record(tx, b.xid)
-                    assert earlier is not None
-                    return earlier.decision
+
+            def record_decision(tx: Transaction) -> bytes | None:
+                if store.insert_record(tx, rec, request, proposal.der):
+                    return None
+                earlier = store.get_record(tx, b.xid)
+                assert earlier is not None
+                return earlier.decision
+
+            earlier = self.db.run(record_decision)
+            if earlier is not None:
+                return earlier
             self._count("decisions")
             self.on_step("stored", b.xid)
             return decision
@@ -268,7 +274,7 @@ class ThirdParty:
                             "replacement": replacement, "responder_item": kept.to_json()}
 
     def stats(self) -> dict[str, Any]:
-        with self.db.transaction() as tx:
+        with self.db.transaction(write=False) as tx:
             stored = store.counts(tx)
         with self._count_lock:
             requests = dict(self.counters.requests)

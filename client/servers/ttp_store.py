@@ -12,9 +12,10 @@ import base64
 import datetime as dt
 from dataclasses import dataclass
 
-from ..support.db import IntegrityError, Transaction
+from ..support.db import Transaction
+from ..support.migrations import Schema
 
-SCHEMA = (
+_VERSION_1 = (
     """CREATE TABLE IF NOT EXISTS ttp_exchange (
         xid TEXT PRIMARY KEY, protocol TEXT NOT NULL, originator TEXT NOT NULL, responder TEXT NOT NULL,
         outcome TEXT NOT NULL, decision TEXT NOT NULL, request_sha256 TEXT NOT NULL, request TEXT NOT NULL,
@@ -23,6 +24,7 @@ SCHEMA = (
         request_sha256 TEXT PRIMARY KEY, xid TEXT, outcome TEXT NOT NULL, answer TEXT NOT NULL,
         created_at TEXT NOT NULL)""",
 )
+SCHEMA = Schema.baseline("ttp", _VERSION_1)
 
 
 def _b64(data: bytes) -> str:
@@ -58,15 +60,16 @@ def get_record(tx: Transaction, xid: str) -> Record | None:
 
 
 def insert_record(tx: Transaction, rec: Record, request: bytes, proposal: bytes) -> bool:
-    """False when another request decided this exchange first (the caller then answers with that)."""
-    try:
-        tx.execute("INSERT INTO ttp_exchange (xid, protocol, originator, responder, outcome, decision, request_sha256,"
-                   " request, proposal, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (rec.xid, rec.protocol, rec.originator, rec.responder, rec.outcome, _b64(rec.decision),
-                    rec.request_sha256, _b64(request), _b64(proposal), rec.decided_at))
-        return True
-    except IntegrityError:
-        return False
+    """False when another request decided this exchange first (the caller then answers with that).
+
+    ``ON CONFLICT DO NOTHING``: the transaction stays usable on both back ends (a caught constraint
+    error would end it on PostgreSQL), so the caller reads the earlier decision in it."""
+    cur = tx.execute("INSERT INTO ttp_exchange (xid, protocol, originator, responder, outcome, decision, "
+                     "request_sha256, request, proposal, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                     "ON CONFLICT (xid) DO NOTHING",
+                     (rec.xid, rec.protocol, rec.originator, rec.responder, rec.outcome, _b64(rec.decision),
+                      rec.request_sha256, _b64(request), _b64(proposal), rec.decided_at))
+    return cur.rowcount == 1
 
 
 def get_answer(tx: Transaction, request_sha256: str) -> bytes | None:

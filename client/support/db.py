@@ -1,43 +1,91 @@
-"""A thin storage layer the parties' services share: SQLite by default, PostgreSQL by DSN.
+"""The one storage layer of the parties' services: SQLite by default, PostgreSQL by URL.
 
-Why thin: the CA, the bank and the third party each keep a few tables and need two things from a
-database: explicit transactions and conditional updates that are atomic under concurrency (a
-registration key burns once, a coin is spent once). Both SQLite and PostgreSQL give that with plain
-SQL, so the services write standard SQL (TEXT / INTEGER / BIGINT columns, ``?`` placeholders,
-``UPDATE ... WHERE ... AND used IS NULL`` with a row count check) and this module hides the rest:
+Why one thin layer: the CA, the bank, the third party (and the shop) each keep a few tables and need
+three things from a database: explicit transactions, conditional updates that are atomic under
+concurrency (a registration key burns once, a coin is spent once, a batch clears once), and a
+schema that can change without losing data. Both SQLite and PostgreSQL give that with plain SQL, so
+the services write standard SQL (TEXT / INTEGER / BIGINT columns, ``?`` placeholders,
+``UPDATE ... WHERE ... AND used IS NULL`` with a row count check, ``INSERT ... ON CONFLICT DO
+NOTHING``) and this module hides the rest:
 
-* the DSN picks the backend: ``sqlite:///abs/path.db``, a bare file path, or ``postgresql://...``
-  (psycopg 3, imported only then; not exercised by the test suite);
-* placeholders are written ``?`` and rewritten to ``%s`` for PostgreSQL;
-* :meth:`Database.transaction` opens a connection per thread and runs one explicit transaction.
-  SQLite's ``BEGIN IMMEDIATE`` takes the write lock up front, so two writers queue (bounded by the
-  busy timeout) instead of failing on a lock upgrade; PostgreSQL runs at SERIALIZABLE.
+* the URL picks the back end: ``sqlite:///abs/path.db`` or a bare file path (the default: nothing to
+  install or run), or ``postgresql://...`` (any libpq URL; psycopg 3, imported only then);
+* placeholders are written ``?`` and rewritten to ``%s`` for PostgreSQL (:func:`pyformat`);
+* connections: SQLite a writer and a reader per thread (WAL); PostgreSQL a ``psycopg_pool`` pool per process (a
+  process forked from the one that opened the database makes its own, it never shares sockets);
+* :meth:`Database.transaction` runs one explicit transaction. Writers: SQLite ``BEGIN IMMEDIATE``
+  (the write lock up front, so writers queue for at most the busy timeout instead of failing on a
+  lock upgrade); PostgreSQL ``SERIALIZABLE``, so the services' check-then-write code is correct as
+  written, at the price that a transaction may be refused with a serialization failure.
+  Readers: SQLite ``BEGIN`` on a query-only connection of their own, PostgreSQL ``REPEATABLE READ READ
+  ONLY``: one consistent snapshot, never refused, never blocking a writer. A read transaction
+  that tries to write fails on both back ends alike;
+* :meth:`Database.run` is the one place where serialization failures are retried: it runs a
+  function in a write transaction and, when PostgreSQL refused it as a conflict with a concurrent
+  one, rolls back and runs it again (bounded attempts, jittered backoff). Every write path of the
+  services goes through it; the function must therefore have no effect outside the transaction
+  that a second run would repeat harmfully;
+* :meth:`Database.migrate` brings a store's tables to its newest schema version
+  (``client/support/migrations.py``).
 
-Binary values are stored as text (hex, base64 or PEM) because the two backends name their binary
-types differently; nothing here is large.
+Binary values are stored as text (hex, base64 or PEM) because the two back ends name their binary
+types differently; nothing here is large. Integer results are ints on both back ends (PostgreSQL's
+``SUM`` of BIGINT is NUMERIC: loaded as an int when it has no fraction).
 """
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import random
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import sqlparse
 
 from semper.hardware.errors import SemperError
 
-BUSY_TIMEOUT_S = 10.0
+if TYPE_CHECKING:
+    from .migrations import Schema
+
+BUSY_TIMEOUT_S = 10.0            # SQLite's busy timeout; PostgreSQL's lock_timeout and pool wait alike
+CONNECT_TIMEOUT_S = 10
+POOL_MAX = 16                    # connections per process (the services' thread pools are smaller)
+RETRY_ATTEMPTS = 12              # a write transaction refused as a conflict is run this often at most
+RETRY_BACKOFF_S = 0.002          # first pause; doubles per attempt, capped, jittered
+RETRY_BACKOFF_CAP_S = 0.25
+MIGRATION_LOCK = 0x53454D50      # "SEMP": the advisory lock key migrators take on PostgreSQL
+
+log = logging.getLogger("semper.db")
+T = TypeVar("T")
 
 
 class DatabaseError(SemperError):
     """The database could not be opened or a statement failed; the message says which. In a service,
     its own fault (500: the message names its files, so only its log gets it; the bank answers 503
     with its retry advice)."""
+
+
+class IntegrityError(DatabaseError):
+    """A uniqueness or foreign-key constraint refused the statement (e.g. a duplicate row).
+
+    The transaction it happened in is over on both back ends (PostgreSQL aborts it): catch it only
+    to refuse, or write ``INSERT ... ON CONFLICT DO NOTHING`` and read the row count instead."""
+
+
+class BusyError(DatabaseError):
+    """The database stayed locked or kept refusing the transaction as a conflict; retry later."""
+
+
+class _Conflict(BusyError):
+    """PostgreSQL refused the transaction (serialization failure, deadlock): run it again."""
 
 
 class Cursor(Protocol):
@@ -50,22 +98,40 @@ class Cursor(Protocol):
 
 @dataclass(frozen=True)
 class Dsn:
+    """A storage URL, parsed: the back end and what it opens (a file path, or the libpq URL)."""
+
     backend: str        # "sqlite" or "postgresql"
     target: str         # file path, or the libpq connection string
 
     @staticmethod
     def parse(dsn: str | Path) -> Dsn:
-        text = str(dsn)
+        text = str(dsn).strip()
         if text.startswith(("postgresql://", "postgres://")):
             return Dsn("postgresql", text)
         if text.startswith("sqlite:///"):
             path = text[len("sqlite://"):]        # sqlite:///abs and SQLAlchemy's sqlite:////abs alike
             return Dsn("sqlite", path[1:] if path.startswith("//") else path)
         if text.startswith("sqlite://"):
-            raise DatabaseError(f"bad DSN {text!r}: write sqlite:///ABSOLUTE/PATH (three slashes) or a plain file path")
+            raise DatabaseError(f"bad storage URL (DSN) {text!r}: write sqlite:///ABSOLUTE/PATH (three slashes) "
+                                "or a plain file path")
         if "://" in text:
-            raise DatabaseError(f"bad DSN {text!r}: semper speaks sqlite:///PATH or postgresql://...")
+            raise DatabaseError(f"bad storage URL (DSN) {text!r}: semper speaks sqlite:///PATH (or a file path) "
+                                "and postgresql://...")
+        if not text:
+            raise DatabaseError("the storage URL is empty: give sqlite:///PATH, a file path or postgresql://...")
         return Dsn("sqlite", text)
+
+    @property
+    def display(self) -> str:
+        """The URL to show people: a PostgreSQL password is left out."""
+        if self.backend == "sqlite":
+            return self.target
+        parts = urlsplit(self.target)
+        if parts.password is None:
+            return self.target
+        netloc = parts.netloc.rsplit("@", 1)
+        userinfo = netloc[0].split(":", 1)[0]
+        return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -84,20 +150,22 @@ class Transaction:
 
     def __init__(self, conn: Any, backend: str) -> None:
         self._conn = conn
-        self._backend = backend
+        self.backend = backend
+        self._failed: str | None = None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        if self._backend == "postgresql":
+        if self._failed is not None:
+            # PostgreSQL refuses every statement after a failed one; SQLite is made to agree, so code
+            # that would break on PostgreSQL breaks in the SQLite tests too
+            raise DatabaseError(f"a statement of this transaction failed ({self._failed}); it can only be rolled back")
+        if self.backend == "postgresql":
             sql = pyformat(sql)
         cur = self._conn.cursor()
         try:
             cur.execute(sql, tuple(params))
-        except sqlite3.IntegrityError as e:
-            raise IntegrityError(str(e)) from None
         except Exception as e:
-            if type(e).__name__ in ("UniqueViolation", "IntegrityError", "ForeignKeyViolation"):
-                raise IntegrityError(str(e)) from None
-            raise
+            self._failed = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise _translate(e, self.backend) from None
         return cur  # type: ignore[no-any-return]
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
@@ -108,79 +176,264 @@ class Transaction:
         return [tuple(r) for r in self.execute(sql, params).fetchall()]
 
 
-class IntegrityError(DatabaseError):
-    """A uniqueness or foreign-key constraint refused the statement (e.g. a duplicate row)."""
+def _translate(e: BaseException, backend: str) -> BaseException:
+    """A driver's exception as this module's: constraint, conflict, busy, or a plain DatabaseError."""
+    if backend == "sqlite":
+        if isinstance(e, sqlite3.IntegrityError):
+            return IntegrityError(str(e))
+        if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
+            return BusyError(f"the database is busy: {e}")
+        if isinstance(e, sqlite3.Error):
+            return DatabaseError(f"the database refused a statement: {e}")
+        return e
+    import psycopg
+    from psycopg import errors as pge
+    if isinstance(e, pge.SerializationFailure | pge.DeadlockDetected):
+        return _Conflict(f"the transaction conflicted with a concurrent one: {e}")
+    if isinstance(e, pge.LockNotAvailable | pge.QueryCanceled):
+        return BusyError(f"the database is busy (a lock was held longer than {BUSY_TIMEOUT_S:g} s): {e}")
+    if isinstance(e, psycopg.IntegrityError):
+        return IntegrityError(str(e))
+    if isinstance(e, psycopg.Error):
+        return DatabaseError(f"the database refused a statement: {e}")
+    return e
 
 
 class Database:
-    """Connections per thread, transactions on demand; safe to share between threads."""
+    """One store's database: connections on demand, transactions, migrations; safe to share between
+    threads. After a fork the child opens connections of its own."""
 
-    def __init__(self, dsn: str | Path) -> None:
+    def __init__(self, dsn: str | Path, *, pool_size: int = POOL_MAX) -> None:
         self.dsn = Dsn.parse(dsn)
-        self._local = threading.local()
-        self._all: list[Any] = []
+        self.pool_size = pool_size
+        self.retries = 0                         # serialization failures retried (read by tests and benches)
         self._lock = threading.Lock()
+        self._reset()
         if self.dsn.backend == "sqlite":
             Path(self.dsn.target).parent.mkdir(parents=True, exist_ok=True)
 
-    def _connect(self) -> Any:
-        conn = getattr(self._local, "conn", None)
+    @property
+    def backend(self) -> str:
+        return self.dsn.backend
+
+    def _reset(self) -> None:
+        """Forget every connection (a new process: the parent's belong to the parent). The parent's
+        pool object is kept, unused: collecting it here would run its finaliser in the child."""
+        if getattr(self, "_pool", None) is not None:
+            self._inherited = [*getattr(self, "_inherited", []), self._pool]
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._pool: Any = None
+
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._reset()
+
+    # ---- connections ------------------------------------------------------------------------------
+    def _sqlite(self, write: bool) -> sqlite3.Connection:
+        """This thread's writer or reader connection (the reader is query-only for good)."""
+        name = "writer" if write else "reader"
+        conn = getattr(self._local, name, None)
         if conn is not None:
-            return conn
-        if self.dsn.backend == "sqlite":
-            try:
-                conn = sqlite3.connect(self.dsn.target, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                       check_same_thread=False)
-                conn.execute("PRAGMA foreign_keys = ON")
-                conn.execute("PRAGMA journal_mode = WAL")
-            except sqlite3.Error as e:
-                raise DatabaseError(f"cannot open the database {self.dsn.target}: {e}") from None
-        else:
-            try:
-                import psycopg  # type: ignore[import-not-found]
-            except ImportError:
-                raise DatabaseError("a postgresql:// DSN needs the psycopg package (pip install 'psycopg[binary]')") from None
-            conn = psycopg.connect(self.dsn.target, autocommit=True)
-        self._local.conn = conn
+            return conn  # type: ignore[no-any-return]
+        try:
+            conn = sqlite3.connect(self.dsn.target, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA foreign_keys = ON")
+            _wal(conn)
+            if not write:
+                conn.execute("PRAGMA query_only = 1")
+        except sqlite3.Error as e:
+            raise DatabaseError(f"cannot open the database {self.dsn.target}: {e}") from None
+        setattr(self._local, name, conn)
         with self._lock:
             self._all.append(conn)
         return conn
 
+    def _postgres_pool(self) -> Any:
+        pool = self._pool
+        if pool is not None:
+            return pool
+        with self._lock:
+            if self._pool is not None:
+                return self._pool
+            try:
+                from psycopg_pool import ConnectionPool, PoolTimeout
+            except ImportError:
+                raise DatabaseError("a postgresql:// URL needs the psycopg and psycopg_pool packages "
+                                    "(pip install 'psycopg[binary,pool]')") from None
+            pool = ConnectionPool(self.dsn.target, min_size=1, max_size=max(1, self.pool_size), open=False,
+                                  kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                                  configure=_configure_postgres, timeout=BUSY_TIMEOUT_S,
+                                  name=f"semper-{os.getpid()}", reconnect_timeout=60)
+            try:
+                pool.open(wait=True, timeout=CONNECT_TIMEOUT_S + 5)
+            except PoolTimeout:
+                pool.close(timeout=1)
+                raise DatabaseError(f"cannot connect to the PostgreSQL database {self.dsn.display} within "
+                                    f"{CONNECT_TIMEOUT_S} s: is the server running, and the URL right?") from None
+            self._pool = pool
+            return pool
+
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
+    def _postgres(self) -> Iterator[Any]:
+        from psycopg_pool import PoolTimeout
+        try:
+            with self._postgres_pool().connection() as conn:
+                yield conn
+        except PoolTimeout:
+            raise BusyError(f"no connection to {self.dsn.display} became free within {BUSY_TIMEOUT_S:g} s") from None
+
+    # ---- transactions -----------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self, *, write: bool = True, exclusive: bool = False) -> Iterator[Transaction]:
         """Run the block as one transaction: committed on success, rolled back on any exception.
 
-        ``write=False`` for blocks that only read: they then do not queue behind writers (SQLite WAL
-        readers see the last commit; PostgreSQL runs them READ ONLY).
+        ``write=False`` for blocks that only read: they see one consistent snapshot and never queue
+        behind writers (nor can they write). ``exclusive``: the transaction runs alone among
+        exclusive ones (PostgreSQL: READ COMMITTED under an advisory lock, for schema migrations;
+        SQLite writers are exclusive anyway). One attempt: a PostgreSQL conflict raises
+        :class:`BusyError`; write paths use :meth:`run`, which retries.
         """
-        conn = self._connect()
+        self._check_process()
         if self.dsn.backend == "sqlite":
-            begin = "BEGIN IMMEDIATE" if write else "BEGIN"
+            with self._sqlite_transaction(write or exclusive) as tx:
+                yield tx
         else:
-            begin = "BEGIN ISOLATION LEVEL SERIALIZABLE" + ("" if write else " READ ONLY")
+            with self._postgres() as conn, self._postgres_transaction(conn, write, exclusive) as tx:
+                yield tx
+
+    @contextmanager
+    def _sqlite_transaction(self, write: bool) -> Iterator[Transaction]:
+        conn = self._sqlite(write)
+        try:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.Error as e:
+            raise BusyError(f"the database {self.dsn.target} is busy or unwritable: {e}") from None
+        try:
+            yield Transaction(conn, "sqlite")
+        except BaseException:
+            _quietly_rollback(conn)
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            _quietly_rollback(conn)
+            raise _translate(e, "sqlite") from None
+
+    @contextmanager
+    def _postgres_transaction(self, conn: Any, write: bool, exclusive: bool) -> Iterator[Transaction]:
+        if exclusive:
+            begin = "BEGIN ISOLATION LEVEL READ COMMITTED"
+        elif write:
+            begin = "BEGIN ISOLATION LEVEL SERIALIZABLE"
+        else:
+            begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
         try:
             conn.execute(begin)
-        except sqlite3.OperationalError as e:
-            raise DatabaseError(f"the database {self.dsn.target} is busy or unwritable: {e}") from None
+            if exclusive:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        except Exception as e:
+            raise _translate(e, "postgresql") from None
+        tx = Transaction(conn, "postgresql")
         try:
-            yield Transaction(conn, self.dsn.backend)
+            yield tx
         except BaseException:
-            conn.execute("ROLLBACK")
+            _quietly_rollback(conn)
             raise
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")           # PostgreSQL may refuse here too (a conflict found at commit)
+        except Exception as e:
+            _quietly_rollback(conn)
+            raise _translate(e, "postgresql") from None
 
-    def migrate(self, statements: Sequence[str]) -> None:
-        """Create the tables a service needs (idempotent ``CREATE ... IF NOT EXISTS`` statements)."""
-        with self.transaction() as tx:
-            for sql in statements:
-                tx.execute(sql)
+    def run(self, fn: Callable[[Transaction], T], *, write: bool = True) -> T:
+        """``fn(tx)`` in one transaction, run again when PostgreSQL refused it as a conflict.
+
+        The one place serialization failures and deadlocks are retried: up to
+        :data:`RETRY_ATTEMPTS` runs with jittered, doubling pauses; then :class:`BusyError`. Any
+        other exception (a refusal of the service, a constraint) ends it at once, rolled back.
+        """
+        pause = RETRY_BACKOFF_S
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            try:
+                with self.transaction(write=write) as tx:
+                    return fn(tx)
+            except _Conflict as e:
+                if attempt == RETRY_ATTEMPTS:
+                    raise BusyError(f"the database kept refusing this transaction as a conflict with concurrent "
+                                    f"ones ({attempt} attempts); retry later: {e}") from None
+                with self._lock:
+                    self.retries += 1
+                log.debug("serialization conflict, attempt %d: %s", attempt, e)
+                time.sleep(random.uniform(0, pause))
+                pause = min(pause * 2, RETRY_BACKOFF_CAP_S)
+        raise AssertionError("unreachable")
+
+    def migrate(self, schema: Schema) -> int:
+        """Bring ``schema``'s store to its newest version (``client/support/migrations.py``); the version."""
+        from .migrations import migrate
+        return migrate(self, schema)
 
     def close(self) -> None:
         with self._lock:
             conns, self._all = self._all, []
+            pool, self._pool = self._pool, None
+            mine = self._pid == os.getpid()
+        self._local = threading.local()
+        if not mine:
+            return                        # a forked child: the connections are the parent's to close
         for c in conns:
             try:
                 c.close()
             except Exception:
                 pass
-        self._local = threading.local()
+        if pool is not None:
+            pool.close(timeout=5)
+
+    def __repr__(self) -> str:
+        return f"Database({self.dsn.backend}: {self.dsn.display})"
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (it stays so). Switching needs a lock SQLite does not wait for, so
+    processes opening a new file together would fail at once: retried until the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _quietly_rollback(conn: Any) -> None:
+    """Roll back, keeping the error that got us here: a transaction SQLite already ended, or a
+    PostgreSQL connection that broke meanwhile (the pool discards it), has nothing to roll back."""
+    try:
+        conn.execute("ROLLBACK")
+    except Exception:
+        pass
+
+
+def _configure_postgres(conn: Any) -> None:
+    """Each new pooled connection: NUMERIC results with no fraction load as int (SUM of BIGINT is
+    NUMERIC in PostgreSQL, INTEGER in SQLite), and lock waits are bounded like SQLite's."""
+    from psycopg.types.numeric import NumericLoader
+
+    class IntegralNumericLoader(NumericLoader):
+        def load(self, data: Any) -> Any:
+            value = super().load(data)
+            return int(value) if value.is_finite() and value == value.to_integral_value() else value
+
+    conn.adapters.register_loader("numeric", IntegralNumericLoader)
+    conn.execute(f"SET lock_timeout = '{int(BUSY_TIMEOUT_S * 1000)}ms'")
+    conn.execute("SET idle_in_transaction_session_timeout = '60s'")
+    conn.execute("SET TIME ZONE 'UTC'")
