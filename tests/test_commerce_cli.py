@@ -40,7 +40,7 @@ def test_semper_buy_asks_and_the_tinguin_decides(tmp_path: Path) -> None:
         (tmp_path / "ca.pem").write_text(world.root_pem)
         (tmp_path / "pin").write_bytes(CARD_PIN)
         env = {**os.environ, "SEMPER_HOME": str(tmp_path / "home"), "SEMPER_CONFIG": str(tmp_path / "prefs.toml")}
-        base = ["buy", s.shop, "--image", str(world.buyer_card), "--ca-root", str(tmp_path / "ca.pem")]
+        base = ["buy", s.shop, "--image", str(world.buyer_card), "--ca-root", str(tmp_path / "ca.pem"), "--json"]
         no_terminal = _semper(*base, "teapot", env=env)
         assert no_terminal.returncode == 2 and "--script" in no_terminal.stderr
         form = ["--form", "name=Bob Buyer", "--form", "street=1 Main St", "--form", "postcode=12345", "--form",
@@ -63,7 +63,7 @@ def test_semper_buy_asks_and_the_tinguin_decides(tmp_path: Path) -> None:
                        env=env).returncode == 0
         (tmp_path / "scheme.pem").write_bytes(world.scheme.root_cert.public_bytes(Encoding.PEM))
         judged = _semper("judge", str(bundle), "--ca", str(tmp_path / "ca.pem"), "--purse-root",
-                         str(tmp_path / "scheme.pem"), env=env)
+                         str(tmp_path / "scheme.pem"), "--json", env=env)
         assert judged.returncode == 0, judged.stderr
         ruling = json.loads(judged.stdout)
         assert ruling["ruling"].endswith("both fulfilled") and ruling["bundle"]["ok"], ruling

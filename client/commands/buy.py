@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,16 +106,83 @@ def _empty_archive(path: Path) -> bool:
         return False
 
 
-def cmd_buy(args: argparse.Namespace) -> int:
+@dataclass
+class BuyerSettings:
+    config: Any                    # client.commerce.setup.BuyerConfig
+    reader: str | None
+    archive: Path
+    pay: str | None
+
+
+def buyer_settings(args: argparse.Namespace, *, workflow: str, pay: str | None = None, anonymous: bool = False,
+                   archive: Path | None = None, shop_url: str = "") -> BuyerSettings:
+    """Everything the buyer's client needs, from the arguments and else the preferences; what the deal
+    will need and is missing is said here, before the TINGUIN opens (UsageError)."""
     from cryptography import x509
 
-    from ..commerce.app import Purchase, buy
     from ..commerce.setup import BuyerConfig
     from ..support import prefs
     from ..support.channels import JsonClient
     from ..support.paths import semper_home
-    from ..tinguin.api import Script
     from .wallet import default_wallet
+    p = prefs.load()
+
+    def arg(name: str) -> Any:
+        return getattr(args, name, None)            # not every command has every option
+    ca_root = arg("ca_root") or _file(_pref_path(p, "trust.ca_root"), "prefs trust.ca_root")
+    if ca_root is None:
+        raise UsageError("which CA root do you trust? pass --ca-root (or: semper prefs set trust.ca_root FILE)")
+    root_pem = Path(ca_root).read_text()
+    home = semper_home()
+    bank_url = arg("bank") or p.get("servers.bank")
+    bank_root = arg("bank_tls_root") or _file(_pref_path(p, "trust.bank_tls_root"), "prefs trust.bank_tls_root")
+    account = arg("account") or p.get("payment.account")
+    purse_root = arg("purse_root") or _file(_pref_path(p, "trust.purse_root"), "prefs trust.purse_root")
+    ttp_url = arg("ttp") or p.get("servers.ttp")
+    tls_dir = arg("tls_dir") or home / "client-tls"
+    wallet = arg("wallet") or default_wallet()
+    if pay in NEEDS_BANK:
+        missing = [w for w, v in (("--bank URL (or prefs servers.bank)", bank_url),
+                                  ("--bank-tls-root FILE (or prefs trust.bank_tls_root)", bank_root),
+                                  ("--account ACCOUNT (or prefs payment.account)", account)) if not v]
+        if missing:
+            raise UsageError(f"paying with {pay} needs the bank: " + ", ".join(missing))
+    if pay == "ecash" and not wallet.exists():
+        raise UsageError(f"paying with e-cash needs coins, and there is no wallet at {wallet}: withdraw some first "
+                         "(semper wallet withdraw AMOUNT)")
+    if workflow in FAIR_EXCHANGE:
+        if not ttp_url:
+            raise UsageError(f"a {workflow} deal is a fair exchange through the third party: pass --ttp URL (or "
+                             "semper prefs set servers.ttp URL)")
+        if not (tls_dir / "cert.pem").is_file():
+            raise UsageError(f"a fair exchange needs your mailbox's TLS key and chain in {tls_dir} (the CA operator "
+                             f"makes them: semper ca tls-cert --host 127.0.0.1 --out {tls_dir}; or pass --tls-dir)")
+    if workflow == "information" and pay in (None, "card-purse") and purse_root is None:
+        raise UsageError("in an information purchase the payment is exchanged through the third party, which checks a "
+                         "card purse payment against the purse scheme's root: pass --purse-root FILE (or semper "
+                         "prefs set trust.purse_root FILE), or pay another way (--pay)")
+    ttp_cert = escrow = None
+    if ttp_url and workflow in FAIR_EXCHANGE:
+        import base64
+        with JsonClient(ttp_url, root_pem, name="the third party") as t:
+            ttp_cert = x509.load_pem_x509_certificate(str(t.get("/certificate")["certificate"]).encode())
+            escrow = base64.b64decode(str(t.get("/escrow-key")["statement"]))
+    archive = archive or home / "evidence.sqlite3"
+    if not archive.parent.is_dir():
+        raise UsageError(f"the folder of the evidence archive {archive} does not exist")
+    cfg = BuyerConfig(
+        shop_url=shop_url, ca_root_pem=root_pem, archive=archive,
+        purse_root=x509.load_pem_x509_certificate(Path(purse_root).read_bytes()) if purse_root else None,
+        bank_url=bank_url, bank_tls_root=bank_root, account=account, ttp_url=ttp_url, ttp_cert=ttp_cert,
+        escrow=escrow, tls=(tls_dir / "cert.pem", tls_dir / "key.pem") if (tls_dir / "cert.pem").exists() else None,
+        patience=getattr(args, "patience", 15.0), wallet_path=wallet if pay == "ecash" else None)
+    return BuyerSettings(cfg, arg("reader") or p.get("signer.reader"), archive, pay)
+
+
+def cmd_buy(args: argparse.Namespace) -> int:
+    from ..commerce.app import Purchase, buy
+    from ..support import prefs
+    from ..tinguin.api import Script
     p = prefs.load()
     shop_url, words = _shop_and_items(args, p)
     if not words:
@@ -125,42 +193,12 @@ def cmd_buy(args: argparse.Namespace) -> int:
     form = _form(args.form)
     pay = _check_module(args.pay, "--pay") or _check_module(p.get("payment.default_module"),
                                                              "prefs payment.default_module")
-    ca_root = args.ca_root or _file(_pref_path(p, "trust.ca_root"), "prefs trust.ca_root")
-    if ca_root is None:
-        raise UsageError("which CA root do you trust? pass --ca-root (or: semper prefs set trust.ca_root FILE)")
-    root_pem = Path(ca_root).read_text()
-    home = semper_home()
-    bank_url = args.bank or p.get("servers.bank")
-    bank_root = args.bank_tls_root or _file(_pref_path(p, "trust.bank_tls_root"), "prefs trust.bank_tls_root")
-    account = args.account or p.get("payment.account")
-    purse_root = args.purse_root or _file(_pref_path(p, "trust.purse_root"), "prefs trust.purse_root")
-    ttp_url = args.ttp or p.get("servers.ttp")
-    tls_dir = args.tls_dir or home / "client-tls"
-    wallet = args.wallet or default_wallet()
     if args.anonymous:
         if pay not in (None, "ecash"):
             raise UsageError(f"an anonymous deal is paid with e-cash only, not {pay} (drop --pay or --anonymous)")
         pay = "ecash"
-    if pay in NEEDS_BANK:
-        missing = [w for w, v in (("--bank URL (or prefs servers.bank)", bank_url),
-                                  ("--bank-tls-root FILE (or prefs trust.bank_tls_root)", bank_root),
-                                  ("--account ACCOUNT (or prefs payment.account)", account)) if not v]
-        if missing:
-            raise UsageError(f"paying with {pay} needs the bank: " + ", ".join(missing))
-    if pay == "ecash" and not wallet.exists():
-        raise UsageError(f"paying with e-cash needs coins, and there is no wallet at {wallet}: withdraw some first "
-                         "(semper wallet withdraw AMOUNT)")
-    if args.workflow in FAIR_EXCHANGE:
-        if not ttp_url:
-            raise UsageError(f"a {args.workflow} deal is a fair exchange through the third party: pass --ttp URL (or "
-                             "semper prefs set servers.ttp URL)")
-        if not (tls_dir / "cert.pem").is_file():
-            raise UsageError(f"a fair exchange needs your mailbox's TLS key and chain in {tls_dir} (the CA operator "
-                             f"makes them: semper ca tls-cert --host 127.0.0.1 --out {tls_dir}; or pass --tls-dir)")
-    if args.workflow == "information" and pay in (None, "card-purse") and purse_root is None:
-        raise UsageError("in an information purchase the payment is exchanged through the third party, which checks a "
-                         "card purse payment against the purse scheme's root: pass --purse-root FILE (or semper "
-                         "prefs set trust.purse_root FILE), or pay another way (--pay)")
+    settings = buyer_settings(args, workflow=args.workflow, pay=pay, anonymous=args.anonymous, archive=args.archive,
+                              shop_url=shop_url)
     script = None
     interactive = sys.stdin.isatty() and sys.stderr.isatty()          # the TINGUIN draws on the terminal
     if not interactive:
@@ -168,36 +206,21 @@ def cmd_buy(args: argparse.Namespace) -> int:
             raise UsageError("no terminal for the TINGUIN: run semper buy in a terminal, or pass --script PIN_FILE "
                              "to let a scripted user answer its screens (it says so in the evidence)")
         script = Script(payment=pay, pin=args.script.read_text().strip())
-    ttp_cert = escrow = None
-    if ttp_url and args.workflow in FAIR_EXCHANGE:
-        import base64
-        with JsonClient(ttp_url, root_pem, name="the third party") as t:
-            ttp_cert = x509.load_pem_x509_certificate(str(t.get("/certificate")["certificate"]).encode())
-            escrow = base64.b64decode(str(t.get("/escrow-key")["statement"]))
-    archive = args.archive or home / "evidence.sqlite3"
-    if not archive.parent.is_dir():
-        raise UsageError(f"the folder of the evidence archive {archive} does not exist")
+    archive = settings.archive
     had_archive = archive.exists()
-    cfg = BuyerConfig(
-        shop_url=shop_url, ca_root_pem=root_pem, archive=archive,
-        purse_root=x509.load_pem_x509_certificate(Path(purse_root).read_bytes()) if purse_root else None,
-        bank_url=bank_url, bank_tls_root=bank_root, account=account, ttp_url=ttp_url, ttp_cert=ttp_cert,
-        escrow=escrow, tls=(tls_dir / "cert.pem", tls_dir / "key.pem") if (tls_dir / "cert.pem").exists() else None,
-        patience=args.patience, wallet_path=wallet if pay == "ecash" else None)
-
     opened = contextlib.ExitStack()
 
     def card() -> object:
         """The card the TINGUIN's worker thread uses: a reader through pcscd, or an image in process."""
         from semper.hardware import cards
         from semper.hardware.iso7816 import AID
-        return opened.enter_context(cards.connection(AID.PURSE, args.reader or p.get("signer.reader"), args.image))
+        return opened.enter_context(cards.connection(AID.PURSE, settings.reader, args.image))
 
     say = _Say()
     purchase = Purchase(args.workflow, items, form, pay, args.anonymous)
     try:
         with opened:
-            result = buy(cfg, card, purchase, interactive=interactive, script=script, say=say)
+            result = buy(settings.config, card, purchase, interactive=interactive, script=script, say=say)
     finally:
         if not had_archive and archive.exists() and _empty_archive(archive):
             for leftover in (archive, Path(f"{archive}-wal"), Path(f"{archive}-shm")):

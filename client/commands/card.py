@@ -343,13 +343,14 @@ def _fits(purse, amount: int) -> None:  # type: ignore[no-untyped-def]
 
 
 def cmd_card_load(args: argparse.Namespace) -> int:
-    if args.bank or args.bank_tls_root or args.account:
+    from ..support import prefs
+    if not args.test_issuer and (args.bank or args.bank_tls_root or args.account or prefs.load().get("servers.bank")):
         return _load_from_bank(args)
     from semper.hardware import cards
 
     from ..payment import card_purse
-    note("note: no --bank: loading from the purse scheme's local test issuer (a test scheme: this makes money from "
-         "the scheme's key; a marketplace's cards load from the bank with --bank)")
+    note("note: loading from the purse scheme's local test issuer (a test scheme: this makes money from the scheme's "
+         "key; a marketplace's cards load from the bank: --bank, or prefs servers.bank)")
     with cards.purse(args.reader, args.image) as purse:
         info = purse.info()
         amount = parse_amount(args.amount, info.currency)
@@ -553,12 +554,15 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     json_arg(p)
     p.set_defaults(fn=cmd_card_cert)
 
-    p = card.add_parser("load", help="load the purse: from your bank account with --bank, else from the test "
-                                     "scheme's local issuer (needs the PIN)")
+    p = card.add_parser("load", help="load the purse from your bank account (--bank or prefs servers.bank), or in a "
+                                     "test scheme from its local issuer (needs the PIN)")
     p.add_argument("amount", type=amount, help="in the card's currency, e.g. 50.00")
     card_args(p)
     p.add_argument("--pin-stdin", action="store_true", help="read the card PIN from standard input")
     bank_args(p)
+    p.add_argument("--test-issuer", action="store_true",
+                   help="load from the purse scheme's local test issuer key (a test scheme; the default when no bank "
+                        "is named)")
     scheme_args(p)
     json_arg(p)
     p.set_defaults(fn=cmd_card_load)

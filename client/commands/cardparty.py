@@ -78,7 +78,7 @@ def bank_settings(args: argparse.Namespace) -> tuple[str, Path, str]:
     from ..support import prefs
     p = prefs.load()
     url = args.bank or p.get("servers.bank")
-    root = args.bank_tls_root or (Path(p["trust.bank_tls_root"]) if p.get("trust.bank_tls_root") else None)
+    root = args.bank_tls_root or (Path(p.get("trust.bank_tls_root") or "") if p.get("trust.bank_tls_root") else None)
     account = args.account or p.get("payment.account")
     missing = [what for what, v in (("--bank URL (or prefs servers.bank)", url),
                                     ("--bank-tls-root FILE (or prefs trust.bank_tls_root)", root),

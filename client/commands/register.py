@@ -13,7 +13,7 @@ from pathlib import Path
 
 from semper.hardware.signer import Signer
 
-from . import UsageError, card_args, emit, existing_file, json_arg, read_secret
+from . import UsageError, card_args, emit, existing_file, json_arg, new_file, read_secret
 
 Device = tuple[Signer, Callable[[bytes], None], Callable[[], bytes]]
 
@@ -63,6 +63,8 @@ def cmd_register(args: argparse.Namespace) -> int:
         pin = read_secret(f"PIN of {signer.label}", args.pin_stdin)
         done = register(signer, pin=pin, client=client, root_pem=root_pem, registration_key=registration_key,
                         name=args.name, email=args.email, write=write, read_back=read_back)
+    if args.cert_out is not None:
+        args.cert_out.write_bytes(done.saved_to.read_bytes())
     again = " (the CA had issued it before; written again)" if done.repeated else ""
     emit(args, {"serial": done.serial, "name": args.name, "device": signer.label, "copy": str(done.saved_to),
                 "repeated": done.repeated},
@@ -86,5 +88,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--module", help="PKCS#11 module for --token (default SoftHSM2)")
     p.add_argument("--pin-stdin", action="store_true", help="read the PIN from standard input")
     p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the CA (default 15)")
+    p.add_argument("-o", "--cert-out", type=new_file, metavar="FILE",
+                   help="also write the certificate here, PEM (e.g. for 'semper bank open-account --owner-cert')")
     json_arg(p)
     p.set_defaults(fn=cmd_register)
