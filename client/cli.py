@@ -67,8 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse; a command whose positionals are a list (``semper buy [SHOP] ITEM...``) takes words that
+    come after its options too (``semper buy teapot --pay card-purse tea-sampler``), as people type them."""
+    args, extra = parser.parse_known_args(argv)
+    more = getattr(args, "more_positionals", None)
+    if extra:
+        if more is None or any(word.startswith("-") for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, more).extend(extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
         return fn(args)

@@ -19,9 +19,11 @@ from .transport import Connection, PcscConnection
 
 @contextmanager
 def connection(aid: AID, reader: str | None = None, image: Path | None = None,
-               exclude: tuple[str, ...] = ()) -> Iterator[Connection]:
+               exclude: tuple[str, ...] = (), *, read_only: bool = False) -> Iterator[Connection]:
+    """``read_only``: for commands that only look; an image is then not changed at all (a card in a
+    reader is what it is)."""
     if image is not None:
-        conn: Connection = open_card(image)
+        conn: Connection = open_card(image, read_only=read_only)
     else:
         conn = PcscConnection(reader or find_card(aid, exclude))
     try:
@@ -31,8 +33,9 @@ def connection(aid: AID, reader: str | None = None, image: Path | None = None,
 
 
 @contextmanager
-def purse(reader: str | None = None, image: Path | None = None) -> Iterator[PurseSession]:
-    with connection(AID.PURSE, reader, image) as conn:
+def purse(reader: str | None = None, image: Path | None = None, *, read_only: bool = False
+          ) -> Iterator[PurseSession]:
+    with connection(AID.PURSE, reader, image, read_only=read_only) as conn:
         yield PurseSession(conn)
 
 

@@ -68,6 +68,10 @@ def test_semper_buy_asks_and_the_tinguin_decides(tmp_path: Path) -> None:
         ruling = json.loads(judged.stdout)
         assert ruling["ruling"].endswith("both fulfilled") and ruling["bundle"]["ok"], ruling
         assert "scheme root checked" in ruling["facts"]["payment"]["proof"]
+        # without the purse root the judge cannot check the card behind the payment: it says so first
+        unchecked = _semper("judge", str(bundle), "--ca", str(tmp_path / "ca.pem"), env=env)
+        assert unchecked.returncode == 0, unchecked.stderr
+        assert unchecked.stdout.startswith("NOT CHECKED: no --purse-root"), unchecked.stdout
         # a form the seller's signed spec does not allow is refused before anything is signed
         bad = _semper(*base, "teapot", "--form", "name=Bob", "--script", str(tmp_path / "pin"), env=env)
         assert bad.returncode == 1 and "street" in json.loads(bad.stdout)["summary"]

@@ -22,7 +22,8 @@ def semper_judge(world: World, bundle: Path, tmp_path: Path, ca: str | None = No
     from cryptography.hazmat.primitives.serialization import Encoding
     purse.write_bytes(world.purse_root.public_bytes(Encoding.PEM))
     r = subprocess.run([sys.executable, "-m", "semper.client.cli", "judge", str(bundle), "--ca", str(ca_file),
-                        "--purse-root", str(purse), "--json"], cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+                        "--purse-root", str(purse), "--json"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                       check=False,
                        env={**os.environ, "SEMPER_HOME": str(tmp_path / "home")})
     return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {}), r.stderr
 

@@ -167,7 +167,9 @@ def buyer_settings(args: argparse.Namespace, *, workflow: str, pay: str | None =
         with JsonClient(ttp_url, root_pem, name="the third party") as t:
             ttp_cert = x509.load_pem_x509_certificate(str(t.get("/certificate")["certificate"]).encode())
             escrow = base64.b64decode(str(t.get("/escrow-key")["statement"]))
-    archive = archive or home / "evidence.sqlite3"
+    if archive is None:
+        home.mkdir(parents=True, exist_ok=True)         # semper's own folder
+        archive = home / "evidence.sqlite3"
     if not archive.parent.is_dir():
         raise UsageError(f"the folder of the evidence archive {archive} does not exist")
     cfg = BuyerConfig(
@@ -285,4 +287,4 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--script", type=existing_file, metavar="PIN_FILE",
                    help="no person at a terminal: a scripted user answers the TINGUIN, typing this PIN")
     json_arg(p)
-    p.set_defaults(fn=cmd_buy)
+    p.set_defaults(fn=cmd_buy, more_positionals="target")

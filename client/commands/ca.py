@@ -120,7 +120,9 @@ def cmd_crl(args: argparse.Namespace) -> int:
     der = ca.crl(force=True)
     if args.out:
         args.out.write_bytes(der if args.der else pem(der, "X509 CRL").encode())
-        print(f"CRL written to {args.out}")
+        emit(args, {"file": str(args.out)}, f"CRL written to {args.out}")
+    elif args.json:
+        emit(args, {"crl": pem(der, "X509 CRL")})
     else:
         print(pem(der, "X509 CRL"), end="")
     return 0
@@ -194,6 +196,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     pin_args(p)
     p.add_argument("-o", "--out", type=new_file)
     p.add_argument("--der", action="store_true", help="write DER instead of PEM")
+    json_arg(p)
     p.set_defaults(fn=cmd_crl)
 
     p = ca.add_parser("tls-cert", help="issue a TLS server key and certificate for a service")

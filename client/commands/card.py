@@ -270,10 +270,17 @@ def _info_text(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def image_notes(conn: Any) -> None:
+    """Say what opening a card image found (an interrupted write left as it is, an open file mode)."""
+    for line in getattr(conn, "notes", lambda: [])():
+        note(f"note: {line}")
+
+
 def cmd_card_info(args: argparse.Namespace) -> int:
     from semper.hardware import cards
     from semper.hardware.iso7816 import AID
-    with cards.connection(AID.PURSE if not args.psam else AID.PSAM, args.reader, args.image) as conn:
+    with cards.connection(AID.PURSE if not args.psam else AID.PSAM, args.reader, args.image, read_only=True) as conn:
+        image_notes(conn)
         if args.psam:
             from semper.hardware.psam import PsamSession
             p = PsamSession(conn).info()
@@ -303,7 +310,8 @@ def cmd_card_cert(args: argparse.Namespace) -> int:
     aid = {"purse": AID.PURSE, "psam": AID.PSAM}.get(slot, AID.PIV)
     image = args.psam_image if slot == "psam" and args.psam_image else args.image
     reader = args.psam_reader if slot == "psam" and args.psam_reader else args.reader
-    with cards.connection(aid, reader, image) as conn:
+    with cards.connection(aid, reader, image, read_only=True) as conn:
+        image_notes(conn)
         if slot == "purse":
             from semper.hardware.purse import PurseSession
             der = PurseSession(conn).certificate()
@@ -349,8 +357,6 @@ def cmd_card_load(args: argparse.Namespace) -> int:
     from semper.hardware import cards
 
     from ..payment import card_purse
-    note("note: loading from the purse scheme's local test issuer (a test scheme: this makes money from the scheme's "
-         "key; a marketplace's cards load from the bank: --bank, or prefs servers.bank)")
     with cards.purse(args.reader, args.image) as purse:
         info = purse.info()
         amount = parse_amount(args.amount, info.currency)
@@ -370,8 +376,9 @@ def cmd_card_load(args: argparse.Namespace) -> int:
     c = result.confirmation
     emit(args, {"loaded": format_amount(c.amount, c.currency), "balance": format_amount(c.balance, c.currency),
                 "load_counter": c.load_counter, "issuer": "local test issuer"},
-         f"loaded {format_amount(c.amount, c.currency)}; balance {format_amount(c.balance, c.currency)} "
-         f"(load #{c.load_counter})")
+         f"loaded {format_amount(c.amount, c.currency)} from the test scheme's local issuer (money made from the "
+         f"scheme's key: a marketplace's cards load from the bank with --bank); balance "
+         f"{format_amount(c.balance, c.currency)} (load #{c.load_counter})")
     return 0
 
 
@@ -441,8 +448,11 @@ def log_rows(purse) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
 
 def cmd_card_log(args: argparse.Namespace) -> int:
     from semper.hardware import cards
-    with cards.purse(args.reader, args.image) as purse:
-        rows = log_rows(purse)
+    from semper.hardware.iso7816 import AID
+    from semper.hardware.purse import PurseSession
+    with cards.connection(AID.PURSE, args.reader, args.image, read_only=True) as conn:
+        image_notes(conn)
+        rows = log_rows(PurseSession(conn))
 
     def text() -> str:
         if not rows:

@@ -102,7 +102,7 @@ def _card_log(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[dict
     from semper.hardware import cards
 
     from .card import log_rows
-    with cards.purse(args.reader, args.image) as purse:
+    with cards.purse(args.reader, args.image, read_only=True) as purse:
         card = purse.info().card_id
         lines = log_rows(purse)
     by_counter = {r["card_debit"]["counter"]: r["deal"] for r in rows
