@@ -365,3 +365,19 @@ def test_card_info_shows_piv_slots_and_certificates_export(env: dict[str, str], 
         ["openssl", "x509", "-noout", "-subject"], input=semper("card", "cert", "9c", "--image", str(cards[0]),
                                                                 env=env).stdout,
         capture_output=True, text=True, timeout=30).returncode == 0
+
+
+def test_a_bank_issued_card_refuses_the_test_issuer(env: dict[str, str], tmp_path: Path,
+                                                    scheme) -> None:  # type: ignore[no-untyped-def]
+    """The local issuer key is the test scheme's: a card issued against a bank takes no money from it."""
+    from semper.client.support.personalisation import CardProfile, personalise_purse_card
+    image = tmp_path / "bank-issued.card"
+    personalise_purse_card(image, scheme, CardProfile(PIN.encode(), b"12345678"), sync=False,
+                           issuer_point=scheme.root_point)          # any key but the local issuer's
+    (tmp_path / "scheme.pin").write_text(SCHEME_PIN.decode() + "\n")
+    env = {**env, "SEMPER_HOME": str(scheme.folder.parent), "SEMPER_SCHEME_PIN_FILE": str(tmp_path / "scheme.pin")}
+    r = semper("card", "load", "5.00", "--test-issuer", "--image", str(image), "--pin-stdin", stdin="1234\n", env=env)
+    one_line(r, 1, "loads from its bank", "--bank")
+    info = json.loads(semper("card", "info", "--image", str(image), "--json", env=env).stdout)
+    assert info["balance"] == "0.00 EUR"
+    assert "test scheme" in semper("card", "load", "--help", env=env).stdout
