@@ -61,7 +61,7 @@ def positive_int(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be 1 or more")
+        raise argparse.ArgumentTypeError(f"{value}: must be positive (1 or more)")
     return value
 
 
