@@ -146,7 +146,6 @@ def cmd_deals(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from ..support.archive import Archive  # noqa: F401  (the archive module opens it)
     with _archive(args.db) as archive:
         entries = archive.entries(args.deal)
         if not entries:
@@ -175,7 +174,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 raise UsageError(f"deal {args.deal} has no fair exchange to resume; a dispute over a mail order is "
                                  f"for the judge: semper archive export {args.deal} --out deal.zip; semper judge "
                                  "deal.zip --ca ROOT")
-    settings = buyer_settings(args, workflow="information", archive=args.db)
+    from ..support import prefs
+    # resuming talks to the third party (and a peer's exchange mailbox), never to a shop's front: the
+    # buyer's client still wants a shop URL, so it gets the preferred one or a placeholder it never uses
+    settings = buyer_settings(args, workflow="information", archive=args.db,
+                              shop_url=prefs.load().get("servers.shop") or "https://127.0.0.1")
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
     if not interactive and args.script is None:
         raise UsageError("no terminal for the TINGUIN: run it in a terminal, or pass --script PIN_FILE")
