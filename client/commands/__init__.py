@@ -46,6 +46,8 @@ def amount(text: str) -> str:
     """An amount's syntax (plain decimal digits, positive); its decimals are checked against the currency
     once that is known (the card's, the account's)."""
     from ..support.money import AmountError, check_amount_text
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"{text!r}: the amount must be positive")
     try:
         check_amount_text(text)
     except AmountError as e:
