@@ -29,10 +29,12 @@ class UsageError(SemperError):
     code = "bad_request"
 
 
-class CommandFailed(Exception):
+class CommandFailed(SemperError):
     """The operation could not be done (exit status 1); the message says why and what to do."""
 
-    user_facing = True
+    exit_status = 1
+    http_status = 500
+    code = "failed"
 
 
 # ---- argument types: bad input is refused by argparse, as one line with exit status 2 ------------------

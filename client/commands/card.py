@@ -344,6 +344,7 @@ def cmd_card_load(args: argparse.Namespace) -> int:
     from semper.hardware import cards
 
     from ..payment import card_purse
+    from ..payment.modules.purse import NotAuthenticated
     with cards.purse(args.reader, args.image) as purse:
         info = purse.info()
         amount = parse_amount(args.amount, info.currency)
@@ -357,7 +358,7 @@ def cmd_card_load(args: argparse.Namespace) -> int:
         with open_scheme(args) as issuer:
             try:
                 result = card_purse.load(purse, issuer, amount, pin)
-            except hw_errors.NotAuthenticError:
+            except NotAuthenticated:
                 raise CommandFailed("the card refused the local test issuer's load command: this card loads from its "
                                     "bank (semper card load AMOUNT --bank URL ...)") from None
     c = result.confirmation
