@@ -227,9 +227,13 @@ class ShopWeb:
             except Exception:          # the shop's own note not verifying is its fault; the page says less
                 note = None
         files = [(i, q) for i, q in sd.lines if i.kind == "information"]
+        ship_to: tuple[tuple[str, str], ...] = ()
+        if note is not None and isinstance(note.get("ship_to"), dict):           # in the form's order, its labels
+            kinds = [i.kind for i, _ in sd.lines if i.kind != "information"] or ["none"]
+            ship_to = form_for(kinds[0], sd.deal.attributes.anonymous).lines(note["ship_to"])
         return self.page("delivery.html", title="Your delivery", deal=sd.deal.deal_id, workflow=sd.deal.workflow,
                          lines=sd.lines, currency=int(sd.offer["currency"]), total=int(sd.offer["total"]), note=note,
-                         files=files, order=request.query["order"])
+                         files=files, ship_to=ship_to, order=request.query["order"])
 
     async def delivery_file(self, request: web.Request) -> web.StreamResponse:
         sd = self._paid_deal(request)
