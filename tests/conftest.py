@@ -15,6 +15,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,3 +159,14 @@ def damaged_certificate() -> Callable[[bytes, str], bytes]:
             "one byte flipped": cert[:100] + bytes([cert[100] ^ 1]) + cert[101:],
         }[how]
     return damage
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The screenshots the browser tests took (tests/browser.py records each path in its test's report)."""
+    shots = [(r.nodeid, value) for reports in terminalreporter.stats.values() for r in reports
+             if getattr(r, "when", None) == "call" for name, value in getattr(r, "user_properties", ())
+             if name == "screenshot"]
+    if shots:
+        terminalreporter.section("screenshots")
+        for nodeid, path in shots:
+            terminalreporter.write_line(f"{nodeid.split('::')[-1]}: {path}")
