@@ -188,7 +188,11 @@ class Agent:
                 raise self._refuse(403, "forbidden_origin", f"pages from {origin[:80]!r} cannot hand purchases to "
                                    "SEMPER: only https shop pages can (not file://, not plain http)",
                                    f"a hand-off from {origin[:80]!r}")
-        body = await read_json(request, Handoff)
+        try:
+            body = await read_json(request, Handoff)
+        except ApiError as e:
+            raise self._refuse(e.status, e.code, e.message, f"a hand-off from {origin or 'a local tool'} that is not "
+                               "a purchase request") from None
         shop = origin_of(body.shop)
         if shop is None:
             raise self._refuse(400, "bad_shop", "the shop must be an https origin (https://host[:port])",
