@@ -87,9 +87,9 @@ def settle(market: WebWorld, timeout: float = 90.0) -> None:
     assert not market.agent.pending, "the agent's deals did not finish in time"
 
 
-def order_page(driver: Any, market: WebWorld, sku: str, form: dict[str, str] | None = None) -> None:
-    """From the catalogue to the hand-off page of one item, filling its form."""
-    driver.get(market.shop + "/")
+def order_page(driver: Any, shop: str, sku: str, form: dict[str, str] | None = None) -> None:
+    """From the shop's catalogue to the hand-off page of one item, filling its form."""
+    driver.get(shop + "/")
     by(driver, f"#item-{sku} h2 a").click()
     wait_for(driver, lambda d: all_by(d, "#order"), "the product page")
     by(driver, "#order").click()
@@ -164,7 +164,7 @@ def test_information_is_delivered_to_the_browser(market: WebWorld, browser: Any,
     """The market report, its payment fairly exchanged for it, is downloadable from the delivery page."""
     market.tinguin.script = PAY
     before = market.money()
-    order_page(browser, market, "market-report")
+    order_page(browser, market.shop, "market-report")
     by(browser, "#semper-pay").click()
     said = outcome(browser, "the exchange's outcome")
     assert "is satisfied" in said, said
@@ -306,7 +306,7 @@ def test_a_forged_price_on_the_page_is_not_what_the_tinguin_shows(market: WebWor
                                                                  ) -> None:
     market.tinguin.script = PAY
     before = market.money()
-    order_page(browser, market, "tea-sampler", ADDRESS)
+    order_page(browser, market.shop, "tea-sampler", ADDRESS)
     # the page lies about the price in its own text ...
     browser.execute_script("document.querySelector('#page-summary .price').textContent = '0.01 EUR';")
     assert by(browser, "#page-summary .price").text == "0.01 EUR"
@@ -336,7 +336,7 @@ def test_a_forged_price_on_the_page_is_not_what_the_tinguin_shows(market: WebWor
 def test_a_flood_of_hand_offs_is_limited_and_nothing_is_paid(market: WebWorld, browser: Any, shots: Shots) -> None:
     market.tinguin.script = DECLINE                          # the user declines whatever reaches the TINGUIN
     before, deals = market.money(), market.tinguin.deals
-    order_page(browser, market, "teapot", ADDRESS)
+    order_page(browser, market.shop, "teapot", ADDRESS)
     statuses = browser.execute_async_script(
         "var done = arguments[arguments.length - 1], agent = arguments[0], out = [], n = 40;"
         "var body = document.getElementById('semper-request').textContent;"
@@ -353,3 +353,54 @@ def test_a_flood_of_hand_offs_is_limited_and_nothing_is_paid(market: WebWorld, b
     assert market.tinguin.deals - deals == accepted          # each accepted one was shown, and declined
     assert any("declined the offer" in s for s in market.tinguin.said)
     assert market.money() == before
+
+
+# ---- semper demo --web ---------------------------------------------------------------------------------
+@pytest.mark.pcsc
+def test_semper_demo_web_prints_the_shop_and_sells_through_its_agent(tmp_path: Path, record_property: Any) -> None:
+    """The real thing: ``semper demo --web`` (services as processes, cards behind pcscd, the agent in the demo's
+    process, its scripted user in the TINGUIN), a browser on the URL it prints, a teapot bought on the page."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    need_browser()
+    env = {**os.environ, "SEMPER_HOME": str(tmp_path / "home"), "SEMPER_CONFIG": str(tmp_path / "prefs.toml")}
+    proc = subprocess.Popen([sys.executable, "-m", "semper.client.cli", "demo", "--web", "--agent-port", "0"],
+                            cwd=Path(__file__).resolve().parents[1], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C ends the demo" in line:
+                ready.set()
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert ready.wait(100), "".join(lines)[-3000:]
+        text = "".join(lines)
+        shop = text.split("the shop is at ")[1].split()[0].rstrip("/")
+        folder = Path(text.split("a throwaway marketplace in ")[1].split()[0])
+        assert "SCRIPTED USER" in text and "purse balance 50.00 EUR" in text
+        with chromium([spki_hash(folder / "shop" / "tls" / "cert.pem")]) as driver:
+            order_page(driver, shop, "teapot", ADDRESS)
+            by(driver, "#semper-pay").click()
+            said = outcome(driver, "the demo agent's outcome")
+            assert "is satisfied" in said, said
+            by(driver, "#semper-delivery").click()
+            wait_for(driver, lambda d: all_by(d, "#tracking"), "the delivery page")
+            Shots(tmp_path, record_property).take(driver, "demo-web-delivery")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    text = "".join(lines)
+    assert proc.returncode == 0 and "semper demo --web: stopped" in text, text[-3000:]
+    assert "accepted the confirmation" in text and "satisfied" in text
+
