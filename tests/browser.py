@@ -91,3 +91,8 @@ class Shots:
         self.paths.append(path)
         self.record("screenshot", str(path))
         return path
+
+    def saw(self, text: str) -> None:
+        """What a (hostile) page or the TINGUIN saw, for the run's summary."""
+        print(text)
+        self.record("saw", " ".join(text.split())[:600])

@@ -162,11 +162,12 @@ def damaged_certificate() -> Callable[[bytes, str], bytes]:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The screenshots the browser tests took (tests/browser.py records each path in its test's report)."""
-    shots = [(r.nodeid, value) for reports in terminalreporter.stats.values() for r in reports
-             if getattr(r, "when", None) == "call" for name, value in getattr(r, "user_properties", ())
-             if name == "screenshot"]
-    if shots:
-        terminalreporter.section("screenshots")
-        for nodeid, path in shots:
-            terminalreporter.write_line(f"{nodeid.split('::')[-1]}: {path}")
+    """The screenshots the browser tests took and what their hostile pages saw (tests/browser.py records
+    them in each test's report), so that a plain run shows them."""
+    rows = [(r.nodeid, name, value) for reports in terminalreporter.stats.values() for r in reports
+            if getattr(r, "when", None) == "call" for name, value in getattr(r, "user_properties", ())
+            if name in ("screenshot", "saw")]
+    if rows:
+        terminalreporter.section("browser tests: screenshots, and what the pages saw")
+        for nodeid, name, value in rows:
+            terminalreporter.write_line(f"{nodeid.split('::')[-1]}: {name}: {value}")

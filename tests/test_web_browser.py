@@ -35,7 +35,7 @@ DECLINE = Script(accept_offer=False)
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebWorld]:
     need_browser()
-    ww = make_web_world(tmp_path_factory.mktemp("web") / "w")
+    ww = make_web_world(tmp_path_factory.mktemp("web") / "w", every=2.0)    # the rate itself: test_web_agent.py
     stop = threading.Event()
     worker = threading.Thread(target=ww.agent.serve, args=(stop,), name="agent-deals", daemon=True)
     worker.start()
@@ -238,10 +238,12 @@ def test_pages_of_other_origins_cannot_hand_off(market: WebWorld, browser: Any, 
             r.stop()
     new = market.agent.refusals[refusals:]
     codes = {c for c, _ in new}
-    print("hostile pages saw:", seen, "agent refused:", new)
+    for url, text in seen.items():
+        shots.saw(f"the page at {url.split('?')[0][:60]} saw: {text}")
+    shots.saw("the agent refused: " + "; ".join(f"{code} ({what})" for code, what in new))
     for text in seen.values():
         assert "fetch refused" in text                      # CORS: no answer reaches another site's script
-    assert codes <= {"forbidden_origin"} and len(new) >= 3 * 2, new   # preflights and simple posts, all refused
+    assert codes <= {"forbidden_origin", "first_contact"} and len(new) >= 3 * 2, new   # preflights, simple posts
     assert any("'null'" in what for _, what in new)                    # the file:// page
     assert any("https://127.0.0.1:" in what and market.shop not in what for _, what in new)
     assert market.tinguin.deals == deals                                # the TINGUIN was never opened
@@ -262,7 +264,7 @@ def test_dns_rebinding_gets_nothing(market: WebWorld, browser: Any, shots: Shots
         ".then(function (r) { return r.text().then(function (t) { done(r.status + ' ' + t); }); },"
         " function () { done('failed'); });", market.shop)
     shots.take(browser, "rebinding")
-    print("rebound page saw:", status)
+    shots.saw(f"the page at {rebound} saw: {status}")
     assert status.startswith("421 ") and "misdirected" in status
     assert market.agent.refusals[-1][0] == "misdirected" and "rebind.test" in market.agent.refusals[-1][1]
     with httpx.Client() as c:                     # and a rebinding Host with the real shop's Origin: same
@@ -312,12 +314,12 @@ def test_a_forged_price_on_the_page_is_not_what_the_tinguin_shows(market: WebWor
     assert by(browser, "#page-summary .price").text == "0.01 EUR"
     # ... slips a price into the hand-off: the request has no such field
     status, body = hand_off(browser, market, "request.price = 1;")
-    print("a price in the hand-off:", status, body)
+    shots.saw(f"a price slipped into the hand-off: {status} {body}")
     assert status == 400 and body["error"] == "unknown_field" and "price" in body["message"]
     # ... or into the form: the signed offer's form has no such field, so the agent refuses before anything is signed
     seen = len(market.tinguin.seen)
     status, body = hand_off(browser, market, "request.form.price = '0.01';")
-    print("a price in the form:", status, body)
+    shots.saw(f"a price slipped into the form: {status} {body}")
     assert status == 202 and body["outcome"] == "failed" and body["delivery"] is None
     assert "has no such field" in "\n".join(market.tinguin.seen[seen:])      # the TINGUIN says why
     assert market.money() == before                                            # nothing signed, nothing paid
@@ -328,7 +330,8 @@ def test_a_forged_price_on_the_page_is_not_what_the_tinguin_shows(market: WebWor
     shots.take(browser, "forged-price")
     assert "is satisfied" in said, said
     offer_screen = market.tinguin.seen[seen]
-    print("the TINGUIN's offer screen under a page showing 0.01 EUR:\n" + offer_screen)
+    shots.saw("the page showed 0.01 EUR; the TINGUIN showed: " + " | ".join(
+        line.strip() for line in offer_screen.splitlines() if "Teapot Shop" in line or "EUR" in line))
     assert "8.90 EUR" in offer_screen and "0.01" not in offer_screen and "Teapot Shop" in offer_screen
     assert before["purse"] - market.money()["purse"] == 890                   # what the TINGUIN showed
 
@@ -337,6 +340,7 @@ def test_a_flood_of_hand_offs_is_limited_and_nothing_is_paid(market: WebWorld, b
     market.tinguin.script = DECLINE                          # the user declines whatever reaches the TINGUIN
     before, deals = market.money(), market.tinguin.deals
     order_page(browser, market.shop, "teapot", ADDRESS)
+    market.agent.buckets.clear()                             # a page that has not handed anything off yet
     statuses = browser.execute_async_script(
         "var done = arguments[arguments.length - 1], agent = arguments[0], out = [], n = 40;"
         "var body = document.getElementById('semper-request').textContent;"
@@ -348,7 +352,8 @@ def test_a_flood_of_hand_offs_is_limited_and_nothing_is_paid(market: WebWorld, b
     shots.take(browser, "flood")
     settle(market)
     accepted = statuses.count(202)
-    print(f"flood of 40 hand-offs: {accepted} accepted, {statuses.count(429)} refused with 429")
+    shots.saw(f"a flood of 40 hand-offs: {accepted} accepted (shown in the TINGUIN, declined there), "
+              f"{statuses.count(429)} refused with 429")
     assert statuses.count(429) == 40 - accepted and 1 <= accepted <= market.agent.queue_limit
     assert market.tinguin.deals - deals == accepted          # each accepted one was shown, and declined
     assert any("declined the offer" in s for s in market.tinguin.said)

@@ -188,6 +188,10 @@ class Agent:
                 raise self._refuse(403, "forbidden_origin", f"pages from {origin[:80]!r} cannot hand purchases to "
                                    "SEMPER: only https shop pages can (not file://, not plain http)",
                                    f"a hand-off from {origin[:80]!r}")
+        first = not local and origin not in self.allowed
+        if first and self.confirm is None:
+            raise self._refuse(403, "first_contact", f"SEMPER does not know {origin} yet: the user allows a shop "
+                               f"once, at the agent (semper agent --allow {origin})", f"a first hand-off from {origin}")
         try:
             body = await read_json(request, Handoff)
         except ApiError as e:
@@ -200,10 +204,6 @@ class Agent:
         if not local and shop != origin:
             raise self._refuse(403, "not_the_shop", "a page may hand over purchases only from its own shop",
                                f"a hand-off from {origin} for the shop {shop}")
-        first = not local and origin not in self.allowed
-        if first and self.confirm is None:
-            raise self._refuse(403, "first_contact", f"SEMPER does not know {origin} yet: the user allows a shop "
-                               f"once, at the agent (semper agent --allow {origin})", f"a first hand-off from {origin}")
         key = origin or "local"
         with self.lock:
             bucket = self.buckets.setdefault(key, Bucket(self.burst, self.burst, self.every))
