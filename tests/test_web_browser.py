@@ -362,6 +362,7 @@ def test_a_flood_of_hand_offs_is_limited_and_nothing_is_paid(market: WebWorld, b
 
 # ---- semper demo --web ---------------------------------------------------------------------------------
 @pytest.mark.pcsc
+@pytest.mark.timeout(300)                   # pcscd is shared: the demo may wait its turn for the readers
 def test_semper_demo_web_prints_the_shop_and_sells_through_its_agent(tmp_path: Path, record_property: Any) -> None:
     """The real thing: ``semper demo --web`` (services as processes, cards behind pcscd, the agent in the demo's
     process, its scripted user in the TINGUIN), a browser on the URL it prints, a teapot bought on the page."""
@@ -385,7 +386,7 @@ def test_semper_demo_web_prints_the_shop_and_sells_through_its_agent(tmp_path: P
                 ready.set()
     threading.Thread(target=read, daemon=True).start()
     try:
-        assert ready.wait(100), "".join(lines)[-3000:]
+        assert ready.wait(200), "".join(lines)[-3000:]
         text = "".join(lines)
         shop = text.split("the shop is at ")[1].split()[0].rstrip("/")
         folder = Path(text.split("a throwaway marketplace in ")[1].split()[0])
