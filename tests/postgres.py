@@ -121,10 +121,10 @@ class PostgresCluster:
             kw = {"user": self.account.pw_uid, "group": self.account.pw_gid, "extra_groups": []}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
         proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=self.folder, env=env,
-                              **kw)  # type: ignore[call-overload]
+                              **kw)
         if proc.returncode != 0:
             raise RuntimeError(f"{Path(args[0]).name} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-        return proc  # type: ignore[no-any-return]
+        return proc
 
     def _init_and_start(self) -> None:
         if self.account is not None:
@@ -240,13 +240,13 @@ def _sqlite_path(url: str) -> str:
     return url.removeprefix("sqlite://") if url.startswith("sqlite:///") else url
 
 
-def storage_params() -> list:  # type: ignore[type-arg]
+def storage_params() -> list:
     import pytest
     return [pytest.param("sqlite", id="sqlite"),
             pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres)]
 
 
-def storages():  # type: ignore[no-untyped-def]
+def storages():
     """Mark a module (``pytestmark = storages()``) or a test: run it on both back ends. The ``storage``
     fixture (conftest.py) is then SQLite in one run and the session's PostgreSQL in the other, and
     every session-scoped service fixture built on it (the bank world, the exchange world) exists once

@@ -48,7 +48,7 @@ def agent(tmp_path: Path) -> Iterator[tuple[Agent, Stub, httpx.Client]]:
     stub = Stub()
     cfg = BuyerConfig(shop_url=SHOP, ca_root_pem="", archive=tmp_path / "a.sqlite3")
     a = Agent(cfg, lambda: None, stub, allowed=(SHOP,), burst=3, every=60.0, queue_limit=2)
-    a.checkout = lambda shop, offer: ("mail-order", [("teapot", 1)])        # type: ignore[method-assign]
+    a.checkout = lambda shop, offer: ("mail-order", [("teapot", 1)])
     a.start(port=0)
     stop = threading.Event()
     worker = threading.Thread(target=a.serve, args=(stop,), daemon=True)
@@ -141,7 +141,7 @@ def test_the_first_contact_with_a_shop_is_asked_at_the_agent(tmp_path: Path) -> 
     stub = Stub()
     cfg = BuyerConfig(shop_url=SHOP, ca_root_pem="", archive=tmp_path / "a.sqlite3")
     a = Agent(cfg, lambda: None, stub, confirm=confirm)
-    a.checkout = lambda shop, offer: ("mail-order", [("teapot", 1)])        # type: ignore[method-assign]
+    a.checkout = lambda shop, offer: ("mail-order", [("teapot", 1)])
     a.start(port=0)
     stop = threading.Event()
     threading.Thread(target=a.serve, args=(stop,), daemon=True).start()
@@ -222,7 +222,7 @@ def test_pages_escape_what_they_show_and_keep_deliveries_to_their_order(tmp_path
                                deal=types.SimpleNamespace(deal_id="c" * 32, workflow="mail-order"))
     shop = types.SimpleNamespace(name="<b>Shop</b>", catalogue=Catalogue.of([hostile]), deals={"c" * 32: sd},
                                  trust=None, content_of=lambda item: None)
-    site = ShopWeb(shop, "http://127.0.0.1:8470")                 # type: ignore[arg-type]
+    site = ShopWeb(shop, "http://127.0.0.1:8470")
     from aiohttp import web
     app = web.Application()
     app.add_routes(site.routes())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..support.money import format_amount, parse_currency
 from . import (
@@ -28,10 +28,14 @@ from . import (
 )
 from .serve import DEFAULT_PORTS, check_bindable, listen_args
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509 import Certificate
+
 MODULES = ("card-purse", "setpay", "cheque", "ecash")
 
 
-def _cert(path: Path, what: str):  # type: ignore[no-untyped-def]
+def _cert(path: Path, what: str) -> Certificate:
     from cryptography import x509
     data = path.read_bytes()
     try:
@@ -122,7 +126,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pem():  # type: ignore[no-untyped-def]
+def _pem() -> serialization.Encoding:
     from cryptography.hazmat.primitives.serialization import Encoding
     return Encoding.PEM
 
@@ -170,7 +174,7 @@ def cmd_serve_shop(args: argparse.Namespace) -> int:
         opened.close()
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     shop = sub.add_parser("shop", help="the seller's shop: set it up, clear its PSAM batch").add_subparsers(
         dest="shop_command", required=True)
     p = shop.add_parser("init", help="write the shop's folder from the other operators' pieces")

@@ -279,7 +279,8 @@ class PurseModule(BaseModule):
             raise _card_error(e, "read the batch") from None
         params = clearing_request(psam.certificate(), signed, entries)
         try:
-            return dict(bank.call("acquirer/clear", params, idempotency_key=f"batch-{header.psam_id.hex()}-{number}")["result"])
+            return dict(bank.call("acquirer/clear", params,
+                                  idempotency_key=f"batch-{header.psam_id.hex()}-{number}")["result"])
         except PaymentRefused as e:
             if resend and e.code == "batch_seen":
                 return None
@@ -351,7 +352,7 @@ class PurseModule(BaseModule):
 
 
 # ---- the four messages of a purse payment (payer: hello, proof; payee: challenge, receipt) --------------
-class Hello(Message):
+class Hello(Message, frozen=True):
     """Payer -> payee: which card pays, its next debit counter, its currency and certificate."""
 
     kind: Literal["hello"]
@@ -361,7 +362,7 @@ class Hello(Message):
     card_certificate: Annotated[bytes, Meta(max_length=4096)]
 
 
-class Challenge(Message):
+class Challenge(Message, frozen=True):
     """Payee -> payer: the PSAM's signed debit request (DRQ1) for the card, and the PSAM's certificate."""
 
     kind: Literal["challenge"]
@@ -370,7 +371,7 @@ class Challenge(Message):
     psam_certificate: Annotated[bytes, Meta(max_length=4096)]
 
 
-class Proof(Message):
+class Proof(Message, frozen=True):
     """Payer -> payee: the card's signed debit proof (DPF1)."""
 
     kind: Literal["proof"]
@@ -378,7 +379,7 @@ class Proof(Message):
     signature: Annotated[bytes, Meta(max_length=80)]
 
 
-class Receipt(Message):
+class Receipt(Message, frozen=True):
     """Payee -> payer: where the PSAM filed the proof (batch, index; batch 0: cleared alone)."""
 
     kind: Literal["receipt"]
@@ -405,7 +406,8 @@ class PayerFlow:
             except hw.HardwareError as e:
                 raise _card_error(e, "pay") from None
             if info.currency != self.terms.currency:
-                raise InstrumentError(f"the purse holds currency {info.currency}, the payment is in {self.terms.currency}")
+                raise InstrumentError(f"the purse holds currency {info.currency}, the payment is in "
+                                      f"{self.terms.currency}")
             if info.balance < self.terms.amount:
                 held = format_amount(info.balance, info.currency)
                 needed = format_amount(self.terms.amount, info.currency)
@@ -442,9 +444,9 @@ class PayerFlow:
             return Step({"kind": "proof", "proof": ev["proof"], "signature": ev["proof_signature"]},
                         status=Status.PAID, evidence=ev)
         if self.state == "proof":
-            msg = receive(incoming, Receipt)
+            receipt = receive(incoming, Receipt)
             self.state = "done"
-            return Step(None, done=True, status=Status.PAID, evidence={"batch": msg.batch, "index": msg.index})
+            return Step(None, done=True, status=Status.PAID, evidence={"batch": receipt.batch, "index": receipt.index})
         raise ProtocolError("the purse payment is finished")
 
 
@@ -493,7 +495,7 @@ class PayeeFlow:
         except hw.HardwareError as e:
             raise _card_error(e, "start the debit at the PSAM") from None
         self.request = req
-        return req  # type: ignore[no-any-return]
+        return req
 
     def step(self, incoming: dict[str, Any] | None) -> Step:
         psam = self.m.ctx.psam
