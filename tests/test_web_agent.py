@@ -249,3 +249,19 @@ def test_pages_escape_what_they_show_and_keep_deliveries_to_their_order(tmp_path
                                                      "items": [{"sku": "teapot", "quantity": 1}]}
         assert c.get("/checkouts/" + "B" * 22).status_code == 404
         assert c.get("/static/../shop_web.py").status_code == 404
+
+
+def test_the_agent_takes_the_ca_root_from_the_preferences(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`semper agent` without --ca-root reads trust.ca_root from the prefs (it raised TypeError before the
+    type checker found the lookup: Prefs has get(), not [])."""
+    import argparse
+
+    from semper.client.commands.agent import buyer_config
+    root = tmp_path / "root.pem"
+    root.write_text("-----BEGIN CERTIFICATE-----\nnot checked here\n-----END CERTIFICATE-----\n")
+    (tmp_path / "prefs.toml").write_text(f'[trust]\nca_root = "{root}"\n')
+    monkeypatch.setenv("SEMPER_CONFIG", str(tmp_path / "prefs.toml"))
+    monkeypatch.setenv("SEMPER_HOME", str(tmp_path / "home"))
+    args = argparse.Namespace(ca_root=None, ttp=None, tls_dir=None, archive=None, purse_root=None, bank=None,
+                              bank_tls_root=None, account=None, patience=1.0)
+    assert buyer_config(args).ca_root_pem == root.read_text()
