@@ -30,9 +30,10 @@ SO_PIN = b"demo-so-13579135"
 CARD_PIN = b"1234"
 CARD_PUK = b"12345678"
 EUR = 978
-TOKENS = ("ca", "seller", "bank", "ttp", "wallet")
+TOKENS = ("ca", "seller", "bank", "ttp", "wallet", "certifier")
 DENOMINATIONS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 SHOP_NAME = "Teapot Shop"
+CERTIFIER_NAME = "semper service certifier"
 BUYER_NAME = "Bob Buyer"
 BUYER_EMAIL = "bob@buyer.example"
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +45,7 @@ class Services:
     bank: str = ""
     ttp: str = ""
     shop: str = ""
+    certifier: str = ""
     runners: list[Any] = field(default_factory=list)        # in-process ServiceRunners
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
     closers: list[Any] = field(default_factory=list)
@@ -69,6 +71,7 @@ class World:
     ttp_dir = property(lambda self: self.folder / "ttp")
     shop_dir = property(lambda self: self.folder / "shop")
     buyer_dir = property(lambda self: self.folder / "buyer")
+    certifier_dir = property(lambda self: self.folder / "certifier")
     pin_file = property(lambda self: self.folder / "token.pin")
 
     @property
@@ -121,6 +124,12 @@ class World:
         seller_cert = ca.issue_direct(pki.Subject(SHOP_NAME, "seller", "sales@teapot.example"),
                                       seller.public_point()).certificate
         seller.store_certificate(seller_cert)
+        tell("the service certifier's key (its own token, role certifier) certified by the CA")
+        certifier = Pkcs11Signer.open("certifier", softhsm_conf=conf)
+        certifier.verify_pin(TOKEN_PIN)
+        certifier.store_certificate(ca.issue_direct(pki.Subject(CERTIFIER_NAME, "certifier"),
+                                                    certifier.public_point()).certificate)
+        certifier.close()
         tell("the bank: issuer key, payment-instruction key and mint keys in its token")
         bank_home = BankHome(folder / "bank")
         bank_home.init(scheme, TOKEN_PIN, token_label="bank", softhsm_conf=Path(conf), denominations=DENOMINATIONS,
@@ -212,6 +221,33 @@ class World:
         s.runners.append(ServiceRunner(opened.app(), "127.0.0.1", 0, server_context(*opened.tls)).start())
         s.shop = s.runners[-1].url
         return s
+
+    def start_certifier(self) -> Any:
+        """The service certifier in this process (its folder made on first use); returns the open
+        certifier (``.certifier``), its URL in ``services.certifier``."""
+        from .servers.ca_home import issue_tls_identity
+        from .servers.certifier_home import CertifierHome
+        from .support.channels import server_context
+        from .support.http_service import ServiceRunner
+        s = self.services
+        home = CertifierHome(self.certifier_dir)
+        if not home.config_file.exists():
+            from semper.hsm.signer import Pkcs11Signer
+            signer = Pkcs11Signer.open("certifier", softhsm_conf=str(self.store.conf))
+            try:
+                cert = signer.certificate()
+            finally:
+                signer.close()
+            tls = issue_tls_identity(self.ca, ("127.0.0.1", "localhost"), self.folder / "certifier-tls",
+                                     name=CERTIFIER_NAME)
+            CertifierHome.create(self.certifier_dir, token_label="certifier", softhsm_conf=str(self.store.conf),
+                                 certificate=cert, ca_root=self.ca_root, url="https://127.0.0.1:8447", tls=tls)
+        opened = home.open(TOKEN_PIN)
+        s.closers.append(opened.close)
+        s.runners.append(ServiceRunner(opened.app(), "127.0.0.1", 0, server_context(*opened.tls)).start())
+        s.certifier = s.runners[-1].url
+        opened.certifier.url = s.certifier              # its revocation list is published where it listens
+        return opened
 
     def start_shop_process(self, *, psam_reader: str, catalogue: Any = None,
                            launcher: tuple[str, ...] = ("-m", "semper.client.cli", "serve", "shop"),

@@ -69,6 +69,10 @@ class ServiceRefused(OfferRefused):
 
     code = "service_refused"
 
+    def __init__(self, message: str, reason: str = "not-permitted") -> None:
+        super().__init__(message)
+        self.reason = reason            # not-permitted, uncertified, untrusted, expired, revoked, tampered, ...
+
 
 class Enforcer:
     """The interpreter's questions to the permit, each refused with the reason and before anything is given.
