@@ -16,7 +16,7 @@ from . import CommandFailed, port
 from .ca import ca_location_args, open_ca, pin_args
 
 #: one default port per service: 'semper serve ca', 'bank', 'ttp' and 'shop' run side by side
-DEFAULT_PORTS = {"ca": 8443, "bank": 8444, "ttp": 8445, "shop": 8446}
+DEFAULT_PORTS = {"ca": 8443, "bank": 8444, "ttp": 8445, "shop": 8446, "certifier": 8447}
 
 
 def listen_args(p: argparse.ArgumentParser, service: str) -> None:
