@@ -28,6 +28,7 @@ from semper.client.commerce.services.download import Decisions, run_downloaded
 from semper.client.commerce.services.interpreter import Request
 from semper.client.commerce.services.permits import Permit
 from semper.client.commerce.setup import BuyerConfig, BuyerSession, open_buyer, register_card
+from semper.client.commerce.shop_client import ShopClient
 from semper.client.demo_world import CARD_PIN, World
 from semper.client.servers.bank_audit import audit
 from semper.client.support import pki, prefs
@@ -296,59 +297,61 @@ def test_the_interpreter_enforces_the_certificate_whatever_the_document_or_the_s
     assert r.status is not OutcomeStatus.SATISFIED and m.money() == before
 
 
-# ---- semper buy --service ---------------------------------------------------------------------------------------
-def test_semper_buy_downloads_shows_and_runs_a_subscription(tmp_path: Path) -> None:
-    """The command against a shop offering a new service: it downloads it, the TINGUIN (its scripted user,
-    on the real screens) shows what the service may do, and it runs: three periods, one payment each."""
+# ---- the electronic mall ---------------------------------------------------------------------------------------
+ADDRESS = {"name": "Bob Buyer", "street": "1 Main Street", "postcode": "12345", "city": "Teatown", "country": "de"}
+MALL_BASKET: dict[str, Any] = {
+    "format": "semper-service/1", "name": "mall-basket", "version": 1, "title": "Tea Mall basket",
+    "description": "One order and one payment for goods of several shops; the mall settles with each shop.",
+    "protocol": "mail-order", "payment": {"modules": ["cheque", "setpay"], "max_amount": 10_000, "currency": 978},
+    "card_signature": True, "anonymity": False,
+    "steps": STEPS + [{"block": "shop-parts", "title": "check each shop's part",
+                       "evidence": ["mall-part", "delivery"]}]}
+MALL_PERMITS = {"modules": ["cheque", "setpay"], "max_amount": 10_000, "currency": 978, "card_signature": True,
+                "anonymity": False, "max_periods": 1}
+
+
+def test_the_mall_takes_one_payment_and_settles_with_two_shops(market: Market) -> None:
+    """The mall as a downloaded service: its index lists both shops' goods; the buyer signs one order and
+    pays once; the mall buys each shop's part for the buyer; each shop's signed delivery note and the
+    mall's statement for its part are checked and kept; money is conserved (semper audit)."""
     import os
     import subprocess
     import sys
-    world = World.create(tmp_path / "w")
-    s = world.start_in_process()
+    m = market
+    m.world.start_mall()
+    url = m.world.services.mall
+    services = m.world.folder / "mall" / "services"
+    services.mkdir(exist_ok=True)
+    (services / "mall-basket.json").write_text(json.dumps(MALL_BASKET))
+    (services / "mall-basket.cert").write_bytes(m.certify(MALL_BASKET, MALL_PERMITS))
+    with JsonClient(url, m.world.root_pem, name="the mall") as c:
+        index = c.get("/mall/index")
+    assert {s["name"] for s in index["shops"]} == {"Teapot Shop", "Kettle Shop"}
+    assert {"teapots--teapot", "kettles--kettle"} <= {i["sku"] for i in index["items"]}
+    before = m.money()
+    b = m.buyer
+    shop, b.shop = b.shop, ShopClient(url, m.world.root_pem)
+    m.ui.payment = "cheque"
     try:
-        world.start_certifier()
-        world.buyer_dir.mkdir()
-        with open_card(world.buyer_card, sync=False) as card:          # set-up: register and load the card
-            cfg = BuyerConfig(shop_url=s.shop, ca_root_pem=world.root_pem, archive=world.buyer_dir / "ev.sqlite3",
-                              bank_url=s.bank, bank_tls_root=world.bank_tls_root, account=world.accounts["buyer"])
-            session = open_buyer(cfg, PolicyUI(pin=CARD_PIN), card)
-            register_card(session, ca_url=s.ca, ca_root_pem=world.root_pem, registration_key=world.registration_key(),
-                          name="Bob Buyer", email="bob@buyer.example", save_dir=world.buyer_dir)
-            session.buyer.payments.module("card-purse").load(3_000)   # type: ignore[attr-defined]
-            session.close()
-        secret = (world.certifier_dir / "admin-secret").read_text().strip()
-        doc = {**SUBSCRIPTION, "repeat": {"periods": 3, "every_seconds": 1}}
-        cert = base64.b64decode(_Admin(s.certifier, world.root_pem, secret).post(
-            "/certify", {"document": doc, "permits": PERMITS, "days": 30})["certificate"])
-        services = world.shop_dir / "services"
-        services.mkdir()
-        (services / "tea-news.json").write_text(json.dumps(doc))
-        (services / "tea-news.cert").write_bytes(cert)
-        (tmp_path / "ca.pem").write_text(world.root_pem)
-        (tmp_path / "pin").write_bytes(CARD_PIN)
-        env = {**os.environ, "SEMPER_HOME": str(tmp_path / "home"), "SEMPER_CONFIG": str(tmp_path / "prefs.toml")}
-
-        def semper(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], env=env, capture_output=True,
-                                  text=True, timeout=240, stdin=subprocess.DEVNULL)
-        base = ["buy", s.shop, "--service", "tea-news", "--image", str(world.buyer_card), "--ca-root",
-                str(tmp_path / "ca.pem"), "--script", str(tmp_path / "pin"), "--json"]
-        untrusting = semper(*base)
-        assert untrusting.returncode == 2 and "trust.certifiers" in untrusting.stderr
-        assert semper("prefs", "set", "trust.certifiers", str(world.certifier_dir / "certifier.pem")).returncode == 0
-        r = semper(*base)
-        assert r.returncode == 0, r.stderr[-3000:]
-        out = json.loads(r.stdout)
-        assert out["status"] == "satisfied" and "3 of 3 periods delivered, one payment each (12.00 EUR in all)" \
-            in out["summary"], out
-        assert "scripted user: allowed the service 'tea-news'" in r.stderr
-        assert sum(1 for e in out["evidence"] if e["kind"] == "payment") == 3
-        kept = prefs.load(tmp_path / "prefs.toml").values
-        assert [v for k, v in kept.items() if k.startswith("services.")] == ["allow"]
-        # the shop's PSAM took the three payments (its batch: the purse payments are offline)
-        shop = s.opened_shop.shop
-        with shop.payment_lock:
-            shop.payments.ctx.psam.select()
-            assert shop.payments.ctx.psam.info().lifetime_total == 3 * 400
+        certifiers = x509.load_pem_x509_certificates((m.world.certifier_dir / "certifier.pem").read_bytes())
+        r = run_downloaded(b, "mall-basket", Request([("teapots--teapot", 1), ("kettles--kettle", 1)], ADDRESS),
+                           root_pem=m.world.root_pem, certifiers=certifiers,
+                           decisions=Decisions(m.folder / "prefs.toml"))
     finally:
-        world.stop()
+        b.shop.close()
+        b.shop = shop
+        m.ui.payment = "card-purse"
+    assert r.status is OutcomeStatus.SATISFIED, r.summary
+    assert "by 2 shops, each part signed by its shop" in r.summary
+    after = m.money()
+    assert after["buyer account"] == before["buyer account"] - (1250 + 2490)      # one payment, to the mall
+    assert after["mall account"] == before["mall account"]                        # all of it settled to the shops
+    assert after["seller account"] == before["seller account"] + 1250
+    assert after["shop2 account"] == before["shop2 account"] + 2490
+    kinds = [e.kind for e in r.evidence]
+    assert kinds.count("statement:mall-part") == 2 and kinds.count("statement:delivery") == 3, kinds
+    env = {**os.environ, "SEMPER_HOME": str(m.folder / "home")}
+    audited = subprocess.run([sys.executable, "-m", "semper.client.cli", "audit", "--bank-dir",
+                              str(m.world.bank_dir), "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert audited.returncode == 0, audited.stdout[-2000:] + audited.stderr[-2000:]
+    assert json.loads(audited.stdout)["violations"] == []

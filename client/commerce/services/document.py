@@ -41,7 +41,7 @@ from ..errors import CommerceError
 FORMAT = "semper-service/1"
 PROTOCOLS = ("mail-order", "information", "registration", "contract")
 BLOCKS = ("offer", "confirm", "order", "payment", "confirmation", "delivery", "exchange-information",
-          "exchange-contract")
+          "exchange-contract", "shop-parts")
 #: the evidence each block writes to the deal's archive (a step may name these and no others)
 EVIDENCE: dict[str, frozenset[str]] = {
     "offer": frozenset({"offer"}),
@@ -52,11 +52,14 @@ EVIDENCE: dict[str, frozenset[str]] = {
     "delivery": frozenset({"delivery", "registration", "delivered-content"}),
     "exchange-information": frozenset({"exchange", "payment", "receipt", "delivered-content"}),
     "exchange-contract": frozenset({"order:unsigned", "exchange", "contract-signature"}),
+    "shop-parts": frozenset({"mall-part", "delivery"}),
 }
 #: the sequences of blocks each protocol allows; the confirmation in the TINGUIN always follows the offer
 GRAMMAR: dict[str, tuple[tuple[str, ...], ...]] = {
     "mail-order": (("offer", "confirm", "order", "payment", "confirmation", "delivery"),
-                   ("offer", "confirm", "order", "delivery")),
+                   ("offer", "confirm", "order", "delivery"),
+                   # a mall: each shop's part checked after the mall's own delivery note
+                   ("offer", "confirm", "order", "payment", "confirmation", "delivery", "shop-parts")),
     "registration": (("offer", "confirm", "order", "payment", "confirmation", "delivery"),),
     "information": (("offer", "confirm", "order", "exchange-information"),),
     "contract": (("offer", "confirm", "exchange-contract"),),
@@ -84,7 +87,7 @@ class PaymentNeeds(Shape):
 
 class Step(Shape):
     block: Literal["offer", "confirm", "order", "payment", "confirmation", "delivery", "exchange-information",
-                   "exchange-contract"]
+                   "exchange-contract", "shop-parts"]
     title: Title
     evidence: Annotated[list[str], msgspec.Meta(max_length=8)] = []
 

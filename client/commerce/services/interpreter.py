@@ -27,6 +27,7 @@ from .. import documents as docs
 from ..buyer import Buyer
 from ..deal import DealAttributes, deal_attributes
 from .document import ServiceDocument
+from .mall_parts import check_parts
 from .permits import Enforcer, Permit, ServiceRefused
 from .run import DealResult, Run
 
@@ -67,6 +68,7 @@ class _State:
     receipt: bytes = b""
     exchanged: str = ""
     seller_signature: bytes = b""
+    shops: int = 0
 
     def refuse(self, e: ServiceRefused) -> ServiceRefused:
         if self.deal is not None:
@@ -179,9 +181,15 @@ def _exchange_contract(s: _State) -> None:
     s.seller_signature = blocks.exchange_contract(s.b, s.deal, s.offer, request, c)
 
 
+def _shop_parts(s: _State) -> None:
+    assert s.offer is not None and s.order is not None and s.confirmed is not None
+    s.run.next("shop-parts")
+    s.shops = check_parts(s.b, s.deal, s.offer, docs.sha256_hex(s.order), s.confirmed.form)
+
+
 STEP_FUNCTIONS = {"offer": _offer, "confirm": _confirm, "order": _order, "payment": _payment,
                   "confirmation": _confirmation, "delivery": _delivery, "exchange-information": _exchange_information,
-                  "exchange-contract": _exchange_contract}
+                  "exchange-contract": _exchange_contract, "shop-parts": _shop_parts}
 
 
 def progress_key(block: str) -> str:
@@ -210,6 +218,8 @@ def _result(s: _State) -> DealResult:
                           "the contract is signed by both sides: you hold the seller's signature, it holds yours",
                           documents={"offer": offer.der, "seller-signature": s.seller_signature})
     what = "registered" if proto == "registration" else "delivered"
+    if s.shops:
+        what += f" by {s.shops} shops, each part signed by its shop"
     paid = f"paid {_amount(offer)} with {c.payment.label}; " if s.record else ""
     return DealResult(deal.deal_id, proto, OutcomeStatus.SATISFIED, f"{paid}{what}: the seller's signed "
                       f"documents check", payment=s.record, content=s.content,
