@@ -104,9 +104,9 @@ class Certifier:
             doc = read(document, "the service document")
         except ServiceError as e:
             raise CertifierRefusal(str(e)) from None
-        faults = permit.overreach(doc) + self.policy.beyond(permit)
-        if faults:
-            raise CertifierRefusal(f"the service {doc.name!r} is not certified: " + "; ".join(faults))
+        problems = permit.overreach(doc) + self.policy.beyond(permit)
+        if problems:
+            raise CertifierRefusal(f"the service {doc.name!r} is not certified: " + "; ".join(problems))
         return doc
 
     def certify(self, document: bytes | dict[str, Any], permit: Permit | dict[str, Any], *, days: int = 90,
