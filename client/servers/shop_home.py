@@ -46,10 +46,15 @@ class OpenShop:
     tls: tuple[Path, Path]
     admin_secret: str
     closers: list[Any] = field(default_factory=list)
+    services_dir: Path | None = None      # the commerce services it offers for download (service_host.py)
 
     def app(self) -> Any:
         from .shop_http import build_app
-        return build_app(self.shop, self.party, self.admin_secret)
+        app = build_app(self.shop, self.party, self.admin_secret)
+        if self.services_dir is not None:
+            from .service_host import mount_services
+            mount_services(app, self.services_dir)
+        return app
 
     def close(self) -> None:
         for c in reversed(self.closers):
@@ -170,4 +175,4 @@ class ShopHome:
             def party() -> Party:              # made in the service's thread: its archive connection lives there
                 return Party("shop", identity, trust, managers, f / "evidence.sqlite3", tls=tls, root_pem=root_pem,
                              ttp=info, port=port)
-        return OpenShop(shop, party, tls, (f / "admin-secret").read_text().strip(), closers)
+        return OpenShop(shop, party, tls, (f / "admin-secret").read_text().strip(), closers, f / "services")
