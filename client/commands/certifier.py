@@ -75,7 +75,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     p = groups["serve"].add_parser("certifier", help="the service certifier: certifies commerce services, "
                                                      "publishes its revocation list")
     p.add_argument("-d", "--dir", type=Path, help="the certifier's folder (default: $SEMPER_HOME/certifier)")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -88,7 +89,7 @@ class CertifierHome:
         cfg = self.config()
         signer = Pkcs11Signer.open(cfg["token_label"], softhsm_conf=cfg.get("softhsm_conf"))
         signer.verify_pin(pin)
-        policy = Policy(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("policy", {}).items()})
+        policy = msgspec.convert(cfg.get("policy", {}), Policy)      # the folder's config, typed field by field
         certifier = Certifier(Identity(signer), self.folder, url or cfg["url"], policy)
         secret = (self.folder / "admin-secret").read_text().strip()
         return OpenCertifier(certifier, (self.tls_dir / "cert.pem", self.tls_dir / "key.pem"), secret, [signer.close])

@@ -21,13 +21,13 @@ from ..support.shapes import Shape
 from .certifier import Certifier
 
 
-class CertifyRequest(Shape):
+class CertifyRequest(Shape, frozen=True):
     document: dict[str, Any]
     permits: Permit
     days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 90
 
 
-class RevokeRequest(Shape):
+class RevokeRequest(Shape, frozen=True):
     serial: Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Fa-f]{32}$")]
     reason: Annotated[str, msgspec.Meta(max_length=200)] = "unspecified"
 

@@ -142,7 +142,8 @@ class _AppUI:
         self.app.show_progress(step)
 
     async def _service(self, view: ServiceView) -> bool:
-        return bool(await self.app.open(ServiceScreen(view)))
+        allowed = await self.app.open(ServiceScreen(view))
+        return bool(allowed)
 
     # TrustedUI
     def review_offer(self, offer: VerifiedOffer) -> PaymentOption | None:

@@ -38,7 +38,7 @@ Time = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 Url = Annotated[str, msgspec.Meta(pattern=r"^https://[^\s?#]{1,200}$")]
 
 
-class CertificateBody(Shape):
+class CertificateBody(Shape, frozen=True):
     type: Literal["service-certificate"]
     serial: Serial
     service: Name
@@ -50,13 +50,13 @@ class CertificateBody(Shape):
     revocations: Url
 
 
-class Revoked(Shape):
+class Revoked(Shape, frozen=True):
     serial: Serial
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     revoked_at: Time
 
 
-class RevocationsBody(Shape):
+class RevocationsBody(Shape, frozen=True):
     type: Literal["service-revocations"]
     this_update: Time
     next_update: Time

@@ -72,12 +72,12 @@ Title = Annotated[str, msgspec.Meta(min_length=1, max_length=120)]
 Module = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
 
 
-class ItemRef(Shape):
+class ItemRef(Shape, frozen=True):
     sku: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     quantity: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
 
 
-class PaymentNeeds(Shape):
+class PaymentNeeds(Shape, frozen=True):
     """What the service will ask to be paid: with which modules, at most how much per payment."""
 
     modules: Annotated[list[Module], msgspec.Meta(min_length=1, max_length=8)]
@@ -85,21 +85,21 @@ class PaymentNeeds(Shape):
     currency: Annotated[int, msgspec.Meta(ge=1, le=999)] = 978
 
 
-class Step(Shape):
+class Step(Shape, frozen=True):
     block: Literal["offer", "confirm", "order", "payment", "confirmation", "delivery", "exchange-information",
                    "exchange-contract", "shop-parts"]
     title: Title
     evidence: Annotated[list[str], msgspec.Meta(max_length=8)] = []
 
 
-class Repeat(Shape):
+class Repeat(Shape, frozen=True):
     """The steps run again once per period: one deal, one payment per period."""
 
     periods: Annotated[int, msgspec.Meta(ge=1, le=24)]
     every_seconds: Annotated[int, msgspec.Meta(ge=0, le=31 * 86400)] = 0
 
 
-class ServiceDocument(Shape):
+class ServiceDocument(Shape, frozen=True):
     format: Literal["semper-service/1"]
     name: Name
     version: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]

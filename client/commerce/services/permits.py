@@ -24,7 +24,7 @@ from ..errors import CommerceError, OfferRefused
 from .document import MAX_AMOUNT, Module, ServiceDocument
 
 
-class Permit(Shape):
+class Permit(Shape, frozen=True):
     modules: Annotated[list[Module], msgspec.Meta(max_length=8)]
     max_amount: Annotated[int, msgspec.Meta(ge=0, le=MAX_AMOUNT)]
     currency: Annotated[int, msgspec.Meta(ge=1, le=999)]
