@@ -79,6 +79,18 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bank(args: argparse.Namespace) -> int:
+    home = _home(args)
+    home.config()
+    if not args.bank.startswith("https://"):
+        raise UsageError("--bank must be the bank's https:// URL")
+    if not args.bank_tls_root.is_file():
+        raise UsageError(f"--bank-tls-root {args.bank_tls_root}: no such file")
+    home.connect_bank(args.bank, args.bank_tls_root)
+    print(f"the third party in {home.folder} asks the bank at {args.bank} about payments in fair exchanges")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..support.channels import server_context
     from ..support.http_service import ServiceRunner
@@ -113,6 +125,12 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--host", default="127.0.0.1", help="its service's address (TLS certificate)")
     p.add_argument("--tls-host", action="append", help="another name for the TLS certificate (repeat)")
     p.set_defaults(fn=cmd_init)
+
+    p = ttp.add_parser("bank", help="let the third party reach the bank (e-cash and cheques in fair exchanges)")
+    p.add_argument("--dir", type=Path, help="the third party's folder (default: $SEMPER_HOME/ttp)")
+    p.add_argument("--bank", required=True, help="the bank's URL")
+    p.add_argument("--bank-tls-root", type=Path, required=True, help="the bank's TLS root (PEM)")
+    p.set_defaults(fn=cmd_bank)
 
     p = groups["serve"].add_parser("ttp", help="the third party (resolve, abort, complaint, status, time-stamps)")
     p.add_argument("--dir", type=Path, help="the third party's folder (default: $SEMPER_HOME/ttp)")

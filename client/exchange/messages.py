@@ -71,7 +71,7 @@ def read(body: Any, shape: type[Any], what: str) -> Any:
         return convert(body, shape, what)
     except ShapeError as e:
         raise BadMessage(str(e)) from None
-FINAL_OUTCOMES = ("resolved", "revoked", "originator-fault")
+FINAL_OUTCOMES = ("resolved", "revoked", "originator-fault", "expired")
 OUTCOMES = FINAL_OUTCOMES + ("refused", "undecided")
 
 
@@ -209,6 +209,9 @@ class TtpRequest(Shape):
     # answers with its decision whatever these hold.
     item: Any = None
     attachments: Any = None
+    # rev-rev resolve: the requester's own item beside the peer's (``item``); the third party then holds
+    # both, and whoever asks later gets the other's
+    own: Any = None
 
 
 def request_body(kind: str, proposal: Proposal | None, xid: str, **extra: Any) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from ..payment.sealed import open_sealed
 from ..payment.wire import SignedJson, key_hash, point_of, verify, verify_digest
 from ..support.db import Transaction
 from ..support.shapes import Shape, ShapeError, convert
+from . import bank_exchange
 from . import bank_store as store
 from .bank_store import AMOUNT_CODES, AccountId, Amount, BankRefusal, Certificate, Currency, Op, Signature
 
@@ -137,8 +138,12 @@ def apply_authorise(bank: Bank, tx: Transaction, sender: Sender, c: AuthCheck) -
                "payment_id, evidence, at) VALUES (?, ?, ?, ?, ?, 0, 0, 0, ?, ?, ?, ?)",
                (auth_id, payer.id, payee.id, c.amount, c.currency, c.oi_hash, c.payment_id, json.dumps(c.evidence),
                 store.now_iso()))
-    return {"authorisation": auth_id, "payment_id": c.payment_id, "amount": c.amount, "currency": c.currency,
-            "oi_hash": c.oi_hash, "state": "authorised"}
+    bank_exchange.record_clause(tx, auth_id, c.pi)          # made inside a fair exchange: revocable by its T
+    out = {"authorisation": auth_id, "payment_id": c.payment_id, "amount": c.amount, "currency": c.currency,
+           "oi_hash": c.oi_hash, "state": "authorised"}
+    if c.pi.get("exchange") is not None:
+        out["exchange"] = c.pi["exchange"]
+    return out
 
 
 def _auth(tx: Transaction, bank: Bank, sender: Sender, auth_id: str) -> tuple[Any, ...]:
@@ -164,6 +169,7 @@ def check_capture(bank: Bank, sender: Sender, p: Capture) -> tuple[str, int]:
 
 def apply_capture(bank: Bank, tx: Transaction, sender: Sender, c: tuple[str, int]) -> dict[str, Any]:
     row = _auth(tx, bank, sender, c[0])
+    bank_exchange.refuse_plain_capture(tx, row[0])
     left = row[3] - row[5] - row[6]
     if c[1] > left:
         raise BankRefusal("exceeds_authorisation", f"only {left} of the authorisation is left to capture", 422)
