@@ -109,6 +109,7 @@ class ChequeExchangeVerifier(ItemVerifier):
         self.certs = CertCache(roots)
         self.trust = TrustStore(list(roots))
         self.bank_certificate = bank_certificate
+        self.margin: float = MARGIN_S           # a payee's rule: how long a commitment must still be releasable
 
     # the pieces -------------------------------------------------------------------------------------------
     def _cheque(self, proof: Mapping[str, Any], t: Terms, b: Binding | None) -> tuple[SignedJson, x509.Certificate]:
@@ -194,13 +195,14 @@ class ChequeExchangeVerifier(ItemVerifier):
 
     # generatable ----------------------------------------------------------------------------------------------
     def check_commitment(self, commitment: Mapping[str, Any], request: Mapping[str, Any], amount: int, currency: int,
-                         b: Binding, margin: float = MARGIN_S) -> None:
+                         b: Binding, margin: float | None = None) -> None:
         t = _terms(request)
         _same_terms(t, amount, currency)
         if commitment.get("kind") != "reserved-cheque":
             raise ItemMismatch("a cheque commitment is a reserved cheque")
         cheque, _ = self._cheque(commitment, t, b)
         clause = cheque.body["exchange"]
+        margin = self.margin if margin is None else margin
         if not clause.get("returnable") or int(clause.get("valid_until", 0)) < time.time() + margin:
             raise ItemMismatch("the cheque commitment may be released for too short a time (or for no time)")
 
