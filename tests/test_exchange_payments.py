@@ -39,7 +39,8 @@ SENDER = {"negotiate": "originator", "negotiated": "responder", "propose": "orig
 
 def _report_with_receipt(people: People, seller: str) -> tuple[PackageOffer, PackageDescription]:
     receipt = {"type": "receipt", "goods": "market report Q3", "amount": PRICE, "currency": EUR}
-    offer = PackageOffer((InformationOffer(REPORT, "report.bin"), StatementOffer(people[seller].identity.sign, receipt)),
+    offer = PackageOffer((InformationOffer(REPORT, "report.bin"),
+                          StatementOffer(people[seller].identity.sign, receipt)),
                          "report with receipt")
     want = PackageDescription((describe(REPORT, "report.bin"),
                                Description("statement", {"statement_type": "receipt",

@@ -252,7 +252,8 @@ def check_decision(der: bytes, trust: TrustStore, binding: Binding | None, ttp: 
     want_xid = binding.xid if binding is not None else xid
     if body.get("type") != "decision" or body.get("xid") != want_xid or body.get("outcome") not in OUTCOMES:
         raise BadMessage("the third party's answer is not a decision for this exchange")
+    named = (body.get("originator"), body.get("responder"))
     if binding is not None and body.get("final") is True and \
-            (body.get("originator"), body.get("responder")) != (cert_id(binding.originator), cert_id(binding.responder)):
+            named != (cert_id(binding.originator), cert_id(binding.responder)):
         raise BadMessage("the decision names other parties than this exchange's")
     return Decision(der, body)

@@ -115,7 +115,8 @@ def check_authorise(bank: Bank, sender: Sender, p: Authorise) -> AuthCheck:
                                                                                          payment_id):
         raise BankRefusal("instruction_mismatch", "the payer's instruction names another payee, amount, currency "
                                                   "or payment", 422)
-    evidence = {"sealed_pi": sealed, "dual_signature": ds.hex(), "payer_certificate": payer_der.hex(), "oi_hash": oi_hash}
+    evidence = {"sealed_pi": sealed, "dual_signature": ds.hex(), "payer_certificate": payer_der.hex(),
+                "oi_hash": oi_hash}
     return AuthCheck(account, payment_id, amount, currency, oi_hash, pi, payer, evidence)
 
 
@@ -256,7 +257,8 @@ def apply_deposit_cheque(bank: Bank, tx: Transaction, sender: Sender, c: ChequeC
                    (drawer.id, ch["number"], "insufficient funds", store.now_iso()))
         return {"state": "bounced", "reason": "the drawer's account holds too little", "number": ch["number"],
                 "amount": ch["amount"]}
-    entry = store.post(tx, "cheque", f"{drawer.id}/{ch['number']}", [(drawer.id, -ch["amount"]), (payee.id, ch["amount"])])
+    entry = store.post(tx, "cheque", f"{drawer.id}/{ch['number']}",
+                       [(drawer.id, -ch["amount"]), (payee.id, ch["amount"])])
     tx.execute("INSERT INTO cheques (drawer, number, payee, amount, currency, cheque, entry, at) VALUES "
                "(?, ?, ?, ?, ?, ?, ?, ?)", (drawer.id, ch["number"], payee.id, ch["amount"], ch["currency"], c.blob,
                                             entry, store.now_iso()))

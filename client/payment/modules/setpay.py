@@ -1,4 +1,5 @@
-"""Account payment module (SET; iKP is its own module, ``ikp.py``): a dual-signed payment instruction, authorise, capture, refund.
+"""Account payment module (SET; iKP is its own module, ``ikp.py``): a dual-signed payment instruction,
+authorise, capture, refund.
 
     payer: instruction = order information OI (terms + order hash, in clear for the seller),
            payment instruction PI sealed to the bank's key, H(PI), and the dual signature over
