@@ -70,6 +70,7 @@ class ResponsePlan:
     offer: OfferTree
     fair: bool | None = None          # None: as the originator asks; True: refuse plain transfers
     once: bool = True
+    originator: Any = None            # an x509.Certificate: only this originator (None: any certified one)
 
 
 class Party:
@@ -155,15 +156,16 @@ class Party:
 
     # ---- originating ------------------------------------------------------------------------------
     async def originate(self, peer_url: str, offer: OfferTree, want: Expectation, *, fair: bool = True,
-                        attributes: SecurityAttributes | None = None) -> Outcome:
-        """Exchange ``offer`` for an item described by ``want`` with the party at ``peer_url``."""
+                        attributes: SecurityAttributes | None = None, responder: Any = None) -> Outcome:
+        """Exchange ``offer`` for an item described by ``want`` with the party at ``peer_url`` (and, given
+        ``responder``, an x509.Certificate, only if that party's key answers: the one the user confirmed)."""
         attributes = attributes or SecurityAttributes()
         session = secrets.token_hex(16)
         run = Run(self, session, "originator", peer_url)
-        return await self._guarded(run, self._originate(run, offer, want, fair, attributes))
+        return await self._guarded(run, self._originate(run, offer, want, fair, attributes, responder))
 
     async def _originate(self, run: Run, offer: OfferTree, want: Expectation, fair: bool,
-                         attributes: SecurityAttributes) -> Outcome:
+                         attributes: SecurityAttributes, expected: Any = None) -> Outcome:
         desc_o = offer_description(offer)
         self.managers.check_expectation(desc_o)
         self.managers.check_expectation(want)
@@ -193,6 +195,8 @@ class Party:
         try:
             responder = load_cert(body.get("responder"), "responder")
             await run.blocking(check_party_cert, responder, self.trust, "responder")
+            if expected is not None and not same_key(responder, expected):
+                raise BadMessage("the party that answered is not the one you chose to exchange with")
             nonce_r = body.get("nonce")
             if body.get("protocol") != protocol:
                 raise BadMessage(f"the peer chose {body.get('protocol')!r}, but these items call for {protocol}")
@@ -229,9 +233,12 @@ class Party:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _plan_for(self, desc_o: Expectation, want: Expectation) -> ResponsePlan:
+    def _plan_for(self, desc_o: Expectation, want: Expectation, originator: Any = None) -> ResponsePlan:
         reasons = []
         for plan in self.plans:
+            if plan.originator is not None and (originator is None or not same_key(originator, plan.originator)):
+                reasons.append("this offer is for another party")
+                continue
             try:
                 check_satisfies(desc_o, plan.expect)
                 check_satisfies(offer_description(plan.offer), want)
@@ -255,7 +262,7 @@ class Party:
             if not isinstance(nonce_o, str) or not 16 <= len(nonce_o) <= 64 or not isinstance(fair, bool):
                 raise BadMessage("the negotiation lacks a nonce or the fairness flag")
             attributes = SecurityAttributes.from_dict(body.get("attributes") or {})
-            plan = self._plan_for(desc_o, want)
+            plan = self._plan_for(desc_o, want, originator)
             if plan.fair is True and not fair:
                 raise BadMessage("this party exchanges these items only fairly")
             mine = offer_description(plan.offer)
