@@ -325,3 +325,81 @@ def test_a_deal_through_the_tinguin_screens(market: Market) -> None:
     assert bundle.ok
     order = next(e.statement.body for e in bundle.entries if e.statement and e.statement.type == "order")
     assert order["confirmation"]["scripted"] is True                            # the evidence says no person confirmed
+
+
+def _bank_rows(m: Market) -> set[tuple[str, tuple[object, ...]]]:
+    db = m.world.bank.db
+    with db.transaction(write=False) as tx:
+        tables = [r[0] for r in tx.all("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {(t, tuple(row)) for t in tables for row in tx.all(f'SELECT * FROM "{t}"')}
+
+
+def _tokens(rows: set[tuple[str, tuple[object, ...]]]) -> set[str]:
+    """Every long value in the rows (hex, base64, ids; JSON taken apart): what could link two records."""
+    import re
+    out: set[str] = set()
+    for _table, row in rows:
+        for value in row:
+            text = value.hex() if isinstance(value, bytes) else str(value)
+            out.update(re.findall(r"[A-Za-z0-9+/=_:-]{16,}", text))
+    return out
+
+
+def test_an_anonymous_purchase_end_to_end(market: Market) -> None:
+    """Issue 18, part 4: e-cash withdrawn through the TrustedUI (PIN and result there), an anonymous mail
+    order paid with it: the seller receives nothing that names the buyer; the bank's records of the
+    withdrawal and of the seller's deposit share nothing that links them; the deal ran on connections of
+    its own (the shop's kept-alive pool is closed after it)."""
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from semper.client.commerce import anonymity
+    m = market
+    b = m.buyer
+    _pay_with(m, None)
+    cert = b.certificate()
+    assert cert is not None
+    with b.card_lock:
+        b.purse.select()
+        card_number = b.purse.info().card_number
+    before_withdrawal = _bank_rows(m)
+    pins, results = len(m.ui.pins), len(m.ui.outcomes)
+    w = anonymity.withdraw(b, 1_250, 978)                                  # a teapot
+    assert w.status is OutcomeStatus.SATISFIED, w.summary
+    assert len(m.ui.pins) > pins and len(m.ui.outcomes) == results + 1      # through the TrustedUI
+    withdrawal = _bank_rows(m) - before_withdrawal
+    sent: list[bytes] = []
+    real = b.shop.http.request
+
+    def spy(method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None
+            ) -> tuple[int, str, bytes]:
+        sent.append(f"{method} {path} {headers}".encode() + (data or b""))
+        return real(method, path, data, headers)
+    b.shop.http.request = spy                                               # type: ignore[method-assign]
+    try:
+        r = workflows.mail_order(b, [("teapot", 1)], form={"pickup": "Kiosk C"},
+                                 attributes=deal_attributes("mail-order", anonymous=True))
+    finally:
+        del b.shop.http.request
+    assert r.status is OutcomeStatus.SATISFIED, r.summary
+    assert b.shop.http._http is None                                        # no connection left for the next deal
+    deposit = _bank_rows(m) - before_withdrawal - withdrawal
+    # the seller: nothing the buyer sent names it
+    der = cert.public_bytes(Encoding.DER)
+    names = [b"Bob Buyer", b"bob@buyer.example", m.world.accounts["buyer"].encode(), base64.b64encode(der)[:40],
+             der.hex()[:40].encode(), f"{cert.serial_number:x}".encode(), f"{cert.serial_number:X}".encode(),
+             card_number.hex().encode(), card_number.hex().upper().encode()]
+    blob = b"\n".join(sent)
+    assert sent and not [n for n in names if n in blob], [n for n in names if n in blob]
+    # the bank: the withdrawal's records and the deposit's share no value that could link them (the mint's
+    # public key ids per denomination and the e-cash ledger account are the same for every coin)
+    with m.world.bank.db.transaction(write=False) as tx:
+        shared_ok = {str(r[0]) for r in tx.all("SELECT key_id FROM mint_keys")} | {"ecash:978"}
+    assert any(t == "spent_coins" for t, _ in deposit), deposit            # the coins were deposited
+    linked = (_tokens(withdrawal) & _tokens(deposit)) - shared_ok
+    linked = {t for t in linked if not t.startswith(("20", "ecash"))}       # timestamps and ledger names
+    bank_cert = b.payments.ctx.bank.bank_certificate                        # on every answer the bank signs
+    linked = {t for t in linked if t not in base64.b64encode(bank_cert).decode() and t not in bank_cert.hex()}
+    assert not linked, [(t[:40], sorted({tb for tb, r in withdrawal | deposit if t in str(r)})) for t in linked]
+    m.clean()

@@ -189,6 +189,9 @@ def mail_order(b: Buyer, items: Sequence[tuple[str, int]], *, form: Mapping[str,
         return DealResult(deal.deal_id, workflow, OutcomeStatus.SATISFIED, f"{paid}{what}: the seller's signed "
                           f"documents check", payment=record, content=content,
                           documents={"offer": offer.der, "order": order, "confirmation": conf, "delivery": note})
+    if attrs.anonymous:               # connections of its own: nothing links it to another deal (anonymity.py)
+        from .anonymity import on_fresh_connections
+        return on_fresh_connections(b, lambda: _Run(b, workflow).run(body))
     return _Run(b, workflow).run(body)
 
 
