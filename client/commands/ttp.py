@@ -87,7 +87,8 @@ def cmd_bank(args: argparse.Namespace) -> int:
     if not args.bank_tls_root.is_file():
         raise UsageError(f"--bank-tls-root {args.bank_tls_root}: no such file")
     home.connect_bank(args.bank, args.bank_tls_root)
-    print(f"the third party in {home.folder} asks the bank at {args.bank} about payments in fair exchanges")
+    emit(args, {"folder": str(home.folder), "bank": args.bank},
+         f"the third party in {home.folder} asks the bank at {args.bank} about payments in fair exchanges")
     return 0
 
 
@@ -132,6 +133,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--dir", type=Path, help="the third party's folder (default: $SEMPER_HOME/ttp)")
     p.add_argument("--bank", required=True, help="the bank's URL")
     p.add_argument("--bank-tls-root", type=Path, required=True, help="the bank's TLS root (PEM)")
+    json_arg(p)
     p.set_defaults(fn=cmd_bank)
 
     p = groups["serve"].add_parser("ttp", help="the third party (resolve, abort, complaint, status, time-stamps)")
