@@ -85,8 +85,14 @@ def _expects_back(cell: str) -> f2.Thing:
 
 
 def _fund(people: People, funding: dict[str, int]) -> None:
+    """E-cash for the payer (coins a stopped exchange left in the wallet are used first), and money in the
+    accounts for the cheques and SET payments of many runs in one world."""
+    for p in people.persons.values():
+        if people.world.bank.balance(p.account) < 5_000:
+            people.world.bank.cash_in(p.account, 10_000)
     for who, amount in funding.items():
-        people[who].payments.module("ecash").withdraw(amount)                # type: ignore[attr-defined]
+        if people[who].wallet.balance(EUR) < amount:
+            people[who].payments.module("ecash").withdraw(amount)            # type: ignore[attr-defined]
 
 
 def _party_exchange(people: People, cell: str) -> Callable[[], Exchange]:

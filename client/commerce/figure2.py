@@ -53,7 +53,7 @@ from ..transfer.items import NOTHING_EXPECTED, Description, Expectation
 from ..transfer.managers import OfferTree, PackageOffer
 from ..transfer.payment import PaymentOffer
 from ..transfer.statements import CredentialOffer, StatementOffer
-from .errors import CommerceError, DealAborted, DealDeclined, Dispute
+from .errors import CommerceError, DealAborted, DealDeclined
 from .exchange_client import ExchangeClient
 
 
@@ -351,12 +351,5 @@ def respond(ui: Any, person: Person, give: Thing, expect: Thing, *, peer: x509.C
     return _finish(ui, person, cell, deal_id, outcome)
 
 
-def run_checked(result: PeerResult) -> PeerResult:
-    """For callers that want an exception for a disputed ending (the CLI's exit status)."""
-    if result.status is OutcomeStatus.DISPUTE:
-        raise Dispute(result.summary, result.deal_id)
-    return result
-
-
 __all__ = ["CELLS", "FAIRNESS", "Cell", "Information", "Money", "PeerResult", "Person", "Signature", "cell_for",
-           "describe", "kind", "lines", "make_offer", "originate", "respond", "run_checked"]
+           "describe", "kind", "lines", "make_offer", "originate", "respond"]
