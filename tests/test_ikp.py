@@ -132,7 +132,8 @@ def test_levels_are_negotiated_and_a_changed_invoice_is_refused(world: World) ->
 
 
 def test_semper_payment_modules_lists_five() -> None:
-    out = subprocess.run([sys.executable, "-m", "semper.client.cli", "payment", "modules"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "semper.client.cli", "payment", "modules", "--json"],
+                         capture_output=True,
                          text=True, timeout=60, check=True)
     names = [m["name"] for m in json.loads(out.stdout)]
     assert names == ["card-purse", "cheque", "ecash", "ikp", "setpay"]
