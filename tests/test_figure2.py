@@ -281,3 +281,22 @@ def test_semper_exchange_cells_lists_every_cell(capsys: pytest.CaptureFixture[st
     assert main(["exchange", "cells", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["cell"] for r in rows] == list(f2.CELLS) and len(rows) == 9
+
+
+def test_a_standing_offer_for_one_person_is_refused_to_another(people: People, tmp_path: Path) -> None:
+    """Bob's standing offer names who may take it (here: a certificate that is not Alice's); Alice asking
+    gets a refusal in negotiation and nothing is given on either side."""
+    o, r, give, expect, _ = CASES["certified-mail"]
+    rc = ExchangeClient(lambda: people.party(r, tmp_path))
+    oc = ExchangeClient(lambda: people.party(o, tmp_path))
+    try:
+        plan = ResponsePlan(f2.describe(_expects_back("certified-mail")),
+                            f2.make_offer(_person(people, r, rc), _gives_back("certified-mail")),
+                            originator=people["bob"].certificate)
+        rc.expect(plan)
+        out = oc.originate(rc.url, f2.make_offer(_person(people, o, oc), give), f2.describe(expect), 30,
+                           responder=people[r].certificate)
+    finally:
+        oc.close()
+        rc.close()
+    assert out.status == "no-exchange" and "for another party" in out.reason and not out.gave, out.as_dict()
