@@ -88,7 +88,10 @@ class World:
 
     # ---- making it ----------------------------------------------------------------------------------
     @classmethod
-    def create(cls, folder: Path, *, card_sync: bool = False, say: Any = None) -> World:
+    def create(cls, folder: Path, *, card_sync: bool = False, say: Any = None, people: tuple[str, ...] = ()
+               ) -> World:
+        """``people``: more persons, each with a token of that label, a CA certificate and a bank account
+        (``accounts[name]``): the parties of person-to-person exchanges (``semper exchange``, its tests)."""
         from semper.hsm.signer import Pkcs11Signer
         from semper.hsm.softhsm import SoftHsmStore, provision
 
@@ -108,7 +111,7 @@ class World:
         tell("purse scheme root and SoftHSM2 tokens (CA, seller, bank, third party, wallet)")
         scheme = Scheme.load_or_create(folder / "scheme", TOKEN_PIN)     # the PIN file is beside, not in, it
         store = SoftHsmStore.in_folder(folder / "softhsm")
-        for label in TOKENS:
+        for label in TOKENS + tuple(people):
             provision(store, label, TOKEN_PIN, SO_PIN)
         conf = str(store.conf)
         tell("the CA: self-signed root in its token")
@@ -184,8 +187,18 @@ class World:
         bank.link_card(purse_cert, accounts["buyer"])
         bank.link_psam(psam_cert, accounts["seller"])
         bank.cash_in(accounts["buyer"], 10_000)
+        closers = [seller.close]
+        for name in people:
+            person = Pkcs11Signer.open(name, softhsm_conf=conf)
+            person.verify_pin(TOKEN_PIN)
+            cert = ca.issue_direct(pki.Subject(name.title(), "person", f"{name}@people.example"),
+                                   person.public_point()).certificate
+            person.store_certificate(cert)
+            accounts[name] = bank.open_account(name.title(), EUR, cert)
+            bank.cash_in(accounts[name], 10_000)
+            closers.append(person.close)
         world = cls(folder, scheme, store, ca, root_pem, buyer_card, psam_card, accounts, bank=bank)
-        world.services.closers += [seller.close]
+        world.services.closers += closers
         return world
 
     # ---- services -------------------------------------------------------------------------------------
@@ -230,7 +243,9 @@ class World:
                                        server_context(bank_home.tls_dir / "cert.pem",
                                                       bank_home.tls_dir / "key.pem")).start())
         s.bank = s.runners[-1].url
-        opened = TtpHome(self.ttp_dir).open(TOKEN_PIN)
+        ttp_home = TtpHome(self.ttp_dir)
+        ttp_home.connect_bank(s.bank, self.bank_tls_root)       # payments in fair exchanges, at the bank
+        opened = ttp_home.open(TOKEN_PIN)
         s.closers.append(opened.close)
         s.runners.append(ServiceRunner(opened.app(), "127.0.0.1", 0, server_context(*opened.tls)).start())
         s.ttp = s.runners[-1].url
@@ -371,6 +386,9 @@ class World:
                     "bank": base + ["bank", "--bank-dir", str(self.bank_dir), "--port", "0"] + pin,
                     "ttp": base + ["ttp", "--dir", str(self.ttp_dir), "--port", "0"] + pin}
         for name, cmd in commands.items():
+            if name == "ttp":
+                from .servers.ttp_home import TtpHome
+                TtpHome(self.ttp_dir).connect_bank(s.bank, self.bank_tls_root)
             proc = _spawn(cmd, env)
             s.processes.append(proc)
             setattr(s, name, _announced(proc, name, timeout))
