@@ -1,0 +1,87 @@
+"""The operators of issue 16's services from the command line: ``semper certifier init``, ``semper mall init``,
+``semper serve mall``, and what ``semper buy --service`` asks for before the TINGUIN opens.
+
+Every command runs as its own process, as an operator would type it."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from served import REPO, Served
+from test_services import PERMITS, SUBSCRIPTION
+
+from semper.client.commerce.services.certificate import check
+from semper.client.commerce.services.download import revocation_list
+from semper.client.support import pki
+from semper.client.support.trust import TrustStore
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
+    env["SEMPER_HOME"] = str(tmp_path / "home")
+    env["SEMPER_CONFIG"] = str(tmp_path / "prefs.toml")
+    return env
+
+
+def _semper(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=180, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+# ---- semper certifier init -------------------------------------------------------------------------------------
+def test_certifier_init_serve_and_certify_as_an_operator_would(tmp_path: Path) -> None:
+    """``semper certifier init`` makes the certifier's token, has the CA certify its key with the certifier's own
+    key usage, writes its folder; ``semper serve certifier`` runs it, and a certificate it signs passes every
+    check a buyer makes (its revocation list fetched from where the certificate says)."""
+    env = _env(tmp_path)
+    (tmp_path / "ca.pin").write_text("ca-pin-9876\n")
+    (tmp_path / "certifier.pin").write_text("certifier-pin-5432\n")
+    assert _semper(env, "ca", "init", "--create-token", "--pin-file", str(tmp_path / "ca.pin")).returncode == 0
+    port = _free_port()
+    base = ("certifier", "init", "--ca-pin-file", str(tmp_path / "ca.pin"), "--url", f"https://127.0.0.1:{port}")
+    r = _semper(env, *base, "--create-token", "--pin-stdin", "--json", stdin="certifier-pin-5432\n")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    folder = tmp_path / "home" / "certifier"
+    assert out["folder"] == str(folder) and out["url"] == f"https://127.0.0.1:{port}"
+    cert = x509.load_pem_x509_certificate((folder / "certifier.pem").read_bytes())
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert [u.dotted_string for u in eku] == [pki.ROLES["certifier"].role_oid]
+    assert oct((folder / "admin-secret").stat().st_mode & 0o777) == "0o600"
+    # a second init refuses, one line, exit 2; so do bad policies and plain-HTTP addresses
+    again = _semper(env, *base, "--pin-file", str(tmp_path / "certifier.pin"))
+    assert again.returncode == 2 and "already holds a certifier" in again.stderr and len(again.stderr.splitlines()) == 1
+    (tmp_path / "policy.json").write_text('{"max_amount": 500, "modulez": ["cheque"]}')
+    bad = _semper(env, *base, "--dir", str(tmp_path / "c2"), "--pin-file", str(tmp_path / "certifier.pin"),
+                  "--policy", str(tmp_path / "policy.json"))
+    assert bad.returncode == 2 and "unknown field(s) modulez" in bad.stderr, bad.stderr
+    plain = _semper(env, "certifier", "init", "--dir", str(tmp_path / "c3"), "--ca-pin-file", str(tmp_path / "ca.pin"),
+                    "--pin-file", str(tmp_path / "certifier.pin"), "--url", "http://127.0.0.1:1")
+    assert plain.returncode == 2 and "HTTPS" in plain.stderr
+    assert not (tmp_path / "c2").exists() and not (tmp_path / "c3").exists()
+
+    served = Served("certifier", "certifier-pin-5432", env, "--port", str(port))
+    try:
+        (tmp_path / "doc.json").write_text(json.dumps(SUBSCRIPTION))
+        (tmp_path / "permits.json").write_text(json.dumps(PERMITS))
+        r = _semper(env, "certifier", "certify", str(tmp_path / "doc.json"), "--permits",
+                    str(tmp_path / "permits.json"), "-o", str(tmp_path / "doc.cert"), "--url", served.url)
+        assert r.returncode == 0, r.stderr
+        root_pem = (tmp_path / "home" / "ca" / "ca.pem").read_text()
+        rl = revocation_list(f"{served.url}/revocations", root_pem)
+        checked = check(SUBSCRIPTION, (tmp_path / "doc.cert").read_bytes(), rl,
+                        trust=TrustStore([x509.load_pem_x509_certificate(root_pem.encode())]), certifiers=[cert])
+        assert checked.document.name == "tea-news" and checked.permit.max_amount == 500
+    finally:
+        served.stop()
