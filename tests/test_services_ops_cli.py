@@ -9,14 +9,18 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from cryptography import x509
 from served import REPO, Served
 from test_services import PERMITS, SUBSCRIPTION
 
 from semper.client.commerce.services.certificate import check
 from semper.client.commerce.services.download import revocation_list
+from semper.client.demo_world import CARD_PIN, World
 from semper.client.support import pki
 from semper.client.support.trust import TrustStore
 
@@ -85,3 +89,58 @@ def test_certifier_init_serve_and_certify_as_an_operator_would(tmp_path: Path) -
         assert checked.document.name == "tea-news" and checked.permit.max_amount == 500
     finally:
         served.stop()
+
+
+# ---- one marketplace for the buyer's and the mall's commands (one World per process: one PKCS#11 module) ----------
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    w = World.create(tmp_path_factory.mktemp("market"))
+    w.start_in_process()
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+def _builtin(which: str, /, **changes: Any) -> dict[str, Any]:
+    doc = json.loads((REPO / "client" / "commerce" / "services" / "documents" / f"{which}.json").read_text())
+    return {**doc, **changes}
+
+
+def test_buy_service_names_what_the_services_own_protocol_needs(world: World, tmp_path: Path) -> None:
+    """``semper buy --service``: an information or contract service is a fair exchange, whatever --workflow
+    says, so the third party and the mailbox's TLS files are asked for, named from the service's protocol,
+    one line, exit 2, before the TINGUIN opens; a service paid only online asks for the bank."""
+    services = world.shop_dir / "services"
+    services.mkdir(exist_ok=True)
+    (services / "tea-report.json").write_text(json.dumps(_builtin("information", name="tea-report")))
+    (services / "tea-contract.json").write_text(json.dumps(_builtin("contract", name="tea-contract")))
+    by_cheque = _builtin("mail-order", name="tea-by-cheque", anonymity=False,
+                         payment={"modules": ["cheque"], "max_amount": 5000, "currency": 978})
+    (services / "tea-by-cheque.json").write_text(json.dumps(by_cheque))
+    (tmp_path / "ca.pem").write_text(world.root_pem)
+    (tmp_path / "pin").write_bytes(CARD_PIN)
+    (tmp_path / "mailbox").mkdir()
+    (tmp_path / "mailbox" / "cert.pem").write_text(world.root_pem)      # there: the check is only that it is
+    env = _env(tmp_path)
+
+    def buy(service: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return _semper(env, "buy", world.services.shop, "--service", service, "tea-sampler", "--image",
+                       str(world.buyer_card), "--ca-root", str(tmp_path / "ca.pem"), "--certifiers",
+                       str(tmp_path / "ca.pem"), "--script", str(tmp_path / "pin"), *extra)
+    r = buy("tea-report")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == ("semper: the service 'tea-report' is an information deal, a fair exchange through "
+                                "the third party: pass --ttp URL (or semper prefs set servers.ttp URL)")
+    r = buy("tea-report", "--ttp", world.services.ttp)
+    assert r.returncode == 2 and "the service 'tea-report' is an information deal, a fair exchange: it needs your " \
+        "mailbox's TLS key and chain" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    r = buy("tea-report", "--ttp", world.services.ttp, "--tls-dir", str(tmp_path / "mailbox"))
+    assert r.returncode == 2 and "--purse-root" in r.stderr, r.stderr
+    r = buy("tea-contract")
+    assert r.returncode == 2 and "the service 'tea-contract' is a contract deal, a fair exchange through the third " \
+        "party: pass --ttp URL" in r.stderr, r.stderr
+    r = buy("tea-by-cheque")
+    assert r.returncode == 2 and "the service 'tea-by-cheque' is a mail-order deal paid with cheque, which needs " \
+        "the bank: --bank URL" in r.stderr, r.stderr
+    assert not (tmp_path / "home" / "evidence.sqlite3").exists()            # nothing started
