@@ -144,3 +144,85 @@ def test_buy_service_names_what_the_services_own_protocol_needs(world: World, tm
     assert r.returncode == 2 and "the service 'tea-by-cheque' is a mail-order deal paid with cheque, which needs " \
         "the bank: --bank URL" in r.stderr, r.stderr
     assert not (tmp_path / "home" / "evidence.sqlite3").exists()            # nothing started
+
+
+# ---- semper mall init, semper serve mall, and a purchase through the mall ---------------------------------------
+def test_mall_init_serve_and_a_purchase_from_the_command_line(world: World, tmp_path: Path) -> None:
+    """An operator sets the mall up over two shops given by URL, with its account at the bank; ``semper serve
+    mall`` reads its index from the shops; its certified ``mall-basket`` service, bought with ``semper buy
+    --service``, takes one cheque from the buyer and settles with both shops: money is conserved."""
+    from semper.bench.policy_ui import PolicyUI
+    from semper.client.commerce.setup import BuyerConfig, open_buyer, register_card
+    from semper.client.demo_world import TOKEN_PIN
+    from semper.client.servers.ca_home import issue_tls_identity
+    from semper.client.support.channels import JsonClient
+    from semper.hardware.simulator import open_card
+    s = world.services
+    world.start_mall()                               # the second shop (and an in-process mall this test ignores)
+    opened = world.start_certifier()
+    env = _env(tmp_path)
+    (tmp_path / "ca.pem").write_text(world.root_pem)
+    tls = issue_tls_identity(world.ca, ("127.0.0.1", "localhost"), tmp_path / "mall-tls", name="Tea Mall")
+    init = ("mall", "init", "--dir", str(tmp_path / "mall"), "--name", "Tea Mall", "--token", "mall", "--token-dir",
+            str(Path(world.store.conf).parent), "--account", world.accounts["mall"], "--bank", s.bank,
+            "--bank-tls-root", str(world.bank_tls_root), "--tls-dir", str(tls[0].parent), "--ca-dir",
+            str(world.ca_dir), "--ca-pin-file", str(world.pin_file), "--purchasing-email", "orders@mall.example")
+    bad = _semper(env, *init, "--shop", f"teapots={s.shop}", "--shop", "Kettles=" + s.shop2)
+    assert bad.returncode == 2 and "--shop 'Kettles=" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    gone = _semper(env, *init, "--shop", f"teapots={s.shop}", "--shop", f"kettles=https://127.0.0.1:{_free_port()}")
+    assert gone.returncode == 1 and "cannot read the catalogue of the shop" in gone.stderr, gone.stderr
+    assert not (tmp_path / "mall").exists()
+    r = _semper(env, *init, "--shop", f"teapots={s.shop}", "--shop", f"kettles={s.shop2}", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [(x["key"], x["name"]) for x in out["shops"]] == [("teapots", "Teapot Shop"), ("kettles", "Kettle Shop")]
+    purchasing = x509.load_der_x509_certificate((tmp_path / "mall" / "orders.der").read_bytes())
+    assert purchasing.public_key() == x509.load_pem_x509_certificate(
+        (tmp_path / "mall" / "mall.pem").read_bytes()).public_key()            # the same key, as a customer
+    again = _semper(env, *init, "--shop", f"teapots={s.shop}")
+    assert again.returncode == 2 and "already holds a mall" in again.stderr
+
+    # the operator has the mall's service certified, and serves the mall
+    basket = tmp_path / "mall" / "services" / "mall-basket.json"
+    (tmp_path / "permits.json").write_text(json.dumps({"modules": ["cheque", "setpay"], "max_amount": 100_000,
+                                                       "currency": 978, "card_signature": True, "anonymity": False,
+                                                       "max_periods": 1}))
+    r = _semper(env, "certifier", "certify", str(basket), "--permits", str(tmp_path / "permits.json"), "-o",
+                str(basket.with_suffix(".cert")), "--dir", str(world.certifier_dir), "--url", s.certifier)
+    assert r.returncode == 0, r.stderr
+    mall = Served("mall", TOKEN_PIN.decode(), env, "--dir", str(tmp_path / "mall"), timeout=60)
+    try:
+        with JsonClient(mall.url, world.root_pem, name="the mall") as c:
+            index = c.get("/mall/index")
+        assert {sh["name"] for sh in index["shops"]} == {"Teapot Shop", "Kettle Shop"}
+        assert {"teapots--teapot", "kettles--kettle"} <= {i["sku"] for i in index["items"]}
+        # the buyer: card registered and prefs set as in docs/getting-started.md
+        with open_card(world.buyer_card, sync=False) as card:
+            cfg = BuyerConfig(shop_url=s.shop, ca_root_pem=world.root_pem, archive=tmp_path / "setup.sqlite3",
+                              bank_url=s.bank, bank_tls_root=world.bank_tls_root, account=world.accounts["buyer"])
+            session = open_buyer(cfg, PolicyUI(pin=CARD_PIN), card)
+            register_card(session, ca_url=s.ca, ca_root_pem=world.root_pem, registration_key=world.registration_key(),
+                          name="Bob Buyer", email="bob@buyer.example", save_dir=tmp_path / "certs")
+            session.close()
+        for key, value in (("trust.certifiers", str(world.certifier_dir / "certifier.pem")),
+                           ("trust.ca_root", str(tmp_path / "ca.pem")), ("servers.bank", s.bank),
+                           ("trust.bank_tls_root", str(world.bank_tls_root)),
+                           ("payment.account", world.accounts["buyer"])):
+            assert _semper(env, "prefs", "set", key, value).returncode == 0
+        (tmp_path / "pin").write_bytes(CARD_PIN)
+        before = world.balances()
+        r = _semper(env, "buy", mall.url, "--service", "mall-basket", "teapots--teapot", "kettles--kettle", "--pay",
+                    "cheque", "--image", str(world.buyer_card), "--script", str(tmp_path / "pin"), "-f",
+                    "name=Bob Buyer", "-f", "street=1 Teapot Lane", "-f", "postcode=10115", "-f", "city=Berlin",
+                    "-f", "country=DE", "--json")
+        assert r.returncode == 0, r.stderr[-3000:]
+        result = json.loads(r.stdout)
+        assert result["status"] == "satisfied" and "by 2 shops, each part signed by its shop" in result["summary"]
+        after = world.balances()
+        assert after["buyer account"] == before["buyer account"] - (1250 + 2490)      # one cheque, to the mall
+        assert after["mall account"] == before["mall account"]                        # all of it to the shops
+        assert after["seller account"] == before["seller account"] + 1250
+        assert after["shop2 account"] == before["shop2 account"] + 2490
+    finally:
+        mall.stop()
+        opened.close()
