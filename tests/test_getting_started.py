@@ -33,7 +33,7 @@ from semper.hardware.pcscd import Pcscd, free_port_pair
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "getting-started.md"
-PORTS = ("CA_PORT", "BANK_PORT", "TTP_PORT", "SHOP_PORT")
+PORTS = ("CA_PORT", "BANK_PORT", "TTP_PORT", "SHOP_PORT", "CERTIFIER_PORT", "MALL_PORT", "KETTLE_PORT")
 READY = ("listening on", "-> vpcd")
 
 
@@ -149,7 +149,8 @@ def test_the_page_has_the_marketplace_and_the_commands_it_promises() -> None:
                    "semper serve ttp", "semper shop init", "semper serve shop", "semper card new", "semper register",
                    "semper card load", "semper wallet withdraw", "semper shop clear", "semper deals",
                    "-w information", "-w registration", "-w contract", "--anonymous", "--pay cheque", "--pay setpay",
-                   "--pay card-purse"):
+                   "--pay card-purse", "semper certifier init", "semper serve certifier", "semper certifier certify",
+                   "--service tea-news", "semper mall init", "semper serve mall", "--service mall-basket"):
         assert needed in text, needed
     assert not re.search(r"\bpython\b", text), "the page must build the marketplace with semper commands alone"
 

@@ -11,7 +11,10 @@ screen and in the evidence).
 What a deal needs and the command can see beforehand (a payment module that is installed, the bank
 for cheques and account payments, coins for e-cash, the third party and the purse root for a fair
 exchange) is checked before the TINGUIN opens, and a missing piece is named: the TINGUIN would
-otherwise only see an offer it cannot accept.
+otherwise only see an offer it cannot accept. For ``--service NAME`` that is what the service's own
+protocol needs (an information or contract service is a fair exchange, whatever ``--workflow``
+says): its document is read from the shop first for that alone; whether it may run at all is
+decided after download, by its certificate (``commerce/services/download.py``).
 """
 from __future__ import annotations
 
@@ -121,10 +124,50 @@ class BuyerSettings:
     pay: str | None
 
 
+@dataclass(frozen=True)
+class ServiceNeeds:
+    """What a downloaded service's document says it will do, read only to name missing prerequisites."""
+
+    name: str
+    protocol: str
+    modules: tuple[str, ...] = ()
+
+    def deal(self) -> str:
+        return f"the service {self.name!r} is a{'n' if self.protocol[0] in 'aeiou' else ''} {self.protocol} deal"
+
+
+def service_needs(shop_url: str, name: str, root_pem: str) -> ServiceNeeds | None:
+    """The protocol and payment modules the shop's service ``name`` declares (None: not to be had now; the
+    download in the TINGUIN then names why). Nothing here is trusted beyond naming what is missing: the
+    document is checked against its certificate after download, and the certificate is enforced."""
+    from ..commerce.services.document import PROTOCOLS
+    from ..support.channels import ChannelError, JsonClient
+    try:
+        with JsonClient(shop_url, root_pem, timeout=10.0, name="the shop") as shop:
+            doc = shop.get(f"/services/{name}").get("document")
+    except ChannelError:
+        return None
+    if not isinstance(doc, dict) or doc.get("protocol") not in PROTOCOLS:
+        return None
+    payment = doc.get("payment")
+    modules = payment.get("modules") if isinstance(payment, dict) else None
+    return ServiceNeeds(name, str(doc["protocol"]),
+                        tuple(m for m in modules if isinstance(m, str)) if isinstance(modules, list) else ())
+
+
+def _ca_root(args: argparse.Namespace, p: Any) -> Path:
+    ca_root = getattr(args, "ca_root", None) or _file(_pref_path(p, "trust.ca_root"), "prefs trust.ca_root")
+    if ca_root is None:
+        raise UsageError("which CA root do you trust? pass --ca-root (or: semper prefs set trust.ca_root FILE)")
+    return Path(ca_root)
+
+
 def buyer_settings(args: argparse.Namespace, *, workflow: str, pay: str | None = None, anonymous: bool = False,
-                   archive: Path | None = None, shop_url: str = "") -> BuyerSettings:
+                   archive: Path | None = None, shop_url: str = "", service: ServiceNeeds | None = None
+                   ) -> BuyerSettings:
     """Everything the buyer's client needs, from the arguments and else the preferences; what the deal
-    will need and is missing is said here, before the TINGUIN opens (UsageError)."""
+    will need and is missing is said here, before the TINGUIN opens (UsageError). ``service``: a
+    downloaded service's needs (its protocol replaces ``workflow``)."""
     from cryptography import x509
 
     from ..commerce.setup import BuyerConfig
@@ -136,10 +179,13 @@ def buyer_settings(args: argparse.Namespace, *, workflow: str, pay: str | None =
 
     def arg(name: str) -> Any:
         return getattr(args, name, None)            # not every command has every option
-    ca_root = arg("ca_root") or _file(_pref_path(p, "trust.ca_root"), "prefs trust.ca_root")
-    if ca_root is None:
-        raise UsageError("which CA root do you trust? pass --ca-root (or: semper prefs set trust.ca_root FILE)")
-    root_pem = Path(ca_root).read_text()
+    root_pem = _ca_root(args, p).read_text()
+    online: tuple[str, ...] = (pay,) if pay in NEEDS_BANK else ()
+    if service is not None:
+        workflow = service.protocol
+        if pay is None and service.modules and all(m in NEEDS_BANK for m in service.modules):
+            online = service.modules               # it takes only modules that need the bank
+    deal = f"{service.deal()}," if service is not None else f"a {workflow} deal is"
     home = semper_home()
     bank_url = arg("bank") or p.get("servers.bank")
     bank_root = arg("bank_tls_root") or _file(_pref_path(p, "trust.bank_tls_root"), "prefs trust.bank_tls_root")
@@ -148,23 +194,28 @@ def buyer_settings(args: argparse.Namespace, *, workflow: str, pay: str | None =
     ttp_url = arg("ttp") or p.get("servers.ttp")
     tls_dir = arg("tls_dir") or home / "client-tls"
     wallet = arg("wallet") or default_wallet()
-    if pay in NEEDS_BANK:
+    if online:
         missing = [w for w, v in (("--bank URL (or prefs servers.bank)", bank_url),
                                   ("--bank-tls-root FILE (or prefs trust.bank_tls_root)", bank_root),
                                   ("--account ACCOUNT (or prefs payment.account)", account)) if not v]
         if missing:
-            raise UsageError(f"paying with {pay} needs the bank: " + ", ".join(missing))
+            paying = (f"paying with {pay}" if service is None
+                      else f"{service.deal()} paid with {' or '.join(online)}, which")
+            raise UsageError(f"{paying} needs the bank: " + ", ".join(missing))
     if pay == "ecash" and not wallet.exists():
         raise UsageError(f"paying with e-cash needs coins, and there is no wallet at {wallet}: withdraw some first "
                          "(semper wallet withdraw AMOUNT)")
     if workflow in FAIR_EXCHANGE:
         if not ttp_url:
-            raise UsageError(f"a {workflow} deal is a fair exchange through the third party: pass --ttp URL (or "
-                             "semper prefs set servers.ttp URL)")
+            raise UsageError(f"{deal} a fair exchange through the third party: pass --ttp URL (or semper prefs "
+                             "set servers.ttp URL)")
         if not (tls_dir / "cert.pem").is_file():
-            raise UsageError(f"a fair exchange needs your mailbox's TLS key and chain in {tls_dir} (the CA operator "
-                             f"makes them: semper ca tls-cert --host 127.0.0.1 --out {tls_dir}; or pass --tls-dir)")
-    if workflow == "information" and pay in (None, "card-purse") and purse_root is None:
+            raise UsageError(f"{deal} a fair exchange: it needs your mailbox's TLS key and chain in {tls_dir} (the "
+                             f"CA operator makes them: semper ca tls-cert --host 127.0.0.1 --out {tls_dir}; or pass "
+                             "--tls-dir)")
+    purse_pay = pay == "card-purse" or (pay is None and (service is None or not service.modules
+                                                         or "card-purse" in service.modules))
+    if workflow == "information" and purse_pay and purse_root is None:
         raise UsageError("in an information purchase the payment is exchanged through the third party, which checks a "
                          "card purse payment against the purse scheme's root: pass --purse-root FILE (or semper "
                          "prefs set trust.purse_root FILE), or pay another way (--pay)")
@@ -206,8 +257,9 @@ def cmd_buy(args: argparse.Namespace) -> int:
         if pay not in (None, "ecash"):
             raise UsageError(f"an anonymous deal is paid with e-cash only, not {pay} (drop --pay or --anonymous)")
         pay = "ecash"
+    needs = service_needs(shop_url, args.service, _ca_root(args, p).read_text()) if args.service else None
     settings = buyer_settings(args, workflow=args.workflow, pay=pay, anonymous=args.anonymous, archive=args.archive,
-                              shop_url=shop_url)
+                              shop_url=shop_url, service=needs)
     script = None
     interactive = sys.stdin.isatty() and sys.stderr.isatty()          # the TINGUIN draws on the terminal
     if not interactive:

@@ -1,9 +1,12 @@
 """``semper serve certifier`` and ``semper certifier certify|revoke``: the service certifier's commands.
 
 The certifier's folder (``client/servers/certifier_home.py``) holds its configuration, its
-certificate (role ``certifier``), its TLS identity and its admin secret; ``semper demo`` and the
-tests' world make one (``World.start_certifier``). ``certify`` and ``revoke`` talk to the running
-service with the admin secret read from the folder.
+certificate (role ``certifier``), its TLS identity and its admin secret. ``semper certifier init``
+makes it as ``semper ttp init`` makes the third party's: the key on the certifier's token (created
+with ``--create-token``, in the CA's token folder), certified by the local semper CA with the role
+``certifier`` (its own extended key usage: the CA's key certifies keys, the certifier's key certifies
+services), and a CA-issued TLS identity. ``certify`` and ``revoke`` talk to the running service with
+the admin secret read from the folder.
 """
 from __future__ import annotations
 
@@ -11,9 +14,99 @@ import argparse
 import base64
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import CommandFailed, emit, existing_file, json_arg, new_file, read_pin_file, read_secret
+from . import CommandFailed, UsageError, emit, existing_file, json_arg, new_file, note, read_pin_file, read_secret
 from .serve import DEFAULT_PORTS, check_bindable, listen_args
+
+if TYPE_CHECKING:
+    from ..servers.certifier import Policy
+
+
+def _read_pin(path: Path | None, from_stdin: bool, what: str) -> bytes:
+    return read_pin_file(path, what) if path is not None else read_secret(what, from_stdin)
+
+
+def _policy(path: Path | None) -> Policy | None:
+    """The most this certifier will certify (JSON: modules, max_amount, card_signature, anonymity,
+    max_periods, max_days); None: the default policy. Read strictly: a misspelt field is refused."""
+    import msgspec
+
+    from ..servers.certifier import Policy
+    if path is None:
+        return None
+    fields = "modules, max_amount, card_signature, anonymity, max_periods, max_days"
+    try:
+        data = json.loads(path.read_text())
+        unknown = sorted(set(data) - set(Policy.__dataclass_fields__)) if isinstance(data, dict) else []
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+        return msgspec.convert(data, Policy)
+    except (OSError, ValueError, msgspec.ValidationError) as e:
+        raise UsageError(f"--policy {path}: not a certifier policy ({e}); fields: {fields}") from None
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Why this order (as ``semper ttp init``): one process uses one SoftHSM2 folder at a time, so the
+    certifier's token lives in the CA's token folder, is created first, and only then are the CA's
+    and the certifier's keys opened. Everything the arguments can get wrong is refused first."""
+    from cryptography import x509
+
+    from semper.hsm.signer import Pkcs11Signer
+    from semper.hsm.softhsm import SoftHsmStore, provision
+
+    from ..servers.ca_home import CaHome, issue_tls_identity
+    from ..servers.certifier_home import CertifierHome
+    from ..support import pki
+    home = CertifierHome.default(args.dir)
+    if home.config_file.exists():
+        raise UsageError(f"{home.folder} already holds a certifier; choose another --dir")
+    if not args.url.startswith("https://"):
+        raise UsageError(f"--url {args.url}: the certifier is reached over HTTPS (https://HOST:PORT); its "
+                         "certificates name the revocation list there")
+    policy = _policy(args.policy)
+    ca_home = CaHome.default(args.ca_dir, args.ca_db)
+    ca = ca_home.open()
+    if not ca.initialised:
+        raise UsageError(f"no CA in {ca_home.folder} (database {ca_home.db.dsn.display}); the certifier's key is "
+                         "certified by the semper CA (--ca-dir, --ca-db)")
+    _label, module, ca_conf = ca.token_settings()
+    if args.token_dir:
+        store = SoftHsmStore.in_folder(args.token_dir)
+    elif ca_conf:
+        store = SoftHsmStore.from_conf(Path(ca_conf))
+    else:
+        raise UsageError("the CA's token is not a SoftHSM2 token; give the certifier's token folder (--token-dir)")
+    if ca_conf and Path(ca_conf).absolute() != store.conf:
+        raise UsageError(f"the certifier's token must be in the CA's token folder ({Path(ca_conf).parent}) while the "
+                         "CA certifies it: one process uses one SoftHSM2 folder at a time")
+    ca_pin = _read_pin(args.ca_pin_file, False, "CA token PIN")
+    pin = _read_pin(args.pin_file, args.pin_stdin, "certifier token PIN")
+    if args.create_token:
+        import secrets
+        so_pin = secrets.token_hex(16).encode()
+        provision(store, args.token, pin, so_pin, module=module)
+        note(f"created SoftHSM2 token {args.token!r} in {store.token_dir}; its SO PIN (shown once): {so_pin.decode()}")
+    ca.signer = ca_home.open_signer(ca, ca_pin)
+    signer = Pkcs11Signer.open(args.token, module, softhsm_conf=str(store.conf))
+    try:
+        signer.verify_pin(pin)
+        issued = ca.issue_direct(pki.Subject(args.name, "certifier", args.email), signer.public_point())
+        signer.store_certificate(issued.certificate)
+    finally:
+        signer.close()
+    hosts = tuple(dict.fromkeys([args.host, "127.0.0.1", "localhost", *(args.tls_host or [])]))
+    tls = issue_tls_identity(ca, hosts, home.tls_dir, name=f"{hosts[0]} ({args.name})")
+    root = x509.load_der_x509_certificate(ca.certificate())
+    home = CertifierHome.create(home.folder, token_label=args.token, softhsm_conf=str(store.conf),
+                                certificate=issued.certificate, ca_root=root, url=args.url, tls=tls, policy=policy)
+    emit(args, {"folder": str(home.folder), "certificate": str(home.certificate_file), "token": args.token,
+                "url": args.url, "serial": issued.serial},
+         f"service certifier {args.name!r} set up in {home.folder}; its key stays in token {args.token!r}, "
+         f"certified with the role certifier\ngive buyers {home.certificate_file} (their trust.certifiers); "
+         f"start it with: semper serve certifier" + (f" --dir {args.dir}" if args.dir else "")
+         + f" (its revocation list: {args.url}/revocations)")
+    return 0
 
 
 def cmd_serve_certifier(args: argparse.Namespace) -> int:
@@ -87,6 +180,32 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
 
     c = sub.add_parser("certifier", help="the service certifier's operator commands").add_subparsers(
         dest="certifier_command", required=True)
+    p = c.add_parser("init", help="make the certifier's key on its token, have the CA certify it (role certifier), "
+                                  "write its folder")
+    p.add_argument("-d", "--dir", type=Path, help="the certifier's folder (default: $SEMPER_HOME/certifier)")
+    p.add_argument("--ca-dir", type=Path, help="the CA's folder (default: $SEMPER_HOME/ca)")
+    from .storage_args import add_db_arg
+    add_db_arg(p, "the CA folder", "--ca-db", "the CA's ")
+    p.add_argument("--ca-pin-file", type=existing_file, help="the CA token's PIN (otherwise asked)")
+    p.add_argument("--token", default="semper-certifier", help="label of the certifier's token (default "
+                                                                "semper-certifier)")
+    p.add_argument("--create-token", action="store_true", help="create the SoftHSM2 token first (in the CA's token "
+                                                                "folder unless --token-dir)")
+    p.add_argument("--token-dir", type=Path, help="SoftHSM2 folder holding the token (default: the CA's)")
+    p.add_argument("--pin-file", type=existing_file, help="the certifier token's PIN")
+    p.add_argument("--pin-stdin", action="store_true", help="read the certifier token's PIN from standard input")
+    p.add_argument("--name", default="semper service certifier", help="the name in its certificate")
+    p.add_argument("--email", help="its e-mail address (certificate; optional)")
+    p.add_argument("--url", default=f"https://127.0.0.1:{DEFAULT_PORTS['certifier']}",
+                   help="where it will be served: its certificates name its revocation list there (default "
+                        f"https://127.0.0.1:{DEFAULT_PORTS['certifier']})")
+    p.add_argument("--host", default="127.0.0.1", help="its service's address (TLS certificate)")
+    p.add_argument("--tls-host", action="append", help="another name for the TLS certificate (repeat)")
+    p.add_argument("--policy", type=existing_file, help="the most it certifies, JSON (modules, max_amount, "
+                                                        "card_signature, anonymity, max_periods, max_days; default: "
+                                                        "every module, 1000.00 a payment, 12 periods, 366 days)")
+    json_arg(p)
+    p.set_defaults(fn=cmd_init)
     p = c.add_parser("certify", help="evaluate a service document and have the running certifier sign it")
     p.add_argument("document", type=existing_file, help="the service document (JSON)")
     p.add_argument("--permits", type=existing_file, required=True, help="what it may do (JSON: modules, max_amount, "
