@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from semper.client.commerce.catalogue import CatalogueItem
-from semper.client.commerce.errors import CommerceError
 from semper.client.servers.shop import Shop, ShopDeal
 from semper.client.servers.shop_home import OpenShop, ShopHome
 
@@ -74,13 +73,10 @@ class CheatingShop(Shop):
             return [{**x, "sku": "tea-sampler" if x["sku"] != "tea-sampler" else "teapot"} for x in lines]
         return lines
 
-    def deliver(self, deal_id: str) -> tuple[bytes | None, bytes | None]:
+    def make_delivery(self, sd: ShopDeal) -> None:
         if self.cheat.no_delivery:
-            sd = self._deal(deal_id)
-            if not sd.paid:
-                raise CommerceError("the order is not paid yet: nothing is delivered")
-            return None, None                        # paid, and nothing is shipped
-        return super().deliver(deal_id)
+            return                                   # paid, and nothing is shipped
+        super().make_delivery(sd)
 
     def exchange_plan(self, deal_id: str) -> Any:
         plan = super().exchange_plan(deal_id)

@@ -315,7 +315,9 @@ class Archive:
         created = _rfc3339(when or dt.datetime.now(dt.UTC))
         for attempt in range(_BUSY_RETRIES):
             try:
-                self._db.execute("BEGIN")
+                # IMMEDIATE: the write lock first, so appends from several processes (a shop's workers)
+                # queue on SQLite's busy timeout instead of failing at once on a lock upgrade
+                self._db.execute("BEGIN IMMEDIATE")
                 index, prev = self._tail()
                 index += 1
                 digest = entry_hash(index, prev, deal_id, kind, created, bytes(content))

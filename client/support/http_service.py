@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Mapping
@@ -154,13 +155,15 @@ class ServiceRunner:
     """An aiohttp app on a loopback port in its own thread: started and stopped with bounded waits.
 
     ``port=0`` asks the kernel for a free port; :attr:`url` says which one it got. Used by tests
-    and by ``semper serve`` (which then waits for a signal).
+    and by ``semper serve`` (which then waits for a signal). ``sock``: serve a listening socket made
+    elsewhere instead (a worker process serving the socket its parent bound, ``support/prefork.py``).
     """
 
     app: web.Application
     host: str = "127.0.0.1"
     port: int = 0
     ssl_context: ssl.SSLContext | None = None
+    sock: socket.socket | None = None
 
     def __post_init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -204,7 +207,12 @@ class ServiceRunner:
     async def _listen(self) -> None:
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
+        site: web.BaseSite
+        if self.sock is not None:
+            site = web.SockSite(self._runner, self.sock, ssl_context=self.ssl_context)
+            self.host, self.port = self.sock.getsockname()[:2]
+        else:
+            site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
         server = site._server
         if server is not None and getattr(server, "sockets", None):
