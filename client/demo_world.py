@@ -62,6 +62,7 @@ class World:
     accounts: dict[str, str]
     services: Services = field(default_factory=Services)
     bank: Any = None                  # client.servers.bank.Bank (operator's handle: balances)
+    dbs: dict[str, str] = field(default_factory=dict)    # service -> storage URL (none: SQLite in its folder)
 
     # ---- paths ----------------------------------------------------------------------------------
     ca_dir = property(lambda self: self.folder / "ca")
@@ -80,8 +81,16 @@ class World:
         return self.bank_dir / "tls" / "tls-root.pem"
 
     # ---- making it ----------------------------------------------------------------------------------
+    def db_args(self, service: str) -> list[str]:
+        """``--db URL`` for a service's command when the world keeps it in a database of its own choosing."""
+        url = self.dbs.get(service)
+        return ["--db", url] if url else []
+
     @classmethod
-    def create(cls, folder: Path, *, card_sync: bool = False, say: Any = None) -> World:
+    def create(cls, folder: Path, *, card_sync: bool = False, say: Any = None,
+               dbs: dict[str, str] | None = None) -> World:
+        """``dbs``: storage URLs by service (``ca``, ``bank``, ``ttp``, ``shop``), e.g. PostgreSQL
+        databases; a service not named keeps SQLite in its folder."""
         from semper.hsm.signer import Pkcs11Signer
         from semper.hsm.softhsm import SoftHsmStore, provision
 
@@ -107,7 +116,8 @@ class World:
         tell("the CA: self-signed root in its token")
         ca_signer = Pkcs11Signer.open("ca", softhsm_conf=conf)
         ca_signer.verify_pin(TOKEN_PIN)
-        ca_home = CaHome(folder / "ca")
+        dbs = dict(dbs or {})
+        ca_home = CaHome(folder / "ca", dbs.get("ca"))
         ca_home.folder.mkdir(parents=True, exist_ok=True)
         ca = CertificationAuthority(ca_home.db, ca_signer)
         secret = ca.initialise("semper demo CA", token_label="ca", softhsm_conf=conf)
@@ -122,14 +132,14 @@ class World:
                                       seller.public_point()).certificate
         seller.store_certificate(seller_cert)
         tell("the bank: issuer key, payment-instruction key and mint keys in its token")
-        bank_home = BankHome(folder / "bank")
+        bank_home = BankHome(folder / "bank", dbs.get("bank"))
         bank_home.init(scheme, TOKEN_PIN, token_label="bank", softhsm_conf=Path(conf), denominations=DENOMINATIONS,
                        extra_roots=(root,), bank_id="BANK-DEMO")
         bank = bank_home.open(TOKEN_PIN)
         issuer_point = bank.keys.signer.public_point()
         tell("the third party: signing, escrow and time-stamping keys in its token")
         TtpHome.create(folder / "ttp", ca=ca, token_label="ttp", pin=TOKEN_PIN, softhsm_conf=conf,
-                       purse_root=scheme.root_cert)
+                       purse_root=scheme.root_cert, dsn=dbs.get("ttp"))
         tell("the buyer's card (purse + PIV) and the seller's PSAM")
         cards = folder / "cards"
         cards.mkdir(exist_ok=True)
@@ -153,7 +163,7 @@ class World:
         bank.link_card(purse_cert, accounts["buyer"])
         bank.link_psam(psam_cert, accounts["seller"])
         bank.cash_in(accounts["buyer"], 10_000)
-        world = cls(folder, scheme, store, ca, root_pem, buyer_card, psam_card, accounts, bank=bank)
+        world = cls(folder, scheme, store, ca, root_pem, buyer_card, psam_card, accounts, bank=bank, dbs=dbs)
         world.services.closers += [seller.close]
         return world
 
@@ -199,14 +209,14 @@ class World:
                                        server_context(bank_home.tls_dir / "cert.pem",
                                                       bank_home.tls_dir / "key.pem")).start())
         s.bank = s.runners[-1].url
-        opened = TtpHome(self.ttp_dir).open(TOKEN_PIN)
+        opened = TtpHome(self.ttp_dir, self.dbs.get("ttp")).open(TOKEN_PIN)
         s.closers.append(opened.close)
         s.runners.append(ServiceRunner(opened.app(), "127.0.0.1", 0, server_context(*opened.tls)).start())
         s.ttp = s.runners[-1].url
         if not shop:
             return s
         home = self._shop_home(psam_reader, s.ttp, s.bank)
-        opened = home.open(TOKEN_PIN)
+        opened = home.open(TOKEN_PIN, db=self.dbs.get("shop"))
         s.opened_shop = opened
         s.closers.append(opened.close)
         s.runners.append(ServiceRunner(opened.app(), "127.0.0.1", 0, server_context(*opened.tls)).start())
@@ -223,7 +233,7 @@ class World:
         env = self.child_env()
         self._shop_home(psam_reader, s.ttp, s.bank, catalogue)
         proc = _spawn([sys.executable, *launcher, "--dir", str(self.shop_dir), "--port", "0",
-                       "--pin-file", str(self.pin_file)], env)
+                       "--pin-file", str(self.pin_file), *self.db_args("shop")], env)
         s.processes.append(proc)
         s.shop = _announced(proc, "shop", timeout)
         return proc
@@ -238,15 +248,16 @@ class World:
         env = self.child_env()
         base = [sys.executable, "-m", "semper.client.cli", "serve"]
         pin = ["--pin-file", str(self.pin_file)]
-        commands = {"ca": base + ["ca", "--ca-dir", str(self.ca_dir), "--port", "0"] + pin,
-                    "bank": base + ["bank", "--bank-dir", str(self.bank_dir), "--port", "0"] + pin,
-                    "ttp": base + ["ttp", "--dir", str(self.ttp_dir), "--port", "0"] + pin}
+        commands = {"ca": base + ["ca", "--ca-dir", str(self.ca_dir), "--port", "0"] + pin + self.db_args("ca"),
+                    "bank": base + ["bank", "--bank-dir", str(self.bank_dir), "--port", "0"] + pin
+                    + self.db_args("bank"),
+                    "ttp": base + ["ttp", "--dir", str(self.ttp_dir), "--port", "0"] + pin + self.db_args("ttp")}
         for name, cmd in commands.items():
             proc = _spawn(cmd, env)
             s.processes.append(proc)
             setattr(s, name, _announced(proc, name, timeout))
         self._shop_home(psam_reader, s.ttp, s.bank)
-        shop = _spawn(base + ["shop", "--dir", str(self.shop_dir), "--port", "0"] + pin, env)
+        shop = _spawn(base + ["shop", "--dir", str(self.shop_dir), "--port", "0"] + pin + self.db_args("shop"), env)
         s.processes.append(shop)
         s.shop = _announced(shop, "shop", timeout)
         return s
