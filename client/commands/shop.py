@@ -88,7 +88,8 @@ def _serve_worker(args: argparse.Namespace, home: object, pin: bytes) -> int:
 
     from ..support.channels import server_context
     from ..support.http_service import ServiceRunner
-    from ..support.prefork import inherited_socket
+    from ..support.prefork import die_with_parent, inherited_socket
+    die_with_parent()
     sock = inherited_socket(args.listen_fd)
     opened = home.open(pin, db=args.db, psam_sockets=list(args.psam_socket or []),  # type: ignore[attr-defined]
                        worker=args.worker, workers=args.workers)

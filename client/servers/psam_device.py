@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     from semper.hardware.iso7816 import AID
     from semper.hardware.psam import PsamSession
 
+    from ..support.prefork import die_with_parent
     from .shop_home import ShopHome
+    die_with_parent()
     ap = argparse.ArgumentParser(prog="python -m semper.client.servers.psam_device")
     ap.add_argument("--dir", type=Path, required=True)
     ap.add_argument("--index", type=int, default=0)

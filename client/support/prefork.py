@@ -19,7 +19,9 @@ A worker is the same command with the inherited socket's descriptor (``--listen-
 """
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -31,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("semper.prefork")
+PARENT_ENV = "SEMPER_PREFORK_PARENT"        # the parent's pid, for its children (die_with_parent)
+PR_SET_PDEATHSIG = 1
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 RESTARTS_PER_MINUTE = 5
@@ -58,8 +62,9 @@ class Child:
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         self.starts.append(time.monotonic())
+        env = {**(self.env if self.env is not None else os.environ), PARENT_ENV: str(os.getpid())}
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
-                                     pass_fds=self.pass_fds, env=self.env, start_new_session=False)
+                                     pass_fds=self.pass_fds, env=env, start_new_session=False)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
             self.proc.stdin.write(self.stdin)
@@ -179,6 +184,20 @@ def run_supervised(supervisor: Supervisor, announce: Callable[[], str], what: st
         supervisor.stop()
     print(f"{what} stopped", flush=True)
     return 0
+
+
+def die_with_parent() -> None:
+    """In a child of a :class:`Supervisor`: end with the parent (a parent killed with SIGKILL cannot stop
+    its children; the kernel sends them SIGTERM instead), and at once if the parent is gone already."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):          # not Linux: the parent's SIGTERM is the only stop
+        pass
+    if os.getppid() != int(parent):
+        sys.exit(0)
 
 
 def inherited_socket(fd: int) -> socket.socket:
