@@ -6,7 +6,7 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 DEB_PACKAGES := pcscd vsmartcard-vpcd softhsm2 opensc pcsc-tools swig libpcsclite-dev tmux \
-                libicu-dev pkg-config g++ postgresql
+                libicu-dev pkg-config g++ postgresql chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from semper.client.commands import UsageError, print_json
+from semper.client.commands import UsageError, positive_float, positive_int, print_json
 
 
 def cmd_apdu(args: argparse.Namespace) -> int:
@@ -88,35 +88,36 @@ def cmd_tear_test(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
     bench = groups["bench"]
     p = bench.add_parser("apdu", help="APDU round trip in process and through pcscd")
-    p.add_argument("--count", type=int, default=2000)
+    p.add_argument("--count", type=positive_int, default=2000)
     p.set_defaults(fn=cmd_apdu)
 
     p = bench.add_parser("sign", help="ECDSA P-256 signatures: raw, SoftHSM2, simulated card via pcscd")
-    p.add_argument("--count", type=int, default=1000, help="signatures per measurement (default 1000)")
+    p.add_argument("--count", type=positive_int, default=1000, help="signatures per measurement (default 1000)")
     p.add_argument("--no-card", action="store_true", help="skip the card measurements (no pcscd)")
     p.set_defaults(fn=cmd_sign)
 
     p = bench.add_parser("exchange", help="fair exchange protocols over HTTPS on loopback")
-    p.add_argument("--runs", type=int, default=20, help="fault-free runs per protocol (default 20)")
-    p.add_argument("--resolved-runs", type=int, default=5, help="resolved runs per protocol (default 5)")
-    p.add_argument("--patience", type=float, default=0.05,
+    p.add_argument("--runs", type=positive_int, default=20, help="fault-free runs per protocol (default 20)")
+    p.add_argument("--resolved-runs", type=positive_int, default=5, help="resolved runs per protocol (default 5)")
+    p.add_argument("--patience", type=positive_float, default=0.05,
                    help="seconds the buyer waits for the seller before it goes to the third party (default 0.05)")
     p.set_defaults(fn=cmd_exchange)
 
     p = bench.add_parser("clearing", help="debit proofs cleared per second at the acquirer")
-    p.add_argument("--count", type=int, default=2000, help="proofs in the batch (1 to 5000)")
-    p.add_argument("--cards", type=int, default=4, help="cards that made them")
+    p.add_argument("--count", type=positive_int, default=2000, help="proofs in the batch (1 to 5000)")
+    p.add_argument("--cards", type=positive_int, default=4, help="cards that made them")
     p.set_defaults(fn=cmd_clearing)
 
     p = bench.add_parser("purchase", help="a card-purse purchase end to end: latency, counts, floor")
-    p.add_argument("--runs", type=int, default=30, help="purchases to time (after two warm-up ones)")
-    p.add_argument("--floor-runs", type=int, default=30, help="repetitions of each floor component")
+    p.add_argument("--runs", type=positive_int, default=30, help="purchases to time (after two warm-up ones)")
+    p.add_argument("--floor-runs", type=positive_int, default=30, help="repetitions of each floor component")
     p.set_defaults(fn=cmd_purchase)
 
     p = bench.add_parser("throughput", help="purchases per second at one seller with N concurrent buyers")
-    p.add_argument("--buyers", type=int, default=16, help="concurrent buyers, each with its own card (default 16)")
-    p.add_argument("--seconds", type=float, default=10.0, help="length of the timed window (default 10)")
-    p.add_argument("--processes", type=int, default=2, help="worker processes the buyers run in (default 2)")
+    p.add_argument("--buyers", type=positive_int, default=16,
+                   help="concurrent buyers, each with its own card (default 16)")
+    p.add_argument("--seconds", type=positive_float, default=10.0, help="length of the timed window (default 10)")
+    p.add_argument("--processes", type=positive_int, default=2, help="worker processes the buyers run in (default 2)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of buying before the window (default 2)")
     p.add_argument("--profile-seconds", type=float, default=4.0, help="profiled window after the timed one (default 4)")
     p.add_argument("--no-profile", action="store_true", help="skip the profiled window")
@@ -132,7 +133,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.set_defaults(fn=cmd_all)
 
     p = groups["card"].add_parser("tear-test", help="kill a served card at random moments; check nothing is lost")
-    p.add_argument("--runs", type=int, default=200, help="number of kills (default 200)")
+    p.add_argument("--runs", type=positive_int, default=200, help="number of kills (default 200)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--write-chunk", type=int, default=4, metavar="BYTES",

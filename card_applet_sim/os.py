@@ -75,8 +75,8 @@ class CardOS:
 
     @classmethod
     def open(cls, path: str | _os.PathLike[str], *, sync: bool = True, write_chunk: int = 0,
-             keys: KeySource | None = None) -> CardOS:
-        store = Store.open(Path(path), sync=sync, keys=keys or KeyFolder.default())
+             keys: KeySource | None = None, read_only: bool = False) -> CardOS:
+        store = Store.open(Path(path), sync=sync, keys=keys or KeyFolder.default(), read_only=read_only)
         store.write_chunk = write_chunk
         return cls._from_store(store)
 

@@ -143,6 +143,7 @@ class LoadReport:
     records: int = 0
     torn_bytes: int = 0          # bytes of an interrupted last commit that were dropped
     mode_tightened: bool = False  # the file was readable by others (a copy made with cp): now 0600
+    mode_open: bool = False       # read-only: the file is readable by others, and was left so
 
 
 @dataclass
@@ -158,6 +159,7 @@ class Store:
     _fd: int = -1
     _size: int = 0
     _image_id: bytes = b""
+    read_only: bool = False        # opened to look: nothing is written, not even a repair
     _sealer: _Sealer | None = field(default=None, repr=False)
     _last_tag: bytes = b""         # the 16 bytes the next record chains to
     report: LoadReport = field(default_factory=LoadReport)
@@ -197,15 +199,21 @@ class Store:
         return cls.open(p, keys=keys, sync=sync)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, keys: KeySource, sync: bool = True) -> Store:
+    def open(cls, path: str | os.PathLike[str], *, keys: KeySource, sync: bool = True,
+             read_only: bool = False) -> Store:
+        """Open an image; ``read_only`` for commands that only look (card info, log, cert): the file is
+        not changed at all, so an interrupted last write stays for a command that writes to drop, and
+        a commit that would change the card fails (the card answers 6F00)."""
         p = Path(path)
         try:
-            fd = os.open(p, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(p, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
         except FileNotFoundError:
             raise CardImageError(f"no card image at {p}; create one with 'semper card new --image {p}'") from None
+        except IsADirectoryError:
+            raise CardImageError(f"{p} is a folder, not a card image") from None
         in_use = f"card image {p} is in use by another process (is 'semper card serve' running?)"
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise CardImageError(in_use) from None
@@ -219,9 +227,9 @@ class Store:
         # Only the lock holder may judge a .new file: while another process holds the image, its
         # .new is a compaction in progress, not a leftover.
         stale = p.with_name(p.name + ".new")
-        if stale.exists():          # a compaction that died before its rename: the old file rules
+        if stale.exists() and not read_only:   # a compaction that died before its rename: the old file rules
             stale.unlink()
-        store = cls(p, sync)
+        store = cls(p, sync, read_only=read_only)
         store._fd = fd
         try:
             store._load(keys)
@@ -292,11 +300,15 @@ class Store:
         if good_end < n:
             # The tail is a commit that never finished: drop it so the next append starts clean.
             self.report.torn_bytes = n - good_end
-            os.ftruncate(self._fd, good_end)
+            if not self.read_only:
+                os.ftruncate(self._fd, good_end)
         st = os.fstat(self._fd)
         if stat.S_IMODE(st.st_mode) & 0o077:
-            os.fchmod(self._fd, 0o600)      # e.g. a copy made with cp: the image is nobody else's business
-            self.report.mode_tightened = True
+            if self.read_only:
+                self.report.mode_open = True
+            else:
+                os.fchmod(self._fd, 0o600)      # e.g. a copy made with cp: the image is nobody else's business
+                self.report.mode_tightened = True
         self.report.records = records
         self._data = data
         self._sealer = sealer
@@ -377,6 +389,9 @@ class Store:
         changes = {k: v for k, v in changes.items() if self._data.get(k) != v}
         if not changes:
             return
+        if self.read_only:
+            raise CardImageError(f"{self.path} is open read-only (a command that only looks); the card's change "
+                                 "was not made")
         rec = self._sealer.seal(self._last_tag, b"R", _encode_changes(changes))
         self._append(rec)
         for k, v in changes.items():

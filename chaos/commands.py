@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from semper.client.commands import UsageError, print_json
+from semper.client.commands import UsageError, positive_float, positive_int, print_json
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
@@ -63,7 +63,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
     from .plan import WORKFLOWS
     p = sub.add_parser("chaos", help="randomised workflow runs with torn cards, dropped links, crashes, cheating")
-    p.add_argument("--runs", type=int, default=20, help="how many runs (default 20)")
+    p.add_argument("--runs", type=positive_int, default=20, help="how many runs (default 20)")
     p.add_argument("--seed", type=int, default=1, help="the seed every run's own seed is derived from (default 1)")
     p.add_argument("--replay", type=int, metavar="RUN_SEED", help="run exactly the run with this run seed (printed "
                                                                    "on each run's line)")
@@ -72,8 +72,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--json", action="store_true", help="one JSON object per run instead of a line")
     p.add_argument("--keep", type=Path, metavar="DIR", help="make the world in this new folder and keep it "
                                                            "(archives, bank, bundles) for inspection")
-    p.add_argument("--patience", type=float, default=2.0, help="the buyer's patience for a delivery or an exchange "
-                                                              "step, seconds (default 2)")
+    p.add_argument("--patience", type=positive_float, default=2.0,
+                   help="the buyer's patience for a delivery or an exchange step, seconds (default 2)")
     p.add_argument("--verbose", action="store_true", help="keep the parties' own log messages")
     p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
                    help="where every service keeps its state: SQLite in its folder (default), or a PostgreSQL "

@@ -327,7 +327,7 @@ def final_audit(market: Any) -> dict[str, Any]:
     import subprocess
     import sys
     w = market.world
-    proc = subprocess.run([sys.executable, "-m", "semper.client.cli", "audit", "--bank-dir", str(w.bank_dir),
+    proc = subprocess.run([sys.executable, "-m", "semper.client.cli", "audit", "--bank-dir", str(w.bank_dir), "--json",
                            *w.db_args("bank")],
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
                           env={**market.services["bank"].env})

@@ -14,7 +14,9 @@ import os
 import pkgutil
 import sys
 from collections.abc import Callable
+from importlib import metadata
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 from semper.hardware.errors import SemperError
 
@@ -27,8 +29,31 @@ SHARED_GROUPS = {"bench": "measurements, as JSON", "serve": "run a party's netwo
 COMMANDS_GROUP = "semper.commands"
 
 
+EPILOG = """exit status: 0 done (a check found nothing wrong); 1 the operation failed or a check found a problem
+(a refused payment, a tampered archive, a bundle that is not ok); 2 bad input (arguments, files,
+PINs that cannot be right), refused before anything was done; 130 interrupted. Results go to
+standard output (-j/--json: one JSON document), notes and progress to standard error.
+See docs/cli.md."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one line for bad arguments (and a pointer to --help), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def version() -> str:
+    try:
+        return f"semper {metadata.version('semper')}"
+    except metadata.PackageNotFoundError:
+        return "semper (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="semper", description="SEMPER secure electronic commerce: cards, purse, tools")
+    ap = Parser(prog="semper", description="SEMPER secure electronic commerce: cards, purse, tools",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-V", "--version", action="version", version=version())
     sub = ap.add_subparsers(dest="command", required=True)
     groups = {name: sub.add_parser(name, help=text).add_subparsers(dest=f"{name}_command", required=True)
               for name, text in SHARED_GROUPS.items()}
@@ -42,8 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse; a command whose positionals are a list (``semper buy [SHOP] ITEM...``) takes words that
+    come after its options too (``semper buy teapot --pay card-purse tea-sampler``), as people type them."""
+    args, extra = parser.parse_known_args(argv)
+    more = getattr(args, "more_positionals", None)
+    if extra:
+        if more is None or any(word.startswith("-") for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, more).extend(extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
         return fn(args)

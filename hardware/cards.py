@@ -21,21 +21,23 @@ from .transport import Connection, PcscConnection
 
 
 def open_connection(aid: AID, reader: str | None = None, image: Path | None = None,
-                    exclude: tuple[str, ...] = (), *, sync: bool = True) -> Connection:
+                    exclude: tuple[str, ...] = (), *, sync: bool = True, read_only: bool = False) -> Connection:
     """A connection to the card that carries ``aid``: the image when one is named, else the reader when
     one is named, else the first reader (not in ``exclude``) whose card answers a SELECT for ``aid``.
     The caller closes it. ``sync=False`` opens an image without an fsync per commit (faster, not
-    power-safe); it means nothing for a card in a reader."""
+    power-safe); ``read_only`` for commands that only look: the image is then not changed at all, not
+    even repaired. Both mean nothing for a card in a reader (it is what it is)."""
     if image is not None:
-        return open_card(Path(image), sync=sync)
+        return open_card(Path(image), sync=sync, read_only=read_only)
     return PcscConnection(reader or find_card(aid, exclude))
 
 
 @contextmanager
 def connection(aid: AID, reader: str | None = None, image: Path | None = None,
-               exclude: tuple[str, ...] = (), *, sync: bool = True) -> Iterator[Connection]:
+               exclude: tuple[str, ...] = (), *, sync: bool = True, read_only: bool = False
+               ) -> Iterator[Connection]:
     """:func:`open_connection` for the length of a ``with`` block."""
-    conn = open_connection(aid, reader, image, exclude, sync=sync)
+    conn = open_connection(aid, reader, image, exclude, sync=sync, read_only=read_only)
     try:
         yield conn
     finally:
@@ -43,8 +45,9 @@ def connection(aid: AID, reader: str | None = None, image: Path | None = None,
 
 
 @contextmanager
-def purse(reader: str | None = None, image: Path | None = None) -> Iterator[PurseSession]:
-    with connection(AID.PURSE, reader, image) as conn:
+def purse(reader: str | None = None, image: Path | None = None, *, read_only: bool = False
+          ) -> Iterator[PurseSession]:
+    with connection(AID.PURSE, reader, image, read_only=read_only) as conn:
         yield PurseSession(conn)
 
 

@@ -28,6 +28,22 @@ class SimulatedCard(InProcessConnection):
     def close(self) -> None:
         self.card.close()  # type: ignore[attr-defined]
 
+    def notes(self) -> list[str]:
+        """What opening the image found and a person should know (an interrupted write, an open mode)."""
+        report = self.card.store.report  # type: ignore[attr-defined]
+        read_only = self.card.store.read_only  # type: ignore[attr-defined]
+        image = self.reader.removeprefix("simulated:")
+        out = []
+        if report.torn_bytes:
+            out.append(f"{image} ends in an interrupted write ({report.torn_bytes} bytes); the card holds the state "
+                       "before it" + ("; this command only looked and left the file as it is" if read_only else
+                                      ", and the interrupted bytes were dropped"))
+        if report.mode_tightened:
+            out.append(f"{image} was readable by others; it is private now (0600)")
+        if report.mode_open:
+            out.append(f"{image} is readable by others; make it private: chmod 600 {image}")
+        return out
+
     def __enter__(self) -> SimulatedCard:
         return self
 
@@ -70,10 +86,12 @@ def create_card(image: Path, applets: list[str], *, sync: bool = True, keys: Key
         raise errors.ReaderError(str(e)) from None
 
 
-def open_card(image: Path, *, sync: bool = True, keys: KeySource | None = None) -> SimulatedCard:
+def open_card(image: Path, *, sync: bool = True, keys: KeySource | None = None,
+              read_only: bool = False) -> SimulatedCard:
+    """Open a card image in process; ``read_only`` to look without changing the file (not even a repair)."""
     from semper.card_applet_sim.os import CardOS
     from semper.card_applet_sim.store import CardImageError
     try:
-        return SimulatedCard(CardOS.open(image, sync=sync, keys=keys), f"simulated:{image}")
+        return SimulatedCard(CardOS.open(image, sync=sync, keys=keys, read_only=read_only), f"simulated:{image}")
     except CardImageError as e:
         raise errors.ReaderError(str(e)) from None

@@ -15,6 +15,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from postgres import PostgresCluster, Storage, missing_reason
@@ -181,3 +182,15 @@ def damaged_certificate() -> Callable[[bytes, str], bytes]:
             "one byte flipped": cert[:100] + bytes([cert[100] ^ 1]) + cert[101:],
         }[how]
     return damage
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The screenshots the browser tests took and what their hostile pages saw (tests/browser.py records
+    them in each test's report), so that a plain run shows them."""
+    rows = [(r.nodeid, name, value) for reports in terminalreporter.stats.values() for r in reports
+            if getattr(r, "when", None) == "call" for name, value in getattr(r, "user_properties", ())
+            if name in ("screenshot", "saw")]
+    if rows:
+        terminalreporter.section("browser tests: screenshots, and what the pages saw")
+        for nodeid, name, value in rows:
+            terminalreporter.write_line(f"{nodeid.split('::')[-1]}: {name}: {value}")

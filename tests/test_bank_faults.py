@@ -300,7 +300,7 @@ def test_money_is_conserved_under_dropped_connections_and_card_kills(fault_world
     assert w.bank.shadow(card_id) == info.balance + unapplied, (w.bank.shadow(card_id), info.balance, unapplied)
     report = audit(w.bank.db, w.bank.scheme_root)
     assert report.violations == [], report.violations
-    r = subprocess.run([sys.executable, "-m", "semper.client.cli", "audit", "--bank-dir", str(w.home.folder)],
+    r = subprocess.run([sys.executable, "-m", "semper.client.cli", "audit", "--bank-dir", str(w.home.folder), "--json"],
                        capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout)["clean"] is True

@@ -35,12 +35,12 @@ def test_semper_buy_asks_and_the_tinguin_decides(tmp_path: Path) -> None:
             session = open_buyer(cfg, PolicyUI(pin=CARD_PIN), card)
             register_card(session, ca_url=s.ca, ca_root_pem=world.root_pem, registration_key=world.registration_key(),
                           name="Bob Buyer", email="bob@buyer.example", save_dir=world.buyer_dir)
-            session.buyer.payments.module("card-purse").load(2_000)   # type: ignore[attr-defined]
+            session.buyer.payments.module("card-purse").load(3_000)   # type: ignore[attr-defined]
             session.close()
         (tmp_path / "ca.pem").write_text(world.root_pem)
         (tmp_path / "pin").write_bytes(CARD_PIN)
         env = {**os.environ, "SEMPER_HOME": str(tmp_path / "home"), "SEMPER_CONFIG": str(tmp_path / "prefs.toml")}
-        base = ["buy", s.shop, "--image", str(world.buyer_card), "--ca-root", str(tmp_path / "ca.pem")]
+        base = ["buy", s.shop, "--image", str(world.buyer_card), "--ca-root", str(tmp_path / "ca.pem"), "--json"]
         no_terminal = _semper(*base, "teapot", env=env)
         assert no_terminal.returncode == 2 and "--script" in no_terminal.stderr
         form = ["--form", "name=Bob Buyer", "--form", "street=1 Main St", "--form", "postcode=12345", "--form",
@@ -63,16 +63,76 @@ def test_semper_buy_asks_and_the_tinguin_decides(tmp_path: Path) -> None:
                        env=env).returncode == 0
         (tmp_path / "scheme.pem").write_bytes(world.scheme.root_cert.public_bytes(Encoding.PEM))
         judged = _semper("judge", str(bundle), "--ca", str(tmp_path / "ca.pem"), "--purse-root",
-                         str(tmp_path / "scheme.pem"), env=env)
+                         str(tmp_path / "scheme.pem"), "--json", env=env)
         assert judged.returncode == 0, judged.stderr
         ruling = json.loads(judged.stdout)
         assert ruling["ruling"].endswith("both fulfilled") and ruling["bundle"]["ok"], ruling
         assert "scheme root checked" in ruling["facts"]["payment"]["proof"]
+        # without the purse root the judge cannot check the card behind the payment: it says so first
+        unchecked = _semper("judge", str(bundle), "--ca", str(tmp_path / "ca.pem"), env=env)
+        assert unchecked.returncode == 0, unchecked.stderr
+        assert unchecked.stdout.startswith("NOT CHECKED: no --purse-root"), unchecked.stdout
         # a form the seller's signed spec does not allow is refused before anything is signed
         bad = _semper(*base, "teapot", "--form", "name=Bob", "--script", str(tmp_path / "pin"), env=env)
         assert bad.returncode == 1 and "street" in json.loads(bad.stdout)["summary"]
+        # a person in a terminal answers the TINGUIN while the JSON result goes to a file (issue 17)
+        _tinguin_with_json_to_a_file(tmp_path, env, [*base, "teapot", *form, "--pay", "card-purse"])
     finally:
         world.stop()
+
+
+def _tinguin_with_json_to_a_file(tmp_path: Path, env: dict[str, str], args: list[str]) -> None:
+    """``semper buy ... --json > deal.json`` in a real terminal (tmux): the TINGUIN draws on the terminal,
+    a person's keys answer it, and the file holds the JSON result."""
+    import shlex
+    import shutil
+    import time
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (make test installs it)")
+    sock, done, result = tmp_path / "tmux.sock", tmp_path / "exit-status", tmp_path / "deal.json"
+    prefix = " ".join(f"{k}={shlex.quote(env[k])}" for k in ("SEMPER_HOME", "SEMPER_CONFIG", "SEMPER_CARD_KEYS")
+                      if k in env)
+    command = (f"cd {REPO} && {prefix} {sys.executable} -m semper.client.cli {shlex.join(args)} > {result}; "
+               f"echo $? > {done}; sleep 30")
+
+    def tmux(*a: str) -> str:
+        return subprocess.run(["tmux", "-S", str(sock), *a], capture_output=True, text=True, timeout=10).stdout
+    tmux("new-session", "-d", "-s", "buy", "-x", "110", "-y", "45", command)
+    answered: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.4)
+            pane = tmux("capture-pane", "-p", "-t", "buy")
+            status = [x for x in pane.splitlines() if "●" in x]
+            line = status[-1] if status else ""
+            if "● PIN" in line:
+                tmux("send-keys", "-t", "buy", *CARD_PIN.decode(), "Enter")
+                answered.append("pin")
+            elif "● confirm" in line:
+                time.sleep(0.8)
+                tmux("send-keys", "-t", "buy", "End")
+                time.sleep(0.3)
+                tmux("send-keys", "-t", "buy", "y")
+                answered.append("confirm")
+            elif "● verified offer" in line or "● result" in line:
+                tmux("send-keys", "-t", "buy", "Enter")
+                answered.append(line.split("●")[1].split("·")[0].strip())
+            else:
+                continue
+            settle = time.monotonic() + 5
+            while time.monotonic() < settle and not done.exists():
+                time.sleep(0.2)
+                if tmux("capture-pane", "-p", "-t", "buy") != pane:
+                    break
+        screen = tmux("capture-pane", "-p", "-S", "-200", "-t", "buy")
+    finally:
+        tmux("kill-server")
+    assert done.exists() and done.read_text().strip() == "0", screen[-3000:]
+    assert "confirm" in answered and "pin" in answered, answered
+    out = json.loads(result.read_text())
+    assert out["status"] == "satisfied" and "delivered" in out["summary"]
+    assert "SCRIPTED" not in screen
 
 
 @pytest.mark.pcsc

@@ -662,11 +662,12 @@ def test_bank_state_machine(world: World, storage: Storage, template: Template, 
     examples = int(os.environ.get("SEMPER_FUZZ_EXAMPLES", "15"))
     if storage.is_postgres:
         examples = max(1, examples // 3)
-    for _round in range(3):       # rules behind a precondition (a refund needs a capture) may miss a round
+    rounds = 8                    # rules behind a precondition (a refund needs a capture) may miss a round
+    for _round in range(rounds):
         run_state_machine_as_test(BankMachine, settings=settings(
             max_examples=examples, stateful_step_count=40, deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
         if rules <= set(RAN):
             break
     print("bank state machine, steps per rule:", dict(RAN))
-    assert rules <= set(RAN), f"rules that never ran in three rounds: {sorted(rules - set(RAN))}"
+    assert rules <= set(RAN), f"rules that never ran in {rounds} rounds: {sorted(rules - set(RAN))}"

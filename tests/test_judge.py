@@ -23,7 +23,8 @@ def semper_judge(world: World, bundle: Path, tmp_path: Path, ca: str | None = No
     from cryptography.hazmat.primitives.serialization import Encoding
     purse.write_bytes(world.purse_root.public_bytes(Encoding.PEM))
     r = subprocess.run([sys.executable, "-m", "semper.client.cli", "judge", str(bundle), "--ca", str(ca_file),
-                        "--purse-root", str(purse)], cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+                        "--purse-root", str(purse), "--json"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                       check=False,
                        env={**os.environ, "SEMPER_HOME": str(tmp_path / "home")})
     return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {}), r.stderr
 
@@ -101,7 +102,7 @@ def test_tampered_or_foreign_evidence_counts_for_nothing(world: World, tmp_path:
     assert ruling.responder.fulfilled and not ruling.originator.fulfilled and not ruling.fair
     # a judge who trusts another CA finds no evidence at all here
     code, ruling, err = semper_judge(world, bundle, tmp_path, ca=_foreign_root_pem())
-    assert code == 0, err
+    assert code == 1, err                       # a bundle that is not ok is not a settled ruling (issue 17)
     assert not ruling["bundle"]["ok"] and ruling["exchange"]["xid"] is None
     assert "no valid signed proposal" in ruling["ruling"]
     # not a bundle at all: one line, exit status 1

@@ -28,10 +28,12 @@ ALLOWED: dict[str, set[str]] = {
     "semper.client.exchange": SUPPORT | {"semper.client.transfer"},
     "semper.client.commerce": LAYERS - {"semper.client.commerce"},
     "semper.client.servers": LAYERS,
+    "semper.client.agent": LAYERS,                       # a business application above the layers (docs/web.md)
     "semper.client.demo_world": LAYERS | {"semper.client.servers"},
     "semper.client.demo": LAYERS | {"semper.client.servers", "semper.client.demo_world"},
+    "semper.client.demo_web": LAYERS | {"semper.client.servers", "semper.client.demo_world", "semper.client.agent"},
     "semper.client.commands": LAYERS | {"semper.client.servers", "semper.client.demo", "semper.client.demo_world",
-                                        "semper.card_applet_sim"},
+                                        "semper.client.demo_web", "semper.client.agent", "semper.card_applet_sim"},
     "semper.client.cli": LAYERS | {"semper.client.commands"},
     "semper.client": set(),                              # the package's own __init__
     "semper.bench": {"*"},

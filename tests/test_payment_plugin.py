@@ -123,7 +123,8 @@ def test_external_module_is_found_and_pays(installed: Path) -> None:
 
 
 def test_cli_lists_the_external_module(installed: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "semper.client.cli", "payment", "modules"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "semper.client.cli", "payment", "modules", "--json"],
+                       capture_output=True, text=True,
                        timeout=120, cwd=REPO, env=_env(installed), stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
     rows = {row["name"]: row for row in json.loads(r.stdout)}

@@ -36,7 +36,7 @@ def test_missing_file_is_empty_and_set_round_trips(config: Path) -> None:
     prefs.set_value("payment.default_module", "card_purse")
     p = prefs.load()
     assert p.values == {"servers.ca": "https://127.0.0.1:8443", "signer.kind": "token", "signer.token": "alice",
-                        "trust.phrase": "blue heron at dawn", "payment.default_module": "card_purse"}
+                        "trust.phrase": "blue heron at dawn", "payment.default_module": "card-purse"}
     assert p.get("servers.bank") is None
     assert "[servers]" in config.read_text()
     prefs.unset("signer.token")

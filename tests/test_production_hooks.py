@@ -23,6 +23,8 @@ FORBIDDEN = re.compile(r"cheat|crash|inject|stop_before|stops_at|tamper|^faults$
 CONFIGURATION = {
     "SEMPER_HOME", "SEMPER_CONFIG", "SEMPER_CARD_KEYS", "SEMPER_DEBUG", "SEMPER_EVENT_LOOP",
     "SEMPER_SCHEME_PIN_FILE", "SEMPER_INSECURE_ARGV_PIN", "SOFTHSM2_CONF", "XDG_DATA_HOME", "XDG_CONFIG_HOME",
+    "SEMPER_AGENT_URL",                 # where the shop's page finds the buyer's agent (docs/web.md)
+    "DISPLAY", "WAYLAND_DISPLAY",       # the desktop's own: whether semper demo --web can open a browser
 }
 
 

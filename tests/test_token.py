@@ -304,7 +304,7 @@ def test_cli_token_init_list_info(tmp_path: Path) -> None:
         point_key(s.public_point()).verify(sign_message(s, b"x"), b"x", ec.ECDSA(hashes.SHA256()))
     listed = semper("token", "list", "--dir", str(folder))
     assert listed.returncode == 0 and "'carol'" in listed.stdout and "ready" in listed.stdout
-    info = semper("token", "info", "--label", "carol", "--dir", str(folder))
+    info = semper("token", "info", "--label", "carol", "--dir", str(folder), "--json")
     assert info.returncode == 0, info.stderr
     assert f'"id": "{key_id.hex()}"' in info.stdout and '"kind": "public key"' in info.stdout
     again = semper("token", "init", "--label", "carol", "--dir", str(folder), "--pin-stdin", stdin="123456\n87654321\n")

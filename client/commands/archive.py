@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import UsageError, card_args, print_json, read_secret
+from . import UsageError, card_args, emit, json_arg, print_json, read_secret
 
 
 def default_db() -> Path:
@@ -77,7 +77,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         deals = archive.deals()
         cp = archive.last_checkpoint()
     if args.json:
-        print_json({"deals": [{"deal": d, "entries": n} for d, n in deals], "last_checkpoint": cp.index if cp else None})
+        print_json({"deals": [{"deal": d, "entries": n} for d, n in deals],
+                    "last_checkpoint": cp.index if cp else None})
         return 0
     for deal, n in deals:
         print(f"{deal}\t{n} entr{'y' if n == 1 else 'ies'}")
@@ -97,9 +98,10 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     else:
         from ..signers import card_signer
         pin = read_secret("PIN", args.pin_stdin)
-        with card_signer(args.reader, args.image) as card, _open(args.db, statement_signer(card.signer, pin)) as archive:
+        with card_signer(args.reader, args.image) as card, \
+                _open(args.db, statement_signer(card.signer, pin)) as archive:
             cp = archive.checkpoint()
-    print(f"checkpoint at entry {cp.index}, head {cp.head.hex()}")
+    emit(args, {"entry": cp.index, "head": cp.head.hex()}, f"checkpoint at entry {cp.index}, head {cp.head.hex()}")
     return 0
 
 
@@ -121,7 +123,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             path = archive.export(args.deal, args.out, crls=crls)
         except UnknownDeal as e:
             raise UsageError(str(e)) from None
-    print(f"wrote {path}")
+    emit(args, {"bundle": str(path), "deal": args.deal}, f"wrote {path}")
     return 0
 
 
@@ -161,12 +163,12 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--ca", type=Path, action="append", help="CA root (PEM) the checkpoint signers must chain to")
     p.add_argument("--crl", type=Path, action="append", help="a CRL (PEM or DER) to consult")
     p.add_argument("--owner", type=Path, help="the owner's certificate (PEM): checkpoints must be signed with its key")
-    p.add_argument("--json", action="store_true")
+    json_arg(p)
     p.set_defaults(fn=cmd_verify)
 
     p = archive.add_parser("list", help="the deals in the archive")
     db_arg(p)
-    p.add_argument("--json", action="store_true")
+    json_arg(p)
     p.set_defaults(fn=cmd_list)
 
     p = archive.add_parser("checkpoint", help="sign a checkpoint over the chain head with the card (PIV key 9C) "
@@ -178,18 +180,20 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--dir", type=Path, help="SoftHSM2 token folder for --token (default: SOFTHSM2_CONF, else "
                    "the semper folder's tokens/)")
     p.add_argument("--pin-stdin", action="store_true", help="read the PIN from standard input")
+    json_arg(p)
     p.set_defaults(fn=cmd_checkpoint)
 
     p = archive.add_parser("export", help="write a deal's self-contained evidence bundle (zip)")
     p.add_argument("deal")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("-o", "--out", type=Path, required=True)
     db_arg(p)
     p.add_argument("--crl", type=Path, action="append", help="CRL(s) to ship in the bundle")
+    json_arg(p)
     p.set_defaults(fn=cmd_export)
 
     p = archive.add_parser("verify-bundle", help="check an evidence bundle offline")
     p.add_argument("bundle", type=Path)
     p.add_argument("--ca", type=Path, action="append", help="the CA root (PEM) you trust")
     p.add_argument("--crl", type=Path, action="append", help="a newer CRL than the bundle's")
-    p.add_argument("--json", action="store_true")
+    json_arg(p)
     p.set_defaults(fn=cmd_verify_bundle)

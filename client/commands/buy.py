@@ -1,18 +1,31 @@
-"""``semper buy SHOP_URL ITEM...``: the buyer's business application on the command line.
+"""``semper buy [SHOP_URL] ITEM...``: the buyer's business application on the command line.
 
 It only asks: which shop, which items (``sku`` or ``sku:quantity``), which workflow, the order form
 (``--form key=value``) and a preferred payment module. Checking the seller's offer, showing it,
 confirming, the PIN, paying and checking the delivery all happen in the commerce layer and the
-TINGUIN. In a terminal a person answers the TINGUIN; otherwise ``--script PIN_FILE`` lets a scripted
-user answer the same screens (it says so on every screen and in the evidence).
+TINGUIN. In a terminal a person answers the TINGUIN, which draws on the terminal (standard error),
+so the result still goes to standard output when that is redirected (``semper buy ... -j > deal.json``);
+otherwise ``--script PIN_FILE`` lets a scripted user answer the same screens (it says so on every
+screen and in the evidence).
+
+What a deal needs and the command can see beforehand (a payment module that is installed, the bank
+for cheques and account payments, coins for e-cash, the third party and the purse root for a fair
+exchange) is checked before the TINGUIN opens, and a missing piece is named: the TINGUIN would
+otherwise only see an offer it cannot accept.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from . import UsageError, print_json
+from . import UsageError, card_image, emit, existing_file, json_arg, new_file, note, positive_float
+
+NEEDS_BANK = ("setpay", "cheque", "ecash")
+FAIR_EXCHANGE = ("information", "contract")
 
 
 def _items(raw: list[str]) -> list[tuple[str, int]]:
@@ -20,9 +33,12 @@ def _items(raw: list[str]) -> list[tuple[str, int]]:
     for item in raw:
         sku, _, qty = item.partition(":")
         try:
-            out.append((sku, int(qty) if qty else 1))
+            n = int(qty, 10) if qty else 1
         except ValueError:
-            raise UsageError(f"{item!r}: write an item as SKU or SKU:QUANTITY") from None
+            n = 0
+        if not sku or n < 1:
+            raise UsageError(f"{item!r}: write an item as SKU or SKU:QUANTITY (a quantity of 1 or more)")
+        out.append((sku, n))
     return out
 
 
@@ -36,77 +52,239 @@ def _form(raw: list[str] | None) -> dict[str, str]:
     return out
 
 
-def cmd_buy(args: argparse.Namespace) -> int:
+def _pref_path(p: Any, key: str) -> Path | None:
+    value = p.get(key)
+    return Path(value) if value else None
+
+
+def _file(path: Path | None, what: str) -> Path | None:
+    if path is not None and not Path(path).is_file():
+        raise UsageError(f"no such file: {path} ({what})")
+    return path
+
+
+def _shop_and_items(args: argparse.Namespace, p: Any) -> tuple[str, list[str]]:
+    words = list(args.target)
+    if words and words[0].startswith(("https://", "http://")):
+        return words[0], words[1:]
+    shop = p.get("servers.shop")
+    if not shop:
+        raise UsageError("which shop? give its URL first (semper buy https://HOST:PORT ITEM...) or set it: semper "
+                         "prefs set servers.shop https://HOST:PORT")
+    return shop, words
+
+
+def _check_module(name: str | None, source: str) -> str | None:
+    if name is None:
+        return None
+    from ..payment.registry import discover
+    installed = sorted(f.name for f in discover() if f.cls is not None)
+    if name not in installed:
+        raise UsageError(f"{source}: there is no payment module {name!r}; installed: {', '.join(installed)} "
+                         "(semper payment modules)")
+    return name
+
+
+class _Say:
+    """The scripted user's lines go to standard error; the reasons it declined are kept for the result."""
+
+    def __init__(self) -> None:
+        self.declined: str | None = None
+
+    def __call__(self, line: str) -> None:
+        if "does not accept" in line and "declined" in line:
+            self.declined = line.split(": ", 1)[-1]
+        print(line, file=sys.stderr, flush=True)
+
+
+def _empty_archive(path: Path) -> bool:
+    from ..support.archive import Archive
+    try:
+        with Archive.open(path) as archive:
+            return not archive.deals() and archive.last_checkpoint() is None
+    except Exception:                # not ours to judge here: leave it
+        return False
+
+
+@dataclass
+class BuyerSettings:
+    config: Any                    # client.commerce.setup.BuyerConfig
+    reader: str | None
+    archive: Path
+    pay: str | None
+
+
+def buyer_settings(args: argparse.Namespace, *, workflow: str, pay: str | None = None, anonymous: bool = False,
+                   archive: Path | None = None, shop_url: str = "") -> BuyerSettings:
+    """Everything the buyer's client needs, from the arguments and else the preferences; what the deal
+    will need and is missing is said here, before the TINGUIN opens (UsageError)."""
     from cryptography import x509
 
-    from ..commerce.app import Purchase, buy
     from ..commerce.setup import BuyerConfig
     from ..support import prefs
     from ..support.channels import JsonClient
     from ..support.paths import semper_home
-    from ..tinguin.api import Script
+    from .wallet import default_wallet
     p = prefs.load()
-    ca_root = args.ca_root or (Path(p["trust.ca_root"]) if p.get("trust.ca_root") else None)
+
+    def arg(name: str) -> Any:
+        return getattr(args, name, None)            # not every command has every option
+    ca_root = arg("ca_root") or _file(_pref_path(p, "trust.ca_root"), "prefs trust.ca_root")
     if ca_root is None:
         raise UsageError("which CA root do you trust? pass --ca-root (or: semper prefs set trust.ca_root FILE)")
     root_pem = Path(ca_root).read_text()
     home = semper_home()
-    ttp_url = args.ttp or p.get("servers.ttp")
+    bank_url = arg("bank") or p.get("servers.bank")
+    bank_root = arg("bank_tls_root") or _file(_pref_path(p, "trust.bank_tls_root"), "prefs trust.bank_tls_root")
+    account = arg("account") or p.get("payment.account")
+    purse_root = arg("purse_root") or _file(_pref_path(p, "trust.purse_root"), "prefs trust.purse_root")
+    ttp_url = arg("ttp") or p.get("servers.ttp")
+    tls_dir = arg("tls_dir") or home / "client-tls"
+    wallet = arg("wallet") or default_wallet()
+    if pay in NEEDS_BANK:
+        missing = [w for w, v in (("--bank URL (or prefs servers.bank)", bank_url),
+                                  ("--bank-tls-root FILE (or prefs trust.bank_tls_root)", bank_root),
+                                  ("--account ACCOUNT (or prefs payment.account)", account)) if not v]
+        if missing:
+            raise UsageError(f"paying with {pay} needs the bank: " + ", ".join(missing))
+    if pay == "ecash" and not wallet.exists():
+        raise UsageError(f"paying with e-cash needs coins, and there is no wallet at {wallet}: withdraw some first "
+                         "(semper wallet withdraw AMOUNT)")
+    if workflow in FAIR_EXCHANGE:
+        if not ttp_url:
+            raise UsageError(f"a {workflow} deal is a fair exchange through the third party: pass --ttp URL (or "
+                             "semper prefs set servers.ttp URL)")
+        if not (tls_dir / "cert.pem").is_file():
+            raise UsageError(f"a fair exchange needs your mailbox's TLS key and chain in {tls_dir} (the CA operator "
+                             f"makes them: semper ca tls-cert --host 127.0.0.1 --out {tls_dir}; or pass --tls-dir)")
+    if workflow == "information" and pay in (None, "card-purse") and purse_root is None:
+        raise UsageError("in an information purchase the payment is exchanged through the third party, which checks a "
+                         "card purse payment against the purse scheme's root: pass --purse-root FILE (or semper "
+                         "prefs set trust.purse_root FILE), or pay another way (--pay)")
     ttp_cert = escrow = None
-    if ttp_url and args.workflow in ("information", "contract"):
+    if ttp_url and workflow in FAIR_EXCHANGE:
         import base64
-        t = JsonClient(ttp_url, root_pem, name="the third party")
-        ttp_cert = x509.load_pem_x509_certificate(str(t.get("/certificate")["certificate"]).encode())
-        escrow = base64.b64decode(str(t.get("/escrow-key")["statement"]))
-    tls_dir = args.tls_dir or home / "client-tls"
-    tls = (tls_dir / "cert.pem", tls_dir / "key.pem") if (tls_dir / "cert.pem").exists() else None
+        with JsonClient(ttp_url, root_pem, name="the third party") as t:
+            ttp_cert = x509.load_pem_x509_certificate(str(t.get("/certificate")["certificate"]).encode())
+            escrow = base64.b64decode(str(t.get("/escrow-key")["statement"]))
+    if archive is None:
+        home.mkdir(parents=True, exist_ok=True)         # semper's own folder
+        archive = home / "evidence.sqlite3"
+    if not archive.parent.is_dir():
+        raise UsageError(f"the folder of the evidence archive {archive} does not exist")
     cfg = BuyerConfig(
-        shop_url=args.shop_url, ca_root_pem=root_pem, archive=args.archive or home / "evidence.sqlite3",
-        purse_root=x509.load_pem_x509_certificate(args.purse_root.read_bytes()) if args.purse_root else None,
-        bank_url=args.bank or p.get("servers.bank"), bank_tls_root=args.bank_tls_root, account=args.account,
-        ttp_url=ttp_url, ttp_cert=ttp_cert, escrow=escrow, tls=tls, patience=args.patience)
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        shop_url=shop_url, ca_root_pem=root_pem, archive=archive,
+        purse_root=x509.load_pem_x509_certificate(Path(purse_root).read_bytes()) if purse_root else None,
+        bank_url=bank_url, bank_tls_root=bank_root, account=account, ttp_url=ttp_url, ttp_cert=ttp_cert,
+        escrow=escrow, tls=(tls_dir / "cert.pem", tls_dir / "key.pem") if (tls_dir / "cert.pem").exists() else None,
+        patience=getattr(args, "patience", 15.0), wallet_path=wallet if pay == "ecash" else None)
+    return BuyerSettings(cfg, arg("reader") or p.get("signer.reader"), archive, pay)
+
+
+def cmd_buy(args: argparse.Namespace) -> int:
+    from ..commerce.app import Purchase, buy
+    from ..support import prefs
+    from ..tinguin.api import Script
+    p = prefs.load()
+    shop_url, words = _shop_and_items(args, p)
+    if not words:
+        raise UsageError("which items? name at least one SKU (the shop's GET /catalogue lists them)")
+    items = _items(words)
+    if args.image is not None and not args.image.exists():
+        raise UsageError(f"no card image at {args.image}; create one with 'semper card new --image {args.image}'")
+    form = _form(args.form)
+    pay = _check_module(args.pay, "--pay") or _check_module(p.get("payment.default_module"),
+                                                             "prefs payment.default_module")
+    if args.anonymous:
+        if pay not in (None, "ecash"):
+            raise UsageError(f"an anonymous deal is paid with e-cash only, not {pay} (drop --pay or --anonymous)")
+        pay = "ecash"
+    settings = buyer_settings(args, workflow=args.workflow, pay=pay, anonymous=args.anonymous, archive=args.archive,
+                              shop_url=shop_url)
     script = None
+    interactive = sys.stdin.isatty() and sys.stderr.isatty()          # the TINGUIN draws on the terminal
     if not interactive:
         if args.script is None:
             raise UsageError("no terminal for the TINGUIN: run semper buy in a terminal, or pass --script PIN_FILE "
                              "to let a scripted user answer its screens (it says so in the evidence)")
-        script = Script(payment=args.pay, pin=args.script.read_text().strip())
+        script = Script(payment=pay, pin=args.script.read_text().strip())
+    archive = settings.archive
+    had_archive = archive.exists()
+    opened = contextlib.ExitStack()
 
     def card() -> object:
         """The card the TINGUIN's worker thread uses: a reader through pcscd, or an image in process."""
-        from semper.hardware.cards import open_connection
+        from semper.hardware import cards
         from semper.hardware.iso7816 import AID
-        return open_connection(AID.PURSE, args.reader or p.get("signer.reader"), args.image)
-    purchase = Purchase(args.workflow, _items(args.items), _form(args.form), args.pay, args.anonymous)
-    result = buy(cfg, card, purchase, interactive=interactive, script=script,
-                 say=lambda line: print(line, file=sys.stderr, flush=True))
-    print_json({"deal": result.deal_id, "status": result.status.value, "summary": result.summary,
-                "evidence": [{"kind": e.kind, "entry": e.archive_index, "sha256": e.digest} for e in result.evidence]})
+        return opened.enter_context(cards.connection(AID.PURSE, settings.reader, args.image))
+
+    say = _Say()
+    purchase = Purchase(args.workflow, items, form, pay, args.anonymous)
+    try:
+        with opened:
+            result = buy(settings.config, card, purchase, interactive=interactive, script=script, say=say)
+    finally:
+        if not had_archive and archive.exists() and _empty_archive(archive):
+            for leftover in (archive, Path(f"{archive}-wal"), Path(f"{archive}-shm")):
+                leftover.unlink(missing_ok=True)          # a failed buy leaves no empty archive behind
+    summary = result.summary
+    if say.declined and not result.ok and pay:
+        summary = (f"the shop's offer does not accept {pay} (--pay); the scripted user declined it, so nothing was "
+                   f"ordered or paid ({say.declined})")
+    written = None
+    if args.out is not None:
+        if result.content is not None and result.ok:
+            args.out.write_bytes(result.content)
+            written = str(args.out)
+        else:
+            note(f"nothing written to {args.out}: the deal delivered no information")
+    out = {"deal": result.deal_id, "status": result.status.value, "summary": summary, "content_file": written,
+           "evidence": [{"kind": e.kind, "entry": e.archive_index, "sha256": e.digest} for e in result.evidence]}
+    emit(args, out, lambda: _text(out, archive))
     return 0 if result.ok else 1
+
+
+def _text(out: dict[str, Any], archive: Path) -> str:
+    lines = [f"deal {out['deal'] or '-'}: {out['status']}", f"  {out['summary']}"]
+    if out["content_file"]:
+        lines.append(f"  the information is in {out['content_file']}")
+    if out["evidence"]:
+        lines.append(f"  evidence: {len(out['evidence'])} entries in {archive} ("
+                     + ", ".join(e["kind"] for e in out["evidence"]) + ")")
+    return "\n".join(lines)
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("buy", help="buy from a shop (offer, TINGUIN, order, payment, delivery)")
-    p.add_argument("shop_url", help="the shop, https://host:port")
-    p.add_argument("items", nargs="+", help="SKU or SKU:QUANTITY (see the shop's GET /catalogue)")
-    p.add_argument("--workflow", default="mail-order", choices=("mail-order", "information", "registration",
-                                                                "contract"))
-    p.add_argument("--pay", help="the payment module you would prefer (you choose in the TINGUIN)")
-    p.add_argument("--anonymous", action="store_true", help="an anonymous deal: nothing signed, e-cash only")
-    p.add_argument("--form", action="append", metavar="KEY=VALUE", help="order form values (repeat)")
-    p.add_argument("--reader", help="the PC/SC reader of your card (default: prefs signer.reader, else search)")
-    p.add_argument("--image", type=Path, help="a simulated card image in this process instead of a reader")
-    p.add_argument("--ca-root", type=Path, help="the CA root you trust (default: prefs trust.ca_root)")
-    p.add_argument("--purse-root", type=Path, help="the card purse scheme root (to check payments in exchanges)")
+    p.add_argument("target", nargs="+", metavar="[SHOP_URL] ITEM",
+                   help="the shop, https://host:port (default: prefs servers.shop), then SKU or SKU:QUANTITY (see "
+                        "the shop's GET /catalogue)")
+    p.add_argument("-w", "--workflow", default="mail-order", choices=("mail-order", "information", "registration",
+                                                                      "contract"))
+    p.add_argument("--pay", help="the payment module you would prefer (you choose in the TINGUIN; default: prefs "
+                                 "payment.default_module)")
+    p.add_argument("--anonymous", action="store_true", help="an anonymous deal: nothing signed, e-cash only "
+                                                            "(semper wallet withdraw first)")
+    p.add_argument("-f", "--form", action="append", metavar="KEY=VALUE", help="order form values (repeat)")
+    p.add_argument("-r", "--reader", help="the PC/SC reader of your card (default: prefs signer.reader, else search)")
+    p.add_argument("-i", "--image", type=card_image, help="a simulated card image in this process instead of a reader")
+    p.add_argument("--ca-root", type=existing_file, help="the CA root you trust (default: prefs trust.ca_root)")
+    p.add_argument("--purse-root", type=existing_file, help="the card purse scheme root, to check payments in fair "
+                                                            "exchanges (default: prefs trust.purse_root)")
     p.add_argument("--bank", help="the bank's URL (default: prefs servers.bank)")
-    p.add_argument("--bank-tls-root", type=Path, help="the bank's TLS root (PEM)")
-    p.add_argument("--account", help="your account at the bank (cheques, account payments)")
+    p.add_argument("--bank-tls-root", type=existing_file, help="the bank's TLS root, PEM (default: prefs "
+                                                               "trust.bank_tls_root)")
+    p.add_argument("-a", "--account", help="your account at the bank: cheques, account payments, e-cash (default: "
+                                           "prefs payment.account)")
     p.add_argument("--ttp", help="the third party's URL (fair exchanges; default: prefs servers.ttp)")
     p.add_argument("--tls-dir", type=Path, help="your mailbox's TLS key and chain for fair exchanges "
                                                 "(default: $SEMPER_HOME/client-tls; semper ca tls-cert makes one)")
+    p.add_argument("--wallet", type=Path, help="your e-cash wallet (default: $SEMPER_HOME/wallet.json)")
     p.add_argument("--archive", type=Path, help="your evidence archive (default: $SEMPER_HOME/evidence.sqlite3)")
-    p.add_argument("--patience", type=float, default=15.0, help="seconds to wait for a delivery or an exchange")
-    p.add_argument("--script", type=Path, metavar="PIN_FILE",
+    p.add_argument("-o", "--out", type=new_file, help="write the information you bought to this file")
+    p.add_argument("--patience", type=positive_float, default=15.0,
+                   help="seconds to wait for a delivery or an exchange")
+    p.add_argument("--script", type=existing_file, metavar="PIN_FILE",
                    help="no person at a terminal: a scripted user answers the TINGUIN, typing this PIN")
-    p.set_defaults(fn=cmd_buy)
+    json_arg(p)
+    p.set_defaults(fn=cmd_buy, more_positionals="target")

@@ -11,7 +11,7 @@ import os
 import secrets
 from pathlib import Path
 
-from . import UsageError, print_json, read_secret
+from . import UsageError, emit, existing_file, json_arg, new_file, note, read_pin_file, read_secret
 from .storage_args import add_db_arg
 
 
@@ -22,15 +22,12 @@ def ca_location_args(p: argparse.ArgumentParser) -> None:
 
 def pin_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pin-stdin", action="store_true", help="read the CA token's PIN from standard input")
-    p.add_argument("--pin-file", type=Path, help="read the CA token's PIN from this file (for services)")
+    p.add_argument("--pin-file", type=existing_file, help="read the CA token's PIN from this file (for services)")
 
 
 def read_ca_pin(args: argparse.Namespace) -> bytes:
     if getattr(args, "pin_file", None):
-        try:
-            return args.pin_file.read_text().strip().encode()
-        except OSError as e:
-            raise UsageError(f"cannot read --pin-file {args.pin_file}: {e.strerror}") from None
+        return read_pin_file(args.pin_file, "CA token PIN")
     return read_secret("CA token PIN", args.pin_stdin)
 
 
@@ -74,8 +71,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.create_token:
         so_pin = secrets.token_hex(16).encode()
         provision(store, args.token, pin, so_pin, module=args.module)
-        print(f"created SoftHSM2 token {args.token!r} in {store.token_dir}")
-        print(f"its SO PIN (shown once, keep it offline): {so_pin.decode()}")
+        note(f"created SoftHSM2 token {args.token!r} in {store.token_dir}")
+        note(f"its SO PIN (shown once, keep it offline): {so_pin.decode()}")
     conf = str(store.conf) if store is not None else None
     signer = Pkcs11Signer.open(args.token, args.module, softhsm_conf=conf)
     signer.verify_pin(pin)
@@ -85,27 +82,36 @@ def cmd_init(args: argparse.Namespace) -> int:
     from ..servers.ca_home import write_private
     write_private(h.admin_secret_file, (admin + "\n").encode())
     root = h.publish_root(ca)
-    print(f"CA {args.name!r} initialised in {h.folder}; its key stays in token {args.token!r}")
-    print(f"root certificate (give it to every client to pin): {root}")
-    print(f"admin secret for the operator endpoints: {h.admin_secret_file}")
+    emit(args, {"name": args.name, "folder": str(h.folder), "root": str(root), "token": args.token,
+                "admin_secret": str(h.admin_secret_file)},
+         f"CA {args.name!r} initialised in {h.folder}; its key stays in token {args.token!r}\n"
+         f"root certificate (give it to every client to pin): {root}\n"
+         f"admin secret for the operator endpoints: {h.admin_secret_file}")
     return 0
 
 
 def cmd_add_person(args: argparse.Namespace) -> int:
     _h, ca = open_ca(args, signing=False)
+    if args.out is not None and args.out.exists():
+        raise UsageError(f"{args.out} exists already; a registration key is written to a new file only")
     reg_id, key = ca.add_person(args.name, email=args.email, role=args.role, hosts=tuple(args.host or ()))
-    if args.json:
-        print_json({"registration_id": reg_id, "registration_key": key})
-    else:
-        print(f"registered {args.name!r} as {args.role}; one-time registration key (shown only now):")
-        print(key)
+    if args.out is not None:
+        from ..support.secret_files import write_secret
+        write_secret(args.out, key + "\n")
+        emit(args, {"registration_id": reg_id, "registration_key_file": str(args.out)},
+             f"registered {args.name!r} as {args.role}; the one-time registration key is in {args.out} (0600): hand "
+             f"it over, then delete it (semper register --registration-key-file)")
+        return 0
+    emit(args, {"registration_id": reg_id, "registration_key": key},
+         f"registered {args.name!r} as {args.role}; one-time registration key (shown only now):\n{key}")
     return 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     _h, ca = open_ca(args, signing=False)
     cert = ca.revoke(args.serial, args.reason)
-    print(f"certificate {cert.serial} ({cert.common_name}) revoked: {cert.revocation_reason}; the next CRL lists it")
+    emit(args, {"serial": cert.serial, "name": cert.common_name, "reason": cert.revocation_reason},
+         f"certificate {cert.serial} ({cert.common_name}) revoked: {cert.revocation_reason}; the next CRL lists it")
     return 0
 
 
@@ -115,7 +121,9 @@ def cmd_crl(args: argparse.Namespace) -> int:
     der = ca.crl(force=True)
     if args.out:
         args.out.write_bytes(der if args.der else pem(der, "X509 CRL").encode())
-        print(f"CRL written to {args.out}")
+        emit(args, {"file": str(args.out)}, f"CRL written to {args.out}")
+    elif args.json:
+        emit(args, {"crl": pem(der, "X509 CRL")})
     else:
         print(pem(der, "X509 CRL"), end="")
     return 0
@@ -125,14 +133,25 @@ def cmd_tls_cert(args: argparse.Namespace) -> int:
     from ..servers.ca_home import issue_tls_identity
     _h, ca = open_ca(args, signing=True)
     chain, key = issue_tls_identity(ca, tuple(args.host), args.out, name=args.name)
-    print(f"TLS chain {chain}, key {key} (hosts: {', '.join(args.host)})")
+    emit(args, {"chain": str(chain), "key": str(key), "hosts": list(args.host)},
+         f"TLS chain {chain}, key {key} (hosts: {', '.join(args.host)})")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     _h, ca = open_ca(args, signing=False)
-    print_json(ca.listing())
+    listing = ca.listing()
+    emit(args, listing, lambda: _listing_text(listing))
     return 0
+
+
+def _listing_text(listing: dict) -> str:  # type: ignore[type-arg]
+    lines = []
+    for key, rows in listing.items():
+        lines.append(f"{key} ({len(rows)}):" if isinstance(rows, list) else f"{key}: {rows}")
+        for row in rows if isinstance(rows, list) else ():
+            lines.append("  " + "  ".join(f"{k}={v}" for k, v in row.items() if v not in (None, "")))
+    return "\n".join(lines)
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
@@ -152,6 +171,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--days", type=int, default=3650, help="validity of the root (days)")
     p.add_argument("--cert-days", type=int, default=730, help="validity of the certificates it issues (days)")
     p.add_argument("--crl-url", help="URL of the CRL, written into issued certificates")
+    json_arg(p)
     p.set_defaults(fn=cmd_init)
 
     p = ca.add_parser("add-person", help="register a person's (or service's) data; prints a one-time key")
@@ -160,20 +180,24 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--email", help="e-mail address (needed for person, seller, bank, ttp)")
     p.add_argument("--role", default="person", choices=sorted(ROLES))
     p.add_argument("--host", action="append", help="host name or IP address (role server; repeat)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("-o", "--out", type=new_file, help="write the one-time key to this new file (0600) instead of "
+                                                      "printing it")
+    json_arg(p)
     p.set_defaults(fn=cmd_add_person)
 
     p = ca.add_parser("revoke", help="revoke a certificate by serial number")
     ca_location_args(p)
     p.add_argument("serial")
     p.add_argument("--reason", default="unspecified", choices=REASONS)
+    json_arg(p)
     p.set_defaults(fn=cmd_revoke)
 
     p = ca.add_parser("crl", help="sign a fresh CRL and print or write it")
     ca_location_args(p)
     pin_args(p)
-    p.add_argument("--out", type=Path)
+    p.add_argument("-o", "--out", type=new_file)
     p.add_argument("--der", action="store_true", help="write DER instead of PEM")
+    json_arg(p)
     p.set_defaults(fn=cmd_crl)
 
     p = ca.add_parser("tls-cert", help="issue a TLS server key and certificate for a service")
@@ -181,9 +205,11 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     pin_args(p)
     p.add_argument("--host", action="append", required=True, help="IP address or host name (repeat)")
     p.add_argument("--name", help="common name (default: the first host)")
-    p.add_argument("--out", type=Path, required=True, help="folder for cert.pem (chain) and key.pem")
+    p.add_argument("-o", "--out", type=Path, required=True, help="folder for cert.pem (chain) and key.pem")
+    json_arg(p)
     p.set_defaults(fn=cmd_tls_cert)
 
-    p = ca.add_parser("list", help="registrations and certificates, as JSON")
+    p = ca.add_parser("list", help="registrations and certificates")
     ca_location_args(p)
+    json_arg(p)
     p.set_defaults(fn=cmd_list)

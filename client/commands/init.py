@@ -11,7 +11,7 @@ import argparse
 import secrets
 import sys
 
-from . import UsageError
+from . import UsageError, emit, json_arg
 
 # short, distinct, easy to read back; a phrase from these is for recognising a window, not a password
 _WORDS = ("amber", "birch", "cobalt", "dune", "ember", "fjord", "garnet", "harbour", "indigo", "juniper", "kestrel",
@@ -73,9 +73,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise UsageError("no terminal to ask for the phrase; pass --phrase TEXT, --phrase-stdin or --generate")
     phrase = check_phrase(phrase)
     saved = prefs.set_value("trust.phrase", phrase)
-    print(f"your personal phrase is set (in {saved.path}):\n\n    {phrase}\n\n"
-          "Every real TINGUIN window shows it at the top. If a window asks for your PIN or a confirmation\n"
-          "and does not show this phrase, type nothing into it. See it now with 'semper ui'.")
+    emit(args, {"phrase": phrase, "path": str(saved.path)},
+         f"your personal phrase is set (in {saved.path}):\n\n    {phrase}\n\n"
+         "Every real TINGUIN window shows it at the top. If a window asks for your PIN or a confirmation\n"
+         "and does not show this phrase, type nothing into it. See it now with 'semper ui'.")
     return 0
 
 
@@ -87,4 +88,5 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     how.add_argument("--phrase-stdin", action="store_true", help="read the phrase from standard input")
     how.add_argument("--generate", action="store_true", help="choose a random phrase and print it")
     p.add_argument("--force", action="store_true", help="replace a phrase that is already set")
+    json_arg(p)
     p.set_defaults(fn=cmd_init)

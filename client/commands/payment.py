@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import print_json
+from . import emit, json_arg
 
 
 def cmd_modules(args: argparse.Namespace) -> int:
@@ -16,7 +16,17 @@ def cmd_modules(args: argparse.Namespace) -> int:
         else:
             row["problem"] = f.problem
         out.append(row)
-    print_json(out)
+
+    def text() -> str:
+        lines = []
+        for r in out:
+            if "problem" in r:
+                lines.append(f"{r['name']:<12} NOT USABLE: {r['problem']}")
+            else:
+                props = ", ".join(k.replace("_", " ") for k, v in r["properties"].items() if v is True)
+                lines.append(f"{r['name']:<12} {r['model']:<14} {props}  ({r['target']})")
+        return "\n".join(lines)
+    emit(args, out, text)
     return 0
 
 
@@ -24,4 +34,5 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p = sub.add_parser("payment", help="the payment manager")
     psub = p.add_subparsers(dest="payment_command", required=True)
     m = psub.add_parser("modules", help="list the installed payment modules (entry points)")
+    json_arg(m)
     m.set_defaults(fn=cmd_modules)

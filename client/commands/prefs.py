@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import print_json
+from . import emit, json_arg, print_json
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -22,14 +22,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_set(args: argparse.Namespace) -> int:
     from ..support import prefs
     p = prefs.set_value(args.key, args.value)
-    print(f"{args.key} = {p.values[args.key]!r} (in {p.path})")
+    emit(args, {"key": args.key, "value": p.values[args.key], "path": str(p.path)},
+         f"{args.key} = {p.values[args.key]!r} (in {p.path})")
     return 0
 
 
 def cmd_unset(args: argparse.Namespace) -> int:
     from ..support import prefs
     p = prefs.unset(args.key)
-    print(f"{args.key} unset (in {p.path})")
+    emit(args, {"key": args.key, "value": None, "path": str(p.path)}, f"{args.key} unset (in {p.path})")
     return 0
 
 
@@ -37,12 +38,14 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     prefs = sub.add_parser("prefs", help="show or change your preferences").add_subparsers(
         dest="prefs_command", required=True)
     p = prefs.add_parser("show", help="every key, its value or what it is for")
-    p.add_argument("--json", action="store_true")
+    json_arg(p)
     p.set_defaults(fn=cmd_show)
     p = prefs.add_parser("set", help="check and store one value")
     p.add_argument("key")
     p.add_argument("value")
+    json_arg(p)
     p.set_defaults(fn=cmd_set)
     p = prefs.add_parser("unset", help="remove one value")
     p.add_argument("key")
+    json_arg(p)
     p.set_defaults(fn=cmd_unset)

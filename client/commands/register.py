@@ -13,7 +13,7 @@ from pathlib import Path
 
 from semper.hardware.signer import Signer
 
-from . import UsageError, card_args, read_secret
+from . import UsageError, card_args, emit, existing_file, json_arg, new_file, read_secret
 
 Device = tuple[Signer, Callable[[bytes], None], Callable[[], bytes]]
 
@@ -47,6 +47,12 @@ def cmd_register(args: argparse.Namespace) -> int:
         root_pem = Path(root).read_text()
     except OSError as e:
         raise UsageError(f"cannot read the CA root {root}: {e.strerror}") from None
+    registration_key = args.registration_key
+    if args.registration_key_file is not None:
+        registration_key = args.registration_key_file.read_text().strip()
+    if not registration_key:
+        raise UsageError("the one-time registration key the CA operator gave you: pass --registration-key-file FILE "
+                         "(or --registration-key KEY, which others can see in the process list)")
     client = JsonClient(ca_url, root_pem, timeout=args.timeout, name="the CA")
     token = args.token or (p.get("signer.token") if p.get("signer.kind") == "token" and not (args.reader or args.image)
                            else None)
@@ -55,18 +61,26 @@ def cmd_register(args: argparse.Namespace) -> int:
         from ..support.registration import device_point
         device_point(signer)                        # no key: say so before asking for the PIN
         pin = read_secret(f"PIN of {signer.label}", args.pin_stdin)
-        done = register(signer, pin=pin, client=client, root_pem=root_pem, registration_key=args.registration_key,
+        done = register(signer, pin=pin, client=client, root_pem=root_pem, registration_key=registration_key,
                         name=args.name, email=args.email, write=write, read_back=read_back)
+    if args.cert_out is not None:
+        args.cert_out.write_bytes(done.saved_to.read_bytes())
     again = " (the CA had issued it before; written again)" if done.repeated else ""
-    print(f"certificate {done.serial} for {args.name!r} written to {signer.label}{again}; copy in {done.saved_to}")
+    emit(args, {"serial": done.serial, "name": args.name, "device": signer.label, "copy": str(done.saved_to),
+                "repeated": done.repeated},
+         f"certificate {done.serial} for {args.name!r} written to {signer.label}{again}; copy in {done.saved_to}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("register", help="get the card's or token's key certified by the semper CA")
     p.add_argument("--ca", help="the CA's URL, https://HOST:PORT (default: prefs servers.ca)")
-    p.add_argument("--ca-root", type=Path, help="the CA root certificate to pin, PEM (default: prefs trust.ca_root)")
-    p.add_argument("--registration-key", required=True, help="the one-time key the CA operator gave you")
+    p.add_argument("--ca-root", type=existing_file, help="the CA root certificate to pin, PEM (default: prefs "
+                                                          "trust.ca_root)")
+    key = p.add_mutually_exclusive_group(required=True)
+    key.add_argument("--registration-key-file", type=existing_file, metavar="FILE",
+                     help="a file holding the one-time key the CA operator gave you (semper ca add-person --out)")
+    key.add_argument("--registration-key", help="the one-time key itself (visible in the process list)")
     p.add_argument("--name", required=True, help="your name exactly as registered at the CA")
     p.add_argument("--email", help="your e-mail address as registered")
     card_args(p)
@@ -74,4 +88,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--module", help="PKCS#11 module for --token (default SoftHSM2)")
     p.add_argument("--pin-stdin", action="store_true", help="read the PIN from standard input")
     p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the CA (default 15)")
+    p.add_argument("-o", "--cert-out", type=new_file, metavar="FILE",
+                   help="also write the certificate here, PEM (e.g. for 'semper bank open-account --owner-cert')")
+    json_arg(p)
     p.set_defaults(fn=cmd_register)

@@ -1,21 +1,166 @@
-"""``semper serve shop``: the seller's shop over HTTPS (catalogue, offers, orders, payments, delivery,
-fair exchanges), its signing key in its token and its PSAM in its own reader (``client/commerce``).
+"""``semper shop init|clear`` and ``semper serve shop``: the seller's shop from the command line.
+
+``shop init`` writes the shop's folder (``client/servers/shop_home.py``) from the pieces the other
+operators hand over: the seller's token (its key certified by the CA: ``semper register --token``),
+its account at the bank, the bank's URL and TLS root, the CA root, the purse scheme root, a TLS
+identity from ``semper ca tls-cert``, the PSAM, and the third party's URL, certificate and escrow
+statement. Everything is checked before anything is written. ``serve shop`` runs it over HTTPS
+(catalogue, offers, orders, payments, delivery, fair exchanges), its signing key in its token and
+its PSAM in its own reader. ``shop clear`` asks the running shop to clear its PSAM batch at the
+acquirer, with the admin secret from the shop's folder.
 
 ``--workers N`` runs N worker processes on one listening socket, each PSAM in a device process of its
 own (``client/servers/psam_device.py``), the deals in the shop's database (``--db``); the parent
-restarts what dies (``client/support/prefork.py``; docs/deployment.md)."""
+restarts what dies (``client/support/prefork.py``; docs/deployment.md).
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from . import UsageError, read_secret
+from ..support.money import format_amount, parse_currency
+from . import (
+    CommandFailed,
+    UsageError,
+    card_image,
+    emit,
+    existing_file,
+    json_arg,
+    positive_int,
+    read_pin_file,
+    read_secret,
+)
+from .serve import DEFAULT_PORTS, check_bindable, listen_args
 from .storage_args import add_db_arg
 
 MAX_WORKERS = 64
 SOCKET_PATH_MAX = 100            # a unix socket's path must fit in 108 bytes
+
+MODULES = ("card-purse", "setpay", "cheque", "ecash")
+
+
+def _cert(path: Path, what: str):  # type: ignore[no-untyped-def]
+    from cryptography import x509
+    data = path.read_bytes()
+    try:
+        return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise UsageError(f"{path} is not an X.509 certificate ({what})") from None
+
+
+def _seller_certificate(label: str, conf: Path, ca_root: Any) -> Any:
+    """The certificate on the seller's token, which must chain to the CA root buyers pin."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    from semper.hardware import errors as hw
+    from semper.hsm.signer import Pkcs11Signer
+    try:
+        with Pkcs11Signer.open(label, softhsm_conf=str(conf)) as signer:
+            der = signer.certificate()
+    except hw.NotFoundError:
+        raise UsageError(f"token {label!r} holds no certificate yet: register its key at the CA first (semper ca "
+                         f"add-person --role seller ...; semper register --token {label} ...)") from None
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        cert.verify_directly_issued_by(ca_root)
+    except (ValueError, TypeError, InvalidSignature):
+        raise UsageError(f"the certificate on token {label!r} ({cert.subject.rfc4514_string()}) is not issued by "
+                         "the --ca-root given: buyers would refuse the shop's offers") from None
+    return cert
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from ..commerce.catalogue import Catalogue, demo_catalogue
+    from ..commerce.errors import CommerceError
+    from ..servers.bank_home import check_tls_identity
+    from ..servers.shop_home import ShopHome
+    from ..signers import softhsm_store
+    home = ShopHome.default(args.dir)
+    if home.config_file.exists():
+        raise UsageError(f"{home.folder} already holds a shop; choose another --dir")
+    ttp = [args.ttp, args.ttp_cert, args.escrow]
+    if any(ttp) and not all(ttp):
+        raise UsageError("fair exchanges need all three of the third party's --ttp URL, --ttp-cert FILE and "
+                         "--escrow FILE (from 'semper ttp init')")
+    if args.psam_reader and args.psam_image:
+        raise UsageError("the PSAM is in a reader (--psam-reader) or an image (--psam-image), not both")
+    modules = tuple(m.strip() for m in args.modules.split(",")) if args.modules else MODULES
+    unknown = [m for m in modules if m not in MODULES]
+    if unknown:
+        raise UsageError(f"unknown payment module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
+    if "card-purse" in modules and not (args.psam_reader or args.psam_image):
+        raise UsageError("card purse payments need the shop's PSAM: --psam-reader NAME or --psam-image FILE (or "
+                         "leave card-purse out of --modules)")
+    tls = (args.tls_dir / "cert.pem", args.tls_dir / "key.pem")
+    for f in tls:
+        if not f.is_file():
+            raise UsageError(f"no {f.name} in {args.tls_dir}: make the shop's TLS identity with 'semper ca tls-cert "
+                             f"--host HOST --out {args.tls_dir}'")
+    tls_root = check_tls_identity(*tls)
+    ca_root = _cert(args.ca_root, "the CA root")
+    if tls_root.public_bytes(_pem()) != ca_root.public_bytes(_pem()):
+        raise UsageError(f"the TLS identity in {args.tls_dir} is not issued by the CA of --ca-root, which buyers pin")
+    purse_root = _cert(args.purse_root, "the purse scheme root")
+    _cert(args.bank_tls_root, "the bank's TLS root")
+    store = softhsm_store(args.token_dir, create=False)
+    if store is None:
+        raise UsageError(f"no token folder at {args.token_dir or 'the default place'}; make the seller's token with "
+                         f"'semper token init --label {args.token}'")
+    seller = _seller_certificate(args.token, store.conf, ca_root)
+    ttp_cert = _cert(args.ttp_cert, "the third party's certificate") if args.ttp_cert else None
+    try:
+        catalogue = Catalogue.load(args.catalogue) if args.catalogue else demo_catalogue()
+    except CommerceError as e:
+        raise UsageError(str(e)) from None
+    home = ShopHome.create(home.folder, name=args.name, token_label=args.token, softhsm_conf=str(store.conf),
+                           account=args.account, bank_url=args.bank, bank_tls_root=args.bank_tls_root,
+                           ca_root=ca_root, purse_root=purse_root, catalogue=catalogue, tls=tls,
+                           psam_reader=args.psam_reader, psam_image=args.psam_image.absolute() if args.psam_image
+                           else None, ttp_url=args.ttp, ttp_cert=ttp_cert,
+                           escrow=args.escrow.read_bytes() if args.escrow else None, modules=modules,
+                           exchange_port=args.exchange_port, currency=parse_currency(args.currency))
+    emit(args, {"folder": str(home.folder), "name": args.name, "seller": seller.subject.rfc4514_string(),
+                "modules": list(modules), "items": sorted(catalogue.items), "fair_exchange": bool(args.ttp)},
+         f"shop {args.name!r} set up in {home.folder}: it signs as {seller.subject.rfc4514_string()} (token "
+         f"{args.token!r}), takes {', '.join(modules)}, sells {', '.join(sorted(catalogue.items))}"
+         + ("" if args.catalogue else " (the demo catalogue; --catalogue FILE for your own)")
+         + ("; fair exchanges through " + args.ttp if args.ttp else "; no third party: no fair exchanges")
+         + "\nstart it with: semper serve shop" + (f" --dir {args.dir}" if args.dir else ""))
+    return 0
+
+
+def _pem():  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives.serialization import Encoding
+    return Encoding.PEM
+
+
+def cmd_clear(args: argparse.Namespace) -> int:
+    from ..servers.shop_home import ShopHome
+    from ..support.channels import ChannelError, JsonClient
+    home = ShopHome.default(args.dir)
+    cfg = home.config()
+    url = args.url or f"https://127.0.0.1:{DEFAULT_PORTS['shop']}"
+    secret = (home.folder / "admin-secret").read_text().strip()
+    try:
+        with JsonClient(url, (home.folder / "ca.pem").read_text(), timeout=args.timeout, name="the shop") as shop:
+            answer = shop.post("/admin/clear", {}, {"Authorization": f"Bearer {secret}"})
+    except ChannelError as e:
+        raise CommandFailed(f"the shop at {url} did not clear: {e}") from None
+    cleared = answer.get("cleared")
+    currency = int(cfg.get("currency", 978))
+    if not cleared:
+        emit(args, {"cleared": None}, "nothing to clear: the PSAM's batch is empty and every closed batch was cleared")
+        return 0
+    paid, held = int(cleared.get("total", 0)), cleared.get("held") or []
+    emit(args, {"cleared": cleared},
+         f"cleared batch {cleared.get('batch', '?')}: {cleared.get('count', 0)} debit(s), "
+         f"{format_amount(paid, currency)} paid to account {cfg['account']}"
+         + (f"; {len(held)} proof(s) held by the acquirer (see --json)" if held else ""))
+    return 0
 
 
 def cmd_serve_shop(args: argparse.Namespace) -> int:
@@ -23,7 +168,11 @@ def cmd_serve_shop(args: argparse.Namespace) -> int:
     if not 1 <= args.workers <= MAX_WORKERS:
         raise UsageError(f"--workers must be 1 to {MAX_WORKERS}")
     home = ShopHome.default(args.dir)
-    pin = args.pin_file.read_bytes().strip() if args.pin_file else read_secret("shop token PIN", args.pin_stdin)
+    home.config()                                # no shop there: say so before asking for the PIN
+    if args.listen_fd is None:
+        check_bindable(args.host, args.port)
+    pin = read_pin_file(args.pin_file, "seller token PIN") if args.pin_file else read_secret("shop token PIN",
+                                                                                              args.pin_stdin)
     if args.listen_fd is not None:
         return _serve_worker(args, home, pin)
     if args.workers > 1:
@@ -110,14 +259,48 @@ def _serve_worker(args: argparse.Namespace, home: object, pin: bytes) -> int:
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+    shop = sub.add_parser("shop", help="the seller's shop: set it up, clear its PSAM batch").add_subparsers(
+        dest="shop_command", required=True)
+    p = shop.add_parser("init", help="write the shop's folder from the other operators' pieces")
+    p.add_argument("-d", "--dir", type=Path, help="the shop's folder (default: $SEMPER_HOME/shop)")
+    p.add_argument("--name", required=True, help="the shop's name (as in the seller's certificate)")
+    p.add_argument("--token", required=True, help="label of the seller's token (its key registered at the CA)")
+    p.add_argument("--token-dir", type=Path, help="SoftHSM2 folder of that token (default: SOFTHSM2_CONF, else "
+                                                  "$SEMPER_HOME/tokens)")
+    p.add_argument("-a", "--account", required=True, help="the seller's account at the bank (payments go there)")
+    p.add_argument("--bank", required=True, metavar="URL", help="the bank's URL")
+    p.add_argument("--bank-tls-root", type=existing_file, required=True, help="the bank's TLS root (PEM)")
+    p.add_argument("--ca-root", type=existing_file, required=True, help="the CA root (PEM): buyers' certificates")
+    p.add_argument("--purse-root", type=existing_file, required=True, help="the purse scheme root (PEM)")
+    p.add_argument("--tls-dir", type=Path, required=True,
+                   help="the shop's TLS key and chain from 'semper ca tls-cert --out DIR' (cert.pem, key.pem)")
+    p.add_argument("--psam-reader", help="the PC/SC reader holding the shop's PSAM")
+    p.add_argument("--psam-image", type=card_image, help="or: a PSAM image opened in the shop's process")
+    p.add_argument("--ttp", metavar="URL", help="the third party's URL (fair exchanges)")
+    p.add_argument("--ttp-cert", type=existing_file, help="the third party's certificate (ttp.pem from ttp init)")
+    p.add_argument("--escrow", type=existing_file, help="the third party's escrow statement (escrow.der)")
+    p.add_argument("--catalogue", type=existing_file, help="the catalogue, JSON (default: the demo catalogue)")
+    p.add_argument("--modules", help=f"payment modules it takes, comma-separated (default {','.join(MODULES)})")
+    p.add_argument("--currency", default="EUR")
+    from . import port
+    p.add_argument("--exchange-port", type=port, default=0, help="port of its fair-exchange mailbox (default: any)")
+    json_arg(p)
+    p.set_defaults(fn=cmd_init)
+
+    p = shop.add_parser("clear", help="have the running shop clear its PSAM batch at the acquirer")
+    p.add_argument("-d", "--dir", type=Path, help="the shop's folder (its admin secret; default: $SEMPER_HOME/shop)")
+    p.add_argument("--url", help=f"the running shop (default https://127.0.0.1:{DEFAULT_PORTS['shop']})")
+    p.add_argument("--timeout", type=float, default=60.0)
+    json_arg(p)
+    p.set_defaults(fn=cmd_clear)
+
     p = groups["serve"].add_parser("shop", help="the seller's shop: signed offers, orders, payments, delivery")
-    p.add_argument("--dir", type=Path, help="the shop's folder (default: $SEMPER_HOME/shop; see docs/commerce.md)")
-    p.add_argument("--pin-file", type=Path, help="read the seller token's PIN from this file (for services)")
+    p.add_argument("-d", "--dir", type=Path, help="the shop's folder (default: $SEMPER_HOME/shop; semper shop init)")
+    p.add_argument("--pin-file", type=existing_file, help="read the seller token's PIN from this file (for services)")
     p.add_argument("--pin-stdin", action="store_true", help="read the seller token's PIN from standard input")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8446, help="port (default 8446; 0 = any free port)")
+    listen_args(p, "shop")
     add_db_arg(p, "the shop folder (shop.db)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=positive_int, default=1,
                    help="worker processes on the one socket, each PSAM in a process of its own (default 1: "
                         "one process; docs/deployment.md)")
     # how the parent of --workers starts each worker (not for people)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from semper.hardware import errors as hw_errors
 
-from . import UsageError, print_json, read_secret
+from . import UsageError, emit, json_arg, read_secret
 
 
 def _module(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -44,29 +44,33 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise UsageError("'semper token init' creates SoftHSM2 tokens; --module must be a SoftHSM2 library")
     store = softhsm_store(Path(args.dir) if args.dir is not None else None, create=True)
     made = provision(store, args.label, user_pin, so_pin, module=args.module)
-    print(f"label: {made.label}")
-    print(f"serial: {made.serial}")
-    print(f"key id: {made.key_id.hex()}")
-    print(f"public point: {made.public_point.hex()}")
-    print(f"SOFTHSM2_CONF={made.store.conf}")
-    print(f"(other programs see the token with: SOFTHSM2_CONF={made.store.conf} pkcs11-tool --module {made.module} -O)")
+    emit(args, {"label": made.label, "serial": made.serial, "key_id": made.key_id.hex(),
+                "public_point": made.public_point.hex(), "softhsm2_conf": str(made.store.conf)},
+         f"label: {made.label}\nserial: {made.serial}\nkey id: {made.key_id.hex()}\n"
+         f"public point: {made.public_point.hex()}\nSOFTHSM2_CONF={made.store.conf}\n"
+         f"(other programs see the token with: SOFTHSM2_CONF={made.store.conf} pkcs11-tool --module {made.module} -O)")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     module = _module(args)
     if module is None:
-        print(f"no tokens yet in {Path(args.dir) if args.dir else 'the semper token folder'}; "
-              f"make one with 'semper token init --label LABEL'")
+        emit(args, [], f"no tokens yet in {Path(args.dir) if args.dir else 'the semper token folder'}; "
+                       f"make one with 'semper token init --label LABEL'")
         return 0
     tokens = [t for t in module.tokens() if t.initialized or t.label]
-    if module.is_softhsm:
-        print(f"SOFTHSM2_CONF={module.softhsm_conf}")
-    if not tokens:
-        print(f"no tokens in {module.path}")
-    for t in tokens:
-        state = "PIN blocked" if t.pin_locked else ("PIN: last try" if t.pin_final_try else "ready")
-        print(f"{t.label!r}  serial {t.serial}  {t.manufacturer} {t.model}  {state}  ({t.slot_description})")
+    rows = [{"label": t.label, "serial": t.serial, "manufacturer": t.manufacturer, "model": t.model,
+             "state": "PIN blocked" if t.pin_locked else ("PIN: last try" if t.pin_final_try else "ready"),
+             "slot": t.slot_description} for t in tokens]
+
+    def text() -> str:
+        lines = [f"SOFTHSM2_CONF={module.softhsm_conf}"] if module.is_softhsm else []
+        if not rows:
+            lines.append(f"no tokens in {module.path}")
+        lines += [f"{r['label']!r}  serial {r['serial']}  {r['manufacturer']} {r['model']}  {r['state']}  "
+                  f"({r['slot']})" for r in rows]
+        return "\n".join(lines)
+    emit(args, rows, text)
     return 0
 
 
@@ -88,7 +92,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     out["objects"] = objects
     if info.login_required and not any(o["kind"] == "private key" for o in objects):
         out["note"] = "private keys show only after login (pkcs11-tool -O --login)"
-    print_json(out)
+
+    def text() -> str:
+        flat = {k: v for k, v in out.items() if k != "objects"}
+        width = max(len(k) for k in flat)
+        lines = [f"{k.replace('_', ' '):>{width}}: {v}" for k, v in flat.items()]
+        for o in objects:
+            lines.append("  " + ", ".join(f"{k} {v}" for k, v in o.items()))
+        return "\n".join(lines)
+    emit(args, out, text)
     return 0
 
 
@@ -111,7 +123,8 @@ def cmd_import_cert(args: argparse.Namespace) -> int:
             signer.store_certificate(der)
         except ValueError as e:
             raise UsageError(f"{args.cert} is not an X.509 certificate ({e})") from None
-        print(f"certificate stored on token {args.label!r} with key id {signer.key_id.hex()}")
+        emit(args, {"label": args.label, "key_id": signer.key_id.hex()},
+             f"certificate stored on token {args.label!r} with key id {signer.key_id.hex()}")
     return 0
 
 
@@ -128,15 +141,18 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--label", required=True)
     common(p)
     p.add_argument("--pin-stdin", action="store_true", help="read the user PIN, then the SO PIN, one per line")
+    json_arg(p)
     p.set_defaults(fn=cmd_init)
 
     p = tsub.add_parser("list", help="the tokens a module shows")
     common(p)
+    json_arg(p)
     p.set_defaults(fn=cmd_list)
 
     p = tsub.add_parser("info", help="one token: flags, keys and certificates (JSON)")
     p.add_argument("--label", required=True)
     common(p)
+    json_arg(p)
     p.set_defaults(fn=cmd_info)
 
     p = tsub.add_parser("import-cert", help="store the certificate of the token's key on the token")
@@ -145,4 +161,5 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--key-id", help="CKA_ID in hex when the token holds several keys")
     common(p)
     p.add_argument("--pin-stdin", action="store_true")
+    json_arg(p)
     p.set_defaults(fn=cmd_import_cert)

@@ -12,16 +12,14 @@ import argparse
 import secrets
 from pathlib import Path
 
-from . import UsageError, read_secret
+from . import UsageError, emit, existing_file, json_arg, note, read_pin_file, read_secret
+from .serve import check_bindable, listen_args
 from .storage_args import add_db_arg
 
 
 def _read_pin(path: Path | None, from_stdin: bool, what: str) -> bytes:
     if path is not None:
-        try:
-            return path.read_text().strip().encode()
-        except OSError as e:
-            raise UsageError(f"cannot read {path}: {e.strerror}") from None
+        return read_pin_file(path, what)
     return read_secret(what, from_stdin)
 
 
@@ -63,7 +61,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.create_token:
         so_pin = secrets.token_hex(16).encode()
         provision(store, args.token, pin, so_pin, module=module)
-        print(f"created SoftHSM2 token {args.token!r} in {store.token_dir}; its SO PIN (shown once): {so_pin.decode()}")
+        note(f"created SoftHSM2 token {args.token!r} in {store.token_dir}; its SO PIN (shown once): {so_pin.decode()}")
     purse_root = None
     if args.purse_root:
         try:
@@ -74,8 +72,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     hosts = tuple(dict.fromkeys([args.host, "127.0.0.1", "localhost", *(args.tls_host or [])]))
     TtpHome.create(home.folder, ca=ca, token_label=args.token, pin=pin, softhsm_conf=str(store.conf), module=module,
                    name=args.name, email=args.email, hosts=hosts, purse_root=purse_root, dsn=args.db)
-    print(f"third party {args.name!r} set up in {home.folder}; its keys stay in token {args.token!r}")
-    print(f"give parties {home.cert_pem} and {home.escrow_file} (its escrow-key statement)")
+    emit(args, {"folder": str(home.folder), "certificate": str(home.cert_pem), "escrow": str(home.escrow_file),
+                "token": args.token},
+         f"third party {args.name!r} set up in {home.folder}; its keys stay in token {args.token!r}\n"
+         f"give parties {home.cert_pem} and {home.escrow_file} (its escrow-key statement)")
     return 0
 
 
@@ -84,6 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..support.http_service import ServiceRunner
     from .serve import run_until_signalled
     home = _home(args)
+    check_bindable(args.host, args.port)
     opened = home.open(_read_pin(args.pin_file, args.pin_stdin, "third party token PIN"))
     try:
         runner = ServiceRunner(opened.app(), args.host, args.port, server_context(*opened.tls))
@@ -100,25 +101,25 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     add_db_arg(p, "the third party's folder")
     p.add_argument("--ca-dir", type=Path, help="the CA's folder (default: $SEMPER_HOME/ca)")
     add_db_arg(p, "the CA folder", "--ca-db", "the CA's ")
-    p.add_argument("--ca-pin-file", type=Path, help="the CA token's PIN (otherwise asked)")
+    p.add_argument("--ca-pin-file", type=existing_file, help="the CA token's PIN (otherwise asked)")
     p.add_argument("--token", default="semper-ttp", help="label of the third party's token (default semper-ttp)")
     p.add_argument("--create-token", action="store_true", help="create the SoftHSM2 token first (in the CA's token "
                                                                 "folder unless --token-dir)")
     p.add_argument("--token-dir", type=Path, help="SoftHSM2 folder holding the token (default: the CA's)")
-    p.add_argument("--pin-file", type=Path, help="the third party token's PIN")
+    p.add_argument("--pin-file", type=existing_file, help="the third party token's PIN")
     p.add_argument("--pin-stdin", action="store_true", help="read the third party token's PIN from standard input")
     p.add_argument("--name", default="semper third party", help="the name in its certificates")
     p.add_argument("--email", default="ttp@semper.example", help="its e-mail address (certificate)")
-    p.add_argument("--purse-root", type=Path, help="the card purse scheme root (PEM), to verify debit proofs")
+    p.add_argument("--purse-root", type=existing_file, help="the card purse scheme root (PEM), to verify debit proofs")
     p.add_argument("--host", default="127.0.0.1", help="its service's address (TLS certificate)")
     p.add_argument("--tls-host", action="append", help="another name for the TLS certificate (repeat)")
+    json_arg(p)
     p.set_defaults(fn=cmd_init)
 
     p = groups["serve"].add_parser("ttp", help="the third party (resolve, abort, complaint, status, time-stamps)")
     p.add_argument("--dir", type=Path, help="the third party's folder (default: $SEMPER_HOME/ttp)")
     add_db_arg(p, "the third party's folder")
-    p.add_argument("--pin-file", type=Path, help="read the token PIN from this file (for services)")
+    p.add_argument("--pin-file", type=existing_file, help="read the token PIN from this file (for services)")
     p.add_argument("--pin-stdin", action="store_true", help="read the token PIN from standard input")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8444, help="port (default 8444; 0 = any free port)")
+    listen_args(p, "ttp")
     p.set_defaults(fn=cmd_serve)

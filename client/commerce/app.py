@@ -38,10 +38,10 @@ def run_workflow(ui: TrustedUI, cfg: BuyerConfig, card: Any, purchase: Purchase)
                               attributes=deal_attributes("mail-order", purchase.anonymous))
         sku = purchase.items[0][0] if purchase.items else ""
         if purchase.workflow == "information":
-            return buy_information(b, sku, prefer=purchase.prefer)
+            return buy_information(b, sku, prefer=purchase.prefer, form=purchase.form)
         if purchase.workflow == "registration":
             return register(b, sku, purchase.form, prefer=purchase.prefer)
-        return sign_contract(b, sku)
+        return sign_contract(b, sku, purchase.form)
     finally:
         session.close()
 

@@ -37,6 +37,7 @@ class BuyerConfig:
     escrow: bytes | None = None
     tls: tuple[Path, Path] | None = None          # the buyer's mailbox key and chain (fair exchanges)
     wallet: Any = None                             # client.payment.wallet.Wallet (e-cash)
+    wallet_path: Path | None = None                # or: a wallet file sealed to the card (opened with its PIN)
     currency: int = 978
     patience: float = 15.0
     modules: tuple[str, ...] | None = None
@@ -86,8 +87,11 @@ def open_buyer(cfg: BuyerConfig, ui: TrustedUI, card: Any = None) -> BuyerSessio
     bank = BankClient(cfg.bank_url, cfg.bank_tls_root, signer, enter_pin=tinguin_pin(ui)) \
         if cfg.bank_url and cfg.bank_tls_root else None
     ctx = PartyContext(bank=bank, signer=signer, enter_pin=tinguin_pin(ui), purse=purse, account=cfg.account,
-                       wallet=cfg.wallet, currency=cfg.currency)
+                       wallet=cfg.wallet, currency=cfg.currency, select_signer=piv.select if card is not None else None)
     payments = PaymentManager(ctx, only=cfg.modules)
+    if cfg.wallet is None and cfg.wallet_path is not None and card is not None and "ecash" in payments.modules:
+        with lock:                                  # the card's wallet: its PIN through the TINGUIN
+            payments.module("ecash").use_card_wallet(cfg.wallet_path, piv)  # type: ignore[attr-defined]
     shop = ShopClient(cfg.shop_url, cfg.ca_root_pem)
     session.closers.append(shop.close)
     verifiers = item_verifiers(purse_root=cfg.purse_root)

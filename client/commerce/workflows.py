@@ -197,9 +197,10 @@ def register(b: Buyer, sku: str, form: Mapping[str, Any], prefer: str | None = N
     return mail_order(b, [(sku, 1)], form=form, prefer=prefer, workflow="registration")
 
 
-def buy_information(b: Buyer, sku: str, *, prefer: str | None = None, attributes: DealAttributes | None = None
-                    ) -> DealResult:
-    """On-line purchase of information: the payment fairly exchanged for the information and a receipt."""
+def buy_information(b: Buyer, sku: str, *, prefer: str | None = None, attributes: DealAttributes | None = None,
+                    form: Mapping[str, Any] | None = None) -> DealResult:
+    """On-line purchase of information: the payment fairly exchanged for the information and a receipt.
+    ``form``: values a business application sent; the signed offer's form (none) must allow them."""
     attrs = attributes or deal_attributes("information")
 
     def body(r: _Run) -> DealResult:
@@ -207,7 +208,7 @@ def buy_information(b: Buyer, sku: str, *, prefer: str | None = None, attributes
         deal, offer, vs = blocks.get_offer(b, "information", [(sku, 1)], attrs)
         r.deal = deal
         r.next("confirm")
-        c = blocks.review_and_confirm(b, deal, offer, vs, {}, Action.ORDER_AND_PAY, prefer)
+        c = blocks.review_and_confirm(b, deal, offer, vs, form or {}, Action.ORDER_AND_PAY, prefer)
         r.next("order")
         order = blocks.make_order(b, deal, offer, c)
         r.next("exchange")
@@ -221,8 +222,8 @@ def buy_information(b: Buyer, sku: str, *, prefer: str | None = None, attributes
     return _Run(b, "information").run(body)
 
 
-def sign_contract(b: Buyer, sku: str) -> DealResult:
-    """Contract signing: both signatures on the contract, fairly exchanged."""
+def sign_contract(b: Buyer, sku: str, form: Mapping[str, Any] | None = None) -> DealResult:
+    """Contract signing: both signatures on the contract, fairly exchanged (``form`` as for information)."""
     attrs = deal_attributes("contract")
 
     def body(r: _Run) -> DealResult:
@@ -230,7 +231,7 @@ def sign_contract(b: Buyer, sku: str) -> DealResult:
         deal, offer, vs = blocks.get_offer(b, "contract", [(sku, 1)], attrs)
         r.deal = deal
         r.next("confirm")
-        c = blocks.review_and_confirm(b, deal, offer, vs, {}, Action.SIGN_CONTRACT)
+        c = blocks.review_and_confirm(b, deal, offer, vs, form or {}, Action.SIGN_CONTRACT)
         request = docs.canonical(docs.order_body(offer, payment="none", payment_label=c.payment.label,
                                                  confirmation_sha256=c.digest, scripted=c.scripted,
                                                  action=c.action.name, details=c.details, form=c.form,

@@ -269,19 +269,18 @@ class Bank:
         self.db.run(link)
         return psam
 
-    def currency(self, account_id: str) -> int:
+    def account(self, account_id: str) -> store.Account:
         with self.db.transaction(write=False) as tx:
             acc = store.get_account(tx, account_id)
         if acc is None:
             raise BankRefusal("unknown_account", f"there is no account {account_id}", 404)
-        return acc.currency
+        return acc
+
+    def currency(self, account_id: str) -> int:
+        return self.account(account_id).currency
 
     def balance(self, account_id: str) -> int:
-        with self.db.transaction(write=False) as tx:
-            acc = store.get_account(tx, account_id)
-        if acc is None:
-            raise BankRefusal("unknown_account", f"there is no account {account_id}", 404)
-        return acc.balance
+        return self.account(account_id).balance
 
     def shadow(self, card: str) -> int:
         with self.db.transaction(write=False) as tx:

@@ -150,6 +150,64 @@ class BankHome:
         scheme_root = x509.load_pem_x509_certificate((self.folder / "roots" / "scheme-root.pem").read_bytes())
         return Bank(self.db, keys, roots, bank_id=str(cfg["bank_id"]), scheme_root=scheme_root)
 
+    # ---- the operator's views and settings: the folder and the database, no token, no PIN ---------------
+    def account(self, account_id: str) -> store.Account:
+        """A customer account (its balance in minor units of its currency)."""
+        self.config()
+        with self.db.transaction(write=False) as tx:
+            acc = store.get_account(tx, account_id)
+        if acc is None or acc.kind != "customer":
+            raise BankRefusal("unknown_account", f"there is no customer account {account_id!r} at the bank in "
+                                                 f"{self.folder}; 'semper bank accounts' lists them", 404)
+        return acc
+
+    def accounts(self) -> list[store.Account]:
+        """Every customer account, oldest first."""
+        self.config()
+        with self.db.transaction(write=False) as tx:
+            rows = tx.all("SELECT id, kind, currency, owner, name, balance FROM accounts WHERE kind = 'customer' "
+                          "ORDER BY created_at, id")
+        return [store.Account(*r) for r in rows]
+
+    def linked(self) -> list[tuple[str, str, str, int | None]]:
+        """Cards and PSAMs linked to accounts: (kind, id, account, shadow balance of a card)."""
+        self.config()
+        with self.db.transaction(write=False) as tx:
+            cards = tx.all("SELECT card, account, shadow FROM cards ORDER BY card")
+            psams = tx.all("SELECT psam, account FROM psams ORDER BY psam")
+        return [("card", c, a, int(sh)) for c, a, sh in cards] + [("psam", p, a, None) for p, a in psams]
+
+    def shadow(self, card: str) -> tuple[int, int]:
+        """A purse card's shadow balance at the issuer and its currency."""
+        self.config()
+        with self.db.transaction(write=False) as tx:
+            row = tx.one("SELECT shadow, currency FROM cards WHERE card = ?", (card.upper(),))
+        if row is None:
+            raise BankRefusal("unknown_card", f"card {card} is not linked at the bank in {self.folder}", 404)
+        return int(row[0]), int(row[1])
+
+    def trust_root(self, root: x509.Certificate) -> Path:
+        """Accept certificates under ``root`` (a CA's self-signed root) on signed requests and account
+        owners; takes effect when the bank is opened next (``semper serve bank`` reads its roots at start)."""
+        self.config()
+        try:
+            root.verify_directly_issued_by(root)
+            is_ca = root.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+            is_ca = False
+        if not is_ca:
+            raise BankRefusal("bad_root", "the certificate is not a self-signed CA root (a CA's ca.pem), so the bank "
+                                          "cannot trust certificates under it", 400)
+        folder = self.folder / "roots"
+        fingerprint = root.fingerprint(hashes.SHA256()).hex()[:16]
+        for existing in self.roots():
+            if existing.fingerprint(hashes.SHA256()) == root.fingerprint(hashes.SHA256()):
+                raise BankRefusal("root_known", f"the bank trusts this root already (SHA-256 {fingerprint}...)", 409)
+        target = folder / f"root-{fingerprint}.pem"
+        folder.mkdir(exist_ok=True)
+        target.write_bytes(root.public_bytes(Encoding.PEM))
+        return target
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()

@@ -28,8 +28,8 @@ from semper.hardware.errors import SemperError
 
 from ..payment.model import MAX_AMOUNT
 from ..support.db import IntegrityError, Transaction
-from ..support.shapes import Shape, ShapeError, convert
 from ..support.migrations import Schema
+from ..support.shapes import Shape, ShapeError, convert
 
 SYSTEM_KINDS = ("external", "float", "ecash", "holds")
 

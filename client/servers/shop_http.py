@@ -44,6 +44,7 @@ from ..payment.modules.purse import PurseModule
 from ..support.http_service import ApiError, blocking, make_app, read_json
 from ..support.shapes import Shape
 from .shop import Shop
+from .shop_web import mount as mount_web
 
 log = logging.getLogger("semper.shop")
 ADMIT_WAIT = 10.0           # seconds a payment may wait for room at the PSAM before the shop says busy
@@ -197,6 +198,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
         return web.json_response(await _call(shop.stats))
 
     app = make_app(list(routes))
+    mount_web(app, shop)                        # the web site: catalogue, order form, delivery (shop_web.py)
 
     async def start(app: web.Application) -> None:
         if make_party is None:

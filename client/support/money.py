@@ -6,13 +6,17 @@ How many decimals a currency has is ISO 4217's "minor unit" (EUR 2, JPY 0, KWD 3
 from __future__ import annotations
 
 import functools
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 
 import iso4217
 
 from semper.hardware.errors import SemperError
 
 DEFAULT_CURRENCY = 978          # EUR: what an amount means when no currency is named
+# plain decimals only: ASCII digits, at most one point. Decimal() alone also takes '1e3', '+5', '-0',
+# 'NaN', 'Infinity', '1_000' and digits of other scripts ('١٢'), none of which a person means as money
+_PLAIN = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
 
 
 class AmountError(SemperError, ValueError):
@@ -44,16 +48,25 @@ def currency_code(currency: int) -> str:
     return c.code if c is not None else f"{currency:03d}"
 
 
+def check_amount_text(text: str) -> str:
+    """The syntax of an amount, before its currency is known (an argparse type): plain decimal digits."""
+    if not _PLAIN.fullmatch(text.strip()):
+        raise AmountError(f"{text!r} is not an amount; write plain decimal digits like 12.50 (no sign, exponent or "
+                          "thousands separator)")
+    return text
+
+
 def parse_amount(text: str, currency: int = DEFAULT_CURRENCY) -> int:
-    """'12.50' EUR -> 1250, '500' JPY -> 500. As many decimals as the currency has at most, positive,
-    below 2^31 minor units."""
+    """'12.50' EUR -> 1250, '500' JPY -> 500. Plain decimals only (ASCII digits and one point), as many
+    decimals as the currency has at most, positive, below 2^31 minor units."""
     places = exponent(currency)
-    try:
-        d = Decimal(text.strip())
-    except InvalidOperation:
+    plain = text.strip()
+    if not _PLAIN.fullmatch(plain):
         example = "12" + ("." + "5" * places if places else "")
-        raise AmountError(f"{text!r} is not an amount; write it like {example}") from None
-    if not d.is_finite() or d <= 0:
+        raise AmountError(f"{text!r} is not an amount; write plain decimal digits like {example} (no sign, "
+                          "exponent or thousands separator)")
+    d = Decimal(plain)
+    if d <= 0:
         raise AmountError(f"{text!r}: the amount must be positive")
     minor = d.scaleb(places)
     if minor != minor.to_integral_value():
@@ -66,7 +79,7 @@ def parse_amount(text: str, currency: int = DEFAULT_CURRENCY) -> int:
 
 def parse_currency(text: str) -> int:
     code = text.strip().upper()
-    if code.isdigit() and 0 < int(code) < 1000:
+    if code.isascii() and code.isdigit() and 0 < int(code) < 1000:
         return int(code)
     try:
         c = iso4217.Currency(code)

@@ -62,8 +62,16 @@ def _https_url(text: str) -> str:
 
 
 def _module_name(text: str) -> str:
-    if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", text):
-        raise ValueError("a payment module name: lower-case letters, digits and _, e.g. card_purse")
+    """A payment module's name as 'semper payment modules' lists it (card-purse, setpay, cheque, ecash);
+    whether it is installed is checked where it is used (semper buy), since modules come and go."""
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,39}", text):
+        raise ValueError("a payment module name as 'semper payment modules' lists it (lower-case), e.g. card-purse")
+    return text.replace("_", "-")
+
+
+def _account(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", text):
+        raise ValueError("an account id as the bank gave it, e.g. A1B2C3D4E5F60718")
     return text
 
 
@@ -111,10 +119,13 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("servers.ca", _https_url, "the certification authority, e.g. https://127.0.0.1:8443"),
     Key("servers.bank", _https_url, "the bank / purse issuer / acquirer"),
     Key("servers.ttp", _https_url, "the third party (arbiter, time-stamps)"),
-    Key("servers.shop", _https_url, "the default shop"),
+    Key("servers.shop", _https_url, "the shop 'semper buy' uses when no shop URL is given"),
     Key("trust.ca_root", _path, "the semper CA root certificate (PEM) that clients pin"),
+    Key("trust.bank_tls_root", _path, "the bank service's TLS root (PEM) that clients pin"),
+    Key("trust.purse_root", _path, "the card purse scheme's root (PEM), to check purse payments in fair exchanges"),
     Key("trust.phrase", _phrase, "your personal phrase, shown in the TINGUIN's frame so you can tell it is real"),
-    Key("payment.default_module", _module_name, "the payment module used when none is chosen"),
+    Key("payment.default_module", _module_name, "the payment module 'semper buy' prefers when --pay is not given"),
+    Key("payment.account", _account, "your account at the bank (loads, e-cash, cheques, account payments)"),
     Key("signer.kind", _signer_kind, "what signs for you: card or token"),
     Key("signer.reader", _reader, "the PC/SC reader of your card (default: search)"),
     Key("signer.token", _token_label, "the label of your PKCS#11 token"),

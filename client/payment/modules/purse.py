@@ -61,7 +61,14 @@ def _card_error(e: hw.HardwareError, what: str) -> PaymentError:
         return InstrumentError(f"the card wants its PIN verified before it will {what}")
     if isinstance(e, (hw.ReaderError, hw.TransportError)):
         return InstrumentError(f"the card went away while trying to {what}; insert it and try again")
-    return InstrumentError(f"the card refused to {what} ({type(e).__name__.replace('Error', '').lower()})")
+    if isinstance(e, hw.NotAuthenticError):
+        return NotAuthenticated(f"the card refused to {what}: it did not accept the other side's signature ({e})")
+    return InstrumentError(f"the card refused to {what}: {e}")
+
+
+class NotAuthenticated(InstrumentError):
+    """The card did not accept a signature on what it was sent: a load command from an issuer that is not
+    its own, a debit request from a PSAM of another scheme."""
 
 
 class Issuer(Protocol):
