@@ -193,7 +193,7 @@ def test_a_retransmitted_payment_message_gets_the_same_answer(tmp_path: Path) ->
             class Flow:
                 def step(self, incoming: Any) -> Step:
                     Capture.calls += 1
-                    return Step({"n": Capture.calls}, status=Status.PAID)
+                    return Step({"n": Capture.calls}, done=True, status=Status.PAID)
             return Flow()
 
     terms = Terms("p" * 32, 100, 978, "acct", "a" * 64, "shop")

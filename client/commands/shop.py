@@ -29,14 +29,20 @@ from . import (
     emit,
     existing_file,
     json_arg,
-    positive_int,
     read_pin_file,
     read_secret,
 )
-from .serve import DEFAULT_PORTS, check_bindable, listen_args
+from .serve import (
+    DEFAULT_PORTS,
+    check_bindable,
+    check_workers,
+    listen_args,
+    serve_as_worker,
+    serve_workers,
+    worker_args,
+)
 from .storage_args import add_db_arg
 
-MAX_WORKERS = 64
 SOCKET_PATH_MAX = 100            # a unix socket's path must fit in 108 bytes
 
 MODULES = ("card-purse", "setpay", "cheque", "ecash")
@@ -165,12 +171,14 @@ def cmd_clear(args: argparse.Namespace) -> int:
 
 def cmd_serve_shop(args: argparse.Namespace) -> int:
     from ..servers.shop_home import ShopHome
-    if not 1 <= args.workers <= MAX_WORKERS:
-        raise UsageError(f"--workers must be 1 to {MAX_WORKERS}")
+    check_workers(args)
     home = ShopHome.default(args.dir)
     home.config()                                # no shop there: say so before asking for the PIN
     if args.listen_fd is None:
         check_bindable(args.host, args.port)
+    else:
+        from ..support.prefork import die_with_parent
+        die_with_parent()
     pin = read_pin_file(args.pin_file, "seller token PIN") if args.pin_file else read_secret("shop token PIN",
                                                                                               args.pin_stdin)
     if args.listen_fd is not None:
@@ -202,58 +210,28 @@ def _psam_sockets(home: object, count: int) -> list[Path]:
 
 
 def _serve_workers(args: argparse.Namespace, home: object, pin: bytes) -> int:
-    from ..support.prefork import Child, Supervisor, listen, run_supervised
+    """The parent: one PSAM device process per PSAM (the one owner of its reader), then the workers."""
+    from ..support.prefork import Child
     cfg = home.config()  # type: ignore[attr-defined]
-    sock = listen(args.host, args.port)
-    specs = home.psam_specs()  # type: ignore[attr-defined]
-    sockets = _psam_sockets(home, len(specs))
+    sockets = _psam_sockets(home, len(home.psam_specs()))  # type: ignore[attr-defined]
     folder = str(home.folder)  # type: ignore[attr-defined]
     devices = [Child(f"PSAM device {i}", [sys.executable, "-m", "semper.client.servers.psam_device", "--dir", folder,
                                           "--index", str(i), "--socket", str(path)], "listening on")
                for i, path in enumerate(sockets)]
-    base = [sys.executable, "-m", "semper.client.cli", "serve", "shop", "--dir", folder, "--pin-stdin",
-            "--listen-fd", str(sock.fileno()), "--workers", str(args.workers)]
+    argv = [sys.executable, "-m", "semper.client.cli", "serve", "shop", "--dir", folder]
     if args.db:
-        base += ["--db", args.db]
+        argv += ["--db", args.db]
     for path in sockets:
-        base += ["--psam-socket", str(path)]
-    workers = [Child(f"shop worker {k}", [*base, "--worker", str(k)], "ready", stdin=pin + b"\n",
-                     pass_fds=(sock.fileno(),)) for k in range(args.workers)]
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    url = f"https://{host}:{sock.getsockname()[1]}"
-    try:
-        return run_supervised(Supervisor(devices, workers),
-                              lambda: f"semper shop {cfg['name']!r} ({args.workers} workers) listening on {url}",
-                              f"semper shop {cfg['name']!r}")
-    finally:
-        sock.close()
+        argv += ["--psam-socket", str(path)]
+    return serve_workers(args, f"semper shop {cfg['name']!r}", argv, pin, devices)
 
 
 def _serve_worker(args: argparse.Namespace, home: object, pin: bytes) -> int:
     """One worker of ``--workers N``: the parent's socket, the PSAM devices' sockets, the shared database."""
-    import os
-    import signal
-    import threading
-
-    from ..support.channels import server_context
-    from ..support.http_service import ServiceRunner
-    from ..support.prefork import die_with_parent, inherited_socket
-    die_with_parent()
-    sock = inherited_socket(args.listen_fd)
     opened = home.open(pin, db=args.db, psam_sockets=list(args.psam_socket or []),  # type: ignore[attr-defined]
                        worker=args.worker, workers=args.workers)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     try:
-        runner = ServiceRunner(opened.app(), ssl_context=server_context(*opened.tls), sock=sock).start()
-        print(f"semper shop worker {args.worker} ready (pid {os.getpid()})", flush=True)
-        try:
-            while not stop.wait(0.5):
-                pass
-        finally:
-            runner.stop()
-        return 0
+        return serve_as_worker(args, opened.app(), opened.tls, "semper shop")
     finally:
         opened.close()
 
@@ -300,11 +278,6 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--pin-stdin", action="store_true", help="read the seller token's PIN from standard input")
     listen_args(p, "shop")
     add_db_arg(p, "the shop folder (shop.db)")
-    p.add_argument("--workers", type=positive_int, default=1,
-                   help="worker processes on the one socket, each PSAM in a process of its own (default 1: "
-                        "one process; docs/deployment.md)")
-    # how the parent of --workers starts each worker (not for people)
-    p.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    worker_args(p, "shop")                       # each PSAM in a device process of its own beside the workers
     p.add_argument("--psam-socket", type=Path, action="append", help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_serve_shop)
