@@ -11,8 +11,6 @@ device process of its own, the deals in the database.
 from __future__ import annotations
 
 import base64
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -20,75 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from workers import WorkerKiller, children
 
 from semper.chaos.plan import Fault, RunPlan
 from semper.chaos.proxy import LinkFault
 from semper.chaos.runner import ADDRESS, run_one
 
 WORKERS = 2
-
-
-def _children(parent: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"--worker" in cmdline:
-            out.append(int(entry.name))
-    return sorted(out)
-
-
-def _holders(pids: list[int], port: int) -> list[int]:
-    """The workers holding an established TCP connection on the shop's port (the buyer's, via the proxy)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            f = line.split()
-            if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01":
-                inodes.add(f"socket:[{f[9]}]")
-    found = []
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                    found.append(pid)
-                    break
-            except OSError:
-                continue
-    return found
-
-
-class WorkerKiller:
-    """The fault proxy's party for a kill of one worker: SIGKILL the worker serving the buyer's connection;
-    the shop's parent starts a new one, the address stays the same."""
-
-    def __init__(self, service: Any) -> None:
-        self.service = service
-        self.killed: list[int] = []
-
-    def kill(self) -> None:
-        pids = _children(self.service.proc.pid)
-        victims = _holders(pids, self.service.port)
-        assert victims, f"no worker holds the buyer's connection (workers {pids})"
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
-            self.killed.append(pid)
-
-    def start(self) -> int:
-        return int(self.service.port)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +41,7 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 def test_the_shop_runs_as_workers_beside_its_psam_device(market: Any) -> None:
     shop = market.services["shop"]
-    assert len(_children(shop.proc.pid)) == WORKERS
+    assert len(children(shop.proc.pid)) == WORKERS
     sock = market.world.shop_dir / "run" / "psam-0.sock"
     assert sock.exists() and (sock.stat().st_mode & 0o777) == 0o600
     assert (sock.parent.stat().st_mode & 0o777) == 0o700
@@ -119,7 +55,7 @@ def test_a_worker_killed_mid_purchase_loses_nothing(market: Any, tmp_path: Path,
     shop = market.services["shop"]
     proxy = market.proxies["shop"]
     killer = WorkerKiller(shop)
-    before = _children(shop.proc.pid)
+    before = children(shop.proc.pid)
     proxy.party = killer
     try:
         plan = RunPlan(5, "mail-order", "card-purse", (Fault("crash", "shop", mode, at, delay),))
@@ -132,7 +68,7 @@ def test_a_worker_killed_mid_purchase_loses_nothing(market: Any, tmp_path: Path,
     assert report.results == ["satisfied"] and [d.outcome for d in report.deals] == ["satisfied"], report.line()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:                  # the parent started a worker in the dead one's place
-        now = _children(shop.proc.pid)
+        now = children(shop.proc.pid)
         if len(now) == WORKERS and killer.killed[0] not in now:
             break
         time.sleep(0.2)
