@@ -79,6 +79,24 @@ def test_a_run_replays_from_its_seed(small_run: Any) -> None:
         assert one["results"] == ["satisfied"] and [d["outcome"] for d in one["deals"]] == ["satisfied"], one
 
 
+@pytest.mark.postgres
+@pytest.mark.timeout(480)
+def test_chaos_on_postgresql_kills_the_shop_and_the_bank_and_passes() -> None:
+    """The same runs with every party's state in a PostgreSQL cluster of the run's own (``--db
+    postgresql``): the shop and the bank killed and restarted, no violation and no known limit."""
+    from semper.bench.postgres import missing_reason
+    if missing_reason():
+        pytest.skip(missing_reason() or "")
+    code, runs, summary, err = _chaos("--runs", str(RUNS), "--seed", str(SEED), "--db", "postgresql")
+    assert code == 0, (summary["failing_runs"], err[-2000:])
+    assert summary["db"] == "postgresql" and summary["runs"] == RUNS == len(runs)
+    assert summary["violations"] == 0 and summary["known_limits"] == []
+    assert summary["final_audit"]["exit"] == 0 and summary["final_audit"]["clean"]
+    crashed = {i.split()[1] for r in runs for i in r["injected"] if i.startswith("crash ")}
+    assert "shop" in crashed, runs
+    assert {d["outcome"] for r in runs for d in r["deals"]} <= {"satisfied", "nothing-given", "buyer-wins"}
+
+
 def test_plans_come_from_the_seed_alone_and_rotate() -> None:
     seeds = [run_seed(3, i) for i in range(20)]
     assert seeds == [run_seed(3, i) for i in range(20)] and len(set(seeds)) == 20
