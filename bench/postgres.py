@@ -83,6 +83,7 @@ class PostgresCluster:
     account: pwd.struct_passwd | None
     pid: int | None = None
     owner: int = field(default_factory=os.getpid)     # the process that started it (a forked child must not stop it)
+    durable: bool = False
     _names: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -100,13 +101,15 @@ class PostgresCluster:
 
     # ---- lifecycle --------------------------------------------------------------------------------
     @classmethod
-    def start(cls) -> PostgresCluster:
+    def start(cls, durable: bool = False) -> PostgresCluster:
+        """``durable``: commits flushed to disk as in production (``fsync``, ``synchronous_commit``,
+        ``full_page_writes`` on), for a benchmark whose figures must carry that cost; off otherwise."""
         folder_bin = pg_bin()
         if folder_bin is None:
             raise RuntimeError(missing_reason() or "PostgreSQL is not installed")
         account = _cluster_account()
         folder = Path(tempfile.mkdtemp(prefix="semper-pg-"))
-        cluster = cls(folder, folder_bin, account)
+        cluster = cls(folder, folder_bin, account, durable=durable)
         try:
             cluster._init_and_start()
         except BaseException:
@@ -134,7 +137,7 @@ class PostgresCluster:
                   "--encoding=UTF8", "--locale=C", "--no-instructions", "--no-sync", timeout=120)
         options = " ".join([
             "-c listen_addresses=''", f"-c unix_socket_directories={self.socket_dir}",
-            "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
+            *(() if self.durable else ("-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off")),
             "-c max_connections=200", "-c shared_buffers=32MB", "-c max_pred_locks_per_transaction=256",
         ])
         self._run(str(self.bin / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.folder / "server.log"),

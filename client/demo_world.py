@@ -225,15 +225,15 @@ class World:
 
     def start_shop_process(self, *, psam_reader: str, catalogue: Any = None,
                            launcher: tuple[str, ...] = ("-m", "semper.client.cli", "serve", "shop"),
-                           timeout: float = 60.0) -> subprocess.Popen[str]:
+                           extra: tuple[str, ...] = (), timeout: float = 60.0) -> subprocess.Popen[str]:
         """The real ``semper serve shop`` process (its PSAM in ``psam_reader``), beside services already
         started; returns the process (its URL is in ``services.shop``). ``launcher``: what runs it (a
-        bench passes its profiling wrapper)."""
+        bench passes its profiling wrapper); ``extra``: more options (``--workers N``)."""
         s = self.services
         env = self.child_env()
         self._shop_home(psam_reader, s.ttp, s.bank, catalogue)
         proc = _spawn([sys.executable, *launcher, "--dir", str(self.shop_dir), "--port", "0",
-                       "--pin-file", str(self.pin_file), *self.db_args("shop")], env)
+                       "--pin-file", str(self.pin_file), *self.db_args("shop"), *extra], env)
         s.processes.append(proc)
         s.shop = _announced(proc, "shop", timeout)
         return proc
