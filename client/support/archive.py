@@ -315,9 +315,11 @@ class Archive:
         created = _rfc3339(when or dt.datetime.now(dt.UTC))
         for attempt in range(_BUSY_RETRIES):
             try:
-                # IMMEDIATE: the write lock first, so appends from several processes (a shop's workers)
-                # queue on SQLite's busy timeout instead of failing at once on a lock upgrade
-                self._db.execute("BEGIN IMMEDIATE")
+                # the write lock first (a write as the transaction's first statement, plain SQL): appends
+                # from several processes (a shop's workers) then queue on SQLite's busy timeout instead of
+                # failing at once when a transaction that has read upgrades to a write
+                self._db.execute("BEGIN")
+                self._db.execute("UPDATE archive_entry SET entry_index = entry_index WHERE entry_index < 0")
                 index, prev = self._tail()
                 index += 1
                 digest = entry_hash(index, prev, deal_id, kind, created, bytes(content))
