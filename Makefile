@@ -10,7 +10,7 @@ DEB_PACKAGES := pcscd vsmartcard-vpcd softhsm2 opensc pcsc-tools swig libpcsclit
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all demo test system venv clean
+.PHONY: all demo test lint system venv clean
 
 all: test
 
@@ -37,8 +37,17 @@ venv: system $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/semper demo
 
-test: venv
+test: venv lint
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff over the whole tree; mypy over the installed package through a tree of links (.lint/semper/<folder>),
+# because the folders install as one `semper` namespace (pyproject.toml, package-dir) that mypy cannot see
+# through an editable install
+LINKED := client hardware hsm card_applet_sim bench chaos
+lint: venv
+	$(VENV)/bin/ruff check .
+	@mkdir -p .lint/semper && for d in $(LINKED); do ln -sfn ../../$$d .lint/semper/$$d; done
+	cd .lint && ../$(VENV)/bin/mypy -p semper --config-file ../pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .common import card_pair, machine, stats_us
+
+if TYPE_CHECKING:
+    from semper.hardware.transport import Connection
 
 READ_PURSE = bytes.fromhex("8050000000")
 TARGET_MEDIAN_US = 300.0
 
 
-def _time_transmit(transmit, count: int) -> list[float]:  # type: ignore[no-untyped-def]
+def _time_transmit(transmit: Callable[[bytes], Any], count: int) -> list[float]:
     out = []
     for _ in range(count):
         t = time.perf_counter()
@@ -39,7 +44,7 @@ def bench_apdu(count: int = 2000, purchases: int = 50, progress: bool = True) ->
         if progress:
             print(msg, file=sys.stderr, flush=True)
 
-    result: dict[str, object] = {"machine": machine(), "apdu": "READ PURSE 80 50 00 00 00",
+    result: dict[str, Any] = {"machine": machine(), "apdu": "READ PURSE 80 50 00 00 00",
                                  "target_pcscd_median_us": TARGET_MEDIAN_US}
     with card_pair(sync=True) as pair:
         say(f"in process: {count} APDUs")
@@ -55,7 +60,7 @@ def bench_apdu(count: int = 2000, purchases: int = 50, progress: bool = True) ->
                 via = stats_us(_time_transmit(c1.transmit, count))
                 result["pcscd"] = via
                 say(f"through pcscd: {purchases} purchases")
-                card_purse.load(purse, pair.scheme, 10_000_00, b"1234")           # type: ignore[arg-type]
+                card_purse.load(purse, pair.scheme, 10_000_00, b"1234")
                 times = []
                 for _ in range(purchases):
                     t = time.perf_counter()
@@ -66,13 +71,13 @@ def bench_apdu(count: int = 2000, purchases: int = 50, progress: bool = True) ->
                 result.update(_piv_signatures(c1, purchases))
     raw = _raw_signatures(max(purchases, 200))
     result["raw_cryptography_sign"] = raw
-    result["piv_sign_over_raw"] = round(result["piv_sign_9a_pcscd"]["median_us"] / raw["median_us"], 1)  # type: ignore[index]
+    result["piv_sign_over_raw"] = round(result["piv_sign_9a_pcscd"]["median_us"] / raw["median_us"], 1)
     result["pcscd_over_in_process"] = round(via["median_us"] / max(inproc["median_us"], 0.1), 1)
     result["meets_target"] = via["median_us"] < TARGET_MEDIAN_US
     return result
 
 
-def _piv_signatures(connection, count: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def _piv_signatures(connection: Connection, count: int) -> dict[str, object]:
     """9A (PIN once): one GENERAL AUTHENTICATE; 9C (PIN always): VERIFY + GENERAL AUTHENTICATE."""
     import hashlib
 

@@ -61,7 +61,7 @@ def bench_clearing(count: int = 2000, cards: int = 4) -> dict[str, Any]:
         def call(op: str, params: dict[str, Any]) -> dict[str, Any]:
             body = {"op": op, "params": params, "nonce": secrets.token_hex(16), "time": int(time.time()),
                     "idempotency_key": secrets.token_hex(8), "bank": "BENCH"}
-            return bank.handle(op, sign(holder, body).to_json())["body"]["result"]  # type: ignore[no-any-return]
+            return bank.handle(op, sign(holder, body).to_json())["body"]["result"]
 
         personalise_psam(folder / "psam.card", scheme, sync=False)
         psam_conn = open_card(folder / "psam.card", sync=False)

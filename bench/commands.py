@@ -68,7 +68,8 @@ def cmd_all(args: argparse.Namespace) -> int:
     if bad:
         raise UsageError(f"no bench called {', '.join(bad)}; benches: {', '.join(sorted(names))}")
     doc = bench_all(quick=args.quick, no_pcscd=args.no_pcscd, only=tuple(args.only or ()), progress=not args.silent)
-    doc["command"] = "semper bench all" + (" --quick" if args.quick else "") + (" --no-pcscd" if args.no_pcscd else "") \
+    doc["command"] = "semper bench all" + (" --quick" if args.quick else "") \
+        + (" --no-pcscd" if args.no_pcscd else "") \
         + "".join(f" --only {o}" for o in args.only or ())
     if args.output is not None:
         args.output.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
@@ -85,7 +86,7 @@ def cmd_tear_test(args: argparse.Namespace) -> int:
     return 0 if report["violations"] == 0 else 1
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     bench = groups["bench"]
     p = bench.add_parser("apdu", help="APDU round trip in process and through pcscd")
     p.add_argument("--count", type=positive_int, default=2000)
@@ -131,7 +132,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
 
     p = bench.add_parser("all", help="every bench's figures in one JSON document, with the machine")
     p.add_argument("--quick", action="store_true", help="CI sizes: seconds, not minutes (figures are then rough)")
-    p.add_argument("--no-pcscd", action="store_true", help="skip what needs pcscd (apdu through pcscd, card signatures)")
+    p.add_argument("--no-pcscd", action="store_true",
+                   help="skip what needs pcscd (apdu through pcscd, card signatures)")
     p.add_argument("--only", action="append", metavar="BENCH", help="run only this bench (repeat for several)")
     p.add_argument("--output", type=Path, help="also write the JSON document to this file")
     p.add_argument("--silent", action="store_true", help="no progress lines on standard error")

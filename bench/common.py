@@ -9,6 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from semper.client.support.scheme import Scheme
 
 # the throwaway schemes of the benchmarks live in temporary folders; their token PIN is this, never in them
 SCHEME_PIN = b"bench-scheme-pin"
@@ -36,7 +40,7 @@ class CardPair:
     folder: Path
     buyer: Path
     psam: Path
-    scheme: object
+    scheme: Scheme
 
 
 @contextmanager

@@ -96,7 +96,8 @@ async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience:
     for label, role in (("b-seller", "seller"), ("b-buyer", "person")):
         s = Pkcs11Signer.open(label, softhsm_conf=conf)
         s.verify_pin(PIN)
-        s.store_certificate(ca.issue_direct(pki.Subject(label, role, f"{label}@bench.example"), s.public_point()).certificate)
+        s.store_certificate(ca.issue_direct(pki.Subject(label, role, f"{label}@bench.example"),
+                                            s.public_point()).certificate)
         ids[label] = Identity(s)
     home = TtpHome.create(folder / "ttp", ca=ca, token_label="b-ttp", pin=PIN, softhsm_conf=conf,
                           purse_root=cp.scheme.root_cert)
@@ -143,6 +144,7 @@ async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience:
     def deal(protocol: str) -> tuple[Any, Any, ResponsePlan, bool]:
         pay = Description("payment", {"module": "card-purse", "amount": price, "currency": 978})
         payer = PaymentOffer(ItemPayer(buyer_payments, "card-purse", verifiers["card-purse"]), price, 978)
+        offer: Any
         if protocol == "gen-ver":
             receipt = {"type": "receipt", "amount": price}
             offer = PackageOffer((InformationOffer(report), StatementOffer(ids["b-seller"].sign, receipt)))

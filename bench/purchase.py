@@ -108,10 +108,10 @@ def bench_purchase(runs: int = 30, floor_runs: int = 30) -> dict[str, Any]:
         price = the_shop.catalogue.get("teapot").unit_price
         try:
             for n in range(runs + 2):                                   # two warm-up purchases
-                if b.balance()[0] < price:                              # type: ignore[index]
-                    purse.load(40_000)                                  # type: ignore[attr-defined]
+                if b.balance()[0] < price:
+                    purse.load(40_000)
                 counter.take()
-                sig0, card0, req0 = the_shop.counters["signatures"], b.signer.signatures, b.shop.requests  # type: ignore[union-attr]
+                sig0, card0, req0 = the_shop.counters["signatures"], b.signer.signatures, b.shop.requests
                 entries0 = len(b.archive.entries()) + len(the_shop.archive.entries())
                 t = time.perf_counter()
                 r = mail_order(b, [("teapot", 1)], form=ADDRESS)
@@ -123,7 +123,7 @@ def bench_purchase(runs: int = 30, floor_runs: int = 30) -> dict[str, Any]:
                     continue
                 samples.append(dt)
                 row = {"signatures (seller token)": the_shop.counters["signatures"] - sig0,
-                       "signatures (buyer card)": b.signer.signatures - card0,          # type: ignore[union-attr]
+                       "signatures (buyer card)": b.signer.signatures - card0,
                        "https requests": b.shop.requests - req0,
                        "archive entries (both sides)": len(b.archive.entries()) + len(the_shop.archive.entries())
                        - entries0, **counts}
@@ -131,8 +131,8 @@ def bench_purchase(runs: int = 30, floor_runs: int = 30) -> dict[str, Any]:
                     per.setdefault(k, []).append(v)
         finally:
             counter.undo()
-        if b.balance()[0] < floor_runs + 1:                            # type: ignore[index]
-            purse.load(10_000)                                         # type: ignore[attr-defined]
+        if b.balance()[0] < floor_runs + 1:
+            purse.load(10_000)
         floor = _floor(world, session, vc, floor_runs)
         result = _ms(samples)
         counts_out = {k: round(statistics.median(v), 1) for k, v in per.items()}

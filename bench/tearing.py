@@ -21,10 +21,15 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from semper.hardware.errors import SemperError
 
 from .common import card_pair
+
+if TYPE_CHECKING:
+    from semper.client.support.scheme import Scheme
+    from semper.hardware.purse import PurseInfo, PurseSession
 
 PIN = b"1234"
 
@@ -118,9 +123,9 @@ def run_tear_test(runs: int = 200, seed: int = 1, progress: bool = True, max_del
         port = server.getsockname()[1]
         psam_total_start = psam.info().lifetime_total
 
-        def start_card() -> tuple[subprocess.Popen, VpcdServerConnection]:  # type: ignore[type-arg]
-            proc = subprocess.Popen([sys.executable, "-m", "semper.card_applet_sim", str(pair.buyer), "--port", str(port),
-                                     "--write-chunk", str(write_chunk)],
+        def start_card() -> tuple[subprocess.Popen, VpcdServerConnection]:
+            proc = subprocess.Popen([sys.executable, "-m", "semper.card_applet_sim", str(pair.buyer),
+                                     "--port", str(port), "--write-chunk", str(write_chunk)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
             try:
                 sock, _ = server.accept()
@@ -238,7 +243,7 @@ def run_tear_test(runs: int = 200, seed: int = 1, progress: bool = True, max_del
             "violation_details": violations[:20]}
 
 
-def _check(purse, info, ledger: Ledger, scheme) -> list[str]:  # type: ignore[no-untyped-def]
+def _check(purse: PurseSession, info: PurseInfo, ledger: Ledger, scheme: Scheme) -> list[str]:
     from semper.hardware.purse_records import DebitRecord
     problems = []
     if info.load_counter < ledger.load_ctr or info.debit_counter < ledger.debit_ctr:

@@ -66,6 +66,7 @@ def make_buyers(world: Any, count: int, say: Callable[[str], None]) -> list[Buye
 
     from semper.client.commerce.setup import BuyerConfig, open_buyer
     from semper.client.demo_world import CARD_PIN, CARD_PUK, EUR
+    from semper.client.payment.modules.purse import PurseModule
     from semper.client.support import pki
     from semper.client.support.personalisation import CardProfile, personalise_purse_card
     from semper.hardware.piv import PivSession, Slot
@@ -100,7 +101,7 @@ def make_buyers(world: Any, count: int, say: Callable[[str], None]) -> list[Buye
                               account=account)
             session = open_buyer(cfg, PolicyUI(pin=CARD_PIN, payment="card-purse"), card)
             try:
-                session.buyer.payments.module("card-purse").load(LOAD)        # type: ignore[attr-defined]
+                session.buyer.payments.module_as("card-purse", PurseModule).load(LOAD)
             finally:
                 session.close()
         specs.append(BuyerSpec(name, str(image), str(archive), account))
@@ -434,7 +435,8 @@ def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: floa
             seller = json.loads(profile_file.read_text())
         except (OSError, ValueError):
             seller = {"error": "the seller wrote no profile"}
-        report["profile"] = {"note": f"a separate {profile_seconds:.0f} s window under yappi (CPU clock, every thread): "
+        report["profile"] = {"note": f"a separate {profile_seconds:.0f} s window under yappi (CPU clock, every "
+                                     "thread): "
                                      "profiling slows everything, so only the shares count",
                              "seller": seller,
                              "buyers": [r["profile"] for r in results if r.get("profile")][:1]}

@@ -85,8 +85,8 @@ class Applet:
             raise CardError(SW.CLA_NOT_SUPPORTED)
 
 
-class KeyPairPersonalisation:
-    """GENERATE KEY, PUT PERSONALISATION DATA and END PERSONALISATION for applets with one key.
+class KeyPairPersonalisation(Applet):
+    """An applet with one key: GENERATE KEY, PUT PERSONALISATION DATA and END PERSONALISATION.
 
     The key pair is generated on the card and only its public point leaves; the issuer then
     writes back a certificate for it. Personalisation items are tag-numbered (P1 of PUT PERSO).
@@ -95,7 +95,7 @@ class KeyPairPersonalisation:
     KEY_PRIVATE = "key/private"
     KEY_PUBLIC = "key/public"
 
-    def perso(self: Applet, cmd: Command, items: dict[int, tuple[str, int | None]]) -> bytes:
+    def perso(self, cmd: Command, items: dict[int, tuple[str, int | None]]) -> bytes:
         """Handle the three personalisation instructions; ``items`` maps P1 -> (store key, length)."""
         self.require_cla(cmd, CLA_PROPRIETARY)
         self.require_personalisation()

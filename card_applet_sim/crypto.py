@@ -125,7 +125,10 @@ def check_certificate(der: bytes, issuer_point: bytes, role: x509.ObjectIdentifi
     """
     try:
         cert = x509.load_der_x509_certificate(der)
-        _public(issuer_point).verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+        algorithm = cert.signature_hash_algorithm
+        if algorithm is None:
+            raise CardError(SW.NOT_AUTHENTIC, "certificate is signed without a hash (not ECDSA)")
+        _public(issuer_point).verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         if role not in eku:
             raise CardError(SW.NOT_AUTHENTIC, "certificate is for another role")

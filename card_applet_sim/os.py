@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os as _os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,7 +217,7 @@ class CardOS:
         applet = self.selected
         return self._run(lambda: applet.process(cmd))
 
-    def _run(self, fn) -> bytes:  # type: ignore[no-untyped-def]
+    def _run(self, fn: Callable[[], bytes]) -> bytes:
         self.store.begin()
         try:
             result = fn()

@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from .keys import KeyFolder, KeySource, default_key_folder
@@ -21,7 +22,7 @@ from .vpcd import DEFAULT_HOST, DEFAULT_PORT, VpcdLink, serve
 
 def run(images: list[Path], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, sync: bool = True,
         write_chunk: int = 0, keys: KeySource | None = None,
-        stop: threading.Event | None = None, ready: callable | None = None) -> int:  # type: ignore[valid-type]
+        stop: threading.Event | None = None, ready: Callable[[list[VpcdLink]], object] | None = None) -> int:
     stop = stop or threading.Event()
     cards: list[CardOS] = []
     try:

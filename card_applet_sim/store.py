@@ -392,6 +392,7 @@ class Store:
         if self.read_only:
             raise CardImageError(f"{self.path} is open read-only (a command that only looks); the card's change "
                                  "was not made")
+        assert self._sealer is not None, "a store is opened or created with its sealer"
         rec = self._sealer.seal(self._last_tag, b"R", _encode_changes(changes))
         self._append(rec)
         for k, v in changes.items():

@@ -60,7 +60,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return 0 if summary.violations == 0 else 1
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     from .plan import WORKFLOWS
     p = sub.add_parser("chaos", help="randomised workflow runs with torn cards, dropped links, crashes, cheating")
     p.add_argument("--runs", type=positive_int, default=20, help="how many runs (default 20)")

@@ -27,11 +27,12 @@ APDUS = {("mail-order", "card-purse"): 30, ("mail-order", "cheque"): 26, ("mail-
          ("registration", "card-purse"): 30, ("registration", "cheque"): 26, ("registration", "setpay"): 50,
          ("information", "card-purse"): 44, ("contract", "none"): 20}
 # The shop's include the operator's clearing request at the end of the run.
-REQUESTS = {"shop": {("mail-order", "card-purse"): 6, ("registration", "card-purse"): 6, ("mail-order", "cheque"): 5,
-                     ("mail-order", "setpay"): 5, ("registration", "cheque"): 5, ("registration", "setpay"): 5,
-                     ("information", "card-purse"): 3, ("contract", "none"): 3},
-            "bank": {"card-purse": 2, "cheque": 2, "setpay": 3},
-            "ttp": {"information": 3, "contract": 3}}         # asked only when the seller stops
+REQUESTS: dict[str, dict[Any, int]] = {
+    "shop": {("mail-order", "card-purse"): 6, ("registration", "card-purse"): 6, ("mail-order", "cheque"): 5,
+             ("mail-order", "setpay"): 5, ("registration", "cheque"): 5, ("registration", "setpay"): 5,
+             ("information", "card-purse"): 3, ("contract", "none"): 3},
+    "bank": {"card-purse": 2, "cheque": 2, "setpay": 3},
+    "ttp": {"information": 3, "contract": 3}}         # asked only when the seller stops
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def _fault(rng: random.Random, kind: str, workflow: str, payment: str) -> Fault:
         else:
             party = rng.choice(("shop", "bank", "bank") if payment != "card-purse" else ("shop", "shop", "bank"))
         key = {"shop": (workflow, payment), "bank": payment, "ttp": workflow}[party]
-        limit = REQUESTS[party][key]                                        # type: ignore[index]
+        limit = REQUESTS[party][key]
         if kind == "crash":           # a process killed at any moment: also while it handles the request
             mode = rng.choice(("up", "down", "during"))
             return Fault(kind, party, mode, rng.randint(1, limit),

@@ -25,9 +25,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .support.money import format_amount
+
+if TYPE_CHECKING:
+    from .commerce.buyer import Buyer
 
 ADDRESS = {"name": "Bob Buyer", "street": "1 Teapot Lane", "postcode": "10115", "city": "Berlin", "country": "DE"}
 
@@ -138,6 +141,14 @@ def _clear(world: Any) -> Any:
     return f"{c.get('count', 0)} debit(s), {format_amount(int(c.get('total', 0)), 978)}" if c else answer
 
 
+def purse_balance(buyer: Buyer) -> int:
+    """The buyer's purse balance (the demo's buyer has a card, so a purse)."""
+    balance = buyer.balance()
+    if balance is None:
+        raise RuntimeError("the demo's buyer has no purse")
+    return balance[0]
+
+
 def _buyer(ui: Any, world: Any, reader: str, say: Callable[[str], None]) -> dict[str, Any]:
     """Everything the buyer does, in the TINGUIN's worker thread."""
     from semper.hardware import cards
@@ -148,6 +159,7 @@ def _buyer(ui: Any, world: Any, reader: str, say: Callable[[str], None]) -> dict
     from .commerce.workflows import buy_information, mail_order
     from .exchange.judge import judge as judge_exchange
     from .payment.item import item_verifiers
+    from .payment.modules.purse import PurseModule
     from .support.archive import verify_bundle
     from .support.trust import TrustStore
     from .tinguin.model import ProgressStep, StepState
@@ -168,7 +180,7 @@ def _buyer(ui: Any, world: Any, reader: str, say: Callable[[str], None]) -> dict
                 ui.progress(ProgressStep(key, title, state, detail))
             out["before"] = {"buyer account": world.bank.balance(world.accounts["buyer"]),
                              "seller account": world.bank.balance(world.accounts["seller"])}
-            out["purse_before"] = b.balance()[0]                      # type: ignore[index]
+            out["purse_before"] = purse_balance(b)
             step("register", "register your card's key at the CA", StepState.RUNNING)
             say("buyer: registers the card's key at the CA (the operator handed over a registration key)")
             serial = register_card(session, ca_url=s.ca, ca_root_pem=world.root_pem,
@@ -177,7 +189,7 @@ def _buyer(ui: Any, world: Any, reader: str, say: Callable[[str], None]) -> dict
             say(f"  certificate {serial} on the card (PIV 9C)")
             step("register", "register your card's key at the CA", StepState.DONE, f"certificate {serial[:16]}…")
             step("load", "load 50.00 EUR into the purse from your account", StepState.RUNNING)
-            loaded = b.payments.module("card-purse").load(5_000)     # type: ignore[attr-defined]
+            loaded = b.payments.module_as("card-purse", PurseModule).load(5_000)
             say(f"buyer: loaded the purse: balance {format_amount(loaded['balance'], 978)}")
             step("load", "load 50.00 EUR into the purse from your account", StepState.DONE)
             say("buyer: mail order of a teapot, paid from the card purse")
@@ -186,7 +198,7 @@ def _buyer(ui: Any, world: Any, reader: str, say: Callable[[str], None]) -> dict
             say("buyer: on-line purchase of the market report, the payment fairly exchanged for it")
             report = buy_information(b, "market-report", prefer="card-purse")
             say(f"  {report.status.value}: {report.summary}")
-            out["purse_after"] = b.balance()[0]                       # type: ignore[index]
+            out["purse_after"] = purse_balance(b)
             ok = teapot.ok and report.ok
             step("evidence", "check the evidence of both deals", StepState.RUNNING)
             say("buyer: checks its evidence (a checkpoint signed on the card seals the archive)")

@@ -126,6 +126,7 @@ def _run(folder: Path, keep: bool, interactive: bool | None, agent_port: int, br
 def _set_up(ui: Any, world: Any, card: Callable[[], Any], cfg: Any) -> int:
     """Register the card's key and load the purse, in the TINGUIN's worker thread; returns the balance."""
     from .commerce.setup import open_buyer, register_card
+    from .payment.modules.purse import PurseModule
     connection = card()
     try:
         session = open_buyer(cfg, ui, connection)
@@ -133,7 +134,7 @@ def _set_up(ui: Any, world: Any, card: Callable[[], Any], cfg: Any) -> int:
             register_card(session, ca_url=world.services.ca, ca_root_pem=world.root_pem,
                           registration_key=world.registration_key(), name="Bob Buyer", email="bob@buyer.example",
                           save_dir=world.buyer_dir)
-            loaded = session.buyer.payments.module("card-purse").load(5_000)
+            loaded = session.buyer.payments.module_as("card-purse", PurseModule).load(5_000)
             return int(loaded["balance"])
         finally:
             session.close()

@@ -147,15 +147,15 @@ class World:
         personalise_purse_card(buyer_card, scheme, CardProfile(CARD_PIN, CARD_PUK, max_balance=50_000),
                                sync=card_sync, issuer_point=issuer_point)
         personalise_psam(psam_card, scheme, sync=card_sync)
-        from semper.hardware import cards
+        from semper.hardware import cards as card_access
         from semper.hardware.iso7816 import AID
         from semper.hardware.piv import PivSession, Slot
         from semper.hardware.psam import PsamSession
         from semper.hardware.purse import PurseSession
-        with cards.connection(AID.PURSE, image=buyer_card, sync=card_sync) as c:
+        with card_access.connection(AID.PURSE, image=buyer_card, sync=card_sync) as c:
             piv_cert = PivSession(c).certificate(Slot.SIGNATURE)
             purse_cert = PurseSession(c).certificate()
-        with cards.connection(AID.PSAM, image=psam_card, sync=card_sync) as c:
+        with card_access.connection(AID.PSAM, image=psam_card, sync=card_sync) as c:
             psam_cert = PsamSession(c).certificate()
         tell("accounts: the seller's and the buyer's (100.00 EUR); card and PSAM linked")
         accounts = {"seller": bank.open_account(SHOP_NAME, EUR, seller_cert),

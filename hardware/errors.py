@@ -37,6 +37,8 @@ class HardwareError(SemperError):
 
     In a service a card or token failure is the service's own fault (500, details in its log)."""
 
+    ckr: str | None = None      # a PKCS#11 return code's name, kept for logs (hsm/errors.py), never the message
+
 
 class ReaderError(HardwareError):
     """No reader, no card, the card was removed, or the PC/SC service is not running."""

@@ -41,7 +41,8 @@ class _MachineLock:
                 if time.monotonic() > deadline:
                     os.close(self.fd)
                     self.fd = -1
-                    raise errors.ReaderError(f"another semper process kept pcscd for {timeout:.0f} s; giving up") from None
+                    raise errors.ReaderError(f"another semper process kept pcscd for {timeout:.0f} s; "
+                                             "giving up") from None
                 time.sleep(0.1)
 
     def release(self) -> None:
@@ -103,7 +104,7 @@ class Pcscd:
 
     port: int = 35963
     config_dir: Path | None = None
-    process: subprocess.Popen | None = None  # type: ignore[type-arg]
+    process: subprocess.Popen | None = None
     log_path: Path | None = None
     _tmp: str | None = field(default=None, repr=False)
     _lock: _MachineLock = field(default_factory=_MachineLock, repr=False)
@@ -138,7 +139,8 @@ class Pcscd:
         self.log_path = Path(self._tmp) / "pcscd.log"
         binary = shutil.which("pcscd") or "/usr/sbin/pcscd"
         log = open(self.log_path, "wb")
-        self.process = subprocess.Popen([binary, "-f", "-c", str(self.config_dir)], stdout=log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen([binary, "-f", "-c", str(self.config_dir)], stdout=log,
+                                        stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
@@ -205,7 +207,7 @@ class VirtualCards:
         self.sync = sync
         self.timeout = timeout
         self.pcscd: Pcscd | None = None
-        self.server: subprocess.Popen | None = None  # type: ignore[type-arg]
+        self.server: subprocess.Popen | None = None
         self.readers: list[str] = reader_names()[:len(images)]
         self.port = 35963
 

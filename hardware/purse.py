@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import cast
 
 from . import tlv
 from .iso7816 import AID, CLA_ISO, CLA_PROPRIETARY, INS, Apdu
@@ -16,7 +17,7 @@ from .purse_records import (
     LoadRequest,
     Signed,
 )
-from .transport import ApduSession, Connection
+from .transport import ApduSession, Connection, PcscConnection
 
 CLA = CLA_PROPRIETARY
 P2_PIN = 0x81
@@ -116,7 +117,7 @@ class PurseSession:
             from .errors import ReaderError
             raise ReaderError("this reader has no PIN pad")
         template = bytes([CLA_ISO, INS.VERIFY, 0x00, P2_PIN, 0x08]) + b"\xff" * 8
-        answer = conn.control(code, verify_pin_structure(template))  # type: ignore[attr-defined]
+        answer = cast(PcscConnection, conn).control(code, verify_pin_structure(template))   # a reader: it has code
         sw = (answer[-2] << 8) | answer[-1] if len(answer) >= 2 else 0x6F00
         if sw != 0x9000:
             raise error_for(sw, "verify the PIN on the PIN pad")
@@ -163,7 +164,8 @@ class PurseSession:
 
     # ---- purchase -----------------------------------------------------------------------------
     def debit(self, psam_certificate: bytes, request: Signed) -> tuple[DebitRecord, Signed]:
-        data = tlv.encode(0x01, psam_certificate) + tlv.encode(0x02, request.record) + tlv.encode(0x03, request.signature)
+        data = tlv.encode(0x01, psam_certificate) + tlv.encode(0x02, request.record) + tlv.encode(0x03,
+                                                                                                  request.signature)
         raw = self.apdu.send(Apdu(CLA, INS.DEBIT, 0, 0, data, 0), "pay from the purse")
         signed = Signed.split(raw, DebitRecord.SIZE)
         return DebitRecord.decode(signed.record, DEBIT_PROOF), signed

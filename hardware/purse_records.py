@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Self
 
 from .errors import TransportError
 
@@ -24,7 +25,7 @@ _DEBIT = struct.Struct(">4s8sI8sIIH16s")
 _BATCH = struct.Struct(">4s8sIIQH32s")
 
 
-def _check(fmt: struct.Struct, tag: bytes, data: bytes) -> tuple:  # type: ignore[type-arg]
+def _check(fmt: struct.Struct, tag: bytes, data: bytes) -> tuple:
     if len(data) != fmt.size or data[:4] != tag:
         raise TransportError(f"the card sent something that is not a {tag.decode()} record")
     return fmt.unpack(data)[1:]
@@ -62,7 +63,7 @@ class _LoadRecord:
     TAG = b""
 
     @classmethod
-    def decode(cls, data: bytes):  # type: ignore[no-untyped-def]
+    def decode(cls, data: bytes) -> Self:
         return cls(*_check(_LOAD, cls.TAG, data))
 
 

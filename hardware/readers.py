@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 from . import errors
 from .iso7816 import AID
@@ -40,7 +41,7 @@ class ReaderEvent:
     atr: bytes = b""
 
 
-def _scard():  # type: ignore[no-untyped-def]
+def _scard() -> ModuleType:
     try:
         from smartcard import scard
     except ImportError:  # pragma: no cover - pyscard is a hard dependency
@@ -233,15 +234,18 @@ def parse_features(tlv: bytes) -> dict[int, int]:
     return out
 
 
-def reader_features(connection) -> dict[int, int]:  # type: ignore[no-untyped-def]
-    """The part-10 features of the reader behind a PcscConnection ({} when it has none)."""
+def reader_features(connection: object) -> dict[int, int]:
+    """The part-10 features of the reader behind a PcscConnection ({} when it has none, or is no reader)."""
+    control = getattr(connection, "control", None)
+    if control is None:
+        return {}
     try:
-        return parse_features(connection.control(CM_IOCTL_GET_FEATURE_REQUEST))
+        return parse_features(control(CM_IOCTL_GET_FEATURE_REQUEST))
     except errors.TransportError:
         return {}
 
 
-def has_pin_pad(connection) -> bool:  # type: ignore[no-untyped-def]
+def has_pin_pad(connection: object) -> bool:
     return FEATURE_VERIFY_PIN_DIRECT in reader_features(connection)
 
 

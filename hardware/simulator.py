@@ -20,18 +20,21 @@ from .transport import InProcessConnection
 
 if TYPE_CHECKING:
     from semper.card_applet_sim.keys import KeySource
+    from semper.card_applet_sim.os import CardOS
 
 
 class SimulatedCard(InProcessConnection):
     """An in-process connection that owns its card image and closes it."""
 
+    card: CardOS                                # what open_card gives it: the simulator's card OS
+
     def close(self) -> None:
-        self.card.close()  # type: ignore[attr-defined]
+        self.card.close()
 
     def notes(self) -> list[str]:
         """What opening the image found and a person should know (an interrupted write, an open mode)."""
-        report = self.card.store.report  # type: ignore[attr-defined]
-        read_only = self.card.store.read_only  # type: ignore[attr-defined]
+        report = self.card.store.report
+        read_only = self.card.store.read_only
         image = self.reader.removeprefix("simulated:")
         out = []
         if report.torn_bytes:

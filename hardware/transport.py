@@ -64,7 +64,8 @@ class PcscConnection:
         self._card = None
         rc, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
         if rc != scard.SCARD_S_SUCCESS:
-            raise errors.ReaderError(f"cannot reach the PC/SC service (is pcscd running?): {scard.SCardGetErrorMessage(rc)}")
+            raise errors.ReaderError("cannot reach the PC/SC service (is pcscd running?): "
+                                     f"{scard.SCardGetErrorMessage(rc)}")
         self._ctx = ctx
         share = scard.SCARD_SHARE_EXCLUSIVE if exclusive else scard.SCARD_SHARE_SHARED
         rc, card, proto = scard.SCardConnect(ctx, reader, share, scard.SCARD_PROTOCOL_T1 | scard.SCARD_PROTOCOL_T0)

@@ -162,10 +162,10 @@ def _rebuild(kind: str, message: str) -> hw.HardwareError:
     """The agent's error as the parent raises it: the same class of the hardware hierarchy, its words."""
     cls = _KINDS.get(kind, hw.TokenError)
     if issubclass(cls, hw.CardError):
-        err: hw.HardwareError = hw.CardError.__new__(cls)
-        hw.CardError.__init__(err, message)                   # type: ignore[arg-type]
-        if cls is hw.WrongPinError:
-            err.tries_left = None                             # type: ignore[attr-defined]
+        err = cls.__new__(cls)                   # not cls(...): WrongPinError's own __init__ would word it anew
+        hw.CardError.__init__(err, message)
+        if isinstance(err, hw.WrongPinError):
+            err.tries_left = None
         return err
     return cls(message)
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import cast
 
 import pkcs11
 import pkcs11.exceptions as p11x
 from pkcs11 import KDF, Attribute, KeyType, MechanismFlag, ObjectClass
+from pkcs11.types import DeriveMixin
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from semper.hardware import errors as hw
@@ -74,9 +76,10 @@ class TokenEcdhKey:
                                                        Attribute.ID: self.key_id}))
                 if not keys:
                     raise hw.NotFoundError(f"token {self.label!r} has no escrow key {self.key_id.hex()}")
-                secret = keys[0].derive_key(KeyType.GENERIC_SECRET, 256, mechanism_param=(KDF.NULL, None, peer_point),
-                                            template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True,
-                                                      Attribute.TOKEN: False})
+                key = cast(DeriveMixin, keys[0])            # derive_key is mixed in by key type at run time
+                secret = key.derive_key(KeyType.GENERIC_SECRET, 256, mechanism_param=(KDF.NULL, None, peer_point),
+                                        template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True,
+                                                  Attribute.TOKEN: False})
                 return bytes(secret[Attribute.VALUE])
 
     def close(self) -> None:

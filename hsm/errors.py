@@ -108,7 +108,7 @@ def from_rv(rv: int, *, token: str | None = None, action: str = "use the token")
     }
     make = makers.get(rv)
     err = make() if make else hw.TokenError(f"the PKCS#11 module could not {action} on {t} ({name})")
-    err.ckr = name  # type: ignore[attr-defined]
+    err.ckr = name
     return err
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 from types import TracebackType
+from typing import Any, cast
 
 import pkcs11
 import pkcs11.exceptions as p11x
@@ -30,6 +31,7 @@ from pkcs11 import (
     ObjectClass,
     TokenFlag,
 )
+from pkcs11.types import SignMixin
 
 from semper.hardware import errors as hw
 from semper.hardware.signer import PinStatus
@@ -37,6 +39,16 @@ from semper.hardware.signer import PinStatus
 from . import errors
 from .module import Module, load
 from .raw import CKS_RO_USER_FUNCTIONS, CKS_RW_USER_FUNCTIONS, CKU_USER
+
+
+class _EcPrivate(SignMixin):
+    """A private key object that signs: python-pkcs11 mixes ``sign`` into the object's class at run time
+    by its key type, so its declared ``PrivateKey`` does not show it."""
+
+
+def _handle(session: pkcs11.Session) -> int:
+    """The C session handle the raw calls need: the compiled session has it, the declared type does not."""
+    return int(cast(Any, session).handle)
 
 
 def key_id_for(point: bytes) -> bytes:
@@ -69,7 +81,7 @@ class Pkcs11Signer:
         self.label = label
         self._session: pkcs11.Session | None = None
         self._generation = -1
-        self._key: pkcs11.PrivateKey | None = None
+        self._key: _EcPrivate | None = None
         self._always_auth = False
         self._pending_pin: bytes | None = None
         self._reset = False                            # the module was re-initialised under this signer
@@ -112,7 +124,7 @@ class Pkcs11Signer:
         self.close()
 
     def _logged_in(self, session: pkcs11.Session) -> bool:
-        rv, state = self.module.raw.session_state(session.handle)
+        rv, state = self.module.raw.session_state(_handle(session))
         return rv == 0 and state in (CKS_RO_USER_FUNCTIONS, CKS_RW_USER_FUNCTIONS)
 
     # ---- objects -----------------------------------------------------------------------------
@@ -138,7 +150,7 @@ class Pkcs11Signer:
             found = list(session.get_objects({Attribute.CLASS: cls, Attribute.ID: self.key_id}))
         return found[0] if found else None
 
-    def _private_key(self) -> pkcs11.PrivateKey:
+    def _private_key(self) -> _EcPrivate:
         session = self._live()
         if self._key is None:
             key = self._object(ObjectClass.PRIVATE_KEY)
@@ -153,8 +165,8 @@ class Pkcs11Signer:
                 self._always_auth = bool(key[Attribute.ALWAYS_AUTHENTICATE])
             except (p11x.AttributeTypeInvalid, p11x.AttributeSensitive):
                 self._always_auth = False
-            self._key = key  # type: ignore[assignment]
-        return self._key  # type: ignore[return-value]
+            self._key = cast(_EcPrivate, key)
+        return self._key
 
     # ---- the signer protocol -----------------------------------------------------------------
     def certificate(self) -> bytes:
@@ -190,10 +202,10 @@ class Pkcs11Signer:
         session = self._live()
         self._pending_pin = None
         if self._logged_in(session):
-            self.module.raw.logout(session.handle)
+            self.module.raw.logout(_handle(session))
             self._key = None                           # SoftHSM2 drops private-object handles at logout
         self._reset = False
-        rv = self.module.raw.login(session.handle, CKU_USER, bytes(pin))
+        rv = self.module.raw.login(_handle(session), CKU_USER, bytes(pin))
         if rv == errors.CKR_PIN_INCORRECT:
             raise self._wrong_pin()
         if rv != 0:

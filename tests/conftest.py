@@ -147,13 +147,13 @@ def psam_card(psam_image: Path, open_image: Callable[[Path], SimulatedCard]) -> 
 
 
 @pytest.fixture
-def card_os(buyer_card: SimulatedCard):  # type: ignore[no-untyped-def]
+def card_os(buyer_card: SimulatedCard):
     """The buyer card's CardOS object (raw ``transmit``, ``store``, power)."""
     return buyer_card.card
 
 
 @pytest.fixture
-def psam_os(psam_card: SimulatedCard):  # type: ignore[no-untyped-def]
+def psam_os(psam_card: SimulatedCard):
     return psam_card.card
 
 

@@ -68,13 +68,13 @@ def _sqlite_path(url: str) -> str:
     return url.removeprefix("sqlite://") if url.startswith("sqlite:///") else url
 
 
-def storage_params() -> list:  # type: ignore[type-arg]
+def storage_params() -> list:
     import pytest
     return [pytest.param("sqlite", id="sqlite"),
             pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres)]
 
 
-def storages():  # type: ignore[no-untyped-def]
+def storages():
     """Mark a module (``pytestmark = storages()``) or a test: run it on both back ends. The ``storage``
     fixture (conftest.py) is then SQLite in one run and the session's PostgreSQL in the other, and
     every session-scoped service fixture built on it (the bank world, the exchange world) exists once

@@ -13,14 +13,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 class Served:
     def __init__(self, role: str, pin: str, env: dict[str, str], *extra: str, timeout: float = 30.0) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "semper.client.cli", "serve", role, "--port", "0", "--pin-stdin",
+        self.proc = subprocess.Popen([sys.executable, "-m", "semper.client.cli", "serve", role, "--port", "0",
+                                      "--pin-stdin",
                                       *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env, cwd=REPO)
         assert self.proc.stdin and self.proc.stdout
         self.proc.stdin.write(pin + "\n")
         self.proc.stdin.close()
         line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()),
+                                  daemon=True)
         reader.start()
         reader.join(timeout)
         if not line or "listening on" not in line[0]:

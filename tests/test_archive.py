@@ -37,12 +37,12 @@ DEALS = ["deal-A", "deal-B", "deal-A", "deal-C", "deal-A", "deal-B"]       # ent
 
 
 @pytest.fixture
-def sign(signer: PivSigner):  # type: ignore[no-untyped-def]
+def sign(signer: PivSigner):
     return statement_signer(signer, PIN)
 
 
 @pytest.fixture
-def db(tmp_path: Path, signer: PivSigner, sign) -> Path:  # type: ignore[no-untyped-def]
+def db(tmp_path: Path, signer: PivSigner, sign) -> Path:
     """Six entries (statements signed on the card for deal-A, raw notes otherwise), checkpoint at 6."""
     path = tmp_path / "evidence.sqlite3"
     with Archive.open(path, create=True, sign=sign) as archive:
@@ -56,7 +56,7 @@ def db(tmp_path: Path, signer: PivSigner, sign) -> Path:  # type: ignore[no-unty
     return path
 
 
-def sql(path: Path, *statements: tuple[str, tuple]) -> None:  # type: ignore[type-arg]
+def sql(path: Path, *statements: tuple[str, tuple]) -> None:
     """Tamper with the file directly, as someone with write access to it would."""
     con = sqlite3.connect(path, isolation_level=None)
     con.execute("BEGIN")
@@ -66,7 +66,7 @@ def sql(path: Path, *statements: tuple[str, tuple]) -> None:  # type: ignore[typ
     con.close()
 
 
-def row(path: Path, index: int) -> tuple:  # type: ignore[type-arg]
+def row(path: Path, index: int) -> tuple:
     con = sqlite3.connect(path)
     r = con.execute("SELECT entry_index, prev_hash, deal_id, kind, created_at, content, entry_hash FROM archive_entry "
                     "WHERE entry_index = ?", (index,)).fetchone()
@@ -212,7 +212,7 @@ def test_checkpoint_signer_from_an_untrusted_ca_is_reported(db: Path, pki: Pki, 
     assert "does not chain to a trusted root" in report.problems[0].message
 
 
-def test_automatic_checkpoints_and_uncovered_tail(tmp_path: Path, sign) -> None:  # type: ignore[no-untyped-def]
+def test_automatic_checkpoints_and_uncovered_tail(tmp_path: Path, sign) -> None:
     path = tmp_path / "a.sqlite3"
     with Archive.open(path, create=True, checkpoint_every=3, sign=sign) as archive:
         for i in range(7):
@@ -283,7 +283,8 @@ def test_schema_is_plain_sql_for_postgresql() -> None:
     pg = schema_sql("postgresql")
     assert "BYTEA" in pg and "BLOB" not in pg
     source = Path(sys.modules[Archive.__module__].__file__ or "").read_text().upper()
-    for sqlite_only in ("AUTOINCREMENT", "ROWID", "WITHOUT ROWID", "PRAGMA", "OR REPLACE", "OR IGNORE", "BEGIN IMMEDIATE"):
+    for sqlite_only in ("AUTOINCREMENT", "ROWID", "WITHOUT ROWID", "PRAGMA", "OR REPLACE", "OR IGNORE",
+                        "BEGIN IMMEDIATE"):
         assert sqlite_only not in pg.upper() and sqlite_only not in source
 
 
@@ -299,7 +300,7 @@ def test_bundle_verifies_offline(bundle: Path, pki: Pki, tmp_path: Path) -> None
     assert report.ok, report.problems
     assert [e.index for e in report.entries] == [1, 3, 5] and report.checkpoint_index == 6
     assert all(e.statement is not None and e.statement.revocation.checked for e in report.entries)
-    assert report.entries[0].statement.body["type"] == "order"  # type: ignore[union-attr]
+    assert report.entries[0].statement.body["type"] == "order"
     with zipfile.ZipFile(bundle) as z:
         names = set(z.namelist())
         manifest = json.loads(z.read("manifest.json"))
@@ -311,7 +312,7 @@ def test_bundle_verifies_offline(bundle: Path, pki: Pki, tmp_path: Path) -> None
             assert openssl_cms_verify(z.read(name), pki.root_pem, tmp_path).returncode == 0
 
 
-def _rewrite(bundle: Path, out: Path, change) -> Path:  # type: ignore[no-untyped-def]
+def _rewrite(bundle: Path, out: Path, change) -> Path:
     with zipfile.ZipFile(bundle) as z:
         files = {n: z.read(n) for n in z.namelist()}
     change(files)
@@ -321,7 +322,7 @@ def _rewrite(bundle: Path, out: Path, change) -> Path:  # type: ignore[no-untype
     return out
 
 
-def _manifest(change):  # type: ignore[no-untyped-def]
+def _manifest(change):
     def apply(files: dict[str, bytes]) -> None:
         m = json.loads(files["manifest.json"])
         change(m)
@@ -338,7 +339,8 @@ def _manifest(change):  # type: ignore[no-untyped-def]
     (_manifest(lambda m: m["chain"].__setitem__(1, m["chain"][3])), [(6, "rewritten")]),
     (lambda f: f.__setitem__("checkpoint.der", f["entries/00000001.der"]), [(6, "checkpoint")]),
 ])
-def test_tampered_bundle_is_refused(bundle: Path, pki: Pki, tmp_path: Path, change, expected) -> None:  # type: ignore[no-untyped-def]
+def test_tampered_bundle_is_refused(bundle: Path, pki: Pki, tmp_path: Path, change,
+                                    expected) -> None:
     bad = _rewrite(bundle, tmp_path / "bad.zip", change)
     report = verify_bundle(bad, TrustStore([pki.root]))
     assert [(p.index, p.kind) for p in report.problems] == expected
@@ -407,7 +409,8 @@ def test_cli_checkpoint_with_the_card_in_a_subprocess(tmp_path: Path, pki: Pki) 
     path = tmp_path / "e.sqlite3"
     with Archive.open(path, create=True) as archive:
         archive.append("deal-1", "note", b"hello")
-    run = lambda *a, stdin=None: subprocess.run([sys.executable, "-m", "semper.client.cli", *a], input=stdin, check=False,
+    run = lambda *a, stdin=None: subprocess.run([sys.executable, "-m", "semper.client.cli", *a], input=stdin,
+                                                check=False,
                                                 capture_output=True, text=True, timeout=60)
     r = run("archive", "checkpoint", "--db", str(path), "--image", str(image), "--pin-stdin", stdin="123456\n")
     assert r.returncode == 0 and "checkpoint at entry 1" in r.stdout, r.stderr
@@ -463,7 +466,8 @@ def _tamper(path: Path, op: str, k: int) -> list[tuple[int, str]]:
         return [(k, "edited")]
     if op == "rehash":
         h = entry_hash(k, bytes.fromhex(r[1]), r[2], r[3], r[4], b"changed")
-        sql(path, ("UPDATE archive_entry SET content = ?, entry_hash = ? WHERE entry_index = ?", (b"changed", h.hex(), k)))
+        sql(path, ("UPDATE archive_entry SET content = ?, entry_hash = ? WHERE entry_index = ?", (b"changed", h.hex(),
+                                                                                                  k)))
         return [(k, "replaced")] if k < 12 else [(12, "rewritten")]
     if op == "delete":
         sql(path, ("DELETE FROM archive_entry WHERE entry_index = ?", (k,)))
@@ -477,7 +481,8 @@ def _tamper(path: Path, op: str, k: int) -> list[tuple[int, str]]:
     assert op == "insert"
     prev = bytes.fromhex(r[1])
     forged = entry_hash(k, prev, "deal-x", "note", r[4], b"forged")
-    sql(path, *[("UPDATE archive_entry SET entry_index = ? WHERE entry_index = ?", (i + 1, i)) for i in range(12, k - 1, -1)],
+    sql(path, *[("UPDATE archive_entry SET entry_index = ? WHERE entry_index = ?", (i + 1, i)) for i in range(12, k - 1,
+                                                                                                              -1)],
         ("INSERT INTO archive_entry VALUES (?, ?, ?, ?, ?, ?, ?)", (k, prev.hex(), "deal-x", "note", r[4], b"forged",
                                                                     forged.hex())))
     return [(k, "inserted")]

@@ -207,7 +207,7 @@ def test_money_is_conserved_under_dropped_connections_and_card_kills(fault_world
         flow = shop.sessions.get(terms.payment_id)
         if flow is None:
             return
-        for entry in buyer_ctx.purse.log() if buyer_ctx.purse else []:           # type: ignore[union-attr]
+        for entry in buyer_ctx.purse.log() if buyer_ctx.purse else []:
             if entry.kind != "debit":
                 continue
             req_found = recover_debit(buyer_ctx.purse, _pending_request(psam, entry))
@@ -215,7 +215,7 @@ def test_money_is_conserved_under_dropped_connections_and_card_kills(fault_world
                 continue
             try:
                 psam.select()
-                psam.complete_debit(buyer_ctx.purse.certificate(), req_found)        # type: ignore[union-attr]
+                psam.complete_debit(buyer_ctx.purse.certificate(), req_found)
                 counts["recovered_debits"] = counts.get("recovered_debits", 0) + 1
             except hw.ReplayError:
                 pass
@@ -290,7 +290,7 @@ def test_money_is_conserved_under_dropped_connections_and_card_kills(fault_world
         ecash_mod.reclaim(pid)
     seller_purse.clear()
     seller_purse.clear()
-    info = buyer_ctx.purse.info()                       # type: ignore[union-attr]
+    info = buyer_ctx.purse.info()
     card_id = info.card_id
     with w.bank.db.transaction() as tx:
         pending = tx.all("SELECT counter, amount FROM loads WHERE card = ? AND state = 'pending'", (card_id,))
@@ -337,7 +337,7 @@ def test_a_bank_the_pinned_root_does_not_vouch_for_is_refused_at_once(fault_worl
         bank.http = JsonClient(impostor.url, w.home.tls_root, timeout=5, name="the bank")
         tries: list[str] = []
         request = bank.http.request
-        bank.http.request = lambda *a, **k: (tries.append(a[1]), request(*a, **k))[1]   # type: ignore[method-assign]
+        bank.http.request = lambda *a, **k: (tries.append(a[1]), request(*a, **k))[1]
         with pytest.raises(UntrustedService, match="does not vouch"):
             bank.call("accounts/balance", {"account": w.accounts["buyer"]})
         assert len(tries) == 1

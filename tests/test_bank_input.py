@@ -91,7 +91,7 @@ def test_bad_signature_untrusted_signer_stale_and_misaddressed(world: World, oth
         body = {**env["body"], field: value}
         s = world.signers["buyer"]
         re_signed = {"body": body, "certificate": env["certificate"], "signature": b64(s.sign_digest(digest(body)))}
-        _refused(world, lambda: c.http.post("/" + op, re_signed), 400, code)
+        _refused(world, lambda op=op, re_signed=re_signed: c.http.post("/" + op, re_signed), 400, code)
 
 
 def test_unknown_operation_is_404(world: World) -> None:
@@ -152,9 +152,10 @@ def test_bad_amounts(world: World, amount: int, code: str) -> None:
     for op, params in (("set/capture", {"authorisation": "AUX", "amount": amount}),
                        ("set/refund", {"authorisation": "AUX", "amount": amount}),
                        ("set/authorise", {"account": world.accounts["seller"], "payment_id": "p", "amount": amount,
-                                          "currency": EUR, "oi_hash": "0" * 64, "sealed_pi": {}, "dual_signature": "AA==",
+                                          "currency": EUR, "oi_hash": "0" * 64, "sealed_pi": {},
+                                          "dual_signature": "AA==",
                                           "payer_certificate": "AA=="})):
-        _refused(world, lambda: seller.call(op, params), 400, code)
+        _refused(world, lambda op=op, params=params: seller.call(op, params), 400, code)
     if amount < 2**31 + 1:
         cheque = _cheque(world, "buyer", world.accounts["seller"], amount)
         _refused(world, lambda: seller.call("cheque/deposit", {"account": world.accounts["seller"], "cheque": cheque}),

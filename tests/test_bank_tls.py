@@ -28,7 +28,8 @@ BANK_PIN = "bank-operator-pin-2"
 
 
 def semper(env: dict[str, str], *args: str, stdin: str = "", timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], input=stdin, capture_output=True, text=True, check=False,
+    return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], input=stdin, capture_output=True,
+                          text=True, check=False,
                           env=env, cwd=REPO, timeout=timeout)
 
 

@@ -28,7 +28,7 @@ from semper.client.support.channels import ServiceError
 
 pytestmark = storages()          # the CA's core cases on SQLite and on PostgreSQL
 
-def _register(rc: RunningCa, signer, key: str, **kw) -> dict:  # type: ignore[no-untyped-def]
+def _register(rc: RunningCa, signer, key: str, **kw) -> dict:
     return rc.client().post("/register", request_body(signer, key, **kw))
 
 
@@ -194,7 +194,7 @@ def test_concurrent_requests_for_one_key_issue_one_certificate(running_ca: Runni
     assert len(wins) == 1 and len(losses) == len(bodies) - 1
     assert all(e.code == "registration_key_used" for e in losses)
     assert len(running_ca.issued()) == 1
-    assert running_ca.registration(key)["serial"] == wins[0]["serial"]  # type: ignore[index]
+    assert running_ca.registration(key)["serial"] == wins[0]["serial"]
 
 
 def test_one_public_key_gets_one_valid_certificate(running_ca: RunningCa) -> None:
@@ -220,7 +220,7 @@ def test_revocation_shows_in_the_crl(running_ca: RunningCa, tmp_path: Path) -> N
     der = client.get_bytes("/crl")
     crl = x509.load_der_x509_crl(der)
     root = x509.load_pem_x509_certificate(running_ca.root_pem.encode())
-    assert crl.is_signature_valid(root.public_key())  # type: ignore[arg-type]
+    assert crl.is_signature_valid(root.public_key())
     entry = crl.get_revoked_certificate_by_serial_number(int(gone["serial"], 16))
     assert entry is not None
     assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.key_compromise

@@ -32,7 +32,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return {**os.environ}
 
 
-def run(args: list[str], stdin: str, monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+def run(args: list[str], stdin: str, monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     code = main(args)
     out, err = capsys.readouterr()
@@ -45,7 +45,7 @@ class Served(Served):
 
 
 def test_operator_cycle_with_a_served_ca(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         capsys) -> None:  # type: ignore[no-untyped-def]
+                                         capsys) -> None:
     home = tmp_path / "home"
     code, out, err = run(["ca", "init", "--create-token", "--name", "Test Root", "--pin-stdin"], CA_PIN + "\n",
                          monkeypatch, capsys)
@@ -109,7 +109,7 @@ def test_operator_cycle_with_a_served_ca(env: dict[str, str], tmp_path: Path, mo
     assert any(c["serial"] == serial and c["reason"] == "key_compromise" for c in listing["certificates"])
 
 
-def test_commands_without_a_ca_say_so(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_commands_without_a_ca_say_so(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     code, _out, err = run(["ca", "add-person", "--name", "A", "--email", "a@example.org"], "", monkeypatch, capsys)
     assert code == 2 and "semper ca init" in err
     with pytest.raises(SystemExit) as e:                      # a malformed storage URL is bad input: exit 2
@@ -119,7 +119,7 @@ def test_commands_without_a_ca_say_so(env: dict[str, str], monkeypatch: pytest.M
 
 
 @pytest.mark.skipif(shutil.which("pkcs11-tool") is None, reason="opensc missing")
-def test_serve_refuses_a_wrong_pin(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_serve_refuses_a_wrong_pin(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     assert run(["ca", "init", "--create-token", "--pin-stdin"], CA_PIN + "\n", monkeypatch, capsys)[0] == 0
     r = subprocess.run([sys.executable, "-m", "semper.client.cli", "serve", "ca", "--port", "0", "--pin-stdin"],
                        input="not-the-pin\n", capture_output=True, text=True, env=env, timeout=60)

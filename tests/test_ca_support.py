@@ -41,7 +41,7 @@ TOKENS = ("ca-main", "ca-other", "user-a", "user-b")
 class Tokens:
     store: Any              # hsm.softhsm.SoftHsmStore
 
-    def signer(self, label: str, pin: bytes | None = None):  # type: ignore[no-untyped-def]
+    def signer(self, label: str, pin: bytes | None = None):
         from semper.hsm.signer import Pkcs11Signer
         s = Pkcs11Signer.open(label, softhsm_conf=self.store.conf)
         if pin is not None:

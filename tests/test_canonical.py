@@ -41,7 +41,8 @@ def test_every_layer_derives_the_same_bytes(value):
     assert cms.canonical_json({"type": "offer", "v": value}) == canonical({"type": "offer", "v": value})
 
 
-@pytest.mark.parametrize("bad,words", [(math.nan, "floating-point"), (math.inf, "floating-point"), (1.5, "floating-point"),
+@pytest.mark.parametrize("bad,words", [(math.nan, "floating-point"), (math.inf, "floating-point"), (1.5,
+                                                                                                    "floating-point"),
                                        ("\ud800", "surrogate"), ({"k": ["ok", "\udfff"]}, "surrogate"),
                                        (2**60, "too large"), ({1: "x"}, "keys must be strings"),
                                        (b"\x00", "cannot go into signed JSON")])

@@ -85,7 +85,7 @@ def test_malformed_lengths_are_6700(raw: bytes) -> None:
 
 
 @pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
-def test_malformed_lengths_reach_no_applet(card_os, raw: bytes) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_lengths_reach_no_applet(card_os, raw: bytes) -> None:
     """The card answers exactly 6700 (no data), before selection or dispatch matters."""
     assert card_os.transmit(H("00A4040C 08 F053454D50455201")) == H("9000")
     before = card_os.store.snapshot()

@@ -46,7 +46,7 @@ def _chain(cla: int, ins: int, data: bytes, size: int = 200) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, fresh_images, scheme):  # type: ignore[no-untyped-def]
+def world(tmp_path_factory, fresh_images, scheme):
     """A loaded purse card and a PSAM (module-scoped: hypothesis examples share them) and templates
     of valid commands for each, some of which would really change the card if they got through."""
     buyer_image, psam_image = fresh_images(tmp_path_factory.mktemp("fuzz"))
@@ -108,7 +108,7 @@ def world(tmp_path_factory, fresh_images, scheme):  # type: ignore[no-untyped-de
 
 
 @st.composite
-def mutated(draw, templates: list[bytes]) -> bytes:  # type: ignore[no-untyped-def]
+def mutated(draw, templates: list[bytes]) -> bytes:
     raw = bytearray(draw(st.sampled_from(templates)))
     byte = st.one_of(st.integers(0, 255), st.sampled_from([0x00, 0x01, 0x7F, 0x80, 0xFF]))
     for _ in range(draw(st.integers(0, 3))):
@@ -173,7 +173,7 @@ def _check_one(card: CardOS, raw: bytes) -> int:
 @pytest.mark.parametrize("which", ["purse", "psam"])
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
-def test_mutated_apdus(world, which: str, data) -> None:  # type: ignore[no-untyped-def]
+def test_mutated_apdus(world, which: str, data) -> None:
     card, templates, aid = world[which]
     card.reset()
     if data.draw(st.booleans()):
@@ -185,7 +185,7 @@ def test_mutated_apdus(world, which: str, data) -> None:  # type: ignore[no-unty
 @pytest.mark.parametrize("which", ["purse", "psam"])
 @settings(max_examples=200, deadline=None)
 @given(data=st.data())
-def test_random_apdus(world, which: str, data) -> None:  # type: ignore[no-untyped-def]
+def test_random_apdus(world, which: str, data) -> None:
     card, _templates, aid = world[which]
     card.reset()
     assert card.transmit(Apdu(0x00, 0xA4, 0x04, 0x0C, aid).encode()) == b"\x90\x00"
@@ -194,7 +194,7 @@ def test_random_apdus(world, which: str, data) -> None:  # type: ignore[no-untyp
 
 
 # ---- the purse and the PSAM as a state machine ---------------------------------------------------
-def test_purse_and_psam_state_machine(fresh_images, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_purse_and_psam_state_machine(fresh_images, scheme) -> None:
     class PurseAndPsam(RuleBasedStateMachine):
         """Model: money in (loads), money out (debits), PIN tries; the cards must agree at every step."""
 
@@ -356,7 +356,7 @@ def test_purse_and_psam_state_machine(fresh_images, scheme) -> None:  # type: ig
             assert (info.load_counter, info.debit_counter) == (self.n_loads, self.n_debits)
             assert info.pin_tries == self.pin_tries
             counters = (info.load_counter, info.debit_counter, pinfo.sequence, pinfo.batch_number)
-            assert all(now >= before for now, before in zip(counters, self.high)), "a counter went back"
+            assert all(now >= before for now, before in zip(counters, self.high, strict=True)), "a counter went back"
             self.high = counters
 
     run_state_machine_as_test(PurseAndPsam, settings=settings(max_examples=100, stateful_step_count=40,

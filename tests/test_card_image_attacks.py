@@ -75,7 +75,7 @@ def test_appended_record_setting_a_balance_is_refused_as_a_damaged_card(buyer_im
         open_card(buyer_image, sync=False)
 
 
-def test_edited_records_are_refused_as_a_damaged_card(buyer_image: Path, scheme, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_edited_records_are_refused_as_a_damaged_card(buyer_image: Path, scheme, tmp_path: Path) -> None:
     """An edit anywhere (a record followed by others, or the last one) is refused, never believed."""
     before = buyer_image.read_bytes()
     with open_card(buyer_image, sync=False) as conn:
@@ -107,7 +107,7 @@ def test_edited_records_are_refused_as_a_damaged_card(buyer_image: Path, scheme,
 def test_no_private_key_or_pin_verifier_is_readable_from_the_image(buyer_image: Path, psam_image: Path) -> None:
     for image in (buyer_image, psam_image):
         with open_card(image, sync=False) as conn:
-            state = conn.card.store.snapshot()      # type: ignore[attr-defined]
+            state = conn.card.store.snapshot()
         secret = {k: v for k, v in state.items()
                   if re.search(r"(^|/)key/(private|[0-9a-f]{2})$|admin_key$", k)
                   or (k.startswith(("card/pin/", "card/puk/")) and len(v) >= 16 and not k.endswith("/salt"))}
@@ -122,7 +122,7 @@ def test_no_private_key_or_pin_verifier_is_readable_from_the_image(buyer_image: 
             assert not fast & set(state.values()), "the PIN verifier is a fast hash: 10^4 guesses find a PIN"
 
 
-def test_card_image_is_0600_at_every_step(tmp_path: Path, scheme, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_card_image_is_0600_at_every_step(tmp_path: Path, scheme, monkeypatch: pytest.MonkeyPatch) -> None:
     """Created, written, compacted: the image is never on disk with a wider mode, even under umask 022."""
     seen: list[tuple[str, int]] = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -133,7 +133,7 @@ def test_card_image_is_0600_at_every_step(tmp_path: Path, scheme, monkeypatch: p
             seen.append((os.readlink(f"/proc/self/fd/{fd}"), stat.S_IMODE(st.st_mode)))
         real_fsync(fd)
 
-    def replace(src, dst, **kw):  # type: ignore[no-untyped-def]
+    def replace(src, dst, **kw):
         seen.append((str(src), stat.S_IMODE(os.stat(src).st_mode)))
         return real_replace(src, dst, **kw)
 
@@ -146,7 +146,7 @@ def test_card_image_is_0600_at_every_step(tmp_path: Path, scheme, monkeypatch: p
         personalise_psam(psam, scheme, sync=True)
         with open_card(buyer) as conn:
             card_purse.load(PurseSession(conn), scheme, 1000, PIN)
-            conn.card.store.compact()                    # type: ignore[attr-defined]
+            conn.card.store.compact()
             card_purse.load(PurseSession(conn), scheme, 1000, PIN)
     finally:
         os.umask(old)
@@ -169,7 +169,7 @@ def test_card_new_makes_its_files_0600_under_umask_022(tmp_path: Path) -> None:
 
 
 # ---- item 5: secrets never briefly readable; no PIN in argv ---------------------------------------------
-def _pem_cert(cn: str):  # type: ignore[no-untyped-def]
+def _pem_cert(cn: str):
     import datetime
 
     from cryptography import x509
@@ -201,17 +201,17 @@ def test_shop_tls_key_and_admin_secret_are_never_on_disk_with_a_wider_mode(
 
     def check(path: object, when: str) -> None:
         try:
-            mode = stat.S_IMODE(os.stat(path).st_mode)     # type: ignore[arg-type]
+            mode = stat.S_IMODE(os.stat(path).st_mode)
         except FileNotFoundError:
             return
         if mode & 0o077:
             wide.append((f"{path} {when}", oct(mode)))
 
-    def chmod(path, mode, **kw):  # type: ignore[no-untyped-def]
+    def chmod(path, mode, **kw):
         check(path, "before chmod")
         return real_chmod(path, mode, **kw)
 
-    def replace(a, b, **kw):  # type: ignore[no-untyped-def]
+    def replace(a, b, **kw):
         check(a, "before rename")
         return real_replace(a, b, **kw)
 
@@ -241,7 +241,7 @@ def test_card_new_refuses_a_pin_in_argv(tmp_path: Path) -> None:
 
 
 # ---- item 6: a compaction survives power loss -----------------------------------------------------------
-def test_rename_of_the_image_is_followed_by_an_fsync_of_its_folder(tmp_path: Path, scheme, buyer_image: Path,  # type: ignore[no-untyped-def]
+def test_rename_of_the_image_is_followed_by_an_fsync_of_its_folder(tmp_path: Path, scheme, buyer_image: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     events: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -251,7 +251,7 @@ def test_rename_of_the_image_is_followed_by_an_fsync_of_its_folder(tmp_path: Pat
             events.append(("fsync-dir", os.readlink(f"/proc/self/fd/{fd}")))
         real_fsync(fd)
 
-    def replace(src, dst, **kw):  # type: ignore[no-untyped-def]
+    def replace(src, dst, **kw):
         real_replace(src, dst, **kw)
         events.append(("replace", str(dst)))
 
@@ -263,7 +263,7 @@ def test_rename_of_the_image_is_followed_by_an_fsync_of_its_folder(tmp_path: Pat
         return bool(renames) and ("fsync-dir", str(image.parent)) in events[renames[-1]:]
 
     with open_card(buyer_image) as conn:                 # sync=True: power-safe
-        conn.card.store.compact()                         # type: ignore[attr-defined]
+        conn.card.store.compact()
         assert synced_after_rename(buyer_image), f"compaction: no fsync of the folder after the rename: {events}"
     events.clear()
     fresh = tmp_path / "new" / "psam.card"
@@ -282,7 +282,7 @@ def test_card_new_takes_an_argv_pin_only_when_told_and_warns(tmp_path: Path) -> 
 
 # ---- the PIN verifier: slow to guess, quick to repeat -----------------------------------------------------
 def test_pin_verifier_is_scrypt_and_only_the_first_verify_of_a_session_pays_for_it(
-        buyer_card, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+        buyer_card, monkeypatch: pytest.MonkeyPatch) -> None:
     from semper.card_applet_sim import crypto, pin
     state = buyer_card.card.store.snapshot()
     salt, verifier = state["card/pin/salt"], state["card/pin/verifier"]
@@ -293,7 +293,7 @@ def test_pin_verifier_is_scrypt_and_only_the_first_verify_of_a_session_pays_for_
 
     def counting(value: bytes, *a: object) -> bytes:
         calls.append(value)
-        return real(value, *a)                                     # type: ignore[arg-type]
+        return real(value, *a)
 
     monkeypatch.setattr(pin, "pin_verifier", counting)
     purse = PurseSession(buyer_card)

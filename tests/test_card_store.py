@@ -252,7 +252,8 @@ def test_second_open_in_process_is_refused(image: Path) -> None:
 def test_second_open_from_another_process_is_refused(image: Path) -> None:
     code = ("import sys\nfrom semper.card_applet_sim.store import Store, CardImageError\n"
             "from semper.card_applet_sim.keys import KeyFolder\n"
-            "try:\n    Store.open(sys.argv[1], keys=KeyFolder.default())\nexcept CardImageError as e:\n    print(e)\n    sys.exit(3)\n")
+            "try:\n    Store.open(sys.argv[1], keys=KeyFolder.default())\nexcept CardImageError as e:\n    print(e)\n  "
+            "  sys.exit(3)\n")
     with Store.create(image, INITIAL, sync=False, keys=_keys()):
         r = subprocess.run([sys.executable, "-c", code, str(image)], cwd=REPO, capture_output=True, text=True,
                            timeout=30)
@@ -546,7 +547,8 @@ def test_every_truncation_of_a_commit_gives_old_or_new_state(tmp_path: Path) -> 
         assert _reopen(torn) == {**state, "after": cut.to_bytes(4, "big")}
 
 
-def test_every_truncation_of_a_debit_commit_on_the_card(tmp_path: Path, fresh_images, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_every_truncation_of_a_debit_commit_on_the_card(tmp_path: Path, fresh_images,
+                                                        scheme) -> None:
     """The same on a real card: a DEBIT changes balance, counter and log in one record."""
     buyer, psam_image = fresh_images(tmp_path / "cards")
     card, psam_card = CardOS.open(buyer, sync=False), CardOS.open(psam_image, sync=False)

@@ -248,7 +248,7 @@ def test_payment_evidence_keeps_the_card_certificate_when_the_card_is_gone() -> 
 
     rec = Record("p" * 32, "card-purse", "payer", Terms("p" * 32, 100, 978, "acct", "a" * 64, "shop"), Status.PAID,
                  evidence={"proof": "UA==", "proof_signature": "Uw==", "card_certificate": "Q0VSVA=="})
-    out = json.loads(payment_evidence(B(), rec))                                  # type: ignore[arg-type]
+    out = json.loads(payment_evidence(B(), rec))
     assert out["card_certificate"] == "Q0VSVA=="
 
 
@@ -274,7 +274,7 @@ def test_a_card_that_goes_away_outside_a_payment_ends_the_deal_as_failed() -> No
         def balance(self) -> None:
             return None
 
-    r = workflows.sign_contract(B(), "supply-contract")                          # type: ignore[arg-type]
+    r = workflows.sign_contract(B(), "supply-contract")
     assert r.status is OutcomeStatus.FAILED and "insert it and try again" in r.summary
 
 
@@ -344,7 +344,7 @@ def test_the_buyer_client_can_ask_the_third_party_again() -> None:
         def close(self) -> None:
             pass
 
-    client = ExchangeClient(Party)                                                # type: ignore[arg-type]
+    client = ExchangeClient(Party)
     try:
         assert client.recover(timeout=10) == ["resolved"] and Party.asked == 1
     finally:

@@ -55,7 +55,8 @@ def test_amounts_follow_the_currencys_minor_unit():
 
 
 def _semper(*args: str, **kw):
-    return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], capture_output=True, text=True, timeout=60, **kw)
+    return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], capture_output=True, text=True,
+                          timeout=60, **kw)
 
 
 def test_bad_input_gives_one_line_and_status_2(tmp_path):

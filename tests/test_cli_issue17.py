@@ -57,7 +57,7 @@ def cards(tmp_path: Path, fresh_images: Callable[[Path], tuple[Path, Path]]) -> 
 
 
 @pytest.fixture
-def root_pem(tmp_path: Path, scheme) -> Path:  # type: ignore[no-untyped-def]
+def root_pem(tmp_path: Path, scheme) -> Path:
     """Any CA root will do for the checks that come before a connection."""
     from cryptography.hazmat.primitives.serialization import Encoding
     path = tmp_path / "root.pem"
@@ -202,7 +202,7 @@ def test_no_psam_is_said_as_no_psam(env: dict[str, str], cards: tuple[Path, Path
 
 
 def test_a_load_over_the_maximum_says_how_much_fits(env: dict[str, str], cards: tuple[Path, Path],
-                                                    scheme) -> None:  # type: ignore[no-untyped-def]
+                                                    scheme) -> None:
     r = semper("card", "load", "250.00", "--test-issuer", "--image", str(cards[0]), "--pin-stdin", stdin="1234\n",
                env=env)
     one_line(r, 1, "maximum of 200.00 EUR", "at most 200.00 EUR more fits")
@@ -269,7 +269,7 @@ def test_reading_a_torn_image_does_not_rewrite_it(env: dict[str, str], cards: tu
 
 # ---- the bank operator -----------------------------------------------------------------------------------
 def test_bank_operator_commands(env: dict[str, str], tmp_path: Path, cards: tuple[Path, Path],
-                                scheme) -> None:  # type: ignore[no-untyped-def]
+                                scheme) -> None:
     from cryptography.hazmat.primitives.serialization import Encoding
     (tmp_path / "bank.pin").write_text("bank-token-pin-1\n")
     (tmp_path / "scheme.pin").write_text(SCHEME_PIN.decode() + "\n")
@@ -368,7 +368,7 @@ def test_card_info_shows_piv_slots_and_certificates_export(env: dict[str, str], 
 
 
 def test_a_bank_issued_card_refuses_the_test_issuer(env: dict[str, str], tmp_path: Path,
-                                                    scheme) -> None:  # type: ignore[no-untyped-def]
+                                                    scheme) -> None:
     """The local issuer key is the test scheme's: a card issued against a bank takes no money from it."""
     from semper.client.support.personalisation import CardProfile, personalise_purse_card
     image = tmp_path / "bank-issued.card"

@@ -55,7 +55,7 @@ class Pki:
     def root(self) -> x509.Certificate:
         return self.scheme.root_cert
 
-    def crl(self, revoked: list[tuple[int, dt.datetime]] = (), *,  # type: ignore[assignment]
+    def crl(self, revoked: list[tuple[int, dt.datetime]] = (), *,
             key: ec.EllipticCurvePrivateKey | None = None, reason: x509.ReasonFlags | None = None
             ) -> x509.CertificateRevocationList:
         now = dt.datetime.now(dt.UTC)
@@ -87,7 +87,7 @@ class Pki:
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
              .add_extension(x509.KeyUsage(digital_signature, non_repudiation, False, False, False, False, False,
                                           False, False), critical=True)
-             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.root.public_key()),  # type: ignore[arg-type]
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.root.public_key()),
                             critical=False))
         if eku is not None:
             b = b.add_extension(x509.ExtendedKeyUsage(eku), critical=eku_critical)
@@ -99,7 +99,7 @@ class Pki:
 
     def tsa_cert(self, point: bytes, **kw: object) -> x509.Certificate:
         return self.issue(point, "semper third party TSA", non_repudiation=False,
-                          eku=[ExtendedKeyUsageOID.TIME_STAMPING], eku_critical=True, **kw)  # type: ignore[arg-type]
+                          eku=[ExtendedKeyUsageOID.TIME_STAMPING], eku_critical=True, **kw)
 
 
 @pytest.fixture(scope="session")
@@ -143,13 +143,15 @@ def openssl(*args: str | Path, stdin: bytes | None = None) -> subprocess.Complet
                           check=False)
 
 
-def openssl_cms_verify(der: bytes, root_pem: Path, folder: Path, *extra: str | Path) -> subprocess.CompletedProcess[bytes]:
+def openssl_cms_verify(der: bytes, root_pem: Path, folder: Path,
+                       *extra: str | Path) -> subprocess.CompletedProcess[bytes]:
     path = folder / f"statement-{hashlib.sha256(der).hexdigest()[:12]}.der"
     path.write_bytes(der)
     return openssl("cms", "-verify", "-inform", "DER", "-in", path, "-CAfile", root_pem, *extra)
 
 
-def hsm_token(tmp_path: Path, pki: Pki, label: str = "evidence", common_name: str | None = "semper seller token"):  # type: ignore[no-untyped-def]
+def hsm_token(tmp_path: Path, pki: Pki, label: str = "evidence",
+              common_name: str | None = "semper seller token"):
     """A logged-in SoftHSM2 token (own folder) with a key on it, certified by the CA under test when
     ``common_name`` is given; skip when hsm/ or SoftHSM2 is not there."""
     signer_mod = pytest.importorskip("semper.hsm.signer")
@@ -210,7 +212,8 @@ def test_signed_data_structure(signer: PivSigner) -> None:
     assert attrs["message_digest"][0].native == hashlib.sha256(cms.canonical_json(ORDER)).digest()
     ess = attrs["signing_certificate_v2"][0]["certs"][0]
     assert ess["cert_hash"].native == hashlib.sha256(signer.certificate()).digest()
-    assert ess["issuer_serial"]["serial_number"].native == x509.load_der_x509_certificate(signer.certificate()).serial_number
+    signer_cert = x509.load_der_x509_certificate(signer.certificate())
+    assert ess["issuer_serial"]["serial_number"].native == signer_cert.serial_number
     certs = [c.chosen.dump() for c in sd["certificates"]]
     assert certs == [signer.certificate()]
     assert si["signature_algorithm"]["algorithm"].native == "sha256_ecdsa"
@@ -264,7 +267,7 @@ def test_canonical_json_is_sorted_compact_utf8() -> None:
 ])
 def test_canonical_json_refuses(statement: object, message: str) -> None:
     with pytest.raises(cms.MalformedStatement, match=message):
-        cms.canonical_json(statement)  # type: ignore[arg-type]
+        cms.canonical_json(statement)
 
 
 @pytest.mark.parametrize("content,message", [

@@ -35,7 +35,7 @@ def test_semper_buy_asks_and_the_tinguin_decides(tmp_path: Path) -> None:
             session = open_buyer(cfg, PolicyUI(pin=CARD_PIN), card)
             register_card(session, ca_url=s.ca, ca_root_pem=world.root_pem, registration_key=world.registration_key(),
                           name="Bob Buyer", email="bob@buyer.example", save_dir=world.buyer_dir)
-            session.buyer.payments.module("card-purse").load(3_000)   # type: ignore[attr-defined]
+            session.buyer.payments.module("card-purse").load(3_000)
             session.close()
         (tmp_path / "ca.pem").write_text(world.root_pem)
         (tmp_path / "pin").write_bytes(CARD_PIN)

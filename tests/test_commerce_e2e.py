@@ -95,7 +95,7 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
                           registration_key=world.registration_key(), name="Bob Buyer", email="bob@buyer.example",
                           save_dir=world.buyer_dir)
             world.bank.cash_in(world.accounts["buyer"], 40_000)
-            session.buyer.payments.module("card-purse").load(20_000)           # type: ignore[attr-defined]
+            session.buyer.payments.module("card-purse").load(20_000)
             yield Market(world, session, ui, wallet, folder)
             session.close()
         finally:
@@ -110,7 +110,7 @@ def _pay_with(m: Market, module: str | None) -> None:
 def test_mail_order_with_every_payment_module(market: Market) -> None:
     m = market
     ecash = m.buyer.payments.module("ecash")
-    ecash.withdraw(1_780)                                                       # type: ignore[attr-defined]
+    ecash.withdraw(1_780)
     before = m.money()
     paid = {}
     for module in ("card-purse", "cheque", "setpay", "ecash"):
@@ -123,7 +123,7 @@ def test_mail_order_with_every_payment_module(market: Market) -> None:
         # one PIN entry for the order (and one for a cheque or a SET instruction), each through the TrustedUI
         asked = m.ui.pins[pins:]
         assert asked[0].startswith("sign the order") and len(asked) == (1 if module in ("card-purse", "ecash") else 2)
-        ruling = m.rule(r.deal_id)                                              # type: ignore[arg-type]
+        ruling = m.rule(r.deal_id)
         assert ruling["bundle"]["ok"], ruling
         assert ruling["ruling"].endswith("both fulfilled"), ruling
         assert "re-renders identically" in ruling["facts"]["what_you_see_is_what_you_sign"]
@@ -146,7 +146,7 @@ def test_mail_order_with_every_payment_module(market: Market) -> None:
 
 def test_anonymous_deal_signs_nothing_and_pays_only_anonymously(market: Market) -> None:
     m = market
-    m.buyer.payments.module("ecash").withdraw(1_250)                            # type: ignore[attr-defined]
+    m.buyer.payments.module("ecash").withdraw(1_250)
     _pay_with(m, None)
     pins, before = len(m.ui.pins), m.money()
     r = workflows.mail_order(m.buyer, [("teapot", 1)], form={"pickup": "Kiosk C"},
@@ -166,7 +166,7 @@ def test_anonymous_deal_signs_nothing_and_pays_only_anonymously(market: Market) 
     assert r.status is OutcomeStatus.FAILED and "pickup" in r.summary
     # information bought anonymously by mail order: delivered with the signed note, checked against the offer
     for _ in range(2):
-        m.buyer.payments.module("ecash").withdraw(400)                          # type: ignore[attr-defined]
+        m.buyer.payments.module("ecash").withdraw(400)
     report = m.shop.catalogue.get("market-report")
     r = workflows.mail_order(m.buyer, [("market-report", 1)], form={},
                              attributes=deal_attributes("mail-order", anonymous=True))
@@ -176,7 +176,7 @@ def test_anonymous_deal_signs_nothing_and_pays_only_anonymously(market: Market) 
                              attributes=deal_attributes("mail-order", anonymous=True))
     m.shop.cheat = Cheat()
     assert r.status is OutcomeStatus.DISPUTE, r.summary
-    ruling = m.rule(r.deal_id)                                                  # type: ignore[arg-type]
+    ruling = m.rule(r.deal_id)
     assert any("digest" in owed for owed in ruling["seller_owes"]), ruling
     assert ruling["facts"]["order"]["signed_by"].startswith("nobody")         # anonymous: an unsigned order
     # a fair exchange names both parties: an anonymous information deal is refused before anything is given
@@ -210,17 +210,17 @@ def test_information_is_fairly_exchanged_for_the_payment(market: Market) -> None
     assert after["buyer purse"] == before["buyer purse"] - item.unit_price
     assert after["psam"] == before["psam"] + item.unit_price
     # the exchange's own evidence, judged by the exchange layer's arbiter
-    path = m.buyer.archive.export(_xid(m, r.deal_id), m.folder / "x.zip")        # type: ignore[arg-type]
+    path = m.buyer.archive.export(_xid(m, r.deal_id), m.folder / "x.zip")
     ruling = judge_exchange(path, TrustStore([m.world.ca_root]), item_verifiers(purse_root=m.world.scheme.root_cert))
     assert ruling.fair and ruling.bundle_ok, ruling.as_dict()
     # the deal bundle: offer, signed order, the receipt for it
-    deal = m.rule(r.deal_id)                                                     # type: ignore[arg-type]
+    deal = m.rule(r.deal_id)
     assert deal["bundle"]["ok"] and "both fulfilled" in deal["ruling"], deal
 
 
 def test_registration_and_contract_signing(market: Market) -> None:
     m = market
-    m.buyer.payments.module("ecash").withdraw(1_500)                            # type: ignore[attr-defined]
+    m.buyer.payments.module("ecash").withdraw(1_500)
     for module in ("card-purse", "cheque", "ecash", "setpay"):                 # the fee, with every module
         _pay_with(m, module)
         r = workflows.register(m.buyer, "tea-club", {"name": "Bob Buyer", "email": "bob@buyer.example"})
@@ -229,7 +229,7 @@ def test_registration_and_contract_signing(market: Market) -> None:
     reg = parse_statement(r.documents["delivery"]).body
     assert reg["type"] == "registration" and reg["member"] == {"name": "Bob Buyer", "email": "bob@buyer.example"}
     assert "E-mail" in m.ui.confirmations[-1]                                    # the form was shown and signed
-    assert m.rule(r.deal_id)["ruling"].endswith("both fulfilled")                # type: ignore[arg-type]
+    assert m.rule(r.deal_id)["ruling"].endswith("both fulfilled")
     _pay_with(m, None)
     r = workflows.sign_contract(m.buyer, "supply-contract")
     assert r.status is OutcomeStatus.SATISFIED, r.summary
@@ -240,7 +240,7 @@ def test_registration_and_contract_signing(market: Market) -> None:
     # the shop holds the buyer's signature over the same contract and the confirmation digest
     sd = m.shop.find(r.deal_id)
     assert any("satisfied" == d.verdict for d in sd.deal.decisions if d.step == "exchange")
-    path = m.buyer.archive.export(_xid(m, r.deal_id), m.folder / "c.zip")        # type: ignore[arg-type]
+    path = m.buyer.archive.export(_xid(m, r.deal_id), m.folder / "c.zip")
     assert judge_exchange(path, TrustStore([m.world.ca_root]), {}).fair
     m.clean()
 
@@ -261,18 +261,18 @@ def test_a_cheating_seller_is_caught_at_every_step(market: Market) -> None:
     r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
     assert r.status is OutcomeStatus.FAILED and "changed the terms" in r.summary
     assert m.money() == before
-    assert "nothing was paid" in m.rule(r.deal_id)["ruling"]                     # type: ignore[arg-type]
+    assert "nothing was paid" in m.rule(r.deal_id)["ruling"]
     # wrong goods: the buyer paid; the seller's own signed delivery note convicts it
     m.shop.cheat = Cheat(wrong_goods=True)
     r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
     assert r.status is OutcomeStatus.DISPUTE and "wrong goods" in r.summary
-    ruling = m.rule(r.deal_id)                                                   # type: ignore[arg-type]
+    ruling = m.rule(r.deal_id)
     assert ruling["bundle"]["ok"] and ruling["seller_owes"] and "other goods" in ruling["ruling"], ruling
     # no delivery after payment and confirmation
     m.shop.cheat = Cheat(no_delivery=True)
     r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
     assert r.status is OutcomeStatus.DISPUTE and "delivered nothing" in r.summary
-    ruling = m.rule(r.deal_id)                                                   # type: ignore[arg-type]
+    ruling = m.rule(r.deal_id)
     assert "delivered nothing" in ruling["ruling"] and ruling["seller_owes"], ruling
     after = m.money()
     assert after["buyer purse"] == before["buyer purse"] - 2 * 1_250            # the two paid deals, no more
@@ -287,7 +287,7 @@ def test_a_cheating_seller_is_caught_at_every_step(market: Market) -> None:
     r = workflows.buy_information(m.buyer, "market-report")
     assert r.status is OutcomeStatus.SATISFIED and "third party" in r.summary, r.summary
     assert r.content == m.shop.catalogue.get("market-report").content
-    path = m.buyer.archive.export(_xid(m, r.deal_id), m.folder / "r.zip")       # type: ignore[arg-type]
+    path = m.buyer.archive.export(_xid(m, r.deal_id), m.folder / "r.zip")
     ruling = judge_exchange(path, TrustStore([m.world.ca_root]), item_verifiers(purse_root=m.world.scheme.root_cert))
     assert ruling.fair and any(d["outcome"] == "resolved" for d in ruling.as_dict()["third_party"])
     final = m.money()
@@ -319,7 +319,7 @@ def test_a_deal_through_the_tinguin_screens(market: Market) -> None:
     assert r.status is OutcomeStatus.SATISFIED, r.summary
     assert any("accepted the confirmation" in s for s in said) and any("PIN entry verified" in s for s in said)
     assert m.money()["buyer purse"] == before["buyer purse"] - 1_250
-    bundle = verify_bundle(m.bundle(r.deal_id), TrustStore([world.ca_root]))    # type: ignore[arg-type]
+    bundle = verify_bundle(m.bundle(r.deal_id), TrustStore([world.ca_root]))
     assert bundle.ok
     order = next(e.statement.body for e in bundle.entries if e.statement and e.statement.type == "order")
     assert order["confirmation"]["scripted"] is True                            # the evidence says no person confirmed

@@ -176,7 +176,7 @@ def test_the_real_commands_bad_input_2_failed_operation_1(tmp_path: Path) -> Non
 
 
 # ---- the services: one place turns a SemperError into the JSON refusal ------------------------------
-def _serve(routes: list[web.RouteDef]):  # type: ignore[no-untyped-def]
+def _serve(routes: list[web.RouteDef]):
     from semper.client.support.http_service import ServiceRunner, make_app
     return ServiceRunner(make_app(routes))
 

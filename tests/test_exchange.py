@@ -232,7 +232,8 @@ def test_semper_bench_exchange_reports_json(tmp_path: Path) -> None:
     import sys
 
     from test_exchange_support import REPO
-    r = subprocess.run([sys.executable, "-m", "semper.client.cli", "bench", "exchange", "--runs", "2", "--resolved-runs", "1"],
+    r = subprocess.run([sys.executable, "-m", "semper.client.cli", "bench", "exchange", "--runs", "2",
+                        "--resolved-runs", "1"],
                        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
                        env={**os.environ, "SEMPER_HOME": str(tmp_path)})
     assert r.returncode == 0, r.stderr

@@ -93,7 +93,8 @@ def other_payment(world: World, c: Any) -> dict[str, Any]:
         "signature": base64.b64encode(r.signed.signature).decode()}}
 
 
-def spoil_item(world: World, protocol: str, kind: str, fault: str, c: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def spoil_item(world: World, protocol: str, kind: str, fault: str, c: Any) -> Callable[[dict[str, Any]], dict[str,
+                                                                                                              Any]]:
     """Tamper with the item a message carries: ``wrong`` = valid but not the agreed one, ``forged`` = altered."""
     seller, buyer = world.identities["seller"], world.identities["buyer"]
     if kind == "accept":
@@ -112,7 +113,8 @@ def spoil_item(world: World, protocol: str, kind: str, fault: str, c: Any) -> Ca
                 body["item"]["der"] = flip_b64(body["item"]["der"], -5)
                 return body
             xid = json.loads(_statement_body(body["item"]["der"]))["exchange"]["xid"]
-            other = {"type": "contract-signature", "contract": "C-other", "exchange": {"xid": xid, "ttp": _ttp_id(world)},
+            other = {"type": "contract-signature", "contract": "C-other", "exchange": {"xid": xid,
+                                                                                       "ttp": _ttp_id(world)},
                      "revocable_by": _ttp_id(world)}
             body["item"]["der"] = base64.b64encode(buyer.sign(other)).decode()
             return body
@@ -177,7 +179,8 @@ def fault_for(world: World, protocol: str, kind: str, fault: str, c: Any) -> tup
 
 
 # ---- running one case -------------------------------------------------------------------------------------
-DEALS = {"gen-ver": lambda w, c: purchase(w, c), "rev-rev": lambda w, c: swap(w), "plain": lambda w, c: plain_sale(w, c)}
+DEALS = {"gen-ver": lambda w, c: purchase(w, c), "rev-rev": lambda w, c: swap(w), "plain": lambda w, c: plain_sale(w,
+                                                                                                                   c)}
 
 
 def exchange_with_fault(world: World, tmp_path: Path, fresh_images: Any, protocol: str, *, dishonest: str,
@@ -214,7 +217,8 @@ def exchange_with_fault(world: World, tmp_path: Path, fresh_images: Any, protoco
             honest = r if dishonest == "originator" else o
             result["honest"] = honest
             result["bundle"] = None
-            if honest is not None and honest.xid is not None and (seller if honest is o else buyer).archive.entries(honest.xid):
+            honest_party = seller if honest is o else buyer
+            if honest is not None and honest.xid is not None and honest_party.archive.entries(honest.xid):
                 party = seller if honest is o else buyer
                 result["bundle"] = party.export(honest.xid, tmp_path / "honest.zip")
         finally:

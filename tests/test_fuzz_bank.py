@@ -137,7 +137,7 @@ class BankCopy:
                 answer = inner.post(path, body, headers)
                 kept.append((path, copy.deepcopy(body), answer))
                 return answer
-        c.http = Recording()  # type: ignore[assignment]
+        c.http = Recording()
         return c
 
     def balances(self) -> dict[str, int]:
@@ -182,7 +182,8 @@ def template(world: World, storage: Storage, tmp_path_factory: pytest.TempPathFa
     world.bank.db.close()                    # PostgreSQL copies a database nobody is connected to (reopens on use)
     bank = _open_bank(world, storage.copy(_url(world.bank.db), "fuzzbank_template", folder))
     issuer = bank.keys.signer.public_point()
-    personalise_purse_card(folder / "buyer.card", world.scheme, CardProfile(CARD_PIN, b"12345678", max_balance=CARD_MAX),
+    personalise_purse_card(folder / "buyer.card", world.scheme, CardProfile(CARD_PIN, b"12345678",
+                                                                            max_balance=CARD_MAX),
                            sync=False, issuer_point=issuer)
     personalise_psam(folder / "psam.card", world.scheme, sync=False)
     with open_card(folder / "buyer.card", sync=False) as c:
@@ -220,7 +221,8 @@ def templates(b: BankCopy) -> dict[str, dict[str, Any]]:
     sealed = {"wrapped": b64(os.urandom(n)), "nonce": b64(os.urandom(12)), "ciphertext": b64(os.urandom(48))}
     return {
         "accounts/balance": {"account": w.accounts["buyer"]},
-        "issuer/load": {"account": w.accounts["buyer"], "request": b64(os.urandom(60)), "signature": b64(os.urandom(70)),
+        "issuer/load": {"account": w.accounts["buyer"], "request": b64(os.urandom(60)),
+                        "signature": b64(os.urandom(70)),
                         "card_certificate": b64(card_cert)},
         "issuer/confirm": {"confirmation": b64(os.urandom(60)), "signature": b64(os.urandom(70)),
                            "card_certificate": b64(card_cert)},
@@ -231,7 +233,8 @@ def templates(b: BankCopy) -> dict[str, dict[str, Any]]:
                                  "request_signature": b64(os.urandom(70)), "card_certificate": b64(card_cert),
                                  "proof": b64(os.urandom(72)), "proof_signature": b64(os.urandom(70))},
         "set/authorise": {"account": w.accounts["seller"], "payment_id": "p-" + secrets.token_hex(4), "amount": 10,
-                          "currency": EUR, "oi_hash": "0" * 64, "sealed_pi": sealed, "dual_signature": b64(os.urandom(70)),
+                          "currency": EUR, "oi_hash": "0" * 64, "sealed_pi": sealed,
+                          "dual_signature": b64(os.urandom(70)),
                           "payer_certificate": b64(w.signers["buyer"].certificate())},
         "set/capture": {"authorisation": "AUNOSUCH", "amount": 1},
         "set/release": {"authorisation": "AUNOSUCH"},
@@ -239,7 +242,8 @@ def templates(b: BankCopy) -> dict[str, dict[str, Any]]:
         "set/status": {"authorisation": "AUNOSUCH"},
         "cheque/deposit": {"account": w.accounts["seller"], "cheque": cheque(w, "buyer2", w.accounts["seller"], 10**6)},
         "cheque/status": {"drawer": w.accounts["buyer"], "number": "c-nosuch"},
-        "mint/withdraw": {"account": w.accounts["buyer"], "coins": [{"key_id": key.key_id, "blinded": b64(b"\x01" * n)}]},
+        "mint/withdraw": {"account": w.accounts["buyer"], "coins": [{"key_id": key.key_id,
+                                                                     "blinded": b64(b"\x01" * n)}]},
         "mint/deposit": {"account": w.accounts["seller"], "coins": [{"key_id": key.key_id, "serial": "0" * 64,
                                                                       "signature": b64(b"\x01" * n)}]},
     }
@@ -362,7 +366,7 @@ def counted(fn: Callable[..., None]) -> Callable[..., None]:
     def run(self: Any, **kw: Any) -> None:
         RAN[fn.__name__] += 1
         fn(self, **kw)
-    run.counted = True  # type: ignore[attr-defined]
+    run.counted = True
     return run
 
 

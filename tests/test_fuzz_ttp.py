@@ -291,7 +291,8 @@ def test_a_request_whose_certificate_holds_a_damaged_key(world: World, ttp: Runn
     """Found by the fuzzer: a bit flipped in the signer's public point made ``public_key()`` raise (a 500)."""
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     req = ev.requests[0]
-    point = world.identities["buyer"].certificate.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    point = world.identities["buyer"].certificate.public_key().public_bytes(Encoding.X962,
+                                                                            PublicFormat.UncompressedPoint)
     assert req.der.count(point) == 1
     at = req.der.index(point) + 20
     damaged_key = req.der[:at] + bytes([req.der[at] ^ 0x01]) + req.der[at + 1:]
@@ -315,7 +316,8 @@ def test_requests_whose_certificate_is_damaged_where_parsing_is_lazy(world: Worl
     (UnsupportedAlgorithm), an X.509 version 4 (InvalidVersion), and a damaged subject name met while
     wording a bad-signature refusal (ValueError) were each a 500 at the third party."""
     req = next(r for r in ev.requests if r.name.startswith("gv status buyer"))
-    unknown_key = _in_signer_certificate(world, req.der, bytes.fromhex("2a8648ce3d0201"), bytes.fromhex("2a8e48ce3d0201"))
+    unknown_key = _in_signer_certificate(world, req.der, bytes.fromhex("2a8648ce3d0201"),
+                                         bytes.fromhex("2a8e48ce3d0201"))
     version_4 = _in_signer_certificate(world, req.der, bytes.fromhex("a003020102"), bytes.fromhex("a003020103"))
     email = bytes.fromhex("2a864886f70d0109011613")            # OID emailAddress, IA5String of 19 characters
     bad_name = _in_signer_certificate(world, req.der, email + b"x-buyer@example.org", email + b"x-buyer@exa\xedple.org")
@@ -354,7 +356,7 @@ def counted(fn: Callable[..., None]) -> Callable[..., None]:
     def run(self: Any, **kw: Any) -> None:
         RAN[fn.__name__] += 1
         fn(self, **kw)
-    run.counted = True  # type: ignore[attr-defined]
+    run.counted = True
     return run
 
 
@@ -489,7 +491,8 @@ class TtpMachine(RuleBasedStateMachine):
     @invariant()
     def decisions_never_change(self) -> None:
         with self.t.ttp.db.transaction(write=False) as tx:
-            rows = {r[0]: (r[1], base64.b64decode(r[2])) for r in tx.all("SELECT xid, outcome, decision FROM ttp_exchange")}
+            rows = {r[0]: (r[1],
+                           base64.b64decode(r[2])) for r in tx.all("SELECT xid, outcome, decision FROM ttp_exchange")}
             kept = {r[0] for r in tx.all("SELECT request_sha256 FROM ttp_answer")}
         assert {x: d for x, (_, d) in rows.items()} == self.decided
         assert {x: o for x, (o, _) in rows.items()} == self.outcome

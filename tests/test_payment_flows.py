@@ -26,7 +26,7 @@ from semper.hsm.rsa import RsaTokenKeys
 pytestmark = storages()          # the bank's core cases on SQLite and on PostgreSQL
 
 
-def _ctx(w: World, who: str, **kw) -> PartyContext:  # type: ignore[no-untyped-def]
+def _ctx(w: World, who: str, **kw) -> PartyContext:
     signer, account = w.party(who)
     return PartyContext(bank=w.client(signer), signer=signer, account=account, currency=EUR, **kw)
 

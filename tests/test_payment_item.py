@@ -90,7 +90,7 @@ def test_every_module_pays_as_an_item(world: World, tmp_path: Path) -> None:
         assert wallet.balance(EUR) == 0
         seller_purse = payee.module("card-purse")
         assert isinstance(seller_purse, PurseModule)
-        assert seller_purse.clear()["total"] == 250                  # type: ignore[index]
+        assert seller_purse.clear()["total"] == 250
     assert world.bank.balance(seller_acc) == bank_before + 250 + 300 + 450 + 700
     assert audit(world.bank.db, world.bank.scheme_root).violations == []
 

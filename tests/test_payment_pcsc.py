@@ -35,7 +35,7 @@ def test_purse_cheque_and_account_payment_through_pcscd(world: World, tmp_path: 
                            sync=False, issuer_point=world.bank.keys.signer.public_point())
     with open_card(card_img, sync=False) as c:
         from cryptography import x509
-        sig_cert = x509.load_der_x509_certificate(PivSession(c).certificate(0x9C))  # type: ignore[arg-type]
+        sig_cert = x509.load_der_x509_certificate(PivSession(c).certificate(0x9C))
         purse_cert = PurseSession(c).certificate()
     account = world.bank.open_account("card holder", EUR, sig_cert)
     world.bank.link_card(purse_cert, account)
@@ -61,7 +61,7 @@ def test_purse_cheque_and_account_payment_through_pcscd(world: World, tmp_path: 
             assert pay(payer, terms, shop.offer(), LocalPayee(shop)).module == "card-purse"
         seller_module = shop.module("card-purse")
         assert isinstance(seller_module, PurseModule)
-        assert seller_module.clear()["total"] == 200                       # type: ignore[index]
+        assert seller_module.clear()["total"] == 200
         assert world.bank.balance(seller_acc) == before + 200
         purse.select()
         assert world.bank.shadow(purse.info().card_id) == purse.info().balance == 4_800

@@ -132,7 +132,8 @@ def open_card_copy(world):
 
 @pytest.mark.skipif(shutil.which("opensc-tool") is None, reason="opensc not installed")
 def test_opensc_tool_as_outside_client(world):
-    out = subprocess.run(["opensc-tool", "-c", "default", "-r", world["buyer"], "-s", "00 A4 04 00 08 F0 53 45 4D 50 45 52 01 00",
+    out = subprocess.run(["opensc-tool", "-c", "default", "-r", world["buyer"], "-s",
+                          "00 A4 04 00 08 F0 53 45 4D 50 45 52 01 00",
                           "-s", "80 50 00 00 00", "-s", "00 A4 04 00 05 A0 00 00 00 99 00"],
                          capture_output=True, text=True, timeout=60)
     text = out.stdout + out.stderr

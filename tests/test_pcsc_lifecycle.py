@@ -20,7 +20,8 @@ pytestmark = pytest.mark.pcsc
 
 
 def _serve(image, port):
-    return subprocess.Popen([sys.executable, "-m", "semper.card_applet_sim", str(image), "--port", str(port), "--no-sync"],
+    return subprocess.Popen([sys.executable, "-m", "semper.card_applet_sim", str(image), "--port", str(port),
+                             "--no-sync"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

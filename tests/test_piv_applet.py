@@ -195,7 +195,8 @@ def test_signer_protocol_over_piv(card):
 @pytest.mark.parametrize("apdu,sw", [
     ("00871191 04 7C028200", 0x6A86),           # slot 91 does not exist
     ("00871C9C 04 7C028200", 0x6A86),           # RSA algorithm 07? (1C) not supported
-    ("0087119E 26 7C24820081200000000000000000000000000000000000000000000000000000000000000000", 0x6A88),  # no key in 9E
+    # no key in 9E
+    ("0087119E 26 7C24820081200000000000000000000000000000000000000000000000000000000000000000", 0x6A88),
     ("0087119A 04 7C028200", 0x6A80),           # no hash
     ("0087119A 04 7D028200", 0x6A80),           # not a 7C template
     ("0087119A 05 7C028200", 0x6700),           # Lc mismatch

@@ -26,7 +26,7 @@ _DEBIT = ">4s8sI8sIIH16s"
 
 
 @pytest.fixture
-def funded(purse: PurseSession, scheme) -> PurseSession:  # type: ignore[no-untyped-def]
+def funded(purse: PurseSession, scheme) -> PurseSession:
     card_purse.load(purse, scheme, 10000, PIN)
     return purse
 
@@ -50,21 +50,21 @@ def batch_digest(entries: list[bytes]) -> bytes:
     return d
 
 
-def private_key_of(session) -> bytes:  # type: ignore[no-untyped-def]
+def private_key_of(session) -> bytes:
     """A simulated card's private scalar, read from its image (tests only: no APDU returns it)."""
     store = session.apdu.connection.card.store
     return store.get("purse/key/private") or store.get("psam/key/private")
 
 
 @pytest.fixture
-def second_card(tmp_path: Path, scheme, open_image) -> PurseSession:  # type: ignore[no-untyped-def]
+def second_card(tmp_path: Path, scheme, open_image) -> PurseSession:
     image = tmp_path / "second.card"
     personalise_purse_card(image, scheme, CardProfile(PIN, PUK), sync=False)
     return PurseSession(open_image(image))
 
 
 # ---- begin debit -------------------------------------------------------------------------------
-def test_begin_debit_signs_a_fresh_request(psam: PsamSession, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_begin_debit_signs_a_fresh_request(psam: PsamSession, scheme) -> None:
     card = bytes.fromhex("6799000000000001")
     r1, s1 = psam.begin_debit(card, 1, 500, EUR)
     r2, _s2 = psam.begin_debit(card, 1, 500, EUR)
@@ -105,7 +105,7 @@ def test_complete_debit(funded: PurseSession, psam: PsamSession) -> None:
     assert (info.batch_count, info.batch_total, info.lifetime_total, info.pending) == (2, 300, 300, 0)
 
 
-def test_complete_debit_twice_is_a_replay(funded: PurseSession, psam: PsamSession, psam_os) -> None:  # type: ignore[no-untyped-def]
+def test_complete_debit_twice_is_a_replay(funded: PurseSession, psam: PsamSession, psam_os) -> None:
     _req, proof = card_debit(funded, psam, 250)
     cert = funded.certificate()
     psam.complete_debit(cert, proof)
@@ -126,7 +126,7 @@ def test_proof_for_an_unknown_sequence(funded: PurseSession, psam: PsamSession) 
 
 
 @pytest.mark.parametrize("field, value", [(5, 1), (5, 25000), (7, bytes(16)), (4, 7), (3, bytes(8))])
-def test_tampered_proof_is_rejected(funded: PurseSession, psam: PsamSession, psam_os, field: int, value) -> None:  # type: ignore[no-untyped-def]
+def test_tampered_proof_is_rejected(funded: PurseSession, psam: PsamSession, psam_os, field: int, value) -> None:
     """Amount, challenge, counter or card number changed: even the card's own signature does not help."""
     _req, proof = card_debit(funded, psam, 250)
     fields = list(struct.unpack(_DEBIT, proof.record))
@@ -141,7 +141,7 @@ def test_tampered_proof_is_rejected(funded: PurseSession, psam: PsamSession, psa
     assert psam.info().batch_total == 250
 
 
-def test_proof_signed_by_another_card_is_rejected(funded: PurseSession, psam: PsamSession,  # type: ignore[no-untyped-def]
+def test_proof_signed_by_another_card_is_rejected(funded: PurseSession, psam: PsamSession,
                                                   second_card: PurseSession, psam_os) -> None:
     _req, proof = card_debit(funded, psam, 250)
     other_key = private_key_of(second_card)
@@ -163,7 +163,7 @@ def test_proof_signed_by_another_card_is_rejected(funded: PurseSession, psam: Ps
     assert psam.info().batch_count == 1
 
 
-def test_card_certificate_of_another_scheme_is_rejected(psam: PsamSession, other_scheme, tmp_path: Path,  # type: ignore[no-untyped-def]
+def test_card_certificate_of_another_scheme_is_rejected(psam: PsamSession, other_scheme, tmp_path: Path,
                                                         open_image, psam_os) -> None:
     """A card issued by a foreign root, for a request the PSAM really issued to that card number."""
     image = tmp_path / "foreign.card"
@@ -181,7 +181,7 @@ def test_card_certificate_of_another_scheme_is_rejected(psam: PsamSession, other
 
 
 @pytest.mark.parametrize("damage", ["unknown signature algorithm", "truncated", "not DER", "one byte flipped"])
-def test_damaged_card_certificate_is_not_authentic(funded: PurseSession, psam: PsamSession, psam_os,  # type: ignore[no-untyped-def]
+def test_damaged_card_certificate_is_not_authentic(funded: PurseSession, psam: PsamSession, psam_os,
                                                    damaged_certificate, damage: str) -> None:
     """Refused as not authentic (9F13), never an internal error (6F00); the proof stays usable."""
     _req, proof = card_debit(funded, psam, 250)
@@ -198,7 +198,7 @@ def test_malformed_complete_debit(psam: PsamSession, data: bytes) -> None:
         psam.apdu.send(Apdu(0x80, 0x32, 0, 0, data, 0))
 
 
-def test_full_batch_refuses_until_closed(funded: PurseSession, psam: PsamSession,  # type: ignore[no-untyped-def]
+def test_full_batch_refuses_until_closed(funded: PurseSession, psam: PsamSession,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(psam_applet, "MAX_BATCH", 2)
     cert = funded.certificate()
@@ -249,7 +249,7 @@ def test_tampered_header_does_not_verify(funded: PurseSession, psam: PsamSession
         psam_cert.public_key().verify(signed.signature, bytes(record), ec.ECDSA(hashes.SHA256()))
 
 
-def test_batch_numbers_increase_and_old_batches_disappear(funded: PurseSession, psam: PsamSession,  # type: ignore[no-untyped-def]
+def test_batch_numbers_increase_and_old_batches_disappear(funded: PurseSession, psam: PsamSession,
                                                           psam_os) -> None:
     card_purse.purchase(funded, psam, 10)
     card_purse.purchase(funded, psam, 20)
@@ -290,7 +290,7 @@ def test_batch_argument_must_be_four_bytes(psam: PsamSession) -> None:
         psam.apdu.send(Apdu(0x80, 0x38, 0, 0, b"\x01", 0))
 
 
-def test_psam_personalisation_is_closed(psam: PsamSession, psam_os) -> None:  # type: ignore[no-untyped-def]
+def test_psam_personalisation_is_closed(psam: PsamSession, psam_os) -> None:
     before = psam_os.store.snapshot()
     for command in (Apdu(0x80, 0xE2, 0, 0, b"", 0), Apdu(0x80, 0xE0, 1, 0, bytes(10)),
                     Apdu(0x80, 0xE0, 4, 0, bytes(65)), Apdu(0x80, 0xE0, 6, 0, b"x"), Apdu(0x80, 0xEE, 0, 0)):

@@ -27,7 +27,7 @@ from semper.hardware.signer import sign_message
 from semper.hardware.simulator import create_card, open_card
 
 
-def load_command(purse: PurseSession, scheme, amount: int, *, verify: bool = True) -> Signed:  # type: ignore[no-untyped-def]
+def load_command(purse: PurseSession, scheme, amount: int, *, verify: bool = True) -> Signed:
     """INITIALIZE LOAD on the card and the issuer's signed LCM1 for it (not yet sent)."""
     if verify:
         purse.verify_pin(PIN)
@@ -46,7 +46,7 @@ def resign(record: bytes, key: ec.EllipticCurvePrivateKey) -> Signed:
 
 
 # ---- information -----------------------------------------------------------------------------
-def test_info_of_a_fresh_card(purse: PurseSession, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_info_of_a_fresh_card(purse: PurseSession, scheme) -> None:
     info = purse.info()
     assert (info.currency, info.balance, info.max_balance) == (EUR, 0, MAX_BALANCE)
     assert (info.load_counter, info.debit_counter) == (0, 0)
@@ -58,7 +58,7 @@ def test_info_of_a_fresh_card(purse: PurseSession, scheme) -> None:  # type: ign
     assert purse.log() == []
 
 
-def test_info_shows_a_pending_load(purse: PurseSession, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_info_shows_a_pending_load(purse: PurseSession, scheme) -> None:
     load_command(purse, scheme, 100)
     assert purse.info().load_pending
 
@@ -88,7 +88,7 @@ def test_right_pin_restores_the_counter(purse: PurseSession) -> None:
     assert purse.pin_verified()
 
 
-def test_verify_without_data_reports_status_without_spending_a_try(purse: PurseSession, card_os) -> None:  # type: ignore[no-untyped-def]
+def test_verify_without_data_reports_status_without_spending_a_try(purse: PurseSession, card_os) -> None:
     assert not purse.pin_verified()
     with pytest.raises(errors.WrongPinError):
         purse.verify_pin(b"0000")
@@ -122,7 +122,7 @@ def test_ff_padded_pin_block(purse: PurseSession) -> None:
     assert purse.pin_verified()
 
 
-def test_puk_unblocks_and_sets_a_new_pin(purse: PurseSession, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_puk_unblocks_and_sets_a_new_pin(purse: PurseSession, scheme) -> None:
     for _ in range(3):
         with pytest.raises(errors.WrongPinError):
             purse.verify_pin(b"0000")
@@ -186,7 +186,7 @@ def test_change_to_a_malformed_pin_is_refused(purse: PurseSession, new: bytes) -
 
 
 # ---- load --------------------------------------------------------------------------------------
-def test_load_applies_and_confirms(purse: PurseSession, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_load_applies_and_confirms(purse: PurseSession, scheme) -> None:
     result = card_purse.load(purse, scheme, 5000, PIN)
     conf = result.confirmation
     info = purse.info()
@@ -210,7 +210,7 @@ def test_initialize_load_checks_amount_and_currency(purse: PurseSession, amount:
         purse.initialize_load(amount, currency)
 
 
-def test_load_above_the_maximum_balance(purse: PurseSession, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_load_above_the_maximum_balance(purse: PurseSession, scheme) -> None:
     with pytest.raises(InstrumentError, match="exceed its maximum balance"):    # the card refuses (9F11)
         card_purse.load(purse, scheme, MAX_BALANCE + 1, PIN)
     card_purse.load(purse, scheme, MAX_BALANCE - 10)
@@ -221,7 +221,7 @@ def test_load_above_the_maximum_balance(purse: PurseSession, scheme) -> None:  #
     assert (info.balance, info.load_counter) == (MAX_BALANCE, 2)
 
 
-def test_load_signed_by_another_key_is_not_authentic(purse: PurseSession, scheme, other_scheme) -> None:  # type: ignore[no-untyped-def]
+def test_load_signed_by_another_key_is_not_authentic(purse: PurseSession, scheme, other_scheme) -> None:
     good = load_command(purse, scheme, 700)
     for forged in (Signed(good.record, other_scheme.sign_load(good.record)),                # another issuer
                    Signed(good.record, sign_message(scheme.root_signer, good.record)),    # the root is not the issuer
@@ -234,7 +234,7 @@ def test_load_signed_by_another_key_is_not_authentic(purse: PurseSession, scheme
     assert purse.info().balance == 700
 
 
-def test_load_for_another_amount_or_nonce_is_refused(purse: PurseSession, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_load_for_another_amount_or_nonce_is_refused(purse: PurseSession, scheme) -> None:
     good = load_command(purse, scheme, 700)
     tag, card, ctr, amount, cur, nonce = struct.unpack(">4s8sIIH16s", good.record)
     for fields in ((tag, card, ctr, 7000, cur, nonce), (tag, card, ctr, amount, cur, bytes(16)),
@@ -247,7 +247,7 @@ def test_load_for_another_amount_or_nonce_is_refused(purse: PurseSession, scheme
     assert purse.info().balance == 700
 
 
-def test_load_replayed_is_refused(purse: PurseSession, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_load_replayed_is_refused(purse: PurseSession, scheme) -> None:
     command = load_command(purse, scheme, 300)
     purse.load(command)
     with pytest.raises(errors.ReplayError):
@@ -261,7 +261,7 @@ def test_load_replayed_is_refused(purse: PurseSession, scheme) -> None:  # type:
     assert (info.balance, info.load_counter) == (500, 2)
 
 
-def test_second_initialize_load_replaces_the_first(purse: PurseSession, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_second_initialize_load_replaces_the_first(purse: PurseSession, scheme) -> None:
     first = load_command(purse, scheme, 300)
     second = load_command(purse, scheme, 400, verify=False)
     with pytest.raises(errors.ReplayError):
@@ -270,7 +270,7 @@ def test_second_initialize_load_replaces_the_first(purse: PurseSession, scheme) 
     assert purse.info().balance == 400 and purse.info().load_counter == 1
 
 
-def test_load_after_a_tear_applies_exactly_once(buyer_card, buyer_image: Path, open_image, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_load_after_a_tear_applies_exactly_once(buyer_card, buyer_image: Path, open_image, scheme) -> None:
     purse = PurseSession(buyer_card)
     command = load_command(purse, scheme, 900)
     buyer_card.close()                                  # the card is pulled before LOAD arrives
@@ -291,12 +291,12 @@ def test_load_after_a_tear_applies_exactly_once(buyer_card, buyer_image: Path, o
 
 # ---- debit -------------------------------------------------------------------------------------
 @pytest.fixture
-def funded(purse: PurseSession, scheme) -> PurseSession:  # type: ignore[no-untyped-def]
+def funded(purse: PurseSession, scheme) -> PurseSession:
     card_purse.load(purse, scheme, 1000, PIN)
     return purse
 
 
-def test_debit(funded: PurseSession, psam: PsamSession, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_debit(funded: PurseSession, psam: PsamSession, scheme) -> None:
     request = debit_request(funded, psam, 125)
     proof, signed = funded.debit(psam.certificate(), request)
     req = DebitRecord.decode(request.record, DEBIT_REQUEST)
@@ -308,7 +308,7 @@ def test_debit(funded: PurseSession, psam: PsamSession, scheme) -> None:  # type
     assert (info.balance, info.debit_counter) == (875, 1)
 
 
-def test_insufficient_funds_changes_nothing(funded: PurseSession, psam: PsamSession, card_os) -> None:  # type: ignore[no-untyped-def]
+def test_insufficient_funds_changes_nothing(funded: PurseSession, psam: PsamSession, card_os) -> None:
     before = card_os.store.snapshot()
     with pytest.raises(errors.InsufficientFundsError):
         funded.debit(psam.certificate(), debit_request(funded, psam, 1001))
@@ -317,7 +317,7 @@ def test_insufficient_funds_changes_nothing(funded: PurseSession, psam: PsamSess
     assert funded.info().balance == 0
 
 
-def test_replayed_debit_request_is_refused(funded: PurseSession, psam: PsamSession, card_os) -> None:  # type: ignore[no-untyped-def]
+def test_replayed_debit_request_is_refused(funded: PurseSession, psam: PsamSession, card_os) -> None:
     request = debit_request(funded, psam, 100)
     cert = psam.certificate()
     funded.debit(cert, request)
@@ -335,7 +335,7 @@ def test_request_for_a_future_counter_is_refused(funded: PurseSession, psam: Psa
         funded.debit(psam.certificate(), request)
 
 
-def test_psam_of_another_scheme_is_not_authentic(funded: PurseSession, other_scheme, tmp_path: Path,  # type: ignore[no-untyped-def]
+def test_psam_of_another_scheme_is_not_authentic(funded: PurseSession, other_scheme, tmp_path: Path,
                                                  open_image, card_os) -> None:
     image = tmp_path / "foreign.psam"
     personalise_psam(image, other_scheme, sync=False)
@@ -346,7 +346,7 @@ def test_psam_of_another_scheme_is_not_authentic(funded: PurseSession, other_sch
     assert card_os.store.snapshot() == before
 
 
-def test_psam_certificate_for_another_psam_id(funded: PurseSession, psam: PsamSession, scheme,  # type: ignore[no-untyped-def]
+def test_psam_certificate_for_another_psam_id(funded: PurseSession, psam: PsamSession, scheme,
                                               tmp_path: Path, open_image, card_os) -> None:
     image = tmp_path / "second.psam"
     personalise_psam(image, scheme, sync=False)
@@ -368,7 +368,7 @@ def test_psam_certificate_for_another_psam_id(funded: PurseSession, psam: PsamSe
     assert funded.info().balance == 900
 
 
-def test_tampered_or_forged_request_is_not_authentic(funded: PurseSession, psam: PsamSession, card_os) -> None:  # type: ignore[no-untyped-def]
+def test_tampered_or_forged_request_is_not_authentic(funded: PurseSession, psam: PsamSession, card_os) -> None:
     request = debit_request(funded, psam, 100)
     fields = list(struct.unpack(">4s8sI8sIIH16s", request.record))
     fields[5] = 1                                         # amount 100 -> 1 under the PSAM's signature
@@ -384,7 +384,7 @@ def test_tampered_or_forged_request_is_not_authentic(funded: PurseSession, psam:
 
 
 @pytest.mark.parametrize("damage", ["unknown signature algorithm", "truncated", "not DER", "one byte flipped"])
-def test_damaged_psam_certificate_is_not_authentic(funded: PurseSession, psam: PsamSession, card_os,  # type: ignore[no-untyped-def]
+def test_damaged_psam_certificate_is_not_authentic(funded: PurseSession, psam: PsamSession, card_os,
                                                    damaged_certificate, damage: str) -> None:
     """Refused as not authentic (9F13), never an internal error (6F00)."""
     request = debit_request(funded, psam, 100)
@@ -419,7 +419,7 @@ def test_malformed_debit_data(funded: PurseSession, data: bytes) -> None:
     Apdu(0x80, 0xE0, 6, 0, b"cert"),                          # certificate
     Apdu(0x80, 0xEE, 0, 0),                                   # END PERSONALISATION
 ])
-def test_personalisation_is_closed_after_end_perso(purse: PurseSession, card_os, command: Apdu) -> None:  # type: ignore[no-untyped-def]
+def test_personalisation_is_closed_after_end_perso(purse: PurseSession, card_os, command: Apdu) -> None:
     before = card_os.store.snapshot()
     with pytest.raises(errors.ConditionsError):
         purse.apdu.send(command)
@@ -427,7 +427,7 @@ def test_personalisation_is_closed_after_end_perso(purse: PurseSession, card_os,
     purse.verify_pin(PIN)                                 # PIN untouched
 
 
-def test_blank_card_refuses_purse_commands_until_personalised(tmp_path: Path, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_blank_card_refuses_purse_commands_until_personalised(tmp_path: Path, scheme) -> None:
     with create_card(tmp_path / "blank.card", ["purse"], sync=False) as card:
         purse = PurseSession(card)
         with pytest.raises(errors.ConditionsError):
@@ -449,7 +449,7 @@ def test_blank_card_refuses_purse_commands_until_personalised(tmp_path: Path, sc
 
 
 # ---- log ---------------------------------------------------------------------------------------
-def test_log_keeps_the_last_15_newest_first(purse: PurseSession, psam: PsamSession, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_log_keeps_the_last_15_newest_first(purse: PurseSession, psam: PsamSession, scheme) -> None:
     events = []                          # (kind, counter, amount, balance after)
     balance = 0
     for n, amount in enumerate((3000, 2000), 1):
@@ -471,7 +471,7 @@ def test_log_keeps_the_last_15_newest_first(purse: PurseSession, psam: PsamSessi
     assert purse.info().balance == balance == log[0].balance_after
 
 
-def test_log_of_a_load_holds_the_confirmation(purse: PurseSession, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_log_of_a_load_holds_the_confirmation(purse: PurseSession, scheme) -> None:
     result = card_purse.load(purse, scheme, 1234, PIN)
     (entry,) = purse.log()
     assert entry.signed == result.signed
@@ -492,7 +492,7 @@ operations = st.lists(st.tuples(st.sampled_from(["load", "buy"]), st.integers(1,
 
 @settings(max_examples=150, deadline=None)
 @given(ops=operations)
-def test_money_is_conserved(fresh_images, scheme, ops: list[tuple[str, int]]) -> None:  # type: ignore[no-untyped-def]
+def test_money_is_conserved(fresh_images, scheme, ops: list[tuple[str, int]]) -> None:
     with tempfile.TemporaryDirectory() as d:
         buyer, psam_image = fresh_images(Path(d))
         with open_card(buyer, sync=False) as c1, open_card(psam_image, sync=False) as c2:

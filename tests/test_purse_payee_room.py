@@ -15,6 +15,7 @@ import pytest
 from conftest import SCHEME_PIN
 
 from semper.client.payment import card_purse
+from semper.client.payment.errors import ProtocolError
 from semper.client.payment.model import Terms
 from semper.client.payment.module import PartyContext
 from semper.client.payment.modules.purse import PayeeFlow, PayerFlow, PurseModule
@@ -132,6 +133,6 @@ def test_a_malformed_hello_gives_its_room_back(market: tuple[PurseModule, list[P
     flow = payee.payee_flow(terms)
     payee.admit(terms.payment_id, {"kind": "hello"})
     assert payee.desk().held() == 1
-    with pytest.raises(Exception):
+    with pytest.raises(ProtocolError):
         flow.step({"kind": "hello", "card": "zz", "counter": 1, "currency": EUR, "card_certificate": ""})
     assert payee.desk().held() == 0

@@ -49,7 +49,7 @@ def pristine_cards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def card(tmp_path: Path, pristine_cards: dict[str, Path]):  # type: ignore[no-untyped-def]
+def card(tmp_path: Path, pristine_cards: dict[str, Path]):
     def copy(name: str = "a") -> Path:
         dest = tmp_path / f"{name}.card"
         shutil.copyfile(pristine_cards[name], dest)
@@ -99,13 +99,13 @@ def check_issued_on_card(rc: RunningCa, image: Path, tmp_path: Path) -> x509.Cer
         signer.verify_pin(PIN.encode())
         sig = sign_message(signer, b"order 42")
     import hashlib
-    cert.public_key().verify(sig, hashlib.sha256(b"order 42").digest(),  # type: ignore[call-arg, union-attr]
-                             ec.ECDSA(Prehashed(hashes.SHA256())))  # type: ignore[call-arg]
+    cert.public_key().verify(sig, hashlib.sha256(b"order 42").digest(),
+                             ec.ECDSA(Prehashed(hashes.SHA256())))
     return cert
 
 
 def test_register_the_simulated_card_in_process(running_ca: RunningCa, card, tmp_path: Path, home: Path,
-                                               monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+                                               monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     image = card()
     key = running_ca.add_person()
     code, out, err = run(cli(running_ca, key, "--image", str(image)), PIN + "\n", monkeypatch, capsys)
@@ -117,7 +117,7 @@ def test_register_the_simulated_card_in_process(running_ca: RunningCa, card, tmp
     assert running_ca.registration(key)["serial"] == serial
 
 
-def test_register_a_token(running_ca: RunningCa, tokens: Tokens, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_register_a_token(running_ca: RunningCa, tokens: Tokens, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv("SOFTHSM2_CONF", str(tokens.store.conf))
     key = running_ca.add_person("Bea Token", "bea@example.org")
     code, out, err = run(cli(running_ca, key, "--token", "user-a", name="Bea Token", email="bea@example.org"),
@@ -144,7 +144,7 @@ REFUSALS = ["wrong_key", "malformed_key", "name", "email", "unreachable", "other
 
 @pytest.mark.parametrize("case", REFUSALS)
 def test_refusals_leave_nothing_changed(case: str, running_ca: RunningCa, card, tmp_path: Path, tokens: Tokens,
-                                        monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+                                        monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     image = card()
     before = cert_9c(image)
     key = running_ca.add_person()
@@ -186,7 +186,7 @@ def test_refusals_leave_nothing_changed(case: str, running_ca: RunningCa, card, 
     assert cert_9c(image) != before
 
 
-def test_a_used_registration_key_is_refused_for_another_card(running_ca: RunningCa, card, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_used_registration_key_is_refused_for_another_card(running_ca: RunningCa, card, monkeypatch, capsys) -> None:
     first, second = card("a"), card("b")
     key = running_ca.add_person()
     assert run(cli(running_ca, key, "--image", str(first)), PIN + "\n", monkeypatch, capsys)[0] == 0
@@ -199,7 +199,7 @@ def test_a_used_registration_key_is_refused_for_another_card(running_ca: Running
 
 @pytest.mark.parametrize("which, message", [("blank", "has no signature key"), ("psam", "has no PIV applet")])
 def test_a_card_without_a_key_is_refused_before_the_pin(which: str, message: str, running_ca: RunningCa, card,
-                                                        monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+                                                        monkeypatch, capsys) -> None:
     image = card(which)
     key = running_ca.add_person()
     code, out, err = run(cli(running_ca, key, "--image", str(image)), "", monkeypatch, capsys)   # no PIN given

@@ -29,7 +29,7 @@ PIN = "246810"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def served(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("regpcsc")
     image = folder / "card"
     with Scheme.load_or_create(folder / "scheme", SCHEME_PIN) as scheme:
@@ -44,7 +44,7 @@ def cert_9c(reader: str) -> bytes:
 
 
 def register(rc: RunningCa, key: str, reader: str, name: str, monkeypatch: pytest.MonkeyPatch, capsys
-             ) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+             ) -> tuple[int, str]:
     monkeypatch.setattr(sys, "stdin", io.StringIO(PIN + "\n"))
     code = main(["register", "--ca", rc.url, "--ca-root", str(rc.root_path), "--registration-key", key,
                  "--name", name, "--email", "alice@example.org", "--reader", reader, "--pin-stdin"])
@@ -52,7 +52,7 @@ def register(rc: RunningCa, key: str, reader: str, name: str, monkeypatch: pytes
 
 
 def test_register_the_card_through_pcscd(served: str, running_ca: RunningCa, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+                                        monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv("SEMPER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SEMPER_CONFIG", str(tmp_path / "config"))
     before = cert_9c(served)

@@ -182,11 +182,11 @@ def forged_card_pays(psam_image: Path, root: StolenRoot, folder: Path) -> bool:
     """A card issued under ``root``, loaded by the attacker, pays the issuer's PSAM: did the PSAM take it?"""
     image = folder / "forged.card"
     image.unlink(missing_ok=True)
-    personalise_purse_card(image, root, CardProfile(PIN, PUK, max_balance=20_000), sync=False,  # type: ignore[arg-type]
+    personalise_purse_card(image, root, CardProfile(PIN, PUK, max_balance=20_000), sync=False,
                            issuer_point=root.issuer_point)
     with open_card(image, sync=False) as card, open_card(psam_image, sync=False) as psam_card:
         purse, psam = PurseSession(card), PsamSession(psam_card)
-        card_purse.load(purse, root, 20_000, PIN)          # type: ignore[arg-type]
+        card_purse.load(purse, root, 20_000, PIN)
         before = psam.info().batch_total
         try:
             card_purse.purchase(purse, psam, 15_000)
@@ -270,7 +270,7 @@ def test_the_scheme_is_made_once_and_opens_only_with_its_pin(tmp_path: Path) -> 
             x509.load_der_x509_certificate(psam.certificate()).verify_directly_issued_by(root)
 
 
-def test_the_schemes_token_leaves_other_logins_in_the_process_alone(tmp_path: Path, scheme) -> None:  # type: ignore[no-untyped-def]
+def test_the_schemes_token_leaves_other_logins_in_the_process_alone(tmp_path: Path, scheme) -> None:
     """The scheme's token is in a SoftHSM2 folder of its own: using it must not end a bank's login here."""
     store = SoftHsmStore.in_folder(tmp_path / "bank-tokens")
     provision(store, "bank", b"bank-pin-1", b"bank-so-pin-1")

@@ -20,7 +20,7 @@ COINS = Schema.baseline("coins", ["CREATE TABLE IF NOT EXISTS coins (id VARCHAR(
 
 
 @pytest.fixture
-def db(storage: Storage, tmp_path: Path):  # type: ignore[no-untyped-def]
+def db(storage: Storage, tmp_path: Path):
     d = Database(storage.url("store", tmp_path))
     yield d
     d.close()

@@ -183,7 +183,7 @@ def test_a_batch_clears_once(world: World, tmp_path: Path) -> None:
         purse, psam = PurseSession(bc), PsamSession(pc)
         ctx = PartyContext(bank=world.client(buyer), signer=buyer, account=buyer_acc, currency=EUR, purse=purse,
                            enter_pin=card_pin)
-        PaymentManager(ctx, only=["card-purse"]).module("card-purse").load(3_000)     # type: ignore[attr-defined]
+        PaymentManager(ctx, only=["card-purse"]).module("card-purse").load(3_000)
         purse.verify_pin(CARD_PIN)
         for amount in (700, 250, 1):
             purchase(purse, psam, amount)

@@ -112,7 +112,8 @@ def test_semper_ui_in_a_real_terminal(tmux: Tmux, tmp_path: Path, buyer_image: P
     with open_card(buyer_image, sync=False) as conn:
         number = PurseSession(conn).info().card_id
     semper = Path(sys.executable).with_name("semper")
-    command = (f"env -u COLUMNS -u LINES SEMPER_CONFIG={shlex.quote(str(cfg))} SEMPER_HOME={shlex.quote(str(tmp_path / 'home'))} "
+    command = (f"env -u COLUMNS -u LINES SEMPER_CONFIG={shlex.quote(str(cfg))} "
+               f"SEMPER_HOME={shlex.quote(str(tmp_path / 'home'))} "
                f"TERM=xterm-256color {shlex.quote(str(semper))} ui --image {shlex.quote(str(buyer_image))}")
     tmux("new-session", "-d", "-s", "tinguin", "-x", "100", "-y", "32", command)
     first = tmux.wait_for(lambda s: number in s and "balance:" in s, "the card screen with its balance")

@@ -72,7 +72,7 @@ def test_length_limit_has_an_explicit_marker():
 
 def test_refuses_non_text():
     with pytest.raises(TypeError):
-        literal(b"\x1b[31m")  # type: ignore[arg-type]
+        literal(b"\x1b[31m")
 
 
 def test_styled_text_marks_escapes_and_equals_literal():

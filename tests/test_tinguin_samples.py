@@ -211,7 +211,7 @@ def signed_offer() -> tuple[bytes, TrustStore, x509.Certificate]:
     return sign_statement(SoftSigner(key, cert), body), TrustStore([root]), cert
 
 
-def test_offer_from_a_verified_statement_names_the_certificate_not_the_body(signed_offer) -> None:  # type: ignore[no-untyped-def]
+def test_offer_from_a_verified_statement_names_the_certificate_not_the_body(signed_offer) -> None:
     der, trust, cert = signed_offer
     vs = verify_statement(der, trust)
     body = vs.body
@@ -228,10 +228,10 @@ def test_offer_from_a_verified_statement_names_the_certificate_not_the_body(sign
     assert "revocation NOT checked" in text
 
 
-def test_offer_must_come_from_a_verified_statement(signed_offer) -> None:  # type: ignore[no-untyped-def]
+def test_offer_must_come_from_a_verified_statement(signed_offer) -> None:
     der, _trust, _cert = signed_offer
     with pytest.raises(OfferError, match="VerifiedStatement"):
-        VerifiedOffer.from_statement(der, offer_id="o", items=[LineItem("x", 1, 1)], currency=978,  # type: ignore[arg-type]
+        VerifiedOffer.from_statement(der, offer_id="o", items=[LineItem("x", 1, 1)], currency=978,
                                      stated_total=1, payment_options=OPTIONS)
 
 

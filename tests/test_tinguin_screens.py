@@ -146,7 +146,7 @@ def _deal_app() -> TinguinApp:
     return TinguinApp(phrase=PHRASE, start=None, min_read=0)
 
 
-def _answer(screen_factory, *keys: str, focus: str | None = None,  # type: ignore[no-untyped-def]
+def _answer(screen_factory, *keys: str, focus: str | None = None,
             size: tuple[int, int] = (100, 42)) -> tuple[Any, str]:
     """Push a deal screen, read it, press ``keys``; what it dismissed with and the text it showed."""
     app = _deal_app()
@@ -168,7 +168,8 @@ def test_offer_screen_shows_the_verified_offer_and_returns_the_chosen_payment() 
     chosen, text = _answer(lambda: OfferScreen(o), "2", "enter")
     assert chosen == o.payment_options[1]
     for expected in ("Seller, as named by its verified certificate", "name (certificate): \u275dTeapot Shop\u275e",
-                     "organisation: \u275dTeapots Ltd\u275e", "offer: \u275doffer-2026-0042\u275e", "certificate serial: 1A2B3C4D", "chain: 2 certificate(s)",
+                     "organisation: \u275dTeapots Ltd\u275e", "offer: \u275doffer-2026-0042\u275e",
+                     "certificate serial: 1A2B3C4D", "chain: 2 certificate(s)",
                      "Blue teapot, 0.5 l", "Tea cosy, wool", "total (recomputed): 62.50 EUR",
                      "1) card purse (pay from your card)", "2) signed payment mandate"):
         assert expected in text, expected
@@ -237,7 +238,7 @@ def test_result_screen_shows_outcome_and_evidence() -> None:
     lambda: OfferScreen(offer()), lambda: ConfirmScreen(request()), lambda: ResultScreen(outcome()),
     lambda: PinScreen("pay 62.50 EUR", lambda pin: None), lambda: PinScreen("sign", lambda pin: None, lambda: None),
     ProgressScreen, CardScreen, PurseScreen, ArchiveScreen])
-def test_the_phrase_and_the_status_line_are_on_every_screen(make) -> None:  # type: ignore[no-untyped-def]
+def test_the_phrase_and_the_status_line_are_on_every_screen(make) -> None:
     app = TinguinApp(phrase=PHRASE, card=card_source(), archive=None, start=None)
 
     async def body(pilot: Any) -> tuple[str, str]:

@@ -46,12 +46,12 @@ def store(tmp_path: Path) -> SoftHsmStore:
 
 
 @pytest.fixture
-def made(store: SoftHsmStore):  # type: ignore[no-untyped-def]
+def made(store: SoftHsmStore):
     return provision(store, "alice", PIN, SO_PIN)
 
 
 @pytest.fixture
-def signer(made, store: SoftHsmStore):  # type: ignore[no-untyped-def]
+def signer(made, store: SoftHsmStore):
     with Pkcs11Signer.open("alice", softhsm_conf=store.conf) as s:
         yield s
 
@@ -79,12 +79,13 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def semper(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], input=stdin, check=False, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], input=stdin, check=False,
+                          capture_output=True, text=True,
                           timeout=60, cwd=REPO, env=env or clean_env())
 
 
 # ---- signing ------------------------------------------------------------------------------------
-def test_sign_and_verify_against_the_public_point(signer: Pkcs11Signer, made) -> None:  # type: ignore[no-untyped-def]
+def test_sign_and_verify_against_the_public_point(signer: Pkcs11Signer, made) -> None:
     as_protocol: Signer = signer                              # the protocol the layers use (checked by mypy)
     assert all(callable(getattr(as_protocol, m)) for m in
                ("certificate", "public_point", "pin_status", "verify_pin", "sign_digest")) and signer.label == "alice"
@@ -109,7 +110,8 @@ def test_certificate_on_the_token(signer: Pkcs11Signer) -> None:
     assert signer.certificate() == der
     cert = x509.load_der_x509_certificate(signer.certificate())
     message = b"receipt 17"
-    cert.public_key().verify(sign_message(signer, message), message, ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg,arg-type]
+    cert.public_key().verify(sign_message(signer, message), message,
+                             ec.ECDSA(hashes.SHA256()))
     cert.verify_directly_issued_by(_ca_cert(ca))
     other, _ = issue(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         Encoding.X962, PublicFormat.UncompressedPoint))
@@ -126,7 +128,8 @@ def _ca_cert(ca: ec.EllipticCurvePrivateKey) -> x509.Certificate:
             .sign(ca, hashes.SHA256()))
 
 
-def test_private_key_was_made_on_the_token_and_cannot_leave(made, store: SoftHsmStore) -> None:  # type: ignore[no-untyped-def]
+def test_private_key_was_made_on_the_token_and_cannot_leave(made,
+                                                            store: SoftHsmStore) -> None:
     token = load(softhsm_conf=store.conf).token("alice")
     with token.open(user_pin=PIN.decode()) as session:
         (key,) = list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}))
@@ -183,7 +186,7 @@ def test_pin_locked_maps_to_pin_blocked_error() -> None:
     for err in (hsm_errors.from_rv(0xA4, token="alice"), hsm_errors.from_exception(p11x.PinLocked(), token="alice")):
         assert isinstance(err, hw.PinBlockedError)
         assert "blocked" in str(err) and "alice" in str(err) and "SO PIN" in str(err)
-        assert err.ckr == "CKR_PIN_LOCKED"  # type: ignore[attr-defined]
+        assert err.ckr == "CKR_PIN_LOCKED"
     err = hsm_errors.from_exception(p11x.PinIncorrect(), token="alice")
     assert isinstance(err, hw.WrongPinError) and err.tries_left is None
 
@@ -208,7 +211,7 @@ def test_bad_pin_length_at_init_is_refused(store: SoftHsmStore) -> None:
 
 
 # ---- finding tokens and modules ---------------------------------------------------------------------
-def test_missing_token_names_the_label(made, store: SoftHsmStore) -> None:  # type: ignore[no-untyped-def]
+def test_missing_token_names_the_label(made, store: SoftHsmStore) -> None:
     with pytest.raises(hw.TokenError) as e:
         Pkcs11Signer.open("no such token", softhsm_conf=store.conf)
     text = str(e.value)
@@ -233,7 +236,7 @@ def test_not_a_pkcs11_module(tmp_path: Path) -> None:
         load(tmp_path)
 
 
-def test_tokens_in_other_folders_stay_apart(made, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tokens_in_other_folders_stay_apart(made, tmp_path: Path) -> None:
     other = SoftHsmStore.in_folder(tmp_path / "elsewhere")
     provision(other, "bob", PIN, SO_PIN)
     assert [t.label for t in load(softhsm_conf=other.conf).tokens() if t.label] == ["bob"]
@@ -243,7 +246,7 @@ def test_tokens_in_other_folders_stay_apart(made, tmp_path: Path) -> None:  # ty
         assert s.key_id == made.key_id
 
 
-def test_duplicate_label_refused(made, store: SoftHsmStore) -> None:  # type: ignore[no-untyped-def]
+def test_duplicate_label_refused(made, store: SoftHsmStore) -> None:
     with pytest.raises(hw.TokenError, match="already exists"):
         provision(store, "alice", PIN, SO_PIN)
 
@@ -276,9 +279,10 @@ def test_after_reinitialisation_the_pin_error_says_why(signer: Pkcs11Signer, sto
 
 # ---- other programs see the same tokens ----------------------------------------------------------
 @pytest.mark.skipif(shutil.which("pkcs11-tool") is None, reason="opensc missing")
-def test_pkcs11_tool_lists_the_key_semper_made(made, store: SoftHsmStore) -> None:  # type: ignore[no-untyped-def]
+def test_pkcs11_tool_lists_the_key_semper_made(made, store: SoftHsmStore) -> None:
     r = subprocess.run(["pkcs11-tool", "--module", DEFAULT_MODULE, "--token-label", "alice", "--login",
-                        "--pin", PIN.decode(), "-O"], check=False, capture_output=True, text=True, timeout=60, env=store.env())
+                        "--pin", PIN.decode(), "-O"], check=False, capture_output=True, text=True, timeout=60,
+                        env=store.env())
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "Private Key Object; EC" in out and "Public Key Object; EC" in out

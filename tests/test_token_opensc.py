@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="class")
-def cards(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def cards(tmp_path_factory: pytest.TempPathFactory):
     """Two issued cards served through pcscd for the tests of one class, then pcscd stops."""
     folder = tmp_path_factory.mktemp("opensc")
     with Scheme.load_or_create(folder / "scheme", SCHEME_PIN) as scheme:
@@ -45,13 +45,13 @@ def cards(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
 
 
 class TestCardThroughOpenSC:
-    def test_token_label_is_found_though_opensc_cuts_it(self, cards) -> None:  # type: ignore[no-untyped-def]
+    def test_token_label_is_found_though_opensc_cuts_it(self, cards) -> None:
         label, _, card_id = cards
         shown = [t for t in load(OPENSC_MODULE).tokens() if t.serial.upper() == card_id]
         assert len(shown) == 1 and shown[0].label.endswith("...")      # 32-byte label field
         assert load(OPENSC_MODULE).token(label).serial.decode().upper() == card_id
 
-    def test_9c_signs_and_verifies_against_the_card_certificate(self, cards) -> None:  # type: ignore[no-untyped-def]
+    def test_9c_signs_and_verifies_against_the_card_certificate(self, cards) -> None:
         label, _, card_id = cards
         with Pkcs11Signer(load(OPENSC_MODULE), label, b"\x02") as signer:
             cert = x509.load_der_x509_certificate(signer.certificate())
@@ -61,11 +61,11 @@ class TestCardThroughOpenSC:
             signer.verify_pin(PIN)
             message = b"order 18: 2 tyres, 40.00 EUR"
             sig = sign_message(signer, message)
-            cert.public_key().verify(sig, message, ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg,arg-type]
+            cert.public_key().verify(sig, message, ec.ECDSA(hashes.SHA256()))
             with pytest.raises(InvalidSignature):
-                cert.public_key().verify(sig, b"order 18: 2 tyres, 4.00 EUR", ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg,arg-type]
+                cert.public_key().verify(sig, b"order 18: 2 tyres, 4.00 EUR", ec.ECDSA(hashes.SHA256()))
 
-    def test_9c_needs_the_pin_for_every_signature(self, cards) -> None:  # type: ignore[no-untyped-def]
+    def test_9c_needs_the_pin_for_every_signature(self, cards) -> None:
         label, _, _ = cards
         with Pkcs11Signer(load(OPENSC_MODULE), label, b"\x02") as signer:
             signer.verify_pin(PIN)
@@ -75,7 +75,7 @@ class TestCardThroughOpenSC:
             signer.verify_pin(PIN)
             signer.sign_digest(hashlib.sha256(b"second").digest())
 
-    def test_9a_signs_many_after_one_pin(self, cards) -> None:  # type: ignore[no-untyped-def]
+    def test_9a_signs_many_after_one_pin(self, cards) -> None:
         label, _, _ = cards
         with Pkcs11Signer(load(OPENSC_MODULE), label, b"\x01") as signer:
             signer.verify_pin(PIN)
@@ -84,12 +84,12 @@ class TestCardThroughOpenSC:
                 m = f"auth {i}".encode()
                 key.verify(sign_message(signer, m), m, ec.ECDSA(hashes.SHA256()))
 
-    def test_two_keys_need_a_key_id(self, cards) -> None:  # type: ignore[no-untyped-def]
+    def test_two_keys_need_a_key_id(self, cards) -> None:
         label, _, _ = cards
         with pytest.raises(hw.TokenError, match="01, 02"):
             Pkcs11Signer(load(OPENSC_MODULE), label)
 
-    def test_wrong_pins_then_locked(self, cards) -> None:  # type: ignore[no-untyped-def]
+    def test_wrong_pins_then_locked(self, cards) -> None:
         _, label, _ = cards
         with Pkcs11Signer(load(OPENSC_MODULE), label, b"\x02") as signer:
             assert signer.pin_status().blocked is False
@@ -103,11 +103,11 @@ class TestCardThroughOpenSC:
             assert e.value.tries_left == 0 and "blocked" in str(e.value)
             with pytest.raises(hw.PinBlockedError) as blocked:          # now CKR_PIN_LOCKED, even for the right PIN
                 signer.verify_pin(PIN)
-            assert blocked.value.ckr == "CKR_PIN_LOCKED"  # type: ignore[attr-defined]
+            assert blocked.value.ckr == "CKR_PIN_LOCKED"
             assert label in str(blocked.value) and "PUK" in str(blocked.value)
             assert signer.pin_status().blocked is True
 
-    def test_cli_lists_the_card_as_a_token(self, cards) -> None:  # type: ignore[no-untyped-def]
+    def test_cli_lists_the_card_as_a_token(self, cards) -> None:
         _, _, card_id = cards
         r = subprocess.run([sys.executable, "-m", "semper.client.cli", "token", "list", "--module", OPENSC_MODULE],
                            check=False, capture_output=True, text=True, timeout=60, cwd=REPO)

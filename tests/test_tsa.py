@@ -84,7 +84,8 @@ def test_openssl_made_request_is_answered(authority: tsa.TimeStampAuthority, pki
     assert r.returncode == 0 and b"Verification: OK" in r.stdout, r.stderr
 
 
-def test_without_cert_req_the_token_carries_no_certificate(authority: tsa.TimeStampAuthority, trust: TrustStore) -> None:
+def test_without_cert_req_the_token_carries_no_certificate(authority: tsa.TimeStampAuthority,
+                                                           trust: TrustStore) -> None:
     req = tsa.make_request(b"x", cert_req=False)
     resp = authority.respond(req.der)
     assert _status(resp)["status"] == "granted"
@@ -95,9 +96,11 @@ def test_without_cert_req_the_token_carries_no_certificate(authority: tsa.TimeSt
 @pytest.mark.parametrize("make,fail", [
     (lambda: b"\x30\x03\x02\x01\x01", "bad_data_format"),
     (lambda: b"junk", "bad_data_format"),
-    (lambda: tsa.make_request(b"x", algorithm="sha256").der.replace(b"\x02\x01\x01", b"\x02\x01\x02", 1), "bad_request"),
+    (lambda: tsa.make_request(b"x", algorithm="sha256").der.replace(b"\x02\x01\x01", b"\x02\x01\x02", 1),
+     "bad_request"),
     (lambda: tsp.TimeStampReq({"version": "v1", "message_imprint": {"hash_algorithm": {"algorithm": "sha1"},
-                                                                     "hashed_message": b"\x00" * 20}}).dump(), "bad_alg"),
+                                                                     "hashed_message": b"\x00" * 20}}).dump(),
+                                                                     "bad_alg"),
     (lambda: tsa.make_request(digest=b"\x00" * 31).der, "bad_data_format"),
     (lambda: tsa.make_request(b"x", policy="1.2.3.4").der, "unaccepted_policy"),
     (lambda: tsp.TimeStampReq({"version": "v1", "message_imprint": {"hash_algorithm": {"algorithm": "sha256"},
@@ -105,7 +108,8 @@ def test_without_cert_req_the_token_carries_no_certificate(authority: tsa.TimeSt
                                "extensions": [{"extn_id": "1.2.3.4", "extn_value": b"\x05\x00"}]}).dump(),
      "unaccepted_extensions"),
 ])
-def test_bad_requests_are_refused_with_a_reason(authority: tsa.TimeStampAuthority, make, fail: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_requests_are_refused_with_a_reason(authority: tsa.TimeStampAuthority, make,
+                                                fail: str) -> None:
     status = _status(authority.respond(make()))
     assert status["status"] == "rejection" and status["fail_info"] == {fail} and status["status_string"]
 

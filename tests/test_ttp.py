@@ -95,7 +95,8 @@ def test_false_complaints_are_refused_signed_and_change_nothing(world: World, st
         assert "abort is for rev-rev" in decision(world, ask(world, t.url, "abort",
                                                              signed_request(world, "buyer", "abort", ev)), ev).reason
         assert "needs no third party" in decision(world, ask(world, t.url, "complaint",
-                                                             signed_request(world, "seller", "complaint", ev)), ev).reason
+                                                             signed_request(world, "seller", "complaint", ev)),
+                                                             ev).reason
         # nothing changed: the exchange is still undecided ...
         status = decision(world, ask(world, t.url, "status", signed_request(world, "seller", "status", ev)), ev)
         assert status.outcome == "undecided" and not status.final
@@ -306,7 +307,8 @@ def test_semper_ttp_init_and_serve_as_an_operator_would(tmp_path: Path, storage:
     (tmp_path / "ttp.pin").write_text("ttp-pin-5432")
 
     def semper(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], cwd=REPO, env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "semper.client.cli", *args], cwd=REPO, env=env,
+                              capture_output=True,
                               text=True, timeout=120, check=False)
     ca_db = ("--db", storage.url("ca")) if storage.is_postgres else ()
     ttp_db = ("--db", storage.url("ttp")) if storage.is_postgres else ()

@@ -153,7 +153,7 @@ def test_the_file_alone_is_useless(card: Callable[[str], PivSession], tmp_path: 
             return self.fake.exchange(ec.ECDH(), peer)
 
     with pytest.raises(ProtocolError, match="altered or is for another key"):
-        Wallet(path, CardWalletKey(Impostor(card("alice")), None))  # type: ignore[arg-type]
+        Wallet(path, CardWalletKey(Impostor(card("alice")), None))
     # and a flipped byte in the ciphertext is noticed with the right card
     sealed = json.loads(raw)
     ct = bytearray(sealed["ciphertext"].encode())

@@ -48,7 +48,7 @@ def agent(tmp_path: Path) -> Iterator[tuple[Agent, Stub, httpx.Client]]:
     stub = Stub()
     cfg = BuyerConfig(shop_url=SHOP, ca_root_pem="", archive=tmp_path / "a.sqlite3")
     a = Agent(cfg, lambda: None, stub, allowed=(SHOP,), burst=3, every=60.0, queue_limit=2)
-    a.checkout = lambda shop, offer: ("mail-order", [("teapot", 1)])        # type: ignore[method-assign]
+    a.checkout = lambda shop, offer: ("mail-order", [("teapot", 1)])
     a.start(port=0)
     stop = threading.Event()
     worker = threading.Thread(target=a.serve, args=(stop,), daemon=True)
@@ -141,7 +141,7 @@ def test_the_first_contact_with_a_shop_is_asked_at_the_agent(tmp_path: Path) -> 
     stub = Stub()
     cfg = BuyerConfig(shop_url=SHOP, ca_root_pem="", archive=tmp_path / "a.sqlite3")
     a = Agent(cfg, lambda: None, stub, confirm=confirm)
-    a.checkout = lambda shop, offer: ("mail-order", [("teapot", 1)])        # type: ignore[method-assign]
+    a.checkout = lambda shop, offer: ("mail-order", [("teapot", 1)])
     a.start(port=0)
     stop = threading.Event()
     threading.Thread(target=a.serve, args=(stop,), daemon=True).start()
@@ -222,7 +222,7 @@ def test_pages_escape_what_they_show_and_keep_deliveries_to_their_order(tmp_path
                                deal=types.SimpleNamespace(deal_id="c" * 32, workflow="mail-order"))
     shop = types.SimpleNamespace(name="<b>Shop</b>", catalogue=Catalogue.of([hostile]), deals={"c" * 32: sd},
                                  trust=None, content_of=lambda item: None)
-    site = ShopWeb(shop, "http://127.0.0.1:8470")                 # type: ignore[arg-type]
+    site = ShopWeb(shop, "http://127.0.0.1:8470")
     from aiohttp import web
     app = web.Application()
     app.add_routes(site.routes())
@@ -249,3 +249,19 @@ def test_pages_escape_what_they_show_and_keep_deliveries_to_their_order(tmp_path
                                                      "items": [{"sku": "teapot", "quantity": 1}]}
         assert c.get("/checkouts/" + "B" * 22).status_code == 404
         assert c.get("/static/../shop_web.py").status_code == 404
+
+
+def test_the_agent_takes_the_ca_root_from_the_preferences(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`semper agent` without --ca-root reads trust.ca_root from the prefs (it raised TypeError before the
+    type checker found the lookup: Prefs has get(), not [])."""
+    import argparse
+
+    from semper.client.commands.agent import buyer_config
+    root = tmp_path / "root.pem"
+    root.write_text("-----BEGIN CERTIFICATE-----\nnot checked here\n-----END CERTIFICATE-----\n")
+    (tmp_path / "prefs.toml").write_text(f'[trust]\nca_root = "{root}"\n')
+    monkeypatch.setenv("SEMPER_CONFIG", str(tmp_path / "prefs.toml"))
+    monkeypatch.setenv("SEMPER_HOME", str(tmp_path / "home"))
+    args = argparse.Namespace(ca_root=None, ttp=None, tls_dir=None, archive=None, purse_root=None, bank=None,
+                              bank_tls_root=None, account=None, patience=1.0)
+    assert buyer_config(args).ca_root_pem == root.read_text()

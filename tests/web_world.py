@@ -104,7 +104,7 @@ def make_web_world(folder: Path, *, script: Script | None = None, load: int = 5_
         register_card(session, ca_url=s.ca, ca_root_pem=world.root_pem, registration_key=world.registration_key(),
                       name="Bob Buyer", email="bob@buyer.example", save_dir=world.buyer_dir)
         if load:
-            session.buyer.payments.module("card-purse").load(load)   # type: ignore[attr-defined]
+            session.buyer.payments.module("card-purse").load(load)
         session.close()
     agent.config = cfg
     agent.allowed.add(s.shop)

@@ -12,6 +12,8 @@ registers their own certificate, the verified PIN.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .. import crypto, tlv
@@ -19,6 +21,9 @@ from ..apdu import Command
 from ..applet import CLA_PROPRIETARY, INS_END_PERSO, INS_PUT_PERSO, STATE_ACTIVE, STATE_PERSONALISATION, Applet
 from ..pin import Pin
 from ..sw import SW, CardError
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 AID = bytes.fromhex("A000000308000010000100")
 PIX = AID[5:]
@@ -69,7 +74,7 @@ class PivApplet(Applet):
     NAME = "piv"
     LABEL = "semper PIV"
 
-    def __init__(self, store) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, store: Store) -> None:
         super().__init__(store)
         self.pin = Pin(store, "card/pin", 4, 8)
         self.puk = Pin(store, "card/puk", 8, 8)

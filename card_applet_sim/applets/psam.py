@@ -8,12 +8,16 @@ that no entry was added, dropped or altered before clearing.
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 from .. import crypto, tlv
 from ..apdu import Command
-from ..applet import CLA_PROPRIETARY, INS_END_PERSO, INS_GENERATE_KEY, INS_PUT_PERSO, Applet, KeyPairPersonalisation
+from ..applet import CLA_PROPRIETARY, INS_END_PERSO, INS_GENERATE_KEY, INS_PUT_PERSO, KeyPairPersonalisation
 from ..sw import SW, CardError
 from .purse_records import DEBIT_PROOF, DEBIT_REQUEST, BatchHeader, DebitRecord
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 AID = bytes.fromhex("F053454D50455202")      # F0 'SEMPER' 02
 MAX_PENDING = 16
@@ -35,7 +39,7 @@ _PARAMS = struct.Struct(">8sH")   # PSAM id, currency
 _BEGIN = struct.Struct(">8sIIH")  # card number, next debit counter, amount, currency
 
 
-class PsamApplet(Applet, KeyPairPersonalisation):
+class PsamApplet(KeyPairPersonalisation):
     AID = AID
     NAME = "psam"
     LABEL = "semper PSAM"
@@ -46,12 +50,12 @@ class PsamApplet(Applet, KeyPairPersonalisation):
         PERSO_CERT: ("cert", None),
     }
 
-    def __init__(self, store) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, store: Store) -> None:
         super().__init__(store)
         self._cert_cache: dict[bytes, tuple[bytes, str]] = {}
 
     @classmethod
-    def install(cls, store) -> None:  # type: ignore[no-untyped-def]
+    def install(cls, store: Store) -> None:
         super().install(store)
         store.put_int("psam/seq", 0)
         store.put_int("psam/batch_no", 1)

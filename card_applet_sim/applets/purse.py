@@ -15,6 +15,7 @@ in the log so it can be read again if the answer was lost.
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 from .. import crypto, tlv
 from ..apdu import Command
@@ -24,7 +25,6 @@ from ..applet import (
     INS_END_PERSO,
     INS_GENERATE_KEY,
     INS_PUT_PERSO,
-    Applet,
     KeyPairPersonalisation,
 )
 from ..pin import Pin
@@ -38,6 +38,9 @@ from .purse_records import (
     LoadRecord,
     split_signed,
 )
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 AID = bytes.fromhex("F053454D50455201")      # F0 'SEMPER' 01
 LOG_SIZE = 15
@@ -67,7 +70,7 @@ LOG_DEBIT = ord("D")
 _PARAMS = struct.Struct(">8sHI")   # card number, currency, maximum balance
 
 
-class PurseApplet(Applet, KeyPairPersonalisation):
+class PurseApplet(KeyPairPersonalisation):
     AID = AID
     NAME = "purse"
     LABEL = "semper e-purse"
@@ -79,13 +82,13 @@ class PurseApplet(Applet, KeyPairPersonalisation):
         PERSO_CERT: ("cert", None),
     }
 
-    def __init__(self, store) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, store: Store) -> None:
         super().__init__(store)
         self.pin = Pin(store, "card/pin", 4, 8)
         self.puk = Pin(store, "card/puk", 8, 8)
 
     @classmethod
-    def install(cls, store) -> None:  # type: ignore[no-untyped-def]
+    def install(cls, store: Store) -> None:
         super().install(store)
         store.put_int("purse/balance", 0)
         store.put_int("purse/load_ctr", 0)

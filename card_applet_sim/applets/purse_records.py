@@ -19,7 +19,7 @@ DEBIT_PROOF = b"DPF1"
 BATCH_HEADER = b"BAT1"
 
 
-def _unpack(fmt: struct.Struct, tag: bytes, data: bytes) -> tuple:  # type: ignore[type-arg]
+def _unpack(fmt: struct.Struct, tag: bytes, data: bytes) -> tuple:
     if len(data) != fmt.size or data[:4] != tag:
         raise CardError(SW.WRONG_DATA, f"not a {tag.decode()} record")
     return fmt.unpack(data)[1:]
@@ -50,7 +50,8 @@ class LoadRecord:
 
     def encode(self) -> bytes:
         if self.tag == LOAD_COMMAND:
-            return self._WITHOUT.pack(self.tag, self.card_number, self.load_counter, self.amount, self.currency, self.nonce)
+            return self._WITHOUT.pack(self.tag, self.card_number, self.load_counter, self.amount, self.currency,
+                                      self.nonce)
         if self.tag == LOAD_REQUEST:
             return self._REQUEST.pack(self.tag, self.card_number, self.load_counter, self.amount, self.currency,
                                       self.nonce, self.balance, self.sequence)

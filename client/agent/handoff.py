@@ -37,7 +37,7 @@ class BadHandoff(SemperError):
     code = "bad_handoff"
 
 
-class Handoff(Shape):
+class Handoff(Shape, frozen=True):
     """What a page may ask: this shop, this offer id, this form (values checked later against the signed
     offer's form spec, which the shop signs, not the page)."""
 

@@ -16,9 +16,12 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from semper.hardware.errors import SemperError
+
+if TYPE_CHECKING:
+    from ..support.scheme import Scheme
 
 
 class UsageError(SemperError):
@@ -212,7 +215,7 @@ def scheme_args(p: argparse.ArgumentParser) -> None:
                         f"(default: the file ${SCHEME_PIN_ENV} names, else ask on the terminal)")
 
 
-def open_scheme(args: argparse.Namespace, folder: Path | None = None):  # type: ignore[no-untyped-def]
+def open_scheme(args: argparse.Namespace, folder: Path | None = None) -> Scheme:
     """The purse scheme in ``folder`` (default ``$SEMPER_HOME/scheme``), opened on its token.
 
     On first use the scheme is made: a new SoftHSM2 token in the folder with the PIN given here,

@@ -38,7 +38,7 @@ def buyer_config(args: argparse.Namespace) -> Any:
     from ..support.channels import JsonClient
     from ..support.paths import semper_home
     p = prefs.load()
-    ca_root = args.ca_root or (Path(p["trust.ca_root"]) if p.get("trust.ca_root") else None)
+    ca_root = args.ca_root or (Path(str(p.get("trust.ca_root"))) if p.get("trust.ca_root") else None)
     if ca_root is None:
         raise UsageError("which CA root do you trust? pass --ca-root (or: semper prefs set trust.ca_root FILE)")
     root_pem = Path(ca_root).read_text()
@@ -177,7 +177,7 @@ def cmd_agent_open(args: argparse.Namespace) -> int:
     return 0 if status.get("outcome") == "satisfied" else 1
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     p = sub.add_parser("agent", help="the buyer's local agent: shop pages hand it purchases, the TINGUIN decides")
     p.add_argument("--port", type=int, default=8470, help="loopback port (default 8470; 0 = any free port)")
     p.add_argument("--allow", action="append", metavar="ORIGIN",

@@ -8,8 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import UsageError, card_args, emit, json_arg, print_json, read_secret
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..support.archive import Archive, Problem, StatementSigner
+    from ..support.trust import TrustStore
 
 
 def default_db() -> Path:
@@ -17,7 +24,7 @@ def default_db() -> Path:
     return semper_home() / "evidence.sqlite3"
 
 
-def _trust(ca: list[Path] | None, crls: list[Path] | None, *, required: bool):  # type: ignore[no-untyped-def]
+def _trust(ca: list[Path] | None, crls: list[Path] | None, *, required: bool) -> TrustStore | None:
     from ..support.trust import EvidenceError, TrustStore
     if not ca:
         if required:
@@ -32,7 +39,7 @@ def _trust(ca: list[Path] | None, crls: list[Path] | None, *, required: bool):  
         raise UsageError(str(e)) from None
 
 
-def _open(db: Path | None, sign=None):  # type: ignore[no-untyped-def]
+def _open(db: Path | None, sign: StatementSigner | None = None) -> Archive:
     from ..support.archive import Archive, NoArchive
     path = db or default_db()
     try:
@@ -41,7 +48,7 @@ def _open(db: Path | None, sign=None):  # type: ignore[no-untyped-def]
         raise UsageError(str(e)) from None
 
 
-def _print_problems(problems, warnings) -> None:  # type: ignore[no-untyped-def]
+def _print_problems(problems: Sequence[Problem], warnings: Sequence[str]) -> None:
     for p in problems:
         where = f"entry {p.index}" if p.index is not None else "archive"
         print(f"TAMPERED [{p.kind}] {where}: {p.message}")
@@ -132,6 +139,7 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
     if not args.bundle.is_file():
         raise UsageError(f"no such bundle: {args.bundle}")
     trust = _trust(args.ca, args.crl, required=True)
+    assert trust is not None, "required=True: _trust raises rather than return None"
     try:
         report = verify_bundle(args.bundle, trust)
     except BadBundle as e:
@@ -143,15 +151,15 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
         print(f"deal {report.deal} (archive {report.archive_id}), checkpoint at entry {report.checkpoint_index}"
               + (f" signed by {report.checkpoint_signer} at {report.checkpoint_time:%Y-%m-%d %H:%M:%S} UTC"
                  if report.checkpoint_signer and report.checkpoint_time else ""))
-        for e in report.entries:
-            who = f" signed by {e.statement.signer_name}" if e.statement else ""
-            print(f"  entry {e.index}: {e.kind} ({e.created_at}){who}")
+        for entry in report.entries:
+            who = f" signed by {entry.statement.signer_name}" if entry.statement else ""
+            print(f"  entry {entry.index}: {entry.kind} ({entry.created_at}){who}")
         _print_problems(report.problems, report.notes)
         print("OK: the bundle checks out" if report.ok else f"FAILED: {len(report.problems)} problem(s) found")
     return 0 if report.ok else 1
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     archive = sub.add_parser("archive", help="the evidence archive: verify, checkpoint, export").add_subparsers(
         dest="archive_command", required=True)
 

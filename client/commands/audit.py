@@ -26,7 +26,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if not report.violations else 1
 
 
-def _text(out: dict) -> str:  # type: ignore[type-arg]
+def _text(out: dict) -> str:
     from ..support.money import format_amount
     lines = ["the ledger is clean: balances, conservation and evidence check out" if out.get("clean") else
              f"VIOLATIONS: {len(out.get('violations', []))}"]
@@ -42,7 +42,7 @@ def _text(out: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(lines)
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     p = sub.add_parser("audit", help="check the bank's ledger: balances, conservation, evidence")
     p.add_argument("--bank-dir", type=Path, help="the bank's folder (default: $SEMPER_HOME/bank)")
     add_db_arg(p, "the bank folder")

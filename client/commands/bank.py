@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..support.money import format_amount, parse_amount, parse_currency
 from . import (
@@ -26,6 +27,12 @@ from . import (
 )
 from .serve import listen_args, worker_args
 from .storage_args import add_db_arg
+
+if TYPE_CHECKING:
+    from cryptography.x509 import Certificate
+
+    from ..servers.bank import Bank
+    from ..servers.bank_home import BankHome
 
 
 def location_args(p: argparse.ArgumentParser) -> None:
@@ -57,12 +64,12 @@ def _tls(args: argparse.Namespace) -> tuple[Path, Path] | None:
     return (args.tls_cert, args.tls_key) if args.tls_cert is not None else None
 
 
-def _home(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _home(args: argparse.Namespace) -> BankHome:
     from ..servers.bank_home import BankHome
     return BankHome.default(args.bank_dir, args.db)
 
 
-def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _open(args: argparse.Namespace) -> Bank:
     h = _home(args)
     h.config()                                   # no bank there: say so before asking for a PIN
     return h.open(_pin(args))
@@ -81,7 +88,7 @@ def _denominations(text: str | None) -> tuple[int, ...] | None:
     return tuple(sorted(values))
 
 
-def _cert(path: Path, what: str = "certificate"):  # type: ignore[no-untyped-def]
+def _cert(path: Path, what: str = "certificate") -> Certificate:
     from cryptography import x509
     data = path.read_bytes()
     try:
@@ -100,7 +107,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     roots = tuple(_cert(p, "CA root") for p in args.trust_root or [])
     pin = _pin(args)
     scheme = open_scheme(args, args.scheme_dir)
-    kw = {"denominations": denoms} if denoms else {}
+    kw: dict[str, Any] = {"denominations": denoms} if denoms else {}
     conf = args.softhsm_conf or (h.folder / "softhsm" / "softhsm2.conf")
     with scheme:
         bank_id = h.init(scheme, pin, token_label=args.token, softhsm_conf=Path(conf),
@@ -180,7 +187,7 @@ def cmd_accounts(args: argparse.Namespace) -> int:
     h = _home(args)
     accounts = h.accounts()
     linked = h.linked()
-    rows = [{"account": a.id, "name": a.name, "balance": format_amount(a.balance, a.currency),
+    rows: list[dict[str, Any]] = [{"account": a.id, "name": a.name, "balance": format_amount(a.balance, a.currency),
              "balance_minor": a.balance, "currency": a.currency,
              "cards": [i for k, i, acc, _ in linked if k == "card" and acc == a.id],
              "psams": [i for k, i, acc, _ in linked if k == "psam" and acc == a.id]} for a in accounts]
@@ -231,7 +238,7 @@ def cmd_serve_bank(args: argparse.Namespace) -> int:
     return run_until_signalled(runner, f"semper bank {bank.bank_id}")
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     bank = sub.add_parser("bank", help="the bank operator: keys, accounts, cash, cards and PSAMs")
     bsub = bank.add_subparsers(dest="bank_command", required=True)
     p = bsub.add_parser("init", help="make the bank's keys on its token and its folder")

@@ -254,7 +254,7 @@ def _text(out: dict[str, Any], archive: Path) -> str:
     return "\n".join(lines)
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     p = sub.add_parser("buy", help="buy from a shop (offer, TINGUIN, order, payment, delivery)")
     p.add_argument("target", nargs="+", metavar="[SHOP_URL] ITEM",
                    help="the shop, https://host:port (default: prefs servers.shop), then SKU or SKU:QUANTITY (see "

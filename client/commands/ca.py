@@ -10,9 +10,16 @@ import argparse
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import UsageError, emit, existing_file, json_arg, new_file, note, read_pin_file, read_secret
 from .storage_args import add_db_arg
+
+if TYPE_CHECKING:
+    from semper.hsm import softhsm
+
+    from ..servers.ca import CertificationAuthority
+    from ..servers.ca_home import CaHome
 
 
 def ca_location_args(p: argparse.ArgumentParser) -> None:
@@ -31,12 +38,12 @@ def read_ca_pin(args: argparse.Namespace) -> bytes:
     return read_secret("CA token PIN", args.pin_stdin)
 
 
-def home(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def home(args: argparse.Namespace) -> CaHome:
     from ..servers.ca_home import CaHome
     return CaHome.default(args.ca_dir, args.db)
 
 
-def open_ca(args: argparse.Namespace, *, signing: bool):  # type: ignore[no-untyped-def]
+def open_ca(args: argparse.Namespace, *, signing: bool) -> tuple[CaHome, CertificationAuthority]:
     """The CA of the arguments; with ``signing``, its token opened and logged in."""
     h = home(args)
     ca = h.open()
@@ -47,7 +54,7 @@ def open_ca(args: argparse.Namespace, *, signing: bool):  # type: ignore[no-unty
     return h, ca
 
 
-def _softhsm_store(args: argparse.Namespace, h):  # type: ignore[no-untyped-def]
+def _softhsm_store(args: argparse.Namespace, h: CaHome) -> softhsm.SoftHsmStore:
     from semper.hsm.softhsm import SoftHsmStore
     if args.create_token:
         return SoftHsmStore.in_folder(h.softhsm_dir)
@@ -69,6 +76,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     store = _softhsm_store(args, h) if args.module is None or "softhsm" in args.module else None
     pin = read_ca_pin(args)
     if args.create_token:
+        if store is None:
+            raise UsageError(f"--create-token makes a SoftHSM2 token; {args.module} is another PKCS#11 module: create "
+                             "the token with its own tools, then run 'semper ca init' without --create-token")
         so_pin = secrets.token_hex(16).encode()
         provision(store, args.token, pin, so_pin, module=args.module)
         note(f"created SoftHSM2 token {args.token!r} in {store.token_dir}")
@@ -145,7 +155,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _listing_text(listing: dict) -> str:  # type: ignore[type-arg]
+def _listing_text(listing: dict) -> str:
     lines = []
     for key, rows in listing.items():
         lines.append(f"{key} ({len(rows)}):" if isinstance(rows, list) else f"{key}: {rows}")
@@ -154,7 +164,7 @@ def _listing_text(listing: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(lines)
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     from ..support.pki import REASONS, ROLES
     ca = sub.add_parser("ca", help="the certification authority: init, registrations, revocation").add_subparsers(
         dest="ca_command", required=True)

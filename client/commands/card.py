@@ -14,7 +14,7 @@ import datetime as dt
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from semper.hardware import errors as hw_errors
 
@@ -36,6 +36,10 @@ from . import (
     scheme_args,
 )
 from .cardparty import bank_args, bank_party, check_pin_format, read_card_pin
+
+if TYPE_CHECKING:
+    from semper.hardware.purse import PurseInfo, PurseSession
+    from semper.hardware.transport import Connection
 
 TEST_SCHEME = ("test scheme: loads come from the purse scheme's local test issuer key, not from a bank; for a "
                "card that loads from the bank pass --issuer-cert (the bank's bank.pem)")
@@ -188,7 +192,7 @@ def cmd_card_serve(args: argparse.Namespace) -> int:
     return run(images, args.host, args.port, sync=not args.no_sync)
 
 
-def _purse_dict(info) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _purse_dict(info: PurseInfo) -> dict[str, Any]:
     return {"card_number": info.card_id, "balance": format_amount(info.balance, info.currency),
             "max_balance": format_amount(info.max_balance, info.currency), "load_counter": info.load_counter,
             "debit_counter": info.debit_counter, "pin_tries_left": info.pin_tries, "puk_tries_left": info.puk_tries,
@@ -214,7 +218,7 @@ PIV_SLOTS = {"9a": ("AUTHENTICATION", "authentication"), "9c": ("SIGNATURE", "di
              "9d": ("KEY_MANAGEMENT", "key management"), "9e": ("CARD_AUTHENTICATION", "card authentication")}
 
 
-def _piv_dict(conn) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
+def _piv_dict(conn: Connection) -> dict[str, Any] | None:
     """What ``ykman piv info`` shows: PIN tries and each slot's certificate (None: the card has no PIV)."""
     from semper.hardware.piv import PivSession, Slot
     try:
@@ -326,7 +330,7 @@ def cmd_card_cert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fits(purse, amount: int) -> None:  # type: ignore[no-untyped-def]
+def _fits(purse: PurseSession, amount: int) -> None:
     """Refuse a load the card would refuse as over its maximum, saying how much still fits."""
     info = purse.info()
     room = info.max_balance - info.balance
@@ -428,7 +432,7 @@ def cmd_card_pay(args: argparse.Namespace) -> int:
     return 0
 
 
-def log_rows(purse) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def log_rows(purse: PurseSession) -> list[dict[str, Any]]:
     currency = purse.info().currency
     return [{"kind": e.kind, "counter": e.counter, "amount": format_amount(e.amount, currency),
              "balance_after": format_amount(e.balance_after, currency)} for e in purse.log()]
@@ -500,7 +504,7 @@ def cmd_card_batch(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     p = sub.add_parser("readers", help="list PC/SC readers and the card in each")
     p.add_argument("--watch", type=float, metavar="SECONDS", help="print insertion/removal events for a while")
     json_arg(p)

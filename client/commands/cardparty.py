@@ -109,8 +109,8 @@ def bank_party(args: argparse.Namespace) -> Iterator[Any]:
         piv = PivSession(conn, select=False)
         ui = PromptPin(args.pin_stdin)
         lock = threading.RLock()
-        signer = GatedSigner(PivSigner(piv, label="your card"), ui, select=piv.select, lock=lock)  # type: ignore[arg-type]
-        enter = tinguin_pin(ui)  # type: ignore[arg-type]
+        signer = GatedSigner(PivSigner(piv, label="your card"), ui, select=piv.select, lock=lock)
+        enter = tinguin_pin(ui)
         bank = BankClient(url, root, signer, enter_pin=enter)
         try:
             yield PartyContext(bank=bank, signer=signer, enter_pin=enter, purse=purse, account=account,

@@ -14,13 +14,16 @@ import base64
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..support.money import format_amount
 from . import UsageError, card_args, emit, existing_file, json_arg
 
+if TYPE_CHECKING:
+    from ..support.archive import Archive
 
-def _archive(path: Path | None):  # type: ignore[no-untyped-def]
+
+def _archive(path: Path | None) -> Archive:
     from ..support.archive import Archive, NoArchive
     from .archive import default_db
     try:
@@ -204,7 +207,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0 if all(r["status"] == "completed" for r in rows) else 1
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     def db_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--db", type=Path, help="your evidence archive (default: evidence.sqlite3 in the semper folder)")
 

@@ -13,7 +13,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     p = sub.add_parser("demo", help="a whole marketplace on loopback: register, load, buy by mail order and by "
                                     "fair exchange, check the evidence")
     p.add_argument("--keep", action="store_true", help="keep the demo folder")

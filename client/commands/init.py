@@ -80,7 +80,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     p = sub.add_parser("init", help="choose your personal phrase (shown in the TINGUIN's frame) and write your "
                                     "preferences")
     how = p.add_mutually_exclusive_group()

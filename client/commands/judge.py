@@ -86,7 +86,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     p = sub.add_parser("judge", help="rule on an exchange or a deal from an exported evidence bundle (offline); "
                                      "exit 1 when the bundle is not ok")
     p.add_argument("bundle", type=existing_file, help="the bundle (semper archive export)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from . import emit, json_arg
 
@@ -10,7 +11,7 @@ def cmd_modules(args: argparse.Namespace) -> int:
     from ..payment.registry import discover
     out = []
     for f in discover():
-        row: dict[str, object] = {"name": f.name, "target": f.target}
+        row: dict[str, Any] = {"name": f.name, "target": f.target}
         if f.cls is not None:
             row.update(model=f.cls.model.value, properties=f.cls.properties.as_dict())
         else:
@@ -30,7 +31,7 @@ def cmd_modules(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     p = sub.add_parser("payment", help="the payment manager")
     psub = p.add_subparsers(dest="payment_command", required=True)
     m = psub.add_parser("modules", help="list the installed payment modules (entry points)")

@@ -34,7 +34,7 @@ def cmd_unset(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     prefs = sub.add_parser("prefs", help="show or change your preferences").add_subparsers(
         dest="prefs_command", required=True)
     p = prefs.add_parser("show", help="every key, its value or what it is for")

@@ -72,7 +72,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     p = sub.add_parser("register", help="get the card's or token's key certified by the semper CA")
     p.add_argument("--ca", help="the CA's URL, https://HOST:PORT (default: prefs servers.ca)")
     p.add_argument("--ca-root", type=existing_file, help="the CA root certificate to pin, PEM (default: prefs "

@@ -11,9 +11,13 @@ import argparse
 import signal
 import socket
 import threading
+from typing import TYPE_CHECKING
 
 from . import CommandFailed, UsageError, port, positive_int
 from .ca import ca_location_args, open_ca, pin_args
+
+if TYPE_CHECKING:
+    from ..support.http_service import ServiceRunner
 
 #: one default port per service: 'semper serve ca', 'bank', 'ttp' and 'shop' run side by side
 DEFAULT_PORTS = {"ca": 8443, "bank": 8444, "ttp": 8445, "shop": 8446}
@@ -45,7 +49,7 @@ def check_bindable(host: str, number: int) -> None:
                                 "another --port, or 0 for any free port)") from None
 
 
-def run_until_signalled(runner, what: str) -> int:  # type: ignore[no-untyped-def]
+def run_until_signalled(runner: ServiceRunner, what: str) -> int:
     """Start ``runner``, announce it, wait for SIGINT/SIGTERM, stop it."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -137,7 +141,7 @@ def cmd_serve_ca(args: argparse.Namespace) -> int:
     return run_until_signalled(runner, "semper CA")
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     p = groups["serve"].add_parser("ca", help="the certification authority over HTTPS")
     ca_location_args(p)
     pin_args(p)

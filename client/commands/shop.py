@@ -19,7 +19,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..support.money import format_amount, parse_currency
 from . import (
@@ -45,10 +45,14 @@ from .storage_args import add_db_arg
 
 SOCKET_PATH_MAX = 100            # a unix socket's path must fit in 108 bytes
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509 import Certificate
+
 MODULES = ("card-purse", "setpay", "cheque", "ecash")
 
 
-def _cert(path: Path, what: str):  # type: ignore[no-untyped-def]
+def _cert(path: Path, what: str) -> Certificate:
     from cryptography import x509
     data = path.read_bytes()
     try:
@@ -139,7 +143,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pem():  # type: ignore[no-untyped-def]
+def _pem() -> serialization.Encoding:
     from cryptography.hazmat.primitives.serialization import Encoding
     return Encoding.PEM
 
@@ -236,7 +240,7 @@ def _serve_worker(args: argparse.Namespace, home: object, pin: bytes) -> int:
         opened.close()
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     shop = sub.add_parser("shop", help="the seller's shop: set it up, clear its PSAM batch").add_subparsers(
         dest="shop_command", required=True)
     p = shop.add_parser("init", help="write the shop's folder from the other operators' pieces")

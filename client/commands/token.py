@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from semper.hardware import errors as hw_errors
 
 from . import UsageError, emit, json_arg, read_secret
 
 
-def _module(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _module(args: argparse.Namespace) -> Any:  # a python-pkcs11 Module, or None (token_module's own type)
     """The module to use, with SoftHSM2 pointed at the right folder; None when that folder is empty."""
     from ..signers import token_module
     return token_module(args.module, Path(args.dir) if args.dir is not None else None)
@@ -128,7 +129,7 @@ def cmd_import_cert(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     token = sub.add_parser("token", help="PKCS#11 tokens: SoftHSM2 by default, any module with --module")
     tsub = token.add_subparsers(dest="token_command", required=True)
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import UsageError, emit, existing_file, json_arg, note, read_pin_file, read_secret
 from .serve import check_bindable, listen_args
 from .storage_args import add_db_arg
+
+if TYPE_CHECKING:
+    from ..servers.ttp_home import TtpHome
 
 
 def _read_pin(path: Path | None, from_stdin: bool, what: str) -> bytes:
@@ -23,7 +27,7 @@ def _read_pin(path: Path | None, from_stdin: bool, what: str) -> bytes:
     return read_secret(what, from_stdin)
 
 
-def _home(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _home(args: argparse.Namespace) -> TtpHome:
     from ..servers.ttp_home import TtpHome
     return TtpHome.default(args.dir, getattr(args, "db", None))
 
@@ -93,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         opened.close()
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     ttp = sub.add_parser("ttp", help="the third party of fair exchange: set-up").add_subparsers(
         dest="ttp_command", required=True)
     p = ttp.add_parser("init", help="make the third party's keys on its token and have the CA certify them")

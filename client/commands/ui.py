@@ -26,12 +26,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if args.db is not None and not args.db.exists():
         raise UsageError(f"no evidence archive at {args.db}")
     app = TinguinApp(phrase=load_phrase(), card=CardAccess(args.reader, args.image),
-                     archive=archive if archive.exists() else None, start=args.screen, refresh=args.refresh)
+                     archive=archive if archive is not None and archive.exists() else None, start=args.screen,
+                     refresh=args.refresh)
     app.run()
     return 0
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     p = sub.add_parser("ui", aliases=["tinguin"], help="the TINGUIN on your card: status, purse and log, archive, "
                                                        "PIN check")
     card_args(p)

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..support.money import format_amount, parse_amount
 from . import amount, card_args, emit, json_arg, new_file
 from .cardparty import bank_args, bank_party
+
+if TYPE_CHECKING:
+    from ..payment.module import PartyContext
+    from ..payment.modules.ecash import EcashModule
 
 
 def default_wallet() -> Path:
@@ -20,7 +25,7 @@ def default_wallet() -> Path:
     return semper_home() / "wallet.json"
 
 
-def _open(ctx, path: Path):  # type: ignore[no-untyped-def]
+def _open(ctx: PartyContext, path: Path) -> EcashModule:
     from ..payment.modules.ecash import EcashModule
     module = EcashModule(ctx)
     module.use_card_wallet(path, ctx.extras["piv"])
@@ -48,6 +53,8 @@ def cmd_balance(args: argparse.Namespace) -> int:
     with bank_party(args) as ctx:
         module = _open(ctx, path)
         wallet = module.ctx.wallet
+        if wallet is None:
+            raise UsageError(f"the wallet at {path} could not be opened with this card")
         coins = [c.denomination for c in wallet.coins if c.currency == ctx.currency]
         in_flight = sum(c.denomination for cs in wallet.in_flight.values() for c in cs)
     emit(args, {"wallet": str(path), "balance": format_amount(sum(coins), ctx.currency), "coins": len(coins),
@@ -57,7 +64,7 @@ def cmd_balance(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     wallet = sub.add_parser("wallet", help="e-cash: withdraw coins into a wallet sealed to your card").add_subparsers(
         dest="wallet_command", required=True)
     for name, fn, text in (("withdraw", cmd_withdraw, "withdraw e-cash from your account (signed on the card)"),

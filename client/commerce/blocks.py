@@ -318,7 +318,8 @@ def fetch_confirmation(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_dige
     vs = _seller_statement(b, deal, offer, der, "order-confirmation")
     deal.keep_statement(der, vs.type)
     body = vs.body
-    pay_ = body.get("payment") if isinstance(body.get("payment"), dict) else {}
+    payment = body.get("payment")
+    pay_: dict[str, Any] = payment if isinstance(payment, dict) else {}
     if (body.get("type"), body.get("deal"), body.get("order_sha256")) != ("order-confirmation", deal.deal_id,
                                                                           order_digest) \
             or pay_.get("payment_id") != record.payment_id or pay_.get("amount") != record.terms.amount:

@@ -45,7 +45,7 @@ class BuyerConfig:
 
 @dataclass
 class BuyerSession:
-    buyer: Buyer
+    buyer: Buyer = field(init=False)          # set once the parts it needs are open (open_buyer)
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -68,13 +68,14 @@ def open_buyer(cfg: BuyerConfig, ui: TrustedUI, card: Any = None) -> BuyerSessio
     from ..payment.item import item_verifiers
     from ..payment.manager import PaymentManager
     from ..payment.module import PartyContext
+    from ..payment.modules.ecash import EcashModule
     from ..transfer.binding import cert_id
     from ..transfer.information import InformationManager
     from ..transfer.managers import Managers
     from ..transfer.payment import PaymentManager as TransferPayments
     from ..transfer.statements import CredentialManager, StatementManager
     from .exchange_client import ExchangeClient
-    session = BuyerSession(None)  # type: ignore[arg-type]
+    session = BuyerSession()
     trust = TrustStore([x509.load_pem_x509_certificate(cfg.ca_root_pem.encode())])
     lock = threading.RLock()
     signer = purse = None
@@ -91,7 +92,7 @@ def open_buyer(cfg: BuyerConfig, ui: TrustedUI, card: Any = None) -> BuyerSessio
     payments = PaymentManager(ctx, only=cfg.modules)
     if cfg.wallet is None and cfg.wallet_path is not None and card is not None and "ecash" in payments.modules:
         with lock:                                  # the card's wallet: its PIN through the TINGUIN
-            payments.module("ecash").use_card_wallet(cfg.wallet_path, piv)  # type: ignore[attr-defined]
+            payments.module_as("ecash", EcashModule).use_card_wallet(cfg.wallet_path, piv)
     shop = ShopClient(cfg.shop_url, cfg.ca_root_pem)
     session.closers.append(shop.close)
     verifiers = item_verifiers(purse_root=cfg.purse_root)
@@ -116,25 +117,26 @@ def open_buyer(cfg: BuyerConfig, ui: TrustedUI, card: Any = None) -> BuyerSessio
 def register_card(session: BuyerSession, *, ca_url: str, ca_root_pem: str, registration_key: str, name: str,
                   email: str, save_dir: Path | None = None) -> str:
     """Have the CA certify the card's signature key (PIN through the TINGUIN); returns the serial."""
-    from semper.hardware.piv import Slot
+    from semper.hardware.piv import PivSigner, Slot
 
     from ..support.channels import JsonClient
     from ..support.registration import register
     b = session.buyer
-    if b.signer is None:
-        raise ValueError("no card key to register")
-    piv = b.signer.signer.session              # the PIV session behind the gated signer
+    gated = b.signer
+    if not isinstance(gated, GatedSigner) or not isinstance(gated.signer, PivSigner):
+        raise ValueError("no card key to register (a PIV key behind the TINGUIN)")
+    piv = gated.signer.session                 # the PIV session behind the gated signer
 
     def write(der: bytes) -> None:
-        with b.signer.lock:                    # type: ignore[union-attr]
+        with gated.lock:
             piv.put_certificate(Slot.SIGNATURE, der)
 
     def read_back() -> bytes:
-        with b.signer.lock:                    # type: ignore[union-attr]
+        with gated.lock:
             return piv.certificate(Slot.SIGNATURE)
 
-    with b.signer.purpose_for(f"register your card's key at the CA as {name}"):
-        done = register(b.signer, pin=None, client=JsonClient(ca_url, ca_root_pem, name="the CA"),
+    with gated.purpose_for(f"register your card's key at the CA as {name}"):
+        done = register(gated, pin=None, client=JsonClient(ca_url, ca_root_pem, name="the CA"),
                         root_pem=ca_root_pem, registration_key=registration_key, name=name, email=email,
                         write=write, read_back=read_back, save_dir=save_dir)
     cert = x509.load_der_x509_certificate(done.certificate)

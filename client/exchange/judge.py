@@ -130,7 +130,8 @@ def judge(path: Path, trust: TrustStore, payments: Mapping[str, PaymentVerifier]
                 continue
             archived_by = obj.get("role")
             direction = kind.split(":", 1)[1]
-            owner = archived_by if direction == "sent" else ("responder" if archived_by == "originator" else "originator")
+            other = "responder" if archived_by == "originator" else "originator"
+            owner = archived_by if direction == "sent" else other
             candidates[owner].append(item)
     for d in decisions:
         ruling.third_party.append({"outcome": d.outcome, "final": d.final, "reason": d.reason,

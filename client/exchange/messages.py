@@ -49,7 +49,7 @@ Nonce = Annotated[str, Meta(min_length=16, max_length=64)]
 CertificateB64 = Annotated[bytes, Meta(min_length=1, max_length=8192)]       # DER, base64 in the statement
 
 
-class ProposalBody(Shape):
+class ProposalBody(Shape, frozen=True):
     """The signed body of an ``xchg-proposal`` (:meth:`Proposal.body_for` writes it)."""
 
     type: Literal["xchg-proposal"]
@@ -197,7 +197,7 @@ RequestKind = Literal["resolve", "abort", "complaint", "status"]
 REQUEST_KINDS: tuple[str, ...] = get_args(RequestKind)
 
 
-class TtpRequest(Shape):
+class TtpRequest(Shape, frozen=True):
     """The signed body of a ``ttp-request`` (:func:`request_body` writes it; the third party reads it)."""
 
     type: Literal["ttp-request"]
@@ -250,6 +250,7 @@ def check_decision(der: bytes, trust: TrustStore, binding: Binding | None, ttp: 
     if body.get("type") != "decision" or body.get("xid") != want_xid or body.get("outcome") not in OUTCOMES:
         raise BadMessage("the third party's answer is not a decision for this exchange")
     if binding is not None and body.get("final") is True and \
-            (body.get("originator"), body.get("responder")) != (cert_id(binding.originator), cert_id(binding.responder)):
+            (body.get("originator"), body.get("responder")) != (cert_id(binding.originator),
+                                                                cert_id(binding.responder)):
         raise BadMessage("the decision names other parties than this exchange's")
     return Decision(der, body)

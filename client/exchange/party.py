@@ -310,7 +310,8 @@ class Party:
             return run.outcome("failed", "nothing to resume: no proposal was archived")
         proposal = await run.blocking(Proposal.verify, proposal_der, self.trust)
         run.binding, run.proposal = proposal.binding, proposal
-        attachments = next((json.loads(e.content)["attachments"] for e in entries if e.kind == "attachments"), {})
+        attachments: dict[str, Any] = next(
+            (json.loads(e.content)["attachments"] for e in entries if e.kind == "attachments"), {})
         sent = next((content_from_json(json.loads(e.content)["item"]) for e in entries if e.kind == "item:sent"), None)
         received = next((content_from_json(json.loads(e.content)["item"]) for e in entries
                          if e.kind == "item:received"), None)

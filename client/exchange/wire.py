@@ -32,7 +32,7 @@ KINDS: tuple[str, ...] = get_args(Kind)
 Handler = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 
-class Message(Shape):
+class Message(Shape, frozen=True):
     """``POST /exchange``: one protocol message of one run (the body is the protocol's to read)."""
 
     codes = {"kind": "unknown_kind", "session": "bad_session"}
@@ -104,8 +104,9 @@ class Server:
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await asyncio.wait_for(site.start(), 10)
         server = site._server
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
+        sockets = getattr(server, "sockets", None)       # an asyncio.Server's; aiohttp types it as AbstractServer
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
         return self
 
     async def stop(self) -> None:

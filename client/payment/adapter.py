@@ -53,14 +53,14 @@ class OneShotAdapter(BaseModule):
         return _Payee(self, terms)
 
 
-class Token(Message):
+class Token(Message, frozen=True):
     """Payer -> payee: the other system's payment token."""
 
     kind: Literal["token"]
     token: dict[str, Any]
 
 
-class Redeemed(Message):
+class Redeemed(Message, frozen=True):
     """Payee -> payer: whether the payee's system took the token."""
 
     kind: Literal["redeemed"]

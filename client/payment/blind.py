@@ -46,7 +46,7 @@ def pss_encode(message: bytes, mod_bits: int, salt: bytes | None = None) -> byte
         raise ValueError("the RSA modulus is too small for PSS with SHA-384")
     h = hashlib.sha384(b"\x00" * 8 + m_hash + salt).digest()
     db = b"\x00" * (em_len - len(salt) - len(h) - 2) + b"\x01" + salt
-    masked = bytes(a ^ b for a, b in zip(db, _mgf1(h, em_len - len(h) - 1)))
+    masked = bytes(a ^ b for a, b in zip(db, _mgf1(h, em_len - len(h) - 1), strict=True))
     first = masked[0] & (0xFF >> (8 * em_len - em_bits))
     return bytes([first]) + masked[1:] + h + b"\xbc"
 

@@ -77,9 +77,9 @@ def load(purse: PurseSession, issuer: Scheme, amount: int, pin: bytes | None = N
     if amount <= 0:
         raise PurseFlowError("the amount to load must be positive")
 
-    def enter_pin(why: str, session: object) -> None:
+    def enter_pin(why: str, session: PurseSession) -> None:
         if pin is not None:
-            session.verify_pin(pin)               # type: ignore[attr-defined]
+            session.verify_pin(pin)
     module = PurseModule(PartyContext(purse=purse, enter_pin=enter_pin))
     confirmation, signed = module.load_from(LocalIssuer(issuer), amount)
     return LoadResult(confirmation, signed)

@@ -42,7 +42,7 @@ def dual_digest(pi_hash: bytes, oi_hash: bytes) -> bytes:
     return hashlib.sha256(pi_hash + oi_hash).digest()
 
 
-class WireCoin(Shape):
+class WireCoin(Shape, frozen=True):
     """A coin as it travels (payer -> payee -> mint): the mint key, its serial, the mint's signature."""
 
     key_id: str
@@ -50,7 +50,7 @@ class WireCoin(Shape):
     signature: Annotated[bytes, Meta(max_length=1024)]
 
 
-class Cheque(Shape):
+class Cheque(Shape, frozen=True):
     """A cheque's signed body (Mandate): the drawer's account orders its bank to pay the payee."""
 
     codes = {"amount<": "bad_amount", "amount>": "amount_too_large"}

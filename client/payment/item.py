@@ -56,6 +56,7 @@ from .modules.mandate import MandateModule
 from .modules.purse import PurseModule, PurseProofs
 from .modules.setpay import SetPayModule
 from .negotiation import Requirements
+from .registry import ModuleClass
 from .wire import CertCache, SignedJson, unb64, verify_digest
 
 JsonDict = dict[str, Any]
@@ -91,9 +92,9 @@ class ItemVerifier:
     """Checks one module's proofs from public data only; the payee's own check is :class:`ItemPayee`.
     Its name and properties are the module class's own."""
 
-    def __init__(self, module: type, check: Callable[[Mapping[str, Any], Terms], None]) -> None:
-        self.name: str = module.name                                       # type: ignore[attr-defined]
-        self._properties: ExchangeProperties = module.properties           # type: ignore[attr-defined]
+    def __init__(self, module: type[ModuleClass], check: Callable[[Mapping[str, Any], Terms], None]) -> None:
+        self.name: str = module.name
+        self._properties: ExchangeProperties = module.properties
         self._check = check
 
     def properties(self) -> Properties:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..support.shapes import Shape
 from .errors import ModuleNotFound, NegotiationError, PaymentError, ProtocolError
@@ -31,7 +31,11 @@ from .wire import read
 MAX_ROUNDS = 16          # no payment system here needs more than 4; bounds a confused peer
 
 
-class Envelope(Shape):
+NO_REQUIREMENTS = Requirements()      # the default: any module the two sides share
+
+M = TypeVar("M")
+
+class Envelope(Shape, frozen=True):
     """How every payment message travels: which payment, which module, and the module's own message
     (which the module reads with its own shapes, ``module.receive``)."""
 
@@ -80,6 +84,13 @@ class PaymentManager:
                                  + (f" ({why})" if why else f"; installed: {', '.join(sorted(self.modules)) or 'none'}")
                                  ) from None
 
+    def module_as(self, name: str, kind: type[M]) -> M:
+        """The module ``name`` where the caller needs its own operations (a purse's load, a wallet's coins)."""
+        module = self.module(name)
+        if not isinstance(module, kind):
+            raise ModuleNotFound(f"the payment module {name!r} here is {type(module).__name__}, not {kind.__name__}")
+        return module
+
     def properties(self) -> dict[str, ExchangeProperties]:
         return {n: m.properties for n, m in self.modules.items()}
 
@@ -97,7 +108,7 @@ class PaymentManager:
                 self.problems[name] = str(e)
         return out
 
-    def choose(self, terms: Terms, offer: Sequence[Acceptance], require: Requirements = Requirements()) -> Choice:
+    def choose(self, terms: Terms, offer: Sequence[Acceptance], require: Requirements = NO_REQUIREMENTS) -> Choice:
         return negotiate(terms, offer, self.instruments(), self.properties(), self.preferences, require)
 
     def pay(self, terms: Terms, choice: Choice) -> PayerSession:
@@ -110,7 +121,7 @@ class PaymentManager:
     # ---- payee side --------------------------------------------------------------------------
     def offer(self) -> list[Acceptance]:
         out = []
-        for name, m in sorted(self.modules.items()):
+        for _name, m in sorted(self.modules.items()):
             acc = m.acceptance()
             if acc is not None:
                 out.append(acc)
@@ -329,7 +340,7 @@ def run_payment(session: PayerSession, link: PayeeLink) -> Record:
 
 
 def pay(payer: PaymentManager, terms: Terms, offer: Sequence[Acceptance], link: PayeeLink,
-        require: Requirements = Requirements()) -> Record:
+        require: Requirements = NO_REQUIREMENTS) -> Record:
     """Negotiate and pay in one call (the common case)."""
     try:
         choice = payer.choose(terms, offer, require)

@@ -53,7 +53,8 @@ class Status(enum.Enum):
     """Where a payment stands. Every module maps its own states onto these."""
 
     PENDING = "pending"            # started, not finished (a retry or recover() finishes it)
-    PAID = "paid"                  # value reached the payee (purse debit cleared or in batch, cheque cleared, coins deposited)
+    # value reached the payee (purse debit cleared or in batch, cheque cleared, coins deposited)
+    PAID = "paid"
     AUTHORISED = "authorised"      # account payment authorised, not yet captured
     CAPTURED = "captured"          # account payment captured
     REFUNDED = "refunded"          # fully refunded

@@ -59,7 +59,7 @@ class PartyContext:
     account: str | None = None
     wallet: Wallet | None = None
     currency: int = 978
-    select_signer: Callable[[], None] | None = None     # e.g. SELECT PIV when it shares the card with the purse
+    select_signer: Callable[[], object] | None = None     # e.g. SELECT PIV when it shares the card with the purse
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -163,7 +163,7 @@ class BaseModule:
         self.ctx.enter_pin(why, session)
 
 
-class Message(Shape):
+class Message(Shape, frozen=True):
     """A flow's message, declared once by its module as a subclass: ``kind: Literal["hello"]`` first,
     then its fields with their types and limits (``support/shapes.py``); unknown fields are refused."""
 

@@ -48,7 +48,8 @@ def negotiate(terms: Terms, offer: Sequence[Acceptance], instruments: Sequence[I
             candidates.append(((payer_rank + acc.preference, payer_rank, acc.module, n), acc, inst))
     if not candidates:
         detail = "; ".join(reasons) if reasons else "the payee offered no payment module"
-        raise NegotiationError(f"no way to pay {terms.amount} (currency {terms.currency}) to {terms.payee_name or terms.payee}: "
+        raise NegotiationError(f"no way to pay {terms.amount} (currency {terms.currency}) to "
+                               f"{terms.payee_name or terms.payee}: "
                                f"{detail}")
     _, acc, inst = min(candidates, key=lambda c: c[0])
     return Choice(acc.module, inst, dict(acc.params))

@@ -10,17 +10,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from typing import ClassVar, Protocol, cast
 
 from .model import ExchangeProperties, Model
 
 GROUP = "semper.payment_modules"
 
 
+class ModuleClass(Protocol):
+    """What ``check`` makes sure an installed module class has (the rest of its interface is checked by name)."""
+    name: ClassVar[str]
+    model: ClassVar[Model]
+    properties: ClassVar[ExchangeProperties]
+
+
 @dataclass(frozen=True)
 class Found:
     name: str
     target: str              # "package.module:Class"
-    cls: type | None
+    cls: type[ModuleClass] | None
     problem: str = ""
 
 
@@ -38,7 +46,8 @@ def discover(group: str = GROUP) -> list[Found]:
         except Exception as e:          # a plug-in's import error must not stop the others
             out.append(Found(ep.name, ep.value, None, f"cannot be imported: {type(e).__name__}: {e}"))
             continue
-        out.append(Found(ep.name, ep.value, cls if not (problem := check(cls, ep.name)) else None, problem))
+        problem = check(cls, ep.name)
+        out.append(Found(ep.name, ep.value, None if problem else cast("type[ModuleClass]", cls), problem))
     return out
 
 

@@ -78,7 +78,7 @@ def key_hash(point: bytes) -> str:
     return hashlib.sha256(point).hexdigest()
 
 
-class SignedJson(Shape):
+class SignedJson(Shape, frozen=True):
     """A signed JSON message, and its shape on the wire (certificate and signature as base64):
     ``read_json(request, SignedJson)`` reads one from an HTTP body, :meth:`from_json` from a value."""
 
@@ -143,9 +143,10 @@ class CertCache:
             raise ProtocolError(f"the certificate of '{cert.subject.rfc4514_string()}' is not valid now")
         if role is not None:
             try:
-                eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+                eku: Iterable[x509.ObjectIdentifier] = \
+                    cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
             except x509.ExtensionNotFound:
-                eku = []                                   # type: ignore[assignment]
+                eku = []
             if role not in eku:
                 raise ProtocolError(f"the certificate of '{cert.subject.rfc4514_string()}' is not for this role")
         return cert, key

@@ -50,7 +50,7 @@ class Sender:
     der: bytes
 
 
-class Request(Shape):
+class Request(Shape, frozen=True):
     """The signed body of every request: what it is for, to whom, when, and how it is retried. Any
     deviation is ``malformed`` (a 400), whatever the field."""
 
@@ -130,7 +130,8 @@ class Bank:
                 "scheme_root": b64(self.scheme_root.public_bytes(Encoding.DER)),
                 "pi_key": self.keys.pi_public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode(),
                 "mint_keys": [{"key_id": k.key_id, "currency": k.currency, "denomination": k.denomination,
-                               "public": k.public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()}
+                               "public": k.public.public_bytes(Encoding.PEM,
+                                                               PublicFormat.SubjectPublicKeyInfo).decode()}
                               for k in sorted(self.mint_keys.values(), key=lambda k: (k.currency, k.denomination))],
                 "operations": sorted(self.ops)}
 
@@ -290,7 +291,7 @@ class Bank:
         return int(row[0])
 
 
-class Balance(Shape):
+class Balance(Shape, frozen=True):
     account: AccountId
 
 

@@ -71,6 +71,8 @@ def _verify(cert_der: bytes, record: bytes, sig: bytes, cache: dict[bytes, Any])
     key = cache.get(cert_der)
     if key is None:
         key = cache[cert_der] = x509.load_der_x509_certificate(cert_der).public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):      # a card's key is P-256: anything else cannot sign
+        return False
     try:
         key.verify(sig, record, _ECDSA)
         return True
@@ -89,7 +91,7 @@ def audit(db: Database, scheme_root: x509.Certificate | None = None, *, signatur
         for acc, total in tx.all("SELECT account, SUM(amount) FROM postings GROUP BY account"):
             sums[acc] = int(total)
         r.counts["entries"] = int((tx.one("SELECT COUNT(*) FROM entries") or (0,))[0])
-        for acc, (_, kind, cur, bal) in accounts.items():
+        for acc, (_, kind, _cur, bal) in accounts.items():
             if sums.get(acc, 0) != bal:
                 r.add("balance_mismatch", f"account {acc} says {bal} but its postings add up to {sums.get(acc, 0)}")
             if kind != "external" and sums.get(acc, 0) < 0:
@@ -122,9 +124,9 @@ def _purse(tx: Any, r: AuditReport, by_cur: dict[int, dict[str, int]], signature
     certs: dict[str, bytes] = {}
     cached: dict[str, int] = {}
     cur_of: dict[str, int] = {}
-    for card, cert, shadow, cur in tx.all("SELECT card, certificate, shadow, currency FROM cards"):
+    for card, cert, recorded, cur in tx.all("SELECT card, certificate, shadow, currency FROM cards"):
         certs[card] = unb64(cert, "card certificate")
-        cached[card] = int(shadow)
+        cached[card] = int(recorded)
         cur_of[card] = int(cur)
     shadow: dict[str, int] = defaultdict(int)
     keys: dict[bytes, Any] = {}

@@ -17,6 +17,7 @@ opens payment instructions, one RSA blind-signing key per currency and denominat
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import json
 import secrets
@@ -32,7 +33,7 @@ from cryptography.x509.oid import NameOID
 
 from semper.hsm.rsa import RsaTokenKeys
 
-from ..support.db import Database
+from ..support.db import Database, Transaction
 from ..support.paths import semper_home
 from ..support.scheme import ROLE_ISSUER, Scheme
 from . import bank_store as store
@@ -69,7 +70,8 @@ class BankHome:
         try:
             return dict(json.loads(self.config_file.read_text()))
         except FileNotFoundError:
-            raise BankRefusal("not_initialised", f"no bank in {self.folder}; run 'semper bank init' first", 503) from None
+            raise BankRefusal("not_initialised", f"no bank in {self.folder}; run 'semper bank init' first",
+                              503) from None
 
     # ---- set-up ------------------------------------------------------------------------------
     def init(self, scheme: Scheme, pin: bytes, *, token_label: str, softhsm_conf: Path, create_token: bool = False,
@@ -89,7 +91,8 @@ class BankHome:
         if self.config_file.exists():
             raise BankRefusal("already_initialised", f"{self.folder} already holds a bank", 409)
         self.folder.mkdir(parents=True, exist_ok=True)
-        hsm_store = SoftHsmStore.from_conf(softhsm_conf) if softhsm_conf.exists() else SoftHsmStore.in_folder(softhsm_conf.parent)
+        hsm_store = (SoftHsmStore.from_conf(softhsm_conf) if softhsm_conf.exists()
+                     else SoftHsmStore.in_folder(softhsm_conf.parent))
         if create_token:
             provision(hsm_store, token_label, pin, secrets.token_hex(8).encode())
         signer = Pkcs11Signer.open(token_label, softhsm_conf=hsm_store.conf)
@@ -103,14 +106,16 @@ class BankHome:
         self.db.migrate(store.SCHEMA)
         self.db.run(lambda tx: store.set_meta(tx, "bank_id", bank_id))
         for currency in currencies:
-            self.db.run(lambda tx, currency=currency: store.ensure_system_accounts(tx, currency))
+            self.db.run(functools.partial(store.ensure_system_accounts, currency=currency))
             for d in denominations:
                 kid = secrets.token_bytes(8)
                 pub = rsa_keys.generate(kid, f"semper mint {currency} {d}")
                 pem = pub.public_bytes(Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-                row = (kid.hex(), currency, d, pem)
-                self.db.run(lambda tx, row=row: tx.execute(
-                    "INSERT INTO mint_keys (key_id, currency, denomination, public_pem) VALUES (?, ?, ?, ?)", row))
+
+                def mint_key(tx: Transaction, row: tuple[str, int, int, str] = (kid.hex(), currency, d, pem)) -> None:
+                    tx.execute("INSERT INTO mint_keys (key_id, currency, denomination, public_pem) VALUES (?, ?, ?, ?)",
+                               row)
+                self.db.run(mint_key)
         rsa_keys.close()
         self.cert_file.write_bytes(cert.public_bytes(Encoding.PEM))
         roots = self.folder / "roots"
@@ -243,7 +248,8 @@ def check_tls_identity(chain_file: Path, key_file: Path) -> x509.Certificate:
     except x509.ExtensionNotFound:
         is_ca = False
     if is_ca or not leaf.not_valid_before_utc <= now < leaf.not_valid_after_utc:
-        raise BankRefusal("bad_tls", f"the server certificate in {chain_file} is a CA certificate or not valid now", 400)
+        raise BankRefusal("bad_tls", f"the server certificate in {chain_file} is a CA certificate or not valid now",
+                          400)
     try:
         key = serialization.load_pem_private_key(Path(key_file).read_bytes(), None)
     except OSError as e:

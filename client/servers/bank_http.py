@@ -33,7 +33,8 @@ def build_app(bank: Bank) -> web.Application:
         try:                            # a BankRefusal leaves as it is: its own status and code
             answer = await blocking(bank.handle, op, envelope)
         except DatabaseError as e:      # the client's next step, not only what failed
-            raise ApiError(503, "busy", f"the bank's database is busy; retry with the same idempotency key ({e})") from None
+            raise ApiError(503, "busy",
+                           f"the bank's database is busy; retry with the same idempotency key ({e})") from None
         return web.json_response(answer)
 
     return make_app(list(routes), max_body=MAX_BANK_BODY)

@@ -29,12 +29,12 @@ MAX_COINS = 64
 MAX_DEPOSIT = 256
 
 
-class BlindCoin(Shape):
+class BlindCoin(Shape, frozen=True):
     key_id: str
     blinded: Annotated[bytes, Meta(max_length=1024)]
 
 
-class Withdraw(Shape):
+class Withdraw(Shape, frozen=True):
     """``mint/withdraw``: blinded coins for the mint to sign, paid from the account."""
 
     codes = {"coins": "malformed"}
@@ -42,7 +42,7 @@ class Withdraw(Shape):
     coins: Annotated[list[BlindCoin], Meta(min_length=1, max_length=MAX_COINS)]
 
 
-class Deposit(Shape):
+class Deposit(Shape, frozen=True):
     """``mint/deposit``: coins to credit to the account, each spent once."""
 
     codes = {"coins": "malformed"}

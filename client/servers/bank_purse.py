@@ -140,7 +140,7 @@ class LoadCheck:
     point: bytes
 
 
-class Load(Shape):
+class Load(Shape, frozen=True):
     """``issuer/load``: the card's signed LRQ2 and the account that pays for it."""
 
     account: AccountId
@@ -181,7 +181,8 @@ def apply_load(bank: Bank, tx: Transaction, sender: Sender, c: LoadCheck) -> dic
         if same[1] == "reversed":
             raise BankRefusal("load_reversed", "this load request was superseded by a newer one", 409)
         cmd = bytes.fromhex(same[0])
-        return {"command": b64(cmd[:LOAD_COMMAND_SIZE]), "signature": b64(cmd[LOAD_COMMAND_SIZE:]), "card": card, "counter": r.load_counter}
+        return {"command": b64(cmd[:LOAD_COMMAND_SIZE]), "signature": b64(cmd[LOAD_COMMAND_SIZE:]), "card": card,
+                "counter": r.load_counter}
     top = int((tx.one("SELECT MAX(sequence) FROM load_requests WHERE card = ?", (card,)) or (None,))[0] or 0)
     if r.sequence <= top:
         raise BankRefusal("stale_request", f"card {card} has signed a newer load request (number {top}) than this "
@@ -192,7 +193,7 @@ def apply_load(bank: Bank, tx: Transaction, sender: Sender, c: LoadCheck) -> dic
     if newer is not None:
         raise BankRefusal("stale_load", f"card {card} has already loaded with counter {newer[0]}; this request "
                                         "is old", 409)
-    for counter, nonce, amount, state, entry in tx.all(
+    for counter, nonce, amount, _state, _entry in tx.all(
             "SELECT counter, nonce, amount, state, entry FROM loads WHERE card = ? AND state = 'pending'", (card,)):
         if counter < r.load_counter:           # the card moved past it: it applied
             tx.execute("UPDATE loads SET state = 'confirmed' WHERE card = ? AND counter = ? AND nonce = ?",
@@ -233,7 +234,7 @@ class ConfirmCheck:
     point: bytes
 
 
-class Confirm(Shape):
+class Confirm(Shape, frozen=True):
     """``issuer/confirm``: the card's signed LCF1."""
 
     confirmation: Annotated[bytes, Meta(min_length=1, max_length=256)]
@@ -312,7 +313,7 @@ def _psam_signed(bank: Bank, cert_der: bytes, record: bytes, signature: bytes, w
     return cert
 
 
-class Clear(Shape):
+class Clear(Shape, frozen=True):
     """``acquirer/clear``: a closed PSAM batch: the signed BAT1 header, each card certificate once, and the
     entries ``[certificate index, DPF1 proof, card signature]`` (none for an empty batch)."""
 
@@ -491,7 +492,7 @@ class SingleCheck:
     entry: Entry
 
 
-class ClearProof(Shape):
+class ClearProof(Shape, frozen=True):
     """``acquirer/clear_proof``: one card's DPF1 proof with the PSAM-signed DRQ1 it answers."""
 
     psam_certificate: Certificate

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 AuthorisationId = Annotated[str, Meta(min_length=1, max_length=40)]
 
 
-class Authorise(Shape):
+class Authorise(Shape, frozen=True):
     """``set/authorise``: the seller asks for the payer's sealed instruction to be honoured."""
 
     codes = AMOUNT_CODES
@@ -52,7 +52,7 @@ class Authorise(Shape):
     payer_certificate: Certificate
 
 
-class Capture(Shape):
+class Capture(Shape, frozen=True):
     """``set/capture`` and ``set/refund``."""
 
     codes = AMOUNT_CODES
@@ -60,20 +60,20 @@ class Capture(Shape):
     amount: Amount
 
 
-class AuthorisationRef(Shape):
+class AuthorisationRef(Shape, frozen=True):
     """``set/release`` and ``set/status``."""
 
     authorisation: AuthorisationId
 
 
-class DepositCheque(Shape):
+class DepositCheque(Shape, frozen=True):
     """``cheque/deposit``: the payee's account and the cheque the drawer signed."""
 
     account: AccountId
     cheque: SignedJson
 
 
-class ChequeRef(Shape):
+class ChequeRef(Shape, frozen=True):
     """``cheque/status``."""
 
     drawer: AccountId
@@ -114,7 +114,8 @@ def check_authorise(bank: Bank, sender: Sender, p: Authorise) -> AuthCheck:
                                                                                          payment_id):
         raise BankRefusal("instruction_mismatch", "the payer's instruction names another payee, amount, currency "
                                                   "or payment", 422)
-    evidence = {"sealed_pi": sealed, "dual_signature": ds.hex(), "payer_certificate": payer_der.hex(), "oi_hash": oi_hash}
+    evidence = {"sealed_pi": sealed, "dual_signature": ds.hex(), "payer_certificate": payer_der.hex(),
+                "oi_hash": oi_hash}
     return AuthCheck(account, payment_id, amount, currency, oi_hash, pi, payer, evidence)
 
 
@@ -250,7 +251,8 @@ def apply_deposit_cheque(bank: Bank, tx: Transaction, sender: Sender, c: ChequeC
                    (drawer.id, ch["number"], "insufficient funds", store.now_iso()))
         return {"state": "bounced", "reason": "the drawer's account holds too little", "number": ch["number"],
                 "amount": ch["amount"]}
-    entry = store.post(tx, "cheque", f"{drawer.id}/{ch['number']}", [(drawer.id, -ch["amount"]), (payee.id, ch["amount"])])
+    entry = store.post(tx, "cheque", f"{drawer.id}/{ch['number']}", [(drawer.id, -ch["amount"]), (payee.id,
+                                                                                                  ch["amount"])])
     tx.execute("INSERT INTO cheques (drawer, number, payee, amount, currency, cheque, entry, at) VALUES "
                "(?, ?, ?, ?, ?, ?, ?, ?)", (drawer.id, ch["number"], payee.id, ch["amount"], ch["currency"], c.blob,
                                             entry, store.now_iso()))
@@ -265,7 +267,8 @@ def apply_cheque_status(bank: Bank, tx: Transaction, sender: Sender, c: tuple[st
     row = tx.one("SELECT payee, amount FROM cheques WHERE drawer = ? AND number = ?", c)
     if row is not None:
         acc = store.get_account(tx, c[0])
-        if sender.key not in ((store.get_account(tx, row[0]) or acc).owner, acc.owner if acc else None):
+        payee = store.get_account(tx, row[0]) or acc
+        if sender.key not in (payee.owner if payee else None, acc.owner if acc else None):
             raise BankRefusal("not_owner", "only the drawer or the payee may ask about this cheque", 403)
         return {"state": "paid", "number": c[1], "amount": row[1]}
     bounced = tx.one("SELECT COUNT(*) FROM cheque_bounces WHERE drawer = ? AND number = ?", c)

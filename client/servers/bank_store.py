@@ -176,7 +176,8 @@ def ensure_system_accounts(tx: Transaction, currency: int) -> None:
 def open_account(tx: Transaction, name: str, currency: int, owner: str) -> str:
     ensure_system_accounts(tx, currency)
     account_id = "A" + secrets.token_hex(8).upper()
-    tx.execute("INSERT INTO accounts (id, kind, currency, owner, name, balance, created_at) VALUES (?, 'customer', ?, ?, ?, 0, ?)",
+    tx.execute("INSERT INTO accounts (id, kind, currency, owner, name, balance, created_at) VALUES (?, 'customer', ?, "
+               "?, ?, 0, ?)",
                (account_id, currency, owner, name, now_iso()))
     return account_id
 

@@ -349,7 +349,8 @@ class CertificationAuthority:
 
         def sign_crl(tx: Transaction) -> bytes:
             number = int(store.get_meta(tx, "crl_number") or "0") + 1
-            revoked = [pki.Revoked(c.serial_int, store.parse_iso(c.revoked_at or ""), c.revocation_reason or "unspecified")
+            revoked = [pki.Revoked(c.serial_int, store.parse_iso(c.revoked_at or ""),
+                                   c.revocation_reason or "unspecified")
                        for c in store.revoked_certificates(tx)]
             der = pki.build_crl(identity, revoked, number=number, this_update=now,
                                 next_update=now + timedelta(days=CRL_DAYS))

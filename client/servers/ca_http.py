@@ -7,7 +7,8 @@ secret printed by ``semper ca init``; the CA keeps only its hash). docs/services
 """
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -21,7 +22,7 @@ from .ca import CertificationAuthority
 MAX_CSR = 8 * 1024
 
 
-class Registration(Shape):
+class Registration(Shape, frozen=True):
     """``POST /register``: the registration id, the CSR (DER) and its MAC under the registration key."""
 
     codes = {"registration_id": "bad_registration_id"}
@@ -30,7 +31,7 @@ class Registration(Shape):
     mac: Annotated[bytes, Meta(min_length=1, max_length=32)]
 
 
-class NewPerson(Shape):
+class NewPerson(Shape, frozen=True):
     """``POST /admin/persons``: who may register, with the host names a server certificate may name."""
 
     name: str
@@ -39,14 +40,17 @@ class NewPerson(Shape):
     hosts: Annotated[list[Annotated[str, Meta(min_length=1, max_length=253)]], Meta(max_length=16)] = []
 
 
-class Revocation(Shape):
+class Revocation(Shape, frozen=True):
     """``POST /admin/revoke``."""
 
     serial: str
     reason: str = "unspecified"
 
 
-async def _call(fn, *args):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+async def _call(fn: Callable[..., T], *args: Any) -> T:
     """Run a CA operation off the loop; a CaRefusal leaves as it is and becomes the JSON refusal with its
     own status and code (support/http_service.py)."""
     return await blocking(fn, *args)

@@ -186,7 +186,8 @@ def revoked_certificates(tx: Transaction) -> list[IssuedCert]:
 
 # ---- names ------------------------------------------------------------------------------------
 def insert_name_key(tx: Transaction, serial: str, name_key: str, common_name: str) -> None:
-    tx.execute("INSERT INTO name_keys (serial, name_key, common_name) VALUES (?, ?, ?)", (serial, name_key, common_name))
+    tx.execute("INSERT INTO name_keys (serial, name_key, common_name) VALUES (?, ?, ?)", (serial, name_key,
+                                                                                          common_name))
 
 
 def confusable_names(tx: Transaction, name_key: str, common_name: str) -> list[str]:

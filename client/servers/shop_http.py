@@ -51,30 +51,30 @@ ADMIT_WAIT = 10.0           # seconds a payment may wait for room at the PSAM be
 
 
 # ---- the bodies (support/shapes.py); what the values mean is the Shop's to judge -----------------------
-class Line(Shape):
+class Line(Shape, frozen=True):
     sku: str
     quantity: int
 
 
-class NewDeal(Shape):
+class NewDeal(Shape, frozen=True):
     workflow: str
     items: list[Line]
     nonce: str
     anonymous: bool = False
 
 
-class Order(Shape):
+class Order(Shape, frozen=True):
     deal: str
     order: bytes                        # the signed order (DER), or canonical JSON when anonymous
     mailbox: str = ""                   # the buyer's exchange service (fair exchanges)
 
 
-class Payment(Shape):
+class Payment(Shape, frozen=True):
     deal: str
     envelope: dict[str, Any]            # the payment manager's message: its modules read the body
 
 
-class DealRef(Shape):
+class DealRef(Shape, frozen=True):
     deal: str
 
 

@@ -21,7 +21,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -36,6 +36,9 @@ from ..transfer.managers import Managers
 from ..transfer.payment import PaymentManager
 from ..transfer.statements import CredentialManager, StatementManager
 from .ttp import ThirdParty, TtpError, escrow_statement
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 CONFIG = "config.json"
 log = logging.getLogger("semper.ttp")
@@ -55,7 +58,7 @@ class OpenTtp:
     tls: tuple[Path, Path]
     closers: list[Any] = field(default_factory=list)
 
-    def app(self):  # type: ignore[no-untyped-def]
+    def app(self) -> web.Application:
         from .ttp_http import build_app
         return build_app(self.ttp, escrow_statement=self.escrow_statement, tsa=self.tsa)
 

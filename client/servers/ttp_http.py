@@ -11,6 +11,7 @@ see that an optimistic run did not involve T at all).
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from aiohttp import web
@@ -25,7 +26,7 @@ from .ttp import MAX_REQUEST, ThirdParty
 MAX_TSQ = 8 * 1024
 
 
-class TtpCall(Shape):
+class TtpCall(Shape, frozen=True):
     """``POST /resolve`` (``/abort``, ``/complaint``, ``/status``): a signed ``ttp-request``, DER as base64.
     Its size is the third party's to judge (a signed refusal: evidence), not this shape's."""
 
@@ -37,7 +38,7 @@ def build_app(ttp: ThirdParty, *, escrow_statement: bytes | None = None, tsa: Ti
     routes = web.RouteTableDef()
     counted = {"timestamp": 0}
 
-    def handler(kind: str):  # type: ignore[no-untyped-def]
+    def handler(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
             body = await read_json(request, TtpCall)
             answer = await blocking(ttp.handle, kind, body.request)

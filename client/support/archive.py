@@ -493,7 +493,8 @@ class Archive:
             body = statement.body
             expected = {"type": "checkpoint", "archive": self.archive_id, "index": cp.index, "head": cp.head.hex()}
             if body != expected:
-                diffs = ", ".join(f"{k} {body.get(k)!r} (stored {v!r})" for k, v in expected.items() if body.get(k) != v)
+                diffs = ", ".join(f"{k} {body.get(k)!r} (stored {v!r})" for k,
+                                  v in expected.items() if body.get(k) != v)
                 report.problems.append(Problem(cp.index, "checkpoint", f"{where} does not match its signed statement: "
                                                f"the statement says {diffs}; the checkpoint row was altered"))
                 continue
@@ -504,7 +505,8 @@ class Archive:
                                                f"(the archive holds {len(entries)} entries, the last numbered {last})"
                                                f"; entries were deleted"))
             elif genuine.entry_hash != cp.head:
-                report.problems.append(Problem(cp.index, "rewritten", f"{where}: the chain no longer ends in the signed "
+                report.problems.append(Problem(cp.index, "rewritten",
+                                               f"{where}: the chain no longer ends in the signed "
                                                f"head; {_span(last_good + 1, cp.index)} were rewritten "
                                                "(hashes recomputed) after the checkpoint was signed"))
             else:
@@ -648,7 +650,7 @@ def _chain_problems(entries: list[Entry], problems: list[Problem]) -> dict[int, 
     kept = [e for e in entries if e.index not in inserted]
     origins = [origin_of[e.index] or e.index for e in kept]
     if any(x >= y for x, y in itertools.pairwise(origins)):
-        for e, o in zip(kept, origins):
+        for e, o in zip(kept, origins, strict=True):
             if o != e.index:
                 problems.append(Problem(e.index, "reordered", f"entry {e.index} is out of order: it was entry {o}"))
     for o, e in sorted(genuine.items()):
@@ -727,7 +729,8 @@ def verify_bundle(path: Path, trust: TrustStore) -> BundleReport:
         chain = [(bytes.fromhex(d), bytes.fromhex(b)) for d, b in manifest["chain"]]
         listed = [(int(e["index"]), str(e["kind"]), str(e["created_at"]), str(e["file"])) for e in manifest["entries"]]
         if manifest.get("format") != BUNDLE_FORMAT:
-            raise BadBundle(f"{path} is a bundle of format {manifest.get('format')!r}; this semper reads {BUNDLE_FORMAT}")
+            raise BadBundle(f"{path} is a bundle of format {manifest.get('format')!r}; this semper reads "
+                            f"{BUNDLE_FORMAT}")
     except KeyError as e:
         raise BadBundle(f"{path} lacks {e} (manifest.json or one of its fields); it is not a complete bundle") from None
     except (ValueError, TypeError) as e:

@@ -111,7 +111,7 @@ def _https_url(base_url: str, what: str = "semper services") -> str:
     if parts.scheme != "https" or not parts.hostname:
         raise ChannelError(f"{base_url!r} is not an https:// URL; {what} speak only HTTPS")
     try:
-        parts.port
+        _ = parts.port                      # urllib checks the port only when it is read
     except ValueError:
         raise ChannelError(f"{base_url!r} has a bad port number") from None
     return base_url.rstrip("/")

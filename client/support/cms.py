@@ -435,11 +435,12 @@ def parse_signed_data(der: bytes, expected_content_type: str | None = None, what
         if scv2 is not None:
             first = scv2["certs"][0]
             if first["hash_algorithm"]["algorithm"].native != "sha256":
-                raise MalformedStatement(f"the {what}'s signing-certificate-v2 attribute uses a hash other than SHA-256")
+                raise MalformedStatement(f"the {what}'s signing-certificate-v2 attribute uses a hash other than "
+                                         "SHA-256")
             cert_hash = first["cert_hash"].native
         elif scv1 is not None:
             cert_hash, cert_hash_alg = scv1["certs"][0]["cert_hash"].native, "sha1"
-        tokens = []
+        tokens: list[bytes] = []
         for attr in si["unsigned_attrs"] or []:
             if attr["type"].native == "signature_time_stamp_token":
                 tokens.extend(v.dump() for v in attr["values"])
@@ -533,7 +534,8 @@ def add_unsigned_attribute(der: bytes, attr_type: str, value_der: bytes) -> byte
         sd["signer_infos"] = cms.SignerInfos([cms.SignerInfo.load(si.dump())])
         out = info.dump()
     except (ValueError, TypeError, KeyError, IndexError) as e:
-        raise MalformedStatement(f"cannot add an attribute: the statement or the value is not valid DER ({e})") from None
+        raise MalformedStatement(f"cannot add an attribute: the statement or the value is not valid DER "
+                                 f"({e})") from None
     before, after = parse_signed_data(der), parse_signed_data(out)
     if (before.content, before.signed_attrs, before.signature) != (after.content, after.signed_attrs, after.signature):
         raise MalformedStatement("adding the attribute would change the signed bytes; the statement is not DER")

@@ -166,7 +166,7 @@ class Transaction:
         except Exception as e:
             self._failed = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise _translate(e, self.backend) from None
-        return cur  # type: ignore[no-any-return]
+        return cur
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         row = self.execute(sql, params).fetchone()
@@ -238,7 +238,7 @@ class Database:
         name = "writer" if write else "reader"
         conn = getattr(self._local, name, None)
         if conn is not None:
-            return conn  # type: ignore[no-any-return]
+            return conn
         try:
             conn = sqlite3.connect(self.dsn.target, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)

@@ -72,6 +72,7 @@ def expect(buf: bytes, pos: int, tag: int, end: int | None = None) -> tuple[int,
 def read_integer(buf: bytes, start: int, stop: int) -> int:
     if stop == start:
         raise DerError("empty integer")
-    if stop - start > 1 and ((buf[start] == 0 and buf[start + 1] < 0x80) or (buf[start] == 0xFF and buf[start + 1] >= 0x80)):
+    if stop - start > 1 and ((buf[start] == 0 and buf[start + 1] < 0x80)
+                             or (buf[start] == 0xFF and buf[start + 1] >= 0x80)):
         raise DerError("non-minimal integer")
     return int.from_bytes(buf[start:stop], "big", signed=True)

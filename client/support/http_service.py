@@ -20,7 +20,7 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -127,7 +127,7 @@ async def blocking(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(_pool, fn, *args)
 
 
-def make_app(routes: list[web.RouteDef], *, max_body: int = MAX_BODY) -> web.Application:
+def make_app(routes: Iterable[web.AbstractRouteDef], *, max_body: int = MAX_BODY) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=max_body)
     app.add_routes(routes)
     return app
@@ -215,8 +215,9 @@ class ServiceRunner:
             site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
         server = site._server
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
+        sockets = getattr(server, "sockets", None)       # an asyncio.Server's; aiohttp types it as AbstractServer
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
 
     def stop(self, timeout: float = 10.0) -> None:
         loop, thread = self._loop, self._thread

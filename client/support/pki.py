@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -104,7 +105,7 @@ def key_id(point: bytes) -> bytes:
     return hashlib.sha1(point).digest()
 
 
-def point_of(cert_or_key: x509.Certificate | ec.EllipticCurvePublicKey) -> bytes:
+def point_of(cert_or_key: x509.Certificate | CertificatePublicKeyTypes) -> bytes:
     key = cert_or_key.public_key() if isinstance(cert_or_key, x509.Certificate) else cert_or_key
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise PkiError("only ECDSA P-256 keys are used in semper")

@@ -207,7 +207,7 @@ def set_value(key: str, value: str, path: Path | None = None) -> Prefs:
     section, name = key.split(".", 1)
     if section not in doc:
         doc[section] = tomlkit.table()
-    doc[section][name] = checked  # type: ignore[index]
+    doc[section][name] = checked
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
@@ -223,7 +223,7 @@ def unset(key: str, path: Path | None = None) -> Prefs:
     section, name = key.split(".", 1)
     table = doc.get(section)
     if isinstance(table, dict) and name in table:
-        del table[name]  # type: ignore[attr-defined]
+        del table[name]
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
         os.replace(tmp, path)

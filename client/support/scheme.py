@@ -17,9 +17,9 @@ Layout of ``$SEMPER_HOME/scheme`` (or the folder given)::
 The PIN comes from whoever uses the scheme (a prompt, a file elsewhere, the caller's own secret
 store); the folder alone gives no usable key. SoftHSM2 protects the key files with a key derived
 from the PIN (and one from the random SO PIN, shown once), so a copy of the folder can be attacked by
-guessing PINs offline: a new token's PIN has at least ``PIN_MIN`` characters. The token is worked by an agent process of its own
-(``hsm.agent``), so the scheme's login and the bank's or shop's tokens in the same process do not
-end each other's sessions.
+guessing PINs offline: a new token's PIN has at least ``PIN_MIN`` characters. The token is worked
+by an agent process of its own (``hsm.agent``), so the scheme's login and the bank's or shop's tokens
+in the same process do not end each other's sessions.
 
 A folder from before (``root-key.pem``, ``issuer-key.pem``) is refused, not migrated: a key that sat
 in a plain file may have been copied, and moving it into a token would not take the copy back.

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
@@ -86,7 +87,8 @@ def _load_certs(data: bytes, source: str) -> list[x509.Certificate]:
             return x509.load_pem_x509_certificates(data)
         return [x509.load_der_x509_certificate(data)]
     except ValueError as e:
-        raise EvidenceError(f"{source} holds no readable X.509 certificate ({e}); pass the CA root as PEM or DER")
+        raise EvidenceError(f"{source} holds no readable X.509 certificate ({e}); pass the CA root as PEM or "
+                            "DER") from None
 
 
 def _load_crl(data: bytes, source: str) -> x509.CertificateRevocationList:
@@ -95,7 +97,7 @@ def _load_crl(data: bytes, source: str) -> x509.CertificateRevocationList:
             return x509.load_pem_x509_crl(data)
         return x509.load_der_x509_crl(data)
     except ValueError as e:
-        raise EvidenceError(f"{source} is not a readable CRL ({e}); fetch the CA's CRL again")
+        raise EvidenceError(f"{source} is not a readable CRL ({e}); fetch the CA's CRL again") from None
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,8 @@ class TrustStore:
         for crl in self.crls:
             if crl.issuer != cert.issuer:
                 continue
-            if not crl.is_signature_valid(issuer.public_key()):    # type: ignore[arg-type]
+            key = issuer.public_key()
+            if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey) or not crl.is_signature_valid(key):
                 raise UntrustedSigner(f"the CRL claiming to come from '{crl.issuer.rfc4514_string()}' "
                                       f"(issued {crl.last_update_utc:%Y-%m-%d %H:%M}) has an invalid signature; "
                                       "fetch the CA's CRL again")

@@ -131,7 +131,8 @@ class TimeStampAuthority:
         if alg not in ACCEPTED_DIGESTS:
             return self._refuse("bad_alg", f"hash algorithm {alg} is not accepted (use SHA-256, -384 or -512)")
         if len(digest) != ACCEPTED_DIGESTS[alg]:
-            return self._refuse("bad_data_format", f"a {alg} imprint has {ACCEPTED_DIGESTS[alg]} bytes, not {len(digest)}")
+            return self._refuse("bad_data_format",
+                                f"a {alg} imprint has {ACCEPTED_DIGESTS[alg]} bytes, not {len(digest)}")
         if req["req_policy"].native is not None and req["req_policy"].dotted != self.policy:
             return self._refuse("unaccepted_policy", f"this TSA issues only under policy {self.policy}")
         if req["extensions"].native:
@@ -192,7 +193,7 @@ def verify_token(token: bytes, trust: TrustStore, *, data: bytes | None = None, 
         raise BadTimestamp(str(e)) from None
     try:
         info = tsp.TSTInfo.load(parts.content, strict=True)
-        info.native  # noqa: B018
+        info.native  # noqa: B018  (parse it all now: a malformed TSTInfo fails here, not half-read later)
     except (ValueError, TypeError) as e:
         raise BadTimestamp(f"the time-stamp token's TSTInfo is not valid DER ({e})") from None
     if info["version"].native != "v1":

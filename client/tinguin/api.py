@@ -290,7 +290,7 @@ def run_interactive(workflow: Callable[[TrustedUI], T], *, phrase: str | None = 
         raise box["error"]
     if "value" not in box:
         raise TinguinClosed("the TINGUIN was closed before the deal finished: nothing more was confirmed")
-    return box["value"]  # type: ignore[no-any-return]
+    return box["value"]
 
 
 def run_scripted(workflow: Callable[[TrustedUI], T], *, script: Script = Script(), phrase: str | None = _UNSET,

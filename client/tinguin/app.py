@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from textual.app import App
 from textual.binding import Binding
@@ -87,7 +87,9 @@ class TinguinApp(App[Any]):
             if outcome is not None:
                 self.notify(outcome.message or "the card accepted the PIN", markup=False,
                             severity="information" if outcome.ok else "error")
-                self.screen.action_reload()  # type: ignore[attr-defined]
+                reload = getattr(self.screen, "action_reload", None)     # the card screen's; others have none
+                if reload is not None:
+                    reload()
         self.push_screen(PinScreen("checking your card PIN (nothing is signed or paid)", card.verify_pin, pad),
                          done)
 
@@ -98,7 +100,8 @@ class TinguinApp(App[Any]):
 
         def done(result: T | None) -> None:
             if not future.done():
-                future.set_result(result)  # type: ignore[arg-type]
+                # a screen dismissed without a value resolves None: the caller's T then admits None
+                future.set_result(cast(T, result))
         self.push_screen(screen, done)
         return future
 

@@ -106,7 +106,7 @@ def _cut(text: str, limit: int) -> tuple[list[tuple[str, bool]], int]:
         return pieces, 0
     kept: list[tuple[str, bool]] = []
     used = 0
-    for i, (piece, w) in enumerate(zip(pieces, widths)):
+    for i, (piece, w) in enumerate(zip(pieces, widths, strict=True)):
         rest = len(pieces) - i
         if used + w + cell_len(_marker(rest - 1)) > limit:
             return kept, rest

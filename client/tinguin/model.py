@@ -63,7 +63,7 @@ class Party:
     @classmethod
     def from_certificate(cls, cert: x509.Certificate) -> Party:
         """The party a certificate names (made once per certificate: Party is immutable)."""
-        return _party_of(cls, cert)
+        return _party_of(cert)
 
     @classmethod
     def _from_certificate(cls, cert: x509.Certificate) -> Party:
@@ -323,5 +323,5 @@ class ArchiveView:
 
 
 @functools.lru_cache(maxsize=256)
-def _party_of(cls: type[Party], cert: x509.Certificate) -> Party:
-    return cls._from_certificate(cert)
+def _party_of(cert: x509.Certificate) -> Party:
+    return Party._from_certificate(cert)

@@ -10,11 +10,11 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Button, Static
@@ -59,6 +59,8 @@ from .widgets import (
 )
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from .app import TinguinApp
 
 ResultT = TypeVar("ResultT")
@@ -214,8 +216,9 @@ class OfferScreen(TrustedScreen[PaymentOption | None]):
 
     TITLE_TEXT = "verified offer"
     KEYS = "1-9 choose payment  enter continue  escape decline"
-    BINDINGS = [Binding("enter", "enter", "continue", priority=True), Binding("escape", "decline", "decline")] + [
-        Binding(str(n), f"choose({n - 1})", show=False, priority=True) for n in range(1, 10)]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "enter", "continue", priority=True), Binding("escape", "decline", "decline"),
+        *(Binding(str(n), f"choose({n - 1})", show=False, priority=True) for n in range(1, 10))]
     # the digits are priority bindings like Enter: otherwise "2" typed just before Enter would reach the
     # screen after Enter (priority keys are handled first) and the payment would not be the one chosen
 
@@ -231,9 +234,11 @@ class OfferScreen(TrustedScreen[PaymentOption | None]):
         yield VerificationFacts(o.verification, id="verification")
         yield Section("Items: the seller's words, shown whole between \u275d \u275e")
         yield SafeTable(["#", "description", "qty", "unit price", "line total"], id="items", whole={1: 42})
-        yield Facts([("offer", marked(o.offer_id)), ("total (recomputed)", format_amount(o.total, o.currency))]
-                    + ([("valid until", f"{o.valid_until:%Y-%m-%d %H:%M} UTC")] if o.valid_until else []),
-                    id="offer-total")
+        facts: list[tuple[str, str | Text]] = [("offer", marked(o.offer_id)),
+                                               ("total (recomputed)", format_amount(o.total, o.currency))]
+        if o.valid_until:
+            facts.append(("valid until", f"{o.valid_until:%Y-%m-%d %H:%M} UTC"))
+        yield Facts(facts, id="offer-total")
         yield Section("Pay with (press its number)")
         yield PaymentList(o.payment_options, id="payment")
         with Horizontal(classes="buttons"):
@@ -307,7 +312,8 @@ class ConfirmScreen(TrustedScreen[Confirmation]):
         yield Static(chrome(""), markup=False, id="confirm-message")
 
     def on_mount(self) -> None:
-        self.query_one("#decline", Button).focus(scroll_visible=False)   # a stray Enter declines; the text starts at its top
+        self.query_one("#decline",
+                       Button).focus(scroll_visible=False)   # a stray Enter declines; the text starts at its top
         self.shown_at = time.monotonic()
         self.watch(self.query_one(Body), "scroll_y", self._scrolled, init=False)
         self.call_after_refresh(self._check_end)

@@ -11,12 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from semper.hardware import errors as hw_errors
 from semper.hardware.purse import PurseSession
 
 from .model import ArchiveView, LogLine, PurseView, ReaderView
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from semper.hardware.purse import PurseSession
 
 
 class CardSource(Protocol):
@@ -51,7 +56,7 @@ class CardAccess:
         self.reader = reader
         self.image = image
 
-    def _purse(self):  # type: ignore[no-untyped-def]
+    def _purse(self) -> AbstractContextManager[PurseSession]:
         from semper.hardware import cards
         return cards.purse(self.reader, self.image)
 

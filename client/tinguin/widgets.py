@@ -153,7 +153,8 @@ class Facts(Static):
 
     @staticmethod
     def build(rows: Iterable[tuple[str, str | Text]], label_width: int = 20) -> Text:
-        """``str`` values are shown literally; a ``Text`` value is one this module made safe (``marked``, ``chrome``)."""
+        """``str`` values are shown literally; a ``Text`` value is one this module made safe (``marked``,
+        ``chrome``)."""
         out = Text(end="")
         for n, (label, value) in enumerate(rows):
             if n:

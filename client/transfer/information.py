@@ -120,7 +120,8 @@ class InformationManager(ManagerBase):
         try:
             self._decrypt(key, commitment, ct, d, b)
         except ItemMismatch as e:
-            raise CommitmentFalse(f"the originator's escrowed key does not yield the promised information: {e}") from None
+            raise CommitmentFalse(f"the originator's escrowed key does not yield the promised information: "
+                                  f"{e}") from None
         return {"key": b64e(key)}
 
     def check_replacement(self, replacement: Mapping[str, Any], commitment: Mapping[str, Any],

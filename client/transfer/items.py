@@ -16,7 +16,7 @@ import binascii
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from msgspec import Meta
 
@@ -102,8 +102,8 @@ class PackageDescription:
         return {"type": "package", "label": self.label, "members": [m.to_json() for m in self.members]}
 
 
-Content = Union[Item, Package]                   # noqa: UP007  (a runtime alias: the X | Y form needs 3.10 types)
-Expectation = Union[Description, PackageDescription]    # noqa: UP007
+Content = Item | Package                          # runtime aliases, not only annotations
+Expectation = Description | PackageDescription
 NOTHING = Package((), "nothing")                  # the other side of a plain transfer
 NOTHING_EXPECTED = PackageDescription((), "nothing")
 
@@ -118,7 +118,7 @@ def _check_type(value: Any, where: str) -> str:
     return str(value)
 
 
-class PackageShape(Shape):
+class PackageShape(Shape, frozen=True):
     """A package (or a package description) as it travels: its members (items, descriptions or packages,
     each read by the functions below) and a label. An item's own fields are its manager's to read."""
 
@@ -173,7 +173,7 @@ def pair_leaves(content: Content, expectation: Expectation, where: str = "item"
         if len(content.members) != len(expectation.members):
             raise ItemMismatch(f"{where}: expected a package of {len(expectation.members)} members, got "
                                f"{len(content.members)}")
-        for i, (c, e) in enumerate(zip(content.members, expectation.members)):
+        for i, (c, e) in enumerate(zip(content.members, expectation.members, strict=True)):
             yield from pair_leaves(c, e, f"{where}[{i}]")
         return
     if not isinstance(content, Item):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 from cryptography import x509
 
@@ -130,7 +130,7 @@ class PackageOffer:
     label: str = ""
 
 
-OfferTree = Union[Offer, PackageOffer]          # noqa: UP007  (a runtime alias)
+OfferTree = Offer | PackageOffer               # a runtime alias, not only an annotation
 
 
 def offer_description(tree: OfferTree) -> Expectation:
@@ -161,7 +161,7 @@ def check_satisfies(offered: Expectation, expected: Expectation, where: str = "i
     if isinstance(expected, PackageDescription):
         if not isinstance(offered, PackageDescription) or len(offered.members) != len(expected.members):
             raise ItemMismatch(f"{where}: the peer offers {_shape(offered)}, expected {_shape(expected)}")
-        for i, (o, e) in enumerate(zip(offered.members, expected.members)):
+        for i, (o, e) in enumerate(zip(offered.members, expected.members, strict=True)):
             check_satisfies(o, e, f"{where}[{i}]")
         return
     if not isinstance(offered, Description) or offered.type != expected.type:

@@ -67,10 +67,10 @@ class PaymentManager(ManagerBase):
 
     item_type = "payment"
 
-    def __init__(self, verifiers: Mapping[str, PaymentVerifier] = (), payees: Mapping[str, PayeeModule] = ()
-                 ) -> None:
-        self.verifiers: dict[str, PaymentVerifier] = dict(verifiers)
-        self.payees: dict[str, PayeeModule] = dict(payees)
+    def __init__(self, verifiers: Mapping[str, PaymentVerifier] | None = None,
+                 payees: Mapping[str, PayeeModule] | None = None) -> None:
+        self.verifiers: dict[str, PaymentVerifier] = dict(verifiers or {})
+        self.payees: dict[str, PayeeModule] = dict(payees or {})
         for name, payee in self.payees.items():
             self.verifiers.setdefault(name, payee)
 
@@ -78,7 +78,8 @@ class PaymentManager(ManagerBase):
         try:
             return self.verifiers[name]
         except KeyError:
-            raise UnknownItemType(f"no payment module {name!r} here (known: {', '.join(sorted(self.verifiers)) or 'none'})"
+            raise UnknownItemType(f"no payment module {name!r} here (known: "
+                                  f"{', '.join(sorted(self.verifiers)) or 'none'})"
                                   ) from None
 
     def check_description(self, d: Description) -> None:

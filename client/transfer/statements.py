@@ -143,7 +143,8 @@ class StatementManager(_SignedItemManager):
                                "third party")
         body = vs.body
         if body.get("type") != "replacement" or body.get("xid") != b.xid or \
-                body.get("originator") != cert_id(b.originator) or body.get("statement") != dict(self._body(commitment)):
+                body.get("originator") != cert_id(b.originator) \
+                or body.get("statement") != dict(self._body(commitment)):
             raise ItemMismatch("the replacement statement is for another exchange, originator or statement")
         return Item("statement", {"der": replacement["der"], "replacement": True})
 

@@ -128,7 +128,7 @@ class EcashModule(BaseModule):
             if len(sigs) != len(p["coins"]):
                 raise ProtocolError("the mint answered a different number of coins")
             new = []
-            for c, s in zip(p["coins"], sigs):
+            for c, s in zip(p["coins"], sigs, strict=True):
                 cur, denom, pub = self.mint_keys()[c["key_id"]]
                 bl = blind.Blinded(formats.coin_message(c["key_id"], c["serial"]), unb64(c["blinded"], "blinded"),
                                    int(c["inverse"]))
@@ -186,7 +186,7 @@ class PayerFlow:
         raise ProtocolError("the e-cash payment is finished")
 
 
-class Coins(Message):
+class Coins(Message, frozen=True):
     """Payer -> payee: the coins that pay, all in the payment's currency."""
 
     kind: Literal["coins"]
@@ -194,7 +194,7 @@ class Coins(Message):
     coins: Annotated[list[formats.WireCoin], Meta(min_length=1, max_length=256)]
 
 
-class Deposited(Message):
+class Deposited(Message, frozen=True):
     """Payee -> payer: the mint's signed answer to the deposit of those coins."""
 
     kind: Literal["deposited"]

@@ -68,14 +68,14 @@ class MandateModule(BaseModule):
         return {"paid": Status.PAID, "bounced": Status.BOUNCED}.get(res["state"], record.status)
 
 
-class ChequeMessage(Message):
+class ChequeMessage(Message, frozen=True):
     """Payer -> payee: the cheque the drawer signed (its body: ``formats.Cheque``, read by the bank)."""
 
     kind: Literal["cheque"]
     cheque: SignedJson
 
 
-class Deposited(Message):
+class Deposited(Message, frozen=True):
     """Payee -> payer: the bank's signed answer to the deposit (paid or bounced)."""
 
     kind: Literal["deposited"]

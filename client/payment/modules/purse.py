@@ -334,7 +334,7 @@ class PurseModule(BaseModule):
 
 
 # ---- the four messages of a purse payment (payer: hello, proof; payee: challenge, receipt) --------------
-class Hello(Message):
+class Hello(Message, frozen=True):
     """Payer -> payee: which card pays, its next debit counter, its currency and certificate."""
 
     kind: Literal["hello"]
@@ -344,7 +344,7 @@ class Hello(Message):
     card_certificate: Annotated[bytes, Meta(max_length=4096)]
 
 
-class Challenge(Message):
+class Challenge(Message, frozen=True):
     """Payee -> payer: the PSAM's signed debit request (DRQ1) for the card, and the PSAM's certificate."""
 
     kind: Literal["challenge"]
@@ -353,7 +353,7 @@ class Challenge(Message):
     psam_certificate: Annotated[bytes, Meta(max_length=4096)]
 
 
-class Proof(Message):
+class Proof(Message, frozen=True):
     """Payer -> payee: the card's signed debit proof (DPF1)."""
 
     kind: Literal["proof"]
@@ -361,7 +361,7 @@ class Proof(Message):
     signature: Annotated[bytes, Meta(max_length=80)]
 
 
-class Receipt(Message):
+class Receipt(Message, frozen=True):
     """Payee -> payer: where the PSAM filed the proof (batch, index; batch 0: cleared alone)."""
 
     kind: Literal["receipt"]
@@ -388,7 +388,8 @@ class PayerFlow:
             except hw.HardwareError as e:
                 raise _card_error(e, "pay") from None
             if info.currency != self.terms.currency:
-                raise InstrumentError(f"the purse holds currency {info.currency}, the payment is in {self.terms.currency}")
+                raise InstrumentError(f"the purse holds currency {info.currency}, the payment is in "
+                                      f"{self.terms.currency}")
             if info.balance < self.terms.amount:
                 held = format_amount(info.balance, info.currency)
                 needed = format_amount(self.terms.amount, info.currency)
@@ -425,9 +426,9 @@ class PayerFlow:
             return Step({"kind": "proof", "proof": ev["proof"], "signature": ev["proof_signature"]},
                         status=Status.PAID, evidence=ev)
         if self.state == "proof":
-            msg = receive(incoming, Receipt)
+            receipt = receive(incoming, Receipt)
             self.state = "done"
-            return Step(None, done=True, status=Status.PAID, evidence={"batch": msg.batch, "index": msg.index})
+            return Step(None, done=True, status=Status.PAID, evidence={"batch": receipt.batch, "index": receipt.index})
         raise ProtocolError("the purse payment is finished")
 
 

@@ -85,7 +85,7 @@ class SetPayModule(BaseModule):
             res["refunded"] and res["refunded"] < res["captured"]) else Status.PARTLY_REFUNDED
 
 
-class Instruction(Message):
+class Instruction(Message, frozen=True):
     """Payer -> payee: the order information, the sealed payment instruction (for the bank only) and
     its hash, the dual signature over both and the payer's certificate."""
 
@@ -97,7 +97,7 @@ class Instruction(Message):
     payer_certificate: Annotated[str, Meta(max_length=8192)]      # base64 DER, passed on as is
 
 
-class Authorised(Message):
+class Authorised(Message, frozen=True):
     """Payee -> payer: the bank's signed authorisation (or capture)."""
 
     kind: Literal["authorised"]
