@@ -127,7 +127,7 @@ class PostgresCluster:
                               **kw)  # type: ignore[call-overload]
         if proc.returncode != 0:
             raise RuntimeError(f"{Path(args[0]).name} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-        return proc  # type: ignore[no-any-return]
+        return proc
 
     def _init_and_start(self) -> None:
         if self.account is not None:

@@ -11,10 +11,16 @@ import argparse
 import signal
 import socket
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import CommandFailed, UsageError, port, positive_int
 from .ca import ca_location_args, open_ca, pin_args
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from ..support.prefork import Child
 
 if TYPE_CHECKING:
     from ..support.http_service import ServiceRunner
@@ -83,7 +89,7 @@ def check_workers(args: argparse.Namespace) -> None:
 
 
 def serve_workers(args: argparse.Namespace, what: str, worker_argv: list[str], pin: bytes,
-                  devices: list | None = None) -> int:  # type: ignore[type-arg]
+                  devices: list[Child] | None = None) -> int:
     """The parent of ``--workers N``: bind the socket once, start the ``devices`` and then N workers
     (``worker_argv`` plus the inherited socket and the worker's number; the PIN on their standard input),
     restart what dies, stop all on SIGTERM (``support/prefork.py``)."""
@@ -106,7 +112,7 @@ def serve_workers(args: argparse.Namespace, what: str, worker_argv: list[str], p
         sock.close()
 
 
-def serve_as_worker(args: argparse.Namespace, app, tls: tuple, what: str) -> int:  # type: ignore[no-untyped-def]
+def serve_as_worker(args: argparse.Namespace, app: web.Application, tls: tuple[Path, Path], what: str) -> int:
     """One worker of ``--workers N``: serve ``app`` on the socket the parent bound until SIGTERM (the
     parent's, or the kernel's when the parent died: ``prefork.die_with_parent`` was called first)."""
     import os

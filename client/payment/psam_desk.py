@@ -154,7 +154,7 @@ class PsamDesk:
         return self._cert
 
     def info(self) -> PsamInfo:
-        return self._call(self.session.info)  # type: ignore[no-any-return]
+        return self._call(self.session.info)
 
     def begin_debit(self, payment_id: str, card_number: bytes, counter: int, amount: int, currency: int) -> Signed:
         """The PSAM-signed request (DRQ1) for this payment; the same one again for the same card, counter
@@ -176,7 +176,7 @@ class PsamDesk:
                 held.request = None
             _, signed = self._call(lambda: self.session.begin_debit(card_number, counter, amount, currency))
             held.key, held.request = key, signed
-            return signed  # type: ignore[no-any-return]
+            return signed
 
     def complete_debit(self, payment_id: str | None, card_certificate: bytes, proof: Signed) -> tuple[int, int, int]:
         """Take the card's proof into the open batch; the payment's room is given back when the PSAM took it."""
@@ -187,16 +187,16 @@ class PsamDesk:
             return result
 
     def find_proof(self, proof_record: bytes) -> tuple[int, int] | None:
-        return self._call(lambda: self.session.find_proof(proof_record))  # type: ignore[no-any-return]
+        return self._call(lambda: self.session.find_proof(proof_record))
 
     def close_batch(self) -> tuple[BatchHeader, Signed]:
-        return self._call(self.session.close_batch)  # type: ignore[no-any-return]
+        return self._call(self.session.close_batch)
 
     def batch_header(self, number: int) -> tuple[BatchHeader, Signed]:
-        return self._call(lambda: self.session.batch_header(number))  # type: ignore[no-any-return]
+        return self._call(lambda: self.session.batch_header(number))
 
     def batch_entries(self, number: int) -> list[BatchEntry]:
-        return self._call(lambda: self.session.batch_entries(number))  # type: ignore[no-any-return]
+        return self._call(lambda: self.session.batch_entries(number))
 
 
 class PsamPool:

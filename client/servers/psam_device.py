@@ -185,7 +185,7 @@ class PsamDeviceClient:
     def _connection(self) -> tuple[socket.socket, Any]:
         held = getattr(self._local, "conn", None)
         if held is not None:
-            return held  # type: ignore[no-any-return]
+            return held
         deadline = time.monotonic() + self.connect_wait
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -130,7 +130,8 @@ class ShopHome:
             write_secret(home.tls_dir / dst, Path(src).read_bytes())      # 0600 from the first byte
         catalogue.dump(home.folder / "catalogue.json")
         write_secret(home.folder / "admin-secret", secrets.token_urlsafe(24))
-        config = {"name": name, "token_label": token_label, "softhsm_conf": softhsm_conf, "account": account,
+        config: dict[str, Any] = {
+                  "name": name, "token_label": token_label, "softhsm_conf": softhsm_conf, "account": account,
                   "bank_url": bank_url, "psam_reader": psam_reader,
                   "psam_image": str(psam_image) if psam_image else None, "ttp_url": ttp_url,
                   "modules": list(modules), "exchange_port": exchange_port, "currency": currency}
