@@ -129,12 +129,18 @@ class PostgresCluster:
             raise RuntimeError(f"{Path(args[0]).name} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
         return proc
 
-    def _init_and_start(self) -> None:
+    def _own_folder(self) -> None:
         if self.account is not None:
             os.chown(self.folder, self.account.pw_uid, self.account.pw_gid)
         self.folder.chmod(0o700)
+
+    def _init_and_start(self) -> None:
+        self._own_folder()
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
                   "--encoding=UTF8", "--locale=C", "--no-instructions", "--no-sync", timeout=120)
+        self._start()
+
+    def _start(self) -> None:
         options = " ".join([
             "-c listen_addresses=''", f"-c unix_socket_directories={self.socket_dir}",
             *(() if self.durable else ("-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off")),
@@ -143,6 +149,39 @@ class PostgresCluster:
         self._run(str(self.bin / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.folder / "server.log"),
                   "-w", "-t", str(START_TIMEOUT_S), "-o", options, timeout=START_TIMEOUT_S + 30)
         self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def replica(self) -> PostgresCluster:
+        """A hot standby of this cluster: a base backup streamed over the primary's unix socket, started
+        read-only on a socket of its own, following the primary's write-ahead log (docs/deployment.md: the
+        auditor reads from a replica). Stopped like any cluster."""
+        standby = PostgresCluster(Path(tempfile.mkdtemp(prefix="semper-pg-replica-")), self.bin, self.account,
+                                  durable=self.durable)
+        try:
+            standby._own_folder()
+            standby._run(str(self.bin / "pg_basebackup"), "-D", str(standby.data), "-h", str(self.socket_dir),
+                         "-U", SUPERUSER, "-X", "stream", "-R", "--no-sync", timeout=120)
+            standby._start()
+        except BaseException:
+            standby.stop()
+            raise
+        atexit.register(standby.stop)
+        return standby
+
+    def caught_up(self, primary: PostgresCluster, timeout_s: float = 30.0) -> None:
+        """Wait (bounded) until this standby has replayed everything ``primary`` has written so far."""
+        import psycopg
+        with psycopg.connect(primary.url(), autocommit=True) as conn:
+            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        target = str(row[0]) if row else "0/0"
+        deadline = time.monotonic() + timeout_s
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            while True:
+                row = conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)).fetchone()
+                if row and row[0]:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the replica did not reach the primary's {target} within {timeout_s:.0f} s")
+                time.sleep(0.05)
 
     def stop(self) -> None:
         """Stop the server by its pid (fast shutdown, then immediate, then kill), remove the folder."""

@@ -207,6 +207,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _commit_counter(url: str) -> Callable[[], int]:
+    """Transactions the shop's PostgreSQL database committed so far (``pg_stat_database``; its counters
+    lag by up to the stats interval, so the window's edges are read after a short settle)."""
+    def read() -> int:
+        import psycopg
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            row = conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").fetchone()
+        return int(row[0]) if row else 0
+    return read
+
+
 def _tree_cpu_seconds(pid: int) -> float:
     """CPU of a process and all its descendants: its own, its ended children's (counted in it once it
     waited for them: a worker or a database backend that ended) and every live descendant's."""
@@ -293,11 +305,12 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
                                                          launcher=launcher, extra=("--workers", str(workers)))
                     tell(f"personalising {buyers} buyer cards, certifying their keys, loading their purses")
                     specs = make_buyers(world, buyers, tell)
-                    seller = {"seller (semper serve shop: every worker, the PSAM's owner)": shop_proc.pid}
+                    seller = {"seller (semper serve shop)": shop_proc.pid}       # its tree: workers, PSAM devices
                     if cluster is not None and cluster.pid is not None:
                         seller["database server (PostgreSQL)"] = cluster.pid
+                    commits = _commit_counter(dbs["shop"]) if "shop" in dbs else None
                     report, results = _run(world, s.shop, seller, vc, specs, seconds, processes, warmup,
-                                           profile_seconds, profile_file, tell)
+                                           profile_seconds, profile_file, tell, commits)
                     report.update(shop_workers=workers, db=db)
                     world.stop()                     # the shop lets go of its PSAM: read it for the money check
                     report["money"] = _money(specs, results, vc.readers[0])
@@ -330,8 +343,8 @@ def _money(specs: list[BuyerSpec], results: list[dict[str, Any]], psam_reader: s
 
 def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list[BuyerSpec], seconds: float,
          processes: int,
-         warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None]
-         ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+         warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None],
+         commits: Callable[[], int] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     groups = [specs[i::processes] for i in range(processes)]
@@ -362,9 +375,12 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
         pids = {**seller, "PSAM (simulated card process)": vc.server.pid, **({"pcscd": pcscd} if pcscd else {})}
         time.sleep(max(0.0, plan["window_at"] - time.time()))
         before = {k: _tree_cpu_seconds(p) for k, p in pids.items()}
+        committed = [commits()] if commits is not None else []
         tell(f"timing for {seconds:g} s")
         time.sleep(max(0.0, plan["window_end"] - time.time()))
         after = {k: _tree_cpu_seconds(p) for k, p in pids.items()}
+        if commits is not None:
+            committed.append(commits())
         if profile_seconds > 0:
             os.kill(shop_pid, signal.SIGUSR1)
             tell(f"profiling for {profile_seconds:g} s")
@@ -379,8 +395,11 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
             w.join(10)
             if w.is_alive():
                 w.kill()
-    return _report(specs, seconds, processes, warmup, plan, results, before, after, profile_file,
-                   profile_seconds), results
+    report = _report(specs, seconds, processes, warmup, plan, results, before, after, profile_file, profile_seconds)
+    if len(committed) == 2 and report["purchases"]:
+        # the window's commits over the purchases that finished in it (a few at the edges belong to neighbours)
+        report["db_commits_per_purchase"] = round((committed[1] - committed[0]) / report["purchases"], 2)
+    return report, results
 
 
 def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: float, plan: dict[str, float],
@@ -401,7 +420,6 @@ def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: floa
     # the simulated PSAM card (a real card computes on its own chip) nor the buyers
     mine = [k for k in per if k.startswith(("seller", "database server", "pcscd"))]
     seller_ms = round(sum(per[k] or 0.0 for k in mine), 3) if done else None
-    per["seller total"] = seller_ms
     cores = os.cpu_count() or 1
     report: dict[str, Any] = {
         "bench": "throughput",
@@ -415,7 +433,9 @@ def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: floa
         "purchases_per_s": round(rate, 1),
         "latency": _percentiles(done) if done else None,
         "cpu_s_in_window": cpu, "cpu_ms_per_purchase": per,
-        "seller_cpu_ms_per_purchase": seller_ms,
+        # the seller's own processes: 'semper serve shop' with every worker and PSAM device process, its
+        # database server (PostgreSQL), pcscd for its PSAM reader
+        "seller_cpu_ms_per_purchase": seller_ms, "seller_cpu_parts": mine,
         "seller_capacity_per_core": round(1000 / seller_ms, 1) if seller_ms else None,
         # how many purchases per second this machine's cores could take if they ran the seller alone
         "seller_capacity_per_s": round(cores * 1000 / seller_ms, 1) if seller_ms else None, "cores": cores,
