@@ -215,7 +215,7 @@ def cmd_serve_bank(args: argparse.Namespace) -> int:
     h = _home(args)
     if args.listen_fd is not None:               # one worker of --workers N (its parent checked the rest)
         from ..support.prefork import die_with_parent
-        die_with_parent()
+        die_with_parent(args.parent_pid)
         bank = _open(args)
         return serve_as_worker(args, build_app(bank), (h.tls_dir / "cert.pem", h.tls_dir / "key.pem"),
                                f"semper bank {bank.bank_id}")

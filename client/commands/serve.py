@@ -81,6 +81,7 @@ def worker_args(p: argparse.ArgumentParser, service: str) -> None:
                         "in its database, so any worker takes any request (docs/deployment.md)")
     p.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
 
 
 def check_workers(args: argparse.Namespace) -> None:

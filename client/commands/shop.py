@@ -182,7 +182,7 @@ def cmd_serve_shop(args: argparse.Namespace) -> int:
         check_bindable(args.host, args.port)
     else:
         from ..support.prefork import die_with_parent
-        die_with_parent()
+        die_with_parent(args.parent_pid)
     pin = read_pin_file(args.pin_file, "seller token PIN") if args.pin_file else read_secret("shop token PIN",
                                                                                               args.pin_stdin)
     if args.listen_fd is not None:

@@ -148,12 +148,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..support.prefork import die_with_parent
     from .shop_home import ShopHome
-    die_with_parent()
     ap = argparse.ArgumentParser(prog="python -m semper.client.servers.psam_device")
     ap.add_argument("--dir", type=Path, required=True)
     ap.add_argument("--index", type=int, default=0)
     ap.add_argument("--socket", type=Path, required=True)
+    ap.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    die_with_parent(args.parent_pid)
     spec = ShopHome(args.dir).psam_specs()[args.index]
     conn = open_connection(AID.PSAM, spec.get("reader"), Path(spec["image"]) if spec.get("image") else None,
                            sync=False)

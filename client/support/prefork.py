@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("semper.prefork")
-PARENT_ENV = "SEMPER_PREFORK_PARENT"        # the parent's pid, for its children (die_with_parent)
+PARENT_OPTION = "--parent-pid"              # how a child learns its parent's pid (die_with_parent)
 PR_SET_PDEATHSIG = 1
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
@@ -62,8 +62,9 @@ class Child:
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         self.starts.append(time.monotonic())
-        env = {**(self.env if self.env is not None else os.environ), PARENT_ENV: str(os.getpid())}
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+        env = self.env if self.env is not None else dict(os.environ)
+        self.proc = subprocess.Popen([*self.argv, PARENT_OPTION, str(os.getpid())], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=None,
                                      pass_fds=self.pass_fds, env=env, start_new_session=False)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
@@ -186,17 +187,17 @@ def run_supervised(supervisor: Supervisor, announce: Callable[[], str], what: st
     return 0
 
 
-def die_with_parent() -> None:
-    """In a child of a :class:`Supervisor`: end with the parent (a parent killed with SIGKILL cannot stop
-    its children; the kernel sends them SIGTERM instead), and at once if the parent is gone already."""
-    parent = os.environ.get(PARENT_ENV)
+def die_with_parent(parent: int | None) -> None:
+    """In a child of a :class:`Supervisor` (``parent``: the pid its ``--parent-pid`` option gave; None when
+    it was started otherwise): end with the parent (a parent killed with SIGKILL cannot stop its children;
+    the kernel sends them SIGTERM instead), and at once if the parent is gone already."""
     if not parent:
         return
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):          # not Linux: the parent's SIGTERM is the only stop
         pass
-    if os.getppid() != int(parent):
+    if os.getppid() != parent:
         sys.exit(0)
 
 
