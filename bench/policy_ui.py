@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from semper.client.tinguin.confirmation import digest, render
 from semper.client.tinguin.model import (
@@ -38,6 +39,8 @@ class PolicyUI:
     pins: list[str] = field(default_factory=list)           # the purposes asked for
     steps: list[ProgressStep] = field(default_factory=list)
     outcomes: list[DealOutcome] = field(default_factory=list)
+    allow_service: bool = True
+    services: list[Any] = field(default_factory=list)        # the downloaded services shown (ServiceView)
 
     def review_offer(self, offer: VerifiedOffer) -> PaymentOption | None:
         self.offers.append(offer)
@@ -75,3 +78,7 @@ class PolicyUI:
 
     def result(self, outcome: DealOutcome) -> None:
         self.outcomes.append(outcome)
+
+    def review_service(self, view: Any) -> bool:
+        self.services.append(view)
+        return self.allow_service

@@ -30,9 +30,12 @@ SO_PIN = b"demo-so-13579135"
 CARD_PIN = b"1234"
 CARD_PUK = b"12345678"
 EUR = 978
-TOKENS = ("ca", "seller", "bank", "ttp", "wallet")
+TOKENS = ("ca", "seller", "bank", "ttp", "wallet", "certifier", "mall", "shop2")
 DENOMINATIONS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 SHOP_NAME = "Teapot Shop"
+CERTIFIER_NAME = "semper service certifier"
+MALL_NAME = "Tea Mall"
+SHOP2_NAME = "Kettle Shop"
 BUYER_NAME = "Bob Buyer"
 BUYER_EMAIL = "bob@buyer.example"
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +47,9 @@ class Services:
     bank: str = ""
     ttp: str = ""
     shop: str = ""
+    certifier: str = ""
+    shop2: str = ""
+    mall: str = ""
     runners: list[Any] = field(default_factory=list)        # in-process ServiceRunners
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
     closers: list[Any] = field(default_factory=list)
@@ -70,6 +76,7 @@ class World:
     ttp_dir = property(lambda self: self.folder / "ttp")
     shop_dir = property(lambda self: self.folder / "shop")
     buyer_dir = property(lambda self: self.folder / "buyer")
+    certifier_dir = property(lambda self: self.folder / "certifier")
     pin_file = property(lambda self: self.folder / "token.pin")
 
     @property
@@ -87,10 +94,12 @@ class World:
         return ["--db", url] if url else []
 
     @classmethod
-    def create(cls, folder: Path, *, card_sync: bool = False, say: Any = None,
+    def create(cls, folder: Path, *, card_sync: bool = False, say: Any = None, people: tuple[str, ...] = (),
                dbs: dict[str, str] | None = None) -> World:
-        """``dbs``: storage URLs by service (``ca``, ``bank``, ``ttp``, ``shop``), e.g. PostgreSQL
-        databases; a service not named keeps SQLite in its folder."""
+        """``people``: more persons, each with a token of that label, a CA certificate and a bank account
+        (``accounts[name]``): the parties of person-to-person exchanges (``semper exchange``, its tests).
+        ``dbs``: storage URLs by service (``ca``, ``bank``, ``ttp``, ``shop``), e.g. PostgreSQL databases; a
+        service not named keeps SQLite in its folder."""
         from semper.hsm.signer import Pkcs11Signer
         from semper.hsm.softhsm import SoftHsmStore, provision
 
@@ -110,7 +119,7 @@ class World:
         tell("purse scheme root and SoftHSM2 tokens (CA, seller, bank, third party, wallet)")
         scheme = Scheme.load_or_create(folder / "scheme", TOKEN_PIN)     # the PIN file is beside, not in, it
         store = SoftHsmStore.in_folder(folder / "softhsm")
-        for label in TOKENS:
+        for label in TOKENS + tuple(people):
             provision(store, label, TOKEN_PIN, SO_PIN)
         conf = str(store.conf)
         tell("the CA: self-signed root in its token")
@@ -131,6 +140,28 @@ class World:
         seller_cert = ca.issue_direct(pki.Subject(SHOP_NAME, "seller", "sales@teapot.example"),
                                       seller.public_point()).certificate
         seller.store_certificate(seller_cert)
+        tell("the service certifier's key (its own token, role certifier) certified by the CA")
+        certifier = Pkcs11Signer.open("certifier", softhsm_conf=conf)
+        certifier.verify_pin(TOKEN_PIN)
+        certifier.store_certificate(ca.issue_direct(pki.Subject(CERTIFIER_NAME, "certifier"),
+                                                    certifier.public_point()).certificate)
+        certifier.close()
+        tell("the mall's key (seller to buyers, customer to its shops) and a second shop's key")
+        mall = Pkcs11Signer.open("mall", softhsm_conf=conf)
+        mall.verify_pin(TOKEN_PIN)
+        mall_cert = ca.issue_direct(pki.Subject(MALL_NAME, "seller", "billing@mall.example"),
+                                    mall.public_point()).certificate
+        mall.store_certificate(mall_cert)
+        (folder / "mall").mkdir(exist_ok=True)
+        (folder / "mall" / "orders.der").write_bytes(ca.issue_direct(
+            pki.Subject(MALL_NAME + " purchasing", "person", "orders@mall.example"), mall.public_point()).certificate)
+        mall.close()
+        shop2 = Pkcs11Signer.open("shop2", softhsm_conf=conf)
+        shop2.verify_pin(TOKEN_PIN)
+        shop2_cert = ca.issue_direct(pki.Subject(SHOP2_NAME, "seller", "sales@kettles.example"),
+                                     shop2.public_point()).certificate
+        shop2.store_certificate(shop2_cert)
+        shop2.close()
         tell("the bank: issuer key, payment-instruction key and mint keys in its token")
         bank_home = BankHome(folder / "bank", dbs.get("bank"))
         bank_home.init(scheme, TOKEN_PIN, token_label="bank", softhsm_conf=Path(conf), denominations=DENOMINATIONS,
@@ -159,12 +190,24 @@ class World:
             psam_cert = PsamSession(c).certificate()
         tell("accounts: the seller's and the buyer's (100.00 EUR); card and PSAM linked")
         accounts = {"seller": bank.open_account(SHOP_NAME, EUR, seller_cert),
-                    "buyer": bank.open_account(BUYER_NAME, EUR, piv_cert)}
+                    "buyer": bank.open_account(BUYER_NAME, EUR, piv_cert),
+                    "mall": bank.open_account(MALL_NAME, EUR, mall_cert),
+                    "shop2": bank.open_account(SHOP2_NAME, EUR, shop2_cert)}
         bank.link_card(purse_cert, accounts["buyer"])
         bank.link_psam(psam_cert, accounts["seller"])
         bank.cash_in(accounts["buyer"], 10_000)
+        closers = [seller.close]
+        for name in people:
+            person = Pkcs11Signer.open(name, softhsm_conf=conf)
+            person.verify_pin(TOKEN_PIN)
+            cert = ca.issue_direct(pki.Subject(name.title(), "person", f"{name}@people.example"),
+                                   person.public_point()).certificate
+            person.store_certificate(cert)
+            accounts[name] = bank.open_account(name.title(), EUR, cert)
+            bank.cash_in(accounts[name], 10_000)
+            closers.append(person.close)
         world = cls(folder, scheme, store, ca, root_pem, buyer_card, psam_card, accounts, bank=bank, dbs=dbs)
-        world.services.closers += [seller.close]
+        world.services.closers += closers
         return world
 
     # ---- services -------------------------------------------------------------------------------------
@@ -209,7 +252,9 @@ class World:
                                        server_context(bank_home.tls_dir / "cert.pem",
                                                       bank_home.tls_dir / "key.pem")).start())
         s.bank = s.runners[-1].url
-        opened = TtpHome(self.ttp_dir, self.dbs.get("ttp")).open(TOKEN_PIN)
+        ttp_home = TtpHome(self.ttp_dir, self.dbs.get("ttp"))
+        ttp_home.connect_bank(s.bank, self.bank_tls_root)       # payments in fair exchanges, at the bank
+        opened = ttp_home.open(TOKEN_PIN)
         s.closers.append(opened.close)
         s.runners.append(ServiceRunner(opened.app(), "127.0.0.1", 0, server_context(*opened.tls)).start())
         s.ttp = s.runners[-1].url
@@ -222,6 +267,107 @@ class World:
         s.runners.append(ServiceRunner(opened.app(), "127.0.0.1", 0, server_context(*opened.tls)).start())
         s.shop = s.runners[-1].url
         return s
+
+    def start_certifier(self) -> Any:
+        """The service certifier in this process (its folder made on first use); returns the open
+        certifier (``.certifier``), its URL in ``services.certifier``."""
+        from .servers.ca_home import issue_tls_identity
+        from .servers.certifier_home import CertifierHome
+        from .support.channels import server_context
+        from .support.http_service import ServiceRunner
+        s = self.services
+        home = CertifierHome(self.certifier_dir)
+        if not home.config_file.exists():
+            from semper.hsm.signer import Pkcs11Signer
+            signer = Pkcs11Signer.open("certifier", softhsm_conf=str(self.store.conf))
+            try:
+                cert = signer.certificate()
+            finally:
+                signer.close()
+            tls = issue_tls_identity(self.ca, ("127.0.0.1", "localhost"), self.folder / "certifier-tls",
+                                     name=CERTIFIER_NAME)
+            CertifierHome.create(self.certifier_dir, token_label="certifier", softhsm_conf=str(self.store.conf),
+                                 certificate=cert, ca_root=self.ca_root, url="https://127.0.0.1:8447", tls=tls)
+        opened = home.open(TOKEN_PIN)
+        s.closers.append(opened.close)
+        s.runners.append(ServiceRunner(opened.app(), "127.0.0.1", 0, server_context(*opened.tls)).start())
+        s.certifier = s.runners[-1].url
+        opened.certifier.url = s.certifier              # its revocation list is published where it listens
+        return opened
+
+    def start_mall(self) -> Any:
+        """A second shop (no PSAM: online payments) and the mall over both shops, in this process, after
+        :meth:`start_in_process`; returns the mall (its URL in ``services.mall``, the second shop's in
+        ``services.shop2``)."""
+        from semper.hsm.signer import Pkcs11Signer
+
+        from .commerce.archive import SharedArchive
+        from .commerce.buyer import Buyer
+        from .commerce.catalogue import Catalogue, CatalogueItem
+        from .commerce.shop_client import ShopClient
+        from .exchange.identity import Identity
+        from .payment.bank_client import BankClient
+        from .payment.manager import PaymentManager
+        from .payment.module import PartyContext
+        from .servers.ca_home import issue_tls_identity
+        from .servers.mall import AgentSigner, AgentUI, Mall, MallShop, index_catalogue, mount_mall
+        from .servers.service_host import mount_services
+        from .servers.shop_home import ShopHome
+        from .servers.shop_http import build_app
+        from .support.channels import server_context
+        from .support.db import Database
+        from .support.http_service import ServiceRunner
+        from .support.trust import TrustStore
+        s = self.services
+        conf = str(self.store.conf)
+        kettles = Catalogue.of([CatalogueItem("kettle", "Kettle, stainless steel, 1.7 l", "physical", 2490),
+                                CatalogueItem("tea-cups", "Tea cups, set of four", "physical", 1600)])
+        tls2 = issue_tls_identity(self.ca, ("127.0.0.1", "localhost"), self.folder / "shop2-tls", name=SHOP2_NAME)
+        home2 = ShopHome.create(self.folder / "shop2", name=SHOP2_NAME, token_label="shop2", softhsm_conf=conf,
+                                account=self.accounts["shop2"], bank_url=s.bank, bank_tls_root=self.bank_tls_root,
+                                ca_root=self.ca_root, purse_root=self.scheme.root_cert, catalogue=kettles, tls=tls2,
+                                modules=("cheque", "setpay"))
+        opened2 = home2.open(TOKEN_PIN, with_exchange=False)
+        s.closers.append(opened2.close)
+        s.runners.append(ServiceRunner(opened2.app(), "127.0.0.1", 0, server_context(*opened2.tls)).start())
+        s.shop2 = s.runners[-1].url
+        shops = {"teapots": MallShop("teapots", SHOP_NAME, s.shop), "kettles": MallShop("kettles", SHOP2_NAME, s.shop2)}
+        catalogues = {"teapots": s.opened_shop.shop.catalogue, "kettles": kettles}
+        signer = Pkcs11Signer.open("mall", softhsm_conf=conf)
+        signer.verify_pin(TOKEN_PIN)
+        s.closers.append(signer.close)
+        trust = TrustStore([self.ca_root])
+        mall_dir = self.folder / "mall"
+        bank = BankClient(s.bank, self.bank_tls_root, signer)
+        payments = PaymentManager(PartyContext(bank=bank, signer=signer, account=self.accounts["mall"]),
+                                  only=["cheque", "setpay"])
+        archive = SharedArchive(mall_dir / "evidence.sqlite3", sign=Identity(signer).sign)
+        s.closers.append(archive.close)
+        agent_signer = AgentSigner(signer, (mall_dir / "orders.der").read_bytes())
+        agents = {}
+        for key, shop in shops.items():
+            ui = AgentUI("cheque")
+            client = ShopClient(shop.url, self.root_pem)
+            s.closers.append(client.close)
+            agent_bank = BankClient(s.bank, self.bank_tls_root, agent_signer)
+            ctx = PartyContext(bank=agent_bank, signer=agent_signer, enter_pin=lambda purpose, session: None,
+                               account=self.accounts["mall"])
+            agent_archive = SharedArchive(mall_dir / f"purchases-{key}.sqlite3", sign=Identity(signer).sign)
+            s.closers.append(agent_archive.close)
+            agents[key] = Buyer(ui, trust, client, agent_archive, PaymentManager(ctx, only=["cheque"]),
+                                signer=agent_signer, patience=5.0)       # type: ignore[arg-type]
+        mall_db = Database(f"sqlite:///{mall_dir / 'mall.db'}")       # its deals, as every shop's
+        s.closers.append(mall_db.close)
+        mall = Mall(shops=shops, agents=agents, name=MALL_NAME, identity=Identity(signer), trust=trust, db=mall_db,
+                    catalogue=index_catalogue(shops, catalogues), payments=payments, account=self.accounts["mall"],
+                    archive=archive)
+        app = build_app(mall)
+        mount_mall(app, mall)
+        mount_services(app, mall_dir / "services")
+        tls = issue_tls_identity(self.ca, ("127.0.0.1", "localhost"), self.folder / "mall-tls", name=MALL_NAME)
+        s.runners.append(ServiceRunner(app, "127.0.0.1", 0, server_context(*tls)).start())
+        s.mall = s.runners[-1].url
+        return mall
 
     def start_shop_process(self, *, psam_reader: str, catalogue: Any = None,
                            launcher: tuple[str, ...] = ("-m", "semper.client.cli", "serve", "shop"),
@@ -253,6 +399,9 @@ class World:
                     + self.db_args("bank"),
                     "ttp": base + ["ttp", "--dir", str(self.ttp_dir), "--port", "0"] + pin + self.db_args("ttp")}
         for name, cmd in commands.items():
+            if name == "ttp":
+                from .servers.ttp_home import TtpHome
+                TtpHome(self.ttp_dir).connect_bank(s.bank, self.bank_tls_root)
             proc = _spawn(cmd, env)
             s.processes.append(proc)
             setattr(s, name, _announced(proc, name, timeout))
@@ -288,6 +437,9 @@ class World:
     def balances(self, purse: Any = None) -> dict[str, int]:
         out = {"buyer account": self.bank.balance(self.accounts["buyer"]),
                "seller account": self.bank.balance(self.accounts["seller"])}
+        for extra in ("mall", "shop2"):
+            if extra in self.accounts:
+                out[f"{extra} account"] = self.bank.balance(self.accounts[extra])
         if purse is not None:
             purse.select()
             out["buyer purse"] = purse.info().balance

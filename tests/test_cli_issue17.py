@@ -311,8 +311,8 @@ def test_version_and_exit_codes_in_help() -> None:
 
 
 #: commands that print no data: services, interactive windows, measurements (JSON already)
-NO_JSON = {"serve ca", "serve bank", "serve ttp", "serve shop", "card serve", "demo", "ui", "tinguin",
-           "card tear-test"}
+NO_JSON = {"serve ca", "serve bank", "serve ttp", "serve shop", "serve certifier", "card serve", "demo", "ui",
+           "tinguin", "card tear-test"}
 
 
 def _leaves(parser: argparse.ArgumentParser, prefix: str = "") -> list[tuple[str, argparse.ArgumentParser]]:

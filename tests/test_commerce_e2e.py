@@ -323,3 +323,102 @@ def test_a_deal_through_the_tinguin_screens(market: Market) -> None:
     assert bundle.ok
     order = next(e.statement.body for e in bundle.entries if e.statement and e.statement.type == "order")
     assert order["confirmation"]["scripted"] is True                            # the evidence says no person confirmed
+
+
+def _bank_rows(m: Market) -> set[tuple[str, tuple[object, ...]]]:
+    db = m.world.bank.db
+    with db.transaction(write=False) as tx:
+        tables = [r[0] for r in tx.all("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {(t, tuple(row)) for t in tables for row in tx.all(f'SELECT * FROM "{t}"')}
+
+
+def _tokens(rows: set[tuple[str, tuple[object, ...]]]) -> set[str]:
+    """Every long value in the rows (hex, base64, ids; JSON taken apart): what could link two records."""
+    import re
+    out: set[str] = set()
+    for _table, row in rows:
+        for value in row:
+            text = value.hex() if isinstance(value, bytes) else str(value)
+            out.update(re.findall(r"[A-Za-z0-9+/=_:-]{16,}", text))
+    return out
+
+
+def test_an_anonymous_purchase_end_to_end(market: Market) -> None:
+    """Issue 18, part 4, on the TINGUIN's own screens (its scripted user): a fresh buyer's client (a new
+    wallet, a new evidence archive; the card only signs the withdrawal at the bank) withdraws e-cash, then
+    buys anonymously with it. The seller receives nothing that names the buyer; the bank's records of the
+    withdrawal and of the seller's deposit share nothing that links them; the deal ran on connections of
+    its own (the shop client's kept-alive pool is closed after it)."""
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from semper.client.commerce import anonymity
+    from semper.client.tinguin.api import Script, run_scripted
+    m = market
+    world, services = m.world, m.world.services
+    m.shop.cheat = Cheat()
+    fresh = m.folder / "fresh-buyer"
+    fresh.mkdir()
+    said: list[str] = []
+    box: dict[str, Any] = {}
+
+    def deal(ui: Any) -> Any:
+        cfg = BuyerConfig(shop_url=services.shop, ca_root_pem=world.root_pem, archive=fresh / "evidence.sqlite3",
+                          bank_url=services.bank, bank_tls_root=world.bank_tls_root, account=world.accounts["buyer"],
+                          wallet=Wallet(fresh / "wallet.json", TokenWalletKey(world.wallet_keys())))
+        s = open_buyer(cfg, ui, m.buyer.signer.signer.session.apdu.connection)
+        b = s.buyer
+        try:
+            cert = b.certificate()
+            with b.card_lock:
+                b.purse.select()
+                box["card"] = b.purse.info().card_number
+            box["cert"] = cert
+            box["before"] = _bank_rows(m)
+            box["withdrawn"] = anonymity.withdraw(b, 1_250, 978)                # a teapot's worth
+            box["withdrawal"] = _bank_rows(m) - box["before"]
+            sent: list[bytes] = []
+            real = b.shop.http.request
+
+            def spy(method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None
+                    ) -> tuple[int, str, bytes]:
+                sent.append(f"{method} {path} {headers}".encode() + (data or b""))
+                return real(method, path, data, headers)
+            b.shop.http.request = spy                                           # type: ignore[method-assign]
+            r = workflows.mail_order(b, [("teapot", 1)], form={"pickup": "Kiosk C"},
+                                     attributes=deal_attributes("mail-order", anonymous=True))
+            box["sent"], box["pool_closed"] = sent, b.shop.http._http is None
+            box["bank_cert"] = b.payments.ctx.bank.bank_certificate
+            return r
+        finally:
+            s.close()
+    r = run_scripted(deal, script=Script(payment="ecash", pin=CARD_PIN.decode()), phrase="my tea phrase",
+                     say=said.append, timeout=90)
+    w = box["withdrawn"]
+    assert w.status is OutcomeStatus.SATISFIED and w.wallet_balance == 1_250, w.summary
+    assert r.status is OutcomeStatus.SATISFIED, r.summary
+    assert any("PIN entry verified" in x for x in said)                        # the withdrawal's PIN, on screen
+    assert any("read the result (satisfied)" in x for x in said)
+    assert box["pool_closed"]                                                   # no connection left for another deal
+    deposit = _bank_rows(m) - box["before"] - box["withdrawal"]
+    # the seller: nothing the buyer sent names it
+    cert, card_number = box["cert"], box["card"]
+    der = cert.public_bytes(Encoding.DER)
+    names = [b"Bob Buyer", b"bob@buyer.example", world.accounts["buyer"].encode(), base64.b64encode(der)[:40],
+             der.hex()[:40].encode(), f"{cert.serial_number:x}".encode(), f"{cert.serial_number:X}".encode(),
+             card_number.hex().encode(), card_number.hex().upper().encode()]
+    blob = b"\n".join(box["sent"])
+    assert box["sent"] and not [n for n in names if n in blob], [n for n in names if n in blob]
+    # the bank: the withdrawal's records and the deposit's share no value that could link them (the same for
+    # every coin: the mint's key ids, the e-cash ledger account, the bank's own certificate on its answers)
+    with world.bank.db.transaction(write=False) as tx:
+        shared_ok = {str(row[0]) for row in tx.all("SELECT key_id FROM mint_keys")} | {"ecash:978"}
+    assert any(t == "spent_coins" for t, _ in deposit), deposit                # the coins were deposited
+    linked = (_tokens(box["withdrawal"]) & _tokens(deposit)) - shared_ok
+    linked = {t for t in linked if not t.startswith(("20", "ecash"))}           # timestamps, ledger names
+    bank_cert = box["bank_cert"]
+    linked = {t for t in linked if t not in base64.b64encode(bank_cert).decode() and t not in bank_cert.hex()}
+    assert not linked, [(t[:40], sorted({tb for tb, row in box["withdrawal"] | deposit if t in str(row)}))
+                        for t in linked]
+    m.clean()

@@ -193,7 +193,8 @@ def test_confirm_screen_returns_exactly_the_text_it_showed() -> None:
 
 
 def test_a_yes_typed_before_the_text_could_be_read_does_not_count() -> None:
-    app = TinguinApp(phrase=PHRASE, start=None, min_read=0.5)
+    # 3 s to read: the first y comes far sooner even on a loaded machine (0.5 s was not always enough there)
+    app = TinguinApp(phrase=PHRASE, start=None, min_read=3.0)
 
     async def body(pilot: Any) -> tuple[Any, str]:
         future = app.open(ConfirmScreen(request()))
@@ -202,7 +203,7 @@ def test_a_yes_typed_before_the_text_could_be_read_does_not_count() -> None:
         await pilot.pause()
         assert not future.done()
         text = screen_text(app)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(3.0)
         await pilot.press("y")
         return await asyncio.wait_for(future, 5), text
     answer, text = run_app(app, body)

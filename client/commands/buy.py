@@ -63,6 +63,13 @@ def _file(path: Path | None, what: str) -> Path | None:
     return path
 
 
+def _service_name(text: str) -> str:
+    from ..commerce.services.document import valid_name
+    if not valid_name(text):
+        raise argparse.ArgumentTypeError("a service name: lower-case letters, digits and '-', e.g. tea-news")
+    return text
+
+
 def _shop_and_items(args: argparse.Namespace, p: Any) -> tuple[str, list[str]]:
     words = list(args.target)
     if words and words[0].startswith(("https://", "http://")):
@@ -187,7 +194,7 @@ def cmd_buy(args: argparse.Namespace) -> int:
     from ..tinguin.api import Script
     p = prefs.load()
     shop_url, words = _shop_and_items(args, p)
-    if not words:
+    if not words and not args.service:
         raise UsageError("which items? name at least one SKU (the shop's GET /catalogue lists them)")
     items = _items(words)
     if args.image is not None and not args.image.exists():
@@ -219,7 +226,13 @@ def cmd_buy(args: argparse.Namespace) -> int:
         return opened.enter_context(cards.connection(AID.PURSE, settings.reader, args.image))
 
     say = _Say()
-    purchase = Purchase(args.workflow, items, form, pay, args.anonymous)
+    purchase = Purchase(args.workflow, items, form, pay, args.anonymous, args.service)
+    if args.service:
+        certifiers = args.certifiers or _file(_pref_path(p, "trust.certifiers"), "prefs trust.certifiers")
+        if certifiers is None:
+            raise UsageError("a downloaded service runs only when a certifier you trust certified it: pass "
+                             "--certifiers PEM (or: semper prefs set trust.certifiers FILE)")
+        settings.config.certifiers = certifiers
     try:
         with opened:
             result = buy(settings.config, card, purchase, interactive=interactive, script=script, say=say)
@@ -256,11 +269,16 @@ def _text(out: dict[str, Any], archive: Path) -> str:
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     p = sub.add_parser("buy", help="buy from a shop (offer, TINGUIN, order, payment, delivery)")
-    p.add_argument("target", nargs="+", metavar="[SHOP_URL] ITEM",
+    p.add_argument("target", nargs="*", metavar="[SHOP_URL] ITEM",
                    help="the shop, https://host:port (default: prefs servers.shop), then SKU or SKU:QUANTITY (see "
                         "the shop's GET /catalogue)")
     p.add_argument("-w", "--workflow", default="mail-order", choices=("mail-order", "information", "registration",
                                                                       "contract"))
+    p.add_argument("-s", "--service", type=_service_name, metavar="NAME",
+                   help="download the shop's commerce service NAME (its GET /services lists them), check its "
+                        "certificate, show it in the TINGUIN and run it (items: as the service says, or these)")
+    p.add_argument("--certifiers", type=existing_file, metavar="PEM",
+                   help="the service certifiers you trust (default: prefs trust.certifiers)")
     p.add_argument("--pay", help="the payment module you would prefer (you choose in the TINGUIN; default: prefs "
                                  "payment.default_module)")
     p.add_argument("--anonymous", action="store_true", help="an anonymous deal: nothing signed, e-cash only "

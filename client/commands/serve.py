@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..support.http_service import ServiceRunner
 
 #: one default port per service: 'semper serve ca', 'bank', 'ttp' and 'shop' run side by side
-DEFAULT_PORTS = {"ca": 8443, "bank": 8444, "ttp": 8445, "shop": 8446}
+DEFAULT_PORTS = {"ca": 8443, "bank": 8444, "ttp": 8445, "shop": 8446, "certifier": 8447}
 MAX_WORKERS = 64
 
 

@@ -83,6 +83,19 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bank(args: argparse.Namespace) -> int:
+    home = _home(args)
+    home.config()
+    if not args.bank.startswith("https://"):
+        raise UsageError("--bank must be the bank's https:// URL")
+    if not args.bank_tls_root.is_file():
+        raise UsageError(f"--bank-tls-root {args.bank_tls_root}: no such file")
+    home.connect_bank(args.bank, args.bank_tls_root)
+    emit(args, {"folder": str(home.folder), "bank": args.bank},
+         f"the third party in {home.folder} asks the bank at {args.bank} about payments in fair exchanges")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..support.channels import server_context
     from ..support.http_service import ServiceRunner
@@ -119,6 +132,13 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--tls-host", action="append", help="another name for the TLS certificate (repeat)")
     json_arg(p)
     p.set_defaults(fn=cmd_init)
+
+    p = ttp.add_parser("bank", help="let the third party reach the bank (e-cash and cheques in fair exchanges)")
+    p.add_argument("--dir", type=Path, help="the third party's folder (default: $SEMPER_HOME/ttp)")
+    p.add_argument("--bank", required=True, help="the bank's URL")
+    p.add_argument("--bank-tls-root", type=Path, required=True, help="the bank's TLS root (PEM)")
+    json_arg(p)
+    p.set_defaults(fn=cmd_bank)
 
     p = groups["serve"].add_parser("ttp", help="the third party (resolve, abort, complaint, status, time-stamps)")
     p.add_argument("--dir", type=Path, help="the third party's folder (default: $SEMPER_HOME/ttp)")

@@ -26,6 +26,7 @@ class Purchase:
     form: Mapping[str, str] = field(default_factory=dict)
     prefer: str | None = None
     anonymous: bool = False
+    service: str | None = None          # a commerce service downloaded from the shop (then ``workflow`` is unused)
 
 
 def run_workflow(ui: TrustedUI, cfg: BuyerConfig, card: Any, purchase: Purchase) -> DealResult:
@@ -33,6 +34,12 @@ def run_workflow(ui: TrustedUI, cfg: BuyerConfig, card: Any, purchase: Purchase)
     session = open_buyer(cfg, ui, card)
     try:
         b = session.buyer
+        if purchase.service is not None:
+            from .services.download import Decisions, load_certifiers, run_downloaded
+            from .services.interpreter import Request
+            return run_downloaded(b, purchase.service, Request(list(purchase.items), purchase.form, purchase.prefer),
+                                  anonymous=purchase.anonymous, root_pem=cfg.ca_root_pem,
+                                  certifiers=load_certifiers(cfg.certifiers), decisions=Decisions(cfg.prefs_path))
         if purchase.workflow == "mail-order":
             return mail_order(b, list(purchase.items), form=purchase.form, prefer=purchase.prefer,
                               attributes=deal_attributes("mail-order", purchase.anonymous))

@@ -54,6 +54,16 @@ class ExchangeClient:
                 self.party.plans.remove(plan)
         self._run(remove(), 5.0)
 
+    def originate(self, peer_url: str, offer: Any, want: Any, timeout: float, **kw: Any) -> Outcome:
+        """Run one exchange as its originator (``Party.originate``), bounded by ``timeout``."""
+        return self._run(self.party.originate(peer_url, offer, want, **kw), timeout)
+
+    def evidence(self, xid: str) -> list[tuple[str, bytes]]:
+        """The party's archived evidence of one exchange (read in the party's thread: its archive lives there)."""
+        async def read() -> list[tuple[str, bytes]]:
+            return self.party.evidence(xid)
+        return self._run(read(), 10.0)
+
     def wait(self, known: set[str], timeout: float) -> Outcome | None:
         """The outcome of the first run that started after ``expect`` (None when none ended in time)."""
         deadline = time.monotonic() + timeout

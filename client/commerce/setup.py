@@ -41,6 +41,8 @@ class BuyerConfig:
     currency: int = 978
     patience: float = 15.0
     modules: tuple[str, ...] | None = None
+    certifiers: Path | None = None                 # the service certifiers trusted (PEM), for downloaded services
+    prefs_path: Path | None = None                 # where the decisions on services are kept (default: prefs file)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..transfer.errors import TransferError
 from ..transfer.items import Content, content_from_json
-from ..transfer.managers import offer_commit, offer_release
+from ..transfer.managers import offer_commit, offer_release, offer_revoked
 from .errors import PeerUnreachable, TtpUnavailable
 from .messages import Proposal
 from .outcome import Outcome
@@ -34,12 +34,12 @@ async def originator(run: Run, setup: Setup) -> Outcome:
     try:
         proposal = await send_proposal(run, setup, commitments, attachments)
     except PeerUnreachable as e:          # maybe delivered, maybe not: R may still pay and resolve
-        return await originator_status(run, f"the responder did not take the proposal ({e})")
+        return await originator_status(run, f"the responder did not take the proposal ({e})", setup)
     got = await take_acceptance(run, proposal)
     if got.outcome is not None:
         return got.outcome
     if got.problem is not None:
-        return await originator_status(run, got.problem)
+        return await originator_status(run, got.problem, setup)
     kept = got.kept
     await run.blocking(party.managers.accept, kept, proposal.desc_r)
     release = await run.blocking(offer_release, setup.offer, setup.desc_o, proposal.binding)
@@ -52,7 +52,7 @@ async def originator(run: Run, setup: Setup) -> Outcome:
     return run.outcome("completed", "both items exchanged", received=kept, gave=True)
 
 
-async def originator_status(run: Run, why: str) -> Outcome:
+async def originator_status(run: Run, why: str, setup: Setup | None = None) -> Outcome:
     """O without R's item: it gave only a conditional commitment. T's status tells whether R resolved
     (then T holds R's item for O) or nothing happened (T's signed 'undecided' is the evidence)."""
     try:
@@ -60,10 +60,10 @@ async def originator_status(run: Run, why: str) -> Outcome:
     except TtpUnavailable as e:
         return run.outcome("pending", f"{why}; the third party could not be asked ({e}); only a conditional "
                                       "commitment was given")
-    return await originator_from_decision(run, why, decision)
+    return await originator_from_decision(run, why, decision, setup)
 
 
-async def originator_from_decision(run: Run, why: str, decision: Any) -> Outcome:
+async def originator_from_decision(run: Run, why: str, decision: Any, setup: Setup | None = None) -> Outcome:
     proposal = run.proposal
     assert proposal is not None
     if decision.outcome == "resolved":
@@ -83,6 +83,11 @@ async def originator_from_decision(run: Run, why: str, decision: Any) -> Outcome
     if decision.outcome == "originator-fault":
         run.state("done", outcome="originator-fault")
         return run.outcome("originator-fault", decision.reason, gave=False)
+    if decision.outcome == "expired":
+        if setup is not None:              # the commitment comes back (a reserved cheque: from the bank)
+            await run.blocking(offer_revoked, setup.offer, proposal.desc_o, proposal.binding, decision.der)
+        run.state("done", outcome="expired")
+        return run.outcome("expired", f"{why}; {decision.reason}", gave=False)
     return run.outcome("pending", f"{why}; the third party has not decided ({decision.reason}); only a conditional "
                                   "commitment was given")
 
@@ -139,4 +144,8 @@ async def responder_from_decision(run: Run, why: str, decision: Any, attachments
     if decision.outcome == "originator-fault":
         run.state("done", outcome="originator-fault")
         return run.outcome("originator-fault", f"{why}; {decision.reason}", gave=True)
+    if decision.outcome == "expired":
+        run.state("done", outcome="expired")
+        return run.outcome("expired", f"{why}; the third party may no longer act on the originator's commitment: "
+                                      f"{decision.reason}", gave=True)
     return run.outcome("refused", f"{why}; the third party refused: {decision.reason}", gave=True)

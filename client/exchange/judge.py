@@ -142,12 +142,13 @@ def judge(path: Path, trust: TrustStore, payments: Mapping[str, PaymentVerifier]
     if len({d.outcome for d in finals}) > 1:
         ruling.bundle_problems.append("the third party made conflicting final decisions for this exchange")
     if final is not None and final.outcome == "resolved":
-        item_json = final.body.get("responder_item")
-        if item_json is not None:
-            try:
-                candidates["responder"].append(content_from_json(item_json))
-            except TransferError:
-                pass
+        for who in ("responder", "originator"):         # rev-rev resolutions keep both items
+            item_json = final.body.get(f"{who}_item")
+            if item_json is not None:
+                try:
+                    candidates[who].append(content_from_json(item_json))
+                except TransferError:
+                    pass
 
     o, r = ruling.originator, ruling.responder
     if final is not None and final.outcome == "revoked":
@@ -195,6 +196,9 @@ def judge(path: Path, trust: TrustStore, payments: Mapping[str, PaymentVerifier]
             o.reasons.append("the third party generated its item in its place after verifying the responder's item")
         except TransferError as e:
             o.reasons.append(f"the third party's replacement does not check: {e}")
+    if not o.fulfilled and final is not None and final.outcome == "expired":
+        o.how = "commitment expired"
+        o.reasons.append(f"the third party found that its commitment expired before anyone resolved: {final.reason}")
     if not o.fulfilled and final is not None and final.outcome == "originator-fault":
         o.how = "commitment false"
         o.reasons.append(f"the third party found its signed commitment false: {final.reason}")
@@ -209,6 +213,11 @@ def judge(path: Path, trust: TrustStore, payments: Mapping[str, PaymentVerifier]
     if o.fulfilled and r.fulfilled:
         ruling.ruling = "both parties fulfilled: the exchange is complete"
         ruling.fair = True
+    elif r.fulfilled and o.how == "commitment expired":
+        ruling.ruling = ("the responder gave its item but did not resolve before the originator's commitment expired "
+                         "(the deadline was in the signed proposal): the commitment went back; the responder's "
+                         "claim is outside the exchange")
+        ruling.fair = False
     elif r.fulfilled:
         ruling.ruling = ("the responder fulfilled and the originator did not: the originator owes its item (its "
                          "signed commitment and the third party's finding are the evidence)"

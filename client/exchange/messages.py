@@ -71,7 +71,7 @@ def read(body: Any, shape: type[Any], what: str) -> Any:
         return convert(body, shape, what)
     except ShapeError as e:
         raise BadMessage(str(e)) from None
-FINAL_OUTCOMES = ("resolved", "revoked", "originator-fault")
+FINAL_OUTCOMES = ("resolved", "revoked", "originator-fault", "expired")
 OUTCOMES = FINAL_OUTCOMES + ("refused", "undecided")
 
 
@@ -209,6 +209,9 @@ class TtpRequest(Shape, frozen=True):
     # answers with its decision whatever these hold.
     item: Any = None
     attachments: Any = None
+    # rev-rev resolve: the requester's own item beside the peer's (``item``); the third party then holds
+    # both, and whoever asks later gets the other's
+    own: Any = None
 
 
 def request_body(kind: str, proposal: Proposal | None, xid: str, **extra: Any) -> dict[str, Any]:
@@ -249,8 +252,8 @@ def check_decision(der: bytes, trust: TrustStore, binding: Binding | None, ttp: 
     want_xid = binding.xid if binding is not None else xid
     if body.get("type") != "decision" or body.get("xid") != want_xid or body.get("outcome") not in OUTCOMES:
         raise BadMessage("the third party's answer is not a decision for this exchange")
+    named = (body.get("originator"), body.get("responder"))
     if binding is not None and body.get("final") is True and \
-            (body.get("originator"), body.get("responder")) != (cert_id(binding.originator),
-                                                                cert_id(binding.responder)):
+            named != (cert_id(binding.originator), cert_id(binding.responder)):
         raise BadMessage("the decision names other parties than this exchange's")
     return Decision(der, body)

@@ -6,6 +6,9 @@
 * ``resolved`` — the third party decided ``resolved``: the responder holds T's replacement of the
   originator's item, the originator holds the responder's item from T's decision;
 * ``revoked`` — the third party revoked both transfers (rev-rev): neither side owes anything;
+* ``expired`` — gen-ver with a commitment the third party may act on only until a time (a reserved
+  cheque): nobody resolved before it, the third party decided so, and the originator gets its
+  commitment back;
 * ``originator-fault`` — T found the originator's signed commitment false: the responder holds T's
   signed finding;
 * ``refused`` — T refused this party's request (a false complaint), with its signed reason;
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 
 from ..transfer.items import Content
 
-HONEST_END = ("completed", "resolved", "revoked", "originator-fault", "pending", "no-exchange")
+HONEST_END = ("completed", "resolved", "revoked", "originator-fault", "pending", "no-exchange", "expired")
 
 
 @dataclass

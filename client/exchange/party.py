@@ -37,6 +37,7 @@ from ..transfer.managers import (
     Managers,
     OfferTree,
     check_satisfies,
+    offer_accept,
     offer_description,
     offer_hints,
 )
@@ -69,6 +70,7 @@ class ResponsePlan:
     offer: OfferTree
     fair: bool | None = None          # None: as the originator asks; True: refuse plain transfers
     once: bool = True
+    originator: Any = None            # an x509.Certificate: only this originator (None: any certified one)
 
 
 class Party:
@@ -154,17 +156,19 @@ class Party:
 
     # ---- originating ------------------------------------------------------------------------------
     async def originate(self, peer_url: str, offer: OfferTree, want: Expectation, *, fair: bool = True,
-                        attributes: SecurityAttributes | None = None, session: str | None = None) -> Outcome:
-        """Exchange ``offer`` for an item described by ``want`` with the party at ``peer_url``. ``session``:
-        the run's id, when the application records it beforehand to recover the run after a crash
-        (:meth:`recover` with ``sessions``); a fresh one by default."""
+                        attributes: SecurityAttributes | None = None, responder: Any = None,
+                        session: str | None = None) -> Outcome:
+        """Exchange ``offer`` for an item described by ``want`` with the party at ``peer_url`` (and, given
+        ``responder``, an x509.Certificate, only if that party's key answers: the one the user confirmed).
+        ``session``: the run's id, when the application records it beforehand to recover the run after a
+        crash (:meth:`recover` with ``sessions``); a fresh one by default."""
         attributes = attributes or SecurityAttributes()
         session = session or secrets.token_hex(16)
         run = Run(self, session, "originator", peer_url)
-        return await self._guarded(run, self._originate(run, offer, want, fair, attributes))
+        return await self._guarded(run, self._originate(run, offer, want, fair, attributes, responder))
 
     async def _originate(self, run: Run, offer: OfferTree, want: Expectation, fair: bool,
-                         attributes: SecurityAttributes) -> Outcome:
+                         attributes: SecurityAttributes, expected: Any = None) -> Outcome:
         desc_o = offer_description(offer)
         self.managers.check_expectation(desc_o)
         self.managers.check_expectation(want)
@@ -175,11 +179,14 @@ class Party:
         if protocol != "plain" and ttp is None:
             raise NoFairProtocol(f"a {protocol} exchange needs a third party; configure one")
         nonce_o = secrets.token_hex(16)
+        # what the receiver of this party's item needs to describe it fully (a payer's hint for the payee's
+        # request: this party pays in the exchange)
+        hints_o = await run.blocking(offer_hints, offer)
         try:
             await run.send("negotiate", {
                 "originator": cert_b64(self.identity.certificate), "ttp": cert_b64(ttp.certificate) if ttp else None,
                 "offer": desc_o.to_json(), "want": want.to_json(), "fair": fair, "nonce": nonce_o,
-                "reply_to": self.url, "attributes": attributes.as_dict()})
+                "reply_to": self.url, "attributes": attributes.as_dict(), "offer_hints": hints_o})
         except PeerUnreachable as e:
             return run.outcome("no-exchange", f"the peer did not take the negotiation ({e}); nothing was given")
         got = await run.expect(("negotiated", "refuse"))
@@ -191,6 +198,8 @@ class Party:
         try:
             responder = load_cert(body.get("responder"), "responder")
             await run.blocking(check_party_cert, responder, self.trust, "responder")
+            if expected is not None and not same_key(responder, expected):
+                raise BadMessage("the party that answered is not the one you chose to exchange with")
             nonce_r = body.get("nonce")
             if body.get("protocol") != protocol:
                 raise BadMessage(f"the peer chose {body.get('protocol')!r}, but these items call for {protocol}")
@@ -200,6 +209,8 @@ class Party:
             if not isinstance(hints, Mapping):
                 raise BadMessage("the peer's hints must be a JSON object")
             desc_r = await run.blocking(self.managers.complete, want, hints)
+            if body.get("offer") is not None:        # the peer receives a payment from this party: its request
+                desc_o = await run.blocking(_completed_offer, offer, desc_o, body["offer"])
         except (BadMessage, TransferError) as e:
             await refuse(run, f"the negotiation was refused: {e}")
             return run.outcome("no-exchange", f"the peer's negotiation answer is not acceptable ({e}); nothing was "
@@ -225,9 +236,12 @@ class Party:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _plan_for(self, desc_o: Expectation, want: Expectation) -> ResponsePlan:
+    def _plan_for(self, desc_o: Expectation, want: Expectation, originator: Any = None) -> ResponsePlan:
         reasons = []
         for plan in self.plans:
+            if plan.originator is not None and (originator is None or not same_key(originator, plan.originator)):
+                reasons.append("this offer is for another party")
+                continue
             try:
                 check_satisfies(desc_o, plan.expect)
                 check_satisfies(offer_description(plan.offer), want)
@@ -244,11 +258,14 @@ class Party:
             desc_o = expectation_from_json(body.get("offer"), "offer")
             want = expectation_from_json(body.get("want"), "want")
             self.managers.check_expectation(desc_o)
+            offer_hints_o = body.get("offer_hints") or {}
+            if not isinstance(offer_hints_o, Mapping):
+                raise BadMessage("the originator's hints must be a JSON object")
             nonce_o, fair = body.get("nonce"), body.get("fair")
             if not isinstance(nonce_o, str) or not 16 <= len(nonce_o) <= 64 or not isinstance(fair, bool):
                 raise BadMessage("the negotiation lacks a nonce or the fairness flag")
             attributes = SecurityAttributes.from_dict(body.get("attributes") or {})
-            plan = self._plan_for(desc_o, want)
+            plan = self._plan_for(desc_o, want, originator)
             if plan.fair is True and not fair:
                 raise BadMessage("this party exchanges these items only fairly")
             mine = offer_description(plan.offer)
@@ -258,17 +275,22 @@ class Party:
             if protocol != "plain" and (ttp is None or ttp_cert is None or not same_key(ttp, ttp_cert)):
                 raise BadMessage("the originator names a third party this party does not use")
             hints = await run.blocking(offer_hints, plan.offer)
+            # this party receives the originator's item: where it is a payment, its request goes in
+            completed_o = await run.blocking(self.managers.complete, desc_o, offer_hints_o)
         except (BadMessage, TransferError, NoFairProtocol) as e:
             await refuse(run, str(e))
             return run.outcome("no-exchange", f"the negotiation was refused: {e}")
         if plan.once and plan in self.plans:
             self.plans.remove(plan)
         nonce_r = secrets.token_hex(16)
-        setup = Setup(protocol, plan.offer, desc_o, None, (nonce_o, nonce_r), attributes,
+        setup = Setup(protocol, plan.offer, completed_o, None, (nonce_o, nonce_r), attributes,
                       (originator, self.identity.certificate, ttp))
+        answer = {"responder": cert_b64(self.identity.certificate), "nonce": nonce_r, "protocol": protocol,
+                  "hints": hints}
+        if completed_o.to_json() != desc_o.to_json():
+            answer["offer"] = completed_o.to_json()
         try:
-            await run.send("negotiated", {"responder": cert_b64(self.identity.certificate), "nonce": nonce_r,
-                                          "protocol": protocol, "hints": hints})
+            await run.send("negotiated", answer)
         except PeerUnreachable as e:
             return run.outcome("no-exchange", f"the originator went away during negotiation ({e})")
         return await PROTOCOL_MODULES[protocol].responder(run, setup)
@@ -345,3 +367,23 @@ class Party:
     def evidence(self, xid: str) -> list[tuple[str, bytes]]:
         return [(e.kind, e.content) for e in self.archive.entries(xid)]
 
+
+def _without_requests(e: Expectation) -> Any:
+    """A description's JSON with every payment request taken out (what the payer described itself)."""
+    def strip(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            if obj.get("type") == "package":
+                return {**obj, "members": [strip(m) for m in obj.get("members", [])]}
+            return {k: v for k, v in obj.items() if k != "request"}
+        return obj
+    return strip(e.to_json())
+
+
+def _completed_offer(offer: OfferTree, desc_o: Expectation, raw: Any) -> Expectation:
+    """The responder's completion of this party's own description (its payee's request): nothing else may
+    change, and the offer must accept the request (the payer refuses another payee, amount or order)."""
+    completed = expectation_from_json(raw, "the completed offer")
+    if _without_requests(completed) != _without_requests(desc_o):
+        raise BadMessage("the peer changed the description of this party's item beyond its payment request")
+    offer_accept(offer, completed)
+    return completed

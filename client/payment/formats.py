@@ -27,15 +27,24 @@ def h(obj: dict[str, Any]) -> bytes:
     return hashlib.sha256(canonical(obj)).digest()
 
 
-def payment_instruction(account: str, payee: str, amount: int, currency: int, payment_id: str, nonce: str
-                        ) -> dict[str, Any]:
-    return {"type": "set-pi", "account": account, "payee": payee, "amount": amount, "currency": currency,
-            "payment_id": payment_id, "nonce": nonce}
+def payment_instruction(account: str, payee: str, amount: int, currency: int, payment_id: str, nonce: str,
+                        exchange: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``exchange``: the clause of a fair exchange the payment is made in (``{"xid", "ttp"}``): the bank then
+    captures or releases it only on that third party's decision (``client/servers/bank_exchange.py``)."""
+    out = {"type": "set-pi", "account": account, "payee": payee, "amount": amount, "currency": currency,
+           "payment_id": payment_id, "nonce": nonce}
+    if exchange is not None:
+        out["exchange"] = dict(exchange)
+    return out
 
 
-def order_information(order_hash: str, amount: int, currency: int, payment_id: str, payee: str) -> dict[str, Any]:
-    return {"type": "set-oi", "order_hash": order_hash, "amount": amount, "currency": currency,
-            "payment_id": payment_id, "payee": payee}
+def order_information(order_hash: str, amount: int, currency: int, payment_id: str, payee: str,
+                      exchange: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = {"type": "set-oi", "order_hash": order_hash, "amount": amount, "currency": currency,
+           "payment_id": payment_id, "payee": payee}
+    if exchange is not None:
+        out["exchange"] = dict(exchange)
+    return out
 
 
 def dual_digest(pi_hash: bytes, oi_hash: bytes) -> bytes:

@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from ..transfer.binding import Binding
 from ..transfer.errors import ItemMismatch, MalformedItem, PaymentFailed, UnknownItemType
 from ..transfer.items import Description
 from ..transfer.payment import PaymentManager as TransferPayments
@@ -50,7 +52,7 @@ from ..transfer.properties import Properties
 from . import blind, formats
 from .errors import PaymentError, PaymentRefused
 from .manager import PayerSession, PaymentManager
-from .model import Acceptance, ExchangeProperties, Terms
+from .model import Acceptance, Choice, ExchangeProperties, Status, Terms
 from .modules.ecash import EcashModule
 from .modules.mandate import MandateModule
 from .modules.purse import PurseModule, PurseProofs
@@ -199,16 +201,22 @@ def ecash_verifier(mint_keys: MintKeys) -> ItemVerifier:
 
 
 def item_verifiers(*, purse_root: x509.Certificate | None = None, roots: list[x509.Certificate] | None = None,
-                   mint_keys: MintKeys | None = None) -> dict[str, ItemVerifier]:
-    """Verifiers for the modules whose public data is given (what a third party or judge configures)."""
+                   mint_keys: MintKeys | None = None, bank_certificate: bytes | None = None,
+                   ecash_deposit: Callable[[Terms, list[Any]], None] | None = None) -> dict[str, ItemVerifier]:
+    """Verifiers for the modules whose public data is given (what a third party or judge configures).
+
+    ``bank_certificate`` (DER, the bank's ``GET /info``) lets reserved cheques be checked (their
+    reservation is the bank's signature); ``ecash_deposit`` is the third party's deposit of e-cash for
+    the payee (``exchange_items.bank_deposit``), which makes its check of coins final."""
+    from .exchange_items import ChequeExchangeVerifier, EcashExchangeVerifier, SetPayExchangeVerifier
     out: dict[str, ItemVerifier] = {}
     if purse_root is not None:
         out["card-purse"] = purse_verifier(purse_root)
     if roots:
-        out["cheque"] = cheque_verifier(roots)
-        out["setpay"] = setpay_verifier(roots)
+        out["cheque"] = ChequeExchangeVerifier(roots, bank_certificate)
+        out["setpay"] = SetPayExchangeVerifier(roots)
     if mint_keys:
-        out["ecash"] = ecash_verifier(mint_keys)
+        out["ecash"] = EcashExchangeVerifier(mint_keys, ecash_deposit)
     return out
 
 
@@ -222,12 +230,13 @@ class ItemPayer:
 
     def __init__(self, manager: PaymentManager, module: str, verifier: ItemVerifier, *,
                  expect_payee: str | None = None, order_hash: str | None = None,
-                 require: Requirements = NO_REQUIREMENTS) -> None:
+                 require: Requirements = NO_REQUIREMENTS, valid_for: float = 3600.0) -> None:
         self.manager = manager
         self.name = module
         self.module = manager.module(module)
         self.verifier = verifier
         self.expect_payee, self.order_hash, self.require = expect_payee, order_hash, require
+        self.valid_for = valid_for                  # how long a committed cheque may be released by the third party
         self._lock = threading.Lock()
         self.records: dict[str, Any] = {}          # payment id -> the payer's Record
 
@@ -265,12 +274,15 @@ class ItemPayer:
         if isinstance(self.verifier, PurseItemVerifier):       # the PSAM's signed request, checked before paying
             self.verifier.check_request(request, amount, currency)
 
-    def pay(self, request: Mapping[str, Any], amount: int, currency: int) -> JsonDict:
+    def pay(self, request: Mapping[str, Any], amount: int, currency: int, params: Mapping[str, Any] | None = None
+            ) -> JsonDict:
         self.check_request(request, amount, currency)
         terms = _terms(request)
         with self._lock:
             try:
                 choice = self.manager.choose(terms, [Acceptance(self.name, (currency,))], self.require)
+                if params:
+                    choice = Choice(choice.module, choice.instrument, {**choice.params, **params})
                 session: PayerSession = self.manager.pay(terms, choice)
                 hello = session.start()["body"]
                 if self.name in HANDSHAKE:
@@ -286,6 +298,73 @@ class ItemPayer:
                 raise PaymentFailed(f"the {self.name} payment failed: {e}") from None
             self.records[terms.payment_id] = session.record
         return proof
+
+    # ---- inside a fair exchange (exchange_items.py says which module does what) -----------------------------
+    def pay_bound(self, request: Mapping[str, Any], amount: int, currency: int, b: Binding | None) -> JsonDict:
+        """The payment made for the exchange ``b``: naming it where the bank then follows its third party."""
+        from .exchange_items import clause_of
+        clause = clause_of(b)
+        if clause is None:
+            return self.pay(request, amount, currency)
+        if self.name == "setpay":
+            return self.pay(request, amount, currency, {"exchange": clause})
+        if self.name == "cheque":
+            return self._reserved_cheque(request, amount, currency, {**clause, "valid_until": 0, "returnable": False},
+                                         release=True)
+        return self.pay(request, amount, currency)
+
+    def _reserved_cheque(self, request: Mapping[str, Any], amount: int, currency: int, clause: dict[str, Any],
+                         release: bool) -> JsonDict:
+        self.check_request(request, amount, currency)
+        terms = _terms(request)
+        module = self.module
+        if not isinstance(module, MandateModule) or self.manager.ctx.account is None:
+            raise PaymentFailed("a reserved cheque needs the cheque module and this party's account")
+        try:
+            cheque, reservation = module.reserve(terms, self.manager.ctx.account, clause)
+            proof: JsonDict = {"kind": "reserved-cheque", "cheque": cheque.to_json(),
+                               "reservation": reservation.to_json()}
+            if release:
+                proof["release"] = module.release(cheque).to_json()
+        except PaymentError as e:
+            raise PaymentFailed(f"the cheque could not be reserved: {e}") from None
+        return proof
+
+    def commit(self, request: Mapping[str, Any], amount: int, currency: int, b: Binding) -> tuple[JsonDict, JsonDict]:
+        """A generatable payment's commitment: a cheque reserved at the bank that the third party may release
+        in this drawer's place until ``valid_for`` seconds from now (returnable after, on its 'expired')."""
+        from .exchange_items import clause_of
+        clause = clause_of(b)
+        if self.name != "cheque" or clause is None:
+            from ..transfer.errors import NotGeneratable
+            raise NotGeneratable(f"a {self.name} payment is not generatable by the third party")
+        commitment = self._reserved_cheque(request, amount, currency, {
+            **clause, "valid_until": int(time.time() + self.valid_for), "returnable": True}, release=False)
+        return commitment, {}
+
+    def release(self, commitment: Mapping[str, Any]) -> JsonDict:
+        """The drawer's own release of its committed cheque (the generatable transfer, done by itself)."""
+        module = self.module
+        assert isinstance(module, MandateModule)
+        try:
+            cheque = SignedJson.from_json(commitment.get("cheque"), "the committed cheque")
+            return {**dict(commitment), "release": module.release(cheque).to_json()}
+        except PaymentError as e:
+            raise PaymentFailed(f"the cheque could not be released: {e}") from None
+
+    def revoke(self, request: Mapping[str, Any], decision: bytes, commitment: Mapping[str, Any] | None = None
+               ) -> None:
+        """After the third party's decision: a revoked SET payment's hold back to this payer, or an expired
+        cheque commitment's reservation back to its drawer."""
+        module = self.module
+        try:
+            if isinstance(module, SetPayModule) and self.name == "setpay":
+                terms = _terms(request)
+                module.revoke(terms.payee, terms.payment_id, decision)
+            elif isinstance(module, MandateModule) and commitment is not None:
+                module.unreserve(SignedJson.from_json(commitment.get("cheque"), "the committed cheque"), decision)
+        except PaymentError as e:
+            raise PaymentFailed(f"the bank did not give the payment back: {e}") from None
 
 
 # ---- the payee --------------------------------------------------------------------------------------
@@ -336,12 +415,41 @@ class ItemPayee:
 
     def verify(self, proof: Mapping[str, Any], request: Mapping[str, Any], amount: int, currency: int) -> None:
         """External check, and for online modules the bank's acceptance (so the payment is final)."""
-        self.verifier.verify(proof, request, amount, currency)
+        self.verify_bound(proof, request, amount, currency, None)
+
+    def verify_bound(self, proof: Mapping[str, Any], request: Mapping[str, Any], amount: int, currency: int,
+                     b: Binding | None) -> None:
+        """As :meth:`verify`, for a payment made in the exchange ``b`` (which it must name where it matters)."""
+        bound = getattr(self.verifier, "verify_bound", None)
+        if bound is not None:
+            bound(proof, request, amount, currency, b)
+        else:
+            self.verifier.verify(proof, request, amount, currency)
         if self.name not in HANDSHAKE:
             self._deposit_once(proof, request)
 
     def deposit(self, proof: Mapping[str, Any], request: Mapping[str, Any]) -> bool:
         return self._deposit_once(proof, request)
+
+    # ---- generatable payments: the third party's powers, forwarded to the module's verifier -------------------
+    def __getattr__(self, name: str) -> Any:
+        if name in ("check_commitment", "check_release", "generate", "replacement_proof", "deadline"):
+            return getattr(self.verifier, name)
+        raise AttributeError(name)
+
+    def settle(self, proof: Mapping[str, Any], request: Mapping[str, Any], decision: bytes) -> None:
+        """A revocable payment made final with the third party's 'resolved' decision (SET: captured)."""
+        if self.name != "setpay":
+            return
+        terms = _terms(request)
+        module = self.module
+        assert isinstance(module, SetPayModule)
+        try:
+            record = self.manager.record(terms.payment_id, "payee")
+            if record.status is not Status.CAPTURED:
+                self.manager.store.put(module.settle(record, decision))
+        except PaymentError as e:
+            raise PaymentFailed(f"the bank did not settle the payment: {e}") from None
 
     def _deposit_once(self, proof: Mapping[str, Any], request: Mapping[str, Any]) -> bool:
         terms = _terms(request)
@@ -351,10 +459,30 @@ class ItemPayee:
             self.manager.expect(terms)                 # a restarted payee: the terms come back from the request
             if self.name in HANDSHAKE:
                 answer = self._purse_deposit(terms, proof, request)
+            elif proof.get("kind") == "reserved-cheque":
+                answer = self._cash(proof)
             else:
                 answer = self._handle(terms, dict(proof))
             self._done[terms.payment_id] = answer or {}
         return True
+
+    def _cash(self, proof: Mapping[str, Any]) -> JsonDict:
+        """A reserved cheque into the payee's account, with its release (the drawer's or the third party's)."""
+        module = self.module
+        if not isinstance(module, MandateModule):
+            raise PaymentFailed("a reserved cheque is cashed by the cheque module")
+        try:
+            cheque = SignedJson.from_json(proof.get("cheque"), "the cheque")
+            release = SignedJson.from_json(proof["release"], "the release") if proof.get("release") else None
+            statement = unb64(proof["release_statement"], "release statement", 65536) \
+                if proof.get("release_statement") else None
+            return dict(module.cash(cheque, release, statement).body["result"])
+        except PaymentRefused as e:
+            if e.code == "cheque_paid":         # cashed before (a retry, a restarted payee): it is in the account
+                return {"state": "paid", "before": True}
+            raise ItemMismatch(f"the bank did not pay the reserved cheque: {e}") from None
+        except PaymentError as e:
+            raise PaymentFailed(str(e)) from None
 
     def _purse_deposit(self, terms: Terms, proof: Mapping[str, Any], request: Mapping[str, Any]) -> JsonDict | None:
         body = {"kind": "proof", "proof": proof.get("record"), "signature": proof.get("signature")}

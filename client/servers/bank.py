@@ -99,7 +99,7 @@ class Bank:
 
     def __init__(self, db: Database, keys: BankKeys, roots: Iterable[x509.Certificate], *, bank_id: str,
                  scheme_root: x509.Certificate) -> None:
-        from . import bank_mint, bank_purse, bank_setpay
+        from . import bank_exchange, bank_ikp, bank_mint, bank_purse, bank_setpay
         self.db = db
         self.keys = keys
         self.bank_id = bank_id
@@ -109,7 +109,10 @@ class Bank:
         self.linked_points: dict[str, bytes] = {}     # card -> public point of its linked certificate
         db.migrate(store.SCHEMA)
         self.ops: dict[str, Op] = {}
-        for mod in (bank_purse, bank_setpay, bank_mint):
+        for mod in (bank_purse, bank_setpay, bank_mint, bank_ikp, bank_exchange):
+            schema = getattr(mod, "SCHEMA", None)          # an operation family with tables of its own
+            if schema is not None:
+                db.migrate(schema)
             for op in mod.OPS:
                 self.ops[op.name] = op
         self.ops["accounts/balance"] = Op("accounts/balance", Balance, _check_balance, _apply_balance)

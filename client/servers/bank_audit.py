@@ -15,7 +15,8 @@ What is checked, and what a violation means:
   total its PSAM signed, and its ledger entry pays exactly the paid ones;
 * e-cash outstanding equals coins withdrawn minus coins deposited, and every deposited coin's
   signature verifies with its mint key; no serial appears twice;
-* holds equal what is authorised and neither captured nor released;
+* holds equal what is authorised and neither captured nor released, plus cheques reserved for fair
+  exchanges and neither cashed nor returned;
 * every paid cheque carries a valid drawer signature and matches its ledger entry.
 
 Each violation names its cause so an operator knows where to look.
@@ -246,9 +247,13 @@ def _holds(tx: Any, r: AuditReport, by_cur: dict[int, dict[str, int]]) -> None:
             r.add("authorisation_overrun", f"authorisation {aid}: captured {captured} + released {released} of "
                                            f"{amount}, refunded {refunded}")
         held[cur] += int(amount - captured - released)
+    from .bank_exchange import open_reservations
+    for cur, reserved in open_reservations(tx).items():        # cheques reserved for fair exchanges
+        held[cur] += reserved
     for cur, t in by_cur.items():
         if t["holds"] != held.get(cur, 0):
-            r.add("holds_mismatch", f"currency {cur}: holds are {t['holds']}, open authorisations {held.get(cur, 0)}")
+            r.add("holds_mismatch", f"currency {cur}: holds are {t['holds']}, open authorisations and reserved "
+                                    f"cheques {held.get(cur, 0)}")
 
 
 def _cheques(tx: Any, r: AuditReport, signatures: bool) -> None:

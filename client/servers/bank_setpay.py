@@ -29,6 +29,7 @@ from ..payment.sealed import open_sealed
 from ..payment.wire import SignedJson, key_hash, point_of, verify, verify_digest
 from ..support.db import Transaction
 from ..support.shapes import Shape, ShapeError, convert
+from . import bank_exchange
 from . import bank_store as store
 from .bank_store import AMOUNT_CODES, AccountId, Amount, BankRefusal, Certificate, Currency, Op, Signature
 
@@ -138,8 +139,12 @@ def apply_authorise(bank: Bank, tx: Transaction, sender: Sender, c: AuthCheck) -
                "payment_id, evidence, at) VALUES (?, ?, ?, ?, ?, 0, 0, 0, ?, ?, ?, ?)",
                (auth_id, payer.id, payee.id, c.amount, c.currency, c.oi_hash, c.payment_id, json.dumps(c.evidence),
                 store.now_iso()))
-    return {"authorisation": auth_id, "payment_id": c.payment_id, "amount": c.amount, "currency": c.currency,
-            "oi_hash": c.oi_hash, "state": "authorised"}
+    bank_exchange.record_clause(tx, auth_id, c.pi)          # made inside a fair exchange: revocable by its T
+    out = {"authorisation": auth_id, "payment_id": c.payment_id, "amount": c.amount, "currency": c.currency,
+           "oi_hash": c.oi_hash, "state": "authorised"}
+    if c.pi.get("exchange") is not None:
+        out["exchange"] = c.pi["exchange"]
+    return out
 
 
 def _auth(tx: Transaction, bank: Bank, sender: Sender, auth_id: str) -> tuple[Any, ...]:
@@ -165,6 +170,7 @@ def check_capture(bank: Bank, sender: Sender, p: Capture) -> tuple[str, int]:
 
 def apply_capture(bank: Bank, tx: Transaction, sender: Sender, c: tuple[str, int]) -> dict[str, Any]:
     row = _auth(tx, bank, sender, c[0])
+    bank_exchange.refuse_plain_capture(tx, row[0])
     left = row[3] - row[5] - row[6]
     if c[1] > left:
         raise BankRefusal("exceeds_authorisation", f"only {left} of the authorisation is left to capture", 422)
@@ -251,8 +257,8 @@ def apply_deposit_cheque(bank: Bank, tx: Transaction, sender: Sender, c: ChequeC
                    (drawer.id, ch["number"], "insufficient funds", store.now_iso()))
         return {"state": "bounced", "reason": "the drawer's account holds too little", "number": ch["number"],
                 "amount": ch["amount"]}
-    entry = store.post(tx, "cheque", f"{drawer.id}/{ch['number']}", [(drawer.id, -ch["amount"]), (payee.id,
-                                                                                                  ch["amount"])])
+    entry = store.post(tx, "cheque", f"{drawer.id}/{ch['number']}",
+                       [(drawer.id, -ch["amount"]), (payee.id, ch["amount"])])
     tx.execute("INSERT INTO cheques (drawer, number, payee, amount, currency, cheque, entry, at) VALUES "
                "(?, ?, ?, ?, ?, ?, ?, ?)", (drawer.id, ch["number"], payee.id, ch["amount"], ch["currency"], c.blob,
                                             entry, store.now_iso()))

@@ -52,6 +52,7 @@ class OpenShop:
     closers: list[Any] = field(default_factory=list)
     worker: int = 0                # this process among the shop's worker processes
     workers: int = 1
+    services_dir: Path | None = None      # the commerce services it offers for download (service_host.py)
 
     def app(self) -> Any:
         """The HTTP app; a worker also finishes the exchanges that a dead process of its number left open,
@@ -63,7 +64,11 @@ class OpenShop:
             if owner == str(me):
                 return True
             return me == 0 and (not owner.isdigit() or int(owner) >= count)
-        return build_app(self.shop, self.party, self.admin_secret, worker=str(me), recovers=recovers)
+        app = build_app(self.shop, self.party, self.admin_secret, worker=str(me), recovers=recovers)
+        if self.services_dir is not None:
+            from .service_host import mount_services
+            mount_services(app, self.services_dir)
+        return app
 
     def close(self) -> None:
         for c in reversed(self.closers):
@@ -228,7 +233,8 @@ class ShopHome:
             def party() -> Party:              # made in the service's thread: its archive connection lives there
                 return Party("shop", identity, trust, managers, f / "evidence.sqlite3", tls=tls, root_pem=root_pem,
                              ttp=info, port=port)
-        opened = OpenShop(shop, party, tls, (f / "admin-secret").read_text().strip(), closers)
+        opened = OpenShop(shop, party, tls, (f / "admin-secret").read_text().strip(), closers,
+                          services_dir=f / "services")
         opened.worker, opened.workers = worker, workers
         return opened
 

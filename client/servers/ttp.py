@@ -15,6 +15,11 @@ What T decides (the fairness argument is in docs/exchange.md):
   turns out false, T decides ``originator-fault``. If the responder's item does not verify, the
   request is a false complaint: a signed refusal, and nothing about the exchange changes.
 * ``abort`` (rev-rev, by either party): ``revoked``; both transfers are void.
+* ``resolve`` in rev-rev (by either party, with both items): if both verify, ``resolved``: both
+  transfers stand and T keeps both items (a revocable payment is then captured at the bank); a later
+  abort gets this decision, with the peer's item.
+* a gen-ver commitment the third party may act on only until a time (a reserved cheque's
+  ``valid_until``): after it, with nothing decided, ``expired`` — the originator gets it back.
 * ``complaint``: a resolve (gen-ver responder) or an abort (rev-rev) by another name; refused for
   the gen-ver originator (its commitment is honoured only against the responder's item, which T
   then keeps for it) and for plain transfers (no fairness was agreed).
@@ -30,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -230,6 +236,14 @@ class ThirdParty:
     def _evaluate(self, kind: str, role: str, proposal: Proposal, req: TtpRequest) -> tuple[str, dict[str, Any]]:
         """(outcome, fields) for an undecided exchange, or _Refusal."""
         protocol = proposal.protocol
+        b = proposal.binding
+        # gen-ver: a commitment the third party may act on only until a time (a reserved cheque's
+        # valid_until): after it, and with nothing decided, the exchange is over and its drawer gets it back
+        limit = self.managers.deadline(proposal.commitments, proposal.desc_o) if protocol == "gen-ver" else None
+        if limit is not None and time.time() > limit and kind in ("status", "resolve", "complaint"):
+            return "expired", {"reason": "the originator's commitment could be released by the third party only "
+                                         f"until {limit} (POSIX time); nobody resolved before, so it goes back to "
+                                         "the originator and the exchange did not happen"}
         if kind == "status":
             return "undecided", {}
         if kind == "complaint":
@@ -249,9 +263,11 @@ class ThirdParty:
             return "revoked", {"reason": f"the {role} asked to abort; both transfers of this exchange are revoked "
                                          "and void"}
         # resolve
+        if protocol == "rev-rev":
+            return self._resolve_revocable(role, proposal, req)
         if protocol != "gen-ver" or role != "responder":
-            raise _Refusal("only the responder of a gen-ver exchange can ask for a resolution", True)
-        b = proposal.binding
+            raise _Refusal("only the responder of a gen-ver exchange, or either party of a rev-rev exchange, can "
+                           "ask for a resolution", True)
         try:
             item = content_from_json(req.item, "item")
             kept = self.managers.check(item, proposal.desc_r, b, b.responder)
@@ -272,6 +288,26 @@ class ThirdParty:
         return "resolved", {"reason": "the responder's item verified against the agreed description; the third "
                                       "party generated the originator's item in its place",
                             "replacement": replacement, "responder_item": kept.to_json()}
+
+    def _resolve_revocable(self, role: str, proposal: Proposal, req: TtpRequest) -> tuple[str, dict[str, Any]]:
+        """rev-rev: a party holding the peer's item hands in both; if both verify against the agreed
+        descriptions, both stand (``resolved``) and T keeps them: a later abort by either gets the other's."""
+        b = proposal.binding
+        peer = "responder" if role == "originator" else "originator"
+        descs = {"originator": proposal.desc_o, "responder": proposal.desc_r}
+        items = {peer: req.item, role: req.own}
+        kept = {}
+        for who, raw in items.items():
+            try:
+                item = content_from_json(raw, f"the {who}'s item")
+                kept[who] = self.managers.check(item, descs[who], b, b.party(who))
+            except TransferError as e:
+                raise _Refusal(f"false complaint: the {who}'s item does not verify against the agreed description "
+                               f"({e}); the exchange stays as it was", True) from None
+        return "resolved", {"reason": f"the {role} handed in both items and both verified: both transfers stand; "
+                                      "the third party keeps them for both parties",
+                            "originator_item": kept["originator"].to_json(),
+                            "responder_item": kept["responder"].to_json()}
 
     def stats(self) -> dict[str, Any]:
         with self.db.transaction(write=False) as tx:

@@ -8,6 +8,9 @@ Layout of ``$SEMPER_HOME/ttp`` (or ``--dir``)::
     purse-root.pem   the card purse scheme root (to verify debit proofs), if T serves the purse
     ttp.pem tsa.pem  T's certificates (also stored on the token next to their keys)
     escrow.der       T's signed escrow-key statement: give it to originators with ttp.pem
+    bank.json, bank-tls-root.pem   the bank T asks (``semper ttp bank``): payments in fair exchanges
+                     that T verifies at the bank (e-cash deposited for the payee) or releases there
+                     (reserved cheques); without it T verifies card purse payments only
     tls/             the service's TLS key and certificate chain, issued by the CA
 
 The token holds three P-256 keys made on it: the signing key (decisions; role ``ttp``), the
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,15 +151,43 @@ class TtpHome:
         home.config_file.write_text(json.dumps(config, indent=1, sort_keys=True))
         return home
 
+    bank_file = property(lambda self: self.folder / "bank.json")
+    bank_tls_root = property(lambda self: self.folder / "bank-tls-root.pem")
+
+    def connect_bank(self, url: str, tls_root: Path) -> None:
+        """Let T reach the bank: to verify e-cash by depositing it for the payee, and to check the bank's
+        signature on reserved cheques (docs/exchange.md, "Payments in fair exchanges")."""
+        self.bank_tls_root.write_bytes(Path(tls_root).read_bytes())
+        self.bank_file.write_text(json.dumps({"url": url}, indent=1))
+
     # ---- opening ------------------------------------------------------------------------------------
     def trust(self) -> TrustStore:
         return TrustStore.from_files(self.ca_pem)
 
-    def managers(self, trust: TrustStore) -> Managers:
+    def managers(self, trust: TrustStore, bank: Any = None) -> Managers:
+        """``bank``: T's bank client (or None: card purse payments only, as before)."""
         root = x509.load_pem_x509_certificate(self.purse_root_pem.read_bytes()) if self.purse_root_pem.exists() \
             else None
+        extra: dict[str, Any] = {}
+        if bank is not None:
+            from ..payment.exchange_items import bank_deposit
+            from ..payment.module import PartyContext
+            from ..payment.modules.ecash import EcashModule
+            try:
+                extra = {"roots": list(trust.roots), "bank_certificate": bank.bank_certificate,
+                         "mint_keys": EcashModule(PartyContext(bank=bank)).mint_keys(),
+                         "ecash_deposit": bank_deposit(bank)}
+            except Exception as e:          # the bank is down: T still serves everything but these payments
+                log.warning("the bank is not reachable (%s); e-cash and cheques in exchanges are not verified", e)
         return Managers(StatementManager(trust), CredentialManager(trust), InformationManager(),
-                        PaymentManager(item_verifiers(purse_root=root)))
+                        PaymentManager(item_verifiers(purse_root=root, **extra)))
+
+    def bank_client(self, signer: Any) -> Any:
+        if not self.bank_file.exists():
+            return None
+        from ..payment.bank_client import BankClient
+        url = json.loads(self.bank_file.read_text())["url"]
+        return BankClient(url, self.bank_tls_root, signer)
 
     def open(self, pin: bytes) -> OpenTtp:
         """T's token keys logged in, its database open."""
@@ -175,9 +207,39 @@ class TtpHome:
         escrow.login(pin)
         trust = self.trust()
         db = self.database()
-        ttp = ThirdParty(db, signer, certificate, trust, self.managers(trust), escrow)
+        locked = LockedSigner(signer)           # T's decisions and its bank requests share one token session
+        ttp = ThirdParty(db, locked, certificate, trust, self.managers(trust, self.bank_client(locked)), escrow)
         return OpenTtp(ttp, tsa, self.escrow_file.read_bytes(), (self.tls_dir / "cert.pem", self.tls_dir / "key.pem"),
                        [escrow.close, signer.close, db.close])
 
     def _ca_der(self) -> bytes:
         return x509.load_pem_x509_certificate(self.ca_pem.read_bytes()).public_bytes(Encoding.DER)
+
+
+class LockedSigner:
+    """A signer whose signatures queue on one lock: a token session signs one digest at a time, and T signs
+    decisions and, for payments in exchanges, its requests to the bank, from several threads."""
+
+    def __init__(self, signer: Any) -> None:
+        self.signer = signer
+        self.label = getattr(signer, "label", "third party")
+        self._lock = threading.Lock()
+
+    def certificate(self) -> bytes:
+        return bytes(self.signer.certificate())
+
+    def public_point(self) -> bytes:
+        return bytes(self.signer.public_point())
+
+    def pin_status(self) -> Any:
+        return self.signer.pin_status()
+
+    def verify_pin(self, pin: bytes) -> None:
+        self.signer.verify_pin(pin)
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        with self._lock:
+            return bytes(self.signer.sign_digest(digest))
+
+    def __getattr__(self, name: str) -> Any:        # the PKCS#11 signer's own (module, key_id, close ...)
+        return getattr(self.signer, name)

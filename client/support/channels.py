@@ -18,6 +18,7 @@ Every failure arrives as a :class:`ChannelError` subclass that says what a calle
 """
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import ssl
 import threading
@@ -32,6 +33,15 @@ from semper.hardware.errors import SemperError
 MAX_RESPONSE = 8 * 1024 * 1024
 DEFAULT_TIMEOUT = 15.0
 POOL = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30.0)
+# What every semper client sends besides the request itself: one User-Agent for all (not the library and
+# its version), and no cookies ever (a cookie a server sets and reads back would link a user's deals,
+# anonymous ones included: issue 18). No client certificate is ever loaded (client_context).
+HEADERS = {"User-Agent": "semper"}
+
+
+def _no_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that keeps nothing: every Set-Cookie is dropped, so nothing is ever sent back."""
+    return http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 
 class ChannelError(SemperError):
@@ -196,7 +206,8 @@ class JsonClient(_Base):
         """The pool, made again after :meth:`close` (closing drops the connections, not the client)."""
         with self._lock:
             if self._http is None or self._http.is_closed:
-                self._http = httpx.Client(verify=self.context, timeout=self.timeout, limits=POOL, trust_env=False)
+                self._http = httpx.Client(verify=self.context, timeout=self.timeout, limits=POOL, trust_env=False,
+                                          headers=HEADERS, cookies=_no_cookies())
             return self._http
 
     def get(self, path: str) -> dict[str, Any]:
@@ -253,7 +264,8 @@ class AsyncJsonClient(_Base):
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None or self._http.is_closed:
-            self._http = httpx.AsyncClient(verify=self.context, timeout=self.timeout, limits=POOL, trust_env=False)
+            self._http = httpx.AsyncClient(verify=self.context, timeout=self.timeout, limits=POOL, trust_env=False,
+                                           headers=HEADERS, cookies=_no_cookies())
         return self._http
 
     async def post_raw(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

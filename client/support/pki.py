@@ -71,6 +71,9 @@ ROLES: dict[str, RoleProfile] = {r.name: r for r in (
                 description="a bank, issuer or acquirer: signs authorisations, clearing statements"),
     RoleProfile("ttp", _SIGN, ("email_protection", ROLE_ARC + ".4"), needs_email=True,
                 description="the third party (arbiter): signs decisions and affidavits"),
+    RoleProfile("certifier", _SIGN, (ROLE_ARC + ".5",),
+                description="a service certifier: signs service certificates after evaluating service documents "
+                            "(docs/commerce.md, 'Services'); its own key, not the CA's"),
     RoleProfile("tsa", _SIGN, ("time_stamping",), eku_critical=True,
                 description="the third party's RFC 3161 time-stamping key (EKU timeStamping only, critical)"),
     RoleProfile("server", frozenset({"digital_signature"}), ("server_auth",), needs_hosts=True,

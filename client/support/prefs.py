@@ -123,6 +123,8 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("trust.ca_root", _path, "the semper CA root certificate (PEM) that clients pin"),
     Key("trust.bank_tls_root", _path, "the bank service's TLS root (PEM) that clients pin"),
     Key("trust.purse_root", _path, "the card purse scheme's root (PEM), to check purse payments in fair exchanges"),
+    Key("trust.certifiers", _path, "the service certifiers you trust: their certificates (PEM, one or more), "
+                                   "for services downloaded from shops (docs/commerce.md, 'Services')"),
     Key("trust.phrase", _phrase, "your personal phrase, shown in the TINGUIN's frame so you can tell it is real"),
     Key("payment.default_module", _module_name, "the payment module 'semper buy' prefers when --pay is not given"),
     Key("payment.account", _account, "your account at the bank (loads, e-cash, cheques, account payments)"),
@@ -130,6 +132,27 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("signer.reader", _reader, "the PC/SC reader of your card (default: search)"),
     Key("signer.token", _token_label, "the label of your PKCS#11 token"),
 )}
+
+
+def _decision(text: str) -> str:
+    if text not in ("allow", "refuse"):
+        raise ValueError("'allow' or 'refuse' (your decision on a downloaded service)")
+    return text
+
+
+#: keys made from a name: the decision on a downloaded service, by its certificate's serial
+SERVICE_DECISION = re.compile(r"^services\.[0-9a-f]{32}$")
+DECISION_KEY = Key("services.<certificate serial>", _decision,
+                   "your decision on a downloaded service (allow or refuse), kept when the TINGUIN asked")
+
+
+def _key(key: str) -> Key | None:
+    return KEYS.get(key) or (DECISION_KEY if SERVICE_DECISION.match(key) else None)
+
+
+def service_key(serial: str) -> str:
+    """The preference holding the decision on the service certified by ``serial``."""
+    return f"services.{serial.lower()}"
 
 
 def _unknown(key: str) -> PrefsError:
@@ -142,7 +165,7 @@ def _flatten(doc: dict[str, Any], where: Path) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for section, table in doc.items():
         if not isinstance(table, dict):
-            if section in {k.split(".")[0] for k in KEYS}:
+            if section in {k.split(".")[0] for k in KEYS} | {"services"}:
                 raise PrefsError(f"{where}: {section!r} must be a table ([{section}])", section)
             raise _unknown(section)
         for name, value in table.items():
@@ -161,18 +184,19 @@ class Prefs:
     path: Path
 
     def get(self, key: str, default: str | None = None) -> str | None:
-        if key not in KEYS:
+        if _key(key) is None:
             raise _unknown(key)
         return self.values.get(key, default)
 
 
 def _validate(key: str, value: Any, where: str) -> str:
-    if key not in KEYS:
+    known = _key(key)
+    if known is None:
         raise _unknown(key)
     if not isinstance(value, str):
-        raise PrefsError(f"{where}: {key} must be a string ({KEYS[key].help})", key)
+        raise PrefsError(f"{where}: {key} must be a string ({known.help})", key)
     try:
-        return KEYS[key].check(value)
+        return known.check(value)
     except ValueError as e:
         raise PrefsError(f"{where}: bad value for {key}: {e}", key) from None
 
@@ -217,7 +241,7 @@ def set_value(key: str, value: str, path: Path | None = None) -> Prefs:
 
 def unset(key: str, path: Path | None = None) -> Prefs:
     path = path or prefs_path()
-    if key not in KEYS:
+    if _key(key) is None:
         raise _unknown(key)
     doc = _read(path)
     section, name = key.split(".", 1)

@@ -45,6 +45,7 @@ from .model import (
     VerifiedOffer,
 )
 from .screens import ConfirmScreen, OfferScreen, PinScreen, ResultScreen
+from .service_screen import ServiceScreen, ServiceView
 from .sources import CardSource
 from .textshot import screen_text
 
@@ -140,6 +141,10 @@ class _AppUI:
     async def _progress(self, step: ProgressStep) -> None:
         self.app.show_progress(step)
 
+    async def _service(self, view: ServiceView) -> bool:
+        allowed = await self.app.open(ServiceScreen(view))
+        return bool(allowed)
+
     # TrustedUI
     def review_offer(self, offer: VerifiedOffer) -> PaymentOption | None:
         return self._run(lambda: self._offer(offer))
@@ -156,6 +161,11 @@ class _AppUI:
 
     def result(self, outcome: DealOutcome) -> None:
         self._run(lambda: self._result(outcome))
+
+    def review_service(self, view: ServiceView) -> bool:
+        """A downloaded service and what it may do; True when the user allows it (optional in a TrustedUI:
+        one without it runs no downloaded service)."""
+        return self._run(lambda: self._service(view))
 
 
 class TextualUI(_AppUI):
@@ -241,6 +251,14 @@ class ScriptedUI(_AppUI):
         self.say(f"scripted user: PIN entry {outcome.status.value}"
                  + (f" ({outcome.message})" if outcome.message and outcome.status is not PinStatus.VERIFIED else ""))
         return outcome
+
+    async def _service(self, view: ServiceView) -> bool:
+        future = self.app.open(ServiceScreen(view))
+        await self._look()
+        await self.pilot.press("y" if self.script.accept else "n")
+        answer = bool(await future)
+        self.say(f"scripted user: {'allowed' if answer else 'refused'} the service {view.name!r}")
+        return answer
 
     async def _result(self, outcome: DealOutcome) -> None:
         future = self.app.open(ResultScreen(outcome))

@@ -40,7 +40,7 @@ from semper.client.support import names
 from semper.client.support.money import format_amount
 
 from .literal import literal, tokens
-from .model import ConfirmationRequest, OfferError, Party, VerifiedOffer
+from .model import ConfirmationRequest, ExchangeRequest, OfferError, Party, VerifiedOffer
 
 FORMAT_LINE = "SEMPER TINGUIN confirmation v2"
 OPEN, CLOSE = "\u275d", "\u275e"            # ❝ ❞ around words the TINGUIN did not write
@@ -187,7 +187,45 @@ def _offer(page: _Page, offer: VerifiedOffer) -> None:
     page.line(f"Total: {format_amount(offer.total, offer.currency)}")
 
 
-def _page(request: ConfirmationRequest) -> _Page:
+def _exchange_page(request: ExchangeRequest) -> _Page:
+    """A person-to-person transfer or exchange: who, what each side gives, what keeps it fair."""
+    page = _Page()
+    page.line(FORMAT_LINE)
+    for legend in LEGEND:
+        page.line(legend)
+    page.line(f"You are asked to {request.action.value}.")
+    page.line(f"Exchange: {literal(request.cell, _WHOLE)}")
+    page.line("Deal ", Theirs(request.deal_id))
+    page.line("With, as named by its certificate (checked on this computer):")
+    if request.peer is not None:
+        _party(page, request.peer)
+    else:
+        page.line("any party certified under your CA roots that asks for exactly this", indent="  ")
+    page.line("at ", Theirs(request.peer_address), indent="  ")
+    for title, lines in (("You give:", request.give), ("You expect:", request.expect)):
+        page.line(title)
+        for label, value in lines or (("nothing", "(a transfer)"),):
+            page.line(Theirs(label), ": ", Theirs(value), indent="  ", more="      ")
+    page.line("What keeps it fair:")
+    page.line(Theirs(request.fairness), indent="  ")
+    if request.third_party is not None:
+        page.line("Third party, as named by its certificate:")
+        _party(page, request.third_party)
+    if request.signer is not None:
+        page.line("Signed by you as:")
+        _party(page, request.signer)
+    else:
+        page.line("Signed by you: no identity certificate is used")
+    page.line("End of the text to sign.")
+    if page.size > MAX_CHARS:
+        raise TextTooLong(f"the text to confirm is {page.size} characters long, more than the {MAX_CHARS} the "
+                          "TINGUIN shows whole; it is not signed")
+    return page
+
+
+def _page(request: ConfirmationRequest | ExchangeRequest) -> _Page:
+    if isinstance(request, ExchangeRequest):
+        return _exchange_page(request)
     offer = request.offer
     page = _Page()
     page.line(FORMAT_LINE)
@@ -216,12 +254,12 @@ def _page(request: ConfirmationRequest) -> _Page:
     return page
 
 
-def render(request: ConfirmationRequest) -> str:
+def render(request: ConfirmationRequest | ExchangeRequest) -> str:
     """The exact confirmation text; same request, same text, on every machine with the same Unicode data."""
     return _page(request).text
 
 
-def styled(request: ConfirmationRequest) -> Text:
+def styled(request: ConfirmationRequest | ExchangeRequest) -> Text:
     """:func:`render`'s characters (``.plain`` is equal) with the marks, marked words and warnings coloured."""
     page = _page(request)
     out = Text(page.text, end="", overflow="fold")

@@ -185,6 +185,7 @@ class Action(enum.Enum):
     PAY = "pay"
     SIGN_CONTRACT = "sign this contract with your key"
     ORDER = "sign this order with your key"
+    EXCHANGE = "give what is listed under 'You give' for what is listed under 'You expect'"
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,27 @@ class ConfirmationRequest:
     def __post_init__(self) -> None:
         if self.payment not in self.offer.payment_options:
             raise OfferError(f"payment by {self.payment.module!r} is not among the offer's verified payment options")
+
+
+@dataclass(frozen=True)
+class ExchangeRequest:
+    """A transfer or fair exchange between two persons (the paper's Figure 2), as the TINGUIN confirms it.
+
+    ``give`` and ``expect`` are (label, value) lines the commerce layer wrote from the items it will
+    make and check itself (amounts, digests, statement fields), never from the peer's claims; ``peer``
+    comes from a certificate checked against the CA roots (None: whoever asks, for a standing offer).
+    """
+
+    cell: str                               # the Figure 2 cell, in the TINGUIN's words
+    deal_id: str
+    peer: Party | None
+    peer_address: str                       # the peer's exchange service, or "(any peer that asks)"
+    give: tuple[tuple[str, str], ...]
+    expect: tuple[tuple[str, str], ...]
+    fairness: str                           # the TINGUIN's sentence on what protects the user here
+    third_party: Party | None = None
+    signer: Party | None = None             # the user's certificate that signs in the exchange
+    action: Action = Action.EXCHANGE
 
 
 @dataclass(frozen=True)

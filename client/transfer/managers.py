@@ -255,6 +255,31 @@ class Managers:
             kept[where] = self.get(d.type).check_replacement(r, c, a, d, b)
         return rebuild(e, kept)
 
+    def deadline(self, commitments: Mapping[str, Any], e: Expectation) -> int | None:
+        """The earliest time (POSIX seconds) until which the third party may generate the originator's items:
+        None when no item limits it (statements and information can be generated at any time; a reserved
+        cheque only until its ``valid_until``, after which its drawer gets it back)."""
+        out = None
+        for where, d in leaves(e):
+            fn = getattr(self.get(d.type), "deadline", None)
+            c = commitments.get(where) if isinstance(commitments, Mapping) else None
+            limit = fn(c, d) if fn is not None and isinstance(c, Mapping) else None
+            if limit is not None:
+                out = limit if out is None else min(out, limit)
+        return out
+
+    def settles(self, e: Expectation) -> bool:
+        """Whether an item received under ``e`` becomes final only with the third party's resolution (a
+        revocable payment: the bank holds it until then)."""
+        return any(getattr(self.get(d.type), "settles", lambda _d: False)(d) for _, d in leaves(e))
+
+    def settle(self, content: Content, e: Expectation, decision: bytes) -> None:
+        """Make received revocable items final with the third party's 'resolved' decision."""
+        for _where, item, d in pair_leaves(content, e):
+            fn = getattr(self.get(d.type), "settle", None)
+            if fn is not None:
+                fn(item, d, decision)
+
 
 def _part(parts: Mapping[str, Any], where: str, what: str, optional: bool = False) -> Mapping[str, Any]:
     value = parts.get(where) if isinstance(parts, Mapping) else None
@@ -298,6 +323,16 @@ def offer_commit(tree: OfferTree, e: Expectation, b: Binding, escrow: EscrowTarg
 def offer_release(tree: OfferTree, e: Expectation, b: Binding) -> Content:
     descs = dict(leaves(e))
     return rebuild(e, {where: o.release(descs[where], b) for where, o in offer_leaves(tree)})
+
+
+def offer_revoked(tree: OfferTree, e: Expectation, b: Binding, decision: bytes) -> None:
+    """The third party revoked the exchange: each offer undoes what it can (a revocable payment's hold
+    goes back to the payer); statements need nothing (the decision itself voids them)."""
+    descs = dict(leaves(e))
+    for where, o in offer_leaves(tree):
+        fn = getattr(o, "revoked", None)
+        if fn is not None and where in descs:
+            fn(descs[where], b, decision)
 
 
 class OfferBase:
@@ -378,5 +413,6 @@ __all__ = [
     "offer_leaves",
     "offer_make",
     "offer_release",
+    "offer_revoked",
     "satisfies",
 ]

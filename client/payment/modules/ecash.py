@@ -5,8 +5,9 @@ denomination, saves the blinding factors, and asks the bank (signed by the holde
 account and sign; it unblinds and keeps the coins. Pay:
 
     payer: coins (key id, serial, signature) adding up to the amount, moved to in-flight first
-    payee: checks each coin with the mint's public key, deposits them on line (a coin deposited
-           before is a double spend: refused), answers with the bank's signed deposit
+    payee: checks each coin with the mint's public key, deposits them on line for this payment (a
+           coin deposited before for anything else is a double spend: refused), answers with the
+           bank's signed deposit
 
 The bank saw the blinded values at withdrawal and only the coins at deposit: it cannot link them.
 ``reclaim`` deposits in-flight coins back to the payer's own account when a payee vanished.
@@ -229,7 +230,10 @@ class PayeeFlow:
             raise ProtocolError(f"the coins add up to {total}, the payment is {self.terms.amount}")
         bank = self.m.ctx.bank
         assert bank is not None
-        answer = bank.call_signed("mint/deposit", {"account": self.m.ctx.account, "coins": wire},
+        # deposited *for this payment*: the same coins again for it answer as before (the exchange's third
+        # party may have deposited them for this payee already), for anything else they are a double spend
+        answer = bank.call_signed("mint/deposit_for", {"account": self.m.ctx.account,
+                                                       "payment_id": self.terms.payment_id, "coins": wire},
                                   idempotency_key=f"deposit-{self.terms.payment_id}")
         self.done = True
         return Step({"kind": "deposited", "answer": answer.to_json()}, done=True, status=Status.PAID,

@@ -20,13 +20,21 @@ from .. import formats
 from ..errors import PaymentRefused, ProtocolError
 from ..model import Acceptance, ExchangeProperties, Instrument, Model, Record, Status, Terms
 from ..module import BaseModule, Message, Step, receive
-from ..wire import SignedJson, digest, verify_digest
+from ..wire import SignedJson, b64, digest, verify_digest
+
+
+def release_body(bank: str, drawer: str, number: str, xid: str) -> dict[str, Any]:
+    """A reserved cheque's release (the bank's ``bank_exchange.release_body`` reads the same)."""
+    return {"type": "cheque-release", "bank": bank, "drawer": drawer, "number": number, "xid": xid}
 
 
 class MandateModule(BaseModule):
     name = "cheque"
     model = Model.ACCOUNT_BASED
-    properties = ExchangeProperties(externally_verifiable=True, revocable=False, online=True)
+    # inside a fair exchange a cheque is *reserved* at the bank first (the amount held for it, the bank's
+    # signed reservation the payee checks): then it is externally verifiable (drawer's and bank's
+    # signatures) and generatable (the exchange's third party may release it in the drawer's place)
+    properties = ExchangeProperties(externally_verifiable=True, revocable=False, generatable=True, online=True)
 
     def instruments(self) -> list[Instrument]:
         if self.ctx.signer is None or self.ctx.account is None or self.ctx.bank is None:
@@ -59,6 +67,47 @@ class MandateModule(BaseModule):
         return self.ctx.bank.call_signed("cheque/deposit", {"account": self.ctx.account, "cheque": cheque.to_json()},
                                          idempotency_key=key or f"cheque-{cheque.body['drawer']}-"
                                                                 f"{cheque.body['number']}-{secrets.token_hex(4)}")
+
+    # ---- cheques in fair exchanges (client/servers/bank_exchange.py) -------------------------------------
+    def reserve(self, terms: Terms, account: str, clause: dict[str, Any]) -> tuple[SignedJson, SignedJson]:
+        """Write a cheque naming the exchange (``clause``: xid, ttp, valid_until, returnable) and have the bank
+        hold its amount; (the cheque, the bank's signed reservation)."""
+        bank = self.ctx.bank
+        assert bank is not None
+        body = {**formats.cheque(str(bank.info()["bank_id"]), account, secrets.token_hex(8), terms.payee,
+                                 terms.amount, terms.currency, terms.order_hash), "exchange": dict(clause)}
+        sig, cert = self._sign_digest(digest(body), f"sign a cheque for {terms.amount} (held at the bank for a fair "
+                                                    "exchange)")
+        cheque = SignedJson(body, cert, sig)
+        answer = bank.call_signed("cheque/reserve", {"cheque": cheque.to_json()},
+                                  idempotency_key=f"reserve-{account}-{body['number']}")
+        return cheque, answer
+
+    def release(self, cheque: SignedJson) -> SignedJson:
+        """The drawer's release of a reserved cheque: with it, the payee cashes it."""
+        b = cheque.body
+        body = release_body(str(b["bank"]), str(b["drawer"]), str(b["number"]), str(b["exchange"]["xid"]))
+        sig, cert = self._sign_digest(digest(body), f"release the cheque for {b['amount']} in the fair exchange")
+        return SignedJson(body, cert, sig)
+
+    def cash(self, cheque: SignedJson, release: SignedJson | None = None, release_statement: bytes | None = None
+             ) -> SignedJson:
+        """Payee: cash a reserved cheque with its release (the drawer's, or the third party's statement)."""
+        assert self.ctx.bank is not None and self.ctx.account is not None
+        params: dict[str, Any] = {"account": self.ctx.account, "cheque": cheque.to_json()}
+        if release is not None:
+            params["release"] = release.to_json()
+        if release_statement is not None:
+            params["release_statement"] = b64(release_statement)
+        return self.ctx.bank.call_signed("cheque/cash", params,
+                                         idempotency_key=f"cash-{cheque.body['drawer']}-{cheque.body['number']}")
+
+    def unreserve(self, cheque: SignedJson, decision: bytes) -> dict[str, Any]:
+        """Drawer: a returnable reservation back, with the third party's 'expired' decision."""
+        assert self.ctx.bank is not None
+        return dict(self.ctx.bank.call("cheque/unreserve", {"drawer": cheque.body["drawer"],
+                                                           "number": cheque.body["number"],
+                                                           "decision": b64(decision)})["result"])
 
     def status(self, record: Record) -> Status:
         if "cheque" not in record.evidence or self.ctx.bank is None:

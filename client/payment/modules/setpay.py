@@ -1,4 +1,5 @@
-"""Account payment module (SET / iKP): a dual-signed payment instruction, authorise, capture, refund.
+"""Account payment module (SET; iKP is its own module, ``ikp.py``): a dual-signed payment instruction,
+authorise, capture, refund.
 
     payer: instruction = order information OI (terms + order hash, in clear for the seller),
            payment instruction PI sealed to the bank's key, H(PI), and the dual signature over
@@ -24,7 +25,7 @@ from msgspec import Meta
 from .. import formats
 from ..errors import InstrumentError, ProtocolError
 from ..model import Acceptance, ExchangeProperties, Instrument, Model, Record, Status, Terms
-from ..module import BaseModule, Message, Step, receive
+from ..module import BaseModule, Flow, Message, Step, receive
 from ..sealed import seal
 from ..wire import SignedJson, b64, unb64, verify_digest
 
@@ -32,7 +33,10 @@ from ..wire import SignedJson, b64, unb64, verify_digest
 class SetPayModule(BaseModule):
     name = "setpay"
     model = Model.ACCOUNT_BASED
-    properties = ExchangeProperties(externally_verifiable=True, revocable=True, online=True)
+    # revocable: inside a fair exchange the bank holds the authorisation until the third party decides
+    # (set/settle, set/revoke). Not externally verifiable: a third party can check the dual signature,
+    # but not that the bank will honour it (the payer's account may be emptied before the payee asks).
+    properties = ExchangeProperties(externally_verifiable=False, revocable=True, online=True)
 
     def instruments(self) -> list[Instrument]:
         if self.ctx.signer is None or self.ctx.account is None or self.ctx.bank is None:
@@ -44,10 +48,10 @@ class SetPayModule(BaseModule):
             return None
         return Acceptance(self.name, (self.ctx.currency,), 1)
 
-    def payer_flow(self, terms: Terms, instrument: Instrument, params: dict[str, Any]) -> PayerFlow:
-        return PayerFlow(self, terms, instrument.ref)
+    def payer_flow(self, terms: Terms, instrument: Instrument, params: dict[str, Any]) -> Flow:
+        return PayerFlow(self, terms, instrument.ref, params.get("exchange"))
 
-    def payee_flow(self, terms: Terms) -> PayeeFlow:
+    def payee_flow(self, terms: Terms) -> Flow:
         return PayeeFlow(self, terms)
 
     # ---- payee's later actions ---------------------------------------------------------------
@@ -75,6 +79,20 @@ class SetPayModule(BaseModule):
         record.status = Status.REFUNDED if record.refunded == res["captured"] else Status.PARTLY_REFUNDED
         record.evidence["bank_state"] = res
         return record
+
+    # ---- inside a fair exchange: the third party's decision settles it ----------------------------
+    def settle(self, record: Record, decision: bytes) -> Record:
+        """Payee: capture an exchange authorisation with the third party's 'resolved' decision."""
+        res = self._bank_call("set/settle", {"authorisation": record.evidence["authorisation"],
+                                             "decision": b64(decision)})
+        record.status = Status.CAPTURED
+        record.evidence["bank_state"] = res
+        return record
+
+    def revoke(self, payee: str, payment_id: str, decision: bytes) -> dict[str, Any]:
+        """Payer (or payee): the hold back to the payer with the third party's 'revoked' decision; when the
+        payee never had it authorised, the bank remembers the revocation, so it never will."""
+        return self._bank_call("set/revoke", {"payee": payee, "payment_id": payment_id, "decision": b64(decision)})
 
     def status(self, record: Record) -> Status:
         if record.role != "payee" or "authorisation" not in record.evidence:
@@ -105,8 +123,9 @@ class Authorised(Message, frozen=True):
 
 
 class PayerFlow:
-    def __init__(self, module: SetPayModule, terms: Terms, account: str) -> None:
-        self.m, self.terms, self.account = module, terms, account
+    def __init__(self, module: SetPayModule, terms: Terms, account: str, exchange: dict[str, Any] | None = None
+                 ) -> None:
+        self.m, self.terms, self.account, self.exchange = module, terms, account, exchange
         self.state = "start"
 
     def step(self, incoming: dict[str, Any] | None) -> Step:
@@ -118,8 +137,8 @@ class PayerFlow:
             if not isinstance(pi_key, rsa.RSAPublicKey):
                 raise ProtocolError("the bank's payment-instruction key is not RSA")
             pi = formats.payment_instruction(self.account, t.payee, t.amount, t.currency, t.payment_id,
-                                             secrets.token_hex(16))
-            oi = formats.order_information(t.order_hash, t.amount, t.currency, t.payment_id, t.payee)
+                                             secrets.token_hex(16), self.exchange)
+            oi = formats.order_information(t.order_hash, t.amount, t.currency, t.payment_id, t.payee, self.exchange)
             pi_hash, oi_hash = formats.h(pi), formats.h(oi)
             ds, cert = self.m._sign_digest(formats.dual_digest(pi_hash, oi_hash), "sign the payment instruction")
             sealed = seal(pi_key, json.dumps(pi, sort_keys=True).encode(), oi_hash.hex().encode())
@@ -151,7 +170,10 @@ class PayeeFlow:
         t = self.terms
         msg = receive(incoming, Instruction)
         oi = msg.oi
-        if oi != formats.order_information(t.order_hash, t.amount, t.currency, t.payment_id, t.payee):
+        clause = oi.get("exchange")
+        if clause is not None and not isinstance(clause, dict):
+            raise ProtocolError("the order information's exchange clause must be an object")
+        if oi != formats.order_information(t.order_hash, t.amount, t.currency, t.payment_id, t.payee, clause):
             raise ProtocolError("the order information does not match this order's terms")
         pi_hash = bytes.fromhex(msg.pi_hash)
         try:
@@ -176,7 +198,9 @@ class PayeeFlow:
         evidence = {"authorisation": result["authorisation"], "oi": oi, "dual_signature": msg.dual_signature,
                     "pi_hash": msg.pi_hash, "payer_certificate": msg.payer_certificate}
         status = Status.AUTHORISED
-        if self.m.ctx.extras.get("capture", True):
+        if clause is not None:             # a fair exchange's: held until its third party decides (settle)
+            evidence["exchange"] = clause
+        elif self.m.ctx.extras.get("capture", True):
             answer = bank.call_signed("set/capture", {"authorisation": result["authorisation"], "amount": t.amount},
                                       idempotency_key=f"set-capture-{t.payment_id}")
             status = Status.CAPTURED

@@ -1,0 +1,229 @@
+"""The electronic mall (paper 1.1): one organisation offering several shops' goods, with an index and billing.
+
+Why the mall is a shop of its own: the buyer deals with one party, signs one order and pays once
+(the mall's offer lists every shop's items at the shops' prices, each item named by shop), with
+the same blocks, checks and evidence as with any shop. The mall then *settles*: for each shop's
+part it buys those items from that shop for the buyer, as a customer of the shop (a mail-order
+deal through the same buyer blocks, paid from the mall's account with an online payment module),
+to be shipped to the buyer's address. Each shop's part thus has that shop's own signed offer,
+confirmation and delivery note (naming the buyer's address), and the mall signs a ``mall-part``
+statement tying it to the buyer's deal; ``GET /mall/parts/{deal}`` gives them to the buyer, whose
+``shop-parts`` step checks them (``commerce/services/interpreter.py``).
+
+Money: the buyer pays the mall the total; the mall pays each shop its part; the parts add up to the
+total (the mall charges no commission here), so the mall's account ends where it began and every
+cent is accounted for at the bank (``semper bank audit``).
+
+The index (``GET /mall/index``) is built from the shops' own catalogues (``GET /catalogue``): their
+items under the mall's names (``SHOPKEY--SKU``), with the shop's name and URL.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..commerce import documents as docs
+from ..commerce.buyer import Buyer
+from ..commerce.catalogue import Catalogue, CatalogueItem
+from ..commerce.errors import CommerceError, DealConflict
+from ..tinguin.confirmation import digest as confirmation_digest
+from ..tinguin.confirmation import render as confirmation_text
+from ..tinguin.model import (
+    Confirmation,
+    ConfirmationRequest,
+    DealOutcome,
+    PaymentOption,
+    PinOutcome,
+    PinStatus,
+    ProgressStep,
+    VerifiedOffer,
+)
+from .shop import Shop
+
+SEP = "--"
+
+
+@dataclass(frozen=True)
+class MallShop:
+    """One shop in the mall: its key in the mall's item names, its name, its URL."""
+
+    key: str
+    name: str
+    url: str
+
+
+class AgentUI:
+    """The mall's own purchasing agent answers the questions a person answers in the TINGUIN.
+
+    It is a server party, not a person: it accepts an offer only when it lists exactly what the
+    mall's buyer ordered (checked by the blocks already) and pays with the module the mall chose;
+    its confirmations say ``scripted``. It never holds a PIN: the mall's token is logged in for the
+    service (:class:`AgentSigner`)."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+        self.outcomes: list[DealOutcome] = []
+
+    def review_offer(self, offer: VerifiedOffer) -> PaymentOption | None:
+        return next((o for o in offer.payment_options if o.module == self.module), None)
+
+    def confirm(self, request: ConfirmationRequest) -> Confirmation:
+        text = confirmation_text(request)
+        return Confirmation(True, text, confirmation_digest(text), scripted=True)
+
+    def ask_pin(self, purpose: str, deliver: Callable[[bytes], None], *,
+                pad: Callable[[], None] | None = None) -> PinOutcome:
+        return PinOutcome(PinStatus.CANCELLED, "the mall's agent enters no PIN")
+
+    def progress(self, step: ProgressStep) -> None:
+        pass
+
+    def result(self, outcome: DealOutcome) -> None:
+        self.outcomes.append(outcome)
+
+
+class AgentSigner:
+    """The mall's token key as its purchasing agent signs: with its *person* certificate (the shops take
+    orders from customers), through the same interface as the buyer's gated card key."""
+
+    def __init__(self, signer: Any, certificate: bytes) -> None:
+        self.signer = signer
+        self._certificate = certificate
+        self.label = "the mall's purchasing key"
+        self.lock = threading.RLock()
+
+    def certificate(self) -> bytes:
+        return self._certificate
+
+    def public_point(self) -> bytes:
+        return bytes(self.signer.public_point())
+
+    def pin_status(self) -> Any:
+        return self.signer.pin_status()
+
+    def verify_pin(self, pin: bytes) -> None:
+        self.signer.verify_pin(pin)
+
+    def announce(self, purpose: str) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def purpose_for(self, text: str) -> Iterator[None]:
+        yield
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        with self.lock:
+            return bytes(self.signer.sign_digest(digest))
+
+
+@dataclass
+class Part:
+    shop: MallShop
+    lines: list[tuple[str, int]]
+    amount: int = 0
+    deal: str | None = None
+    documents: dict[str, bytes] = field(default_factory=dict)
+    statement: bytes = b""
+
+
+def index_catalogue(shops: Mapping[str, MallShop], catalogues: Mapping[str, Catalogue]) -> Catalogue:
+    """The mall's catalogue: every shop's physical goods under ``KEY--SKU``, at the shop's price."""
+    items = []
+    for key, cat in catalogues.items():
+        for item in cat.items.values():
+            if item.kind != "physical":
+                continue                    # the mall resells goods shipped by the shop; information is sold direct
+            items.append(CatalogueItem(f"{key}{SEP}{item.sku}", f"{item.description} ({shops[key].name})", "physical",
+                                       item.unit_price, item.currency, max_quantity=item.max_quantity))
+    return Catalogue.of(items)
+
+
+class Mall(Shop):
+    """The mall: a shop whose goods come from other shops, settled with them when the buyer has paid."""
+
+    def __init__(self, *, shops: Mapping[str, MallShop], agents: Mapping[str, Buyer], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.shops = dict(shops)
+        self.agents = dict(agents)
+        self.parts: dict[str, list[Part]] = {}
+        self._progress: dict[str, dict[str, Part]] = {}     # parts settled so far (a retry buys only the rest)
+        self._settling: dict[str, threading.Lock] = {}
+        self._settle_lock = threading.Lock()
+
+    def index(self) -> dict[str, Any]:
+        return {"mall": self.name, "shops": [{"key": s.key, "name": s.name, "url": s.url} for s in self.shops.values()],
+                "items": [{**i.public(), "shop": self.shops[i.sku.split(SEP)[0]].name}
+                          for i in self.catalogue.items.values()]}
+
+    def deliver(self, deal_id: str) -> tuple[bytes | None, bytes | None]:
+        """Settle with every shop first (once); then the mall's own delivery note."""
+        sd = self._deal(deal_id)
+        if not sd.paid:
+            raise DealConflict("the order is not paid yet: nothing is delivered")
+        with self._settle_lock:
+            lock = self._settling.setdefault(sd.deal.deal_id, threading.Lock())
+        with lock:
+            if sd.deal.deal_id not in self.parts:
+                try:
+                    self.parts[sd.deal.deal_id] = self._settle(sd)
+                except CommerceError:
+                    self._commit(sd)               # the refusal is the deal's decision (the deal is in the database)
+                    return None, None              # not shipped (yet): the buyer asks again, or disputes
+                self._commit(sd)                   # the settlement's decision, before the delivery reads the deal
+        return super().deliver(deal_id)
+
+    def _settle(self, sd: Any) -> list[Part]:
+        by_shop: dict[str, Part] = {}
+        for item, qty in sd.lines:
+            key, sku = item.sku.split(SEP, 1)
+            by_shop.setdefault(key, Part(self.shops[key], [])).lines.append((sku, qty))
+        from ..commerce import workflows
+        done = self._progress.setdefault(sd.deal.deal_id, {})
+        for key, part in by_shop.items():
+            if key in done:
+                continue
+            r = workflows.mail_order(self.agents[key], part.lines, form=sd.form)
+            if not r.ok or r.payment is None:
+                sd.deal.decide("settlement", "refused", f"{part.shop.name}: {r.summary}")
+                raise CommerceError(f"the mall could not settle with {part.shop.name} ({r.summary}); it delivers "
+                                    "nothing it could not buy")
+            part.deal, part.amount, part.documents = r.deal_id, r.payment.terms.amount, r.documents
+            body = {"type": "mall-part", "deal": sd.deal.deal_id, "order_sha256": sd.order_digest,
+                    "shop": part.shop.name, "shop_deal": r.deal_id, "items": [list(x) for x in part.lines],
+                    "amount": part.amount, "currency": r.payment.terms.currency,
+                    "shop_delivery_sha256": docs.sha256_hex(r.documents["delivery"])}
+            part.statement = self._sign(body)
+            sd.deal.keep_statement(part.statement, "mall-part")
+            done[key] = part
+        sd.deal.decide("settlement", "satisfied", f"settled with {len(done)} shop(s)")
+        return list(done.values())
+
+    def parts_of(self, deal_id: str) -> list[dict[str, Any]]:
+        """What the buyer gets for each shop's part: the mall's statement and the shop's signed documents."""
+        import base64
+        parts = self.parts.get(deal_id)
+        if parts is None:
+            raise DealConflict("this deal is not settled yet (nothing delivered)")
+        return [{"shop": p.shop.name, "url": p.shop.url, "amount": p.amount,
+                 "statement": base64.b64encode(p.statement).decode(),
+                 **{k: base64.b64encode(v).decode() for k, v in p.documents.items() if k in ("offer", "delivery")}}
+                for p in parts]
+
+
+def mount_mall(app: Any, mall: Mall) -> None:
+    """``GET /mall/index`` and ``GET /mall/parts/{deal}`` beside the shop protocol's endpoints."""
+    from aiohttp import web
+
+    from ..support.http_service import blocking
+
+    async def index(request: web.Request) -> web.Response:
+        return web.json_response(mall.index())
+
+    async def parts(request: web.Request) -> web.Response:
+        return web.json_response({"parts": await blocking(mall.parts_of, request.match_info["deal"][:64])})
+
+    app.router.add_get("/mall/index", index)
+    app.router.add_get("/mall/parts/{deal}", parts)
