@@ -24,6 +24,7 @@ import json
 import secrets
 import threading
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,11 @@ class Shop:
     def view(self) -> dict[str, Any]:
         return {"seller": self.name, "items": [i.public() for i in self.catalogue.items.values()],
                 "payment": self.modules(), "fair_payment": [m for m in self.modules() if m in self.fair_modules]}
+
+    def batch(self) -> AbstractContextManager[None]:
+        """The archive entries made inside are written together, before the block ends
+        (``SharedArchive.batch``): one handler's entries, one transaction."""
+        return self.archive.batch()
 
     def _sign(self, body: Mapping[str, Any]) -> bytes:
         self.counters["signatures"] += 1

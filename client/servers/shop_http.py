@@ -40,7 +40,7 @@ from aiohttp import web
 from ..exchange.party import Party
 from ..payment.errors import PaymentError
 from ..payment.modules.purse import PurseModule
-from ..support.http_service import ApiError, blocking, make_app, read_json
+from ..support.http_service import ApiError, blocking, json_response, make_app, read_json
 from ..support.shapes import Shape
 from .shop import MAX_OPEN_DEALS, Shop
 from .shop_web import mount as mount_web
@@ -91,7 +91,7 @@ def _settle(shop: Shop, deal: str, envelope: dict[str, Any]) -> dict[str, Any]:
     """A payment step and, once the payment is complete, the signed confirmation and (mail order,
     registration) the delivery note, in one trip to the worker pool (one thread hop instead of three),
     their archive entries written in one transaction before the answer goes (docs/performance.md)."""
-    with shop.archive.batch():
+    with shop.batch():
         answer: dict[str, Any] = {"envelope": shop.pay(deal, envelope)}
         sd = shop.deals.get(deal)
         if sd is not None and sd.paid:          # the payment is complete: the signed confirmation comes with it
@@ -117,7 +117,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
 
     @routes.get("/catalogue")
     async def catalogue(request: web.Request) -> web.Response:
-        return web.json_response(shop.view())
+        return json_response(shop.view())
 
     @routes.post("/deals")
     async def deals(request: web.Request) -> web.Response:
@@ -126,7 +126,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
         # on the event loop, not the pool: a token signature and an archive entry (no disk flush) cost
         # less than the thread hop would (docs/performance.md)
         deal_id, der = shop.new_deal(body.workflow, items, body.nonce, body.anonymous)
-        return web.json_response({"deal": deal_id, "offer": _e(der)})
+        return json_response({"deal": deal_id, "offer": _e(der)})
 
     @routes.post("/deals/order")
     async def order(request: web.Request) -> web.Response:
@@ -142,7 +142,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
             if parts.scheme != "https" or not parts.hostname:
                 raise ApiError(400, "missing_field", "a fair exchange needs your client's https mailbox URL")
             if deal in started:
-                return web.json_response(answer)
+                return json_response(answer)
             if len(started) >= 2 * MAX_OPEN_DEALS:                  # forget deals the shop itself forgot
                 started.intersection_update(shop.deals)
             started.add(deal)                                       # before any await: one exchange per deal
@@ -158,14 +158,14 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
             task = asyncio.get_running_loop().create_task(run())
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-        return web.json_response(answer)
+        return json_response(answer)
 
     @routes.post("/deals/pay")
     async def pay(request: web.Request) -> web.Response:
         body = await read_json(request, Payment)
         deal = body.deal
         await _admitted(deal, body.envelope)
-        return web.json_response(await _call(_settle, shop, deal, body.envelope))
+        return json_response(await _call(_settle, shop, deal, body.envelope))
 
     async def _admitted(deal_id: str, envelope: Any) -> None:
         """Wait, on the event loop and bounded, for room at the payment device (the PSAM keeps only so
@@ -189,13 +189,13 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     @routes.post("/deals/confirm")
     async def confirm(request: web.Request) -> web.Response:
         body = await read_json(request, DealRef)
-        return web.json_response({"confirmation": _e(await _call(shop.confirm, body.deal))})
+        return json_response({"confirmation": _e(await _call(shop.confirm, body.deal))})
 
     @routes.post("/deals/delivery")
     async def delivery(request: web.Request) -> web.Response:
         body = await read_json(request, DealRef)
         note, content = await _call(shop.deliver, body.deal)
-        return web.json_response({"shipped": note is not None, "delivery": _e(note), "content": _e(content)})
+        return json_response({"shipped": note is not None, "delivery": _e(note), "content": _e(content)})
 
     @routes.post("/admin/clear")
     async def clear(request: web.Request) -> web.Response:
@@ -209,11 +209,11 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
         def run() -> Any:
             with shop.payment_lock:
                 return module.clear()
-        return web.json_response({"cleared": await _call(run)})
+        return json_response({"cleared": await _call(run)})
 
     @routes.get("/stats")
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response({**shop.counters, "deals": len(shop.deals)})
+        return json_response({**shop.counters, "deals": len(shop.deals)})
 
     app = make_app(list(routes))
     mount_web(app, shop)                        # the web site: catalogue, order form, delivery (shop_web.py)
