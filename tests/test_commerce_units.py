@@ -208,3 +208,33 @@ def test_a_batch_writes_its_entries_together_and_before_the_flush(tmp_path: Path
     assert stored()[-1] == b"refused"
     assert archive.verify().ok and len(archive.entries()) == 5
     archive.close()
+
+
+def test_threads_that_sync_together_share_a_flush_that_covers_each_of_them(tmp_path: Path, monkeypatch) -> None:
+    """Group commit: fewer flushes than callers, and every caller returns only after a flush that
+    started after its own entry was written."""
+    import time
+    archive = SharedArchive(tmp_path / "ev.sqlite3")
+    flushes: list[tuple[float, float]] = []
+
+    def slow_flush() -> None:
+        start = time.monotonic()
+        time.sleep(0.02)
+        flushes.append((start, time.monotonic()))
+    monkeypatch.setattr(archive, "_fsync_log", slow_flush)
+    seen: list[tuple[float, float]] = []
+
+    def deliver(n: int) -> None:
+        archive.append("d" * 32, "note", str(n).encode())
+        written = time.monotonic()
+        archive.sync()
+        seen.append((written, time.monotonic()))
+    threads = [threading.Thread(target=deliver, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(seen) == 8 and 1 <= len(flushes) < 8
+    for written, returned in seen:
+        assert any(written <= start and end <= returned for start, end in flushes)
+    archive.close()

@@ -40,6 +40,8 @@ class SharedArchive:
         self._all: list[Archive] = []
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._syncs_started = self._syncs_done = 0
         self.archive_id = self._mine().archive_id
 
     def _mine(self) -> Archive:
@@ -100,8 +102,22 @@ class SharedArchive:
         return getattr(self._mine(), name)
 
     def sync(self) -> None:
-        """Make every entry appended so far durable (one flush of SQLite's write-ahead log)."""
+        """Make every entry appended so far durable (one flush of SQLite's write-ahead log).
+
+        Group commit: threads that ask while another flush runs wait for it and then share one more
+        flush, started after all of them asked; a flush that *started* after a caller asked covers
+        everything that caller wrote, so the caller needs no flush of its own (docs/performance.md)."""
         self._flush()
+        asked = self._syncs_started                 # flushes numbered above this start after our writes
+        with self._sync_lock:
+            if self._syncs_done > asked:
+                return                              # one of them has completed: our entries are on disk
+            self._syncs_started += 1
+            number = self._syncs_started
+            self._fsync_log()
+            self._syncs_done = number
+
+    def _fsync_log(self) -> None:
         wal = self.path.with_name(self.path.name + "-wal")
         try:
             fd = os.open(wal, os.O_RDONLY)
