@@ -31,6 +31,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ..commerce import documents as docs
@@ -104,6 +105,10 @@ class Shop:
         with self._counter_lock:
             counters = dict(self.counters)
         return {**counters, "deals": self.store.open_count(), "pid": os.getpid()}
+    def batch(self) -> AbstractContextManager[None]:
+        """The archive entries made inside are written together, before the block ends
+        (``SharedArchive.batch``): one handler's entries, one transaction."""
+        return self.archive.batch()
 
     def _sign(self, body: Mapping[str, Any]) -> bytes:
         self._count("signatures")

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgspec
 from aiohttp import web
 
 from semper.hardware.errors import SemperError
@@ -54,8 +55,17 @@ class ApiError(SemperError):
         return self.http_status
 
 
+_JSON = msgspec.json.Encoder()
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """``web.json_response`` written by msgspec: the same JSON (non-ASCII as UTF-8, not escaped) in a
+    tenth of the time of Python's writer (docs/performance.md)."""
+    return web.Response(body=_JSON.encode(data), status=status, content_type="application/json")
+
+
 def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
+    return json_response({"error": code, "message": message}, status=status)
 
 
 def refusal(request: web.Request, e: SemperError) -> web.Response:
