@@ -178,13 +178,14 @@ def _floor(world: Any, session: Any, vc: Any, runs: int) -> dict[str, Any]:
             piv_signer.sign_digest(digest)
     card = time_it(card_sign)
     verify = time_it(lambda: verify_statement(offer, trust))
-    psam_conn = the_shop.payments.ctx.psam.apdu.connection
+    desk = the_shop.payments.ctx.psam.desk()
+    psam_conn = desk.session.apdu.connection
     purse, psam = PurseSession(b.purse.apdu.connection), PsamSession(psam_conn)
 
     def debit() -> None:
         # the device work alone (the PSAM's request, the card's debit, the PSAM taking the proof), not the
         # module's flow around it: this is the floor the purchase's payment is measured against
-        with the_shop.payment_lock, gated.lock:
+        with desk.lock, gated.lock:
             info = purse.info()
             _drq, request = psam.begin_debit(info.card_number, info.debit_counter + 1, 1, info.currency)
             _dpf, proof = purse.debit(psam.certificate(), request)

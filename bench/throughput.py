@@ -207,6 +207,41 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _commit_counter(url: str) -> Callable[[], int]:
+    """Transactions the shop's PostgreSQL database committed so far (``pg_stat_database``; its counters
+    lag by up to the stats interval, so the window's edges are read after a short settle)."""
+    def read() -> int:
+        import psycopg
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            row = conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").fetchone()
+        return int(row[0]) if row else 0
+    return read
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and all its descendants: its own, its ended children's (counted in it once it
+    waited for them: a worker or a database backend that ended) and every live descendant's."""
+    parents: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            parents.setdefault(ppid, []).append(int(d.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
+        todo.extend(parents.get(p, []))
+    return total
+
+
 def _pcscd_pid() -> int | None:
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -228,36 +263,64 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 
 
 def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2, warmup: float = 2.0,
-                     profile_seconds: float = 4.0, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     profile_seconds: float = 4.0, say: Callable[[str], None] | None = None, workers: int = 1,
+                     db: str = "sqlite") -> dict[str, Any]:
+    """``workers``: ``semper serve shop --workers N`` (N > 1: the PSAM in a device process of its own; no
+    profile, the profiling wrapper runs one process). ``db``: the shop's storage, SQLite in its folder or a
+    PostgreSQL cluster of the run's own with durable commits (the other parties stay on SQLite, so the
+    database server's CPU is all the seller's)."""
     from semper.client.demo_world import World
     from semper.hardware.pcscd import VirtualCards
     tell = say or (lambda _line: None)
-    if buyers < 1 or processes < 1 or seconds <= 0:
-        raise ValueError("buyers, processes and seconds must be positive")
+    if buyers < 1 or processes < 1 or seconds <= 0 or workers < 1:
+        raise ValueError("buyers, processes, workers and seconds must be positive")
+    if db not in ("sqlite", "postgresql"):
+        raise ValueError(f"--db is sqlite or postgresql, not {db!r}")
     processes = min(processes, buyers)
+    if workers > 1:
+        profile_seconds = 0.0
     from semper.hardware.simulator import card_keys_in
+    cluster = None
     with tempfile.TemporaryDirectory(prefix="semper-bench-tp-") as d, card_keys_in(Path(d)):
         folder = Path(d)
-        tell("making the market (CA, bank, third party, seller token, PSAM)")
-        world = World.create(folder)
+        dbs: dict[str, str] = {}
+        if db == "postgresql":
+            from .postgres import PostgresCluster, missing_reason
+            if missing_reason():
+                raise ValueError(f"--db postgresql: {missing_reason()}")
+            tell("starting a PostgreSQL cluster of the run's own for the shop (durable commits)")
+            cluster = PostgresCluster.start(durable=True)
+            dbs["shop"] = cluster.new_database("bench_shop")
         try:
-            with VirtualCards([world.psam_card], sync=True) as vc:
-                s = world.start_in_process(shop=False)
-                profile_file = folder / "seller-profile.json"
-                tell("starting 'semper serve shop' with its PSAM in " + vc.readers[0])
-                shop_proc = world.start_shop_process(psam_reader=vc.readers[0], catalogue=bench_catalogue(),
-                                                     launcher=("-m", "semper.bench.profiled_shop", "--profile",
-                                                               str(profile_file)))
-                tell(f"personalising {buyers} buyer cards, certifying their keys, loading their purses")
-                specs = make_buyers(world, buyers, tell)
-                report, results = _run(world, s.shop, shop_proc.pid, vc, specs, seconds, processes, warmup,
-                                       profile_seconds, profile_file, tell)
-                world.stop()                     # the shop lets go of its PSAM: read it for the money check
-                report["money"] = _money(specs, results, vc.readers[0])
-                report["met"] = report["met"] and report["money"]["conserved"]
-                return report
+            tell("making the market (CA, bank, third party, seller token, PSAM)")
+            world = World.create(folder, dbs=dbs)
+            try:
+                with VirtualCards([world.psam_card], sync=True) as vc:
+                    s = world.start_in_process(shop=False)
+                    profile_file = folder / "seller-profile.json"
+                    tell(f"starting 'semper serve shop --workers {workers} --db {db}' with its PSAM in {vc.readers[0]}")
+                    launcher = ("-m", "semper.bench.profiled_shop", "--profile", str(profile_file)) \
+                        if profile_seconds > 0 else ("-m", "semper.client.cli", "serve", "shop")
+                    shop_proc = world.start_shop_process(psam_reader=vc.readers[0], catalogue=bench_catalogue(),
+                                                         launcher=launcher, extra=("--workers", str(workers)))
+                    tell(f"personalising {buyers} buyer cards, certifying their keys, loading their purses")
+                    specs = make_buyers(world, buyers, tell)
+                    seller = {"seller (semper serve shop)": shop_proc.pid}       # its tree: workers, PSAM devices
+                    if cluster is not None and cluster.pid is not None:
+                        seller["database server (PostgreSQL)"] = cluster.pid
+                    commits = _commit_counter(dbs["shop"]) if "shop" in dbs else None
+                    report, results = _run(world, s.shop, seller, vc, specs, seconds, processes, warmup,
+                                           profile_seconds, profile_file, tell, commits)
+                    report.update(shop_workers=workers, db=db)
+                    world.stop()                     # the shop lets go of its PSAM: read it for the money check
+                    report["money"] = _money(specs, results, vc.readers[0])
+                    report["met"] = report["met"] and report["money"]["conserved"]
+                    return report
+            finally:
+                world.stop()
         finally:
-            world.stop()
+            if cluster is not None:
+                cluster.stop()
 
 
 def _money(specs: list[BuyerSpec], results: list[dict[str, Any]], psam_reader: str) -> dict[str, Any]:
@@ -278,9 +341,10 @@ def _money(specs: list[BuyerSpec], results: list[dict[str, Any]], psam_reader: s
             "psam_received_cents": received, "conserved": spent == received == expected}
 
 
-def _run(world: Any, shop_url: str, shop_pid: int, vc: Any, specs: list[BuyerSpec], seconds: float, processes: int,
-         warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None]
-         ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list[BuyerSpec], seconds: float,
+         processes: int,
+         warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None],
+         commits: Callable[[], int] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     groups = [specs[i::processes] for i in range(processes)]
@@ -307,13 +371,16 @@ def _run(world: Any, shop_url: str, shop_pid: int, vc: Any, specs: list[BuyerSpe
         plan = {k: base.value + v for k, v in offsets.items()}
         go.set()
         pcscd = _pcscd_pid()
-        pids = {"seller (semper serve shop)": shop_pid, "PSAM (simulated card process)": vc.server.pid,
-                **({"pcscd": pcscd} if pcscd else {})}
+        shop_pid = next(iter(seller.values()))
+        pids = {**seller, "PSAM (simulated card process)": vc.server.pid, **({"pcscd": pcscd} if pcscd else {})}
         time.sleep(max(0.0, plan["window_at"] - time.time()))
-        before = {k: _cpu_seconds(p) for k, p in pids.items()}
+        before = {k: _tree_cpu_seconds(p) for k, p in pids.items()}
+        committed = [commits()] if commits is not None else []
         tell(f"timing for {seconds:g} s")
         time.sleep(max(0.0, plan["window_end"] - time.time()))
-        after = {k: _cpu_seconds(p) for k, p in pids.items()}
+        after = {k: _tree_cpu_seconds(p) for k, p in pids.items()}
+        if commits is not None:
+            committed.append(commits())
         if profile_seconds > 0:
             os.kill(shop_pid, signal.SIGUSR1)
             tell(f"profiling for {profile_seconds:g} s")
@@ -328,8 +395,11 @@ def _run(world: Any, shop_url: str, shop_pid: int, vc: Any, specs: list[BuyerSpe
             w.join(10)
             if w.is_alive():
                 w.kill()
-    return _report(specs, seconds, processes, warmup, plan, results, before, after, profile_file,
-                   profile_seconds), results
+    report = _report(specs, seconds, processes, warmup, plan, results, before, after, profile_file, profile_seconds)
+    if len(committed) == 2 and report["purchases"]:
+        # the window's commits over the purchases that finished in it (a few at the edges belong to neighbours)
+        report["db_commits_per_purchase"] = round((committed[1] - committed[0]) / report["purchases"], 2)
+    return report, results
 
 
 def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: float, plan: dict[str, float],
@@ -346,20 +416,29 @@ def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: floa
     per = {k: round(v / len(done) * 1000, 3) if done else None for k, v in cpu.items()}
     total_ms = round(sum(v for v in per.values() if v is not None), 3) if done else None
     per["all processes"] = total_ms
-    seller_ms = per.get("seller (semper serve shop)")
+    # the seller's cost: its workers and PSAM owner, its database server, pcscd for its PSAM reader; not
+    # the simulated PSAM card (a real card computes on its own chip) nor the buyers
+    mine = [k for k in per if k.startswith(("seller", "database server", "pcscd"))]
+    seller_ms = round(sum(per[k] or 0.0 for k in mine), 3) if done else None
     cores = os.cpu_count() or 1
     report: dict[str, Any] = {
         "bench": "throughput",
         "what": "mail-order purchases paid from the card purse at one seller ('semper serve shop': token in "
-                "SoftHSM2, PSAM behind pcscd with durable writes, evidence archived), N buyers at once, each a full "
-                "client with its own in-process card and archive; CA, bank and third party on loopback HTTPS",
+                "SoftHSM2, PSAM behind pcscd with durable writes, evidence archived, deals in its database), N "
+                "buyers at once, each a full client with its own in-process card and archive; CA, bank and third "
+                "party on loopback HTTPS",
         "buyers": len(specs), "buyer_processes": processes, "window_s": seconds, "warmup_s": warmup,
         "purchases": len(done), "failed": len(failed), "failed_whole_run": len(failed_anywhere),
         "failures": sorted(set(failed_anywhere))[:5],
         "purchases_per_s": round(rate, 1),
         "latency": _percentiles(done) if done else None,
         "cpu_s_in_window": cpu, "cpu_ms_per_purchase": per,
+        # the seller's own processes: 'semper serve shop' with every worker and PSAM device process, its
+        # database server (PostgreSQL), pcscd for its PSAM reader
+        "seller_cpu_ms_per_purchase": seller_ms, "seller_cpu_parts": mine,
         "seller_capacity_per_core": round(1000 / seller_ms, 1) if seller_ms else None,
+        # how many purchases per second this machine's cores could take if they ran the seller alone
+        "seller_capacity_per_s": round(cores * 1000 / seller_ms, 1) if seller_ms else None, "cores": cores,
         # every process of the purchase shares this machine's cores: at this much CPU per purchase the
         # machine cannot do more than this many purchases per second, however many buyers there are
         "cpu_ceiling_per_s": round(cores * 1000 / total_ms, 1) if total_ms else None,

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from semper.client.commerce.catalogue import CatalogueItem
-from semper.client.commerce.errors import CommerceError
 from semper.client.servers.shop import Shop, ShopDeal
 from semper.client.servers.shop_home import OpenShop, ShopHome
 
@@ -74,13 +73,10 @@ class CheatingShop(Shop):
             return [{**x, "sku": "tea-sampler" if x["sku"] != "tea-sampler" else "teapot"} for x in lines]
         return lines
 
-    def deliver(self, deal_id: str) -> tuple[bytes | None, bytes | None]:
+    def make_delivery(self, sd: ShopDeal) -> None:
         if self.cheat.no_delivery:
-            sd = self._deal(deal_id)
-            if not sd.paid:
-                raise CommerceError("the order is not paid yet: nothing is delivered")
-            return None, None                        # paid, and nothing is shipped
-        return super().deliver(deal_id)
+            return                                   # paid, and nothing is shipped
+        super().make_delivery(sd)
 
     def exchange_plan(self, deal_id: str) -> Any:
         plan = super().exchange_plan(deal_id)
@@ -89,10 +85,10 @@ class CheatingShop(Shop):
         return plan
 
 
-def open_cheating_shop(home: ShopHome, pin: bytes) -> OpenShop:
+def open_cheating_shop(home: ShopHome, pin: bytes, db: str | None = None) -> OpenShop:
     """The shop's folder opened as a :class:`CheatingShop` whose exchange party sends through the
     shop's :attr:`~CheatingShop.exchange_outbox`."""
-    opened = home.open(pin, shop_class=CheatingShop)
+    opened = home.open(pin, shop_class=CheatingShop, db=db)
     shop = opened.shop
     make_party = opened.party
     if make_party is not None:
@@ -111,7 +107,7 @@ def start_in_process(world: Any, psam_reader: str | None = None) -> CheatingShop
     from semper.client.support.channels import server_context
     from semper.client.support.http_service import ServiceRunner
     s = world.services
-    opened = open_cheating_shop(world._shop_home(psam_reader, s.ttp, s.bank), TOKEN_PIN)
+    opened = open_cheating_shop(world._shop_home(psam_reader, s.ttp, s.bank), TOKEN_PIN, db=world.dbs.get("shop"))
     s.opened_shop = opened
     s.closers.append(opened.close)
     s.runners.append(ServiceRunner(opened.app(), "127.0.0.1", 0, server_context(*opened.tls)).start())
@@ -128,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pin-file", type=Path, required=True)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--cheat", choices=CHEATS, required=True)
+    ap.add_argument("--db", help="the shop's storage URL (as semper serve shop --db)")
     args = ap.parse_args(argv)
-    opened = open_cheating_shop(ShopHome(args.dir), args.pin_file.read_bytes().strip())
+    opened = open_cheating_shop(ShopHome(args.dir), args.pin_file.read_bytes().strip(), db=args.db)
     opened.shop.cheat = Cheat.named(args.cheat)
     try:
         runner = ServiceRunner(opened.app(), "127.0.0.1", args.port, server_context(*opened.tls))

@@ -102,27 +102,6 @@ def check_money(before: Money, after: Money, proven_paid: int) -> list[str]:
     return out
 
 
-SHOP_RESTART_LIMIT = ("known limit (shop restart forgets open deals): the shop was killed between the card's debit "
-                      "and the proof reaching its PSAM; restarted, it no longer knows the deal. The buyer holds the "
-                      "card-signed debit proof and the judge rules that the seller owes the goods or the money; the "
-                      "value ({amount}) stays counted in the bank's purse float but no PSAM can clear it")
-
-
-def shop_restart_limit(before: Money, after: Money, proven_paid: int, deals: list[DealFinding],
-                       shop_crashed: bool) -> str | None:
-    """The one money discrepancy explained by a known limit, and only when every figure says exactly that:
-    the shop crashed in the run, the value stranded equals what the buyer lost beyond the seller's gain
-    and what its evidence proves beyond that gain, and the buyer wins a dispute for at least that much."""
-    left = stranded(after) - stranded(before)
-    gained = after.seller_account - before.seller_account
-    lost = before.buyer_total - after.buyer_total
-    won = sum(d.paid for d in deals if d.outcome == "buyer-wins")
-    if (shop_crashed and left > 0 and lost - gained == left and proven_paid - gained == left and won >= left
-            and after.issued == before.issued):
-        return SHOP_RESTART_LIMIT.format(amount=left)
-    return None
-
-
 # ---- deals ---------------------------------------------------------------------------------------------------
 NOT_PAID = ("nothing was paid", "the seller made an offer; no order followed", "no offer signed by a seller")
 

@@ -4,7 +4,8 @@ Attached to the ``semper`` command through the ``semper.commands`` entry point (
 
 Every run drives one workflow (mail order, information, registration, contract signing) through
 the buyer's real client against real ``semper serve`` processes while the plan tears the buyer's
-card, drops a connection, kills and restarts a party, or makes the shop cheat (or injects nothing:
+card, drops a connection, kills and restarts a party (between requests or while it handles one),
+or makes the shop cheat (or injects nothing:
 a control). After every run ``semper audit``, both archives, money and the honest party's holdings
 are checked (``chaos/checks.py``). One line per run says what was injected and what was found; a
 JSON summary ends the output; a failing run prints the command that replays it. Exit status 1 on
@@ -46,7 +47,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         print(f"chaos: {line}", file=sys.stderr, flush=True)
     try:
         summary = run_chaos(args.runs, args.seed, workflows=workflows, replay=args.replay, keep=args.keep,
-                            on_run=on_run, say=say, patience=args.patience)
+                            on_run=on_run, say=say, patience=args.patience, db=args.db)
     except ValueError as e:
         raise UsageError(str(e)) from None
     print_json(summary.as_dict())
@@ -74,4 +75,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--patience", type=positive_float, default=2.0,
                    help="the buyer's patience for a delivery or an exchange step, seconds (default 2)")
     p.add_argument("--verbose", action="store_true", help="keep the parties' own log messages")
+    p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="where every service keeps its state: SQLite in its folder (default), or a PostgreSQL "
+                        "cluster the run starts for itself (needs Debian's postgresql)")
     p.set_defaults(fn=cmd_chaos)

@@ -8,7 +8,10 @@ buyer's card as a :class:`~chaos.card.TearableCard` process, and the buyer's rea
 (``open_buyer``) with a fixed-policy user (``bench.policy_ui``), its card key registered at the CA.
 
 The world is made once per ``semper chaos`` invocation (about 10 s); runs share it, so the checks
-compare each run's end with its start.
+compare each run's end with its start. With ``db="postgresql"`` every service keeps its state in a
+database of a PostgreSQL cluster the market starts for itself (``semper.bench.postgres``: its own
+folder and unix socket, stopped by pid when the market closes); otherwise each keeps SQLite in its
+folder.
 """
 from __future__ import annotations
 
@@ -110,26 +113,46 @@ class Market:
     ui: Any                                        # bench.policy_ui.PolicyUI
     cheat: str | None = None
     closers: list[Any] = field(default_factory=list)
+    cluster: Any = None                            # semper.bench.postgres.PostgresCluster, or None (SQLite)
 
     @property
     def buyer(self) -> Any:
         return self.session.buyer
 
     @classmethod
-    def create(cls, folder: Path, *, patience: float = 2.0, say: Any = None) -> Market:
+    def create(cls, folder: Path, *, patience: float = 2.0, say: Any = None, db: str = "sqlite") -> Market:
         from semper.bench.policy_ui import PolicyUI
         from semper.client.commerce.setup import BuyerConfig, open_buyer, register_card
         tell = say or (lambda _line: None)
         folder = Path(folder)
+        cluster = None
+        dbs: dict[str, str] = {}
+        if db == "postgresql":
+            from semper.bench.postgres import PostgresCluster, missing_reason
+            reason = missing_reason()
+            if reason is not None:
+                raise ValueError(f"--db postgresql: {reason}")
+            tell("starting a PostgreSQL cluster of the run's own (unix socket, stopped at the end)")
+            cluster = PostgresCluster.start()
+            dbs = {name: cluster.new_database(f"chaos_{name}") for name in ("ca", "bank", "ttp", "shop")}
+        elif db != "sqlite":
+            raise ValueError(f"--db is sqlite or postgresql, not {db!r}")
         tell("making the world: CA, bank, third party, shop, buyer card, tokens")
-        world = World.create(folder)
+        try:
+            world = World.create(folder, dbs=dbs)
+        except BaseException:
+            if cluster is not None:
+                cluster.stop()
+            raise
         env = world.child_env()
         pin = ["--pin-file", str(world.pin_file)]
         serve = ["-m", "semper.client.cli", "serve"]
-        services = {"ca": ServiceProcess("semper serve ca", serve + ["ca", "--ca-dir", str(world.ca_dir)] + pin, env),
+        services = {"ca": ServiceProcess("semper serve ca", serve + ["ca", "--ca-dir", str(world.ca_dir)] + pin
+                                         + world.db_args("ca"), env),
                     "bank": ServiceProcess("semper serve bank", serve + ["bank", "--bank-dir", str(world.bank_dir)]
-                                           + pin, env),
-                    "ttp": ServiceProcess("semper serve ttp", serve + ["ttp", "--dir", str(world.ttp_dir)] + pin, env)}
+                                           + pin + world.db_args("bank"), env),
+                    "ttp": ServiceProcess("semper serve ttp", serve + ["ttp", "--dir", str(world.ttp_dir)] + pin
+                                          + world.db_args("ttp"), env)}
         proxies: dict[str, FaultProxy] = {}
         market: Market | None = None
         card: TearableCard | None = None
@@ -143,8 +166,8 @@ class Market:
                 if name != "ca":
                     proxies[name] = FaultProxy(name, port, services[name], tls=tls[name], upstream_root=roots[name])
             world._shop_home(None, proxies["ttp"].url, proxies["bank"].url)
-            services["shop"] = ServiceProcess("semper serve shop", serve + ["shop", "--dir", str(world.shop_dir)] + pin,
-                                              env)
+            services["shop"] = ServiceProcess("semper serve shop", serve + ["shop", "--dir", str(world.shop_dir)] + pin
+                                              + world.db_args("shop"), env)
             proxies["shop"] = FaultProxy("shop", services["shop"].start(), services["shop"], tls=tls["shop"],
                                          upstream_root=roots["shop"])
             tell("the buyer's card (a process that can be torn) and the buyer's client")
@@ -159,7 +182,7 @@ class Market:
                               escrow=escrow, tls=world.buyer_tls(), patience=patience,
                               modules=("card-purse", "cheque", "setpay"))
             session = open_buyer(cfg, ui, card)
-            market = cls(world, folder, services, proxies, card, session, ui)
+            market = cls(world, folder, services, proxies, card, session, ui, cluster=cluster)
             ca_url = f"https://127.0.0.1:{services['ca'].port}"
             register_card(session, ca_url=ca_url, ca_root_pem=world.root_pem,
                           registration_key=world.registration_key(), name="Bob Buyer", email="bob@buyer.example",
@@ -178,6 +201,8 @@ class Market:
                 if card is not None:
                     card.close()
                 world.stop()
+                if cluster is not None:
+                    cluster.stop()
             raise
 
     # ---- the buyer's purse ------------------------------------------------------------------------
@@ -199,7 +224,7 @@ class Market:
         shop = self.services["shop"]
         shop.stop()
         w = self.world
-        pin = ["--pin-file", str(w.pin_file)]
+        pin = ["--pin-file", str(w.pin_file)] + w.db_args("shop")
         if cheat is None:
             shop.argv = ["-m", "semper.client.cli", "serve", "shop", "--dir", str(w.shop_dir)] + pin
             shop.name = "semper serve shop"
@@ -233,3 +258,10 @@ class Market:
             s.stop()
         self.card.close()
         self.world.stop()
+        if self.cluster is not None:
+            try:
+                self.world.bank.db.close()        # the operator's handles, before the server goes
+                self.world.ca.db.close()
+            except Exception:                     # closing is best effort
+                pass
+            self.cluster.stop()

@@ -38,7 +38,9 @@ REQUESTS: dict[str, dict[Any, int]] = {
 @dataclass(frozen=True)
 class Fault:
     """One injection. ``kind``: card-tear | drop | crash | cheat; ``where``: card, shop, bank, ttp or the
-    cheat's name; ``mode``: before/during (card), up/down (links); ``at``: APDU or request number."""
+    cheat's name; ``mode``: before/during (card), up/down (links), and for crashes also during (the
+    party is killed ``delay_ms`` after the request reached it, while it may be handling it); ``at``: APDU
+    or request number."""
 
     kind: str
     where: str
@@ -52,7 +54,8 @@ class Fault:
             return f"card torn at APDU {self.at} ({self.mode}{extra})"
         if self.kind in ("drop", "crash"):
             what = "connection to" if self.kind == "drop" else "SIGKILL+restart of"
-            when = "before forwarding it" if self.mode == "up" else "after its answer, before delivering it"
+            when = {"up": "before forwarding it", "down": "after its answer, before delivering it",
+                    "during": f"{self.delay_ms:.1f} ms after forwarding it, while it is handled"}[self.mode]
             return f"{self.kind}: {what} {self.where} at request {self.at} ({when})"
         if self.kind == "cheat":
             return f"cheating buyer: {self.where[6:]}" if self.where.startswith("buyer:") else \
@@ -141,6 +144,10 @@ def _fault(rng: random.Random, kind: str, workflow: str, payment: str) -> Fault:
             party = rng.choice(("shop", "bank", "bank") if payment != "card-purse" else ("shop", "shop", "bank"))
         key = {"shop": (workflow, payment), "bank": payment, "ttp": workflow}[party]
         limit = REQUESTS[party][key]
+        if kind == "crash":           # a process killed at any moment: also while it handles the request
+            mode = rng.choice(("up", "down", "during"))
+            return Fault(kind, party, mode, rng.randint(1, limit),
+                         round(rng.uniform(0.0, 25.0), 1) if mode == "during" else 0.0)
         return Fault(kind, party, rng.choice(("up", "down")), rng.randint(1, limit))
     if kind == "cheat":
         buyer = [c for c in BUYER_CHEATS if c != "buyer:hidden_delivery" or workflow in ("mail-order", "registration")]

@@ -13,7 +13,10 @@ arming, so a run's seed names the same message every time:
 * ``drop`` / ``down``: the party handled the request and answered; the answer is thrown away and
   the connection cut (the client cannot know whether the party acted);
 * ``crash`` / ``up`` or ``down``: the same moments, and the party's process is SIGKILLed there and
-  then and started again on its folder, while new connections wait for it (bounded).
+  then and started again on its folder, while new connections wait for it (bounded);
+* ``crash`` / ``during``: the request is forwarded, and ``delay_ms`` later the party is SIGKILLed,
+  whatever it is doing then (still reading, in its database transaction, signing, answering); the
+  client's connection is cut either way, so it cannot know how far the party got.
 
 The proxy's port never changes, so a party restarted on a new port stays reachable at the address
 every other party was configured with.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -45,7 +49,9 @@ class Restartable(Protocol):
 class LinkFault:
     action: str          # "drop" | "crash"
     direction: str       # "up": before forwarding the request | "down": after the answer, before delivering it
+    #                      | "during" (crash): delay_ms after forwarding it, answered or not
     at: int              # the request (1-based, counted since arming) it fires at
+    delay_ms: float = 0.0
 
 
 class _Cut(SemperError):
@@ -168,6 +174,10 @@ class FaultProxy:
                     uf = upstream.makefile("rb")
                 assert uf is not None
                 upstream.sendall(head + body)
+                if fault is not None and fault.direction == "during":
+                    time.sleep(fault.delay_ms / 1000)
+                    self._fire(fault, label)
+                    raise _Cut("fault")
                 rhead, rbody = _read_message(uf, response=True)
                 if fault is not None:
                     self._fire(fault, label)
@@ -205,7 +215,8 @@ class FaultProxy:
         return None
 
     def _fire(self, f: LinkFault, label: str) -> None:
-        when = "before forwarding" if f.direction == "up" else "after its answer"
+        when = {"up": "before forwarding", "down": "after its answer",
+                "during": f"{f.delay_ms:.1f} ms after forwarding"}[f.direction]
         self.fired.append(f"{f.action} {self.name} at request {f.at} ({label}, {when})")
         if f.action == "crash":
             self._crash()

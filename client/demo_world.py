@@ -68,6 +68,7 @@ class World:
     accounts: dict[str, str]
     services: Services = field(default_factory=Services)
     bank: Any = None                  # client.servers.bank.Bank (operator's handle: balances)
+    dbs: dict[str, str] = field(default_factory=dict)    # service -> storage URL (none: SQLite in its folder)
 
     # ---- paths ----------------------------------------------------------------------------------
     ca_dir = property(lambda self: self.folder / "ca")
@@ -87,11 +88,18 @@ class World:
         return self.bank_dir / "tls" / "tls-root.pem"
 
     # ---- making it ----------------------------------------------------------------------------------
+    def db_args(self, service: str) -> list[str]:
+        """``--db URL`` for a service's command when the world keeps it in a database of its own choosing."""
+        url = self.dbs.get(service)
+        return ["--db", url] if url else []
+
     @classmethod
-    def create(cls, folder: Path, *, card_sync: bool = False, say: Any = None, people: tuple[str, ...] = ()
-               ) -> World:
+    def create(cls, folder: Path, *, card_sync: bool = False, say: Any = None, people: tuple[str, ...] = (),
+               dbs: dict[str, str] | None = None) -> World:
         """``people``: more persons, each with a token of that label, a CA certificate and a bank account
-        (``accounts[name]``): the parties of person-to-person exchanges (``semper exchange``, its tests)."""
+        (``accounts[name]``): the parties of person-to-person exchanges (``semper exchange``, its tests).
+        ``dbs``: storage URLs by service (``ca``, ``bank``, ``ttp``, ``shop``), e.g. PostgreSQL databases; a
+        service not named keeps SQLite in its folder."""
         from semper.hsm.signer import Pkcs11Signer
         from semper.hsm.softhsm import SoftHsmStore, provision
 
@@ -117,7 +125,8 @@ class World:
         tell("the CA: self-signed root in its token")
         ca_signer = Pkcs11Signer.open("ca", softhsm_conf=conf)
         ca_signer.verify_pin(TOKEN_PIN)
-        ca_home = CaHome(folder / "ca")
+        dbs = dict(dbs or {})
+        ca_home = CaHome(folder / "ca", dbs.get("ca"))
         ca_home.folder.mkdir(parents=True, exist_ok=True)
         ca = CertificationAuthority(ca_home.db, ca_signer)
         secret = ca.initialise("semper demo CA", token_label="ca", softhsm_conf=conf)
@@ -154,14 +163,14 @@ class World:
         shop2.store_certificate(shop2_cert)
         shop2.close()
         tell("the bank: issuer key, payment-instruction key and mint keys in its token")
-        bank_home = BankHome(folder / "bank")
+        bank_home = BankHome(folder / "bank", dbs.get("bank"))
         bank_home.init(scheme, TOKEN_PIN, token_label="bank", softhsm_conf=Path(conf), denominations=DENOMINATIONS,
                        extra_roots=(root,), bank_id="BANK-DEMO")
         bank = bank_home.open(TOKEN_PIN)
         issuer_point = bank.keys.signer.public_point()
         tell("the third party: signing, escrow and time-stamping keys in its token")
         TtpHome.create(folder / "ttp", ca=ca, token_label="ttp", pin=TOKEN_PIN, softhsm_conf=conf,
-                       purse_root=scheme.root_cert)
+                       purse_root=scheme.root_cert, dsn=dbs.get("ttp"))
         tell("the buyer's card (purse + PIV) and the seller's PSAM")
         cards = folder / "cards"
         cards.mkdir(exist_ok=True)
@@ -197,7 +206,7 @@ class World:
             accounts[name] = bank.open_account(name.title(), EUR, cert)
             bank.cash_in(accounts[name], 10_000)
             closers.append(person.close)
-        world = cls(folder, scheme, store, ca, root_pem, buyer_card, psam_card, accounts, bank=bank)
+        world = cls(folder, scheme, store, ca, root_pem, buyer_card, psam_card, accounts, bank=bank, dbs=dbs)
         world.services.closers += closers
         return world
 
@@ -243,7 +252,7 @@ class World:
                                        server_context(bank_home.tls_dir / "cert.pem",
                                                       bank_home.tls_dir / "key.pem")).start())
         s.bank = s.runners[-1].url
-        ttp_home = TtpHome(self.ttp_dir)
+        ttp_home = TtpHome(self.ttp_dir, self.dbs.get("ttp"))
         ttp_home.connect_bank(s.bank, self.bank_tls_root)       # payments in fair exchanges, at the bank
         opened = ttp_home.open(TOKEN_PIN)
         s.closers.append(opened.close)
@@ -252,7 +261,7 @@ class World:
         if not shop:
             return s
         home = self._shop_home(psam_reader, s.ttp, s.bank)
-        opened = home.open(TOKEN_PIN)
+        opened = home.open(TOKEN_PIN, db=self.dbs.get("shop"))
         s.opened_shop = opened
         s.closers.append(opened.close)
         s.runners.append(ServiceRunner(opened.app(), "127.0.0.1", 0, server_context(*opened.tls)).start())
@@ -306,6 +315,7 @@ class World:
         from .servers.shop_home import ShopHome
         from .servers.shop_http import build_app
         from .support.channels import server_context
+        from .support.db import Database
         from .support.http_service import ServiceRunner
         from .support.trust import TrustStore
         s = self.services
@@ -346,7 +356,9 @@ class World:
             s.closers.append(agent_archive.close)
             agents[key] = Buyer(ui, trust, client, agent_archive, PaymentManager(ctx, only=["cheque"]),
                                 signer=agent_signer, patience=5.0)       # type: ignore[arg-type]
-        mall = Mall(shops=shops, agents=agents, name=MALL_NAME, identity=Identity(signer), trust=trust,
+        mall_db = Database(f"sqlite:///{mall_dir / 'mall.db'}")       # its deals, as every shop's
+        s.closers.append(mall_db.close)
+        mall = Mall(shops=shops, agents=agents, name=MALL_NAME, identity=Identity(signer), trust=trust, db=mall_db,
                     catalogue=index_catalogue(shops, catalogues), payments=payments, account=self.accounts["mall"],
                     archive=archive)
         app = build_app(mall)
@@ -359,15 +371,15 @@ class World:
 
     def start_shop_process(self, *, psam_reader: str, catalogue: Any = None,
                            launcher: tuple[str, ...] = ("-m", "semper.client.cli", "serve", "shop"),
-                           timeout: float = 60.0) -> subprocess.Popen[str]:
+                           extra: tuple[str, ...] = (), timeout: float = 60.0) -> subprocess.Popen[str]:
         """The real ``semper serve shop`` process (its PSAM in ``psam_reader``), beside services already
         started; returns the process (its URL is in ``services.shop``). ``launcher``: what runs it (a
-        bench passes its profiling wrapper)."""
+        bench passes its profiling wrapper); ``extra``: more options (``--workers N``)."""
         s = self.services
         env = self.child_env()
         self._shop_home(psam_reader, s.ttp, s.bank, catalogue)
         proc = _spawn([sys.executable, *launcher, "--dir", str(self.shop_dir), "--port", "0",
-                       "--pin-file", str(self.pin_file)], env)
+                       "--pin-file", str(self.pin_file), *self.db_args("shop"), *extra], env)
         s.processes.append(proc)
         s.shop = _announced(proc, "shop", timeout)
         return proc
@@ -382,9 +394,10 @@ class World:
         env = self.child_env()
         base = [sys.executable, "-m", "semper.client.cli", "serve"]
         pin = ["--pin-file", str(self.pin_file)]
-        commands = {"ca": base + ["ca", "--ca-dir", str(self.ca_dir), "--port", "0"] + pin,
-                    "bank": base + ["bank", "--bank-dir", str(self.bank_dir), "--port", "0"] + pin,
-                    "ttp": base + ["ttp", "--dir", str(self.ttp_dir), "--port", "0"] + pin}
+        commands = {"ca": base + ["ca", "--ca-dir", str(self.ca_dir), "--port", "0"] + pin + self.db_args("ca"),
+                    "bank": base + ["bank", "--bank-dir", str(self.bank_dir), "--port", "0"] + pin
+                    + self.db_args("bank"),
+                    "ttp": base + ["ttp", "--dir", str(self.ttp_dir), "--port", "0"] + pin + self.db_args("ttp")}
         for name, cmd in commands.items():
             if name == "ttp":
                 from .servers.ttp_home import TtpHome
@@ -393,7 +406,7 @@ class World:
             s.processes.append(proc)
             setattr(s, name, _announced(proc, name, timeout))
         self._shop_home(psam_reader, s.ttp, s.bank)
-        shop = _spawn(base + ["shop", "--dir", str(self.shop_dir), "--port", "0"] + pin, env)
+        shop = _spawn(base + ["shop", "--dir", str(self.shop_dir), "--port", "0"] + pin + self.db_args("shop"), env)
         s.processes.append(shop)
         s.shop = _announced(shop, "shop", timeout)
         return s

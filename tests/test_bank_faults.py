@@ -204,7 +204,7 @@ def test_money_is_conserved_under_dropped_connections_and_card_kills(fault_world
         rec = shop.store.get(terms.payment_id, "payee")
         if rec is None or rec.status.value != "pending":
             return
-        flow = shop._sessions.get(terms.payment_id)
+        flow = shop.sessions.get(terms.payment_id)
         if flow is None:
             return
         for entry in buyer_ctx.purse.log() if buyer_ctx.purse else []:

@@ -36,7 +36,12 @@ def test_throughput_counts_real_purchases_and_conserves_money() -> None:
     cpu = r["cpu_ms_per_purchase"]
     assert cpu["seller (semper serve shop)"] > 0 and cpu["buyers (worker processes)"] > 0
     assert cpu["PSAM (simulated card process)"] > 0
-    assert r["seller_capacity_per_core"] == pytest.approx(1000 / cpu["seller (semper serve shop)"], rel=0.01)
+    # the seller's CPU: the shop's process (and its children), pcscd for its PSAM; not the simulated PSAM card
+    assert set(r["seller_cpu_parts"]) == {"seller (semper serve shop)", "pcscd"} & set(cpu)
+    assert r["seller_cpu_ms_per_purchase"] == pytest.approx(sum(cpu[k] for k in r["seller_cpu_parts"]), abs=0.01)
+    assert r["seller_capacity_per_core"] == pytest.approx(1000 / r["seller_cpu_ms_per_purchase"], rel=0.01)
+    assert r["seller_capacity_per_s"] == pytest.approx(r["cores"] * r["seller_capacity_per_core"], rel=0.01)
+    assert r["shop_workers"] == 1 and r["db"] == "sqlite"
     parts = [v for k, v in cpu.items() if k != "all processes"]
     assert cpu["all processes"] == pytest.approx(sum(parts), abs=0.01)
     # the CPU the purchases used cannot exceed what the machine has: the rate stays under the ceiling
@@ -49,6 +54,26 @@ def test_throughput_counts_real_purchases_and_conserves_money() -> None:
         assert seller["by_area"][area]["cpu_s"] > 0, area
     assert abs(sum(a["share"] for a in seller["by_area"].values()) - 1.0) < 0.01
     assert r["profile"]["buyers"] and r["profile"]["buyers"][0]["cpu_s"] > 0
+
+
+@pytest.mark.postgres
+def test_throughput_with_shop_workers_on_postgresql_counts_every_seller_process() -> None:
+    """``--workers 2 --db postgresql``: the shop as two workers and a PSAM device process, its deals in a
+    durable PostgreSQL cluster; the seller's CPU counts the shop's whole process tree and the database
+    server, the database's commits per purchase are read, and money is conserved to the cent."""
+    from semper.bench.postgres import missing_reason
+    if missing_reason():
+        pytest.skip(missing_reason() or "")
+    r = bench_throughput(buyers=2, seconds=1.5, processes=1, warmup=0.5, profile_seconds=1.0, workers=2,
+                         db="postgresql")
+    assert r["failed"] == 0 and r["purchases"] > 0, r["failures"]
+    assert r["money"]["conserved"] is True, r["money"]
+    assert r["shop_workers"] == 2 and r["db"] == "postgresql" and "profile" not in r     # no profile with workers
+    cpu = r["cpu_ms_per_purchase"]
+    assert cpu["seller (semper serve shop)"] > 0 and cpu["database server (PostgreSQL)"] > 0
+    assert "database server (PostgreSQL)" in r["seller_cpu_parts"]
+    assert r["seller_cpu_ms_per_purchase"] == pytest.approx(sum(cpu[k] for k in r["seller_cpu_parts"]), abs=0.01)
+    assert r["db_commits_per_purchase"] > 1           # a purchase is several committed steps
 
 
 def test_throughput_refuses_nonsense_sizes() -> None:

@@ -2,10 +2,11 @@
 exchange items and commerce documents (issue 13, item 6)."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from semper.client.commerce import documents
@@ -51,3 +52,23 @@ def test_every_layer_refuses_the_same_values_with_its_own_error(encode, error, b
     """Before: documents.canonical took NaN (no canonical form) and a lone surrogate escaped as a 500."""
     with pytest.raises(error, match=words):
         encode(bad)
+
+
+@settings(max_examples=500)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53 - 1), 2**53 - 1)
+    | st.text(alphabet=st.characters(exclude_categories=("Cs",))),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=8), inner, max_size=4),
+    max_leaves=20))
+def test_the_bytes_are_those_of_pythons_json_writer(value):
+    """canonical() writes with msgspec (for speed, docs/performance.md); the bytes must stay exactly those
+    statements signed before were made of: json.dumps with sorted keys, no spaces, UTF-8 unescaped."""
+    assert canonical(value) == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                          allow_nan=False).encode()
+
+
+@pytest.mark.parametrize("text", [chr(i) for i in range(0x80)] + ["\u2028", "\u2029", "\ufeff", "\U0001f600", "é\x00"])
+def test_every_escape_is_pythons(text):
+    value = {text: [text], "k" + text: text}
+    assert canonical(value) == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

@@ -59,9 +59,7 @@ class Market:
     def money(self) -> dict[str, int]:
         """Every place value can be: bank accounts, the card, the PSAM's takings, the wallet."""
         shop = self.shop
-        with shop.payment_lock:
-            shop.payments.ctx.psam.select()
-            psam = shop.payments.ctx.psam.info().lifetime_total
+        psam = shop.payments.ctx.psam.desk().info().lifetime_total
         return {**self.world.balances(self.buyer.purse), "psam": psam, "wallet": self.wallet.balance(978)}
 
     def clean(self) -> None:
@@ -240,7 +238,7 @@ def test_registration_and_contract_signing(market: Market) -> None:
     assert seller_sig["role"] == "seller" and seller_sig["contract_sha256"] == contract.sha256
     assert "contract text" in m.ui.confirmations[-1]
     # the shop holds the buyer's signature over the same contract and the confirmation digest
-    sd = m.shop.deals[r.deal_id]
+    sd = m.shop.find(r.deal_id)
     assert any("satisfied" == d.verdict for d in sd.deal.decisions if d.step == "exchange")
     path = m.buyer.archive.export(_xid(m, r.deal_id), m.folder / "c.zip")
     assert judge_exchange(path, TrustStore([m.world.ca_root]), {}).fair

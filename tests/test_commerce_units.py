@@ -3,6 +3,7 @@ gate, the archive shared by threads. No services, no cards: certificates from a 
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from semper.client.commerce.deal import DealAttributes, deal_attributes, new_dea
 from semper.client.commerce.errors import CommerceError, FormError, OfferRefused
 from semper.client.commerce.forms import DELIVERY, PICKUP, form_for
 from semper.client.commerce.pin import GatedSigner, PinNotEntered, tinguin_pin
+from semper.client.support.archive import ArchiveError
 from semper.client.support.cms import sign_statement
 from semper.client.support.pki import ROLES
 from semper.client.support.trust import TrustStore
@@ -174,4 +176,65 @@ def test_one_archive_file_from_many_threads(tmp_path: Path) -> None:
     archive.sync()
     assert len(archive.entries("d" * 32)) == 80
     assert archive.verify().ok
+    archive.close()
+
+
+def test_a_batch_writes_its_entries_together_and_before_the_flush(tmp_path: Path) -> None:
+    """A seller's request handler archives in a batch: nothing is in the file until the block ends or
+    the deal is flushed, then everything is, in order, on a valid chain; an exception ending the block
+    still writes what was archived; a bad entry is refused at once, not at the end."""
+    archive = SharedArchive(tmp_path / "ev.sqlite3")
+    path = tmp_path / "ev.sqlite3"
+
+    def stored() -> list[bytes]:
+        with sqlite3.connect(path) as db:
+            return [bytes(r[0]) for r in db.execute("SELECT content FROM archive_entry ORDER BY entry_index")]
+    archive.append("d" * 32, "note", b"before")
+    with archive.batch():
+        archive.append("d" * 32, "note", b"one")
+        with archive.batch():                            # nested: the outer block writes
+            archive.append("d" * 32, "note", b"two")
+        assert stored() == [b"before"]
+        with pytest.raises(ArchiveError):
+            archive.append("d" * 32, "", b"no kind")     # refused now, nothing queued
+        archive.sync()                                   # a flush covers what the batch holds
+        assert stored() == [b"before", b"one", b"two"]
+        archive.append("e" * 32, "note", b"three")
+    assert stored() == [b"before", b"one", b"two", b"three"]
+    with pytest.raises(RuntimeError):
+        with archive.batch():
+            archive.append("e" * 32, "decision", b"refused")
+            raise RuntimeError("the payment failed")
+    assert stored()[-1] == b"refused"
+    assert archive.verify().ok and len(archive.entries()) == 5
+    archive.close()
+
+
+def test_threads_that_sync_together_share_a_flush_that_covers_each_of_them(tmp_path: Path, monkeypatch) -> None:
+    """Group commit: fewer flushes than callers, and every caller returns only after a flush that
+    started after its own entry was written."""
+    import time
+    archive = SharedArchive(tmp_path / "ev.sqlite3")
+    flushes: list[tuple[float, float]] = []
+
+    def slow_flush() -> None:
+        start = time.monotonic()
+        time.sleep(0.02)
+        flushes.append((start, time.monotonic()))
+    monkeypatch.setattr(archive, "_fsync_log", slow_flush)
+    seen: list[tuple[float, float]] = []
+
+    def deliver(n: int) -> None:
+        archive.append("d" * 32, "note", str(n).encode())
+        written = time.monotonic()
+        archive.sync()
+        seen.append((written, time.monotonic()))
+    threads = [threading.Thread(target=deliver, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(seen) == 8 and 1 <= len(flushes) < 8
+    for written, returned in seen:
+        assert any(written <= start and end <= returned for start, end in flushes)
     archive.close()

@@ -240,6 +240,7 @@ def shop(tmp_path: Path, monkeypatch) -> Iterator[tuple[Any, Any]]:
     from semper.client.servers import shop as shop_module
     from semper.client.servers.shop import Shop
     from semper.client.servers.shop_http import build_app
+    from semper.client.support.db import Database
     from semper.client.support.http_service import ServiceRunner
     from semper.client.support.trust import TrustStore
     now = dt.datetime.now(dt.UTC)
@@ -255,7 +256,8 @@ def shop(tmp_path: Path, monkeypatch) -> Iterator[tuple[Any, Any]]:
     identity = Identity(SoftSigner(*_cert(root_key, root, "seller", "Teapot Shop")))
     payments = PaymentManager(PartyContext(), modules={"stub": _Module})
     s = Shop(name="Teapot Shop", identity=identity, trust=trust, catalogue=demo_catalogue(), payments=payments,
-             account="A1", archive=SharedArchive(tmp_path / "evidence.sqlite3"))
+             account="A1", archive=SharedArchive(tmp_path / "evidence.sqlite3"),
+             db=Database(f"sqlite:///{tmp_path / 'shop.db'}"))
     monkeypatch.setattr(shop_module, "MAX_OPEN_DEALS", 2)
     with ServiceRunner(build_app(s)) as svc, httpx.Client(base_url=svc.url, timeout=20) as http:
         yield http, trust

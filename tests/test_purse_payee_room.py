@@ -18,7 +18,8 @@ from semper.client.payment import card_purse
 from semper.client.payment.errors import ProtocolError
 from semper.client.payment.model import Terms
 from semper.client.payment.module import PartyContext
-from semper.client.payment.modules.purse import PSAM_PENDING, PayeeFlow, PayerFlow, PurseModule, TerminalBusy
+from semper.client.payment.modules.purse import PayeeFlow, PayerFlow, PurseModule
+from semper.client.payment.psam_desk import PSAM_PENDING, TerminalBusy
 from semper.client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
 from semper.client.support.scheme import Scheme
 from semper.hardware import errors as hw
@@ -106,7 +107,7 @@ def test_the_payee_keeps_room_for_every_open_payment(market: tuple[PurseModule, 
         challenge = flow.step(hello).message
         flows.append((payer, flow, challenge))
     assert len(flows) == PSAM_PENDING and refused == CARDS - PSAM_PENDING
-    assert payee.slots.held() == PSAM_PENDING
+    assert payee.desk().held() == PSAM_PENDING
     assert _balances(payers) == before                                 # the refused cards paid nothing
     paid = 0
     for payer, flow, challenge in flows:                               # every card pays; every proof is taken
@@ -114,7 +115,7 @@ def test_the_payee_keeps_room_for_every_open_payment(market: tuple[PurseModule, 
         receipt = flow.step(proof)
         assert receipt.done and receipt.message["kind"] == "receipt"
         paid += 5
-    assert payee.slots.held() == 0
+    assert payee.desk().held() == 0
     psam = payee.ctx.psam
     psam.ensure_selected()
     assert psam.info().batch_total == paid == before - _balances(payers)
@@ -131,7 +132,7 @@ def test_a_malformed_hello_gives_its_room_back(market: tuple[PurseModule, list[P
     terms = _terms(1)
     flow = payee.payee_flow(terms)
     payee.admit(terms.payment_id, {"kind": "hello"})
-    assert payee.slots.held() == 1
+    assert payee.desk().held() == 1
     with pytest.raises(ProtocolError):
         flow.step({"kind": "hello", "card": "zz", "counter": 1, "currency": EUR, "card_certificate": ""})
-    assert payee.slots.held() == 0
+    assert payee.desk().held() == 0

@@ -72,9 +72,7 @@ class Market:
 
     def money(self) -> dict[str, int]:
         shop = self.world.services.opened_shop.shop
-        with shop.payment_lock:
-            shop.payments.ctx.psam.select()
-            psam = shop.payments.ctx.psam.info().lifetime_total
+        psam = shop.payments.ctx.psam.desk().info().lifetime_total      # through the PSAM's one owner
         return {**self.world.balances(self.buyer.purse), "psam": psam}
 
     def admin(self) -> _Admin:

@@ -220,7 +220,8 @@ def test_pages_escape_what_they_show_and_keep_deliveries_to_their_order(tmp_path
     sd = types.SimpleNamespace(order_digest="ab" * 32, paid=True, delivery=None, lines=[(hostile, 1)],
                                offer={"currency": 978, "total": 1250},
                                deal=types.SimpleNamespace(deal_id="c" * 32, workflow="mail-order"))
-    shop = types.SimpleNamespace(name="<b>Shop</b>", catalogue=Catalogue.of([hostile]), deals={"c" * 32: sd},
+    deals = {"c" * 32: sd}
+    shop = types.SimpleNamespace(name="<b>Shop</b>", catalogue=Catalogue.of([hostile]), find=deals.get,
                                  trust=None, content_of=lambda item: None)
     site = ShopWeb(shop, "http://127.0.0.1:8470")
     from aiohttp import web

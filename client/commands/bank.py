@@ -8,6 +8,7 @@ scripts), as does the service. Looking (``balance``, ``accounts``) and trusting 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from . import (
     read_secret,
     scheme_args,
 )
-from .serve import listen_args
+from .serve import listen_args, worker_args
 from .storage_args import add_db_arg
 
 if TYPE_CHECKING:
@@ -209,10 +210,26 @@ def cmd_serve_bank(args: argparse.Namespace) -> int:
     from ..servers.bank_http import build_app
     from ..support.channels import server_context
     from ..support.http_service import ServiceRunner
-    from .serve import check_bindable, run_until_signalled
+    from .serve import check_bindable, check_workers, run_until_signalled, serve_as_worker, serve_workers
+    check_workers(args)
     h = _home(args)
+    if args.listen_fd is not None:               # one worker of --workers N (its parent checked the rest)
+        from ..support.prefork import die_with_parent
+        die_with_parent(args.parent_pid)
+        bank = _open(args)
+        return serve_as_worker(args, build_app(bank), (h.tls_dir / "cert.pem", h.tls_dir / "key.pem"),
+                               f"semper bank {bank.bank_id}")
     tls = _tls(args)
     check_bindable(args.host, args.port)
+    if args.workers > 1:
+        bank_id = str(h.config()["bank_id"])     # no bank there: say so before asking for the PIN
+        pin = _pin(args)
+        if tls is not None:
+            install_tls_identity(h.tls_dir, *tls)
+        argv = [sys.executable, "-m", "semper.client.cli", "serve", "bank", "--bank-dir", str(h.folder)]
+        if args.db:
+            argv += ["--db", args.db]
+        return serve_workers(args, f"semper bank {bank_id}", argv, pin)
     bank = _open(args)
     if tls is not None:                     # a renewed CA-issued certificate: kept in the bank folder
         install_tls_identity(h.tls_dir, *tls)
@@ -289,5 +306,6 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     location_args(p)
     pin_args(p)
     listen_args(p, "bank")
+    worker_args(p, "bank")
     tls_args(p, "replaces the bank folder's TLS certificate (e.g. a renewed one) before serving")
     p.set_defaults(fn=cmd_serve_bank)

@@ -118,8 +118,10 @@ def _card_log(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[dict
 def cmd_deals(args: argparse.Namespace) -> int:
     rows = deal_rows(args.db)
     if args.ids:
-        for r in rows:
-            print(r["deal"])
+        # one write: a script's `semper deals --ids | head -n 1` must not find the pipe closed halfway
+        # (with PYTHONUNBUFFERED every print would be a write of its own, racing head's exit)
+        sys.stdout.write("".join(f"{r['deal']}\n" for r in rows))
+        sys.stdout.flush()
         return 0
     log = _card_log(args, rows) if args.card else None
     if args.json:

@@ -8,10 +8,16 @@ statement. Everything is checked before anything is written. ``serve shop`` runs
 (catalogue, offers, orders, payments, delivery, fair exchanges), its signing key in its token and
 its PSAM in its own reader. ``shop clear`` asks the running shop to clear its PSAM batch at the
 acquirer, with the admin secret from the shop's folder.
+
+``--workers N`` runs N worker processes on one listening socket, each PSAM in a device process of its
+own (``client/servers/psam_device.py``), the deals in the shop's database (``--db``); the parent
+restarts what dies (``client/support/prefork.py``; docs/deployment.md).
 """
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +32,18 @@ from . import (
     read_pin_file,
     read_secret,
 )
-from .serve import DEFAULT_PORTS, check_bindable, listen_args
+from .serve import (
+    DEFAULT_PORTS,
+    check_bindable,
+    check_workers,
+    listen_args,
+    serve_as_worker,
+    serve_workers,
+    worker_args,
+)
+from .storage_args import add_db_arg
+
+SOCKET_PATH_MAX = 100            # a unix socket's path must fit in 108 bytes
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives import serialization
@@ -158,18 +175,67 @@ def cmd_clear(args: argparse.Namespace) -> int:
 
 def cmd_serve_shop(args: argparse.Namespace) -> int:
     from ..servers.shop_home import ShopHome
+    check_workers(args)
+    home = ShopHome.default(args.dir)
+    home.config()                                # no shop there: say so before asking for the PIN
+    if args.listen_fd is None:
+        check_bindable(args.host, args.port)
+    else:
+        from ..support.prefork import die_with_parent
+        die_with_parent(args.parent_pid)
+    pin = read_pin_file(args.pin_file, "seller token PIN") if args.pin_file else read_secret("shop token PIN",
+                                                                                              args.pin_stdin)
+    if args.listen_fd is not None:
+        return _serve_worker(args, home, pin)
+    if args.workers > 1:
+        return _serve_workers(args, home, pin)
     from ..support.channels import server_context
     from ..support.http_service import ServiceRunner
     from .serve import run_until_signalled
-    home = ShopHome.default(args.dir)
-    home.config()                                # no shop there: say so before asking for the PIN
-    check_bindable(args.host, args.port)
-    pin = read_pin_file(args.pin_file, "seller token PIN") if args.pin_file else read_secret("shop token PIN",
-                                                                                              args.pin_stdin)
-    opened = home.open(pin)
+    opened = home.open(pin, db=args.db)
     try:
         runner = ServiceRunner(opened.app(), args.host, args.port, server_context(*opened.tls))
         return run_until_signalled(runner, f"semper shop {opened.shop.name!r}")
+    finally:
+        opened.close()
+
+
+def _psam_sockets(home: object, count: int) -> list[Path]:
+    """Where the PSAM devices listen: ``run/`` in the shop's folder (0700), or, when that path is too long
+    for a unix socket, a private folder of the same mode under the temporary folder."""
+    run = Path(home.run_dir)  # type: ignore[attr-defined]
+    run.mkdir(mode=0o700, exist_ok=True)
+    run.chmod(0o700)
+    paths = [run / f"psam-{i}.sock" for i in range(count)]
+    if paths and len(str(paths[-1])) > SOCKET_PATH_MAX:
+        short = Path(tempfile.mkdtemp(prefix="semper-psam-"))           # mkdtemp: mode 0700
+        paths = [short / f"psam-{i}.sock" for i in range(count)]
+    return paths
+
+
+def _serve_workers(args: argparse.Namespace, home: object, pin: bytes) -> int:
+    """The parent: one PSAM device process per PSAM (the one owner of its reader), then the workers."""
+    from ..support.prefork import Child
+    cfg = home.config()  # type: ignore[attr-defined]
+    sockets = _psam_sockets(home, len(home.psam_specs()))  # type: ignore[attr-defined]
+    folder = str(home.folder)  # type: ignore[attr-defined]
+    devices = [Child(f"PSAM device {i}", [sys.executable, "-m", "semper.client.servers.psam_device", "--dir", folder,
+                                          "--index", str(i), "--socket", str(path)], "listening on")
+               for i, path in enumerate(sockets)]
+    argv = [sys.executable, "-m", "semper.client.cli", "serve", "shop", "--dir", folder]
+    if args.db:
+        argv += ["--db", args.db]
+    for path in sockets:
+        argv += ["--psam-socket", str(path)]
+    return serve_workers(args, f"semper shop {cfg['name']!r}", argv, pin, devices)
+
+
+def _serve_worker(args: argparse.Namespace, home: object, pin: bytes) -> int:
+    """One worker of ``--workers N``: the parent's socket, the PSAM devices' sockets, the shared database."""
+    opened = home.open(pin, db=args.db, psam_sockets=list(args.psam_socket or []),  # type: ignore[attr-defined]
+                       worker=args.worker, workers=args.workers)
+    try:
+        return serve_as_worker(args, opened.app(), opened.tls, "semper shop")
     finally:
         opened.close()
 
@@ -215,4 +281,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--pin-file", type=existing_file, help="read the seller token's PIN from this file (for services)")
     p.add_argument("--pin-stdin", action="store_true", help="read the seller token's PIN from standard input")
     listen_args(p, "shop")
+    add_db_arg(p, "the shop folder (shop.db)")
+    worker_args(p, "shop")                       # each PSAM in a device process of its own beside the workers
+    p.add_argument("--psam-socket", type=Path, action="append", help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_serve_shop)

@@ -120,17 +120,15 @@ class Deal:
         if self.archive is not None:
             self.archive.sync()
 
-    def keep(self, kind: str, content: bytes) -> int:
-        """Archive a piece of evidence under the deal; returns its entry index (0 without an archive)."""
-        if self.archive is None:
-            return 0
-        return self.archive.append(self.deal_id, kind, content).index
+    def keep(self, kind: str, content: bytes) -> None:
+        """Archive a piece of evidence under the deal (in the archive's batch, when one is open)."""
+        if self.archive is not None:
+            self.archive.append(self.deal_id, kind, content)
 
-    def keep_statement(self, der: bytes, statement_type: str | None = None) -> int:
+    def keep_statement(self, der: bytes, statement_type: str | None = None) -> None:
         """Archive a signed statement (``statement_type``: see ``support.archive.statement_kind``)."""
-        if self.archive is None:
-            return 0
-        return self.archive.append_statement(self.deal_id, der, statement_type=statement_type).index
+        if self.archive is not None:
+            self.archive.append_statement(self.deal_id, der, statement_type=statement_type)
 
     def satisfied(self) -> bool:
         return bool(self.decisions) and all(d.verdict == "satisfied" for d in self.decisions)

@@ -156,11 +156,14 @@ class Party:
 
     # ---- originating ------------------------------------------------------------------------------
     async def originate(self, peer_url: str, offer: OfferTree, want: Expectation, *, fair: bool = True,
-                        attributes: SecurityAttributes | None = None, responder: Any = None) -> Outcome:
+                        attributes: SecurityAttributes | None = None, responder: Any = None,
+                        session: str | None = None) -> Outcome:
         """Exchange ``offer`` for an item described by ``want`` with the party at ``peer_url`` (and, given
-        ``responder``, an x509.Certificate, only if that party's key answers: the one the user confirmed)."""
+        ``responder``, an x509.Certificate, only if that party's key answers: the one the user confirmed).
+        ``session``: the run's id, when the application records it beforehand to recover the run after a
+        crash (:meth:`recover` with ``sessions``); a fresh one by default."""
         attributes = attributes or SecurityAttributes()
-        session = secrets.token_hex(16)
+        session = session or secrets.token_hex(16)
         run = Run(self, session, "originator", peer_url)
         return await self._guarded(run, self._originate(run, offer, want, fair, attributes, responder))
 
@@ -293,16 +296,33 @@ class Party:
         return await PROTOCOL_MODULES[protocol].responder(run, setup)
 
     # ---- after a crash ------------------------------------------------------------------------------
-    async def recover(self) -> list[Outcome]:
-        """Finish every exchange the archive shows open, by going to the third party where needed."""
+    async def recover(self, sessions: set[str] | None = None) -> list[Outcome]:
+        """Finish every exchange the archive shows open, by going to the third party where needed.
+
+        ``sessions``: only the runs with these ids (an application with several processes on one
+        archive recovers the runs of a process that died, not those another one is running); their
+        runs that had ended are reported too, with the outcome they ended with, so the application
+        learns the end of a run whose process died before it could tell it."""
         out = []
         for xid, _count in self.archive.deals():
             entries = self.archive.entries(xid)
             states = [json.loads(e.content) for e in entries if e.kind == "state"]
-            if not states or states[-1].get("step") == "done":
+            if not states:
                 continue
             last = states[-1]
+            if sessions is not None and str(last.get("session")) not in sessions:
+                continue
             run = Run(self, str(last["session"]), str(last["role"]), str(last["peer"]))
+            if last.get("step") == "done":
+                if sessions is not None and run.session not in self.outcomes:
+                    self._seen.add(run.session)
+                    self.mailbox.close(run.session)
+                    out.append(self._finish(Outcome(run.session, run.role, str(last.get("outcome", "failed")),
+                                                    "the run had ended before this party restarted", xid=xid,
+                                                    protocol=str(last.get("protocol")))))
+                else:
+                    self.mailbox.close(run.session)
+                continue
             out.append(await self._guarded(run, self._resume(run, last, entries)))
         return out
 

@@ -24,6 +24,7 @@ from .model import Acceptance, Choice, ExchangeProperties, Instrument, Record, S
 from .module import Flow, PartyContext, PaymentModule, Step
 from .negotiation import Requirements, check_choice, negotiate
 from .registry import discover
+from .sessions import MemorySessions, PayeeState, SessionStore
 from .store import RecordStore
 from .wire import read
 
@@ -47,10 +48,12 @@ class PaymentManager:
     """One party's payment service. ``modules`` overrides discovery (name -> class) for tests."""
 
     def __init__(self, context: PartyContext, *, preferences: Sequence[str] = (), store: RecordStore | None = None,
-                 modules: Mapping[str, type] | None = None, only: Iterable[str] | None = None) -> None:
+                 modules: Mapping[str, type] | None = None, only: Iterable[str] | None = None,
+                 sessions: SessionStore | None = None) -> None:
         self.ctx = context
         self.preferences = list(preferences)
         self.store = store or RecordStore()
+        self.sessions: SessionStore = sessions or MemorySessions()
         self.problems: dict[str, str] = {}
         self.modules: dict[str, PaymentModule] = {}
         classes: dict[str, type] = dict(modules) if modules is not None else {}
@@ -68,9 +71,8 @@ class PaymentManager:
                 self.modules[name] = cls(context)
             except Exception as e:       # a module that cannot start here offers nothing; say why
                 self.problems[name] = f"{type(e).__name__}: {e}"
-        self._expected: dict[str, Terms] = {}
-        self._sessions: dict[str, PayeeSession] = {}
         self._lock = threading.Lock()
+        self._steps: dict[str, threading.Lock] = {}        # one step at a time per payment in this process
 
     # ---- what is here ------------------------------------------------------------------------
     def module(self, name: str) -> PaymentModule:
@@ -126,48 +128,114 @@ class PaymentManager:
         rank = {m: i for i, m in enumerate(self.preferences)}
         return sorted(out, key=lambda a: (rank.get(a.module, len(rank)) + a.preference, a.module))
 
-    def expect(self, terms: Terms) -> None:
-        """Register terms this payee set, so that payments for them are answered."""
-        with self._lock:
-            if terms.payment_id in self._expected and self._expected[terms.payment_id] != terms:
-                raise PaymentError(f"payment {terms.payment_id} is already expected with other terms")
-            self._expected[terms.payment_id] = terms
+    def expect(self, terms: Terms, route: Mapping[str, Any] | None = None) -> None:
+        """Register terms this payee set, so that payments for them are answered. ``route``: per module,
+        what its payee flow needs to know of this payee's choice of device (``{"card-purse": {"psam": id}}``)."""
+        self.sessions.expect(terms, dict(route or {}))
 
     def admit(self, envelope: Any) -> None:
         """Room for this payer's message at the module's device, or a PaymentError now (see
-        ``BaseModule.admit``); call it before taking the device lock that :meth:`handle` runs under.
-        Malformed envelopes pass: handle() refuses them with the precise message."""
+        ``BaseModule.admit``); call it before the message is handled, and wait (without holding a
+        thread) to ask again. Malformed envelopes pass: handle() refuses them with the precise message."""
         if not isinstance(envelope, dict):
             return
         pid, name, body = envelope.get("payment_id"), envelope.get("module"), envelope.get("body")
         if isinstance(pid, str) and isinstance(name, str) and isinstance(body, dict) and name in self.modules:
             admit = getattr(self.modules[name], "admit", None)        # modules from elsewhere may not have it
             if admit is not None:
-                admit(pid, body)
+                st = self.sessions.get(pid) if body.get("kind") == "hello" else None
+                route = st.route.get(name, {}) if st is not None else {}
+                admit(pid, body, **route) if route else admit(pid, body)
+
+    def _step_lock(self, pid: str) -> threading.Lock:
+        with self._lock:
+            lock = self._steps.get(pid)
+            if lock is None:
+                if len(self._steps) > 4096:
+                    self._steps = {k: v for k, v in self._steps.items() if v.locked()}
+                lock = self._steps[pid] = threading.Lock()
+            return lock
 
     def handle(self, envelope: dict[str, Any]) -> dict[str, Any] | None:
-        """Answer one envelope from a payer (the payee link and the transfer layer call this)."""
+        """Answer one envelope from a payer (the payee link and the transfer layer call this).
+
+        The session is read from the session store, stepped, and saved with its answer before the
+        answer is returned: a payer whose answer was lost sends the same message again and gets the
+        same answer without the flow running twice (found by ``semper chaos``: a dropped answer to a SET
+        capture made the buyer's client report "nothing was paid" while the money had moved), also
+        from another process of the payee or after a restart."""
         env = read(envelope, Envelope, "the payment message")
         pid, name, body = env.payment_id, env.module, env.body
-        with self._lock:
-            terms = self._expected.get(pid)
-            if terms is None:
-                raise ProtocolError(f"no payment {pid} is expected here")
-            session = self._sessions.get(pid)
-            if session is None:
-                check_choice(terms, self.offer(), name)
-                module = self.module(name)
-                record = Record(pid, name, "payee", terms, Status.PENDING)
-                self.store.put(record)
-                session = self._sessions[pid] = PayeeSession(self, record, module.payee_flow(terms))
-            elif session.record.module != name:
-                raise ProtocolError(f"payment {pid} is being made with {session.record.module}, not {name}")
-        reply = session.step(body)
+        key = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        with self._step_lock(pid):
+            for _attempt in range(3):
+                st = self.sessions.get(pid)
+                if st is None:
+                    raise ProtocolError(f"no payment {pid} is expected here")
+                if st.last_in == key:
+                    return self._envelope(pid, name, st.last_out)
+                reply, saved = self._step(st, name, body, key)
+                if saved:
+                    return None if reply is None else {"payment_id": pid, "module": name, "body": reply}
+        raise ProtocolError(f"payment {pid} keeps changing under this message (another process of the payee is "
+                            "taking it); send it again")
+
+    @staticmethod
+    def _new_flow(module: PaymentModule, st: PayeeState, name: str) -> Flow:
+        route = st.route.get(name) or {}
+        return module.payee_flow(st.terms, **route) if route else module.payee_flow(st.terms)
+
+    @staticmethod
+    def _envelope(pid: str, name: str, out: str | None) -> dict[str, Any] | None:
+        reply = None if out is None else json.loads(out)
         return None if reply is None else {"payment_id": pid, "module": name, "body": reply}
+
+    def _step(self, st: PayeeState, name: str, body: dict[str, Any], key: str) -> tuple[dict[str, Any] | None, bool]:
+        terms = st.terms
+        if st.module is None:
+            check_choice(terms, self.offer(), name)
+            module = self.module(name)
+            st.module = name
+            st.record = Record(terms.payment_id, name, "payee", terms, Status.PENDING)
+            flow = self._new_flow(module, st, name)
+        elif st.module != name:
+            raise ProtocolError(f"payment {terms.payment_id} is being made with {st.module}, not {name}")
+        else:
+            if st.done:
+                raise ProtocolError(f"payment {terms.payment_id} is finished; no more messages")
+            module = self.module(name)
+            resume = getattr(module, "resume_payee_flow", None)
+            if st.flow is not None and resume is not None:
+                flow = resume(terms, st.flow)
+            else:
+                flow = self._new_flow(module, st, name)
+        record = st.record or Record(terms.payment_id, name, "payee", terms, Status.PENDING)
+        st.rounds += 1
+        if st.rounds > MAX_ROUNDS:
+            raise ProtocolError(f"payment {terms.payment_id} took more than {MAX_ROUNDS} rounds; stopped")
+        snapshot = getattr(flow, "snapshot", None)
+        try:
+            step = flow.step(body)
+        except PaymentError:
+            record.status = Status.FAILED if record.status is Status.PENDING else record.status
+            st.record, st.flow = record, snapshot() if snapshot is not None else None
+            self.sessions.save(st)
+            raise
+        if step.status is not None:
+            record.status = step.status
+        if step.evidence:
+            record.evidence.update(step.evidence)
+        st.record, st.flow = record, snapshot() if snapshot is not None else None
+        st.last_in, st.last_out, st.done = key, json.dumps(step.message, sort_keys=True), step.done
+        return step.message, self.sessions.save(st)
 
     # ---- both --------------------------------------------------------------------------------
     def record(self, payment_id: str, role: str | None = None) -> Record:
-        rec = self.store.get(payment_id, role)
+        rec = None
+        if role in (None, "payee"):
+            st = self.sessions.get(payment_id)
+            rec = st.record if st is not None else None
+        rec = rec or self.store.get(payment_id, role)
         if rec is None:
             raise PaymentError(f"no payment {payment_id} is recorded here")
         return rec
@@ -239,25 +307,6 @@ class PayerSession(_Session):
         return {"payment_id": self.record.payment_id, "module": self.record.module, "body": body}
 
 
-class PayeeSession(_Session):
-    """The payee's side. A payer whose answer was lost on the way sends the same message again: it
-    gets the same answer and the flow does not run twice, so a retry neither pays twice nor makes a
-    payment that went through look refused (found by ``semper chaos``: a dropped answer to a SET
-    capture made the buyer's client report "nothing was paid" while the money had moved)."""
-
-    def __init__(self, manager: PaymentManager, record: Record, flow: Flow) -> None:
-        super().__init__(manager, record, flow)
-        self._last: tuple[str, dict[str, Any] | None] | None = None
-
-    def step(self, incoming: dict[str, Any] | None) -> dict[str, Any] | None:
-        key = json.dumps(incoming, sort_keys=True, separators=(",", ":"))
-        if self._last is not None and self._last[0] == key:
-            return self._last[1]
-        reply = super().step(incoming)
-        self._last = (key, reply)
-        return reply
-
-
 class PayeeLink(Protocol):
     """How the payer's messages reach the payee: ``send(envelope) -> reply envelope or None``."""
 
@@ -300,5 +349,5 @@ def pay(payer: PaymentManager, terms: Terms, offer: Sequence[Acceptance], link: 
     return run_payment(payer.pay(terms, choice), link)
 
 
-__all__ = ["PaymentManager", "PayerSession", "PayeeSession", "LocalPayee", "PayeeLink", "run_payment", "pay",
+__all__ = ["PaymentManager", "PayerSession", "LocalPayee", "PayeeLink", "run_payment", "pay",
            "Path"]

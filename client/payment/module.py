@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from semper.hardware.signer import Signer
 
     from .bank_client import BankClient
+    from .psam_desk import Desk, PsamPool
     from .wallet import Wallet
 
 
@@ -55,7 +56,7 @@ class PartyContext:
     signer: Signer | None = None
     enter_pin: PinEntry | None = None
     purse: PurseSession | None = None
-    psam: PsamSession | None = None
+    psam: PsamPool | Desk | PsamSession | None = None     # the seller's PSAMs (psam_desk.as_pool)
     account: str | None = None
     wallet: Wallet | None = None
     currency: int = 978

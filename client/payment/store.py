@@ -16,30 +16,31 @@ SCHEMA = Schema.baseline("payments", ["CREATE TABLE IF NOT EXISTS payment_record
                                       "role TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (payment_id, role))"])
 
 
-class RecordStore:
-    """Records by (payment id, role); a store without a path keeps them in memory only."""
+def put_record(tx: Transaction, record: Record) -> None:
+    """Store ``record`` in ``tx`` (replacing the one of the same payment and role)."""
+    tx.execute("DELETE FROM payment_records WHERE payment_id = ? AND role = ?", (record.payment_id, record.role))
+    tx.execute("INSERT INTO payment_records (payment_id, role, body) VALUES (?, ?, ?)",
+               (record.payment_id, record.role, record.as_json()))
 
-    def __init__(self, path: Path | None = None) -> None:
-        self._db = Database(f"sqlite:///{Path(path).absolute()}") if path else None
+
+class RecordStore:
+    """Records by (payment id, role): in a SQLite file (``path``), in a party's database (``db``, shared:
+    not closed here), or, with neither, in memory only."""
+
+    def __init__(self, path: Path | None = None, *, db: Database | None = None) -> None:
+        self._own = db is None and path is not None
+        self._db = db if db is not None else (Database(f"sqlite:///{Path(path).absolute()}") if path else None)
         self._mem: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         if self._db is not None:
             self._db.migrate(SCHEMA)
 
     def put(self, record: Record) -> None:
-        body = record.as_json()
         if self._db is None:
             with self._lock:
-                self._mem[(record.payment_id, record.role)] = body
+                self._mem[(record.payment_id, record.role)] = record.as_json()
             return
-
-        def replace(tx: Transaction) -> None:
-            tx.execute("DELETE FROM payment_records WHERE payment_id = ? AND role = ?",
-                       (record.payment_id, record.role))
-            tx.execute("INSERT INTO payment_records (payment_id, role, body) VALUES (?, ?, ?)",
-                       (record.payment_id, record.role, body))
-
-        self._db.run(replace)
+        self._db.run(lambda tx: put_record(tx, record))
 
     def get(self, payment_id: str, role: str | None = None) -> Record | None:
         roles = [role] if role else ["payee", "payer"]
@@ -63,5 +64,5 @@ class RecordStore:
             return [Record.from_json(r[0]) for r in tx.all("SELECT body FROM payment_records ORDER BY payment_id")]
 
     def close(self) -> None:
-        if self._db is not None:
+        if self._db is not None and self._own:
             self._db.close()

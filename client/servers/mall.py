@@ -158,11 +158,11 @@ class Mall(Shop):
                 "items": [{**i.public(), "shop": self.shops[i.sku.split(SEP)[0]].name}
                           for i in self.catalogue.items.values()]}
 
-    def deliver(self, deal_id: str) -> tuple[bytes | None, bytes | None]:
-        """Settle with every shop first (once); then the mall's own delivery note."""
-        sd = self._deal(deal_id)
-        if not sd.paid:
-            raise DealConflict("the order is not paid yet: nothing is delivered")
+    def make_delivery(self, sd: Any) -> None:
+        """Settle with every shop first (once); then the mall's own delivery note. (The shop's step that
+        ships, whichever request reaches it: the payment that completes, or the buyer's ask for delivery.)"""
+        if sd.delivery is not None:
+            return
         with self._settle_lock:
             lock = self._settling.setdefault(sd.deal.deal_id, threading.Lock())
         with lock:
@@ -170,8 +170,9 @@ class Mall(Shop):
                 try:
                     self.parts[sd.deal.deal_id] = self._settle(sd)
                 except CommerceError:
-                    return None, None              # not shipped (yet): the buyer asks again, or disputes
-        return super().deliver(deal_id)
+                    self._commit(sd)               # the refusal is the deal's decision (the deal is in the database)
+                    return                         # not shipped (yet): the buyer asks again, or disputes
+        super().make_delivery(sd)
 
     def _settle(self, sd: Any) -> list[Part]:
         by_shop: dict[str, Part] = {}

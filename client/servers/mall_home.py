@@ -158,6 +158,9 @@ class MallHome:
         from ..payment.bank_client import BankClient
         from ..payment.manager import PaymentManager
         from ..payment.module import PartyContext
+        from ..payment.sessions import DatabaseSessions
+        from ..payment.store import RecordStore
+        from ..support.db import Database
         from ..support.trust import TrustStore
         from .mall import AgentSigner, AgentUI, Mall, MallShop, index_catalogue
         cfg = self.config()
@@ -178,9 +181,12 @@ class MallHome:
             currency = int(cfg.get("currency", 978))
             bank_root = f / "bank-tls-root.pem"
             identity = Identity(signer)
+            database = Database(f"sqlite:///{f / 'mall.db'}")      # its deals and payments, as every shop's
+            closers.append(database.close)
             payments = PaymentManager(PartyContext(bank=BankClient(cfg["bank_url"], bank_root, signer), signer=signer,
                                                    account=cfg["account"], currency=currency),
-                                      only=list(cfg.get("modules") or BUYER_MODULES))
+                                      only=list(cfg.get("modules") or BUYER_MODULES), store=RecordStore(db=database),
+                                      sessions=DatabaseSessions(database))
             archive = SharedArchive(f / "evidence.sqlite3", sign=identity.sign)
             closers.append(archive.close)
             agent_signer = AgentSigner(signer, (f / "orders.der").read_bytes())
@@ -196,7 +202,7 @@ class MallHome:
                 gated: Any = agent_signer          # GatedSigner's interface, without a TINGUIN (mall.AgentSigner)
                 agents[key] = Buyer(AgentUI(module), trust, client, bought, PaymentManager(ctx, only=[module]),
                                     signer=gated, patience=patience)
-            mall = Mall(shops=shops, agents=agents, name=cfg["name"], identity=identity, trust=trust,
+            mall = Mall(shops=shops, agents=agents, name=cfg["name"], identity=identity, trust=trust, db=database,
                         catalogue=index_catalogue(shops, catalogues), payments=payments, account=cfg["account"],
                         archive=archive)
         except BaseException:

@@ -10,6 +10,12 @@ delivery is made only after the payment completed; information and contracts are
 through its exchange party (it originates: its item is generatable by the third party, the buyer's
 payment or signature is externally verifiable).
 
+Every step is one committed transaction on the deal's row in the shop's database
+(``shop_store.py``), and every answer is built from what was committed: a shop killed at any
+moment and started again, or another worker process of the same shop, answers the next request of
+a deal, or the same request again, as the process that began it would have (docs/commerce.md,
+"The durable deal").
+
 What a shop charges, delivers and lists on its delivery note are methods of their own
 (:meth:`Shop.payment_amount`, :meth:`Shop.content_of`, :meth:`Shop.delivery_lines`), so a shop
 with other rules is a subclass, opened with ``ShopHome.open(shop_class=...)``, and the rest of the
@@ -21,10 +27,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import secrets
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ..commerce import documents as docs
@@ -38,39 +45,24 @@ from ..payment.errors import PaymentError
 from ..payment.manager import PaymentManager
 from ..payment.model import Status, Terms
 from ..support.cms import EvidenceError
+from ..support.db import Database
 from ..support.trust import TrustStore
 from ..support.verify import verify_statement
 from ..transfer.information import InformationOffer
 from ..transfer.items import Description
 from ..transfer.managers import OfferTree, PackageOffer
 from ..transfer.statements import StatementOffer
+from .shop_store import DealStore, ShopDeal
 
 FAIR_MODULES = ("card-purse",)      # payments the third party can check on its own (see docs/commerce.md)
 MAX_OPEN_DEALS = 10_000
-
-
-@dataclass
-class ShopDeal:
-    deal: Deal
-    offer: dict[str, Any]
-    offer_der: bytes
-    offer_digest: str
-    lines: list[tuple[CatalogueItem, int]]
-    order: dict[str, Any] | None = None
-    order_bytes: bytes | None = None
-    order_digest: str | None = None
-    form: dict[str, str] = field(default_factory=dict)
-    terms: Terms | None = None
-    paid: bool = False
-    payment: dict[str, Any] = field(default_factory=dict)
-    confirmation: bytes | None = None
-    delivery: bytes | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+PAID = (Status.PAID, Status.CAPTURED, Status.AUTHORISED)
 
 
 class Shop:
     def __init__(self, *, name: str, identity: Identity, trust: TrustStore, catalogue: Catalogue,
-                 payments: PaymentManager, account: str, archive: SharedArchive, psam_id: str | None = None,
+                 payments: PaymentManager, account: str, archive: SharedArchive, db: Database,
+                 psam_id: str | None = None, assign_psam: Callable[[], str] | None = None,
                  offer_validity: dt.timedelta = dt.timedelta(minutes=30), fair_modules: Sequence[str] = FAIR_MODULES
                  ) -> None:
         self.name = name
@@ -80,13 +72,19 @@ class Shop:
         self.payments = payments
         self.account = account
         self.archive = archive
+        self.db = db
+        self.store = DealStore(db, catalogue, archive)
         self.psam_id = psam_id
+        self.assign_psam = assign_psam              # several PSAMs: which one a new deal's offer names
         self.offer_validity = offer_validity
         self.fair_modules = tuple(fair_modules)
-        self.deals: dict[str, ShopDeal] = {}
-        self.payment_lock = threading.Lock()          # one card session (the PSAM): one payment step at a time
         self.counters = {"offers": 0, "orders": 0, "payments": 0, "deliveries": 0, "signatures": 0}
+        self._counter_lock = threading.Lock()
         self._acceptances: list[Any] | None = None
+
+    def _count(self, what: str) -> None:
+        with self._counter_lock:
+            self.counters[what] += 1
 
     # ---- catalogue and offers -------------------------------------------------------------------------
     def acceptances(self) -> list[Any]:
@@ -102,8 +100,18 @@ class Shop:
         return {"seller": self.name, "items": [i.public() for i in self.catalogue.items.values()],
                 "payment": self.modules(), "fair_payment": [m for m in self.modules() if m in self.fair_modules]}
 
+    def stats(self) -> dict[str, Any]:
+        """This process's counters, and the deals open in the database (all processes)."""
+        with self._counter_lock:
+            counters = dict(self.counters)
+        return {**counters, "deals": self.store.open_count(), "pid": os.getpid()}
+    def batch(self) -> AbstractContextManager[None]:
+        """The archive entries made inside are written together, before the block ends
+        (``SharedArchive.batch``): one handler's entries, one transaction."""
+        return self.archive.batch()
+
     def _sign(self, body: Mapping[str, Any]) -> bytes:
-        self.counters["signatures"] += 1
+        self._count("signatures")
         return self.identity.sign(body)
 
     def new_deal(self, workflow: str, items: Sequence[tuple[str, int]], nonce: str, anonymous: bool
@@ -111,10 +119,10 @@ class Shop:
         """A fresh deal and the signed offer for exactly these items, answering the buyer's ``nonce``."""
         if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64:
             raise CommerceError("the request needs a fresh nonce of 16 to 64 characters")
-        if len(self.deals) >= MAX_OPEN_DEALS:
-            self._evict()
-        if len(self.deals) >= MAX_OPEN_DEALS:
-            raise ServiceUnavailable("the shop has too many open deals; try again later")
+        if self.store.open_count() >= MAX_OPEN_DEALS:
+            self.store.evict()
+            if self.store.open_count() >= MAX_OPEN_DEALS:
+                raise ServiceUnavailable("the shop has too many open deals; try again later")
         if not items or len(items) > docs.MAX_LINES:
             raise CommerceError(f"ask for 1 to {docs.MAX_LINES} items")
         lines = []
@@ -142,91 +150,109 @@ class Shop:
             modules = [m for m in modules if self.payments.module(m).properties.anonymous]
         forms = {form_for(i.kind, anonymous).name: form_for(i.kind, anonymous) for i, _ in lines}
         form = next((f for n, f in forms.items() if n != "none"), form_for("none", anonymous))
+        psam = self.assign_psam() if self.assign_psam is not None else self.psam_id
         deal_id = new_deal_id()
         body = docs.offer_body(deal_id=deal_id, nonce=nonce, workflow=workflow, lines=lines, payment=modules,
-                               seller_account=self.account, psam=self.psam_id, attributes=attributes, form=form,
+                               seller_account=self.account, psam=psam, attributes=attributes, form=form,
                                valid_until=dt.datetime.now(dt.UTC) + self.offer_validity)
         der = self._sign(body)
         deal = Deal(deal_id, workflow, attributes, self.archive)
         deal.keep_statement(der, body["type"])
-        self.deals[deal_id] = ShopDeal(deal, body, der, docs.sha256_hex(der), lines)
-        self.counters["offers"] += 1
+        self.store.insert(ShopDeal(deal, body, der, docs.sha256_hex(der), lines, psam))
+        self._count("offers")
         return deal_id, der
 
-    def _evict(self) -> None:
-        """Forget finished deals and offers nobody ordered in time (their evidence stays in the archive)."""
-        now = dt.datetime.now(dt.UTC)
-        for deal_id, sd in list(self.deals.items()):
-            unordered = sd.order is None and docs.parse_time(sd.offer["valid_until"], "validity") < now
-            finished = sd.delivery is not None or any(d.step == "exchange" for d in sd.deal.decisions)
-            if unordered or finished:
-                del self.deals[deal_id]
+    def find(self, deal_id: Any) -> ShopDeal | None:
+        """The deal as committed, or None (no such deal, or not a deal id)."""
+        try:
+            return self.store.get(check_deal_id(deal_id))
+        except CommerceError:
+            return None
 
     def _deal(self, deal_id: Any) -> ShopDeal:
-        try:
-            return self.deals[check_deal_id(deal_id)]
-        except KeyError:
-            raise NoSuchDeal("no such deal here (it expired, or this shop never offered it)") from None
+        sd = self.store.get(check_deal_id(deal_id))
+        if sd is None:
+            raise NoSuchDeal("no such deal here (it expired, or this shop never offered it)")
+        return sd
+
+    def _commit(self, sd: ShopDeal, **kw: Any) -> ShopDeal:
+        """Write ``sd`` back; if another process wrote the deal first, the deal as it wrote it."""
+        if self.store.save(sd, **kw):
+            return sd
+        return self._deal(sd.deal.deal_id)
 
     # ---- orders -------------------------------------------------------------------------------------
     def order(self, deal_id: str, order_bytes: bytes) -> dict[str, Any]:
         """Check the order against this shop's offer; answer with what comes next (payment terms or exchange)."""
         sd = self._deal(deal_id)
-        with sd.lock:
-            if sd.order is not None:
-                if order_bytes == sd.order_bytes:
-                    return self._next_step(sd)
-                raise DealConflict("this deal already has another order")
-            if sd.deal.attributes.anonymous:
-                try:
-                    body = json.loads(order_bytes)
-                except ValueError:
-                    raise CommerceError("an anonymous order is the canonical JSON of the order") from None
-                if not isinstance(body, dict) or docs.canonical(body) != order_bytes:
-                    raise CommerceError("an anonymous order must be canonical JSON (sorted keys, no spaces)")
-            elif sd.deal.workflow == "contract":
-                try:
-                    body = json.loads(order_bytes)
-                except ValueError:
-                    body = None
-                if not isinstance(body, dict) or docs.canonical(body) != order_bytes:
-                    raise CommerceError("a contract request is canonical JSON; the signature comes in the exchange")
-            else:
-                try:
-                    vs = verify_statement(order_bytes, self.trust)
-                except EvidenceError as e:
-                    raise CommerceError(f"the order's signature does not verify: {e}") from None
-                if not docs.has_role(vs.signer, "person"):
-                    raise CommerceError("the order is not signed with a person's certificate")
-                body = vs.body
+        if sd.order is not None:
+            if order_bytes == sd.order_bytes:
+                return self._next_step(sd)
+            raise DealConflict("this deal already has another order")
+        vs = None
+        if sd.deal.attributes.anonymous:
             try:
-                sd.form = docs.check_order(body, sd.offer, sd.offer_digest)
-            except FormError as e:
-                raise CommerceError(str(e)) from None
-            sd.order, sd.order_bytes, sd.order_digest = body, order_bytes, docs.sha256_hex(order_bytes)
-            if body.get("deal") != deal_id:
-                raise CommerceError("the order is for another deal")
-            if sd.deal.attributes.anonymous or sd.deal.workflow == "contract":
-                sd.deal.keep("order:unsigned", order_bytes)
-            else:
-                sd.deal.keep_statement(order_bytes, vs.type)
-            sd.deal.decide("order", "satisfied", "the order is for the offer this shop signed")
-            self.counters["orders"] += 1
-            return self._next_step(sd)
-
-    def _next_step(self, sd: ShopDeal) -> dict[str, Any]:
-        assert sd.order is not None and sd.order_digest is not None
+                body = json.loads(order_bytes)
+            except ValueError:
+                raise CommerceError("an anonymous order is the canonical JSON of the order") from None
+            if not isinstance(body, dict) or docs.canonical(body) != order_bytes:
+                raise CommerceError("an anonymous order must be canonical JSON (sorted keys, no spaces)")
+        elif sd.deal.workflow == "contract":
+            try:
+                body = json.loads(order_bytes)
+            except ValueError:
+                body = None
+            if not isinstance(body, dict) or docs.canonical(body) != order_bytes:
+                raise CommerceError("a contract request is canonical JSON; the signature comes in the exchange")
+        else:
+            try:
+                vs = verify_statement(order_bytes, self.trust)
+            except EvidenceError as e:
+                raise CommerceError(f"the order's signature does not verify: {e}") from None
+            if not docs.has_role(vs.signer, "person"):
+                raise CommerceError("the order is not signed with a person's certificate")
+            body = vs.body
+        try:
+            form = docs.check_order(body, sd.offer, sd.offer_digest)
+        except FormError as e:
+            raise CommerceError(str(e)) from None
+        if body.get("deal") != deal_id:
+            raise CommerceError("the order is for another deal")
+        sd.form, sd.order, sd.order_bytes, sd.order_digest = form, body, order_bytes, docs.sha256_hex(order_bytes)
+        if vs is None:
+            sd.deal.keep("order:unsigned", order_bytes)
+        else:
+            sd.deal.keep_statement(order_bytes, vs.type)
+        sd.deal.decide("order", "satisfied", "the order is for the offer this shop signed")
+        also = None
         total = int(sd.offer["total"])
         if sd.deal.workflow in ("information", "contract"):
-            return {"next": "exchange"}
-        if total == 0:
+            pass
+        elif total == 0:
             sd.paid = True
-            return {"next": "delivery"}
-        if sd.terms is None:
+        else:
             amount = self.payment_amount(sd)
             sd.terms = Terms(secrets.token_hex(16), amount, int(sd.offer["currency"]), self.account, sd.order_digest,
                              self.name)
-            self.payments.expect(sd.terms)
+            terms, route = sd.terms, ({"card-purse": {"psam": sd.psam}} if sd.psam else {})
+            expect_in = getattr(self.payments.sessions, "expect_in", None)
+            if expect_in is not None:            # the payment expected in the same transaction as the order
+                also = lambda tx: expect_in(tx, terms, route)
+            else:
+                self.payments.expect(terms, route)
+        committed = self._commit(sd, also=also)
+        if committed is not sd and committed.order_bytes != order_bytes:
+            raise DealConflict("this deal already has another order")
+        self._count("orders")
+        return self._next_step(committed)
+
+    def _next_step(self, sd: ShopDeal) -> dict[str, Any]:
+        """What comes after the order, from the committed deal alone (so a repeated order gets the same)."""
+        assert sd.order is not None and sd.order_digest is not None
+        if sd.deal.workflow in ("information", "contract"):
+            return {"next": "exchange"}
+        if sd.terms is None:
+            return {"next": "delivery"}
         accept = [a.as_dict() for a in self.acceptances() if a.module == sd.order["payment"]]
         return {"next": "payment", "terms": sd.terms.as_dict(), "accept": accept}
 
@@ -236,71 +262,117 @@ class Shop:
         return int(sd.offer["total"])
 
     # ---- payment ------------------------------------------------------------------------------------
+    def admit(self, deal_id: str, envelope: Any) -> bool:
+        """Room at the payment's device for this payer's message (raises the module's PaymentError when
+        there is none now); False when the message is not for this deal's payment (pay() refuses it)."""
+        sd = self.find(deal_id)
+        if sd is None or sd.terms is None or not isinstance(envelope, dict) \
+                or envelope.get("payment_id") != sd.terms.payment_id:
+            return False
+        self.payments.admit(envelope)
+        return True
+
     def pay(self, deal_id: str, envelope: dict[str, Any]) -> dict[str, Any] | None:
+        reply, _sd = self._pay(deal_id, envelope)
+        return reply
+
+    def _pay(self, deal_id: str, envelope: dict[str, Any]) -> tuple[dict[str, Any] | None, ShopDeal]:
         sd = self._deal(deal_id)
         if sd.terms is None:
             raise DealConflict("this deal has no payment to make (order first)")
         if not isinstance(envelope, dict) or envelope.get("payment_id") != sd.terms.payment_id:
             raise CommerceError("the payment message is for another payment than this deal's")
         try:
-            self.payments.admit(envelope)             # room at the device first, outside its lock (the
-        except PaymentError as e:                     # HTTP handler waits for it without holding a thread)
+            self.payments.admit(envelope)             # room at the device (the HTTP handler waited for it)
+            reply = self.payments.handle(envelope)
+        except PaymentError as e:
+            sd.deal.decide("payment", "refused", str(e))
+            self._commit(sd)
             raise PaymentNotAccepted(f"the payment was refused: {e}") from None
-        with self.payment_lock:
-            try:
-                reply = self.payments.handle(envelope)
-            except PaymentError as e:
-                sd.deal.decide("payment", "refused", str(e))
-                raise PaymentNotAccepted(f"the payment was refused: {e}") from None
+        if not sd.paid:
             record = self.payments.record(sd.terms.payment_id, "payee")
-        if record.status in (Status.PAID, Status.CAPTURED, Status.AUTHORISED) and not sd.paid:
-            with sd.lock:
-                if not sd.paid:
-                    sd.paid = True
-                    sd.payment = {"module": record.module, "payment_id": record.payment_id,
-                                  "amount": record.terms.amount, "currency": record.terms.currency,
-                                  "status": record.status.value}
-                    sd.deal.keep("payment", record.as_json().encode())
-                    sd.deal.decide("payment", "satisfied", f"{record.module}: {record.status.value}")
-                    self.counters["payments"] += 1
-        return reply
+            if record.status in PAID:
+                sd.paid = True
+                sd.payment = {"module": record.module, "payment_id": record.payment_id,
+                              "amount": record.terms.amount, "currency": record.terms.currency,
+                              "status": record.status.value}
+                sd.deal.keep("payment", record.as_json().encode())
+                sd.deal.decide("payment", "satisfied", f"{record.module}: {record.status.value}")
+                self._count("payments")
+        return reply, sd
+
+    def pay_and_deliver(self, deal_id: str, envelope: dict[str, Any]) -> dict[str, Any]:
+        """One payment message, and when it completed the payment: the signed confirmation and, for mail
+        order and registration, the delivery note, all committed in one transaction before the answer.
+        The answer: ``envelope`` (the payee's), and ``confirmation`` / ``delivery`` / ``content`` (bytes)."""
+        reply, sd = self._pay(deal_id, envelope)
+        out: dict[str, Any] = {"envelope": reply}
+        if not sd.paid:
+            return out
+        self._confirmation(sd)
+        if sd.deal.workflow in ("mail-order", "registration"):
+            self.make_delivery(sd)
+        sd = self._commit(sd)
+        out["confirmation"] = sd.confirmation
+        if sd.deal.workflow in ("mail-order", "registration"):
+            note, content = self._shipped(sd)
+            if note is not None:
+                out.update(delivery=note, content=content)
+        return out
 
     # ---- confirmation and delivery ------------------------------------------------------------------
+    def _confirmation(self, sd: ShopDeal) -> None:
+        if sd.confirmation is None:
+            assert sd.order_digest is not None
+            body = docs.confirmation_body(sd.deal.deal_id, sd.order_digest, sd.payment)
+            sd.confirmation = self._sign(body)
+            sd.deal.keep_statement(sd.confirmation, body["type"])
+
     def confirm(self, deal_id: str) -> bytes:
         sd = self._deal(deal_id)
-        with sd.lock:
-            if not sd.paid or sd.order_digest is None:
-                raise DealConflict("the order is not paid yet: nothing to confirm")
-            if sd.confirmation is None:
-                body = docs.confirmation_body(sd.deal.deal_id, sd.order_digest, sd.payment)
-                sd.confirmation = self._sign(body)
-                sd.deal.keep_statement(sd.confirmation, body["type"])
-            return sd.confirmation
+        if not sd.paid or sd.order_digest is None:
+            raise DealConflict("the order is not paid yet: nothing to confirm")
+        if sd.confirmation is None:
+            self._confirmation(sd)
+            sd = self._commit(sd)
+        assert sd.confirmation is not None
+        return sd.confirmation
+
+    def make_delivery(self, sd: ShopDeal) -> None:
+        """Sign the delivery note (or registration) once; everything archived for the deal goes to disk
+        before it can go out. (The step that ships: a shop that does not deliver overrides it.)"""
+        if sd.delivery is not None:
+            return
+        assert sd.order_digest is not None
+        if sd.deal.workflow == "registration":
+            member_id = "M-" + secrets.token_hex(4).upper()
+            body = docs.registration_body(sd.deal.deal_id, sd.order_digest, sd.lines[0][0].sku, sd.form,
+                                          member_id, dt.datetime.now(dt.UTC) + dt.timedelta(days=365))
+        else:
+            body = docs.delivery_body(sd.deal.deal_id, sd.order_digest, self.delivery_lines(sd), sd.form,
+                                      "TRK-" + secrets.token_hex(5).upper())
+        sd.delivery = self._sign(body)
+        sd.deal.keep_statement(sd.delivery, body["type"])
+        sd.deal.decide("delivery", "satisfied", "delivered")
+        sd.deal.close()                   # order, payment and note on disk before the note goes out
+        self._count("deliveries")
+
+    def _shipped(self, sd: ShopDeal) -> tuple[bytes | None, bytes | None]:
+        if sd.delivery is None:
+            return None, None
+        info = [i for i, _ in sd.lines if i.kind == "information"]
+        return sd.delivery, (self.content_of(info[0]) if info else None)
 
     def deliver(self, deal_id: str) -> tuple[bytes | None, bytes | None]:
         """(signed delivery note or registration, information content or None); (None, None): not shipped."""
         sd = self._deal(deal_id)
-        with sd.lock:
-            if not sd.paid or sd.order_digest is None:
-                raise DealConflict("the order is not paid yet: nothing is delivered")
-            content = None
-            info = [i for i, _ in sd.lines if i.kind == "information"]
-            if info:
-                content = self.content_of(info[0])
-            if sd.delivery is None:
-                if sd.deal.workflow == "registration":
-                    member_id = "M-" + secrets.token_hex(4).upper()
-                    body = docs.registration_body(sd.deal.deal_id, sd.order_digest, sd.lines[0][0].sku, sd.form,
-                                                  member_id, dt.datetime.now(dt.UTC) + dt.timedelta(days=365))
-                else:
-                    body = docs.delivery_body(sd.deal.deal_id, sd.order_digest, self.delivery_lines(sd), sd.form,
-                                              "TRK-" + secrets.token_hex(5).upper())
-                sd.delivery = self._sign(body)
-                sd.deal.keep_statement(sd.delivery, body["type"])
-                sd.deal.decide("delivery", "satisfied", "delivered")
-                sd.deal.close()                   # order, payment and note on disk before the note goes out
-                self.counters["deliveries"] += 1
-            return sd.delivery, content
+        if not sd.paid or sd.order_digest is None:
+            raise DealConflict("the order is not paid yet: nothing is delivered")
+        if sd.delivery is None:
+            self.make_delivery(sd)
+            if sd.delivery is not None:
+                sd = self._commit(sd)
+        return self._shipped(sd)
 
     def content_of(self, item: CatalogueItem) -> bytes | None:
         """The bytes this shop delivers for an information item: the catalogue's, whose digest its
@@ -339,14 +411,26 @@ class Shop:
             return mine, want, sd
         raise CommerceError(f"a {sd.deal.workflow} deal has no fair exchange")
 
-    def exchanged(self, sd: ShopDeal, status: str, reason: str, xid: str | None) -> None:
+    def start_exchange(self, deal_id: str, session: str, owner: str) -> bool:
+        """Record that ``owner`` (this worker) runs the deal's exchange under ``session``; False if the
+        exchange was started before (the order came again: its answer was lost)."""
+        return self.store.claim_exchange(deal_id, {"state": "started", "session": session, "owner": owner})
+
+    def exchanged(self, deal_id: str, status: str, reason: str, xid: str | None) -> None:
         """The seller's local decision after its exchange ended."""
-        sd.deal.keep("exchange", json.dumps({"xid": xid, "status": status, "reason": reason}).encode())
-        ok = status in ("completed", "resolved")
-        sd.paid = sd.paid or (ok and sd.deal.workflow == "information")
-        sd.deal.decide("exchange", "satisfied" if ok else "dispute" if status in ("pending", "refused") else "refused",
-                       f"{status}: {reason}")
-        sd.deal.close()
+        for _attempt in range(5):
+            sd = self._deal(deal_id)
+            if sd.exchange is not None and sd.exchange.get("state") == "done":
+                return
+            sd.deal.keep("exchange", json.dumps({"xid": xid, "status": status, "reason": reason}).encode())
+            ok = status in ("completed", "resolved")
+            sd.paid = sd.paid or (ok and sd.deal.workflow == "information")
+            sd.deal.decide("exchange", "satisfied" if ok else "dispute" if status in ("pending", "refused")
+                           else "refused", f"{status}: {reason}")
+            sd.deal.close()
+            sd.exchange = {**(sd.exchange or {}), "state": "done", "status": status, "reason": reason, "xid": xid}
+            if self.store.save(sd):
+                return
 
 
 def order_digest(order_bytes: bytes) -> str:

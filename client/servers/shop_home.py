@@ -3,14 +3,18 @@
 Layout of ``$SEMPER_HOME/shop`` (or ``--dir``)::
 
     shop.json          name, token label and SoftHSM2 configuration, bank account, bank URL, PSAM
-                       (reader name or card image), third party URL, payment modules, exchange port
+                       (reader name or card image; ``psams``: several), third party URL, payment modules,
+                       exchange port
     catalogue.json     the catalogue (information goods in files beside it)
     ca.pem             the CA root the shop trusts (buyers' certificates, the third party)
     purse-root.pem     the card purse scheme root (debit proofs)
     bank-tls-root.pem  the bank service's TLS root
     ttp.pem, escrow.der  the third party's certificate and signed escrow-key statement
     tls/               the shop's HTTPS key and CA-issued chain (also its exchange mailbox's)
-    evidence.sqlite3   the shop's evidence archive (deals and exchanges)
+    evidence.sqlite3   the shop's evidence archive (deals and exchanges), shared by its worker processes
+    shop.db            the shop's deals and payment sessions (unless --db names another database, e.g.
+                       postgresql://...; docs/services.md, section 8)
+    run/               the PSAM devices' sockets while ``--workers`` runs (0700)
     admin-secret       bearer secret for POST /admin/clear (0600)
 
 The seller's signing key stays in its PKCS#11 token; the PSAM is a card in the shop's second reader.
@@ -46,11 +50,21 @@ class OpenShop:
     tls: tuple[Path, Path]
     admin_secret: str
     closers: list[Any] = field(default_factory=list)
+    worker: int = 0                # this process among the shop's worker processes
+    workers: int = 1
     services_dir: Path | None = None      # the commerce services it offers for download (service_host.py)
 
     def app(self) -> Any:
+        """The HTTP app; a worker also finishes the exchanges that a dead process of its number left open,
+        and worker 0 those of workers beyond the present number (the shop ran with more before)."""
         from .shop_http import build_app
-        app = build_app(self.shop, self.party, self.admin_secret)
+        me, count = self.worker, self.workers
+
+        def recovers(owner: str) -> bool:
+            if owner == str(me):
+                return True
+            return me == 0 and (not owner.isdigit() or int(owner) >= count)
+        app = build_app(self.shop, self.party, self.admin_secret, worker=str(me), recovers=recovers)
         if self.services_dir is not None:
             from .service_host import mount_services
             mount_services(app, self.services_dir)
@@ -74,6 +88,21 @@ class ShopHome:
 
     config_file = property(lambda self: self.folder / CONFIG)
     tls_dir = property(lambda self: self.folder / "tls")
+    run_dir = property(lambda self: self.folder / "run")
+
+    def database_url(self, db: str | None = None) -> str:
+        """The shop's storage URL: ``db`` when given, else SQLite ``shop.db`` in the folder."""
+        return db or f"sqlite:///{(self.folder / 'shop.db').absolute()}"
+
+    def psam_specs(self) -> list[dict[str, Any]]:
+        """The shop's PSAMs as ``{"reader"}`` or ``{"image"}``: ``psams`` in shop.json, or its one
+        ``psam_reader`` / ``psam_image``; empty when it has none."""
+        cfg = self.config()
+        if cfg.get("psams"):
+            return [dict(x) for x in cfg["psams"]]
+        if cfg.get("psam_reader") or cfg.get("psam_image"):
+            return [{"reader": cfg.get("psam_reader")} if cfg.get("psam_reader") else {"image": cfg["psam_image"]}]
+        return []
 
     def config(self) -> dict[str, Any]:
         try:
@@ -90,8 +119,9 @@ class ShopHome:
                tls: tuple[Path, Path], psam_reader: str | None = None, psam_image: Path | None = None,
                ttp_url: str | None = None, ttp_cert: x509.Certificate | None = None, escrow: bytes | None = None,
                modules: tuple[str, ...] = ("card-purse", "setpay", "cheque", "ecash"), exchange_port: int = 0,
-               currency: int = 978) -> ShopHome:
-        """Write a shop folder (the seller's token and certificate must exist already)."""
+               currency: int = 978, more_psams: tuple[dict[str, Any], ...] = ()) -> ShopHome:
+        """Write a shop folder (the seller's token and certificate must exist already). ``more_psams``:
+        further PSAMs beside the first, each ``{"reader": name}`` or ``{"image": path}``."""
         home = cls(Path(folder))
         home.folder.mkdir(parents=True, exist_ok=True)
         (home.folder / "ca.pem").write_bytes(ca_root.public_bytes(Encoding.PEM))
@@ -105,16 +135,26 @@ class ShopHome:
             write_secret(home.tls_dir / dst, Path(src).read_bytes())      # 0600 from the first byte
         catalogue.dump(home.folder / "catalogue.json")
         write_secret(home.folder / "admin-secret", secrets.token_urlsafe(24))
-        config = {"name": name, "token_label": token_label, "softhsm_conf": softhsm_conf, "account": account,
+        config: dict[str, Any] = {
+                  "name": name, "token_label": token_label, "softhsm_conf": softhsm_conf, "account": account,
                   "bank_url": bank_url, "psam_reader": psam_reader,
                   "psam_image": str(psam_image) if psam_image else None, "ttp_url": ttp_url,
                   "modules": list(modules), "exchange_port": exchange_port, "currency": currency}
+        if more_psams:
+            config["psams"] = [*home_psam(psam_reader, psam_image), *[dict(x) for x in more_psams]]
         home.config_file.write_text(json.dumps(config, indent=1, sort_keys=True))
         return home
 
-    def open(self, pin: bytes, *, with_exchange: bool = True, shop_class: type[Shop] | None = None) -> OpenShop:
-        """Log in to the token, open the PSAM, the bank client, the archive and the exchange party.
-        ``shop_class``: a subclass of :class:`~.shop.Shop` with rules of its own (default: Shop)."""
+    def open(self, pin: bytes, *, with_exchange: bool = True, shop_class: type[Shop] | None = None,
+             db: str | None = None, psam_sockets: list[Path] | None = None, worker: int = 0, workers: int = 1
+             ) -> OpenShop:
+        """Log in to the token, open the PSAMs, the database, the bank client, the archive and the exchange
+        party. ``shop_class``: a subclass of :class:`~.shop.Shop` with rules of its own (default: Shop).
+
+        ``db``: the storage URL (default SQLite ``shop.db`` here). ``psam_sockets``: the PSAM devices'
+        sockets, when this process is worker ``worker`` of ``workers`` (``semper serve shop --workers``);
+        without them this process opens the PSAMs itself. A worker's exchange party listens on
+        ``exchange_port + worker`` (or any free port when that is 0)."""
         from semper.hsm.signer import Pkcs11Signer
 
         from ..commerce.archive import SharedArchive
@@ -124,40 +164,58 @@ class ShopHome:
         from ..payment.item import ItemPayee, ItemPayments, item_verifiers
         from ..payment.manager import PaymentManager
         from ..payment.module import PartyContext
+        from ..payment.psam_desk import PsamDesk, PsamPool
+        from ..payment.sessions import DatabaseSessions
+        from ..payment.store import RecordStore
+        from ..support.db import Database
         from ..support.trust import TrustStore
         from ..transfer.binding import cert_id
         from ..transfer.information import InformationManager
         from ..transfer.managers import Managers
         from ..transfer.statements import CredentialManager, StatementManager
+        from .psam_device import PsamDeviceClient
         from .shop import Shop
         cfg = self.config()
         f = self.folder
         closers: list[Any] = []
-        signer = Pkcs11Signer.open(cfg["token_label"], softhsm_conf=cfg.get("softhsm_conf"))
-        signer.verify_pin(pin)
-        closers.append(signer.close)
-        identity = Identity(signer)
-        trust = TrustStore.from_files(f / "ca.pem")
-        purse_root = x509.load_pem_x509_certificate((f / "purse-root.pem").read_bytes())
-        psam = None
-        if cfg.get("psam_reader") or cfg.get("psam_image"):
-            from semper.hardware.cards import open_connection
-            from semper.hardware.iso7816 import AID
-            from semper.hardware.psam import PsamSession
-            image = None if cfg.get("psam_reader") else Path(cfg["psam_image"])
-            conn: Any = open_connection(AID.PSAM, cfg.get("psam_reader"), image, sync=False)
-            closers.append(conn.close)
-            psam = PsamSession(conn)
-        bank = BankClient(cfg["bank_url"], f / "bank-tls-root.pem", signer)
-        ctx = PartyContext(bank=bank, signer=signer, account=cfg["account"], currency=int(cfg.get("currency", 978)),
-                           psam=psam)
-        payments = PaymentManager(ctx, only=cfg.get("modules"))
-        archive = SharedArchive(f / "evidence.sqlite3", sign=identity.sign)
-        closers.append(archive.close)
-        psam_id = psam.info().psam_id.hex().upper() if psam is not None else None
-        shop = (shop_class or Shop)(name=cfg["name"], identity=identity, trust=trust,
-                                    catalogue=Catalogue.load(f / "catalogue.json"), payments=payments,
-                                    account=cfg["account"], archive=archive, psam_id=psam_id)
+        try:
+            signer = Pkcs11Signer.open(cfg["token_label"], softhsm_conf=cfg.get("softhsm_conf"))
+            signer.verify_pin(pin)
+            closers.append(signer.close)
+            identity = Identity(signer)
+            trust = TrustStore.from_files(f / "ca.pem")
+            purse_root = x509.load_pem_x509_certificate((f / "purse-root.pem").read_bytes())
+            desks: list[Any] = []
+            if psam_sockets is not None:
+                desks = [PsamDeviceClient(path) for path in psam_sockets]
+            else:
+                from semper.hardware.cards import open_connection
+                from semper.hardware.iso7816 import AID
+                from semper.hardware.psam import PsamSession
+                for spec in self.psam_specs():
+                    image = Path(spec["image"]) if spec.get("image") else None
+                    conn: Any = open_connection(AID.PSAM, spec.get("reader"), image, sync=False)
+                    closers.append(conn.close)
+                    desks.append(PsamDesk(PsamSession(conn)))
+            pool = PsamPool(desks) if desks else None
+            database = Database(self.database_url(db))
+            closers.append(database.close)
+            bank = BankClient(cfg["bank_url"], f / "bank-tls-root.pem", signer)
+            ctx = PartyContext(bank=bank, signer=signer, account=cfg["account"],
+                               currency=int(cfg.get("currency", 978)), psam=pool)
+            payments = PaymentManager(ctx, only=cfg.get("modules"), store=RecordStore(db=database),
+                                      sessions=DatabaseSessions(database))
+            archive = SharedArchive(f / "evidence.sqlite3", sign=identity.sign)
+            closers.append(archive.close)
+            psam_id = pool.ids[0] if pool is not None else None
+            assign = pool.assign if pool is not None and len(pool.ids) > 1 else None
+            shop = (shop_class or Shop)(name=cfg["name"], identity=identity, trust=trust,
+                                        catalogue=Catalogue.load(f / "catalogue.json"), payments=payments,
+                                        account=cfg["account"], archive=archive, db=database, psam_id=psam_id,
+                                        assign_psam=assign)
+        except BaseException:
+            OpenShop(None, None, (f, f), "", closers).close()
+            raise
         party = None
         tls = (self.tls_dir / "cert.pem", self.tls_dir / "key.pem")
         if with_exchange and cfg.get("ttp_url") and (f / "ttp.pem").exists():
@@ -165,14 +223,24 @@ class ShopHome:
             info = TtpInfo.load(cfg["ttp_url"], ttp_cert, (f / "escrow.der").read_bytes(), trust)
             escrows = {cert_id(info.certificate): info.escrow.key_id} if info.escrow else {}
             verifiers = item_verifiers(purse_root=purse_root, roots=list(trust.roots))
-            payees = {m: ItemPayee(payments, m, verifiers[m], account=cfg["account"], payee_name=cfg["name"],
-                                   device_lock=shop.payment_lock)
+            payees = {m: ItemPayee(payments, m, verifiers[m], account=cfg["account"], payee_name=cfg["name"])
                       for m in shop.fair_modules if m in payments.modules and m in verifiers}
             managers = Managers(StatementManager(trust), CredentialManager(trust), InformationManager(escrows),
                                 ItemPayments(verifiers, payees))
-            root_pem, port = (f / "ca.pem").read_text(), int(cfg.get("exchange_port", 0))
+            root_pem, base = (f / "ca.pem").read_text(), int(cfg.get("exchange_port", 0))
+            port = base + worker if base else 0
 
             def party() -> Party:              # made in the service's thread: its archive connection lives there
                 return Party("shop", identity, trust, managers, f / "evidence.sqlite3", tls=tls, root_pem=root_pem,
                              ttp=info, port=port)
-        return OpenShop(shop, party, tls, (f / "admin-secret").read_text().strip(), closers, f / "services")
+        opened = OpenShop(shop, party, tls, (f / "admin-secret").read_text().strip(), closers,
+                          services_dir=f / "services")
+        opened.worker, opened.workers = worker, workers
+        return opened
+
+
+def home_psam(reader: str | None, image: Path | None) -> list[dict[str, Any]]:
+    """The first PSAM's entry in ``psams``."""
+    if reader:
+        return [{"reader": reader}]
+    return [{"image": str(image)}] if image else []

@@ -31,6 +31,7 @@ import asyncio
 import base64
 import hmac
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,9 +41,9 @@ from aiohttp import web
 from ..exchange.party import Party
 from ..payment.errors import PaymentError
 from ..payment.modules.purse import PurseModule
-from ..support.http_service import ApiError, blocking, make_app, read_json
+from ..support.http_service import ApiError, blocking, json_response, make_app, read_json
 from ..support.shapes import Shape
-from .shop import MAX_OPEN_DEALS, Shop
+from .shop import Shop
 from .shop_web import mount as mount_web
 
 log = logging.getLogger("semper.shop")
@@ -87,33 +88,45 @@ async def _call(fn: Any, *args: Any) -> Any:
     return await blocking(fn, *args)
 
 
-def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_secret: str | None = None
-              ) -> web.Application:
-    """``make_party`` is called when the service starts, in its thread (the party's archive lives there)."""
+def _settle(shop: Shop, deal: str, envelope: dict[str, Any]) -> dict[str, Any]:
+    """A payment step and, once it completes the payment, the confirmation and the delivery note, in one
+    trip to the worker pool, their archive entries written in one transaction before the answer goes
+    (docs/performance.md)."""
+    with shop.batch():
+        return shop.pay_and_deliver(deal, envelope)
+
+
+def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_secret: str | None = None,
+              worker: str = "0", recovers: Callable[[str], bool] | None = None) -> web.Application:
+    """``make_party`` is called when the service starts, in its thread (the party's archive lives there).
+
+    ``worker`` names this process among the shop's workers (``"0"`` when it runs alone): the exchanges it
+    starts are recorded as its own, and when it starts it finishes those a process of the same name left
+    open when it died (and those of any worker ``recovers`` accepts), through the exchange layer's
+    recovery (``Party.recover``)."""
     routes = web.RouteTableDef()
     tasks: set[asyncio.Task[Any]] = set()
     box: dict[str, Party] = {}
-    # deals whose fair exchange was started: the same order again (its answer was lost, the client
-    # sent it once more) must not start a second exchange, whose refusal the buyer would take for the
-    # deal's outcome while the first one runs on (found by semper chaos)
-    started: set[str] = set()
+    mine = recovers or (lambda owner: owner == worker)
 
     @routes.get("/catalogue")
     async def catalogue(request: web.Request) -> web.Response:
-        return web.json_response(shop.view())
+        return json_response(shop.view())
 
     @routes.post("/deals")
     async def deals(request: web.Request) -> web.Response:
         body = await read_json(request, NewDeal)
         items = [(i.sku, i.quantity) for i in body.items]
-        deal_id, der = await _call(shop.new_deal, body.workflow, items, body.nonce, body.anonymous)
-        return web.json_response({"deal": deal_id, "offer": _e(der)})
+        # on the event loop, not the pool: a token signature and an archive entry (no disk flush) cost
+        # less than the thread hop would (docs/performance.md)
+        deal_id, der = shop.new_deal(body.workflow, items, body.nonce, body.anonymous)
+        return json_response({"deal": deal_id, "offer": _e(der)})
 
     @routes.post("/deals/order")
     async def order(request: web.Request) -> web.Response:
         body = await read_json(request, Order)
         deal = body.deal
-        answer = await _call(shop.order, deal, body.order)
+        answer = shop.order(deal, body.order)         # CPU only (a verification, archive entries): no hop
         if answer["next"] == "exchange":
             mailbox = body.mailbox
             parts = urlsplit(mailbox)
@@ -122,55 +135,47 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
                 raise ApiError(503, "no_exchange", "this shop runs no exchange party; it sells by mail order only")
             if parts.scheme != "https" or not parts.hostname:
                 raise ApiError(400, "missing_field", "a fair exchange needs your client's https mailbox URL")
-            if deal in started:
-                return web.json_response(answer)
-            if len(started) >= 2 * MAX_OPEN_DEALS:                  # forget deals the shop itself forgot
-                started.intersection_update(shop.deals)
-            started.add(deal)                                       # before any await: one exchange per deal
-            try:
-                offer, want, sd = await _call(shop.exchange_plan, deal)
-            except BaseException:
-                started.discard(deal)
-                raise
+            offer, want, _sd = await _call(shop.exchange_plan, deal)
+            # one exchange per deal, whichever worker takes the order: the same order again (its answer
+            # was lost, the client sent it once more) must not start a second exchange, whose refusal the
+            # buyer would take for the deal's outcome while the first one runs on (found by semper chaos)
+            session = secrets.token_hex(16)
+            if await _call(shop.start_exchange, deal, session, worker):
+                run = party.originate(mailbox, offer, want, fair=True, session=session)
+                _spawn(_finish(deal, run))
+        return json_response(answer)
 
-            async def run() -> None:
-                outcome = await party.originate(mailbox, offer, want, fair=True)
-                await blocking(shop.exchanged, sd, outcome.status, outcome.reason, outcome.xid)
-            task = asyncio.get_running_loop().create_task(run())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        return web.json_response(answer)
+    async def _finish(deal: str, run: Any) -> None:
+        outcome = await run
+        await blocking(shop.exchanged, deal, outcome.status, outcome.reason, outcome.xid)
+
+    def _spawn(coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     @routes.post("/deals/pay")
     async def pay(request: web.Request) -> web.Response:
         body = await read_json(request, Payment)
         deal = body.deal
         await _admitted(deal, body.envelope)
-        reply = await _call(shop.pay, deal, body.envelope)
-        answer: dict[str, Any] = {"envelope": reply}
-        sd = shop.deals.get(deal)
-        if sd is not None and sd.paid:          # the payment is complete: the signed confirmation comes with it
-            answer["confirmation"] = _e(await _call(shop.confirm, deal))
-            if sd.deal.workflow in ("mail-order", "registration"):
-                # and the delivery note, which the buyer would ask for next anyway (one round trip less)
-                note, content = await _call(shop.deliver, deal)
-                if note is not None:
-                    answer.update(shipped=True, delivery=_e(note), content=_e(content))
-        return web.json_response(answer)
+        done = await _call(_settle, shop, deal, body.envelope)
+        answer: dict[str, Any] = {"envelope": done["envelope"]}
+        if "confirmation" in done:      # the payment is complete: the signed confirmation comes with it
+            answer["confirmation"] = _e(done["confirmation"])
+            if "delivery" in done:      # and the delivery note, which the buyer would ask for next anyway
+                answer.update(shipped=True, delivery=_e(done["delivery"]), content=_e(done["content"]))
+        return json_response(answer)
 
     async def _admitted(deal_id: str, envelope: Any) -> None:
         """Wait, on the event loop and bounded, for room at the payment device (the PSAM keeps only so
         many debits open). Waiting in a worker thread instead would let waiting payments take every
         thread and starve the very proofs that free the room. Only the payment this shop asked for in
         an ordered deal gets room: anything else goes on to Shop.pay, which refuses it."""
-        sd = shop.deals.get(deal_id)
-        if sd is None or sd.terms is None or not isinstance(envelope, dict) \
-                or envelope.get("payment_id") != sd.terms.payment_id:
-            return
         deadline = asyncio.get_running_loop().time() + ADMIT_WAIT
         while True:
             try:
-                shop.payments.admit(envelope)
+                await _call(shop.admit, deal_id, envelope)
                 return
             except PaymentError as e:
                 if asyncio.get_running_loop().time() >= deadline:
@@ -180,13 +185,13 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     @routes.post("/deals/confirm")
     async def confirm(request: web.Request) -> web.Response:
         body = await read_json(request, DealRef)
-        return web.json_response({"confirmation": _e(await _call(shop.confirm, body.deal))})
+        return json_response({"confirmation": _e(await _call(shop.confirm, body.deal))})
 
     @routes.post("/deals/delivery")
     async def delivery(request: web.Request) -> web.Response:
         body = await read_json(request, DealRef)
         note, content = await _call(shop.deliver, body.deal)
-        return web.json_response({"shipped": note is not None, "delivery": _e(note), "content": _e(content)})
+        return json_response({"shipped": note is not None, "delivery": _e(note), "content": _e(content)})
 
     @routes.post("/admin/clear")
     async def clear(request: web.Request) -> web.Response:
@@ -196,22 +201,42 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
         module = shop.payments.module("card-purse")
         if not isinstance(module, PurseModule):
             raise ApiError(404, "not_found", "this shop takes no card purse payments")
-
-        def run() -> Any:
-            with shop.payment_lock:
-                return module.clear()
-        return web.json_response({"cleared": await _call(run)})
+        return json_response({"cleared": await _call(module.clear)})
 
     @routes.get("/stats")
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response({**shop.counters, "deals": len(shop.deals)})
+        return json_response(await _call(shop.stats))
 
     app = make_app(list(routes))
     mount_web(app, shop)                        # the web site: catalogue, order form, delivery (shop_web.py)
 
     async def start(app: web.Application) -> None:
-        if make_party is not None:
-            box["party"] = await make_party().start()
+        if make_party is None:
+            return
+        party = box["party"] = await make_party().start()
+        open_deals = await _call(shop.store.exchanges, mine)
+        if open_deals:
+            _spawn(_recover(party, open_deals))
+
+    async def _recover(party: Party, open_deals: list[Any]) -> None:
+        """Exchanges a dead process of this worker left open: finished with the third party where needed
+        (the exchange layer's recovery), and the deal decided on the outcome."""
+        sessions = {str(sd.exchange["session"]): sd.deal.deal_id for sd in open_deals}
+        try:
+            outcomes = await party.recover(sessions=set(sessions))
+        except Exception:                  # the deals stay open; the next start tries again
+            log.exception("recovering the open exchanges failed")
+            return
+        ended = set()
+        for o in outcomes:
+            deal = sessions.get(o.session)
+            if deal is not None:
+                ended.add(deal)
+                await blocking(shop.exchanged, deal, o.status, o.reason, o.xid)
+        for session, deal in sessions.items():
+            if deal not in ended and not party.knows(session):      # it never got as far as a proposal
+                await blocking(shop.exchanged, deal, "no-exchange", "the shop stopped before the exchange "
+                               "was negotiated; nothing was given", None)
 
     async def stop(app: web.Application) -> None:
         for t in list(tasks):

@@ -47,6 +47,7 @@ from aiohttp import web
 from ..commerce.catalogue import CatalogueItem
 from ..commerce.errors import FormError
 from ..commerce.forms import FormSpec, form_for
+from ..support.http_service import blocking
 from ..support.money import format_amount
 from ..support.verify import verify_statement
 from .shop import Shop
@@ -205,18 +206,19 @@ class ShopWeb:
                                       "shop never made it): choose the item again on the shop's page"}, status=404)
         return web.json_response({"workflow": c.workflow, "items": [{"sku": c.sku, "quantity": c.quantity}]})
 
-    def _paid_deal(self, request: web.Request) -> Any:
+    async def _paid_deal(self, request: web.Request) -> Any:
         """The shop's deal for the link, if ``?order=`` is the digest of its order and it is paid; else None
         (one answer for every way of being wrong: the link tells nothing about other deals)."""
         deal_id = request.match_info["deal"]
         given = request.query.get("order", "")
-        sd = self.shop.deals.get(deal_id) if _DIGEST.match(given) else None
+        # the deal as committed in the shop's database, read off the event loop
+        sd = await blocking(self.shop.find, deal_id) if _DIGEST.match(given) else None
         if sd is None or sd.order_digest is None or not hmac.compare_digest(given, sd.order_digest):
             return None
         return sd if sd.paid else None
 
     async def delivery(self, request: web.Request) -> web.Response:
-        sd = self._paid_deal(request)
+        sd = await self._paid_deal(request)
         if sd is None:
             return self.error(404, "No delivery here", "This link names no paid deal of this shop. Your SEMPER "
                               "client gives the link to a delivery after the deal.")
@@ -236,7 +238,7 @@ class ShopWeb:
                          files=files, ship_to=ship_to, order=request.query["order"])
 
     async def delivery_file(self, request: web.Request) -> web.StreamResponse:
-        sd = self._paid_deal(request)
+        sd = await self._paid_deal(request)
         info = [i for i, _ in sd.lines if i.kind == "information"] if sd is not None else []
         if not info:
             return self.error(404, "No delivery here", "This link names no paid information deal of this shop.")

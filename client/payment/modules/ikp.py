@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from cryptography import x509
@@ -103,6 +104,15 @@ class IkpModule(SetPayModule):
 
     def payee_flow(self, terms: Terms) -> PayeeFlow:
         return PayeeFlow(self, terms)
+
+    def resume_payee_flow(self, terms: Terms, state: Mapping[str, Any]) -> PayeeFlow:
+        """The payee's flow where :meth:`PayeeFlow.snapshot` left it: the payee's session is kept in its
+        database between the buyer's messages (``payment/sessions.py``), so the invoice's common fields
+        must be there too for the payment that follows it (another worker, or the payee restarted)."""
+        flow = PayeeFlow(self, terms)
+        flow.state, flow.level = str(state["state"]), int(state["level"])
+        flow.common, flow.merchant = dict(state["common"]), dict(state["merchant"])
+        return flow
 
     # ---- enrolment (1KP, 2KP) -----------------------------------------------------------------------
     def enrol(self, code: str) -> dict[str, Any]:
@@ -267,6 +277,9 @@ class PayeeFlow:
         self.level = 0
         self.merchant: dict[str, str] = {}         # Sig_M and the merchant's certificate (2KP, 3KP)
 
+    def snapshot(self) -> dict[str, Any]:
+        return {"state": self.state, "level": self.level, "common": self.common, "merchant": self.merchant}
+
     def step(self, incoming: dict[str, Any] | None) -> Step:
         t, ctx = self.terms, self.m.ctx
         if self.state == "start":
@@ -302,7 +315,8 @@ class PayeeFlow:
                 params.update(sig_c=pay.sig_c, payer_certificate=pay.payer_certificate)
             bank = ctx.bank
             assert bank is not None
-            answer = bank.call_signed("ikp/authorise", params)
+            # the payment's own idempotency keys: a payee that died after the bank acted gets its first answer
+            answer = bank.call_signed("ikp/authorise", params, idempotency_key=f"ikp-authorise-{t.payment_id}")
             result = answer.body["result"]
             evidence = {"authorisation": result["authorisation"], "common": self.common, "level": self.level,
                         "enc_slip_sha256": f.h(pay.enc_slip).hex()}
@@ -311,7 +325,8 @@ class PayeeFlow:
             evidence["bank_answer"] = answer.to_json()
             if ctx.extras.get("capture", True):
                 captured = bank.call_signed("set/capture", {"authorisation": result["authorisation"],
-                                                            "amount": t.amount})
+                                                            "amount": t.amount},
+                                            idempotency_key=f"ikp-capture-{t.payment_id}")
                 status = Status.CAPTURED
                 reply["capture"] = evidence["bank_capture"] = captured.to_json()
             self.state = "done"

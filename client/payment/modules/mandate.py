@@ -60,12 +60,13 @@ class MandateModule(BaseModule):
         sig, cert = self._sign_digest(digest(body), f"sign a cheque for {terms.amount}")
         return SignedJson(body, cert, sig)
 
-    def deposit(self, cheque: SignedJson) -> SignedJson:
-        """Present a cheque (again, e.g. after a bounce); the bank's signed answer."""
+    def deposit(self, cheque: SignedJson, key: str | None = None) -> SignedJson:
+        """Present a cheque (again, e.g. after a bounce: a fresh key); the bank's signed answer. ``key``: the
+        idempotency key of a presentation that must not happen twice (the payee's, per payment)."""
         assert self.ctx.bank is not None and self.ctx.account is not None
         return self.ctx.bank.call_signed("cheque/deposit", {"account": self.ctx.account, "cheque": cheque.to_json()},
-                                         idempotency_key=f"cheque-{cheque.body['drawer']}-{cheque.body['number']}-"
-                                                         f"{secrets.token_hex(4)}")
+                                         idempotency_key=key or f"cheque-{cheque.body['drawer']}-"
+                                                                f"{cheque.body['number']}-{secrets.token_hex(4)}")
 
     # ---- cheques in fair exchanges (client/servers/bank_exchange.py) -------------------------------------
     def reserve(self, terms: Terms, account: str, clause: dict[str, Any]) -> tuple[SignedJson, SignedJson]:
@@ -171,7 +172,8 @@ class PayeeFlow:
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise ProtocolError("the cheque's certificate holds no EC key")
         verify_digest(key, cheque.digest, cheque.signature, "drawer's signature on the cheque")
-        answer = self.m.deposit(cheque)
+        # the payment's own key: a payee that died after the bank paid runs this again and gets that answer
+        answer = self.m.deposit(cheque, key=f"cheque-pay-{t.payment_id}")
         result = answer.body["result"]
         self.done = True
         status = Status.PAID if result["state"] == "paid" else Status.BOUNCED

@@ -24,8 +24,6 @@ the bank. The bank's side is ``servers/bank_purse.py``.
 """
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
@@ -44,6 +42,7 @@ from ...support.scheme import ROLE_PSAM, ROLE_PURSE_CARD
 from ..errors import InstrumentError, InsufficientFunds, PaymentError, PaymentRefused, ProtocolError
 from ..model import MAX_AMOUNT, Acceptance, ExchangeProperties, Instrument, Model, Status, Terms
 from ..module import BaseModule, Message, PartyContext, Step, receive
+from ..psam_desk import Desk, PsamPool, TerminalBusy, as_pool
 from ..wire import b64, unb64
 
 if TYPE_CHECKING:
@@ -70,57 +69,6 @@ def _card_error(e: hw.HardwareError, what: str) -> PaymentError:
 class NotAuthenticated(InstrumentError):
     """The card did not accept a signature on what it was sent: a load command from an issuer that is not
     its own, a debit request from a PSAM of another scheme."""
-
-
-PSAM_PENDING = 16          # debits a PSAM keeps open at once (docs/card.md: a 17th evicts the oldest)
-STALE_AFTER = 60.0         # seconds after which a payment that never sent its proof gives up its room
-
-
-class TerminalBusy(PaymentError):
-    """Every debit the PSAM can keep open is in flight; nothing was paid; try again shortly."""
-
-    http_status = 503
-    code = "busy"
-
-
-class _Slots:
-    """Room at the PSAM, one per purse payment between its hello and its proof.
-
-    Why: the PSAM keeps at most :data:`PSAM_PENDING` debit requests open and evicts the oldest to
-    start another. A card that then sends its proof for an evicted request has *paid* (its debit is
-    committed) and the PSAM refuses the proof as unknown; the payee can still clear that proof alone
-    at the acquirer (:meth:`PayeeFlow._evicted`), but only with the bank on line. So the payee never
-    starts more debits than the PSAM can hold: a further hello is refused, before the
-    card is asked for anything, until a payment finishes (the shop's HTTP handler waits and asks
-    again). A payment whose buyer vanished after the challenge gives its room up after
-    :data:`STALE_AFTER` seconds.
-    """
-
-    def __init__(self, size: int = PSAM_PENDING) -> None:
-        self.size = size
-        self._held: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def acquire(self, payment_id: str) -> None:
-        with self._lock:
-            if payment_id in self._held:
-                return
-            now = time.monotonic()
-            for pid, since in list(self._held.items()):
-                if now - since > STALE_AFTER:
-                    del self._held[pid]
-            if len(self._held) >= self.size:
-                raise TerminalBusy(f"the seller's terminal has {self.size} card payments in flight; nothing was "
-                                   "paid; try again in a moment")
-            self._held[payment_id] = now
-
-    def release(self, payment_id: str) -> None:
-        with self._lock:
-            self._held.pop(payment_id, None)
-
-    def held(self) -> int:
-        with self._lock:
-            return len(self._held)
 
 
 class Issuer(Protocol):
@@ -167,11 +115,25 @@ class PurseModule(BaseModule):
 
     def __init__(self, context: PartyContext) -> None:
         super().__init__(context)
-        self.slots = _Slots()
+        self._pool: PsamPool | None = None
 
-    def admit(self, payment_id: str, body: dict[str, Any]) -> None:
+    @property
+    def psams(self) -> PsamPool | None:
+        """The seller's PSAMs, each behind its one owner (``payment/psam_desk.py``): the context's PSAM
+        session under a desk of this process, or the desks (or clients of desks in PSAM processes) it gives."""
+        if self._pool is None and self.ctx.psam is not None:
+            self._pool = as_pool(self.ctx.psam)
+        return self._pool
+
+    def desk(self, psam: str | None = None) -> Desk:
+        pool = self.psams
+        if pool is None:
+            raise InstrumentError("no PSAM is present to accept purse payments")
+        return pool.desk(psam)
+
+    def admit(self, payment_id: str, body: dict[str, Any], psam: str | None = None) -> None:
         if body.get("kind") == "hello" and self.ctx.psam is not None:
-            self.slots.acquire(payment_id)
+            self.desk(psam).admit(payment_id)
 
     # ---- instruments -------------------------------------------------------------------------
     def instruments(self) -> list[Instrument]:
@@ -190,9 +152,8 @@ class PurseModule(BaseModule):
             return None
         if self._psam_currency is None:            # written at personalisation: asked once, not per payment
             try:
-                self.ctx.psam.ensure_selected()
-                self._psam_currency = self.ctx.psam.info().currency
-            except hw.HardwareError:
+                self._psam_currency = self.desk().info().currency
+            except (hw.HardwareError, PaymentError, OSError):
                 return None
         return Acceptance(self.name, (self._psam_currency,))
 
@@ -201,10 +162,17 @@ class PurseModule(BaseModule):
             raise InstrumentError("no purse card is present")
         return PayerFlow(self, terms)
 
-    def payee_flow(self, terms: Terms) -> PayeeFlow:
+    def payee_flow(self, terms: Terms, psam: str | None = None) -> PayeeFlow:
+        """``psam``: which of the seller's PSAMs takes this payment (the one its offer named; default the first)."""
         if self.ctx.psam is None:
             raise InstrumentError("no PSAM is present to accept purse payments")
-        return PayeeFlow(self, terms)
+        return PayeeFlow(self, terms, psam)
+
+    def resume_payee_flow(self, terms: Terms, state: Mapping[str, Any]) -> PayeeFlow:
+        """The payee's flow where :meth:`PayeeFlow.snapshot` left it (in this or another process)."""
+        flow = self.payee_flow(terms, state.get("psam"))
+        flow.restore(state)
+        return flow
 
     # ---- load (payer, online, PIN) -----------------------------------------------------------
     def load(self, amount: int) -> dict[str, Any]:
@@ -247,40 +215,45 @@ class PurseModule(BaseModule):
 
     # ---- clearing (payee, online) ------------------------------------------------------------
     def clear(self) -> dict[str, Any] | None:
-        """Send the PSAM's last closed batch (again, if unsure) and the open one to the acquirer."""
-        psam, bank = self.ctx.psam, self.ctx.bank
-        if psam is None or bank is None:
+        """Send each PSAM's last closed batch (again, if unsure) and its open one to the acquirer. With one
+        PSAM, the acquirer's answer for its open batch (None: nothing to clear); with several, ``{"psams":
+        {id: answer}}``."""
+        pool = self.psams
+        if pool is None or self.ctx.bank is None:
             raise InstrumentError("clearing needs the PSAM and the bank")
+        answers = {psam_id: self._clear_one(pool.desk(psam_id)) for psam_id in pool.ids}
+        return next(iter(answers.values())) if len(answers) == 1 else {"psams": answers}
+
+    def _clear_one(self, desk: Desk) -> dict[str, Any] | None:
         try:
-            psam.select()
-            info = psam.info()
+            info = desk.info()
         except hw.HardwareError as e:
             raise _card_error(e, "read the PSAM") from None
         if info.batch_number > 1:
-            self._send_batch(info.batch_number - 1, resend=True)
+            self._send_batch(desk, info.batch_number - 1, resend=True)
         if info.batch_count == 0:
             return None
         try:
-            header, _ = psam.close_batch()
+            header, _ = desk.close_batch()
         except hw.HardwareError as e:
             raise _card_error(e, "close the batch") from None
-        return self._send_batch(header.batch_number, resend=False)
+        return self._send_batch(desk, header.batch_number, resend=False)
 
-    def _send_batch(self, number: int, resend: bool) -> dict[str, Any] | None:
-        psam, bank = self.ctx.psam, self.ctx.bank
-        assert psam is not None and bank is not None
+    def _send_batch(self, desk: Desk, number: int, resend: bool) -> dict[str, Any] | None:
+        bank = self.ctx.bank
+        assert bank is not None
         try:
-            psam.select()
-            header, signed = psam.batch_header(number)
-            entries = psam.batch_entries(number)
+            header, signed = desk.batch_header(number)
+            entries = desk.batch_entries(number)
+            certificate = desk.certificate()
         except hw.NotFoundError:
             return None
         except hw.HardwareError as e:
             raise _card_error(e, "read the batch") from None
-        params = clearing_request(psam.certificate(), signed, entries)
+        params = clearing_request(certificate, signed, entries)
         try:
-            return dict(bank.call("acquirer/clear", params,
-                                  idempotency_key=f"batch-{header.psam_id.hex()}-{number}")["result"])
+            key = f"batch-{header.psam_id.hex()}-{number}"
+            return dict(bank.call("acquirer/clear", params, idempotency_key=key)["result"])
         except PaymentRefused as e:
             if resend and e.code == "batch_seen":
                 return None
@@ -310,15 +283,25 @@ class PurseModule(BaseModule):
                 return None
             raise
 
+    def _desk_for(self, request: Signed) -> Desk | None:
+        """The desk of the PSAM that signed ``request`` (None: not one of this seller's)."""
+        pool = self.psams
+        if pool is None:
+            return None
+        try:
+            psam_id = DebitRecord.decode(request.record, DEBIT_REQUEST).psam_id.hex().upper()
+        except hw.TransportError:
+            return None
+        return pool.desks.get(psam_id)
+
     def settle_stale_proof(self, psam_certificate: bytes, request: Signed, card_certificate: bytes, proof: Signed
                            ) -> dict[str, Any] | None:
         """For a proof the PSAM refused as stale: None when it sits in the PSAM's batch already (taken
         before); otherwise its request was evicted, and the proof is cleared alone at the acquirer."""
-        psam = self.ctx.psam
-        if psam is not None:
+        desk = self._desk_for(request)
+        if desk is not None:
             try:
-                psam.ensure_selected()
-                found = psam.find_proof(proof.record)
+                found = desk.find_proof(proof.record)
             except hw.HardwareError as e:
                 raise _card_error(e, "read the PSAM's batch") from None
             if found is not None:
@@ -332,12 +315,11 @@ class PurseModule(BaseModule):
         stale proof (:meth:`settle_stale_proof`). Returns the receipt, the acquirer's answer for a proof
         cleared alone, or None when the PSAM's batch holds it already. A proof the PSAM refuses is a
         PaymentRefused with code ``bad_proof``; any other failure leaves the proof to be taken again."""
-        psam = self.ctx.psam
-        if psam is None:
-            raise InstrumentError("no PSAM is present to take the card's proof")
+        desk = self._desk_for(request)
+        if desk is None:
+            raise InstrumentError("no PSAM of this seller signed the request this proof answers")
         try:
-            psam.select()
-            batch, index, _ = psam.complete_debit(card_certificate, proof)
+            batch, index, _ = desk.complete_debit(None, card_certificate, proof)
         except hw.ReplayError:
             try:
                 cleared = self.settle_stale_proof(psam_certificate, request, card_certificate, proof)
@@ -476,40 +458,60 @@ def recover_debit(purse: Any, request: DebitRecord) -> Signed | None:
 
 
 class PayeeFlow:
-    def __init__(self, module: PurseModule, terms: Terms) -> None:
+    """The seller's side: hello -> the PSAM's challenge, proof -> the PSAM's receipt.
+
+    Its state is small and plain (:meth:`snapshot`), so the payment manager can keep it in the
+    seller's database between the messages and any process of the seller can take the next one
+    (:meth:`PurseModule.resume_payee_flow`). Every PSAM step goes through the PSAM's owner
+    (``payment/psam_desk.py``), which keeps the payment's room and answers a repeated begin with
+    the same request, so a step run again after a crash gives the same answer."""
+
+    def __init__(self, module: PurseModule, terms: Terms, psam: str | None = None) -> None:
         self.m = module
         self.terms = terms
+        self.psam = psam
         self.state = "start"
         self.card_cert = b""
         self.request: Signed | None = None
 
-    def _begin(self, psam: Any, incoming: dict[str, Any] | None) -> Signed:
+    def snapshot(self) -> dict[str, Any]:
+        req = self.request
+        return {"state": self.state, "psam": self.psam, "card_certificate": b64(self.card_cert),
+                "request": None if req is None else [b64(req.record), b64(req.signature)]}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.state = str(state.get("state", "start"))
+        self.card_cert = unb64(state.get("card_certificate") or "", "card certificate", 4096)
+        req = state.get("request")
+        self.request = None if not req else Signed(unb64(req[0], "request", 256), unb64(req[1], "signature", 128))
+
+    def _begin(self, desk: Desk, incoming: dict[str, Any] | None) -> Signed:
         msg = receive(incoming, Hello)
         if msg.currency != self.terms.currency:
             raise ProtocolError("the card's currency is not the payment's")
         card, counter = bytes.fromhex(msg.card), msg.counter
         self.card_cert = msg.card_certificate
         try:
-            psam.ensure_selected()
-            _, req = psam.begin_debit(card, counter, self.terms.amount, self.terms.currency)
+            req = desk.begin_debit(self.terms.payment_id, card, counter, self.terms.amount, self.terms.currency)
         except hw.HardwareError as e:
             raise _card_error(e, "start the debit at the PSAM") from None
         self.request = req
         return req
 
     def step(self, incoming: dict[str, Any] | None) -> Step:
-        psam = self.m.ctx.psam
-        assert psam is not None
+        desk = self.m.desk(self.psam)
         if self.state == "start":
             try:
-                req = self._begin(psam, incoming)
+                req = self._begin(desk, incoming)
+            except TerminalBusy:
+                raise
             except BaseException:
-                self.m.slots.release(self.terms.payment_id)       # nothing was opened at the PSAM
+                desk.release(self.terms.payment_id)       # nothing was opened at the PSAM
                 raise
             # from here the PSAM holds the request open: the room is given back when the proof is
             # taken, or after STALE_AFTER (a refused proof leaves the request open at the PSAM too)
             try:
-                psam_cert = psam.certificate()
+                psam_cert = desk.certificate()
             except hw.HardwareError as e:
                 raise _card_error(e, "start the debit at the PSAM") from None
             self.state = "challenge"
@@ -519,44 +521,46 @@ class PayeeFlow:
             msg = receive(incoming, Proof)
             proof = Signed(msg.proof, msg.signature)
             try:
-                psam.ensure_selected()
-                batch, index, _ = psam.complete_debit(self.card_cert, proof)
+                batch, index, _ = desk.complete_debit(self.terms.payment_id, self.card_cert, proof)
             except hw.ReplayError as e:
-                batch, index = self._evicted(psam, proof, e)
+                batch, index = self._evicted(desk, proof, e)
             except hw.HardwareError as e:
                 raise PaymentRefused(f"the PSAM did not accept the card's proof ({_card_error(e, 'complete')})",
                                      "bad_proof") from None
             self.state = "done"
-            self.m.slots.release(self.terms.payment_id)
+            desk.release(self.terms.payment_id)
             return Step({"kind": "receipt", "batch": batch, "index": index}, done=True, status=Status.PAID,
                         evidence={"proof": b64(msg.proof), "proof_signature": b64(msg.signature), "batch": batch,
                                   "index": index, "card_certificate": b64(self.card_cert)})
         raise ProtocolError("the purse payment is finished")
 
-    def _evicted(self, psam: Any, proof: Signed, e: hw.HardwareError) -> tuple[int, int]:
+    def _evicted(self, desk: Desk, proof: Signed, e: hw.HardwareError) -> tuple[int, int]:
         """The PSAM holds no open request for this proof. If it answers this payment's request, the card
-        has paid: its request was evicted while the proof came late (a buyer slower than STALE_AFTER), so
-        the proof is cleared alone at the acquirer with the request (batch 0: cleared alone) instead of
-        being refused. Anything else is refused as before."""
+        has paid: the PSAM took this very proof before (its answer was lost: the seller's process died
+        before it committed), or the request was evicted while the proof came late (a buyer slower than
+        STALE_AFTER) and the proof is cleared alone at the acquirer with the request (batch 0: cleared
+        alone) instead of being refused. Anything else is refused as before."""
         req = self.request
         try:
             answers = req is not None and DebitRecord.decode(proof.record, DEBIT_PROOF).encode()[4:] == req.record[4:]
         except hw.TransportError:
             answers = False
-        if not answers or self.m.ctx.bank is None:
+        if not answers:
             raise PaymentRefused(f"the PSAM did not accept the card's proof ({_card_error(e, 'complete')})",
                                  "bad_proof") from None
         assert req is not None
-        found = psam.find_proof(proof.record)
+        found = desk.find_proof(proof.record)
         if found is not None:
             return found
+        if self.m.ctx.bank is None:
+            raise PaymentRefused(f"the PSAM did not accept the card's proof ({_card_error(e, 'complete')})",
+                                 "bad_proof") from None
         try:
-            self.m.clear_proof(psam.certificate(), req, self.card_cert, proof)
+            self.m.clear_proof(desk.certificate(), req, self.card_cert, proof)
         except PaymentError as err:
             raise PaymentRefused(f"the PSAM no longer holds this payment's request and the acquirer did not clear "
                                  f"the card's proof alone ({err})", "bad_proof") from None
         return 0, 0
-
 
 
 # ---- checking from public data (the third party, a judge, the payer before its card pays) ---------------

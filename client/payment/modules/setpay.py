@@ -188,10 +188,12 @@ class PayeeFlow:
         verify_digest(key, formats.dual_digest(pi_hash, oi_hash), ds, "payer's dual signature")
         bank = self.m.ctx.bank
         assert bank is not None
+        # idempotency keys of the payment's own: a payee that died after the bank acted and before it kept
+        # the answer runs this step again (payment/sessions.py) and gets the bank's first answer back
         answer = bank.call_signed("set/authorise", {
             "account": t.payee, "payment_id": t.payment_id, "amount": t.amount, "currency": t.currency,
             "oi_hash": oi_hash.hex(), "sealed_pi": msg.sealed_pi, "dual_signature": msg.dual_signature,
-            "payer_certificate": msg.payer_certificate})
+            "payer_certificate": msg.payer_certificate}, idempotency_key=f"set-authorise-{t.payment_id}")
         result = answer.body["result"]
         evidence = {"authorisation": result["authorisation"], "oi": oi, "dual_signature": msg.dual_signature,
                     "pi_hash": msg.pi_hash, "payer_certificate": msg.payer_certificate}
@@ -199,7 +201,8 @@ class PayeeFlow:
         if clause is not None:             # a fair exchange's: held until its third party decides (settle)
             evidence["exchange"] = clause
         elif self.m.ctx.extras.get("capture", True):
-            answer = bank.call_signed("set/capture", {"authorisation": result["authorisation"], "amount": t.amount})
+            answer = bank.call_signed("set/capture", {"authorisation": result["authorisation"], "amount": t.amount},
+                                      idempotency_key=f"set-capture-{t.payment_id}")
             status = Status.CAPTURED
         self.done = True
         evidence["bank_answer"] = answer.to_json()

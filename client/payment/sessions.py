@@ -1,0 +1,158 @@
+"""Where a payee's payment sessions live between the payer's messages: in memory, or in the party's database.
+
+Why a store of their own: a payee must answer the payer's next message — or the same message again,
+when its answer was lost — exactly as the one that began the payment would have. In one process
+that could be an object in memory; a seller with several worker processes, or one restarted after a
+crash, must find the session where any process can: the terms it set, the module's flow where it
+stood (``flow.snapshot()``, resumed with ``module.resume_payee_flow``), the last message taken and
+the answer given to it, the record with the module's proofs. The manager saves the session in one
+transaction after each step and before the answer leaves (``PaymentManager.handle``), so an answer
+the payer saw is always committed, and a step whose answer was never sent runs again from the state
+before it (the modules make their device and bank steps safe to repeat: the PSAM's owner gives the
+same request again, the bank's idempotency keys give the same answer).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..support.db import Database, Transaction
+from ..support.migrations import Schema
+from .errors import PaymentError
+from .model import Record, Terms
+from .store import put_record
+
+SCHEMA = Schema.baseline("payee_sessions", [
+    "CREATE TABLE IF NOT EXISTS payee_sessions (payment_id TEXT PRIMARY KEY, terms TEXT NOT NULL, "
+    "route TEXT NOT NULL, module TEXT, flow TEXT, last_in TEXT, last_out TEXT, done INTEGER NOT NULL DEFAULT 0, "
+    "rounds INTEGER NOT NULL DEFAULT 0, record TEXT, version INTEGER NOT NULL DEFAULT 0)"],
+    "payee sessions: terms, flow state, the last message and its answer")
+
+
+@dataclass
+class PayeeState:
+    """One payment the payee expects or is taking."""
+
+    terms: Terms
+    route: dict[str, Any] = field(default_factory=dict)     # per module, what its flow is given: the device the
+    #                                                         payee chose (``{"card-purse": {"psam": id}}``)
+    module: str | None = None                               # set by the payer's first message
+    flow: dict[str, Any] | None = None                      # the module flow's snapshot
+    last_in: str | None = None                              # canonical JSON of the last message taken
+    last_out: str | None = None                             # JSON of the answer given to it
+    done: bool = False
+    rounds: int = 0
+    record: Record | None = None
+    version: int = 0
+
+    @property
+    def payment_id(self) -> str:
+        return self.terms.payment_id
+
+
+class SessionStore(Protocol):
+    def expect(self, terms: Terms, route: dict[str, Any]) -> None:
+        """Register terms the payee set (again: nothing changes; other terms: PaymentError)."""
+        ...
+
+    def get(self, payment_id: str) -> PayeeState | None: ...
+
+    def save(self, state: PayeeState) -> bool:
+        """Store the session as it is now, the record with it; False if another process saved a newer one
+        meanwhile (the caller reads it again)."""
+        ...
+
+
+def _conflict(payment_id: str) -> PaymentError:
+    return PaymentError(f"payment {payment_id} is already expected with other terms")
+
+
+class MemorySessions:
+    """Sessions of this process only (a payer's tests, a payee that runs in one process and may forget)."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, PayeeState] = {}
+        self._lock = threading.Lock()
+
+    def expect(self, terms: Terms, route: dict[str, Any]) -> None:
+        with self._lock:
+            known = self._states.get(terms.payment_id)
+            if known is not None:
+                if known.terms != terms:
+                    raise _conflict(terms.payment_id)
+                return
+            self._states[terms.payment_id] = PayeeState(terms, dict(route))
+
+    def get(self, payment_id: str) -> PayeeState | None:
+        with self._lock:
+            st = self._states.get(payment_id)
+            return None if st is None else copy.deepcopy(st)
+
+    def save(self, state: PayeeState) -> bool:
+        with self._lock:
+            known = self._states.get(state.payment_id)
+            if known is not None and known.version != state.version:
+                return False
+            stored = copy.deepcopy(state)
+            stored.version += 1
+            self._states[state.payment_id] = stored
+            state.version = stored.version
+            return True
+
+
+class DatabaseSessions:
+    """Sessions in the party's database (``payee_sessions``), the records beside them (``payment_records``)."""
+
+    def __init__(self, db: Database) -> None:
+        from .store import SCHEMA as RECORDS
+        self.db = db
+        db.migrate(RECORDS)
+        db.migrate(SCHEMA)
+
+    def expect(self, terms: Terms, route: dict[str, Any]) -> None:
+        self.db.run(lambda tx: self.expect_in(tx, terms, route))
+
+    @staticmethod
+    def expect_in(tx: Transaction, terms: Terms, route: dict[str, Any]) -> None:
+        """:meth:`expect` inside the caller's transaction (the shop commits its order and the payment's
+        terms together)."""
+        row = tx.one("SELECT terms FROM payee_sessions WHERE payment_id = ?", (terms.payment_id,))
+        if row is not None:
+            if Terms.from_dict(json.loads(row[0])) != terms:
+                raise _conflict(terms.payment_id)
+            return
+        tx.execute("INSERT INTO payee_sessions (payment_id, terms, route) VALUES (?, ?, ?)",
+                   (terms.payment_id, json.dumps(terms.as_dict(), sort_keys=True), json.dumps(route, sort_keys=True)))
+
+    def get(self, payment_id: str) -> PayeeState | None:
+        with self.db.transaction(write=False) as tx:
+            row = tx.one("SELECT terms, route, module, flow, last_in, last_out, done, rounds, record, version "
+                         "FROM payee_sessions WHERE payment_id = ?", (payment_id,))
+        if row is None:
+            return None
+        terms, route, module, flow, last_in, last_out, done, rounds, record, version = row
+        return PayeeState(Terms.from_dict(json.loads(terms)), json.loads(route), module,
+                          None if flow is None else json.loads(flow), last_in, last_out, bool(done), int(rounds),
+                          None if record is None else Record.from_json(record), int(version))
+
+    def save(self, state: PayeeState) -> bool:
+        record = state.record.as_json() if state.record is not None else None
+
+        def update(tx: Transaction) -> bool:
+            cur = tx.execute("UPDATE payee_sessions SET module = ?, flow = ?, last_in = ?, last_out = ?, done = ?, "
+                             "rounds = ?, record = ?, version = version + 1 WHERE payment_id = ? AND version = ?",
+                             (state.module, None if state.flow is None else json.dumps(state.flow, sort_keys=True),
+                              state.last_in, state.last_out, int(state.done), state.rounds, record,
+                              state.payment_id, state.version))
+            if cur.rowcount != 1:
+                return False
+            if state.record is not None:
+                put_record(tx, state.record)
+            return True
+        if self.db.run(update):
+            state.version += 1
+            return True
+        return False

@@ -1,0 +1,187 @@
+"""The shop's deals in its database: every step of a deal one committed transaction.
+
+Why in the database and not in memory: a shop killed at any moment and started again, or a shop
+running as several worker processes behind one socket, must answer the next request of a deal — or
+the same request again — exactly as the process that began the deal would have. So the deal's
+whole state machine lives in one row of ``shop_deals``: the signed offer, the order and its digest,
+the payment terms, whether the payment completed (the payment's own session is the payment
+manager's, ``payment/sessions.py``, in the same database), the signed confirmation and delivery
+note, the fair exchange's state, and the local decisions not archived yet. A step reads the row,
+does its work (signatures, the PSAM, the evidence archive), and writes the row back with a version
+check; the answer is built from what was written. If another process wrote the row meanwhile, the
+step reads it again and answers from that, so two workers taking the same request answer alike.
+
+The database is the party's storage URL (``--db``; SQLite ``shop.db`` in the shop's folder by
+default, or PostgreSQL), as for the bank, the CA and the third party (docs/services.md, section 8).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..commerce.catalogue import Catalogue, CatalogueItem
+from ..commerce.deal import Deal, DealAttributes, Decision
+from ..payment.model import Terms
+from ..support.db import Database, Transaction
+from ..support.migrations import Schema
+
+SCHEMA = Schema.baseline("shop", [
+    "CREATE TABLE IF NOT EXISTS shop_deals (deal_id TEXT PRIMARY KEY, workflow TEXT NOT NULL, "
+    "attributes TEXT NOT NULL, created_at TEXT NOT NULL, valid_until TEXT NOT NULL, offer {blob} NOT NULL, "
+    "offer_body TEXT NOT NULL, offer_digest TEXT NOT NULL, lines TEXT NOT NULL, psam TEXT, order_bytes {blob}, "
+    "order_body TEXT, order_digest TEXT, form TEXT NOT NULL, terms TEXT, paid INTEGER NOT NULL DEFAULT 0, "
+    "payment TEXT NOT NULL, confirmation {blob}, delivery {blob}, exchange TEXT, decisions TEXT NOT NULL, "
+    "archived INTEGER NOT NULL DEFAULT 0, finished INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL, "
+    "version INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX IF NOT EXISTS shop_deals_open ON shop_deals (finished, valid_until)",
+], "the shop's deals: offer, order, terms, payment, confirmation, delivery, exchange, pending decisions")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class ShopDeal:
+    """One deal as this shop has committed it (its row), with the deal context the blocks use."""
+
+    deal: Deal
+    offer: dict[str, Any]
+    offer_der: bytes
+    offer_digest: str
+    lines: list[tuple[CatalogueItem, int]]
+    psam: str | None = None
+    order: dict[str, Any] | None = None
+    order_bytes: bytes | None = None
+    order_digest: str | None = None
+    form: dict[str, str] = field(default_factory=dict)
+    terms: Terms | None = None
+    paid: bool = False
+    payment: dict[str, Any] = field(default_factory=dict)
+    confirmation: bytes | None = None
+    delivery: bytes | None = None
+    exchange: dict[str, Any] | None = None       # {"state": "started"|"done", "session", "owner", "status", ...}
+    version: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.delivery is not None or (self.exchange is not None and self.exchange.get("state") == "done")
+
+
+class DealStore:
+    """The rows of ``shop_deals``; a :class:`ShopDeal` in and out. Nothing is deleted but offers nobody
+    ordered in time (their evidence stays in the archive)."""
+
+    def __init__(self, db: Database, catalogue: Catalogue, archive: Any) -> None:
+        self.db = db
+        self.catalogue = catalogue
+        self.archive = archive
+        db.migrate(SCHEMA)
+
+    # ---- rows <-> deals ---------------------------------------------------------------------------
+    def _values(self, sd: ShopDeal) -> dict[str, Any]:
+        d = sd.deal
+        return {
+            "workflow": d.workflow, "attributes": json.dumps(d.attributes.as_dict(), sort_keys=True),
+            "valid_until": str(sd.offer["valid_until"]), "offer": sd.offer_der,
+            "offer_body": json.dumps(sd.offer, sort_keys=True), "offer_digest": sd.offer_digest,
+            "lines": json.dumps([[i.sku, q] for i, q in sd.lines]), "psam": sd.psam, "order_bytes": sd.order_bytes,
+            "order_body": None if sd.order is None else json.dumps(sd.order, sort_keys=True),
+            "order_digest": sd.order_digest, "form": json.dumps(sd.form, sort_keys=True),
+            "terms": None if sd.terms is None else json.dumps(sd.terms.as_dict(), sort_keys=True),
+            "paid": int(sd.paid), "payment": json.dumps(sd.payment, sort_keys=True),
+            "confirmation": sd.confirmation, "delivery": sd.delivery,
+            "exchange": None if sd.exchange is None else json.dumps(sd.exchange, sort_keys=True),
+            "decisions": json.dumps([[x.step, x.verdict, x.reason] for x in d.decisions]),
+            "archived": d._archived, "finished": int(sd.finished), "updated_at": _now()}
+
+    _COLUMNS = ("deal_id, workflow, attributes, offer, offer_body, offer_digest, lines, psam, order_bytes, order_body, "
+                "order_digest, form, terms, paid, payment, confirmation, delivery, exchange, decisions, archived, "
+                "version")
+
+    def _deal(self, row: tuple[Any, ...]) -> ShopDeal:
+        (deal_id, workflow, attributes, offer, offer_body, offer_digest, lines, psam, order_bytes, order_body,
+         order_digest, form, terms, paid, payment, confirmation, delivery, exchange, decisions, archived,
+         version) = row
+        deal = Deal(deal_id, workflow, DealAttributes.from_dict(json.loads(attributes)), self.archive,
+                    [Decision(*x) for x in json.loads(decisions)], int(archived))
+        return ShopDeal(deal, json.loads(offer_body), bytes(offer), offer_digest,
+                        [(self.catalogue.get(sku), int(q)) for sku, q in json.loads(lines)], psam,
+                        None if order_body is None else json.loads(order_body),
+                        None if order_bytes is None else bytes(order_bytes), order_digest, json.loads(form),
+                        None if terms is None else Terms.from_dict(json.loads(terms)), bool(paid), json.loads(payment),
+                        None if confirmation is None else bytes(confirmation),
+                        None if delivery is None else bytes(delivery),
+                        None if exchange is None else json.loads(exchange), int(version))
+
+    # ---- reading ----------------------------------------------------------------------------------
+    def get(self, deal_id: str) -> ShopDeal | None:
+        with self.db.transaction(write=False) as tx:
+            row = tx.one(f"SELECT {self._COLUMNS} FROM shop_deals WHERE deal_id = ?", (deal_id,))
+        return None if row is None else self._deal(row)
+
+    def open_count(self) -> int:
+        """Deals not finished: ordered ones, and offers still valid."""
+        with self.db.transaction(write=False) as tx:
+            row = tx.one("SELECT COUNT(*) FROM shop_deals WHERE finished = 0 AND (order_bytes IS NOT NULL OR "
+                         "valid_until > ?)", (_now(),))
+        return int(row[0]) if row else 0
+
+    def exchanges(self, owner: Callable[[str], bool]) -> list[ShopDeal]:
+        """Deals whose fair exchange was started and has not ended, of the owners ``owner`` accepts."""
+        with self.db.transaction(write=False) as tx:
+            rows = tx.all(f"SELECT {self._COLUMNS} FROM shop_deals WHERE finished = 0 AND exchange IS NOT NULL")
+        deals = [self._deal(r) for r in rows]
+        return [d for d in deals if d.exchange and d.exchange.get("state") == "started"
+                and owner(str(d.exchange.get("owner", "")))]
+
+    # ---- writing ----------------------------------------------------------------------------------
+    def insert(self, sd: ShopDeal, *, also: Callable[[Transaction], None] | None = None) -> None:
+        v = self._values(sd)
+        names = ", ".join(v)
+
+        def run(tx: Transaction) -> None:
+            tx.execute(f"INSERT INTO shop_deals (deal_id, created_at, version, {names}) VALUES (?, ?, 1, "
+                       f"{', '.join('?' * len(v))})", (sd.deal.deal_id, _now(), *v.values()))
+            if also is not None:
+                also(tx)
+        self.db.run(run)
+        sd.version = 1
+
+    def save(self, sd: ShopDeal, *, also: Callable[[Transaction], None] | None = None) -> bool:
+        """Write the deal back if nobody wrote it since it was read (then True); ``also`` runs in the same
+        transaction (e.g. the payment manager's expected terms)."""
+        v = self._values(sd)
+        sets = ", ".join(f"{k} = ?" for k in v)
+
+        def run(tx: Transaction) -> bool:
+            cur = tx.execute(f"UPDATE shop_deals SET {sets}, version = version + 1 WHERE deal_id = ? AND version = ?",
+                             (*v.values(), sd.deal.deal_id, sd.version))
+            if cur.rowcount != 1:
+                return False
+            if also is not None:
+                also(tx)
+            return True
+        if self.db.run(run):
+            sd.version += 1
+            return True
+        return False
+
+    def claim_exchange(self, deal_id: str, exchange: dict[str, Any]) -> bool:
+        """Mark the deal's fair exchange started (by ``exchange["owner"]``), unless it was started before."""
+        def run(tx: Transaction) -> bool:
+            cur = tx.execute("UPDATE shop_deals SET exchange = ?, version = version + 1, updated_at = ? "
+                             "WHERE deal_id = ? AND exchange IS NULL", (json.dumps(exchange, sort_keys=True), _now(),
+                                                                        deal_id))
+            return cur.rowcount == 1
+        return bool(self.db.run(run))
+
+    def evict(self) -> int:
+        """Forget offers nobody ordered in time (their evidence stays in the archive); how many."""
+        def run(tx: Transaction) -> int:
+            cur = tx.execute("DELETE FROM shop_deals WHERE order_bytes IS NULL AND valid_until < ?", (_now(),))
+            return int(cur.rowcount)
+        return int(self.db.run(run))

@@ -1,0 +1,91 @@
+"""Issue 14, item 2: a shop killed with SIGKILL at any moment and started again resumes its open deals.
+
+The shop is the real ``semper serve shop`` process behind the chaos market's fault proxy, which kills
+it at a chosen request (before forwarding it, after its answer, or some milliseconds after forwarding
+it while the shop is handling it) and starts it again on its folder; the buyer is the real client,
+which sends a request whose answer was lost once more. Each case is one run of the chaos runner with
+a fixed plan, so every check of ``semper chaos`` applies: the deal ends satisfied for the buyer
+*in its first attempt* (the same deal, not a new one), the bank's audit is clean, both archives
+verify, and money is conserved to the cent after the shop cleared its PSAM batch — the card's debit
+reached the seller's account, none of it stranded in the purse float.
+
+Before the deals moved into the shop's database, a shop killed between the card's debit and the
+proof forgot the deal: the buyer's retry got "no such deal", the amount stayed in the purse float
+(``semper chaos``'s one known limit).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from semper.chaos.plan import Fault, RunPlan
+from semper.chaos.runner import run_one
+
+# the buyer's requests to the shop in a mail order paid from the purse: 1 offer, 2 order, 3 hello, 4 proof
+POINTS = [("up", 4, 0.0), ("down", 4, 0.0), ("during", 4, 3.0), ("during", 4, 9.0), ("during", 4, 20.0),
+          ("up", 3, 0.0), ("down", 3, 0.0), ("during", 3, 5.0), ("down", 2, 0.0), ("during", 2, 4.0),
+          ("down", 1, 0.0)]
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from semper.chaos.market import Market
+    m = Market.create(tmp_path_factory.mktemp("durable") / "world", patience=2.0)
+    yield m
+    m.close()
+
+
+def _run(market: Any, plan: RunPlan, tmp_path: Path) -> Any:
+    report = run_one(market, plan, 0, tmp_path / "bundles")
+    assert report.violations == [], report.line()
+    assert not report.known_limits, report.line()
+    return report
+
+
+@pytest.mark.timeout(120)
+def test_a_shop_killed_between_the_debit_and_the_proof_completes_the_deal(market: Any, tmp_path: Path) -> None:
+    """The attack on the old shop: SIGKILL just before the card's proof reaches it. The buyer's retry
+    reaches the restarted shop, which takes the proof into its PSAM and delivers: one deal, satisfied,
+    and the debit cleared to the seller's account."""
+    plan = RunPlan(1, "mail-order", "card-purse", (Fault("crash", "shop", "up", 4),))
+    report = _run(market, plan, tmp_path)
+    assert any(i.startswith("crash shop at request 4 (POST /deals/pay") for i in report.injected), report.line()
+    assert report.results == ["satisfied"] and [d.outcome for d in report.deals] == ["satisfied"], report.line()
+    assert report.deals[0].paid > 0
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("mode,at,delay", POINTS, ids=[f"{m}-{a}-{d:g}ms" for m, a, d in POINTS])
+def test_a_shop_killed_at_any_point_of_a_purchase_resumes_it(market: Any, tmp_path: Path, mode: str, at: int,
+                                                            delay: float) -> None:
+    plan = RunPlan(2, "mail-order", "card-purse", (Fault("crash", "shop", mode, at, delay),))
+    report = _run(market, plan, tmp_path)
+    assert any(i.startswith(f"crash shop at request {at}") for i in report.injected), report.line()
+    # the buyer's first deal went through: the request whose answer was lost was answered again
+    assert report.results == ["satisfied"] and [d.outcome for d in report.deals] == ["satisfied"], report.line()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("payment", ["setpay", "cheque"])
+def test_a_shop_killed_while_the_bank_takes_the_payment_resumes_it(market: Any, tmp_path: Path,
+                                                                  payment: str) -> None:
+    """The account payment and the cheque: the shop dies after the bank acted and before it kept the
+    answer; the retry reaches the bank with the payment's own idempotency key and gets the same answer."""
+    for delay in (8.0, 25.0, 60.0):
+        plan = RunPlan(3, "mail-order", payment, (Fault("crash", "shop", "during", 3, delay),))
+        report = _run(market, plan, tmp_path / f"{delay:g}")
+        assert report.results == ["satisfied"], report.line()
+
+
+@pytest.mark.timeout(300)
+def test_a_bank_killed_while_it_handles_a_request_answers_the_retry_the_same(market: Any, tmp_path: Path) -> None:
+    """The bank is durable already: killed at any point of a purse load or of an account payment, started
+    again, it answers the client's retry (same idempotency key) from what it committed."""
+    for payment, at, delay in (("setpay", 1, 3.0), ("setpay", 1, 15.0), ("setpay", 2, 6.0), ("cheque", 1, 8.0)):
+        plan = RunPlan(4, "mail-order", payment, (Fault("crash", "bank", "during", at, delay),))
+        report = _run(market, plan, tmp_path / f"{payment}-{at}-{delay:g}")
+        assert any(i.startswith("crash bank") for i in report.injected), report.line()
+        assert report.results[-1] == "satisfied", report.line()
