@@ -159,7 +159,7 @@ class PostgresCluster:
         try:
             standby._own_folder()
             standby._run(str(self.bin / "pg_basebackup"), "-D", str(standby.data), "-h", str(self.socket_dir),
-                         "-U", SUPERUSER, "-X", "stream", "-R", "--no-sync", timeout=120)
+                         "-U", SUPERUSER, "-X", "stream", "-R", "--no-sync", "-c", "fast", timeout=120)
             standby._start()
         except BaseException:
             standby.stop()
