@@ -16,15 +16,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import CommandFailed, UsageError, emit, existing_file, json_arg, new_file, note, read_pin_file, read_secret
+from . import CommandFailed, UsageError, emit, existing_file, json_arg, new_file, read_pin_file, read_secret
+from .ca_token import ca_certified_token
 from .serve import DEFAULT_PORTS, check_bindable, listen_args
 
 if TYPE_CHECKING:
     from ..servers.certifier import Policy
-
-
-def _read_pin(path: Path | None, from_stdin: bool, what: str) -> bytes:
-    return read_pin_file(path, what) if path is not None else read_secret(what, from_stdin)
 
 
 def _policy(path: Path | None) -> Policy | None:
@@ -53,9 +50,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     from cryptography import x509
 
     from semper.hsm.signer import Pkcs11Signer
-    from semper.hsm.softhsm import SoftHsmStore, provision
 
-    from ..servers.ca_home import CaHome, issue_tls_identity
+    from ..servers.ca_home import issue_tls_identity
     from ..servers.certifier_home import CertifierHome
     from ..support import pki
     home = CertifierHome.default(args.dir)
@@ -65,28 +61,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise UsageError(f"--url {args.url}: the certifier is reached over HTTPS (https://HOST:PORT); its "
                          "certificates name the revocation list there")
     policy = _policy(args.policy)
-    ca_home = CaHome.default(args.ca_dir, args.ca_db)
-    ca = ca_home.open()
-    if not ca.initialised:
-        raise UsageError(f"no CA in {ca_home.folder} (database {ca_home.db.dsn.display}); the certifier's key is "
-                         "certified by the semper CA (--ca-dir, --ca-db)")
-    _label, module, ca_conf = ca.token_settings()
-    if args.token_dir:
-        store = SoftHsmStore.in_folder(args.token_dir)
-    elif ca_conf:
-        store = SoftHsmStore.from_conf(Path(ca_conf))
-    else:
-        raise UsageError("the CA's token is not a SoftHSM2 token; give the certifier's token folder (--token-dir)")
-    if ca_conf and Path(ca_conf).absolute() != store.conf:
-        raise UsageError(f"the certifier's token must be in the CA's token folder ({Path(ca_conf).parent}) while the "
-                         "CA certifies it: one process uses one SoftHSM2 folder at a time")
-    ca_pin = _read_pin(args.ca_pin_file, False, "CA token PIN")
-    pin = _read_pin(args.pin_file, args.pin_stdin, "certifier token PIN")
-    if args.create_token:
-        import secrets
-        so_pin = secrets.token_hex(16).encode()
-        provision(store, args.token, pin, so_pin, module=module)
-        note(f"created SoftHSM2 token {args.token!r} in {store.token_dir}; its SO PIN (shown once): {so_pin.decode()}")
+    t = ca_certified_token(args, "the certifier")
+    ca_home, ca, module, store, ca_pin, pin = t.ca_home, t.ca, t.module, t.store, t.ca_pin, t.pin
     ca.signer = ca_home.open_signer(ca, ca_pin)
     signer = Pkcs11Signer.open(args.token, module, softhsm_conf=str(store.conf))
     try:

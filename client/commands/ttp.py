@@ -9,22 +9,16 @@ listens. Its decisions live in its database, so a restart loses nothing.
 from __future__ import annotations
 
 import argparse
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import UsageError, emit, existing_file, json_arg, note, read_pin_file, read_secret
+from . import UsageError, emit, existing_file, json_arg
+from .ca_token import ca_certified_token, read_pin
 from .serve import check_bindable, listen_args
 from .storage_args import add_db_arg
 
 if TYPE_CHECKING:
     from ..servers.ttp_home import TtpHome
-
-
-def _read_pin(path: Path | None, from_stdin: bool, what: str) -> bytes:
-    if path is not None:
-        return read_pin_file(path, what)
-    return read_secret(what, from_stdin)
 
 
 def _home(args: argparse.Namespace) -> TtpHome:
@@ -38,34 +32,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     the one given), is created first, and only then are the CA's and the third party's keys opened."""
     from cryptography import x509
 
-    from semper.hsm.softhsm import SoftHsmStore, provision
-
-    from ..servers.ca_home import CaHome
     from ..servers.ttp_home import TtpHome
     home = _home(args)
     if home.config_file.exists():
         raise UsageError(f"{home.folder} already holds a third party")
-    ca_home = CaHome.default(args.ca_dir, args.ca_db)
-    ca = ca_home.open()
-    if not ca.initialised:
-        raise UsageError(f"no CA in {ca_home.folder} (database {ca_home.db.dsn.display}); the third party's keys "
-                         "are certified by the semper CA (--ca-dir, --ca-db)")
-    _label, module, ca_conf = ca.token_settings()
-    if args.token_dir:
-        store = SoftHsmStore.in_folder(args.token_dir)
-    elif ca_conf:
-        store = SoftHsmStore.from_conf(Path(ca_conf))
-    else:
-        raise UsageError("the CA's token is not a SoftHSM2 token; give the third party's token folder (--token-dir)")
-    if ca_conf and Path(ca_conf).absolute() != store.conf:
-        raise UsageError(f"the third party's token must be in the CA's token folder ({Path(ca_conf).parent}) while "
-                         "the CA certifies it: one process uses one SoftHSM2 folder at a time")
-    ca_pin = _read_pin(args.ca_pin_file, False, "CA token PIN")
-    pin = _read_pin(args.pin_file, args.pin_stdin, "third party token PIN")
-    if args.create_token:
-        so_pin = secrets.token_hex(16).encode()
-        provision(store, args.token, pin, so_pin, module=module)
-        note(f"created SoftHSM2 token {args.token!r} in {store.token_dir}; its SO PIN (shown once): {so_pin.decode()}")
+    t = ca_certified_token(args, "the third party")
+    ca_home, ca, module, store, ca_pin, pin = t.ca_home, t.ca, t.module, t.store, t.ca_pin, t.pin
     purse_root = None
     if args.purse_root:
         try:
@@ -102,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import run_until_signalled
     home = _home(args)
     check_bindable(args.host, args.port)
-    opened = home.open(_read_pin(args.pin_file, args.pin_stdin, "third party token PIN"))
+    opened = home.open(read_pin(args.pin_file, args.pin_stdin, "third party token PIN"))
     try:
         runner = ServiceRunner(opened.app(), args.host, args.port, server_context(*opened.tls))
         return run_until_signalled(runner, "semper third party")
