@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 PG_BIN_CANDIDATES = tuple(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True))
@@ -52,8 +53,8 @@ def missing_reason() -> str | None:
         return ("PostgreSQL is not installed (initdb/pg_ctl not found under /usr/lib/postgresql/*/bin); "
                 "'make test' installs Debian's postgresql")
     try:
-        import psycopg  # noqa: F401
-        import psycopg_pool  # noqa: F401
+        import psycopg  # noqa: F401  (imported only to see that it is installed)
+        import psycopg_pool  # noqa: F401  (the same)
     except ImportError:
         return "psycopg or psycopg_pool is missing from the virtual environment (make venv installs them)"
     return None
@@ -119,12 +120,12 @@ class PostgresCluster:
         return cluster
 
     def _run(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-        kw: dict[str, object] = {}
+        kw: dict[str, Any] = {}
         if self.account is not None:
             kw = {"user": self.account.pw_uid, "group": self.account.pw_gid, "extra_groups": []}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
         proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=self.folder, env=env,
-                              **kw)  # type: ignore[call-overload]
+                              **kw)
         if proc.returncode != 0:
             raise RuntimeError(f"{Path(args[0]).name} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
         return proc

@@ -354,8 +354,9 @@ class World:
                                account=self.accounts["mall"])
             agent_archive = SharedArchive(mall_dir / f"purchases-{key}.sqlite3", sign=Identity(signer).sign)
             s.closers.append(agent_archive.close)
+            gated: Any = agent_signer          # GatedSigner's interface, without a TINGUIN (mall.AgentSigner)
             agents[key] = Buyer(ui, trust, client, agent_archive, PaymentManager(ctx, only=["cheque"]),
-                                signer=agent_signer, patience=5.0)       # type: ignore[arg-type]
+                                signer=gated, patience=5.0)
         mall_db = Database(f"sqlite:///{mall_dir / 'mall.db'}")       # its deals, as every shop's
         s.closers.append(mall_db.close)
         mall = Mall(shops=shops, agents=agents, name=MALL_NAME, identity=Identity(signer), trust=trust, db=mall_db,

@@ -22,6 +22,7 @@ from .serve import DEFAULT_PORTS, check_bindable, listen_args
 
 if TYPE_CHECKING:
     from ..servers.certifier import Policy
+    from ..support.channels import JsonClient
 
 
 def _policy(path: Path | None) -> Policy | None:
@@ -103,7 +104,7 @@ def cmd_serve_certifier(args: argparse.Namespace) -> int:
         opened.close()
 
 
-def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _client(args: argparse.Namespace) -> tuple[JsonClient, dict[str, str]]:
     from ..servers.certifier_home import CertifierHome
     from ..support.channels import JsonClient
     home = CertifierHome.default(args.dir)

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives import serialization
     from cryptography.x509 import Certificate
 
+    from ..servers.shop_home import ShopHome
+
 MODULES = ("card-purse", "setpay", "cheque", "ecash")
 
 
@@ -200,10 +202,10 @@ def cmd_serve_shop(args: argparse.Namespace) -> int:
         opened.close()
 
 
-def _psam_sockets(home: object, count: int) -> list[Path]:
+def _psam_sockets(home: ShopHome, count: int) -> list[Path]:
     """Where the PSAM devices listen: ``run/`` in the shop's folder (0700), or, when that path is too long
     for a unix socket, a private folder of the same mode under the temporary folder."""
-    run = Path(home.run_dir)  # type: ignore[attr-defined]
+    run = Path(home.run_dir)
     run.mkdir(mode=0o700, exist_ok=True)
     run.chmod(0o700)
     paths = [run / f"psam-{i}.sock" for i in range(count)]
@@ -213,12 +215,12 @@ def _psam_sockets(home: object, count: int) -> list[Path]:
     return paths
 
 
-def _serve_workers(args: argparse.Namespace, home: object, pin: bytes) -> int:
+def _serve_workers(args: argparse.Namespace, home: ShopHome, pin: bytes) -> int:
     """The parent: one PSAM device process per PSAM (the one owner of its reader), then the workers."""
     from ..support.prefork import Child
-    cfg = home.config()  # type: ignore[attr-defined]
-    sockets = _psam_sockets(home, len(home.psam_specs()))  # type: ignore[attr-defined]
-    folder = str(home.folder)  # type: ignore[attr-defined]
+    cfg = home.config()
+    sockets = _psam_sockets(home, len(home.psam_specs()))
+    folder = str(home.folder)
     devices = [Child(f"PSAM device {i}", [sys.executable, "-m", "semper.client.servers.psam_device", "--dir", folder,
                                           "--index", str(i), "--socket", str(path)], "listening on")
                for i, path in enumerate(sockets)]
@@ -230,9 +232,9 @@ def _serve_workers(args: argparse.Namespace, home: object, pin: bytes) -> int:
     return serve_workers(args, f"semper shop {cfg['name']!r}", argv, pin, devices)
 
 
-def _serve_worker(args: argparse.Namespace, home: object, pin: bytes) -> int:
+def _serve_worker(args: argparse.Namespace, home: ShopHome, pin: bytes) -> int:
     """One worker of ``--workers N``: the parent's socket, the PSAM devices' sockets, the shared database."""
-    opened = home.open(pin, db=args.db, psam_sockets=list(args.psam_socket or []),  # type: ignore[attr-defined]
+    opened = home.open(pin, db=args.db, psam_sockets=list(args.psam_socket or []),
                        worker=args.worker, workers=args.workers)
     try:
         return serve_as_worker(args, opened.app(), opened.tls, "semper shop")

@@ -48,16 +48,18 @@ def withdraw(b: Buyer, amount: int, currency: int) -> Withdrawn:
     """Withdraw e-cash for anonymous deals through the TINGUIN: the progress and the result are shown
     there, and the card PIN for the signed withdrawal request is asked there (the payment manager's PIN
     path is the TINGUIN's). The bank sees the account and the amount, never the coins' serials."""
-    module = b.payments.module("ecash")
+    from ..payment.modules.ecash import EcashModule
+    module = b.payments.module_as("ecash", EcashModule)
     b.ui.progress(ProgressStep("withdraw", f"withdraw {format_amount(amount, currency)} as e-cash", StepState.RUNNING))
+    balance: int | None = None
     try:
-        balance = module.withdraw(amount, currency)          # type: ignore[attr-defined]
+        held = module.withdraw(amount, currency)
     except SemperError as e:                                    # a refusal of the bank, the card or the wallet
-        status, summary, balance = OutcomeStatus.FAILED, f"the withdrawal failed: {e}", None
+        status, summary = OutcomeStatus.FAILED, f"the withdrawal failed: {e}"
     else:
-        status = OutcomeStatus.SATISFIED
+        status, balance = OutcomeStatus.SATISFIED, held
         summary = (f"withdrew {format_amount(amount, currency)} as blind-signed coins; the wallet holds "
-                   f"{format_amount(balance, currency)}")
+                   f"{format_amount(held, currency)}")
     b.ui.progress(ProgressStep("withdraw", "withdraw e-cash",
                                StepState.DONE if status is OutcomeStatus.SATISFIED else StepState.FAILED))
     b.ui.result(DealOutcome("withdrawal", status, summary))

@@ -104,7 +104,7 @@ def trust_of(bank: Bank) -> TrustStore:
     cached = getattr(bank, "_exchange_trust", None)
     if cached is None:
         cached = TrustStore(list(bank.certs.roots))
-        bank._exchange_trust = cached                            # type: ignore[attr-defined]
+        bank._exchange_trust = cached          # type: ignore[attr-defined]  # a cache the exchange ops keep on the bank
     return cached
 
 
