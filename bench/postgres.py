@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from semper.client.support.prefork import process_gone
+
 PG_BIN_CANDIDATES = tuple(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True))
 CLUSTER_USER = "semper-pg"
 START_TIMEOUT_S = 60
@@ -195,7 +197,7 @@ class PostgresCluster:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     break
-                if _gone(pid, wait_s):
+                if process_gone(pid, wait_s):
                     break
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -214,13 +216,3 @@ class PostgresCluster:
         with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-
-def _gone(pid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False

@@ -23,6 +23,7 @@ from typing import Any
 
 from cryptography import x509
 
+from .support.closing import close_all
 from .support.secret_files import write_secret
 
 TOKEN_PIN = b"demo-token-2468"
@@ -427,11 +428,7 @@ class World:
         for r in reversed(s.runners):
             r.stop()
         s.runners.clear()
-        for c in reversed(s.closers):
-            try:
-                c()
-            except Exception:           # best effort at the end
-                pass
+        close_all(s.closers)
         s.closers.clear()
 
     # ---- the operator's and the buyer's conveniences ---------------------------------------------------

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from workers import children
 
+from semper.client.support.prefork import process_gone
+
 REPO = Path(__file__).resolve().parents[1]
 CHILD = ("import sys, time\n"
          "from semper.client.support.prefork import die_with_parent\n"
@@ -27,15 +29,6 @@ PARENT = ("import sys\n"
           "sys.exit(run_supervised(Supervisor([], kids), lambda: 'test listening on nothing', 'test'))\n")
 
 
-def _gone(pid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
@@ -64,7 +57,7 @@ def test_a_child_that_dies_is_started_again_and_sigterm_stops_all(parent: subpro
     assert len(now) == 2 and first[0] not in now and first[1] in now
     parent.terminate()
     assert parent.wait(20) == 0
-    assert all(_gone(pid, 10) for pid in now)
+    assert all(process_gone(pid, 10) for pid in now)
 
 
 @pytest.mark.timeout(60)
@@ -73,4 +66,4 @@ def test_children_end_with_a_parent_killed_with_sigkill(parent: subprocess.Popen
     assert len(kids) == 2
     parent.kill()
     parent.wait(10)
-    assert all(_gone(pid, 10) for pid in kids), "a worker outlived its parent"
+    assert all(process_gone(pid, 10) for pid in kids), "a worker outlived its parent"

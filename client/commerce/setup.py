@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography import x509
 
+from ..support.closing import close_all
 from ..support.trust import TrustStore
 from ..tinguin.api import TrustedUI
 from .archive import SharedArchive
@@ -51,11 +52,7 @@ class BuyerSession:
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     def close(self) -> None:
-        for c in reversed(self.closers):
-            try:
-                c()
-            except Exception:            # closing is best effort
-                pass
+        close_all(self.closers)
         self.closers.clear()
 
 

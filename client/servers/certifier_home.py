@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..commerce.errors import CommerceError
+from ..support.closing import close_all
 from ..support.paths import semper_home
 from ..support.secret_files import write_secret
 from .certifier import Certifier, Policy
@@ -37,11 +38,7 @@ class OpenCertifier:
         return build_app(self.certifier, self.admin_secret)
 
     def close(self) -> None:
-        for c in reversed(self.closers):
-            try:
-                c()
-            except Exception:          # closing is best effort
-                pass
+        close_all(self.closers)
 
 
 @dataclass(frozen=True)

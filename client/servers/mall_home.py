@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from ..commerce.catalogue import Catalogue, CatalogueItem
 from ..commerce.errors import CommerceError
 from ..support.channels import ChannelError, JsonClient
+from ..support.closing import close_all
 from ..support.paths import semper_home
 from ..support.secret_files import write_secret
 
@@ -93,11 +94,7 @@ class OpenMall:
         return app
 
     def close(self) -> None:
-        for c in reversed(self.closers):
-            try:
-                c()
-            except Exception:          # closing is best effort; the process is ending
-                pass
+        close_all(self.closers)
 
 
 @dataclass(frozen=True)
@@ -206,7 +203,6 @@ class MallHome:
                         catalogue=index_catalogue(shops, catalogues), payments=payments, account=cfg["account"],
                         archive=archive)
         except BaseException:
-            for c in reversed(closers):
-                c()
+            close_all(closers)
             raise
         return OpenMall(mall, (self.tls_dir / "cert.pem", self.tls_dir / "key.pem"), self.services_dir, closers)

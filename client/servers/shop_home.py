@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..commerce.catalogue import Catalogue
 from ..commerce.errors import CommerceError
+from ..support.closing import close_all
 from ..support.paths import semper_home
 from ..support.secret_files import write_secret
 
@@ -71,11 +72,7 @@ class OpenShop:
         return app
 
     def close(self) -> None:
-        for c in reversed(self.closers):
-            try:
-                c()
-            except Exception:          # closing is best effort; the process is ending
-                pass
+        close_all(self.closers)
 
 
 @dataclass
@@ -214,7 +211,7 @@ class ShopHome:
                                         account=cfg["account"], archive=archive, db=database, psam_id=psam_id,
                                         assign_psam=assign)
         except BaseException:
-            OpenShop(None, None, (f, f), "", closers).close()
+            close_all(closers)
             raise
         party = None
         tls = (self.tls_dir / "cert.pem", self.tls_dir / "key.pem")

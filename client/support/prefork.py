@@ -187,6 +187,18 @@ def run_supervised(supervisor: Supervisor, announce: Callable[[], str], what: st
     return 0
 
 
+def process_gone(pid: int, timeout_s: float) -> bool:
+    """True once no process ``pid`` exists (polled), False if it still runs after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def die_with_parent(parent: int | None) -> None:
     """In a child of a :class:`Supervisor` (``parent``: the pid its ``--parent-pid`` option gave; None when
     it was started otherwise): end with the parent (a parent killed with SIGKILL cannot stop its children;
