@@ -114,7 +114,8 @@ async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience:
     load(purse, cp.scheme, 10_000_000, b"1234")
     class StopBefore(Outbox):
         """The seller's outbox: sends everything, or stops before one message kind (the item, so the buyer
-        resolves at the third party). chaos/party_faults.py has the general one; the benches do not import it."""
+        resolves at the third party). chaos/party_faults.py has the general one, but chaos imports bench
+        (its PostgreSQL cluster), so bench does not import chaos (tests/test_layout.py: no cycle)."""
 
         stop_before: str | None = None
 

@@ -201,12 +201,6 @@ def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], offsets: dict[
 
 
 # ---- the parent: set up, time, read CPU, report --------------------------------------------------------
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _commit_counter(url: str) -> Callable[[], int]:
     """Transactions the shop's PostgreSQL database committed so far (``pg_stat_database``; its counters
     lag by up to the stats interval, so the window's edges are read after a short settle)."""

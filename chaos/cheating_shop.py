@@ -21,8 +21,7 @@ from semper.client.servers.shop import Shop, ShopDeal
 from semper.client.servers.shop_home import OpenShop, ShopHome
 
 from .party_faults import Faults
-
-CHEATS = ("wrong_goods", "no_delivery", "price_change", "replay_offer")
+from .plan import CHEATS
 
 
 @dataclass

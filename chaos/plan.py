@@ -17,7 +17,7 @@ from typing import Any
 
 WORKFLOWS = ("mail-order", "information", "registration", "contract")
 KINDS = ("none", "card-tear", "drop", "crash", "cheat")
-CHEATS = ("wrong_goods", "no_delivery", "price_change", "replay_offer")          # the shop's (chaos/cheating_shop.py)
+CHEATS = ("wrong_goods", "no_delivery", "price_change", "replay_offer")          # what chaos/cheating_shop.py does
 BUYER_CHEATS = ("buyer:replayed_order", "buyer:unpaid_delivery", "buyer:hidden_delivery")
 ROTATION = 240                         # divisible by 1..6, 8, 10, 12, 15, 16, 20: every rotation is even
 

@@ -235,6 +235,14 @@ def test_ordinary_bad_input_is_exit_2(env: dict[str, str], tmp_path: Path) -> No
     one_line(semper("bench", "sign", "--count", "0", env=env), 2, "--count")
     one_line(semper("chaos", "--runs", "0", env=env), 2, "--runs")
     one_line(semper("judge", str(tmp_path / "none.zip"), "--ca", str(tmp_path / "none.pem"), env=env), 2, "no such")
+    # this round's commands, as the review tried them
+    one_line(semper("demo", "--no-browser", env=env), 2, "--web")
+    one_line(semper("demo", "--web", "--agent-port", "70000", env=env), 2, "70000")
+    one_line(semper("certifier", "revoke", "xyz", env=env), 2, "32 hex digits")
+    (tmp_path / "doc.json").write_text("{}")
+    one_line(semper("certifier", "certify", str(tmp_path / "doc.json"), "--permits", str(tmp_path / "doc.json"),
+                    "--days", "-3", "-o", str(tmp_path / "c.der"), env=env), 2, "--days")
+    one_line(semper("agent", "--script", str(tmp_path / "none.pin"), env=env), 2, "none.pin")
 
 
 def test_card_new_makes_no_folders(env: dict[str, str], tmp_path: Path) -> None:

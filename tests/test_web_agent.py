@@ -186,7 +186,7 @@ def test_semper_agent_open_hands_a_link_over_with_the_secret(agent: tuple[Agent,
     env = {**os.environ, "SEMPER_HOME": str(tmp_path / "home"), "SEMPER_CONFIG": str(tmp_path / "prefs.toml")}
     link = handoff_link(REQUEST)
     none = _semper("agent", "open", link, "--no-browser", env=env)
-    assert none.returncode == 2 and "no SEMPER agent is running" in none.stderr
+    assert none.returncode == 1 and "no SEMPER agent is running" in none.stderr
     (tmp_path / "home" / "agent").mkdir(parents=True)
     (tmp_path / "home" / "agent" / "agent.json").write_text(json.dumps({"url": f"http://127.0.0.1:{a.port}",
                                                                         "secret": a.secret}))
@@ -195,8 +195,13 @@ def test_semper_agent_open_hands_a_link_over_with_the_secret(agent: tuple[Agent,
     assert json.loads(r.stdout)["outcome"] == "satisfied" and stub.calls == 1
     bad = _semper("agent", "open", "web+semper:purchase?shop=x", env=env)
     assert bad.returncode == 2 and "not a purchase request" in bad.stderr
-    no_terminal = _semper("agent", "--ca-root", str(tmp_path / "none.pem"), env=env)
+    missing = _semper("agent", "--ca-root", str(tmp_path / "none.pem"), env=env)        # bad input: one line, 2
+    assert missing.returncode == 2 and "none.pem" in missing.stderr and "Traceback" not in missing.stderr
+    (tmp_path / "root.pem").write_text("a root\n")
+    no_terminal = _semper("agent", "--ca-root", str(tmp_path / "root.pem"), env=env)
     assert no_terminal.returncode == 2 and "--script" in no_terminal.stderr
+    out_of_range = _semper("agent", "--port", "99999", env=env)
+    assert out_of_range.returncode == 2 and "99999" in out_of_range.stderr
 
 
 def test_semper_agent_install_registers_the_link_handler(tmp_path: Path) -> None:

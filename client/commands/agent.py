@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import UsageError, emit, json_arg
+from . import CommandFailed, UsageError, emit, existing_file, json_arg, port
 
 RUNTIME = "agent.json"
 
@@ -114,7 +114,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     try:
         url = agent.start(port=args.port)
     except OSError as e:
-        raise UsageError(f"cannot listen on 127.0.0.1:{args.port} ({e}); is another agent running? "
+        raise CommandFailed(f"cannot listen on 127.0.0.1:{args.port} ({e}); is another agent running? "
                          "(--port N)") from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -150,7 +150,7 @@ def cmd_agent_open(args: argparse.Namespace) -> int:
     try:
         running = json.loads(runtime_file().read_text())
     except (OSError, ValueError):
-        raise UsageError("no SEMPER agent is running: start `semper agent` in a terminal, then open the link "
+        raise CommandFailed("no SEMPER agent is running: start `semper agent` in a terminal, then open the link "
                          "again") from None
     headers = {"Authorization": f"Bearer {running['secret']}"}
     body = {"shop": request.shop, "offer": request.offer, "form": dict(request.form)}
@@ -168,7 +168,8 @@ def cmd_agent_open(args: argparse.Namespace) -> int:
                     break
                 time.sleep(0.5)
     except httpx.HTTPError as e:
-        raise UsageError(f"the SEMPER agent at {running['url']} did not answer ({e}); is it still running?") from None
+        raise CommandFailed(f"the SEMPER agent at {running['url']} did not answer ({e}); is it still "
+                            "running?") from None
     emit(args, status, lambda: f"deal {status.get('deal') or '-'}: {status.get('outcome') or status['status']}"
          + (f"; delivery: {status['delivery']}" if status.get("delivery") else ""))
     if status.get("delivery") and not args.no_browser:
@@ -179,22 +180,23 @@ def cmd_agent_open(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     p = sub.add_parser("agent", help="the buyer's local agent: shop pages hand it purchases, the TINGUIN decides")
-    p.add_argument("--port", type=int, default=8470, help="loopback port (default 8470; 0 = any free port)")
+    p.add_argument("--port", type=port, default=8470, help="loopback port (default 8470; 0 = any free port)")
     p.add_argument("--allow", action="append", metavar="ORIGIN",
                    help="a shop's https origin whose pages may hand you purchases without asking first (repeat)")
     p.add_argument("--pay", help="the payment module the scripted user chooses (--script only)")
     p.add_argument("--reader", help="the PC/SC reader of your card (default: prefs signer.reader, else search)")
     p.add_argument("--image", type=Path, help="a simulated card image in this process instead of a reader")
-    p.add_argument("--ca-root", type=Path, help="the CA root you trust (default: prefs trust.ca_root)")
-    p.add_argument("--purse-root", type=Path, help="the card purse scheme root (to check payments in exchanges)")
+    p.add_argument("--ca-root", type=existing_file, help="the CA root you trust (default: prefs trust.ca_root)")
+    p.add_argument("--purse-root", type=existing_file,
+                   help="the card purse scheme root (to check payments in exchanges)")
     p.add_argument("--bank", help="the bank's URL (default: prefs servers.bank)")
-    p.add_argument("--bank-tls-root", type=Path, help="the bank's TLS root (PEM)")
+    p.add_argument("--bank-tls-root", type=existing_file, help="the bank's TLS root (PEM)")
     p.add_argument("--account", help="your account at the bank (cheques, account payments)")
     p.add_argument("--ttp", help="the third party's URL (fair exchanges; default: prefs servers.ttp)")
     p.add_argument("--tls-dir", type=Path, help="your mailbox's TLS key and chain for fair exchanges")
     p.add_argument("--archive", type=Path, help="your evidence archive (default: $SEMPER_HOME/evidence.sqlite3)")
     p.add_argument("--patience", type=float, default=15.0, help="seconds to wait for a delivery or an exchange")
-    p.add_argument("--script", type=Path, metavar="PIN_FILE",
+    p.add_argument("--script", type=existing_file, metavar="PIN_FILE",
                    help="no person at a terminal: a scripted user answers the TINGUIN, typing this PIN")
     p.set_defaults(fn=cmd_agent)
     sp = p.add_subparsers(dest="agent_command", required=False)

@@ -16,7 +16,18 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import CommandFailed, UsageError, emit, existing_file, json_arg, new_file, read_pin_file, read_secret
+from . import (
+    CommandFailed,
+    UsageError,
+    emit,
+    existing_file,
+    hex_id,
+    json_arg,
+    new_file,
+    positive_int,
+    read_pin_file,
+    read_secret,
+)
 from .ca_token import ca_certified_token
 from .serve import DEFAULT_PORTS, check_bindable, listen_args
 
@@ -140,7 +151,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
 def cmd_revoke(args: argparse.Namespace) -> int:
     client, headers = _client(args)
     with client:
-        answer = client.post("/revoke", {"serial": args.serial, "reason": args.reason}, headers=headers)
+        answer = client.post("/revoke", {"serial": args.serial.hex().upper(), "reason": args.reason}, headers=headers)
     emit(args, answer, f"revoked {answer['serial']} at {answer['revoked_at']} ({answer['reason']})")
     return 0
 
@@ -188,7 +199,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--permits", type=existing_file, required=True, help="what it may do (JSON: modules, max_amount, "
                                                                         "currency, card_signature, anonymity, "
                                                                         "max_periods)")
-    p.add_argument("--days", type=int, default=90, help="validity in days (default 90)")
+    p.add_argument("--days", type=positive_int, default=90, help="validity in days (default 90)")
     p.add_argument("-o", "--out", type=new_file, required=True, help="write the certificate (DER) here")
     p.add_argument("-d", "--dir", type=Path, help="the certifier's folder (its admin secret; default: "
                                                   "$SEMPER_HOME/certifier)")
@@ -196,7 +207,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     json_arg(p)
     p.set_defaults(fn=cmd_certify)
     p = c.add_parser("revoke", help="revoke a service certificate (it goes on the revocation list)")
-    p.add_argument("serial", help="the certificate's serial (32 hex digits)")
+    p.add_argument("serial", type=hex_id(32), help="the certificate's serial (32 hex digits)")
     p.add_argument("--reason", default="unspecified")
     p.add_argument("-d", "--dir", type=Path, help="the certifier's folder (default $SEMPER_HOME/certifier)")
     p.add_argument("--url", help="the running certifier (default: as configured)")

@@ -42,14 +42,8 @@ def mail_order(b: Buyer, items: Sequence[tuple[str, int]], *, form: Mapping[str,
                attributes: DealAttributes | None = None, prefer: str | None = None,
                workflow: str = "mail-order") -> DealResult:
     """Mail-order retailing (also registration, whose delivery is the signed registration)."""
-    attrs = attributes or deal_attributes(workflow)
-
-    def run() -> DealResult:
-        return interpreter.run(b, builtin.document(workflow), Request(list(items), form or {}, prefer, attrs))
-    if attrs.anonymous:               # connections of its own: nothing links it to another deal (anonymity.py)
-        from .anonymity import on_fresh_connections
-        return on_fresh_connections(b, run)
-    return run()
+    return interpreter.run(b, builtin.document(workflow), Request(list(items), form or {}, prefer,
+                                                                  attributes or deal_attributes(workflow)))
 
 
 def register(b: Buyer, sku: str, form: Mapping[str, Any], prefer: str | None = None) -> DealResult:

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from semper.hardware import errors as hw
 from semper.hardware.psam import BatchEntry, PsamInfo, PsamSession
-from semper.hardware.purse_records import BatchHeader, DebitRecord, Signed
+from semper.hardware.purse_records import BatchHeader, Signed
 
 from .errors import InstrumentError, PaymentError
 
@@ -252,4 +252,4 @@ def as_pool(psam: Any) -> PsamPool | None:
     return PsamPool([psam])
 
 
-__all__ = ["PSAM_PENDING", "STALE_AFTER", "Desk", "PsamDesk", "PsamPool", "TerminalBusy", "as_pool", "DebitRecord"]
+__all__ = ["PSAM_PENDING", "STALE_AFTER", "Desk", "PsamDesk", "PsamPool", "TerminalBusy", "as_pool"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import secrets
 import threading
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from ..commerce.services.certificate import stamp
 from ..commerce.services.document import ServiceDocument, ServiceError, read
 from ..commerce.services.permits import Permit
 from ..exchange.identity import Identity
+from ..support.secret_files import write_secret
 from ..support.shapes import ShapeError, convert
 
 REVOCATIONS_HOURS = 24
@@ -90,12 +90,8 @@ class Certifier:
         return list(data) if isinstance(data, list) else []
 
     def _save(self, name: str, rows: list[dict[str, Any]]) -> None:
-        path = self.folder / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(rows, indent=1, sort_keys=True))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # atomic, synced, the folder synced too (the operator's records: 0600 like the rest of the folder)
+        write_secret(self.folder / name, json.dumps(rows, indent=1, sort_keys=True))
 
     # ---- evaluation and certification ------------------------------------------------------------------
     def evaluate(self, document: bytes | dict[str, Any], permit: Permit) -> ServiceDocument:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..commerce.errors import CommerceError
 from ..support.closing import close_all
+from ..support.folder_config import read_config
 from ..support.paths import semper_home
 from ..support.secret_files import write_secret
 from .certifier import Certifier, Policy
@@ -54,11 +55,8 @@ class CertifierHome:
     tls_dir = property(lambda self: self.folder / "tls")
 
     def config(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.config_file.read_text()))
-        except (OSError, ValueError):
-            raise CommerceError(f"no certifier in {self.folder}; set one up first (docs/commerce.md, 'Services')") \
-                from None
+        return read_config(self.config_file, f"no certifier in {self.folder}; set one up first (semper certifier "
+                           "init)", CommerceError)
 
     @classmethod
     def create(cls, folder: Path, *, token_label: str, softhsm_conf: str | None, certificate: bytes,

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from ..commerce.catalogue import Catalogue
 from ..commerce.errors import CommerceError
 from ..support.closing import close_all
+from ..support.folder_config import read_config
 from ..support.paths import semper_home
 from ..support.secret_files import write_secret
 
@@ -102,13 +103,8 @@ class ShopHome:
         return []
 
     def config(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.config_file.read_text()))
-        except FileNotFoundError:
-            raise CommerceError(f"no shop in {self.folder}; set one up first (docs/commerce.md, 'The shop's "
-                                "folder')") from None
-        except ValueError as e:
-            raise CommerceError(f"{self.config_file} is not valid JSON: {e}") from None
+        return read_config(self.config_file, f"no shop in {self.folder}; set one up first (semper shop init)",
+                           CommerceError)
 
     @classmethod
     def create(cls, folder: Path, *, name: str, token_label: str, softhsm_conf: str, account: str, bank_url: str,

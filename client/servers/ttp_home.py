@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from ..payment.item import item_verifiers
 from ..support import pki
 from ..support.db import Database
+from ..support.folder_config import read_config
 from ..support.paths import semper_home
 from ..support.trust import TrustStore
 from ..transfer.information import InformationManager
@@ -93,12 +94,8 @@ class TtpHome:
     tls_dir = property(lambda self: self.folder / "tls")
 
     def config(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.config_file.read_text()))
-        except FileNotFoundError:
-            raise TtpError(f"no third party in {self.folder}; run 'semper ttp init' first") from None
-        except (OSError, ValueError) as e:
-            raise TtpError(f"cannot read {self.config_file}: {e}") from None
+        return read_config(self.config_file, f"no third party in {self.folder}; run 'semper ttp init' first",
+                           TtpError)
 
     def database(self) -> Database:
         return Database(self.dsn or f"sqlite:///{(self.folder / 'ttp.db').absolute()}")

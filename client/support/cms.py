@@ -80,6 +80,10 @@ class UntrustedSigner(EvidenceError):
     """The signer's certificate does not chain to a trusted root, or was not valid at signing time."""
 
 
+class ExpiredSigner(UntrustedSigner):
+    """A certificate on the signer's chain was not yet or no longer valid at the time that counts."""
+
+
 class RevokedSigner(EvidenceError):
     """The signer's certificate (or one above it) is on its CA's revocation list."""
 

@@ -135,7 +135,6 @@ class Supervisor:
         self.devices = devices
         self.workers = workers
         self.stopping = threading.Event()
-        self.restarts = 0
 
     def start(self) -> None:
         try:
@@ -158,7 +157,6 @@ class Supervisor:
                 log.warning("%s (pid %s) ended with %s; starting it again", child.name, child.pid, code)
                 try:
                     child.start()
-                    self.restarts += 1
                 except Exception as e:          # tried again on the next round, within the restart budget
                     log.error("%s did not start again: %s", child.name, e)
 

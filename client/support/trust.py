@@ -33,6 +33,7 @@ from .cms import (
     BadSignature,
     BadTimestamp,
     EvidenceError,
+    ExpiredSigner,
     MalformedStatement,
     RevokedSigner,
     UntrustedSigner,
@@ -43,6 +44,7 @@ __all__ = [
     "BadSignature",
     "BadTimestamp",
     "EvidenceError",
+    "ExpiredSigner",
     "MalformedStatement",
     "Revocation",
     "RevokedSigner",
@@ -184,9 +186,9 @@ class TrustStore:
     def _build_chain(self, cert: x509.Certificate, untrusted: Sequence[x509.Certificate], at: dt.datetime
                      ) -> list[x509.Certificate]:
         if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
-            raise UntrustedSigner(f"the certificate {describe(cert)} was not valid at {at:%Y-%m-%d %H:%M:%S} UTC "
-                                  f"(valid {cert.not_valid_before_utc:%Y-%m-%d} to "
-                                  f"{cert.not_valid_after_utc:%Y-%m-%d})")
+            raise ExpiredSigner(f"the certificate {describe(cert)} was not valid at {at:%Y-%m-%d %H:%M:%S} UTC "
+                                f"(valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+                                f"{cert.not_valid_after_utc:%Y-%m-%d})")
         for ext in cert.extensions:
             if ext.critical and ext.oid not in _KNOWN_CRITICAL:
                 raise UntrustedSigner(f"the certificate {describe(cert)} has a critical extension semper does not "

@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 import msgspec
 from cryptography import x509
 
-from ...support.cms import EvidenceError, RevokedSigner
+from ...support.cms import EvidenceError, ExpiredSigner, RevokedSigner
 from ...support.shapes import Shape, ShapeError, convert
 from ...support.trust import TrustStore, as_utc
 from ...support.verify import VerifiedStatement, verify_statement
@@ -94,9 +94,8 @@ def _verify(der: bytes, trust: TrustStore, what: str) -> VerifiedStatement:
     try:
         return verify_statement(der, trust)
     except EvidenceError as e:
-        reason = "revoked" if isinstance(e, RevokedSigner) else "untrusted"
-        if "was not valid at" in str(e):
-            reason = "expired"
+        reason = ("revoked" if isinstance(e, RevokedSigner) else "expired" if isinstance(e, ExpiredSigner)
+                  else "untrusted")
         raise refused(reason, f"{what} does not verify: {e}") from None
 
 

@@ -24,6 +24,7 @@ from ...support.money import format_amount
 from ...tinguin.model import Action, OutcomeStatus
 from .. import blocks
 from .. import documents as docs
+from ..anonymity import on_fresh_connections
 from ..buyer import Buyer
 from ..deal import DealAttributes, deal_attributes
 from .document import ServiceDocument
@@ -245,6 +246,8 @@ def run_once(b: Buyer, doc: ServiceDocument, request: Request, enforcer: Enforce
         for st in doc.steps:
             STEP_FUNCTIONS[st.block](s)
         return _result(s)
+    if attributes.anonymous:          # connections of its own: nothing links it to another deal (anonymity.py)
+        return on_fresh_connections(b, lambda: run.run(body))
     return run.run(body)
 
 
