@@ -13,7 +13,7 @@ Why each check (docs/web.md has the whole threat model):
   the user's own tools: ``semper agent open`` (the ``web+semper:`` link handler) carries it.
 * **Rate**: a token bucket per origin and a short queue; a flood gets 429, and never more than a few
   TINGUIN screens, each of which the user may decline.
-* **The deal** runs exactly as ``semper buy`` runs it (``commerce.app.run_workflow``): the agent asks the
+* **The deal** runs exactly as ``semper buy`` runs it (``commerce.app.workflow_for``): the agent asks the
   shop for the checkout's items, the workflow asks it for a signed offer with a fresh nonce, verifies it
   and validates the page's form against the signed offer's form spec (a form the offer does not allow is
   refused before anything is signed), and every decision, PIN and signature goes through the TINGUIN.
@@ -41,7 +41,7 @@ from aiohttp import web
 
 from semper.hardware.errors import SemperError
 
-from ..commerce.app import Purchase, run_workflow
+from ..commerce.app import Purchase, workflow_for
 from ..commerce.deal import WORKFLOWS
 from ..commerce.errors import CommerceError, ServiceUnavailable
 from ..commerce.setup import BuyerConfig
@@ -301,16 +301,7 @@ class Agent:
             workflow, items = self.checkout(job.shop, job.request.offer)
             cfg = replace(self.config, shop_url=job.shop)
             purchase = Purchase(workflow, items, dict(job.request.form))
-
-            def deal(ui: TrustedUI) -> DealResult:
-                card = self.card()
-                try:
-                    return run_workflow(ui, cfg, card, purchase)
-                finally:
-                    close = getattr(card, "close", None)
-                    if close is not None:
-                        close()
-            result = self.runner(deal)
+            result = self.runner(workflow_for(cfg, self.card, purchase))
         except SemperError as e:
             job.status, job.reason = "refused", str(e)
             self.say(f"hand-off {job.id} refused: {e}")

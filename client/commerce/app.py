@@ -53,9 +53,9 @@ def run_workflow(ui: TrustedUI, cfg: BuyerConfig, card: Any, purchase: Purchase)
         session.close()
 
 
-def buy(cfg: BuyerConfig, card_opener: Callable[[], Any], purchase: Purchase, *, interactive: bool | None = None,
-        script: Script | None = None, say: Callable[[str], None] | None = None) -> DealResult:
-    """Run one deal through the TINGUIN (``card_opener`` is called inside the TINGUIN's worker thread)."""
+def workflow_for(cfg: BuyerConfig, card_opener: Callable[[], Any], purchase: Purchase
+                 ) -> Callable[[TrustedUI], DealResult]:
+    """The deal as the TINGUIN's worker thread runs it: the card opened in that thread, closed after."""
     def workflow(ui: TrustedUI) -> DealResult:
         card = card_opener()
         try:
@@ -64,4 +64,11 @@ def buy(cfg: BuyerConfig, card_opener: Callable[[], Any], purchase: Purchase, *,
             close = getattr(card, "close", None)
             if close is not None:
                 close()
-    return run_deal(workflow, interactive=interactive, script=script or Script(), say=say)
+    return workflow
+
+
+def buy(cfg: BuyerConfig, card_opener: Callable[[], Any], purchase: Purchase, *, interactive: bool | None = None,
+        script: Script | None = None, say: Callable[[str], None] | None = None) -> DealResult:
+    """Run one deal through the TINGUIN (``card_opener`` is called inside the TINGUIN's worker thread)."""
+    return run_deal(workflow_for(cfg, card_opener, purchase), interactive=interactive, script=script or Script(),
+                    say=say)
