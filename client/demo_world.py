@@ -299,26 +299,17 @@ class World:
     def start_mall(self) -> Any:
         """A second shop (no PSAM: online payments) and the mall over both shops, in this process, after
         :meth:`start_in_process`; returns the mall (its URL in ``services.mall``, the second shop's in
-        ``services.shop2``)."""
+        ``services.shop2``). The mall's folder is written as ``semper mall init`` writes it
+        (:meth:`MallHome.create`; each time: it names the shops' URLs of this run) and opened as ``semper
+        serve mall`` opens it (:meth:`MallHome.open`)."""
         from semper.hsm.signer import Pkcs11Signer
 
-        from .commerce.archive import SharedArchive
-        from .commerce.buyer import Buyer
         from .commerce.catalogue import Catalogue, CatalogueItem
-        from .commerce.shop_client import ShopClient
-        from .exchange.identity import Identity
-        from .payment.bank_client import BankClient
-        from .payment.manager import PaymentManager
-        from .payment.module import PartyContext
         from .servers.ca_home import issue_tls_identity
-        from .servers.mall import AgentSigner, AgentUI, Mall, MallShop, index_catalogue, mount_mall
-        from .servers.service_host import mount_services
+        from .servers.mall_home import MallHome
         from .servers.shop_home import ShopHome
-        from .servers.shop_http import build_app
         from .support.channels import server_context
-        from .support.db import Database
         from .support.http_service import ServiceRunner
-        from .support.trust import TrustStore
         s = self.services
         conf = str(self.store.conf)
         kettles = Catalogue.of([CatalogueItem("kettle", "Kettle, stainless steel, 1.7 l", "physical", 2490),
@@ -332,44 +323,23 @@ class World:
         s.closers.append(opened2.close)
         s.runners.append(ServiceRunner(opened2.app(), "127.0.0.1", 0, server_context(*opened2.tls)).start())
         s.shop2 = s.runners[-1].url
-        shops = {"teapots": MallShop("teapots", SHOP_NAME, s.shop), "kettles": MallShop("kettles", SHOP2_NAME, s.shop2)}
-        catalogues = {"teapots": s.opened_shop.shop.catalogue, "kettles": kettles}
         signer = Pkcs11Signer.open("mall", softhsm_conf=conf)
-        signer.verify_pin(TOKEN_PIN)
-        s.closers.append(signer.close)
-        trust = TrustStore([self.ca_root])
-        mall_dir = self.folder / "mall"
-        bank = BankClient(s.bank, self.bank_tls_root, signer)
-        payments = PaymentManager(PartyContext(bank=bank, signer=signer, account=self.accounts["mall"]),
-                                  only=["cheque", "setpay"])
-        archive = SharedArchive(mall_dir / "evidence.sqlite3", sign=Identity(signer).sign)
-        s.closers.append(archive.close)
-        agent_signer = AgentSigner(signer, (mall_dir / "orders.der").read_bytes())
-        agents = {}
-        for key, shop in shops.items():
-            ui = AgentUI("cheque")
-            client = ShopClient(shop.url, self.root_pem)
-            s.closers.append(client.close)
-            agent_bank = BankClient(s.bank, self.bank_tls_root, agent_signer)
-            ctx = PartyContext(bank=agent_bank, signer=agent_signer, enter_pin=lambda purpose, session: None,
-                               account=self.accounts["mall"])
-            agent_archive = SharedArchive(mall_dir / f"purchases-{key}.sqlite3", sign=Identity(signer).sign)
-            s.closers.append(agent_archive.close)
-            gated: Any = agent_signer          # GatedSigner's interface, without a TINGUIN (mall.AgentSigner)
-            agents[key] = Buyer(ui, trust, client, agent_archive, PaymentManager(ctx, only=["cheque"]),
-                                signer=gated, patience=5.0)
-        mall_db = Database(f"sqlite:///{mall_dir / 'mall.db'}")       # its deals, as every shop's
-        s.closers.append(mall_db.close)
-        mall = Mall(shops=shops, agents=agents, name=MALL_NAME, identity=Identity(signer), trust=trust, db=mall_db,
-                    catalogue=index_catalogue(shops, catalogues), payments=payments, account=self.accounts["mall"],
-                    archive=archive)
-        app = build_app(mall)
-        mount_mall(app, mall)
-        mount_services(app, mall_dir / "services")
+        try:
+            certificate = x509.load_der_x509_certificate(signer.certificate())
+        finally:
+            signer.close()
+        mall_dir = self.folder / "mall"                  # orders.der is there since the world was made
         tls = issue_tls_identity(self.ca, ("127.0.0.1", "localhost"), self.folder / "mall-tls", name=MALL_NAME)
-        s.runners.append(ServiceRunner(app, "127.0.0.1", 0, server_context(*tls)).start())
+        home = MallHome.create(mall_dir, name=MALL_NAME, token_label="mall", softhsm_conf=conf,
+                               account=self.accounts["mall"], bank_url=s.bank, bank_tls_root=self.bank_tls_root,
+                               ca_root=self.ca_root, certificate=certificate,
+                               purchasing=(mall_dir / "orders.der").read_bytes(), tls=tls,
+                               shops=[("teapots", s.shop), ("kettles", s.shop2)], currency=EUR)
+        opened = home.open(TOKEN_PIN)
+        s.closers.append(opened.close)
+        s.runners.append(ServiceRunner(opened.app(), "127.0.0.1", 0, server_context(*opened.tls)).start())
         s.mall = s.runners[-1].url
-        return mall
+        return opened.mall
 
     def start_shop_process(self, *, psam_reader: str, catalogue: Any = None,
                            launcher: tuple[str, ...] = ("-m", "semper.client.cli", "serve", "shop"),

@@ -61,6 +61,7 @@ class Market:
     ui: PolicyUI
     certifier: Any                       # the open certifier (OpenCertifier)
     folder: Path
+    mall: Any = None                     # the mall in this process (servers.mall.Mall), once started
 
     @property
     def buyer(self) -> Any:
@@ -308,6 +309,33 @@ MALL_PERMITS = {"modules": ["cheque", "setpay"], "max_amount": 10_000, "currency
                 "anonymity": False, "max_periods": 1}
 
 
+def _mall(m: Market) -> Any:
+    """The mall over both shops (started once for the module), its basket service certified and published."""
+    if not m.world.services.mall:
+        m.mall = m.world.start_mall()
+        services = m.world.folder / "mall" / "services"
+        services.mkdir(exist_ok=True)
+        (services / "mall-basket.json").write_text(json.dumps(MALL_BASKET))
+        (services / "mall-basket.cert").write_bytes(m.certify(MALL_BASKET, MALL_PERMITS))
+    return m.mall
+
+
+def _buy_at_mall(m: Market, url: str) -> Any:
+    """The buyer runs the mall's basket service (one teapot, one kettle), paying the mall by cheque."""
+    b = m.buyer
+    shop, b.shop = b.shop, ShopClient(url, m.world.root_pem)
+    m.ui.payment = "cheque"
+    try:
+        certifiers = x509.load_pem_x509_certificates((m.world.certifier_dir / "certifier.pem").read_bytes())
+        return run_downloaded(b, "mall-basket", Request([("teapots--teapot", 1), ("kettles--kettle", 1)], ADDRESS),
+                              root_pem=m.world.root_pem, certifiers=certifiers,
+                              decisions=Decisions(m.folder / "prefs.toml"))
+    finally:
+        b.shop.close()
+        b.shop = shop
+        m.ui.payment = "card-purse"
+
+
 def test_the_mall_takes_one_payment_and_settles_with_two_shops(market: Market) -> None:
     """The mall as a downloaded service: its index lists both shops' goods; the buyer signs one order and
     pays once; the mall buys each shop's part for the buyer; each shop's signed delivery note and the
@@ -316,29 +344,14 @@ def test_the_mall_takes_one_payment_and_settles_with_two_shops(market: Market) -
     import subprocess
     import sys
     m = market
-    m.world.start_mall()
+    _mall(m)
     url = m.world.services.mall
-    services = m.world.folder / "mall" / "services"
-    services.mkdir(exist_ok=True)
-    (services / "mall-basket.json").write_text(json.dumps(MALL_BASKET))
-    (services / "mall-basket.cert").write_bytes(m.certify(MALL_BASKET, MALL_PERMITS))
     with JsonClient(url, m.world.root_pem, name="the mall") as c:
         index = c.get("/mall/index")
     assert {s["name"] for s in index["shops"]} == {"Teapot Shop", "Kettle Shop"}
     assert {"teapots--teapot", "kettles--kettle"} <= {i["sku"] for i in index["items"]}
     before = m.money()
-    b = m.buyer
-    shop, b.shop = b.shop, ShopClient(url, m.world.root_pem)
-    m.ui.payment = "cheque"
-    try:
-        certifiers = x509.load_pem_x509_certificates((m.world.certifier_dir / "certifier.pem").read_bytes())
-        r = run_downloaded(b, "mall-basket", Request([("teapots--teapot", 1), ("kettles--kettle", 1)], ADDRESS),
-                           root_pem=m.world.root_pem, certifiers=certifiers,
-                           decisions=Decisions(m.folder / "prefs.toml"))
-    finally:
-        b.shop.close()
-        b.shop = shop
-        m.ui.payment = "card-purse"
+    r = _buy_at_mall(m, url)
     assert r.status is OutcomeStatus.SATISFIED, r.summary
     assert "by 2 shops, each part signed by its shop" in r.summary
     after = m.money()
@@ -353,3 +366,55 @@ def test_the_mall_takes_one_payment_and_settles_with_two_shops(market: Market) -
                               str(m.world.bank_dir), "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert audited.returncode == 0, audited.stdout[-2000:] + audited.stderr[-2000:]
     assert json.loads(audited.stdout)["violations"] == []
+
+
+def test_a_restarted_mall_pays_no_shop_twice(market: Market) -> None:
+    """The mall settles with the teapot shop, cannot reach the kettle shop (the buyer's delivery is not
+    shipped), and is restarted; the buyer asks the new process for the delivery: it buys only the kettle
+    part. What the mall settled is in its database, not in the memory of the process that settled it:
+    the teapot shop is paid once, the mall's account ends where it began."""
+    import socket
+
+    from semper.client.servers.ca_home import issue_tls_identity
+    from semper.client.servers.mall import Mall, mount_mall
+    from semper.client.servers.shop_http import build_app
+    from semper.client.support.channels import server_context
+    from semper.client.support.http_service import ServiceRunner
+    m = market
+    mall = _mall(m)
+    with socket.socket() as s:                      # a port nothing listens on: the kettle shop is down
+        s.bind(("127.0.0.1", 0))
+        down = f"https://127.0.0.1:{s.getsockname()[1]}"
+    kettles = mall.agents["kettles"]
+    reachable, kettles.shop = kettles.shop, ShopClient(down, m.world.root_pem)
+    m.world.bank.cash_in(m.world.accounts["buyer"], 1250 + 2490, "the buyer's second basket")
+    before = m.money()
+    try:
+        r = _buy_at_mall(m, m.world.services.mall)
+    finally:
+        kettles.shop.close()
+        kettles.shop = reachable
+    assert r.status is not OutcomeStatus.SATISFIED and r.deal_id, r.summary       # paid, nothing shipped yet
+    assert m.money()["seller account"] == before["seller account"] + 1250         # the teapot part is settled
+    # the restart: a new process has the mall's database and archives, nothing of the old one's memory
+    again = Mall(shops=mall.shops, agents=mall.agents, name=mall.name, identity=mall.identity, trust=mall.trust,
+                 db=mall.db, catalogue=mall.catalogue, payments=mall.payments, account=mall.account,
+                 archive=mall.archive)
+    app = build_app(again)
+    mount_mall(app, again)
+    tls = issue_tls_identity(m.world.ca, ("127.0.0.1", "localhost"), m.folder / "mall-again-tls", name=mall.name)
+    runner = ServiceRunner(app, "127.0.0.1", 0, server_context(*tls)).start()
+    m.world.services.runners.append(runner)
+    client = ShopClient(runner.url, m.world.root_pem)
+    try:
+        shipped = client.post("/deals/delivery", {"deal": r.deal_id})          # the buyer asks again
+        after = m.money()
+        assert after["seller account"] == before["seller account"] + 1250, "the teapot shop was paid twice"
+        assert shipped.get("shipped") is True, shipped
+        parts = client.get(f"/mall/parts/{r.deal_id}")["parts"]
+    finally:
+        client.close()
+    assert sorted(p["shop"] for p in parts) == ["Kettle Shop", "Teapot Shop"]
+    assert after["shop2 account"] == before["shop2 account"] + 2490
+    assert after["mall account"] == before["mall account"]
+    assert after["buyer account"] == before["buyer account"] - (1250 + 2490)

@@ -20,6 +20,7 @@ items under the mall's names (``SHOPKEY--SKU``), with the shop's name and URL.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from ..commerce import documents as docs
 from ..commerce.buyer import Buyer
 from ..commerce.catalogue import Catalogue, CatalogueItem
 from ..commerce.errors import CommerceError, DealConflict
+from ..support.db import Database, Transaction
+from ..support.migrations import Schema
 from ..tinguin.confirmation import digest as confirmation_digest
 from ..tinguin.confirmation import render as confirmation_text
 from ..tinguin.model import (
@@ -44,6 +47,7 @@ from ..tinguin.model import (
 from .shop import Shop
 
 SEP = "--"
+LOCKS = 64          # deals settling at once in this process are told apart by one of these locks
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,43 @@ class Part:
     statement: bytes = b""
 
 
+PARTS_SCHEMA = Schema.baseline("mall", [
+    "CREATE TABLE IF NOT EXISTS mall_parts (deal_id TEXT NOT NULL, shop TEXT NOT NULL, shop_name TEXT NOT NULL, "
+    "shop_url TEXT NOT NULL, shop_deal TEXT NOT NULL, amount INTEGER NOT NULL, offer {blob} NOT NULL, "
+    "delivery {blob} NOT NULL, statement {blob} NOT NULL, settled_at TEXT NOT NULL, PRIMARY KEY (deal_id, shop))",
+], "the parts the mall settled with its shops: per buyer's deal and shop, the shop's deal, amount and documents")
+
+
+class PartStore:
+    """The parts the mall settled, in its database (the deals' database), one row per buyer's deal and shop.
+
+    Why a row per part, written as soon as the shop's delivery note is in: what the mall paid a shop must
+    outlive the process that paid it. A mall restarted between two shops' settlements, or between the
+    settlements and its own delivery note, reads here what it bought already and buys only the rest."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.migrate(PARTS_SCHEMA)
+
+    def add(self, deal_id: str, part: Part) -> None:
+        def run(tx: Transaction) -> None:
+            tx.execute("INSERT INTO mall_parts (deal_id, shop, shop_name, shop_url, shop_deal, amount, offer, "
+                       "delivery, statement, settled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (deal_id, part.shop.key, part.shop.name, part.shop.url, part.deal, part.amount,
+                        part.documents["offer"], part.documents["delivery"], part.statement,
+                        dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
+        self.db.run(run)
+
+    def of(self, deal_id: str) -> dict[str, Part]:
+        """The deal's settled parts by shop key, each with the shop as it was when settled."""
+        with self.db.transaction(write=False) as tx:
+            rows = tx.all("SELECT shop, shop_name, shop_url, shop_deal, amount, offer, delivery, statement "
+                          "FROM mall_parts WHERE deal_id = ? ORDER BY settled_at, shop", (deal_id,))
+        return {key: Part(MallShop(key, name, url), [], int(amount), str(shop_deal),
+                          {"offer": bytes(offer), "delivery": bytes(delivery)}, bytes(statement))
+                for key, name, url, shop_deal, amount, offer, delivery, statement in rows}
+
+
 def index_catalogue(shops: Mapping[str, MallShop], catalogues: Mapping[str, Catalogue]) -> Catalogue:
     """The mall's catalogue: every shop's physical goods under ``KEY--SKU``, at the shop's price."""
     items = []
@@ -148,10 +189,8 @@ class Mall(Shop):
         super().__init__(**kw)
         self.shops = dict(shops)
         self.agents = dict(agents)
-        self.parts: dict[str, list[Part]] = {}
-        self._progress: dict[str, dict[str, Part]] = {}     # parts settled so far (a retry buys only the rest)
-        self._settling: dict[str, threading.Lock] = {}
-        self._settle_lock = threading.Lock()
+        self.parts = PartStore(self.db)                      # what is settled (a retry buys only the rest)
+        self._settling = tuple(threading.Lock() for _ in range(LOCKS))
 
     def index(self) -> dict[str, Any]:
         return {"mall": self.name, "shops": [{"key": s.key, "name": s.name, "url": s.url} for s in self.shops.values()],
@@ -163,24 +202,22 @@ class Mall(Shop):
         ships, whichever request reaches it: the payment that completes, or the buyer's ask for delivery.)"""
         if sd.delivery is not None:
             return
-        with self._settle_lock:
-            lock = self._settling.setdefault(sd.deal.deal_id, threading.Lock())
-        with lock:
-            if sd.deal.deal_id not in self.parts:
-                try:
-                    self.parts[sd.deal.deal_id] = self._settle(sd)
-                except CommerceError:
-                    self._commit(sd)               # the refusal is the deal's decision (the deal is in the database)
-                    return                         # not shipped (yet): the buyer asks again, or disputes
+        with self._settling[hash(sd.deal.deal_id) % LOCKS]:  # one settlement of a deal at a time
+            try:
+                self._settle(sd)
+            except CommerceError:
+                self._commit(sd)               # the refusal is the deal's decision (the deal is in the database)
+                return                         # not shipped (yet): the buyer asks again, or disputes
         super().make_delivery(sd)
 
-    def _settle(self, sd: Any) -> list[Part]:
+    def _settle(self, sd: Any) -> None:
+        """Buy each shop's part not bought yet (the parts table says which are), recording each at once."""
         by_shop: dict[str, Part] = {}
         for item, qty in sd.lines:
             key, sku = item.sku.split(SEP, 1)
             by_shop.setdefault(key, Part(self.shops[key], [])).lines.append((sku, qty))
         from ..commerce import workflows
-        done = self._progress.setdefault(sd.deal.deal_id, {})
+        done = self.parts.of(sd.deal.deal_id)
         for key, part in by_shop.items():
             if key in done:
                 continue
@@ -195,17 +232,18 @@ class Mall(Shop):
                     "amount": part.amount, "currency": r.payment.terms.currency,
                     "shop_delivery_sha256": docs.sha256_hex(r.documents["delivery"])}
             part.statement = self._sign(body)
+            self.parts.add(sd.deal.deal_id, part)     # before anything else can fail: this shop is paid
             sd.deal.keep_statement(part.statement, "mall-part")
             done[key] = part
         sd.deal.decide("settlement", "satisfied", f"settled with {len(done)} shop(s)")
-        return list(done.values())
 
     def parts_of(self, deal_id: str) -> list[dict[str, Any]]:
         """What the buyer gets for each shop's part: the mall's statement and the shop's signed documents."""
         import base64
-        parts = self.parts.get(deal_id)
-        if parts is None:
+        sd = self.find(deal_id)
+        if sd is None or sd.delivery is None:
             raise DealConflict("this deal is not settled yet (nothing delivered)")
+        parts = self.parts.of(sd.deal.deal_id).values()
         return [{"shop": p.shop.name, "url": p.shop.url, "amount": p.amount,
                  "statement": base64.b64encode(p.statement).decode(),
                  **{k: base64.b64encode(v).decode() for k, v in p.documents.items() if k in ("offer", "delivery")}}

@@ -9,9 +9,9 @@ Layout of ``$SEMPER_HOME/mall`` (or ``--dir``), written by ``semper mall init``:
     bank-tls-root.pem  the bank service's TLS root
     mall.pem           the certificate on the mall's token key (role seller: the mall to its buyers)
     orders.der         the same key's purchasing certificate (role person: the mall as the shops' customer)
-    tls/               the mall's HTTPS key and CA-issued chain
+    tls/               the mall's HTTPS key, CA-issued chain and its root (as the bank's: install_tls_identity)
     services/          the commerce services it offers (mall-basket.json; its certificate beside it)
-    admin-secret       bearer secret (0600), kept for operator endpoints as with every service
+    mall.db            its deals and payments, as every shop's, and the parts it settled (``mall_parts``)
     evidence.sqlite3, purchases-KEY.sqlite3   its evidence as a seller and, per shop, as a customer
 
 Why the index is fetched when the mall opens, not kept: the shops' catalogues and prices are the
@@ -21,7 +21,6 @@ and every price is signed again by the shop in the offer the mall's agent checks
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from ..commerce.errors import CommerceError
 from ..support.channels import ChannelError, JsonClient
 from ..support.closing import close_all
 from ..support.paths import semper_home
-from ..support.secret_files import write_secret
+from .bank_home import install_tls_identity
 
 CONFIG = "mall.json"
 SERVICE = "mall-basket"
@@ -131,9 +130,7 @@ class MallHome:
         home.certificate_file.write_bytes(certificate.public_bytes(Encoding.PEM))
         (home.folder / "orders.der").write_bytes(purchasing)
         home.tls_dir.mkdir(mode=0o700, exist_ok=True)
-        for src, dst in zip(tls, ("cert.pem", "key.pem"), strict=True):
-            write_secret(home.tls_dir / dst, Path(src).read_bytes())
-        write_secret(home.folder / "admin-secret", secrets.token_urlsafe(24))
+        install_tls_identity(home.tls_dir, *tls)            # checked: the chain ends in the root buyers pin
         home.services_dir.mkdir(exist_ok=True)
         basket = basket_document(name, max_amount, currency, modules)
         (home.services_dir / f"{SERVICE}.json").write_text(json.dumps(basket, indent=1))
