@@ -32,6 +32,7 @@ from ..commerce.catalogue import Catalogue, CatalogueItem
 from ..commerce.errors import CommerceError
 from ..support.channels import ChannelError, JsonClient
 from ..support.closing import close_all
+from ..support.folder_config import read_config
 from ..support.paths import semper_home
 from .bank_home import install_tls_identity
 
@@ -110,12 +111,8 @@ class MallHome:
     certificate_file = property(lambda self: self.folder / "mall.pem")
 
     def config(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.config_file.read_text()))
-        except FileNotFoundError:
-            raise CommerceError(f"no mall in {self.folder}; set one up first (semper mall init)") from None
-        except ValueError as e:
-            raise CommerceError(f"{self.config_file} is not valid JSON: {e}") from None
+        return read_config(self.config_file, f"no mall in {self.folder}; set one up first (semper mall init)",
+                           CommerceError)
 
     @classmethod
     def create(cls, folder: Path, *, name: str, token_label: str, softhsm_conf: str, account: str, bank_url: str,

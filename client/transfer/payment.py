@@ -157,7 +157,7 @@ class PaymentManager(ManagerBase):
             raise ItemMismatch("the released payment is not the committed one")
         self._power(d, "check_release")(proof, commitment, self._request(d), *_amount(d), b)
         payee = self.payees.get(str(d.terms["module"]))
-        if payee is not None and hasattr(payee, "deposit"):      # cashed at once: it is final only at the bank
+        if payee is not None:                                     # cashed at once: it is final only at the bank
             payee.deposit(proof, self._request(d))
         return Item("payment", {"module": d.terms["module"], "proof": dict(proof)})
 

@@ -110,11 +110,10 @@ def _confirm(s: _State) -> None:
 
 
 def _signature(s: _State) -> None:
+    if s.attributes.anonymous:            # nothing is signed (run_once checked the permit allows anonymity)
+        return
     try:
-        if s.attributes.anonymous:
-            s.enforcer.anonymous()
-        else:
-            s.enforcer.card_signature()
+        s.enforcer.card_signature()
     except ServiceRefused as e:
         raise s.refuse(e) from None
 
