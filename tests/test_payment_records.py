@@ -6,6 +6,7 @@ The payee here is the real payment manager with the real SET module and the real
 bank's answers come from a counting stand-in, so that each call the payee makes to the bank is seen."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from semper.client.payment.errors import PaymentError
 from semper.client.payment.item import ItemPayee
 from semper.client.payment.manager import PaymentManager
-from semper.client.payment.model import Acceptance, Status, Terms
+from semper.client.payment.model import Acceptance, Record, Status, Terms
 from semper.client.payment.module import PartyContext, Step
 from semper.client.payment.modules.setpay import SetPayModule
 from semper.client.payment.sessions import DatabaseSessions
@@ -107,3 +108,31 @@ def test_a_settled_payment_is_settled_once(kind: str, tmp_path: Path) -> None:
     item.settle({}, request, b"resolved")                 # T's decision handed over again (a retry, a restart)
     assert bank.calls == ["set/settle"]
     assert payee.record(terms.payment_id, "payee").status is Status.CAPTURED
+
+
+def test_a_database_from_before_keeps_its_sessions_and_records(tmp_path: Path) -> None:
+    """Version 2 of payee_sessions drops the session's copy of the record; the session and the record
+    (in payment_records, where every save also wrote it) are still there."""
+    from semper.client.payment.sessions import SCHEMA
+    from semper.client.payment.store import SCHEMA as RECORDS
+    from semper.client.support.migrations import Schema, versions
+    bank = Bank()
+    bank.captured = PRICE
+    SetPay.capture = True
+    db = Database(f"sqlite:///{tmp_path / 'shop.db'}")
+    db.migrate(RECORDS)
+    db.migrate(Schema(SCHEMA.store, SCHEMA.migrations[:1]))          # the table as main made it, with its column
+    terms = Terms.new(PRICE, EUR, "seller", b"order: one bicycle bell", "seller")
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO payee_sessions (payment_id, terms, route, module, done, rounds, record) "
+                   "VALUES (?, ?, '{}', 'setpay', 1, 1, 'stale')", (terms.payment_id, json.dumps(terms.as_dict())))
+    RecordStore(db=db).put(Record(terms.payment_id, "setpay", "payee", terms, Status.CAPTURED,
+                                  evidence={"authorisation": "AU1"}))
+    payee = PaymentManager(PartyContext(bank=bank, account="seller"),           # type: ignore[arg-type]
+                           modules={"setpay": SetPay}, sessions=DatabaseSessions(db))
+    assert versions(db)["payee_sessions"] == 2
+    st = payee.sessions.get(terms.payment_id)
+    assert st is not None and st.done and st.module == "setpay"
+    assert payee.refund(terms.payment_id, 200).refunded == 200
+    assert payee.record(terms.payment_id, "payee").refunded == 200
+    db.close()
