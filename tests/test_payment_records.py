@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres import Storage, storages
 
 from semper.client.payment.errors import PaymentError
 from semper.client.payment.item import ItemPayee
@@ -110,7 +111,8 @@ def test_a_settled_payment_is_settled_once(kind: str, tmp_path: Path) -> None:
     assert payee.record(terms.payment_id, "payee").status is Status.CAPTURED
 
 
-def test_a_database_from_before_keeps_its_sessions_and_records(tmp_path: Path) -> None:
+@storages()
+def test_a_database_from_before_keeps_its_sessions_and_records(storage: Storage) -> None:
     """Version 2 of payee_sessions drops the session's copy of the record; the session and the record
     (in payment_records, where every save also wrote it) are still there."""
     from semper.client.payment.sessions import SCHEMA
@@ -119,7 +121,7 @@ def test_a_database_from_before_keeps_its_sessions_and_records(tmp_path: Path) -
     bank = Bank()
     bank.captured = PRICE
     SetPay.capture = True
-    db = Database(f"sqlite:///{tmp_path / 'shop.db'}")
+    db = Database(storage.url("shop"))
     db.migrate(RECORDS)
     db.migrate(Schema(SCHEMA.store, SCHEMA.migrations[:1]))          # the table as main made it, with its column
     terms = Terms.new(PRICE, EUR, "seller", b"order: one bicycle bell", "seller")
