@@ -8,7 +8,7 @@ import pytest
 from postgres import storages
 from test_payment_support import CARD_PIN, EUR, PARTY_PIN, World, card_pin, world
 
-from semper.client.payment.errors import NegotiationError, PaymentRefused, ProtocolError
+from semper.client.payment.errors import NegotiationError, PaymentError, PaymentRefused, ProtocolError
 from semper.client.payment.manager import LocalPayee, PaymentManager, pay, run_payment
 from semper.client.payment.model import Status, Terms
 from semper.client.payment.module import PartyContext
@@ -105,7 +105,8 @@ def test_account_payment_is_dual_signed_and_refundable(world: World) -> None:
     assert payee.status(terms.payment_id, "payee").status is Status.PARTLY_REFUNDED
     m2 = _money(world)
     assert m2[buyer_acc] == m[buyer_acc] + 200 and m2[seller_acc] == m[seller_acc] - 200
-    with pytest.raises(Exception, match="refund"):
+    assert payee.record(terms.payment_id, "payee").refunded == 200
+    with pytest.raises(PaymentError, match="a refund must be 1 to 1000"):     # refused here, before the bank
         payee.refund(terms.payment_id, 1_001)
     # the bank did not see the order: only its hash is stored
     with world.bank.db.transaction() as tx:

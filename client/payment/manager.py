@@ -45,15 +45,26 @@ class Envelope(Shape, frozen=True):
 
 
 class PaymentManager:
-    """One party's payment service. ``modules`` overrides discovery (name -> class) for tests."""
+    """One party's payment service. ``modules`` overrides discovery (name -> class) for tests.
+
+    ``store`` keeps the records (the payer's and the payee's); ``sessions`` the payee's sessions, which
+    save the payee's record into their own ``records`` with each step: the two must be one place (the
+    party's database), or a refund would update a record the next step or read does not see. Without
+    ``store`` the sessions' records are the store; without ``sessions`` they live in this process."""
 
     def __init__(self, context: PartyContext, *, preferences: Sequence[str] = (), store: RecordStore | None = None,
                  modules: Mapping[str, type] | None = None, only: Iterable[str] | None = None,
                  sessions: SessionStore | None = None) -> None:
         self.ctx = context
         self.preferences = list(preferences)
-        self.store = store or RecordStore()
-        self.sessions: SessionStore = sessions or MemorySessions()
+        if sessions is None:
+            self.store = store or RecordStore()
+            self.sessions: SessionStore = MemorySessions(self.store)
+        else:
+            self.store, self.sessions = store or sessions.records, sessions
+            if not self.store.same_place(sessions.records):
+                raise PaymentError("the payment records and the payee's sessions must be kept in one database "
+                                   "(pass store=RecordStore(db=...) of the sessions' database, or no store)")
         self.problems: dict[str, str] = {}
         self.modules: dict[str, PaymentModule] = {}
         classes: dict[str, type] = dict(modules) if modules is not None else {}
@@ -192,11 +203,11 @@ class PaymentManager:
 
     def _step(self, st: PayeeState, name: str, body: dict[str, Any], key: str) -> tuple[dict[str, Any] | None, bool]:
         terms = st.terms
-        if st.module is None:
+        fresh = st.module is None
+        if fresh:
             check_choice(terms, self.offer(), name)
             module = self.module(name)
             st.module = name
-            st.record = Record(terms.payment_id, name, "payee", terms, Status.PENDING)
             flow = self._new_flow(module, st, name)
         elif st.module != name:
             raise ProtocolError(f"payment {terms.payment_id} is being made with {st.module}, not {name}")
@@ -209,7 +220,9 @@ class PaymentManager:
                 flow = resume(terms, st.flow)
             else:
                 flow = self._new_flow(module, st, name)
-        record = st.record or Record(terms.payment_id, name, "payee", terms, Status.PENDING)
+        # the record as the store holds it (sessions keep none): a later step sees what the earlier one saved
+        record = None if fresh else self.store.get(terms.payment_id, "payee")
+        record = record or Record(terms.payment_id, name, "payee", terms, Status.PENDING)
         st.rounds += 1
         if st.rounds > MAX_ROUNDS:
             raise ProtocolError(f"payment {terms.payment_id} took more than {MAX_ROUNDS} rounds; stopped")
@@ -218,24 +231,21 @@ class PaymentManager:
             step = flow.step(body)
         except PaymentError:
             record.status = Status.FAILED if record.status is Status.PENDING else record.status
-            st.record, st.flow = record, snapshot() if snapshot is not None else None
-            self.sessions.save(st)
+            st.flow = snapshot() if snapshot is not None else None
+            self.sessions.save(st, record)
             raise
         if step.status is not None:
             record.status = step.status
         if step.evidence:
             record.evidence.update(step.evidence)
-        st.record, st.flow = record, snapshot() if snapshot is not None else None
+        st.flow = snapshot() if snapshot is not None else None
         st.last_in, st.last_out, st.done = key, json.dumps(step.message, sort_keys=True), step.done
-        return step.message, self.sessions.save(st)
+        return step.message, self.sessions.save(st, record)
 
     # ---- both --------------------------------------------------------------------------------
     def record(self, payment_id: str, role: str | None = None) -> Record:
-        rec = None
-        if role in (None, "payee"):
-            st = self.sessions.get(payment_id)
-            rec = st.record if st is not None else None
-        rec = rec or self.store.get(payment_id, role)
+        """The record as the store holds it: the payee's sessions keep no copy of their own."""
+        rec = self.store.get(payment_id, role)
         if rec is None:
             raise PaymentError(f"no payment {payment_id} is recorded here")
         return rec

@@ -5,11 +5,17 @@ when its answer was lost — exactly as the one that began the payment would hav
 that could be an object in memory; a seller with several worker processes, or one restarted after a
 crash, must find the session where any process can: the terms it set, the module's flow where it
 stood (``flow.snapshot()``, resumed with ``module.resume_payee_flow``), the last message taken and
-the answer given to it, the record with the module's proofs. The manager saves the session in one
-transaction after each step and before the answer leaves (``PaymentManager.handle``), so an answer
-the payer saw is always committed, and a step whose answer was never sent runs again from the state
+the answer given to it. The manager saves the session, and the payment's record with the module's
+proofs, in one transaction after each step and before the answer leaves (``PaymentManager.handle``),
+so an answer the payer saw is always committed, and a step whose answer was never sent runs again from the state
 before it (the modules make their device and bank steps safe to repeat: the PSAM's owner gives the
 same request again, the bank's idempotency keys give the same answer).
+
+The record itself is kept in one place only, the session store's :class:`RecordStore` (in the
+database, ``payment_records``), never in the session: a refund, a settlement or a status the bank
+reports later updates the record there, and the next refund or settlement must see it (review
+finding: a copy of the record in the session, read first and never updated, let a second refund
+pass the local limit check and a settlement ask the bank again).
 """
 from __future__ import annotations
 
@@ -20,16 +26,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..support.db import Database, Transaction
-from ..support.migrations import Schema
+from ..support.migrations import Migration, Schema
 from .errors import PaymentError
 from .model import Record, Terms
-from .store import put_record
+from .store import RecordStore, put_record
 
 SCHEMA = Schema.baseline("payee_sessions", [
     "CREATE TABLE IF NOT EXISTS payee_sessions (payment_id TEXT PRIMARY KEY, terms TEXT NOT NULL, "
     "route TEXT NOT NULL, module TEXT, flow TEXT, last_in TEXT, last_out TEXT, done INTEGER NOT NULL DEFAULT 0, "
     "rounds INTEGER NOT NULL DEFAULT 0, record TEXT, version INTEGER NOT NULL DEFAULT 0)"],
-    "payee sessions: terms, flow state, the last message and its answer")
+    "payee sessions: terms, flow state, the last message and its answer",
+    # every save wrote the record to payment_records too, and refunds and settlements only there: that copy
+    # is the newer one, so the session's column goes without losing anything
+    Migration(2, "the payment's record only in payment_records", ("ALTER TABLE payee_sessions DROP COLUMN record",)))
 
 
 @dataclass
@@ -45,7 +54,6 @@ class PayeeState:
     last_out: str | None = None                             # JSON of the answer given to it
     done: bool = False
     rounds: int = 0
-    record: Record | None = None
     version: int = 0
 
     @property
@@ -54,15 +62,17 @@ class PayeeState:
 
 
 class SessionStore(Protocol):
+    records: RecordStore        # where the payee's records are kept: saved with the session, read from here
+
     def expect(self, terms: Terms, route: dict[str, Any]) -> None:
         """Register terms the payee set (again: nothing changes; other terms: PaymentError)."""
         ...
 
     def get(self, payment_id: str) -> PayeeState | None: ...
 
-    def save(self, state: PayeeState) -> bool:
-        """Store the session as it is now, the record with it; False if another process saved a newer one
-        meanwhile (the caller reads it again)."""
+    def save(self, state: PayeeState, record: Record | None) -> bool:
+        """Store the session as it is now and, with it, the payment's ``record`` in :attr:`records`; False
+        (and neither stored) if another process saved a newer session meanwhile (the caller reads it again)."""
         ...
 
 
@@ -71,9 +81,11 @@ def _conflict(payment_id: str) -> PaymentError:
 
 
 class MemorySessions:
-    """Sessions of this process only (a payer's tests, a payee that runs in one process and may forget)."""
+    """Sessions of this process only (a payer's tests, a payee that runs in one process and may forget); the
+    records in ``records`` (the manager passes its own store)."""
 
-    def __init__(self) -> None:
+    def __init__(self, records: RecordStore | None = None) -> None:
+        self.records = records if records is not None else RecordStore()
         self._states: dict[str, PayeeState] = {}
         self._lock = threading.Lock()
 
@@ -91,11 +103,13 @@ class MemorySessions:
             st = self._states.get(payment_id)
             return None if st is None else copy.deepcopy(st)
 
-    def save(self, state: PayeeState) -> bool:
+    def save(self, state: PayeeState, record: Record | None) -> bool:
         with self._lock:
             known = self._states.get(state.payment_id)
             if known is not None and known.version != state.version:
                 return False
+            if record is not None:
+                self.records.put(record)
             stored = copy.deepcopy(state)
             stored.version += 1
             self._states[state.payment_id] = stored
@@ -107,9 +121,8 @@ class DatabaseSessions:
     """Sessions in the party's database (``payee_sessions``), the records beside them (``payment_records``)."""
 
     def __init__(self, db: Database) -> None:
-        from .store import SCHEMA as RECORDS
         self.db = db
-        db.migrate(RECORDS)
+        self.records = RecordStore(db=db)          # migrates payment_records
         db.migrate(SCHEMA)
 
     def expect(self, terms: Terms, route: dict[str, Any]) -> None:
@@ -129,28 +142,26 @@ class DatabaseSessions:
 
     def get(self, payment_id: str) -> PayeeState | None:
         with self.db.transaction(write=False) as tx:
-            row = tx.one("SELECT terms, route, module, flow, last_in, last_out, done, rounds, record, version "
+            row = tx.one("SELECT terms, route, module, flow, last_in, last_out, done, rounds, version "
                          "FROM payee_sessions WHERE payment_id = ?", (payment_id,))
         if row is None:
             return None
-        terms, route, module, flow, last_in, last_out, done, rounds, record, version = row
+        terms, route, module, flow, last_in, last_out, done, rounds, version = row
         return PayeeState(Terms.from_dict(json.loads(terms)), json.loads(route), module,
                           None if flow is None else json.loads(flow), last_in, last_out, bool(done), int(rounds),
-                          None if record is None else Record.from_json(record), int(version))
+                          int(version))
 
-    def save(self, state: PayeeState) -> bool:
-        record = state.record.as_json() if state.record is not None else None
-
+    def save(self, state: PayeeState, record: Record | None) -> bool:
         def update(tx: Transaction) -> bool:
             cur = tx.execute("UPDATE payee_sessions SET module = ?, flow = ?, last_in = ?, last_out = ?, done = ?, "
-                             "rounds = ?, record = ?, version = version + 1 WHERE payment_id = ? AND version = ?",
+                             "rounds = ?, version = version + 1 WHERE payment_id = ? AND version = ?",
                              (state.module, None if state.flow is None else json.dumps(state.flow, sort_keys=True),
-                              state.last_in, state.last_out, int(state.done), state.rounds, record,
+                              state.last_in, state.last_out, int(state.done), state.rounds,
                               state.payment_id, state.version))
             if cur.rowcount != 1:
                 return False
-            if state.record is not None:
-                put_record(tx, state.record)
+            if record is not None:
+                put_record(tx, record)          # the same transaction: the record is never a step behind
             return True
         if self.db.run(update):
             state.version += 1

@@ -35,6 +35,10 @@ class RecordStore:
         if self._db is not None:
             self._db.migrate(SCHEMA)
 
+    def same_place(self, other: RecordStore) -> bool:
+        """Whether ``other`` keeps its records where this one does (the same store, or the same database)."""
+        return self is other or (self._db is not None and self._db is other._db)
+
     def put(self, record: Record) -> None:
         if self._db is None:
             with self._lock:
