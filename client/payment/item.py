@@ -160,24 +160,6 @@ def cheque_verifier(roots: list[x509.Certificate]) -> ItemVerifier:
     return ItemVerifier(MandateModule, check)
 
 
-def setpay_verifier(roots: list[x509.Certificate]) -> ItemVerifier:
-    """A dual-signed instruction whose order information is the request's terms (payer certified)."""
-    certs = CertCache(roots)
-
-    def check(proof: Mapping[str, Any], t: Terms) -> None:
-        oi = proof.get("oi")
-        if oi != formats.order_information(t.order_hash, t.amount, t.currency, t.payment_id, t.payee):
-            raise ItemMismatch("the order information does not match the requested terms")
-        try:
-            pi_hash = bytes.fromhex(str(proof.get("pi_hash")))
-        except ValueError:
-            raise MalformedItem("the instruction's PI hash is not hex") from None
-        key = _signer_key(certs, unb64(proof.get("payer_certificate"), "payer certificate", 4096))
-        verify_digest(key, formats.dual_digest(pi_hash, formats.h(oi)),
-                      unb64(proof.get("dual_signature"), "dual signature", 80), "payer's dual signature")
-    return ItemVerifier(SetPayModule, check)
-
-
 def ecash_verifier(mint_keys: MintKeys) -> ItemVerifier:
     """Coins signed by the mint, in the request's currency, adding up to its amount (spent-ness is the bank's)."""
     def check(proof: Mapping[str, Any], t: Terms) -> None:
@@ -383,7 +365,7 @@ class ItemPayee:
         self.verifier = verifier
         self.account, self.payee_name, self.order_hash = account, payee_name, order_hash
         self._lock = threading.Lock()
-        self.device_lock = device_lock or threading.Lock()   # shared with other users of the same PSAM
+        self.device_lock = device_lock or threading.Lock()   # this payee's steps one at a time (or a caller's)
         self._done: dict[str, JsonDict] = {}       # payment id -> the payee's last answer (deposited)
 
     def properties(self) -> Properties:
@@ -536,5 +518,5 @@ class ItemPayments(TransferPayments):
 
 
 __all__ = ["HANDSHAKE", "ItemPayee", "ItemPayer", "ItemPayments", "ItemVerifier", "PurseItemVerifier",
-           "cheque_verifier", "ecash_verifier", "item_verifiers", "purse_verifier", "setpay_verifier",
+           "cheque_verifier", "ecash_verifier", "item_verifiers", "purse_verifier",
            "transfer_properties"]
