@@ -271,3 +271,31 @@ def test_the_agent_takes_the_ca_root_from_the_preferences(tmp_path: Path, monkey
     args = argparse.Namespace(ca_root=None, ttp=None, tls_dir=None, archive=None, purse_root=None, bank=None,
                               bank_tls_root=None, account=None, patience=1.0)
     assert buyer_config(args).ca_root_pem == root.read_text()
+
+
+def test_the_agent_reads_the_bank_account_and_purse_root_from_the_preferences_as_buy_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent and `semper buy` read one configuration: the bank's TLS root, the account, the purse root and
+    the bank's URL come from the prefs when no option names them (the agent ignored the first three), and a
+    module that needs the bank says so before the agent starts listening."""
+    import argparse
+
+    from semper.client.commands import UsageError
+    from semper.client.commands.agent import buyer_config
+    pem = "-----BEGIN CERTIFICATE-----\nnot checked here\n-----END CERTIFICATE-----\n"
+    files = {name: tmp_path / f"{name}.pem" for name in ("root", "bank", "purse")}
+    for f in files.values():
+        f.write_text(pem)
+    prefs = tmp_path / "prefs.toml"
+    prefs.write_text(f'[trust]\nca_root = "{files["root"]}"\nbank_tls_root = "{files["bank"]}"\n'
+                     f'[servers]\nbank = "https://127.0.0.1:8443"\n[payment]\naccount = "acc-7"\n')
+    monkeypatch.setenv("SEMPER_CONFIG", str(prefs))
+    monkeypatch.setenv("SEMPER_HOME", str(tmp_path / "home"))
+    args = argparse.Namespace(ca_root=None, ttp=None, tls_dir=None, archive=None, purse_root=None, bank=None,
+                              bank_tls_root=None, account=None, patience=1.0, pay="setpay")
+    cfg = buyer_config(args)
+    assert (cfg.bank_url, cfg.account) == ("https://127.0.0.1:8443", "acc-7")
+    assert Path(cfg.bank_tls_root) == files["bank"]
+    prefs.write_text(f'[trust]\nca_root = "{files["root"]}"\n')
+    with pytest.raises(UsageError, match="needs the bank: --bank URL"):
+        buyer_config(args)

@@ -28,34 +28,10 @@ def runtime_file() -> Path:
 
 
 def buyer_config(args: argparse.Namespace) -> Any:
-    """The buyer's client configuration, as ``semper buy`` reads it (the shop comes with each request)."""
-    import base64
-
-    from cryptography import x509
-
-    from ..commerce.setup import BuyerConfig
-    from ..support import prefs
-    from ..support.channels import JsonClient
-    from ..support.paths import semper_home
-    p = prefs.load()
-    ca_root = args.ca_root or (Path(str(p.get("trust.ca_root"))) if p.get("trust.ca_root") else None)
-    if ca_root is None:
-        raise UsageError("which CA root do you trust? pass --ca-root (or: semper prefs set trust.ca_root FILE)")
-    root_pem = Path(ca_root).read_text()
-    home = semper_home()
-    ttp_url = args.ttp or p.get("servers.ttp")
-    ttp_cert = escrow = None
-    if ttp_url:
-        t = JsonClient(ttp_url, root_pem, name="the third party")
-        ttp_cert = x509.load_pem_x509_certificate(str(t.get("/certificate")["certificate"]).encode())
-        escrow = base64.b64decode(str(t.get("/escrow-key")["statement"]))
-    tls_dir = args.tls_dir or home / "client-tls"
-    tls = (tls_dir / "cert.pem", tls_dir / "key.pem") if (tls_dir / "cert.pem").exists() else None
-    return BuyerConfig(
-        shop_url="https://127.0.0.1", ca_root_pem=root_pem, archive=args.archive or home / "evidence.sqlite3",
-        purse_root=x509.load_pem_x509_certificate(args.purse_root.read_bytes()) if args.purse_root else None,
-        bank_url=args.bank or p.get("servers.bank"), bank_tls_root=args.bank_tls_root, account=args.account,
-        ttp_url=ttp_url, ttp_cert=ttp_cert, escrow=escrow, tls=tls, patience=args.patience)
+    """The buyer's client configuration, read as ``semper buy`` reads it (arguments, else the preferences);
+    the shop and the workflow come with each hand-off, so what a workflow needs is checked per deal."""
+    from .buy import buyer_settings
+    return buyer_settings(args, workflow=None, pay=getattr(args, "pay", None), archive=args.archive).config
 
 
 def ask_in_terminal(origin: str) -> bool:

@@ -162,12 +162,14 @@ def _ca_root(args: argparse.Namespace, p: Any) -> Path:
     return Path(ca_root)
 
 
-def buyer_settings(args: argparse.Namespace, *, workflow: str, pay: str | None = None, anonymous: bool = False,
+def buyer_settings(args: argparse.Namespace, *, workflow: str | None, pay: str | None = None, anonymous: bool = False,
                    archive: Path | None = None, shop_url: str = "", service: ServiceNeeds | None = None
                    ) -> BuyerSettings:
     """Everything the buyer's client needs, from the arguments and else the preferences; what the deal
     will need and is missing is said here, before the TINGUIN opens (UsageError). ``service``: a
-    downloaded service's needs (its protocol replaces ``workflow``)."""
+    downloaded service's needs (its protocol replaces ``workflow``). ``workflow=None``: any deal (the local
+    agent learns each deal's workflow only when a page hands it over): nothing a workflow needs is checked
+    here, and the third party is asked for its certificate whenever one is configured."""
     from cryptography import x509
 
     from ..commerce.setup import BuyerConfig
@@ -220,7 +222,7 @@ def buyer_settings(args: argparse.Namespace, *, workflow: str, pay: str | None =
                          "card purse payment against the purse scheme's root: pass --purse-root FILE (or semper "
                          "prefs set trust.purse_root FILE), or pay another way (--pay)")
     ttp_cert = escrow = None
-    if ttp_url and workflow in FAIR_EXCHANGE:
+    if ttp_url and (workflow is None or workflow in FAIR_EXCHANGE):
         import base64
         with JsonClient(ttp_url, root_pem, name="the third party") as t:
             ttp_cert = x509.load_pem_x509_certificate(str(t.get("/certificate")["certificate"]).encode())
