@@ -140,3 +140,34 @@ def test_wrong_requests_and_proofs_are_refused(world: World, tmp_path: Path) -> 
             Description("payment", {"module": "cheque", "amount": 41, "currency": EUR}), {})
         with pytest.raises(ItemMismatch):
             public.check(proof, bigger, None, None)
+
+
+def test_a_module_is_handled_by_its_properties_not_by_its_name(world: World, tmp_path: Path) -> None:
+    """The item adapter asks a module's declared properties (a PSAM handshake, revocable, generatable), not
+    its name: a card purse installed under another name pays as an item like the built-in one. (The adapter
+    compared names before: this module's payee request came without the PSAM's debit request and the
+    payment failed.)"""
+
+    class AcmePurse(PurseModule):
+        name = "acme-purse"
+
+    buyer_img, psam_img = world.cards(tmp_path / "cards")
+    verifiers = _verifiers(world)
+    verifier = verifiers["card-purse"]
+    public = ItemManager({**verifiers, "acme-purse": verifier})
+    _, seller_acc = world.party("seller")
+    with open_card(buyer_img, sync=False) as bc, open_card(psam_img, sync=False) as pc:
+        purse, psam = PurseSession(bc), PsamSession(pc)
+        payer = PaymentManager(_ctx(world, "buyer", purse=purse, enter_pin=_pins), modules={"acme-purse": AcmePurse})
+        payee = PaymentManager(_ctx(world, "seller", psam=psam), modules={"acme-purse": AcmePurse})
+        module = payer.module("acme-purse")
+        assert isinstance(module, AcmePurse)
+        world.bank.cash_in(world.party("buyer")[1], 1_000)
+        module.load(500)
+        payee_item = ItemPayee(payee, "acme-purse", verifier, account=seller_acc, payee_name="seller")
+        payee_side = ItemManager({**verifiers, "acme-purse": verifier}, {"acme-purse": payee_item})
+        offer = PaymentOffer(ItemPayer(payer, "acme-purse", verifier, expect_payee=seller_acc), 120, EUR)
+        kept = _transfer(offer, payee_side, public, 120)
+        assert kept.data["module"] == "acme-purse"
+        assert purse.info().balance == 500 - 120
+        assert psam.info().batch_total == 120

@@ -62,7 +62,6 @@ from .registry import ModuleClass
 from .wire import CertCache, SignedJson, unb64, verify_digest
 
 JsonDict = dict[str, Any]
-HANDSHAKE = frozenset({"card-purse"})
 MintKeys = Mapping[str, tuple[int, int, rsa.RSAPublicKey]]      # key id -> (currency, denomination, key)
 NO_REQUIREMENTS = Requirements()
 
@@ -229,7 +228,7 @@ class ItemPayer:
         self.verifier.verify(proof, request, amount, currency)
 
     def payer_hint(self) -> JsonDict:
-        if self.name not in HANDSHAKE:
+        if not self.module.properties.handshake:
             return {}
         instrument = self._instrument(None)
         placeholder = Terms("hint", 1, instrument.currency, "-", "0" * 64)
@@ -267,7 +266,7 @@ class ItemPayer:
                     choice = Choice(choice.module, choice.instrument, {**choice.params, **params})
                 session: PayerSession = self.manager.pay(terms, choice)
                 hello = session.start()["body"]
-                if self.name in HANDSHAKE:
+                if self.module.properties.handshake:
                     body = session.step({"kind": "challenge", "request": request["record"],
                                          "signature": request["signature"], "psam_certificate": request["certificate"]})
                     if body is None:
@@ -288,9 +287,9 @@ class ItemPayer:
         clause = clause_of(b)
         if clause is None:
             return self.pay(request, amount, currency)
-        if self.name == "setpay":
+        if self.module.properties.revocable:      # the bank holds it until the third party decides
             return self.pay(request, amount, currency, {"exchange": clause})
-        if self.name == "cheque":
+        if self.module.properties.generatable:    # reserved at the bank and released at once
             return self._reserved_cheque(request, amount, currency, {**clause, "valid_until": 0, "returnable": False},
                                          release=True)
         return self.pay(request, amount, currency)
@@ -317,7 +316,7 @@ class ItemPayer:
         in this drawer's place until ``valid_for`` seconds from now (returnable after, on its 'expired')."""
         from .exchange_items import clause_of
         clause = clause_of(b)
-        if self.name != "cheque" or clause is None:
+        if not self.module.properties.generatable or clause is None:
             from ..transfer.errors import NotGeneratable
             raise NotGeneratable(f"a {self.name} payment is not generatable by the third party")
         commitment = self._reserved_cheque(request, amount, currency, {
@@ -340,7 +339,7 @@ class ItemPayer:
         cheque commitment's reservation back to its drawer."""
         module = self.module
         try:
-            if isinstance(module, SetPayModule) and self.name == "setpay":
+            if isinstance(module, SetPayModule):
                 terms = _terms(request)
                 module.revoke(terms.payee, terms.payment_id, decision)
             elif isinstance(module, MandateModule) and commitment is not None:
@@ -379,7 +378,7 @@ class ItemPayee:
         except PaymentError as e:
             raise MalformedItem(f"no {self.name} payment request for these terms: {e}") from None
         request: JsonDict = {"terms": terms.as_dict()}
-        if self.name in HANDSHAKE:
+        if self.module.properties.handshake:
             reply = self._handle(terms, dict(hint))
             if reply is None or reply.get("kind") != "challenge":
                 raise PaymentFailed(f"the {self.name} payee did not answer the payer's hello with a request")
@@ -407,7 +406,7 @@ class ItemPayee:
             bound(proof, request, amount, currency, b)
         else:
             self.verifier.verify(proof, request, amount, currency)
-        if self.name not in HANDSHAKE:
+        if not self.module.properties.handshake:
             self._deposit_once(proof, request)
 
     def deposit(self, proof: Mapping[str, Any], request: Mapping[str, Any]) -> bool:
@@ -421,11 +420,10 @@ class ItemPayee:
 
     def settle(self, proof: Mapping[str, Any], request: Mapping[str, Any], decision: bytes) -> None:
         """A revocable payment made final with the third party's 'resolved' decision (SET: captured)."""
-        if self.name != "setpay":
+        module = self.module
+        if not isinstance(module, SetPayModule):
             return
         terms = _terms(request)
-        module = self.module
-        assert isinstance(module, SetPayModule)
         try:
             record = self.manager.record(terms.payment_id, "payee")
             if record.status is not Status.CAPTURED:
@@ -439,7 +437,7 @@ class ItemPayee:
             if terms.payment_id in self._done:
                 return False
             self.manager.expect(terms)                 # a restarted payee: the terms come back from the request
-            if self.name in HANDSHAKE:
+            if self.module.properties.handshake:
                 answer = self._purse_deposit(terms, proof, request)
             elif proof.get("kind") == "reserved-cheque":
                 answer = self._cash(proof)
@@ -517,6 +515,6 @@ class ItemPayments(TransferPayments):
         return d.with_terms(request=payee.request(hint, int(d.terms["amount"]), int(d.terms["currency"]), order))
 
 
-__all__ = ["HANDSHAKE", "ItemPayee", "ItemPayer", "ItemPayments", "ItemVerifier", "PurseItemVerifier",
+__all__ = ["ItemPayee", "ItemPayer", "ItemPayments", "ItemVerifier", "PurseItemVerifier",
            "cheque_verifier", "ecash_verifier", "item_verifiers", "purse_verifier",
            "transfer_properties"]

@@ -34,9 +34,12 @@ class ExchangeProperties:
     * externally_verifiable: a third party can check, from the payment message alone (and the
       bank's public keys), that the payment was made for these terms;
     * revocable: the payee (or the bank at its request) can undo the payment (refund);
-    * generatable: a third party can produce the payment in the payer's place (none of ours);
+    * generatable: a third party can produce the payment in the payer's place (cheques: reserved at the
+      bank, released by the drawer or the third party);
     * anonymous: the bank cannot tell who paid whom (e-cash);
-    * online: the payee needs the bank on line to accept the payment.
+    * online: the payee needs the bank on line to accept the payment;
+    * handshake: the payee answers the payer's first message with a signed payment request the payer
+      checks before it pays (the card purse: the PSAM's debit request), so a payment item carries it.
     """
 
     externally_verifiable: bool
@@ -44,6 +47,7 @@ class ExchangeProperties:
     generatable: bool = False
     anonymous: bool = False
     online: bool = True
+    handshake: bool = False
 
     def as_dict(self) -> dict[str, bool]:
         return asdict(self)

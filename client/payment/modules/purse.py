@@ -110,7 +110,7 @@ class BankIssuer:
 class PurseModule(BaseModule):
     name = "card-purse"
     model = Model.CASH_LIKE
-    properties = ExchangeProperties(externally_verifiable=True, revocable=False, online=False)
+    properties = ExchangeProperties(externally_verifiable=True, revocable=False, online=False, handshake=True)
     _psam_currency: int | None = None
 
     def __init__(self, context: PartyContext) -> None:
