@@ -368,18 +368,31 @@ def test_the_mall_takes_one_payment_and_settles_with_two_shops(market: Market) -
     assert json.loads(audited.stdout)["violations"] == []
 
 
+def _restarted_mall(m: Market, mall: Any, tls_name: str) -> ShopClient:
+    """A new mall process on the old one's database and archives (nothing of its memory), serving on a port of
+    its own; a client to it."""
+    from semper.client.servers.ca_home import issue_tls_identity
+    from semper.client.servers.mall import Mall, mount_mall
+    from semper.client.servers.shop_http import build_app
+    from semper.client.support.channels import server_context
+    from semper.client.support.http_service import ServiceRunner
+    again = Mall(shops=mall.shops, agents=mall.agents, name=mall.name, identity=mall.identity, trust=mall.trust,
+                 db=mall.db, catalogue=mall.catalogue, payments=mall.payments, account=mall.account,
+                 archive=mall.archive)
+    app = build_app(again)
+    mount_mall(app, again)
+    tls = issue_tls_identity(m.world.ca, ("127.0.0.1", "localhost"), m.folder / tls_name, name=mall.name)
+    runner = ServiceRunner(app, "127.0.0.1", 0, server_context(*tls)).start()
+    m.world.services.runners.append(runner)
+    return ShopClient(runner.url, m.world.root_pem)
+
+
 def test_a_restarted_mall_pays_no_shop_twice(market: Market) -> None:
     """The mall settles with the teapot shop, cannot reach the kettle shop (the buyer's delivery is not
     shipped), and is restarted; the buyer asks the new process for the delivery: it buys only the kettle
     part. What the mall settled is in its database, not in the memory of the process that settled it:
     the teapot shop is paid once, the mall's account ends where it began."""
     import socket
-
-    from semper.client.servers.ca_home import issue_tls_identity
-    from semper.client.servers.mall import Mall, mount_mall
-    from semper.client.servers.shop_http import build_app
-    from semper.client.support.channels import server_context
-    from semper.client.support.http_service import ServiceRunner
     m = market
     mall = _mall(m)
     with socket.socket() as s:                      # a port nothing listens on: the kettle shop is down
@@ -396,16 +409,7 @@ def test_a_restarted_mall_pays_no_shop_twice(market: Market) -> None:
         kettles.shop = reachable
     assert r.status is not OutcomeStatus.SATISFIED and r.deal_id, r.summary       # paid, nothing shipped yet
     assert m.money()["seller account"] == before["seller account"] + 1250         # the teapot part is settled
-    # the restart: a new process has the mall's database and archives, nothing of the old one's memory
-    again = Mall(shops=mall.shops, agents=mall.agents, name=mall.name, identity=mall.identity, trust=mall.trust,
-                 db=mall.db, catalogue=mall.catalogue, payments=mall.payments, account=mall.account,
-                 archive=mall.archive)
-    app = build_app(again)
-    mount_mall(app, again)
-    tls = issue_tls_identity(m.world.ca, ("127.0.0.1", "localhost"), m.folder / "mall-again-tls", name=mall.name)
-    runner = ServiceRunner(app, "127.0.0.1", 0, server_context(*tls)).start()
-    m.world.services.runners.append(runner)
-    client = ShopClient(runner.url, m.world.root_pem)
+    client = _restarted_mall(m, mall, "mall-again-tls")
     try:
         shipped = client.post("/deals/delivery", {"deal": r.deal_id})          # the buyer asks again
         after = m.money()
@@ -414,6 +418,44 @@ def test_a_restarted_mall_pays_no_shop_twice(market: Market) -> None:
         parts = client.get(f"/mall/parts/{r.deal_id}")["parts"]
     finally:
         client.close()
+    assert sorted(p["shop"] for p in parts) == ["Kettle Shop", "Teapot Shop"]
+    assert after["shop2 account"] == before["shop2 account"] + 2490
+    assert after["mall account"] == before["mall account"]
+    assert after["buyer account"] == before["buyer account"] - (1250 + 2490)
+
+
+def test_a_mall_that_stopped_between_paying_a_shop_and_recording_it_does_not_pay_it_again(market: Market) -> None:
+    """The mall pays the teapot shop and stops before it writes that part down (the process dies there:
+    here the part store raises). The restarted mall, asked for the delivery, finds the purchase it had
+    started (recorded with the shop's deal id before anything was paid), asks the teapot shop, which holds
+    it paid, takes its verified confirmation and delivery note, and buys only the kettle part. (It bought
+    the teapot part again before: the teapot shop was paid twice.)"""
+    m = market
+    mall = _mall(m)
+
+    class Died(Exception):
+        pass
+
+    def die(deal_id: str, part: Any) -> None:
+        raise Died("the mall's process died here")
+    mall.parts.add = die
+    m.world.bank.cash_in(m.world.accounts["buyer"], 1250 + 2490, "the buyer's third basket")
+    before = m.money()
+    try:
+        r = _buy_at_mall(m, m.world.services.mall)
+    finally:
+        del mall.parts.add
+    assert r.status is not OutcomeStatus.SATISFIED and r.deal_id, r.summary
+    assert m.money()["seller account"] == before["seller account"] + 1250          # the teapot shop was paid
+    client = _restarted_mall(m, mall, "mall-third-tls")
+    try:
+        shipped = client.post("/deals/delivery", {"deal": r.deal_id})           # the buyer asks again
+        after = m.money()
+        parts = client.get(f"/mall/parts/{r.deal_id}")["parts"] if shipped.get("shipped") else []
+    finally:
+        client.close()
+    assert after["seller account"] == before["seller account"] + 1250, "the teapot shop was paid twice"
+    assert shipped.get("shipped") is True, shipped
     assert sorted(p["shop"] for p in parts) == ["Kettle Shop", "Teapot Shop"]
     assert after["shop2 account"] == before["shop2 account"] + 2490
     assert after["mall account"] == before["mall account"]

@@ -294,6 +294,61 @@ def payment_evidence(b: Buyer, record: Record) -> bytes:
     return json.dumps(out, sort_keys=True).encode()
 
 
+# ---- a mail order this client may have paid before it stopped -------------------------------------------
+@dataclass(frozen=True)
+class Recovered:
+    """A deal the shop holds paid: its offer, the seller's confirmation and delivery note (all verified)."""
+
+    offer_der: bytes
+    offer: docs.ParsedOffer
+    confirmation: bytes
+    delivery: bytes
+
+
+def recover_paid_order(b: Buyer, deal_id: str) -> Recovered | None:
+    """After this client stopped inside a mail order: did the shop get paid for the deal ``deal_id``?
+
+    Why: a party that stops between paying and recording what it paid for must not buy again (the mall
+    paying a shop twice). The offer and the order are in this client's archive from before the payment
+    (``pay`` syncs them first); the shop answers the confirmation only for a paid order. Returns the
+    verified documents when it is paid; None when the shop says it is not (no order was sent, or the
+    shop holds it unpaid: buying again is safe); CommerceError when it cannot tell (the shop does not
+    answer, or what it answers does not verify): then buying again could pay twice."""
+    entries = b.archive.entries(deal_id)
+    offers = [e for e in entries if e.kind == "statement:offer"]
+    orders = [e for e in entries if e.kind == "statement:order"]
+    if not offers or not orders:
+        return None                                    # no order was made: nothing can have been paid
+    try:
+        vs = verify_statement(offers[-1].content, b.trust)
+        kept_at = dt.datetime.fromisoformat(offers[-1].created_at.replace("Z", "+00:00"))
+        offer = docs.parse_offer(vs, deal_id=deal_id, nonce=str(vs.body.get("nonce")), now=kept_at)
+    except (EvidenceError, CommerceError, ValueError) as e:
+        raise CommerceError(f"the archived offer of deal {deal_id} does not verify ({e})") from None
+    deal = Deal(deal_id, offer.workflow, offer.attributes, b.archive)
+    order_digest = docs.sha256_hex(orders[-1].content)
+    try:
+        der = unb64(b.shop.post("/deals/confirm", {"deal": deal_id}).get("confirmation"), "confirmation")
+    except SellerRefused as e:
+        if e.seller_code == "conflict":               # the shop's own word: the order is not paid
+            deal.decide("payment", "refused", f"after a restart: the shop holds this deal unpaid ({e})")
+            return None
+        raise CommerceError(f"cannot tell whether deal {deal_id} was paid: {e}") from None
+    vs_conf = _seller_statement(b, deal, offer, der, "order-confirmation")
+    body = vs_conf.body
+    raw = body.get("payment")
+    paid: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    if (body.get("type"), body.get("deal"), body.get("order_sha256")) != ("order-confirmation", deal_id, order_digest) \
+            or paid.get("amount") != offer.total:
+        deal.decide("confirmation", "dispute", "after a restart: the confirmation is for another order or amount")
+        raise Dispute("the seller's confirmation does not confirm this order and amount", deal_id)
+    deal.keep_statement(der, vs_conf.type)
+    deal.decide("confirmation", "satisfied", "after a restart: the seller confirmed the order and the payment")
+    note, _, _ = await_delivery(b, deal, offer, order_digest)
+    deal.close()
+    return Recovered(offers[-1].content, offer, der, note)
+
+
 # ---- the seller's confirmation and delivery ---------------------------------------------------------------
 def _seller_statement(b: Buyer, deal: Deal, offer: docs.ParsedOffer, der: bytes, kind: str) -> VerifiedStatement:
     try:

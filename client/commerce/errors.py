@@ -45,10 +45,15 @@ class FormError(CommerceError):
 
 
 class SellerRefused(CommerceError):
-    """The seller refused a request (its words are in the message); nothing more was given."""
+    """The seller refused a request (its words are in the message); nothing more was given.
+    ``seller_code``: the refusal's code as the shop sent it (``conflict``: not in that state yet)."""
 
     http_status = 422
     code = "seller_refused"
+
+    def __init__(self, message: str, seller_code: str | None = None) -> None:
+        super().__init__(message)
+        self.seller_code = seller_code
 
 
 class DealAborted(CommerceError):

@@ -37,7 +37,7 @@ class ShopClient:
             try:
                 return self.http.post(path, body) if method == "POST" and body is not None else self.http.get(path)
             except ServiceError as e:
-                raise SellerRefused(f"the shop refused: {e.message or e.code or e.status}") from None
+                raise SellerRefused(f"the shop refused: {e.message or e.code or e.status}", e.code) from None
             except TlsError as e:
                 raise ServiceUnavailable(f"{e}; it is not the shop the CA vouches for") from None
             except AnswerLost as e:

@@ -40,10 +40,11 @@ STEPS = {name: [(interpreter.progress_key(s.block), s.title) for s in builtin.do
 
 def mail_order(b: Buyer, items: Sequence[tuple[str, int]], *, form: Mapping[str, Any] | None = None,
                attributes: DealAttributes | None = None, prefer: str | None = None,
-               workflow: str = "mail-order") -> DealResult:
-    """Mail-order retailing (also registration, whose delivery is the signed registration)."""
+               workflow: str = "mail-order", on_deal: Callable[[str], None] | None = None) -> DealResult:
+    """Mail-order retailing (also registration, whose delivery is the signed registration). ``on_deal``:
+    see :class:`~.services.interpreter.Request`."""
     return interpreter.run(b, builtin.document(workflow), Request(list(items), form or {}, prefer,
-                                                                  attributes or deal_attributes(workflow)))
+                                                                  attributes or deal_attributes(workflow), on_deal))
 
 
 def register(b: Buyer, sku: str, form: Mapping[str, Any], prefer: str | None = None) -> DealResult:

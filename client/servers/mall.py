@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..commerce import blocks
 from ..commerce import documents as docs
 from ..commerce.buyer import Buyer
 from ..commerce.catalogue import Catalogue, CatalogueItem
 from ..commerce.errors import CommerceError, DealConflict
 from ..support.db import Database, Transaction
-from ..support.migrations import Schema
+from ..support.migrations import Migration, Schema
 from ..tinguin.confirmation import digest as confirmation_digest
 from ..tinguin.confirmation import render as confirmation_text
 from ..tinguin.model import (
@@ -137,7 +139,10 @@ PARTS_SCHEMA = Schema.baseline("mall", [
     "CREATE TABLE IF NOT EXISTS mall_parts (deal_id TEXT NOT NULL, shop TEXT NOT NULL, shop_name TEXT NOT NULL, "
     "shop_url TEXT NOT NULL, shop_deal TEXT NOT NULL, amount INTEGER NOT NULL, offer {blob} NOT NULL, "
     "delivery {blob} NOT NULL, statement {blob} NOT NULL, settled_at TEXT NOT NULL, PRIMARY KEY (deal_id, shop))",
-], "the parts the mall settled with its shops: per buyer's deal and shop, the shop's deal, amount and documents")
+], "the parts the mall settled with its shops: per buyer's deal and shop, the shop's deal, amount and documents",
+    Migration(2, "the mall's purchases from its shops as they start (a restarted mall asks the shop before it buys "
+                 "again)", ("CREATE TABLE mall_part_attempts (deal_id TEXT NOT NULL, shop TEXT NOT NULL, "
+                        "shop_deal TEXT NOT NULL, started_at TEXT NOT NULL, PRIMARY KEY (deal_id, shop, shop_deal))",)))
 
 
 class PartStore:
@@ -159,6 +164,20 @@ class PartStore:
                         part.documents["offer"], part.documents["delivery"], part.statement,
                         dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
         self.db.run(run)
+
+    def begin(self, deal_id: str, shop: str, shop_deal: str) -> None:
+        """A purchase from ``shop`` for the buyer's deal has its shop deal (committed before anything is paid)."""
+        def run(tx: Transaction) -> None:
+            tx.execute("INSERT INTO mall_part_attempts (deal_id, shop, shop_deal, started_at) VALUES (?, ?, ?, ?)",
+                       (deal_id, shop, shop_deal, dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
+        self.db.run(run)
+
+    def attempts(self, deal_id: str, shop: str) -> list[str]:
+        """The shop deals of earlier purchases of this part (a mall that stopped mid-purchase), oldest first."""
+        with self.db.transaction(write=False) as tx:
+            rows = tx.all("SELECT shop_deal FROM mall_part_attempts WHERE deal_id = ? AND shop = ? "
+                          "ORDER BY started_at, shop_deal", (deal_id, shop))
+        return [str(r[0]) for r in rows]
 
     def of(self, deal_id: str) -> dict[str, Part]:
         """The deal's settled parts by shop key, each with the shop as it was when settled."""
@@ -203,6 +222,8 @@ class Mall(Shop):
         if sd.delivery is not None:
             return
         with self._settling[hash(sd.deal.deal_id) % LOCKS]:  # one settlement of a deal at a time
+            if self._commit(sd) is not sd:     # paid and confirmed, on disk before buying from the shops (a
+                return                         # mall that stops there knows it was paid); another process wrote it
             try:
                 self._settle(sd)
             except CommerceError:
@@ -221,21 +242,43 @@ class Mall(Shop):
         for key, part in by_shop.items():
             if key in done:
                 continue
-            r = workflows.mail_order(self.agents[key], part.lines, form=sd.form)
-            if not r.ok or r.payment is None:
-                sd.deal.decide("settlement", "refused", f"{part.shop.name}: {r.summary}")
-                raise CommerceError(f"the mall could not settle with {part.shop.name} ({r.summary}); it delivers "
-                                    "nothing it could not buy")
-            part.deal, part.amount, part.documents = r.deal_id, r.payment.terms.amount, r.documents
+            earlier = self._bought_before(sd, key, part)
+            if earlier is not None:
+                currency = earlier.offer.currency
+            else:
+                r = workflows.mail_order(self.agents[key], part.lines, form=sd.form,
+                                         on_deal=functools.partial(self.parts.begin, sd.deal.deal_id, key))
+                if not r.ok or r.payment is None:
+                    sd.deal.decide("settlement", "refused", f"{part.shop.name}: {r.summary}")
+                    raise CommerceError(f"the mall could not settle with {part.shop.name} ({r.summary}); it delivers "
+                                        "nothing it could not buy")
+                part.deal, part.amount, part.documents = r.deal_id, r.payment.terms.amount, r.documents
+                currency = r.payment.terms.currency
+            assert part.deal is not None
             body = {"type": "mall-part", "deal": sd.deal.deal_id, "order_sha256": sd.order_digest,
-                    "shop": part.shop.name, "shop_deal": r.deal_id, "items": [list(x) for x in part.lines],
-                    "amount": part.amount, "currency": r.payment.terms.currency,
-                    "shop_delivery_sha256": docs.sha256_hex(r.documents["delivery"])}
+                    "shop": part.shop.name, "shop_deal": part.deal, "items": [list(x) for x in part.lines],
+                    "amount": part.amount, "currency": currency,
+                    "shop_delivery_sha256": docs.sha256_hex(part.documents["delivery"])}
             part.statement = self._sign(body)
             self.parts.add(sd.deal.deal_id, part)     # before anything else can fail: this shop is paid
             sd.deal.keep_statement(part.statement, "mall-part")
             done[key] = part
         sd.deal.decide("settlement", "satisfied", f"settled with {len(done)} shop(s)")
+
+    def _bought_before(self, sd: Any, key: str, part: Part) -> blocks.Recovered | None:
+        """A purchase of this part that a mall which stopped mid-purchase started: when its shop holds it paid,
+        its verified documents go into ``part`` (the part is not bought again). CommerceError when a shop
+        cannot say (the settlement waits: the buyer asks again)."""
+        for shop_deal in reversed(self.parts.attempts(sd.deal.deal_id, key)):
+            found = blocks.recover_paid_order(self.agents[key], shop_deal)
+            if found is not None:
+                part.deal, part.amount = shop_deal, found.offer.total
+                part.documents = {"offer": found.offer_der, "confirmation": found.confirmation,
+                                  "delivery": found.delivery}
+                sd.deal.decide("settlement", "satisfied", f"{part.shop.name}: bought before a restart (its deal "
+                                                          f"{shop_deal})")
+                return found
+        return None
 
     def parts_of(self, deal_id: str) -> list[dict[str, Any]]:
         """What the buyer gets for each shop's part: the mall's statement and the shop's signed documents."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +38,15 @@ MAX_WAIT = 31 * 86400.0
 @dataclass(frozen=True)
 class Request:
     """What the business application asks of a service: items (unless the document fixes them), the
-    order form's values, a preferred payment module, anonymity."""
+    order form's values, a preferred payment module, anonymity. ``on_deal``: told the seller's deal id as soon
+    as its offer verifies, before anything is ordered or paid, so a caller that may stop mid-deal (the mall
+    buying from its shops) can find that deal again instead of buying twice."""
 
     items: Sequence[tuple[str, int]] = ()
     form: Mapping[str, Any] = field(default_factory=dict)
     prefer: str | None = None
     attributes: DealAttributes | None = None
+    on_deal: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -90,6 +93,8 @@ def _offer(s: _State) -> None:
     if allowed != offer.payment:                 # the TINGUIN offers only what the certificate permits
         offer = dataclasses.replace(offer, payment=allowed)
     s.offer, s.vs = offer, vs
+    if s.request.on_deal is not None:
+        s.request.on_deal(deal.deal_id)
 
 
 def _confirm(s: _State) -> None:
