@@ -170,29 +170,36 @@ def _fields(shape: type[Shape]) -> tuple[msgspec.structs.FieldInfo, ...]:
     return msgspec.structs.fields(shape)          # slow (it resolves the annotations): once per shape
 
 
+def _not_json(defaults: Mapping[str, str] | None, message: str) -> ShapeError:
+    return ShapeError((defaults or {}).get("json") or DEFAULT_CODES["json"], "", message, "json")
+
+
+def _refused(e: msgspec.ValidationError, data: Any, shape: type[Shape], what: str,
+             defaults: Mapping[str, str] | None) -> ShapeError:
+    """The refusal for ``e``; an unknown or missing top-level field of ``data`` is said first."""
+    error = refusal(e, shape, what, defaults)
+    if error.kind not in ("missing", "unknown") or error.field != _top(error.field):
+        _structure_first(data, shape, what, defaults)
+    return error
+
+
 def decode(raw: bytes, shape: type[S], what: str = "the body", defaults: Mapping[str, str] | None = None) -> S:
     """JSON bytes as ``shape``, strictly; a :class:`ShapeError` otherwise (``malformed_json`` when the
     bytes are not JSON: not UTF-8, a lone surrogate, NaN, trailing text, nesting too deep)."""
     try:
         return msgspec.json.decode(raw, type=shape, strict=True)
     except msgspec.ValidationError as e:
-        error = refusal(e, shape, what, defaults)
         try:
             data = msgspec.json.decode(raw)               # only on this path: a refusal costs a second read
         except msgspec.DecodeError as bad:                # not JSON further on: that comes first
-            code = (defaults or {}).get("json") or DEFAULT_CODES["json"]
-            raise ShapeError(code, "", f"{what} is not JSON this service reads: {bad}", "json") from None
+            raise _not_json(defaults, f"{what} is not JSON this service reads: {bad}") from None
         except RecursionError:
             data = None
-        if error.kind not in ("missing", "unknown") or error.field != _top(error.field):
-            _structure_first(data, shape, what, defaults)
-        raise error from None
+        raise _refused(e, data, shape, what, defaults) from None
     except msgspec.DecodeError as e:
-        code = (defaults or {}).get("json") or DEFAULT_CODES["json"]
-        raise ShapeError(code, "", f"{what} is not JSON this service reads: {e}", "json") from None
+        raise _not_json(defaults, f"{what} is not JSON this service reads: {e}") from None
     except RecursionError:
-        code = (defaults or {}).get("json") or DEFAULT_CODES["json"]
-        raise ShapeError(code, "", f"{what} nests lists or objects too deeply", "json") from None
+        raise _not_json(defaults, f"{what} nests lists or objects too deeply") from None
 
 
 def convert(value: Any, shape: type[S], what: str = "the message", defaults: Mapping[str, str] | None = None) -> S:
@@ -200,11 +207,6 @@ def convert(value: Any, shape: type[S], what: str = "the message", defaults: Map
     try:
         return msgspec.convert(value, shape, strict=True)
     except msgspec.ValidationError as e:
-        error = refusal(e, shape, what, defaults)
-        if error.kind not in ("missing", "unknown") or error.field != _top(error.field):
-            _structure_first(value, shape, what, defaults)
-        raise error from None
+        raise _refused(e, value, shape, what, defaults) from None
     except RecursionError:
-        code = (defaults or {}).get("json") or DEFAULT_CODES["json"]
-        raise ShapeError(code, "", f"{what} nests lists or objects too deeply", "json") from None
-
+        raise _not_json(defaults, f"{what} nests lists or objects too deeply") from None
