@@ -104,7 +104,9 @@ class Shop:
         """This process's counters, and the deals open in the database (all processes)."""
         with self._counter_lock:
             counters = dict(self.counters)
-        return {**counters, "deals": self.store.open_count(), "pid": os.getpid()}
+        db = dict(self.db.counts)           # this process's transactions and statements (before the count's own)
+        return {**counters, "deals": self.store.open_count(), "pid": os.getpid(), "db": db}
+
     def batch(self) -> AbstractContextManager[None]:
         """The archive entries made inside are written together, before the block ends
         (``SharedArchive.batch``): one handler's entries, one transaction."""

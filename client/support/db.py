@@ -152,6 +152,7 @@ class Transaction:
         self._conn = conn
         self.backend = backend
         self._failed: str | None = None
+        self.statements = 0              # run in it (its BEGIN and COMMIT not counted): Database.counts
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         if self._failed is not None:
@@ -160,6 +161,7 @@ class Transaction:
             raise DatabaseError(f"a statement of this transaction failed ({self._failed}); it can only be rolled back")
         if self.backend == "postgresql":
             sql = pyformat(sql)
+        self.statements += 1
         cur = self._conn.cursor()
         try:
             cur.execute(sql, tuple(params))
@@ -207,6 +209,9 @@ class Database:
         self.dsn = Dsn.parse(dsn)
         self.pool_size = pool_size
         self.retries = 0                         # serialization failures retried (read by tests and benches)
+        # transactions begun in this process (read-only, writing) and the statements run in them: what a
+        # request costs the database, for the benches (the shop's /stats); counted, never limited
+        self.counts = {"read": 0, "write": 0, "statements": 0}
         self._lock = threading.Lock()
         self._reset()
         if self.dsn.backend == "sqlite":
@@ -299,12 +304,18 @@ class Database:
         :class:`BusyError`; write paths use :meth:`run`, which retries.
         """
         self._check_process()
-        if self.dsn.backend == "sqlite":
-            with self._sqlite_transaction(write or exclusive) as tx:
-                yield tx
-        else:
-            with self._postgres() as conn, self._postgres_transaction(conn, write, exclusive) as tx:
-                yield tx
+        tx = None
+        try:
+            if self.dsn.backend == "sqlite":
+                with self._sqlite_transaction(write or exclusive) as tx:
+                    yield tx
+            else:
+                with self._postgres() as conn, self._postgres_transaction(conn, write, exclusive) as tx:
+                    yield tx
+        finally:
+            with self._lock:
+                self.counts["write" if write or exclusive else "read"] += 1
+                self.counts["statements"] += tx.statements if tx is not None else 0
 
     @contextmanager
     def _sqlite_transaction(self, write: bool) -> Iterator[Transaction]:
