@@ -121,7 +121,7 @@ class Shop:
         """A fresh deal and the signed offer for exactly these items, answering the buyer's ``nonce``."""
         if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64:
             raise CommerceError("the request needs a fresh nonce of 16 to 64 characters")
-        if self.store.open_count() >= MAX_OPEN_DEALS:
+        if not self.store.below(MAX_OPEN_DEALS):
             self.store.evict()
             if self.store.open_count() >= MAX_OPEN_DEALS:
                 raise ServiceUnavailable("the shop has too many open deals; try again later")
@@ -164,24 +164,37 @@ class Shop:
         self._count("offers")
         return deal_id, der
 
-    def find(self, deal_id: Any) -> ShopDeal | None:
-        """The deal as committed, or None (no such deal, or not a deal id)."""
+    def find(self, deal_id: Any, *, fresh: bool = True) -> ShopDeal | None:
+        """The deal as committed, or None (no such deal, or not a deal id). ``fresh``: as the database
+        has it now, else possibly as this process last saw it (see ``_deal``)."""
         try:
-            return self.store.get(check_deal_id(deal_id))
+            return self.store.get(check_deal_id(deal_id), fresh=fresh)
         except CommerceError:
             return None
 
-    def _deal(self, deal_id: Any) -> ShopDeal:
-        sd = self.store.get(check_deal_id(deal_id))
+    def _deal(self, deal_id: Any, *, fresh: bool = False) -> ShopDeal:
+        """The deal as committed: by default as this process last committed or read it (``DealStore``),
+        which another worker may have moved on since. Every write is conditional on the version, so
+        acting on it is safe; a step that would *refuse* on the deal's state asks again with ``fresh``
+        before it refuses (:meth:`_unless`)."""
+        sd = self.store.get(check_deal_id(deal_id), fresh=fresh)
+        if sd is None and not fresh:
+            sd = self.store.get(check_deal_id(deal_id), fresh=True)
         if sd is None:
             raise NoSuchDeal("no such deal here (it expired, or this shop never offered it)")
         return sd
+
+    def _unless(self, sd: ShopDeal, refuse: Callable[[ShopDeal], bool]) -> ShopDeal:
+        """``sd``, or, when ``refuse(sd)`` says its state does not allow the step, the deal as the
+        database has it now (the caller checks that again and refuses on it): a refusal is never given on
+        a state another worker has moved on from."""
+        return self._deal(sd.deal.deal_id, fresh=True) if refuse(sd) else sd
 
     def _commit(self, sd: ShopDeal, **kw: Any) -> ShopDeal:
         """Write ``sd`` back; if another process wrote the deal first, the deal as it wrote it."""
         if self.store.save(sd, **kw):
             return sd
-        return self._deal(sd.deal.deal_id)
+        return self._deal(sd.deal.deal_id, fresh=True)
 
     # ---- orders -------------------------------------------------------------------------------------
     def order(self, deal_id: str, order_bytes: bytes) -> dict[str, Any]:
@@ -267,7 +280,9 @@ class Shop:
     def admit(self, deal_id: str, envelope: Any) -> bool:
         """Room at the payment's device for this payer's message (raises the module's PaymentError when
         there is none now); False when the message is not for this deal's payment (pay() refuses it)."""
-        sd = self.find(deal_id)
+        sd = self.find(deal_id, fresh=False)
+        if sd is not None and sd.terms is None:
+            sd = self.find(deal_id)
         if sd is None or sd.terms is None or not isinstance(envelope, dict) \
                 or envelope.get("payment_id") != sd.terms.payment_id:
             return False
@@ -279,7 +294,7 @@ class Shop:
         return reply
 
     def _pay(self, deal_id: str, envelope: dict[str, Any]) -> tuple[dict[str, Any] | None, ShopDeal]:
-        sd = self._deal(deal_id)
+        sd = self._unless(self._deal(deal_id), lambda d: d.terms is None)
         if sd.terms is None:
             raise DealConflict("this deal has no payment to make (order first)")
         if not isinstance(envelope, dict) or envelope.get("payment_id") != sd.terms.payment_id:
@@ -331,7 +346,7 @@ class Shop:
             sd.deal.keep_statement(sd.confirmation, body["type"])
 
     def confirm(self, deal_id: str) -> bytes:
-        sd = self._deal(deal_id)
+        sd = self._unless(self._deal(deal_id), lambda d: not d.paid or d.order_digest is None)
         if not sd.paid or sd.order_digest is None:
             raise DealConflict("the order is not paid yet: nothing to confirm")
         if sd.confirmation is None:
@@ -367,7 +382,7 @@ class Shop:
 
     def deliver(self, deal_id: str) -> tuple[bytes | None, bytes | None]:
         """(signed delivery note or registration, information content or None); (None, None): not shipped."""
-        sd = self._deal(deal_id)
+        sd = self._unless(self._deal(deal_id), lambda d: not d.paid or d.order_digest is None)
         if not sd.paid or sd.order_digest is None:
             raise DealConflict("the order is not paid yet: nothing is delivered")
         if sd.delivery is None:
@@ -389,7 +404,7 @@ class Shop:
     # ---- fair exchanges (information, contract) ---------------------------------------------------------
     def exchange_plan(self, deal_id: str) -> tuple[OfferTree, Description, ShopDeal]:
         """What this shop gives and wants in the deal's fair exchange (it originates)."""
-        sd = self._deal(deal_id)
+        sd = self._unless(self._deal(deal_id), lambda d: d.order is None or d.order_digest is None)
         if sd.order is None or sd.order_digest is None:
             raise DealConflict("order first")
         item, _qty = sd.lines[0]
