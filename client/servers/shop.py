@@ -43,9 +43,9 @@ from ..commerce.forms import form_for
 from ..exchange.identity import Identity
 from ..payment.errors import PaymentError
 from ..payment.manager import PaymentManager
-from ..payment.model import Status, Terms
+from ..payment.model import Record, Status, Terms
 from ..support.cms import EvidenceError
-from ..support.db import Database
+from ..support.db import Database, Transaction
 from ..support.trust import TrustStore
 from ..support.verify import verify_statement
 from ..transfer.information import InformationOffer
@@ -249,7 +249,7 @@ class Shop:
             amount = self.payment_amount(sd)
             sd.terms = Terms(secrets.token_hex(16), amount, int(sd.offer["currency"]), self.account, sd.order_digest,
                              self.name)
-            terms, route = sd.terms, ({"card-purse": {"psam": sd.psam}} if sd.psam else {})
+            terms, route = sd.terms, self._routes(sd)
             expect_in = getattr(self.payments.sessions, "expect_in", None)
             if expect_in is not None:            # the payment expected in the same transaction as the order
                 also = lambda tx: expect_in(tx, terms, route)
@@ -277,59 +277,108 @@ class Shop:
         return int(sd.offer["total"])
 
     # ---- payment ------------------------------------------------------------------------------------
+    # The deal, once paid, is committed in the payment's last step's own transaction, with its
+    # confirmation and delivery note (docs/performance.md). A subclass whose delivery does more than
+    # sign (the mall buys from other shops) leaves this off: its deal is committed after the step.
+    settles_in_payment_step = True
+
+    @staticmethod
+    def _routes(sd: ShopDeal) -> dict[str, Any]:
+        """What the payment's module is told of this shop's choice of device (the offer's PSAM)."""
+        return {"card-purse": {"psam": sd.psam}} if sd.psam else {}
+
     def admit(self, deal_id: str, envelope: Any) -> bool:
         """Room at the payment's device for this payer's message (raises the module's PaymentError when
-        there is none now); False when the message is not for this deal's payment (pay() refuses it)."""
+        there is none now); False when the message is not for this deal's payment (pay refuses it)."""
         sd = self.find(deal_id, fresh=False)
         if sd is not None and sd.terms is None:
             sd = self.find(deal_id)
         if sd is None or sd.terms is None or not isinstance(envelope, dict) \
                 or envelope.get("payment_id") != sd.terms.payment_id:
             return False
-        self.payments.admit(envelope)
+        self.payments.admit(envelope, self._routes(sd))
         return True
 
-    def pay(self, deal_id: str, envelope: dict[str, Any]) -> dict[str, Any] | None:
-        reply, _sd = self._pay(deal_id, envelope)
-        return reply
-
-    def _pay(self, deal_id: str, envelope: dict[str, Any]) -> tuple[dict[str, Any] | None, ShopDeal]:
+    def _pay(self, deal_id: str, envelope: dict[str, Any]) -> tuple[dict[str, Any] | None, ShopDeal, bool]:
+        """The payment step; the reply, the deal, and whether the deal as returned is committed (it was
+        paid, confirmed and delivered in the step's own transaction)."""
         sd = self._unless(self._deal(deal_id), lambda d: d.terms is None)
         if sd.terms is None:
             raise DealConflict("this deal has no payment to make (order first)")
         if not isinstance(envelope, dict) or envelope.get("payment_id") != sd.terms.payment_id:
             raise CommerceError("the payment message is for another payment than this deal's")
+        box: dict[str, Any] = {}
+
+        def settle(record: Record) -> Callable[[Transaction], None] | None:
+            """In the payment manager, after the module's step and before it is saved: the deal paid,
+            confirmed and delivered, written in the step's transaction. A failure here leaves the
+            step to be saved alone; it is raised once the step is committed."""
+            try:
+                if not self._completed(sd, record):
+                    return None
+            except Exception as e:
+                box["error"] = e
+                return None
+
+            def write(tx: Transaction) -> None:
+                box["written"] = self.store.save_in(tx, sd)
+            return write
         try:
-            self.payments.admit(envelope)             # room at the device (the HTTP handler waited for it)
-            reply = self.payments.handle(envelope)
+            self.payments.admit(envelope, self._routes(sd))    # room at the device (the HTTP handler waited for it)
+            handled = self.payments.handle_step(
+                envelope, settle=None if sd.paid or not self.settles_in_payment_step else settle)
         except PaymentError as e:
             sd.deal.decide("payment", "refused", str(e))
             self._commit(sd)
             raise PaymentNotAccepted(f"the payment was refused: {e}") from None
+        if "error" in box:
+            raise box["error"]
+        if handled.settled:
+            if self.store.saved(sd, bool(box.get("written"))):
+                return handled.reply, sd, True
+            sd = self._deal(deal_id, fresh=True)        # another process wrote the deal meanwhile: go on from its
         if not sd.paid:
-            record = self.payments.record(sd.terms.payment_id, "payee")
-            if record.status in PAID:
-                sd.paid = True
-                sd.payment = {"module": record.module, "payment_id": record.payment_id,
-                              "amount": record.terms.amount, "currency": record.terms.currency,
-                              "status": record.status.value}
-                sd.deal.keep("payment", record.as_json().encode())
-                sd.deal.decide("payment", "satisfied", f"{record.module}: {record.status.value}")
-                self._count("payments")
-        return reply, sd
+            assert sd.terms is not None
+            record = handled.record or self.payments.record(sd.terms.payment_id, "payee")
+            self._paid(sd, record)
+        return handled.reply, sd, False
 
-    def pay_and_deliver(self, deal_id: str, envelope: dict[str, Any]) -> dict[str, Any]:
-        """One payment message, and when it completed the payment: the signed confirmation and, for mail
-        order and registration, the delivery note, all committed in one transaction before the answer.
-        The answer: ``envelope`` (the payee's), and ``confirmation`` / ``delivery`` / ``content`` (bytes)."""
-        reply, sd = self._pay(deal_id, envelope)
-        out: dict[str, Any] = {"envelope": reply}
-        if not sd.paid:
-            return out
+    def _paid(self, sd: ShopDeal, record: Record) -> bool:
+        """Mark the deal paid if the payee's record says so (True: it was not before)."""
+        if sd.paid or record.status not in PAID:
+            return False
+        sd.paid = True
+        sd.payment = {"module": record.module, "payment_id": record.payment_id, "amount": record.terms.amount,
+                      "currency": record.terms.currency, "status": record.status.value}
+        sd.deal.keep("payment", record.as_json().encode())
+        sd.deal.decide("payment", "satisfied", f"{record.module}: {record.status.value}")
+        self._count("payments")
+        return True
+
+    def _completed(self, sd: ShopDeal, record: Record) -> bool:
+        """The deal paid, and its confirmation and (mail order, registration) delivery note made, if the
+        record says the payment completed (True: the deal changed)."""
+        if not self._paid(sd, record):
+            return False
         self._confirmation(sd)
         if sd.deal.workflow in ("mail-order", "registration"):
             self.make_delivery(sd)
-        sd = self._commit(sd)
+        return True
+
+    def pay_and_deliver(self, deal_id: str, envelope: dict[str, Any]) -> dict[str, Any]:
+        """One payment message, and when it completed the payment: the signed confirmation and, for mail
+        order and registration, the delivery note, all committed (in the payment step's own transaction,
+        or right after it) before the answer.
+        The answer: ``envelope`` (the payee's), and ``confirmation`` / ``delivery`` / ``content`` (bytes)."""
+        reply, sd, committed = self._pay(deal_id, envelope)
+        out: dict[str, Any] = {"envelope": reply}
+        if not sd.paid:
+            return out
+        if not committed:
+            self._confirmation(sd)
+            if sd.deal.workflow in ("mail-order", "registration"):
+                self.make_delivery(sd)
+            sd = self._commit(sd)
         out["confirmation"] = sd.confirmation
         if sd.deal.workflow in ("mail-order", "registration"):
             note, content = self._shipped(sd)
