@@ -152,28 +152,28 @@ class DatabaseSessions:
     def expect_in(tx: Transaction, terms: Terms, route: dict[str, Any]) -> None:
         """:meth:`expect` inside the caller's transaction (the shop commits its order and the payment's
         terms together)."""
-        row = tx.one("SELECT terms FROM payee_sessions WHERE payment_id = ?", (terms.payment_id,))
-        if row is not None:
-            if Terms.from_dict(json.loads(row[0])) != terms:
-                raise _conflict(terms.payment_id)
+        cur = tx.execute("INSERT INTO payee_sessions (payment_id, terms, route) VALUES (?, ?, ?) "
+                         "ON CONFLICT (payment_id) DO NOTHING",
+                         (terms.payment_id, json.dumps(terms.as_dict(), sort_keys=True),
+                          json.dumps(route, sort_keys=True)))
+        if cur.rowcount == 1:
             return
-        tx.execute("INSERT INTO payee_sessions (payment_id, terms, route) VALUES (?, ?, ?)",
-                   (terms.payment_id, json.dumps(terms.as_dict(), sort_keys=True), json.dumps(route, sort_keys=True)))
+        row = tx.one("SELECT terms FROM payee_sessions WHERE payment_id = ?", (terms.payment_id,))
+        if row is None or Terms.from_dict(json.loads(row[0])) != terms:       # expected before: the same terms?
+            raise _conflict(terms.payment_id)
 
     _SESSION = "terms, route, module, flow, last_in, last_out, done, rounds, version"
 
     def get(self, payment_id: str) -> PayeeState | None:
-        with self.db.transaction(write=False) as tx:
-            row = tx.one(f"SELECT {self._SESSION} FROM payee_sessions WHERE payment_id = ?", (payment_id,))
+        row = self.db.read_one(f"SELECT {self._SESSION} FROM payee_sessions WHERE payment_id = ?", (payment_id,))
         return None if row is None else self._state(row)
 
     def get_with_record(self, payment_id: str, role: str) -> tuple[PayeeState | None, Record | None]:
         """One statement in one read transaction: a payment step reads what it needs once
         (docs/performance.md)."""
-        with self.db.transaction(write=False) as tx:
-            row = tx.one(f"SELECT {', '.join('s.' + c for c in self._SESSION.split(', '))}, r.body "
-                         "FROM payee_sessions s LEFT JOIN payment_records r ON r.payment_id = s.payment_id "
-                         "AND r.role = ? WHERE s.payment_id = ?", (role, payment_id))
+        row = self.db.read_one(f"SELECT {', '.join('s.' + c for c in self._SESSION.split(', '))}, r.body "
+                               "FROM payee_sessions s LEFT JOIN payment_records r ON r.payment_id = s.payment_id "
+                               "AND r.role = ? WHERE s.payment_id = ?", (role, payment_id))
         if row is None:
             return None, None
         return self._state(row[:-1]), None if row[-1] is None else Record.from_json(row[-1])

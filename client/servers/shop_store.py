@@ -206,8 +206,7 @@ class DealStore:
                 known = self._cache.get(deal_id)
             if known is not None:
                 return self._copy(known)
-        with self.db.transaction(write=False) as tx:
-            row = tx.one(f"SELECT {self._COLUMNS} FROM shop_deals WHERE deal_id = ?", (deal_id,))
+        row = self.db.read_one(f"SELECT {self._COLUMNS} FROM shop_deals WHERE deal_id = ?", (deal_id,))
         if row is None:
             self._forget(deal_id)
             return None

@@ -361,6 +361,34 @@ class Database:
             _quietly_rollback(conn)
             raise _translate(e, "postgresql") from None
 
+    def read_one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        """The first row of one query (by a key: it reads every row), as a read transaction of its own
+        with nothing around it: a single statement sees one consistent snapshot on both back ends
+        (SQLite's reader outside ``BEGIN``, PostgreSQL's autocommit), so this is :meth:`transaction`
+        (``write=False``) with one ``one``, in one round trip to PostgreSQL instead of three (``BEGIN``,
+        the query, ``COMMIT``). Only a ``SELECT`` is taken: PostgreSQL's autocommit would run anything."""
+        if not sql.lstrip()[:6].upper() == "SELECT":
+            raise DatabaseError("read_one runs one SELECT; anything else goes in a transaction")
+        self._check_process()
+        if self.dsn.backend == "postgresql":
+            sql = pyformat(sql)
+        try:
+            # every row fetched: the statement is finished, so no snapshot stays open behind it
+            if self.dsn.backend == "sqlite":
+                rows = self._sqlite(False).execute(sql, tuple(params)).fetchall()
+            else:
+                with self._postgres() as conn:
+                    rows = conn.execute(sql, tuple(params)).fetchall()
+        except (BusyError, DatabaseError):
+            raise
+        except Exception as e:
+            raise _translate(e, self.dsn.backend) from None
+        finally:
+            with self._lock:
+                self.counts["read"] += 1
+                self.counts["statements"] += 1
+        return tuple(rows[0]) if rows else None
+
     def run(self, fn: Callable[[Transaction], T], *, write: bool = True) -> T:
         """``fn(tx)`` in one transaction, run again when PostgreSQL refused it as a conflict.
 
