@@ -81,6 +81,10 @@ class Shop:
         self.counters = {"offers": 0, "orders": 0, "payments": 0, "deliveries": 0, "signatures": 0}
         self._counter_lock = threading.Lock()
         self._acceptances: list[Any] | None = None
+        # called at named instants of a step, (instant, deal id): ``settling`` is inside the payment step's
+        # transaction, the deal written and nothing committed yet. Tests end the process there
+        # (chaos/crashing_shop.py); nothing else sets it.
+        self.on_step: Callable[[str, str], None] | None = None
 
     def _count(self, what: str) -> None:
         with self._counter_lock:
@@ -322,6 +326,8 @@ class Shop:
 
             def write(tx: Transaction) -> None:
                 box["written"] = self.store.save_in(tx, sd)
+                if self.on_step is not None:
+                    self.on_step("settling", deal_id)
             return write
         try:
             self.payments.admit(envelope, self._routes(sd))    # room at the device (the HTTP handler waited for it)

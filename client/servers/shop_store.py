@@ -16,7 +16,6 @@ default, or PostgreSQL), as for the bank, the CA and the third party (docs/servi
 """
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import json
 import threading
@@ -105,9 +104,12 @@ class DealStore:
     def _copy(sd: ShopDeal) -> ShopDeal:
         """A copy the caller may change (its decisions grow in place; every other field is replaced, not
         changed, by the shop's steps)."""
-        out = copy.copy(sd)
-        out.deal = copy.copy(sd.deal)
-        out.deal.decisions = list(sd.deal.decisions)
+        deal = object.__new__(Deal)              # copies of checked objects: no __init__ to run again
+        deal.__dict__.update(sd.deal.__dict__)
+        deal.decisions = list(sd.deal.decisions)
+        out = object.__new__(ShopDeal)
+        out.__dict__.update(sd.__dict__)
+        out.deal = deal
         return out
 
     def _remember(self, sd: ShopDeal) -> None:
