@@ -88,21 +88,17 @@ async def _call(fn: Any, *args: Any) -> Any:
     return await blocking(fn, *args)
 
 
-class _NoRoom(Exception):
-    """The payment's device has no room for this payer's message now (the handler waits, then asks again)."""
-
-
-def _settle(shop: Shop, deal: str, envelope: dict[str, Any]) -> dict[str, Any]:
+def _settle(shop: Shop, deal: str, envelope: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     """Room at the payment's device, the payment step and, once it completes the payment, the
     confirmation and the delivery note, in one trip to the worker pool, their archive entries written
-    in one transaction before the answer goes (docs/performance.md). No room: :class:`_NoRoom`, before
+    in one transaction before the answer goes (docs/performance.md). No room: (None, why), before
     anything was asked of the device."""
     try:
         shop.admit(deal, envelope)
     except PaymentError as e:
-        raise _NoRoom(str(e)) from None
+        return None, str(e)
     with shop.batch():
-        return shop.pay_and_deliver(deal, envelope)
+        return shop.pay_and_deliver(deal, envelope), ""
 
 
 def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_secret: str | None = None,
@@ -183,12 +179,12 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
         an ordered deal gets room: anything else goes on to Shop.pay_and_deliver, which refuses it."""
         deadline = asyncio.get_running_loop().time() + ADMIT_WAIT
         while True:
-            try:
-                done: dict[str, Any] = await _call(_settle, shop, deal_id, envelope)
+            settled: tuple[dict[str, Any] | None, str] = await _call(_settle, shop, deal_id, envelope)
+            done, busy = settled
+            if done is not None:
                 return done
-            except _NoRoom as e:
-                if asyncio.get_running_loop().time() >= deadline:
-                    raise ApiError(503, "busy", str(e)) from None
+            if asyncio.get_running_loop().time() >= deadline:
+                raise ApiError(503, "busy", busy)
             await asyncio.sleep(0.005)
 
     @routes.post("/deals/confirm")
