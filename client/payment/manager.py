@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ..support.db import from_json, to_json
 from ..support.shapes import Shape
 from .errors import ModuleNotFound, NegotiationError, PaymentError, ProtocolError
 from .model import Acceptance, Choice, ExchangeProperties, Instrument, Record, Status, Terms
@@ -231,7 +232,7 @@ class PaymentManager:
 
     @staticmethod
     def _envelope(pid: str, name: str, out: str | None) -> dict[str, Any] | None:
-        reply = None if out is None else json.loads(out)
+        reply = None if out is None else from_json(out)
         return None if reply is None else {"payment_id": pid, "module": name, "body": reply}
 
     def _step(self, st: PayeeState, known: Record | None, name: str, body: dict[str, Any], key: str,
@@ -274,7 +275,7 @@ class PaymentManager:
         if step.evidence:
             record.evidence.update(step.evidence)
         st.flow = snapshot() if snapshot is not None else None
-        st.last_in, st.last_out, st.done = key, json.dumps(step.message, sort_keys=True), step.done
+        st.last_in, st.last_out, st.done = key, to_json(step.message), step.done
         also = settle(record) if settle is not None else None
         saved = self.sessions.save(st, record, also=also) if also is not None else self.sessions.save(st, record)
         return step.message, saved, record, saved and also is not None

@@ -20,13 +20,12 @@ pass the local limit check and a settlement ask the bank again).
 from __future__ import annotations
 
 import copy
-import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..support.db import Database, Transaction
+from ..support.db import Database, Transaction, from_json, to_json
 from ..support.migrations import Migration, Schema
 from .errors import PaymentError
 from .model import Record, Terms
@@ -154,12 +153,12 @@ class DatabaseSessions:
         terms together)."""
         cur = tx.execute("INSERT INTO payee_sessions (payment_id, terms, route) VALUES (?, ?, ?) "
                          "ON CONFLICT (payment_id) DO NOTHING",
-                         (terms.payment_id, json.dumps(terms.as_dict(), sort_keys=True),
-                          json.dumps(route, sort_keys=True)))
+                         (terms.payment_id, to_json(terms.as_dict()),
+                          to_json(route)))
         if cur.rowcount == 1:
             return
         row = tx.one("SELECT terms FROM payee_sessions WHERE payment_id = ?", (terms.payment_id,))
-        if row is None or Terms.from_dict(json.loads(row[0])) != terms:       # expected before: the same terms?
+        if row is None or Terms.from_dict(from_json(row[0])) != terms:       # expected before: the same terms?
             raise _conflict(terms.payment_id)
 
     _SESSION = "terms, route, module, flow, last_in, last_out, done, rounds, version"
@@ -181,8 +180,8 @@ class DatabaseSessions:
     @staticmethod
     def _state(row: tuple[Any, ...]) -> PayeeState:
         terms, route, module, flow, last_in, last_out, done, rounds, version = row
-        return PayeeState(Terms.from_dict(json.loads(terms)), json.loads(route), module,
-                          None if flow is None else json.loads(flow), last_in, last_out, bool(done), int(rounds),
+        return PayeeState(Terms.from_dict(from_json(terms)), from_json(route), module,
+                          None if flow is None else from_json(flow), last_in, last_out, bool(done), int(rounds),
                           int(version))
 
     def save(self, state: PayeeState, record: Record | None, *,
@@ -190,7 +189,7 @@ class DatabaseSessions:
         def update(tx: Transaction) -> bool:
             cur = tx.execute("UPDATE payee_sessions SET module = ?, flow = ?, last_in = ?, last_out = ?, done = ?, "
                              "rounds = ?, version = version + 1 WHERE payment_id = ? AND version = ?",
-                             (state.module, None if state.flow is None else json.dumps(state.flow, sort_keys=True),
+                             (state.module, None if state.flow is None else to_json(state.flow),
                               state.last_in, state.last_out, int(state.done), state.rounds,
                               state.payment_id, state.version))
             if cur.rowcount != 1:

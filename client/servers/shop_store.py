@@ -17,7 +17,6 @@ default, or PostgreSQL), as for the bank, the CA and the third party (docs/servi
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -28,7 +27,7 @@ from typing import Any
 from ..commerce.catalogue import Catalogue, CatalogueItem
 from ..commerce.deal import Deal, DealAttributes, Decision
 from ..payment.model import Terms
-from ..support.db import Database, Transaction
+from ..support.db import Database, Transaction, from_json, to_json
 from ..support.migrations import Schema
 
 SCHEMA = Schema.baseline("shop", [
@@ -133,17 +132,17 @@ class DealStore:
             return {k: self._value(sd, k) for k in only}
         d = sd.deal
         return {
-            "workflow": d.workflow, "attributes": json.dumps(d.attributes.as_dict(), sort_keys=True),
+            "workflow": d.workflow, "attributes": to_json(d.attributes.as_dict()),
             "valid_until": str(sd.offer["valid_until"]), "offer": sd.offer_der,
-            "offer_body": json.dumps(sd.offer, sort_keys=True), "offer_digest": sd.offer_digest,
-            "lines": json.dumps([[i.sku, q] for i, q in sd.lines]), "psam": sd.psam, "order_bytes": sd.order_bytes,
-            "order_body": None if sd.order is None else json.dumps(sd.order, sort_keys=True),
-            "order_digest": sd.order_digest, "form": json.dumps(sd.form, sort_keys=True),
-            "terms": None if sd.terms is None else json.dumps(sd.terms.as_dict(), sort_keys=True),
-            "paid": int(sd.paid), "payment": json.dumps(sd.payment, sort_keys=True),
+            "offer_body": to_json(sd.offer), "offer_digest": sd.offer_digest,
+            "lines": to_json([[i.sku, q] for i, q in sd.lines]), "psam": sd.psam, "order_bytes": sd.order_bytes,
+            "order_body": None if sd.order is None else to_json(sd.order),
+            "order_digest": sd.order_digest, "form": to_json(sd.form),
+            "terms": None if sd.terms is None else to_json(sd.terms.as_dict()),
+            "paid": int(sd.paid), "payment": to_json(sd.payment),
             "confirmation": sd.confirmation, "delivery": sd.delivery,
-            "exchange": None if sd.exchange is None else json.dumps(sd.exchange, sort_keys=True),
-            "decisions": json.dumps([[x.step, x.verdict, x.reason] for x in d.decisions]),
+            "exchange": None if sd.exchange is None else to_json(sd.exchange),
+            "decisions": to_json([[x.step, x.verdict, x.reason] for x in d.decisions]),
             "archived": d._archived, "finished": int(sd.finished), "updated_at": _now()}
 
     def _value(self, sd: ShopDeal, column: str) -> Any:
@@ -153,25 +152,25 @@ class DealStore:
             case "order_bytes":
                 return sd.order_bytes
             case "order_body":
-                return None if sd.order is None else json.dumps(sd.order, sort_keys=True)
+                return None if sd.order is None else to_json(sd.order)
             case "order_digest":
                 return sd.order_digest
             case "form":
-                return json.dumps(sd.form, sort_keys=True)
+                return to_json(sd.form)
             case "terms":
-                return None if sd.terms is None else json.dumps(sd.terms.as_dict(), sort_keys=True)
+                return None if sd.terms is None else to_json(sd.terms.as_dict())
             case "paid":
                 return int(sd.paid)
             case "payment":
-                return json.dumps(sd.payment, sort_keys=True)
+                return to_json(sd.payment)
             case "confirmation":
                 return sd.confirmation
             case "delivery":
                 return sd.delivery
             case "exchange":
-                return None if sd.exchange is None else json.dumps(sd.exchange, sort_keys=True)
+                return None if sd.exchange is None else to_json(sd.exchange)
             case "decisions":
-                return json.dumps([[x.step, x.verdict, x.reason] for x in d.decisions])
+                return to_json([[x.step, x.verdict, x.reason] for x in d.decisions])
             case "archived":
                 return d._archived
             case "finished":
@@ -188,16 +187,16 @@ class DealStore:
         (deal_id, workflow, attributes, offer, offer_body, offer_digest, lines, psam, order_bytes, order_body,
          order_digest, form, terms, paid, payment, confirmation, delivery, exchange, decisions, archived,
          version) = row
-        deal = Deal(deal_id, workflow, DealAttributes.from_dict(json.loads(attributes)), self.archive,
-                    [Decision(*x) for x in json.loads(decisions)], int(archived))
-        return ShopDeal(deal, json.loads(offer_body), bytes(offer), offer_digest,
-                        [(self.catalogue.get(sku), int(q)) for sku, q in json.loads(lines)], psam,
-                        None if order_body is None else json.loads(order_body),
-                        None if order_bytes is None else bytes(order_bytes), order_digest, json.loads(form),
-                        None if terms is None else Terms.from_dict(json.loads(terms)), bool(paid), json.loads(payment),
+        deal = Deal(deal_id, workflow, DealAttributes.from_dict(from_json(attributes)), self.archive,
+                    [Decision(*x) for x in from_json(decisions)], int(archived))
+        return ShopDeal(deal, from_json(offer_body), bytes(offer), offer_digest,
+                        [(self.catalogue.get(sku), int(q)) for sku, q in from_json(lines)], psam,
+                        None if order_body is None else from_json(order_body),
+                        None if order_bytes is None else bytes(order_bytes), order_digest, from_json(form),
+                        None if terms is None else Terms.from_dict(from_json(terms)), bool(paid), from_json(payment),
                         None if confirmation is None else bytes(confirmation),
                         None if delivery is None else bytes(delivery),
-                        None if exchange is None else json.loads(exchange), int(version))
+                        None if exchange is None else from_json(exchange), int(version))
 
     # ---- reading ----------------------------------------------------------------------------------
     def get(self, deal_id: str, *, fresh: bool = False) -> ShopDeal | None:
@@ -306,7 +305,7 @@ class DealStore:
         """Mark the deal's fair exchange started (by ``exchange["owner"]``), unless it was started before."""
         def run(tx: Transaction) -> bool:
             cur = tx.execute("UPDATE shop_deals SET exchange = ?, version = version + 1, updated_at = ? "
-                             "WHERE deal_id = ? AND exchange IS NULL", (json.dumps(exchange, sort_keys=True), _now(),
+                             "WHERE deal_id = ? AND exchange IS NULL", (to_json(exchange), _now(),
                                                                         deal_id))
             return cur.rowcount == 1
         try:

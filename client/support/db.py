@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
 import sqlparse
 
 from semper.hardware.errors import SemperError
@@ -132,6 +133,21 @@ class Dsn:
         netloc = parts.netloc.rsplit("@", 1)
         userinfo = netloc[0].split(":", 1)[0]
         return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+_JSON_COLUMN = msgspec.json.Encoder(order="sorted")
+
+
+def to_json(value: Any) -> str:
+    """A value for a JSON text column: keys sorted, UTF-8 as it is. Written by msgspec, a tenth of the time
+    of ``json.dumps`` (a shop step writes several such columns); read back with :func:`from_json` or any
+    JSON reader. Not for bytes that are signed or compared (those are ``support.canonical``'s)."""
+    return _JSON_COLUMN.encode(value).decode()
+
+
+def from_json(text: str | bytes) -> Any:
+    """A JSON text column's value (as ``json.loads`` would read it, faster)."""
+    return msgspec.json.decode(text)
 
 
 @functools.lru_cache(maxsize=1024)
