@@ -181,9 +181,7 @@ class Shop:
         which another worker may have moved on since. Every write is conditional on the version, so
         acting on it is safe; a step that would *refuse* on the deal's state asks again with ``fresh``
         before it refuses (:meth:`_unless`)."""
-        sd = self.store.get(check_deal_id(deal_id), fresh=fresh)
-        if sd is None and not fresh:
-            sd = self.store.get(check_deal_id(deal_id), fresh=True)
+        sd = self.store.get(check_deal_id(deal_id), fresh=fresh)     # None only from the database itself
         if sd is None:
             raise NoSuchDeal("no such deal here (it expired, or this shop never offered it)")
         return sd
