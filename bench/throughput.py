@@ -213,6 +213,16 @@ def _commit_counter(url: str) -> Callable[[], int]:
     return read
 
 
+def _shop_db_counter(url: str, root_pem: str) -> Callable[[], dict[str, int]]:
+    """The shop's own count of its database transactions and statements (``GET /stats``: the process that
+    answers; with one worker, all of them), on either back end."""
+    def read() -> dict[str, int]:
+        from semper.client.support.channels import JsonClient
+        got = JsonClient(url, root_pem, name="the shop", timeout=10).get("/stats").get("db") or {}
+        return {k: int(v) for k, v in got.items()}
+    return read
+
+
 def _tree_cpu_seconds(pid: int) -> float:
     """CPU of a process and all its descendants: its own, its ended children's (counted in it once it
     waited for them: a worker or a database backend that ended) and every live descendant's."""
@@ -304,7 +314,8 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
                         seller["database server (PostgreSQL)"] = cluster.pid
                     commits = _commit_counter(dbs["shop"]) if "shop" in dbs else None
                     report, results = _run(world, s.shop, seller, vc, specs, seconds, processes, warmup,
-                                           profile_seconds, profile_file, tell, commits)
+                                           profile_seconds, profile_file, tell, commits,
+                                           _shop_db_counter(s.shop, world.root_pem))
                     report.update(shop_workers=workers, db=db)
                     world.stop()                     # the shop lets go of its PSAM: read it for the money check
                     report["money"] = _money(specs, results, vc.readers[0])
@@ -338,7 +349,8 @@ def _money(specs: list[BuyerSpec], results: list[dict[str, Any]], psam_reader: s
 def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list[BuyerSpec], seconds: float,
          processes: int,
          warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None],
-         commits: Callable[[], int] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+         commits: Callable[[], int] | None = None, db_counts: Callable[[], dict[str, int]] | None = None
+         ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     groups = [specs[i::processes] for i in range(processes)]
@@ -370,11 +382,14 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
         time.sleep(max(0.0, plan["window_at"] - time.time()))
         before = {k: _tree_cpu_seconds(p) for k, p in pids.items()}
         committed = [commits()] if commits is not None else []
+        counted = [db_counts()] if db_counts is not None else []
         tell(f"timing for {seconds:g} s")
         time.sleep(max(0.0, plan["window_end"] - time.time()))
         after = {k: _tree_cpu_seconds(p) for k, p in pids.items()}
         if commits is not None:
             committed.append(commits())
+        if db_counts is not None:
+            counted.append(db_counts())
         if profile_seconds > 0:
             os.kill(shop_pid, signal.SIGUSR1)
             tell(f"profiling for {profile_seconds:g} s")
@@ -393,6 +408,10 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
     if len(committed) == 2 and report["purchases"]:
         # the window's commits over the purchases that finished in it (a few at the edges belong to neighbours)
         report["db_commits_per_purchase"] = round((committed[1] - committed[0]) / report["purchases"], 2)
+    if len(counted) == 2 and report["purchases"] and counted[0]:
+        # the shop's own count (both back ends): transactions begun, read-only and writing, and their statements
+        report["db_per_purchase"] = {k: round((counted[1].get(k, 0) - v) / report["purchases"], 2)
+                                     for k, v in counted[0].items()}
     return report, results
 
 

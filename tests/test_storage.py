@@ -113,6 +113,27 @@ def test_read_transactions_see_a_snapshot_and_cannot_write(db: Database) -> None
 
 
 @storages()
+def test_a_single_read_sees_what_was_committed_holds_no_snapshot_and_is_counted(db: Database) -> None:
+    """Database.read_one (a payment step's and a deal's one read): no BEGIN around it, yet no snapshot
+    stays open after it, so the next one sees the next commit; a write through it fails as in a read
+    transaction."""
+    db.migrate(COINS)
+    before = dict(db.counts)
+    assert db.read_one("SELECT id FROM coins WHERE id = ?", ("x",)) is None
+    db.run(lambda t: t.execute("INSERT INTO coins (id, spent_by) VALUES ('x', 'a')"))
+    assert db.read_one("SELECT id, spent_by FROM coins WHERE id = ?", ("x",)) == ("x", "a")
+    done = threading.Event()
+    threading.Thread(target=lambda: (db.run(lambda t: t.execute("UPDATE coins SET spent_by = 'b'")), done.set())
+                     ).start()
+    assert done.wait(15), "a writer waited for a single read"
+    assert db.read_one("SELECT spent_by FROM coins WHERE id = ?", ("x",)) == ("b",)
+    assert db.counts["read"] - before["read"] == 3 and db.counts["write"] - before["write"] == 2
+    with pytest.raises(DatabaseError):
+        db.read_one("INSERT INTO coins (id) VALUES ('y') RETURNING id")
+    assert db.read_one("SELECT COUNT(*) FROM coins") == (1,)
+
+
+@storages()
 def test_sums_of_integers_are_integers(db: Database) -> None:
     """PostgreSQL's SUM of BIGINT is NUMERIC; the layer hands back an int, as SQLite does."""
     db.migrate(Schema.baseline("amounts", ["CREATE TABLE IF NOT EXISTS amounts (v BIGINT NOT NULL)"]))

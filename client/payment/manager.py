@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ..support.db import from_json, to_json
 from ..support.shapes import Shape
 from .errors import ModuleNotFound, NegotiationError, PaymentError, ProtocolError
 from .model import Acceptance, Choice, ExchangeProperties, Instrument, Record, Status, Terms
@@ -27,6 +28,9 @@ from .registry import discover
 from .sessions import MemorySessions, PayeeState, SessionStore
 from .store import RecordStore
 from .wire import read
+
+if TYPE_CHECKING:
+    from ..support.db import Transaction
 
 MAX_ROUNDS = 16          # no payment system here needs more than 4; bounds a confused peer
 
@@ -42,6 +46,20 @@ class Envelope(Shape, frozen=True):
     payment_id: str
     module: str
     body: dict[str, Any]
+
+
+# what a payee does when a step's outcome is known, before the step is saved: given the record as the step
+# leaves it, a write to commit in the step's own transaction, or None (see PaymentManager.handle_step)
+Settle = Callable[[Record], "Callable[[Transaction], None] | None"]
+
+
+@dataclass(frozen=True)
+class Handled:
+    """One payer's message answered (:meth:`PaymentManager.handle_step`)."""
+
+    reply: dict[str, Any] | None        # the envelope to answer with
+    record: Record | None               # the payee's record as this step saved it; None: a repeated message
+    settled: bool                       # the payee's own write (``settle``) committed with the step
 
 
 class PaymentManager:
@@ -144,18 +162,22 @@ class PaymentManager:
         what its payee flow needs to know of this payee's choice of device (``{"card-purse": {"psam": id}}``)."""
         self.sessions.expect(terms, dict(route or {}))
 
-    def admit(self, envelope: Any) -> None:
+    def admit(self, envelope: Any, routes: Mapping[str, Any] | None = None) -> None:
         """Room for this payer's message at the module's device, or a PaymentError now (see
         ``BaseModule.admit``); call it before the message is handled, and wait (without holding a
-        thread) to ask again. Malformed envelopes pass: handle() refuses them with the precise message."""
+        thread) to ask again. Malformed envelopes pass: handle() refuses them with the precise message.
+        ``routes``: the route this payee gave ``expect`` for the payment, when the caller holds it (else it
+        is read from the payment's session)."""
         if not isinstance(envelope, dict):
             return
         pid, name, body = envelope.get("payment_id"), envelope.get("module"), envelope.get("body")
         if isinstance(pid, str) and isinstance(name, str) and isinstance(body, dict) and name in self.modules:
             admit = getattr(self.modules[name], "admit", None)        # modules from elsewhere may not have it
             if admit is not None:
-                st = self.sessions.get(pid) if body.get("kind") == "hello" else None
-                route = st.route.get(name, {}) if st is not None else {}
+                if routes is None and body.get("kind") == "hello":
+                    st = self.sessions.get(pid)
+                    routes = st.route if st is not None else {}
+                route = (routes or {}).get(name) or {}
                 admit(pid, body, **route) if route else admit(pid, body)
 
     def _step_lock(self, pid: str) -> threading.Lock:
@@ -175,19 +197,31 @@ class PaymentManager:
         same answer without the flow running twice (found by ``semper chaos``: a dropped answer to a SET
         capture made the buyer's client report "nothing was paid" while the money had moved), also
         from another process of the payee or after a restart."""
+        return self.handle_step(envelope).reply
+
+    def handle_step(self, envelope: dict[str, Any], *, settle: Settle | None = None) -> Handled:
+        """:meth:`handle`, saying also what the step left in the payee's record, and with the payee's own
+        write committed in the step's transaction: ``settle(record)`` is called after the module's
+        step and before its save, and the write it returns (if any) runs in the transaction that
+        saves the session and the record (where the session store is :attr:`~SessionStore.transactional`;
+        elsewhere ``settle`` is not called). So the shop's deal, paid, is committed with the payment's
+        last step or not at all (docs/performance.md). ``settled`` says whether it was."""
         env = read(envelope, Envelope, "the payment message")
         pid, name, body = env.payment_id, env.module, env.body
         key = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        if not getattr(self.sessions, "transactional", False):
+            settle = None
         with self._step_lock(pid):
             for _attempt in range(3):
-                st = self.sessions.get(pid)
+                st, known = self.sessions.get_with_record(pid, "payee")
                 if st is None:
                     raise ProtocolError(f"no payment {pid} is expected here")
                 if st.last_in == key:
-                    return self._envelope(pid, name, st.last_out)
-                reply, saved = self._step(st, name, body, key)
+                    return Handled(self._envelope(pid, name, st.last_out), None, False)
+                reply, saved, record, settled = self._step(st, known, name, body, key, settle)
                 if saved:
-                    return None if reply is None else {"payment_id": pid, "module": name, "body": reply}
+                    return Handled(None if reply is None else {"payment_id": pid, "module": name, "body": reply},
+                                   record, settled)
         raise ProtocolError(f"payment {pid} keeps changing under this message (another process of the payee is "
                             "taking it); send it again")
 
@@ -198,10 +232,11 @@ class PaymentManager:
 
     @staticmethod
     def _envelope(pid: str, name: str, out: str | None) -> dict[str, Any] | None:
-        reply = None if out is None else json.loads(out)
+        reply = None if out is None else from_json(out)
         return None if reply is None else {"payment_id": pid, "module": name, "body": reply}
 
-    def _step(self, st: PayeeState, name: str, body: dict[str, Any], key: str) -> tuple[dict[str, Any] | None, bool]:
+    def _step(self, st: PayeeState, known: Record | None, name: str, body: dict[str, Any], key: str,
+              settle: Settle | None) -> tuple[dict[str, Any] | None, bool, Record, bool]:
         terms = st.terms
         fresh = st.module is None
         if fresh:
@@ -220,8 +255,9 @@ class PaymentManager:
                 flow = resume(terms, st.flow)
             else:
                 flow = self._new_flow(module, st, name)
-        # the record as the store holds it (sessions keep none): a later step sees what the earlier one saved
-        record = None if fresh else self.store.get(terms.payment_id, "payee")
+        # the record as the store holds it (sessions keep none), read with the session: a later step sees
+        # what the earlier one saved
+        record = None if fresh else known
         record = record or Record(terms.payment_id, name, "payee", terms, Status.PENDING)
         st.rounds += 1
         if st.rounds > MAX_ROUNDS:
@@ -239,8 +275,10 @@ class PaymentManager:
         if step.evidence:
             record.evidence.update(step.evidence)
         st.flow = snapshot() if snapshot is not None else None
-        st.last_in, st.last_out, st.done = key, json.dumps(step.message, sort_keys=True), step.done
-        return step.message, self.sessions.save(st, record)
+        st.last_in, st.last_out, st.done = key, to_json(step.message), step.done
+        also = settle(record) if settle is not None else None
+        saved = self.sessions.save(st, record, also=also) if also is not None else self.sessions.save(st, record)
+        return step.message, saved, record, saved and also is not None
 
     # ---- both --------------------------------------------------------------------------------
     def record(self, payment_id: str, role: str | None = None) -> Record:

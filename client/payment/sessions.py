@@ -20,12 +20,12 @@ pass the local limit check and a settlement ask the bank again).
 from __future__ import annotations
 
 import copy
-import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..support.db import Database, Transaction
+from ..support.db import Database, Transaction, from_json, to_json
 from ..support.migrations import Migration, Schema
 from .errors import PaymentError
 from .model import Record, Terms
@@ -63,6 +63,8 @@ class PayeeState:
 
 class SessionStore(Protocol):
     records: RecordStore        # where the payee's records are kept: saved with the session, read from here
+    # whether save() takes ``also``: the payee's own writes, committed in the session's transaction
+    transactional: bool
 
     def expect(self, terms: Terms, route: dict[str, Any]) -> None:
         """Register terms the payee set (again: nothing changes; other terms: PaymentError)."""
@@ -70,9 +72,16 @@ class SessionStore(Protocol):
 
     def get(self, payment_id: str) -> PayeeState | None: ...
 
-    def save(self, state: PayeeState, record: Record | None) -> bool:
+    def get_with_record(self, payment_id: str, role: str) -> tuple[PayeeState | None, Record | None]:
+        """The session and the payment's record of ``role``, read together (one snapshot)."""
+        ...
+
+    def save(self, state: PayeeState, record: Record | None, *,
+             also: Callable[[Transaction], None] | None = None) -> bool:
         """Store the session as it is now and, with it, the payment's ``record`` in :attr:`records`; False
-        (and neither stored) if another process saved a newer session meanwhile (the caller reads it again)."""
+        (and neither stored) if another process saved a newer session meanwhile (the caller reads it again).
+        ``also`` (only where :attr:`transactional`) runs in the same transaction once the session's own
+        write succeeded: it commits with the session or not at all."""
         ...
 
 
@@ -83,6 +92,8 @@ def _conflict(payment_id: str) -> PaymentError:
 class MemorySessions:
     """Sessions of this process only (a payer's tests, a payee that runs in one process and may forget); the
     records in ``records`` (the manager passes its own store)."""
+
+    transactional = False
 
     def __init__(self, records: RecordStore | None = None) -> None:
         self.records = records if records is not None else RecordStore()
@@ -103,7 +114,13 @@ class MemorySessions:
             st = self._states.get(payment_id)
             return None if st is None else copy.deepcopy(st)
 
-    def save(self, state: PayeeState, record: Record | None) -> bool:
+    def get_with_record(self, payment_id: str, role: str) -> tuple[PayeeState | None, Record | None]:
+        return self.get(payment_id), self.records.get(payment_id, role)
+
+    def save(self, state: PayeeState, record: Record | None, *,
+             also: Callable[[Transaction], None] | None = None) -> bool:
+        if also is not None:
+            raise TypeError("sessions kept in memory have no transaction to run the payee's own writes in")
         with self._lock:
             known = self._states.get(state.payment_id)
             if known is not None and known.version != state.version:
@@ -120,6 +137,8 @@ class MemorySessions:
 class DatabaseSessions:
     """Sessions in the party's database (``payee_sessions``), the records beside them (``payment_records``)."""
 
+    transactional = True
+
     def __init__(self, db: Database) -> None:
         self.db = db
         self.records = RecordStore(db=db)          # migrates payment_records
@@ -132,36 +151,53 @@ class DatabaseSessions:
     def expect_in(tx: Transaction, terms: Terms, route: dict[str, Any]) -> None:
         """:meth:`expect` inside the caller's transaction (the shop commits its order and the payment's
         terms together)."""
-        row = tx.one("SELECT terms FROM payee_sessions WHERE payment_id = ?", (terms.payment_id,))
-        if row is not None:
-            if Terms.from_dict(json.loads(row[0])) != terms:
-                raise _conflict(terms.payment_id)
+        cur = tx.execute("INSERT INTO payee_sessions (payment_id, terms, route) VALUES (?, ?, ?) "
+                         "ON CONFLICT (payment_id) DO NOTHING",
+                         (terms.payment_id, to_json(terms.as_dict()),
+                          to_json(route)))
+        if cur.rowcount == 1:
             return
-        tx.execute("INSERT INTO payee_sessions (payment_id, terms, route) VALUES (?, ?, ?)",
-                   (terms.payment_id, json.dumps(terms.as_dict(), sort_keys=True), json.dumps(route, sort_keys=True)))
+        row = tx.one("SELECT terms FROM payee_sessions WHERE payment_id = ?", (terms.payment_id,))
+        if row is None or Terms.from_dict(from_json(row[0])) != terms:       # expected before: the same terms?
+            raise _conflict(terms.payment_id)
+
+    _SESSION = "terms, route, module, flow, last_in, last_out, done, rounds, version"
 
     def get(self, payment_id: str) -> PayeeState | None:
-        with self.db.transaction(write=False) as tx:
-            row = tx.one("SELECT terms, route, module, flow, last_in, last_out, done, rounds, version "
-                         "FROM payee_sessions WHERE payment_id = ?", (payment_id,))
+        row = self.db.read_one(f"SELECT {self._SESSION} FROM payee_sessions WHERE payment_id = ?", (payment_id,))
+        return None if row is None else self._state(row)
+
+    def get_with_record(self, payment_id: str, role: str) -> tuple[PayeeState | None, Record | None]:
+        """One statement in one read transaction: a payment step reads what it needs once
+        (docs/performance.md)."""
+        row = self.db.read_one(f"SELECT {', '.join('s.' + c for c in self._SESSION.split(', '))}, r.body "
+                               "FROM payee_sessions s LEFT JOIN payment_records r ON r.payment_id = s.payment_id "
+                               "AND r.role = ? WHERE s.payment_id = ?", (role, payment_id))
         if row is None:
-            return None
+            return None, None
+        return self._state(row[:-1]), None if row[-1] is None else Record.from_json(row[-1])
+
+    @staticmethod
+    def _state(row: tuple[Any, ...]) -> PayeeState:
         terms, route, module, flow, last_in, last_out, done, rounds, version = row
-        return PayeeState(Terms.from_dict(json.loads(terms)), json.loads(route), module,
-                          None if flow is None else json.loads(flow), last_in, last_out, bool(done), int(rounds),
+        return PayeeState(Terms.from_dict(from_json(terms)), from_json(route), module,
+                          None if flow is None else from_json(flow), last_in, last_out, bool(done), int(rounds),
                           int(version))
 
-    def save(self, state: PayeeState, record: Record | None) -> bool:
+    def save(self, state: PayeeState, record: Record | None, *,
+             also: Callable[[Transaction], None] | None = None) -> bool:
         def update(tx: Transaction) -> bool:
             cur = tx.execute("UPDATE payee_sessions SET module = ?, flow = ?, last_in = ?, last_out = ?, done = ?, "
                              "rounds = ?, version = version + 1 WHERE payment_id = ? AND version = ?",
-                             (state.module, None if state.flow is None else json.dumps(state.flow, sort_keys=True),
+                             (state.module, None if state.flow is None else to_json(state.flow),
                               state.last_in, state.last_out, int(state.done), state.rounds,
                               state.payment_id, state.version))
             if cur.rowcount != 1:
                 return False
             if record is not None:
                 put_record(tx, record)          # the same transaction: the record is never a step behind
+            if also is not None:
+                also(tx)
             return True
         if self.db.run(update):
             state.version += 1

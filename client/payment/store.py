@@ -18,8 +18,8 @@ SCHEMA = Schema.baseline("payments", ["CREATE TABLE IF NOT EXISTS payment_record
 
 def put_record(tx: Transaction, record: Record) -> None:
     """Store ``record`` in ``tx`` (replacing the one of the same payment and role)."""
-    tx.execute("DELETE FROM payment_records WHERE payment_id = ? AND role = ?", (record.payment_id, record.role))
-    tx.execute("INSERT INTO payment_records (payment_id, role, body) VALUES (?, ?, ?)",
+    tx.execute("INSERT INTO payment_records (payment_id, role, body) VALUES (?, ?, ?) "
+               "ON CONFLICT (payment_id, role) DO UPDATE SET body = excluded.body",
                (record.payment_id, record.role, record.as_json()))
 
 

@@ -216,6 +216,8 @@ class Mall(Shop):
                 "items": [{**i.public(), "shop": self.shops[i.sku.split(SEP)[0]].name}
                           for i in self.catalogue.items.values()]}
 
+    settles_in_payment_step = False         # its delivery buys from other shops: not inside a payment's step
+
     def make_delivery(self, sd: Any) -> None:
         """Settle with every shop first (once); then the mall's own delivery note. (The shop's step that
         ships, whichever request reaches it: the payment that completes, or the buyer's ask for delivery.)"""

@@ -43,9 +43,9 @@ from ..commerce.forms import form_for
 from ..exchange.identity import Identity
 from ..payment.errors import PaymentError
 from ..payment.manager import PaymentManager
-from ..payment.model import Status, Terms
+from ..payment.model import Record, Status, Terms
 from ..support.cms import EvidenceError
-from ..support.db import Database
+from ..support.db import Database, Transaction
 from ..support.trust import TrustStore
 from ..support.verify import verify_statement
 from ..transfer.information import InformationOffer
@@ -81,6 +81,10 @@ class Shop:
         self.counters = {"offers": 0, "orders": 0, "payments": 0, "deliveries": 0, "signatures": 0}
         self._counter_lock = threading.Lock()
         self._acceptances: list[Any] | None = None
+        # called at named instants of a step, (instant, deal id): ``settling`` is inside the payment step's
+        # transaction, the deal written and nothing committed yet. Tests end the process there
+        # (chaos/crashing_shop.py); nothing else sets it.
+        self.on_step: Callable[[str, str], None] | None = None
 
     def _count(self, what: str) -> None:
         with self._counter_lock:
@@ -104,7 +108,9 @@ class Shop:
         """This process's counters, and the deals open in the database (all processes)."""
         with self._counter_lock:
             counters = dict(self.counters)
-        return {**counters, "deals": self.store.open_count(), "pid": os.getpid()}
+        db = dict(self.db.counts)           # this process's transactions and statements (before the count's own)
+        return {**counters, "deals": self.store.open_count(), "pid": os.getpid(), "db": db}
+
     def batch(self) -> AbstractContextManager[None]:
         """The archive entries made inside are written together, before the block ends
         (``SharedArchive.batch``): one handler's entries, one transaction."""
@@ -119,7 +125,7 @@ class Shop:
         """A fresh deal and the signed offer for exactly these items, answering the buyer's ``nonce``."""
         if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64:
             raise CommerceError("the request needs a fresh nonce of 16 to 64 characters")
-        if self.store.open_count() >= MAX_OPEN_DEALS:
+        if not self.store.below(MAX_OPEN_DEALS):
             self.store.evict()
             if self.store.open_count() >= MAX_OPEN_DEALS:
                 raise ServiceUnavailable("the shop has too many open deals; try again later")
@@ -162,24 +168,35 @@ class Shop:
         self._count("offers")
         return deal_id, der
 
-    def find(self, deal_id: Any) -> ShopDeal | None:
-        """The deal as committed, or None (no such deal, or not a deal id)."""
+    def find(self, deal_id: Any, *, fresh: bool = True) -> ShopDeal | None:
+        """The deal as committed, or None (no such deal, or not a deal id). ``fresh``: as the database
+        has it now, else possibly as this process last saw it (see ``_deal``)."""
         try:
-            return self.store.get(check_deal_id(deal_id))
+            return self.store.get(check_deal_id(deal_id), fresh=fresh)
         except CommerceError:
             return None
 
-    def _deal(self, deal_id: Any) -> ShopDeal:
-        sd = self.store.get(check_deal_id(deal_id))
+    def _deal(self, deal_id: Any, *, fresh: bool = False) -> ShopDeal:
+        """The deal as committed: by default as this process last committed or read it (``DealStore``),
+        which another worker may have moved on since. Every write is conditional on the version, so
+        acting on it is safe; a step that would *refuse* on the deal's state asks again with ``fresh``
+        before it refuses (:meth:`_unless`)."""
+        sd = self.store.get(check_deal_id(deal_id), fresh=fresh)     # None only from the database itself
         if sd is None:
             raise NoSuchDeal("no such deal here (it expired, or this shop never offered it)")
         return sd
+
+    def _unless(self, sd: ShopDeal, refuse: Callable[[ShopDeal], bool]) -> ShopDeal:
+        """``sd``, or, when ``refuse(sd)`` says its state does not allow the step, the deal as the
+        database has it now (the caller checks that again and refuses on it): a refusal is never given on
+        a state another worker has moved on from."""
+        return self._deal(sd.deal.deal_id, fresh=True) if refuse(sd) else sd
 
     def _commit(self, sd: ShopDeal, **kw: Any) -> ShopDeal:
         """Write ``sd`` back; if another process wrote the deal first, the deal as it wrote it."""
         if self.store.save(sd, **kw):
             return sd
-        return self._deal(sd.deal.deal_id)
+        return self._deal(sd.deal.deal_id, fresh=True)
 
     # ---- orders -------------------------------------------------------------------------------------
     def order(self, deal_id: str, order_bytes: bytes) -> dict[str, Any]:
@@ -234,7 +251,7 @@ class Shop:
             amount = self.payment_amount(sd)
             sd.terms = Terms(secrets.token_hex(16), amount, int(sd.offer["currency"]), self.account, sd.order_digest,
                              self.name)
-            terms, route = sd.terms, ({"card-purse": {"psam": sd.psam}} if sd.psam else {})
+            terms, route = sd.terms, self._routes(sd)
             expect_in = getattr(self.payments.sessions, "expect_in", None)
             if expect_in is not None:            # the payment expected in the same transaction as the order
                 also = lambda tx: expect_in(tx, terms, route)
@@ -262,57 +279,110 @@ class Shop:
         return int(sd.offer["total"])
 
     # ---- payment ------------------------------------------------------------------------------------
+    # The deal, once paid, is committed in the payment's last step's own transaction, with its
+    # confirmation and delivery note (docs/performance.md). A subclass whose delivery does more than
+    # sign (the mall buys from other shops) leaves this off: its deal is committed after the step.
+    settles_in_payment_step = True
+
+    @staticmethod
+    def _routes(sd: ShopDeal) -> dict[str, Any]:
+        """What the payment's module is told of this shop's choice of device (the offer's PSAM)."""
+        return {"card-purse": {"psam": sd.psam}} if sd.psam else {}
+
     def admit(self, deal_id: str, envelope: Any) -> bool:
         """Room at the payment's device for this payer's message (raises the module's PaymentError when
-        there is none now); False when the message is not for this deal's payment (pay() refuses it)."""
-        sd = self.find(deal_id)
+        there is none now); False when the message is not for this deal's payment (pay refuses it)."""
+        sd = self.find(deal_id, fresh=False)
+        if sd is not None and sd.terms is None:
+            sd = self.find(deal_id)
         if sd is None or sd.terms is None or not isinstance(envelope, dict) \
                 or envelope.get("payment_id") != sd.terms.payment_id:
             return False
-        self.payments.admit(envelope)
+        self.payments.admit(envelope, self._routes(sd))
         return True
 
-    def pay(self, deal_id: str, envelope: dict[str, Any]) -> dict[str, Any] | None:
-        reply, _sd = self._pay(deal_id, envelope)
-        return reply
-
-    def _pay(self, deal_id: str, envelope: dict[str, Any]) -> tuple[dict[str, Any] | None, ShopDeal]:
-        sd = self._deal(deal_id)
+    def _pay(self, deal_id: str, envelope: dict[str, Any]) -> tuple[dict[str, Any] | None, ShopDeal, bool]:
+        """The payment step; the reply, the deal, and whether the deal as returned is committed (it was
+        paid, confirmed and delivered in the step's own transaction)."""
+        sd = self._unless(self._deal(deal_id), lambda d: d.terms is None)
         if sd.terms is None:
             raise DealConflict("this deal has no payment to make (order first)")
         if not isinstance(envelope, dict) or envelope.get("payment_id") != sd.terms.payment_id:
             raise CommerceError("the payment message is for another payment than this deal's")
+        box: dict[str, Any] = {}
+
+        def settle(record: Record) -> Callable[[Transaction], None] | None:
+            """In the payment manager, after the module's step and before it is saved: the deal paid,
+            confirmed and delivered, written in the step's transaction. A failure here leaves the
+            step to be saved alone; it is raised once the step is committed."""
+            try:
+                if not self._completed(sd, record):
+                    return None
+            except Exception as e:
+                box["error"] = e
+                return None
+
+            def write(tx: Transaction) -> None:
+                box["written"] = self.store.save_in(tx, sd)
+                if self.on_step is not None:
+                    self.on_step("settling", deal_id)
+            return write
         try:
-            self.payments.admit(envelope)             # room at the device (the HTTP handler waited for it)
-            reply = self.payments.handle(envelope)
+            self.payments.admit(envelope, self._routes(sd))    # room at the device (the HTTP handler waited for it)
+            handled = self.payments.handle_step(
+                envelope, settle=None if sd.paid or not self.settles_in_payment_step else settle)
         except PaymentError as e:
             sd.deal.decide("payment", "refused", str(e))
             self._commit(sd)
             raise PaymentNotAccepted(f"the payment was refused: {e}") from None
+        if "error" in box:
+            raise box["error"]
+        if handled.settled:
+            if self.store.saved(sd, bool(box.get("written"))):
+                return handled.reply, sd, True
+            sd = self._deal(deal_id, fresh=True)        # another process wrote the deal meanwhile: go on from its
         if not sd.paid:
-            record = self.payments.record(sd.terms.payment_id, "payee")
-            if record.status in PAID:
-                sd.paid = True
-                sd.payment = {"module": record.module, "payment_id": record.payment_id,
-                              "amount": record.terms.amount, "currency": record.terms.currency,
-                              "status": record.status.value}
-                sd.deal.keep("payment", record.as_json().encode())
-                sd.deal.decide("payment", "satisfied", f"{record.module}: {record.status.value}")
-                self._count("payments")
-        return reply, sd
+            assert sd.terms is not None
+            record = handled.record or self.payments.record(sd.terms.payment_id, "payee")
+            self._paid(sd, record)
+        return handled.reply, sd, False
 
-    def pay_and_deliver(self, deal_id: str, envelope: dict[str, Any]) -> dict[str, Any]:
-        """One payment message, and when it completed the payment: the signed confirmation and, for mail
-        order and registration, the delivery note, all committed in one transaction before the answer.
-        The answer: ``envelope`` (the payee's), and ``confirmation`` / ``delivery`` / ``content`` (bytes)."""
-        reply, sd = self._pay(deal_id, envelope)
-        out: dict[str, Any] = {"envelope": reply}
-        if not sd.paid:
-            return out
+    def _paid(self, sd: ShopDeal, record: Record) -> bool:
+        """Mark the deal paid if the payee's record says so (True: it was not before)."""
+        if sd.paid or record.status not in PAID:
+            return False
+        sd.paid = True
+        sd.payment = {"module": record.module, "payment_id": record.payment_id, "amount": record.terms.amount,
+                      "currency": record.terms.currency, "status": record.status.value}
+        sd.deal.keep("payment", record.as_json().encode())
+        sd.deal.decide("payment", "satisfied", f"{record.module}: {record.status.value}")
+        self._count("payments")
+        return True
+
+    def _completed(self, sd: ShopDeal, record: Record) -> bool:
+        """The deal paid, and its confirmation and (mail order, registration) delivery note made, if the
+        record says the payment completed (True: the deal changed)."""
+        if not self._paid(sd, record):
+            return False
         self._confirmation(sd)
         if sd.deal.workflow in ("mail-order", "registration"):
             self.make_delivery(sd)
-        sd = self._commit(sd)
+        return True
+
+    def pay_and_deliver(self, deal_id: str, envelope: dict[str, Any]) -> dict[str, Any]:
+        """One payment message, and when it completed the payment: the signed confirmation and, for mail
+        order and registration, the delivery note, all committed (in the payment step's own transaction,
+        or right after it) before the answer.
+        The answer: ``envelope`` (the payee's), and ``confirmation`` / ``delivery`` / ``content`` (bytes)."""
+        reply, sd, committed = self._pay(deal_id, envelope)
+        out: dict[str, Any] = {"envelope": reply}
+        if not sd.paid:
+            return out
+        if not committed:
+            self._confirmation(sd)
+            if sd.deal.workflow in ("mail-order", "registration"):
+                self.make_delivery(sd)
+            sd = self._commit(sd)
         out["confirmation"] = sd.confirmation
         if sd.deal.workflow in ("mail-order", "registration"):
             note, content = self._shipped(sd)
@@ -329,7 +399,7 @@ class Shop:
             sd.deal.keep_statement(sd.confirmation, body["type"])
 
     def confirm(self, deal_id: str) -> bytes:
-        sd = self._deal(deal_id)
+        sd = self._unless(self._deal(deal_id), lambda d: not d.paid or d.order_digest is None)
         if not sd.paid or sd.order_digest is None:
             raise DealConflict("the order is not paid yet: nothing to confirm")
         if sd.confirmation is None:
@@ -365,7 +435,7 @@ class Shop:
 
     def deliver(self, deal_id: str) -> tuple[bytes | None, bytes | None]:
         """(signed delivery note or registration, information content or None); (None, None): not shipped."""
-        sd = self._deal(deal_id)
+        sd = self._unless(self._deal(deal_id), lambda d: not d.paid or d.order_digest is None)
         if not sd.paid or sd.order_digest is None:
             raise DealConflict("the order is not paid yet: nothing is delivered")
         if sd.delivery is None:
@@ -387,7 +457,7 @@ class Shop:
     # ---- fair exchanges (information, contract) ---------------------------------------------------------
     def exchange_plan(self, deal_id: str) -> tuple[OfferTree, Description, ShopDeal]:
         """What this shop gives and wants in the deal's fair exchange (it originates)."""
-        sd = self._deal(deal_id)
+        sd = self._unless(self._deal(deal_id), lambda d: d.order is None or d.order_digest is None)
         if sd.order is None or sd.order_digest is None:
             raise DealConflict("order first")
         item, _qty = sd.lines[0]

@@ -88,12 +88,17 @@ async def _call(fn: Any, *args: Any) -> Any:
     return await blocking(fn, *args)
 
 
-def _settle(shop: Shop, deal: str, envelope: dict[str, Any]) -> dict[str, Any]:
-    """A payment step and, once it completes the payment, the confirmation and the delivery note, in one
-    trip to the worker pool, their archive entries written in one transaction before the answer goes
-    (docs/performance.md)."""
+def _settle(shop: Shop, deal: str, envelope: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """Room at the payment's device, the payment step and, once it completes the payment, the
+    confirmation and the delivery note, in one trip to the worker pool, their archive entries written
+    in one transaction before the answer goes (docs/performance.md). No room: (None, why), before
+    anything was asked of the device."""
+    try:
+        shop.admit(deal, envelope)
+    except PaymentError as e:
+        return None, str(e)
     with shop.batch():
-        return shop.pay_and_deliver(deal, envelope)
+        return shop.pay_and_deliver(deal, envelope), ""
 
 
 def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_secret: str | None = None,
@@ -158,8 +163,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     async def pay(request: web.Request) -> web.Response:
         body = await read_json(request, Payment)
         deal = body.deal
-        await _admitted(deal, body.envelope)
-        done = await _call(_settle, shop, deal, body.envelope)
+        done = await _admitted(deal, body.envelope)
         answer: dict[str, Any] = {"envelope": done["envelope"]}
         if "confirmation" in done:      # the payment is complete: the signed confirmation comes with it
             answer["confirmation"] = _e(done["confirmation"])
@@ -167,19 +171,20 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
                 answer.update(shipped=True, delivery=_e(done["delivery"]), content=_e(done["content"]))
         return json_response(answer)
 
-    async def _admitted(deal_id: str, envelope: Any) -> None:
-        """Wait, on the event loop and bounded, for room at the payment device (the PSAM keeps only so
-        many debits open). Waiting in a worker thread instead would let waiting payments take every
-        thread and starve the very proofs that free the room. Only the payment this shop asked for in
-        an ordered deal gets room: anything else goes on to Shop.pay, which refuses it."""
+    async def _admitted(deal_id: str, envelope: Any) -> dict[str, Any]:
+        """The payment step once there is room at the payment device (the PSAM keeps only so many debits
+        open), waiting for it on the event loop and bounded. Waiting in a worker thread instead would let
+        waiting payments take every thread and starve the very proofs that free the room: a worker thread
+        only asks, and comes back at once when there is none. Only the payment this shop asked for in
+        an ordered deal gets room: anything else goes on to Shop.pay_and_deliver, which refuses it."""
         deadline = asyncio.get_running_loop().time() + ADMIT_WAIT
         while True:
-            try:
-                await _call(shop.admit, deal_id, envelope)
-                return
-            except PaymentError as e:
-                if asyncio.get_running_loop().time() >= deadline:
-                    raise ApiError(503, "busy", str(e)) from None
+            settled: tuple[dict[str, Any] | None, str] = await _call(_settle, shop, deal_id, envelope)
+            done, busy = settled
+            if done is not None:
+                return done
+            if asyncio.get_running_loop().time() >= deadline:
+                raise ApiError(503, "busy", busy)
             await asyncio.sleep(0.005)
 
     @routes.post("/deals/confirm")

@@ -17,7 +17,9 @@ default, or PostgreSQL), as for the bank, the CA and the third party (docs/servi
 from __future__ import annotations
 
 import datetime as dt
-import json
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +27,7 @@ from typing import Any
 from ..commerce.catalogue import Catalogue, CatalogueItem
 from ..commerce.deal import Deal, DealAttributes, Decision
 from ..payment.model import Terms
-from ..support.db import Database, Transaction
+from ..support.db import Database, Transaction, from_json, to_json
 from ..support.migrations import Schema
 
 SCHEMA = Schema.baseline("shop", [
@@ -38,6 +40,10 @@ SCHEMA = Schema.baseline("shop", [
     "version INTEGER NOT NULL DEFAULT 0)",
     "CREATE INDEX IF NOT EXISTS shop_deals_open ON shop_deals (finished, valid_until)",
 ], "the shop's deals: offer, order, terms, payment, confirmation, delivery, exchange, pending decisions")
+
+
+CACHED_DEALS = 4096          # open deals a process remembers as it last committed or read them
+COUNT_EVERY_S = 1.0          # far from the limit, the open deals are counted at most this often
 
 
 def _now() -> str:
@@ -73,30 +79,105 @@ class ShopDeal:
 
 class DealStore:
     """The rows of ``shop_deals``; a :class:`ShopDeal` in and out. Nothing is deleted but offers nobody
-    ordered in time (their evidence stays in the archive)."""
+    ordered in time (their evidence stays in the archive).
+
+    Each process remembers the open deals as it last committed or read them (:meth:`get`, unless
+    ``fresh``), so a request does not read back what this process wrote for the one before it
+    (docs/performance.md). What it remembers was committed, and every write is conditional on the
+    row's version, so a deal another worker changed meanwhile is never overwritten: the write fails,
+    the deal is forgotten here and read again. A deal remembered here can only be *older* than the
+    database's, never newer; the shop reads it fresh before it refuses anything on its state
+    (``Shop._deal``)."""
 
     def __init__(self, db: Database, catalogue: Catalogue, archive: Any) -> None:
         self.db = db
         self.catalogue = catalogue
         self.archive = archive
+        self._cache: OrderedDict[str, ShopDeal] = OrderedDict()
+        self._lock = threading.Lock()
+        self._counted: tuple[float, int] | None = None      # (when, open deals then) of the last count
         db.migrate(SCHEMA)
 
+    # ---- what this process remembers ------------------------------------------------------------------
+    @staticmethod
+    def _copy(sd: ShopDeal) -> ShopDeal:
+        """A copy the caller may change (its decisions grow in place; every other field is replaced, not
+        changed, by the shop's steps)."""
+        deal = object.__new__(Deal)              # copies of checked objects: no __init__ to run again
+        deal.__dict__.update(sd.deal.__dict__)
+        deal.decisions = list(sd.deal.decisions)
+        out = object.__new__(ShopDeal)
+        out.__dict__.update(sd.__dict__)
+        out.deal = deal
+        return out
+
+    def _remember(self, sd: ShopDeal) -> None:
+        deal_id = sd.deal.deal_id
+        with self._lock:
+            if sd.finished:
+                self._cache.pop(deal_id, None)       # nothing more happens to it; read from the database if asked
+                return
+            self._cache[deal_id] = self._copy(sd)
+            self._cache.move_to_end(deal_id)
+            while len(self._cache) > CACHED_DEALS:
+                self._cache.popitem(last=False)
+
+    def _forget(self, deal_id: str) -> None:
+        with self._lock:
+            self._cache.pop(deal_id, None)
+
     # ---- rows <-> deals ---------------------------------------------------------------------------
-    def _values(self, sd: ShopDeal) -> dict[str, Any]:
+    def _values(self, sd: ShopDeal, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+        if only is not None:
+            return {k: self._value(sd, k) for k in only}
         d = sd.deal
         return {
-            "workflow": d.workflow, "attributes": json.dumps(d.attributes.as_dict(), sort_keys=True),
+            "workflow": d.workflow, "attributes": to_json(d.attributes.as_dict()),
             "valid_until": str(sd.offer["valid_until"]), "offer": sd.offer_der,
-            "offer_body": json.dumps(sd.offer, sort_keys=True), "offer_digest": sd.offer_digest,
-            "lines": json.dumps([[i.sku, q] for i, q in sd.lines]), "psam": sd.psam, "order_bytes": sd.order_bytes,
-            "order_body": None if sd.order is None else json.dumps(sd.order, sort_keys=True),
-            "order_digest": sd.order_digest, "form": json.dumps(sd.form, sort_keys=True),
-            "terms": None if sd.terms is None else json.dumps(sd.terms.as_dict(), sort_keys=True),
-            "paid": int(sd.paid), "payment": json.dumps(sd.payment, sort_keys=True),
+            "offer_body": to_json(sd.offer), "offer_digest": sd.offer_digest,
+            "lines": to_json([[i.sku, q] for i, q in sd.lines]), "psam": sd.psam, "order_bytes": sd.order_bytes,
+            "order_body": None if sd.order is None else to_json(sd.order),
+            "order_digest": sd.order_digest, "form": to_json(sd.form),
+            "terms": None if sd.terms is None else to_json(sd.terms.as_dict()),
+            "paid": int(sd.paid), "payment": to_json(sd.payment),
             "confirmation": sd.confirmation, "delivery": sd.delivery,
-            "exchange": None if sd.exchange is None else json.dumps(sd.exchange, sort_keys=True),
-            "decisions": json.dumps([[x.step, x.verdict, x.reason] for x in d.decisions]),
+            "exchange": None if sd.exchange is None else to_json(sd.exchange),
+            "decisions": to_json([[x.step, x.verdict, x.reason] for x in d.decisions]),
             "archived": d._archived, "finished": int(sd.finished), "updated_at": _now()}
+
+    def _value(self, sd: ShopDeal, column: str) -> Any:
+        """One mutable column's value (what :meth:`save` writes)."""
+        d = sd.deal
+        match column:
+            case "order_bytes":
+                return sd.order_bytes
+            case "order_body":
+                return None if sd.order is None else to_json(sd.order)
+            case "order_digest":
+                return sd.order_digest
+            case "form":
+                return to_json(sd.form)
+            case "terms":
+                return None if sd.terms is None else to_json(sd.terms.as_dict())
+            case "paid":
+                return int(sd.paid)
+            case "payment":
+                return to_json(sd.payment)
+            case "confirmation":
+                return sd.confirmation
+            case "delivery":
+                return sd.delivery
+            case "exchange":
+                return None if sd.exchange is None else to_json(sd.exchange)
+            case "decisions":
+                return to_json([[x.step, x.verdict, x.reason] for x in d.decisions])
+            case "archived":
+                return d._archived
+            case "finished":
+                return int(sd.finished)
+            case "updated_at":
+                return _now()
+        raise KeyError(column)
 
     _COLUMNS = ("deal_id, workflow, attributes, offer, offer_body, offer_digest, lines, psam, order_bytes, order_body, "
                 "order_digest, form, terms, paid, payment, confirmation, delivery, exchange, decisions, archived, "
@@ -106,29 +187,55 @@ class DealStore:
         (deal_id, workflow, attributes, offer, offer_body, offer_digest, lines, psam, order_bytes, order_body,
          order_digest, form, terms, paid, payment, confirmation, delivery, exchange, decisions, archived,
          version) = row
-        deal = Deal(deal_id, workflow, DealAttributes.from_dict(json.loads(attributes)), self.archive,
-                    [Decision(*x) for x in json.loads(decisions)], int(archived))
-        return ShopDeal(deal, json.loads(offer_body), bytes(offer), offer_digest,
-                        [(self.catalogue.get(sku), int(q)) for sku, q in json.loads(lines)], psam,
-                        None if order_body is None else json.loads(order_body),
-                        None if order_bytes is None else bytes(order_bytes), order_digest, json.loads(form),
-                        None if terms is None else Terms.from_dict(json.loads(terms)), bool(paid), json.loads(payment),
+        deal = Deal(deal_id, workflow, DealAttributes.from_dict(from_json(attributes)), self.archive,
+                    [Decision(*x) for x in from_json(decisions)], int(archived))
+        return ShopDeal(deal, from_json(offer_body), bytes(offer), offer_digest,
+                        [(self.catalogue.get(sku), int(q)) for sku, q in from_json(lines)], psam,
+                        None if order_body is None else from_json(order_body),
+                        None if order_bytes is None else bytes(order_bytes), order_digest, from_json(form),
+                        None if terms is None else Terms.from_dict(from_json(terms)), bool(paid), from_json(payment),
                         None if confirmation is None else bytes(confirmation),
                         None if delivery is None else bytes(delivery),
-                        None if exchange is None else json.loads(exchange), int(version))
+                        None if exchange is None else from_json(exchange), int(version))
 
     # ---- reading ----------------------------------------------------------------------------------
-    def get(self, deal_id: str) -> ShopDeal | None:
-        with self.db.transaction(write=False) as tx:
-            row = tx.one(f"SELECT {self._COLUMNS} FROM shop_deals WHERE deal_id = ?", (deal_id,))
-        return None if row is None else self._deal(row)
+    def get(self, deal_id: str, *, fresh: bool = False) -> ShopDeal | None:
+        """The deal as this process last committed or read it, or (``fresh``, or not remembered) as the
+        database has it now."""
+        if not fresh:
+            with self._lock:
+                known = self._cache.get(deal_id)
+            if known is not None:
+                return self._copy(known)
+        row = self.db.read_one(f"SELECT {self._COLUMNS} FROM shop_deals WHERE deal_id = ?", (deal_id,))
+        if row is None:
+            self._forget(deal_id)
+            return None
+        sd = self._deal(row)
+        self._remember(sd)
+        return sd
 
     def open_count(self) -> int:
         """Deals not finished: ordered ones, and offers still valid."""
         with self.db.transaction(write=False) as tx:
             row = tx.one("SELECT COUNT(*) FROM shop_deals WHERE finished = 0 AND (order_bytes IS NOT NULL OR "
                          "valid_until > ?)", (_now(),))
-        return int(row[0]) if row else 0
+        count = int(row[0]) if row else 0
+        with self._lock:
+            self._counted = (time.monotonic(), count)
+        return count
+
+    def below(self, limit: int) -> bool:
+        """Whether fewer than ``limit`` deals are open, counted at most once a :data:`COUNT_EVERY_S` while
+        the last count was under half the limit, and at every call above that. Between two counts, all
+        the shop's processes together would have to open more than half the limit per
+        :data:`COUNT_EVERY_S` to pass it unseen (a bound on memory and rows, not on anything a party
+        relies on); near the limit every new deal is counted, as before."""
+        with self._lock:
+            counted = self._counted
+        if counted is not None and counted[1] < limit // 2 and time.monotonic() - counted[0] < COUNT_EVERY_S:
+            return True
+        return self.open_count() < limit
 
     def exchanges(self, owner: Callable[[str], bool]) -> list[ShopDeal]:
         """Deals whose fair exchange was started and has not ended, of the owners ``owner`` accepts."""
@@ -139,6 +246,10 @@ class DealStore:
                 and owner(str(d.exchange.get("owner", "")))]
 
     # ---- writing ----------------------------------------------------------------------------------
+    # what a step may change; the offer, its items, PSAM and validity are written once, by insert
+    _MUTABLE = ("order_bytes", "order_body", "order_digest", "form", "terms", "paid", "payment", "confirmation",
+                "delivery", "exchange", "decisions", "archived", "finished", "updated_at")
+
     def insert(self, sd: ShopDeal, *, also: Callable[[Transaction], None] | None = None) -> None:
         v = self._values(sd)
         names = ", ".join(v)
@@ -150,38 +261,65 @@ class DealStore:
                 also(tx)
         self.db.run(run)
         sd.version = 1
+        self._remember(sd)
+        with self._lock:
+            if self._counted is not None:
+                self._counted = (self._counted[0], self._counted[1] + 1)
+
+    def _update(self, sd: ShopDeal) -> tuple[str, tuple[Any, ...]]:
+        v = self._values(sd, self._MUTABLE)
+        sets = ", ".join(f"{k} = ?" for k in v)
+        return (f"UPDATE shop_deals SET {sets}, version = version + 1 WHERE deal_id = ? AND version = ?",
+                (*v.values(), sd.deal.deal_id, sd.version))
 
     def save(self, sd: ShopDeal, *, also: Callable[[Transaction], None] | None = None) -> bool:
         """Write the deal back if nobody wrote it since it was read (then True); ``also`` runs in the same
         transaction (e.g. the payment manager's expected terms)."""
-        v = self._values(sd)
-        sets = ", ".join(f"{k} = ?" for k in v)
+        sql, params = self._update(sd)
 
         def run(tx: Transaction) -> bool:
-            cur = tx.execute(f"UPDATE shop_deals SET {sets}, version = version + 1 WHERE deal_id = ? AND version = ?",
-                             (*v.values(), sd.deal.deal_id, sd.version))
-            if cur.rowcount != 1:
+            if tx.execute(sql, params).rowcount != 1:
                 return False
             if also is not None:
                 also(tx)
             return True
-        if self.db.run(run):
+        return self.saved(sd, bool(self.db.run(run)))
+
+    def save_in(self, tx: Transaction, sd: ShopDeal) -> bool:
+        """:meth:`save` inside the caller's transaction (the payment's step and the deal it completes,
+        committed together); the caller reports the outcome with :meth:`saved` once it committed."""
+        sql, params = self._update(sd)
+        return bool(tx.execute(sql, params).rowcount == 1)
+
+    def saved(self, sd: ShopDeal, written: bool) -> bool:
+        """After the transaction that ran :meth:`save_in` committed: the deal as written is remembered
+        (and its version is the row's), or, if it was not written, forgotten here."""
+        if written:
             sd.version += 1
-            return True
-        return False
+            self._remember(sd)
+        else:
+            self._forget(sd.deal.deal_id)
+        return written
 
     def claim_exchange(self, deal_id: str, exchange: dict[str, Any]) -> bool:
         """Mark the deal's fair exchange started (by ``exchange["owner"]``), unless it was started before."""
         def run(tx: Transaction) -> bool:
             cur = tx.execute("UPDATE shop_deals SET exchange = ?, version = version + 1, updated_at = ? "
-                             "WHERE deal_id = ? AND exchange IS NULL", (json.dumps(exchange, sort_keys=True), _now(),
+                             "WHERE deal_id = ? AND exchange IS NULL", (to_json(exchange), _now(),
                                                                         deal_id))
             return cur.rowcount == 1
-        return bool(self.db.run(run))
+        try:
+            return bool(self.db.run(run))
+        finally:
+            self._forget(deal_id)               # its version changed: read it again when next asked
 
     def evict(self) -> int:
         """Forget offers nobody ordered in time (their evidence stays in the archive); how many."""
         def run(tx: Transaction) -> int:
             cur = tx.execute("DELETE FROM shop_deals WHERE order_bytes IS NULL AND valid_until < ?", (_now(),))
             return int(cur.rowcount)
-        return int(self.db.run(run))
+        try:
+            return int(self.db.run(run))
+        finally:
+            with self._lock:
+                self._cache.clear()

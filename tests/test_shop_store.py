@@ -1,0 +1,62 @@
+"""The shop's deal store (client/servers/shop_store.py), on both back ends: what a process remembers of a
+deal is only ever what was committed, never newer than the database, and a write from a stale copy
+fails instead of overwriting another worker's step (docs/performance.md, "One transaction per request")."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from postgres import Storage, storages
+
+from semper.client.commerce.catalogue import Catalogue, demo_catalogue
+from semper.client.commerce.deal import Deal, deal_attributes, new_deal_id
+from semper.client.servers.shop_store import DealStore, ShopDeal
+from semper.client.support.db import Database
+
+
+def _deal(catalogue: Catalogue) -> ShopDeal:
+    item = catalogue.get("teapot")
+    deal = Deal(new_deal_id(), "mail-order", deal_attributes("mail-order"), None)
+    offer = {"valid_until": "2999-01-01T00:00:00Z", "total": 100}
+    return ShopDeal(deal, offer, b"offer-der", "d" * 64, [(item, 1)], None)
+
+
+@storages()
+def test_a_stale_copy_never_overwrites_another_workers_step(storage: Storage, tmp_path: Path) -> None:
+    db = Database(storage.url("shop", tmp_path))
+    try:
+        catalogue = demo_catalogue()
+        a, b = DealStore(db, catalogue, None), DealStore(db, catalogue, None)      # two workers of one shop
+        sd = _deal(catalogue)
+        deal_id = sd.deal.deal_id
+        a.insert(sd)
+        on_b = b.get(deal_id)
+        assert on_b is not None and on_b.version == 1
+        on_b.order, on_b.order_bytes, on_b.order_digest = {"deal": deal_id}, b"order", "o" * 64
+        on_b.deal.decide("order", "satisfied", "b took the order")
+        assert b.save(on_b) and on_b.version == 2
+
+        stale = a.get(deal_id)                           # what a remembers: its own insert, committed
+        assert stale is not None and stale.version == 1 and stale.order is None
+        fresh = a.get(deal_id, fresh=True)
+        assert fresh is not None and fresh.version == 2 and fresh.order == {"deal": deal_id}
+
+        stale.deal.decide("payment", "refused", "a acting on what it remembered")
+        assert not a.save(stale)                         # b's step stays; a reads the deal again
+        again = a.get(deal_id)
+        assert again is not None and again.version == 2 and [d.step for d in again.deal.decisions] == ["order"]
+
+        # a write inside a caller's transaction that rolls back leaves the row and the memory as they were
+        again.paid = True
+        with pytest.raises(RuntimeError), db.transaction() as tx:
+            assert a.save_in(tx, again)
+            raise RuntimeError("the process died before the commit")
+        kept = a.get(deal_id)
+        assert kept is not None and kept.version == 2 and not kept.paid
+        assert not b.get(deal_id, fresh=True).paid          # type: ignore[union-attr]
+
+        # a copy handed out is the caller's: changing it changes nothing remembered
+        kept.deal.decide("delivery", "satisfied", "only in the caller's copy")
+        assert [d.step for d in a.get(deal_id).deal.decisions] == ["order"]   # type: ignore[union-attr]
+    finally:
+        db.close()
