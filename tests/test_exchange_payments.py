@@ -189,12 +189,13 @@ def test_the_third_party_deposits_coins_the_payee_never_saw(people: People, tmp_
 
 
 def test_a_cheque_commitment_nobody_resolved_goes_back_to_its_drawer(people: People, tmp_path: Path) -> None:
-    """Bob commits a cheque reserved for 2 seconds; Alice stops before accepting. While it runs the third
-    party says 'undecided'; after it, 'expired', and the bank gives the reservation back to Bob."""
+    """Bob commits a cheque reserved for 4 seconds; Alice stops before accepting. While it runs the third
+    party says 'undecided'; after it, 'expired', and the bank gives the reservation back to Bob. (Alice
+    wants a second left when she checks the commitment: 3 s of slack for a loaded machine.)"""
     people["alice"].verifiers["cheque"].margin = 1
     try:
-        ran = exchange(people, tmp_path, lambda: cheque_purchase(people, valid_for=2), faulty="alice",
-                       stop_before="accept", configure=lambda o, r: o.waits.update(accept=3.0))
+        ran = exchange(people, tmp_path, lambda: cheque_purchase(people, valid_for=4), faulty="alice",
+                       stop_before="accept", configure=lambda o, r: o.waits.update(accept=5.0))
     finally:
         people["alice"].verifiers["cheque"].margin = 60
     assert ran.originator.status == "expired", ran.originator.as_dict()
@@ -208,8 +209,8 @@ def test_a_late_resolution_of_a_cheque_is_refused_as_expired(people: People, tmp
     reservation back; an honest payee resolves within its patience, long before."""
     people["alice"].verifiers["cheque"].margin = 1
     try:
-        ran = exchange(people, tmp_path, lambda: cheque_purchase(people, valid_for=2), faulty="bob",
-                       stop_before="item", configure=lambda o, r: r.waits.update(item=3.0))
+        ran = exchange(people, tmp_path, lambda: cheque_purchase(people, valid_for=4), faulty="bob",
+                       stop_before="item", configure=lambda o, r: r.waits.update(item=5.0))
     finally:
         people["alice"].verifiers["cheque"].margin = 60
     assert ran.responder is not None and ran.responder.status == "expired", ran.responder.as_dict()
