@@ -57,7 +57,9 @@ class Pin:
         """Set the value and reset the counter (personalisation, change, unblock)."""
         self.check_format(value)
         salt = random_bytes(16)
-        verifier = bytes([_VERIFIER_FORMAT, PIN_KDF_LOG2_N, PIN_KDF_R, PIN_KDF_P]) + pin_verifier(value, salt)
+        # the cost the verifier records is the cost it was made with (one set of names for both)
+        cost = (PIN_KDF_LOG2_N, PIN_KDF_R, PIN_KDF_P)
+        verifier = bytes([_VERIFIER_FORMAT, *cost]) + pin_verifier(value, salt, *cost)
         self.store.put(self._k("salt"), salt)
         self.store.put(self._k("verifier"), verifier)
         self.store.put_int(self._k("max"), max_tries)

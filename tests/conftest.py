@@ -8,6 +8,20 @@ truncation, not with fsync.
 Card images are sealed under per-card keys kept outside them (``card_applet_sim/keys.py``). The
 whole session, child processes included, shares one key folder (``SEMPER_CARD_KEYS``), so copies of
 the pristine images open anywhere, whatever ``SEMPER_HOME`` a test gives a child process.
+
+The cards this session personalises keep their PIN and PUK verifiers at the lowest scrypt cost a card
+accepts (N = 2^10 instead of the production 2^14; ``TEST_PIN_KDF_LOG2_N``): a verifier records its own
+cost, so these cards verify at that cost wherever they are served, and a suite that verifies PINs
+thousands of times (the card state machine) does not spend most of its time in scrypt. What a PIN
+guess costs is the test of card_applet_sim's defaults (test_card_image_attacks.py), which personalises
+its card at the production cost; cards made by ``semper card new`` in a child process keep it too.
+
+Likewise the RSA keys banks made in this process generate on their tokens (the mint's ten blind-signing
+keys and the payment-instruction key of every test bank) are 1024-bit (``TEST_RSA_BITS``) instead of
+2048: SoftHSM2 takes about 0.2 s for each 2048-bit pair, some 60 s over the suite. Nothing here depends
+on the size (blind signatures and OAEP read it from the key); banks made by ``semper bank init`` in a
+child process (the getting-started page, the demos, chaos) keep 2048, and test_conftest_costs.py checks
+that the production defaults are unchanged.
 """
 from __future__ import annotations
 
@@ -20,17 +34,30 @@ from typing import Any
 import pytest
 from postgres import PostgresCluster, Storage, missing_reason
 
+from semper.card_applet_sim import pin as card_pin
 from semper.client.support.personalisation import CardProfile, personalise_psam, personalise_purse_card
 from semper.client.support.scheme import Scheme
 from semper.hardware.psam import PsamSession
 from semper.hardware.purse import PurseSession
 from semper.hardware.simulator import SimulatedCard, open_card
+from semper.hsm.rsa import RsaTokenKeys
 
 PIN = b"1234"
 PUK = b"12345678"
 MAX_BALANCE = 20000
 EUR = 978
 SCHEME_PIN = b"scheme-pin-2580"      # the scheme tokens' PIN in tests (never written into a scheme folder)
+TEST_PIN_KDF_LOG2_N = 10             # scrypt cost of the PIN verifiers of cards made here (the card's lowest)
+card_pin.PIN_KDF_LOG2_N = TEST_PIN_KDF_LOG2_N
+TEST_RSA_BITS = 1024                 # size of the RSA keys test banks generate on their tokens (production 2048)
+_production_rsa_generate = RsaTokenKeys.generate
+
+
+def _generate_test_size(self: RsaTokenKeys, key_id: bytes, label: str, bits: int = TEST_RSA_BITS) -> Any:
+    return _production_rsa_generate(self, key_id, label, bits)
+
+
+RsaTokenKeys.generate = _generate_test_size        # type: ignore[method-assign]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -282,26 +282,36 @@ def test_card_new_takes_an_argv_pin_only_when_told_and_warns(tmp_path: Path) -> 
 
 # ---- the PIN verifier: slow to guess, quick to repeat -----------------------------------------------------
 def test_pin_verifier_is_scrypt_and_only_the_first_verify_of_a_session_pays_for_it(
-        buyer_card, monkeypatch: pytest.MonkeyPatch) -> None:
+        scheme, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the production cost: the session's other cards are made cheaper (conftest.TEST_PIN_KDF_LOG2_N)."""
     from semper.card_applet_sim import crypto, pin
-    state = buyer_card.card.store.snapshot()
-    salt, verifier = state["card/pin/salt"], state["card/pin/verifier"]
-    assert verifier[:4] == bytes([1, 14, 8, 1])                      # format 1, scrypt N = 2^14, r = 8, p = 1
-    assert verifier[4:] == crypto.pin_verifier(PIN, salt, 14, 8, 1)
-    calls: list[bytes] = []
-    real = pin.pin_verifier
+    assert (crypto.PIN_KDF_LOG2_N, crypto.PIN_KDF_R, crypto.PIN_KDF_P) == (14, 8, 1)
+    monkeypatch.setattr(pin, "PIN_KDF_LOG2_N", crypto.PIN_KDF_LOG2_N)          # the card's own default
+    image = tmp_path / "default-cost.card"
+    personalise_purse_card(image, scheme, CardProfile(PIN, PUK), sync=False)
+    card = open_card(image, sync=False)
+    try:
+        state = card.card.store.snapshot()
+        salt, verifier = state["card/pin/salt"], state["card/pin/verifier"]
+        assert verifier[:4] == bytes([1, 14, 8, 1])                  # format 1, scrypt N = 2^14, r = 8, p = 1
+        assert verifier[4:] == crypto.pin_verifier(PIN, salt, 14, 8, 1)
+        assert state["card/puk/verifier"][:4] == bytes([1, 14, 8, 1])
+        calls: list[bytes] = []
+        real = pin.pin_verifier
 
-    def counting(value: bytes, *a: object) -> bytes:
-        calls.append(value)
-        return real(value, *a)
+        def counting(value: bytes, *a: object) -> bytes:
+            calls.append(value)
+            return real(value, *a)
 
-    monkeypatch.setattr(pin, "pin_verifier", counting)
-    purse = PurseSession(buyer_card)
-    purse.verify_pin(PIN)
-    purse.verify_pin(PIN)
-    assert calls == [PIN], "a repeated VERIFY with the matching PIN should be answered from RAM"
-    with pytest.raises(hw_errors.WrongPinError) as e:
-        purse.verify_pin(b"9999")
-    assert e.value.tries_left == 2 and calls == [PIN, b"9999"]      # a wrong guess always costs a scrypt and a try
-    purse.verify_pin(PIN)
-    assert purse.info().pin_tries == 3
+        monkeypatch.setattr(pin, "pin_verifier", counting)
+        purse = PurseSession(card)
+        purse.verify_pin(PIN)
+        purse.verify_pin(PIN)
+        assert calls == [PIN], "a repeated VERIFY with the matching PIN should be answered from RAM"
+        with pytest.raises(hw_errors.WrongPinError) as e:
+            purse.verify_pin(b"9999")
+        assert e.value.tries_left == 2 and calls == [PIN, b"9999"]  # a wrong guess always costs a scrypt and a try
+        purse.verify_pin(PIN)
+        assert purse.info().pin_tries == 3
+    finally:
+        card.close()
