@@ -12,16 +12,13 @@ import inspect
 import conftest
 
 from semper.card_applet_sim import crypto
-from semper.card_applet_sim import pin as card_pin
 
 
 def test_the_card_pin_kdf_default_is_the_production_cost() -> None:
     assert (crypto.PIN_KDF_LOG2_N, crypto.PIN_KDF_R, crypto.PIN_KDF_P) == (14, 8, 1)
     assert inspect.signature(crypto.pin_verifier).parameters["log2_n"].default == 14
-    assert card_pin.PIN_KDF_LOG2_N == conftest.TEST_PIN_KDF_LOG2_N == 10     # the lowest cost a card accepts
 
 
 def test_the_rsa_key_size_default_is_2048_bits() -> None:
     production = conftest._production_rsa_generate
     assert inspect.signature(production).parameters["bits"].default == 2048
-    assert conftest.TEST_RSA_BITS == 1024

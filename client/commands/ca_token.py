@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import UsageError, note, read_pin_file, read_secret
+from . import UsageError, existing_file, note, read_pin_file, read_secret
 
 if TYPE_CHECKING:
     from semper.hsm.softhsm import SoftHsmStore
@@ -35,6 +35,22 @@ class CaCertifiedToken:
     store: SoftHsmStore         # the SoftHSM2 folder both tokens are in
     ca_pin: bytes
     pin: bytes                  # the party's token PIN
+
+
+def add_ca_token_args(p: argparse.ArgumentParser, who: str, label: str) -> None:
+    """The options :func:`ca_certified_token` reads (the CA, the party's token, both PINs), declared once for
+    every party whose key the CA certifies on a token in its folder; ``who`` as in its messages."""
+    from .storage_args import add_db_arg
+    party = who.removeprefix("the ")
+    p.add_argument("--ca-dir", type=Path, help="the CA's folder (default: $SEMPER_HOME/ca)")
+    add_db_arg(p, "the CA folder", "--ca-db", "the CA's ")
+    p.add_argument("--ca-pin-file", type=existing_file, help="the CA token's PIN (otherwise asked)")
+    p.add_argument("--token", default=label, help=f"label of the {party}'s token (default {label})")
+    p.add_argument("--create-token", action="store_true", help="create the SoftHSM2 token first (in the CA's token "
+                                                                "folder unless --token-dir)")
+    p.add_argument("--token-dir", type=Path, help="SoftHSM2 folder holding the token (default: the CA's)")
+    p.add_argument("--pin-file", type=existing_file, help=f"the {party} token's PIN")
+    p.add_argument("--pin-stdin", action="store_true", help=f"read the {party} token's PIN from standard input")
 
 
 def ca_certified_token(args: argparse.Namespace, who: str) -> CaCertifiedToken:

@@ -28,7 +28,7 @@ from . import (
     read_pin_file,
     read_secret,
 )
-from .ca_token import ca_certified_token
+from .ca_token import add_ca_token_args, ca_certified_token
 from .serve import DEFAULT_PORTS, check_bindable, listen_args
 
 if TYPE_CHECKING:
@@ -171,17 +171,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p = c.add_parser("init", help="make the certifier's key on its token, have the CA certify it (role certifier), "
                                   "write its folder")
     p.add_argument("-d", "--dir", type=Path, help="the certifier's folder (default: $SEMPER_HOME/certifier)")
-    p.add_argument("--ca-dir", type=Path, help="the CA's folder (default: $SEMPER_HOME/ca)")
-    from .storage_args import add_db_arg
-    add_db_arg(p, "the CA folder", "--ca-db", "the CA's ")
-    p.add_argument("--ca-pin-file", type=existing_file, help="the CA token's PIN (otherwise asked)")
-    p.add_argument("--token", default="semper-certifier", help="label of the certifier's token (default "
-                                                                "semper-certifier)")
-    p.add_argument("--create-token", action="store_true", help="create the SoftHSM2 token first (in the CA's token "
-                                                                "folder unless --token-dir)")
-    p.add_argument("--token-dir", type=Path, help="SoftHSM2 folder holding the token (default: the CA's)")
-    p.add_argument("--pin-file", type=existing_file, help="the certifier token's PIN")
-    p.add_argument("--pin-stdin", action="store_true", help="read the certifier token's PIN from standard input")
+    add_ca_token_args(p, "the certifier", "semper-certifier")
     p.add_argument("--name", default="semper service certifier", help="the name in its certificate")
     p.add_argument("--email", help="its e-mail address (certificate; optional)")
     p.add_argument("--url", default=f"https://127.0.0.1:{DEFAULT_PORTS['certifier']}",

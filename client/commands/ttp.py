@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import UsageError, emit, existing_file, json_arg
-from .ca_token import ca_certified_token, read_pin
+from .ca_token import add_ca_token_args, ca_certified_token, read_pin
 from .serve import check_bindable, listen_args
 from .storage_args import add_db_arg
 
@@ -88,15 +88,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p = ttp.add_parser("init", help="make the third party's keys on its token and have the CA certify them")
     p.add_argument("--dir", type=Path, help="the third party's folder (default: $SEMPER_HOME/ttp)")
     add_db_arg(p, "the third party's folder")
-    p.add_argument("--ca-dir", type=Path, help="the CA's folder (default: $SEMPER_HOME/ca)")
-    add_db_arg(p, "the CA folder", "--ca-db", "the CA's ")
-    p.add_argument("--ca-pin-file", type=existing_file, help="the CA token's PIN (otherwise asked)")
-    p.add_argument("--token", default="semper-ttp", help="label of the third party's token (default semper-ttp)")
-    p.add_argument("--create-token", action="store_true", help="create the SoftHSM2 token first (in the CA's token "
-                                                                "folder unless --token-dir)")
-    p.add_argument("--token-dir", type=Path, help="SoftHSM2 folder holding the token (default: the CA's)")
-    p.add_argument("--pin-file", type=existing_file, help="the third party token's PIN")
-    p.add_argument("--pin-stdin", action="store_true", help="read the third party token's PIN from standard input")
+    add_ca_token_args(p, "the third party", "semper-ttp")
     p.add_argument("--name", default="semper third party", help="the name in its certificates")
     p.add_argument("--email", default="ttp@semper.example", help="its e-mail address (certificate)")
     p.add_argument("--purse-root", type=existing_file, help="the card purse scheme root (PEM), to verify debit proofs")
