@@ -108,7 +108,7 @@ class SigningError(EvidenceError):
 # ---- canonical JSON -----------------------------------------------------------------------------
 def canonical_json(statement: Mapping[str, Any]) -> bytes:
     """The one byte form of a statement: UTF-8, keys sorted, no insignificant space."""
-    if not isinstance(statement, Mapping):
+    if type(statement) is not dict and not isinstance(statement, Mapping):     # exact type first: no ABC check
         raise MalformedStatement("a statement is a JSON object (a dict)")
     kind = statement.get("type")
     if not isinstance(kind, str) or not _TYPE_RE.match(kind):
@@ -225,7 +225,11 @@ def _written_der(der: bytes) -> bytes:
 
 @functools.lru_cache(maxsize=256)
 def _ec_public_key(cert_der: bytes) -> ec.EllipticCurvePublicKey | None:
-    public = load_certificate(cert_der).public_key()
+    """The EC key of the certificate loaded from ``cert_der``, or None for another kind of key."""
+    return _ec_key_of(load_certificate(cert_der).public_key())
+
+
+def _ec_key_of(public: Any) -> ec.EllipticCurvePublicKey | None:
     return public if isinstance(public, ec.EllipticCurvePublicKey) else None
 
 
@@ -524,10 +528,12 @@ def check_integrity(parts: SignedParts, what: str = "statement") -> None:
         raise BadSignature(f"the {what}'s content was altered after signing (its SHA-256 no longer matches "
                            "the signed message-digest)")
     try:
-        public = parts.signer_cert.public_key()
+        # by the DER it was loaded from, the key and its type check once per certificate
+        public = (_ec_public_key(parts.signer_der) if parts.signer_der is not None
+                  else _ec_key_of(parts.signer_cert.public_key()))
     except (ValueError, UnsupportedAlgorithm):   # damaged key bytes (cryptography parses them only now): not a 500
         raise MalformedStatement(f"the {what}'s signer certificate holds no valid public key") from None
-    if not isinstance(public, ec.EllipticCurvePublicKey):
+    if public is None:
         raise MalformedStatement(f"the {what}'s signer certificate does not hold an EC key")
     try:
         public.verify(parts.signature, parts.signed_attrs, ECDSA_SHA256)
