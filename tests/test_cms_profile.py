@@ -249,8 +249,9 @@ def _nested_signed_attributes(content: bytes, when: dt.datetime, scv2_attribute:
 
 
 @settings(max_examples=300, deadline=None)
-@given(content=st.binary(max_size=200), when=times | st.datetimes(min_value=dt.datetime(2, 1, 1), max_value=dt.datetime(9998, 12, 31),
-                                                            timezones=st.timezones()),
+@given(content=st.binary(max_size=200),
+       when=times | st.datetimes(min_value=dt.datetime(2, 1, 1), max_value=dt.datetime(9998, 12, 31),
+                                 timezones=st.timezones()),
        scv2=st.binary(min_size=1, max_size=300))
 def test_the_fixed_heads_write_what_the_nested_tlvs_write(content: bytes, when: dt.datetime, scv2: bytes) -> None:
     scv2_attribute = der.tlv(0x30, cms_profile.ATTR_SIGNING_CERT_V2 + der.tlv(0x31, scv2))
