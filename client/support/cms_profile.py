@@ -93,7 +93,6 @@ def _head(tag: int, n: int) -> bytes:
     return bytes((tag,)) + der.length(n)
 
 
-_OUTER_OID = OID_SIGNED_DATA
 _BODY_HEAD = VERSION_3 + DIGEST_ALGORITHMS
 
 
@@ -115,9 +114,9 @@ def assemble_from(t: SignerTemplate, content: bytes, signed_attrs: bytes, signat
     body_head = _head(0x30, n_body)
     n_explicit = len(body_head) + n_body
     explicit_head = _head(0xA0, n_explicit)
-    n_outer = len(_OUTER_OID) + len(explicit_head) + n_explicit
+    n_outer = len(OID_SIGNED_DATA) + len(explicit_head) + n_explicit
     return b"".join((
-        _head(0x30, n_outer), _OUTER_OID, explicit_head, body_head, _BODY_HEAD,
+        _head(0x30, n_outer), OID_SIGNED_DATA, explicit_head, body_head, _BODY_HEAD,
         encap_head, OID_STATEMENT, wrap_head, oct_head, content,
         t.certificate_set,
         sis_head, si_head, t.signer_info_head, b"\xa0", memoryview(signed_attrs)[1:], ECDSA_SHA256,
