@@ -30,7 +30,7 @@ from aiohttp import web
 
 from semper.hardware.errors import SemperError
 
-from . import shapes
+from . import fast_http, shapes
 
 log = logging.getLogger("semper.services")
 
@@ -137,10 +137,31 @@ async def blocking(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(_pool, fn, *args)
 
 
+FAST_ROUTES = web.AppKey("semper_fast_routes", dict)
+
+
 def make_app(routes: Iterable[web.AbstractRouteDef], *, max_body: int = MAX_BODY) -> web.Application:
+    """The service's app: ``routes`` behind :func:`json_errors`, bodies up to ``max_body``.
+
+    ``routes`` are its JSON API: those on plain paths are also served by the lean request path
+    (``fast_http.py``) when :class:`ServiceRunner` serves the app; routes added later (the shop's
+    web pages) are aiohttp's alone."""
+    routes = list(routes)
     app = web.Application(middlewares=[json_errors], client_max_size=max_body)
     app.add_routes(routes)
+    app[FAST_ROUTES] = fast_http.route_table(routes)
     return app
+
+
+def fast_routes(app: web.Application) -> dict[tuple[bytes, bytes], fast_http.Handler]:
+    """The routes the lean path may answer for ``app``: none when ``SEMPER_FAST_HTTP=0``, or when the
+    app has more than :func:`json_errors` around its handlers (another middleware, a response signal),
+    which that path would skip."""
+    table: dict[tuple[bytes, bytes], fast_http.Handler] = app.get(FAST_ROUTES, {})
+    if os.environ.get("SEMPER_FAST_HTTP", "1") == "0" or list(app.middlewares) != [json_errors] \
+            or len(app.on_response_prepare):
+        return {}
+    return table
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -179,6 +200,8 @@ class ServiceRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self._fast: fast_http.FastServer | None = None
+        self._server: asyncio.AbstractServer | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
@@ -217,6 +240,10 @@ class ServiceRunner:
     async def _listen(self) -> None:
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
+        routes = fast_routes(self.app)
+        if routes and self._runner.server is not None:
+            await self._listen_fast(routes, self._runner.server)
+            return
         site: web.BaseSite
         if self.sock is not None:
             site = web.SockSite(self._runner, self.sock, ssl_context=self.ssl_context)
@@ -229,12 +256,34 @@ class ServiceRunner:
         if sockets:
             self.port = sockets[0].getsockname()[1]
 
+    async def _listen_fast(self, routes: fast_http.Routes, fallback: web.Server) -> None:
+        """Listen with the lean path in front (``fast_http.py``); aiohttp's server takes the rest."""
+        self._fast = fast_http.FastServer(self.app, routes, json_errors, fallback, self.app._client_max_size)
+        loop = asyncio.get_running_loop()
+        if self.sock is not None:
+            self._server = await loop.create_server(self._fast, sock=self.sock, ssl=self.ssl_context, backlog=128)
+            self.host, self.port = self.sock.getsockname()[:2]
+        else:
+            self._server = await loop.create_server(self._fast, self.host, self.port, ssl=self.ssl_context,
+                                                    backlog=128, reuse_address=True)
+            self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _cleanup(self) -> None:
+        """Stop listening, let the requests under way finish (bounded by the runner's 1 s), then
+        aiohttp's connections and the app's cleanup."""
+        if self._server is not None:
+            self._server.close()
+        if self._fast is not None:
+            await self._fast.shutdown(1.0)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
     def stop(self, timeout: float = 10.0) -> None:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None or not thread.is_alive():
             return
         if self._runner is not None:
-            fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop)
+            fut = asyncio.run_coroutine_threadsafe(self._cleanup(), loop)
             try:
                 fut.result(timeout)
             except Exception:
