@@ -94,15 +94,15 @@ class Raw:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def answer(self) -> tuple[int, dict[str, str], bytes]:
+    def answer(self, head: bool = False) -> tuple[int, dict[str, str], bytes]:
         line = self.file.readline()
-        assert line.startswith(b"HTTP/1.1 "), line
+        assert line.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), line
         status = int(line.split()[1])
         headers: dict[str, str] = {}
         while (h := self.file.readline()) not in (b"\r\n", b""):
             name, _, value = h.decode("latin-1").partition(":")
             headers[name.strip().lower()] = value.strip()
-        body = self.file.read(int(headers.get("content-length", "0")))
+        body = b"" if head else self.file.read(int(headers.get("content-length", "0")))
         return status, headers, body
 
     def closed(self) -> bool:
@@ -193,7 +193,7 @@ def _first_answer(port: int, data: bytes) -> tuple[int, bytes]:
     raw = Raw(port)
     try:
         raw.send(data)
-        status, headers, body = raw.answer()
+        status, headers, body = raw.answer(head=data.startswith(b"HEAD "))
         return status, b"" if headers.get("content-type", "").startswith("text/plain") else body
     finally:
         raw.close()

@@ -319,14 +319,13 @@ class FastConnection(asyncio.Protocol):
         total = end + 4 + length
         if len(buf) < total:
             return self._waiting()          # the body is still on its way
+        method, path, query = line.groups()   # taken before the buffer moves under the match
         body = bytes(buf[end + 4:total])
         del buf[:total]
         self.deadline = math.inf            # a handler runs: no bound on it here (aiohttp sets none either)
         self.server.served += 1
-        query = line.group(3)
-        request = FastRequest(line.group(1).decode(), line.group(2).decode(),
-                              query.decode() if query else "", CIMultiDictProxy(headers),
-                              body, self.server.app, self.remote)
+        request = FastRequest(method.decode(), path.decode(), query.decode() if query else "",
+                              CIMultiDictProxy(headers), body, self.server.app, self.remote)
         self.task = asyncio.get_running_loop().create_task(self._answer(request, handler))
 
     async def _answer(self, request: FastRequest, handler: Handler) -> None:
