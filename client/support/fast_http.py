@@ -296,7 +296,8 @@ class FastConnection(asyncio.Protocol):
             return self._hand_over()
         headers: CIMultiDict[str] = CIMultiDict()
         if end > head_start:
-            for field in buf[head_start:end].decode("latin-1").split("\r\n"):
+            # as aiohttp's parser decodes them: UTF-8, other bytes kept as surrogates
+            for field in buf[head_start:end].decode("utf-8", "surrogateescape").split("\r\n"):
                 name, _, value = field.partition(":")
                 headers.add(name, value.strip(" \t"))
         if "Transfer-Encoding" in headers or "Expect" in headers or "Upgrade" in headers:
