@@ -221,6 +221,33 @@ def test_what_the_lean_path_does_not_take_gets_aiohttps_own_answer(monkeypatch: 
     assert got["web page"] == (200, b"<p>hello</p>")
 
 
+TAKEN_REQUESTS = {
+    "ping": _post("/ping?q=a+b&q=c", b'{"n": 1, "text": "\xc3\xa9"}', "Authorization: Bearer x\r\n"),
+    "header not utf-8": _post("/ping", b'{"n": 1}', "Authorization: Bearer \xff\xfe\r\n"),
+    "header utf-8": _post("/ping", b'{"n": 1}', "Authorization: Bearer \xc3\xa9\r\n"),
+    "type with charset": _post("/ping", b'{"n": 1}').replace(b"application/json", b"Application/JSON; charset=utf-8"),
+    "no type": _post("/ping", b'{"n": 1}').replace(b"Content-Type: application/json\r\n", b""),
+    "not json": _post("/ping", b"{"),
+    "wrong field": _post("/ping", b'{"n": "1"}'),
+    "empty body": _post("/ping", b""),
+    "refusal": b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n",
+    "bug": b"GET /bug HTTP/1.1\r\nHost: x\r\n\r\n",
+    "get with a body": b"GET /state HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+}
+
+
+def test_what_the_lean_path_takes_it_answers_as_aiohttp_did(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers: dict[str, dict[str, tuple[int, bytes]]] = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("SEMPER_FAST_HTTP", mode)
+        with ServiceRunner(_app()) as runner:
+            answers[mode] = {name: _first_answer(runner.port, data) for name, data in TAKEN_REQUESTS.items()}
+            if runner._fast is not None:
+                assert runner._fast.served == len(TAKEN_REQUESTS) and runner._fast.handed_over == 0
+    assert answers["1"] == answers["0"]
+    assert answers["1"]["ping"] == (200, '{"n":2,"auth":"Bearer x","q":"a b"}'.encode())
+
+
 def test_expect_100_continue_is_aiohttps(served: ServiceRunner) -> None:
     raw = Raw(served.port)
     body = json.dumps({"n": 41}).encode()
