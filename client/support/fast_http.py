@@ -32,6 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from email.utils import formatdate
 from typing import Any, cast
+from urllib.parse import parse_qsl
 
 import aiohttp
 from aiohttp import web
@@ -94,7 +95,6 @@ class FastRequest:
 
     @property
     def query(self) -> MultiDictProxy[str]:
-        from urllib.parse import parse_qsl
         return MultiDictProxy(MultiDict(parse_qsl(self.query_string, keep_blank_values=True)))
 
     @property
@@ -161,9 +161,6 @@ def _head(status: int, reason: str, headers: tuple[tuple[str, str], ...]) -> byt
     if len(_heads) < 256:
         _heads[(status, reason, headers)] = head
     return head
-
-
-_INTERNAL = None    # made on first use: the generic 500 answer, as json_errors words it
 
 
 class FastServer:

@@ -188,6 +188,8 @@ class ServiceRunner:
     ``port=0`` asks the kernel for a free port; :attr:`url` says which one it got. Used by tests
     and by ``semper serve`` (which then waits for a signal). ``sock``: serve a listening socket made
     elsewhere instead (a worker process serving the socket its parent bound, ``support/prefork.py``).
+    An app made by :func:`make_app` is served with the lean request path in front (``fast_http.py``):
+    connections start there and are handed to aiohttp at the first request it does not take.
     """
 
     app: web.Application
