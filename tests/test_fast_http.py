@@ -359,3 +359,23 @@ def test_a_stop_does_not_wait_for_ever_on_a_stuck_handler(monkeypatch: pytest.Mo
     assert time.monotonic() - started < 5.0
     assert stuck.closed()
     release.set()
+
+
+def test_reading_pauses_while_a_handler_runs_and_pipelined_requests_pile_up(
+        served: ServiceRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More pipelined bytes than MAX_BUFFER behind a busy handler: reading pauses, and every request
+    is still answered, in order, once the handler is done."""
+    monkeypatch.setattr(fast_http, "MAX_BUFFER", 4096)
+    release.clear()
+    raw = Raw(served.port)
+    pings = [_post("/ping", json.dumps({"n": n}).encode()) for n in range(4000)]      # ~400 KB
+    sender = threading.Thread(target=raw.send, args=(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" + b"".join(pings),))
+    sender.start()
+    time.sleep(0.3)
+    conn = next(iter(served._fast.connections)) if served._fast else None
+    assert conn is not None and conn.paused_reading and len(conn.buffer) < len(b"".join(pings))
+    release.set()
+    assert raw.answer()[2] == b'{"slow":true}'
+    assert [json.loads(raw.answer()[2])["n"] for _ in pings] == [n + 1 for n in range(4000)]
+    sender.join(TIMEOUT)
+    raw.close()

@@ -246,8 +246,9 @@ class FastConnection(asyncio.Protocol):
             if self.deadline == math.inf or len(self.buffer) == len(data):
                 self._arm(REQUEST_TIMEOUT)  # a request begins: it has REQUEST_TIMEOUT to arrive whole
             self._next()
-        elif len(self.buffer) > MAX_BUFFER and not self.paused_reading and self.transport is not None:
-            self.paused_reading = True
+        if self.task is not None and len(self.buffer) > MAX_BUFFER and not self.paused_reading \
+                and self.transport is not None:
+            self.paused_reading = True      # pipelined requests pile up behind a busy handler: no more
             self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
