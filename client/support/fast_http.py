@@ -342,6 +342,10 @@ class FastConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             self.abort()
             raise
+        except web.HTTPException as e:      # below 400 json_errors lets it through: a redirect, say
+            data = _serialise(web.Response(status=e.status, reason=e.reason, headers=e.headers, text=e.text),
+                              close or self.server.stopping)
+            assert data is not None
         except Exception:                   # json_errors turns handlers' faults into answers: this is ours
             log.exception("internal error on %s %s", request.method, request.path)
             data = _serialise(_internal(), True)
