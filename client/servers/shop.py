@@ -353,8 +353,8 @@ class Shop:
         next step and, when the payer's first message came with it, the payee's answer to it, which the
         payment's session gives again without asking the device (``PaymentManager.handle_step``)."""
         out = self._next_step(sd)
-        if out["next"] != "payment" or not self._early(sd, envelope):
-            return out
+        if out["next"] != "payment" or sd.paid or not self._early(sd, envelope):
+            return out                  # paid: the payment's session has moved on past the first message
         self._room(sd, envelope)
         return {**out, **self._after_payment(*self._pay(sd.deal.deal_id, envelope))}
 
