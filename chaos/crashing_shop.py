@@ -8,8 +8,8 @@ take the money once. The proxy of ``semper chaos`` can kill the shop only some m
 request, which seldom falls in that transaction; this program ends itself exactly there, from the
 shop's event hook (``Shop.on_step``, instant ``settling``), exit status 70, without cleanup, as a
 power cut would. The same for the order that comes with the card's hello: inside its transaction
-(``ordering``) and between its commit and its answer (``ordered``). It does so once: it leaves the ``--once`` file behind, and the same program started
-again on the folder is the honest shop. No user-facing command and no environment variable can do
+(``ordering``) and between its commit and its answer (``ordered``). It does so once: it leaves the
+``--once`` file behind, and the same program started again on the folder is the honest shop. No user-facing command and no environment variable can do
 this. Everything else is what ``semper serve shop`` does: same folder, token, database, HTTPS
 service and announcement line.
 """

@@ -103,8 +103,8 @@ def test_a_purse_purchase_is_three_requests_and_three_write_transactions(market:
     offer, the order and the proof, one write transaction each (the order's creates the payment's session
     and commits its first step). A cheque, whose module does not declare it may start early, sends no
     first message with its order."""
-    from semper.client.commerce import workflows as wf
     from semper.chaos.runner import ADDRESS
+    from semper.client.commerce import workflows as wf
     proxy = market.proxies["shop"]
     shop = market.buyer.shop
     orders: list[dict[str, Any]] = []
@@ -140,11 +140,11 @@ def test_the_order_with_its_hello_sent_again_gets_the_same_answer_and_one_debit(
     """The order's answer lost, the buyer's client sends the order and the hello again: the same terms and
     the same challenge, from what the shop committed (no write, the PSAM not asked again), and the card
     pays once."""
+    from semper.chaos.runner import ADDRESS
     from semper.client.commerce import blocks
     from semper.client.commerce import documents as docs
     from semper.client.commerce.deal import deal_attributes
     from semper.client.tinguin.model import Action
-    from semper.chaos.runner import ADDRESS
     b = market.buyer
     market.top_up()
     market.ui.payment = "card-purse"
