@@ -9,9 +9,9 @@ request, which seldom falls in that transaction; this program ends itself exactl
 shop's event hook (``Shop.on_step``, instant ``settling``), exit status 70, without cleanup, as a
 power cut would. The same for the order that comes with the card's hello: inside its transaction
 (``ordering``) and between its commit and its answer (``ordered``). It does so once: it leaves the
-``--once`` file behind, and the same program started again on the folder is the honest shop. No user-facing command and no environment variable can do
-this. Everything else is what ``semper serve shop`` does: same folder, token, database, HTTPS
-service and announcement line.
+``--once`` file behind, and the same program started again on the folder is the honest shop. No
+user-facing command and no environment variable can do this. Everything else is what ``semper serve
+shop`` does: same folder, token, database, HTTPS service and announcement line.
 """
 from __future__ import annotations
 

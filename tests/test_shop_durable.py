@@ -156,7 +156,8 @@ def test_the_order_with_its_hello_sent_again_gets_the_same_answer_and_one_debit(
     assert early.first["payment_id"] == docs.payment_id_for(deal.deal_id, docs.sha256_hex(order))
     balance = market.purse_balance()
     first = blocks.send_order(b, deal, order, early=early)
-    assert first["envelope"]["body"]["kind"] == "challenge" and first["terms"]["payment_id"] == early.first["payment_id"]
+    assert first["envelope"]["body"]["kind"] == "challenge"
+    assert first["terms"]["payment_id"] == early.first["payment_id"]
     before = _db(market)
     again = blocks.send_order(b, deal, order, early=early)
     after = _db(market)
