@@ -309,10 +309,10 @@ class Shop:
     def _order_with_first_step(self, sd: ShopDeal, envelope: dict[str, Any], order_bytes: bytes
                                ) -> dict[str, Any] | None:
         """The order, the payment's terms and its first step (the PSAM's challenge to the card's hello) in
-        one transaction, and the answer built from what it committed. None when the step was not taken
-        here: it was refused (the order is then committed with its terms alone, as without a hello, and
-        the payer's message, sent again to ``/deals/pay``, is refused and recorded there), or another
-        process committed this deal or payment first (the order is then answered as sent again)."""
+        one transaction, and the answer built from what it committed. When another process committed
+        this deal or payment first, the order is answered as sent again. None when the step was refused:
+        the caller commits the order with its terms alone, as without a hello, and the payer's message,
+        sent again to ``/deals/pay``, is refused and recorded there."""
         assert sd.terms is not None
 
         def settle(record: Record) -> Callable[[Transaction], None]:
