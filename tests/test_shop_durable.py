@@ -170,3 +170,35 @@ def test_the_order_with_its_hello_sent_again_gets_the_same_answer_and_one_debit(
     late = blocks.send_order(b, deal, order, early=early)
     assert "envelope" not in late and late == {k: v for k, v in first.items() if k != "envelope"}
     assert market.purse_balance() == balance - offer.total
+
+
+@pytest.mark.timeout(120)
+def test_a_first_message_the_shop_does_not_take_with_the_order_leaves_the_order_as_before(market: Any) -> None:
+    """A cheque's message with the order is not taken (its module does not declare it may start early), nor
+    is a purse hello the PSAM refuses: the order is committed with its terms alone and answered without
+    the payee's envelope, and the refused hello, sent to ``/deals/pay``, is refused there."""
+    from semper.chaos.runner import ADDRESS
+    from semper.client.commerce import blocks
+    from semper.client.commerce import documents as docs
+    from semper.client.commerce.deal import deal_attributes
+    from semper.client.commerce.errors import SellerRefused
+    from semper.client.tinguin.model import Action
+    b = market.buyer
+    for module, body in (("cheque", {"kind": "cheque"}),
+                         ("card-purse", {"kind": "hello", "card": "C0FFEE0000000001", "counter": 1, "currency": 840,
+                                         "card_certificate": "AAAA"})):
+        market.ui.payment = module
+        deal, offer, vs = blocks.get_offer(b, "mail-order", [("teapot", 1)], deal_attributes("mail-order"))
+        c = blocks.review_and_confirm(b, deal, offer, vs, ADDRESS, Action.ORDER_AND_PAY, module)
+        order = blocks.make_order(b, deal, offer, c)
+        pid = docs.payment_id_for(deal.deal_id, docs.sha256_hex(order))
+        envelope = {"payment_id": pid, "module": module, "body": body}
+        before = _db(market)
+        answer = b.shop.post("/deals/order", {"deal": deal.deal_id, "order": blocks.b64(order), "envelope": envelope})
+        after = _db(market)
+        assert answer["next"] == "payment" and "envelope" not in answer, answer
+        assert answer["terms"]["payment_id"] == pid
+        assert after["write"] - before["write"] == 1, (before, after)
+        if module == "card-purse":              # the card's currency is not the payment's: the PSAM is not asked
+            with pytest.raises(SellerRefused):
+                b.shop.post("/deals/pay", {"deal": deal.deal_id, "envelope": envelope})
