@@ -10,10 +10,8 @@ announcement line.
 """
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from semper.client.commerce.catalogue import CatalogueItem
@@ -115,24 +113,13 @@ def start_in_process(world: Any, psam_reader: str | None = None) -> CheatingShop
 
 
 def main(argv: list[str] | None = None) -> int:
-    from semper.client.commands.serve import run_until_signalled
-    from semper.client.support.channels import server_context
-    from semper.client.support.http_service import ServiceRunner
-    ap = argparse.ArgumentParser(prog="python -m semper.chaos.cheating_shop")
-    ap.add_argument("--dir", type=Path, required=True)
-    ap.add_argument("--pin-file", type=Path, required=True)
-    ap.add_argument("--port", type=int, default=0)
+    from .faulty_service import fault_parser, serve
+    ap = fault_parser("cheating_shop")
     ap.add_argument("--cheat", choices=CHEATS, required=True)
-    ap.add_argument("--db", help="the shop's storage URL (as semper serve shop --db)")
     args = ap.parse_args(argv)
     opened = open_cheating_shop(ShopHome(args.dir), args.pin_file.read_bytes().strip(), db=args.db)
     opened.shop.cheat = Cheat.named(args.cheat)
-    try:
-        runner = ServiceRunner(opened.app(), "127.0.0.1", args.port, server_context(*opened.tls))
-        return run_until_signalled(runner, f"semper shop {opened.shop.name!r} (cheating: {args.cheat})")
-    finally:
-        opened.close()
-
+    return serve(opened, args.port, f"semper shop {opened.shop.name!r} (cheating: {args.cheat})")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,7 +15,6 @@ shop`` does: same folder, token, database, HTTPS service and announcement line.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from collections.abc import Callable
@@ -38,15 +37,10 @@ def crash_once_at(instant: str, once: Path) -> Callable[[str, str], None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from semper.client.commands.serve import run_until_signalled
     from semper.client.servers.shop_home import ShopHome
-    from semper.client.support.channels import server_context
-    from semper.client.support.http_service import ServiceRunner
-    ap = argparse.ArgumentParser(prog="python -m semper.chaos.crashing_shop")
-    ap.add_argument("--dir", type=Path, required=True)
-    ap.add_argument("--pin-file", type=Path, required=True)
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--db", help="the shop's storage URL (as semper serve shop --db)")
+
+    from .faulty_service import fault_parser, serve
+    ap = fault_parser("crashing_shop")
     # settling: inside the payment's last step's transaction; ordering: inside the transaction of an order
     # that came with the card's hello; ordered: right after that one committed, before its answer
     ap.add_argument("--crash-at", choices=["settling", "ordering", "ordered"], required=True)
@@ -54,12 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     opened = ShopHome(args.dir).open(args.pin_file.read_bytes().strip(), db=args.db)
     opened.shop.on_step = crash_once_at(args.crash_at, args.once)
-    try:
-        runner = ServiceRunner(opened.app(), "127.0.0.1", args.port, server_context(*opened.tls))
-        return run_until_signalled(runner, f"semper shop {opened.shop.name!r} (crashing once at {args.crash_at})")
-    finally:
-        opened.close()
-
+    return serve(opened, args.port, f"semper shop {opened.shop.name!r} (crashing once at {args.crash_at})")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -11,11 +11,9 @@ announcement line.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 # the points the tests name, and the third party's step each one ends the process at
 POINTS = {"before-commit": "signed", "after-commit": "stored"}
@@ -35,25 +33,15 @@ def crash_at(point: str) -> Callable[[str, str], None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from semper.client.commands.serve import run_until_signalled
     from semper.client.servers.ttp_home import TtpHome
-    from semper.client.support.channels import server_context
-    from semper.client.support.http_service import ServiceRunner
-    ap = argparse.ArgumentParser(prog="python -m semper.chaos.crashing_ttp")
-    ap.add_argument("--dir", type=Path, required=True)
-    ap.add_argument("--db", help="database DSN (default: sqlite in the folder)")
-    ap.add_argument("--pin-file", type=Path, required=True)
-    ap.add_argument("--port", type=int, default=0)
+
+    from .faulty_service import fault_parser, serve
+    ap = fault_parser("crashing_ttp")
     ap.add_argument("--crash-at", choices=sorted(POINTS), required=True)
     args = ap.parse_args(argv)
     opened = TtpHome.default(args.dir, args.db).open(args.pin_file.read_text().strip().encode())
     opened.ttp.on_step = crash_at(args.crash_at)
-    try:
-        runner = ServiceRunner(opened.app(), "127.0.0.1", args.port, server_context(*opened.tls))
-        return run_until_signalled(runner, f"semper third party (crashing {args.crash_at})")
-    finally:
-        opened.close()
-
+    return serve(opened, args.port, f"semper third party (crashing {args.crash_at})")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -13,10 +13,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_cms import PIN, Pki, card, card_b, openssl_cms_verify, pki, signer
 
 from semper.client.cli import main as semper
-from semper.client.support import cms
+from semper.client.support import archive, cms
 from semper.client.support.archive import (
     GENESIS,
     Archive,
@@ -528,3 +530,11 @@ def test_failed_automatic_checkpoint_does_not_lose_or_repeat_the_entry(tmp_path:
         archive.append("d", "note", b"next")
         assert [c.index for c in archive.checkpoints()] == [2]
         assert archive.verify().ok
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=dt.datetime(2, 1, 1), max_value=dt.datetime(9998, 12, 31), timezones=st.timezones()))
+def test_entry_times_are_written_as_before(when: dt.datetime) -> None:
+    """The archive writes an entry's time by isoformat() where it can (cheaper); the characters must stay
+    those of the strftime form every existing entry's hash covers."""
+    assert archive._rfc3339(when) == when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

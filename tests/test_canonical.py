@@ -14,7 +14,7 @@ from semper.client.commerce.errors import CommerceError
 from semper.client.payment import wire
 from semper.client.payment.errors import ProtocolError
 from semper.client.support import cms
-from semper.client.support.canonical import NotCanonical, canonical
+from semper.client.support.canonical import MAX_JSON_INT, NotCanonical, _plain, canonical
 from semper.client.transfer import items
 from semper.client.transfer.errors import MalformedItem
 
@@ -72,3 +72,42 @@ def test_the_bytes_are_those_of_pythons_json_writer(value):
 def test_every_escape_is_pythons(text):
     value = {text: [text], "k" + text: text}
     assert canonical(value) == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _plain_by_definition(value):
+    """What canonical._plain decides, written plainly (exact built-in types, integers within 2^53)."""
+    if type(value) in (str, bool) or value is None:
+        return True
+    if type(value) is int:
+        return abs(value) <= MAX_JSON_INT
+    if type(value) is dict:
+        return all(type(k) is str and _plain_by_definition(v) for k, v in value.items())
+    if type(value) is list:
+        return all(_plain_by_definition(v) for v in value)
+    return False
+
+
+class _Str(str):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+_anything = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from([2**53 - 1, 2**53, -(2**53 - 1), -(2**53)])
+    | st.floats() | st.text(max_size=5) | st.binary(max_size=3) | st.builds(_Str, st.text(max_size=3))
+    | st.builds(_Int, st.integers(-5, 5)),
+    lambda inner: st.lists(inner, max_size=4) | st.lists(inner, max_size=3).map(tuple)
+    | st.dictionaries(st.text(max_size=4) | st.integers(0, 3) | st.builds(_Str, st.text(max_size=2)), inner,
+                      max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=1000)
+@given(_anything)
+def test_the_fast_check_decides_as_the_definition(value):
+    """_plain (leaves decided inline, for speed) passes exactly what the plain definition passes; what it
+    does not pass goes to the careful check, which refuses it or lets canonical() write it."""
+    assert _plain(value) == _plain_by_definition(value)

@@ -221,3 +221,63 @@ def test_every_bit_flip_in_the_signing_certificate_attribute_reads_as_the_genera
             flipped = bytearray(data)
             flipped[i] ^= 1 << bit
             assert_parsed_as_general(bytes(flipped), monkeypatch)
+
+
+@settings(max_examples=300, deadline=None)
+@given(content=st.one_of(st.binary(max_size=300), st.integers(0, 70_000).map(lambda n: b"c" * n)),
+       signature=st.binary(min_size=8, max_size=140), issuer=st.binary(min_size=2, max_size=400),
+       serial=st.integers(-(2**159), 2**159), certs=st.lists(st.binary(min_size=1, max_size=600), max_size=3),
+       attrs=st.binary(min_size=1, max_size=400))
+def test_the_template_writes_what_the_nested_tlvs_write(content: bytes, signature: bytes, issuer: bytes, serial: int,
+                                                         certs: list[bytes], attrs: bytes) -> None:
+    """assemble_from (the signer's constant DER written once, the lengths worked out) gives the bytes of
+    assemble (every layer a TLV around the next), whatever the lengths: short, one and two length bytes."""
+    signed_attrs = der.tlv(0x31, attrs)
+    template = cms_profile.template(issuer, serial, certs)
+    assert (cms_profile.assemble_from(template, content, signed_attrs, signature)
+            == cms_profile.assemble(content, signed_attrs, signature, issuer, serial, certs))
+
+
+def _nested_signed_attributes(content: bytes, when: dt.datetime, scv2_attribute: bytes) -> bytes:
+    """The signed attributes as four TLVs (how cms_profile wrote them before its fixed heads)."""
+    attrs = [der.tlv(0x30, cms_profile.ATTR_CONTENT_TYPE + der.tlv(0x31, cms_profile.OID_STATEMENT)),
+             der.tlv(0x30, cms_profile.ATTR_SIGNING_TIME + der.tlv(0x31, cms_profile._time(when))),
+             der.tlv(0x30, cms_profile.ATTR_MESSAGE_DIGEST
+                     + der.tlv(0x31, der.tlv(0x04, hashlib.sha256(content).digest()))),
+             scv2_attribute]
+    return der.tlv(0x31, b"".join(sorted(attrs)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(content=st.binary(max_size=200),
+       when=times | st.datetimes(min_value=dt.datetime(2, 1, 1), max_value=dt.datetime(9998, 12, 31),
+                                 timezones=st.timezones()),
+       scv2=st.binary(min_size=1, max_size=300))
+def test_the_fixed_heads_write_what_the_nested_tlvs_write(content: bytes, when: dt.datetime, scv2: bytes) -> None:
+    scv2_attribute = der.tlv(0x30, cms_profile.ATTR_SIGNING_CERT_V2 + der.tlv(0x31, scv2))
+    assert (cms_profile.signed_attributes(content, when, scv2_attribute)
+            == _nested_signed_attributes(content, when, scv2_attribute))
+
+
+def test_a_signing_certificate_naming_another_certificate_is_caught(soft: SoftSigner, pki: Pki) -> None:
+    """Certificate substitution: the signature is good, but signing-certificate-v2 names another certificate.
+    The profile reader declines it (not the attribute semper writes); the general parser reads it and
+    check_integrity refuses it, hashing the signer certificate the statement carries."""
+    other = SoftSigner(pki, "someone else").cert
+    content = cms.canonical_json({"type": "order", "n": 1})
+    when = dt.datetime(2026, 12, 7, 3, 0, tzinfo=dt.UTC)
+
+    def build(signature: bytes) -> bytes:
+        data = general_build(content, when, soft.cert, signature, [soft.cert])
+        real = hashlib.sha256(soft.cert).digest()
+        assert data.count(real) == 1
+        return data.replace(real, hashlib.sha256(other).digest())          # same length: only the hash differs
+
+    unsigned = cms.parse_signed_data(build(b"\x30\x06\x02\x01\x01\x02\x01\x01"))
+    data = build(soft.key.sign(unsigned.signed_attrs, ec.ECDSA(hashes.SHA256())))
+    assert cms_profile.read_statement(data) is None
+    parts = cms.parse_signed_data(data)
+    assert parts.signer_der == soft.cert
+    with pytest.raises(cms.BadSignature, match="certificate substitution"):
+        cms.check_integrity(parts)
+    cms.check_integrity(cms.parse_signed_data(cms.sign_statement(soft, {"type": "order", "n": 1})))

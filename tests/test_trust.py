@@ -102,6 +102,8 @@ def test_authentication_key_lacks_non_repudiation(card: PivSession, pki: Pki) ->
         verify_statement(der, TrustStore([pki.root]))
     v = verify_statement(der, TrustStore([pki.root]), require_non_repudiation=False)
     assert v.type == "order"
+    with pytest.raises(WrongKeyUsage, match="nonRepudiation"):     # a pass is remembered for its usage only
+        verify_statement(der, TrustStore([pki.root]))
 
 
 def test_time_stamping_certificate_may_not_sign_statements(card: PivSession, pki: Pki) -> None:

@@ -135,41 +135,29 @@ def cmd_serve_mall(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
+    from .seller_args import add_seller_args, add_seller_terms_args, add_serve_seller_args
     from .storage_args import add_db_arg
     mall = sub.add_parser("mall", help="the electronic mall: one shop over several shops").add_subparsers(
         dest="mall_command", required=True)
     p = mall.add_parser("init", help="write the mall's folder: its token key's certificates, bank, shops, service")
-    p.add_argument("-d", "--dir", type=Path, help="the mall's folder (default: $SEMPER_HOME/mall)")
-    p.add_argument("--name", required=True, help="the mall's name (as in its seller certificate)")
-    p.add_argument("--token", required=True, help="label of the mall's token (its key registered at the CA as a "
-                                                  "seller)")
-    p.add_argument("--token-dir", type=Path, help="SoftHSM2 folder of that token (default: SOFTHSM2_CONF, else "
-                                                  "$SEMPER_HOME/tokens)")
-    p.add_argument("-a", "--account", required=True, help="the mall's account at the bank (opened for its key): "
-                                                          "buyers pay it, it pays the shops")
-    p.add_argument("--bank", required=True, metavar="URL", help="the bank's URL")
-    p.add_argument("--bank-tls-root", type=existing_file, required=True, help="the bank's TLS root (PEM)")
+    add_seller_args(p, "mall", token_help="label of the mall's token (its key registered at the CA as a seller)",
+                    account_help="the mall's account at the bank (opened for its key): buyers pay it, it pays "
+                                 "the shops")
     p.add_argument("--shop", action="append", metavar="KEY=URL",
                    help="a shop in the mall: its key (in the mall's item names, KEY--SKU) and URL (repeat)")
-    p.add_argument("--tls-dir", type=Path, required=True,
-                   help="the mall's TLS key and chain from 'semper ca tls-cert --out DIR' (cert.pem, key.pem)")
     p.add_argument("--ca-dir", type=Path, help="the CA's folder (default: $SEMPER_HOME/ca): it certifies the "
                                                "mall's key as a customer of the shops")
     add_db_arg(p, "the CA folder", "--ca-db", "the CA's ")
     p.add_argument("--ca-pin-file", type=existing_file, help="the CA token's PIN (otherwise asked)")
     p.add_argument("--purchasing-email", required=True, help="the e-mail address of the mall's purchasing (its "
                                                               "person certificate)")
-    p.add_argument("--modules", help=f"what buyers pay the mall with, comma-separated (default "
-                                     f"{','.join(('cheque', 'setpay'))})")
-    p.add_argument("--currency", default="EUR")
+    add_seller_terms_args(p, "what buyers pay the mall with, comma-separated (default cheque,setpay)")
     p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for each shop's catalogue")
     json_arg(p)
     p.set_defaults(fn=cmd_init)
 
     p = groups["serve"].add_parser("mall", help="the electronic mall: its index of the shops, offers, one payment, "
                                                 "settlement with each shop")
-    p.add_argument("-d", "--dir", type=Path, help="the mall's folder (default: $SEMPER_HOME/mall; semper mall init)")
-    p.add_argument("--pin-file", type=existing_file, help="read the mall token's PIN from this file (for services)")
-    p.add_argument("--pin-stdin", action="store_true", help="read the mall token's PIN from standard input")
+    add_serve_seller_args(p, "mall")
     listen_args(p, "mall")
     p.set_defaults(fn=cmd_serve_mall)

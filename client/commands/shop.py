@@ -32,6 +32,7 @@ from . import (
     read_pin_file,
     read_secret,
 )
+from .seller_args import add_seller_args, add_seller_terms_args, add_serve_seller_args
 from .serve import (
     DEFAULT_PORTS,
     check_bindable,
@@ -246,26 +247,17 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     shop = sub.add_parser("shop", help="the seller's shop: set it up, clear its PSAM batch").add_subparsers(
         dest="shop_command", required=True)
     p = shop.add_parser("init", help="write the shop's folder from the other operators' pieces")
-    p.add_argument("-d", "--dir", type=Path, help="the shop's folder (default: $SEMPER_HOME/shop)")
-    p.add_argument("--name", required=True, help="the shop's name (as in the seller's certificate)")
-    p.add_argument("--token", required=True, help="label of the seller's token (its key registered at the CA)")
-    p.add_argument("--token-dir", type=Path, help="SoftHSM2 folder of that token (default: SOFTHSM2_CONF, else "
-                                                  "$SEMPER_HOME/tokens)")
-    p.add_argument("-a", "--account", required=True, help="the seller's account at the bank (payments go there)")
-    p.add_argument("--bank", required=True, metavar="URL", help="the bank's URL")
-    p.add_argument("--bank-tls-root", type=existing_file, required=True, help="the bank's TLS root (PEM)")
+    add_seller_args(p, "shop", token_help="label of the seller's token (its key registered at the CA)",
+                    account_help="the seller's account at the bank (payments go there)")
     p.add_argument("--ca-root", type=existing_file, required=True, help="the CA root (PEM): buyers' certificates")
     p.add_argument("--purse-root", type=existing_file, required=True, help="the purse scheme root (PEM)")
-    p.add_argument("--tls-dir", type=Path, required=True,
-                   help="the shop's TLS key and chain from 'semper ca tls-cert --out DIR' (cert.pem, key.pem)")
     p.add_argument("--psam-reader", help="the PC/SC reader holding the shop's PSAM")
     p.add_argument("--psam-image", type=card_image, help="or: a PSAM image opened in the shop's process")
     p.add_argument("--ttp", metavar="URL", help="the third party's URL (fair exchanges)")
     p.add_argument("--ttp-cert", type=existing_file, help="the third party's certificate (ttp.pem from ttp init)")
     p.add_argument("--escrow", type=existing_file, help="the third party's escrow statement (escrow.der)")
     p.add_argument("--catalogue", type=existing_file, help="the catalogue, JSON (default: the demo catalogue)")
-    p.add_argument("--modules", help=f"payment modules it takes, comma-separated (default {','.join(MODULES)})")
-    p.add_argument("--currency", default="EUR")
+    add_seller_terms_args(p, f"payment modules it takes, comma-separated (default {','.join(MODULES)})")
     from . import port
     p.add_argument("--exchange-port", type=port, default=0, help="port of its fair-exchange mailbox (default: any)")
     json_arg(p)
@@ -279,9 +271,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.set_defaults(fn=cmd_clear)
 
     p = groups["serve"].add_parser("shop", help="the seller's shop: signed offers, orders, payments, delivery")
-    p.add_argument("-d", "--dir", type=Path, help="the shop's folder (default: $SEMPER_HOME/shop; semper shop init)")
-    p.add_argument("--pin-file", type=existing_file, help="read the seller token's PIN from this file (for services)")
-    p.add_argument("--pin-stdin", action="store_true", help="read the seller token's PIN from standard input")
+    add_serve_seller_args(p, "shop")
     listen_args(p, "shop")
     add_db_arg(p, "the shop folder (shop.db)")
     worker_args(p, "shop")                       # each PSAM in a device process of its own beside the workers

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..support.archive import Archive, Entry, StatementSigner, check_entry, statement_kind
+from ..support.archive import Archive, Entry, StatementSigner, _rfc3339, check_entry, statement_kind
 
 
 class SharedArchive:
@@ -63,7 +63,7 @@ class SharedArchive:
         pending = getattr(self._local, "pending", None)
         if pending is not None:
             check_entry(deal_id, kind, content)
-            pending.append((deal_id, kind, bytes(content), when or dt.datetime.now(dt.UTC)))
+            pending.append((deal_id, kind, bytes(content), _rfc3339(when or dt.datetime.now(dt.UTC))))
             return None
         with self._write_lock:
             return self._mine().append(deal_id, kind, content, when=when)
@@ -94,7 +94,7 @@ class SharedArchive:
         if pending:
             self._local.pending = []
             with self._write_lock:
-                self._mine().append_many(pending)
+                self._mine()._append_rows(pending)          # checked and timed by append()
 
     def __getattr__(self, name: str) -> Any:
         """Every Archive method, on this thread's connection (entries, export...), after this thread's batch."""

@@ -54,6 +54,8 @@ KNOWN_TYPES = ("offer", "order", "receipt", "debit-proof", "payment", "delivery"
                "checkpoint", "registration")
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 REQUIRED_SIGNED_ATTRS = ("content_type", "signing_time", "message_digest", "signing_certificate_v2")
+#: ECDSA with SHA-256 as cryptography takes it; immutable, so one object serves every signature check
+ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -106,7 +108,7 @@ class SigningError(EvidenceError):
 # ---- canonical JSON -----------------------------------------------------------------------------
 def canonical_json(statement: Mapping[str, Any]) -> bytes:
     """The one byte form of a statement: UTF-8, keys sorted, no insignificant space."""
-    if not isinstance(statement, Mapping):
+    if type(statement) is not dict and not isinstance(statement, Mapping):     # exact type first: no ABC check
         raise MalformedStatement("a statement is a JSON object (a dict)")
     kind = statement.get("type")
     if not isinstance(kind, str) or not _TYPE_RE.match(kind):
@@ -199,6 +201,13 @@ def _signer_parts(cert_der: bytes) -> tuple[a_x509.Certificate, bytes, bytes, in
     return cert, attr, cert.issuer.dump(), cert.serial_number
 
 
+@functools.lru_cache(maxsize=64)
+def _template(issuer_der: bytes, serial: int, cert_ders: tuple[bytes, ...]) -> cms_profile.SignerTemplate:
+    """A signer's constant DER (its SignerInfo head, the certificate set), written once per signer and
+    set of certificates: a party signs every statement with the same ones."""
+    return cms_profile.template(issuer_der, serial, cert_ders)
+
+
 @functools.lru_cache(maxsize=1024)
 def load_certificate(der: bytes) -> x509.Certificate:
     """A DER certificate as a cryptography object, parsed once: the same few certificates (a seller's,
@@ -206,9 +215,21 @@ def load_certificate(der: bytes) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
+@functools.lru_cache(maxsize=1024)
+def _written_der(der: bytes) -> bytes:
+    """The certificate loaded from ``der`` as cryptography writes it (what check_integrity hashes), once
+    per certificate: writing it out costs more than the rest of the check but for the signature."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+    return load_certificate(der).public_bytes(Encoding.DER)
+
+
 @functools.lru_cache(maxsize=256)
 def _ec_public_key(cert_der: bytes) -> ec.EllipticCurvePublicKey | None:
-    public = load_certificate(cert_der).public_key()
+    """The EC key of the certificate loaded from ``cert_der``, or None for another kind of key."""
+    return _ec_key_of(load_certificate(cert_der).public_key())
+
+
+def _ec_key_of(public: Any) -> ec.EllipticCurvePublicKey | None:
     return public if isinstance(public, ec.EllipticCurvePublicKey) else None
 
 
@@ -258,7 +279,7 @@ def build_signed_data(signer: Signer, content_type: str, content: bytes, *,
     if public is None:
         raise SigningError("the signer's certificate does not hold an EC key; semper signs with ECDSA P-256")
     try:
-        public.verify(signature, to_sign, ec.ECDSA(hashes.SHA256()))
+        public.verify(signature, to_sign, ECDSA_SHA256)
     except InvalidSignature:
         raise SigningError(f"{getattr(signer, 'label', 'the signer')} signed with a key that does not match its "
                            f"certificate ({cert.subject.human_friendly}); re-register the device") from None
@@ -268,7 +289,7 @@ def build_signed_data(signer: Signer, content_type: str, content: bytes, *,
             _checked_cert(bytes(der))
             cert_ders.append(bytes(der))
     if profile:
-        return cms_profile.assemble(content, to_sign, signature, issuer_der, serial, cert_ders)
+        return cms_profile.assemble_from(_template(issuer_der, serial, tuple(cert_ders)), content, to_sign, signature)
     signer_info = cms.SignerInfo({
         "version": "v1",
         "sid": cms.SignerIdentifier(name="issuer_and_serial_number", value={
@@ -326,6 +347,8 @@ class SignedParts:
     signing_cert_hash: bytes | None          # from signing-certificate-v2 (SHA-256) or v1 (SHA-1)
     signing_cert_hash_alg: str
     timestamp_tokens: tuple[bytes, ...]     # id-aa-timeStampToken unsigned attributes (ContentInfo DER)
+    #: the DER ``signer_cert`` was loaded from (by :func:`load_certificate`): a key to its cached forms
+    signer_der: bytes | None = None
 
     @property
     def signer_info(self) -> cms.SignerInfo:
@@ -408,7 +431,7 @@ def parse_signed_data(der: bytes, expected_content_type: str | None = None, what
                     certificates=tuple(load_certificate(c) for c in fast.certificates),
                     signed_attrs=fast.signed_attrs, signature=fast.signature, message_digest=fast.message_digest,
                     signing_time=fast.signing_time, signing_cert_hash=fast.signing_cert_hash,
-                    signing_cert_hash_alg="sha256", timestamp_tokens=())
+                    signing_cert_hash_alg="sha256", timestamp_tokens=(), signer_der=fast.signer)
             except (ValueError, x509.InvalidVersion):
                 pass                    # a damaged certificate: the general parser below names the problem
     try:
@@ -468,9 +491,10 @@ def parse_signed_data(der: bytes, expected_content_type: str | None = None, what
                 tokens.extend(v.dump() for v in attr["values"])
         signer_asn = _find_signer_cert(si["sid"], asn_certs)
         certificates = tuple(load_certificate(c.dump()) for c in asn_certs)
+        signer_der = signer_asn.dump()
         parts = SignedParts(
             der=der, content_type=ctype, content=content,
-            signer_cert=load_certificate(signer_asn.dump()), certificates=certificates,
+            signer_cert=load_certificate(signer_der), certificates=certificates, signer_der=signer_der,
             signed_attrs=signed_attrs, signature=si["signature"].native, message_digest=md.native,
             signing_time=st.native if st is not None else None, signing_cert_hash=cert_hash,
             signing_cert_hash_alg=cert_hash_alg,
@@ -504,13 +528,15 @@ def check_integrity(parts: SignedParts, what: str = "statement") -> None:
         raise BadSignature(f"the {what}'s content was altered after signing (its SHA-256 no longer matches "
                            "the signed message-digest)")
     try:
-        public = parts.signer_cert.public_key()
+        # by the DER it was loaded from, the key and its type check once per certificate
+        public = (_ec_public_key(parts.signer_der) if parts.signer_der is not None
+                  else _ec_key_of(parts.signer_cert.public_key()))
     except (ValueError, UnsupportedAlgorithm):   # damaged key bytes (cryptography parses them only now): not a 500
         raise MalformedStatement(f"the {what}'s signer certificate holds no valid public key") from None
-    if not isinstance(public, ec.EllipticCurvePublicKey):
+    if public is None:
         raise MalformedStatement(f"the {what}'s signer certificate does not hold an EC key")
     try:
-        public.verify(parts.signature, parts.signed_attrs, ec.ECDSA(hashes.SHA256()))
+        public.verify(parts.signature, parts.signed_attrs, ECDSA_SHA256)
     except InvalidSignature:
         try:
             who = parts.signer_cert.subject.rfc4514_string()
@@ -519,7 +545,8 @@ def check_integrity(parts: SignedParts, what: str = "statement") -> None:
         raise BadSignature(f"the {what}'s signature does not verify with the key of {who}: forged or damaged") from None
     if parts.signing_cert_hash is not None:
         from cryptography.hazmat.primitives.serialization import Encoding
-        der = parts.signer_cert.public_bytes(Encoding.DER)
+        der = (_written_der(parts.signer_der) if parts.signer_der is not None
+               else parts.signer_cert.public_bytes(Encoding.DER))
         if hashlib.new(parts.signing_cert_hash_alg, der).digest() != parts.signing_cert_hash:
             raise BadSignature(f"the {what}'s signing-certificate-v2 attribute names another certificate than "
                                "the one it was verified with (certificate substitution)")

@@ -16,7 +16,9 @@ equivalent but differently encoded name), and then the general parser decides an
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import der
@@ -41,18 +43,90 @@ def _time(when: dt.datetime) -> bytes:
     return der.tlv(0x18, f"{when.year:04d}{when:%m%d%H%M%S}Z".encode())
 
 
+# The signed attributes' constant parts, written once. A statement's attributes differ only in the
+# signing time and the message digest (always 32 bytes), so each is a fixed head and its value.
+CONTENT_TYPE_ATTRIBUTE = der.tlv(0x30, ATTR_CONTENT_TYPE + der.tlv(0x31, OID_STATEMENT))
+_DIGEST_HEAD = der.tlv(0x30, ATTR_MESSAGE_DIGEST + der.tlv(0x31, der.tlv(0x04, bytes(32))))[:-32]
+_UTC_TIME_HEAD = der.tlv(0x30, ATTR_SIGNING_TIME + der.tlv(0x31, der.tlv(0x17, bytes(13))))[:-13]
+
+
 def signed_attributes(content: bytes, when: dt.datetime, scv2_attribute: bytes) -> bytes:
-    """The DER SET OF signed attributes (what the signature covers), in DER order."""
-    attrs = [der.tlv(0x30, ATTR_CONTENT_TYPE + der.tlv(0x31, OID_STATEMENT)),
-             der.tlv(0x30, ATTR_SIGNING_TIME + der.tlv(0x31, _time(when))),
-             der.tlv(0x30, ATTR_MESSAGE_DIGEST + der.tlv(0x31, der.tlv(0x04, hashlib.sha256(content).digest()))),
-             scv2_attribute]
-    return der.tlv(0x31, b"".join(sorted(attrs)))
+    """The DER SET OF signed attributes (what the signature covers), in DER order.
+
+    Why not four TLVs: this runs for every statement a party signs; the fixed heads save most of the
+    work and give the same bytes (tests/test_cms_profile.py holds them to asn1crypto's)."""
+    when = when.astimezone(dt.UTC)
+    if 1950 <= when.year < 2050:
+        signing_time = b"".join((_UTC_TIME_HEAD, b"%02d%02d%02d%02d%02d%02dZ" % (
+            when.year % 100, when.month, when.day, when.hour, when.minute, when.second)))
+    else:
+        signing_time = der.tlv(0x30, ATTR_SIGNING_TIME + der.tlv(0x31, _time(when)))
+    attrs = sorted((CONTENT_TYPE_ATTRIBUTE, signing_time, _DIGEST_HEAD + hashlib.sha256(content).digest(),
+                    scv2_attribute))
+    return der.tlv(0x31, b"".join(attrs))
+
+
+@dataclass(frozen=True)
+class SignerTemplate:
+    """What every statement of one signer (one certificate, one set of certificates sent along) shares,
+    as DER written once: the SignerInfo's head (version, issuer and serial, digest algorithm) and the
+    certificate set. Only the content, the signed attributes and the signature are written per statement."""
+
+    signer_info_head: bytes
+    certificate_set: bytes              # certificates [0] IMPLICIT SET OF, DER-sorted; b"" without any
+
+
+def template(issuer: bytes, serial: int, certificates: Sequence[bytes]) -> SignerTemplate:
+    head = VERSION_1 + der.tlv(0x30, issuer + der.integer(serial)) + SHA256
+    certs = der.tlv(0xA0, b"".join(sorted(certificates))) if certificates else b""
+    return SignerTemplate(head, certs)
+
+
+def _head(tag: int, n: int) -> bytes:
+    """Tag and DER length of ``n`` content bytes (what ``der.tlv`` puts before the content)."""
+    if n < 0x80:
+        return bytes((tag, n))
+    if n < 0x100:
+        return bytes((tag, 0x81, n))
+    if n < 0x10000:
+        return bytes((tag, 0x82, n >> 8, n & 0xFF))
+    return bytes((tag,)) + der.length(n)
+
+
+_BODY_HEAD = VERSION_3 + DIGEST_ALGORITHMS
+
+
+def assemble_from(t: SignerTemplate, content: bytes, signed_attrs: bytes, signature: bytes) -> bytes:
+    """ContentInfo(SignedData) around a statement whose signed attributes were signed, from the signer's
+    template: the same bytes as :func:`assemble`, the nested lengths worked out instead of nested copies."""
+    n_sig = len(signature)
+    n_si = len(t.signer_info_head) + len(signed_attrs) + len(ECDSA_SHA256) + 2 + n_sig
+    si_head = _head(0x30, n_si)
+    n_sis = len(si_head) + n_si                                # signerInfos SET content
+    n_content = len(content)
+    oct_head = _head(0x04, n_content)
+    n_wrap = len(oct_head) + n_content                         # [0] EXPLICIT eContent
+    wrap_head = _head(0xA0, n_wrap)
+    n_encap = len(OID_STATEMENT) + len(wrap_head) + n_wrap
+    encap_head = _head(0x30, n_encap)
+    sis_head = _head(0x31, n_sis)
+    n_body = (len(_BODY_HEAD) + len(encap_head) + n_encap + len(t.certificate_set) + len(sis_head) + n_sis)
+    body_head = _head(0x30, n_body)
+    n_explicit = len(body_head) + n_body
+    explicit_head = _head(0xA0, n_explicit)
+    n_outer = len(OID_SIGNED_DATA) + len(explicit_head) + n_explicit
+    return b"".join((
+        _head(0x30, n_outer), OID_SIGNED_DATA, explicit_head, body_head, _BODY_HEAD,
+        encap_head, OID_STATEMENT, wrap_head, oct_head, content,
+        t.certificate_set,
+        sis_head, si_head, t.signer_info_head, b"\xa0", memoryview(signed_attrs)[1:], ECDSA_SHA256,
+        bytes((0x04, n_sig)) if n_sig < 0x80 else _head(0x04, n_sig), signature))
 
 
 def assemble(content: bytes, signed_attrs: bytes, signature: bytes, issuer: bytes, serial: int,
              certificates: list[bytes]) -> bytes:
-    """ContentInfo(SignedData) around a statement whose signed attributes were signed."""
+    """ContentInfo(SignedData) around a statement whose signed attributes were signed (written as nested
+    TLVs: the reference :func:`assemble_from` is held to in tests/test_cms_profile.py)."""
     signer_info = der.tlv(0x30, VERSION_1 + der.tlv(0x30, issuer + der.integer(serial)) + SHA256
                           + b"\xa0" + signed_attrs[1:] + ECDSA_SHA256 + der.tlv(0x04, signature))
     body = VERSION_3 + DIGEST_ALGORITHMS + der.tlv(0x30, OID_STATEMENT + der.tlv(0xA0, der.tlv(0x04, content)))
@@ -200,10 +274,20 @@ def _read(buf: bytes) -> ProfileParts:
     signer = next((c for c in certs if _issuer_serial(c) == (issuer, serial)), None)
     if signer is None:
         raise der.DerError("signer not found by exact issuer and serial")
-    cert_hash = hashlib.sha256(signer).digest()
-    if scv2 != signing_certificate_v2(signer, cert_hash, issuer, serial):
+    cert_hash, expected_scv2 = _expected_scv2(signer)
+    if scv2 != expected_scv2:
         raise der.DerError("signing-certificate-v2 other than the one semper writes")   # the general parser decides
     return ProfileParts(content, tuple(certs), signer, signed_attrs, buf[g0:g1], digest, when, cert_hash)
+
+
+@functools.lru_cache(maxsize=256)
+def _expected_scv2(signer: bytes) -> tuple[bytes, bytes]:
+    """(SHA-256 of the certificate, the signing-certificate-v2 value semper writes for it), once per
+    certificate: the same few signers' statements are read again and again. The issuer and serial are the
+    certificate's own, which are the signer identifier's: the signer was found by them."""
+    issuer, serial = _issuer_serial(signer)
+    cert_hash = hashlib.sha256(signer).digest()
+    return cert_hash, signing_certificate_v2(signer, cert_hash, issuer, serial)
 
 
 def signing_certificate_v2(cert: bytes, cert_hash: bytes, issuer: bytes, serial: int) -> bytes:
@@ -214,8 +298,9 @@ def signing_certificate_v2(cert: bytes, cert_hash: bytes, issuer: bytes, serial:
     return der.tlv(0x30, der.tlv(0x30, der.tlv(0x30, der.tlv(0x04, cert_hash) + issuer_serial)))
 
 
+@functools.lru_cache(maxsize=1024)
 def _issuer_serial(cert: bytes) -> tuple[bytes, int]:
-    """(issuer Name DER, serial) of a DER certificate, read from its TBSCertificate."""
+    """(issuer Name DER, serial) of a DER certificate, read from its TBSCertificate (once per certificate)."""
     c0, c1 = der.expect(cert, 0, 0x30)
     t0, t1 = der.expect(cert, c0, 0x30, c1)
     pos = t0

@@ -58,6 +58,8 @@ __all__ = [
 #: a signer's clock may run ahead of the TSA's by this much before its claimed time is called false
 CLOCK_SKEW = dt.timedelta(minutes=5)
 CHAIN_CACHE = 256                   # paths remembered per trust store (a party sees few signers)
+USAGE_CACHE = 1024                  # certificates whose usage passed, remembered (TrustStore.check_usage)
+_USAGE_PASSED: dict[tuple[x509.Certificate, Usage], None] = {}
 
 _KNOWN_CRITICAL = {ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE,
                    ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.CERTIFICATE_POLICIES,
@@ -208,7 +210,20 @@ class TrustStore:
     # ---- key usage ------------------------------------------------------------------------------
     @staticmethod
     def check_usage(cert: x509.Certificate, usage: Usage) -> None:
-        """Refuse a certificate used outside the purpose its CA issued it for."""
+        """Refuse a certificate used outside the purpose its CA issued it for.
+
+        A certificate that passed for a usage passes again (the verdict depends on the certificate's
+        bytes alone), so passes are remembered: the same few signers come with every statement."""
+        key = (cert, usage)
+        if key in _USAGE_PASSED:
+            return
+        TrustStore._check_usage(cert, usage)
+        if len(_USAGE_PASSED) >= USAGE_CACHE:
+            _USAGE_PASSED.clear()
+        _USAGE_PASSED[key] = None
+
+    @staticmethod
+    def _check_usage(cert: x509.Certificate, usage: Usage) -> None:
         try:
             ku: x509.KeyUsage | None = cert.extensions.get_extension_for_class(x509.KeyUsage).value
         except x509.ExtensionNotFound:
