@@ -1,4 +1,4 @@
-"""``python -m semper.chaos.crashing_shop``: ``semper serve shop`` that dies once inside a payment's last step.
+"""``python -m semper.chaos.crashing_shop``: ``semper serve shop`` that dies once at a named instant of a step.
 
 Why a separate entry point: the shop commits the payment's last step, the payee's record and the
 deal it completes (paid, confirmed, delivered) in one transaction (docs/performance.md), and a shop
@@ -7,10 +7,11 @@ killed inside it — everything written, nothing committed, the PSAM already hol
 take the money once. The proxy of ``semper chaos`` can kill the shop only some milliseconds after a
 request, which seldom falls in that transaction; this program ends itself exactly there, from the
 shop's event hook (``Shop.on_step``, instant ``settling``), exit status 70, without cleanup, as a
-power cut would. It does so once: it leaves the ``--once`` file behind, and the same program started
-again on the folder is the honest shop. No user-facing command and no environment variable can do
-this. Everything else is what ``semper serve shop`` does: same folder, token, database, HTTPS
-service and announcement line.
+power cut would. The same for the order that comes with the card's hello: inside its transaction
+(``ordering``) and between its commit and its answer (``ordered``). It does so once: it leaves the
+``--once`` file behind, and the same program started again on the folder is the honest shop. No
+user-facing command and no environment variable can do this. Everything else is what ``semper serve
+shop`` does: same folder, token, database, HTTPS service and announcement line.
 """
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from .faulty_service import fault_parser, serve
     ap = fault_parser("crashing_shop")
-    ap.add_argument("--crash-at", choices=["settling"], required=True)
+    # settling: inside the payment's last step's transaction; ordering: inside the transaction of an order
+    # that came with the card's hello; ordered: right after that one committed, before its answer
+    ap.add_argument("--crash-at", choices=["settling", "ordering", "ordered"], required=True)
     ap.add_argument("--once", type=Path, required=True, help="made when it crashes; present: no crash")
     args = ap.parse_args(argv)
     opened = ShopHome(args.dir).open(args.pin_file.read_bytes().strip(), db=args.db)

@@ -28,7 +28,7 @@ APDUS = {("mail-order", "card-purse"): 30, ("mail-order", "cheque"): 26, ("mail-
          ("information", "card-purse"): 44, ("contract", "none"): 20}
 # The shop's include the operator's clearing request at the end of the run.
 REQUESTS: dict[str, dict[Any, int]] = {
-    "shop": {("mail-order", "card-purse"): 6, ("registration", "card-purse"): 6, ("mail-order", "cheque"): 5,
+    "shop": {("mail-order", "card-purse"): 5, ("registration", "card-purse"): 5, ("mail-order", "cheque"): 5,
              ("mail-order", "setpay"): 5, ("registration", "cheque"): 5, ("registration", "setpay"): 5,
              ("information", "card-purse"): 3, ("contract", "none"): 3},
     "bank": {"card-purse": 2, "cheque": 2, "setpay": 3},

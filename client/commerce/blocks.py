@@ -26,7 +26,7 @@ from ..exchange.outcome import Outcome
 from ..exchange.party import ResponsePlan
 from ..payment.errors import PaymentError
 from ..payment.item import ItemPayer
-from ..payment.manager import run_payment
+from ..payment.manager import PayerSession, run_payment
 from ..payment.model import Acceptance, Record, Status, Terms
 from ..support.cms import EvidenceError, sign_statement
 from ..support.money import format_amount
@@ -212,10 +212,15 @@ def make_order(b: Buyer, deal: Deal, offer: docs.ParsedOffer, c: Confirmed) -> b
     return der
 
 
-def send_order(b: Buyer, deal: Deal, order: bytes, mailbox: str | None = None) -> dict[str, Any]:
+def send_order(b: Buyer, deal: Deal, order: bytes, mailbox: str | None = None,
+               early: EarlyPayment | None = None) -> dict[str, Any]:
+    """The order to the shop; with ``early``, the payer's first payment message with it (the shop's answer
+    then carries the payee's answer to it, ``envelope``, when it took it)."""
     body: dict[str, Any] = {"deal": deal.deal_id, "order": b64(order)}
     if mailbox is not None:
         body["mailbox"] = mailbox
+    if early is not None:
+        body["envelope"] = early.first
     try:
         answer = b.shop.post("/deals/order", body)
     except SellerRefused as e:
@@ -226,9 +231,43 @@ def send_order(b: Buyer, deal: Deal, order: bytes, mailbox: str | None = None) -
 
 
 # ---- payment ----------------------------------------------------------------------------------------
-def pay(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, c: Confirmed, answer: Mapping[str, Any]
-        ) -> Record:
-    """Pay exactly what the signed offer says, to the account it names, for this order; nothing else."""
+@dataclass
+class EarlyPayment:
+    """A payment begun before the order was sent, its first message to go with the order: only for a
+    module whose first message may (``ExchangeProperties.starts_early``), with the terms the signed offer
+    and the order fix (the payment id derived from both: ``documents.payment_id_for``). The card's hello
+    moves no value and signs nothing; the card pays only once the shop's terms are checked (:func:`pay`)."""
+
+    session: PayerSession
+    first: dict[str, Any]
+
+
+def start_early(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order: bytes, c: Confirmed) -> EarlyPayment | None:
+    """The payer's first message for this order, if the chosen module may send it with the order; None
+    otherwise (and whenever it cannot start now: the payment then starts after the order's answer, as
+    for every other module, and says why there)."""
+    module = b.payments.modules.get(c.payment.module)
+    if offer.total == 0 or module is None or not module.properties.starts_early:
+        return None
+    digest = docs.sha256_hex(order)
+    try:
+        terms = Terms(docs.payment_id_for(deal.deal_id, digest), offer.total, offer.currency, offer.seller_account,
+                      digest)
+        choice = b.payments.choose(terms, [Acceptance(c.payment.module, (offer.currency,))],
+                                   deal.attributes.payment_requirements())
+        session = b.payments.pay(terms, choice)
+        with b.card_lock:
+            first = session.start()
+    except PaymentError:
+        return None
+    return EarlyPayment(session, first)
+
+
+def pay(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, c: Confirmed, answer: Mapping[str, Any],
+        early: EarlyPayment | None = None) -> Record:
+    """Pay exactly what the signed offer says, to the account it names, for this order; nothing else.
+    ``early``: the payment begun with the order (:func:`start_early`); the shop's answer to its first
+    message is in ``answer`` (``envelope``) when the shop took it with the order."""
     try:
         terms = Terms.from_dict(dict(answer.get("terms") or {}))
         accept = [Acceptance.from_dict(a) for a in answer.get("accept") or []]
@@ -248,19 +287,28 @@ def pay(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, c: Con
         deal.decide("payment", "refused", why)
         raise DealAborted(f"the seller changed the terms after its offer: {why}. Nothing was paid; its signed offer "
                           "and this request are in your archive")
-    try:
-        choice = b.payments.choose(terms, [a for a in accept if a.module == c.payment.module],
-                                   deal.attributes.payment_requirements())
-        session = b.payments.pay(terms, choice)
-    except PaymentError as e:
-        deal.decide("payment", "refused", str(e))
-        raise DealAborted(f"cannot pay with {c.payment.module}: {e}; nothing was paid") from None
+    first = reply = None
+    if early is not None and early.session.record.terms.payment_id == terms.payment_id \
+            and any(a.module == c.payment.module for a in accept):
+        session = early.session                   # the terms it began with are these (checked above)
+        session.record.terms = terms
+        first = early.first
+        got = answer.get("envelope")
+        reply = got if isinstance(got, dict) else None       # None: the shop left the hello for /deals/pay
+    else:
+        try:
+            choice = b.payments.choose(terms, [a for a in accept if a.module == c.payment.module],
+                                       deal.attributes.payment_requirements())
+            session = b.payments.pay(terms, choice)
+        except PaymentError as e:
+            deal.decide("payment", "refused", str(e))
+            raise DealAborted(f"cannot pay with {c.payment.module}: {e}; nothing was paid") from None
     deal.sync()                                   # the offer, the confirmed text and the order on disk first
     link = ShopPayeeLink(b.shop, deal.deal_id)
     b.pending_confirmation = b.pending_delivery = None
     try:
         with b.card_lock:
-            record = run_payment(session, link)
+            record = run_payment(session, link, first=first, reply=reply)
     except (PaymentError, SellerRefused, CommerceError) as e:
         record = session.record
         deal.keep("payment", payment_evidence(b, record))

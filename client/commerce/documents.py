@@ -50,6 +50,19 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def payment_id_for(deal_id: str, order_digest: str) -> str:
+    """The id of an ordered deal's payment, which buyer and seller both derive from the deal (the seller's
+    fresh id, named by its signed offer) and the order's digest (one order per deal).
+
+    Why derived and not drawn by the seller: the payer's first message names its payment, and a module
+    that can start early (``ExchangeProperties.starts_early``) sends it with the order, before the order's
+    answer could tell it an id (docs/commerce.md, "The card's hello with the order"). Derived, not
+    proposed by the payer: a payer cannot name another deal's payment, and the seller needs no check
+    that an id is free. The same order sent again gives the same id, so the PSAM, which answers a
+    repeated begin for the same payment with the same request, is not asked for a second debit."""
+    return hashlib.sha256(f"semper-payment\0{deal_id}\0{order_digest}".encode()).hexdigest()[:32]
+
+
 def canonical(obj: Any) -> bytes:
     return _canonical(obj, "document", CommerceError)
 

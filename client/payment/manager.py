@@ -225,6 +225,38 @@ class PaymentManager:
         raise ProtocolError(f"payment {pid} keeps changing under this message (another process of the payee is "
                             "taking it); send it again")
 
+    def starts_early(self, envelope: Any) -> bool:
+        """Whether this payer's message names a module here whose first message may come before the payee
+        set its terms (``ExchangeProperties.starts_early``): the payee then takes it with the order."""
+        name = envelope.get("module") if isinstance(envelope, dict) else None
+        module = self.modules.get(name) if isinstance(name, str) else None
+        return module is not None and module.properties.starts_early and bool(
+            getattr(self.sessions, "transactional", False))
+
+    def handle_first(self, terms: Terms, route: Mapping[str, Any] | None, envelope: dict[str, Any], *,
+                     settle: Settle | None = None) -> Handled | None:
+        """The payer's first message, which came before the payee set ``terms`` (with the order: see
+        :meth:`starts_early`): the terms expected, the module's first step taken and its session, the
+        payee's record and ``settle``'s write committed in *one* transaction (no :meth:`expect` before,
+        no read of the session: docs/performance.md). None when the payment's session exists already (the
+        same message again, or another process took it first): the caller goes on with
+        :meth:`handle_step`, which answers a repeated message as before. A refused step stores nothing
+        here and raises: the caller commits its terms alone, and the payer's message, sent again in the
+        ordinary way, is refused and recorded there."""
+        env = read(envelope, Envelope, "the payment message")
+        pid, name, body = env.payment_id, env.module, env.body
+        if pid != terms.payment_id:
+            raise ProtocolError(f"the payment message is for payment {pid}, not {terms.payment_id}")
+        if not self.starts_early(envelope):
+            raise ProtocolError(f"a {name} payment cannot start before its terms are set")
+        key = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        with self._step_lock(pid):
+            st = PayeeState(terms, dict(route or {}))
+            reply, saved, record, settled = self._step(st, None, name, body, key, settle, create=True)
+        if not saved:
+            return None
+        return Handled(None if reply is None else {"payment_id": pid, "module": name, "body": reply}, record, settled)
+
     @staticmethod
     def _new_flow(module: PaymentModule, st: PayeeState, name: str) -> Flow:
         route = st.route.get(name) or {}
@@ -236,7 +268,9 @@ class PaymentManager:
         return None if reply is None else {"payment_id": pid, "module": name, "body": reply}
 
     def _step(self, st: PayeeState, known: Record | None, name: str, body: dict[str, Any], key: str,
-              settle: Settle | None) -> tuple[dict[str, Any] | None, bool, Record, bool]:
+              settle: Settle | None, *, create: bool = False) -> tuple[dict[str, Any] | None, bool, Record, bool]:
+        """One step of the payee's flow, saved with its record (``create``: the session is new, stored by
+        ``SessionStore.create``; a refused step then stores nothing)."""
         terms = st.terms
         fresh = st.module is None
         if fresh:
@@ -266,6 +300,8 @@ class PaymentManager:
         try:
             step = flow.step(body)
         except PaymentError:
+            if create:
+                raise
             record.status = Status.FAILED if record.status is Status.PENDING else record.status
             st.flow = snapshot() if snapshot is not None else None
             self.sessions.save(st, record)
@@ -277,7 +313,8 @@ class PaymentManager:
         st.flow = snapshot() if snapshot is not None else None
         st.last_in, st.last_out, st.done = key, to_json(step.message), step.done
         also = settle(record) if settle is not None else None
-        saved = self.sessions.save(st, record, also=also) if also is not None else self.sessions.save(st, record)
+        store = self.sessions.create if create else self.sessions.save
+        saved = store(st, record, also=also) if also is not None else store(st, record)
         return step.message, saved, record, saved and also is not None
 
     # ---- both --------------------------------------------------------------------------------
@@ -371,16 +408,21 @@ class LocalPayee:
         return self.manager.handle(envelope)
 
 
-def run_payment(session: PayerSession, link: PayeeLink) -> Record:
-    """Drive a payer session to the end over ``link``; the payer's record is returned."""
-    out: dict[str, Any] | None = session.start()
+def run_payment(session: PayerSession, link: PayeeLink, *, first: dict[str, Any] | None = None,
+                reply: dict[str, Any] | None = None) -> Record:
+    """Drive a payer session to the end over ``link``; the payer's record is returned. ``first``: the
+    session was started and this is its first message (sent with the order, ``ExchangeProperties.starts_early``);
+    ``reply``: the payee's answer to it, when it came with the order's answer (else ``first`` is sent)."""
+    out: dict[str, Any] | None = first if first is not None else session.start()
+    answered = reply if first is not None else None
     while out is not None:
-        reply = link.send(out)
-        if reply is None:
+        got = answered if answered is not None else link.send(out)
+        answered = None
+        if got is None:
             break
-        if reply.get("payment_id") != session.record.payment_id or not isinstance(reply.get("body"), dict):
+        if got.get("payment_id") != session.record.payment_id or not isinstance(got.get("body"), dict):
             raise ProtocolError("the payee answered for another payment, or without a body")
-        body = session.step(reply["body"])
+        body = session.step(got["body"])
         out = None if body is None else session.envelope(body)
     if not session.done:
         raise ProtocolError(f"the payee stopped answering payment {session.record.payment_id} before it finished")

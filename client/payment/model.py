@@ -40,6 +40,13 @@ class ExchangeProperties:
     * online: the payee needs the bank on line to accept the payment;
     * handshake: the payee answers the payer's first message with a signed payment request the payer
       checks before it pays (the card purse: the PSAM's debit request), so a payment item carries it.
+    * starts_early: the payer's first message needs nothing of the payee but the terms a payer can
+      foresee from a signed offer (amount, currency, payee, the order's digest and the payment id the
+      deal derives from it), moves no value and commits the payer to nothing (the card purse's hello:
+      the card's number, counter and certificate). So it may travel with the order, and the payee's
+      answer to it with the order's answer: one request fewer (docs/commerce.md, "The card's hello
+      with the order"). Modules whose first message needs the payee's parameters (a bank's URL, a
+      cheque's reservation) or carries value (coins) leave it off and keep the ordinary flow.
     """
 
     externally_verifiable: bool
@@ -48,6 +55,7 @@ class ExchangeProperties:
     anonymous: bool = False
     online: bool = True
     handshake: bool = False
+    starts_early: bool = False
 
     def as_dict(self) -> dict[str, bool]:
         return asdict(self)

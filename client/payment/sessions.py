@@ -84,6 +84,13 @@ class SessionStore(Protocol):
         write succeeded: it commits with the session or not at all."""
         ...
 
+    def create(self, state: PayeeState, record: Record | None, *,
+               also: Callable[[Transaction], None] | None = None) -> bool:
+        """Store a session that was never expected, already stepped once (a payer's first message that came
+        with the order: ``PaymentManager.handle_first``), with its ``record`` and ``also`` in one
+        transaction; False (and nothing stored) if the payment's session exists already."""
+        ...
+
 
 def _conflict(payment_id: str) -> PaymentError:
     return PaymentError(f"payment {payment_id} is already expected with other terms")
@@ -132,6 +139,15 @@ class MemorySessions:
             self._states[state.payment_id] = stored
             state.version = stored.version
             return True
+
+    def create(self, state: PayeeState, record: Record | None, *,
+               also: Callable[[Transaction], None] | None = None) -> bool:
+        if also is not None:
+            raise TypeError("sessions kept in memory have no transaction to run the payee's own writes in")
+        with self._lock:
+            if state.payment_id in self._states:
+                return False
+        return self.save(state, record)
 
 
 class DatabaseSessions:
@@ -201,5 +217,26 @@ class DatabaseSessions:
             return True
         if self.db.run(update):
             state.version += 1
+            return True
+        return False
+
+    def create(self, state: PayeeState, record: Record | None, *,
+               also: Callable[[Transaction], None] | None = None) -> bool:
+        def insert(tx: Transaction) -> bool:
+            cur = tx.execute("INSERT INTO payee_sessions (payment_id, terms, route, module, flow, last_in, last_out, "
+                             "done, rounds, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1) "
+                             "ON CONFLICT (payment_id) DO NOTHING",
+                             (state.payment_id, to_json(state.terms.as_dict()), to_json(state.route), state.module,
+                              None if state.flow is None else to_json(state.flow), state.last_in, state.last_out,
+                              int(state.done), state.rounds))
+            if cur.rowcount != 1:
+                return False
+            if record is not None:
+                put_record(tx, record)
+            if also is not None:
+                also(tx)
+            return True
+        if self.db.run(insert):
+            state.version = 1
             return True
         return False

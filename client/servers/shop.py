@@ -59,6 +59,17 @@ MAX_OPEN_DEALS = 10_000
 PAID = (Status.PAID, Status.CAPTURED, Status.AUTHORISED)
 
 
+class NoRoom(ServiceUnavailable):
+    """No room at the payment's device for a payer's message now (the PSAM keeps only so many debits
+    open); nothing was asked of it or written. The HTTP layer waits, bounded, and asks again."""
+
+    code = "busy"
+
+
+class _Raced(Exception):
+    """Inside the order's transaction: another process wrote the deal first; everything is rolled back."""
+
+
 class Shop:
     def __init__(self, *, name: str, identity: Identity, trust: TrustStore, catalogue: Catalogue,
                  payments: PaymentManager, account: str, archive: SharedArchive, db: Database,
@@ -82,8 +93,10 @@ class Shop:
         self._counter_lock = threading.Lock()
         self._acceptances: list[Any] | None = None
         # called at named instants of a step, (instant, deal id): ``settling`` is inside the payment step's
-        # transaction, the deal written and nothing committed yet. Tests end the process there
-        # (chaos/crashing_shop.py); nothing else sets it.
+        # transaction, the deal written and nothing committed yet; ``ordering`` the same inside the
+        # transaction of an order that came with the payer's first message, ``ordered`` right after that
+        # transaction committed, before the answer. Tests end the process there (chaos/crashing_shop.py);
+        # nothing else sets it.
         self.on_step: Callable[[str, str], None] | None = None
 
     def _count(self, what: str) -> None:
@@ -199,12 +212,21 @@ class Shop:
         return self._deal(sd.deal.deal_id, fresh=True)
 
     # ---- orders -------------------------------------------------------------------------------------
-    def order(self, deal_id: str, order_bytes: bytes) -> dict[str, Any]:
-        """Check the order against this shop's offer; answer with what comes next (payment terms or exchange)."""
+    def order(self, deal_id: str, order_bytes: bytes, envelope: Any = None) -> dict[str, Any]:
+        """Check the order against this shop's offer; answer with what comes next (payment terms or exchange).
+
+        ``envelope``: the payer's first payment message, sent with the order (the card's hello). Taken
+        when the order's payment module may start early (``ExchangeProperties.starts_early``) and the
+        message is for this deal's payment (``documents.payment_id_for``): its first step is committed
+        in the order's transaction and the answer carries the payee's reply (``envelope``), and, if it
+        completed the payment, the confirmation and delivery as :meth:`pay_and_deliver` gives them.
+        Otherwise it is left for ``/deals/pay``. Raises :class:`NoRoom` (before anything is committed
+        or asked of the device) when the payment's device has no room now: the caller waits and sends
+        it again (``shop_http``)."""
         sd = self._deal(deal_id)
         if sd.order is not None:
             if order_bytes == sd.order_bytes:
-                return self._next_step(sd)
+                return self._ordered_again(sd, envelope)
             raise DealConflict("this deal already has another order")
         vs = None
         if sd.deal.attributes.anonymous:
@@ -236,21 +258,28 @@ class Shop:
         if body.get("deal") != deal_id:
             raise CommerceError("the order is for another deal")
         sd.form, sd.order, sd.order_bytes, sd.order_digest = form, body, order_bytes, docs.sha256_hex(order_bytes)
-        if vs is None:
-            sd.deal.keep("order:unsigned", order_bytes)
-        else:
-            sd.deal.keep_statement(order_bytes, vs.type)
-        sd.deal.decide("order", "satisfied", "the order is for the offer this shop signed")
-        also = None
         total = int(sd.offer["total"])
         if sd.deal.workflow in ("information", "contract"):
             pass
         elif total == 0:
             sd.paid = True
         else:
-            amount = self.payment_amount(sd)
-            sd.terms = Terms(secrets.token_hex(16), amount, int(sd.offer["currency"]), self.account, sd.order_digest,
-                             self.name)
+            sd.terms = Terms(docs.payment_id_for(deal_id, sd.order_digest), self.payment_amount(sd),
+                             int(sd.offer["currency"]), self.account, sd.order_digest, self.name)
+        early = self._early(sd, envelope)
+        if early:
+            self._room(sd, envelope)             # before anything is kept: no room, nothing done
+        if vs is None:
+            sd.deal.keep("order:unsigned", order_bytes)
+        else:
+            sd.deal.keep_statement(order_bytes, vs.type)
+        sd.deal.decide("order", "satisfied", "the order is for the offer this shop signed")
+        also = None
+        if sd.terms is not None:
+            if early:
+                answer = self._order_with_first_step(sd, envelope, order_bytes)
+                if answer is not None:
+                    return answer
             terms, route = sd.terms, self._routes(sd)
             expect_in = getattr(self.payments.sessions, "expect_in", None)
             if expect_in is not None:            # the payment expected in the same transaction as the order
@@ -262,6 +291,72 @@ class Shop:
             raise DealConflict("this deal already has another order")
         self._count("orders")
         return self._next_step(committed)
+
+    def _early(self, sd: ShopDeal, envelope: Any) -> bool:
+        """Whether ``envelope`` is a first payment message this ordered deal takes with its order: for its
+        payment, with the module the order names, of a module that may start early."""
+        return (isinstance(envelope, dict) and sd.terms is not None and sd.order is not None
+                and envelope.get("payment_id") == sd.terms.payment_id
+                and envelope.get("module") == sd.order.get("payment") and self.payments.starts_early(envelope))
+
+    def _room(self, sd: ShopDeal, envelope: dict[str, Any]) -> None:
+        """Room at the payment's device for this message, or :class:`NoRoom` (nothing asked, nothing written)."""
+        try:
+            self.payments.admit(envelope, self._routes(sd))
+        except PaymentError as e:
+            raise NoRoom(str(e)) from None
+
+    def _order_with_first_step(self, sd: ShopDeal, envelope: dict[str, Any], order_bytes: bytes
+                               ) -> dict[str, Any] | None:
+        """The order, the payment's terms and its first step (the PSAM's challenge to the card's hello) in
+        one transaction, and the answer built from what it committed. When another process committed
+        this deal or payment first, the order is answered as sent again. None when the step was refused:
+        the caller commits the order with its terms alone, as without a hello, and the payer's message,
+        sent again to ``/deals/pay``, is refused and recorded there."""
+        assert sd.terms is not None
+
+        def settle(record: Record) -> Callable[[Transaction], None]:
+            """The deal, ordered, written in the step's transaction; all or nothing."""
+            def write(tx: Transaction) -> None:
+                if not self.store.save_in(tx, sd):
+                    raise _Raced()
+                if self.on_step is not None:
+                    self.on_step("ordering", sd.deal.deal_id)
+            return write
+        try:
+            handled = self.payments.handle_first(sd.terms, self._routes(sd), envelope, settle=settle)
+        except _Raced:
+            handled = None
+        except PaymentError:
+            return None                            # the order as without its hello
+        if handled is None:                        # another process was first: the deal as it committed it
+            self.store.saved(sd, False)
+            fresh = self._deal(sd.deal.deal_id, fresh=True)
+            if fresh.order_bytes != order_bytes:
+                raise DealConflict("this deal already has another order")
+            return self._ordered_again(fresh, envelope)
+        self.store.saved(sd, True)
+        self._count("orders")
+        if self.on_step is not None:
+            self.on_step("ordered", sd.deal.deal_id)
+        out = self._next_step(sd)
+        record = handled.record
+        if record is not None and record.status in PAID:
+            # a first message that completed the payment (no module here does): paid, confirmed and delivered
+            # in a commit of its own, as a shop that does not settle in the payment step does
+            self._paid(sd, record)
+            return {**out, **self._after_payment(handled.reply, sd, False)}
+        return {**out, **self._after_payment(handled.reply, sd, True)}
+
+    def _ordered_again(self, sd: ShopDeal, envelope: Any) -> dict[str, Any]:
+        """The answer to an order this deal has committed, sent again (its answer was lost): the same
+        next step and, when the payer's first message came with it, the payee's answer to it, which the
+        payment's session gives again without asking the device (``PaymentManager.handle_step``)."""
+        out = self._next_step(sd)
+        if out["next"] != "payment" or sd.paid or not self._early(sd, envelope):
+            return out                  # paid: the payment's session has moved on past the first message
+        self._room(sd, envelope)
+        return {**out, **self._after_payment(*self._pay(sd.deal.deal_id, envelope))}
 
     def _next_step(self, sd: ShopDeal) -> dict[str, Any]:
         """What comes after the order, from the committed deal alone (so a repeated order gets the same)."""
@@ -374,7 +469,10 @@ class Shop:
         order and registration, the delivery note, all committed (in the payment step's own transaction,
         or right after it) before the answer.
         The answer: ``envelope`` (the payee's), and ``confirmation`` / ``delivery`` / ``content`` (bytes)."""
-        reply, sd, committed = self._pay(deal_id, envelope)
+        return self._after_payment(*self._pay(deal_id, envelope))
+
+    def _after_payment(self, reply: dict[str, Any] | None, sd: ShopDeal, committed: bool) -> dict[str, Any]:
+        """The answer to a payment message from the step's outcome (see :meth:`pay_and_deliver`)."""
         out: dict[str, Any] = {"envelope": reply}
         if not sd.paid:
             return out

@@ -11,7 +11,9 @@ endpoint                    body                                               a
 ``POST /deals``             workflow, items [{sku, quantity}], nonce,          deal, offer (b64 signed offer)
                             anonymous
 ``POST /deals/order``       deal, order (b64: signed order, or canonical JSON  next: payment (terms, accept) |
-                            when anonymous), mailbox (exchanges)               exchange | delivery
+                            when anonymous), mailbox (exchanges), envelope     exchange | delivery; with an
+                            (optional: the payer's first payment message,      envelope taken, the payee's
+                            for a module that may start early)                 answer as ``/deals/pay``'s
 ``POST /deals/pay``         deal, envelope (payment manager message)           envelope (the payee's answer); with
                                                                                the last one, the confirmation and
                                                                                (mail order) the delivery as below
@@ -43,7 +45,7 @@ from ..payment.errors import PaymentError
 from ..payment.modules.purse import PurseModule
 from ..support.http_service import ApiError, blocking, json_response, make_app, read_json
 from ..support.shapes import Shape
-from .shop import Shop
+from .shop import NoRoom, Shop
 from .shop_web import mount as mount_web
 
 log = logging.getLogger("semper.shop")
@@ -67,6 +69,7 @@ class Order(Shape, frozen=True):
     deal: str
     order: bytes                        # the signed order (DER), or canonical JSON when anonymous
     mailbox: str = ""                   # the buyer's exchange service (fair exchanges)
+    envelope: dict[str, Any] | None = None   # the payer's first payment message (the card's hello), if early
 
 
 class Payment(Shape, frozen=True):
@@ -101,6 +104,29 @@ def _settle(shop: Shop, deal: str, envelope: dict[str, Any]) -> tuple[dict[str, 
         return shop.pay_and_deliver(deal, envelope), ""
 
 
+def _order_settle(shop: Shop, deal: str, order: bytes, envelope: dict[str, Any]
+                  ) -> tuple[dict[str, Any] | None, str]:
+    """An order with the payer's first payment message, in one trip to the worker pool (the device is
+    asked): the order's answer, or (None, why) when the device has no room now, before anything was
+    asked of it or written."""
+    try:
+        with shop.batch():
+            return shop.order(deal, order, envelope), ""
+    except NoRoom as e:
+        return None, str(e)
+
+
+def _paid_answer(done: dict[str, Any]) -> dict[str, Any]:
+    """A payment step's outcome as JSON: the payee's envelope and, once the payment is complete, the
+    signed confirmation and (mail order) the delivery note."""
+    answer = {k: v for k, v in done.items() if k not in ("confirmation", "delivery", "content")}
+    if "confirmation" in done:      # the payment is complete: the signed confirmation comes with it
+        answer["confirmation"] = _e(done["confirmation"])
+        if "delivery" in done:      # and the delivery note, which the buyer would ask for next anyway
+            answer.update(shipped=True, delivery=_e(done["delivery"]), content=_e(done["content"]))
+    return answer
+
+
 def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_secret: str | None = None,
               worker: str = "0", recovers: Callable[[str], bool] | None = None) -> web.Application:
     """``make_party`` is called when the service starts, in its thread (the party's archive lives there).
@@ -131,7 +157,10 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     async def order(request: web.Request) -> web.Response:
         body = await read_json(request, Order)
         deal = body.deal
-        answer = shop.order(deal, body.order)         # CPU only (a verification, archive entries): no hop
+        if body.envelope is not None:               # the card's hello with it: the PSAM is asked, in the pool
+            answer = _paid_answer(await _waited(lambda: _call(_order_settle, shop, deal, body.order, body.envelope)))
+        else:
+            answer = shop.order(deal, body.order)     # CPU only (a verification, archive entries): no hop
         if answer["next"] == "exchange":
             mailbox = body.mailbox
             parts = urlsplit(mailbox)
@@ -162,24 +191,19 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     @routes.post("/deals/pay")
     async def pay(request: web.Request) -> web.Response:
         body = await read_json(request, Payment)
-        deal = body.deal
-        done = await _admitted(deal, body.envelope)
-        answer: dict[str, Any] = {"envelope": done["envelope"]}
-        if "confirmation" in done:      # the payment is complete: the signed confirmation comes with it
-            answer["confirmation"] = _e(done["confirmation"])
-            if "delivery" in done:      # and the delivery note, which the buyer would ask for next anyway
-                answer.update(shipped=True, delivery=_e(done["delivery"]), content=_e(done["content"]))
-        return json_response(answer)
+        done = await _waited(lambda: _call(_settle, shop, body.deal, body.envelope))
+        return json_response(_paid_answer(done))
 
-    async def _admitted(deal_id: str, envelope: Any) -> dict[str, Any]:
+    async def _waited(attempt: Callable[[], Any]) -> dict[str, Any]:
         """The payment step once there is room at the payment device (the PSAM keeps only so many debits
         open), waiting for it on the event loop and bounded. Waiting in a worker thread instead would let
         waiting payments take every thread and starve the very proofs that free the room: a worker thread
         only asks, and comes back at once when there is none. Only the payment this shop asked for in
-        an ordered deal gets room: anything else goes on to Shop.pay_and_deliver, which refuses it."""
+        an ordered deal gets room (``Shop.admit``; with the order, once the order is checked): anything
+        else goes on to the shop, which refuses it."""
         deadline = asyncio.get_running_loop().time() + ADMIT_WAIT
         while True:
-            settled: tuple[dict[str, Any] | None, str] = await _call(_settle, shop, deal_id, envelope)
+            settled: tuple[dict[str, Any] | None, str] = await attempt()
             done, busy = settled
             if done is not None:
                 return done

@@ -65,6 +65,7 @@ class _State:
     confirmed: blocks.Confirmed | None = None
     order: bytes | None = None
     answer: dict[str, Any] = field(default_factory=dict)
+    early: blocks.EarlyPayment | None = None        # the payment begun with the order
     record: Any = None
     conf: bytes = b""
     note: bytes = b""
@@ -129,7 +130,20 @@ def _order(s: _State) -> None:
     _signature(s)
     s.order = blocks.make_order(s.b, s.deal, s.offer, s.confirmed)
     if s.doc.protocol in ("mail-order", "registration"):
-        s.answer = blocks.send_order(s.b, s.deal, s.order)
+        if _may_pay(s):         # the card's hello with the order (one request fewer), when the module may
+            s.early = blocks.start_early(s.b, s.deal, s.offer, s.order, s.confirmed)
+        s.answer = blocks.send_order(s.b, s.deal, s.order, early=s.early)
+
+
+def _may_pay(s: _State) -> bool:
+    """Whether the service's permit allows this payment (checked again, and refused, at the payment step)."""
+    assert s.offer is not None and s.confirmed is not None
+    try:
+        s.enforcer.module(s.confirmed.payment.module)
+        s.enforcer.amount(s.offer.total, s.offer.currency)
+    except ServiceRefused:
+        return False
+    return True
 
 
 def _payment(s: _State) -> None:
@@ -142,7 +156,7 @@ def _payment(s: _State) -> None:
         s.enforcer.amount(s.offer.total, s.offer.currency)
     except ServiceRefused as e:
         raise s.refuse(e) from None
-    s.record = blocks.pay(s.b, s.deal, s.offer, docs.sha256_hex(s.order), s.confirmed, s.answer)
+    s.record = blocks.pay(s.b, s.deal, s.offer, docs.sha256_hex(s.order), s.confirmed, s.answer, s.early)
 
 
 def _confirmation(s: _State) -> None:

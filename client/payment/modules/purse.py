@@ -110,7 +110,8 @@ class BankIssuer:
 class PurseModule(BaseModule):
     name = "card-purse"
     model = Model.CASH_LIKE
-    properties = ExchangeProperties(externally_verifiable=True, revocable=False, online=False, handshake=True)
+    properties = ExchangeProperties(externally_verifiable=True, revocable=False, online=False, handshake=True,
+                                      starts_early=True)
     _psam_currency: int | None = None
 
     def __init__(self, context: PartyContext) -> None:
