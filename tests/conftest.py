@@ -211,6 +211,16 @@ def damaged_certificate() -> Callable[[bytes, str], bytes]:
     return damage
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``), every test that needs pcscd goes to
+    one worker, one after the other: pcscd has one socket per machine (/run/pcscd/pcscd.comm), so two of
+    them at once would only take turns on hardware/pcscd.py's machine lock, a wait that counts against each
+    test's timeout. Without xdist the mark is inert."""
+    for item in items:
+        if item.get_closest_marker("pcsc") is not None:
+            item.add_marker(pytest.mark.xdist_group("pcscd"))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """The screenshots the browser tests took and what their hostile pages saw (tests/browser.py records
     them in each test's report), so that a plain run shows them."""
