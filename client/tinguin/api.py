@@ -323,10 +323,11 @@ def run_scripted(workflow: Callable[[TrustedUI], T], *, script: Script = Script(
     """
     tell = say or (lambda line: print(line, file=sys.stderr, flush=True))
     chosen = load_phrase() if phrase is _UNSET else phrase
-    reading = {} if min_read is None else {"min_read": min_read}
 
     async def main() -> T:
-        app = TinguinApp(phrase=chosen, scripted=True, start=None, **reading)
+        app = TinguinApp(phrase=chosen, scripted=True, start=None)
+        if min_read is not None:
+            app.min_read = min_read
         async with app.run_test(headless=True, size=size, notifications=False) as pilot:
             ui = ScriptedUI(app, asyncio.get_running_loop(), pilot, script, tell)
             tell("TINGUIN: no person is answering; a scripted user goes through the same screens")
