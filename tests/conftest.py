@@ -212,13 +212,15 @@ def damaged_certificate() -> Callable[[bytes, str], bytes]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``), every test that needs pcscd goes to
-    one worker, one after the other: pcscd has one socket per machine (/run/pcscd/pcscd.comm), so two of
-    them at once would only take turns on hardware/pcscd.py's machine lock, a wait that counts against each
-    test's timeout. Without xdist the mark is inert."""
+    """Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) each module runs whole on one worker,
+    in its order, so its module-scoped worlds are made once and its tests see them as they do in one process.
+    Every module with a test that needs pcscd (mark ``pcsc``) goes to one worker, one module after the other:
+    pcscd has one socket per machine (/run/pcscd/pcscd.comm), so two at once would only take turns on
+    hardware/pcscd.py's machine lock, a wait that counts against each test's timeout. Without xdist the
+    marks are inert."""
+    needs_pcscd = {item.path for item in items if item.get_closest_marker("pcsc") is not None}
     for item in items:
-        if item.get_closest_marker("pcsc") is not None:
-            item.add_marker(pytest.mark.xdist_group("pcscd"))
+        item.add_marker(pytest.mark.xdist_group("pcscd" if item.path in needs_pcscd else item.path.name))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
