@@ -9,6 +9,10 @@ DEB_PACKAGES := pcscd vsmartcard-vpcd softhsm2 opensc pcsc-tools swig libpcsclit
                 libicu-dev pkg-config g++ postgresql chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# The suite in two pytest-xdist workers: most of its time is waiting (child processes, servers, pcscd, TLS
+# round trips), not computing, so two workers overlap it on two cores. Every test that needs pcscd (mark
+# `pcsc`) runs on one worker, one after the other (tests/conftest.py); `make test XDIST=` runs in one process.
+XDIST ?= -n 2 --dist loadgroup
 
 .PHONY: all demo test lint system venv clean
 
@@ -38,7 +42,7 @@ demo: venv
 	$(VENV)/bin/semper demo
 
 test: venv lint
-	$(VPY) -m pytest -q $(PYTEST_ARGS)
+	$(VPY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # ruff over the whole tree; mypy over the installed package through a tree of links (.lint/semper/<folder>),
 # because the folders install as one `semper` namespace (pyproject.toml, package-dir) that mypy cannot see

@@ -211,6 +211,18 @@ def damaged_certificate() -> Callable[[bytes, str], bytes]:
     return damage
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) each module runs whole on one worker,
+    in its order, so its module-scoped worlds are made once and its tests see them as they do in one process.
+    Every module with a test that needs pcscd (mark ``pcsc``) goes to one worker, one module after the other:
+    pcscd has one socket per machine (/run/pcscd/pcscd.comm), so two at once would only take turns on
+    hardware/pcscd.py's machine lock, a wait that counts against each test's timeout. Without xdist the
+    marks are inert."""
+    needs_pcscd = {item.path for item in items if item.get_closest_marker("pcsc") is not None}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("pcscd" if item.path in needs_pcscd else item.path.name))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """The screenshots the browser tests took and what their hostile pages saw (tests/browser.py records
     them in each test's report), so that a plain run shows them."""

@@ -315,7 +315,7 @@ def test_a_deal_through_the_tinguin_screens(market: Market) -> None:
     m.shop.cheat = Cheat()
     before = m.money()
     r = run_scripted(deal, script=Script(payment="card-purse", pin=CARD_PIN.decode()), phrase="my tea phrase",
-                     say=said.append, timeout=60)
+                     say=said.append, timeout=60, min_read=0)
     assert r.status is OutcomeStatus.SATISFIED, r.summary
     assert any("accepted the confirmation" in s for s in said) and any("PIN entry verified" in s for s in said)
     assert m.money()["buyer purse"] == before["buyer purse"] - 1_250
@@ -394,7 +394,7 @@ def test_an_anonymous_purchase_end_to_end(market: Market) -> None:
         finally:
             s.close()
     r = run_scripted(deal, script=Script(payment="ecash", pin=CARD_PIN.decode()), phrase="my tea phrase",
-                     say=said.append, timeout=90)
+                     say=said.append, timeout=90, min_read=0)
     w = box["withdrawn"]
     assert w.status is OutcomeStatus.SATISFIED and w.wallet_balance == 1_250, w.summary
     assert r.status is OutcomeStatus.SATISFIED, r.summary

@@ -25,6 +25,10 @@ from semper.client.exchange.party import ResponsePlan
 from semper.client.tinguin.api import Script, run_scripted
 from semper.client.tinguin.model import OutcomeStatus
 
+# The scripted user confirms as soon as the text is on screen (the TINGUIN's 0.6 s reading rule is tested on
+# its own screen, test_tinguin_screens.py): this module confirms some thirteen exchanges.
+READ_AT_ONCE = 0.0
+
 REPORT = b"market report, Q4: " + bytes(range(256)) * 3
 LETTER = b"Dear Bob, the lease ends on 31 March. -- Alice"
 NOTES = b"Bob's field notes " * 40
@@ -138,7 +142,7 @@ def test_each_cell_through_the_tinguin(people: People, tmp_path: Path, cell: str
                                     patience=60.0)
             finally:
                 seen.extend(getattr(ui, "seen", []))
-        result = run_scripted(deal, phrase="my tea phrase", say=lambda _line: None)
+        result = run_scripted(deal, phrase="my tea phrase", say=lambda _line: None, min_read=READ_AT_ONCE)
         theirs = rc.wait(known, 30)
     finally:
         oc.close()
@@ -171,7 +175,7 @@ def test_a_declined_confirmation_sends_nothing(people: People, tmp_path: Path) -
         with pytest.raises(DealDeclined):
             run_scripted(lambda ui: f2.originate(ui, _person(people, o, oc), rc.url, people[r].certificate, give,
                                                  expect), script=Script(accept=False), phrase="my tea phrase",
-                         say=lambda _line: None)
+                         say=lambda _line: None, min_read=READ_AT_ONCE)
         assert rc.wait(known, 1.0) is None                    # the peer never heard of it
         assert oc.party.counters["messages"] == 0
     finally:
@@ -189,7 +193,7 @@ def test_another_key_answering_is_refused(people: People, tmp_path: Path) -> Non
                                      f2.make_offer(_person(people, "bob", impostor), _gives_back("certified-mail"))))
         result = run_scripted(lambda ui: f2.originate(ui, _person(people, o, oc), impostor.url,
                                                       people["alice"].certificate, give, expect),
-                              phrase="my tea phrase", say=lambda _line: None)
+                              phrase="my tea phrase", say=lambda _line: None, min_read=READ_AT_ONCE)
     finally:
         oc.close()
         impostor.close()
@@ -218,7 +222,7 @@ def test_the_responder_confirms_its_standing_offer_in_the_tinguin(people: People
         result = run_scripted(lambda ui: f2.respond(ui, _person(people, r, rc), _gives_back("certified-mail"),
                                                     _expects_back("certified-mail"), peer=people[o].certificate,
                                                     patience=30),
-                              phrase="my tea phrase", say=lambda _line: None)
+                              phrase="my tea phrase", say=lambda _line: None, min_read=READ_AT_ONCE)
         t.join(40)
     finally:
         oc.close()

@@ -32,7 +32,20 @@ def test_events_and_card_survive_a_pcscd_restart():
         daemon = Pcscd(port=port).start()
         server = _serve(pair.buyer, port)
         events: list[readers.ReaderEvent] = []
-        watcher = threading.Thread(target=lambda: events.extend(readers.monitor(12.0, poll_ms=100)))
+
+        def watch() -> None:
+            """Events for at most 12 s; done once the card is back after pcscd was lost, the last event
+            the test looks for (the rest of the 12 s would only be waited out)."""
+            seen = readers.monitor(12.0, poll_ms=100)
+            try:
+                for event in seen:
+                    events.append(event)
+                    if (event.kind, event.reader) == ("card-inserted", reader) and \
+                            any(e.kind == "service-lost" for e in events):
+                        return
+            finally:
+                seen.close()
+        watcher = threading.Thread(target=watch)
         try:
             assert readers.wait_for_card(reader, 10)
             watcher.start()

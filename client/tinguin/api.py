@@ -313,13 +313,21 @@ def run_interactive(workflow: Callable[[TrustedUI], T], *, phrase: str | None = 
 
 def run_scripted(workflow: Callable[[TrustedUI], T], *, script: Script = Script(), phrase: str | None = _UNSET,
                  say: Callable[[str], None] | None = None, size: tuple[int, int] = (100, 40),
-                 timeout: float = 300.0) -> T:
-    """Run ``workflow(ui)`` with a scripted user answering the TINGUIN's screens (no terminal needed)."""
+                 timeout: float = 300.0, min_read: float | None = None) -> T:
+    """Run ``workflow(ui)`` with a scripted user answering the TINGUIN's screens (no terminal needed).
+
+    ``min_read``: seconds a confirmation must be on screen before 'y' counts, which the scripted user waits
+    out; None keeps the TINGUIN's own (``TinguinApp``). A test knob: the in-process tests that confirm many
+    deals pass 0 so as not to spend most of their time waiting; the rule itself is tested on its own screen
+    (tests/test_tinguin_screens.py), and every command keeps the default.
+    """
     tell = say or (lambda line: print(line, file=sys.stderr, flush=True))
     chosen = load_phrase() if phrase is _UNSET else phrase
 
     async def main() -> T:
         app = TinguinApp(phrase=chosen, scripted=True, start=None)
+        if min_read is not None:
+            app.min_read = min_read
         async with app.run_test(headless=True, size=size, notifications=False) as pilot:
             ui = ScriptedUI(app, asyncio.get_running_loop(), pilot, script, tell)
             tell("TINGUIN: no person is answering; a scripted user goes through the same screens")
