@@ -129,12 +129,19 @@ async def read_json(request: web.Request, shape: type[S], defaults: Mapping[str,
         raise ApiError(400, e.code, e.message) from None
 
 
-_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="semper-svc")
+POOL_THREADS = 4       # threads per service for its blocking calls (ServiceRunner)
 
 
 async def blocking(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking call (database, token) off the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(_pool, fn, *args)
+    """Run a blocking call (database, token) off the event loop, in the running service's own pool.
+
+    Why the loop's pool and not one for the process: services that share a process (the tests' and the
+    demo's worlds, a shop with its exchange mailbox) must not starve each other — a mall whose threads
+    all wait on a shop's answers would otherwise hold the threads that shop needs to answer. Why 4: the
+    seller's blocking steps mostly wait on one PSAM and one SQLite writer, so more threads only contend
+    for the interpreter (8 threads cost the shop about 6 % more CPU per purchase than 1, 2 or 4, in
+    back-to-back bench pairs; docs/performance.md)."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 FAST_ROUTES = web.AppKey("semper_fast_routes", dict)
@@ -224,7 +231,8 @@ class ServiceRunner:
 
     def _run(self) -> None:
         loop = new_event_loop()
-        self._loop = loop
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="semper-svc"))
+        self._loop = loop                   # the pool is the service's own (blocking); closing the loop ends it
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self._listen())
