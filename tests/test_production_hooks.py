@@ -24,6 +24,7 @@ CONFIGURATION = {
     "SEMPER_HOME", "SEMPER_CONFIG", "SEMPER_CARD_KEYS", "SEMPER_DEBUG", "SEMPER_EVENT_LOOP",
     "SEMPER_SCHEME_PIN_FILE", "SEMPER_INSECURE_ARGV_PIN", "SOFTHSM2_CONF", "XDG_DATA_HOME", "XDG_CONFIG_HOME",
     "SEMPER_AGENT_URL",                 # where the shop's page finds the buyer's agent (docs/web.md)
+    "SEMPER_FAST_HTTP",                 # 0: the services' JSON routes served by aiohttp alone (docs/services.md)
     "DISPLAY", "WAYLAND_DISPLAY",       # the desktop's own: whether semper demo --web can open a browser
 }
 

@@ -66,8 +66,9 @@ class NoRoom(ServiceUnavailable):
     code = "busy"
 
 
-class _Raced(Exception):
-    """Inside the order's transaction: another process wrote the deal first; everything is rolled back."""
+class _Raced(DealConflict):
+    """Inside the order's transaction: another process wrote the deal first; everything is rolled back.
+    Caught in ``Shop._order_with_first_step``, never sent: the order is answered as the other process committed it."""
 
 
 class Shop:
