@@ -8,11 +8,11 @@ It runs against older trees too (what it times falls back to the plain nested wr
 """
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import hashlib
 import json
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -146,8 +146,12 @@ def run(count: int) -> dict[str, float]:
     return out                 # sign_statement and verify_statement each include one ECDSA verification
 
 
-def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
+def main(argv: list[str] | None = None) -> None:
+    from semper.client.commands import positive_int
+    ap = argparse.ArgumentParser(prog="python -m semper.bench.statement_work",
+                                 description="the seller's statement work, step by step, medians in µs (JSON)")
+    ap.add_argument("count", nargs="?", type=positive_int, default=3000, help="calls per step (default 3000)")
+    count = ap.parse_args(argv).count
     print(json.dumps({"count": count, "median_us": run(count)}, indent=1))
 
 

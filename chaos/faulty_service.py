@@ -23,10 +23,11 @@ class Opened(Protocol):
 
 def fault_parser(module: str) -> argparse.ArgumentParser:
     """``--dir``, ``--pin-file``, ``--port`` and ``--db`` of ``python -m semper.chaos.<module>``."""
+    from semper.client.commands import port
     ap = argparse.ArgumentParser(prog=f"python -m semper.chaos.{module}")
     ap.add_argument("--dir", type=Path, required=True)
     ap.add_argument("--pin-file", type=Path, required=True)
-    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--port", type=port, default=0)
     ap.add_argument("--db", help="the party's storage URL (as semper serve --db; default: SQLite in the folder)")
     return ap
 

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..support.archive import Archive, Entry, StatementSigner, _rfc3339, check_entry, statement_kind
+from ..support.archive import Archive, Entry, StatementSigner, entry_row, statement_kind
 
 
 class SharedArchive:
@@ -62,8 +62,7 @@ class SharedArchive:
         :meth:`batch` the entry is checked and timed now and written with the batch (None is returned)."""
         pending = getattr(self._local, "pending", None)
         if pending is not None:
-            check_entry(deal_id, kind, content)
-            pending.append((deal_id, kind, bytes(content), _rfc3339(when or dt.datetime.now(dt.UTC))))
+            pending.append(entry_row(deal_id, kind, content, when))
             return None
         with self._write_lock:
             return self._mine().append(deal_id, kind, content, when=when)
@@ -94,7 +93,7 @@ class SharedArchive:
         if pending:
             self._local.pending = []
             with self._write_lock:
-                self._mine()._append_rows(pending)          # checked and timed by append()
+                self._mine().append_rows(pending)           # made by entry_row() in append()
 
     def __getattr__(self, name: str) -> Any:
         """Every Archive method, on this thread's connection (entries, export...), after this thread's batch."""

@@ -145,6 +145,15 @@ def _rfc3339(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+Row = tuple[str, str, bytes, str]           # deal id, kind, content, time as written (_rfc3339)
+
+
+def entry_row(deal_id: str, kind: str, content: bytes, when: dt.datetime | None = None) -> Row:
+    """An entry checked (:func:`check_entry`) and timed (now unless ``when``), as the archive writes it."""
+    check_entry(deal_id, kind, content)
+    return (deal_id, kind, bytes(content), _rfc3339(when or dt.datetime.now(dt.UTC)))
+
+
 def check_entry(deal_id: str, kind: str, content: bytes) -> None:
     """What every entry must be: a printable deal id and kind of 1-200 characters, bytes as content."""
     for name, value in (("deal id", deal_id), ("kind", kind)):
@@ -329,16 +338,11 @@ class Archive:
         one transaction: all of them or none. Why: a commit writes every page it touched (the table's and
         its three indexes') to the log again, so entries that are made together are written together
         (``commerce.archive.SharedArchive.batch``; docs/performance.md)."""
-        rows = []
-        for deal_id, kind, content, when in items:
-            check_entry(deal_id, kind, content)
-            rows.append((deal_id, kind, bytes(content), _rfc3339(when or dt.datetime.now(dt.UTC))))
-        return self._append_rows(rows)
+        return self.append_rows([entry_row(*item) for item in items])
 
-    def _append_rows(self, rows: Sequence[tuple[str, str, bytes, str]]) -> list[Entry]:
-        """:meth:`append_many` for rows already checked by :func:`check_entry`, content as bytes and the
-        time written (:func:`_rfc3339`): ``SharedArchive``'s batch checks each entry when it is made, and
-        checking it again when the batch is written found nothing new."""
+    def append_rows(self, rows: Sequence[Row]) -> list[Entry]:
+        """:meth:`append_many` for rows made by :func:`entry_row` (checked, content as bytes, the time
+        written): ``SharedArchive``'s batch makes each row when its entry is made, and writes them later."""
         if not rows:
             return []
         for attempt in range(_BUSY_RETRIES):

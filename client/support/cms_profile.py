@@ -84,12 +84,6 @@ def template(issuer: bytes, serial: int, certificates: Sequence[bytes]) -> Signe
 
 def _head(tag: int, n: int) -> bytes:
     """Tag and DER length of ``n`` content bytes (what ``der.tlv`` puts before the content)."""
-    if n < 0x80:
-        return bytes((tag, n))
-    if n < 0x100:
-        return bytes((tag, 0x81, n))
-    if n < 0x10000:
-        return bytes((tag, 0x82, n >> 8, n & 0xFF))
     return bytes((tag,)) + der.length(n)
 
 
@@ -120,7 +114,7 @@ def assemble_from(t: SignerTemplate, content: bytes, signed_attrs: bytes, signat
         encap_head, OID_STATEMENT, wrap_head, oct_head, content,
         t.certificate_set,
         sis_head, si_head, t.signer_info_head, b"\xa0", memoryview(signed_attrs)[1:], ECDSA_SHA256,
-        bytes((0x04, n_sig)) if n_sig < 0x80 else _head(0x04, n_sig), signature))
+        _head(0x04, n_sig), signature))
 
 
 def assemble(content: bytes, signed_attrs: bytes, signature: bytes, issuer: bytes, serial: int,

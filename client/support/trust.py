@@ -59,7 +59,6 @@ __all__ = [
 CLOCK_SKEW = dt.timedelta(minutes=5)
 CHAIN_CACHE = 256                   # paths remembered per trust store (a party sees few signers)
 USAGE_CACHE = 1024                  # certificates whose usage passed, remembered (TrustStore.check_usage)
-_USAGE_PASSED: dict[tuple[x509.Certificate, Usage], None] = {}
 
 _KNOWN_CRITICAL = {ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE,
                    ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.CERTIFICATE_POLICIES,
@@ -213,16 +212,12 @@ class TrustStore:
         """Refuse a certificate used outside the purpose its CA issued it for.
 
         A certificate that passed for a usage passes again (the verdict depends on the certificate's
-        bytes alone), so passes are remembered: the same few signers come with every statement."""
-        key = (cert, usage)
-        if key in _USAGE_PASSED:
-            return
+        bytes alone), so passes are remembered (an LRU cache keeps what returned; a refusal raises, and
+        is not kept): the same few signers come with every statement."""
         TrustStore._check_usage(cert, usage)
-        if len(_USAGE_PASSED) >= USAGE_CACHE:
-            _USAGE_PASSED.clear()
-        _USAGE_PASSED[key] = None
 
     @staticmethod
+    @functools.lru_cache(maxsize=USAGE_CACHE)
     def _check_usage(cert: x509.Certificate, usage: Usage) -> None:
         try:
             ku: x509.KeyUsage | None = cert.extensions.get_extension_for_class(x509.KeyUsage).value
