@@ -142,17 +142,33 @@ def test_pipelined_requests_are_answered_in_order(served: ServiceRunner) -> None
     expected = [{"n": n + 1, "auth": "", "q": ""} for n in range(5)] + [{"ok": True}]
     assert [json.loads(b) for _, _, b in answers] == expected
     raw.close()
+    assert served._fast is not None and (served._fast.served, served._fast.handed_over) == (6, 0)
 
 
-def test_a_body_in_pieces_is_read_whole(served: ServiceRunner) -> None:
+def test_a_body_in_pieces_is_read_whole_and_its_head_parsed_once(served: ServiceRunner,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body sent a few bytes at a time: answered once whole, its head parsed once (parsing it again for
+    every piece let a client that trickles its body cost the service CPU for each byte)."""
+    heads: list[object] = []
+    parse = fast_http.FastConnection._parse_head
+
+    def counted(self: fast_http.FastConnection) -> object:
+        head = parse(self)
+        heads.append(head)
+        return head
+    monkeypatch.setattr(fast_http.FastConnection, "_parse_head", counted)
     raw = Raw(served.port)
     data = _post("/ping", json.dumps({"n": 7, "text": "é" * 100}).encode())
-    for i in range(0, len(data), 17):
-        raw.send(data[i:i + 17])
+    end = data.index(b"\r\n\r\n") + 4
+    raw.send(data[:end])
+    for i in range(end, len(data), 5):
+        raw.send(data[i:i + 5])
         time.sleep(0.001)
     status, _, body = raw.answer()
     assert status == 200 and json.loads(body)["n"] == 8
     raw.close()
+    assert len([h for h in heads if h is not None]) == 1
+    assert served._fast is not None and (served._fast.served, served._fast.handed_over) == (1, 0)
 
 
 def test_refusals_keep_their_status_code_and_say_nothing_internal(served: ServiceRunner) -> None:
@@ -171,6 +187,7 @@ def test_refusals_keep_their_status_code_and_say_nothing_internal(served: Servic
     status, _, body = raw.answer()
     assert status == 415 and json.loads(body)["error"] == "unsupported_media_type"
     raw.close()
+    assert served._fast is not None and (served._fast.served, served._fast.handed_over) == (4, 0)
 
 
 ODD_REQUESTS = {
@@ -191,6 +208,9 @@ ODD_REQUESTS = {
     "web page": b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n",
     "head": b"HEAD /state HTTP/1.1\r\nHost: x\r\n\r\n",
     "http/1.0": b"GET /state HTTP/1.0\r\n\r\n",
+    "a length int() cannot read": _post("/ping", b'{"n": 1}').replace(b"Content-Length: 8", b"Content-Length: "
+                                                                       + b"9" * 5000),
+    "more headers than aiohttp takes": _post("/ping", b'{"n": 1}', "".join(f"X-{i}: v\r\n" for i in range(129))),
 }
 
 
@@ -230,7 +250,7 @@ def test_what_the_lean_path_does_not_take_gets_aiohttps_own_answer(monkeypatch: 
 
 TAKEN_REQUESTS = {
     "ping": _post("/ping?q=a+b&q=c", b'{"n": 1, "text": "\xc3\xa9"}', "Authorization: Bearer x\r\n"),
-    "header not utf-8": _post("/ping", b'{"n": 1}', "Authorization: Bearer \xff\xfe\r\n"),
+    "header not utf-8": _post("/ping", b'{"n": 1}').replace(b"Host: x", b"Host: x\r\nAuthorization: Bearer \xff\xfe"),
     "header utf-8": _post("/ping", b'{"n": 1}', "Authorization: Bearer \xc3\xa9\r\n"),
     "type with charset": _post("/ping", b'{"n": 1}').replace(b"application/json", b"Application/JSON; charset=utf-8"),
     "no type": _post("/ping", b'{"n": 1}').replace(b"Content-Type: application/json\r\n", b""),
@@ -285,6 +305,7 @@ def test_connection_close_is_honoured(served: ServiceRunner) -> None:
     status, headers, _ = raw.answer()
     assert status == 200 and headers["connection"] == "close"
     assert raw.closed()
+    assert served._fast is not None and (served._fast.served, served._fast.handed_over) == (1, 0)
 
 
 def test_a_slow_or_idle_client_is_cut_off(served: ServiceRunner, monkeypatch: pytest.MonkeyPatch) -> None:

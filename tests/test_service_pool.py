@@ -49,10 +49,15 @@ def test_a_service_whose_threads_all_wait_does_not_stall_another_in_the_same_pro
         assert all(b"semper-svc" in f.result(timeout=30) for f in waiting)  # the stuck ones finish once let go
 
 
-def test_a_service_runs_its_blocking_calls_on_a_bounded_pool_of_its_own() -> None:
-    gate = threading.Event()
-    with ServiceRunner(_app(gate)) as svc, ThreadPoolExecutor(max_workers=2 * POOL_THREADS) as clients:
+def test_a_service_runs_at_most_its_pools_threads_of_blocking_calls_at_once() -> None:
+    gate, entered = threading.Event(), threading.Semaphore(0)
+    with ServiceRunner(_app(gate, entered)) as svc, ThreadPoolExecutor(max_workers=2 * POOL_THREADS) as clients:
         calls = [clients.submit(_post, svc.url, 30) for _ in range(2 * POOL_THREADS)]
-        gate.set()
+        try:
+            for _ in range(POOL_THREADS):
+                assert entered.acquire(timeout=10)
+            assert not entered.acquire(timeout=0.5), "more blocking calls ran at once than the pool has threads"
+        finally:
+            gate.set()
         names = {f.result(timeout=30) for f in calls}
-    assert 1 <= len(names) <= POOL_THREADS
+    assert len(names) == POOL_THREADS

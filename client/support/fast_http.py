@@ -15,10 +15,12 @@ same JSON with the same status.
 Anything else, from the first byte of the first request that is not the plain case (an unknown
 path, a wrong method, a chunked or oversized body, a malformed or HTTP/1.0 request, the web pages),
 is handed with the connection to aiohttp's own protocol, which then serves that connection to its
-end: aiohttp keeps answering every edge case exactly as it did (404/405/411/413 JSON, 400 for a
+end: aiohttp keeps answering every edge case exactly as it did (404/405/413 JSON, 400 for a
 malformed request, 100-continue), and nothing of it had to be written twice.
 
-Bounds: a request head larger than :data:`MAX_HEAD` goes to aiohttp (whose limits refuse it); a
+Bounds: a request head larger than :data:`MAX_HEAD`, or of more than :data:`MAX_HEADERS` header lines,
+goes to aiohttp (which takes a long head of short lines, and refuses a line over 8190 bytes or more
+than 128 headers); the head is parsed once, however many pieces its body comes in; a
 request must arrive whole within :data:`REQUEST_TIMEOUT` once begun, an idle keep-alive connection
 is closed after :data:`KEEPALIVE_TIMEOUT` (aiohttp's default); pipelined requests are answered in
 order, one at a time, and reading pauses while more than :data:`MAX_BUFFER` bytes wait.
@@ -32,6 +34,7 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -43,6 +46,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 log = logging.getLogger("semper.services")
 
 MAX_HEAD = 8 * 1024             # bytes of request line and headers taken here; more goes to aiohttp
+MAX_HEADERS = 128               # header lines taken here (aiohttp's parser refuses more: 400)
 MAX_BUFFER = 256 * 1024         # bytes of pipelined requests held before reading pauses
 REQUEST_TIMEOUT = 30.0          # seconds from a request's first byte to its last
 KEEPALIVE_TIMEOUT = 75.0        # seconds an idle connection stays open (aiohttp's default)
@@ -215,6 +219,19 @@ class FastServer:
             c.abort()
 
 
+@dataclass(frozen=True)
+class _Head:
+    """A parsed request head whose body may still be on its way."""
+
+    handler: Handler
+    method: str
+    path: str
+    query: str
+    headers: CIMultiDict[str]
+    body_start: int
+    total: int                          # bytes of head and body
+
+
 class FastConnection(asyncio.Protocol):
     """One client connection while it asks only for the JSON routes (see the module's docstring)."""
 
@@ -228,6 +245,7 @@ class FastConnection(asyncio.Protocol):
         self.can_write: asyncio.Future[None] | None = None
         self.deadline = math.inf            # loop time after which the server's sweep closes it
         self.remote: str | None = None
+        self.head: _Head | None = None      # parsed, its body not yet whole
 
     # -- asyncio's protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -272,28 +290,50 @@ class FastConnection(asyncio.Protocol):
 
     # -- requests ----------------------------------------------------------------------------------
     def _next(self) -> None:
-        """Take the next whole request in the buffer: answer it here, or give the connection to aiohttp."""
-        transport = self.transport
-        if transport is None:
+        """Take the next whole request in the buffer: answer it here, or give the connection to aiohttp.
+
+        The head is parsed once: while its body arrives (in any number of pieces) only the length is
+        looked at again."""
+        if self.transport is None:
             return
         buf = self.buffer
         if not buf:
             self._arm(KEEPALIVE_TIMEOUT)
             return
+        head = self.head or self._parse_head()
+        if head is None:
+            return                          # handed over, or the head is still on its way
+        if len(buf) < head.total:
+            self.head = head
+            return self._waiting()          # the body is still on its way
+        self.head = None
+        body = bytes(buf[head.body_start:head.total])
+        del buf[:head.total]
+        self.deadline = math.inf            # a handler runs: no bound on it here (aiohttp sets none either)
+        self.server.served += 1
+        request = FastRequest(head.method, head.path, head.query, CIMultiDictProxy(head.headers), body,
+                              self.server.app, self.remote)
+        self.task = asyncio.get_running_loop().create_task(self._answer(request, head.handler))
+
+    def _parse_head(self) -> _Head | None:
+        """The request head at the start of the buffer, when it is whole and the plain case; else None,
+        having handed the connection over or waiting for more of the head."""
+        buf = self.buffer
         end = buf.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
         if end < 0:
             if len(buf) > MAX_HEAD or buf.count(b"\n") != buf.count(b"\r\n"):
-                return self._hand_over()    # too long, or a bare LF: aiohttp's limits and parser decide
-            return self._waiting()
+                self._hand_over()           # too long, or a bare LF: aiohttp's limits and parser decide
+            else:
+                self._waiting()
+            return None
         line = _REQUEST_LINE.match(buf, 0, end + 2)
         if line is None:
-            return self._hand_over()
+            return self._refuse()
         handler = self.server.routes.get((line.group(1), line.group(2)))
-        if handler is None:
-            return self._hand_over()
         head_start = line.end()
-        if not _HEADERS.fullmatch(buf, head_start, end + 2):
-            return self._hand_over()
+        if handler is None or not _HEADERS.fullmatch(buf, head_start, end + 2) \
+                or buf.count(b"\r\n", head_start, end + 2) > MAX_HEADERS:
+            return self._refuse()           # another route, odd headers, more of them than aiohttp takes
         headers: CIMultiDict[str] = CIMultiDict()
         if end > head_start:
             # as aiohttp's parser decodes them: UTF-8, other bytes kept as surrogates
@@ -301,33 +341,31 @@ class FastConnection(asyncio.Protocol):
                 name, _, value = field.partition(":")
                 headers.add(name, value.strip(" \t"))
         if "Transfer-Encoding" in headers or "Expect" in headers or "Upgrade" in headers:
-            return self._hand_over()        # a chunked body, 100-continue, an upgrade: aiohttp's
+            return self._refuse()           # a chunked body, 100-continue, an upgrade: aiohttp's
         lengths = headers.getall("Content-Length", ())
-        if len(lengths) > 1 or (lengths and not (lengths[0].isdigit() and lengths[0].isascii())):
-            return self._hand_over()
+        if len(lengths) > 1 or (lengths and not (lengths[0].isdigit() and lengths[0].isascii()
+                                                 and len(lengths[0]) <= 18)):
+            return self._refuse()           # two lengths, or not a number int() takes: aiohttp's 400
         if not lengths and line.group(1) != b"GET":
-            return self._hand_over()        # a body without a length: aiohttp decides what it is
+            return self._refuse()           # a body without a length: aiohttp decides what it is
         length = int(lengths[0]) if lengths else 0
         if length > self.server.max_body:
-            return self._hand_over()        # aiohttp refuses it (413), reading no more than it must
+            return self._refuse()           # aiohttp refuses it (413), reading no more than it must
         connection = headers.get("Connection")
         if connection is not None:
             tokens = {t.strip().lower() for t in connection.split(",")}
             if "upgrade" in tokens:
-                return self._hand_over()
+                return self._refuse()
             if "close" in tokens:
                 self.close_after = True
-        total = end + 4 + length
-        if len(buf) < total:
-            return self._waiting()          # the body is still on its way
-        method, path, query = line.groups()   # taken before the buffer moves under the match
-        body = bytes(buf[end + 4:total])
-        del buf[:total]
-        self.deadline = math.inf            # a handler runs: no bound on it here (aiohttp sets none either)
-        self.server.served += 1
-        request = FastRequest(method.decode(), path.decode(), query.decode() if query else "",
-                              CIMultiDictProxy(headers), body, self.server.app, self.remote)
-        self.task = asyncio.get_running_loop().create_task(self._answer(request, handler))
+        method, path, query = line.groups()
+        return _Head(handler, method.decode(), path.decode(), query.decode() if query else "", headers,
+                     end + 4, end + 4 + length)
+
+    def _refuse(self) -> _Head | None:
+        """Not the plain case: aiohttp takes the connection (and answers this request as it would); no head."""
+        self._hand_over()
+        return None
 
     async def _answer(self, request: FastRequest, handler: Handler) -> None:
         close = self.close_after
@@ -384,8 +422,6 @@ class FastConnection(asyncio.Protocol):
         protocol = self.server.fallback()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
-        if self.paused_reading:
-            transport.resume_reading()
         data, self.buffer = bytes(self.buffer), bytearray()
         if data:
             protocol.data_received(data)
@@ -428,9 +464,9 @@ def route_table(routes: Iterable[web.AbstractRouteDef]) -> dict[tuple[bytes, byt
     fast path may answer. A route on a variable path, a class-based view or any method stays aiohttp's."""
     table: dict[tuple[bytes, bytes], Handler] = {}
     for r in routes:
-        if not isinstance(r, web.RouteDef) or r.method == "*" or "{" in r.path or not r.path.startswith("/"):
-            continue
-        if isinstance(r.handler, type) or not _REQUEST_LINE.fullmatch(f"{r.method} {r.path} HTTP/1.1\r\n".encode()):
+        # the request line's own pattern leaves out "*", variable paths ("{") and paths not from the root
+        if not isinstance(r, web.RouteDef) or isinstance(r.handler, type) \
+                or not _REQUEST_LINE.fullmatch(f"{r.method} {r.path} HTTP/1.1\r\n".encode()):
             continue
         table[(r.method.encode(), r.path.encode())] = r.handler
     return table

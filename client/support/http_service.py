@@ -141,7 +141,7 @@ async def blocking(fn: Callable[..., T], *args: Any) -> T:
     seller's blocking steps mostly wait on one PSAM and one SQLite writer, so more threads only contend
     for the interpreter (8 threads cost the shop about 6 % more CPU per purchase than 1, 2 or 4, in
     back-to-back bench pairs; docs/performance.md)."""
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    return await asyncio.to_thread(fn, *args)
 
 
 FAST_ROUTES = web.AppKey("semper_fast_routes", dict)
