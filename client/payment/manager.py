@@ -314,7 +314,7 @@ class PaymentManager:
         st.last_in, st.last_out, st.done = key, to_json(step.message), step.done
         also = settle(record) if settle is not None else None
         store = self.sessions.create if create else self.sessions.save
-        saved = store(st, record, also=also) if also is not None else store(st, record)
+        saved = store(st, record, also=also)
         return step.message, saved, record, saved and also is not None
 
     # ---- both --------------------------------------------------------------------------------

@@ -224,7 +224,9 @@ class Shop:
         Otherwise it is left for ``/deals/pay``. Raises :class:`NoRoom` (before anything is committed
         or asked of the device) when the payment's device has no room now: the caller waits and sends
         it again (``shop_http``)."""
-        sd = self._deal(deal_id)
+        # with a hello, read fresh: a remembered copy another worker has moved on (ordered, paid) would
+        # have the device asked for a debit nobody will complete, holding its room until it goes stale
+        sd = self._deal(deal_id, fresh=envelope is not None)
         if sd.order is not None:
             if order_bytes == sd.order_bytes:
                 return self._ordered_again(sd, envelope)
@@ -423,8 +425,7 @@ class Shop:
                 if self.on_step is not None:
                     self.on_step("settling", deal_id)
             return write
-        try:
-            self.payments.admit(envelope, self._routes(sd))    # room at the device (the HTTP handler waited for it)
+        try:                            # room at the device: taken by the caller (Shop.admit, Shop._room)
             handled = self.payments.handle_step(
                 envelope, settle=None if sd.paid or not self.settles_in_payment_step else settle)
         except PaymentError as e:
@@ -437,6 +438,10 @@ class Shop:
             if self.store.saved(sd, bool(box.get("written"))):
                 return handled.reply, sd, True
             sd = self._deal(deal_id, fresh=True)        # another process wrote the deal meanwhile: go on from its
+        if not sd.paid and handled.record is None:
+            # an answer given before, replayed: another process may have paid, confirmed and delivered the
+            # deal since this copy was remembered; signing a second confirmation would be evidence nobody got
+            sd = self._deal(deal_id, fresh=True)
         if not sd.paid:
             assert sd.terms is not None
             record = handled.record or self.payments.record(sd.terms.payment_id, "payee")
