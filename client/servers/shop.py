@@ -547,6 +547,9 @@ class Shop:
             self.make_delivery(sd)
             if sd.delivery is not None:
                 sd = self._commit(sd)
+            else:       # not shipped here (a mall that could not settle, or another request or process wrote
+                        # the deal first): "not shipped" only on the deal as the database has it now
+                sd = self._unless(sd, lambda d: d.delivery is None)
         return self._shipped(sd)
 
     def content_of(self, item: CatalogueItem) -> bytes | None:
