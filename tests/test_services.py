@@ -320,10 +320,19 @@ def _mall(m: Market) -> Any:
     return m.mall
 
 
+MALL_ANSWER_S = 120.0       # how long the buyer waits for each of the mall's answers here
+
+
 def _buy_at_mall(m: Market, url: str) -> Any:
-    """The buyer runs the mall's basket service (one teapot, one kettle), paying the mall by cheque."""
+    """The buyer runs the mall's basket service (one teapot, one kettle), paying the mall by cheque.
+
+    Why the buyer waits up to :data:`MALL_ANSWER_S` for each answer (its client's default is 15 s): the
+    mall settles with the shops inside the payment request, which a loaded machine can stretch past
+    15 s, and a request the buyer gave up on goes on in the mall. The restart tests need the first mall
+    done when this returns: asked while it still settled, the restarted mall bought the kettle part
+    again while the first one bought it (the second cheque bounced; the delivery was not shipped)."""
     b = m.buyer
-    shop, b.shop = b.shop, ShopClient(url, m.world.root_pem)
+    shop, b.shop = b.shop, ShopClient(url, m.world.root_pem, timeout=MALL_ANSWER_S)
     m.ui.payment = "cheque"
     try:
         certifiers = x509.load_pem_x509_certificates((m.world.certifier_dir / "certifier.pem").read_bytes())
