@@ -194,7 +194,8 @@ def test_a_first_message_the_shop_does_not_take_with_the_order_leaves_the_order_
         pid = docs.payment_id_for(deal.deal_id, docs.sha256_hex(order))
         envelope = {"payment_id": pid, "module": module, "body": body}
         before = _db(market)
-        answer = b.shop.post("/deals/order", {"deal": deal.deal_id, "order": blocks.b64(order), "envelope": envelope})
+        answer = b.shop.post("/deals/order", {"deal": deal.deal_id, "order": blocks.b64(order), "envelope": envelope,
+                                              "offer": blocks.b64(offer.der), "offer_tag": offer.tag})
         after = _db(market)
         assert answer["next"] == "payment" and "envelope" not in answer, answer
         assert answer["terms"]["payment_id"] == pid
