@@ -10,8 +10,10 @@ delivery is made only after the payment completed; information and contracts are
 through its exchange party (it originates: its item is generatable by the third party, the buyer's
 payment or signature is externally verifiable).
 
-Every step is one committed transaction on the deal's row in the shop's database
-(``shop_store.py``), and every answer is built from what was committed: a shop killed at any
+The offer writes nothing (it is stateless: the buyer sends it back with the order, with the shop's
+tag, and the deal is first written with its order, :meth:`Shop._offered`). Every later step is one
+committed transaction on the deal's row in the shop's database (``shop_store.py``), and every answer
+is built from what was committed: a shop killed at any
 moment and started again, or another worker process of the same shop, answers the next request of
 a deal, or the same request again, as the process that began it would have (docs/commerce.md,
 "The durable deal").

@@ -3,7 +3,8 @@
 Why in the database and not in memory: a shop killed at any moment and started again, or a shop
 running as several worker processes behind one socket, must answer the next request of a deal — or
 the same request again — exactly as the process that began the deal would have. So the deal's
-whole state machine lives in one row of ``shop_deals``: the signed offer, the order and its digest,
+whole state machine, from its order on (an offer is stateless: it comes back with the order), lives
+in one row of ``shop_deals``: the signed offer, the order and its digest,
 the payment terms, whether the payment completed (the payment's own session is the payment
 manager's, ``payment/sessions.py``, in the same database), the signed confirmation and delivery
 note, the fair exchange's state, and the local decisions not archived yet. A step reads the row,
@@ -93,8 +94,9 @@ class ShopDeal:
 
 
 class DealStore:
-    """The rows of ``shop_deals``; a :class:`ShopDeal` in and out. Nothing is deleted but offers nobody
-    ordered in time (their evidence stays in the archive).
+    """The rows of ``shop_deals``; a :class:`ShopDeal` in and out. A deal's row is first written with its
+    order (the offer is stateless: ``Shop.new_deal``; its tag is :meth:`offer_tag`). Nothing is deleted
+    but offers nobody ordered in time that a shop before stateless offers stored.
 
     Each process remembers the open deals as it last committed or read them (:meth:`get`, unless
     ``fresh``), so a request does not read back what this process wrote for the one before it
@@ -349,7 +351,7 @@ class DealStore:
             self._forget(deal_id)               # its version changed: read it again when next asked
 
     def evict(self) -> int:
-        """Forget offers nobody ordered in time (their evidence stays in the archive); how many."""
+        """Forget offers nobody ordered in time (rows a shop before stateless offers wrote); how many."""
         def run(tx: Transaction) -> int:
             cur = tx.execute("DELETE FROM shop_deals WHERE order_bytes IS NULL AND valid_until < ?", (_now(),))
             return int(cur.rowcount)
