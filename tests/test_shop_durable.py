@@ -157,11 +157,11 @@ def test_the_order_with_its_hello_sent_again_gets_the_same_answer_and_one_debit(
     assert early is not None and early.first["body"]["kind"] == "hello"
     assert early.first["payment_id"] == docs.payment_id_for(deal.deal_id, docs.sha256_hex(order))
     balance = market.purse_balance()
-    first = blocks.send_order(b, deal, order, early=early)
+    first = blocks.send_order(b, deal, offer, order, early=early)
     assert first["envelope"]["body"]["kind"] == "challenge"
     assert first["terms"]["payment_id"] == early.first["payment_id"]
     before = _db(market)
-    again = blocks.send_order(b, deal, order, early=early)
+    again = blocks.send_order(b, deal, offer, order, early=early)
     after = _db(market)
     assert again == first
     assert after["write"] == before["write"], (before, after)
@@ -169,7 +169,7 @@ def test_the_order_with_its_hello_sent_again_gets_the_same_answer_and_one_debit(
     assert record.status.value == "paid"
     assert market.purse_balance() == balance - offer.total
     # and once paid, the order sent again gets its terms alone (its payment has moved on): nothing moves
-    late = blocks.send_order(b, deal, order, early=early)
+    late = blocks.send_order(b, deal, offer, order, early=early)
     assert "envelope" not in late and late == {k: v for k, v in first.items() if k != "envelope"}
     assert market.purse_balance() == balance - offer.total
 

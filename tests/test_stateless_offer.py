@@ -77,8 +77,9 @@ def open_shop(pki: dict[str, Any], tmp_path: Path) -> Iterator[Callable[..., Sho
     def make(folder: str = "shop", catalogue: Catalogue | None = None,
              validity: dt.timedelta = dt.timedelta(minutes=30)) -> Shop:
         (tmp_path / folder).mkdir(exist_ok=True)
+        payments = PaymentManager(PartyContext(), modules={"stub": _Module})
         s = Shop(name="Teapot Shop", identity=Identity(pki["seller"]), trust=pki["trust"],
-                 catalogue=catalogue or demo_catalogue(), payments=PaymentManager(PartyContext(), modules={"stub": _Module}),
+                 catalogue=catalogue or demo_catalogue(), payments=payments,
                  account="A1", archive=SharedArchive(tmp_path / folder / "evidence.sqlite3"),
                  db=Database(f"sqlite:///{tmp_path / folder / 'shop.db'}"), offer_validity=validity)
         opened.append(s)
@@ -256,3 +257,49 @@ def test_the_http_order_carries_the_offer_back_and_refusals_say_why(open_shop: C
         assert first.status_code == 200 and first.json()["next"] == "payment", first.text
         assert http.post("/deals/order", json=sent).json() == first.json()
         assert _rows(shop) == 1 and _kinds(shop, made["deal"]) == ["statement:offer", "order:unsigned"]
+
+
+def test_an_order_waiting_for_room_at_the_device_is_checked_once(open_shop: Callable[..., Shop], pki: dict[str, Any],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the PSAM is full, the HTTP layer takes an order with the card's hello again every 5 ms for up
+    to 10 s (``shop_http._waited``): the order's signature and the offer sent back are checked on the
+    first attempt only; the deal is read again at each, and nothing is written until there is room."""
+    from semper.client.servers import shop as shop_module
+    from semper.client.servers.shop import NoRoom, OrderChecks
+    from semper.client.servers.shop_http import Order, _order_settle
+    shop = open_shop()
+    deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, False)
+    offer = _parsed(shop, der)
+    body = docs.order_body(offer, payment="stub", payment_label="stub", confirmation_sha256="ab" * 32,
+                           scripted=False, action="ORDER_AND_PAY", details=(), attributes=offer.attributes,
+                           form={"name": "Bob Buyer", "street": "1 Main St", "postcode": "12345", "city": "Town",
+                                 "country": "DE"})
+    signed = sign_statement(pki["person"], body)
+    calls = {"verify": 0, "offered": 0, "room": 0}
+    verify, offered = shop_module.verify_statement, shop._offered
+
+    def counted_verify(*a: Any, **kw: Any) -> Any:
+        calls["verify"] += 1
+        return verify(*a, **kw)
+
+    def counted_offered(*a: Any) -> Any:
+        calls["offered"] += 1
+        return offered(*a)
+
+    def full(sd: Any, envelope: Any) -> None:
+        calls["room"] += 1
+        raise NoRoom("the PSAM keeps 16 debits open")
+    monkeypatch.setattr(shop_module, "verify_statement", counted_verify)
+    monkeypatch.setattr(shop, "_offered", counted_offered)
+    monkeypatch.setattr(shop, "_early", lambda sd, envelope: True)      # the stub module as one that starts early
+    monkeypatch.setattr(shop, "_room", full)
+    request = Order(deal=deal_id, order=signed, offer=der, offer_tag=tag,
+                    envelope={"payment_id": "p", "module": "stub", "body": {}})
+    checks = OrderChecks()
+    for _ in range(3):
+        assert _order_settle(shop, request, checks) == (None, "the PSAM keeps 16 debits open")
+    assert calls == {"verify": 1, "offered": 1, "room": 3} and _rows(shop) == 0 and _kinds(shop, deal_id) == []
+    monkeypatch.setattr(shop, "_early", lambda sd, envelope: False)     # room, and the order goes on without it
+    done, _ = _order_settle(shop, request, checks)
+    assert done is not None and done["next"] == "payment" and calls["verify"] == 1 and calls["offered"] == 1
+    assert _rows(shop) == 1 and _kinds(shop, deal_id) == ["statement:offer", "statement:order"]

@@ -34,6 +34,7 @@ import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 from ..commerce import documents as docs
@@ -50,7 +51,7 @@ from ..support import cms_profile
 from ..support.cms import EvidenceError, decode_statement_content
 from ..support.db import Database, Transaction
 from ..support.trust import TrustStore
-from ..support.verify import verify_statement
+from ..support.verify import VerifiedStatement, verify_statement
 from ..transfer.information import InformationOffer
 from ..transfer.items import Description
 from ..transfer.managers import OfferTree, PackageOffer
@@ -81,6 +82,18 @@ class OfferExpired(CommerceError):
     the buyer asks for a new offer."""
 
     code = "offer_expired"
+
+
+@dataclass
+class OrderChecks:
+    """The checks of one order request that do not depend on the deal's state, made once while the HTTP
+    layer takes the same request again and again, waiting for room at the payment's device
+    (``shop_http._waited``: every 5 ms, up to 10 s): the order's signature (an ECDSA verification and its
+    certificate chain) and the offer sent back with it (its tag, its body made again from the catalogue).
+    The deal is read again at each attempt (another worker may have moved it on); only these are kept."""
+
+    verified: VerifiedStatement | None = None
+    offered: ShopDeal | None = None         # the deal made from the offer, as :meth:`Shop._offered` gave it
 
 
 class _Raced(DealConflict):
@@ -290,7 +303,7 @@ class Shop:
 
     # ---- orders -------------------------------------------------------------------------------------
     def order(self, deal_id: str, order_bytes: bytes, envelope: Any = None, offer: bytes | None = None,
-              offer_tag: Any = None) -> dict[str, Any]:
+              offer_tag: Any = None, checks: OrderChecks | None = None) -> dict[str, Any]:
         """Check the order against this shop's offer; answer with what comes next (payment terms or exchange).
 
         ``offer``, ``offer_tag``: the signed offer and its tag as :meth:`new_deal` gave them, sent back by
@@ -306,12 +319,18 @@ class Shop:
         completed the payment, the confirmation and delivery as :meth:`pay_and_deliver` gives them.
         Otherwise it is left for ``/deals/pay``. Raises :class:`NoRoom` (before anything is committed
         or asked of the device) when the payment's device has no room now: the caller waits and sends
-        it again (``shop_http``)."""
+        it again (``shop_http``), passing the same ``checks`` (:class:`OrderChecks`) each time: what was
+        checked of this request and does not depend on the deal is not checked again."""
         # with a hello, read fresh: a remembered copy another worker has moved on (ordered, paid) would
         # have the device asked for a debit nobody will complete, holding its room until it goes stale
         found = self.store.get(check_deal_id(deal_id), fresh=envelope is not None)
         if found is None:
-            sd = self._offered(deal_id, offer, offer_tag)
+            if checks is not None and checks.offered is not None:
+                sd = DealStore.copy(checks.offered)
+            else:
+                sd = self._offered(deal_id, offer, offer_tag)
+                if checks is not None:
+                    checks.offered = DealStore.copy(sd)
             self._room_for_a_deal()
         else:
             sd = found
@@ -335,10 +354,14 @@ class Shop:
             if not isinstance(body, dict) or docs.canonical(body) != order_bytes:
                 raise CommerceError("a contract request is canonical JSON; the signature comes in the exchange")
         else:
-            try:
-                vs = verify_statement(order_bytes, self.trust)
-            except EvidenceError as e:
-                raise CommerceError(f"the order's signature does not verify: {e}") from None
+            vs = checks.verified if checks is not None else None
+            if vs is None:
+                try:
+                    vs = verify_statement(order_bytes, self.trust)
+                except EvidenceError as e:
+                    raise CommerceError(f"the order's signature does not verify: {e}") from None
+                if checks is not None:
+                    checks.verified = vs
             if not docs.has_role(vs.signer, "person"):
                 raise CommerceError("the order is not signed with a person's certificate")
             body = vs.body

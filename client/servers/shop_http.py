@@ -53,7 +53,7 @@ from ..payment.errors import PaymentError
 from ..payment.modules.purse import PurseModule
 from ..support.http_service import ApiError, blocking, json_response, make_app, read_json
 from ..support.shapes import Shape
-from .shop import NoRoom, Shop
+from .shop import NoRoom, OrderChecks, Shop
 from .shop_web import mount as mount_web
 
 log = logging.getLogger("semper.shop")
@@ -114,13 +114,14 @@ def _settle(shop: Shop, deal: str, envelope: dict[str, Any]) -> tuple[dict[str, 
         return shop.pay_and_deliver(deal, envelope), ""
 
 
-def _order_settle(shop: Shop, body: Order) -> tuple[dict[str, Any] | None, str]:
+def _order_settle(shop: Shop, body: Order, checks: OrderChecks) -> tuple[dict[str, Any] | None, str]:
     """An order with the payer's first payment message, in one trip to the worker pool (the device is
     asked): the order's answer, or (None, why) when the device has no room now, before anything was
-    asked of it or written."""
+    asked of it or written. ``checks``: the same for every attempt of one request, so the order's
+    signature and its offer are checked once however long it waits for room."""
     try:
         with shop.batch():
-            return shop.order(body.deal, body.order, body.envelope, body.offer, body.offer_tag), ""
+            return shop.order(body.deal, body.order, body.envelope, body.offer, body.offer_tag, checks), ""
     except NoRoom as e:
         return None, str(e)
 
@@ -168,7 +169,8 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
         body = await read_json(request, Order)
         deal = body.deal
         if body.envelope is not None:               # the card's hello with it: the PSAM is asked, in the pool
-            answer = _paid_answer(await _waited(lambda: _call(_order_settle, shop, body)))
+            checks = OrderChecks()                  # made once, however often it waits for room
+            answer = _paid_answer(await _waited(lambda: _call(_order_settle, shop, body, checks)))
         else:                                       # CPU only (a verification, archive entries): no hop
             with shop.batch():                      # the offer's and the order's entries: one archive write
                 answer = shop.order(deal, body.order, None, body.offer, body.offer_tag)

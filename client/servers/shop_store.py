@@ -131,7 +131,7 @@ class DealStore:
 
     # ---- what this process remembers ------------------------------------------------------------------
     @staticmethod
-    def _copy(sd: ShopDeal) -> ShopDeal:
+    def copy(sd: ShopDeal) -> ShopDeal:
         """A copy the caller may change (its decisions grow in place; every other field is replaced, not
         changed, by the shop's steps)."""
         deal = object.__new__(Deal)              # copies of checked objects: no __init__ to run again
@@ -148,7 +148,7 @@ class DealStore:
             if sd.finished:
                 self._cache.pop(deal_id, None)       # nothing more happens to it; read from the database if asked
                 return
-            self._cache[deal_id] = self._copy(sd)
+            self._cache[deal_id] = self.copy(sd)
             self._cache.move_to_end(deal_id)
             while len(self._cache) > CACHED_DEALS:
                 self._cache.popitem(last=False)
@@ -237,7 +237,7 @@ class DealStore:
             with self._lock:
                 known = self._cache.get(deal_id)
             if known is not None:
-                return self._copy(known)
+                return self.copy(known)
         row = self.db.read_one(f"SELECT {self._COLUMNS} FROM shop_deals WHERE deal_id = ?", (deal_id,))
         if row is None:
             self._forget(deal_id)
