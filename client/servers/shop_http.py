@@ -158,9 +158,9 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     async def deals(request: web.Request) -> web.Response:
         body = await read_json(request, NewDeal)
         items = [(i.sku, i.quantity) for i in body.items]
-        # on the event loop, not the pool: a token signature and an archive entry (no disk flush) cost
-        # less than the thread hop would (docs/performance.md)
-        # (nothing is written: the deal is first written with its order, from the offer sent back)
+        # on the event loop, not the pool: a token signature and its tag cost less than the thread hop
+        # would (docs/performance.md); nothing is written (the offer is stateless: the deal is first
+        # written with its order, from the offer sent back; docs/commerce.md "The stateless offer")
         deal_id, der, tag = shop.new_deal(body.workflow, items, body.nonce, body.anonymous)
         return json_response({"deal": deal_id, "offer": _e(der), "offer_tag": tag})
 
