@@ -241,9 +241,10 @@ class Shop:
             raise NoSuchDeal("no such deal here (send the signed offer and its tag with the order)")
         if not self.store.offer_tag_ok(offer, tag):
             raise OfferNotOurs("the offer was not made by this shop, or was altered: its tag does not verify")
-        parts = cms_profile.read_statement(offer)
+        # the bytes are this shop's own (the tag): their content is read, not their signer's parts again
+        content = cms_profile.read_content(offer)
         try:
-            body = decode_statement_content(parts.content) if parts is not None else None
+            body = decode_statement_content(content) if content is not None else None
         except EvidenceError:
             body = None
         if not isinstance(body, dict) or body.get("type") != "offer":
