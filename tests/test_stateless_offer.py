@@ -303,3 +303,17 @@ def test_an_order_waiting_for_room_at_the_device_is_checked_once(open_shop: Call
     done, _ = _order_settle(shop, request, checks)
     assert done is not None and done["next"] == "payment" and calls["verify"] == 1 and calls["offered"] == 1
     assert _rows(shop) == 1 and _kinds(shop, deal_id) == ["statement:offer", "statement:order"]
+
+
+def test_an_offer_a_shop_before_stateless_offers_stored_is_ordered_from_its_row(open_shop: Callable[..., Shop]) -> None:
+    """A database upgraded with offers not ordered yet in it (as ``POST /deals`` wrote them before): their
+    orders, which come without the offer, are taken from the row as before."""
+    shop = open_shop()
+    deal_id, der, _tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    stored = shop._offered(deal_id, der, shop.store.offer_tag(der))
+    assert shop.store.insert(stored) and not shop.store.insert(shop._offered(deal_id, der, _tag))   # one row per id
+    order = _anonymous_order(_parsed(shop, der))
+    answer = open_shop().order(deal_id, order)              # another worker, no offer sent: the row is the deal
+    assert answer["next"] == "payment" and _rows(shop) == 1
+    sd = shop.find(deal_id)
+    assert sd is not None and sd.order_bytes == order and sd.version == 2
