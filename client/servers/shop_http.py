@@ -43,10 +43,11 @@ import hmac
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from msgspec import Meta
 
 from ..exchange.party import Party
 from ..payment.errors import PaymentError
@@ -77,7 +78,7 @@ class Order(Shape, frozen=True):
     deal: str
     order: bytes                        # the signed order (DER), or canonical JSON when anonymous
     offer: bytes | None = None          # the signed offer as /deals gave it: the deal is made from it (stateless)
-    offer_tag: str = ""                 # its tag, as /deals gave it (the shop's MAC of the offer's bytes)
+    offer_tag: Annotated[str, Meta(max_length=128)] = ""   # its tag, as /deals gave it (the shop's MAC of it)
     mailbox: str = ""                   # the buyer's exchange service (fair exchanges)
     envelope: dict[str, Any] | None = None   # the payer's first payment message (the card's hello), if early
 
