@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from postgres import Storage, storages
 from test_commerce_units import _cert
 from test_tinguin_samples import SoftSigner
 
@@ -75,13 +76,13 @@ def open_shop(pki: dict[str, Any], tmp_path: Path) -> Iterator[Callable[..., Sho
     opened: list[Shop] = []
 
     def make(folder: str = "shop", catalogue: Catalogue | None = None,
-             validity: dt.timedelta = dt.timedelta(minutes=30)) -> Shop:
+             validity: dt.timedelta = dt.timedelta(minutes=30), db: str | None = None) -> Shop:
         (tmp_path / folder).mkdir(exist_ok=True)
         payments = PaymentManager(PartyContext(), modules={"stub": _Module})
         s = Shop(name="Teapot Shop", identity=Identity(pki["seller"]), trust=pki["trust"],
                  catalogue=catalogue or demo_catalogue(), payments=payments,
                  account="A1", archive=SharedArchive(tmp_path / folder / "evidence.sqlite3"),
-                 db=Database(f"sqlite:///{tmp_path / folder / 'shop.db'}"), offer_validity=validity)
+                 db=Database(db or f"sqlite:///{tmp_path / folder / 'shop.db'}"), offer_validity=validity)
         opened.append(s)
         return s
     yield make
@@ -149,8 +150,11 @@ def test_an_offer_writes_nothing_and_any_worker_writes_the_deal_with_its_order(o
     assert _kinds(one, deal_id2) == ["statement:offer", "statement:order"] and _rows(one) == 2
 
 
-def test_two_workers_taking_one_new_order_at_once_write_one_deal(open_shop: Callable[..., Shop]) -> None:
-    workers = [open_shop() for _ in range(4)]
+@storages()
+def test_two_workers_taking_one_new_order_at_once_write_one_deal(open_shop: Callable[..., Shop], storage: Storage,
+                                                                tmp_path: Path) -> None:
+    url = storage.url("shop", tmp_path)
+    workers = [open_shop(db=url) for _ in range(4)]
     for same in (True, False):
         deal_id, der, tag = workers[0].new_deal("mail-order", [("teapot", 1)], NONCE, True)
         offer = _parsed(workers[0], der)
