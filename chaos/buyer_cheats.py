@@ -52,7 +52,10 @@ def _replayed_order(market: Any) -> tuple[str, list[str]]:
                                     "items": [{"sku": "teapot", "quantity": 1}]})
     deal = str(answer["deal"])
     out = []
-    refused, got = _refused(lambda: b.shop.post("/deals/order", {"deal": deal, "order": b64(old[-1].content)}))
+    # with the new deal's genuine offer and tag: the shop writes the deal only for an order of that offer
+    refused, got = _refused(lambda: b.shop.post("/deals/order", {"deal": deal, "order": b64(old[-1].content),
+                                                                 "offer": answer["offer"],
+                                                                 "offer_tag": answer.get("offer_tag", "")}))
     if not refused:
         out.append(f"the shop accepted an order signed for another deal ({got})")
     refused, got = _refused(lambda: b.shop.post("/deals/delivery", {"deal": deal}))
@@ -72,7 +75,7 @@ def _unpaid_delivery(market: Any) -> tuple[str, list[str]]:
         deal, offer, vs = blocks.get_offer(b, "mail-order", [("teapot", 1)], deal_attributes("mail-order"))
         c = blocks.review_and_confirm(b, deal, offer, vs, ADDRESS, Action.ORDER_AND_PAY)
         order = blocks.make_order(b, deal, offer, c)
-        blocks.send_order(b, deal, order)
+        blocks.send_order(b, deal, offer, order)
         deal.close()
     finally:
         market.ui.payment = saved

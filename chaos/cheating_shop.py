@@ -46,10 +46,10 @@ class CheatingShop(Shop):
         super().__init__(**kw)
         self.cheat = Cheat()
         self.exchange_outbox = Faults()          # its exchange party's outbox (see open_cheating_shop)
-        self._first_offer: tuple[str, bytes] | None = None
+        self._first_offer: tuple[str, bytes, str] | None = None
 
     def new_deal(self, workflow: str, items: Sequence[tuple[str, int]], nonce: str, anonymous: bool
-                 ) -> tuple[str, bytes]:
+                 ) -> tuple[str, bytes, str]:
         if self.cheat.replay_offer and self._first_offer is not None:
             return self._first_offer                 # a genuine offer, signed for an earlier request
         made = super().new_deal(workflow, items, nonce, anonymous)

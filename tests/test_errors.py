@@ -280,17 +280,19 @@ def test_the_shop_answers_each_commerce_error_with_its_status(shop) -> None:
                                      "nonce": nonce, "anonymous": True}).json()
     offer = docs.parse_offer(verify_statement(base64.b64decode(made["offer"]), trust), deal_id=None, nonce=nonce)
 
-    def order(pickup: str) -> str:
+    def order(pickup: str, offer: docs.ParsedOffer = offer) -> str:
         body = docs.order_body(offer, payment="stub", payment_label="stub", confirmation_sha256="ab" * 32,
                                scripted=False, action="ORDER_AND_PAY", details=(), form={"pickup": pickup},
                                attributes=offer.attributes)
         return base64.b64encode(docs.canonical(body)).decode()
     deal = made["deal"]
-    first = http.post("/deals/order", json={"deal": deal, "order": order("Kiosk C")})
+    sent = {"offer": made["offer"], "offer_tag": made["offer_tag"]}        # the stateless offer, sent back
+    first = http.post("/deals/order", json={"deal": deal, "order": order("Kiosk C"), **sent})
     assert first.status_code == 200 and first.json()["next"] == "payment", first.text
     terms = first.json()["terms"]
     # the same deal with another order: a conflict with the deal's state, by its class
-    assert _refusal(http.post("/deals/order", json={"deal": deal, "order": order("Kiosk A")})) == (409, "conflict")
+    assert _refusal(http.post("/deals/order", json={"deal": deal, "order": order("Kiosk A"), **sent})) \
+        == (409, "conflict")
     # nothing paid yet: no confirmation, no delivery (the deal is not in that state)
     assert _refusal(http.post("/deals/confirm", json={"deal": deal})) == (409, "conflict")
     assert _refusal(http.post("/deals/delivery", json={"deal": deal})) == (409, "conflict")
@@ -300,8 +302,17 @@ def test_the_shop_answers_each_commerce_error_with_its_status(shop) -> None:
     # a deal this shop never offered: not found
     assert _refusal(http.post("/deals/order", json={"deal": new_deal_id(), "order": order("Kiosk C")})) \
         == (404, "unknown_deal")
-    # the shop is full (two open deals here): unavailable for now, not a bad request
-    http.post("/deals", json={"workflow": "mail-order", "items": [{"sku": "teapot", "quantity": 1}], "nonce": nonce})
+    # an offer costs no storage: however many are asked for, the one ordered deal is all the shop holds
+    for _ in range(3):
+        http.post("/deals", json={"workflow": "mail-order", "items": [{"sku": "teapot", "quantity": 1}],
+                                  "nonce": nonce, "anonymous": True}).raise_for_status()
+    assert json.loads(http.get("/stats").text)["deals"] == 1
+    # the shop is full (two open deals here: both ordered): unavailable for now, not a bad request
+    second = http.post("/deals", json={"workflow": "mail-order", "items": [{"sku": "teapot", "quantity": 1}],
+                                       "nonce": nonce, "anonymous": True}).json()
+    offer2 = docs.parse_offer(verify_statement(base64.b64decode(second["offer"]), trust), deal_id=None, nonce=nonce)
+    assert http.post("/deals/order", json={"deal": second["deal"], "order": order("Kiosk C", offer2),
+                                           "offer": second["offer"], "offer_tag": second["offer_tag"]}).is_success
     full = http.post("/deals", json={"workflow": "mail-order", "items": [{"sku": "teapot", "quantity": 1}],
                                      "nonce": nonce})
     assert _refusal(full) == (503, "unavailable") and "try again later" in full.json()["message"]

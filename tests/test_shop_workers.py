@@ -76,10 +76,10 @@ def test_a_worker_killed_mid_purchase_loses_nothing(market: Any, tmp_path: Path,
     assert len(now) == WORKERS and killer.killed[0] not in now
 
 
-def _ordered_deal(market: Any, send: bool = True) -> tuple[str, dict[str, Any], str]:
-    """A mail-order deal paid from the purse: (deal id, its payment terms, the signed order in base64). With
-    ``send`` it is ordered; else the order is signed and not sent, and the terms are those it will have
-    (the payment id the order fixes)."""
+def _ordered_deal(market: Any, send: bool = True) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """A mail-order deal paid from the purse: (deal id, its payment terms, the order request's fields: the
+    signed order, the offer and its tag, in base64). With ``send`` it is ordered (no fields); else the
+    order is signed and not sent, and the terms are those it will have (the payment id the order fixes)."""
     from semper.client.commerce import blocks
     from semper.client.commerce import documents as docs
     from semper.client.commerce.deal import deal_attributes
@@ -91,10 +91,11 @@ def _ordered_deal(market: Any, send: bool = True) -> tuple[str, dict[str, Any], 
     order = blocks.make_order(b, deal, offer, c)
     if not send:
         pid = docs.payment_id_for(deal.deal_id, docs.sha256_hex(order))
-        return deal.deal_id, {"payment_id": pid, "currency": offer.currency}, base64.b64encode(order).decode()
-    answer = blocks.send_order(b, deal, order)
+        return deal.deal_id, {"payment_id": pid, "currency": offer.currency}, {
+            "order": blocks.b64(order), "offer": blocks.b64(offer.der), "offer_tag": offer.tag}
+    answer = blocks.send_order(b, deal, offer, order)
     assert answer["next"] == "payment"
-    return deal.deal_id, dict(answer["terms"]), ""
+    return deal.deal_id, dict(answer["terms"]), {}
 
 
 @pytest.mark.timeout(180)
@@ -112,7 +113,7 @@ def test_the_psam_room_rule_holds_across_workers(market: Any) -> None:
     answers: dict[int, Any] = {}
     go = threading.Barrier(len(deals))
 
-    def hello(i: int, deal: str, terms: dict[str, Any], order: str) -> None:
+    def hello(i: int, deal: str, terms: dict[str, Any], order: dict[str, str]) -> None:
         body = {"kind": "hello", "card": f"{0xC0FFEE0000 + i:016X}", "counter": 1, "currency": terms["currency"],
                 "card_certificate": base64.b64encode(b"not a card: the PSAM is asked first").decode()}
         envelope = {"payment_id": terms["payment_id"], "module": "card-purse", "body": body}
@@ -120,7 +121,7 @@ def test_the_psam_room_rule_holds_across_workers(market: Any) -> None:
             go.wait(30)
             try:
                 if order:
-                    answers[i] = c.post("/deals/order", {"deal": deal, "order": order, "envelope": envelope})
+                    answers[i] = c.post("/deals/order", {"deal": deal, **order, "envelope": envelope})
                 else:
                     answers[i] = c.post("/deals/pay", {"deal": deal, "envelope": envelope})
             except ServiceError as e:

@@ -14,6 +14,7 @@ Nothing the seller sends is believed before it is verified here.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 import secrets
@@ -92,6 +93,10 @@ def get_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], attribu
     asked = [(s, q) for s, q in items]
     if [(x.sku, x.quantity) for x in offer.lines] != asked:
         raise OfferRefused("the offer lists other items or quantities than were asked for")
+    tag = answer.get("offer_tag", "")
+    if not isinstance(tag, str) or len(tag) > 256:
+        raise OfferRefused("the seller's offer came with a malformed tag; nothing was ordered")
+    offer = dataclasses.replace(offer, tag=tag)      # the shop's own check of its offer, sent back with the order
     deal = Deal(offer.deal_id, workflow, attributes, b.archive)
     deal.keep_statement(der, vs.type)
     deal.decide("offer", "satisfied", f"signed by {vs.signer.subject.rfc4514_string()}, total {offer.total}")
@@ -212,11 +217,14 @@ def make_order(b: Buyer, deal: Deal, offer: docs.ParsedOffer, c: Confirmed) -> b
     return der
 
 
-def send_order(b: Buyer, deal: Deal, order: bytes, mailbox: str | None = None,
+def send_order(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order: bytes, mailbox: str | None = None,
                early: EarlyPayment | None = None) -> dict[str, Any]:
-    """The order to the shop; with ``early``, the payer's first payment message with it (the shop's answer
-    then carries the payee's answer to it, ``envelope``, when it took it)."""
-    body: dict[str, Any] = {"deal": deal.deal_id, "order": b64(order)}
+    """The order to the shop, with the shop's signed offer and its tag as the shop gave them (the shop
+    keeps nothing when it makes an offer: it writes the deal from them with the order); with ``early``,
+    the payer's first payment message with it (the shop's answer then carries the payee's answer to it,
+    ``envelope``, when it took it)."""
+    body: dict[str, Any] = {"deal": deal.deal_id, "order": b64(order), "offer": b64(offer.der),
+                            "offer_tag": offer.tag}
     if mailbox is not None:
         body["mailbox"] = mailbox
     if early is not None:
@@ -484,7 +492,8 @@ class Exchanged:
     received: Item | Package | None
 
 
-def _exchange(b: Buyer, deal: Deal, plan: ResponsePlan, order: bytes, what: str) -> Exchanged:
+def _exchange(b: Buyer, deal: Deal, offer: docs.ParsedOffer, plan: ResponsePlan, order: bytes, what: str
+              ) -> Exchanged:
     if deal.attributes.anonymous:
         raise DealAborted("an anonymous deal cannot use the fair exchange: it names both parties' certificates")
     if b.exchange is None:
@@ -493,7 +502,7 @@ def _exchange(b: Buyer, deal: Deal, plan: ResponsePlan, order: bytes, what: str)
     known = b.exchange.expect(plan)
     deal.sync()
     try:
-        send_order(b, deal, order, mailbox=b.exchange.url)
+        send_order(b, deal, offer, order, mailbox=b.exchange.url)
         outcome = b.exchange.wait(known, b.patience + 5.0)
     finally:
         b.exchange.withdraw(plan)
@@ -538,7 +547,7 @@ def exchange_information(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order: b
         raise DealAborted("the fair exchange needs your card key")
     amount = format_amount(offer.total, offer.currency)
     with b.signer.purpose_for(f"accept the fair exchange: {amount} for the information of deal {deal.deal_id[:8]}"):
-        got = _exchange(b, deal, plan, order, "the information")
+        got = _exchange(b, deal, offer, plan, order, "the information")
     for rec in payer.records.values():
         deal.keep("payment", payment_evidence(b, rec))
     assert isinstance(got.received, Package)
@@ -561,7 +570,7 @@ def exchange_contract(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order: byte
                                        "fields": {"deal": deal.deal_id, "contract_sha256": digest, "role": "seller"}})
     assert b.signer is not None
     with b.signer.purpose_for(f"sign the contract {digest[:12]}… (and your part of its fair exchange)"):
-        got = _exchange(b, deal, ResponsePlan(expect, mine, fair=True), order, "the seller's signature")
+        got = _exchange(b, deal, offer, ResponsePlan(expect, mine, fair=True), order, "the seller's signature")
     assert isinstance(got.received, Item)
     der = base64.b64decode(str(got.received.data["der"]))
     deal.keep_statement(der)

@@ -141,6 +141,7 @@ class ParsedOffer:
     valid_until: dt.datetime
     seller: x509.Certificate
     signed_at: dt.datetime
+    tag: str = ""           # the shop's tag of the offer (not signed: the shop's own check), sent back with the order
 
 
 def _int(v: Any, what: str, lo: int, hi: int) -> int:

@@ -10,8 +10,10 @@ delivery is made only after the payment completed; information and contracts are
 through its exchange party (it originates: its item is generatable by the third party, the buyer's
 payment or signature is externally verifiable).
 
-Every step is one committed transaction on the deal's row in the shop's database
-(``shop_store.py``), and every answer is built from what was committed: a shop killed at any
+The offer writes nothing (it is stateless: the buyer sends it back with the order, with the shop's
+tag, and the deal is first written with its order, :meth:`Shop._offered`). Every later step is one
+committed transaction on the deal's row in the shop's database (``shop_store.py``), and every answer
+is built from what was committed: a shop killed at any
 moment and started again, or another worker process of the same shop, answers the next request of
 a deal, or the same request again, as the process that began it would have (docs/commerce.md,
 "The durable deal").
@@ -32,22 +34,24 @@ import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 from ..commerce import documents as docs
 from ..commerce.archive import SharedArchive
 from ..commerce.catalogue import Catalogue, CatalogueItem
-from ..commerce.deal import Deal, check_deal_id, deal_attributes, new_deal_id
+from ..commerce.deal import Deal, DealAttributes, check_deal_id, deal_attributes, new_deal_id
 from ..commerce.errors import CommerceError, DealConflict, FormError, NoSuchDeal, PaymentNotAccepted, ServiceUnavailable
-from ..commerce.forms import form_for
+from ..commerce.forms import FormSpec, form_for
 from ..exchange.identity import Identity
 from ..payment.errors import PaymentError
 from ..payment.manager import PaymentManager
 from ..payment.model import Record, Status, Terms
-from ..support.cms import EvidenceError
+from ..support import cms_profile
+from ..support.cms import EvidenceError, decode_statement_content
 from ..support.db import Database, Transaction
 from ..support.trust import TrustStore
-from ..support.verify import verify_statement
+from ..support.verify import VerifiedStatement, verify_statement
 from ..transfer.information import InformationOffer
 from ..transfer.items import Description
 from ..transfer.managers import OfferTree, PackageOffer
@@ -64,6 +68,32 @@ class NoRoom(ServiceUnavailable):
     open); nothing was asked of it or written. The HTTP layer waits, bounded, and asks again."""
 
     code = "busy"
+
+
+class OfferNotOurs(CommerceError):
+    """The offer sent back with an order is not one this shop signed as it is (another shop's, altered, a
+    forged tag), or not one it would make today (its catalogue changed): nothing is written."""
+
+    code = "bad_offer"
+
+
+class OfferExpired(CommerceError):
+    """The offer sent back with an order is this shop's, and its validity has passed: nothing is written;
+    the buyer asks for a new offer."""
+
+    code = "offer_expired"
+
+
+@dataclass
+class OrderChecks:
+    """The checks of one order request that do not depend on the deal's state, made once while the HTTP
+    layer takes the same request again and again, waiting for room at the payment's device
+    (``shop_http._waited``: every 5 ms, up to 10 s): the order's signature (an ECDSA verification and its
+    certificate chain) and the offer sent back with it (its tag, its body made again from the catalogue).
+    The deal is read again at each attempt (another worker may have moved it on); only these are kept."""
+
+    verified: VerifiedStatement | None = None
+    offered: ShopDeal | None = None         # the deal made from the offer, as :meth:`Shop._offered` gave it
 
 
 class _Raced(DealConflict):
@@ -134,15 +164,10 @@ class Shop:
         self._count("signatures")
         return self.identity.sign(body)
 
-    def new_deal(self, workflow: str, items: Sequence[tuple[str, int]], nonce: str, anonymous: bool
-                 ) -> tuple[str, bytes]:
-        """A fresh deal and the signed offer for exactly these items, answering the buyer's ``nonce``."""
-        if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64:
-            raise CommerceError("the request needs a fresh nonce of 16 to 64 characters")
-        if not self.store.below(MAX_OPEN_DEALS):
-            self.store.evict()
-            if self.store.open_count() >= MAX_OPEN_DEALS:
-                raise ServiceUnavailable("the shop has too many open deals; try again later")
+    def _offer_terms(self, workflow: str, items: Sequence[tuple[str, int]], anonymous: bool
+                     ) -> tuple[list[tuple[CatalogueItem, int]], DealAttributes, list[str], FormSpec]:
+        """What this shop offers for these items in this workflow, by its catalogue and rules: the lines,
+        the deal's attributes, the payment modules and the form; CommerceError when it does not sell them so."""
         if not items or len(items) > docs.MAX_LINES:
             raise CommerceError(f"ask for 1 to {docs.MAX_LINES} items")
         lines = []
@@ -170,17 +195,82 @@ class Shop:
             modules = [m for m in modules if self.payments.module(m).properties.anonymous]
         forms = {form_for(i.kind, anonymous).name: form_for(i.kind, anonymous) for i, _ in lines}
         form = next((f for n, f in forms.items() if n != "none"), form_for("none", anonymous))
+        return lines, attributes, modules, form
+
+    def new_deal(self, workflow: str, items: Sequence[tuple[str, int]], nonce: str, anonymous: bool
+                 ) -> tuple[str, bytes, str]:
+        """A fresh deal id and the signed offer for exactly these items, answering the buyer's ``nonce``,
+        with the offer's tag (:meth:`DealStore.offer_tag`).
+
+        Nothing is written: like a SYN cookie, the offer is the deal's state until it is ordered. The
+        buyer sends the offer and its tag back with the order, and the deal is first written, with its
+        offer's archive entry, in the order's transaction (:meth:`_offered`, docs/commerce.md "The
+        stateless offer"). An offer nobody orders costs the shop a signature and no storage."""
+        if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64:
+            raise CommerceError("the request needs a fresh nonce of 16 to 64 characters")
+        self._room_for_a_deal()
+        lines, attributes, modules, form = self._offer_terms(workflow, items, anonymous)
         psam = self.assign_psam() if self.assign_psam is not None else self.psam_id
         deal_id = new_deal_id()
         body = docs.offer_body(deal_id=deal_id, nonce=nonce, workflow=workflow, lines=lines, payment=modules,
                                seller_account=self.account, psam=psam, attributes=attributes, form=form,
                                valid_until=dt.datetime.now(dt.UTC) + self.offer_validity)
         der = self._sign(body)
-        deal = Deal(deal_id, workflow, attributes, self.archive)
-        deal.keep_statement(der, body["type"])
-        self.store.insert(ShopDeal(deal, body, der, docs.sha256_hex(der), lines, psam))
         self._count("offers")
-        return deal_id, der
+        return deal_id, der, self.store.offer_tag(der)
+
+    def _room_for_a_deal(self) -> None:
+        """ServiceUnavailable when the shop holds :data:`MAX_OPEN_DEALS` open deals (ordered, not finished).
+        Asked when an offer is made (so a buyer is told before it signs an order) and again when a new deal
+        is written with its order; counted at most once a second far from the limit (``DealStore.below``)."""
+        if not self.store.below(MAX_OPEN_DEALS):
+            self.store.evict()                  # offers a shop before stateless offers kept, never ordered
+            if self.store.open_count() >= MAX_OPEN_DEALS:
+                raise ServiceUnavailable("the shop has too many open deals; try again later")
+
+    def _offered(self, deal_id: str, offer: bytes | None, tag: Any) -> ShopDeal:
+        """The deal of an offer this shop signed, sent back with its order: not written yet (version 0).
+
+        Checked, in this order: the tag is this shop's for exactly these bytes (so the bytes are the
+        statement it signed: its signature needs no second verification); the offer is for this deal and
+        still valid; and its body is what this shop offers for its items today (catalogue, prices,
+        modules, form), so that even whoever learnt the offer key from a copy of the database can make
+        no offer the shop would not make itself. CommerceError (400) says which failed; no offer at all
+        is :class:`NoSuchDeal` (404), as for an unknown deal before."""
+        if offer is None:
+            raise NoSuchDeal("no such deal here (send the signed offer and its tag with the order)")
+        if not self.store.offer_tag_ok(offer, tag):
+            raise OfferNotOurs("the offer was not made by this shop, or was altered: its tag does not verify")
+        # the bytes are this shop's own (the tag): their content is read, not their signer's parts again
+        content = cms_profile.read_content(offer)
+        try:
+            body = decode_statement_content(content) if content is not None else None
+        except EvidenceError:
+            body = None
+        if not isinstance(body, dict) or body.get("type") != "offer":
+            raise OfferNotOurs("the offer is not an offer statement in this shop's profile")
+        if body.get("deal") != deal_id:
+            raise OfferNotOurs("the offer is for another deal")
+        try:
+            valid_until = docs.parse_time(body.get("valid_until"), "validity")
+        except CommerceError:
+            raise OfferNotOurs("the offer's validity is malformed") from None
+        if valid_until < dt.datetime.now(dt.UTC):
+            raise OfferExpired(f"the offer expired at {docs.rfc3339(valid_until)}; ask for a new one")
+        try:
+            items = [(str(i["sku"]), int(i["quantity"])) for i in body["items"]]
+            attributes = DealAttributes.from_dict(body["attributes"])
+            lines, _attrs, modules, form = self._offer_terms(body["workflow"], items, attributes.anonymous)
+            again = docs.offer_body(deal_id=deal_id, nonce=body["nonce"], workflow=body["workflow"], lines=lines,
+                                    payment=modules, seller_account=self.account, psam=body["psam"],
+                                    attributes=attributes, form=form, valid_until=valid_until)
+        except (CommerceError, KeyError, TypeError, ValueError) as e:
+            raise OfferNotOurs(f"this shop no longer makes this offer ({e}); ask for a new one") from None
+        if again != body:
+            raise OfferNotOurs("this shop no longer makes this offer (its catalogue, prices or payment "
+                                "modules changed); ask for a new one")
+        deal = Deal(deal_id, str(body["workflow"]), attributes, self.archive)
+        return ShopDeal(deal, body, bytes(offer), docs.sha256_hex(offer), lines, body["psam"])
 
     def find(self, deal_id: Any, *, fresh: bool) -> ShopDeal | None:
         """The deal as committed, or None (no such deal, or not a deal id). ``fresh``: as the database
@@ -214,8 +304,15 @@ class Shop:
         return self._deal(sd.deal.deal_id, fresh=True)
 
     # ---- orders -------------------------------------------------------------------------------------
-    def order(self, deal_id: str, order_bytes: bytes, envelope: Any = None) -> dict[str, Any]:
+    def order(self, deal_id: str, order_bytes: bytes, envelope: Any = None, offer: bytes | None = None,
+              offer_tag: Any = None, checks: OrderChecks | None = None) -> dict[str, Any]:
         """Check the order against this shop's offer; answer with what comes next (payment terms or exchange).
+
+        ``offer``, ``offer_tag``: the signed offer and its tag as :meth:`new_deal` gave them, sent back by
+        the buyer. A deal not in the database yet is made from them (:meth:`_offered`) and written, with
+        the offer's archive entry, in the order's transaction; a deal already there (the order sent again,
+        another order for it, or an offer a shop before stateless offers stored) goes on from its row and
+        they are not looked at.
 
         ``envelope``: the payer's first payment message, sent with the order (the card's hello). Taken
         when the order's payment module may start early (``ExchangeProperties.starts_early``) and the
@@ -224,10 +321,21 @@ class Shop:
         completed the payment, the confirmation and delivery as :meth:`pay_and_deliver` gives them.
         Otherwise it is left for ``/deals/pay``. Raises :class:`NoRoom` (before anything is committed
         or asked of the device) when the payment's device has no room now: the caller waits and sends
-        it again (``shop_http``)."""
+        it again (``shop_http``), passing the same ``checks`` (:class:`OrderChecks`) each time: what was
+        checked of this request and does not depend on the deal is not checked again."""
         # with a hello, read fresh: a remembered copy another worker has moved on (ordered, paid) would
         # have the device asked for a debit nobody will complete, holding its room until it goes stale
-        sd = self._deal(deal_id, fresh=envelope is not None)
+        found = self.store.get(check_deal_id(deal_id), fresh=envelope is not None)
+        if found is None:
+            if checks is not None and checks.offered is not None:
+                sd = DealStore.copy(checks.offered)
+            else:
+                sd = self._offered(deal_id, offer, offer_tag)
+                if checks is not None:
+                    checks.offered = DealStore.copy(sd)
+            self._room_for_a_deal()
+        else:
+            sd = found
         if sd.order is not None:
             if order_bytes == sd.order_bytes:
                 return self._ordered_again(sd, envelope)
@@ -248,10 +356,14 @@ class Shop:
             if not isinstance(body, dict) or docs.canonical(body) != order_bytes:
                 raise CommerceError("a contract request is canonical JSON; the signature comes in the exchange")
         else:
-            try:
-                vs = verify_statement(order_bytes, self.trust)
-            except EvidenceError as e:
-                raise CommerceError(f"the order's signature does not verify: {e}") from None
+            vs = checks.verified if checks is not None else None
+            if vs is None:
+                try:
+                    vs = verify_statement(order_bytes, self.trust)
+                except EvidenceError as e:
+                    raise CommerceError(f"the order's signature does not verify: {e}") from None
+                if checks is not None:
+                    checks.verified = vs
             if not docs.has_role(vs.signer, "person"):
                 raise CommerceError("the order is not signed with a person's certificate")
             body = vs.body
@@ -273,6 +385,8 @@ class Shop:
         early = self._early(sd, envelope)
         if early:
             self._room(sd, envelope)             # before anything is kept: no room, nothing done
+        if sd.version == 0:                      # the deal is first written now: its offer's entry first
+            sd.deal.keep_statement(sd.offer_der, "offer")
         if vs is None:
             sd.deal.keep("order:unsigned", order_bytes)
         else:

@@ -8,12 +8,13 @@ request that does not fit the deal's state, 422 a refused payment, 503 no room n
 endpoint                    body                                               answer
 ==========================  =================================================  ==================================
 ``GET /catalogue``                                                             seller, items, payment modules
-``POST /deals``             workflow, items [{sku, quantity}], nonce,          deal, offer (b64 signed offer)
-                            anonymous
+``POST /deals``             workflow, items [{sku, quantity}], nonce,          deal, offer (b64 signed offer),
+                            anonymous                                          offer_tag (hex); nothing is stored
 ``POST /deals/order``       deal, order (b64: signed order, or canonical JSON  next: payment (terms, accept) |
-                            when anonymous), mailbox (exchanges), envelope     exchange | delivery; with an
-                            (optional: the payer's first payment message,      envelope taken, the payee's
-                            for a module that may start early)                 answer as ``/deals/pay``'s
+                            when anonymous), offer and offer_tag (as           exchange | delivery; with an
+                            ``/deals`` gave them), mailbox (exchanges),        envelope taken, the payee's
+                            envelope (optional: the payer's first payment      answer as ``/deals/pay``'s
+                            message, for a module that may start early)
 ``POST /deals/pay``         deal, envelope (payment manager message)           envelope (the payee's answer); with
                                                                                the last one, the confirmation and
                                                                                (mail order) the delivery as below
@@ -23,6 +24,13 @@ endpoint                    body                                               a
 ``POST /admin/clear``       (Authorization: Bearer <admin secret>)            the acquirer's clearing answer
 ``GET /stats``                                                                 counters
 ==========================  =================================================  ==================================
+
+The offer is stateless (docs/commerce.md, "The stateless offer"): ``POST /deals`` signs it and writes
+nothing; the order carries it back with its tag, and the shop writes the deal with the order. An order
+without them for a deal the shop has not written is ``unknown_deal`` (404); an offer that is not this
+shop's as it signed it (another shop's, altered, a forged tag) is ``bad_offer`` (400), an expired one
+``offer_expired`` (400). An order for a deal already written goes on from its row (the same order again:
+the same answer; another: 409).
 
 Information and contract deals are fair exchanges: after the order, the shop's exchange party
 originates an exchange to the buyer's ``mailbox``; the buyer's client waits for its outcome there.
@@ -35,17 +43,18 @@ import hmac
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from msgspec import Meta
 
 from ..exchange.party import Party
 from ..payment.errors import PaymentError
 from ..payment.modules.purse import PurseModule
 from ..support.http_service import ApiError, blocking, json_response, make_app, read_json
 from ..support.shapes import Shape
-from .shop import NoRoom, Shop
+from .shop import NoRoom, OrderChecks, Shop
 from .shop_web import mount as mount_web
 
 log = logging.getLogger("semper.shop")
@@ -68,6 +77,8 @@ class NewDeal(Shape, frozen=True):
 class Order(Shape, frozen=True):
     deal: str
     order: bytes                        # the signed order (DER), or canonical JSON when anonymous
+    offer: bytes | None = None          # the signed offer as /deals gave it: the deal is made from it (stateless)
+    offer_tag: Annotated[str, Meta(max_length=128)] = ""   # its tag, as /deals gave it (the shop's MAC of it)
     mailbox: str = ""                   # the buyer's exchange service (fair exchanges)
     envelope: dict[str, Any] | None = None   # the payer's first payment message (the card's hello), if early
 
@@ -104,14 +115,14 @@ def _settle(shop: Shop, deal: str, envelope: dict[str, Any]) -> tuple[dict[str, 
         return shop.pay_and_deliver(deal, envelope), ""
 
 
-def _order_settle(shop: Shop, deal: str, order: bytes, envelope: dict[str, Any]
-                  ) -> tuple[dict[str, Any] | None, str]:
+def _order_settle(shop: Shop, body: Order, checks: OrderChecks) -> tuple[dict[str, Any] | None, str]:
     """An order with the payer's first payment message, in one trip to the worker pool (the device is
     asked): the order's answer, or (None, why) when the device has no room now, before anything was
-    asked of it or written."""
+    asked of it or written. ``checks``: the same for every attempt of one request, so the order's
+    signature and its offer are checked once however long it waits for room."""
     try:
         with shop.batch():
-            return shop.order(deal, order, envelope), ""
+            return shop.order(body.deal, body.order, body.envelope, body.offer, body.offer_tag, checks), ""
     except NoRoom as e:
         return None, str(e)
 
@@ -148,19 +159,22 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     async def deals(request: web.Request) -> web.Response:
         body = await read_json(request, NewDeal)
         items = [(i.sku, i.quantity) for i in body.items]
-        # on the event loop, not the pool: a token signature and an archive entry (no disk flush) cost
-        # less than the thread hop would (docs/performance.md)
-        deal_id, der = shop.new_deal(body.workflow, items, body.nonce, body.anonymous)
-        return json_response({"deal": deal_id, "offer": _e(der)})
+        # on the event loop, not the pool: a token signature and its tag cost less than the thread hop
+        # would (docs/performance.md); nothing is written (the offer is stateless: the deal is first
+        # written with its order, from the offer sent back; docs/commerce.md "The stateless offer")
+        deal_id, der, tag = shop.new_deal(body.workflow, items, body.nonce, body.anonymous)
+        return json_response({"deal": deal_id, "offer": _e(der), "offer_tag": tag})
 
     @routes.post("/deals/order")
     async def order(request: web.Request) -> web.Response:
         body = await read_json(request, Order)
         deal = body.deal
         if body.envelope is not None:               # the card's hello with it: the PSAM is asked, in the pool
-            answer = _paid_answer(await _waited(lambda: _call(_order_settle, shop, deal, body.order, body.envelope)))
-        else:
-            answer = shop.order(deal, body.order)     # CPU only (a verification, archive entries): no hop
+            checks = OrderChecks()                  # made once, however often it waits for room
+            answer = _paid_answer(await _waited(lambda: _call(_order_settle, shop, body, checks)))
+        else:                                       # CPU only (a verification, archive entries): no hop
+            with shop.batch():                      # the offer's and the order's entries: one archive write
+                answer = shop.order(deal, body.order, None, body.offer, body.offer_tag)
         if answer["next"] == "exchange":
             mailbox = body.mailbox
             parts = urlsplit(mailbox)

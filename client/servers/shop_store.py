@@ -3,7 +3,8 @@
 Why in the database and not in memory: a shop killed at any moment and started again, or a shop
 running as several worker processes behind one socket, must answer the next request of a deal — or
 the same request again — exactly as the process that began the deal would have. So the deal's
-whole state machine lives in one row of ``shop_deals``: the signed offer, the order and its digest,
+whole state machine, from its order on (an offer is stateless: it comes back with the order), lives
+in one row of ``shop_deals``: the signed offer, the order and its digest,
 the payment terms, whether the payment completed (the payment's own session is the payment
 manager's, ``payment/sessions.py``, in the same database), the signed confirmation and delivery
 note, the fair exchange's state, and the local decisions not archived yet. A step reads the row,
@@ -17,6 +18,9 @@ default, or PostgreSQL), as for the bank, the CA and the third party (docs/servi
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -28,7 +32,7 @@ from ..commerce.catalogue import Catalogue, CatalogueItem
 from ..commerce.deal import Deal, DealAttributes, Decision
 from ..payment.model import Terms
 from ..support.db import Database, Transaction, from_json, to_json
-from ..support.migrations import Schema
+from ..support.migrations import Migration, Schema
 
 SCHEMA = Schema.baseline("shop", [
     "CREATE TABLE IF NOT EXISTS shop_deals (deal_id TEXT PRIMARY KEY, workflow TEXT NOT NULL, "
@@ -39,11 +43,23 @@ SCHEMA = Schema.baseline("shop", [
     "archived INTEGER NOT NULL DEFAULT 0, finished INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL, "
     "version INTEGER NOT NULL DEFAULT 0)",
     "CREATE INDEX IF NOT EXISTS shop_deals_open ON shop_deals (finished, valid_until)",
-], "the shop's deals: offer, order, terms, payment, confirmation, delivery, exchange, pending decisions")
+], "the shop's deals: offer, order, terms, payment, confirmation, delivery, exchange, pending decisions",
+    Migration(2, "the shop's offer key: a random secret all its worker processes share, made once, that tags the "
+                 "offers it signs (a deal is written with its order, not with its offer)",
+              ("CREATE TABLE IF NOT EXISTS shop_keys (name TEXT PRIMARY KEY, secret {blob} NOT NULL)",),
+              apply=lambda tx: _make_offer_key(tx)))
 
 
+OFFER_KEY = "offer-tag"      # the row of shop_keys whose secret tags this shop's offers
+OFFER_TAG_LABEL = b"semper shop offer tag\x00"      # what the tag's MAC covers before the offer's bytes
 CACHED_DEALS = 4096          # open deals a process remembers as it last committed or read them
 COUNT_EVERY_S = 1.0          # far from the limit, the open deals are counted at most this often
+
+
+def _make_offer_key(tx: Transaction) -> None:
+    """The offer key, made once: migrations run in one exclusive transaction, so worker processes
+    starting together make one key between them, and every worker of the shop tags and checks with it."""
+    tx.execute("INSERT INTO shop_keys (name, secret) VALUES (?, ?)", (OFFER_KEY, secrets.token_bytes(32)))
 
 
 def _now() -> str:
@@ -106,8 +122,9 @@ _COLUMN_VALUES: dict[str, Callable[[ShopDeal], Any]] = {
 
 
 class DealStore:
-    """The rows of ``shop_deals``; a :class:`ShopDeal` in and out. Nothing is deleted but offers nobody
-    ordered in time (their evidence stays in the archive).
+    """The rows of ``shop_deals``; a :class:`ShopDeal` in and out. A deal's row is first written with its
+    order (the offer is stateless: ``Shop.new_deal``; its tag is :meth:`offer_tag`). Nothing is deleted
+    but offers nobody ordered in time that a shop before stateless offers stored.
 
     Each process remembers the open deals as it last committed or read them (:meth:`get`, unless
     ``fresh``), so a request does not read back what this process wrote for the one before it
@@ -125,10 +142,24 @@ class DealStore:
         self._lock = threading.Lock()
         self._counted: tuple[float, int] | None = None      # (when, open deals then) of the last count
         db.migrate(SCHEMA)
+        row = db.read_one("SELECT secret FROM shop_keys WHERE name = ?", (OFFER_KEY,))
+        assert row is not None, "migration 2 of the shop's schema makes the offer key"
+        self._offer_key = bytes(row[0])
+
+    # ---- the offer's tag ------------------------------------------------------------------------------
+    def offer_tag(self, offer_der: bytes) -> str:
+        """The tag of an offer this shop signed (HMAC-SHA-256 under the shop's offer key, hex): it goes to
+        the buyer with the offer and comes back with the order, and says the offer's bytes are the ones
+        this shop signed, without a row written for it and without verifying its signature again."""
+        return hmac.new(self._offer_key, OFFER_TAG_LABEL + offer_der, hashlib.sha256).hexdigest()
+
+    def offer_tag_ok(self, offer_der: bytes, tag: str) -> bool:
+        """Whether ``tag`` is this shop's tag of exactly these bytes (compared in constant time)."""
+        return isinstance(tag, str) and hmac.compare_digest(self.offer_tag(offer_der), tag)
 
     # ---- what this process remembers ------------------------------------------------------------------
     @staticmethod
-    def _copy(sd: ShopDeal) -> ShopDeal:
+    def copy(sd: ShopDeal) -> ShopDeal:
         """A copy the caller may change (its decisions grow in place; every other field is replaced, not
         changed, by the shop's steps)."""
         deal = object.__new__(Deal)              # copies of checked objects: no __init__ to run again
@@ -145,7 +176,7 @@ class DealStore:
             if sd.finished:
                 self._cache.pop(deal_id, None)       # nothing more happens to it; read from the database if asked
                 return
-            self._cache[deal_id] = self._copy(sd)
+            self._cache[deal_id] = self.copy(sd)
             self._cache.move_to_end(deal_id)
             while len(self._cache) > CACHED_DEALS:
                 self._cache.popitem(last=False)
@@ -187,7 +218,7 @@ class DealStore:
             with self._lock:
                 known = self._cache.get(deal_id)
             if known is not None:
-                return self._copy(known)
+                return self.copy(known)
         row = self.db.read_one(f"SELECT {self._COLUMNS} FROM shop_deals WHERE deal_id = ?", (deal_id,))
         if row is None:
             self._forget(deal_id)
@@ -227,25 +258,21 @@ class DealStore:
                 and owner(str(d.exchange.get("owner", "")))]
 
     # ---- writing ----------------------------------------------------------------------------------
-    # what a step may change; the offer, its items, PSAM and validity are written once, by insert
+    # what a step may change; the offer, its items, PSAM and validity are written once, by the insert
     _MUTABLE = ("order_bytes", "order_body", "order_digest", "form", "terms", "paid", "payment", "confirmation",
                 "delivery", "exchange", "decisions", "archived", "finished", "updated_at")
 
-    def insert(self, sd: ShopDeal, *, also: Callable[[Transaction], None] | None = None) -> None:
+    def _insert(self, sd: ShopDeal) -> tuple[str, tuple[Any, ...]]:
+        """The deal's first write (its row, version 1), unless a row of that id exists: then nothing
+        (``ON CONFLICT DO NOTHING``: the caller's transaction goes on, and sees a row count of 0)."""
         v = self._values(sd)
-        names = ", ".join(v)
+        return (f"INSERT INTO shop_deals (deal_id, created_at, version, {', '.join(v)}) VALUES (?, ?, 1, "
+                f"{', '.join('?' * len(v))}) ON CONFLICT (deal_id) DO NOTHING", (sd.deal.deal_id, _now(), *v.values()))
 
-        def run(tx: Transaction) -> None:
-            tx.execute(f"INSERT INTO shop_deals (deal_id, created_at, version, {names}) VALUES (?, ?, 1, "
-                       f"{', '.join('?' * len(v))})", (sd.deal.deal_id, _now(), *v.values()))
-            if also is not None:
-                also(tx)
-        self.db.run(run)
-        sd.version = 1
-        self._remember(sd)
-        with self._lock:
-            if self._counted is not None:
-                self._counted = (self._counted[0], self._counted[1] + 1)
+    def insert(self, sd: ShopDeal, *, also: Callable[[Transaction], None] | None = None) -> bool:
+        """Write a new deal (``sd.version`` 0: never written); False when a deal of that id is there already
+        (another worker wrote it first; ``also`` is not run)."""
+        return self.save(sd, also=also)
 
     def _update(self, sd: ShopDeal) -> tuple[str, tuple[Any, ...]]:
         v = self._values(sd, self._MUTABLE)
@@ -253,10 +280,16 @@ class DealStore:
         return (f"UPDATE shop_deals SET {sets}, version = version + 1 WHERE deal_id = ? AND version = ?",
                 (*v.values(), sd.deal.deal_id, sd.version))
 
+    def _write(self, sd: ShopDeal) -> tuple[str, tuple[Any, ...]]:
+        """A deal never written (version 0: made from an offer sent back with its order) is inserted;
+        one read from the database is updated from the version it was read at."""
+        return self._insert(sd) if sd.version == 0 else self._update(sd)
+
     def save(self, sd: ShopDeal, *, also: Callable[[Transaction], None] | None = None) -> bool:
         """Write the deal back if nobody wrote it since it was read (then True); ``also`` runs in the same
-        transaction (e.g. the payment manager's expected terms)."""
-        sql, params = self._update(sd)
+        transaction (e.g. the payment manager's expected terms). A new deal (``sd.version`` 0) is
+        inserted, if no deal of its id is there yet."""
+        sql, params = self._write(sd)
 
         def run(tx: Transaction) -> bool:
             if tx.execute(sql, params).rowcount != 1:
@@ -269,13 +302,17 @@ class DealStore:
     def save_in(self, tx: Transaction, sd: ShopDeal) -> bool:
         """:meth:`save` inside the caller's transaction (the payment's step and the deal it completes,
         committed together); the caller reports the outcome with :meth:`saved` once it committed."""
-        sql, params = self._update(sd)
+        sql, params = self._write(sd)
         return bool(tx.execute(sql, params).rowcount == 1)
 
     def saved(self, sd: ShopDeal, written: bool) -> bool:
         """After the transaction that ran :meth:`save_in` committed: the deal as written is remembered
         (and its version is the row's), or, if it was not written, forgotten here."""
         if written:
+            if sd.version == 0:
+                with self._lock:            # a new open deal: counted until the next count (see below)
+                    if self._counted is not None:
+                        self._counted = (self._counted[0], self._counted[1] + 1)
             sd.version += 1
             self._remember(sd)
         else:
@@ -295,7 +332,7 @@ class DealStore:
             self._forget(deal_id)               # its version changed: read it again when next asked
 
     def evict(self) -> int:
-        """Forget offers nobody ordered in time (their evidence stays in the archive); how many."""
+        """Forget offers nobody ordered in time (rows a shop before stateless offers wrote); how many."""
         def run(tx: Transaction) -> int:
             cur = tx.execute("DELETE FROM shop_deals WHERE order_bytes IS NULL AND valid_until < ?", (_now(),))
             return int(cur.rowcount)

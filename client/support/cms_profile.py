@@ -201,7 +201,19 @@ def read_statement(buf: bytes) -> ProfileParts | None:
         return None
 
 
-def _read(buf: bytes) -> ProfileParts:
+def read_content(buf: bytes) -> bytes | None:
+    """Only the content of a statement in the profile (what it signs), or None: for bytes whose origin
+    is known otherwise (the shop's own offer, under its tag: ``Shop._offered``), where the signer's
+    parts need not be read."""
+    try:
+        content, _, _ = _content(bytes(buf))
+    except (der.DerError, IndexError, ValueError):
+        return None
+    return content
+
+
+def _content(buf: bytes) -> tuple[bytes, int, int]:
+    """The statement's content, where its encapsulated content ends, and where its SignedData ends."""
     o0, o1 = der.expect(buf, 0, 0x30)
     if o1 != len(buf) or buf[o0:o0 + len(OID_SIGNED_DATA)] != OID_SIGNED_DATA:
         raise der.DerError("not SignedData")
@@ -221,8 +233,11 @@ def _read(buf: bytes) -> ProfileParts:
     c0, c1 = der.expect(buf, w0, 0x04, w1)
     if c1 != w1 or w1 != e1:
         raise der.DerError("eContent")
-    content = buf[c0:c1]
-    pos = e1
+    return buf[c0:c1], e1, s1
+
+
+def _read(buf: bytes) -> ProfileParts:
+    content, pos, s1 = _content(buf)
     certs: list[bytes] = []
     tag, k0, k1 = der.read(buf, pos, s1)
     if tag == 0xA0:

@@ -132,7 +132,7 @@ def _order(s: _State) -> None:
     if s.doc.protocol in ("mail-order", "registration"):
         if _may_pay(s):         # the card's hello with the order (one request fewer), when the module may
             s.early = blocks.start_early(s.b, s.deal, s.offer, s.order, s.confirmed)
-        s.answer = blocks.send_order(s.b, s.deal, s.order, early=s.early)
+        s.answer = blocks.send_order(s.b, s.deal, s.offer, s.order, early=s.early)
 
 
 def _permit_payment(s: _State) -> None:

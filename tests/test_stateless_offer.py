@@ -1,0 +1,323 @@
+"""The stateless offer (issue 14, item 4): the shop writes nothing when it signs an offer; the buyer sends
+the offer and its tag back with the order, and the shop writes the deal, its offer's archive entry and the
+order in the order's one transaction (docs/commerce.md, "The stateless offer").
+
+What must hold: any worker of the shop takes the order (they share the offer key); the order sent again
+gets the same answer and another order for the deal a conflict; an offer that is not this shop's as it
+signed it (another shop's, altered, a forged tag, another deal's) or that expired is refused with a
+clear error and nothing is written; asking for offers costs the shop no storage."""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from postgres import Storage, storages
+from test_commerce_units import _cert
+from test_tinguin_samples import SoftSigner
+
+from semper.client.commerce import documents as docs
+from semper.client.commerce.archive import SharedArchive
+from semper.client.commerce.catalogue import Catalogue, demo_catalogue
+from semper.client.commerce.errors import DealConflict, NoSuchDeal
+from semper.client.exchange.identity import Identity
+from semper.client.payment.manager import PaymentManager
+from semper.client.payment.module import PartyContext
+from semper.client.servers.shop import OfferExpired, OfferNotOurs, Shop
+from semper.client.support.cms import sign_statement
+from semper.client.support.db import Database
+from semper.client.support.trust import TrustStore
+from semper.client.support.verify import verify_statement
+
+NONCE = "n" * 32
+
+
+class _Module:
+    """A payment module that only offers itself, anonymous (the order step needs one; nothing is paid)."""
+
+    def __init__(self, ctx: Any) -> None:
+        from semper.client.payment.model import ExchangeProperties
+        self.properties = ExchangeProperties(externally_verifiable=False, revocable=False, anonymous=True)
+
+    def acceptance(self) -> Any:
+        from semper.client.payment.model import Acceptance
+        return Acceptance("stub", (978,))
+
+
+@pytest.fixture()
+def pki() -> dict[str, Any]:
+    now = dt.datetime.now(dt.UTC)
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stateless root")])
+    root = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(root_key.public_key())
+            .serial_number(1).not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=3))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False)
+            .sign(root_key, hashes.SHA256()))
+    return {"trust": TrustStore([root]), "seller": SoftSigner(*_cert(root_key, root, "seller", "Teapot Shop")),
+            "person": SoftSigner(*_cert(root_key, root, "person", "Bob Buyer"))}
+
+
+@pytest.fixture()
+def open_shop(pki: dict[str, Any], tmp_path: Path) -> Iterator[Callable[..., Shop]]:
+    """``open_shop(folder)``: a worker of the shop whose database and archive are in ``folder`` (two calls
+    with one folder: two workers of one shop; another folder: another shop with the same key and name)."""
+    opened: list[Shop] = []
+
+    def make(folder: str = "shop", catalogue: Catalogue | None = None,
+             validity: dt.timedelta = dt.timedelta(minutes=30), db: str | None = None) -> Shop:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        payments = PaymentManager(PartyContext(), modules={"stub": _Module})
+        s = Shop(name="Teapot Shop", identity=Identity(pki["seller"]), trust=pki["trust"],
+                 catalogue=catalogue or demo_catalogue(), payments=payments,
+                 account="A1", archive=SharedArchive(tmp_path / folder / "evidence.sqlite3"),
+                 db=Database(db or f"sqlite:///{tmp_path / folder / 'shop.db'}"), offer_validity=validity)
+        opened.append(s)
+        return s
+    yield make
+    for s in opened:
+        s.db.close()
+
+
+def _parsed(shop: Shop, der: bytes) -> docs.ParsedOffer:
+    return docs.parse_offer(verify_statement(der, shop.trust), deal_id=None, nonce=NONCE)
+
+
+def _anonymous_order(offer: docs.ParsedOffer, pickup: str = "Kiosk C") -> bytes:
+    body = docs.order_body(offer, payment="stub", payment_label="stub", confirmation_sha256="ab" * 32, scripted=False,
+                           action="ORDER_AND_PAY", details=(), form={"pickup": pickup}, attributes=offer.attributes)
+    return docs.canonical(body)
+
+
+def _rows(shop: Shop) -> int:
+    row = shop.db.read_one("SELECT COUNT(*) FROM shop_deals")
+    assert row is not None
+    return int(row[0])
+
+
+def _kinds(shop: Shop, deal_id: str) -> list[str]:
+    return [e.kind for e in shop.archive.entries(deal_id)]
+
+
+def test_an_offer_writes_nothing_and_any_worker_writes_the_deal_with_its_order(open_shop: Callable[..., Shop],
+                                                                              pki: dict[str, Any]) -> None:
+    one, two = open_shop(), open_shop()                        # two workers of one shop: one database
+    writes = dict(one.db.counts)
+    deal_id, der, tag = one.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    assert one.db.counts["write"] == writes["write"] and _rows(one) == 0 and _kinds(one, deal_id) == []
+    assert tag == two.store.offer_tag(der)                   # the key is the shop's, not the process's
+    offer = _parsed(one, der)
+    order = _anonymous_order(offer)
+
+    before = dict(two.db.counts)
+    with two.batch():
+        answer = two.order(deal_id, order, None, der, tag)     # the other worker takes the order
+    assert answer["next"] == "payment" and answer["terms"]["amount"] == offer.total
+    assert two.db.counts["write"] - before["write"] == 1      # the deal and its order: one write transaction
+    sd = one.find(deal_id)
+    assert sd is not None and sd.offer_der == der and sd.order_bytes == order and sd.psam == offer.psam
+    assert _rows(one) == 1
+    assert _kinds(two, deal_id) == ["statement:offer", "order:unsigned"]     # the offer's evidence, then the order
+
+    # the order sent again, to either worker, with or without the offer: the same answer, nothing written
+    for shop, sent in ((one, (der, tag)), (two, (None, ""))):
+        assert shop.order(deal_id, order, None, *sent) == answer
+    # the offer sent again with another order: the deal has its order
+    with pytest.raises(DealConflict, match="another order"):
+        one.order(deal_id, _anonymous_order(offer, "Kiosk A"), None, der, tag)
+    assert _rows(one) == 1
+
+    # a signed order (not anonymous) too, and with its offer the shop writes nothing before the order
+    deal_id2, der2, tag2 = two.new_deal("mail-order", [("teapot", 2)], NONCE, False)
+    offer2 = _parsed(two, der2)
+    body = docs.order_body(offer2, payment="stub", payment_label="stub", confirmation_sha256="ab" * 32,
+                           scripted=False, action="ORDER_AND_PAY", details=(), attributes=offer2.attributes,
+                           form={"name": "Bob Buyer", "street": "1 Main St", "postcode": "12345", "city": "Town",
+                                 "country": "DE"})
+    signed = sign_statement(pki["person"], body)
+    assert one.order(deal_id2, signed, None, der2, tag2)["next"] == "payment"
+    assert _kinds(one, deal_id2) == ["statement:offer", "statement:order"] and _rows(one) == 2
+
+
+@storages()
+def test_two_workers_taking_one_new_order_at_once_write_one_deal(open_shop: Callable[..., Shop], storage: Storage,
+                                                                tmp_path: Path) -> None:
+    url = storage.url("shop", tmp_path)
+    workers = [open_shop(db=url) for _ in range(4)]
+    for same in (True, False):
+        deal_id, der, tag = workers[0].new_deal("mail-order", [("teapot", 1)], NONCE, True)
+        offer = _parsed(workers[0], der)
+        orders = [_anonymous_order(offer, "Kiosk C" if same or i % 2 else "Station A") for i in range(len(workers))]
+        answers: list[Any] = [None] * len(workers)
+        go = threading.Barrier(len(workers))
+
+        def take(i: int, deal_id: str = deal_id, der: bytes = der, tag: str = tag, orders: list[bytes] = orders,
+                 answers: list[Any] = answers, go: threading.Barrier = go) -> None:
+            go.wait(10)
+            try:
+                answers[i] = workers[i].order(deal_id, orders[i], None, der, tag)
+            except DealConflict as e:
+                answers[i] = e
+        threads = [threading.Thread(target=take, args=(i,)) for i in range(len(workers))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        sd = workers[0].find(deal_id)
+        assert sd is not None and sd.order_bytes in orders
+        won = [i for i, o in enumerate(orders) if o == sd.order_bytes]
+        for i, a in enumerate(answers):                  # the written order's senders all get its answer
+            if i in won:
+                assert isinstance(a, dict) and a["terms"]["payment_id"] == sd.terms.payment_id, a   # type: ignore[union-attr]
+            else:
+                assert isinstance(a, DealConflict), a
+        assert same == (len(won) == len(workers))
+    assert _rows(workers[0]) == 2
+
+
+def test_offers_not_this_shops_as_it_signed_them_are_refused_and_nothing_is_written(
+        open_shop: Callable[..., Shop]) -> None:
+    shop, other = open_shop(), open_shop("other")    # another shop: its own database, the same key pair and name
+    deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    order = _anonymous_order(_parsed(shop, der))
+    o_deal, o_der, o_tag = other.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    assert o_tag != other.store.offer_tag(der) and o_tag == other.store.offer_tag(o_der)
+
+    # another shop's offer, with its tag: signed by the same key, and still not this shop's
+    with pytest.raises(OfferNotOurs, match="tag does not verify"):
+        shop.order(o_deal, _anonymous_order(_parsed(other, o_der)), None, o_der, o_tag)
+    # the offer altered (a byte of its signed body), with its genuine tag
+    at = der.index(b'"total":')
+    altered = der[:at + 8] + (b"1" if der[at + 8:at + 9] != b"1" else b"2") + der[at + 9:]
+    assert altered != der and len(altered) == len(der)
+    with pytest.raises(OfferNotOurs, match="tag does not verify"):
+        shop.order(deal_id, order, None, altered, tag)
+    # a forged tag, no tag, a tag of another offer of this shop
+    d2, der2, tag2 = shop.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    for forged in ("00" * 32, "", tag2, tag.upper(), None):
+        with pytest.raises(OfferNotOurs, match="tag does not verify"):
+            shop.order(deal_id, order, None, der, forged)
+    # a genuine offer and tag, sent for another deal id
+    with pytest.raises(OfferNotOurs, match="another deal"):
+        shop.order(d2, order, None, der, tag)
+    # no offer at all: an unknown deal, as before
+    with pytest.raises(NoSuchDeal):
+        shop.order(deal_id, order, None, None, "")
+    assert _rows(shop) == 0 and _kinds(shop, deal_id) == [] and _kinds(shop, d2) == []
+    # and the genuine one is taken
+    assert shop.order(deal_id, order, None, der, tag)["next"] == "payment"
+
+
+def test_an_expired_offer_or_one_the_shop_no_longer_makes_is_refused(open_shop: Callable[..., Shop]) -> None:
+    past = open_shop(validity=dt.timedelta(seconds=-1))     # a worker whose offers expire as they are made
+    deal_id, der, tag = past.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    order = _anonymous_order(docs.parse_offer(verify_statement(der, past.trust), deal_id=None, nonce=NONCE,
+                                              now=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)))
+    now_shop = open_shop()                                  # the same shop: its clock says the offer expired
+    with pytest.raises(OfferExpired, match="expired at .*ask for a new one"):
+        now_shop.order(deal_id, order, None, der, tag)
+    assert _rows(now_shop) == 0
+
+    # the shop's prices changed after the offer (a restart with another catalogue): it takes no old offer
+    deal_id, der, tag = now_shop.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    order = _anonymous_order(_parsed(now_shop, der))
+    items = dict(demo_catalogue().items)
+    items["teapot"] = dataclasses.replace(items["teapot"], unit_price=items["teapot"].unit_price + 100)
+    dearer = open_shop(catalogue=Catalogue(items))
+    with pytest.raises(OfferNotOurs, match="no longer makes this offer"):
+        dearer.order(deal_id, order, None, der, tag)
+    assert _rows(dearer) == 0
+
+
+def test_the_http_order_carries_the_offer_back_and_refusals_say_why(open_shop: Callable[..., Shop]) -> None:
+    from semper.client.servers.shop_http import build_app
+    from semper.client.support.http_service import ServiceRunner
+    shop = open_shop()
+    with ServiceRunner(build_app(shop)) as svc, httpx.Client(base_url=svc.url, timeout=20) as http:
+        made = http.post("/deals", json={"workflow": "mail-order", "items": [{"sku": "teapot", "quantity": 1}],
+                                         "nonce": NONCE, "anonymous": True}).json()
+        der = base64.b64decode(made["offer"])
+        order = base64.b64encode(_anonymous_order(_parsed(shop, der))).decode()
+        sent = {"deal": made["deal"], "order": order, "offer": made["offer"], "offer_tag": made["offer_tag"]}
+        assert _rows(shop) == 0
+
+        def refusal(body: dict[str, Any]) -> tuple[int, str]:
+            r = http.post("/deals/order", json=body)
+            return r.status_code, r.json()["error"]
+        assert refusal({**sent, "offer_tag": "ab" * 32}) == (400, "bad_offer")
+        assert refusal({k: v for k, v in sent.items() if k not in ("offer", "offer_tag")}) == (404, "unknown_deal")
+        first = http.post("/deals/order", json=sent)
+        assert first.status_code == 200 and first.json()["next"] == "payment", first.text
+        assert http.post("/deals/order", json=sent).json() == first.json()
+        assert _rows(shop) == 1 and _kinds(shop, made["deal"]) == ["statement:offer", "order:unsigned"]
+
+
+def test_an_order_waiting_for_room_at_the_device_is_checked_once(open_shop: Callable[..., Shop], pki: dict[str, Any],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the PSAM is full, the HTTP layer takes an order with the card's hello again every 5 ms for up
+    to 10 s (``shop_http._waited``): the order's signature and the offer sent back are checked on the
+    first attempt only; the deal is read again at each, and nothing is written until there is room."""
+    from semper.client.servers import shop as shop_module
+    from semper.client.servers.shop import NoRoom, OrderChecks
+    from semper.client.servers.shop_http import Order, _order_settle
+    shop = open_shop()
+    deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, False)
+    offer = _parsed(shop, der)
+    body = docs.order_body(offer, payment="stub", payment_label="stub", confirmation_sha256="ab" * 32,
+                           scripted=False, action="ORDER_AND_PAY", details=(), attributes=offer.attributes,
+                           form={"name": "Bob Buyer", "street": "1 Main St", "postcode": "12345", "city": "Town",
+                                 "country": "DE"})
+    signed = sign_statement(pki["person"], body)
+    calls = {"verify": 0, "offered": 0, "room": 0}
+    verify, offered = shop_module.verify_statement, shop._offered
+
+    def counted_verify(*a: Any, **kw: Any) -> Any:
+        calls["verify"] += 1
+        return verify(*a, **kw)
+
+    def counted_offered(*a: Any) -> Any:
+        calls["offered"] += 1
+        return offered(*a)
+
+    def full(sd: Any, envelope: Any) -> None:
+        calls["room"] += 1
+        raise NoRoom("the PSAM keeps 16 debits open")
+    monkeypatch.setattr(shop_module, "verify_statement", counted_verify)
+    monkeypatch.setattr(shop, "_offered", counted_offered)
+    monkeypatch.setattr(shop, "_early", lambda sd, envelope: True)      # the stub module as one that starts early
+    monkeypatch.setattr(shop, "_room", full)
+    request = Order(deal=deal_id, order=signed, offer=der, offer_tag=tag,
+                    envelope={"payment_id": "p", "module": "stub", "body": {}})
+    checks = OrderChecks()
+    for _ in range(3):
+        assert _order_settle(shop, request, checks) == (None, "the PSAM keeps 16 debits open")
+    assert calls == {"verify": 1, "offered": 1, "room": 3} and _rows(shop) == 0 and _kinds(shop, deal_id) == []
+    monkeypatch.setattr(shop, "_early", lambda sd, envelope: False)     # room, and the order goes on without it
+    done, _ = _order_settle(shop, request, checks)
+    assert done is not None and done["next"] == "payment" and calls["verify"] == 1 and calls["offered"] == 1
+    assert _rows(shop) == 1 and _kinds(shop, deal_id) == ["statement:offer", "statement:order"]
+
+
+def test_an_offer_a_shop_before_stateless_offers_stored_is_ordered_from_its_row(open_shop: Callable[..., Shop]) -> None:
+    """A database upgraded with offers not ordered yet in it (as ``POST /deals`` wrote them before): their
+    orders, which come without the offer, are taken from the row as before."""
+    shop = open_shop()
+    deal_id, der, _tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    stored = shop._offered(deal_id, der, shop.store.offer_tag(der))
+    assert shop.store.insert(stored) and not shop.store.insert(shop._offered(deal_id, der, _tag))   # one row per id
+    order = _anonymous_order(_parsed(shop, der))
+    answer = open_shop().order(deal_id, order)              # another worker, no offer sent: the row is the deal
+    assert answer["next"] == "payment" and _rows(shop) == 1
+    sd = shop.find(deal_id)
+    assert sd is not None and sd.order_bytes == order and sd.version == 2
