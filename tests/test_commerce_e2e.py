@@ -238,7 +238,7 @@ def test_registration_and_contract_signing(market: Market) -> None:
     assert seller_sig["role"] == "seller" and seller_sig["contract_sha256"] == contract.sha256
     assert "contract text" in m.ui.confirmations[-1]
     # the shop holds the buyer's signature over the same contract and the confirmation digest
-    sd = m.shop.find(r.deal_id)
+    sd = m.shop.find(r.deal_id, fresh=True)
     assert any("satisfied" == d.verdict for d in sd.deal.decisions if d.step == "exchange")
     path = m.buyer.archive.export(_xid(m, r.deal_id), m.folder / "c.zip")
     assert judge_exchange(path, TrustStore([m.world.ca_root]), {}).fair

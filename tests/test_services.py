@@ -320,10 +320,19 @@ def _mall(m: Market) -> Any:
     return m.mall
 
 
+MALL_ANSWER_S = 120.0       # how long the buyer waits for each of the mall's answers here
+
+
 def _buy_at_mall(m: Market, url: str) -> Any:
-    """The buyer runs the mall's basket service (one teapot, one kettle), paying the mall by cheque."""
+    """The buyer runs the mall's basket service (one teapot, one kettle), paying the mall by cheque.
+
+    Why the buyer waits up to :data:`MALL_ANSWER_S` for each answer (its client's default is 15 s): the
+    mall settles with the shops inside the payment request, which a loaded machine can stretch past
+    15 s, and a request the buyer gave up on goes on in the mall. The restart tests need the first mall
+    done when this returns: asked while it still settled, the restarted mall bought the kettle part
+    again while the first one bought it (the second cheque bounced; the delivery was not shipped)."""
     b = m.buyer
-    shop, b.shop = b.shop, ShopClient(url, m.world.root_pem)
+    shop, b.shop = b.shop, ShopClient(url, m.world.root_pem, timeout=MALL_ANSWER_S)
     m.ui.payment = "cheque"
     try:
         certifiers = x509.load_pem_x509_certificates((m.world.certifier_dir / "certifier.pem").read_bytes())
@@ -368,17 +377,23 @@ def test_the_mall_takes_one_payment_and_settles_with_two_shops(market: Market) -
     assert json.loads(audited.stdout)["violations"] == []
 
 
+def _mall_again(mall: Any) -> Any:
+    """Another mall process on the same database and archives (nothing of the first one's memory)."""
+    from semper.client.servers.mall import Mall
+    return Mall(shops=mall.shops, agents=mall.agents, name=mall.name, identity=mall.identity, trust=mall.trust,
+                db=mall.db, catalogue=mall.catalogue, payments=mall.payments, account=mall.account,
+                archive=mall.archive)
+
+
 def _restarted_mall(m: Market, mall: Any, tls_name: str) -> ShopClient:
     """A new mall process on the old one's database and archives (nothing of its memory), serving on a port of
     its own; a client to it."""
     from semper.client.servers.ca_home import issue_tls_identity
-    from semper.client.servers.mall import Mall, mount_mall
+    from semper.client.servers.mall import mount_mall
     from semper.client.servers.shop_http import build_app
     from semper.client.support.channels import server_context
     from semper.client.support.http_service import ServiceRunner
-    again = Mall(shops=mall.shops, agents=mall.agents, name=mall.name, identity=mall.identity, trust=mall.trust,
-                 db=mall.db, catalogue=mall.catalogue, payments=mall.payments, account=mall.account,
-                 archive=mall.archive)
+    again = _mall_again(mall)
     app = build_app(again)
     mount_mall(app, again)
     tls = issue_tls_identity(m.world.ca, ("127.0.0.1", "localhost"), m.folder / tls_name, name=mall.name)
@@ -387,34 +402,50 @@ def _restarted_mall(m: Market, mall: Any, tls_name: str) -> ShopClient:
     return ShopClient(runner.url, m.world.root_pem)
 
 
+def _bought_with_the_kettle_shop_down(m: Market, mall: Any, note: str) -> tuple[Any, dict[str, int]]:
+    """The buyer pays the mall for a teapot and a kettle while the kettle shop is down: the teapot part is
+    settled, nothing shipped; (the buyer's result, the money before). The kettle shop's port is held bound
+    and not listening for the whole purchase, so every connection to it is refused at once: a port given
+    back before (as this test did) can be taken by any process meanwhile, and an answer that does not
+    come outlasts the buyer's patience, leaving the first mall settling while the test asks the second."""
+    import socket
+    kettles = mall.agents["kettles"]
+    m.world.bank.cash_in(m.world.accounts["buyer"], 1250 + 2490, note)
+    before = m.money()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        down = f"https://127.0.0.1:{held.getsockname()[1]}"
+        reachable, kettles.shop = kettles.shop, ShopClient(down, m.world.root_pem)
+        try:
+            r = _buy_at_mall(m, m.world.services.mall)
+        finally:
+            kettles.shop.close()
+            kettles.shop = reachable
+    assert r.status is not OutcomeStatus.SATISFIED and r.deal_id, r.summary       # paid, nothing shipped yet
+    assert m.money()["seller account"] == before["seller account"] + 1250         # the teapot part is settled
+    return r, before
+
+
+def _decisions(mall: Any, deal_id: str) -> list[Any]:
+    """The mall's decisions on the deal as its database has them (why a settlement did not ship)."""
+    sd = mall.find(deal_id, fresh=True)
+    return [] if sd is None else [(d.step, d.verdict, d.reason) for d in sd.deal.decisions]
+
+
 def test_a_restarted_mall_pays_no_shop_twice(market: Market) -> None:
     """The mall settles with the teapot shop, cannot reach the kettle shop (the buyer's delivery is not
     shipped), and is restarted; the buyer asks the new process for the delivery: it buys only the kettle
     part. What the mall settled is in its database, not in the memory of the process that settled it:
     the teapot shop is paid once, the mall's account ends where it began."""
-    import socket
     m = market
     mall = _mall(m)
-    with socket.socket() as s:                      # a port nothing listens on: the kettle shop is down
-        s.bind(("127.0.0.1", 0))
-        down = f"https://127.0.0.1:{s.getsockname()[1]}"
-    kettles = mall.agents["kettles"]
-    reachable, kettles.shop = kettles.shop, ShopClient(down, m.world.root_pem)
-    m.world.bank.cash_in(m.world.accounts["buyer"], 1250 + 2490, "the buyer's second basket")
-    before = m.money()
-    try:
-        r = _buy_at_mall(m, m.world.services.mall)
-    finally:
-        kettles.shop.close()
-        kettles.shop = reachable
-    assert r.status is not OutcomeStatus.SATISFIED and r.deal_id, r.summary       # paid, nothing shipped yet
-    assert m.money()["seller account"] == before["seller account"] + 1250         # the teapot part is settled
+    r, before = _bought_with_the_kettle_shop_down(m, mall, "the buyer's second basket")
     client = _restarted_mall(m, mall, "mall-again-tls")
     try:
         shipped = client.post("/deals/delivery", {"deal": r.deal_id})          # the buyer asks again
         after = m.money()
         assert after["seller account"] == before["seller account"] + 1250, "the teapot shop was paid twice"
-        assert shipped.get("shipped") is True, shipped
+        assert shipped.get("shipped") is True, (shipped, _decisions(mall, r.deal_id))
         parts = client.get(f"/mall/parts/{r.deal_id}")["parts"]
     finally:
         client.close()
@@ -422,6 +453,27 @@ def test_a_restarted_mall_pays_no_shop_twice(market: Market) -> None:
     assert after["shop2 account"] == before["shop2 account"] + 2490
     assert after["mall account"] == before["mall account"]
     assert after["buyer account"] == before["buyer account"] - (1250 + 2490)
+
+
+def test_a_mall_asked_for_a_delivery_another_process_made_answers_from_the_database(market: Market) -> None:
+    """Two mall processes on one database (a restart that overlaps the old process's last request; or two
+    requests of one deal in one process): one holds the deal as it read it, paid and not shipped, while
+    the other settles and ships it. Asked for the delivery, the first settled nothing (its write lost to
+    the other's) and answered "not shipped" from its own stale copy; it answers from the deal as the
+    database has it now: the delivery note the other signed. No shop is paid twice."""
+    m = market
+    mall = _mall(m)
+    r, before = _bought_with_the_kettle_shop_down(m, mall, "the buyer's fourth basket")
+    other = _mall_again(mall)
+    stale = other.find(r.deal_id, fresh=False)                # what this process read (and remembers)
+    assert stale is not None and stale.paid and stale.delivery is None
+    note, _ = mall.deliver(r.deal_id)                         # the first process settles and ships
+    assert note is not None, _decisions(mall, r.deal_id)
+    assert other.deliver(r.deal_id) == (note, None)          # the second: shipped, the same note
+    after = m.money()
+    assert after["seller account"] == before["seller account"] + 1250
+    assert after["shop2 account"] == before["shop2 account"] + 2490
+    assert after["mall account"] == before["mall account"]
 
 
 def test_a_mall_that_stopped_between_paying_a_shop_and_recording_it_does_not_pay_it_again(market: Market) -> None:

@@ -125,7 +125,7 @@ def test_an_offer_writes_nothing_and_any_worker_writes_the_deal_with_its_order(o
         answer = two.order(deal_id, order, None, der, tag)     # the other worker takes the order
     assert answer["next"] == "payment" and answer["terms"]["amount"] == offer.total
     assert two.db.counts["write"] - before["write"] == 1      # the deal and its order: one write transaction
-    sd = one.find(deal_id)
+    sd = one.find(deal_id, fresh=True)
     assert sd is not None and sd.offer_der == der and sd.order_bytes == order and sd.psam == offer.psam
     assert _rows(one) == 1
     assert _kinds(two, deal_id) == ["statement:offer", "order:unsigned"]     # the offer's evidence, then the order
@@ -174,7 +174,7 @@ def test_two_workers_taking_one_new_order_at_once_write_one_deal(open_shop: Call
             t.start()
         for t in threads:
             t.join(30)
-        sd = workers[0].find(deal_id)
+        sd = workers[0].find(deal_id, fresh=True)
         assert sd is not None and sd.order_bytes in orders
         won = [i for i, o in enumerate(orders) if o == sd.order_bytes]
         for i, a in enumerate(answers):                  # the written order's senders all get its answer
@@ -319,5 +319,5 @@ def test_an_offer_a_shop_before_stateless_offers_stored_is_ordered_from_its_row(
     order = _anonymous_order(_parsed(shop, der))
     answer = open_shop().order(deal_id, order)              # another worker, no offer sent: the row is the deal
     assert answer["next"] == "payment" and _rows(shop) == 1
-    sd = shop.find(deal_id)
+    sd = shop.find(deal_id, fresh=True)
     assert sd is not None and sd.order_bytes == order and sd.version == 2

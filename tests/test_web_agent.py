@@ -226,7 +226,8 @@ def test_pages_escape_what_they_show_and_keep_deliveries_to_their_order(tmp_path
                                offer={"currency": 978, "total": 1250},
                                deal=types.SimpleNamespace(deal_id="c" * 32, workflow="mail-order"))
     deals = {"c" * 32: sd}
-    shop = types.SimpleNamespace(name="<b>Shop</b>", catalogue=Catalogue.of([hostile]), find=deals.get,
+    shop = types.SimpleNamespace(name="<b>Shop</b>", catalogue=Catalogue.of([hostile]),
+                                 find=lambda deal_id, *, fresh: deals.get(deal_id) if fresh else None,
                                  trust=None, content_of=lambda item: None)
     site = ShopWeb(shop, "http://127.0.0.1:8470")
     from aiohttp import web

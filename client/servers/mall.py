@@ -285,7 +285,7 @@ class Mall(Shop):
     def parts_of(self, deal_id: str) -> list[dict[str, Any]]:
         """What the buyer gets for each shop's part: the mall's statement and the shop's signed documents."""
         import base64
-        sd = self.find(deal_id)
+        sd = self.find(deal_id, fresh=True)
         if sd is None or sd.delivery is None:
             raise DealConflict("this deal is not settled yet (nothing delivered)")
         parts = self.parts.of(sd.deal.deal_id).values()

@@ -272,19 +272,20 @@ class Shop:
         deal = Deal(deal_id, str(body["workflow"]), attributes, self.archive)
         return ShopDeal(deal, body, bytes(offer), docs.sha256_hex(offer), lines, body["psam"])
 
-    def find(self, deal_id: Any, *, fresh: bool = True) -> ShopDeal | None:
+    def find(self, deal_id: Any, *, fresh: bool) -> ShopDeal | None:
         """The deal as committed, or None (no such deal, or not a deal id). ``fresh``: as the database
-        has it now, else possibly as this process last saw it (see ``_deal``)."""
+        has it now, else possibly as this process last saw it (see ``_deal``); the caller says which."""
         try:
             return self.store.get(check_deal_id(deal_id), fresh=fresh)
         except CommerceError:
             return None
 
-    def _deal(self, deal_id: Any, *, fresh: bool = False) -> ShopDeal:
-        """The deal as committed: by default as this process last committed or read it (``DealStore``),
-        which another worker may have moved on since. Every write is conditional on the version, so
-        acting on it is safe; a step that would *refuse* on the deal's state asks again with ``fresh``
-        before it refuses (:meth:`_unless`)."""
+    def _deal(self, deal_id: Any, *, fresh: bool) -> ShopDeal:
+        """The deal as committed: with ``fresh``, as the database has it now; without, as this process
+        last committed or read it (``DealStore``), which another worker may have moved on since. Every
+        write is conditional on the version, so acting on it is safe; a step that would *refuse* on the
+        deal's state asks again with ``fresh`` before it refuses (:meth:`_unless`). No default: each
+        caller says which it needs (a default read one way here and the other way in :meth:`find`)."""
         sd = self.store.get(check_deal_id(deal_id), fresh=fresh)     # None only from the database itself
         if sd is None:
             raise NoSuchDeal("no such deal here (it expired, or this shop never offered it)")
@@ -506,7 +507,7 @@ class Shop:
         there is none now); False when the message is not for this deal's payment (pay refuses it)."""
         sd = self.find(deal_id, fresh=False)
         if sd is not None and sd.terms is None:
-            sd = self.find(deal_id)
+            sd = self.find(deal_id, fresh=True)
         if sd is None or sd.terms is None or not isinstance(envelope, dict) \
                 or envelope.get("payment_id") != sd.terms.payment_id:
             return False
@@ -516,7 +517,7 @@ class Shop:
     def _pay(self, deal_id: str, envelope: dict[str, Any]) -> tuple[dict[str, Any] | None, ShopDeal, bool]:
         """The payment step; the reply, the deal, and whether the deal as returned is committed (it was
         paid, confirmed and delivered in the step's own transaction)."""
-        sd = self._unless(self._deal(deal_id), lambda d: d.terms is None)
+        sd = self._unless(self._deal(deal_id, fresh=False), lambda d: d.terms is None)
         if sd.terms is None:
             raise DealConflict("this deal has no payment to make (order first)")
         if not isinstance(envelope, dict) or envelope.get("payment_id") != sd.terms.payment_id:
@@ -617,7 +618,7 @@ class Shop:
             sd.deal.keep_statement(sd.confirmation, body["type"])
 
     def confirm(self, deal_id: str) -> bytes:
-        sd = self._unless(self._deal(deal_id), lambda d: not d.paid or d.order_digest is None)
+        sd = self._unless(self._deal(deal_id, fresh=False), lambda d: not d.paid or d.order_digest is None)
         if not sd.paid or sd.order_digest is None:
             raise DealConflict("the order is not paid yet: nothing to confirm")
         if sd.confirmation is None:
@@ -653,13 +654,16 @@ class Shop:
 
     def deliver(self, deal_id: str) -> tuple[bytes | None, bytes | None]:
         """(signed delivery note or registration, information content or None); (None, None): not shipped."""
-        sd = self._unless(self._deal(deal_id), lambda d: not d.paid or d.order_digest is None)
+        sd = self._unless(self._deal(deal_id, fresh=False), lambda d: not d.paid or d.order_digest is None)
         if not sd.paid or sd.order_digest is None:
             raise DealConflict("the order is not paid yet: nothing is delivered")
         if sd.delivery is None:
             self.make_delivery(sd)
             if sd.delivery is not None:
                 sd = self._commit(sd)
+            else:       # not shipped here (a mall that could not settle, or another request or process wrote
+                        # the deal first): "not shipped" only on the deal as the database has it now
+                sd = self._unless(sd, lambda d: d.delivery is None)
         return self._shipped(sd)
 
     def content_of(self, item: CatalogueItem) -> bytes | None:
@@ -675,7 +679,7 @@ class Shop:
     # ---- fair exchanges (information, contract) ---------------------------------------------------------
     def exchange_plan(self, deal_id: str) -> tuple[OfferTree, Description, ShopDeal]:
         """What this shop gives and wants in the deal's fair exchange (it originates)."""
-        sd = self._unless(self._deal(deal_id), lambda d: d.order is None or d.order_digest is None)
+        sd = self._unless(self._deal(deal_id, fresh=False), lambda d: d.order is None or d.order_digest is None)
         if sd.order is None or sd.order_digest is None:
             raise DealConflict("order first")
         item, _qty = sd.lines[0]
@@ -707,7 +711,7 @@ class Shop:
     def exchanged(self, deal_id: str, status: str, reason: str, xid: str | None) -> None:
         """The seller's local decision after its exchange ended."""
         for _attempt in range(5):
-            sd = self._deal(deal_id)
+            sd = self._deal(deal_id, fresh=False)
             if sd.exchange is not None and sd.exchange.get("state") == "done":
                 return
             sd.deal.keep("exchange", json.dumps({"xid": xid, "status": status, "reason": reason}).encode())

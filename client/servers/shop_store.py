@@ -93,6 +93,34 @@ class ShopDeal:
         return self.delivery is not None or (self.exchange is not None and self.exchange.get("state") == "done")
 
 
+#: each column of ``shop_deals`` a deal's row is written with, and how it is made from the deal (one
+#: place for the insert and the conditional update, :meth:`DealStore._values`)
+_COLUMN_VALUES: dict[str, Callable[[ShopDeal], Any]] = {
+    "workflow": lambda sd: sd.deal.workflow,
+    "attributes": lambda sd: to_json(sd.deal.attributes.as_dict()),
+    "valid_until": lambda sd: str(sd.offer["valid_until"]),
+    "offer": lambda sd: sd.offer_der,
+    "offer_body": lambda sd: to_json(sd.offer),
+    "offer_digest": lambda sd: sd.offer_digest,
+    "lines": lambda sd: to_json([[i.sku, q] for i, q in sd.lines]),
+    "psam": lambda sd: sd.psam,
+    "order_bytes": lambda sd: sd.order_bytes,
+    "order_body": lambda sd: None if sd.order is None else to_json(sd.order),
+    "order_digest": lambda sd: sd.order_digest,
+    "form": lambda sd: to_json(sd.form),
+    "terms": lambda sd: None if sd.terms is None else to_json(sd.terms.as_dict()),
+    "paid": lambda sd: int(sd.paid),
+    "payment": lambda sd: to_json(sd.payment),
+    "confirmation": lambda sd: sd.confirmation,
+    "delivery": lambda sd: sd.delivery,
+    "exchange": lambda sd: None if sd.exchange is None else to_json(sd.exchange),
+    "decisions": lambda sd: to_json([[x.step, x.verdict, x.reason] for x in sd.deal.decisions]),
+    "archived": lambda sd: sd.deal._archived,
+    "finished": lambda sd: int(sd.finished),
+    "updated_at": lambda sd: _now(),
+}
+
+
 class DealStore:
     """The rows of ``shop_deals``; a :class:`ShopDeal` in and out. A deal's row is first written with its
     order (the offer is stateless: ``Shop.new_deal``; its tag is :meth:`offer_tag`). Nothing is deleted
@@ -159,56 +187,9 @@ class DealStore:
 
     # ---- rows <-> deals ---------------------------------------------------------------------------
     def _values(self, sd: ShopDeal, only: tuple[str, ...] | None = None) -> dict[str, Any]:
-        if only is not None:
-            return {k: self._value(sd, k) for k in only}
-        d = sd.deal
-        return {
-            "workflow": d.workflow, "attributes": to_json(d.attributes.as_dict()),
-            "valid_until": str(sd.offer["valid_until"]), "offer": sd.offer_der,
-            "offer_body": to_json(sd.offer), "offer_digest": sd.offer_digest,
-            "lines": to_json([[i.sku, q] for i, q in sd.lines]), "psam": sd.psam, "order_bytes": sd.order_bytes,
-            "order_body": None if sd.order is None else to_json(sd.order),
-            "order_digest": sd.order_digest, "form": to_json(sd.form),
-            "terms": None if sd.terms is None else to_json(sd.terms.as_dict()),
-            "paid": int(sd.paid), "payment": to_json(sd.payment),
-            "confirmation": sd.confirmation, "delivery": sd.delivery,
-            "exchange": None if sd.exchange is None else to_json(sd.exchange),
-            "decisions": to_json([[x.step, x.verdict, x.reason] for x in d.decisions]),
-            "archived": d._archived, "finished": int(sd.finished), "updated_at": _now()}
-
-    def _value(self, sd: ShopDeal, column: str) -> Any:
-        """One mutable column's value (what :meth:`save` writes)."""
-        d = sd.deal
-        match column:
-            case "order_bytes":
-                return sd.order_bytes
-            case "order_body":
-                return None if sd.order is None else to_json(sd.order)
-            case "order_digest":
-                return sd.order_digest
-            case "form":
-                return to_json(sd.form)
-            case "terms":
-                return None if sd.terms is None else to_json(sd.terms.as_dict())
-            case "paid":
-                return int(sd.paid)
-            case "payment":
-                return to_json(sd.payment)
-            case "confirmation":
-                return sd.confirmation
-            case "delivery":
-                return sd.delivery
-            case "exchange":
-                return None if sd.exchange is None else to_json(sd.exchange)
-            case "decisions":
-                return to_json([[x.step, x.verdict, x.reason] for x in d.decisions])
-            case "archived":
-                return d._archived
-            case "finished":
-                return int(sd.finished)
-            case "updated_at":
-                return _now()
-        raise KeyError(column)
+        """The row's values for ``sd``: every column :meth:`insert` writes, or the ``only`` ones (what
+        :meth:`save` writes), each made by its one entry of :data:`_COLUMN_VALUES`."""
+        return {k: _COLUMN_VALUES[k](sd) for k in (_COLUMN_VALUES if only is None else only)}
 
     _COLUMNS = ("deal_id, workflow, attributes, offer, offer_body, offer_digest, lines, psam, order_bytes, order_body, "
                 "order_digest, form, terms, paid, payment, confirmation, delivery, exchange, decisions, archived, "

@@ -212,7 +212,7 @@ class ShopWeb:
         deal_id = request.match_info["deal"]
         given = request.query.get("order", "")
         # the deal as committed in the shop's database, read off the event loop
-        sd = await blocking(self.shop.find, deal_id) if _DIGEST.match(given) else None
+        sd = await blocking(lambda: self.shop.find(deal_id, fresh=True)) if _DIGEST.match(given) else None
         if sd is None or sd.order_digest is None or not hmac.compare_digest(given, sd.order_digest):
             return None
         return sd if sd.paid else None

@@ -37,11 +37,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, cast
-from urllib.parse import parse_qsl
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+from aiohttp.helpers import HeadersMixin
+from multidict import CIMultiDict, CIMultiDictProxy
 
 log = logging.getLogger("semper.services")
 
@@ -66,56 +66,32 @@ _HEADERS = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _SERVER = f"Python/{sys.version_info[0]}.{sys.version_info[1]} aiohttp/{aiohttp.__version__}"
 
 
-class FastRequest:
+class FastRequest(HeadersMixin):
     """What a JSON route's handler reads of a request, for a request :class:`FastConnection` parsed.
 
-    The same names and meanings as on aiohttp's ``web.Request`` for the part the services' JSON
-    handlers use (``method``, ``path``, ``headers``, ``content_type``, ``read``, ``query``,
-    ``match_info``, ``app``, ``remote``); a handler written for aiohttp runs unchanged."""
+    The same names and meanings as on aiohttp's ``web.Request`` for what the services' JSON handlers
+    and :func:`~.http_service.json_errors` read (``method``, ``path``, ``headers``, ``content_type``,
+    ``read``, ``app``), and nothing else: a JSON route whose handler reads more of its request (its
+    query, its peer) answers 500 on this path, which every service's tests run. ``content_type`` is
+    aiohttp's own (:class:`aiohttp.helpers.HeadersMixin`, as on ``web.Request``): the same media type
+    for every Content-Type value, however malformed."""
 
-    __slots__ = ("method", "path", "query_string", "headers", "app", "match_info", "_body", "_remote")
+    __slots__ = ("method", "path", "_headers", "app", "_body")
 
-    def __init__(self, method: str, path: str, query_string: str, headers: CIMultiDictProxy[str],
-                 body: bytes, app: web.Application, remote: str | None) -> None:
+    def __init__(self, method: str, path: str, headers: CIMultiDictProxy[str], body: bytes,
+                 app: web.Application) -> None:
         self.method = method
         self.path = path
-        self.query_string = query_string
-        self.headers = headers
+        self._headers = headers
         self.app = app
-        self.match_info: dict[str, str] = {}
         self._body = body
-        self._remote = remote
 
     @property
-    def content_type(self) -> str:
-        """The media type of Content-Type, lower case, without parameters (aiohttp's default when
-        there is none: ``application/octet-stream``)."""
-        raw = self.headers.get("Content-Type")
-        if raw is None:
-            return "application/octet-stream"
-        return raw.partition(";")[0].strip().lower()
-
-    @property
-    def remote(self) -> str | None:
-        return self._remote
-
-    @property
-    def query(self) -> MultiDictProxy[str]:
-        return MultiDictProxy(MultiDict(parse_qsl(self.query_string, keep_blank_values=True)))
-
-    @property
-    def can_read_body(self) -> bool:
-        return bool(self._body)
-
-    @property
-    def body_exists(self) -> bool:
-        return bool(self._body)
+    def headers(self) -> CIMultiDictProxy[str]:
+        return cast(CIMultiDictProxy[str], self._headers)
 
     async def read(self) -> bytes:
         return self._body
-
-    async def text(self) -> str:
-        return self._body.decode("utf-8")
 
 
 def _date() -> bytes:
@@ -226,7 +202,6 @@ class _Head:
     handler: Handler
     method: str
     path: str
-    query: str
     headers: CIMultiDict[str]
     body_start: int
     total: int                          # bytes of head and body
@@ -244,14 +219,11 @@ class FastConnection(asyncio.Protocol):
         self.paused_reading = False
         self.can_write: asyncio.Future[None] | None = None
         self.deadline = math.inf            # loop time after which the server's sweep closes it
-        self.remote: str | None = None
         self.head: _Head | None = None      # parsed, its body not yet whole
 
     # -- asyncio's protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)    # uvloop's is not a subclass, but is one
-        peer = transport.get_extra_info("peername")
-        self.remote = str(peer[0]) if isinstance(peer, tuple | list) and peer else None
         self.server.connections.add(self)
         if self.server.stopping:
             self.transport.close()
@@ -311,8 +283,7 @@ class FastConnection(asyncio.Protocol):
         del buf[:head.total]
         self.deadline = math.inf            # a handler runs: no bound on it here (aiohttp sets none either)
         self.server.served += 1
-        request = FastRequest(head.method, head.path, head.query, CIMultiDictProxy(head.headers), body,
-                              self.server.app, self.remote)
+        request = FastRequest(head.method, head.path, CIMultiDictProxy(head.headers), body, self.server.app)
         self.task = asyncio.get_running_loop().create_task(self._answer(request, head.handler))
 
     def _parse_head(self) -> _Head | None:
@@ -358,8 +329,7 @@ class FastConnection(asyncio.Protocol):
                 return self._refuse()
             if "close" in tokens:
                 self.close_after = True
-        method, path, query = line.groups()
-        return _Head(handler, method.decode(), path.decode(), query.decode() if query else "", headers,
+        return _Head(handler, line.group(1).decode(), line.group(2).decode(), headers,
                      end + 4, end + 4 + length)
 
     def _refuse(self) -> _Head | None:

@@ -135,12 +135,18 @@ def _order(s: _State) -> None:
         s.answer = blocks.send_order(s.b, s.deal, s.offer, s.order, early=s.early)
 
 
+def _permit_payment(s: _State) -> None:
+    """ServiceRefused unless the service's permit allows this payment (its module and amount): one check
+    for the order step, which starts the payment early only when it may, and the payment step, which refuses."""
+    assert s.offer is not None and s.confirmed is not None
+    s.enforcer.module(s.confirmed.payment.module)
+    s.enforcer.amount(s.offer.total, s.offer.currency)
+
+
 def _may_pay(s: _State) -> bool:
     """Whether the service's permit allows this payment (checked again, and refused, at the payment step)."""
-    assert s.offer is not None and s.confirmed is not None
     try:
-        s.enforcer.module(s.confirmed.payment.module)
-        s.enforcer.amount(s.offer.total, s.offer.currency)
+        _permit_payment(s)
     except ServiceRefused:
         return False
     return True
@@ -152,8 +158,7 @@ def _payment(s: _State) -> None:
         return
     s.run.next("payment", f"{_amount(s.offer)} with {s.confirmed.payment.label}")
     try:
-        s.enforcer.module(s.confirmed.payment.module)
-        s.enforcer.amount(s.offer.total, s.offer.currency)
+        _permit_payment(s)
     except ServiceRefused as e:
         raise s.refuse(e) from None
     s.record = blocks.pay(s.b, s.deal, s.offer, docs.sha256_hex(s.order), s.confirmed, s.answer, s.early)
