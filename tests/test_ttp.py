@@ -36,10 +36,25 @@ pytestmark = storages()          # the third party's core cases on SQLite and on
 
 
 # ---- a gen-ver exchange left open: the seller stopped before its item, the buyer did not go to T ----------
-def open_exchange(world: World, tmp_path: Path, fresh_images: Any) -> dict[str, Any]:
-    """An exchange the buyer paid for and nobody took to T yet (its evidence: :func:`evidence`)."""
-    return exchange_with_fault(world, tmp_path, fresh_images, "gen-ver", dishonest="originator", stop_before="item",
-                               buyer_faults={"stop_before": "ttp"})
+def open_exchange(world: World, tmp_path: Path, fresh_images: Any, attempts: int = 3) -> dict[str, Any]:
+    """An exchange the buyer paid for and nobody took to T yet (its evidence: :func:`evidence`).
+
+    The parties' patience per step is short (``STEP``, so that the honest party's wait for the item that
+    never comes is quick); on a loaded machine a step can outlast it before the buyer has archived the
+    proposal and its acceptance, and the exchange ends before it was ever open. That is this test's
+    precondition, not what it tests (T's answers are): such a run is made again, a bounded number of times."""
+    res: dict[str, Any] = {}
+    for attempt in range(attempts):
+        res = exchange_with_fault(world, tmp_path / f"try{attempt}", fresh_images, "gen-ver", dishonest="originator",
+                                  stop_before="item", buyer_faults={"stop_before": "ttp"})
+        try:
+            evidence(res)
+            return res
+        except (KeyError, AttributeError):      # no responder run, or its archive lacks the exchange
+            continue
+    responder = res.get("responder")
+    raise AssertionError(f"no exchange was left open in {attempts} attempts; the buyer's last run: "
+                         f"{responder.as_dict() if responder is not None else 'none'}")
 
 
 def evidence(res: dict[str, Any]) -> dict[str, Any]:
