@@ -512,3 +512,99 @@ def test_a_mall_that_stopped_between_paying_a_shop_and_recording_it_does_not_pay
     assert after["shop2 account"] == before["shop2 account"] + 2490
     assert after["mall account"] == before["mall account"]
     assert after["buyer account"] == before["buyer account"] - (1250 + 2490)
+
+
+def _apart(monkeypatch: pytest.MonkeyPatch, mall: Any, *deal_ids: str) -> None:
+    """Give these deals settlement locks of their own. The mall tells deals settling at once apart by one of
+    :data:`~semper.client.servers.mall.LOCKS` locks chosen by the deal id's hash (randomised per process):
+    two deals on one lock settle one after the other, and a test that makes them settle at once would wait
+    for nothing. As many locks as make their indices differ: the same striping, a different count."""
+    import threading
+
+    from semper.client.servers import mall as mall_module
+    count = next(n for n in range(mall_module.LOCKS, 4 * mall_module.LOCKS)
+                 if len({hash(d) % n for d in deal_ids}) == len(deal_ids))
+    monkeypatch.setattr(mall_module, "LOCKS", count)                  # read at each settlement
+    monkeypatch.setattr(mall, "_settling", tuple(threading.Lock() for _ in range(count)))
+
+
+def test_two_baskets_settling_with_one_shop_at_once_each_take_their_own_shop_answers(
+        market: Market, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two buyers' baskets settle with the kettle shop at once (the mall answers both asks for delivery in
+    its thread pool), through the mall's one purchasing agent for that shop. Forced order: the first
+    settlement pays the shop and waits; the second pays; the first then reads its confirmation. The shop's
+    answers to a payment (its confirmation, its delivery note) belonged to the agent, so the first
+    settlement took the second's confirmation as its own, refused it as another deal's, and did not ship.
+    Each settlement keeps its own answers: both ship at once, each part's documents are its own shop deal's,
+    no decision against the shop in the agent's archive, every shop paid once."""
+    import threading
+
+    from semper.client.commerce import blocks
+    m = market
+    mall = _mall(m)
+    r1, before = _bought_with_the_kettle_shop_down(m, mall, "the buyer's fifth basket")
+    r2, _ = _bought_with_the_kettle_shop_down(m, mall, "the buyer's sixth basket")
+    _apart(monkeypatch, mall, r1.deal_id, r2.deal_id)
+    kettles = mall.agents["kettles"]
+    wait_s = 60.0
+    lock = threading.Lock()
+    payers: list[int] = []                     # the settlements' threads, in the order their payments ended
+    both_paid, first_read = threading.Event(), threading.Event()
+    forced: list[str] = []
+    real_pay, real_fetch = blocks.pay, blocks.fetch_confirmation
+
+    def pay(b: Any, *args: Any, **kw: Any) -> Any:
+        out = real_pay(b, *args, **kw)
+        if b is kettles:
+            with lock:
+                payers.append(threading.get_ident())
+                if len(payers) == 2:
+                    both_paid.set()
+        return out
+
+    def fetch_confirmation(b: Any, *args: Any, **kw: Any) -> Any:
+        if b is not kettles:
+            return real_fetch(b, *args, **kw)
+        if payers and payers[0] == threading.get_ident():          # paid first: reads after the second paid
+            forced.append("first waited" if both_paid.wait(wait_s) else "first: the second never paid")
+            try:
+                return real_fetch(b, *args, **kw)
+            finally:
+                first_read.set()
+        forced.append("second waited" if first_read.wait(wait_s) else "second: the first never read")
+        return real_fetch(b, *args, **kw)
+
+    monkeypatch.setattr(blocks, "pay", pay)
+    monkeypatch.setattr(blocks, "fetch_confirmation", fetch_confirmation)
+    answers: dict[str, Any] = {}
+
+    def ask(deal_id: str) -> None:
+        c = ShopClient(m.world.services.mall, m.world.root_pem, timeout=MALL_ANSWER_S)
+        try:
+            answers[deal_id] = c.post("/deals/delivery", {"deal": deal_id})           # the buyer asks again
+        except Exception as e:                     # said in the assertion below, not lost in the thread
+            answers[deal_id] = {"error": repr(e)}
+        finally:
+            c.close()
+    threads = [threading.Thread(target=ask, args=(r.deal_id,)) for r in (r1, r2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(2 * wait_s + MALL_ANSWER_S)
+    assert not any(t.is_alive() for t in threads), "a settlement did not end"
+    assert sorted(forced) == ["first waited", "second waited"], forced         # the interleaving happened
+    for r in (r1, r2):
+        assert answers[r.deal_id].get("shipped") is True, (answers[r.deal_id], _decisions(mall, r.deal_id)[-2:])
+    after = m.money()
+    assert after["shop2 account"] == before["shop2 account"] + 2 * 2490            # each kettle part paid once
+    assert after["seller account"] == before["seller account"] + 2 * 1250
+    assert after["mall account"] == before["mall account"]
+    for r in (r1, r2):
+        part = mall.parts.of(r.deal_id)["kettles"]
+        assert part.deal is not None
+        assert parse_statement(part.documents["delivery"]).body["deal"] == part.deal
+        entries = kettles.archive.entries(part.deal)
+        assert [e.kind for e in entries if e.kind == "decision"] == [], [e.content for e in entries]
+        for e in entries:
+            if e.kind in ("statement:order-confirmation", "statement:delivery"):
+                assert parse_statement(e.content).body["deal"] == part.deal, e.kind

@@ -165,7 +165,7 @@ def test_the_order_with_its_hello_sent_again_gets_the_same_answer_and_one_debit(
     after = _db(market)
     assert again == first
     assert after["write"] == before["write"], (before, after)
-    record = blocks.pay(b, deal, offer, docs.sha256_hex(order), c, again, early)
+    record = blocks.pay(b, deal, offer, docs.sha256_hex(order), c, again, early).record
     assert record.status.value == "paid"
     assert market.purse_balance() == balance - offer.total
     # and once paid, the order sent again gets its terms alone (its payment has moved on): nothing moves

@@ -271,11 +271,27 @@ def start_early(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order: bytes, c: 
     return EarlyPayment(session, first)
 
 
+@dataclass(frozen=True)
+class Paid:
+    """A payment that went through, and what the seller sent with its last answer to it: its signed
+    confirmation and, when it delivered at once, its delivery answer (None: asked for in their steps).
+
+    Why they travel with the deal and not on the :class:`Buyer`: one buyer may run several deals with one
+    shop at once (the mall's purchasing agent settles many baskets with a shop in its thread pool), and a
+    deal must read only the answers to its own payment. On the buyer they were the last payment's of any
+    deal, and a deal took another's confirmation as its own (then refused it as another deal's)."""
+
+    record: Record
+    confirmation: str | None = None
+    delivery: dict[str, Any] | None = None
+
+
 def pay(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, c: Confirmed, answer: Mapping[str, Any],
-        early: EarlyPayment | None = None) -> Record:
+        early: EarlyPayment | None = None) -> Paid:
     """Pay exactly what the signed offer says, to the account it names, for this order; nothing else.
     ``early``: the payment begun with the order (:func:`start_early`); the shop's answer to its first
-    message is in ``answer`` (``envelope``) when the shop took it with the order."""
+    message is in ``answer`` (``envelope``) when the shop took it with the order. Returns the record
+    with the seller's answers that came with the payment, for this deal's next steps."""
     try:
         terms = Terms.from_dict(dict(answer.get("terms") or {}))
         accept = [Acceptance.from_dict(a) for a in answer.get("accept") or []]
@@ -313,7 +329,6 @@ def pay(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, c: Con
             raise DealAborted(f"cannot pay with {c.payment.module}: {e}; nothing was paid") from None
     deal.sync()                                   # the offer, the confirmed text and the order on disk first
     link = ShopPayeeLink(b.shop, deal.deal_id)
-    b.pending_confirmation = b.pending_delivery = None
     try:
         with b.card_lock:
             record = run_payment(session, link, first=first, reply=reply)
@@ -331,8 +346,7 @@ def pay(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, c: Con
         deal.decide("payment", "refused", f"the payment ended {record.status.value}")
         raise DealAborted(f"the payment ended {record.status.value}; see your archive")
     deal.decide("payment", "satisfied", f"{record.module}: {record.status.value}")
-    b.pending_confirmation, b.pending_delivery = link.confirmation, link.delivery
-    return record
+    return Paid(record, link.confirmation, link.delivery)
 
 
 def payment_evidence(b: Buyer, record: Record) -> bytes:
@@ -418,10 +432,12 @@ def _seller_statement(b: Buyer, deal: Deal, offer: docs.ParsedOffer, der: bytes,
     return vs
 
 
-def fetch_confirmation(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, record: Record
-                       ) -> bytes:
+def fetch_confirmation(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, paid: Paid) -> bytes:
+    """The seller's signed confirmation of this order and payment: the one that came with the payment's
+    last answer, else asked for; checked to be this deal's, order's and payment's."""
+    record = paid.record
     try:
-        sent, b.pending_confirmation = b.pending_confirmation, None       # came with the payment's last answer
+        sent = paid.confirmation                                          # came with the payment's last answer
         der = unb64(sent or b.shop.post("/deals/confirm", {"deal": deal.deal_id}).get("confirmation"), "confirmation")
     except (SellerRefused, CommerceError) as e:
         deal.decide("confirmation", "dispute", f"paid, no confirmation: {e}")
@@ -440,11 +456,11 @@ def fetch_confirmation(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_dige
     return der
 
 
-def await_delivery(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, patience: float | None = None
-                   ) -> tuple[bytes, bytes | None, VerifiedStatement]:
-    """Wait (bounded) for the delivery note; check that it delivers exactly what was ordered."""
+def await_delivery(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, patience: float | None = None,
+                   *, sent: dict[str, Any] | None = None) -> tuple[bytes, bytes | None, VerifiedStatement]:
+    """Wait (bounded) for the delivery note; check that it delivers exactly what was ordered. ``sent``: the
+    delivery answer that came with this deal's payment (:attr:`Paid.delivery`), read before asking."""
     deadline = time.monotonic() + (patience if patience is not None else b.patience)
-    sent, b.pending_delivery = b.pending_delivery, None               # came with the payment's last answer
     while True:
         if sent is not None:
             answer, sent = sent, None

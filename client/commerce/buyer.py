@@ -45,8 +45,6 @@ class Buyer:
     card_lock: threading.RLock = field(default_factory=threading.RLock)
     labels: dict[str, str] = field(default_factory=lambda: dict(MODULE_LABELS))
     _identity: Identity | None = None
-    pending_confirmation: str | None = None          # the seller's confirmation that came with the payment
-    pending_delivery: dict[str, Any] | None = None   # and its delivery answer, when the seller delivered at once
 
     def certificate(self) -> x509.Certificate | None:
         if self.signer is None:

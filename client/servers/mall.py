@@ -71,7 +71,6 @@ class AgentUI:
 
     def __init__(self, module: str) -> None:
         self.module = module
-        self.outcomes: list[DealOutcome] = []
 
     def review_offer(self, offer: VerifiedOffer) -> PaymentOption | None:
         return next((o for o in offer.payment_options if o.module == self.module), None)
@@ -88,7 +87,8 @@ class AgentUI:
         pass
 
     def result(self, outcome: DealOutcome) -> None:
-        self.outcomes.append(outcome)
+        """Nothing kept: the settlement reads the workflow's result. One agent serves every settlement with
+        its shop for as long as the mall runs (a list of outcomes here grew by one per settlement, unread)."""
 
 
 class AgentSigner:

@@ -66,7 +66,7 @@ class _State:
     order: bytes | None = None
     answer: dict[str, Any] = field(default_factory=dict)
     early: blocks.EarlyPayment | None = None        # the payment begun with the order
-    record: Any = None
+    paid: blocks.Paid | None = None                 # the payment, with the seller's answers that came with it
     conf: bytes = b""
     note: bytes = b""
     content: bytes | None = None
@@ -161,21 +161,22 @@ def _payment(s: _State) -> None:
         _permit_payment(s)
     except ServiceRefused as e:
         raise s.refuse(e) from None
-    s.record = blocks.pay(s.b, s.deal, s.offer, docs.sha256_hex(s.order), s.confirmed, s.answer, s.early)
+    s.paid = blocks.pay(s.b, s.deal, s.offer, docs.sha256_hex(s.order), s.confirmed, s.answer, s.early)
 
 
 def _confirmation(s: _State) -> None:
     assert s.offer is not None and s.order is not None
-    if s.record is None:
+    if s.paid is None:
         return
     s.run.next("confirmation")
-    s.conf = blocks.fetch_confirmation(s.b, s.deal, s.offer, docs.sha256_hex(s.order), s.record)
+    s.conf = blocks.fetch_confirmation(s.b, s.deal, s.offer, docs.sha256_hex(s.order), s.paid)
 
 
 def _delivery(s: _State) -> None:
     assert s.offer is not None and s.order is not None
     s.run.next("delivery")
-    s.note, s.content, _ = blocks.await_delivery(s.b, s.deal, s.offer, docs.sha256_hex(s.order))
+    s.note, s.content, _ = blocks.await_delivery(s.b, s.deal, s.offer, docs.sha256_hex(s.order),
+                                                 sent=s.paid.delivery if s.paid is not None else None)
 
 
 def _exchange_information(s: _State) -> None:
@@ -244,9 +245,9 @@ def _result(s: _State) -> DealResult:
     what = "registered" if proto == "registration" else "delivered"
     if s.shops:
         what += f" by {s.shops} shops, each part signed by its shop"
-    paid = f"paid {_amount(offer)} with {c.payment.label}; " if s.record else ""
+    paid = f"paid {_amount(offer)} with {c.payment.label}; " if s.paid else ""
     return DealResult(deal.deal_id, proto, OutcomeStatus.SATISFIED, f"{paid}{what}: the seller's signed "
-                      f"documents check", payment=s.record, content=s.content,
+                      f"documents check", payment=s.paid.record if s.paid else None, content=s.content,
                       documents={"offer": offer.der, "order": s.order or b"", "confirmation": s.conf,
                                  "delivery": s.note})
 
