@@ -321,3 +321,78 @@ def test_an_offer_a_shop_before_stateless_offers_stored_is_ordered_from_its_row(
     assert answer["next"] == "payment" and _rows(shop) == 1
     sd = shop.find(deal_id, fresh=True)
     assert sd is not None and sd.order_bytes == order and sd.version == 2
+
+
+# ---- an adversarial review of the stateless offer (2026-12-07): each test failed on the code before ----------
+def test_a_tag_with_characters_outside_ascii_is_refused_as_a_bad_offer(open_shop: Callable[..., Shop]) -> None:
+    """hmac.compare_digest raises TypeError for str with non-ASCII characters: the order was a 500 with a
+    traceback in the log (one per request, for anyone); it is the 400 of any wrong tag."""
+    from semper.client.servers.shop_http import build_app
+    from semper.client.support.http_service import ServiceRunner
+    shop = open_shop()
+    with ServiceRunner(build_app(shop)) as svc, httpx.Client(base_url=svc.url, timeout=20) as http:
+        made = http.post("/deals", json={"workflow": "mail-order", "items": [{"sku": "teapot", "quantity": 1}],
+                                         "nonce": NONCE, "anonymous": True}).json()
+        order = base64.b64encode(_anonymous_order(_parsed(shop, base64.b64decode(made["offer"])))).decode()
+        r = http.post("/deals/order", json={"deal": made["deal"], "order": order, "offer": made["offer"],
+                                            "offer_tag": "\u00e9" * 64})
+        assert (r.status_code, r.json()["error"]) == (400, "bad_offer"), r.text
+        assert _rows(shop) == 0
+
+
+def _forged(shop: Shop, pki: dict[str, Any], signer: Any, **changes: Any) -> tuple[str, bytes, str]:
+    """An offer made and tagged by whoever read the shop's offer key from a copy of its database: a body
+    of the shop's offer with ``changes``, signed by ``signer``, under the key's tag."""
+    import hashlib
+    import hmac
+
+    from semper.client.servers.shop_store import OFFER_TAG_LABEL
+    row = shop.db.read_one("SELECT secret FROM shop_keys WHERE name = 'offer-tag'")
+    assert row is not None
+    _deal, der, _tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    deal_id = "ab" * 16
+    body = {**verify_statement(der, shop.trust).body, "deal": deal_id, **changes}
+    forged = sign_statement(signer, body)
+    return deal_id, forged, hmac.new(bytes(row[0]), OFFER_TAG_LABEL + forged, hashlib.sha256).hexdigest()
+
+
+def _order_for(shop: Shop, deal_id: str, forged: bytes) -> bytes:
+    """An order for ``forged`` (made from a genuine offer of the shop: a buyer's client would refuse to parse
+    some of the forged ones, and the shop must refuse them before it reads the order)."""
+    genuine = _parsed(shop, shop.new_deal("mail-order", [("teapot", 1)], NONCE, True)[1])
+    return _anonymous_order(dataclasses.replace(genuine, der=forged, deal_id=deal_id, digest=docs.sha256_hex(forged)))
+
+
+@pytest.mark.parametrize("case", ["another signer", "valid for ever", "other attributes", "another psam"])
+def test_the_offer_key_from_a_copy_of_the_database_makes_no_offer_the_shop_would_not(
+        open_shop: Callable[..., Shop], pki: dict[str, Any], case: str) -> None:
+    """The tag proves the bytes were tagged with the shop's key, not that the shop made them: with the key,
+    someone could have the shop write and archive as its own an offer another signed, valid until 2099,
+    with attributes or a PSAM of their choosing. Whatever the tag says, an offer must be one this shop
+    would make: its certificate as the signer, its validity, its attributes, one of its PSAMs."""
+    shop = open_shop()
+    signer = pki["person"] if case == "another signer" else pki["seller"]
+    changes = {"another signer": {},
+               "valid for ever": {"valid_until": "2099-01-01T00:00:00Z"},
+               "other attributes": {"attributes": {"anonymous": True, "non_repudiation": False, "fair": True}},
+               "another psam": {"psam": "PSAM-NOT-OURS"}}[case]
+    deal_id, forged, tag = _forged(shop, pki, signer, **changes)
+    with pytest.raises(OfferNotOurs):
+        shop.order(deal_id, _order_for(shop, deal_id, forged), None, forged, tag)
+    assert _rows(shop) == 0 and _kinds(shop, deal_id) == []
+
+
+def test_an_offer_that_expires_while_its_order_waits_for_room_is_refused(open_shop: Callable[..., Shop],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks kept across the waiting order's attempts (OrderChecks) kept the offer's expiry too: an
+    offer could be taken up to the wait's 10 s after it expired."""
+    from semper.client.servers.shop import OrderChecks
+    shop = open_shop()
+    deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    order = _anonymous_order(_parsed(shop, der))
+    checks = OrderChecks()
+    checks.offered = shop._offered(deal_id, der, tag)           # the first attempt checked it
+    checks.offered.offer = {**checks.offered.offer, "valid_until": "2020-01-01T00:00:00Z"}   # ... and time passed
+    with pytest.raises(OfferExpired):
+        shop.order(deal_id, order, None, der, tag, checks)
+    assert _rows(shop) == 0

@@ -105,7 +105,8 @@ class Shop:
     def __init__(self, *, name: str, identity: Identity, trust: TrustStore, catalogue: Catalogue,
                  payments: PaymentManager, account: str, archive: SharedArchive, db: Database,
                  psam_id: str | None = None, assign_psam: Callable[[], str] | None = None,
-                 offer_validity: dt.timedelta = dt.timedelta(minutes=30), fair_modules: Sequence[str] = FAIR_MODULES
+                 psam_ids: Sequence[str] = (), offer_validity: dt.timedelta = dt.timedelta(minutes=30),
+                 fair_modules: Sequence[str] = FAIR_MODULES
                  ) -> None:
         self.name = name
         self.identity = identity
@@ -118,6 +119,8 @@ class Shop:
         self.store = DealStore(db, catalogue, archive)
         self.psam_id = psam_id
         self.assign_psam = assign_psam              # several PSAMs: which one a new deal's offer names
+        self.psam_ids = frozenset([*psam_ids, psam_id])     # every PSAM an offer of this shop may name
+        self._certificate_der = identity.signer.certificate()   # what its statements name as their signer
         self.offer_validity = offer_validity
         self.fair_modules = tuple(fair_modules)
         self.counters = {"offers": 0, "orders": 0, "payments": 0, "deliveries": 0, "signatures": 0}
@@ -232,35 +235,45 @@ class Shop:
         """The deal of an offer this shop signed, sent back with its order: not written yet (version 0).
 
         Checked, in this order: the tag is this shop's for exactly these bytes (so the bytes are the
-        statement it signed: its signature needs no second verification); the offer is for this deal and
-        still valid; and its body is what this shop offers for its items today (catalogue, prices,
-        modules, form), so that even whoever learnt the offer key from a copy of the database can make
-        no offer the shop would not make itself. CommerceError (400) says which failed; no offer at all
-        is :class:`NoSuchDeal` (404), as for an unknown deal before."""
+        statement it signed: its signature needs no second verification); the statement names this shop's
+        certificate as its signer; the offer is for this deal, still valid and valid no longer than this
+        shop's offers are; and its body is what this shop offers for its items today (catalogue, prices,
+        modules, form, attributes, one of its PSAMs), so that even whoever learnt the offer key from a
+        copy of the database can make no offer the shop would not make itself. CommerceError (400) says
+        which failed; no offer at all is :class:`NoSuchDeal` (404), as for an unknown deal before."""
         if offer is None:
             raise NoSuchDeal("no such deal here (send the signed offer and its tag with the order)")
         if not self.store.offer_tag_ok(offer, tag):
             raise OfferNotOurs("the offer was not made by this shop, or was altered: its tag does not verify")
-        # the bytes are this shop's own (the tag): their content is read, not their signer's parts again
-        content = cms_profile.read_content(offer)
+        # the bytes are this shop's own (the tag): their parts are read, their signature is not verified again;
+        # but whoever learnt the key from a copy of the database must not have the shop archive, as its own
+        # offer, a statement that names another signer
+        parts = cms_profile.read_statement(offer)
         try:
-            body = decode_statement_content(content) if content is not None else None
+            body = decode_statement_content(parts.content) if parts is not None else None
         except EvidenceError:
             body = None
-        if not isinstance(body, dict) or body.get("type") != "offer":
+        if parts is None or not isinstance(body, dict) or body.get("type") != "offer":
             raise OfferNotOurs("the offer is not an offer statement in this shop's profile")
+        if parts.signer != self._certificate_der:
+            raise OfferNotOurs("the offer names another signer than this shop's certificate")
         if body.get("deal") != deal_id:
             raise OfferNotOurs("the offer is for another deal")
         try:
             valid_until = docs.parse_time(body.get("valid_until"), "validity")
         except CommerceError:
             raise OfferNotOurs("the offer's validity is malformed") from None
-        if valid_until < dt.datetime.now(dt.UTC):
+        now = dt.datetime.now(dt.UTC)
+        if valid_until < now:
             raise OfferExpired(f"the offer expired at {docs.rfc3339(valid_until)}; ask for a new one")
+        if valid_until > now + self.offer_validity + docs.CLOCK_SKEW:
+            raise OfferNotOurs("the offer is valid for longer than this shop makes offers")
         try:
             items = [(str(i["sku"]), int(i["quantity"])) for i in body["items"]]
             attributes = DealAttributes.from_dict(body["attributes"])
-            lines, _attrs, modules, form = self._offer_terms(body["workflow"], items, attributes.anonymous)
+            lines, attributes, modules, form = self._offer_terms(body["workflow"], items, attributes.anonymous)
+            if body["psam"] not in self.psam_ids:
+                raise CommerceError("it names a PSAM this shop does not have")
             again = docs.offer_body(deal_id=deal_id, nonce=body["nonce"], workflow=body["workflow"], lines=lines,
                                     payment=modules, seller_account=self.account, psam=body["psam"],
                                     attributes=attributes, form=form, valid_until=valid_until)
@@ -329,6 +342,8 @@ class Shop:
         if found is None:
             if checks is not None and checks.offered is not None:
                 sd = DealStore.copy(checks.offered)
+                if docs.parse_time(sd.offer.get("valid_until"), "validity") < dt.datetime.now(dt.UTC):
+                    raise OfferExpired("the offer expired while the order waited for room; ask for a new one")
             else:
                 sd = self._offered(deal_id, offer, offer_tag)
                 if checks is not None:

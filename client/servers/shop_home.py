@@ -205,7 +205,7 @@ class ShopHome:
             shop = (shop_class or Shop)(name=cfg["name"], identity=identity, trust=trust,
                                         catalogue=Catalogue.load(f / "catalogue.json"), payments=payments,
                                         account=cfg["account"], archive=archive, db=database, psam_id=psam_id,
-                                        assign_psam=assign)
+                                        assign_psam=assign, psam_ids=pool.ids if pool is not None else ())
         except BaseException:
             close_all(closers)
             raise

@@ -155,7 +155,9 @@ class DealStore:
 
     def offer_tag_ok(self, offer_der: bytes, tag: str) -> bool:
         """Whether ``tag`` is this shop's tag of exactly these bytes (compared in constant time)."""
-        return isinstance(tag, str) and hmac.compare_digest(self.offer_tag(offer_der), tag)
+        # compared as bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500)
+        return isinstance(tag, str) and hmac.compare_digest(self.offer_tag(offer_der).encode(),
+                                                            tag.encode("utf-8", "surrogatepass"))
 
     # ---- what this process remembers ------------------------------------------------------------------
     @staticmethod

@@ -201,17 +201,6 @@ def read_statement(buf: bytes) -> ProfileParts | None:
         return None
 
 
-def read_content(buf: bytes) -> bytes | None:
-    """Only the content of a statement in the profile (what it signs), or None: for bytes whose origin
-    is known otherwise (the shop's own offer, under its tag: ``Shop._offered``), where the signer's
-    parts need not be read."""
-    try:
-        content, _, _ = _content(bytes(buf))
-    except (der.DerError, IndexError, ValueError):
-        return None
-    return content
-
-
 def _content(buf: bytes) -> tuple[bytes, int, int]:
     """The statement's content, where its encapsulated content ends, and where its SignedData ends."""
     o0, o1 = der.expect(buf, 0, 0x30)
