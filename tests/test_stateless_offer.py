@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from postgres import Storage, storages
 from test_commerce_units import _cert
+from test_errors import _Module
 from test_tinguin_samples import SoftSigner
 
 from semper.client.commerce import documents as docs
@@ -40,18 +41,6 @@ from semper.client.support.trust import TrustStore
 from semper.client.support.verify import verify_statement
 
 NONCE = "n" * 32
-
-
-class _Module:
-    """A payment module that only offers itself, anonymous (the order step needs one; nothing is paid)."""
-
-    def __init__(self, ctx: Any) -> None:
-        from semper.client.payment.model import ExchangeProperties
-        self.properties = ExchangeProperties(externally_verifiable=False, revocable=False, anonymous=True)
-
-    def acceptance(self) -> Any:
-        from semper.client.payment.model import Acceptance
-        return Acceptance("stub", (978,))
 
 
 @pytest.fixture()
@@ -100,6 +89,15 @@ def _anonymous_order(offer: docs.ParsedOffer, pickup: str = "Kiosk C") -> bytes:
     return docs.canonical(body)
 
 
+def _signed_order(offer: docs.ParsedOffer, pki: dict[str, Any]) -> bytes:
+    """A mail order signed by the buyer's person certificate (not anonymous)."""
+    body = docs.order_body(offer, payment="stub", payment_label="stub", confirmation_sha256="ab" * 32,
+                           scripted=False, action="ORDER_AND_PAY", details=(), attributes=offer.attributes,
+                           form={"name": "Bob Buyer", "street": "1 Main St", "postcode": "12345", "city": "Town",
+                                 "country": "DE"})
+    return sign_statement(pki["person"], body)
+
+
 def _rows(shop: Shop) -> int:
     row = shop.db.read_one("SELECT COUNT(*) FROM shop_deals")
     assert row is not None
@@ -141,11 +139,7 @@ def test_an_offer_writes_nothing_and_any_worker_writes_the_deal_with_its_order(o
     # a signed order (not anonymous) too, and with its offer the shop writes nothing before the order
     deal_id2, der2, tag2 = two.new_deal("mail-order", [("teapot", 2)], NONCE, False)
     offer2 = _parsed(two, der2)
-    body = docs.order_body(offer2, payment="stub", payment_label="stub", confirmation_sha256="ab" * 32,
-                           scripted=False, action="ORDER_AND_PAY", details=(), attributes=offer2.attributes,
-                           form={"name": "Bob Buyer", "street": "1 Main St", "postcode": "12345", "city": "Town",
-                                 "country": "DE"})
-    signed = sign_statement(pki["person"], body)
+    signed = _signed_order(offer2, pki)
     assert one.order(deal_id2, signed, None, der2, tag2)["next"] == "payment"
     assert _kinds(one, deal_id2) == ["statement:offer", "statement:order"] and _rows(one) == 2
 
@@ -274,11 +268,7 @@ def test_an_order_waiting_for_room_at_the_device_is_checked_once(open_shop: Call
     shop = open_shop()
     deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, False)
     offer = _parsed(shop, der)
-    body = docs.order_body(offer, payment="stub", payment_label="stub", confirmation_sha256="ab" * 32,
-                           scripted=False, action="ORDER_AND_PAY", details=(), attributes=offer.attributes,
-                           form={"name": "Bob Buyer", "street": "1 Main St", "postcode": "12345", "city": "Town",
-                                 "country": "DE"})
-    signed = sign_statement(pki["person"], body)
+    signed = _signed_order(offer, pki)
     calls = {"verify": 0, "offered": 0, "room": 0}
     verify, offered = shop_module.verify_statement, shop._offered
 
