@@ -47,16 +47,24 @@ def _cert(root_key: Any, root: x509.Certificate, role: str, cn: str
     return key, cert
 
 
-@pytest.fixture(scope="module")
-def pki() -> dict[str, Any]:
+def _root(common_name: str, days: int = 30) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed test root CA (key, certificate), valid from a day ago for ``days``."""
+    now = dt.datetime.now(dt.UTC)
     root_key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "unit root")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     root = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(root_key.public_key())
-            .serial_number(1).not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=30))
+            .serial_number(1).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False)
             .sign(root_key, hashes.SHA256()))
+    return root_key, root
+
+
+@pytest.fixture(scope="module")
+def pki() -> dict[str, Any]:
+    root_key, root = _root("unit root")
     seller = SoftSigner(*_cert(root_key, root, "seller", "Teapot Shop"))
     person = SoftSigner(*_cert(root_key, root, "person", "Mallory"))
     return {"trust": TrustStore([root]), "seller": seller, "person": person}

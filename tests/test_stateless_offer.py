@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from postgres import Storage, storages
-from test_commerce_units import _cert
+from test_commerce_units import _cert, _root
 from test_errors import _Module
 from test_tinguin_samples import SoftSigner
 
@@ -45,15 +45,7 @@ NONCE = "n" * 32
 
 @pytest.fixture()
 def pki() -> dict[str, Any]:
-    now = dt.datetime.now(dt.UTC)
-    root_key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stateless root")])
-    root = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(root_key.public_key())
-            .serial_number(1).not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=3))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False)
-            .sign(root_key, hashes.SHA256()))
+    root_key, root = _root("stateless root", days=3)
     return {"trust": TrustStore([root]), "seller": SoftSigner(*_cert(root_key, root, "seller", "Teapot Shop")),
             "person": SoftSigner(*_cert(root_key, root, "person", "Bob Buyer"))}
 
