@@ -50,7 +50,8 @@ def test_purse_cheque_and_account_payment_through_pcscd(world: World, tmp_path: 
                            enter_pin=card_pin, select_signer=piv.select)
         payer = PaymentManager(ctx, only=["card-purse", "cheque", "setpay"], preferences=["card-purse"])
         shop = PaymentManager(PartyContext(bank=world.client(seller_signer), signer=seller_signer, account=seller_acc,
-                                           currency=EUR, psam=psam), only=["card-purse", "cheque", "setpay"])
+                                           currency=EUR, psam=psam, purse_root=world.scheme.root_cert),
+                              only=["card-purse", "cheque", "setpay"])
         module = payer.module("card-purse")
         assert isinstance(module, PurseModule)
         assert module.load(5_000)["balance"] == 5_000

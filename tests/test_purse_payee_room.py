@@ -8,6 +8,8 @@ bounded, or is refused before the card is asked for anything.
 """
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,9 +53,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Scheme, Path, list
 @pytest.fixture
 def market(images: tuple[Scheme, Path, list[Path]], tmp_path: Path) -> Iterator[tuple[PurseModule, list[PurseModule]]]:
     import shutil
-    _scheme, psam_image, card_images = images
+    scheme, psam_image, card_images = images
     conns = [open_card(Path(shutil.copy(psam_image, tmp_path / "psam.card")), sync=False)]
-    payee = PurseModule(PartyContext(psam=PsamSession(conns[0]), currency=EUR))
+    payee = PurseModule(PartyContext(psam=PsamSession(conns[0]), currency=EUR, purse_root=scheme.root_cert))
     payers = []
     for i, image in enumerate(card_images):
         conns.append(open_card(Path(shutil.copy(image, tmp_path / f"card-{i}.card")), sync=False))
@@ -136,3 +138,32 @@ def test_a_malformed_hello_gives_its_room_back(market: tuple[PurseModule, list[P
     with pytest.raises(ProtocolError):
         flow.step({"kind": "hello", "card": "zz", "counter": 1, "currency": EUR, "card_certificate": ""})
     assert payee.desk().held() == 0
+
+
+def test_made_up_card_hellos_take_no_psam_room(market: tuple[PurseModule, list[PurseModule]]) -> None:
+    """Adversarial review 2026-12-07: a buyer sent hellos for cards that do not exist (a random card
+    number, any counter, a garbage certificate) and each held one of the PSAM's 16 open debits for
+    STALE_AFTER, so 16 such orders a minute stopped every card payment. The payee now checks the card's
+    certificate against the scheme root, and that it names the hello's card, before the PSAM is asked."""
+    payee, payers = market
+    genuine = PayerFlow(payers[0], _terms(0)).step(None).message
+    psam_cert = base64.b64encode(payee.desk().certificate()).decode()    # the scheme's, but not a card's
+    made_up = []
+    for i in range(PSAM_PENDING + 4):
+        number = os.urandom(8).hex().upper()
+        cert = [base64.b64encode(os.urandom(300)).decode(), psam_cert, genuine["card_certificate"]][i % 3]
+        made_up.append({"kind": "hello", "card": number, "counter": 1 + i, "currency": EUR, "card_certificate": cert})
+    for i, hello in enumerate(made_up):
+        terms = _terms(100 + i)
+        payee.admit(terms.payment_id, hello)
+        with pytest.raises(ProtocolError, match="certificate"):
+            payee.payee_flow(terms).step(hello)
+        assert payee.desk().held() == 0
+    psam = payee.ctx.psam
+    psam.ensure_selected()
+    assert psam.info().pending == 0                                    # the PSAM was never asked
+    terms = _terms(1)
+    payer, flow = PayerFlow(payers[1], terms), payee.payee_flow(terms)
+    hello = payer.step(None).message
+    payee.admit(terms.payment_id, hello)
+    assert flow.step(payer.step(flow.step(hello).message).message).done

@@ -205,3 +205,41 @@ def test_a_first_message_the_shop_does_not_take_with_the_order_leaves_the_order_
         if module == "card-purse":              # the card's currency is not the payment's: the PSAM is not asked
             with pytest.raises(SellerRefused):
                 b.shop.post("/deals/pay", {"deal": deal.deal_id, "envelope": envelope})
+
+
+@pytest.mark.timeout(300)
+def test_orders_with_made_up_card_hellos_do_not_block_card_payments(market: Any) -> None:
+    """Adversarial review 2026-12-07 (docs/threat-model.md): orders whose hello names a card that does not
+    exist (a random number, any counter, a certificate that is not the scheme's) each held one of the
+    PSAM's 16 open debits for a minute, so 16 such orders a minute stopped every card payment. The real
+    shop now refuses such a hello before its PSAM is asked: each order is answered without the PSAM's
+    challenge, and a genuine card still pays after more of them than the PSAM has room for."""
+    import os
+
+    from semper.chaos.runner import ADDRESS
+    from semper.client.commerce import blocks
+    from semper.client.commerce import documents as docs
+    from semper.client.commerce import workflows as wf
+    from semper.client.commerce.deal import deal_attributes
+    from semper.client.commerce.errors import SellerRefused
+    from semper.client.payment.psam_desk import PSAM_PENDING
+    from semper.client.tinguin.model import Action
+    b = market.buyer
+    market.ui.payment = "card-purse"
+    for i in range(PSAM_PENDING + 2):
+        deal, offer, vs = blocks.get_offer(b, "mail-order", [("teapot", 1)], deal_attributes("mail-order"))
+        c = blocks.review_and_confirm(b, deal, offer, vs, ADDRESS, Action.ORDER_AND_PAY, "card-purse")
+        order = blocks.make_order(b, deal, offer, c)
+        pid = docs.payment_id_for(deal.deal_id, docs.sha256_hex(order))
+        hello = {"kind": "hello", "card": os.urandom(8).hex().upper(), "counter": 1 + i, "currency": offer.currency,
+                 "card_certificate": blocks.b64(os.urandom(200))}
+        envelope = {"payment_id": pid, "module": "card-purse", "body": hello}
+        answer = b.shop.post("/deals/order", {"deal": deal.deal_id, "order": blocks.b64(order), "envelope": envelope,
+                                              "offer": blocks.b64(offer.der), "offer_tag": offer.tag})
+        assert answer["next"] == "payment" and "envelope" not in answer, answer       # no PSAM challenge
+        with pytest.raises(SellerRefused, match="certificate"):
+            b.shop.post("/deals/pay", {"deal": deal.deal_id, "envelope": envelope})
+    market.top_up()
+    market.proxies["shop"].arm(None)
+    r = wf.mail_order(b, [("teapot", 1)], form=ADDRESS)
+    assert r.ok, r.summary

@@ -26,6 +26,8 @@ from .errors import NotRevocable, PaymentError
 from .model import Acceptance, ExchangeProperties, Instrument, Model, Record, Status, Terms
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from semper.hardware.psam import PsamSession
     from semper.hardware.purse import PurseSession
     from semper.hardware.signer import Signer
@@ -62,6 +64,9 @@ class PartyContext:
     currency: int = 978
     select_signer: Callable[[], object] | None = None     # e.g. SELECT PIV when it shares the card with the purse
     extras: dict[str, Any] = field(default_factory=dict)
+    # the card purse scheme's root: a payee checks a card's hello against it before its PSAM is asked
+    # (None: not checked; the PSAM checks the card's certificate only at its proof)
+    purse_root: x509.Certificate | None = None
 
 
 @dataclass(frozen=True)

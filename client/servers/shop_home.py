@@ -195,7 +195,7 @@ class ShopHome:
             closers.append(database.close)
             bank = BankClient(cfg["bank_url"], f / "bank-tls-root.pem", signer)
             ctx = PartyContext(bank=bank, signer=signer, account=cfg["account"],
-                               currency=int(cfg.get("currency", 978)), psam=pool)
+                               currency=int(cfg.get("currency", 978)), psam=pool, purse_root=purse_root)
             payments = PaymentManager(ctx, only=cfg.get("modules"), store=RecordStore(db=database),
                                       sessions=DatabaseSessions(database))
             archive = SharedArchive(f / "evidence.sqlite3", sign=identity.sign)

@@ -491,6 +491,9 @@ class PayeeFlow:
         if msg.currency != self.terms.currency:
             raise ProtocolError("the card's currency is not the payment's")
         card, counter = bytes.fromhex(msg.card), msg.counter
+        root = self.m.ctx.purse_root
+        if root is not None:          # before the PSAM is asked: a made-up card would hold its room for STALE_AFTER
+            PurseProofs(root).check_card(msg.card_certificate, msg.card)
         self.card_cert = msg.card_certificate
         try:
             req = desk.begin_debit(self.terms.payment_id, card, counter, self.terms.amount, self.terms.currency)
@@ -611,8 +614,11 @@ class PurseProofs:
                                 f"the exchange is for {amount} (currency {currency})")
         return dpf
 
-    def _check_signed(self, cert: x509.Certificate, record: bytes, signature: bytes, role: x509.ObjectIdentifier,
-                      what: str) -> str:
+    def check_certificate(self, cert: x509.Certificate, role: x509.ObjectIdentifier, what: str
+                          ) -> tuple[ec.EllipticCurvePublicKey, str]:
+        """The certificate's EC key and the serial number (card or PSAM number, hex) it names, when the
+        scheme root issued it for ``role``; offline and cheap (one signature check), so the payee runs it
+        on a card's hello before its PSAM is asked for anything."""
         try:
             cert.verify_directly_issued_by(self.root)
         except (ValueError, TypeError, InvalidSignature):
@@ -626,12 +632,28 @@ class PurseProofs:
         key = cert.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise ProtocolError(f"the {what} certificate holds no EC key")
+        serial = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+        return key, str(serial[0].value) if serial else ""
+
+    def check_card(self, der: bytes, card_number: str) -> None:
+        """A card's hello: its certificate (DER) is a purse card's from the scheme root and names
+        ``card_number`` (hex); ProtocolError otherwise."""
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            raise ProtocolError("the card's certificate in its hello is not X.509") from None
+        _, serial = self.check_certificate(cert, ROLE_PURSE_CARD, "purse card")
+        if serial.upper() != card_number.upper():
+            raise ProtocolError("the card's certificate in its hello names another card than the hello does")
+
+    def _check_signed(self, cert: x509.Certificate, record: bytes, signature: bytes, role: x509.ObjectIdentifier,
+                      what: str) -> str:
+        key, serial = self.check_certificate(cert, role, what)
         try:
             key.verify(signature, record, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             raise ProtocolError(f"the {what} signature does not verify: forged or altered") from None
-        serial = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
-        return str(serial[0].value) if serial else ""
+        return serial
 
 
 def _signed(obj: Any, what: str) -> tuple[x509.Certificate, bytes, bytes]:
