@@ -418,7 +418,8 @@ def test_orders_never_paid_stop_counting_once_their_offer_is_long_expired(
     url = storage.url("shop", tmp_path)
     one, two = open_shop(db=url, validity=validity), open_shop(db=url, validity=validity)   # two workers
     for worker in (one, two):      # the payee's sessions in the shop's database, as `semper serve shop` keeps them
-        worker.payments = PaymentManager(PartyContext(), modules={"stub": _Module}, sessions=DatabaseSessions(worker.db))
+        worker.payments = PaymentManager(PartyContext(), modules={"stub": _Module},
+                                         sessions=DatabaseSessions(worker.db))
 
     ordered: list[tuple[str, Terms]] = []
     latest = dt.datetime.now(dt.UTC)
