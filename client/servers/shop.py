@@ -32,6 +32,7 @@ import json
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ from .shop_store import DealStore, ShopDeal
 
 FAIR_MODULES = ("card-purse",)      # payments the third party can check on its own (see docs/commerce.md)
 MAX_OPEN_DEALS = 10_000
+ABANDON_EVERY_S = 1.0       # at the limit, a process looks for abandoned deals at most this often (Shop._abandon)
 PAID = (Status.PAID, Status.CAPTURED, Status.AUTHORISED)
 
 
@@ -131,6 +133,7 @@ class Shop:
         self.psam_ids = frozenset([*psam_ids, psam_id])     # every PSAM an offer of this shop may name
         self._certificate_der = identity.signer.certificate()   # what its statements name as their signer
         self.offer_validity = offer_validity
+        self._abandoned_at = -ABANDON_EVERY_S       # when this process last looked for abandoned deals
         self.fair_modules = tuple(fair_modules)
         self.counters = {"offers": 0, "orders": 0, "payments": 0, "deliveries": 0, "signatures": 0}
         self._counter_lock = threading.Lock()
@@ -240,9 +243,9 @@ class Shop:
         if not self.store.below(MAX_OPEN_DEALS):
             self.store.evict()                  # offers a shop before stateless offers kept, never ordered
             if self.store.open_count() >= MAX_OPEN_DEALS:
-                self._abandon()
-                if self.store.open_count() >= MAX_OPEN_DEALS:
-                    raise ServiceUnavailable("the shop has too many open deals; try again later")
+                if self._abandon() and self.store.open_count() < MAX_OPEN_DEALS:
+                    return
+                raise ServiceUnavailable("the shop has too many open deals; try again later")
 
     def _abandon(self) -> int:
         """Mark abandoned the ordered deals whose payment (or fair exchange) never started and whose offer
@@ -253,7 +256,15 @@ class Shop:
         whose payment has not started one whole offer validity (the time the shop gives a buyer to make
         up its mind, 30 minutes by default) after its offer ended has been given up by its buyer. A
         payment that has started is never abandoned, however old, and neither is a paid deal awaiting
-        delivery nor a fair exchange started (docs/commerce.md, "The durable deal")."""
+        delivery nor a fair exchange started (docs/commerce.md, "The durable deal").
+
+        At most once a :data:`ABANDON_EVERY_S` per process: each deal looked at costs a read of its
+        payment's session, and deals whose payment started stay candidates, so a shop full of deals
+        being paid is not made to read them again at every request it refuses."""
+        now = time.monotonic()
+        if now - self._abandoned_at < ABANDON_EVERY_S:
+            return 0
+        self._abandoned_at = now
         return self.store.abandon(dt.datetime.now(dt.UTC) - self.offer_validity, self._payment_started)
 
     def _abandonable(self, sd: ShopDeal) -> bool:

@@ -18,6 +18,7 @@ default, or PostgreSQL), as for the bank, the CA and the third party (docs/servi
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import secrets
@@ -57,7 +58,7 @@ OFFER_KEY = "offer-tag"      # the row of shop_keys whose secret tags this shop'
 OFFER_TAG_LABEL = b"semper shop offer tag\x00"      # what the tag's MAC covers before the offer's bytes
 CACHED_DEALS = 4096          # open deals a process remembers as it last committed or read them
 COUNT_EVERY_S = 1.0          # far from the limit, the open deals are counted at most this often
-ABANDON_BATCH = 1000         # deals marked abandoned in one transaction (a sweep runs only at the limit)
+ABANDON_BATCH = 1000         # deals marked abandoned per transaction (a sweep runs only at the limit)
 
 
 def _make_offer_key(tx: Transaction) -> None:
@@ -365,26 +366,29 @@ class DealStore:
         is a conditional write on the version read, and raises it: a worker holding an older copy of the
         deal reads it again before it writes. A payment that starts anyway (a step taken meanwhile by a
         worker that did not know) is never refused, and the first write it makes to the deal clears the
-        mark (:data:`_COLUMN_VALUES`). At most :data:`ABANDON_BATCH` deals per call."""
+        mark (:data:`_COLUMN_VALUES`). Every candidate is looked at (deals whose payment started stay
+        candidates, and must not hide the others); the marks are written :data:`ABANDON_BATCH` a
+        transaction, so that none holds its rows long."""
         cutoff = expired_before.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         with self.db.transaction(write=False) as tx:
             rows = tx.all("SELECT deal_id, terms, version FROM shop_deals WHERE finished = 0 AND abandoned = 0 "
-                          "AND valid_until < ? AND order_bytes IS NOT NULL AND paid = 0 AND exchange IS NULL "
-                          f"LIMIT {ABANDON_BATCH}", (cutoff,))
+                          "AND valid_until < ? AND order_bytes IS NOT NULL AND paid = 0 AND exchange IS NULL",
+                          (cutoff,))
         marks = [(deal_id, int(version)) for deal_id, terms, version in rows
                  if not started(None if terms is None else Terms.from_dict(from_json(terms)))]
         if not marks:
             return 0
 
-        def run(tx: Transaction) -> int:
+        def run(batch: list[tuple[str, int]], tx: Transaction) -> int:
             now, n = _now(), 0
-            for deal_id, version in marks:
+            for deal_id, version in batch:
                 n += tx.execute("UPDATE shop_deals SET abandoned = 1, version = version + 1, updated_at = ? "
                                 "WHERE deal_id = ? AND version = ? AND paid = 0 AND exchange IS NULL",
                                 (now, deal_id, version)).rowcount
             return n
         try:
-            return int(self.db.run(run))
+            return sum(int(self.db.run(functools.partial(run, marks[i:i + ABANDON_BATCH])))
+                       for i in range(0, len(marks), ABANDON_BATCH))
         finally:
             with self._lock:
                 self._cache.clear()
