@@ -60,3 +60,53 @@ def test_a_stale_copy_never_overwrites_another_workers_step(storage: Storage, tm
         assert [d.step for d in a.get(deal_id).deal.decisions] == ["order"]   # type: ignore[union-attr]
     finally:
         db.close()
+
+
+@storages()
+def test_only_ordered_deals_whose_payment_never_started_are_abandoned(storage: Storage, tmp_path: Path) -> None:
+    """``DealStore.abandon`` (threat model, unpaid orders filling the open-deal limit): of the ordered deals
+    whose offer expired before the cutoff, it marks those not paid, with no fair exchange started and whose
+    payment never started; they stop counting, their rows stay, a worker's older copy cannot be written
+    over the mark, and a deal written again after it (a payment that started anyway) counts again."""
+    import datetime as dt
+
+    from semper.client.payment.model import Terms
+    db = Database(storage.url("shop", tmp_path))
+    try:
+        catalogue = demo_catalogue()
+        a, b = DealStore(db, catalogue, None), DealStore(db, catalogue, None)      # two workers of one shop
+        deals = {}
+        for name in ("unpaid", "paying", "paid", "exchanging", "recent", "no_order"):
+            sd = _deal(catalogue)
+            sd.offer = {**sd.offer, "valid_until": "2999-01-01T00:00:00Z" if name == "recent"
+                        else "2000-01-01T00:00:00Z"}
+            if name != "no_order":
+                sd.order, sd.order_bytes, sd.order_digest = {"deal": sd.deal.deal_id}, b"order", "o" * 64
+                sd.terms = Terms("pay-" + name, 100, 978, "A1", "a" * 64, "Teapot Shop")
+            sd.paid = name == "paid"
+            sd.exchange = {"state": "started"} if name == "exchanging" else None
+            assert a.insert(sd)
+            deals[name] = sd
+        assert a.open_count() == 5                        # every ordered deal (the old offer alone: not)
+        asked: list[str] = []
+
+        def started(terms: Terms | None) -> bool:
+            assert terms is not None
+            asked.append(terms.payment_id)
+            return terms.payment_id == "pay-paying"
+        cutoff = dt.datetime.now(dt.UTC)
+        assert b.abandon(cutoff, started) == 1
+        assert sorted(asked) == ["pay-paying", "pay-unpaid"]      # paid, exchanging, recent: not candidates
+        assert a.open_count() == 4 and db.read_one("SELECT COUNT(*) FROM shop_deals") == (6,)
+        marked = a.get(deals["unpaid"].deal.deal_id, fresh=True)
+        assert marked is not None and marked.abandoned and marked.order_bytes == b"order"
+        assert not a.save(deals["unpaid"])                # a's older copy: the mark raised the version
+        assert b.abandon(cutoff, started) == 0            # marked once
+
+        marked.deal.decide("payment", "satisfied", "a payment that started anyway")
+        marked.paid = True
+        assert a.save(marked) and not marked.abandoned
+        again = b.get(marked.deal.deal_id, fresh=True)
+        assert again is not None and not again.abandoned and a.open_count() == 5
+    finally:
+        db.close()

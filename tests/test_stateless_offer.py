@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -378,3 +379,71 @@ def test_an_offer_that_expires_while_its_order_waits_for_room_is_refused(open_sh
     with pytest.raises(OfferExpired):
         shop.order(deal_id, order, None, der, tag, checks)
     assert _rows(shop) == 0
+
+
+@storages()
+def test_orders_never_paid_stop_counting_once_their_offer_is_long_expired(
+        open_shop: Callable[..., Shop], storage: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threat model, "anyone who can reach a shop": anonymous orders (unsigned canonical JSON) nobody pays
+    used to count against the open-deal limit for good, so that many of them stopped the shop taking any
+    deal. Once an offer has been expired for one offer validity and its deal's payment never started, the
+    deal is marked abandoned (kept, with its evidence) and no longer counts; its late payment message is
+    refused, nothing asked of the payment. A deal whose payment has started still counts and completes."""
+    from semper.client.commerce.errors import ServiceUnavailable
+    from semper.client.payment.manager import Handled
+    from semper.client.payment.model import Record, Status, Terms
+    from semper.client.payment.sessions import DatabaseSessions
+    from semper.client.servers import shop as shop_module
+    from semper.client.servers.shop import DealAbandoned
+    monkeypatch.setattr(shop_module, "MAX_OPEN_DEALS", 3)
+    validity = dt.timedelta(seconds=2)
+    url = storage.url("shop", tmp_path)
+    one, two = open_shop(db=url, validity=validity), open_shop(db=url, validity=validity)   # two workers
+    for worker in (one, two):      # the payee's sessions in the shop's database, as `semper serve shop` keeps them
+        worker.payments = PaymentManager(PartyContext(), modules={"stub": _Module},
+                                         sessions=DatabaseSessions(worker.db))
+
+    ordered: list[tuple[str, Terms]] = []
+    latest = dt.datetime.now(dt.UTC)
+    for _ in range(3):
+        deal_id, der, tag = one.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+        offer = _parsed(one, der)
+        latest = max(latest, offer.valid_until)
+        answer = one.order(deal_id, _anonymous_order(offer), None, der, tag)
+        ordered.append((deal_id, Terms.from_dict(answer["terms"])))
+    (unpaid, unpaid_terms), _, (paying, paying_terms) = ordered
+    st = one.payments.sessions.get(paying_terms.payment_id)       # the payer's first message taken: a step
+    assert st is not None
+    st.module, st.rounds, st.last_in = "stub", 1, "{}"
+    assert one.payments.sessions.save(st, None)
+    with pytest.raises(ServiceUnavailable, match="too many open deals"):
+        two.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+
+    time.sleep(max(0.0, (latest + validity - dt.datetime.now(dt.UTC)).total_seconds()) + 1.1)
+    deal_id, der, tag = two.new_deal("mail-order", [("teapot", 1)], NONCE, True)    # room again
+    assert two.store.open_count() == 1                 # the deal being paid counts; the two unpaid ones not
+    assert two.order(deal_id, _anonymous_order(_parsed(two, der)), None, der, tag)["next"] == "payment"
+    assert two.store.open_count() == 2
+    assert _rows(one) == 4 and _kinds(one, unpaid) == ["statement:offer", "order:unsigned"]   # nothing deleted
+
+    stepped: list[str] = []
+
+    def step(envelope: dict[str, Any], *, settle: Any = None) -> Handled:
+        stepped.append(envelope["payment_id"])
+        terms = paying_terms if envelope["payment_id"] == paying_terms.payment_id else unpaid_terms
+        return Handled({"payment_id": terms.payment_id, "module": "stub", "body": {}},
+                       Record(terms.payment_id, "stub", "payee", terms, Status.PAID), False)
+    for worker in (one, two):
+        monkeypatch.setattr(worker.payments, "handle_step", step)
+    # `one` remembers the unpaid deal as it ordered it; it asks the database before taking a payment for it
+    with pytest.raises(DealAbandoned, match="never started"):
+        one.pay_and_deliver(unpaid, {"payment_id": unpaid_terms.payment_id, "module": "stub", "body": {}})
+    assert stepped == [] and two.store.open_count() == 2
+    sd = one.find(unpaid, fresh=True)
+    assert sd is not None and sd.abandoned and not sd.paid and sd.order_bytes is not None
+
+    done = one.pay_and_deliver(paying, {"payment_id": paying_terms.payment_id, "module": "stub", "body": {}})
+    assert stepped == [paying_terms.payment_id] and done["confirmation"] and done["delivery"]
+    sd = two.find(paying, fresh=True)
+    assert sd is not None and sd.paid and sd.finished and not sd.abandoned
+    assert two.store.open_count() == 1

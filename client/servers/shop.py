@@ -32,6 +32,7 @@ import json
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ from .shop_store import DealStore, ShopDeal
 
 FAIR_MODULES = ("card-purse",)      # payments the third party can check on its own (see docs/commerce.md)
 MAX_OPEN_DEALS = 10_000
+ABANDON_EVERY_S = 1.0       # at the limit, a process looks for abandoned deals at most this often (Shop._abandon)
 PAID = (Status.PAID, Status.CAPTURED, Status.AUTHORISED)
 
 
@@ -82,6 +84,15 @@ class OfferExpired(CommerceError):
     the buyer asks for a new offer."""
 
     code = "offer_expired"
+
+
+class DealAbandoned(DealConflict):
+    """A payment message for a deal the shop marked abandoned (``DealStore.abandon``: ordered, never paid,
+    its payment never started, its offer expired at least one offer validity ago): refused before the
+    payment's module or device is asked anything, so no value moved; the row and its evidence stay. A
+    payment whose session has taken a step is never refused so."""
+
+    code = "deal_abandoned"
 
 
 @dataclass
@@ -122,6 +133,7 @@ class Shop:
         self.psam_ids = frozenset([*psam_ids, psam_id])     # every PSAM an offer of this shop may name
         self._certificate_der = identity.signer.certificate()   # what its statements name as their signer
         self.offer_validity = offer_validity
+        self._abandoned_at = -ABANDON_EVERY_S       # when this process last looked for abandoned deals
         self.fair_modules = tuple(fair_modules)
         self.counters = {"offers": 0, "orders": 0, "payments": 0, "deliveries": 0, "signatures": 0}
         self._counter_lock = threading.Lock()
@@ -223,13 +235,52 @@ class Shop:
         return deal_id, der, self.store.offer_tag(der)
 
     def _room_for_a_deal(self) -> None:
-        """ServiceUnavailable when the shop holds :data:`MAX_OPEN_DEALS` open deals (ordered, not finished).
-        Asked when an offer is made (so a buyer is told before it signs an order) and again when a new deal
-        is written with its order; counted at most once a second far from the limit (``DealStore.below``)."""
+        """ServiceUnavailable when the shop holds :data:`MAX_OPEN_DEALS` open deals (ordered, not finished,
+        not abandoned). Asked when an offer is made (so a buyer is told before it signs an order) and again
+        when a new deal is written with its order; counted at most once a second far from the limit
+        (``DealStore.below``). At the limit, ordered deals nobody paid are marked abandoned first
+        (:meth:`_abandon`), so orders never paid cannot keep the shop from taking deals for good."""
         if not self.store.below(MAX_OPEN_DEALS):
             self.store.evict()                  # offers a shop before stateless offers kept, never ordered
             if self.store.open_count() >= MAX_OPEN_DEALS:
+                if self._abandon() and self.store.open_count() < MAX_OPEN_DEALS:
+                    return
                 raise ServiceUnavailable("the shop has too many open deals; try again later")
+
+    def _abandon(self) -> int:
+        """Mark abandoned the ordered deals whose payment (or fair exchange) never started and whose offer
+        expired at least one offer validity ago (``DealStore.abandon``); how many.
+
+        The margin: an order is taken only while its offer is valid, and the payer's first message
+        follows the order within seconds (with the card's hello, it comes *with* the order). A deal
+        whose payment has not started one whole offer validity (the time the shop gives a buyer to make
+        up its mind, 30 minutes by default) after its offer ended has been given up by its buyer. A
+        payment that has started is never abandoned, however old, and neither is a paid deal awaiting
+        delivery nor a fair exchange started (docs/commerce.md, "The durable deal").
+
+        At most once a :data:`ABANDON_EVERY_S` per process: each deal looked at costs a read of its
+        payment's session, and deals whose payment started stay candidates, so a shop full of deals
+        being paid is not made to read them again at every request it refuses."""
+        now = time.monotonic()
+        if now - self._abandoned_at < ABANDON_EVERY_S:
+            return 0
+        self._abandoned_at = now
+        return self.store.abandon(dt.datetime.now(dt.UTC) - self.offer_validity, self._payment_started)
+
+    def _abandonable(self, sd: ShopDeal) -> bool:
+        """Whether the deal's offer is old enough for :meth:`_abandon` (whichever worker ran it), so that a
+        copy of it this process remembers may be older than a mark; the clocks of the workers may differ
+        by :data:`documents.CLOCK_SKEW`."""
+        valid_until = docs.parse_time(sd.offer.get("valid_until"), "validity")
+        return valid_until < dt.datetime.now(dt.UTC) - self.offer_validity + docs.CLOCK_SKEW
+
+    def _payment_started(self, terms: Terms | None) -> bool:
+        """Whether the payer's side of this payment has taken any step: its session (the payment
+        manager's) has seen a message. No terms: the deal pays in its fair exchange (see ``exchange``)."""
+        if terms is None:
+            return False
+        st = self.payments.sessions.get(terms.payment_id)
+        return st is not None and (st.module is not None or st.rounds > 0 or st.last_in is not None or st.done)
 
     def _offered(self, deal_id: str, offer: bytes | None, tag: Any) -> ShopDeal:
         """The deal of an offer this shop signed, sent back with its order: not written yet (version 0).
@@ -537,6 +588,12 @@ class Shop:
             raise DealConflict("this deal has no payment to make (order first)")
         if not isinstance(envelope, dict) or envelope.get("payment_id") != sd.terms.payment_id:
             raise CommerceError("the payment message is for another payment than this deal's")
+        if not sd.paid and self._abandonable(sd):
+            # it may have been abandoned since this process remembered it: ask the database (old deals only)
+            sd = self._deal(deal_id, fresh=True)
+        if sd.abandoned and not sd.paid and not self._payment_started(sd.terms):
+            raise DealAbandoned("the shop gave this deal up: its offer expired long ago and its payment never "
+                                "started; nothing was paid. Ask for a new offer")
         box: dict[str, Any] = {}
 
         def settle(record: Record) -> Callable[[Transaction], None] | None:

@@ -18,6 +18,7 @@ default, or PostgreSQL), as for the bank, the CA and the third party (docs/servi
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import secrets
@@ -47,13 +48,17 @@ SCHEMA = Schema.baseline("shop", [
     Migration(2, "the shop's offer key: a random secret all its worker processes share, made once, that tags the "
                  "offers it signs (a deal is written with its order, not with its offer)",
               ("CREATE TABLE IF NOT EXISTS shop_keys (name TEXT PRIMARY KEY, secret {blob} NOT NULL)",),
-              apply=lambda tx: _make_offer_key(tx)))
+              apply=lambda tx: _make_offer_key(tx)),
+    Migration(3, "abandoned deals: ordered, never paid, their payment never started, their offer long expired; kept "
+                 "(with their evidence) but no longer counted against the open-deal limit",
+              ("ALTER TABLE shop_deals ADD COLUMN abandoned INTEGER NOT NULL DEFAULT 0",)))
 
 
 OFFER_KEY = "offer-tag"      # the row of shop_keys whose secret tags this shop's offers
 OFFER_TAG_LABEL = b"semper shop offer tag\x00"      # what the tag's MAC covers before the offer's bytes
 CACHED_DEALS = 4096          # open deals a process remembers as it last committed or read them
 COUNT_EVERY_S = 1.0          # far from the limit, the open deals are counted at most this often
+ABANDON_BATCH = 1000         # deals marked abandoned per transaction (a sweep runs only at the limit)
 
 
 def _make_offer_key(tx: Transaction) -> None:
@@ -87,6 +92,7 @@ class ShopDeal:
     delivery: bytes | None = None
     exchange: dict[str, Any] | None = None       # {"state": "started"|"done", "session", "owner", "status", ...}
     version: int = 0
+    abandoned: bool = False      # as read: marked abandoned (:meth:`DealStore.abandon`); any later write clears it
 
     @property
     def finished(self) -> bool:
@@ -117,6 +123,9 @@ _COLUMN_VALUES: dict[str, Callable[[ShopDeal], Any]] = {
     "decisions": lambda sd: to_json([[x.step, x.verdict, x.reason] for x in sd.deal.decisions]),
     "archived": lambda sd: sd.deal._archived,
     "finished": lambda sd: int(sd.finished),
+    # a deal written again after it was abandoned is being acted on (a payment that had started goes on):
+    # it counts as open again
+    "abandoned": lambda sd: 0,
     "updated_at": lambda sd: _now(),
 }
 
@@ -195,12 +204,12 @@ class DealStore:
 
     _COLUMNS = ("deal_id, workflow, attributes, offer, offer_body, offer_digest, lines, psam, order_bytes, order_body, "
                 "order_digest, form, terms, paid, payment, confirmation, delivery, exchange, decisions, archived, "
-                "version")
+                "version, abandoned")
 
     def _deal(self, row: tuple[Any, ...]) -> ShopDeal:
         (deal_id, workflow, attributes, offer, offer_body, offer_digest, lines, psam, order_bytes, order_body,
          order_digest, form, terms, paid, payment, confirmation, delivery, exchange, decisions, archived,
-         version) = row
+         version, abandoned) = row
         deal = Deal(deal_id, workflow, DealAttributes.from_dict(from_json(attributes)), self.archive,
                     [Decision(*x) for x in from_json(decisions)], int(archived))
         return ShopDeal(deal, from_json(offer_body), bytes(offer), offer_digest,
@@ -210,7 +219,7 @@ class DealStore:
                         None if terms is None else Terms.from_dict(from_json(terms)), bool(paid), from_json(payment),
                         None if confirmation is None else bytes(confirmation),
                         None if delivery is None else bytes(delivery),
-                        None if exchange is None else from_json(exchange), int(version))
+                        None if exchange is None else from_json(exchange), int(version), bool(abandoned))
 
     # ---- reading ----------------------------------------------------------------------------------
     def get(self, deal_id: str, *, fresh: bool = False) -> ShopDeal | None:
@@ -230,10 +239,10 @@ class DealStore:
         return sd
 
     def open_count(self) -> int:
-        """Deals not finished: ordered ones, and offers still valid."""
+        """Deals not finished and not abandoned (:meth:`abandon`): ordered ones, and offers still valid."""
         with self.db.transaction(write=False) as tx:
-            row = tx.one("SELECT COUNT(*) FROM shop_deals WHERE finished = 0 AND (order_bytes IS NOT NULL OR "
-                         "valid_until > ?)", (_now(),))
+            row = tx.one("SELECT COUNT(*) FROM shop_deals WHERE finished = 0 AND abandoned = 0 AND "
+                         "(order_bytes IS NOT NULL OR valid_until > ?)", (_now(),))
         count = int(row[0]) if row else 0
         with self._lock:
             self._counted = (time.monotonic(), count)
@@ -262,7 +271,7 @@ class DealStore:
     # ---- writing ----------------------------------------------------------------------------------
     # what a step may change; the offer, its items, PSAM and validity are written once, by the insert
     _MUTABLE = ("order_bytes", "order_body", "order_digest", "form", "terms", "paid", "payment", "confirmation",
-                "delivery", "exchange", "decisions", "archived", "finished", "updated_at")
+                "delivery", "exchange", "decisions", "archived", "finished", "abandoned", "updated_at")
 
     def _insert(self, sd: ShopDeal) -> tuple[str, tuple[Any, ...]]:
         """The deal's first write (its row, version 1), unless a row of that id exists: then nothing
@@ -316,6 +325,7 @@ class DealStore:
                     if self._counted is not None:
                         self._counted = (self._counted[0], self._counted[1] + 1)
             sd.version += 1
+            sd.abandoned = False                # as written (see _COLUMN_VALUES)
             self._remember(sd)
         else:
             self._forget(sd.deal.deal_id)
@@ -324,7 +334,7 @@ class DealStore:
     def claim_exchange(self, deal_id: str, exchange: dict[str, Any]) -> bool:
         """Mark the deal's fair exchange started (by ``exchange["owner"]``), unless it was started before."""
         def run(tx: Transaction) -> bool:
-            cur = tx.execute("UPDATE shop_deals SET exchange = ?, version = version + 1, updated_at = ? "
+            cur = tx.execute("UPDATE shop_deals SET exchange = ?, abandoned = 0, version = version + 1, updated_at = ? "
                              "WHERE deal_id = ? AND exchange IS NULL", (to_json(exchange), _now(),
                                                                         deal_id))
             return cur.rowcount == 1
@@ -343,3 +353,43 @@ class DealStore:
         finally:
             with self._lock:
                 self._cache.clear()
+
+    def abandon(self, expired_before: dt.datetime, started: Callable[[Terms | None], bool]) -> int:
+        """Mark abandoned the deals ordered and never paid whose offer expired before ``expired_before``,
+        whose fair exchange was never started and whose payment never started (``started(terms)``, asked
+        of the payment's session; a deal without terms pays in its fair exchange); how many.
+
+        Why: such a deal would otherwise count against the open-deal limit for good (an anonymous order
+        needs no certificate: 10,000 of them, never paid, stopped the shop taking any deal). Its row and
+        its evidence stay (the seller archived the offer and the order); it is only no longer counted
+        (:meth:`open_count`) and a first payment message for it is refused (``Shop._pay``). Every mark
+        is a conditional write on the version read, and raises it: a worker holding an older copy of the
+        deal reads it again before it writes. A payment that starts anyway (a step taken meanwhile by a
+        worker that did not know) is never refused, and the first write it makes to the deal clears the
+        mark (:data:`_COLUMN_VALUES`). Every candidate is looked at (deals whose payment started stay
+        candidates, and must not hide the others); the marks are written :data:`ABANDON_BATCH` a
+        transaction, so that none holds its rows long."""
+        cutoff = expired_before.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with self.db.transaction(write=False) as tx:
+            rows = tx.all("SELECT deal_id, terms, version FROM shop_deals WHERE finished = 0 AND abandoned = 0 "
+                          "AND valid_until < ? AND order_bytes IS NOT NULL AND paid = 0 AND exchange IS NULL",
+                          (cutoff,))
+        marks = [(deal_id, int(version)) for deal_id, terms, version in rows
+                 if not started(None if terms is None else Terms.from_dict(from_json(terms)))]
+        if not marks:
+            return 0
+
+        def run(batch: list[tuple[str, int]], tx: Transaction) -> int:
+            now, n = _now(), 0
+            for deal_id, version in batch:
+                n += tx.execute("UPDATE shop_deals SET abandoned = 1, version = version + 1, updated_at = ? "
+                                "WHERE deal_id = ? AND version = ? AND paid = 0 AND exchange IS NULL",
+                                (now, deal_id, version)).rowcount
+            return n
+        try:
+            return sum(int(self.db.run(functools.partial(run, marks[i:i + ABANDON_BATCH])))
+                       for i in range(0, len(marks), ABANDON_BATCH))
+        finally:
+            with self._lock:
+                self._cache.clear()
+                self._counted = None
