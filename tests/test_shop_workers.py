@@ -110,12 +110,19 @@ def test_the_psam_room_rule_holds_across_workers(market: Any) -> None:
     assert room == 16                      # every earlier purchase of this module finished
     start = device.info()
     url = f"https://127.0.0.1:{market.services['shop'].port}"
+    with market.buyer.card_lock:
+        market.buyer.purse.select()
+        info = market.buyer.purse.info()
+        card_id, counter = info.card_id, info.debit_counter + 1
+        card_certificate = base64.b64encode(market.buyer.purse.certificate()).decode()
     answers: dict[int, Any] = {}
     go = threading.Barrier(len(deals))
 
     def hello(i: int, deal: str, terms: dict[str, Any], order: dict[str, str]) -> None:
-        body = {"kind": "hello", "card": f"{0xC0FFEE0000 + i:016X}", "counter": 1, "currency": terms["currency"],
-                "card_certificate": base64.b64encode(b"not a card: the PSAM is asked first").decode()}
+        # the buyer's genuine card in every hello (the shop checks a hello's card certificate before it asks the
+        # PSAM, so a made-up card takes no room: test_orders_with_made_up_card_hellos_do_not_block_card_payments)
+        body = {"kind": "hello", "card": card_id, "counter": counter + i, "currency": terms["currency"],
+                "card_certificate": card_certificate}
         envelope = {"payment_id": terms["payment_id"], "module": "card-purse", "body": body}
         with JsonClient(url, market.world.root_pem, timeout=30, name="the shop") as c:
             go.wait(30)
