@@ -12,6 +12,7 @@ import base64
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import SCHEME_PIN
@@ -167,3 +168,33 @@ def test_made_up_card_hellos_take_no_psam_room(market: tuple[PurseModule, list[P
     hello = payer.step(None).message
     payee.admit(terms.payment_id, hello)
     assert flow.step(payer.step(flow.step(hello).message).message).done
+
+
+def test_a_card_certificate_that_passed_is_not_verified_again_and_refusals_are_not_kept(
+        market: tuple[PurseModule, list[PurseModule]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hello's certificate check is an ECDSA verification per purchase at the seller; a card pays again
+    and again with one certificate, and the check has no time in it, so a pass is remembered. A refusal is
+    not (made-up certificates cannot fill the cache), and a remembered pass still has to name the hello's card."""
+    from semper.client.payment.modules import purse as purse_module
+    payee, payers = market
+    genuine = PayerFlow(payers[0], _terms(0)).step(None).message
+    der, number = base64.b64decode(genuine["card_certificate"]), genuine["card"]
+    purse_module._card_serial.cache_clear()
+    verified: list[str] = []
+    real = purse_module.PurseProofs.check_certificate
+
+    def counted(self: Any, cert: Any, role: Any, what: str) -> Any:
+        verified.append(what)
+        return real(self, cert, role, what)
+    monkeypatch.setattr(purse_module.PurseProofs, "check_certificate", counted)
+    proofs = purse_module.PurseProofs(payee.ctx.purse_root)
+    for _ in range(3):
+        proofs.check_card(der, number)
+    assert len(verified) == 1
+    with pytest.raises(ProtocolError, match="another card"):
+        proofs.check_card(der, "00" * 8)
+    psam_cert = payee.desk().certificate()                  # the scheme's, but not a card's: refused each time
+    for _ in range(2):
+        with pytest.raises(ProtocolError):
+            proofs.check_card(psam_cert, number)
+    assert len(verified) == 3 and purse_module._card_serial.cache_info().currsize == 1

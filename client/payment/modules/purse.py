@@ -24,6 +24,7 @@ the bank. The bank's side is ``servers/bank_purse.py``.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
@@ -47,6 +48,8 @@ from ..wire import b64, unb64
 
 if TYPE_CHECKING:
     from ..bank_client import BankClient
+
+CARD_CHECKS_KEPT = 4096         # purse card certificates a seller remembers as checked (``_card_serial``)
 
 
 def _card_error(e: hw.HardwareError, what: str) -> PaymentError:
@@ -637,12 +640,9 @@ class PurseProofs:
 
     def check_card(self, der: bytes, card_number: str) -> None:
         """A card's hello: its certificate (DER) is a purse card's from the scheme root and names
-        ``card_number`` (hex); ProtocolError otherwise."""
-        try:
-            cert = x509.load_der_x509_certificate(der)
-        except ValueError:
-            raise ProtocolError("the card's certificate in its hello is not X.509") from None
-        _, serial = self.check_certificate(cert, ROLE_PURSE_CARD, "purse card")
+        ``card_number`` (hex); ProtocolError otherwise. A certificate that passed is remembered
+        (:func:`_card_serial`): the check depends on nothing but the root and the bytes."""
+        serial = _card_serial(self.root, bytes(der))
         if serial.upper() != card_number.upper():
             raise ProtocolError("the card's certificate in its hello names another card than the hello does")
 
@@ -654,6 +654,22 @@ class PurseProofs:
         except InvalidSignature:
             raise ProtocolError(f"the {what} signature does not verify: forged or altered") from None
         return serial
+
+
+@functools.lru_cache(maxsize=CARD_CHECKS_KEPT)
+def _card_serial(root: x509.Certificate, der: bytes) -> str:
+    """The card number a purse card's certificate names, once it is checked against ``root``.
+
+    Why remembered: the seller checks the certificate of every hello before its PSAM is asked, an ECDSA
+    verification per purchase, and a card pays again and again with the same certificate. The check has
+    no time in it (the scheme's card certificates are checked for issuer, role and key only), so a pass
+    stays a pass; a refusal raises and is not kept, so made-up certificates cannot fill the cache."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise ProtocolError("the card's certificate in its hello is not X.509") from None
+    _, serial = PurseProofs(root).check_certificate(cert, ROLE_PURSE_CARD, "purse card")
+    return serial
 
 
 def _signed(obj: Any, what: str) -> tuple[x509.Certificate, bytes, bytes]:
