@@ -27,7 +27,6 @@ cheats the buyer's client must catch.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import secrets
@@ -271,8 +270,7 @@ class Shop:
         """Whether the deal's offer is old enough for :meth:`_abandon` (whichever worker ran it), so that a
         copy of it this process remembers may be older than a mark; the clocks of the workers may differ
         by :data:`documents.CLOCK_SKEW`."""
-        valid_until = docs.parse_time(sd.offer.get("valid_until"), "validity")
-        return valid_until < dt.datetime.now(dt.UTC) - self.offer_validity + docs.CLOCK_SKEW
+        return _offer_ends(sd.offer) < dt.datetime.now(dt.UTC) - self.offer_validity + docs.CLOCK_SKEW
 
     def _payment_started(self, terms: Terms | None) -> bool:
         """Whether the payer's side of this payment has taken any step: its session (the payment
@@ -311,7 +309,7 @@ class Shop:
         if body.get("deal") != deal_id:
             raise OfferNotOurs("the offer is for another deal")
         try:
-            valid_until = docs.parse_time(body.get("valid_until"), "validity")
+            valid_until = _offer_ends(body)
         except CommerceError:
             raise OfferNotOurs("the offer's validity is malformed") from None
         now = dt.datetime.now(dt.UTC)
@@ -393,7 +391,7 @@ class Shop:
         if found is None:
             if checks is not None and checks.offered is not None:
                 sd = DealStore.copy(checks.offered)
-                if docs.parse_time(sd.offer.get("valid_until"), "validity") < dt.datetime.now(dt.UTC):
+                if _offer_ends(sd.offer) < dt.datetime.now(dt.UTC):
                     raise OfferExpired("the offer expired while the order waited for room; ask for a new one")
             else:
                 sd = self._offered(deal_id, offer, offer_tag)
@@ -797,5 +795,7 @@ class Shop:
                 return
 
 
-def order_digest(order_bytes: bytes) -> str:
-    return hashlib.sha256(order_bytes).hexdigest()
+def _offer_ends(offer: Mapping[str, Any]) -> dt.datetime:
+    """When an offer's validity ends, from its body (CommerceError when malformed)."""
+    return docs.parse_time(offer.get("valid_until"), "validity")
+
