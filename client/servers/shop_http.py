@@ -102,9 +102,15 @@ async def _call(fn: Any, *args: Any) -> Any:
     return await blocking(fn, *args)
 
 
+async def _here(fn: Any, *args: Any) -> Any:
+    """Run the shop's step on the event loop: a payment step that is bounded local work (``Shop.step_is_local``)."""
+    return fn(*args)
+
+
 def _settle(shop: Shop, deal: str, envelope: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     """Room at the payment's device, the payment step and, once it completes the payment, the
-    confirmation and the delivery note, in one trip to the worker pool, their archive entries written
+    confirmation and the delivery note, in one trip to the worker pool (none when the step is local:
+    ``Shop.step_is_local``), their archive entries written
     in one transaction before the answer goes (docs/performance.md). No room: (None, why), before
     anything was asked of the device."""
     try:
@@ -116,8 +122,8 @@ def _settle(shop: Shop, deal: str, envelope: dict[str, Any]) -> tuple[dict[str, 
 
 
 def _order_settle(shop: Shop, body: Order, checks: OrderChecks) -> tuple[dict[str, Any] | None, str]:
-    """An order with the payer's first payment message, in one trip to the worker pool (the device is
-    asked): the order's answer, or (None, why) when the device has no room now, before anything was
+    """An order with the payer's first payment message, in one trip to the worker pool or none (the device
+    is asked; see ``_settle``): the order's answer, or (None, why) when the device has no room now, before anything was
     asked of it or written. ``checks``: the same for every attempt of one request, so the order's
     signature and its offer are checked once however long it waits for room."""
     try:
@@ -169,9 +175,11 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     async def order(request: web.Request) -> web.Response:
         body = await read_json(request, Order)
         deal = body.deal
-        if body.envelope is not None:               # the card's hello with it: the PSAM is asked, in the pool
+        if body.envelope is not None:               # the card's hello with it: the PSAM is asked (on the loop
+                                                    # when the step is local: Shop.step_is_local; else the pool)
             checks = OrderChecks()                  # made once, however often it waits for room
-            answer = _paid_answer(await _waited(lambda: _call(_order_settle, shop, body, checks)))
+            run = _here if shop.step_is_local(body.envelope) else _call
+            answer = _paid_answer(await _waited(lambda: run(_order_settle, shop, body, checks)))
         else:                                       # CPU only (a verification, archive entries): no hop
             with shop.batch():                      # the offer's and the order's entries: one archive write
                 answer = shop.order(deal, body.order, None, body.offer, body.offer_tag)
@@ -205,7 +213,8 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     @routes.post("/deals/pay")
     async def pay(request: web.Request) -> web.Response:
         body = await read_json(request, Payment)
-        done = await _waited(lambda: _call(_settle, shop, body.deal, body.envelope))
+        run = _here if shop.step_is_local(body.envelope) else _call
+        done = await _waited(lambda: run(_settle, shop, body.deal, body.envelope))
         return json_response(_paid_answer(done))
 
     async def _waited(attempt: Callable[[], Any]) -> dict[str, Any]:
