@@ -422,3 +422,42 @@ def test_an_anonymous_purchase_end_to_end(market: Market) -> None:
     assert not linked, [(t[:40], sorted({tb for tb, row in box["withdrawal"] | deposit if t in str(row)}))
                         for t in linked]
     m.clean()
+
+
+def test_card_purse_steps_run_on_the_event_loop_and_a_bank_module_in_the_pool(
+        market: Market, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shop takes a payment step that asks nothing of another host (the card purse: PSAM and database)
+    on its event loop, with no trip to a thread (docs/performance.md); a module that calls its bank stays
+    in the pool, where a slow bank stalls one thread and not every request of the shop."""
+    import asyncio
+
+    m, seen = market, []
+
+    def on_loop() -> bool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
+
+    def watched(name: str, at: int) -> None:
+        real = getattr(m.shop, name)
+
+        def step(deal_id: str, *args: Any, **kw: Any) -> Any:
+            envelope = args[at] if len(args) > at else kw.get("envelope")
+            if isinstance(envelope, dict):
+                seen.append((name, envelope.get("module"), on_loop()))
+            return real(deal_id, *args, **kw)
+        monkeypatch.setattr(m.shop, name, step)
+    watched("order", 1)                 # order(deal, order, envelope, ...): with the card's hello
+    watched("pay_and_deliver", 0)       # pay_and_deliver(deal, envelope)
+    for module in ("card-purse", "setpay"):
+        _pay_with(m, module)
+        r = workflows.mail_order(m.buyer, [("tea-sampler", 1)], form=ADDRESS)
+        assert r.status is OutcomeStatus.SATISFIED, r.summary
+    purse = [s for s in seen if s[1] == "card-purse"]
+    bank = [s for s in seen if s[1] == "setpay"]
+    assert ("order", "card-purse", True) in purse and ("pay_and_deliver", "card-purse", True) in purse, seen
+    assert all(on for _, _, on in purse), seen
+    assert bank and not any(on for _, _, on in bank), seen
+    m.clean()
