@@ -32,8 +32,12 @@ class BatchEntry:
 
 
 class PsamSession:
-    def __init__(self, connection: Connection, *, select: bool = True) -> None:
-        self.apdu = ApduSession(connection)
+    def __init__(self, connection: Connection, *, select: bool = True, extended: bool = True) -> None:
+        """``extended``: send long commands as one extended-length APDU. The PSAM's COMPLETE DEBIT
+        carries the card's certificate (about 600 bytes in all): chained, it is three exchanges through
+        pcscd per purchase, in one it is one; the seller pays for each exchange in CPU (docs/card.md,
+        docs/performance.md). A card that answers 6700 to the long form gets chains from then on."""
+        self.apdu = ApduSession(connection, extended=extended)
         self._selected = False
         self._cert: bytes | None = None
         if select:

@@ -143,8 +143,14 @@ class ApduSession:
                     raise error_for(sw, context)
             last = data[(len(data) - 1) // self.chunk * self.chunk:]
             apdu = Apdu(apdu.cla, apdu.ins, apdu.p1, apdu.p2, last, apdu.le)
-        raw = apdu.encode(True if self.extended and (len(apdu.data) > 255) else None)
+        long_form = self.extended and len(apdu.data) > 255
+        raw = apdu.encode(True if long_form else None)
         body, sw = self._exchange(raw)
+        if long_form and sw == 0x6700:
+            # a card (or reader) that takes no extended length refuses the length before it runs the
+            # command: from now on this session chains, and this command is sent again as a chain
+            self.extended = False
+            return self.send(apdu, context)
         if sw >> 8 == 0x6C:                               # wrong Le: send again with the right one
             body, sw = self._exchange(Apdu(apdu.cla, apdu.ins, apdu.p1, apdu.p2, apdu.data, sw & 0xFF).encode())
         out = bytearray(body)

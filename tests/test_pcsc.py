@@ -122,6 +122,43 @@ def test_extended_length_through_pcscd(sessions):
     assert r[-2:] == b"\x90\x00" and len(r) - 2 == cert_len
 
 
+class _Counting:
+    """A PC/SC connection that counts the exchanges, and can play a card that takes no extended length."""
+
+    def __init__(self, inner, *, refuse_extended: bool = False) -> None:
+        self.inner, self.refuse_extended, self.sent = inner, refuse_extended, []
+        self.reader = inner.reader
+
+    def transmit(self, apdu: bytes) -> bytes:
+        self.sent.append(apdu)
+        if self.refuse_extended and len(apdu) > 7 and apdu[4] == 0:
+            return b"\x67\x00"
+        return self.inner.transmit(apdu)
+
+
+def test_the_psam_takes_a_proof_in_one_extended_apdu_through_pcscd(world, sessions):
+    """COMPLETE DEBIT carries the card's certificate (about 600 bytes): one extended-length exchange
+    through pcscd, not a chain of three, so a purchase costs the seller two exchanges with its PSAM.
+    A card that answers 6700 to the long form is sent chains from then on, and the debit completes."""
+    purse, psam = sessions
+    card_purse.load(purse, world["scheme"], 100, PIN)
+    real = psam.apdu.connection
+    for refuse in (False, True):
+        counting = psam.apdu.connection = _Counting(real, refuse_extended=refuse)
+        before, taken = purse.info().balance, psam.info().lifetime_total
+        counting.sent.clear()
+        card_purse.purchase(purse, psam, 7)
+        assert purse.info().balance == before - 7 and psam.info().lifetime_total == taken + 7
+        exchanges = [a for a in counting.sent if a[1] in (0x30, 0x32)]     # BEGIN / COMPLETE DEBIT
+        if not refuse:
+            assert len(exchanges) == 2, [a[:5].hex() for a in exchanges]
+            assert len(exchanges[1]) > 261                                # the whole proof in one APDU
+        else:
+            assert not psam.apdu.extended                                 # it fell back to chaining
+            assert len(exchanges) >= 4 and all(len(a) <= 261 for a in exchanges[2:])
+    psam.apdu.connection = real
+
+
 def open_card_copy(world):
     """The buyer card's image copied and opened in process (the served one is locked)."""
     src = world["folder"] / "buyer.card"
