@@ -13,6 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import given
+from hypothesis import strategies as st
 from test_tinguin_samples import SoftSigner
 
 from semper.bench.policy_ui import PolicyUI
@@ -246,3 +248,20 @@ def test_threads_that_sync_together_share_a_flush_that_covers_each_of_them(tmp_p
     for written, returned in seen:
         assert any(written <= start and end <= returned for start, end in flushes)
     archive.close()
+
+
+@given(st.datetimes(min_value=dt.datetime(1000, 1, 1), max_value=dt.datetime(9999, 12, 31, 23, 59, 59)))
+def test_a_time_reads_back_exactly_as_the_shop_writes_it(when: dt.datetime) -> None:
+    when = when.replace(microsecond=0, tzinfo=dt.UTC)
+    assert docs.parse_time(docs.rfc3339(when), "validity") == when
+
+
+@pytest.mark.parametrize("text", ["2026-1-05T01:02:03Z", "2026-01-05T1:02:03Z", "2026-02-30T00:00:00Z",
+                                  "2026-01-05 01:02:03Z", "2026-01-05T01:02:03+00:00", "2026-01-05T01:02:03",
+                                  "２０２６-01-05T01:02:03Z", "+026-01-05T01:02:03Z", "2026-01-05T24:00:00Z", "",
+                                  None, 20260105])
+def test_a_time_not_exactly_as_the_shop_writes_it_is_refused(text: Any) -> None:
+    """Only the one form ``rfc3339`` writes: unpadded fields (which strptime took), other separators,
+    offsets, non-ASCII digits and impossible dates are refused."""
+    with pytest.raises(OfferRefused, match="not a time"):
+        docs.parse_time(text, "validity")
