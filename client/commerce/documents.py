@@ -80,7 +80,8 @@ def parse_time(text: Any, what: str) -> dt.datetime:
         digits = (s[0:4], s[5:7], s[8:10], s[11:13], s[14:16], s[17:19])
         if all(d.isdigit() for d in digits):
             try:
-                return dt.datetime(*(int(d) for d in digits), tzinfo=dt.UTC)
+                year, month, day, hour, minute, second = (int(d) for d in digits)
+                return dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC)
             except ValueError:
                 pass
     raise OfferRefused(f"the offer's {what} is not a time (YYYY-MM-DDTHH:MM:SSZ)")
