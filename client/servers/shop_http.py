@@ -197,8 +197,8 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
             # buyer would take for the deal's outcome while the first one runs on (found by semper chaos)
             session = secrets.token_hex(16)
             if await _call(shop.start_exchange, deal, session, worker):
-                run = party.originate(mailbox, offer, want, fair=True, session=session)
-                _spawn(_finish(deal, run))
+                exchange = party.originate(mailbox, offer, want, fair=True, session=session)
+                _spawn(_finish(deal, exchange))
         return json_response(answer)
 
     async def _finish(deal: str, run: Any) -> None:
