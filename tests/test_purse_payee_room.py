@@ -337,3 +337,26 @@ def test_the_card_cap_holds_through_the_psam_device(images: tuple[Scheme, Path, 
         finally:
             stop.set()
             server.join(10)
+
+
+def test_a_cards_open_debits_stop_counting_once_stale(images: tuple[Scheme, Path, list[Path]], tmp_path: Path
+                                                       ) -> None:
+    """The refusal says "try again in a minute": a card's open debits, its payments' and those no payment
+    holds any more, stop counting against it after STALE_AFTER, as they stop holding the PSAM's room."""
+    import shutil
+    _, psam_image, _ = images
+    now = [1000.0]
+    with open_card(Path(shutil.copy(psam_image, tmp_path / "psam.card")), sync=False) as conn:
+        desk = psam_desk.PsamDesk(PsamSession(conn), clock=lambda: now[0])
+        card = bytes.fromhex("0102030405060708")
+        desk.begin_debit("p1", card, 1, 5, EUR)
+        desk.begin_debit("p1", card, 2, 5, EUR)                            # p1's first request: no payment's now
+        with pytest.raises(psam_desk.CardBusy):
+            desk.begin_debit("p2", card, 3, 5, EUR)
+        now[0] += psam_desk.STALE_AFTER / 2
+        with pytest.raises(psam_desk.CardBusy):
+            desk.begin_debit("p2", card, 3, 5, EUR)
+        now[0] += psam_desk.STALE_AFTER / 2 + 1
+        assert desk.open_for(card) == 0 and desk.held() == 0
+        desk.begin_debit("p2", card, 3, 5, EUR)
+        assert desk.open_for(card) == 1 and desk.held() == 1

@@ -192,12 +192,13 @@ class PsamDesk:
     def open_for(self, card_number: bytes) -> int:
         """The debits the PSAM holds open for this card: the payments' begun requests and those no payment
         holds any more (a payment's earlier request, replaced by another), until they go stale."""
-        card = bytes(card_number)
         with self.lock:
             self._expire()
-            return (sum(1 for h in self._open.values() if h.request is not None and h.key is not None
-                        and h.key[0] == card)
-                    + sum(1 for o in self._unknown if o.card == card))
+            return self._count_for(bytes(card_number))
+
+    def _count_for(self, card: bytes) -> int:
+        return (sum(1 for h in self._open.values() if h.request is not None and h.key is not None and h.key[0] == card)
+                + sum(1 for o in self._unknown if o.card == card))
 
     def begin_debit(self, payment_id: str, card_number: bytes, counter: int, amount: int, currency: int) -> Signed:
         """The PSAM-signed request (DRQ1) for this payment; the same one again for the same card, counter
@@ -206,11 +207,12 @@ class PsamDesk:
         :data:`CARD_OPEN_CAP` debits open here already (its older requests are never evicted for a new one)."""
         key = (bytes(card_number), counter, amount, currency)
         with self.lock:
+            self._expire()                     # first: nothing expires under ``held`` below
             self.admit(payment_id)
             held = self._open[payment_id]
             if held.key == key and held.request is not None:
                 return held.request
-            if self.open_for(key[0]) >= CARD_OPEN_CAP:
+            if self._count_for(key[0]) >= CARD_OPEN_CAP:
                 # the payment's room is given back here; its own earlier request, if any (counted above when it
                 # named this card), stays open on the PSAM, so it is kept as a request no payment holds
                 if held.request is not None and held.key is not None:
@@ -222,7 +224,6 @@ class PsamDesk:
                 # another request for the same payment (a new hello): the one begun before stays open on
                 # the PSAM until it is evicted, so it keeps room of its own, and counts for its card, until
                 # it goes stale
-                self._expire()
                 if len(self._open) + len(self._unknown) >= self.size:
                     raise TerminalBusy(f"the seller's terminal has {self.size} card payments in flight; nothing "
                                        "was paid; try again in a moment")
