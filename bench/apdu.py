@@ -64,7 +64,7 @@ def bench_apdu(count: int = 2000, purchases: int = 50, progress: bool = True) ->
                 times = []
                 for _ in range(purchases):
                     t = time.perf_counter()
-                    card_purse.purchase(purse, psam, 1)
+                    card_purse.purchase(purse, psam, 1, pair.scheme.root_cert)
                     times.append(time.perf_counter() - t)
                 result["purchase_pcscd"] = stats_us(times)
                 say(f"through pcscd: {purchases} PIV signatures")

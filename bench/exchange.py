@@ -127,7 +127,7 @@ async def _bench(folder: Path, cp: Any, runs: int, resolved_runs: int, patience:
     seller_stops = StopBefore()                  # stops before its item when a resolution is measured
     verifiers = item_verifiers(purse_root=cp.scheme.root_cert)
     buyer_payments = Payments(PartyContext(purse=purse), only=["card-purse"])
-    seller_payments = Payments(PartyContext(psam=psam), only=["card-purse"])
+    seller_payments = Payments(PartyContext(psam=psam, purse_root=cp.scheme.root_cert), only=["card-purse"])
     payee = ItemPayee(seller_payments, "card-purse", verifiers["card-purse"], account="bench-seller",
                       payee_name="b-seller")
     seller = Party("seller", ids["b-seller"], trust, Managers(

@@ -185,7 +185,7 @@ def test_money_is_conserved_under_dropped_connections_and_card_kills(fault_world
                                                                            PARTY_PIN)))
     buyer_ctx = ctx("buyer", purse=purse, wallet=wallet, enter_pin=card_pin)
     buyer = PaymentManager(buyer_ctx, only=["card-purse", "ecash"])
-    shop = PaymentManager(ctx("seller", psam=psam), only=["card-purse", "setpay"])
+    shop = PaymentManager(ctx("seller", psam=psam, purse_root=w.scheme.root_cert), only=["card-purse", "setpay"])
     shop2 = PaymentManager(ctx("seller2"), only=["cheque", "ecash"])
     buyer2 = PaymentManager(ctx("buyer2"), only=["cheque", "setpay"])
     purse_mod, ecash_mod = buyer.module("card-purse"), buyer.module("ecash")

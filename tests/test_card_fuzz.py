@@ -53,7 +53,7 @@ def world(tmp_path_factory, fresh_images, scheme):
     card, psam_card = CardOS.open(buyer_image, sync=False), CardOS.open(psam_image, sync=False)
     purse, psam = PurseSession(InProcessConnection(card)), PsamSession(InProcessConnection(psam_card))
     card_purse.load(purse, scheme, 5000, PIN)
-    card_purse.purchase(purse, psam, 100)
+    card_purse.purchase(purse, psam, 100, scheme.root_cert)
     info = purse.info()
     card_cert, psam_cert = purse.certificate(), psam.certificate()
     # a proof the PSAM has not seen yet (COMPLETE DEBIT would accept it once)
@@ -288,9 +288,9 @@ def test_purse_and_psam_state_machine(fresh_images, scheme) -> None:
         def purchase(self, amount: int) -> None:
             if amount > self.balance:
                 with pytest.raises(InsufficientFunds):
-                    card_purse.purchase(self.purse, self.psam, amount)
+                    card_purse.purchase(self.purse, self.psam, amount, scheme.root_cert)
                 return
-            result = card_purse.purchase(self.purse, self.psam, amount)
+            result = card_purse.purchase(self.purse, self.psam, amount, scheme.root_cert)
             self.debits += amount
             self.batch_total += amount
             self.n_debits += 1

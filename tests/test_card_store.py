@@ -555,7 +555,7 @@ def test_every_truncation_of_a_debit_commit_on_the_card(tmp_path: Path, fresh_im
     purse, psam = PurseSession(InProcessConnection(card)), PsamSession(InProcessConnection(psam_card))
     card_purse.load(purse, scheme, 1000, PIN)
     old, old_bytes = card.store.snapshot(), buyer.read_bytes()
-    card_purse.purchase(purse, psam, 125)
+    card_purse.purchase(purse, psam, 125, scheme.root_cert)
     new, new_bytes = card.store.snapshot(), buyer.read_bytes()
     card.close()
     assert new_bytes.startswith(old_bytes)
@@ -569,7 +569,7 @@ def test_every_truncation_of_a_debit_commit_on_the_card(tmp_path: Path, fresh_im
             assert state == (new if cut == len(new_bytes) else old), f"truncated at {cut}"
             # the card works on: one more purchase through a real PSAM request
             p = PurseSession(InProcessConnection(c))
-            card_purse.purchase(p, psam, 1)
+            card_purse.purchase(p, psam, 1, scheme.root_cert)
             assert p.info().balance == int.from_bytes(state["purse/balance"], "big", signed=True) - 1
         finally:
             c.close()

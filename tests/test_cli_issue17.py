@@ -201,6 +201,33 @@ def test_no_psam_is_said_as_no_psam(env: dict[str, str], cards: tuple[Path, Path
     assert "not running" not in r.stderr
 
 
+def test_card_pay_checks_the_card_against_a_scheme_root(env: dict[str, str], cards: tuple[Path, Path], scheme,
+                                                        other_scheme, tmp_path: Path) -> None:
+    """The PSAM's side of ``semper card pay`` refuses a hello it cannot check (a payee without the scheme
+    root fails closed: modules/purse.py), so the command asks for the root before any card is opened, and a
+    card of another scheme than the root's is refused before the PSAM is asked."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from semper.client.payment import card_purse
+    from semper.hardware.psam import PsamSession
+    from semper.hardware.purse import PurseSession
+    from semper.hardware.simulator import open_card
+    buyer, psam = (str(c) for c in cards)
+    with open_card(cards[0], sync=False) as conn:
+        card_purse.load(PurseSession(conn), scheme, 500, PIN.encode())
+    one_line(semper("card", "pay", "1.00", "--image", buyer, "--psam-image", psam, env=env), 2, "--purse-root")
+    ours, theirs = tmp_path / "ours.pem", tmp_path / "theirs.pem"
+    ours.write_bytes(scheme.root_cert.public_bytes(Encoding.PEM))
+    theirs.write_bytes(other_scheme.root_cert.public_bytes(Encoding.PEM))
+    one_line(semper("card", "pay", "1.00", "--image", buyer, "--psam-image", psam, "--purse-root", str(theirs),
+                    env=env), 1, "not issued by the purse scheme root")
+    r = semper("card", "pay", "1.00", "--image", buyer, "--psam-image", psam, "--purse-root", str(ours), env=env)
+    assert r.returncode == 0, r.stderr
+    with open_card(cards[1], sync=False) as conn:
+        info = PsamSession(conn).info()
+    assert (info.sequence, info.batch_total) == (1, 100)     # one request begun: none for the refused hellos
+
+
 def test_a_load_over_the_maximum_says_how_much_fits(env: dict[str, str], cards: tuple[Path, Path],
                                                     scheme) -> None:
     r = semper("card", "load", "250.00", "--test-issuer", "--image", str(cards[0]), "--pin-stdin", stdin="1234\n",

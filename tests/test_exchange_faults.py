@@ -86,7 +86,7 @@ def resign_proposal(world: World) -> Callable[[dict[str, Any]], dict[str, Any]]:
 def other_payment(world: World, c: Any) -> dict[str, Any]:
     """A genuine card-signed debit proof — for another request (an earlier purchase at the same PSAM)."""
     from semper.client.payment.card_purse import purchase as direct_purchase
-    r = direct_purchase(c.purse, c.psam, PRICE)
+    r = direct_purchase(c.purse, c.psam, PRICE, world.purse_root)
     return {"type": "payment", "module": "card-purse", "proof": {
         "certificate": base64.b64encode(c.purse.certificate()).decode(),
         "record": base64.b64encode(r.signed.record).decode(),

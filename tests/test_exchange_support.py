@@ -238,7 +238,7 @@ def purse_payer(world: World, c: Cards) -> ItemPayer:
 
 def purse_payee(world: World, c: Cards) -> ItemPayee:
     """The seller's side: a payment manager of its own each time (a restarted seller keeps nothing in memory)."""
-    payments = Payments(PartyContext(psam=c.psam, currency=EUR), only=["card-purse"])
+    payments = Payments(PartyContext(psam=c.psam, currency=EUR, purse_root=world.purse_root), only=["card-purse"])
     return ItemPayee(payments, "card-purse", item_verifiers(purse_root=world.purse_root)["card-purse"],
                      account="seller", payee_name="seller")
 

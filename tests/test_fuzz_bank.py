@@ -532,7 +532,7 @@ class BankMachine(RuleBasedStateMachine):
     def purse_purchase(self, amount: int) -> None:
         from semper.client.payment.card_purse import purchase
         try:
-            purchase(self.purse, self.psam, amount)
+            purchase(self.purse, self.psam, amount, self.world.scheme.root_cert)
         except InsufficientFunds:
             assert self.card_balance < amount, "a purchase the card covers was refused"
             return

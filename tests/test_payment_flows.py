@@ -49,7 +49,7 @@ def test_purse_load_pay_clear(world: World, tmp_path: Path) -> None:
     with open_card(buyer_img, sync=False) as bc, open_card(psam_img, sync=False) as pc:
         purse, psam = PurseSession(bc), PsamSession(pc)
         payer = PaymentManager(_ctx(world, "buyer", purse=purse, enter_pin=card_pin), only=["card-purse"])
-        payee = PaymentManager(_ctx(world, "seller", psam=psam), only=["card-purse"])
+        payee = PaymentManager(_ctx(world, "seller", psam=psam, purse_root=world.scheme.root_cert), only=["card-purse"])
         before = _money(world)
         module = payer.module("card-purse")
         assert isinstance(module, PurseModule)

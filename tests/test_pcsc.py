@@ -71,7 +71,7 @@ def test_load_and_purchase_conserve_money_through_pcscd(world, sessions):
     before, psam_before = purse.info(), psam.info()
     card_purse.load(purse, world["scheme"], 3000, PIN)
     for amount in (100, 250, 1):
-        card_purse.purchase(purse, psam, amount)
+        card_purse.purchase(purse, psam, amount, world["scheme"].root_cert)
     after, psam_after = purse.info(), psam.info()
     assert after.balance == before.balance + 3000 - 351
     assert after.load_counter == before.load_counter + 1
@@ -109,7 +109,7 @@ def test_response_chaining_and_command_chaining_through_pcscd(world, sessions):
     chained = ApduSession(conn, chunk=100)
     purse.apdu = chained
     purse.select()
-    paid = card_purse.purchase(purse, psam, 5)
+    paid = card_purse.purchase(purse, psam, 5, world["scheme"].root_cert)
     assert paid.proof.amount == 5
 
 

@@ -16,6 +16,7 @@ from semper.card_applet_sim import crypto
 from semper.card_applet_sim.applets import psam as psam_applet
 from semper.client.payment import card_purse
 from semper.client.support.personalisation import CardProfile, personalise_purse_card
+from semper.client.support.scheme import Scheme
 from semper.hardware import errors, tlv
 from semper.hardware.iso7816 import Apdu
 from semper.hardware.psam import PsamSession
@@ -215,12 +216,12 @@ def test_full_batch_refuses_until_closed(funded: PurseSession, psam: PsamSession
 
 
 # ---- batches -----------------------------------------------------------------------------------
-def test_close_batch_header_matches_the_entries(funded: PurseSession, psam: PsamSession) -> None:
+def test_close_batch_header_matches_the_entries(funded: PurseSession, psam: PsamSession, scheme: Scheme) -> None:
     amounts = [125, 1, 999, 40]
     cert = funded.certificate()
     expected_entries = []
     for a in amounts:
-        result = card_purse.purchase(funded, psam, a)
+        result = card_purse.purchase(funded, psam, a, scheme.root_cert)
         expected_entries.append(entry_tlv(cert, result.signed))
     info = psam.info()
     header, signed = psam.close_batch()
@@ -238,8 +239,8 @@ def test_close_batch_header_matches_the_entries(funded: PurseSession, psam: Psam
     assert (after.batch_number, after.batch_count, after.batch_total, after.lifetime_total) == (2, 0, 0, sum(amounts))
 
 
-def test_tampered_header_does_not_verify(funded: PurseSession, psam: PsamSession) -> None:
-    card_purse.purchase(funded, psam, 100)
+def test_tampered_header_does_not_verify(funded: PurseSession, psam: PsamSession, scheme: Scheme) -> None:
+    card_purse.purchase(funded, psam, 100, scheme.root_cert)
     _header, signed = psam.close_batch()
     psam_cert = x509.load_der_x509_certificate(psam.certificate())
     record = bytearray(signed.record)
@@ -250,14 +251,14 @@ def test_tampered_header_does_not_verify(funded: PurseSession, psam: PsamSession
 
 
 def test_batch_numbers_increase_and_old_batches_disappear(funded: PurseSession, psam: PsamSession,
-                                                          psam_os) -> None:
-    card_purse.purchase(funded, psam, 10)
-    card_purse.purchase(funded, psam, 20)
+                                                          psam_os, scheme: Scheme) -> None:
+    card_purse.purchase(funded, psam, 10, scheme.root_cert)
+    card_purse.purchase(funded, psam, 20, scheme.root_cert)
     h1, s1 = psam.close_batch()
     assert h1.batch_number == 1 and psam.info().batch_number == 2
     with pytest.raises(errors.NotFoundError):
         psam.batch_header(2)                                   # still open
-    card_purse.purchase(funded, psam, 30)
+    card_purse.purchase(funded, psam, 30, scheme.root_cert)
     assert len(psam.batch_entries(1)) == 2                     # the last closed batch is kept
     assert psam.batch_header(1) == (h1, s1)
     h2, _s2 = psam.close_batch()

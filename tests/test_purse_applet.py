@@ -458,7 +458,7 @@ def test_log_keeps_the_last_15_newest_first(purse: PurseSession, psam: PsamSessi
         events.append(("load", n, amount, balance))
     for n in range(1, 19):
         amount = 10 * n + 1
-        card_purse.purchase(purse, psam, amount)
+        card_purse.purchase(purse, psam, amount, scheme.root_cert)
         balance -= amount
         events.append(("debit", n, amount, balance))
     log = purse.log()
@@ -511,9 +511,9 @@ def test_money_is_conserved(fresh_images, scheme, ops: list[tuple[str, int]]) ->
                 else:
                     if amount > balance:
                         with pytest.raises(InsufficientFunds):
-                            card_purse.purchase(purse, psam, amount)
+                            card_purse.purchase(purse, psam, amount, scheme.root_cert)
                     else:
-                        card_purse.purchase(purse, psam, amount)
+                        card_purse.purchase(purse, psam, amount, scheme.root_cert)
                         debits += amount
                 info, pinfo = purse.info(), psam.info()
                 assert info.balance == loads - debits

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from conftest import SCHEME_PIN
 
-from semper.client.payment import card_purse
-from semper.client.payment.errors import ProtocolError
+from semper.client.payment import card_purse, psam_desk
+from semper.client.payment.errors import PaymentError, ProtocolError
 from semper.client.payment.model import Terms
 from semper.client.payment.module import PartyContext
 from semper.client.payment.modules.purse import PayeeFlow, PayerFlow, PurseModule
@@ -198,3 +198,165 @@ def test_a_card_certificate_that_passed_is_not_verified_again_and_refusals_are_n
         with pytest.raises(ProtocolError):
             proofs.check_card(psam_cert, number)
     assert len(verified) == 3 and purse_module._card_serial.cache_info().currsize == 1
+
+
+def _made_up_hello(i: int) -> dict[str, Any]:
+    return {"kind": "hello", "card": os.urandom(8).hex().upper(), "counter": 1 + i, "currency": EUR,
+            "card_certificate": base64.b64encode(os.urandom(300)).decode()}
+
+
+def test_a_payee_without_the_scheme_root_refuses_every_hello_and_holds_no_room(
+        market: tuple[PurseModule, list[PurseModule]]) -> None:
+    """Left open by the adversarial review of 2026-12-07: the hello's certificate check ran only when the
+    payee's context held the purse scheme root, so a payee built without one (test fixtures, ``semper card
+    pay``) let a made-up card's hello hold one of the PSAM's 16 open debits for STALE_AFTER. A payee without
+    the root now refuses every hello, made up or genuine, saying what the shop lacks, before its PSAM is
+    asked and with no room kept."""
+    payee, payers = market
+    rootless = PurseModule(PartyContext(psam=payee.ctx.psam, currency=EUR))          # no purse_root
+    genuine = PayerFlow(payers[0], _terms(0)).step(None).message
+    for i, hello in enumerate([_made_up_hello(0), _made_up_hello(1), genuine]):
+        terms = _terms(200 + i)
+        rootless.admit(terms.payment_id, hello)
+        with pytest.raises(PaymentError, match="purse scheme's root"):
+            rootless.payee_flow(terms).step(hello)
+        assert rootless.desk().held() == 0
+    psam = payee.ctx.psam
+    psam.ensure_selected()
+    assert psam.info().pending == 0                                    # the PSAM was never asked
+
+
+def test_one_cards_certificate_takes_at_most_its_cap_of_psam_room(market: tuple[PurseModule, list[PurseModule]]
+                                                                    ) -> None:
+    """Left open by the adversarial review of 2026-12-07: card certificates are public (every hello carries
+    one), so whoever holds one genuine card's certificate could send orders whose hellos name that card,
+    each holding one of the PSAM's 16 open debits for STALE_AFTER: 16 such orders a minute stopped every card
+    payment at the PSAM. The desk now keeps at most CARD_OPEN_CAP debits open per card and refuses a further
+    hello naming it before the PSAM is asked; it never evicts one of the card's open requests, since that
+    card may have paid already. The card's open payments still complete, its payment's own hello sent again
+    is not counted twice, and every other card still pays."""
+    payee, payers = market
+    victim = payers[0]
+    opened: list[tuple[PayerFlow, PayeeFlow, dict[str, Any], dict[str, Any], Terms]] = []
+    refused = []
+    for i in range(PSAM_PENDING + 4):
+        terms = _terms(300 + i)
+        payer, flow = PayerFlow(victim, terms), payee.payee_flow(terms)
+        hello = payer.step(None).message                 # the genuine card's hello, as anyone who saw one sends it
+        try:
+            payee.admit(terms.payment_id, hello)
+            challenge = flow.step(hello).message
+        except PaymentError as e:
+            refused.append(str(e))
+            continue
+        opened.append((payer, flow, hello, challenge, terms))
+    assert len(opened) == psam_desk.CARD_OPEN_CAP and len(refused) == PSAM_PENDING + 4 - psam_desk.CARD_OPEN_CAP
+    assert all("already has a payment open" in why for why in refused), refused
+    assert payee.desk().held() == psam_desk.CARD_OPEN_CAP
+    psam = payee.ctx.psam
+    psam.ensure_selected()
+    assert psam.info().pending == psam_desk.CARD_OPEN_CAP              # the refused hellos asked the PSAM nothing
+    # the same payment's hello again (sent again, or its payee restarted before it kept its answer): the same
+    # challenge, not a third request of the card's
+    _, _, hello, challenge, terms = opened[0]
+    payee.admit(terms.payment_id, hello)
+    assert payee.payee_flow(terms).step(hello).message == challenge
+    assert payee.desk().held() == psam_desk.CARD_OPEN_CAP
+    # another genuine card still pays
+    terms = _terms(1)
+    payer, flow = PayerFlow(payers[1], terms), payee.payee_flow(terms)
+    hello = payer.step(None).message
+    payee.admit(terms.payment_id, hello)
+    assert flow.step(payer.step(flow.step(hello).message).message).done
+    # the card at its cap pays one of its open payments: its proof is taken (it has paid)
+    payer, flow, _, challenge, _ = opened[1]
+    receipt = flow.step(payer.step(challenge).message)
+    assert receipt.done and receipt.message["kind"] == "receipt"
+    assert payee.desk().held() == psam_desk.CARD_OPEN_CAP - 1
+    # and with one of its payments finished, the card may open one again
+    terms = _terms(400)
+    payer, flow = PayerFlow(victim, terms), payee.payee_flow(terms)
+    hello = payer.step(None).message
+    payee.admit(terms.payment_id, hello)
+    assert flow.step(payer.step(flow.step(hello).message).message).done
+
+
+def test_a_payments_second_request_counts_against_its_card(images: tuple[Scheme, Path, list[Path]],
+                                                            tmp_path: Path) -> None:
+    """A payment that begins its debit again with other terms (a new hello for the same payment id, e.g. two
+    workers racing on one order) leaves its first request open on the PSAM: that request still counts for
+    its card, so such hellos cannot open more than CARD_OPEN_CAP debits for one card either."""
+    import shutil
+    _, psam_image, _ = images
+    with open_card(Path(shutil.copy(psam_image, tmp_path / "psam.card")), sync=False) as conn:
+        desk = psam_desk.PsamDesk(PsamSession(conn))
+        card, other = bytes.fromhex("0102030405060708"), bytes.fromhex("1112131415161718")
+        first = desk.begin_debit("p1", card, 5, 5, EUR)
+        assert desk.begin_debit("p1", card, 5, 5, EUR) == first          # the same request again: not counted again
+        assert desk.held() == 1
+        desk.begin_debit("p1", card, 6, 5, EUR)                            # other terms: the first stays open
+        assert desk.held() == 2
+        with pytest.raises(psam_desk.CardBusy, match="already has a payment open"):
+            desk.begin_debit("p2", card, 7, 5, EUR)
+        assert desk.held() == 2                                            # refused: its room given back
+        with pytest.raises(psam_desk.CardBusy):                            # p1 again with other terms: its second
+            desk.begin_debit("p1", card, 8, 5, EUR)                        # request counts, and stays counted
+        assert desk.held() == 2 and desk.open_for(card) == 2
+        desk.begin_debit("p3", other, 1, 5, EUR)                           # another card has room
+        assert desk.held() == 3
+        PsamSession(conn).ensure_selected()
+        assert PsamSession(conn).info().pending == 3
+
+
+def test_the_card_cap_holds_through_the_psam_device(images: tuple[Scheme, Path, list[Path]], tmp_path: Path) -> None:
+    """With ``semper serve shop --workers N`` the desk lives in the PSAM's device process and the workers ask
+    it over a socket: the card number reaches the desk there too, and its refusal comes back as CardBusy."""
+    import shutil
+    import threading
+
+    from semper.client.servers.psam_device import PsamDeviceClient, serve
+    _, psam_image, _ = images
+    sock = tmp_path / "psam.sock"
+    stop = threading.Event()
+    ready = threading.Event()
+    with open_card(Path(shutil.copy(psam_image, tmp_path / "psam.card")), sync=False) as conn:
+        server = threading.Thread(target=serve, args=(psam_desk.PsamDesk(PsamSession(conn)), sock, ready.set, stop),
+                                  daemon=True)
+        server.start()
+        try:
+            assert ready.wait(10)
+            workers = [PsamDeviceClient(sock, connect_wait=5), PsamDeviceClient(sock, connect_wait=5)]
+            card = bytes.fromhex("0102030405060708")
+            for i in range(psam_desk.CARD_OPEN_CAP):
+                workers[i % 2].begin_debit(f"p{i}", card, 1 + i, 5, EUR)
+            with pytest.raises(psam_desk.CardBusy, match="already has a payment open"):
+                workers[1].begin_debit("late", card, 9, 5, EUR)
+            assert workers[0].held() == psam_desk.CARD_OPEN_CAP             # the late one kept no room
+            workers[0].begin_debit("other", bytes.fromhex("1112131415161718"), 1, 5, EUR)
+            assert workers[1].held() == psam_desk.CARD_OPEN_CAP + 1
+        finally:
+            stop.set()
+            server.join(10)
+
+
+def test_a_cards_open_debits_stop_counting_once_stale(images: tuple[Scheme, Path, list[Path]], tmp_path: Path
+                                                       ) -> None:
+    """The refusal says "try again in a minute": a card's open debits, its payments' and those no payment
+    holds any more, stop counting against it after STALE_AFTER, as they stop holding the PSAM's room."""
+    import shutil
+    _, psam_image, _ = images
+    now = [1000.0]
+    with open_card(Path(shutil.copy(psam_image, tmp_path / "psam.card")), sync=False) as conn:
+        desk = psam_desk.PsamDesk(PsamSession(conn), clock=lambda: now[0])
+        card = bytes.fromhex("0102030405060708")
+        desk.begin_debit("p1", card, 1, 5, EUR)
+        desk.begin_debit("p1", card, 2, 5, EUR)                            # p1's first request: no payment's now
+        with pytest.raises(psam_desk.CardBusy):
+            desk.begin_debit("p2", card, 3, 5, EUR)
+        now[0] += psam_desk.STALE_AFTER / 2
+        with pytest.raises(psam_desk.CardBusy):
+            desk.begin_debit("p2", card, 3, 5, EUR)
+        now[0] += psam_desk.STALE_AFTER / 2 + 1
+        assert desk.open_for(card) == 0 and desk.held() == 0
+        desk.begin_debit("p2", card, 3, 5, EUR)
+        assert desk.open_for(card) == 1 and desk.held() == 1

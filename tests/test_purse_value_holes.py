@@ -102,7 +102,7 @@ def new_psam(b: World, folder: Path, account: str) -> Path:
 def purse_module(b: World, who: str, **kw: Any) -> PurseModule:
     signer, account = b.party(who)
     return PurseModule(PartyContext(bank=b.client(signer), signer=signer, account=account, currency=EUR,
-                                    enter_pin=card_pin, **kw))
+                                    enter_pin=card_pin, purse_root=b.scheme.root_cert, **kw))
 
 
 def load_params(account: str, signed: Signed, cert: bytes) -> dict[str, Any]:
@@ -148,8 +148,8 @@ def test_item1_a_stale_load_request_cannot_reverse_a_load_the_card_applied(bank:
     seller_before = b.bank.balance(seller_acc)
     with open_card(image, sync=False) as c, open_card(psam_image, sync=False) as p:
         purse, psam = PurseSession(c), PsamSession(p)
-        card_purse.purchase(purse, psam, 2_500)
-        card_purse.purchase(purse, psam, 1_500)
+        card_purse.purchase(purse, psam, 2_500, b.scheme.root_cert)
+        card_purse.purchase(purse, psam, 1_500, b.scheme.root_cert)
         cleared = purse_module(b, "seller", psam=psam).clear()
     assert cleared is not None and cleared["total"] == 4_000
     assert b.bank.balance(seller_acc) - seller_before == 4_000
@@ -179,12 +179,12 @@ def test_item1_one_bad_proof_does_not_block_the_good_ones_in_its_batch(bank: Wor
     seller_before = b.bank.balance(seller_acc)
     with open_card(good, sync=False) as g, open_card(rogue, sync=False) as r, open_card(psam_image, sync=False) as p:
         gp, rp, psam = PurseSession(g), PurseSession(r), PsamSession(p)
-        card_purse.purchase(gp, psam, 1_000)
+        card_purse.purchase(gp, psam, 1_000, b.scheme.root_cert)
         info = rp.info()                                                # value the bank never loaded
         _drq, rogue_request = psam.begin_debit(info.card_number, info.debit_counter + 1, 700, EUR)
         _dpf, rogue_proof = rp.debit(psam.certificate(), rogue_request)
         psam.complete_debit(rp.certificate(), rogue_proof)
-        card_purse.purchase(gp, psam, 500)
+        card_purse.purchase(gp, psam, 500, b.scheme.root_cert)
         seller = purse_module(b, "seller", psam=psam)
         cleared = seller.clear()
         good_left = gp.info().balance
@@ -209,13 +209,14 @@ def test_item2_a_refused_batch_does_not_stop_clearing(bank: World, tmp_path: Pat
     with open_card(good, sync=False) as g, open_card(rogue, sync=False) as r, open_card(psam_image, sync=False) as p:
         gp, rp, psam = PurseSession(g), PurseSession(r), PsamSession(p)
         seller = purse_module(b, "seller", psam=psam)
-        card_purse.purchase(gp, psam, 1_000)
-        card_purse.purchase(rp, psam, 700)
+        card_purse.purchase(gp, psam, 1_000, b.scheme.root_cert)
+        card_purse.purchase(rp, psam, 700, b.scheme.root_cert)
         try:
             seller.clear()                         # settled (the good proof paid) or refused: either way ...
         except PaymentRefused:
             pass
-        card_purse.purchase(gp, psam, 400)         # ... the next day's honest payment must reach the seller
+        # ... the next day's honest payment must reach the seller
+        card_purse.purchase(gp, psam, 400, b.scheme.root_cert)
         second = seller.clear()
         info = psam.info()
     assert second is not None and second["batch"] == 2 and second["total"] == 400, second
@@ -244,7 +245,7 @@ def test_item3_a_key_certified_under_a_linked_card_number_is_not_that_card(bank:
     with open_card(impostor, sync=False) as i, open_card(accomplice_psam, sync=False) as p:
         ip, psam = PurseSession(i), PsamSession(p)
         card_purse.load(ip, b.scheme, 3_000, CARD_PIN)                  # value of its own making
-        card_purse.purchase(ip, psam, 3_000)
+        card_purse.purchase(ip, psam, 3_000, b.scheme.root_cert)
         cleared = purse_module(b, "seller2", psam=psam).clear()
         ip.verify_pin(CARD_PIN)                                         # and a load paid from the victim's account
         _req, signed = ip.initialize_load(500, EUR)
@@ -260,7 +261,7 @@ def test_item3_a_key_certified_under_a_linked_card_number_is_not_that_card(bank:
     assert b.bank.shadow(victim_id) == 4_000
     # the real card still spends all it holds
     with open_card(victim, sync=False) as c, open_card(honest_psam, sync=False) as p:
-        card_purse.purchase(PurseSession(c), PsamSession(p), 4_000)
+        card_purse.purchase(PurseSession(c), PsamSession(p), 4_000, b.scheme.root_cert)
         cleared = purse_module(b, "seller", psam=PsamSession(p)).clear()
     assert cleared is not None and cleared["total"] == 4_000 and not cleared["held"]
     assert b.bank.balance(seller_acc) - seller_before == 4_000
@@ -288,7 +289,8 @@ def test_item10_the_third_partys_proof_stays_clearable_after_the_psam_evicted_it
         buyer_pm = PaymentManager(PartyContext(bank=b.client(b.signers["buyer"]), account=buyer_acc, currency=EUR,
                                                purse=purse, enter_pin=card_pin), only=["card-purse"])
         seller_pm = PaymentManager(PartyContext(bank=b.client(b.signers["seller"]), account=seller_acc,
-                                                currency=EUR, psam=psam), only=["card-purse"])
+                                                currency=EUR, psam=psam, purse_root=b.scheme.root_cert),
+                                   only=["card-purse"])
         buyer_module = buyer_pm.module("card-purse")
         assert isinstance(buyer_module, PurseModule)
         buyer_module.load(2_000)
@@ -407,7 +409,7 @@ def test_a_debit_is_paid_once_whether_cleared_alone_or_in_a_batch(bank: World, t
             b.client(b.signers["seller"]).call("acquirer/clear_proof", again)
         assert seen.value.code == "proof_seen"
         psam.complete_debit(purse.certificate(), proof)             # the same debit reaches the batch too
-        card_purse.purchase(purse, psam, 200)
+        card_purse.purchase(purse, psam, 200, b.scheme.root_cert)
         cleared = seller.clear()
         left = purse.info().balance
     assert cleared is not None and cleared["total"] == 200

@@ -188,8 +188,11 @@ def forged_card_pays(psam_image: Path, root: StolenRoot, folder: Path) -> bool:
         purse, psam = PurseSession(card), PsamSession(psam_card)
         card_purse.load(purse, root, 20_000, PIN)
         before = psam.info().batch_total
-        try:
-            card_purse.purchase(purse, psam, 15_000)
+        try:                        # the PSAM itself asked (a seller's payee would refuse the hello before it)
+            info = purse.info()
+            _, request = psam.begin_debit(info.card_number, info.debit_counter + 1, 15_000, info.currency)
+            _, proof = purse.debit(psam.certificate(), request)
+            psam.complete_debit(purse.certificate(), proof)
         except Exception:                                     # refused somewhere: the forgery did not work
             return False
         return psam.info().batch_total == before + 15_000

@@ -5,13 +5,16 @@ device process of its own, the deals in the database.
   another worker (or the one the parent started again), which finishes the same deal from the
   database; money is conserved to the cent (the chaos runner's checks).
 * The PSAM's room rule holds across the workers: with 17 payments saying hello at once to two workers,
-  some to ``/deals/pay`` after their order and some with their order, 16 get the PSAM's challenge and the
-  17th is refused before the PSAM (or any card) is asked; the PSAM began exactly 16 requests, so none was
-  evicted.
+  some to ``/deals/pay`` after their order and some with their order, each naming a card of its own, those
+  the PSAM has room for get its challenge and the rest are refused before the PSAM (or any card) is asked;
+  the PSAM began exactly one request per challenge, so none was evicted.
+* So does the cap of open debits per card (``psam_desk.CARD_OPEN_CAP``): hellos at once to two workers,
+  all naming one genuine card, get at most the cap's challenges.
 """
 from __future__ import annotations
 
 import base64
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 from workers import WorkerKiller, children
 
 from semper.chaos.plan import Fault, RunPlan
@@ -76,6 +80,56 @@ def test_a_worker_killed_mid_purchase_loses_nothing(market: Any, tmp_path: Path,
     assert len(now) == WORKERS and killer.killed[0] not in now
 
 
+def _genuine_cards(market: Any, n: int) -> list[tuple[str, str]]:
+    """``n`` cards the purse scheme certified (card number hex, certificate base64), as anyone who saw their
+    hellos holds them: a hello needs no more to pass the shop's check of its certificate."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from semper.client.support.scheme import ROLE_PURSE_CARD
+    cards = []
+    for _ in range(n):
+        number = os.urandom(8).hex().upper()
+        cert = market.world.scheme.certify(ec.generate_private_key(ec.SECP256R1()).public_key(),
+                                           f"semper purse card {number}", number, ROLE_PURSE_CARD)
+        cards.append((number, base64.b64encode(cert.public_bytes(Encoding.DER)).decode()))
+    return cards
+
+
+def _hellos_at_once(market: Any, deals: list[tuple[str, dict[str, Any], dict[str, str]]],
+                    cards: list[tuple[str, str]]) -> dict[int, Any]:
+    """Each deal's hello (the i-th naming cards[i]) sent at once, to ``/deals/order`` with its order when the
+    deal has not been ordered yet, else to ``/deals/pay``: the shop's answer or ServiceError for each."""
+    from semper.client.support.channels import JsonClient, ServiceError
+    url = f"https://127.0.0.1:{market.services['shop'].port}"
+    answers: dict[int, Any] = {}
+    go = threading.Barrier(len(deals))
+
+    def hello(i: int, deal: str, terms: dict[str, Any], order: dict[str, str]) -> None:
+        card, certificate = cards[i]
+        body = {"kind": "hello", "card": card, "counter": 1 + i, "currency": terms["currency"],
+                "card_certificate": certificate}
+        envelope = {"payment_id": terms["payment_id"], "module": "card-purse", "body": body}
+        with JsonClient(url, market.world.root_pem, timeout=30, name="the shop") as c:
+            go.wait(30)
+            try:
+                if order:
+                    answers[i] = c.post("/deals/order", {"deal": deal, **order, "envelope": envelope})
+                else:
+                    answers[i] = c.post("/deals/pay", {"deal": deal, "envelope": envelope})
+            except ServiceError as e:
+                answers[i] = e
+    threads = [threading.Thread(target=hello, args=(i, d, t, o)) for i, (d, t, o) in enumerate(deals)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return answers
+
+
+def _challenged(answer: Any) -> bool:
+    return isinstance(answer, dict) and answer.get("envelope", {}).get("body", {}).get("kind") == "challenge"
+
+
 def _ordered_deal(market: Any, send: bool = True) -> tuple[str, dict[str, Any], dict[str, str]]:
     """A mail-order deal paid from the purse: (deal id, its payment terms, the order request's fields: the
     signed order, the offer and its tag, in base64). With ``send`` it is ordered (no fields); else the
@@ -99,53 +153,55 @@ def _ordered_deal(market: Any, send: bool = True) -> tuple[str, dict[str, Any], 
 
 
 @pytest.mark.timeout(180)
-def test_the_psam_room_rule_holds_across_workers(market: Any) -> None:
-    """Run last in this module: the 16 payments it leaves open keep the PSAM's room for a minute."""
+def test_the_card_cap_holds_across_workers(market: Any) -> None:
+    """Card certificates are public, so hellos naming one genuine card came to both workers at once; the
+    PSAM's device keeps the cap for all of them: at most CARD_OPEN_CAP get the PSAM's challenge, the others
+    are refused before the PSAM is asked, with words the buyer can act on. Leaves the cap's debits open
+    (for STALE_AFTER): the next test counts them."""
+    from semper.client.payment.psam_desk import CARD_OPEN_CAP
     from semper.client.servers.psam_device import PsamDeviceClient
-    from semper.client.support.channels import JsonClient, ServiceError
+    from semper.client.support.channels import ServiceError
+    deals = [_ordered_deal(market, send=i % 3 != 0) for i in range(CARD_OPEN_CAP + 4)]
+    device = PsamDeviceClient(market.world.shop_dir / "run" / "psam-0.sock")
+    assert device.held() == 0                      # every earlier purchase of this module finished
+    start = device.info()
+    victim = _genuine_cards(market, 1)[0]
+    answers = _hellos_at_once(market, deals, [victim] * len(deals))
+    challenged = [a for a in answers.values() if _challenged(a)]
+    assert len(answers) == len(deals) and len(challenged) == CARD_OPEN_CAP, answers
+    # refused at /deals/pay as the shop refuses a payment message, in the desk's words (the order with its hello
+    # is answered without the challenge, as with any refused hello)
+    refused = [a for i, a in answers.items() if isinstance(a, ServiceError)]
+    assert refused and all(e.status == 422 and e.code == "payment_refused" and "already has a payment open" in e.message
+                           for e in refused), refused
+    assert all(isinstance(a, ServiceError) or _challenged(a) or a["next"] == "payment" for a in answers.values())
+    end = device.info()
+    assert end.sequence - start.sequence == CARD_OPEN_CAP and device.held() == CARD_OPEN_CAP
+
+
+@pytest.mark.timeout(180)
+def test_the_psam_room_rule_holds_across_workers(market: Any) -> None:
+    """Run last in this module: the payments it leaves open keep the PSAM's room for a minute."""
+    from semper.client.payment.psam_desk import CARD_OPEN_CAP
+    from semper.client.servers.psam_device import PsamDeviceClient
+    from semper.client.support.channels import ServiceError
     # every third hello comes with its order (one request: the order's answer carries the challenge)
     deals = [_ordered_deal(market, send=i % 3 != 0) for i in range(17)]
     device = PsamDeviceClient(market.world.shop_dir / "run" / "psam-0.sock")
     room = 16 - device.held()
-    assert room == 16                      # every earlier purchase of this module finished
+    assert room == 16 - CARD_OPEN_CAP             # what the card cap's test left open
     start = device.info()
-    url = f"https://127.0.0.1:{market.services['shop'].port}"
-    with market.buyer.card_lock:
-        market.buyer.purse.select()
-        info = market.buyer.purse.info()
-        card_id, counter = info.card_id, info.debit_counter + 1
-        card_certificate = base64.b64encode(market.buyer.purse.certificate()).decode()
-    answers: dict[int, Any] = {}
-    go = threading.Barrier(len(deals))
-
-    def hello(i: int, deal: str, terms: dict[str, Any], order: dict[str, str]) -> None:
-        # the buyer's genuine card in every hello (the shop checks a hello's card certificate before it asks the
-        # PSAM, so a made-up card takes no room: test_orders_with_made_up_card_hellos_do_not_block_card_payments)
-        body = {"kind": "hello", "card": card_id, "counter": counter + i, "currency": terms["currency"],
-                "card_certificate": card_certificate}
-        envelope = {"payment_id": terms["payment_id"], "module": "card-purse", "body": body}
-        with JsonClient(url, market.world.root_pem, timeout=30, name="the shop") as c:
-            go.wait(30)
-            try:
-                if order:
-                    answers[i] = c.post("/deals/order", {"deal": deal, **order, "envelope": envelope})
-                else:
-                    answers[i] = c.post("/deals/pay", {"deal": deal, "envelope": envelope})
-            except ServiceError as e:
-                answers[i] = e
-    threads = [threading.Thread(target=hello, args=(i, d, t, o)) for i, (d, t, o) in enumerate(deals)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    challenges = [a for a in answers.values() if isinstance(a, dict) and a["envelope"]["body"]["kind"] == "challenge"]
+    # a genuine card of its own in every hello (the shop checks a hello's card certificate before it asks the
+    # PSAM, so a made-up card takes no room: test_orders_with_made_up_card_hellos_do_not_block_card_payments;
+    # and one card holds at most CARD_OPEN_CAP: test_the_card_cap_holds_across_workers)
+    answers = _hellos_at_once(market, deals, _genuine_cards(market, len(deals)))
+    challenges = [a for a in answers.values() if _challenged(a)]
     refused = [a for a in answers.values() if isinstance(a, ServiceError)]
     assert len(answers) == 17 and len(challenges) == room and len(refused) == 17 - room, answers
     assert all(e.status == 503 and e.code == "busy" for e in refused), refused
     with_order = [a for i, a in answers.items() if deals[i][2]]
     assert all(isinstance(a, ServiceError) or a["next"] == "payment" for a in with_order)
-    assert any(isinstance(a, dict) and a["envelope"]["body"]["kind"] == "challenge" for a in with_order), \
-        "no order carried the PSAM's challenge"
+    assert any(_challenged(a) for a in with_order), "no order carried the PSAM's challenge"
     end = device.info()
     # the PSAM began exactly one request per admitted payment: none for the refused, none evicted
     assert end.sequence - start.sequence == room and end.pending - start.pending == room

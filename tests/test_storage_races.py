@@ -186,7 +186,7 @@ def test_a_batch_clears_once(world: World, tmp_path: Path) -> None:
         PaymentManager(ctx, only=["card-purse"]).module("card-purse").load(3_000)
         purse.verify_pin(CARD_PIN)
         for amount in (700, 250, 1):
-            purchase(purse, psam, amount)
+            purchase(purse, psam, amount, world.scheme.root_cert)
         header, _ = psam.close_batch()
         _, signed = psam.batch_header(header.batch_number)
         params = clearing_request(psam.certificate(), signed, psam.batch_entries(header.batch_number))

@@ -67,7 +67,7 @@ def test_card_and_purse_screens_read_a_real_simulated_card(buyer_image: Path, ps
     from semper.hardware import cards
     with cards.purse(None, buyer_image) as purse, cards.psam(None, psam_image) as psam:
         card_purse.load(purse, scheme, 5000, b"1234")
-        card_purse.purchase(purse, psam, 1250)
+        card_purse.purchase(purse, psam, 1250, scheme.root_cert)
         number = purse.info().card_id
     app = TinguinApp(phrase=PHRASE, card=CardAccess(image=buyer_image))
 

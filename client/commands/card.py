@@ -38,6 +38,8 @@ from . import (
 from .cardparty import bank_args, bank_party, check_pin_format, read_card_pin
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from semper.hardware.purse import PurseInfo, PurseSession
     from semper.hardware.transport import Connection
 
@@ -394,6 +396,30 @@ def _load_from_bank(args: argparse.Namespace) -> int:
     return 0
 
 
+def _purse_root(args: argparse.Namespace) -> x509.Certificate:
+    """The purse scheme root the PSAM's side checks the card's hello against: ``--purse-root``, else prefs
+    ``trust.purse_root``, else the root of the scheme in ``$SEMPER_HOME/scheme`` (the one ``card new`` issues
+    from). Without one the payee refuses the hello (``modules/purse.py``: it fails closed), so it is asked
+    for here, before any card is opened."""
+    from cryptography import x509
+
+    from ..support import prefs
+    from ..support.paths import semper_home
+    from ..support.scheme import ROOT_CERT
+    path = args.purse_root
+    if path is None:
+        value = prefs.load().get("trust.purse_root")
+        path = Path(value) if value else semper_home() / "scheme" / ROOT_CERT
+        if not path.is_file():
+            raise UsageError(f"which purse scheme's cards does the PSAM take? no scheme root at {path}: pass "
+                             "--purse-root FILE (the scheme's root-cert.pem), or: semper prefs set trust.purse_root "
+                             "FILE")
+    try:
+        return x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"the purse scheme root {path} is not a readable PEM certificate ({e})") from None
+
+
 def cmd_card_pay(args: argparse.Namespace) -> int:
     from semper.hardware import cards
     from semper.hardware.iso7816 import AID
@@ -404,6 +430,7 @@ def cmd_card_pay(args: argparse.Namespace) -> int:
     if args.image is not None and args.psam_image is None and args.psam_reader is None:
         raise UsageError("which PSAM takes the payment? the buyer card is an image (--image), so name the PSAM too: "
                          "--psam-image PSAM.card (or --psam-reader NAME for one behind pcscd)")
+    root = _purse_root(args)
     from semper.hardware.psam import PsamSession
     from semper.hardware.purse import PurseSession
     with contextlib.ExitStack() as stack:
@@ -420,7 +447,7 @@ def cmd_card_pay(args: argparse.Namespace) -> int:
                                 "PSAM.card, or --psam-reader NAME") from None
         psam = PsamSession(psam_conn)
         purse.select()
-        result = card_purse.purchase(purse, psam, amount)
+        result = card_purse.purchase(purse, psam, amount, root)
         balance = purse.info()
     p = result.proof
     emit(args, {"paid": format_amount(p.amount, p.currency), "psam": p.psam_id.hex().upper(),
@@ -573,6 +600,9 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                                     "through 'semper buy')")
     p.add_argument("amount", type=amount, help="in the card's currency, e.g. 12.50")
     card_args(p, psam=True)
+    p.add_argument("--purse-root", type=existing_file,
+                   help="the purse scheme root (PEM) the PSAM's side checks the card against (default: prefs "
+                        "trust.purse_root, else $SEMPER_HOME/scheme/root-cert.pem)")
     json_arg(p)
     p.set_defaults(fn=cmd_card_pay)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from semper.hardware.errors import SemperError
@@ -85,13 +86,15 @@ def load(purse: PurseSession, issuer: Scheme, amount: int, pin: bytes | None = N
     return LoadResult(confirmation, signed)
 
 
-def purchase(purse: PurseSession, psam: PsamSession, amount: int) -> PurchaseResult:
+def purchase(purse: PurseSession, psam: PsamSession, amount: int, root: x509.Certificate) -> PurchaseResult:
     """Pay ``amount`` from the card to the PSAM: the module's four messages (hello, the PSAM's signed
-    request, the card's signed proof, the PSAM's receipt), the proof in the PSAM's batch at the end."""
+    request, the card's signed proof, the PSAM's receipt), the proof in the PSAM's batch at the end.
+    ``root``: the purse scheme's root certificate, which the payee checks the card's hello against before
+    its PSAM is asked (a payee without it refuses every hello: ``modules/purse.py``, ``NoSchemeRoot``)."""
     if amount <= 0:
         raise PurseFlowError("the amount to pay must be positive")
     payer = PaymentManager(PartyContext(purse=purse), modules={PurseModule.name: PurseModule})
-    payee = PaymentManager(PartyContext(psam=psam), modules={PurseModule.name: PurseModule})
+    payee = PaymentManager(PartyContext(psam=psam, purse_root=root), modules={PurseModule.name: PurseModule})
     instruments = payer.instruments()
     if not instruments:
         raise InstrumentError("the purse card cannot be read; insert it and try again")

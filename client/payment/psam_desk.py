@@ -17,7 +17,12 @@ the workers call over a local socket with exactly these methods. Either way:
   gets the request the PSAM signed the first time, so the answer is the same bytes and the PSAM
   does not open a second request for one payment;
 * **the card's state is the truth**: a desk that starts (its process restarted) counts every request
-  the PSAM holds open as taken room until it goes stale, since it cannot tell whose they are.
+  the PSAM holds open as taken room until it goes stale, since it cannot tell whose they are;
+* **a cap per card**: at most :data:`CARD_OPEN_CAP` debits open for one card number. A card's
+  certificate is public (every hello carries it), so without a cap whoever saw one could fill the
+  PSAM's room with hellos naming that card. A hello beyond the cap is refused (:class:`CardBusy`)
+  before the PSAM is asked; no request of the card's is ever evicted for it, since the card may
+  have paid against it already.
 
 :class:`PsamPool` holds the desks of a shop with several PSAMs (several readers); a deal is given one
 PSAM when the shop signs its offer (the offer names it, and the judge checks the proof against it).
@@ -38,6 +43,15 @@ from .errors import InstrumentError, PaymentError
 
 PSAM_PENDING = 16          # debits a PSAM keeps open at once (docs/card.md: a 17th evicts the oldest)
 STALE_AFTER = 60.0         # seconds after which a payment that never sent its proof gives up its room
+CARD_OPEN_CAP = 2
+"""Debits one card number may hold open at one PSAM (its :class:`PsamDesk`) at once.
+
+Why 2: an honest buyer pays one order at a time with a card, so one open debit is its need; the
+second is for the buyer who gave a payment up half-way (closed the page, lost the link) and orders
+again before the first goes stale (:data:`STALE_AFTER`), who would otherwise wait a minute. More
+serves no buyer and only lets one card's public certificate hold more of the PSAM's
+:data:`PSAM_PENDING` slots: with 2, whoever holds one victim's certificate blocks that card at this
+PSAM for a minute at a time, and needs PSAM_PENDING / 2 = 8 genuine cards' certificates to fill it."""
 
 
 class TerminalBusy(PaymentError):
@@ -47,6 +61,16 @@ class TerminalBusy(PaymentError):
     code = "busy"
 
 
+class CardBusy(PaymentError):
+    """This card holds :data:`CARD_OPEN_CAP` debits open at this PSAM already; nothing was paid, and the
+    payment's room is given back. Not a :class:`TerminalBusy` (wait and ask again): the PSAM has room for
+    other cards, and this hello is refused as any other refused hello is. 409: it conflicts with the card's
+    open payments, and resolves when they finish or go stale."""
+
+    http_status = 409
+    code = "card_busy"
+
+
 @dataclass
 class _Open:
     """Room held by one payment: since when, and the request begun for it (if any)."""
@@ -54,6 +78,15 @@ class _Open:
     since: float
     key: tuple[bytes, int, int, int] | None = None       # card, counter, amount, currency of the begun request
     request: Signed | None = None
+
+
+@dataclass(frozen=True)
+class _Orphan:
+    """A request the PSAM holds open that no payment's room accounts for any more: since when, and its card
+    (None: unknown, a request found open when the desk started)."""
+
+    since: float
+    card: bytes | None = None
 
 
 class Desk(Protocol):
@@ -97,7 +130,7 @@ class PsamDesk:
         self.lock = threading.RLock()
         self._clock = clock
         self._open: dict[str, _Open] = {}
-        self._unknown: list[float] = []        # requests open on the card when this desk started: whose, unknown
+        self._unknown: list[_Orphan] = []      # requests open on the PSAM no payment holds (found at start, replaced)
         self._cert: bytes | None = None
         self._id: str | None = None
         with self.lock:
@@ -107,7 +140,7 @@ class PsamDesk:
             except hw.HardwareError:
                 pending = 0                    # the card is away now: it is asked again on its first use
             now = self._clock()
-            self._unknown = [now] * min(pending, size)
+            self._unknown = [_Orphan(now)] * min(pending, size)
 
     # ---- room ---------------------------------------------------------------------------------------
     def _expire(self) -> None:
@@ -115,7 +148,7 @@ class PsamDesk:
         for pid, held in list(self._open.items()):
             if now - held.since > STALE_AFTER:
                 del self._open[pid]
-        self._unknown = [t for t in self._unknown if now - t <= STALE_AFTER]
+        self._unknown = [o for o in self._unknown if now - o.since <= STALE_AFTER]
 
     def admit(self, payment_id: str) -> None:
         """Room for this payment (again: no-op), or :class:`TerminalBusy` before anything is asked of a card."""
@@ -156,24 +189,47 @@ class PsamDesk:
     def info(self) -> PsamInfo:
         return self._call(self.session.info)
 
+    def open_for(self, card_number: bytes) -> int:
+        """The debits the PSAM holds open for this card: the payments' begun requests and those no payment
+        holds any more (a payment's earlier request, replaced by another), until they go stale."""
+        with self.lock:
+            self._expire()
+            return self._count_for(bytes(card_number))
+
+    def _count_for(self, card: bytes) -> int:
+        return (sum(1 for h in self._open.values() if h.request is not None and h.key is not None and h.key[0] == card)
+                + sum(1 for o in self._unknown if o.card == card))
+
     def begin_debit(self, payment_id: str, card_number: bytes, counter: int, amount: int, currency: int) -> Signed:
         """The PSAM-signed request (DRQ1) for this payment; the same one again for the same card, counter
-        and amount. Takes room first if the payment has none (raises :class:`TerminalBusy` without it)."""
+        and amount (not counted again). Takes room first if the payment has none (raises :class:`TerminalBusy`
+        without it); raises :class:`CardBusy` before the PSAM is asked when the card holds
+        :data:`CARD_OPEN_CAP` debits open here already (its older requests are never evicted for a new one)."""
         key = (bytes(card_number), counter, amount, currency)
         with self.lock:
+            self._expire()                     # first: nothing expires under ``held`` below
             self.admit(payment_id)
             held = self._open[payment_id]
             if held.key == key and held.request is not None:
                 return held.request
+            if self._count_for(key[0]) >= CARD_OPEN_CAP:
+                # the payment's room is given back here; its own earlier request, if any (counted above when it
+                # named this card), stays open on the PSAM, so it is kept as a request no payment holds
+                if held.request is not None and held.key is not None:
+                    self._unknown.append(_Orphan(self._clock(), held.key[0]))
+                del self._open[payment_id]
+                raise CardBusy(f"this card already has a payment open at this shop ({CARD_OPEN_CAP} at most); "
+                               f"nothing was paid: finish that payment, or try again in a minute")
             if held.request is not None:
                 # another request for the same payment (a new hello): the one begun before stays open on
-                # the PSAM until it is evicted, so it keeps room of its own until it goes stale
-                self._expire()
+                # the PSAM until it is evicted, so it keeps room of its own, and counts for its card, until
+                # it goes stale
                 if len(self._open) + len(self._unknown) >= self.size:
                     raise TerminalBusy(f"the seller's terminal has {self.size} card payments in flight; nothing "
                                        "was paid; try again in a moment")
-                self._unknown.append(self._clock())
-                held.request = None
+                assert held.key is not None
+                self._unknown.append(_Orphan(self._clock(), held.key[0]))
+                held.key, held.request = None, None
             _, signed = self._call(lambda: self.session.begin_debit(card_number, counter, amount, currency))
             held.key, held.request = key, signed
             return signed
@@ -252,4 +308,5 @@ def as_pool(psam: Any) -> PsamPool | None:
     return PsamPool([psam])
 
 
-__all__ = ["PSAM_PENDING", "STALE_AFTER", "Desk", "PsamDesk", "PsamPool", "TerminalBusy", "as_pool"]
+__all__ = ["CARD_OPEN_CAP", "PSAM_PENDING", "STALE_AFTER", "CardBusy", "Desk", "PsamDesk", "PsamPool", "TerminalBusy",
+           "as_pool"]

@@ -5,12 +5,13 @@ opener), and the PSAM's room rule — at most 16 debits open, or it evicts the o
 already paid is refused — can only be kept where every debit passes. So with ``semper serve shop
 --workers N`` the parent starts one device process per PSAM; it opens the PSAM and serves its
 :class:`~semper.client.payment.psam_desk.PsamDesk` on a unix socket (mode 0600, in a folder only the
-shop's user can enter): ``admit`` / ``release`` (room), ``begin`` / ``complete`` (the debit),
-``find_proof``, ``info``, ``certificate`` and the batch operations for clearing. Every worker talks
-to it through :class:`PsamDeviceClient`, which has the desk's methods, so the purse module cannot
-tell the two apart. The device keeps no state that is not on the card but the room it counts: if it
-dies, the parent starts it again, and the new desk counts every request the PSAM holds open as
-taken until it goes stale (``psam_desk.STALE_AFTER``).
+shop's user can enter): ``admit`` / ``release`` (room), ``begin`` / ``complete`` (the debit; ``begin``
+names the card, so the desk's cap of open debits per card, ``psam_desk.CARD_OPEN_CAP``, holds across
+the workers as the room does), ``find_proof``, ``info``, ``certificate`` and the batch operations for
+clearing. Every worker talks to it through :class:`PsamDeviceClient`, which has the desk's methods, so
+the purse module cannot tell the two apart. The device keeps no state that is not on the card but the
+room it counts (and whose cards hold it): if it dies, the parent starts it again, and the new desk
+counts every request the PSAM holds open as taken until it goes stale (``psam_desk.STALE_AFTER``).
 
 The wire: one JSON object per line each way, ``{"op", "args"}`` -> ``{"ok": value}`` or ``{"error":
 class name, "message", "sw"}``; bytes in base64. Errors come back as the classes they were raised as
@@ -35,7 +36,7 @@ from semper.hardware.psam import BatchEntry, PsamInfo
 from semper.hardware.purse_records import BatchHeader, Signed
 
 from ..payment import errors as pay
-from ..payment.psam_desk import PsamDesk, TerminalBusy
+from ..payment.psam_desk import CardBusy, PsamDesk, TerminalBusy
 
 CONNECT_WAIT = 15.0          # seconds a worker waits for the device to (re)appear before the step fails
 CALL_TIMEOUT = 30.0
@@ -44,7 +45,7 @@ _ERRORS: dict[str, type[Exception]] = {
     c.__name__: c for c in (hw.HardwareError, hw.ReaderError, hw.CardRemovedError, hw.TransportError, hw.CardError,
                             hw.NotAuthenticError, hw.ReplayError, hw.NotFoundError, hw.ConditionsError,
                             hw.InvalidInputError, hw.InsufficientFundsError, hw.MaxBalanceError, TerminalBusy,
-                            pay.PaymentError, pay.InstrumentError)}
+                            CardBusy, pay.PaymentError, pay.InstrumentError)}
 
 
 def _b(data: bytes) -> str:

@@ -69,6 +69,14 @@ def _card_error(e: hw.HardwareError, what: str) -> PaymentError:
     return InstrumentError(f"the card refused to {what}: {e}")
 
 
+class NoSchemeRoot(PaymentError):
+    """The payee has no purse scheme root (``PartyContext.purse_root``), so it cannot check a card's hello
+    and refuses it before its PSAM is asked. The seller's misconfiguration, not the card's fault: the
+    shop's folder holds the root (``purse-root.pem``, written by ``semper shop init --purse-root``)."""
+
+    code = "purse_not_configured"
+
+
 class NotAuthenticated(InstrumentError):
     """The card did not accept a signature on what it was sent: a load command from an issuer that is not
     its own, a debit request from a PSAM of another scheme."""
@@ -490,13 +498,20 @@ class PayeeFlow:
         self.request = None if not req else Signed(unb64(req[0], "request", 256), unb64(req[1], "signature", 128))
 
     def _begin(self, desk: Desk, incoming: dict[str, Any] | None) -> Signed:
+        """The PSAM's request for the card's hello, once the hello is checked. The card's certificate is
+        checked against the scheme root *before* the PSAM is asked, because a begun debit holds one of the
+        PSAM's slots for STALE_AFTER: a made-up card's hello would hold it for nothing. A payee without the
+        root cannot check, so it refuses every hello (fails closed) rather than take it unchecked."""
+        root = self.m.ctx.purse_root
+        if root is None:
+            raise NoSchemeRoot("this seller cannot take card purse payments now: it has no purse scheme's root "
+                               "certificate to check the card's against (the shop is misconfigured: give it the "
+                               "purse scheme's root, semper shop init --purse-root); nothing was paid")
         msg = receive(incoming, Hello)
         if msg.currency != self.terms.currency:
             raise ProtocolError("the card's currency is not the payment's")
         card, counter = bytes.fromhex(msg.card), msg.counter
-        root = self.m.ctx.purse_root
-        if root is not None:          # before the PSAM is asked: a made-up card would hold its room for STALE_AFTER
-            PurseProofs(root).check_card(msg.card_certificate, msg.card)
+        PurseProofs(root).check_card(msg.card_certificate, msg.card)
         self.card_cert = msg.card_certificate
         try:
             req = desk.begin_debit(self.terms.payment_id, card, counter, self.terms.amount, self.terms.currency)
