@@ -147,7 +147,7 @@ def test_the_psam_takes_a_proof_in_one_extended_apdu_through_pcscd(world, sessio
         counting = psam.apdu.connection = _Counting(real, refuse_extended=refuse)
         before, taken = purse.info().balance, psam.info().lifetime_total
         counting.sent.clear()
-        card_purse.purchase(purse, psam, 7)
+        card_purse.purchase(purse, psam, 7, world["scheme"].root_cert)
         assert purse.info().balance == before - 7 and psam.info().lifetime_total == taken + 7
         exchanges = [a for a in counting.sent if a[1] in (0x30, 0x32)]     # BEGIN / COMPLETE DEBIT
         if not refuse:
