@@ -236,7 +236,8 @@ def test_an_order_that_comes_with_its_first_payment_step_never_counts(
     monkeypatch.setattr(shop, "_room", lambda sd, envelope: None)
     monkeypatch.setattr(shop.payments, "handle_first", first)
     deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, False)
-    answer = shop.order(deal_id, _signed_order(_parsed(shop, der), bob), {"payment_id": "p", "module": "stub"}, der, tag)
+    hello = {"payment_id": "p", "module": "stub"}
+    answer = shop.order(deal_id, _signed_order(_parsed(shop, der), bob), hello, der, tag)
     assert answer["next"] == "payment" and answer["envelope"]["body"] == {"challenge": 1}
     sd = shop.find(deal_id, fresh=True)
     assert sd is not None and sd.started and sd.order_bytes is not None and _unpaid(shop, bob) == CAP
