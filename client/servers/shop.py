@@ -542,8 +542,8 @@ class Shop:
                 answer = self._order_with_first_step(sd, envelope, order_bytes)
                 if answer is not None:
                     return answer
-                if sd.version == 0:              # its payment did not start with it: it counts
-                    self._unpaid_room(sd)
+                if sd.version == 0:              # its payment did not start with it: it counts (if refused
+                    self._unpaid_room(sd)        # now, its offer and order were archived for the hello: they stay)
             terms, route = sd.terms, self._routes(sd)
             expect_in = getattr(self.payments.sessions, "expect_in", None)
             if expect_in is not None:            # the payment expected in the same transaction as the order
