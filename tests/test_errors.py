@@ -251,6 +251,7 @@ def shop(tmp_path: Path, monkeypatch) -> Iterator[tuple[Any, Any]]:
              account="A1", archive=SharedArchive(tmp_path / "evidence.sqlite3"),
              db=Database(f"sqlite:///{tmp_path / 'shop.db'}"))
     monkeypatch.setattr(shop_module, "MAX_OPEN_DEALS", 2)
+    monkeypatch.setattr(shop_module, "UNSIGNED_UNPAID_SHARE", 1.0)     # the anonymous orders may fill it here
     with ServiceRunner(build_app(s)) as svc, httpx.Client(base_url=svc.url, timeout=20) as http:
         yield http, trust
 
@@ -260,7 +261,7 @@ def _refusal(r: httpx.Response) -> tuple[int, str]:
     return r.status_code, r.json()["error"]
 
 
-def test_the_shop_answers_each_commerce_error_with_its_status(shop) -> None:
+def test_the_shop_answers_each_commerce_error_with_its_status(shop, monkeypatch) -> None:
     from semper.client.commerce import documents as docs
     from semper.client.commerce.deal import new_deal_id
     from semper.client.support.verify import verify_statement
@@ -308,4 +309,16 @@ def test_the_shop_answers_each_commerce_error_with_its_status(shop) -> None:
     full = http.post("/deals", json={"workflow": "mail-order", "items": [{"sku": "teapot", "quantity": 1}],
                                      "nonce": nonce})
     assert _refusal(full) == (503, "unavailable") and "try again later" in full.json()["message"]
+    assert json.loads(http.get("/stats").text)["deals"] == 2
+    # room in the shop, but the orders without a certificate hold their share of it (a tenth of 20: both
+    # deals here): refused as too many unpaid (paying helps, trying again soon does not), nothing written
+    from semper.client.servers import shop as shop_module
+    monkeypatch.setattr(shop_module, "MAX_OPEN_DEALS", 20)
+    monkeypatch.setattr(shop_module, "UNSIGNED_UNPAID_SHARE", 0.1)
+    third = http.post("/deals", json={"workflow": "mail-order", "items": [{"sku": "teapot", "quantity": 1}],
+                                      "nonce": nonce, "anonymous": True}).json()
+    offer3 = docs.parse_offer(verify_statement(base64.b64decode(third["offer"]), trust), deal_id=None, nonce=nonce)
+    refused = http.post("/deals/order", json={"deal": third["deal"], "order": order("Kiosk C", offer3),
+                                              "offer": third["offer"], "offer_tag": third["offer_tag"]})
+    assert _refusal(refused) == (429, "too_many_unpaid_orders") and "pay one" in refused.json()["message"]
     assert json.loads(http.get("/stats").text)["deals"] == 2

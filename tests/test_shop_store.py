@@ -110,3 +110,47 @@ def test_only_ordered_deals_whose_payment_never_started_are_abandoned(storage: S
         assert again is not None and not again.abandoned and a.open_count() == 5
     finally:
         db.close()
+
+
+@storages()
+def test_migration_4_counts_no_deal_written_before_it_and_its_index_serves_the_count(storage: Storage,
+                                                                                     tmp_path: Path) -> None:
+    """Migration 4 (the cap per buyer on orders not paid): a shop's database at version 3 gets each deal's
+    buyer and whether its payment started; a deal ordered before it has no buyer, so it counts for no
+    buyer's cap (it still counts for the shop's limit and is abandoned as before). The count per buyer
+    can use the partial index of the counting deals on both back ends (PostgreSQL asked not to scan the
+    table, as its planner prefers for a handful of rows)."""
+    from semper.client.servers.shop_store import _UNPAID, SCHEMA, UNSIGNED
+    from semper.client.support.migrations import Schema, versions
+    db = Database(storage.url("shop", tmp_path))
+    try:
+        catalogue = demo_catalogue()
+        db.migrate(Schema("shop", SCHEMA.migrations[:3]))            # a shop of the version before
+        old = _deal(catalogue)
+        old.order, old.order_bytes, old.order_digest = {"deal": old.deal.deal_id}, b"order", "o" * 64
+        db.run(lambda tx: tx.execute(
+            "INSERT INTO shop_deals (deal_id, workflow, attributes, created_at, valid_until, offer, offer_body, "
+            "offer_digest, lines, order_bytes, form, payment, decisions, updated_at) VALUES (?, 'mail-order', ?, "
+            "'2026-01-01T00:00:00Z', '2999-01-01T00:00:00Z', ?, ?, 'd', '[]', ?, '{}', '{}', '[]', "
+            "'2026-01-01T00:00:00Z')", (old.deal.deal_id, '{"anonymous": true, "non_repudiation": false, '
+                                        '"fair": false}', b"offer-der", '{"valid_until": "2999-01-01T00:00:00Z"}',
+                                        b"order")))
+        store = DealStore(db, catalogue, None, lambda buyer: 1)
+        assert versions(db)["shop"] == 4
+        kept = store.get(old.deal.deal_id, fresh=True)
+        assert kept is not None and kept.buyer is None and not kept.started and store.open_count() == 1
+        assert store.unpaid(UNSIGNED) == 0
+
+        new = _deal(catalogue)
+        new.order, new.order_bytes, new.order_digest = {"deal": new.deal.deal_id}, b"order", "o" * 64
+        new.buyer = UNSIGNED
+        assert store.insert(new) and store.unpaid(UNSIGNED) == 1
+        with db.transaction(write=False) as tx:
+            if tx.backend == "postgresql":
+                tx.execute("SET LOCAL enable_seqscan = off")
+            explain = "EXPLAIN" if tx.backend == "postgresql" else "EXPLAIN QUERY PLAN"
+            plan = " ".join(str(r) for r in tx.all(f"{explain} SELECT COUNT(*) FROM shop_deals WHERE buyer = ? AND "
+                                                   f"{_UNPAID}", (UNSIGNED,)))
+        assert "shop_deals_unpaid" in plan, plan
+    finally:
+        db.close()

@@ -32,6 +32,7 @@ import os
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -56,11 +57,24 @@ from ..transfer.information import InformationOffer
 from ..transfer.items import Description
 from ..transfer.managers import OfferTree, PackageOffer
 from ..transfer.statements import StatementOffer
-from .shop_store import DealStore, ShopDeal
+from .shop_store import UNSIGNED, DealStore, ShopDeal, TooManyUnpaidOrders, buyer_key
 
 FAIR_MODULES = ("card-purse",)      # payments the third party can check on its own (see docs/commerce.md)
 MAX_OPEN_DEALS = 10_000
 ABANDON_EVERY_S = 1.0       # at the limit, a process looks for abandoned deals at most this often (Shop._abandon)
+#: deals one buyer (one certificate) may have ordered here and not started paying (Shop.unpaid_cap). Why 20:
+#: an honest buyer pays within seconds of its order (with a card, the hello comes with the order and the
+#: deal never counts), so it has one or two such deals at a time, a few more if it orders several things
+#: at once or left some orders unpaid today (each stops counting about an hour after its offer); and
+#: filling MAX_OPEN_DEALS at 20 a certificate takes 500 certificates, each registered at the CA under a
+#: name, where one anonymous client or one registered buyer filled it before.
+MAX_UNPAID_PER_BUYER = 20
+#: the share of MAX_OPEN_DEALS that the orders without a certificate (anonymous ones, contract requests)
+#: may hold together (Shop.unpaid_cap): they cannot be told apart, so they share one cap; whoever sends
+#: them can fill that share and block other anonymous buyers, but not the buyers who sign their orders
+UNSIGNED_UNPAID_SHARE = 0.1
+SWEEP_EVERY_S = 1.0         # a buyer at its cap has its deals looked at this often at most per process
+SWEPT_BUYERS = 4096         # the buyers a process remembers when it last looked at (Shop._unpaid_room)
 PAID = (Status.PAID, Status.CAPTURED, Status.AUTHORISED)
 
 
@@ -126,13 +140,14 @@ class Shop:
         self.account = account
         self.archive = archive
         self.db = db
-        self.store = DealStore(db, catalogue, archive)
+        self.store = DealStore(db, catalogue, archive, self.unpaid_cap)
         self.psam_id = psam_id
         self.assign_psam = assign_psam              # several PSAMs: which one a new deal's offer names
         self.psam_ids = frozenset([*psam_ids, psam_id])     # every PSAM an offer of this shop may name
         self._certificate_der = identity.signer.certificate()   # what its statements name as their signer
         self.offer_validity = offer_validity
         self._abandoned_at = -ABANDON_EVERY_S       # when this process last looked for abandoned deals
+        self._swept: OrderedDict[str, float] = OrderedDict()    # buyer -> when its deals were last looked at
         self.fair_modules = tuple(fair_modules)
         self.counters = {"offers": 0, "orders": 0, "payments": 0, "deliveries": 0, "signatures": 0}
         self._counter_lock = threading.Lock()
@@ -265,6 +280,67 @@ class Shop:
             return 0
         self._abandoned_at = now
         return self.store.abandon(dt.datetime.now(dt.UTC) - self.offer_validity, self._payment_started)
+
+    # ---- the cap per buyer on orders not paid ----------------------------------------------------------
+    @staticmethod
+    def unpaid_cap(buyer: str) -> int:
+        """How many deals ``buyer`` (``shop_store.buyer_key``) may have ordered at this shop and not started
+        paying: :data:`MAX_UNPAID_PER_BUYER` for a certificate, and :data:`UNSIGNED_UNPAID_SHARE` of
+        :data:`MAX_OPEN_DEALS` for the orders without one, together.
+
+        Why: an order costs its sender nothing, and an unpaid one counts against MAX_OPEN_DEALS until
+        it is abandoned (an hour after its offer, :meth:`_abandon`): one client sending 10,000 orders an
+        hour, never paying, kept every buyer out. Now neither one certificate nor all unsigned orders
+        together can fill the limit; a deal paid, whose payment started, or abandoned no longer counts."""
+        if buyer == UNSIGNED:
+            return max(1, int(MAX_OPEN_DEALS * UNSIGNED_UNPAID_SHARE))
+        return MAX_UNPAID_PER_BUYER
+
+    def _too_many(self, buyer: str, count: int) -> TooManyUnpaidOrders:
+        """The refusal a person can act on (429 ``too_many_unpaid_orders``)."""
+        minutes = round(self.offer_validity.total_seconds() / 60)
+        expire = (f"or let them expire (an order whose payment never started stops counting {minutes} minutes "
+                  "after its offer ends)")
+        if buyer == UNSIGNED:
+            return TooManyUnpaidOrders(
+                f"this shop has {count} orders without a buyer's certificate (anonymous orders, contract requests) "
+                f"not paid yet, as many as it takes: pay one, {expire}, or order signed with your certificate",
+                buyer, count)
+        return TooManyUnpaidOrders(f"this buyer has {count} orders at this shop not paid yet, as many as one buyer "
+                                   f"may have: pay one of them, {expire}", buyer, count)
+
+    def _unpaid_room(self, sd: ShopDeal) -> None:
+        """:class:`TooManyUnpaidOrders` when the new deal ``sd`` would count against its buyer's cap and the
+        buyer has as many counting deals already; asked before anything of the order is written or
+        archived. At the cap, the buyer's deals are looked at first (``DealStore.sweep``: a payment
+        started through ``/deals/pay`` since, or an offer long expired), at most once a
+        :data:`SWEEP_EVERY_S` per buyer and process: each costs a read of its payment's session, and
+        the unsigned buyers' share holds up to a tenth of the open-deal limit. The count that decides
+        is made again in the order's transaction (``DealStore._within_cap``); this one is so that a
+        refused order leaves nothing behind (not even its evidence in the archive)."""
+        if not DealStore.counts(sd):
+            return
+        assert sd.buyer is not None
+        cap = self.unpaid_cap(sd.buyer)
+        n = self.store.unpaid(sd.buyer)
+        if n >= cap and self._sweep(sd.buyer):
+            n = self.store.unpaid(sd.buyer)
+        if n >= cap:
+            raise self._too_many(sd.buyer, n)
+
+    def _sweep(self, buyer: str) -> int:
+        """``DealStore.sweep`` of this buyer's deals, unless this process did so less than
+        :data:`SWEEP_EVERY_S` ago; how many stopped counting."""
+        now = time.monotonic()
+        with self._counter_lock:
+            last = self._swept.get(buyer)
+            if last is not None and now - last < SWEEP_EVERY_S:
+                return 0
+            self._swept[buyer] = now
+            self._swept.move_to_end(buyer)
+            while len(self._swept) > SWEPT_BUYERS:
+                self._swept.popitem(last=False)
+        return self.store.sweep(buyer, dt.datetime.now(dt.UTC) - self.offer_validity, self._payment_started)
 
     def _abandonable(self, sd: ShopDeal) -> bool:
         """Whether the deal's offer is old enough for :meth:`_abandon` (whichever worker ran it), so that a
@@ -447,6 +523,10 @@ class Shop:
             sd.terms = Terms(docs.payment_id_for(deal_id, sd.order_digest), self.payment_amount(sd),
                              int(sd.offer["currency"]), self.account, sd.order_digest, self.name)
         early = self._early(sd, envelope)
+        if sd.version == 0:                      # a new deal: counted for the order's signer, or as unsigned
+            sd.buyer = buyer_key(None if vs is None else vs.signer)
+            if not early:                        # (with its first step, its payment starts: it never counts)
+                self._unpaid_room(sd)
         if early:
             self._room(sd, envelope)             # before anything is kept: no room, nothing done
         if sd.version == 0:                      # the deal is first written now: its offer's entry first
@@ -462,13 +542,18 @@ class Shop:
                 answer = self._order_with_first_step(sd, envelope, order_bytes)
                 if answer is not None:
                     return answer
+                if sd.version == 0:              # its payment did not start with it: it counts (if refused
+                    self._unpaid_room(sd)        # now, its offer and order were archived for the hello: they stay)
             terms, route = sd.terms, self._routes(sd)
             expect_in = getattr(self.payments.sessions, "expect_in", None)
             if expect_in is not None:            # the payment expected in the same transaction as the order
                 also = lambda tx: expect_in(tx, terms, route)
             else:
                 self.payments.expect(terms, route)
-        committed = self._commit(sd, also=also)
+        try:
+            committed = self._commit(sd, also=also)
+        except TooManyUnpaidOrders as e:         # another worker's order of this buyer was committed first
+            raise self._too_many(e.buyer, e.count) from None
         if committed is not sd and committed.order_bytes != order_bytes:
             raise DealConflict("this deal already has another order")
         self._count("orders")
@@ -496,6 +581,7 @@ class Shop:
         the caller commits the order with its terms alone, as without a hello, and the payer's message,
         sent again to ``/deals/pay``, is refused and recorded there."""
         assert sd.terms is not None
+        sd.started = True                          # as written with its first step: it does not count (see unpaid_cap)
 
         def settle(record: Record) -> Callable[[Transaction], None]:
             """The deal, ordered, written in the step's transaction; all or nothing."""
@@ -510,6 +596,7 @@ class Shop:
         except _Raced:
             handled = None
         except PaymentError:
+            sd.started = False
             return None                            # the order as without its hello
         if handled is None:                        # another process was first: the deal as it committed it
             self.store.saved(sd, False)

@@ -29,11 +29,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
 from ..commerce.catalogue import Catalogue, CatalogueItem
 from ..commerce.deal import Deal, DealAttributes, Decision
+from ..commerce.errors import CommerceError
 from ..payment.model import Terms
 from ..support.db import Database, Transaction, from_json, to_json
 from ..support.migrations import Migration, Schema
+
+#: the deals that count against their buyer's cap (:meth:`DealStore.unpaid`): ordered by a known buyer (rows
+#: written before migration 4 have none), not paid, payment not started (as far as the row says: see
+#: :meth:`DealStore.sweep`), not abandoned, not finished, no fair exchange started. One text for the
+#: partial index of migration 4 and for the queries, so that both back ends' planners see the query
+#: imply the index's condition (literals, not parameters) and use it.
+_UNPAID = "buyer IS NOT NULL AND paid = 0 AND started = 0 AND abandoned = 0 AND finished = 0 AND exchange IS NULL"
 
 SCHEMA = Schema.baseline("shop", [
     "CREATE TABLE IF NOT EXISTS shop_deals (deal_id TEXT PRIMARY KEY, workflow TEXT NOT NULL, "
@@ -51,7 +62,13 @@ SCHEMA = Schema.baseline("shop", [
               apply=lambda tx: _make_offer_key(tx)),
     Migration(3, "abandoned deals: ordered, never paid, their payment never started, their offer long expired; kept "
                  "(with their evidence) but no longer counted against the open-deal limit",
-              ("ALTER TABLE shop_deals ADD COLUMN abandoned INTEGER NOT NULL DEFAULT 0",)))
+              ("ALTER TABLE shop_deals ADD COLUMN abandoned INTEGER NOT NULL DEFAULT 0",)),
+    Migration(4, "each ordered deal's buyer (the SHA-256 of the order's signer's certificate, or 'unsigned') and "
+                 "whether its payment started, so the deals a buyer ordered and has not started paying are "
+                 "counted, through an index of those deals alone, against a cap per buyer",
+              ("ALTER TABLE shop_deals ADD COLUMN buyer TEXT",
+               "ALTER TABLE shop_deals ADD COLUMN started INTEGER NOT NULL DEFAULT 0",
+               f"CREATE INDEX IF NOT EXISTS shop_deals_unpaid ON shop_deals (buyer) WHERE {_UNPAID}")))
 
 
 OFFER_KEY = "offer-tag"      # the row of shop_keys whose secret tags this shop's offers
@@ -59,6 +76,29 @@ OFFER_TAG_LABEL = b"semper shop offer tag\x00"      # what the tag's MAC covers 
 CACHED_DEALS = 4096          # open deals a process remembers as it last committed or read them
 COUNT_EVERY_S = 1.0          # far from the limit, the open deals are counted at most this often
 ABANDON_BATCH = 1000         # deals marked abandoned per transaction (a sweep runs only at the limit)
+UNSIGNED = "unsigned"        # the buyer of orders that name no certificate (anonymous ones, contract requests)
+
+
+class TooManyUnpaidOrders(CommerceError):
+    """The buyer of a new order has as many deals ordered at this shop, not paid and whose payment has not
+    started, as it may have (``Shop.unpaid_cap``): the order is refused and nothing of it is written. The
+    buyer pays one of them, or waits until they stop counting (their offer expired one offer validity
+    ago: ``Shop._abandon``). Not a 503: trying again soon does not help, paying does."""
+
+    http_status = 429
+    code = "too_many_unpaid_orders"
+
+    def __init__(self, message: str, buyer: str, count: int) -> None:
+        super().__init__(message)
+        self.buyer = buyer
+        self.count = count
+
+
+def buyer_key(certificate: x509.Certificate | None) -> str:
+    """The buyer an order is counted for: the SHA-256 of its signer's certificate (hex), or
+    :data:`UNSIGNED` for an order without one. A certificate, not a name: a name is the CA's to give
+    twice, a certificate is one registration."""
+    return UNSIGNED if certificate is None else certificate.fingerprint(hashes.SHA256()).hex()
 
 
 def _make_offer_key(tx: Transaction) -> None:
@@ -93,6 +133,8 @@ class ShopDeal:
     exchange: dict[str, Any] | None = None       # {"state": "started"|"done", "session", "owner", "status", ...}
     version: int = 0
     abandoned: bool = False      # as read: marked abandoned (:meth:`DealStore.abandon`); any later write clears it
+    buyer: str | None = None     # who ordered it (:func:`buyer_key`), written once with the order; None before
+    started: bool = False        # its payment started in the order's transaction, or was found started since
 
     @property
     def finished(self) -> bool:
@@ -126,6 +168,10 @@ _COLUMN_VALUES: dict[str, Callable[[ShopDeal], Any]] = {
     # a deal written again after it was abandoned is being acted on (a payment that had started goes on):
     # it counts as open again
     "abandoned": lambda sd: 0,
+    # written once, by the insert (not in DealStore._MUTABLE): the buyer does not change, and ``started``
+    # only ever goes from 0 to 1 (:meth:`DealStore.sweep`), so no copy of the deal can write it back to 0
+    "buyer": lambda sd: sd.buyer,
+    "started": lambda sd: int(sd.started),
     "updated_at": lambda sd: _now(),
 }
 
@@ -143,10 +189,12 @@ class DealStore:
     database's, never newer; the shop reads it fresh before it refuses anything on its state
     (``Shop._deal``)."""
 
-    def __init__(self, db: Database, catalogue: Catalogue, archive: Any) -> None:
+    def __init__(self, db: Database, catalogue: Catalogue, archive: Any,
+                 unpaid_cap: Callable[[str], int] | None = None) -> None:
         self.db = db
         self.catalogue = catalogue
         self.archive = archive
+        self.unpaid_cap = unpaid_cap        # how many counting deals a buyer may have (None: no cap here)
         self._cache: OrderedDict[str, ShopDeal] = OrderedDict()
         self._lock = threading.Lock()
         self._counted: tuple[float, int] | None = None      # (when, open deals then) of the last count
@@ -204,12 +252,12 @@ class DealStore:
 
     _COLUMNS = ("deal_id, workflow, attributes, offer, offer_body, offer_digest, lines, psam, order_bytes, order_body, "
                 "order_digest, form, terms, paid, payment, confirmation, delivery, exchange, decisions, archived, "
-                "version, abandoned")
+                "version, abandoned, buyer, started")
 
     def _deal(self, row: tuple[Any, ...]) -> ShopDeal:
         (deal_id, workflow, attributes, offer, offer_body, offer_digest, lines, psam, order_bytes, order_body,
          order_digest, form, terms, paid, payment, confirmation, delivery, exchange, decisions, archived,
-         version, abandoned) = row
+         version, abandoned, buyer, started) = row
         deal = Deal(deal_id, workflow, DealAttributes.from_dict(from_json(attributes)), self.archive,
                     [Decision(*x) for x in from_json(decisions)], int(archived))
         return ShopDeal(deal, from_json(offer_body), bytes(offer), offer_digest,
@@ -219,7 +267,8 @@ class DealStore:
                         None if terms is None else Terms.from_dict(from_json(terms)), bool(paid), from_json(payment),
                         None if confirmation is None else bytes(confirmation),
                         None if delivery is None else bytes(delivery),
-                        None if exchange is None else from_json(exchange), int(version), bool(abandoned))
+                        None if exchange is None else from_json(exchange), int(version), bool(abandoned), buyer,
+                        bool(started))
 
     # ---- reading ----------------------------------------------------------------------------------
     def get(self, deal_id: str, *, fresh: bool = False) -> ShopDeal | None:
@@ -260,6 +309,81 @@ class DealStore:
             return True
         return self.open_count() < limit
 
+    def unpaid(self, buyer: str, tx: Transaction | None = None) -> int:
+        """How many deals of ``buyer`` count against its cap: ordered, not paid, payment not started,
+        not abandoned (:data:`_UNPAID`). One COUNT over the partial index ``shop_deals_unpaid``, which
+        holds those deals only (not the deals paid since, however many), in ``tx`` when given."""
+        sql = f"SELECT COUNT(*) FROM shop_deals WHERE buyer = ? AND {_UNPAID}"
+        row = tx.one(sql, (buyer,)) if tx is not None else self.db.read_one(sql, (buyer,))
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def counts(sd: ShopDeal) -> bool:
+        """Whether ``sd``, written as it is, counts against its buyer's cap (:data:`_UNPAID`, in Python)."""
+        return (sd.buyer is not None and not sd.paid and not sd.started and not sd.abandoned and not sd.finished
+                and sd.exchange is None)
+
+    def _within_cap(self, tx: Transaction, sd: ShopDeal) -> None:
+        """Right after the insert of a new deal, in its transaction: :class:`TooManyUnpaidOrders` (the
+        transaction rolls back: nothing written) when its buyer now has more counting deals than its
+        cap. In the insert's transaction so that workers taking orders of one buyer at once cannot
+        both pass: SQLite's writers take turns (``BEGIN IMMEDIATE``), and PostgreSQL's serializable
+        transactions that each counted the other's new row are refused as a conflict and run again
+        (``Database.run``), and the second then sees the first."""
+        if self.unpaid_cap is None or not self.counts(sd):
+            return
+        assert sd.buyer is not None
+        cap = self.unpaid_cap(sd.buyer)
+        n = self.unpaid(sd.buyer, tx)
+        if n > cap:
+            raise TooManyUnpaidOrders(f"this buyer has {n - 1} orders at this shop not paid yet (at most {cap}): "
+                                      "pay one, or let them expire", sd.buyer, n - 1)
+
+    def sweep(self, buyer: str, expired_before: dt.datetime, started: Callable[[Terms | None], bool]) -> int:
+        """Of ``buyer``'s deals that count against its cap, mark those whose payment has started since the
+        order (``started(terms)``, asked of the payment's session: a first message taken through
+        ``/deals/pay``) and mark abandoned those :meth:`abandon` would mark (offer expired before
+        ``expired_before``, payment never started); how many stopped counting.
+
+        Why: a deal's row says its payment started only when it started in the order's own transaction
+        (the card's hello with the order, ``Shop._order_with_first_step``); a payment step taken later
+        writes its session, not the deal, until it completes, and the hot path stays so. The shop asks
+        here only when a buyer is at its cap, before it refuses (``Shop._unpaid_room``). The mark
+        ``started`` goes only from 0 to 1 and no step writes it (:data:`_COLUMN_VALUES`), so it needs no
+        version; an abandon mark is conditional on the version read and raises it, as in :meth:`abandon`."""
+        cutoff = expired_before.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with self.db.transaction(write=False) as tx:
+            rows = tx.all(f"SELECT deal_id, terms, version, valid_until FROM shop_deals WHERE buyer = ? AND {_UNPAID}",
+                          (buyer,))
+        begun: list[str] = []
+        old: list[tuple[str, int]] = []
+        for deal_id, terms, version, valid_until in rows:
+            if started(None if terms is None else Terms.from_dict(from_json(terms))):
+                begun.append(deal_id)
+            elif str(valid_until) < cutoff:          # as abandon() compares them, in SQL
+                old.append((deal_id, int(version)))
+        if not begun and not old:
+            return 0
+
+        def run(tx: Transaction) -> int:
+            now, n = _now(), 0
+            for deal_id in begun:
+                n += tx.execute("UPDATE shop_deals SET started = 1 WHERE deal_id = ? AND started = 0",
+                                (deal_id,)).rowcount
+            for deal_id, version in old:
+                n += tx.execute("UPDATE shop_deals SET abandoned = 1, version = version + 1, updated_at = ? "
+                                "WHERE deal_id = ? AND version = ? AND paid = 0 AND exchange IS NULL",
+                                (now, deal_id, version)).rowcount
+            return n
+        try:
+            return int(self.db.run(run))
+        finally:
+            with self._lock:
+                for deal_id, _version in old:
+                    self._cache.pop(deal_id, None)
+                if old:
+                    self._counted = None
+
     def exchanges(self, owner: Callable[[str], bool]) -> list[ShopDeal]:
         """Deals whose fair exchange was started and has not ended, of the owners ``owner`` accepts."""
         with self.db.transaction(write=False) as tx:
@@ -282,7 +406,9 @@ class DealStore:
 
     def insert(self, sd: ShopDeal, *, also: Callable[[Transaction], None] | None = None) -> bool:
         """Write a new deal (``sd.version`` 0: never written); False when a deal of that id is there already
-        (another worker wrote it first; ``also`` is not run)."""
+        (another worker wrote it first; ``also`` is not run). :class:`TooManyUnpaidOrders` when it counts
+        against its buyer's cap and the buyer has that many counting deals already (:meth:`_within_cap`;
+        nothing is written)."""
         return self.save(sd, also=also)
 
     def _update(self, sd: ShopDeal) -> tuple[str, tuple[Any, ...]]:
@@ -305,6 +431,8 @@ class DealStore:
         def run(tx: Transaction) -> bool:
             if tx.execute(sql, params).rowcount != 1:
                 return False
+            if sd.version == 0:
+                self._within_cap(tx, sd)
             if also is not None:
                 also(tx)
             return True
@@ -314,7 +442,11 @@ class DealStore:
         """:meth:`save` inside the caller's transaction (the payment's step and the deal it completes,
         committed together); the caller reports the outcome with :meth:`saved` once it committed."""
         sql, params = self._write(sd)
-        return bool(tx.execute(sql, params).rowcount == 1)
+        if tx.execute(sql, params).rowcount != 1:
+            return False
+        if sd.version == 0:
+            self._within_cap(tx, sd)
+        return True
 
     def saved(self, sd: ShopDeal, written: bool) -> bool:
         """After the transaction that ran :meth:`save_in` committed: the deal as written is remembered

@@ -1,0 +1,276 @@
+"""The cap per buyer on orders not paid (threat model, "anyone who can reach a shop"): an order costs its
+sender nothing (an anonymous one is unsigned canonical JSON), and a deal ordered and never paid counts
+against the shop's open-deal limit until it is abandoned, about an hour after its offer. So one client
+sending orders it never pays kept the shop at its limit and every other buyer out (503).
+
+What must hold now: the orders without a certificate together, and each buyer's certificate, hold at most
+their cap of deals ordered and not started paying (``Shop.unpaid_cap``); over it an order is refused with
+429 ``too_many_unpaid_orders`` and nothing of it is written; a deal paid, whose payment started, or
+abandoned stops counting for its buyer; an order that comes with its payment's first step never counts;
+and workers taking one buyer's orders at once cannot pass the cap together. On both back ends.
+
+These tests fail on the code before the cap (the flood fills the shop, the identified buyer is refused
+503, one buyer takes as many deals as it likes)."""
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from postgres import Storage, storages
+from test_commerce_units import _cert, _root
+from test_errors import _Module
+from test_stateless_offer import NONCE, _anonymous_order, _kinds, _parsed, _rows
+from test_tinguin_samples import SoftSigner
+
+from semper.client.commerce import documents as docs
+from semper.client.commerce.archive import SharedArchive
+from semper.client.commerce.catalogue import demo_catalogue
+from semper.client.commerce.errors import CommerceError
+from semper.client.exchange.identity import Identity
+from semper.client.payment.manager import Handled, PaymentManager
+from semper.client.payment.model import Record, Status, Terms
+from semper.client.payment.module import PartyContext
+from semper.client.payment.sessions import DatabaseSessions
+from semper.client.servers import shop as shop_module
+from semper.client.servers.shop import Shop
+from semper.client.support.cms import sign_statement
+from semper.client.support.db import Database
+from semper.client.support.trust import TrustStore
+
+MAX_OPEN = 20               # the shop's open-deal limit in these tests: the unsigned orders' share is 2
+CAP = 3                     # deals one certificate may have ordered and not started paying
+
+
+@pytest.fixture()
+def pki() -> dict[str, Any]:
+    root_key, root = _root("caps root", days=3)
+    return {"trust": TrustStore([root]), "seller": SoftSigner(*_cert(root_key, root, "seller", "Teapot Shop")),
+            "bob": SoftSigner(*_cert(root_key, root, "person", "Bob Buyer")),
+            "alice": SoftSigner(*_cert(root_key, root, "person", "Alice Buyer"))}
+
+
+@pytest.fixture()
+def workers(pki: dict[str, Any], storage: Storage, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Shop]]:
+    """``workers(validity=...)``: a worker process of one shop (every call: another worker, one database),
+    its payee's sessions in the shop's database as ``semper serve shop`` keeps them; the shop's limit
+    :data:`MAX_OPEN` and a certificate's cap :data:`CAP`."""
+    monkeypatch.setattr(shop_module, "MAX_OPEN_DEALS", MAX_OPEN)
+    monkeypatch.setattr(shop_module, "MAX_UNPAID_PER_BUYER", CAP, raising=False)
+    url = storage.url("shop", tmp_path)
+    opened: list[Shop] = []
+
+    def make(validity: dt.timedelta = dt.timedelta(minutes=30)) -> Shop:
+        db = Database(url)
+        s = Shop(name="Teapot Shop", identity=Identity(pki["seller"]), trust=pki["trust"],
+                 catalogue=demo_catalogue(), account="A1", archive=SharedArchive(tmp_path / "evidence.sqlite3"),
+                 payments=PaymentManager(PartyContext(), modules={"stub": _Module}, sessions=DatabaseSessions(db)),
+                 db=db, offer_validity=validity)
+        opened.append(s)
+        return s
+    yield make
+    for s in opened:
+        s.db.close()
+
+
+def _signed_order(offer: docs.ParsedOffer, signer: SoftSigner) -> bytes:
+    body = docs.order_body(offer, payment="stub", payment_label="stub", confirmation_sha256="ab" * 32,
+                           scripted=False, action="ORDER_AND_PAY", details=(), attributes=offer.attributes,
+                           form={"name": "A Buyer", "street": "1 Main St", "postcode": "12345", "city": "Town",
+                                 "country": "DE"})
+    return sign_statement(signer, body)
+
+
+def _order(shop: Shop, who: SoftSigner | None) -> tuple[str, dict[str, Any] | CommerceError]:
+    """A new offer and its order, by ``who`` (None: anonymous); the deal id and the answer or the refusal."""
+    try:
+        deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, who is None)
+    except CommerceError as e:
+        return "", e
+    offer = _parsed(shop, der)
+    try:
+        return deal_id, shop.order(deal_id, _anonymous_order(offer) if who is None else _signed_order(offer, who),
+                                   None, der, tag)
+    except CommerceError as e:
+        return deal_id, e
+
+
+def _refused_as_too_many(answer: Any) -> bool:
+    return isinstance(answer, CommerceError) and answer.code == "too_many_unpaid_orders" \
+        and answer.http_status == 429
+
+
+def _unpaid(shop: Shop, who: SoftSigner | None) -> int:
+    """The buyer's deals that count, as the database has them (not through the code under test)."""
+    from semper.client.support.verify import verify_statement
+    if who is None:
+        row = shop.db.read_one("SELECT COUNT(*) FROM shop_deals WHERE buyer = 'unsigned' AND paid = 0 AND "
+                               "started = 0 AND abandoned = 0 AND finished = 0")
+    else:
+        signer = verify_statement(sign_statement(who, {"type": "probe"}), shop.trust).signer
+        from cryptography.hazmat.primitives import hashes
+        row = shop.db.read_one("SELECT COUNT(*) FROM shop_deals WHERE buyer = ? AND paid = 0 AND started = 0 AND "
+                               "abandoned = 0 AND finished = 0", (signer.fingerprint(hashes.SHA256()).hex(),))
+    assert row is not None
+    return int(row[0])
+
+
+@storages()
+def test_one_anonymous_client_cannot_keep_buyers_who_sign_out(workers: Callable[..., Shop],
+                                                              pki: dict[str, Any]) -> None:
+    """The attack: one client orders anonymously, as often as the shop takes it, and never pays. Before the
+    cap it filled the shop (MAX_OPEN_DEALS) and the next buyer, anonymous or not, was refused 503."""
+    one, two = workers(), workers()
+    answers = [_order(one if i % 2 else two, None) for i in range(MAX_OPEN + 1)]
+    bob_deal, bob = _order(two, pki["bob"])
+    assert isinstance(bob, dict) and bob["next"] == "payment", bob       # before the cap: 503 too many open deals
+
+    taken = [d for d, a in answers if isinstance(a, dict)]
+    refused = [(d, a) for d, a in answers if not isinstance(a, dict)]
+    assert len(taken) == MAX_OPEN // 10 == 2                              # the unsigned orders' share
+    assert all(_refused_as_too_many(a) for _, a in refused), refused
+    message = str(refused[0][1])
+    assert "2 orders without a buyer's certificate" in message and "pay one" in message \
+        and "30 minutes after its offer ends" in message and "signed with your certificate" in message
+    # refused before anything was written: no row, no evidence in the archive
+    assert _rows(one) == 3 and all(_kinds(one, d) == [] for d, _ in refused)
+    assert _kinds(one, taken[0]) == ["statement:offer", "order:unsigned"] and _unpaid(one, None) == 2
+    assert one.store.open_count() == 3 and _unpaid(one, pki["bob"]) == 1
+
+
+@storages()
+def test_one_buyer_who_signs_cannot_take_more_than_its_cap(workers: Callable[..., Shop], pki: dict[str, Any]) -> None:
+    """A registered buyer (its orders are signed, so it is known) ordering without paying: CAP deals, then
+    refused, at every worker; another buyer is not held up by it."""
+    one, two = workers(), workers()
+    answers = [_order(one if i % 2 else two, pki["bob"]) for i in range(CAP + 3)]
+    taken = [d for d, a in answers if isinstance(a, dict)]
+    assert len(taken) == CAP, [a for _, a in answers]                      # before the cap: every one taken
+    assert all(_refused_as_too_many(a) and f"this buyer has {CAP} orders" in str(a)
+               for _, a in answers[CAP:]), answers
+    assert _rows(one) == CAP and _unpaid(one, pki["bob"]) == CAP
+    _, alice = _order(two, pki["alice"])
+    assert isinstance(alice, dict) and alice["next"] == "payment", alice
+    _, anonymous = _order(one, None)
+    assert isinstance(anonymous, dict), anonymous
+
+
+@storages()
+def test_a_deal_paid_started_or_abandoned_stops_counting_for_its_buyer(
+        workers: Callable[..., Shop], pki: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bob at his cap pays one deal (room for one more order), starts paying another through ``/deals/pay``
+    (the shop learns it when he is at the cap again: room again), and lets the others' offers expire one
+    offer validity (abandoned at his next order: room again)."""
+    monkeypatch.setattr(shop_module, "SWEEP_EVERY_S", 0.0, raising=False)
+    validity = dt.timedelta(seconds=2)
+    one, two = workers(validity), workers(validity)
+    bob = pki["bob"]
+    ordered: list[tuple[str, Terms]] = []
+    for shop in (one, two, one):
+        deal_id, answer = _order(shop, bob)
+        assert isinstance(answer, dict), answer
+        ordered.append((deal_id, Terms.from_dict(answer["terms"])))
+    assert _refused_as_too_many(_order(two, bob)[1])
+
+    # paid: the payment's last step writes the deal paid (the stub module pays at once)
+    (paid, paid_terms), (paying, paying_terms), (idle, _) = ordered
+
+    def step(envelope: dict[str, Any], *, settle: Any = None) -> Handled:
+        return Handled({"payment_id": paid_terms.payment_id, "module": "stub", "body": {}},
+                       Record(paid_terms.payment_id, "stub", "payee", paid_terms, Status.PAID), False)
+    monkeypatch.setattr(one.payments, "handle_step", step)
+    done = one.pay_and_deliver(paid, {"payment_id": paid_terms.payment_id, "module": "stub", "body": {}})
+    assert done["delivery"] and _unpaid(one, bob) == CAP - 1
+    latest, answer = _order(two, bob)
+    assert isinstance(answer, dict), answer
+    assert _refused_as_too_many(_order(one, bob)[1])
+
+    # started: the payer's first message taken through /deals/pay (its session has a step; the deal's row
+    # is not written until the payment completes): found when Bob is at the cap, and no longer counted
+    st = one.payments.sessions.get(paying_terms.payment_id)
+    assert st is not None
+    st.module, st.rounds, st.last_in = "stub", 1, "{}"
+    assert one.payments.sessions.save(st, None)
+    assert _unpaid(one, bob) == CAP
+    last, answer = _order(one, bob)
+    assert isinstance(answer, dict), answer
+    sd = two.find(paying, fresh=True)
+    assert sd is not None and sd.started and not sd.paid and not sd.abandoned
+    assert _refused_as_too_many(_order(two, bob)[1])
+
+    # abandoned: every offer Bob did not pay expired one validity ago; his next order finds them so
+    newest = max(_parsed(one, s.offer_der).valid_until for s in (one.find(d, fresh=True) for d in (idle, latest, last))
+                 if s is not None)
+    time.sleep(max(0.0, (newest + validity - dt.datetime.now(dt.UTC)).total_seconds()) + 1.1)
+    deal_id, answer = _order(two, bob)
+    assert isinstance(answer, dict), answer
+    for gone in (idle, latest, last):
+        sd = one.find(gone, fresh=True)
+        assert sd is not None and sd.abandoned and sd.order_bytes is not None      # kept, not counted
+    assert _unpaid(one, bob) == 1 and _rows(one) == 6
+
+
+@storages()
+def test_an_order_that_comes_with_its_first_payment_step_never_counts(
+        workers: Callable[..., Shop], pki: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a card, the payer's first message (the hello) comes with the order and is taken in the order's
+    transaction: the payment has started, so the deal does not count and the order is not refused, even
+    for a buyer at its cap."""
+    shop = workers()
+    bob = pki["bob"]
+    for _ in range(CAP):
+        assert isinstance(_order(shop, bob)[1], dict)
+    assert _refused_as_too_many(_order(shop, bob)[1])
+
+    def first(terms: Terms, route: Any, envelope: dict[str, Any], *, settle: Any = None) -> Handled:
+        record = Record(terms.payment_id, "stub", "payee", terms, Status.PENDING)
+        write = settle(record)
+        shop.db.run(lambda tx: write(tx))
+        return Handled({"payment_id": terms.payment_id, "module": "stub", "body": {"challenge": 1}}, record, True)
+    monkeypatch.setattr(shop, "_early", lambda sd, envelope: True)      # the stub module as one that starts early
+    monkeypatch.setattr(shop, "_room", lambda sd, envelope: None)
+    monkeypatch.setattr(shop.payments, "handle_first", first)
+    deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, False)
+    hello = {"payment_id": "p", "module": "stub"}
+    answer = shop.order(deal_id, _signed_order(_parsed(shop, der), bob), hello, der, tag)
+    assert answer["next"] == "payment" and answer["envelope"]["body"] == {"challenge": 1}
+    sd = shop.find(deal_id, fresh=True)
+    assert sd is not None and sd.started and sd.order_bytes is not None and _unpaid(shop, bob) == CAP
+
+
+@storages()
+def test_workers_taking_one_buyers_orders_at_once_keep_its_cap(workers: Callable[..., Shop],
+                                                               pki: dict[str, Any]) -> None:
+    """Any worker takes any order: Bob, one below his cap, sends four orders to four workers at the same
+    instant; the count is made again in each order's transaction, so exactly one is taken."""
+    shops = [workers() for _ in range(4)]
+    bob = pki["bob"]
+    for i in range(CAP - 1):
+        assert isinstance(_order(shops[i % 4], bob)[1], dict)
+    prepared = []
+    for shop in shops:
+        deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, False)
+        prepared.append((deal_id, der, tag, _signed_order(_parsed(shop, der), bob)))
+    answers: list[Any] = [None] * len(shops)
+    go = threading.Barrier(len(shops))
+
+    def take(i: int) -> None:
+        deal_id, der, tag, order = prepared[i]
+        go.wait(10)
+        try:
+            answers[i] = shops[i].order(deal_id, order, None, der, tag)
+        except CommerceError as e:
+            answers[i] = e
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(len(shops))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(isinstance(a, dict) for a in answers) == 1, answers
+    assert all(_refused_as_too_many(a) for a in answers if not isinstance(a, dict)), answers
+    assert _unpaid(shops[0], bob) == CAP and _rows(shops[0]) == CAP
