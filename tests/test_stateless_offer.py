@@ -386,9 +386,10 @@ def test_orders_never_paid_stop_counting_once_their_offer_is_long_expired(
         open_shop: Callable[..., Shop], storage: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Threat model, "anyone who can reach a shop": anonymous orders (unsigned canonical JSON) nobody pays
     used to count against the open-deal limit for good, so that many of them stopped the shop taking any
-    deal. Once an offer has been expired for one offer validity and its deal's payment never started, the
-    deal is marked abandoned (kept, with its evidence) and no longer counts; its late payment message is
-    refused, nothing asked of the payment. A deal whose payment has started still counts and completes."""
+    deal. Once an offer has been expired for one offer validity and its deal is not paid, the deal is marked
+    abandoned (kept, with its evidence) and no longer counts, whether its payment started or not (a payment
+    that started and stalled counted for good before); a late *first* payment message is refused, nothing
+    asked of the payment, while a payment that had started still completes, and the deal counts as paid."""
     from semper.client.commerce.errors import ServiceUnavailable
     from semper.client.payment.manager import Handled
     from semper.client.payment.model import Record, Status, Terms
@@ -422,9 +423,9 @@ def test_orders_never_paid_stop_counting_once_their_offer_is_long_expired(
 
     time.sleep(max(0.0, (latest + validity - dt.datetime.now(dt.UTC)).total_seconds()) + 1.1)
     deal_id, der, tag = two.new_deal("mail-order", [("teapot", 1)], NONCE, True)    # room again
-    assert two.store.open_count() == 1                 # the deal being paid counts; the two unpaid ones not
+    assert two.store.open_count() == 0                 # the two unpaid ones and the stalled payment: none counts
     assert two.order(deal_id, _anonymous_order(_parsed(two, der)), None, der, tag)["next"] == "payment"
-    assert two.store.open_count() == 2
+    assert two.store.open_count() == 1
     assert _rows(one) == 4 and _kinds(one, unpaid) == ["statement:offer", "order:unsigned"]   # nothing deleted
 
     stepped: list[str] = []
@@ -439,12 +440,12 @@ def test_orders_never_paid_stop_counting_once_their_offer_is_long_expired(
     # `one` remembers the unpaid deal as it ordered it; it asks the database before taking a payment for it
     with pytest.raises(DealAbandoned, match="never started"):
         one.pay_and_deliver(unpaid, {"payment_id": unpaid_terms.payment_id, "module": "stub", "body": {}})
-    assert stepped == [] and two.store.open_count() == 2
+    assert stepped == [] and two.store.open_count() == 1
     sd = one.find(unpaid, fresh=True)
     assert sd is not None and sd.abandoned and not sd.paid and sd.order_bytes is not None
 
     done = one.pay_and_deliver(paying, {"payment_id": paying_terms.payment_id, "module": "stub", "body": {}})
     assert stepped == [paying_terms.payment_id] and done["confirmation"] and done["delivery"]
     sd = two.find(paying, fresh=True)
-    assert sd is not None and sd.paid and sd.finished and not sd.abandoned
+    assert sd is not None and sd.paid and sd.finished and not sd.abandoned   # the stalled payment went on
     assert two.store.open_count() == 1

@@ -262,24 +262,23 @@ class Shop:
                 raise ServiceUnavailable("the shop has too many open deals; try again later")
 
     def _abandon(self) -> int:
-        """Mark abandoned the ordered deals whose payment (or fair exchange) never started and whose offer
-        expired at least one offer validity ago (``DealStore.abandon``); how many.
+        """Mark abandoned the ordered deals not paid, with no fair exchange started, whose offer expired at
+        least one offer validity ago (``DealStore.abandon``); how many.
 
         The margin: an order is taken only while its offer is valid, and the payer's first message
-        follows the order within seconds (with the card's hello, it comes *with* the order). A deal
-        whose payment has not started one whole offer validity (the time the shop gives a buyer to make
-        up its mind, 30 minutes by default) after its offer ended has been given up by its buyer. A
-        payment that has started is never abandoned, however old, and neither is a paid deal awaiting
-        delivery nor a fair exchange started (docs/commerce.md, "The durable deal").
-
-        At most once a :data:`ABANDON_EVERY_S` per process: each deal looked at costs a read of its
-        payment's session, and deals whose payment started stay candidates, so a shop full of deals
-        being paid is not made to read them again at every request it refuses."""
+        follows the order within seconds (with the card's hello, it comes *with* the order), its last
+        one within a minute (the PSAM's room goes stale after 60 s). A deal not paid one whole offer
+        validity (the time the shop gives a buyer to make up its mind, 30 minutes by default) after its
+        offer ended has been given up by its buyer, or was never meant to be paid: whether its payment
+        started or not, it stops counting. A payment that started is still taken if its next message
+        comes (:meth:`_pay` refuses only a *first* message for an abandoned deal), and a paid deal
+        awaiting delivery or a fair exchange started is never marked (docs/commerce.md, "Abandoned
+        deals"). At most once a :data:`ABANDON_EVERY_S` per process."""
         now = time.monotonic()
         if now - self._abandoned_at < ABANDON_EVERY_S:
             return 0
         self._abandoned_at = now
-        return self.store.abandon(dt.datetime.now(dt.UTC) - self.offer_validity, self._payment_started)
+        return self.store.abandon(dt.datetime.now(dt.UTC) - self.offer_validity)
 
     # ---- the cap per buyer on orders not paid ----------------------------------------------------------
     @staticmethod

@@ -486,28 +486,27 @@ class DealStore:
             with self._lock:
                 self._cache.clear()
 
-    def abandon(self, expired_before: dt.datetime, started: Callable[[Terms | None], bool]) -> int:
-        """Mark abandoned the deals ordered and never paid whose offer expired before ``expired_before``,
-        whose fair exchange was never started and whose payment never started (``started(terms)``, asked
-        of the payment's session; a deal without terms pays in its fair exchange); how many.
+    def abandon(self, expired_before: dt.datetime) -> int:
+        """Mark abandoned the deals ordered and not paid whose offer expired before ``expired_before`` and
+        whose fair exchange was never started, whether or not their payment started; how many.
 
-        Why: such a deal would otherwise count against the open-deal limit for good (an anonymous order
-        needs no certificate: 10,000 of them, never paid, stopped the shop taking any deal). Its row and
-        its evidence stay (the seller archived the offer and the order); it is only no longer counted
-        (:meth:`open_count`) and a first payment message for it is refused (``Shop._pay``). Every mark
-        is a conditional write on the version read, and raises it: a worker holding an older copy of the
-        deal reads it again before it writes. A payment that starts anyway (a step taken meanwhile by a
-        worker that did not know) is never refused, and the first write it makes to the deal clears the
-        mark (:data:`_COLUMN_VALUES`). Every candidate is looked at (deals whose payment started stay
-        candidates, and must not hide the others); the marks are written :data:`ABANDON_BATCH` a
-        transaction, so that none holds its rows long."""
+        Why: such a deal would otherwise count against the open-deal limit for good. An anonymous order
+        needs no certificate: 10,000 of them, never paid, stopped the shop taking any deal. A payment
+        that started and stalled did the same: a card's hello is taken with its order, and whoever has a
+        genuine card's certificate (it is public) can send hellos without ever sending a proof. Its row
+        and its evidence stay (the seller archived the offer and the order); it is only no longer counted
+        (:meth:`open_count`). A first payment message for it is refused (``Shop._pay``); a payment that
+        had started is never refused, so a late proof is still taken, and the first write it makes to the
+        deal clears the mark (:data:`_COLUMN_VALUES`): the mark changes what is counted, never what is
+        paid. Every mark is a conditional write on the version read, and raises it: a worker holding an
+        older copy of the deal reads it again before it writes. The marks are written
+        :data:`ABANDON_BATCH` a transaction, so that none holds its rows long."""
         cutoff = expired_before.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         with self.db.transaction(write=False) as tx:
-            rows = tx.all("SELECT deal_id, terms, version FROM shop_deals WHERE finished = 0 AND abandoned = 0 "
+            rows = tx.all("SELECT deal_id, version FROM shop_deals WHERE finished = 0 AND abandoned = 0 "
                           "AND valid_until < ? AND order_bytes IS NOT NULL AND paid = 0 AND exchange IS NULL",
                           (cutoff,))
-        marks = [(deal_id, int(version)) for deal_id, terms, version in rows
-                 if not started(None if terms is None else Terms.from_dict(from_json(terms)))]
+        marks = [(deal_id, int(version)) for deal_id, version in rows]
         if not marks:
             return 0
 
