@@ -145,10 +145,19 @@ class ApduSession:
             apdu = Apdu(apdu.cla, apdu.ins, apdu.p1, apdu.p2, last, apdu.le)
         long_form = self.extended and len(apdu.data) > 255
         raw = apdu.encode(True if long_form else None)
-        body, sw = self._exchange(raw)
+        try:
+            body, sw = self._exchange(raw)
+        except errors.TransportError:
+            if not long_form:
+                raise
+            # a link that carries no extended length (T=0; a CCID reader that exchanges short APDUs) fails
+            # the transmit itself: from now on this session chains, and this command goes again as a
+            # chain. Should the card have run it after all (its answer lost), the applet answers the
+            # command again as it answers any command repeated (the PSAM: a proof it took already).
+            self.extended = False
+            return self.send(apdu, context)
         if long_form and sw == 0x6700:
-            # a card (or reader) that takes no extended length refuses the length before it runs the
-            # command: from now on this session chains, and this command is sent again as a chain
+            # a card that takes no extended length refuses the length before it runs the command
             self.extended = False
             return self.send(apdu, context)
         if sw >> 8 == 0x6C:                               # wrong Le: send again with the right one

@@ -125,25 +125,30 @@ def test_extended_length_through_pcscd(sessions):
 class _Counting:
     """A PC/SC connection that counts the exchanges, and can play a card that takes no extended length."""
 
-    def __init__(self, inner, *, refuse_extended: bool = False) -> None:
+    def __init__(self, inner, *, refuse_extended: str = "") -> None:
         self.inner, self.refuse_extended, self.sent = inner, refuse_extended, []
         self.reader = inner.reader
 
     def transmit(self, apdu: bytes) -> bytes:
         self.sent.append(apdu)
         if self.refuse_extended and len(apdu) > 7 and apdu[4] == 0:
-            return b"\x67\x00"
+            if self.refuse_extended == "link":      # T=0, or a reader exchanging short APDUs: no answer at all
+                raise errors.TransportError("PC/SC transmit failed: Transaction failed.")
+            return b"\x67\x00"                     # a card that takes no extended length
         return self.inner.transmit(apdu)
 
 
 def test_the_psam_takes_a_proof_in_one_extended_apdu_through_pcscd(world, sessions):
     """COMPLETE DEBIT carries the card's certificate (about 600 bytes): one extended-length exchange
     through pcscd, not a chain of three, so a purchase costs the seller two exchanges with its PSAM.
-    A card that answers 6700 to the long form is sent chains from then on, and the debit completes."""
+    A card that answers 6700 to the long form, or a link that cannot carry it (the transmit fails), is sent
+    chains from then on, and the debit completes: the card that debited itself is paid for."""
     purse, psam = sessions
     card_purse.load(purse, world["scheme"], 100, PIN)
     real = psam.apdu.connection
-    for refuse in (False, True):
+    for refuse in ("", "card", "link"):
+        if refuse:
+            psam.apdu.extended = True                 # as a fresh session starts (the default: the first round)
         counting = psam.apdu.connection = _Counting(real, refuse_extended=refuse)
         before, taken = purse.info().balance, psam.info().lifetime_total
         counting.sent.clear()

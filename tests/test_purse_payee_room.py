@@ -360,3 +360,37 @@ def test_a_cards_open_debits_stop_counting_once_stale(images: tuple[Scheme, Path
         assert desk.open_for(card) == 0 and desk.held() == 0
         desk.begin_debit("p2", card, 3, 5, EUR)
         assert desk.open_for(card) == 1 and desk.held() == 1
+
+
+def test_a_forged_proof_for_an_evicted_request_never_reaches_the_acquirer(
+        market: tuple[PurseModule, list[PurseModule]]) -> None:
+    """A proof for a request the PSAM no longer holds is cleared alone at the acquirer (a card slower than
+    the room's 60 s has paid). Anyone can make one without the card: the challenge's request re-tagged as a
+    proof, with any signature. The payee now checks the proof is signed by the hello's card before it reads
+    the PSAM's batches or asks the acquirer (an HTTPS call of up to 15 s, three times, on the shop's event
+    loop since its card steps run there): the forgery is refused and the acquirer is never called (it was
+    before; found by the adversarial review of 2026-12-07)."""
+    import base64 as b64m
+
+    payee, payers = market
+    asked: list[str] = []
+
+    class Acquirer:
+        def call(self, op: str, params: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+            asked.append(op)
+            raise AssertionError("the acquirer was asked about a forged proof")
+    payee.ctx.bank = Acquirer()
+    terms = _terms(7)
+    payer, flow = PayerFlow(payers[0], terms), payee.payee_flow(terms)
+    hello = payer.step(None).message
+    payee.admit(terms.payment_id, hello)
+    challenge = flow.step(hello).message
+    request = b64m.b64decode(challenge["request"])
+    psam = payee.desk().session
+    for _ in range(PSAM_PENDING):                       # the PSAM rolls over: other payments' debits
+        psam.begin_debit(os.urandom(8), 1, 1, EUR)
+    forged = {"kind": "proof", "proof": b64m.b64encode(b"DPF1" + request[4:]).decode(),
+              "signature": b64m.b64encode(os.urandom(64)).decode()}
+    with pytest.raises(PaymentError, match="did not accept the card's proof"):
+        flow.step(forged)
+    assert asked == []

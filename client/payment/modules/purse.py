@@ -567,7 +567,10 @@ class PayeeFlow:
             answers = req is not None and DebitRecord.decode(proof.record, DEBIT_PROOF).encode()[4:] == req.record[4:]
         except hw.TransportError:
             answers = False
-        if not answers:
+        if not answers or not _signed_by(self.card_cert, proof):
+            # a proof that does not answer this payment's request, or that the hello's card (its certificate
+            # checked against the scheme root at the hello) did not sign, is refused here: the PSAM's batches
+            # are not read and the acquirer is not asked for a forgery
             raise PaymentRefused(f"the PSAM did not accept the card's proof ({_card_error(e, 'complete')})",
                                  "bad_proof") from None
         assert req is not None
@@ -685,6 +688,18 @@ def _card_serial(root: x509.Certificate, der: bytes) -> str:
         raise ProtocolError("the card's certificate in its hello is not X.509") from None
     _, serial = PurseProofs(root).check_certificate(cert, ROLE_PURSE_CARD, "purse card")
     return serial
+
+
+def _signed_by(certificate: bytes, signed: Signed) -> bool:
+    """Whether ``signed`` carries a signature of the key in ``certificate`` (DER) over its record."""
+    try:
+        key = x509.load_der_x509_certificate(certificate).public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            return False
+        key.verify(signed.signature, signed.record, ec.ECDSA(hashes.SHA256()))
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def _signed(obj: Any, what: str) -> tuple[x509.Certificate, bytes, bytes]:
