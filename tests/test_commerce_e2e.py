@@ -432,6 +432,7 @@ def test_card_purse_steps_run_on_the_event_loop_and_a_bank_module_in_the_pool(
     import asyncio
 
     m, seen = market, []
+    monkeypatch.setattr(_loop_steps(m), "_pool_until", float("-inf"))     # as a quick shop has it
 
     def on_loop() -> bool:
         try:
@@ -460,4 +461,53 @@ def test_card_purse_steps_run_on_the_event_loop_and_a_bank_module_in_the_pool(
     assert ("order", "card-purse", True) in purse and ("pay_and_deliver", "card-purse", True) in purse, seen
     assert all(on for _, _, on in purse), seen
     assert bank and not any(on for _, _, on in bank), seen
+    m.clean()
+
+
+def _loop_steps(m: Market) -> Any:
+    """The shop's :class:`LoopSteps`, from its app (the service this module's world runs)."""
+    from semper.client.servers.shop_http import LOOP_STEPS
+    apps = [r.app for r in m.world.services.runners if LOOP_STEPS in r.app]
+    assert apps, "the shop's app is not among the world's services"
+    return apps[-1][LOOP_STEPS]
+
+
+def test_after_a_slow_card_step_the_next_ones_wait_in_the_pool(market: Market,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A card step on the event loop holds every request of the shop while it waits (a PSAM on a real
+    smartcard takes tens of milliseconds a command, a restarting PSAM device seconds). After one step
+    took longer than the budget, the next ones run in the pool, where only their thread waits; once the
+    pause is over a step is tried on the loop again (found by the adversarial review of 2026-12-07)."""
+    import asyncio
+    import time as time_m
+
+    from semper.client.servers import shop_http
+
+    m, seen = market, []
+    steps = _loop_steps(m)
+    now = [1000.0]
+    monkeypatch.setattr(steps, "_clock", lambda: now[0])
+    monkeypatch.setattr(steps, "_pool_until", float("-inf"))
+    real = m.shop.pay_and_deliver
+    slow = [True]
+
+    def pay_and_deliver(deal_id: str, envelope: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            seen.append(True)
+        except RuntimeError:
+            seen.append(False)
+        if slow[0]:
+            slow[0] = False
+            time_m.sleep(shop_http.LOOP_STEP_BUDGET * 2)           # a slow PSAM, once
+        return real(deal_id, envelope)
+    monkeypatch.setattr(m.shop, "pay_and_deliver", pay_and_deliver)
+    _pay_with(m, "card-purse")
+    for _ in range(2):
+        r = workflows.mail_order(m.buyer, [("tea-sampler", 1)], form=ADDRESS)
+        assert r.status is OutcomeStatus.SATISFIED, r.summary
+    assert seen == [True, False], seen          # slow on the loop; the next one in the pool
+    now[0] += shop_http.POOL_AT_LEAST + 1       # the pause is over
+    r = workflows.mail_order(m.buyer, [("tea-sampler", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.SATISFIED and seen == [True, False, True], seen
     m.clean()

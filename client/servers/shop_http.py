@@ -41,7 +41,9 @@ import asyncio
 import base64
 import hmac
 import logging
+import math
 import secrets
+import time
 from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -59,6 +61,8 @@ from .shop_web import mount as mount_web
 
 log = logging.getLogger("semper.shop")
 ADMIT_WAIT = 10.0           # seconds a payment may wait for room at the PSAM before the shop says busy
+LOOP_STEP_BUDGET = 0.05     # seconds a local payment step may take on the event loop (LoopSteps)
+POOL_AT_LEAST = 5.0         # after a slower one, seconds the next steps go to the pool at least (LoopSteps)
 
 
 # ---- the bodies (support/shapes.py); what the values mean is the Shop's to judge -----------------------
@@ -102,9 +106,35 @@ async def _call(fn: Any, *args: Any) -> Any:
     return await blocking(fn, *args)
 
 
-async def _here(fn: Any, *args: Any) -> Any:
-    """Run the shop's step on the event loop: a payment step that is bounded local work (``Shop.step_is_local``)."""
-    return fn(*args)
+class LoopSteps:
+    """Whether the shop's local payment steps (``Shop.step_is_local``) run on its event loop now.
+
+    Why it can change: a step on the loop holds every request of its worker while it waits for its
+    device. The simulated PSAM answers in about a millisecond and a step's disk flushes take a few, so
+    there the loop is the cheaper place (docs/performance.md, "Local payment steps on the event loop").
+    A PSAM on a real smartcard takes tens to a hundred milliseconds a command, a PSAM device that
+    restarts up to 15 s (``psam_device.CONNECT_WAIT``), and a proof the PSAM no longer holds is cleared at
+    the acquirer over the network. So a step that took longer than :data:`LOOP_STEP_BUDGET` sends the next
+    ones to the pool, where only their thread waits, for ten times as long as it took (at least
+    :data:`POOL_AT_LEAST`); then one is tried on the loop again."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._pool_until = -math.inf
+
+    def on_loop(self) -> bool:
+        return self._clock() >= self._pool_until
+
+    def took(self, seconds: float) -> float:
+        """Note a step's time on the loop; how long the next steps go to the pool for it (0: none)."""
+        if seconds <= LOOP_STEP_BUDGET:
+            return 0.0
+        pause = max(POOL_AT_LEAST, 10 * seconds)
+        self._pool_until = self._clock() + pause
+        return pause
+
+
+LOOP_STEPS = web.AppKey("semper_loop_steps", LoopSteps)    # the app's LoopSteps (tests read it)
 
 
 def _settle(shop: Shop, deal: str, envelope: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
@@ -154,6 +184,24 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     recovery (``Party.recover``)."""
     routes = web.RouteTableDef()
     tasks: set[asyncio.Task[Any]] = set()
+    steps = LoopSteps()
+
+    async def _here(fn: Any, *args: Any) -> Any:
+        """Run the shop's step on the event loop, timed (:class:`LoopSteps`)."""
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            took = time.perf_counter() - started
+            pause = steps.took(took)
+            if pause:
+                log.warning("a card payment step took %.0f ms on the event loop (a slow PSAM, device or disk); "
+                            "the next ones run in the worker pool for %.0f s", took * 1000, pause)
+
+    def _runner(envelope: Any) -> Callable[..., Any]:
+        """Where a payment step runs: on the loop when it is local work and local steps are quick now."""
+        return _here if shop.step_is_local(envelope) and steps.on_loop() else _call
+
     box: dict[str, Party] = {}
     mine = recovers or (lambda owner: owner == worker)
 
@@ -178,7 +226,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
         if body.envelope is not None:               # the card's hello with it: the PSAM is asked (on the loop
                                                     # when the step is local: Shop.step_is_local; else the pool)
             checks = OrderChecks()                  # made once, however often it waits for room
-            run = _here if shop.step_is_local(body.envelope) else _call
+            run = _runner(body.envelope)
             answer = _paid_answer(await _waited(lambda: run(_order_settle, shop, body, checks)))
         else:                                       # CPU only (a verification, archive entries): no hop
             with shop.batch():                      # the offer's and the order's entries: one archive write
@@ -213,7 +261,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     @routes.post("/deals/pay")
     async def pay(request: web.Request) -> web.Response:
         body = await read_json(request, Payment)
-        run = _here if shop.step_is_local(body.envelope) else _call
+        run = _runner(body.envelope)
         done = await _waited(lambda: run(_settle, shop, body.deal, body.envelope))
         return json_response(_paid_answer(done))
 
@@ -260,6 +308,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
         return json_response(await _call(shop.stats))
 
     app = make_app(list(routes))
+    app[LOOP_STEPS] = steps
     mount_web(app, shop)                        # the web site: catalogue, order form, delivery (shop_web.py)
 
     async def start(app: web.Application) -> None:
