@@ -352,8 +352,9 @@ class DealStore:
     def sweep(self, buyer: str, expired_before: dt.datetime, started: Callable[[Terms | None], bool]) -> int:
         """Of ``buyer``'s deals that count against its cap, mark those whose payment has started since the
         order (``started(terms)``, asked of the payment's session: a message the payee accepted through
-        ``/deals/pay``; a refused one does not count, ``Shop._payment_started``) and mark abandoned those :meth:`abandon` would mark (offer expired before
-        ``expired_before``, payment never started); how many stopped counting.
+        ``/deals/pay``; a refused one does not count, ``Shop._payment_started``) and mark abandoned those
+        :meth:`abandon` would mark (offer expired before ``expired_before``, payment never started); how
+        many stopped counting.
 
         Why: a deal's row says its payment started only when it started in the order's own transaction
         (the card's hello with the order, ``Shop._order_with_first_step``); a payment step taken later
@@ -509,9 +510,9 @@ class DealStore:
         (``Shop._pay``: no step of it accepted); a payment that had started is never refused for the
         mark, so a late proof is still taken, and the write that makes the deal paid (or starts its fair
         exchange) clears the mark; no other write does (:data:`_COLUMN_VALUES`): the mark changes what is
-        counted, never what is paid. Every mark is a conditional write on the version read, and raises it: a worker holding an
-        older copy of the deal reads it again before it writes. The marks are written
-        :data:`ABANDON_BATCH` a transaction, so that none holds its rows long."""
+        counted, never what is paid. Every mark is a conditional write on the version read, and raises
+        it: a worker holding an older copy of the deal reads it again before it writes. The marks are
+        written :data:`ABANDON_BATCH` a transaction, so that none holds its rows long."""
         cutoff = expired_before.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         with self.db.transaction(write=False) as tx:
             rows = tx.all("SELECT deal_id, version FROM shop_deals WHERE finished = 0 AND abandoned = 0 "
