@@ -104,8 +104,8 @@ def workers(pki: dict[str, Any], storage: Storage, tmp_path: Path,
         s.db.close()
 
 
-def _signed_order(offer: docs.ParsedOffer, signer: SoftSigner) -> bytes:
-    body = docs.order_body(offer, payment="stub", payment_label="stub", confirmation_sha256="ab" * 32,
+def _signed_order(offer: docs.ParsedOffer, signer: SoftSigner, payment: str = "stub") -> bytes:
+    body = docs.order_body(offer, payment=payment, payment_label=payment, confirmation_sha256="ab" * 32,
                            scripted=False, action="ORDER_AND_PAY", details=(), attributes=offer.attributes,
                            form={"name": "A Buyer", "street": "1 Main St", "postcode": "12345", "city": "Town",
                                  "country": "DE"})
@@ -347,6 +347,42 @@ def test_a_refused_payment_message_does_not_take_a_deal_off_its_buyers_cap(
     assert _refused_as_too_many(_order(one, pki["alice"])[1])
     sd = one.find(alice_deal, fresh=True)
     assert sd is not None and sd.started and not sd.paid
+
+
+@storages()
+def test_junk_card_purse_messages_do_not_lift_the_cap(pki: dict[str, Any], storage: Storage, tmp_path: Path,
+                                                      scheme: Any, psam: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same attack with the real card purse at a simulated PSAM: the purse's payee refuses a message
+    that is not a hello (no PSAM room is taken for it: ``PurseModule.admit`` takes room for hellos only),
+    and before the fix each refusal took its deal off the buyer's cap: one certificate filled the shop."""
+    from semper.client.payment.modules.purse import PurseModule
+    monkeypatch.setattr(shop_module, "MAX_OPEN_DEALS", MAX_OPEN)
+    monkeypatch.setattr(shop_module, "MAX_UNPAID_PER_BUYER", CAP, raising=False)
+    monkeypatch.setattr(shop_module, "SWEEP_EVERY_S", 0.0, raising=False)
+    db = Database(storage.url("shop", tmp_path))
+    payments = PaymentManager(PartyContext(psam=psam, currency=978, purse_root=scheme.root_cert),
+                              modules={"card-purse": PurseModule}, sessions=DatabaseSessions(db))
+    shop = Shop(name="Teapot Shop", identity=Identity(pki["seller"]), trust=pki["trust"], catalogue=demo_catalogue(),
+                account="A1", archive=SharedArchive(tmp_path / "evidence.sqlite3"), payments=payments, db=db,
+                psam_id=payments.module("card-purse").desk().psam_id())
+    try:
+        taken = 0
+        for _ in range(MAX_OPEN):
+            deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, False)
+            try:
+                order = _signed_order(_parsed(shop, der), pki["bob"], "card-purse")
+                answer = shop.order(deal_id, order, None, der, tag)
+            except CommerceError as e:
+                assert _refused_as_too_many(e), e           # before: taken, until the shop was full (503)
+                continue
+            taken += 1
+            junk = {"payment_id": answer["terms"]["payment_id"], "module": "card-purse", "body": {"kind": "junk"}}
+            assert shop.admit(deal_id, junk)                # what /deals/pay asks first: no room for a non-hello
+            assert _refused(shop, deal_id, junk).http_status == 422
+        assert taken == CAP and shop.store.open_count() == CAP
+        assert payments.module("card-purse").desk().held() == 0
+    finally:
+        db.close()
 
 
 @storages()
