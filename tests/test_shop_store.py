@@ -69,8 +69,8 @@ def test_ordered_deals_not_paid_are_abandoned_once_their_offer_is_long_expired(s
     limit): of the ordered deals whose offer expired before the cutoff, it marks those not paid and with no
     fair exchange started, whether their payment started or not (a card's hello taken, its proof never
     sent: before, such a deal counted for good); they stop counting, their rows stay, a worker's older copy
-    cannot be written over the mark, and a deal written again after it (a payment that goes on) counts
-    again."""
+    cannot be written over the mark, a write that does not pay the deal keeps it, and the write that pays
+    it (a payment that goes on) clears it: the deal counts again until it is finished."""
     import datetime as dt
 
     from semper.client.payment.model import Terms
@@ -101,6 +101,13 @@ def test_ordered_deals_not_paid_are_abandoned_once_their_offer_is_long_expired(s
         assert not a.save(deals["unpaid"])                # a's older copy: the mark raised the version
         assert b.abandon(cutoff) == 0                     # marked once
 
+        # a write that neither pays nor starts a fair exchange (a payment message refused, recorded) keeps the
+        # mark: before 2026-12-07 every write cleared it, and the deal counted again
+        stalled.deal.decide("payment", "refused", "a junk message for a stalled payment")
+        assert a.save(stalled) and stalled.abandoned
+        kept = b.get(stalled.deal.deal_id, fresh=True)
+        assert kept is not None and kept.abandoned and kept.deal.decisions[-1].verdict == "refused"
+        assert a.open_count() == 3
         marked.deal.decide("payment", "satisfied", "a payment that started anyway")
         marked.paid = True
         assert a.save(marked) and not marked.abandoned

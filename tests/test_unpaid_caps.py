@@ -10,10 +10,14 @@ abandoned stops counting for its buyer; an order that comes with its payment's f
 and workers taking one buyer's orders at once cannot pass the cap together. On both back ends.
 
 These tests fail on the code before the cap (the flood fills the shop, the identified buyer is refused
-503, one buyer takes as many deals as it likes)."""
+503, one buyer takes as many deals as it likes). The last three are the holes an adversarial review found
+in it on 2026-12-07, each failing on the code before its fix: a refused payment message took a deal off its
+buyer's cap; any refused payment message made an abandoned deal count again, and each one grew the deal's
+row and the archive; one certificate written out a second way was a second buyer."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,18 +36,40 @@ from semper.client.commerce.archive import SharedArchive
 from semper.client.commerce.catalogue import demo_catalogue
 from semper.client.commerce.errors import CommerceError
 from semper.client.exchange.identity import Identity
-from semper.client.payment.manager import Handled, PaymentManager
+from semper.client.payment.errors import ProtocolError
+from semper.client.payment.manager import MAX_ROUNDS, Handled, PaymentManager
 from semper.client.payment.model import Record, Status, Terms
-from semper.client.payment.module import PartyContext
+from semper.client.payment.module import PartyContext, Step
 from semper.client.payment.sessions import DatabaseSessions
 from semper.client.servers import shop as shop_module
-from semper.client.servers.shop import Shop
+from semper.client.servers.shop import KEPT_REFUSALS, DealAbandoned, Shop
 from semper.client.support.cms import sign_statement
 from semper.client.support.db import Database
 from semper.client.support.trust import TrustStore
 
 MAX_OPEN = 20               # the shop's open-deal limit in these tests: the unsigned orders' share is 2
 CAP = 3                     # deals one certificate may have ordered and not started paying
+
+
+class _PayeeFlow:
+    """The payee's side of a two-message payment, as the card purse's is: a ``hello`` is answered with a
+    challenge (the payment has started), a ``proof`` completes it; anything else is refused as the purse
+    refuses a message it does not expect (``ProtocolError``, 422 at the shop)."""
+
+    def step(self, incoming: Any) -> Step:
+        kind = incoming.get("kind") if isinstance(incoming, dict) else None
+        if kind == "hello":
+            return Step({"kind": "challenge"})
+        if kind == "proof":
+            return Step({"kind": "receipt"}, done=True, status=Status.PAID)
+        raise ProtocolError(f"expected a 'hello' or a 'proof' message, not {kind!r}")
+
+
+class _Paying(_Module):
+    """The stub module (it offers itself), with a payee flow the payment manager runs for real."""
+
+    def payee_flow(self, terms: Terms) -> _PayeeFlow:
+        return _PayeeFlow()
 
 
 @pytest.fixture()
@@ -69,7 +95,7 @@ def workers(pki: dict[str, Any], storage: Storage, tmp_path: Path,
         db = Database(url)
         s = Shop(name="Teapot Shop", identity=Identity(pki["seller"]), trust=pki["trust"],
                  catalogue=demo_catalogue(), account="A1", archive=SharedArchive(tmp_path / "evidence.sqlite3"),
-                 payments=PaymentManager(PartyContext(), modules={"stub": _Module}, sessions=DatabaseSessions(db)),
+                 payments=PaymentManager(PartyContext(), modules={"stub": _Paying}, sessions=DatabaseSessions(db)),
                  db=db, offer_validity=validity)
         opened.append(s)
         return s
@@ -78,8 +104,8 @@ def workers(pki: dict[str, Any], storage: Storage, tmp_path: Path,
         s.db.close()
 
 
-def _signed_order(offer: docs.ParsedOffer, signer: SoftSigner) -> bytes:
-    body = docs.order_body(offer, payment="stub", payment_label="stub", confirmation_sha256="ab" * 32,
+def _signed_order(offer: docs.ParsedOffer, signer: SoftSigner, payment: str = "stub") -> bytes:
+    body = docs.order_body(offer, payment=payment, payment_label=payment, confirmation_sha256="ab" * 32,
                            scripted=False, action="ORDER_AND_PAY", details=(), attributes=offer.attributes,
                            form={"name": "A Buyer", "street": "1 Main St", "postcode": "12345", "city": "Town",
                                  "country": "DE"})
@@ -113,9 +139,9 @@ def _unpaid(shop: Shop, who: SoftSigner | None) -> int:
                                "started = 0 AND abandoned = 0 AND finished = 0")
     else:
         signer = verify_statement(sign_statement(who, {"type": "probe"}), shop.trust).signer
-        from cryptography.hazmat.primitives import hashes
         row = shop.db.read_one("SELECT COUNT(*) FROM shop_deals WHERE buyer = ? AND paid = 0 AND started = 0 AND "
-                               "abandoned = 0 AND finished = 0", (signer.fingerprint(hashes.SHA256()).hex(),))
+                               "abandoned = 0 AND finished = 0",
+                               (hashlib.sha256(signer.tbs_certificate_bytes).hexdigest(),))
     assert row is not None
     return int(row[0])
 
@@ -274,3 +300,190 @@ def test_workers_taking_one_buyers_orders_at_once_keep_its_cap(workers: Callable
     assert sum(isinstance(a, dict) for a in answers) == 1, answers
     assert all(_refused_as_too_many(a) for a in answers if not isinstance(a, dict)), answers
     assert _unpaid(shops[0], bob) == CAP and _rows(shops[0]) == CAP
+
+
+def _message(answer: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The payer's message of this ``kind`` for the payment an order's answer set the terms of."""
+    return {"payment_id": answer["terms"]["payment_id"], "module": "stub", "body": {"kind": kind}}
+
+
+def _refused(shop: Shop, deal_id: str, envelope: dict[str, Any]) -> CommerceError:
+    with pytest.raises(CommerceError) as e:
+        shop.pay_and_deliver(deal_id, envelope)
+    return e.value
+
+
+@storages()
+def test_a_refused_payment_message_does_not_take_a_deal_off_its_buyers_cap(
+        workers: Callable[..., Shop], pki: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of 2026-12-07, finding 1: a refused payment step still saves the payee's session (its module
+    set, one round), and the shop took that for a payment started, so at the cap it took the deal off its
+    buyer's cap. One junk ``/deals/pay`` per order (422), and one certificate, or all unsigned orders
+    together, took deals without end: the open-deal limit filled and every buyer got 503. A payment
+    starts only with a message the payee accepts (here the hello): that does give room for one more."""
+    monkeypatch.setattr(shop_module, "SWEEP_EVERY_S", 0.0, raising=False)     # every order at the cap sweeps
+    one, two = workers(), workers()
+    for who, cap in ((pki["bob"], CAP), (None, MAX_OPEN // 10)):
+        taken: list[tuple[str, dict[str, Any]]] = []
+        for i in range(MAX_OPEN):
+            deal_id, answer = _order(one if i % 2 else two, who)
+            if not isinstance(answer, dict):
+                assert _refused_as_too_many(answer), answer         # before: taken, one after another
+                continue
+            taken.append((deal_id, answer))
+            refusal = _refused(two if i % 2 else one, deal_id, _message(answer, "junk"))
+            assert refusal.http_status == 422 and "expected a 'hello'" in str(refusal)
+        assert len(taken) == cap and _unpaid(one, who) == cap, (who, len(taken))
+    assert one.store.open_count() == CAP + MAX_OPEN // 10
+    alice_deal, alice = _order(two, pki["alice"])                   # before: 503, the shop was full
+    assert isinstance(alice, dict) and alice["next"] == "payment", alice
+
+    # Alice's payment starts (its hello accepted): at her cap, that deal stops counting and she orders on
+    started = two.pay_and_deliver(alice_deal, _message(alice, "hello"))
+    assert started["envelope"]["body"] == {"kind": "challenge"} and "confirmation" not in started
+    for _ in range(CAP - 1):
+        assert isinstance(_order(one, pki["alice"])[1], dict)
+    assert isinstance(_order(two, pki["alice"])[1], dict)           # the sweep found the hello taken
+    assert _refused_as_too_many(_order(one, pki["alice"])[1])
+    sd = one.find(alice_deal, fresh=True)
+    assert sd is not None and sd.started and not sd.paid
+
+
+@storages()
+def test_junk_card_purse_messages_do_not_lift_the_cap(pki: dict[str, Any], storage: Storage, tmp_path: Path,
+                                                      scheme: Any, psam: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same attack with the real card purse at a simulated PSAM: the purse's payee refuses a message
+    that is not a hello (no PSAM room is taken for it: ``PurseModule.admit`` takes room for hellos only),
+    and before the fix each refusal took its deal off the buyer's cap: one certificate filled the shop."""
+    from semper.client.payment.modules.purse import PurseModule
+    monkeypatch.setattr(shop_module, "MAX_OPEN_DEALS", MAX_OPEN)
+    monkeypatch.setattr(shop_module, "MAX_UNPAID_PER_BUYER", CAP, raising=False)
+    monkeypatch.setattr(shop_module, "SWEEP_EVERY_S", 0.0, raising=False)
+    db = Database(storage.url("shop", tmp_path))
+    payments = PaymentManager(PartyContext(psam=psam, currency=978, purse_root=scheme.root_cert),
+                              modules={"card-purse": PurseModule}, sessions=DatabaseSessions(db))
+    shop = Shop(name="Teapot Shop", identity=Identity(pki["seller"]), trust=pki["trust"], catalogue=demo_catalogue(),
+                account="A1", archive=SharedArchive(tmp_path / "evidence.sqlite3"), payments=payments, db=db,
+                psam_id=payments.module("card-purse").desk().psam_id())
+    try:
+        taken = 0
+        for _ in range(MAX_OPEN):
+            deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, False)
+            try:
+                order = _signed_order(_parsed(shop, der), pki["bob"], "card-purse")
+                answer = shop.order(deal_id, order, None, der, tag)
+            except CommerceError as e:
+                assert _refused_as_too_many(e), e           # before: taken, until the shop was full (503)
+                continue
+            taken += 1
+            junk = {"payment_id": answer["terms"]["payment_id"], "module": "card-purse", "body": {"kind": "junk"}}
+            assert shop.admit(deal_id, junk)                # what /deals/pay asks first: no room for a non-hello
+            assert _refused(shop, deal_id, junk).http_status == 422
+        assert taken == CAP and shop.store.open_count() == CAP
+        assert payments.module("card-purse").desk().held() == 0
+    finally:
+        db.close()
+
+
+@storages()
+def test_an_abandoned_deal_stays_abandoned_until_it_is_paid(
+        workers: Callable[..., Shop], pki: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of 2026-12-07, finding 2: once abandoned (offer expired one validity ago, not paid), a deal
+    counted again after any refused payment message: the shop let every message of a started payment
+    through, recorded the refusal on the deal, and every write cleared the mark. So whoever held stalled
+    payments put them all back on the open-deal limit at will, and each message appended a decision to the
+    row and an entry to the archive, without end (MAX_ROUNDS did not stop it). Now the mark stays until
+    the deal is paid, a payment that never started (only refused messages) is refused for the mark, a deal
+    keeps at most KEPT_REFUSALS refusals, and a started payment's proof is still taken: paid, confirmed,
+    delivered."""
+    monkeypatch.setattr(shop_module, "MAX_OPEN_DEALS", 3)
+    validity = dt.timedelta(seconds=2)
+    one, two = workers(validity), workers(validity)
+    bob = pki["bob"]
+    deals = []
+    for shop in (one, two, one):
+        deal_id, answer = _order(shop, bob)
+        assert isinstance(answer, dict), answer
+        deals.append((deal_id, answer))
+    (poked, poked_answer), (late, late_answer), (junked, junked_answer) = deals
+    for deal_id, answer in ((poked, poked_answer), (late, late_answer)):     # payments started, then stalled
+        assert two.pay_and_deliver(deal_id, _message(answer, "hello"))["envelope"]["body"] == {"kind": "challenge"}
+    assert _refused(one, junked, _message(junked_answer, "junk")).http_status == 422   # never started
+    with pytest.raises(CommerceError, match="too many open deals"):
+        two.new_deal("mail-order", [("teapot", 1)], NONCE, False)
+
+    newest = max(_parsed(one, s.offer_der).valid_until for s in (one.find(d, fresh=True) for d, _ in deals)
+                 if s is not None)
+    time.sleep(max(0.0, (newest + validity - dt.datetime.now(dt.UTC)).total_seconds()) + 1.1)
+    two.new_deal("mail-order", [("teapot", 1)], NONCE, False)      # at the limit: all three abandoned
+    assert two.store.open_count() == 0
+
+    # a payment that never started: refused for the mark, nothing asked of the payment (before: 422, counted)
+    with pytest.raises(DealAbandoned, match="never started"):
+        one.pay_and_deliver(junked, _message(junked_answer, "junk"))
+    # a started payment's messages refused, more than MAX_ROUNDS of them, at both workers: each answered
+    # 422, the deal stays abandoned and keeps KEPT_REFUSALS refusals (before: counted again at once, one
+    # decision and one archive entry more per message)
+    for i in range(KEPT_REFUSALS):
+        assert _refused(one if i % 2 else two, poked, _message(poked_answer, "junk")).http_status == 422
+    kept, archived = _deal(one, poked).deal.decisions, _kinds(one, poked)
+    assert [d.verdict for d in kept if d.step == "payment"] == ["refused"] * KEPT_REFUSALS
+    assert archived.count("decision") == KEPT_REFUSALS
+    for i in range(MAX_ROUNDS):                     # past MAX_ROUNDS too: the manager refuses before the step
+        assert _refused(one if i % 2 else two, poked, _message(poked_answer, "junk")).http_status == 422
+    assert one.store.open_count() == 0
+    sd = _deal(two, poked)
+    assert sd.abandoned and not sd.paid
+    assert sd.deal.decisions == kept and _kinds(one, poked) == archived      # nothing more kept
+
+    # money stays safe: a started payment's late proof is taken, a refused message before it or not
+    assert _refused(two, late, _message(late_answer, "junk")).http_status == 422
+    assert one.store.open_count() == 0 and _deal(one, late).abandoned
+    done = one.pay_and_deliver(late, _message(late_answer, "proof"))
+    assert done["envelope"]["body"] == {"kind": "receipt"} and done["confirmation"] and done["delivery"]
+    sd = _deal(two, late)
+    assert sd.paid and sd.finished and not sd.abandoned and sd.confirmation and sd.delivery
+    assert two.payments.record(late_answer["terms"]["payment_id"], "payee").status is Status.PAID
+    assert one.store.open_count() == 0                              # finished: not open either
+
+
+def _deal(shop: Shop, deal_id: str) -> Any:
+    sd = shop.find(deal_id, fresh=True)
+    assert sd is not None
+    return sd
+
+
+def _written_again(signer: SoftSigner) -> SoftSigner:
+    """The same signer with its certificate written out a second way: the CA's ECDSA signature (r, s) as
+    (r, n - s), which verifies as well; nothing else changes, and nobody but the holder is needed."""
+    from asn1crypto import algos
+    from asn1crypto import x509 as a_x509
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    n = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551       # the order of P-256
+    cert = a_x509.Certificate.load(signer.cert.public_bytes(Encoding.DER))
+    sig = algos.DSASignature.load(cert["signature_value"].native)
+    twin = a_x509.Certificate({"tbs_certificate": cert["tbs_certificate"],
+                               "signature_algorithm": cert["signature_algorithm"],
+                               "signature_value": algos.DSASignature({"r": sig["r"].native,
+                                                                      "s": n - sig["s"].native}).dump()})
+    return SoftSigner(signer.key, x509.load_der_x509_certificate(twin.dump()))
+
+
+@storages()
+def test_one_certificate_written_out_another_way_is_the_same_buyer(workers: Callable[..., Shop],
+                                                                   pki: dict[str, Any]) -> None:
+    """Review of 2026-12-07, finding 5: the buyer was the SHA-256 of the certificate's whole DER, and an
+    ECDSA signature stays valid with s replaced by n - s, so Bob, writing his own certificate out again,
+    was two buyers with twice the cap. The buyer is now the certificate's signed part, which only the CA
+    makes."""
+    shop = workers()
+    bob, twin = pki["bob"], _written_again(pki["bob"])
+    assert twin.certificate() != bob.certificate()
+    for _ in range(CAP - 1):
+        assert isinstance(_order(shop, bob)[1], dict)
+    _, answer = _order(shop, twin)                  # the twin verifies and orders, as Bob
+    assert isinstance(answer, dict), answer
+    assert _unpaid(shop, bob) == CAP
+    assert _refused_as_too_many(_order(shop, twin)[1])
+    assert _refused_as_too_many(_order(shop, bob)[1])       # before: taken (Bob had CAP - 1 of his own)

@@ -76,6 +76,12 @@ UNSIGNED_UNPAID_SHARE = 0.1
 SWEEP_EVERY_S = 1.0         # a buyer at its cap has its deals looked at this often at most per process
 SWEPT_BUYERS = 4096         # the buyers a process remembers when it last looked at (Shop._unpaid_room)
 PAID = (Status.PAID, Status.CAPTURED, Status.AUTHORISED)
+#: the payment refusals a deal records (a decision on its row and an archive entry flushed to disk, each);
+#: further refusals are answered (422) and not recorded. Why a bound: a refused message costs its sender
+#: nothing, MAX_ROUNDS does not stop them (past it the manager refuses before the module's step, and that
+#: refusal was recorded too), so without one a client grew a deal's row and the archive without end, one
+#: message at a time. The first few say why the payment failed; the payee's record (failed) stays either way.
+KEPT_REFUSALS = 4
 
 
 class NoRoom(ServiceUnavailable):
@@ -101,9 +107,10 @@ class OfferExpired(CommerceError):
 
 class DealAbandoned(DealConflict):
     """A payment message for a deal the shop marked abandoned (``DealStore.abandon``: ordered, never paid,
-    its payment never started, its offer expired at least one offer validity ago): refused before the
+    its offer expired at least one offer validity ago) whose payment never started (the payee accepted
+    none of its messages; refused ones do not count, ``Shop._payment_started``): refused before the
     payment's module or device is asked anything, so no value moved; the row and its evidence stay. A
-    payment whose session has taken a step is never refused so."""
+    payment the payee has accepted a step of is never refused so: its proof may still come."""
 
     code = "deal_abandoned"
 
@@ -270,10 +277,12 @@ class Shop:
         one within a minute (the PSAM's room goes stale after 60 s). A deal not paid one whole offer
         validity (the time the shop gives a buyer to make up its mind, 30 minutes by default) after its
         offer ended has been given up by its buyer, or was never meant to be paid: whether its payment
-        started or not, it stops counting. A payment that started is still taken if its next message
-        comes (:meth:`_pay` refuses only a *first* message for an abandoned deal), and a paid deal
-        awaiting delivery or a fair exchange started is never marked (docs/commerce.md, "Abandoned
-        deals"). At most once a :data:`ABANDON_EVERY_S` per process."""
+        started or not, it stops counting. A payment that started (the payee accepted a step of it,
+        :meth:`_payment_started`) is still taken if its next message comes (:meth:`_pay` refuses for the
+        mark only a payment that never started); the mark stays through any write until the deal is paid
+        or its fair exchange starts (``shop_store._COLUMN_VALUES``), so a refused message does not make
+        the deal count again; and a paid deal awaiting delivery or a fair exchange started is never
+        marked (docs/commerce.md, "Abandoned deals"). At most once a :data:`ABANDON_EVERY_S` per process."""
         now = time.monotonic()
         if now - self._abandoned_at < ABANDON_EVERY_S:
             return 0
@@ -348,12 +357,19 @@ class Shop:
         return _offer_ends(sd.offer) < dt.datetime.now(dt.UTC) - self.offer_validity + docs.CLOCK_SKEW
 
     def _payment_started(self, terms: Terms | None) -> bool:
-        """Whether the payer's side of this payment has taken any step: its session (the payment
-        manager's) has seen a message. No terms: the deal pays in its fair exchange (see ``exchange``)."""
+        """Whether the payee has *accepted* a step of this payment: its session (the payment manager's)
+        holds the last message it took (``last_in``), or says the payment finished (``done``). No terms:
+        the deal pays in its fair exchange (see ``exchange``).
+
+        A refused message does not start a payment: ``PaymentManager._step`` saves the session of a
+        refused step too (its ``module`` set, ``rounds`` raised, the record failed), but never sets
+        ``last_in`` or ``done`` for it. Counting those (as before 2026-12-07) let one junk payment
+        message per deal, refused with 422, take the deal off its buyer's cap (:meth:`_sweep`) and let
+        messages through for an abandoned deal (:meth:`_pay`): one client filled the open-deal limit."""
         if terms is None:
             return False
         st = self.payments.sessions.get(terms.payment_id)
-        return st is not None and (st.module is not None or st.rounds > 0 or st.last_in is not None or st.done)
+        return st is not None and (st.last_in is not None or st.done)
 
     def _offered(self, deal_id: str, offer: bytes | None, tag: Any) -> ShopDeal:
         """The deal of an offer this shop signed, sent back with its order: not written yet (version 0).
@@ -692,6 +708,8 @@ class Shop:
         if not sd.paid and self._abandonable(sd):
             # it may have been abandoned since this process remembered it: ask the database (old deals only)
             sd = self._deal(deal_id, fresh=True)
+        # a payment the payee accepted a step of goes on (its proof is taken, and paying clears the mark);
+        # one that never started is refused for the mark, before its module or device is asked anything
         if sd.abandoned and not sd.paid and not self._payment_started(sd.terms):
             raise DealAbandoned("the shop gave this deal up: its offer expired long ago and its payment never "
                                 "started; nothing was paid. Ask for a new offer")
@@ -717,8 +735,9 @@ class Shop:
             handled = self.payments.handle_step(
                 envelope, settle=None if sd.paid or not self.settles_in_payment_step else settle)
         except PaymentError as e:
-            sd.deal.decide("payment", "refused", str(e))
-            self._commit(sd)
+            if self._refusals(sd) < KEPT_REFUSALS:
+                sd.deal.decide("payment", "refused", str(e))
+                self._commit(sd)
             raise PaymentNotAccepted(f"the payment was refused: {e}") from None
         if "error" in box:
             raise box["error"]
@@ -735,6 +754,11 @@ class Shop:
             record = handled.record or self.payments.record(sd.terms.payment_id, "payee")
             self._paid(sd, record)
         return handled.reply, sd, False
+
+    @staticmethod
+    def _refusals(sd: ShopDeal) -> int:
+        """How many payment refusals the deal keeps among its decisions (see :data:`KEPT_REFUSALS`)."""
+        return sum(1 for d in sd.deal.decisions if d.step == "payment" and d.verdict == "refused")
 
     def _paid(self, sd: ShopDeal, record: Record) -> bool:
         """Mark the deal paid if the payee's record says so (True: it was not before)."""

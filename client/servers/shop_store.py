@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from ..commerce.catalogue import Catalogue, CatalogueItem
 from ..commerce.deal import Deal, DealAttributes, Decision
@@ -95,10 +94,18 @@ class TooManyUnpaidOrders(CommerceError):
 
 
 def buyer_key(certificate: x509.Certificate | None) -> str:
-    """The buyer an order is counted for: the SHA-256 of its signer's certificate (hex), or
-    :data:`UNSIGNED` for an order without one. A certificate, not a name: a name is the CA's to give
-    twice, a certificate is one registration."""
-    return UNSIGNED if certificate is None else certificate.fingerprint(hashes.SHA256()).hex()
+    """The buyer an order is counted for: the SHA-256 of its signer's certificate's signed part (the
+    ``tbsCertificate``, hex), or :data:`UNSIGNED` for an order without one. A certificate, not a name: a
+    name is the CA's to give twice, a certificate is one registration.
+
+    Why the signed part and not the whole DER: the CA's ECDSA signature on it is malleable ((r, s) and
+    (r, n - s) both verify), so the holder of one certificate can write it out a second way, same issuer,
+    serial, subject and key, and before 2026-12-07 had a second buyer key and twice the cap. The signed
+    part is what the CA issued; nobody but the CA can make another. (Cost: cryptography writes the part
+    out again, about as fast as the fingerprint of the whole was, a few microseconds; keys of rows
+    written before are the whole certificate's SHA-256: such a deal no longer counts for its buyer, and
+    stops counting for the limit when it is abandoned, as any.)"""
+    return UNSIGNED if certificate is None else hashlib.sha256(certificate.tbs_certificate_bytes).hexdigest()
 
 
 def _make_offer_key(tx: Transaction) -> None:
@@ -132,7 +139,7 @@ class ShopDeal:
     delivery: bytes | None = None
     exchange: dict[str, Any] | None = None       # {"state": "started"|"done", "session", "owner", "status", ...}
     version: int = 0
-    abandoned: bool = False      # as read: marked abandoned (:meth:`DealStore.abandon`); any later write clears it
+    abandoned: bool = False      # marked abandoned (:meth:`DealStore.abandon`); cleared by paying or an exchange
     buyer: str | None = None     # who ordered it (:func:`buyer_key`), written once with the order; None before
     started: bool = False        # its payment started in the order's transaction, or was found started since
 
@@ -165,9 +172,12 @@ _COLUMN_VALUES: dict[str, Callable[[ShopDeal], Any]] = {
     "decisions": lambda sd: to_json([[x.step, x.verdict, x.reason] for x in sd.deal.decisions]),
     "archived": lambda sd: sd.deal._archived,
     "finished": lambda sd: int(sd.finished),
-    # a deal written again after it was abandoned is being acted on (a payment that had started goes on):
-    # it counts as open again
-    "abandoned": lambda sd: 0,
+    # the mark stays through every write until the deal is paid or its fair exchange starts: a payment
+    # that had started goes on, but a message of it refused (or any other write) does not make the deal
+    # count again. Before 2026-12-07 every write cleared it, so a refused payment message per abandoned
+    # deal put them all back on the open-deal limit. A stale copy cannot write the mark away either: the
+    # mark raised the version (DealStore.abandon)
+    "abandoned": lambda sd: int(sd.abandoned and not sd.paid and sd.exchange is None),
     # written once, by the insert (not in DealStore._MUTABLE): the buyer does not change, and ``started``
     # only ever goes from 0 to 1 (:meth:`DealStore.sweep`), so no copy of the deal can write it back to 0
     "buyer": lambda sd: sd.buyer,
@@ -341,9 +351,10 @@ class DealStore:
 
     def sweep(self, buyer: str, expired_before: dt.datetime, started: Callable[[Terms | None], bool]) -> int:
         """Of ``buyer``'s deals that count against its cap, mark those whose payment has started since the
-        order (``started(terms)``, asked of the payment's session: a first message taken through
-        ``/deals/pay``) and mark abandoned those :meth:`abandon` would mark (offer expired before
-        ``expired_before``, payment never started); how many stopped counting.
+        order (``started(terms)``, asked of the payment's session: a message the payee accepted through
+        ``/deals/pay``; a refused one does not count, ``Shop._payment_started``) and mark abandoned those
+        :meth:`abandon` would mark (offer expired before ``expired_before``, payment never started); how
+        many stopped counting.
 
         Why: a deal's row says its payment started only when it started in the order's own transaction
         (the card's hello with the order, ``Shop._order_with_first_step``); a payment step taken later
@@ -457,7 +468,7 @@ class DealStore:
                     if self._counted is not None:
                         self._counted = (self._counted[0], self._counted[1] + 1)
             sd.version += 1
-            sd.abandoned = False                # as written (see _COLUMN_VALUES)
+            sd.abandoned = bool(_COLUMN_VALUES["abandoned"](sd))      # as written
             self._remember(sd)
         else:
             self._forget(sd.deal.deal_id)
@@ -495,12 +506,13 @@ class DealStore:
         that started and stalled did the same: a card's hello is taken with its order, and whoever has a
         genuine card's certificate (it is public) can send hellos without ever sending a proof. Its row
         and its evidence stay (the seller archived the offer and the order); it is only no longer counted
-        (:meth:`open_count`). A first payment message for it is refused (``Shop._pay``); a payment that
-        had started is never refused, so a late proof is still taken, and the first write it makes to the
-        deal clears the mark (:data:`_COLUMN_VALUES`): the mark changes what is counted, never what is
-        paid. Every mark is a conditional write on the version read, and raises it: a worker holding an
-        older copy of the deal reads it again before it writes. The marks are written
-        :data:`ABANDON_BATCH` a transaction, so that none holds its rows long."""
+        (:meth:`open_count`). A payment message for it is refused if the payment never started
+        (``Shop._pay``: no step of it accepted); a payment that had started is never refused for the
+        mark, so a late proof is still taken, and the write that makes the deal paid (or starts its fair
+        exchange) clears the mark; no other write does (:data:`_COLUMN_VALUES`): the mark changes what is
+        counted, never what is paid. Every mark is a conditional write on the version read, and raises
+        it: a worker holding an older copy of the deal reads it again before it writes. The marks are
+        written :data:`ABANDON_BATCH` a transaction, so that none holds its rows long."""
         cutoff = expired_before.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         with self.db.transaction(write=False) as tx:
             rows = tx.all("SELECT deal_id, version FROM shop_deals WHERE finished = 0 AND abandoned = 0 "
