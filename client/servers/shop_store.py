@@ -114,6 +114,14 @@ def _make_offer_key(tx: Transaction) -> None:
     tx.execute("INSERT INTO shop_keys (name, secret) VALUES (?, ?)", (OFFER_KEY, secrets.token_bytes(32)))
 
 
+def _mark_abandoned(tx: Transaction, now: str, deal_id: str, version: int) -> int:
+    """Mark one deal abandoned if it is still as read (``version``) and still not paid, with no fair exchange
+    started; the mark raises its version, so a worker's older copy cannot be written over it (1: marked)."""
+    return int(tx.execute("UPDATE shop_deals SET abandoned = 1, version = version + 1, updated_at = ? "
+                          "WHERE deal_id = ? AND version = ? AND paid = 0 AND exchange IS NULL",
+                          (now, deal_id, version)).rowcount)
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -382,9 +390,7 @@ class DealStore:
                 n += tx.execute("UPDATE shop_deals SET started = 1 WHERE deal_id = ? AND started = 0",
                                 (deal_id,)).rowcount
             for deal_id, version in old:
-                n += tx.execute("UPDATE shop_deals SET abandoned = 1, version = version + 1, updated_at = ? "
-                                "WHERE deal_id = ? AND version = ? AND paid = 0 AND exchange IS NULL",
-                                (now, deal_id, version)).rowcount
+                n += _mark_abandoned(tx, now, deal_id, version)
             return n
         try:
             return int(self.db.run(run))
@@ -525,9 +531,7 @@ class DealStore:
         def run(batch: list[tuple[str, int]], tx: Transaction) -> int:
             now, n = _now(), 0
             for deal_id, version in batch:
-                n += tx.execute("UPDATE shop_deals SET abandoned = 1, version = version + 1, updated_at = ? "
-                                "WHERE deal_id = ? AND version = ? AND paid = 0 AND exchange IS NULL",
-                                (now, deal_id, version)).rowcount
+                n += _mark_abandoned(tx, now, deal_id, version)
             return n
         try:
             return sum(int(self.db.run(functools.partial(run, marks[i:i + ABANDON_BATCH])))
