@@ -188,8 +188,8 @@ def test_the_psam_room_rule_holds_across_workers(market: Any) -> None:
     # every third hello comes with its order (one request: the order's answer carries the challenge)
     deals = [_ordered_deal(market, send=i % 3 != 0) for i in range(17)]
     device = PsamDeviceClient(market.world.shop_dir / "run" / "psam-0.sock")
-    room = 16 - device.held()
-    assert room == 16 - CARD_OPEN_CAP             # what the card cap's test left open
+    room = 16 - device.held()          # the card cap's test left CARD_OPEN_CAP open, unless they went stale
+    assert room in (16 - CARD_OPEN_CAP, 16)
     start = device.info()
     # a genuine card of its own in every hello (the shop checks a hello's card certificate before it asks the
     # PSAM, so a made-up card takes no room: test_orders_with_made_up_card_hellos_do_not_block_card_payments;
@@ -204,5 +204,6 @@ def test_the_psam_room_rule_holds_across_workers(market: Any) -> None:
     assert any(_challenged(a) for a in with_order), "no order carried the PSAM's challenge"
     end = device.info()
     # the PSAM began exactly one request per admitted payment: none for the refused, none evicted
-    assert end.sequence - start.sequence == room and end.pending - start.pending == room
+    # (requests gone stale at the desk stay pending on the PSAM card until a new one evicts them)
+    assert end.sequence - start.sequence == room and end.pending == min(16, start.pending + room)
     assert device.held() == 16

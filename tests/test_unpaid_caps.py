@@ -487,3 +487,52 @@ def test_one_certificate_written_out_another_way_is_the_same_buyer(workers: Call
     assert _unpaid(shop, bob) == CAP
     assert _refused_as_too_many(_order(shop, twin)[1])
     assert _refused_as_too_many(_order(shop, bob)[1])       # before: taken (Bob had CAP - 1 of his own)
+
+
+class _BouncingFlow:
+    def step(self, incoming: Any) -> Any:
+        """As the cheque module's payee answers when the bank bounced the cheque: accepted, finished, unpaid."""
+        return Step({"kind": "deposited", "answer": {"result": {"state": "bounced"}}}, done=True,
+                    status=Status.BOUNCED, evidence={"cheque": "..."})
+
+
+def test_a_payment_finished_unpaid_does_not_take_its_deal_off_the_cap(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cheque the bank bounced is a payment the payee accepted and finished, unpaid: it takes no further
+    message. It counted as started, so at the cap the deal left its buyer's count: one person certificate
+    and one empty bank account took deals until the shop's limit was full and every buyer got 503 (second
+    adversarial review of 2026-12-07). A finished payment counts as started only when it paid."""
+    class Cheque(_Module):
+        def payee_flow(self, terms: Terms) -> _BouncingFlow:
+            return _BouncingFlow()
+    limit, cap = 20, 3
+    monkeypatch.setattr(shop_module, "MAX_OPEN_DEALS", limit)
+    monkeypatch.setattr(shop_module, "MAX_UNPAID_PER_BUYER", cap)
+    monkeypatch.setattr(shop_module, "SWEEP_EVERY_S", 0.0)
+    root_key, root = _root("r", days=3)
+    db = Database(f"sqlite:///{tmp_path / 'shop.db'}")
+    shop = Shop(name="Teapot Shop", identity=Identity(SoftSigner(*_cert(root_key, root, "seller", "Teapot Shop"))),
+                trust=TrustStore([root]), catalogue=demo_catalogue(), account="A1",
+                archive=SharedArchive(tmp_path / "ev.sqlite3"),
+                payments=PaymentManager(PartyContext(), modules={"stub": Cheque}, sessions=DatabaseSessions(db)),
+                db=db)
+    mallory = SoftSigner(*_cert(root_key, root, "person", "Mallory"))
+    alice = SoftSigner(*_cert(root_key, root, "person", "Alice"))
+    taken = 0
+    try:
+        for _ in range(limit + 5):
+            try:
+                deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, False)
+                answer = shop.order(deal_id, _signed_order(_parsed(shop, der), mallory), None, der, tag)
+            except CommerceError as e:
+                assert e.code == "too_many_unpaid_orders", e
+                break
+            taken += 1
+            out = shop.pay_and_deliver(deal_id, {"payment_id": answer["terms"]["payment_id"], "module": "stub",
+                                                 "body": {"kind": "cheque"}})
+            assert "confirmation" not in out                  # bounced: nothing paid
+        assert taken == cap
+        deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, False)
+        assert shop.order(deal_id, _signed_order(_parsed(shop, der), alice), None, der, tag)["next"] == "payment"
+    finally:
+        db.close()

@@ -358,7 +358,7 @@ class Shop:
 
     def _payment_started(self, terms: Terms | None) -> bool:
         """Whether the payee has *accepted* a step of this payment: its session (the payment manager's)
-        holds the last message it took (``last_in``), or says the payment finished (``done``). No terms:
+        holds the last message it took (``last_in``) while it goes on, or says it finished paid. No terms:
         the deal pays in its fair exchange (see ``exchange``).
 
         A refused message does not start a payment: ``PaymentManager._step`` saves the session of a
@@ -368,8 +368,15 @@ class Shop:
         messages through for an abandoned deal (:meth:`_pay`): one client filled the open-deal limit."""
         if terms is None:
             return False
-        st = self.payments.sessions.get(terms.payment_id)
-        return st is not None and (st.last_in is not None or st.done)
+        st, record = self.payments.sessions.get_with_record(terms.payment_id, "payee")
+        if st is None:
+            return False
+        if st.done:
+            # finished: started only if it paid. A payment accepted and finished unpaid (a cheque the bank
+            # bounced) takes no further message, and must not take its deal off the buyer's cap: one bank
+            # account with nothing in it took deals without end (second review of 2026-12-07)
+            return record is not None and record.status in PAID
+        return st.last_in is not None
 
     def _offered(self, deal_id: str, offer: bytes | None, tag: Any) -> ShopDeal:
         """The deal of an offer this shop signed, sent back with its order: not written yet (version 0).

@@ -226,8 +226,8 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
         if body.envelope is not None:               # the card's hello with it: the PSAM is asked (on the loop
                                                     # when the step is local: Shop.step_is_local; else the pool)
             checks = OrderChecks()                  # made once, however often it waits for room
-            run = _runner(body.envelope)
-            answer = _paid_answer(await _waited(lambda: run(_order_settle, shop, body, checks)))
+            # where it runs is chosen at each attempt: a slow step meanwhile sends the waiting ones to the pool
+            answer = _paid_answer(await _waited(lambda: _runner(body.envelope)(_order_settle, shop, body, checks)))
         else:                                       # CPU only (a verification, archive entries): no hop
             with shop.batch():                      # the offer's and the order's entries: one archive write
                 answer = shop.order(deal, body.order, None, body.offer, body.offer_tag)
@@ -261,8 +261,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     @routes.post("/deals/pay")
     async def pay(request: web.Request) -> web.Response:
         body = await read_json(request, Payment)
-        run = _runner(body.envelope)
-        done = await _waited(lambda: run(_settle, shop, body.deal, body.envelope))
+        done = await _waited(lambda: _runner(body.envelope)(_settle, shop, body.deal, body.envelope))
         return json_response(_paid_answer(done))
 
     async def _waited(attempt: Callable[[], Any]) -> dict[str, Any]:
