@@ -40,6 +40,7 @@ from semper.client.payment.errors import ProtocolError
 from semper.client.payment.manager import MAX_ROUNDS, Handled, PaymentManager
 from semper.client.payment.model import Record, Status, Terms
 from semper.client.payment.module import PartyContext, Step
+from semper.client.payment.modules.purse import PurseModule
 from semper.client.payment.sessions import DatabaseSessions
 from semper.client.servers import shop as shop_module
 from semper.client.servers.shop import KEPT_REFUSALS, DealAbandoned, Shop
@@ -534,5 +535,73 @@ def test_a_payment_finished_unpaid_does_not_take_its_deal_off_the_cap(tmp_path: 
         assert taken == cap
         deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, False)
         assert shop.order(deal_id, _signed_order(_parsed(shop, der), alice), None, der, tag)["next"] == "payment"
+    finally:
+        db.close()
+
+
+@storages()
+def test_refused_hellos_give_their_psam_room_back(pki: dict[str, Any], storage: Any, tmp_path: Path,
+                                                    scheme: Any, psam: Any) -> None:
+    db = Database(storage.url("shop", tmp_path))
+    payments = PaymentManager(PartyContext(psam=psam, currency=978, purse_root=scheme.root_cert),
+                              modules={"card-purse": PurseModule}, sessions=DatabaseSessions(db))
+    shop = Shop(name="Teapot Shop", identity=Identity(pki["seller"]), trust=pki["trust"], catalogue=demo_catalogue(),
+                account="A1", archive=SharedArchive(tmp_path / "evidence.sqlite3"), payments=payments, db=db,
+                psam_id=payments.module("card-purse").desk().psam_id())
+    desk = payments.module("card-purse").desk()
+    try:
+        mallory = [pki["bob"], pki["alice"]]             # two certificates: 16 deals within the caps
+        for i in range(desk.size):
+            deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, False)
+            order = _signed_order(_parsed(shop, der), mallory[i % 2], "card-purse")
+            answer = shop.order(deal_id, order, None, der, tag)
+            pid = answer["terms"]["payment_id"]
+            junk = {"payment_id": pid, "module": "card-purse", "body": {"kind": "junk"}}
+            for _ in range(MAX_ROUNDS):                  # each 422, no room taken; the session's rounds go up
+                with pytest.raises(CommerceError):
+                    shop.pay_and_deliver(deal_id, junk)
+            hello = {"payment_id": pid, "module": "card-purse",
+                     "body": {"kind": "hello", "card": "00" * 8, "counter": 0, "currency": 978, "card_certificate": ""}}
+            assert shop.admit(deal_id, hello)           # what /deals/pay does first: room taken
+            with pytest.raises(CommerceError) as e:
+                shop.pay_and_deliver(deal_id, hello)    # refused by the manager before the purse flow runs
+            assert "rounds" in str(e.value)
+            assert desk.held() == 0                     # its room given back (it was kept for 60 s)
+        desk.admit("honest-payment")                    # an honest buyer's first step finds room
+    finally:
+        db.close()
+
+
+@storages()
+def test_hellos_for_abandoned_deals_give_their_psam_room_back(pki: dict[str, Any], storage: Any, tmp_path: Path,
+                                                  scheme: Any, psam: Any) -> None:
+    """The same through today's abandon path: a hello for an abandoned deal whose payment never started is
+    refused DealAbandoned before its module or device is asked anything; the slot Shop.admit took for it is
+    given back (it was kept for 60 s: 16 such hellos a minute held every slot)."""
+    import datetime as dt
+
+    from semper.client.servers.shop import DealAbandoned
+    db = Database(storage.url("shop", tmp_path))
+    payments = PaymentManager(PartyContext(psam=psam, currency=978, purse_root=scheme.root_cert),
+                              modules={"card-purse": PurseModule}, sessions=DatabaseSessions(db))
+    shop = Shop(name="Teapot Shop", identity=Identity(pki["seller"]), trust=pki["trust"], catalogue=demo_catalogue(),
+                account="A1", archive=SharedArchive(tmp_path / "evidence.sqlite3"), payments=payments, db=db,
+                psam_id=payments.module("card-purse").desk().psam_id(), offer_validity=dt.timedelta(seconds=1))
+    desk = payments.module("card-purse").desk()
+    try:
+        deals = []
+        for i in range(desk.size):
+            deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, False)
+            who = [pki["bob"], pki["alice"]][i % 2]
+            deals.append((deal_id, shop.order(deal_id, _signed_order(_parsed(shop, der), who, "card-purse"), None,
+                                              der, tag)["terms"]["payment_id"]))
+        time.sleep(3.2)
+        assert shop.store.abandon(dt.datetime.now(dt.UTC) - shop.offer_validity) == desk.size
+        for deal_id, pid in deals:
+            hello = {"payment_id": pid, "module": "card-purse", "body": {"kind": "hello"}}
+            assert shop.admit(deal_id, hello)
+            with pytest.raises(DealAbandoned):
+                shop.pay_and_deliver(deal_id, hello)
+        assert desk.held() == 0
     finally:
         db.close()

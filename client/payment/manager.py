@@ -180,6 +180,17 @@ class PaymentManager:
                 route = (routes or {}).get(name) or {}
                 admit(pid, body, **route) if route else admit(pid, body)
 
+    def unadmit(self, envelope: Any) -> None:
+        """Give back the room :meth:`admit` took for this message at the module's device, when the message was
+        refused before the module's step ran (a module without the notion: nothing to do)."""
+        if not isinstance(envelope, dict):
+            return
+        pid, name, body = envelope.get("payment_id"), envelope.get("module"), envelope.get("body")
+        if isinstance(pid, str) and isinstance(name, str) and isinstance(body, dict) and name in self.modules:
+            unadmit = getattr(self.modules[name], "unadmit", None)
+            if unadmit is not None:
+                unadmit(pid, body)
+
     def _step_lock(self, pid: str) -> threading.Lock:
         with self._lock:
             lock = self._steps.get(pid)

@@ -97,6 +97,8 @@ class Desk(Protocol):
 
     def release(self, payment_id: str) -> None: ...
 
+    def unadmit(self, payment_id: str) -> None: ...
+
     def held(self) -> int: ...
 
     def psam_id(self) -> str: ...
@@ -164,6 +166,15 @@ class PsamDesk:
     def release(self, payment_id: str) -> None:
         with self.lock:
             self._open.pop(payment_id, None)
+
+    def unadmit(self, payment_id: str) -> None:
+        """Give back the room :meth:`admit` took for this payment if no debit was begun for it: its message
+        was refused before the purse's step ran (by the payment manager, or by the shop). A payment with a
+        request open on the PSAM keeps its room: the card may answer that request."""
+        with self.lock:
+            held = self._open.get(payment_id)
+            if held is not None and held.request is None:
+                del self._open[payment_id]
 
     def held(self) -> int:
         with self.lock:

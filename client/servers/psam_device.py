@@ -72,6 +72,9 @@ def _dispatch(desk: PsamDesk, op: str, a: dict[str, Any]) -> Any:
     if op == "release":
         desk.release(a["payment_id"])
         return None
+    if op == "unadmit":
+        desk.unadmit(a["payment_id"])
+        return None
     if op == "held":
         return desk.held()
     if op == "psam_id":
@@ -243,6 +246,9 @@ class PsamDeviceClient:
 
     def release(self, payment_id: str) -> None:
         self._call("release", payment_id=payment_id)
+
+    def unadmit(self, payment_id: str) -> None:
+        self._call("unadmit", payment_id=payment_id)
 
     def held(self) -> int:
         return int(self._call("held"))

@@ -466,6 +466,19 @@ class Shop:
     # ---- orders -------------------------------------------------------------------------------------
     def order(self, deal_id: str, order_bytes: bytes, envelope: Any = None, offer: bytes | None = None,
               offer_tag: Any = None, checks: OrderChecks | None = None) -> dict[str, Any]:
+        """:meth:`_order`; an order refused after its payer's first message took room at the payment's
+        device, before the module's step began a debit, gives the room back (as :meth:`pay_and_deliver`)."""
+        try:
+            return self._order(deal_id, order_bytes, envelope, offer, offer_tag, checks)
+        except NoRoom:
+            raise                                   # no room was taken
+        except BaseException:
+            if envelope is not None:
+                self.payments.unadmit(envelope)
+            raise
+
+    def _order(self, deal_id: str, order_bytes: bytes, envelope: Any = None, offer: bytes | None = None,
+               offer_tag: Any = None, checks: OrderChecks | None = None) -> dict[str, Any]:
         """Check the order against this shop's offer; answer with what comes next (payment terms or exchange).
 
         ``offer``, ``offer_tag``: the signed offer and its tag as :meth:`new_deal` gave them, sent back by
@@ -793,8 +806,17 @@ class Shop:
         """One payment message, and when it completed the payment: the signed confirmation and, for mail
         order and registration, the delivery note, all committed (in the payment step's own transaction,
         or right after it) before the answer.
-        The answer: ``envelope`` (the payee's), and ``confirmation`` / ``delivery`` / ``content`` (bytes)."""
-        return self._after_payment(*self._pay(deal_id, envelope))
+        The answer: ``envelope`` (the payee's), and ``confirmation`` / ``delivery`` / ``content`` (bytes).
+
+        A message refused before its module's step began a debit gives back the room :meth:`admit` took
+        for it (``PaymentManager.unadmit``): refused by the manager (too many rounds, another module, a
+        finished payment) or by the shop (an abandoned deal), it held a PSAM slot for a minute, and 16
+        deals of anyone's own held every slot (second review of 2026-12-07)."""
+        try:
+            return self._after_payment(*self._pay(deal_id, envelope))
+        except BaseException:
+            self.payments.unadmit(envelope)
+            raise
 
     def _after_payment(self, reply: dict[str, Any] | None, sd: ShopDeal, committed: bool) -> dict[str, Any]:
         """The answer to a payment message from the step's outcome (see :meth:`pay_and_deliver`)."""

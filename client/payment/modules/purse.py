@@ -147,6 +147,13 @@ class PurseModule(BaseModule):
         if body.get("kind") == "hello" and self.ctx.psam is not None:
             self.desk(psam).admit(payment_id)
 
+    def unadmit(self, payment_id: str, body: dict[str, Any]) -> None:
+        """The room :meth:`admit` took for a hello refused before this module's step ran, given back (at
+        whichever PSAM holds it; a payment with a debit begun keeps its room)."""
+        pool = self.psams if body.get("kind") == "hello" else None
+        for desk in (pool.desks.values() if pool is not None else ()):
+            desk.unadmit(payment_id)
+
     # ---- instruments -------------------------------------------------------------------------
     def instruments(self) -> list[Instrument]:
         purse = self.ctx.purse
