@@ -105,6 +105,17 @@ def workers(pki: dict[str, Any], storage: Storage, tmp_path: Path,
         s.db.close()
 
 
+def _purse_shop(pki: dict[str, Any], db: Database, folder: Path, scheme: Any, psam: Any, **kw: Any
+                ) -> tuple[Shop, PaymentManager]:
+    """A shop taking the card purse at a simulated PSAM (in process), its payment sessions in ``db``."""
+    payments = PaymentManager(PartyContext(psam=psam, currency=978, purse_root=scheme.root_cert),
+                              modules={"card-purse": PurseModule}, sessions=DatabaseSessions(db))
+    shop = Shop(name="Teapot Shop", identity=Identity(pki["seller"]), trust=pki["trust"], catalogue=demo_catalogue(),
+                account="A1", archive=SharedArchive(folder / "evidence.sqlite3"), payments=payments, db=db,
+                psam_id=payments.module("card-purse").desk().psam_id(), **kw)
+    return shop, payments
+
+
 def _signed_order(offer: docs.ParsedOffer, signer: SoftSigner, payment: str = "stub") -> bytes:
     body = docs.order_body(offer, payment=payment, payment_label=payment, confirmation_sha256="ab" * 32,
                            scripted=False, action="ORDER_AND_PAY", details=(), attributes=offer.attributes,
@@ -356,16 +367,11 @@ def test_junk_card_purse_messages_do_not_lift_the_cap(pki: dict[str, Any], stora
     """The same attack with the real card purse at a simulated PSAM: the purse's payee refuses a message
     that is not a hello (no PSAM room is taken for it: ``PurseModule.admit`` takes room for hellos only),
     and before the fix each refusal took its deal off the buyer's cap: one certificate filled the shop."""
-    from semper.client.payment.modules.purse import PurseModule
     monkeypatch.setattr(shop_module, "MAX_OPEN_DEALS", MAX_OPEN)
     monkeypatch.setattr(shop_module, "MAX_UNPAID_PER_BUYER", CAP, raising=False)
     monkeypatch.setattr(shop_module, "SWEEP_EVERY_S", 0.0, raising=False)
     db = Database(storage.url("shop", tmp_path))
-    payments = PaymentManager(PartyContext(psam=psam, currency=978, purse_root=scheme.root_cert),
-                              modules={"card-purse": PurseModule}, sessions=DatabaseSessions(db))
-    shop = Shop(name="Teapot Shop", identity=Identity(pki["seller"]), trust=pki["trust"], catalogue=demo_catalogue(),
-                account="A1", archive=SharedArchive(tmp_path / "evidence.sqlite3"), payments=payments, db=db,
-                psam_id=payments.module("card-purse").desk().psam_id())
+    shop, payments = _purse_shop(pki, db, tmp_path, scheme, psam)
     try:
         taken = 0
         for _ in range(MAX_OPEN):
@@ -543,11 +549,7 @@ def test_a_payment_finished_unpaid_does_not_take_its_deal_off_the_cap(tmp_path: 
 def test_refused_hellos_give_their_psam_room_back(pki: dict[str, Any], storage: Any, tmp_path: Path,
                                                     scheme: Any, psam: Any) -> None:
     db = Database(storage.url("shop", tmp_path))
-    payments = PaymentManager(PartyContext(psam=psam, currency=978, purse_root=scheme.root_cert),
-                              modules={"card-purse": PurseModule}, sessions=DatabaseSessions(db))
-    shop = Shop(name="Teapot Shop", identity=Identity(pki["seller"]), trust=pki["trust"], catalogue=demo_catalogue(),
-                account="A1", archive=SharedArchive(tmp_path / "evidence.sqlite3"), payments=payments, db=db,
-                psam_id=payments.module("card-purse").desk().psam_id())
+    shop, payments = _purse_shop(pki, db, tmp_path, scheme, psam)
     desk = payments.module("card-purse").desk()
     try:
         mallory = [pki["bob"], pki["alice"]]             # two certificates: 16 deals within the caps
@@ -582,11 +584,7 @@ def test_hellos_for_abandoned_deals_give_their_psam_room_back(pki: dict[str, Any
 
     from semper.client.servers.shop import DealAbandoned
     db = Database(storage.url("shop", tmp_path))
-    payments = PaymentManager(PartyContext(psam=psam, currency=978, purse_root=scheme.root_cert),
-                              modules={"card-purse": PurseModule}, sessions=DatabaseSessions(db))
-    shop = Shop(name="Teapot Shop", identity=Identity(pki["seller"]), trust=pki["trust"], catalogue=demo_catalogue(),
-                account="A1", archive=SharedArchive(tmp_path / "evidence.sqlite3"), payments=payments, db=db,
-                psam_id=payments.module("card-purse").desk().psam_id(), offer_validity=dt.timedelta(seconds=1))
+    shop, payments = _purse_shop(pki, db, tmp_path, scheme, psam, offer_validity=dt.timedelta(seconds=1))
     desk = payments.module("card-purse").desk()
     try:
         deals = []
