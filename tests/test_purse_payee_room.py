@@ -141,6 +141,20 @@ def test_a_malformed_hello_gives_its_room_back(market: tuple[PurseModule, list[P
     assert payee.desk().held() == 0
 
 
+def _refused_before_the_psam(payee: PurseModule, hellos: list[dict[str, Any]], first: int, error: type[Exception],
+                             match: str) -> None:
+    """Each hello is refused (``error`` saying ``match``) with no room kept, and the PSAM is never asked."""
+    for i, hello in enumerate(hellos):
+        terms = _terms(first + i)
+        payee.admit(terms.payment_id, hello)
+        with pytest.raises(error, match=match):
+            payee.payee_flow(terms).step(hello)
+        assert payee.desk().held() == 0
+    psam = payee.ctx.psam
+    psam.ensure_selected()
+    assert psam.info().pending == 0                                    # the PSAM was never asked
+
+
 def test_made_up_card_hellos_take_no_psam_room(market: tuple[PurseModule, list[PurseModule]]) -> None:
     """Adversarial review 2026-12-07: a buyer sent hellos for cards that do not exist (a random card
     number, any counter, a garbage certificate) and each held one of the PSAM's 16 open debits for
@@ -154,15 +168,7 @@ def test_made_up_card_hellos_take_no_psam_room(market: tuple[PurseModule, list[P
         number = os.urandom(8).hex().upper()
         cert = [base64.b64encode(os.urandom(300)).decode(), psam_cert, genuine["card_certificate"]][i % 3]
         made_up.append({"kind": "hello", "card": number, "counter": 1 + i, "currency": EUR, "card_certificate": cert})
-    for i, hello in enumerate(made_up):
-        terms = _terms(100 + i)
-        payee.admit(terms.payment_id, hello)
-        with pytest.raises(ProtocolError, match="certificate"):
-            payee.payee_flow(terms).step(hello)
-        assert payee.desk().held() == 0
-    psam = payee.ctx.psam
-    psam.ensure_selected()
-    assert psam.info().pending == 0                                    # the PSAM was never asked
+    _refused_before_the_psam(payee, made_up, 100, ProtocolError, "certificate")
     terms = _terms(1)
     payer, flow = PayerFlow(payers[1], terms), payee.payee_flow(terms)
     hello = payer.step(None).message
@@ -215,15 +221,8 @@ def test_a_payee_without_the_scheme_root_refuses_every_hello_and_holds_no_room(
     payee, payers = market
     rootless = PurseModule(PartyContext(psam=payee.ctx.psam, currency=EUR))          # no purse_root
     genuine = PayerFlow(payers[0], _terms(0)).step(None).message
-    for i, hello in enumerate([_made_up_hello(0), _made_up_hello(1), genuine]):
-        terms = _terms(200 + i)
-        rootless.admit(terms.payment_id, hello)
-        with pytest.raises(PaymentError, match="purse scheme's root"):
-            rootless.payee_flow(terms).step(hello)
-        assert rootless.desk().held() == 0
-    psam = payee.ctx.psam
-    psam.ensure_selected()
-    assert psam.info().pending == 0                                    # the PSAM was never asked
+    _refused_before_the_psam(rootless, [_made_up_hello(0), _made_up_hello(1), genuine], 200, PaymentError,
+                             "purse scheme's root")
 
 
 def test_one_cards_certificate_takes_at_most_its_cap_of_psam_room(market: tuple[PurseModule, list[PurseModule]]

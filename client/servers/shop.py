@@ -684,14 +684,17 @@ class Shop:
     settles_in_payment_step = True
 
     def step_is_local(self, envelope: Any) -> bool:
-        """Whether taking this payment message asks nothing of another host: its module needs no bank on
-        line (the card purse: the PSAM, through pcscd or the shop's PSAM device process) and this shop's
-        delivery is made in the step (a signature on its token and its database), so the whole step is
-        bounded local work. The HTTP service takes such a step on its event loop, not in its pool: a
-        trip to a thread and back, and the interpreter's lock handed between them, cost the seller more
-        CPU than the step's waits for the PSAM and the disk do (docs/performance.md, "Local payment
-        steps on the event loop"). A module that calls its bank, or a shop whose delivery buys from
-        other shops (the mall), stays in the pool, so a slow host stalls only the thread that waits."""
+        """Whether taking this payment message is, as a rule, local work: its module needs no bank on line
+        (the card purse: the PSAM, through pcscd or the shop's PSAM device process) and this shop's
+        delivery is made in the step (a signature on its token and its database). The exception, a late
+        proof the PSAM no longer holds, is cleared at the acquirer over the network.
+
+        The HTTP service takes such a step on its event loop, not in its pool: a trip to a thread and back,
+        and the interpreter's lock handed between them, cost the seller more CPU than the step's waits for
+        the PSAM and the disk do (docs/performance.md, "Local payment steps on the event loop"); it times
+        each one and sends the next ones to its pool after a slow one (``shop_http.LoopSteps``). A module
+        that calls its bank, or a shop whose delivery buys from other shops (the mall), stays in the pool,
+        so a slow host stalls only the thread that waits."""
         if not self.settles_in_payment_step or not isinstance(envelope, dict):
             return False
         try:

@@ -563,6 +563,18 @@ class PayeeFlow:
                                   "index": index, "card_certificate": b64(self.card_cert)})
         raise ProtocolError("the purse payment is finished")
 
+    def _card_signed(self, proof: Signed) -> bool:
+        """Whether the hello's card (its certificate, from the scheme root) signed ``proof``."""
+        root = self.m.ctx.purse_root
+        if root is None:
+            return False
+        try:
+            cert = x509.load_der_x509_certificate(self.card_cert)
+            PurseProofs(root).check_signed(cert, proof, ROLE_PURSE_CARD, "purse card")
+        except (ValueError, ProtocolError):
+            return False
+        return True
+
     def _evicted(self, desk: Desk, proof: Signed, e: hw.HardwareError) -> tuple[int, int]:
         """The PSAM holds no open request for this proof. If it answers this payment's request, the card
         has paid: the PSAM took this very proof before (its answer was lost: the seller's process died
@@ -574,7 +586,7 @@ class PayeeFlow:
             answers = req is not None and DebitRecord.decode(proof.record, DEBIT_PROOF).encode()[4:] == req.record[4:]
         except hw.TransportError:
             answers = False
-        if not answers or not _signed_by(self.card_cert, proof):
+        if not answers or not self._card_signed(proof):
             # a proof that does not answer this payment's request, or that the hello's card (its certificate
             # checked against the scheme root at the hello) did not sign, is refused here: the PSAM's batches
             # are not read and the acquirer is not asked for a forgery
@@ -671,6 +683,11 @@ class PurseProofs:
         if serial.upper() != card_number.upper():
             raise ProtocolError("the card's certificate in its hello names another card than the hello does")
 
+    def check_signed(self, cert: x509.Certificate, signed: Signed, role: x509.ObjectIdentifier, what: str) -> str:
+        """The serial number ``cert`` names, when the root issued it for ``role`` and its key signed ``signed``;
+        ProtocolError otherwise."""
+        return self._check_signed(cert, signed.record, signed.signature, role, what)
+
     def _check_signed(self, cert: x509.Certificate, record: bytes, signature: bytes, role: x509.ObjectIdentifier,
                       what: str) -> str:
         key, serial = self.check_certificate(cert, role, what)
@@ -695,18 +712,6 @@ def _card_serial(root: x509.Certificate, der: bytes) -> str:
         raise ProtocolError("the card's certificate in its hello is not X.509") from None
     _, serial = PurseProofs(root).check_certificate(cert, ROLE_PURSE_CARD, "purse card")
     return serial
-
-
-def _signed_by(certificate: bytes, signed: Signed) -> bool:
-    """Whether ``signed`` carries a signature of the key in ``certificate`` (DER) over its record."""
-    try:
-        key = x509.load_der_x509_certificate(certificate).public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            return False
-        key.verify(signed.signature, signed.record, ec.ECDSA(hashes.SHA256()))
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def _signed(obj: Any, what: str) -> tuple[x509.Certificate, bytes, bytes]:
