@@ -584,16 +584,20 @@ def test_hellos_for_abandoned_deals_give_their_psam_room_back(pki: dict[str, Any
 
     from semper.client.servers.shop import DealAbandoned
     db = Database(storage.url("shop", tmp_path))
-    shop, payments = _purse_shop(pki, db, tmp_path, scheme, psam, offer_validity=dt.timedelta(seconds=1))
+    validity = dt.timedelta(seconds=3)        # long enough for each order to find its offer valid on a loaded machine
+    shop, payments = _purse_shop(pki, db, tmp_path, scheme, psam, offer_validity=validity)
     desk = payments.module("card-purse").desk()
     try:
-        deals = []
+        deals, latest = [], dt.datetime.now(dt.UTC)
         for i in range(desk.size):
             deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, False)
+            offer = _parsed(shop, der)
+            latest = max(latest, offer.valid_until)
             who = [pki["bob"], pki["alice"]][i % 2]
-            deals.append((deal_id, shop.order(deal_id, _signed_order(_parsed(shop, der), who, "card-purse"), None,
+            deals.append((deal_id, shop.order(deal_id, _signed_order(offer, who, "card-purse"), None,
                                               der, tag)["terms"]["payment_id"]))
-        time.sleep(3.2)
+        # every offer ended one validity ago (abandon's margin), and a second more
+        time.sleep(max(0.0, (latest + validity - dt.datetime.now(dt.UTC)).total_seconds()) + 1.1)
         assert shop.store.abandon(dt.datetime.now(dt.UTC) - shop.offer_validity) == desk.size
         for deal_id, pid in deals:
             hello = {"payment_id": pid, "module": "card-purse", "body": {"kind": "hello"}}
