@@ -80,10 +80,16 @@ def _row(shop: Shop, deal_id: str) -> Any:
 
 
 @storages()
+@pytest.mark.parametrize("in_step", [True, False], ids=["settled-in-step", "settled-after"])
 def test_a_deal_abandoned_while_its_proof_is_taken_is_confirmed_and_delivered_once(
         card_shop: tuple[Shop, PaymentManager], pki: dict[str, Any], purse: Any,  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, in_step: bool) -> None:
+    """``in_step``: the deal paid is written in the payment step's transaction (the shop), or after it (a
+    shop whose delivery does more than sign, the mall: ``Shop.settles_in_payment_step``). Before, the
+    first signed a second confirmation and note; the second answered the buyer who had paid without a
+    confirmation and left the deal unpaid (its next try signed a second one)."""
     shop, payments = card_shop
+    monkeypatch.setattr(shop, "settles_in_payment_step", in_step)
     deal_id, proof, _ = _card_debited(shop, pki["bob"], purse)
     desk = payments.module("card-purse").desk()
     take = desk.complete_debit
