@@ -26,7 +26,7 @@ import pytest
 from conftest import PIN
 from postgres import Storage, storages
 from test_stateless_offer import NONCE, _kinds, _parsed
-from test_unpaid_caps import _purse_shop, _signed_order, pki  # noqa: F401  (pki: a fixture used here)
+from test_unpaid_caps import _purse_shop, _signed_order, pki  # pki: the fixture
 
 from semper.client.commerce.errors import CommerceError
 from semper.client.payment import card_purse
@@ -43,7 +43,7 @@ CONFIRMATION, DELIVERY = "statement:order-confirmation", "statement:delivery"
 
 
 @pytest.fixture()
-def card_shop(pki: dict[str, Any], storage: Storage, tmp_path: Path, scheme: Any, psam: Any,  # noqa: F811
+def card_shop(pki: dict[str, Any], storage: Storage, tmp_path: Path, scheme: Any, psam: Any,
               purse: Any) -> Iterator[tuple[Shop, PaymentManager]]:
     """A shop taking the card purse at a simulated PSAM, and the buyer's card (``purse``) loaded."""
     card_purse.load(purse, scheme, 10_000, PIN)
@@ -82,7 +82,7 @@ def _row(shop: Shop, deal_id: str) -> Any:
 @storages()
 @pytest.mark.parametrize("in_step", [True, False], ids=["settled-in-step", "settled-after"])
 def test_a_deal_abandoned_while_its_proof_is_taken_is_confirmed_and_delivered_once(
-        card_shop: tuple[Shop, PaymentManager], pki: dict[str, Any], purse: Any,  # noqa: F811
+        card_shop: tuple[Shop, PaymentManager], pki: dict[str, Any], purse: Any,
         monkeypatch: pytest.MonkeyPatch, in_step: bool) -> None:
     """``in_step``: the deal paid is written in the payment step's transaction (the shop), or after it (a
     shop whose delivery does more than sign, the mall: ``Shop.settles_in_payment_step``). Before, the
@@ -122,7 +122,7 @@ def test_a_deal_abandoned_while_its_proof_is_taken_is_confirmed_and_delivered_on
 
 @storages()
 def test_a_card_that_paid_gets_its_goods_however_often_its_proof_was_refused(
-        card_shop: tuple[Shop, PaymentManager], pki: dict[str, Any], purse: Any,  # noqa: F811
+        card_shop: tuple[Shop, PaymentManager], pki: dict[str, Any], purse: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
     shop, payments = card_shop
     deal_id, proof, amount = _card_debited(shop, pki["bob"], purse)
