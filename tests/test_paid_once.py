@@ -99,6 +99,11 @@ def test_a_deal_abandoned_while_its_proof_is_taken_is_confirmed_and_delivered_on
         # another worker's sweep at the open-deal limit marks the deal while the PSAM takes its proof
         # (every deal ordered, not paid, whose offer ended before the cutoff)
         marked.append(shop.store.abandon(dt.datetime.now(dt.UTC) + dt.timedelta(days=1)))
+        # and another worker records a refusal of some other message for it, as Shop._pay does
+        other = shop.store.get(deal_id, fresh=True)
+        assert other is not None
+        other.deal.decide("payment", "refused", "junk from elsewhere")
+        assert shop.store.save(other)
         return take(*a, **kw)
     monkeypatch.setattr(desk, "complete_debit", marked_meanwhile)
     done = shop.pay_and_deliver(deal_id, proof)
@@ -106,6 +111,8 @@ def test_a_deal_abandoned_while_its_proof_is_taken_is_confirmed_and_delivered_on
 
     sd = _row(shop, deal_id)
     assert sd.paid and sd.finished and not sd.abandoned
+    assert [(d.step, d.verdict) for d in sd.deal.decisions][-3:] == [
+        ("payment", "refused"), ("payment", "satisfied"), ("delivery", "satisfied")]   # the other's kept first
     kinds = _kinds(shop, deal_id)
     # before: two of each (the second signed after the step's write of the deal failed), and the payment
     # record kept twice
