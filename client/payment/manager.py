@@ -32,7 +32,11 @@ from .wire import read
 if TYPE_CHECKING:
     from ..support.db import Transaction
 
-MAX_ROUNDS = 16          # no payment system here needs more than 4; bounds a confused peer
+#: no payment system here needs more than 4; bounds a confused peer (each step past it is refused before the
+#: module's, so junk asks no device). One exception on the payee's side: a message that proves value the
+#: payer already gave (a card's signed debit proof for this payment's request, ``proves_payment`` of the
+#: module's payee flow) is taken however many steps came before; see PaymentManager._step
+MAX_ROUNDS = 16
 
 
 NO_REQUIREMENTS = Requirements()      # the default: any module the two sides share
@@ -305,7 +309,7 @@ class PaymentManager:
         record = None if fresh else known
         record = record or Record(terms.payment_id, name, "payee", terms, Status.PENDING)
         st.rounds += 1
-        if st.rounds > MAX_ROUNDS:
+        if st.rounds > MAX_ROUNDS and not self._proves_payment(flow, body):
             raise ProtocolError(f"payment {terms.payment_id} took more than {MAX_ROUNDS} rounds; stopped")
         snapshot = getattr(flow, "snapshot", None)
         try:
@@ -327,6 +331,19 @@ class PaymentManager:
         store = self.sessions.create if create else self.sessions.save
         saved = store(st, record, also=also)
         return step.message, saved, record, saved and also is not None
+
+    @staticmethod
+    def _proves_payment(flow: Flow, body: dict[str, Any]) -> bool:
+        """Whether ``body`` proves value the payer has already given for this payment (the payee flow's
+        ``proves_payment``; a module without one proves nothing so): such a message is taken past
+        :data:`MAX_ROUNDS`. Why: a card debits itself when it answers the PSAM's challenge, and every
+        refused message counts a round (the payee's session is saved with it). A proof refused 15 times
+        (the PSAM's reader failing, its process restarting, junk from whoever knows the payment) was then
+        refused for good, before the module's step: the buyer had paid, got nothing, and the amount
+        stayed in the purse float. Anything else past MAX_ROUNDS is still refused here, before any
+        device is asked; only the card can make a message that passes (it signs it)."""
+        proves = getattr(flow, "proves_payment", None)
+        return proves is not None and bool(proves(body))
 
     # ---- both --------------------------------------------------------------------------------
     def record(self, payment_id: str, role: str | None = None) -> Record:

@@ -737,6 +737,7 @@ class Shop:
             raise DealAbandoned("the shop gave this deal up: its offer expired long ago and its payment never "
                                 "started; nothing was paid. Ask for a new offer")
         box: dict[str, Any] = {}
+        since = len(sd.deal.decisions)          # the deal's decisions before this step's (save_paid_over_in)
 
         def settle(record: Record) -> Callable[[Transaction], None] | None:
             """In the payment manager, after the module's step and before it is saved: the deal paid,
@@ -750,7 +751,12 @@ class Shop:
                 return None
 
             def write(tx: Transaction) -> None:
-                box["written"] = self.store.save_in(tx, sd)
+                box["written"], box["over"] = self.store.save_in(tx, sd), None
+                if not box["written"]:
+                    # another write since the deal was read (an abandon mark by any worker's sweep, a refusal):
+                    # the deal paid is written over it with the statements signed above, never signed again
+                    box["over"] = self.store.save_paid_over_in(tx, sd, since)
+                    box["written"] = box["over"] is not None
                 if self.on_step is not None:
                     self.on_step("settling", deal_id)
             return write
@@ -765,8 +771,9 @@ class Shop:
         if "error" in box:
             raise box["error"]
         if handled.settled:
-            if self.store.saved(sd, bool(box.get("written"))):
-                return handled.reply, sd, True
+            written = box.get("over") or sd
+            if self.store.saved(written, bool(box.get("written"))):
+                return handled.reply, written, True
             sd = self._deal(deal_id, fresh=True)        # another process wrote the deal meanwhile: go on from its
         if not sd.paid and handled.record is None:
             # an answer given before, replayed: another process may have paid, confirmed and delivered the
@@ -830,13 +837,27 @@ class Shop:
             self._confirmation(sd)
             if sd.deal.workflow in ("mail-order", "registration"):
                 self.make_delivery(sd)
-            sd = self._commit(sd)
+            sd = self._commit_paid(sd)
         out["confirmation"] = sd.confirmation
         if sd.deal.workflow in ("mail-order", "registration"):
             note, content = self._shipped(sd)
             if note is not None:
                 out.update(delivery=note, content=content)
         return out
+
+    def _commit_paid(self, sd: ShopDeal) -> ShopDeal:
+        """Write back ``sd``, paid, confirmed (and delivered); if another write came first and left the deal
+        unpaid (an abandon mark, a refusal), the deal paid written over it with the statements ``sd``
+        holds (``DealStore.save_paid_over_in``); else the deal as the other process wrote it. Why: after
+        a payment step that did not settle the deal in its own transaction (a shop that does not,
+        a replayed step), the shop answered from the fresh deal, unpaid: no confirmation for a buyer
+        who had paid, and the next try signed a second one (finding D, review of 2026-12-07)."""
+        if self.store.save(sd):
+            return sd
+        over = self.store.db.run(lambda tx: self.store.save_paid_over_in(tx, sd))
+        if over is not None and self.store.saved(over, True):
+            return over
+        return self._deal(sd.deal.deal_id, fresh=True)
 
     # ---- confirmation and delivery ------------------------------------------------------------------
     def _confirmation(self, sd: ShopDeal) -> None:

@@ -465,6 +465,44 @@ class DealStore:
             self._within_cap(tx, sd)
         return True
 
+    def save_paid_over_in(self, tx: Transaction, sd: ShopDeal, since: int | None = None) -> ShopDeal | None:
+        """The deal ``sd`` made paid (its confirmation and delivery note signed and archived) by a payment,
+        written in ``tx`` (the payment step's, or one of its own after the step) over the row as it is
+        now, when another write came between the read of ``sd`` and its write (which failed) and left
+        the deal unpaid: an abandon mark (:meth:`abandon`, :meth:`sweep`: it raises the version), a
+        refusal recorded by another worker. Returns the copy written (its version and marks the row's,
+        its decisions the row's and then those the payment added: ``sd``'s from index ``since``, or
+        with None those after the ones both share), or None, nothing written, when ``sd`` is not paid,
+        or the row is paid, its fair exchange started, or its order or terms differ.
+
+        Why (finding D, review of 2026-12-07): the shop read the deal again after such a failure, found it
+        unpaid, and signed a second confirmation and delivery note, each archived: two of each in the
+        archive for one payment, the buyer given one. The statements are the deal's once signed; the
+        write over the row keeps them. Not made in place: the database may run the transaction again
+        (``Database.run``), and each run starts from ``sd`` as the step left it."""
+        if not sd.paid or sd.version == 0:
+            return None
+        row = tx.one(f"SELECT {self._COLUMNS} FROM shop_deals WHERE deal_id = ?", (sd.deal.deal_id,))
+        if row is None:
+            return None
+        now = self._deal(row)
+        if now.paid or now.exchange is not None or now.order_digest != sd.order_digest or now.terms != sd.terms:
+            return None
+        if since is None:           # the decisions both copies had when the step read the deal (appended only)
+            since = 0
+            for mine, theirs in zip(sd.deal.decisions, now.deal.decisions, strict=False):
+                if mine != theirs:
+                    break
+                since += 1
+        out = self.copy(sd)
+        out.version, out.started, out.abandoned = now.version, now.started or sd.started, now.abandoned
+        added = sd.deal.decisions[since:]
+        out.deal.decisions = [*now.deal.decisions, *added]
+        # the step's own decisions archived (make_delivery closes the deal) or not, after the row's
+        done = sd.deal._archived - since
+        out.deal._archived = len(now.deal.decisions) + done if done > 0 else now.deal._archived
+        return out if self.save_in(tx, out) else None
+
     def saved(self, sd: ShopDeal, written: bool) -> bool:
         """After the transaction that ran :meth:`save_in` committed: the deal as written is remembered
         (and its version is the row's), or, if it was not written, forgotten here."""

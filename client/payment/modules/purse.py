@@ -563,6 +563,29 @@ class PayeeFlow:
                                   "index": index, "card_certificate": b64(self.card_cert)})
         raise ProtocolError("the purse payment is finished")
 
+    def proves_payment(self, incoming: Any) -> bool:
+        """Whether ``incoming`` is a debit proof the hello's card signed for this payment's request: the
+        card has paid, so the payment manager takes it however many steps of the payment were refused
+        before (``PaymentManager._proves_payment``). Checked in software (the request's bytes, the card's
+        ECDSA signature against the certificate checked at the hello), so a flood of other messages past
+        MAX_ROUNDS asks the PSAM nothing."""
+        if self.state != "challenge":
+            return False
+        try:
+            msg = receive(incoming, Proof)
+        except PaymentError:
+            return False
+        proof = Signed(msg.proof, msg.signature)
+        return self._answers(proof) and self._card_signed(proof)
+
+    def _answers(self, proof: Signed) -> bool:
+        """Whether ``proof`` is a DPF1 answering this payment's DRQ1 (the same fields after the tag)."""
+        req = self.request
+        try:
+            return req is not None and DebitRecord.decode(proof.record, DEBIT_PROOF).encode()[4:] == req.record[4:]
+        except hw.TransportError:
+            return False
+
     def _card_signed(self, proof: Signed) -> bool:
         """Whether the hello's card (its certificate, from the scheme root) signed ``proof``."""
         root = self.m.ctx.purse_root
@@ -582,11 +605,7 @@ class PayeeFlow:
         STALE_AFTER) and the proof is cleared alone at the acquirer with the request (batch 0: cleared
         alone) instead of being refused. Anything else is refused as before."""
         req = self.request
-        try:
-            answers = req is not None and DebitRecord.decode(proof.record, DEBIT_PROOF).encode()[4:] == req.record[4:]
-        except hw.TransportError:
-            answers = False
-        if not answers or not self._card_signed(proof):
+        if not self._answers(proof) or not self._card_signed(proof):
             # a proof that does not answer this payment's request, or that the hello's card (its certificate
             # checked against the scheme root at the hello) did not sign, is refused here: the PSAM's batches
             # are not read and the acquirer is not asked for a forgery

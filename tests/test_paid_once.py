@@ -1,0 +1,174 @@
+"""A card payment the seller takes is taken once, and always: two holes in the seller's card path.
+
+Finding D (review of 2026-12-07): a deal marked abandoned (``DealStore.abandon``, the sweep of stalled
+payments at the open-deal limit, by any worker) while ``Shop._pay`` was taking its proof raised the row's
+version under the payment step; the step's write of the deal failed, the shop read the deal again (not
+paid) and signed a second confirmation and delivery note, both archived: the archive held two of each
+for one payment. Now the deal paid is written over the mark in the step's own transaction, with the
+confirmation and note signed once; the buyer gets the ones the row holds.
+
+MAX_ROUNDS after a debit: the payment manager refused every message of a payment past its 16th step,
+before the module's step. A card debits itself when it answers the PSAM's challenge; if its proof was then
+refused 15 times (the PSAM's reader failing, the PSAM's process restarting, junk from whoever knows the
+payment) the valid proof was refused for good: the buyer paid, got nothing, and the money stayed in the
+purse float. Now a proof the card signed for this payment's request is taken however many rounds came
+before; anything else past MAX_ROUNDS is still refused before the PSAM is asked, and the deal keeps at most
+KEPT_REFUSALS refusals. On both back ends; each test fails on the code before its fix (ef4e8bc).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PIN
+from postgres import Storage, storages
+from test_stateless_offer import NONCE, _kinds, _parsed
+from test_unpaid_caps import _purse_shop, _signed_order, pki  # pki: the fixture
+
+from semper.client.commerce.errors import CommerceError
+from semper.client.payment import card_purse
+from semper.client.payment.manager import MAX_ROUNDS, PaymentManager
+from semper.client.payment.model import Status, Terms
+from semper.client.payment.module import PartyContext
+from semper.client.payment.modules.purse import PayerFlow, PurseModule
+from semper.client.servers.shop import KEPT_REFUSALS, Shop
+from semper.client.support.db import Database
+from semper.hardware import errors as hw
+
+EUR = 978
+CONFIRMATION, DELIVERY = "statement:order-confirmation", "statement:delivery"
+
+
+@pytest.fixture()
+def card_shop(pki: dict[str, Any], storage: Storage, tmp_path: Path, scheme: Any, psam: Any,
+              purse: Any) -> Iterator[tuple[Shop, PaymentManager]]:
+    """A shop taking the card purse at a simulated PSAM, and the buyer's card (``purse``) loaded."""
+    card_purse.load(purse, scheme, 10_000, PIN)
+    db = Database(storage.url("shop", tmp_path))
+    try:
+        yield _purse_shop(pki, db, tmp_path, scheme, psam)
+    finally:
+        db.close()
+
+
+def _card_debited(shop: Shop, bob: Any, purse: Any) -> tuple[str, dict[str, Any], int]:
+    """A mail order paid from ``purse``: ordered, its hello answered, and the card's debit made (its
+    balance down); the deal id, the proof's envelope, and the amount debited. The proof is not sent."""
+    deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, False)
+    answer = shop.order(deal_id, _signed_order(_parsed(shop, der), bob, "card-purse"), None, der, tag)
+    terms = Terms.from_dict(answer["terms"])
+    flow = PayerFlow(PurseModule(PartyContext(purse=purse, currency=EUR)), terms)
+
+    def envelope(body: Any) -> dict[str, Any]:
+        return {"payment_id": terms.payment_id, "module": "card-purse", "body": body}
+    hello = envelope(flow.step(None).message)
+    assert shop.admit(deal_id, hello)
+    challenge = shop.pay_and_deliver(deal_id, hello)["envelope"]
+    before = purse.info().balance
+    proof = envelope(flow.step(challenge["body"]).message)
+    assert purse.info().balance == before - terms.amount            # the card has paid
+    return deal_id, proof, terms.amount
+
+
+def _row(shop: Shop, deal_id: str) -> Any:
+    sd = shop.find(deal_id, fresh=True)
+    assert sd is not None
+    return sd
+
+
+@storages()
+@pytest.mark.parametrize("in_step", [True, False], ids=["settled-in-step", "settled-after"])
+def test_a_deal_abandoned_while_its_proof_is_taken_is_confirmed_and_delivered_once(
+        card_shop: tuple[Shop, PaymentManager], pki: dict[str, Any], purse: Any,
+        monkeypatch: pytest.MonkeyPatch, in_step: bool) -> None:
+    """``in_step``: the deal paid is written in the payment step's transaction (the shop), or after it (a
+    shop whose delivery does more than sign, the mall: ``Shop.settles_in_payment_step``). Before, the
+    first signed a second confirmation and note; the second answered the buyer who had paid without a
+    confirmation and left the deal unpaid (its next try signed a second one)."""
+    shop, payments = card_shop
+    monkeypatch.setattr(shop, "settles_in_payment_step", in_step)
+    deal_id, proof, _ = _card_debited(shop, pki["bob"], purse)
+    desk = payments.module("card-purse").desk()
+    take = desk.complete_debit
+    marked: list[int] = []
+
+    def marked_meanwhile(*a: Any, **kw: Any) -> Any:
+        # another worker's sweep at the open-deal limit marks the deal while the PSAM takes its proof
+        # (every deal ordered, not paid, whose offer ended before the cutoff)
+        marked.append(shop.store.abandon(dt.datetime.now(dt.UTC) + dt.timedelta(days=1)))
+        # and another worker records a refusal of some other message for it, as Shop._pay does
+        other = shop.store.get(deal_id, fresh=True)
+        assert other is not None
+        other.deal.decide("payment", "refused", "junk from elsewhere")
+        assert shop.store.save(other)
+        return take(*a, **kw)
+    monkeypatch.setattr(desk, "complete_debit", marked_meanwhile)
+    done = shop.pay_and_deliver(deal_id, proof)
+    assert marked == [1]                                           # the mark did land under the step
+
+    sd = _row(shop, deal_id)
+    assert sd.paid and sd.finished and not sd.abandoned
+    assert [(d.step, d.verdict) for d in sd.deal.decisions][-3:] == [
+        ("payment", "refused"), ("payment", "satisfied"), ("delivery", "satisfied")]   # the other's kept first
+    kinds = _kinds(shop, deal_id)
+    # before: two of each (the second signed after the step's write of the deal failed), and the payment
+    # record kept twice
+    assert kinds.count(CONFIRMATION) == 1 and kinds.count(DELIVERY) == 1, kinds
+    assert kinds.count("payment") == 1, kinds
+    assert done["confirmation"] == sd.confirmation and done["delivery"] == sd.delivery
+    archived = {e.kind: e.content for e in shop.archive.entries(deal_id) if e.kind in (CONFIRMATION, DELIVERY)}
+    assert archived == {CONFIRMATION: sd.confirmation, DELIVERY: sd.delivery}
+
+    again = shop.pay_and_deliver(deal_id, proof)                    # its answer lost: the same answer
+    assert again["envelope"] == done["envelope"] and again["confirmation"] == done["confirmation"]
+    assert again["delivery"] == done["delivery"] and _kinds(shop, deal_id) == kinds
+
+
+@storages()
+def test_a_card_that_paid_gets_its_goods_however_often_its_proof_was_refused(
+        card_shop: tuple[Shop, PaymentManager], pki: dict[str, Any], purse: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    shop, payments = card_shop
+    deal_id, proof, amount = _card_debited(shop, pki["bob"], purse)
+    desk = payments.module("card-purse").desk()
+    take = desk.complete_debit
+    asked: list[int] = []
+
+    def reader_failing(*a: Any, **kw: Any) -> Any:
+        asked.append(1)
+        raise hw.ReaderError("the PSAM's reader did not answer")
+    monkeypatch.setattr(desk, "complete_debit", reader_failing)
+    for _ in range(MAX_ROUNDS):                 # the buyer's client sends its proof again after each refusal
+        with pytest.raises(CommerceError) as refused:
+            shop.pay_and_deliver(deal_id, proof)
+        assert refused.value.http_status == 422
+    tried = len(asked)
+
+    # past MAX_ROUNDS, junk and a proof the card did not sign are refused before the PSAM is asked, and the
+    # deal keeps no more refusals than KEPT_REFUSALS
+    pid = proof["payment_id"]
+    forged = {**proof, "body": {**proof["body"], "signature": proof["body"]["signature"][:-8] + "AAAAAAA="}}
+    for junk in ({"payment_id": pid, "module": "card-purse", "body": {"kind": "junk"}}, forged,
+                 {"payment_id": pid, "module": "card-purse", "body": {"kind": "hello"}}):
+        with pytest.raises(CommerceError, match="rounds"):
+            shop.pay_and_deliver(deal_id, junk)
+    assert len(asked) == tried and desk.held() == 1                  # the debit's room only, as before
+    sd = _row(shop, deal_id)
+    assert not sd.paid and [d.verdict for d in sd.deal.decisions if d.step == "payment"] == ["refused"] * KEPT_REFUSALS
+
+    # the reader works again: the card's proof is taken (before: refused for good, "more than 16 rounds":
+    # the card had paid and the buyer got nothing)
+    monkeypatch.setattr(desk, "complete_debit", take)
+    done = shop.pay_and_deliver(deal_id, proof)
+    assert done["envelope"]["body"]["kind"] == "receipt" and done["confirmation"] and done["delivery"]
+    sd = _row(shop, deal_id)
+    assert sd.paid and sd.finished and sd.payment["amount"] == amount
+    record = payments.record(pid, "payee")
+    assert record.status is Status.PAID and record.evidence["proof"] == proof["body"]["proof"]
+    assert desk.held() == 0 and len(asked) == MAX_ROUNDS          # each of the card's proofs reached the PSAM
+    kinds = _kinds(shop, deal_id)
+    assert kinds.count(CONFIRMATION) == 1 and kinds.count(DELIVERY) == 1
+    assert shop.pay_and_deliver(deal_id, proof)["confirmation"] == done["confirmation"]    # replayed: the same
