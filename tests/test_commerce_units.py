@@ -265,3 +265,23 @@ def test_a_time_not_exactly_as_the_shop_writes_it_is_refused(text: Any) -> None:
     offsets, non-ASCII digits and impossible dates are refused."""
     with pytest.raises(OfferRefused, match="not a time"):
         docs.parse_time(text, "validity")
+
+
+def test_form_values_are_refused_for_every_control_or_line_separator_and_nothing_else() -> None:
+    """The form check's shortcut for printable ASCII (forms._plain) refuses exactly what asking each
+    character's Unicode category refuses: every ASCII control (tab, DEL), the line and paragraph separators
+    and the format characters beyond ASCII; spaces are folded either way."""
+    import unicodedata
+
+    from semper.client.commerce.errors import FormError
+    from semper.client.commerce.forms import _plain
+    for c in [*range(0x100), 0x2028, 0x2029, 0x200B, 0x202E, 0xFEFF, 0xE000]:
+        ch = chr(c)
+        refused = unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp")
+        for value in (ch, f"a {ch}b", f"Bahnhofstra\u00dfe 1{ch}"):
+            try:
+                out = _plain(value, "street")
+            except FormError:
+                assert refused, (hex(c), value)
+            else:
+                assert not refused and out == " ".join(value.split()), (hex(c), value)

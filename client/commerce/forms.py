@@ -28,7 +28,12 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 def _plain(value: str, field: str) -> str:
-    """One line of visible characters: no controls, no format characters (bidi, zero-width)."""
+    """One line of visible characters: no controls, no format characters (bidi, zero-width).
+
+    Printable ASCII (most values) has none of them, and is told so without asking each character's
+    category (the seller checks every order's form; docs/performance.md)."""
+    if value.isascii() and value.isprintable():
+        return " ".join(value.split())
     for ch in value:
         cat = unicodedata.category(ch)
         if cat[0] == "C" or cat in ("Zl", "Zp"):
