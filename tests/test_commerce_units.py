@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given
@@ -265,6 +265,24 @@ def test_a_time_not_exactly_as_the_shop_writes_it_is_refused(text: Any) -> None:
     offsets, non-ASCII digits and impossible dates are refused."""
     with pytest.raises(OfferRefused, match="not a time"):
         docs.parse_time(text, "validity")
+    with pytest.raises(OfferRefused, match="not a time"):       # and again: a refusal is not remembered as a time
+        docs.parse_time(text, "validity")
+
+
+def test_times_and_roles_read_once_are_the_same_when_read_again() -> None:
+    """parse_time and has_role keep what they read (docs/performance.md): the same answer the second time, for
+    each text and each certificate (one parsed again from its DER is the same certificate), and a bound."""
+    when = dt.datetime(2026, 12, 7, 10, 0, 1, tzinfo=dt.UTC)
+    assert docs.parse_time("2026-12-07T10:00:01Z", "validity") == when == docs.parse_time("2026-12-07T10:00:01Z", "x")
+    root_key, root = _root("roles root")
+    person, seller = _cert(root_key, root, "person", "P")[1], _cert(root_key, root, "seller", "S")[1]
+    again = x509.load_der_x509_certificate(person.public_bytes(serialization.Encoding.DER))
+    for _ in range(2):
+        assert docs.has_role(person, "person") and docs.has_role(again, "person") and not docs.has_role(person, "seller")
+        assert docs.has_role(seller, "seller") and not docs.has_role(seller, "person") and not docs.has_role(root, "person")
+    for n in range(docs._REMEMBERED + 1):
+        docs.parse_time(docs.rfc3339(when + dt.timedelta(seconds=n)), "validity")
+    assert len(docs._times) <= docs._REMEMBERED
 
 
 def test_form_values_are_refused_for_every_control_or_line_separator_and_nothing_else() -> None:

@@ -76,24 +76,48 @@ def parse_time(text: Any, what: str) -> dt.datetime:
     refused. Read by hand rather than by ``strptime``, which also takes unpadded fields and costs the
     seller a measurable share of an order (it reads two per purchase; docs/performance.md)."""
     s = str(text)
+    known = _times.get(s)
+    if known is not None:
+        return known
     if len(s) == 20 and s.isascii() and s[4] + s[7] + s[10] + s[13] + s[16] + s[19] == "--T::Z":
         digits = (s[0:4], s[5:7], s[8:10], s[11:13], s[14:16], s[17:19])
         if all(d.isdigit() for d in digits):
             try:
                 year, month, day, hour, minute, second = (int(d) for d in digits)
-                return dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC)
+                when = dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC)
             except ValueError:
                 pass
+            else:
+                if len(_times) >= _REMEMBERED:
+                    _times.clear()
+                _times[s] = when
+                return when
     raise OfferRefused(f"the offer's {what} is not a time (YYYY-MM-DDTHH:MM:SSZ)")
 
 
+#: how many times and certificates' roles this process keeps read (parse_time, has_role): a handful are in
+#: use at once (the offers of the last seconds, the buyers of the hour); past the bound they are read again
+_REMEMBERED = 4096
+_times: dict[str, dt.datetime] = {}             # (datetimes are immutable)
+
+
 def has_role(cert: x509.Certificate, role: str) -> bool:
-    oid = ROLES[role].role_oid
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return False
-    return any(o.dotted_string == oid for o in eku)
+    """Whether ``cert``'s extended key usage names ``role``'s OID. The usages are read once per certificate
+    (an order's signer is a returning buyer: the seller asked cryptography for them at every order)."""
+    oids = _usages.get(cert)
+    if oids is None:
+        try:
+            eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            oids = frozenset(o.dotted_string for o in eku)
+        except x509.ExtensionNotFound:
+            oids = frozenset()
+        if len(_usages) >= _REMEMBERED:
+            _usages.clear()
+        _usages[cert] = oids
+    return ROLES[role].role_oid in oids
+
+
+_usages: dict[x509.Certificate, frozenset[str]] = {}    # a certificate's usages, by its DER (x509 equality)
 
 
 # ---- offer -----------------------------------------------------------------------------------------
