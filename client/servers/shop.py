@@ -88,6 +88,11 @@ KEPT_REFUSALS = 4
 MADE_OFFERS = 2048
 
 
+#: the kinds of goods each workflow sells (Shop._offer_terms)
+_SELLS = {"mail-order": frozenset({"physical", "information"}), "information": frozenset({"information"}),
+          "registration": frozenset({"registration"}), "contract": frozenset({"contract"})}
+
+
 class NoRoom(ServiceUnavailable):
     """No room at the payment's device for a payer's message now (the PSAM keeps only so many debits
     open); nothing was asked of it or written. The HTTP layer waits, bounded, and asks again."""
@@ -219,9 +224,7 @@ class Shop:
                 raise CommerceError(f"quantity of {sku} must be 1 to {item.max_quantity}")
             lines.append((item, qty))
         kinds = {i.kind for i, _ in lines}
-        expected = {"mail-order": {"physical", "information"}, "information": {"information"},
-                    "registration": {"registration"}, "contract": {"contract"}}[workflow] \
-            if workflow in ("mail-order", "information", "registration", "contract") else set()
+        expected = _SELLS.get(workflow, frozenset()) if isinstance(workflow, str) else frozenset()
         if not kinds <= expected:
             raise CommerceError(f"a {workflow} deal cannot sell {', '.join(sorted(kinds - expected))} goods")
         if workflow in ("information", "contract") and len(lines) != 1:
@@ -235,8 +238,8 @@ class Shop:
             modules = [m for m in modules if m in self.fair_modules]
         if anonymous:
             modules = [m for m in modules if self.payments.module(m).properties.anonymous]
-        forms = {form_for(i.kind, anonymous).name: form_for(i.kind, anonymous) for i, _ in lines}
-        form = next((f for n, f in forms.items() if n != "none"), form_for("none", anonymous))
+        form = next((f for f in (form_for(i.kind, anonymous) for i, _ in lines) if f.name != "none"),
+                    form_for("none", anonymous))    # the first line's that asks for one (one form per kind)
         return lines, attributes, modules, form
 
     def new_deal(self, workflow: str, items: Sequence[tuple[str, int]], nonce: str, anonymous: bool
