@@ -25,6 +25,7 @@ MAX_FIELDS = 12
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,24}$")
 _POSTCODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 -]{1,10}$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_KEY = json.JSONEncoder(sort_keys=True)     # json.dumps(d, sort_keys=True), without an encoder made per call
 
 
 def _plain(value: str, field: str) -> str:
@@ -135,7 +136,7 @@ class FormSpec:
         if not isinstance(d, Mapping) or not isinstance(d.get("fields", []), list):
             raise FormError("form", "a form spec is {name, fields: [...]}")
         try:
-            key = json.dumps(d, sort_keys=True)
+            key = _KEY.encode(d)
         except (TypeError, ValueError):
             return FormSpec._parse(d)
         return FormSpec._parsed(key)
