@@ -256,6 +256,14 @@ def test_a_time_reads_back_exactly_as_the_shop_writes_it(when: dt.datetime) -> N
     assert docs.parse_time(docs.rfc3339(when), "validity") == when
 
 
+@given(st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30, 23, 59, 59)),
+       st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)), dt.timezone(-dt.timedelta(hours=8))]))
+def test_a_time_is_written_as_strftime_wrote_it(when: dt.datetime, zone: dt.tzinfo) -> None:
+    """rfc3339, written by hand, gives strftime's text for every time and zone (a year below 1000 too)."""
+    when = when.replace(tzinfo=zone)
+    assert docs.rfc3339(when) == when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @pytest.mark.parametrize("text", ["2026-1-05T01:02:03Z", "2026-01-05T1:02:03Z", "2026-02-30T00:00:00Z",
                                   "2026-01-05 01:02:03Z", "2026-01-05T01:02:03+00:00", "2026-01-05T01:02:03",
                                   "２０２６-01-05T01:02:03Z", "+026-01-05T01:02:03Z", "2026-01-05T24:00:00Z", "",

@@ -160,3 +160,17 @@ def test_the_payees_check_of_a_first_steps_module_is_the_whole_offers() -> None:
             except NegotiationError as e:
                 alone = str(e)
             assert alone == whole, (currency, name)
+
+
+def test_b64_is_base64s_own_text() -> None:
+    """wire.b64 (binascii without base64's wrapper) writes what base64.b64encode wrote, for any bytes-like."""
+    import base64
+    import os
+
+    from semper.client.payment.wire import b64
+    for n in range(70):
+        data = os.urandom(n)
+        for value in (data, bytearray(data), memoryview(data)):
+            assert b64(value) == base64.b64encode(value).decode()
+    with pytest.raises(TypeError):
+        b64("text")                                     # type: ignore[arg-type]
