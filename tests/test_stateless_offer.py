@@ -467,7 +467,8 @@ def test_a_remembered_offer_makes_the_same_deal_as_its_bytes_read_again(open_sho
     one, two = open_shop(), open_shop()                 # two workers of one shop; only ``one`` signed the offer
     for workflow, items, anonymous in (("mail-order", [("teapot", 2)], True), ("mail-order", [("teapot", 1)], False),
                                        ("information", [("market-report", 1)], False),
-                                       ("registration", [("tea-club", 1)], False)):
+                                       ("registration", [("tea-club", 1)], False),
+                                       ("contract", [("supply-contract", 1)], False)):
         deal_id, der, tag = one.new_deal(workflow, items, NONCE, anonymous)
         assert deal_id in one._made and deal_id not in two._made
         remembered, read = one._offered(deal_id, der, tag), two._offered(deal_id, der, tag)
