@@ -11,8 +11,9 @@ NOTHING``) and this module hides the rest:
 * the URL picks the back end: ``sqlite:///abs/path.db`` or a bare file path (the default: nothing to
   install or run), or ``postgresql://...`` (any libpq URL; psycopg 3, imported only then);
 * placeholders are written ``?`` and rewritten to ``%s`` for PostgreSQL (:func:`pyformat`);
-* connections: SQLite a writer and a reader per thread (WAL); PostgreSQL a ``psycopg_pool`` pool per process (a
-  process forked from the one that opened the database makes its own, it never shares sockets);
+* connections: SQLite a writer and a reader per thread (WAL; :meth:`Database.read_one` runs on the writer
+  between its transactions, whose page cache its own commits keep); PostgreSQL a ``psycopg_pool`` pool per
+  process (a process forked from the one that opened the database makes its own, it never shares sockets);
 * :meth:`Database.transaction` runs one explicit transaction. Writers: SQLite ``BEGIN IMMEDIATE``
   (the write lock up front, so writers queue for at most the busy timeout instead of failing on a
   lock upgrade); PostgreSQL ``SERIALIZABLE``, so the services' check-then-write code is correct as
