@@ -398,3 +398,23 @@ def test_forms_are_per_signer_and_per_certificate_set(pki: Pki, monkeypatch: pyt
             assert parts is not None and parts == _walk_only(data, monkeypatch)
             assert parts.signer == signer.cert and parts.certificates == tuple(sorted([signer.cert, *extra]))
             assert len(cms_profile._FORMS) <= 2
+
+
+@settings(max_examples=1000, deadline=None)
+@given(buf=st.binary(max_size=12) | st.sampled_from([b"\x04\x81\x05hello", b"\x04\x80hello\x00\x00", b"\x1f\x01\x00",
+                                                      b"\x30\x82\x00\x01\x00", b"\x30\x81\x80" + b"x" * 128]),
+       pos=st.integers(0, 4), tag=st.sampled_from([0x04, 0x30, 0xA0, 0x31]), end=st.none() | st.integers(0, 140))
+def test_expect_refuses_what_read_refuses(buf: bytes, pos: int, tag: int, end: int | None) -> None:
+    """der.expect writes read's checks out again (a call less per TLV): the same answers, the same refusals."""
+    try:
+        got, start, stop = der.read(buf, pos, end)
+    except (der.DerError, IndexError) as e:
+        with pytest.raises(type(e)) as mine:
+            der.expect(buf, pos, tag, end)
+        assert str(mine.value) == str(e)
+        return
+    if got == tag:
+        assert der.expect(buf, pos, tag, end) == (start, stop)
+    else:
+        with pytest.raises(der.DerError, match="where"):
+            der.expect(buf, pos, tag, end)

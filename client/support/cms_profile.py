@@ -249,19 +249,16 @@ def read_statement(buf: bytes) -> ProfileParts | None:
 def _content(buf: bytes) -> tuple[bytes, int, int]:
     """The statement's content, where its encapsulated content ends, and where its SignedData ends."""
     o0, o1 = der.expect(buf, 0, 0x30)
-    if o1 != len(buf) or buf[o0:o0 + len(OID_SIGNED_DATA)] != OID_SIGNED_DATA:
+    if o1 != len(buf) or not buf.startswith(OID_SIGNED_DATA, o0):
         raise der.DerError("not SignedData")
     x0, x1 = der.expect(buf, o0 + len(OID_SIGNED_DATA), 0xA0, o1)
     s0, s1 = der.expect(buf, x0, 0x30, x1)
     if x1 != o1 or s1 != x1:
         raise der.DerError("trailing bytes")
-    pos = s0
-    for fixed in (VERSION_3, DIGEST_ALGORITHMS):
-        if buf[pos:pos + len(fixed)] != fixed:
-            raise der.DerError("version or digest algorithms outside the profile")
-        pos += len(fixed)
-    e0, e1 = der.expect(buf, pos, 0x30, s1)           # encapContentInfo
-    if buf[e0:e0 + len(OID_STATEMENT)] != OID_STATEMENT:
+    if not buf.startswith(_BODY_HEAD, s0):                    # version 3, then the digest algorithms
+        raise der.DerError("version or digest algorithms outside the profile")
+    e0, e1 = der.expect(buf, s0 + len(_BODY_HEAD), 0x30, s1)   # encapContentInfo
+    if not buf.startswith(OID_STATEMENT, e0):
         raise der.DerError("not a statement")
     w0, w1 = der.expect(buf, e0 + len(OID_STATEMENT), 0xA0, e1)
     c0, c1 = der.expect(buf, w0, 0x04, w1)
