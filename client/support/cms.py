@@ -224,10 +224,11 @@ def _load_certificates(ders: tuple[bytes, ...]) -> tuple[x509.Certificate, ...]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _written_der(der: bytes) -> bytes:
-    """The certificate loaded from ``der`` as cryptography writes it (what check_integrity hashes), once
-    per certificate: writing it out costs more than the rest of the check but for the signature."""
-    return load_certificate(der).public_bytes(Encoding.DER)
+def _written_hash(der: bytes, alg: str) -> bytes:
+    """The ``alg`` hash of the certificate loaded from ``der`` as cryptography writes it (what check_integrity
+    compares with the signing-certificate attribute), once per certificate and hash: writing it out and
+    hashing it cost more than the rest of the check but for the signature."""
+    return hashlib.new(alg, load_certificate(der).public_bytes(Encoding.DER)).digest()
 
 
 @functools.lru_cache(maxsize=256)
@@ -553,10 +554,12 @@ def check_integrity(parts: SignedParts, what: str = "statement") -> None:
             who = "a certificate with an unreadable name"
         raise BadSignature(f"the {what}'s signature does not verify with the key of {who}: forged or damaged") from None
     if parts.signing_cert_hash is not None:
-        der = (_written_der(parts.signer_der) if parts.signer_der is not None
-               else parts.signer_cert.public_bytes(Encoding.DER))
         alg = parts.signing_cert_hash_alg
-        if (hashlib.sha256(der) if alg == "sha256" else hashlib.new(alg, der)).digest() != parts.signing_cert_hash:
+        if parts.signer_der is not None:
+            written = _written_hash(parts.signer_der, alg)
+        else:
+            written = hashlib.new(alg, parts.signer_cert.public_bytes(Encoding.DER)).digest()
+        if written != parts.signing_cert_hash:
             raise BadSignature(f"the {what}'s signing-certificate-v2 attribute names another certificate than "
                                "the one it was verified with (certificate substitution)")
 

@@ -183,8 +183,12 @@ def _parse_time(buf: bytes, pos: int, end: int) -> tuple[dt.datetime, int]:
     return _time_value(tag, buf[start:stop]), stop
 
 
+@functools.lru_cache(maxsize=64)
 def _time_value(tag: int, text: bytes) -> dt.datetime:
-    """The time a UTCTime (0x17) or GeneralizedTime (0x18) of the profile says: whole seconds, Z; DerError else."""
+    """The time a UTCTime (0x17) or GeneralizedTime (0x18) of the profile says: whole seconds, Z; DerError else.
+
+    Remembered for the last few times read (a refusal raises and is not kept): a busy party reads several
+    statements signed in the same second, and a datetime is immutable."""
     if tag == 0x17 and len(text) == 13 and text[-1:] == b"Z" and text[:12].isdigit():
         year = int(text[:2])
         year += 2000 if year < 50 else 1900
