@@ -11,7 +11,9 @@ asn1crypto builds for the same statement, and :func:`read_statement` either retu
 the general parser returns or ``None`` — for anything outside the profile (time-stamped statements,
 other attributes, other algorithms encodings, BER, a signer named by key identifier or by an
 equivalent but differently encoded name), and then the general parser decides and explains
-(tests/test_cms_profile.py compares the two on valid and damaged statements).
+(tests/test_cms_profile.py compares the two on valid and damaged statements). A signer's later
+statements are read from the form learnt from its first (:class:`_Form`), and tests hold that to the
+TLV-by-TLV reader too.
 """
 from __future__ import annotations
 
