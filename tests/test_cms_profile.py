@@ -418,3 +418,41 @@ def test_expect_refuses_what_read_refuses(buf: bytes, pos: int, tag: int, end: i
     else:
         with pytest.raises(der.DerError, match="where"):
             der.expect(buf, pos, tag, end)
+
+
+def test_statements_with_large_certificate_sets_leave_nothing_in_the_memos(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of 2026-12-07, finding 1: the reader learnt each signer's form, and the general parser loaded each
+    certificate set, before any signature was checked, each memo keeping its own copy of the set the sender
+    wrote. 1,000 refused statements of 16 MiB (the third party's limit) kept about 20 GB. A set larger than
+    ``small_cache.MAX_BYTES`` is now read and not kept; a small one is still remembered."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    monkeypatch.setattr(cms_profile, "_FORMS", {})
+    cms._load_certificates.cache_clear()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mallory")])
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1234).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=9)).sign(key, hashes.SHA256()))
+    cd = cert.public_bytes(Encoding.DER)
+    issuer, serial = cms_profile._issuer_serial(cd)
+    _h, scv2 = cms_profile._expected_scv2(cd)
+    scv2_attr = der.tlv(0x30, cms_profile.ATTR_SIGNING_CERT_V2 + der.tlv(0x31, scv2))
+    content = b'{"type":"offer"}'
+    attrs = cms_profile.signed_attributes(content, now, scv2_attr)
+
+    def statement(certs: list[bytes]) -> bytes:
+        return cms_profile.assemble(content, attrs, bytes(70), issuer, serial, certs)   # a signature of zeros
+
+    for i in range(3):
+        filler = der.tlv(0x30, bytes([i]) * 1000)       # a distinct set of ~200 KB of filler each time
+        assert cms_profile.read_statement(statement([cd] + [filler] * 200)) is not None
+        copies = statement([cd] * (60 + i))              # a distinct set of real certificates, ~20 KB and more
+        assert cms_profile.read_statement(copies) is not None
+        assert len(cms.parse_statement(copies).certificates) == 60 + i
+    assert cms_profile._FORMS == {}
+    assert cms._load_certificates.cache_info().currsize == 0
+    assert cms_profile.read_statement(statement([cd])) is not None          # a real set is still remembered
+    assert len(cms_profile._FORMS) == 1

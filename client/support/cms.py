@@ -44,6 +44,7 @@ from semper.hardware.signer import Signer
 
 from . import cms_profile
 from .canonical import canonical
+from .small_cache import small_cache
 
 ARC = "2.25.204673179289492764569138234192898414436"
 #: eContentType of a semper statement (canonical JSON). openssl verifies SignedData of any content type.
@@ -209,21 +210,21 @@ def _template(issuer_der: bytes, serial: int, cert_ders: tuple[bytes, ...]) -> c
     return cms_profile.template(issuer_der, serial, cert_ders)
 
 
-@functools.lru_cache(maxsize=1024)
+@small_cache(1024)
 def load_certificate(der: bytes) -> x509.Certificate:
     """A DER certificate as a cryptography object, parsed once: the same few certificates (a seller's,
     its CA's) come with every statement, and cryptography's certificates are immutable."""
     return x509.load_der_x509_certificate(der)
 
 
-@functools.lru_cache(maxsize=256)
+@small_cache(256)
 def _load_certificates(ders: tuple[bytes, ...]) -> tuple[x509.Certificate, ...]:
     """:func:`load_certificate` of each, once per certificate set (a statement's set is the same in each of
     its signer's statements)."""
     return tuple(load_certificate(c) for c in ders)
 
 
-@functools.lru_cache(maxsize=1024)
+@small_cache(1024)
 def _written_hash(der: bytes, alg: str) -> bytes:
     """The ``alg`` hash of the certificate loaded from ``der`` as cryptography writes it (what check_integrity
     compares with the signing-certificate attribute), once per certificate and hash: writing it out and
@@ -231,7 +232,7 @@ def _written_hash(der: bytes, alg: str) -> bytes:
     return hashlib.new(alg, load_certificate(der).public_bytes(Encoding.DER)).digest()
 
 
-@functools.lru_cache(maxsize=256)
+@small_cache(256)
 def _ec_public_key(cert_der: bytes) -> ec.EllipticCurvePublicKey | None:
     """The EC key of the certificate loaded from ``cert_der``, or None for another kind of key."""
     return _ec_key_of(load_certificate(cert_der).public_key())

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import der
+from .small_cache import MAX_BYTES, small_cache
 
 OID_SIGNED_DATA = bytes.fromhex("06092a864886f70d010702")
 OID_STATEMENT = bytes.fromhex("06166982b3facfb5faa092a1b394b5f6abfa92a7ae640201")   # cms.STATEMENT_OID
@@ -410,6 +411,11 @@ FORMS_PER_SET = 4
 
 
 def _learn(certificate_set: bytes, form: _Form) -> None:
+    """Remember ``form`` for statements with this certificate set, unless the set is larger than a memo keeps
+    (``small_cache.MAX_BYTES``): forms are learnt before the signature is checked, from whatever set the
+    sender wrote, and each keeps its own copy of the set (review of 2026-12-07, finding 1)."""
+    if len(certificate_set) > MAX_BYTES:
+        return
     with _FORMS_LOCK:
         known = _FORMS.get(certificate_set, ())
         if form in known:
@@ -419,7 +425,7 @@ def _learn(certificate_set: bytes, form: _Form) -> None:
         _FORMS[certificate_set] = (form, *known[:FORMS_PER_SET - 1])
 
 
-@functools.lru_cache(maxsize=256)
+@small_cache(256)
 def _expected_scv2(signer: bytes) -> tuple[bytes, bytes]:
     """(SHA-256 of the certificate, the signing-certificate-v2 value semper writes for it), once per
     certificate: the same few signers' statements are read again and again. The issuer and serial are the
@@ -437,7 +443,7 @@ def signing_certificate_v2(cert: bytes, cert_hash: bytes, issuer: bytes, serial:
     return der.tlv(0x30, der.tlv(0x30, der.tlv(0x30, der.tlv(0x04, cert_hash) + issuer_serial)))
 
 
-@functools.lru_cache(maxsize=1024)
+@small_cache(1024)
 def _issuer_serial(cert: bytes) -> tuple[bytes, int]:
     """(issuer Name DER, serial) of a DER certificate, read from its TBSCertificate (once per certificate)."""
     c0, c1 = der.expect(cert, 0, 0x30)
