@@ -20,7 +20,7 @@ from asn1crypto import x509 as ax509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_cms import Pki, pki
 
@@ -224,14 +224,18 @@ def test_every_bit_flip_in_the_signing_certificate_attribute_reads_as_the_genera
 
 
 @settings(max_examples=300, deadline=None)
+@example(content=b"c", signature=b"s" * 130, issuer=b"\x30\x00", serial=5, certs=[b"\x30\x00"], attrs=b"\x00")
+@example(content=b"c" * 70_000, signature=b"s" * 255, issuer=b"i" * 400, serial=-1, certs=[], attrs=b"a" * 300)
 @given(content=st.one_of(st.binary(max_size=300), st.integers(0, 70_000).map(lambda n: b"c" * n)),
-       signature=st.binary(min_size=8, max_size=140), issuer=st.binary(min_size=2, max_size=400),
+       signature=st.binary(min_size=8, max_size=300), issuer=st.binary(min_size=2, max_size=400),
        serial=st.integers(-(2**159), 2**159), certs=st.lists(st.binary(min_size=1, max_size=600), max_size=3),
        attrs=st.binary(min_size=1, max_size=400))
 def test_the_template_writes_what_the_nested_tlvs_write(content: bytes, signature: bytes, issuer: bytes, serial: int,
                                                          certs: list[bytes], attrs: bytes) -> None:
     """assemble_from (the signer's constant DER written once, the lengths worked out) gives the bytes of
-    assemble (every layer a TLV around the next), whatever the lengths: short, one and two length bytes."""
+    assemble (every layer a TLV around the next), whatever the lengths: short, one and two length bytes.
+    The examples: a signature of 128 bytes or more took a two-byte length that assemble_from counted as
+    one (the SignerInfo's length one short; never for ECDSA P-256, whose signatures are at most 72 bytes)."""
     signed_attrs = der.tlv(0x31, attrs)
     template = cms_profile.template(issuer, serial, certs)
     assert (cms_profile.assemble_from(template, content, signed_attrs, signature)
@@ -281,3 +285,174 @@ def test_a_signing_certificate_naming_another_certificate_is_caught(soft: SoftSi
     with pytest.raises(cms.BadSignature, match="certificate substitution"):
         cms.check_integrity(parts)
     cms.check_integrity(cms.parse_signed_data(cms.sign_statement(soft, {"type": "order", "n": 1})))
+
+
+@settings(max_examples=300, deadline=None)
+@given(content=st.binary(max_size=200),
+       when=times | st.datetimes(min_value=dt.datetime(2, 1, 1), max_value=dt.datetime(9998, 12, 31),
+                                 timezones=st.timezones()),
+       scv2_attribute=st.one_of(st.binary(min_size=1, max_size=300),
+                                st.sampled_from([cms_profile._UTC_TIME_HEAD[:4], cms_profile._DIGEST_HEAD[:3],
+                                                 cms_profile._UTC_TIME_HEAD + b"9", cms_profile._DIGEST_HEAD,
+                                                 cms_profile.CONTENT_TYPE_ATTRIBUTE[:-1], b"\x30"])))
+def test_the_per_signer_layout_writes_what_sorting_writes(content: bytes, when: dt.datetime,
+                                                           scv2_attribute: bytes) -> None:
+    """The signed attributes from a signer's layout (two holes in its constant bytes) are the four
+    TLVs sorted, for any bytes in the signing-certificate-v2 place: also those whose DER order would be
+    decided inside a hole (a prefix of a time's or a digest's head), which are sorted per statement."""
+    assert (cms_profile.signed_attributes(content, when, scv2_attribute)
+            == _nested_signed_attributes(content, when, scv2_attribute))
+
+
+def test_a_layout_is_only_used_where_the_order_cannot_depend_on_the_holes() -> None:
+    real = der.tlv(0x30, cms_profile.ATTR_SIGNING_CERT_V2 + der.tlv(0x31, b"\x30\x00"))
+    assert cms_profile._utc_layout(real) is not None
+    assert cms_profile._utc_layout(cms_profile._UTC_TIME_HEAD[:4]) is None        # a prefix of the time's head
+    assert cms_profile._utc_layout(cms_profile._DIGEST_HEAD + b"x") is None       # the digest's head, then more
+
+
+def _walk_only(data: bytes, monkeypatch: pytest.MonkeyPatch) -> cms_profile.ProfileParts | None:
+    """read_statement with no learnt forms: every statement read TLV by TLV (the reader before forms)."""
+    with monkeypatch.context() as m:
+        m.setattr(cms_profile, "_FORMS", {})
+        m.setattr(cms_profile, "_learn", lambda _set, _form: None)
+        return cms_profile.read_statement(data)
+
+
+def _mutated(data: bytes, how: str, at: int, cut: int, value: int) -> bytes:
+    out = bytearray(data)
+    i = at % len(out)
+    if how == "flip":
+        out[i] ^= 1 << (value % 8)
+    elif how == "set":
+        out[i] = value
+    elif how == "cut":
+        del out[cut % len(out):]
+    elif how == "grow":
+        out[i:i] = bytes([value])
+    return bytes(out)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=bodies, when=times, extra=st.booleans(), at=st.integers(0, 10_000), cut=st.integers(0, 10_000),
+       value=st.integers(0, 255), how=st.sampled_from(["flip", "set", "cut", "grow", "none"]),
+       tail=st.booleans())
+def test_a_learnt_form_reads_what_the_walk_reads(soft: SoftSigner, pki: Pki, body: dict, when: dt.datetime,
+                                                 extra: bool, at: int, cut: int, value: int, how: str, tail: bool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A statement of a signer whose form was learnt is read as the TLV walk reads it: the same parts, or
+    None for the same statements, valid or damaged anywhere (``tail``: in the certificates and SignerInfo,
+    where the form's bytes are). Valid statements take the form's path."""
+    extra_certs = [pki.root.public_bytes(Encoding.DER)] if extra else []
+    data = cms.sign_statement(soft, body, extra_certs, signing_time=when)
+    assert cms_profile.read_statement(data) is not None           # learns the form (or it was learnt)
+    if tail:
+        start = len(data) - 1500 if len(data) > 1500 else 0
+        at = start + at % (len(data) - start)
+    damaged = _mutated(data, how, at, cut, value)
+    assert cms_profile.read_statement(damaged) == _walk_only(damaged, monkeypatch)
+    if how == "none":
+        matched = []
+        real = cms_profile._Form.match
+
+        def spy(self: cms_profile._Form, *args: object) -> cms_profile.ProfileParts | None:
+            got = real(self, *args)  # type: ignore[arg-type]
+            matched.append(got is not None)
+            return got
+        with monkeypatch.context() as m:
+            m.setattr(cms_profile._Form, "match", spy)
+            assert cms_profile.read_statement(damaged) is not None
+        assert any(matched), "a statement of a known signer was not read by its form"
+
+
+def test_every_bit_flip_after_the_content_reads_as_the_walk_reads_it(soft: SoftSigner, pki: Pki,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exhaustively over the certificate set and the SignerInfo of one statement (where a form's fixed
+    bytes and its holes are): a learnt form never reads a damaged statement otherwise than the walk."""
+    data = cms.sign_statement(soft, {"type": "order", "n": 3}, signing_time=dt.datetime(2031, 5, 6, 7, 8, 9,
+                                                                                       tzinfo=dt.UTC))
+    assert cms_profile.read_statement(data) is not None
+    content_end = data.index(soft.cert)
+    differ = 0
+    for i in range(content_end - 4, len(data)):
+        for bit in range(8):
+            flipped = bytearray(data)
+            flipped[i] ^= 1 << bit
+            mine, walked = cms_profile.read_statement(bytes(flipped)), _walk_only(bytes(flipped), monkeypatch)
+            assert mine == walked, (i, bit)
+            differ += walked is None
+    assert differ > 0
+
+
+def test_forms_are_per_signer_and_per_certificate_set(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two signers' statements, with and without an extra certificate, alternately: each is read with its own
+    signer and certificates (a form of another signer or set never matches), and the forms kept are bounded."""
+    monkeypatch.setattr(cms_profile, "_FORMS", {})
+    monkeypatch.setattr(cms_profile, "FORMS_KEPT", 2)
+    a, b = SoftSigner(pki, "form signer a"), SoftSigner(pki, "form signer b")
+    root = pki.root.public_bytes(Encoding.DER)
+    for _ in range(2):
+        for signer, extra in ((a, []), (b, []), (a, [root]), (b, [root])):
+            data = cms.sign_statement(signer, {"type": "offer", "who": signer.label}, extra)
+            parts = cms_profile.read_statement(data)
+            assert parts is not None and parts == _walk_only(data, monkeypatch)
+            assert parts.signer == signer.cert and parts.certificates == tuple(sorted([signer.cert, *extra]))
+            assert len(cms_profile._FORMS) <= 2
+
+
+@settings(max_examples=1000, deadline=None)
+@given(buf=st.binary(max_size=12) | st.sampled_from([b"\x04\x81\x05hello", b"\x04\x80hello\x00\x00", b"\x1f\x01\x00",
+                                                      b"\x30\x82\x00\x01\x00", b"\x30\x81\x80" + b"x" * 128]),
+       pos=st.integers(0, 4), tag=st.sampled_from([0x04, 0x30, 0xA0, 0x31]), end=st.none() | st.integers(0, 140))
+def test_expect_refuses_what_read_refuses(buf: bytes, pos: int, tag: int, end: int | None) -> None:
+    """der.expect writes read's checks out again (a call less per TLV): the same answers, the same refusals."""
+    try:
+        got, start, stop = der.read(buf, pos, end)
+    except (der.DerError, IndexError) as e:
+        with pytest.raises(type(e)) as mine:
+            der.expect(buf, pos, tag, end)
+        assert str(mine.value) == str(e)
+        return
+    if got == tag:
+        assert der.expect(buf, pos, tag, end) == (start, stop)
+    else:
+        with pytest.raises(der.DerError, match="where"):
+            der.expect(buf, pos, tag, end)
+
+
+def test_statements_with_large_certificate_sets_leave_nothing_in_the_memos(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of 2026-12-07, finding 1: the reader learnt each signer's form, and the general parser loaded each
+    certificate set, before any signature was checked, each memo keeping its own copy of the set the sender
+    wrote. 1,000 refused statements of 16 MiB (the third party's limit) kept about 20 GB. A set larger than
+    ``small_cache.MAX_BYTES`` is now read and not kept; a small one is still remembered."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    monkeypatch.setattr(cms_profile, "_FORMS", {})
+    cms._load_certificates.cache_clear()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mallory")])
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1234).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=9)).sign(key, hashes.SHA256()))
+    cd = cert.public_bytes(Encoding.DER)
+    issuer, serial = cms_profile._issuer_serial(cd)
+    _h, scv2 = cms_profile._expected_scv2(cd)
+    scv2_attr = der.tlv(0x30, cms_profile.ATTR_SIGNING_CERT_V2 + der.tlv(0x31, scv2))
+    content = b'{"type":"offer"}'
+    attrs = cms_profile.signed_attributes(content, now, scv2_attr)
+
+    def statement(certs: list[bytes]) -> bytes:
+        return cms_profile.assemble(content, attrs, bytes(70), issuer, serial, certs)   # a signature of zeros
+
+    for i in range(3):
+        filler = der.tlv(0x30, bytes([i]) * 1000)       # a distinct set of ~200 KB of filler each time
+        assert cms_profile.read_statement(statement([cd] + [filler] * 200)) is not None
+        copies = statement([cd] * (60 + i))              # a distinct set of real certificates, ~20 KB and more
+        assert cms_profile.read_statement(copies) is not None
+        assert len(cms.parse_statement(copies).certificates) == 60 + i
+    assert cms_profile._FORMS == {}
+    assert cms._load_certificates.cache_info().currsize == 0
+    assert cms_profile.read_statement(statement([cd])) is not None          # a real set is still remembered
+    assert len(cms_profile._FORMS) == 1

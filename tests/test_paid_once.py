@@ -33,6 +33,7 @@ from semper.client.payment import card_purse
 from semper.client.payment.manager import MAX_ROUNDS, PaymentManager
 from semper.client.payment.model import Status, Terms
 from semper.client.payment.module import PartyContext
+from semper.client.payment.modules import purse as purse_module
 from semper.client.payment.modules.purse import PayerFlow, PurseModule
 from semper.client.servers.shop import KEPT_REFUSALS, Shop
 from semper.client.support.db import Database
@@ -136,6 +137,8 @@ def test_a_card_that_paid_gets_its_goods_however_often_its_proof_was_refused(
     desk = payments.module("card-purse").desk()
     take = desk.complete_debit
     asked: list[int] = []
+    now = [1_000_000.0]
+    monkeypatch.setattr(purse_module, "wall_clock", lambda: now[0])
 
     def reader_failing(*a: Any, **kw: Any) -> Any:
         asked.append(1)
@@ -159,9 +162,10 @@ def test_a_card_that_paid_gets_its_goods_however_often_its_proof_was_refused(
     sd = _row(shop, deal_id)
     assert not sd.paid and [d.verdict for d in sd.deal.decisions if d.step == "payment"] == ["refused"] * KEPT_REFUSALS
 
-    # the reader works again: the card's proof is taken (before: refused for good, "more than 16 rounds":
-    # the card had paid and the buyer got nothing)
+    # the reader works again: the card's proof, sent again a while later, is taken (before: refused for good,
+    # "more than 16 rounds": the card had paid and the buyer got nothing)
     monkeypatch.setattr(desk, "complete_debit", take)
+    now[0] += purse_module.LATE_PROOF_EVERY_S
     done = shop.pay_and_deliver(deal_id, proof)
     assert done["envelope"]["body"]["kind"] == "receipt" and done["confirmation"] and done["delivery"]
     sd = _row(shop, deal_id)
@@ -172,3 +176,46 @@ def test_a_card_that_paid_gets_its_goods_however_often_its_proof_was_refused(
     kinds = _kinds(shop, deal_id)
     assert kinds.count(CONFIRMATION) == 1 and kinds.count(DELIVERY) == 1
     assert shop.pay_and_deliver(deal_id, proof)["confirmation"] == done["confirmation"]    # replayed: the same
+
+
+def test_a_proof_past_max_rounds_reaches_the_psam_at_most_once_in_a_while(
+        card_shop: tuple[Shop, PaymentManager], pki: dict[str, Any], purse: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of 2026-12-07, finding 2: past MAX_ROUNDS the card's own proof was let through at every copy, and
+    each copy of a proof whose request the PSAM had evicted read the PSAM's batches (and could call the
+    acquirer): one minimum debit bought PSAM work without end. Now a proof past MAX_ROUNDS is tried at most once
+    in LATE_PROOF_EVERY_S, and still taken when the PSAM answers."""
+    shop, payments = card_shop
+    deal_id, proof, _amount = _card_debited(shop, pki["bob"], purse)
+    desk = payments.module("card-purse").desk()
+    take = desk.complete_debit
+    asked: list[int] = []
+    now = [1_000_000.0]
+    monkeypatch.setattr(purse_module, "wall_clock", lambda: now[0])
+
+    def evicted(*a: Any, **kw: Any) -> Any:
+        asked.append(1)
+        raise hw.ReplayError("no open request for this proof (evicted)")
+    monkeypatch.setattr(desk, "complete_debit", evicted)
+    for _ in range(MAX_ROUNDS - 1):                  # the hello was round 1
+        with pytest.raises(CommerceError):
+            shop.pay_and_deliver(deal_id, proof)
+    assert len(asked) == MAX_ROUNDS - 1
+    for _ in range(5 * MAX_ROUNDS):                  # the same proof in a loop: one try reaches the PSAM
+        with pytest.raises(CommerceError):
+            shop.pay_and_deliver(deal_id, proof)
+    assert len(asked) == MAX_ROUNDS
+    now[0] += purse_module.LATE_PROOF_EVERY_S - 1
+    with pytest.raises(CommerceError, match="rounds"):
+        shop.pay_and_deliver(deal_id, proof)
+    assert len(asked) == MAX_ROUNDS
+    now[0] += 1                                      # a while later: one more try
+    for _ in range(3):
+        with pytest.raises(CommerceError):
+            shop.pay_and_deliver(deal_id, proof)
+    assert len(asked) == MAX_ROUNDS + 1
+    now[0] += purse_module.LATE_PROOF_EVERY_S        # the PSAM answers again: the proof is taken
+    monkeypatch.setattr(desk, "complete_debit", take)
+    done = shop.pay_and_deliver(deal_id, proof)
+    assert done["envelope"]["body"]["kind"] == "receipt" and done["confirmation"] and done["delivery"]
+    assert _row(shop, deal_id).paid

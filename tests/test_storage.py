@@ -134,6 +134,27 @@ def test_a_single_read_sees_what_was_committed_holds_no_snapshot_and_is_counted(
 
 
 @storages()
+def test_a_single_read_never_sees_a_transaction_still_open_on_its_thread(db: Database) -> None:
+    """SQLite's read_one runs on the thread's writer connection when it is between transactions (its page
+    cache survives its own commits): inside a write transaction of the same thread it must still read the
+    last commit only, never the transaction's own rows, and after the commit it reads them."""
+    db.migrate(COINS)
+    db.run(lambda t: t.execute("INSERT INTO coins (id) VALUES ('a')"))         # the thread's writer exists
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO coins (id) VALUES ('b')")
+        assert db.read_one("SELECT COUNT(*) FROM coins") == (1,)
+        assert db.read_one("SELECT id FROM coins WHERE id = ?", ("b",)) is None
+    assert db.read_one("SELECT COUNT(*) FROM coins") == (2,)
+    with pytest.raises(RuntimeError), db.transaction() as tx:
+        tx.execute("INSERT INTO coins (id) VALUES ('c')")
+        raise RuntimeError("rolled back")
+    assert db.read_one("SELECT COUNT(*) FROM coins") == (2,)
+    with pytest.raises(DatabaseError):                 # still a SELECT alone, on whichever connection
+        db.read_one("DELETE FROM coins RETURNING id")
+    assert db.read_one("SELECT COUNT(*) FROM coins") == (2,)
+
+
+@storages()
 def test_sums_of_integers_are_integers(db: Database) -> None:
     """PostgreSQL's SUM of BIGINT is NUMERIC; the layer hands back an int, as SQLite does."""
     db.migrate(Schema.baseline("amounts", ["CREATE TABLE IF NOT EXISTS amounts (v BIGINT NOT NULL)"]))

@@ -35,6 +35,7 @@ class SharedArchive:
     def __init__(self, path: Path, *, sign: StatementSigner | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._wal = str(self.path.with_name(self.path.name + "-wal"))      # SQLite's log, flushed by sync()
         self.sign = sign
         self._local = threading.local()
         self._all: list[Archive] = []
@@ -117,9 +118,8 @@ class SharedArchive:
             self._syncs_done = number
 
     def _fsync_log(self) -> None:
-        wal = self.path.with_name(self.path.name + "-wal")
         try:
-            fd = os.open(wal, os.O_RDONLY)
+            fd = os.open(self._wal, os.O_RDONLY)
         except FileNotFoundError:
             return                              # nothing written since the last checkpoint
         try:

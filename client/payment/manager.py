@@ -322,7 +322,8 @@ class PaymentManager:
         record = record or Record(terms.payment_id, name, "payee", terms, Status.PENDING)
         st.rounds += 1
         if st.rounds > MAX_ROUNDS and not self._proves_payment(flow, body):
-            raise ProtocolError(f"payment {terms.payment_id} took more than {MAX_ROUNDS} rounds; stopped")
+            raise ProtocolError(f"payment {terms.payment_id} took more than {MAX_ROUNDS} rounds; stopped (a payer "
+                                f"that has paid, e.g. a card that debited itself, may send its proof again later)")
         snapshot = getattr(flow, "snapshot", None)
         try:
             step = flow.step(body)

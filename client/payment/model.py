@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import msgspec
 
 MAX_AMOUNT = 2**31 - 1          # minor units; what a purse card can hold, and what the bank accepts
 
 
 _HEX = frozenset("0123456789abcdef")
+_RECORD_JSON = msgspec.json.Encoder(order="sorted")
 
 
 class Model(enum.Enum):
@@ -175,12 +177,16 @@ class Record:
     refunded: int = 0
 
     def as_json(self) -> str:
-        return json.dumps({"payment_id": self.payment_id, "module": self.module, "role": self.role,
-                           "terms": self.terms.as_dict(), "status": self.status.value, "instrument": self.instrument,
-                           "evidence": self.evidence, "refunded": self.refunded}, sort_keys=True)
+        """The record as JSON text, keys sorted, compact, UTF-8 as it is (msgspec: about a fifth of the time
+        of ``json.dumps``; a seller writes it three times a purchase: docs/performance.md). Records written
+        before 2026-12-07 by ``json.dumps`` (``", "`` and ``": "``, non-ASCII escaped) read back alike."""
+        return _RECORD_JSON.encode({"payment_id": self.payment_id, "module": self.module, "role": self.role,
+                                    "terms": self.terms.as_dict(), "status": self.status.value,
+                                    "instrument": self.instrument, "evidence": self.evidence,
+                                    "refunded": self.refunded}).decode()
 
     @staticmethod
-    def from_json(text: str) -> Record:
-        d = json.loads(text)
+    def from_json(text: str | bytes) -> Record:
+        d = msgspec.json.decode(text)
         return Record(d["payment_id"], d["module"], d["role"], Terms.from_dict(d["terms"]), Status(d["status"]),
                       d["instrument"], d["evidence"], d["refunded"])

@@ -37,12 +37,14 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from semper.hardware.errors import SemperError
 from semper.hardware.signer import Signer
 
 from . import cms_profile
 from .canonical import canonical
+from .small_cache import small_cache
 
 ARC = "2.25.204673179289492764569138234192898414436"
 #: eContentType of a semper statement (canonical JSON). openssl verifies SignedData of any content type.
@@ -208,22 +210,29 @@ def _template(issuer_der: bytes, serial: int, cert_ders: tuple[bytes, ...]) -> c
     return cms_profile.template(issuer_der, serial, cert_ders)
 
 
-@functools.lru_cache(maxsize=1024)
+@small_cache(1024)
 def load_certificate(der: bytes) -> x509.Certificate:
     """A DER certificate as a cryptography object, parsed once: the same few certificates (a seller's,
     its CA's) come with every statement, and cryptography's certificates are immutable."""
     return x509.load_der_x509_certificate(der)
 
 
-@functools.lru_cache(maxsize=1024)
-def _written_der(der: bytes) -> bytes:
-    """The certificate loaded from ``der`` as cryptography writes it (what check_integrity hashes), once
-    per certificate: writing it out costs more than the rest of the check but for the signature."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-    return load_certificate(der).public_bytes(Encoding.DER)
+@small_cache(256)
+def _load_certificates(ders: tuple[bytes, ...]) -> tuple[x509.Certificate, ...]:
+    """:func:`load_certificate` of each, once per certificate set (a statement's set is the same in each of
+    its signer's statements)."""
+    return tuple(load_certificate(c) for c in ders)
 
 
-@functools.lru_cache(maxsize=256)
+@small_cache(1024)
+def _written_hash(der: bytes, alg: str) -> bytes:
+    """The ``alg`` hash of the certificate loaded from ``der`` as cryptography writes it (what check_integrity
+    compares with the signing-certificate attribute), once per certificate and hash: writing it out and
+    hashing it cost more than the rest of the check but for the signature."""
+    return hashlib.new(alg, load_certificate(der).public_bytes(Encoding.DER)).digest()
+
+
+@small_cache(256)
 def _ec_public_key(cert_der: bytes) -> ec.EllipticCurvePublicKey | None:
     """The EC key of the certificate loaded from ``cert_der``, or None for another kind of key."""
     return _ec_key_of(load_certificate(cert_der).public_key())
@@ -234,7 +243,6 @@ def _ec_key_of(public: Any) -> ec.EllipticCurvePublicKey | None:
 
 
 def _cert_der(cert: bytes | x509.Certificate) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding
     return cert if isinstance(cert, bytes) else cert.public_bytes(Encoding.DER)
 
 
@@ -283,13 +291,17 @@ def build_signed_data(signer: Signer, content_type: str, content: bytes, *,
     except InvalidSignature:
         raise SigningError(f"{getattr(signer, 'label', 'the signer')} signed with a key that does not match its "
                            f"certificate ({cert.subject.human_friendly}); re-register the device") from None
-    cert_ders: list[bytes] = []
-    for der in ([cert_der] if include_certs else []) + [_cert_der(c) for c in extra_certs]:
-        if bytes(der) not in cert_ders:
-            _checked_cert(bytes(der))
-            cert_ders.append(bytes(der))
+    if include_certs and isinstance(extra_certs, tuple | list) and not extra_certs:
+        cert_ders: tuple[bytes, ...] = (cert_der,)       # the usual: parsed as X.509 by _signer_parts above
+    else:
+        found: list[bytes] = []
+        for der in ([cert_der] if include_certs else []) + [_cert_der(c) for c in extra_certs]:
+            if bytes(der) not in found:
+                _checked_cert(bytes(der))
+                found.append(bytes(der))
+        cert_ders = tuple(found)
     if profile:
-        return cms_profile.assemble_from(_template(issuer_der, serial, tuple(cert_ders)), content, to_sign, signature)
+        return cms_profile.assemble_from(_template(issuer_der, serial, cert_ders), content, to_sign, signature)
     signer_info = cms.SignerInfo({
         "version": "v1",
         "sid": cms.SignerIdentifier(name="issuer_and_serial_number", value={
@@ -427,8 +439,7 @@ def parse_signed_data(der: bytes, expected_content_type: str | None = None, what
             try:
                 return SignedParts(
                     der=bytes(der), content_type=STATEMENT_OID, content=fast.content,
-                    signer_cert=load_certificate(fast.signer),
-                    certificates=tuple(load_certificate(c) for c in fast.certificates),
+                    signer_cert=load_certificate(fast.signer), certificates=_load_certificates(fast.certificates),
                     signed_attrs=fast.signed_attrs, signature=fast.signature, message_digest=fast.message_digest,
                     signing_time=fast.signing_time, signing_cert_hash=fast.signing_cert_hash,
                     signing_cert_hash_alg="sha256", timestamp_tokens=(), signer_der=fast.signer)
@@ -544,10 +555,12 @@ def check_integrity(parts: SignedParts, what: str = "statement") -> None:
             who = "a certificate with an unreadable name"
         raise BadSignature(f"the {what}'s signature does not verify with the key of {who}: forged or damaged") from None
     if parts.signing_cert_hash is not None:
-        from cryptography.hazmat.primitives.serialization import Encoding
-        der = (_written_der(parts.signer_der) if parts.signer_der is not None
-               else parts.signer_cert.public_bytes(Encoding.DER))
-        if hashlib.new(parts.signing_cert_hash_alg, der).digest() != parts.signing_cert_hash:
+        alg = parts.signing_cert_hash_alg
+        if parts.signer_der is not None:
+            written = _written_hash(parts.signer_der, alg)
+        else:
+            written = hashlib.new(alg, parts.signer_cert.public_bytes(Encoding.DER)).digest()
+        if written != parts.signing_cert_hash:
             raise BadSignature(f"the {what}'s signing-certificate-v2 attribute names another certificate than "
                                "the one it was verified with (certificate substitution)")
 

@@ -11,8 +11,9 @@ NOTHING``) and this module hides the rest:
 * the URL picks the back end: ``sqlite:///abs/path.db`` or a bare file path (the default: nothing to
   install or run), or ``postgresql://...`` (any libpq URL; psycopg 3, imported only then);
 * placeholders are written ``?`` and rewritten to ``%s`` for PostgreSQL (:func:`pyformat`);
-* connections: SQLite a writer and a reader per thread (WAL); PostgreSQL a ``psycopg_pool`` pool per process (a
-  process forked from the one that opened the database makes its own, it never shares sockets);
+* connections: SQLite a writer and a reader per thread (WAL; :meth:`Database.read_one` runs on the writer
+  between its transactions, whose page cache its own commits keep); PostgreSQL a ``psycopg_pool`` pool per
+  process (a process forked from the one that opened the database makes its own, it never shares sockets);
 * :meth:`Database.transaction` runs one explicit transaction. Writers: SQLite ``BEGIN IMMEDIATE``
   (the write lock up front, so writers queue for at most the busy timeout instead of failing on a
   lock upgrade); PostgreSQL ``SERIALIZABLE``, so the services' check-then-write code is correct as
@@ -274,6 +275,22 @@ class Database:
             self._all.append(conn)
         return conn
 
+    def _sqlite_reader(self) -> sqlite3.Connection:
+        """The connection :meth:`read_one` runs its one SELECT on: this thread's writer when it is open and
+        between transactions, else the query-only reader.
+
+        Why the writer: SQLite keeps a connection's page cache across its own commits, but a connection that
+        sees another one's commit drops its whole cache. The shop writes a deal and reads the next step's
+        rows on one thread, so its reader re-read every page it needed from the file after each commit (about
+        20 µs of a purchase's 2 reads, docs/performance.md); the writer still has them. Outside a transaction
+        the writer's SELECT is a read transaction of its own, as the reader's is: it sees the last commit,
+        and read_one runs a SELECT alone (checked), so it writes nothing. Inside a transaction of this thread
+        the writer would see that transaction's uncommitted rows: then the reader."""
+        writer = getattr(self._local, "writer", None)
+        if writer is not None and not writer.in_transaction:
+            return writer
+        return self._sqlite(False)
+
     def _postgres_pool(self) -> Any:
         pool = self._pool
         if pool is not None:
@@ -391,7 +408,7 @@ class Database:
         try:
             # every row fetched: the statement is finished, so no snapshot stays open behind it
             if self.dsn.backend == "sqlite":
-                rows = self._sqlite(False).execute(sql, tuple(params)).fetchall()
+                rows = self._sqlite_reader().execute(sql, tuple(params)).fetchall()
             else:
                 with self._postgres() as conn:
                     rows = conn.execute(sql, tuple(params)).fetchall()

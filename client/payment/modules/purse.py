@@ -25,6 +25,7 @@ the bank. The bank's side is ``servers/bank_purse.py``.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
@@ -476,6 +477,15 @@ def recover_debit(purse: Any, request: DebitRecord) -> Signed | None:
     return found[1] if found is not None else None
 
 
+#: past the payment manager's MAX_ROUNDS, a card's proof of a payment is taken to the PSAM at most once in this
+#: many seconds (PayeeFlow.proves_payment). Why: the proof must still be taken after any number of refusals
+#: (the card has paid), but each try of a proof whose request the PSAM evicted reads the PSAM's batches and
+#: may call the acquirer: one debit's proof sent in a loop kept the PSAM busy without end (review of
+#: 2026-12-07, finding 2). An honest client that retries after this long is answered.
+LATE_PROOF_EVERY_S = 10.0
+wall_clock = time.time          # seconds; the tries' times go into the flow's snapshot, read by any worker
+
+
 class PayeeFlow:
     """The seller's side: hello -> the PSAM's challenge, proof -> the PSAM's receipt.
 
@@ -492,17 +502,23 @@ class PayeeFlow:
         self.state = "start"
         self.card_cert = b""
         self.request: Signed | None = None
+        self.late_try = 0.0                    # when a proof was last let past MAX_ROUNDS (wall_clock)
 
     def snapshot(self) -> dict[str, Any]:
         req = self.request
-        return {"state": self.state, "psam": self.psam, "card_certificate": b64(self.card_cert),
-                "request": None if req is None else [b64(req.record), b64(req.signature)]}
+        out: dict[str, Any] = {"state": self.state, "psam": self.psam, "card_certificate": b64(self.card_cert),
+                               "request": None if req is None else [b64(req.record), b64(req.signature)]}
+        if self.late_try:
+            out["late_try"] = self.late_try
+        return out
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.state = str(state.get("state", "start"))
         self.card_cert = unb64(state.get("card_certificate") or "", "card certificate", 4096)
         req = state.get("request")
         self.request = None if not req else Signed(unb64(req[0], "request", 256), unb64(req[1], "signature", 128))
+        late = state.get("late_try", 0.0)
+        self.late_try = float(late) if isinstance(late, (int, float)) else 0.0
 
     def _begin(self, desk: Desk, incoming: dict[str, Any] | None) -> Signed:
         """The PSAM's request for the card's hello, once the hello is checked. The card's certificate is
@@ -568,7 +584,8 @@ class PayeeFlow:
         card has paid, so the payment manager takes it however many steps of the payment were refused
         before (``PaymentManager._proves_payment``). Checked in software (the request's bytes, the card's
         ECDSA signature against the certificate checked at the hello), so a flood of other messages past
-        MAX_ROUNDS asks the PSAM nothing."""
+        MAX_ROUNDS asks the PSAM nothing; and at most once in :data:`LATE_PROOF_EVERY_S`, so the card's own
+        proof sent in a loop does not keep the PSAM reading its batches (the time is kept in the snapshot)."""
         if self.state != "challenge":
             return False
         try:
@@ -576,7 +593,13 @@ class PayeeFlow:
         except PaymentError:
             return False
         proof = Signed(msg.proof, msg.signature)
-        return self._answers(proof) and self._card_signed(proof)
+        if not (self._answers(proof) and self._card_signed(proof)):
+            return False
+        now = wall_clock()
+        if 0 <= now - self.late_try < LATE_PROOF_EVERY_S:
+            return False
+        self.late_try = now
+        return True
 
     def _answers(self, proof: Signed) -> bool:
         """Whether ``proof`` is a DPF1 answering this payment's DRQ1 (the same fields after the tag)."""
