@@ -292,6 +292,16 @@ def test_times_and_roles_read_once_are_the_same_when_read_again() -> None:
     for n in range(docs._REMEMBERED + 1):
         docs.parse_time(docs.rfc3339(when + dt.timedelta(seconds=n)), "validity")
     assert len(docs._times) <= docs._REMEMBERED
+    assert person in docs._usages and seller in docs._usages
+    # a certificate larger than a memo keeps (padded with an extension of its own) is answered, and not kept
+    big = (x509.CertificateBuilder().subject_name(person.subject).issuer_name(root.subject)
+           .public_key(person.public_key()).serial_number(7).not_valid_before(person.not_valid_before_utc)
+           .not_valid_after(person.not_valid_after_utc)
+           .add_extension(person.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value, critical=False)
+           .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\0" * 20_000),
+                          critical=False)
+           .sign(root_key, hashes.SHA256()))
+    assert docs.has_role(big, "person") and not docs.has_role(big, "seller") and big not in docs._usages
 
 
 def test_form_values_are_refused_for_every_control_or_line_separator_and_nothing_else() -> None:

@@ -32,9 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ..support.canonical import canonical as _canonical
 from ..support.pki import ROLES
+from ..support.small_cache import MAX_BYTES
 from ..support.verify import VerifiedStatement
 from .catalogue import CatalogueItem
 from .deal import WORKFLOWS, DealAttributes, check_deal_id
@@ -116,9 +118,12 @@ def has_role(cert: x509.Certificate, role: str) -> bool:
             oids = frozenset(o.dotted_string for o in eku)
         except x509.ExtensionNotFound:
             oids = frozenset()
-        if len(_usages) >= _REMEMBERED:
-            _usages.clear()
-        _usages[cert] = oids
+        # a certificate is kept by its DER (its hash and equality): only one of at most small_cache.MAX_BYTES,
+        # as every memo keyed on bytes from the network (a CA's certificate is 0.5-2 KB)
+        if len(cert.public_bytes(serialization.Encoding.DER)) <= MAX_BYTES:
+            if len(_usages) >= _REMEMBERED:
+                _usages.clear()
+            _usages[cert] = oids
     return ROLES[role].role_oid in oids
 
 
