@@ -84,7 +84,8 @@ PAID = (Status.PAID, Status.CAPTURED, Status.AUTHORISED)
 KEPT_REFUSALS = 4
 #: the offers a process remembers having signed, until their order comes (Shop._made_again): an order whose
 #: offer it no longer remembers (another worker's, or one of more offers than this made since) is checked in
-#: full, as before. Why 2048: an honest buyer orders within seconds of its offer; a few MB at most
+#: full, as before. Why 2048: an honest buyer orders within seconds of its offer; 23 MiB at most (an offer of
+#: 20 lines, the most a request asks, is 11.5 KiB remembered; docs/performance.md)
 MADE_OFFERS = 2048
 
 
