@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given
@@ -256,6 +256,14 @@ def test_a_time_reads_back_exactly_as_the_shop_writes_it(when: dt.datetime) -> N
     assert docs.parse_time(docs.rfc3339(when), "validity") == when
 
 
+@given(st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30, 23, 59, 59)),
+       st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)), dt.timezone(-dt.timedelta(hours=8))]))
+def test_a_time_is_written_as_strftime_wrote_it(when: dt.datetime, zone: dt.tzinfo) -> None:
+    """rfc3339, written by hand, gives strftime's text for every time and zone (a year below 1000 too)."""
+    when = when.replace(tzinfo=zone)
+    assert docs.rfc3339(when) == when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @pytest.mark.parametrize("text", ["2026-1-05T01:02:03Z", "2026-01-05T1:02:03Z", "2026-02-30T00:00:00Z",
                                   "2026-01-05 01:02:03Z", "2026-01-05T01:02:03+00:00", "2026-01-05T01:02:03",
                                   "２０２６-01-05T01:02:03Z", "+026-01-05T01:02:03Z", "2026-01-05T24:00:00Z", "",
@@ -265,3 +273,52 @@ def test_a_time_not_exactly_as_the_shop_writes_it_is_refused(text: Any) -> None:
     offsets, non-ASCII digits and impossible dates are refused."""
     with pytest.raises(OfferRefused, match="not a time"):
         docs.parse_time(text, "validity")
+    with pytest.raises(OfferRefused, match="not a time"):       # and again: a refusal is not remembered as a time
+        docs.parse_time(text, "validity")
+
+
+def test_times_and_roles_read_once_are_the_same_when_read_again() -> None:
+    """parse_time and has_role keep what they read (docs/performance.md): the same answer the second time, for
+    each text and each certificate (one parsed again from its DER is the same certificate), and a bound."""
+    when = dt.datetime(2026, 12, 7, 10, 0, 1, tzinfo=dt.UTC)
+    assert docs.parse_time("2026-12-07T10:00:01Z", "validity") == when == docs.parse_time("2026-12-07T10:00:01Z", "x")
+    root_key, root = _root("roles root")
+    person, seller = _cert(root_key, root, "person", "P")[1], _cert(root_key, root, "seller", "S")[1]
+    again = x509.load_der_x509_certificate(person.public_bytes(serialization.Encoding.DER))
+    for _ in range(2):
+        assert docs.has_role(person, "person") and docs.has_role(again, "person")
+        assert not docs.has_role(person, "seller") and not docs.has_role(root, "person")
+        assert docs.has_role(seller, "seller") and not docs.has_role(seller, "person")
+    for n in range(docs._REMEMBERED + 1):
+        docs.parse_time(docs.rfc3339(when + dt.timedelta(seconds=n)), "validity")
+    assert len(docs._times) <= docs._REMEMBERED
+    assert person in docs._usages and seller in docs._usages
+    # a certificate larger than a memo keeps (padded with an extension of its own) is answered, and not kept
+    big = (x509.CertificateBuilder().subject_name(person.subject).issuer_name(root.subject)
+           .public_key(person.public_key()).serial_number(7).not_valid_before(person.not_valid_before_utc)
+           .not_valid_after(person.not_valid_after_utc)
+           .add_extension(person.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value, critical=False)
+           .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\0" * 20_000),
+                          critical=False)
+           .sign(root_key, hashes.SHA256()))
+    assert docs.has_role(big, "person") and not docs.has_role(big, "seller") and big not in docs._usages
+
+
+def test_form_values_are_refused_for_every_control_or_line_separator_and_nothing_else() -> None:
+    """The form check's shortcut for printable ASCII (forms._plain) refuses exactly what asking each
+    character's Unicode category refuses: every ASCII control (tab, DEL), the line and paragraph separators
+    and the format characters beyond ASCII; spaces are folded either way."""
+    import unicodedata
+
+    from semper.client.commerce.errors import FormError
+    from semper.client.commerce.forms import _plain
+    for c in [*range(0x100), 0x2028, 0x2029, 0x200B, 0x202E, 0xFEFF, 0xE000]:
+        ch = chr(c)
+        refused = unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp")
+        for value in (ch, f"a {ch}b", f"Bahnhofstra\u00dfe 1{ch}"):
+            try:
+                out = _plain(value, "street")
+            except FormError:
+                assert refused, (hex(c), value)
+            else:
+                assert not refused and out == " ".join(value.split()), (hex(c), value)

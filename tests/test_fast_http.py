@@ -255,6 +255,11 @@ TAKEN_REQUESTS = {
     "ping": _post("/ping?q=a+b&q=c", b'{"n": 1, "text": "\xc3\xa9"}', "Authorization: Bearer x\r\n"),
     "header not utf-8": _post("/ping", b'{"n": 1}').replace(b"Host: x", b"Host: x\r\nAuthorization: Bearer \xff\xfe"),
     "header utf-8": _post("/ping", b'{"n": 1}', "Authorization: Bearer \xc3\xa9\r\n"),
+    # a value's spaces and tabs around it are not its own, those inside are
+    "header spaced": _post("/ping", b'{"n": 1}', "Authorization:\t  Bearer \t x \t \r\n"),
+    "header blank": _post("/ping", b'{"n": 1}', "Authorization: \t \r\n"),
+    "header bare": _post("/ping", b'{"n": 1}', "Authorization:Bearer:x:\r\n"),
+    "header twice": _post("/ping", b'{"n": 1}', "Authorization: one\r\nAuthorization: two\r\n"),
     "type with charset": _post("/ping", b'{"n": 1}').replace(b"application/json", b"Application/JSON; charset=utf-8"),
     "no type": _post("/ping", b'{"n": 1}').replace(b"Content-Type: application/json\r\n", b""),
     "not json": _post("/ping", b"{"),

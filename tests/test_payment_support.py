@@ -122,3 +122,55 @@ def world(tmp_path_factory: pytest.TempPathFactory, scheme: Scheme, storage: Sto
     yield w
     w.runner.stop()
     w.home.close()
+
+
+def test_the_payees_check_of_a_first_steps_module_is_the_whole_offers() -> None:
+    """``PaymentManager._accepts`` asks the named module alone when it takes the payment; its answer is, for
+    every module and currency, the one ``check_choice`` gives on the whole offer (refused the same way:
+    no such module, one that accepts nothing now, another currency, an acceptance under another name)."""
+    from semper.client.payment.errors import NegotiationError
+    from semper.client.payment.manager import PaymentManager
+    from semper.client.payment.model import Acceptance, Terms
+    from semper.client.payment.module import PartyContext
+    from semper.client.payment.negotiation import check_choice
+
+    def module(acceptance: Acceptance | None) -> type:
+        class M:
+            def __init__(self, ctx: Any) -> None:
+                pass
+
+            def acceptance(self) -> Acceptance | None:
+                return acceptance
+        return M
+    pm = PaymentManager(PartyContext(), modules={
+        "euro": module(Acceptance("euro", (978,))), "both": module(Acceptance("both", (978, 840))),
+        "none": module(None), "alias": module(Acceptance("euro", (840,))),     # "euro" in dollars, through another
+        "dollar": module(Acceptance("dollar", (840,)))})
+    for currency in (978, 840, 826):
+        terms = Terms("p" * 32, 100, currency, "A1", "ab" * 32)
+        for name in ("euro", "both", "none", "alias", "dollar", "missing"):
+            try:
+                check_choice(terms, pm.offer(), name)
+                whole: str | None = None
+            except NegotiationError as e:
+                whole = str(e)
+            try:
+                pm._accepts(terms, name)
+                alone: str | None = None
+            except NegotiationError as e:
+                alone = str(e)
+            assert alone == whole, (currency, name)
+
+
+def test_b64_is_base64s_own_text() -> None:
+    """wire.b64 (binascii without base64's wrapper) writes what base64.b64encode wrote, for any bytes-like."""
+    import base64
+    import os
+
+    from semper.client.payment.wire import b64
+    for n in range(70):
+        data = os.urandom(n)
+        for value in (data, bytearray(data), memoryview(data)):
+            assert b64(value) == base64.b64encode(value).decode()
+    with pytest.raises(TypeError):
+        b64("text")                                     # type: ignore[arg-type]

@@ -449,3 +449,106 @@ def test_orders_never_paid_stop_counting_once_their_offer_is_long_expired(
     sd = two.find(paying, fresh=True)
     assert sd is not None and sd.paid and sd.finished and not sd.abandoned   # the stalled payment went on
     assert two.store.open_count() == 1
+
+
+# ---- the offers a process remembers having signed (Shop._made_again, issue 14 item 4) ---------------------------
+def _typed(value: Any) -> Any:
+    """``value`` with the type of every part kept (1 == 1.0 == True, and a tuple equals no list)."""
+    if isinstance(value, dict):
+        return ("dict", sorted((k, _typed(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, [_typed(v) for v in value])
+    return (type(value).__name__, value)
+
+
+def test_a_remembered_offer_makes_the_same_deal_as_its_bytes_read_again(open_shop: Callable[..., Shop]) -> None:
+    """The deal the signing process makes from what it remembers is the one any other worker makes from the
+    offer's bytes: the same body (every value of the same JSON type), lines, PSAM, bytes and digest."""
+    one, two = open_shop(), open_shop()                 # two workers of one shop; only ``one`` signed the offer
+    for workflow, items, anonymous in (("mail-order", [("teapot", 2)], True), ("mail-order", [("teapot", 1)], False),
+                                       ("information", [("market-report", 1)], False),
+                                       ("registration", [("tea-club", 1)], False),
+                                       ("contract", [("supply-contract", 1)], False)):
+        deal_id, der, tag = one.new_deal(workflow, items, NONCE, anonymous)
+        assert deal_id in one._made and deal_id not in two._made
+        remembered, read = one._offered(deal_id, der, tag), two._offered(deal_id, der, tag)
+        assert deal_id not in one._made                 # taken once
+        assert _typed(remembered.offer) == _typed(read.offer) == _typed(verify_statement(der, one.trust).body)
+        assert (remembered.lines, remembered.psam, remembered.offer_der, remembered.offer_digest, remembered.version) \
+            == (read.lines, read.psam, read.offer_der, read.offer_digest, read.version)
+        assert (remembered.deal.deal_id, remembered.deal.workflow, remembered.deal.attributes) \
+            == (read.deal.deal_id, read.deal.workflow, read.deal.attributes)
+
+
+def test_a_remembered_offer_is_refused_as_any_once_the_shop_no_longer_makes_it(open_shop: Callable[..., Shop]) -> None:
+    """What the process remembers of an offer it signed is no shortcut past what changed since: its catalogue
+    changed in place (a price), its account, its PSAMs, the clock. Each is refused as an offer read from its
+    bytes would be, and nothing is written; an offer it still makes is taken."""
+    shop = open_shop()
+    teapot = shop.catalogue.items["teapot"]
+
+    def ordered(change: Callable[[], None], undo: Callable[[], None]) -> None:
+        deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+        order = _anonymous_order(_parsed(shop, der))
+        change()
+        try:
+            with pytest.raises(OfferNotOurs, match="no longer makes this offer"):
+                shop.order(deal_id, order, None, der, tag)
+        finally:
+            undo()
+    ordered(lambda: shop.catalogue.items.__setitem__("teapot", dataclasses.replace(teapot, unit_price=1)),
+            lambda: shop.catalogue.items.__setitem__("teapot", teapot))
+    ordered(lambda: setattr(shop, "account", "A2"), lambda: setattr(shop, "account", "A1"))
+    ordered(lambda: setattr(shop, "psam_ids", frozenset({"PSAM-OTHER"})),
+            lambda: setattr(shop, "psam_ids", frozenset({None})))
+    ordered(lambda: shop.catalogue.items.pop("teapot"), lambda: shop.catalogue.items.__setitem__("teapot", teapot))
+    assert _rows(shop) == 0
+
+    past = open_shop(validity=dt.timedelta(seconds=-1))     # its offers expire as they are made
+    deal_id, der, tag = past.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    assert deal_id in past._made
+    with pytest.raises(OfferExpired, match="expired at .*ask for a new one"):
+        past.order(deal_id, b"{}", None, der, tag)
+    shorter = open_shop()                                   # the shop's offers are shorter-lived now
+    deal_id, der, tag = shorter.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    shorter.offer_validity = dt.timedelta(minutes=1)
+    with pytest.raises(OfferNotOurs, match="valid for longer"):
+        shorter.order(deal_id, b"{}", None, der, tag)
+    assert _rows(past) == 0 and _rows(shorter) == 0
+
+    deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    assert shop.order(deal_id, _anonymous_order(_parsed(shop, der)), None, der, tag)["next"] == "payment"
+
+
+def test_a_remembered_offer_is_no_way_in_for_other_bytes(open_shop: Callable[..., Shop], pki: dict[str, Any]) -> None:
+    """Only the exact bytes the process signed, for their own deal and under their tag, are taken as
+    remembered: another offer sent for a remembered deal id (a genuine one of another deal, one forged
+    with the offer key from a copy of the database) is read and refused as before, a wrong tag too, and
+    the remembered offer is still taken afterwards."""
+    shop = open_shop()
+    deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    order = _anonymous_order(_parsed(shop, der))
+    d2, der2, tag2 = shop.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    with pytest.raises(OfferNotOurs, match="another deal"):
+        shop.order(deal_id, order, None, der2, tag2)
+    with pytest.raises(OfferNotOurs, match="tag does not verify"):
+        shop.order(deal_id, order, None, der, tag2)
+    _forged_id, forged, forged_tag = _forged(shop, pki, pki["seller"], deal=deal_id, total=1)
+    with pytest.raises(OfferNotOurs):
+        shop.order(deal_id, order, None, forged, forged_tag)
+    assert deal_id in shop._made and _rows(shop) == 0
+    assert shop.order(deal_id, order, None, der, tag)["next"] == "payment"
+    assert deal_id not in shop._made and d2 in shop._made
+
+
+def test_the_offers_a_process_remembers_are_bounded(open_shop: Callable[..., Shop],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offers nobody orders cost no storage, and no memory past a bound: the oldest are forgotten, and their
+    orders are taken from the bytes read again."""
+    from semper.client.servers import shop as shop_module
+    monkeypatch.setattr(shop_module, "MADE_OFFERS", 3)
+    shop = open_shop()
+    made = [shop.new_deal("mail-order", [("teapot", 1)], NONCE, True) for _ in range(5)]
+    assert list(shop._made) == [m[0] for m in made[2:]]
+    deal_id, der, tag = made[0]
+    assert shop.order(deal_id, _anonymous_order(_parsed(shop, der)), None, der, tag)["next"] == "payment"

@@ -32,9 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ..support.canonical import canonical as _canonical
 from ..support.pki import ROLES
+from ..support.small_cache import MAX_BYTES
 from ..support.verify import VerifiedStatement
 from .catalogue import CatalogueItem
 from .deal import WORKFLOWS, DealAttributes, check_deal_id
@@ -68,7 +70,12 @@ def canonical(obj: Any) -> bytes:
 
 
 def rfc3339(when: dt.datetime) -> str:
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``when`` in UTC as ``YYYY-MM-DDTHH:MM:SSZ``: ``strftime("%Y-%m-%dT%H:%M:%SZ")``'s text, written by
+    hand for the years it pads to four digits (a third of its time; the seller writes one per offer)."""
+    w = when.astimezone(dt.UTC)
+    if w.year < 1000:                   # strftime writes such a year unpadded (glibc): kept as it was
+        return w.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{w.year:04d}-{w.month:02d}-{w.day:02d}T{w.hour:02d}:{w.minute:02d}:{w.second:02d}Z"
 
 
 def parse_time(text: Any, what: str) -> dt.datetime:
@@ -76,24 +83,51 @@ def parse_time(text: Any, what: str) -> dt.datetime:
     refused. Read by hand rather than by ``strptime``, which also takes unpadded fields and costs the
     seller a measurable share of an order (it reads two per purchase; docs/performance.md)."""
     s = str(text)
+    known = _times.get(s)
+    if known is not None:
+        return known
     if len(s) == 20 and s.isascii() and s[4] + s[7] + s[10] + s[13] + s[16] + s[19] == "--T::Z":
         digits = (s[0:4], s[5:7], s[8:10], s[11:13], s[14:16], s[17:19])
         if all(d.isdigit() for d in digits):
             try:
                 year, month, day, hour, minute, second = (int(d) for d in digits)
-                return dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC)
+                when = dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC)
             except ValueError:
                 pass
+            else:
+                if len(_times) >= _REMEMBERED:
+                    _times.clear()
+                _times[s] = when
+                return when
     raise OfferRefused(f"the offer's {what} is not a time (YYYY-MM-DDTHH:MM:SSZ)")
 
 
+#: how many times and certificates' roles this process keeps read (parse_time, has_role): a handful are in
+#: use at once (the offers of the last seconds, the buyers of the hour); past the bound they are read again
+_REMEMBERED = 4096
+_times: dict[str, dt.datetime] = {}             # (datetimes are immutable)
+
+
 def has_role(cert: x509.Certificate, role: str) -> bool:
-    oid = ROLES[role].role_oid
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return False
-    return any(o.dotted_string == oid for o in eku)
+    """Whether ``cert``'s extended key usage names ``role``'s OID. The usages are read once per certificate
+    (an order's signer is a returning buyer: the seller asked cryptography for them at every order)."""
+    oids = _usages.get(cert)
+    if oids is None:
+        try:
+            eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            oids = frozenset(o.dotted_string for o in eku)
+        except x509.ExtensionNotFound:
+            oids = frozenset()
+        # a certificate is kept by its DER (its hash and equality): only one of at most small_cache.MAX_BYTES,
+        # as every memo keyed on bytes from the network (a CA's certificate is 0.5-2 KB)
+        if len(cert.public_bytes(serialization.Encoding.DER)) <= MAX_BYTES:
+            if len(_usages) >= _REMEMBERED:
+                _usages.clear()
+            _usages[cert] = oids
+    return ROLES[role].role_oid in oids
+
+
+_usages: dict[x509.Certificate, frozenset[str]] = {}    # a certificate's usages, by its DER (x509 equality)
 
 
 # ---- offer -----------------------------------------------------------------------------------------

@@ -25,10 +25,16 @@ MAX_FIELDS = 12
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,24}$")
 _POSTCODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 -]{1,10}$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_KEY = json.JSONEncoder(sort_keys=True)     # json.dumps(d, sort_keys=True), without an encoder made per call
 
 
 def _plain(value: str, field: str) -> str:
-    """One line of visible characters: no controls, no format characters (bidi, zero-width)."""
+    """One line of visible characters: no controls, no format characters (bidi, zero-width).
+
+    Printable ASCII (most values) has none of them, and is told so without asking each character's
+    category (the seller checks every order's form; docs/performance.md)."""
+    if value.isascii() and value.isprintable():
+        return " ".join(value.split())
     for ch in value:
         cat = unicodedata.category(ch)
         if cat[0] == "C" or cat in ("Zl", "Zp"):
@@ -130,7 +136,7 @@ class FormSpec:
         if not isinstance(d, Mapping) or not isinstance(d.get("fields", []), list):
             raise FormError("form", "a form spec is {name, fields: [...]}")
         try:
-            key = json.dumps(d, sort_keys=True)
+            key = _KEY.encode(d)
         except (TypeError, ValueError):
             return FormSpec._parse(d)
         return FormSpec._parsed(key)

@@ -40,6 +40,9 @@ MAX_ROUNDS = 16
 
 
 NO_REQUIREMENTS = Requirements()      # the default: any module the two sides share
+#: a step's key, the text a repeated message is known by (stored with the session: its form must not change):
+#: ``json.dumps(body, sort_keys=True, separators=(",", ":"))``, with one encoder, not one made per call
+_STEP_KEY = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 M = TypeVar("M")
 
@@ -223,7 +226,7 @@ class PaymentManager:
         last step or not at all (docs/performance.md). ``settled`` says whether it was."""
         env = read(envelope, Envelope, "the payment message")
         pid, name, body = env.payment_id, env.module, env.body
-        key = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        key = _STEP_KEY.encode(body)
         if not getattr(self.sessions, "transactional", False):
             settle = None
         with self._step_lock(pid):
@@ -264,13 +267,22 @@ class PaymentManager:
             raise ProtocolError(f"the payment message is for payment {pid}, not {terms.payment_id}")
         if not self.starts_early(envelope):
             raise ProtocolError(f"a {name} payment cannot start before its terms are set")
-        key = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        key = _STEP_KEY.encode(body)
         with self._step_lock(pid):
             st = PayeeState(terms, dict(route or {}))
             reply, saved, record, settled = self._step(st, None, name, body, key, settle, create=True)
         if not saved:
             return None
         return Handled(None if reply is None else {"payment_id": pid, "module": name, "body": reply}, record, settled)
+
+    def _accepts(self, terms: Terms, name: str) -> None:
+        """``check_choice(terms, self.offer(), name)``: asked of the named module alone when its acceptance
+        takes the payment (each first step asked every module's and sorted them, for one answer); anything
+        else (it accepts none, not this currency) is asked of the whole offer as before, which refuses."""
+        module = self.modules.get(name)
+        acc = module.acceptance() if module is not None else None
+        if acc is None or acc.module != name or terms.currency not in acc.currencies:
+            check_choice(terms, self.offer(), name)
 
     @staticmethod
     def _new_flow(module: PaymentModule, st: PayeeState, name: str) -> Flow:
@@ -289,7 +301,7 @@ class PaymentManager:
         terms = st.terms
         fresh = st.module is None
         if fresh:
-            check_choice(terms, self.offer(), name)
+            self._accepts(terms, name)
             module = self.module(name)
             st.module = name
             flow = self._new_flow(module, st, name)

@@ -51,7 +51,8 @@ def digest(obj: Any) -> bytes:
 
 
 def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+    """``base64.b64encode(data).decode()``, without its wrapper (a payment step writes several)."""
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def unb64(text: Any, what: str, limit: int = 1 << 20) -> bytes:

@@ -82,6 +82,16 @@ PAID = (Status.PAID, Status.CAPTURED, Status.AUTHORISED)
 #: refusal was recorded too), so without one a client grew a deal's row and the archive without end, one
 #: message at a time. The first few say why the payment failed; the payee's record (failed) stays either way.
 KEPT_REFUSALS = 4
+#: the offers a process remembers having signed, until their order comes (Shop._made_again): an order whose
+#: offer it no longer remembers (another worker's, or one of more offers than this made since) is checked in
+#: full, as before. Why 2048: an honest buyer orders within seconds of its offer; 23 MiB at most (an offer of
+#: 20 lines, the most a request asks, is 11.5 KiB remembered; docs/performance.md)
+MADE_OFFERS = 2048
+
+
+#: the kinds of goods each workflow sells (Shop._offer_terms)
+_SELLS = {"mail-order": frozenset({"physical", "information"}), "information": frozenset({"information"}),
+          "registration": frozenset({"registration"}), "contract": frozenset({"contract"})}
 
 
 class NoRoom(ServiceUnavailable):
@@ -159,6 +169,8 @@ class Shop:
         self.counters = {"offers": 0, "orders": 0, "payments": 0, "deliveries": 0, "signatures": 0}
         self._counter_lock = threading.Lock()
         self._acceptances: list[Any] | None = None
+        # the offers this process signed and nobody ordered yet, by deal id (Shop._made_again); under _counter_lock
+        self._made: OrderedDict[str, _MadeOffer] = OrderedDict()
         # called at named instants of a step, (instant, deal id): ``settling`` is inside the payment step's
         # transaction, the deal written and nothing committed yet; ``ordering`` the same inside the
         # transaction of an order that came with the payer's first message, ``ordered`` right after that
@@ -213,9 +225,7 @@ class Shop:
                 raise CommerceError(f"quantity of {sku} must be 1 to {item.max_quantity}")
             lines.append((item, qty))
         kinds = {i.kind for i, _ in lines}
-        expected = {"mail-order": {"physical", "information"}, "information": {"information"},
-                    "registration": {"registration"}, "contract": {"contract"}}[workflow] \
-            if workflow in ("mail-order", "information", "registration", "contract") else set()
+        expected = _SELLS.get(workflow, frozenset()) if isinstance(workflow, str) else frozenset()
         if not kinds <= expected:
             raise CommerceError(f"a {workflow} deal cannot sell {', '.join(sorted(kinds - expected))} goods")
         if workflow in ("information", "contract") and len(lines) != 1:
@@ -229,8 +239,8 @@ class Shop:
             modules = [m for m in modules if m in self.fair_modules]
         if anonymous:
             modules = [m for m in modules if self.payments.module(m).properties.anonymous]
-        forms = {form_for(i.kind, anonymous).name: form_for(i.kind, anonymous) for i, _ in lines}
-        form = next((f for n, f in forms.items() if n != "none"), form_for("none", anonymous))
+        form = next((f for f in (form_for(i.kind, anonymous) for i, _ in lines) if f.name != "none"),
+                    form_for("none", anonymous))    # the first line's that asks for one (one form per kind)
         return lines, attributes, modules, form
 
     def new_deal(self, workflow: str, items: Sequence[tuple[str, int]], nonce: str, anonymous: bool
@@ -248,12 +258,24 @@ class Shop:
         lines, attributes, modules, form = self._offer_terms(workflow, items, anonymous)
         psam = self.assign_psam() if self.assign_psam is not None else self.psam_id
         deal_id = new_deal_id()
+        body_until = dt.datetime.now(dt.UTC) + self.offer_validity
         body = docs.offer_body(deal_id=deal_id, nonce=nonce, workflow=workflow, lines=lines, payment=modules,
                                seller_account=self.account, psam=psam, attributes=attributes, form=form,
-                               valid_until=dt.datetime.now(dt.UTC) + self.offer_validity)
+                               valid_until=body_until)
         der = self._sign(body)
         self._count("offers")
+        if self.identity.signer.certificate() == self._certificate_der:     # (what _offered checks the bytes name)
+            self._remember_offer(deal_id, _MadeOffer(der, body, valid_until=_to_the_second(body_until),
+                                                     lines=lines, attributes=attributes,
+                                                     modules=modules, form=form, account=self.account))
         return deal_id, der, self.store.offer_tag(der)
+
+    def _remember_offer(self, deal_id: str, made: _MadeOffer) -> None:
+        """Keep an offer this process just signed, for :meth:`_offered` (bounded: the oldest go first)."""
+        with self._counter_lock:
+            self._made[deal_id] = made
+            while len(self._made) > MADE_OFFERS:
+                self._made.popitem(last=False)
 
     def _room_for_a_deal(self) -> None:
         """ServiceUnavailable when the shop holds :data:`MAX_OPEN_DEALS` open deals (ordered, not finished,
@@ -387,11 +409,23 @@ class Shop:
         shop's offers are; and its body is what this shop offers for its items today (catalogue, prices,
         modules, form, attributes, one of its PSAMs), so that even whoever learnt the offer key from a
         copy of the database can make no offer the shop would not make itself. CommerceError (400) says
-        which failed; no offer at all is :class:`NoSuchDeal` (404), as for an unknown deal before."""
+        which failed; no offer at all is :class:`NoSuchDeal` (404), as for an unknown deal before. The
+        bytes of an offer this process signed and still remembers are not read again: only what may have
+        changed since it signed them is checked (:meth:`_made_again`), with the same outcome."""
         if offer is None:
             raise NoSuchDeal("no such deal here (send the signed offer and its tag with the order)")
         if not self.store.offer_tag_ok(offer, tag):
             raise OfferNotOurs("the offer was not made by this shop, or was altered: its tag does not verify")
+        with self._counter_lock:
+            made = self._made.get(deal_id)
+            if made is not None and made.der == offer:
+                del self._made[deal_id]             # taken once: an order sent again finds its deal written
+            else:
+                made = None
+        if made is not None:
+            sd = self._made_again(deal_id, made)
+            if sd is not None:
+                return sd
         # the bytes are this shop's own (the tag): their parts are read, their signature is not verified again;
         # but whoever learnt the key from a copy of the database must not have the shop archive, as its own
         # offer, a statement that names another signer
@@ -431,6 +465,32 @@ class Shop:
                                 "modules changed); ask for a new one")
         deal = Deal(deal_id, str(body["workflow"]), attributes, self.archive)
         return ShopDeal(deal, body, bytes(offer), docs.sha256_hex(offer), lines, body["psam"])
+
+    def _made_again(self, deal_id: str, made: _MadeOffer) -> ShopDeal | None:
+        """:meth:`_offered` for exactly the bytes of an offer this process signed (:meth:`new_deal`), without
+        reading them again: the deal, when the offer is valid now and this shop would make the same offer
+        today; else None, and :meth:`_offered` reads and checks the bytes as it does any offer's (and
+        refuses with the same words). Why it may skip the reading: the bytes are the statement this process
+        made of ``made.body``, naming this shop's certificate; only this process's memory holds ``made``, so
+        whoever learnt the offer key from a copy of the database cannot have an offer taken here that the
+        shop would not make. What may have changed since is checked again: the clock (expiry, and a
+        validity no longer than this shop's offers now have), and the terms, made again from the
+        catalogue and the shop's rules as they are now (:meth:`_offer_terms`, the account, the PSAMs) and
+        compared with those the offer was made of (its body is a pure function of them, ``offer_body``)."""
+        body = made.body
+        now = dt.datetime.now(dt.UTC)
+        if made.valid_until < now or made.valid_until > now + self.offer_validity + docs.CLOCK_SKEW:
+            return None
+        try:
+            items = [(i["sku"], i["quantity"]) for i in body["items"]]
+            lines, attributes, modules, form = self._offer_terms(body["workflow"], items, made.attributes.anonymous)
+        except (CommerceError, KeyError, TypeError, ValueError):
+            return None
+        if lines != made.lines or attributes != made.attributes or modules != made.modules or form != made.form \
+                or self.account != made.account or body["psam"] not in self.psam_ids:
+            return None
+        deal = Deal(deal_id, body["workflow"], attributes, self.archive)
+        return ShopDeal(deal, body, made.der, docs.sha256_hex(made.der), lines, body["psam"])
 
     def find(self, deal_id: Any, *, fresh: bool) -> ShopDeal | None:
         """The deal as committed, or None (no such deal, or not a deal id). ``fresh``: as the database
@@ -973,6 +1033,25 @@ class Shop:
             sd.exchange = {**(sd.exchange or {}), "state": "done", "status": status, "reason": reason, "xid": xid}
             if self.store.save(sd):
                 return
+
+
+@dataclass(frozen=True)
+class _MadeOffer:
+    """An offer this process signed (:meth:`Shop.new_deal`): its bytes, its body, and the terms it was made of."""
+
+    der: bytes
+    body: dict[str, Any]
+    valid_until: dt.datetime            # as its body says it (to the second)
+    lines: list[tuple[CatalogueItem, int]]
+    attributes: DealAttributes
+    modules: list[str]
+    form: FormSpec
+    account: str
+
+
+def _to_the_second(when: dt.datetime) -> dt.datetime:
+    """``when`` as an offer's body says it (``documents.rfc3339``, read back by ``documents.parse_time``)."""
+    return when.astimezone(dt.UTC).replace(microsecond=0)
 
 
 def _offer_ends(offer: Mapping[str, Any]) -> dt.datetime:

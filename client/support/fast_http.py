@@ -195,9 +195,10 @@ class FastServer:
             c.abort()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Head:
-    """A parsed request head whose body may still be on its way."""
+    """A parsed request head whose body may still be on its way (not changed once made; not frozen, whose
+    ``__init__`` cost a sixth of the head's parsing)."""
 
     handler: Handler
     method: str
