@@ -74,6 +74,23 @@ def _card_debited(shop: Shop, bob: Any, purse: Any) -> tuple[str, dict[str, Any]
     return deal_id, proof, terms.amount
 
 
+def _psam_failing(payments: PaymentManager, monkeypatch: pytest.MonkeyPatch, error: Exception
+                  ) -> tuple[Any, Any, list[int], list[float]]:
+    """The PSAM's desk answering every proof with ``error``: (the desk, its real ``complete_debit``, one entry
+    per proof the PSAM was asked, the payee's wall clock as a settable one-element list)."""
+    desk = payments.module("card-purse").desk()
+    take = desk.complete_debit
+    asked: list[int] = []
+    now = [1_000_000.0]
+    monkeypatch.setattr(purse_module, "wall_clock", lambda: now[0])
+
+    def failing(*a: Any, **kw: Any) -> Any:
+        asked.append(1)
+        raise error
+    monkeypatch.setattr(desk, "complete_debit", failing)
+    return desk, take, asked, now
+
+
 def _row(shop: Shop, deal_id: str) -> Any:
     sd = shop.find(deal_id, fresh=True)
     assert sd is not None
@@ -134,16 +151,7 @@ def test_a_card_that_paid_gets_its_goods_however_often_its_proof_was_refused(
         monkeypatch: pytest.MonkeyPatch) -> None:
     shop, payments = card_shop
     deal_id, proof, amount = _card_debited(shop, pki["bob"], purse)
-    desk = payments.module("card-purse").desk()
-    take = desk.complete_debit
-    asked: list[int] = []
-    now = [1_000_000.0]
-    monkeypatch.setattr(purse_module, "wall_clock", lambda: now[0])
-
-    def reader_failing(*a: Any, **kw: Any) -> Any:
-        asked.append(1)
-        raise hw.ReaderError("the PSAM's reader did not answer")
-    monkeypatch.setattr(desk, "complete_debit", reader_failing)
+    desk, take, asked, now = _psam_failing(payments, monkeypatch, hw.ReaderError("the PSAM's reader did not answer"))
     for _ in range(MAX_ROUNDS):                 # the buyer's client sends its proof again after each refusal
         with pytest.raises(CommerceError) as refused:
             shop.pay_and_deliver(deal_id, proof)
@@ -187,16 +195,8 @@ def test_a_proof_past_max_rounds_reaches_the_psam_at_most_once_in_a_while(
     in LATE_PROOF_EVERY_S, and still taken when the PSAM answers."""
     shop, payments = card_shop
     deal_id, proof, _amount = _card_debited(shop, pki["bob"], purse)
-    desk = payments.module("card-purse").desk()
-    take = desk.complete_debit
-    asked: list[int] = []
-    now = [1_000_000.0]
-    monkeypatch.setattr(purse_module, "wall_clock", lambda: now[0])
-
-    def evicted(*a: Any, **kw: Any) -> Any:
-        asked.append(1)
-        raise hw.ReplayError("no open request for this proof (evicted)")
-    monkeypatch.setattr(desk, "complete_debit", evicted)
+    desk, take, asked, now = _psam_failing(payments, monkeypatch, hw.ReplayError("no open request for this proof "
+                                                                                 "(evicted)"))
     for _ in range(MAX_ROUNDS - 1):                  # the hello was round 1
         with pytest.raises(CommerceError):
             shop.pay_and_deliver(deal_id, proof)
