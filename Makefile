@@ -2,10 +2,7 @@
 # Both install what is missing (Debian packages, then a .venv with the project), then run.
 
 SHELL := /bin/bash
-# Debian's own python3 when there is one: its interpreter is linked statically and built with profile-guided
-# optimisation, and the seller's CPU per purchase is about 12 % lower on it than on a plain shared-library build
-# of 3.11 (docs/performance.md, "The interpreter"); else whatever python3 is first on PATH
-PY ?= $(firstword $(wildcard /usr/bin/python3) python3)
+PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 DEB_PACKAGES := python3 python3-venv python3-dev pcscd vsmartcard-vpcd softhsm2 opensc pcsc-tools swig libpcsclite-dev tmux \
