@@ -219,3 +219,46 @@ def test_a_proof_past_max_rounds_reaches_the_psam_at_most_once_in_a_while(
     done = shop.pay_and_deliver(deal_id, proof)
     assert done["envelope"]["body"]["kind"] == "receipt" and done["confirmation"] and done["delivery"]
     assert _row(shop, deal_id).paid
+
+
+@storages()
+def test_workers_clocks_apart_do_not_open_the_late_proof_gate(
+        card_shop: tuple[Shop, PaymentManager], pki: dict[str, Any], purse: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of 2026-12-07: a clock behind the last try's counted as "long ago", so copies of the proof sent in
+    turn to two workers whose clocks were 20 s apart all reached the PSAM. Now a clock up to MAX_CLOCK_SKEW_S
+    behind counts as within the gate."""
+    shop, payments = card_shop
+    deal_id, proof, _amount = _card_debited(shop, pki["bob"], purse)
+    _desk, _take, asked, now = _psam_failing(payments, monkeypatch, hw.ReplayError("no open request (evicted)"))
+    for _ in range(MAX_ROUNDS - 1):
+        with pytest.raises(CommerceError):
+            shop.pay_and_deliver(deal_id, proof)
+    before = len(asked)
+    clocks = [now[0], now[0] - 20.0]                 # worker A, and worker B whose clock is 20 s behind
+    for i in range(40):                              # copies sent to A and B in turn, within 4 s
+        monkeypatch.setattr(purse_module, "wall_clock", lambda c=clocks[i % 2] + i * 0.1: c)
+        with pytest.raises(CommerceError):
+            shop.pay_and_deliver(deal_id, proof)
+    assert len(asked) - before == 1
+
+
+@storages()
+def test_a_psam_failing_while_its_batches_are_read_keeps_the_late_proof_gate_shut(
+        card_shop: tuple[Shop, PaymentManager], pki: dict[str, Any], purse: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of 2026-12-07: a hardware error while the PSAM's batches were read for an evicted request was no
+    PaymentError, so neither the round nor the gate's time was saved, and every copy read the batches again."""
+    shop, payments = card_shop
+    deal_id, proof, _amount = _card_debited(shop, pki["bob"], purse)
+    desk, _take, _asked, _now = _psam_failing(payments, monkeypatch, hw.ReplayError("no open request (evicted)"))
+    searched: list[int] = []
+
+    def find_proof(record: bytes) -> Any:
+        searched.append(1)
+        raise hw.ReaderError("the PSAM's reader did not answer")
+    monkeypatch.setattr(desk, "find_proof", find_proof)
+    for _ in range(5 * MAX_ROUNDS):                  # within one second: past MAX_ROUNDS, one try gets through
+        with pytest.raises(CommerceError):
+            shop.pay_and_deliver(deal_id, proof)
+    assert len(searched) == MAX_ROUNDS

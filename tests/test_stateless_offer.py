@@ -552,3 +552,19 @@ def test_the_offers_a_process_remembers_are_bounded(open_shop: Callable[..., Sho
     assert list(shop._made) == [m[0] for m in made[2:]]
     deal_id, der, tag = made[0]
     assert shop.order(deal_id, _anonymous_order(_parsed(shop, der)), None, der, tag)["next"] == "payment"
+
+
+def test_large_offers_are_not_remembered(open_shop: Callable[..., Shop]) -> None:
+    """Review of 2026-12-07: an entry holds the offer's DER and body, which copy the catalogue's texts, and offers
+    cost no authentication; with a long text in the catalogue 2048 entries were half a GiB per worker. An offer
+    over MADE_OFFER_BYTES is not remembered, and its order is taken from its bytes read again."""
+    from semper.client.servers import shop as shop_module
+    shop = open_shop()
+    teapot = shop.catalogue.items["teapot"]
+    shop.catalogue.items["teapot"] = dataclasses.replace(teapot, description="A teapot. " * 1000)   # ~10 KB
+    deal_id, der, tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    assert len(der) > shop_module.MADE_OFFER_BYTES and deal_id not in shop._made
+    assert shop.order(deal_id, _anonymous_order(_parsed(shop, der)), None, der, tag)["next"] == "payment"
+    shop.catalogue.items["teapot"] = teapot
+    small_id, _der, _tag = shop.new_deal("mail-order", [("teapot", 1)], NONCE, True)
+    assert small_id in shop._made

@@ -241,3 +241,40 @@ def test_statement_made_by_openssl_verifies_in_semper(pki: Pki, tmp_path: Path) 
     assert r.returncode == 0, r.stderr
     v = verify_statement((tmp_path / "st.der").read_bytes(), TrustStore([pki.root], [pki.crl()]))
     assert v.body == {"type": "offer", "deal": "d-7", "price": 12} and v.signer_name == "CN=openssl signer"
+
+
+def _padded_certificate(size: int, name: str) -> x509.Certificate:
+    """A self-made certificate carrying ``size`` bytes in a non-critical extension of no meaning."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID, ObjectIdentifier
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.99999.1"),
+                                                      b"\x04\x00" + b"x" * size), critical=False)
+            .sign(key, hashes.SHA256()))
+
+
+def test_large_certificates_are_checked_and_not_kept(signer: PivSigner, pki: Pki) -> None:
+    """Review of 2026-12-07: the wording of a *refused* certificate was memoised with the certificate (512 of
+    them; 16 MiB each at the third party: 8 GiB), and a chain with every certificate the statement carried (a
+    valid signer could pad its own statements). Certificates over small_cache.MAX_BYTES are refused or chained
+    as before and kept by neither memo; certificates of a real size still are."""
+    from semper.client.support import trust
+    store = TrustStore([pki.root], [pki.crl()])
+    trust._described.cache_clear()
+    big = _padded_certificate(64 * 1024, "mallory")
+    for _ in range(2):
+        with pytest.raises(UntrustedSigner, match="mallory"):
+            store.chain(big, [], dt.datetime.now(dt.UTC))
+    assert trust._described.cache_info().currsize == 0
+    mine = x509.load_der_x509_certificate(signer.certificate())
+    padding = [_padded_certificate(64 * 1024, f"filler {i}") for i in range(2)]
+    assert store.chain(mine, padding, dt.datetime.now(dt.UTC))[0] == mine
+    assert store._chains == {}
+    assert store.chain(mine, [], dt.datetime.now(dt.UTC))[0] == mine          # a real one is remembered
+    assert len(store._chains) == 1
+    assert trust.describe(mine) and trust._described.cache_info().currsize == 1

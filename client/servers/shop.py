@@ -84,9 +84,12 @@ PAID = (Status.PAID, Status.CAPTURED, Status.AUTHORISED)
 KEPT_REFUSALS = 4
 #: the offers a process remembers having signed, until their order comes (Shop._made_again): an order whose
 #: offer it no longer remembers (another worker's, or one of more offers than this made since) is checked in
-#: full, as before. Why 2048: an honest buyer orders within seconds of its offer; 23 MiB at most (an offer of
-#: 20 lines, the most a request asks, is 11.5 KiB remembered; docs/performance.md)
+#: full, as before. Why 2048: an honest buyer orders within seconds of its offer. An offer over
+#: MADE_OFFER_BYTES is not remembered: offers cost no authentication, and an entry holds the offer's DER and
+#: body, which copy the catalogue's texts (a 256 KiB contract made 519 MiB per worker; review of 2026-12-07).
+#: So at most about 2048 × 8 KiB × 3 (DER, body, terms), 48 MiB; the demo's 20-line offer is 3.8 KiB of DER
 MADE_OFFERS = 2048
+MADE_OFFER_BYTES = 8 * 1024
 
 
 #: the kinds of goods each workflow sells (Shop._offer_terms)
@@ -264,7 +267,8 @@ class Shop:
                                valid_until=body_until)
         der = self._sign(body)
         self._count("offers")
-        if self.identity.signer.certificate() == self._certificate_der:     # (what _offered checks the bytes name)
+        if len(der) <= MADE_OFFER_BYTES and self.identity.signer.certificate() == self._certificate_der:
+            # (the signer: what _offered checks the bytes name)
             self._remember_offer(deal_id, _MadeOffer(der, body, valid_until=_to_the_second(body_until),
                                                      lines=lines, attributes=attributes,
                                                      modules=modules, form=form, account=self.account))

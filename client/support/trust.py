@@ -39,6 +39,7 @@ from .cms import (
     UntrustedSigner,
     WrongKeyUsage,
 )
+from .small_cache import MAX_BYTES
 
 __all__ = [
     "BadSignature",
@@ -73,11 +74,21 @@ class Usage(enum.Enum):
     TIMESTAMPING = "time-stamping"
 
 
-@functools.lru_cache(maxsize=512)
 def describe(cert: x509.Certificate) -> str:
     """How a person recognises a certificate: its subject and serial number (worded once per
-    certificate: the same few signers are described in every verification's notes)."""
+    certificate: the same few signers are described in every verification's notes). A certificate over
+    ``small_cache.MAX_BYTES`` is worded each time and not kept: refused certificates are described too, and
+    512 kept certificates of 16 MiB (the third party's request limit) were 8 GiB (review of 2026-12-07)."""
+    if len(cert.tbs_certificate_bytes) <= MAX_BYTES:
+        return _described(cert)
+    return _wording(cert)
+
+
+def _wording(cert: x509.Certificate) -> str:
     return f"'{cert.subject.rfc4514_string()}' (serial {cert.serial_number:X})"
+
+
+_described = functools.lru_cache(maxsize=512)(_wording)
 
 
 def as_utc(when: dt.datetime) -> dt.datetime:
@@ -178,10 +189,14 @@ class TrustStore:
         if known is not None and all(c.not_valid_before_utc <= at <= c.not_valid_after_utc for c in known):
             return list(known)
         chain = self._build_chain(cert, untrusted, at)
-        with self._chains_lock:
-            if len(self._chains) >= CHAIN_CACHE:
-                self._chains.pop(next(iter(self._chains)))
-            self._chains[key] = chain
+        # remembered only for certificates of a real size: the statement's sender chose ``untrusted`` (a valid
+        # signer could pad its statements with megabytes of extra certificates, kept per entry; review of
+        # 2026-12-07)
+        if sum(len(c.tbs_certificate_bytes) for c in (cert, *untrusted)) <= MAX_BYTES:
+            with self._chains_lock:
+                if len(self._chains) >= CHAIN_CACHE:
+                    self._chains.pop(next(iter(self._chains)))
+                self._chains[key] = chain
         return list(chain)
 
     def _build_chain(self, cert: x509.Certificate, untrusted: Sequence[x509.Certificate], at: dt.datetime

@@ -483,6 +483,10 @@ def recover_debit(purse: Any, request: DebitRecord) -> Signed | None:
 #: may call the acquirer: one debit's proof sent in a loop kept the PSAM busy without end (review of
 #: 2026-12-07, finding 2). An honest client that retries after this long is answered.
 LATE_PROOF_EVERY_S = 10.0
+#: how far behind the last try's time a worker's clock may be and still count as "within LATE_PROOF_EVERY_S":
+#: workers whose clocks differ by more than the gate let every copy through otherwise, alternately (review of
+#: 2026-12-07); a clock further back than this is taken as reset, and the proof tried
+MAX_CLOCK_SKEW_S = 300.0
 wall_clock = time.time          # seconds; the tries' times go into the flow's snapshot, read by any worker
 
 
@@ -568,7 +572,13 @@ class PayeeFlow:
             try:
                 batch, index, _ = desk.complete_debit(self.terms.payment_id, self.card_cert, proof)
             except hw.ReplayError as e:
-                batch, index = self._evicted(desk, proof, e)
+                try:
+                    batch, index = self._evicted(desk, proof, e)
+                except hw.HardwareError as e2:
+                    # the PSAM failed while its batches were read: a refusal like the one below, so the payment
+                    # manager counts the round and saves the flow (its late_try with it; review of 2026-12-07)
+                    raise PaymentRefused(f"the PSAM could not look the card's proof up "
+                                         f"({_card_error(e2, 'complete')})", "bad_proof") from None
             except hw.HardwareError as e:
                 raise PaymentRefused(f"the PSAM did not accept the card's proof ({_card_error(e, 'complete')})",
                                      "bad_proof") from None
@@ -596,7 +606,7 @@ class PayeeFlow:
         if not (self._answers(proof) and self._card_signed(proof)):
             return False
         now = wall_clock()
-        if 0 <= now - self.late_try < LATE_PROOF_EVERY_S:
+        if -MAX_CLOCK_SKEW_S <= now - self.late_try < LATE_PROOF_EVERY_S:
             return False
         self.late_try = now
         return True
