@@ -346,6 +346,27 @@ def _money(specs: list[BuyerSpec], results: list[dict[str, Any]], psam_reader: s
             "psam_received_cents": received, "conserved": spent == received == expected}
 
 
+def next_message(out: Any, workers: list[Any], timeout: float) -> dict[str, Any]:
+    """The next message of the buyer processes within ``timeout`` (queue.Empty after it), or RuntimeError at
+    once when one of them has died: a buyer process killed by a signal sends nothing, and the run used to wait
+    out the whole timeout (up to minutes) and then call it void without saying why (under yappi, Debian's
+    python3.11 segfaults in a buyer's thread: docs/performance.md, "The interpreter")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return dict(out.get(timeout=min(1.0, max(0.0, deadline - time.monotonic()))))
+        except queue.Empty:
+            dead = [w for w in workers if w.exitcode not in (None, 0)]
+            if dead:
+                code = dead[0].exitcode
+                how = (f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals()
+                       else f"exited with status {code}")
+                hint = " (a profiled run on this interpreter? try --no-profile)" if code < 0 else ""
+                raise RuntimeError(f"a buyer process {how}; the run is void{hint}") from None
+            if time.monotonic() >= deadline:
+                raise
+
+
 def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list[BuyerSpec], seconds: float,
          processes: int,
          warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None],
@@ -369,7 +390,7 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
     try:
         ready = 0
         while ready < processes:
-            msg = out.get(timeout=60 + 2.0 * len(specs))
+            msg = next_message(out, workers, 60 + 2.0 * len(specs))
             if "error" in msg:
                 raise RuntimeError(f"a buyer process could not start: {msg['error']}")
             ready += 1
@@ -396,7 +417,7 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
             time.sleep(max(0.0, plan["profile_end"] - time.time()))
             os.kill(shop_pid, signal.SIGUSR2)
         while len(results) < processes:
-            results.append(out.get(timeout=max(5.0, plan["stop_at"] - time.time() + 90)))
+            results.append(next_message(out, workers, max(5.0, plan["stop_at"] - time.time() + 90)))
     except queue.Empty:
         raise RuntimeError("the buyers did not get ready or stopped answering; the run is void") from None
     finally:

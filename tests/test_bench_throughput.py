@@ -82,3 +82,32 @@ def test_throughput_refuses_nonsense_sizes() -> None:
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "must be positive" in out.stderr
     assert not out.stdout.strip() or "purchases" not in json.loads(out.stdout)
+
+
+def test_a_buyer_process_that_dies_voids_the_run_at_once_and_says_how() -> None:
+    """A buyer process killed by a signal sends nothing: the run waited out its whole timeout (minutes) and then
+    said only that the buyers "stopped answering". Now it stops within about a second and names the signal."""
+    import multiprocessing as mp
+    import time
+
+    from semper.bench.throughput import next_message
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    dying = ctx.Process(target=os.abort)
+    dying.start()
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="killed by SIGABRT"):
+        next_message(out, [dying], timeout=60)
+    assert time.monotonic() - started < 15
+    dying.join(5)
+    alive = ctx.Process(target=time.sleep, args=(30,))
+    alive.start()
+    try:
+        out.put({"ready": True})
+        assert next_message(out, [alive], timeout=10) == {"ready": True}
+        with pytest.raises(Exception) as waited:              # nothing more comes: the timeout, as before
+            next_message(out, [alive], timeout=1.5)
+        assert type(waited.value).__name__ == "Empty"
+    finally:
+        alive.kill()
+        alive.join(5)
