@@ -93,13 +93,19 @@ def test_a_buyer_process_that_dies_voids_the_run_at_once_and_says_how() -> None:
     from semper.bench.throughput import next_message
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    dying = ctx.Process(target=os.abort)
-    dying.start()
+    killed = ctx.Process(target=time.sleep, args=(60,))      # killed by a signal (SIGKILL: no core file)
+    killed.start()
+    killed.kill()
     started = time.monotonic()
-    with pytest.raises(RuntimeError, match="killed by SIGABRT"):
-        next_message(out, [dying], timeout=60)
+    with pytest.raises(RuntimeError, match="killed by SIGKILL"):
+        next_message(out, [killed], timeout=60)
     assert time.monotonic() - started < 15
-    dying.join(5)
+    failed = ctx.Process(target=os._exit, args=(3,))
+    failed.start()
+    with pytest.raises(RuntimeError, match="exited with status 3"):
+        next_message(out, [failed], timeout=60)
+    for p in (killed, failed):
+        p.join(5)
     alive = ctx.Process(target=time.sleep, args=(30,))
     alive.start()
     try:
