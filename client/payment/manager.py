@@ -278,11 +278,13 @@ class PaymentManager:
     def _accepts(self, terms: Terms, name: str) -> None:
         """``check_choice(terms, self.offer(), name)``: asked of the named module alone when its acceptance
         takes the payment (each first step asked every module's and sorted them, for one answer); anything
-        else (it accepts none, not this currency) is asked of the whole offer as before, which refuses."""
+        else (it accepts none, not this currency) is asked of the whole offer as before."""
         module = self.modules.get(name)
         acc = module.acceptance() if module is not None else None
-        if acc is None or acc.module != name or terms.currency not in acc.currencies:
-            check_choice(terms, self.offer(), name)
+        try:
+            check_choice(terms, [acc] if acc is not None else [], name)
+        except NegotiationError:
+            check_choice(terms, self.offer(), name)         # else the whole offer decides, as before
 
     @staticmethod
     def _new_flow(module: PaymentModule, st: PayeeState, name: str) -> Flow:

@@ -918,8 +918,8 @@ class Shop:
         who had paid, and the next try signed a second one (finding D, review of 2026-12-07)."""
         if self.store.save(sd):
             return sd
-        over = self.store.db.run(lambda tx: self.store.save_paid_over_in(tx, sd))
-        if over is not None and self.store.saved(over, True):
+        over = self.store.save_paid_over(sd)
+        if over is not None:
             return over
         return self._deal(sd.deal.deal_id, fresh=True)
 

@@ -465,6 +465,11 @@ class DealStore:
             self._within_cap(tx, sd)
         return True
 
+    def save_paid_over(self, sd: ShopDeal) -> ShopDeal | None:
+        """:meth:`save_paid_over_in` in a transaction of its own, remembered as written (:meth:`saved`)."""
+        over = self.db.run(lambda tx: self.save_paid_over_in(tx, sd))
+        return over if over is not None and self.saved(over, True) else None
+
     def save_paid_over_in(self, tx: Transaction, sd: ShopDeal, since: int | None = None) -> ShopDeal | None:
         """The deal ``sd`` made paid (its confirmation and delivery note signed and archived) by a payment,
         written in ``tx`` (the payment step's, or one of its own after the step) over the row as it is

@@ -151,9 +151,9 @@ class PurseModule(BaseModule):
     def unadmit(self, payment_id: str, body: dict[str, Any]) -> None:
         """The room :meth:`admit` took for a hello refused before this module's step ran, given back (at
         whichever PSAM holds it; a payment with a debit begun keeps its room)."""
-        pool = self.psams if body.get("kind") == "hello" else None
-        for desk in (pool.desks.values() if pool is not None else ()):
-            desk.unadmit(payment_id)
+        if body.get("kind") == "hello" and self.psams is not None:
+            for desk in self.psams.desks.values():
+                desk.unadmit(payment_id)
 
     # ---- instruments -------------------------------------------------------------------------
     def instruments(self) -> list[Instrument]:
