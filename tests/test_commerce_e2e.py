@@ -472,12 +472,14 @@ def _loop_steps(m: Market) -> Any:
     return apps[-1][LOOP_STEPS]
 
 
-def test_after_a_slow_card_step_the_next_ones_wait_in_the_pool(market: Market,
+def test_after_slow_card_steps_the_next_ones_wait_in_the_pool(market: Market,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A card step on the event loop holds every request of the shop while it waits (a PSAM on a real
-    smartcard takes tens of milliseconds a command, a restarting PSAM device seconds). After one step
-    took longer than the budget, the next ones run in the pool, where only their thread waits; once the
-    pause is over a step is tried on the loop again (found by the adversarial review of 2026-12-07)."""
+    smartcard takes tens of milliseconds a command, a restarting PSAM device seconds). One slow step now
+    and then stays on the loop; once slow steps have held it for the allowance, the next ones run in the
+    pool, where only their thread waits; once the pause is over a step is tried on the loop again (found
+    by the adversarial review of 2026-12-07; the allowance by the bench of 2026-12-07, where one 56 ms
+    step sent about half of a 10 s window's steps to the pool)."""
     import asyncio
     import time as time_m
 
@@ -489,7 +491,7 @@ def test_after_a_slow_card_step_the_next_ones_wait_in_the_pool(market: Market,
     monkeypatch.setattr(steps, "_clock", lambda: now[0])
     monkeypatch.setattr(steps, "_pool_until", float("-inf"))
     real = m.shop.pay_and_deliver
-    slow = [True]
+    delays = [shop_http.LOOP_STEP_BUDGET * 1.2, shop_http.SLOW_ALLOWANCE]   # a hiccup; then a slow PSAM
 
     def pay_and_deliver(deal_id: str, envelope: Any) -> Any:
         try:
@@ -497,17 +499,16 @@ def test_after_a_slow_card_step_the_next_ones_wait_in_the_pool(market: Market,
             seen.append(True)
         except RuntimeError:
             seen.append(False)
-        if slow[0]:
-            slow[0] = False
-            time_m.sleep(shop_http.LOOP_STEP_BUDGET * 2)           # a slow PSAM, once
+        if delays:
+            time_m.sleep(delays.pop(0))
         return real(deal_id, envelope)
     monkeypatch.setattr(m.shop, "pay_and_deliver", pay_and_deliver)
     _pay_with(m, "card-purse")
-    for _ in range(2):
+    for _ in range(3):
         r = workflows.mail_order(m.buyer, [("tea-sampler", 1)], form=ADDRESS)
         assert r.status is OutcomeStatus.SATISFIED, r.summary
-    assert seen == [True, False], seen          # slow on the loop; the next one in the pool
+    assert seen == [True, True, False], seen    # the hiccup stayed on the loop; the allowance spent; the pool
     now[0] += shop_http.POOL_AT_LEAST + 1       # the pause is over
     r = workflows.mail_order(m.buyer, [("tea-sampler", 1)], form=ADDRESS)
-    assert r.status is OutcomeStatus.SATISFIED and seen == [True, False, True], seen
+    assert r.status is OutcomeStatus.SATISFIED and seen == [True, True, False, True], seen
     m.clean()
