@@ -8,12 +8,21 @@ never mixes its figures with the timed ones.
 
 A process being profiled from outside (``python -m semper.bench.profiled_shop --profile FILE``) starts on SIGUSR1 and
 writes its summary to FILE on SIGUSR2, so the window is exactly the benchmark's.
+
+CPython 3.11.0 to 3.11.2 (Debian 12's ``python3.11`` is 3.11.2) crash under any profiler, yappi, cProfile or
+``sys.setprofile`` alike: a generator or coroutine resumed while a profile function is set keeps a stale
+stack top (CPython gh-101975, fixed in 3.11.3), so a garbage collection that runs before it next yields
+or returns visits stack slots it has already popped and freed, and the process dies with a segmentation
+fault (docs/performance.md, "The interpreter"). On such an interpreter :class:`CpuProfile` turns the
+automatic collector off from the window's start to the process's end and says so in its summary.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -72,14 +81,50 @@ def _short(full_name: str) -> str:
     return full_name
 
 
+def stale_stack_top_under_profiler() -> bool:
+    """Whether this interpreter has CPython's gh-101975: a generator resumed under a profile function keeps
+    its stack top from the resumption instead of marking it unknown, so the collector walks slots the
+    generator has since popped (freed objects: a segmentation fault). Fixed in 3.11.3; Debian 12 ships 3.11.2.
+
+    Probed, not read from the version number, so that a build with the fix backported is not held back: the
+    generator sends itself in, stores it in a local (popping it off the stack) and asks the collector what
+    it refers to. A running frame with a correct (unknown) stack top shows the collector nothing; a stale
+    one shows the popped slot, here still alive (the local holds it), so the probe itself is safe."""
+    def body() -> Any:
+        me = yield
+        yield me in gc.get_referents(me)
+
+    gen = body()
+    next(gen)
+    previous = sys.getprofile()
+    sys.setprofile(lambda *_: None)
+    try:
+        stale = bool(gen.send(gen))
+    finally:
+        sys.setprofile(previous)
+        gen.close()
+    return stale
+
+
+GC_HELD = ("the automatic garbage collector is off in this process from the profiled window's start to its end: "
+           "this interpreter keeps a stale stack top in generators resumed under a profiler (CPython gh-101975, "
+           "3.11.0-3.11.2, fixed in 3.11.3), and a collection then crashes the process; the collector's own "
+           "CPU is missing from this profile")
+
+
 class ProfilerMissing(SemperError):
     """yappi, the profiler, is an extra (``semper[bench]``)."""
 
 
 class CpuProfile:
-    """Profile every thread's CPU between :meth:`start` and :meth:`stop`."""
+    """Profile every thread's CPU between :meth:`start` and :meth:`stop`.
 
-    def __init__(self) -> None:
+    ``hold_gc``: whether the window turns the automatic collector off (default: when this interpreter has
+    gh-101975, :func:`stale_stack_top_under_profiler`). It stays off after :meth:`stop`, to the process's end:
+    a generator resumed during the window keeps its stale stack top until it next yields or returns, which
+    has no bound. The benchmarks' profiled processes end soon after their window."""
+
+    def __init__(self, hold_gc: bool | None = None) -> None:
         try:
             import yappi
         except ImportError:
@@ -87,11 +132,14 @@ class CpuProfile:
                                   "--no-profile") from None
         self._yappi = yappi
         self._lock = threading.Lock()
+        self.hold_gc = stale_stack_top_under_profiler() if hold_gc is None else hold_gc
 
     def start(self) -> None:
         with self._lock:
             self._yappi.stop()
             self._yappi.clear_stats()
+            if self.hold_gc:
+                gc.disable()             # before the profile function is set: no stale frame exists yet
             self._yappi.set_clock_type("cpu")
             self._yappi.start(builtins=False, profile_threads=True)
 
@@ -100,6 +148,7 @@ class CpuProfile:
             self._yappi.stop()
             out = summarise(self._yappi.get_func_stats(), top)
             self._yappi.clear_stats()
+            out["gc"] = GC_HELD if self.hold_gc else "on"
             return out
 
 

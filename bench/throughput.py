@@ -349,8 +349,8 @@ def _money(specs: list[BuyerSpec], results: list[dict[str, Any]], psam_reader: s
 def next_message(out: Any, workers: list[Any], timeout: float) -> dict[str, Any]:
     """The next message of the buyer processes within ``timeout`` (queue.Empty after it), or RuntimeError at
     once when one of them has died: a buyer process killed by a signal sends nothing, and the run used to wait
-    out the whole timeout (up to minutes) and then call it void without saying why (under yappi, Debian's
-    python3.11 segfaults in a buyer's thread: docs/performance.md, "The interpreter")."""
+    out the whole timeout (up to minutes) and then call it void without saying why (a profiled buyer on Debian's
+    python3.11 used to die of a segmentation fault so: docs/performance.md, "The interpreter")."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -491,7 +491,8 @@ def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: floa
             seller = {"error": "the seller wrote no profile"}
         report["profile"] = {"note": f"a separate {profile_seconds:.0f} s window under yappi (CPU clock, every "
                                      "thread): "
-                                     "profiling slows everything, so only the shares count",
+                                     "profiling slows everything, so only the shares count; each side's 'gc' "
+                                     "says whether its garbage collector ran (off on CPython 3.11.0-3.11.2)",
                              "seller": seller,
                              "buyers": [r["profile"] for r in results if r.get("profile")][:1]}
     return report
