@@ -86,12 +86,14 @@ _KEY = {"sqlite": "INTEGER", "postgresql": "BIGINT"}
 # DDL keeps the unique constraint on the entry hash, as every archive had before 2026-12-07 (the saving was
 # SQLite's, and a trigger there needs a procedural function).
 _UNIQUE = {"sqlite": "", "postgresql": " UNIQUE"}
-#: Refuses an entry not chained to the entry before it: its ``prev_hash`` must be the stored ``entry_hash`` at
-#: ``entry_index - 1`` (32 zero bytes for entry 1), so an insert with no entry before it, or one whose entry before
-#: it is another, is refused (``sqlite3.IntegrityError``; hex compared as ``verify`` reads it, in either case). A copy of entry *i* put at any other index *j* carries
-#: entry *i - 1*'s hash, and entry *j - 1*'s differs (a hash covers its index). One lookup of the entry before by the
-#: row key, whose page the appender has just read (the tail), and nothing written. In :func:`schema_sql` and made by
-#: :meth:`Archive.open` in archives that have neither it nor the unique index of archives made before.
+#: Refuses an entry not chained to the entry before it: its ``prev_hash`` must be the stored ``entry_hash``
+#: at ``entry_index - 1`` (32 zero bytes for entry 1; hex compared in either case, as ``verify`` reads it),
+#: so an insert with no entry before it, or one whose entry before it is another, is refused
+#: (``sqlite3.IntegrityError``). A copy of entry *i* put at any other index *j* carries entry *i - 1*'s
+#: hash, and entry *j - 1*'s differs (a hash covers its index). One lookup of the entry before by the row
+#: key, whose page the appender has just read (the tail), and nothing written. In :func:`schema_sql`, and
+#: made by :meth:`Archive.open` in archives that have neither it nor the unique index of archives made
+#: before.
 CHAINED_TRIGGER = f"""CREATE TRIGGER IF NOT EXISTS archive_entry_chained BEFORE INSERT ON archive_entry
 WHEN lower(NEW.prev_hash) IS NOT (CASE WHEN NEW.entry_index = 1 THEN '{bytes(32).hex()}'
      ELSE (SELECT lower(entry_hash) FROM archive_entry WHERE entry_index = NEW.entry_index - 1) END)
@@ -99,15 +101,18 @@ BEGIN SELECT RAISE(ABORT, 'archive entry not chained to the entry before it (cop
 
 
 def schema_sql(dialect: str = "sqlite") -> str:
-    """The archive's DDL; the dialects differ in the binary column type and the key's type name.
+    """The archive's DDL; the dialects differ in the binary column type, the key's type name, and what refuses
+    a copied entry (SQLite: :data:`CHAINED_TRIGGER`; PostgreSQL: a unique constraint on the entry hash).
 
     Since 2026-12-07 (new files only: an archive made before keeps its tables, and reads, appends and
-    verifies the same) an append writes one b-tree fewer twice over, a third of its pages
-    (docs/performance.md, "Cheaper rows and archive appends"): SQLite's entry index is the row key itself
-    (it was a BIGINT key beside the row id), and the entry hash has no unique index. That index was random
-    hex keys, so every append touched leaves of its own (2 to 6 pages a batch), and it refused nothing the
-    key does not: an entry's hash covers its index, and the key allows one entry per index (two equal hashes
-    at two indexes would be a SHA-256 collision). Nothing looks an entry up by its hash."""
+    verifies the same) a SQLite append writes one b-tree fewer twice over, a third of its pages
+    (docs/performance.md, "Cheaper rows and archive appends"): the entry index is the row key itself (it
+    was a BIGINT key beside the row id), and the entry hash has no unique index. That index was random hex
+    keys, so every append touched leaves of its own (2 to 6 pages a batch). It did refuse one thing the key
+    does not: a copy of an entry's row at another index (its hash is the original's, valid for the
+    original's index only), which ``verify`` finds but the insert took (review of 2026-12-07). The trigger
+    refuses that insert again and writes nothing: about 1.5 µs of CPU per entry, where the index cost
+    about 10 (docs/evidence.md, 4.1). Nothing looks an entry up by its hash."""
     return "".join(stmt + ";\n" for stmt in _schema_statements(dialect))
 
 
