@@ -19,7 +19,7 @@ from semper.client.commerce.deal import Deal, deal_attributes, new_deal_id
 from semper.client.payment.model import Record, Status, Terms
 from semper.client.payment.sessions import DatabaseSessions, PayeeState
 from semper.client.servers.shop_store import DealStore, ShopDeal
-from semper.client.support.archive import GENESIS, Archive, entry_hash, schema_sql
+from semper.client.support.archive import GENESIS, Archive, ArchiveError, entry_hash, schema_sql
 from semper.client.support.db import Database
 
 
@@ -160,28 +160,105 @@ def test_archived_entries_hash_as_the_chain_says_and_verify(tmp_path: Path) -> N
         archive.close()
 
 
-def test_an_archive_made_with_the_schema_before_still_appends_and_verifies(tmp_path: Path) -> None:
-    """An archive file made before 2026-12-07 (``BIGINT PRIMARY KEY``, a unique index on the entry hash) keeps
-    its tables; this semper appends to it and verifies it as before."""
-    path = tmp_path / "old.sqlite3"
-    old = schema_sql("sqlite").replace("entry_index INTEGER PRIMARY KEY", "entry_index BIGINT PRIMARY KEY")
-    old = old.replace("entry_hash  CHAR(64) NOT NULL\n", "entry_hash  CHAR(64) NOT NULL UNIQUE\n")
-    assert "BIGINT PRIMARY KEY" in old and "UNIQUE" in old
+def _archive_file(path: Path, schema: str) -> None:
+    """An archive file with the tables ``schema`` makes, as an older semper made them."""
     conn = sqlite3.connect(path)
-    conn.executescript(old)
+    conn.executescript(schema)
     conn.executemany("INSERT INTO archive_meta (name, value) VALUES (?, ?)",
                      [("format", "semper-evidence-archive/1"), ("archive_id", "0" * 8),
                       ("created_at", "2026-01-01T00:00:00.000000Z")])
     conn.commit()
     conn.close()
+
+
+#: the tables of new archives on 2026-12-07 before the chain's trigger (no unique index on the entry hash)
+_MORNING = schema_sql("sqlite").split("CREATE TRIGGER")[0]
+
+
+def _copy_at(conn: sqlite3.Connection, source: int, index: int) -> None:
+    """Copy entry ``source``'s row, as it is, to ``index`` (plain SQL, as anyone who can write the file)."""
+    conn.execute("INSERT INTO archive_entry (entry_index, prev_hash, deal_id, kind, created_at, content, entry_hash) "
+                 "SELECT ?, prev_hash, deal_id, kind, created_at, content, entry_hash FROM archive_entry "
+                 "WHERE entry_index = ?", (index, source))
+
+
+def _triggers(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
+    finally:
+        conn.close()
+
+
+def test_an_archive_made_with_the_schema_before_still_appends_and_verifies(tmp_path: Path) -> None:
+    """An archive file made before 2026-12-07 (``BIGINT PRIMARY KEY``, a unique index on the entry hash) keeps
+    its tables; this semper appends to it and verifies it as before, adds nothing to it (its appends cost
+    what they did), and its unique index still refuses a copied entry."""
+    path = tmp_path / "old.sqlite3"
+    old = _MORNING.replace("entry_index INTEGER PRIMARY KEY", "entry_index BIGINT PRIMARY KEY")
+    old = old.replace("entry_hash  CHAR(64) NOT NULL\n", "entry_hash  CHAR(64) NOT NULL UNIQUE\n")
+    assert "BIGINT PRIMARY KEY" in old and "UNIQUE" in old and "TRIGGER" not in old
+    _archive_file(path, old)
     with Archive.open(path) as archive:
         archive.append_many([("d1", "note", b"a", None), ("d2", "note", b"b", None)])
         archive.append("d1", "note", b"c")
         assert archive.verify().ok and [e.index for e in archive.entries()] == [1, 2, 3]
+    assert _triggers(path) == []
     conn = sqlite3.connect(path)
-    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    try:
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "sqlite_autoindex_archive_entry_2" in indexes                # its tables are as they were
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            _copy_at(conn, 2, 4)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("made", ["new", "morning"])
+def test_a_copied_entry_is_refused_when_it_is_inserted(tmp_path: Path, made: str) -> None:
+    """Review of 2026-12-07 (low): new archives (no unique index on the entry hash, to write one b-tree less
+    per append) took a copy of an entry's row at another index, which only ``verify`` then found; before, the
+    unique index refused the insert. The chain's trigger refuses it again, at insert time: an entry must
+    carry the stored hash of the entry before it. A copy at the next index, far beyond, at 0, or of the last
+    entry; an entry chained to nothing, or to the wrong entry. An archive made the morning of 2026-12-07,
+    without the trigger, gets it when opened. What is refused changes nothing: the archive still appends and
+    verifies."""
+    path = tmp_path / f"{made}.sqlite3"
+    if made == "morning":
+        _archive_file(path, _MORNING)
+        assert _triggers(path) == []
+    with Archive.open(path, create=True) as archive:
+        archive.append_many([("d1", "note", b"a", None), ("d2", "note", b"b", None), ("d1", "note", b"c", None)])
+        head = archive.entries()[-1]
+    conn = sqlite3.connect(path)
+    try:
+        for source, index in ((2, 4), (1, 4), (3, 4), (2, 100), (1, 0), (2, -5)):
+            with pytest.raises(sqlite3.IntegrityError, match="not chained"):
+                _copy_at(conn, source, index)
+        for prev in (GENESIS.hex(), "f" * 64, head.prev_hash.hex()):            # chained to nothing, or another
+            with pytest.raises(sqlite3.IntegrityError, match="not chained"):
+                conn.execute("INSERT INTO archive_entry (entry_index, prev_hash, deal_id, kind, created_at, "
+                             "content, entry_hash) VALUES (4, ?, 'd3', 'note', 'x', x'00', ?)", (prev, "1" * 64))
+        conn.commit()
+    finally:
+        conn.close()
+    assert _triggers(path) == ["archive_entry_chained"]
+    with Archive.open(path) as archive:
+        assert [e.index for e in archive.entries()] == [1, 2, 3]
+        archive.append("d2", "note", b"d")
+        report = archive.verify()
+        assert report.ok and report.entries == 4, report.problems
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE archive_entry SET entry_hash = upper(entry_hash) WHERE entry_index = 4")    # verify reads it
+    conn.commit()
     conn.close()
-    assert "sqlite_autoindex_archive_entry_2" in indexes                    # its tables are as they were
+    with Archive.open(path) as archive:
+        archive.append("d1", "note", b"e")
+        assert archive.verify().ok
+        # an appender whose tail is not the row stored is told so at once, not that the file stayed busy
+        archive._tail = lambda: (5, bytes(32))                                                  # type: ignore
+        with pytest.raises(ArchiveError, match="last entry is damaged"):
+            archive.append("d1", "note", b"f")
 
 
 def test_a_new_archive_keeps_one_index_per_entry_besides_its_key(tmp_path: Path) -> None:
@@ -199,7 +276,7 @@ def test_a_new_archive_keeps_one_index_per_entry_besides_its_key(tmp_path: Path)
         with pytest.raises(sqlite3.IntegrityError):
             conn.execute("INSERT INTO archive_entry (entry_index, prev_hash, deal_id, kind, created_at, content, "
                          "entry_hash) VALUES (1, ?, 'd2', 'note', 'x', x'00', ?)", ("0" * 64, "1" * 64))
-        with pytest.raises(sqlite3.IntegrityError):        # the key holds integers only, as BIGINT would
+        with pytest.raises(sqlite3.IntegrityError):        # integers only (the chain's trigger refuses it first)
             conn.execute("INSERT INTO archive_entry (entry_index, prev_hash, deal_id, kind, created_at, content, "
                          "entry_hash) VALUES ('two', ?, 'd2', 'note', 'x', x'00', ?)", ("0" * 64, "1" * 64))
     finally:

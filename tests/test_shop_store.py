@@ -159,3 +159,85 @@ def test_migration_4_counts_no_deal_written_before_it_and_its_index_serves_the_c
         assert "shop_deals_unpaid" in plan, plan
     finally:
         db.close()
+
+
+class _Recorded:
+    """An evidence archive that keeps what it is given: which decisions of a deal went to it."""
+
+    def __init__(self) -> None:
+        self.decisions: list[tuple[str, str, str]] = []
+
+    def append(self, deal_id: str, kind: str, content: bytes) -> None:
+        import json
+        if kind in ("decision", "decisions"):
+            found = json.loads(content)
+            for d in found if kind == "decisions" else [found]:
+                self.decisions.append((d["step"], d["verdict"], d["reason"]))
+
+    def append_statement(self, deal_id: str, der: bytes, *, statement_type: str | None = None) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+
+@storages()
+@pytest.mark.parametrize("since", [1, None], ids=["in-the-step", "after-the-step"])
+@pytest.mark.parametrize("other", ["unarchived", "refusal"])
+def test_a_paid_deal_written_over_the_row_counts_archived_only_what_was_archived(
+        storage: Storage, tmp_path: Path, since: int | None, other: str) -> None:
+    """``DealStore.save_paid_over_in`` (review of 2026-12-07, low): a payment step that closed its deal
+    (its decisions archived) writes the paid deal over a row another worker changed meanwhile. The row's
+    decisions the step never read count as archived only if the row says they are: one written unarchived
+    by the other worker (no writer makes one today; made here by hand) stays pending, and a later close
+    archives it. Before, the count was the row's decisions plus the step's archived ones: that decision was
+    counted archived and never reached the archive. A refusal (archived as it is made, as the shop's are)
+    still counts archived, and the step's decisions after it too: nothing is archived twice."""
+    from semper.client.commerce.deal import Decision
+    from semper.client.payment.model import Terms
+    db = Database(storage.url("shop", tmp_path))
+    try:
+        catalogue, archive = demo_catalogue(), _Recorded()
+        a, b = DealStore(db, catalogue, archive), DealStore(db, catalogue, archive)   # two workers, one archive
+        sd = _deal(catalogue)
+        deal_id = sd.deal.deal_id
+        sd.order, sd.order_bytes, sd.order_digest = {"deal": deal_id}, b"order", "o" * 64
+        sd.terms = Terms("pay-1", 100, 978, "A1", "a" * 64, "Teapot Shop")
+        sd.deal.decide("order", "satisfied", "signed")
+        assert a.insert(sd)
+
+        step = a.get(deal_id, fresh=True)                 # the payment step reads the deal
+        assert step is not None and len(step.deal.decisions) == 1 and step.deal._archived == 0
+        on_b = b.get(deal_id, fresh=True)                 # meanwhile another worker writes a decision
+        assert on_b is not None
+        if other == "unarchived":
+            on_b.deal.decisions.append(Decision("note", "satisfied", "b's, not archived yet"))
+        else:
+            on_b.deal.decide("payment", "refused", "b refused a junk message")     # archived at once
+        assert b.save(on_b)
+
+        step.paid = True
+        step.deal.decide("payment", "satisfied", "paid")
+        step.deal.decide("delivery", "satisfied", "delivered")
+        step.deal.close()                                 # as make_delivery: the step's decisions archived
+        assert not a.save(step)                           # b wrote the row since the step read it
+        if since is None:
+            over = a.save_paid_over(step)
+        else:
+            with db.transaction() as tx:
+                over = a.save_paid_over_in(tx, step, since)
+            assert over is not None and a.saved(over, True)
+        assert over is not None
+        row = a.get(deal_id, fresh=True)
+        assert row is not None and row.paid and row.deal.decisions == [*on_b.deal.decisions, *step.deal.decisions[1:]]
+        archived = list(archive.decisions)
+        counted = [(d.step, d.verdict, d.reason) for d in row.deal.decisions[:row.deal._archived]]
+        assert all(d in archived for d in counted), (counted, archived)
+        if other == "refusal":
+            assert row.deal._archived == len(row.deal.decisions)           # all archived: none archived again
+        else:
+            assert row.deal._archived == 1                                 # b's decision and after: pending
+            row.deal.close()
+            assert ("note", "satisfied", "b's, not archived yet") in archive.decisions
+    finally:
+        db.close()

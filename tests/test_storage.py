@@ -155,6 +155,40 @@ def test_a_single_read_never_sees_a_transaction_still_open_on_its_thread(db: Dat
 
 
 @storages()
+def test_a_single_read_inside_a_read_transaction_reads_its_snapshot(db: Database) -> None:
+    """read_one inside a read transaction open on its thread reads that transaction's snapshot, as the
+    transaction's own statements do (review of 2026-12-07, low: SQLite's ran on the thread's writer,
+    PostgreSQL's on another pooled connection, and both read a commit made after the snapshot). After it,
+    and in a write transaction, read_one reads the last commit again."""
+    db.migrate(COINS)
+    db.run(lambda t: t.execute("INSERT INTO coins (id) VALUES ('a')"))         # the thread's writer exists
+
+    def insert(coin: str) -> None:
+        done = threading.Event()
+        threading.Thread(target=lambda: (db.run(lambda t: t.execute("INSERT INTO coins (id) VALUES (?)", (coin,))),
+                                         done.set())).start()
+        assert done.wait(15), "a writer waited for a reader"
+
+    with db.transaction(write=False) as tx:
+        assert tx.one("SELECT COUNT(*) FROM coins") == (1,)
+        insert("b")
+        assert db.read_one("SELECT COUNT(*) FROM coins") == (1,)                # the snapshot, as tx.one
+        assert db.read_one("SELECT id FROM coins WHERE id = ?", ("b",)) is None
+        assert tx.one("SELECT COUNT(*) FROM coins") == (1,)
+        with pytest.raises(DatabaseError):
+            db.read_one("DELETE FROM coins RETURNING id")
+    assert db.read_one("SELECT COUNT(*) FROM coins") == (2,)                    # the transaction is over
+    with db.transaction() as w:
+        w.execute("INSERT INTO coins (id) VALUES ('c')")
+        assert db.read_one("SELECT COUNT(*) FROM coins") == (2,)                # a write transaction: last commit
+    with pytest.raises(RuntimeError), db.transaction(write=False) as tx:
+        assert db.read_one("SELECT COUNT(*) FROM coins") == (3,)
+        raise RuntimeError("ended by an exception")
+    insert("d")
+    assert db.read_one("SELECT COUNT(*) FROM coins") == (4,)
+
+
+@storages()
 def test_sums_of_integers_are_integers(db: Database) -> None:
     """PostgreSQL's SUM of BIGINT is NUMERIC; the layer hands back an int, as SQLite does."""
     db.migrate(Schema.baseline("amounts", ["CREATE TABLE IF NOT EXISTS amounts (v BIGINT NOT NULL)"]))

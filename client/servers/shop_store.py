@@ -477,7 +477,8 @@ class DealStore:
         the deal unpaid: an abandon mark (:meth:`abandon`, :meth:`sweep`: it raises the version), a
         refusal recorded by another worker. Returns the copy written (its version and marks the row's,
         its decisions the row's and then those the payment added: ``sd``'s from index ``since``, or
-        with None those after the ones both share), or None, nothing written, when ``sd`` is not paid,
+        with None those after the ones both share; as archived, only what either copy proves archived:
+        :meth:`_archived_over`), or None, nothing written, when ``sd`` is not paid,
         or the row is paid, its fair exchange started, or its order or terms differ.
 
         Why (finding D, review of 2026-12-07): the shop read the deal again after such a failure, found it
@@ -493,20 +494,42 @@ class DealStore:
         now = self._deal(row)
         if now.paid or now.exchange is not None or now.order_digest != sd.order_digest or now.terms != sd.terms:
             return None
-        if since is None:           # the decisions both copies had when the step read the deal (appended only)
-            since = 0
-            for mine, theirs in zip(sd.deal.decisions, now.deal.decisions, strict=False):
-                if mine != theirs:
-                    break
-                since += 1
+        # the decisions both copies hold alike, from the first (appended only: all those the step read, when
+        # the row was written as the decisions say; fewer only for a row not so written)
+        shared = 0
+        for mine, theirs in zip(sd.deal.decisions, now.deal.decisions, strict=False):
+            if mine != theirs:
+                break
+            shared += 1
+        if since is None:           # the decisions the step read: those both copies share
+            since = shared
         out = self.copy(sd)
         out.version, out.started, out.abandoned = now.version, now.started or sd.started, now.abandoned
         added = sd.deal.decisions[since:]
         out.deal.decisions = [*now.deal.decisions, *added]
-        # the step's own decisions archived (make_delivery closes the deal) or not, after the row's
-        done = sd.deal._archived - since
-        out.deal._archived = len(now.deal.decisions) + done if done > 0 else now.deal._archived
+        out.deal._archived = self._archived_over(sd, now, since, min(since, shared))
         return out if self.save_in(tx, out) else None
+
+    @staticmethod
+    def _archived_over(sd: ShopDeal, now: ShopDeal, since: int, shared: int) -> int:
+        """How many of the decisions written over the row (the row's, then the step's: ``sd``'s from ``since``)
+        count as archived: ``_archived`` is a prefix of the decisions that are in the archive; those after it
+        are pending, archived by the deal's next :meth:`Deal.close`.
+
+        Of the row's decisions, archived are its own archived prefix, and those it shares with ``sd`` (the
+        first ``shared``, read by the step) that ``sd`` archived. Only when that is all of them do the
+        step's archived decisions extend the prefix. A decision of the row that neither copy proves archived
+        (another worker's, written unarchived while the step ran) keeps the prefix before it: it stays
+        pending in the row, and the step's decisions after it too (a later close archives them, the step's
+        a second time: a summary twice rather than a decision never). Why (review of 2026-12-07): the count
+        was the row's length plus the step's archived ones, so such a decision was counted archived and
+        never written to the archive. No writer makes one today (another worker's decision on an unpaid
+        deal is a refusal, archived as it is made); this holds whatever the row holds."""
+        row = len(now.deal.decisions)
+        proved = min(row, max(now.deal._archived, min(shared, sd.deal._archived)))
+        if proved < row:
+            return proved
+        return row + max(0, sd.deal._archived - since)
 
     def saved(self, sd: ShopDeal, written: bool) -> bool:
         """After the transaction that ran :meth:`save_in` committed: the deal as written is remembered

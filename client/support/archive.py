@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS archive_entry (
     kind        VARCHAR(100) NOT NULL,
     created_at  VARCHAR(40) NOT NULL,
     content     {blob} NOT NULL,
-    entry_hash  CHAR(64) NOT NULL
+    entry_hash  CHAR(64) NOT NULL{unique}
 );
 CREATE INDEX IF NOT EXISTS archive_entry_deal ON archive_entry (deal_id);
 CREATE TABLE IF NOT EXISTS archive_checkpoint (
@@ -82,19 +82,45 @@ _BLOB = {"sqlite": "BLOB", "postgresql": "BYTEA"}
 # The entry's index: a 64-bit integer key on both. SQLite's INTEGER PRIMARY KEY is its 64-bit row key, so the
 # entries' table is the key's one b-tree; a BIGINT PRIMARY KEY would be a second one, written at every append.
 _KEY = {"sqlite": "INTEGER", "postgresql": "BIGINT"}
+# What refuses a copy of an entry at insert time: on SQLite the trigger below (no b-tree written); PostgreSQL's
+# DDL keeps the unique constraint on the entry hash, as every archive had before 2026-12-07 (the saving was
+# SQLite's, and a trigger there needs a procedural function).
+_UNIQUE = {"sqlite": "", "postgresql": " UNIQUE"}
+#: Refuses an entry not chained to the entry before it: its ``prev_hash`` must be the stored ``entry_hash``
+#: at ``entry_index - 1`` (32 zero bytes for entry 1; hex compared in either case, as ``verify`` reads it),
+#: so an insert with no entry before it, or one whose entry before it is another, is refused
+#: (``sqlite3.IntegrityError``). A copy of entry *i* put at any other index *j* carries entry *i - 1*'s
+#: hash, and entry *j - 1*'s differs (a hash covers its index). One lookup of the entry before by the row
+#: key, whose page the appender has just read (the tail), and nothing written. In :func:`schema_sql`, and
+#: made by :meth:`Archive.open` in archives that have neither it nor the unique index of archives made
+#: before.
+CHAINED_TRIGGER = f"""CREATE TRIGGER IF NOT EXISTS archive_entry_chained BEFORE INSERT ON archive_entry
+WHEN lower(NEW.prev_hash) IS NOT (CASE WHEN NEW.entry_index = 1 THEN '{bytes(32).hex()}'
+     ELSE (SELECT lower(entry_hash) FROM archive_entry WHERE entry_index = NEW.entry_index - 1) END)
+BEGIN SELECT RAISE(ABORT, 'archive entry not chained to the entry before it (copied or out of place)'); END"""
 
 
 def schema_sql(dialect: str = "sqlite") -> str:
-    """The archive's DDL; the dialects differ in the binary column type and the key's type name.
+    """The archive's DDL; the dialects differ in the binary column type, the key's type name, and what refuses
+    a copied entry (SQLite: :data:`CHAINED_TRIGGER`; PostgreSQL: a unique constraint on the entry hash).
 
     Since 2026-12-07 (new files only: an archive made before keeps its tables, and reads, appends and
-    verifies the same) an append writes one b-tree fewer twice over, a third of its pages
-    (docs/performance.md, "Cheaper rows and archive appends"): SQLite's entry index is the row key itself
-    (it was a BIGINT key beside the row id), and the entry hash has no unique index. That index was random
-    hex keys, so every append touched leaves of its own (2 to 6 pages a batch), and it refused nothing the
-    key does not: an entry's hash covers its index, and the key allows one entry per index (two equal hashes
-    at two indexes would be a SHA-256 collision). Nothing looks an entry up by its hash."""
-    return _SCHEMA.format(blob=_BLOB[dialect], key=_KEY[dialect])
+    verifies the same) a SQLite append writes one b-tree fewer twice over, a third of its pages
+    (docs/performance.md, "Cheaper rows and archive appends"): the entry index is the row key itself (it
+    was a BIGINT key beside the row id), and the entry hash has no unique index. That index was random hex
+    keys, so every append touched leaves of its own (2 to 6 pages a batch). It did refuse one thing the key
+    does not: a copy of an entry's row at another index (its hash is the original's, valid for the
+    original's index only), which ``verify`` finds but the insert took (review of 2026-12-07). The trigger
+    refuses that insert again and writes nothing: about 1.5 µs of CPU per entry, where the index cost
+    about 10 (docs/evidence.md, 4.1). Nothing looks an entry up by its hash."""
+    return "".join(stmt + ";\n" for stmt in _schema_statements(dialect))
+
+
+def _schema_statements(dialect: str) -> list[str]:
+    """:func:`schema_sql` one statement at a time (the trigger's body holds a ``;`` of its own)."""
+    tables = _SCHEMA.format(blob=_BLOB[dialect], key=_KEY[dialect], unique=_UNIQUE[dialect])
+    return [stmt.strip() for stmt in tables.split(";") if stmt.strip()] + ([CHAINED_TRIGGER] if dialect == "sqlite"
+                                                                           else [])
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -292,13 +318,13 @@ class Archive:
             raise ArchiveError(f"cannot open the evidence archive {path}: {e}") from None
         try:
             meta = cls._meta(db)
+            made = meta is None
             if meta is None:
                 if not create:
                     raise NoArchive(f"{path} is not a semper evidence archive (no archive tables in it)")
                 db.execute("BEGIN")
-                for stmt in schema_sql("sqlite").split(";"):
-                    if stmt.strip():
-                        db.execute(stmt)
+                for stmt in _schema_statements("sqlite"):
+                    db.execute(stmt)
                 meta = {"format": FORMAT, "archive_id": str(uuid.uuid4()),
                         "created_at": _rfc3339(dt.datetime.now(dt.UTC))}
                 if checkpoint_every is not None:
@@ -307,6 +333,8 @@ class Archive:
                 db.execute("COMMIT")
             if meta.get("format") != FORMAT:
                 raise ArchiveError(f"{path} is an archive of format {meta.get('format')!r}; this semper reads {FORMAT}")
+            if not made:
+                cls._guard_chain(db, path)
         except sqlite3.DatabaseError as e:
             db.close()
             raise NoArchive(f"{path} is not a semper evidence archive ({e})") from None
@@ -315,6 +343,24 @@ class Archive:
             raise
         every = checkpoint_every or (int(meta["checkpoint_every"]) if meta.get("checkpoint_every") else None)
         return cls(db, path, meta["archive_id"], every, sign)
+
+    @staticmethod
+    def _guard_chain(db: sqlite3.Connection, path: Path) -> None:
+        """Give an archive made on 2026-12-07 before :data:`CHAINED_TRIGGER` existed (no unique index on the
+        entry hash, no trigger) the trigger, so that it refuses a copied entry at insert time as every other
+        archive does. An archive made before that day keeps its unique index and gets nothing (its appends
+        cost what they did). A file this process may not write is left as it is: nothing can be appended
+        through it either."""
+        found = db.execute("SELECT type, name, sql FROM sqlite_master WHERE tbl_name = 'archive_entry'").fetchall()
+        if any(kind == "trigger" and name == "archive_entry_chained" for kind, name, _sql in found) or any(
+                kind == "table" and "UNIQUE" in str(sql).upper() for kind, _name, sql in found):
+            return
+        try:
+            db.execute(CHAINED_TRIGGER)
+        except sqlite3.OperationalError as e:
+            if "readonly" in str(e):
+                return
+            raise ArchiveError(f"cannot open the evidence archive {path} for writing: {e}") from None
 
     @staticmethod
     def _meta(db: sqlite3.Connection) -> dict[str, str] | None:
@@ -379,6 +425,9 @@ class Archive:
             except (sqlite3.IntegrityError, sqlite3.OperationalError) as e:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
+                if "not chained" in str(e):              # the trigger: the tail as read is not the row stored
+                    raise ArchiveError(f"cannot append to {self.path}: its last entry is damaged ({e}); check it "
+                                       "with semper archive verify") from None
                 if isinstance(e, sqlite3.OperationalError) and "locked" not in str(e) and "busy" not in str(e):
                     raise ArchiveError(f"cannot write to {self.path}: {e}") from None
                 time.sleep(0.02 * 2 ** attempt)          # another writer took this index: read the tail again

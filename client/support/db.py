@@ -12,8 +12,9 @@ NOTHING``) and this module hides the rest:
   install or run), or ``postgresql://...`` (any libpq URL; psycopg 3, imported only then);
 * placeholders are written ``?`` and rewritten to ``%s`` for PostgreSQL (:func:`pyformat`);
 * connections: SQLite a writer and a reader per thread (WAL; :meth:`Database.read_one` runs on the writer
-  between its transactions, whose page cache its own commits keep); PostgreSQL a ``psycopg_pool`` pool per
-  process (a process forked from the one that opened the database makes its own, it never shares sockets);
+  between its transactions, whose page cache its own commits keep, and in a read transaction open on its
+  thread, on that transaction); PostgreSQL a ``psycopg_pool`` pool per process (a process forked from the
+  one that opened the database makes its own, it never shares sockets);
 * :meth:`Database.transaction` runs one explicit transaction. Writers: SQLite ``BEGIN IMMEDIATE``
   (the write lock up front, so writers queue for at most the busy timeout instead of failing on a
   lock upgrade); PostgreSQL ``SERIALIZABLE``, so the services' check-then-write code is correct as
@@ -284,8 +285,9 @@ class Database:
         rows on one thread, so its reader re-read every page it needed from the file after each commit (about
         20 µs of a purchase's 2 reads, docs/performance.md); the writer still has them. Outside a transaction
         the writer's SELECT is a read transaction of its own, as the reader's is: it sees the last commit,
-        and read_one runs a SELECT alone (checked), so it writes nothing. Inside a transaction of this thread
-        the writer would see that transaction's uncommitted rows: then the reader."""
+        and read_one runs a SELECT alone (checked), so it writes nothing. Inside a write transaction of this
+        thread the writer would see that transaction's uncommitted rows: then the reader. (Inside a read
+        transaction of this thread read_one does not come here: it reads in that transaction.)"""
         writer = getattr(self._local, "writer", None)
         if writer is not None and not writer.in_transaction:
             return writer
@@ -357,11 +359,15 @@ class Database:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.Error as e:
             raise BusyError(f"the database {self.dsn.target} is busy or unwritable: {e}") from None
+        tx = Transaction(conn, "sqlite")
+        outer = self._enter_snapshot(tx, write)
         try:
-            yield Transaction(conn, "sqlite")
+            yield tx
         except BaseException:
             _quietly_rollback(conn)
             raise
+        finally:
+            self._local.snapshot = outer
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as e:
@@ -383,26 +389,47 @@ class Database:
         except Exception as e:
             raise _translate(e, "postgresql") from None
         tx = Transaction(conn, "postgresql")
+        outer = self._enter_snapshot(tx, write or exclusive)
         try:
             yield tx
         except BaseException:
             _quietly_rollback(conn)
             raise
+        finally:
+            self._local.snapshot = outer
         try:
             conn.execute("COMMIT")           # PostgreSQL may refuse here too (a conflict found at commit)
         except Exception as e:
             _quietly_rollback(conn)
             raise _translate(e, "postgresql") from None
 
+    def _enter_snapshot(self, tx: Transaction, write: bool) -> Transaction | None:
+        """A read transaction begins on this thread: :meth:`read_one` runs in it until it ends (the caller
+        puts back what this returns, the one it was nested in, if any). A write transaction changes nothing:
+        read_one in it reads the last commit, never the transaction's own rows."""
+        outer: Transaction | None = getattr(self._local, "snapshot", None)
+        if not write:
+            self._local.snapshot = tx
+        return outer
+
     def read_one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         """The first row of one query (by a key: it reads every row), as a read transaction of its own
         with nothing around it: a single statement sees one consistent snapshot on both back ends
         (SQLite's reader outside ``BEGIN``, PostgreSQL's autocommit), so this is :meth:`transaction`
         (``write=False``) with one ``one``, in one round trip to PostgreSQL instead of three (``BEGIN``,
-        the query, ``COMMIT``). Only a ``SELECT`` is taken: PostgreSQL's autocommit would run anything."""
+        the query, ``COMMIT``). Only a ``SELECT`` is taken: PostgreSQL's autocommit would run anything.
+
+        Inside a read transaction open on this thread (:meth:`transaction`, ``write=False``) it is that
+        transaction's ``one``: it reads the transaction's snapshot, as every statement in it does. Why
+        (review of 2026-12-07): SQLite's read_one runs on the thread's writer between its transactions
+        (:meth:`_sqlite_reader`), and PostgreSQL's on a pooled connection of its own, so inside a read
+        transaction both read the latest commit, newer than the transaction's other reads."""
         if not sql.lstrip()[:6].upper() == "SELECT":
             raise DatabaseError("read_one runs one SELECT; anything else goes in a transaction")
         self._check_process()
+        snapshot: Transaction | None = getattr(self._local, "snapshot", None)
+        if snapshot is not None:
+            return snapshot.one(sql, params)
         if self.dsn.backend == "postgresql":
             sql = pyformat(sql)
         try:
