@@ -2,7 +2,11 @@
 # Both install what is missing (Debian packages, then a .venv with the project), then run.
 
 SHELL := /bin/bash
-PY ?= python3
+# Debian's own interpreter, the one whose python3-venv and python3-dev the Makefile installs (pyscard is
+# built against those headers), even where another python3 comes first on PATH (pyenv, conda). It also
+# runs the seller about 12 % cheaper than a shared-library build (docs/performance.md, "The interpreter").
+# `make venv PY=python3.12` chooses another; `make clean` first when the venv was made with another one.
+PY ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
 VENV := .venv
 VPY := $(VENV)/bin/python
 DEB_PACKAGES := python3 python3-venv python3-dev pcscd vsmartcard-vpcd softhsm2 opensc pcsc-tools swig libpcsclite-dev tmux \
@@ -37,6 +41,8 @@ $(VENV)/.installed: pyproject.toml | $(VPY)
 	touch $@
 
 venv: system $(VENV)/.installed
+	@want=$$(readlink -f "$$(command -v $(PY))"); have=$$(readlink -f "$$($(VPY) -c 'import sys; print(sys._base_executable)')"); \
+	[ "$$want" = "$$have" ] || echo "note: $(VENV) runs $$have, not $(PY) ($$want): 'make clean' and make again to change it"
 
 demo: venv
 	$(VENV)/bin/semper demo
