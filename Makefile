@@ -2,11 +2,12 @@
 # Both install what is missing (Debian packages, then a .venv with the project), then run.
 
 SHELL := /bin/bash
-# Debian's own interpreter, the one whose python3-venv and python3-dev the Makefile installs (pyscard is
+# Debian's own interpreter (when it is 3.11 or later, as the project needs), the one whose python3-venv and python3-dev the Makefile installs (pyscard is
 # built against those headers), even where another python3 comes first on PATH (pyenv, conda). It also
 # runs the seller about 12 % cheaper than a shared-library build (docs/performance.md, "The interpreter").
 # `make venv PY=python3.12` chooses another; `make clean` first when the venv was made with another one.
-PY ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
+PY ?= $(shell /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+        && echo /usr/bin/python3 || echo python3)
 VENV := .venv
 VPY := $(VENV)/bin/python
 DEB_PACKAGES := python3 python3-venv python3-dev pcscd vsmartcard-vpcd softhsm2 opensc pcsc-tools swig libpcsclite-dev tmux \

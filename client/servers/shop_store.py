@@ -521,10 +521,11 @@ class DealStore:
         step's archived decisions extend the prefix. A decision of the row that neither copy proves archived
         (another worker's, written unarchived while the step ran) keeps the prefix before it: it stays
         pending in the row, and the step's decisions after it too (a later close archives them, the step's
-        a second time: a summary twice rather than a decision never). Why (review of 2026-12-07): the count
-        was the row's length plus the step's archived ones, so such a decision was counted archived and
-        never written to the archive. No writer makes one today (another worker's decision on an unpaid
-        deal is a refusal, archived as it is made); this holds whatever the row holds."""
+        a second time: a summary twice rather than a decision never; a paid deal that is not closed again
+        keeps them pending in its row, not archived, but not counted archived either). Why (review of
+        2026-12-07): the count was the row's length plus the step's archived ones, so such a decision was
+        counted archived and never written to the archive. No writer makes one today (another worker's
+        decision on an unpaid deal is a refusal, archived as it is made); this holds whatever the row holds."""
         row = len(now.deal.decisions)
         proved = min(row, max(now.deal._archived, min(shared, sd.deal._archived)))
         if proved < row:

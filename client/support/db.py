@@ -423,7 +423,9 @@ class Database:
         transaction's ``one``: it reads the transaction's snapshot, as every statement in it does. Why
         (review of 2026-12-07): SQLite's read_one runs on the thread's writer between its transactions
         (:meth:`_sqlite_reader`), and PostgreSQL's on a pooled connection of its own, so inside a read
-        transaction both read the latest commit, newer than the transaction's other reads."""
+        transaction both read the latest commit, newer than the transaction's other reads. So in a write
+        transaction opened inside such a read transaction on the same thread it reads the outer read's
+        snapshot too (nobody nests so today)."""
         if not sql.lstrip()[:6].upper() == "SELECT":
             raise DatabaseError("read_one runs one SELECT; anything else goes in a transaction")
         self._check_process()
