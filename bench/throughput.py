@@ -213,13 +213,15 @@ def _commit_counter(url: str) -> Callable[[], int]:
     return read
 
 
-def _shop_db_counter(url: str, root_pem: str) -> Callable[[], dict[str, int]]:
-    """The shop's own count of its database transactions and statements (``GET /stats``: the process that
-    answers; with one worker, all of them), on either back end."""
-    def read() -> dict[str, int]:
+def _shop_counter(url: str, root_pem: str) -> Callable[[], dict[str, dict[str, int]]]:
+    """The shop's own counts (``GET /stats``: the process that answers; with one worker, all of them), on
+    either back end: ``db``, its database transactions and statements; ``card_steps``, where its card
+    payment steps ran (``shop_http.LoopSteps``: on the event loop, in the pool, and how often slow steps
+    sent them there), which moves the seller's CPU per purchase by about a sixth (docs/performance.md)."""
+    def read() -> dict[str, dict[str, int]]:
         from semper.client.support.channels import JsonClient
-        got = JsonClient(url, root_pem, name="the shop", timeout=10).get("/stats").get("db") or {}
-        return {k: int(v) for k, v in got.items()}
+        got = JsonClient(url, root_pem, name="the shop", timeout=10).get("/stats")
+        return {part: {k: int(v) for k, v in (got.get(part) or {}).items()} for part in ("db", "card_steps")}
     return read
 
 
@@ -315,7 +317,7 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
                     commits = _commit_counter(dbs["shop"]) if "shop" in dbs else None
                     report, results = _run(world, s.shop, seller, vc, specs, seconds, processes, warmup,
                                            profile_seconds, profile_file, tell, commits,
-                                           _shop_db_counter(s.shop, world.root_pem))
+                                           _shop_counter(s.shop, world.root_pem))
                     report.update(shop_workers=workers, db=db)
                     world.stop()                     # the shop lets go of its PSAM: read it for the money check
                     report["money"] = _money(specs, results, vc.readers[0])
@@ -370,7 +372,7 @@ def next_message(out: Any, workers: list[Any], timeout: float) -> dict[str, Any]
 def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list[BuyerSpec], seconds: float,
          processes: int,
          warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None],
-         commits: Callable[[], int] | None = None, db_counts: Callable[[], dict[str, int]] | None = None
+         commits: Callable[[], int] | None = None, db_counts: Callable[[], dict[str, dict[str, int]]] | None = None
          ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
@@ -429,10 +431,14 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
     if len(committed) == 2 and report["purchases"]:
         # the window's commits over the purchases that finished in it (a few at the edges belong to neighbours)
         report["db_commits_per_purchase"] = round((committed[1] - committed[0]) / report["purchases"], 2)
-    if len(counted) == 2 and report["purchases"] and counted[0]:
+    if len(counted) == 2 and report["purchases"] and counted[0]["db"]:
         # the shop's own count (both back ends): transactions begun, read-only and writing, and their statements
-        report["db_per_purchase"] = {k: round((counted[1].get(k, 0) - v) / report["purchases"], 2)
-                                     for k, v in counted[0].items()}
+        report["db_per_purchase"] = {k: round((counted[1]["db"].get(k, 0) - v) / report["purchases"], 2)
+                                     for k, v in counted[0]["db"].items()}
+    if len(counted) == 2 and counted[0]["card_steps"]:
+        # where the window's card payment steps ran (attempts: one waiting for PSAM room asks again)
+        report["card_steps_in_window"] = {k: counted[1]["card_steps"].get(k, 0) - v
+                                          for k, v in counted[0]["card_steps"].items()}
     return report, results
 
 

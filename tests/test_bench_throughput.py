@@ -43,6 +43,11 @@ def test_throughput_counts_real_purchases_and_conserves_money() -> None:
     assert r["seller_capacity_per_core"] == pytest.approx(1000 / r["seller_cpu_ms_per_purchase"], rel=0.01)
     assert r["seller_capacity_per_s"] == pytest.approx(r["cores"] * r["seller_capacity_per_core"], rel=0.01)
     assert r["shop_workers"] == 1 and r["db"] == "sqlite"
+    # where the card steps ran: every purchase has two (the order with the hello, the payment), on the loop
+    # while they are quick (shop_http.LoopSteps); the bench says so, since the pool costs the shop more
+    steps = r["card_steps_in_window"]
+    assert set(steps) == {"on_loop", "in_pool", "sent_to_pool"}, steps
+    assert steps["on_loop"] + steps["in_pool"] >= r["purchases"], (steps, r["purchases"])
     parts = [v for k, v in cpu.items() if k != "all processes"]
     assert cpu["all processes"] == pytest.approx(sum(parts), abs=0.01)
     # the CPU the purchases used cannot exceed what the machine has: the rate stays under the ceiling

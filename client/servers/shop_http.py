@@ -22,7 +22,8 @@ endpoint                    body                                               a
 ``POST /deals/delivery``    deal                                               delivery (b64 signed) and content
                                                                                (b64), or shipped: false
 ``POST /admin/clear``       (Authorization: Bearer <admin secret>)            the acquirer's clearing answer
-``GET /stats``                                                                 counters
+``GET /stats``                                                                 counters, ``db`` (its database work),
+                                                                               ``card_steps`` (where card steps ran)
 ==========================  =================================================  ==================================
 
 The offer is stateless (docs/commerce.md, "The stateless offer"): ``POST /deals`` signs it and writes
@@ -140,6 +141,9 @@ class LoopSteps:
         self._pool_until = -math.inf
         self._slow: deque[tuple[float, float]] = deque()   # (when it ended, how long it took), in SLOW_WINDOW
         self._slow_total = 0.0
+        # attempts of local steps run on the loop and in the pool, and how often the allowance was spent:
+        # in GET /stats as card_steps, so a bench run says whether its steps ran where it assumes
+        self.counts = {"on_loop": 0, "in_pool": 0, "sent_to_pool": 0}
 
     def on_loop(self) -> bool:
         return self._clock() >= self._pool_until
@@ -158,6 +162,7 @@ class LoopSteps:
             return 0.0
         slow.clear()
         self._slow_total = 0.0
+        self.counts["sent_to_pool"] += 1
         pause = max(POOL_AT_LEAST, 10 * seconds)
         self._pool_until = now + pause
         return pause
@@ -243,7 +248,13 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
 
     def _runner(envelope: Any) -> Callable[..., Any]:
         """Where a payment step runs: on the loop when it is local work and local steps are quick now."""
-        return _here if shop.step_is_local(envelope) and steps.on_loop() else _call
+        if not shop.step_is_local(envelope):
+            return _call
+        if steps.on_loop():
+            steps.counts["on_loop"] += 1
+            return _here
+        steps.counts["in_pool"] += 1
+        return _call
 
     box: dict[str, Party] = {}
     mine = recovers or (lambda owner: owner == worker)
@@ -348,7 +359,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
 
     @routes.get("/stats")
     async def stats(request: web.Request) -> web.Response:
-        return json_response(await _call(shop.stats))
+        return json_response({**await _call(shop.stats), "card_steps": dict(steps.counts)})
 
     app = make_app(list(routes))
     app[LOOP_STEPS] = steps
