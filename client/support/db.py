@@ -190,10 +190,10 @@ class Transaction:
 
 
 class _Rows:
-    """A PostgreSQL statement's outcome, read whole as it finished: its row count and rows (none for a
-    statement that returns none). What :class:`Transaction` hands back there instead of psycopg's cursor, so
-    one cursor per connection serves every statement (a new cursor is about 5 µs of the ~20 µs of a short
-    statement's client CPU; docs/performance.md)."""
+    """A PostgreSQL statement's outcome, read whole as it finished: its row count (the rows of a query,
+    the rows touched by an INSERT/UPDATE/DELETE, as psycopg's cursor counts them) and its rows (none for a
+    statement that returns none). What :class:`Transaction` hands back there instead of a psycopg cursor
+    (:class:`_PgStatements` says why)."""
 
     __slots__ = ("rowcount", "_rows", "_next")
 
@@ -239,8 +239,9 @@ class _PgStatements:
     Why not a psycopg cursor: a short statement costs the shop about 20 µs of CPU through
     ``cursor.execute`` (query conversion, prepare bookkeeping, its wait loop), of which libpq's own send and
     receive are about 7 (docs/performance.md); a purchase runs eight. The statements are the same few every
-    time, so each is prepared once per connection (psycopg's cursor prepares them after 5 runs too) and then
-    run with ``PQexecPrepared``, which blocks with the GIL let go. Parameters and rows are adapted by psycopg
+    time, so each is prepared on its second run on a connection (psycopg's cursor prepares them after 5 runs)
+    and then run with ``PQexecPrepared``, which blocks with the GIL let go, as psycopg's wait does (a lock
+    wait ends at the connection's ``lock_timeout`` either way). Parameters and rows are adapted by psycopg
     exactly as its cursor does (the same ``Transformer``), rows come back as tuples."""
 
     __slots__ = ("pgconn", "tx", "encoding", "prepared", "seen", "_names")
@@ -261,7 +262,7 @@ class _PgStatements:
         query = dollar_params(sql).encode(self.encoding)
         tx = self.tx
         values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params)) if params else None
-        types = tuple(tx.types) if params else ()
+        types = tuple(tx.types or ()) if params else ()
         formats = tx.formats if params else None
         key = (query, types)
         name = self.prepared.get(key)
@@ -439,13 +440,14 @@ class Database:
             self._pool = pool
             return pool
 
-    def _getconn(self) -> Any:
-        """A connection of this process's pool; give it back with ``self._pool.putconn``. Taken and given back
-        by hand rather than with the pool's ``connection()`` context manager: one generator less per
+    def _getconn(self) -> tuple[Any, Any]:
+        """This process's pool and a connection of it, to give back with ``pool.putconn``. Taken and given
+        back by hand rather than with the pool's ``connection()`` context manager: one generator less per
         transaction, and the pool's checks on return are the same (a BAD connection is dropped)."""
         from psycopg_pool import PoolTimeout
+        pool = self._postgres_pool()
         try:
-            return self._postgres_pool().getconn()
+            return pool, pool.getconn()
         except PoolTimeout:
             raise BusyError(f"no connection to {self.dsn.display} became free within {BUSY_TIMEOUT_S:g} s") from None
 
@@ -467,12 +469,12 @@ class Database:
                 with self._sqlite_transaction(write or exclusive) as tx:
                     yield tx
             else:
-                conn = self._getconn()
+                pool, conn = self._getconn()
                 try:
                     with self._postgres_transaction(conn, write, exclusive) as tx:
                         yield tx
                 finally:
-                    self._pool.putconn(conn)
+                    pool.putconn(conn)
         finally:
             with self._lock:
                 self.counts["write" if write or exclusive else "read"] += 1
@@ -563,11 +565,11 @@ class Database:
             if self.dsn.backend == "sqlite":
                 rows = self._sqlite_reader().execute(sql, tuple(params)).fetchall()
             else:
-                conn = self._getconn()
+                pool, conn = self._getconn()
                 try:
                     rows = _pg_execute(conn, sql, params).fetchall()
                 finally:
-                    self._pool.putconn(conn)
+                    pool.putconn(conn)
         except (BusyError, DatabaseError):
             raise
         except Exception as e:
