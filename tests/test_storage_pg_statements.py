@@ -91,14 +91,33 @@ def test_a_constraint_failure_on_a_prepared_insert_ends_only_its_transaction(db:
     assert db.read_one("SELECT n FROM t WHERE k = ?", ("z",)) == (8,)
 
 
+def test_a_statement_prepared_in_a_rolled_back_transaction_still_runs(db: Database) -> None:
+    """A statement is prepared wherever its second run happens, here in a transaction that is then rolled
+    back: the prepared statement outlives it (libpq's are per session, not per transaction), so later runs
+    on the same connection, which use it by name, still work."""
+    count = "SELECT count(*) FROM t WHERE n >= ?"
+
+    def twice_then_refuse(tx):
+        assert tx.one(count, (0,)) == (0,)
+        assert tx.one(count, (0,)) == (0,)          # prepared here
+        raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError):
+        db.run(twice_then_refuse)
+    db.run(lambda tx: tx.execute("INSERT INTO t (k, n) VALUES (?, ?)", ("a", 5)))
+    for _ in range(3):
+        assert db.read_one(count, (0,)) == (1,)
+
+
 def test_many_distinct_statements_stay_within_the_prepared_bound(db: Database) -> None:
     """Statements that differ in their text (a service building SQL) are prepared up to the bound, then run
     unprepared: every one still answers."""
     for i in range(PREPARED_MAX + 20):
         for _ in range(2):
             assert db.read_one(f"SELECT {i} + ?", (1,)) == (i + 1,)
-    with db.transaction(write=False) as tx:
-        assert tx.one("SELECT count(*) FROM pg_prepared_statements") is not None
+    with db.transaction(write=False) as tx:              # this thread's connection: one, or few
+        prepared = tx.one("SELECT count(*) FROM pg_prepared_statements")
+    assert prepared is not None and 1 <= prepared[0] <= PREPARED_MAX
 
 
 def test_a_connection_broken_mid_transaction_is_not_reused(db: Database, postgres_cluster: PostgresCluster) -> None:
