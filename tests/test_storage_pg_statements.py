@@ -165,3 +165,37 @@ def test_a_connection_broken_while_idle_fails_one_call_then_is_replaced(db: Data
         except DatabaseError:
             failures += 1
     assert failures <= 1
+
+
+def test_no_free_connection_within_the_wait_is_busy(postgres_cluster: PostgresCluster,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pooled connection taken for longer than the pool's wait: the next caller is told busy
+    (BusyError, the services' 503), not left waiting, and the pool serves again once one comes back."""
+    import threading
+    import time
+
+    from semper.client.support import db as dbmod
+    monkeypatch.setattr(dbmod, "BUSY_TIMEOUT_S", 0.5)
+    d = Database(postgres_cluster.new_database("busy"), pool_size=1)
+    try:
+        outcome: list[BaseException | None] = []
+        with d.transaction(write=False) as tx:
+            assert tx.one("SELECT 1") == (1,)
+
+            def other() -> None:
+                try:
+                    d.read_one("SELECT 1")
+                    outcome.append(None)
+                except BaseException as e:
+                    outcome.append(e)
+
+            t0 = time.monotonic()
+            worker = threading.Thread(target=other)
+            worker.start()
+            worker.join(timeout=10)
+            assert not worker.is_alive()
+            assert time.monotonic() - t0 < 5
+        assert isinstance(outcome[0], dbmod.BusyError) and "became free" in str(outcome[0])
+        assert d.read_one("SELECT 2") == (2,)
+    finally:
+        d.close()

@@ -244,24 +244,29 @@ class _PgStatements:
     wait ends at the connection's ``lock_timeout`` either way). Parameters and rows are adapted by psycopg
     exactly as its cursor does (the same ``Transformer``), rows come back as tuples."""
 
-    __slots__ = ("pgconn", "tx", "encoding", "prepared", "seen", "_names")
+    __slots__ = ("pgconn", "tx", "encoding", "prepared", "seen", "_names", "_auto", "_tuples_ok", "_command_ok",
+                 "_error")
 
     def __init__(self, conn: Any) -> None:
-        from psycopg.adapt import Transformer
+        # psycopg's names looked up once per connection, not per statement (an import statement in a
+        # function costs about 1 µs each time, ~20 µs of a purchase)
+        from psycopg import errors, pq
+        from psycopg.adapt import PyFormat, Transformer
         self.pgconn = conn.pgconn
         self.tx = Transformer(conn)
         self.encoding = conn.info.encoding
+        self._auto = PyFormat.AUTO
+        self._tuples_ok = pq.ExecStatus.TUPLES_OK
+        self._command_ok = pq.ExecStatus.COMMAND_OK
+        self._error = errors.error_from_result
         self.prepared: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
         self.seen: set[tuple[bytes, tuple[int, ...]]] = set()     # run once, unprepared: prepared if run again
         self._names = 0
 
     def execute(self, sql: str, params: Sequence[Any]) -> _Rows:
-        from psycopg import errors as pge
-        from psycopg import pq
-        from psycopg.adapt import PyFormat
         query = dollar_params(sql).encode(self.encoding)
         tx = self.tx
-        values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params)) if params else None
+        values = tx.dump_sequence(params, [self._auto] * len(params)) if params else None
         types = tuple(tx.types or ()) if params else ()
         formats = tx.formats if params else None
         key = (query, types)
@@ -270,8 +275,8 @@ class _PgStatements:
             self._names += 1             # names are never reused: one dropped below may still exist
             candidate = f"_semper_{self._names}".encode()
             made = self.pgconn.prepare(candidate, query, types)
-            if made.status != pq.ExecStatus.COMMAND_OK:
-                raise pge.error_from_result(made, encoding=self.encoding)
+            if made.status != self._command_ok:
+                raise self._error(made, encoding=self.encoding)
             self.prepared[key] = name = candidate
             self.seen.discard(key)
         if name is not None:
@@ -281,41 +286,48 @@ class _PgStatements:
                 self.seen.add(key)
             result = self.pgconn.exec_params(query, values, types, formats)
         status = result.status
-        if status == pq.ExecStatus.TUPLES_OK:
+        if status == self._tuples_ok:
             tx.set_pgresult(result)
             rows = tx.load_rows(0, result.ntuples, tuple)
             return _Rows(len(rows), rows)
-        if status == pq.ExecStatus.COMMAND_OK:
+        if status == self._command_ok:
             nrows = result.command_tuples
             return _Rows(nrows if nrows is not None else -1, [])
-        error = pge.error_from_result(result, encoding=self.encoding)
+        error = self._error(result, encoding=self.encoding)
         if name is not None and error.sqlstate == "0A000":
             # a prepared plan gone stale (a table altered under it: "cached plan must not change result
             # type"): this statement fails, as psycopg's would; the next run prepares it afresh
             del self.prepared[key]
         raise error
 
+    def command(self, command: bytes) -> None:
+        """A parameterless transaction command (``BEGIN ...``, ``COMMIT``, ``ROLLBACK``) straight through
+        libpq, blocking in ``PQexec`` (which lets go of the GIL) instead of psycopg's Python wait loop: half
+        the CPU of ``conn.execute`` (about 7 µs against 15, docs/performance.md), two or three of them per
+        transaction. A refusal (a conflict found at COMMIT) or a lost connection raises psycopg's exception
+        for its SQLSTATE, as ``conn.execute`` would; a lost connection leaves the connection BAD, so the pool
+        drops it when it comes back."""
+        result = self.pgconn.exec_(command)
+        if result.status != self._command_ok:
+            raise self._error(result, encoding=self.encoding)
 
-def _pg_execute(conn: Any, sql: str, params: Sequence[Any]) -> _Rows:
-    """One statement (``?`` placeholders) on the connection, its rows read before the answer."""
+
+def _pg_statements(conn: Any) -> _PgStatements:
+    """The connection's :class:`_PgStatements` (made on first use, kept on the connection: it dies with it)."""
     runner = conn.__dict__.get("_semper_statements")
     if runner is None:
         runner = conn.__dict__["_semper_statements"] = _PgStatements(conn)
-    return runner.execute(sql, params)
+    return runner
+
+
+def _pg_execute(conn: Any, sql: str, params: Sequence[Any]) -> _Rows:
+    """One statement (``?`` placeholders) on the connection, its rows read before the answer."""
+    return _pg_statements(conn).execute(sql, params)
 
 
 def _pg_command(conn: Any, command: bytes) -> None:
-    """A parameterless transaction command (``BEGIN ...``, ``COMMIT``, ``ROLLBACK``) straight through libpq,
-    blocking in ``PQexec`` (which lets go of the GIL) instead of psycopg's Python wait loop: half the
-    CPU of ``conn.execute`` (about 7 µs against 15, docs/performance.md), two or three of them per
-    transaction. A refusal (a conflict found at COMMIT) or a lost connection raises psycopg's exception for
-    its SQLSTATE, as ``conn.execute`` would; a lost connection leaves the connection BAD, so the pool drops
-    it when it comes back."""
-    from psycopg import errors as pge
-    from psycopg import pq
-    result = conn.pgconn.exec_(command)
-    if result.status != pq.ExecStatus.COMMAND_OK:
-        raise pge.error_from_result(result, encoding=conn.info.encoding)
+    """``BEGIN ...``, ``COMMIT`` or ``ROLLBACK`` on the connection (:meth:`_PgStatements.command`)."""
+    _pg_statements(conn).command(command)
 
 
 def _translate(e: BaseException, backend: str) -> BaseException:
@@ -444,12 +456,16 @@ class Database:
         """This process's pool and a connection of it, to give back with ``pool.putconn``. Taken and given
         back by hand rather than with the pool's ``connection()`` context manager: one generator less per
         transaction, and the pool's checks on return are the same (a BAD connection is dropped)."""
-        from psycopg_pool import PoolTimeout
         pool = self._postgres_pool()
         try:
             return pool, pool.getconn()
-        except PoolTimeout:
-            raise BusyError(f"no connection to {self.dsn.display} became free within {BUSY_TIMEOUT_S:g} s") from None
+        except Exception as e:
+            # imported here, not before the call: an import on every call costs about 1 µs
+            from psycopg_pool import PoolTimeout
+            if isinstance(e, PoolTimeout):
+                raise BusyError(f"no connection to {self.dsn.display} became free within "
+                                f"{BUSY_TIMEOUT_S:g} s") from None
+            raise
 
     # ---- transactions -----------------------------------------------------------------------------
     @contextmanager
