@@ -40,12 +40,12 @@ def test_url_forms() -> None:
 
 
 def test_postgresql_placeholders_only_outside_literals_and_comments() -> None:
-    """A '?' in a string literal or a comment is text; '%' must reach psycopg doubled (issue 13)."""
-    from semper.client.support.db import pyformat
+    """A '?' in a string literal or a comment is text and numbers nothing; '%' is plain text to libpq."""
+    from semper.client.support.db import dollar_params
     sql = "SELECT a FROM t WHERE b = ? AND c = 'why?' AND d LIKE '50%' AND \"q?\" = ? -- who?\n AND e = ? /* ? */"
-    assert pyformat(sql) == ("SELECT a FROM t WHERE b = %s AND c = 'why?' AND d LIKE '50%%' AND \"q?\" = %s "
-                             "-- who?\n AND e = %s /* ? */")
-    assert pyformat("SELECT 'it''s ?' , ?") == "SELECT 'it''s ?' , %s"
+    assert dollar_params(sql) == ("SELECT a FROM t WHERE b = $1 AND c = 'why?' AND d LIKE '50%' AND \"q?\" = $2 "
+                                  "-- who?\n AND e = $3 /* ? */")
+    assert dollar_params("SELECT 'it''s ?' , ?") == "SELECT 'it''s ?' , $1"
 
 
 @storages()

@@ -10,7 +10,7 @@ NOTHING``) and this module hides the rest:
 
 * the URL picks the back end: ``sqlite:///abs/path.db`` or a bare file path (the default: nothing to
   install or run), or ``postgresql://...`` (any libpq URL; psycopg 3, imported only then);
-* placeholders are written ``?`` and rewritten to ``%s`` for PostgreSQL (:func:`pyformat`);
+* placeholders are written ``?`` and rewritten to ``$1, $2, ...`` for PostgreSQL (:func:`dollar_params`);
 * connections: SQLite a writer and a reader per thread (WAL; :meth:`Database.read_one` runs on the writer
   between its transactions, whose page cache its own commits keep, and in a read transaction open on its
   thread, on that transaction); PostgreSQL a ``psycopg_pool`` pool per process (a process forked from the
@@ -152,17 +152,6 @@ def from_json(text: str | bytes) -> Any:
     return msgspec.json.decode(text)
 
 
-@functools.lru_cache(maxsize=1024)
-def pyformat(sql: str) -> str:
-    """Standard SQL with ``?`` placeholders -> psycopg's ``%s`` form. The statement is tokenised
-    (sqlparse's lexer), so a ``?`` inside a string literal, a quoted identifier or a comment stays
-    text; every other ``%`` is doubled, since psycopg reads ``%`` anywhere as a placeholder's start."""
-    out = []
-    for ttype, value in sqlparse.lexer.tokenize(sql):
-        out.append("%s" if ttype in sqlparse.tokens.Name.Placeholder and value == "?" else value.replace("%", "%%"))
-    return "".join(out)
-
-
 class Transaction:
     """One open transaction; ``execute`` takes standard SQL with ``?`` placeholders."""
 
@@ -177,9 +166,13 @@ class Transaction:
             # PostgreSQL refuses every statement after a failed one; SQLite is made to agree, so code
             # that would break on PostgreSQL breaks in the SQLite tests too
             raise DatabaseError(f"a statement of this transaction failed ({self._failed}); it can only be rolled back")
-        if self.backend == "postgresql":
-            sql = pyformat(sql)
         self.statements += 1
+        if self.backend == "postgresql":
+            try:
+                return _pg_execute(self._conn, sql, params)
+            except Exception as e:
+                self._failed = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise _translate(e, self.backend) from None
         cur = self._conn.cursor()
         try:
             cur.execute(sql, tuple(params))
@@ -194,6 +187,147 @@ class Transaction:
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in self.execute(sql, params).fetchall()]
+
+
+class _Rows:
+    """A PostgreSQL statement's outcome, read whole as it finished: its row count (the rows of a query,
+    the rows touched by an INSERT/UPDATE/DELETE, as psycopg's cursor counts them) and its rows (none for a
+    statement that returns none). What :class:`Transaction` hands back there instead of a psycopg cursor
+    (:class:`_PgStatements` says why)."""
+
+    __slots__ = ("rowcount", "_rows", "_next")
+
+    def __init__(self, rowcount: int, rows: list[Any]) -> None:
+        self.rowcount = rowcount
+        self._rows = rows
+        self._next = 0
+
+    def fetchone(self) -> Any:
+        if self._next >= len(self._rows):
+            return None
+        self._next += 1
+        return self._rows[self._next - 1]
+
+    def fetchall(self) -> list[Any]:
+        rows, self._next = self._rows[self._next:], len(self._rows)
+        return rows
+
+
+@functools.lru_cache(maxsize=1024)
+def dollar_params(sql: str) -> str:
+    """Standard SQL with ``?`` placeholders -> libpq's ``$1, $2, ...`` form. The statement is tokenised
+    (sqlparse's lexer), so a ``?`` inside a string literal, a quoted identifier or a comment stays text;
+    ``%`` means nothing to libpq and stays as it is."""
+    out, n = [], 0
+    for ttype, value in sqlparse.lexer.tokenize(sql):
+        if ttype in sqlparse.tokens.Name.Placeholder and value == "?":
+            n += 1
+            out.append(f"${n}")
+        else:
+            out.append(value)
+    return "".join(out)
+
+
+PREPARED_MAX = 256               # statements prepared per PostgreSQL connection; more run unprepared
+
+
+class _PgStatements:
+    """What one PostgreSQL connection keeps to run statements in one libpq call each: psycopg's adapter
+    (a ``Transformer`` on the connection's adapters, so the NUMERIC loader of :func:`_configure_postgres`
+    applies) and the statements it has prepared, by text and parameter types.
+
+    Why not a psycopg cursor: a short statement costs the shop about 20 µs of CPU through
+    ``cursor.execute`` (query conversion, prepare bookkeeping, its wait loop), of which libpq's own send and
+    receive are about 7 (docs/performance.md); a purchase runs eight. The statements are the same few every
+    time, so each is prepared on its second run on a connection (psycopg's cursor prepares them after 5 runs)
+    and then run with ``PQexecPrepared``, which blocks with the GIL let go, as psycopg's wait does (a lock
+    wait ends at the connection's ``lock_timeout`` either way). Parameters and rows are adapted by psycopg
+    exactly as its cursor does (the same ``Transformer``), rows come back as tuples."""
+
+    __slots__ = ("pgconn", "tx", "encoding", "prepared", "seen", "_names", "_auto", "_tuples_ok", "_command_ok",
+                 "_error")
+
+    def __init__(self, conn: Any) -> None:
+        # psycopg's names looked up once per connection, not per statement (an import statement in a
+        # function costs about 1 µs each time, ~20 µs of a purchase)
+        from psycopg import errors, pq
+        from psycopg.adapt import PyFormat, Transformer
+        self.pgconn = conn.pgconn
+        self.tx = Transformer(conn)
+        self.encoding = conn.info.encoding
+        self._auto = PyFormat.AUTO
+        self._tuples_ok = pq.ExecStatus.TUPLES_OK
+        self._command_ok = pq.ExecStatus.COMMAND_OK
+        self._error = errors.error_from_result
+        self.prepared: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
+        self.seen: set[tuple[bytes, tuple[int, ...]]] = set()     # run once, unprepared: prepared if run again
+        self._names = 0
+
+    def execute(self, sql: str, params: Sequence[Any]) -> _Rows:
+        query = dollar_params(sql).encode(self.encoding)
+        tx = self.tx
+        values = tx.dump_sequence(params, [self._auto] * len(params)) if params else None
+        types = tuple(tx.types or ()) if params else ()
+        formats = tx.formats if params else None
+        key = (query, types)
+        name = self.prepared.get(key)
+        if name is None and key in self.seen and self._names < PREPARED_MAX:
+            self._names += 1             # names are never reused: one dropped below may still exist
+            candidate = f"_semper_{self._names}".encode()
+            made = self.pgconn.prepare(candidate, query, types)
+            if made.status != self._command_ok:
+                raise self._error(made, encoding=self.encoding)
+            self.prepared[key] = name = candidate
+            self.seen.discard(key)
+        if name is not None:
+            result = self.pgconn.exec_prepared(name, values, formats)
+        else:
+            if len(self.seen) < 4 * PREPARED_MAX:
+                self.seen.add(key)
+            result = self.pgconn.exec_params(query, values, types, formats)
+        status = result.status
+        if status == self._tuples_ok:
+            tx.set_pgresult(result)
+            rows = tx.load_rows(0, result.ntuples, tuple)
+            return _Rows(len(rows), rows)
+        if status == self._command_ok:
+            nrows = result.command_tuples
+            return _Rows(nrows if nrows is not None else -1, [])
+        error = self._error(result, encoding=self.encoding)
+        if name is not None and error.sqlstate == "0A000":
+            # a prepared plan gone stale (a table altered under it: "cached plan must not change result
+            # type"): this statement fails, as psycopg's would; the next run prepares it afresh
+            del self.prepared[key]
+        raise error
+
+    def command(self, command: bytes) -> None:
+        """A parameterless transaction command (``BEGIN ...``, ``COMMIT``, ``ROLLBACK``) straight through
+        libpq, blocking in ``PQexec`` (which lets go of the GIL) instead of psycopg's Python wait loop: half
+        the CPU of ``conn.execute`` (about 7 µs against 15, docs/performance.md), two or three of them per
+        transaction. A refusal (a conflict found at COMMIT) or a lost connection raises psycopg's exception
+        for its SQLSTATE, as ``conn.execute`` would; a lost connection leaves the connection BAD, so the pool
+        drops it when it comes back."""
+        result = self.pgconn.exec_(command)
+        if result.status != self._command_ok:
+            raise self._error(result, encoding=self.encoding)
+
+
+def _pg_statements(conn: Any) -> _PgStatements:
+    """The connection's :class:`_PgStatements` (made on first use, kept on the connection: it dies with it)."""
+    runner = conn.__dict__.get("_semper_statements")
+    if runner is None:
+        runner = conn.__dict__["_semper_statements"] = _PgStatements(conn)
+    return runner
+
+
+def _pg_execute(conn: Any, sql: str, params: Sequence[Any]) -> _Rows:
+    """One statement (``?`` placeholders) on the connection, its rows read before the answer."""
+    return _pg_statements(conn).execute(sql, params)
+
+
+def _pg_command(conn: Any, command: bytes) -> None:
+    """``BEGIN ...``, ``COMMIT`` or ``ROLLBACK`` on the connection (:meth:`_PgStatements.command`)."""
+    _pg_statements(conn).command(command)
 
 
 def _translate(e: BaseException, backend: str) -> BaseException:
@@ -318,14 +452,20 @@ class Database:
             self._pool = pool
             return pool
 
-    @contextmanager
-    def _postgres(self) -> Iterator[Any]:
-        from psycopg_pool import PoolTimeout
+    def _getconn(self) -> tuple[Any, Any]:
+        """This process's pool and a connection of it, to give back with ``pool.putconn``. Taken and given
+        back by hand rather than with the pool's ``connection()`` context manager: one generator less per
+        transaction, and the pool's checks on return are the same (a BAD connection is dropped)."""
+        pool = self._postgres_pool()
         try:
-            with self._postgres_pool().connection() as conn:
-                yield conn
-        except PoolTimeout:
-            raise BusyError(f"no connection to {self.dsn.display} became free within {BUSY_TIMEOUT_S:g} s") from None
+            return pool, pool.getconn()
+        except Exception as e:
+            # imported here, not before the call: an import on every call costs about 1 µs
+            from psycopg_pool import PoolTimeout
+            if isinstance(e, PoolTimeout):
+                raise BusyError(f"no connection to {self.dsn.display} became free within "
+                                f"{BUSY_TIMEOUT_S:g} s") from None
+            raise
 
     # ---- transactions -----------------------------------------------------------------------------
     @contextmanager
@@ -345,8 +485,12 @@ class Database:
                 with self._sqlite_transaction(write or exclusive) as tx:
                     yield tx
             else:
-                with self._postgres() as conn, self._postgres_transaction(conn, write, exclusive) as tx:
-                    yield tx
+                pool, conn = self._getconn()
+                try:
+                    with self._postgres_transaction(conn, write, exclusive) as tx:
+                        yield tx
+                finally:
+                    pool.putconn(conn)
         finally:
             with self._lock:
                 self.counts["write" if write or exclusive else "read"] += 1
@@ -377,13 +521,13 @@ class Database:
     @contextmanager
     def _postgres_transaction(self, conn: Any, write: bool, exclusive: bool) -> Iterator[Transaction]:
         if exclusive:
-            begin = "BEGIN ISOLATION LEVEL READ COMMITTED"
+            begin = b"BEGIN ISOLATION LEVEL READ COMMITTED"
         elif write:
-            begin = "BEGIN ISOLATION LEVEL SERIALIZABLE"
+            begin = b"BEGIN ISOLATION LEVEL SERIALIZABLE"
         else:
-            begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+            begin = b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
         try:
-            conn.execute(begin)
+            _pg_command(conn, begin)
             if exclusive:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         except Exception as e:
@@ -398,7 +542,7 @@ class Database:
         finally:
             self._local.snapshot = outer
         try:
-            conn.execute("COMMIT")           # PostgreSQL may refuse here too (a conflict found at commit)
+            _pg_command(conn, b"COMMIT")     # PostgreSQL may refuse here too (a conflict found at commit)
         except Exception as e:
             _quietly_rollback(conn)
             raise _translate(e, "postgresql") from None
@@ -432,15 +576,16 @@ class Database:
         snapshot: Transaction | None = getattr(self._local, "snapshot", None)
         if snapshot is not None:
             return snapshot.one(sql, params)
-        if self.dsn.backend == "postgresql":
-            sql = pyformat(sql)
         try:
             # every row fetched: the statement is finished, so no snapshot stays open behind it
             if self.dsn.backend == "sqlite":
                 rows = self._sqlite_reader().execute(sql, tuple(params)).fetchall()
             else:
-                with self._postgres() as conn:
-                    rows = conn.execute(sql, tuple(params)).fetchall()
+                pool, conn = self._getconn()
+                try:
+                    rows = _pg_execute(conn, sql, params).fetchall()
+                finally:
+                    pool.putconn(conn)
         except (BusyError, DatabaseError):
             raise
         except Exception as e:
@@ -519,7 +664,10 @@ def _quietly_rollback(conn: Any) -> None:
     """Roll back, keeping the error that got us here: a transaction SQLite already ended, or a
     PostgreSQL connection that broke meanwhile (the pool discards it), has nothing to roll back."""
     try:
-        conn.execute("ROLLBACK")
+        if isinstance(conn, sqlite3.Connection):
+            conn.execute("ROLLBACK")
+        else:
+            _pg_command(conn, b"ROLLBACK")
     except Exception:
         pass
 
