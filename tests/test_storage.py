@@ -97,6 +97,30 @@ def test_a_failed_statement_ends_the_transaction_on_both_back_ends(db: Database)
 
 
 @storages()
+def test_a_write_whose_failed_statement_was_caught_commits_nothing_and_says_so(db: Database) -> None:
+    """Code that catches a failed statement and returns normally: PostgreSQL answered its COMMIT with
+    ROLLBACK, as a success, so ``run`` returned as if committed with nothing written; SQLite committed what
+    ran before the failure. Both now roll back and raise (review of the fifth round, 2026-12-07)."""
+    db.migrate(COINS)
+    db.run(lambda tx: tx.execute("INSERT INTO coins (id) VALUES (?)", ("a",)))
+
+    def swallow(tx: dbmod.Transaction) -> str:
+        tx.execute("INSERT INTO coins (id) VALUES (?)", ("b",))
+        try:
+            tx.execute("INSERT INTO coins (id) VALUES (?)", ("a",))
+        except IntegrityError:
+            pass
+        return "done"
+    with pytest.raises(DatabaseError, match="rolled back, nothing of it committed"):
+        db.run(swallow)
+    assert db.read_one("SELECT COUNT(*) FROM coins") == (1,)       # b was not committed either
+    # a read transaction that caught its error (a table not there yet) still ends quietly
+    with db.transaction(write=False) as tx:
+        with pytest.raises(DatabaseError):
+            tx.all("SELECT * FROM no_such_table")
+
+
+@storages()
 def test_read_transactions_see_a_snapshot_and_cannot_write(db: Database) -> None:
     db.migrate(COINS)
     with pytest.raises(DatabaseError), db.transaction(write=False) as tx:

@@ -199,3 +199,47 @@ def test_no_free_connection_within_the_wait_is_busy(postgres_cluster: PostgresCl
         assert d.read_one("SELECT 2") == (2,)
     finally:
         d.close()
+
+
+def test_prepared_statements_survive_deallocate_all(db: Database) -> None:
+    """``DEALLOCATE ALL`` (a pooler's reset; psycopg's own rollback sent it once psycopg had prepared
+    something on the connection) drops our prepared names: one statement may fail, then each is prepared
+    afresh. Before (review of the fifth round), every run of those statements failed until the pool
+    retired the connection, an hour later."""
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO t (k, n) VALUES (?, ?)", ("a", 1))
+    for _ in range(3):
+        assert db.read_one("SELECT n FROM t WHERE k = ?", ("a",)) == (1,)      # prepared by now
+    db.run(lambda tx: tx.execute("DEALLOCATE ALL"))
+    errors = []
+    for _ in range(5):
+        try:
+            assert db.read_one("SELECT n FROM t WHERE k = ?", ("a",)) == (1,)
+        except DatabaseError as e:
+            errors.append(str(e))
+    assert len(errors) <= 1, errors
+
+
+def test_the_pool_never_lets_psycopg_prepare_its_own(postgres_cluster: PostgresCluster) -> None:
+    """psycopg's own preparing is off on the pool's connections, so its rollback never sends DEALLOCATE
+    ALL under our prepared statements (an exclusive transaction refused its lock is returned in a failed
+    transaction, and the pool rolls it back)."""
+    one = Database(postgres_cluster.new_database("stm1"), pool_size=1)      # every call on one connection
+    try:
+        for _ in range(8):
+            with one.transaction(exclusive=True) as tx:
+                tx.execute("SELECT 1")
+        rows = one.read_one("SELECT COUNT(*) FROM pg_prepared_statements WHERE name LIKE '_pg3_%'")
+        assert rows == (0,)
+    finally:
+        one.close()
+
+
+def test_a_single_read_runs_one_statement_only(db: Database) -> None:
+    """``read_one`` runs one statement: a second one after a semicolon is refused, not run (psycopg's
+    simple protocol ran both, in autocommit)."""
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO t (k, n) VALUES (?, ?)", ("a", 1))
+    with pytest.raises(DatabaseError):
+        db.read_one("SELECT 1; DELETE FROM t")
+    assert db.read_one("SELECT COUNT(*) FROM t") == (1,)

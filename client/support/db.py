@@ -298,9 +298,13 @@ class _PgStatements:
             # a prepared plan gone stale (a table altered under it: "cached plan must not change result
             # type"): this statement fails, as psycopg's would; the next run prepares it afresh
             del self.prepared[key]
+        elif name is not None and error.sqlstate == "26000":
+            # our names are gone (DEALLOCATE ALL or DISCARD ALL ran on the connection: a pooler's reset, say):
+            # this statement fails; every next one prepares afresh (review of the fifth round, 2026-12-07)
+            self.prepared.clear()
         raise error
 
-    def command(self, command: bytes) -> None:
+    def command(self, command: bytes) -> bytes:
         """A parameterless transaction command (``BEGIN ...``, ``COMMIT``, ``ROLLBACK``) straight through
         libpq, blocking in ``PQexec`` (which lets go of the GIL) instead of psycopg's Python wait loop: half
         the CPU of ``conn.execute`` (about 7 µs against 15, docs/performance.md), two or three of them per
@@ -310,6 +314,7 @@ class _PgStatements:
         result = self.pgconn.exec_(command)
         if result.status != self._command_ok:
             raise self._error(result, encoding=self.encoding)
+        return result.command_status or b""
 
 
 def _pg_statements(conn: Any) -> _PgStatements:
@@ -325,9 +330,19 @@ def _pg_execute(conn: Any, sql: str, params: Sequence[Any]) -> _Rows:
     return _pg_statements(conn).execute(sql, params)
 
 
-def _pg_command(conn: Any, command: bytes) -> None:
-    """``BEGIN ...``, ``COMMIT`` or ``ROLLBACK`` on the connection (:meth:`_PgStatements.command`)."""
-    _pg_statements(conn).command(command)
+def _pg_command(conn: Any, command: bytes) -> bytes:
+    """``BEGIN ...``, ``COMMIT`` or ``ROLLBACK`` on the connection (:meth:`_PgStatements.command`); the
+    server's command tag (``COMMIT`` of an aborted transaction answers ``ROLLBACK``, as a success)."""
+    return _pg_statements(conn).command(command)
+
+
+def _failed_at_commit(tx: Transaction) -> DatabaseError:
+    """A write transaction ends with a statement of it failed, its error caught by the caller: nothing is
+    committed, on either back end, and the caller hears so. Why (review of the fifth round, 2026-12-07):
+    PostgreSQL answers COMMIT of an aborted transaction with ROLLBACK, as a success, so ``run`` returned
+    normally with nothing written; SQLite committed the statements before the failed one."""
+    return DatabaseError(f"a statement of this transaction failed ({tx._failed}) and its error was caught; "
+                         "the transaction was rolled back, nothing of it committed")
 
 
 def _translate(e: BaseException, backend: str) -> BaseException:
@@ -440,7 +455,10 @@ class Database:
                 raise DatabaseError("a postgresql:// URL needs the psycopg and psycopg_pool packages "
                                     "(pip install 'psycopg[binary,pool]')") from None
             pool = ConnectionPool(self.dsn.target, min_size=1, max_size=max(1, self.pool_size), open=False,
-                                  kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                                  kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S,
+                                          # psycopg prepares nothing of its own on these connections: its
+                                          # rollback would then send DEALLOCATE ALL, taking ours too
+                                          "prepare_threshold": None},
                                   configure=_configure_postgres, timeout=BUSY_TIMEOUT_S,
                                   name=f"semper-{os.getpid()}", reconnect_timeout=60)
             try:
@@ -512,6 +530,9 @@ class Database:
             raise
         finally:
             self._local.snapshot = outer
+        if write and tx._failed is not None:
+            _quietly_rollback(conn)
+            raise _failed_at_commit(tx)
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as e:
@@ -541,11 +562,17 @@ class Database:
             raise
         finally:
             self._local.snapshot = outer
+        if (write or exclusive) and tx._failed is not None:
+            _quietly_rollback(conn)
+            raise _failed_at_commit(tx)
         try:
-            _pg_command(conn, b"COMMIT")     # PostgreSQL may refuse here too (a conflict found at commit)
+            tag = _pg_command(conn, b"COMMIT")   # PostgreSQL may refuse here too (a conflict found at commit)
         except Exception as e:
             _quietly_rollback(conn)
             raise _translate(e, "postgresql") from None
+        if (write or exclusive) and tag != b"COMMIT":
+            # aborted by the server without a statement of ours failing: nothing was committed
+            raise DatabaseError(f"the database rolled this transaction back instead of committing it ({tag!r})")
 
     def _enter_snapshot(self, tx: Transaction, write: bool) -> Transaction | None:
         """A read transaction begins on this thread: :meth:`read_one` runs in it until it ends (the caller
