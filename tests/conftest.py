@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,18 @@ def damaged_certificate() -> Callable[[bytes, str], bytes]:
             "one byte flipped": cert[:100] + bytes([cert[100] ^ 1]) + cert[101:],
         }[how]
     return damage
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run stopped by SIGTERM (``timeout``, a CI job's cancel) ends as one stopped by Ctrl-C: pytest
+    then tears the fixtures down, so the PostgreSQL clusters, pcscd and servers the tests started are
+    stopped by pid and their folders removed. Without this, SIGTERM ended the process at once and each
+    running cluster stayed behind (found 2026-12-07: three clusters left by runs cut by ``timeout``)."""
+    def interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)      # a second SIGTERM ends it at once
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
