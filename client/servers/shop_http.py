@@ -126,8 +126,8 @@ class LoopSteps:
     them slow); the one that spends the allowance sends the next ones to the pool, where only their
     thread waits, for ten times as long as it took (at least :data:`POOL_AT_LEAST`); then one is tried
     on the loop again. Steps under the budget are not counted: a device whose every step takes just
-    under 20 ms keeps the loop (that one step never spends the allowance by itself, however long it
-    takes, is as before).
+    under 20 ms keeps the loop. And the step that spends the allowance holds the loop for as long as it
+    takes (a restarting PSAM device: up to 15 s), as before: a step on the loop cannot be cut short.
 
     Why an allowance and not the first slow step: one step now and then takes 15-60 ms for reasons that
     do not last (the first orders of a cold worker, a collection of the interpreter's garbage, a database

@@ -336,13 +336,17 @@ def _pg_command(conn: Any, command: bytes) -> bytes:
     return _pg_statements(conn).command(command)
 
 
-def _failed_at_commit(tx: Transaction) -> DatabaseError:
-    """A write transaction ends with a statement of it failed, its error caught by the caller: nothing is
-    committed, on either back end, and the caller hears so. Why (review of the fifth round, 2026-12-07):
-    PostgreSQL answers COMMIT of an aborted transaction with ROLLBACK, as a success, so ``run`` returned
-    normally with nothing written; SQLite committed the statements before the failed one."""
-    return DatabaseError(f"a statement of this transaction failed ({tx._failed}) and its error was caught; "
-                         "the transaction was rolled back, nothing of it committed")
+def _refuse_failed_write(conn: Any, tx: Transaction, write: bool) -> None:
+    """Before a write transaction's COMMIT: if one of its statements failed and the caller caught the error,
+    roll back and raise, on either back end, so nothing of it is committed and the caller hears so. Why
+    (review of the fifth round, 2026-12-07): PostgreSQL answers COMMIT of an aborted transaction with
+    ROLLBACK, as a success, so ``run`` returned normally with nothing written; SQLite committed the
+    statements before the failed one. A read transaction that caught its error ends quietly (a migration
+    asks for a table that may not be there yet)."""
+    if write and tx._failed is not None:
+        _quietly_rollback(conn)
+        raise DatabaseError(f"a statement of this transaction failed ({tx._failed}) and its error was caught; "
+                            "the transaction was rolled back, nothing of it committed")
 
 
 def _translate(e: BaseException, backend: str) -> BaseException:
@@ -530,9 +534,7 @@ class Database:
             raise
         finally:
             self._local.snapshot = outer
-        if write and tx._failed is not None:
-            _quietly_rollback(conn)
-            raise _failed_at_commit(tx)
+        _refuse_failed_write(conn, tx, write)
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as e:
@@ -562,9 +564,7 @@ class Database:
             raise
         finally:
             self._local.snapshot = outer
-        if (write or exclusive) and tx._failed is not None:
-            _quietly_rollback(conn)
-            raise _failed_at_commit(tx)
+        _refuse_failed_write(conn, tx, write or exclusive)
         try:
             tag = _pg_command(conn, b"COMMIT")   # PostgreSQL may refuse here too (a conflict found at commit)
         except Exception as e:
