@@ -245,6 +245,71 @@ def test_registration_and_contract_signing(market: Market) -> None:
     m.clean()
 
 
+def _judged_with(m: Market, deal_id: str, statements: list[dict[str, Any]]) -> dict[str, Any]:
+    """The judge's ruling on the deal's evidence with its delivery note replaced by ``statements`` (bodies the
+    shop signs with its own token, as a seller could have): the same entries copied to a deal of their own in
+    the buyer's archive, exported and judged as any bundle."""
+    from semper.client.commerce.deal import new_deal_id
+    copy = new_deal_id()
+    for e in m.buyer.archive.entries(deal_id):
+        if e.kind == "statement:delivery":
+            for body in statements:
+                m.buyer.archive.append(copy, f"statement:{body['type']}", m.shop.identity.sign(body))
+        else:
+            m.buyer.archive.append(copy, e.kind, e.content)
+    return m.rule(copy)
+
+
+def test_one_signed_statement_confirms_the_payment_and_ships(market: Market, tmp_path: Path) -> None:
+    """A mail order paid from the card: the shop signs one statement in the payment step, the delivery note
+    stating the payment (before: an order confirmation and a note). The buyer checks it as both, openssl
+    verifies it, and the judge takes it as the confirmation and the note, but not when its payment or its
+    lines are not the order's; a bundle holding the old pair (confirmation, note) is judged as before."""
+    from test_cms import openssl_cms_verify
+
+    from semper.client.commerce import documents as docs
+    from semper.client.support.cms import parse_statement
+    m = market
+    _pay_with(m, "card-purse")
+    signed = m.shop.counters["signatures"]
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.SATISFIED, r.summary
+    assert m.shop.counters["signatures"] - signed == 2                      # the offer and the note (before: 3)
+    note = r.documents["delivery"]
+    assert r.documents["confirmation"] == note
+    body = parse_statement(note).body
+    assert body["type"] == "delivery" and body["payment"]["amount"] == 1_250
+    assert body["payment"]["payment_id"] == r.payment.terms.payment_id if r.payment else False
+    kinds = [e.kind for e in m.buyer.archive.entries(r.deal_id)]
+    assert "statement:order-confirmation" not in kinds and kinds.count("statement:delivery") == 1, kinds
+    root = tmp_path / "root.pem"
+    root.write_text(m.world.root_pem)
+    assert openssl_cms_verify(note, root, tmp_path).returncode == 0         # anyone can check it, not only semper
+
+    ruling = m.rule(r.deal_id)
+    assert ruling["bundle"]["ok"] and ruling["ruling"].endswith("both fulfilled"), ruling
+    assert ruling["facts"]["seller_confirmed"] and ruling["facts"]["confirmed_in"] == "delivery", ruling
+
+    # the same note with another payment stated: no confirmation (a problem the judge names)
+    for other in ({**body["payment"], "amount": 1}, {**body["payment"], "payment_id": "0" * 32}):
+        ruling = _judged_with(m, r.deal_id, [{**body, "payment": other}])
+        assert not ruling["facts"]["seller_confirmed"], ruling
+        assert any("confirms another payment" in p for p in ruling["bundle"]["problems"]), ruling
+    # with other lines: the seller owes, as for any note listing other goods
+    ruling = _judged_with(m, r.deal_id, [{**body, "items": [{"sku": "tea-sampler", "quantity": 1}]}])
+    assert ruling["seller_owes"] and "other goods" in ruling["ruling"], ruling
+    # the old pair: a confirmation of its own and a note without the payment, judged as before
+    order_sha256 = body["order_sha256"]
+    pair = [docs.confirmation_body(r.deal_id, order_sha256, body["payment"]),
+            {k: v for k, v in body.items() if k != "payment"}]
+    ruling = _judged_with(m, r.deal_id, pair)
+    assert ruling["bundle"]["ok"] and ruling["ruling"].endswith("both fulfilled"), ruling
+    assert ruling["facts"]["confirmed_in"] == "order-confirmation", ruling
+    ruling = _judged_with(m, r.deal_id, pair[1:])                            # a note alone, stating no payment
+    assert not ruling["facts"]["seller_confirmed"] and ruling["ruling"].endswith("both fulfilled"), ruling
+    m.clean()
+
+
 def test_a_cheating_seller_is_caught_at_every_step(market: Market) -> None:
     m = market
     _pay_with(m, "card-purse")
