@@ -894,7 +894,8 @@ class Shop:
         """One payment message, and when it completed the payment: the signed confirmation and, for mail
         order and registration, the delivery note, all committed (in the payment step's own transaction,
         or right after it) before the answer.
-        The answer: ``envelope`` (the payee's), and ``confirmation`` / ``delivery`` / ``content`` (bytes).
+        The answer: ``envelope`` (the payee's), and ``confirmation`` / ``delivery`` / ``content`` (bytes);
+        ``confirmation`` is the delivery note itself when the note states the payment (:meth:`confirmation_of`).
 
         A message refused before its module's step began a debit gives back the room :meth:`admit` took
         for it (``PaymentManager.unadmit``): refused by the manager (too many rounds, another module, a
