@@ -229,7 +229,9 @@ def test_registration_and_contract_signing(market: Market) -> None:
     reg = parse_statement(r.documents["delivery"]).body
     assert reg["type"] == "registration" and reg["member"] == {"name": "Bob Buyer", "email": "bob@buyer.example"}
     assert "E-mail" in m.ui.confirmations[-1]                                    # the form was shown and signed
-    assert m.rule(r.deal_id)["ruling"].endswith("both fulfilled")
+    ruling = m.rule(r.deal_id)
+    assert ruling["ruling"].endswith("both fulfilled")
+    assert ruling["facts"]["confirmed_in"] == "registration" and reg["payment"]["amount"] == r.payment.terms.amount
     _pay_with(m, None)
     r = workflows.sign_contract(m.buyer, "supply-contract")
     assert r.status is OutcomeStatus.SATISFIED, r.summary
@@ -307,6 +309,32 @@ def test_one_signed_statement_confirms_the_payment_and_ships(market: Market, tmp
     assert ruling["facts"]["confirmed_in"] == "order-confirmation", ruling
     ruling = _judged_with(m, r.deal_id, pair[1:])                            # a note alone, stating no payment
     assert not ruling["facts"]["seller_confirmed"] and ruling["ruling"].endswith("both fulfilled"), ruling
+    m.clean()
+
+
+def test_a_note_stating_another_payment_is_no_confirmation(market: Market, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shop whose one statement states another payment than the buyer's (here: 1 cent): the buyer's client
+    takes it for no confirmation (a dispute, the note archived), and the judge names it."""
+    from semper.client.commerce import documents as docs
+    m = market
+    _pay_with(m, "card-purse")
+    honest = docs.delivery_body
+
+    def cheating(*a: Any, **kw: Any) -> dict[str, Any]:
+        body = honest(*a, **kw)
+        if "payment" in body:
+            body["payment"] = {**body["payment"], "amount": 1}
+        return body
+    monkeypatch.setattr(docs, "delivery_body", cheating)
+    before = m.money()
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.DISPUTE and "does not confirm this order and payment" in r.summary, r.summary
+    assert m.money()["buyer purse"] == before["buyer purse"] - 1_250                # it had paid
+    kinds = [e.kind for e in m.buyer.archive.entries(r.deal_id)]
+    assert kinds.count("statement:delivery") == 1, kinds                          # the note is evidence
+    ruling = m.rule(r.deal_id)
+    assert not ruling["facts"]["seller_confirmed"], ruling
+    assert any("confirms another payment" in p for p in ruling["bundle"]["problems"]), ruling
     m.clean()
 
 
