@@ -274,11 +274,13 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 
 def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2, warmup: float = 2.0,
                      profile_seconds: float = 4.0, say: Callable[[str], None] | None = None, workers: int = 1,
-                     db: str = "sqlite") -> dict[str, Any]:
+                     db: str = "sqlite", phases: bool = False) -> dict[str, Any]:
     """``workers``: ``semper serve shop --workers N`` (N > 1: the PSAM in a device process of its own; no
     profile, the profiling wrapper runs one process). ``db``: the shop's storage, SQLite in its folder or a
     PostgreSQL cluster of the run's own with durable commits (the other parties stay on SQLite, so the
-    database server's CPU is all the seller's)."""
+    database server's CPU is all the seller's). ``phases``: the window after the timed one times the
+    seller's phases (bench/phases.py: microseconds per purchase, at nearly the unprofiled speed) instead
+    of profiling seller and buyers with yappi."""
     from semper.client.demo_world import World
     from semper.hardware.pcscd import VirtualCards
     tell = say or (lambda _line: None)
@@ -286,6 +288,9 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
         raise ValueError("buyers, processes, workers and seconds must be positive")
     if db not in ("sqlite", "postgresql"):
         raise ValueError(f"--db is sqlite or postgresql, not {db!r}")
+    if phases and (profile_seconds <= 0 or workers > 1):
+        raise ValueError("--phases times the seller in the window after the timed one, in one shop process: it "
+                         "needs that window (no --no-profile) and --workers 1")
     processes = min(processes, buyers)
     if workers > 1:
         profile_seconds = 0.0
@@ -309,7 +314,8 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
                     s = world.start_in_process(shop=False)
                     profile_file = folder / "seller-profile.json"
                     tell(f"starting 'semper serve shop --workers {workers} --db {db}' with its PSAM in {vc.readers[0]}")
-                    launcher = ("-m", "semper.bench.profiled_shop", "--profile", str(profile_file)) \
+                    launcher = ("-m", "semper.bench.profiled_shop", "--profile", str(profile_file),
+                                *(("--phases",) if phases else ())) \
                         if profile_seconds > 0 else ("-m", "semper.client.cli", "serve", "shop")
                     shop_proc = world.start_shop_process(psam_reader=vc.readers[0], catalogue=bench_catalogue(),
                                                          launcher=launcher, extra=("--workers", str(workers)))
@@ -321,7 +327,7 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
                     commits = _commit_counter(dbs["shop"]) if "shop" in dbs else None
                     report, results = _run(world, s.shop, seller, vc, specs, seconds, processes, warmup,
                                            profile_seconds, profile_file, tell, commits,
-                                           _shop_counter(s.shop, world.root_pem))
+                                           _shop_counter(s.shop, world.root_pem), phases=phases)
                     report.update(shop_workers=workers, db=db)
                     world.stop()                     # the shop lets go of its PSAM: read it for the money check
                     report["money"] = _money(specs, results, vc.readers[0])
@@ -376,8 +382,8 @@ def next_message(out: Any, workers: list[Any], timeout: float) -> dict[str, Any]
 def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list[BuyerSpec], seconds: float,
          processes: int,
          warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None],
-         commits: Callable[[], int] | None = None, db_counts: Callable[[], dict[str, dict[str, int]]] | None = None
-         ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+         commits: Callable[[], int] | None = None, db_counts: Callable[[], dict[str, dict[str, int]]] | None = None,
+         *, phases: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     groups = [specs[i::processes] for i in range(processes)]
@@ -386,10 +392,12 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
     offsets.update(profile_at=offsets["window_end"], profile_end=offsets["window_end"] + profile_seconds,
                    stop_at=offsets["window_end"] + profile_seconds)
     go, base = ctx.Event(), ctx.Value("d", 0.0)
-    workers = [ctx.Process(target=_worker, args=(shop_url, world.root_pem, g, offsets, profile_seconds > 0, out, go,
+    workers = [ctx.Process(target=_worker, args=(shop_url, world.root_pem, g, offsets,
+                                                 profile_seconds > 0 and not phases, out, go,
                                                  base), daemon=True) for g in groups]
     tell(f"{len(specs)} buyers in {processes} processes; timed window {seconds:g} s after {warmup:g} s warm-up"
-         + (f", then {profile_seconds:g} s profiled" if profile_seconds > 0 else ""))
+         + (f", then {profile_seconds:g} s {'with the seller phase-timed' if phases else 'profiled'}"
+            if profile_seconds > 0 else ""))
     for w in workers:
         w.start()
     results: list[dict[str, Any]] = []
@@ -419,7 +427,7 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
             counted.append(db_counts())
         if profile_seconds > 0:
             os.kill(shop_pid, signal.SIGUSR1)
-            tell(f"profiling for {profile_seconds:g} s")
+            tell(f"{'timing the seller by phase' if phases else 'profiling'} for {profile_seconds:g} s")
             time.sleep(max(0.0, plan["profile_end"] - time.time()))
             os.kill(shop_pid, signal.SIGUSR2)
         while len(results) < processes:
@@ -431,7 +439,8 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
             w.join(10)
             if w.is_alive():
                 w.kill()
-    report = _report(specs, seconds, processes, warmup, plan, results, before, after, profile_file, profile_seconds)
+    report = _report(specs, seconds, processes, warmup, plan, results, before, after, profile_file, profile_seconds,
+                     phases)
     if len(committed) == 2 and report["purchases"]:
         # the window's commits over the purchases that finished in it (a few at the edges belong to neighbours)
         report["db_commits_per_purchase"] = round((committed[1] - committed[0]) / report["purchases"], 2)
@@ -452,7 +461,7 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
 
 def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: float, plan: dict[str, float],
             results: list[dict[str, Any]], before: dict[str, float], after: dict[str, float], profile_file: Path,
-            profile_seconds: float) -> dict[str, Any]:
+            profile_seconds: float, phases: bool = False) -> dict[str, Any]:
     inside = [(t, dt, ok, why) for r in results for t, dt, ok, why in r["samples"]
               if plan["window_at"] <= t + dt <= plan["window_end"]]
     done = [dt for _, dt, ok, _ in inside if ok]
@@ -503,6 +512,13 @@ def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: floa
             seller = json.loads(profile_file.read_text())
         except (OSError, ValueError):
             seller = {"error": "the seller wrote no profile"}
+        if phases:
+            report["phases"] = {"note": f"a separate {profile_seconds:.0f} s window with the seller's phases timed "
+                                        "(bench/phases.py): each phase's own CPU (less the phases it calls) per "
+                                        "purchase, from the thread CPU clock; 'rest' is the shop process's CPU no "
+                                        "phase covers (event loop, TLS, handlers); buyers not profiled",
+                                "seller": seller}
+            return report
         report["profile"] = {"note": f"a separate {profile_seconds:.0f} s window under yappi (CPU clock, every "
                                      "thread): "
                                      "profiling slows everything, so only the shares count; each side's 'gc' "
