@@ -217,11 +217,15 @@ def _shop_counter(url: str, root_pem: str) -> Callable[[], dict[str, dict[str, i
     """The shop's own counts (``GET /stats``: the process that answers; with one worker, all of them), on
     either back end: ``db``, its database transactions and statements; ``card_steps``, where its card
     payment steps ran (``shop_http.LoopSteps``: on the event loop, in the pool, and how often slow steps
-    sent them there), which moves the seller's CPU per purchase by about a sixth (docs/performance.md)."""
+    sent them there), which moves the seller's CPU per purchase by about a sixth (docs/performance.md);
+    ``shop``, its counters (offers, orders, payments, deliveries, signatures made with its token)."""
     def read() -> dict[str, dict[str, int]]:
         from semper.client.support.channels import JsonClient
         got = JsonClient(url, root_pem, name="the shop", timeout=10).get("/stats")
-        return {part: {k: int(v) for k, v in (got.get(part) or {}).items()} for part in ("db", "card_steps")}
+        out = {part: {k: int(v) for k, v in (got.get(part) or {}).items()} for part in ("db", "card_steps")}
+        out["shop"] = {k: int(got[k]) for k in ("offers", "orders", "payments", "deliveries", "signatures")
+                       if isinstance(got.get(k), int)}
+        return out
     return read
 
 
@@ -444,6 +448,10 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
         # the shop's own count (both back ends): transactions begun, read-only and writing, and their statements
         report["db_per_purchase"] = {k: round((counted[1]["db"].get(k, 0) - v) / report["purchases"], 2)
                                      for k, v in counted[0]["db"].items()}
+    if len(counted) == 2 and report["purchases"] and counted[0].get("shop"):
+        # the shop's token signatures (offer, confirmation, delivery note...) over the window's purchases
+        report["shop_per_purchase"] = {k: round((counted[1]["shop"].get(k, 0) - v) / report["purchases"], 2)
+                                       for k, v in counted[0]["shop"].items()}
     if len(counted) == 2 and counted[0]["card_steps"]:
         # where the window's card payment steps ran (attempts: one waiting for PSAM room asks again)
         report["card_steps_in_window"] = {k: counted[1]["card_steps"].get(k, 0) - v
