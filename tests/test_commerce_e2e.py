@@ -21,7 +21,7 @@ import pytest
 from semper.bench.policy_ui import PolicyUI
 from semper.chaos import cheating_shop
 from semper.chaos.cheating_shop import Cheat
-from semper.client.commerce import workflows
+from semper.client.commerce import blocks, workflows
 from semper.client.commerce.deal import deal_attributes
 from semper.client.commerce.judge import judge_deal
 from semper.client.commerce.setup import BuyerConfig, BuyerSession, open_buyer, register_card
@@ -337,6 +337,128 @@ def test_a_note_stating_another_payment_is_no_confirmation(market: Market, monke
     assert any("confirms another payment" in p for p in ruling["bundle"]["problems"]), ruling
     m.clean()
 
+
+
+@pytest.fixture
+def refilled(market: Market) -> Iterator[Market]:
+    """The market, its buyer's purse loaded back at the end to what it held at the start (the tests after
+    it in this module pay from the same card)."""
+    before = market.money()["buyer purse"]
+    yield market
+    spent = before - market.money()["buyer purse"]
+    if spent > 0:
+        market.world.bank.cash_in(market.world.accounts["buyer"], spent)
+        market.buyer.payments.module("card-purse").load(spent)
+
+
+def _cheat_note(monkeypatch: pytest.MonkeyPatch, **change: Any) -> None:
+    """The shop's one statement states the payment with ``change`` in it."""
+    from semper.client.commerce import documents as docs
+    honest = docs.delivery_body
+
+    def cheating(*a: Any, **kw: Any) -> dict[str, Any]:
+        body = honest(*a, **kw)
+        if "payment" in body:
+            body["payment"] = {**body["payment"], **change}
+        return body
+    monkeypatch.setattr(docs, "delivery_body", cheating)
+
+
+@pytest.mark.parametrize("change", [{"currency": 840}, {"module": "cheque"}])
+def test_the_client_takes_as_confirmation_only_what_the_judge_counts(refilled: Market, monkeypatch: pytest.MonkeyPatch,
+                                                                    change: dict[str, Any]) -> None:
+    """Review of 2026-12-07: a note stating another currency was the client's confirmation (satisfied) and not
+    the judge's; both now apply one rule (documents.payment_mismatch)."""
+    m = refilled
+    _pay_with(m, "card-purse")
+    _cheat_note(monkeypatch, **change)
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.DISPUTE and "does not confirm this order and payment" in r.summary, r.summary
+    assert not m.rule(r.deal_id)["facts"]["seller_confirmed"]
+    m.clean()
+
+
+@pytest.mark.parametrize("change", [{"payment_id": "0" * 32}, {"currency": 840}])
+def test_recovery_after_a_restart_checks_the_confirmed_payment(refilled: Market, monkeypatch: pytest.MonkeyPatch,
+                                                              change: dict[str, Any]) -> None:
+    """recover_paid_order (the mall after a restart) took a note naming another payment id or currency."""
+    m = refilled
+    _pay_with(m, "card-purse")
+    _cheat_note(monkeypatch, **change)
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.DISPUTE
+    with pytest.raises(blocks.Dispute, match="does not confirm this order"):
+        blocks.recover_paid_order(m.buyer, r.deal_id)
+    m.clean()
+
+
+def test_a_second_note_listing_other_goods_is_a_dispute_and_the_seller_owes(refilled: Market,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of 2026-12-07: the shop sends its statement with neither answer, gives its one note (right goods,
+    the payment) at /deals/confirm and another note (other goods) at /deals/delivery. The client disputes,
+    and the judge, which read only the first note archived, ruled both fulfilled; now it reads every note."""
+    from semper.client.servers import shop_http
+    from semper.client.support.cms import parse_statement
+    m = refilled
+    _pay_with(m, "card-purse")
+    shop = m.shop
+    monkeypatch.setattr(shop_http, "_paid_answer",
+                        lambda done: {k: v for k, v in done.items() if k not in ("confirmation", "delivery", "content")})
+
+    def deliver(deal_id: str) -> Any:
+        body = parse_statement(shop.find(deal_id, fresh=True).delivery).body
+        return shop._sign({**body, "items": [{"sku": "tea-sampler", "quantity": 1}], "tracking": "TRK-OTHER"}), None
+    monkeypatch.setattr(shop, "deliver", deliver)
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.DISPUTE and "signed two" in r.summary, r.summary
+    ruling = m.rule(r.deal_id)
+    assert ruling["seller_owes"] and "other goods" in ruling["ruling"], ruling
+    assert any("2 different delivery statements" in p for p in ruling["bundle"]["problems"]), ruling
+    m.clean()
+
+
+def test_a_confirmation_and_a_note_stating_another_payment_is_a_dispute(refilled: Market,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shop that signs the pair, its note stating a payment other than the confirmation's."""
+    m = refilled
+    _pay_with(m, "card-purse")
+    monkeypatch.setattr(m.shop, "confirms_in_delivery_note", False)
+    from semper.client.commerce import documents as docs
+    honest = docs.delivery_body
+
+    def cheating(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {**honest(*a, **kw), "payment": {"module": "card-purse", "payment_id": "0" * 32, "amount": 1,
+                                                "currency": 978, "status": "paid"}}
+    monkeypatch.setattr(docs, "delivery_body", cheating)
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.DISPUTE and "another payment than its confirmation" in r.summary, r.summary
+    m.clean()
+
+
+def test_a_note_of_its_own_without_the_payment_gets_the_confirmation_beside_it(refilled: Market,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shop whose make_delivery signs a note of its own (without the payment): the deal is confirmed by a
+    confirmation of its own, not by a note that confirms nothing (Shop.confirmation_of reads the note)."""
+    from semper.client.commerce import documents as docs
+    from semper.client.support.cms import parse_statement
+    m = refilled
+    _pay_with(m, "card-purse")
+    shop = m.shop
+
+    def own_note(sd: Any) -> None:
+        if sd.delivery is None:
+            body = docs.delivery_body(sd.deal.deal_id, sd.order_digest, shop.delivery_lines(sd), sd.form, "TRK-OWN")
+            sd.delivery = shop._sign(body)
+            sd.deal.keep_statement(sd.delivery, "delivery")
+            sd.deal.decide("delivery", "satisfied", "delivered")
+            sd.deal.close()
+    monkeypatch.setattr(shop, "make_delivery", own_note)
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.SATISFIED, r.summary
+    sd = shop.find(r.deal_id, fresh=True)
+    assert sd.confirmation is not None and shop.confirm(r.deal_id) == sd.confirmation
+    assert parse_statement(sd.confirmation).body["type"] == "order-confirmation"
+    m.clean()
 
 def test_a_cheating_seller_is_caught_at_every_step(market: Market) -> None:
     m = market

@@ -407,7 +407,8 @@ def recover_paid_order(b: Buyer, deal_id: str) -> Recovered | None:
     vs_conf = _seller_statement(b, deal, offer, der, "order-confirmation")
     paid = _confirms(vs_conf, deal)              # an order confirmation, or the note that states the payment
     if paid is None or docs.confirmed_payment(vs_conf.body, deal_id, order_digest) is None \
-            or paid.get("amount") != offer.total:
+            or docs.payment_mismatch(paid, payment_id=docs.payment_id_for(deal_id, order_digest), amount=offer.total,
+                                     currency=offer.currency) is not None:
         deal.decide("confirmation", "dispute", "after a restart: the confirmation is for another order or amount")
         raise Dispute("the seller's confirmation does not confirm this order and amount", deal_id)
     deal.keep_statement(der, vs_conf.type)
@@ -468,9 +469,10 @@ def fetch_confirmation(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_dige
             raise Dispute(f"you paid but the seller sent no order confirmation ({e})", deal.deal_id) from None
         vs = _seller_statement(b, deal, offer, der, "order-confirmation")
     deal.keep_statement(der, vs.type)
-    pay_ = _confirms(vs, deal) or {}
-    if docs.confirmed_payment(vs.body, deal.deal_id, order_digest) is None \
-            or pay_.get("payment_id") != record.payment_id or pay_.get("amount") != record.terms.amount:
+    pay_ = _confirms(vs, deal)
+    if pay_ is None or docs.confirmed_payment(vs.body, deal.deal_id, order_digest) is None \
+            or docs.payment_mismatch(pay_, payment_id=record.payment_id, amount=record.terms.amount,
+                                     currency=record.terms.currency, module=record.module) is not None:
         deal.decide("confirmation", "dispute", "the confirmation is for another order or payment")
         raise Dispute("the seller's confirmation does not confirm this order and payment", deal.deal_id)
     deal.decide("confirmation", "satisfied", "the seller confirmed the order and the payment"
@@ -509,6 +511,15 @@ def await_delivery(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: 
     else:
         vs = _seller_statement(b, deal, offer, der, kind)
         deal.keep_statement(der, vs.type)
+        if confirmed is not None and confirmed.type == kind:
+            # the note that confirmed the payment is the deal's note: a second, different one is the seller
+            # signing two (the judge would read both; review of 2026-12-07)
+            deal.decide("delivery", "dispute", f"the seller signed two different {kind} statements for this order")
+            raise Dispute(f"the seller's {kind} is not the one that confirmed your payment: it signed two",
+                          deal.deal_id)
+        if confirmed is not None and "payment" in vs.body and vs.body.get("payment") != _confirms(confirmed, deal):
+            deal.decide("delivery", "dispute", f"the {kind} states another payment than the confirmation")
+            raise Dispute(f"the seller's {kind} states another payment than its confirmation", deal.deal_id)
     body = vs.body
     if (body.get("type"), body.get("deal"), body.get("order_sha256")) != (kind, deal.deal_id, order_digest):
         deal.decide("delivery", "dispute", f"the {kind} statement is for another deal or order")

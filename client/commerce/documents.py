@@ -341,6 +341,24 @@ def confirmed_payment(body: Mapping[str, Any], deal_id: str, order_sha256: str) 
     return dict(payment) if isinstance(payment, Mapping) else None
 
 
+def payment_mismatch(payment: Mapping[str, Any], *, payment_id: str | None, amount: int, currency: int,
+                     module: str | None = None) -> str | None:
+    """Why the payment a seller's statement confirms is not the one expected, or None when it is: its id,
+    amount, currency and (when the caller knows it) module. One rule for the buyer's client and the judge,
+    so that a statement the client takes as its confirmation is one the judge counts (review of
+    2026-12-07: the client checked no currency where the judge did). A statement without a currency
+    names the deal's (confirmations before 2026-12-07 always carried one)."""
+    if payment.get("payment_id") != payment_id:
+        return f"it confirms payment {payment.get('payment_id')}, not {payment_id}"
+    if payment.get("amount") != amount:
+        return f"it confirms an amount of {payment.get('amount')}, not {amount}"
+    if payment.get("currency", currency) != currency:
+        return f"it confirms currency {payment.get('currency')}, not {currency}"
+    if module is not None and payment.get("module", module) != module:
+        return f"it confirms a payment by {payment.get('module')}, not {module}"
+    return None
+
+
 def receipt_body(deal_id: str, order_sha256: str, line: OfferLine | Mapping[str, Any], amount: int, currency: int
                  ) -> dict[str, Any]:
     sku = line.sku if isinstance(line, OfferLine) else line["sku"]

@@ -154,13 +154,18 @@ def judge_deal(path: Path, trust: TrustStore, purse_root: x509.Certificate | Non
         r.seller_owes.append(f"the ordered goods (or {amount} back): it was paid and delivered nothing")
         r.ruling = "the buyer paid; the seller delivered nothing: the seller owes the goods or the money"
         return r
-    note = for_order[0].body
     wrong: list[str] = []
+    if len({vs.statement.der for vs in for_order}) > 1:
+        # one deal, one note: a seller that signed two (one confirming, one shipping other goods) is judged by
+        # every one of them, not by the first archived (review of 2026-12-07)
+        r.problems.append(f"the seller signed {len({vs.statement.der for vs in for_order})} different {kind} "
+                          "statements for this order")
     if kind == "delivery":
         want = [{"sku": i["sku"], "quantity": i["quantity"], **({"sha256": i["sha256"]} if i.get("sha256") else {})}
                 for i in offer["items"]]
-        if note.get("items") != want:
-            wrong.append(f"its signed delivery note lists {note.get('items')}, the order was for {want}")
+        for listed in sorted({json.dumps(vs.body.get("items"), sort_keys=True) for vs in for_order}):
+            if json.loads(listed) != want:
+                wrong.append(f"its signed delivery note lists {json.loads(listed)}, the order was for {want}")
         info = [i for i in offer["items"] if i.get("sha256")]
         got = blobs.get("delivered-content", [])
         if info and (not got or docs.sha256_hex(got[-1]) != info[0]["sha256"]):
@@ -186,10 +191,11 @@ def _confirmations(r: DealRuling, candidates: list[VerifiedStatement], seller: x
         payment = docs.confirmed_payment(vs.body, str(offer.get("deal")), order_digest)
         if payment is None:
             continue
-        if payment.get("amount") != offer["total"] or payment.get("currency", offer["currency"]) != offer["currency"] \
-                or payment.get("payment_id") != how.get("payment_id"):
+        why = docs.payment_mismatch(payment, payment_id=how.get("payment_id"), amount=offer["total"],
+                                    currency=offer["currency"], module=how.get("module"))
+        if why is not None:
             r.problems.append(f"the seller's {vs.type} statement confirms another payment than this order's "
-                              f"({payment.get('payment_id')}: {payment.get('amount')}); it is no confirmation")
+                              f"({why}); it is no confirmation")
             continue
         out.append(vs)
     return out

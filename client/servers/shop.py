@@ -27,6 +27,7 @@ cheats the buyer's client must catch.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import secrets
@@ -98,6 +99,18 @@ SHIPPED = ("mail-order", "registration")
 _SELLS = {"mail-order": frozenset({"physical", "information"}), "information": frozenset({"information"}),
           "registration": frozenset({"registration"}), "contract": frozenset({"contract"})}
 
+
+
+@functools.lru_cache(maxsize=256)
+def _states_payment(note: bytes) -> bool:
+    """Whether this shop's signed delivery note (or registration) states a payment (its content read by the
+    shop's own profile; cached, since a deal's answers ask it of the same bytes again)."""
+    parts = cms_profile.read_statement(note)
+    try:
+        body = decode_statement_content(parts.content) if parts is not None else None
+    except EvidenceError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("payment"), dict)
 
 class NoRoom(ServiceUnavailable):
     """No room at the payment's device for a payer's message now (the PSAM keeps only so many debits
@@ -947,12 +960,15 @@ class Shop:
     @staticmethod
     def confirmation_of(sd: ShopDeal) -> bytes | None:
         """The signed statement that confirms the deal's payment: its confirmation, or its delivery note (or
-        registration) when that was signed instead. Which one: a note signed for a deal with a payment
-        (terms) and no confirmation states the payment (:meth:`make_delivery`), and a note never gets a
-        confirmation after it (:meth:`confirm` answers the note); so no flag is stored."""
+        registration) when that was signed instead and states the payment. The note's own content says so
+        (read, not verified: the bytes are this shop's), so a ``make_delivery`` of a subclass that signs a
+        note of its own, without the payment, gets the confirmation signed beside it instead of a note
+        that confirms nothing answering for one (review of 2026-12-07)."""
         if sd.confirmation is not None:
             return sd.confirmation
-        return sd.delivery if sd.terms is not None and sd.paid else None
+        if sd.delivery is None or sd.terms is None or not sd.paid:
+            return None
+        return sd.delivery if _states_payment(sd.delivery) else None
 
     def _confirmation(self, sd: ShopDeal) -> None:
         if sd.confirmation is None:
