@@ -402,8 +402,8 @@ def test_a_second_note_listing_other_goods_is_a_dispute_and_the_seller_owes(refi
     m = refilled
     _pay_with(m, "card-purse")
     shop = m.shop
-    monkeypatch.setattr(shop_http, "_paid_answer",
-                        lambda done: {k: v for k, v in done.items() if k not in ("confirmation", "delivery", "content")})
+    held = ("confirmation", "delivery", "content")
+    monkeypatch.setattr(shop_http, "_paid_answer", lambda done: {k: v for k, v in done.items() if k not in held})
 
     def deliver(deal_id: str) -> Any:
         body = parse_statement(shop.find(deal_id, fresh=True).delivery).body
