@@ -248,13 +248,18 @@ def test_registration_and_contract_signing(market: Market) -> None:
 def test_a_cheating_seller_is_caught_at_every_step(market: Market) -> None:
     m = market
     _pay_with(m, "card-purse")
-    # replayed offer: a genuine signed offer, made for an earlier request
+    # replayed offer: a genuine signed offer, made for an earlier request (for one deal: another nonce; a
+    # standing offer, which answers no nonce: for other items)
     m.shop.cheat = Cheat()
-    workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)                 # the shop's first offer exists
+    reg = {"name": "Bob Buyer", "email": "bob@buyer.example"}
+    workflows.register(m.buyer, "tea-club", reg)                              # the shop's first offers exist
+    workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
     m.shop.cheat = Cheat(replay_offer=True)
     pins, before = len(m.ui.pins), m.money()
-    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    r = workflows.register(m.buyer, "tea-club", reg)
     assert r.status is OutcomeStatus.FAILED and "replayed offer" in r.summary
+    r = workflows.mail_order(m.buyer, [("teapot", 2)], form=ADDRESS)
+    assert r.status is OutcomeStatus.FAILED and "other items or quantities" in r.summary
     assert len(m.ui.pins) == pins and m.money() == before                       # nothing signed, nothing paid
     # changed price after the offer: refused before any money moves
     m.shop.cheat = Cheat(price_change=250)

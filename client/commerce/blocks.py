@@ -22,7 +22,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from ..exchange.outcome import Outcome
 from ..exchange.party import ResponsePlan
@@ -117,7 +116,7 @@ def get_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], attribu
 
 def standing_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], attributes: DealAttributes
                    ) -> tuple[Deal, docs.ParsedOffer, VerifiedStatement]:
-    """The shop's standing offer for these items (``GET /offer``: no deal, no nonce; docs/commerce.md,
+    """The shop's standing offer for these items (``POST /offer``: no deal, no nonce; docs/commerce.md,
     "Standing offers"), and a new deal on it whose id this client makes (the order names it).
 
     Kept (``Buyer.offers``) while at least :data:`STANDING_MARGIN` of its validity remains, so a buyer who
@@ -132,9 +131,8 @@ def standing_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], at
     if kept is not None and kept[0].valid_until - now >= STANDING_MARGIN:
         offer, vs = kept
     else:
-        query = "&".join([f"workflow={quote(workflow)}", f"anonymous={int(attributes.anonymous)}",
-                          *(f"item={quote(f'{s}:{q}')}" for s, q in asked)])
-        answer = b.shop.get(f"/offer?{query}")
+        answer = b.shop.post("/offer", {"workflow": workflow, "anonymous": attributes.anonymous,
+                                        "items": [{"sku": s, "quantity": q} for s, q in asked]})
         der = unb64(answer.get("offer"), "offer", 256 * 1024)
         try:
             vs = verify_statement(der, b.trust)

@@ -184,7 +184,7 @@ class Shop:
         self._swept: OrderedDict[str, float] = OrderedDict()    # buyer -> when its deals were last looked at
         self.fair_modules = tuple(fair_modules)
         # offers: per-deal offers signed (POST /deals); standing_signed: standing offers signed; standing_asked:
-        # standing offers asked for (GET /offer), signed or not; orders_on_standing: orders taken on one
+        # standing offers asked for (POST /offer), signed or not; orders_on_standing: orders taken on one
         self.counters = {"offers": 0, "orders": 0, "payments": 0, "deliveries": 0, "signatures": 0,
                          "standing_signed": 0, "standing_asked": 0, "orders_on_standing": 0}
         self._counter_lock = threading.Lock()
