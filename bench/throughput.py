@@ -112,7 +112,7 @@ def make_buyers(world: Any, count: int, say: Callable[[str], None]) -> list[Buye
 
 # ---- a worker process: some buyers, one thread each ------------------------------------------------
 def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], offsets: dict[str, float], profile: bool,
-            out: Any, go: Any, base: Any) -> None:
+            out: Any, go: Any, base: Any, keep_offers: bool = True) -> None:
     from semper.client.commerce.setup import BuyerConfig, open_buyer
     from semper.client.commerce.workflows import mail_order
     from semper.client.demo_world import CARD_PIN
@@ -136,6 +136,7 @@ def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], offsets: dict[
             ready.abort()
             return
         b = session.buyer
+        b.keep_offers = keep_offers         # False: the standing offer asked for at every purchase
         try:
             first = mail_order(b, [(ITEM_SKU, 1)], form=ADDRESS)          # connections and caches warm
             if first.status is not OutcomeStatus.SATISFIED:
@@ -221,8 +222,15 @@ def _shop_counter(url: str, root_pem: str) -> Callable[[], dict[str, dict[str, i
     def read() -> dict[str, dict[str, int]]:
         from semper.client.support.channels import JsonClient
         got = JsonClient(url, root_pem, name="the shop", timeout=10).get("/stats")
-        return {part: {k: int(v) for k, v in (got.get(part) or {}).items()} for part in ("db", "card_steps")}
+        out = {part: {k: int(v) for k, v in (got.get(part) or {}).items()} for part in ("db", "card_steps")}
+        out["offers"] = {k: int(got.get(k) or 0) for k in OFFER_COUNTERS}
+        return out
     return read
+
+
+#: the shop's counters (``Shop.counters``) the report gives per purchase: offers signed for one deal (one per
+#: POST /deals), standing offers asked for (POST /offer) and signed, orders
+OFFER_COUNTERS = ("offers", "standing_asked", "standing_signed", "orders", "orders_on_standing")
 
 
 def _tree_cpu_seconds(pid: int) -> float:
@@ -270,11 +278,12 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 
 def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2, warmup: float = 2.0,
                      profile_seconds: float = 4.0, say: Callable[[str], None] | None = None, workers: int = 1,
-                     db: str = "sqlite") -> dict[str, Any]:
+                     db: str = "sqlite", keep_offers: bool = True) -> dict[str, Any]:
     """``workers``: ``semper serve shop --workers N`` (N > 1: the PSAM in a device process of its own; no
     profile, the profiling wrapper runs one process). ``db``: the shop's storage, SQLite in its folder or a
     PostgreSQL cluster of the run's own with durable commits (the other parties stay on SQLite, so the
-    database server's CPU is all the seller's)."""
+    database server's CPU is all the seller's). ``keep_offers``: the buyers keep the shop's standing offer
+    while it is valid (the client's default); False, they ask for it at every purchase."""
     from semper.client.demo_world import World
     from semper.hardware.pcscd import VirtualCards
     tell = say or (lambda _line: None)
@@ -317,8 +326,8 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
                     commits = _commit_counter(dbs["shop"]) if "shop" in dbs else None
                     report, results = _run(world, s.shop, seller, vc, specs, seconds, processes, warmup,
                                            profile_seconds, profile_file, tell, commits,
-                                           _shop_counter(s.shop, world.root_pem))
-                    report.update(shop_workers=workers, db=db)
+                                           _shop_counter(s.shop, world.root_pem), keep_offers)
+                    report.update(shop_workers=workers, db=db, buyers_keep_offers=keep_offers)
                     world.stop()                     # the shop lets go of its PSAM: read it for the money check
                     report["money"] = _money(specs, results, vc.readers[0])
                     report["met"] = report["met"] and report["money"]["conserved"]
@@ -372,8 +381,8 @@ def next_message(out: Any, workers: list[Any], timeout: float) -> dict[str, Any]
 def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list[BuyerSpec], seconds: float,
          processes: int,
          warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None],
-         commits: Callable[[], int] | None = None, db_counts: Callable[[], dict[str, dict[str, int]]] | None = None
-         ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+         commits: Callable[[], int] | None = None, db_counts: Callable[[], dict[str, dict[str, int]]] | None = None,
+         keep_offers: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     groups = [specs[i::processes] for i in range(processes)]
@@ -383,7 +392,7 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
                    stop_at=offsets["window_end"] + profile_seconds)
     go, base = ctx.Event(), ctx.Value("d", 0.0)
     workers = [ctx.Process(target=_worker, args=(shop_url, world.root_pem, g, offsets, profile_seconds > 0, out, go,
-                                                 base), daemon=True) for g in groups]
+                                                 base, keep_offers), daemon=True) for g in groups]
     tell(f"{len(specs)} buyers in {processes} processes; timed window {seconds:g} s after {warmup:g} s warm-up"
          + (f", then {profile_seconds:g} s profiled" if profile_seconds > 0 else ""))
     for w in workers:
@@ -435,6 +444,16 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
         # the shop's own count (both back ends): transactions begun, read-only and writing, and their statements
         report["db_per_purchase"] = {k: round((counted[1]["db"].get(k, 0) - v) / report["purchases"], 2)
                                      for k, v in counted[0]["db"].items()}
+    if len(counted) == 2 and report["purchases"]:
+        # offer requests (POST /deals and POST /offer) and offer signatures per purchase in the window, from the
+        # counters of the process that answers /stats (with one worker: the shop's; with more, one worker's)
+        c0, c1 = counted[0]["offers"], counted[1]["offers"]
+        d = {k: c1.get(k, 0) - c0.get(k, 0) for k in OFFER_COUNTERS}
+        n = report["purchases"]
+        report["offers_per_purchase"] = {
+            "offer_requests": round((d["offers"] + d["standing_asked"]) / n, 3),
+            "offer_signatures": round((d["offers"] + d["standing_signed"]) / n, 3),
+            "orders_on_standing_offers": round(d["orders_on_standing"] / max(1, d["orders"]), 3)}
     if len(counted) == 2 and counted[0]["card_steps"]:
         # where the window's card payment steps ran (attempts: one waiting for PSAM room asks again)
         report["card_steps_in_window"] = {k: counted[1]["card_steps"].get(k, 0) - v
