@@ -245,6 +245,39 @@ def test_registration_and_contract_signing(market: Market) -> None:
     m.clean()
 
 
+def test_the_judge_rules_on_a_standing_offers_deal_and_on_a_per_deal_offers(market: Market) -> None:
+    """A mail order on a standing offer (no deal in it: the order names the deal) and a registration on an
+    offer for its one deal are both ruled "both fulfilled"; an order on the standing offer archived under
+    another deal than the one it names is a problem of the bundle (the judge of main did not look)."""
+    m = market
+    _pay_with(m, "card-purse")
+    m.buyer.offers.clear()
+    deals = [workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS) for _ in range(2)]
+    assert all(r.status is OutcomeStatus.SATISFIED for r in deals), [r.summary for r in deals]
+    offers = [[e.content for e in m.buyer.archive.entries(str(r.deal_id)) if e.kind == "statement:offer"]
+              for r in deals]
+    assert offers[0] == offers[1] and len(offers[0]) == 1           # one standing offer, two deals
+    for r in deals:
+        ruling = m.rule(str(r.deal_id))
+        assert ruling["bundle"]["ok"] and ruling["ruling"].endswith("both fulfilled"), ruling
+        assert ruling["facts"]["offer"]["standing"] and ruling["facts"]["order"]["names_deal"], ruling
+        assert not ruling["bundle"]["problems"], ruling
+    r = workflows.register(m.buyer, "tea-club", {"name": "Bob Buyer", "email": "bob@buyer.example"})
+    ruling = m.rule(str(r.deal_id))
+    assert ruling["ruling"].endswith("both fulfilled") and not ruling["facts"]["offer"]["standing"], ruling
+    assert ruling["facts"]["order"]["names_deal"] and not ruling["bundle"]["problems"], ruling
+    # the first deal's offer and order archived under a deal id of nobody's: the order names another deal
+    from semper.client.commerce.deal import new_deal_id
+    stray = new_deal_id()
+    order = next(e.content for e in m.buyer.archive.entries(str(deals[0].deal_id)) if e.kind == "statement:order")
+    m.buyer.archive.append_statement(stray, offers[0][0], statement_type="offer")
+    m.buyer.archive.append_statement(stray, order, statement_type="order")
+    m.buyer.archive.sync()
+    ruling = m.rule(stray)
+    assert not ruling["facts"]["order"]["names_deal"], ruling
+    assert "the order names another deal than its offer or its bundle" in ruling["bundle"]["problems"], ruling
+
+
 def test_a_cheating_seller_is_caught_at_every_step(market: Market) -> None:
     m = market
     _pay_with(m, "card-purse")
