@@ -10,6 +10,7 @@ verify; the judge rules).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -251,6 +252,7 @@ def test_the_judge_rules_on_a_standing_offers_deal_and_on_a_per_deal_offers(mark
     another deal than the one it names is a problem of the bundle (the judge of main did not look)."""
     m = market
     _pay_with(m, "card-purse")
+    m.buyer.payments.module("card-purse").load(2 * 1_250 + 1_500)   # (what this test spends, for the others)
     m.buyer.offers.clear()
     deals = [workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS) for _ in range(2)]
     assert all(r.status is OutcomeStatus.SATISFIED for r in deals), [r.summary for r in deals]
@@ -276,6 +278,29 @@ def test_the_judge_rules_on_a_standing_offers_deal_and_on_a_per_deal_offers(mark
     ruling = m.rule(stray)
     assert not ruling["facts"]["order"]["names_deal"], ruling
     assert "the order names another deal than its offer or its bundle" in ruling["bundle"]["problems"], ruling
+
+
+def test_a_kept_standing_offer_the_shop_no_longer_makes_is_refused_then_forgotten(market: Market) -> None:
+    """The buyer's client keeps the standing offer; the shop changes its price: the order on the kept offer
+    is refused (nothing paid), the client forgets the offer, and the next purchase asks for the new one."""
+    m = market
+    _pay_with(m, "card-purse")
+    m.buyer.payments.module("card-purse").load(2 * 1_250 + 10)
+    m.buyer.offers.clear()
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.SATISFIED and len(m.buyer.offers) == 1, r.summary
+    items = m.shop.catalogue.items
+    item = items["teapot"]
+    items["teapot"] = dataclasses.replace(item, unit_price=item.unit_price + 10)
+    try:
+        before = m.money()
+        r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+        assert r.status is OutcomeStatus.FAILED and "no longer makes this offer" in r.summary, r.summary
+        assert m.money() == before and not m.buyer.offers                # nothing paid; the offer forgotten
+        r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+        assert r.status is OutcomeStatus.SATISFIED and r.payment and r.payment.terms.amount == item.unit_price + 10, r
+    finally:
+        items["teapot"] = item
 
 
 def test_a_cheating_seller_is_caught_at_every_step(market: Market) -> None:
@@ -548,5 +573,5 @@ def test_after_slow_card_steps_the_next_ones_wait_in_the_pool(market: Market,
     assert seen == [True, True, False], seen    # the hiccup stayed on the loop; the allowance spent; the pool
     now[0] += shop_http.POOL_AT_LEAST + 1       # the pause is over
     r = workflows.mail_order(m.buyer, [("tea-sampler", 1)], form=ADDRESS)
-    assert r.status is OutcomeStatus.SATISFIED and seen == [True, True, False, True], seen
+    assert r.status is OutcomeStatus.SATISFIED and seen == [True, True, False, True], (seen, r.summary)
     m.clean()

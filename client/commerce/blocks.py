@@ -128,7 +128,7 @@ def standing_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], at
     key = (b.shop.url, workflow, tuple(asked), attributes.anonymous)
     now = dt.datetime.now(dt.UTC)
     kept = b.offers.get(key) if b.keep_offers else None
-    if kept is not None and kept[0].valid_until - now >= STANDING_MARGIN:
+    if kept is not None and kept[0].valid_until - now >= _margin(kept[0]):
         offer, vs = kept
     else:
         answer = b.shop.post("/offer", {"workflow": workflow, "anonymous": attributes.anonymous,
@@ -144,7 +144,7 @@ def standing_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], at
                                f"{offer.attributes.labels()}, not what was asked ({workflow}, {attributes.labels()})")
         if [(x.sku, x.quantity) for x in offer.lines] != asked:
             raise OfferRefused("the offer lists other items or quantities than were asked for")
-        if offer.valid_until - now < STANDING_MARGIN:
+        if offer.valid_until - now < _margin(offer):
             raise OfferRefused("the seller's standing offer expires too soon to be ordered on; nothing was ordered")
         tag = answer.get("offer_tag", "")
         if not isinstance(tag, str) or len(tag) > 256:
@@ -160,6 +160,13 @@ def standing_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], at
     deal.decide("offer", "satisfied", f"standing offer signed by {vs.signer.subject.rfc4514_string()}, "
                                       f"total {offer.total}")
     return deal, offer, vs
+
+
+def _margin(offer: docs.ParsedOffer) -> dt.timedelta:
+    """How much of a standing offer's validity must remain to start a deal on it: :data:`STANDING_MARGIN`,
+    or a quarter of its validity if that is shorter (a shop whose offers are valid a few minutes; it gives a
+    standing offer out with at least half its validity left, ``shop.STANDING_RENEW``)."""
+    return min(STANDING_MARGIN, (offer.valid_until - offer.signed_at) / 4)
 
 
 def forget_offer(b: Buyer, offer: docs.ParsedOffer) -> None:
