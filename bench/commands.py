@@ -54,7 +54,8 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     try:
         report = bench_throughput(buyers=args.buyers, seconds=args.seconds, processes=args.processes,
                                   warmup=args.warmup, profile_seconds=0.0 if args.no_profile else args.profile_seconds,
-                                  say=say, workers=args.workers, db=args.db, keep_offers=not args.offer_every_purchase)
+                                  say=say, workers=args.workers, db=args.db, phases=args.phases,
+                                  keep_offers=not args.offer_every_purchase)
     except ValueError as e:
         raise UsageError(str(e)) from None
     print_json(report)
@@ -122,6 +123,9 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of buying before the window (default 2)")
     p.add_argument("--profile-seconds", type=float, default=4.0, help="profiled window after the timed one (default 4)")
     p.add_argument("--no-profile", action="store_true", help="skip the profiled window")
+    p.add_argument("--phases", action="store_true",
+                   help="in the profiled window, time the seller's phases (microseconds per purchase: signing, "
+                        "token, database, PSAM, archive, HTTP) instead of profiling with yappi")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="the shop's worker processes (semper serve shop --workers N; default 1; N > 1: no profile)")
     p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",

@@ -218,19 +218,21 @@ def _shop_counter(url: str, root_pem: str) -> Callable[[], dict[str, dict[str, i
     """The shop's own counts (``GET /stats``: the process that answers; with one worker, all of them), on
     either back end: ``db``, its database transactions and statements; ``card_steps``, where its card
     payment steps ran (``shop_http.LoopSteps``: on the event loop, in the pool, and how often slow steps
-    sent them there), which moves the seller's CPU per purchase by about a sixth (docs/performance.md)."""
+    sent them there), which moves the seller's CPU per purchase by about a sixth (docs/performance.md);
+    ``shop``, its counters (offers, orders, payments, deliveries, signatures made with its token)."""
     def read() -> dict[str, dict[str, int]]:
         from semper.client.support.channels import JsonClient
         got = JsonClient(url, root_pem, name="the shop", timeout=10).get("/stats")
         out = {part: {k: int(v) for k, v in (got.get(part) or {}).items()} for part in ("db", "card_steps")}
-        out["offers"] = {k: int(got.get(k) or 0) for k in OFFER_COUNTERS}
+        out["shop"] = {k: int(got[k]) for k in SHOP_COUNTERS if isinstance(got.get(k), int)}
         return out
     return read
 
 
-#: the shop's counters (``Shop.counters``) the report gives per purchase: offers signed for one deal (one per
-#: POST /deals), standing offers asked for (POST /offer) and signed, orders
-OFFER_COUNTERS = ("offers", "standing_asked", "standing_signed", "orders", "orders_on_standing")
+#: the shop's counters (``Shop.counters``) the report gives per purchase: token signatures, offers signed for one
+#: deal (one per POST /deals), standing offers asked for (POST /offer) and signed, orders, payments, deliveries
+SHOP_COUNTERS = ("offers", "orders", "payments", "deliveries", "signatures", "standing_asked", "standing_signed",
+                 "orders_on_standing")
 
 
 def _tree_cpu_seconds(pid: int) -> float:
@@ -278,11 +280,13 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 
 def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2, warmup: float = 2.0,
                      profile_seconds: float = 4.0, say: Callable[[str], None] | None = None, workers: int = 1,
-                     db: str = "sqlite", keep_offers: bool = True) -> dict[str, Any]:
+                     db: str = "sqlite", phases: bool = False, keep_offers: bool = True) -> dict[str, Any]:
     """``workers``: ``semper serve shop --workers N`` (N > 1: the PSAM in a device process of its own; no
     profile, the profiling wrapper runs one process). ``db``: the shop's storage, SQLite in its folder or a
     PostgreSQL cluster of the run's own with durable commits (the other parties stay on SQLite, so the
-    database server's CPU is all the seller's). ``keep_offers``: the buyers keep the shop's standing offer
+    database server's CPU is all the seller's). ``phases``: the window after the timed one times the
+    seller's phases (bench/phases.py: microseconds per purchase, at nearly the unprofiled speed) instead
+    of profiling seller and buyers with yappi. ``keep_offers``: the buyers keep the shop's standing offer
     while it is valid (the client's default); False, they ask for it at every purchase."""
     from semper.client.demo_world import World
     from semper.hardware.pcscd import VirtualCards
@@ -291,6 +295,9 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
         raise ValueError("buyers, processes, workers and seconds must be positive")
     if db not in ("sqlite", "postgresql"):
         raise ValueError(f"--db is sqlite or postgresql, not {db!r}")
+    if phases and (profile_seconds <= 0 or workers > 1):
+        raise ValueError("--phases times the seller in the window after the timed one, in one shop process: it "
+                         "needs that window (no --no-profile) and --workers 1")
     processes = min(processes, buyers)
     if workers > 1:
         profile_seconds = 0.0
@@ -314,7 +321,8 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
                     s = world.start_in_process(shop=False)
                     profile_file = folder / "seller-profile.json"
                     tell(f"starting 'semper serve shop --workers {workers} --db {db}' with its PSAM in {vc.readers[0]}")
-                    launcher = ("-m", "semper.bench.profiled_shop", "--profile", str(profile_file)) \
+                    launcher = ("-m", "semper.bench.profiled_shop", "--profile", str(profile_file),
+                                *(("--phases",) if phases else ())) \
                         if profile_seconds > 0 else ("-m", "semper.client.cli", "serve", "shop")
                     shop_proc = world.start_shop_process(psam_reader=vc.readers[0], catalogue=bench_catalogue(),
                                                          launcher=launcher, extra=("--workers", str(workers)))
@@ -326,7 +334,8 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
                     commits = _commit_counter(dbs["shop"]) if "shop" in dbs else None
                     report, results = _run(world, s.shop, seller, vc, specs, seconds, processes, warmup,
                                            profile_seconds, profile_file, tell, commits,
-                                           _shop_counter(s.shop, world.root_pem), keep_offers)
+                                           _shop_counter(s.shop, world.root_pem), phases=phases,
+                                           keep_offers=keep_offers)
                     report.update(shop_workers=workers, db=db, buyers_keep_offers=keep_offers)
                     world.stop()                     # the shop lets go of its PSAM: read it for the money check
                     report["money"] = _money(specs, results, vc.readers[0])
@@ -382,7 +391,7 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
          processes: int,
          warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None],
          commits: Callable[[], int] | None = None, db_counts: Callable[[], dict[str, dict[str, int]]] | None = None,
-         keep_offers: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+         *, phases: bool = False, keep_offers: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     groups = [specs[i::processes] for i in range(processes)]
@@ -391,10 +400,12 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
     offsets.update(profile_at=offsets["window_end"], profile_end=offsets["window_end"] + profile_seconds,
                    stop_at=offsets["window_end"] + profile_seconds)
     go, base = ctx.Event(), ctx.Value("d", 0.0)
-    workers = [ctx.Process(target=_worker, args=(shop_url, world.root_pem, g, offsets, profile_seconds > 0, out, go,
+    workers = [ctx.Process(target=_worker, args=(shop_url, world.root_pem, g, offsets,
+                                                 profile_seconds > 0 and not phases, out, go,
                                                  base, keep_offers), daemon=True) for g in groups]
     tell(f"{len(specs)} buyers in {processes} processes; timed window {seconds:g} s after {warmup:g} s warm-up"
-         + (f", then {profile_seconds:g} s profiled" if profile_seconds > 0 else ""))
+         + (f", then {profile_seconds:g} s {'with the seller phase-timed' if phases else 'profiled'}"
+            if profile_seconds > 0 else ""))
     for w in workers:
         w.start()
     results: list[dict[str, Any]] = []
@@ -424,7 +435,7 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
             counted.append(db_counts())
         if profile_seconds > 0:
             os.kill(shop_pid, signal.SIGUSR1)
-            tell(f"profiling for {profile_seconds:g} s")
+            tell(f"{'timing the seller by phase' if phases else 'profiling'} for {profile_seconds:g} s")
             time.sleep(max(0.0, plan["profile_end"] - time.time()))
             os.kill(shop_pid, signal.SIGUSR2)
         while len(results) < processes:
@@ -436,7 +447,8 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
             w.join(10)
             if w.is_alive():
                 w.kill()
-    report = _report(specs, seconds, processes, warmup, plan, results, before, after, profile_file, profile_seconds)
+    report = _report(specs, seconds, processes, warmup, plan, results, before, after, profile_file, profile_seconds,
+                     phases)
     if len(committed) == 2 and report["purchases"]:
         # the window's commits over the purchases that finished in it (a few at the edges belong to neighbours)
         report["db_commits_per_purchase"] = round((committed[1] - committed[0]) / report["purchases"], 2)
@@ -444,12 +456,15 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
         # the shop's own count (both back ends): transactions begun, read-only and writing, and their statements
         report["db_per_purchase"] = {k: round((counted[1]["db"].get(k, 0) - v) / report["purchases"], 2)
                                      for k, v in counted[0]["db"].items()}
-    if len(counted) == 2 and report["purchases"]:
+    if len(counted) == 2 and report["purchases"] and counted[0].get("shop"):
+        # the shop's counters over the window's purchases: token signatures (confirmation and delivery note,
+        # offers), offers for one deal (POST /deals), standing offers asked for (POST /offer) and signed, orders
+        report["shop_per_purchase"] = {k: round((counted[1]["shop"].get(k, 0) - v) / report["purchases"], 2)
+                                       for k, v in counted[0]["shop"].items()}
+        d = {k: counted[1]["shop"].get(k, 0) - counted[0]["shop"].get(k, 0) for k in SHOP_COUNTERS}
+        n = report["purchases"]
         # offer requests (POST /deals and POST /offer) and offer signatures per purchase in the window, from the
         # counters of the process that answers /stats (with one worker: the shop's; with more, one worker's)
-        c0, c1 = counted[0]["offers"], counted[1]["offers"]
-        d = {k: c1.get(k, 0) - c0.get(k, 0) for k in OFFER_COUNTERS}
-        n = report["purchases"]
         report["offers_per_purchase"] = {
             "offer_requests": round((d["offers"] + d["standing_asked"]) / n, 3),
             "offer_signatures": round((d["offers"] + d["standing_signed"]) / n, 3),
@@ -463,7 +478,7 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
 
 def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: float, plan: dict[str, float],
             results: list[dict[str, Any]], before: dict[str, float], after: dict[str, float], profile_file: Path,
-            profile_seconds: float) -> dict[str, Any]:
+            profile_seconds: float, phases: bool = False) -> dict[str, Any]:
     inside = [(t, dt, ok, why) for r in results for t, dt, ok, why in r["samples"]
               if plan["window_at"] <= t + dt <= plan["window_end"]]
     done = [dt for _, dt, ok, _ in inside if ok]
@@ -514,6 +529,13 @@ def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: floa
             seller = json.loads(profile_file.read_text())
         except (OSError, ValueError):
             seller = {"error": "the seller wrote no profile"}
+        if phases:
+            report["phases"] = {"note": f"a separate {profile_seconds:.0f} s window with the seller's phases timed "
+                                        "(bench/phases.py): each phase's own CPU (less the phases it calls) per "
+                                        "purchase, from the thread CPU clock; 'rest' is the shop process's CPU no "
+                                        "phase covers (event loop, TLS, handlers); buyers not profiled",
+                                "seller": seller}
+            return report
         report["profile"] = {"note": f"a separate {profile_seconds:.0f} s window under yappi (CPU clock, every "
                                      "thread): "
                                      "profiling slows everything, so only the shares count; each side's 'gc' "

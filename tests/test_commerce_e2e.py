@@ -230,7 +230,9 @@ def test_registration_and_contract_signing(market: Market) -> None:
     reg = parse_statement(r.documents["delivery"]).body
     assert reg["type"] == "registration" and reg["member"] == {"name": "Bob Buyer", "email": "bob@buyer.example"}
     assert "E-mail" in m.ui.confirmations[-1]                                    # the form was shown and signed
-    assert m.rule(r.deal_id)["ruling"].endswith("both fulfilled")
+    ruling = m.rule(r.deal_id)
+    assert ruling["ruling"].endswith("both fulfilled")
+    assert ruling["facts"]["confirmed_in"] == "registration" and reg["payment"]["amount"] == r.payment.terms.amount
     _pay_with(m, None)
     r = workflows.sign_contract(m.buyer, "supply-contract")
     assert r.status is OutcomeStatus.SATISFIED, r.summary
@@ -263,6 +265,7 @@ def test_the_judge_rules_on_a_standing_offers_deal_and_on_a_per_deal_offers(mark
         ruling = m.rule(str(r.deal_id))
         assert ruling["bundle"]["ok"] and ruling["ruling"].endswith("both fulfilled"), ruling
         assert ruling["facts"]["offer"]["standing"] and ruling["facts"]["order"]["names_deal"], ruling
+        assert ruling["facts"]["seller_confirmed"], ruling          # the note confirms this deal's payment
         assert not ruling["bundle"]["problems"], ruling
     r = workflows.register(m.buyer, "tea-club", {"name": "Bob Buyer", "email": "bob@buyer.example"})
     ruling = m.rule(str(r.deal_id))
@@ -301,6 +304,98 @@ def test_a_kept_standing_offer_the_shop_no_longer_makes_is_refused_then_forgotte
         assert r.status is OutcomeStatus.SATISFIED and r.payment and r.payment.terms.amount == item.unit_price + 10, r
     finally:
         items["teapot"] = item
+        m.buyer.offers.clear()                  # (the kept offer has the price of the test; the next ask again)
+
+
+def _judged_with(m: Market, deal_id: str, statements: list[dict[str, Any]]) -> dict[str, Any]:
+    """The judge's ruling on the deal's evidence with its delivery note replaced by ``statements`` (bodies the
+    shop signs with its own token, as a seller could have): the same entries copied to a deal of their own in
+    the buyer's archive, exported and judged as any bundle."""
+    from semper.client.commerce.deal import new_deal_id
+    copy = new_deal_id()
+    for e in m.buyer.archive.entries(deal_id):
+        if e.kind == "statement:delivery":
+            for body in statements:
+                m.buyer.archive.append(copy, f"statement:{body['type']}", m.shop.identity.sign(body))
+        else:
+            m.buyer.archive.append(copy, e.kind, e.content)
+    return m.rule(copy)
+
+
+def test_one_signed_statement_confirms_the_payment_and_ships(market: Market, tmp_path: Path) -> None:
+    """A mail order paid from the card: the shop signs one statement in the payment step, the delivery note
+    stating the payment (before: an order confirmation and a note). The buyer checks it as both, openssl
+    verifies it, and the judge takes it as the confirmation and the note, but not when its payment or its
+    lines are not the order's; a bundle holding the old pair (confirmation, note) is judged as before."""
+    from test_cms import openssl_cms_verify
+
+    from semper.client.commerce import documents as docs
+    from semper.client.support.cms import parse_statement
+    m = market
+    _pay_with(m, "card-purse")
+    signed = m.shop.counters["signatures"]
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.SATISFIED, r.summary
+    assert m.shop.counters["signatures"] - signed == 2                      # the offer and the note (before: 3)
+    note = r.documents["delivery"]
+    assert r.documents["confirmation"] == note
+    body = parse_statement(note).body
+    assert body["type"] == "delivery" and body["payment"]["amount"] == 1_250
+    assert body["payment"]["payment_id"] == r.payment.terms.payment_id if r.payment else False
+    kinds = [e.kind for e in m.buyer.archive.entries(r.deal_id)]
+    assert "statement:order-confirmation" not in kinds and kinds.count("statement:delivery") == 1, kinds
+    root = tmp_path / "root.pem"
+    root.write_text(m.world.root_pem)
+    assert openssl_cms_verify(note, root, tmp_path).returncode == 0         # anyone can check it, not only semper
+
+    ruling = m.rule(r.deal_id)
+    assert ruling["bundle"]["ok"] and ruling["ruling"].endswith("both fulfilled"), ruling
+    assert ruling["facts"]["seller_confirmed"] and ruling["facts"]["confirmed_in"] == "delivery", ruling
+
+    # the same note with another payment stated: no confirmation (a problem the judge names)
+    for other in ({**body["payment"], "amount": 1}, {**body["payment"], "payment_id": "0" * 32}):
+        ruling = _judged_with(m, r.deal_id, [{**body, "payment": other}])
+        assert not ruling["facts"]["seller_confirmed"], ruling
+        assert any("confirms another payment" in p for p in ruling["bundle"]["problems"]), ruling
+    # with other lines: the seller owes, as for any note listing other goods
+    ruling = _judged_with(m, r.deal_id, [{**body, "items": [{"sku": "tea-sampler", "quantity": 1}]}])
+    assert ruling["seller_owes"] and "other goods" in ruling["ruling"], ruling
+    # the old pair: a confirmation of its own and a note without the payment, judged as before
+    order_sha256 = body["order_sha256"]
+    pair = [docs.confirmation_body(r.deal_id, order_sha256, body["payment"]),
+            {k: v for k, v in body.items() if k != "payment"}]
+    ruling = _judged_with(m, r.deal_id, pair)
+    assert ruling["bundle"]["ok"] and ruling["ruling"].endswith("both fulfilled"), ruling
+    assert ruling["facts"]["confirmed_in"] == "order-confirmation", ruling
+    ruling = _judged_with(m, r.deal_id, pair[1:])                            # a note alone, stating no payment
+    assert not ruling["facts"]["seller_confirmed"] and ruling["ruling"].endswith("both fulfilled"), ruling
+    m.clean()
+
+
+def test_a_note_stating_another_payment_is_no_confirmation(market: Market, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shop whose one statement states another payment than the buyer's (here: 1 cent): the buyer's client
+    takes it for no confirmation (a dispute, the note archived), and the judge names it."""
+    from semper.client.commerce import documents as docs
+    m = market
+    _pay_with(m, "card-purse")
+    honest = docs.delivery_body
+
+    def cheating(*a: Any, **kw: Any) -> dict[str, Any]:
+        body = honest(*a, **kw)
+        if "payment" in body:
+            body["payment"] = {**body["payment"], "amount": 1}
+        return body
+    monkeypatch.setattr(docs, "delivery_body", cheating)
+    before = m.money()
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.DISPUTE and "does not confirm this order and payment" in r.summary, r.summary
+    assert m.money()["buyer purse"] == before["buyer purse"] - 1_250                # it had paid
+    kinds = [e.kind for e in m.buyer.archive.entries(r.deal_id)]
+    assert kinds.count("statement:delivery") == 1, kinds                          # the note is evidence
+    ruling = m.rule(r.deal_id)
+    assert not ruling["facts"]["seller_confirmed"], ruling
+    assert any("confirms another payment" in p for p in ruling["bundle"]["problems"]), ruling
+    m.clean()
 
 
 def test_a_cheating_seller_is_caught_at_every_step(market: Market) -> None:

@@ -28,6 +28,7 @@ from postgres import Storage, storages
 from test_stateless_offer import NONCE, _kinds, _parsed
 from test_unpaid_caps import _purse_shop, _signed_order, pki  # pki: the fixture
 
+from semper.client.commerce import documents as docs
 from semper.client.commerce.errors import CommerceError
 from semper.client.payment import card_purse
 from semper.client.payment.manager import MAX_ROUNDS, PaymentManager
@@ -36,7 +37,9 @@ from semper.client.payment.module import PartyContext
 from semper.client.payment.modules import purse as purse_module
 from semper.client.payment.modules.purse import PayerFlow, PurseModule
 from semper.client.servers.shop import KEPT_REFUSALS, Shop
+from semper.client.servers.shop_http import _paid_answer
 from semper.client.support.db import Database
+from semper.client.support.verify import verify_statement
 from semper.hardware import errors as hw
 
 EUR = 978
@@ -134,11 +137,12 @@ def test_a_deal_abandoned_while_its_proof_is_taken_is_confirmed_and_delivered_on
     kinds = _kinds(shop, deal_id)
     # before: two of each (the second signed after the step's write of the deal failed), and the payment
     # record kept twice
-    assert kinds.count(CONFIRMATION) == 1 and kinds.count(DELIVERY) == 1, kinds
+    # (one statement: the delivery note states the payment, and is the confirmation the answer names)
+    assert kinds.count(CONFIRMATION) == 0 and kinds.count(DELIVERY) == 1, kinds
     assert kinds.count("payment") == 1, kinds
-    assert done["confirmation"] == sd.confirmation and done["delivery"] == sd.delivery
+    assert sd.confirmation is None and done["confirmation"] == done["delivery"] == sd.delivery
     archived = {e.kind: e.content for e in shop.archive.entries(deal_id) if e.kind in (CONFIRMATION, DELIVERY)}
-    assert archived == {CONFIRMATION: sd.confirmation, DELIVERY: sd.delivery}
+    assert archived == {DELIVERY: sd.delivery}
 
     again = shop.pay_and_deliver(deal_id, proof)                    # its answer lost: the same answer
     assert again["envelope"] == done["envelope"] and again["confirmation"] == done["confirmation"]
@@ -182,7 +186,7 @@ def test_a_card_that_paid_gets_its_goods_however_often_its_proof_was_refused(
     assert record.status is Status.PAID and record.evidence["proof"] == proof["body"]["proof"]
     assert desk.held() == 0 and len(asked) == MAX_ROUNDS          # each of the card's proofs reached the PSAM
     kinds = _kinds(shop, deal_id)
-    assert kinds.count(CONFIRMATION) == 1 and kinds.count(DELIVERY) == 1
+    assert kinds.count(CONFIRMATION) == 0 and kinds.count(DELIVERY) == 1         # one statement for both
     assert shop.pay_and_deliver(deal_id, proof)["confirmation"] == done["confirmation"]    # replayed: the same
 
 
@@ -262,3 +266,81 @@ def test_a_psam_failing_while_its_batches_are_read_keeps_the_late_proof_gate_shu
         with pytest.raises(CommerceError):
             shop.pay_and_deliver(deal_id, proof)
     assert len(searched) == MAX_ROUNDS
+
+
+@storages()
+def test_a_purse_mail_order_signs_one_statement_that_confirms_and_ships(
+        card_shop: tuple[Shop, PaymentManager], pki: dict[str, Any], purse: Any) -> None:
+    """The payment step that completes a mail order paid from the card and ships signs ONE statement: the
+    delivery note stating the payment (before: an order confirmation, then the note, two signatures on the
+    shop's token). It proves both: the payment of this order confirmed, and the lines shipped. Later
+    requests (the step replayed, ``confirm``, ``deliver``) answer that statement and sign nothing."""
+    shop, _payments = card_shop
+    signed = shop.counters["signatures"]
+    deal_id, proof, amount = _card_debited(shop, pki["bob"], purse)
+    done = shop.pay_and_deliver(deal_id, proof)
+    assert shop.counters["signatures"] - signed == 2             # the offer and the note (before: 3)
+    sd = _row(shop, deal_id)
+    assert sd.confirmation is None and done["delivery"] == sd.delivery == done["confirmation"]
+    note = verify_statement(sd.delivery, shop.trust)
+    assert note.type == "delivery" and note.body["items"] == [{"sku": "teapot", "quantity": 1}]
+    assert note.body["payment"] == {"module": "card-purse", "payment_id": sd.terms.payment_id, "amount": amount,
+                                    "currency": EUR, "status": "paid"}
+    assert docs.confirmed_payment(note.body, deal_id, sd.order_digest) == note.body["payment"]
+    assert docs.confirmed_payment(note.body, deal_id, "00" * 32) is None          # another order's: none
+    # the HTTP answer carries the statement once, as the delivery note
+    answer = _paid_answer(done)
+    assert "confirmation" not in answer and answer["shipped"] is True
+    kinds = _kinds(shop, deal_id)
+    assert kinds.count(CONFIRMATION) == 0 and kinds.count(DELIVERY) == 1, kinds
+    # whatever is asked later answers with what was signed, and signs nothing more
+    after = shop.counters["signatures"]
+    assert shop.confirm(deal_id) == sd.delivery
+    assert shop.deliver(deal_id) == (sd.delivery, None)
+    assert shop.pay_and_deliver(deal_id, proof)["confirmation"] == sd.delivery
+    assert shop.counters["signatures"] == after and _kinds(shop, deal_id) == kinds
+
+
+@storages()
+def test_a_shop_that_ships_later_keeps_the_confirmation_and_note_apart(
+        card_shop: tuple[Shop, PaymentManager], pki: dict[str, Any], purse: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shop whose payment step does not ship (its ``make_delivery`` ships nothing then) confirms the payment
+    in a statement of its own; the note it signs when the buyer asks for delivery states no payment, and
+    ``confirm`` keeps answering the confirmation: never a second statement of the payment."""
+    shop, _payments = card_shop
+    deal_id, proof, amount = _card_debited(shop, pki["bob"], purse)
+    ship = shop.make_delivery
+    monkeypatch.setattr(shop, "make_delivery", lambda sd: None)
+    done = shop.pay_and_deliver(deal_id, proof)
+    assert "delivery" not in done
+    conf = verify_statement(done["confirmation"], shop.trust)
+    assert conf.type == "order-confirmation" and conf.body["payment"]["amount"] == amount
+    monkeypatch.setattr(shop, "make_delivery", ship)
+    note, _ = shop.deliver(deal_id)
+    assert note is not None
+    body = verify_statement(note, shop.trust).body
+    assert body["type"] == "delivery" and "payment" not in body
+    signed = shop.counters["signatures"]
+    assert shop.confirm(deal_id) == done["confirmation"] and shop.deliver(deal_id) == (note, None)
+    assert shop.pay_and_deliver(deal_id, proof)["confirmation"] == done["confirmation"]
+    assert shop.counters["signatures"] == signed
+    kinds = _kinds(shop, deal_id)
+    assert kinds.count(CONFIRMATION) == 1 and kinds.count(DELIVERY) == 1, kinds
+
+
+@storages()
+def test_a_shop_that_confirms_before_shipping_signs_the_pair(
+        card_shop: tuple[Shop, PaymentManager], pki: dict[str, Any], purse: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Shop.confirms_in_delivery_note`` off (the mall: its deal must be on disk confirmed before it buys
+    from the shops): the confirmation, then the note, as before."""
+    shop, _payments = card_shop
+    monkeypatch.setattr(shop, "confirms_in_delivery_note", False)
+    signed = shop.counters["signatures"]
+    deal_id, proof, _amount = _card_debited(shop, pki["bob"], purse)
+    done = shop.pay_and_deliver(deal_id, proof)
+    assert shop.counters["signatures"] - signed == 3
+    assert verify_statement(done["confirmation"], shop.trust).type == "order-confirmation"
+    assert "payment" not in verify_statement(done["delivery"], shop.trust).body
+    assert set(_paid_answer(done)) >= {"confirmation", "delivery"}

@@ -449,7 +449,7 @@ def test_an_abandoned_deal_stays_abandoned_until_it_is_paid(
     done = one.pay_and_deliver(late, _message(late_answer, "proof"))
     assert done["envelope"]["body"] == {"kind": "receipt"} and done["confirmation"] and done["delivery"]
     sd = _deal(two, late)
-    assert sd.paid and sd.finished and not sd.abandoned and sd.confirmation and sd.delivery
+    assert sd.paid and sd.finished and not sd.abandoned and sd.delivery and one.confirmation_of(sd) == sd.delivery
     assert two.payments.record(late_answer["terms"]["payment_id"], "payee").status is Status.PAID
     assert one.store.open_count() == 0                              # finished: not open either
 

@@ -151,6 +151,7 @@ def test_browse_fill_hand_off_confirm_delivery(market: WebWorld, browser: Any, s
     visible(browser, "h1", "#deal", "#tracking")
     assert by(browser, "#tracking").text.startswith("TRK-")
     assert "Bob Buyer" in by(browser, "#note").text and "Berlin" in by(browser, "#note").text
+    assert "12.50" in by(browser, "#payment").text          # the note is the payment's confirmation too
     shots.take(browser, "delivery")
     after = market.money()
     assert before["purse"] - after["purse"] == 1250

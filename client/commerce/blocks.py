@@ -482,16 +482,14 @@ def recover_paid_order(b: Buyer, deal_id: str) -> Recovered | None:
             return None
         raise CommerceError(f"cannot tell whether deal {deal_id} was paid: {e}") from None
     vs_conf = _seller_statement(b, deal, offer, der, "order-confirmation")
-    body = vs_conf.body
-    raw = body.get("payment")
-    paid: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    if (body.get("type"), body.get("deal"), body.get("order_sha256")) != ("order-confirmation", deal_id, order_digest) \
+    paid = _confirms(vs_conf, deal)              # an order confirmation, or the note that states the payment
+    if paid is None or docs.confirmed_payment(vs_conf.body, deal_id, order_digest) is None \
             or paid.get("amount") != offer.total:
         deal.decide("confirmation", "dispute", "after a restart: the confirmation is for another order or amount")
         raise Dispute("the seller's confirmation does not confirm this order and amount", deal_id)
     deal.keep_statement(der, vs_conf.type)
     deal.decide("confirmation", "satisfied", "after a restart: the seller confirmed the order and the payment")
-    note, _, _ = await_delivery(b, deal, offer, order_digest)
+    note, _, _ = await_delivery(b, deal, offer, order_digest, confirmed=vs_conf)
     deal.close()
     return Recovered(offers[-1].content, offer, der, note)
 
@@ -509,34 +507,61 @@ def _seller_statement(b: Buyer, deal: Deal, offer: docs.ParsedOffer, der: bytes,
     return vs
 
 
-def fetch_confirmation(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, paid: Paid) -> bytes:
-    """The seller's signed confirmation of this order and payment: the one that came with the payment's
-    last answer, else asked for; checked to be this deal's, order's and payment's."""
+def _confirms(vs: VerifiedStatement, deal: Deal) -> dict[str, Any] | None:
+    """The payment a seller's statement confirms, if it is of a kind that may confirm one in this deal: an
+    order confirmation, or this workflow's delivery note or registration stating the payment (the shop signs
+    one statement for both when its payment step ships: docs/commerce.md). The deal and order: the caller's."""
+    kind = "registration" if deal.workflow == "registration" else "delivery"
+    if vs.type not in ("order-confirmation", kind):
+        return None
+    payment = vs.body.get("payment")
+    return dict(payment) if isinstance(payment, dict) else None
+
+
+def fetch_confirmation(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, paid: Paid
+                       ) -> VerifiedStatement:
+    """The seller's signed confirmation of this order and payment, verified: the one that came with the
+    payment's last answer, else the delivery note that came with it when that states the payment (one
+    statement for both), else asked for; checked to be this deal's, order's and payment's, and archived.
+    Hand it to :func:`await_delivery` (``confirmed``): when it is the note, it is not verified or kept twice."""
     record = paid.record
-    try:
-        sent = paid.confirmation                                          # came with the payment's last answer
-        der = unb64(sent or b.shop.post("/deals/confirm", {"deal": deal.deal_id}).get("confirmation"), "confirmation")
-    except (SellerRefused, CommerceError) as e:
-        deal.decide("confirmation", "dispute", f"paid, no confirmation: {e}")
-        raise Dispute(f"you paid but the seller sent no order confirmation ({e})", deal.deal_id) from None
-    vs = _seller_statement(b, deal, offer, der, "order-confirmation")
+    vs: VerifiedStatement | None = None
+    der = b""
+    sent = paid.delivery.get("delivery") if paid.delivery is not None else None
+    if paid.confirmation is None and isinstance(sent, str):       # the note, sent with the payment's last answer
+        try:
+            der = unb64(sent, "delivery note")
+            note: VerifiedStatement | None = verify_statement(der, b.trust)
+        except (SellerRefused, EvidenceError):
+            note = None                                 # await_delivery says what is wrong with it
+        if note is not None and _confirms(note, deal) is not None and same_key(note.signer, offer.seller):
+            vs = note
+    if vs is None:
+        try:
+            der = unb64(paid.confirmation or b.shop.post("/deals/confirm", {"deal": deal.deal_id}).get("confirmation"),
+                        "confirmation")
+        except (SellerRefused, CommerceError) as e:
+            deal.decide("confirmation", "dispute", f"paid, no confirmation: {e}")
+            raise Dispute(f"you paid but the seller sent no order confirmation ({e})", deal.deal_id) from None
+        vs = _seller_statement(b, deal, offer, der, "order-confirmation")
     deal.keep_statement(der, vs.type)
-    body = vs.body
-    payment = body.get("payment")
-    pay_: dict[str, Any] = payment if isinstance(payment, dict) else {}
-    if (body.get("type"), body.get("deal"), body.get("order_sha256")) != ("order-confirmation", deal.deal_id,
-                                                                          order_digest) \
+    pay_ = _confirms(vs, deal) or {}
+    if docs.confirmed_payment(vs.body, deal.deal_id, order_digest) is None \
             or pay_.get("payment_id") != record.payment_id or pay_.get("amount") != record.terms.amount:
         deal.decide("confirmation", "dispute", "the confirmation is for another order or payment")
         raise Dispute("the seller's confirmation does not confirm this order and payment", deal.deal_id)
-    deal.decide("confirmation", "satisfied", "the seller confirmed the order and the payment")
-    return der
+    deal.decide("confirmation", "satisfied", "the seller confirmed the order and the payment"
+                + ("" if vs.type == "order-confirmation" else f" in its {vs.type} statement"))
+    return vs
 
 
 def await_delivery(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: str, patience: float | None = None,
-                   *, sent: dict[str, Any] | None = None) -> tuple[bytes, bytes | None, VerifiedStatement]:
+                   *, sent: dict[str, Any] | None = None, confirmed: VerifiedStatement | None = None
+                   ) -> tuple[bytes, bytes | None, VerifiedStatement]:
     """Wait (bounded) for the delivery note; check that it delivers exactly what was ordered. ``sent``: the
-    delivery answer that came with this deal's payment (:attr:`Paid.delivery`), read before asking."""
+    delivery answer that came with this deal's payment (:attr:`Paid.delivery`), read before asking.
+    ``confirmed``: the statement :func:`fetch_confirmation` checked and kept; when the note is that one (it
+    states the payment), it is checked here as a note and not verified or archived again."""
     deadline = time.monotonic() + (patience if patience is not None else b.patience)
     while True:
         if sent is not None:
@@ -556,8 +581,11 @@ def await_delivery(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order_digest: 
     der = unb64(answer.get("delivery"), "delivery note")
     content = unb64(answer["content"], "content") if answer.get("content") else None
     kind = "registration" if deal.workflow == "registration" else "delivery"
-    vs = _seller_statement(b, deal, offer, der, kind)
-    deal.keep_statement(der, vs.type)
+    if confirmed is not None and der == confirmed.statement.der:
+        vs = confirmed                                  # the confirmation was the note: verified and kept
+    else:
+        vs = _seller_statement(b, deal, offer, der, kind)
+        deal.keep_statement(der, vs.type)
     body = vs.body
     if (body.get("type"), body.get("deal"), body.get("order_sha256")) != (kind, deal.deal_id, order_digest):
         deal.decide("delivery", "dispute", f"the {kind} statement is for another deal or order")

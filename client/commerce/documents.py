@@ -18,8 +18,10 @@ order                  buyer card  ``offer_sha256``, ``items``, ``total``, ``pay
                        anonymous)  needs to be re-rendered
 order-confirmation     seller      ``order_sha256``, ``payment`` (module, id, amount, status)
 delivery               seller      ``order_sha256``, ``items`` shipped (with ``sha256`` for information),
-                                   ``ship_to``, ``tracking``
-registration           seller      ``order_sha256``, ``member`` (form values), ``member_id``, ``valid_until``
+                                   ``ship_to``, ``tracking``; and ``payment`` as the confirmation's when it
+                                   is signed in its stead (one statement for both, :func:`confirmed_payment`)
+registration           seller      ``order_sha256``, ``member`` (form values), ``member_id``, ``valid_until``;
+                                   ``payment`` as a delivery note's
 receipt                seller      (in the information exchange) ``order_sha256``, ``sku``, ``sha256``, amount
 contract-signature     each side   (in the contract exchange) ``contract_sha256``, ``role``, and for the
                                    buyer ``confirmation_sha256``
@@ -337,15 +339,40 @@ def confirmation_body(deal_id: str, order_sha256: str, payment: Mapping[str, Any
 
 
 def delivery_body(deal_id: str, order_sha256: str, items: Sequence[Mapping[str, Any]], ship_to: Mapping[str, str],
-                  tracking: str) -> dict[str, Any]:
-    return {"type": "delivery", "deal": deal_id, "order_sha256": order_sha256, "items": [dict(i) for i in items],
+                  tracking: str, payment: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The delivery note; with ``payment``, it also confirms the payment as :func:`confirmation_body` does
+    (signed instead of the confirmation when the payment step ships: one signature, one statement)."""
+    body = {"type": "delivery", "deal": deal_id, "order_sha256": order_sha256, "items": [dict(i) for i in items],
             "ship_to": dict(ship_to), "tracking": tracking}
+    if payment is not None:
+        body["payment"] = dict(payment)
+    return body
 
 
 def registration_body(deal_id: str, order_sha256: str, service: str, member: Mapping[str, str], member_id: str,
-                      valid_until: dt.datetime) -> dict[str, Any]:
-    return {"type": "registration", "deal": deal_id, "order_sha256": order_sha256, "service": service,
+                      valid_until: dt.datetime, payment: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The registration; ``payment`` as :func:`delivery_body`'s."""
+    body = {"type": "registration", "deal": deal_id, "order_sha256": order_sha256, "service": service,
             "member": dict(member), "member_id": member_id, "valid_until": rfc3339(valid_until)}
+    if payment is not None:
+        body["payment"] = dict(payment)
+    return body
+
+
+#: the statements that confirm a payment: the confirmation, and the delivery note or registration signed in
+#: its stead when the payment step ships (they then carry the ``payment`` the confirmation would)
+CONFIRMING = ("order-confirmation", "delivery", "registration")
+
+
+def confirmed_payment(body: Mapping[str, Any], deal_id: str, order_sha256: str) -> dict[str, Any] | None:
+    """The payment a seller's statement confirms for this deal and order, or None when it confirms none:
+    an ``order-confirmation``'s ``payment``, or that of a ``delivery`` note or ``registration`` which states
+    one (one statement that proves both the payment confirmed and what was shipped; docs/evidence.md).
+    Who signed it, and whether the payment is the right one, the caller checks."""
+    if body.get("type") not in CONFIRMING or body.get("deal") != deal_id or body.get("order_sha256") != order_sha256:
+        return None
+    payment = body.get("payment")
+    return dict(payment) if isinstance(payment, Mapping) else None
 
 
 def receipt_body(deal_id: str, order_sha256: str, line: OfferLine | Mapping[str, Any], amount: int, currency: int

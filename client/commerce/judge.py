@@ -14,7 +14,10 @@ documents are followed link by link:
   offer's total (with the purse scheme root), or the bank's signed answer for the order's terms;
 * the seller's **confirmation** and **delivery note** (or registration) must be for this order; a
   delivery note listing other goods, information with another digest, or no delivery after a
-  proven payment make the seller the party that owes.
+  proven payment make the seller the party that owes. The confirmation is a statement of its own
+  (``order-confirmation``), or the delivery note (registration) itself when it states the payment
+  (one statement for both: what a shop that ships in its payment step signs); either way it counts
+  only when it confirms this order's payment: the payment's id and the offer's total and currency.
 
 Fair exchanges (information, contracts) are ruled on by the exchange layer's judge over the
 exchange's own bundle; a deal bundle holding the exchange's outcome and the third party's signed
@@ -137,13 +140,15 @@ def judge_deal(path: Path, trust: TrustStore, purse_root: x509.Certificate | Non
             r.facts["buyer_refused"] = [f"{d['step']}: {d['reason']}" for d in refusals]
         return r
 
-    # the seller's side: confirmation and delivery
+    # the seller's side: confirmation and delivery (the note confirms the payment too when it states one)
     kind = "registration" if offer.get("workflow") == "registration" else "delivery"
     for_order = [vs for vs in statements.get(kind, []) if same_key(vs.signer, seller)
                  and vs.body.get("order_sha256") == order_digest]
-    confirms = [vs for vs in statements.get("order-confirmation", []) if same_key(vs.signer, seller)
-                and vs.body.get("order_sha256") == order_digest]
+    confirms = _confirmations(r, [*statements.get("order-confirmation", []), *for_order], seller, offer,
+                              str(deal_id), order_digest, how)
     r.facts["seller_confirmed"] = bool(confirms)
+    if confirms:
+        r.facts["confirmed_in"] = confirms[0].type
     amount = format_amount(total, currency)
     if offer.get("workflow") in ("information", "contract"):
         r.facts["exchange"] = [json.loads(b) for b in blobs.get("exchange", [])]
@@ -175,6 +180,30 @@ def judge_deal(path: Path, trust: TrustStore, purse_root: x509.Certificate | Non
         return r
     r.ruling = "the buyer paid and the seller delivered what was ordered: both fulfilled"
     return r
+
+
+def _confirmations(r: DealRuling, candidates: list[VerifiedStatement], seller: x509.Certificate,
+                   offer: Mapping[str, Any], deal_id: str, order_digest: str, how: Mapping[str, Any]
+                   ) -> list[VerifiedStatement]:
+    """The seller's statements that confirm this order's payment: an order confirmation, or a delivery note
+    (registration) stating the payment, for this deal (the offer's, or on a standing offer the order's) and
+    order, whose payment is the offer's total in its currency, under the id of the payment proven (``how``).
+    One that states another payment is not a confirmation: it goes in the problems (a note that states one is
+    still judged for what it ships)."""
+    out = []
+    for vs in candidates:
+        if not same_key(vs.signer, seller):
+            continue
+        payment = docs.confirmed_payment(vs.body, deal_id, order_digest)
+        if payment is None:
+            continue
+        if payment.get("amount") != offer["total"] or payment.get("currency", offer["currency"]) != offer["currency"] \
+                or payment.get("payment_id") != how.get("payment_id"):
+            r.problems.append(f"the seller's {vs.type} statement confirms another payment than this order's "
+                              f"({payment.get('payment_id')}: {payment.get('amount')}); it is no confirmation")
+            continue
+        out.append(vs)
+    return out
 
 
 def _order(statements: Mapping[str, list[VerifiedStatement]], blobs: Mapping[str, list[bytes]]
@@ -233,7 +262,8 @@ def _payment(blobs: Mapping[str, list[bytes]], offer: Mapping[str, Any], order_d
         except (ValueError, KeyError, TypeError):
             continue
         out: dict[str, Any] = {"module": rec.get("module"), "status": rec.get("status"),
-                               "amount": terms.get("amount"), "for_this_order": terms.get("order_hash") == order_digest}
+                               "amount": terms.get("amount"), "payment_id": terms.get("payment_id"),
+                               "for_this_order": terms.get("order_hash") == order_digest}
         if terms.get("amount") != offer["total"] or terms.get("order_hash") != order_digest:
             out["proof"] = "the recorded terms are not the offer's total for this order"
             continue

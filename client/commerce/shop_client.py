@@ -79,7 +79,8 @@ class ShopPayeeLink:
     def __init__(self, client: ShopClient, deal_id: str) -> None:
         self.client, self.deal_id = client, deal_id
         self.confirmation: str | None = None          # the seller's signed confirmation, sent with the last answer
-        self.delivery: dict[str, Any] | None = None    # and its delivery answer, when it delivers at once
+        self.delivery: dict[str, Any] | None = None    # and its delivery answer, when it delivers at once (its note is
+        # then the confirmation too when it states the payment, and no confirmation comes: blocks.fetch_confirmation)
 
     def send(self, envelope: dict[str, Any]) -> dict[str, Any] | None:
         answer = self.client.post("/deals/pay", {"deal": self.deal_id, "envelope": envelope})

@@ -217,6 +217,7 @@ class Mall(Shop):
                           for i in self.catalogue.items.values()]}
 
     settles_in_payment_step = False         # its delivery buys from other shops: not inside a payment's step
+    confirms_in_delivery_note = False       # its deal is committed confirmed before it buys: two statements
 
     def make_delivery(self, sd: Any) -> None:
         """Settle with every shop first (once); then the mall's own delivery note. (The shop's step that

@@ -105,6 +105,8 @@ STANDING_RENEW = 0.5
 STANDING_OFFERS = 256
 
 
+#: the workflows whose payment step ships (a delivery note, a registration); the others exchange fairly
+SHIPPED = ("mail-order", "registration")
 #: the kinds of goods each workflow sells (Shop._offer_terms)
 _SELLS = {"mail-order": frozenset({"physical", "information"}), "information": frozenset({"information"}),
           "registration": frozenset({"registration"}), "contract": frozenset({"contract"})}
@@ -960,16 +962,29 @@ class Shop:
         record says the payment completed (True: the deal changed)."""
         if not self._paid(sd, record):
             return False
-        self._confirmation(sd)
-        if sd.deal.workflow in ("mail-order", "registration"):
-            self.make_delivery(sd)
+        self._confirm_and_ship(sd)
         return True
+
+    def _confirm_and_ship(self, sd: ShopDeal) -> None:
+        """The paid deal confirmed and, for mail order and registration, shipped: when this shop ships in the
+        payment step (:attr:`confirms_in_delivery_note`), one statement, the delivery note (or registration)
+        stating the payment the confirmation would (:meth:`make_delivery`); else, or when nothing was shipped
+        (a shop whose ``make_delivery`` did not ship), the confirmation of its own first. Each is signed once:
+        a deal confirmed already keeps its confirmation, and its note then states no payment."""
+        ships = sd.deal.workflow in SHIPPED
+        if ships and self.confirms_in_delivery_note and sd.confirmation is None:
+            self.make_delivery(sd)
+        if self.confirmation_of(sd) is None:
+            self._confirmation(sd)
+        if ships:
+            self.make_delivery(sd)
 
     def pay_and_deliver(self, deal_id: str, envelope: dict[str, Any]) -> dict[str, Any]:
         """One payment message, and when it completed the payment: the signed confirmation and, for mail
         order and registration, the delivery note, all committed (in the payment step's own transaction,
         or right after it) before the answer.
-        The answer: ``envelope`` (the payee's), and ``confirmation`` / ``delivery`` / ``content`` (bytes).
+        The answer: ``envelope`` (the payee's), and ``confirmation`` / ``delivery`` / ``content`` (bytes);
+        ``confirmation`` is the delivery note itself when the note states the payment (:meth:`confirmation_of`).
 
         A message refused before its module's step began a debit gives back the room :meth:`admit` took
         for it (``PaymentManager.unadmit``): refused by the manager (too many rounds, another module, a
@@ -987,12 +1002,10 @@ class Shop:
         if not sd.paid:
             return out
         if not committed:
-            self._confirmation(sd)
-            if sd.deal.workflow in ("mail-order", "registration"):
-                self.make_delivery(sd)
+            self._confirm_and_ship(sd)
             sd = self._commit_paid(sd)
-        out["confirmation"] = sd.confirmation
-        if sd.deal.workflow in ("mail-order", "registration"):
+        out["confirmation"] = self.confirmation_of(sd)        # the delivery note itself when it states the payment
+        if sd.deal.workflow in SHIPPED:
             note, content = self._shipped(sd)
             if note is not None:
                 out.update(delivery=note, content=content)
@@ -1013,6 +1026,23 @@ class Shop:
         return self._deal(sd.deal.deal_id, fresh=True)
 
     # ---- confirmation and delivery ------------------------------------------------------------------
+    #: whether the payment step that completes a mail order or registration signs ONE statement, the delivery
+    #: note (or registration) stating the payment, instead of a confirmation and then a note (a signature, a
+    #: CMS and its self-check, an archive entry fewer per purchase: docs/performance.md). A shop that must
+    #: have the payment confirmed before it can ship (the mall: it commits the deal confirmed, then buys
+    #: from the shops) leaves it off.
+    confirms_in_delivery_note = True
+
+    @staticmethod
+    def confirmation_of(sd: ShopDeal) -> bytes | None:
+        """The signed statement that confirms the deal's payment: its confirmation, or its delivery note (or
+        registration) when that was signed instead. Which one: a note signed for a deal with a payment
+        (terms) and no confirmation states the payment (:meth:`make_delivery`), and a note never gets a
+        confirmation after it (:meth:`confirm` answers the note); so no flag is stored."""
+        if sd.confirmation is not None:
+            return sd.confirmation
+        return sd.delivery if sd.terms is not None and sd.paid else None
+
     def _confirmation(self, sd: ShopDeal) -> None:
         if sd.confirmation is None:
             assert sd.order_digest is not None
@@ -1024,25 +1054,29 @@ class Shop:
         sd = self._unless(self._deal(deal_id, fresh=False), lambda d: not d.paid or d.order_digest is None)
         if not sd.paid or sd.order_digest is None:
             raise DealConflict("the order is not paid yet: nothing to confirm")
-        if sd.confirmation is None:
+        if self.confirmation_of(sd) is None:
             self._confirmation(sd)
             sd = self._commit(sd)
-        assert sd.confirmation is not None
-        return sd.confirmation
+        confirmation = self.confirmation_of(sd)
+        assert confirmation is not None
+        return confirmation
 
     def make_delivery(self, sd: ShopDeal) -> None:
         """Sign the delivery note (or registration) once; everything archived for the deal goes to disk
-        before it can go out. (The step that ships: a shop that does not deliver overrides it.)"""
+        before it can go out. (The step that ships: a shop that does not deliver overrides it.) A deal paid
+        and not confirmed yet has the payment stated in its note, which is then its confirmation too
+        (:meth:`confirmation_of`): one statement proves the payment confirmed and what was shipped."""
         if sd.delivery is not None:
             return
         assert sd.order_digest is not None
+        payment = sd.payment if sd.paid and sd.terms is not None and sd.confirmation is None else None
         if sd.deal.workflow == "registration":
             member_id = "M-" + secrets.token_hex(4).upper()
             body = docs.registration_body(sd.deal.deal_id, sd.order_digest, sd.lines[0][0].sku, sd.form,
-                                          member_id, dt.datetime.now(dt.UTC) + dt.timedelta(days=365))
+                                          member_id, dt.datetime.now(dt.UTC) + dt.timedelta(days=365), payment)
         else:
             body = docs.delivery_body(sd.deal.deal_id, sd.order_digest, self.delivery_lines(sd), sd.form,
-                                      "TRK-" + secrets.token_hex(5).upper())
+                                      "TRK-" + secrets.token_hex(5).upper(), payment)
         sd.delivery = self._sign(body)
         sd.deal.keep_statement(sd.delivery, body["type"])
         sd.deal.decide("delivery", "satisfied", "delivered")

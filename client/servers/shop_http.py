@@ -20,7 +20,9 @@ endpoint                    body                                               a
 ``POST /deals/pay``         deal, envelope (payment manager message)           envelope (the payee's answer); with
                                                                                the last one, the confirmation and
                                                                                (mail order) the delivery as below
-``POST /deals/confirm``     deal                                               confirmation (b64 signed)
+``POST /deals/confirm``     deal                                               confirmation (b64 signed: the
+                                                                               delivery note when it states the
+                                                                               payment)
 ``POST /deals/delivery``    deal                                               delivery (b64 signed) and content
                                                                                (b64), or shipped: false
 ``POST /admin/clear``       (Authorization: Bearer <admin secret>)            the acquirer's clearing answer
@@ -224,10 +226,13 @@ def _order_settle(shop: Shop, body: Order, checks: OrderChecks) -> tuple[dict[st
 
 def _paid_answer(done: dict[str, Any]) -> dict[str, Any]:
     """A payment step's outcome as JSON: the payee's envelope and, once the payment is complete, the
-    signed confirmation and (mail order) the delivery note."""
+    signed confirmation and (mail order, registration) the delivery note. When the note is the confirmation
+    (it states the payment: ``Shop.confirmation_of``), it is sent once, as ``delivery``, and there is no
+    ``confirmation``: the buyer's client finds the payment in the note (``blocks.fetch_confirmation``)."""
     answer = {k: v for k, v in done.items() if k not in ("confirmation", "delivery", "content")}
     if "confirmation" in done:      # the payment is complete: the signed confirmation comes with it
-        answer["confirmation"] = _e(done["confirmation"])
+        if done.get("delivery") is None or done["confirmation"] != done["delivery"]:
+            answer["confirmation"] = _e(done["confirmation"])
         if "delivery" in done:      # and the delivery note, which the buyer would ask for next anyway
             answer.update(shipped=True, delivery=_e(done["delivery"]), content=_e(done["content"]))
     return answer

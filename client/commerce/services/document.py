@@ -48,7 +48,8 @@ EVIDENCE: dict[str, frozenset[str]] = {
     "confirm": frozenset({"confirmation-text"}),
     "order": frozenset({"order", "order:unsigned"}),
     "payment": frozenset({"payment"}),
-    "confirmation": frozenset({"order-confirmation"}),
+    # the delivery note (registration) itself when it states the payment: one statement for both
+    "confirmation": frozenset({"order-confirmation", "delivery", "registration"}),
     "delivery": frozenset({"delivery", "registration", "delivered-content"}),
     "exchange-information": frozenset({"exchange", "payment", "receipt", "delivered-content"}),
     "exchange-contract": frozenset({"order:unsigned", "exchange", "contract-signature"}),

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...support.money import format_amount
+from ...support.verify import VerifiedStatement
 from ...tinguin.model import Action, OutcomeStatus
 from .. import blocks
 from .. import documents as docs
@@ -68,6 +69,7 @@ class _State:
     early: blocks.EarlyPayment | None = None        # the payment begun with the order
     paid: blocks.Paid | None = None                 # the payment, with the seller's answers that came with it
     conf: bytes = b""
+    conf_vs: VerifiedStatement | None = None        # the confirmation verified (the note, when it states the payment)
     note: bytes = b""
     content: bytes | None = None
     receipt: bytes = b""
@@ -169,14 +171,16 @@ def _confirmation(s: _State) -> None:
     if s.paid is None:
         return
     s.run.next("confirmation")
-    s.conf = blocks.fetch_confirmation(s.b, s.deal, s.offer, docs.sha256_hex(s.order), s.paid)
+    s.conf_vs = blocks.fetch_confirmation(s.b, s.deal, s.offer, docs.sha256_hex(s.order), s.paid)
+    s.conf = s.conf_vs.statement.der
 
 
 def _delivery(s: _State) -> None:
     assert s.offer is not None and s.order is not None
     s.run.next("delivery")
     s.note, s.content, _ = blocks.await_delivery(s.b, s.deal, s.offer, docs.sha256_hex(s.order),
-                                                 sent=s.paid.delivery if s.paid is not None else None)
+                                                 sent=s.paid.delivery if s.paid is not None else None,
+                                                 confirmed=s.conf_vs)
 
 
 def _exchange_information(s: _State) -> None:
