@@ -54,7 +54,8 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     try:
         report = bench_throughput(buyers=args.buyers, seconds=args.seconds, processes=args.processes,
                                   warmup=args.warmup, profile_seconds=0.0 if args.no_profile else args.profile_seconds,
-                                  say=say, workers=args.workers, db=args.db, phases=args.phases)
+                                  say=say, workers=args.workers, db=args.db, phases=args.phases,
+                                  keep_offers=not args.offer_every_purchase)
     except ValueError as e:
         raise UsageError(str(e)) from None
     print_json(report)
@@ -130,6 +131,9 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
                    help="the shop's storage: SQLite in its folder (default) or a PostgreSQL cluster of the run's own "
                         "(durable commits; its server's CPU is counted as the seller's)")
+    p.add_argument("--offer-every-purchase", action="store_true",
+                   help="buyers ask the shop for its standing offer at every purchase instead of keeping it while "
+                        "it is valid (the default): what a client that keeps nothing costs the shop")
     p.add_argument("--quiet", action="store_true", help="no progress lines on standard error")
     p.set_defaults(fn=cmd_throughput)
 

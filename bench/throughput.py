@@ -112,7 +112,7 @@ def make_buyers(world: Any, count: int, say: Callable[[str], None]) -> list[Buye
 
 # ---- a worker process: some buyers, one thread each ------------------------------------------------
 def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], offsets: dict[str, float], profile: bool,
-            out: Any, go: Any, base: Any) -> None:
+            out: Any, go: Any, base: Any, keep_offers: bool = True) -> None:
     from semper.client.commerce.setup import BuyerConfig, open_buyer
     from semper.client.commerce.workflows import mail_order
     from semper.client.demo_world import CARD_PIN
@@ -136,6 +136,7 @@ def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], offsets: dict[
             ready.abort()
             return
         b = session.buyer
+        b.keep_offers = keep_offers         # False: the standing offer asked for at every purchase
         try:
             first = mail_order(b, [(ITEM_SKU, 1)], form=ADDRESS)          # connections and caches warm
             if first.status is not OutcomeStatus.SATISFIED:
@@ -223,10 +224,15 @@ def _shop_counter(url: str, root_pem: str) -> Callable[[], dict[str, dict[str, i
         from semper.client.support.channels import JsonClient
         got = JsonClient(url, root_pem, name="the shop", timeout=10).get("/stats")
         out = {part: {k: int(v) for k, v in (got.get(part) or {}).items()} for part in ("db", "card_steps")}
-        out["shop"] = {k: int(got[k]) for k in ("offers", "orders", "payments", "deliveries", "signatures")
-                       if isinstance(got.get(k), int)}
+        out["shop"] = {k: int(got[k]) for k in SHOP_COUNTERS if isinstance(got.get(k), int)}
         return out
     return read
+
+
+#: the shop's counters (``Shop.counters``) the report gives per purchase: token signatures, offers signed for one
+#: deal (one per POST /deals), standing offers asked for (POST /offer) and signed, orders, payments, deliveries
+SHOP_COUNTERS = ("offers", "orders", "payments", "deliveries", "signatures", "standing_asked", "standing_signed",
+                 "orders_on_standing")
 
 
 def _tree_cpu_seconds(pid: int) -> float:
@@ -274,13 +280,14 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 
 def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2, warmup: float = 2.0,
                      profile_seconds: float = 4.0, say: Callable[[str], None] | None = None, workers: int = 1,
-                     db: str = "sqlite", phases: bool = False) -> dict[str, Any]:
+                     db: str = "sqlite", phases: bool = False, keep_offers: bool = True) -> dict[str, Any]:
     """``workers``: ``semper serve shop --workers N`` (N > 1: the PSAM in a device process of its own; no
     profile, the profiling wrapper runs one process). ``db``: the shop's storage, SQLite in its folder or a
     PostgreSQL cluster of the run's own with durable commits (the other parties stay on SQLite, so the
     database server's CPU is all the seller's). ``phases``: the window after the timed one times the
     seller's phases (bench/phases.py: microseconds per purchase, at nearly the unprofiled speed) instead
-    of profiling seller and buyers with yappi."""
+    of profiling seller and buyers with yappi. ``keep_offers``: the buyers keep the shop's standing offer
+    while it is valid (the client's default); False, they ask for it at every purchase."""
     from semper.client.demo_world import World
     from semper.hardware.pcscd import VirtualCards
     tell = say or (lambda _line: None)
@@ -327,8 +334,9 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
                     commits = _commit_counter(dbs["shop"]) if "shop" in dbs else None
                     report, results = _run(world, s.shop, seller, vc, specs, seconds, processes, warmup,
                                            profile_seconds, profile_file, tell, commits,
-                                           _shop_counter(s.shop, world.root_pem), phases=phases)
-                    report.update(shop_workers=workers, db=db)
+                                           _shop_counter(s.shop, world.root_pem), phases=phases,
+                                           keep_offers=keep_offers)
+                    report.update(shop_workers=workers, db=db, buyers_keep_offers=keep_offers)
                     world.stop()                     # the shop lets go of its PSAM: read it for the money check
                     report["money"] = _money(specs, results, vc.readers[0])
                     report["met"] = report["met"] and report["money"]["conserved"]
@@ -383,7 +391,7 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
          processes: int,
          warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None],
          commits: Callable[[], int] | None = None, db_counts: Callable[[], dict[str, dict[str, int]]] | None = None,
-         *, phases: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+         *, phases: bool = False, keep_offers: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     groups = [specs[i::processes] for i in range(processes)]
@@ -394,7 +402,7 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
     go, base = ctx.Event(), ctx.Value("d", 0.0)
     workers = [ctx.Process(target=_worker, args=(shop_url, world.root_pem, g, offsets,
                                                  profile_seconds > 0 and not phases, out, go,
-                                                 base), daemon=True) for g in groups]
+                                                 base, keep_offers), daemon=True) for g in groups]
     tell(f"{len(specs)} buyers in {processes} processes; timed window {seconds:g} s after {warmup:g} s warm-up"
          + (f", then {profile_seconds:g} s {'with the seller phase-timed' if phases else 'profiled'}"
             if profile_seconds > 0 else ""))
@@ -449,9 +457,18 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
         report["db_per_purchase"] = {k: round((counted[1]["db"].get(k, 0) - v) / report["purchases"], 2)
                                      for k, v in counted[0]["db"].items()}
     if len(counted) == 2 and report["purchases"] and counted[0].get("shop"):
-        # the shop's token signatures (offer, confirmation, delivery note...) over the window's purchases
+        # the shop's counters over the window's purchases: token signatures (confirmation and delivery note,
+        # offers), offers for one deal (POST /deals), standing offers asked for (POST /offer) and signed, orders
         report["shop_per_purchase"] = {k: round((counted[1]["shop"].get(k, 0) - v) / report["purchases"], 2)
                                        for k, v in counted[0]["shop"].items()}
+        d = {k: counted[1]["shop"].get(k, 0) - counted[0]["shop"].get(k, 0) for k in SHOP_COUNTERS}
+        n = report["purchases"]
+        # offer requests (POST /deals and POST /offer) and offer signatures per purchase in the window, from the
+        # counters of the process that answers /stats (with one worker: the shop's; with more, one worker's)
+        report["offers_per_purchase"] = {
+            "offer_requests": round((d["offers"] + d["standing_asked"]) / n, 3),
+            "offer_signatures": round((d["offers"] + d["standing_signed"]) / n, 3),
+            "orders_on_standing_offers": round(d["orders_on_standing"] / max(1, d["orders"]), 3)}
     if len(counted) == 2 and counted[0]["card_steps"]:
         # where the window's card payment steps ran (attempts: one waiting for PSAM room asks again)
         report["card_steps_in_window"] = {k: counted[1]["card_steps"].get(k, 0) - v

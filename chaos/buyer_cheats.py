@@ -61,7 +61,18 @@ def _replayed_order(market: Any) -> tuple[str, list[str]]:
     refused, got = _refused(lambda: b.shop.post("/deals/delivery", {"deal": deal}))
     if not refused and got.get("shipped"):
         out.append("the shop delivered against a replayed order")
-    return f"replayed the order of deal {old[-1].deal_id[:8]} for new deal {deal[:8]}", out
+    # a standing offer (mail order) names no deal: the old order under a new deal id of the buyer's making,
+    # with the shop's genuine standing offer and tag; the order names its own deal, and is refused for this one
+    from semper.client.commerce.deal import new_deal_id
+    standing = b.shop.post("/offer", {"workflow": "mail-order", "anonymous": False,
+                                      "items": [{"sku": "teapot", "quantity": 1}]})
+    fresh = new_deal_id()
+    refused, got = _refused(lambda: b.shop.post("/deals/order", {"deal": fresh, "order": b64(old[-1].content),
+                                                                 "offer": standing["offer"],
+                                                                 "offer_tag": standing.get("offer_tag", "")}))
+    if not refused:
+        out.append(f"the shop accepted, on its standing offer, an order signed for another deal ({got})")
+    return f"replayed the order of deal {old[-1].deal_id[:8]} for new deals {deal[:8]} and {fresh[:8]}", out
 
 
 def _unpaid_delivery(market: Any) -> tuple[str, list[str]]:

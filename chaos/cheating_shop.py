@@ -29,7 +29,8 @@ class Cheat:
     wrong_goods: bool = False        # the delivery (or the exchanged information) is not what was offered
     no_delivery: bool = False        # paid, but never delivers (in a fair exchange: stops before its item)
     price_change: int = 0            # asks this much more in the payment than it offered
-    replay_offer: bool = False       # answers a new request with an offer it signed for an earlier one
+    replay_offer: bool = False       # answers a new request with an offer it signed for an earlier one (a
+                                     # standing offer: the first it made, whatever items it was for)
 
     @classmethod
     def named(cls, name: str) -> Cheat:
@@ -47,6 +48,7 @@ class CheatingShop(Shop):
         self.cheat = Cheat()
         self.exchange_outbox = Faults()          # its exchange party's outbox (see open_cheating_shop)
         self._first_offer: tuple[str, bytes, str] | None = None
+        self._first_standing: tuple[bytes, str] | None = None
 
     def new_deal(self, workflow: str, items: Sequence[tuple[str, int]], nonce: str, anonymous: bool
                  ) -> tuple[str, bytes, str]:
@@ -55,6 +57,17 @@ class CheatingShop(Shop):
         made = super().new_deal(workflow, items, nonce, anonymous)
         if self._first_offer is None:
             self._first_offer = made
+        return made
+
+    def standing_offer(self, workflow: str, items: Sequence[tuple[str, int]], anonymous: bool) -> tuple[bytes, str]:
+        """A standing offer (mail order) names no deal and answers no nonce: a genuine one for the same items,
+        replayed, is the offer the shop makes to anyone. The replay that cheats gives the first standing offer
+        it made, for whatever items it was, in answer to a request for other items."""
+        if self.cheat.replay_offer and self._first_standing is not None:
+            return self._first_standing
+        made = super().standing_offer(workflow, items, anonymous)
+        if self._first_standing is None:
+            self._first_standing = made
         return made
 
     def payment_amount(self, sd: ShopDeal) -> int:

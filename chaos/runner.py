@@ -162,6 +162,8 @@ def run_one(market: Any, plan: RunPlan, index: int, bundles: Path) -> RunReport:
         before = checks.snapshot(market)
         b = market.buyer
         b.shop.close()                     # a fresh connection, as a new session would open
+        b.offers.clear()                   # and no standing offer kept: a run's first request is the offer's, as
+                                           # its plan counts them (its second attempt orders on the kept one)
         start = max((e.index for e in b.archive.entries()), default=0)
         arm(market, plan)
         drive(market, plan, report)

@@ -10,6 +10,7 @@ verify; the judge rules).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -247,6 +248,65 @@ def test_registration_and_contract_signing(market: Market) -> None:
     m.clean()
 
 
+def test_the_judge_rules_on_a_standing_offers_deal_and_on_a_per_deal_offers(market: Market) -> None:
+    """A mail order on a standing offer (no deal in it: the order names the deal) and a registration on an
+    offer for its one deal are both ruled "both fulfilled"; an order on the standing offer archived under
+    another deal than the one it names is a problem of the bundle (the judge of main did not look)."""
+    m = market
+    _pay_with(m, "card-purse")
+    m.buyer.payments.module("card-purse").load(2 * 1_250 + 1_500)   # (what this test spends, for the others)
+    m.buyer.offers.clear()
+    deals = [workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS) for _ in range(2)]
+    assert all(r.status is OutcomeStatus.SATISFIED for r in deals), [r.summary for r in deals]
+    offers = [[e.content for e in m.buyer.archive.entries(str(r.deal_id)) if e.kind == "statement:offer"]
+              for r in deals]
+    assert offers[0] == offers[1] and len(offers[0]) == 1           # one standing offer, two deals
+    for r in deals:
+        ruling = m.rule(str(r.deal_id))
+        assert ruling["bundle"]["ok"] and ruling["ruling"].endswith("both fulfilled"), ruling
+        assert ruling["facts"]["offer"]["standing"] and ruling["facts"]["order"]["names_deal"], ruling
+        assert ruling["facts"]["seller_confirmed"], ruling          # the note confirms this deal's payment
+        assert not ruling["bundle"]["problems"], ruling
+    r = workflows.register(m.buyer, "tea-club", {"name": "Bob Buyer", "email": "bob@buyer.example"})
+    ruling = m.rule(str(r.deal_id))
+    assert ruling["ruling"].endswith("both fulfilled") and not ruling["facts"]["offer"]["standing"], ruling
+    assert ruling["facts"]["order"]["names_deal"] and not ruling["bundle"]["problems"], ruling
+    # the first deal's offer and order archived under a deal id of nobody's: the order names another deal
+    from semper.client.commerce.deal import new_deal_id
+    stray = new_deal_id()
+    order = next(e.content for e in m.buyer.archive.entries(str(deals[0].deal_id)) if e.kind == "statement:order")
+    m.buyer.archive.append_statement(stray, offers[0][0], statement_type="offer")
+    m.buyer.archive.append_statement(stray, order, statement_type="order")
+    m.buyer.archive.sync()
+    ruling = m.rule(stray)
+    assert not ruling["facts"]["order"]["names_deal"], ruling
+    assert "the order names another deal than its offer or its bundle" in ruling["bundle"]["problems"], ruling
+
+
+def test_a_kept_standing_offer_the_shop_no_longer_makes_is_refused_then_forgotten(market: Market) -> None:
+    """The buyer's client keeps the standing offer; the shop changes its price: the order on the kept offer
+    is refused (nothing paid), the client forgets the offer, and the next purchase asks for the new one."""
+    m = market
+    _pay_with(m, "card-purse")
+    m.buyer.payments.module("card-purse").load(2 * 1_250 + 10)
+    m.buyer.offers.clear()
+    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    assert r.status is OutcomeStatus.SATISFIED and len(m.buyer.offers) == 1, r.summary
+    items = m.shop.catalogue.items
+    item = items["teapot"]
+    items["teapot"] = dataclasses.replace(item, unit_price=item.unit_price + 10)
+    try:
+        before = m.money()
+        r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+        assert r.status is OutcomeStatus.FAILED and "no longer makes this offer" in r.summary, r.summary
+        assert m.money() == before and not m.buyer.offers                # nothing paid; the offer forgotten
+        r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+        assert r.status is OutcomeStatus.SATISFIED and r.payment and r.payment.terms.amount == item.unit_price + 10, r
+    finally:
+        items["teapot"] = item
+        m.buyer.offers.clear()                  # (the kept offer has the price of the test; the next ask again)
+
+
 def _judged_with(m: Market, deal_id: str, statements: list[dict[str, Any]]) -> dict[str, Any]:
     """The judge's ruling on the deal's evidence with its delivery note replaced by ``statements`` (bodies the
     shop signs with its own token, as a seller could have): the same entries copied to a deal of their own in
@@ -463,13 +523,18 @@ def test_a_note_of_its_own_without_the_payment_gets_the_confirmation_beside_it(r
 def test_a_cheating_seller_is_caught_at_every_step(market: Market) -> None:
     m = market
     _pay_with(m, "card-purse")
-    # replayed offer: a genuine signed offer, made for an earlier request
+    # replayed offer: a genuine signed offer, made for an earlier request (for one deal: another nonce; a
+    # standing offer, which answers no nonce: for other items)
     m.shop.cheat = Cheat()
-    workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)                 # the shop's first offer exists
+    reg = {"name": "Bob Buyer", "email": "bob@buyer.example"}
+    workflows.register(m.buyer, "tea-club", reg)                              # the shop's first offers exist
+    workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
     m.shop.cheat = Cheat(replay_offer=True)
     pins, before = len(m.ui.pins), m.money()
-    r = workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS)
+    r = workflows.register(m.buyer, "tea-club", reg)
     assert r.status is OutcomeStatus.FAILED and "replayed offer" in r.summary
+    r = workflows.mail_order(m.buyer, [("teapot", 2)], form=ADDRESS)
+    assert r.status is OutcomeStatus.FAILED and "other items or quantities" in r.summary
     assert len(m.ui.pins) == pins and m.money() == before                       # nothing signed, nothing paid
     # changed price after the offer: refused before any money moves
     m.shop.cheat = Cheat(price_change=250)
@@ -725,5 +790,5 @@ def test_after_slow_card_steps_the_next_ones_wait_in_the_pool(market: Market,
     assert seen == [True, True, False], seen    # the hiccup stayed on the loop; the allowance spent; the pool
     now[0] += shop_http.POOL_AT_LEAST + 1       # the pause is over
     r = workflows.mail_order(m.buyer, [("tea-sampler", 1)], form=ADDRESS)
-    assert r.status is OutcomeStatus.SATISFIED and seen == [True, True, False, True], seen
+    assert r.status is OutcomeStatus.SATISFIED and seen == [True, True, False, True], (seen, r.summary)
     m.clean()

@@ -97,13 +97,13 @@ def _db(market: Any) -> dict[str, int]:
 
 
 @pytest.mark.timeout(120)
-def test_a_purse_purchase_is_three_requests_and_two_write_transactions(market: Any,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The card's hello travels with the order and the order's answer carries the PSAM's challenge: the
-    offer writes nothing (it is stateless: the order carries it back), the order and the proof one write
-    transaction each (the order's writes the deal, creates the payment's session and commits its first
-    step). A cheque, whose module does not declare it may start early, sends no first message with its
-    order."""
+def test_a_purse_purchase_is_two_requests_and_two_write_transactions(market: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The card's hello travels with the order and the order's answer carries the PSAM's challenge; the
+    standing offer is asked for once (``POST /offer``, which writes nothing) and kept by the buyer's client,
+    so the next purchase of the same is two requests: the order and the proof, one write transaction each
+    (the order's writes the deal, creates the payment's session and commits its first step). A cheque, whose
+    module does not declare it may start early, sends no first message with its order."""
     from semper.chaos.runner import ADDRESS
     from semper.client.commerce import workflows as wf
     proxy = market.proxies["shop"]
@@ -116,7 +116,8 @@ def test_a_purse_purchase_is_three_requests_and_two_write_transactions(market: A
             orders.append(body)
         return post(path, body)
     monkeypatch.setattr(shop, "post", spy)
-    for payment in ("card-purse", "cheque"):
+    market.buyer.offers.clear()
+    for payment, asks in (("card-purse", True), ("card-purse", False), ("cheque", False)):
         market.top_up()
         market.ui.payment = payment
         before = _db(market)
@@ -127,14 +128,15 @@ def test_a_purse_purchase_is_three_requests_and_two_write_transactions(market: A
         after = _db(market)
         assert r.ok, r.summary
         assert len(orders) == 1
+        offer = ["POST /offer"] if asks else []
         if payment == "card-purse":
             assert orders[0]["envelope"]["body"]["kind"] == "hello"
-            assert seen == ["POST /deals", "POST /deals/order", "POST /deals/pay"], seen
+            assert seen == [*offer, "POST /deals/order", "POST /deals/pay"], seen
             # the /stats read between the counts is one read transaction of its own
             assert after["write"] - before["write"] == 2 and after["read"] - before["read"] <= 3, (before, after)
             assert orders[0]["offer"] and orders[0]["offer_tag"]       # the stateless offer, sent back
         else:
-            assert "envelope" not in orders[0] and seen[:3] == ["POST /deals", "POST /deals/order", "POST /deals/pay"]
+            assert "envelope" not in orders[0] and seen[:2] == ["POST /deals/order", "POST /deals/pay"]
 
 
 @pytest.mark.timeout(120)

@@ -50,7 +50,7 @@ from ..transfer.payment import PaymentOffer
 from ..transfer.statements import StatementOffer, same_key
 from . import documents as docs
 from .buyer import Buyer
-from .deal import Deal, DealAttributes
+from .deal import Deal, DealAttributes, new_deal_id
 from .errors import CommerceError, DealAborted, DealDeclined, Dispute, FormError, OfferRefused, SellerRefused
 from .expectations import information_expectation
 from .shop_client import ShopPayeeLink, b64, unb64
@@ -63,9 +63,20 @@ def step(b: Buyer, key: str, title: str, state: StepState, detail: str = "") -> 
 
 
 # ---- offer ------------------------------------------------------------------------------------------
+#: a kept standing offer is used for a new deal only while at least this much of its validity remains: the
+#: user reviews it in the TINGUIN and signs the order before the shop takes it (else it is asked for again)
+STANDING_MARGIN = dt.timedelta(minutes=3)
+#: how many standing offers a client keeps (one per shop and kind of purchase); past it, all are forgotten
+KEPT_OFFERS = 64
+
+
 def get_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], attributes: DealAttributes
               ) -> tuple[Deal, docs.ParsedOffer, VerifiedStatement]:
-    """Ask the shop for a signed offer for exactly these items, and check it before anything else."""
+    """The shop's signed offer for exactly these items, checked before anything else: for a mail order, its
+    standing offer (:func:`standing_offer`) with a deal id of this client's; otherwise one the shop signs
+    for this deal, answering this client's nonce."""
+    if workflow in docs.STANDING_WORKFLOWS:
+        return standing_offer(b, workflow, items, attributes)
     nonce = secrets.token_hex(16)
     answer = b.shop.post("/deals", {"workflow": workflow, "nonce": nonce, "anonymous": attributes.anonymous,
                                     "items": [{"sku": s, "quantity": q} for s, q in items]})
@@ -101,6 +112,68 @@ def get_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], attribu
     deal.keep_statement(der, vs.type)
     deal.decide("offer", "satisfied", f"signed by {vs.signer.subject.rfc4514_string()}, total {offer.total}")
     return deal, offer, vs
+
+
+def standing_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], attributes: DealAttributes
+                   ) -> tuple[Deal, docs.ParsedOffer, VerifiedStatement]:
+    """The shop's standing offer for these items (``POST /offer``: no deal, no nonce; docs/commerce.md,
+    "Standing offers"), and a new deal on it whose id this client makes (the order names it).
+
+    Kept (``Buyer.offers``) while at least :data:`STANDING_MARGIN` of its validity remains, so a buyer who
+    buys the same thing again sends no offer request: the kept offer was verified when it came, and is
+    checked again for its validity now. The offer needs no nonce: it names no deal, so a replayed one
+    still valid is the offer the shop makes to anyone, and the deal's id is this client's own. An order
+    the shop refuses for its offer (no longer made, expired) makes the client forget it (:func:`send_order`)."""
+    asked = [(s, q) for s, q in items]
+    key = (b.shop.url, workflow, tuple(asked), attributes.anonymous)
+    now = dt.datetime.now(dt.UTC)
+    kept = b.offers.get(key) if b.keep_offers else None
+    if kept is not None and kept[0].valid_until - now >= _margin(kept[0]):
+        offer, vs = kept
+    else:
+        answer = b.shop.post("/offer", {"workflow": workflow, "anonymous": attributes.anonymous,
+                                        "items": [{"sku": s, "quantity": q} for s, q in asked]})
+        der = unb64(answer.get("offer"), "offer", 256 * 1024)
+        try:
+            vs = verify_statement(der, b.trust)
+        except EvidenceError as e:
+            raise OfferRefused(f"the seller's offer does not verify ({e}); nothing was ordered") from None
+        offer = docs.parse_offer(vs, deal_id="0" * 32, nonce=None)       # (its deal: the client's, below)
+        if offer.workflow != workflow or offer.attributes != attributes:
+            raise OfferRefused(f"the offer is for a {offer.workflow} deal with attributes "
+                               f"{offer.attributes.labels()}, not what was asked ({workflow}, {attributes.labels()})")
+        if [(x.sku, x.quantity) for x in offer.lines] != asked:
+            raise OfferRefused("the offer lists other items or quantities than were asked for")
+        if offer.valid_until - now < _margin(offer):
+            raise OfferRefused("the seller's standing offer expires too soon to be ordered on; nothing was ordered")
+        tag = answer.get("offer_tag", "")
+        if not isinstance(tag, str) or len(tag) > 256:
+            raise OfferRefused("the seller's offer came with a malformed tag; nothing was ordered")
+        offer = dataclasses.replace(offer, tag=tag)
+        if b.keep_offers:
+            if len(b.offers) >= KEPT_OFFERS:
+                b.offers.clear()
+            b.offers[key] = (offer, vs)
+    offer = dataclasses.replace(offer, deal_id=new_deal_id())
+    deal = Deal(offer.deal_id, workflow, attributes, b.archive)
+    deal.keep_statement(offer.der, vs.type)
+    deal.decide("offer", "satisfied", f"standing offer signed by {vs.signer.subject.rfc4514_string()}, "
+                                      f"total {offer.total}")
+    return deal, offer, vs
+
+
+def _margin(offer: docs.ParsedOffer) -> dt.timedelta:
+    """How much of a standing offer's validity must remain to start a deal on it: :data:`STANDING_MARGIN`,
+    or a quarter of its validity if that is shorter (a shop whose offers are valid a few minutes; it gives a
+    standing offer out with at least half its validity left, ``shop.STANDING_RENEW``)."""
+    return min(STANDING_MARGIN, (offer.valid_until - offer.signed_at) / 4)
+
+
+def forget_offer(b: Buyer, offer: docs.ParsedOffer) -> None:
+    """Forget a kept standing offer the shop refused an order on (it changed its terms, or it expired)."""
+    for key, (kept, _vs) in list(b.offers.items()):
+        if kept.der == offer.der:
+            b.offers.pop(key, None)
 
 
 def payment_options(b: Buyer, offer: docs.ParsedOffer, attributes: DealAttributes) -> list[PaymentOption]:
@@ -232,6 +305,8 @@ def send_order(b: Buyer, deal: Deal, offer: docs.ParsedOffer, order: bytes, mail
     try:
         answer = b.shop.post("/deals/order", body)
     except SellerRefused as e:
+        if offer.standing and e.seller_code in ("bad_offer", "offer_expired"):
+            forget_offer(b, offer)                  # the next purchase asks for the offer the shop makes now
         deal.decide("order", "refused", str(e))
         raise DealAborted(f"{e}; nothing was paid") from None
     deal.decide("order", "satisfied", f"the shop accepted the order; next: {answer.get('next')}")
@@ -392,7 +467,9 @@ def recover_paid_order(b: Buyer, deal_id: str) -> Recovered | None:
     try:
         vs = verify_statement(offers[-1].content, b.trust)
         kept_at = dt.datetime.fromisoformat(offers[-1].created_at.replace("Z", "+00:00"))
-        offer = docs.parse_offer(vs, deal_id=deal_id, nonce=str(vs.body.get("nonce")), now=kept_at)
+        standing = docs.is_standing(vs.body)          # a standing offer names no deal: the deal is this one
+        offer = docs.parse_offer(vs, deal_id=deal_id, nonce=None if standing else str(vs.body.get("nonce")),
+                                 now=kept_at)
     except (EvidenceError, CommerceError, ValueError) as e:
         raise CommerceError(f"the archived offer of deal {deal_id} does not verify ({e})") from None
     deal = Deal(deal_id, offer.workflow, offer.attributes, b.archive)

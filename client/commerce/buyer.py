@@ -44,6 +44,11 @@ class Buyer:
     patience: float = 15.0                          # how long to wait for a delivery or an exchange (s)
     card_lock: threading.RLock = field(default_factory=threading.RLock)
     labels: dict[str, str] = field(default_factory=lambda: dict(MODULE_LABELS))
+    #: keep the shop's standing offers (mail order) while they are valid and order on them without asking
+    #: again (blocks.get_offer); False: ask the shop for the standing offer at every purchase
+    keep_offers: bool = True
+    #: the standing offers kept, by (shop, workflow, items, anonymous): (offer, its verified statement)
+    offers: dict[tuple[Any, ...], tuple[Any, Any]] = field(default_factory=dict)
     _identity: Identity | None = None
 
     def certificate(self) -> x509.Certificate | None:

@@ -10,7 +10,9 @@ type                   signed by   body (besides ``type`` and ``deal``)
 =====================  ==========  =============================================================
 offer                  seller      buyer's ``nonce`` (anti-replay), ``workflow``, ``items``, ``total``,
                                    ``currency``, accepted ``payment`` modules, ``seller_account``,
-                                   ``psam``, ``valid_until``, ``attributes``, ``form`` spec
+                                   ``psam``, ``valid_until``, ``attributes``, ``form`` spec; a
+                                   *standing* offer (mail order) has ``standing: true`` and no
+                                   ``deal`` or ``nonce``: the order names the deal
 order                  buyer card  ``offer_sha256``, ``items``, ``total``, ``payment``, ``form`` values,
                        (none when  ``confirmation``: SHA-256 of the exact TINGUIN text and what it
                        anonymous)  needs to be re-rendered
@@ -133,9 +135,14 @@ _usages: dict[x509.Certificate, frozenset[str]] = {}    # a certificate's usages
 
 
 # ---- offer -----------------------------------------------------------------------------------------
-def offer_body(*, deal_id: str, nonce: str, workflow: str, lines: Sequence[tuple[CatalogueItem, int]],
+def offer_body(*, deal_id: str | None, nonce: str | None, workflow: str, lines: Sequence[tuple[CatalogueItem, int]],
                payment: Sequence[str], seller_account: str, psam: str | None, attributes: DealAttributes,
                form: FormSpec, valid_until: dt.datetime) -> dict[str, Any]:
+    """The body of an offer: for one deal, answering the buyer's ``nonce``; or, both None, a *standing*
+    offer (``standing: true``, no deal, no nonce) that any number of orders may take while it is valid,
+    each naming a deal id of its buyer's (docs/commerce.md, "Standing offers")."""
+    if (deal_id is None) != (nonce is None):
+        raise CommerceError("an offer names both a deal and the buyer's nonce, or neither (a standing offer)")
     items = []
     for item, qty in lines:
         d: dict[str, Any] = {"sku": item.sku, "description": item.description, "kind": item.kind, "quantity": qty,
@@ -148,10 +155,21 @@ def offer_body(*, deal_id: str, nonce: str, workflow: str, lines: Sequence[tuple
     currency = {i.currency for i, _ in lines}
     if len(currency) != 1:
         raise CommerceError("one offer is in one currency")
-    return {"type": "offer", "deal": deal_id, "nonce": nonce, "workflow": workflow, "items": items,
+    head: dict[str, Any] = {"type": "offer", "standing": True} if deal_id is None else \
+        {"type": "offer", "deal": deal_id, "nonce": nonce}
+    return {**head, "workflow": workflow, "items": items,
             "currency": currency.pop(), "total": sum(i.unit_price * q for i, q in lines), "payment": list(payment),
             "seller_account": seller_account, "psam": psam, "attributes": attributes.as_dict(),
             "form": form.to_json(), "valid_until": rfc3339(valid_until)}
+
+
+#: the workflows whose offers may be standing (Shop.standing_offer): the others answer a nonce, per deal
+STANDING_WORKFLOWS = frozenset({"mail-order"})
+
+
+def is_standing(body: Mapping[str, Any]) -> bool:
+    """Whether an offer's body is a standing offer's (``standing: true``, no deal, no nonce)."""
+    return body.get("standing") is True and "deal" not in body and "nonce" not in body
 
 
 @dataclass(frozen=True)
@@ -187,6 +205,7 @@ class ParsedOffer:
     seller: x509.Certificate
     signed_at: dt.datetime
     tag: str = ""           # the shop's tag of the offer (not signed: the shop's own check), sent back with the order
+    standing: bool = False  # a standing offer: ``deal_id`` is the buyer's own for this deal, not in the offer
 
 
 def _int(v: Any, what: str, lo: int, hi: int) -> int:
@@ -195,12 +214,16 @@ def _int(v: Any, what: str, lo: int, hi: int) -> int:
     return v
 
 
-def parse_offer(vs: VerifiedStatement, *, deal_id: str | None, nonce: str, now: dt.datetime | None = None
+def parse_offer(vs: VerifiedStatement, *, deal_id: str | None, nonce: str | None, now: dt.datetime | None = None
                 ) -> ParsedOffer:
     """Everything the buyer checks on a seller's offer before showing it; OfferRefused says what failed.
 
     ``nonce`` is the buyer's fresh value from its request: an offer signed for another request (a
-    replayed offer, even a genuine one) does not carry it.
+    replayed offer, even a genuine one) does not carry it. ``nonce`` None: a *standing* offer is
+    expected (no deal, no nonce, ``standing: true``, a workflow whose offers may stand), and ``deal_id``
+    is the id of the buyer's own deal on it (its order names it), which the result carries. Why a
+    standing offer needs no nonce: it names no deal, so a replayed one (still valid) is the same offer
+    the shop makes to anyone, and the deal id, the buyer's own, cannot be one the buyer did not choose.
     """
     b = vs.body
     now = now or dt.datetime.now(dt.UTC)
@@ -208,15 +231,24 @@ def parse_offer(vs: VerifiedStatement, *, deal_id: str | None, nonce: str, now: 
         raise OfferRefused(f"the seller sent a {b.get('type')!r} statement, not an offer")
     if not has_role(vs.signer, "seller"):
         raise OfferRefused("the offer is signed by a certificate that is not a seller's")
-    if b.get("nonce") != nonce:
-        raise OfferRefused("the offer does not answer this request (another request's nonce): a replayed offer; "
-                           "nothing was ordered")
-    try:
-        got_deal = check_deal_id(b.get("deal"))
-    except CommerceError:
-        raise OfferRefused("the offer names no valid deal") from None
-    if deal_id is not None and got_deal != deal_id:
-        raise OfferRefused("the offer is for another deal than the seller announced")
+    standing = nonce is None
+    if standing:
+        if not is_standing(b) or b.get("workflow") not in STANDING_WORKFLOWS:
+            raise OfferRefused("the seller sent an offer for one deal where a standing offer was asked for")
+        try:
+            got_deal = check_deal_id(deal_id)
+        except CommerceError:
+            raise OfferRefused("a deal on a standing offer needs a deal id of 32 hex digits") from None
+    else:
+        if b.get("nonce") != nonce:
+            raise OfferRefused("the offer does not answer this request (another request's nonce): a replayed "
+                               "offer; nothing was ordered")
+        try:
+            got_deal = check_deal_id(b.get("deal"))
+        except CommerceError:
+            raise OfferRefused("the offer names no valid deal") from None
+        if deal_id is not None and got_deal != deal_id:
+            raise OfferRefused("the offer is for another deal than the seller announced")
     if b.get("workflow") not in WORKFLOWS:
         raise OfferRefused(f"the offer's workflow {b.get('workflow')!r} is unknown")
     valid_until = parse_time(b.get("valid_until"), "validity")
@@ -264,7 +296,8 @@ def parse_offer(vs: VerifiedStatement, *, deal_id: str | None, nonce: str, now: 
     if psam is not None and not isinstance(psam, str):
         raise OfferRefused("the offer's PSAM id is malformed")
     return ParsedOffer(vs.statement.der, sha256_hex(vs.statement.der), got_deal, str(b["workflow"]), tuple(lines),
-                       currency, total, tuple(payment), account, psam, attributes, form, valid_until, vs.signer, signed)
+                       currency, total, tuple(payment), account, psam, attributes, form, valid_until, vs.signer, signed,
+                       standing=standing)
 
 
 # ---- order -----------------------------------------------------------------------------------------
@@ -280,8 +313,9 @@ def order_body(offer: ParsedOffer, *, payment: str, payment_label: str, confirma
 
 
 def check_order(body: Mapping[str, Any], offer_body_: Mapping[str, Any], offer_digest: str) -> dict[str, str]:
-    """The seller's checks of an order against the offer it signed; returns the validated form values."""
-    if body.get("type") != "order" or body.get("deal") != offer_body_.get("deal"):
+    """The seller's checks of an order against the offer it signed; returns the validated form values. The
+    order's deal is the offer's, or, on a standing offer (which names none), the caller's to check."""
+    if body.get("type") != "order" or (not is_standing(offer_body_) and body.get("deal") != offer_body_.get("deal")):
         raise CommerceError("this is not an order for this deal")
     if body.get("offer_sha256") != offer_digest:
         raise CommerceError("the order is for another offer than the one this shop signed for the deal")

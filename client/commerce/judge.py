@@ -6,7 +6,8 @@ every statement's signature and certificate chain, against the judge's own CA ro
 documents are followed link by link:
 
 * the seller's **offer** (signed by a seller's certificate) fixes items, total, account and PSAM;
-* the buyer's **order** covers the offer's digest; its ``confirmation`` digest must be the digest of
+* the buyer's **order** covers the offer's digest and names the deal (the offer's, or for a *standing*
+  offer, which names no deal, the bundle's); its ``confirmation`` digest must be the digest of
   the text archived as shown, and that text must re-render identically from the signed offer and
   the order (what-you-see-is-what-you-sign);
 * the **payment** must prove itself: a card-signed debit proof (DPF1) to the offer's PSAM for the
@@ -119,7 +120,15 @@ def judge_deal(path: Path, trust: TrustStore, purse_root: x509.Certificate | Non
                         "sha256": order_digest}
     if order_body.get("offer_sha256") != offer_digest:
         r.problems.append("the order is for another offer than the one in the bundle")
-    r.facts["what_you_see_is_what_you_sign"] = _wysiwys(offer_vs, order_body, buyer, blobs)
+    # the deal: the one the offer was signed for, or, on a standing offer (which names none), the one the
+    # order names; either way the bundle's. A standing offer serves many deals: the order ties it to this one
+    standing = docs.is_standing(offer)
+    deal_id = order_body.get("deal") if standing else offer.get("deal")
+    r.facts["offer"]["standing"] = standing
+    r.facts["order"]["names_deal"] = order_body.get("deal") == deal_id == r.deal
+    if not r.facts["order"]["names_deal"]:
+        r.problems.append("the order names another deal than its offer or its bundle")
+    r.facts["what_you_see_is_what_you_sign"] = _wysiwys(offer_vs, str(deal_id), order_body, buyer, blobs)
 
     # the payment
     paid, how = _payment(blobs, offer, order_digest, purse_root)
@@ -136,7 +145,7 @@ def judge_deal(path: Path, trust: TrustStore, purse_root: x509.Certificate | Non
     for_order = [vs for vs in statements.get(kind, []) if same_key(vs.signer, seller)
                  and vs.body.get("order_sha256") == order_digest]
     confirms = _confirmations(r, [*statements.get("order-confirmation", []), *for_order], seller, offer,
-                              order_digest, how)
+                              str(deal_id), order_digest, how)
     r.facts["seller_confirmed"] = bool(confirms)
     if confirms:
         r.facts["confirmed_in"] = confirms[0].type
@@ -179,16 +188,18 @@ def judge_deal(path: Path, trust: TrustStore, purse_root: x509.Certificate | Non
 
 
 def _confirmations(r: DealRuling, candidates: list[VerifiedStatement], seller: x509.Certificate,
-                   offer: Mapping[str, Any], order_digest: str, how: Mapping[str, Any]) -> list[VerifiedStatement]:
+                   offer: Mapping[str, Any], deal_id: str, order_digest: str, how: Mapping[str, Any]
+                   ) -> list[VerifiedStatement]:
     """The seller's statements that confirm this order's payment: an order confirmation, or a delivery note
-    (registration) stating the payment, for this deal and order, whose payment is the offer's total in its
-    currency, under the id of the payment proven (``how``). One that states another payment is not a
-    confirmation: it goes in the problems (a note that states one is still judged for what it ships)."""
+    (registration) stating the payment, for this deal (the offer's, or on a standing offer the order's) and
+    order, whose payment is the offer's total in its currency, under the id of the payment proven (``how``).
+    One that states another payment is not a confirmation: it goes in the problems (a note that states one is
+    still judged for what it ships)."""
     out = []
     for vs in candidates:
         if not same_key(vs.signer, seller):
             continue
-        payment = docs.confirmed_payment(vs.body, str(offer.get("deal")), order_digest)
+        payment = docs.confirmed_payment(vs.body, deal_id, order_digest)
         if payment is None:
             continue
         why = docs.payment_mismatch(payment, payment_id=how.get("payment_id"), amount=offer["total"],
@@ -216,7 +227,7 @@ def _order(statements: Mapping[str, list[VerifiedStatement]], blobs: Mapping[str
     return None, None, None
 
 
-def _wysiwys(offer_vs: VerifiedStatement, order: Mapping[str, Any], buyer: x509.Certificate | None,
+def _wysiwys(offer_vs: VerifiedStatement, deal_id: str, order: Mapping[str, Any], buyer: x509.Certificate | None,
              blobs: Mapping[str, list[bytes]]) -> str:
     conf = order.get("confirmation") or {}
     shown = blobs.get("confirmation-text", [])
@@ -229,12 +240,12 @@ def _wysiwys(offer_vs: VerifiedStatement, order: Mapping[str, Any], buyer: x509.
         o = offer_vs.body
         module, label = str(order.get("payment")), str(conf.get("payment_label", ""))
         vo = VerifiedOffer.from_statement(
-            offer_vs, offer_id=str(o["deal"]), items=[LineItem(i["description"], i["quantity"], i["unit_price"])
+            offer_vs, offer_id=deal_id, items=[LineItem(i["description"], i["quantity"], i["unit_price"])
                                                       for i in o["items"]],
             currency=int(o["currency"]), stated_total=int(o["total"]), payment_options=[PaymentOption(module, label)],
             valid_until=docs.parse_time(o["valid_until"], "validity"))
         attrs = DealAttributes.from_dict(order.get("attributes") or {})
-        request = ConfirmationRequest(vo, PaymentOption(module, label), str(o["deal"]), Action[str(conf["action"])],
+        request = ConfirmationRequest(vo, PaymentOption(module, label), deal_id, Action[str(conf["action"])],
                                       signer=Party.from_certificate(buyer) if buyer is not None else None,
                                       attributes=attrs.labels(),
                                       details=tuple((str(a), str(b)) for a, b in conf.get("details", [])))

@@ -91,6 +91,19 @@ KEPT_REFUSALS = 4
 #: So at most about 2048 × 8 KiB × 3 (DER, body, terms), 48 MiB; the demo's 20-line offer is 3.8 KiB of DER
 MADE_OFFERS = 2048
 MADE_OFFER_BYTES = 8 * 1024
+#: how long a standing offer (mail order: no deal, no nonce; :meth:`Shop.standing_offer`) is valid, and so how
+#: long a buyer's client may keep it and order on it without asking the shop. Why 15 minutes: long enough that
+#: a returning buyer sends no offer request for most of its purchases (and the shop signs one per kind of
+#: purchase about every 7.5 minutes, :data:`STANDING_RENEW`), short enough that a price or catalogue change
+#: reaches every buyer soon (an order on an offer the shop no longer makes is refused anyway, ``_offered``)
+STANDING_VALIDITY = dt.timedelta(minutes=15)
+#: a standing offer is signed afresh when less than this share of its validity remains: a buyer who gets it
+#: then has at least this long to order on it (a TINGUIN review takes a person minutes)
+STANDING_RENEW = 0.5
+#: the standing offers a process keeps (one per workflow, items and quantities, anonymous or not, PSAM):
+#: past it the least recently asked for goes (and is signed again if asked for again). Each holds at most
+#: MADE_OFFER_BYTES of DER and its body: about 256 × 8 KiB × 2, 4 MiB at worst
+STANDING_OFFERS = 256
 
 
 #: the workflows whose payment step ships (a delivery note, a registration); the others exchange fairly
@@ -165,7 +178,7 @@ class Shop:
                  payments: PaymentManager, account: str, archive: SharedArchive, db: Database,
                  psam_id: str | None = None, assign_psam: Callable[[], str] | None = None,
                  psam_ids: Sequence[str] = (), offer_validity: dt.timedelta = dt.timedelta(minutes=30),
-                 fair_modules: Sequence[str] = FAIR_MODULES
+                 fair_modules: Sequence[str] = FAIR_MODULES, standing_validity: dt.timedelta = STANDING_VALIDITY
                  ) -> None:
         self.name = name
         self.identity = identity
@@ -181,14 +194,22 @@ class Shop:
         self.psam_ids = frozenset([*psam_ids, psam_id])     # every PSAM an offer of this shop may name
         self._certificate_der = identity.signer.certificate()   # what its statements name as their signer
         self.offer_validity = offer_validity
+        self.standing_validity = min(standing_validity, offer_validity)   # (the abandon margin counts from either)
         self._abandoned_at = -ABANDON_EVERY_S       # when this process last looked for abandoned deals
         self._swept: OrderedDict[str, float] = OrderedDict()    # buyer -> when its deals were last looked at
         self.fair_modules = tuple(fair_modules)
-        self.counters = {"offers": 0, "orders": 0, "payments": 0, "deliveries": 0, "signatures": 0}
+        # offers: per-deal offers signed (POST /deals); standing_signed: standing offers signed; standing_asked:
+        # standing offers asked for (POST /offer), signed or not; orders_on_standing: orders taken on one
+        self.counters = {"offers": 0, "orders": 0, "payments": 0, "deliveries": 0, "signatures": 0,
+                         "standing_signed": 0, "standing_asked": 0, "orders_on_standing": 0}
         self._counter_lock = threading.Lock()
         self._acceptances: list[Any] | None = None
         # the offers this process signed and nobody ordered yet, by deal id (Shop._made_again); under _counter_lock
         self._made: OrderedDict[str, _MadeOffer] = OrderedDict()
+        # the standing offers this process signed, by what they are for and by their bytes (Shop.standing_offer,
+        # Shop._offered); under _counter_lock, bounded together (STANDING_OFFERS)
+        self._standing: OrderedDict[tuple[Any, ...], _MadeOffer] = OrderedDict()
+        self._standing_der: dict[bytes, _MadeOffer] = {}
         # called at named instants of a step, (instant, deal id): ``settling`` is inside the payment step's
         # transaction, the deal written and nothing committed yet; ``ordering`` the same inside the
         # transaction of an order that came with the payer's first message, ``ordered`` right after that
@@ -295,6 +316,58 @@ class Shop:
             self._made[deal_id] = made
             while len(self._made) > MADE_OFFERS:
                 self._made.popitem(last=False)
+
+    def standing_offer(self, workflow: str, items: Sequence[tuple[str, int]], anonymous: bool) -> tuple[bytes, str]:
+        """The standing offer for exactly these items (mail order), and its tag: an offer that names no deal
+        and answers no nonce, valid :attr:`standing_validity`, which any number of buyers may order on while
+        it is valid, each order naming a deal id of its buyer's (docs/commerce.md, "Standing offers").
+
+        Signed once per (workflow, items and quantities, anonymous or not, PSAM) and kept by this process,
+        and signed afresh when less than :data:`STANDING_RENEW` of its validity remains or when the terms
+        this shop would offer for them changed (catalogue, prices, payment modules, form, account): most
+        calls sign nothing and write nothing. Another worker process signs its own; each takes the others'
+        in orders (the tag's key is shared, ``DealStore.offer_tag``). CommerceError for a workflow whose
+        offers answer a nonce (``documents.STANDING_WORKFLOWS``; those ask ``POST /deals``)."""
+        if workflow not in docs.STANDING_WORKFLOWS:
+            raise CommerceError(f"a {workflow} offer is made for one deal (POST /deals); standing offers are for "
+                                f"{', '.join(sorted(docs.STANDING_WORKFLOWS))}")
+        self._count("standing_asked")
+        lines, attributes, modules, form = self._offer_terms(workflow, items, anonymous)
+        psam = self.assign_psam() if self.assign_psam is not None else self.psam_id
+        key = (workflow, tuple((i.sku, q) for i, q in lines), anonymous, psam)
+        now = dt.datetime.now(dt.UTC)
+        with self._counter_lock:
+            made = self._standing.get(key)
+            if made is not None:
+                self._standing.move_to_end(key)
+        if made is not None and made.valid_until - now >= self.standing_validity * STANDING_RENEW \
+                and self._same_terms(made, lines, attributes, modules, form):
+            return made.der, made.tag
+        until = now + self.standing_validity
+        body = docs.offer_body(deal_id=None, nonce=None, workflow=workflow, lines=lines, payment=modules,
+                               seller_account=self.account, psam=psam, attributes=attributes, form=form,
+                               valid_until=until)
+        der = self._sign(body)
+        tag = self.store.offer_tag(der)
+        self._count("standing_signed")
+        if len(der) <= MADE_OFFER_BYTES and self.identity.signer.certificate() == self._certificate_der:
+            fresh = _MadeOffer(der, body, valid_until=_to_the_second(until), lines=lines, attributes=attributes,
+                               modules=modules, form=form, account=self.account, tag=tag)
+            with self._counter_lock:
+                old = self._standing.pop(key, None)
+                if old is not None:
+                    self._standing_der.pop(old.der, None)
+                self._standing[key] = fresh
+                self._standing_der[der] = fresh
+                while len(self._standing) > STANDING_OFFERS:
+                    self._standing_der.pop(self._standing.popitem(last=False)[1].der, None)
+        return der, tag
+
+    def _same_terms(self, made: _MadeOffer, lines: list[tuple[CatalogueItem, int]], attributes: DealAttributes,
+                    modules: list[str], form: FormSpec) -> bool:
+        """Whether an offer made of ``made``'s terms is the one this shop makes of these terms now."""
+        return lines == made.lines and attributes == made.attributes and modules == made.modules \
+            and form == made.form and self.account == made.account
 
     def _room_for_a_deal(self) -> None:
         """ServiceUnavailable when the shop holds :data:`MAX_OPEN_DEALS` open deals (ordered, not finished,
@@ -436,11 +509,13 @@ class Shop:
         if not self.store.offer_tag_ok(offer, tag):
             raise OfferNotOurs("the offer was not made by this shop, or was altered: its tag does not verify")
         with self._counter_lock:
-            made = self._made.get(deal_id)
-            if made is not None and made.der == offer:
-                del self._made[deal_id]             # taken once: an order sent again finds its deal written
-            else:
-                made = None
+            made = self._standing_der.get(offer)    # a standing offer this process signed: taken by many orders
+            if made is None:
+                made = self._made.get(deal_id)
+                if made is not None and made.der == offer:
+                    del self._made[deal_id]         # taken once: an order sent again finds its deal written
+                else:
+                    made = None
         if made is not None:
             sd = self._made_again(deal_id, made)
             if sd is not None:
@@ -457,7 +532,11 @@ class Shop:
             raise OfferNotOurs("the offer is not an offer statement in this shop's profile")
         if parts.signer != self._certificate_der:
             raise OfferNotOurs("the offer names another signer than this shop's certificate")
-        if body.get("deal") != deal_id:
+        standing = docs.is_standing(body)
+        if standing:
+            if body.get("workflow") not in docs.STANDING_WORKFLOWS:
+                raise OfferNotOurs("this shop makes no standing offer for this workflow")
+        elif body.get("deal") != deal_id:
             raise OfferNotOurs("the offer is for another deal")
         try:
             valid_until = _offer_ends(body)
@@ -466,7 +545,7 @@ class Shop:
         now = dt.datetime.now(dt.UTC)
         if valid_until < now:
             raise OfferExpired(f"the offer expired at {docs.rfc3339(valid_until)}; ask for a new one")
-        if valid_until > now + self.offer_validity + docs.CLOCK_SKEW:
+        if valid_until > now + self._validity(standing) + docs.CLOCK_SKEW:
             raise OfferNotOurs("the offer is valid for longer than this shop makes offers")
         try:
             items = [(str(i["sku"]), int(i["quantity"])) for i in body["items"]]
@@ -474,7 +553,8 @@ class Shop:
             lines, attributes, modules, form = self._offer_terms(body["workflow"], items, attributes.anonymous)
             if body["psam"] not in self.psam_ids:
                 raise CommerceError("it names a PSAM this shop does not have")
-            again = docs.offer_body(deal_id=deal_id, nonce=body["nonce"], workflow=body["workflow"], lines=lines,
+            again = docs.offer_body(deal_id=None if standing else deal_id, nonce=None if standing else body["nonce"],
+                                    workflow=body["workflow"], lines=lines,
                                     payment=modules, seller_account=self.account, psam=body["psam"],
                                     attributes=attributes, form=form, valid_until=valid_until)
         except (CommerceError, KeyError, TypeError, ValueError) as e:
@@ -498,18 +578,21 @@ class Shop:
         compared with those the offer was made of (its body is a pure function of them, ``offer_body``)."""
         body = made.body
         now = dt.datetime.now(dt.UTC)
-        if made.valid_until < now or made.valid_until > now + self.offer_validity + docs.CLOCK_SKEW:
+        if made.valid_until < now or made.valid_until > now + self._validity(docs.is_standing(body)) + docs.CLOCK_SKEW:
             return None
         try:
             items = [(i["sku"], i["quantity"]) for i in body["items"]]
             lines, attributes, modules, form = self._offer_terms(body["workflow"], items, made.attributes.anonymous)
         except (CommerceError, KeyError, TypeError, ValueError):
             return None
-        if lines != made.lines or attributes != made.attributes or modules != made.modules or form != made.form \
-                or self.account != made.account or body["psam"] not in self.psam_ids:
+        if not self._same_terms(made, lines, attributes, modules, form) or body["psam"] not in self.psam_ids:
             return None
         deal = Deal(deal_id, body["workflow"], attributes, self.archive)
         return ShopDeal(deal, body, made.der, docs.sha256_hex(made.der), lines, body["psam"])
+
+    def _validity(self, standing: bool) -> dt.timedelta:
+        """How long this shop's offers of the kind are valid at most (a standing offer's or one deal's)."""
+        return self.standing_validity if standing else self.offer_validity
 
     def find(self, deal_id: Any, *, fresh: bool) -> ShopDeal | None:
         """The deal as committed, or None (no such deal, or not a deal id). ``fresh``: as the database
@@ -670,8 +753,14 @@ class Shop:
             raise self._too_many(e.buyer, e.count) from None
         if committed is not sd and committed.order_bytes != order_bytes:
             raise DealConflict("this deal already has another order")
-        self._count("orders")
+        self._ordered(committed)
         return self._next_step(committed)
+
+    def _ordered(self, sd: ShopDeal) -> None:
+        """Count an order taken (GET /stats; the bench's offer requests per purchase)."""
+        self._count("orders")
+        if docs.is_standing(sd.offer):
+            self._count("orders_on_standing")
 
     def _early(self, sd: ShopDeal, envelope: Any) -> bool:
         """Whether ``envelope`` is a first payment message this ordered deal takes with its order: for its
@@ -719,7 +808,7 @@ class Shop:
                 raise DealConflict("this deal already has another order")
             return self._ordered_again(fresh, envelope)
         self.store.saved(sd, True)
-        self._count("orders")
+        self._ordered(sd)
         if self.on_step is not None:
             self.on_step("ordered", sd.deal.deal_id)
         out = self._next_step(sd)
@@ -1101,6 +1190,7 @@ class _MadeOffer:
     modules: list[str]
     form: FormSpec
     account: str
+    tag: str = ""                       # its tag (DealStore.offer_tag), kept for a standing offer given out again
 
 
 def _to_the_second(when: dt.datetime) -> dt.datetime:

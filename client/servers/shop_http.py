@@ -10,6 +10,8 @@ endpoint                    body                                               a
 ``GET /catalogue``                                                             seller, items, payment modules
 ``POST /deals``             workflow, items [{sku, quantity}], nonce,          deal, offer (b64 signed offer),
                             anonymous                                          offer_tag (hex); nothing is stored
+``POST /offer``             workflow (mail-order), items [{sku, quantity}],    offer (b64 signed standing offer),
+                            anonymous                                          offer_tag (hex); nothing is stored
 ``POST /deals/order``       deal, order (b64: signed order, or canonical JSON  next: payment (terms, accept) |
                             when anonymous), offer and offer_tag (as           exchange | delivery; with an
                             ``/deals`` gave them), mailbox (exchanges),        envelope taken, the payee's
@@ -27,6 +29,11 @@ endpoint                    body                                               a
 ``GET /stats``                                                                 counters, ``db`` (its database work),
                                                                                ``card_steps`` (where card steps ran)
 ==========================  =================================================  ==================================
+
+A mail order takes a *standing offer* (docs/commerce.md, "Standing offers"): ``POST /offer`` gives the
+offer this shop makes to anyone for these items now, no deal, no nonce, signed once per kind of purchase
+and kept (``Shop.standing_offer``); the buyer's client keeps it while it is valid and orders on it with a
+deal id of its own making (32 hex digits) in ``POST /deals/order``. The other workflows ask ``POST /deals``.
 
 The offer is stateless (docs/commerce.md, "The stateless offer"): ``POST /deals`` signs it and writes
 nothing; the order carries it back with its tag, and the shop writes the deal with the order. An order
@@ -83,6 +90,12 @@ class NewDeal(Shape, frozen=True):
     workflow: str
     items: list[Line]
     nonce: str
+    anonymous: bool = False
+
+
+class StandingAsk(Shape, frozen=True):
+    workflow: str
+    items: list[Line]
     anonymous: bool = False
 
 
@@ -277,6 +290,14 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
         # written with its order, from the offer sent back; docs/commerce.md "The stateless offer")
         deal_id, der, tag = shop.new_deal(body.workflow, items, body.nonce, body.anonymous)
         return json_response({"deal": deal_id, "offer": _e(der), "offer_tag": tag})
+
+    @routes.post("/offer")
+    async def standing(request: web.Request) -> web.Response:
+        body = await read_json(request, StandingAsk)
+        # on the event loop: most answers are bytes signed before (a signature now and then, as /deals's);
+        # a POST with a JSON body, not a GET with a query: the lean request path takes it (fast_http)
+        der, tag = shop.standing_offer(body.workflow, [(i.sku, i.quantity) for i in body.items], body.anonymous)
+        return json_response({"offer": _e(der), "offer_tag": tag})
 
     @routes.post("/deals/order")
     async def order(request: web.Request) -> web.Response:
