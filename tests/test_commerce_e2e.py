@@ -307,6 +307,21 @@ def test_a_kept_standing_offer_the_shop_no_longer_makes_is_refused_then_forgotte
         m.buyer.offers.clear()                  # (the kept offer has the price of the test; the next ask again)
 
 
+
+def test_anonymous_deals_never_share_a_kept_standing_offer(market: Market) -> None:
+    """Review of 2026-12-07: one standing offer kept for many anonymous deals let the shop link them (it could
+    give each request an offer of its own). Each anonymous deal asks for its offer in its own connections."""
+    m = market
+    _pay_with(m, None)
+    asked = m.shop.counters["standing_asked"]
+    for _ in range(2):
+        m.buyer.payments.module("ecash").withdraw(1_250)
+        r = workflows.mail_order(m.buyer, [("teapot", 1)], form={"pickup": "Kiosk C"},
+                                 attributes=deal_attributes("mail-order", anonymous=True))
+        assert r.status is OutcomeStatus.SATISFIED, r.summary
+    assert m.shop.counters["standing_asked"] == asked + 2
+    assert not [key for key in m.buyer.offers if key[-1]]                       # none kept for anonymous deals
+
 def _judged_with(m: Market, deal_id: str, statements: list[dict[str, Any]]) -> dict[str, Any]:
     """The judge's ruling on the deal's evidence with its delivery note replaced by ``statements`` (bodies the
     shop signs with its own token, as a seller could have): the same entries copied to a deal of their own in
@@ -791,4 +806,22 @@ def test_after_slow_card_steps_the_next_ones_wait_in_the_pool(market: Market,
     now[0] += shop_http.POOL_AT_LEAST + 1       # the pause is over
     r = workflows.mail_order(m.buyer, [("tea-sampler", 1)], form=ADDRESS)
     assert r.status is OutcomeStatus.SATISFIED and seen == [True, True, False, True], (seen, r.summary)
+    m.clean()
+
+
+def test_the_judge_names_a_second_order_in_a_bundle(refilled: Market) -> None:
+    """One deal, one offer and one order: a bundle holding a second order (as the shop's archive did for an
+    order that lost the race for a deal id, before the review of 2026-12-07) is named, not passed over."""
+    from semper.client.commerce.deal import new_deal_id
+    m = refilled
+    _pay_with(m, "card-purse")
+    first, second = (workflows.mail_order(m.buyer, [("teapot", 1)], form=ADDRESS) for _ in range(2))
+    assert first.status is second.status is OutcomeStatus.SATISFIED
+    copy = new_deal_id()
+    for e in m.buyer.archive.entries(first.deal_id):
+        m.buyer.archive.append(copy, e.kind, e.content)
+    other = next(e for e in m.buyer.archive.entries(second.deal_id) if e.kind == "statement:order")
+    m.buyer.archive.append(copy, other.kind, other.content)
+    ruling = m.rule(copy)
+    assert any("2 different orders" in p for p in ruling["bundle"]["problems"]), ruling
     m.clean()

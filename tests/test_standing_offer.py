@@ -192,3 +192,46 @@ def test_the_unpaid_cap_and_the_room_for_deals_hold_at_the_order(open_shop: Call
     assert _rows(shop) == 3
     # and a standing offer is still given (it writes nothing): the order is where the room is asked
     assert shop.standing_offer("mail-order", [("teapot", 1)], False) == (der, tag)
+
+
+def test_an_order_that_loses_the_race_for_a_new_deal_id_leaves_nothing_in_the_archive(
+        open_shop: Callable[..., Shop], pki: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers take two orders for one new deal id at once, on standing offers for other quantities: the
+    one whose insert loses is refused, and its offer and order are not archived under the winner's deal id
+    (review of 2026-12-07: they were, and the judge read the loser's offer and order first)."""
+    one, two = open_shop(), open_shop()
+    der1, tag1 = one.standing_offer("mail-order", [("teapot", 1)], False)
+    der5, tag5 = one.standing_offer("mail-order", [("teapot", 5)], False)
+    deal_id = new_deal_id()
+    winner = _signed_order(_standing(one, der5, deal_id), pki)
+    one.order(deal_id, winner, None, der5, tag5)
+    # the loser's worker read no row for the deal id (the winner had not committed when it looked)
+    real_get, missed = two.store.get, []
+
+    def get(d: str, *, fresh: bool = False) -> Any:
+        if d == deal_id and not missed:
+            missed.append(d)
+            return None
+        return real_get(d, fresh=fresh)
+    monkeypatch.setattr(two.store, "get", get)
+    loser = _signed_order(_standing(two, der1, deal_id), pki)
+    with pytest.raises(DealConflict, match="another order"):
+        with two.batch():                               # as a request handler runs it
+            two.order(deal_id, loser, None, der1, tag1)
+    kinds = _kinds(one, deal_id)
+    assert kinds == ["statement:offer", "statement:order"], kinds      # the winner's, once
+    contents = [e.content for e in one.archive.entries(deal_id)]
+    assert der1 not in contents and loser not in contents
+
+
+def test_a_buyer_has_ten_minutes_at_least_to_review_a_standing_offer(open_shop: Callable[..., Shop]) -> None:
+    """Review of 2026-12-07: valid 15 minutes and used while 3 remained, a kept offer could expire while its
+    user read the TINGUIN, and the order was refused after the PIN. Now: valid 30 minutes (a per-deal offer's
+    time), given out with half of it left at least, used while 10 minutes remain."""
+    from semper.client.commerce import blocks
+    shop = open_shop()
+    der, _ = shop.standing_offer("mail-order", [("teapot", 1)], False)
+    offer = _standing(shop, der)
+    assert offer.valid_until - offer.signed_at == shop_mod.STANDING_VALIDITY == dt.timedelta(minutes=30)
+    assert blocks._margin(offer) >= dt.timedelta(minutes=10)
+    assert shop_mod.STANDING_VALIDITY * shop_mod.STANDING_RENEW > blocks._margin(offer)  # a fresh one is usable

@@ -65,7 +65,7 @@ def step(b: Buyer, key: str, title: str, state: StepState, detail: str = "") -> 
 # ---- offer ------------------------------------------------------------------------------------------
 #: a kept standing offer is used for a new deal only while at least this much of its validity remains: the
 #: user reviews it in the TINGUIN and signs the order before the shop takes it (else it is asked for again)
-STANDING_MARGIN = dt.timedelta(minutes=3)
+STANDING_MARGIN = dt.timedelta(minutes=10)
 #: how many standing offers a client keeps (one per shop and kind of purchase); past it, all are forgotten
 KEPT_OFFERS = 64
 
@@ -127,7 +127,10 @@ def standing_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], at
     asked = [(s, q) for s, q in items]
     key = (b.shop.url, workflow, tuple(asked), attributes.anonymous)
     now = dt.datetime.now(dt.UTC)
-    kept = b.offers.get(key) if b.keep_offers else None
+    # an anonymous deal asks afresh: one offer kept for many anonymous deals would let the shop link them
+    # (it could give each request an offer of its own, its validity a second apart; review of 2026-12-07)
+    keep = b.keep_offers and not attributes.anonymous
+    kept = b.offers.get(key) if keep else None
     if kept is not None and kept[0].valid_until - now >= _margin(kept[0]):
         offer, vs = kept
     else:
@@ -150,7 +153,7 @@ def standing_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], at
         if not isinstance(tag, str) or len(tag) > 256:
             raise OfferRefused("the seller's offer came with a malformed tag; nothing was ordered")
         offer = dataclasses.replace(offer, tag=tag)
-        if b.keep_offers:
+        if keep:
             if len(b.offers) >= KEPT_OFFERS:
                 b.offers.clear()
             b.offers[key] = (offer, vs)
@@ -164,9 +167,9 @@ def standing_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], at
 
 def _margin(offer: docs.ParsedOffer) -> dt.timedelta:
     """How much of a standing offer's validity must remain to start a deal on it: :data:`STANDING_MARGIN`,
-    or a quarter of its validity if that is shorter (a shop whose offers are valid a few minutes; it gives a
+    or a third of its validity if that is shorter (a shop whose offers are valid a few minutes; it gives a
     standing offer out with at least half its validity left, ``shop.STANDING_RENEW``)."""
-    return min(STANDING_MARGIN, (offer.valid_until - offer.signed_at) / 4)
+    return min(STANDING_MARGIN, (offer.valid_until - offer.signed_at) / 3)
 
 
 def forget_offer(b: Buyer, offer: docs.ParsedOffer) -> None:

@@ -97,6 +97,13 @@ def judge_deal(path: Path, trust: TrustStore, purse_root: x509.Certificate | Non
                 r.problems.append(f"a {kind} entry does not verify: {e}")
         else:
             blobs.setdefault(kind, []).append(content)
+    for kind, label in (("offer", "offers"), ("order", "orders")):
+        distinct = {vs.statement.der for vs in statements.get(kind, [])}
+        if len(distinct) > 1:
+            # one deal, one offer and one order: the first is ruled on, and a second is named, not passed over
+            # (an order that lost the race for a deal id was archived beside the winner's before 2026-12-07)
+            r.problems.append(f"the bundle holds {len(distinct)} different {label} for this deal: the first is "
+                              "ruled on")
     offer_vs = next(iter(statements.get("offer", [])), None)
     if offer_vs is None or not docs.has_role(offer_vs.signer, "seller"):
         r.ruling = "no offer signed by a seller: there is no deal to rule on"

@@ -92,11 +92,14 @@ KEPT_REFUSALS = 4
 MADE_OFFERS = 2048
 MADE_OFFER_BYTES = 8 * 1024
 #: how long a standing offer (mail order: no deal, no nonce; :meth:`Shop.standing_offer`) is valid, and so how
-#: long a buyer's client may keep it and order on it without asking the shop. Why 15 minutes: long enough that
-#: a returning buyer sends no offer request for most of its purchases (and the shop signs one per kind of
-#: purchase about every 7.5 minutes, :data:`STANDING_RENEW`), short enough that a price or catalogue change
-#: reaches every buyer soon (an order on an offer the shop no longer makes is refused anyway, ``_offered``)
-STANDING_VALIDITY = dt.timedelta(minutes=15)
+#: long a buyer's client may keep it and order on it without asking the shop. Why 30 minutes, as a per-deal
+#: offer: a returning buyer sends no offer request for most of its purchases (the shop signs one per kind of
+#: purchase about every 15 minutes, :data:`STANDING_RENEW`), a buyer who starts a deal on it has at least
+#: 10 minutes to review it and sign (``blocks.STANDING_MARGIN``; 15 minutes left only 3, review of
+#: 2026-12-07), and an ordered deal left unpaid counts against its buyer's cap no longer than on a per-deal
+#: offer (its row's validity is the offer's). A price or catalogue change needs no expiry: an order on an
+#: offer the shop no longer makes is refused (``_offered``)
+STANDING_VALIDITY = dt.timedelta(minutes=30)
 #: a standing offer is signed afresh when less than this share of its validity remains: a buyer who gets it
 #: then has at least this long to order on it (a TINGUIN review takes a person minutes)
 STANDING_RENEW = 0.5
@@ -371,10 +374,11 @@ class Shop:
 
     def _room_for_a_deal(self) -> None:
         """ServiceUnavailable when the shop holds :data:`MAX_OPEN_DEALS` open deals (ordered, not finished,
-        not abandoned). Asked when an offer is made (so a buyer is told before it signs an order) and again
-        when a new deal is written with its order; counted at most once a second far from the limit
-        (``DealStore.below``). At the limit, ordered deals nobody paid are marked abandoned first
-        (:meth:`_abandon`), so orders never paid cannot keep the shop from taking deals for good."""
+        not abandoned). Asked when a per-deal offer is made (so a buyer is told before it signs an order; a
+        standing offer asks nothing) and again when a new deal is written with its order; counted at most
+        once a second far from the limit (``DealStore.below``). At the limit, ordered deals nobody paid are
+        marked abandoned first (:meth:`_abandon`), so orders never paid cannot keep the shop from taking deals
+        for good."""
         if not self.store.below(MAX_OPEN_DEALS):
             self.store.evict()                  # offers a shop before stateless offers kept, never ordered
             if self.store.open_count() >= MAX_OPEN_DEALS:
@@ -747,10 +751,15 @@ class Shop:
                 also = lambda tx: expect_in(tx, terms, route)
             else:
                 self.payments.expect(terms, route)
+        new = sd.version == 0
         try:
             committed = self._commit(sd, also=also)
         except TooManyUnpaidOrders as e:         # another worker's order of this buyer was committed first
+            if new:
+                self.archive.drop_pending(deal_id)      # no deal was written: nothing to be evidence of
             raise self._too_many(e.buyer, e.count) from None
+        if committed is not sd and new:
+            self.archive.drop_pending(deal_id)   # another order wrote this deal id first: its entries are the deal's
         if committed is not sd and committed.order_bytes != order_bytes:
             raise DealConflict("this deal already has another order")
         self._ordered(committed)
