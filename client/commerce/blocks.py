@@ -78,13 +78,9 @@ def get_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], attribu
     if workflow in docs.STANDING_WORKFLOWS:
         return standing_offer(b, workflow, items, attributes)
     nonce = secrets.token_hex(16)
-    answer = b.shop.post("/deals", {"workflow": workflow, "nonce": nonce, "anonymous": attributes.anonymous,
-                                    "items": [{"sku": s, "quantity": q} for s, q in items]})
-    der = unb64(answer.get("offer"), "offer", 256 * 1024)
-    try:
-        vs = verify_statement(der, b.trust)
-    except EvidenceError as e:
-        raise OfferRefused(f"the seller's offer does not verify ({e}); nothing was ordered") from None
+    answer, der, vs = _fetch_offer(b, "/deals", {"workflow": workflow, "nonce": nonce,
+                                                 "anonymous": attributes.anonymous,
+                                                 "items": [{"sku": s, "quantity": q} for s, q in items]})
     claimed = answer.get("deal")
     try:
         offer = docs.parse_offer(vs, deal_id=claimed if isinstance(claimed, str) else None, nonce=nonce)
@@ -98,16 +94,7 @@ def get_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], attribu
             except CommerceError:
                 pass
         raise
-    if offer.workflow != workflow or offer.attributes != attributes:
-        raise OfferRefused(f"the offer is for a {offer.workflow} deal with attributes {offer.attributes.labels()}, "
-                           f"not what was asked ({workflow}, {attributes.labels()})")
-    asked = [(s, q) for s, q in items]
-    if [(x.sku, x.quantity) for x in offer.lines] != asked:
-        raise OfferRefused("the offer lists other items or quantities than were asked for")
-    tag = answer.get("offer_tag", "")
-    if not isinstance(tag, str) or len(tag) > 256:
-        raise OfferRefused("the seller's offer came with a malformed tag; nothing was ordered")
-    offer = dataclasses.replace(offer, tag=tag)      # the shop's own check of its offer, sent back with the order
+    offer = _as_asked(offer, answer, workflow, attributes, [(s, q) for s, q in items])
     deal = Deal(offer.deal_id, workflow, attributes, b.archive)
     deal.keep_statement(der, vs.type)
     deal.decide("offer", "satisfied", f"signed by {vs.signer.subject.rfc4514_string()}, total {offer.total}")
@@ -134,25 +121,12 @@ def standing_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], at
     if kept is not None and kept[0].valid_until - now >= _margin(kept[0]):
         offer, vs = kept
     else:
-        answer = b.shop.post("/offer", {"workflow": workflow, "anonymous": attributes.anonymous,
-                                        "items": [{"sku": s, "quantity": q} for s, q in asked]})
-        der = unb64(answer.get("offer"), "offer", 256 * 1024)
-        try:
-            vs = verify_statement(der, b.trust)
-        except EvidenceError as e:
-            raise OfferRefused(f"the seller's offer does not verify ({e}); nothing was ordered") from None
+        answer, _, vs = _fetch_offer(b, "/offer", {"workflow": workflow, "anonymous": attributes.anonymous,
+                                                   "items": [{"sku": s, "quantity": q} for s, q in asked]})
         offer = docs.parse_offer(vs, deal_id="0" * 32, nonce=None)       # (its deal: the client's, below)
-        if offer.workflow != workflow or offer.attributes != attributes:
-            raise OfferRefused(f"the offer is for a {offer.workflow} deal with attributes "
-                               f"{offer.attributes.labels()}, not what was asked ({workflow}, {attributes.labels()})")
-        if [(x.sku, x.quantity) for x in offer.lines] != asked:
-            raise OfferRefused("the offer lists other items or quantities than were asked for")
+        offer = _as_asked(offer, answer, workflow, attributes, asked)
         if offer.valid_until - now < _margin(offer):
             raise OfferRefused("the seller's standing offer expires too soon to be ordered on; nothing was ordered")
-        tag = answer.get("offer_tag", "")
-        if not isinstance(tag, str) or len(tag) > 256:
-            raise OfferRefused("the seller's offer came with a malformed tag; nothing was ordered")
-        offer = dataclasses.replace(offer, tag=tag)
         if keep:
             if len(b.offers) >= KEPT_OFFERS:
                 b.offers.clear()
@@ -163,6 +137,31 @@ def standing_offer(b: Buyer, workflow: str, items: Sequence[tuple[str, int]], at
     deal.decide("offer", "satisfied", f"standing offer signed by {vs.signer.subject.rfc4514_string()}, "
                                       f"total {offer.total}")
     return deal, offer, vs
+
+
+def _fetch_offer(b: Buyer, path: str, request: dict[str, Any]) -> tuple[dict[str, Any], bytes, VerifiedStatement]:
+    """The shop's answer to an offer request, and its offer's bytes, verified (signature and chain)."""
+    answer = b.shop.post(path, request)
+    der = unb64(answer.get("offer"), "offer", 256 * 1024)
+    try:
+        return answer, der, verify_statement(der, b.trust)
+    except EvidenceError as e:
+        raise OfferRefused(f"the seller's offer does not verify ({e}); nothing was ordered") from None
+
+
+def _as_asked(offer: docs.ParsedOffer, answer: dict[str, Any], workflow: str, attributes: DealAttributes,
+              asked: list[tuple[str, int]]) -> docs.ParsedOffer:
+    """``offer`` checked to be for what was asked (workflow, attributes, items and quantities), with the shop's
+    tag of it from ``answer`` (its own check of its offer, sent back with the order)."""
+    if offer.workflow != workflow or offer.attributes != attributes:
+        raise OfferRefused(f"the offer is for a {offer.workflow} deal with attributes {offer.attributes.labels()}, "
+                           f"not what was asked ({workflow}, {attributes.labels()})")
+    if [(x.sku, x.quantity) for x in offer.lines] != asked:
+        raise OfferRefused("the offer lists other items or quantities than were asked for")
+    tag = answer.get("offer_tag", "")
+    if not isinstance(tag, str) or len(tag) > 256:
+        raise OfferRefused("the seller's offer came with a malformed tag; nothing was ordered")
+    return dataclasses.replace(offer, tag=tag)
 
 
 def _margin(offer: docs.ParsedOffer) -> dt.timedelta:
