@@ -2,13 +2,13 @@
 
 One purchase is the whole mail-order workflow as the buyer's client runs it: the shop's standing offer,
 kept by the client from the warm-up purchases (asked for and verified, seller's token signature and
-certificate chain, about once in 12 minutes: not in a timed purchase), a deal id of the client's, confirm (the exact confirmation text and
-its digest), sign the order on the card (PIV 9C: VERIFY + GENERAL AUTHENTICATE through pcscd), the
-shop verifies it, the purse payment (hello, the PSAM's signed debit request, the card's signed
-debit proof, the PSAM's check — ten-odd APDUs on two cards through pcscd), the seller's signed
-delivery note stating the payment (its confirmation too: one statement), verified, and every step
-archived on both sides (hash chain, SQLite). Everything is real and throwaway: the CA, bank, third
-party and shop on loopback HTTPS in this process, the cards simulated behind pcscd. The user is a
+certificate chain, about once in 12 minutes: not in a timed purchase), a deal id of the client's, confirm
+(the exact confirmation text and its digest), sign the order on the card (PIV 9C: VERIFY + GENERAL
+AUTHENTICATE through pcscd), the shop verifies it, the purse payment (hello, the PSAM's signed debit
+request, the card's signed debit proof, the PSAM's check — ten-odd APDUs on two cards through pcscd), the
+seller's signed delivery note stating the payment (its confirmation too: one statement), verified, and
+every step archived on both sides (hash chain, SQLite). Everything is real and throwaway: the CA, bank,
+third party and shop on loopback HTTPS in this process, the cards simulated behind pcscd. The user is a
 fixed policy (``bench.policy_ui``), because a person's reading time is not the system's latency.
 
 The *floor* is the same cryptographic work timed alone, on the same devices: the seller token's
