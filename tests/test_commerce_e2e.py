@@ -416,9 +416,13 @@ def test_a_note_stating_another_payment_is_no_confirmation(market: Market, monke
 
 @pytest.fixture
 def refilled(market: Market) -> Iterator[Market]:
-    """The market, its buyer's purse loaded back at the end to what it held at the start (the tests after
-    it in this module pay from the same card)."""
+    """The market with at least three purchases' worth in its buyer's purse (the tests before it in this
+    module pay from the same card), loaded back at the end to what it held at the start."""
     before = market.money()["buyer purse"]
+    if before < 3 * 1_250:
+        market.world.bank.cash_in(market.world.accounts["buyer"], 3 * 1_250 - before)
+        market.buyer.payments.module("card-purse").load(3 * 1_250 - before)
+        before = 3 * 1_250
     yield market
     spent = before - market.money()["buyer purse"]
     if spent > 0:
@@ -453,7 +457,7 @@ def test_the_client_takes_as_confirmation_only_what_the_judge_counts(refilled: M
     m.clean()
 
 
-@pytest.mark.parametrize("change", [{"payment_id": "0" * 32}, {"currency": 840}])
+@pytest.mark.parametrize("change", [{"payment_id": "0" * 32}, {"currency": 840}, {"module": "cheque"}])
 def test_recovery_after_a_restart_checks_the_confirmed_payment(refilled: Market, monkeypatch: pytest.MonkeyPatch,
                                                               change: dict[str, Any]) -> None:
     """recover_paid_order (the mall after a restart) took a note naming another payment id or currency."""
@@ -823,6 +827,28 @@ def test_the_judge_names_a_second_order_in_a_bundle(refilled: Market) -> None:
     for e in m.buyer.archive.entries(first.deal_id):
         m.buyer.archive.append(copy, e.kind, e.content)
     other = next(e for e in m.buyer.archive.entries(second.deal_id) if e.kind == "statement:order")
+    m.buyer.archive.append(copy, other.kind, other.content)
+    ruling = m.rule(copy)
+    assert any("2 different orders" in p for p in ruling["bundle"]["problems"]), ruling
+    m.clean()
+
+
+
+def test_the_judge_names_a_second_anonymous_order_in_a_bundle(refilled: Market) -> None:
+    """The same for anonymous deals, whose orders are unsigned (third review of 2026-12-07)."""
+    from semper.client.commerce.deal import new_deal_id
+    m = refilled
+    _pay_with(m, None)
+    done = []
+    for _ in range(2):
+        m.buyer.payments.module("ecash").withdraw(1_250)
+        done.append(workflows.mail_order(m.buyer, [("teapot", 1)], form={"pickup": "Kiosk C"},
+                                         attributes=deal_attributes("mail-order", anonymous=True)))
+    assert all(r.status is OutcomeStatus.SATISFIED for r in done), [r.summary for r in done]
+    copy = new_deal_id()
+    for e in m.buyer.archive.entries(done[0].deal_id):
+        m.buyer.archive.append(copy, e.kind, e.content)
+    other = next(e for e in m.buyer.archive.entries(done[1].deal_id) if e.kind == "order:unsigned")
     m.buyer.archive.append(copy, other.kind, other.content)
     ruling = m.rule(copy)
     assert any("2 different orders" in p for p in ruling["bundle"]["problems"]), ruling

@@ -235,3 +235,37 @@ def test_a_buyer_has_ten_minutes_at_least_to_review_a_standing_offer(open_shop: 
     assert offer.valid_until - offer.signed_at == shop_mod.STANDING_VALIDITY == dt.timedelta(minutes=30)
     assert blocks._margin(offer) >= dt.timedelta(minutes=10)
     assert shop_mod.STANDING_VALIDITY * shop_mod.STANDING_RENEW > blocks._margin(offer)  # a fresh one is usable
+
+
+def test_an_order_with_the_cards_hello_that_loses_the_race_leaves_nothing_in_the_archive(
+        open_shop: Callable[..., Shop], pki: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same race on the card-purse path, where the order's first payment step writes the deal (third
+    review of 2026-12-07: only the path without a hello dropped the loser's entries)."""
+    one, two = open_shop(), open_shop()
+    der1, tag1 = one.standing_offer("mail-order", [("teapot", 1)], False)
+    der5, tag5 = one.standing_offer("mail-order", [("teapot", 5)], False)
+    deal_id = new_deal_id()
+    winner = _signed_order(_standing(one, der5, deal_id), pki)
+    one.order(deal_id, winner, None, der5, tag5)
+    real_get, missed = two.store.get, []
+
+    def get(d: str, *, fresh: bool = False) -> Any:
+        if d == deal_id and not missed:
+            missed.append(d)
+            return None
+        return real_get(d, fresh=fresh)
+    monkeypatch.setattr(two.store, "get", get)
+    # the card's hello taken with the order: the first step's transaction writes the deal (save_in), which
+    # finds the winner's row
+    monkeypatch.setattr(two, "_early", lambda sd, env: env is not None)
+    monkeypatch.setattr(two, "_room", lambda sd, env: None)
+    monkeypatch.setattr(two.payments, "unadmit", lambda env: None)
+    monkeypatch.setattr(two.payments, "handle_first",
+                        lambda terms, route, envelope, *, settle: two.db.run(lambda tx: settle(None)(tx)))
+    loser = _signed_order(_standing(two, der1, deal_id), pki)
+    with pytest.raises(DealConflict, match="another order"):
+        with two.batch():
+            two.order(deal_id, loser, {"hello": 1}, der1, tag1)
+    assert _kinds(one, deal_id) == ["statement:offer", "statement:order"]
+    contents = [e.content for e in one.archive.entries(deal_id)]
+    assert der1 not in contents and loser not in contents

@@ -29,7 +29,7 @@ from ..payment.errors import PaymentError
 from ..payment.item import ItemPayer
 from ..payment.manager import PayerSession, run_payment
 from ..payment.model import Acceptance, Record, Status, Terms
-from ..support.cms import EvidenceError, sign_statement
+from ..support.cms import EvidenceError, parse_statement, sign_statement
 from ..support.money import format_amount
 from ..support.verify import VerifiedStatement, verify_statement
 from ..tinguin.confirmation import digest as confirmation_digest
@@ -476,6 +476,10 @@ def recover_paid_order(b: Buyer, deal_id: str) -> Recovered | None:
         raise CommerceError(f"the archived offer of deal {deal_id} does not verify ({e})") from None
     deal = Deal(deal_id, offer.workflow, offer.attributes, b.archive)
     order_digest = docs.sha256_hex(orders[-1].content)
+    try:                                               # the module the order named (this client's own order)
+        module = parse_statement(orders[-1].content).body.get("payment")
+    except EvidenceError:
+        module = None
     try:
         der = unb64(b.shop.post("/deals/confirm", {"deal": deal_id}).get("confirmation"), "confirmation")
     except SellerRefused as e:
@@ -487,7 +491,8 @@ def recover_paid_order(b: Buyer, deal_id: str) -> Recovered | None:
     paid = _confirms(vs_conf, deal)              # an order confirmation, or the note that states the payment
     if paid is None or docs.confirmed_payment(vs_conf.body, deal_id, order_digest) is None \
             or docs.payment_mismatch(paid, payment_id=docs.payment_id_for(deal_id, order_digest), amount=offer.total,
-                                     currency=offer.currency) is not None:
+                                     currency=offer.currency,
+                                     module=module if isinstance(module, str) else None) is not None:
         deal.decide("confirmation", "dispute", "after a restart: the confirmation is for another order or amount")
         raise Dispute("the seller's confirmation does not confirm this order and amount", deal_id)
     deal.keep_statement(der, vs_conf.type)

@@ -99,6 +99,8 @@ def judge_deal(path: Path, trust: TrustStore, purse_root: x509.Certificate | Non
             blobs.setdefault(kind, []).append(content)
     for kind, label in (("offer", "offers"), ("order", "orders")):
         distinct = {vs.statement.der for vs in statements.get(kind, [])}
+        if kind == "order":
+            distinct |= set(blobs.get("order:unsigned", []))          # an anonymous deal's order
         if len(distinct) > 1:
             # one deal, one offer and one order: the first is ruled on, and a second is named, not passed over
             # (an order that lost the race for a deal id was archived beside the winner's before 2026-12-07)

@@ -758,9 +758,9 @@ class Shop:
             if new:
                 self.archive.drop_pending(deal_id)      # no deal was written: nothing to be evidence of
             raise self._too_many(e.buyer, e.count) from None
-        if committed is not sd and new:
-            self.archive.drop_pending(deal_id)   # another order wrote this deal id first: its entries are the deal's
         if committed is not sd and committed.order_bytes != order_bytes:
+            if new:                              # another order wrote this deal id first: none of this one's entries
+                self.archive.drop_pending(deal_id)
             raise DealConflict("this deal already has another order")
         self._ordered(committed)
         return self._next_step(committed)
@@ -793,6 +793,7 @@ class Shop:
         the caller commits the order with its terms alone, as without a hello, and the payer's message,
         sent again to ``/deals/pay``, is refused and recorded there."""
         assert sd.terms is not None
+        new = sd.version == 0
         sd.started = True                          # as written with its first step: it does not count (see unpaid_cap)
 
         def settle(record: Record) -> Callable[[Transaction], None]:
@@ -814,6 +815,8 @@ class Shop:
             self.store.saved(sd, False)
             fresh = self._deal(sd.deal.deal_id, fresh=True)
             if fresh.order_bytes != order_bytes:
+                if new:                            # the other order's deal: none of this one's entries
+                    self.archive.drop_pending(sd.deal.deal_id)
                 raise DealConflict("this deal already has another order")
             return self._ordered_again(fresh, envelope)
         self.store.saved(sd, True)
