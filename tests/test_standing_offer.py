@@ -194,18 +194,17 @@ def test_the_unpaid_cap_and_the_room_for_deals_hold_at_the_order(open_shop: Call
     assert shop.standing_offer("mail-order", [("teapot", 1)], False) == (der, tag)
 
 
-def test_an_order_that_loses_the_race_for_a_new_deal_id_leaves_nothing_in_the_archive(
-        open_shop: Callable[..., Shop], pki: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two workers take two orders for one new deal id at once, on standing offers for other quantities: the
-    one whose insert loses is refused, and its offer and order are not archived under the winner's deal id
-    (review of 2026-12-07: they were, and the judge read the loser's offer and order first)."""
+
+def _a_race_lost(open_shop: Callable[..., Shop], pki: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+                 ) -> tuple[Shop, Shop, str, bytes, str, bytes]:
+    """Worker ``one`` has written a new deal id with an order for 5 teapots; worker ``two`` read no row for
+    it (the winner had not committed when it looked) and takes an order for 1 on another standing offer.
+    (one, two, the deal id, the loser's offer and tag, the loser's order.)"""
     one, two = open_shop(), open_shop()
     der1, tag1 = one.standing_offer("mail-order", [("teapot", 1)], False)
     der5, tag5 = one.standing_offer("mail-order", [("teapot", 5)], False)
     deal_id = new_deal_id()
-    winner = _signed_order(_standing(one, der5, deal_id), pki)
-    one.order(deal_id, winner, None, der5, tag5)
-    # the loser's worker read no row for the deal id (the winner had not committed when it looked)
+    one.order(deal_id, _signed_order(_standing(one, der5, deal_id), pki), None, der5, tag5)
     real_get, missed = two.store.get, []
 
     def get(d: str, *, fresh: bool = False) -> Any:
@@ -214,15 +213,25 @@ def test_an_order_that_loses_the_race_for_a_new_deal_id_leaves_nothing_in_the_ar
             return None
         return real_get(d, fresh=fresh)
     monkeypatch.setattr(two.store, "get", get)
-    loser = _signed_order(_standing(two, der1, deal_id), pki)
+    return one, two, deal_id, der1, tag1, _signed_order(_standing(two, der1, deal_id), pki)
+
+
+def _only_the_winners_entries(one: Shop, deal_id: str, loser_offer: bytes, loser_order: bytes) -> None:
+    assert _kinds(one, deal_id) == ["statement:offer", "statement:order"]        # the winner's, once
+    contents = [e.content for e in one.archive.entries(deal_id)]
+    assert loser_offer not in contents and loser_order not in contents
+
+
+def test_an_order_that_loses_the_race_for_a_new_deal_id_leaves_nothing_in_the_archive(
+        open_shop: Callable[..., Shop], pki: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers take two orders for one new deal id at once, on standing offers for other quantities: the
+    one whose insert loses is refused, and its offer and order are not archived under the winner's deal id
+    (review of 2026-12-07: they were, and the judge read the loser's offer and order first)."""
+    one, two, deal_id, der1, tag1, loser = _a_race_lost(open_shop, pki, monkeypatch)
     with pytest.raises(DealConflict, match="another order"):
         with two.batch():                               # as a request handler runs it
             two.order(deal_id, loser, None, der1, tag1)
-    kinds = _kinds(one, deal_id)
-    assert kinds == ["statement:offer", "statement:order"], kinds      # the winner's, once
-    contents = [e.content for e in one.archive.entries(deal_id)]
-    assert der1 not in contents and loser not in contents
-
+    _only_the_winners_entries(one, deal_id, der1, loser)
 
 def test_a_buyer_has_ten_minutes_at_least_to_review_a_standing_offer(open_shop: Callable[..., Shop]) -> None:
     """Review of 2026-12-07: valid 15 minutes and used while 3 remained, a kept offer could expire while its
@@ -237,24 +246,12 @@ def test_a_buyer_has_ten_minutes_at_least_to_review_a_standing_offer(open_shop: 
     assert shop_mod.STANDING_VALIDITY * shop_mod.STANDING_RENEW > blocks._margin(offer)  # a fresh one is usable
 
 
+
 def test_an_order_with_the_cards_hello_that_loses_the_race_leaves_nothing_in_the_archive(
         open_shop: Callable[..., Shop], pki: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """The same race on the card-purse path, where the order's first payment step writes the deal (third
     review of 2026-12-07: only the path without a hello dropped the loser's entries)."""
-    one, two = open_shop(), open_shop()
-    der1, tag1 = one.standing_offer("mail-order", [("teapot", 1)], False)
-    der5, tag5 = one.standing_offer("mail-order", [("teapot", 5)], False)
-    deal_id = new_deal_id()
-    winner = _signed_order(_standing(one, der5, deal_id), pki)
-    one.order(deal_id, winner, None, der5, tag5)
-    real_get, missed = two.store.get, []
-
-    def get(d: str, *, fresh: bool = False) -> Any:
-        if d == deal_id and not missed:
-            missed.append(d)
-            return None
-        return real_get(d, fresh=fresh)
-    monkeypatch.setattr(two.store, "get", get)
+    one, two, deal_id, der1, tag1, loser = _a_race_lost(open_shop, pki, monkeypatch)
     # the card's hello taken with the order: the first step's transaction writes the deal (save_in), which
     # finds the winner's row
     monkeypatch.setattr(two, "_early", lambda sd, env: env is not None)
@@ -262,10 +259,7 @@ def test_an_order_with_the_cards_hello_that_loses_the_race_leaves_nothing_in_the
     monkeypatch.setattr(two.payments, "unadmit", lambda env: None)
     monkeypatch.setattr(two.payments, "handle_first",
                         lambda terms, route, envelope, *, settle: two.db.run(lambda tx: settle(None)(tx)))
-    loser = _signed_order(_standing(two, der1, deal_id), pki)
     with pytest.raises(DealConflict, match="another order"):
         with two.batch():
             two.order(deal_id, loser, {"hello": 1}, der1, tag1)
-    assert _kinds(one, deal_id) == ["statement:offer", "statement:order"]
-    contents = [e.content for e in one.archive.entries(deal_id)]
-    assert der1 not in contents and loser not in contents
+    _only_the_winners_entries(one, deal_id, der1, loser)
