@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from semper.client.commands import positive_int
+
 from .common import machine
 from .throughput import ITEM_SKU, bench_catalogue
 
@@ -39,6 +41,8 @@ def bench_offer_cost(requests: int = 2000, rounds: int = 3) -> dict[str, Any]:
     from semper.client.demo_world import World
     from semper.hardware.pcscd import VirtualCards
     from semper.hardware.simulator import card_keys_in
+    if requests < 1 or rounds < 1:
+        raise ValueError("requests and rounds must be positive")
     items = [{"sku": ITEM_SKU, "quantity": 1}]
     asks = {
         "POST /deals (an offer signed for one deal)":
@@ -79,8 +83,8 @@ def bench_offer_cost(requests: int = 2000, rounds: int = 3) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--requests", type=int, default=2000, help="requests of each kind per batch (default 2000)")
-    p.add_argument("--rounds", type=int, default=3, help="batches of each kind, alternating (default 3)")
+    p.add_argument("--requests", type=positive_int, default=2000, help="requests of each kind per batch (default 2000)")
+    p.add_argument("--rounds", type=positive_int, default=3, help="batches of each kind, alternating (default 3)")
     a = p.parse_args()
     print(json.dumps(bench_offer_cost(a.requests, a.rounds), indent=2))
 

@@ -459,10 +459,9 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
     if len(counted) == 2 and report["purchases"] and counted[0].get("shop"):
         # the shop's counters over the window's purchases: token signatures (confirmation and delivery note,
         # offers), offers for one deal (POST /deals), standing offers asked for (POST /offer) and signed, orders
-        report["shop_per_purchase"] = {k: round((counted[1]["shop"].get(k, 0) - v) / report["purchases"], 2)
-                                       for k, v in counted[0]["shop"].items()}
-        d = {k: counted[1]["shop"].get(k, 0) - counted[0]["shop"].get(k, 0) for k in SHOP_COUNTERS}
         n = report["purchases"]
+        d = {k: counted[1]["shop"].get(k, 0) - counted[0]["shop"].get(k, 0) for k in SHOP_COUNTERS}
+        report["shop_per_purchase"] = {k: round(d[k] / n, 2) for k in counted[0]["shop"]}
         # offer requests (POST /deals and POST /offer) and offer signatures per purchase in the window, from the
         # counters of the process that answers /stats (with one worker: the shop's; with more, one worker's)
         report["offers_per_purchase"] = {

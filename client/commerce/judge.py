@@ -173,17 +173,18 @@ def judge_deal(path: Path, trust: TrustStore, purse_root: x509.Certificate | Non
         r.ruling = "the buyer paid; the seller delivered nothing: the seller owes the goods or the money"
         return r
     wrong: list[str] = []
-    if len({vs.statement.der for vs in for_order}) > 1:
+    notes = len({vs.statement.der for vs in for_order})
+    if notes > 1:
         # one deal, one note: a seller that signed two (one confirming, one shipping other goods) is judged by
         # every one of them, not by the first archived (review of 2026-12-07)
-        r.problems.append(f"the seller signed {len({vs.statement.der for vs in for_order})} different {kind} "
-                          "statements for this order")
+        r.problems.append(f"the seller signed {notes} different {kind} statements for this order")
     if kind == "delivery":
         want = [{"sku": i["sku"], "quantity": i["quantity"], **({"sha256": i["sha256"]} if i.get("sha256") else {})}
                 for i in offer["items"]]
-        for listed in sorted({json.dumps(vs.body.get("items"), sort_keys=True) for vs in for_order}):
-            if json.loads(listed) != want:
-                wrong.append(f"its signed delivery note lists {json.loads(listed)}, the order was for {want}")
+        for vs in for_order:
+            listed = f"its signed delivery note lists {vs.body.get('items')}, the order was for {want}"
+            if vs.body.get("items") != want and listed not in wrong:
+                wrong.append(listed)
         info = [i for i in offer["items"] if i.get("sha256")]
         got = blobs.get("delivered-content", [])
         if info and (not got or docs.sha256_hex(got[-1]) != info[0]["sha256"]):
