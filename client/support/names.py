@@ -28,6 +28,7 @@ skeletonised again, so ``Shop``, ``SHOP``, ``SH0P`` and the all-Cyrillic ``Ѕһ�
 """
 from __future__ import annotations
 
+import functools
 import threading
 import unicodedata
 from collections import Counter
@@ -129,12 +130,19 @@ def outside_script(name: str) -> tuple[int | None, list[int]]:
 
 def suspects(name: str) -> list[Suspect]:
     """The characters of ``name`` a person should look at twice (the TINGUIN highlights and lists them)."""
+    return list(_suspects(name))
+
+
+@functools.lru_cache(maxsize=256)
+def _suspects(name: str) -> tuple[Suspect, ...]:
+    """Kept per name: a pure function of the name and this process's Unicode data, asked for every
+    certified name on every confirmation page (the seller's, its CA's, the buyer's own)."""
     main, foreign = outside_script(name)
     found = {i: f"not {script_name(main)} like the rest of the name" for i in foreign if main is not None}
     for i, ch in enumerate(name):
         if i not in found and (0xD800 <= ord(ch) <= 0xDFFF or not _ALLOWED.contains(ch)):
             found[i] = "not a character for names (blank-looking, full-width, invisible or a symbol)"
-    return [Suspect(i, name[i], found[i]) for i in sorted(found)]
+    return tuple(Suspect(i, name[i], found[i]) for i in sorted(found))
 
 
 def problems(name: str) -> list[str]:
