@@ -443,11 +443,13 @@ def _cheat_note(monkeypatch: pytest.MonkeyPatch, **change: Any) -> None:
     monkeypatch.setattr(docs, "delivery_body", cheating)
 
 
-@pytest.mark.parametrize("change", [{"currency": 840}, {"module": "cheque"}])
+@pytest.mark.parametrize("change", [{"currency": 840}, {"module": "cheque"}, {"status": "failed"},
+                                    {"status": "pending"}, {"status": "refunded"}])
 def test_the_client_takes_as_confirmation_only_what_the_judge_counts(refilled: Market, monkeypatch: pytest.MonkeyPatch,
                                                                     change: dict[str, Any]) -> None:
     """Review of 2026-12-07: a note stating another currency was the client's confirmation (satisfied) and not
-    the judge's; both now apply one rule (documents.payment_mismatch)."""
+    the judge's; both now apply one rule (documents.payment_mismatch). A statement whose payment is not
+    paid (failed, pending, refunded) confirms no payment either (2026-12-07, a gap the sixth round left)."""
     m = refilled
     _pay_with(m, "card-purse")
     _cheat_note(monkeypatch, **change)

@@ -38,6 +38,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ..payment.model import Status
 from ..support.canonical import canonical as _canonical
 from ..support.pki import ROLES
 from ..support.small_cache import MAX_BYTES
@@ -375,6 +376,11 @@ def confirmed_payment(body: Mapping[str, Any], deal_id: str, order_sha256: str) 
     return dict(payment) if isinstance(payment, Mapping) else None
 
 
+#: the states of a payment a seller's statement may confirm (what the shop takes as paid: ``Shop._paid``); a
+#: statement stating another (failed, pending, refunded) confirms no payment
+PAID_STATUSES = (Status.PAID.value, Status.CAPTURED.value, Status.AUTHORISED.value)
+
+
 def payment_mismatch(payment: Mapping[str, Any], *, payment_id: str | None, amount: int, currency: int,
                      module: str | None = None) -> str | None:
     """Why the payment a seller's statement confirms is not the one expected, or None when it is: its id,
@@ -390,6 +396,8 @@ def payment_mismatch(payment: Mapping[str, Any], *, payment_id: str | None, amou
         return f"it confirms currency {payment.get('currency')}, not {currency}"
     if module is not None and payment.get("module", module) != module:
         return f"it confirms a payment by {payment.get('module')}, not {module}"
+    if payment.get("status", PAID_STATUSES[0]) not in PAID_STATUSES:
+        return f"it states the payment {payment.get('status')!r}, not paid"
     return None
 
 
