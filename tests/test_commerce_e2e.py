@@ -459,7 +459,8 @@ def test_the_client_takes_as_confirmation_only_what_the_judge_counts(refilled: M
     m.clean()
 
 
-@pytest.mark.parametrize("change", [{"payment_id": "0" * 32}, {"currency": 840}, {"module": "cheque"}])
+@pytest.mark.parametrize("change", [{"payment_id": "0" * 32}, {"currency": 840}, {"module": "cheque"},
+                                    {"status": "failed"}, {"status": "pending"}])
 def test_recovery_after_a_restart_checks_the_confirmed_payment(refilled: Market, monkeypatch: pytest.MonkeyPatch,
                                                               change: dict[str, Any]) -> None:
     """recover_paid_order (the mall after a restart) took a note naming another payment id or currency."""

@@ -35,7 +35,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +76,7 @@ MAX_UNPAID_PER_BUYER = 20
 UNSIGNED_UNPAID_SHARE = 0.1
 SWEEP_EVERY_S = 1.0         # a buyer at its cap has its deals looked at this often at most per process
 SWEPT_BUYERS = 4096         # the buyers a process remembers when it last looked at (Shop._unpaid_room)
-PAID = (Status.PAID, Status.CAPTURED, Status.AUTHORISED)
+PAID = tuple(Status(v) for v in docs.PAID_STATUSES)     # one list with what buyers and the judge take as paid
 #: the payment refusals a deal records (a decision on its row and an archive entry flushed to disk, each);
 #: further refusals are answered (422) and not recorded. Why a bound: a refused message costs its sender
 #: nothing, MAX_ROUNDS does not stop them (past it the manager refuses before the module's step, and that
@@ -243,7 +243,20 @@ class Shop:
         with self._counter_lock:
             counters = dict(self.counters)
         db = dict(self.db.counts)           # this process's transactions and statements (before the count's own)
-        return {**counters, "deals": self.store.open_count(), "pid": os.getpid(), "db": db}
+        out = {**counters, "deals": self.store.open_count(), "pid": os.getpid(), "db": db}
+        archive = getattr(self.archive, "counts", None)
+        if isinstance(archive, dict):
+            out["archive"] = dict(archive)   # its writes alone, its writes in deals' transactions, its flushes
+        return out
+
+    def _sync_with_next_write(self) -> AbstractContextManager[None]:
+        defer = getattr(self.archive, "sync_with_next_write", None)
+        return defer() if defer is not None else nullcontext()
+
+    def _settle_owed(self) -> None:
+        settle = getattr(self.archive, "settle_owed", None)
+        if settle is not None:
+            settle()
 
     def batch(self) -> AbstractContextManager[None]:
         """The archive entries made inside are written together, before the block ends
@@ -924,8 +937,11 @@ class Shop:
             confirmed and delivered, written in the step's transaction. A failure here leaves the
             step to be saved alone; it is raised once the step is committed."""
             try:
-                if not self._completed(sd, record):
-                    return None
+                # the note's entries go to disk with the step's transaction below (the deals in the archive's
+                # file), not in a write and flush of their own before it: SharedArchive.sync_with_next_write
+                with self._sync_with_next_write():
+                    if not self._completed(sd, record):
+                        return None
             except Exception as e:
                 box["error"] = e
                 return None
@@ -944,10 +960,13 @@ class Shop:
             handled = self.payments.handle_step(
                 envelope, settle=None if sd.paid or not self.settles_in_payment_step else settle)
         except PaymentError as e:
+            self._settle_owed()
             if self._refusals(sd) < KEPT_REFUSALS:
                 sd.deal.decide("payment", "refused", str(e))
                 self._commit(sd)
             raise PaymentNotAccepted(f"the payment was refused: {e}") from None
+        finally:
+            self._settle_owed()         # the archive's flush, if no transaction of the step committed it
         if "error" in box:
             raise box["error"]
         if handled.settled:

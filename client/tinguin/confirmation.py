@@ -136,7 +136,8 @@ class _Page:
         of what sellers write): every character shows as itself in one cell, so a word that fits goes on
         the line at once. The characters, the lines and the spans (one per character) are exactly those of
         the character-by-character path; only the work is less (the buyer's client renders the page at
-        every purchase, and it was half the client's CPU: docs/performance.md)."""
+        every purchase, and it was about 40 % of the client's CPU: docs/performance.md, "The buyer's
+        confirmation page")."""
         for word in _PLAIN_WORD.findall(row):
             width = len(word)
             if self.col + width > WIDTH - 1 and self.col > start and start + width <= WIDTH - 1:
