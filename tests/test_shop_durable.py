@@ -93,7 +93,9 @@ def test_a_bank_killed_while_it_handles_a_request_answers_the_retry_the_same(mar
 
 
 def _db(market: Any) -> dict[str, int]:
-    return {k: int(v) for k, v in market.buyer.shop.get("/stats")["db"].items()}
+    stats = market.buyer.shop.get("/stats")
+    return {**{k: int(v) for k, v in stats["db"].items()},
+            **{"archive " + k: int(v) for k, v in stats.get("archive", {}).items()}}
 
 
 @pytest.mark.timeout(120)
@@ -134,6 +136,10 @@ def test_a_purse_purchase_is_two_requests_and_two_write_transactions(market: Any
             assert seen == [*offer, "POST /deals/order", "POST /deals/pay"], seen
             # the /stats read between the counts is one read transaction of its own
             assert after["write"] - before["write"] == 2 and after["read"] - before["read"] <= 3, (before, after)
+            # the shop's evidence (offer and order; payment, note and decisions) in those two transactions, in
+            # the deals' file: no write or flush of the archive's own (two and one before 2026-12-07)
+            assert [after[k] - before[k] for k in ("archive in_deal", "archive alone", "archive flushes")] \
+                == [2, 0, 0], (before, after)
             assert orders[0]["offer"] and orders[0]["offer_tag"]       # the stateless offer, sent back
         else:
             assert "envelope" not in orders[0] and seen[:2] == ["POST /deals/order", "POST /deals/pay"]

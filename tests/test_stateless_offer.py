@@ -61,10 +61,12 @@ def open_shop(pki: dict[str, Any], tmp_path: Path) -> Iterator[Callable[..., Sho
              validity: dt.timedelta = dt.timedelta(minutes=30), db: str | None = None) -> Shop:
         (tmp_path / folder).mkdir(exist_ok=True)
         payments = PaymentManager(PartyContext(), modules={"stub": _Module})
+        evidence = tmp_path / folder / "evidence.sqlite3"
+        database = Database(db or f"sqlite:///{evidence}")      # as a shop's folder has it: one file for both
         s = Shop(name="Teapot Shop", identity=Identity(pki["seller"]), trust=pki["trust"],
                  catalogue=catalogue or demo_catalogue(), payments=payments,
-                 account="A1", archive=SharedArchive(tmp_path / folder / "evidence.sqlite3"),
-                 db=Database(db or f"sqlite:///{tmp_path / folder / 'shop.db'}"), offer_validity=validity)
+                 account="A1", archive=SharedArchive(evidence, joined=database), db=database,
+                 offer_validity=validity)
         opened.append(s)
         return s
     yield make

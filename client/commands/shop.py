@@ -273,7 +273,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p = groups["serve"].add_parser("shop", help="the seller's shop: signed offers, orders, payments, delivery")
     add_serve_seller_args(p, "shop")
     listen_args(p, "shop")
-    add_db_arg(p, "the shop folder (shop.db)")
+    add_db_arg(p, "the shop folder (evidence.sqlite3, or shop.db where a shop set up before 2026-12-07 has it)")
     worker_args(p, "shop")                       # each PSAM in a device process of its own beside the workers
     p.add_argument("--psam-socket", type=Path, action="append", help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_serve_shop)

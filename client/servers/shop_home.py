@@ -11,9 +11,12 @@ Layout of ``$SEMPER_HOME/shop`` (or ``--dir``)::
     bank-tls-root.pem  the bank service's TLS root
     ttp.pem, escrow.der  the third party's certificate and signed escrow-key statement
     tls/               the shop's HTTPS key and CA-issued chain (also its exchange mailbox's)
-    evidence.sqlite3   the shop's evidence archive (deals and exchanges), shared by its worker processes
-    shop.db            the shop's deals and payment sessions (unless --db names another database, e.g.
-                       postgresql://...; docs/services.md, section 8)
+    evidence.sqlite3   the shop's evidence archive (deals and exchanges), shared by its worker processes,
+                       and (by default, since 2026-12-07) its deals and payment sessions in the same file:
+                       a step's deal and its evidence commit together, with one flush of the disk
+    shop.db            the deals and payment sessions of a shop set up before 2026-12-07 (it keeps them
+                       there), unless --db names another database, e.g. postgresql://... (docs/services.md,
+                       section 8)
     run/               the PSAM devices' sockets while ``--workers`` runs (0700)
     admin-secret       bearer secret for POST /admin/clear (0600)
 
@@ -89,8 +92,16 @@ class ShopHome:
     run_dir = property(lambda self: self.folder / "run")
 
     def database_url(self, db: str | None = None) -> str:
-        """The shop's storage URL: ``db`` when given, else SQLite ``shop.db`` in the folder."""
-        return db or f"sqlite:///{(self.folder / 'shop.db').absolute()}"
+        """The shop's storage URL: ``db`` when given; else SQLite in the evidence archive's file, or in
+        ``shop.db`` where a shop set up before 2026-12-07 has its deals. Why one file: the archive's entries
+        of a step are then written in the deal's own transaction (``commerce.archive.SharedArchive``,
+        ``joined``): one commit and one flush of the disk per step, not two commits and two flushes, and
+        about a tenth of the seller's CPU per purchase (docs/performance.md)."""
+        if db:
+            return db
+        legacy = self.folder / "shop.db"
+        path = legacy if legacy.exists() else self.folder / "evidence.sqlite3"
+        return f"sqlite:///{path.absolute()}"
 
     def psam_specs(self) -> list[dict[str, Any]]:
         """The shop's PSAMs as ``{"reader"}`` or ``{"image"}``: ``psams`` in shop.json, or its one
@@ -198,7 +209,7 @@ class ShopHome:
                                currency=int(cfg.get("currency", 978)), psam=pool, purse_root=purse_root)
             payments = PaymentManager(ctx, only=cfg.get("modules"), store=RecordStore(db=database),
                                       sessions=DatabaseSessions(database))
-            archive = SharedArchive(f / "evidence.sqlite3", sign=identity.sign)
+            archive = SharedArchive(f / "evidence.sqlite3", sign=identity.sign, joined=database)
             closers.append(archive.close)
             psam_id = pool.ids[0] if pool is not None else None
             assign = pool.assign if pool is not None and len(pool.ids) > 1 else None

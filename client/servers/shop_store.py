@@ -12,8 +12,9 @@ does its work (signatures, the PSAM, the evidence archive), and writes the row b
 check; the answer is built from what was written. If another process wrote the row meanwhile, the
 step reads it again and answers from that, so two workers taking the same request answer alike.
 
-The database is the party's storage URL (``--db``; SQLite ``shop.db`` in the shop's folder by
-default, or PostgreSQL), as for the bank, the CA and the third party (docs/services.md, section 8).
+The database is the party's storage URL (``--db``; by default SQLite in the shop folder's ``evidence.sqlite3``,
+the archive's file, or ``shop.db`` for a shop set up before 2026-12-07; or PostgreSQL), as for the bank,
+the CA and the third party (docs/services.md, section 8).
 """
 from __future__ import annotations
 
@@ -452,6 +453,7 @@ class DealStore:
                 self._within_cap(tx, sd)
             if also is not None:
                 also(tx)
+            self._evidence_in(tx)
             return True
         return self.saved(sd, bool(self.db.run(run)))
 
@@ -463,7 +465,19 @@ class DealStore:
             return False
         if sd.version == 0:
             self._within_cap(tx, sd)
+        self._evidence_in(tx)
         return True
+
+    def _evidence_in(self, tx: Transaction) -> None:
+        """The archive entries this thread's request has made so far (the offer and order with the order, the
+        payment and the note with the payment), written in the deal's own transaction when the archive is
+        in the deals' SQLite file (``SharedArchive.write_pending_in``; elsewhere nothing happens here and
+        the archive writes them itself). Only once the deal's row was written, and its cap passed: an
+        order that lost the race for its deal id, or was refused, leaves its entries to the shop
+        (``SharedArchive.drop_pending``)."""
+        write = getattr(self.archive, "write_pending_in", None)
+        if write is not None:
+            write(tx)
 
     def save_paid_over(self, sd: ShopDeal) -> ShopDeal | None:
         """:meth:`save_paid_over_in` in a transaction of its own, remembered as written (:meth:`saved`)."""

@@ -288,6 +288,25 @@ def _span(a: int, b: int) -> str:
 
 
 # ---- the archive --------------------------------------------------------------------------------
+_INSERT_ENTRY = ("INSERT INTO archive_entry (entry_index, prev_hash, deal_id, kind, created_at, content, entry_hash)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+
+def _chained(rows: Sequence[Row], index: int, prev: bytes) -> list[Entry]:
+    """The entries of ``rows`` appended after entry ``index`` whose hash is ``prev``."""
+    entries = []
+    for deal_id, kind, content, created in rows:
+        index += 1
+        digest = entry_hash(index, prev, deal_id, kind, created, content)
+        entries.append(Entry(index, prev, deal_id, kind, created, content, digest))
+        prev = digest
+    return entries
+
+
+def _entry_params(e: Entry) -> tuple[Any, ...]:
+    return (e.index, e.prev_hash.hex(), e.deal_id, e.kind, e.created_at, e.content, e.entry_hash.hex())
+
+
 class Archive:
     """One owner's evidence, in one SQLite file. Open with :meth:`open`; close when done."""
 
@@ -409,17 +428,8 @@ class Archive:
                 # failing at once when a transaction that has read upgrades to a write
                 self._db.execute("BEGIN")
                 self._db.execute("UPDATE archive_entry SET entry_index = entry_index WHERE entry_index < 0")
-                index, prev = self._tail()
-                entries = []
-                for deal_id, kind, content, created in rows:
-                    index += 1
-                    digest = entry_hash(index, prev, deal_id, kind, created, content)
-                    entries.append(Entry(index, prev, deal_id, kind, created, content, digest))
-                    prev = digest
-                self._db.executemany(
-                    "INSERT INTO archive_entry (entry_index, prev_hash, deal_id, kind, created_at, content, entry_hash)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)", [(e.index, e.prev_hash.hex(), e.deal_id, e.kind, e.created_at,
-                                                       e.content, e.entry_hash.hex()) for e in entries])
+                entries = _chained(rows, *self._tail())
+                self._db.executemany(_INSERT_ENTRY, [_entry_params(e) for e in entries])
                 self._db.execute("COMMIT")
                 break
             except (sqlite3.IntegrityError, sqlite3.OperationalError) as e:
@@ -441,6 +451,29 @@ class Archive:
                 # The checkpoint stays due (checkpoint_due()) and is tried again after the next entry.
                 _log.warning("entry %d archived, but the automatic checkpoint failed: %s", entries[-1].index, e)
         return entries
+
+    def append_rows_in(self, tx: Any, rows: Sequence[Row]) -> list[Entry]:
+        """:meth:`append_rows` inside ``tx``, an open write transaction on this archive's file that another
+        connection holds (``support.db.Transaction``: ``one`` and ``execute``): the entries commit with
+        it or not at all. Its write lock is already taken (SQLite's writer begins with it), so nobody can
+        append between the tail read here and the inserts. No checkpoint is signed here: the caller asks
+        :meth:`checkpoint_due` once the transaction committed (``SharedArchive``)."""
+        if not rows:
+            return []
+        row = tx.one("SELECT entry_index, entry_hash FROM archive_entry ORDER BY entry_index DESC LIMIT 1")
+        entries = _chained(rows, *((0, GENESIS) if row is None else (int(row[0]), bytes.fromhex(row[1]))))
+        for e in entries:
+            tx.execute(_INSERT_ENTRY, _entry_params(e))
+        return entries
+
+    def checkpoint_if_due(self) -> None:
+        """Sign a checkpoint when one is due and a signer is set; a failure is logged and left due (the
+        entries are stored: raising would invite a second append of the same evidence)."""
+        if self.sign is not None and self.checkpoint_due():
+            try:
+                self.checkpoint()
+            except (EvidenceError, HardwareError) as e:
+                _log.warning("the automatic checkpoint failed: %s", e)
 
     def append_statement(self, deal_id: str, statement_der: bytes, *, statement_type: str | None = None,
                          when: dt.datetime | None = None) -> Entry:

@@ -160,6 +160,21 @@ class Transaction:
         self.backend = backend
         self._failed: str | None = None
         self.statements = 0              # run in it (its BEGIN and COMMIT not counted): Database.counts
+        self._on_end: list[Callable[[bool], None]] | None = None
+
+    def on_end(self, fn: Callable[[bool], None]) -> None:
+        """Call ``fn(committed)`` once the transaction has ended: True after its COMMIT succeeded, False after
+        it was rolled back. Why: what is written in it for someone else (the evidence archive's rows, when
+        the archive shares the database's file: ``commerce.archive.SharedArchive``) is done only once it
+        committed, and must be written again elsewhere when it did not."""
+        if self._on_end is None:
+            self._on_end = []
+        self._on_end.append(fn)
+
+    def _ended(self, committed: bool) -> None:
+        hooks, self._on_end = self._on_end, None
+        for fn in hooks or ():
+            fn(committed)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         if self._failed is not None:
@@ -518,6 +533,11 @@ class Database:
                 self.counts["write" if write or exclusive else "read"] += 1
                 self.counts["statements"] += tx.statements if tx is not None else 0
 
+    def writing(self) -> Transaction | None:
+        """The write transaction open on this thread (SQLite), if any: what an archive sharing this database's
+        file writes its rows in, so that they commit with it (``commerce.archive.SharedArchive``)."""
+        return getattr(self._local, "writing", None) if self._pid == os.getpid() else None
+
     @contextmanager
     def _sqlite_transaction(self, write: bool) -> Iterator[Transaction]:
         conn = self._sqlite(write)
@@ -527,19 +547,28 @@ class Database:
             raise BusyError(f"the database {self.dsn.target} is busy or unwritable: {e}") from None
         tx = Transaction(conn, "sqlite")
         outer = self._enter_snapshot(tx, write)
+        if write:
+            self._local.writing = tx
         try:
-            yield tx
+            try:
+                yield tx
+            finally:
+                self._local.snapshot = outer
+            _refuse_failed_write(conn, tx, write)
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                _quietly_rollback(conn)
+                raise _translate(e, "sqlite") from None
         except BaseException:
             _quietly_rollback(conn)
+            if write:
+                self._local.writing = None
+            tx._ended(False)
             raise
-        finally:
-            self._local.snapshot = outer
-        _refuse_failed_write(conn, tx, write)
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            _quietly_rollback(conn)
-            raise _translate(e, "sqlite") from None
+        if write:
+            self._local.writing = None
+        tx._ended(True)
 
     @contextmanager
     def _postgres_transaction(self, conn: Any, write: bool, exclusive: bool) -> Iterator[Transaction]:
@@ -558,21 +587,24 @@ class Database:
         tx = Transaction(conn, "postgresql")
         outer = self._enter_snapshot(tx, write or exclusive)
         try:
-            yield tx
+            try:
+                yield tx
+            finally:
+                self._local.snapshot = outer
+            _refuse_failed_write(conn, tx, write or exclusive)
+            try:
+                tag = _pg_command(conn, b"COMMIT")   # PostgreSQL may refuse here too (a conflict found at commit)
+            except Exception as e:
+                _quietly_rollback(conn)
+                raise _translate(e, "postgresql") from None
+            if (write or exclusive) and tag != b"COMMIT":
+                # aborted by the server without a statement of ours failing: nothing was committed
+                raise DatabaseError(f"the database rolled this transaction back instead of committing it ({tag!r})")
         except BaseException:
             _quietly_rollback(conn)
+            tx._ended(False)
             raise
-        finally:
-            self._local.snapshot = outer
-        _refuse_failed_write(conn, tx, write or exclusive)
-        try:
-            tag = _pg_command(conn, b"COMMIT")   # PostgreSQL may refuse here too (a conflict found at commit)
-        except Exception as e:
-            _quietly_rollback(conn)
-            raise _translate(e, "postgresql") from None
-        if (write or exclusive) and tag != b"COMMIT":
-            # aborted by the server without a statement of ours failing: nothing was committed
-            raise DatabaseError(f"the database rolled this transaction back instead of committing it ({tag!r})")
+        tx._ended(True)
 
     def _enter_snapshot(self, tx: Transaction, write: bool) -> Transaction | None:
         """A read transaction begins on this thread: :meth:`read_one` runs in it until it ends (the caller
