@@ -223,7 +223,8 @@ def _shop_counter(url: str, root_pem: str) -> Callable[[], dict[str, dict[str, i
     def read() -> dict[str, dict[str, int]]:
         from semper.client.support.channels import JsonClient
         got = JsonClient(url, root_pem, name="the shop", timeout=10).get("/stats")
-        out = {part: {k: int(v) for k, v in (got.get(part) or {}).items()} for part in ("db", "card_steps")}
+        out = {part: {k: int(v) for k, v in (got.get(part) or {}).items()}
+               for part in ("db", "card_steps", "archive")}
         out["shop"] = {k: int(got[k]) for k in SHOP_COUNTERS if isinstance(got.get(k), int)}
         return out
     return read
@@ -456,6 +457,11 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
         # the shop's own count (both back ends): transactions begun, read-only and writing, and their statements
         report["db_per_purchase"] = {k: round((counted[1]["db"].get(k, 0) - v) / report["purchases"], 2)
                                      for k, v in counted[0]["db"].items()}
+    if len(counted) == 2 and report["purchases"] and counted[0].get("archive"):
+        # the evidence archive's writes in transactions of its own, in the deals' transactions (the deals in its
+        # file: docs/services.md, section 8), and its own flushes of the log to disk, per purchase
+        report["archive_per_purchase"] = {k: round((counted[1]["archive"].get(k, 0) - v) / report["purchases"], 2)
+                                          for k, v in counted[0]["archive"].items()}
     if len(counted) == 2 and report["purchases"] and counted[0].get("shop"):
         # the shop's counters over the window's purchases: token signatures (confirmation and delivery note,
         # offers), offers for one deal (POST /deals), standing offers asked for (POST /offer) and signed, orders

@@ -184,3 +184,101 @@ def test_a_new_shop_keeps_its_deals_in_its_archives_file_an_old_one_where_they_a
     old = ShopHome(tmp_path / "old")
     assert old.database_url() == f"sqlite:///{(tmp_path / 'old' / 'shop.db').absolute()}"
     assert new.database_url("postgresql://x/y") == "postgresql://x/y"
+
+
+def test_two_writes_in_a_transaction_that_rolls_back_come_back_in_the_order_made(joined: Any, tmp_path: Path) -> None:
+    """Review of 2026-12-07: each write's entries went back to the front of the batch, the later first."""
+    db, archive = joined
+
+    def run(tx: Any) -> None:
+        tx.execute("INSERT INTO deal (id) VALUES ('r1')")
+        archive.write_pending_in(tx)
+        archive.append("r1", "payment", b"p")
+        archive.append("r1", "note", b"n")
+        archive.sync()                                   # a second write of the batch in the same transaction
+        raise RuntimeError("rolled back")
+    with archive.batch():
+        archive.append("r1", "offer", b"o")
+        archive.append("r1", "order", b"x")
+        with pytest.raises(RuntimeError):
+            db.run(run)
+    assert _stored(tmp_path / "evidence.sqlite3") == [("r1", "offer"), ("r1", "order"), ("r1", "payment"),
+                                                       ("r1", "note")]
+
+
+def test_entries_whose_insert_fails_are_given_back_and_the_transaction_does_not_commit(
+        joined: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of 2026-12-07: the batch was emptied before the insert, so a failed insert lost its entries."""
+    db, archive = joined
+    real = Archive.append_rows_in
+    calls: list[int] = []
+
+    def failing(self: Archive, tx: Any, rows: Any) -> Any:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise OSError("disk full")
+        return real(self, tx, rows)
+    monkeypatch.setattr(Archive, "append_rows_in", failing)
+
+    def run(tx: Any) -> None:
+        tx.execute("INSERT INTO deal (id) VALUES ('f1')")
+        try:
+            archive.write_pending_in(tx)
+        except OSError:
+            pass                                        # a caller that swallows it: the transaction still fails
+    with archive.batch():
+        archive.append("f1", "offer", b"o")
+        with pytest.raises(Exception, match="not written"):
+            db.run(run)
+    assert db.read_one("SELECT COUNT(*) FROM deal") == (0,)
+    assert _stored(tmp_path / "evidence.sqlite3") == [("f1", "offer")]
+
+
+def test_every_hook_runs_and_a_failing_one_says_the_transaction_committed(joined: Any) -> None:
+    db, _archive = joined
+    ran: list[str] = []
+
+    def run(tx: Any) -> None:
+        tx.execute("INSERT INTO deal (id) VALUES ('h1')")
+        tx.on_end(lambda ok: (_ for _ in ()).throw(OSError("hook failed")))
+        tx.on_end(lambda ok: ran.append(f"second {ok}"))
+    with pytest.raises(Exception, match="committed, but what had to follow it failed: hook failed"):
+        db.run(run)
+    assert ran == ["second True"] and db.read_one("SELECT COUNT(*) FROM deal") == (1,)
+
+
+def test_the_archives_own_connection_is_refused_inside_the_deals_transaction_at_once(joined: Any) -> None:
+    """Review of 2026-12-07: a read or write through it waited for the transaction's lock (61 s, then failed)."""
+    import time
+
+    from semper.client.support.archive import ArchiveError
+    db, archive = joined
+    started = time.monotonic()
+
+    def run(tx: Any) -> None:
+        archive.entries("x")
+    with pytest.raises(ArchiveError, match="inside a transaction of the deals"):
+        db.run(run)
+    assert time.monotonic() - started < 5
+    assert archive.entries("x") == []                    # after it, as before
+
+
+def test_the_deals_writer_flushes_the_log_at_every_commit(joined: Any) -> None:
+    """The joined archive's entries are on disk by the deals' commit alone: the writer says FULL, whatever the
+    SQLite build's default."""
+    db, _archive = joined
+    db.run(lambda tx: tx.execute("INSERT INTO deal (id) VALUES ('s1')"))
+    assert db._local.writer.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_a_shop_whose_deals_were_elsewhere_is_not_begun_afresh_in_its_archive(tmp_path: Path) -> None:
+    """Review of 2026-12-07: a shop that ran on PostgreSQL and was started without --db began empty deals in its
+    archive's file, silently."""
+    from semper.client.commerce.errors import CommerceError
+    folder = tmp_path / "pg-shop"
+    folder.mkdir()
+    with Archive.open(folder / "evidence.sqlite3", create=True) as a:
+        a.append("d1", "offer", b"o")
+    with pytest.raises(CommerceError, match="none of its deals: they are in another database"):
+        ShopHome(folder).database_url()
+    assert ShopHome(folder).database_url("postgresql://x/y") == "postgresql://x/y"

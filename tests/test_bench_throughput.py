@@ -48,6 +48,9 @@ def test_throughput_counts_real_purchases_and_conserves_money() -> None:
     steps = r["card_steps_in_window"]
     assert set(steps) == {"on_loop", "in_pool", "sent_to_pool"}, steps
     assert steps["on_loop"] + steps["in_pool"] >= r["purchases"], (steps, r["purchases"])
+    # the shop's evidence written in its deals' transactions (one file), none alone, no flush of its own
+    arch = r["archive_per_purchase"]
+    assert arch["in_deal"] >= 1.9 and arch["alone"] < 0.1 and arch["flushes"] < 0.1, arch
     parts = [v for k, v in cpu.items() if k != "all processes"]
     assert cpu["all processes"] == pytest.approx(sum(parts), abs=0.01)
     # the CPU the purchases used cannot exceed what the machine has: the rate stays under the ceiling

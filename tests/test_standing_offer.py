@@ -271,3 +271,30 @@ def test_an_order_with_the_cards_hello_that_loses_the_race_leaves_nothing_in_the
         with two.batch():
             two.order(deal_id, loser, {"hello": 1}, der1, tag1)
     _only_the_winners_entries(one, deal_id, der1, loser)
+
+
+def test_the_same_order_taken_by_two_workers_at_once_is_archived_once(open_shop: Callable[..., Shop],
+                                                                       pki: dict[str, Any],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of 2026-12-07: a client's retry that reached a second worker before the first one's deal was
+    committed there lost the race to its own first copy, kept its entries, and the offer and order were
+    archived twice. With the deals in the archive's file, the first copy's entries committed with its deal:
+    the retry's are dropped (its answer is the same)."""
+    one, two = open_shop(), open_shop()
+    der, tag = one.standing_offer("mail-order", [("teapot", 5)], False)
+    deal_id = new_deal_id()
+    order = _signed_order(_standing(one, der, deal_id), pki)
+    with one.batch():
+        first = one.order(deal_id, order, None, der, tag)
+    real_get, missed = two.store.get, []
+
+    def get(d: str, *, fresh: bool = False) -> Any:
+        if d == deal_id and not missed:
+            missed.append(d)                 # the second worker has not seen the first one's commit yet
+            return None
+        return real_get(d, fresh=fresh)
+    monkeypatch.setattr(two.store, "get", get)
+    with two.batch():
+        again = two.order(deal_id, order, None, der, tag)
+    assert again["terms"] == first["terms"]
+    assert _kinds(one, deal_id) == ["statement:offer", "statement:order"]

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..support.archive import Archive, Entry, Row, StatementSigner, entry_row, statement_kind
+from ..support.archive import Archive, ArchiveError, Entry, Row, StatementSigner, entry_row, statement_kind
 
 
 class SharedArchive:
@@ -81,7 +81,7 @@ class SharedArchive:
             return None
         tx = self._joined_tx()
         if tx is not None:              # the file's write lock is this thread's transaction's: written in it
-            self._write_in(tx, [entry_row(deal_id, kind, content, when)], None)
+            self._write_in(tx, [entry_row(deal_id, kind, content, when)])
             return None
         with self._write_lock:
             self.counts["alone"] += 1
@@ -149,7 +149,7 @@ class SharedArchive:
             return 0
         rows = list(pending)
         pending.clear()
-        self._write_in(tx, rows, pending)
+        self._write_in(tx, rows)
         if getattr(self._local, "owed", False):
             # a sync() owed to this write (sync_with_next_write): its entries are among the rows, and the
             # commit flushes the log, everything written to the file before it included
@@ -184,31 +184,47 @@ class SharedArchive:
             self._local.owed = False
             self.sync()
 
-    def _write_in(self, tx: Any, rows: list[Row], batch: list[Row] | None) -> None:
-        """``rows`` written in ``tx``; given back to ``batch`` (or written alone) if ``tx`` rolls back. No
+    def _write_in(self, tx: Any, rows: list[Row]) -> None:
+        """``rows`` written in ``tx``; if ``tx`` rolls back, every row written in it is given back, in the
+        order made, to this thread's batch (or, with no batch open, written alone right after). They are
+        counted as the transaction's before the insert, so a failed insert gives them back too (and the
+        transaction cannot commit then: a failed statement refuses its commit, and so does this). No
         ``_write_lock``: the transaction holds the file's write lock, and a thread of this process waiting
         on the lock to append alone holds ``_write_lock`` while it waits."""
         archive = self._mine()
-        archive.append_rows_in(tx, rows)
+        given: list[Row] | None = getattr(tx, "archive_rows", None)
+        if given is None:
+            given = tx.archive_rows = []
+
+            def ended(committed: bool) -> None:
+                if committed:
+                    archive.checkpoint_if_due()
+                    return
+                current = getattr(self._local, "pending", None)
+                if current is not None:
+                    current[:0] = given                 # back in this thread's batch, before what came since
+                    return
+                with self._write_lock:                  # the batch is gone: written alone, as an append would
+                    archive.append_rows(given)
+                    self.counts["alone"] += 1
+            tx.on_end(ended)
+        given.extend(rows)
+        try:
+            archive.append_rows_in(tx, rows)
+        except BaseException as e:
+            tx.refuse_commit(f"the archive's entries were not written in it ({type(e).__name__})")
+            raise
         tx.archive_written = True                       # sync(): this transaction's commit flushes the log
         with self._lock:
             self.counts["in_deal"] += 1
 
-        def ended(committed: bool) -> None:
-            if committed:
-                archive.checkpoint_if_due()
-                return
-            current = getattr(self._local, "pending", None)
-            if current is not None:
-                current[:0] = rows                      # back in this thread's batch, before what came since
-                return
-            with self._write_lock:                      # the batch is gone: written alone, as an append would
-                archive.append_rows(rows)
-                self.counts["alone"] += 1
-        tx.on_end(ended)
-
     def __getattr__(self, name: str) -> Any:
-        """Every Archive method, on this thread's connection (entries, export...), after this thread's batch."""
+        """Every Archive method, on this thread's connection (entries, export...), after this thread's batch.
+        Not inside the deals' write transaction on this file: the archive's own connection would wait for
+        that transaction's lock (and not see the entries written in it)."""
+        if self._joined_tx() is not None:
+            raise ArchiveError(f"the archive's {name} cannot be used inside a transaction of the deals on its file "
+                               "(it would wait for that transaction); use it after the transaction")
         self._flush()
         return getattr(self._mine(), name)
 

@@ -249,6 +249,13 @@ class Shop:
             out["archive"] = dict(archive)   # its writes alone, its writes in deals' transactions, its flushes
         return out
 
+    def _evidence_with_deals(self) -> bool:
+        """Whether the archive's entries commit with the deals' rows (the deals in the archive's file): a deal
+        written then holds its entries, so another copy of its order has nothing to add. Elsewhere a retry that
+        loses to its own first copy keeps its entries: the first worker may have been killed between its commit
+        and its archive's write."""
+        return getattr(self.archive, "joined", None) is not None
+
     def _sync_with_next_write(self) -> AbstractContextManager[None]:
         defer = getattr(self.archive, "sync_with_next_write", None)
         return defer() if defer is not None else nullcontext()
@@ -771,9 +778,12 @@ class Shop:
             if new:
                 self.archive.drop_pending(deal_id)      # no deal was written: nothing to be evidence of
             raise self._too_many(e.buyer, e.count) from None
+        if committed is not sd and new and (committed.order_bytes != order_bytes or self._evidence_with_deals()):
+            # another order wrote this deal id first: none of this one's entries; or this very order (a retry
+            # that reached another worker), whose entries committed with its deal (review of 2026-12-07: they
+            # were archived twice)
+            self.archive.drop_pending(deal_id)
         if committed is not sd and committed.order_bytes != order_bytes:
-            if new:                              # another order wrote this deal id first: none of this one's entries
-                self.archive.drop_pending(deal_id)
             raise DealConflict("this deal already has another order")
         self._ordered(committed)
         return self._next_step(committed)
@@ -827,9 +837,9 @@ class Shop:
         if handled is None:                        # another process was first: the deal as it committed it
             self.store.saved(sd, False)
             fresh = self._deal(sd.deal.deal_id, fresh=True)
+            if new and (fresh.order_bytes != order_bytes or self._evidence_with_deals()):
+                self.archive.drop_pending(sd.deal.deal_id)      # the other order's deal, or this order's (above)
             if fresh.order_bytes != order_bytes:
-                if new:                            # the other order's deal: none of this one's entries
-                    self.archive.drop_pending(sd.deal.deal_id)
                 raise DealConflict("this deal already has another order")
             return self._ordered_again(fresh, envelope)
         self.store.saved(sd, True)

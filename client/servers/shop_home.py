@@ -79,6 +79,28 @@ class OpenShop:
         close_all(self.closers)
 
 
+def _evidence_without_deals(path: Path) -> bool:
+    """Whether the archive at ``path`` has entries but no deals table: a shop that ran with its deals elsewhere
+    (``--db postgresql://...``), started without ``--db``, would otherwise begin an empty set of deals in its
+    archive's file, silently (review of 2026-12-07)."""
+    import sqlite3
+    if not path.exists():
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{path.absolute()}?mode=ro", uri=True, timeout=10.0)
+    except sqlite3.Error:
+        return False
+    try:
+        names = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "shop_deals" in names or "archive_entry" not in names:
+            return False
+        return conn.execute("SELECT 1 FROM archive_entry LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+
+
 @dataclass
 class ShopHome:
     folder: Path
@@ -100,7 +122,13 @@ class ShopHome:
         if db:
             return db
         legacy = self.folder / "shop.db"
-        path = legacy if legacy.exists() else self.folder / "evidence.sqlite3"
+        if legacy.exists():
+            return f"sqlite:///{legacy.absolute()}"
+        path = self.folder / "evidence.sqlite3"
+        if _evidence_without_deals(path):
+            raise CommerceError(f"{path} holds this shop's evidence but none of its deals: they are in another "
+                                "database. Give the one it runs on (--db postgresql://... as before), or move its "
+                                "archive aside to start this shop afresh on SQLite")
         return f"sqlite:///{path.absolute()}"
 
     def psam_specs(self) -> list[dict[str, Any]]:
@@ -155,10 +183,10 @@ class ShopHome:
         """Log in to the token, open the PSAMs, the database, the bank client, the archive and the exchange
         party. ``shop_class``: a subclass of :class:`~.shop.Shop` with rules of its own (default: Shop).
 
-        ``db``: the storage URL (default SQLite ``shop.db`` here). ``psam_sockets``: the PSAM devices'
-        sockets, when this process is worker ``worker`` of ``workers`` (``semper serve shop --workers``);
-        without them this process opens the PSAMs itself. A worker's exchange party listens on
-        ``exchange_port + worker`` (or any free port when that is 0)."""
+        ``db``: the storage URL (default: SQLite in the archive's file here, :meth:`database_url`).
+        ``psam_sockets``: the PSAM devices' sockets, when this process is worker ``worker`` of ``workers``
+        (``semper serve shop --workers``); without them this process opens the PSAMs itself. A worker's
+        exchange party listens on ``exchange_port + worker`` (or any free port when that is 0)."""
         from semper.hsm.signer import Pkcs11Signer
 
         from ..commerce.archive import SharedArchive

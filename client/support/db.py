@@ -172,9 +172,22 @@ class Transaction:
         self._on_end.append(fn)
 
     def _ended(self, committed: bool) -> None:
+        """Every hook runs, in the order given; the first failure is raised after them all (saying whether the
+        transaction had committed: a caller must not take a failure here for a rollback)."""
         hooks, self._on_end = self._on_end, None
+        failure: BaseException | None = None
         for fn in hooks or ():
-            fn(committed)
+            try:
+                fn(committed)
+            except BaseException as e:
+                failure = failure or e
+        if failure is not None:
+            state = "committed" if committed else "rolled back"
+            raise DatabaseError(f"the transaction {state}, but what had to follow it failed: {failure}") from failure
+
+    def refuse_commit(self, reason: str) -> None:
+        """Make the transaction end in a rollback whatever its caller does next (as a failed statement does)."""
+        self._failed = self._failed or reason
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         if self._failed is not None:
@@ -434,6 +447,9 @@ class Database:
             conn = sqlite3.connect(self.dsn.target, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)
             conn.execute("PRAGMA foreign_keys = ON")
+            # every commit flushes the log to disk: said, not left to the build's default (a shop's archive
+            # entries written in its deals' transactions are on disk by this flush alone: commerce.archive)
+            conn.execute("PRAGMA synchronous = FULL")
             _wal(conn)
             if not write:
                 conn.execute("PRAGMA query_only = 1")
