@@ -231,7 +231,9 @@ def test_close_drops_the_connections_and_the_client_stays_usable(serve: Callable
     s = serve()
     c = JsonClient(s.url, pki.root_pem, timeout=WAIT)
     c.get("/one")
+    assert c.idle_connections == 1
     c.close()
+    assert c.idle_connections == 0
     c.get("/two")
     c.close()
     assert s.handshakes == 2

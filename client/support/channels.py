@@ -572,6 +572,12 @@ class JsonClient(_Base):
                 return
         conn.close()
 
+    @property
+    def idle_connections(self) -> int:
+        """Kept-alive connections waiting for a request (none after :meth:`close`)."""
+        with self._lock:
+            return self._idle_count
+
     def close(self) -> None:
         """Close the idle connections (the client stays usable: the next request opens a new one)."""
         with self._lock:
