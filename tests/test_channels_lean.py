@@ -436,3 +436,29 @@ def test_one_client_many_threads(serve: Callable[..., Server], pki: Pki) -> None
     c.close()
     assert not errors and len(s.received) == 120
     assert 1 <= s.handshakes <= 6                         # at most one connection per thread at a time
+
+
+# ---- the services' own server --------------------------------------------------------------------------
+def test_the_services_lean_request_path_takes_every_request(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's requests are the plain case the services answer on their lean path (fast_http.py),
+    not handed to aiohttp: one write each, on one connection."""
+    from aiohttp import web
+
+    from semper.client.support.http_service import ServiceRunner, json_response, make_app
+    routes = web.RouteTableDef()
+
+    @routes.post("/deals/pay")
+    async def pay(request: web.Request) -> web.Response:
+        return json_response({"got": len(await request.read()), "auth": request.headers.get("Authorization", "")})
+
+    @routes.get("/deals/state")
+    async def state(request: web.Request) -> web.Response:
+        return json_response({"ok": True})
+    monkeypatch.setenv("SEMPER_FAST_HTTP", "1")
+    with ServiceRunner(make_app(list(routes)), ssl_context=server_context(pki.chain, pki.key)) as runner, \
+            JsonClient(runner.url, pki.root_pem, timeout=WAIT) as c:
+        for _ in range(5):
+            assert c.post("/deals/pay", {"deal": "d" * 32}, {"Authorization": "Bearer x"}) == {"got": 43,
+                                                                                              "auth": "Bearer x"}
+            assert c.get("/deals/state") == {"ok": True}
+        assert runner._fast is not None and (runner._fast.served, runner._fast.handed_over) == (10, 0)

@@ -340,7 +340,8 @@ class _Connection:
             if name in _FIELDS:
                 value = value.strip()
                 fields[name] = fields[name] + b", " + value if name in fields else value
-        keep = first.startswith(b"HTTP/1.1") and b"close" not in fields.get(b"connection", b"").lower()
+        keep = first.startswith(b"HTTP/1.1") and status != 101 \
+            and b"close" not in fields.get(b"connection", b"").lower()
         if method == "HEAD" or status < 200 or status in (204, 304):
             body = b""
         elif b"chunked" in fields.get(b"transfer-encoding", b"").lower():
