@@ -245,8 +245,9 @@ class _Base:
         return _https_url(path, "peers")
 
 
-class _Lost(Exception):
-    """The connection broke while the answer was awaited (internal): why, and whether the server closed it."""
+class _Lost(ChannelError):
+    """The connection broke while the answer was awaited (internal, made an :class:`AnswerLost` before a
+    caller sees it): why, and whether the server closed it."""
 
     def __init__(self, reason: str, closed: bool) -> None:
         super().__init__(reason)
