@@ -462,3 +462,104 @@ def test_the_services_lean_request_path_takes_every_request(pki: Pki, monkeypatc
                                                                                               "auth": "Bearer x"}
             assert c.get("/deals/state") == {"ok": True}
         assert runner._fast is not None and (runner._fast.served, runner._fast.handed_over) == (10, 0)
+
+
+# ---- review of 2026-12-07 ----------------------------------------------------------------------------------
+def _trickling(pki: Pki, head: bytes, every: float, pieces: list[bytes]) -> tuple[str, threading.Event]:
+    """A server that answers the first request with ``head`` and then ``pieces``, one every ``every`` s."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(WAIT)
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            raw, _ = listener.accept()
+            conn = server_context(pki.chain, pki.key).wrap_socket(raw, server_side=True)
+            conn.recv(65536)
+            conn.sendall(head)
+            for piece in pieces:
+                if done.wait(every):
+                    break
+                conn.sendall(piece)
+            conn.close()
+        except OSError:
+            pass
+        finally:
+            listener.close()
+    threading.Thread(target=run, daemon=True).start()
+    return f"https://127.0.0.1:{listener.getsockname()[1]}", done
+
+
+@pytest.mark.parametrize("head, pieces", [
+    (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n", [b" "] * 40),
+    (b"", [b"HTTP/1.1 100 Continue\r\n\r\n"] * 40),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n", [b"X-T: 1\r\n"] * 40),
+])
+def test_a_server_trickling_its_answer_is_bounded_by_the_whole_requests_timeout(pki: Pki, head: bytes,
+                                                                               pieces: list[bytes]) -> None:
+    """Review of 2026-12-07: each read waited up to the timeout, the request as long as the server went on (a
+    body a byte at a time, endless interim answers, an endless trailer: 6-7 s at a timeout of 0.5 s)."""
+    url, done = _trickling(pki, head, 0.1, pieces)
+    started = time.monotonic()
+    try:
+        with JsonClient(url, pki.root_pem, timeout=0.8) as c, pytest.raises(AnswerLost):
+            c.post("/pay", {})
+    finally:
+        done.set()
+    assert time.monotonic() - started < 2.0
+
+
+def test_odd_answers_are_lost_answers_or_read_as_the_rfc_says(serve: Callable[..., Server], pki: Pki) -> None:
+    """A Content-Length of 5,000 digits raised a ValueError (not a ChannelError); the same Content-Length twice is
+    one (RFC 9110); a chunk size in Python's spelling, a chunk not ending where its size says, a header name with
+    a space before its colon, a transfer coding that is not chunked: lost answers, not guesses."""
+    body = b'{"ok": 1}'
+    cases: list[tuple[bytes, bool]] = [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nContent-Length: 9\r\n\r\n" + body, True),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x9\r\n" + body + b"\r\n0\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n" + body + b"XX0\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length : 9\r\n\r\n" + body, False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunkedx\r\n\r\n9\r\n" + body + b"\r\n0\r\n\r\n", False),
+    ]
+    for raw, ok in cases:
+        s = serve(lambda req, raw=raw: (raw, True))
+        with JsonClient(s.url, pki.root_pem, timeout=WAIT) as c:
+            if ok:
+                assert c.get("/x") == {"ok": 1}
+            else:
+                with pytest.raises(AnswerLost) as e:
+                    c.get("/x")
+                assert not e.value.closed, raw[:60]                 # the server answered: not a silent close
+
+
+def test_the_client_frames_its_requests_itself(serve: Callable[..., Server], pki: Pki) -> None:
+    """Caller headers that would change where a request ends (or smuggle one), or carry control characters, are
+    refused before anything is sent."""
+    s = serve()
+    with JsonClient(s.url, pki.root_pem, timeout=WAIT) as c:
+        for bad in ({"Content-Length": "0"}, {"Transfer-Encoding": "chunked"}, {"host": "evil"},
+                    {"Connection": "close"}, {"X-A": "a\x00b"}, {"X-A": "a\rb"}):
+            with pytest.raises(ChannelError, match="cannot be sent"):
+                c.post("/pay", {"n": 1}, headers=bad)
+        assert c.post("/pay", {"n": 1}, headers={"X-Ok": "a\tb"})["method"] == "POST"
+    assert s.count("/pay") == 1
+
+
+def test_a_base_url_path_is_percent_encoded_and_close_keeps_nothing_in_flight(serve: Callable[..., Server],
+                                                                              pki: Pki) -> None:
+    s = serve()
+    with JsonClient(s.url + "/base path", pki.root_pem, timeout=WAIT) as c:
+        assert c.get("/x")["path"] == "/base%20path/x"
+    gate = threading.Event()
+    slow = serve(lambda req: (gate.wait(WAIT) and None) or echo(req))
+    c = JsonClient(slow.url, pki.root_pem, timeout=WAIT)
+    t = threading.Thread(target=lambda: c.get("/x"))
+    t.start()
+    deadline = time.monotonic() + WAIT
+    while slow.count("/x") == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    c.close()                                   # while the request is in flight
+    gate.set()
+    t.join(WAIT)
+    assert c.idle_connections == 0              # its connection was not kept after close()

@@ -267,12 +267,23 @@ def _readable(sock: ssl.SSLSocket) -> bool:
 class _Connection:
     """One kept-alive HTTP/1.1 connection over TLS: a request is one write, its answer read whole."""
 
-    __slots__ = ("sock", "buf", "idle_since")
+    __slots__ = ("sock", "buf", "idle_since", "deadline", "generation")
 
-    def __init__(self, sock: ssl.SSLSocket) -> None:
+    def __init__(self, sock: ssl.SSLSocket, generation: int = 0) -> None:
         self.sock = sock
         self.buf = bytearray()
         self.idle_since = 0.0
+        self.deadline = float("inf")        # the request's end (time.monotonic()): every read waits until it at most
+        self.generation = generation        # JsonClient.close() since it was made: not kept after one
+
+    def _recv(self) -> bytes:
+        """Bytes from the server, waiting no longer than the request's deadline (a server trickling its
+        answer a byte at a time is bounded by the whole request's timeout, not by each read's)."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request's time is up")
+        self.sock.settimeout(left)
+        return self.sock.recv(65536)
 
     def close(self) -> None:
         try:
@@ -292,6 +303,8 @@ class _Connection:
         view = memoryview(data)
         sent = 0
         try:
+            if self.deadline < float("inf"):
+                self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
             while sent < len(data):
                 sent += self.sock.send(view[sent:])
         except OSError as e:
@@ -299,8 +312,10 @@ class _Connection:
         return None
 
     def _fill(self, what: str) -> None:
-        chunk = self.sock.recv(65536)
+        chunk = self._recv()
         if not chunk:
+            # ``closed``: the server ended the connection (as httpx said it): the shop's client sends a request
+            # again then, which the shop answers as it answered it (a malformed answer is not ``closed``)
             raise _Lost(f"the server closed the connection {what}", closed=True)
         self.buf += chunk
 
@@ -308,7 +323,7 @@ class _Connection:
         buf = self.buf
         while (end := buf.find(b"\r\n")) < 0:
             if len(buf) > 8192:
-                raise _Lost("the answer has a line longer than 8192 bytes", closed=True)
+                raise _Lost("the answer has a line longer than 8192 bytes", closed=False)
             self._fill("in the middle of its answer")
         line = bytes(buf[:end])
         del buf[:end + 2]
@@ -317,39 +332,51 @@ class _Connection:
     def answer(self, method: str, where: str) -> tuple[int, str, bytes, bool]:
         """Read one answer: its status, Content-Type, body, and whether the connection may serve another."""
         buf = self.buf
+        interim = 0
         while True:
             while (end := buf.find(b"\r\n\r\n")) < 0:
                 if len(buf) > MAX_HEAD:
-                    raise _Lost(f"the answer's head is longer than {MAX_HEAD} bytes", closed=True)
-                self._fill("without an answer" if not buf else "in the middle of its answer")
+                    raise _Lost(f"the answer's head is longer than {MAX_HEAD} bytes", closed=False)
+                # closed before any byte of an answer: the only case where the server surely sent none
+                self._fill("without an answer" if not buf and not interim else "in the middle of its answer")
             lines = bytes(buf[:end]).split(b"\r\n")
             del buf[:end + 4]
             first = lines[0]
             if len(first) < 12 or not first.startswith(b"HTTP/1.") or first[8:9] != b" " \
                     or not first[9:12].isdigit() or first[12:13] not in (b"", b" "):
-                raise _Lost(f"the answer does not start with an HTTP/1 status line: {first[:40]!r}", closed=True)
+                raise _Lost(f"the answer does not start with an HTTP/1 status line: {first[:40]!r}", closed=False)
             status = int(first[9:12])
             if 100 <= status < 200 and status != 101:
-                continue                            # an interim answer (100 Continue, 103): the real one follows
+                interim += 1                        # an interim answer (100 Continue, 103): the real one follows
+                if interim > MAX_INTERIM:
+                    raise _Lost(f"the server sent more than {MAX_INTERIM} interim answers", closed=False)
+                continue
             break
         fields: dict[bytes, bytes] = {}
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
-            if not colon:
-                raise _Lost(f"the answer has a malformed header line: {line[:40]!r}", closed=True)
-            name = name.strip().lower()
+            if not colon or not name or name != name.strip():
+                raise _Lost(f"the answer has a malformed header line: {line[:40]!r}", closed=False)
+            name = name.lower()
             if name in _FIELDS:
                 value = value.strip()
                 fields[name] = fields[name] + b", " + value if name in fields else value
         keep = first.startswith(b"HTTP/1.1") and status != 101 \
             and b"close" not in fields.get(b"connection", b"").lower()
+        codings = fields.get(b"transfer-encoding")
+        if codings is not None and b"content-length" in fields:
+            keep = False                            # both framings: read as chunked, then not trusted again
         if method == "HEAD" or status < 200 or status in (204, 304):
             body = b""
-        elif b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+        elif codings is not None:
+            if codings.split(b",")[-1].strip().lower() != b"chunked":
+                raise _Lost(f"the answer's transfer coding is not chunked: {codings[:40]!r}", closed=False)
             body = self._chunked(where)
         elif (length := fields.get(b"content-length")) is not None:
-            if not length.isdigit():
-                raise _Lost(f"the answer has a bad Content-Length: {length[:40]!r}", closed=True)
+            values = {v.strip() for v in length.split(b",")}    # the same value repeated is one (RFC 9110 8.6)
+            length = values.pop() if len(values) == 1 else b""
+            if not length.isdigit() or len(length) > 18:
+                raise _Lost(f"the answer has a bad Content-Length: {fields[b'content-length'][:40]!r}", closed=False)
             n = int(length)
             if n > MAX_RESPONSE:
                 raise _too_large(where)
@@ -359,7 +386,7 @@ class _Connection:
             del buf[:n]
         else:                                       # the body ends where the connection does
             while True:
-                chunk = self.sock.recv(65536)
+                chunk = self._recv()
                 if not chunk:
                     break
                 buf += chunk
@@ -377,18 +404,22 @@ class _Connection:
         buf = self.buf
         while True:
             size_text = self._line().partition(b";")[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise _Lost(f"the answer has a bad chunk size: {size_text[:40]!r}", closed=True) from None
+            if not _CHUNK_SIZE.fullmatch(size_text):
+                raise _Lost(f"the answer has a bad chunk size: {size_text[:40]!r}", closed=False)
+            size = int(size_text, 16)
             if size == 0:
-                while self._line():                 # trailer fields, up to the empty line
-                    pass
+                trailer = 0
+                while line := self._line():         # trailer fields, up to the empty line
+                    trailer += len(line) + 2
+                    if trailer > MAX_HEAD:
+                        raise _Lost(f"the answer's trailer is longer than {MAX_HEAD} bytes", closed=False)
                 return bytes(body)
             if len(body) + size > MAX_RESPONSE:
                 raise _too_large(where)
             while len(buf) < size + 2:
                 self._fill("in the middle of its answer")
+            if buf[size:size + 2] != b"\r\n":
+                raise _Lost("the answer's chunk does not end where its size says", closed=False)
             body += buf[:size]
             del buf[:size + 2]
 
@@ -396,6 +427,8 @@ class _Connection:
 # the answer's header fields the client reads (the others are skipped)
 _FIELDS = frozenset((b"content-length", b"transfer-encoding", b"connection", b"content-type", b"content-encoding"))
 MAX_HEAD = 64 * 1024                  # bytes of status line and headers in an answer
+MAX_INTERIM = 8                       # interim answers (100 Continue, 103) before the real one
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
 # what the request line takes as it is; anything else in a path is percent-encoded
 _PLAIN_TARGET = re.compile(r"/[!$&'()*+,\-./0-9:;=?@A-Z_a-z~%]*")
 
@@ -414,7 +447,7 @@ def _decompress(coding: bytes, body: bytes, where: str) -> bytes:
         out = d.decompress(body, MAX_RESPONSE + 1)
     except zlib.error:
         if coding != b"deflate":
-            raise _Lost(f"the answer's {coding.decode()} body does not decompress", closed=True) from None
+            raise _Lost(f"the answer's {coding.decode()} body does not decompress", closed=False) from None
         out = _raw_inflate(body)
     if len(out) > MAX_RESPONSE:
         raise _too_large(where)
@@ -425,7 +458,7 @@ def _raw_inflate(body: bytes) -> bytes:
     try:
         return zlib.decompressobj(wbits=-15).decompress(body, MAX_RESPONSE + 1)
     except zlib.error:
-        raise _Lost("the answer's deflate body does not decompress", closed=True) from None
+        raise _Lost("the answer's deflate body does not decompress", closed=False) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,7 +477,8 @@ class _Origin:
         shown = host if host.isascii() else host.encode("idna").decode()
         if ":" in shown:
             shown = f"[{shown}]"                    # an IPv6 literal
-        return _Origin(host, port, shown if port == 443 else f"{shown}:{port}", parts.path.rstrip("/"))
+        prefix = parts.path.rstrip("/")
+        return _Origin(host, port, shown if port == 443 else f"{shown}:{port}", _target(prefix, "") if prefix else "")
 
 
 def _target(path: str, query: str) -> str:
@@ -474,6 +508,7 @@ class JsonClient(_Base):
         self._lock = threading.Lock()
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._idle_count = 0
+        self._generation = 0
 
     def get(self, path: str) -> dict[str, Any]:
         status, _ctype, body = self.request("GET", path)
@@ -508,16 +543,23 @@ class JsonClient(_Base):
         if data:
             payload += data
         key = (origin.host, origin.port)
+        deadline = time.monotonic() + self.timeout
         conn = self._take(key)
         reused = conn is not None
         if conn is None:
             conn = self._connect(origin, where)
         try:
+            conn.deadline = deadline
             failed = conn.send(payload)
             if failed is not None and reused and failed[0] == 0:
                 conn.close()                        # the server had dropped it while idle: nothing went out
                 conn = self._connect(origin, where)
+                conn.deadline = deadline
                 failed = conn.send(payload)
+            if failed is not None and failed[0] == 0 and not isinstance(failed[1], TimeoutError):
+                # a new connection the server dropped before a byte of the request went out: not carried out
+                raise _unreachable(where, f"the server closed the connection before the request was sent "
+                                          f"({_reason(failed[1])})")
             if failed is not None and isinstance(failed[1], TimeoutError):
                 raise _no_answer(where, self.timeout)
             # a write that failed may still have its answer (a server refusing a body too large answers
@@ -547,7 +589,7 @@ class JsonClient(_Base):
             raise _connect_failure(e, where, self.timeout) from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return _Connection(self.context.wrap_socket(sock, server_hostname=origin.host))
+            return _Connection(self.context.wrap_socket(sock, server_hostname=origin.host), self._generation)
         except OSError as e:
             sock.close()
             raise _connect_failure(e, where, self.timeout) from None
@@ -567,8 +609,9 @@ class JsonClient(_Base):
 
     def _give(self, key: tuple[str, int], conn: _Connection) -> None:
         conn.idle_since = time.monotonic()
+        conn.deadline = float("inf")
         with self._lock:
-            if self._idle_count < MAX_IDLE:
+            if self._idle_count < MAX_IDLE and conn.generation == self._generation:
                 self._idle.setdefault(key, []).append(conn)
                 self._idle_count += 1
                 return
@@ -586,6 +629,7 @@ class JsonClient(_Base):
             idle = [c for conns in self._idle.values() for c in conns]
             self._idle.clear()
             self._idle_count = 0
+            self._generation += 1               # a connection in use now is closed when its request ends
         for conn in idle:
             conn.close()
 
@@ -605,10 +649,10 @@ def _request_head(method: str, target: str, host: str, data: bytes | None, heade
     lines += [f"{k}: {v}" for k, v in _DEFAULT_HEADERS if k.lower() not in given]
     if headers:
         for k, v in headers.items():
-            if not _TOKEN.fullmatch(k) or "\r" in v or "\n" in v:
-                raise ChannelError(f"the header {k!r} cannot be sent")
+            if not _TOKEN.fullmatch(k) or k.lower() in _OWN_HEADERS or _CONTROL.search(v):
+                raise ChannelError(f"the header {k!r} cannot be sent (this client frames its requests itself)")
             lines.append(f"{k}: {v}")
-    if "content-length" not in given and (data is not None or method in ("POST", "PUT", "PATCH")):
+    if data is not None or method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(data or b'')}")
     try:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
@@ -617,6 +661,8 @@ def _request_head(method: str, target: str, host: str, data: bytes | None, heade
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")      # in a header value: nothing but tab of the controls
+_OWN_HEADERS = frozenset(("host", "content-length", "transfer-encoding", "connection"))
 _DEFAULT_HEADERS = (*HEADERS.items(), ("Accept", "*/*"))
 
 
