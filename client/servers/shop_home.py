@@ -117,8 +117,9 @@ class ShopHome:
         """The shop's storage URL: ``db`` when given; else SQLite in the evidence archive's file, or in
         ``shop.db`` where a shop set up before 2026-12-07 has its deals. Why one file: the archive's entries
         of a step are then written in the deal's own transaction (``commerce.archive.SharedArchive``,
-        ``joined``): one commit and one flush of the disk per step, not two commits and two flushes, and
-        about a tenth of the seller's CPU per purchase (docs/performance.md)."""
+        ``joined``): one commit and one flush of the disk per step, not two commits and two flushes, and the
+        deal's row never committed without its evidence (docs/performance.md, "The deals and their evidence
+        in one commit", says what it saves)."""
         if db:
             return db
         legacy = self.folder / "shop.db"

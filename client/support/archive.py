@@ -462,8 +462,7 @@ class Archive:
             return []
         row = tx.one("SELECT entry_index, entry_hash FROM archive_entry ORDER BY entry_index DESC LIMIT 1")
         entries = _chained(rows, *((0, GENESIS) if row is None else (int(row[0]), bytes.fromhex(row[1]))))
-        for e in entries:
-            tx.execute(_INSERT_ENTRY, _entry_params(e))
+        tx.executemany(_INSERT_ENTRY, [_entry_params(e) for e in entries])
         return entries
 
     def checkpoint_if_due(self) -> None:

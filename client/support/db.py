@@ -209,6 +209,19 @@ class Transaction:
             raise _translate(e, self.backend) from None
         return cur
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One statement for each of ``rows`` (SQLite runs them in one call: a batch of archive entries)."""
+        if self.backend == "postgresql" or self._failed is not None:
+            for row in rows:
+                self.execute(sql, row)
+            return
+        self.statements += len(rows)
+        try:
+            self._conn.executemany(sql, [tuple(r) for r in rows])
+        except Exception as e:
+            self._failed = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise _translate(e, self.backend) from None
+
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         row = self.execute(sql, params).fetchone()
         return tuple(row) if row is not None else None
