@@ -214,7 +214,6 @@ class SharedArchive:
         except BaseException as e:
             tx.refuse_commit(f"the archive's entries were not written in it ({type(e).__name__})")
             raise
-        tx.archive_written = True                       # sync(): this transaction's commit flushes the log
         with self._lock:
             self.counts["in_deal"] += 1
 
@@ -242,7 +241,7 @@ class SharedArchive:
             # archive's in it may write nothing at all, and then its commit flushes nothing: the log is
             # flushed as before, once it ended
             self._flush()
-            if not getattr(tx, "archive_written", False):
+            if not getattr(tx, "archive_rows", None):
                 tx.on_end(lambda _committed: self.sync())
             return
         if getattr(self._local, "defer", False) and getattr(self._local, "pending", None) is not None:

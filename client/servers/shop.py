@@ -35,7 +35,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,9 +244,7 @@ class Shop:
             counters = dict(self.counters)
         db = dict(self.db.counts)           # this process's transactions and statements (before the count's own)
         out = {**counters, "deals": self.store.open_count(), "pid": os.getpid(), "db": db}
-        archive = getattr(self.archive, "counts", None)
-        if isinstance(archive, dict):
-            out["archive"] = dict(archive)   # its writes alone, its writes in deals' transactions, its flushes
+        out["archive"] = dict(self.archive.counts)   # its writes alone, in deals' transactions, its flushes
         return out
 
     def _evidence_with_deals(self) -> bool:
@@ -254,16 +252,7 @@ class Shop:
         written then holds its entries, so another copy of its order has nothing to add. Elsewhere a retry that
         loses to its own first copy keeps its entries: the first worker may have been killed between its commit
         and its archive's write."""
-        return getattr(self.archive, "joined", None) is not None
-
-    def _sync_with_next_write(self) -> AbstractContextManager[None]:
-        defer = getattr(self.archive, "sync_with_next_write", None)
-        return defer() if defer is not None else nullcontext()
-
-    def _settle_owed(self) -> None:
-        settle = getattr(self.archive, "settle_owed", None)
-        if settle is not None:
-            settle()
+        return self.archive.joined is not None
 
     def batch(self) -> AbstractContextManager[None]:
         """The archive entries made inside are written together, before the block ends
@@ -949,7 +938,7 @@ class Shop:
             try:
                 # the note's entries go to disk with the step's transaction below (the deals in the archive's
                 # file), not in a write and flush of their own before it: SharedArchive.sync_with_next_write
-                with self._sync_with_next_write():
+                with self.archive.sync_with_next_write():
                     if not self._completed(sd, record):
                         return None
             except Exception as e:
@@ -970,13 +959,12 @@ class Shop:
             handled = self.payments.handle_step(
                 envelope, settle=None if sd.paid or not self.settles_in_payment_step else settle)
         except PaymentError as e:
-            self._settle_owed()
             if self._refusals(sd) < KEPT_REFUSALS:
                 sd.deal.decide("payment", "refused", str(e))
                 self._commit(sd)
             raise PaymentNotAccepted(f"the payment was refused: {e}") from None
         finally:
-            self._settle_owed()         # the archive's flush, if no transaction of the step committed it
+            self.archive.settle_owed()      # the archive's flush, if no transaction of the step committed it
         if "error" in box:
             raise box["error"]
         if handled.settled:

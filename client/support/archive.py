@@ -292,6 +292,14 @@ _INSERT_ENTRY = ("INSERT INTO archive_entry (entry_index, prev_hash, deal_id, ki
                  " VALUES (?, ?, ?, ?, ?, ?, ?)")
 
 
+_TAIL = "SELECT entry_index, entry_hash FROM archive_entry ORDER BY entry_index DESC LIMIT 1"
+
+
+def _tail_of(row: Sequence[Any] | None) -> tuple[int, bytes]:
+    """The last entry's index and hash from :data:`_TAIL`'s row (the genesis before the first entry)."""
+    return (0, GENESIS) if row is None else (int(row[0]), bytes.fromhex(row[1]))
+
+
 def _chained(rows: Sequence[Row], index: int, prev: bytes) -> list[Entry]:
     """The entries of ``rows`` appended after entry ``index`` whose hash is ``prev``."""
     entries = []
@@ -401,9 +409,7 @@ class Archive:
 
     # ---- writing --------------------------------------------------------------------------------
     def _tail(self) -> tuple[int, bytes]:
-        row = self._db.execute(
-            "SELECT entry_index, entry_hash FROM archive_entry ORDER BY entry_index DESC LIMIT 1").fetchone()
-        return (0, GENESIS) if row is None else (int(row[0]), bytes.fromhex(row[1]))
+        return _tail_of(self._db.execute(_TAIL).fetchone())
 
     def append(self, deal_id: str, kind: str, content: bytes, *, when: dt.datetime | None = None) -> Entry:
         """Add one entry at the end of the chain (the only write the archive knows)."""
@@ -443,13 +449,7 @@ class Archive:
                 time.sleep(0.02 * 2 ** attempt)          # another writer took this index: read the tail again
         else:
             raise ArchiveError(f"{self.path} stayed busy (another process keeps writing); try again")
-        if self.sign is not None and self.checkpoint_due():
-            try:
-                self.checkpoint()
-            except (EvidenceError, HardwareError) as e:
-                # the entries are stored: raising now would invite a second append of the same evidence.
-                # The checkpoint stays due (checkpoint_due()) and is tried again after the next entry.
-                _log.warning("entry %d archived, but the automatic checkpoint failed: %s", entries[-1].index, e)
+        self.checkpoint_if_due()
         return entries
 
     def append_rows_in(self, tx: Any, rows: Sequence[Row]) -> list[Entry]:
@@ -460,19 +460,19 @@ class Archive:
         :meth:`checkpoint_due` once the transaction committed (``SharedArchive``)."""
         if not rows:
             return []
-        row = tx.one("SELECT entry_index, entry_hash FROM archive_entry ORDER BY entry_index DESC LIMIT 1")
-        entries = _chained(rows, *((0, GENESIS) if row is None else (int(row[0]), bytes.fromhex(row[1]))))
+        entries = _chained(rows, *_tail_of(tx.one(_TAIL)))
         tx.executemany(_INSERT_ENTRY, [_entry_params(e) for e in entries])
         return entries
 
     def checkpoint_if_due(self) -> None:
-        """Sign a checkpoint when one is due and a signer is set; a failure is logged and left due (the
-        entries are stored: raising would invite a second append of the same evidence)."""
+        """Sign a checkpoint when one is due and a signer is set, after entries were appended. A failure is
+        logged, not raised: the entries are stored, and raising would invite a second append of the same
+        evidence; the checkpoint stays due (:meth:`checkpoint_due`) and is tried again after the next entry."""
         if self.sign is not None and self.checkpoint_due():
             try:
                 self.checkpoint()
             except (EvidenceError, HardwareError) as e:
-                _log.warning("the automatic checkpoint failed: %s", e)
+                _log.warning("entries archived, but the automatic checkpoint failed: %s", e)
 
     def append_statement(self, deal_id: str, statement_der: bytes, *, statement_type: str | None = None,
                          when: dt.datetime | None = None) -> Entry:

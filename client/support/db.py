@@ -578,6 +578,7 @@ class Database:
         outer = self._enter_snapshot(tx, write)
         if write:
             self._local.writing = tx
+        committed = False
         try:
             try:
                 yield tx
@@ -587,17 +588,12 @@ class Database:
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as e:
-                _quietly_rollback(conn)
                 raise _translate(e, "sqlite") from None
-        except BaseException:
-            _quietly_rollback(conn)
+            committed = True
+        finally:
             if write:
-                self._local.writing = None
-            tx._ended(False)
-            raise
-        if write:
-            self._local.writing = None
-        tx._ended(True)
+                self._local.writing = None      # the hooks run outside it (an archive's own writes, its flush)
+            self._end(conn, tx, committed)
 
     @contextmanager
     def _postgres_transaction(self, conn: Any, write: bool, exclusive: bool) -> Iterator[Transaction]:
@@ -615,6 +611,7 @@ class Database:
             raise _translate(e, "postgresql") from None
         tx = Transaction(conn, "postgresql")
         outer = self._enter_snapshot(tx, write or exclusive)
+        committed = False
         try:
             try:
                 yield tx
@@ -624,16 +621,20 @@ class Database:
             try:
                 tag = _pg_command(conn, b"COMMIT")   # PostgreSQL may refuse here too (a conflict found at commit)
             except Exception as e:
-                _quietly_rollback(conn)
                 raise _translate(e, "postgresql") from None
             if (write or exclusive) and tag != b"COMMIT":
                 # aborted by the server without a statement of ours failing: nothing was committed
                 raise DatabaseError(f"the database rolled this transaction back instead of committing it ({tag!r})")
-        except BaseException:
+            committed = True
+        finally:
+            self._end(conn, tx, committed)
+
+    @staticmethod
+    def _end(conn: Any, tx: Transaction, committed: bool) -> None:
+        """A transaction's end on either back end: rolled back unless it committed, then its hooks."""
+        if not committed:
             _quietly_rollback(conn)
-            tx._ended(False)
-            raise
-        tx._ended(True)
+        tx._ended(committed)
 
     def _enter_snapshot(self, tx: Transaction, write: bool) -> Transaction | None:
         """A read transaction begins on this thread: :meth:`read_one` runs in it until it ends (the caller

@@ -41,6 +41,7 @@ from semper.client.support import names
 from semper.client.support.money import format_amount
 
 from .literal import literal, tokens
+from .literal import shows_as_itself as _plain  # a row laid out a word at a time (_Page._plain_row)
 from .model import ConfirmationRequest, ExchangeRequest, OfferError, Party, VerifiedOffer
 
 FORMAT_LINE = "SEMPER TINGUIN confirmation v2"
@@ -161,12 +162,6 @@ class _Page:
 
 
 _PLAIN_WORD = re.compile(r"[^ ]* |[^ ]+")     # as _words groups a plain row: each word ends after a space
-
-
-def _plain(row: str) -> bool:
-    """Every character of ``row`` shows as itself in one cell (what ``literal.tokens`` says of printable
-    ASCII other than the backslash, which it doubles)."""
-    return row.isascii() and row.isprintable() and "\\" not in row
 
 
 def _words(row: str, offset: int) -> Iterator[list[tuple[str, bool, int]]]:

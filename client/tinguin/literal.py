@@ -88,10 +88,16 @@ def _marker(rest: int) -> str:
     return f"…[{rest} more]"
 
 
+def shows_as_itself(text: str) -> bool:
+    """Printable ASCII without a backslash: every character shows as itself in one cell, exactly what
+    :func:`tokens` would say character by character (checked at C speed; most fields, and the confirmation
+    page's plain rows)."""
+    return text.isascii() and text.isprintable() and "\\" not in text
+
+
 def _plain(text: str, limit: int) -> bool:
-    """Printable ASCII without a backslash that fits: every character shows as itself in one cell,
-    exactly what :func:`tokens` would say character by character (checked at C speed; most fields)."""
-    return len(text) <= limit and text.isascii() and text.isprintable() and "\\" not in text
+    """:func:`shows_as_itself`, and it fits in ``limit`` cells."""
+    return len(text) <= limit and shows_as_itself(text)
 
 
 def _cut(text: str, limit: int) -> tuple[list[tuple[str, bool]], int]:
@@ -141,4 +147,4 @@ def literal_text(text: str, limit: int = DEFAULT_LIMIT, *, style: str = "",
     return out
 
 
-__all__ = ["DEFAULT_LIMIT", "literal", "literal_text", "tokens"]
+__all__ = ["DEFAULT_LIMIT", "literal", "literal_text", "shows_as_itself", "tokens"]
