@@ -83,6 +83,9 @@ class SharedArchive:
         if tx is not None:              # the file's write lock is this thread's transaction's: written in it
             self._write_in(tx, [entry_row(deal_id, kind, content, when)])
             return None
+        if self._grouped():
+            self._write_in_group([entry_row(deal_id, kind, content, when)])
+            return None
         with self._write_lock:
             self.counts["alone"] += 1
             return self._mine().append(deal_id, kind, content, when=when)
@@ -129,6 +132,9 @@ class SharedArchive:
                 self.write_pending_in(tx)
                 return
             self._local.pending = []
+            if self._grouped():
+                self._write_in_group(pending)
+                return
             with self._write_lock:
                 self._mine().append_rows(pending)           # made by entry_row() in append()
                 self.counts["alone"] += 1
@@ -137,6 +143,23 @@ class SharedArchive:
     def _joined_tx(self) -> Any:
         """The deals' write transaction open on this thread, when the deals share this file (else None)."""
         return self.joined.writing() if self.joined is not None else None
+
+    def _grouped(self) -> bool:
+        """Whether this thread holds a commit group of the deals on this file (``Database.grouped``): it holds
+        the file's write lock, so the archive's own connection would wait for it; entries go in the group."""
+        return self.joined is not None and bool(self.joined.group_open())
+
+    def _commit_group(self) -> BaseException | None:
+        """This thread's commit group committed now (``Database.commit_group``): its error, if it failed."""
+        assert self.joined is not None
+        error: BaseException | None = self.joined.commit_group()
+        return error
+
+    def _write_in_group(self, rows: list[Row]) -> None:
+        """``rows`` written in a transaction of this thread's commit group (as in a deal's transaction)."""
+        assert self.joined is not None
+        with self.joined.transaction() as tx:
+            self._write_in(tx, rows)
 
     def write_pending_in(self, tx: Any) -> int:
         """Write this thread's batched entries in ``tx``, the deals' write transaction on this file (how many;
@@ -156,7 +179,8 @@ class SharedArchive:
             def paid(committed: bool) -> None:
                 if committed:
                     self._local.owed = False
-            tx.on_end(paid)
+            # in a commit group: paid once the rows are in it, whose commit every answer waits for
+            tx.on_end(paid, at_release=True)
         return len(rows)
 
     @contextmanager
@@ -225,6 +249,8 @@ class SharedArchive:
             raise ArchiveError(f"the archive's {name} cannot be used inside a transaction of the deals on its file "
                                "(it would wait for that transaction); use it after the transaction")
         self._flush()
+        if self._grouped():
+            self._commit_group()                # the archive's own connection reads (and waits for) what committed
         return getattr(self._mine(), name)
 
     def sync(self) -> None:
@@ -248,6 +274,8 @@ class SharedArchive:
             self._local.owed = True                 # paid by the deal's next write, or by settle_owed()
             return
         self._flush()
+        if self._grouped() and self._commit_group() is None:
+            return      # this thread's commit group held the entries (and the file's lock): its commit flushed the log
         asked = self._syncs_started                 # flushes numbered above this start after our writes
         with self._sync_lock:
             if self._syncs_done > asked:

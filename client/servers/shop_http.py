@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hmac
 import logging
 import math
@@ -115,6 +116,27 @@ class Payment(Shape, frozen=True):
 
 class DealRef(Shape, frozen=True):
     deal: str
+
+
+def _after_commit(db: Any, handler: Any) -> Any:
+    """``handler``, answering only once the event loop's commit group, if one is open, has committed: what the
+    answer says may rest on work released into it (the step's own, or one a remembered deal shows). A group
+    that failed to commit answers 503 instead (its work was not kept)."""
+    @functools.wraps(handler)
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = await handler(request)
+        if db.group_open():
+            done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+            def heard(error: BaseException | None) -> None:
+                if not done.done():
+                    done.set_result(error)
+            db.when_committed(heard)
+            if await done is not None:
+                raise ApiError(503, "not_kept", "the shop could not write this step to its database, so it kept "
+                               "nothing of it; send the request again")
+        return response
+    return answer
 
 
 def _e(data: bytes | None) -> str | None:
@@ -250,11 +272,17 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     tasks: set[asyncio.Task[Any]] = set()
     steps = LoopSteps()
 
+    db = shop.store.db
+    db.on_group_lost(shop.store.forget_all)
+
     async def _here(fn: Any, *args: Any) -> Any:
-        """Run the shop's step on the event loop, timed (:class:`LoopSteps`)."""
+        """Run the shop's step on the event loop, timed (:class:`LoopSteps`), its writes released into the
+        loop's commit group (``Database.grouped``: one commit for the steps of a turn of the loop; every
+        answer waits for it, :func:`_after_commit`)."""
         started = time.perf_counter()
         try:
-            return fn(*args)
+            with db.grouped(asyncio.get_running_loop().call_soon):
+                return fn(*args)
         finally:
             took = time.perf_counter() - started
             pause = steps.took(took)
@@ -387,7 +415,8 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     async def stats(request: web.Request) -> web.Response:
         return json_response({**await _call(shop.stats), "card_steps": dict(steps.counts)})
 
-    app = make_app(list(routes))
+    app = make_app([web.RouteDef(r.method, r.path, _after_commit(db, r.handler), r.kwargs)
+                    for r in routes if isinstance(r, web.RouteDef)])
     app[LOOP_STEPS] = steps
     mount_web(app, shop)                        # the web site: catalogue, order form, delivery (shop_web.py)
 

@@ -263,6 +263,13 @@ class DealStore:
         with self._lock:
             self._cache.pop(deal_id, None)
 
+    def forget_all(self) -> None:
+        """Forget every deal remembered, and the open deals' count: after a commit group of the database was
+        lost (``Database.on_group_lost``), what its steps remembered as written was never committed."""
+        with self._lock:
+            self._cache.clear()
+            self._counted = None
+
     # ---- rows <-> deals ---------------------------------------------------------------------------
     def _values(self, sd: ShopDeal, only: tuple[str, ...] | None = None) -> dict[str, Any]:
         """The row's values for ``sd``: every column :meth:`insert` writes, or the ``only`` ones (what
