@@ -226,3 +226,117 @@ def test_an_answer_waits_for_the_group_and_is_refused_if_it_is_lost(tmp_path: Pa
             await bad(None)
         assert e.value.status == 503 and e.value.code == "not_kept"
     asyncio.run(main())
+
+
+# ---- from the review of 2026-12-07: each failed on the first version of commit groups (dbf68df) --------------
+def test_an_archive_writing_on_its_own_connection_commits_the_threads_group_first(tmp_path: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch
+                                                                                   ) -> None:
+    """The shop's exchange party keeps its evidence in the deals' file on a connection of its own, on the event
+    loop: behind a group of the same loop turn its write waited for the lock its own thread held (10 s, then
+    refused), and the group could not commit meanwhile."""
+    import time
+
+    import semper.client.support.archive as support_archive
+    from semper.client.support.archive import Archive
+    monkeypatch.setattr(support_archive, "_BUSY_RETRIES", 1)
+    path = tmp_path / "x.sqlite3"
+    db, later = _db(tmp_path), Later()
+    party = Archive.open(path, create=True)
+    with db.grouped(later):
+        _put(db, "a")
+    started = time.monotonic()
+    party.append("xid-1", "state", b"{}")
+    assert time.monotonic() - started < 1.0
+    assert _committed(path) == ["a"] and not db.group_open()
+    party.close()
+
+
+def test_a_step_lock_held_elsewhere_is_waited_for_only_after_the_group_committed(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    """A pool thread holds a payment's step lock and waits to save its step; the loop, holding a group, takes
+    a step of the same payment (a retransmission): it waited for the lock while the pool thread waited for
+    the group's write lock, until the busy timeout, and the pool's step (its proof taken) failed."""
+    import threading
+    import time
+
+    import semper.client.support.db as dbmod
+    from semper.client.payment.manager import PaymentManager
+    from semper.client.payment.module import PartyContext
+    from semper.client.payment.sessions import DatabaseSessions
+    monkeypatch.setattr(dbmod, "BUSY_TIMEOUT_S", 2.0)
+    db, later = _db(tmp_path), Later()
+    payments = PaymentManager(PartyContext(), modules={}, sessions=DatabaseSessions(db))
+    out: dict[str, Any] = {}
+    stepping = threading.Event()
+
+    def pool_step() -> None:
+        with payments._stepping("X"):
+            stepping.set()
+            time.sleep(0.3)                      # the PSAM's APDUs
+            try:
+                _put(db, "session X")
+                out["pool"] = "saved"
+            except DatabaseError as e:
+                out["pool"] = str(e)
+    t = threading.Thread(target=pool_step)
+    t.start()
+    assert stepping.wait(5)
+    started = time.monotonic()
+    with db.grouped(later):
+        _put(db, "session Y")
+        with payments._stepping("X"):
+            pass
+    out["loop_waited_s"] = time.monotonic() - started
+    t.join(10)
+    assert out["pool"] == "saved" and out["loop_waited_s"] < 1.0, out
+
+
+def test_a_refusal_waits_for_the_group_too(tmp_path: Path) -> None:
+    """A refused payment records its refusal in the group and raises: the refusal's answer left before it
+    was committed."""
+    path = tmp_path / "x.sqlite3"
+    db = _db(tmp_path)
+
+    async def refused(request: Any) -> Any:
+        with db.grouped(asyncio.get_running_loop().call_soon):
+            _put(db, "refusal recorded")
+        raise ApiError(422, "payment_refused", "the payment was refused")
+
+    async def main() -> list[Any]:
+        with pytest.raises(ApiError) as e:
+            await _after_commit(db, refused)(None)
+        assert e.value.status == 422
+        return _committed(path)
+    assert asyncio.run(main()) == ["refusal recorded"]
+
+
+def test_a_group_lost_when_committed_early_is_raised_and_not_answered_as_done(tmp_path: Path) -> None:
+    """Something of the step commits the group at once (the archive's flush before a note goes out): when that
+    commit fails, the flush must not return as if the entries were on disk, and the answer must not be 200
+    (there is no group open any more when the handler returns)."""
+    from aiohttp import web
+
+    from semper.client.support.archive import ArchiveError
+    path = tmp_path / "x.sqlite3"
+    db = _db(tmp_path)
+    archive = SharedArchive(path, joined=db)
+
+    async def pay(request: Any) -> web.Response:
+        with db.grouped(asyncio.get_running_loop().call_soon):
+            db.run(lambda tx: tx.execute("INSERT INTO child VALUES ('no such parent')"))   # another step's work
+            _put(db, "deal paid")
+            with archive.batch():
+                archive.append("deal-1", "note", b"the delivery note")
+                with pytest.raises(ArchiveError):
+                    archive.sync()
+        return web.json_response({"paid": True})
+
+    async def main() -> None:
+        with pytest.raises(ApiError) as e:
+            await _after_commit(db, pay)(None)
+        assert e.value.status == 503
+    asyncio.run(main())
+    assert _committed(path) == []
+    archive.close()

@@ -149,11 +149,14 @@ class SharedArchive:
         the file's write lock, so the archive's own connection would wait for it; entries go in the group."""
         return self.joined is not None and bool(self.joined.group_open())
 
-    def _commit_group(self) -> BaseException | None:
-        """This thread's commit group committed now (``Database.commit_group``): its error, if it failed."""
+    def _commit_group(self) -> None:
+        """This thread's commit group committed now (``Database.commit_group``); raised if it failed: the entries
+        it held were not kept with it (they are given back and written alone), and the caller's next step may
+        rest on them."""
         assert self.joined is not None
         error: BaseException | None = self.joined.commit_group()
-        return error
+        if error is not None:
+            raise ArchiveError(f"the deals' commit group holding this archive's entries was not committed: {error}")
 
     def _write_in_group(self, rows: list[Row]) -> None:
         """``rows`` written in a transaction of this thread's commit group (as in a deal's transaction)."""
@@ -274,7 +277,8 @@ class SharedArchive:
             self._local.owed = True                 # paid by the deal's next write, or by settle_owed()
             return
         self._flush()
-        if self._grouped() and self._commit_group() is None:
+        if self._grouped():
+            self._commit_group()
             return      # this thread's commit group held the entries (and the file's lock): its commit flushed the log
         asked = self._syncs_started                 # flushes numbered above this start after our writes
         with self._sync_lock:

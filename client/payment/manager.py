@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ..support.db import from_json, to_json
+from ..support.db import commit_held_groups, from_json, to_json
 from ..support.shapes import Shape
 from .errors import ModuleNotFound, NegotiationError, PaymentError, ProtocolError
 from .model import Acceptance, Choice, ExchangeProperties, Instrument, Record, Status, Terms
@@ -207,6 +208,20 @@ class PaymentManager:
                 lock = self._steps[pid] = threading.Lock()
             return lock
 
+    @contextmanager
+    def _stepping(self, pid: str) -> Iterator[None]:
+        """The payment's step lock. When another thread holds it, this thread's commit groups are committed
+        before it waits: the holder may be waiting for their write lock to save its step (a deadlock until
+        the database's busy timeout otherwise; review of 2026-12-07)."""
+        lock = self._step_lock(pid)
+        if not lock.acquire(blocking=False):
+            commit_held_groups()
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
     def handle(self, envelope: dict[str, Any]) -> dict[str, Any] | None:
         """Answer one envelope from a payer (the payee link and the transfer layer call this).
 
@@ -229,7 +244,7 @@ class PaymentManager:
         key = _STEP_KEY.encode(body)
         if not getattr(self.sessions, "transactional", False):
             settle = None
-        with self._step_lock(pid):
+        with self._stepping(pid):
             for _attempt in range(3):
                 st, known = self.sessions.get_with_record(pid, "payee")
                 if st is None:
@@ -268,7 +283,7 @@ class PaymentManager:
         if not self.starts_early(envelope):
             raise ProtocolError(f"a {name} payment cannot start before its terms are set")
         key = _STEP_KEY.encode(body)
-        with self._step_lock(pid):
+        with self._stepping(pid):
             st = PayeeState(terms, dict(route or {}))
             reply, saved, record, settled = self._step(st, None, name, body, key, settle, create=True)
         if not saved:

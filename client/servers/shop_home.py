@@ -69,7 +69,8 @@ class OpenShop:
             if owner == str(me):
                 return True
             return me == 0 and (not owner.isdigit() or int(owner) >= count)
-        app = build_app(self.shop, self.party, self.admin_secret, worker=str(me), recovers=recovers)
+        app = build_app(self.shop, self.party, self.admin_secret, worker=str(me), recovers=recovers,
+                        group_commits=count == 1)
         if self.services_dir is not None:
             from .service_host import mount_services
             mount_services(app, self.services_dir)

@@ -119,12 +119,11 @@ class DealRef(Shape, frozen=True):
 
 
 def _after_commit(db: Any, handler: Any) -> Any:
-    """``handler``, answering only once the event loop's commit group, if one is open, has committed: what the
-    answer says may rest on work released into it (the step's own, or one a remembered deal shows). A group
-    that failed to commit answers 503 instead (its work was not kept)."""
-    @functools.wraps(handler)
-    async def answer(request: web.Request) -> web.StreamResponse:
-        response = await handler(request)
+    """``handler``, answering (its response or its refusal) only once the event loop's commit group, if one is
+    open, has committed: what the answer says may rest on work released into it (the step's own, or one a
+    remembered deal shows). If a group of the database was lost while the request was handled (here, or by
+    one committed early: ``Database.commit_group``), its work may have been this request's: 503 instead."""
+    async def settled(lost_before: int) -> None:
         if db.group_open():
             done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
 
@@ -132,9 +131,20 @@ def _after_commit(db: Any, handler: Any) -> Any:
                 if not done.done():
                     done.set_result(error)
             db.when_committed(heard)
-            if await done is not None:
-                raise ApiError(503, "not_kept", "the shop could not write this step to its database, so it kept "
-                               "nothing of it; send the request again")
+            await done
+        if db.groups_lost != lost_before:
+            raise ApiError(503, "not_kept", "the shop could not write this step to its database, so it kept "
+                           "nothing of it; send the request again")
+
+    @functools.wraps(handler)
+    async def answer(request: web.Request) -> web.StreamResponse:
+        lost_before = getattr(db, "groups_lost", 0)
+        try:
+            response = await handler(request)
+        except Exception:
+            await settled(lost_before)          # a refusal, too, may rest on the group (a refused step's record)
+            raise
+        await settled(lost_before)
         return response
     return answer
 
@@ -261,19 +271,26 @@ def _paid_answer(done: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_secret: str | None = None,
-              worker: str = "0", recovers: Callable[[str], bool] | None = None) -> web.Application:
+              worker: str = "0", recovers: Callable[[str], bool] | None = None,
+              group_commits: bool = True) -> web.Application:
     """``make_party`` is called when the service starts, in its thread (the party's archive lives there).
 
     ``worker`` names this process among the shop's workers (``"0"`` when it runs alone): the exchanges it
     starts are recorded as its own, and when it starts it finishes those a process of the same name left
     open when it died (and those of any worker ``recovers`` accepts), through the exchange layer's
-    recovery (``Party.recover``)."""
+    recovery (``Party.recover``).
+
+    ``group_commits``: the card steps the event loop takes in one turn share one commit (``Database.grouped``;
+    SQLite only). A shop of several worker processes on one SQLite file leaves it off: a group holds the
+    file's write lock across the steps of its turn, device waits included, and the other workers' event
+    loops would wait on it (review of 2026-12-07)."""
     routes = web.RouteTableDef()
     tasks: set[asyncio.Task[Any]] = set()
     steps = LoopSteps()
 
     db = shop.store.db
     db.on_group_lost(shop.store.forget_all)
+    grouping = group_commits and db.backend == "sqlite"
 
     async def _here(fn: Any, *args: Any) -> Any:
         """Run the shop's step on the event loop, timed (:class:`LoopSteps`), its writes released into the
@@ -281,6 +298,8 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
         answer waits for it, :func:`_after_commit`)."""
         started = time.perf_counter()
         try:
+            if not grouping:
+                return fn(*args)
             with db.grouped(asyncio.get_running_loop().call_soon):
                 return fn(*args)
         finally:

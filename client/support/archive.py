@@ -43,6 +43,7 @@ from semper.hardware.errors import HardwareError
 from semper.hardware.signer import Signer
 
 from .cms import EvidenceError, check_integrity, parse_statement, sign_statement
+from .db import commit_held_groups
 from .trust import TrustStore
 from .verify import VerifiedStatement, verify_statement
 
@@ -432,6 +433,7 @@ class Archive:
                 # the write lock first (a write as the transaction's first statement, plain SQL): appends
                 # from several processes (a shop's workers) then queue on SQLite's busy timeout instead of
                 # failing at once when a transaction that has read upgrades to a write
+                commit_held_groups(self.path)    # this thread's group on the file holds its write lock
                 self._db.execute("BEGIN")
                 self._db.execute("UPDATE archive_entry SET entry_index = entry_index WHERE entry_index < 0")
                 entries = _chained(rows, *self._tail())
@@ -510,6 +512,7 @@ class Archive:
             raise ArchiveError(f"this archive's checkpoints are signed by '{owner.subject.rfc4514_string()}'; "
                                f"'{statement.signer_cert.subject.rfc4514_string()}' is not its owner")
         try:
+            commit_held_groups(self.path)
             self._db.execute("BEGIN")
             self._db.execute("INSERT INTO archive_checkpoint (entry_index, head, created_at, statement) "
                              "VALUES (?, ?, ?, ?)", (index, head.hex(), created, der))

@@ -448,6 +448,32 @@ class _Group:
 
 
 GROUP_STEP = "semper_step"        # the savepoint each transaction of a commit group runs in
+_held = threading.local()         # the databases with a commit group open on this thread (held_groups)
+
+
+def _groups_held() -> list[Database]:
+    held: list[Database] | None = getattr(_held, "dbs", None)
+    if held is None:
+        held = _held.dbs = []
+    return held
+
+
+def commit_held_groups(path: str | Path | None = None) -> None:
+    """Commit the commit groups this thread holds (of the SQLite file at ``path``, or all), before this thread
+    waits for something a writer of the file may hold, or writes the file on a connection of its own (the
+    evidence archive, an exchange party's archive). Why: a group holds the file's write lock until its
+    commit, which this thread makes; waiting for that lock, or for a Python lock whose holder waits for it,
+    would stall the thread until the busy timeout (review of 2026-12-07). Raises the group's error when it
+    could not be committed: what the caller was about to do may rest on its work."""
+    held = getattr(_held, "dbs", None)
+    if not held:
+        return
+    target = None if path is None else Path(path).resolve()
+    for db in list(held):
+        if target is None or Path(db.dsn.target).resolve() == target:
+            error = db.commit_group()
+            if error is not None:
+                raise DatabaseError(f"this thread's commit group on {db.dsn.display} was lost: {error}") from error
 
 
 class Database:
@@ -463,6 +489,7 @@ class Database:
         # "commits": SQLite write transactions committed, a commit group once for all its transactions
         self.counts = {"read": 0, "write": 0, "statements": 0, "commits": 0}
         self._group_lost: list[Callable[[], None]] = []
+        self.groups_lost = 0                     # commit groups that failed to commit (an answer checks it)
         self._lock = threading.Lock()
         self._reset()
         if self.dsn.backend == "sqlite":
@@ -620,7 +647,11 @@ class Database:
                     return
             # (inside a transaction of the group: a read on the reader, as before; a write nested in it fails)
         elif getattr(self._local, "group", None) is not None:
-            self.commit_group()           # a transaction outside grouped(): the group's work is committed first
+            # a transaction outside grouped(): the group's work is committed first (what this one does may
+            # rest on it: if it was lost, this one is not begun)
+            lost = self.commit_group()
+            if lost is not None:
+                raise DatabaseError(f"this thread's commit group was lost before this transaction: {lost}") from lost
         conn = self._sqlite(write)
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -707,6 +738,9 @@ class Database:
         if group is None:
             return None
         self._local.group = None
+        held = _groups_held()
+        if self in held:
+            held.remove(self)
         error: BaseException | None = None
         try:
             group.conn.execute("COMMIT")
@@ -729,6 +763,8 @@ class Database:
         if error is not None:
             log.error("a commit group of %d transaction(s) on %s was not committed: %s", len(group.released),
                       self.dsn.display, error)
+            with self._lock:
+                self.groups_lost += 1
             for lost in self._group_lost:
                 try:
                     lost()
@@ -758,6 +794,7 @@ class Database:
             except sqlite3.Error as e:
                 raise BusyError(f"the database {self.dsn.target} is busy or unwritable: {e}") from None
             group = self._local.group = _Group(conn, [], [])
+            _groups_held().append(self)
             self._local.grouping(functools.partial(self._commit_scheduled, group))
         try:
             conn.execute("SAVEPOINT " + GROUP_STEP)
@@ -803,6 +840,9 @@ class Database:
         finally:
             if not conn.in_transaction and self._local.group is group:
                 self._local.group = None
+                held = _groups_held()
+                if self in held:
+                    held.remove(self)
                 self._end_group(group, DatabaseError("SQLite rolled the whole transaction back after an error"))
 
     @contextmanager
