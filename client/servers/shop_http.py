@@ -304,6 +304,11 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
                 return fn(*args)
         finally:
             took = time.perf_counter() - started
+            if took > LOOP_STEP_BUDGET and db.group_open():
+                # a slow step (its device, the disk): the group is not held for the rest of the turn, whose
+                # other steps may be slow too, while other threads wait for its write lock (a failure here is
+                # the waiting answers' 503: Database.groups_lost)
+                db.commit_group()
             pause = steps.took(took)
             if pause:
                 log.warning("card payment steps over %.0f ms held the event loop for more than %.0f ms within %.0f s, "
