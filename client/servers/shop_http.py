@@ -288,9 +288,11 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     tasks: set[asyncio.Task[Any]] = set()
     steps = LoopSteps()
 
-    db = shop.store.db
-    db.on_group_lost(shop.store.forget_all)
-    grouping = group_commits and db.backend == "sqlite"
+    store: Any = getattr(shop, "store", None)      # (a stand-in shop that only lists the routes has none)
+    db: Any = getattr(store, "db", None)
+    grouping = group_commits and db is not None and db.backend == "sqlite"
+    if grouping:
+        db.on_group_lost(store.forget_all)
 
     async def _here(fn: Any, *args: Any) -> Any:
         """Run the shop's step on the event loop, timed (:class:`LoopSteps`), its writes released into the
@@ -304,7 +306,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
                 return fn(*args)
         finally:
             took = time.perf_counter() - started
-            if took > LOOP_STEP_BUDGET and db.group_open():
+            if grouping and took > LOOP_STEP_BUDGET and db.group_open():
                 # a slow step (its device, the disk): the group is not held for the rest of the turn, whose
                 # other steps may be slow too, while other threads wait for its write lock (a failure here is
                 # the waiting answers' 503: Database.groups_lost)
@@ -439,7 +441,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     async def stats(request: web.Request) -> web.Response:
         return json_response({**await _call(shop.stats), "card_steps": dict(steps.counts)})
 
-    app = make_app([web.RouteDef(r.method, r.path, _after_commit(db, r.handler), r.kwargs)
+    app = make_app([web.RouteDef(r.method, r.path, _after_commit(db, r.handler) if grouping else r.handler, r.kwargs)
                     for r in routes if isinstance(r, web.RouteDef)])
     app[LOOP_STEPS] = steps
     mount_web(app, shop)                        # the web site: catalogue, order form, delivery (shop_web.py)
