@@ -55,10 +55,12 @@ def cmd_throughput(args: argparse.Namespace) -> int:
         report = bench_throughput(buyers=args.buyers, seconds=args.seconds, processes=args.processes,
                                   warmup=args.warmup, profile_seconds=0.0 if args.no_profile else args.profile_seconds,
                                   say=say, workers=args.workers, db=args.db, phases=args.phases,
-                                  keep_offers=not args.offer_every_purchase)
+                                  keep_offers=not args.offer_every_purchase, lean=args.lean_buyers)
     except ValueError as e:
         raise UsageError(str(e)) from None
     print_json(report)
+    if args.lean_buyers and (report["failed"] or report["failed_whole_run"] or not report["money"]["conserved"]):
+        return 1          # a purchase whose note did not check, or money not conserved: the figure is void
     return 0
 
 
@@ -134,6 +136,10 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--offer-every-purchase", action="store_true",
                    help="buyers ask the shop for its standing offer at every purchase instead of keeping it while "
                         "it is valid (the default): what a client that keeps nothing costs the shop")
+    p.add_argument("--lean-buyers", action="store_true",
+                   help="lean buyers: the real protocol on their own cards, orders signed before the window, no "
+                        "TINGUIN or archive, every note checked after it (bench/lean_buyers.py); exit status 1 "
+                        "when a purchase failed or money was not conserved")
     p.add_argument("--quiet", action="store_true", help="no progress lines on standard error")
     p.set_defaults(fn=cmd_throughput)
 
