@@ -148,11 +148,14 @@ class LeanBuyer:
 
 def tampered(p: Purchase, how: str, other: Purchase | None = None) -> Purchase:
     """``p`` with what the seller sent changed, for the tests that the check after the window can fail:
-    ``note``, one byte of the delivery note's signature flipped; ``other-order``, the seller's answers of
-    another purchase (``other``) handed over as this one's."""
+    ``note``, one letter of the delivery note's signed address changed (a field no check but the CMS
+    signature's covers); ``other-order``, the seller's answers of another purchase (``other``) handed over as
+    this one's."""
     import base64
 
     from semper.client.commerce.blocks import Paid
+
+    from .throughput import ADDRESS
     if how == "other-order":
         if other is None:
             raise ValueError("'other-order' needs another purchase")
@@ -160,13 +163,12 @@ def tampered(p: Purchase, how: str, other: Purchase | None = None) -> Purchase:
     if how != "note":
         raise ValueError(f"tamper with 'note' or 'other-order', not {how!r}")
     delivery = dict(p.paid.delivery or {})
-    raw = bytearray(base64.b64decode(str(delivery.get("delivery") or "")))
-    if not raw:
-        raise ValueError("the purchase has no delivery note to tamper with")
-    raw[-10] ^= 0x01                                  # inside the signature value, the CMS's last field
-    delivery["delivery"] = base64.b64encode(bytes(raw)).decode()
-    confirmation = p.paid.confirmation
-    return Purchase(p.pre, dataclasses.replace(p.paid, delivery=delivery, confirmation=confirmation))
+    raw = base64.b64decode(str(delivery.get("delivery") or ""))
+    city = ADDRESS["city"].encode()
+    if raw.count(city) != 1:
+        raise ValueError("the purchase's delivery note does not name the bench's city once")
+    delivery["delivery"] = base64.b64encode(raw.replace(city, city[:-1] + bytes([city[-1] ^ 0x01]))).decode()
+    return Purchase(p.pre, dataclasses.replace(p.paid, delivery=delivery))
 
 
 # ---- a worker process: some lean buyers, one thread each ------------------------------------------------

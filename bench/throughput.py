@@ -293,7 +293,7 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2, warmup: float = 2.0,
                      profile_seconds: float = 4.0, say: Callable[[str], None] | None = None, workers: int = 1,
                      db: str = "sqlite", phases: bool = False, keep_offers: bool = True, lean: bool = False,
-                     tamper: tuple[str, ...] = ()) -> dict[str, Any]:
+                     tamper: tuple[str, ...] = (), lean_orders: int | None = None) -> dict[str, Any]:
     """``workers``: ``semper serve shop --workers N`` (N > 1: the PSAM in a device process of its own; no
     profile, the profiling wrapper runs one process). ``db``: the shop's storage, SQLite in its folder or a
     PostgreSQL cluster of the run's own with durable commits (the other parties stay on SQLite, so the
@@ -305,7 +305,8 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
     interpreter, TINGUIN or archive; every purchase checked after the window), so that the seller is driven
     closer to its limit and its figure is less the buyers' interference. ``tamper`` (tests only, lean): the
     first purchases finishing in the window are checked with what the seller sent changed, one way each
-    (``lean_buyers.tampered``): the run must report them failed."""
+    (``lean_buyers.tampered``): the run must report them failed. ``lean_orders``: orders each lean buyer signs
+    before the window (default :func:`lean_supply`; the tests' small runs sign fewer)."""
     from semper.client.demo_world import World
     from semper.hardware.pcscd import VirtualCards
     tell = say or (lambda _line: None)
@@ -358,7 +359,8 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
                     report, results = _run(world, s.shop, seller, vc, specs, seconds, processes, warmup,
                                            profile_seconds, profile_file, tell, commits,
                                            _shop_counter(s.shop, world.root_pem), phases=phases,
-                                           keep_offers=keep_offers, lean=lean, tamper=tamper)
+                                           keep_offers=keep_offers, lean=lean, tamper=tamper,
+                                           lean_orders=lean_orders)
                     report.update(shop_workers=workers, db=db, buyers_keep_offers=keep_offers)
                     world.stop()                     # the shop lets go of its PSAM: read it for the money check
                     report["money"] = _money(specs, results, vc.readers[0])
@@ -417,8 +419,8 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
          processes: int,
          warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None],
          commits: Callable[[], int] | None = None, db_counts: Callable[[], dict[str, dict[str, int]]] | None = None,
-         *, phases: bool = False, keep_offers: bool = True, lean: bool = False, tamper: tuple[str, ...] = ()
-         ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+         *, phases: bool = False, keep_offers: bool = True, lean: bool = False, tamper: tuple[str, ...] = (),
+         lean_orders: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     groups = [specs[i::processes] for i in range(processes)]
@@ -428,7 +430,7 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
                    stop_at=offsets["window_end"] + profile_seconds)
     go, base = ctx.Event(), ctx.Value("d", 0.0)
     profiled = profile_seconds > 0 and not phases
-    supply = lean_supply(len(specs), offsets["stop_at"]) if lean else 0
+    supply = (lean_supply(len(specs), offsets["stop_at"]) if lean_orders is None else lean_orders) if lean else 0
     if lean:
         from .lean_buyers import lean_worker
         workers = [ctx.Process(target=lean_worker, args=(shop_url, world.root_pem, g, offsets, profiled, out, go, base,
