@@ -10,16 +10,17 @@ What a lean buyer does in the timed window, for each purchase, with the client's
 - an order signed on the buyer's card *before* the window (``presign``: the standing offer kept while valid,
   verified once, as the full client does; the confirmation text rendered by the TINGUIN's renderer and its
   digest in the order; one order per planned purchase, each with a deal id of its own);
-- the card's hello with the order (``blocks.start_early``: the purse payer flow's first step on the card),
-  ``POST /deals/order`` (``blocks.send_order``);
+- the card's hello with the order (as ``blocks.start_early``: the purse payer flow's first step on the card,
+  the negotiation of the module done once per buyer), ``POST /deals/order`` (``blocks.send_order``);
 - the purse debit between the card and the PSAM's messages and ``POST /deals/pay`` (``blocks.pay``: the
   shop's terms checked against the signed offer, then ``PayerFlow`` answers the PSAM's challenge on the card).
 
 What it skips in the window: the workflow interpreter and its progress lines, the TINGUIN (offer review,
 confirmation page), the card signature of the order (made before), any archive (``Deal.archive`` is None:
-nothing is written or flushed), and the checks of the seller's confirmation and delivery note, which run
-after the window (``check``: the client's own ``blocks.fetch_confirmation`` and ``blocks.await_delivery``,
-against the CA root) and fail the run when one does not pass. None of these is a message to the seller.
+nothing is written or flushed; the payment records are not kept), and the checks of the seller's
+confirmation and delivery note, which run after the window (``check``: the client's own
+``blocks.fetch_confirmation`` and ``blocks.await_delivery``, against the CA root) and fail the run when one
+does not pass. None of these is a message to the seller.
 """
 from __future__ import annotations
 
@@ -54,6 +55,17 @@ class Purchase:
     paid: Any                       # blocks.Paid: the payer's record, the seller's confirmation / delivery answer
 
 
+def _forgetful_store() -> Any:
+    """A payment record store that keeps nothing: the payer's records are what a client archives, and a lean
+    buyer archives nothing (the in-memory store wrote each record as JSON at every step, four a purchase)."""
+    from semper.client.payment.store import RecordStore
+
+    class Forgetful(RecordStore):
+        def put(self, record: Any) -> None:
+            pass
+    return Forgetful()
+
+
 class LeanBuyer:
     """One buyer: its card in process, a payment manager with the purse module only, the lean HTTPS client.
 
@@ -84,13 +96,14 @@ class LeanBuyer:
         piv = PivSession(self.card, select=False)
         signer = GatedSigner(PivSigner(piv, label="your card"), self.ui, select=piv.select, lock=lock)
         ctx = PartyContext(signer=signer, enter_pin=tinguin_pin(self.ui), purse=purse, select_signer=piv.select)
-        payments = PaymentManager(ctx, modules={"card-purse": PurseModule})
+        payments = PaymentManager(ctx, modules={"card-purse": PurseModule}, store=_forgetful_store())
         self.shop = ShopClient(shop_url, root_pem)
         trust = TrustStore([x509.load_pem_x509_certificate(root_pem.encode())])
         self.buyer = Buyer(self.ui, trust, self.shop, None, payments, signer=signer,  # type: ignore[arg-type]  # no archive: Deal takes None
                            card_lock=lock)
         self.orders: list[Presigned] = []
         self.signed_live = 0
+        self.choice: Any = None          # payment.model.Choice: the purse on this card, negotiated once
 
     def close(self) -> None:
         self.shop.close()
@@ -108,6 +121,7 @@ class LeanBuyer:
         from semper.client.commerce import blocks
         from semper.client.commerce import documents as docs
         from semper.client.commerce.deal import deal_attributes
+        from semper.client.payment.model import Acceptance
         from semper.client.tinguin.model import Action
 
         from .throughput import ADDRESS, ITEM_SKU
@@ -115,7 +129,30 @@ class LeanBuyer:
         deal, offer, vs = blocks.standing_offer(b, "mail-order", [(ITEM_SKU, 1)], deal_attributes("mail-order"))
         confirmed = blocks.review_and_confirm(b, deal, offer, vs, ADDRESS, Action.ORDER_AND_PAY)
         order = blocks.make_order(b, deal, offer, confirmed)
-        return Presigned(deal, offer, confirmed, order, docs.sha256_hex(order))
+        digest = docs.sha256_hex(order)
+        if self.choice is None:
+            self.choice = b.payments.choose(self._terms(offer, digest), [Acceptance("card-purse", (offer.currency,))],
+                                            deal.attributes.payment_requirements())
+        return Presigned(deal, offer, confirmed, order, digest)
+
+    @staticmethod
+    def _terms(offer: Any, digest: str) -> Any:
+        """The payment's terms as the signed offer and the order fix them (``blocks.start_early``'s)."""
+        from semper.client.commerce import documents as docs
+        from semper.client.payment.model import Terms
+        return Terms(docs.payment_id_for(offer.deal_id, digest), offer.total, offer.currency, offer.seller_account,
+                     digest)
+
+    def _start(self, pre: Presigned) -> Any:
+        """``blocks.start_early`` with the negotiation done once per buyer (it asked the card for its purse's
+        instruments at every purchase: two APDUs and the negotiation, the same answer each time): the purse
+        payer flow's first step on the card, the hello to go with the order."""
+        from semper.client.commerce.blocks import EarlyPayment
+        b = self.buyer
+        session = b.payments.pay(self._terms(pre.offer, pre.digest), self.choice)
+        with b.card_lock:
+            first = session.start()
+        return EarlyPayment(session, first)
 
     def buy(self) -> Purchase:
         """One purchase on the next pre-signed order (signed now if none is left): the card's hello with the
@@ -126,7 +163,7 @@ class LeanBuyer:
             self.orders.append(self._sign_one())
         pre = self.orders.pop()
         b = self.buyer
-        early = blocks.start_early(b, pre.deal, pre.offer, pre.order, pre.confirmed)
+        early = self._start(pre)
         answer = blocks.send_order(b, pre.deal, pre.offer, pre.order, early=early)
         if answer.get("next") != "payment":
             raise RuntimeError(f"the shop answered the order with next={answer.get('next')!r}, not 'payment'")
