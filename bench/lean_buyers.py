@@ -31,6 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+#: the lean buyers' default concurrency (``--buyers``, ``--processes``): enough purchases in flight that one shop
+#: worker is at its limit (more only lengthen the latency: docs/performance.md, "the lean load generator"), in
+#: as few runnable processes as keep the buyers' own CPU per purchase low
+LEAN_BUYERS = 8
+LEAN_PROCESSES = 2
 #: purchases per second the supply of pre-signed orders is made for; past it a buyer signs in the window
 #: (counted: ``orders_signed_live``), so a faster machine is measured honestly, only a little dearer
 SUPPLY_RATE = 700.0
