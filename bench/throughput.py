@@ -8,7 +8,9 @@ hashed, the order signed on the buyer's card, the purse debit between card and P
 confirmation and delivery note verified, everything archived on both sides); each buyer has its
 own card (simulated in process: a buyer's card is not the seller's cost), account and archive. They
 run as threads in a few worker processes, so that the buyers' CPU is spread the way the machine
-allows.
+allows. With ``--lean-buyers`` they are lean load generators instead (bench/lean_buyers.py): the same
+requests to the seller on their own cards, orders signed before the window, the purse debit live, no
+interpreter, TINGUIN or archive, every purchase's note checked after the window.
 
 Timeline of one run: every buyer buys once (connections and caches warm), then everybody buys
 for ``warmup`` seconds, then the timed window (purchases that *finish* in it count; the seller's,
