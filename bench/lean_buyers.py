@@ -246,7 +246,7 @@ def lean_worker(shop_url: str, root_pem: str, specs: list[Any], offsets: dict[st
             ready.abort()
             return
         try:
-            ready.wait(120)
+            ready.wait(600)                       # as long as the process waits: the others may still be signing
             if not planned.wait(120):
                 return
             while time.time() < plan["warmup_at"]:
