@@ -325,6 +325,10 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
         raise ValueError("--phases times the seller in the window after the timed one, in one shop process: it "
                          "needs that window (no --no-profile) and --workers 1")
     processes = min(processes, buyers)
+    if lean and warmup + seconds + profile_seconds > 20:
+        from semper.card_applet_sim.applets.psam import MAX_BATCH
+        tell(f"warning: the PSAM's batch holds {MAX_BATCH} proofs and the bench never closes it; lean buyers fill it "
+             "in about 20 s of buying, and a purchase past it fails the run (docs/performance.md)")
     if workers > 1:
         profile_seconds = 0.0
     from semper.hardware.simulator import card_keys_in
