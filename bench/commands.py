@@ -13,6 +13,8 @@ from pathlib import Path
 
 from semper.client.commands import UsageError, positive_float, positive_int, print_json
 
+from .lean_buyers import LEAN_BUYERS, LEAN_PROCESSES
+
 
 def cmd_apdu(args: argparse.Namespace) -> int:
     from .apdu import bench_apdu
@@ -51,14 +53,18 @@ def cmd_purchase(args: argparse.Namespace) -> int:
 def cmd_throughput(args: argparse.Namespace) -> int:
     from .throughput import bench_throughput
     say = None if args.quiet else (lambda line: print(f"[throughput] {line}", file=sys.stderr, flush=True))
+    buyers = args.buyers or (LEAN_BUYERS if args.lean_buyers else 16)
+    processes = args.processes or (LEAN_PROCESSES if args.lean_buyers else 2)
     try:
-        report = bench_throughput(buyers=args.buyers, seconds=args.seconds, processes=args.processes,
+        report = bench_throughput(buyers=buyers, seconds=args.seconds, processes=processes,
                                   warmup=args.warmup, profile_seconds=0.0 if args.no_profile else args.profile_seconds,
                                   say=say, workers=args.workers, db=args.db, phases=args.phases,
-                                  keep_offers=not args.offer_every_purchase)
+                                  keep_offers=not args.offer_every_purchase, lean=args.lean_buyers)
     except ValueError as e:
         raise UsageError(str(e)) from None
     print_json(report)
+    if args.lean_buyers and (report["failed"] or report["failed_whole_run"] or not report["money"]["conserved"]):
+        return 1          # a purchase whose note did not check, or money not conserved: the figure is void
     return 0
 
 
@@ -116,10 +122,11 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.set_defaults(fn=cmd_purchase)
 
     p = bench.add_parser("throughput", help="purchases per second at one seller with N concurrent buyers")
-    p.add_argument("--buyers", type=positive_int, default=16,
-                   help="concurrent buyers, each with its own card (default 16)")
+    p.add_argument("--buyers", type=positive_int, default=None,
+                   help=f"concurrent buyers, each with its own card (default 16; with --lean-buyers {LEAN_BUYERS})")
     p.add_argument("--seconds", type=positive_float, default=10.0, help="length of the timed window (default 10)")
-    p.add_argument("--processes", type=positive_int, default=2, help="worker processes the buyers run in (default 2)")
+    p.add_argument("--processes", type=positive_int, default=None,
+                   help=f"worker processes the buyers run in (default 2; with --lean-buyers {LEAN_PROCESSES})")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of buying before the window (default 2)")
     p.add_argument("--profile-seconds", type=float, default=4.0, help="profiled window after the timed one (default 4)")
     p.add_argument("--no-profile", action="store_true", help="skip the profiled window")
@@ -134,6 +141,10 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--offer-every-purchase", action="store_true",
                    help="buyers ask the shop for its standing offer at every purchase instead of keeping it while "
                         "it is valid (the default): what a client that keeps nothing costs the shop")
+    p.add_argument("--lean-buyers", action="store_true",
+                   help="lean buyers: the real protocol on their own cards, orders signed before the window, no "
+                        "TINGUIN or archive, every note checked after it (bench/lean_buyers.py); exit status 1 "
+                        "when a purchase failed or money was not conserved")
     p.add_argument("--quiet", action="store_true", help="no progress lines on standard error")
     p.set_defaults(fn=cmd_throughput)
 

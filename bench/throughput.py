@@ -8,7 +8,9 @@ hashed, the order signed on the buyer's card, the purse debit between card and P
 confirmation and delivery note verified, everything archived on both sides); each buyer has its
 own card (simulated in process: a buyer's card is not the seller's cost), account and archive. They
 run as threads in a few worker processes, so that the buyers' CPU is spread the way the machine
-allows.
+allows. With ``--lean-buyers`` they are lean load generators instead (bench/lean_buyers.py): the same
+requests to the seller on their own cards, orders signed before the window, the purse debit live, no
+interpreter, TINGUIN or archive, every purchase's note checked after the window.
 
 Timeline of one run: every buyer buys once (connections and caches warm), then everybody buys
 for ``warmup`` seconds, then the timed window (purchases that *finish* in it count; the seller's,
@@ -202,6 +204,17 @@ def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], offsets: dict[
 
 
 # ---- the parent: set up, time, read CPU, report --------------------------------------------------------
+#: seconds of one process's time to sign an order before the window (lean buyers), for the wait on their set-up
+PRESIGN_S = 0.02
+
+
+def lean_supply(buyers: int, seconds: float) -> int:
+    """Orders each lean buyer signs before the window: enough for ``lean_buyers.SUPPLY_RATE`` purchases per
+    second over the run's ``seconds`` (warm-up, window, profiled window) shared by ``buyers``."""
+    from .lean_buyers import SUPPLY_RATE
+    return math.ceil(SUPPLY_RATE * seconds / buyers)
+
+
 def _commit_counter(url: str) -> Callable[[], int]:
     """Transactions the shop's PostgreSQL database committed so far (``pg_stat_database``; its counters
     lag by up to the stats interval, so the window's edges are read after a short settle)."""
@@ -281,14 +294,21 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 
 def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2, warmup: float = 2.0,
                      profile_seconds: float = 4.0, say: Callable[[str], None] | None = None, workers: int = 1,
-                     db: str = "sqlite", phases: bool = False, keep_offers: bool = True) -> dict[str, Any]:
+                     db: str = "sqlite", phases: bool = False, keep_offers: bool = True, lean: bool = False,
+                     tamper: tuple[str, ...] = (), lean_orders: int | None = None) -> dict[str, Any]:
     """``workers``: ``semper serve shop --workers N`` (N > 1: the PSAM in a device process of its own; no
     profile, the profiling wrapper runs one process). ``db``: the shop's storage, SQLite in its folder or a
     PostgreSQL cluster of the run's own with durable commits (the other parties stay on SQLite, so the
     database server's CPU is all the seller's). ``phases``: the window after the timed one times the
     seller's phases (bench/phases.py: microseconds per purchase, at nearly the unprofiled speed) instead
     of profiling seller and buyers with yappi. ``keep_offers``: the buyers keep the shop's standing offer
-    while it is valid (the client's default); False, they ask for it at every purchase."""
+    while it is valid (the client's default); False, they ask for it at every purchase. ``lean``: the buyers
+    are lean (bench/lean_buyers.py: the real protocol on their own cards with pre-signed orders, no
+    interpreter, TINGUIN or archive; every purchase checked after the window), so that the seller is driven
+    closer to its limit and its figure is less the buyers' interference. ``tamper`` (tests only, lean): the
+    first purchases finishing in the window are checked with what the seller sent changed, one way each
+    (``lean_buyers.tampered``): the run must report them failed. ``lean_orders``: orders each lean buyer signs
+    before the window (default :func:`lean_supply`; the tests' small runs sign fewer)."""
     from semper.client.demo_world import World
     from semper.hardware.pcscd import VirtualCards
     tell = say or (lambda _line: None)
@@ -296,10 +316,19 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
         raise ValueError("buyers, processes, workers and seconds must be positive")
     if db not in ("sqlite", "postgresql"):
         raise ValueError(f"--db is sqlite or postgresql, not {db!r}")
+    if tamper and not lean:
+        raise ValueError("tamper is a test of the lean buyers' checks (lean=True)")
+    if lean and not keep_offers:
+        raise ValueError("--lean-buyers keep the shop's standing offer while it is valid: it cannot be combined "
+                         "with --offer-every-purchase")
     if phases and (profile_seconds <= 0 or workers > 1):
         raise ValueError("--phases times the seller in the window after the timed one, in one shop process: it "
                          "needs that window (no --no-profile) and --workers 1")
     processes = min(processes, buyers)
+    if lean and warmup + seconds + profile_seconds > 20:
+        from semper.card_applet_sim.applets.psam import MAX_BATCH
+        tell(f"warning: the PSAM's batch holds {MAX_BATCH} proofs and the bench never closes it; lean buyers fill it "
+             "in about 20 s of buying, and a purchase past it fails the run (docs/performance.md)")
     if workers > 1:
         profile_seconds = 0.0
     from semper.hardware.simulator import card_keys_in
@@ -336,7 +365,8 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
                     report, results = _run(world, s.shop, seller, vc, specs, seconds, processes, warmup,
                                            profile_seconds, profile_file, tell, commits,
                                            _shop_counter(s.shop, world.root_pem), phases=phases,
-                                           keep_offers=keep_offers)
+                                           keep_offers=keep_offers, lean=lean, tamper=tamper,
+                                           lean_orders=lean_orders)
                     report.update(shop_workers=workers, db=db, buyers_keep_offers=keep_offers)
                     world.stop()                     # the shop lets go of its PSAM: read it for the money check
                     report["money"] = _money(specs, results, vc.readers[0])
@@ -355,7 +385,10 @@ def _money(specs: list[BuyerSpec], results: list[dict[str, Any]], psam_reader: s
     from semper.hardware.purse import PurseSession
     from semper.hardware.simulator import open_card
     from semper.hardware.transport import PcscConnection
-    completed = sum(1 for r in results for _, _, ok, _ in r["samples"] if ok) + len(specs)   # + each first purchase
+    # + each buyer's first purchase; lean buyers count what paid (a purchase whose check after the window
+    # failed still moved its money)
+    completed = sum(r["lean"]["paid"] if "lean" in r else sum(1 for _, _, ok, _ in r["samples"] if ok)
+                    for r in results) + len(specs)
     spent = 0
     for spec in specs:
         with open_card(Path(spec.card), sync=False) as card:
@@ -392,7 +425,8 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
          processes: int,
          warmup: float, profile_seconds: float, profile_file: Path, tell: Callable[[str], None],
          commits: Callable[[], int] | None = None, db_counts: Callable[[], dict[str, dict[str, int]]] | None = None,
-         *, phases: bool = False, keep_offers: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+         *, phases: bool = False, keep_offers: bool = True, lean: bool = False, tamper: tuple[str, ...] = (),
+         lean_orders: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     groups = [specs[i::processes] for i in range(processes)]
@@ -401,10 +435,19 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
     offsets.update(profile_at=offsets["window_end"], profile_end=offsets["window_end"] + profile_seconds,
                    stop_at=offsets["window_end"] + profile_seconds)
     go, base = ctx.Event(), ctx.Value("d", 0.0)
-    workers = [ctx.Process(target=_worker, args=(shop_url, world.root_pem, g, offsets,
-                                                 profile_seconds > 0 and not phases, out, go,
-                                                 base, keep_offers), daemon=True) for g in groups]
-    tell(f"{len(specs)} buyers in {processes} processes; timed window {seconds:g} s after {warmup:g} s warm-up"
+    profiled = profile_seconds > 0 and not phases
+    supply = (lean_supply(len(specs), offsets["stop_at"]) if lean_orders is None else lean_orders) if lean else 0
+    if lean:
+        from .lean_buyers import lean_worker
+        workers = [ctx.Process(target=lean_worker, args=(shop_url, world.root_pem, g, offsets, profiled, out, go, base,
+                                                         keep_offers, supply, tamper if i == 0 else ()), daemon=True)
+                   for i, g in enumerate(groups)]
+    else:
+        workers = [ctx.Process(target=_worker, args=(shop_url, world.root_pem, g, offsets, profiled, out, go,
+                                                     base, keep_offers), daemon=True) for g in groups]
+    tell(f"{len(specs)} {'lean ' if lean else ''}buyers in {processes} processes"
+         + (f", {supply} orders each signed before the window" if lean else "")
+         + f"; timed window {seconds:g} s after {warmup:g} s warm-up"
          + (f", then {profile_seconds:g} s {'with the seller phase-timed' if phases else 'profiled'}"
             if profile_seconds > 0 else ""))
     for w in workers:
@@ -413,7 +456,7 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
     try:
         ready = 0
         while ready < processes:
-            msg = next_message(out, workers, 60 + 2.0 * len(specs))
+            msg = next_message(out, workers, 60 + 2.0 * len(specs) + PRESIGN_S * supply * len(specs))
             if "error" in msg:
                 raise RuntimeError(f"a buyer process could not start: {msg['error']}")
             ready += 1
@@ -449,7 +492,14 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
             if w.is_alive():
                 w.kill()
     report = _report(specs, seconds, processes, warmup, plan, results, before, after, profile_file, profile_seconds,
-                     phases)
+                     phases, lean)
+    if lean:
+        # the lean buyers' own counts: purchases paid (checked after the window), checks that failed, orders they
+        # had to sign in the window (the pre-signed supply ran out), requests the checks made (0: everything the
+        # check needs came with the payment's answer, as the full client gets it)
+        report["lean"] = {k: sum(int(r["lean"][k]) for r in results)
+                          for k in ("paid", "check_failed", "orders_signed_live", "check_requests")}
+        report["lean"]["orders_signed_before_per_buyer"] = supply + 1
     if len(committed) == 2 and report["purchases"]:
         # the window's commits over the purchases that finished in it (a few at the edges belong to neighbours)
         report["db_commits_per_purchase"] = round((committed[1] - committed[0]) / report["purchases"], 2)
@@ -483,7 +533,7 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
 
 def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: float, plan: dict[str, float],
             results: list[dict[str, Any]], before: dict[str, float], after: dict[str, float], profile_file: Path,
-            profile_seconds: float, phases: bool = False) -> dict[str, Any]:
+            profile_seconds: float, phases: bool = False, lean: bool = False) -> dict[str, Any]:
     inside = [(t, dt, ok, why) for r in results for t, dt, ok, why in r["samples"]
               if plan["window_at"] <= t + dt <= plan["window_end"]]
     done = [dt for _, dt, ok, _ in inside if ok]
@@ -504,8 +554,12 @@ def _report(specs: list[BuyerSpec], seconds: float, processes: int, warmup: floa
         "bench": "throughput",
         "what": "mail-order purchases paid from the card purse at one seller ('semper serve shop': token in "
                 "SoftHSM2, PSAM behind pcscd with durable writes, evidence archived, deals in its database), N "
-                "buyers at once, each a full client with its own in-process card and archive; CA, bank and third "
-                "party on loopback HTTPS",
+                + ("buyers at once, each a lean load generator with its own in-process card (orders signed on it "
+                   "before the window, the purse debit live, no archive; every purchase's confirmation and "
+                   "delivery note checked after the window: bench/lean_buyers.py)" if lean else
+                   "buyers at once, each a full client with its own in-process card and archive") +
+                "; CA, bank and third party on loopback HTTPS",
+        "buyer_kind": "lean" if lean else "full",
         "buyers": len(specs), "buyer_processes": processes, "window_s": seconds, "warmup_s": warmup,
         "purchases": len(done), "failed": len(failed), "failed_whole_run": len(failed_anywhere),
         "failures": sorted(set(failed_anywhere))[:5],
