@@ -340,3 +340,96 @@ def test_a_group_lost_when_committed_early_is_raised_and_not_answered_as_done(tm
     asyncio.run(main())
     assert _committed(path) == []
     archive.close()
+
+
+# ---- from the second review of 2026-12-07 ------------------------------------------------------------------
+def test_a_read_transaction_in_a_group_cannot_write(tmp_path: Path) -> None:
+    db, later = _db(tmp_path), Later()
+    with db.grouped(later):
+        _put(db, "a")
+        with pytest.raises(DatabaseError):
+            with db.transaction(write=False) as tx:
+                tx.execute("INSERT INTO t VALUES ('written by a read', 1)")
+        _put(db, "b")                            # and the group's writes go on after it
+    later.run()
+    assert _committed(tmp_path / "x.sqlite3") == ["a", "b"]
+
+
+def test_a_request_to_another_service_commits_the_threads_group_first(tmp_path: Path) -> None:
+    """A card step on the loop may ask the acquirer (a late proof the PSAM no longer holds): its group must not
+    hold the file's write lock for the request's whole timeout, while the shop's other threads wait for it."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from semper.client.support.channels import ChannelError, JsonClient
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test root")])
+    now = dt.datetime.now(dt.UTC)
+    root = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    db, later = _db(tmp_path), Later()
+    bank = JsonClient("https://127.0.0.1:1", root.public_bytes(serialization.Encoding.PEM), timeout=2, name="the bank")
+    with db.grouped(later):
+        _put(db, "a")
+        with pytest.raises(ChannelError):        # nobody listens there: refused at once
+            bank.get("/anything")
+        assert not db.group_open()
+    assert _committed(tmp_path / "x.sqlite3") == ["a"]
+
+
+def test_the_next_holder_of_a_payments_step_lock_sees_the_step_released_into_a_group(tmp_path: Path) -> None:
+    """The loop's step of a payment went into its group and released the payment's step lock before the group
+    committed: a pool thread waiting for the lock (the same message again) read the session as last committed
+    and asked the device for the step a second time. It waits for the group's end now."""
+    import threading
+    import time
+
+    from semper.client.payment.manager import PaymentManager
+    from semper.client.payment.model import Acceptance, Status, Terms
+    from semper.client.payment.module import PartyContext, Step
+    from semper.client.payment.modules.setpay import SetPayModule
+    from semper.client.payment.sessions import DatabaseSessions
+    from semper.client.payment.store import RecordStore
+    asked: list[str] = []
+    stepping = threading.Event()
+
+    class Counted(SetPayModule):
+        def acceptance(self) -> Acceptance | None:
+            return Acceptance(self.name, (978,), 1)
+
+        def payee_flow(self, terms: Terms) -> Any:
+            class Flow:
+                def step(self, incoming: Any) -> Step:
+                    if incoming.get("kind") == "hello":
+                        return Step({"kind": "challenge"})
+                    asked.append(threading.current_thread().name)       # the device's step
+                    if threading.current_thread() is threading.main_thread():
+                        stepping.set()
+                        time.sleep(0.2)
+                    return Step({"kind": "result"}, done=True, status=Status.CAPTURED)
+            return Flow()
+    db, later = _db(tmp_path), Later()
+    payee = PaymentManager(PartyContext(account="seller"), modules={"setpay": Counted}, store=RecordStore(db=db),
+                           sessions=DatabaseSessions(db))
+    terms = Terms.new(100, 978, "seller", b"order", "seller")
+    payee.expect(terms)
+    payee.handle({"payment_id": terms.payment_id, "module": "setpay", "body": {"kind": "hello"}})
+    proof = {"payment_id": terms.payment_id, "module": "setpay", "body": {"kind": "proof"}}
+    out: dict[str, Any] = {}
+
+    def pool() -> None:
+        stepping.wait(5)
+        out["pool"] = payee.handle(proof)
+    t = threading.Thread(target=pool, name="pool")
+    t.start()
+    with db.grouped(later):
+        out["loop"] = payee.handle(proof)
+    time.sleep(0.1)                              # the rest of the loop's turn
+    later.run()
+    t.join(10)
+    assert asked == ["MainThread"] and out["pool"] == out["loop"], (asked, out)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ..support.db import commit_held_groups, from_json, to_json
+from ..support.db import commit_held_groups, from_json, held_group_ended, to_json
 from ..support.shapes import Shape
 from .errors import ModuleNotFound, NegotiationError, PaymentError, ProtocolError
 from .model import Acceptance, Choice, ExchangeProperties, Instrument, Record, Status, Terms
@@ -46,6 +46,9 @@ NO_REQUIREMENTS = Requirements()      # the default: any module the two sides sh
 _STEP_KEY = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 M = TypeVar("M")
+
+
+AFTER_GROUP_WAIT = 10.0      # seconds a step waits for the commit of the group the last step went into
 
 class Envelope(Shape, frozen=True):
     """How every payment message travels: which payment, which module, and the module's own message
@@ -110,6 +113,9 @@ class PaymentManager:
                 self.problems[name] = f"{type(e).__name__}: {e}"
         self._lock = threading.Lock()
         self._steps: dict[str, threading.Lock] = {}        # one step at a time per payment in this process
+        # a payment whose last step's save went into a commit group not committed yet: (the thread, the
+        # group's end), for the next holder of another thread to wait for (_stepping)
+        self._after: dict[str, tuple[int, threading.Event]] = {}
 
     # ---- what is here ------------------------------------------------------------------------
     def module(self, name: str) -> PaymentModule:
@@ -210,16 +216,31 @@ class PaymentManager:
 
     @contextmanager
     def _stepping(self, pid: str) -> Iterator[None]:
-        """The payment's step lock. When another thread holds it, this thread's commit groups are committed
-        before it waits: the holder may be waiting for their write lock to save its step (a deadlock until
-        the database's busy timeout otherwise; review of 2026-12-07)."""
+        """The payment's step lock, held across its step and the step's save.
+
+        Commit groups (``Database.grouped``, the shop's event loop) change two things. When another thread
+        holds the lock, this thread's groups are committed before it waits: the holder may be waiting for
+        their write lock to save its step (a deadlock until the busy timeout otherwise). And a holder whose
+        save went into its group, not yet committed, hands the group's end to the next holder of another
+        thread, who waits for it before reading the session: it would read the session as last committed and
+        ask the device for the step again (second review of 2026-12-07)."""
         lock = self._step_lock(pid)
         if not lock.acquire(blocking=False):
             commit_held_groups()
             lock.acquire()
         try:
+            with self._lock:
+                after = self._after.pop(pid, None)
+            if after is not None and after[0] != threading.get_ident():
+                after[1].wait(AFTER_GROUP_WAIT)     # the last holder's loop commits at its next turn
             yield
         finally:
+            ended = held_group_ended()
+            if ended is not None:
+                with self._lock:
+                    self._after[pid] = (threading.get_ident(), ended)
+                    if len(self._after) > 4096:
+                        self._after = {k: v for k, v in self._after.items() if not v[1].is_set()}
             lock.release()
 
     def handle(self, envelope: dict[str, Any]) -> dict[str, Any] | None:

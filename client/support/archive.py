@@ -43,7 +43,7 @@ from semper.hardware.errors import HardwareError
 from semper.hardware.signer import Signer
 
 from .cms import EvidenceError, check_integrity, parse_statement, sign_statement
-from .db import commit_held_groups
+from .db import DatabaseError, commit_held_groups
 from .trust import TrustStore
 from .verify import VerifiedStatement, verify_statement
 
@@ -125,6 +125,16 @@ def _schema_statements(dialect: str) -> list[str]:
 
 
 # ---- errors -------------------------------------------------------------------------------------
+
+
+def _commit_groups_of(path: Path) -> None:
+    """This thread's commit groups on the archive's file committed before its own connection writes it
+    (``support.db.commit_held_groups``); a lost one is this archive's error to its caller."""
+    try:
+        commit_held_groups(path)
+    except DatabaseError as e:
+        raise ArchiveError(f"cannot write to {path}: {e}") from None
+
 class ArchiveError(EvidenceError):
     """The archive cannot do what was asked (missing file, busy, no signer, ...); in a service, its own
     fault (500)."""
@@ -433,7 +443,7 @@ class Archive:
                 # the write lock first (a write as the transaction's first statement, plain SQL): appends
                 # from several processes (a shop's workers) then queue on SQLite's busy timeout instead of
                 # failing at once when a transaction that has read upgrades to a write
-                commit_held_groups(self.path)    # this thread's group on the file holds its write lock
+                _commit_groups_of(self.path)     # this thread's group on the file holds its write lock
                 self._db.execute("BEGIN")
                 self._db.execute("UPDATE archive_entry SET entry_index = entry_index WHERE entry_index < 0")
                 entries = _chained(rows, *self._tail())
@@ -512,7 +522,7 @@ class Archive:
             raise ArchiveError(f"this archive's checkpoints are signed by '{owner.subject.rfc4514_string()}'; "
                                f"'{statement.signer_cert.subject.rfc4514_string()}' is not its owner")
         try:
-            commit_held_groups(self.path)
+            _commit_groups_of(self.path)
             self._db.execute("BEGIN")
             self._db.execute("INSERT INTO archive_checkpoint (entry_index, head, created_at, statement) "
                              "VALUES (?, ?, ?, ?)", (index, head.hex(), created, der))

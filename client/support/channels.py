@@ -39,6 +39,8 @@ import httpx
 
 from semper.hardware.errors import SemperError
 
+from .db import commit_held_groups
+
 MAX_RESPONSE = 8 * 1024 * 1024
 DEFAULT_TIMEOUT = 15.0
 MAX_IDLE = 16                 # idle kept-alive connections a client keeps
@@ -527,6 +529,9 @@ class JsonClient(_Base):
 
     def request(self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None
                 ) -> tuple[int, str, bytes]:
+        # a thread holding a commit group of a database (the shop's event loop: a late proof cleared at the
+        # acquirer) commits it before it waits on the network: the group holds its file's write lock
+        commit_held_groups()
         url = self.url(path)
         where = self.where(url)
         origin = self._origin

@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -445,6 +445,7 @@ class _Group:
     conn: sqlite3.Connection
     released: list[Transaction]
     done: list[Callable[[BaseException | None], None]]
+    ended: threading.Event = field(default_factory=threading.Event)    # set once committed or lost
 
 
 GROUP_STEP = "semper_step"        # the savepoint each transaction of a commit group runs in
@@ -456,6 +457,17 @@ def _groups_held() -> list[Database]:
     if held is None:
         held = _held.dbs = []
     return held
+
+
+def held_group_ended() -> threading.Event | None:
+    """An event set once this thread's open commit group has committed or was lost (None: it holds none).
+    What a lock released with work in a group hands to the next holder, who must not read around it
+    (``PaymentManager._stepping``)."""
+    for db in getattr(_held, "dbs", None) or ():
+        group: _Group | None = getattr(db._local, "group", None)
+        if group is not None:
+            return group.ended
+    return None
 
 
 def commit_held_groups(path: str | Path | None = None) -> None:
@@ -775,6 +787,7 @@ class Database:
                 tx._ended(error is None)
             except Exception:
                 log.exception("what had to follow a transaction of a commit group failed")
+        group.ended.set()
         for fn in group.done:
             try:
                 fn(error)
@@ -855,10 +868,14 @@ class Database:
         tx = Transaction(group.conn, "sqlite")
         outer = self._enter_snapshot(tx, False)
         self._local.group_reads = getattr(self._local, "group_reads", 0) + 1
+        if self._local.group_reads == 1:
+            group.conn.execute("PRAGMA query_only = 1")     # a read that tries to write fails, as outside a group
         try:
             yield tx
         finally:
             self._local.group_reads -= 1
+            if not self._local.group_reads:
+                group.conn.execute("PRAGMA query_only = 0")
             self._local.snapshot = outer
             tx._ended(False)
 
