@@ -224,7 +224,7 @@ def lean_worker(shop_url: str, root_pem: str, specs: list[Any], offsets: dict[st
     cannot buy fails before the window), then buys until the run stops; after the stop every purchase is
     checked, and a purchase whose check fails is a failed sample. ``tamper`` (tests only): the first
     purchases finishing in the window are handed to the check changed (:func:`tampered`)."""
-    from .profiling import CpuProfile
+    from .throughput import drive_window
     if not keep_offers:
         out.put({"error": "lean buyers keep the standing offer while it is valid (no --offer-every-purchase)"})
         return
@@ -263,41 +263,13 @@ def lean_worker(shop_url: str, root_pem: str, specs: list[Any], offsets: dict[st
         except threading.BrokenBarrierError:
             pass
 
-    ready = threading.Barrier(len(specs) + 1)
-    threads = [threading.Thread(target=run, args=(s, ready), daemon=True) for s in specs]
-    for t in threads:
-        t.start()
-    try:
-        ready.wait(600)
-    except threading.BrokenBarrierError:
-        out.put({"error": "; ".join(errors) or "a buyer did not get ready"})
+    window = drive_window(run, specs, plan, planned, errors, out, go, base, offsets, profile, ready_s=600)
+    if window is None:
         return
-    out.put({"ready": True})
-    if not go.wait(120):
-        return
-    plan.update({k: base.value + v for k, v in offsets.items()})
-    planned.set()
-    cpu: dict[str, float] = {}
-    prof = CpuProfile() if profile else None
-
-    def at(when: float) -> None:
-        time.sleep(max(0.0, when - time.time()))
-    at(plan["window_at"])
-    cpu["start"] = time.process_time()
-    at(plan["window_end"])
-    cpu["end"] = time.process_time()
-    summary = None
-    if prof is not None:
-        at(plan["profile_at"])
-        prof.start()
-        at(plan["profile_end"])
-        summary = prof.stop()
-    for t in threads:
-        t.join(plan["stop_at"] - time.time() + 60)
     requests_before = sum(b.shop.requests for b in buyers)
     checked = _check_all(samples, plan, tamper)
-    out.put({"samples": [(s[0], s[1], s[2], s[3]) for s in samples], "cpu_s": cpu["end"] - cpu["start"],
-             "profile": summary, "errors": errors,
+    out.put({"samples": [(s[0], s[1], s[2], s[3]) for s in samples], "cpu_s": window[0],
+             "profile": window[1], "errors": errors,
              "lean": {**checked, "orders_signed_live": sum(b.signed_live for b in buyers),
                       "check_requests": sum(b.shop.requests for b in buyers) - requests_before}})
     for b in buyers:

@@ -122,7 +122,6 @@ def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], offsets: dict[
     from semper.hardware.simulator import open_card
 
     from .policy_ui import PolicyUI
-    from .profiling import CpuProfile
     samples: list[tuple[float, float, bool, str]] = []
     lock = threading.Lock()
     errors: list[str] = []
@@ -169,29 +168,41 @@ def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], offsets: dict[
 
     plan: dict[str, float] = {}
     planned = threading.Event()
+    window = drive_window(buyer, specs, plan, planned, errors, out, go, base, offsets, profile, ready_s=120)
+    if window is not None:
+        out.put({"samples": samples, "cpu_s": window[0], "profile": window[1], "errors": errors})
+
+
+def drive_window(buyer: Callable[..., None], specs: list[Any], plan: dict[str, float], planned: threading.Event,
+                 errors: list[str], out: Any, go: Any, base: Any, offsets: dict[str, float], profile: bool,
+                 ready_s: float) -> tuple[float, Any] | None:
+    """A worker process's side of the run's timeline, for either kind of buyer: one thread per buyer
+    (``buyer(spec, ready)``), ready reported to the parent, the plan set when it says go, the process's CPU
+    read at the timed window's edges, the profiled window if asked, the buyers joined. (The window's CPU
+    seconds, the profile's summary), or None when the run ended before its window (the parent was told)."""
+    from .profiling import CpuProfile
     ready = threading.Barrier(len(specs) + 1)
     threads = [threading.Thread(target=buyer, args=(s, ready), daemon=True) for s in specs]
     for t in threads:
         t.start()
     try:
-        ready.wait(120)
+        ready.wait(ready_s)
     except threading.BrokenBarrierError:
         out.put({"error": "; ".join(errors) or "a buyer did not get ready"})
-        return
+        return None
     out.put({"ready": True})
     if not go.wait(120):
-        return
+        return None
     plan.update({k: base.value + v for k, v in offsets.items()})
     planned.set()
-    cpu: dict[str, float] = {}
     prof = CpuProfile() if profile else None
 
     def at(when: float) -> None:
         time.sleep(max(0.0, when - time.time()))
     at(plan["window_at"])
-    cpu["start"] = time.process_time()
+    start = time.process_time()
     at(plan["window_end"])
-    cpu["end"] = time.process_time()
+    cpu_s = time.process_time() - start
     summary = None
     if prof is not None:
         at(plan["profile_at"])
@@ -200,7 +211,7 @@ def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], offsets: dict[
         summary = prof.stop()
     for t in threads:
         t.join(plan["stop_at"] - time.time() + 60)
-    out.put({"samples": samples, "cpu_s": cpu["end"] - cpu["start"], "profile": summary, "errors": errors})
+    return cpu_s, summary
 
 
 # ---- the parent: set up, time, read CPU, report --------------------------------------------------------
