@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,7 +223,7 @@ def lean_worker(shop_url: str, root_pem: str, specs: list[Any], offsets: dict[st
     cannot buy fails before the window), then buys until the run stops; after the stop every purchase is
     checked, and a purchase whose check fails is a failed sample. ``tamper`` (tests only): the first
     purchases finishing in the window are handed to the check changed (:func:`tampered`)."""
-    from .throughput import drive_window
+    from .throughput import buy_until_stopped, drive_window
     if not keep_offers:
         out.put({"error": "lean buyers keep the standing offer while it is valid (no --offer-every-purchase)"})
         return
@@ -247,19 +246,13 @@ def lean_worker(shop_url: str, root_pem: str, specs: list[Any], offsets: dict[st
             return
         try:
             ready.wait(600)                       # as long as the process waits: the others may still be signing
-            if not planned.wait(120):
-                return
-            while time.time() < plan["warmup_at"]:
-                time.sleep(0.005)
-            while time.time() < plan["stop_at"]:
-                t0, p0 = time.time(), time.perf_counter()
-                try:
-                    p: Purchase | None = lb.buy()
-                    ok, why = True, ""
-                except Exception as e:   # a failed purchase is a finding, not a crash of the benchmark
-                    p, ok, why = None, False, f"{type(e).__name__}: {e}"[:300]
+            def one() -> tuple[bool, str, Any]:
+                return True, "", lb.buy()
+
+            def keep(t0: float, took: float, ok: bool, why: str, made: Any) -> None:
                 with lock:
-                    samples.append([t0, time.perf_counter() - p0, ok, why, p, lb])
+                    samples.append([t0, took, ok, why[:300], made, lb])
+            buy_until_stopped(plan, planned, one, keep)
         except threading.BrokenBarrierError:
             pass
 

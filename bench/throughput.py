@@ -145,21 +145,16 @@ def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], offsets: dict[
                 ready.abort()
                 return
             ready.wait(60)
-            if not planned.wait(120):
-                return
-            while time.time() < plan["warmup_at"]:
-                time.sleep(0.005)
-            while time.time() < plan["stop_at"]:
-                t0, p0 = time.time(), time.perf_counter()
-                try:
-                    r = mail_order(b, [(ITEM_SKU, 1)], form=ADDRESS)
-                    ok, why = r.status is OutcomeStatus.SATISFIED, r.summary
-                except Exception as e:   # a failed purchase is a finding, not a crash of the benchmark
-                    ok, why = False, f"{type(e).__name__}: {e}"
+            def one() -> tuple[bool, str, Any]:
+                r = mail_order(b, [(ITEM_SKU, 1)], form=ADDRESS)
+                return r.status is OutcomeStatus.SATISFIED, r.summary, None
+
+            def keep(t0: float, took: float, ok: bool, why: str, _made: Any) -> None:
                 with lock:
-                    samples.append((t0, time.perf_counter() - p0, ok, "" if ok else why[:300]))
+                    samples.append((t0, took, ok, "" if ok else why[:300]))
                 for bucket in (ui.offers, ui.confirmations, ui.pins, ui.steps, ui.outcomes):
                     bucket.clear()
+            buy_until_stopped(plan, planned, one, keep)
         except threading.BrokenBarrierError:
             pass
         finally:
@@ -171,6 +166,24 @@ def _worker(shop_url: str, root_pem: str, specs: list[BuyerSpec], offsets: dict[
     window = drive_window(buyer, specs, plan, planned, errors, out, go, base, offsets, profile, ready_s=120)
     if window is not None:
         out.put({"samples": samples, "cpu_s": window[0], "profile": window[1], "errors": errors})
+
+
+def buy_until_stopped(plan: dict[str, float], planned: threading.Event, one: Callable[[], tuple[bool, str, Any]],
+                      keep: Callable[[float, float, bool, str, Any], None]) -> None:
+    """A buyer's part of the run's timeline: the plan awaited, the warm-up's start, then purchases (``one()``:
+    whether it succeeded, why not, what it made) until the stop, each kept with its start and duration. A
+    purchase that raises is a failed one (a finding, not a crash of the benchmark)."""
+    if not planned.wait(120):
+        return
+    while time.time() < plan["warmup_at"]:
+        time.sleep(0.005)
+    while time.time() < plan["stop_at"]:
+        t0, p0 = time.time(), time.perf_counter()
+        try:
+            ok, why, made = one()
+        except Exception as e:
+            ok, why, made = False, f"{type(e).__name__}: {e}", None
+        keep(t0, time.perf_counter() - p0, ok, why, made)
 
 
 def drive_window(buyer: Callable[..., None], specs: list[Any], plan: dict[str, float], planned: threading.Event,

@@ -358,22 +358,11 @@ def test_a_read_transaction_in_a_group_cannot_write(tmp_path: Path) -> None:
 def test_a_request_to_another_service_commits_the_threads_group_first(tmp_path: Path) -> None:
     """A card step on the loop may ask the acquirer (a late proof the PSAM no longer holds): its group must not
     hold the file's write lock for the request's whole timeout, while the shop's other threads wait for it."""
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from test_chaos import _self_signed_pem
 
     from semper.client.support.channels import ChannelError, JsonClient
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test root")])
-    now = dt.datetime.now(dt.UTC)
-    root = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
     db, later = _db(tmp_path), Later()
-    bank = JsonClient("https://127.0.0.1:1", root.public_bytes(serialization.Encoding.PEM), timeout=2, name="the bank")
+    bank = JsonClient("https://127.0.0.1:1", _self_signed_pem(), timeout=2, name="the bank")
     with db.grouped(later):
         _put(db, "a")
         with pytest.raises(ChannelError):        # nobody listens there: refused at once
