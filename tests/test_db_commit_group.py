@@ -422,3 +422,29 @@ def test_the_next_holder_of_a_payments_step_lock_sees_the_step_released_into_a_g
     later.run()
     t.join(10)
     assert asked == ["MainThread"] and out["pool"] == out["loop"], (asked, out)
+
+
+def test_a_slow_card_step_commits_its_group_at_once_and_a_quick_one_leaves_it_to_the_turn(tmp_path: Path) -> None:
+    """A step slower than the loop's budget (a slow PSAM, the disk) does not leave the file's write lock held by
+    its group for the rest of the turn, while the shop's other threads wait for it."""
+    import time
+
+    from semper.client.servers.shop_http import LOOP_STEP_BUDGET, LoopSteps, step_on_loop
+    path = tmp_path / "x.sqlite3"
+    db = _db(tmp_path)
+
+    def step(k: str, seconds: float) -> str:
+        _put(db, k)
+        time.sleep(seconds)
+        return k
+
+    async def main() -> tuple[bool, list[Any], bool, list[Any]]:
+        steps = LoopSteps()
+        assert step_on_loop(db, steps, step, "quick", 0.0) == "quick"
+        quick = db.group_open(), _committed(path)
+        await asyncio.sleep(0.01)                # the turn ends: its group commits
+        assert step_on_loop(db, steps, step, "slow", LOOP_STEP_BUDGET * 1.5) == "slow"
+        return quick[0], quick[1], db.group_open(), _committed(path)
+    quick_open, quick_seen, slow_open, slow_seen = asyncio.run(main())
+    assert quick_open and quick_seen == []
+    assert not slow_open and slow_seen == ["quick", "slow"]

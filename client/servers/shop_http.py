@@ -118,6 +118,31 @@ class DealRef(Shape, frozen=True):
     deal: str
 
 
+def step_on_loop(db: Any, steps: LoopSteps, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a card step on the running event loop, timed (:class:`LoopSteps`); with ``db``, its writes released
+    into the loop's commit group (``Database.grouped``: one commit for the steps of a turn of the loop; every
+    answer waits for it, :func:`_after_commit`). A step slower than :data:`LOOP_STEP_BUDGET` (its device, the
+    disk) commits the group at once: the group is not held for the rest of the turn, whose other steps may be
+    slow too, while other threads wait for its write lock (a failure there is the waiting answers' 503:
+    ``Database.groups_lost``)."""
+    started = time.perf_counter()
+    try:
+        if db is None:
+            return fn(*args)
+        with db.grouped(asyncio.get_running_loop().call_soon):
+            return fn(*args)
+    finally:
+        took = time.perf_counter() - started
+        if db is not None and took > LOOP_STEP_BUDGET and db.group_open():
+            db.commit_group()
+        pause = steps.took(took)
+        if pause:
+            log.warning("card payment steps over %.0f ms held the event loop for more than %.0f ms within %.0f s, "
+                        "the last one %.0f ms (a slow PSAM, device or disk); the next ones run in the worker "
+                        "pool for %.0f s", LOOP_STEP_BUDGET * 1000, SLOW_ALLOWANCE * 1000, SLOW_WINDOW,
+                        took * 1000, pause)
+
+
 def _after_commit(db: Any, handler: Any) -> Any:
     """``handler``, answering (its response or its refusal) only once the event loop's commit group, if one is
     open, has committed: what the answer says may rest on work released into it (the step's own, or one a
@@ -295,28 +320,8 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
         db.on_group_lost(store.forget_all)
 
     async def _here(fn: Any, *args: Any) -> Any:
-        """Run the shop's step on the event loop, timed (:class:`LoopSteps`), its writes released into the
-        loop's commit group (``Database.grouped``: one commit for the steps of a turn of the loop; every
-        answer waits for it, :func:`_after_commit`)."""
-        started = time.perf_counter()
-        try:
-            if not grouping:
-                return fn(*args)
-            with db.grouped(asyncio.get_running_loop().call_soon):
-                return fn(*args)
-        finally:
-            took = time.perf_counter() - started
-            if grouping and took > LOOP_STEP_BUDGET and db.group_open():
-                # a slow step (its device, the disk): the group is not held for the rest of the turn, whose
-                # other steps may be slow too, while other threads wait for its write lock (a failure here is
-                # the waiting answers' 503: Database.groups_lost)
-                db.commit_group()
-            pause = steps.took(took)
-            if pause:
-                log.warning("card payment steps over %.0f ms held the event loop for more than %.0f ms within %.0f s, "
-                            "the last one %.0f ms (a slow PSAM, device or disk); the next ones run in the worker "
-                            "pool for %.0f s", LOOP_STEP_BUDGET * 1000, SLOW_ALLOWANCE * 1000, SLOW_WINDOW,
-                            took * 1000, pause)
+        """Run the shop's step on the event loop (:func:`step_on_loop`)."""
+        return step_on_loop(db if grouping else None, steps, fn, *args)
 
     def _runner(envelope: Any) -> Callable[..., Any]:
         """Where a payment step runs: on the loop when it is local work and local steps are quick now."""
