@@ -197,10 +197,14 @@ def test_other_threads_wait_for_the_group_and_then_see_it(tmp_path: Path) -> Non
     assert seen == [(0,), (2,)]
 
 
-def test_without_grouped_a_transaction_commits_at_once(tmp_path: Path) -> None:
+def test_after_the_grouped_block_a_transaction_commits_at_once(tmp_path: Path) -> None:
+    """grouped() ends with its block: the thread's next write is not released into a group."""
     db, later = _db(tmp_path), Later()
-    _put(db, "a")                                # outside grouped(): committed at once
-    assert _committed(tmp_path / "x.sqlite3") == ["a"] and not later.calls
+    with db.grouped(later):
+        _put(db, "a")
+    later.run()
+    _put(db, "b")                                # outside grouped(): committed at once, nothing scheduled
+    assert _committed(tmp_path / "x.sqlite3") == ["a", "b"] and not later.calls and not db.group_open()
 
 
 def test_an_answer_waits_for_the_group_and_is_refused_if_it_is_lost(tmp_path: Path) -> None:

@@ -37,7 +37,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..support.archive import Archive, ArchiveError, Entry, Row, StatementSigner, entry_row, statement_kind
+from ..support.archive import (
+    Archive,
+    ArchiveError,
+    Entry,
+    Row,
+    StatementSigner,
+    commit_groups_of,
+    entry_row,
+    statement_kind,
+)
 
 
 class SharedArchive:
@@ -149,15 +158,6 @@ class SharedArchive:
         the file's write lock, so the archive's own connection would wait for it; entries go in the group."""
         return self.joined is not None and bool(self.joined.group_open())
 
-    def _commit_group(self) -> None:
-        """This thread's commit group committed now (``Database.commit_group``); raised if it failed: the entries
-        it held were not kept with it (they are given back and written alone), and the caller's next step may
-        rest on them."""
-        assert self.joined is not None
-        error: BaseException | None = self.joined.commit_group()
-        if error is not None:
-            raise ArchiveError(f"the deals' commit group holding this archive's entries was not committed: {error}")
-
     def _write_in_group(self, rows: list[Row]) -> None:
         """``rows`` written in a transaction of this thread's commit group (as in a deal's transaction)."""
         assert self.joined is not None
@@ -253,7 +253,7 @@ class SharedArchive:
                                "(it would wait for that transaction); use it after the transaction")
         self._flush()
         if self._grouped():
-            self._commit_group()                # the archive's own connection reads (and waits for) what committed
+            commit_groups_of(self.path)         # the archive's own connection reads (and waits for) what committed
         return getattr(self._mine(), name)
 
     def sync(self) -> None:
@@ -278,7 +278,7 @@ class SharedArchive:
             return
         self._flush()
         if self._grouped():
-            self._commit_group()
+            commit_groups_of(self.path)
             return      # this thread's commit group held the entries (and the file's lock): its commit flushed the log
         asked = self._syncs_started                 # flushes numbered above this start after our writes
         with self._sync_lock:

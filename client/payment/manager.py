@@ -46,9 +46,8 @@ NO_REQUIREMENTS = Requirements()      # the default: any module the two sides sh
 _STEP_KEY = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 M = TypeVar("M")
-
-
 AFTER_GROUP_WAIT = 10.0      # seconds a step waits for the commit of the group the last step went into
+
 
 class Envelope(Shape, frozen=True):
     """How every payment message travels: which payment, which module, and the module's own message

@@ -163,7 +163,7 @@ def _after_commit(db: Any, handler: Any) -> Any:
 
     @functools.wraps(handler)
     async def answer(request: web.Request) -> web.StreamResponse:
-        lost_before = getattr(db, "groups_lost", 0)
+        lost_before = db.groups_lost
         try:
             response = await handler(request)
         except Exception:
@@ -446,8 +446,8 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     async def stats(request: web.Request) -> web.Response:
         return json_response({**await _call(shop.stats), "card_steps": dict(steps.counts)})
 
-    app = make_app([web.RouteDef(r.method, r.path, _after_commit(db, r.handler) if grouping else r.handler, r.kwargs)
-                    for r in routes if isinstance(r, web.RouteDef)])
+    app = make_app([web.RouteDef(r.method, r.path, _after_commit(db, r.handler), r.kwargs)
+                    if grouping and isinstance(r, web.RouteDef) else r for r in routes])
     app[LOOP_STEPS] = steps
     mount_web(app, shop)                        # the web site: catalogue, order form, delivery (shop_web.py)
 

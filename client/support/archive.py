@@ -125,16 +125,6 @@ def _schema_statements(dialect: str) -> list[str]:
 
 
 # ---- errors -------------------------------------------------------------------------------------
-
-
-def _commit_groups_of(path: Path) -> None:
-    """This thread's commit groups on the archive's file committed before its own connection writes it
-    (``support.db.commit_held_groups``); a lost one is this archive's error to its caller."""
-    try:
-        commit_held_groups(path)
-    except DatabaseError as e:
-        raise ArchiveError(f"cannot write to {path}: {e}") from None
-
 class ArchiveError(EvidenceError):
     """The archive cannot do what was asked (missing file, busy, no signer, ...); in a service, its own
     fault (500)."""
@@ -299,6 +289,16 @@ def _span(a: int, b: int) -> str:
 
 
 # ---- the archive --------------------------------------------------------------------------------
+def commit_groups_of(path: Path) -> None:
+    """This thread's commit groups on the archive's file committed, before a connection of the archive's own
+    reads or writes it (``support.db.commit_held_groups``: a group holds the file's write lock, and its work
+    is seen only on its own connection); a lost one is the archive's error to its caller."""
+    try:
+        commit_held_groups(path)
+    except DatabaseError as e:
+        raise ArchiveError(f"cannot use {path}: {e}") from None
+
+
 _INSERT_ENTRY = ("INSERT INTO archive_entry (entry_index, prev_hash, deal_id, kind, created_at, content, entry_hash)"
                  " VALUES (?, ?, ?, ?, ?, ?, ?)")
 
@@ -438,12 +438,12 @@ class Archive:
         written): ``SharedArchive``'s batch makes each row when its entry is made, and writes them later."""
         if not rows:
             return []
+        commit_groups_of(self.path)              # this thread's group on the file holds its write lock
         for attempt in range(_BUSY_RETRIES):
             try:
                 # the write lock first (a write as the transaction's first statement, plain SQL): appends
                 # from several processes (a shop's workers) then queue on SQLite's busy timeout instead of
                 # failing at once when a transaction that has read upgrades to a write
-                _commit_groups_of(self.path)     # this thread's group on the file holds its write lock
                 self._db.execute("BEGIN")
                 self._db.execute("UPDATE archive_entry SET entry_index = entry_index WHERE entry_index < 0")
                 entries = _chained(rows, *self._tail())
@@ -521,8 +521,8 @@ class Archive:
         if owner is not None and _public_der(owner) != _public_der(statement.signer_cert):
             raise ArchiveError(f"this archive's checkpoints are signed by '{owner.subject.rfc4514_string()}'; "
                                f"'{statement.signer_cert.subject.rfc4514_string()}' is not its owner")
+        commit_groups_of(self.path)
         try:
-            _commit_groups_of(self.path)
             self._db.execute("BEGIN")
             self._db.execute("INSERT INTO archive_checkpoint (entry_index, head, created_at, statement) "
                              "VALUES (?, ?, ?, ?)", (index, head.hex(), created, der))

@@ -402,6 +402,11 @@ def _pg_command(conn: Any, command: bytes) -> bytes:
     return _pg_statements(conn).command(command)
 
 
+def _failed_write(tx: Transaction) -> DatabaseError:
+    return DatabaseError(f"a statement of this transaction failed ({tx._failed}) and its error was caught; "
+                         "the transaction was rolled back, nothing of it committed")
+
+
 def _refuse_failed_write(conn: Any, tx: Transaction, write: bool) -> None:
     """Before a write transaction's COMMIT: if one of its statements failed and the caller caught the error,
     roll back and raise, on either back end, so nothing of it is committed and the caller hears so. Why
@@ -411,8 +416,7 @@ def _refuse_failed_write(conn: Any, tx: Transaction, write: bool) -> None:
     asks for a table that may not be there yet)."""
     if write and tx._failed is not None:
         _quietly_rollback(conn)
-        raise DatabaseError(f"a statement of this transaction failed ({tx._failed}) and its error was caught; "
-                            "the transaction was rolled back, nothing of it committed")
+        raise _failed_write(tx)
 
 
 def _translate(e: BaseException, backend: str) -> BaseException:
@@ -749,10 +753,7 @@ class Database:
         group: _Group | None = getattr(self._local, "group", None)
         if group is None:
             return None
-        self._local.group = None
-        held = _groups_held()
-        if self in held:
-            held.remove(self)
+        self._drop_group()
         error: BaseException | None = None
         try:
             group.conn.execute("COMMIT")
@@ -764,6 +765,13 @@ class Database:
                 self.counts["commits"] += 1
         self._end_group(group, error)
         return error
+
+    def _drop_group(self) -> None:
+        """This thread's group is no longer open (it is being committed, or SQLite ended it)."""
+        self._local.group = None
+        held = _groups_held()
+        if self in held:
+            held.remove(self)
 
     def _commit_scheduled(self, group: _Group) -> None:
         if getattr(self._local, "group", None) is group:
@@ -824,8 +832,7 @@ class Database:
             finally:
                 self._local.snapshot = outer
             if tx._failed is not None:
-                raise DatabaseError(f"a statement of this transaction failed ({tx._failed}) and its error was caught; "
-                                    "the transaction was rolled back, nothing of it committed")
+                raise _failed_write(tx)         # rolled back to its savepoint below
             try:
                 conn.execute("RELEASE " + GROUP_STEP)
             except sqlite3.Error as e:
@@ -852,10 +859,7 @@ class Database:
             tx._ended(False)
         finally:
             if not conn.in_transaction and self._local.group is group:
-                self._local.group = None
-                held = _groups_held()
-                if self in held:
-                    held.remove(self)
+                self._drop_group()
                 self._end_group(group, DatabaseError("SQLite rolled the whole transaction back after an error"))
 
     @contextmanager
