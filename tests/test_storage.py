@@ -467,3 +467,36 @@ def test_a_sqlite_file_from_before_versions_is_adopted_as_version_1(tmp_path: Pa
     assert ca.initialised
     assert ca.revoke("1f", "superseded").revoked_at is not None          # and writes work on it
     d.close()
+
+
+def test_a_transaction_asks_the_kernel_for_no_process_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every transaction checks that its connections are this process's; os.getpid() is a system call, and
+    the shop asked it a dozen times per purchase. The id is kept, renewed in a forked child (the test above)."""
+    db = Database(f"sqlite:///{tmp_path / 'pid.db'}")
+    try:
+        db.migrate(COINS)
+        asked: list[int] = []
+        real = dbmod.os.getpid
+
+        def counted() -> int:
+            asked.append(1)
+            return real()
+        monkeypatch.setattr(dbmod.os, "getpid", counted)
+        for i in range(10):
+            db.run(lambda tx, i=i: tx.execute("INSERT INTO coins (id) VALUES (?)", (f"c{i}",)))
+            assert db.read_one("SELECT COUNT(*) FROM coins") == (i + 1,)
+        assert asked == []
+    finally:
+        db.close()
+
+
+def test_savepoint_undo_stays_in_memory(tmp_path: Path) -> None:
+    """A commit group's steps are savepoints (Database.grouped); SQLite keeps a savepoint's undo pages in a
+    temporary file unless temp_store is MEMORY: a file made, written and unlinked per group."""
+    db = Database(f"sqlite:///{tmp_path / 'tmp.db'}")
+    try:
+        db.migrate(COINS)
+        with db.transaction() as tx:
+            assert tx.one("PRAGMA temp_store") == (2,)            # 2: MEMORY
+    finally:
+        db.close()

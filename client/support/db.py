@@ -69,6 +69,22 @@ MIGRATION_LOCK = 0x53454D50      # "SEMP": the advisory lock key migrators take 
 log = logging.getLogger("semper.db")
 T = TypeVar("T")
 
+# this process's id, renewed in a forked child: os.getpid() is a system call, and a shop asked it a dozen
+# times per purchase (every transaction checks that its connections are this process's)
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _this_process() -> int:
+    return _pid
+
 
 class DatabaseError(SemperError):
     """The database could not be opened or a statement failed; the message says which. In a service,
@@ -520,15 +536,15 @@ class Database:
         pool object is kept, unused: collecting it here would run its finaliser in the child."""
         if getattr(self, "_pool", None) is not None:
             self._inherited = [*getattr(self, "_inherited", []), self._pool]
-        self._pid = os.getpid()
+        self._pid = _this_process()
         self._local = threading.local()
         self._all: list[Any] = []
         self._pool: Any = None
 
     def _check_process(self) -> None:
-        if self._pid != os.getpid():
+        if self._pid != _this_process():
             with self._lock:
-                if self._pid != os.getpid():
+                if self._pid != _this_process():
                     self._reset()
 
     # ---- connections ------------------------------------------------------------------------------
@@ -545,6 +561,9 @@ class Database:
             # every commit flushes the log to disk: said, not left to the build's default (a shop's archive
             # entries written in its deals' transactions are on disk by this flush alone: commerce.archive)
             conn.execute("PRAGMA synchronous = FULL")
+            # a savepoint's undo pages (a card step in a commit group: Database.grouped) stay in memory; on
+            # disk they cost a temporary file, its writes and its unlink per group
+            conn.execute("PRAGMA temp_store = MEMORY")
             _wal(conn)
             if not write:
                 conn.execute("PRAGMA query_only = 1")
@@ -647,7 +666,7 @@ class Database:
     def writing(self) -> Transaction | None:
         """The write transaction open on this thread (SQLite), if any: what an archive sharing this database's
         file writes its rows in, so that they commit with it (``commerce.archive.SharedArchive``)."""
-        return getattr(self._local, "writing", None) if self._pid == os.getpid() else None
+        return getattr(self._local, "writing", None) if self._pid == _this_process() else None
 
     @contextmanager
     def _sqlite_transaction(self, write: bool) -> Iterator[Transaction]:
@@ -730,7 +749,7 @@ class Database:
 
     def group_open(self) -> bool:
         """Whether a commit group with work not committed yet is open on this thread."""
-        return getattr(self._local, "group", None) is not None and self._pid == os.getpid()
+        return getattr(self._local, "group", None) is not None and self._pid == _this_process()
 
     def when_committed(self, fn: Callable[[BaseException | None], None]) -> bool:
         """Call ``fn(None)`` once this thread's open commit group committed, ``fn(error)`` if it failed; False
@@ -1008,7 +1027,7 @@ class Database:
         with self._lock:
             conns, self._all = self._all, []
             pool, self._pool = self._pool, None
-            mine = self._pid == os.getpid()
+            mine = self._pid == _this_process()
         self._local = threading.local()
         if not mine:
             return                        # a forked child: the connections are the parent's to close
