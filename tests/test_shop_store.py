@@ -141,7 +141,7 @@ def test_migration_4_counts_no_deal_written_before_it_and_its_index_serves_the_c
                                         '"fair": false}', b"offer-der", '{"valid_until": "2999-01-01T00:00:00Z"}',
                                         b"order")))
         store = DealStore(db, catalogue, None, lambda buyer: 1)
-        assert versions(db)["shop"] == 4
+        assert versions(db)["shop"] == len(SCHEMA.migrations)
         kept = store.get(old.deal.deal_id, fresh=True)
         assert kept is not None and kept.buyer is None and not kept.started and store.open_count() == 1
         assert store.unpaid(UNSIGNED) == 0
@@ -160,6 +160,52 @@ def test_migration_4_counts_no_deal_written_before_it_and_its_index_serves_the_c
     finally:
         db.close()
 
+
+@storages()
+def test_migration_5_keeps_each_offer_once_and_reads_deals_written_before_it(storage: Storage,
+                                                                              tmp_path: Path) -> None:
+    """Migration 5: a deal's row names its offer by digest, and the offer's statement and body are kept once
+    in ``shop_offers``. A standing offer is taken by many deals, and each row carried its bytes (2.7 KB with
+    the body) and wrote them again with each of its writes. A row written before keeps its own offer and is
+    read as before; deals of one offer share one row of it; each deal reads the offer it was made from."""
+    from semper.client.servers.shop_store import SCHEMA
+    from semper.client.support.migrations import Schema
+    db = Database(storage.url("shop", tmp_path))
+    try:
+        catalogue = demo_catalogue()
+        db.migrate(Schema("shop", SCHEMA.migrations[:4]))            # a shop of the version before
+        old = _deal(catalogue)
+        db.run(lambda tx: tx.execute(
+            "INSERT INTO shop_deals (deal_id, workflow, attributes, created_at, valid_until, offer, offer_body, "
+            "offer_digest, lines, form, payment, decisions, updated_at) VALUES (?, 'mail-order', ?, "
+            "'2026-01-01T00:00:00Z', '2999-01-01T00:00:00Z', ?, ?, ?, '[]', '{}', '{}', '[]', "
+            "'2026-01-01T00:00:00Z')", (old.deal.deal_id, '{"anonymous": true, "non_repudiation": false, '
+                                        '"fair": false}', b"old-offer-der", '{"valid_until": "1999"}', "e" * 64)))
+        store = DealStore(db, catalogue, None)
+        standing = [_deal(catalogue) for _ in range(3)]
+        other = _deal(catalogue)
+        other.offer, other.offer_der, other.offer_digest = {"valid_until": "2998-01-01T00:00:00Z"}, b"b", "b" * 64
+        for sd in (*standing, other):
+            assert store.insert(sd)
+        with db.transaction(write=False) as tx:
+            assert tx.all("SELECT offer_digest, offer, offer_body FROM shop_offers ORDER BY offer_digest") == [
+                ("b" * 64, b"b", '{"valid_until":"2998-01-01T00:00:00Z"}'),
+                ("d" * 64, b"offer-der", '{"total":100,"valid_until":"2999-01-01T00:00:00Z"}')]
+            assert {bytes(r[0]) for r in tx.all("SELECT offer FROM shop_deals WHERE deal_id <> ?",
+                                                (old.deal.deal_id,))} == {b""}
+        reader = DealStore(db, catalogue, None)                       # another worker: from the database
+        kept = reader.get(old.deal.deal_id, fresh=True)
+        assert kept is not None and kept.offer_der == b"old-offer-der" and kept.offer == {"valid_until": "1999"}
+        for sd in (*standing, other):
+            got = reader.get(sd.deal.deal_id, fresh=True)
+            assert got is not None and (got.offer_der, got.offer, got.offer_digest) == \
+                (sd.offer_der, sd.offer, sd.offer_digest)
+            got.deal.decide("order", "satisfied", "written again")
+            assert reader.save(got)                                   # an update keeps the offer where it is
+            again = store.get(sd.deal.deal_id, fresh=True)
+            assert again is not None and again.offer_der == sd.offer_der
+    finally:
+        db.close()
 
 class _Recorded:
     """An evidence archive that keeps what it is given: which decisions of a deal went to it."""

@@ -68,7 +68,12 @@ SCHEMA = Schema.baseline("shop", [
                  "counted, through an index of those deals alone, against a cap per buyer",
               ("ALTER TABLE shop_deals ADD COLUMN buyer TEXT",
                "ALTER TABLE shop_deals ADD COLUMN started INTEGER NOT NULL DEFAULT 0",
-               f"CREATE INDEX IF NOT EXISTS shop_deals_unpaid ON shop_deals (buyer) WHERE {_UNPAID}")))
+               f"CREATE INDEX IF NOT EXISTS shop_deals_unpaid ON shop_deals (buyer) WHERE {_UNPAID}")),
+    Migration(5, "each offer's statement and body once, by the offer's digest: a standing offer is taken by many "
+                 "deals, and each deal's row carried its 2.7 KB again, written again with every write of the row; "
+                 "a deal's row written since keeps both empty and names its offer by the digest it had already",
+              ("CREATE TABLE IF NOT EXISTS shop_offers (offer_digest TEXT PRIMARY KEY, offer {blob} NOT NULL, "
+               "offer_body TEXT NOT NULL)",)))
 
 
 OFFER_KEY = "offer-tag"      # the row of shop_keys whose secret tags this shop's offers
@@ -163,8 +168,9 @@ _COLUMN_VALUES: dict[str, Callable[[ShopDeal], Any]] = {
     "workflow": lambda sd: sd.deal.workflow,
     "attributes": lambda sd: to_json(sd.deal.attributes.as_dict()),
     "valid_until": lambda sd: str(sd.offer["valid_until"]),
-    "offer": lambda sd: sd.offer_der,
-    "offer_body": lambda sd: to_json(sd.offer),
+    # the offer's statement and body are in shop_offers, by offer_digest (migration 5): empty here
+    "offer": lambda sd: b"",
+    "offer_body": lambda sd: "",
     "offer_digest": lambda sd: sd.offer_digest,
     "lines": lambda sd: to_json([[i.sku, q] for i, q in sd.lines]),
     "psam": lambda sd: sd.psam,
@@ -276,9 +282,12 @@ class DealStore:
         :meth:`save` writes), each made by its one entry of :data:`_COLUMN_VALUES`."""
         return {k: _COLUMN_VALUES[k](sd) for k in (_COLUMN_VALUES if only is None else only)}
 
-    _COLUMNS = ("deal_id, workflow, attributes, offer, offer_body, offer_digest, lines, psam, order_bytes, order_body, "
-                "order_digest, form, terms, paid, payment, confirmation, delivery, exchange, decisions, archived, "
-                "version, abandoned, buyer, started")
+    # a row written before migration 5 holds its offer itself; one written since names it in shop_offers
+    _COLUMNS = ("deal_id, workflow, attributes, CASE WHEN d.offer_body = '' THEN o.offer ELSE d.offer END, "
+                "CASE WHEN d.offer_body = '' THEN o.offer_body ELSE d.offer_body END, d.offer_digest, lines, psam, "
+                "order_bytes, order_body, order_digest, form, terms, paid, payment, confirmation, delivery, exchange, "
+                "decisions, archived, version, abandoned, buyer, started")
+    _FROM = "shop_deals d LEFT JOIN shop_offers o ON o.offer_digest = d.offer_digest"
 
     def _deal(self, row: tuple[Any, ...]) -> ShopDeal:
         (deal_id, workflow, attributes, offer, offer_body, offer_digest, lines, psam, order_bytes, order_body,
@@ -305,7 +314,7 @@ class DealStore:
                 known = self._cache.get(deal_id)
             if known is not None:
                 return self.copy(known)
-        row = self.db.read_one(f"SELECT {self._COLUMNS} FROM shop_deals WHERE deal_id = ?", (deal_id,))
+        row = self.db.read_one(f"SELECT {self._COLUMNS} FROM {self._FROM} WHERE deal_id = ?", (deal_id,))
         if row is None:
             self._forget(deal_id)
             return None
@@ -412,7 +421,7 @@ class DealStore:
     def exchanges(self, owner: Callable[[str], bool]) -> list[ShopDeal]:
         """Deals whose fair exchange was started and has not ended, of the owners ``owner`` accepts."""
         with self.db.transaction(write=False) as tx:
-            rows = tx.all(f"SELECT {self._COLUMNS} FROM shop_deals WHERE finished = 0 AND exchange IS NOT NULL")
+            rows = tx.all(f"SELECT {self._COLUMNS} FROM {self._FROM} WHERE finished = 0 AND exchange IS NOT NULL")
         deals = [self._deal(r) for r in rows]
         return [d for d in deals if d.exchange and d.exchange.get("state") == "started"
                 and owner(str(d.exchange.get("owner", "")))]
@@ -458,6 +467,7 @@ class DealStore:
                 return False
             if sd.version == 0:
                 self._within_cap(tx, sd)
+                self._offer_in(tx, sd)
             if also is not None:
                 also(tx)
             self._evidence_in(tx)
@@ -472,8 +482,16 @@ class DealStore:
             return False
         if sd.version == 0:
             self._within_cap(tx, sd)
+            self._offer_in(tx, sd)
         self._evidence_in(tx)
         return True
+
+    @staticmethod
+    def _offer_in(tx: Transaction, sd: ShopDeal) -> None:
+        """The new deal's offer in ``shop_offers``, unless there already (a standing offer, taken by an order
+        before): its row names it by digest (migration 5). Nothing is written when it is there."""
+        tx.execute("INSERT INTO shop_offers (offer_digest, offer, offer_body) VALUES (?, ?, ?) "
+                   "ON CONFLICT (offer_digest) DO NOTHING", (sd.offer_digest, sd.offer_der, to_json(sd.offer)))
 
     def _evidence_in(self, tx: Transaction) -> None:
         """The archive entries this thread's request has made so far (the offer and order with the order, the
@@ -509,7 +527,7 @@ class DealStore:
         (``Database.run``), and each run starts from ``sd`` as the step left it."""
         if not sd.paid or sd.version == 0:
             return None
-        row = tx.one(f"SELECT {self._COLUMNS} FROM shop_deals WHERE deal_id = ?", (sd.deal.deal_id,))
+        row = tx.one(f"SELECT {self._COLUMNS} FROM {self._FROM} WHERE deal_id = ?", (sd.deal.deal_id,))
         if row is None:
             return None
         now = self._deal(row)
