@@ -40,12 +40,6 @@ class Signer(Protocol):
         """ECDSA over a SHA-256 digest computed by the caller; DER signature."""
         ...
 
-    # A signer may also have ``binding`` (an int; ``hsm.signer.Pkcs11Signer`` has): it changes whenever
-    # the signer takes up its key or certificate again, so a key found to match its certificate stays
-    # matched until it changes, and ``client.support.cms`` checks the signature against the certificate
-    # once per binding instead of once per signature. A signer without it is checked every time (a card
-    # in a reader can be swapped for another under the same object).
-
 
 def sign_message(signer: Signer, message: bytes) -> bytes:
     """Hash on the host (tokens and cards take a digest), sign on the device."""

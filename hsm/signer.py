@@ -86,7 +86,6 @@ class Pkcs11Signer:
         self._pending_pin: bytes | None = None
         self._reset = False                            # the module was re-initialised under this signer
         self._cert: bytes | None = None                # read once per session: every statement embeds it
-        self._bound = 0                                # counts (re)reads of the key handle and the certificate
         self._live()
         self.key_id = key_id if key_id is not None else self._only_key_id()
 
@@ -167,17 +166,9 @@ class Pkcs11Signer:
             except (p11x.AttributeTypeInvalid, p11x.AttributeSensitive):
                 self._always_auth = False
             self._key = cast(_EcPrivate, key)
-            self._bound += 1
         return self._key
 
     # ---- the signer protocol -----------------------------------------------------------------
-    @property
-    def binding(self) -> int:
-        """Changes whenever this signer reads its key handle or its certificate again (a new session, a new
-        login, a certificate stored): between two changes every signature is by the same key object, and
-        every statement carries the same certificate (``hardware.signer.Signer``)."""
-        return self._bound
-
     def certificate(self) -> bytes:
         self._live()
         if self._cert is not None:
@@ -188,7 +179,6 @@ class Pkcs11Signer:
                                    f"key certified and store the certificate ('semper token import-cert')")
         with errors.translated(token=self.label, action="read the certificate"):
             self._cert = bytes(cert[Attribute.VALUE])
-            self._bound += 1
         return self._cert
 
     def public_point(self) -> bytes:

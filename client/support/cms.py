@@ -24,7 +24,6 @@ import functools
 import hashlib
 import json
 import re
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -256,13 +255,6 @@ def signing_certificate_v2(cert: a_x509.Certificate) -> asn1crypto.tsp.SigningCe
     }]})
 
 
-#: signers (those with a ``binding``: hardware.signer) whose key was found to match a certificate, and for
-#: which binding: a shop's token signs every purchase's confirmation, and checking each signature against
-#: the certificate was an ECDSA verification per purchase. The check is against a device holding another
-#: key's certificate (re-registered, a token swapped), which only a new binding can bring
-_matched: weakref.WeakKeyDictionary[Any, tuple[int, bytes]] = weakref.WeakKeyDictionary()
-
-
 def build_signed_data(signer: Signer, content_type: str, content: bytes, *,
                       extra_certs: Iterable[bytes | x509.Certificate] = (), include_certs: bool = True,
                       signing_time: dt.datetime | None = None, pin: bytes | None = None,
@@ -272,8 +264,7 @@ def build_signed_data(signer: Signer, content_type: str, content: bytes, *,
     ``pin``, when given, is presented right before the signature: PIV key 9C demands that for every
     signature. ``signer_cert`` overrides the device's own certificate (a TSA whose certificate lives
     outside the token). The signature is checked against the certificate before anything is returned,
-    so a device holding another key's certificate cannot produce unverifiable evidence: every signature,
-    or, for a signer with a ``binding`` (a PKCS#11 token), the first one per binding and certificate.
+    so a device holding another key's certificate cannot produce unverifiable evidence.
     """
     cert_der = bytes(signer_cert if signer_cert is not None else signer.certificate())
     cert, scv2_attr, issuer_der, serial = _signer_parts(cert_der)
@@ -292,18 +283,14 @@ def build_signed_data(signer: Signer, content_type: str, content: bytes, *,
     if pin is not None:
         signer.verify_pin(pin)
     signature = signer.sign_digest(hashlib.sha256(to_sign).digest())
-    binding = getattr(signer, "binding", None)
-    if binding is None or _matched.get(signer) != (binding, cert_der):
-        public = _ec_public_key(cert_der)
-        if public is None:
-            raise SigningError("the signer's certificate does not hold an EC key; semper signs with ECDSA P-256")
-        try:
-            public.verify(signature, to_sign, ECDSA_SHA256)
-        except InvalidSignature:
-            raise SigningError(f"{getattr(signer, 'label', 'the signer')} signed with a key that does not match "
-                               f"its certificate ({cert.subject.human_friendly}); re-register the device") from None
-        if binding is not None:
-            _matched[signer] = (binding, cert_der)
+    public = _ec_public_key(cert_der)
+    if public is None:
+        raise SigningError("the signer's certificate does not hold an EC key; semper signs with ECDSA P-256")
+    try:
+        public.verify(signature, to_sign, ECDSA_SHA256)
+    except InvalidSignature:
+        raise SigningError(f"{getattr(signer, 'label', 'the signer')} signed with a key that does not match its "
+                           f"certificate ({cert.subject.human_friendly}); re-register the device") from None
     if include_certs and isinstance(extra_certs, tuple | list) and not extra_certs:
         cert_ders: tuple[bytes, ...] = (cert_der,)       # the usual: parsed as X.509 by _signer_parts above
     else:
