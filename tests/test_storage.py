@@ -488,15 +488,3 @@ def test_a_transaction_asks_the_kernel_for_no_process_id(tmp_path: Path, monkeyp
         assert asked == []
     finally:
         db.close()
-
-
-def test_savepoint_undo_stays_in_memory(tmp_path: Path) -> None:
-    """A commit group's steps are savepoints (Database.grouped); SQLite keeps a savepoint's undo pages in a
-    temporary file unless temp_store is MEMORY: a file made, written and unlinked per group."""
-    db = Database(f"sqlite:///{tmp_path / 'tmp.db'}")
-    try:
-        db.migrate(COINS)
-        with db.transaction() as tx:
-            assert tx.one("PRAGMA temp_store") == (2,)            # 2: MEMORY
-    finally:
-        db.close()

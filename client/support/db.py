@@ -70,7 +70,9 @@ log = logging.getLogger("semper.db")
 T = TypeVar("T")
 
 # this process's id, renewed in a forked child: os.getpid() is a system call, and a shop asked it a dozen
-# times per purchase (every transaction checks that its connections are this process's)
+# times per purchase (every transaction checks that its connections are this process's). A child forked
+# from C code that runs Python without the interpreter's fork hooks would keep the parent's id (and
+# connections): no such fork exists in semper (review of 2026-12-08)
 _pid = os.getpid()
 
 
@@ -561,9 +563,6 @@ class Database:
             # every commit flushes the log to disk: said, not left to the build's default (a shop's archive
             # entries written in its deals' transactions are on disk by this flush alone: commerce.archive)
             conn.execute("PRAGMA synchronous = FULL")
-            # a savepoint's undo pages (a card step in a commit group: Database.grouped) stay in memory; on
-            # disk they cost a temporary file, its writes and its unlink per group
-            conn.execute("PRAGMA temp_store = MEMORY")
             _wal(conn)
             if not write:
                 conn.execute("PRAGMA query_only = 1")
@@ -829,6 +828,13 @@ class Database:
         conn = self._sqlite(True)
         group: _Group | None = self._local.group
         if group is None:
+            if getattr(self._local, "undo_in", None) is not conn:
+                # the steps' undo pages (savepoints) in memory: on disk, SQLite made, wrote and unlinked a
+                # temporary file per group. Only on a connection that holds groups (the shop's event loop's
+                # writer): elsewhere temporary storage stays on disk, where a migration's index build or a
+                # large sort spills instead of growing the process (review of 2026-12-08)
+                conn.execute("PRAGMA temp_store = MEMORY")
+                self._local.undo_in = conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as e:
