@@ -393,3 +393,24 @@ def test_a_forged_proof_for_an_evicted_request_never_reaches_the_acquirer(
     with pytest.raises(PaymentError, match="did not accept the card's proof"):
         flow.step(forged)
     assert asked == []
+
+
+def test_a_finished_payees_flow_keeps_no_copy_of_the_card_and_its_record_does(
+        market: tuple[PurseModule, list[PurseModule]]) -> None:
+    """The payee's session is written with each step; once the payment is done its flow is never resumed (the
+    payment manager refuses its messages first), and the record keeps the card's certificate and proof. The
+    session's copy of them (0.9 KB a purchase) is left out; before it the flow still carries them."""
+    payee, payers = market
+    terms = _terms(7)
+    payer, flow = PayerFlow(payers[0], terms), payee.payee_flow(terms)
+    hello = payer.step(None).message
+    payee.admit(terms.payment_id, hello)
+    challenge = flow.step(hello).message
+    open_state = flow.snapshot()
+    assert open_state["state"] == "challenge" and open_state["card_certificate"] and open_state["request"]
+    resumed = payee.resume_payee_flow(terms, open_state)        # another process takes the proof
+    receipt = resumed.step(payer.step(challenge).message)
+    assert receipt.done and receipt.evidence["card_certificate"] == open_state["card_certificate"]
+    assert resumed.snapshot() == {"state": "done", "psam": open_state["psam"]}
+    with pytest.raises(ProtocolError, match="finished"):
+        payee.resume_payee_flow(terms, resumed.snapshot()).step({"kind": "proof"})

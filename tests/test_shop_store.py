@@ -207,6 +207,27 @@ def test_migration_5_keeps_each_offer_once_and_reads_deals_written_before_it(sto
     finally:
         db.close()
 
+def test_an_offer_kept_once_is_not_written_again_by_this_process(tmp_path: Path) -> None:
+    """The second deal of a standing offer runs no statement for the offer: this process committed it (the
+    insert's transaction ended committed). Forgotten with the deals remembered when a commit group is lost."""
+    db = Database(tmp_path / "shop.sqlite3")
+    try:
+        store = DealStore(db, demo_catalogue(), None)
+        first, second, third = (_deal(demo_catalogue()) for _ in range(3))
+        n0 = db.counts["statements"]
+        assert store.insert(first)
+        n1 = db.counts["statements"]
+        assert store.insert(second)
+        n2 = db.counts["statements"]
+        assert n2 - n1 == n1 - n0 - 1
+        store.forget_all()
+        assert store.insert(third)
+        assert db.counts["statements"] - n2 == n1 - n0
+        with db.transaction(write=False) as tx:
+            assert tx.one("SELECT COUNT(*) FROM shop_offers") == (1,)
+    finally:
+        db.close()
+
 class _Recorded:
     """An evidence archive that keeps what it is given: which decisions of a deal went to it."""
 
