@@ -207,24 +207,19 @@ def test_migration_5_keeps_each_offer_once_and_reads_deals_written_before_it(sto
     finally:
         db.close()
 
-def test_an_offer_kept_once_is_not_written_again_by_this_process(tmp_path: Path) -> None:
-    """The second deal of a standing offer runs no statement for the offer: this process committed it (the
-    insert's transaction ended committed). Forgotten with the deals remembered when a commit group is lost."""
+def test_an_offer_lost_under_a_running_shop_is_written_again_with_the_next_deal(tmp_path: Path) -> None:
+    """A process does not remember an offer as written: the next deal of it asks the database again. Why
+    (review of 2026-12-08): the rows can be lost under a running shop (a database restored from a backup, a
+    PostgreSQL failover to a replica behind); a deal naming an offer whose row is gone cannot be read."""
     db = Database(tmp_path / "shop.sqlite3")
     try:
         store = DealStore(db, demo_catalogue(), None)
-        first, second, third = (_deal(demo_catalogue()) for _ in range(3))
-        n0 = db.counts["statements"]
+        first, second = _deal(demo_catalogue()), _deal(demo_catalogue())
         assert store.insert(first)
-        n1 = db.counts["statements"]
+        db.run(lambda tx: tx.execute("DELETE FROM shop_offers"))          # restored from before the offer
         assert store.insert(second)
-        n2 = db.counts["statements"]
-        assert n2 - n1 == n1 - n0 - 1
-        store.forget_all()
-        assert store.insert(third)
-        assert db.counts["statements"] - n2 == n1 - n0
-        with db.transaction(write=False) as tx:
-            assert tx.one("SELECT COUNT(*) FROM shop_offers") == (1,)
+        got = DealStore(db, demo_catalogue(), None).get(second.deal.deal_id, fresh=True)
+        assert got is not None and got.offer_der == second.offer_der and got.offer == second.offer
     finally:
         db.close()
 

@@ -79,7 +79,6 @@ SCHEMA = Schema.baseline("shop", [
 OFFER_KEY = "offer-tag"      # the row of shop_keys whose secret tags this shop's offers
 OFFER_TAG_LABEL = b"semper shop offer tag\x00"      # what the tag's MAC covers before the offer's bytes
 CACHED_DEALS = 4096          # open deals a process remembers as it last committed or read them
-OFFERS_KEPT = 256            # digests of offers a process knows are in shop_offers (standing offers: a few)
 COUNT_EVERY_S = 1.0          # far from the limit, the open deals are counted at most this often
 ABANDON_BATCH = 1000         # deals marked abandoned per transaction (a sweep runs only at the limit)
 UNSIGNED = "unsigned"        # the buyer of orders that name no certificate (anonymous ones, contract requests)
@@ -222,7 +221,6 @@ class DealStore:
         self.archive = archive
         self.unpaid_cap = unpaid_cap        # how many counting deals a buyer may have (None: no cap here)
         self._cache: OrderedDict[str, ShopDeal] = OrderedDict()
-        self._offers_kept: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._counted: tuple[float, int] | None = None      # (when, open deals then) of the last count
         db.migrate(SCHEMA)
@@ -277,7 +275,6 @@ class DealStore:
         with self._lock:
             self._cache.clear()
             self._counted = None
-            self._offers_kept.clear()
 
     # ---- rows <-> deals ---------------------------------------------------------------------------
     def _values(self, sd: ShopDeal, only: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -489,26 +486,16 @@ class DealStore:
         self._evidence_in(tx)
         return True
 
-    def _offer_in(self, tx: Transaction, sd: ShopDeal) -> None:
+    @staticmethod
+    def _offer_in(tx: Transaction, sd: ShopDeal) -> None:
         """The new deal's offer in ``shop_offers``, unless there already (a standing offer, taken by an order
-        before): its row names it by digest (migration 5). Nothing is written when it is there, and no
-        statement runs for an offer this process wrote or found there (:attr:`_offers_kept`, reset with the
-        deals remembered when a commit group is lost: :meth:`forget_all`). On PostgreSQL, two workers' first
+        before): its row names it by digest (migration 5). Nothing is written when it is there. Asked in every
+        new deal's transaction, not remembered: a process that remembered an offer as written would go on
+        naming it after the row was lost under it (a database restored, a PostgreSQL failover to a replica
+        behind), and the deals could not be read (review of 2026-12-08). On PostgreSQL, two workers' first
         orders of one new offer at once: one of them is refused as a conflict and run again (``Database.run``)."""
-        with self._lock:
-            if sd.offer_digest in self._offers_kept:
-                return
         tx.execute("INSERT INTO shop_offers (offer_digest, offer, offer_body) VALUES (?, ?, ?) "
                    "ON CONFLICT (offer_digest) DO NOTHING", (sd.offer_digest, sd.offer_der, to_json(sd.offer)))
-        digest = sd.offer_digest
-        tx.on_end(lambda committed: self._offer_kept(digest) if committed else None)
-
-    def _offer_kept(self, digest: str) -> None:
-        with self._lock:
-            self._offers_kept[digest] = None
-            self._offers_kept.move_to_end(digest)
-            while len(self._offers_kept) > OFFERS_KEPT:
-                self._offers_kept.popitem(last=False)
 
     def _evidence_in(self, tx: Transaction) -> None:
         """The archive entries this thread's request has made so far (the offer and order with the order, the
