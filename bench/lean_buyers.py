@@ -213,9 +213,21 @@ def tampered(p: Purchase, how: str, other: Purchase | None = None) -> Purchase:
 
 
 # ---- a worker process: some lean buyers, one thread each ------------------------------------------------
+@dataclass
+class _Sample:
+    """One purchase of the run as a lean buyer made it, until its check after the window: when it started, how
+    long it took, whether it succeeded (a failed check makes it failed), why not, what it made, whose it is."""
+
+    start: float
+    took: float
+    ok: bool
+    why: str
+    purchase: Purchase | None
+    buyer: LeanBuyer
+
+
 def lean_worker(shop_url: str, root_pem: str, specs: list[Any], offsets: dict[str, float], profile: bool,
-                out: Any, go: Any, base: Any, keep_offers: bool = True, supply: int = 0,
-                tamper: tuple[str, ...] = ()) -> None:
+                out: Any, go: Any, base: Any, supply: int = 0, tamper: tuple[str, ...] = ()) -> None:
     """The lean buyers of one process, speaking to the parent as ``throughput._worker`` does (ready, then the
     samples, the window's CPU seconds and errors), and adding ``check``: the checks after the window.
 
@@ -224,10 +236,7 @@ def lean_worker(shop_url: str, root_pem: str, specs: list[Any], offsets: dict[st
     checked, and a purchase whose check fails is a failed sample. ``tamper`` (tests only): the first
     purchases finishing in the window are handed to the check changed (:func:`tampered`)."""
     from .throughput import buy_until_stopped, drive_window
-    if not keep_offers:
-        out.put({"error": "lean buyers keep the standing offer while it is valid (no --offer-every-purchase)"})
-        return
-    samples: list[list[Any]] = []                 # [start, seconds, ok, why, purchase | None, buyer]
+    samples: list[_Sample] = []
     lock = threading.Lock()
     errors: list[str] = []
     buyers: list[LeanBuyer] = []
@@ -251,7 +260,7 @@ def lean_worker(shop_url: str, root_pem: str, specs: list[Any], offsets: dict[st
 
             def keep(t0: float, took: float, ok: bool, why: str, made: Any) -> None:
                 with lock:
-                    samples.append([t0, took, ok, why[:300], made, lb])
+                    samples.append(_Sample(t0, took, ok, why[:300], made, lb))
             buy_until_stopped(plan, planned, one, keep)
         except threading.BrokenBarrierError:
             pass
@@ -261,7 +270,7 @@ def lean_worker(shop_url: str, root_pem: str, specs: list[Any], offsets: dict[st
         return
     requests_before = sum(b.shop.requests for b in buyers)
     checked = _check_all(samples, plan, tamper)
-    out.put({"samples": [(s[0], s[1], s[2], s[3]) for s in samples], "cpu_s": window[0],
+    out.put({"samples": [(s.start, s.took, s.ok, s.why) for s in samples], "cpu_s": window[0],
              "profile": window[1], "errors": errors,
              "lean": {**checked, "orders_signed_live": sum(b.signed_live for b in buyers),
                       "check_requests": sum(b.shop.requests for b in buyers) - requests_before}})
@@ -269,31 +278,23 @@ def lean_worker(shop_url: str, root_pem: str, specs: list[Any], offsets: dict[st
         b.close()
 
 
-def _check_all(samples: list[list[Any]], plan: dict[str, float], tamper: tuple[str, ...]) -> dict[str, Any]:
+def _check_all(samples: list[_Sample], plan: dict[str, float], tamper: tuple[str, ...]) -> dict[str, Any]:
     """Every purchase checked after the window (:meth:`LeanBuyer.check`); a failed check makes its sample failed,
     with the reason. ``tamper``: the ways the first purchases finishing in the window are changed first."""
-    inside = [s for s in samples if s[2] and plan["window_at"] <= s[0] + s[1] <= plan["window_end"]]
+    inside = [s for s in samples if s.ok and plan["window_at"] <= s.start + s.took <= plan["window_end"]]
     plans = dict(zip((id(s) for s in inside), tamper, strict=False))
     failed = 0
-    for i, s in enumerate(samples):
-        p: Purchase | None = s[4]
-        if not s[2] or p is None:
+    for s in samples:
+        p = s.purchase
+        if not s.ok or p is None:
             continue
         how = plans.get(id(s))
         if how is not None:
-            p = tampered(p, how, other=_another(samples, i))
+            p = tampered(p, how, other=next((o.purchase for o in samples if o is not s and o.purchase), None))
         try:
-            s[5].check(p)
+            s.buyer.check(p)
         except Exception as e:           # every failed check is a failed purchase, with its reason
-            s[2], s[3] = False, f"check after the window: {type(e).__name__}: {e}"[:300]
+            s.ok, s.why = False, f"check after the window: {type(e).__name__}: {e}"[:300]
             failed += 1
     # paid: purchases whose payment went through (checked or not), for the money check
-    return {"paid": sum(1 for s in samples if s[4] is not None), "check_failed": failed}
-
-
-def _another(samples: list[list[Any]], i: int) -> Purchase | None:
-    """A completed purchase other than the ``i``-th (for the 'other-order' tamper)."""
-    for j, s in enumerate(samples):
-        if j != i and s[4] is not None:
-            return s[4]
-    return None
+    return {"paid": sum(1 for s in samples if s.purchase is not None), "check_failed": failed}

@@ -338,6 +338,8 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
     tell = say or (lambda _line: None)
     if buyers < 1 or processes < 1 or seconds <= 0 or workers < 1:
         raise ValueError("buyers, processes, workers and seconds must be positive")
+    if not (warmup >= 0 and profile_seconds >= 0):
+        raise ValueError("--warmup and --profile-seconds are seconds, 0 or more")
     if db not in ("sqlite", "postgresql"):
         raise ValueError(f"--db is sqlite or postgresql, not {db!r}")
     if tamper and not lean:
@@ -464,7 +466,7 @@ def _run(world: Any, shop_url: str, seller: dict[str, int], vc: Any, specs: list
     if lean:
         from .lean_buyers import lean_worker
         workers = [ctx.Process(target=lean_worker, args=(shop_url, world.root_pem, g, offsets, profiled, out, go, base,
-                                                         keep_offers, supply, tamper if i == 0 else ()), daemon=True)
+                                                         supply, tamper if i == 0 else ()), daemon=True)
                    for i, g in enumerate(groups)]
     else:
         workers = [ctx.Process(target=_worker, args=(shop_url, world.root_pem, g, offsets, profiled, out, go,

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,3 +135,12 @@ def test_a_buyer_process_that_dies_voids_the_run_at_once_and_says_how() -> None:
     finally:
         alive.kill()
         alive.join(5)
+
+
+@pytest.mark.parametrize("bad", [{"warmup": -3.0}, {"profile_seconds": -1.0}, {"warmup": float("nan")},
+                                 {"lean": True, "keep_offers": False}, {"db": "mysql"}])
+def test_bad_settings_are_refused_before_anything_starts(bad: dict[str, Any]) -> None:
+    """A negative warm-up ran silently, its window starting before anybody bought; every refusal here is the
+    command's usage error (bench/commands.py turns ValueError into one)."""
+    with pytest.raises(ValueError):
+        bench_throughput(**{"buyers": 1, "seconds": 1.0, **bad})

@@ -179,7 +179,6 @@ def test_a_transaction_that_ends_the_whole_group_loses_the_group(tmp_path: Path)
 
 
 def test_other_threads_wait_for_the_group_and_then_see_it(tmp_path: Path) -> None:
-    import threading
     db, later = _db(tmp_path), Later()
     with db.grouped(later):
         _put(db, "a")
@@ -263,7 +262,6 @@ def test_a_step_lock_held_elsewhere_is_waited_for_only_after_the_group_committed
     """A pool thread holds a payment's step lock and waits to save its step; the loop, holding a group, takes
     a step of the same payment (a retransmission): it waited for the lock while the pool thread waited for
     the group's write lock, until the busy timeout, and the pool's step (its proof taken) failed."""
-    import threading
     import time
 
     import semper.client.support.db as dbmod
@@ -380,7 +378,6 @@ def test_the_next_holder_of_a_payments_step_lock_sees_the_step_released_into_a_g
     """The loop's step of a payment went into its group and released the payment's step lock before the group
     committed: a pool thread waiting for the lock (the same message again) read the session as last committed
     and asked the device for the step a second time. It waits for the group's end now."""
-    import threading
     import time
 
     from semper.client.payment.manager import PaymentManager

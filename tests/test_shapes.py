@@ -89,7 +89,7 @@ ENDPOINTS: list[tuple[str, str, type[Shape], dict[str, Any]]] = [
 def services() -> Iterator[dict[str, str]]:
     stub: Any = _Stub()
     apps = {"ca": ca_http.build_app(stub), "ttp": ttp_http.build_app(stub), "bank": bank_http.build_app(stub),
-            "shop": shop_http.build_app(stub), "exchange": Mailbox(on_new=_async_reached).app()}
+            "shop": shop_http.build_app(stub, group_commits=False), "exchange": Mailbox(on_new=_async_reached).app()}
     runners = {name: ServiceRunner(app).start() for name, app in apps.items()}
     try:
         yield {name: r.url for name, r in runners.items()}

@@ -313,15 +313,13 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
     tasks: set[asyncio.Task[Any]] = set()
     steps = LoopSteps()
 
-    store: Any = getattr(shop, "store", None)      # (a stand-in shop that only lists the routes has none)
-    db: Any = getattr(store, "db", None)
-    grouping = group_commits and db is not None and db.backend == "sqlite"
-    if grouping:
-        db.on_group_lost(store.forget_all)
+    db = shop.store.db if group_commits and shop.store.db.backend == "sqlite" else None    # None: no groups
+    if db is not None:
+        db.on_group_lost(shop.store.forget_all)
 
     async def _here(fn: Any, *args: Any) -> Any:
         """Run the shop's step on the event loop (:func:`step_on_loop`)."""
-        return step_on_loop(db if grouping else None, steps, fn, *args)
+        return step_on_loop(db, steps, fn, *args)
 
     def _runner(envelope: Any) -> Callable[..., Any]:
         """Where a payment step runs: on the loop when it is local work and local steps are quick now."""
@@ -447,7 +445,7 @@ def build_app(shop: Shop, make_party: Callable[[], Party] | None = None, admin_s
         return json_response({**await _call(shop.stats), "card_steps": dict(steps.counts)})
 
     app = make_app([web.RouteDef(r.method, r.path, _after_commit(db, r.handler), r.kwargs)
-                    if grouping and isinstance(r, web.RouteDef) else r for r in routes])
+                    if db is not None and isinstance(r, web.RouteDef) else r for r in routes])
     app[LOOP_STEPS] = steps
     mount_web(app, shop)                        # the web site: catalogue, order form, delivery (shop_web.py)
 
