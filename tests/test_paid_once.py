@@ -36,6 +36,7 @@ from semper.client.payment.model import Status, Terms
 from semper.client.payment.module import PartyContext
 from semper.client.payment.modules import purse as purse_module
 from semper.client.payment.modules.purse import PayerFlow, PurseModule
+from semper.client.servers import shop as shop_module
 from semper.client.servers.shop import KEPT_REFUSALS, Shop
 from semper.client.servers.shop_http import _paid_answer
 from semper.client.support.db import Database
@@ -299,6 +300,29 @@ def test_a_purse_mail_order_signs_one_statement_that_confirms_and_ships(
     assert shop.deliver(deal_id) == (sd.delivery, None)
     assert shop.pay_and_deliver(deal_id, proof)["confirmation"] == sd.delivery
     assert shop.counters["signatures"] == after and _kinds(shop, deal_id) == kinds
+
+
+def test_the_note_the_payment_step_signs_is_not_read_back_to_learn_it_states_the_payment(
+        card_shop: tuple[Shop, PaymentManager], pki: dict[str, Any], purse: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shop signed the body of the note itself, so whether it states the payment is known without reading
+    the statement again (a CMS parse and a JSON read of about 2 KB per purchase, docs/performance.md); a note
+    the shop did not sign in this process (a row written by another worker) is still read, once."""
+    shop, _payments = card_shop
+    deal_id, proof, _amount = _card_debited(shop, pki["bob"], purse)
+    read: list[bytes] = []
+    real = shop_module.cms_profile.read_statement
+
+    def counted(der: bytes) -> Any:
+        read.append(der)
+        return real(der)
+    monkeypatch.setattr(shop_module.cms_profile, "read_statement", counted)
+    done = shop.pay_and_deliver(deal_id, proof)
+    assert done["confirmation"] == done["delivery"] and read == []
+    # a note known only from its row (another worker signed it): read to tell, once, and then remembered
+    shop_module._NOTES_STATING.clear()
+    assert shop.confirm(deal_id) == done["delivery"] and shop.confirm(deal_id) == done["delivery"]
+    assert read == [done["delivery"]]
 
 
 @storages()

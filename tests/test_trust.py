@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asn1crypto import cms as a_cms
@@ -86,6 +87,42 @@ def test_other_certificates_on_the_crl_do_not_matter(signer: PivSigner, pki: Pki
     der = cms.sign_statement(signer, ORDER, pin=PIN)
     v = verify_statement(der, TrustStore([pki.root], [pki.crl([(_serial(signer) + 1, NOW)])]))
     assert v.revocation.checked
+
+
+def test_a_chains_revocation_is_worked_out_once_per_store_and_never_outlives_its_crls(
+        signer: PivSigner, pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same signers come with every statement a party checks, and the verdict on a chain depends on the
+    chain and the store's CRLs alone: their lookup (each CRL's signature checked against its issuer, an ECDSA
+    verification per CRL) is done once per chain and store (docs/performance.md). A refusal is never kept, a
+    store with a newer CRL (``with_crls``) or CRLs replaced under the store starts again, and a statement with a
+    time-stamp (revocation judged against its time) is looked up each time."""
+    der = cms.sign_statement(signer, ORDER, pin=PIN)
+    store = TrustStore([pki.root], [pki.crl()])
+    looked: list[x509.Certificate] = []
+    real = TrustStore._crls_for
+
+    def counted(self: TrustStore, cert: x509.Certificate, issuer: x509.Certificate) -> Any:
+        looked.append(cert)
+        return real(self, cert, issuer)
+    monkeypatch.setattr(TrustStore, "_crls_for", counted)
+    first, again = verify_statement(der, store), verify_statement(der, store)
+    assert first.revocation == again.revocation and first.revocation.checked and len(looked) == 1
+    # the same CA's next CRL lists the signer: a store with it refuses at once, and so does the first store
+    # once its CRLs are replaced
+    revoked = pki.crl([(_serial(signer), NOW - dt.timedelta(hours=1))])
+    with pytest.raises(RevokedSigner):
+        verify_statement(der, store.with_crls([revoked]))
+    store.crls = (revoked,)
+    for _ in range(2):
+        with pytest.raises(RevokedSigner):
+            verify_statement(der, store)
+    # with a proven time the verdict depends on it: not remembered
+    chain = first.chain
+    looked.clear()
+    store = TrustStore([pki.root], [pki.crl()])
+    for _ in range(2):
+        store.check_revocation(chain, proven_time=NOW)
+    assert len(looked) == 2
 
 
 def test_crl_with_a_bad_signature_is_not_believed(signer: PivSigner, pki: Pki) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import msgspec
 
+from .errors import PaymentError, ProtocolError
+
 MAX_AMOUNT = 2**31 - 1          # minor units; what a purse card can hold, and what the bank accepts
 
 
@@ -95,7 +97,6 @@ class Terms:
     payee_name: str = ""
 
     def __post_init__(self) -> None:
-        from .errors import PaymentError
         if not isinstance(self.amount, int) or isinstance(self.amount, bool) or not 0 < self.amount <= MAX_AMOUNT:
             raise PaymentError(f"the amount must be 1 to {MAX_AMOUNT} minor units, not {self.amount!r}")
         if not isinstance(self.currency, int) or not 0 < self.currency < 1000:
@@ -116,7 +117,6 @@ class Terms:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Terms:
-        from .errors import ProtocolError
         try:
             return Terms(str(d["payment_id"]), d["amount"], d["currency"], str(d["payee"]), str(d["order_hash"]),
                          str(d.get("payee_name", "")))

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, get_args, ru
 import msgspec
 
 from ..support.shapes import Shape
-from .errors import NotRevocable, PaymentError
+from .errors import NotRevocable, PaymentError, ProtocolError
 from .model import Acceptance, ExchangeProperties, Instrument, Model, Record, Status, Terms
+from .wire import read
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -185,8 +186,6 @@ def _kind(shape: type[Message]) -> str:
 
 def receive(message: Any, shape: type[M]) -> M:
     """The other side's message as ``shape``, or a ProtocolError naming the kind expected or the field."""
-    from .errors import ProtocolError
-    from .wire import read
     kind = _kind(shape)
     if not isinstance(message, dict) or message.get("kind") != kind:
         got = message.get("kind") if isinstance(message, dict) else type(message).__name__

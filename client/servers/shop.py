@@ -27,7 +27,6 @@ cheats the buyer's client must catch.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import os
 import secrets
@@ -117,16 +116,36 @@ _SELLS = {"mail-order": frozenset({"physical", "information"}), "information": f
 
 
 
-@functools.lru_cache(maxsize=256)
+#: what :func:`_states_payment` said of the last notes asked about, or :meth:`Shop.make_delivery` of the notes
+#: it signed (it knows the body it signed: the note it answers with at once is not read back)
+_NOTES_STATING: OrderedDict[bytes, bool] = OrderedDict()
+_NOTES_KEPT = 256
+_notes_lock = threading.Lock()
+
+
+def _note_states(note: bytes, states: bool) -> bool:
+    with _notes_lock:
+        _NOTES_STATING[note] = states
+        _NOTES_STATING.move_to_end(note)
+        while len(_NOTES_STATING) > _NOTES_KEPT:
+            _NOTES_STATING.popitem(last=False)
+    return states
+
+
 def _states_payment(note: bytes) -> bool:
-    """Whether this shop's signed delivery note (or registration) states a payment (its content read by the
-    shop's own profile; cached, since a deal's answers ask it of the same bytes again)."""
+    """Whether this shop's signed delivery note (or registration) states a payment: its content read by the
+    shop's own profile, once per note (a deal's answers ask it of the same bytes again), or as the shop
+    signed it (:meth:`Shop.make_delivery`)."""
+    with _notes_lock:
+        known = _NOTES_STATING.get(note)
+    if known is not None:
+        return known
     parts = cms_profile.read_statement(note)
     try:
         body = decode_statement_content(parts.content) if parts is not None else None
     except EvidenceError:
-        return False
-    return isinstance(body, dict) and isinstance(body.get("payment"), dict)
+        return False            # not kept: a refusal is read again, as before
+    return _note_states(note, isinstance(body, dict) and isinstance(body.get("payment"), dict))
 
 class NoRoom(ServiceUnavailable):
     """No room at the payment's device for a payer's message now (the PSAM keeps only so many debits
@@ -1123,6 +1142,7 @@ class Shop:
             body = docs.delivery_body(sd.deal.deal_id, sd.order_digest, self.delivery_lines(sd), sd.form,
                                       "TRK-" + secrets.token_hex(5).upper(), payment)
         sd.delivery = self._sign(body)
+        _note_states(sd.delivery, isinstance(body.get("payment"), dict))    # what _states_payment would read
         sd.deal.keep_statement(sd.delivery, body["type"])
         sd.deal.decide("delivery", "satisfied", "delivered")
         sd.deal.close()                   # order, payment and note on disk before the note goes out

@@ -115,6 +115,15 @@ def _load_crl(data: bytes, source: str) -> x509.CertificateRevocationList:
 
 
 @dataclass(frozen=True)
+class _Path:
+    """A certificate's path to a root, remembered, and when all of it is valid."""
+
+    chain: tuple[x509.Certificate, ...]
+    valid_from: dt.datetime
+    valid_until: dt.datetime
+
+
+@dataclass(frozen=True)
 class Revocation:
     """The revocation status found for one chain: ``checked`` is False when no CRL covered a certificate."""
 
@@ -145,8 +154,12 @@ class TrustStore:
         self.intermediates = tuple(self._cert(c) for c in intermediates)
         self.crls = tuple(c if isinstance(c, x509.CertificateRevocationList) else _load_crl(c, "a CRL") for c in crls)
         self.require_crl = require_crl
-        self._chains: dict[tuple[x509.Certificate, tuple[x509.Certificate, ...]], list[x509.Certificate]] = {}
+        self._chains: dict[tuple[x509.Certificate, tuple[x509.Certificate, ...]], _Path] = {}
         self._chains_lock = threading.Lock()
+        # the revocation status found for a chain without a proven time (check_revocation): it depends on the
+        # chain and the CRLs here alone, and these are fixed (with_crls makes another store)
+        self._revocations: dict[tuple[x509.Certificate, ...], Revocation] = {}
+        self._revocations_of = self.crls
 
     @staticmethod
     def _cert(c: x509.Certificate | bytes) -> x509.Certificate:
@@ -185,9 +198,10 @@ class TrustStore:
         at = as_utc(at)
         key = (cert, tuple(untrusted))
         known = self._chains.get(key)
-        # A path found once stays a path: only the validity windows depend on the time asked about
-        if known is not None and all(c.not_valid_before_utc <= at <= c.not_valid_after_utc for c in known):
-            return list(known)
+        # A path found once stays a path: only the validity windows depend on the time asked about (the
+        # path's common window, worked out once: the same signers come with every statement)
+        if known is not None and known.valid_from <= at <= known.valid_until:
+            return list(known.chain)
         chain = self._build_chain(cert, untrusted, at)
         # remembered only for certificates of a real size: the statement's sender chose ``untrusted`` (a valid
         # signer could pad its statements with megabytes of extra certificates, kept per entry; review of
@@ -196,7 +210,8 @@ class TrustStore:
             with self._chains_lock:
                 if len(self._chains) >= CHAIN_CACHE:
                     self._chains.pop(next(iter(self._chains)))
-                self._chains[key] = chain
+                self._chains[key] = _Path(tuple(chain), max(c.not_valid_before_utc for c in chain),
+                                          min(c.not_valid_after_utc for c in chain))
         return list(chain)
 
     def _build_chain(self, cert: x509.Certificate, untrusted: Sequence[x509.Certificate], at: dt.datetime
@@ -289,6 +304,25 @@ class TrustStore:
         revoked after it does not make an earlier signature worthless. Without one, any revocation
         refuses the signer.
         """
+        if proven_time is None:
+            key = tuple(chain)
+            if self._revocations_of is self.crls:
+                found = self._revocations.get(key)
+                if found is not None:
+                    return found
+            status = self._revocation(chain, None)
+            # remembered for chains of a real size only (a chain is made of what a statement's sender sent)
+            if sum(len(c.tbs_certificate_bytes) for c in key) <= MAX_BYTES:
+                with self._chains_lock:
+                    if self._revocations_of is not self.crls:          # the CRLs were replaced: start again
+                        self._revocations, self._revocations_of = {}, self.crls
+                    if len(self._revocations) >= CHAIN_CACHE:
+                        self._revocations.pop(next(iter(self._revocations)))
+                    self._revocations[key] = status
+            return status
+        return self._revocation(chain, proven_time)
+
+    def _revocation(self, chain: Sequence[x509.Certificate], proven_time: dt.datetime | None) -> Revocation:
         dates: list[dt.datetime] = []
         later: list[str] = []
         unchecked: list[str] = []
