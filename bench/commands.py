@@ -59,7 +59,8 @@ def cmd_throughput(args: argparse.Namespace) -> int:
         report = bench_throughput(buyers=buyers, seconds=args.seconds, processes=processes,
                                   warmup=args.warmup, profile_seconds=0.0 if args.no_profile else args.profile_seconds,
                                   say=say, workers=args.workers, db=args.db, phases=args.phases,
-                                  keep_offers=not args.offer_every_purchase, lean=args.lean_buyers)
+                                  keep_offers=not args.offer_every_purchase, lean=args.lean_buyers,
+                                  psams=args.psams)
     except ValueError as e:
         raise UsageError(str(e)) from None
     print_json(report)
@@ -145,6 +146,10 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                    help="lean buyers: the real protocol on their own cards, orders signed before the window, no "
                         "TINGUIN or archive, every note checked after it (bench/lean_buyers.py); exit status 1 "
                         "when a purchase failed or money was not conserved")
+    p.add_argument("--psams", type=positive_int, default=1,
+                   help="the shop's PSAMs, each a simulated card in a reader of its own (1 or 2: vpcd's readers; "
+                        "default 1). One PSAM keeps 16 debits open and answers one command at a time, which caps "
+                        "the purchases a second here: a second one lets the buyers drive the seller harder")
     p.add_argument("--quiet", action="store_true", help="no progress lines on standard error")
     p.set_defaults(fn=cmd_throughput)
 

@@ -319,7 +319,7 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2, warmup: float = 2.0,
                      profile_seconds: float = 4.0, say: Callable[[str], None] | None = None, workers: int = 1,
                      db: str = "sqlite", phases: bool = False, keep_offers: bool = True, lean: bool = False,
-                     tamper: tuple[str, ...] = (), lean_orders: int | None = None) -> dict[str, Any]:
+                     tamper: tuple[str, ...] = (), lean_orders: int | None = None, psams: int = 1) -> dict[str, Any]:
     """``workers``: ``semper serve shop --workers N`` (N > 1: the PSAM in a device process of its own; no
     profile, the profiling wrapper runs one process). ``db``: the shop's storage, SQLite in its folder or a
     PostgreSQL cluster of the run's own with durable commits (the other parties stay on SQLite, so the
@@ -342,6 +342,8 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
         raise ValueError("--warmup and --profile-seconds are seconds, 0 or more")
     if db not in ("sqlite", "postgresql"):
         raise ValueError(f"--db is sqlite or postgresql, not {db!r}")
+    if psams not in (1, 2):
+        raise ValueError(f"--psams is 1 or 2 (pcscd's virtual reader driver has two readers), not {psams}")
     if tamper and not lean:
         raise ValueError("tamper is a test of the lean buyers' checks (lean=True)")
     if lean and not keep_offers:
@@ -373,15 +375,18 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
             tell("making the market (CA, bank, third party, seller token, PSAM)")
             world = World.create(folder, dbs=dbs)
             try:
-                with VirtualCards([world.psam_card], sync=True) as vc:
+                psam_cards = [world.psam_card] + [world.add_psam(f"psam{i + 1}") for i in range(1, psams)]
+                with VirtualCards(psam_cards, sync=True) as vc:
                     s = world.start_in_process(shop=False)
                     profile_file = folder / "seller-profile.json"
-                    tell(f"starting 'semper serve shop --workers {workers} --db {db}' with its PSAM in {vc.readers[0]}")
+                    tell(f"starting 'semper serve shop --workers {workers} --db {db}' with its PSAM"
+                         f"{'s' if psams > 1 else ''} in {', '.join(vc.readers)}")
                     launcher = ("-m", "semper.bench.profiled_shop", "--profile", str(profile_file),
                                 *(("--phases",) if phases else ())) \
                         if profile_seconds > 0 else ("-m", "semper.client.cli", "serve", "shop")
                     shop_proc = world.start_shop_process(psam_reader=vc.readers[0], catalogue=bench_catalogue(),
-                                                         launcher=launcher, extra=("--workers", str(workers)))
+                                                         launcher=launcher, extra=("--workers", str(workers)),
+                                                         more_psams=tuple(vc.readers[1:]))
                     tell(f"personalising {buyers} buyer cards, certifying their keys, loading their purses")
                     specs = make_buyers(world, buyers, tell)
                     seller = {"seller (semper serve shop)": shop_proc.pid}       # its tree: workers, PSAM devices
@@ -393,9 +398,9 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
                                            _shop_counter(s.shop, world.root_pem), phases=phases,
                                            keep_offers=keep_offers, lean=lean, tamper=tamper,
                                            lean_orders=lean_orders)
-                    report.update(shop_workers=workers, db=db, buyers_keep_offers=keep_offers)
-                    world.stop()                     # the shop lets go of its PSAM: read it for the money check
-                    report["money"] = _money(specs, results, vc.readers[0])
+                    report.update(shop_workers=workers, db=db, buyers_keep_offers=keep_offers, psams=psams)
+                    world.stop()                     # the shop lets go of its PSAMs: read them for the money check
+                    report["money"] = _money(specs, results, vc.readers)
                     report["met"] = report["met"] and report["money"]["conserved"]
                     return report
             finally:
@@ -405,8 +410,9 @@ def bench_throughput(buyers: int = 16, seconds: float = 10.0, processes: int = 2
                 cluster.stop()
 
 
-def _money(specs: list[BuyerSpec], results: list[dict[str, Any]], psam_reader: str) -> dict[str, Any]:
-    """Every completed purchase moved exactly its price from a card to the PSAM, and nothing else moved."""
+def _money(specs: list[BuyerSpec], results: list[dict[str, Any]], psam_readers: list[str]) -> dict[str, Any]:
+    """Every completed purchase moved exactly its price from a card to one of the shop's PSAMs, and nothing
+    else moved."""
     from semper.hardware.psam import PsamSession
     from semper.hardware.purse import PurseSession
     from semper.hardware.simulator import open_card
@@ -419,11 +425,15 @@ def _money(specs: list[BuyerSpec], results: list[dict[str, Any]], psam_reader: s
     for spec in specs:
         with open_card(Path(spec.card), sync=False) as card:
             spent += LOAD - PurseSession(card).info().balance
-    with PcscConnection(psam_reader) as conn:
-        received = PsamSession(conn).info().lifetime_total
+    each = []
+    for reader in psam_readers:
+        with PcscConnection(reader) as conn:
+            each.append(PsamSession(conn).info().lifetime_total)
+    received = sum(each)
     expected = completed * ITEM_PRICE
     return {"completed_purchases": completed, "expected_cents": expected, "cards_spent_cents": spent,
-            "psam_received_cents": received, "conserved": spent == received == expected}
+            "psam_received_cents": received, "psam_received_cents_each": each,
+            "conserved": spent == received == expected}
 
 
 def next_message(out: Any, workers: list[Any], timeout: float) -> dict[str, Any]:

@@ -211,6 +211,23 @@ class World:
         world.services.closers += closers
         return world
 
+    def add_psam(self, name: str) -> Path:
+        """One more PSAM card for the seller (``cards/<name>.card``), its key certified by the scheme and linked
+        at the bank to the seller's account like the first: a shop with several readers (``more_psams`` of
+        :meth:`start_shop_process`) clears what each of them took."""
+        from semper.hardware import cards as card_access
+        from semper.hardware.iso7816 import AID
+        from semper.hardware.psam import PsamSession
+
+        from .support.personalisation import personalise_psam
+        if self.bank is None:
+            raise RuntimeError("this world's bank is not open here: it cannot link another PSAM")
+        card = self.psam_card.parent / f"{name}.card"
+        personalise_psam(card, self.scheme, sync=False)
+        with card_access.connection(AID.PSAM, image=card, sync=False) as c:
+            self.bank.link_psam(PsamSession(c).certificate(), self.accounts["seller"])
+        return card
+
     # ---- services -------------------------------------------------------------------------------------
     def child_env(self) -> dict[str, str]:
         """The environment of the service processes: the world's home, and the card key folder this
@@ -220,7 +237,8 @@ class World:
         env.pop("SOFTHSM2_CONF", None)
         return env
 
-    def _shop_home(self, psam_reader: str | None, ttp_url: str, bank_url: str, catalogue: Any = None) -> Any:
+    def _shop_home(self, psam_reader: str | None, ttp_url: str, bank_url: str, catalogue: Any = None,
+                   more_psams: tuple[str, ...] = ()) -> Any:
         from .commerce.catalogue import demo_catalogue
         from .servers.ca_home import issue_tls_identity
         from .servers.shop_home import ShopHome
@@ -232,7 +250,8 @@ class World:
                                ca_root=self.ca_root, purse_root=self.scheme.root_cert,
                                catalogue=catalogue or demo_catalogue(),
                                tls=tls, psam_reader=psam_reader, psam_image=None if psam_reader else self.psam_card,
-                               ttp_url=ttp_url, ttp_cert=ttp.certificate(), escrow=ttp.escrow_file.read_bytes())
+                               ttp_url=ttp_url, ttp_cert=ttp.certificate(), escrow=ttp.escrow_file.read_bytes(),
+                               more_psams=tuple({"reader": r} for r in more_psams))
 
     def start_in_process(self, *, psam_reader: str | None = None, shop: bool = True) -> Services:
         """CA, bank, third party and (unless ``shop`` is false) the shop in this process, each on its own
@@ -343,13 +362,15 @@ class World:
 
     def start_shop_process(self, *, psam_reader: str, catalogue: Any = None,
                            launcher: tuple[str, ...] = ("-m", "semper.client.cli", "serve", "shop"),
-                           extra: tuple[str, ...] = (), timeout: float = 60.0) -> subprocess.Popen[str]:
-        """The real ``semper serve shop`` process (its PSAM in ``psam_reader``), beside services already
-        started; returns the process (its URL is in ``services.shop``). ``launcher``: what runs it (a
-        bench passes its profiling wrapper); ``extra``: more options (``--workers N``)."""
+                           extra: tuple[str, ...] = (), timeout: float = 60.0, more_psams: tuple[str, ...] = ()
+                           ) -> subprocess.Popen[str]:
+        """The real ``semper serve shop`` process (its PSAM in ``psam_reader``, more in the readers
+        ``more_psams``: see :meth:`add_psam`), beside services already started; returns the process (its URL
+        is in ``services.shop``). ``launcher``: what runs it (a bench passes its profiling wrapper); ``extra``:
+        more options (``--workers N``)."""
         s = self.services
         env = self.child_env()
-        self._shop_home(psam_reader, s.ttp, s.bank, catalogue)
+        self._shop_home(psam_reader, s.ttp, s.bank, catalogue, more_psams)
         proc = _spawn([sys.executable, *launcher, "--dir", str(self.shop_dir), "--port", "0",
                        "--pin-file", str(self.pin_file), *self.db_args("shop"), *extra], env)
         s.processes.append(proc)

@@ -94,6 +94,19 @@ def test_throughput_with_shop_workers_on_postgresql_counts_every_seller_process(
     assert r["db_commits_per_purchase"] > 1           # a purchase is several committed steps
 
 
+def test_a_shop_with_two_psams_takes_payments_on_both_and_money_adds_up_across_them() -> None:
+    """``--psams 2``: the shop's second PSAM is a card of its own in vpcd's second reader, linked at the bank to
+    the seller's account like the first (``World.add_psam``); the shop gives each deal one of them
+    (``PsamPool``), so both take payments, and what the cards lost is what the two PSAMs together took."""
+    r = bench_throughput(buyers=4, seconds=1.5, processes=2, warmup=0.5, profile_seconds=0.0, psams=2)
+    assert r["failed"] == 0 and r["purchases"] > 0, r["failures"]
+    money = r["money"]
+    assert r["psams"] == 2 and money["conserved"] is True, money
+    each = money["psam_received_cents_each"]
+    assert len(each) == 2 and all(cents > 0 for cents in each), each
+    assert sum(each) == money["psam_received_cents"] == money["cards_spent_cents"]
+
+
 def test_throughput_refuses_nonsense_sizes() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-m", "semper.client.cli", "bench", "throughput", "--buyers", "0", "--quiet"],
@@ -138,7 +151,8 @@ def test_a_buyer_process_that_dies_voids_the_run_at_once_and_says_how() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"warmup": -3.0}, {"profile_seconds": -1.0}, {"warmup": float("nan")},
-                                 {"lean": True, "keep_offers": False}, {"db": "mysql"}])
+                                 {"lean": True, "keep_offers": False}, {"db": "mysql"}, {"psams": 3},
+                                 {"psams": 0}])
 def test_bad_settings_are_refused_before_anything_starts(bad: dict[str, Any]) -> None:
     """A negative warm-up ran silently, its window starting before anybody bought; every refusal here is the
     command's usage error (bench/commands.py turns ValueError into one)."""
