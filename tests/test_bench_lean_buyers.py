@@ -64,5 +64,5 @@ def test_the_command_exits_1_when_a_lean_purchase_failed(monkeypatch: pytest.Mon
     monkeypatch.setattr(throughput, "bench_throughput", lambda **_kw: next(reports))
     args = argparse.Namespace(buyers=2, seconds=1.0, processes=1, warmup=0.5, no_profile=True, profile_seconds=0.0,
                               quiet=True, workers=1, db="sqlite", phases=False, offer_every_purchase=False,
-                              lean_buyers=True)
+                              lean_buyers=True, psams=1)
     assert [commands.cmd_throughput(args) for _ in range(3)] == [0, 1, 1]
