@@ -116,6 +116,28 @@ def test_a_chains_revocation_is_worked_out_once_per_store_and_never_outlives_its
     for _ in range(2):
         with pytest.raises(RevokedSigner):
             verify_statement(der, store)
+    # CRLs replaced while a verdict was being worked out from the old ones (review of 2026-12-08): that
+    # verdict is the call's answer, and is not kept for the new CRLs
+    store = TrustStore([pki.root], [pki.crl()])
+    swapped: list[bool] = []
+
+    def replaced_meanwhile(self: TrustStore, cert: x509.Certificate, issuer: x509.Certificate) -> Any:
+        found = real(self, cert, issuer)
+        if not swapped:
+            swapped.append(True)
+            self.crls = (revoked,)
+        return found
+    monkeypatch.setattr(TrustStore, "_crls_for", replaced_meanwhile)
+    assert verify_statement(der, store).revocation.checked         # read from the CRLs it started with
+    with pytest.raises(RevokedSigner):
+        verify_statement(der, store)
+    monkeypatch.setattr(TrustStore, "_crls_for", counted)
+    # the rule changed on the store: a chain no CRL covers is refused from then on, not answered from the memo
+    lax = TrustStore([pki.root])
+    assert not verify_statement(der, lax).revocation.checked
+    lax.require_crl = True
+    with pytest.raises(UntrustedSigner, match="no CRL from"):
+        verify_statement(der, lax)
     # with a proven time the verdict depends on it: not remembered
     chain = first.chain
     looked.clear()

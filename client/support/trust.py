@@ -157,9 +157,10 @@ class TrustStore:
         self._chains: dict[tuple[x509.Certificate, tuple[x509.Certificate, ...]], _Path] = {}
         self._chains_lock = threading.Lock()
         # the revocation status found for a chain without a proven time (check_revocation): it depends on the
-        # chain and the CRLs here alone, and these are fixed (with_crls makes another store)
+        # chain, the CRLs here and require_crl alone, and is kept for those CRLs (by identity: with_crls makes
+        # another store, and CRLs or the rule set on this one start the memo again)
         self._revocations: dict[tuple[x509.Certificate, ...], Revocation] = {}
-        self._revocations_of = self.crls
+        self._revocations_of: tuple[tuple[x509.CertificateRevocationList, ...], bool] = (self.crls, require_crl)
 
     @staticmethod
     def _cert(c: x509.Certificate | bytes) -> x509.Certificate:
@@ -305,8 +306,9 @@ class TrustStore:
         refuses the signer.
         """
         if proven_time is None:
-            key = tuple(chain)
-            if self._revocations_of is self.crls:
+            key, rules = tuple(chain), (self.crls, self.require_crl)
+            kept_for = self._revocations_of
+            if kept_for[0] is rules[0] and kept_for[1] == rules[1]:
                 found = self._revocations.get(key)
                 if found is not None:
                     return found
@@ -314,8 +316,11 @@ class TrustStore:
             # remembered for chains of a real size only (a chain is made of what a statement's sender sent)
             if sum(len(c.tbs_certificate_bytes) for c in key) <= MAX_BYTES:
                 with self._chains_lock:
-                    if self._revocations_of is not self.crls:          # the CRLs were replaced: start again
-                        self._revocations, self._revocations_of = {}, self.crls
+                    if self.crls is not rules[0] or self.require_crl != rules[1]:
+                        return status       # the CRLs (or the rule) changed while it was worked out: not kept
+                    kept_for = self._revocations_of
+                    if kept_for[0] is not rules[0] or kept_for[1] != rules[1]:     # changed since: start again
+                        self._revocations, self._revocations_of = {}, rules
                     if len(self._revocations) >= CHAIN_CACHE:
                         self._revocations.pop(next(iter(self._revocations)))
                     self._revocations[key] = status
