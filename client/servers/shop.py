@@ -115,7 +115,6 @@ _SELLS = {"mail-order": frozenset({"physical", "information"}), "information": f
           "registration": frozenset({"registration"}), "contract": frozenset({"contract"})}
 
 
-
 #: what :func:`_states_payment` said of the last notes asked about, or :meth:`Shop.make_delivery` of the notes
 #: it signed (it knows the body it signed: the note it answers with at once is not read back)
 _NOTES_STATING: OrderedDict[bytes, bool] = OrderedDict()
@@ -146,6 +145,7 @@ def _states_payment(note: bytes) -> bool:
     except EvidenceError:
         return False            # not kept: a refusal is read again, as before
     return _note_states(note, isinstance(body, dict) and isinstance(body.get("payment"), dict))
+
 
 class NoRoom(ServiceUnavailable):
     """No room at the payment's device for a payer's message now (the PSAM keeps only so many debits
