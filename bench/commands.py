@@ -148,8 +148,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                         "when a purchase failed or money was not conserved")
     p.add_argument("--psams", type=positive_int, default=1,
                    help="the shop's PSAMs, each a simulated card in a reader of its own (1 or 2: vpcd's readers; "
-                        "default 1). One PSAM keeps 16 debits open and answers one command at a time, which caps "
-                        "the purchases a second here: a second one lets the buyers drive the seller harder")
+                        "default 1); the money check adds up what each took. (A second PSAM did not raise the "
+                        "rate here: docs/performance.md, the tenth round)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on standard error")
     p.set_defaults(fn=cmd_throughput)
 
